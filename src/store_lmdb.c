@@ -1,0 +1,2 @@
+/* PLACEHOLDER: replaced by the module's owner */
+typedef int ann_placeholder_store_lmdb;

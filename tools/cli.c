@@ -1,0 +1,2 @@
+/* PLACEHOLDER */
+typedef int ann_placeholder_cli;
