@@ -1,2 +1,394 @@
-/* PLACEHOLDER */
-typedef int ann_placeholder_cli;
+/* SPDX-License-Identifier: MIT */
+/* cli.c: option parsing, error reporting, progress line and JSON (cli.h). */
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+uint64_t cli_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static cli_opt *find_opt(cli_cmd *cmd, const char *name, size_t len)
+{
+	for (cli_opt *o = cmd->opts; o && o->name; o++)
+		if (strlen(o->name) == len && strncmp(o->name, name, len) == 0)
+			return o;
+	return NULL;
+}
+
+int cli_usage_error(const cli_cmd *cmd, const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stderr, "annann %s: ", cmd->name);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nusage: annann %s %s\n(see 'annann %s --help')\n", cmd->name, cmd->usage, cmd->name);
+	return CLI_EXIT_USAGE;
+}
+
+int cli_fail(const cli_cmd *cmd, const ann_error *err)
+{
+	fprintf(stderr, "annann %s: %s\n", cmd->name, err->msg[0] ? err->msg : ann_strerror(err->code));
+	return CLI_EXIT_FAIL;
+}
+
+void cli_help(const cli_cmd *cmd, FILE *out)
+{
+	fprintf(out, "usage: annann %s %s\n\n%s\n\noptions:\n", cmd->name, cmd->usage, cmd->summary);
+	for (const cli_opt *o = cmd->opts; o && o->name; o++) {
+		char left[64];
+		snprintf(left, sizeof left, "--%s%s%s", o->name, o->arg ? " " : "", o->arg ? o->arg : "");
+		fprintf(out, "  %-24s %s\n", left, o->help);
+	}
+	fprintf(out, "  %-24s %s\n", "--help", "show this help");
+}
+
+int cli_parse(cli_cmd *cmd, int argc, char **argv, bool *help_shown)
+{
+	*help_shown = false;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			cli_help(cmd, stdout);
+			*help_shown = true;
+			return 0;
+		}
+		if (strncmp(a, "--", 2) != 0)
+			return cli_usage_error(cmd, "unexpected argument '%s'", a);
+		const char *name = a + 2;
+		const char *eq = strchr(name, '=');
+		size_t len = eq ? (size_t)(eq - name) : strlen(name);
+		cli_opt *o = find_opt(cmd, name, len);
+		if (!o)
+			return cli_usage_error(cmd, "unknown option '--%.*s'", (int)len, name);
+		if (!o->arg) {
+			if (eq)
+				return cli_usage_error(cmd, "option '--%s' takes no value", o->name);
+			o->value = "1";
+			continue;
+		}
+		if (eq) {
+			o->value = eq + 1;
+		} else {
+			if (i + 1 >= argc)
+				return cli_usage_error(cmd, "option '--%s' needs a value (%s)", o->name, o->arg);
+			o->value = argv[++i];
+		}
+	}
+	return 0;
+}
+
+const char *cli_get(const cli_cmd *cmd, const char *name)
+{
+	for (const cli_opt *o = cmd->opts; o && o->name; o++)
+		if (strcmp(o->name, name) == 0)
+			return o->value;
+	return NULL;
+}
+
+bool cli_flag(const cli_cmd *cmd, const char *name)
+{
+	return cli_get(cmd, name) != NULL;
+}
+
+const char *cli_need(const cli_cmd *cmd, const char *name)
+{
+	const char *v = cli_get(cmd, name);
+	if (!v)
+		cli_usage_error(cmd, "option '--%s' is required", name);
+	return v;
+}
+
+static bool parse_u64(const char *s, uint64_t *out, bool sizes)
+{
+	if (!s || !*s || *s == '-')
+		return false;
+	errno = 0;
+	char *end;
+	double mant = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno)
+		return false;
+	if (sizes && *end == '.') {
+		mant = strtod(s, &end);
+		v = 0;
+	}
+	uint64_t mult = 1;
+	if (sizes && *end) {
+		switch (*end) {
+		case 'k': case 'K': mult = 1ull << 10; break;
+		case 'm': case 'M': mult = 1ull << 20; break;
+		case 'g': case 'G': mult = 1ull << 30; break;
+		case 't': case 'T': mult = 1ull << 40; break;
+		default: return false;
+		}
+		end++;
+		if (*end == 'i')
+			end++;
+		if (*end == 'B' || *end == 'b')
+			end++;
+	}
+	if (*end)
+		return false;
+	if (mant > 0)
+		*out = (uint64_t)(mant * (double)mult);
+	else if (v > UINT64_MAX / mult)
+		return false;
+	else
+		*out = v * mult;
+	return true;
+}
+
+bool cli_u64(const cli_cmd *cmd, const char *name, uint64_t def, uint64_t *out)
+{
+	const char *v = cli_get(cmd, name);
+	if (!v) {
+		*out = def;
+		return true;
+	}
+	if (!parse_u64(v, out, false)) {
+		cli_usage_error(cmd, "option '--%s': '%s' is not a non-negative integer", name, v);
+		return false;
+	}
+	return true;
+}
+
+bool cli_size(const cli_cmd *cmd, const char *name, uint64_t def, uint64_t *out)
+{
+	const char *v = cli_get(cmd, name);
+	if (!v) {
+		*out = def;
+		return true;
+	}
+	if (!parse_u64(v, out, true)) {
+		cli_usage_error(cmd, "option '--%s': '%s' is not a size (e.g. 512M, 4G)", name, v);
+		return false;
+	}
+	return true;
+}
+
+bool cli_double(const cli_cmd *cmd, const char *name, double def, double *out)
+{
+	const char *v = cli_get(cmd, name);
+	if (!v) {
+		*out = def;
+		return true;
+	}
+	char *end;
+	errno = 0;
+	double d = strtod(v, &end);
+	if (errno || *end || end == v || !isfinite(d)) {
+		cli_usage_error(cmd, "option '--%s': '%s' is not a number", name, v);
+		return false;
+	}
+	*out = d;
+	return true;
+}
+
+bool cli_u64_list(const cli_cmd *cmd, const char *name, uint64_t *out, size_t max, size_t *n)
+{
+	const char *v = cli_get(cmd, name);
+	*n = 0;
+	if (!v)
+		return true;
+	char buf[1024];
+	snprintf(buf, sizeof buf, "%s", v);
+	char *save = NULL;
+	for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		if (*n >= max) {
+			cli_usage_error(cmd, "option '--%s': at most %zu values", name, max);
+			return false;
+		}
+		if (!parse_u64(t, &out[*n], false)) {
+			cli_usage_error(cmd, "option '--%s': '%s' is not a non-negative integer", name, t);
+			return false;
+		}
+		(*n)++;
+	}
+	return true;
+}
+
+/* ---- progress ------------------------------------------------------------ */
+
+void cli_progress_init(cli_progress_state *p, bool quiet)
+{
+	memset(p, 0, sizeof *p);
+	p->quiet = quiet;
+	p->tty = isatty(STDERR_FILENO);
+}
+
+static void fmt_dur(char *buf, size_t n, double s)
+{
+	if (!isfinite(s) || s < 0)
+		snprintf(buf, n, "?");
+	else if (s < 60)
+		snprintf(buf, n, "%.0fs", s);
+	else if (s < 3600)
+		snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+	else
+		snprintf(buf, n, "%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
+}
+
+void cli_progress_end(cli_progress_state *p)
+{
+	if (p->quiet || !p->phase)
+		return;
+	double el = (double)(cli_now_ns() - p->phase_start_ns) / 1e9;
+	if (p->tty && p->drawn)
+		fprintf(stderr, "\n");
+	fprintf(stderr, "%s: done in %.1fs\n", p->phase, el);
+	p->phase = NULL;
+	p->drawn = false;
+}
+
+void cli_progress(void *ctx, const char *phase, uint64_t done, uint64_t total)
+{
+	cli_progress_state *p = ctx;
+	if (p->quiet)
+		return;
+	uint64_t now = cli_now_ns();
+	if (!p->phase || strcmp(p->phase, phase) != 0) {
+		if (p->phase)
+			cli_progress_end(p);
+		p->phase = phase;
+		p->phase_start_ns = now;
+		p->last_draw_ns = 0;
+	}
+	bool last = total && done >= total;
+	uint64_t gap = p->tty ? 200000000ull : 5000000000ull;
+	if (!last && p->last_draw_ns && now - p->last_draw_ns < gap)
+		return;
+	if (!last && !p->last_draw_ns && !p->tty) {
+		/* Plain output: first line only after the first interval. */
+		p->last_draw_ns = now;
+		return;
+	}
+	p->last_draw_ns = now;
+	double el = (double)(now - p->phase_start_ns) / 1e9;
+	double rate = el > 0 ? (double)done / el : 0;
+	char eta[32] = "?", elapsed[32];
+	fmt_dur(elapsed, sizeof elapsed, el);
+	if (total && rate > 0)
+		fmt_dur(eta, sizeof eta, (double)(total - (done < total ? done : total)) / rate);
+	char line[256];
+	if (total)
+		snprintf(line, sizeof line, "%s: %llu/%llu (%.1f%%) %.0f/s elapsed %s eta %s", phase,
+			 (unsigned long long)done, (unsigned long long)total, 100.0 * (double)done / (double)total,
+			 rate, elapsed, eta);
+	else
+		snprintf(line, sizeof line, "%s: %llu %.0f/s elapsed %s", phase, (unsigned long long)done, rate,
+			 elapsed);
+	if (p->tty) {
+		fprintf(stderr, "\r\033[K%s", line);
+		p->drawn = true;
+	} else {
+		fprintf(stderr, "%s\n", line);
+	}
+	fflush(stderr);
+	if (last)
+		cli_progress_end(p);
+}
+
+/* ---- JSON ---------------------------------------------------------------- */
+
+static void json_str_raw(FILE *out, const char *s)
+{
+	fputc('"', out);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			fprintf(out, "\\%c", c);
+		else if (c < 0x20)
+			fprintf(out, "\\u%04x", c);
+		else
+			fputc(c, out);
+	}
+	fputc('"', out);
+}
+
+static void json_key(cli_json *j, const char *key)
+{
+	if (j->need_comma[j->depth])
+		fputc(',', j->out);
+	j->need_comma[j->depth] = true;
+	if (key) {
+		json_str_raw(j->out, key);
+		fputc(':', j->out);
+	}
+}
+
+void cli_json_begin(cli_json *j, FILE *out)
+{
+	memset(j, 0, sizeof *j);
+	j->out = out;
+	fputc('{', out);
+}
+
+void cli_json_obj(cli_json *j, const char *key)
+{
+	json_key(j, key);
+	fputc('{', j->out);
+	j->need_comma[++j->depth] = false;
+}
+
+void cli_json_arr(cli_json *j, const char *key)
+{
+	json_key(j, key);
+	fputc('[', j->out);
+	j->need_comma[++j->depth] = false;
+}
+
+void cli_json_close_obj(cli_json *j)
+{
+	fputc('}', j->out);
+	j->depth--;
+}
+
+void cli_json_close_arr(cli_json *j)
+{
+	fputc(']', j->out);
+	j->depth--;
+}
+
+void cli_json_num(cli_json *j, const char *key, double v)
+{
+	json_key(j, key);
+	if (isfinite(v))
+		fprintf(j->out, "%.6g", v);
+	else
+		fputs("null", j->out);
+}
+
+void cli_json_int(cli_json *j, const char *key, long long v)
+{
+	json_key(j, key);
+	fprintf(j->out, "%lld", v);
+}
+
+void cli_json_str(cli_json *j, const char *key, const char *v)
+{
+	json_key(j, key);
+	json_str_raw(j->out, v ? v : "");
+}
+
+void cli_json_bool(cli_json *j, const char *key, bool v)
+{
+	json_key(j, key);
+	fputs(v ? "true" : "false", j->out);
+}
+
+void cli_json_end(cli_json *j)
+{
+	fputs("}\n", j->out);
+	fflush(j->out);
+}

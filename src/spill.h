@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * spill.h: out-of-core bucketing of routed vectors by partition, the middle
+ * of the build pipeline. Records (id, payload) are appended in arrival order
+ * into one buffer of a fixed budget; a full buffer is counting-sorted by
+ * partition and written as one run of the spill file, with a per-run table
+ * of where each partition's records start. Reading a partition gathers its
+ * pieces from every run. Memory: the buffer (mem_bytes), plus 8 bytes per
+ * partition per run for the run tables, plus a 1 MiB staging buffer.
+ */
+#ifndef ANN_SPILL_H
+#define ANN_SPILL_H
+
+#include "common.h"
+
+typedef struct ann_spill ann_spill;
+
+/* Creates path (truncated) as the spill file. rec_bytes is the payload size
+ * of one record (the vector in its stored type). mem_bytes must hold at least
+ * 64 records. */
+int ann_spill_open(const char *path, uint32_t nparts, size_t rec_bytes, size_t mem_bytes, ann_spill **out,
+		   ann_error *err);
+int ann_spill_add(ann_spill *s, uint32_t part, int64_t id, const void *payload, ann_error *err);
+/* Writes the last run. No more adds afterwards. */
+int ann_spill_finish(ann_spill *s, ann_error *err);
+uint64_t ann_spill_count(const ann_spill *s, uint32_t part);
+uint64_t ann_spill_total(const ann_spill *s);
+/* Largest partition, in records. */
+uint64_t ann_spill_max_count(const ann_spill *s);
+/* Reads partition part's records into ids (count entries) and payload
+ * (count * rec_bytes), in the order they were added. */
+int ann_spill_read(ann_spill *s, uint32_t part, int64_t *ids, void *payload, ann_error *err);
+/* Closes and unlinks the spill file. */
+void ann_spill_close(ann_spill *s);
+
+#endif

@@ -1,0 +1,258 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cmd_data.c: the data commands: gen (synthetic SIFT-like sets), gt (exact
+ * ground truth) and convert (between vector formats, and from idx files).
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "common.h"
+#include "gen.h"
+#include "gt.h"
+#include "vecio.h"
+
+/* ---- gen ----------------------------------------------------------------- */
+
+static cli_opt gen_opts[] = {
+	{"n", "N", "base vectors to generate (required)", NULL},
+	{"dim", "D", "dimension (default 128)", NULL},
+	{"seed", "S", "generator seed (default 1)", NULL},
+	{"clusters", "C", "mixture components (default max(16, n/4000), at most 4096)", NULL},
+	{"drift", "X", "shift every component mean by X times its scale (default 0)", NULL},
+	{"out", "FILE", "base file (.fbin, .u8bin, .fvecs, .bvecs, ...) (required)", NULL},
+	{"queries", "NQ", "also generate NQ query vectors", NULL},
+	{"queries-out", "FILE", "query file (required with --queries)", NULL},
+	{"quiet", NULL, "no progress line", NULL},
+	{"json", NULL, "print a JSON summary", NULL},
+	{NULL, NULL, NULL, NULL},
+};
+
+static int run_gen(cli_cmd *c)
+{
+	ann_gen_opts o;
+	ann_gen_opts_init(&o);
+	uint64_t dim, clusters;
+	double drift;
+	const char *out = cli_need(c, "out");
+	if (!out || !cli_need(c, "n"))
+		return CLI_EXIT_USAGE;
+	if (!cli_u64(c, "n", 0, &o.n) || !cli_u64(c, "dim", 128, &dim) || !cli_u64(c, "seed", 1, &o.seed) ||
+	    !cli_u64(c, "clusters", 0, &clusters) || !cli_u64(c, "queries", 0, &o.nq) ||
+	    !cli_double(c, "drift", 0, &drift))
+		return CLI_EXIT_USAGE;
+	if (o.n == 0 || dim == 0 || dim > 65536)
+		return cli_usage_error(c, "--n must be positive and --dim within 1..65536");
+	const char *qout = cli_get(c, "queries-out");
+	if (o.nq && !qout)
+		return cli_usage_error(c, "--queries needs --queries-out FILE");
+	o.dim = (uint32_t)dim;
+	o.clusters = (uint32_t)clusters;
+	o.drift = (float)drift;
+	cli_progress_state ps;
+	cli_progress_init(&ps, cli_flag(c, "quiet"));
+	o.progress = cli_progress;
+	o.progress_ctx = &ps;
+	ann_error err = {0};
+	uint64_t t0 = cli_now_ns();
+	if (ann_gen_write(&o, out, o.nq ? qout : NULL, &err) < 0)
+		return cli_fail(c, &err);
+	cli_progress_end(&ps);
+	double secs = (double)(cli_now_ns() - t0) / 1e9;
+	if (cli_flag(c, "json")) {
+		cli_json j;
+		cli_json_begin(&j, stdout);
+		cli_json_str(&j, "out", out);
+		cli_json_int(&j, "n", (long long)o.n);
+		cli_json_int(&j, "dim", (long long)o.dim);
+		cli_json_int(&j, "queries", (long long)o.nq);
+		cli_json_int(&j, "seed", (long long)o.seed);
+		cli_json_num(&j, "seconds", secs);
+		cli_json_end(&j);
+	} else {
+		printf("wrote %" PRIu64 " x %u vectors to %s", o.n, o.dim, out);
+		if (o.nq)
+			printf(" and %" PRIu64 " queries to %s", o.nq, qout);
+		printf(" in %.1fs\n", secs);
+	}
+	return 0;
+}
+
+cli_cmd cmd_gen = {"gen", "generate a seeded SIFT-like data set (Gaussian mixture)",
+		   "--n N --out FILE [--dim D] [--seed S] [--queries NQ --queries-out FILE]", gen_opts, run_gen};
+
+/* ---- gt ------------------------------------------------------------------ */
+
+static cli_opt gt_opts[] = {
+	{"base", "FILE", "base vectors (required)", NULL},
+	{"queries", "FILE", "query vectors (required)", NULL},
+	{"k", "K", "neighbours per query (default 100)", NULL},
+	{"out", "FILE", "output: big-ann layout, or TEXMEX ids if it ends in .ivecs (required)", NULL},
+	{"metric", "M", "l2 (default), ip or cosine", NULL},
+	{"threads", "T", "worker threads (default 2)", NULL},
+	{"mem", "BYTES", "memory budget for base chunks and tiles (default 512M)", NULL},
+	{"quiet", NULL, "no progress line", NULL},
+	{"json", NULL, "print a JSON summary", NULL},
+	{NULL, NULL, NULL, NULL},
+};
+
+int cli_parse_metric(cli_cmd *c, const char *v, ann_metric *m);
+int cli_parse_metric(cli_cmd *c, const char *v, ann_metric *m)
+{
+	if (!v || strcmp(v, "l2") == 0)
+		*m = ANN_METRIC_L2;
+	else if (strcmp(v, "ip") == 0)
+		*m = ANN_METRIC_IP;
+	else if (strcmp(v, "cosine") == 0)
+		*m = ANN_METRIC_COSINE;
+	else
+		return cli_usage_error(c, "--metric: '%s' is not one of l2, ip, cosine", v);
+	return 0;
+}
+
+static int write_ids_ivecs(const char *path, uint32_t nq, uint32_t k, const int32_t *ids, ann_error *err)
+{
+	ann_vwriter *w;
+	ANN_TRY(ann_vwriter_open(path, k, &w, err));
+	if (ann_vwriter_write_raw(w, ids, nq, err) < 0) {
+		ann_vwriter_abort(w);
+		return err ? err->code : ANN_E_IO;
+	}
+	return ann_vwriter_close(w, err);
+}
+
+static bool ends_with(const char *s, const char *suf)
+{
+	size_t a = strlen(s), b = strlen(suf);
+	return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+static int run_gt(cli_cmd *c)
+{
+	ann_gt_opts o;
+	ann_gt_opts_init(&o);
+	const char *base = cli_need(c, "base");
+	const char *queries = base ? cli_need(c, "queries") : NULL;
+	const char *out = queries ? cli_need(c, "out") : NULL;
+	if (!out)
+		return CLI_EXIT_USAGE;
+	uint64_t k, threads, mem;
+	if (!cli_u64(c, "k", 100, &k) || !cli_u64(c, "threads", 2, &threads) ||
+	    !cli_size(c, "mem", (uint64_t)512 << 20, &mem))
+		return CLI_EXIT_USAGE;
+	if (k == 0 || k > 100000 || threads == 0 || threads > 64)
+		return cli_usage_error(c, "--k must be within 1..100000 and --threads within 1..64");
+	if (cli_parse_metric(c, cli_get(c, "metric"), &o.metric))
+		return CLI_EXIT_USAGE;
+	o.k = (uint32_t)k;
+	o.threads = (int)threads;
+	o.mem_bytes = mem;
+	cli_progress_state ps;
+	cli_progress_init(&ps, cli_flag(c, "quiet"));
+	o.progress = cli_progress;
+	o.progress_ctx = &ps;
+	ann_error err = {0};
+	uint32_t nq = 0;
+	int32_t *ids = NULL;
+	float *dists = NULL;
+	uint64_t t0 = cli_now_ns();
+	int rc = ann_gt_compute(base, queries, &o, &nq, &ids, &dists, &err);
+	if (rc < 0)
+		return cli_fail(c, &err);
+	cli_progress_end(&ps);
+	double secs = (double)(cli_now_ns() - t0) / 1e9;
+	if (ends_with(out, ".ivecs"))
+		rc = write_ids_ivecs(out, nq, o.k, ids, &err);
+	else
+		rc = ann_gt_write(out, nq, o.k, ids, dists, &err);
+	ann_free(ids);
+	ann_free(dists);
+	if (rc < 0)
+		return cli_fail(c, &err);
+	if (cli_flag(c, "json")) {
+		cli_json j;
+		cli_json_begin(&j, stdout);
+		cli_json_str(&j, "out", out);
+		cli_json_int(&j, "queries", nq);
+		cli_json_int(&j, "k", o.k);
+		cli_json_num(&j, "seconds", secs);
+		cli_json_int(&j, "threads", o.threads);
+		cli_json_end(&j);
+	} else {
+		printf("ground truth: %u queries x %u neighbours in %.2fs -> %s\n", nq, o.k, secs, out);
+	}
+	return 0;
+}
+
+cli_cmd cmd_gt = {"gt", "exact k-nearest-neighbour ground truth (blocked BLAS, bounded memory)",
+		  "--base FILE --queries FILE --out FILE [--k K] [--metric l2|ip|cosine] [--threads T] [--mem BYTES]",
+		  gt_opts, run_gt};
+
+/* ---- convert ------------------------------------------------------------- */
+
+static cli_opt convert_opts[] = {
+	{"in", "FILE", "input: fvecs bvecs ivecs fbin u8bin i8bin ibin, or an idx3-ubyte[.gz] file", NULL},
+	{"out", "FILE", "output: fvecs bvecs ivecs fbin u8bin i8bin ibin", NULL},
+	{"limit", "N", "convert only the first N vectors", NULL},
+	{"quiet", NULL, "no progress line", NULL},
+	{NULL, NULL, NULL, NULL},
+};
+
+static int run_convert(cli_cmd *c)
+{
+	const char *in = cli_need(c, "in");
+	const char *out = in ? cli_need(c, "out") : NULL;
+	if (!out)
+		return CLI_EXIT_USAGE;
+	uint64_t limit;
+	if (!cli_u64(c, "limit", UINT64_MAX, &limit))
+		return CLI_EXIT_USAGE;
+	ann_error err = {0};
+	ann_vreader *r = NULL;
+	ann_vwriter *w = NULL;
+	float *buf = NULL;
+	cli_progress_state ps;
+	cli_progress_init(&ps, cli_flag(c, "quiet"));
+	if (ann_vreader_open(in, &r, &err) < 0)
+		return cli_fail(c, &err);
+	uint32_t d = ann_vreader_dim(r);
+	uint64_t n = ANN_MIN(ann_vreader_count(r), limit), done = 0;
+	size_t chunk = ANN_MAX((size_t)1, ((size_t)4 << 20) / ((size_t)d * 4));
+	buf = ann_malloc(chunk * d * sizeof(float));
+	if (!buf) {
+		ann_vreader_close(r);
+		ann_err(&err, ANN_E_NOMEM, "out of memory");
+		return cli_fail(c, &err);
+	}
+	if (ann_vwriter_open(out, d, &w, &err) < 0)
+		goto fail;
+	while (done < n) {
+		int64_t got = ann_vreader_read_f32(r, buf, (size_t)ANN_MIN((uint64_t)chunk, n - done), &err);
+		if (got < 0)
+			goto fail;
+		if (got == 0)
+			break;
+		if (ann_vwriter_write_f32(w, buf, (size_t)got, &err) < 0)
+			goto fail;
+		done += (uint64_t)got;
+		cli_progress(&ps, "convert", done, n);
+	}
+	ann_vreader_close(r);
+	ann_free(buf);
+	if (ann_vwriter_close(w, &err) < 0)
+		return cli_fail(c, &err);
+	cli_progress_end(&ps);
+	printf("converted %" PRIu64 " x %u vectors: %s -> %s\n", done, d, in, out);
+	return 0;
+fail:
+	if (w)
+		ann_vwriter_abort(w);
+	ann_vreader_close(r);
+	ann_free(buf);
+	return cli_fail(c, &err);
+}
+
+cli_cmd cmd_convert = {"convert", "convert between vector file formats (and from Fashion-MNIST idx files)",
+		       "--in FILE --out FILE [--limit N]", convert_opts, run_convert};

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# tools/run.sh: one entry point for a fresh Debian 12 machine (run as root).
+#
+#   bash tools/run.sh demo    install dependencies, build, run the demo
+#   bash tools/run.sh test    install dependencies, build, run every test in a
+#                             release build and in an ASan+UBSan build
+#   bash tools/run.sh deps    only install the Debian packages
+#   bash tools/run.sh bench   also install the peers' packages (FAISS, SPTAG,
+#                             fio, Fashion-MNIST) used by bench/
+#
+# Environment: DEMO_N (demo base size, default 1000000), BUILD_DIR (default
+# build), JOBS (ninja -j, default nproc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD_DIR=${BUILD_DIR:-build}
+JOBS=${JOBS:-$(nproc)}
+DEPS="gcc pkg-config meson ninja-build liburing-dev liblmdb-dev libopenblas-dev libzstd-dev
+      libmetis-dev libxxhash-dev zlib1g-dev"
+BENCH_DEPS="python3 python3-numpy python3-faiss python3-matplotlib sptag fio dataset-fashion-mnist time
+            lmdb-utils libaio1 libboost-program-options1.74.0 liblapacke libgoogle-perftools4 libgomp1"
+
+install_pkgs() {
+	local missing=()
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		echo "== installing: ${missing[*]}"
+		if [ "$(id -u)" -ne 0 ]; then
+			echo "run as root (or install these packages yourself): ${missing[*]}" >&2
+			exit 1
+		fi
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	fi
+}
+
+build() {
+	local dir=$1
+	shift
+	if [ ! -f "$dir/build.ninja" ]; then
+		meson setup "$dir" "$@" >/dev/null
+	fi
+	ninja -C "$dir" -j "$JOBS"
+}
+
+cmd=${1:-}
+case "$cmd" in
+deps)
+	install_pkgs $DEPS
+	;;
+test)
+	install_pkgs $DEPS
+	build "$BUILD_DIR"
+	meson test -C "$BUILD_DIR" --print-errorlogs --num-processes "$JOBS"
+	echo "== sanitizer build (address, undefined)"
+	build "$BUILD_DIR-asan" -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		meson test -C "$BUILD_DIR-asan" --print-errorlogs --num-processes "$JOBS" --timeout-multiplier 4
+	echo "== all tests passed"
+	;;
+demo)
+	install_pkgs $DEPS
+	build "$BUILD_DIR"
+	exec bash tools/demo.sh "$BUILD_DIR/tools/annann"
+	;;
+bench)
+	install_pkgs $DEPS $BENCH_DEPS
+	build "$BUILD_DIR"
+	;;
+*)
+	echo "usage: bash tools/run.sh demo|test|deps|bench" >&2
+	exit 2
+	;;
+esac
