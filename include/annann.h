@@ -104,6 +104,178 @@ ANN_API const char *ann_simd_name(ann_simd_level level);
  * Called from the thread doing the work, at most a few times per second. */
 typedef void (*ann_progress_fn)(void *ctx, const char *phase, uint64_t done, uint64_t total);
 
+
+/* ======================================================================
+ * Indexes
+ * ====================================================================== */
+
+/** Router: how vectors are assigned to partitions and queries to the
+ * partitions worth reading. */
+typedef enum ann_router_kind {
+	ANN_ROUTER_KMEANS = 0, /**< k-means in the original space (static baseline) */
+	ANN_ROUTER_ANNANN = 1, /**< autoencoder + DEC, HNSW over embedded centroids */
+	ANN_ROUTER_NLSH = 2,   /**< k-NN graph, METIS partition, MLP classifier */
+	ANN_ROUTER_JOINT = 3,  /**< nlsh refined by alternating hard labels */
+	ANN_ROUTER_SOFT = 4,   /**< relaxed differentiable partitioner (negative result) */
+} ann_router_kind;
+
+/** Where blocks live. */
+typedef enum ann_store_kind {
+	ANN_STORE_FILE = 0, /**< blocks.dat, read with O_DIRECT through io_uring */
+	ANN_STORE_LMDB = 1, /**< values of an LMDB database, read through its map */
+} ann_store_kind;
+
+/** How vectors are stored in blocks. AUTO keeps the input's type (u8 input
+ * stays u8, float stays f32). */
+typedef enum ann_encoding {
+	ANN_ENC_AUTO = -1,
+	ANN_ENC_F32 = 0,
+	ANN_ENC_F16 = 1,
+	ANN_ENC_U8 = 2,
+	ANN_ENC_I8 = 3,
+	ANN_ENC_SQ8 = 4,
+} ann_encoding;
+
+/** Build options; ann_build_opts_init() sets the defaults named below. */
+typedef struct ann_build_opts {
+	ann_router_kind router;  /**< default KMEANS */
+	uint32_t partitions;     /**< number of partitions (clusters); default 0 = n / 1000 */
+	ann_store_kind store;    /**< default FILE */
+	ann_encoding encoding;   /**< default AUTO */
+	ann_metric metric;       /**< default L2 */
+	int zstd_level;          /**< default 3; 0 stores blocks uncompressed */
+	int shuffle;             /**< byte/dimension shuffle before zstd; default 1 */
+	int dictionary;          /**< train a zstd dictionary on sample blocks; default 0 */
+	size_t mem_bytes;        /**< memory budget of the build; default 1 GiB */
+	int threads;             /**< worker threads; default 2 */
+	uint64_t seed;           /**< default 1 */
+	uint64_t sample;         /**< training sample size; default 0 = min(n, 256 * partitions, budget) */
+	uint32_t kmeans_iters;   /**< Lloyd iterations; default 20 */
+	double balance;          /**< cap partition size at balance * n / partitions; 0 = no cap (default) */
+	uint32_t replicas;       /**< R: copies per vector (SPANN closure); default 1 = none */
+	double replica_eps;      /**< extra copies go to partitions within (1 + eps) of the nearest; default 0.1 */
+	uint32_t hnsw_m;         /**< HNSW degree over centroids; default 16 */
+	uint32_t hnsw_ef_construction; /**< default 200 */
+	/* ANNANN router */
+	uint32_t embed_dim;      /**< default 32 */
+	uint32_t hidden[4];      /**< encoder hidden layer sizes, 0-terminated; default {256} */
+	uint32_t ae_epochs;      /**< reconstruction epochs; default 10 */
+	uint32_t dec_epochs;     /**< DEC epochs; default 5 */
+	double dec_alpha;        /**< Student-t degrees of freedom; default 1 */
+	double recon_weight;     /**< weight of reconstruction during DEC; default 1 */
+	/* Neural LSH, joint and soft routers */
+	uint32_t knn_k;          /**< k of the k-NN graph; default 10 */
+	double imbalance;        /**< METIS imbalance; default 0.03 */
+	uint32_t nlsh_epochs;    /**< classifier epochs; default 20 */
+	int soft_labels;         /**< train on neighbours' part distribution; default 1 */
+	uint32_t joint_rounds;   /**< alternating rounds; default 5 */
+	double joint_lambda;     /**< weight of the neighbour-share term; default 1 */
+	ann_progress_fn progress; /**< NULL: silent */
+	void *progress_ctx;
+} ann_build_opts;
+
+/** Fills @p o with the defaults. */
+ANN_API void ann_build_opts_init(ann_build_opts *o);
+
+/** Builds an index from a vector file (any format vecio reads) into the
+ * directory @p index_dir, which must not exist. The index is built in
+ * "index_dir.tmp.<pid>" and renamed when complete, so @p index_dir either
+ * does not exist or holds a complete index. Peak memory stays within
+ * o->mem_bytes plus a fixed overhead of a few MiB plus the router.
+ * I/O: reads the input twice (sample, route), writes spill runs and blocks.
+ * @return ANN_OK, or ANN_E_INVAL (bad option), ANN_E_EXISTS (index_dir
+ * exists), ANN_E_BADINPUT (malformed input, message names the vector),
+ * ANN_E_BUDGET (o->mem_bytes too small, message names the shortfall),
+ * ANN_E_NOMEM, ANN_E_IO. */
+ANN_API int ann_build(const char *data_path, const char *index_dir, const ann_build_opts *o, ann_error *err);
+
+/** An open index: the router in RAM, the catalog, the block store. Safe to
+ * share between threads; each thread searches through its own searcher. */
+typedef struct ann_index ann_index;
+
+/** Opens an index read-only. Loads the router and the partition directory.
+ * @return ANN_OK, or ANN_E_NOTFOUND, ANN_E_FORMAT (unknown version),
+ * ANN_E_CORRUPT, ANN_E_NOMEM, ANN_E_IO. */
+ANN_API int ann_index_open(const char *index_dir, ann_index **out, ann_error *err);
+/** Closes the index; every searcher of it must be freed first. NULL is a no-op. */
+ANN_API void ann_index_close(ann_index *idx);
+
+/** Facts about an open index. */
+typedef struct ann_index_info {
+	uint64_t vectors;          /**< stored vectors (without replicas) */
+	uint64_t stored_vectors;   /**< vectors in blocks, replicas included */
+	uint32_t dim;
+	uint32_t partitions;
+	ann_router_kind router;
+	ann_store_kind store;
+	ann_encoding encoding;
+	ann_metric metric;
+	uint64_t bytes_on_disk;    /**< blocks + catalog, as allocated on disk */
+	uint64_t block_bytes;      /**< sum of block lengths */
+	uint64_t router_ram_bytes; /**< RAM the router holds at query time */
+	uint64_t largest_partition;
+	uint64_t smallest_partition;
+} ann_index_info;
+
+ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);
+ANN_API const char *ann_router_name(ann_router_kind k);
+ANN_API const char *ann_encoding_name(ann_encoding e);
+
+/** Partition size of partition @p p in vectors (for histograms), or 0. */
+ANN_API uint64_t ann_index_partition_size(const ann_index *idx, uint32_t p);
+
+/** Search options. */
+typedef struct ann_search_opts {
+	uint32_t k;            /**< neighbours per query; default 10 */
+	uint32_t nprobe;       /**< partitions read per query (C for annann); default 16 */
+	uint32_t candidates_factor; /**< annann: HNSW returns factor * C clusters; default 10 */
+	uint32_t hnsw_ef;      /**< ef of the centroid graph search; default 0 = max(64, 2 * nprobe) */
+	size_t cache_bytes;    /**< decoded-block cache; default 0 = read every block from storage */
+	uint32_t queue_depth;  /**< I/O requests in flight; default 32 */
+	size_t io_buffer_bytes; /**< bound on raw block bytes in flight; default 16 MiB */
+	int force_pread;       /**< use pread instead of io_uring; default 0 */
+} ann_search_opts;
+
+ANN_API void ann_search_opts_init(ann_search_opts *o);
+
+/** Per-query statistics (batch searches share I/O: bytes and requests of a
+ * block read once for several queries are divided among them). */
+typedef struct ann_query_stats {
+	uint32_t partitions;   /**< partitions probed */
+	uint64_t candidates;   /**< vectors whose distance was computed */
+	double bytes_read;     /**< bytes read from storage */
+	double io_requests;    /**< read requests */
+	uint64_t latency_ns;   /**< wall time of the query (of its batch in batch mode) */
+	uint64_t route_ns, io_wait_ns, decode_ns, scan_ns; /**< time by stage */
+} ann_query_stats;
+
+/** A per-thread search context: I/O ring, buffers, decoder, scratch. */
+typedef struct ann_searcher ann_searcher;
+
+ANN_API int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **out, ann_error *err);
+ANN_API void ann_searcher_free(ann_searcher *s);
+/** "io_uring", "pread" or "lmdb": how this searcher reads blocks. */
+ANN_API const char *ann_searcher_io_path(const ann_searcher *s);
+
+/** Searches @p nq queries (row-major, nq * dim floats). Every block is read
+ * once per call however many of the queries probe it.
+ * @param[out] ids   nq * k ids, ascending distance, padded with -1
+ * @param[out] dists nq * k distances, padded with +inf
+ * @param[out] stats nq entries, or NULL
+ * @return ANN_OK, or ANN_E_CORRUPT (a block failed its checksum; the message
+ * names the partition), ANN_E_IO, ANN_E_NOMEM. */
+ANN_API int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, float *dists,
+		       ann_query_stats *stats, ann_error *err);
+
+/** Problem report callback of ann_verify: @p partition is the partition
+ * concerned or UINT32_MAX for the catalog as a whole. */
+typedef void (*ann_verify_fn)(void *ctx, uint32_t partition, const char *problem);
+
+/** Reads every block and checks checksums, decoding and catalog
+ * consistency. @p problems receives the number found (0 = healthy). */
+ANN_API int ann_verify(const char *index_dir, ann_verify_fn report, void *ctx, uint64_t *problems,
+		       ann_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,2 +1,1286 @@
-/* PLACEHOLDER: replaced by the module's owner */
-typedef int ann_placeholder_block;
+/* SPDX-License-Identifier: MIT */
+/*
+ * block.c: the block codec (docs/FORMAT.md, "Block"). Owns the header layout, the id coding
+ * (sorted, zigzag first id, varint deltas), the five vector encodings, the byte shuffle, zstd
+ * framing with optional dictionaries, the xxh64 checksums and the padding rules. It does no
+ * I/O and keeps no state outside its contexts. Decoding treats every input as hostile: each
+ * length is checked against the buffer before it is used, so no input can make it read out
+ * of bounds, and every single-bit change of a block is reported as an error.
+ */
+#define ZSTD_STATIC_LINKING_ONLY /* ZSTD_customMem: route zstd's allocations through ann_malloc */
+#include "block.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <xxhash.h>
+#include <zdict.h>
+#include <zstd.h>
+#include <zstd_errors.h>
+
+/* ---- header layout (FORMAT.md, "Block header") ------------------------------------------ */
+
+enum {
+	H_MAGIC = 0,       /* u32 BLOCK_MAGIC */
+	H_MAJOR = 4,       /* u16 */
+	H_MINOR = 6,       /* u16 */
+	H_HDR_BYTES = 8,   /* u16 header size, >= 80, multiple of 8 */
+	H_ENCODING = 10,   /* u8 ann_block_encoding */
+	H_CODEC = 11,      /* u8 ann_block_codec */
+	H_FLAGS = 12,      /* u16 BLOCK_FLAG_* */
+	H_RESERVED = 14,   /* u16 zero */
+	H_DIM = 16,        /* u32 */
+	H_COUNT = 20,      /* u32 */
+	H_DICT_ID = 24,    /* u32 */
+	H_IDS_BYTES = 28,  /* u32 */
+	H_RAW_BYTES = 32,  /* u64 */
+	H_STORED = 40,     /* u64 */
+	H_PARTITION = 48,  /* u64 */
+	H_GENERATION = 56, /* u64 */
+	H_PAYLOAD_XXH = 64,/* u64 XXH64 of the stored payload */
+	H_HEADER_XXH = 72, /* u64 XXH64 of header bytes [0, header_bytes - 8); last field */
+	H_END = 80,
+};
+_Static_assert(H_END == BLOCK_HEADER_BYTES, "block header 1.0 is 80 bytes (FORMAT.md)");
+_Static_assert(H_HEADER_XXH + 8 == H_END, "the header checksum is the header's last field");
+
+#define HDR_BYTES_MAX 4096u  /* a later minor may grow the header up to this */
+#define VARINT_MAX 10u       /* bytes of a 64-bit LEB128 value */
+#define TRAIN_PIECE (16u << 10)
+#define BLOCK_DICT_MIN_BYTES 256 /* ZDICT_DICTSIZE_MIN, which zdict.h hides behind ZDICT_STATIC_LINKING_ONLY */
+#define ORDER_FLIP (UINT64_C(1) << 63) /* maps int64 order onto uint64 order */
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static void *zmem_alloc(void *opaque, size_t n)
+{
+	(void)opaque;
+	return ann_malloc(n);
+}
+
+static void zmem_free(void *opaque, void *p)
+{
+	(void)opaque;
+	ann_free(p);
+}
+
+static const ZSTD_customMem block_zmem = { zmem_alloc, zmem_free, NULL };
+
+static bool encoding_known(unsigned e)
+{
+	return e == ANN_BLOCK_F32 || e == ANN_BLOCK_U8 || e == ANN_BLOCK_I8 || e == ANN_BLOCK_F16 ||
+	       e == ANN_BLOCK_SQ8;
+}
+
+static const char *encoding_name(unsigned e)
+{
+	switch (e) {
+	case ANN_BLOCK_F32: return "F32";
+	case ANN_BLOCK_U8: return "U8";
+	case ANN_BLOCK_I8: return "I8";
+	case ANN_BLOCK_F16: return "F16";
+	case ANN_BLOCK_SQ8: return "SQ8";
+	default: return "?";
+	}
+}
+
+/* Stored bytes per element. */
+static size_t enc_esize(ann_block_encoding e)
+{
+	return e == ANN_BLOCK_F32 ? 4 : e == ANN_BLOCK_F16 ? 2 : 1;
+}
+
+static ann_dtype enc_out_dtype(ann_block_encoding e)
+{
+	return e == ANN_BLOCK_U8 ? ANN_DTYPE_U8 : e == ANN_BLOCK_I8 ? ANN_DTYPE_I8 : ANN_DTYPE_F32;
+}
+
+/* Replaces *p by an aligned buffer of at least need bytes when it is smaller. Contents are
+ * not kept. */
+static int grow(uint8_t **p, size_t *cap, size_t need, const char *what, ann_error *err)
+{
+	if (need == 0)
+		need = 64;
+	if (*cap >= need && *p)
+		return ANN_OK;
+	size_t n = need > SIZE_MAX / 2 ? need : need + need / 8;
+	n = ANN_ALIGN_UP(n, 64);
+	uint8_t *q = ann_aligned_alloc(64, n);
+	if (!q)
+		return ann_err(err, ANN_E_NOMEM, "block: cannot allocate %zu bytes for %s", n, what);
+	ann_aligned_free(*p);
+	*p = q;
+	*cap = n;
+	return ANN_OK;
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+	size_t n = 0;
+	while (v >= 0x80) {
+		p[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	p[n++] = (uint8_t)v;
+	return n;
+}
+
+/* Reads one canonical LEB128 value from [*pp, end). @return false on truncation, more than
+ * 64 bits, or a redundant trailing zero byte. */
+static inline bool get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
+{
+	const uint8_t *p = *pp;
+	uint64_t x = 0;
+	for (unsigned shift = 0; shift < 64; shift += 7) {
+		if (p == end)
+			return false;
+		uint8_t b = *p++;
+		if (shift == 63 && b > 1)
+			return false;
+		x |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80)) {
+			if (b == 0 && shift != 0)
+				return false;
+			*v = x;
+			*pp = p;
+			return true;
+		}
+	}
+	return false;
+}
+
+static uint64_t zigzag(int64_t v)
+{
+	uint64_t u = (uint64_t)v;
+	return (u << 1) ^ (0 - (u >> 63));
+}
+
+static int64_t unzigzag(uint64_t z)
+{
+	uint64_t u = (z >> 1) ^ (0 - (z & 1));
+	int64_t v;
+	memcpy(&v, &u, 8);
+	return v;
+}
+
+static int64_t from_key(uint64_t key)
+{
+	uint64_t u = key ^ ORDER_FLIP;
+	int64_t v;
+	memcpy(&v, &u, 8);
+	return v;
+}
+
+/* ---- IEEE binary16 ---------------------------------------------------------------------- */
+
+static inline uint16_t f32_to_f16(float f)
+{
+	uint32_t x;
+	memcpy(&x, &f, 4);
+	uint32_t sign = (x >> 16) & 0x8000u;
+	uint32_t a = x & 0x7fffffffu;
+	if (a >= 0x47800000u) /* >= 65536, inf or NaN: all of these give inf/NaN */
+		return (uint16_t)(sign | (a > 0x7f800000u ? 0x7e00u | ((a >> 13) & 0x1ffu) : 0x7c00u));
+	if (a < 0x38800000u) {
+		/* Below 2^-14: the half is subnormal or zero. Adding 0.5 puts the 10 kept bits at the
+		 * bottom of the float's mantissa; the FPU's round-to-nearest-even does the rest. */
+		float t, m = 0.5f;
+		uint32_t mb;
+		memcpy(&t, &a, 4);
+		t += m;
+		memcpy(&mb, &t, 4);
+		return (uint16_t)(sign | (mb - 0x3f000000u));
+	}
+	/* Normal: rebias the exponent, round the 13 dropped bits to nearest even. A carry out of
+	 * the mantissa bumps the exponent, which is right (65520 and above become inf). */
+	uint32_t odd = (a >> 13) & 1u;
+	a += ((uint32_t)(15 - 127) << 23) + 0xfffu + odd;
+	return (uint16_t)(sign | (a >> 13));
+}
+
+/* Branch-free so that decode loops vectorise; subnormals go through an exact integer to
+ * float conversion, so the result does not depend on the FPU's denormal mode. */
+static inline float f16_to_f32(uint16_t h)
+{
+	uint32_t em = h & 0x7fffu;
+	uint32_t normal = (em << 13) + ((uint32_t)(127 - 15) << 23);
+	float sf = (float)(int32_t)em * 0x1p-24f;
+	uint32_t sub;
+	memcpy(&sub, &sf, 4);
+	uint32_t is_sub = 0u - (uint32_t)(em < 0x0400u), is_special = 0u - (uint32_t)(em >= 0x7c00u);
+	uint32_t bits = (sub & is_sub) | (normal & ~is_sub);
+	bits |= is_special & 0x7f800000u;
+	bits |= (uint32_t)(h & 0x8000u) << 16;
+	float f;
+	memcpy(&f, &bits, 4);
+	return f;
+}
+
+uint16_t block_f32_to_f16(float f)
+{
+	return f32_to_f16(f);
+}
+
+float block_f16_to_f32(uint16_t h)
+{
+	return f16_to_f32(h);
+}
+
+/* ---- padding ---------------------------------------------------------------------------- */
+
+size_t block_padded_size(size_t n, ann_block_pad pad)
+{
+	if (pad == ANN_BLOCK_PAD_FILE) {
+		if (n > SIZE_MAX - (ANN_PAGE - 1))
+			return 0;
+		return n == 0 ? ANN_PAGE : ANN_ALIGN_UP(n, ANN_PAGE);
+	}
+	if (pad == ANN_BLOCK_PAD_LMDB) {
+		if (n > SIZE_MAX - BLOCK_LMDB_PAGE_HEADER - (ANN_PAGE - 1))
+			return 0;
+		size_t k = (n + BLOCK_LMDB_PAGE_HEADER + ANN_PAGE - 1) / ANN_PAGE;
+		return k * ANN_PAGE - BLOCK_LMDB_PAGE_HEADER;
+	}
+	return 0;
+}
+
+/* ---- dictionaries ----------------------------------------------------------------------- */
+
+struct ann_block_dict {
+	uint32_t id;        /* written into headers, >= 1 */
+	int level;          /* zstd level of cdict, or BLOCK_DICT_DECODE_ONLY */
+	size_t bytes;       /* dictionary size */
+	ZSTD_CDict *cdict;  /* NULL when decode only */
+	ZSTD_DDict *ddict;
+};
+
+static bool level_ok(int level)
+{
+	return level >= ZSTD_minCLevel() && level <= ZSTD_maxCLevel();
+}
+
+int block_dict_new(uint32_t id, const void *data, size_t len, int level, ann_block_dict **out,
+		   ann_error *err)
+{
+	*out = NULL;
+	if (id == 0)
+		return ann_err(err, ANN_E_INVAL, "block dictionary: id 0 is reserved for \"no dictionary\"");
+	if (!data || len == 0)
+		return ann_err(err, ANN_E_INVAL, "block dictionary %" PRIu32 ": empty", id);
+	if (level != BLOCK_DICT_DECODE_ONLY && !level_ok(level))
+		return ann_err(err, ANN_E_INVAL, "block dictionary %" PRIu32 ": zstd level %d outside %d..%d",
+			       id, level, ZSTD_minCLevel(), ZSTD_maxCLevel());
+	ann_block_dict *d = ann_calloc(1, sizeof *d);
+	if (!d)
+		return ann_err(err, ANN_E_NOMEM, "block dictionary %" PRIu32 ": out of memory", id);
+	d->id = id;
+	d->level = level;
+	d->bytes = len;
+	d->ddict = ZSTD_createDDict_advanced(data, len, ZSTD_dlm_byCopy, ZSTD_dct_auto, block_zmem);
+	if (!d->ddict)
+		goto fail;
+	if (level != BLOCK_DICT_DECODE_ONLY) {
+		/* zstd 1.5.4 (Debian 12) dereferences NULL in ZSTD_createCDict_advanced2 when an
+		 * allocation fails (fixed upstream in 1.5.6, PR #3847), so the CDict uses stdlib
+		 * malloc, whose failure is far rarer than an injected one; block_dict_sizeof counts it. */
+		ZSTD_compressionParameters cp = ZSTD_getCParams(level, 0, len);
+		d->cdict = ZSTD_createCDict_advanced(data, len, ZSTD_dlm_byCopy, ZSTD_dct_auto, cp, ZSTD_defaultCMem);
+		if (!d->cdict)
+			goto fail;
+	}
+	*out = d;
+	return ANN_OK;
+fail:
+	block_dict_free(d);
+	/* zstd reports neither cause; both are allocation failures or a malformed dictionary. */
+	return ann_err(err, ANN_E_NOMEM, "block dictionary %" PRIu32 ": zstd could not load %zu bytes "
+		       "(out of memory or malformed dictionary)", id, len);
+}
+
+void block_dict_free(ann_block_dict *d)
+{
+	if (!d)
+		return;
+	ZSTD_freeCDict(d->cdict);
+	ZSTD_freeDDict(d->ddict);
+	ann_free(d);
+}
+
+uint32_t block_dict_id(const ann_block_dict *d)
+{
+	return d ? d->id : 0;
+}
+
+size_t block_dict_sizeof(const ann_block_dict *d)
+{
+	if (!d)
+		return 0;
+	return sizeof *d + ZSTD_sizeof_CDict(d->cdict) + ZSTD_sizeof_DDict(d->ddict);
+}
+
+/* ---- header ----------------------------------------------------------------------------- */
+
+static void write_header(uint8_t *h, const ann_block_info *in)
+{
+	memset(h, 0, H_END);
+	ann_st32(h + H_MAGIC, BLOCK_MAGIC);
+	ann_st16(h + H_MAJOR, BLOCK_VERSION_MAJOR);
+	ann_st16(h + H_MINOR, BLOCK_VERSION_MINOR);
+	ann_st16(h + H_HDR_BYTES, BLOCK_HEADER_BYTES);
+	h[H_ENCODING] = (uint8_t)in->encoding;
+	h[H_CODEC] = (uint8_t)in->codec;
+	ann_st16(h + H_FLAGS, (uint16_t)in->flags);
+	ann_st16(h + H_RESERVED, 0);
+	ann_st32(h + H_DIM, in->dim);
+	ann_st32(h + H_COUNT, in->count);
+	ann_st32(h + H_DICT_ID, in->dict_id);
+	ann_st32(h + H_IDS_BYTES, in->ids_bytes);
+	ann_st64(h + H_RAW_BYTES, in->raw_bytes);
+	ann_st64(h + H_STORED, in->stored_bytes);
+	ann_st64(h + H_PARTITION, in->partition);
+	ann_st64(h + H_GENERATION, in->generation);
+	ann_st64(h + H_PAYLOAD_XXH, in->payload_xxh64);
+	ann_st64(h + H_HEADER_XXH, XXH64(h, H_HEADER_XXH, 0));
+}
+
+int block_peek(const void *buf, size_t len, ann_block_info *info, ann_error *err)
+{
+	const uint8_t *h = buf;
+	memset(info, 0, sizeof *info);
+	if (!buf || len < H_END)
+		return ann_err(err, ANN_E_CORRUPT, "block header: truncated: %zu bytes, need at least %u", len,
+			       (unsigned)H_END);
+	uint32_t magic = ann_ld32(h + H_MAGIC);
+	if (magic != BLOCK_MAGIC)
+		return ann_err(err, ANN_E_FORMAT, "block header: bad magic 0x%08" PRIx32 ", expected 0x%08" PRIx32,
+			       magic, (uint32_t)BLOCK_MAGIC);
+	unsigned major = ann_ld16(h + H_MAJOR), minor = ann_ld16(h + H_MINOR);
+	if (major != BLOCK_VERSION_MAJOR)
+		return ann_err(err, ANN_E_FORMAT, "block header: format version %u.%u, this reader supports %u.x "
+			       "(up to %u.%u)", major, minor, BLOCK_VERSION_MAJOR, BLOCK_VERSION_MAJOR,
+			       BLOCK_VERSION_MINOR);
+	unsigned hdr = ann_ld16(h + H_HDR_BYTES);
+	if (hdr < H_END || hdr > HDR_BYTES_MAX || hdr % 8 != 0)
+		return ann_err(err, ANN_E_CORRUPT, "block header: header size %u, expected a multiple of 8 in %u..%u",
+			       hdr, (unsigned)H_END, HDR_BYTES_MAX);
+	if (len < hdr)
+		return ann_err(err, ANN_E_CORRUPT, "block header: truncated: %zu bytes, header size %u", len, hdr);
+	uint64_t want = ann_ld64(h + hdr - 8), got = XXH64(h, hdr - 8, 0);
+	if (want != got)
+		return ann_err(err, ANN_E_CORRUPT, "block header: checksum mismatch (stored %016" PRIx64 ", "
+			       "computed %016" PRIx64 "; header claims partition %" PRIu64 ")", want, got,
+			       ann_ld64(h + H_PARTITION));
+
+	info->version_major = (uint16_t)major;
+	info->version_minor = (uint16_t)minor;
+	info->header_bytes = hdr;
+	info->flags = ann_ld16(h + H_FLAGS);
+	info->dim = ann_ld32(h + H_DIM);
+	info->count = ann_ld32(h + H_COUNT);
+	info->dict_id = ann_ld32(h + H_DICT_ID);
+	info->ids_bytes = ann_ld32(h + H_IDS_BYTES);
+	info->raw_bytes = ann_ld64(h + H_RAW_BYTES);
+	info->stored_bytes = ann_ld64(h + H_STORED);
+	info->partition = ann_ld64(h + H_PARTITION);
+	info->generation = ann_ld64(h + H_GENERATION);
+	info->payload_xxh64 = ann_ld64(h + H_PAYLOAD_XXH);
+	uint64_t part = info->partition;
+	unsigned enc = h[H_ENCODING], codec = h[H_CODEC];
+
+	if (!encoding_known(enc))
+		return ann_err(err, ANN_E_FORMAT, "block of partition %" PRIu64 ": unknown encoding %u (format %u.%u)",
+			       part, enc, major, minor);
+	if (codec != ANN_BLOCK_CODEC_NONE && codec != ANN_BLOCK_CODEC_ZSTD)
+		return ann_err(err, ANN_E_FORMAT, "block of partition %" PRIu64 ": unknown codec %u (format %u.%u)",
+			       part, codec, major, minor);
+	if (info->flags & ~BLOCK_FLAGS_KNOWN)
+		return ann_err(err, ANN_E_FORMAT, "block of partition %" PRIu64 ": unknown flag bits 0x%" PRIx32
+			       " (format %u.%u)", part, info->flags & ~BLOCK_FLAGS_KNOWN, major, minor);
+	if (ann_ld16(h + H_RESERVED) != 0)
+		return ann_err(err, ANN_E_FORMAT, "block of partition %" PRIu64 ": reserved field is %u, expected 0",
+			       part, ann_ld16(h + H_RESERVED));
+	info->encoding = (ann_block_encoding)enc;
+	info->codec = (ann_block_codec)codec;
+	info->vec_dtype = enc_out_dtype(info->encoding);
+
+	if (info->dim == 0)
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": dimension 0", part);
+	bool has_dict = info->flags & BLOCK_FLAG_DICT;
+	if (has_dict != (info->dict_id != 0) || (has_dict && info->codec != ANN_BLOCK_CODEC_ZSTD))
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": dictionary flag %d, id %" PRIu32
+			       ", codec %u are inconsistent", part, has_dict, info->dict_id, codec);
+	bool center = info->flags & BLOCK_FLAG_CENTER;
+	if (center && enc_esize(info->encoding) != 1)
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": centring flag on %s vectors", part,
+			       encoding_name(enc));
+	uint64_t n = info->count;
+	if (info->ids_bytes < n || info->ids_bytes > n * VARINT_MAX)
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": id section of %" PRIu32
+			       " bytes for %" PRIu64 " ids", part, info->ids_bytes, n);
+	uint64_t elems = n * info->dim; /* < 2^64: both factors < 2^32 */
+	uint64_t vec_bytes, raw;
+	uint64_t params = (info->encoding == ANN_BLOCK_SQ8 ? 8 * (uint64_t)info->dim : 0) +
+			  (center ? info->dim : 0);
+	if (__builtin_mul_overflow(elems, (uint64_t)enc_esize(info->encoding), &vec_bytes) ||
+	    __builtin_add_overflow(vec_bytes, params + info->ids_bytes, &raw) || raw != info->raw_bytes)
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": raw payload length %" PRIu64
+			       " does not match %" PRIu64 " x %" PRIu32 " %s vectors and %" PRIu32 " id bytes", part,
+			       info->raw_bytes, n, info->dim, encoding_name(enc), info->ids_bytes);
+	if (info->codec == ANN_BLOCK_CODEC_NONE && info->stored_bytes != info->raw_bytes)
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": uncompressed payload stores %"
+			       PRIu64 " bytes, raw length is %" PRIu64, part, info->stored_bytes, info->raw_bytes);
+	uint64_t unpadded;
+	size_t total = 0;
+	if (!__builtin_add_overflow(info->stored_bytes, (uint64_t)hdr, &unpadded) && unpadded <= SIZE_MAX)
+		total = block_padded_size((size_t)unpadded, (info->flags & BLOCK_FLAG_PAD_LMDB) ?
+							    ANN_BLOCK_PAD_LMDB : ANN_BLOCK_PAD_FILE);
+	if (total == 0)
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": stored length %" PRIu64
+			       " is too large", part, info->stored_bytes);
+	info->total_bytes = total;
+	size_t oes = info->vec_dtype == ANN_DTYPE_F32 ? 4 : 1;
+	if (elems > SIZE_MAX / oes || n > SIZE_MAX / 8)
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": decoded size overflows", part);
+	info->ids_out_bytes = (size_t)n * 8;
+	info->vec_out_bytes = (size_t)elems * oes;
+	return ANN_OK;
+}
+
+/* ---- encoding --------------------------------------------------------------------------- */
+
+struct ann_block_enc {
+	ZSTD_CCtx *cctx;
+	uint8_t *raw;    /* raw payload being built */
+	size_t raw_cap;
+	uint8_t *codes;  /* converted vectors, row-major, in id order */
+	size_t codes_cap;
+	uint8_t *z;      /* compressed payload */
+	size_t z_cap;
+	uint8_t *z2;     /* the second candidate when centring is tried */
+	size_t z2_cap;
+	uint8_t *order;  /* sort pairs, then the permutation */
+	size_t order_cap;
+	uint8_t *aux;    /* SQ8 parameters (2 * dim floats), then dim reference bytes */
+	size_t aux_cap;
+};
+
+void block_params_init(ann_block_params *p)
+{
+	memset(p, 0, sizeof *p);
+	p->encoding = ANN_BLOCK_F32;
+	p->codec = ANN_BLOCK_CODEC_ZSTD;
+	p->level = 3;
+	p->shuffle = true;
+	p->pad = ANN_BLOCK_PAD_FILE;
+	p->center = ANN_BLOCK_CENTER_AUTO;
+	p->dict = NULL;
+}
+
+int block_enc_new(ann_block_enc **out, ann_error *err)
+{
+	*out = NULL;
+	ann_block_enc *e = ann_calloc(1, sizeof *e);
+	if (!e)
+		return ann_err(err, ANN_E_NOMEM, "block encoder: out of memory");
+	e->cctx = ZSTD_createCCtx_advanced(block_zmem);
+	if (!e->cctx) {
+		ann_free(e);
+		return ann_err(err, ANN_E_NOMEM, "block encoder: cannot create a zstd context");
+	}
+	*out = e;
+	return ANN_OK;
+}
+
+void block_enc_free(ann_block_enc *e)
+{
+	if (!e)
+		return;
+	ZSTD_freeCCtx(e->cctx);
+	ann_aligned_free(e->raw);
+	ann_aligned_free(e->codes);
+	ann_aligned_free(e->z);
+	ann_aligned_free(e->z2);
+	ann_aligned_free(e->order);
+	ann_aligned_free(e->aux);
+	ann_free(e);
+}
+
+size_t block_enc_sizeof(const ann_block_enc *e)
+{
+	if (!e)
+		return 0;
+	return sizeof *e + ZSTD_sizeof_CCtx(e->cctx) + e->raw_cap + e->codes_cap + e->z_cap + e->z2_cap +
+	       e->order_cap + e->aux_cap;
+}
+
+typedef struct sort_pair {
+	int64_t id;
+	uint64_t idx;
+} sort_pair;
+
+static int cmp_pair(const void *a, const void *b)
+{
+	const sort_pair *x = a, *y = b;
+	if (x->id != y->id)
+		return x->id < y->id ? -1 : 1;
+	return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* Input element i of row s as a double (exact for every input type). */
+static inline double in_elem(const void *v, ann_dtype t, size_t i)
+{
+	if (t == ANN_DTYPE_F32) {
+		float f;
+		memcpy(&f, (const uint8_t *)v + 4 * i, 4);
+		return f;
+	}
+	if (t == ANN_DTYPE_U8)
+		return ((const uint8_t *)v)[i];
+	return ((const int8_t *)v)[i];
+}
+
+static int bad_value(ann_error *err, size_t s, const int64_t *ids, uint32_t j, double x, const char *why)
+{
+	return ann_err(err, ANN_E_INVAL, "block encode: vector %zu (id %" PRId64 "), dim %" PRIu32
+		       ": value %.9g %s", s, ids[s], j, x, why);
+}
+
+/* Converts input row s into dim stored elements (little-endian) at out; SQ8 gives codes. */
+static int encode_row(ann_block_encoding enc, ann_dtype in, const void *vectors, size_t s, uint32_t dim,
+		      const float *sq, const int64_t *ids, uint8_t *out, ann_error *err)
+{
+	size_t base = s * dim;
+	for (uint32_t j = 0; j < dim; j++) {
+		double x = in_elem(vectors, in, base + j);
+		switch (enc) {
+		case ANN_BLOCK_F32:
+			if (!isfinite(x))
+				return bad_value(err, s, ids, j, x, "is not finite");
+			ann_stf32(out + 4 * (size_t)j, (float)x);
+			break;
+		case ANN_BLOCK_F16:
+			if (!isfinite(x) || fabs(x) >= 65520.0)
+				return bad_value(err, s, ids, j, x, "is outside the F16 range (|x| < 65520)");
+			ann_st16(out + 2 * (size_t)j, f32_to_f16((float)x));
+			break;
+		case ANN_BLOCK_U8:
+			if (!(x >= 0 && x <= 255 && x == floor(x)))
+				return bad_value(err, s, ids, j, x, "is not an integer in 0..255 (U8)");
+			out[j] = (uint8_t)x;
+			break;
+		case ANN_BLOCK_I8:
+			if (!(x >= -128 && x <= 127 && x == floor(x)))
+				return bad_value(err, s, ids, j, x, "is not an integer in -128..127 (I8)");
+			out[j] = (uint8_t)(int8_t)x;
+			break;
+		case ANN_BLOCK_SQ8: {
+			double off = sq[j], scale = sq[dim + j], q = 0;
+			if (scale > 0)
+				q = floor((x - off) / scale + 0.5);
+			out[j] = (uint8_t)(q < 0 ? 0 : q > 255 ? 255 : q);
+			break;
+		}
+		}
+	}
+	return ANN_OK;
+}
+
+/* Per-dimension SQ8 parameters: sq[j] = min, sq[dim + j] = (max - min) / 255. */
+static int sq8_params(ann_dtype in, const void *vectors, size_t count, uint32_t dim, const int64_t *ids,
+		      float *sq, ann_error *err)
+{
+	for (uint32_t j = 0; j < dim; j++) {
+		double lo = INFINITY, hi = -INFINITY;
+		for (size_t i = 0; i < count; i++) {
+			double x = in_elem(vectors, in, i * dim + j);
+			if (!isfinite(x))
+				return bad_value(err, i, ids, j, x, "is not finite");
+			lo = x < lo ? x : lo;
+			hi = x > hi ? x : hi;
+		}
+		if (count == 0)
+			lo = hi = 0;
+		float off = (float)lo, scale = (float)((hi - lo) / 255.0);
+		/* The float offset may sit above the true minimum; the codes clamp at 0 then, and
+		 * the error stays within half a step plus the rounding of off. */
+		if (!isfinite(scale) || !isfinite(off + 255.0f * scale))
+			return ann_err(err, ANN_E_INVAL, "block encode: dim %" PRIu32 ": range %g..%g too wide for SQ8",
+				       j, lo, hi);
+		sq[j] = off;
+		sq[dim + j] = scale;
+	}
+	return ANN_OK;
+}
+
+static int check_params(const ann_block_params *p, uint32_t dim, size_t count, const int64_t *ids,
+			const void *vectors, ann_dtype vt, ann_error *err)
+{
+	if (!p)
+		return ann_err(err, ANN_E_INVAL, "block encode: no parameters");
+	if (!encoding_known((unsigned)p->encoding))
+		return ann_err(err, ANN_E_INVAL, "block encode: unknown encoding %d", (int)p->encoding);
+	if (p->codec != ANN_BLOCK_CODEC_NONE && p->codec != ANN_BLOCK_CODEC_ZSTD)
+		return ann_err(err, ANN_E_INVAL, "block encode: unknown codec %d", (int)p->codec);
+	if (p->pad != ANN_BLOCK_PAD_FILE && p->pad != ANN_BLOCK_PAD_LMDB)
+		return ann_err(err, ANN_E_INVAL, "block encode: unknown padding mode %d", (int)p->pad);
+	if (p->center != ANN_BLOCK_CENTER_AUTO && p->center != ANN_BLOCK_CENTER_OFF &&
+	    p->center != ANN_BLOCK_CENTER_ON)
+		return ann_err(err, ANN_E_INVAL, "block encode: unknown centring mode %d", (int)p->center);
+	if (p->codec == ANN_BLOCK_CODEC_ZSTD && !level_ok(p->level))
+		return ann_err(err, ANN_E_INVAL, "block encode: zstd level %d outside %d..%d", p->level,
+			       ZSTD_minCLevel(), ZSTD_maxCLevel());
+	if (p->dict) {
+		if (p->codec != ANN_BLOCK_CODEC_ZSTD)
+			return ann_err(err, ANN_E_INVAL, "block encode: a dictionary needs codec zstd");
+		if (!p->dict->cdict)
+			return ann_err(err, ANN_E_INVAL, "block encode: dictionary %" PRIu32 " was loaded decode-only",
+				       p->dict->id);
+		if (p->dict->level != p->level)
+			return ann_err(err, ANN_E_INVAL, "block encode: dictionary %" PRIu32 " was prepared for zstd "
+				       "level %d, params ask for %d", p->dict->id, p->dict->level, p->level);
+	}
+	if (dim == 0)
+		return ann_err(err, ANN_E_INVAL, "block encode: dimension 0");
+	if (count > UINT32_MAX)
+		return ann_err(err, ANN_E_INVAL, "block encode: %zu vectors, at most %" PRIu32 " per block", count,
+			       UINT32_MAX);
+	if (vt != ANN_DTYPE_F32 && vt != ANN_DTYPE_U8 && vt != ANN_DTYPE_I8)
+		return ann_err(err, ANN_E_INVAL, "block encode: input element type %d, expected F32, U8 or I8",
+			       (int)vt);
+	if (count > 0 && (!ids || !vectors))
+		return ann_err(err, ANN_E_INVAL, "block encode: %zu vectors but no %s", count, ids ? "vectors" : "ids");
+	return ANN_OK;
+}
+
+/* Per-dimension median of the row-major 1-byte codes (signed order for I8): the reference
+ * that centring subtracts. */
+static void code_medians(const uint8_t *codes, size_t count, size_t dim, bool is_signed, uint8_t *ref)
+{
+	uint8_t flip = is_signed ? 0x80 : 0;
+	for (size_t j = 0; j < dim; j++) {
+		uint32_t hist[256] = { 0 };
+		for (size_t i = 0; i < count; i++)
+			hist[codes[i * dim + j] ^ flip]++;
+		size_t seen = 0, v = 0;
+		while (v < 255 && (seen += hist[v]) <= count / 2)
+			v++;
+		ref[j] = (uint8_t)(v ^ flip);
+	}
+}
+
+/* Lays out the row-major codes (count x dim elements of es bytes) as the vector section:
+ * optionally centred (1-byte: minus ref[j], modulo 256), then shuffled or not. */
+static void layout_vectors(const uint8_t *codes, size_t count, size_t dim, size_t es, bool shuffle,
+			   const uint8_t *ref, uint8_t *vec)
+{
+	size_t elems = count * dim;
+	if (es == 1 && ref) {
+		for (size_t r = 0; r < count; r++)
+			for (size_t j = 0; j < dim; j++)
+				vec[shuffle ? j * count + r : r * dim + j] = (uint8_t)(codes[r * dim + j] - ref[j]);
+	} else if (!shuffle) {
+		memcpy(vec, codes, elems * es);
+	} else if (es == 1) {
+		for (size_t r = 0; r < count; r++)
+			for (size_t j = 0; j < dim; j++)
+				vec[j * count + r] = codes[r * dim + j];
+	} else {
+		for (size_t b = 0; b < es; b++)
+			for (size_t i = 0; i < elems; i++)
+				vec[b * elems + i] = codes[i * es + b];
+	}
+}
+
+static int zstd_compress(ann_block_enc *e, const ann_block_params *p, const uint8_t *raw, size_t raw_bytes,
+			 uint8_t **z, size_t *z_cap, size_t *z_bytes, uint64_t partition, ann_error *err)
+{
+	size_t bound = ZSTD_compressBound(raw_bytes);
+	if (ZSTD_isError(bound))
+		return ann_err(err, ANN_E_INVAL, "block encode: %zu bytes too large for zstd", raw_bytes);
+	ANN_TRY(grow(z, z_cap, bound, "compressed payload", err));
+	size_t zr = ZSTD_CCtx_reset(e->cctx, ZSTD_reset_session_and_parameters);
+	if (!ZSTD_isError(zr))
+		zr = p->dict ? ZSTD_CCtx_refCDict(e->cctx, p->dict->cdict)
+			     : ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_compressionLevel, p->level);
+	if (!ZSTD_isError(zr))
+		zr = ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_checksumFlag, 1);
+	if (!ZSTD_isError(zr))
+		zr = ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_dictIDFlag, 0);
+	if (!ZSTD_isError(zr))
+		zr = ZSTD_compress2(e->cctx, *z, *z_cap, raw, raw_bytes);
+	if (ZSTD_isError(zr))
+		return ann_err(err, ZSTD_getErrorCode(zr) == ZSTD_error_memory_allocation ? ANN_E_NOMEM
+											  : ANN_E_UNSUPPORTED,
+			       "block encode: partition %" PRIu64 ": zstd: %s", partition, ZSTD_getErrorName(zr));
+	*z_bytes = zr;
+	return ANN_OK;
+}
+
+static int encode_with(ann_block_enc *e, const ann_block_params *p, uint32_t dim, size_t count,
+		       const int64_t *ids, const void *vectors, ann_dtype vt, uint64_t partition,
+		       uint64_t generation, uint8_t **out, size_t *out_len, ann_error *err)
+{
+	ann_block_encoding enc = p->encoding;
+	size_t es = enc_esize(enc);
+	size_t elems, vec_bytes, raw_bound;
+	size_t params = enc == ANN_BLOCK_SQ8 ? 8 * (size_t)dim : 0;
+	if (!ann_mul_ok(count, dim, &elems) || !ann_mul_ok(elems, es, &vec_bytes) ||
+	    __builtin_add_overflow(vec_bytes, params + dim + count * VARINT_MAX, &raw_bound))
+		return ann_err(err, ANN_E_INVAL, "block encode: %zu x %" PRIu32 " vectors overflow the address space",
+			       count, dim);
+
+	/* Order: identity when the ids already ascend (the common case when a partition is
+	 * filled by streaming the input), else a stable sort of (id, index). */
+	bool sorted = true;
+	for (size_t i = 1; i < count && sorted; i++)
+		sorted = ids[i - 1] <= ids[i];
+	const uint64_t *perm = NULL;
+	if (!sorted) {
+		ANN_TRY(grow(&e->order, &e->order_cap, count * sizeof(sort_pair), "sort order", err));
+		sort_pair *sp = (sort_pair *)(void *)e->order;
+		for (size_t i = 0; i < count; i++) {
+			sp[i].id = ids[i];
+			sp[i].idx = i;
+		}
+		qsort(sp, count, sizeof *sp, cmp_pair);
+		/* Keep only the indices, in place: pair i's idx moves to slot i of a u64 array. */
+		uint64_t *pi = (uint64_t *)(void *)e->order;
+		for (size_t i = 0; i < count; i++)
+			pi[i] = sp[i].idx;
+		perm = pi;
+	}
+
+	ANN_TRY(grow(&e->raw, &e->raw_cap, raw_bound, "raw payload", err));
+	ANN_TRY(grow(&e->codes, &e->codes_cap, vec_bytes, "converted vectors", err));
+	ANN_TRY(grow(&e->aux, &e->aux_cap, 8 * (size_t)dim + dim, "SQ8 parameters", err));
+	uint8_t *raw = e->raw;
+
+	/* Ids: zigzag(first), then deltas in uint64 order (never negative after the sort). */
+	size_t ids_bytes = 0;
+	uint64_t prev = 0;
+	for (size_t r = 0; r < count; r++) {
+		int64_t id = ids[perm ? perm[r] : r];
+		uint64_t key = (uint64_t)id ^ ORDER_FLIP;
+		ids_bytes += put_varint(raw + ids_bytes, r == 0 ? zigzag(id) : key - prev);
+		prev = key;
+	}
+	if (ids_bytes > UINT32_MAX)
+		return ann_err(err, ANN_E_INVAL, "block encode: id section of %zu bytes exceeds 4 GiB", ids_bytes);
+
+	float *sq = (float *)(void *)e->aux; /* 2 * dim floats, then dim reference bytes */
+	uint8_t *ref = e->aux + 8 * (size_t)dim;
+	if (enc == ANN_BLOCK_SQ8) {
+		ANN_TRY(sq8_params(vt, vectors, count, dim, ids, sq, err));
+		for (uint32_t j = 0; j < 2 * dim; j++)
+			ann_stf32(raw + ids_bytes + 4 * (size_t)j, sq[j]);
+	}
+	size_t row_bytes = (size_t)dim * es;
+	for (size_t r = 0; r < count; r++)
+		ANN_TRY(encode_row(enc, vt, vectors, perm ? perm[r] : r, dim, sq, ids, e->codes + r * row_bytes, err));
+
+	/* Centring pays for zstd on clustered data and loses on some (images full of zeros), so
+	 * AUTO compresses both layouts and keeps the smaller. */
+	bool try_plain = true, try_center = false;
+	if (es == 1 && count > 0 && p->codec == ANN_BLOCK_CODEC_ZSTD) {
+		try_center = p->center != ANN_BLOCK_CENTER_OFF;
+		try_plain = p->center != ANN_BLOCK_CENTER_ON;
+	}
+	if (try_center)
+		code_medians(e->codes, count, dim, enc == ANN_BLOCK_I8, ref);
+	bool center = false;
+	size_t raw_bytes = 0, stored_bytes = 0;
+	const uint8_t *stored = NULL;
+	for (int mode = 0; mode < 2; mode++) {
+		bool c = mode == 1;
+		if ((c && !try_center) || (!c && !try_plain))
+			continue;
+		uint8_t *vp = raw + ids_bytes + params;
+		if (c) {
+			memcpy(vp, ref, dim);
+			vp += dim;
+		}
+		layout_vectors(e->codes, count, dim, es, p->shuffle, c ? ref : NULL, vp);
+		size_t rb = ids_bytes + params + (c ? dim : 0) + vec_bytes;
+		if (p->codec == ANN_BLOCK_CODEC_NONE) {
+			raw_bytes = stored_bytes = rb;
+			stored = raw;
+			break;
+		}
+		/* The first candidate's frame sits in z, the second's in z2; keep the smaller. */
+		uint8_t **zp = stored ? &e->z2 : &e->z;
+		size_t *zc = stored ? &e->z2_cap : &e->z_cap;
+		size_t zb = 0;
+		ANN_TRY(zstd_compress(e, p, raw, rb, zp, zc, &zb, partition, err));
+		if (!stored || zb < stored_bytes) {
+			stored = *zp;
+			stored_bytes = zb;
+			raw_bytes = rb;
+			center = c;
+		}
+	}
+
+	size_t total = block_padded_size(BLOCK_HEADER_BYTES + stored_bytes, p->pad);
+	if (total == 0)
+		return ann_err(err, ANN_E_INVAL, "block encode: %zu payload bytes overflow", stored_bytes);
+	uint8_t *blk = ann_aligned_alloc(ANN_PAGE, total);
+	if (!blk)
+		return ann_err(err, ANN_E_NOMEM, "block encode: partition %" PRIu64 ": cannot allocate %zu bytes",
+			       partition, total);
+	ann_block_info hi = {
+		.encoding = enc,
+		.codec = p->codec,
+		.flags = (p->shuffle ? BLOCK_FLAG_SHUFFLE : 0) | (p->dict ? BLOCK_FLAG_DICT : 0) |
+			 (p->pad == ANN_BLOCK_PAD_LMDB ? BLOCK_FLAG_PAD_LMDB : 0) | (center ? BLOCK_FLAG_CENTER : 0),
+		.dim = dim,
+		.count = (uint32_t)count,
+		.dict_id = p->dict ? p->dict->id : 0,
+		.ids_bytes = (uint32_t)ids_bytes,
+		.raw_bytes = raw_bytes,
+		.stored_bytes = stored_bytes,
+		.partition = partition,
+		.generation = generation,
+		.payload_xxh64 = XXH64(stored, stored_bytes, 0),
+	};
+	write_header(blk, &hi);
+	memcpy(blk + BLOCK_HEADER_BYTES, stored, stored_bytes);
+	memset(blk + BLOCK_HEADER_BYTES + stored_bytes, 0, total - BLOCK_HEADER_BYTES - stored_bytes);
+	*out = blk;
+	*out_len = total;
+	return ANN_OK;
+}
+
+int block_encode(ann_block_enc *enc, const ann_block_params *p, uint32_t dim, size_t count,
+		 const int64_t *ids, const void *vectors, ann_dtype vec_dtype, uint64_t partition,
+		 uint64_t generation, uint8_t **out, size_t *out_len, ann_error *err)
+{
+	*out = NULL;
+	*out_len = 0;
+	ANN_TRY(check_params(p, dim, count, ids, vectors, vec_dtype, err));
+	ann_block_enc *tmp = NULL;
+	if (!enc) {
+		ANN_TRY(block_enc_new(&tmp, err));
+		enc = tmp;
+	}
+	int rc = encode_with(enc, p, dim, count, ids, vectors, vec_dtype, partition, generation, out, out_len,
+			     err);
+	block_enc_free(tmp);
+	return rc;
+}
+
+/* ---- decoding --------------------------------------------------------------------------- */
+
+struct ann_block_dec {
+	ZSTD_DCtx *dctx;
+	size_t max_decoded;  /* limit on raw payload and on decoded ids + vectors, bytes */
+	uint8_t *raw;        /* decompressed payload */
+	size_t raw_cap;
+	uint8_t *ids;        /* block_decode's id output */
+	size_t ids_cap;
+	uint8_t *vec;        /* block_decode's vector output */
+	size_t vec_cap;
+	uint8_t *tile;       /* SQ8 shuffle: TILE rows of codes */
+	size_t tile_cap;
+};
+
+#define TILE 32u /* rows per transpose tile (a multiple of 8) */
+
+int block_dec_new(size_t max_decoded_bytes, ann_block_dec **out, ann_error *err)
+{
+	*out = NULL;
+	ann_block_dec *d = ann_calloc(1, sizeof *d);
+	if (!d)
+		return ann_err(err, ANN_E_NOMEM, "block decoder: out of memory");
+	d->max_decoded = max_decoded_bytes ? max_decoded_bytes : BLOCK_DEFAULT_MAX_DECODED;
+	d->dctx = ZSTD_createDCtx_advanced(block_zmem);
+	if (!d->dctx) {
+		ann_free(d);
+		return ann_err(err, ANN_E_NOMEM, "block decoder: cannot create a zstd context");
+	}
+	*out = d;
+	return ANN_OK;
+}
+
+void block_dec_free(ann_block_dec *d)
+{
+	if (!d)
+		return;
+	ZSTD_freeDCtx(d->dctx);
+	ann_aligned_free(d->raw);
+	ann_aligned_free(d->ids);
+	ann_aligned_free(d->vec);
+	ann_aligned_free(d->tile);
+	ann_free(d);
+}
+
+size_t block_dec_sizeof(const ann_block_dec *d)
+{
+	if (!d)
+		return 0;
+	return sizeof *d + ZSTD_sizeof_DCtx(d->dctx) + d->raw_cap + d->ids_cap + d->vec_cap + d->tile_cap;
+}
+
+static inline void st_f32(uint8_t *o, float f)
+{
+	memcpy(o, &f, 4);
+}
+
+static inline void st_u32(uint8_t *o, uint32_t v)
+{
+	memcpy(o, &v, 4);
+}
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define HOST_LE 1
+#else
+#define HOST_LE 0
+#endif
+
+static inline uint64_t ld64_host(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return v;
+}
+
+#if HOST_LE
+/* Transposes an 8x8 byte matrix held as 8 little-endian words (row k = word k, column c =
+ * byte c) in place, by swapping 4x4, then 2x2, then 1x1 sub-blocks. */
+static inline void transpose8x8(uint64_t x[8])
+{
+	const uint64_t m32 = UINT64_C(0x00000000ffffffff);
+	const uint64_t m16 = UINT64_C(0x0000ffff0000ffff);
+	const uint64_t m8 = UINT64_C(0x00ff00ff00ff00ff);
+	static const int pair2[4] = { 0, 1, 4, 5 };
+	for (int k = 0; k < 4; k++) {
+		uint64_t a = x[k], b = x[k + 4];
+		x[k] = (a & m32) | (b << 32);
+		x[k + 4] = (a >> 32) | (b & ~m32);
+	}
+	for (int t = 0; t < 4; t++) {
+		int k = pair2[t];
+		uint64_t a = x[k], b = x[k + 2];
+		x[k] = (a & m16) | ((b & m16) << 16);
+		x[k + 2] = ((a >> 16) & m16) | (b & ~m16);
+	}
+	for (int k = 0; k < 8; k += 2) {
+		uint64_t a = x[k], b = x[k + 1];
+		x[k] = (a & m8) | ((b & m8) << 8);
+		x[k + 1] = ((a >> 8) & m8) | (b & ~m8);
+	}
+}
+#endif
+
+/* Rows [i0, i0 + nr) of a column-major count x dim byte matrix (column j at col + j * count)
+ * into row-major out (row stride dim). */
+static void cols_to_rows(const uint8_t *col, size_t count, size_t dim, size_t i0, size_t nr, uint8_t *out)
+{
+	size_t i8 = 0;
+#if HOST_LE
+	size_t j8 = dim & ~(size_t)7;
+	i8 = nr & ~(size_t)7;
+	for (size_t i = 0; i < i8; i += 8) {
+		for (size_t j = 0; j < j8; j += 8) {
+			uint64_t x[8];
+			for (int k = 0; k < 8; k++)
+				x[k] = ld64_host(col + (j + (size_t)k) * count + i0 + i);
+			transpose8x8(x);
+			for (int k = 0; k < 8; k++)
+				memcpy(out + (i + (size_t)k) * dim + j, &x[k], 8);
+		}
+		for (size_t j = j8; j < dim; j++)
+			for (size_t k = 0; k < 8; k++)
+				out[(i + k) * dim + j] = col[j * count + i0 + i + k];
+	}
+#endif
+	for (size_t i = i8; i < nr; i++)
+		for (size_t j = 0; j < dim; j++)
+			out[i * dim + j] = col[j * count + i0 + i];
+}
+
+static void sq8_row(const uint8_t *code, const float *off, const float *scale, const uint8_t *ref, size_t dim,
+		    uint8_t *out)
+{
+	for (size_t j = 0; j < dim; j++)
+		st_f32(out + 4 * j, off[j] + scale[j] * (float)(uint8_t)(code[j] + ref[j]));
+}
+
+/* out[j] = in[j] + ref[j] modulo 256; in may equal out. */
+static void add_ref_row(uint8_t *out, const uint8_t *in, const uint8_t *ref, size_t dim)
+{
+	for (size_t j = 0; j < dim; j++)
+		out[j] = (uint8_t)(in[j] + ref[j]);
+}
+
+/* Decodes the vector section vs (count x dim stored elements) into out. ref: the dim
+ * reference bytes of a centred block, else NULL; sq: the SQ8 parameters, else NULL. */
+static int decode_vectors(ann_block_dec *d, const ann_block_info *in, const uint8_t *vs, const uint8_t *ref,
+			  const uint8_t *sq, uint8_t *out, ann_error *err)
+{
+	size_t count = in->count, dim = in->dim, n = count * dim;
+	bool shuf = in->flags & BLOCK_FLAG_SHUFFLE;
+	if (n == 0)
+		return ANN_OK;
+	switch (in->encoding) {
+	case ANN_BLOCK_F32:
+		if (!shuf) {
+			if (HOST_LE) {
+				memcpy(out, vs, n * 4);
+			} else {
+				for (size_t i = 0; i < n; i++)
+					st_f32(out + 4 * i, ann_ldf32(vs + 4 * i));
+			}
+		} else {
+			const uint8_t *p0 = vs, *p1 = vs + n, *p2 = vs + 2 * n, *p3 = vs + 3 * n;
+			for (size_t i = 0; i < n; i++)
+				st_u32(out + 4 * i, (uint32_t)p0[i] | (uint32_t)p1[i] << 8 | (uint32_t)p2[i] << 16 |
+							    (uint32_t)p3[i] << 24);
+		}
+		break;
+	case ANN_BLOCK_F16:
+		if (!shuf) {
+			for (size_t i = 0; i < n; i++)
+				st_f32(out + 4 * i, f16_to_f32(ann_ld16(vs + 2 * i)));
+		} else {
+			const uint8_t *p0 = vs, *p1 = vs + n;
+			for (size_t i = 0; i < n; i++)
+				st_f32(out + 4 * i, f16_to_f32((uint16_t)(p0[i] | p1[i] << 8)));
+		}
+		break;
+	case ANN_BLOCK_U8:
+	case ANN_BLOCK_I8:
+		if (!shuf && !ref) {
+			memcpy(out, vs, n);
+		} else if (!shuf) {
+			for (size_t i = 0; i < count; i++)
+				add_ref_row(out + i * dim, vs + i * dim, ref, dim);
+		} else {
+			for (size_t i0 = 0; i0 < count; i0 += TILE) {
+				size_t nr = ANN_MIN((size_t)TILE, count - i0);
+				cols_to_rows(vs, count, dim, i0, nr, out + i0 * dim);
+				for (size_t i = 0; ref && i < nr; i++)
+					add_ref_row(out + (i0 + i) * dim, out + (i0 + i) * dim, ref, dim);
+			}
+		}
+		break;
+	case ANN_BLOCK_SQ8: {
+		/* The parameters sit byte-aligned in the raw payload; copy them, with the
+		 * reference (zeros when not centred), next to the tile as aligned arrays. */
+		size_t tile = ANN_ALIGN_UP((size_t)TILE * dim, 64);
+		ANN_TRY(grow(&d->tile, &d->tile_cap, tile + 9 * dim, "SQ8 tile", err));
+		float *off = (float *)(void *)(d->tile + tile);
+		float *scale = off + dim;
+		uint8_t *r8 = (uint8_t *)(scale + dim);
+		for (size_t j = 0; j < dim; j++) {
+			off[j] = ann_ldf32(sq + 4 * j);
+			scale[j] = ann_ldf32(sq + 4 * (dim + j));
+			r8[j] = ref ? ref[j] : 0;
+			if (!isfinite(off[j]) || !(scale[j] >= 0) || !isfinite(off[j] + 255.0f * scale[j]))
+				return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": SQ8 dim %zu: offset "
+					       "%g, scale %g are not finite and non-negative", in->partition, j,
+					       (double)off[j], (double)scale[j]);
+		}
+		if (!shuf) {
+			for (size_t i = 0; i < count; i++)
+				sq8_row(vs + i * dim, off, scale, r8, dim, out + 4 * i * dim);
+		} else {
+			for (size_t i0 = 0; i0 < count; i0 += TILE) {
+				size_t nr = ANN_MIN((size_t)TILE, count - i0);
+				cols_to_rows(vs, count, dim, i0, nr, d->tile);
+				for (size_t i = 0; i < nr; i++)
+					sq8_row(d->tile + i * dim, off, scale, r8, dim, out + 4 * (i0 + i) * dim);
+			}
+		}
+		break;
+	}
+	}
+	return ANN_OK;
+}
+
+static int decode_ids(const ann_block_info *in, const uint8_t *p, int64_t *ids, ann_error *err)
+{
+	const uint8_t *end = p + in->ids_bytes;
+	uint64_t v, key = 0;
+	for (uint32_t i = 0; i < in->count; i++) {
+		if (!get_varint(&p, end, &v))
+			return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": id %" PRIu32 " of %" PRIu32
+				       ": bad varint", in->partition, i, in->count);
+		if (i == 0) {
+			ids[0] = unzigzag(v);
+			key = (uint64_t)ids[0] ^ ORDER_FLIP;
+			continue;
+		}
+		if (__builtin_add_overflow(key, v, &key))
+			return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": id %" PRIu32 " overflows",
+				       in->partition, i);
+		ids[i] = from_key(key);
+	}
+	if (p != end)
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": id section has %td trailing bytes",
+			       in->partition, end - p);
+	return ANN_OK;
+}
+
+/* The raw payload, and the decoded ids + vectors, must each fit in max_decoded. */
+static int check_limit(const ann_block_dec *d, const ann_block_info *in, ann_error *err)
+{
+	if (in->raw_bytes > d->max_decoded || in->ids_out_bytes > d->max_decoded ||
+	    in->vec_out_bytes > d->max_decoded - in->ids_out_bytes)
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": decodes to %" PRIu64 " raw and "
+			       "%zu + %zu output bytes, above this decoder's limit of %zu bytes", in->partition,
+			       in->raw_bytes, in->ids_out_bytes, in->vec_out_bytes, d->max_decoded);
+	return ANN_OK;
+}
+
+/* Everything after the header check. */
+static int decode_payload(ann_block_dec *d, const uint8_t *b, size_t len, const ann_block_dict *dict,
+			  const ann_block_info *in, int64_t *ids, uint8_t *vec, ann_error *err)
+{
+	uint64_t part = in->partition;
+	if (len < in->total_bytes)
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": truncated: %zu bytes, header "
+			       "says %" PRIu64, part, len, in->total_bytes);
+	size_t pay_end = (size_t)(in->header_bytes + in->stored_bytes);
+	uint64_t nz = 0;
+	size_t i = pay_end;
+	for (; i + 8 <= in->total_bytes; i += 8)
+		nz |= ld64_host(b + i);
+	for (; i < in->total_bytes; i++)
+		nz |= b[i];
+	if (nz)
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": padding after byte %zu is not zero",
+			       part, pay_end);
+	ANN_TRY(check_limit(d, in, err));
+	if (in->flags & BLOCK_FLAG_DICT) {
+		if (!dict)
+			return ann_err(err, ANN_E_NOTFOUND, "block of partition %" PRIu64 ": needs zstd dictionary %"
+				       PRIu32 ", none given", part, in->dict_id);
+		if (dict->id != in->dict_id)
+			return ann_err(err, ANN_E_NOTFOUND, "block of partition %" PRIu64 ": needs zstd dictionary %"
+				       PRIu32 ", given dictionary %" PRIu32, part, in->dict_id, dict->id);
+	}
+	const uint8_t *stored = b + in->header_bytes;
+	uint64_t h = XXH64(stored, (size_t)in->stored_bytes, 0);
+	if (h != in->payload_xxh64)
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": payload checksum mismatch "
+			       "(stored %016" PRIx64 ", computed %016" PRIx64 ")", part, in->payload_xxh64, h);
+	const uint8_t *raw = stored;
+	if (in->codec == ANN_BLOCK_CODEC_ZSTD) {
+		ANN_TRY(grow(&d->raw, &d->raw_cap, (size_t)in->raw_bytes, "decompressed payload", err));
+		size_t r = (in->flags & BLOCK_FLAG_DICT)
+				   ? ZSTD_decompress_usingDDict(d->dctx, d->raw, (size_t)in->raw_bytes, stored,
+								(size_t)in->stored_bytes, dict->ddict)
+				   : ZSTD_decompressDCtx(d->dctx, d->raw, (size_t)in->raw_bytes, stored,
+							 (size_t)in->stored_bytes);
+		if (ZSTD_isError(r))
+			return ann_err(err, ZSTD_getErrorCode(r) == ZSTD_error_memory_allocation ? ANN_E_NOMEM
+												 : ANN_E_CORRUPT,
+				       "block of partition %" PRIu64 ": zstd: %s", part, ZSTD_getErrorName(r));
+		if (r != in->raw_bytes)
+			return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": zstd gave %zu bytes, header "
+				       "says %" PRIu64, part, r, in->raw_bytes);
+		raw = d->raw;
+	}
+	ANN_TRY(decode_ids(in, raw, ids, err));
+	/* Raw payload: ids | SQ8 parameters (8 * dim) | reference (dim, centred only) | vectors */
+	const uint8_t *sq = in->encoding == ANN_BLOCK_SQ8 ? raw + in->ids_bytes : NULL;
+	const uint8_t *ref = raw + in->ids_bytes + (sq ? 8 * (size_t)in->dim : 0);
+	const uint8_t *vs = ref + ((in->flags & BLOCK_FLAG_CENTER) ? in->dim : 0);
+	return decode_vectors(d, in, vs, (in->flags & BLOCK_FLAG_CENTER) ? ref : NULL, sq, vec, err);
+}
+
+int block_decode_into(ann_block_dec *d, const void *buf, size_t len, const ann_block_dict *dict,
+		      int64_t *ids, size_t ids_cap, void *vectors, size_t vec_cap, ann_block_info *info,
+		      ann_error *err)
+{
+	ann_block_info tmp, *in = info ? info : &tmp;
+	ANN_TRY(block_peek(buf, len, in, err));
+	if (ids_cap < in->ids_out_bytes || vec_cap < in->vec_out_bytes ||
+	    (in->count > 0 && (!ids || !vectors)))
+		return ann_err(err, ANN_E_INVAL, "block of partition %" PRIu64 ": output buffers of %zu and %zu bytes,"
+			       " need %zu and %zu", in->partition, ids_cap, vec_cap, in->ids_out_bytes,
+			       in->vec_out_bytes);
+	return decode_payload(d, buf, len, dict, in, ids, vectors, err);
+}
+
+int block_decode(ann_block_dec *d, const void *buf, size_t len, const ann_block_dict *dict,
+		 ann_block_view *out, ann_error *err)
+{
+	memset(out, 0, sizeof *out);
+	ann_block_info *in = &out->info;
+	ANN_TRY(block_peek(buf, len, in, err));
+	/* Refuse oversized blocks before growing any buffer for them. */
+	ANN_TRY(check_limit(d, in, err));
+	ANN_TRY(grow(&d->ids, &d->ids_cap, in->ids_out_bytes, "decoded ids", err));
+	ANN_TRY(grow(&d->vec, &d->vec_cap, in->vec_out_bytes, "decoded vectors", err));
+	int rc = decode_payload(d, buf, len, dict, in, (int64_t *)(void *)d->ids, d->vec, err);
+	if (rc < 0)
+		return rc;
+	out->ids = (const int64_t *)(void *)d->ids;
+	out->vectors = d->vec;
+	return ANN_OK;
+}
+
+/* ---- dictionary training ---------------------------------------------------------------- */
+
+int block_dict_train(const uint8_t *const *blocks, const size_t *block_lens, size_t nblocks,
+		     size_t capacity, uint8_t **out, size_t *out_len, ann_error *err)
+{
+	*out = NULL;
+	*out_len = 0;
+	if (capacity < BLOCK_DICT_MIN_BYTES)
+		return ann_err(err, ANN_E_INVAL, "block dictionary: capacity %zu below zstd's minimum %d", capacity,
+			       BLOCK_DICT_MIN_BYTES);
+	size_t total = 0, pieces = 0;
+	ann_block_info first = { 0 };
+	for (size_t k = 0; k < nblocks; k++) {
+		ann_block_info in;
+		int rc = block_peek(blocks[k], block_lens[k], &in, err);
+		if (rc < 0)
+			return ann_err_prefix(err, rc, "dictionary sample %zu", k);
+		if (in.codec != ANN_BLOCK_CODEC_NONE)
+			return ann_err(err, ANN_E_INVAL, "dictionary sample %zu: compressed; samples must use codec NONE", k);
+		if (block_lens[k] - in.header_bytes < in.stored_bytes)
+			return ann_err(err, ANN_E_INVAL, "dictionary sample %zu: truncated", k);
+		if (k == 0)
+			first = in;
+		if (in.encoding != first.encoding || (in.flags & BLOCK_FLAG_SHUFFLE) != (first.flags & BLOCK_FLAG_SHUFFLE))
+			return ann_err(err, ANN_E_INVAL, "dictionary sample %zu: encoding or shuffle differs from sample 0", k);
+		total += (size_t)in.stored_bytes;
+		pieces += ((size_t)in.stored_bytes + TRAIN_PIECE - 1) / TRAIN_PIECE;
+	}
+	if (pieces == 0 || pieces > UINT32_MAX)
+		return ann_err(err, ANN_E_INVAL, "block dictionary: %zu training pieces from %zu samples", pieces,
+			       nblocks);
+	int rc = ANN_OK;
+	uint8_t *cat = ann_malloc(total);
+	size_t *sizes = ann_malloc(pieces * sizeof *sizes);
+	uint8_t *dict = ann_malloc(capacity);
+	if (!cat || !sizes || !dict) {
+		rc = ann_err(err, ANN_E_NOMEM, "block dictionary: cannot allocate %zu bytes of samples", total);
+		goto fail;
+	}
+	size_t at = 0, np = 0;
+	for (size_t k = 0; k < nblocks; k++) {
+		size_t n = (size_t)ann_ld64(blocks[k] + H_STORED), hdr = ann_ld16(blocks[k] + H_HDR_BYTES);
+		memcpy(cat + at, blocks[k] + hdr, n);
+		at += n;
+		for (size_t o = 0; o < n; o += TRAIN_PIECE)
+			sizes[np++] = ANN_MIN((size_t)TRAIN_PIECE, n - o);
+	}
+	size_t r = ZDICT_trainFromBuffer(dict, capacity, cat, sizes, (unsigned)np);
+	if (ZDICT_isError(r)) {
+		rc = ann_err(err, ANN_E_UNSUPPORTED, "block dictionary: zstd could not train on %zu bytes in %zu "
+			     "pieces: %s", total, np, ZDICT_getErrorName(r));
+		goto fail;
+	}
+	ann_free(cat);
+	ann_free(sizes);
+	*out = dict;
+	*out_len = r;
+	return ANN_OK;
+fail:
+	ann_free(cat);
+	ann_free(sizes);
+	ann_free(dict);
+	return rc;
+}

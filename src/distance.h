@@ -30,6 +30,12 @@ typedef struct ann_kernels {
 	void (*ip_f32_many)(const float *q, const float *x, size_t n, size_t d, float *out);
 } ann_kernels;
 
+/* The vector tables, defined in distance_avx2.c and distance_avx512.c. Never
+ * use them directly: ann_kernels_for() hands them out only when CPUID and the
+ * OS's saved state say this CPU can run them. */
+extern const ann_kernels ann_kernels_avx2;
+extern const ann_kernels ann_kernels_avx512;
+
 /* Kernels of one level, or NULL if this CPU cannot run it. */
 const ann_kernels *ann_kernels_for(ann_simd_level level);
 /* Kernels of ann_simd_active(). Never NULL. */

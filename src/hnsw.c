@@ -1,2 +1,1099 @@
-/* PLACEHOLDER: replaced by the module's owner */
-typedef int ann_placeholder_hnsw;
+/* SPDX-License-Identifier: MIT */
+/*
+ * hnsw.c: the HNSW graph of hnsw.h. Storage: vectors row-major, level-0
+ * lists in fixed slots of 1 + 2M words (count, ids), upper-level lists in one
+ * pool of 1 + M word slots per level per node. Parallel construction follows
+ * hnswlib: striped per-node locks guard lists, one global lock guards the
+ * entry point, and a node whose level exceeds the current top holds it while
+ * it is inserted. Distances come from the kernel table of distance.h.
+ */
+#include "hnsw.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <xxhash.h>
+
+#include "distance.h"
+
+#define HN_MAGIC "\x89HNSW\r\n\x1a"
+#define HN_HEADER 96u
+#define HN_TRAILER 8u
+#define HN_STRIPES 4096u /* lock stripes during parallel builds */
+#define HN_MAX_THREADS 64
+#define HN_MAX_N ((size_t)INT32_MAX)
+#define HN_NONE UINT32_MAX
+#define HN_FLAG_KEEP_PRUNED 1u
+#define HN_PROGRESS_NS 200000000ull
+
+typedef struct hn_pair {
+	float d;
+	uint32_t id;
+} hn_pair;
+
+struct ann_hnsw {
+	size_t d;
+	ann_metric metric;
+	uint32_t M;   /* degree above level 0 */
+	uint32_t M0;  /* degree at level 0 (2 M) */
+	uint32_t efc; /* ef_construction */
+	uint32_t flags;
+	double mult; /* 1 / ln M */
+	ann_rng rng; /* level generator */
+	const ann_kernels *kern;
+	size_t n, cap;     /* vectors held, slots allocated */
+	float *vec;        /* cap * d */
+	uint32_t *link0;   /* cap * (1 + M0) */
+	uint8_t *level;    /* cap */
+	size_t *uoff;      /* cap: first word of the node's level-1 list in upper */
+	uint32_t *upper;   /* upper_cap words */
+	size_t upper_n, upper_cap;
+	int max_level;     /* -1 when empty */
+	uint32_t entry;
+	bool failed;       /* an add or build stopped half-way; see ANN_E_STATE */
+	ann_hnsw_ctx *actx; /* context for adds */
+	/* parallel build only */
+	pthread_mutex_t *locks; /* HN_STRIPES, NULL when single-threaded */
+	pthread_mutex_t glock;
+};
+
+struct ann_hnsw_ctx {
+	uint16_t *tag; /* visited marks: tag[id] == gen */
+	size_t tag_cap;
+	uint16_t gen;
+	hn_pair *cand; /* min-heap by distance */
+	size_t ncand, cand_cap;
+	hn_pair *res; /* max-heap by distance, <= ef + 1 */
+	size_t nres, res_cap;
+	hn_pair *sorted; /* results ascending, and scratch for pruning */
+	size_t sorted_cap;
+	float *q; /* normalised query (COSINE) */
+	size_t q_cap;
+	uint32_t *nb; /* neighbour list copy */
+	size_t nb_cap;
+	hn_pair *sel; /* selected neighbours */
+	hn_pair *pruned;
+	size_t sel_cap;
+};
+
+/* ---- small helpers --------------------------------------------------------- */
+
+static inline const float *hn_vec(const ann_hnsw *h, uint32_t id)
+{
+	return h->vec + (size_t)id * h->d;
+}
+
+static inline uint32_t *hn_links(const ann_hnsw *h, uint32_t id, int lc)
+{
+	if (lc == 0)
+		return h->link0 + (size_t)id * (1 + h->M0);
+	return h->upper + h->uoff[id] + (size_t)(lc - 1) * (1 + h->M);
+}
+
+static inline float hn_dist(const ann_hnsw *h, const float *a, const float *b)
+{
+	if (h->metric == ANN_METRIC_L2)
+		return h->kern->l2_f32(a, b, h->d);
+	float ip = h->kern->ip_f32(a, b, h->d);
+	return h->metric == ANN_METRIC_IP ? -ip : 1.0f - ip;
+}
+
+static inline bool hn_less(hn_pair a, hn_pair b)
+{
+	return a.d < b.d || (a.d == b.d && a.id < b.id);
+}
+
+static void hn_min_push(hn_pair *h, size_t *n, hn_pair v)
+{
+	size_t i = (*n)++;
+	while (i > 0) {
+		size_t p = (i - 1) / 2;
+		if (!hn_less(v, h[p]))
+			break;
+		h[i] = h[p];
+		i = p;
+	}
+	h[i] = v;
+}
+
+static hn_pair hn_min_pop(hn_pair *h, size_t *n)
+{
+	hn_pair top = h[0], v = h[--*n];
+	size_t i = 0, m = *n;
+	for (;;) {
+		size_t l = 2 * i + 1;
+		if (l >= m)
+			break;
+		if (l + 1 < m && hn_less(h[l + 1], h[l]))
+			l++;
+		if (!hn_less(h[l], v))
+			break;
+		h[i] = h[l];
+		i = l;
+	}
+	if (m)
+		h[i] = v;
+	return top;
+}
+
+static void hn_max_push(hn_pair *h, size_t *n, hn_pair v)
+{
+	size_t i = (*n)++;
+	while (i > 0) {
+		size_t p = (i - 1) / 2;
+		if (!hn_less(h[p], v))
+			break;
+		h[i] = h[p];
+		i = p;
+	}
+	h[i] = v;
+}
+
+static hn_pair hn_max_pop(hn_pair *h, size_t *n)
+{
+	hn_pair top = h[0], v = h[--*n];
+	size_t i = 0, m = *n;
+	for (;;) {
+		size_t l = 2 * i + 1;
+		if (l >= m)
+			break;
+		if (l + 1 < m && hn_less(h[l], h[l + 1]))
+			l++;
+		if (!hn_less(v, h[l]))
+			break;
+		h[i] = h[l];
+		i = l;
+	}
+	if (m)
+		h[i] = v;
+	return top;
+}
+
+/* Order of candidates when linking node `base`: by distance, equal
+ * distances in an order that differs per base. With ids as the tie-break,
+ * every copy of a duplicated vector would link to the same few lowest ids and
+ * the other copies would have no incoming edges. */
+static inline uint64_t hn_tie(uint32_t id, uint32_t base)
+{
+	uint64_t z = (((uint64_t)base << 32) | id) * 0x9e3779b97f4a7c15ull;
+	return z ^ (z >> 31);
+}
+
+static inline bool hn_less_for(hn_pair a, hn_pair b, uint32_t base)
+{
+	return a.d < b.d || (a.d == b.d && hn_tie(a.id, base) < hn_tie(b.id, base));
+}
+
+/* Insertion sort: the input is short (<= 2 M + 1) or nearly sorted. */
+static void hn_sort(hn_pair *a, size_t n, uint32_t base)
+{
+	for (size_t i = 1; i < n; i++) {
+		hn_pair v = a[i];
+		size_t j = i;
+		while (j > 0 && hn_less_for(v, a[j - 1], base)) {
+			a[j] = a[j - 1];
+			j--;
+		}
+		a[j] = v;
+	}
+}
+
+static bool hn_grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+	if (need <= *cap)
+		return true;
+	size_t nc = ANN_MAX(need, *cap + *cap / 2);
+	nc = ANN_MAX(nc, (size_t)16);
+	size_t bytes;
+	if (!ann_mul_ok(nc, elem, &bytes))
+		return false;
+	void *q = ann_realloc(*p, bytes);
+	if (!q)
+		return false;
+	*p = q;
+	*cap = nc;
+	return true;
+}
+
+/* ---- search context -------------------------------------------------------- */
+
+int ann_hnsw_ctx_new(ann_hnsw_ctx **out, ann_error *err)
+{
+	*out = ann_calloc(1, sizeof(ann_hnsw_ctx));
+	if (!*out)
+		return ann_err(err, ANN_E_NOMEM, "hnsw: cannot allocate a search context");
+	return ANN_OK;
+}
+
+void ann_hnsw_ctx_free(ann_hnsw_ctx *c)
+{
+	if (!c)
+		return;
+	ann_free(c->tag);
+	ann_free(c->cand);
+	ann_free(c->res);
+	ann_free(c->sorted);
+	ann_free(c->q);
+	ann_free(c->nb);
+	ann_free(c->sel);
+	ann_free(c->pruned);
+	ann_free(c);
+}
+
+size_t ann_hnsw_ctx_bytes(const ann_hnsw_ctx *c)
+{
+	return sizeof *c + c->tag_cap * sizeof(uint16_t) +
+	       (c->cand_cap + c->res_cap + c->sorted_cap + 2 * c->sel_cap) * sizeof(hn_pair) +
+	       c->q_cap * sizeof(float) + c->nb_cap * sizeof(uint32_t);
+}
+
+/* Sizes c for a search of h with candidate list ef. */
+static int hn_ctx_prepare(const ann_hnsw *h, ann_hnsw_ctx *c, size_t ef, ann_error *err)
+{
+	if (c->tag_cap < h->n) {
+		size_t nc = ANN_MAX(h->n, h->cap);
+		uint16_t *t = ann_calloc(nc, sizeof(uint16_t));
+		if (!t)
+			return ann_err(err, ANN_E_NOMEM, "hnsw: cannot allocate the visited set of %zu entries", nc);
+		ann_free(c->tag);
+		c->tag = t;
+		c->tag_cap = nc;
+		c->gen = 0;
+	}
+	size_t lmax = (size_t)ANN_MAX(h->M0, h->M) + 1;
+	if (!hn_grow((void **)&c->res, &c->res_cap, ef + 2, sizeof(hn_pair)) ||
+	    !hn_grow((void **)&c->cand, &c->cand_cap, 2 * ef + 2, sizeof(hn_pair)) ||
+	    !hn_grow((void **)&c->sorted, &c->sorted_cap, ANN_MAX(ef + 2, lmax), sizeof(hn_pair)) ||
+	    !hn_grow((void **)&c->q, &c->q_cap, h->d, sizeof(float)) ||
+	    !hn_grow((void **)&c->nb, &c->nb_cap, lmax, sizeof(uint32_t)))
+		return ann_err(err, ANN_E_NOMEM, "hnsw: cannot grow a search context for ef %zu", ef);
+	if (c->sel_cap < lmax) {
+		size_t cap1 = c->sel_cap, cap2 = c->sel_cap;
+		if (!hn_grow((void **)&c->sel, &cap1, lmax, sizeof(hn_pair)) ||
+		    !hn_grow((void **)&c->pruned, &cap2, lmax, sizeof(hn_pair)))
+			return ann_err(err, ANN_E_NOMEM, "hnsw: cannot grow a search context");
+		c->sel_cap = ANN_MIN(cap1, cap2);
+	}
+	return ANN_OK;
+}
+
+static void hn_visit_reset(ann_hnsw_ctx *c)
+{
+	if (++c->gen == 0) {
+		memset(c->tag, 0, c->tag_cap * sizeof(uint16_t));
+		c->gen = 1;
+	}
+}
+
+/* ---- graph search ---------------------------------------------------------- */
+
+static void hn_lock(const ann_hnsw *h, uint32_t id)
+{
+	if (h->locks)
+		pthread_mutex_lock(&h->locks[id % HN_STRIPES]);
+}
+
+static void hn_unlock(const ann_hnsw *h, uint32_t id)
+{
+	if (h->locks)
+		pthread_mutex_unlock(&h->locks[id % HN_STRIPES]);
+}
+
+/* Copies the list of id at level lc into c->nb; returns its length. Under
+ * the node's lock during a parallel build. */
+static uint32_t hn_read_links(const ann_hnsw *h, ann_hnsw_ctx *c, uint32_t id, int lc)
+{
+	const uint32_t *l = hn_links(h, id, lc);
+	hn_lock(h, id);
+	uint32_t cnt = l[0];
+	memcpy(c->nb, l + 1, cnt * sizeof(uint32_t));
+	hn_unlock(h, id);
+	return cnt;
+}
+
+/* Greedy descent at level lc from *ep (distance *epd). */
+static void hn_greedy(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, uint32_t *ep, float *epd, int lc)
+{
+	bool changed = true;
+	while (changed) {
+		changed = false;
+		uint32_t cnt = hn_read_links(h, c, *ep, lc);
+		for (uint32_t j = 0; j < cnt; j++) {
+			uint32_t nb = c->nb[j];
+			float dd = hn_dist(h, q, hn_vec(h, nb));
+			if (dd < *epd || (dd == *epd && nb < *ep)) {
+				*epd = dd;
+				*ep = nb;
+				changed = true;
+			}
+		}
+	}
+}
+
+/* Beam search at level lc from ep: leaves the best ef in the max-heap c->res.
+ * Returns ANN_E_NOMEM if the candidate heap cannot grow. */
+static int hn_search_layer(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, uint32_t ep, float epd, size_t ef,
+			   int lc)
+{
+	hn_visit_reset(c);
+	uint16_t gen = c->gen;
+	c->ncand = c->nres = 0;
+	c->tag[ep] = gen;
+	hn_pair e = {epd, ep};
+	hn_min_push(c->cand, &c->ncand, e);
+	hn_max_push(c->res, &c->nres, e);
+	while (c->ncand) {
+		hn_pair cur = c->cand[0];
+		if (c->nres >= ef && cur.d > c->res[0].d)
+			break;
+		hn_min_pop(c->cand, &c->ncand);
+		uint32_t cnt = hn_read_links(h, c, cur.id, lc);
+		uint32_t fresh = 0;
+		for (uint32_t j = 0; j < cnt; j++) {
+			uint32_t nb = c->nb[j];
+			if (c->tag[nb] == gen)
+				continue;
+			c->tag[nb] = gen;
+			__builtin_prefetch(hn_vec(h, nb));
+			c->nb[fresh++] = nb;
+		}
+		if (c->ncand + fresh > c->cand_cap &&
+		    !hn_grow((void **)&c->cand, &c->cand_cap, c->ncand + fresh, sizeof(hn_pair)))
+			return ANN_E_NOMEM;
+		for (uint32_t j = 0; j < fresh; j++) {
+			uint32_t nb = c->nb[j];
+			if (j + 1 < fresh)
+				__builtin_prefetch(hn_vec(h, c->nb[j + 1]) + 16);
+			float dd = hn_dist(h, q, hn_vec(h, nb));
+			hn_pair p = {dd, nb};
+			if (c->nres < ef || hn_less(p, c->res[0])) {
+				hn_min_push(c->cand, &c->ncand, p);
+				hn_max_push(c->res, &c->nres, p);
+				if (c->nres > ef)
+					hn_max_pop(c->res, &c->nres);
+			}
+		}
+	}
+	return ANN_OK;
+}
+
+/* Drains c->res into c->sorted ascending; returns the count. */
+static size_t hn_drain(ann_hnsw_ctx *c)
+{
+	size_t m = c->nres;
+	for (size_t i = m; i-- > 0;)
+		c->sorted[i] = hn_max_pop(c->res, &c->nres);
+	return m;
+}
+
+/* ---- construction ---------------------------------------------------------- */
+
+/* The heuristic of the paper (Algorithm 4): walk the candidates (ascending
+ * distance to the base) and keep one only if it is nearer to the base than
+ * to every one kept so far; with keep-pruned, discarded ones fill the
+ * remaining slots in order. Exact copies of the base (distance 0) occlude
+ * nothing, so at most m / 2 of them are kept: a list of copies only would
+ * make a duplicated vector a trap the search cannot leave. */
+static size_t hn_select(const ann_hnsw *h, ann_hnsw_ctx *c, const hn_pair *cand, size_t nc, size_t m)
+{
+	size_t ns = 0, np = 0, ncopy = 0, max_copy = ANN_MAX(m / 2, (size_t)1);
+	for (size_t i = 0; i < nc && ns < m; i++) {
+		const float *v = hn_vec(h, cand[i].id);
+		bool good = true;
+		if (cand[i].d <= 0 && ncopy++ >= max_copy)
+			good = false;
+		for (size_t r = 0; r < ns && good; r++)
+			good = !(hn_dist(h, v, hn_vec(h, c->sel[r].id)) < cand[i].d);
+		if (good)
+			c->sel[ns++] = cand[i];
+		else if (np < m)
+			c->pruned[np++] = cand[i];
+	}
+	if (h->flags & HN_FLAG_KEEP_PRUNED)
+		for (size_t i = 0; i < np && ns < m; i++)
+			c->sel[ns++] = c->pruned[i];
+	return ns;
+}
+
+/* Adds id to the level-lc list of e, pruning it with the heuristic when
+ * full. Needs c->sorted (>= 2 M + 1 entries) as scratch. */
+static void hn_connect(ann_hnsw *h, ann_hnsw_ctx *c, uint32_t e, uint32_t id, float d_e_id, int lc)
+{
+	uint32_t cap = lc ? h->M : h->M0;
+	hn_lock(h, e);
+	uint32_t *l = hn_links(h, e, lc);
+	uint32_t cnt = l[0];
+	for (uint32_t j = 0; j < cnt; j++) {
+		if (l[1 + j] == id) {
+			hn_unlock(h, e);
+			return;
+		}
+	}
+	if (cnt < cap) {
+		l[1 + cnt] = id;
+		l[0] = cnt + 1;
+		hn_unlock(h, e);
+		return;
+	}
+	const float *ve = hn_vec(h, e);
+	hn_pair *cand = c->sorted;
+	for (uint32_t j = 0; j < cnt; j++)
+		cand[j] = (hn_pair){hn_dist(h, ve, hn_vec(h, l[1 + j])), l[1 + j]};
+	cand[cnt] = (hn_pair){d_e_id, id};
+	hn_sort(cand, cnt + 1, e);
+	size_t ns = hn_select(h, c, cand, cnt + 1, cap);
+	for (size_t j = 0; j < ns; j++)
+		l[1 + j] = c->sel[j].id;
+	l[0] = (uint32_t)ns;
+	hn_unlock(h, e);
+}
+
+/* Links node id (vector, level and empty lists already in place). */
+static int hn_insert(ann_hnsw *h, ann_hnsw_ctx *c, uint32_t id)
+{
+	int L = h->level[id];
+	if (h->locks)
+		pthread_mutex_lock(&h->glock);
+	int maxl = h->max_level;
+	uint32_t ep = h->entry;
+	bool top = L > maxl;
+	if (!top && h->locks)
+		pthread_mutex_unlock(&h->glock);
+	int rc = ANN_OK;
+	if (maxl < 0)
+		goto done;
+	const float *q = hn_vec(h, id);
+	float epd = hn_dist(h, q, hn_vec(h, ep));
+	for (int lc = maxl; lc > L; lc--)
+		hn_greedy(h, c, q, &ep, &epd, lc);
+	for (int lc = ANN_MIN(L, maxl); lc >= 0; lc--) {
+		rc = hn_search_layer(h, c, q, ep, epd, h->efc, lc);
+		if (rc < 0)
+			goto done;
+		size_t nc = hn_drain(c), w = 0;
+		for (size_t j = 0; j < nc; j++)
+			if (c->sorted[j].id != id)
+				c->sorted[w++] = c->sorted[j];
+		nc = w;
+		if (nc == 0)
+			continue;
+		ep = c->sorted[0].id;
+		epd = c->sorted[0].d;
+		hn_sort(c->sorted, nc, id);
+		size_t ns = hn_select(h, c, c->sorted, nc, h->M);
+		/* c->sel is overwritten by hn_connect's pruning: keep a copy. */
+		hn_pair chosen[ANN_HNSW_MAX_M];
+		memcpy(chosen, c->sel, ns * sizeof(hn_pair));
+		uint32_t *l = hn_links(h, id, lc);
+		hn_lock(h, id);
+		for (size_t j = 0; j < ns; j++)
+			l[1 + j] = chosen[j].id;
+		l[0] = (uint32_t)ns;
+		hn_unlock(h, id);
+		for (size_t j = 0; j < ns; j++)
+			hn_connect(h, c, chosen[j].id, id, chosen[j].d, lc);
+	}
+done:
+	if (top) {
+		h->entry = id;
+		h->max_level = L;
+		if (h->locks)
+			pthread_mutex_unlock(&h->glock);
+	}
+	return rc;
+}
+
+static int hn_draw_level(ann_hnsw *h)
+{
+	double u = 1.0 - ann_rng_uniform(&h->rng); /* (0, 1] */
+	double l = floor(-log(u) * h->mult);
+	return l > ANN_HNSW_MAX_LEVEL ? ANN_HNSW_MAX_LEVEL : (int)l;
+}
+
+static int hn_set_cap(ann_hnsw *h, size_t cap, ann_error *err)
+{
+	if (cap <= h->cap)
+		return ANN_OK;
+	size_t vb, lb;
+	if (!ann_mul_ok(cap, h->d * sizeof(float), &vb) || !ann_mul_ok(cap, (1 + (size_t)h->M0) * 4, &lb))
+		return ann_err(err, ANN_E_INVAL, "hnsw: capacity %zu overflows", cap);
+	float *v = ann_realloc(h->vec, vb);
+	if (!v)
+		goto nomem;
+	h->vec = v;
+	uint32_t *l = ann_realloc(h->link0, lb);
+	if (!l)
+		goto nomem;
+	h->link0 = l;
+	uint8_t *lv = ann_realloc(h->level, cap);
+	if (!lv)
+		goto nomem;
+	h->level = lv;
+	size_t *uo = ann_realloc(h->uoff, cap * sizeof(size_t));
+	if (!uo)
+		goto nomem;
+	h->uoff = uo;
+	h->cap = cap;
+	return ANN_OK;
+nomem:
+	return ann_err(err, ANN_E_NOMEM, "hnsw: cannot grow to %zu vectors of dimension %zu", cap, h->d);
+}
+
+/* Reserves upper-list words for `words` more. */
+static int hn_upper_reserve(ann_hnsw *h, size_t words, ann_error *err)
+{
+	if (!hn_grow((void **)&h->upper, &h->upper_cap, h->upper_n + words, sizeof(uint32_t)))
+		return ann_err(err, ANN_E_NOMEM, "hnsw: cannot grow the upper-level lists to %zu words",
+			       h->upper_n + words);
+	return ANN_OK;
+}
+
+/* Stores v as node id = h->n with level L (capacity already reserved). */
+static void hn_place(ann_hnsw *h, const float *v, int L)
+{
+	size_t id = h->n, d = h->d;
+	float *dst = h->vec + id * d;
+	memcpy(dst, v, d * sizeof(float));
+	if (h->metric == ANN_METRIC_COSINE) {
+		double s = 0;
+		for (size_t j = 0; j < d; j++)
+			s += (double)dst[j] * dst[j];
+		if (s > 0) {
+			float inv = (float)(1.0 / sqrt(s));
+			for (size_t j = 0; j < d; j++)
+				dst[j] *= inv;
+		}
+	}
+	h->level[id] = (uint8_t)L;
+	h->link0[id * (1 + h->M0)] = 0;
+	h->uoff[id] = h->upper_n;
+	for (int lc = 1; lc <= L; lc++)
+		h->upper[h->upper_n + (size_t)(lc - 1) * (1 + h->M)] = 0;
+	h->upper_n += (size_t)L * (1 + h->M);
+	h->n = id + 1;
+}
+
+/* ---- public: life cycle ------------------------------------------------------ */
+
+static int hn_check_params(size_t d, ann_metric metric, uint32_t M, uint32_t efc, ann_error *err)
+{
+	if (d == 0 || d > ANN_HNSW_MAX_DIM)
+		return ann_err(err, ANN_E_INVAL, "hnsw: dimension %zu not in 1..%d", d, ANN_HNSW_MAX_DIM);
+	if (metric != ANN_METRIC_L2 && metric != ANN_METRIC_IP && metric != ANN_METRIC_COSINE)
+		return ann_err(err, ANN_E_INVAL, "hnsw: unknown metric %d", (int)metric);
+	if (M < 2 || M > ANN_HNSW_MAX_M)
+		return ann_err(err, ANN_E_INVAL, "hnsw: M %u not in 2..%d", M, ANN_HNSW_MAX_M);
+	if (efc == 0 || efc > (1u << 20))
+		return ann_err(err, ANN_E_INVAL, "hnsw: ef_construction %u not in 1..2^20", efc);
+	return ANN_OK;
+}
+
+int ann_hnsw_create(size_t d, ann_metric metric, uint32_t M, uint32_t ef_construction, uint64_t seed,
+		    ann_hnsw **out, ann_error *err)
+{
+	*out = NULL;
+	ANN_TRY(hn_check_params(d, metric, M, ef_construction, err));
+	ann_hnsw *h = ann_calloc(1, sizeof *h);
+	if (!h)
+		return ann_err(err, ANN_E_NOMEM, "hnsw: cannot allocate the graph");
+	h->d = d;
+	h->metric = metric;
+	h->M = M;
+	h->M0 = 2 * M;
+	h->efc = ef_construction;
+	h->flags = HN_FLAG_KEEP_PRUNED;
+	h->mult = 1.0 / log((double)M);
+	ann_rng_seed(&h->rng, seed);
+	h->kern = ann_kernels_best();
+	h->max_level = -1;
+	h->entry = HN_NONE;
+	*out = h;
+	return ANN_OK;
+}
+
+void ann_hnsw_free(ann_hnsw *h)
+{
+	if (!h)
+		return;
+	ann_free(h->vec);
+	ann_free(h->link0);
+	ann_free(h->level);
+	ann_free(h->uoff);
+	ann_free(h->upper);
+	ann_hnsw_ctx_free(h->actx);
+	ann_free(h);
+}
+
+int ann_hnsw_reserve(ann_hnsw *h, size_t n, ann_error *err)
+{
+	if (n > HN_MAX_N)
+		return ann_err(err, ANN_E_INVAL, "hnsw: %zu vectors exceed the limit of %zu", n, HN_MAX_N);
+	return hn_set_cap(h, n, err);
+}
+
+size_t ann_hnsw_count(const ann_hnsw *h)
+{
+	return h->n;
+}
+
+size_t ann_hnsw_dim(const ann_hnsw *h)
+{
+	return h->d;
+}
+
+ann_metric ann_hnsw_metric(const ann_hnsw *h)
+{
+	return h->metric;
+}
+
+const float *ann_hnsw_vector(const ann_hnsw *h, uint32_t id)
+{
+	return id < h->n ? hn_vec(h, id) : NULL;
+}
+
+size_t ann_hnsw_bytes(const ann_hnsw *h)
+{
+	size_t b = sizeof *h + h->cap * (h->d * sizeof(float) + (1 + (size_t)h->M0) * 4 + 1 + sizeof(size_t)) +
+		   h->upper_cap * sizeof(uint32_t);
+	if (h->actx)
+		b += ann_hnsw_ctx_bytes(h->actx);
+	return b;
+}
+
+/* ---- public: construction -------------------------------------------------- */
+
+int ann_hnsw_add(ann_hnsw *h, const float *v, uint32_t *id, ann_error *err)
+{
+	if (h->failed)
+		return ann_err(err, ANN_E_STATE, "hnsw: an earlier add or build failed; the graph takes no adds");
+	if (h->n >= HN_MAX_N)
+		return ann_err(err, ANN_E_INVAL, "hnsw: already %zu vectors, the limit", h->n);
+	if (h->n == h->cap)
+		ANN_TRY(hn_set_cap(h, ANN_MAX(h->cap + h->cap / 2, (size_t)64), err));
+	if (!h->actx)
+		ANN_TRY(ann_hnsw_ctx_new(&h->actx, err));
+	/* Draw the level only once nothing can fail before the node is placed,
+	 * so a failed add leaves the generator where it was. */
+	ann_rng saved = h->rng;
+	int L = hn_draw_level(h);
+	int rc = hn_upper_reserve(h, (size_t)L * (1 + h->M), err);
+	if (rc == ANN_OK)
+		rc = hn_ctx_prepare(h, h->actx, h->efc, err);
+	if (rc < 0) {
+		h->rng = saved;
+		return rc;
+	}
+	/* The visited set must cover the new node too. */
+	if (h->actx->tag_cap < h->n + 1) {
+		h->n++;
+		rc = hn_ctx_prepare(h, h->actx, h->efc, err);
+		h->n--;
+		if (rc < 0) {
+			h->rng = saved;
+			return rc;
+		}
+	}
+	hn_place(h, v, L);
+	uint32_t nid = (uint32_t)(h->n - 1);
+	if (id)
+		*id = nid;
+	rc = hn_insert(h, h->actx, nid);
+	if (rc < 0) {
+		h->failed = true;
+		return ann_err(err, rc, "hnsw: out of memory while linking vector %u", nid);
+	}
+	return ANN_OK;
+}
+
+typedef struct hn_job {
+	ann_hnsw *h;
+	ann_hnsw_ctx *ctx;
+	size_t first, last; /* ids to insert */
+	atomic_size_t *next;
+	atomic_size_t *done;
+	atomic_int *rc;
+} hn_job;
+
+static void *hn_build_thread(void *arg)
+{
+	hn_job *j = arg;
+	for (;;) {
+		if (atomic_load(j->rc) < 0)
+			break;
+		size_t i = atomic_fetch_add(j->next, 1);
+		if (i >= j->last - j->first)
+			break;
+		int rc = hn_insert(j->h, j->ctx, (uint32_t)(j->first + i));
+		if (rc < 0) {
+			atomic_store(j->rc, rc);
+			break;
+		}
+		atomic_fetch_add(j->done, 1);
+	}
+	return NULL;
+}
+
+int ann_hnsw_build(ann_hnsw *h, const float *x, size_t n, int threads, ann_progress_fn progress,
+		   void *progress_ctx, ann_error *err)
+{
+	if (h->failed)
+		return ann_err(err, ANN_E_STATE, "hnsw: an earlier add or build failed; the graph takes no adds");
+	if (threads < 1 || threads > HN_MAX_THREADS)
+		return ann_err(err, ANN_E_INVAL, "hnsw: threads %d not in 1..%d", threads, HN_MAX_THREADS);
+	if (n == 0)
+		return ANN_OK;
+	if (!x)
+		return ann_err(err, ANN_E_INVAL, "hnsw: NULL vectors");
+	if (n > HN_MAX_N - h->n)
+		return ann_err(err, ANN_E_INVAL, "hnsw: %zu + %zu vectors exceed the limit of %zu", h->n, n,
+			       HN_MAX_N);
+	if (threads == 1) {
+		uint64_t last = ann_now_ns();
+		ANN_TRY(hn_set_cap(h, h->n + n, err));
+		for (size_t i = 0; i < n; i++) {
+			ANN_TRY(ann_hnsw_add(h, x + i * h->d, NULL, err));
+			if (progress && (i + 1 == n || ann_now_ns() - last >= HN_PROGRESS_NS)) {
+				progress(progress_ctx, "hnsw", i + 1, n);
+				last = ann_now_ns();
+			}
+		}
+		return ANN_OK;
+	}
+
+	/* Parallel: levels are drawn and nodes placed serially, then linked. */
+	ANN_TRY(hn_set_cap(h, h->n + n, err));
+	ann_rng saved = h->rng;
+	size_t first = h->n, words = 0;
+	ann_hnsw_ctx *ctx[HN_MAX_THREADS] = {0};
+	pthread_t tid[HN_MAX_THREADS];
+	hn_job job[HN_MAX_THREADS];
+	atomic_size_t next = 0, done = 0;
+	atomic_int arc = ANN_OK;
+	int started = 0, rc;
+	bool locks_ready = false;
+	uint8_t *lv = ann_malloc(n);
+	if (!lv)
+		return ann_err(err, ANN_E_NOMEM, "hnsw: cannot allocate %zu levels", n);
+	for (size_t i = 0; i < n; i++) {
+		lv[i] = (uint8_t)hn_draw_level(h);
+		words += (size_t)lv[i] * (1 + h->M);
+	}
+	ANN_CHECK(rc, hn_upper_reserve(h, words, err));
+	h->locks = ann_malloc(HN_STRIPES * sizeof(pthread_mutex_t));
+	if (!h->locks) {
+		rc = ann_err(err, ANN_E_NOMEM, "hnsw: cannot allocate build locks");
+		goto fail;
+	}
+	for (unsigned i = 0; i < HN_STRIPES; i++)
+		pthread_mutex_init(&h->locks[i], NULL);
+	pthread_mutex_init(&h->glock, NULL);
+	locks_ready = true;
+	/* Size every context for the final count before any node is linked. */
+	h->n = first + n;
+	for (int t = 0; t < threads && rc == ANN_OK; t++) {
+		rc = ann_hnsw_ctx_new(&ctx[t], err);
+		if (rc == ANN_OK)
+			rc = hn_ctx_prepare(h, ctx[t], h->efc, err);
+	}
+	h->n = first;
+	if (rc < 0)
+		goto fail;
+	for (size_t i = 0; i < n; i++)
+		hn_place(h, x + i * h->d, lv[i]);
+
+	/* From here a failure leaves nodes half-linked: the graph stays valid
+	 * for searches but takes no more adds (ANN_E_STATE). */
+	if (h->max_level < 0) {
+		/* The first node becomes the entry point before others search. */
+		rc = hn_insert(h, ctx[0], (uint32_t)first);
+		if (rc < 0)
+			goto linkfail;
+		atomic_store(&next, 1);
+		atomic_store(&done, 1);
+	}
+	for (int t = 0; t < threads; t++)
+		job[t] = (hn_job){h, ctx[t], first, first + n, &next, &done, &arc};
+	for (int t = 1; t < threads; t++) {
+		if (pthread_create(&tid[t], NULL, hn_build_thread, &job[t]) != 0)
+			break;
+		started = t;
+	}
+	/* The calling thread inserts too, and reports progress between inserts. */
+	uint64_t last = ann_now_ns();
+	for (;;) {
+		if (atomic_load(&arc) < 0)
+			break;
+		size_t i = atomic_fetch_add(&next, 1);
+		if (i >= n)
+			break;
+		int r = hn_insert(h, ctx[0], (uint32_t)(first + i));
+		if (r < 0) {
+			atomic_store(&arc, r);
+			break;
+		}
+		atomic_fetch_add(&done, 1);
+		if (progress && ann_now_ns() - last >= HN_PROGRESS_NS) {
+			progress(progress_ctx, "hnsw", atomic_load(&done), n);
+			last = ann_now_ns();
+		}
+	}
+	for (int t = 1; t <= started; t++)
+		pthread_join(tid[t], NULL);
+	rc = atomic_load(&arc);
+	if (rc < 0)
+		goto linkfail;
+	if (progress)
+		progress(progress_ctx, "hnsw", n, n);
+	goto out;
+linkfail:
+	h->failed = true;
+	rc = ann_err(err, rc, "hnsw: out of memory while linking vectors %zu..%zu", first, first + n - 1);
+	goto out;
+fail:
+	h->rng = saved; /* nothing was placed: the build can be retried */
+out:
+	if (locks_ready) {
+		for (unsigned i = 0; i < HN_STRIPES; i++)
+			pthread_mutex_destroy(&h->locks[i]);
+		pthread_mutex_destroy(&h->glock);
+	}
+	ann_free(h->locks);
+	h->locks = NULL;
+	for (int t = 0; t < threads; t++)
+		ann_hnsw_ctx_free(ctx[t]);
+	ann_free(lv);
+	return rc;
+}
+
+/* ---- public: search ---------------------------------------------------------- */
+
+int ann_hnsw_search(const ann_hnsw *h, ann_hnsw_ctx *ctx, const float *q, size_t k, size_t ef, int32_t *ids,
+		    float *dists, ann_error *err)
+{
+	if (k == 0)
+		return 0;
+	if (!q || !ids)
+		return ann_err(err, ANN_E_INVAL, "hnsw: NULL query or output");
+	ann_hnsw_ctx *own = NULL;
+	size_t found = 0;
+	int rc = ANN_OK;
+	if (h->n > 0) {
+		if (!ctx)
+			ANN_TRY(ann_hnsw_ctx_new(&own, err));
+		ann_hnsw_ctx *c = ctx ? ctx : own;
+		ef = ANN_MAX(ef, k);
+		ANN_CHECK(rc, hn_ctx_prepare(h, c, ef, err));
+		if (h->metric == ANN_METRIC_COSINE) {
+			double s = 0;
+			for (size_t j = 0; j < h->d; j++)
+				s += (double)q[j] * q[j];
+			float inv = s > 0 ? (float)(1.0 / sqrt(s)) : 0.0f;
+			for (size_t j = 0; j < h->d; j++)
+				c->q[j] = q[j] * inv;
+			q = c->q;
+		}
+		uint32_t ep = h->entry;
+		float epd = hn_dist(h, q, hn_vec(h, ep));
+		for (int lc = h->max_level; lc > 0; lc--)
+			hn_greedy(h, c, q, &ep, &epd, lc);
+		if (hn_search_layer(h, c, q, ep, epd, ef, 0) < 0) {
+			rc = ann_err(err, ANN_E_NOMEM, "hnsw: cannot grow the candidate heap (ef %zu)", ef);
+			goto fail;
+		}
+		size_t m = hn_drain(c);
+		found = ANN_MIN(m, k);
+		for (size_t j = 0; j < found; j++) {
+			ids[j] = (int32_t)c->sorted[j].id;
+			if (dists)
+				dists[j] = c->sorted[j].d;
+		}
+	}
+	for (size_t j = found; j < k; j++) {
+		ids[j] = -1;
+		if (dists)
+			dists[j] = __builtin_inff();
+	}
+	rc = (int)found;
+fail:
+	ann_hnsw_ctx_free(own);
+	return rc;
+}
+
+/* ---- public: blob -------------------------------------------------------------- */
+
+size_t ann_hnsw_blob_bytes(const ann_hnsw *h)
+{
+	size_t b = HN_HEADER + ANN_ALIGN_UP(h->n, 4) + h->n * h->d * sizeof(float) + HN_TRAILER;
+	for (size_t i = 0; i < h->n; i++)
+		for (int lc = 0; lc <= h->level[i]; lc++)
+			b += 4 * (1 + (size_t)hn_links(h, (uint32_t)i, lc)[0]);
+	return b;
+}
+
+int ann_hnsw_save(const ann_hnsw *h, uint8_t *buf, size_t cap, ann_error *err)
+{
+	size_t need = ann_hnsw_blob_bytes(h);
+	if (!buf || cap < need)
+		return ann_err(err, ANN_E_INVAL, "hnsw: blob buffer of %zu bytes, %zu needed", cap, need);
+	memset(buf, 0, HN_HEADER);
+	memcpy(buf, HN_MAGIC, 8);
+	ann_st16(buf + 8, ANN_HNSW_VERSION_MAJOR);
+	ann_st16(buf + 10, ANN_HNSW_VERSION_MINOR);
+	ann_st32(buf + 12, HN_HEADER);
+	ann_st32(buf + 16, (uint32_t)h->d);
+	ann_st32(buf + 20, (uint32_t)h->metric);
+	ann_st32(buf + 24, h->M);
+	ann_st32(buf + 28, h->efc);
+	ann_st64(buf + 32, h->n);
+	ann_st32(buf + 40, (uint32_t)(int32_t)h->max_level);
+	ann_st32(buf + 44, h->entry);
+	ann_st32(buf + 48, h->flags);
+	for (int i = 0; i < 4; i++)
+		ann_st64(buf + 56 + 8 * i, h->rng.s[i]);
+	ann_st64(buf + 88, need - HN_HEADER - HN_TRAILER);
+	uint8_t *p = buf + HN_HEADER;
+	if (h->n)
+		memcpy(p, h->level, h->n);
+	memset(p + h->n, 0, ANN_ALIGN_UP(h->n, 4) - h->n);
+	p += ANN_ALIGN_UP(h->n, 4);
+	for (size_t i = 0; i < h->n * h->d; i++, p += 4)
+		ann_stf32(p, h->vec[i]);
+	for (size_t i = 0; i < h->n; i++) {
+		for (int lc = 0; lc <= h->level[i]; lc++) {
+			const uint32_t *l = hn_links(h, (uint32_t)i, lc);
+			for (uint32_t j = 0; j <= l[0]; j++, p += 4)
+				ann_st32(p, l[j]);
+		}
+	}
+	ann_st64(p, XXH64(buf, (size_t)(p - buf), 0));
+	return ANN_OK;
+}
+
+int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err)
+{
+	*out = NULL;
+	if (!buf || len < HN_HEADER + HN_TRAILER)
+		return ann_err(err, ANN_E_CORRUPT, "hnsw blob: %zu bytes, shorter than header and checksum (%u)", len,
+			       HN_HEADER + HN_TRAILER);
+	if (memcmp(buf, HN_MAGIC, 8) != 0)
+		return ann_err(err, ANN_E_FORMAT, "hnsw blob: bad magic, not an HNSW graph");
+	unsigned major = ann_ld16(buf + 8), minor = ann_ld16(buf + 10);
+	if (major != ANN_HNSW_VERSION_MAJOR)
+		return ann_err(err, ANN_E_FORMAT, "hnsw blob: format version %u.%u, this build reads %u.x", major,
+			       minor, ANN_HNSW_VERSION_MAJOR);
+	size_t hdr = ann_ld32(buf + 12);
+	uint64_t body = ann_ld64(buf + 88);
+	if (hdr < HN_HEADER || hdr > len - HN_TRAILER || body != len - HN_TRAILER - hdr)
+		return ann_err(err, ANN_E_CORRUPT,
+			       "hnsw blob: %zu bytes, header says %zu + body %llu + %u (truncated or trailing data)", len,
+			       hdr, (unsigned long long)body, HN_TRAILER);
+	uint64_t want = ann_ld64(buf + len - HN_TRAILER), got = XXH64(buf, len - HN_TRAILER, 0);
+	if (want != got)
+		return ann_err(err, ANN_E_CORRUPT, "hnsw blob: checksum mismatch at offset %zu (stored %016llx, computed %016llx)",
+			       len - HN_TRAILER, (unsigned long long)want, (unsigned long long)got);
+
+	size_t d = ann_ld32(buf + 16);
+	uint32_t metric = ann_ld32(buf + 20), M = ann_ld32(buf + 24), efc = ann_ld32(buf + 28);
+	uint64_t n64 = ann_ld64(buf + 32);
+	int32_t max_level = (int32_t)ann_ld32(buf + 40);
+	uint32_t entry = ann_ld32(buf + 44), flags = ann_ld32(buf + 48);
+	int rc = hn_check_params(d, (ann_metric)metric, M, efc, err);
+	if (rc < 0)
+		return ann_err_prefix(err, ANN_E_CORRUPT, "hnsw blob header");
+	if (n64 > HN_MAX_N || (flags & ~HN_FLAG_KEEP_PRUNED) ||
+	    (n64 == 0 ? (max_level != -1 || entry != HN_NONE)
+		      : (max_level < 0 || max_level > ANN_HNSW_MAX_LEVEL || entry >= n64)))
+		return ann_err(err, ANN_E_CORRUPT,
+			       "hnsw blob header: n %llu, max_level %d, entry %u, flags %#x are inconsistent",
+			       (unsigned long long)n64, (int)max_level, entry, flags);
+	size_t n = (size_t)n64;
+
+	ann_hnsw *h = NULL;
+	ANN_TRY(ann_hnsw_create(d, (ann_metric)metric, M, efc, 0, &h, err));
+	h->flags = flags;
+	for (int i = 0; i < 4; i++)
+		h->rng.s[i] = ann_ld64(buf + 56 + 8 * i);
+	const uint8_t *p = buf + hdr, *end = buf + len - HN_TRAILER;
+	size_t vbytes;
+	if (!ann_mul_ok(n, d * sizeof(float), &vbytes) || (size_t)(end - p) < ANN_ALIGN_UP(n, 4) ||
+	    (size_t)(end - p) - ANN_ALIGN_UP(n, 4) < vbytes + 4 * n) {
+		rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob: body of %zu bytes cannot hold %zu vectors of dimension %zu",
+			     (size_t)(end - p), n, d);
+		goto fail;
+	}
+	ANN_CHECK(rc, hn_set_cap(h, n, err));
+	size_t words = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] > max_level) {
+			rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob offset %zu: node %zu has level %u above max_level %d",
+				     (size_t)(p + i - buf), i, p[i], (int)max_level);
+			goto fail;
+		}
+		h->level[i] = p[i];
+		h->uoff[i] = words;
+		words += (size_t)p[i] * (1 + M);
+	}
+	if (n && h->level[entry] != max_level) {
+		rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob: entry point %u has level %u, max_level is %d", entry,
+			     h->level[entry], (int)max_level);
+		goto fail;
+	}
+	p += ANN_ALIGN_UP(n, 4);
+	for (size_t i = 0; i < n * d; i++, p += 4) {
+		float f = ann_ldf32(p);
+		if (!isfinite(f)) {
+			rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob offset %zu: vector %zu component %zu is not finite",
+				     (size_t)(p - buf), i / d, i % d);
+			goto fail;
+		}
+		h->vec[i] = f;
+	}
+	ANN_CHECK(rc, hn_upper_reserve(h, words, err));
+	h->upper_n = words;
+	for (size_t i = 0; i < n; i++) {
+		for (int lc = 0; lc <= h->level[i]; lc++) {
+			uint32_t cap = lc ? M : 2 * M;
+			if (end - p < 4)
+				goto short_body;
+			uint32_t cnt = ann_ld32(p);
+			if (cnt > cap) {
+				rc = ann_err(err, ANN_E_CORRUPT,
+					     "hnsw blob offset %zu: node %zu level %d has %u neighbours, at most %u allowed",
+					     (size_t)(p - buf), i, lc, cnt, cap);
+				goto fail;
+			}
+			p += 4;
+			if ((size_t)(end - p) < 4 * (size_t)cnt)
+				goto short_body;
+			uint32_t *l = hn_links(h, (uint32_t)i, lc);
+			l[0] = cnt;
+			for (uint32_t j = 0; j < cnt; j++, p += 4) {
+				uint32_t id = ann_ld32(p);
+				if (id >= n || id == i || h->level[id] < lc) {
+					rc = ann_err(err, ANN_E_CORRUPT,
+						     "hnsw blob offset %zu: node %zu level %d: neighbour %u is not a node "
+						     "other than itself with level >= %d (n %zu)",
+						     (size_t)(p - buf), i, lc, id, lc, n);
+					goto fail;
+				}
+				l[1 + j] = id;
+			}
+		}
+	}
+	if (p != end) {
+		rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob offset %zu: %zu bytes left over after the last list",
+			     (size_t)(p - buf), (size_t)(end - p));
+		goto fail;
+	}
+	h->n = n;
+	h->max_level = max_level;
+	h->entry = entry;
+	*out = h;
+	return ANN_OK;
+short_body:
+	rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob offset %zu: neighbour lists run past the end of the body",
+		     (size_t)(p - buf));
+fail:
+	ann_hnsw_free(h);
+	return rc;
+}

@@ -1,2 +1,1140 @@
-/* PLACEHOLDER: replaced by the module's owner */
-typedef int ann_placeholder_kmeans;
+/* SPDX-License-Identifier: MIT */
+/*
+ * kmeans.c: k-means as specified in kmeans.h: seeding, Lloyd and mini-batch
+ * iterations over blocked sgemm distance tiles shared among pthreads,
+ * empty-cluster repair by splitting, the regret-ordered size cap, and the
+ * nearest-centroids query. All distances come from distance.h.
+ */
+#include "kmeans.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
+#include "distance.h"
+
+#define KM_TILE_FLOATS ((size_t)1 << 18) /* distance tile per worker: 1 MiB */
+#define KM_CHUNK 1024                    /* centroids per tile */
+#define KM_BLOCK_MIN 16
+#define KM_BLOCK_MAX 4096
+#define KM_MAX_THREADS 16
+#define KM_PP_ROUNDS 128 /* seeding rounds for large k */
+#define KM_BAL_CAND 16   /* candidate clusters per point in the size cap */
+#define KM_MB_PATIENCE 10 /* mini-batches without improvement before stopping */
+#define KM_NONE UINT32_MAX
+
+/* ---- blocked passes ------------------------------------------------------
+ * A pass runs rows (points, or points picked by idx) against a set of
+ * centroids, block by block; each block is independent and writes only its
+ * own rows (and blocksum[b]), so the outcome does not depend on how blocks
+ * are spread over threads. Block size depends on the centroid count only. */
+
+enum km_mode {
+	KM_ARGMIN, /* assign[i], mind[i] if set, blocksum[b] = sum of the minima */
+	KM_MINUPD, /* mind[i] = min(mind[i], distance to the nearest centroid) */
+	KM_TOPN,   /* top_ids / top_d rows of `stride`, nprobe sorted then padding */
+};
+
+typedef struct km_pass {
+	enum km_mode mode;
+	ann_metric metric;
+	const float *x;
+	const uint32_t *idx; /* row i is x[idx[i]] when set, else x[i] */
+	size_t n;            /* rows */
+	size_t d;
+	const float *c;     /* centroids of this pass, k * d */
+	const float *cnorm; /* their squared norms (L2, COSINE), else NULL */
+	size_t k;
+	size_t block; /* rows per block (set by km_run) */
+	size_t nprobe;
+	size_t stride;
+	uint32_t *assign;
+	float *mind;
+	double *blocksum;
+	uint32_t *top_ids;
+	float *top_d;
+	atomic_size_t next; /* next block to take */
+} km_pass;
+
+typedef struct km_worker {
+	km_pass *p;
+	float *tile;   /* block * chunk */
+	float *xn;     /* block squared norms */
+	float *gather; /* block * d, for idx passes */
+	float *bd;     /* block running minima */
+	uint32_t *bi;  /* block running argmins */
+	float *hd;     /* block * nprobe_max heap distances */
+	int64_t *hid;  /* block * nprobe_max heap ids */
+	ann_topk *tk;  /* block heaps */
+} km_worker;
+
+typedef struct km_pool {
+	int threads;
+	size_t d, kmax, chunk, block, nprobe_max;
+	size_t bytes; /* allocated by the pool */
+	km_worker w[KM_MAX_THREADS];
+} km_pool;
+
+static void *km_alloc(size_t count, size_t size, size_t *bytes)
+{
+	size_t n;
+	if (!ann_mul_ok(count, size, &n))
+		return NULL;
+	void *p = ann_aligned_alloc(64, n ? n : 1);
+	if (p)
+		*bytes += n;
+	return p;
+}
+
+static void km_pool_free(km_pool *pl)
+{
+	for (int t = 0; t < KM_MAX_THREADS; t++) {
+		km_worker *w = &pl->w[t];
+		ann_aligned_free(w->tile);
+		ann_aligned_free(w->xn);
+		ann_aligned_free(w->gather);
+		ann_aligned_free(w->bd);
+		ann_aligned_free(w->bi);
+		ann_aligned_free(w->hd);
+		ann_aligned_free(w->hid);
+		ann_aligned_free(w->tk);
+		memset(w, 0, sizeof *w);
+	}
+}
+
+static size_t km_block_rows(size_t kmax)
+{
+	size_t chunk = ANN_MIN(kmax, (size_t)KM_CHUNK);
+	size_t b = KM_TILE_FLOATS / chunk;
+	return ANN_MAX((size_t)KM_BLOCK_MIN, ANN_MIN(b, (size_t)KM_BLOCK_MAX));
+}
+
+static int km_pool_init(km_pool *pl, int threads, size_t d, size_t kmax, size_t nprobe_max, bool gather,
+			ann_error *err)
+{
+	memset(pl, 0, sizeof *pl);
+	pl->threads = threads;
+	pl->d = d;
+	pl->kmax = kmax;
+	pl->chunk = ANN_MIN(kmax, (size_t)KM_CHUNK);
+	pl->block = km_block_rows(kmax);
+	pl->nprobe_max = nprobe_max;
+	size_t B = pl->block;
+	for (int t = 0; t < threads; t++) {
+		km_worker *w = &pl->w[t];
+		w->tile = km_alloc(B * pl->chunk, sizeof(float), &pl->bytes);
+		w->xn = km_alloc(B, sizeof(float), &pl->bytes);
+		w->bd = km_alloc(B, sizeof(float), &pl->bytes);
+		w->bi = km_alloc(B, sizeof(uint32_t), &pl->bytes);
+		if (!w->tile || !w->xn || !w->bd || !w->bi)
+			goto nomem;
+		if (gather && !(w->gather = km_alloc(B, d * sizeof(float), &pl->bytes)))
+			goto nomem;
+		if (nprobe_max) {
+			w->hd = km_alloc(B * nprobe_max, sizeof(float), &pl->bytes);
+			w->hid = km_alloc(B * nprobe_max, sizeof(int64_t), &pl->bytes);
+			w->tk = km_alloc(B, sizeof(ann_topk), &pl->bytes);
+			if (!w->hd || !w->hid || !w->tk)
+				goto nomem;
+		}
+	}
+	return ANN_OK;
+nomem:
+	km_pool_free(pl);
+	return ann_err(err, ANN_E_NOMEM, "kmeans: cannot allocate per-thread tiles (%d threads, %zu rows x %zu)",
+		       threads, B, kmax);
+}
+
+/* Smallest of n floats (n >= 1). */
+static inline float km_rowmin(const float *r, size_t n)
+{
+	size_t j = 0;
+	float m = r[0];
+#if defined(__SSE2__)
+	if (n >= 16) {
+		__m128 a = _mm_loadu_ps(r), b = _mm_loadu_ps(r + 4);
+		__m128 c = _mm_loadu_ps(r + 8), e = _mm_loadu_ps(r + 12);
+		for (j = 16; j + 16 <= n; j += 16) {
+			a = _mm_min_ps(a, _mm_loadu_ps(r + j));
+			b = _mm_min_ps(b, _mm_loadu_ps(r + j + 4));
+			c = _mm_min_ps(c, _mm_loadu_ps(r + j + 8));
+			e = _mm_min_ps(e, _mm_loadu_ps(r + j + 12));
+		}
+		a = _mm_min_ps(_mm_min_ps(a, b), _mm_min_ps(c, e));
+		float t[4];
+		_mm_storeu_ps(t, a);
+		m = ANN_MIN(ANN_MIN(t[0], t[1]), ANN_MIN(t[2], t[3]));
+	}
+#endif
+	for (; j < n; j++)
+		if (r[j] < m)
+			m = r[j];
+	return m;
+}
+
+/* Offers row entries r[0..n) with ids base.. to the heap t. */
+static inline void km_row_topn(const float *r, size_t n, uint32_t base, ann_topk *t)
+{
+	float bound = ann_topk_bound(t);
+	size_t j = 0;
+#if defined(__SSE2__)
+	for (; j + 4 <= n; j += 4) {
+		int mask = _mm_movemask_ps(_mm_cmplt_ps(_mm_loadu_ps(r + j), _mm_set1_ps(bound)));
+		while (mask) {
+			int l = __builtin_ctz((unsigned)mask);
+			mask &= mask - 1;
+			if (r[j + l] < bound) {
+				ann_topk_push(t, r[j + l], (int64_t)(base + j + (size_t)l));
+				bound = ann_topk_bound(t);
+			}
+		}
+	}
+#endif
+	for (; j < n; j++) {
+		if (r[j] < bound) {
+			ann_topk_push(t, r[j], (int64_t)(base + j));
+			bound = ann_topk_bound(t);
+		}
+	}
+}
+
+static void km_block(km_worker *w, size_t b)
+{
+	const km_pass *p = w->p;
+	size_t d = p->d, lo = b * p->block;
+	size_t nb = ANN_MIN(p->block, p->n - lo);
+	size_t chunk = ANN_MIN(p->k, (size_t)KM_CHUNK);
+	const float *xb = p->x + lo * d;
+
+	if (p->idx) {
+		for (size_t i = 0; i < nb; i++)
+			memcpy(w->gather + i * d, p->x + (size_t)p->idx[lo + i] * d, d * sizeof(float));
+		xb = w->gather;
+	}
+	const float *xn = NULL;
+	if (p->metric != ANN_METRIC_IP) {
+		ann_norms_f32(xb, nb, d, w->xn);
+		xn = w->xn;
+	}
+	for (size_t i = 0; i < nb; i++) {
+		w->bd[i] = __builtin_inff();
+		w->bi[i] = KM_NONE;
+		if (p->mode == KM_TOPN)
+			ann_topk_init(&w->tk[i], w->hd + i * p->nprobe, w->hid + i * p->nprobe, p->nprobe);
+	}
+	for (size_t c0 = 0; c0 < p->k; c0 += chunk) {
+		size_t kc = ANN_MIN(chunk, p->k - c0);
+		ann_dist_batch(p->metric, xb, nb, xn, p->c + c0 * d, kc, p->cnorm ? p->cnorm + c0 : NULL, d, w->tile);
+		for (size_t i = 0; i < nb; i++) {
+			const float *row = w->tile + i * kc;
+			if (p->mode == KM_TOPN) {
+				km_row_topn(row, kc, (uint32_t)c0, &w->tk[i]);
+				continue;
+			}
+			float m = km_rowmin(row, kc);
+			if (m < w->bd[i]) {
+				w->bd[i] = m;
+				if (p->mode == KM_ARGMIN) {
+					size_t j = 0;
+					while (j + 1 < kc && !(row[j] == m))
+						j++;
+					w->bi[i] = (uint32_t)(c0 + j);
+				}
+			}
+		}
+	}
+	switch (p->mode) {
+	case KM_ARGMIN: {
+		double s = 0;
+		for (size_t i = 0; i < nb; i++) {
+			/* NaN distances (bad input) must not index out of range. */
+			p->assign[lo + i] = w->bi[i] == KM_NONE ? 0 : w->bi[i];
+			if (p->mind)
+				p->mind[lo + i] = w->bd[i];
+			s += w->bd[i];
+		}
+		p->blocksum[b] = s;
+		break;
+	}
+	case KM_MINUPD:
+		for (size_t i = 0; i < nb; i++)
+			if (w->bd[i] < p->mind[lo + i])
+				p->mind[lo + i] = w->bd[i];
+		break;
+	case KM_TOPN:
+		for (size_t i = 0; i < nb; i++) {
+			ann_topk *t = &w->tk[i];
+			ann_topk_finish(t);
+			uint32_t *oid = p->top_ids + (lo + i) * p->stride;
+			float *od = p->top_d ? p->top_d + (lo + i) * p->stride : NULL;
+			for (size_t j = 0; j < p->stride; j++) {
+				bool have = j < p->nprobe && t->id[j] >= 0;
+				oid[j] = have ? (uint32_t)t->id[j] : KM_NONE;
+				if (od)
+					od[j] = have ? t->dist[j] : __builtin_inff();
+			}
+		}
+		break;
+	}
+}
+
+static void *km_thread(void *arg)
+{
+	km_worker *w = arg;
+	km_pass *p = w->p;
+	size_t nblk = (p->n + p->block - 1) / p->block;
+	for (;;) {
+		size_t b = atomic_fetch_add(&p->next, 1);
+		if (b >= nblk)
+			break;
+		km_block(w, b);
+	}
+	return NULL;
+}
+
+/* Runs p on the pool's threads; the calling thread is worker 0. A thread
+ * that cannot be started only means fewer workers: the result is the same. */
+static void km_run(km_pool *pl, km_pass *p)
+{
+	p->block = pl->block;
+	atomic_store(&p->next, 0);
+	if (p->n == 0)
+		return;
+	size_t nblk = (p->n + p->block - 1) / p->block;
+	int t = pl->threads;
+	if ((size_t)t > nblk)
+		t = (int)nblk;
+	pthread_t tid[KM_MAX_THREADS];
+	int started = 0;
+	for (int i = 1; i < t; i++) {
+		pl->w[i].p = p;
+		if (pthread_create(&tid[i], NULL, km_thread, &pl->w[i]) != 0)
+			break;
+		started = i;
+	}
+	pl->w[0].p = p;
+	km_thread(&pl->w[0]);
+	for (int i = 1; i <= started; i++)
+		pthread_join(tid[i], NULL);
+}
+
+/* ---- k-means state --------------------------------------------------------- */
+
+typedef struct km {
+	const ann_kmeans_opts *o;
+	const ann_kernels *kern;
+	const float *x;
+	size_t n, d, k;
+	ann_metric metric;
+	float *c;          /* k * d, the caller's centroids */
+	float *cnorm;      /* k squared norms (L2, COSINE) */
+	uint32_t *assign;  /* n */
+	double *sums;      /* k * d */
+	size_t *cnt;       /* k */
+	float *xscale;     /* n inverse norms (COSINE) or NULL */
+	double *blocksum;  /* per block of the largest pass */
+	size_t nblocksum;
+	km_pool pool;
+	ann_rng rng;
+	ann_kmeans_stats st;
+	size_t bytes;      /* live working bytes */
+	size_t peak;
+} km;
+
+static void km_note(km *s, size_t more)
+{
+	s->bytes += more;
+	if (s->bytes > s->peak)
+		s->peak = s->bytes;
+}
+
+static void km_normalize(float *v, size_t d)
+{
+	double s = 0;
+	for (size_t j = 0; j < d; j++)
+		s += (double)v[j] * v[j];
+	if (s > 0) {
+		float inv = (float)(1.0 / sqrt(s));
+		for (size_t j = 0; j < d; j++)
+			v[j] *= inv;
+	}
+}
+
+/* Copies point i into centroid slot c (unit length for IP/COSINE). */
+static void km_set_centroid(km *s, size_t c, size_t i)
+{
+	float *dst = s->c + c * s->d;
+	memcpy(dst, s->x + i * s->d, s->d * sizeof(float));
+	if (s->metric != ANN_METRIC_L2)
+		km_normalize(dst, s->d);
+}
+
+/* Exact distance of point i to centroid c. */
+static float km_dist(const km *s, size_t i, size_t c)
+{
+	const float *xi = s->x + i * s->d, *ci = s->c + c * s->d;
+	switch (s->metric) {
+	case ANN_METRIC_IP:
+		return -s->kern->ip_f32(xi, ci, s->d);
+	case ANN_METRIC_COSINE:
+		return 1.0f - s->kern->ip_f32(xi, ci, s->d) * s->xscale[i];
+	default:
+		return s->kern->l2_f32(xi, ci, s->d);
+	}
+}
+
+static void km_centroid_norms(km *s)
+{
+	if (s->metric != ANN_METRIC_IP)
+		ann_norms_f32(s->c, s->k, s->d, s->cnorm);
+}
+
+/* One assignment step over all points; returns the inertia. */
+static double km_assign(km *s)
+{
+	km_centroid_norms(s);
+	km_pass p = {
+		.mode = KM_ARGMIN,
+		.metric = s->metric,
+		.x = s->x,
+		.n = s->n,
+		.d = s->d,
+		.c = s->c,
+		.cnorm = s->metric != ANN_METRIC_IP ? s->cnorm : NULL,
+		.k = s->k,
+		.assign = s->assign,
+		.blocksum = s->blocksum,
+	};
+	km_run(&s->pool, &p);
+	double tot = 0;
+	size_t nblk = (s->n + s->pool.block - 1) / s->pool.block;
+	for (size_t b = 0; b < nblk; b++)
+		tot += s->blocksum[b];
+	return tot;
+}
+
+/* Sums of the (scaled) points of each cluster over the dimensions [d0, d1):
+ * threads split the dimensions, each sum still runs in point order. */
+typedef struct km_upd {
+	km *s;
+	size_t d0, d1;
+} km_upd;
+
+static void *km_upd_thread(void *arg)
+{
+	km_upd *u = arg;
+	const km *s = u->s;
+	size_t d = s->d;
+	for (size_t i = 0; i < s->n; i++) {
+		double *sm = s->sums + (size_t)s->assign[i] * d;
+		const float *xi = s->x + i * d;
+		if (s->xscale) {
+			double sc = s->xscale[i];
+			for (size_t j = u->d0; j < u->d1; j++)
+				sm[j] += sc * xi[j];
+		} else {
+			for (size_t j = u->d0; j < u->d1; j++)
+				sm[j] += xi[j];
+		}
+	}
+	return NULL;
+}
+
+/* Centroid c from its sums: the mean (L2) or the unit-length direction. */
+static void km_centroid_from_sums(km *s, size_t c, const double *sm, size_t count)
+{
+	float *cc = s->c + c * s->d;
+	if (count == 0)
+		return;
+	if (s->metric == ANN_METRIC_L2) {
+		double inv = 1.0 / (double)count;
+		for (size_t j = 0; j < s->d; j++)
+			cc[j] = (float)(sm[j] * inv);
+		return;
+	}
+	double nn = 0;
+	for (size_t j = 0; j < s->d; j++)
+		nn += sm[j] * sm[j];
+	if (nn <= 0)
+		return;
+	double inv = 1.0 / sqrt(nn);
+	for (size_t j = 0; j < s->d; j++)
+		cc[j] = (float)(sm[j] * inv);
+}
+
+/* Recomputes every non-empty centroid from the current assignment. */
+static void km_recompute(km *s)
+{
+	size_t k = s->k, d = s->d;
+	memset(s->sums, 0, k * d * sizeof(double));
+	memset(s->cnt, 0, k * sizeof(size_t));
+	for (size_t i = 0; i < s->n; i++)
+		s->cnt[s->assign[i]]++;
+	int t = s->pool.threads;
+	if ((size_t)t > d)
+		t = (int)d;
+	km_upd u[KM_MAX_THREADS];
+	pthread_t tid[KM_MAX_THREADS];
+	int started = 0;
+	for (int i = 0; i < t; i++) {
+		u[i].s = s;
+		u[i].d0 = d * (size_t)i / (size_t)t;
+		u[i].d1 = d * (size_t)(i + 1) / (size_t)t;
+	}
+	/* When a thread cannot start, worker 0 takes over the remaining range. */
+	for (int i = 1; i < t; i++) {
+		if (pthread_create(&tid[i], NULL, km_upd_thread, &u[i]) != 0)
+			break;
+		started = i;
+	}
+	km_upd_thread(&u[0]);
+	for (int i = 1; i <= started; i++)
+		pthread_join(tid[i], NULL);
+	if (started + 1 < t) {
+		km_upd rest = {s, u[started].d1, d};
+		km_upd_thread(&rest);
+	}
+	for (size_t c = 0; c < k; c++)
+		km_centroid_from_sums(s, c, s->sums + c * d, s->cnt[c]);
+}
+
+/* Refills each empty cluster by splitting the largest one: its member
+ * farthest from its centroid becomes the new centre, the members nearer to
+ * that point than to the old centroid move over, and both take the means of
+ * their halves. For L2 each of these moves lowers the inertia. Uses the rows
+ * of sums of the two clusters as scratch, so it runs after km_recompute. */
+static void km_repair(km *s)
+{
+	size_t k = s->k, d = s->d, n = s->n;
+	for (size_t e = 0; e < k; e++) {
+		if (s->cnt[e])
+			continue;
+		size_t L = 0;
+		for (size_t c = 1; c < k; c++)
+			if (s->cnt[c] > s->cnt[L])
+				L = c;
+		if (s->cnt[L] < 2)
+			return;
+		size_t far = SIZE_MAX;
+		float fd = 0;
+		for (size_t i = 0; i < n; i++) {
+			if (s->assign[i] != L)
+				continue;
+			float dd = km_dist(s, i, L);
+			if (far == SIZE_MAX || dd > fd) {
+				fd = dd;
+				far = i;
+			}
+		}
+		/* Every member sits on the centroid: the largest cluster holds
+		 * identical points, so no split exists; others are smaller. */
+		if (!(fd > 0))
+			return;
+		km_set_centroid(s, e, far);
+		double *sl = s->sums + L * d, *se = s->sums + e * d;
+		memset(sl, 0, d * sizeof(double));
+		memset(se, 0, d * sizeof(double));
+		size_t nl = 0, ne = 0;
+		for (size_t i = 0; i < n; i++) {
+			if (s->assign[i] != L)
+				continue;
+			double *dst = sl;
+			if (i == far || km_dist(s, i, e) < km_dist(s, i, L)) {
+				s->assign[i] = (uint32_t)e;
+				dst = se;
+				ne++;
+			} else {
+				nl++;
+			}
+			const float *xi = s->x + i * d;
+			double sc = s->xscale ? s->xscale[i] : 1.0;
+			for (size_t j = 0; j < d; j++)
+				dst[j] += sc * xi[j];
+		}
+		s->cnt[L] = nl;
+		s->cnt[e] = ne;
+		km_centroid_from_sums(s, L, sl, nl);
+		km_centroid_from_sums(s, e, se, ne);
+		s->st.empty_repaired++;
+	}
+}
+
+/* Exact inertia of the current assignment (kernel distances). */
+static double km_exact_inertia(const km *s)
+{
+	double tot = 0;
+	for (size_t i = 0; i < s->n; i++)
+		tot += km_dist(s, i, s->assign[i]);
+	return tot;
+}
+
+/* ---- seeding ------------------------------------------------------------- */
+
+/* m sorted distinct indices out of n (Knuth's selection sampling). */
+static void km_select(ann_rng *r, size_t n, size_t m, uint32_t *out)
+{
+	size_t got = 0;
+	for (size_t i = 0; i < n && got < m; i++)
+		if (ann_rng_below(r, n - i) < m - got)
+			out[got++] = (uint32_t)i;
+}
+
+static int km_seed_random(km *s, ann_error *err)
+{
+	uint32_t *pick = ann_malloc(s->k * sizeof(uint32_t));
+	if (!pick)
+		return ann_err(err, ANN_E_NOMEM, "kmeans: cannot allocate %zu seed indices", s->k);
+	km_select(&s->rng, s->n, s->k, pick);
+	for (size_t c = 0; c < s->k; c++)
+		km_set_centroid(s, c, pick[c]);
+	ann_free(pick);
+	return ANN_OK;
+}
+
+/* Batched D^2 sampling; see ANN_KMEANS_PLUSPLUS. */
+static int km_seed_pp(km *s, ann_error *err)
+{
+	size_t n = s->n, k = s->k, d = s->d;
+	size_t m = s->o->init_sample ? s->o->init_sample : ANN_MAX((size_t)65536, 16 * k);
+	m = ANN_MAX(ANN_MIN(m, n), k);
+	size_t batch = (k + KM_PP_ROUNDS - 1) / KM_PP_ROUNDS;
+	size_t extra = 0;
+	uint32_t *sidx = NULL, *pick = NULL;
+	float *D = NULL;
+	double *P = NULL;
+	int rc = ANN_OK;
+
+	if (m < n)
+		sidx = km_alloc(m, sizeof(uint32_t), &extra);
+	D = km_alloc(m, sizeof(float), &extra);
+	P = km_alloc(m, sizeof(double), &extra);
+	pick = km_alloc(batch, sizeof(uint32_t), &extra);
+	km_note(s, extra);
+	if ((m < n && !sidx) || !D || !P || !pick)
+		goto nomem;
+	if (sidx)
+		km_select(&s->rng, n, m, sidx);
+	for (size_t i = 0; i < m; i++)
+		D[i] = __builtin_inff();
+
+	/* D^2 on unit vectors is 2(1 - cos), so IP and COSINE seed by cosine. */
+	ann_metric dm = s->metric == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_COSINE;
+	size_t r0 = ann_rng_below(&s->rng, m);
+	km_set_centroid(s, 0, sidx ? sidx[r0] : r0);
+	size_t nc = 1, fresh = 0;
+	while (nc < k) {
+		ann_norms_f32(s->c + fresh * d, nc - fresh, d, s->cnorm + fresh);
+		km_pass p = {
+			.mode = KM_MINUPD,
+			.metric = dm,
+			.x = s->x,
+			.idx = sidx,
+			.n = m,
+			.d = d,
+			.c = s->c + fresh * d,
+			.cnorm = s->cnorm + fresh,
+			.k = nc - fresh,
+			.mind = D,
+		};
+		km_run(&s->pool, &p);
+		fresh = nc;
+		double tot = 0;
+		for (size_t i = 0; i < m; i++) {
+			tot += D[i] > 0 ? D[i] : 0;
+			P[i] = tot;
+		}
+		size_t want = ANN_MIN(batch, k - nc), got = 0;
+		for (size_t t = 0; t < want && tot > 0 && isfinite(tot); t++) {
+			double u = ann_rng_uniform(&s->rng) * tot;
+			size_t lo = 0, hi = m - 1; /* first i with P[i] > u */
+			while (lo < hi) {
+				size_t mid = lo + (hi - lo) / 2;
+				if (P[mid] > u)
+					hi = mid;
+				else
+					lo = mid + 1;
+			}
+			if (!(D[lo] > 0))
+				continue;
+			bool dup = false;
+			for (size_t q = 0; q < got && !dup; q++)
+				dup = pick[q] == lo;
+			if (!dup)
+				pick[got++] = (uint32_t)lo;
+		}
+		if (got == 0)
+			break; /* every sampled point coincides with a centre */
+		for (size_t q = 0; q < got; q++)
+			km_set_centroid(s, nc + q, sidx ? sidx[pick[q]] : pick[q]);
+		nc += got;
+	}
+	/* Fewer distinct points than k: the rest start on random points and
+	 * are handled as empty clusters by the first update. */
+	for (; nc < k; nc++) {
+		size_t r = ann_rng_below(&s->rng, m);
+		km_set_centroid(s, nc, sidx ? sidx[r] : r);
+	}
+	goto out;
+nomem:
+	rc = ann_err(err, ANN_E_NOMEM, "kmeans: cannot allocate the seeding sample of %zu points", m);
+out:
+	s->bytes -= ANN_MIN(s->bytes, extra);
+	ann_aligned_free(sidx);
+	ann_aligned_free(D);
+	ann_aligned_free(P);
+	ann_aligned_free(pick);
+	return rc;
+}
+
+/* ---- iterations ------------------------------------------------------------ */
+
+static void km_progress(const km *s, uint32_t done, uint32_t total)
+{
+	if (s->o->progress)
+		s->o->progress(s->o->progress_ctx, "kmeans", done, total);
+}
+
+static void km_record(km *s, double inertia)
+{
+	if (s->o->history)
+		s->o->history[s->st.iterations] = inertia;
+	s->st.iterations++;
+}
+
+static void km_lloyd(km *s)
+{
+	uint32_t max_iter = s->o->max_iter;
+	double prev = 0;
+	for (uint32_t it = 0; it < max_iter; it++) {
+		double cur = km_assign(s);
+		km_record(s, cur);
+		km_progress(s, it + 1, max_iter);
+		if (it > 0 && s->o->tol > 0 && prev - cur <= s->o->tol * fabs(prev))
+			break;
+		prev = cur;
+		if (it + 1 == max_iter)
+			break;
+		km_recompute(s);
+		km_repair(s);
+	}
+}
+
+static int km_minibatch(km *s, ann_error *err)
+{
+	size_t mb = s->o->minibatch, d = s->d, k = s->k;
+	size_t extra = 0;
+	int rc = ANN_OK;
+	uint32_t *bidx = km_alloc(mb, sizeof(uint32_t), &extra);
+	uint32_t *bas = km_alloc(mb, sizeof(uint32_t), &extra);
+	uint64_t *seen = km_alloc(k, sizeof(uint64_t), &extra);
+	km_note(s, extra);
+	if (!bidx || !bas || !seen) {
+		rc = ann_err(err, ANN_E_NOMEM, "kmeans: cannot allocate a mini-batch of %zu points", mb);
+		goto out;
+	}
+	memset(seen, 0, k * sizeof(uint64_t));
+	double ewa = 0, best = 0, alpha = ANN_MIN(1.0, 2.0 * (double)mb / (double)(s->n + 1));
+	uint32_t stale = 0;
+	for (uint32_t it = 0; it < s->o->max_iter; it++) {
+		for (size_t i = 0; i < mb; i++)
+			bidx[i] = (uint32_t)ann_rng_below(&s->rng, s->n);
+		km_centroid_norms(s);
+		km_pass p = {
+			.mode = KM_ARGMIN,
+			.metric = s->metric,
+			.x = s->x,
+			.idx = bidx,
+			.n = mb,
+			.d = d,
+			.c = s->c,
+			.cnorm = s->metric != ANN_METRIC_IP ? s->cnorm : NULL,
+			.k = k,
+			.assign = bas,
+			.blocksum = s->blocksum,
+		};
+		km_run(&s->pool, &p);
+		double cur = 0;
+		for (size_t b = 0; b < (mb + s->pool.block - 1) / s->pool.block; b++)
+			cur += s->blocksum[b];
+		cur *= (double)s->n / (double)mb;
+		km_record(s, cur);
+		km_progress(s, it + 1, s->o->max_iter);
+		for (size_t i = 0; i < mb; i++) {
+			size_t c = bas[i];
+			float *cc = s->c + c * d;
+			const float *xi = s->x + (size_t)bidx[i] * d;
+			float eta = (float)(1.0 / (double)++seen[c]);
+			float sc = s->xscale ? s->xscale[bidx[i]] : 1.0f;
+			for (size_t j = 0; j < d; j++)
+				cc[j] += eta * (sc * xi[j] - cc[j]);
+		}
+		if (s->metric != ANN_METRIC_L2)
+			for (size_t c = 0; c < k; c++)
+				km_normalize(s->c + c * d, d);
+		/* Stop after KM_MB_PATIENCE batches without the moving average
+		 * of the batch inertia improving by tol (as scikit-learn). */
+		ewa = it == 0 ? cur : (1 - alpha) * ewa + alpha * cur;
+		if (it == 0 || ewa < best - s->o->tol * fabs(best)) {
+			best = ewa;
+			stale = 0;
+		} else if (s->o->tol > 0 && ++stale >= KM_MB_PATIENCE) {
+			break;
+		}
+	}
+	/* Two full steps: the assignment, an update with repair, the final one. */
+	km_record(s, km_assign(s));
+	km_recompute(s);
+	km_repair(s);
+	km_record(s, km_assign(s));
+out:
+	s->bytes -= ANN_MIN(s->bytes, extra);
+	ann_aligned_free(bidx);
+	ann_aligned_free(bas);
+	ann_aligned_free(seen);
+	return rc;
+}
+
+/* ---- size cap ------------------------------------------------------------ */
+
+typedef struct km_bal {
+	float regret; /* loss if the point does not get `best` */
+	uint32_t s;   /* index into the list of points to place */
+	uint32_t best;
+} km_bal;
+
+/* Max-heap order: larger regret first, then the earlier point. */
+static bool km_bal_before(const km_bal *a, const km_bal *b)
+{
+	return a->regret > b->regret || (a->regret == b->regret && a->s < b->s);
+}
+
+static void km_bal_down(km_bal *h, size_t n, size_t i)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, m = i;
+		if (l < n && km_bal_before(&h[l], &h[m]))
+			m = l;
+		if (r < n && km_bal_before(&h[r], &h[m]))
+			m = r;
+		if (m == i)
+			return;
+		km_bal t = h[i];
+		h[i] = h[m];
+		h[m] = t;
+		i = m;
+	}
+}
+
+/* Best and second-best open candidates of row (R entries) into e. */
+static void km_bal_eval(const uint32_t *ids, const float *dd, size_t R, const size_t *occ, size_t cap,
+			km_bal *e)
+{
+	size_t f = SIZE_MAX;
+	e->best = KM_NONE;
+	e->regret = __builtin_inff();
+	for (size_t j = 0; j < R && ids[j] != KM_NONE; j++) {
+		if (occ[ids[j]] >= cap)
+			continue;
+		if (f == SIZE_MAX) {
+			f = j;
+			e->best = ids[j];
+		} else {
+			e->regret = dd[j] - dd[f];
+			return;
+		}
+	}
+}
+
+static int km_balance(km *s, size_t cap, ann_error *err)
+{
+	size_t n = s->n, k = s->k, d = s->d;
+	size_t extra = 0, ns = 0;
+	int rc = ANN_OK;
+	uint32_t *S = NULL, *cid = NULL;
+	float *cd = NULL, *full = NULL;
+	km_bal *heap = NULL;
+
+	memset(s->cnt, 0, k * sizeof(size_t));
+	for (size_t i = 0; i < n; i++)
+		s->cnt[s->assign[i]]++;
+	for (size_t c = 0; c < k; c++)
+		if (s->cnt[c] > cap)
+			ns += s->cnt[c];
+	if (ns == 0)
+		return ANN_OK;
+	size_t R = ANN_MIN(k, (size_t)KM_BAL_CAND);
+	S = km_alloc(ns, sizeof(uint32_t), &extra);
+	cid = km_alloc(ns * R, sizeof(uint32_t), &extra);
+	cd = km_alloc(ns * R, sizeof(float), &extra);
+	heap = km_alloc(ns, sizeof(km_bal), &extra);
+	full = km_alloc(k, sizeof(float), &extra);
+	km_note(s, extra);
+	if (!S || !cid || !cd || !heap || !full) {
+		rc = ann_err(err, ANN_E_NOMEM, "kmeans: cannot allocate the size cap of %zu points", ns);
+		goto out;
+	}
+	size_t q = 0;
+	for (size_t i = 0; i < n; i++)
+		if (s->cnt[s->assign[i]] > cap)
+			S[q++] = (uint32_t)i;
+	km_centroid_norms(s);
+	km_pass p = {
+		.mode = KM_TOPN,
+		.metric = s->metric,
+		.x = s->x,
+		.idx = S,
+		.n = ns,
+		.d = d,
+		.c = s->c,
+		.cnorm = s->metric != ANN_METRIC_IP ? s->cnorm : NULL,
+		.k = k,
+		.nprobe = R,
+		.stride = R,
+		.top_ids = cid,
+		.top_d = cd,
+	};
+	km_run(&s->pool, &p);
+
+	/* Occupancy: clusters within the cap keep their points; the over-full
+	 * ones start empty and take the placed points up to the cap. */
+	size_t *occ = s->cnt;
+	for (size_t c = 0; c < k; c++)
+		if (occ[c] > cap)
+			occ[c] = 0;
+	for (size_t j = 0; j < ns; j++) {
+		heap[j].s = (uint32_t)j;
+		km_bal_eval(cid + j * R, cd + j * R, R, occ, cap, &heap[j]);
+	}
+	for (size_t j = ns / 2; j-- > 0;)
+		km_bal_down(heap, ns, j);
+	size_t hn = ns;
+	while (hn > 0) {
+		km_bal *top = &heap[0];
+		const uint32_t *ids = cid + (size_t)top->s * R;
+		uint32_t b = top->best;
+		if (b == KM_NONE || occ[b] >= cap) {
+			km_bal e = {.s = top->s};
+			km_bal_eval(ids, cd + (size_t)top->s * R, R, occ, cap, &e);
+			if (e.best != KM_NONE) {
+				/* Its choice filled up: requeue with the new regret. */
+				*top = e;
+				km_bal_down(heap, hn, 0);
+				continue;
+			}
+			/* All R candidates are full: nearest open cluster of all k. */
+			size_t i = S[top->s];
+			const float *xi = s->x + i * d;
+			if (s->metric == ANN_METRIC_L2) {
+				s->kern->l2_f32_many(xi, s->c, k, d, full);
+			} else {
+				s->kern->ip_f32_many(xi, s->c, k, d, full);
+				float sc = s->metric == ANN_METRIC_COSINE ? s->xscale[i] : 1.0f;
+				float off = s->metric == ANN_METRIC_COSINE ? 1.0f : 0.0f;
+				for (size_t c = 0; c < k; c++)
+					full[c] = off - full[c] * sc;
+			}
+			b = KM_NONE;
+			for (size_t c = 0; c < k; c++)
+				if (occ[c] < cap && (b == KM_NONE || full[c] < full[b]))
+					b = (uint32_t)c;
+		}
+		size_t i = S[top->s];
+		if (s->assign[i] != b)
+			s->st.moved++;
+		s->assign[i] = b;
+		occ[b]++;
+		heap[0] = heap[--hn];
+		km_bal_down(heap, hn, 0);
+	}
+	km_recompute(s);
+out:
+	s->bytes -= ANN_MIN(s->bytes, extra);
+	ann_aligned_free(S);
+	ann_aligned_free(cid);
+	ann_aligned_free(cd);
+	ann_aligned_free(heap);
+	ann_aligned_free(full);
+	return rc;
+}
+
+/* ---- entry points ---------------------------------------------------------- */
+
+void ann_kmeans_opts_init(ann_kmeans_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->max_iter = 25;
+	o->seed = 1;
+	o->init = ANN_KMEANS_PLUSPLUS;
+	o->metric = ANN_METRIC_L2;
+	o->threads = 1;
+	o->tol = 1e-4;
+}
+
+static int km_check_metric(ann_metric m, ann_error *err)
+{
+	if (m != ANN_METRIC_L2 && m != ANN_METRIC_IP && m != ANN_METRIC_COSINE)
+		return ann_err(err, ANN_E_INVAL, "kmeans: unknown metric %d", (int)m);
+	return ANN_OK;
+}
+
+static void km_free(km *s, bool own_assign)
+{
+	km_pool_free(&s->pool);
+	ann_aligned_free(s->cnorm);
+	ann_aligned_free(s->sums);
+	ann_aligned_free(s->cnt);
+	ann_aligned_free(s->xscale);
+	ann_aligned_free(s->blocksum);
+	if (own_assign)
+		ann_aligned_free(s->assign);
+}
+
+int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, float *centroids, uint32_t *assign,
+	       ann_kmeans_stats *st, ann_error *err)
+{
+	if (!o || !x || !centroids)
+		return ann_err(err, ANN_E_INVAL, "kmeans: NULL %s", !o ? "options" : !x ? "sample" : "centroids");
+	size_t k = o->k;
+	ANN_TRY(km_check_metric(o->metric, err));
+	if (d == 0 || k == 0 || k > n || n > UINT32_MAX || k >= KM_NONE)
+		return ann_err(err, ANN_E_INVAL, "kmeans: need 1 <= k <= n < 2^32 and d >= 1 (k %zu, n %zu, d %zu)",
+			       k, n, d);
+	if (o->max_iter == 0 || o->threads < 1 || !(o->tol >= 0) || !isfinite(o->tol) ||
+	    (unsigned)o->init > ANN_KMEANS_GIVEN)
+		return ann_err(err, ANN_E_INVAL, "kmeans: bad options (max_iter %u, threads %d, tol %g, init %d)",
+			       o->max_iter, o->threads, o->tol, (int)o->init);
+	size_t capk;
+	if (o->max_size && (!ann_mul_ok(o->max_size, k, &capk) ? false : capk < n))
+		return ann_err(err, ANN_E_INVAL, "kmeans: max_size %zu x k %zu cannot hold %zu points", o->max_size,
+			       k, n);
+	if (o->minibatch > UINT32_MAX)
+		return ann_err(err, ANN_E_INVAL, "kmeans: minibatch %zu too large", o->minibatch);
+
+	km s;
+	memset(&s, 0, sizeof s);
+	s.o = o;
+	s.kern = ann_kernels_best();
+	s.x = x;
+	s.n = n;
+	s.d = d;
+	s.k = k;
+	s.metric = o->metric;
+	s.c = centroids;
+	ann_rng_seed(&s.rng, o->seed);
+	int threads = ANN_MIN(o->threads, KM_MAX_THREADS);
+	bool own_assign = assign == NULL;
+	int rc;
+	size_t extra = 0;
+
+	ANN_CHECK(rc, km_pool_init(&s.pool, threads, d, k, o->max_size ? ANN_MIN(k, (size_t)KM_BAL_CAND) : 0, true,
+				   err));
+	km_note(&s, s.pool.bytes);
+	size_t rows = ANN_MAX(n, o->minibatch);
+	s.nblocksum = (rows + s.pool.block - 1) / s.pool.block;
+	s.cnorm = km_alloc(k, sizeof(float), &extra);
+	s.sums = km_alloc(k * d, sizeof(double), &extra);
+	s.cnt = km_alloc(k, sizeof(size_t), &extra);
+	s.blocksum = km_alloc(s.nblocksum, sizeof(double), &extra);
+	s.assign = own_assign ? km_alloc(n, sizeof(uint32_t), &extra) : assign;
+	if (o->metric == ANN_METRIC_COSINE)
+		s.xscale = km_alloc(n, sizeof(float), &extra);
+	km_note(&s, extra);
+	if (!s.cnorm || !s.sums || !s.cnt || !s.blocksum || !s.assign ||
+	    (o->metric == ANN_METRIC_COSINE && !s.xscale)) {
+		rc = ann_err(err, ANN_E_NOMEM, "kmeans: cannot allocate working memory for k %zu, d %zu, n %zu", k,
+			     d, n);
+		goto fail;
+	}
+	if (s.xscale) {
+		ann_norms_f32(x, n, d, s.xscale);
+		for (size_t i = 0; i < n; i++)
+			s.xscale[i] = s.xscale[i] > 0 ? (float)(1.0 / sqrt((double)s.xscale[i])) : 0.0f;
+	}
+
+	switch (o->init) {
+	case ANN_KMEANS_PLUSPLUS:
+		ANN_CHECK(rc, km_seed_pp(&s, err));
+		break;
+	case ANN_KMEANS_RANDOM:
+		ANN_CHECK(rc, km_seed_random(&s, err));
+		break;
+	case ANN_KMEANS_GIVEN:
+		if (o->metric != ANN_METRIC_L2)
+			for (size_t c = 0; c < k; c++)
+				km_normalize(centroids + c * d, d);
+		break;
+	}
+
+	if (o->minibatch)
+		ANN_CHECK(rc, km_minibatch(&s, err));
+	else
+		km_lloyd(&s);
+
+	s.st.inertia_unbalanced = km_exact_inertia(&s);
+	s.st.inertia = s.st.inertia_unbalanced;
+	if (o->max_size) {
+		ANN_CHECK(rc, km_balance(&s, o->max_size, err));
+		s.st.inertia = km_exact_inertia(&s);
+	}
+	memset(s.cnt, 0, k * sizeof(size_t));
+	for (size_t i = 0; i < n; i++)
+		s.cnt[s.assign[i]]++;
+	for (size_t c = 0; c < k; c++)
+		s.st.largest = ANN_MAX(s.st.largest, s.cnt[c]);
+	s.st.work_bytes = s.peak;
+	if (st)
+		*st = s.st;
+	rc = ANN_OK;
+fail:
+	km_free(&s, own_assign);
+	return rc;
+}
+
+int ann_nearest_centroids(const float *x, size_t n, size_t d, const float *centroids, size_t k, size_t nprobe,
+			  ann_metric metric, int threads, uint32_t *ids, float *dists, ann_error *err)
+{
+	ANN_TRY(km_check_metric(metric, err));
+	if (d == 0 || k == 0 || k >= KM_NONE || nprobe == 0 || threads < 1)
+		return ann_err(err, ANN_E_INVAL,
+			       "nearest_centroids: need d, k, nprobe, threads >= 1 (d %zu, k %zu, nprobe %zu, threads %d)",
+			       d, k, nprobe, threads);
+	if (n == 0)
+		return ANN_OK;
+	if (!x || !centroids || !ids)
+		return ann_err(err, ANN_E_INVAL, "nearest_centroids: NULL array");
+	size_t np = ANN_MIN(nprobe, k);
+	km_pool pool;
+	float *cnorm = NULL;
+	int rc = km_pool_init(&pool, ANN_MIN(threads, KM_MAX_THREADS), d, k, np, false, err);
+	if (rc < 0)
+		return rc;
+	if (metric != ANN_METRIC_IP) {
+		cnorm = ann_malloc(k * sizeof(float));
+		if (!cnorm) {
+			km_pool_free(&pool);
+			return ann_err(err, ANN_E_NOMEM, "nearest_centroids: cannot allocate %zu norms", k);
+		}
+		ann_norms_f32(centroids, k, d, cnorm);
+	}
+	km_pass p = {
+		.mode = KM_TOPN,
+		.metric = metric,
+		.x = x,
+		.n = n,
+		.d = d,
+		.c = centroids,
+		.cnorm = cnorm,
+		.k = k,
+		.nprobe = np,
+		.stride = nprobe,
+		.top_ids = ids,
+		.top_d = dists,
+	};
+	km_run(&pool, &p);
+	ann_free(cnorm);
+	km_pool_free(&pool);
+	return ANN_OK;
+}

@@ -1,2 +1,780 @@
-/* PLACEHOLDER: replaced by the module's owner */
-typedef int ann_placeholder_partition;
+/* SPDX-License-Identifier: MIT */
+/*
+ * partition.c: METIS k-way partitioning of a CSR graph, cut/balance
+ * evaluation, neighbour shares, and the capacity-constrained assignment
+ * (auction with eps-scaling and a final reverse auction). See partition.h
+ * for the contracts; the auction's invariants are written above it below.
+ */
+#include "partition.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <metis.h>
+#include <stdlib.h>
+
+#if IDXTYPEWIDTH != 32
+#error "partition.c passes int32_t arrays to METIS: it needs IDXTYPEWIDTH 32"
+#endif
+_Static_assert(sizeof(idx_t) == sizeof(int32_t), "METIS idx_t must be 32-bit");
+
+/* ---- graph checks and evaluation ----------------------------------------- */
+
+/* Structural checks METIS would otherwise crash on: offsets, ranges, self
+ * loops and weights. Symmetry is the caller's contract (O(nnz log) to check;
+ * the tests do). */
+static int graph_check(const ann_graph *g, ann_error *err)
+{
+	if (!g || (g->n > 0 && !g->xadj))
+		return ann_err(err, ANN_E_INVAL, "graph: NULL graph");
+	if (g->n > (size_t)INT32_MAX || g->nnz > (size_t)INT32_MAX)
+		return ann_err(err, ANN_E_INVAL, "graph: %zu vertices / %zu entries exceed idx_t", g->n, g->nnz);
+	if (g->n == 0)
+		return ANN_OK;
+	if (g->xadj[0] != 0 || (size_t)g->xadj[g->n] != g->nnz)
+		return ann_err(err, ANN_E_INVAL, "graph: xadj[0] = %" PRId32 ", xadj[n] = %" PRId32
+			       ", expected 0 and nnz %zu", g->xadj[0], g->xadj[g->n], g->nnz);
+	if (g->nnz > 0 && (!g->adjncy || !g->adjwgt))
+		return ann_err(err, ANN_E_INVAL, "graph: NULL adjacency");
+	for (size_t v = 0; v < g->n; v++) {
+		if (g->xadj[v + 1] < g->xadj[v])
+			return ann_err(err, ANN_E_INVAL, "graph: vertex %zu: xadj decreases", v);
+		for (int32_t e = g->xadj[v]; e < g->xadj[v + 1]; e++) {
+			int32_t u = g->adjncy[e];
+			if (u < 0 || (size_t)u >= g->n || (size_t)u == v)
+				return ann_err(err, ANN_E_INVAL, "graph: vertex %zu: neighbour %" PRId32
+					       " is out of range or a self loop", v, u);
+			if (g->adjwgt[e] <= 0)
+				return ann_err(err, ANN_E_INVAL, "graph: vertex %zu: edge to %" PRId32
+					       " has weight %" PRId32 ", expected > 0", v, u, g->adjwgt[e]);
+		}
+	}
+	return ANN_OK;
+}
+
+static int labels_check(const uint32_t *labels, size_t n, size_t m, ann_error *err)
+{
+	if (n > 0 && !labels)
+		return ann_err(err, ANN_E_INVAL, "labels are NULL");
+	for (size_t i = 0; i < n; i++)
+		if (labels[i] >= m)
+			return ann_err(err, ANN_E_INVAL, "label of vertex %zu is %" PRIu32 ", expected < %zu", i,
+				       labels[i], m);
+	return ANN_OK;
+}
+
+int ann_partition_eval(const ann_graph *g, const uint32_t *labels, size_t m, ann_partition_stats *st,
+		       ann_error *err)
+{
+	if (m == 0)
+		return ann_err(err, ANN_E_INVAL, "partition: m must be >= 1");
+	ANN_TRY(graph_check(g, err));
+	ANN_TRY(labels_check(labels, g->n, m, err));
+	size_t *size = ann_calloc(m, sizeof *size);
+	if (!size)
+		return ann_err(err, ANN_E_NOMEM, "partition: cannot count %zu parts", m);
+	uint64_t cut = 0, total = 0;
+	for (size_t v = 0; v < g->n; v++) {
+		size[labels[v]]++;
+		for (int32_t e = g->xadj[v]; e < g->xadj[v + 1]; e++) {
+			size_t u = (size_t)g->adjncy[e];
+			if (u < v)
+				continue; /* each undirected edge once, from its smaller end */
+			total += (uint64_t)g->adjwgt[e];
+			if (labels[u] != labels[v])
+				cut += (uint64_t)g->adjwgt[e];
+		}
+	}
+	ann_partition_stats s;
+	memset(&s, 0, sizeof s);
+	s.n = g->n;
+	s.m = m;
+	s.cut = cut;
+	s.total_weight = total;
+	s.cut_frac = total ? (double)cut / (double)total : 0.0;
+	s.min_part = SIZE_MAX;
+	for (size_t j = 0; j < m; j++) {
+		s.max_part = ANN_MAX(s.max_part, size[j]);
+		s.min_part = ANN_MIN(s.min_part, size[j]);
+		s.empty_parts += size[j] == 0;
+	}
+	s.balance = g->n ? (double)s.max_part * (double)m / (double)g->n : 1.0;
+	ann_free(size);
+	if (st)
+		*st = s;
+	return ANN_OK;
+}
+
+/* ---- METIS ---------------------------------------------------------------- */
+
+int ann_partition_graph(const ann_graph *g, size_t m, double imbalance, uint64_t seed, uint32_t *parts,
+			ann_partition_stats *st, ann_error *err)
+{
+	ANN_TRY(graph_check(g, err));
+	size_t n = g->n;
+	if (m == 0 || m > n)
+		return ann_err(err, ANN_E_INVAL, "partition: %zu parts for %zu vertices, expected 1 <= m <= n", m, n);
+	if (imbalance == 0.0)
+		imbalance = ANN_PARTITION_DEFAULT_IMBALANCE;
+	if (!(imbalance >= 0.001 && imbalance <= 1.0))
+		return ann_err(err, ANN_E_INVAL, "partition: imbalance %g, expected 0.001 .. 1", imbalance);
+	if (!parts)
+		return ann_err(err, ANN_E_INVAL, "partition: parts is NULL");
+
+	uint64_t t0 = ann_now_ns();
+	if (m == 1) {
+		memset(parts, 0, n * sizeof *parts);
+	} else if (g->nnz == 0 || m == n) {
+		/* nothing to cut (or nothing to choose): round robin is balanced */
+		for (size_t v = 0; v < n; v++)
+			parts[v] = (uint32_t)(v % m);
+	} else {
+		idx_t nv = (idx_t)n, ncon = 1, np = (idx_t)m, objval = 0;
+		idx_t opt[METIS_NOPTIONS];
+		METIS_SetDefaultOptions(opt);
+		opt[METIS_OPTION_OBJTYPE] = METIS_OBJTYPE_CUT;
+		/* METIS: "maximum allowed load imbalance ... (1 + x) / 1000" */
+		opt[METIS_OPTION_UFACTOR] = (idx_t)lround(imbalance * 1000.0);
+		opt[METIS_OPTION_SEED] = (idx_t)(seed & 0x7fffffff);
+		opt[METIS_OPTION_CONTIG] = 0;
+		opt[METIS_OPTION_NUMBERING] = 0;
+		/* METIS does not write the graph arrays; its prototypes are
+		 * not const. int32_t and uint32_t may alias. */
+		idx_t *xadj = (idx_t *)g->xadj, *adj = (idx_t *)g->adjncy, *wgt = (idx_t *)g->adjwgt;
+		int mrc;
+		if (m == 2)
+			mrc = METIS_PartGraphRecursive(&nv, &ncon, xadj, adj, NULL, NULL, wgt, &np, NULL, NULL, opt,
+						       &objval, (idx_t *)parts);
+		else
+			mrc = METIS_PartGraphKway(&nv, &ncon, xadj, adj, NULL, NULL, wgt, &np, NULL, NULL, opt,
+						  &objval, (idx_t *)parts);
+		if (mrc != METIS_OK) {
+			const char *what = mrc == METIS_ERROR_INPUT    ? "input error"
+					   : mrc == METIS_ERROR_MEMORY ? "out of memory"
+								       : "internal error";
+			return ann_err(err, mrc == METIS_ERROR_MEMORY ? ANN_E_NOMEM
+				       : mrc == METIS_ERROR_INPUT ? ANN_E_INVAL : ANN_E_UNSUPPORTED,
+				       "partition: METIS_PartGraph%s(n %zu, nnz %zu, m %zu) failed: %s (%d)",
+				       m == 2 ? "Recursive" : "Kway", n, g->nnz, m, what, mrc);
+		}
+	}
+	double secs = (double)(ann_now_ns() - t0) * 1e-9;
+	if (st) {
+		ANN_TRY(ann_partition_eval(g, parts, m, st, err));
+		st->seconds = secs;
+	}
+	return ANN_OK;
+}
+
+/* ---- neighbour shares ----------------------------------------------------- */
+
+/* Accumulates p's edge weight per part into acc (indexed by part, zero on
+ * entry and on return) and lists the parts touched in touched[]; returns
+ * their count and the total weight. */
+static size_t share_row(const ann_graph *g, const uint32_t *labels, size_t p, double *acc, uint32_t *touched,
+			double *total)
+{
+	size_t nt = 0;
+	double tw = 0.0;
+	for (int32_t e = g->xadj[p]; e < g->xadj[p + 1]; e++) {
+		uint32_t j = labels[g->adjncy[e]];
+		double w = (double)g->adjwgt[e];
+		if (acc[j] == 0.0)
+			touched[nt++] = j;
+		acc[j] += w;
+		tw += w;
+	}
+	*total = tw;
+	return nt;
+}
+
+static int share_setup(const ann_graph *g, const uint32_t *labels, size_t m, double **acc, uint32_t **touched,
+		       ann_error *err)
+{
+	if (m == 0)
+		return ann_err(err, ANN_E_INVAL, "nshare: m must be >= 1");
+	ANN_TRY(graph_check(g, err));
+	ANN_TRY(labels_check(labels, g->n, m, err));
+	*acc = ann_calloc(m, sizeof **acc);
+	*touched = ann_malloc(m * sizeof **touched);
+	if (!*acc || !*touched) {
+		ann_free(*acc);
+		ann_free(*touched);
+		return ann_err(err, ANN_E_NOMEM, "nshare: cannot allocate scratch for %zu parts", m);
+	}
+	return ANN_OK;
+}
+
+static void sort_u32(uint32_t *a, size_t n)
+{
+	for (size_t i = 1; i < n; i++) {
+		uint32_t v = a[i];
+		size_t p = i;
+		while (p > 0 && a[p - 1] > v) {
+			a[p] = a[p - 1];
+			p--;
+		}
+		a[p] = v;
+	}
+}
+
+int ann_nshare_compute(const ann_graph *g, const uint32_t *labels, size_t m, ann_nshare *out, ann_error *err)
+{
+	double *acc = NULL;
+	uint32_t *touched = NULL;
+	memset(out, 0, sizeof *out);
+	ANN_TRY(share_setup(g, labels, m, &acc, &touched, err));
+	size_t n = g->n;
+	out->off = ann_malloc((n + 1) * sizeof *out->off);
+	/* entries <= edges; shrunk below */
+	out->part = ann_malloc((g->nnz ? g->nnz : 1) * sizeof *out->part);
+	out->share = ann_malloc((g->nnz ? g->nnz : 1) * sizeof *out->share);
+	if (!out->off || !out->part || !out->share) {
+		ann_free(acc);
+		ann_free(touched);
+		ann_nshare_free(out);
+		return ann_err(err, ANN_E_NOMEM, "nshare: cannot allocate shares of %zu vertices", n);
+	}
+	size_t w = 0;
+	out->off[0] = 0;
+	for (size_t p = 0; p < n; p++) {
+		double tw;
+		size_t nt = share_row(g, labels, p, acc, touched, &tw);
+		sort_u32(touched, nt);
+		for (size_t t = 0; t < nt; t++) {
+			uint32_t j = touched[t];
+			out->part[w] = j;
+			out->share[w] = (float)(acc[j] / tw);
+			acc[j] = 0.0;
+			w++;
+		}
+		out->off[p + 1] = (uint32_t)w;
+	}
+	out->n = n;
+	out->nnz = w;
+	uint32_t *np = ann_realloc(out->part, (w ? w : 1) * sizeof *np);
+	if (np)
+		out->part = np;
+	float *ns = ann_realloc(out->share, (w ? w : 1) * sizeof *ns);
+	if (ns)
+		out->share = ns;
+	ann_free(acc);
+	ann_free(touched);
+	return ANN_OK;
+}
+
+void ann_nshare_free(ann_nshare *s)
+{
+	if (!s)
+		return;
+	ann_free(s->off);
+	ann_free(s->part);
+	ann_free(s->share);
+	memset(s, 0, sizeof *s);
+}
+
+int ann_nshare_add(const ann_graph *g, const uint32_t *labels, size_t m, float lambda, float *score,
+		   ann_error *err)
+{
+	double *acc = NULL;
+	uint32_t *touched = NULL;
+	if (!score && g && g->n > 0)
+		return ann_err(err, ANN_E_INVAL, "nshare: score is NULL");
+	ANN_TRY(share_setup(g, labels, m, &acc, &touched, err));
+	for (size_t p = 0; p < g->n; p++) {
+		double tw;
+		size_t nt = share_row(g, labels, p, acc, touched, &tw);
+		float *row = score + p * m;
+		for (size_t t = 0; t < nt; t++) {
+			uint32_t j = touched[t];
+			row[j] += (float)((double)lambda * acc[j] / tw);
+			acc[j] = 0.0;
+		}
+	}
+	ann_free(acc);
+	ann_free(touched);
+	return ANN_OK;
+}
+
+/* ---- balanced assignment: auction ------------------------------------------
+ * Terms. Part j has C = min(capacity, n) slots; a slot is free or held by one
+ * point at the price that point paid. P_j, the entry price of j, is its
+ * cheapest slot: a free slot's price if any (free slots of a phase share the
+ * phase's start price and held slots cost more), else the heap minimum. The
+ * profit of point i in part j is pi_i = a_ij - paid_i.
+ *
+ * Invariants (part-level eps-complementary slackness):
+ *  (1) every held point satisfies pi_i >= max_{k != j} (a_ik - P_k) - eps;
+ *  (2) forward bids only raise prices, so (1) survives other points' bids;
+ *  (3) in the last phase, after the reverse auction, with lambda the lowest
+ *      price paid when the forward auction ended: every free slot costs
+ *      <= lambda and every held slot >= lambda.
+ * Bound. Raise free slots to lambda (harmless for (1)) and take the dual
+ * prices q_j = P_j - lambda >= 0 (q_j = 0 for parts with a free slot). For
+ * every i, a_i,j(i) >= u_i + P_j(i) - eps with u_i = max_k (a_ik - P_k); so
+ * sum_i a >= sum_i u_i + sum_j cnt_j P_j - n eps and, since q_j > 0 only for
+ * full parts, this is the dual objective sum_i max_k (a_ik - q_k) + C sum q_k
+ * less n eps. The dual objective bounds the optimum (weak duality), hence
+ * primal >= OPT - n eps. ann_balanced_assign computes that dual value.
+ * Reverse bid (Bertsekas-Castanon modified reverse auction, batched over
+ * the f free slots of one part j priced above lambda): take the f + 1 best
+ * values v_i = a_ij - pi_i over points outside j; the top c (c <= f) with
+ * v_i - eps > lambda move to j at price max(lambda, v_(c+1) - eps), which
+ * raises their profit by >= eps and keeps (1) for every other point (their
+ * v <= v_(c+1)); j's other free slots drop to lambda. Each move frees a slot
+ * in the mover's old part, which bids in turn if it cost more than lambda.
+ * Profits only rise and are bounded, so this terminates.
+ */
+
+#define AS_NONE UINT32_MAX
+
+typedef struct as_slot {
+	double p;     /* price paid */
+	uint32_t who; /* holder */
+} as_slot;
+
+typedef struct as_heap {
+	as_slot *h;
+	uint32_t len, cap;
+} as_heap;
+
+typedef struct auction {
+	const float *a;
+	size_t n, m, C;
+	double eps;
+	as_heap *ph;     /* m min-heaps of held slots */
+	double *start;   /* m: price of the part's free slots */
+	uint32_t *nfree; /* m: free slots */
+	double *entry;   /* m: entry price P_j */
+	uint32_t *label; /* n: part or AS_NONE */
+	uint32_t *pos;   /* n: index in its part's heap */
+	double *paid;    /* n: price paid */
+	uint32_t *queue; /* n: unassigned points (ring) */
+	size_t qhead, qlen;
+	uint64_t bids, rbids;
+} auction;
+
+static void heap_set(auction *A, as_heap *hp, uint32_t idx, as_slot s)
+{
+	hp->h[idx] = s;
+	A->pos[s.who] = idx;
+}
+
+static void heap_up(auction *A, as_heap *hp, uint32_t idx)
+{
+	as_slot s = hp->h[idx];
+	while (idx > 0) {
+		uint32_t par = (idx - 1) / 2;
+		if (hp->h[par].p <= s.p)
+			break;
+		heap_set(A, hp, idx, hp->h[par]);
+		idx = par;
+	}
+	heap_set(A, hp, idx, s);
+}
+
+static void heap_down(auction *A, as_heap *hp, uint32_t idx)
+{
+	as_slot s = hp->h[idx];
+	for (;;) {
+		uint32_t c = 2 * idx + 1;
+		if (c >= hp->len)
+			break;
+		if (c + 1 < hp->len && hp->h[c + 1].p < hp->h[c].p)
+			c++;
+		if (hp->h[c].p >= s.p)
+			break;
+		heap_set(A, hp, idx, hp->h[c]);
+		idx = c;
+	}
+	heap_set(A, hp, idx, s);
+}
+
+static int heap_push(auction *A, as_heap *hp, double p, uint32_t who)
+{
+	if (hp->len == hp->cap) {
+		uint32_t nc = hp->cap ? hp->cap * 2 : 16;
+		if (nc > A->C)
+			nc = (uint32_t)A->C;
+		as_slot *nh = ann_realloc(hp->h, (size_t)nc * sizeof *nh);
+		if (!nh)
+			return ANN_E_NOMEM;
+		hp->h = nh;
+		hp->cap = nc;
+	}
+	hp->h[hp->len++] = (as_slot){p, who};
+	heap_up(A, hp, hp->len - 1);
+	return ANN_OK;
+}
+
+static void heap_remove(auction *A, as_heap *hp, uint32_t idx)
+{
+	as_slot last = hp->h[--hp->len];
+	if (idx == hp->len)
+		return;
+	double old = hp->h[idx].p;
+	heap_set(A, hp, idx, last);
+	if (last.p < old)
+		heap_up(A, hp, idx);
+	else
+		heap_down(A, hp, idx);
+}
+
+static void update_entry(auction *A, size_t j)
+{
+	A->entry[j] = A->nfree[j] ? A->start[j] : A->ph[j].h[0].p;
+}
+
+/* One forward bid by unassigned point i. */
+static int forward_bid(auction *A, uint32_t i)
+{
+	const float *row = A->a + (size_t)i * A->m;
+	const double *entry = A->entry;
+	double w1 = -INFINITY, w2 = -INFINITY;
+	size_t j1 = 0;
+	for (size_t k = 0; k < A->m; k++) {
+		double v = (double)row[k] - entry[k];
+		if (v > w1) {
+			w2 = w1;
+			w1 = v;
+			j1 = k;
+		} else if (v > w2) {
+			w2 = v;
+		}
+	}
+	double b = (double)row[j1] - w2 + A->eps;
+	as_heap *hp = &A->ph[j1];
+	if (A->nfree[j1] > 0) {
+		A->nfree[j1]--;
+		if (heap_push(A, hp, b, i) < 0)
+			return ANN_E_NOMEM;
+	} else {
+		uint32_t out = hp->h[0].who;
+		A->label[out] = AS_NONE;
+		A->queue[(A->qhead + A->qlen++) % A->n] = out;
+		heap_set(A, hp, 0, (as_slot){b, i});
+		heap_down(A, hp, 0);
+	}
+	A->label[i] = (uint32_t)j1;
+	A->paid[i] = b;
+	update_entry(A, j1);
+	A->bids++;
+	return ANN_OK;
+}
+
+static int forward_phase(auction *A)
+{
+	for (size_t j = 0; j < A->m; j++) {
+		A->ph[j].len = 0;
+		A->nfree[j] = (uint32_t)A->C;
+		A->entry[j] = A->start[j];
+	}
+	for (size_t i = 0; i < A->n; i++) {
+		A->label[i] = AS_NONE;
+		A->queue[i] = (uint32_t)i;
+	}
+	A->qhead = 0;
+	A->qlen = A->n;
+	while (A->qlen > 0) {
+		uint32_t i = A->queue[A->qhead];
+		A->qhead = (A->qhead + 1) % A->n;
+		A->qlen--;
+		if (forward_bid(A, i) < 0)
+			return ANN_E_NOMEM;
+	}
+	return ANN_OK;
+}
+
+typedef struct as_cand {
+	double v;
+	uint32_t i;
+} as_cand;
+
+/* Min-heap on v of the best candidates seen (size <= cap). */
+static void cand_offer(as_cand *h, size_t *len, size_t cap, double v, uint32_t i)
+{
+	size_t n = *len, idx;
+	if (n < cap) {
+		idx = n++;
+		while (idx > 0 && h[(idx - 1) / 2].v > v) {
+			h[idx] = h[(idx - 1) / 2];
+			idx = (idx - 1) / 2;
+		}
+		h[idx] = (as_cand){v, i};
+		*len = n;
+		return;
+	}
+	if (v <= h[0].v)
+		return;
+	idx = 0;
+	for (;;) {
+		size_t c = 2 * idx + 1;
+		if (c >= n)
+			break;
+		if (c + 1 < n && h[c + 1].v < h[c].v)
+			c++;
+		if (h[c].v >= v)
+			break;
+		h[idx] = h[c];
+		idx = c;
+	}
+	h[idx] = (as_cand){v, i};
+}
+
+static int cand_cmp_desc(const void *x, const void *y)
+{
+	const as_cand *a = x, *b = y;
+	return a->v < b->v ? 1 : a->v > b->v ? -1 : (a->i > b->i) - (a->i < b->i);
+}
+
+/* The modified reverse auction of the last phase; see the notes above. */
+static int reverse_phase(auction *A, double lambda)
+{
+	int rc = ANN_E_NOMEM;
+	size_t n = A->n, m = A->m;
+	uint32_t *hi = ann_calloc(m, sizeof *hi);
+	uint32_t *work = ann_malloc(m * sizeof *work);
+	uint8_t *inwork = ann_calloc(m, 1);
+	double *pi = ann_malloc(n * sizeof *pi);
+	as_cand *cand = NULL;
+	size_t ncand_cap = 0, nwork = 0;
+	if (!hi || !work || !inwork || !pi)
+		goto out;
+	for (size_t i = 0; i < n; i++)
+		pi[i] = (double)A->a[i * m + A->label[i]] - A->paid[i];
+	for (size_t j = 0; j < m; j++) {
+		if (A->nfree[j] > 0 && A->start[j] > lambda) {
+			hi[j] = A->nfree[j];
+			work[nwork++] = (uint32_t)j;
+			inwork[j] = 1;
+		}
+	}
+	while (nwork > 0) {
+		size_t j = work[--nwork];
+		inwork[j] = 0;
+		size_t f = hi[j];
+		if (f == 0)
+			continue;
+		if (f + 1 > ncand_cap) {
+			size_t nc = ANN_MAX(f + 1, 2 * ncand_cap);
+			as_cand *c2 = ann_realloc(cand, nc * sizeof *c2);
+			if (!c2)
+				goto out;
+			cand = c2;
+			ncand_cap = nc;
+		}
+		size_t nc = 0;
+		for (size_t i = 0; i < n; i++) {
+			if (A->label[i] == j)
+				continue;
+			cand_offer(cand, &nc, f + 1, (double)A->a[i * m + j] - pi[i], (uint32_t)i);
+		}
+		qsort(cand, nc, sizeof *cand, cand_cmp_desc);
+		size_t c = 0;
+		while (c < f && c < nc && cand[c].v - A->eps > lambda)
+			c++;
+		double next = c < nc ? cand[c].v : -INFINITY;
+		double pnew = ANN_MAX(lambda, next - A->eps);
+		for (size_t r = 0; r < c; r++) {
+			uint32_t i = cand[r].i;
+			size_t k = A->label[i];
+			double pold = A->paid[i];
+			heap_remove(A, &A->ph[k], A->pos[i]);
+			A->nfree[k]++;
+			if (pold > lambda) {
+				hi[k]++;
+				if (!inwork[k]) {
+					inwork[k] = 1;
+					work[nwork++] = (uint32_t)k;
+				}
+			}
+			A->nfree[j]--;
+			if (heap_push(A, &A->ph[j], pnew, i) < 0)
+				goto out;
+			A->label[i] = (uint32_t)j;
+			A->paid[i] = pnew;
+			pi[i] = (double)A->a[i * m + j] - pnew;
+		}
+		hi[j] = 0; /* its remaining free slots now cost lambda */
+		A->rbids++;
+	}
+	rc = ANN_OK;
+out:
+	ann_free(hi);
+	ann_free(work);
+	ann_free(inwork);
+	ann_free(pi);
+	ann_free(cand);
+	return rc;
+}
+
+static int scores_check(const float *score, size_t n, size_t m, double *range, ann_error *err)
+{
+	double r = 0.0;
+	for (size_t i = 0; i < n; i++) {
+		const float *row = score + i * m;
+		float lo = INFINITY, hi = -INFINITY;
+		for (size_t j = 0; j < m; j++) {
+			if (!isfinite(row[j]))
+				return ann_err(err, ANN_E_INVAL, "assign: score of point %zu, part %zu is not finite",
+					       i, j);
+			lo = ANN_MIN(lo, row[j]);
+			hi = ANN_MAX(hi, row[j]);
+		}
+		r = ANN_MAX(r, (double)hi - (double)lo);
+	}
+	*range = r;
+	return ANN_OK;
+}
+
+static double total_score(const float *score, size_t n, size_t m, const uint32_t *labels)
+{
+	double s = 0.0;
+	for (size_t i = 0; i < n; i++)
+		s += (double)score[i * m + labels[i]];
+	return s;
+}
+
+/* Runs the eps-scaling auction and the reverse auction; fills labels and
+ * the primal/dual/bid fields of s. */
+static int run_auction(const float *score, size_t n, size_t m, size_t C, double range, double efin,
+		       uint32_t *labels, ann_assign_stats *s)
+{
+	auction A;
+	memset(&A, 0, sizeof A);
+	A.a = score;
+	A.n = n;
+	A.m = m;
+	A.C = C;
+	int rc = ANN_E_NOMEM;
+	A.ph = ann_calloc(m, sizeof *A.ph);
+	A.start = ann_calloc(m, sizeof *A.start);
+	A.nfree = ann_malloc(m * sizeof *A.nfree);
+	A.entry = ann_malloc(m * sizeof *A.entry);
+	A.label = ann_malloc(n * sizeof *A.label);
+	A.pos = ann_malloc(n * sizeof *A.pos);
+	A.paid = ann_malloc(n * sizeof *A.paid);
+	A.queue = ann_malloc(n * sizeof *A.queue);
+	if (!A.ph || !A.start || !A.nfree || !A.entry || !A.label || !A.pos || !A.paid || !A.queue)
+		goto fail;
+
+	double eps = ANN_MAX(range / 4.0, efin);
+	for (;;) {
+		A.eps = eps;
+		s->phases++;
+		ANN_CHECK(rc, forward_phase(&A));
+		if (eps <= efin)
+			break;
+		eps = ANN_MAX(eps / 8.0, efin);
+		/* the next phase starts from this one's entry prices, shifted
+		 * so the cheapest part costs 0 (only differences matter) */
+		double lo = INFINITY;
+		for (size_t j = 0; j < m; j++)
+			lo = ANN_MIN(lo, A.entry[j]);
+		for (size_t j = 0; j < m; j++)
+			A.start[j] = A.entry[j] - lo;
+	}
+	double lambda = INFINITY;
+	for (size_t j = 0; j < m; j++)
+		if (A.ph[j].len > 0)
+			lambda = ANN_MIN(lambda, A.ph[j].h[0].p);
+	ANN_CHECK(rc, reverse_phase(&A, lambda));
+
+	/* dual bound from the final prices (see the notes above) */
+	double qsum = 0.0, dual = 0.0;
+	for (size_t j = 0; j < m; j++) {
+		A.entry[j] = A.nfree[j] ? 0.0 : A.ph[j].h[0].p - lambda;
+		qsum += A.entry[j];
+	}
+	for (size_t i = 0; i < n; i++) {
+		const float *row = score + i * m;
+		double best = -INFINITY;
+		for (size_t j = 0; j < m; j++)
+			best = ANN_MAX(best, (double)row[j] - A.entry[j]);
+		dual += best;
+	}
+	s->dual = dual + (double)C * qsum;
+	memcpy(labels, A.label, n * sizeof *labels);
+	s->bids = A.bids;
+	s->reverse_bids = A.rbids;
+	rc = ANN_OK;
+fail:
+	if (A.ph)
+		for (size_t j = 0; j < m; j++)
+			ann_free(A.ph[j].h);
+	ann_free(A.ph);
+	ann_free(A.start);
+	ann_free(A.nfree);
+	ann_free(A.entry);
+	ann_free(A.label);
+	ann_free(A.pos);
+	ann_free(A.paid);
+	ann_free(A.queue);
+	return rc;
+}
+
+int ann_balanced_assign(const float *score, size_t n, size_t m, size_t capacity, double eps_final, uint32_t *labels,
+			ann_assign_stats *st, ann_error *err)
+{
+	uint64_t t0 = ann_now_ns();
+	ann_assign_stats s;
+	memset(&s, 0, sizeof s);
+	if (m == 0 || m > UINT32_MAX - 1)
+		return ann_err(err, ANN_E_INVAL, "assign: %zu parts, expected 1 .. %u", m, UINT32_MAX - 1);
+	if (n >= UINT32_MAX)
+		return ann_err(err, ANN_E_INVAL, "assign: %zu points, at most %u", n, UINT32_MAX - 1);
+	size_t nm;
+	if (!ann_mul_ok(n, m, &nm))
+		return ann_err(err, ANN_E_INVAL, "assign: n %zu x m %zu overflows", n, m);
+	size_t slots;
+	if (!ann_mul_ok(capacity, m, &slots))
+		slots = SIZE_MAX;
+	if (slots < n)
+		return ann_err(err, ANN_E_INVAL, "assign: capacity %zu x %zu parts < %zu points", capacity, m, n);
+	if (n > 0 && (!score || !labels))
+		return ann_err(err, ANN_E_INVAL, "assign: score and labels must not be NULL");
+	if (!(eps_final <= 0.0 || isfinite(eps_final)))
+		return ann_err(err, ANN_E_INVAL, "assign: eps_final %g is not finite", eps_final);
+	double range = 0.0;
+	ANN_TRY(scores_check(score, n, m, &range, err));
+	size_t C = ANN_MIN(capacity, n);
+	uint32_t *cnt = ann_calloc(m, sizeof *cnt);
+	if (!cnt)
+		return ann_err(err, ANN_E_NOMEM, "assign: cannot count %zu parts", m);
+
+	/* fast path: the unconstrained optimum, if feasible */
+	bool feasible = true;
+	for (size_t i = 0; i < n; i++) {
+		const float *row = score + i * m;
+		size_t b = 0;
+		for (size_t j = 1; j < m; j++)
+			if (row[j] > row[b])
+				b = j;
+		labels[i] = (uint32_t)b;
+		if (++cnt[b] > C)
+			feasible = false;
+	}
+	if (feasible) {
+		s.argmax = 1;
+	} else {
+		/* m >= 2 here: with one part the argmax is always feasible */
+		s.eps_final = eps_final > 0.0 ? eps_final : ANN_MAX(1e-6 * range, 1e-9);
+		int rc = run_auction(score, n, m, C, range, s.eps_final, labels, &s);
+		if (rc < 0) {
+			ann_free(cnt);
+			return ann_err(err, rc, "assign: out of memory (%zu points, %zu parts)", n, m);
+		}
+	}
+	s.primal = total_score(score, n, m, labels);
+	if (s.argmax)
+		s.dual = s.primal;
+	memset(cnt, 0, m * sizeof *cnt);
+	for (size_t i = 0; i < n; i++)
+		cnt[labels[i]]++;
+	for (size_t j = 0; j < m; j++)
+		s.max_load = ANN_MAX(s.max_load, (size_t)cnt[j]);
+	ann_free(cnt);
+	s.seconds = (double)(ann_now_ns() - t0) * 1e-9;
+	if (st)
+		*st = s;
+	return ANN_OK;
+}

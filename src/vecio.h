@@ -17,6 +17,9 @@
 
 #include "common.h"
 
+/* Largest dimension a vector file may declare (bounds every per-vector buffer). */
+#define ANN_VEC_MAX_DIM (1u << 20)
+
 typedef enum ann_vfmt {
 	ANN_VFMT_FVECS,
 	ANN_VFMT_BVECS,
@@ -74,6 +77,19 @@ int ann_vwriter_write_raw(ann_vwriter *w, const void *v, size_t n, ann_error *er
 int ann_vwriter_close(ann_vwriter *w, ann_error *err);
 /* Removes the temporary file and frees w. */
 void ann_vwriter_abort(ann_vwriter *w);
+/* Vectors appended so far. */
+uint64_t ann_vwriter_count(const ann_vwriter *w);
+/* Notes on the functions above (additions to the contract):
+ *  - Readers refuse files holding no vector (empty file, header n = 0) and
+ *    dimensions outside 1..ANN_VEC_MAX_DIM; a writer closed after zero vectors
+ *    still produces a well-formed file (bin: n = 0), which readers refuse.
+ *  - On a read error the position is unchanged; out may be partly written.
+ *  - A write error from the file system makes the writer sticky-failed
+ *    (ANN_E_STATE until abort/close); an input error (range, NaN) writes
+ *    nothing and leaves the writer usable.
+ *  - ann_gt_read also accepts the big-ann layout without distances (8 + n*k*4
+ *    bytes; then *dists is NAN) and rejects ids below -1 and NaN distances.
+ *  - The bin formats hold at most INT32_MAX vectors. */
 
 /* Big-ann ground truth (also the layout of `annann search --out`). */
 int ann_gt_write(const char *path, uint32_t nq, uint32_t k, const int32_t *ids, const float *dists,

@@ -1,2 +1,477 @@
-/* PLACEHOLDER */
-int main(void) { return 77; }
+/* SPDX-License-Identifier: MIT */
+/* Description: hnsw.c: recall@10 against brute force on clustered points
+ * (bulk build with threads, then incremental adds), all metrics, blob round
+ * trip (identical results and bytes), corrupt and truncated blobs rejected,
+ * k > n, n = 0 and 1, duplicates, concurrent searches, determinism. */
+#include "testutil.h"
+
+#include <pthread.h>
+#include <xxhash.h>
+
+#include "hnsw.h"
+
+/* Gaussian mixture: 64 centres spread 3, noise 1. */
+static float *clustered(ann_rng *r, size_t n, size_t d, const float *ctr, size_t nc)
+{
+	float *x = malloc(n * d * sizeof(float));
+	for (size_t i = 0; i < n; i++) {
+		size_t c = ann_rng_below(r, nc);
+		for (size_t j = 0; j < d; j++)
+			x[i * d + j] = ctr[c * d + j] + (float)ann_rng_normal(r);
+	}
+	return x;
+}
+
+static double metric_dist(ann_metric m, const float *a, const float *b, size_t d)
+{
+	double s = 0, na = 0, nb = 0, dot = 0;
+	for (size_t j = 0; j < d; j++) {
+		double t = (double)a[j] - b[j];
+		s += t * t;
+		dot += (double)a[j] * b[j];
+		na += (double)a[j] * a[j];
+		nb += (double)b[j] * b[j];
+	}
+	return m == ANN_METRIC_L2 ? s : m == ANN_METRIC_IP ? -dot : 1 - dot / sqrt(na * nb);
+}
+
+/* Exact top-k ids of q among the first n rows of x. */
+static void brute(ann_metric m, const float *x, size_t n, size_t d, const float *q, size_t k, int32_t *out)
+{
+	double *bd = malloc(k * sizeof(double));
+	for (size_t j = 0; j < k; j++) {
+		bd[j] = INFINITY;
+		out[j] = -1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		double dd = metric_dist(m, x + i * d, q, d);
+		if (dd >= bd[k - 1])
+			continue;
+		size_t p = k - 1;
+		while (p > 0 && bd[p - 1] > dd) {
+			bd[p] = bd[p - 1];
+			out[p] = out[p - 1];
+			p--;
+		}
+		bd[p] = dd;
+		out[p] = (int32_t)i;
+	}
+	free(bd);
+}
+
+/* recall@k of the graph on nq queries against the first n rows of x. */
+static double recall(const ann_hnsw *h, ann_hnsw_ctx *ctx, const float *x, size_t n, const float *q, size_t nq,
+		     size_t k, size_t ef)
+{
+	size_t d = ann_hnsw_dim(h), hit = 0;
+	ann_metric m = ann_hnsw_metric(h);
+	int32_t *gt = malloc(k * sizeof(int32_t)), *got = malloc(k * sizeof(int32_t));
+	float *dist = malloc(k * sizeof(float));
+	for (size_t i = 0; i < nq; i++) {
+		brute(m, x, n, d, q + i * d, k, gt);
+		int rc = ann_hnsw_search(h, ctx, q + i * d, k, ef, got, dist, NULL);
+		ASSERT_EQ(rc, (int)k);
+		for (size_t j = 0; j < k; j++) {
+			ASSERT_TRUE(got[j] >= 0 && (size_t)got[j] < n);
+			ASSERT_NEAR(dist[j], metric_dist(m, x + (size_t)got[j] * d, q + i * d, d), 1e-3);
+			if (j)
+				ASSERT_LE(dist[j - 1], dist[j]);
+			for (size_t t = 0; t < k; t++)
+				if (gt[t] == got[j]) {
+					hit++;
+					break;
+				}
+		}
+	}
+	free(gt);
+	free(got);
+	free(dist);
+	return (double)hit / (double)(nq * k);
+}
+
+static void test_recall(ann_rng *r)
+{
+	t_current = "test_recall";
+	size_t n = 20000, d = 32, nq = 200, nc = 64;
+	float *ctr = malloc(nc * d * sizeof(float));
+	for (size_t i = 0; i < nc * d; i++)
+		ctr[i] = (float)(3.0 * ann_rng_normal(r));
+	float *x = clustered(r, n, d, ctr, nc), *q = clustered(r, nq, d, ctr, nc);
+	ann_hnsw *h;
+	ann_hnsw_ctx *ctx;
+	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 16, 100, 1, &h, NULL));
+	ASSERT_OK(ann_hnsw_ctx_new(&ctx, NULL));
+	/* Bulk build of 15000 with 2 threads, then 5000 single adds. */
+	uint64_t t0 = ann_now_ns();
+	ASSERT_OK(ann_hnsw_build(h, x, 15000, 2, NULL, NULL, NULL));
+	double r15 = recall(h, ctx, x, 15000, q, nq, 10, 100);
+	for (size_t i = 15000; i < n; i++) {
+		uint32_t id;
+		ASSERT_OK(ann_hnsw_add(h, x + i * d, &id, NULL));
+		ASSERT_EQ(id, i);
+	}
+	double build_s = (double)(ann_now_ns() - t0) * 1e-9;
+	ASSERT_EQ(ann_hnsw_count(h), n);
+	double r20 = recall(h, ctx, x, n, q, nq, 10, 100);
+	double r20lo = recall(h, ctx, x, n, q, nq, 10, 20);
+	printf("recall@10: %.4f after bulk 15k, %.4f after +5k adds (ef 100), %.4f at ef 20; build %.2f s; "
+	       "%zu bytes\n",
+	       r15, r20, r20lo, build_s, ann_hnsw_bytes(h));
+	ASSERT_LE(0.95, r15);
+	ASSERT_LE(0.95, r20);
+	ASSERT_LE(r20lo, r20 + 0.02);
+	ASSERT_LE((double)n * d * 4, (double)ann_hnsw_bytes(h));
+	ASSERT_TRUE(ann_hnsw_ctx_bytes(ctx) >= n * 2);
+	for (size_t i = 0; i < 5; i++)
+		ASSERT_TRUE(memcmp(ann_hnsw_vector(h, (uint32_t)(i * 3000)), x + i * 3000 * d, d * sizeof(float)) == 0);
+	ASSERT_TRUE(ann_hnsw_vector(h, (uint32_t)n) == NULL);
+	ann_hnsw_free(h);
+	ann_hnsw_ctx_free(ctx);
+	free(x);
+	free(q);
+	free(ctr);
+}
+
+static void test_metrics(ann_rng *r)
+{
+	t_current = "test_metrics";
+	size_t n = 3000, d = 16, nq = 50, nc = 16;
+	float *ctr = malloc(nc * d * sizeof(float));
+	for (size_t i = 0; i < nc * d; i++)
+		ctr[i] = (float)(2.0 * ann_rng_normal(r));
+	float *x = clustered(r, n, d, ctr, nc), *q = clustered(r, nq, d, ctr, nc);
+	for (int m = 0; m < 3; m++) {
+		ann_hnsw *h;
+		ASSERT_OK(ann_hnsw_create(d, (ann_metric)m, 12, 80, 2, &h, NULL));
+		ASSERT_OK(ann_hnsw_build(h, x, n, 1, NULL, NULL, NULL));
+		/* Inner product is not a metric: the search needs a longer list. */
+		size_t ef = m == ANN_METRIC_IP ? 320 : 80;
+		double rc = recall(h, NULL, x, n, q, nq, 10, ef);
+		printf("metric %d: recall@10 %.4f at ef %zu\n", m, rc, ef);
+		ASSERT_LE(0.95, rc);
+		ann_hnsw_free(h);
+	}
+	free(x);
+	free(q);
+	free(ctr);
+}
+
+static uint8_t *save(const ann_hnsw *h, size_t *len)
+{
+	*len = ann_hnsw_blob_bytes(h);
+	uint8_t *b = malloc(*len);
+	ASSERT_OK(ann_hnsw_save(h, b, *len, NULL));
+	return b;
+}
+
+static void restamp(uint8_t *b, size_t len)
+{
+	ann_st64(b + len - 8, XXH64(b, len - 8, 0));
+}
+
+static void test_blob(ann_rng *r)
+{
+	t_current = "test_blob";
+	size_t n = 2000, d = 12, nq = 50;
+	float *x = malloc(n * d * sizeof(float)), *q = malloc(nq * d * sizeof(float));
+	t_fill_uniform(r, x, n * d, -1, 1);
+	t_fill_uniform(r, q, nq * d, -1, 1);
+	ann_hnsw *h, *g, *h2;
+	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_COSINE, 8, 40, 3, &h, NULL));
+	ASSERT_OK(ann_hnsw_build(h, x, n, 2, NULL, NULL, NULL));
+	size_t len;
+	uint8_t *b = save(h, &len);
+	ann_error e = {0};
+	ASSERT_ERR(ann_hnsw_save(h, b, len - 1, &e), e, ANN_E_INVAL, "needed");
+	ASSERT_OK(ann_hnsw_load(b, len, &g, NULL));
+	size_t len2;
+	uint8_t *b2 = save(g, &len2);
+	ASSERT_EQ(len2, len);
+	ASSERT_TRUE(memcmp(b, b2, len) == 0);
+	int32_t i1[10], i2[10];
+	float d1[10], d2[10];
+	for (size_t i = 0; i < nq; i++) {
+		ASSERT_EQ(ann_hnsw_search(h, NULL, q + i * d, 10, 30, i1, d1, NULL), 10);
+		ASSERT_EQ(ann_hnsw_search(g, NULL, q + i * d, 10, 30, i2, d2, NULL), 10);
+		ASSERT_TRUE(memcmp(i1, i2, sizeof i1) == 0 && memcmp(d1, d2, sizeof d1) == 0);
+	}
+	/* Adds after a load continue the level generator: same as adds to the
+	 * original. */
+	ASSERT_OK(ann_hnsw_add(h, q, NULL, NULL));
+	ASSERT_OK(ann_hnsw_add(g, q, NULL, NULL));
+	free(b2);
+	uint8_t *b3 = save(h, &len2);
+	uint8_t *b4 = save(g, &len);
+	ASSERT_EQ(len, len2);
+	ASSERT_TRUE(memcmp(b3, b4, len) == 0);
+	free(b3);
+	free(b4);
+	ann_hnsw_free(g);
+	b = realloc(b, len = ann_hnsw_blob_bytes(h));
+	ASSERT_OK(ann_hnsw_save(h, b, len, NULL));
+
+	/* Every single-bit flip is refused (checksum; magic and version first). */
+	uint8_t *c = malloc(len);
+	for (int t = 0; t < 300; t++) {
+		memcpy(c, b, len);
+		size_t pos = t < 100 ? (size_t)t : ann_rng_below(r, len);
+		c[pos] ^= (uint8_t)(1u << ann_rng_below(r, 8));
+		int rc = ann_hnsw_load(c, len, &h2, &e);
+		if (rc != ANN_E_CORRUPT && rc != ANN_E_FORMAT)
+			T_FAIL("flip at %zu: load returned %d", pos, rc);
+		ASSERT_TRUE(h2 == NULL);
+		if (pos >= 12)
+			ASSERT_EQ(rc, ANN_E_CORRUPT);
+	}
+	/* Truncations, including inside the header. */
+	for (int t = 0; t < 60; t++) {
+		size_t cut = t < 20 ? (size_t)t * 7 : ann_rng_below(r, len);
+		ASSERT_ERR(ann_hnsw_load(b, cut, &h2, &e), e, ANN_E_CORRUPT, "");
+	}
+	ASSERT_ERR(ann_hnsw_load(b, 0, &h2, &e), e, ANN_E_CORRUPT, "shorter");
+	/* Structure broken under a valid checksum. */
+	size_t lv = 96, vec = lv + ANN_ALIGN_UP(ann_hnsw_count(h), 4);
+	size_t links = vec + ann_hnsw_count(h) * d * 4;
+	memcpy(c, b, len);
+	ann_st32(c + links + 4, (uint32_t)ann_hnsw_count(h)); /* node 0's first neighbour */
+	restamp(c, len);
+	ASSERT_ERR(ann_hnsw_load(c, len, &h2, &e), e, ANN_E_CORRUPT, "neighbour");
+	memcpy(c, b, len);
+	ann_st32(c + links + 4, 0); /* self loop */
+	restamp(c, len);
+	ASSERT_ERR(ann_hnsw_load(c, len, &h2, &e), e, ANN_E_CORRUPT, "neighbour");
+	memcpy(c, b, len);
+	ann_st32(c + links, 1000); /* count above 2 M */
+	restamp(c, len);
+	ASSERT_ERR(ann_hnsw_load(c, len, &h2, &e), e, ANN_E_CORRUPT, "at most");
+	memcpy(c, b, len);
+	c[lv + 5] = 31; /* level above max_level */
+	restamp(c, len);
+	ASSERT_ERR(ann_hnsw_load(c, len, &h2, &e), e, ANN_E_CORRUPT, "level");
+	memcpy(c, b, len);
+	ann_stf32(c + vec + 8, NAN);
+	restamp(c, len);
+	ASSERT_ERR(ann_hnsw_load(c, len, &h2, &e), e, ANN_E_CORRUPT, "finite");
+	memcpy(c, b, len);
+	ann_st32(c + 16, 0); /* dimension 0 */
+	restamp(c, len);
+	ASSERT_ERR(ann_hnsw_load(c, len, &h2, &e), e, ANN_E_CORRUPT, "dimension");
+	memcpy(c, b, len);
+	ann_st64(c + 32, ann_hnsw_count(h) + 1); /* n larger than the body */
+	restamp(c, len);
+	ASSERT_ERR(ann_hnsw_load(c, len, &h2, &e), e, ANN_E_CORRUPT, "");
+	memcpy(c, b, len);
+	ann_st16(c + 8, 2); /* a future major version */
+	restamp(c, len);
+	ASSERT_ERR(ann_hnsw_load(c, len, &h2, &e), e, ANN_E_FORMAT, "version 2.0");
+	memcpy(c, b, len);
+	c[1] = 'X';
+	ASSERT_ERR(ann_hnsw_load(c, len, &h2, &e), e, ANN_E_FORMAT, "magic");
+	/* Empty graph round trip. */
+	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 8, 40, 3, &g, NULL));
+	free(b);
+	b = save(g, &len);
+	ann_hnsw_free(g);
+	ASSERT_OK(ann_hnsw_load(b, len, &g, NULL));
+	ASSERT_EQ(ann_hnsw_count(g), 0);
+	ASSERT_EQ(ann_hnsw_search(g, NULL, q, 3, 10, i1, d1, NULL), 0);
+	ASSERT_EQ(i1[0], -1);
+	ann_hnsw_free(g);
+	free(b);
+	free(c);
+	ann_hnsw_free(h);
+	free(x);
+	free(q);
+}
+
+static void test_small(ann_rng *r)
+{
+	t_current = "test_small";
+	size_t d = 6;
+	float x[10 * 6];
+	t_fill_uniform(r, x, 60, -1, 1);
+	ann_hnsw *h;
+	ann_error e = {0};
+	ASSERT_ERR(ann_hnsw_create(d, ANN_METRIC_L2, 1, 10, 1, &h, &e), e, ANN_E_INVAL, "M");
+	ASSERT_ERR(ann_hnsw_create(0, ANN_METRIC_L2, 8, 10, 1, &h, &e), e, ANN_E_INVAL, "dimension");
+	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 4, 10, 1, &h, NULL));
+	int32_t ids[12];
+	float dd[12];
+	ASSERT_EQ(ann_hnsw_search(h, NULL, x, 4, 10, ids, dd, NULL), 0);
+	/* n = 1 */
+	ASSERT_OK(ann_hnsw_add(h, x, NULL, NULL));
+	ASSERT_EQ(ann_hnsw_search(h, NULL, x + 6, 3, 10, ids, dd, NULL), 1);
+	ASSERT_EQ(ids[0], 0);
+	ASSERT_EQ(ids[1], -1);
+	ASSERT_TRUE(isinf(dd[2]));
+	/* k > n: all 5 found, in exact order */
+	ASSERT_OK(ann_hnsw_build(h, x + 6, 4, 2, NULL, NULL, NULL));
+	ASSERT_EQ(ann_hnsw_search(h, NULL, x, 12, 1, ids, dd, NULL), 5);
+	int32_t gt[5];
+	brute(ANN_METRIC_L2, x, 5, d, x, 5, gt);
+	ASSERT_TRUE(memcmp(ids, gt, sizeof gt) == 0);
+	ASSERT_EQ(ids[5], -1);
+	ASSERT_EQ(ann_hnsw_search(h, NULL, x, 0, 10, ids, dd, NULL), 0);
+	ann_hnsw_free(h);
+}
+
+static void test_duplicates(ann_rng *r)
+{
+	t_current = "test_duplicates";
+	size_t n = 1500, d = 8, dup = 400;
+	float *x = malloc(n * d * sizeof(float));
+	t_fill_uniform(r, x, n * d, -1, 1);
+	for (size_t i = 1; i < dup; i++)
+		memcpy(x + i * 3 * d, x, d * sizeof(float)); /* every third of the first 1200 */
+	ann_hnsw *h;
+	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 8, 60, 4, &h, NULL));
+	ASSERT_OK(ann_hnsw_build(h, x, n, 2, NULL, NULL, NULL));
+	int32_t ids[20];
+	float dd[20];
+	ASSERT_EQ(ann_hnsw_search(h, NULL, x, 20, 60, ids, dd, NULL), 20);
+	for (int j = 0; j < 20; j++) {
+		ASSERT_EQ(dd[j], 0);
+		ASSERT_EQ(ids[j] % 3, 0);
+	}
+	/* The rest of the graph stays reachable. */
+	float *q = malloc(40 * d * sizeof(float));
+	for (size_t i = 0; i < 40; i++)
+		memcpy(q + i * d, x + (1 + 37 * i) * d, d * sizeof(float));
+	double rc = recall(h, NULL, x, n, q, 40, 5, 60);
+	printf("duplicates: recall@5 %.4f\n", rc);
+	ASSERT_LE(0.95, rc);
+	free(q);
+	ann_hnsw_free(h);
+	free(x);
+}
+
+typedef struct search_job {
+	const ann_hnsw *h;
+	const float *q;
+	size_t nq, d;
+	int32_t *ids;
+} search_job;
+
+static void *search_thread(void *arg)
+{
+	search_job *j = arg;
+	ann_hnsw_ctx *c;
+	if (ann_hnsw_ctx_new(&c, NULL) < 0)
+		return (void *)1;
+	for (int rep = 0; rep < 3; rep++)
+		for (size_t i = 0; i < j->nq; i++)
+			if (ann_hnsw_search(j->h, c, j->q + i * j->d, 10, 50, j->ids + i * 10, NULL, NULL) != 10)
+				return (void *)1;
+	ann_hnsw_ctx_free(c);
+	return NULL;
+}
+
+static void test_concurrent_and_determinism(ann_rng *r)
+{
+	t_current = "test_concurrent_and_determinism";
+	size_t n = 5000, d = 16, nq = 200;
+	float *x = malloc(n * d * sizeof(float)), *q = malloc(nq * d * sizeof(float));
+	t_fill_uniform(r, x, n * d, -1, 1);
+	t_fill_uniform(r, q, nq * d, -1, 1);
+	ann_hnsw *h, *g;
+	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 12, 60, 9, &h, NULL));
+	ASSERT_OK(ann_hnsw_build(h, x, n, 1, NULL, NULL, NULL));
+	/* threads = 1 build == adds, bit for bit. */
+	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 12, 60, 9, &g, NULL));
+	for (size_t i = 0; i < n; i++)
+		ASSERT_OK(ann_hnsw_add(g, x + i * d, NULL, NULL));
+	size_t l1, l2;
+	uint8_t *b1 = save(h, &l1), *b2 = save(g, &l2);
+	ASSERT_EQ(l1, l2);
+	ASSERT_TRUE(memcmp(b1, b2, l1) == 0);
+	free(b1);
+	free(b2);
+	ann_hnsw_free(g);
+	/* Concurrent searches equal serial ones. */
+	int32_t *serial = malloc(nq * 10 * sizeof(int32_t));
+	ann_hnsw_ctx *c;
+	ASSERT_OK(ann_hnsw_ctx_new(&c, NULL));
+	for (size_t i = 0; i < nq; i++)
+		ASSERT_EQ(ann_hnsw_search(h, c, q + i * d, 10, 50, serial + i * 10, NULL, NULL), 10);
+	ann_hnsw_ctx_free(c);
+	search_job jobs[2];
+	pthread_t tid[2];
+	for (int t = 0; t < 2; t++) {
+		jobs[t] = (search_job){h, q, nq, d, malloc(nq * 10 * sizeof(int32_t))};
+		ASSERT_EQ(pthread_create(&tid[t], NULL, search_thread, &jobs[t]), 0);
+	}
+	for (int t = 0; t < 2; t++) {
+		void *ret;
+		pthread_join(tid[t], &ret);
+		ASSERT_TRUE(ret == NULL);
+		ASSERT_TRUE(memcmp(jobs[t].ids, serial, nq * 10 * sizeof(int32_t)) == 0);
+		free(jobs[t].ids);
+	}
+	/* Progress reports reach total. */
+	free(serial);
+	ann_hnsw_free(h);
+	free(x);
+	free(q);
+}
+
+static uint64_t progress_last, progress_total;
+static void on_progress(void *ctx, const char *phase, uint64_t done, uint64_t total)
+{
+	(void)ctx;
+	ASSERT_TRUE(strcmp(phase, "hnsw") == 0);
+	ASSERT_LE(done, total);
+	progress_last = done;
+	progress_total = total;
+}
+
+static void test_progress_and_nomem(ann_rng *r)
+{
+	t_current = "test_progress_and_nomem";
+	size_t n = 600, d = 8;
+	float *x = malloc(n * d * sizeof(float));
+	t_fill_uniform(r, x, n * d, -1, 1);
+	for (int threads = 1; threads <= 2; threads++) {
+		ann_hnsw *h;
+		ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 8, 30, 1, &h, NULL));
+		progress_last = 0;
+		ASSERT_OK(ann_hnsw_build(h, x, n, threads, on_progress, NULL, NULL));
+		ASSERT_EQ(progress_last, n);
+		ASSERT_EQ(progress_total, n);
+		ann_hnsw_free(h);
+	}
+	/* Allocation failures anywhere: an error, never a crash; a graph that
+	 * failed while linking refuses further adds with ANN_E_STATE. */
+	for (int64_t f = 0; f < 40; f += 3) {
+		ann_hnsw *h = NULL;
+		ann_error e = {0};
+		ann_mem_fail_after(f);
+		int rc = ann_hnsw_create(d, ANN_METRIC_L2, 8, 30, 1, &h, &e);
+		if (rc == ANN_OK)
+			rc = ann_hnsw_build(h, x, n, 1 + (int)(f % 2), NULL, NULL, &e);
+		ann_mem_fail_after(-1);
+		ASSERT_TRUE(rc == ANN_OK || rc == ANN_E_NOMEM);
+		if (h && rc < 0) {
+			int rc2 = ann_hnsw_add(h, x, NULL, &e);
+			ASSERT_TRUE(rc2 == ANN_OK || rc2 == ANN_E_STATE);
+		}
+		ann_hnsw_free(h);
+	}
+	free(x);
+}
+
+int main(void)
+{
+	ann_rng rng;
+	t_init("test_hnsw", &rng);
+	int64_t live = ann_mem_live_bytes();
+	test_recall(&rng);
+	test_metrics(&rng);
+	test_blob(&rng);
+	test_small(&rng);
+	test_duplicates(&rng);
+	test_concurrent_and_determinism(&rng);
+	test_progress_and_nomem(&rng);
+	ASSERT_EQ(ann_mem_live_bytes(), live);
+	printf("test_hnsw: ok\n");
+	return 0;
+}

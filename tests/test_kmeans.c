@@ -1,2 +1,610 @@
-/* PLACEHOLDER */
-int main(void) { return 77; }
+/* SPDX-License-Identifier: MIT */
+/* Description: kmeans.c: planted clusters recovered exactly, inertia never
+ * rises, equality with a naive scalar Lloyd from the same start, the size cap
+ * (respected, only clusters over it move, better than blind overflow),
+ * empty-cluster repair, determinism across seeds and thread counts,
+ * mini-batch, spherical metrics, and nearest-centroids against brute force. */
+#include "testutil.h"
+
+#include "kmeans.h"
+
+/* n points around k planted centres (centres spread `sep`, noise sd 1),
+ * cluster sizes proportional to 1 + skew * c. */
+static float *planted(ann_rng *r, size_t n, size_t d, size_t k, double sep, double skew, uint32_t *label)
+{
+	float *ctr = malloc(k * d * sizeof(float)), *x = malloc(n * d * sizeof(float));
+	for (size_t i = 0; i < k * d; i++)
+		ctr[i] = (float)(sep * ann_rng_normal(r));
+	double tot = 0;
+	for (size_t c = 0; c < k; c++)
+		tot += 1 + skew * (double)c;
+	size_t i = 0;
+	for (size_t c = 0; c < k; c++) {
+		size_t m = c + 1 == k ? n - i : (size_t)((double)n * (1 + skew * (double)c) / tot);
+		for (size_t q = 0; q < m; q++, i++) {
+			label[i] = (uint32_t)c;
+			for (size_t j = 0; j < d; j++)
+				x[i * d + j] = ctr[c * d + j] + (float)ann_rng_normal(r);
+		}
+	}
+	free(ctr);
+	return x;
+}
+
+static double sqdist(const float *a, const float *b, size_t d)
+{
+	double s = 0;
+	for (size_t j = 0; j < d; j++)
+		s += ((double)a[j] - b[j]) * ((double)a[j] - b[j]);
+	return s;
+}
+
+/* Assignments equal labels up to a permutation of cluster ids. */
+static void assert_same_partition(const uint32_t *a, const uint32_t *label, size_t n, size_t k)
+{
+	uint32_t *map = malloc(k * sizeof(uint32_t)), *inv = malloc(k * sizeof(uint32_t));
+	for (size_t c = 0; c < k; c++)
+		map[c] = inv[c] = UINT32_MAX;
+	for (size_t i = 0; i < n; i++) {
+		uint32_t l = label[i], c = a[i];
+		ASSERT_TRUE(c < k);
+		if (map[l] == UINT32_MAX && inv[c] == UINT32_MAX) {
+			map[l] = c;
+			inv[c] = l;
+		}
+		if (map[l] != c)
+			T_FAIL("point %zu: planted %u maps to %u, assigned %u", i, l, map[l], c);
+	}
+	free(map);
+	free(inv);
+}
+
+/* Exact inertia of assign against centroids (means recomputed if recompute). */
+static double inertia_of(const float *x, size_t n, size_t d, size_t k, const uint32_t *assign, const float *cent,
+			 bool recompute)
+{
+	double *m = calloc(k * d, sizeof(double));
+	size_t *cnt = calloc(k, sizeof(size_t));
+	if (recompute) {
+		for (size_t i = 0; i < n; i++) {
+			cnt[assign[i]]++;
+			for (size_t j = 0; j < d; j++)
+				m[assign[i] * d + j] += x[i * d + j];
+		}
+		for (size_t c = 0; c < k; c++)
+			for (size_t j = 0; j < d; j++)
+				m[c * d + j] = cnt[c] ? m[c * d + j] / (double)cnt[c] : 0;
+	} else {
+		for (size_t i = 0; i < k * d; i++)
+			m[i] = cent[i];
+	}
+	double s = 0;
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < d; j++) {
+			double t = x[i * d + j] - m[assign[i] * d + j];
+			s += t * t;
+		}
+	free(m);
+	free(cnt);
+	return s;
+}
+
+static void test_planted(ann_rng *r)
+{
+	t_current = "test_planted";
+	size_t n = 6000, d = 16, k = 10;
+	uint32_t *label = malloc(n * sizeof(uint32_t)), *a = malloc(n * sizeof(uint32_t));
+	float *x = planted(r, n, d, k, 20.0, 0.3, label);
+	float *c = malloc(k * d * sizeof(float));
+	for (int threads = 1; threads <= 2; threads++) {
+		ann_kmeans_opts o;
+		ann_kmeans_opts_init(&o);
+		o.k = k;
+		o.threads = threads;
+		o.seed = 7;
+		ann_kmeans_stats st;
+		ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, &st, NULL));
+		assert_same_partition(a, label, n, k);
+		ASSERT_TRUE(st.iterations >= 2 && st.iterations <= o.max_iter);
+		ASSERT_NEAR(st.inertia, inertia_of(x, n, d, k, a, c, false), 1e-4);
+		ASSERT_TRUE(st.work_bytes > 0);
+	}
+	/* Random seeding and the batched (k > 128 style) seeding: force small
+	 * rounds through a tiny init sample still equal to n. */
+	ann_kmeans_opts o;
+	ann_kmeans_opts_init(&o);
+	o.k = k;
+	o.init = ANN_KMEANS_RANDOM;
+	o.max_iter = 50;
+	o.seed = 3;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, NULL, NULL));
+	/* Random seeding may merge two planted clusters; only sanity here. */
+	for (size_t i = 0; i < n; i++)
+		ASSERT_TRUE(a[i] < k);
+	free(x);
+	free(c);
+	free(a);
+	free(label);
+}
+
+static void test_spherical(ann_rng *r)
+{
+	t_current = "test_spherical";
+	/* Planted directions with random scales: COSINE recovers them. */
+	size_t n = 3000, d = 24, k = 6;
+	uint32_t *label = malloc(n * sizeof(uint32_t)), *a = malloc(n * sizeof(uint32_t));
+	float *x = planted(r, n, d, k, 10.0, 0.0, label);
+	for (size_t i = 0; i < n; i++) {
+		float s = 0.5f + 4.0f * (float)ann_rng_uniform(r);
+		for (size_t j = 0; j < d; j++)
+			x[i * d + j] *= s;
+	}
+	float *c = malloc(k * d * sizeof(float));
+	ann_kmeans_opts o;
+	ann_kmeans_opts_init(&o);
+	o.k = k;
+	o.metric = ANN_METRIC_COSINE;
+	o.seed = 11;
+	ann_kmeans_stats st;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, &st, NULL));
+	assert_same_partition(a, label, n, k);
+	for (size_t q = 0; q < k; q++) {
+		double nn = 0;
+		for (size_t j = 0; j < d; j++)
+			nn += (double)c[q * d + j] * c[q * d + j];
+		ASSERT_NEAR(nn, 1.0, 1e-4);
+	}
+	o.metric = ANN_METRIC_IP;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, &st, NULL));
+	assert_same_partition(a, label, n, k);
+	free(x);
+	free(c);
+	free(a);
+	free(label);
+}
+
+static void test_monotone(ann_rng *r)
+{
+	t_current = "test_monotone";
+	size_t n = 5000, d = 32, k = 60;
+	uint32_t *label = malloc(n * sizeof(uint32_t));
+	float *x = planted(r, n, d, 20, 2.0, 0.1, label);
+	float *c = malloc(k * d * sizeof(float));
+	double hist[32];
+	for (int init = 0; init < 2; init++) {
+		ann_kmeans_opts o;
+		ann_kmeans_opts_init(&o);
+		o.k = k;
+		o.max_iter = 30;
+		o.tol = 0;
+		o.history = hist;
+		o.init = init ? ANN_KMEANS_RANDOM : ANN_KMEANS_PLUSPLUS;
+		ann_kmeans_stats st;
+		ASSERT_OK(ann_kmeans(x, n, d, &o, c, NULL, &st, NULL));
+		ASSERT_EQ(st.iterations, 30);
+		for (uint32_t i = 1; i < st.iterations; i++)
+			ASSERT_LE(hist[i], hist[i - 1] * (1 + 1e-6));
+		ASSERT_LT(hist[st.iterations - 1], hist[0]);
+		ASSERT_NEAR(st.inertia, hist[st.iterations - 1], 1e-4);
+	}
+	free(x);
+	free(c);
+	free(label);
+}
+
+/* Naive Lloyd in double from the given centroids: iters assignments with
+ * iters - 1 updates in between, like ann_kmeans. */
+static void naive_lloyd(const float *x, size_t n, size_t d, size_t k, float *cent, uint32_t *a, int iters)
+{
+	double *m = malloc(k * d * sizeof(double));
+	size_t *cnt = malloc(k * sizeof(size_t));
+	for (int it = 0; it < iters; it++) {
+		for (size_t i = 0; i < n; i++) {
+			double best = INFINITY;
+			for (size_t c = 0; c < k; c++) {
+				double dd = sqdist(x + i * d, cent + c * d, d);
+				if (dd < best) {
+					best = dd;
+					a[i] = (uint32_t)c;
+				}
+			}
+		}
+		if (it + 1 == iters)
+			break;
+		memset(m, 0, k * d * sizeof(double));
+		memset(cnt, 0, k * sizeof(size_t));
+		for (size_t i = 0; i < n; i++) {
+			cnt[a[i]]++;
+			for (size_t j = 0; j < d; j++)
+				m[a[i] * d + j] += x[i * d + j];
+		}
+		for (size_t c = 0; c < k; c++)
+			if (cnt[c])
+				for (size_t j = 0; j < d; j++)
+					cent[c * d + j] = (float)(m[c * d + j] / (double)cnt[c]);
+	}
+	free(m);
+	free(cnt);
+}
+
+static void test_naive(ann_rng *r)
+{
+	t_current = "test_naive";
+	size_t n = 1500, d = 8, k = 12;
+	float *x = malloc(n * d * sizeof(float));
+	t_fill_uniform(r, x, n * d, -1, 1);
+	float *c0 = malloc(k * d * sizeof(float)), *c1 = malloc(k * d * sizeof(float));
+	for (size_t c = 0; c < k; c++)
+		memcpy(c0 + c * d, x + (c * 97) * d, d * sizeof(float));
+	memcpy(c1, c0, k * d * sizeof(float));
+	uint32_t *a0 = malloc(n * sizeof(uint32_t)), *a1 = malloc(n * sizeof(uint32_t));
+	ann_kmeans_opts o;
+	ann_kmeans_opts_init(&o);
+	o.k = k;
+	o.init = ANN_KMEANS_GIVEN;
+	o.max_iter = 8;
+	o.tol = 0;
+	ann_kmeans_stats st;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c1, a1, &st, NULL));
+	ASSERT_EQ(st.empty_repaired, 0);
+	naive_lloyd(x, n, d, k, c0, a0, 8);
+	size_t diff = 0;
+	for (size_t i = 0; i < n; i++)
+		diff += a0[i] != a1[i];
+	ASSERT_LE(diff, n / 500); /* only float near-ties may differ */
+	for (size_t i = 0; i < k * d; i++)
+		ASSERT_NEAR(c1[i], c0[i], 2e-3);
+	ASSERT_NEAR(st.inertia, inertia_of(x, n, d, k, a0, c0, false), 1e-3);
+	free(x);
+	free(c0);
+	free(c1);
+	free(a0);
+	free(a1);
+}
+
+/* Blind overflow: points in index order keep their cluster while it has room,
+ * else take the nearest cluster with room. */
+static void blind_cap(const float *x, size_t n, size_t d, size_t k, const float *cent, const uint32_t *a0,
+		      size_t cap, uint32_t *out)
+{
+	size_t *occ = calloc(k, sizeof(size_t));
+	for (size_t i = 0; i < n; i++) {
+		uint32_t c = a0[i];
+		if (occ[c] >= cap) {
+			double best = INFINITY;
+			for (size_t q = 0; q < k; q++) {
+				double dd = sqdist(x + i * d, cent + q * d, d);
+				if (occ[q] < cap && dd < best) {
+					best = dd;
+					c = (uint32_t)q;
+				}
+			}
+		}
+		out[i] = c;
+		occ[c]++;
+	}
+	free(occ);
+}
+
+static void test_balance(ann_rng *r)
+{
+	t_current = "test_balance";
+	size_t n = 8000, d = 16, k = 16;
+	uint32_t *label = malloc(n * sizeof(uint32_t));
+	float *x = planted(r, n, d, 64, 1.0, 0.05, label);
+	float *c0 = malloc(k * d * sizeof(float)), *c1 = malloc(k * d * sizeof(float));
+	uint32_t *a0 = malloc(n * sizeof(uint32_t)), *a1 = malloc(n * sizeof(uint32_t)),
+		 *ab = malloc(n * sizeof(uint32_t));
+	ann_kmeans_opts o;
+	ann_kmeans_opts_init(&o);
+	o.k = k;
+	o.seed = 5;
+	ann_kmeans_stats st0, st1;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c0, a0, &st0, NULL));
+	size_t cap = (n / k) * 11 / 10;
+	ASSERT_TRUE(st0.largest > cap); /* the test must exercise the cap */
+	o.max_size = cap;
+	o.threads = 2;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c1, a1, &st1, NULL));
+	ASSERT_NEAR(st1.inertia_unbalanced, st0.inertia, 1e-9);
+	ASSERT_LE(st1.largest, cap);
+	size_t *cnt0 = calloc(k, sizeof(size_t)), *cnt1 = calloc(k, sizeof(size_t));
+	for (size_t i = 0; i < n; i++) {
+		cnt0[a0[i]]++;
+		cnt1[a1[i]]++;
+	}
+	size_t moved = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (a0[i] != a1[i]) {
+			moved++;
+			ASSERT_TRUE(cnt0[a0[i]] > cap); /* only over-full clusters give points away */
+		}
+	}
+	for (size_t c = 0; c < k; c++)
+		ASSERT_LE(cnt1[c], cap);
+	ASSERT_EQ(moved, st1.moved);
+	/* Cost: modestly above the uncapped optimum, below blind overflow. */
+	double ours = inertia_of(x, n, d, k, a1, c1, true);
+	blind_cap(x, n, d, k, c0, a0, cap, ab);
+	double blind = inertia_of(x, n, d, k, ab, NULL, true);
+	printf("balance: cap %zu, largest %zu -> %zu, moved %zu, inertia %.1f -> %.1f (blind overflow %.1f)\n", cap,
+	       st0.largest, st1.largest, moved, st0.inertia, ours, blind);
+	ASSERT_NEAR(ours, st1.inertia, 1e-4);
+	ASSERT_LE(st0.inertia * (1 - 1e-6), ours);
+	ASSERT_LT(ours, st0.inertia * 1.10);
+	ASSERT_LT(ours, blind);
+	/* The tightest cap: k * cap == n. */
+	o.max_size = n / k;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c1, a1, &st1, NULL));
+	ASSERT_EQ(st1.largest, n / k);
+	/* Infeasible cap. */
+	ann_error e = {0};
+	o.max_size = n / k - 1;
+	ASSERT_ERR(ann_kmeans(x, n, d, &o, c1, a1, NULL, &e), e, ANN_E_INVAL, "max_size");
+	free(cnt0);
+	free(cnt1);
+	free(x);
+	free(c0);
+	free(c1);
+	free(a0);
+	free(a1);
+	free(ab);
+	free(label);
+}
+
+static void test_empty_repair(ann_rng *r)
+{
+	t_current = "test_empty_repair";
+	size_t n = 4000, d = 8, k = 8;
+	uint32_t *label = malloc(n * sizeof(uint32_t)), *a = malloc(n * sizeof(uint32_t));
+	float *x = planted(r, n, d, k, 20.0, 0.0, label);
+	float *c = malloc(k * d * sizeof(float));
+	size_t *cnt = calloc(k, sizeof(size_t));
+	double hist[40];
+	ann_kmeans_opts o;
+	ann_kmeans_opts_init(&o);
+	o.k = k;
+	o.init = ANN_KMEANS_GIVEN;
+	o.max_iter = 40;
+	o.history = hist;
+	ann_kmeans_stats st;
+	/* One centroid per planted cluster but the last, which is far away:
+	 * its cluster is empty, the cluster that swallowed planted cluster 7 is
+	 * the largest, and splitting it restores the planted partition. */
+	for (size_t q = 0; q < k; q++)
+		for (size_t j = 0; j < d; j++)
+			c[q * d + j] = q < k - 1 ? x[(q * 500 + 7) * d + j] : 1e4f;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, &st, NULL));
+	ASSERT_TRUE(st.empty_repaired >= 1);
+	assert_same_partition(a, label, n, k);
+	/* Three far centroids and one duplicate: four clusters are empty after
+	 * the first assignment. */
+	for (size_t q = 0; q < k; q++)
+		for (size_t j = 0; j < d; j++)
+			c[q * d + j] = q < 4 ? x[(q * 1000 + 3) * d + j] : (q == 4 ? x[3 * d + j] : 1e4f * (float)q);
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, &st, NULL));
+	ASSERT_TRUE(st.empty_repaired >= 4);
+	for (uint32_t i = 1; i < st.iterations; i++)
+		ASSERT_LE(hist[i], hist[i - 1] * (1 + 1e-6));
+	ASSERT_LT(st.inertia, hist[0] / 4);
+	for (size_t i = 0; i < n; i++)
+		cnt[a[i]]++;
+	for (size_t q = 0; q < k; q++)
+		ASSERT_TRUE(cnt[q] > 0);
+	/* All centroids identical: k - 1 empty clusters at once. */
+	for (size_t q = 0; q < k; q++)
+		memcpy(c + q * d, x, d * sizeof(float));
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, &st, NULL));
+	ASSERT_TRUE(st.empty_repaired >= k - 1);
+	memset(cnt, 0, k * sizeof(size_t));
+	for (size_t i = 0; i < n; i++)
+		cnt[a[i]]++;
+	for (size_t q = 0; q < k; q++)
+		ASSERT_TRUE(cnt[q] > 0);
+	/* Fewer distinct points than k: no crash, and no split can fill the
+	 * empty clusters. */
+	for (size_t i = 0; i < n; i++)
+		memcpy(x + i * d, x + (i % 3) * d, d * sizeof(float));
+	o.init = ANN_KMEANS_PLUSPLUS;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, &st, NULL));
+	ASSERT_NEAR(st.inertia, 0, 1e-6);
+	free(cnt);
+	free(x);
+	free(c);
+	free(a);
+	free(label);
+}
+
+static void test_determinism(ann_rng *r)
+{
+	t_current = "test_determinism";
+	size_t n = 20000, d = 12, k = 300; /* k > 128: batched seeding */
+	uint32_t *label = malloc(n * sizeof(uint32_t));
+	float *x = planted(r, n, d, 50, 3.0, 0.0, label);
+	float *c[3];
+	uint32_t *a[3];
+	ann_kmeans_stats st[3];
+	for (int t = 0; t < 3; t++) {
+		c[t] = malloc(k * d * sizeof(float));
+		a[t] = malloc(n * sizeof(uint32_t));
+		ann_kmeans_opts o;
+		ann_kmeans_opts_init(&o);
+		o.k = k;
+		o.max_iter = 6;
+		o.seed = t == 2 ? 99 : 42;
+		o.threads = t == 1 ? 2 : 1;
+		o.init_sample = 8000;
+		ASSERT_OK(ann_kmeans(x, n, d, &o, c[t], a[t], &st[t], NULL));
+	}
+	ASSERT_TRUE(memcmp(c[0], c[1], k * d * sizeof(float)) == 0);
+	ASSERT_TRUE(memcmp(a[0], a[1], n * sizeof(uint32_t)) == 0);
+	ASSERT_TRUE(st[0].inertia == st[1].inertia);
+	ASSERT_TRUE(memcmp(c[0], c[2], k * d * sizeof(float)) != 0);
+	/* Seeding quality: k-means++ beats random seeding after as few steps. */
+	ann_kmeans_opts o;
+	ann_kmeans_opts_init(&o);
+	o.k = k;
+	o.max_iter = 6;
+	o.init = ANN_KMEANS_RANDOM;
+	ann_kmeans_stats sr;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c[2], NULL, &sr, NULL));
+	printf("k=%zu: inertia after 6 steps: k-means++ %.1f, random %.1f\n", k, st[0].inertia, sr.inertia);
+	ASSERT_LT(st[0].inertia, sr.inertia);
+	for (int t = 0; t < 3; t++) {
+		free(c[t]);
+		free(a[t]);
+	}
+	free(x);
+	free(label);
+}
+
+static void test_minibatch(ann_rng *r)
+{
+	t_current = "test_minibatch";
+	/* No planted structure: local optima then differ little in inertia. */
+	size_t n = 20000, d = 8, k = 20;
+	uint32_t *a = malloc(n * sizeof(uint32_t));
+	float *x = malloc(n * d * sizeof(float));
+	t_fill_uniform(r, x, n * d, -1, 1);
+	float *c = malloc(k * d * sizeof(float));
+	double hist[64];
+	ann_kmeans_opts o;
+	ann_kmeans_opts_init(&o);
+	o.k = k;
+	ann_kmeans_stats full, mb;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, &full, NULL));
+	o.minibatch = 1024;
+	o.max_iter = 40;
+	o.history = hist;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, &mb, NULL));
+	ASSERT_TRUE(mb.iterations >= 3 && mb.iterations <= 42);
+	printf("minibatch: %u steps, inertia %.1f vs Lloyd %.1f\n", mb.iterations, mb.inertia, full.inertia);
+	ASSERT_LT(mb.inertia, full.inertia * 1.05);
+	ASSERT_NEAR(mb.inertia, inertia_of(x, n, d, k, a, c, false), 1e-4);
+	free(x);
+	free(c);
+	free(a);
+}
+
+/* nearest_centroids against an exact scan: each returned list is sorted and
+ * agrees with the exact top-nprobe up to float near-ties. */
+static void test_nearest(ann_rng *r)
+{
+	t_current = "test_nearest";
+	size_t n = 500, d = 20, k = 1500, np = 7;
+	float *x = malloc(n * d * sizeof(float)), *c = malloc(k * d * sizeof(float));
+	t_fill_uniform(r, x, n * d, -1, 1);
+	t_fill_uniform(r, c, k * d, -1, 1);
+	uint32_t *ids = malloc(n * np * sizeof(uint32_t));
+	float *dd = malloc(n * np * sizeof(float));
+	double *ex = malloc(k * sizeof(double));
+	for (int m = 0; m < 3; m++) {
+		ann_metric metric = (ann_metric)m;
+		ASSERT_OK(ann_nearest_centroids(x, n, d, c, k, np, metric, 2, ids, dd, NULL));
+		for (size_t i = 0; i < n; i++) {
+			const float *xi = x + i * d;
+			for (size_t q = 0; q < k; q++) {
+				const float *cq = c + q * d;
+				double dot = 0, nx = 0, nc = 0;
+				for (size_t j = 0; j < d; j++) {
+					dot += (double)xi[j] * cq[j];
+					nx += (double)xi[j] * xi[j];
+					nc += (double)cq[j] * cq[j];
+				}
+				ex[q] = m == 0 ? sqdist(xi, cq, d) : m == 1 ? -dot : 1 - dot / sqrt(nx * nc);
+			}
+			/* the exact np-th smallest distance */
+			double *sorted = malloc(k * sizeof(double));
+			memcpy(sorted, ex, k * sizeof(double));
+			for (size_t a = 0; a < np; a++)
+				for (size_t b = a + 1; b < k; b++)
+					if (sorted[b] < sorted[a]) {
+						double t = sorted[a];
+						sorted[a] = sorted[b];
+						sorted[b] = t;
+					}
+			for (size_t j = 0; j < np; j++) {
+				uint32_t id = ids[i * np + j];
+				ASSERT_TRUE(id < k);
+				ASSERT_NEAR(dd[i * np + j], ex[id], 1e-4);
+				ASSERT_LE(ex[id], sorted[np - 1] + 1e-4);
+				if (j)
+					ASSERT_LE(dd[i * np + j - 1], dd[i * np + j]);
+			}
+			free(sorted);
+		}
+	}
+	/* nprobe > k pads. */
+	uint32_t pid[5];
+	float pd[5];
+	ASSERT_OK(ann_nearest_centroids(x, 1, d, c, 3, 5, ANN_METRIC_L2, 1, pid, pd, NULL));
+	ASSERT_TRUE(pid[0] < 3 && pid[1] < 3 && pid[2] < 3);
+	ASSERT_EQ(pid[3], UINT32_MAX);
+	ASSERT_TRUE(isinf(pd[4]));
+	free(x);
+	free(c);
+	free(ids);
+	free(dd);
+	free(ex);
+}
+
+static void test_errors(void)
+{
+	t_current = "test_errors";
+	float x[8] = {0}, c[8];
+	ann_kmeans_opts o;
+	ann_kmeans_opts_init(&o);
+	ann_error e = {0};
+	o.k = 5;
+	ASSERT_ERR(ann_kmeans(x, 4, 2, &o, c, NULL, NULL, &e), e, ANN_E_INVAL, "k");
+	o.k = 2;
+	o.metric = (ann_metric)7;
+	ASSERT_ERR(ann_kmeans(x, 4, 2, &o, c, NULL, NULL, &e), e, ANN_E_INVAL, "metric");
+	o.metric = ANN_METRIC_L2;
+	o.threads = 0;
+	ASSERT_ERR(ann_kmeans(x, 4, 2, &o, c, NULL, NULL, &e), e, ANN_E_INVAL, "threads");
+	o.threads = 1;
+	/* k = n = 4 on all-zero points, k = 1. */
+	o.k = 4;
+	ASSERT_OK(ann_kmeans(x, 4, 2, &o, c, NULL, NULL, NULL));
+	o.k = 1;
+	ann_kmeans_stats st;
+	ASSERT_OK(ann_kmeans(x, 4, 2, &o, c, NULL, &st, NULL));
+	ASSERT_EQ(st.largest, 4);
+	uint32_t id;
+	ASSERT_ERR(ann_nearest_centroids(x, 1, 2, c, 1, 0, ANN_METRIC_L2, 1, &id, NULL, &e), e, ANN_E_INVAL,
+		   "nprobe");
+	/* An allocation failure is reported, not crashed on. */
+	for (int64_t f = 0; f < 40; f++) {
+		float y[64];
+		for (int i = 0; i < 64; i++)
+			y[i] = (float)(i % 7);
+		o.k = 4;
+		o.max_size = 9;
+		ann_mem_fail_after(f);
+		int rc = ann_kmeans(y, 32, 2, &o, c, NULL, NULL, &e);
+		ann_mem_fail_after(-1);
+		if (rc != ANN_OK && rc != ANN_E_NOMEM)
+			T_FAIL("allocation %lld failing: %d (%s)", (long long)f, rc, e.msg);
+	}
+}
+
+int main(void)
+{
+	ann_rng rng;
+	t_init("test_kmeans", &rng);
+	int64_t live = ann_mem_live_bytes();
+	test_planted(&rng);
+	test_spherical(&rng);
+	test_monotone(&rng);
+	test_naive(&rng);
+	test_balance(&rng);
+	test_empty_repair(&rng);
+	test_determinism(&rng);
+	test_minibatch(&rng);
+	test_nearest(&rng);
+	test_errors();
+	ASSERT_EQ(ann_mem_live_bytes(), live);
+	printf("test_kmeans: ok\n");
+	return 0;
+}

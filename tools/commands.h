@@ -5,6 +5,6 @@
 
 #include "cli.h"
 
-extern cli_cmd cmd_gen, cmd_gt, cmd_convert;
+extern cli_cmd cmd_gen, cmd_gt, cmd_convert, cmd_build, cmd_search, cmd_info, cmd_verify;
 
 #endif

@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * hnsw.h: a hierarchical navigable small-world graph (Malkov & Yashunin,
+ * 2016/2018) over float vectors held in memory: incremental and bulk
+ * (multi-threaded) construction with the neighbour-selection heuristic,
+ * thread-safe searches through per-thread contexts, memory reporting, and a
+ * versioned, checksummed byte blob to persist it. It routes queries to
+ * partition centroids; it does not touch files (the caller stores the blob).
+ */
+#ifndef ANN_HNSW_H
+#define ANN_HNSW_H
+
+#include "common.h"
+
+/*
+ * Blob layout, version 1.0 (all integers little-endian):
+ *
+ *   OFFSET SIZE  FIELD
+ *   0      8     magic 89 48 4E 53 57 0D 0A 1A ("\x89HNSW\r\n\x1a")
+ *   8      2     major version (1); a reader refuses another major
+ *   10     2     minor version (0)
+ *   12     4     header bytes (96); the body starts there
+ *   16     4     dimension d
+ *   20     4     metric (ann_metric)
+ *   24     4     M (max degree above level 0; level 0 allows 2 M)
+ *   28     4     ef_construction
+ *   32     8     n, number of vectors (< 2^31)
+ *   40     4     max_level (int32, -1 when n = 0)
+ *   44     4     entry point id (0xFFFFFFFF when n = 0)
+ *   48     4     flags (bit 0: keep pruned connections)
+ *   52     4     reserved, 0
+ *   56     32    level generator state (4 x u64), so later adds continue it
+ *   88     8     body bytes B
+ *   96     B     body:
+ *                  n level bytes (<= 30 and <= max_level), zero-padded to a
+ *                  multiple of 4;
+ *                  n * d float32 vectors (unit length for COSINE);
+ *                  per node in id order, for l = 0 .. level: u32 count
+ *                  (<= 2 M at l = 0, <= M above), then count u32 ids, each
+ *                  < n, not the node itself, of level >= l.
+ *   96+B   8     XXH64 (seed 0) of bytes [0, 96 + B)
+ */
+#define ANN_HNSW_VERSION_MAJOR 1
+#define ANN_HNSW_VERSION_MINOR 0
+#define ANN_HNSW_MAX_LEVEL 30
+#define ANN_HNSW_MAX_DIM 65536
+#define ANN_HNSW_MAX_M 1024
+
+typedef struct ann_hnsw ann_hnsw;
+typedef struct ann_hnsw_ctx ann_hnsw_ctx;
+
+/* An empty graph for d-dimensional vectors. M (2..1024) is the degree above
+ * level 0 (2 M at level 0); ef_construction (>= 1) the candidate list size
+ * while inserting. Levels are drawn as floor(-ln(U) / ln(M)) from an
+ * ann_rng seeded with seed. For COSINE, vectors (and queries) are
+ * normalised and the distance is 1 - dot product; IP is -dot; L2 squared.
+ * @return ANN_OK, ANN_E_INVAL, ANN_E_NOMEM. */
+int ann_hnsw_create(size_t d, ann_metric metric, uint32_t M, uint32_t ef_construction, uint64_t seed,
+		    ann_hnsw **out, ann_error *err);
+void ann_hnsw_free(ann_hnsw *h);
+
+/* Grows the capacity to n vectors so that adds up to n do not reallocate. */
+int ann_hnsw_reserve(ann_hnsw *h, size_t n, ann_error *err);
+
+/* Copies v (d floats) in and links it; its id is the previous count, written
+ * to *id if id is not NULL. Not concurrent with anything else on h.
+ * @return ANN_OK, ANN_E_INVAL (2^31 - 1 vectors already), ANN_E_NOMEM,
+ *         ANN_E_STATE (an earlier add or build failed half-way). */
+int ann_hnsw_add(ann_hnsw *h, const float *v, uint32_t *id, ann_error *err);
+
+/* Adds the n rows of x (n x d) with ids count .. count + n - 1, using
+ * `threads` threads (1..64). threads = 1 gives exactly the graph of n calls
+ * to ann_hnsw_add; with more threads the links depend on scheduling (the
+ * levels do not). progress gets phase "hnsw", done/total in vectors, from
+ * the calling thread, at most about 5 times a second.
+ * @return as ann_hnsw_add. */
+int ann_hnsw_build(ann_hnsw *h, const float *x, size_t n, int threads, ann_progress_fn progress,
+		   void *progress_ctx, ann_error *err);
+
+size_t ann_hnsw_count(const ann_hnsw *h);
+size_t ann_hnsw_dim(const ann_hnsw *h);
+ann_metric ann_hnsw_metric(const ann_hnsw *h);
+/* The stored vector of id (normalised for COSINE), valid until the next add. */
+const float *ann_hnsw_vector(const ann_hnsw *h, uint32_t id);
+/* Bytes of memory the graph holds (vectors, links, levels, bookkeeping). */
+size_t ann_hnsw_bytes(const ann_hnsw *h);
+
+/* A search context: the visited set (2 bytes per vector, a generation
+ * counter, so it is cleared once every 65535 searches), the candidate and
+ * result heaps and a query buffer. Use one per thread; it may serve several
+ * graphs. It grows on first use with a larger graph or ef, then a search
+ * allocates nothing. */
+int ann_hnsw_ctx_new(ann_hnsw_ctx **out, ann_error *err);
+void ann_hnsw_ctx_free(ann_hnsw_ctx *c);
+/* Bytes held by the context. */
+size_t ann_hnsw_ctx_bytes(const ann_hnsw_ctx *c);
+
+/* The k nearest stored vectors of q found with a candidate list of
+ * max(ef, k): ids and dists (k entries each, dists may be NULL) sorted by
+ * (distance, id), padded with -1 / +inf beyond the count found. Concurrent
+ * searches on one graph are safe with one ctx per thread; none may run
+ * during an add or build. ctx NULL uses a temporary context (allocates).
+ * @return the number found (min(k, count) unless the graph is disconnected),
+ *         or ANN_E_INVAL, ANN_E_NOMEM. */
+int ann_hnsw_search(const ann_hnsw *h, ann_hnsw_ctx *ctx, const float *q, size_t k, size_t ef, int32_t *ids,
+		    float *dists, ann_error *err);
+
+/* Size of the blob ann_hnsw_save writes. */
+size_t ann_hnsw_blob_bytes(const ann_hnsw *h);
+/* Writes the blob (layout above) into buf of cap >= ann_hnsw_blob_bytes(h).
+ * @return ANN_OK or ANN_E_INVAL (cap too small). */
+int ann_hnsw_save(const ann_hnsw *h, uint8_t *buf, size_t cap, ann_error *err);
+/* Rebuilds a graph from a blob of len bytes, validating everything: a blob
+ * that is truncated, fails its checksum or breaks any rule of the layout is
+ * ANN_E_CORRUPT naming the offset and the expectation; a wrong magic or
+ * major version is ANN_E_FORMAT. Allocates at most about len bytes plus the
+ * level-0 link slots. @return ANN_OK, ANN_E_CORRUPT, ANN_E_FORMAT, ANN_E_NOMEM. */
+int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err);
+
+#endif /* ANN_HNSW_H */

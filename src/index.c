@@ -1,0 +1,234 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * index.c: opening an index read-only (meta, router, directory, dictionary),
+ * the facts `annann info` prints, and ann_verify, which checks the catalog,
+ * the store and then decodes every block.
+ */
+#include "index.h"
+
+#include <stdio.h>
+
+#include "distance.h"
+
+static int load_models(ann_index *x, ann_error *err)
+{
+	ann_cat_txn *t;
+	ANN_TRY(ann_catalog_read_begin(ann_store_catalog(x->store), &t, err));
+	const uint8_t *blob;
+	size_t len;
+	int rc;
+	ANN_CHECK(rc, ann_index_meta_read(t, &x->meta, err));
+	rc = ann_catalog_model_get(t, "router", &blob, &len, err);
+	if (rc < 0) {
+		ann_err_prefix(err, rc, "%s: router model", x->path);
+		goto fail;
+	}
+	ANN_CHECK(rc, ann_router_load(x->meta.router, blob, len, x->meta.dim, x->meta.metric, &x->router, err));
+	if (x->meta.dict_id) {
+		char name[32];
+		snprintf(name, sizeof name, "zstd_dict.%u", x->meta.dict_id);
+		ANN_CHECK(rc, ann_catalog_model_get(t, name, &blob, &len, err));
+		ANN_CHECK(rc, block_dict_new(x->meta.dict_id, blob, len, BLOCK_DICT_DECODE_ONLY, &x->dict, err));
+	}
+	rc = ANN_OK;
+fail:
+	ann_catalog_read_end(t);
+	return rc;
+}
+
+int ann_index_open(const char *index_dir, ann_index **out, ann_error *err)
+{
+	*out = NULL;
+	ann_index *x = ann_calloc(1, sizeof *x);
+	if (!x)
+		return ann_err(err, ANN_E_NOMEM, "out of memory");
+	int rc;
+	x->path = ann_malloc(strlen(index_dir) + 1);
+	if (!x->path) {
+		rc = ann_err(err, ANN_E_NOMEM, "out of memory");
+		goto fail;
+	}
+	strcpy(x->path, index_dir);
+	ann_store_opts so;
+	ann_store_opts_init(&so);
+	so.readonly = true;
+	ANN_CHECK(rc, ann_store_open(index_dir, &so, &x->store, err));
+	ANN_CHECK(rc, load_models(x, err));
+	ANN_CHECK(rc, ann_store_dir_copy(x->store, &x->dir, err));
+	*out = x;
+	return ANN_OK;
+fail:
+	ann_index_close(x);
+	return rc;
+}
+
+void ann_index_close(ann_index *x)
+{
+	if (!x)
+		return;
+	ann_router_free(x->router);
+	block_dict_free(x->dict);
+	ann_catalog_dir_free(&x->dir);
+	ann_store_close(x->store);
+	ann_free(x->path);
+	ann_free(x);
+}
+
+uint64_t ann_index_partition_size(const ann_index *x, uint32_t p)
+{
+	if (!x || p >= x->dir.n || x->dir.ents[p].kind == ANN_KIND_NONE)
+		return 0;
+	return x->dir.ents[p].count;
+}
+
+int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
+{
+	memset(info, 0, sizeof *info);
+	info->vectors = x->meta.vectors;
+	info->stored_vectors = x->meta.stored_vectors;
+	info->dim = x->meta.dim;
+	info->partitions = x->dir.count;
+	info->router = x->meta.router;
+	info->store = x->meta.store;
+	info->encoding = x->meta.encoding;
+	info->metric = x->meta.metric;
+	info->router_ram_bytes = x->router->ops->ram_bytes(x->router) + (uint64_t)x->dir.n * sizeof(ann_dirent);
+	info->smallest_partition = UINT64_MAX;
+	for (uint32_t p = 0; p < x->dir.n; p++) {
+		const ann_dirent *e = &x->dir.ents[p];
+		if (e->kind == ANN_KIND_NONE)
+			continue;
+		info->block_bytes += e->length;
+		info->largest_partition = ANN_MAX(info->largest_partition, (uint64_t)e->count);
+		info->smallest_partition = ANN_MIN(info->smallest_partition, (uint64_t)e->count);
+	}
+	if (info->smallest_partition == UINT64_MAX)
+		info->smallest_partition = 0;
+	ann_store_space sp;
+	ANN_TRY(ann_store_space_get(x->store, &sp, err));
+	info->bytes_on_disk = sp.disk_bytes;
+	return ANN_OK;
+}
+
+/* ---- verify ---------------------------------------------------------------- */
+
+typedef struct verify_ctx {
+	ann_verify_fn fn;
+	void *ctx;
+	uint64_t problems;
+} verify_ctx;
+
+static void verify_issue(void *ctx, const ann_issue *is)
+{
+	verify_ctx *v = ctx;
+	if (is->warning)
+		return;
+	v->problems++;
+	if (v->fn)
+		v->fn(v->ctx, is->pid < 0 ? UINT32_MAX : (uint32_t)is->pid, is->msg);
+}
+
+static void verify_report(verify_ctx *v, uint32_t pid, const char *fmt, const char *msg)
+{
+	char buf[700];
+	snprintf(buf, sizeof buf, fmt, msg);
+	v->problems++;
+	if (v->fn)
+		v->fn(v->ctx, pid, buf);
+}
+
+/* Decodes every block: payload checksum, structure, count against the
+ * directory, ids within the input's range. */
+static int verify_blocks(ann_index *x, verify_ctx *v, ann_error *err)
+{
+	ann_store_reader_opts ro;
+	ann_store_reader_opts_init(&ro);
+	ro.verify = true;
+	ann_store_reader *rd = NULL;
+	ann_block_dec *dec = NULL;
+	uint32_t *pids = NULL;
+	int rc;
+	ANN_CHECK(rc, ann_store_reader_new(x->store, &ro, &rd, err));
+	ANN_CHECK(rc, block_dec_new(0, &dec, err));
+	pids = ann_malloc((x->dir.count ? x->dir.count : 1) * sizeof(uint32_t));
+	if (!pids) {
+		rc = ann_err(err, ANN_E_NOMEM, "verify: out of memory");
+		goto fail;
+	}
+	uint32_t np = 0;
+	for (uint32_t p = 0; p < x->dir.n; p++)
+		if (x->dir.ents[p].kind != ANN_KIND_NONE)
+			pids[np++] = p;
+	ANN_CHECK(rc, ann_store_reader_submit(rd, pids, NULL, np, err));
+	for (;;) {
+		ann_block_read br;
+		ann_error e = {0};
+		rc = ann_store_reader_next(rd, &br, &e);
+		if (rc < 0) {
+			if (err)
+				*err = e;
+			goto fail;
+		}
+		if (rc == 0)
+			break;
+		if (br.status < 0) {
+			verify_report(v, br.pid, "%s", e.msg);
+		} else {
+			ann_block_view view;
+			int drc = block_decode(dec, br.data, br.length, x->dict, &view, &e);
+			if (drc < 0) {
+				verify_report(v, br.pid, "block does not decode: %s", e.msg);
+			} else if (view.info.count != br.ent.count || view.info.partition != br.pid ||
+				   view.info.dim != x->meta.dim) {
+				char m[200];
+				snprintf(m, sizeof m, "holds %u vectors of partition %llu, dimension %u; the directory "
+					 "says %u vectors of partition %u, dimension %u", view.info.count,
+					 (unsigned long long)view.info.partition, view.info.dim, br.ent.count, br.pid,
+					 x->meta.dim);
+				verify_report(v, br.pid, "%s", m);
+			} else {
+				for (uint32_t i = 0; i < view.info.count; i++)
+					if (view.ids[i] < 0) {
+						verify_report(v, br.pid, "%s", "holds a negative id");
+						break;
+					}
+			}
+		}
+		ann_store_reader_release(rd, &br);
+	}
+	rc = ANN_OK;
+fail:
+	ann_free(pids);
+	block_dec_free(dec);
+	ann_store_reader_free(rd);
+	return rc;
+}
+
+int ann_verify(const char *index_dir, ann_verify_fn report, void *ctx, uint64_t *problems, ann_error *err)
+{
+	verify_ctx v = {report, ctx, 0};
+	ann_index *x = NULL;
+	if (problems)
+		*problems = 0;
+	int rc = ann_index_open(index_dir, &x, err);
+	if (rc == ANN_E_CORRUPT) {
+		/* The catalog itself is damaged: report it as the problem. */
+		verify_report(&v, UINT32_MAX, "%s", err ? err->msg : "catalog corrupt");
+		if (problems)
+			*problems = v.problems;
+		return ANN_OK;
+	}
+	ANN_TRY(rc);
+	ann_verify_stats st;
+	rc = ann_store_verify(x->store, verify_issue, &v, &st, err);
+	if (rc < 0 && rc != ANN_E_CORRUPT)
+		goto out;
+	if (x->dir.count != x->meta.partitions)
+		verify_report(&v, UINT32_MAX, "%s", "the directory and meta index.partitions disagree");
+	rc = verify_blocks(x, &v, err);
+out:
+	ann_index_close(x);
+	if (problems)
+		*problems = v.problems;
+	return rc;
+}

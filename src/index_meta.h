@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * index_meta.h: the index-level facts kept in the catalog's meta database
+ * (docs/FORMAT.md, "meta keys"), read at open and written at the end of a
+ * build, plus the mapping between public encodings and block encodings.
+ */
+#ifndef ANN_INDEX_META_H
+#define ANN_INDEX_META_H
+
+#include "block.h"
+#include "catalog.h"
+
+#define ANN_INDEX_FORMAT_MAJOR 1
+#define ANN_INDEX_FORMAT_MINOR 0
+
+typedef struct ann_index_meta {
+	uint32_t dim;
+	ann_metric metric;
+	ann_encoding encoding;   /* resolved, never AUTO */
+	ann_router_kind router;
+	ann_store_kind store;
+	uint64_t vectors;        /* input vectors */
+	uint64_t stored_vectors; /* in blocks, replicas included */
+	uint32_t partitions;
+	uint32_t replicas;       /* max copies per vector */
+	uint32_t dict_id;        /* zstd dictionary in models "zstd_dict.<id>", 0 = none */
+} ann_index_meta;
+
+int ann_index_meta_write(ann_cat_txn *t, const ann_index_meta *m, ann_error *err);
+/* Reads and validates (ANN_E_FORMAT for an unknown major version or
+ * unknown enum values, ANN_E_CORRUPT for impossible ones). */
+int ann_index_meta_read(ann_cat_txn *t, ann_index_meta *m, ann_error *err);
+
+ann_block_encoding ann_encoding_block(ann_encoding e);
+
+#endif

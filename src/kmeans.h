@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kmeans.h: k-means over an in-memory sample that the caller owns: seeding by
+ * batched D^2 sampling, Lloyd or mini-batch iterations whose assignment steps
+ * are blocked OpenBLAS distance tiles (ann_dist_batch), empty-cluster repair,
+ * a partition-size cap solved by regret-ordered reassignment, and the
+ * nearest-centroids query used for routing and boundary replication. It does
+ * not read files or draw the sample; the build pipeline does.
+ */
+#ifndef ANN_KMEANS_H
+#define ANN_KMEANS_H
+
+#include "common.h"
+
+/* How the starting centroids are chosen. */
+typedef enum ann_kmeans_init {
+	/* k-means++ D^2 sampling on a uniform subsample of init_sample points,
+	 * drawing the centres in at most 128 rounds: each round draws
+	 * ceil(k / 128) centres independently with probability proportional to
+	 * the squared distance to the nearest centre chosen so far, then updates
+	 * those distances with one blocked sgemm pass. k <= 128 is exactly
+	 * k-means++; larger k is k-means|| without its recluster step, so the
+	 * whole seeding costs about one Lloyd iteration over the subsample. */
+	ANN_KMEANS_PLUSPLUS = 0,
+	ANN_KMEANS_RANDOM = 1, /* k distinct points drawn uniformly */
+	ANN_KMEANS_GIVEN = 2,  /* centroids holds the k starting centroids on entry */
+} ann_kmeans_init;
+
+typedef struct ann_kmeans_opts {
+	size_t k;                 /* clusters, 1 <= k <= n, k < 2^32 - 1 */
+	uint32_t max_iter;        /* assignment steps (Lloyd) or mini-batches, >= 1 */
+	uint64_t seed;            /* the only source of randomness */
+	ann_kmeans_init init;     /* seeding method */
+	size_t init_sample;       /* points PLUSPLUS seeds from; 0 = min(n, max(65536, 16 k)) */
+	ann_metric metric;        /* L2; IP and COSINE run spherical k-means (unit centroids) */
+	int threads;              /* worker threads for the blocked passes, 1..16 */
+	double tol;               /* stop when the relative inertia decrease is < tol; 0 = run max_iter */
+	size_t max_size;          /* cap on points per cluster, 0 = none; needs k * max_size >= n */
+	size_t minibatch;         /* 0 = full Lloyd; else points per mini-batch step */
+	double *history;          /* optional out: inertia of each assignment step, max_iter + 2 entries */
+	ann_progress_fn progress; /* phase "kmeans", done/total in iterations; may be NULL */
+	void *progress_ctx;
+} ann_kmeans_opts;
+
+/* k = 0 (must be set), max_iter 25, seed 1, PLUSPLUS, L2, 1 thread, tol 1e-4,
+ * no cap, full Lloyd. */
+void ann_kmeans_opts_init(ann_kmeans_opts *o);
+
+typedef struct ann_kmeans_stats {
+	uint32_t iterations;       /* assignment steps run (entries written to history) */
+	double inertia;            /* sum over points of the distance to their final centroid */
+	double inertia_unbalanced; /* the same before the max_size cap (== inertia without cap) */
+	uint64_t empty_repaired;   /* empty clusters refilled by splitting the largest one */
+	uint64_t moved;            /* points the max_size cap moved to another cluster */
+	size_t largest;            /* points in the largest final cluster */
+	size_t work_bytes;         /* working memory allocated by the call, peak */
+} ann_kmeans_stats;
+
+/*
+ * Clusters the n x d row-major sample x into o->k clusters.
+ *
+ * Lloyd: every iteration assigns each point to its nearest centroid, in
+ * blocks of B = clamp(2^18 / min(k, 1024), 16, 4096) points against chunks of
+ * up to 1024 centroids (one sgemm per tile, tiles of <= 1 MiB so they stay in
+ * cache, a vectorised running argmin per row), records the inertia, then moves each centroid to the mean
+ * of its points (double sums; for IP/COSINE the mean of the points, resp. of
+ * the normalised points, scaled to unit length). An empty cluster is repaired
+ * by splitting the currently largest one: its member farthest from its
+ * centroid becomes the new centre, the members nearer to it follow, and both
+ * halves take their means. Each step can only lower the L2 inertia (up to
+ * float rounding), so history is non-increasing. The run stops after max_iter
+ * assignment steps or when (previous - current) / |previous| < tol. The last
+ * step is an assignment, so assign[i] is the nearest centroid of point i.
+ *
+ * Mini-batch (minibatch > 0, Sculley 2010): each of max_iter steps assigns
+ * `minibatch` points drawn with replacement and moves each centroid towards
+ * its points with rate 1 / (points it has seen); it stops early when an
+ * exponential moving average of the batch inertia (weight 2 minibatch / n)
+ * has not improved by a fraction tol for 10 batches. Two full Lloyd
+ * assignment steps (with one update and repair between them) follow.
+ *
+ * max_size > 0: after the last assignment the points of over-full clusters
+ * are reassigned by regret: each considers its 16 nearest centroids, the
+ * point losing most by not getting its best centroid that still has room is
+ * served first, and one that finds all 16 full takes the nearest centroid
+ * with room among all k. Points of clusters within the cap never move. The
+ * centroids are then recomputed as the means of the capped clusters, so
+ * assign is no longer exactly the nearest centroid.
+ *
+ * Deterministic: the result depends on x, the options and the seed only, not
+ * on threads (blocks are fixed, reductions run in point order).
+ *
+ * Memory beyond x, centroids and assign: k * d doubles of sums, 8 k bytes,
+ * per thread a distance tile (<= 1 MiB) plus B * d floats (<= 16 MiB),
+ * 4 n bytes when assign is NULL, 4 n more for COSINE (inverse norms), 12
+ * bytes per seeding-subsample point for PLUSPLUS, 12 per batch point for
+ * mini-batch, and 152 bytes per point of an over-full cluster for max_size.
+ *
+ * @param[out] centroids k * d floats (read first when init is GIVEN)
+ * @param[out] assign    n cluster ids, or NULL
+ * @param[out] st        statistics, or NULL
+ * @return ANN_OK, ANN_E_INVAL (bad sizes or options, k * max_size < n),
+ *         ANN_E_NOMEM.
+ */
+int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, float *centroids, uint32_t *assign,
+	       ann_kmeans_stats *st, ann_error *err);
+
+/*
+ * The nprobe nearest of k centroids (k x d, row-major) for each of the n
+ * points of x under metric, with blocked sgemm tiles as above. Rows of ids
+ * and dists hold nprobe entries sorted by (distance, id); when nprobe > k the
+ * tail is padded with UINT32_MAX / +inf. dists may be NULL. Distances are the
+ * sgemm expansions (for L2 |x|^2 - 2 x.c + |c|^2, clamped at 0). threads as
+ * in ann_kmeans; the result does not depend on it.
+ * @return ANN_OK, ANN_E_INVAL, ANN_E_NOMEM.
+ */
+int ann_nearest_centroids(const float *x, size_t n, size_t d, const float *centroids, size_t k, size_t nprobe,
+			  ann_metric metric, int threads, uint32_t *ids, float *dists, ann_error *err);
+
+#endif /* ANN_KMEANS_H */

@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * router.h: the interface every router implements (router_kmeans.c, and the
+ * learned routers): train on an in-memory sample, assign vectors to
+ * partitions (build and insert), route a query to the partitions worth
+ * reading (search), observe the routed data during the build (for routers
+ * that keep per-partition statistics), and persist as one blob in the
+ * catalog's models database under "router". The router is all that a query
+ * needs in RAM besides bounded buffers.
+ */
+#ifndef ANN_ROUTER_H
+#define ANN_ROUTER_H
+
+#include "common.h"
+
+typedef struct ann_router ann_router;
+typedef struct ann_router_ctx ann_router_ctx;
+
+typedef struct ann_router_ops {
+	ann_router_kind kind;
+	/* Assigns n vectors (n x dim) to up to `copies` partitions each: parts
+	 * gets n * copies entries, the first of each row the primary partition,
+	 * extra copies only where their score is within (1 + eps) of the best
+	 * (SPANN's closure assignment), UINT32_MAX elsewhere. */
+	int (*assign)(const ann_router *r, const float *x, size_t n, uint32_t copies, double eps, int threads,
+		      uint32_t *parts, ann_error *err);
+	int (*ctx_new)(const ann_router *r, ann_router_ctx **out, ann_error *err);
+	void (*ctx_free)(ann_router_ctx *c);
+	/* Up to nprobe partitions for query q, best first. Returns the count. */
+	int (*route)(const ann_router *r, ann_router_ctx *c, const float *q, const ann_search_opts *o,
+		     uint32_t *parts, ann_error *err);
+	size_t (*ram_bytes)(const ann_router *r);
+	int (*save)(const ann_router *r, uint8_t **blob, size_t *len, ann_error *err);
+	/* Optional: sees every routed chunk during the build (x n x dim, parts n
+	 * primary partitions) and finishes after the last one. */
+	int (*observe)(ann_router *r, const float *x, size_t n, const uint32_t *parts, ann_error *err);
+	int (*finish)(ann_router *r, ann_error *err);
+	void (*free)(ann_router *r);
+} ann_router_ops;
+
+struct ann_router {
+	const ann_router_ops *ops;
+	uint32_t nparts; /* partitions the router can name: 0 .. nparts - 1 */
+	uint32_t dim;
+	ann_metric metric;
+	void *impl;
+};
+
+/* Trains a router of kind o->router on the sample (n x d floats). */
+int ann_router_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
+		     ann_router **out, ann_error *err);
+/* Rebuilds a router from its blob. */
+int ann_router_load(ann_router_kind kind, const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric,
+		    ann_router **out, ann_error *err);
+void ann_router_free(ann_router *r);
+
+/* Per-kind entry points (router_*.c). */
+int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
+			    ann_router **out, ann_error *err);
+int ann_router_kmeans_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
+			   ann_error *err);
+
+/* Shared by routers that rank centroids: keeps the candidates whose distance
+ * is within (1 + eps) of the best (distances are squared L2 for L2, so the
+ * bound is squared), for replication. ids/dists: m candidates, sorted. */
+uint32_t ann_router_closure(const uint32_t *ids, const float *dists, uint32_t m, uint32_t copies, double eps,
+			    ann_metric metric, uint32_t *out);
+
+#endif

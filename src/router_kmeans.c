@@ -1,0 +1,247 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * router_kmeans.c: the static router. k-means on the sample in the original
+ * space; an HNSW graph over the centroids (which also holds the only copy of
+ * the centroids) answers queries; vectors are assigned exactly to their
+ * nearest centroid (blocked sgemm) when there are at most EXACT_MAX
+ * centroids, else through the graph. Blob: the HNSW blob (hnsw.h).
+ */
+#include "router.h"
+
+#include "hnsw.h"
+#include "kmeans.h"
+
+#define EXACT_MAX 16384u     /* centroids up to which assignment is exact */
+#define ASSIGN_CANDIDATES 8u /* nearest centroids considered for replicas */
+
+typedef struct km_router {
+	ann_hnsw *graph;
+} km_router;
+
+struct ann_router_ctx {
+	ann_hnsw_ctx *hctx;
+	int32_t ids[4096];
+	float dists[4096];
+};
+
+static km_router *km(const ann_router *r)
+{
+	return r->impl;
+}
+
+/* Centroids as one contiguous array, copied from the graph (temporary). */
+static float *km_centroids(const ann_router *r, ann_error *err)
+{
+	const ann_hnsw *h = km(r)->graph;
+	size_t k = ann_hnsw_count(h), d = r->dim;
+	float *c = ann_malloc(k * d * sizeof(float));
+	if (!c) {
+		ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory for %zu centroids", k);
+		return NULL;
+	}
+	for (size_t i = 0; i < k; i++)
+		memcpy(c + i * d, ann_hnsw_vector(h, (uint32_t)i), d * sizeof(float));
+	return c;
+}
+
+static int km_assign(const ann_router *r, const float *x, size_t n, uint32_t copies, double eps, int threads,
+		     uint32_t *parts, ann_error *err)
+{
+	const ann_hnsw *h = km(r)->graph;
+	size_t k = ann_hnsw_count(h), d = r->dim;
+	uint32_t m = copies > 1 ? ANN_MAX(copies, ASSIGN_CANDIDATES) : 1;
+	m = (uint32_t)ANN_MIN((size_t)m, k);
+	uint32_t *ids = ann_malloc(n * m * sizeof(uint32_t));
+	float *dists = ann_malloc(n * m * sizeof(float));
+	int rc = ANN_OK;
+	if (!ids || !dists) {
+		rc = ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory assigning %zu vectors", n);
+		goto out;
+	}
+	if (k <= EXACT_MAX) {
+		float *c = km_centroids(r, err);
+		if (!c) {
+			rc = ANN_E_NOMEM;
+			goto out;
+		}
+		rc = ann_nearest_centroids(x, n, d, c, k, m, r->metric, threads, ids, dists, err);
+		ann_free(c);
+		if (rc < 0)
+			goto out;
+	} else {
+		ann_hnsw_ctx *hc;
+		ANN_CHECK(rc, ann_hnsw_ctx_new(&hc, err));
+		int32_t tmp[64];
+		for (size_t i = 0; i < n && rc >= 0; i++) {
+			rc = ann_hnsw_search(h, hc, x + i * d, m, ANN_MAX(64u, 4 * m), tmp, dists + i * m, err);
+			for (uint32_t j = 0; j < m; j++)
+				ids[i * m + j] = tmp[j] < 0 ? UINT32_MAX : (uint32_t)tmp[j];
+		}
+		ann_hnsw_ctx_free(hc);
+		if (rc < 0)
+			goto out;
+		rc = ANN_OK;
+	}
+	for (size_t i = 0; i < n; i++)
+		ann_router_closure(ids + i * m, dists + i * m, m, copies, eps, r->metric, parts + i * copies);
+fail:
+out:
+	ann_free(ids);
+	ann_free(dists);
+	return rc;
+}
+
+static int km_ctx_new(const ann_router *r, ann_router_ctx **out, ann_error *err)
+{
+	(void)r;
+	ann_router_ctx *c = ann_calloc(1, sizeof *c);
+	if (!c)
+		return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory for a context");
+	int rc = ann_hnsw_ctx_new(&c->hctx, err);
+	if (rc < 0) {
+		ann_free(c);
+		return rc;
+	}
+	*out = c;
+	return ANN_OK;
+}
+
+static void km_ctx_free(ann_router_ctx *c)
+{
+	if (!c)
+		return;
+	ann_hnsw_ctx_free(c->hctx);
+	ann_free(c);
+}
+
+static int km_route(const ann_router *r, ann_router_ctx *c, const float *q, const ann_search_opts *o,
+		    uint32_t *parts, ann_error *err)
+{
+	size_t np = ANN_MIN((size_t)o->nprobe, (size_t)4096);
+	size_t ef = o->hnsw_ef ? o->hnsw_ef : ANN_MAX((size_t)64, 2 * np);
+	int found = ann_hnsw_search(km(r)->graph, c->hctx, q, np, ef, c->ids, c->dists, err);
+	if (found < 0)
+		return found;
+	for (int i = 0; i < found; i++)
+		parts[i] = (uint32_t)c->ids[i];
+	return found;
+}
+
+static size_t km_ram(const ann_router *r)
+{
+	return ann_hnsw_bytes(km(r)->graph) + sizeof(km_router);
+}
+
+static int km_save(const ann_router *r, uint8_t **blob, size_t *len, ann_error *err)
+{
+	size_t n = ann_hnsw_blob_bytes(km(r)->graph);
+	uint8_t *b = ann_malloc(n);
+	if (!b)
+		return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory for a %zu-byte blob", n);
+	int rc = ann_hnsw_save(km(r)->graph, b, n, err);
+	if (rc < 0) {
+		ann_free(b);
+		return rc;
+	}
+	*blob = b;
+	*len = n;
+	return ANN_OK;
+}
+
+static void km_free(ann_router *r)
+{
+	ann_hnsw_free(km(r)->graph);
+	ann_free(r->impl);
+	ann_free(r);
+}
+
+static const ann_router_ops km_ops = {
+	.kind = ANN_ROUTER_KMEANS,
+	.assign = km_assign,
+	.ctx_new = km_ctx_new,
+	.ctx_free = km_ctx_free,
+	.route = km_route,
+	.ram_bytes = km_ram,
+	.save = km_save,
+	.free = km_free,
+};
+
+static int km_wrap(ann_hnsw *g, uint32_t dim, ann_metric metric, ann_router **out, ann_error *err)
+{
+	ann_router *r = ann_calloc(1, sizeof *r);
+	km_router *k = ann_calloc(1, sizeof *k);
+	if (!r || !k) {
+		ann_free(r);
+		ann_free(k);
+		ann_hnsw_free(g);
+		return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory");
+	}
+	k->graph = g;
+	r->ops = &km_ops;
+	r->impl = k;
+	r->nparts = (uint32_t)ann_hnsw_count(g);
+	r->dim = dim;
+	r->metric = metric;
+	*out = r;
+	return ANN_OK;
+}
+
+/* Builds the centroid graph over k x d centroids (shared with other routers
+ * through ann_router_kmeans_from_centroids in the future). */
+static int km_graph(const ann_build_opts *o, const float *c, size_t k, size_t d, ann_hnsw **out, ann_error *err)
+{
+	ann_hnsw *g;
+	ANN_TRY(ann_hnsw_create(d, o->metric, o->hnsw_m ? o->hnsw_m : 16,
+				o->hnsw_ef_construction ? o->hnsw_ef_construction : 200, o->seed, &g, err));
+	int rc = ann_hnsw_build(g, c, k, o->threads > 0 ? o->threads : 1, o->progress, o->progress_ctx, err);
+	if (rc < 0) {
+		ann_hnsw_free(g);
+		return rc;
+	}
+	*out = g;
+	return ANN_OK;
+}
+
+int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
+			    ann_router **out, ann_error *err)
+{
+	if (nparts == 0 || nparts > n)
+		return ann_err(err, ANN_E_INVAL, "kmeans router: %u partitions need at least as many sample "
+			       "vectors, the sample has %zu", nparts, n);
+	float *c = ann_malloc((size_t)nparts * d * sizeof(float));
+	if (!c)
+		return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory for %u centroids", nparts);
+	ann_kmeans_opts ko;
+	ann_kmeans_opts_init(&ko);
+	ko.k = nparts;
+	ko.max_iter = o->kmeans_iters ? o->kmeans_iters : 20;
+	ko.seed = o->seed;
+	ko.metric = o->metric;
+	ko.threads = o->threads > 0 ? o->threads : 1;
+	if (o->balance > 0)
+		ko.max_size = (size_t)(o->balance * (double)n / nparts) + 1;
+	ko.progress = o->progress;
+	ko.progress_ctx = o->progress_ctx;
+	int rc = ann_kmeans(sample, n, d, &ko, c, NULL, NULL, err);
+	ann_hnsw *g = NULL;
+	if (rc >= 0)
+		rc = km_graph(o, c, nparts, d, &g, err);
+	ann_free(c);
+	if (rc < 0)
+		return rc;
+	return km_wrap(g, (uint32_t)d, o->metric, out, err);
+}
+
+int ann_router_kmeans_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
+			   ann_error *err)
+{
+	ann_hnsw *g;
+	ANN_TRY(ann_hnsw_load(blob, len, &g, err));
+	size_t gd = ann_hnsw_dim(g);
+	if (gd != dim || ann_hnsw_metric(g) != metric) {
+		ann_hnsw_free(g);
+		return ann_err(err, ANN_E_CORRUPT, "kmeans router: centroid graph has dimension %zu, index %u",
+			       gd, dim);
+	}
+	return km_wrap(g, dim, metric, out, err);
+}

@@ -1,0 +1,260 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * store.h: the block store of an index directory (blocks.dat read with
+ * io_uring, or blocks inside catalog.lmdb) behind one interface: publishing
+ * blocks with their directory entries, batched reads by partition id,
+ * verification, space figures; and the per-thread io_uring reader with its
+ * pread fallback. Blocks are opaque bytes here (block.c owns their content).
+ * Layout: docs/FORMAT.md "blocks.dat"; protocol: invariants atop store_file.c.
+ */
+#ifndef ANN_STORE_H
+#define ANN_STORE_H
+
+#include "catalog.h"
+
+/* ===== io reader: one per thread =========================================
+ * Reads (offset, length, tag) requests of one file into a bounded pool of
+ * 4096-aligned buffers, io_uring with O_DIRECT and registered buffers when
+ * the system allows, else pread (same buffers, same results). Requests are
+ * issued in submission order as queue depth and pool space allow;
+ * completions come back as they finish (any order). Not thread-safe: one
+ * reader per thread. */
+typedef struct ann_ioreader ann_ioreader;
+
+typedef struct ann_ioreader_opts {
+	unsigned queue_depth; /* requests in flight, 1..4096; 0 = 64 */
+	size_t pool_bytes;    /* buffer pool, the reader's memory bound (rounded up to 4096); 0 = depth * 128 KiB */
+	bool force_pread;     /* never use io_uring (tests, comparisons) */
+	bool no_direct;       /* read through the page cache */
+	bool no_register;     /* do not register buffers and file with the ring */
+} ann_ioreader_opts;
+
+typedef struct ann_ioreq {
+	uint64_t offset; /* bytes; any value (aligned reads go straight to disk, others are widened) */
+	uint32_t length; /* bytes, >= 1; with the widening to 4096 it must fit in the pool */
+	uint64_t tag;    /* returned in the completion */
+} ann_ioreq;
+
+typedef struct ann_iocomp {
+	uint64_t tag;        /* the request's tag */
+	const uint8_t *data; /* length bytes, 4096-aligned when the offset is; valid until release */
+	uint32_t length;     /* as requested */
+	int status;          /* ANN_OK, ANN_E_IO (sys_errno set), or ANN_E_CORRUPT (file ends early) */
+	int sys_errno;       /* errno of a failed read, else 0 */
+	uint32_t slot;       /* internal: the buffer to release */
+} ann_iocomp;
+
+typedef struct ann_ioreader_stats {
+	uint64_t requests;  /* completions delivered */
+	uint64_t bytes;     /* bytes read from the file (after widening to 4096) */
+	uint64_t wait_ns;   /* time blocked waiting for completions (pread: time in pread) */
+	uint64_t resubmits; /* short reads and -EAGAIN/-EINTR retried */
+	uint64_t errors;    /* completions with status < 0 */
+	uint64_t syscalls;  /* io_uring_enter (submit/wait) or pread calls */
+	bool uring;         /* io_uring in use (ann_ioreader_path() == "io_uring") */
+	bool direct;        /* O_DIRECT in use */
+	bool registered;    /* buffers registered with the ring (READ_FIXED) */
+	int uring_errno;    /* why io_uring is not used: errno of io_uring_queue_init; 0 when used or forced */
+} ann_ioreader_stats;
+
+void ann_ioreader_opts_init(ann_ioreader_opts *o);
+/* Opens path read-only for this reader (own descriptors). Falls back to
+ * buffered reads when the file system refuses O_DIRECT, and to pread when
+ * io_uring_queue_init fails (ENOSYS, EPERM, seccomp): no message, the choice
+ * shows in ann_ioreader_path() and the stats. */
+int ann_ioreader_open(const char *path, const ann_ioreader_opts *o, ann_ioreader **out, ann_error *err);
+void ann_ioreader_free(ann_ioreader *r);
+/* "io_uring" or "pread". */
+const char *ann_ioreader_path(const ann_ioreader *r);
+/* Queues n requests (copied; 24 bytes each until issued) and issues as many
+ * as fit. ANN_E_INVAL, nothing queued, if a request cannot fit the pool. */
+int ann_ioreader_submit(ann_ioreader *r, const ann_ioreq *reqs, size_t n, ann_error *err);
+/* Waits for the next completion: 1 and *c filled, or 0 when no request is
+ * queued or in flight. A failed read is a completion with status < 0 (and
+ * err filled with a message naming file, offset and length); the return is
+ * < 0 only when the reader itself fails, e.g. ANN_E_BUDGET when the pool is
+ * held by unreleased completions and the next request cannot start. */
+int ann_ioreader_next(ann_ioreader *r, ann_iocomp *c, ann_error *err);
+/* Returns the completion's buffer to the pool (also for failed ones). */
+void ann_ioreader_release(ann_ioreader *r, const ann_iocomp *c);
+/* Requests queued or in flight, not yet returned by next. */
+size_t ann_ioreader_outstanding(const ann_ioreader *r);
+void ann_ioreader_get_stats(const ann_ioreader *r, ann_ioreader_stats *st);
+
+/* ===== block store =====================================================
+ * An index directory holds catalog.lmdb and, for the file store, blocks.dat.
+ * Open handles: many readers (threads and processes); one writer process
+ * (flock on the directory) running one store txn at a time. */
+typedef struct ann_store ann_store;
+typedef struct ann_store_txn ann_store_txn;
+
+typedef struct ann_store_opts {
+	ann_store_kind kind;   /* create: ANN_STORE_FILE or ANN_STORE_LMDB; open: ignored (read from meta) */
+	bool create;           /* make dir (one level), catalog and store; ANN_E_EXISTS if a store exists */
+	bool writable;         /* take the writer lock (ANN_E_STATE if another process holds it) */
+	bool readonly;         /* open the catalog MDB_RDONLY (needs !writable) */
+	bool no_direct;        /* file store: buffered writes + fdatasync instead of O_DIRECT */
+	uint64_t map_bytes;    /* initial LMDB map size, 0 = default (see ann_catalog_opts); grows on demand */
+	unsigned max_readers;  /* LMDB reader slots, 0 = default */
+} ann_store_opts;
+
+void ann_store_opts_init(ann_store_opts *o);
+int ann_store_open(const char *dir, const ann_store_opts *o, ann_store **out, ann_error *err);
+void ann_store_close(ann_store *s);
+/* The store's catalog (owned by the store), for meta, models, id map. */
+ann_catalog *ann_store_catalog(ann_store *s);
+ann_store_kind ann_store_kind_of(const ann_store *s);
+const char *ann_store_kind_name(ann_store_kind k); /* "file", "lmdb" */
+const char *ann_store_dir_path(const ann_store *s);
+
+/* Block sizes the store takes: file 4096*k, LMDB 4096*k - 16 (an overflow
+ * value then fills whole LMDB pages). ann_store_block_bytes rounds a payload
+ * size up to the next accepted size. */
+size_t ann_store_block_bytes(ann_store_kind k, size_t payload);
+bool ann_store_block_size_ok(ann_store_kind k, size_t n);
+
+/* ---- writing ----------------------------------------------------------
+ *   ann_store_begin -> (ann_store_put_blocks | ann_store_drop | catalog
+ *   writes on ann_store_txn_catalog())* -> ann_store_commit | ann_store_abort
+ * Only the writer handle; one txn at a time, used by one thread. */
+int ann_store_begin(ann_store *s, ann_store_txn **out, ann_error *err);
+/* The catalog write txn inside the store txn: meta, models, id map written
+ * there commit atomically with the blocks. Do not commit or abort it. */
+ann_cat_txn *ann_store_txn_catalog(ann_store_txn *t);
+
+typedef struct ann_block_put {
+	uint32_t pid;       /* partition id (a rewrite when it exists) */
+	uint32_t count;     /* vectors in the block, kept in the directory */
+	const void *data;   /* block bytes; 4096-aligned (ann_aligned_alloc) to avoid a copy */
+	size_t length;      /* ann_store_block_size_ok(kind, length) */
+} ann_block_put;
+
+/* Writes n blocks (file: at first-fit reusable free extents or the end, then
+ * one fdatasync before returning; LMDB: into the txn) and stages their
+ * directory entries (generation = old + 1, checksum = XXH64 of the bytes).
+ * out (may be NULL) gets the n new entries. Rewritten blocks' old extents are
+ * freed by the commit. An I/O error fails the txn and the writer (sticky). */
+int ann_store_put_blocks(ann_store_txn *t, const ann_block_put *puts, size_t n, ann_dirent *out, ann_error *err);
+/* Removes a partition (its extent is freed by the commit). ANN_E_NOTFOUND. */
+int ann_store_drop(ann_store_txn *t, uint32_t pid, ann_error *err);
+/* Makes blocks durable, records free space and the file end, commits the
+ * catalog txn, then updates the RAM directory. Frees t in all cases. */
+int ann_store_commit(ann_store_txn *t, ann_error *err);
+void ann_store_abort(ann_store_txn *t);
+
+/* ---- directory in RAM ---------------------------------------------------
+ * Loaded at open, updated by the writer's commits, reloaded by
+ * ann_store_refresh in other processes. */
+/* Copies the entry of pid; ANN_E_NOTFOUND when absent. Thread-safe. */
+int ann_store_lookup(ann_store *s, uint32_t pid, ann_dirent *e, ann_error *err);
+/* A private copy of the whole directory (free with ann_catalog_dir_free). */
+int ann_store_dir_copy(ann_store *s, ann_dir *d, ann_error *err);
+/* Reloads the directory when the catalog has commits newer than it;
+ * *changed (may be NULL) tells whether it did. */
+int ann_store_refresh(ann_store *s, bool *changed, ann_error *err);
+
+/* ---- batched block reads ------------------------------------------------
+ * One reader per thread. A batch starts with a submit on an idle reader: it
+ * takes a catalog snapshot (read txn) and looks each partition up in it (the
+ * snapshot keeps the extents from being reused until the batch ends); the
+ * batch ends when every completion has been returned and released. */
+typedef struct ann_store_reader ann_store_reader;
+
+typedef struct ann_store_reader_opts {
+	ann_ioreader_opts io; /* file store I/O (queue depth, pool, pread, ...) */
+	bool verify;          /* check each block's XXH64 against its directory entry */
+} ann_store_reader_opts;
+
+typedef struct ann_block_read {
+	uint64_t tag;        /* the request's tag */
+	uint32_t pid;        /* partition */
+	int status;          /* ANN_OK, ANN_E_NOTFOUND, ANN_E_IO, ANN_E_CORRUPT (checksum, length) */
+	const uint8_t *data; /* block bytes, valid until release (LMDB: a pointer into the map) */
+	size_t length;       /* block bytes */
+	ann_dirent ent;      /* the directory entry the read used */
+	uint32_t slot;       /* internal */
+} ann_block_read;
+
+void ann_store_reader_opts_init(ann_store_reader_opts *o);
+int ann_store_reader_new(ann_store *s, const ann_store_reader_opts *o, ann_store_reader **out, ann_error *err);
+void ann_store_reader_free(ann_store_reader *r);
+/* Queues n partitions; tags may be NULL (tag = index in this call). */
+int ann_store_reader_submit(ann_store_reader *r, const uint32_t *pids, const uint64_t *tags, size_t n,
+			    ann_error *err);
+/* 1 with *b filled, 0 when nothing is outstanding, < 0 on reader failure.
+ * A failed block is a completion with status < 0 (err names it). */
+int ann_store_reader_next(ann_store_reader *r, ann_block_read *b, ann_error *err);
+void ann_store_reader_release(ann_store_reader *r, const ann_block_read *b);
+/* io path ("io_uring", "pread", or "lmdb") and I/O stats (zero for LMDB
+ * except requests and bytes). */
+const char *ann_store_reader_path(const ann_store_reader *r);
+void ann_store_reader_stats(const ann_store_reader *r, ann_ioreader_stats *st);
+
+/* ---- verification and space ------------------------------------------------ */
+typedef struct ann_verify_stats {
+	uint64_t partitions; /* directory entries checked */
+	uint64_t bytes;      /* block bytes read */
+	uint64_t problems;   /* issues that are corruption */
+	uint64_t warnings;   /* issues that are not (leaked space, orphans) */
+} ann_verify_stats;
+
+/* Reads every block listed in the directory of one snapshot and checks:
+ * catalog value checksums, blocks.dat header, extents against the file
+ * (alignment, bounds), block XXH64 against the directory, overlaps between
+ * live and free extents, unaccounted space, LMDB orphans, id map targets.
+ * Each finding goes to fn (may be NULL). Returns ANN_OK when no problem was
+ * found (warnings allowed), ANN_E_CORRUPT when some were (err summarises), or
+ * another code when the check itself could not run. Never crashes on bad
+ * data. */
+int ann_store_verify(ann_store *s, ann_issue_fn fn, void *ctx, ann_verify_stats *st, ann_error *err);
+
+typedef struct ann_store_space {
+	ann_store_kind kind;
+	uint64_t partitions;    /* directory entries */
+	uint64_t live_bytes;    /* sum of block lengths in the directory */
+	uint64_t free_bytes;    /* file: bytes in free extents */
+	uint64_t free_extents;  /* file: number of free extents */
+	uint64_t file_end;      /* file: committed end of blocks.dat */
+	uint64_t file_bytes;    /* file: blocks.dat st_size; LMDB: data.mdb st_size */
+	uint64_t disk_bytes;    /* st_blocks * 512 of blocks.dat + data.mdb */
+	ann_catalog_space cat;  /* catalog.lmdb figures (LMDB store: blocks live there) */
+	bool direct_writes;     /* file: O_DIRECT writes (false: buffered + fdatasync, e.g. tmpfs) */
+	uint64_t writes;        /* file: write calls (pwritev) by this handle */
+	uint64_t write_bytes;   /* block bytes written by this handle */
+	uint64_t syncs;         /* fdatasync calls by this handle */
+	uint64_t sync_ns;       /* time in fdatasync */
+} ann_store_space;
+
+int ann_store_space_get(ann_store *s, ann_store_space *sp, ann_error *err);
+
+/* ===== implementation interface (store_file.c, store_lmdb.c) ============
+ * store_file.c holds the generic layer (open, txns, RAM directory, readers,
+ * verify) and the file store; store_lmdb.c the LMDB store. */
+typedef struct ann_store_ops {
+	ann_store_kind kind;
+	const char *name;
+	/* create (in txn t) or open the backend; writable handles load writer state */
+	int (*open)(ann_store *s, const ann_store_opts *o, ann_cat_txn *create_txn, ann_error *err);
+	void (*close)(ann_store *s);
+	int (*begin)(ann_store_txn *t, ann_error *err);
+	/* write n blocks; ents[i] has everything but offset; olds[i].kind NONE when new */
+	int (*put)(ann_store_txn *t, const ann_block_put *puts, size_t n, ann_dirent *ents, const ann_dirent *olds,
+		   ann_error *err);
+	int (*drop)(ann_store_txn *t, uint32_t pid, const ann_dirent *old, ann_error *err);
+	int (*precommit)(ann_store_txn *t, ann_error *err);
+	void (*postcommit)(ann_store_txn *t, bool committed);
+	int (*space)(ann_store *s, ann_store_space *sp, ann_error *err);
+	int (*verify)(ann_store *s, ann_cat_txn *rt, const ann_dir *d, ann_issue_fn fn, void *ctx,
+		      ann_verify_stats *st, ann_error *err);
+} ann_store_ops;
+
+extern const ann_store_ops ann_store_lmdb_ops;
+
+/* Accessors for backends. */
+ann_catalog *ann_store_txn_store_catalog(ann_store_txn *t);
+ann_store *ann_store_txn_store(ann_store_txn *t);
+void *ann_store_impl(ann_store *s);
+void ann_store_set_impl(ann_store *s, void *impl);
+void ann_store_fail(ann_store *s);
+
+#endif /* ANN_STORE_H */

@@ -1,0 +1,584 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cmd_index.c: the index commands: build, search, info, verify. They use
+ * only the public API of annann.h (plus vecio for query and result files).
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "common.h"
+#include "vecio.h"
+
+int cli_parse_metric(cli_cmd *c, const char *v, ann_metric *m);
+
+/* ---- build ------------------------------------------------------------- */
+
+static cli_opt build_opts[] = {
+	{"data", "FILE", "input vectors (fbin, u8bin, i8bin, fvecs, bvecs) (required)", NULL},
+	{"index", "DIR", "index directory to create; must not exist (required)", NULL},
+	{"router", "R", "kmeans (default), annann, nlsh, joint or soft", NULL},
+	{"partitions", "M", "number of partitions (default n/1000)", NULL},
+	{"store", "S", "file (default: blocks.dat read with io_uring) or lmdb", NULL},
+	{"encoding", "E", "auto (default: the input's type), f32, f16, u8, i8 or sq8", NULL},
+	{"metric", "M", "l2 (default), ip or cosine", NULL},
+	{"zstd-level", "L", "zstd level 1..22, 0 = uncompressed (default 3)", NULL},
+	{"no-shuffle", NULL, "do not shuffle bytes before compression", NULL},
+	{"dict", NULL, "train a zstd dictionary on sample blocks", NULL},
+	{"mem", "BYTES", "memory budget (default 1G)", NULL},
+	{"threads", "T", "worker threads (default 2)", NULL},
+	{"seed", "S", "random seed (default 1)", NULL},
+	{"sample", "N", "training sample size (default min(n, 256 * partitions), within half of --mem)", NULL},
+	{"iters", "N", "k-means iterations (default 20)", NULL},
+	{"balance", "X", "cap partitions at X * n / partitions vectors (X >= 1; default no cap)", NULL},
+	{"replicas", "R", "store a vector in up to R partitions (SPANN closure; default 1)", NULL},
+	{"replica-eps", "E", "extra copies go where the centroid is within (1+E) of the nearest (default 0.1)",
+	 NULL},
+	{"hnsw-m", "M", "degree of the centroid graph (default 16)", NULL},
+	{"hnsw-ef", "EF", "ef_construction of the centroid graph (default 200)", NULL},
+	{"quiet", NULL, "no progress lines", NULL},
+	{"json", NULL, "print a JSON summary", NULL},
+	{NULL, NULL, NULL, NULL},
+};
+
+static int parse_router(cli_cmd *c, const char *v, ann_router_kind *k)
+{
+	static const char *names[] = {"kmeans", "annann", "nlsh", "joint", "soft"};
+	if (!v) {
+		*k = ANN_ROUTER_KMEANS;
+		return 0;
+	}
+	for (int i = 0; i < 5; i++)
+		if (strcmp(v, names[i]) == 0) {
+			*k = (ann_router_kind)i;
+			return 0;
+		}
+	return cli_usage_error(c, "--router: '%s' is not one of kmeans, annann, nlsh, joint, soft", v);
+}
+
+static int parse_encoding(cli_cmd *c, const char *v, ann_encoding *e)
+{
+	static const struct {
+		const char *n;
+		ann_encoding e;
+	} t[] = {{"auto", ANN_ENC_AUTO}, {"f32", ANN_ENC_F32}, {"f16", ANN_ENC_F16},
+		 {"u8", ANN_ENC_U8},     {"i8", ANN_ENC_I8},   {"sq8", ANN_ENC_SQ8}};
+	if (!v) {
+		*e = ANN_ENC_AUTO;
+		return 0;
+	}
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+		if (strcmp(v, t[i].n) == 0) {
+			*e = t[i].e;
+			return 0;
+		}
+	return cli_usage_error(c, "--encoding: '%s' is not one of auto, f32, f16, u8, i8, sq8", v);
+}
+
+static int run_build(cli_cmd *c)
+{
+	const char *data = cli_need(c, "data");
+	const char *index = data ? cli_need(c, "index") : NULL;
+	if (!index)
+		return CLI_EXIT_USAGE;
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	uint64_t parts, level, mem, threads, seed, sample, iters, replicas, hm, hef;
+	double balance, eps;
+	if (!cli_u64(c, "partitions", 0, &parts) || !cli_u64(c, "zstd-level", 3, &level) ||
+	    !cli_size(c, "mem", (uint64_t)1 << 30, &mem) || !cli_u64(c, "threads", 2, &threads) ||
+	    !cli_u64(c, "seed", 1, &seed) || !cli_u64(c, "sample", 0, &sample) || !cli_u64(c, "iters", 20, &iters) ||
+	    !cli_u64(c, "replicas", 1, &replicas) || !cli_u64(c, "hnsw-m", 16, &hm) ||
+	    !cli_u64(c, "hnsw-ef", 200, &hef) || !cli_double(c, "balance", 0, &balance) ||
+	    !cli_double(c, "replica-eps", 0.1, &eps))
+		return CLI_EXIT_USAGE;
+	if (parse_router(c, cli_get(c, "router"), &o.router) || parse_encoding(c, cli_get(c, "encoding"), &o.encoding) ||
+	    cli_parse_metric(c, cli_get(c, "metric"), &o.metric))
+		return CLI_EXIT_USAGE;
+	const char *store = cli_get(c, "store");
+	if (!store || strcmp(store, "file") == 0)
+		o.store = ANN_STORE_FILE;
+	else if (strcmp(store, "lmdb") == 0)
+		o.store = ANN_STORE_LMDB;
+	else
+		return cli_usage_error(c, "--store: '%s' is not one of file, lmdb", store);
+	if (parts > UINT32_MAX || level > 22 || threads == 0 || threads > 64 || iters == 0 || iters > 1000 ||
+	    replicas == 0 || replicas > 8 || hm < 2 || hm > 1024 || hef == 0 || hef > 100000)
+		return cli_usage_error(c, "an option is out of range (partitions < 2^32, zstd-level 0..22, threads "
+				       "1..64, iters 1..1000, replicas 1..8, hnsw-m 2..1024)");
+	o.partitions = (uint32_t)parts;
+	o.zstd_level = (int)level;
+	o.shuffle = !cli_flag(c, "no-shuffle");
+	o.dictionary = cli_flag(c, "dict");
+	o.mem_bytes = mem;
+	o.threads = (int)threads;
+	o.seed = seed;
+	o.sample = sample;
+	o.kmeans_iters = (uint32_t)iters;
+	o.balance = balance;
+	o.replicas = (uint32_t)replicas;
+	o.replica_eps = eps;
+	o.hnsw_m = (uint32_t)hm;
+	o.hnsw_ef_construction = (uint32_t)hef;
+	cli_progress_state ps;
+	cli_progress_init(&ps, cli_flag(c, "quiet"));
+	o.progress = cli_progress;
+	o.progress_ctx = &ps;
+	ann_error err = {0};
+	uint64_t t0 = cli_now_ns();
+	if (ann_build(data, index, &o, &err) < 0) {
+		cli_progress_end(&ps);
+		return cli_fail(c, &err);
+	}
+	cli_progress_end(&ps);
+	double secs = (double)(cli_now_ns() - t0) / 1e9;
+	if (cli_flag(c, "json")) {
+		cli_json j;
+		cli_json_begin(&j, stdout);
+		cli_json_str(&j, "index", index);
+		cli_json_num(&j, "seconds", secs);
+		cli_json_end(&j);
+	} else {
+		printf("built %s in %.1fs\n", index, secs);
+	}
+	return 0;
+}
+
+cli_cmd cmd_build = {"build", "build a disk-resident index from a vector file (out of core, memory-bounded)",
+		     "--data FILE --index DIR [--router R] [--partitions M] [--store file|lmdb] [--encoding E] "
+		     "[--mem BYTES] [--threads T] [--seed S]",
+		     build_opts, run_build};
+
+/* ---- info ---------------------------------------------------------------- */
+
+static cli_opt info_opts[] = {
+	{"index", "DIR", "index directory (required)", NULL},
+	{"json", NULL, "print one JSON object", NULL},
+	{NULL, NULL, NULL, NULL},
+};
+
+static const char *metric_name(ann_metric m)
+{
+	return m == ANN_METRIC_L2 ? "l2" : m == ANN_METRIC_IP ? "ip" : "cosine";
+}
+
+static int run_info(cli_cmd *c)
+{
+	const char *dir = cli_need(c, "index");
+	if (!dir)
+		return CLI_EXIT_USAGE;
+	ann_error err = {0};
+	ann_index *x;
+	if (ann_index_open(dir, &x, &err) < 0)
+		return cli_fail(c, &err);
+	ann_index_info in;
+	if (ann_index_get_info(x, &in, &err) < 0) {
+		ann_index_close(x);
+		return cli_fail(c, &err);
+	}
+	/* Histogram of partition sizes in powers of two. */
+	uint64_t hist[40] = {0};
+	for (uint32_t p = 0; p < in.partitions; p++) {
+		uint64_t s = ann_index_partition_size(x, p);
+		int b = 0;
+		while (b < 39 && (1ull << (b + 1)) <= s)
+			b++;
+		hist[s ? b + 1 : 0]++;
+	}
+	double amp = in.vectors ? (double)in.stored_vectors / (double)in.vectors : 0;
+	uint64_t raw = in.vectors * in.dim * (in.encoding == ANN_ENC_U8 || in.encoding == ANN_ENC_I8 ? 1 : 4);
+	if (cli_flag(c, "json")) {
+		cli_json j;
+		cli_json_begin(&j, stdout);
+		cli_json_int(&j, "vectors", (long long)in.vectors);
+		cli_json_int(&j, "stored_vectors", (long long)in.stored_vectors);
+		cli_json_num(&j, "replication", amp);
+		cli_json_int(&j, "dim", in.dim);
+		cli_json_int(&j, "partitions", in.partitions);
+		cli_json_str(&j, "router", ann_router_name(in.router));
+		cli_json_str(&j, "store", in.store == ANN_STORE_LMDB ? "lmdb" : "file");
+		cli_json_str(&j, "encoding", ann_encoding_name(in.encoding));
+		cli_json_str(&j, "metric", metric_name(in.metric));
+		cli_json_int(&j, "bytes_on_disk", (long long)in.bytes_on_disk);
+		cli_json_int(&j, "block_bytes", (long long)in.block_bytes);
+		cli_json_int(&j, "raw_bytes", (long long)raw);
+		cli_json_int(&j, "router_ram_bytes", (long long)in.router_ram_bytes);
+		cli_json_num(&j, "router_bytes_per_vector", in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0);
+		cli_json_int(&j, "largest_partition", (long long)in.largest_partition);
+		cli_json_int(&j, "smallest_partition", (long long)in.smallest_partition);
+		cli_json_arr(&j, "partition_size_histogram");
+		for (int b = 0; b < 40; b++) {
+			if (!hist[b])
+				continue;
+			cli_json_obj(&j, NULL);
+			cli_json_int(&j, "min", b ? (long long)(1ull << (b - 1)) : 0);
+			cli_json_int(&j, "max", b ? (long long)((1ull << b) - 1) : 0);
+			cli_json_int(&j, "partitions", (long long)hist[b]);
+			cli_json_close_obj(&j);
+		}
+		cli_json_close_arr(&j);
+		cli_json_end(&j);
+	} else {
+		printf("index          %s\n", dir);
+		printf("vectors        %" PRIu64 " x %u (%s, metric %s)\n", in.vectors, in.dim,
+		       ann_encoding_name(in.encoding), metric_name(in.metric));
+		printf("stored         %" PRIu64 " (replication %.3fx)\n", in.stored_vectors, amp);
+		printf("partitions     %u (sizes %" PRIu64 "..%" PRIu64 ")\n", in.partitions, in.smallest_partition,
+		       in.largest_partition);
+		printf("router         %s, %.2f MiB in RAM (%.2f bytes per vector)\n", ann_router_name(in.router),
+		       (double)in.router_ram_bytes / 1048576.0,
+		       in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0.0);
+		printf("store          %s\n", in.store == ANN_STORE_LMDB ? "lmdb" : "file");
+		printf("on disk        %.1f MiB (blocks %.1f MiB; raw vectors %.1f MiB; ratio %.3f)\n",
+		       (double)in.bytes_on_disk / 1048576.0, (double)in.block_bytes / 1048576.0,
+		       (double)raw / 1048576.0, raw ? (double)in.bytes_on_disk / (double)raw : 0.0);
+		printf("partition sizes:\n");
+		for (int b = 0; b < 40; b++)
+			if (hist[b])
+				printf("  %8llu..%-8llu %u\n", b ? 1ull << (b - 1) : 0ull, b ? (1ull << b) - 1 : 0ull,
+				       (unsigned)hist[b]);
+	}
+	ann_index_close(x);
+	return 0;
+}
+
+cli_cmd cmd_info = {"info", "describe an index: sizes on disk, partitions, router RAM", "--index DIR [--json]",
+		    info_opts, run_info};
+
+/* ---- verify -------------------------------------------------------------- */
+
+static cli_opt verify_opts[] = {
+	{"index", "DIR", "index directory (required)", NULL},
+	{"json", NULL, "print a JSON summary", NULL},
+	{NULL, NULL, NULL, NULL},
+};
+
+static void verify_print(void *ctx, uint32_t pid, const char *problem)
+{
+	(void)ctx;
+	if (pid == UINT32_MAX)
+		fprintf(stderr, "catalog: %s\n", problem);
+	else
+		fprintf(stderr, "partition %u: %s\n", pid, problem);
+}
+
+static int run_verify(cli_cmd *c)
+{
+	const char *dir = cli_need(c, "index");
+	if (!dir)
+		return CLI_EXIT_USAGE;
+	ann_error err = {0};
+	uint64_t problems = 0;
+	if (ann_verify(dir, verify_print, NULL, &problems, &err) < 0)
+		return cli_fail(c, &err);
+	if (cli_flag(c, "json")) {
+		cli_json j;
+		cli_json_begin(&j, stdout);
+		cli_json_str(&j, "index", dir);
+		cli_json_int(&j, "problems", (long long)problems);
+		cli_json_end(&j);
+	} else {
+		printf("%s: %" PRIu64 " problem%s\n", dir, problems, problems == 1 ? "" : "s");
+	}
+	return problems ? CLI_EXIT_FAIL : 0;
+}
+
+cli_cmd cmd_verify = {"verify", "read every block and check checksums and catalog consistency",
+		      "--index DIR [--json]", verify_opts, run_verify};
+
+/* ---- search -------------------------------------------------------------- */
+
+static cli_opt search_opts[] = {
+	{"index", "DIR", "index directory (required)", NULL},
+	{"queries", "FILE", "query vectors (required)", NULL},
+	{"gt", "FILE", "ground truth (big-ann layout or ivecs) for recall", NULL},
+	{"k", "K", "neighbours per query (default 10)", NULL},
+	{"nprobe", "P[,P...]", "partitions read per query; a list runs a sweep (default 16)", NULL},
+	{"C", "C[,C...]", "annann router: clusters scanned (same as --nprobe)", NULL},
+	{"candidates-factor", "F", "annann router: HNSW returns F * C clusters (default 10)", NULL},
+	{"ef", "EF", "ef of the centroid-graph search (default max(64, 2 * nprobe))", NULL},
+	{"batch", "N", "queries per batch: 1 measures latency, more gives throughput (default 1)", NULL},
+	{"threads", "T", "search threads, each with its own searcher (default 1)", NULL},
+	{"cache", "BYTES", "decoded-block cache per thread (default 0: every block from storage)", NULL},
+	{"queue-depth", "Q", "I/O requests in flight (default 32)", NULL},
+	{"pread", NULL, "read with pread instead of io_uring", NULL},
+	{"limit", "N", "use only the first N queries", NULL},
+	{"warmup", NULL, "run the query set once before measuring (fills --cache)", NULL},
+	{"out", "FILE", "write the result ids and distances (big-ann layout) of the last setting", NULL},
+	{"json", NULL, "print one JSON object per setting", NULL},
+	{NULL, NULL, NULL, NULL},
+};
+
+typedef struct search_job {
+	ann_index *idx;
+	ann_search_opts so;
+	const float *q;
+	size_t nq, dim, batch;
+	int64_t *ids;
+	float *dists;
+	ann_query_stats *st;
+	size_t *next;              /* shared batch cursor */
+	pthread_mutex_t *mu;
+	const char *io_path;
+	ann_error err;
+	int rc;
+} search_job;
+
+static void *search_worker(void *arg)
+{
+	search_job *j = arg;
+	ann_searcher *s;
+	j->rc = ann_searcher_new(j->idx, &j->so, &s, &j->err);
+	if (j->rc < 0)
+		return NULL;
+	j->io_path = ann_searcher_io_path(s);
+	for (;;) {
+		pthread_mutex_lock(j->mu);
+		size_t b0 = *j->next;
+		*j->next += j->batch;
+		pthread_mutex_unlock(j->mu);
+		if (b0 >= j->nq)
+			break;
+		size_t nb = ANN_MIN(j->batch, j->nq - b0);
+		j->rc = ann_search(s, j->q + b0 * j->dim, nb, j->ids + b0 * j->so.k, j->dists + b0 * j->so.k,
+				   j->st + b0, &j->err);
+		if (j->rc < 0)
+			break;
+	}
+	ann_searcher_free(s);
+	return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Runs the whole query set once at one setting with T threads. */
+static int run_setting(ann_index *idx, const ann_search_opts *so, const float *q, size_t nq, size_t dim,
+		       size_t batch, int threads, int64_t *ids, float *dists, ann_query_stats *st,
+		       const char **io_path, double *wall_s, ann_error *err)
+{
+	size_t next = 0;
+	pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+	search_job jobs[64];
+	pthread_t tid[64];
+	uint64_t t0 = cli_now_ns();
+	for (int t = 0; t < threads; t++) {
+		jobs[t] = (search_job){idx, *so, q, nq, dim, batch, ids, dists, st, &next, &mu, NULL, {0}, 0};
+		if (t > 0 && pthread_create(&tid[t], NULL, search_worker, &jobs[t]) != 0) {
+			jobs[t].rc = ann_err(&jobs[t].err, ANN_E_IO, "cannot start search thread %d", t);
+		}
+	}
+	search_worker(&jobs[0]);
+	for (int t = 1; t < threads; t++)
+		if (jobs[t].err.code == 0 || jobs[t].rc >= 0)
+			pthread_join(tid[t], NULL);
+	*wall_s = (double)(cli_now_ns() - t0) / 1e9;
+	for (int t = 0; t < threads; t++)
+		if (jobs[t].rc < 0) {
+			*err = jobs[t].err;
+			return jobs[t].rc;
+		}
+	*io_path = jobs[0].io_path;
+	return ANN_OK;
+}
+
+static int run_search(cli_cmd *c)
+{
+	const char *dir = cli_need(c, "index");
+	const char *qpath = dir ? cli_need(c, "queries") : NULL;
+	if (!qpath)
+		return CLI_EXIT_USAGE;
+	uint64_t k, cf, ef, batch, threads, cache, qd, limit;
+	uint64_t probes[64];
+	size_t nprobes = 0;
+	if (!cli_u64(c, "k", 10, &k) || !cli_u64(c, "candidates-factor", 10, &cf) || !cli_u64(c, "ef", 0, &ef) ||
+	    !cli_u64(c, "batch", 1, &batch) || !cli_u64(c, "threads", 1, &threads) ||
+	    !cli_size(c, "cache", 0, &cache) || !cli_u64(c, "queue-depth", 32, &qd) ||
+	    !cli_u64(c, "limit", UINT64_MAX, &limit) ||
+	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", probes, 64, &nprobes))
+		return CLI_EXIT_USAGE;
+	if (nprobes == 0)
+		probes[nprobes++] = 16;
+	for (size_t i = 0; i < nprobes; i++)
+		if (probes[i] == 0 || probes[i] > 4096)
+			return cli_usage_error(c, "--nprobe values must be within 1..4096");
+	if (k == 0 || k > 10000 || batch == 0 || threads == 0 || threads > 64 || qd == 0 || qd > 4096)
+		return cli_usage_error(c, "an option is out of range (k 1..10000, batch >= 1, threads 1..64, "
+				       "queue-depth 1..4096)");
+	ann_error err = {0};
+	ann_index *idx = NULL;
+	ann_vreader *qr = NULL;
+	float *q = NULL, *dists = NULL, *gtd = NULL;
+	int32_t *gt = NULL;
+	int64_t *ids = NULL;
+	ann_query_stats *st = NULL;
+	uint64_t *lat = NULL;
+	uint32_t gnq = 0, gk = 0;
+	int ret = CLI_EXIT_FAIL;
+	if (ann_index_open(dir, &idx, &err) < 0)
+		goto fail;
+	if (ann_vreader_open(qpath, &qr, &err) < 0)
+		goto fail;
+	ann_index_info info;
+	if (ann_index_get_info(idx, &info, &err) < 0)
+		goto fail;
+	size_t dim = ann_vreader_dim(qr);
+	if (dim != info.dim) {
+		ann_err(&err, ANN_E_BADINPUT, "%s: queries have dimension %zu, the index %u", qpath, dim, info.dim);
+		goto fail;
+	}
+	size_t nq = (size_t)ANN_MIN(ann_vreader_count(qr), limit);
+	q = ann_malloc((nq ? nq : 1) * dim * sizeof(float));
+	ids = ann_malloc((nq ? nq : 1) * k * sizeof(int64_t));
+	dists = ann_malloc((nq ? nq : 1) * k * sizeof(float));
+	st = ann_calloc(nq ? nq : 1, sizeof *st);
+	lat = ann_malloc((nq ? nq : 1) * sizeof(uint64_t));
+	if (!q || !ids || !dists || !st || !lat) {
+		ann_err(&err, ANN_E_NOMEM, "out of memory for %zu queries", nq);
+		goto fail;
+	}
+	int64_t got = ann_vreader_read_f32(qr, q, nq, &err);
+	if (got < 0)
+		goto fail;
+	const char *gtpath = cli_get(c, "gt");
+	if (gtpath) {
+		if (ann_gt_read(gtpath, &gnq, &gk, &gt, &gtd, &err) < 0)
+			goto fail;
+		if (gnq < nq || gk < k) {
+			ann_err(&err, ANN_E_BADINPUT, "%s: ground truth for %u queries x %u neighbours; need %zu x %llu",
+				gtpath, gnq, gk, nq, (unsigned long long)k);
+			goto fail;
+		}
+	}
+	bool json = cli_flag(c, "json");
+	if (!json) {
+		printf("%-7s %-9s %-6s %-10s %-10s %-7s %-9s %-9s %-9s %-9s %s\n", "nprobe", gt ? "recall@k" : "-",
+		       "parts", "cands", "KB/query", "IOs", "p50 ms", "p95 ms", "p99 ms", "QPS",
+		       "route/io/dec/scan us");
+	}
+	for (size_t pi = 0; pi < nprobes; pi++) {
+		ann_search_opts so;
+		ann_search_opts_init(&so);
+		so.k = (uint32_t)k;
+		so.nprobe = (uint32_t)probes[pi];
+		so.candidates_factor = (uint32_t)cf;
+		so.hnsw_ef = (uint32_t)ef;
+		so.cache_bytes = cache;
+		so.queue_depth = (uint32_t)qd;
+		so.force_pread = cli_flag(c, "pread");
+		const char *io_path = "?";
+		double wall;
+		if (cli_flag(c, "warmup") &&
+		    run_setting(idx, &so, q, nq, dim, batch, (int)threads, ids, dists, st, &io_path, &wall, &err) < 0)
+			goto fail;
+		if (run_setting(idx, &so, q, nq, dim, batch, (int)threads, ids, dists, st, &io_path, &wall, &err) < 0)
+			goto fail;
+		double recall = NAN, parts = 0, cands = 0, bytes = 0, ios = 0, r_us = 0, w_us = 0, d_us = 0, s_us = 0;
+		uint64_t hits = 0;
+		for (size_t i = 0; i < nq; i++) {
+			if (gt)
+				for (size_t a = 0; a < k; a++)
+					for (size_t b = 0; b < k; b++)
+						if (ids[i * k + a] >= 0 && ids[i * k + a] == gt[i * gk + b]) {
+							hits++;
+							break;
+						}
+			parts += st[i].partitions;
+			cands += (double)st[i].candidates;
+			bytes += st[i].bytes_read;
+			ios += st[i].io_requests;
+			r_us += (double)st[i].route_ns / 1e3;
+			w_us += (double)st[i].io_wait_ns / 1e3;
+			d_us += (double)st[i].decode_ns / 1e3;
+			s_us += (double)st[i].scan_ns / 1e3;
+			lat[i] = st[i].latency_ns;
+		}
+		double dn = nq ? (double)nq : 1;
+		if (gt)
+			recall = (double)hits / (dn * (double)k);
+		qsort(lat, nq, sizeof *lat, cmp_u64);
+		double p50 = nq ? (double)lat[nq / 2] / 1e6 : 0, p95 = nq ? (double)lat[(nq * 95) / 100] / 1e6 : 0,
+		       p99 = nq ? (double)lat[ANN_MIN(nq - 1, (nq * 99) / 100)] / 1e6 : 0;
+		double qps = wall > 0 ? (double)nq / wall : 0;
+		if (json) {
+			cli_json j;
+			cli_json_begin(&j, stdout);
+			cli_json_num(&j, "recall_at_k", recall);
+			cli_json_int(&j, "k", (long long)k);
+			cli_json_int(&j, "nprobe", (long long)probes[pi]);
+			cli_json_int(&j, "queries", (long long)nq);
+			cli_json_int(&j, "batch", (long long)batch);
+			cli_json_int(&j, "threads", (long long)threads);
+			cli_json_num(&j, "qps", qps);
+			cli_json_obj(&j, "latency_us");
+			cli_json_num(&j, "p50", p50 * 1e3);
+			cli_json_num(&j, "p95", p95 * 1e3);
+			cli_json_num(&j, "p99", p99 * 1e3);
+			cli_json_close_obj(&j);
+			cli_json_num(&j, "partitions_probed", parts / dn);
+			cli_json_num(&j, "candidates", cands / dn);
+			cli_json_num(&j, "bytes_read", bytes / dn);
+			cli_json_num(&j, "io_requests", ios / dn);
+			cli_json_obj(&j, "stage_us");
+			cli_json_num(&j, "route", r_us / dn);
+			cli_json_num(&j, "io_wait", w_us / dn);
+			cli_json_num(&j, "decode", d_us / dn);
+			cli_json_num(&j, "scan", s_us / dn);
+			cli_json_close_obj(&j);
+			cli_json_str(&j, "io_path", io_path);
+			cli_json_int(&j, "cache_bytes", (long long)cache);
+			cli_json_str(&j, "simd", ann_simd_name(ann_simd_active()));
+			cli_json_end(&j);
+		} else {
+			char rec[16];
+			snprintf(rec, sizeof rec, gt ? "%.4f" : "-", recall);
+			printf("%-7llu %-9s %-6.1f %-10.0f %-10.1f %-7.1f %-9.3f %-9.3f %-9.3f %-9.0f %.0f/%.0f/%.0f/%.0f\n",
+			       (unsigned long long)probes[pi], rec, parts / dn, cands / dn, bytes / dn / 1024.0, ios / dn,
+			       p50, p95, p99, qps, r_us / dn, w_us / dn, d_us / dn, s_us / dn);
+			if (pi + 1 == nprobes)
+				printf("(io path %s, %s kernels, batch %llu, %llu thread%s, cache %llu bytes)\n", io_path,
+				       ann_simd_name(ann_simd_active()), (unsigned long long)batch,
+				       (unsigned long long)threads, threads == 1 ? "" : "s", (unsigned long long)cache);
+		}
+		fflush(stdout);
+	}
+	const char *out = cli_get(c, "out");
+	if (out) {
+		int32_t *oid = ann_malloc((nq ? nq : 1) * k * sizeof(int32_t));
+		if (!oid) {
+			ann_err(&err, ANN_E_NOMEM, "out of memory");
+			goto fail;
+		}
+		for (size_t i = 0; i < nq * k; i++)
+			oid[i] = ids[i] > INT32_MAX ? -1 : (int32_t)ids[i];
+		int rc = ann_gt_write(out, (uint32_t)nq, (uint32_t)k, oid, dists, &err);
+		ann_free(oid);
+		if (rc < 0)
+			goto fail;
+	}
+	ret = 0;
+fail:
+	if (ret)
+		cli_fail(c, &err);
+	ann_free(q);
+	ann_free(ids);
+	ann_free(dists);
+	ann_free(st);
+	ann_free(lat);
+	ann_free(gt);
+	ann_free(gtd);
+	ann_vreader_close(qr);
+	ann_index_close(idx);
+	return ret;
+}
+
+cli_cmd cmd_search = {"search", "search an index from disk; recall, I/O and latency figures",
+		      "--index DIR --queries FILE [--gt FILE] [--k K] [--nprobe P[,P...]] [--batch N] [--threads T] "
+		      "[--cache BYTES] [--out FILE] [--json]",
+		      search_opts, run_search};
