@@ -149,6 +149,24 @@ static void hn_max_push(hn_pair *h, size_t *n, hn_pair v)
 	h[i] = v;
 }
 
+/* Replaces the root of a max-heap of n entries by v and restores order. */
+static void hn_max_replace(hn_pair *h, size_t m, hn_pair v)
+{
+	size_t i = 0;
+	for (;;) {
+		size_t l = 2 * i + 1;
+		if (l >= m)
+			break;
+		if (l + 1 < m && hn_less(h[l], h[l + 1]))
+			l++;
+		if (!hn_less(v, h[l]))
+			break;
+		h[i] = h[l];
+		i = l;
+	}
+	h[i] = v;
+}
+
 static hn_pair hn_max_pop(hn_pair *h, size_t *n)
 {
 	hn_pair top = h[0], v = h[--*n];
@@ -299,16 +317,20 @@ static void hn_unlock(const ann_hnsw *h, uint32_t id)
 		pthread_mutex_unlock(&h->locks[id % HN_STRIPES]);
 }
 
-/* Copies the list of id at level lc into c->nb; returns its length. Under
- * the node's lock during a parallel build. */
-static uint32_t hn_read_links(const ann_hnsw *h, ann_hnsw_ctx *c, uint32_t id, int lc)
+/* The list of id at level lc: in place, or during a parallel build copied
+ * into c->nb under the node's lock. *cnt gets its length. */
+static const uint32_t *hn_read_links(const ann_hnsw *h, ann_hnsw_ctx *c, uint32_t id, int lc, uint32_t *cnt)
 {
 	const uint32_t *l = hn_links(h, id, lc);
+	if (!h->locks) {
+		*cnt = l[0];
+		return l + 1;
+	}
 	hn_lock(h, id);
-	uint32_t cnt = l[0];
-	memcpy(c->nb, l + 1, cnt * sizeof(uint32_t));
+	*cnt = l[0];
+	memcpy(c->nb, l + 1, *cnt * sizeof(uint32_t));
 	hn_unlock(h, id);
-	return cnt;
+	return c->nb;
 }
 
 /* Greedy descent at level lc from *ep (distance *epd). */
@@ -317,9 +339,10 @@ static void hn_greedy(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, uint32
 	bool changed = true;
 	while (changed) {
 		changed = false;
-		uint32_t cnt = hn_read_links(h, c, *ep, lc);
+		uint32_t cnt;
+		const uint32_t *l = hn_read_links(h, c, *ep, lc, &cnt);
 		for (uint32_t j = 0; j < cnt; j++) {
-			uint32_t nb = c->nb[j];
+			uint32_t nb = l[j];
 			float dd = hn_dist(h, q, hn_vec(h, nb));
 			if (dd < *epd || (dd == *epd && nb < *ep)) {
 				*epd = dd;
@@ -347,10 +370,11 @@ static int hn_search_layer(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, u
 		if (c->nres >= ef && cur.d > c->res[0].d)
 			break;
 		hn_min_pop(c->cand, &c->ncand);
-		uint32_t cnt = hn_read_links(h, c, cur.id, lc);
-		uint32_t fresh = 0;
+		uint32_t cnt, fresh = 0;
+		const uint32_t *l = hn_read_links(h, c, cur.id, lc, &cnt);
+		/* Unvisited neighbours go to c->nb (in place: fresh <= j). */
 		for (uint32_t j = 0; j < cnt; j++) {
-			uint32_t nb = c->nb[j];
+			uint32_t nb = l[j];
 			if (c->tag[nb] == gen)
 				continue;
 			c->tag[nb] = gen;
@@ -366,11 +390,12 @@ static int hn_search_layer(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, u
 				__builtin_prefetch(hn_vec(h, c->nb[j + 1]) + 16);
 			float dd = hn_dist(h, q, hn_vec(h, nb));
 			hn_pair p = {dd, nb};
-			if (c->nres < ef || hn_less(p, c->res[0])) {
+			if (c->nres < ef) {
 				hn_min_push(c->cand, &c->ncand, p);
 				hn_max_push(c->res, &c->nres, p);
-				if (c->nres > ef)
-					hn_max_pop(c->res, &c->nres);
+			} else if (hn_less(p, c->res[0])) {
+				hn_min_push(c->cand, &c->ncand, p);
+				hn_max_replace(c->res, c->nres, p);
 			}
 		}
 	}

@@ -23,6 +23,12 @@ int ann_router_train(const ann_build_opts *o, const float *sample, size_t n, siz
 	switch (o->router) {
 	case ANN_ROUTER_KMEANS:
 		return ann_router_kmeans_train(o, sample, n, d, nparts, out, err);
+	case ANN_ROUTER_ANNANN:
+		return ann_router_annann_train(o, sample, n, d, nparts, out, err);
+	case ANN_ROUTER_NLSH:
+	case ANN_ROUTER_JOINT:
+	case ANN_ROUTER_SOFT:
+		return ann_router_nlsh_train(o, sample, n, d, nparts, out, err);
 	default:
 		return ann_err(err, ANN_E_UNSUPPORTED, "router '%s' is not available in this build",
 			       ann_router_name(o->router));
@@ -36,6 +42,12 @@ int ann_router_load(ann_router_kind kind, const uint8_t *blob, size_t len, uint3
 	switch (kind) {
 	case ANN_ROUTER_KMEANS:
 		return ann_router_kmeans_load(blob, len, dim, metric, out, err);
+	case ANN_ROUTER_ANNANN:
+		return ann_router_annann_load(blob, len, dim, metric, out, err);
+	case ANN_ROUTER_NLSH:
+	case ANN_ROUTER_JOINT:
+	case ANN_ROUTER_SOFT:
+		return ann_router_nlsh_load(kind, blob, len, dim, metric, out, err);
 	default:
 		return ann_err(err, ANN_E_FORMAT, "router kind %d is unknown to this version", (int)kind);
 	}

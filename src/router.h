@@ -60,6 +60,16 @@ int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t
 int ann_router_kmeans_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
 			   ann_error *err);
 
+int ann_router_annann_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
+			    ann_router **out, ann_error *err);
+int ann_router_annann_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
+			   ann_error *err);
+/* nlsh, joint and soft share the runtime (a classifier); o->router picks the training. */
+int ann_router_nlsh_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
+			  ann_router **out, ann_error *err);
+int ann_router_nlsh_load(ann_router_kind kind, const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric,
+			 ann_router **out, ann_error *err);
+
 /* Shared by routers that rank centroids: keeps the candidates whose distance
  * is within (1 + eps) of the best (distances are squared L2 for L2, so the
  * bound is squared), for replication. ids/dists: m candidates, sorted. */

@@ -39,6 +39,20 @@ static cli_opt build_opts[] = {
 	 NULL},
 	{"hnsw-m", "M", "degree of the centroid graph (default 16)", NULL},
 	{"hnsw-ef", "EF", "ef_construction of the centroid graph (default 200)", NULL},
+	{"clusters", "K", "annann router: clusters (same as --partitions)", NULL},
+	{"embed-dim", "E", "annann router: embedding dimension (default 32)", NULL},
+	{"hidden", "H1[,H2..]", "annann: encoder hidden sizes; nlsh/joint/soft: classifier hidden sizes (default 256)",
+	 NULL},
+	{"ae-epochs", "N", "annann router: reconstruction epochs (default 10)", NULL},
+	{"dec-epochs", "N", "annann router: Deep Embedded Clustering epochs (default 5)", NULL},
+	{"dec-alpha", "A", "annann router: Student-t degrees of freedom (default 1)", NULL},
+	{"recon-weight", "G", "annann router: reconstruction weight during DEC (default 1)", NULL},
+	{"knn-k", "K", "nlsh/joint/soft: k of the k-NN graph (default 10)", NULL},
+	{"imbalance", "X", "nlsh/joint/soft: METIS imbalance (default 0.03)", NULL},
+	{"epochs", "N", "nlsh/joint/soft: classifier epochs (default 20)", NULL},
+	{"hard-labels", NULL, "nlsh/joint/soft: train on hard part labels only (default: soft labels)", NULL},
+	{"rounds", "N", "joint: alternating rounds (default 5)", NULL},
+	{"lambda", "L", "joint: weight of the neighbour-share term (default 1)", NULL},
 	{"quiet", NULL, "no progress lines", NULL},
 	{"json", NULL, "print a JSON summary", NULL},
 	{NULL, NULL, NULL, NULL},
@@ -123,6 +137,44 @@ static int run_build(cli_cmd *c)
 	o.replica_eps = eps;
 	o.hnsw_m = (uint32_t)hm;
 	o.hnsw_ef_construction = (uint32_t)hef;
+	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
+	size_t nh = 0;
+	double alpha, rw, imb, lambda;
+	if (!cli_u64(c, "clusters", 0, &clusters) || !cli_u64(c, "embed-dim", 32, &edim) ||
+	    !cli_u64(c, "ae-epochs", 10, &aee) || !cli_u64(c, "dec-epochs", 5, &dece) ||
+	    !cli_u64(c, "knn-k", 10, &knnk) || !cli_u64(c, "epochs", 20, &ep) || !cli_u64(c, "rounds", 5, &rounds) ||
+	    !cli_u64_list(c, "hidden", hidden, 3, &nh) || !cli_double(c, "dec-alpha", 1, &alpha) ||
+	    !cli_double(c, "recon-weight", 1, &rw) || !cli_double(c, "imbalance", 0.03, &imb) ||
+	    !cli_double(c, "lambda", 1, &lambda))
+		return CLI_EXIT_USAGE;
+	if (clusters) {
+		if (parts && parts != clusters)
+			return cli_usage_error(c, "--clusters and --partitions disagree");
+		o.partitions = (uint32_t)ANN_MIN(clusters, (uint64_t)UINT32_MAX);
+	}
+	if (edim == 0 || edim > 4096 || aee > 10000 || dece > 10000 || knnk == 0 || knnk > 1000 || ep > 10000 ||
+	    rounds > 1000 || alpha <= 0 || rw < 0 || imb < 0 || imb > 1)
+		return cli_usage_error(c, "a router option is out of range (embed-dim 1..4096, knn-k 1..1000, "
+				       "dec-alpha > 0, imbalance 0..1)");
+	for (size_t i = 0; i < nh; i++)
+		if (hidden[i] == 0 || hidden[i] > 65536)
+			return cli_usage_error(c, "--hidden sizes must be within 1..65536");
+	o.embed_dim = (uint32_t)edim;
+	if (nh) {
+		memset(o.hidden, 0, sizeof o.hidden);
+		for (size_t i = 0; i < nh; i++)
+			o.hidden[i] = (uint32_t)hidden[i];
+	}
+	o.ae_epochs = (uint32_t)aee;
+	o.dec_epochs = (uint32_t)dece;
+	o.dec_alpha = alpha;
+	o.recon_weight = rw;
+	o.knn_k = (uint32_t)knnk;
+	o.imbalance = imb;
+	o.nlsh_epochs = (uint32_t)ep;
+	o.soft_labels = !cli_flag(c, "hard-labels");
+	o.joint_rounds = (uint32_t)rounds;
+	o.joint_lambda = lambda;
 	cli_progress_state ps;
 	cli_progress_init(&ps, cli_flag(c, "quiet"));
 	o.progress = cli_progress;
