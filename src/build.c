@@ -263,8 +263,13 @@ out:
 static int route_all(build *b, ann_error *err)
 {
 	size_t chunk = ROUTE_CHUNK, esz = ann_dtype_size(b->in_type);
+	/* Buffers of this function, the centroid copy and candidate lists of the
+	 * router, and per thread the assignment tiles of kmeans.h (1 MiB + up to
+	 * 4096 rows of d floats). */
+	size_t threads = (size_t)(b->o->threads > 0 ? b->o->threads : 1);
 	size_t chunk_bytes = chunk * b->d * (esz + sizeof(float)) + chunk * b->copies * sizeof(uint32_t) +
-			     (size_t)b->nparts * b->d * sizeof(float) + chunk * 8 * 8 + ((size_t)32 << 20);
+			     (size_t)b->nparts * b->d * sizeof(float) + chunk * 8 * 8 +
+			     threads * (((size_t)1 << 20) + (size_t)4096 * b->d * sizeof(float));
 	size_t router = b->router->ops->ram_bytes(b->router);
 	if (b->o->mem_bytes < chunk_bytes + router + ((size_t)1 << 20))
 		return ann_err(err, ANN_E_BUDGET, "routing needs %zu bytes (router %zu, buffers %zu) plus a spill "

@@ -1,0 +1,334 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: build, open, search and verify through the public API.
+ * Oracle: with nprobe = all partitions the search must equal exact brute
+ * force (gt.c); each store, encoding, batch size, cache, pread and replica
+ * setting must give the same answers; bad input, an existing directory and a
+ * tiny budget must fail cleanly and leave no index behind; a flipped bit in
+ * blocks.dat must be reported by ann_verify and by search.
+ */
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "gt.h"
+#include "testutil.h"
+#include "vecio.h"
+
+#define N 3000
+#define D 24
+#define NQ 40
+#define K 10
+
+static float base[N * D], queries[NQ * D];
+static int32_t gt_ids[NQ * K];
+static float gt_d[NQ * K];
+
+static void write_base(const char *path)
+{
+	ann_vwriter *w;
+	ASSERT_OK(ann_vwriter_open(path, D, &w, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(w, base, N, NULL));
+	ASSERT_OK(ann_vwriter_close(w, NULL));
+}
+
+static void make_data(ann_rng *rng)
+{
+	/* Clustered integers in 0..255 so the u8 and f32 encodings see the same values. */
+	float centers[12 * D];
+	t_fill_uniform(rng, centers, 12 * D, 20, 235);
+	for (size_t i = 0; i < N + NQ; i++) {
+		float *v = i < N ? base + i * D : queries + (i - N) * D;
+		const float *c = centers + ann_rng_below(rng, 12) * D;
+		for (size_t j = 0; j < D; j++) {
+			float x = roundf(c[j] + 12.0f * (float)ann_rng_normal(rng));
+			v[j] = x < 0 ? 0 : x > 255 ? 255 : x;
+		}
+	}
+	ann_gt_opts go;
+	ann_gt_opts_init(&go);
+	go.k = K;
+	go.threads = 1;
+	ASSERT_OK(ann_gt_compute_mem(base, N, queries, NQ, D, &go, gt_ids, gt_d, NULL));
+}
+
+/* Searches all queries; returns recall against the exact answer. */
+static double search_all(ann_index *idx, const ann_search_opts *so, size_t batch, int64_t *ids, float *dists)
+{
+	ann_searcher *s;
+	ann_error e = {0};
+	ASSERT_OK(ann_searcher_new(idx, so, &s, &e));
+	ann_query_stats st[NQ];
+	for (size_t b = 0; b < NQ; b += batch) {
+		size_t nb = ANN_MIN(batch, (size_t)NQ - b);
+		int rc = ann_search(s, queries + b * D, nb, ids + b * so->k, dists + b * so->k, st + b, &e);
+		if (rc < 0)
+			T_FAIL("search: %s", e.msg);
+	}
+	for (size_t i = 0; i < NQ; i++) {
+		ASSERT_TRUE(st[i].partitions >= 1 && st[i].partitions <= so->nprobe);
+		ASSERT_TRUE(st[i].candidates > 0);
+	}
+	ann_searcher_free(s);
+	size_t hits = 0;
+	for (size_t i = 0; i < NQ; i++)
+		for (size_t a = 0; a < K; a++)
+			for (size_t c = 0; c < K; c++)
+				if (ids[i * K + a] == gt_ids[i * K + c]) {
+					hits++;
+					break;
+				}
+	return (double)hits / (NQ * K);
+}
+
+static ann_index *build_open(const char *dir, const char *name, const char *data, ann_build_opts *o)
+{
+	char *path = t_path(dir, name);
+	ann_error e = {0};
+	int rc = ann_build(data, path, o, &e);
+	if (rc < 0)
+		T_FAIL("build %s: %s", name, e.msg);
+	ann_index *idx;
+	rc = ann_index_open(path, &idx, &e);
+	if (rc < 0)
+		T_FAIL("open %s: %s", name, e.msg);
+	free(path);
+	return idx;
+}
+
+/* Exhaustive probing equals brute force, for every store and encoding. */
+static void test_exact(const char *dir, const char *fbin, const char *u8bin)
+{
+	static const struct {
+		const char *name;
+		ann_store_kind store;
+		ann_encoding enc;
+		int level;
+		int dict;
+		const char *data;
+	} cases[] = {
+		{"f32-file", ANN_STORE_FILE, ANN_ENC_AUTO, 3, 0, NULL},
+		{"u8-file", ANN_STORE_FILE, ANN_ENC_AUTO, 1, 0, "u8"},
+		{"u8-lmdb", ANN_STORE_LMDB, ANN_ENC_AUTO, 3, 0, "u8"},
+		{"f32-as-u8-raw", ANN_STORE_FILE, ANN_ENC_U8, 0, 0, NULL},
+		{"f32-dict", ANN_STORE_FILE, ANN_ENC_F32, 3, 1, NULL},
+	};
+	for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+		ann_build_opts o;
+		ann_build_opts_init(&o);
+		o.partitions = 12;
+		o.store = cases[c].store;
+		o.encoding = cases[c].enc;
+		o.zstd_level = cases[c].level;
+		o.dictionary = cases[c].dict;
+		o.mem_bytes = (size_t)64 << 20;
+		o.threads = 1;
+		ann_index *idx = build_open(dir, cases[c].name, cases[c].data ? u8bin : fbin, &o);
+		ann_index_info in;
+		ASSERT_OK(ann_index_get_info(idx, &in, NULL));
+		ASSERT_EQ(in.vectors, N);
+		ASSERT_EQ(in.stored_vectors, N);
+		ASSERT_EQ(in.partitions, 12);
+		ASSERT_EQ(in.dim, D);
+		ASSERT_TRUE(in.bytes_on_disk > 0 && in.router_ram_bytes > 0);
+		uint64_t total = 0;
+		for (uint32_t p = 0; p < 12; p++)
+			total += ann_index_partition_size(idx, p);
+		ASSERT_EQ(total, N);
+		ann_search_opts so;
+		ann_search_opts_init(&so);
+		so.k = K;
+		so.nprobe = 12;
+		int64_t ids[NQ * K];
+		float dists[NQ * K];
+		double r = search_all(idx, &so, 1, ids, dists);
+		ASSERT_NEAR(r, 1.0, 1e-9);
+		for (size_t i = 0; i < NQ * K; i++)
+			ASSERT_NEAR(dists[i], gt_d[i], 1e-4);
+		/* Fewer probes: still valid, ascending, recall below or equal. */
+		so.nprobe = 2;
+		double r2 = search_all(idx, &so, 7, ids, dists);
+		ASSERT_TRUE(r2 > 0.3 && r2 <= 1.0);
+		for (size_t i = 0; i < NQ; i++)
+			for (size_t j = 1; j < K; j++)
+				ASSERT_LE(dists[i * K + j - 1], dists[i * K + j]);
+		ann_index_close(idx);
+		uint64_t problems = 99;
+		char *path = t_path(dir, cases[c].name);
+		ASSERT_OK(ann_verify(path, NULL, NULL, &problems, NULL));
+		ASSERT_EQ(problems, 0);
+		free(path);
+	}
+}
+
+/* Batch size, cache, pread and replicas change cost, never answers. */
+static void test_equivalence(const char *dir, const char *u8bin)
+{
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = 20;
+	o.mem_bytes = (size_t)64 << 20;
+	o.threads = 2;
+	ann_index *idx = build_open(dir, "equiv", u8bin, &o);
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = K;
+	so.nprobe = 4;
+	int64_t ref[NQ * K], ids[NQ * K];
+	float refd[NQ * K], dists[NQ * K];
+	double r = search_all(idx, &so, 1, ref, refd);
+	search_all(idx, &so, NQ, ids, dists);
+	ASSERT_TRUE(memcmp(ref, ids, sizeof ids) == 0);
+	so.cache_bytes = (size_t)1 << 20;
+	search_all(idx, &so, 5, ids, dists);
+	ASSERT_TRUE(memcmp(ref, ids, sizeof ids) == 0);
+	so.cache_bytes = 40000; /* smaller than the index: evictions */
+	search_all(idx, &so, 3, ids, dists);
+	ASSERT_TRUE(memcmp(ref, ids, sizeof ids) == 0);
+	so.cache_bytes = 0;
+	so.force_pread = 1;
+	so.queue_depth = 1;
+	search_all(idx, &so, 2, ids, dists);
+	ASSERT_TRUE(memcmp(ref, ids, sizeof ids) == 0);
+	ann_index_close(idx);
+
+	/* Replicas: more stored vectors, recall at least as good, no duplicate ids. */
+	o.replicas = 2;
+	o.replica_eps = 0.5;
+	idx = build_open(dir, "replicas", u8bin, &o);
+	ann_index_info in;
+	ASSERT_OK(ann_index_get_info(idx, &in, NULL));
+	ASSERT_TRUE(in.stored_vectors > N && in.stored_vectors <= 2 * N);
+	so.force_pread = 0;
+	double rr = search_all(idx, &so, 4, ids, dists);
+	ASSERT_TRUE(rr >= r - 1e-9);
+	for (size_t i = 0; i < NQ; i++)
+		for (size_t a = 0; a < K; a++)
+			for (size_t b = a + 1; b < K; b++)
+				ASSERT_TRUE(ids[i * K + a] != ids[i * K + b] || ids[i * K + a] < 0);
+	ann_index_close(idx);
+}
+
+static bool exists(const char *p)
+{
+	struct stat st;
+	return stat(p, &st) == 0;
+}
+
+static void test_failures(const char *dir, const char *fbin)
+{
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = 8;
+	o.mem_bytes = (size_t)64 << 20;
+	ann_error e = {0};
+	char *idx = t_path(dir, "fail-idx");
+
+	/* A NaN in vector 1234: error names the file and the vector; nothing left behind. */
+	char *bad = t_path(dir, "bad.fbin");
+	{
+		/* Written by hand: the vector writer refuses NaN itself. */
+		size_t nbytes = 8 + sizeof base;
+		uint8_t *raw = malloc(nbytes);
+		ann_st32(raw, N);
+		ann_st32(raw + 4, D);
+		memcpy(raw + 8, base, sizeof base);
+		float nan = NAN;
+		memcpy(raw + 8 + (1234 * D + 5) * sizeof(float), &nan, sizeof nan);
+		t_write_file(bad, raw, nbytes);
+		free(raw);
+	}
+	ASSERT_ERR(ann_build(bad, idx, &o, &e), e, ANN_E_BADINPUT, "1234");
+	ASSERT_TRUE(strstr(e.msg, "bad.fbin") != NULL);
+	ASSERT_TRUE(!exists(idx));
+	char *tmp = malloc(strlen(idx) + 32);
+	sprintf(tmp, "%s.tmp.%ld", idx, (long)getpid());
+	ASSERT_TRUE(!exists(tmp));
+
+	/* Budget too small: ANN_E_BUDGET, no index. */
+	o.mem_bytes = (size_t)16 << 20;
+	o.partitions = N + 1;
+	ASSERT_ERR(ann_build(fbin, idx, &o, &e), e, ANN_E_INVAL, "partitions");
+	o.partitions = 8;
+	o.mem_bytes = 1 << 20;
+	ASSERT_ERR(ann_build(fbin, idx, &o, &e), e, ANN_E_BUDGET, "budget");
+	ASSERT_TRUE(!exists(idx));
+
+	/* An existing directory is never overwritten. */
+	ASSERT_TRUE(mkdir(idx, 0755) == 0);
+	o.mem_bytes = (size_t)64 << 20;
+	ASSERT_ERR(ann_build(fbin, idx, &o, &e), e, ANN_E_EXISTS, "already exists");
+	rmdir(idx);
+
+	/* Opening something that is not an index. */
+	ann_index *x;
+	ASSERT_TRUE(ann_index_open(dir, &x, &e) < 0);
+	ASSERT_TRUE(x == NULL);
+	free(bad);
+	free(tmp);
+	free(idx);
+}
+
+/* A flipped bit inside a block: verify names the partition; search fails
+ * with ANN_E_CORRUPT instead of returning wrong answers. */
+static void test_corruption(const char *dir, const char *fbin, ann_rng *rng)
+{
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = 6;
+	o.mem_bytes = (size_t)64 << 20;
+	char *path = t_path(dir, "corrupt");
+	ASSERT_OK(ann_build(fbin, path, &o, NULL));
+	char *blocks = t_path(path, "blocks.dat");
+	size_t len;
+	uint8_t *bytes = t_read_file(blocks, &len);
+	ASSERT_TRUE(len > 8192);
+	size_t off = 4096 + ann_rng_below(rng, len - 4096 - 64);
+	int fd = open(blocks, O_WRONLY);
+	uint8_t b = bytes[off] ^ (uint8_t)(1u << ann_rng_below(rng, 8));
+	ASSERT_TRUE(pwrite(fd, &b, 1, (off_t)off) == 1);
+	close(fd);
+	uint64_t problems = 0;
+	ASSERT_OK(ann_verify(path, NULL, NULL, &problems, NULL));
+	ASSERT_TRUE(problems >= 1);
+	ann_index *idx;
+	ASSERT_OK(ann_index_open(path, &idx, NULL));
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = K;
+	so.nprobe = 6;
+	ann_searcher *s;
+	ASSERT_OK(ann_searcher_new(idx, &so, &s, NULL));
+	int64_t ids[NQ * K];
+	float dists[NQ * K];
+	ann_error e = {0};
+	int rc = ann_search(s, queries, NQ, ids, dists, NULL, &e);
+	/* The flip may land in zero padding, which the decoder also checks. */
+	ASSERT_EQ(rc, ANN_E_CORRUPT);
+	ASSERT_TRUE(strstr(e.msg, "partition") != NULL);
+	ann_searcher_free(s);
+	ann_index_close(idx);
+	free(bytes);
+	free(blocks);
+	free(path);
+}
+
+int main(void)
+{
+	ann_rng rng;
+	t_init("test_index", &rng);
+	char *dir = t_tmpdir();
+	make_data(&rng);
+	char *fbin = t_path(dir, "base.fbin"), *u8bin = t_path(dir, "base.u8bin");
+	write_base(fbin);
+	write_base(u8bin);
+	test_exact(dir, fbin, u8bin);
+	test_equivalence(dir, u8bin);
+	test_failures(dir, fbin);
+	test_corruption(dir, fbin, &rng);
+	t_rmtree(dir);
+	free(dir);
+	free(fbin);
+	free(u8bin);
+	return 0;
+}
