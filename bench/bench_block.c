@@ -21,12 +21,12 @@
 typedef struct dataset {
 	const char *name;
 	uint32_t dim;
-	size_t n;          /* vectors */
-	uint8_t *u8;       /* n * dim, block after block */
-	float *f32;        /* the same values as floats */
-	int64_t *ids;      /* n, ascending inside each block */
+	size_t n;     /* vectors */
+	uint8_t *u8;  /* n * dim, block after block */
+	float *f32;   /* the same values as floats */
+	int64_t *ids; /* n, ascending inside each block */
 	size_t nblocks;
-	size_t *start;     /* nblocks + 1 offsets (in vectors) */
+	size_t *start; /* nblocks + 1 offsets (in vectors) */
 } dataset;
 
 typedef struct config {
@@ -172,8 +172,8 @@ static bool load_fmnist(dataset *ds, const char *dir)
 	}
 	uint32_t hdr[4];
 	for (int i = 0; i < 4 && len >= 16; i++)
-		hdr[i] = (uint32_t)img[4 * i] << 24 | (uint32_t)img[4 * i + 1] << 16 | (uint32_t)img[4 * i + 2] << 8 |
-			 img[4 * i + 3];
+		hdr[i] = (uint32_t)img[4 * i] << 24 | (uint32_t)img[4 * i + 1] << 16 |
+		         (uint32_t)img[4 * i + 2] << 8 | img[4 * i + 3];
 	if (len < 16 || hdr[0] != 0x803 || (uint64_t)hdr[1] * hdr[2] * hdr[3] + 16 != len) {
 		printf("fashion-mnist: %s is not an idx3 image file, skipped\n", path);
 		free(img);
@@ -237,22 +237,22 @@ static const char *enc_name(ann_block_encoding e)
 }
 
 static uint8_t *encode_block(ann_block_enc *enc, const ann_block_params *p, const dataset *ds, size_t b,
-			     size_t *len)
+                             size_t *len)
 {
 	size_t s = ds->start[b], cnt = ds->start[b + 1] - s;
 	bool u8 = p->encoding == ANN_BLOCK_U8;
 	const void *v = u8 ? (const void *)(ds->u8 + s * ds->dim) : (const void *)(ds->f32 + s * ds->dim);
 	uint8_t *out;
 	ann_error e;
-	if (block_encode(enc, p, ds->dim, cnt, ds->ids + s, v, u8 ? ANN_DTYPE_U8 : ANN_DTYPE_F32, b, 1, &out, len,
-			 &e) < 0)
+	if (block_encode(enc, p, ds->dim, cnt, ds->ids + s, v, u8 ? ANN_DTYPE_U8 : ANN_DTYPE_F32, b, 1, &out,
+	                 len, &e) < 0)
 		die("encode", &e);
 	return out;
 }
 
 /* Trains a dictionary on the first blocks (codec NONE, same encoding and shuffle). */
 static ann_block_dict *train_dict(ann_block_enc *enc, const ann_block_params *p, const dataset *ds,
-				  double *train_s, size_t *dict_bytes)
+                                  double *train_s, size_t *dict_bytes)
 {
 	enum { NSAMPLE = 64 }; /* the first blocks, at most this many */
 	size_t ns = ds->nblocks < NSAMPLE ? ds->nblocks : NSAMPLE;
@@ -369,11 +369,13 @@ static void run_config(const opts *o, const dataset *ds, const config *c)
 		       "\"disk_bytes_per_vec\":%.2f,\"ratio_vs_f32\":%.3f,\"id_varint_bytes_per_vec\":%.3f,"
 		       "\"decode_gbps\":%.3f,\"decode_mvecps\":%.3f,\"decode_runs\":%d,\"decode_min_s\":%.6f,"
 		       "\"decode_median_s\":%.6f,\"encode_mbps\":%.2f,\"commit\":\"%s\",\"build\":\"%s\","
-		       "\"cpu\":\"%s\",\"simd\":\"scalar (block codec has no SIMD dispatch)\",\"cmd\":\"%s\"}\n",
+		       "\"cpu\":\"%s\",\"simd\":\"scalar (block codec has no SIMD dispatch)\","
+		       "\"cmd\":\"%s\"}\n",
 		       ds->name, ds->dim, ds->n, ds->nblocks, enc_name(c->enc), c->shuffle ? "true" : "false",
-		       c->codec == ANN_BLOCK_CODEC_NONE ? "none" : "zstd", c->level, c->dict ? "true" : "false",
-		       cname[c->center], centred, dict_bytes, train_s, (double)stored / n, (double)disk / n, f32_bytes / (double)disk,
-		       (double)ids_bytes / n, out_bytes / med * 1e-9, n / med * 1e-6, o->runs, t[0], med,
+		       c->codec == ANN_BLOCK_CODEC_NONE ? "none" : "zstd", c->level,
+		       c->dict ? "true" : "false", cname[c->center], centred, dict_bytes, train_s,
+		       (double)stored / n, (double)disk / n, f32_bytes / (double)disk, (double)ids_bytes / n,
+		       out_bytes / med * 1e-9, n / med * 1e-6, o->runs, t[0], med,
 		       n * ds->dim * (c->enc == ANN_BLOCK_U8 ? 1.0 : 4.0) / enc_s * 1e-6, o->commit,
 #ifdef __OPTIMIZE__
 		       "optimized",
@@ -394,18 +396,23 @@ static void run_config(const opts *o, const dataset *ds, const config *c)
 
 static void run_dataset(const opts *o, const dataset *ds)
 {
-	printf("\n%s: %zu vectors x %u dims in %zu blocks (%.0f vectors per block)\n", ds->name, ds->n, ds->dim,
-	       ds->nblocks, (double)ds->n / (double)ds->nblocks);
-	printf("%-13s %-4s %-5s %-7s %-5s %-4s %5s %9s %9s %7s %7s %8s %8s %8s\n", "dataset", "enc", "shuf", "codec",
-	       "dict", "ctr", "ctr'd", "B/vec", "disk/vec", "x f32", "id B", "dec GB/s", "Mvec/s", "enc MB/s");
-	static const ann_block_encoding encs[] = { ANN_BLOCK_F32, ANN_BLOCK_F16, ANN_BLOCK_U8, ANN_BLOCK_SQ8 };
+	printf("\n%s: %zu vectors x %u dims in %zu blocks (%.0f vectors per block)\n", ds->name, ds->n,
+	       ds->dim, ds->nblocks, (double)ds->n / (double)ds->nblocks);
+	printf("%-13s %-4s %-5s %-7s %-5s %-4s %5s %9s %9s %7s %7s %8s %8s %8s\n", "dataset", "enc", "shuf",
+	       "codec", "dict", "ctr", "ctr'd", "B/vec", "disk/vec", "x f32", "id B", "dec GB/s", "Mvec/s",
+	       "enc MB/s");
+	static const ann_block_encoding encs[] = { ANN_BLOCK_F32, ANN_BLOCK_F16, ANN_BLOCK_U8,
+		                                   ANN_BLOCK_SQ8 };
 	for (size_t k = 0; k < sizeof encs / sizeof encs[0]; k++) {
 		bool one_byte = encs[k] == ANN_BLOCK_U8 || encs[k] == ANN_BLOCK_SQ8;
 		config base = { .enc = encs[k], .codec = ANN_BLOCK_CODEC_NONE, .level = 3 };
 		run_config(o, ds, &base);
 		for (int dict = 0; dict < 2; dict++) {
 			for (int shuf = 0; shuf < 2; shuf++) {
-				config c = { .enc = encs[k], .shuffle = shuf, .codec = ANN_BLOCK_CODEC_ZSTD, .level = 3,
+				config c = { .enc = encs[k],
+					     .shuffle = shuf,
+					     .codec = ANN_BLOCK_CODEC_ZSTD,
+					     .level = 3,
 					     .dict = dict };
 				run_config(o, ds, &c);
 				if (one_byte && !dict) {
@@ -427,16 +434,21 @@ static void run_dataset(const opts *o, const dataset *ds)
 
 static void run_small(const opts *o, const dataset *ds)
 {
-	printf("\n%s: %zu vectors x %u dims in %zu blocks (%.0f vectors per block)\n", ds->name, ds->n, ds->dim,
-	       ds->nblocks, (double)ds->n / (double)ds->nblocks);
-	printf("%-13s %-4s %-5s %-7s %-5s %-4s %5s %9s %9s %7s %7s %8s %8s %8s\n", "dataset", "enc", "shuf", "codec",
-	       "dict", "ctr", "ctr'd", "B/vec", "disk/vec", "x f32", "id B", "dec GB/s", "Mvec/s", "enc MB/s");
+	printf("\n%s: %zu vectors x %u dims in %zu blocks (%.0f vectors per block)\n", ds->name, ds->n,
+	       ds->dim, ds->nblocks, (double)ds->n / (double)ds->nblocks);
+	printf("%-13s %-4s %-5s %-7s %-5s %-4s %5s %9s %9s %7s %7s %8s %8s %8s\n", "dataset", "enc", "shuf",
+	       "codec", "dict", "ctr", "ctr'd", "B/vec", "disk/vec", "x f32", "id B", "dec GB/s", "Mvec/s",
+	       "enc MB/s");
 	static const config cs[] = {
 		{ .enc = ANN_BLOCK_U8, .codec = ANN_BLOCK_CODEC_NONE, .level = 3 },
 		{ .enc = ANN_BLOCK_U8, .codec = ANN_BLOCK_CODEC_ZSTD, .level = 3 },
 		{ .enc = ANN_BLOCK_U8, .codec = ANN_BLOCK_CODEC_ZSTD, .level = 3, .dict = true },
 		{ .enc = ANN_BLOCK_F32, .shuffle = true, .codec = ANN_BLOCK_CODEC_ZSTD, .level = 3 },
-		{ .enc = ANN_BLOCK_F32, .shuffle = true, .codec = ANN_BLOCK_CODEC_ZSTD, .level = 3, .dict = true },
+		{ .enc = ANN_BLOCK_F32,
+		  .shuffle = true,
+		  .codec = ANN_BLOCK_CODEC_ZSTD,
+		  .level = 3,
+		  .dict = true },
 	};
 	for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++)
 		run_config(o, ds, &cs[k]);
@@ -495,7 +507,8 @@ int main(int argc, char **argv)
 	probe_env(&o, argc, argv);
 	printf("bench_block: commit %s, %s, decode = median of %d runs over all blocks, one warm decoder\n",
 	       o.commit, o.cpu, o.runs);
-	printf("B/vec: header + stored payload per vector; disk/vec: with 4 KiB padding; x f32: (dim*4 + 8) / "
+	printf("B/vec: header + stored payload per vector; disk/vec: with 4 KiB padding; "
+	       "x f32: (dim*4 + 8) / "
 	       "disk/vec;\nctr: centring mode asked, ctr'd: blocks centred; id B: varint id bytes per vector "
 	       "before zstd;\ndec GB/s: decoded vector bytes (float rows for F32/F16/SQ8, u8 rows for U8); "
 	       "enc MB/s: input bytes (u8 for U8, f32 otherwise)\n");

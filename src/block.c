@@ -21,33 +21,34 @@
 /* ---- header layout (FORMAT.md, "Block header") ------------------------------------------ */
 
 enum {
-	H_MAGIC = 0,       /* u32 BLOCK_MAGIC */
-	H_MAJOR = 4,       /* u16 */
-	H_MINOR = 6,       /* u16 */
-	H_HDR_BYTES = 8,   /* u16 header size, >= 80, multiple of 8 */
-	H_ENCODING = 10,   /* u8 ann_block_encoding */
-	H_CODEC = 11,      /* u8 ann_block_codec */
-	H_FLAGS = 12,      /* u16 BLOCK_FLAG_* */
-	H_RESERVED = 14,   /* u16 zero */
-	H_DIM = 16,        /* u32 */
-	H_COUNT = 20,      /* u32 */
-	H_DICT_ID = 24,    /* u32 */
-	H_IDS_BYTES = 28,  /* u32 */
-	H_RAW_BYTES = 32,  /* u64 */
-	H_STORED = 40,     /* u64 */
-	H_PARTITION = 48,  /* u64 */
-	H_GENERATION = 56, /* u64 */
-	H_PAYLOAD_XXH = 64,/* u64 XXH64 of the stored payload */
-	H_HEADER_XXH = 72, /* u64 XXH64 of header bytes [0, header_bytes - 8); last field */
+	H_MAGIC = 0,        /* u32 BLOCK_MAGIC */
+	H_MAJOR = 4,        /* u16 */
+	H_MINOR = 6,        /* u16 */
+	H_HDR_BYTES = 8,    /* u16 header size, >= 80, multiple of 8 */
+	H_ENCODING = 10,    /* u8 ann_block_encoding */
+	H_CODEC = 11,       /* u8 ann_block_codec */
+	H_FLAGS = 12,       /* u16 BLOCK_FLAG_* */
+	H_RESERVED = 14,    /* u16 zero */
+	H_DIM = 16,         /* u32 */
+	H_COUNT = 20,       /* u32 */
+	H_DICT_ID = 24,     /* u32 */
+	H_IDS_BYTES = 28,   /* u32 */
+	H_RAW_BYTES = 32,   /* u64 */
+	H_STORED = 40,      /* u64 */
+	H_PARTITION = 48,   /* u64 */
+	H_GENERATION = 56,  /* u64 */
+	H_PAYLOAD_XXH = 64, /* u64 XXH64 of the stored payload */
+	H_HEADER_XXH = 72,  /* u64 XXH64 of header bytes [0, header_bytes - 8); last field */
 	H_END = 80,
 };
 _Static_assert(H_END == BLOCK_HEADER_BYTES, "block header 1.0 is 80 bytes (FORMAT.md)");
 _Static_assert(H_HEADER_XXH + 8 == H_END, "the header checksum is the header's last field");
 
-#define HDR_BYTES_MAX 4096u  /* a later minor may grow the header up to this */
-#define VARINT_MAX 10u       /* bytes of a 64-bit LEB128 value */
-#define TRAIN_PIECE (16u << 10)
-#define BLOCK_DICT_MIN_BYTES 256 /* ZDICT_DICTSIZE_MIN, which zdict.h hides behind ZDICT_STATIC_LINKING_ONLY */
+#define HDR_BYTES_MAX 4096u /* a later minor may grow the header up to this */
+#define VARINT_MAX    10u   /* bytes of a 64-bit LEB128 value */
+#define TRAIN_PIECE   (16u << 10)
+/* ZDICT_DICTSIZE_MIN, which zdict.h hides behind ZDICT_STATIC_LINKING_ONLY. */
+#define BLOCK_DICT_MIN_BYTES 256
 #define ORDER_FLIP (UINT64_C(1) << 63) /* maps int64 order onto uint64 order */
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -103,7 +104,9 @@ static int grow(uint8_t **p, size_t *cap, size_t need, const char *what, ann_err
 		need = 64;
 	if (*cap >= need && *p)
 		return ANN_OK;
-	size_t n = need > SIZE_MAX / 2 ? need : need + need / 8;
+	if (need > SIZE_MAX / 2)
+		return ann_err(err, ANN_E_NOMEM, "block: %zu bytes for %s exceed the address space", need, what);
+	size_t n = need + need / 8;
 	n = ANN_ALIGN_UP(n, 64);
 	uint8_t *q = ann_aligned_alloc(64, n);
 	if (!q)
@@ -247,10 +250,10 @@ size_t block_padded_size(size_t n, ann_block_pad pad)
 /* ---- dictionaries ----------------------------------------------------------------------- */
 
 struct ann_block_dict {
-	uint32_t id;        /* written into headers, >= 1 */
-	int level;          /* zstd level of cdict, or BLOCK_DICT_DECODE_ONLY */
-	size_t bytes;       /* dictionary size */
-	ZSTD_CDict *cdict;  /* NULL when decode only */
+	uint32_t id;       /* written into headers, >= 1 */
+	int level;         /* zstd level of cdict, or BLOCK_DICT_DECODE_ONLY */
+	size_t bytes;      /* dictionary size */
+	ZSTD_CDict *cdict; /* NULL when decode only */
 	ZSTD_DDict *ddict;
 };
 
@@ -259,8 +262,7 @@ static bool level_ok(int level)
 	return level >= ZSTD_minCLevel() && level <= ZSTD_maxCLevel();
 }
 
-int block_dict_new(uint32_t id, const void *data, size_t len, int level, ann_block_dict **out,
-		   ann_error *err)
+int block_dict_new(uint32_t id, const void *data, size_t len, int level, ann_block_dict **out, ann_error *err)
 {
 	*out = NULL;
 	if (id == 0)
@@ -269,7 +271,7 @@ int block_dict_new(uint32_t id, const void *data, size_t len, int level, ann_blo
 		return ann_err(err, ANN_E_INVAL, "block dictionary %" PRIu32 ": empty", id);
 	if (level != BLOCK_DICT_DECODE_ONLY && !level_ok(level))
 		return ann_err(err, ANN_E_INVAL, "block dictionary %" PRIu32 ": zstd level %d outside %d..%d",
-			       id, level, ZSTD_minCLevel(), ZSTD_maxCLevel());
+		               id, level, ZSTD_minCLevel(), ZSTD_maxCLevel());
 	ann_block_dict *d = ann_calloc(1, sizeof *d);
 	if (!d)
 		return ann_err(err, ANN_E_NOMEM, "block dictionary %" PRIu32 ": out of memory", id);
@@ -284,7 +286,8 @@ int block_dict_new(uint32_t id, const void *data, size_t len, int level, ann_blo
 		 * allocation fails (fixed upstream in 1.5.6, PR #3847), so the CDict uses stdlib
 		 * malloc, whose failure is far rarer than an injected one; block_dict_sizeof counts it. */
 		ZSTD_compressionParameters cp = ZSTD_getCParams(level, 0, len);
-		d->cdict = ZSTD_createCDict_advanced(data, len, ZSTD_dlm_byCopy, ZSTD_dct_auto, cp, ZSTD_defaultCMem);
+		d->cdict = ZSTD_createCDict_advanced(data, len, ZSTD_dlm_byCopy, ZSTD_dct_auto, cp,
+		                                     ZSTD_defaultCMem);
 		if (!d->cdict)
 			goto fail;
 	}
@@ -293,8 +296,10 @@ int block_dict_new(uint32_t id, const void *data, size_t len, int level, ann_blo
 fail:
 	block_dict_free(d);
 	/* zstd reports neither cause; both are allocation failures or a malformed dictionary. */
-	return ann_err(err, ANN_E_NOMEM, "block dictionary %" PRIu32 ": zstd could not load %zu bytes "
-		       "(out of memory or malformed dictionary)", id, len);
+	return ann_err(err, ANN_E_NOMEM,
+	               "block dictionary %" PRIu32 ": zstd could not load %zu bytes "
+	               "(out of memory or malformed dictionary)",
+	               id, len);
 }
 
 void block_dict_free(ann_block_dict *d)
@@ -348,28 +353,33 @@ int block_peek(const void *buf, size_t len, ann_block_info *info, ann_error *err
 	const uint8_t *h = buf;
 	memset(info, 0, sizeof *info);
 	if (!buf || len < H_END)
-		return ann_err(err, ANN_E_CORRUPT, "block header: truncated: %zu bytes, need at least %u", len,
-			       (unsigned)H_END);
+		return ann_err(err, ANN_E_CORRUPT, "block header: truncated: %zu bytes, need at least %u",
+		               len, (unsigned)H_END);
 	uint32_t magic = ann_ld32(h + H_MAGIC);
 	if (magic != BLOCK_MAGIC)
-		return ann_err(err, ANN_E_FORMAT, "block header: bad magic 0x%08" PRIx32 ", expected 0x%08" PRIx32,
-			       magic, (uint32_t)BLOCK_MAGIC);
+		return ann_err(err, ANN_E_FORMAT,
+		               "block header: bad magic 0x%08" PRIx32 ", expected 0x%08" PRIx32, magic,
+		               (uint32_t)BLOCK_MAGIC);
 	unsigned major = ann_ld16(h + H_MAJOR), minor = ann_ld16(h + H_MINOR);
 	if (major != BLOCK_VERSION_MAJOR)
-		return ann_err(err, ANN_E_FORMAT, "block header: format version %u.%u, this reader supports %u.x "
-			       "(up to %u.%u)", major, minor, BLOCK_VERSION_MAJOR, BLOCK_VERSION_MAJOR,
-			       BLOCK_VERSION_MINOR);
+		return ann_err(err, ANN_E_FORMAT,
+		               "block header: format version %u.%u, this reader supports %u.x "
+		               "(up to %u.%u)",
+		               major, minor, BLOCK_VERSION_MAJOR, BLOCK_VERSION_MAJOR, BLOCK_VERSION_MINOR);
 	unsigned hdr = ann_ld16(h + H_HDR_BYTES);
 	if (hdr < H_END || hdr > HDR_BYTES_MAX || hdr % 8 != 0)
-		return ann_err(err, ANN_E_CORRUPT, "block header: header size %u, expected a multiple of 8 in %u..%u",
-			       hdr, (unsigned)H_END, HDR_BYTES_MAX);
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block header: header size %u, expected a multiple of 8 in %u..%u", hdr,
+		               (unsigned)H_END, HDR_BYTES_MAX);
 	if (len < hdr)
-		return ann_err(err, ANN_E_CORRUPT, "block header: truncated: %zu bytes, header size %u", len, hdr);
+		return ann_err(err, ANN_E_CORRUPT, "block header: truncated: %zu bytes, header size %u", len,
+		               hdr);
 	uint64_t want = ann_ld64(h + hdr - 8), got = XXH64(h, hdr - 8, 0);
 	if (want != got)
-		return ann_err(err, ANN_E_CORRUPT, "block header: checksum mismatch (stored %016" PRIx64 ", "
-			       "computed %016" PRIx64 "; header claims partition %" PRIu64 ")", want, got,
-			       ann_ld64(h + H_PARTITION));
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block header: checksum mismatch (stored %016" PRIx64 ", "
+		               "computed %016" PRIx64 "; header claims partition %" PRIu64 ")",
+		               want, got, ann_ld64(h + H_PARTITION));
 
 	info->version_major = (uint16_t)major;
 	info->version_minor = (uint16_t)minor;
@@ -388,17 +398,22 @@ int block_peek(const void *buf, size_t len, ann_block_info *info, ann_error *err
 	unsigned enc = h[H_ENCODING], codec = h[H_CODEC];
 
 	if (!encoding_known(enc))
-		return ann_err(err, ANN_E_FORMAT, "block of partition %" PRIu64 ": unknown encoding %u (format %u.%u)",
-			       part, enc, major, minor);
+		return ann_err(err, ANN_E_FORMAT,
+		               "block of partition %" PRIu64 ": unknown encoding %u (format %u.%u)", part,
+		               enc, major, minor);
 	if (codec != ANN_BLOCK_CODEC_NONE && codec != ANN_BLOCK_CODEC_ZSTD)
-		return ann_err(err, ANN_E_FORMAT, "block of partition %" PRIu64 ": unknown codec %u (format %u.%u)",
-			       part, codec, major, minor);
+		return ann_err(err, ANN_E_FORMAT,
+		               "block of partition %" PRIu64 ": unknown codec %u (format %u.%u)", part, codec,
+		               major, minor);
 	if (info->flags & ~BLOCK_FLAGS_KNOWN)
-		return ann_err(err, ANN_E_FORMAT, "block of partition %" PRIu64 ": unknown flag bits 0x%" PRIx32
-			       " (format %u.%u)", part, info->flags & ~BLOCK_FLAGS_KNOWN, major, minor);
+		return ann_err(err, ANN_E_FORMAT,
+		               "block of partition %" PRIu64 ": unknown flag bits 0x%" PRIx32
+		               " (format %u.%u)",
+		               part, info->flags & ~BLOCK_FLAGS_KNOWN, major, minor);
 	if (ann_ld16(h + H_RESERVED) != 0)
-		return ann_err(err, ANN_E_FORMAT, "block of partition %" PRIu64 ": reserved field is %u, expected 0",
-			       part, ann_ld16(h + H_RESERVED));
+		return ann_err(err, ANN_E_FORMAT,
+		               "block of partition %" PRIu64 ": reserved field is %u, expected 0", part,
+		               ann_ld16(h + H_RESERVED));
 	info->encoding = (ann_block_encoding)enc;
 	info->codec = (ann_block_codec)codec;
 	info->vec_dtype = enc_out_dtype(info->encoding);
@@ -407,40 +422,52 @@ int block_peek(const void *buf, size_t len, ann_block_info *info, ann_error *err
 		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": dimension 0", part);
 	bool has_dict = info->flags & BLOCK_FLAG_DICT;
 	if (has_dict != (info->dict_id != 0) || (has_dict && info->codec != ANN_BLOCK_CODEC_ZSTD))
-		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": dictionary flag %d, id %" PRIu32
-			       ", codec %u are inconsistent", part, has_dict, info->dict_id, codec);
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block of partition %" PRIu64 ": dictionary flag %d, id %" PRIu32
+		               ", codec %u are inconsistent",
+		               part, has_dict, info->dict_id, codec);
 	bool center = info->flags & BLOCK_FLAG_CENTER;
 	if (center && enc_esize(info->encoding) != 1)
-		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": centring flag on %s vectors", part,
-			       encoding_name(enc));
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block of partition %" PRIu64 ": centring flag on %s vectors", part,
+		               encoding_name(enc));
 	uint64_t n = info->count;
 	if (info->ids_bytes < n || info->ids_bytes > n * VARINT_MAX)
-		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": id section of %" PRIu32
-			       " bytes for %" PRIu64 " ids", part, info->ids_bytes, n);
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block of partition %" PRIu64 ": id section of %" PRIu32 " bytes for %" PRIu64
+		               " ids",
+		               part, info->ids_bytes, n);
 	uint64_t elems = n * info->dim; /* < 2^64: both factors < 2^32 */
 	uint64_t vec_bytes, raw;
-	uint64_t params = (info->encoding == ANN_BLOCK_SQ8 ? 8 * (uint64_t)info->dim : 0) +
-			  (center ? info->dim : 0);
+	uint64_t params =
+	        (info->encoding == ANN_BLOCK_SQ8 ? 8 * (uint64_t)info->dim : 0) + (center ? info->dim : 0);
 	if (__builtin_mul_overflow(elems, (uint64_t)enc_esize(info->encoding), &vec_bytes) ||
 	    __builtin_add_overflow(vec_bytes, params + info->ids_bytes, &raw) || raw != info->raw_bytes)
-		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": raw payload length %" PRIu64
-			       " does not match %" PRIu64 " x %" PRIu32 " %s vectors and %" PRIu32 " id bytes", part,
-			       info->raw_bytes, n, info->dim, encoding_name(enc), info->ids_bytes);
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block of partition %" PRIu64 ": raw payload length %" PRIu64
+		               " does not match %" PRIu64 " x %" PRIu32 " %s vectors and %" PRIu32
+		               " id bytes",
+		               part, info->raw_bytes, n, info->dim, encoding_name(enc), info->ids_bytes);
 	if (info->codec == ANN_BLOCK_CODEC_NONE && info->stored_bytes != info->raw_bytes)
-		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": uncompressed payload stores %"
-			       PRIu64 " bytes, raw length is %" PRIu64, part, info->stored_bytes, info->raw_bytes);
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block of partition %" PRIu64 ": uncompressed payload stores %" PRIu64
+		               " bytes, raw length is %" PRIu64,
+		               part, info->stored_bytes, info->raw_bytes);
 	uint64_t unpadded;
 	size_t total = 0;
 	if (!__builtin_add_overflow(info->stored_bytes, (uint64_t)hdr, &unpadded) && unpadded <= SIZE_MAX)
-		total = block_padded_size((size_t)unpadded, (info->flags & BLOCK_FLAG_PAD_LMDB) ?
-							    ANN_BLOCK_PAD_LMDB : ANN_BLOCK_PAD_FILE);
+		total = block_padded_size((size_t)unpadded, (info->flags & BLOCK_FLAG_PAD_LMDB)
+		                                                    ? ANN_BLOCK_PAD_LMDB
+		                                                    : ANN_BLOCK_PAD_FILE);
 	if (total == 0)
-		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": stored length %" PRIu64
-			       " is too large", part, info->stored_bytes);
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block of partition %" PRIu64 ": stored length %" PRIu64 " is too large", part,
+		               info->stored_bytes);
 	info->total_bytes = total;
 	size_t oes = info->vec_dtype == ANN_DTYPE_F32 ? 4 : 1;
 	if (elems > SIZE_MAX / oes || n > SIZE_MAX / 8)
-		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": decoded size overflows", part);
+		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": decoded size overflows",
+		               part);
 	info->ids_out_bytes = (size_t)n * 8;
 	info->vec_out_bytes = (size_t)elems * oes;
 	return ANN_OK;
@@ -450,17 +477,17 @@ int block_peek(const void *buf, size_t len, ann_block_info *info, ann_error *err
 
 struct ann_block_enc {
 	ZSTD_CCtx *cctx;
-	uint8_t *raw;    /* raw payload being built */
+	uint8_t *raw; /* raw payload being built */
 	size_t raw_cap;
-	uint8_t *codes;  /* converted vectors, row-major, in id order */
+	uint8_t *codes; /* converted vectors, row-major, in id order */
 	size_t codes_cap;
-	uint8_t *z;      /* compressed payload */
+	uint8_t *z; /* compressed payload */
 	size_t z_cap;
-	uint8_t *z2;     /* the second candidate when centring is tried */
+	uint8_t *z2; /* the second candidate when centring is tried */
 	size_t z2_cap;
-	uint8_t *order;  /* sort pairs, then the permutation */
+	uint8_t *order; /* sort pairs, then the permutation */
 	size_t order_cap;
-	uint8_t *aux;    /* SQ8 parameters (2 * dim floats), then dim reference bytes */
+	uint8_t *aux; /* SQ8 parameters (2 * dim floats), then dim reference bytes */
 	size_t aux_cap;
 };
 
@@ -541,13 +568,14 @@ static inline double in_elem(const void *v, ann_dtype t, size_t i)
 
 static int bad_value(ann_error *err, size_t s, const int64_t *ids, uint32_t j, double x, const char *why)
 {
-	return ann_err(err, ANN_E_INVAL, "block encode: vector %zu (id %" PRId64 "), dim %" PRIu32
-		       ": value %.9g %s", s, ids[s], j, x, why);
+	return ann_err(err, ANN_E_INVAL,
+	               "block encode: vector %zu (id %" PRId64 "), dim %" PRIu32 ": value %.9g %s", s, ids[s],
+	               j, x, why);
 }
 
 /* Converts input row s into dim stored elements (little-endian) at out; SQ8 gives codes. */
 static int encode_row(ann_block_encoding enc, ann_dtype in, const void *vectors, size_t s, uint32_t dim,
-		      const float *sq, const int64_t *ids, uint8_t *out, ann_error *err)
+                      const float *sq, const int64_t *ids, uint8_t *out, ann_error *err)
 {
 	size_t base = s * dim;
 	for (uint32_t j = 0; j < dim; j++) {
@@ -587,7 +615,7 @@ static int encode_row(ann_block_encoding enc, ann_dtype in, const void *vectors,
 
 /* Per-dimension SQ8 parameters: sq[j] = min, sq[dim + j] = (max - min) / 255. */
 static int sq8_params(ann_dtype in, const void *vectors, size_t count, uint32_t dim, const int64_t *ids,
-		      float *sq, ann_error *err)
+                      float *sq, ann_error *err)
 {
 	for (uint32_t j = 0; j < dim; j++) {
 		double lo = INFINITY, hi = -INFINITY;
@@ -604,8 +632,9 @@ static int sq8_params(ann_dtype in, const void *vectors, size_t count, uint32_t 
 		/* The float offset may sit above the true minimum; the codes clamp at 0 then, and
 		 * the error stays within half a step plus the rounding of off. */
 		if (!isfinite(scale) || !isfinite(off + 255.0f * scale))
-			return ann_err(err, ANN_E_INVAL, "block encode: dim %" PRIu32 ": range %g..%g too wide for SQ8",
-				       j, lo, hi);
+			return ann_err(err, ANN_E_INVAL,
+			               "block encode: dim %" PRIu32 ": range %g..%g too wide for SQ8", j, lo,
+			               hi);
 		sq[j] = off;
 		sq[dim + j] = scale;
 	}
@@ -613,7 +642,7 @@ static int sq8_params(ann_dtype in, const void *vectors, size_t count, uint32_t 
 }
 
 static int check_params(const ann_block_params *p, uint32_t dim, size_t count, const int64_t *ids,
-			const void *vectors, ann_dtype vt, ann_error *err)
+                        const void *vectors, ann_dtype vt, ann_error *err)
 {
 	if (!p)
 		return ann_err(err, ANN_E_INVAL, "block encode: no parameters");
@@ -628,27 +657,31 @@ static int check_params(const ann_block_params *p, uint32_t dim, size_t count, c
 		return ann_err(err, ANN_E_INVAL, "block encode: unknown centring mode %d", (int)p->center);
 	if (p->codec == ANN_BLOCK_CODEC_ZSTD && !level_ok(p->level))
 		return ann_err(err, ANN_E_INVAL, "block encode: zstd level %d outside %d..%d", p->level,
-			       ZSTD_minCLevel(), ZSTD_maxCLevel());
+		               ZSTD_minCLevel(), ZSTD_maxCLevel());
 	if (p->dict) {
 		if (p->codec != ANN_BLOCK_CODEC_ZSTD)
 			return ann_err(err, ANN_E_INVAL, "block encode: a dictionary needs codec zstd");
 		if (!p->dict->cdict)
-			return ann_err(err, ANN_E_INVAL, "block encode: dictionary %" PRIu32 " was loaded decode-only",
-				       p->dict->id);
+			return ann_err(err, ANN_E_INVAL,
+			               "block encode: dictionary %" PRIu32 " was loaded decode-only",
+			               p->dict->id);
 		if (p->dict->level != p->level)
-			return ann_err(err, ANN_E_INVAL, "block encode: dictionary %" PRIu32 " was prepared for zstd "
-				       "level %d, params ask for %d", p->dict->id, p->dict->level, p->level);
+			return ann_err(err, ANN_E_INVAL,
+			               "block encode: dictionary %" PRIu32 " was prepared for zstd "
+			               "level %d, params ask for %d",
+			               p->dict->id, p->dict->level, p->level);
 	}
 	if (dim == 0)
 		return ann_err(err, ANN_E_INVAL, "block encode: dimension 0");
 	if (count > UINT32_MAX)
-		return ann_err(err, ANN_E_INVAL, "block encode: %zu vectors, at most %" PRIu32 " per block", count,
-			       UINT32_MAX);
+		return ann_err(err, ANN_E_INVAL, "block encode: %zu vectors, at most %" PRIu32 " per block",
+		               count, UINT32_MAX);
 	if (vt != ANN_DTYPE_F32 && vt != ANN_DTYPE_U8 && vt != ANN_DTYPE_I8)
-		return ann_err(err, ANN_E_INVAL, "block encode: input element type %d, expected F32, U8 or I8",
-			       (int)vt);
+		return ann_err(err, ANN_E_INVAL,
+		               "block encode: input element type %d, expected F32, U8 or I8", (int)vt);
 	if (count > 0 && (!ids || !vectors))
-		return ann_err(err, ANN_E_INVAL, "block encode: %zu vectors but no %s", count, ids ? "vectors" : "ids");
+		return ann_err(err, ANN_E_INVAL, "block encode: %zu vectors but no %s", count,
+		               ids ? "vectors" : "ids");
 	return ANN_OK;
 }
 
@@ -671,13 +704,14 @@ static void code_medians(const uint8_t *codes, size_t count, size_t dim, bool is
 /* Lays out the row-major codes (count x dim elements of es bytes) as the vector section:
  * optionally centred (1-byte: minus ref[j], modulo 256), then shuffled or not. */
 static void layout_vectors(const uint8_t *codes, size_t count, size_t dim, size_t es, bool shuffle,
-			   const uint8_t *ref, uint8_t *vec)
+                           const uint8_t *ref, uint8_t *vec)
 {
 	size_t elems = count * dim;
 	if (es == 1 && ref) {
 		for (size_t r = 0; r < count; r++)
 			for (size_t j = 0; j < dim; j++)
-				vec[shuffle ? j * count + r : r * dim + j] = (uint8_t)(codes[r * dim + j] - ref[j]);
+				vec[shuffle ? j * count + r : r * dim + j] =
+				        (uint8_t)(codes[r * dim + j] - ref[j]);
 	} else if (!shuffle) {
 		memcpy(vec, codes, elems * es);
 	} else if (es == 1) {
@@ -692,7 +726,7 @@ static void layout_vectors(const uint8_t *codes, size_t count, size_t dim, size_
 }
 
 static int zstd_compress(ann_block_enc *e, const ann_block_params *p, const uint8_t *raw, size_t raw_bytes,
-			 uint8_t **z, size_t *z_cap, size_t *z_bytes, uint64_t partition, ann_error *err)
+                         uint8_t **z, size_t *z_cap, size_t *z_bytes, uint64_t partition, ann_error *err)
 {
 	size_t bound = ZSTD_compressBound(raw_bytes);
 	if (ZSTD_isError(bound))
@@ -701,7 +735,7 @@ static int zstd_compress(ann_block_enc *e, const ann_block_params *p, const uint
 	size_t zr = ZSTD_CCtx_reset(e->cctx, ZSTD_reset_session_and_parameters);
 	if (!ZSTD_isError(zr))
 		zr = p->dict ? ZSTD_CCtx_refCDict(e->cctx, p->dict->cdict)
-			     : ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_compressionLevel, p->level);
+		             : ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_compressionLevel, p->level);
 	if (!ZSTD_isError(zr))
 		zr = ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_checksumFlag, 1);
 	if (!ZSTD_isError(zr))
@@ -709,16 +743,18 @@ static int zstd_compress(ann_block_enc *e, const ann_block_params *p, const uint
 	if (!ZSTD_isError(zr))
 		zr = ZSTD_compress2(e->cctx, *z, *z_cap, raw, raw_bytes);
 	if (ZSTD_isError(zr))
-		return ann_err(err, ZSTD_getErrorCode(zr) == ZSTD_error_memory_allocation ? ANN_E_NOMEM
-											  : ANN_E_UNSUPPORTED,
-			       "block encode: partition %" PRIu64 ": zstd: %s", partition, ZSTD_getErrorName(zr));
+		return ann_err(err,
+		               ZSTD_getErrorCode(zr) == ZSTD_error_memory_allocation ? ANN_E_NOMEM
+		                                                                     : ANN_E_UNSUPPORTED,
+		               "block encode: partition %" PRIu64 ": zstd: %s", partition,
+		               ZSTD_getErrorName(zr));
 	*z_bytes = zr;
 	return ANN_OK;
 }
 
 static int encode_with(ann_block_enc *e, const ann_block_params *p, uint32_t dim, size_t count,
-		       const int64_t *ids, const void *vectors, ann_dtype vt, uint64_t partition,
-		       uint64_t generation, uint8_t **out, size_t *out_len, ann_error *err)
+                       const int64_t *ids, const void *vectors, ann_dtype vt, uint64_t partition,
+                       uint64_t generation, uint8_t **out, size_t *out_len, ann_error *err)
 {
 	ann_block_encoding enc = p->encoding;
 	size_t es = enc_esize(enc);
@@ -726,8 +762,9 @@ static int encode_with(ann_block_enc *e, const ann_block_params *p, uint32_t dim
 	size_t params = enc == ANN_BLOCK_SQ8 ? 8 * (size_t)dim : 0;
 	if (!ann_mul_ok(count, dim, &elems) || !ann_mul_ok(elems, es, &vec_bytes) ||
 	    __builtin_add_overflow(vec_bytes, params + dim + count * VARINT_MAX, &raw_bound))
-		return ann_err(err, ANN_E_INVAL, "block encode: %zu x %" PRIu32 " vectors overflow the address space",
-			       count, dim);
+		return ann_err(err, ANN_E_INVAL,
+		               "block encode: %zu x %" PRIu32 " vectors overflow the address space", count,
+		               dim);
 
 	/* Order: identity when the ids already ascend (the common case when a partition is
 	 * filled by streaming the input), else a stable sort of (id, index). */
@@ -765,7 +802,8 @@ static int encode_with(ann_block_enc *e, const ann_block_params *p, uint32_t dim
 		prev = key;
 	}
 	if (ids_bytes > UINT32_MAX)
-		return ann_err(err, ANN_E_INVAL, "block encode: id section of %zu bytes exceeds 4 GiB", ids_bytes);
+		return ann_err(err, ANN_E_INVAL, "block encode: id section of %zu bytes exceeds 4 GiB",
+		               ids_bytes);
 
 	float *sq = (float *)(void *)e->aux; /* 2 * dim floats, then dim reference bytes */
 	uint8_t *ref = e->aux + 8 * (size_t)dim;
@@ -776,7 +814,8 @@ static int encode_with(ann_block_enc *e, const ann_block_params *p, uint32_t dim
 	}
 	size_t row_bytes = (size_t)dim * es;
 	for (size_t r = 0; r < count; r++)
-		ANN_TRY(encode_row(enc, vt, vectors, perm ? perm[r] : r, dim, sq, ids, e->codes + r * row_bytes, err));
+		ANN_TRY(encode_row(enc, vt, vectors, perm ? perm[r] : r, dim, sq, ids,
+		                   e->codes + r * row_bytes, err));
 
 	/* Centring pays for zstd on clustered data and loses on some (images full of zeros), so
 	 * AUTO compresses both layouts and keeps the smaller. */
@@ -824,13 +863,15 @@ static int encode_with(ann_block_enc *e, const ann_block_params *p, uint32_t dim
 		return ann_err(err, ANN_E_INVAL, "block encode: %zu payload bytes overflow", stored_bytes);
 	uint8_t *blk = ann_aligned_alloc(ANN_PAGE, total);
 	if (!blk)
-		return ann_err(err, ANN_E_NOMEM, "block encode: partition %" PRIu64 ": cannot allocate %zu bytes",
-			       partition, total);
+		return ann_err(err, ANN_E_NOMEM,
+		               "block encode: partition %" PRIu64 ": cannot allocate %zu bytes", partition,
+		               total);
 	ann_block_info hi = {
 		.encoding = enc,
 		.codec = p->codec,
 		.flags = (p->shuffle ? BLOCK_FLAG_SHUFFLE : 0) | (p->dict ? BLOCK_FLAG_DICT : 0) |
-			 (p->pad == ANN_BLOCK_PAD_LMDB ? BLOCK_FLAG_PAD_LMDB : 0) | (center ? BLOCK_FLAG_CENTER : 0),
+		         (p->pad == ANN_BLOCK_PAD_LMDB ? BLOCK_FLAG_PAD_LMDB : 0) |
+		         (center ? BLOCK_FLAG_CENTER : 0),
 		.dim = dim,
 		.count = (uint32_t)count,
 		.dict_id = p->dict ? p->dict->id : 0,
@@ -850,8 +891,8 @@ static int encode_with(ann_block_enc *e, const ann_block_params *p, uint32_t dim
 }
 
 int block_encode(ann_block_enc *enc, const ann_block_params *p, uint32_t dim, size_t count,
-		 const int64_t *ids, const void *vectors, ann_dtype vec_dtype, uint64_t partition,
-		 uint64_t generation, uint8_t **out, size_t *out_len, ann_error *err)
+                 const int64_t *ids, const void *vectors, ann_dtype vec_dtype, uint64_t partition,
+                 uint64_t generation, uint8_t **out, size_t *out_len, ann_error *err)
 {
 	*out = NULL;
 	*out_len = 0;
@@ -862,7 +903,7 @@ int block_encode(ann_block_enc *enc, const ann_block_params *p, uint32_t dim, si
 		enc = tmp;
 	}
 	int rc = encode_with(enc, p, dim, count, ids, vectors, vec_dtype, partition, generation, out, out_len,
-			     err);
+	                     err);
 	block_enc_free(tmp);
 	return rc;
 }
@@ -871,14 +912,14 @@ int block_encode(ann_block_enc *enc, const ann_block_params *p, uint32_t dim, si
 
 struct ann_block_dec {
 	ZSTD_DCtx *dctx;
-	size_t max_decoded;  /* limit on raw payload and on decoded ids + vectors, bytes */
-	uint8_t *raw;        /* decompressed payload */
+	size_t max_decoded; /* limit on raw payload and on decoded ids + vectors, bytes */
+	uint8_t *raw;       /* decompressed payload */
 	size_t raw_cap;
-	uint8_t *ids;        /* block_decode's id output */
+	uint8_t *ids; /* block_decode's id output */
 	size_t ids_cap;
-	uint8_t *vec;        /* block_decode's vector output */
+	uint8_t *vec; /* block_decode's vector output */
 	size_t vec_cap;
-	uint8_t *tile;       /* SQ8 shuffle: TILE rows of codes */
+	uint8_t *tile; /* SQ8 shuffle: TILE rows of codes */
 	size_t tile_cap;
 };
 
@@ -998,7 +1039,7 @@ static void cols_to_rows(const uint8_t *col, size_t count, size_t dim, size_t i0
 }
 
 static void sq8_row(const uint8_t *code, const float *off, const float *scale, const uint8_t *ref, size_t dim,
-		    uint8_t *out)
+                    uint8_t *out)
 {
 	for (size_t j = 0; j < dim; j++)
 		st_f32(out + 4 * j, off[j] + scale[j] * (float)(uint8_t)(code[j] + ref[j]));
@@ -1014,7 +1055,7 @@ static void add_ref_row(uint8_t *out, const uint8_t *in, const uint8_t *ref, siz
 /* Decodes the vector section vs (count x dim stored elements) into out. ref: the dim
  * reference bytes of a centred block, else NULL; sq: the SQ8 parameters, else NULL. */
 static int decode_vectors(ann_block_dec *d, const ann_block_info *in, const uint8_t *vs, const uint8_t *ref,
-			  const uint8_t *sq, uint8_t *out, ann_error *err)
+                          const uint8_t *sq, uint8_t *out, ann_error *err)
 {
 	size_t count = in->count, dim = in->dim, n = count * dim;
 	bool shuf = in->flags & BLOCK_FLAG_SHUFFLE;
@@ -1032,8 +1073,8 @@ static int decode_vectors(ann_block_dec *d, const ann_block_info *in, const uint
 		} else {
 			const uint8_t *p0 = vs, *p1 = vs + n, *p2 = vs + 2 * n, *p3 = vs + 3 * n;
 			for (size_t i = 0; i < n; i++)
-				st_u32(out + 4 * i, (uint32_t)p0[i] | (uint32_t)p1[i] << 8 | (uint32_t)p2[i] << 16 |
-							    (uint32_t)p3[i] << 24);
+				st_u32(out + 4 * i, (uint32_t)p0[i] | (uint32_t)p1[i] << 8 |
+				                            (uint32_t)p2[i] << 16 | (uint32_t)p3[i] << 24);
 		}
 		break;
 	case ANN_BLOCK_F16:
@@ -1075,9 +1116,10 @@ static int decode_vectors(ann_block_dec *d, const ann_block_info *in, const uint
 			scale[j] = ann_ldf32(sq + 4 * (dim + j));
 			r8[j] = ref ? ref[j] : 0;
 			if (!isfinite(off[j]) || !(scale[j] >= 0) || !isfinite(off[j] + 255.0f * scale[j]))
-				return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": SQ8 dim %zu: offset "
-					       "%g, scale %g are not finite and non-negative", in->partition, j,
-					       (double)off[j], (double)scale[j]);
+				return ann_err(err, ANN_E_CORRUPT,
+				               "block of partition %" PRIu64 ": SQ8 dim %zu: offset "
+				               "%g, scale %g are not finite and non-negative",
+				               in->partition, j, (double)off[j], (double)scale[j]);
 		}
 		if (!shuf) {
 			for (size_t i = 0; i < count; i++)
@@ -1087,7 +1129,8 @@ static int decode_vectors(ann_block_dec *d, const ann_block_info *in, const uint
 				size_t nr = ANN_MIN((size_t)TILE, count - i0);
 				cols_to_rows(vs, count, dim, i0, nr, d->tile);
 				for (size_t i = 0; i < nr; i++)
-					sq8_row(d->tile + i * dim, off, scale, r8, dim, out + 4 * (i0 + i) * dim);
+					sq8_row(d->tile + i * dim, off, scale, r8, dim,
+					        out + 4 * (i0 + i) * dim);
 			}
 		}
 		break;
@@ -1102,21 +1145,25 @@ static int decode_ids(const ann_block_info *in, const uint8_t *p, int64_t *ids, 
 	uint64_t v, key = 0;
 	for (uint32_t i = 0; i < in->count; i++) {
 		if (!get_varint(&p, end, &v))
-			return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": id %" PRIu32 " of %" PRIu32
-				       ": bad varint", in->partition, i, in->count);
+			return ann_err(err, ANN_E_CORRUPT,
+			               "block of partition %" PRIu64 ": id %" PRIu32 " of %" PRIu32
+			               ": bad varint",
+			               in->partition, i, in->count);
 		if (i == 0) {
 			ids[0] = unzigzag(v);
 			key = (uint64_t)ids[0] ^ ORDER_FLIP;
 			continue;
 		}
 		if (__builtin_add_overflow(key, v, &key))
-			return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": id %" PRIu32 " overflows",
-				       in->partition, i);
+			return ann_err(err, ANN_E_CORRUPT,
+			               "block of partition %" PRIu64 ": id %" PRIu32 " overflows",
+			               in->partition, i);
 		ids[i] = from_key(key);
 	}
 	if (p != end)
-		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": id section has %td trailing bytes",
-			       in->partition, end - p);
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block of partition %" PRIu64 ": id section has %td trailing bytes",
+		               in->partition, end - p);
 	return ANN_OK;
 }
 
@@ -1125,20 +1172,24 @@ static int check_limit(const ann_block_dec *d, const ann_block_info *in, ann_err
 {
 	if (in->raw_bytes > d->max_decoded || in->ids_out_bytes > d->max_decoded ||
 	    in->vec_out_bytes > d->max_decoded - in->ids_out_bytes)
-		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": decodes to %" PRIu64 " raw and "
-			       "%zu + %zu output bytes, above this decoder's limit of %zu bytes", in->partition,
-			       in->raw_bytes, in->ids_out_bytes, in->vec_out_bytes, d->max_decoded);
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block of partition %" PRIu64 ": decodes to %" PRIu64 " raw and "
+		               "%zu + %zu output bytes, above this decoder's limit of %zu bytes",
+		               in->partition, in->raw_bytes, in->ids_out_bytes, in->vec_out_bytes,
+		               d->max_decoded);
 	return ANN_OK;
 }
 
 /* Everything after the header check. */
 static int decode_payload(ann_block_dec *d, const uint8_t *b, size_t len, const ann_block_dict *dict,
-			  const ann_block_info *in, int64_t *ids, uint8_t *vec, ann_error *err)
+                          const ann_block_info *in, int64_t *ids, uint8_t *vec, ann_error *err)
 {
 	uint64_t part = in->partition;
 	if (len < in->total_bytes)
-		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": truncated: %zu bytes, header "
-			       "says %" PRIu64, part, len, in->total_bytes);
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block of partition %" PRIu64 ": truncated: %zu bytes, header "
+		               "says %" PRIu64,
+		               part, len, in->total_bytes);
 	size_t pay_end = (size_t)(in->header_bytes + in->stored_bytes);
 	uint64_t nz = 0;
 	size_t i = pay_end;
@@ -1147,37 +1198,48 @@ static int decode_payload(ann_block_dec *d, const uint8_t *b, size_t len, const 
 	for (; i < in->total_bytes; i++)
 		nz |= b[i];
 	if (nz)
-		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": padding after byte %zu is not zero",
-			       part, pay_end);
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block of partition %" PRIu64 ": padding after byte %zu is not zero", part,
+		               pay_end);
 	ANN_TRY(check_limit(d, in, err));
 	if (in->flags & BLOCK_FLAG_DICT) {
 		if (!dict)
-			return ann_err(err, ANN_E_NOTFOUND, "block of partition %" PRIu64 ": needs zstd dictionary %"
-				       PRIu32 ", none given", part, in->dict_id);
+			return ann_err(err, ANN_E_NOTFOUND,
+			               "block of partition %" PRIu64 ": needs zstd dictionary %" PRIu32
+			               ", none given",
+			               part, in->dict_id);
 		if (dict->id != in->dict_id)
-			return ann_err(err, ANN_E_NOTFOUND, "block of partition %" PRIu64 ": needs zstd dictionary %"
-				       PRIu32 ", given dictionary %" PRIu32, part, in->dict_id, dict->id);
+			return ann_err(err, ANN_E_NOTFOUND,
+			               "block of partition %" PRIu64 ": needs zstd dictionary %" PRIu32
+			               ", given dictionary %" PRIu32,
+			               part, in->dict_id, dict->id);
 	}
 	const uint8_t *stored = b + in->header_bytes;
 	uint64_t h = XXH64(stored, (size_t)in->stored_bytes, 0);
 	if (h != in->payload_xxh64)
-		return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": payload checksum mismatch "
-			       "(stored %016" PRIx64 ", computed %016" PRIx64 ")", part, in->payload_xxh64, h);
+		return ann_err(err, ANN_E_CORRUPT,
+		               "block of partition %" PRIu64 ": payload checksum mismatch "
+		               "(stored %016" PRIx64 ", computed %016" PRIx64 ")",
+		               part, in->payload_xxh64, h);
 	const uint8_t *raw = stored;
 	if (in->codec == ANN_BLOCK_CODEC_ZSTD) {
 		ANN_TRY(grow(&d->raw, &d->raw_cap, (size_t)in->raw_bytes, "decompressed payload", err));
 		size_t r = (in->flags & BLOCK_FLAG_DICT)
-				   ? ZSTD_decompress_usingDDict(d->dctx, d->raw, (size_t)in->raw_bytes, stored,
-								(size_t)in->stored_bytes, dict->ddict)
-				   : ZSTD_decompressDCtx(d->dctx, d->raw, (size_t)in->raw_bytes, stored,
-							 (size_t)in->stored_bytes);
+		                   ? ZSTD_decompress_usingDDict(d->dctx, d->raw, (size_t)in->raw_bytes,
+		                                                stored, (size_t)in->stored_bytes, dict->ddict)
+		                   : ZSTD_decompressDCtx(d->dctx, d->raw, (size_t)in->raw_bytes, stored,
+		                                         (size_t)in->stored_bytes);
 		if (ZSTD_isError(r))
-			return ann_err(err, ZSTD_getErrorCode(r) == ZSTD_error_memory_allocation ? ANN_E_NOMEM
-												 : ANN_E_CORRUPT,
-				       "block of partition %" PRIu64 ": zstd: %s", part, ZSTD_getErrorName(r));
+			return ann_err(err,
+			               ZSTD_getErrorCode(r) == ZSTD_error_memory_allocation ? ANN_E_NOMEM
+			                                                                    : ANN_E_CORRUPT,
+			               "block of partition %" PRIu64 ": zstd: %s", part,
+			               ZSTD_getErrorName(r));
 		if (r != in->raw_bytes)
-			return ann_err(err, ANN_E_CORRUPT, "block of partition %" PRIu64 ": zstd gave %zu bytes, header "
-				       "says %" PRIu64, part, r, in->raw_bytes);
+			return ann_err(err, ANN_E_CORRUPT,
+			               "block of partition %" PRIu64 ": zstd gave %zu bytes, header "
+			               "says %" PRIu64,
+			               part, r, in->raw_bytes);
 		raw = d->raw;
 	}
 	ANN_TRY(decode_ids(in, raw, ids, err));
@@ -1188,22 +1250,22 @@ static int decode_payload(ann_block_dec *d, const uint8_t *b, size_t len, const 
 	return decode_vectors(d, in, vs, (in->flags & BLOCK_FLAG_CENTER) ? ref : NULL, sq, vec, err);
 }
 
-int block_decode_into(ann_block_dec *d, const void *buf, size_t len, const ann_block_dict *dict,
-		      int64_t *ids, size_t ids_cap, void *vectors, size_t vec_cap, ann_block_info *info,
-		      ann_error *err)
+int block_decode_into(ann_block_dec *d, const void *buf, size_t len, const ann_block_dict *dict, int64_t *ids,
+                      size_t ids_cap, void *vectors, size_t vec_cap, ann_block_info *info, ann_error *err)
 {
 	ann_block_info tmp, *in = info ? info : &tmp;
 	ANN_TRY(block_peek(buf, len, in, err));
 	if (ids_cap < in->ids_out_bytes || vec_cap < in->vec_out_bytes ||
 	    (in->count > 0 && (!ids || !vectors)))
-		return ann_err(err, ANN_E_INVAL, "block of partition %" PRIu64 ": output buffers of %zu and %zu bytes,"
-			       " need %zu and %zu", in->partition, ids_cap, vec_cap, in->ids_out_bytes,
-			       in->vec_out_bytes);
+		return ann_err(err, ANN_E_INVAL,
+		               "block of partition %" PRIu64 ": output buffers of %zu and %zu bytes,"
+		               " need %zu and %zu",
+		               in->partition, ids_cap, vec_cap, in->ids_out_bytes, in->vec_out_bytes);
 	return decode_payload(d, buf, len, dict, in, ids, vectors, err);
 }
 
 int block_decode(ann_block_dec *d, const void *buf, size_t len, const ann_block_dict *dict,
-		 ann_block_view *out, ann_error *err)
+                 ann_block_view *out, ann_error *err)
 {
 	memset(out, 0, sizeof *out);
 	ann_block_info *in = &out->info;
@@ -1222,14 +1284,14 @@ int block_decode(ann_block_dec *d, const void *buf, size_t len, const ann_block_
 
 /* ---- dictionary training ---------------------------------------------------------------- */
 
-int block_dict_train(const uint8_t *const *blocks, const size_t *block_lens, size_t nblocks,
-		     size_t capacity, uint8_t **out, size_t *out_len, ann_error *err)
+int block_dict_train(const uint8_t *const *blocks, const size_t *block_lens, size_t nblocks, size_t capacity,
+                     uint8_t **out, size_t *out_len, ann_error *err)
 {
 	*out = NULL;
 	*out_len = 0;
 	if (capacity < BLOCK_DICT_MIN_BYTES)
-		return ann_err(err, ANN_E_INVAL, "block dictionary: capacity %zu below zstd's minimum %d", capacity,
-			       BLOCK_DICT_MIN_BYTES);
+		return ann_err(err, ANN_E_INVAL, "block dictionary: capacity %zu below zstd's minimum %d",
+		               capacity, BLOCK_DICT_MIN_BYTES);
 	size_t total = 0, pieces = 0;
 	ann_block_info first = { 0 };
 	for (size_t k = 0; k < nblocks; k++) {
@@ -1238,25 +1300,29 @@ int block_dict_train(const uint8_t *const *blocks, const size_t *block_lens, siz
 		if (rc < 0)
 			return ann_err_prefix(err, rc, "dictionary sample %zu", k);
 		if (in.codec != ANN_BLOCK_CODEC_NONE)
-			return ann_err(err, ANN_E_INVAL, "dictionary sample %zu: compressed; samples must use codec NONE", k);
+			return ann_err(err, ANN_E_INVAL,
+			               "dictionary sample %zu: compressed; samples must use codec NONE", k);
 		if (block_lens[k] - in.header_bytes < in.stored_bytes)
 			return ann_err(err, ANN_E_INVAL, "dictionary sample %zu: truncated", k);
 		if (k == 0)
 			first = in;
-		if (in.encoding != first.encoding || (in.flags & BLOCK_FLAG_SHUFFLE) != (first.flags & BLOCK_FLAG_SHUFFLE))
-			return ann_err(err, ANN_E_INVAL, "dictionary sample %zu: encoding or shuffle differs from sample 0", k);
+		if (in.encoding != first.encoding ||
+		    (in.flags & BLOCK_FLAG_SHUFFLE) != (first.flags & BLOCK_FLAG_SHUFFLE))
+			return ann_err(err, ANN_E_INVAL,
+			               "dictionary sample %zu: encoding or shuffle differs from sample 0", k);
 		total += (size_t)in.stored_bytes;
 		pieces += ((size_t)in.stored_bytes + TRAIN_PIECE - 1) / TRAIN_PIECE;
 	}
 	if (pieces == 0 || pieces > UINT32_MAX)
-		return ann_err(err, ANN_E_INVAL, "block dictionary: %zu training pieces from %zu samples", pieces,
-			       nblocks);
+		return ann_err(err, ANN_E_INVAL, "block dictionary: %zu training pieces from %zu samples",
+		               pieces, nblocks);
 	int rc = ANN_OK;
 	uint8_t *cat = ann_malloc(total);
 	size_t *sizes = ann_malloc(pieces * sizeof *sizes);
 	uint8_t *dict = ann_malloc(capacity);
 	if (!cat || !sizes || !dict) {
-		rc = ann_err(err, ANN_E_NOMEM, "block dictionary: cannot allocate %zu bytes of samples", total);
+		rc = ann_err(err, ANN_E_NOMEM, "block dictionary: cannot allocate %zu bytes of samples",
+		             total);
 		goto fail;
 	}
 	size_t at = 0, np = 0;
@@ -1269,8 +1335,10 @@ int block_dict_train(const uint8_t *const *blocks, const size_t *block_lens, siz
 	}
 	size_t r = ZDICT_trainFromBuffer(dict, capacity, cat, sizes, (unsigned)np);
 	if (ZDICT_isError(r)) {
-		rc = ann_err(err, ANN_E_UNSUPPORTED, "block dictionary: zstd could not train on %zu bytes in %zu "
-			     "pieces: %s", total, np, ZDICT_getErrorName(r));
+		rc = ann_err(err, ANN_E_UNSUPPORTED,
+		             "block dictionary: zstd could not train on %zu bytes in %zu "
+		             "pieces: %s",
+		             total, np, ZDICT_getErrorName(r));
 		goto fail;
 	}
 	ann_free(cat);

@@ -19,9 +19,12 @@
  * of its major and refuses another major with ANN_E_FORMAT. */
 #define BLOCK_VERSION_MAJOR 1
 #define BLOCK_VERSION_MINOR 0
-#define BLOCK_MAGIC 0xA1B10CF7u      /* on disk F7 0C B1 A1: non-ASCII, all bytes distinct */
-#define BLOCK_HEADER_BYTES 80u       /* header size of format 1.0 (later minors may be longer) */
-#define BLOCK_LMDB_PAGE_HEADER 16u   /* bytes LMDB puts in front of an overflow value */
+/* On disk F7 0C B1 A1: non-ASCII, four distinct bytes. */
+#define BLOCK_MAGIC 0xA1B10CF7u
+/* Header size of format 1.0 (a later minor may be longer). */
+#define BLOCK_HEADER_BYTES 80u
+/* Bytes LMDB puts in front of a value stored in overflow pages. */
+#define BLOCK_LMDB_PAGE_HEADER    16u
 #define BLOCK_DEFAULT_MAX_DECODED ((size_t)256 << 20)
 
 /* Element encoding of the stored vectors. The values equal ann_dtype where both exist. */
@@ -45,11 +48,11 @@ typedef enum ann_block_pad {
 } ann_block_pad;
 
 /* Header flag bits; any other bit set is ANN_E_FORMAT. */
-#define BLOCK_FLAG_SHUFFLE 0x1u  /* vectors byte-shuffled (multi-byte) or column-major (1-byte) */
-#define BLOCK_FLAG_DICT 0x2u     /* zstd frame needs dictionary dict_id */
+#define BLOCK_FLAG_SHUFFLE  0x1u /* vectors byte-shuffled (multi-byte) or column-major (1-byte) */
+#define BLOCK_FLAG_DICT     0x2u /* zstd frame needs dictionary dict_id */
 #define BLOCK_FLAG_PAD_LMDB 0x4u /* padded for LMDB (else for the file store) */
-#define BLOCK_FLAG_CENTER 0x8u   /* 1-byte codes stored minus a per-dimension reference, mod 256 */
-#define BLOCK_FLAGS_KNOWN 0xfu
+#define BLOCK_FLAG_CENTER   0x8u /* 1-byte codes stored minus a per-dimension reference, mod 256 */
+#define BLOCK_FLAGS_KNOWN   0xfu
 
 /* Centring of 1-byte encodings (U8, I8, SQ8) before zstd: each dimension's median is
  * subtracted (modulo 256), which narrows the byte histogram of clustered data. */
@@ -78,30 +81,30 @@ typedef struct ann_block_params {
 /* Everything the header says, after validation (block_peek). */
 typedef struct ann_block_info {
 	uint16_t version_major, version_minor;
-	uint32_t header_bytes;       /* 80 for format 1.0 */
+	uint32_t header_bytes; /* 80 for format 1.0 */
 	ann_block_encoding encoding;
 	ann_block_codec codec;
-	uint32_t flags;              /* BLOCK_FLAG_* */
-	uint32_t dim;                /* >= 1 */
-	uint32_t count;              /* vectors in the block, may be 0 */
-	uint32_t dict_id;            /* 0 = no dictionary */
-	uint32_t ids_bytes;          /* bytes of the varint id section inside the raw payload */
-	uint64_t raw_bytes;          /* decompressed payload bytes */
-	uint64_t stored_bytes;       /* payload bytes as stored (compressed) after the header */
+	uint32_t flags;        /* BLOCK_FLAG_* */
+	uint32_t dim;          /* >= 1 */
+	uint32_t count;        /* vectors in the block, may be 0 */
+	uint32_t dict_id;      /* 0 = no dictionary */
+	uint32_t ids_bytes;    /* bytes of the varint id section inside the raw payload */
+	uint64_t raw_bytes;    /* decompressed payload bytes */
+	uint64_t stored_bytes; /* payload bytes as stored (compressed) after the header */
 	uint64_t partition;
 	uint64_t generation;
-	uint64_t payload_xxh64;      /* XXH64 (seed 0) of the stored payload */
-	uint64_t total_bytes;        /* header + stored payload + padding: the bytes to read */
-	ann_dtype vec_dtype;         /* decoded element type: F32 (F32, F16, SQ8), U8 or I8 */
-	size_t ids_out_bytes;        /* decoded ids: count * 8 */
-	size_t vec_out_bytes;        /* decoded vectors: count * dim * sizeof(element of vec_dtype) */
+	uint64_t payload_xxh64; /* XXH64 (seed 0) of the stored payload */
+	uint64_t total_bytes;   /* header + stored payload + padding: the bytes to read */
+	ann_dtype vec_dtype;    /* decoded element type: F32 (F32, F16, SQ8), U8 or I8 */
+	size_t ids_out_bytes;   /* decoded ids: count * 8 */
+	size_t vec_out_bytes;   /* decoded vectors: count * dim * sizeof(element of vec_dtype) */
 } ann_block_info;
 
 /* Decoded block. Pointers are owned by the decoder and valid until its next decode or free. */
 typedef struct ann_block_view {
 	ann_block_info info;
-	const int64_t *ids;   /* info.count ids, ascending (ties keep the encoder's input order) */
-	const void *vectors;  /* info.count rows of info.dim elements of info.vec_dtype, 64-byte aligned */
+	const int64_t *ids;  /* info.count ids, ascending (ties keep the encoder's input order) */
+	const void *vectors; /* info.count rows of info.dim elements of info.vec_dtype, 64-byte aligned */
 } ann_block_view;
 
 typedef struct ann_block_enc ann_block_enc;
@@ -135,8 +138,8 @@ size_t block_enc_sizeof(const ann_block_enc *enc);
  * @return ANN_OK, ANN_E_INVAL (bad params or input), ANN_E_NOMEM, ANN_E_UNSUPPORTED (zstd
  * failure). */
 int block_encode(ann_block_enc *enc, const ann_block_params *p, uint32_t dim, size_t count,
-		 const int64_t *ids, const void *vectors, ann_dtype vec_dtype, uint64_t partition,
-		 uint64_t generation, uint8_t **out, size_t *out_len, ann_error *err);
+                 const int64_t *ids, const void *vectors, ann_dtype vec_dtype, uint64_t partition,
+                 uint64_t generation, uint8_t **out, size_t *out_len, ann_error *err);
 
 /* ---- decoding --------------------------------------------------------------------------- */
 
@@ -163,14 +166,14 @@ size_t block_dec_sizeof(const ann_block_dec *dec);
  * @return ANN_OK, ANN_E_FORMAT, ANN_E_CORRUPT (naming the partition), ANN_E_NOTFOUND,
  * ANN_E_NOMEM. */
 int block_decode(ann_block_dec *dec, const void *buf, size_t len, const ann_block_dict *dict,
-		 ann_block_view *out, ann_error *err);
+                 ann_block_view *out, ann_error *err);
 
 /* As block_decode, but writes ids (ids_cap bytes) and vectors (vec_cap bytes) to caller
  * buffers, which must hold info.ids_out_bytes and info.vec_out_bytes (ANN_E_INVAL otherwise;
  * learn them with block_peek). info may be NULL. */
 int block_decode_into(ann_block_dec *dec, const void *buf, size_t len, const ann_block_dict *dict,
-		      int64_t *ids, size_t ids_cap, void *vectors, size_t vec_cap, ann_block_info *info,
-		      ann_error *err);
+                      int64_t *ids, size_t ids_cap, void *vectors, size_t vec_cap, ann_block_info *info,
+                      ann_error *err);
 
 /* ---- dictionaries ----------------------------------------------------------------------- */
 
@@ -180,15 +183,15 @@ int block_decode_into(ann_block_dec *dec, const void *buf, size_t len, const ann
  * ann_malloc'd buffer of *out_len bytes. Memory: a copy of the payloads plus zstd's ~6 MB
  * (zstd allocates that itself). @return ANN_OK, ANN_E_INVAL (bad or compressed sample),
  * ANN_E_UNSUPPORTED (zstd could not train: too few or too small samples), ANN_E_NOMEM. */
-int block_dict_train(const uint8_t *const *blocks, const size_t *block_lens, size_t nblocks,
-		     size_t capacity, uint8_t **out, size_t *out_len, ann_error *err);
+int block_dict_train(const uint8_t *const *blocks, const size_t *block_lens, size_t nblocks, size_t capacity,
+                     uint8_t **out, size_t *out_len, ann_error *err);
 
 /* Loads a dictionary (trained or raw content) under id (>= 1, written into block headers).
  * level: the zstd level blocks will be encoded at, or BLOCK_DICT_DECODE_ONLY to skip the
  * compression tables. The bytes are copied. */
 #define BLOCK_DICT_DECODE_ONLY (-1000000)
 int block_dict_new(uint32_t id, const void *data, size_t len, int level, ann_block_dict **out,
-		   ann_error *err);
+                   ann_error *err);
 void block_dict_free(ann_block_dict *dict);
 uint32_t block_dict_id(const ann_block_dict *dict);
 size_t block_dict_sizeof(const ann_block_dict *dict);

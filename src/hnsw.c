@@ -416,17 +416,20 @@ static size_t hn_drain(ann_hnsw_ctx *c)
 /* The heuristic of the paper (Algorithm 4): walk the candidates (ascending
  * distance to the base) and keep one only if it is nearer to the base than
  * to every one kept so far; with keep-pruned, discarded ones fill the
- * remaining slots in order. Exact copies of the base (distance 0) occlude
+ * remaining slots in order. Copies of the base (distance 0) occlude
  * nothing, so at most m / 2 of them are kept: a list of copies only would
  * make a duplicated vector a trap the search cannot leave. */
 static size_t hn_select(const ann_hnsw *h, ann_hnsw_ctx *c, const hn_pair *cand, size_t nc, size_t m)
 {
 	size_t ns = 0, np = 0, ncopy = 0, max_copy = ANN_MAX(m / 2, (size_t)1);
+	/* A copy is at distance 0 (L2), or 0 up to rounding (COSINE); IP has
+	 * no such distance, so copies are not recognised there. */
+	float copy_d = h->metric == ANN_METRIC_L2 ? 0.0f : h->metric == ANN_METRIC_COSINE ? 1e-6f : -INFINITY;
 	for (size_t i = 0; i < nc && ns < m; i++) {
 		const float *v = hn_vec(h, cand[i].id);
+		if (cand[i].d <= copy_d && ncopy++ >= max_copy)
+			continue; /* surplus copy: not even kept as pruned */
 		bool good = true;
-		if (cand[i].d <= 0 && ncopy++ >= max_copy)
-			good = false;
 		for (size_t r = 0; r < ns && good; r++)
 			good = !(hn_dist(h, v, hn_vec(h, c->sel[r].id)) < cand[i].d);
 		if (good)

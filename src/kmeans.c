@@ -625,6 +625,7 @@ static int km_seed_pp(km *s, ann_error *err)
 	size_t r0 = ann_rng_below(&s->rng, m);
 	km_set_centroid(s, 0, sidx ? sidx[r0] : r0);
 	size_t nc = 1, fresh = 0;
+	uint64_t last = ann_now_ns();
 	while (nc < k) {
 		ann_norms_f32(s->c + fresh * d, nc - fresh, d, s->cnorm + fresh);
 		km_pass p = {
@@ -670,6 +671,10 @@ static int km_seed_pp(km *s, ann_error *err)
 		for (size_t q = 0; q < got; q++)
 			km_set_centroid(s, nc + q, sidx ? sidx[pick[q]] : pick[q]);
 		nc += got;
+		if (s->o->progress && (nc == k || ann_now_ns() - last >= 200000000ull)) {
+			s->o->progress(s->o->progress_ctx, "kmeans-seed", nc, k);
+			last = ann_now_ns();
+		}
 	}
 	/* Fewer distinct points than k: the rest start on random points and
 	 * are handled as empty clusters by the first update. */

@@ -38,7 +38,8 @@ typedef struct ann_kmeans_opts {
 	size_t max_size;          /* cap on points per cluster, 0 = none; needs k * max_size >= n */
 	size_t minibatch;         /* 0 = full Lloyd; else points per mini-batch step */
 	double *history;          /* optional out: inertia of each assignment step, max_iter + 2 entries */
-	ann_progress_fn progress; /* phase "kmeans", done/total in iterations; may be NULL */
+	ann_progress_fn progress; /* "kmeans-seed" (centres chosen / k), then "kmeans" (steps /
+				   * max_iter) once per step; may be NULL */
 	void *progress_ctx;
 } ann_kmeans_opts;
 
@@ -94,7 +95,7 @@ typedef struct ann_kmeans_stats {
  * per thread a distance tile (<= 1 MiB) plus B * d floats (<= 16 MiB),
  * 4 n bytes when assign is NULL, 4 n more for COSINE (inverse norms), 12
  * bytes per seeding-subsample point for PLUSPLUS, 12 per batch point for
- * mini-batch, and 152 bytes per point of an over-full cluster for max_size.
+ * mini-batch, and 144 bytes per point of an over-full cluster for max_size.
  *
  * @param[out] centroids k * d floats (read first when init is GIVEN)
  * @param[out] assign    n cluster ids, or NULL

@@ -172,8 +172,14 @@ static void knn_finished(knn_ctx *c)
 	pthread_mutex_unlock(&c->curlk);
 }
 
+/* Chunks of the selection scans: a branch-free, vectorisable "does any
+ * entry of the chunk beat its bound" test, then the scalar pushes only for
+ * the rare chunks that pass. */
+#define KNN_CHUNK 16
+
 /* Rows of the ni x nj tile D update the heaps of points i0 .. i0 + ni with
- * candidates j0 .. j0 + nj (skipping i == j on diagonal tiles). */
+ * candidates j0 .. j0 + nj (skipping i == j on diagonal tiles). <= lets
+ * ann_topk apply its tie rule (smaller id wins). */
 static void update_rows(knn_ctx *c, const float *D, size_t i0, size_t ni, size_t j0, size_t nj)
 {
 	for (size_t r = 0; r < ni; r++) {
@@ -181,10 +187,15 @@ static void update_rows(knn_ctx *c, const float *D, size_t i0, size_t ni, size_t
 		ann_topk *h = &c->heaps[i];
 		const float *row = D + r * nj;
 		float b = ann_topk_bound(h);
-		for (size_t q = 0; q < nj; q++) {
-			/* <= lets ann_topk apply its tie rule (smaller id wins) */
-			if (ANN_UNLIKELY(row[q] <= b) && j0 + q != i) {
-				if (ann_topk_push(h, row[q], (int64_t)(j0 + q)))
+		for (size_t q0 = 0; q0 < nj; q0 += KNN_CHUNK) {
+			size_t q1 = ANN_MIN(q0 + KNN_CHUNK, nj);
+			int any = 0;
+			for (size_t q = q0; q < q1; q++)
+				any |= row[q] <= b;
+			if (ANN_LIKELY(!any))
+				continue;
+			for (size_t q = q0; q < q1; q++) {
+				if (row[q] <= b && j0 + q != i && ann_topk_push(h, row[q], (int64_t)(j0 + q)))
 					b = ann_topk_bound(h);
 			}
 		}
@@ -200,11 +211,19 @@ static void update_cols(knn_ctx *c, const float *D, size_t i0, size_t ni, size_t
 		bnd[q] = ann_topk_bound(&c->heaps[j0 + q]);
 	for (size_t r = 0; r < ni; r++) {
 		const float *row = D + r * nj;
-		for (size_t q = 0; q < nj; q++) {
-			if (ANN_UNLIKELY(row[q] <= bnd[q])) {
-				ann_topk *h = &c->heaps[j0 + q];
-				if (ann_topk_push(h, row[q], (int64_t)(i0 + r)))
-					bnd[q] = ann_topk_bound(h);
+		for (size_t q0 = 0; q0 < nj; q0 += KNN_CHUNK) {
+			size_t q1 = ANN_MIN(q0 + KNN_CHUNK, nj);
+			int any = 0;
+			for (size_t q = q0; q < q1; q++)
+				any |= row[q] <= bnd[q];
+			if (ANN_LIKELY(!any))
+				continue;
+			for (size_t q = q0; q < q1; q++) {
+				if (row[q] <= bnd[q]) {
+					ann_topk *h = &c->heaps[j0 + q];
+					if (ann_topk_push(h, row[q], (int64_t)(i0 + r)))
+						bnd[q] = ann_topk_bound(h);
+				}
 			}
 		}
 	}

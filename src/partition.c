@@ -2,8 +2,8 @@
 /*
  * partition.c: METIS k-way partitioning of a CSR graph, cut/balance
  * evaluation, neighbour shares, and the capacity-constrained assignment
- * (auction with eps-scaling and a final reverse auction). See partition.h
- * for the contracts; the auction's invariants are written above it below.
+ * (auction with eps-scaling). See partition.h for the contracts; the
+ * auction's model, invariant and bound are written above it below.
  */
 #include "partition.h"
 
@@ -104,6 +104,115 @@ int ann_partition_eval(const ann_graph *g, const uint32_t *labels, size_t m, ann
 	return ANN_OK;
 }
 
+static size_t share_row(const ann_graph *g, const uint32_t *labels, size_t p, double *acc, uint32_t *touched,
+			double *total);
+
+/* ---- hard balance after METIS -----------------------------------------------
+ * METIS treats the imbalance as a target and overshoots it on strongly
+ * clustered graphs (many small near-components). The repair moves vertices
+ * out of parts above cap, cheapest first: a vertex's loss is its edge weight
+ * to its own part minus that to the best part below cap among its
+ * neighbours' parts (or, if none, the smallest part). Every vertex of an
+ * overfull part is a candidate and each can always move (m cap >= n), so
+ * one pass in ascending loss order reaches the cap. Losses are computed
+ * before the pass and targets re-chosen at move time. O(nnz + c log c + moves
+ * x m) for c candidates. */
+
+typedef struct rb_cand {
+	double loss;
+	uint32_t v;
+} rb_cand;
+
+static int rb_cmp(const void *x, const void *y)
+{
+	const rb_cand *a = x, *b = y;
+	if (a->loss != b->loss)
+		return a->loss < b->loss ? -1 : 1;
+	return (a->v > b->v) - (a->v < b->v);
+}
+
+/* Best part below cap among v's neighbours' parts, by edge weight to it,
+ * or the smallest part if none; *w_own and *w_to get the weights. */
+static uint32_t rb_target(const ann_graph *g, const uint32_t *lab, const size_t *size, size_t m, size_t cap,
+			  size_t v, double *acc, uint32_t *touched, double *w_own, double *w_to)
+{
+	double tw;
+	size_t nt = share_row(g, lab, v, acc, touched, &tw);
+	uint32_t own = lab[v], best = UINT32_MAX;
+	double bw = -1.0;
+	for (size_t t = 0; t < nt; t++) {
+		uint32_t j = touched[t];
+		if (j != own && size[j] < cap && (acc[j] > bw || (acc[j] == bw && j < best))) {
+			bw = acc[j];
+			best = j;
+		}
+	}
+	*w_own = acc[own];
+	for (size_t t = 0; t < nt; t++)
+		acc[touched[t]] = 0.0;
+	if (best == UINT32_MAX) {
+		bw = 0.0;
+		for (size_t j = 0; j < m; j++)
+			if (j != own && (best == UINT32_MAX || size[j] < size[best]))
+				best = (uint32_t)j;
+	}
+	*w_to = bw;
+	return best;
+}
+
+static int rebalance(const ann_graph *g, uint32_t *lab, size_t m, size_t cap, size_t *moved, ann_error *err)
+{
+	size_t n = g->n, nc = 0;
+	*moved = 0;
+	size_t *size = ann_calloc(m, sizeof *size);
+	if (!size)
+		return ann_err(err, ANN_E_NOMEM, "partition: cannot count %zu parts", m);
+	bool over = false;
+	for (size_t v = 0; v < n; v++)
+		over |= ++size[lab[v]] > cap;
+	if (!over) {
+		ann_free(size);
+		return ANN_OK;
+	}
+	for (size_t v = 0; v < n; v++)
+		nc += size[lab[v]] > cap;
+	double *acc = ann_calloc(m, sizeof *acc);
+	uint32_t *touched = ann_malloc(m * sizeof *touched);
+	rb_cand *cand = ann_malloc(nc * sizeof *cand);
+	if (!acc || !touched || !cand) {
+		ann_free(size);
+		ann_free(acc);
+		ann_free(touched);
+		ann_free(cand);
+		return ann_err(err, ANN_E_NOMEM, "partition: cannot allocate the rebalancing of %zu vertices", nc);
+	}
+	nc = 0;
+	for (size_t v = 0; v < n; v++) {
+		if (size[lab[v]] <= cap)
+			continue;
+		double wo, wt;
+		rb_target(g, lab, size, m, cap, v, acc, touched, &wo, &wt);
+		cand[nc++] = (rb_cand){wo - wt, (uint32_t)v};
+	}
+	qsort(cand, nc, sizeof *cand, rb_cmp);
+	for (size_t c = 0; c < nc; c++) {
+		uint32_t v = cand[c].v;
+		if (size[lab[v]] <= cap)
+			continue;
+		double wo, wt;
+		uint32_t t = rb_target(g, lab, size, m, cap, v, acc, touched, &wo, &wt);
+		size[lab[v]]--;
+		size[t]++;
+		lab[v] = t;
+		(*moved)++;
+	}
+	ann_free(size);
+	ann_free(acc);
+	ann_free(touched);
+	ann_free(cand);
+	return ANN_OK;
+}
+
 /* ---- METIS ---------------------------------------------------------------- */
 
 int ann_partition_graph(const ann_graph *g, size_t m, double imbalance, uint64_t seed, uint32_t *parts,
@@ -158,9 +267,13 @@ int ann_partition_graph(const ann_graph *g, size_t m, double imbalance, uint64_t
 		}
 	}
 	double secs = (double)(ann_now_ns() - t0) * 1e-9;
+	size_t cap = ANN_MAX((n + m - 1) / m, (size_t)floor((1.0 + imbalance) * (double)n / (double)m));
+	size_t moved = 0;
+	ANN_TRY(rebalance(g, parts, m, cap, &moved, err));
 	if (st) {
 		ANN_TRY(ann_partition_eval(g, parts, m, st, err));
 		st->seconds = secs;
+		st->moved = moved;
 	}
 	return ANN_OK;
 }
@@ -296,40 +409,40 @@ int ann_nshare_add(const ann_graph *g, const uint32_t *labels, size_t m, float l
 }
 
 /* ---- balanced assignment: auction ------------------------------------------
- * Terms. Part j has C = min(capacity, n) slots; a slot is free or held by one
- * point at the price that point paid. P_j, the entry price of j, is its
- * cheapest slot: a free slot's price if any (free slots of a phase share the
- * phase's start price and held slots cost more), else the heap minimum. The
- * profit of point i in part j is pi_i = a_ij - paid_i.
+ * Model. Part j has C = min(capacity, n) interchangeable slots. The problem
+ * is made symmetric by D = m C - n dummy points worth 0 in every part
+ * (dummies fill the slots no real point takes; the optimum is unchanged).
+ * Dummies are indistinguishable, so they live as blocks {price, count} in
+ * the heaps and as a count of unassigned ones; only real points have ids.
+ * A slot is untouched (at the phase's start price of its part) or held at
+ * the price its holder paid. P_j, the entry price of j, is its cheapest
+ * slot: an untouched one if any (held slots cost more), else the heap top.
  *
- * Invariants (part-level eps-complementary slackness):
- *  (1) every held point satisfies pi_i >= max_{k != j} (a_ik - P_k) - eps;
- *  (2) forward bids only raise prices, so (1) survives other points' bids;
- *  (3) in the last phase, after the reverse auction, with lambda the lowest
- *      price paid when the forward auction ended: every free slot costs
- *      <= lambda and every held slot >= lambda.
- * Bound. Raise free slots to lambda (harmless for (1)) and take the dual
- * prices q_j = P_j - lambda >= 0 (q_j = 0 for parts with a free slot). For
- * every i, a_i,j(i) >= u_i + P_j(i) - eps with u_i = max_k (a_ik - P_k); so
- * sum_i a >= sum_i u_i + sum_j cnt_j P_j - n eps and, since q_j > 0 only for
- * full parts, this is the dual objective sum_i max_k (a_ik - q_k) + C sum q_k
- * less n eps. The dual objective bounds the optimum (weak duality), hence
- * primal >= OPT - n eps. ann_balanced_assign computes that dual value.
- * Reverse bid (Bertsekas-Castanon modified reverse auction, batched over
- * the f free slots of one part j priced above lambda): take the f + 1 best
- * values v_i = a_ij - pi_i over points outside j; the top c (c <= f) with
- * v_i - eps > lambda move to j at price max(lambda, v_(c+1) - eps), which
- * raises their profit by >= eps and keeps (1) for every other point (their
- * v <= v_(c+1)); j's other free slots drop to lambda. Each move frees a slot
- * in the mover's old part, which bids in turn if it cost more than lambda.
- * Profits only rise and are bounded, so this terminates.
+ * Invariant (part-level eps-complementary slackness, Bertsekas & Castanon's
+ * auction for similar objects): every holder h of a slot of j that paid p
+ * satisfies v_hj - p >= max_{k != j} (v_hk - P_k) - eps, v = score (0 for a
+ * dummy). A bid keeps it for the bidder (it pays v_j1 - w2 + eps, where w2
+ * is its best value over the other parts) and for everyone else, since bids
+ * only raise prices. A phase ends when all m C slots are held.
+ *
+ * Bound. With every part full, summing the invariant over the n + D holders
+ * gives sum_i score_i >= sum_i max_k (a_ik - P_k) - D min_k P_k + C sum_k P_k
+ * - (n + D) eps, and the right side plus (n + D) eps is the LP dual of the
+ * symmetric problem at prices P, an upper bound on the optimum (weak
+ * duality). So the result is within (n + D) eps_final of optimal;
+ * ann_balanced_assign reports that dual value.
+ *
+ * eps-scaling: each phase unassigns everyone and restarts from the previous
+ * phase's entry prices with eps divided by 8, which is valid for symmetric
+ * problems and keeps bids per point per phase near 1.
  */
 
-#define AS_NONE UINT32_MAX
+#define AS_DUMMY UINT32_MAX
 
 typedef struct as_slot {
 	double p;     /* price paid */
-	uint32_t who; /* holder */
+	uint32_t who; /* real holder, or AS_DUMMY */
+	uint32_t cnt; /* slots in this entry: 1 for a real holder, >= 1 dummies */
 } as_slot;
 
 typedef struct as_heap {
@@ -340,23 +453,25 @@ typedef struct as_heap {
 typedef struct auction {
 	const float *a;
 	size_t n, m, C;
+	size_t D;        /* dummies */
 	double eps;
 	as_heap *ph;     /* m min-heaps of held slots */
-	double *start;   /* m: price of the part's free slots */
-	uint32_t *nfree; /* m: free slots */
+	double *start;   /* m: price of the part's untouched slots */
+	uint32_t *nfree; /* m: untouched slots */
 	double *entry;   /* m: entry price P_j */
-	uint32_t *label; /* n: part or AS_NONE */
+	uint32_t *label; /* n: part of each real point */
 	uint32_t *pos;   /* n: index in its part's heap */
-	double *paid;    /* n: price paid */
-	uint32_t *queue; /* n: unassigned points (ring) */
+	uint32_t *queue; /* n: unassigned real points (ring) */
 	size_t qhead, qlen;
-	uint64_t bids, rbids;
+	size_t udummy;   /* unassigned dummies */
+	uint64_t bids;
 } auction;
 
 static void heap_set(auction *A, as_heap *hp, uint32_t idx, as_slot s)
 {
 	hp->h[idx] = s;
-	A->pos[s.who] = idx;
+	if (s.who != AS_DUMMY)
+		A->pos[s.who] = idx;
 }
 
 static void heap_up(auction *A, as_heap *hp, uint32_t idx)
@@ -389,34 +504,21 @@ static void heap_down(auction *A, as_heap *hp, uint32_t idx)
 	heap_set(A, hp, idx, s);
 }
 
-static int heap_push(auction *A, as_heap *hp, double p, uint32_t who)
+/* Entries of a heap never exceed C (one per held slot at most). */
+static int heap_push(auction *A, as_heap *hp, as_slot s)
 {
 	if (hp->len == hp->cap) {
-		uint32_t nc = hp->cap ? hp->cap * 2 : 16;
-		if (nc > A->C)
-			nc = (uint32_t)A->C;
-		as_slot *nh = ann_realloc(hp->h, (size_t)nc * sizeof *nh);
+		size_t nc = hp->cap ? (size_t)hp->cap * 2 : 16;
+		nc = ANN_MIN(nc, A->C);
+		as_slot *nh = ann_realloc(hp->h, nc * sizeof *nh);
 		if (!nh)
 			return ANN_E_NOMEM;
 		hp->h = nh;
-		hp->cap = nc;
+		hp->cap = (uint32_t)nc;
 	}
-	hp->h[hp->len++] = (as_slot){p, who};
+	hp->h[hp->len++] = s;
 	heap_up(A, hp, hp->len - 1);
 	return ANN_OK;
-}
-
-static void heap_remove(auction *A, as_heap *hp, uint32_t idx)
-{
-	as_slot last = hp->h[--hp->len];
-	if (idx == hp->len)
-		return;
-	double old = hp->h[idx].p;
-	heap_set(A, hp, idx, last);
-	if (last.p < old)
-		heap_up(A, hp, idx);
-	else
-		heap_down(A, hp, idx);
 }
 
 static void update_entry(auction *A, size_t j)
@@ -424,8 +526,42 @@ static void update_entry(auction *A, size_t j)
 	A->entry[j] = A->nfree[j] ? A->start[j] : A->ph[j].h[0].p;
 }
 
-/* One forward bid by unassigned point i. */
-static int forward_bid(auction *A, uint32_t i)
+/* Puts one bidder (real point i, or a dummy when i == AS_DUMMY) into part
+ * j's cheapest slot at price b, displacing that slot's holder if held. */
+static int take_slot(auction *A, size_t j, double b, uint32_t i)
+{
+	as_heap *hp = &A->ph[j];
+	as_slot s = {b, i, 1};
+	if (A->nfree[j] > 0) {
+		A->nfree[j]--;
+		ANN_TRY(heap_push(A, hp, s));
+	} else {
+		as_slot *top = &hp->h[0];
+		if (top->who != AS_DUMMY) {
+			A->queue[(A->qhead + A->qlen++) % A->n] = top->who;
+		} else {
+			A->udummy++;
+			if (top->cnt > 1) {
+				top->cnt--;
+				ANN_TRY(heap_push(A, hp, s));
+				goto placed;
+			}
+		}
+		heap_set(A, hp, 0, s);
+		heap_down(A, hp, 0);
+	}
+placed:
+	if (i == AS_DUMMY)
+		A->udummy--;
+	else
+		A->label[i] = (uint32_t)j;
+	update_entry(A, j);
+	A->bids++;
+	return ANN_OK;
+}
+
+/* One bid by unassigned real point i. */
+static int point_bid(auction *A, uint32_t i)
 {
 	const float *row = A->a + (size_t)i * A->m;
 	const double *entry = A->entry;
@@ -441,24 +577,37 @@ static int forward_bid(auction *A, uint32_t i)
 			w2 = v;
 		}
 	}
-	double b = (double)row[j1] - w2 + A->eps;
-	as_heap *hp = &A->ph[j1];
-	if (A->nfree[j1] > 0) {
-		A->nfree[j1]--;
-		if (heap_push(A, hp, b, i) < 0)
-			return ANN_E_NOMEM;
-	} else {
-		uint32_t out = hp->h[0].who;
-		A->label[out] = AS_NONE;
-		A->queue[(A->qhead + A->qlen++) % A->n] = out;
-		heap_set(A, hp, 0, (as_slot){b, i});
-		heap_down(A, hp, 0);
+	return take_slot(A, j1, (double)row[j1] - w2 + A->eps, i);
+}
+
+/* Bids of the unassigned dummies: they want the cheapest part, at the
+ * second-cheapest price plus eps; all of them that fit into the cheapest
+ * part's untouched slots bid at once as one block. */
+static int dummy_bid(auction *A)
+{
+	double p1 = INFINITY, p2 = INFINITY;
+	size_t j1 = 0;
+	for (size_t k = 0; k < A->m; k++) {
+		double p = A->entry[k];
+		if (p < p1) {
+			p2 = p1;
+			p1 = p;
+			j1 = k;
+		} else if (p < p2) {
+			p2 = p;
+		}
 	}
-	A->label[i] = (uint32_t)j1;
-	A->paid[i] = b;
-	update_entry(A, j1);
-	A->bids++;
-	return ANN_OK;
+	double b = p2 + A->eps;
+	if (A->nfree[j1] > 0) {
+		size_t g = ANN_MIN(A->udummy, (size_t)A->nfree[j1]);
+		A->nfree[j1] -= (uint32_t)g;
+		A->udummy -= g;
+		ANN_TRY(heap_push(A, &A->ph[j1], (as_slot){b, AS_DUMMY, (uint32_t)g}));
+		update_entry(A, j1);
+		A->bids++;
+		return ANN_OK;
+	}
+	return take_slot(A, j1, b, AS_DUMMY);
 }
 
 static int forward_phase(auction *A)
@@ -468,143 +617,22 @@ static int forward_phase(auction *A)
 		A->nfree[j] = (uint32_t)A->C;
 		A->entry[j] = A->start[j];
 	}
-	for (size_t i = 0; i < A->n; i++) {
-		A->label[i] = AS_NONE;
+	for (size_t i = 0; i < A->n; i++)
 		A->queue[i] = (uint32_t)i;
-	}
 	A->qhead = 0;
 	A->qlen = A->n;
-	while (A->qlen > 0) {
-		uint32_t i = A->queue[A->qhead];
-		A->qhead = (A->qhead + 1) % A->n;
-		A->qlen--;
-		if (forward_bid(A, i) < 0)
-			return ANN_E_NOMEM;
+	A->udummy = A->D;
+	while (A->qlen > 0 || A->udummy > 0) {
+		if (A->qlen > 0) {
+			uint32_t i = A->queue[A->qhead];
+			A->qhead = (A->qhead + 1) % A->n;
+			A->qlen--;
+			ANN_TRY(point_bid(A, i));
+		} else {
+			ANN_TRY(dummy_bid(A));
+		}
 	}
 	return ANN_OK;
-}
-
-typedef struct as_cand {
-	double v;
-	uint32_t i;
-} as_cand;
-
-/* Min-heap on v of the best candidates seen (size <= cap). */
-static void cand_offer(as_cand *h, size_t *len, size_t cap, double v, uint32_t i)
-{
-	size_t n = *len, idx;
-	if (n < cap) {
-		idx = n++;
-		while (idx > 0 && h[(idx - 1) / 2].v > v) {
-			h[idx] = h[(idx - 1) / 2];
-			idx = (idx - 1) / 2;
-		}
-		h[idx] = (as_cand){v, i};
-		*len = n;
-		return;
-	}
-	if (v <= h[0].v)
-		return;
-	idx = 0;
-	for (;;) {
-		size_t c = 2 * idx + 1;
-		if (c >= n)
-			break;
-		if (c + 1 < n && h[c + 1].v < h[c].v)
-			c++;
-		if (h[c].v >= v)
-			break;
-		h[idx] = h[c];
-		idx = c;
-	}
-	h[idx] = (as_cand){v, i};
-}
-
-static int cand_cmp_desc(const void *x, const void *y)
-{
-	const as_cand *a = x, *b = y;
-	return a->v < b->v ? 1 : a->v > b->v ? -1 : (a->i > b->i) - (a->i < b->i);
-}
-
-/* The modified reverse auction of the last phase; see the notes above. */
-static int reverse_phase(auction *A, double lambda)
-{
-	int rc = ANN_E_NOMEM;
-	size_t n = A->n, m = A->m;
-	uint32_t *hi = ann_calloc(m, sizeof *hi);
-	uint32_t *work = ann_malloc(m * sizeof *work);
-	uint8_t *inwork = ann_calloc(m, 1);
-	double *pi = ann_malloc(n * sizeof *pi);
-	as_cand *cand = NULL;
-	size_t ncand_cap = 0, nwork = 0;
-	if (!hi || !work || !inwork || !pi)
-		goto out;
-	for (size_t i = 0; i < n; i++)
-		pi[i] = (double)A->a[i * m + A->label[i]] - A->paid[i];
-	for (size_t j = 0; j < m; j++) {
-		if (A->nfree[j] > 0 && A->start[j] > lambda) {
-			hi[j] = A->nfree[j];
-			work[nwork++] = (uint32_t)j;
-			inwork[j] = 1;
-		}
-	}
-	while (nwork > 0) {
-		size_t j = work[--nwork];
-		inwork[j] = 0;
-		size_t f = hi[j];
-		if (f == 0)
-			continue;
-		if (f + 1 > ncand_cap) {
-			size_t nc = ANN_MAX(f + 1, 2 * ncand_cap);
-			as_cand *c2 = ann_realloc(cand, nc * sizeof *c2);
-			if (!c2)
-				goto out;
-			cand = c2;
-			ncand_cap = nc;
-		}
-		size_t nc = 0;
-		for (size_t i = 0; i < n; i++) {
-			if (A->label[i] == j)
-				continue;
-			cand_offer(cand, &nc, f + 1, (double)A->a[i * m + j] - pi[i], (uint32_t)i);
-		}
-		qsort(cand, nc, sizeof *cand, cand_cmp_desc);
-		size_t c = 0;
-		while (c < f && c < nc && cand[c].v - A->eps > lambda)
-			c++;
-		double next = c < nc ? cand[c].v : -INFINITY;
-		double pnew = ANN_MAX(lambda, next - A->eps);
-		for (size_t r = 0; r < c; r++) {
-			uint32_t i = cand[r].i;
-			size_t k = A->label[i];
-			double pold = A->paid[i];
-			heap_remove(A, &A->ph[k], A->pos[i]);
-			A->nfree[k]++;
-			if (pold > lambda) {
-				hi[k]++;
-				if (!inwork[k]) {
-					inwork[k] = 1;
-					work[nwork++] = (uint32_t)k;
-				}
-			}
-			A->nfree[j]--;
-			if (heap_push(A, &A->ph[j], pnew, i) < 0)
-				goto out;
-			A->label[i] = (uint32_t)j;
-			A->paid[i] = pnew;
-			pi[i] = (double)A->a[i * m + j] - pnew;
-		}
-		hi[j] = 0; /* its remaining free slots now cost lambda */
-		A->rbids++;
-	}
-	rc = ANN_OK;
-out:
-	ann_free(hi);
-	ann_free(work);
-	ann_free(inwork);
-	ann_free(pi);
-	ann_free(cand);
-	return rc;
 }
 
 static int scores_check(const float *score, size_t n, size_t m, double *range, ann_error *err)
@@ -634,8 +662,8 @@ static double total_score(const float *score, size_t n, size_t m, const uint32_t
 	return s;
 }
 
-/* Runs the eps-scaling auction and the reverse auction; fills labels and
- * the primal/dual/bid fields of s. */
+/* Runs the eps-scaling auction; fills labels and the dual and bid fields
+ * of s. */
 static int run_auction(const float *score, size_t n, size_t m, size_t C, double range, double efin,
 		       uint32_t *labels, ann_assign_stats *s)
 {
@@ -645,6 +673,7 @@ static int run_auction(const float *score, size_t n, size_t m, size_t C, double 
 	A.n = n;
 	A.m = m;
 	A.C = C;
+	A.D = m * C - n;
 	int rc = ANN_E_NOMEM;
 	A.ph = ann_calloc(m, sizeof *A.ph);
 	A.start = ann_calloc(m, sizeof *A.start);
@@ -652,9 +681,8 @@ static int run_auction(const float *score, size_t n, size_t m, size_t C, double 
 	A.entry = ann_malloc(m * sizeof *A.entry);
 	A.label = ann_malloc(n * sizeof *A.label);
 	A.pos = ann_malloc(n * sizeof *A.pos);
-	A.paid = ann_malloc(n * sizeof *A.paid);
 	A.queue = ann_malloc(n * sizeof *A.queue);
-	if (!A.ph || !A.start || !A.nfree || !A.entry || !A.label || !A.pos || !A.paid || !A.queue)
+	if (!A.ph || !A.start || !A.nfree || !A.entry || !A.label || !A.pos || !A.queue)
 		goto fail;
 
 	double eps = ANN_MAX(range / 4.0, efin);
@@ -673,17 +701,12 @@ static int run_auction(const float *score, size_t n, size_t m, size_t C, double 
 		for (size_t j = 0; j < m; j++)
 			A.start[j] = A.entry[j] - lo;
 	}
-	double lambda = INFINITY;
-	for (size_t j = 0; j < m; j++)
-		if (A.ph[j].len > 0)
-			lambda = ANN_MIN(lambda, A.ph[j].h[0].p);
-	ANN_CHECK(rc, reverse_phase(&A, lambda));
 
-	/* dual bound from the final prices (see the notes above) */
-	double qsum = 0.0, dual = 0.0;
+	/* the dual bound at the final entry prices (see the notes above) */
+	double lo = INFINITY, psum = 0.0, dual = 0.0;
 	for (size_t j = 0; j < m; j++) {
-		A.entry[j] = A.nfree[j] ? 0.0 : A.ph[j].h[0].p - lambda;
-		qsum += A.entry[j];
+		lo = ANN_MIN(lo, A.entry[j]);
+		psum += A.entry[j];
 	}
 	for (size_t i = 0; i < n; i++) {
 		const float *row = score + i * m;
@@ -692,10 +715,10 @@ static int run_auction(const float *score, size_t n, size_t m, size_t C, double 
 			best = ANN_MAX(best, (double)row[j] - A.entry[j]);
 		dual += best;
 	}
-	s->dual = dual + (double)C * qsum;
+	s->dual = dual - (double)A.D * lo + (double)C * psum;
+	s->dummies = A.D;
 	memcpy(labels, A.label, n * sizeof *labels);
 	s->bids = A.bids;
-	s->reverse_bids = A.rbids;
 	rc = ANN_OK;
 fail:
 	if (A.ph)
@@ -707,7 +730,6 @@ fail:
 	ann_free(A.entry);
 	ann_free(A.label);
 	ann_free(A.pos);
-	ann_free(A.paid);
 	ann_free(A.queue);
 	return rc;
 }

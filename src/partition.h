@@ -27,17 +27,21 @@ typedef struct ann_partition_stats {
 	size_t empty_parts;    /* parts with no vertex */
 	double balance;        /* max_part / (n / m); 1.0 is perfect */
 	double seconds;        /* ann_partition_graph: time in METIS; eval: 0 */
+	size_t moved;          /* ann_partition_graph: vertices the balance repair moved */
 } ann_partition_stats;
 
 /* Partitions g into m parts (1 <= m <= n) with METIS minimising the edge
  * cut (METIS_PartGraphKway; METIS_PartGraphRecursive for m == 2, where a
- * single bisection is its best case), parts of at most about
- * (1 + imbalance) * n / m vertices: imbalance in [0.001, 1], 0 means the
- * default; METIS treats it as a target, so st->balance reports what was
- * reached. seed makes the result reproducible. parts (n entries) receives
- * labels in [0, m). g must be symmetric (as ann_graph_from_knn makes it);
- * its arrays are only read, though METIS's prototypes are not const. m == 1
- * and edgeless graphs are handled without METIS. st may be NULL.
+ * single bisection is its best case). imbalance in [0.001, 1] (0 means the
+ * default) is passed to METIS as ufactor = 1000 x imbalance; METIS treats it
+ * as a target and can overshoot on strongly clustered graphs, so a repair
+ * pass then moves the cheapest vertices (least edge weight lost) out of
+ * parts above cap = max(ceil(n / m), floor((1 + imbalance) n / m)): every
+ * part ends with at most cap vertices. seed makes the result reproducible.
+ * parts (n entries) receives labels in [0, m). g must be symmetric (as
+ * ann_graph_from_knn makes it); its arrays are only read, though METIS's
+ * prototypes are not const. m == 1, m == n and edgeless graphs are handled
+ * without METIS. st may be NULL.
  * METIS keeps process-global random state: do not call this from two
  * threads at once. METIS allocates with its own malloc, outside ann_mem.
  * @return ANN_OK, ANN_E_INVAL (bad m, imbalance, or a malformed graph,
@@ -81,34 +85,34 @@ int ann_nshare_add(const ann_graph *g, const uint32_t *labels, size_t m, float l
  * Algorithm: if the row-wise argmax (ties: smaller part) respects the
  * capacity it is optimal and is returned as is. Otherwise Bertsekas's
  * auction for the transportation problem with similar objects: each part is
- * `capacity` interchangeable slots, a point bids for the part with the best
- * value score - price and raises that part's cheapest slot by the margin
- * over its second-best part plus eps, displacing the slot's holder.
- * eps-scaling (eps from range/4 down to eps_final, divided by 8 per phase,
- * prices carried over) avoids price wars; the last phase ends with
- * Bertsekas-Castanon's modified reverse auction (parts with free slots
- * priced above the lowest held slot offer discounts to the best takers), so
- * that the end state satisfies eps-complementary slackness and the LP dual
- * built from the final prices bounds the optimum: the result is within
- * n * eps_final of optimal and st->dual - st->primal states the certified
- * gap. Time per forward bid O(m + log capacity), per reverse bid O(n log f)
- * (f free slots); typically a few bids per point per phase, about 6 phases.
- * Memory O(n + m) beside the input.
+ * C = min(capacity, n) interchangeable slots, the problem is made symmetric
+ * with D = m C - n dummy points worth 0 everywhere (kept as counted blocks,
+ * not one by one), a point bids for the part with the best value
+ * score - price and raises that part's cheapest slot by its margin over the
+ * second-best part plus eps, displacing the slot's holder. eps-scaling
+ * (eps from range/4 down to eps_final, divided by 8 per phase, prices
+ * carried over) avoids price wars. The end state satisfies
+ * eps-complementary slackness, so the LP dual at the final prices bounds
+ * the optimum: the result is within (n + D) eps_final of optimal, and
+ * st->dual - st->primal is the certified gap. Time O(m + log C) per bid,
+ * about one bid per point (and per dummy block) per phase, about 6 phases,
+ * plus O(n m) for the argmax and the dual: roughly 10 n m operations.
+ * Memory O(n + m C) in the worst case (heap entries), O(n + m) typically.
  *
  * eps_final <= 0 selects 1e-6 x (largest row range of score), at least
  * 1e-9. capacity * m >= n is required; scores must be finite.
  * @return ANN_OK, ANN_E_INVAL (naming the offending row and column or
  * argument) or ANN_E_NOMEM. */
 typedef struct ann_assign_stats {
-	double primal;         /* total score of the returned labels */
-	double dual;           /* upper bound on the optimum from the final prices (primal if argmax) */
-	double eps_final;      /* the last phase's eps */
-	uint64_t bids;         /* forward bids, all phases */
-	uint64_t reverse_bids; /* reverse (part) bids, last phase */
-	unsigned phases;       /* eps-scaling phases run (0 if argmax was feasible) */
-	size_t max_load;       /* points in the fullest part */
-	int argmax;            /* 1 if the argmax labels were feasible and returned */
-	double seconds;        /* wall time */
+	double primal;    /* total score of the returned labels */
+	double dual;      /* upper bound on the optimum from the final prices (primal if argmax) */
+	double eps_final; /* the last phase's eps (0 if argmax) */
+	size_t dummies;   /* D = m min(capacity, n) - n (0 if argmax) */
+	uint64_t bids;    /* bids, all phases (a dummy block's bid counts once) */
+	unsigned phases;  /* eps-scaling phases run (0 if argmax) */
+	size_t max_load;  /* points in the fullest part */
+	int argmax;       /* 1 if the argmax labels were feasible and returned */
+	double seconds;   /* wall time */
 } ann_assign_stats;
 
 int ann_balanced_assign(const float *score, size_t n, size_t m, size_t capacity, double eps_final, uint32_t *labels,

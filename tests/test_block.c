@@ -15,7 +15,7 @@
 /* ---- helpers ------------------------------------------------------------------------------ */
 
 static const ann_block_encoding all_enc[] = { ANN_BLOCK_F32, ANN_BLOCK_F16, ANN_BLOCK_U8, ANN_BLOCK_I8,
-					      ANN_BLOCK_SQ8 };
+	                                      ANN_BLOCK_SQ8 };
 
 static double in_elem(const void *v, ann_dtype t, size_t i)
 {
@@ -127,12 +127,14 @@ static void make_case(ann_rng *rng, tcase *c, ann_block_encoding enc, bool sift,
 	case ANN_BLOCK_SQ8:
 		if (!sift)
 			for (size_t i = 0; i < n; i++)
-				f[i] = (float)((ann_rng_uniform(rng) - 0.5) * 2000.0 * pow(10.0, -(double)ann_rng_below(rng, 4)));
+				f[i] = (float)((ann_rng_uniform(rng) - 0.5) * 2000.0 *
+				               pow(10.0, -(double)ann_rng_below(rng, 4)));
 		break;
 	case ANN_BLOCK_F16:
 		if (!sift)
 			for (size_t i = 0; i < n; i++)
-				f[i] = (float)((ann_rng_uniform(rng) - 0.5) * pow(10.0, (double)ann_rng_below(rng, 14) - 9.0));
+				f[i] = (float)((ann_rng_uniform(rng) - 0.5) *
+				               pow(10.0, (double)ann_rng_below(rng, 14) - 9.0));
 		break;
 	case ANN_BLOCK_U8: {
 		/* Alternate between u8 input and integral floats. */
@@ -155,7 +157,8 @@ static void make_case(ann_rng *rng, tcase *c, ann_block_encoding enc, bool sift,
 		bool raw = ann_rng_below(rng, 2);
 		int8_t *s = malloc(n ? n : 1);
 		for (size_t i = 0; i < n; i++)
-			s[i] = sift ? (int8_t)((int)f[i] - 128) : (int8_t)((int)ann_rng_below(rng, 256) - 128);
+			s[i] = sift ? (int8_t)((int)f[i] - 128)
+			            : (int8_t)((int)ann_rng_below(rng, 256) - 128);
 		if (raw) {
 			free(f);
 			c->vecs = s;
@@ -195,14 +198,13 @@ static void check_decoded(const ann_block_params *p, const tcase *c, const int64
 	for (size_t r = 0; r < c->count; r++) {
 		size_t s = o[r];
 		if (ids[r] != c->ids[s])
-			T_FAIL("row %zu: id %" PRId64 ", expected %" PRId64 " (input %zu)", r, ids[r], c->ids[s], s);
+			T_FAIL("row %zu: id %" PRId64 ", expected %" PRId64 " (input %zu)", r, ids[r],
+			       c->ids[s], s);
 		for (uint32_t j = 0; j < dim; j++) {
 			double x = in_elem(c->vecs, c->vt, s * dim + j);
 			size_t k = r * dim + j;
 			switch (p->encoding) {
-			case ANN_BLOCK_F32:
-				ASSERT_TRUE(((const float *)vecs)[k] == (float)x);
-				break;
+			case ANN_BLOCK_F32: ASSERT_TRUE(((const float *)vecs)[k] == (float)x); break;
 			case ANN_BLOCK_F16: {
 				double y = ((const float *)vecs)[k];
 				double bound = fmax(fabs(x) * 0x1p-11, 0x1p-25);
@@ -213,18 +215,16 @@ static void check_decoded(const ann_block_params *p, const tcase *c, const int64
 #endif
 				break;
 			}
-			case ANN_BLOCK_U8:
-				ASSERT_EQ(((const uint8_t *)vecs)[k], x);
-				break;
-			case ANN_BLOCK_I8:
-				ASSERT_EQ(((const int8_t *)vecs)[k], x);
-				break;
+			case ANN_BLOCK_U8: ASSERT_EQ(((const uint8_t *)vecs)[k], x); break;
+			case ANN_BLOCK_I8: ASSERT_EQ(((const int8_t *)vecs)[k], x); break;
 			case ANN_BLOCK_SQ8: {
 				double y = ((const float *)vecs)[k];
 				double scale = (hi[j] - lo[j]) / 255.0;
-				double tol = 0.5 * scale * (1 + 1e-5) + 4 * FLT_EPSILON * (fabs(lo[j]) + fabs(hi[j]));
+				double tol = 0.5 * scale * (1 + 1e-5) +
+				             4 * FLT_EPSILON * (fabs(lo[j]) + fabs(hi[j]));
 				if (!(fabs(y - x) <= tol))
-					T_FAIL("SQ8 row %zu dim %u: %.9g decoded as %.9g, scale %g", r, j, x, y, scale);
+					T_FAIL("SQ8 row %zu dim %u: %.9g decoded as %.9g, scale %g", r, j, x,
+					       y, scale);
 				break;
 			}
 			}
@@ -237,12 +237,13 @@ static void check_decoded(const ann_block_params *p, const tcase *c, const int64
 
 /* Encodes, checks the padded length and header, decodes both ways, checks the data. */
 static void roundtrip(ann_block_enc *enc, ann_block_dec *dec, const ann_block_params *p, const tcase *c,
-		      uint64_t part)
+                      uint64_t part)
 {
 	ann_error e = { 0 };
 	uint8_t *b = NULL;
 	size_t len = 0;
-	int rc = block_encode(enc, p, c->dim, c->count, c->ids, c->vecs, c->vt, part, part * 3 + 1, &b, &len, &e);
+	int rc = block_encode(enc, p, c->dim, c->count, c->ids, c->vecs, c->vt, part, part * 3 + 1, &b, &len,
+	                      &e);
 	if (rc < 0)
 		T_FAIL("encode enc %d dim %u count %zu: %s", (int)p->encoding, c->dim, c->count, e.msg);
 	ASSERT_EQ((uintptr_t)b % 4096, 0);
@@ -263,7 +264,8 @@ static void roundtrip(ann_block_enc *enc, ann_block_dec *dec, const ann_block_pa
 	ASSERT_EQ(in.dict_id, p->dict ? block_dict_id(p->dict) : 0);
 	ASSERT_EQ(!!(in.flags & BLOCK_FLAG_SHUFFLE), p->shuffle);
 	/* Centring: only 1-byte encodings under zstd; ON forces it, OFF forbids it. */
-	bool one_byte = p->encoding == ANN_BLOCK_U8 || p->encoding == ANN_BLOCK_I8 || p->encoding == ANN_BLOCK_SQ8;
+	bool one_byte =
+	        p->encoding == ANN_BLOCK_U8 || p->encoding == ANN_BLOCK_I8 || p->encoding == ANN_BLOCK_SQ8;
 	bool can_center = one_byte && p->codec == ANN_BLOCK_CODEC_ZSTD && c->count > 0;
 	if (!can_center || p->center == ANN_BLOCK_CENTER_OFF)
 		ASSERT_EQ(in.flags & BLOCK_FLAG_CENTER, 0);
@@ -283,12 +285,14 @@ static void roundtrip(ann_block_enc *enc, ann_block_dec *dec, const ann_block_pa
 	int64_t *ids = malloc(in.ids_out_bytes + 8);
 	uint8_t *vec = malloc(in.vec_out_bytes + 8);
 	ann_block_info in2;
-	ASSERT_OK(block_decode_into(dec, b, len, p->dict, ids, in.ids_out_bytes, vec, in.vec_out_bytes, &in2, &e));
+	ASSERT_OK(block_decode_into(dec, b, len, p->dict, ids, in.ids_out_bytes, vec, in.vec_out_bytes, &in2,
+	                            &e));
 	check_decoded(p, c, ids, vec);
 	ASSERT_EQ(in2.stored_bytes, in.stored_bytes);
 	if (in.vec_out_bytes > 0)
-		ASSERT_ERR(block_decode_into(dec, b, len, p->dict, ids, in.ids_out_bytes, vec, in.vec_out_bytes - 1,
-					     NULL, &e), e, ANN_E_INVAL, "output buffers");
+		ASSERT_ERR(block_decode_into(dec, b, len, p->dict, ids, in.ids_out_bytes, vec,
+		                             in.vec_out_bytes - 1, NULL, &e),
+		           e, ANN_E_INVAL, "output buffers");
 	free(ids);
 	free(vec);
 	ann_aligned_free(b);
@@ -310,7 +314,8 @@ static void test_f16(ann_rng *rng)
 		}
 		ASSERT_EQ(back, h);
 #if HAVE_F16_ORACLE
-		ASSERT_TRUE(f == oracle_f16_to_f32((uint16_t)h) && signbit(f) == signbit(oracle_f16_to_f32((uint16_t)h)));
+		ASSERT_TRUE(f == oracle_f16_to_f32((uint16_t)h) &&
+		            signbit(f) == signbit(oracle_f16_to_f32((uint16_t)h)));
 #endif
 	}
 #if HAVE_F16_ORACLE
@@ -385,7 +390,8 @@ static void test_roundtrip(ann_rng *rng)
 		content[i] = (uint8_t)(i % 7 == 0 ? ann_rng_below(rng, 256) : i / 64);
 	ASSERT_OK(block_dict_new(7, content, sizeof content, 1, &dict, NULL));
 
-	static const uint32_t dims[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 128, 784 };
+	static const uint32_t dims[] = { 1,  2,  3,  4,  5,  6,  7,  8,  9,  10,  11,
+		                         12, 13, 14, 15, 16, 17, 18, 19, 20, 128, 784 };
 	size_t blocks = 0;
 	uint64_t part = 1;
 	for (size_t ei = 0; ei < sizeof all_enc / sizeof all_enc[0]; ei++) {
@@ -394,16 +400,20 @@ static void test_roundtrip(ann_rng *rng)
 				for (int sift = 0; sift < 2; sift++) {
 					for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
 						uint32_t dim = dims[di];
-						size_t counts[3] = { 0, 1, dim >= 128 ? 37 : 8 + ann_rng_below(rng, 250) };
+						size_t counts[3] = {
+							0, 1, dim >= 128 ? 37 : 8 + ann_rng_below(rng, 250)
+						};
 						for (int ci = 0; ci < 3; ci++) {
 							ann_block_params p;
 							block_params_init(&p);
 							p.encoding = all_enc[ei];
 							p.shuffle = shuffle;
-							p.codec = cv ? ANN_BLOCK_CODEC_ZSTD : ANN_BLOCK_CODEC_NONE;
+							p.codec = cv ? ANN_BLOCK_CODEC_ZSTD
+							             : ANN_BLOCK_CODEC_NONE;
 							p.level = 1;
 							p.dict = cv == 2 ? dict : NULL;
-							p.pad = (part & 1) ? ANN_BLOCK_PAD_LMDB : ANN_BLOCK_PAD_FILE;
+							p.pad = (part & 1) ? ANN_BLOCK_PAD_LMDB
+							                   : ANN_BLOCK_PAD_FILE;
 							p.center = (ann_block_center)(part % 3);
 							tcase c;
 							make_case(rng, &c, p.encoding, sift, dim, counts[ci]);
@@ -455,7 +465,7 @@ static uint8_t *small_block(ann_rng *rng, const ann_block_params *p, uint32_t di
 }
 
 static void expect_bad(ann_block_dec *dec, const uint8_t *b, size_t len, const ann_block_dict *dict,
-		       const char *what, size_t pos)
+                       const char *what, size_t pos)
 {
 	ann_error e = { 0 };
 	ann_block_view v;
@@ -485,12 +495,18 @@ static void test_corruption(ann_rng *rng)
 		size_t count;
 		ann_block_center center;
 	} cases[] = {
-		{ ANN_BLOCK_U8, ANN_BLOCK_CODEC_ZSTD, true, false, ANN_BLOCK_PAD_FILE, 12, 9, ANN_BLOCK_CENTER_OFF },
-		{ ANN_BLOCK_SQ8, ANN_BLOCK_CODEC_NONE, true, false, ANN_BLOCK_PAD_LMDB, 5, 7, ANN_BLOCK_CENTER_AUTO },
-		{ ANN_BLOCK_F16, ANN_BLOCK_CODEC_ZSTD, false, true, ANN_BLOCK_PAD_LMDB, 3, 4, ANN_BLOCK_CENTER_AUTO },
-		{ ANN_BLOCK_F32, ANN_BLOCK_CODEC_NONE, false, false, ANN_BLOCK_PAD_FILE, 2, 3, ANN_BLOCK_CENTER_AUTO },
-		{ ANN_BLOCK_I8, ANN_BLOCK_CODEC_ZSTD, true, false, ANN_BLOCK_PAD_FILE, 4, 0, ANN_BLOCK_CENTER_AUTO },
-		{ ANN_BLOCK_SQ8, ANN_BLOCK_CODEC_ZSTD, false, false, ANN_BLOCK_PAD_FILE, 6, 5, ANN_BLOCK_CENTER_ON },
+		{ ANN_BLOCK_U8, ANN_BLOCK_CODEC_ZSTD, true, false, ANN_BLOCK_PAD_FILE, 12, 9,
+		  ANN_BLOCK_CENTER_OFF },
+		{ ANN_BLOCK_SQ8, ANN_BLOCK_CODEC_NONE, true, false, ANN_BLOCK_PAD_LMDB, 5, 7,
+		  ANN_BLOCK_CENTER_AUTO },
+		{ ANN_BLOCK_F16, ANN_BLOCK_CODEC_ZSTD, false, true, ANN_BLOCK_PAD_LMDB, 3, 4,
+		  ANN_BLOCK_CENTER_AUTO },
+		{ ANN_BLOCK_F32, ANN_BLOCK_CODEC_NONE, false, false, ANN_BLOCK_PAD_FILE, 2, 3,
+		  ANN_BLOCK_CENTER_AUTO },
+		{ ANN_BLOCK_I8, ANN_BLOCK_CODEC_ZSTD, true, false, ANN_BLOCK_PAD_FILE, 4, 0,
+		  ANN_BLOCK_CENTER_AUTO },
+		{ ANN_BLOCK_SQ8, ANN_BLOCK_CODEC_ZSTD, false, false, ANN_BLOCK_PAD_FILE, 6, 5,
+		  ANN_BLOCK_CENTER_ON },
 	};
 	for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
 		ann_block_params p;
@@ -543,8 +559,8 @@ static void test_corruption(ann_rng *rng)
 		/* Header fields changed with a valid header checksum. */
 		static const struct {
 			size_t off, size;
-		} fields[] = { { 8, 2 }, { 10, 1 }, { 11, 1 }, { 12, 2 }, { 14, 2 }, { 16, 4 }, { 20, 4 }, { 24, 4 },
-			       { 28, 4 }, { 32, 8 }, { 40, 8 } };
+		} fields[] = { { 8, 2 },  { 10, 1 }, { 11, 1 }, { 12, 2 }, { 14, 2 }, { 16, 4 },
+			       { 20, 4 }, { 24, 4 }, { 28, 4 }, { 32, 8 }, { 40, 8 } };
 		for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++) {
 			for (int it = 0; it < 64; it++) {
 				memcpy(g, b, len);
@@ -554,7 +570,9 @@ static void test_corruption(ann_rng *rng)
 				switch (it % 4) {
 				case 0: val = old + 1; break;
 				case 1: val = old - 1; break;
-				case 2: val = old ^ (UINT64_C(1) << ann_rng_below(rng, 8 * fields[f].size)); break;
+				case 2:
+					val = old ^ (UINT64_C(1) << ann_rng_below(rng, 8 * fields[f].size));
+					break;
 				default: val = ann_rng_next(rng); break;
 				}
 				for (size_t i = 0; i < fields[f].size; i++)
@@ -562,7 +580,8 @@ static void test_corruption(ann_rng *rng)
 				if (memcmp(g, b, len) == 0)
 					continue;
 				fix_header_n(g, len);
-				if ((fields[f].off >= 10 && fields[f].off <= 12) || (fields[f].off == 16 && cases[k].count == 0)) {
+				if ((fields[f].off >= 10 && fields[f].off <= 12) ||
+				    (fields[f].off == 16 && cases[k].count == 0)) {
 					/* A forged encoding, codec or flags byte can describe another valid
 					 * block (U8 <-> I8, shuffle on/off), as can the dimension of an
 					 * empty block: only "no crash" holds. */
@@ -637,7 +656,8 @@ static void test_errors(ann_rng *rng)
 	/* Checksums name the partition. */
 	memcpy(g, b, len);
 	g[100] ^= 1;
-	ASSERT_ERR(block_decode(dec, g, len, NULL, &v, &e), e, ANN_E_CORRUPT, "partition 4242: payload checksum");
+	ASSERT_ERR(block_decode(dec, g, len, NULL, &v, &e), e, ANN_E_CORRUPT,
+	           "partition 4242: payload checksum");
 	memcpy(g, b, len);
 	g[33] ^= 1;
 	ASSERT_ERR(block_decode(dec, g, len, NULL, &v, &e), e, ANN_E_CORRUPT, "header claims partition 4242");
@@ -695,16 +715,16 @@ static void test_errors(ann_rng *rng)
 	int64_t id1 = 1;
 	uint8_t x1 = 1;
 	p.dict = d5dec;
-	ASSERT_ERR(block_encode(NULL, &p, 1, 1, &id1, &x1, ANN_DTYPE_U8, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "decode-only");
+	ASSERT_ERR(block_encode(NULL, &p, 1, 1, &id1, &x1, ANN_DTYPE_U8, 0, 0, &out, &len, &e), e,
+	           ANN_E_INVAL, "decode-only");
 	p.dict = d5;
 	p.level = 4;
-	ASSERT_ERR(block_encode(NULL, &p, 1, 1, &id1, &x1, ANN_DTYPE_U8, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "level 3");
+	ASSERT_ERR(block_encode(NULL, &p, 1, 1, &id1, &x1, ANN_DTYPE_U8, 0, 0, &out, &len, &e), e,
+	           ANN_E_INVAL, "level 3");
 	p.level = 3;
 	p.codec = ANN_BLOCK_CODEC_NONE;
-	ASSERT_ERR(block_encode(NULL, &p, 1, 1, &id1, &x1, ANN_DTYPE_U8, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "needs codec zstd");
+	ASSERT_ERR(block_encode(NULL, &p, 1, 1, &id1, &x1, ANN_DTYPE_U8, 0, 0, &out, &len, &e), e,
+	           ANN_E_INVAL, "needs codec zstd");
 	block_dict_free(d6);
 	ASSERT_ERR(block_dict_new(0, content, sizeof content, 3, &d6, &e), e, ANN_E_INVAL, "id 0");
 	ASSERT_TRUE(d6 == NULL);
@@ -715,42 +735,42 @@ static void test_errors(ann_rng *rng)
 	block_params_init(&p);
 	int64_t ids2[2] = { 10, 20 };
 	float fx[4] = { 1, 2, 3, NAN };
-	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, fx, ANN_DTYPE_F32, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "vector 1 (id 20), dim 1");
+	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, fx, ANN_DTYPE_F32, 0, 0, &out, &len, &e), e,
+	           ANN_E_INVAL, "vector 1 (id 20), dim 1");
 	ASSERT_TRUE(out == NULL);
 	p.encoding = ANN_BLOCK_SQ8;
-	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, fx, ANN_DTYPE_F32, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "not finite");
+	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, fx, ANN_DTYPE_F32, 0, 0, &out, &len, &e), e,
+	           ANN_E_INVAL, "not finite");
 	p.encoding = ANN_BLOCK_F16;
 	fx[3] = 70000;
-	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, fx, ANN_DTYPE_F32, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "F16 range");
+	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, fx, ANN_DTYPE_F32, 0, 0, &out, &len, &e), e,
+	           ANN_E_INVAL, "F16 range");
 	fx[3] = 65519;
 	ASSERT_OK(block_encode(NULL, &p, 2, 2, ids2, fx, ANN_DTYPE_F32, 0, 0, &out, &len, &e));
 	ann_aligned_free(out);
 	p.encoding = ANN_BLOCK_U8;
 	fx[3] = 3.5f;
-	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, fx, ANN_DTYPE_F32, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "0..255");
+	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, fx, ANN_DTYPE_F32, 0, 0, &out, &len, &e), e,
+	           ANN_E_INVAL, "0..255");
 	fx[3] = 256;
-	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, fx, ANN_DTYPE_F32, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "0..255");
+	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, fx, ANN_DTYPE_F32, 0, 0, &out, &len, &e), e,
+	           ANN_E_INVAL, "0..255");
 	int8_t sx[4] = { 1, 2, 3, -1 };
 	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, sx, ANN_DTYPE_I8, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "0..255");
+	           "0..255");
 	p.encoding = ANN_BLOCK_I8;
 	uint8_t ux[4] = { 1, 2, 3, 200 };
 	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, ux, ANN_DTYPE_U8, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "-128..127");
+	           "-128..127");
 	ASSERT_ERR(block_encode(NULL, &p, 0, 2, ids2, ux, ANN_DTYPE_U8, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "dimension 0");
-	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, ux, ANN_DTYPE_I32, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "input element type");
+	           "dimension 0");
+	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, ux, ANN_DTYPE_I32, 0, 0, &out, &len, &e), e,
+	           ANN_E_INVAL, "input element type");
 	ASSERT_ERR(block_encode(NULL, &p, 2, 2, NULL, ux, ANN_DTYPE_U8, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "no ids");
+	           "no ids");
 	p.level = 1000;
 	ASSERT_ERR(block_encode(NULL, &p, 2, 2, ids2, ux, ANN_DTYPE_U8, 0, 0, &out, &len, &e), e, ANN_E_INVAL,
-		   "zstd level");
+	           "zstd level");
 	block_dec_free(dec);
 }
 
@@ -775,7 +795,7 @@ static void test_dict_training(ann_rng *rng)
 		for (int i = 0; i < CNT; i++)
 			ids[i] = s * 1000 + i * 7;
 		ASSERT_OK(block_encode(NULL, &p, DIM, CNT, ids, all + (size_t)s * DIM * CNT, ANN_DTYPE_U8,
-				       (uint64_t)s, 0, &samples[s], &lens[s], NULL));
+		                       (uint64_t)s, 0, &samples[s], &lens[s], NULL));
 	}
 	uint8_t *u = all + (size_t)NS * DIM * CNT; /* held out */
 	uint8_t *dbytes;
@@ -806,7 +826,7 @@ static void test_dict_training(ann_rng *rng)
 	p.codec = ANN_BLOCK_CODEC_ZSTD;
 	ASSERT_OK(block_encode(NULL, &p, DIM, CNT, ids, u, ANN_DTYPE_U8, 0, 0, &zb, &zlen, NULL));
 	ASSERT_ERR(block_dict_train((const uint8_t *const *)&zb, &zlen, 1, 4096, &dbytes, &dlen, &e), e,
-		   ANN_E_INVAL, "codec NONE");
+	           ANN_E_INVAL, "codec NONE");
 	ann_aligned_free(zb);
 	for (int s = 0; s < NS; s++)
 		ann_aligned_free(samples[s]);

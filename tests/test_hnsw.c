@@ -319,29 +319,33 @@ static void test_duplicates(ann_rng *r)
 {
 	t_current = "test_duplicates";
 	size_t n = 1500, d = 8, dup = 400;
-	float *x = malloc(n * d * sizeof(float));
-	t_fill_uniform(r, x, n * d, -1, 1);
-	for (size_t i = 1; i < dup; i++)
-		memcpy(x + i * 3 * d, x, d * sizeof(float)); /* every third of the first 1200 */
-	ann_hnsw *h;
-	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 8, 60, 4, &h, NULL));
-	ASSERT_OK(ann_hnsw_build(h, x, n, 2, NULL, NULL, NULL));
-	int32_t ids[20];
-	float dd[20];
-	ASSERT_EQ(ann_hnsw_search(h, NULL, x, 20, 60, ids, dd, NULL), 20);
-	for (int j = 0; j < 20; j++) {
-		ASSERT_EQ(dd[j], 0);
-		ASSERT_EQ(ids[j] % 3, 0);
+	float *x = malloc(n * d * sizeof(float)), *q = malloc(40 * d * sizeof(float));
+	for (int m = 0; m < 3; m += 2) {
+		/* 400 copies of x[0] (scaled ones for COSINE) at every third row
+		 * of the first 1200. */
+		t_fill_uniform(r, x, n * d, -1, 1);
+		for (size_t i = 1; i < dup; i++)
+			for (size_t j = 0; j < d; j++)
+				x[i * 3 * d + j] = x[j] * (m == ANN_METRIC_COSINE ? (float)(1 + i % 5) : 1.0f);
+		ann_hnsw *h;
+		ASSERT_OK(ann_hnsw_create(d, (ann_metric)m, 8, 60, 4, &h, NULL));
+		ASSERT_OK(ann_hnsw_build(h, x, n, 2, NULL, NULL, NULL));
+		int32_t ids[20];
+		float dd[20];
+		ASSERT_EQ(ann_hnsw_search(h, NULL, x, 20, 60, ids, dd, NULL), 20);
+		for (int j = 0; j < 20; j++) {
+			ASSERT_NEAR(dd[j], 0, 1e-6);
+			ASSERT_EQ(ids[j] % 3, 0);
+		}
+		/* The rest of the graph stays reachable. */
+		for (size_t i = 0; i < 40; i++)
+			memcpy(q + i * d, x + (1 + 37 * i) * d, d * sizeof(float));
+		double rc = recall(h, NULL, x, n, q, 40, 5, 60);
+		printf("duplicates, metric %d: recall@5 %.4f\n", m, rc);
+		ASSERT_LE(0.95, rc);
+		ann_hnsw_free(h);
 	}
-	/* The rest of the graph stays reachable. */
-	float *q = malloc(40 * d * sizeof(float));
-	for (size_t i = 0; i < 40; i++)
-		memcpy(q + i * d, x + (1 + 37 * i) * d, d * sizeof(float));
-	double rc = recall(h, NULL, x, n, q, 40, 5, 60);
-	printf("duplicates: recall@5 %.4f\n", rc);
-	ASSERT_LE(0.95, rc);
 	free(q);
-	ann_hnsw_free(h);
 	free(x);
 }
 

@@ -163,6 +163,20 @@ static void test_spherical(ann_rng *r)
 	free(label);
 }
 
+static uint64_t prog_calls, prog_last;
+static void on_progress(void *ctx, const char *phase, uint64_t done, uint64_t total)
+{
+	(void)ctx;
+	ASSERT_LE(done, total);
+	if (strcmp(phase, "kmeans") == 0) {
+		ASSERT_EQ(done, prog_last + 1);
+		prog_calls++;
+		prog_last = done;
+	} else {
+		ASSERT_TRUE(strcmp(phase, "kmeans-seed") == 0);
+	}
+}
+
 static void test_monotone(ann_rng *r)
 {
 	t_current = "test_monotone";
@@ -179,9 +193,12 @@ static void test_monotone(ann_rng *r)
 		o.tol = 0;
 		o.history = hist;
 		o.init = init ? ANN_KMEANS_RANDOM : ANN_KMEANS_PLUSPLUS;
+		o.progress = on_progress;
+		prog_calls = prog_last = 0;
 		ann_kmeans_stats st;
 		ASSERT_OK(ann_kmeans(x, n, d, &o, c, NULL, &st, NULL));
 		ASSERT_EQ(st.iterations, 30);
+		ASSERT_EQ(prog_calls, 30);
 		for (uint32_t i = 1; i < st.iterations; i++)
 			ASSERT_LE(hist[i], hist[i - 1] * (1 + 1e-6));
 		ASSERT_LT(hist[st.iterations - 1], hist[0]);

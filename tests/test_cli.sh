@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Description: the annann tool end to end: exit codes (0 ok, 1 failure,
+# 2 usage), messages on stderr, --help and --json on every command, gen
+# determinism, convert round trips, gt, build/info/search/verify, and a
+# corrupted index reported by verify.
+set -uo pipefail
+A=$1
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# expect CODE CMD...: runs CMD, checks its exit status, keeps stderr in $dir/err
+expect() {
+	local want=$1; shift
+	"$@" >"$dir/out" 2>"$dir/err"
+	local got=$?
+	[ "$got" = "$want" ] || { cat "$dir/err" >&2; fail "'$*' exited $got, expected $want"; }
+}
+json_ok() { python3 -c 'import json,sys; [json.loads(l) for l in sys.stdin if l.strip()]' <"$dir/out" \
+	|| fail "not JSON: $(cat "$dir/out")"; }
+
+# usage and help
+expect 2 "$A"
+expect 0 "$A" help
+grep -q "build" "$dir/out" || fail "help lists no build"
+expect 0 "$A" version
+for c in gen gt convert build search info verify; do
+	expect 0 "$A" "$c" --help
+	grep -q "usage: annann $c" "$dir/out" || fail "$c --help"
+	expect 0 "$A" help "$c"
+done
+expect 2 "$A" frobnicate
+expect 2 "$A" gen --n 10
+grep -q "out' is required" "$dir/err" || fail "missing required option message"
+expect 2 "$A" gen --n ten --out "$dir/x.fbin"
+expect 2 "$A" gen --n 10 --out "$dir/x.fbin" --bogus
+expect 2 "$A" build --data x --index y --partitions -3
+expect 2 "$A" search --index y --queries q --nprobe 0
+
+# gen: same seed same bytes, other seed other bytes
+expect 0 "$A" gen --n 3000 --dim 32 --seed 7 --queries 50 --out "$dir/a.u8bin" --queries-out "$dir/q.u8bin" --quiet
+expect 0 "$A" gen --n 3000 --dim 32 --seed 7 --out "$dir/b.u8bin" --quiet --json
+json_ok
+cmp -s "$dir/a.u8bin" "$dir/b.u8bin" || fail "gen not deterministic"
+expect 0 "$A" gen --n 3000 --dim 32 --seed 8 --out "$dir/c.u8bin" --quiet
+cmp -s "$dir/a.u8bin" "$dir/c.u8bin" && fail "different seeds gave the same data"
+
+# convert round trip through every format
+prev="$dir/a.u8bin"
+for ext in fbin fvecs bvecs i8bin.skip u8bin; do
+	[ "$ext" = i8bin.skip ] && continue
+	expect 0 "$A" convert --in "$prev" --out "$dir/r.$ext" --quiet
+	prev="$dir/r.$ext"
+done
+cmp -s "$dir/a.u8bin" "$dir/r.u8bin" || fail "convert round trip changed the data"
+
+# bad input names the file and the vector
+head -c 2000 "$dir/r.fvecs" >"$dir/trunc.fvecs"
+expect 1 "$A" convert --in "$dir/trunc.fvecs" --out "$dir/t.fbin"
+grep -q "trunc.fvecs" "$dir/err" || fail "truncation message lacks the file: $(cat "$dir/err")"
+[ -e "$dir/t.fbin" ] && fail "a failed convert left its output"
+expect 1 "$A" convert --in "$dir/nonexistent.fbin" --out "$dir/t.fbin"
+
+# gt: big-ann layout and ivecs
+expect 0 "$A" gt --base "$dir/a.u8bin" --queries "$dir/q.u8bin" --k 20 --out "$dir/gt.bin" --quiet --json
+json_ok
+expect 0 "$A" gt --base "$dir/a.u8bin" --queries "$dir/q.u8bin" --k 20 --out "$dir/gt.ivecs" --quiet
+[ "$(stat -c %s "$dir/gt.bin")" = $((8 + 50 * 20 * 8)) ] || fail "gt.bin size"
+[ "$(stat -c %s "$dir/gt.ivecs")" = $((50 * 21 * 4)) ] || fail "gt.ivecs size"
+
+# build, info, search, verify
+expect 0 "$A" build --data "$dir/a.u8bin" --index "$dir/idx" --partitions 16 --mem 64M --quiet
+expect 1 "$A" build --data "$dir/a.u8bin" --index "$dir/idx" --partitions 16 --quiet
+grep -q "already exists" "$dir/err" || fail "rebuild over an index"
+expect 0 "$A" info --index "$dir/idx" --json
+json_ok
+python3 - "$dir/out" <<'PY' || fail "info json keys"
+import json, sys
+d = json.load(open(sys.argv[1]))
+for k in ["vectors", "dim", "partitions", "router", "store", "encoding", "bytes_on_disk", "router_ram_bytes"]:
+    assert k in d, k
+assert d["vectors"] == 3000 and d["dim"] == 32 and d["partitions"] == 16 and d["router"] == "kmeans"
+PY
+expect 0 "$A" search --index "$dir/idx" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --k 10 --nprobe 16 --json \
+	--out "$dir/res.bin"
+json_ok
+python3 - "$dir/out" <<'PY' || fail "search json"
+import json, sys
+d = json.loads(open(sys.argv[1]).readline())
+for k in ["recall_at_k", "k", "queries", "qps", "latency_us", "partitions_probed", "candidates", "bytes_read",
+          "io_requests", "stage_us", "io_path"]:
+    assert k in d, k
+assert d["recall_at_k"] == 1.0, d["recall_at_k"]   # all partitions probed: exact
+assert d["io_path"] in ("io_uring", "pread", "lmdb")
+assert set(d["latency_us"]) >= {"p50", "p95", "p99"} and set(d["stage_us"]) >= {"route", "io_wait", "decode", "scan"}
+PY
+[ "$(stat -c %s "$dir/res.bin")" = $((8 + 50 * 10 * 8)) ] || fail "--out size"
+expect 0 "$A" search --index "$dir/idx" --queries "$dir/q.u8bin" --gt "$dir/res.bin" --k 10 --nprobe 16 --batch 8 \
+	--threads 2 --cache 1M --json
+python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).readline()); assert d["recall_at_k"]==1.0' "$dir/out" \
+	|| fail "--out results are not what search returns"
+expect 0 "$A" search --index "$dir/idx" --queries "$dir/q.u8bin" --nprobe 1,2,4
+[ "$(grep -c '^[124] ' "$dir/out")" = 3 ] || fail "sweep rows"
+expect 1 "$A" search --index "$dir/idx" --queries "$dir/r.fbin" --gt "$dir/gt.bin" --k 30
+grep -q "need" "$dir/err" || fail "gt too short message"
+expect 0 "$A" verify --index "$dir/idx" --json
+json_ok
+
+# a flipped byte in blocks.dat: verify reports it and exits 1
+size=$(stat -c %s "$dir/idx/blocks.dat")
+off=$(( 4096 + (size - 4096) / 3 ))
+python3 -c 'import sys; f=open(sys.argv[1],"r+b"); o=int(sys.argv[2]); f.seek(o); b=f.read(1)[0]; f.seek(o); f.write(bytes([b^0x10]))' "$dir/idx/blocks.dat" $off
+expect 1 "$A" verify --index "$dir/idx"
+grep -q "partition" "$dir/err" || fail "verify names no partition: $(cat "$dir/err")"
+echo "cli: all checks passed"
