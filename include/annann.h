@@ -144,7 +144,7 @@ typedef struct ann_build_opts {
 	ann_encoding encoding;   /**< default AUTO */
 	ann_metric metric;       /**< default L2 */
 	int zstd_level;          /**< default 3; 0 stores blocks uncompressed */
-	int shuffle;             /**< byte/dimension shuffle before zstd; default 1 */
+	int shuffle;             /**< byte shuffle before zstd: 1 on, 0 off, -1 (default) on for f32/f16 only */
 	int dictionary;          /**< train a zstd dictionary on sample blocks; default 0 */
 	size_t mem_bytes;        /**< memory budget of the build; default 1 GiB */
 	int threads;             /**< worker threads; default 2 */

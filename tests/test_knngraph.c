@@ -485,7 +485,7 @@ static void test_partition_planted(void)
 	ann_graph_free(&g);
 }
 
-/* Many small cliques: parts of n / m cannot be packed from whole cliques,
+/* Many tight clusters: parts of n / m cannot be packed from whole clusters,
  * METIS overshoots the imbalance and the repair must enforce the cap. */
 static void test_partition_repair(void)
 {
@@ -517,7 +517,7 @@ static void test_partition_repair(void)
 			size_t cap = ANN_MAX((n + m - 1) / m, (size_t)floor((1.0 + imb) * (double)n / (double)m));
 			ann_partition_stats st;
 			ASSERT_OK(ann_partition_graph(&g, m, imb, 3, parts, &st, &te_));
-			printf("  cliques m=%zu imbalance %.2f: cut %.3f, balance %.3f, repair moved %zu\n", m, imb,
+			printf("  clusters m=%zu imbalance %.2f: cut %.3f, balance %.3f, repair moved %zu\n", m, imb,
 			       st.cut_frac, st.balance, st.moved);
 			ASSERT_LE(st.max_part, cap);
 			moved += st.moved;

@@ -26,7 +26,8 @@ static cli_opt build_opts[] = {
 	{"encoding", "E", "auto (default: the input's type), f32, f16, u8, i8 or sq8", NULL},
 	{"metric", "M", "l2 (default), ip or cosine", NULL},
 	{"zstd-level", "L", "zstd level 1..22, 0 = uncompressed (default 3)", NULL},
-	{"no-shuffle", NULL, "do not shuffle bytes before compression", NULL},
+	{"shuffle", NULL, "byte-shuffle vectors before compression (default: for f32/f16 only)", NULL},
+	{"no-shuffle", NULL, "never shuffle before compression", NULL},
 	{"dict", NULL, "train a zstd dictionary on sample blocks", NULL},
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
@@ -125,7 +126,7 @@ static int run_build(cli_cmd *c)
 				       "1..64, iters 1..1000, replicas 1..8, hnsw-m 2..1024)");
 	o.partitions = (uint32_t)parts;
 	o.zstd_level = (int)level;
-	o.shuffle = !cli_flag(c, "no-shuffle");
+	o.shuffle = cli_flag(c, "no-shuffle") ? 0 : cli_flag(c, "shuffle") ? 1 : -1;
 	o.dictionary = cli_flag(c, "dict");
 	o.mem_bytes = mem;
 	o.threads = (int)threads;
