@@ -46,10 +46,10 @@ int ann_spill_open(const char *path, uint32_t nparts, size_t rec_bytes, size_t m
 	s->slot = 8 + rec_bytes;
 	s->cap = mem_bytes / (s->slot + 8);
 	if (s->cap < 64) {
+		size_t slot = s->slot;
 		ann_free(s);
 		return ann_err(err, ANN_E_BUDGET, "spill: a budget of %zu bytes holds %zu records of %zu bytes; "
-			       "at least %zu bytes needed", mem_bytes, mem_bytes / (s->slot + 8), s->slot,
-			       64 * (s->slot + 8));
+			       "at least %zu bytes needed", mem_bytes, mem_bytes / (slot + 8), slot, 64 * (slot + 8));
 	}
 	s->path = ann_malloc(strlen(path) + 1);
 	s->buf = ann_malloc(s->cap * s->slot);
