@@ -276,6 +276,57 @@ typedef void (*ann_verify_fn)(void *ctx, uint32_t partition, const char *problem
 ANN_API int ann_verify(const char *index_dir, ann_verify_fn report, void *ctx, uint64_t *problems,
 		       ann_error *err);
 
+/* ======================================================================
+ * Updates: inserts, deletes, compaction (docs/UPDATES.md)
+ * ====================================================================== */
+
+/** The single writer of an index (an exclusive lock on the directory; a
+ * second writer gets ANN_E_STATE). Searches in any process go on meanwhile
+ * and each batch sees one committed state. */
+typedef struct ann_writer ann_writer;
+
+/** @return ANN_OK, or ANN_E_STATE (another writer), ANN_E_NOTFOUND,
+ * ANN_E_FORMAT, ANN_E_CORRUPT, ANN_E_NOMEM, ANN_E_IO. */
+ANN_API int ann_writer_open(const char *index_dir, ann_writer **out, ann_error *err);
+ANN_API void ann_writer_close(ann_writer *w);
+
+/** Inserts @p n vectors (n * dim floats) in one durable transaction: each
+ * is routed by the index's own router (no retraining) and appended to its
+ * partition's delta; all are searchable once the call returns ANN_OK, none
+ * if it fails. @p ids gives the ids (NULL: assigned from the next free id,
+ * written to @p ids_out if not NULL). An id that exists is ANN_E_EXISTS
+ * naming it, unless @p upsert, which replaces it. For u8/i8 indexes the
+ * values must be integers in range (ANN_E_INVAL naming the vector).
+ * Memory: the transaction holds n * (dim element bytes + 40) bytes. */
+ANN_API int ann_insert(ann_writer *w, const float *vectors, size_t n, const int64_t *ids, int upsert,
+		       int64_t *ids_out, ann_error *err);
+
+/** Deletes @p n ids in one durable transaction; an id deleted never appears
+ * in a result of a search that starts after the call returns. Ids that do
+ * not exist are skipped; @p deleted (may be NULL) gets the number deleted. */
+ANN_API int ann_delete(ann_writer *w, const int64_t *ids, size_t n, uint64_t *deleted, ann_error *err);
+
+/** What a compaction did (also recorded in the catalog's meta). */
+typedef struct ann_compact_stats {
+	uint32_t partitions_rewritten;
+	uint32_t partitions_split;   /**< partitions grown past the limit, split in two */
+	uint64_t deltas_merged;      /**< inserted vectors moved into blocks */
+	uint64_t tombstones_applied; /**< deleted vectors removed from blocks */
+	uint64_t bytes_written;
+	uint64_t bytes_freed;
+	double seconds;
+} ann_compact_stats;
+
+/** Rewrites every partition that has deltas or deleted vectors,
+ * copy-on-write (new blocks are written and fsynced, then one transaction
+ * switches the directory, clears the merged deltas and tombstones and frees
+ * the old blocks' space for reuse). A partition that grows past
+ * @p split_limit vectors (0: 4 x the mean partition size) is split in two
+ * by 2-means and the router learns the new centroid (k-means router; other
+ * routers keep the partition whole). I/O: reads every block when there are
+ * deletes (to find the deleted vectors), else only the rewritten ones. */
+ANN_API int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, ann_error *err);
+
 #ifdef __cplusplus
 }
 #endif

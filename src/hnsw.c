@@ -272,7 +272,7 @@ static int hn_ctx_prepare(const ann_hnsw *h, ann_hnsw_ctx *c, size_t ef, ann_err
 		size_t nc = ANN_MAX(h->n, h->cap);
 		uint16_t *t = ann_calloc(nc, sizeof(uint16_t));
 		if (!t)
-			return ann_err(err, ANN_E_NOMEM, "hnsw: cannot allocate the visited set of %zu entries", nc);
+			return ann_err(err, ANN_E_NOMEM, "hnsw: cannot allocate a visited set of %zu", nc);
 		ann_free(c->tag);
 		c->tag = t;
 		c->tag_cap = nc;
@@ -355,8 +355,8 @@ static void hn_greedy(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, uint32
 
 /* Beam search at level lc from ep: leaves the best ef in the max-heap c->res.
  * Returns ANN_E_NOMEM if the candidate heap cannot grow. */
-static int hn_search_layer(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, uint32_t ep, float epd, size_t ef,
-			   int lc)
+static int hn_search_layer(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, uint32_t ep, float epd,
+			   size_t ef, int lc)
 {
 	hn_visit_reset(c);
 	uint16_t gen = c->gen;
@@ -681,8 +681,8 @@ const float *ann_hnsw_vector(const ann_hnsw *h, uint32_t id)
 
 size_t ann_hnsw_bytes(const ann_hnsw *h)
 {
-	size_t b = sizeof *h + h->cap * (h->d * sizeof(float) + (1 + (size_t)h->M0) * 4 + 1 + sizeof(size_t)) +
-		   h->upper_cap * sizeof(uint32_t);
+	size_t per_node = h->d * sizeof(float) + (1 + (size_t)h->M0) * 4 + 1 + sizeof(size_t);
+	size_t b = sizeof *h + h->cap * per_node + h->upper_cap * sizeof(uint32_t);
 	if (h->actx)
 		b += ann_hnsw_ctx_bytes(h->actx);
 	return b;
@@ -693,7 +693,7 @@ size_t ann_hnsw_bytes(const ann_hnsw *h)
 int ann_hnsw_add(ann_hnsw *h, const float *v, uint32_t *id, ann_error *err)
 {
 	if (h->failed)
-		return ann_err(err, ANN_E_STATE, "hnsw: an earlier add or build failed; the graph takes no adds");
+		return ann_err(err, ANN_E_STATE, "hnsw: an earlier add or build failed, no more adds");
 	if (h->n >= HN_MAX_N)
 		return ann_err(err, ANN_E_INVAL, "hnsw: already %zu vectors, the limit", h->n);
 	if (h->n == h->cap)
@@ -765,7 +765,7 @@ int ann_hnsw_build(ann_hnsw *h, const float *x, size_t n, int threads, ann_progr
 		   void *progress_ctx, ann_error *err)
 {
 	if (h->failed)
-		return ann_err(err, ANN_E_STATE, "hnsw: an earlier add or build failed; the graph takes no adds");
+		return ann_err(err, ANN_E_STATE, "hnsw: an earlier add or build failed, no more adds");
 	if (threads < 1 || threads > HN_MAX_THREADS)
 		return ann_err(err, ANN_E_INVAL, "hnsw: threads %d not in 1..%d", threads, HN_MAX_THREADS);
 	if (n == 0)
@@ -1001,23 +1001,24 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 {
 	*out = NULL;
 	if (!buf || len < HN_HEADER + HN_TRAILER)
-		return ann_err(err, ANN_E_CORRUPT, "hnsw blob: %zu bytes, shorter than header and checksum (%u)", len,
-			       HN_HEADER + HN_TRAILER);
+		return ann_err(err, ANN_E_CORRUPT, "hnsw blob: %zu bytes, less than header + checksum (%u)",
+			       len, HN_HEADER + HN_TRAILER);
 	if (memcmp(buf, HN_MAGIC, 8) != 0)
 		return ann_err(err, ANN_E_FORMAT, "hnsw blob: bad magic, not an HNSW graph");
 	unsigned major = ann_ld16(buf + 8), minor = ann_ld16(buf + 10);
 	if (major != ANN_HNSW_VERSION_MAJOR)
-		return ann_err(err, ANN_E_FORMAT, "hnsw blob: format version %u.%u, this build reads %u.x", major,
-			       minor, ANN_HNSW_VERSION_MAJOR);
+		return ann_err(err, ANN_E_FORMAT, "hnsw blob: format version %u.%u, this build reads %u.x",
+			       major, minor, ANN_HNSW_VERSION_MAJOR);
 	size_t hdr = ann_ld32(buf + 12);
 	uint64_t body = ann_ld64(buf + 88);
 	if (hdr < HN_HEADER || hdr > len - HN_TRAILER || body != len - HN_TRAILER - hdr)
 		return ann_err(err, ANN_E_CORRUPT,
-			       "hnsw blob: %zu bytes, header says %zu + body %llu + %u (truncated or trailing data)", len,
+			       "hnsw blob: %zu bytes, header says %zu + body %llu + %u (truncated?)", len,
 			       hdr, (unsigned long long)body, HN_TRAILER);
 	uint64_t want = ann_ld64(buf + len - HN_TRAILER), got = XXH64(buf, len - HN_TRAILER, 0);
 	if (want != got)
-		return ann_err(err, ANN_E_CORRUPT, "hnsw blob: checksum mismatch at offset %zu (stored %016llx, computed %016llx)",
+		return ann_err(err, ANN_E_CORRUPT,
+			       "hnsw blob: checksum mismatch at offset %zu (stored %016llx, data %016llx)",
 			       len - HN_TRAILER, (unsigned long long)want, (unsigned long long)got);
 
 	size_t d = ann_ld32(buf + 16);
@@ -1045,7 +1046,8 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 	size_t vbytes;
 	if (!ann_mul_ok(n, d * sizeof(float), &vbytes) || (size_t)(end - p) < ANN_ALIGN_UP(n, 4) ||
 	    (size_t)(end - p) - ANN_ALIGN_UP(n, 4) < vbytes + 4 * n) {
-		rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob: body of %zu bytes cannot hold %zu vectors of dimension %zu",
+		rc = ann_err(err, ANN_E_CORRUPT,
+			     "hnsw blob: body of %zu bytes cannot hold %zu vectors of dimension %zu",
 			     (size_t)(end - p), n, d);
 		goto fail;
 	}
@@ -1053,7 +1055,8 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 	size_t words = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (p[i] > max_level) {
-			rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob offset %zu: node %zu has level %u above max_level %d",
+			rc = ann_err(err, ANN_E_CORRUPT,
+				     "hnsw blob offset %zu: node %zu has level %u above max_level %d",
 				     (size_t)(p + i - buf), i, p[i], (int)max_level);
 			goto fail;
 		}
@@ -1062,15 +1065,16 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 		words += (size_t)p[i] * (1 + M);
 	}
 	if (n && h->level[entry] != max_level) {
-		rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob: entry point %u has level %u, max_level is %d", entry,
-			     h->level[entry], (int)max_level);
+		rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob: entry point %u has level %u, max_level is %d",
+			     entry, h->level[entry], (int)max_level);
 		goto fail;
 	}
 	p += ANN_ALIGN_UP(n, 4);
 	for (size_t i = 0; i < n * d; i++, p += 4) {
 		float f = ann_ldf32(p);
 		if (!isfinite(f)) {
-			rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob offset %zu: vector %zu component %zu is not finite",
+			rc = ann_err(err, ANN_E_CORRUPT,
+				     "hnsw blob offset %zu: vector %zu component %zu is not finite",
 				     (size_t)(p - buf), i / d, i % d);
 			goto fail;
 		}
@@ -1086,7 +1090,8 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 			uint32_t cnt = ann_ld32(p);
 			if (cnt > cap) {
 				rc = ann_err(err, ANN_E_CORRUPT,
-					     "hnsw blob offset %zu: node %zu level %d has %u neighbours, at most %u allowed",
+					     "hnsw blob offset %zu: node %zu level %d has %u neighbours, "
+					     "at most %u allowed",
 					     (size_t)(p - buf), i, lc, cnt, cap);
 				goto fail;
 			}
@@ -1099,8 +1104,8 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 				uint32_t id = ann_ld32(p);
 				if (id >= n || id == i || h->level[id] < lc) {
 					rc = ann_err(err, ANN_E_CORRUPT,
-						     "hnsw blob offset %zu: node %zu level %d: neighbour %u is not a node "
-						     "other than itself with level >= %d (n %zu)",
+						     "hnsw blob offset %zu: node %zu level %d: neighbour %u "
+						     "is not another node of level >= %d (n %zu)",
 						     (size_t)(p - buf), i, lc, id, lc, n);
 					goto fail;
 				}
@@ -1109,7 +1114,7 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 		}
 	}
 	if (p != end) {
-		rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob offset %zu: %zu bytes left over after the last list",
+		rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob offset %zu: %zu bytes left after the last list",
 			     (size_t)(p - buf), (size_t)(end - p));
 		goto fail;
 	}

@@ -54,6 +54,12 @@ typedef struct ann_hnsw_ctx ann_hnsw_ctx;
  * while inserting. Levels are drawn as floor(-ln(U) / ln(M)) from an
  * ann_rng seeded with seed. For COSINE, vectors (and queries) are
  * normalised and the distance is 1 - dot product; IP is -dot; L2 squared.
+ * Neighbours are chosen by the paper's heuristic with pruned candidates
+ * filling the free slots (keepPrunedConnections: measured better recall at
+ * low ef, and needed for IP, where the heuristic alone leaves ~2 links per
+ * node); at most half of a list may be copies of the node (same vector, or
+ * same direction for COSINE) so duplicated vectors do not trap searches.
+ * IP is not a metric: expect to need a larger ef than for L2.
  * @return ANN_OK, ANN_E_INVAL, ANN_E_NOMEM. */
 int ann_hnsw_create(size_t d, ann_metric metric, uint32_t M, uint32_t ef_construction, uint64_t seed,
 		    ann_hnsw **out, ann_error *err);

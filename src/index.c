@@ -38,6 +38,32 @@ fail:
 
 int ann_index_open(const char *index_dir, ann_index **out, ann_error *err)
 {
+	return ann_index_load(index_dir, false, out, err);
+}
+
+ann_dtype ann_index_delta_type(const ann_index *x)
+{
+	return x->meta.encoding == ANN_ENC_U8 ? ANN_DTYPE_U8 : x->meta.encoding == ANN_ENC_I8 ? ANN_DTYPE_I8 : ANN_DTYPE_F32;
+}
+
+size_t ann_index_delta_bytes(const ann_index *x)
+{
+	return (size_t)x->meta.dim * (ann_index_delta_type(x) == ANN_DTYPE_F32 ? 4 : 1);
+}
+
+int ann_index_reload(ann_index *x, ann_error *err)
+{
+	ann_router_free(x->router);
+	x->router = NULL;
+	block_dict_free(x->dict);
+	x->dict = NULL;
+	ann_catalog_dir_free(&x->dir);
+	ANN_TRY(load_models(x, err));
+	return ann_store_dir_copy(x->store, &x->dir, err);
+}
+
+int ann_index_load(const char *index_dir, bool writable, ann_index **out, ann_error *err)
+{
 	*out = NULL;
 	ann_index *x = ann_calloc(1, sizeof *x);
 	if (!x)
@@ -51,7 +77,8 @@ int ann_index_open(const char *index_dir, ann_index **out, ann_error *err)
 	strcpy(x->path, index_dir);
 	ann_store_opts so;
 	ann_store_opts_init(&so);
-	so.readonly = true;
+	so.readonly = !writable;
+	so.writable = writable;
 	ANN_CHECK(rc, ann_store_open(index_dir, &so, &x->store, err));
 	ANN_CHECK(rc, load_models(x, err));
 	ANN_CHECK(rc, ann_store_dir_copy(x->store, &x->dir, err));

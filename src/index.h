@@ -21,4 +21,16 @@ struct ann_index {
 	ann_block_dict *dict; /* NULL unless meta.dict_id */
 };
 
+/* Opens an index; writable takes the writer lock. */
+int ann_index_load(const char *dir, bool writable, ann_index **out, ann_error *err);
+/* Reloads the router and the directory after commits (writer side). */
+int ann_index_reload(ann_index *x, ann_error *err);
+
+/* Element type and bytes of one stored vector of a delta (the encoding's
+ * source type: u8, i8, or f32 for f32/f16/sq8). */
+ann_dtype ann_index_delta_type(const ann_index *x);
+size_t ann_index_delta_bytes(const ann_index *x);
+/* DELTA keys: partition (be32) then id (be64). */
+#define ANN_DELTA_KEY 12u
+
 #endif

@@ -144,8 +144,8 @@ static int km_pool_init(km_pool *pl, int threads, size_t d, size_t kmax, size_t 
 	return ANN_OK;
 nomem:
 	km_pool_free(pl);
-	return ann_err(err, ANN_E_NOMEM, "kmeans: cannot allocate per-thread tiles (%d threads, %zu rows x %zu)",
-		       threads, B, kmax);
+	return ann_err(err, ANN_E_NOMEM, "kmeans: cannot allocate tiles (%d threads, %zu x %zu)", threads, B,
+		       kmax);
 }
 
 /* Smallest of n floats (n >= 1). */
@@ -227,7 +227,8 @@ static void km_block(km_worker *w, size_t b)
 	}
 	for (size_t c0 = 0; c0 < p->k; c0 += chunk) {
 		size_t kc = ANN_MIN(chunk, p->k - c0);
-		ann_dist_batch(p->metric, xb, nb, xn, p->c + c0 * d, kc, p->cnorm ? p->cnorm + c0 : NULL, d, w->tile);
+		const float *cn = p->cnorm ? p->cnorm + c0 : NULL;
+		ann_dist_batch(p->metric, xb, nb, xn, p->c + c0 * d, kc, cn, d, w->tile);
 		for (size_t i = 0; i < nb; i++) {
 			const float *row = w->tile + i * kc;
 			if (p->mode == KM_TOPN) {
@@ -997,24 +998,26 @@ static void km_free(km *s, bool own_assign)
 		ann_aligned_free(s->assign);
 }
 
-int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, float *centroids, uint32_t *assign,
-	       ann_kmeans_stats *st, ann_error *err)
+int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, float *centroids,
+	       uint32_t *assign, ann_kmeans_stats *st, ann_error *err)
 {
 	if (!o || !x || !centroids)
-		return ann_err(err, ANN_E_INVAL, "kmeans: NULL %s", !o ? "options" : !x ? "sample" : "centroids");
+		return ann_err(err, ANN_E_INVAL, "kmeans: NULL %s",
+			       !o ? "options" : !x ? "sample" : "centroids");
 	size_t k = o->k;
 	ANN_TRY(km_check_metric(o->metric, err));
 	if (d == 0 || k == 0 || k > n || n > UINT32_MAX || k >= KM_NONE)
-		return ann_err(err, ANN_E_INVAL, "kmeans: need 1 <= k <= n < 2^32 and d >= 1 (k %zu, n %zu, d %zu)",
-			       k, n, d);
+		return ann_err(err, ANN_E_INVAL,
+			       "kmeans: need 1 <= k <= n < 2^32 and d >= 1 (k %zu, n %zu, d %zu)", k, n, d);
 	if (o->max_iter == 0 || o->threads < 1 || !(o->tol >= 0) || !isfinite(o->tol) ||
 	    (unsigned)o->init > ANN_KMEANS_GIVEN)
-		return ann_err(err, ANN_E_INVAL, "kmeans: bad options (max_iter %u, threads %d, tol %g, init %d)",
-			       o->max_iter, o->threads, o->tol, (int)o->init);
+		return ann_err(err, ANN_E_INVAL,
+			       "kmeans: bad options (max_iter %u, threads %d, tol %g, init %d)", o->max_iter,
+			       o->threads, o->tol, (int)o->init);
 	size_t capk;
 	if (o->max_size && (!ann_mul_ok(o->max_size, k, &capk) ? false : capk < n))
-		return ann_err(err, ANN_E_INVAL, "kmeans: max_size %zu x k %zu cannot hold %zu points", o->max_size,
-			       k, n);
+		return ann_err(err, ANN_E_INVAL, "kmeans: max_size %zu x k %zu cannot hold %zu points",
+			       o->max_size, k, n);
 	if (o->minibatch > UINT32_MAX)
 		return ann_err(err, ANN_E_INVAL, "kmeans: minibatch %zu too large", o->minibatch);
 
@@ -1034,8 +1037,8 @@ int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, flo
 	int rc;
 	size_t extra = 0;
 
-	ANN_CHECK(rc, km_pool_init(&s.pool, threads, d, k, o->max_size ? ANN_MIN(k, (size_t)KM_BAL_CAND) : 0, true,
-				   err));
+	size_t nprobe_max = o->max_size ? ANN_MIN(k, (size_t)KM_BAL_CAND) : 0;
+	ANN_CHECK(rc, km_pool_init(&s.pool, threads, d, k, nprobe_max, true, err));
 	km_note(&s, s.pool.bytes);
 	size_t rows = ANN_MAX(n, o->minibatch);
 	s.nblocksum = (rows + s.pool.block - 1) / s.pool.block;
@@ -1049,8 +1052,8 @@ int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, flo
 	km_note(&s, extra);
 	if (!s.cnorm || !s.sums || !s.cnt || !s.blocksum || !s.assign ||
 	    (o->metric == ANN_METRIC_COSINE && !s.xscale)) {
-		rc = ann_err(err, ANN_E_NOMEM, "kmeans: cannot allocate working memory for k %zu, d %zu, n %zu", k,
-			     d, n);
+		rc = ann_err(err, ANN_E_NOMEM, "kmeans: cannot allocate working memory (k %zu, d %zu, n %zu)",
+			     k, d, n);
 		goto fail;
 	}
 	if (s.xscale) {
@@ -1104,7 +1107,8 @@ int ann_nearest_centroids(const float *x, size_t n, size_t d, const float *centr
 	ANN_TRY(km_check_metric(metric, err));
 	if (d == 0 || k == 0 || k >= KM_NONE || nprobe == 0 || threads < 1)
 		return ann_err(err, ANN_E_INVAL,
-			       "nearest_centroids: need d, k, nprobe, threads >= 1 (d %zu, k %zu, nprobe %zu, threads %d)",
+			       "nearest_centroids: need d, k, nprobe, threads >= 1 "
+			       "(d %zu, k %zu, nprobe %zu, threads %d)",
 			       d, k, nprobe, threads);
 	if (n == 0)
 		return ANN_OK;

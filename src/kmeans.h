@@ -33,7 +33,7 @@ typedef struct ann_kmeans_opts {
 	ann_kmeans_init init;     /* seeding method */
 	size_t init_sample;       /* points PLUSPLUS seeds from; 0 = min(n, max(65536, 16 k)) */
 	ann_metric metric;        /* L2; IP and COSINE run spherical k-means (unit centroids) */
-	int threads;              /* worker threads for the blocked passes, 1..16 */
+	int threads;              /* worker threads for the blocked passes, >= 1 (capped at 16) */
 	double tol;               /* stop when the relative inertia decrease is < tol; 0 = run max_iter */
 	size_t max_size;          /* cap on points per cluster, 0 = none; needs k * max_size >= n */
 	size_t minibatch;         /* 0 = full Lloyd; else points per mini-batch step */
@@ -88,8 +88,9 @@ typedef struct ann_kmeans_stats {
  * centroids are then recomputed as the means of the capped clusters, so
  * assign is no longer exactly the nearest centroid.
  *
- * Deterministic: the result depends on x, the options and the seed only, not
- * on threads (blocks are fixed, reductions run in point order).
+ * Deterministic: on one machine and SIMD level the result depends on x, the
+ * options and the seed only, not on threads (blocks are fixed, reductions
+ * run in point order).
  *
  * Memory beyond x, centroids and assign: k * d doubles of sums, 8 k bytes,
  * per thread a distance tile (<= 1 MiB) plus B * d floats (<= 16 MiB),
@@ -103,8 +104,8 @@ typedef struct ann_kmeans_stats {
  * @return ANN_OK, ANN_E_INVAL (bad sizes or options, k * max_size < n),
  *         ANN_E_NOMEM.
  */
-int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, float *centroids, uint32_t *assign,
-	       ann_kmeans_stats *st, ann_error *err);
+int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, float *centroids,
+	       uint32_t *assign, ann_kmeans_stats *st, ann_error *err);
 
 /*
  * The nprobe nearest of k centroids (k x d, row-major) for each of the n

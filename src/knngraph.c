@@ -59,7 +59,8 @@ static int knn_check_opts(size_t n, size_t d, const ann_knn_opts *o, ann_error *
 	if (o->metric != ANN_METRIC_L2 && o->metric != ANN_METRIC_IP && o->metric != ANN_METRIC_COSINE)
 		return ann_err(err, ANN_E_INVAL, "knn: unknown metric %d", (int)o->metric);
 	if (o->threads < 0 || o->threads > KNN_THREADS_MAX)
-		return ann_err(err, ANN_E_INVAL, "knn: threads %d, expected 1..%d", o->threads, KNN_THREADS_MAX);
+		return ann_err(err, ANN_E_INVAL, "knn: threads %d, expected 1..%d",
+			       o->threads, KNN_THREADS_MAX);
 	size_t nk;
 	if (!ann_mul_ok(n, o->k, &nk) || nk > SIZE_MAX / 16)
 		return ann_err(err, ANN_E_INVAL, "knn: n %zu x k %zu overflows", n, o->k);
@@ -88,7 +89,8 @@ static int knn_tile(size_t n, const ann_knn_opts *o, size_t threads, size_t *til
 	size_t need = ANN_MIN(n, (size_t)KNN_TILE_MIN);
 	if (t < need)
 		return ann_err(err, ANN_E_BUDGET,
-			       "knn: mem_bytes %zu too small: %zu threads need at least %zu bytes for %zu x %zu tiles",
+			       "knn: mem_bytes %zu too small: %zu threads need at least %zu bytes"
+			       " for %zu x %zu tiles",
 			       mem, threads, threads * tile_bytes_for(need), need, need);
 	*tile = ANN_MAX(ANN_MIN(t, n), (size_t)1);
 	return ANN_OK;
@@ -237,8 +239,8 @@ static void *knn_work(void *arg)
 	while (knn_next(c, &ti, &tj)) {
 		size_t i0 = ti * c->t, ni = ANN_MIN(c->t, c->n - i0);
 		size_t j0 = tj * c->t, nj = ANN_MIN(c->t, c->n - j0);
-		ann_dist_batch(c->metric, c->x + i0 * c->d, ni, c->norms ? c->norms + i0 : NULL, c->x + j0 * c->d,
-			       nj, c->norms ? c->norms + j0 : NULL, c->d, w->tile);
+		ann_dist_batch(c->metric, c->x + i0 * c->d, ni, c->norms ? c->norms + i0 : NULL,
+			       c->x + j0 * c->d, nj, c->norms ? c->norms + j0 : NULL, c->d, w->tile);
 		if (!c->rowlk) {
 			update_rows(c, w->tile, i0, ni, j0, nj);
 			if (ti != tj)
@@ -276,8 +278,8 @@ static int check_finite(const float *x, size_t n, size_t d, ann_error *err)
 		if (ANN_UNLIKELY(acc != 0.0f)) {
 			for (size_t j = 0; j < d; j++)
 				if (!isfinite(row[j]))
-					return ann_err(err, ANN_E_INVAL, "knn: vector %zu component %zu is not finite",
-						       i, j);
+					return ann_err(err, ANN_E_INVAL,
+						       "knn: vector %zu component %zu is not finite", i, j);
 		}
 	}
 	return ANN_OK;
@@ -348,7 +350,8 @@ int ann_knn_graph(const float *x, size_t n, size_t d, const ann_knn_opts *o, uin
 		w[i].tile = ann_aligned_alloc(64, ANN_ALIGN_UP(t * t * sizeof(float), 64));
 		w[i].bound = ann_malloc(t * sizeof(float));
 		if (!w[i].tile || !w[i].bound) {
-			rc = ann_err(err, ANN_E_NOMEM, "knn: cannot allocate a %zu x %zu distance tile", t, t);
+			rc = ann_err(err, ANN_E_NOMEM, "knn: cannot allocate a %zu x %zu distance tile",
+				     t, t);
 			goto fail;
 		}
 	}
@@ -465,7 +468,8 @@ static size_t own_list(const uint32_t *row, size_t k, uint32_t u, uint32_t *out)
 /* Merges the sorted lists a (u's own) and b (those listing u), both without
  * duplicates after skipping repeats, into adj/wgt (if not NULL); returns the
  * merged length. An id in both gets weight 2. */
-static size_t merge_row(const uint32_t *a, size_t na, const uint32_t *b, size_t nb, int32_t *adj, int32_t *wgt)
+static size_t merge_row(const uint32_t *a, size_t na, const uint32_t *b, size_t nb, int32_t *adj,
+			int32_t *wgt)
 {
 	size_t i = 0, j = 0, m = 0;
 	while (i < na || j < nb) {
@@ -558,7 +562,8 @@ int ann_graph_from_knn(const uint32_t *ids, size_t n, size_t k, ann_graph *g, an
 		goto nomem;
 	for (size_t u = 0; u < n; u++) {
 		size_t no = own_list(ids + u * k, k, (uint32_t)u, own);
-		merge_row(own, no, radj + rx[u], rx[u + 1] - rx[u], g->adjncy + g->xadj[u], g->adjwgt + g->xadj[u]);
+		merge_row(own, no, radj + rx[u], rx[u + 1] - rx[u], g->adjncy + g->xadj[u],
+			  g->adjwgt + g->xadj[u]);
 	}
 	g->n = n;
 	g->nnz = (size_t)nnz;

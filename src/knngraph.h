@@ -40,7 +40,8 @@ void ann_knn_opts_init(ann_knn_opts *o);
  * total memory it would allocate (tiles + working memory), so a caller can
  * plan a budget before building. ANN_E_BUDGET if mem_bytes cannot hold one
  * 16 x 16 tile per thread. */
-int ann_knn_plan(size_t n, size_t d, const ann_knn_opts *o, size_t *tile, size_t *total_bytes, ann_error *err);
+int ann_knn_plan(size_t n, size_t d, const ann_knn_opts *o, size_t *tile, size_t *total_bytes,
+		 ann_error *err);
 
 /* Exact k-NN graph of the n rows of x (row-major, n x d floats, finite).
  * Row i of ids (k entries) lists i's k nearest other points by ascending

@@ -27,7 +27,8 @@ static int graph_check(const ann_graph *g, ann_error *err)
 	if (!g || (g->n > 0 && !g->xadj))
 		return ann_err(err, ANN_E_INVAL, "graph: NULL graph");
 	if (g->n > (size_t)INT32_MAX || g->nnz > (size_t)INT32_MAX)
-		return ann_err(err, ANN_E_INVAL, "graph: %zu vertices / %zu entries exceed idx_t", g->n, g->nnz);
+		return ann_err(err, ANN_E_INVAL, "graph: %zu vertices / %zu entries exceed idx_t",
+			       g->n, g->nnz);
 	if (g->n == 0)
 		return ANN_OK;
 	if (g->xadj[0] != 0 || (size_t)g->xadj[g->n] != g->nnz)
@@ -57,8 +58,8 @@ static int labels_check(const uint32_t *labels, size_t n, size_t m, ann_error *e
 		return ann_err(err, ANN_E_INVAL, "labels are NULL");
 	for (size_t i = 0; i < n; i++)
 		if (labels[i] >= m)
-			return ann_err(err, ANN_E_INVAL, "label of vertex %zu is %" PRIu32 ", expected < %zu", i,
-				       labels[i], m);
+			return ann_err(err, ANN_E_INVAL, "label of vertex %zu is %" PRIu32 ", expected < %zu",
+				       i, labels[i], m);
 	return ANN_OK;
 }
 
@@ -104,8 +105,25 @@ int ann_partition_eval(const ann_graph *g, const uint32_t *labels, size_t m, ann
 	return ANN_OK;
 }
 
+/* Accumulates p's edge weight per part into acc (indexed by part, zero on
+ * entry and on return) and lists the parts touched in touched[]; returns
+ * their count and the total weight. */
 static size_t share_row(const ann_graph *g, const uint32_t *labels, size_t p, double *acc, uint32_t *touched,
-			double *total);
+			double *total)
+{
+	size_t nt = 0;
+	double tw = 0.0;
+	for (int32_t e = g->xadj[p]; e < g->xadj[p + 1]; e++) {
+		uint32_t j = labels[g->adjncy[e]];
+		double w = (double)g->adjwgt[e];
+		if (acc[j] == 0.0)
+			touched[nt++] = j;
+		acc[j] += w;
+		tw += w;
+	}
+	*total = tw;
+	return nt;
+}
 
 /* ---- hard balance after METIS -----------------------------------------------
  * METIS treats the imbalance as a target and overshoots it on strongly
@@ -132,9 +150,10 @@ static int rb_cmp(const void *x, const void *y)
 }
 
 /* Best part below cap among v's neighbours' parts, by edge weight to it,
- * or the smallest part if none; *w_own and *w_to get the weights. */
+ * or (when any is set) the smallest part if none; *w_own and *w_to get the
+ * weights. */
 static uint32_t rb_target(const ann_graph *g, const uint32_t *lab, const size_t *size, size_t m, size_t cap,
-			  size_t v, double *acc, uint32_t *touched, double *w_own, double *w_to)
+			  size_t v, bool any, double *acc, uint32_t *touched, double *w_own, double *w_to)
 {
 	double tw;
 	size_t nt = share_row(g, lab, v, acc, touched, &tw);
@@ -152,7 +171,7 @@ static uint32_t rb_target(const ann_graph *g, const uint32_t *lab, const size_t 
 		acc[touched[t]] = 0.0;
 	if (best == UINT32_MAX) {
 		bw = 0.0;
-		for (size_t j = 0; j < m; j++)
+		for (size_t j = 0; any && j < m; j++)
 			if (j != own && (best == UINT32_MAX || size[j] < size[best]))
 				best = (uint32_t)j;
 	}
@@ -184,14 +203,15 @@ static int rebalance(const ann_graph *g, uint32_t *lab, size_t m, size_t cap, si
 		ann_free(acc);
 		ann_free(touched);
 		ann_free(cand);
-		return ann_err(err, ANN_E_NOMEM, "partition: cannot allocate the rebalancing of %zu vertices", nc);
+		return ann_err(err, ANN_E_NOMEM, "partition: cannot allocate the rebalancing of %zu vertices",
+			       nc);
 	}
 	nc = 0;
 	for (size_t v = 0; v < n; v++) {
 		if (size[lab[v]] <= cap)
 			continue;
 		double wo, wt;
-		rb_target(g, lab, size, m, cap, v, acc, touched, &wo, &wt);
+		rb_target(g, lab, size, m, cap, v, false, acc, touched, &wo, &wt);
 		cand[nc++] = (rb_cand){wo - wt, (uint32_t)v};
 	}
 	qsort(cand, nc, sizeof *cand, rb_cmp);
@@ -200,7 +220,7 @@ static int rebalance(const ann_graph *g, uint32_t *lab, size_t m, size_t cap, si
 		if (size[lab[v]] <= cap)
 			continue;
 		double wo, wt;
-		uint32_t t = rb_target(g, lab, size, m, cap, v, acc, touched, &wo, &wt);
+		uint32_t t = rb_target(g, lab, size, m, cap, v, true, acc, touched, &wo, &wt);
 		size[lab[v]]--;
 		size[t]++;
 		lab[v] = t;
@@ -221,7 +241,8 @@ int ann_partition_graph(const ann_graph *g, size_t m, double imbalance, uint64_t
 	ANN_TRY(graph_check(g, err));
 	size_t n = g->n;
 	if (m == 0 || m > n)
-		return ann_err(err, ANN_E_INVAL, "partition: %zu parts for %zu vertices, expected 1 <= m <= n", m, n);
+		return ann_err(err, ANN_E_INVAL,
+			       "partition: %zu parts for %zu vertices, expected 1 <= m <= n", m, n);
 	if (imbalance == 0.0)
 		imbalance = ANN_PARTITION_DEFAULT_IMBALANCE;
 	if (!(imbalance >= 0.001 && imbalance <= 1.0))
@@ -251,11 +272,11 @@ int ann_partition_graph(const ann_graph *g, size_t m, double imbalance, uint64_t
 		idx_t *xadj = (idx_t *)g->xadj, *adj = (idx_t *)g->adjncy, *wgt = (idx_t *)g->adjwgt;
 		int mrc;
 		if (m == 2)
-			mrc = METIS_PartGraphRecursive(&nv, &ncon, xadj, adj, NULL, NULL, wgt, &np, NULL, NULL, opt,
-						       &objval, (idx_t *)parts);
+			mrc = METIS_PartGraphRecursive(&nv, &ncon, xadj, adj, NULL, NULL, wgt, &np, NULL,
+						       NULL, opt, &objval, (idx_t *)parts);
 		else
-			mrc = METIS_PartGraphKway(&nv, &ncon, xadj, adj, NULL, NULL, wgt, &np, NULL, NULL, opt,
-						  &objval, (idx_t *)parts);
+			mrc = METIS_PartGraphKway(&nv, &ncon, xadj, adj, NULL, NULL, wgt, &np, NULL, NULL,
+						  opt, &objval, (idx_t *)parts);
 		if (mrc != METIS_OK) {
 			const char *what = mrc == METIS_ERROR_INPUT    ? "input error"
 					   : mrc == METIS_ERROR_MEMORY ? "out of memory"
@@ -279,26 +300,6 @@ int ann_partition_graph(const ann_graph *g, size_t m, double imbalance, uint64_t
 }
 
 /* ---- neighbour shares ----------------------------------------------------- */
-
-/* Accumulates p's edge weight per part into acc (indexed by part, zero on
- * entry and on return) and lists the parts touched in touched[]; returns
- * their count and the total weight. */
-static size_t share_row(const ann_graph *g, const uint32_t *labels, size_t p, double *acc, uint32_t *touched,
-			double *total)
-{
-	size_t nt = 0;
-	double tw = 0.0;
-	for (int32_t e = g->xadj[p]; e < g->xadj[p + 1]; e++) {
-		uint32_t j = labels[g->adjncy[e]];
-		double w = (double)g->adjwgt[e];
-		if (acc[j] == 0.0)
-			touched[nt++] = j;
-		acc[j] += w;
-		tw += w;
-	}
-	*total = tw;
-	return nt;
-}
 
 static int share_setup(const ann_graph *g, const uint32_t *labels, size_t m, double **acc, uint32_t **touched,
 		       ann_error *err)
@@ -643,8 +644,8 @@ static int scores_check(const float *score, size_t n, size_t m, double *range, a
 		float lo = INFINITY, hi = -INFINITY;
 		for (size_t j = 0; j < m; j++) {
 			if (!isfinite(row[j]))
-				return ann_err(err, ANN_E_INVAL, "assign: score of point %zu, part %zu is not finite",
-					       i, j);
+				return ann_err(err, ANN_E_INVAL,
+					       "assign: score of point %zu, part %zu is not finite", i, j);
 			lo = ANN_MIN(lo, row[j]);
 			hi = ANN_MAX(hi, row[j]);
 		}
@@ -734,8 +735,8 @@ fail:
 	return rc;
 }
 
-int ann_balanced_assign(const float *score, size_t n, size_t m, size_t capacity, double eps_final, uint32_t *labels,
-			ann_assign_stats *st, ann_error *err)
+int ann_balanced_assign(const float *score, size_t n, size_t m, size_t capacity, double eps_final,
+			uint32_t *labels, ann_assign_stats *st, ann_error *err)
 {
 	uint64_t t0 = ann_now_ns();
 	ann_assign_stats s;
@@ -751,7 +752,8 @@ int ann_balanced_assign(const float *score, size_t n, size_t m, size_t capacity,
 	if (!ann_mul_ok(capacity, m, &slots))
 		slots = SIZE_MAX;
 	if (slots < n)
-		return ann_err(err, ANN_E_INVAL, "assign: capacity %zu x %zu parts < %zu points", capacity, m, n);
+		return ann_err(err, ANN_E_INVAL, "assign: capacity %zu x %zu parts < %zu points",
+			       capacity, m, n);
 	if (n > 0 && (!score || !labels))
 		return ann_err(err, ANN_E_INVAL, "assign: score and labels must not be NULL");
 	if (!(eps_final <= 0.0 || isfinite(eps_final)))

@@ -95,7 +95,7 @@ int ann_nshare_add(const ann_graph *g, const uint32_t *labels, size_t m, float l
  * eps-complementary slackness, so the LP dual at the final prices bounds
  * the optimum: the result is within (n + D) eps_final of optimal, and
  * st->dual - st->primal is the certified gap. Time O(m + log C) per bid,
- * about one bid per point (and per dummy block) per phase, about 6 phases,
+ * about one bid per point (and per dummy block) per phase, 7 phases by default,
  * plus O(n m) for the argmax and the dual: roughly 10 n m operations.
  * Memory O(n + m C) in the worst case (heap entries), O(n + m) typically.
  *
@@ -115,7 +115,7 @@ typedef struct ann_assign_stats {
 	double seconds;   /* wall time */
 } ann_assign_stats;
 
-int ann_balanced_assign(const float *score, size_t n, size_t m, size_t capacity, double eps_final, uint32_t *labels,
-			ann_assign_stats *st, ann_error *err);
+int ann_balanced_assign(const float *score, size_t n, size_t m, size_t capacity, double eps_final,
+			uint32_t *labels, ann_assign_stats *st, ann_error *err);
 
 #endif /* ANN_PARTITION_H */

@@ -9,10 +9,12 @@
  * (LRU, bounded in bytes).
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "distance.h"
 #include "index.h"
+#include <string.h>
 
 void ann_search_opts_init(ann_search_opts *o)
 {
@@ -27,6 +29,7 @@ void ann_search_opts_init(ann_search_opts *o)
 /* A decoded block held by the cache: ids then vectors in one allocation. */
 typedef struct cblock {
 	uint32_t pid;
+	uint32_t generation;
 	uint32_t count;
 	size_t bytes;
 	int64_t *ids;
@@ -43,8 +46,18 @@ struct ann_searcher {
 	ann_index *idx;
 	ann_search_opts o;
 	const ann_kernels *kern;
-	ann_store_reader *rd;
+	ann_cat_txn *rt;      /* catalog snapshot, renewed per batch, reset after */
+	ann_ioreader *io;     /* blocks.dat reader (file store) */
 	ann_block_dec *dec;
+	uint64_t ntomb;       /* tombstones in the batch's snapshot */
+	/* deltas of one partition */
+	int64_t *dids;
+	uint8_t *dvecs;
+	size_t dcap, dn, dbytes;
+	uint32_t dpid;
+	/* requests of a batch */
+	ann_ioreq *reqs;
+	size_t reqs_cap;
 	ann_router_ctx *rctx;
 	size_t vec_esize;     /* bytes per decoded element */
 	ann_dtype vec_type;
@@ -99,12 +112,27 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		goto fail;
 	}
 	s->kern = ann_kernels_best();
-	ann_store_reader_opts ro;
-	ann_store_reader_opts_init(&ro);
-	ro.io.queue_depth = s->o.queue_depth ? s->o.queue_depth : 32;
-	ro.io.pool_bytes = s->o.io_buffer_bytes ? s->o.io_buffer_bytes : ((size_t)16 << 20);
-	ro.io.force_pread = s->o.force_pread != 0;
-	ANN_CHECK(rc, ann_store_reader_new(idx->store, &ro, &s->rd, err));
+	if (idx->meta.store == ANN_STORE_FILE) {
+		ann_ioreader_opts io;
+		ann_ioreader_opts_init(&io);
+		io.queue_depth = s->o.queue_depth ? s->o.queue_depth : 32;
+		io.pool_bytes = s->o.io_buffer_bytes ? s->o.io_buffer_bytes : ((size_t)16 << 20);
+		io.force_pread = s->o.force_pread != 0;
+		size_t plen = strlen(ann_store_dir_path(idx->store)) + 16;
+		char *path = ann_malloc(plen);
+		if (!path) {
+			rc = ann_err(err, ANN_E_NOMEM, "out of memory");
+			goto fail;
+		}
+		snprintf(path, plen, "%s/blocks.dat", ann_store_dir_path(idx->store));
+		rc = ann_ioreader_open(path, &io, &s->io, err);
+		ann_free(path);
+		if (rc < 0)
+			goto fail;
+	}
+	ANN_CHECK(rc, ann_catalog_read_begin(ann_store_catalog(idx->store), &s->rt, err));
+	ann_catalog_read_reset(s->rt);
+	s->dbytes = ann_index_delta_bytes(idx);
 	ANN_CHECK(rc, block_dec_new(0, &s->dec, err));
 	ANN_CHECK(rc, idx->router->ops->ctx_new(idx->router, &s->rctx, err));
 	switch (idx->meta.encoding) {
@@ -162,7 +190,12 @@ void ann_searcher_free(ann_searcher *s)
 	if (s->rctx)
 		s->idx->router->ops->ctx_free(s->rctx);
 	block_dec_free(s->dec);
-	ann_store_reader_free(s->rd);
+	ann_ioreader_free(s->io);
+	if (s->rt)
+		ann_catalog_read_end(s->rt);
+	ann_free(s->dids);
+	ann_free(s->dvecs);
+	ann_free(s->reqs);
 	ann_free(s->parts);
 	ann_free(s->nparts);
 	ann_free(s->pairs);
@@ -182,11 +215,12 @@ void ann_searcher_free(ann_searcher *s)
 
 const char *ann_searcher_io_path(const ann_searcher *s)
 {
-	return ann_store_reader_path(s->rd);
+	return s->io ? ann_ioreader_path(s->io) : "lmdb";
 }
 
 /* Inserts a decoded block into the cache, evicting from the tail. */
-static void cache_put(ann_searcher *s, uint32_t pid, const int64_t *ids, const void *vecs, uint32_t count)
+static void cache_put(ann_searcher *s, uint32_t pid, uint32_t gen, const int64_t *ids, const void *vecs,
+		      uint32_t count)
 {
 	size_t vbytes = (size_t)count * s->idx->meta.dim * s->vec_esize;
 	size_t bytes = sizeof(cblock) + (size_t)count * 8 + vbytes + 64;
@@ -203,6 +237,7 @@ static void cache_put(ann_searcher *s, uint32_t pid, const int64_t *ids, const v
 	if (!c)
 		return; /* the cache is an optimisation: no memory, no caching */
 	c->pid = pid;
+	c->generation = gen;
 	c->count = count;
 	c->bytes = bytes;
 	c->ids = (int64_t *)(c + 1);
@@ -224,8 +259,20 @@ static bool heap_has(const ann_topk *h, int64_t id)
 }
 
 /* Scans count rows for query qi, pushing into its heap. */
+/* Is id deleted in the batch's snapshot (its block copies are dead)? */
+static bool tombed(ann_searcher *s, int64_t id)
+{
+	uint8_t k[8];
+	ann_stbe64(k, (uint64_t)id);
+	const uint8_t *v;
+	size_t n;
+	return ann_catalog_get(s->rt, ANN_CAT_TOMB, k, sizeof k, &v, &n, NULL) == ANN_OK;
+}
+
+/* Scans count rows for query qi, pushing into its heap. Block rows
+ * (from_block) are checked against the tombstones. */
 static int scan_block(ann_searcher *s, size_t qi, const int64_t *ids, const void *vecs, uint32_t count,
-		      ann_error *err)
+		      bool from_block, ann_error *err)
 {
 	size_t d = s->idx->meta.dim;
 	if (grow((void **)&s->dist, &s->dist_cap, count, sizeof(float)) < 0)
@@ -267,6 +314,8 @@ static int scan_block(ann_searcher *s, size_t qi, const int64_t *ids, const void
 		if (dist[i] > bound)
 			continue;
 		if (dedupe && heap_has(h, ids[i]))
+			continue;
+		if (from_block && s->ntomb && tombed(s, ids[i]))
 			continue;
 		ann_topk_push(h, dist[i], ids[i]);
 		bound = ann_topk_bound(h);
@@ -333,6 +382,176 @@ static int ensure_batch(ann_searcher *s, size_t nq, ann_error *err)
 	return ANN_OK;
 }
 
+static int delta_each(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen, ann_error *err)
+{
+	ann_searcher *s = ctx;
+	if (klen != ANN_DELTA_KEY || ann_ldbe32(key) != s->dpid)
+		return 1; /* past this partition's deltas */
+	if (vlen != s->dbytes)
+		return ann_err(err, ANN_E_CORRUPT, "delta of partition %u: %zu bytes, expected %zu", s->dpid, vlen,
+			       s->dbytes);
+	if (s->dn == s->dcap) {
+		size_t nc = s->dcap ? 2 * s->dcap : 256;
+		int64_t *a = ann_realloc(s->dids, nc * sizeof(int64_t));
+		if (a)
+			s->dids = a;
+		uint8_t *b = ann_realloc(s->dvecs, nc * s->dbytes + 64);
+		if (b)
+			s->dvecs = b;
+		if (!a || !b)
+			return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu deltas", nc);
+		s->dcap = nc;
+	}
+	s->dids[s->dn] = (int64_t)ann_ldbe64(key + 4);
+	memcpy(s->dvecs + s->dn * s->dbytes, val, s->dbytes); /* f32 deltas are little-endian, as is x86 */
+	s->dn++;
+	return ANN_OK;
+}
+
+/* Scans the deltas (inserted vectors not yet compacted) of unique partition u. */
+static int scan_deltas(ann_searcher *s, size_t u, uint64_t *scan_ns, ann_error *err)
+{
+	uint8_t from[4];
+	s->dpid = s->upids[u];
+	s->dn = 0;
+	ann_stbe32(from, s->dpid);
+	ANN_TRY(ann_catalog_foreach(s->rt, ANN_CAT_DELTA, from, sizeof from, delta_each, s, err));
+	if (s->dn == 0)
+		return ANN_OK;
+	uint64_t ts = ann_now_ns();
+	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
+	double bytes = (double)s->dn * (double)(s->dbytes + ANN_DELTA_KEY + 8);
+	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {
+		s->qbytes[s->pairs[j].q] += bytes / sharers; /* catalog pages holding the deltas */
+		ANN_TRY(scan_block(s, s->pairs[j].q, s->dids, s->dvecs, (uint32_t)s->dn, false, err));
+	}
+	*scan_ns += ann_now_ns() - ts;
+	return ANN_OK;
+}
+
+/* Decodes one block and scans it for the queries of unique partition u. */
+static int process_block(ann_searcher *s, size_t u, const ann_dirent *e, const uint8_t *data, size_t len,
+			 uint64_t *decode_ns, uint64_t *scan_ns, ann_error *err)
+{
+	ann_index *x = s->idx;
+	uint32_t pid = s->upids[u];
+	uint64_t td = ann_now_ns();
+	ann_block_view view;
+	int rc = block_decode(s->dec, data, len, x->dict, &view, err);
+	uint64_t dec_ns = ann_now_ns() - td;
+	*decode_ns += dec_ns;
+	if (rc < 0)
+		return ann_err_prefix(err, rc, "%s: partition %u", x->path, pid);
+	if (view.info.partition != pid)
+		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: the block belongs to partition %llu", x->path,
+			       pid, (unsigned long long)view.info.partition);
+	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
+	uint64_t ts = ann_now_ns();
+	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {
+		uint32_t qi = s->pairs[j].q;
+		s->qbytes[qi] += (double)len / sharers;
+		s->qreqs[qi] += 1.0 / sharers;
+		s->qdec[qi] += (double)dec_ns / sharers;
+		ANN_TRY(scan_block(s, qi, view.ids, view.vectors, view.info.count, true, err));
+	}
+	*scan_ns += ann_now_ns() - ts;
+	if (s->cmap)
+		cache_put(s, pid, e->generation, view.ids, view.vectors, view.info.count);
+	return ANN_OK;
+}
+
+/* Steps 3-5 of ann_search inside the snapshot s->rt. */
+static int search_snapshot(ann_searcher *s, size_t npairs, size_t nu, uint64_t *scan_ns, uint64_t *decode_ns,
+			   uint64_t *wait_ns, ann_error *err)
+{
+	ann_index *x = s->idx;
+	(void)npairs;
+	ANN_TRY(ann_catalog_count(s->rt, ANN_CAT_TOMB, &s->ntomb, err));
+	uint64_t ndelta = 0;
+	ANN_TRY(ann_catalog_count(s->rt, ANN_CAT_DELTA, &ndelta, err));
+	if (grow((void **)&s->reqs, &s->reqs_cap, nu ? nu : 1, sizeof(ann_ioreq)) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu requests", nu);
+	size_t nreq = 0;
+	for (size_t u = 0; u < nu; u++) {
+		uint32_t pid = s->upids[u];
+		ann_dirent e;
+		int rc = ann_catalog_part_get(s->rt, pid, &e, err);
+		if (rc == ANN_E_NOTFOUND)
+			continue; /* a partition the router knows but that holds nothing yet */
+		ANN_TRY(rc);
+		if (ndelta)
+			ANN_TRY(scan_deltas(s, u, scan_ns, err));
+		cblock *c = s->cmap && pid < x->dir.n ? s->cmap[pid] : NULL;
+		if (c && c->generation == e.generation) {
+			cache_unlink(s, c);
+			cache_push_front(s, c);
+			uint64_t ts = ann_now_ns();
+			for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++)
+				ANN_TRY(scan_block(s, s->pairs[j].q, c->ids, c->vecs, c->count, true, err));
+			*scan_ns += ann_now_ns() - ts;
+			continue;
+		}
+		if (c) { /* stale: the partition was rewritten */
+			cache_unlink(s, c);
+			s->cmap[pid] = NULL;
+			s->cbytes -= c->bytes;
+			ann_free(c);
+		}
+		if (!s->io) {
+			/* LMDB store: the block is read through the map, inside the snapshot. */
+			const uint8_t *buf;
+			size_t len;
+			uint64_t tw = ann_now_ns();
+			rc = ann_catalog_block_get(s->rt, pid, &buf, &len, err);
+			*wait_ns += ann_now_ns() - tw;
+			if (rc < 0)
+				return ann_err_prefix(err, rc, "%s: partition %u", x->path, pid);
+			ANN_TRY(process_block(s, u, &e, buf, len, decode_ns, scan_ns, err));
+			continue;
+		}
+		s->reqs[nreq].offset = e.offset;
+		s->reqs[nreq].length = e.length;
+		s->reqs[nreq].tag = u;
+		nreq++;
+	}
+	if (nreq == 0)
+		return ANN_OK;
+	ANN_TRY(ann_ioreader_submit(s->io, s->reqs, nreq, err));
+	int first_error = ANN_OK;
+	ann_error first = {0};
+	for (;;) {
+		ann_iocomp c;
+		uint64_t tw = ann_now_ns();
+		int rc = ann_ioreader_next(s->io, &c, err);
+		*wait_ns += ann_now_ns() - tw;
+		if (rc < 0)
+			return rc;
+		if (rc == 0)
+			break;
+		if (first_error == ANN_OK) {
+			size_t u = (size_t)c.tag;
+			ann_error e2 = {0};
+			if (c.status < 0) {
+				first_error = ann_err(&e2, c.status, "%s: partition %u: read of %u bytes failed%s%s", x->path,
+						      s->upids[u], c.length, c.sys_errno ? ": " : "",
+						      c.sys_errno ? strerror(c.sys_errno) : "");
+			} else {
+				ann_dirent e;
+				rc = ann_catalog_part_get(s->rt, s->upids[u], &e, &e2);
+				if (rc >= 0)
+					rc = process_block(s, u, &e, c.data, c.length, decode_ns, scan_ns, &e2);
+				first_error = rc < 0 ? rc : ANN_OK;
+			}
+			if (first_error < 0)
+				first = e2;
+		}
+		ann_ioreader_release(s->io, &c); /* after an error: drain so the reader is idle again */
+	}
+	if (first_error < 0 && err)
+		*err = first;
+	return first_error;
+}
+
 int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, float *dists, ann_query_stats *stats,
 	       ann_error *err)
 {
@@ -396,97 +615,14 @@ int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, f
 		}
 	}
 	s->ustart[nu] = (uint32_t)npairs;
-	/* 3. cached blocks are scanned now; the others are read */
+	/* 3. One snapshot for the batch: directory entries, blocks, deltas and
+	 * tombstones all come from it (docs/UPDATES.md). */
 	uint64_t scan_ns = 0, decode_ns = 0, wait_ns = 0;
-	for (size_t u = 0; s->cmap && u < nu; u++) {
-		uint32_t pid = s->upids[u];
-		cblock *c = pid < x->dir.n ? s->cmap[pid] : NULL;
-		if (!c)
-			continue;
-		cache_unlink(s, c);
-		cache_push_front(s, c);
-		uint64_t ts = ann_now_ns();
-		for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++)
-			ANN_TRY(scan_block(s, s->pairs[j].q, c->ids, c->vecs, c->count, err));
-		scan_ns += ann_now_ns() - ts;
-	}
-	/* Requests carry the index u of the unique partition as tag. */
-	uint64_t *tags = NULL;
-	uint32_t *req_pids = NULL;
-	size_t nreq = 0;
-	if (nu) {
-		tags = ann_malloc(nu * sizeof(uint64_t));
-		req_pids = ann_malloc(nu * sizeof(uint32_t));
-		if (!tags || !req_pids) {
-			ann_free(tags);
-			ann_free(req_pids);
-			return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu requests", nu);
-		}
-	}
-	for (size_t u = 0; u < nu; u++) {
-		uint32_t pid = s->upids[u];
-		if (s->cmap && pid < x->dir.n && s->cmap[pid])
-			continue;
-		req_pids[nreq] = pid;
-		tags[nreq] = u;
-		nreq++;
-	}
-	rc = ANN_OK;
-	if (nreq)
-		rc = ann_store_reader_submit(s->rd, req_pids, tags, nreq, err);
-	ann_free(req_pids);
-	ann_free(tags);
+	ANN_TRY(ann_catalog_read_renew(s->rt, err));
+	rc = search_snapshot(s, npairs, nu, &scan_ns, &decode_ns, &wait_ns, err);
+	ann_catalog_read_reset(s->rt);
 	if (rc < 0)
 		return rc;
-	int first_error = ANN_OK;
-	for (;;) {
-		ann_block_read br;
-		uint64_t tw = ann_now_ns();
-		rc = ann_store_reader_next(s->rd, &br, err);
-		wait_ns += ann_now_ns() - tw;
-		if (rc < 0)
-			return rc;
-		if (rc == 0)
-			break;
-		size_t u = (size_t)br.tag;
-		if (br.status < 0 || first_error < 0) {
-			if (first_error == ANN_OK)
-				first_error = br.status;
-			ann_store_reader_release(s->rd, &br);
-			continue; /* drain the others so the reader is idle again */
-		}
-		uint64_t td = ann_now_ns();
-		ann_block_view view;
-		ann_error derr = {0};
-		rc = block_decode(s->dec, br.data, br.length, x->dict, &view, &derr);
-		uint64_t dec_ns = ann_now_ns() - td;
-		decode_ns += dec_ns;
-		if (rc < 0) {
-			if (err)
-				*err = derr;
-			ann_err_prefix(err, rc, "%s: partition %u", x->path, br.pid);
-			first_error = rc;
-			ann_store_reader_release(s->rd, &br);
-			continue;
-		}
-		uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
-		uint64_t ts = ann_now_ns();
-		for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1] && rc >= 0; j++) {
-			uint32_t qi = s->pairs[j].q;
-			s->qbytes[qi] += (double)br.length / sharers;
-			s->qreqs[qi] += 1.0 / sharers;
-			s->qdec[qi] += (double)dec_ns / sharers;
-			rc = scan_block(s, qi, view.ids, view.vectors, view.info.count, err);
-		}
-		scan_ns += ann_now_ns() - ts;
-		if (rc >= 0 && s->cmap)
-			cache_put(s, br.pid, view.ids, view.vectors, view.info.count);
-		ann_store_reader_release(s->rd, &br);
-		if (rc < 0 && first_error == ANN_OK)
-			first_error = rc;
-	}
-	if (first_error < 0)
-		return first_error;
 	for (size_t i = 0; i < nq; i++)
 		ann_topk_finish(&s->heaps[i]);
 	if (stats) {

@@ -60,8 +60,8 @@ static void brute(ann_metric m, const float *x, size_t n, size_t d, const float 
 }
 
 /* recall@k of the graph on nq queries against the first n rows of x. */
-static double recall(const ann_hnsw *h, ann_hnsw_ctx *ctx, const float *x, size_t n, const float *q, size_t nq,
-		     size_t k, size_t ef)
+static double recall(const ann_hnsw *h, ann_hnsw_ctx *ctx, const float *x, size_t n, const float *q,
+		     size_t nq, size_t k, size_t ef)
 {
 	size_t d = ann_hnsw_dim(h), hit = 0;
 	ann_metric m = ann_hnsw_metric(h);
@@ -123,7 +123,8 @@ static void test_recall(ann_rng *r)
 	ASSERT_LE((double)n * d * 4, (double)ann_hnsw_bytes(h));
 	ASSERT_TRUE(ann_hnsw_ctx_bytes(ctx) >= n * 2);
 	for (size_t i = 0; i < 5; i++)
-		ASSERT_TRUE(memcmp(ann_hnsw_vector(h, (uint32_t)(i * 3000)), x + i * 3000 * d, d * sizeof(float)) == 0);
+		ASSERT_TRUE(memcmp(ann_hnsw_vector(h, (uint32_t)(i * 3000)), x + i * 3000 * d,
+				   d * sizeof(float)) == 0);
 	ASSERT_TRUE(ann_hnsw_vector(h, (uint32_t)n) == NULL);
 	ann_hnsw_free(h);
 	ann_hnsw_ctx_free(ctx);
@@ -228,7 +229,7 @@ static void test_blob(ann_rng *r)
 		size_t cut = t < 20 ? (size_t)t * 7 : ann_rng_below(r, len);
 		ASSERT_ERR(ann_hnsw_load(b, cut, &h2, &e), e, ANN_E_CORRUPT, "");
 	}
-	ASSERT_ERR(ann_hnsw_load(b, 0, &h2, &e), e, ANN_E_CORRUPT, "shorter");
+	ASSERT_ERR(ann_hnsw_load(b, 0, &h2, &e), e, ANN_E_CORRUPT, "less than");
 	/* Structure broken under a valid checksum. */
 	size_t lv = 96, vec = lv + ANN_ALIGN_UP(ann_hnsw_count(h), 4);
 	size_t links = vec + ann_hnsw_count(h) * d * 4;
@@ -326,7 +327,7 @@ static void test_duplicates(ann_rng *r)
 		t_fill_uniform(r, x, n * d, -1, 1);
 		for (size_t i = 1; i < dup; i++)
 			for (size_t j = 0; j < d; j++)
-				x[i * 3 * d + j] = x[j] * (m == ANN_METRIC_COSINE ? (float)(1 + i % 5) : 1.0f);
+				x[i * 3 * d + j] = x[j] * (m == ANN_METRIC_COSINE ? (float)(1 + i % 5) : 1);
 		ann_hnsw *h;
 		ASSERT_OK(ann_hnsw_create(d, (ann_metric)m, 8, 60, 4, &h, NULL));
 		ASSERT_OK(ann_hnsw_build(h, x, n, 2, NULL, NULL, NULL));
@@ -365,7 +366,8 @@ static void *search_thread(void *arg)
 		return (void *)1;
 	for (int rep = 0; rep < 3; rep++)
 		for (size_t i = 0; i < j->nq; i++)
-			if (ann_hnsw_search(j->h, c, j->q + i * j->d, 10, 50, j->ids + i * 10, NULL, NULL) != 10)
+			if (ann_hnsw_search(j->h, c, j->q + i * j->d, 10, 50, j->ids + i * 10, NULL,
+					    NULL) != 10)
 				return (void *)1;
 	ann_hnsw_ctx_free(c);
 	return NULL;

@@ -60,8 +60,8 @@ static void assert_same_partition(const uint32_t *a, const uint32_t *label, size
 }
 
 /* Exact inertia of assign against centroids (means recomputed if recompute). */
-static double inertia_of(const float *x, size_t n, size_t d, size_t k, const uint32_t *assign, const float *cent,
-			 bool recompute)
+static double inertia_of(const float *x, size_t n, size_t d, size_t k, const uint32_t *assign,
+			 const float *cent, bool recompute)
 {
 	double *m = calloc(k * d, sizeof(double));
 	size_t *cnt = calloc(k, sizeof(size_t));
@@ -344,7 +344,7 @@ static void test_balance(ann_rng *r)
 	double ours = inertia_of(x, n, d, k, a1, c1, true);
 	blind_cap(x, n, d, k, c0, a0, cap, ab);
 	double blind = inertia_of(x, n, d, k, ab, NULL, true);
-	printf("balance: cap %zu, largest %zu -> %zu, moved %zu, inertia %.1f -> %.1f (blind overflow %.1f)\n", cap,
+	printf("balance: cap %zu, largest %zu -> %zu, moved %zu, inertia %.1f -> %.1f (blind %.1f)\n", cap,
 	       st0.largest, st1.largest, moved, st0.inertia, ours, blind);
 	ASSERT_NEAR(ours, st1.inertia, 1e-4);
 	ASSERT_LE(st0.inertia * (1 - 1e-6), ours);
@@ -398,7 +398,9 @@ static void test_empty_repair(ann_rng *r)
 	 * the first assignment. */
 	for (size_t q = 0; q < k; q++)
 		for (size_t j = 0; j < d; j++)
-			c[q * d + j] = q < 4 ? x[(q * 1000 + 3) * d + j] : (q == 4 ? x[3 * d + j] : 1e4f * (float)q);
+			c[q * d + j] = q < 4    ? x[(q * 1000 + 3) * d + j]
+				       : q == 4 ? x[3 * d + j]
+						: 1e4f * (float)q;
 	ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, &st, NULL));
 	ASSERT_TRUE(st.empty_repaired >= 4);
 	for (uint32_t i = 1; i < st.iterations; i++)

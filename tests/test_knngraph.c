@@ -340,7 +340,9 @@ static void test_graph_symmetrise(void)
 	uint32_t *ids2 = malloc(n2 * k2 * sizeof *ids2);
 	for (size_t i = 0; i < n2 * k2; i++) {
 		uint64_t r = ann_rng_below(&rng, 10);
-		ids2[i] = r == 0 ? ANN_KNN_NONE : r == 1 ? (uint32_t)(i / k2) : (uint32_t)ann_rng_below(&rng, 8);
+		ids2[i] = r == 0   ? ANN_KNN_NONE
+			  : r == 1 ? (uint32_t)(i / k2)
+				   : (uint32_t)ann_rng_below(&rng, 8);
 	}
 	ASSERT_OK(ann_graph_from_knn(ids2, n2, k2, &g, &te_));
 	W = dense_weights(ids2, n2, k2);
@@ -420,8 +422,8 @@ static void test_partition_planted(void)
 
 	ASSERT_OK(ann_partition_graph(&g, c, 0.03, 7, parts, &st, &te_));
 	ASSERT_TRUE(memcmp(adj_copy, g.adjncy, g.nnz * sizeof *adj_copy) == 0);
-	printf("  planted: cut %" PRIu64 " (planted %" PRIu64 ") of %" PRIu64 ", balance %.3f\n", st.cut, ts.cut,
-	       st.total_weight, st.balance);
+	printf("  planted: cut %" PRIu64 " (planted %" PRIu64 ") of %" PRIu64 ", balance %.3f\n",
+	       st.cut, ts.cut, st.total_weight, st.balance);
 	ASSERT_LE(st.cut, ts.cut);
 	ASSERT_LE(st.max_part, (size_t)floor(1.03 * s)); /* the hard cap */
 	ASSERT_EQ(st.empty_parts, 0);
@@ -514,11 +516,12 @@ static void test_partition_repair(void)
 		size_t m = ms[t];
 		for (int q = 0; q < 2; q++) {
 			double imb = q ? 0.2 : 0.01;
-			size_t cap = ANN_MAX((n + m - 1) / m, (size_t)floor((1.0 + imb) * (double)n / (double)m));
+			size_t cap = ANN_MAX((n + m - 1) / m,
+					     (size_t)floor((1.0 + imb) * (double)n / (double)m));
 			ann_partition_stats st;
 			ASSERT_OK(ann_partition_graph(&g, m, imb, 3, parts, &st, &te_));
-			printf("  clusters m=%zu imbalance %.2f: cut %.3f, balance %.3f, repair moved %zu\n", m, imb,
-			       st.cut_frac, st.balance, st.moved);
+			printf("  clusters m=%zu imbalance %.2f: cut %.3f, balance %.3f, repair moved %zu\n",
+			       m, imb, st.cut_frac, st.balance, st.moved);
 			ASSERT_LE(st.max_part, cap);
 			moved += st.moved;
 			uint64_t cut;
@@ -634,7 +637,8 @@ static double brute_force(const float *a, size_t n, size_t m, size_t cap)
 static double hungarian(const float *a, size_t n, size_t m, size_t cap)
 {
 	size_t S = m * cap;
-	double *u = calloc(n + 1, sizeof *u), *v = calloc(S + 1, sizeof *v), *minv = malloc((S + 1) * sizeof *minv);
+	double *u = calloc(n + 1, sizeof *u), *v = calloc(S + 1, sizeof *v);
+	double *minv = malloc((S + 1) * sizeof *minv);
 	size_t *p = calloc(S + 1, sizeof *p), *way = calloc(S + 1, sizeof *way);
 	bool *used = malloc((S + 1) * sizeof *used);
 	for (size_t i = 1; i <= n; i++) {
@@ -743,27 +747,50 @@ static void test_assign_brute_force(void)
 	ASSERT_TRUE(auctions > 150);
 }
 
+static size_t pop_wins(const float *a, size_t n, size_t m, size_t pop)
+{
+	size_t w = 0;
+	for (size_t i = 0; i < n; i++) {
+		size_t b = 0;
+		for (size_t j = 1; j < m; j++)
+			if (a[i * m + j] > a[i * m + b])
+				b = j;
+		w += b == pop;
+	}
+	return w;
+}
+
 static void test_assign_hungarian(void)
 {
 	t_current = "assign_hungarian";
-	for (int trial = 0; trial < 40; trial++) {
+	size_t many_dummies = 0;
+	for (int trial = 0; trial < 60; trial++) {
 		size_t n = 30 + ann_rng_below(&rng, 40), m = 2 + ann_rng_below(&rng, 8);
-		size_t cap = (n + m - 1) / m + ann_rng_below(&rng, 3);
+		/* tight capacities (few dummies), and loose ones that a strongly
+		 * popular part still overflows (many dummies) */
+		bool loose = trial % 4 == 3;
+		size_t cap = loose ? (n + 1) / 2 : (n + m - 1) / m + ann_rng_below(&rng, 3);
 		float *a = malloc(n * m * sizeof *a);
 		uint32_t *lab = malloc(n * sizeof *lab);
 		size_t pop = ann_rng_below(&rng, m);
 		for (size_t i = 0; i < n * m; i++)
-			a[i] = (float)(ann_rng_normal(&rng) + (i % m == pop ? 1.5 : 0.0));
+			a[i] = (float)(ann_rng_normal(&rng) + (i % m == pop ? (loose ? 3.0 : 1.5) : 0.0));
 		double opt = hungarian(a, n, m, cap);
 		ann_assign_stats st;
 		ASSERT_OK(ann_balanced_assign(a, n, m, cap, 0.0, lab, &st, &te_));
 		check_assign(a, n, m, cap, st.argmax ? 0.0 : st.eps_final, opt, lab, &st);
+		if (!st.argmax)
+			ASSERT_EQ(st.dummies, m * cap - n);
+		if (loose && pop_wins(a, n, m, pop) > cap)
+			ASSERT_EQ(st.argmax, 0);
+		many_dummies += !st.argmax && st.dummies > n / 2;
 		/* a coarse eps: still within (n + dummies) * eps */
 		ASSERT_OK(ann_balanced_assign(a, n, m, cap, 0.05, lab, &st, &te_));
 		check_assign(a, n, m, cap, st.argmax ? 0.0 : 0.05, opt, lab, &st);
 		free(a);
 		free(lab);
 	}
+	ASSERT_TRUE(many_dummies >= 5); /* the dummy-heavy regime was exercised */
 }
 
 static void test_assign_loose_and_errors(void)
@@ -803,6 +830,58 @@ static void test_assign_loose_and_errors(void)
 	free(lab);
 }
 
+/* Allocation failure at every site of the graph and partition functions:
+ * ANN_E_NOMEM (or success), never a leak. METIS's own allocations are not
+ * ours to fail. */
+static void test_alloc_failures(void)
+{
+	t_current = "alloc_failures";
+	const size_t n = 120, k = 5, m = 6;
+	uint32_t *ids = malloc(n * k * sizeof *ids), *lab = malloc(n * sizeof *lab);
+	for (size_t i = 0; i < n * k; i++)
+		ids[i] = (uint32_t)ann_rng_below(&rng, n);
+	float *a = malloc(n * m * sizeof *a);
+	for (size_t i = 0; i < n * m; i++)
+		a[i] = (float)ann_rng_normal(&rng) + (i % m == 0 ? 2.0f : 0.0f);
+	ann_graph g;
+	ASSERT_OK(ann_graph_from_knn(ids, n, k, &g, &te_));
+	int64_t base = ann_mem_live_bytes();
+	for (int64_t f = 0; f < 40; f++) {
+		ann_error e = {0};
+		int rc[5];
+		ann_graph g2;
+		ann_nshare sh;
+		ann_partition_stats st;
+		ann_assign_stats as;
+		ann_mem_fail_after(f);
+		rc[0] = ann_graph_from_knn(ids, n, k, &g2, &e);
+		memset(lab, 0, n * sizeof *lab);
+		ann_mem_fail_after(f);
+		rc[1] = ann_nshare_compute(&g, lab, m, &sh, &e);
+		ann_mem_fail_after(f);
+		rc[2] = ann_partition_graph(&g, m, 0.01, 1, lab, &st, &e);
+		ann_mem_fail_after(f);
+		rc[3] = ann_balanced_assign(a, n, m, n / m, 0.0, lab, &as, &e);
+		ann_mem_fail_after(f);
+		memset(lab, 0, n * sizeof *lab);
+		rc[4] = ann_nshare_add(&g, lab, m, 1.0f, a, &e);
+		ann_mem_fail_after(-1);
+		for (int q = 0; q < 5; q++)
+			if (rc[q] != ANN_OK && rc[q] != ANN_E_NOMEM)
+				T_FAIL("call %d, failing allocation %" PRId64 ": %d (%s)", q, f,
+				       rc[q], e.msg);
+		if (rc[0] == ANN_OK)
+			ann_graph_free(&g2);
+		if (rc[1] == ANN_OK)
+			ann_nshare_free(&sh);
+		ASSERT_EQ(ann_mem_live_bytes(), base);
+	}
+	ann_graph_free(&g);
+	free(ids);
+	free(lab);
+	free(a);
+}
+
 int main(void)
 {
 	t_init("test_knngraph", &rng);
@@ -817,6 +896,7 @@ int main(void)
 	test_assign_brute_force();
 	test_assign_hungarian();
 	test_assign_loose_and_errors();
+	test_alloc_failures();
 	printf("test_knngraph: ok\n");
 	return 0;
 }

@@ -21,6 +21,11 @@ void t_init(const char *name, ann_rng *rng)
 		ann_rng_seed(rng, t_seed);
 }
 
+bool t_contains(const char *msg, const char *needle)
+{
+	return !needle || strstr(msg, needle) != NULL;
+}
+
 void t_fail_exit(void)
 {
 	fprintf(stderr, "seed = %" PRIu64 "\n", t_seed);

@@ -14,7 +14,7 @@
 #include "commands.h"
 
 static cli_cmd *commands[] = {
-	&cmd_gen, &cmd_gt, &cmd_convert, &cmd_build, &cmd_search, &cmd_info, &cmd_verify,
+	&cmd_gen, &cmd_gt, &cmd_convert, &cmd_build, &cmd_search, &cmd_info, &cmd_verify, &cmd_insert, &cmd_delete, &cmd_compact,
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

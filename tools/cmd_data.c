@@ -195,7 +195,8 @@ cli_cmd cmd_gt = {"gt", "exact k-nearest-neighbour ground truth (blocked BLAS, b
 static cli_opt convert_opts[] = {
 	{"in", "FILE", "input: fvecs bvecs ivecs fbin u8bin i8bin ibin, or an idx3-ubyte[.gz] file", NULL},
 	{"out", "FILE", "output: fvecs bvecs ivecs fbin u8bin i8bin ibin", NULL},
-	{"limit", "N", "convert only the first N vectors", NULL},
+	{"offset", "N", "start at vector N (default 0)", NULL},
+	{"limit", "N", "convert at most N vectors", NULL},
 	{"quiet", NULL, "no progress line", NULL},
 	{NULL, NULL, NULL, NULL},
 };
@@ -206,8 +207,8 @@ static int run_convert(cli_cmd *c)
 	const char *out = in ? cli_need(c, "out") : NULL;
 	if (!out)
 		return CLI_EXIT_USAGE;
-	uint64_t limit;
-	if (!cli_u64(c, "limit", UINT64_MAX, &limit))
+	uint64_t limit, offset;
+	if (!cli_u64(c, "limit", UINT64_MAX, &limit) || !cli_u64(c, "offset", 0, &offset))
 		return CLI_EXIT_USAGE;
 	ann_error err = {0};
 	ann_vreader *r = NULL;
@@ -218,7 +219,17 @@ static int run_convert(cli_cmd *c)
 	if (ann_vreader_open(in, &r, &err) < 0)
 		return cli_fail(c, &err);
 	uint32_t d = ann_vreader_dim(r);
-	uint64_t n = ANN_MIN(ann_vreader_count(r), limit), done = 0;
+	uint64_t total = ann_vreader_count(r);
+	if (offset > total) {
+		ann_vreader_close(r);
+		return cli_usage_error(c, "--offset %llu is past the %llu vectors of %s", (unsigned long long)offset,
+				       (unsigned long long)total, in);
+	}
+	if (ann_vreader_seek(r, offset, &err) < 0) {
+		ann_vreader_close(r);
+		return cli_fail(c, &err);
+	}
+	uint64_t n = ANN_MIN(total - offset, limit), done = 0;
 	size_t chunk = ANN_MAX((size_t)1, ((size_t)4 << 20) / ((size_t)d * 4));
 	buf = ann_malloc(chunk * d * sizeof(float));
 	if (!buf) {
@@ -255,4 +266,4 @@ fail:
 }
 
 cli_cmd cmd_convert = {"convert", "convert between vector file formats (and from Fashion-MNIST idx files)",
-		       "--in FILE --out FILE [--limit N]", convert_opts, run_convert};
+		       "--in FILE --out FILE [--offset N] [--limit N]", convert_opts, run_convert};
