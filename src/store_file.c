@@ -1768,7 +1768,7 @@ static int file_begin(ann_store_txn *t, ann_error *err)
 {
 	ann_store *s = ann_store_txn_store(t);
 	struct file_store *f = s->impl;
-	ANN_TRY(ann_catalog_oldest_reader(s->cat, &f->oldest, err)); f->oldest = UINT64_MAX;
+	ANN_TRY(ann_catalog_oldest_reader(s->cat, &f->oldest, err));
 	ANN_TRY(ext_reserve(&f->work, &f->capwork, f->nfree + 1, err));
 	if (f->nfree)
 		memcpy(f->work, f->free, f->nfree * sizeof *f->work);

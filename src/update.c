@@ -5,7 +5,9 @@
  *
  * Catalog records (docs/FORMAT.md, "catalog.lmdb"):
  *   delta  (partition be32, id be64) -> vector in the delta type
- *   idmap  id be64 -> partition        for every inserted id (live)
+ *   idmap  id be64 -> partition        for every inserted id (live), or
+ *                                      ANN_IDMAP_GONE for a build id whose
+ *                                      dead copy compaction removed
  *   tomb   id be64 -> (empty)          a copy of id inside a block is dead
  *   meta   index.next_id, index.live_vectors, compact.* figures
  *
@@ -38,6 +40,9 @@
 #include "distance.h"
 #include "index.h"
 #include "kmeans.h"
+#include "update.h"
+
+#define ANN_IDMAP_GONE UINT32_MAX
 
 struct ann_writer {
 	ann_index *x;
@@ -118,6 +123,8 @@ static int delete_one(ann_writer *w, ann_cat_txn *t, int64_t id, bool *done, ann
 	uint32_t pid;
 	*done = false;
 	int rc = ann_catalog_idmap_get(t, (uint64_t)id, &pid, err);
+	if (rc == ANN_OK && pid == ANN_IDMAP_GONE)
+		return ANN_OK;
 	if (rc == ANN_OK) {
 		/* An inserted copy: in the delta, or (after compaction) in a block. */
 		uint8_t dk[ANN_DELTA_KEY];
@@ -148,7 +155,7 @@ static int live(ann_writer *w, ann_cat_txn *t, int64_t id, bool *yes, ann_error 
 	uint32_t pid;
 	int rc = ann_catalog_idmap_get(t, (uint64_t)id, &pid, err);
 	if (rc == ANN_OK) {
-		*yes = true;
+		*yes = pid != ANN_IDMAP_GONE;
 		return ANN_OK;
 	}
 	if (rc != ANN_E_NOTFOUND)
@@ -162,6 +169,15 @@ static int live(ann_writer *w, ann_cat_txn *t, int64_t id, bool *yes, ann_error 
 	ANN_TRY(has_key(t, ANN_CAT_TOMB, k, sizeof k, &dead, err));
 	*yes = !dead;
 	return ANN_OK;
+}
+
+int ann_writer_live(ann_writer *w, int64_t id, bool *yes, ann_error *err)
+{
+	ann_cat_txn *t;
+	ANN_TRY(ann_catalog_read_begin(ann_store_catalog(w->x->store), &t, err));
+	int rc = live(w, t, id, yes, err);
+	ann_catalog_read_end(t);
+	return rc;
 }
 
 /* Converts vector i of the input to the delta type, checking its values. */
@@ -519,11 +535,20 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 		st.bytes_written += len;
 		st.bytes_freed += x->dir.ents[p].length;
 	}
-	/* Every tomb has been applied: clear them. */
+	/* Every tomb has been applied: clear them. A build id without an idmap
+	 * entry would read as live once its tomb is gone: mark it gone. */
 	for (size_t i = 0; i < tombs.n; i++) {
 		uint8_t k[8];
 		id_key(k, tombs.ids[i]);
 		ANN_CHECK(rc, ann_catalog_del(t, ANN_CAT_TOMB, k, sizeof k, err));
+		if (tombs.ids[i] < 0 || (uint64_t)tombs.ids[i] >= x->meta.vectors)
+			continue;
+		uint32_t pid;
+		rc = ann_catalog_idmap_get(t, (uint64_t)tombs.ids[i], &pid, err);
+		if (rc == ANN_E_NOTFOUND)
+			rc = ann_catalog_idmap_put(t, (uint64_t)tombs.ids[i], ANN_IDMAP_GONE, err);
+		if (rc < 0)
+			goto fail;
 	}
 	st.seconds = (double)(ann_now_ns() - t0) / 1e9;
 	uint64_t ncompact;

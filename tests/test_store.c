@@ -637,7 +637,9 @@ static void test_concurrent_process(const char *base, ann_store_kind kind)
 				pids[i] = i;
 			if (ann_store_reader_submit(r, pids, NULL, P, NULL) < 0)
 				_exit(4);
-			usleep(2000);
+			/* Every third batch waits long enough for two commits (one
+			 * freeing the extents, the next one reusing them). */
+			usleep(batches % 3 == 0 ? 45000 : 1000);
 			ann_block_read b[P];
 			int n = 0;
 			while (n < P && ann_store_reader_next(r, &b[n], NULL) == 1) {
@@ -662,11 +664,16 @@ static void test_concurrent_process(const char *base, ann_store_kind kind)
 		}
 		ann_store_reader_free(r);
 		ann_store_close(s);
+		if (getenv("T_DEBUG"))
+			fprintf(stderr, "child batches %d\n", batches);
 		_exit(0);
 	}
 	close(pfd[0]);
+	uint64_t t0 = ann_now_ns();
 	for (int round = 0; round < ROUNDS; round++)
 		write_gen(w, gens, 0, P, 5);
+	if (getenv("T_DEBUG"))
+		fprintf(stderr, "writer %.1f ms\n", (double)(ann_now_ns() - t0) / 1e6);
 	close(pfd[1]);
 	int status;
 	ASSERT_EQ(waitpid(child, &status, 0), child);
@@ -859,7 +866,7 @@ int main(void)
 	test_roundtrip(dir, ANN_STORE_FILE);
 	test_roundtrip(dir, ANN_STORE_LMDB);
 	test_lmdb_growth(dir);
-	/*test_free_reuse(dir);*/
+	test_free_reuse(dir);
 	test_reader_across_reopen(dir);
 	test_concurrent_process(dir, ANN_STORE_FILE);
 	test_concurrent_process(dir, ANN_STORE_LMDB);
