@@ -35,6 +35,11 @@ typedef struct ann_router_ops {
 	 * primary partitions) and finishes after the last one. */
 	int (*observe)(ann_router *r, const float *x, size_t n, const uint32_t *parts, ann_error *err);
 	int (*finish)(ann_router *r, ann_error *err);
+	/* Optional: partition pid is split in two; pid's centroid becomes
+	 * c_keep and a new partition (returned, = nparts before the call) gets
+	 * c_new. Both are dim floats in the routing space. */
+	int (*split)(ann_router *r, uint32_t pid, const float *c_keep, const float *c_new, uint32_t *new_pid,
+		     ann_error *err);
 	void (*free)(ann_router *r);
 } ann_router_ops;
 

@@ -16,6 +16,8 @@
 
 typedef struct km_router {
 	ann_hnsw *graph;
+	uint32_t m, ef_construction; /* graph parameters, for rebuilds after splits */
+	uint64_t seed;
 } km_router;
 
 struct ann_router_ctx {
@@ -148,6 +150,39 @@ static int km_save(const ann_router *r, uint8_t **blob, size_t *len, ann_error *
 	return ANN_OK;
 }
 
+/* A split replaces one centroid and adds one: the graph over the centroids
+ * (thousands of points) is rebuilt, which takes milliseconds to seconds. */
+static int km_split(ann_router *r, uint32_t pid, const float *c_keep, const float *c_new, uint32_t *new_pid,
+		    ann_error *err)
+{
+	km_router *k = km(r);
+	size_t n = ann_hnsw_count(k->graph), d = r->dim;
+	if (pid >= n)
+		return ann_err(err, ANN_E_INVAL, "kmeans router: split of partition %u of %zu", pid, n);
+	float *c = ann_malloc((n + 1) * d * sizeof(float));
+	if (!c)
+		return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory for %zu centroids", n + 1);
+	for (size_t i = 0; i < n; i++)
+		memcpy(c + i * d, ann_hnsw_vector(k->graph, (uint32_t)i), d * sizeof(float));
+	memcpy(c + (size_t)pid * d, c_keep, d * sizeof(float));
+	memcpy(c + n * d, c_new, d * sizeof(float));
+	ann_hnsw *g;
+	int rc = ann_hnsw_create(d, r->metric, k->m, k->ef_construction, k->seed + n, &g, err);
+	if (rc >= 0) {
+		rc = ann_hnsw_build(g, c, n + 1, 1, NULL, NULL, err);
+		if (rc < 0)
+			ann_hnsw_free(g);
+	}
+	ann_free(c);
+	if (rc < 0)
+		return rc;
+	ann_hnsw_free(k->graph);
+	k->graph = g;
+	r->nparts = (uint32_t)(n + 1);
+	*new_pid = (uint32_t)n;
+	return ANN_OK;
+}
+
 static void km_free(ann_router *r)
 {
 	ann_hnsw_free(km(r)->graph);
@@ -163,6 +198,7 @@ static const ann_router_ops km_ops = {
 	.route = km_route,
 	.ram_bytes = km_ram,
 	.save = km_save,
+	.split = km_split,
 	.free = km_free,
 };
 
@@ -177,6 +213,9 @@ static int km_wrap(ann_hnsw *g, uint32_t dim, ann_metric metric, ann_router **ou
 		return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory");
 	}
 	k->graph = g;
+	k->m = 16;
+	k->ef_construction = 200;
+	k->seed = 1;
 	r->ops = &km_ops;
 	r->impl = k;
 	r->nparts = (uint32_t)ann_hnsw_count(g);

@@ -1964,7 +1964,8 @@ static int file_precommit(ann_store_txn *t, ann_error *err)
 	ANN_TRY(file_sync(s, f, err));
 
 	/* New free list: what is left of the committed one plus this txn's
-	 * frees, sorted, adjacent extents merged, the tail given back to the end. */
+	 * frees, sorted, adjacent extents merged, a reusable tail given back to
+	 * the end. */
 	size_t n = f->nwork + f->nfreed;
 	ann_extent *nx = ann_malloc((n ? n : 1) * sizeof *nx);
 	if (!nx)
@@ -1990,7 +1991,9 @@ static int file_precommit(ann_store_txn *t, ann_error *err)
 			nx[m++] = nx[i];
 		}
 	}
-	while (m > 0 && nx[m - 1].offset + nx[m - 1].length == f->txn_end) {
+	/* Only extents no live reader can still reach go back to the end:
+	 * appends there are not checked against readers. */
+	while (m > 0 && nx[m - 1].offset + nx[m - 1].length == f->txn_end && nx[m - 1].freed_tx <= f->oldest) {
 		f->txn_end = nx[m - 1].offset;
 		m--;
 	}

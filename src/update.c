@@ -414,6 +414,73 @@ static int read_block(ann_index *x, ann_store_reader *rd, ann_block_dec *dec, ui
 	return rc;
 }
 
+/* Splits the m vectors of partition p (nids, nvecs in the delta type) by
+ * 2-means: on return the first *keep stay in p, the rest form the new
+ * partition *q, whose centroid the router has learned. Inserted ids that
+ * move get their idmap entry updated. */
+static int split_partition(ann_writer *w, ann_cat_txn *t, uint32_t p, int64_t *nids, uint8_t *nvecs, size_t m,
+			   size_t *keep, uint32_t *q, ann_error *err)
+{
+	ann_index *x = w->x;
+	size_t d = x->meta.dim, db = ann_index_delta_bytes(x);
+	ann_dtype dt = ann_index_delta_type(x);
+	float *f = ann_malloc(m * d * sizeof(float));
+	uint32_t *assign = ann_malloc(m * sizeof(uint32_t));
+	float cent[2 * 4096];
+	int64_t *tid = ann_malloc(m * sizeof(int64_t));
+	uint8_t *tv = ann_malloc(m * db);
+	int rc = ANN_OK;
+	if (!f || !assign || !tid || !tv || d > 4096) {
+		rc = ann_err(err, ANN_E_NOMEM, "compact: out of memory splitting partition %u", p);
+		goto out;
+	}
+	for (size_t i = 0; i < m * d; i++)
+		f[i] = dt == ANN_DTYPE_U8   ? (float)nvecs[i]
+		       : dt == ANN_DTYPE_I8 ? (float)(int8_t)nvecs[i]
+					    : ((const float *)(const void *)nvecs)[i];
+	ann_kmeans_opts ko;
+	ann_kmeans_opts_init(&ko);
+	ko.k = 2;
+	ko.max_iter = 20;
+	ko.seed = p + 1;
+	ko.metric = x->meta.metric;
+	ANN_CHECK(rc, ann_kmeans(f, m, d, &ko, cent, assign, NULL, err));
+	size_t a = 0;
+	for (size_t i = 0; i < m; i++)
+		a += assign[i] == 0;
+	if (a == 0 || a == m) { /* identical vectors: nothing to split */
+		*keep = m;
+		*q = UINT32_MAX;
+		goto out;
+	}
+	ANN_CHECK(rc, x->router->ops->split(x->router, p, cent, cent + d, q, err));
+	size_t i0 = 0, i1 = a;
+	for (size_t i = 0; i < m; i++) {
+		size_t o = assign[i] == 0 ? i0++ : i1++;
+		tid[o] = nids[i];
+		memcpy(tv + o * db, nvecs + i * db, db);
+		if (assign[i] != 0) {
+			uint32_t ip;
+			rc = ann_catalog_idmap_get(t, (uint64_t)nids[i], &ip, err);
+			if (rc == ANN_OK && ip == p)
+				rc = ann_catalog_idmap_put(t, (uint64_t)nids[i], *q, err);
+			if (rc < 0 && rc != ANN_E_NOTFOUND)
+				goto fail;
+			rc = ANN_OK;
+		}
+	}
+	memcpy(nids, tid, m * sizeof(int64_t));
+	memcpy(nvecs, tv, m * db);
+	*keep = a;
+fail:
+out:
+	ann_free(f);
+	ann_free(assign);
+	ann_free(tid);
+	ann_free(tv);
+	return rc;
+}
+
 int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, ann_error *err)
 {
 	ann_index *x = w->x;
@@ -524,16 +591,30 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 			ANN_CHECK(rc, ann_catalog_del(t, ANN_CAT_DELTA, dk, sizeof dk, err));
 		}
 		stored = stored - v.info.count + m;
+		size_t keep = m;
+		uint32_t q = UINT32_MAX;
+		if (m > split_limit && m >= 4 && x->router->ops->split)
+			ANN_CHECK(rc, split_partition(w, t, p, nids, nvecs, m, &keep, &q, err));
 		size_t len = 0;
-		ANN_CHECK(rc, block_encode(enc, &bp, (uint32_t)d, m, nids, nvecs, dt, p,
+		ANN_CHECK(rc, block_encode(enc, &bp, (uint32_t)d, keep, nids, nvecs, dt, p,
 					   (uint64_t)x->dir.ents[p].generation + 1, &blk, &len, err));
-		ann_block_put put = {p, (uint32_t)m, blk, len};
+		ann_block_put put = {p, (uint32_t)keep, blk, len};
 		ANN_CHECK(rc, ann_store_put_blocks(txn, &put, 1, NULL, err));
 		ann_aligned_free(blk);
 		blk = NULL;
 		st.partitions_rewritten++;
 		st.bytes_written += len;
 		st.bytes_freed += x->dir.ents[p].length;
+		if (q != UINT32_MAX) {
+			ANN_CHECK(rc, block_encode(enc, &bp, (uint32_t)d, m - keep, nids + keep, nvecs + keep * db, dt, q, 1,
+						   &blk, &len, err));
+			ann_block_put put2 = {q, (uint32_t)(m - keep), blk, len};
+			ANN_CHECK(rc, ann_store_put_blocks(txn, &put2, 1, NULL, err));
+			ann_aligned_free(blk);
+			blk = NULL;
+			st.partitions_split++;
+			st.bytes_written += len;
+		}
 	}
 	/* Every tomb has been applied: clear them. A build id without an idmap
 	 * entry would read as live once its tomb is gone: mark it gone. */
@@ -562,6 +643,16 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 		 (unsigned long long)st.tombstones_applied, (unsigned long long)st.bytes_written, st.seconds);
 	ANN_CHECK(rc, ann_catalog_meta_put_str(t, "compact.last", summary, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "index.stored_vectors", stored, err));
+	if (st.partitions_split) {
+		uint8_t *blob = NULL;
+		size_t blen = 0;
+		ANN_CHECK(rc, x->router->ops->save(x->router, &blob, &blen, err));
+		rc = ann_catalog_model_put(t, "router", blob, blen, err);
+		ann_free(blob);
+		if (rc < 0)
+			goto fail;
+		ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "index.partitions", x->router->nparts, err));
+	}
 	ann_store_txn *c = txn;
 	txn = NULL;
 	ANN_CHECK(rc, ann_store_commit(c, err));
@@ -573,6 +664,8 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 fail:
 	if (txn)
 		ann_store_abort(txn);
+	if (st.partitions_split && rc < 0)
+		ann_index_reload(x, NULL); /* drop the uncommitted splits from the router in RAM */
 	ann_store_reader_free(rd);
 	block_dec_free(dec);
 	block_enc_free(enc);

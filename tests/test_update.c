@@ -198,6 +198,19 @@ static void test_model(const char *dir, ann_rng *rng)
 	ASSERT_OK(ann_compact(w, 0, &st, &e));
 	ASSERT_EQ(st.tombstones_applied, 1);
 	check_exact(idx, &m, "second compaction");
+	/* Partitions past the limit split in two; the router learns the new ones. */
+	ASSERT_OK(ann_insert(w, all + 10 * D, 1, NULL, 0, NULL, &e)); /* something to compact */
+	m.live[NB + NI] = true;
+	memcpy(m.vec + (NB + NI) * D, all + 10 * D, D * sizeof(float));
+	ASSERT_OK(ann_compact(w, 150, &st, &e));
+	ASSERT_TRUE(st.partitions_split >= 1);
+	check_exact(idx, &m, "after splits");
+	ann_index *x;
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ann_index_info in;
+	ASSERT_OK(ann_index_get_info(x, &in, NULL));
+	ASSERT_EQ(in.partitions, PARTS + st.partitions_split);
+	ann_index_close(x);
 	ann_writer_close(w);
 	uint64_t problems = 9;
 	ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
