@@ -1991,9 +1991,13 @@ static int file_precommit(ann_store_txn *t, ann_error *err)
 			nx[m++] = nx[i];
 		}
 	}
-	/* Only extents no live reader can still reach go back to the end:
-	 * appends there are not checked against readers. */
-	while (m > 0 && nx[m - 1].offset + nx[m - 1].length == f->txn_end && nx[m - 1].freed_tx <= f->oldest) {
+	/* Only extents no reader can still reach go back to the end (appends are
+	 * not checked against readers): freed by an earlier commit that every
+	 * reader alive at begin has passed (a reader starting later sees at
+	 * least the last commit). Never this txn's frees: a reader may start on
+	 * the previous snapshot before this commit. */
+	while (m > 0 && nx[m - 1].offset + nx[m - 1].length == f->txn_end && nx[m - 1].freed_tx < txid &&
+	       nx[m - 1].freed_tx <= f->oldest) {
 		f->txn_end = nx[m - 1].offset;
 		m--;
 	}
