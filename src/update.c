@@ -503,7 +503,8 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 	ann_cat_txn *t = ann_store_txn_catalog(txn);
 	ANN_CHECK(rc, ann_catalog_foreach(t, ANN_CAT_TOMB, NULL, 0, tomb_each, &tombs, err));
 	ANN_CHECK(rc, ann_catalog_foreach(t, ANN_CAT_DELTA, NULL, 0, delta_each, &deltas, err));
-	qsort(tombs.ids, tombs.n, sizeof(int64_t), cmp_i64);
+	if (tombs.n)
+		qsort(tombs.ids, tombs.n, sizeof(int64_t), cmp_i64);
 	idset dead = {tombs.ids, tombs.n};
 	uint32_t np = x->dir.n;
 	dirty = ann_calloc(np ? np : 1, 1);
