@@ -77,6 +77,8 @@ int ann_ioreader_submit(ann_ioreader *r, const ann_ioreq *reqs, size_t n, ann_er
 int ann_ioreader_next(ann_ioreader *r, ann_iocomp *c, ann_error *err);
 /* Returns the completion's buffer to the pool (also for failed ones). */
 void ann_ioreader_release(ann_ioreader *r, const ann_iocomp *c);
+/* The largest request (4096-aligned offset and length) the pool can take. */
+uint64_t ann_ioreader_max_request(const ann_ioreader *r);
 /* Requests queued or in flight, not yet returned by next. */
 size_t ann_ioreader_outstanding(const ann_ioreader *r);
 void ann_ioreader_get_stats(const ann_ioreader *r, ann_ioreader_stats *st);
@@ -100,6 +102,7 @@ typedef struct ann_store_opts {
 
 void ann_store_opts_init(ann_store_opts *o);
 int ann_store_open(const char *dir, const ann_store_opts *o, ann_store **out, ann_error *err);
+/* Aborts a running txn; readers of the store must be freed first. */
 void ann_store_close(ann_store *s);
 /* The store's catalog (owned by the store), for meta, models, id map. */
 ann_catalog *ann_store_catalog(ann_store *s);
@@ -168,7 +171,8 @@ typedef struct ann_store_reader_opts {
 typedef struct ann_block_read {
 	uint64_t tag;        /* the request's tag */
 	uint32_t pid;        /* partition */
-	int status;          /* ANN_OK, ANN_E_NOTFOUND, ANN_E_IO, ANN_E_CORRUPT (checksum, length) */
+	int status;          /* ANN_OK, ANN_E_NOTFOUND, ANN_E_IO, ANN_E_CORRUPT (checksum, length),
+			      * ANN_E_INVAL (block larger than the reader's buffer pool) */
 	const uint8_t *data; /* block bytes, valid until release (LMDB: a pointer into the map) */
 	size_t length;       /* block bytes */
 	ann_dirent ent;      /* the directory entry the read used */

@@ -106,6 +106,11 @@ const char *ann_ioreader_path(const ann_ioreader *r)
 	return r->uring ? "io_uring" : "pread";
 }
 
+uint64_t ann_ioreader_max_request(const ann_ioreader *r)
+{
+	return (uint64_t)r->npages * ANN_PAGE;
+}
+
 size_t ann_ioreader_outstanding(const ann_ioreader *r)
 {
 	return r->pend_len + r->inflight;
@@ -293,8 +298,6 @@ static void req_extent(const ann_ioreader *r, const ann_ioreq *q, uint64_t *off,
 		*alen = q->length;
 	}
 }
-
-int ann_ioreader_submit(ann_ioreader *r, const ann_ioreq *reqs, size_t n, ann_error *err);
 
 static int pend_push(ann_ioreader *r, const ann_ioreq *reqs, size_t n, ann_error *err)
 {
@@ -618,6 +621,7 @@ struct ann_store {
 	bool writable;
 	bool failed;        /* sticky writer failure */
 	bool in_txn;
+	ann_store_txn *cur; /* the running txn (aborted by close) */
 	void *impl;         /* backend state */
 	pthread_rwlock_t dir_lock; /* guards d and dir_cap */
 	ann_dir d;          /* RAM directory */
@@ -848,6 +852,8 @@ void ann_store_close(ann_store *s)
 {
 	if (!s)
 		return;
+	if (s->cur)
+		ann_store_abort(s->cur);
 	if (s->ops && s->impl)
 		s->ops->close(s);
 	ann_catalog_close(s->cat);
@@ -895,6 +901,7 @@ int ann_store_begin(ann_store *s, ann_store_txn **out, ann_error *err)
 		return rc;
 	}
 	s->in_txn = true;
+	s->cur = t;
 	*out = t;
 	return ANN_OK;
 }
@@ -1013,6 +1020,7 @@ fail:
 
 static void dir_apply(ann_store *s, const struct dir_change *ch, size_t n, uint64_t txnid)
 {
+	bool lost = false;
 	pthread_rwlock_wrlock(&s->dir_lock);
 	for (size_t i = 0; i < n; i++) {
 		uint32_t pid = ch[i].pid;
@@ -1026,8 +1034,8 @@ static void dir_apply(ann_store *s, const struct dir_change *ch, size_t n, uint6
 				cap = UINT32_MAX;
 			ann_dirent *p = ann_realloc(s->d.ents, (size_t)cap * sizeof *p);
 			if (!p) {
-				/* Keep serving what we have; a refresh reloads it. */
-				s->d.txnid = 0;
+				/* Keep serving what we have; ann_store_refresh reloads it. */
+				lost = true;
 				continue;
 			}
 			memset(p + s->dir_cap, 0, (size_t)(cap - s->dir_cap) * sizeof *p);
@@ -1042,8 +1050,8 @@ static void dir_apply(ann_store *s, const struct dir_change *ch, size_t n, uint6
 	}
 	while (s->d.n > 0 && !s->d.ents[s->d.n - 1].kind)
 		s->d.n--;
-	if (s->d.txnid != 0 || n == 0)
-		s->d.txnid = txnid;
+	/* 0 marks a stale directory (sticky until ann_store_refresh reloads it). */
+	s->d.txnid = (lost || s->d.txnid == 0) ? 0 : txnid;
 	pthread_rwlock_unlock(&s->dir_lock);
 }
 
@@ -1068,6 +1076,7 @@ int ann_store_commit(ann_store_txn *t, ann_error *err)
 		s->failed = true;
 		s->ops->postcommit(t, false);
 		s->in_txn = false;
+		s->cur = NULL;
 		ann_free(t->ch);
 		ann_free(t);
 		return rc;
@@ -1075,6 +1084,7 @@ int ann_store_commit(ann_store_txn *t, ann_error *err)
 	s->ops->postcommit(t, true);
 	dir_apply(s, t->ch, t->nch, txnid);
 	s->in_txn = false;
+	s->cur = NULL;
 	ann_free(t->ch);
 	ann_free(t);
 	return ANN_OK;
@@ -1088,6 +1098,7 @@ void ann_store_abort(ann_store_txn *t)
 		ann_catalog_abort(t->ct);
 	t->s->ops->postcommit(t, false);
 	t->s->in_txn = false;
+	t->s->cur = NULL;
 	ann_free(t->ch);
 	ann_free(t);
 }
@@ -1327,31 +1338,40 @@ int ann_store_reader_submit(ann_store_reader *r, const uint32_t *pids, const uin
 		if (lrc == ANN_E_NOTFOUND || lrc == ANN_E_CORRUPT || lrc == ANN_E_FORMAT) {
 			memset(&in->ent, 0, sizeof in->ent);
 			in->status = lrc == ANN_E_NOTFOUND ? ANN_E_NOTFOUND : ANN_E_CORRUPT;
-			rc = ready_push(r, k, err);
+			if ((rc = ready_push(r, k, err)) < 0)
+				info_put(r, k);
 		} else if (lrc < 0) {
 			info_put(r, k);
 			if (err)
 				*err = e2;
 			rc = lrc;
+		} else if (r->io && in->ent.length > ann_ioreader_max_request(r->io)) {
+			in->status = ANN_E_INVAL; /* completes alone; the others still read */
+			if ((rc = ready_push(r, k, err)) < 0)
+				info_put(r, k);
 		} else if (r->io) {
 			r->reqbuf[nreq++] = (ann_ioreq){ in->ent.offset, in->ent.length, k };
-		} else {
-			rc = ready_push(r, k, err);
+		} else if ((rc = ready_push(r, k, err)) < 0) {
+			info_put(r, k);
 		}
 		if (rc < 0)
 			break;
 		r->outstanding++;
 	}
 	if (nreq > 0) {
-		int src = ann_ioreader_submit(r->io, r->reqbuf, nreq, err);
-		if (src < 0 && rc == ANN_OK)
-			rc = src;
-		if (src < 0) {
-			/* Requests the reader refused complete with the error. */
-			for (size_t q = 0; q < nreq; q++) {
-				struct rd_info *in = &r->info[r->reqbuf[q].tag];
-				in->status = src;
-				ready_push(r, (uint32_t)r->reqbuf[q].tag, NULL);
+		ann_error e2;
+		int src = ann_ioreader_submit(r->io, r->reqbuf, nreq, &e2);
+		/* Requests the io reader refused (a block larger than its pool,
+		 * no memory) complete with that status, one by one. */
+		for (size_t q = 0; src < 0 && q < nreq; q++) {
+			uint32_t k = (uint32_t)r->reqbuf[q].tag;
+			r->info[k].status = src;
+			int prc = ready_push(r, k, err);
+			if (prc < 0) {
+				/* Not even that: forget them and fail the submit. */
+				info_put(r, k);
+				r->outstanding--;
+				rc = prc;
 			}
 		}
 	}
@@ -1394,9 +1414,13 @@ int ann_store_reader_next(ann_store_reader *r, ann_block_read *b, ann_error *err
 		fill_read(r, k, b);
 		if (b->status == ANN_E_NOTFOUND) {
 			ann_err(err, ANN_E_NOTFOUND, "%s: no partition %u", r->s->dir, b->pid);
-		} else if (b->status < 0) {
+		} else if (b->status == ANN_E_CORRUPT) {
 			ann_err(err, b->status, "%s: partition %u: directory entry unreadable or of the wrong store kind",
 				r->s->dir, b->pid);
+		} else if (b->status < 0) {
+			ann_err(err, b->status, "%s: partition %u: block of %u bytes at offset %llu not read (%s; "
+				"larger than the reader's buffer pool?)", r->s->dir, b->pid, b->ent.length,
+				(unsigned long long)b->ent.offset, ann_strerror(b->status));
 		} else {
 			/* LMDB store: a pointer into the map, valid while the batch lasts. */
 			const uint8_t *p = NULL;
@@ -1881,6 +1905,17 @@ static int write_run(ann_store *s, struct file_store *f, const struct wr *w, siz
 			if (m < 0) {
 				if (errno == EINTR)
 					continue;
+				if (errno == EINVAL && f->direct && left == bytes) {
+					/* Accepted O_DIRECT at open, refuses it now: go buffered
+					 * (fdatasync still precedes every commit). */
+					int fd = open(f->path, O_RDWR | O_CLOEXEC);
+					if (fd >= 0) {
+						close(f->fd);
+						f->fd = fd;
+						f->direct = false;
+						continue;
+					}
+				}
 				int e = errno;
 				ann_store_fail(s);
 				return ann_err_sys(err, e, "%s: write of %zu bytes at offset %llu failed", f->path, left,
