@@ -61,6 +61,7 @@
 #define EMBED_CHUNK 1024u       /* rows embedded per encoder call */
 #define EXACT_MAX 16384u        /* clusters up to which assignment is exact */
 #define ASSIGN_CANDIDATES 8u    /* nearest centroids considered for replicas */
+#define KL_ROWS 32768u          /* sample rows the per-epoch KL figures are measured on */
 #define AE_LR 1e-3f             /* Adam step of both stages */
 #define DEC_LR 1e-3f
 
@@ -71,8 +72,8 @@ typedef struct anr_epoch {
 	uint32_t epoch;  /* 0-based within the phase */
 	double loss;     /* mean batch loss: MSE (ae), KL + w * MSE (dec) */
 	double mse;      /* mean batch reconstruction MSE in the normalised space */
-	double kl_start; /* dec: KL(P || Q) over the sample when P was refreshed */
-	double kl_end;   /* dec: KL(P || Q) over the sample after the epoch, same P */
+	double kl_start; /* dec: KL(P || Q) when P was refreshed (first KL_ROWS sample rows) */
+	double kl_end;   /* dec: KL(P || Q) after the epoch, same P and rows */
 	double changed;  /* dec: share of sample labels changed at the refresh */
 } anr_epoch;
 
@@ -644,19 +645,22 @@ static uint32_t argmax_row(const float *q, size_t k)
 	return b;
 }
 
-/* KL(P || Q) over the sample, P from the refresh (zr, mur, f), Q from the
- * current embeddings z and centroids mu, in batch-sized pieces (qc, pb). */
+/* KL(P || Q), P from the refresh (zr, mur, f), Q from the current
+ * embeddings z and centroids mu, over the first KL_ROWS rows of the sample
+ * (a uniform subsample: the build draws the sample uniformly), in
+ * batch-sized pieces (qc, pb). A diagnostic: training does not use it. */
 static double kl_over_sample(trainer *t)
 {
 	anr *a = t->a;
+	size_t n = ANN_MIN(t->n, (size_t)KL_ROWS);
 	double kl = 0;
-	for (size_t i = 0; i < t->n; i += t->batch) {
-		size_t m = ANN_MIN(t->batch, t->n - i);
+	for (size_t i = 0; i < n; i += t->batch) {
+		size_t m = ANN_MIN(t->batch, n - i);
 		ann_dec_soft_assign(t->z + i * t->e, m, t->e, a->mu, t->k, a->alpha, t->qc);
 		targets_rows(t, t->zr + i * t->e, m, t->pb);
 		kl += ann_loss_kl(t->pb, t->qc, m, t->k, NULL) * (double)m;
 	}
-	return kl / (double)t->n;
+	return kl / (double)n;
 }
 
 /* Refresh: embeds the sample with the current encoder, takes Q against the
