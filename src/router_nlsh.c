@@ -1,19 +1,1433 @@
 /* SPDX-License-Identifier: MIT */
-/* PLACEHOLDER: the Neural LSH routers is being written; until then it reports so. */
-#include "router.h"
+/*
+ * router_nlsh.c: the graph routers (docs/ROUTER_NLSH.md). nlsh (Neural LSH:
+ * exact k-NN graph of the sample, METIS partition, MLP classifier trained on
+ * the part labels), joint (alternating warm-started training and
+ * capacity-constrained relabelling by log f_j(p) + lambda * neighbour share)
+ * and soft (the classifier's soft assignments minimise the expected cut plus
+ * a balance term). All three share the runtime: a classifier over the parts,
+ * flat, or two-level (groups x parts) for many parts. The k-NN graph lives
+ * only during training; the router holds the normalisation, the classifiers
+ * and the training history. It owns no I/O.
+ */
+#include "router_nlsh.h"
 
-int ann_router_nlsh_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
-			    ann_router **out, ann_error *err)
+#include <float.h>
+#include <math.h>
+#include <xxhash.h>
+
+#include "knngraph.h"
+#include "nn.h"
+#include "partition.h"
+
+/*
+ * Blob, version 1.0 (all integers little-endian, floats IEEE-754 binary32
+ * unless marked f64):
+ *
+ *   OFFSET SIZE   FIELD
+ *   0      8      magic 89 4E 4C 53 48 0D 0A 1A ("\x89NLSH\r\n\x1a")
+ *   8      2      major version (1); readers refuse another major
+ *   10     2      minor version (0)
+ *   12     4      header bytes (64)
+ *   16     4      kind (ann_router_kind: 2 nlsh, 3 joint, 4 soft)
+ *   20     4      d, input dimension (= the index's)
+ *   24     4      m, parts (1..2^30)
+ *   28     4      metric (ann_metric, = the index's)
+ *   32     4      G, groups: 0 flat; else two-level, m / G >= 2 parts per group
+ *   36     4      H, history entries (<= 4096)
+ *   40     4      scale (f32, finite, > 0): classifiers see (x - shift) * scale
+ *   44     4      C, classifiers: 1 (flat) or 1 + G (two-level)
+ *   48     8      total blob bytes, checksum included
+ *   56     8      reserved (0)
+ *   64     4d     shift (f32, finite): per-dimension mean of the sample
+ *   ...           C times: u64 L, then an L-byte MLP blob (nn.h): the first
+ *                 maps d -> m (flat) or d -> G (two-level: p(g | x)); the
+ *                 next G map d -> m / G (p(l | g, x), part g * m / G + l);
+ *                 every one ends in a softmax layer
+ *   ...    56H    history (router_nlsh.h ann_nlsh_round): u32 phase (0..2),
+ *                 u32 round, f64 cut_frac, balance, accuracy, changed, loss,
+ *                 seconds (finite)
+ *   len-8  8      XXH64 (seed 0) of bytes [0, len - 8)
+ */
+#define NL_MAGIC "\x89" "NLSH\r\n\x1a"
+#define NL_MAJOR 1u
+#define NL_MINOR 0u
+#define NL_HEADER 64u
+#define NL_HIST_BYTES 56u
+#define NL_MAX_HIST 4096u
+#define NL_MAX_PARTS (1u << 30)
+
+#define BATCH 256u            /* classifier training rows per mini-batch, at most */
+#define BATCH_MIN 32u         /* ... and at least: cnt / 32 rows, so small sets still take 32 steps an epoch */
+#define SOFT_EDGES 256u       /* soft: graph edges per mini-batch (2x as many rows) */
+#define CHUNK 512u            /* rows per batched inference call */
+#define LR 1e-3f              /* Adam step; a quarter of it in the last third of the epochs */
+#define SELF_WEIGHT 0.5f      /* soft labels: weight of a point's own part */
+#define JOINT_STOP 0.005      /* joint stops once fewer labels than this share change */
+#define MIN_GROUPS 8u         /* two-level: fewest groups worth a top classifier */
+#define SUB_HIDDEN_DIV 4u     /* two-level: per-group classifiers are this much narrower */
+#define SUB_HIDDEN_MIN 16u
+#define MAX_KNN_K 1000u
+#define MAX_ROUNDS 1000u
+
+typedef struct nl {
+	ann_router_kind kind;
+	uint32_t d;		/* input dimension */
+	uint32_t m;		/* parts */
+	uint32_t G;		/* groups (0: flat classifier) */
+	uint32_t m2;		/* parts per group, m / G (two-level) */
+	float scale;		/* normalisation: (x - shift) * scale */
+	float *shift;		/* d */
+	ann_mlp *top;		/* d -> m (flat) or d -> G */
+	ann_mlp **sub;		/* two-level: G networks d -> m2 */
+	ann_nlsh_round *hist;	/* nhist entries */
+	uint32_t nhist;
+	size_t scratch1;	/* inference scratch (floats) for one row, any network */
+} nl;
+
+struct ann_router_ctx {
+	float *xn;	/* d: the normalised query */
+	float *prob;	/* max(m, G) */
+	float *gp;	/* G */
+	float *scratch; /* nl.scratch1 */
+	float *vals;	/* m: drained heap values */
+	uint32_t *hid;	/* m: heap ids */
+	float *hval;	/* m: heap values */
+};
+
+static nl *nlr(const ann_router *r)
 {
-	(void)o, (void)sample, (void)n, (void)d, (void)nparts;
-	*out = NULL;
-	return ann_err(err, ANN_E_UNSUPPORTED, "the nlsh routers is not available in this build");
+	return r->impl;
 }
 
-int ann_router_nlsh_load(ann_router_kind kind, const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
-			   ann_error *err)
+static void nl_free_impl(nl *r)
 {
-	(void)kind, (void)blob, (void)len, (void)dim, (void)metric;
+	if (!r)
+		return;
+	ann_mlp_free(r->top);
+	if (r->sub)
+		for (uint32_t g = 0; g < r->G; g++)
+			ann_mlp_free(r->sub[g]);
+	ann_free(r->sub);
+	ann_free(r->shift);
+	ann_free(r->hist);
+	ann_free(r);
+}
+
+static void nl_norm(const nl *r, const float *x, float *y)
+{
+	for (uint32_t j = 0; j < r->d; j++)
+		y[j] = (x[j] - r->shift[j]) * r->scale;
+}
+
+static void nl_update_scratch(nl *r)
+{
+	size_t s = ann_mlp_infer_scratch(r->top, 1);
+	for (uint32_t g = 0; r->sub && g < r->G; g++)
+		s = ANN_MAX(s, ann_mlp_infer_scratch(r->sub[g], 1));
+	r->scratch1 = s;
+}
+
+/* ---- top-c selection ------------------------------------------------------
+ * A min-heap of at most cap (value, id) pairs: the root is the worst kept.
+ * Higher value wins, then the smaller id, so results are deterministic. */
+typedef struct topc {
+	uint32_t cap, size;
+	uint32_t *id;
+	float *val;
+} topc;
+
+static inline bool tc_better(float va, uint32_t ia, float vb, uint32_t ib)
+{
+	return va > vb || (va == vb && ia < ib);
+}
+
+static void tc_sift_down(topc *h, uint32_t i)
+{
+	for (;;) {
+		uint32_t l = 2 * i + 1, r = l + 1, w = i;
+		if (l < h->size && tc_better(h->val[w], h->id[w], h->val[l], h->id[l]))
+			w = l;
+		if (r < h->size && tc_better(h->val[w], h->id[w], h->val[r], h->id[r]))
+			w = r;
+		if (w == i)
+			return;
+		float tv = h->val[i];
+		uint32_t ti = h->id[i];
+		h->val[i] = h->val[w];
+		h->id[i] = h->id[w];
+		h->val[w] = tv;
+		h->id[w] = ti;
+		i = w;
+	}
+}
+
+static void tc_push(topc *h, float v, uint32_t id)
+{
+	if (!(v >= 0.0f)) /* NaN from non-finite input never enters */
+		return;
+	if (h->size < h->cap) {
+		uint32_t i = h->size++;
+		while (i > 0) {
+			uint32_t p = (i - 1) / 2;
+			if (!tc_better(h->val[p], h->id[p], v, id))
+				break;
+			h->val[i] = h->val[p];
+			h->id[i] = h->id[p];
+			i = p;
+		}
+		h->val[i] = v;
+		h->id[i] = id;
+	} else if (h->cap && tc_better(v, id, h->val[0], h->id[0])) {
+		h->val[0] = v;
+		h->id[0] = id;
+		tc_sift_down(h, 0);
+	}
+}
+
+/* Empties the heap into ids / vals (vals may be NULL), best first. */
+static uint32_t tc_drain(topc *h, uint32_t *ids, float *vals)
+{
+	uint32_t k = h->size;
+	for (uint32_t i = k; i-- > 0;) {
+		ids[i] = h->id[0];
+		if (vals)
+			vals[i] = h->val[0];
+		h->size--;
+		h->val[0] = h->val[h->size];
+		h->id[0] = h->id[h->size];
+		tc_sift_down(h, 0);
+	}
+	return k;
+}
+
+/* Two-level ranking of one normalised row xn, given its group probabilities
+ * gp (G floats, consumed: evaluated groups are marked -1). Groups are
+ * visited by decreasing p(g); p(g) p(l | g) <= p(g), so once the heap is
+ * full and the next group's p(g) is not above its worst value, no part of
+ * the remaining groups can enter: the result is the exact top-cap of the
+ * products. prob holds m2 floats, scratch nl.scratch1. */
+static void rank_groups(const nl *r, const float *xn, float *gp, topc *h, float *prob, float *scratch)
+{
+	for (;;) {
+		uint32_t best = UINT32_MAX;
+		float bv = -1.0f;
+		for (uint32_t g = 0; g < r->G; g++)
+			if (gp[g] > bv) {
+				bv = gp[g];
+				best = g;
+			}
+		if (best == UINT32_MAX || (h->size == h->cap && !(bv > h->val[0])))
+			return;
+		gp[best] = -1.0f;
+		ann_mlp_infer(r->sub[best], xn, 1, prob, scratch);
+		for (uint32_t l = 0; l < r->m2; l++)
+			tc_push(h, bv * prob[l], best * r->m2 + l);
+	}
+}
+
+/* Top `copies` parts of n rows, with the closure rule of router.h applied to
+ * probabilities: extra copies only where p_j * (1 + eps) >= p_best. parts
+ * gets n * copies entries, UINT32_MAX padded. */
+static int nl_classify(const nl *r, const float *x, size_t n, uint32_t copies, double eps, uint32_t *parts,
+		       ann_error *err)
+{
+	size_t d = r->d, cw = r->G ? r->G : r->m;
+	uint32_t c = (uint32_t)ANN_MIN((size_t)ANN_MAX(copies, 1u), (size_t)r->m);
+	size_t sc = ANN_MAX(ann_mlp_infer_scratch(r->top, CHUNK), r->scratch1);
+	float *xn = ann_malloc((size_t)CHUNK * d * sizeof(float));
+	float *out = ann_malloc((size_t)CHUNK * cw * sizeof(float));
+	float *scratch = ann_malloc(ANN_MAX(sc, (size_t)1) * sizeof(float));
+	float *prob = ann_malloc(((size_t)r->m2 + 1) * sizeof(float));
+	uint32_t *hid = ann_malloc(2 * (size_t)c * sizeof(uint32_t));
+	float *hval = ann_malloc(2 * (size_t)c * sizeof(float));
+	int rc = ANN_OK;
+	if (!xn || !out || !scratch || !prob || !hid || !hval) {
+		rc = ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory classifying %zu vectors", n);
+		goto out;
+	}
+	topc h = {.cap = c, .id = hid, .val = hval};
+	uint32_t *ids = hid + c;
+	float *vals = hval + c;
+	for (size_t i0 = 0; i0 < n; i0 += CHUNK) {
+		size_t cnt = ANN_MIN((size_t)CHUNK, n - i0);
+		for (size_t i = 0; i < cnt; i++)
+			nl_norm(r, x + (i0 + i) * d, xn + i * d);
+		ann_mlp_infer(r->top, xn, cnt, out, scratch);
+		for (size_t i = 0; i < cnt; i++) {
+			h.size = 0;
+			const float *row = out + i * cw;
+			if (r->G)
+				rank_groups(r, xn + i * d, out + i * cw, &h, prob, scratch);
+			else
+				for (uint32_t j = 0; j < r->m; j++)
+					tc_push(&h, row[j], j);
+			uint32_t k = tc_drain(&h, ids, vals);
+			if (k == 0) {
+				rc = ann_err(err, ANN_E_INVAL, "nlsh router: vector %zu has no finite class probability "
+					     "(non-finite coordinates?)", i0 + i);
+				goto out;
+			}
+			uint32_t *dst = parts + (i0 + i) * copies, got = 1;
+			dst[0] = ids[0];
+			for (uint32_t j = 1; j < k && got < copies; j++) {
+				if (!((double)vals[j] * (1.0 + eps) >= (double)vals[0]))
+					break;
+				dst[got++] = ids[j];
+			}
+			for (uint32_t j = got; j < copies; j++)
+				dst[j] = UINT32_MAX;
+		}
+	}
+out:
+	ann_free(xn);
+	ann_free(out);
+	ann_free(scratch);
+	ann_free(prob);
+	ann_free(hid);
+	ann_free(hval);
+	return rc;
+}
+
+/* ---- router operations ------------------------------------------------------ */
+
+static int nl_assign(const ann_router *rr, const float *x, size_t n, uint32_t copies, double eps, int threads,
+		     uint32_t *parts, ann_error *err)
+{
+	(void)threads; /* the classifiers run on OpenBLAS, which has its own threads */
+	if (copies == 0)
+		return ann_err(err, ANN_E_INVAL, "nlsh router: 0 copies requested");
+	return nl_classify(nlr(rr), x, n, copies, eps, parts, err);
+}
+
+static void nl_ctx_free(ann_router_ctx *c)
+{
+	if (!c)
+		return;
+	ann_free(c->xn);
+	ann_free(c->prob);
+	ann_free(c->gp);
+	ann_free(c->scratch);
+	ann_free(c->vals);
+	ann_free(c->hid);
+	ann_free(c->hval);
+	ann_free(c);
+}
+
+static int nl_ctx_new(const ann_router *rr, ann_router_ctx **out, ann_error *err)
+{
+	const nl *r = nlr(rr);
+	ann_router_ctx *c = ann_calloc(1, sizeof *c);
+	if (!c)
+		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for a context");
+	size_t w = ANN_MAX((size_t)r->m, (size_t)r->G);
+	c->xn = ann_malloc((size_t)r->d * sizeof(float));
+	c->prob = ann_malloc(w * sizeof(float));
+	c->gp = ann_malloc(((size_t)r->G + 1) * sizeof(float));
+	c->scratch = ann_malloc(ANN_MAX(r->scratch1, (size_t)1) * sizeof(float));
+	c->vals = ann_malloc((size_t)r->m * sizeof(float));
+	c->hid = ann_malloc((size_t)r->m * sizeof(uint32_t));
+	c->hval = ann_malloc((size_t)r->m * sizeof(float));
+	if (!c->xn || !c->prob || !c->gp || !c->scratch || !c->vals || !c->hid || !c->hval) {
+		nl_ctx_free(c);
+		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for a context of %u parts", r->m);
+	}
+	*out = c;
+	return ANN_OK;
+}
+
+static int nl_route(const ann_router *rr, ann_router_ctx *c, const float *q, const ann_search_opts *o,
+		    uint32_t *parts, ann_error *err)
+{
+	const nl *r = nlr(rr);
+	uint32_t np = ANN_MIN(o->nprobe, r->m);
+	if (np == 0)
+		return 0;
+	nl_norm(r, q, c->xn);
+	topc h = {.cap = np, .id = c->hid, .val = c->hval};
+	if (r->G) {
+		ann_mlp_infer(r->top, c->xn, 1, c->gp, c->scratch);
+		rank_groups(r, c->xn, c->gp, &h, c->prob, c->scratch);
+	} else {
+		ann_mlp_infer(r->top, c->xn, 1, c->prob, c->scratch);
+		for (uint32_t j = 0; j < r->m; j++)
+			tc_push(&h, c->prob[j], j);
+	}
+	uint32_t k = tc_drain(&h, parts, c->vals);
+	if (k == 0)
+		return ann_err(err, ANN_E_INVAL, "nlsh router: the query has no finite class probability "
+			       "(non-finite coordinates?)");
+	return (int)k;
+}
+
+static size_t nl_ram(const ann_router *rr)
+{
+	const nl *r = nlr(rr);
+	size_t b = sizeof(ann_router) + sizeof(nl) + (size_t)r->d * sizeof(float) + ann_mlp_bytes(r->top) +
+		   (size_t)r->nhist * sizeof(ann_nlsh_round);
+	for (uint32_t g = 0; r->sub && g < r->G; g++)
+		b += sizeof(ann_mlp *) + ann_mlp_bytes(r->sub[g]);
+	return b;
+}
+
+static const ann_mlp *nl_net(const nl *r, uint32_t i)
+{
+	return i == 0 ? r->top : r->sub[i - 1];
+}
+
+static int nl_save(const ann_router *rr, uint8_t **blob, size_t *len, ann_error *err)
+{
+	const nl *r = nlr(rr);
+	uint32_t nets = r->G ? r->G + 1 : 1;
+	size_t total = NL_HEADER + (size_t)r->d * 4 + (size_t)r->nhist * NL_HIST_BYTES + 8;
+	for (uint32_t i = 0; i < nets; i++)
+		total += 8 + ann_mlp_blob_bytes(nl_net(r, i));
+	uint8_t *b = ann_calloc(1, total);
+	if (!b)
+		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for a %zu-byte blob", total);
+	memcpy(b, NL_MAGIC, 8);
+	ann_st16(b + 8, NL_MAJOR);
+	ann_st16(b + 10, NL_MINOR);
+	ann_st32(b + 12, NL_HEADER);
+	ann_st32(b + 16, (uint32_t)r->kind);
+	ann_st32(b + 20, r->d);
+	ann_st32(b + 24, r->m);
+	ann_st32(b + 28, (uint32_t)rr->metric);
+	ann_st32(b + 32, r->G);
+	ann_st32(b + 36, r->nhist);
+	ann_stf32(b + 40, r->scale);
+	ann_st32(b + 44, nets);
+	ann_st64(b + 48, total);
+	uint8_t *p = b + NL_HEADER;
+	for (uint32_t j = 0; j < r->d; j++, p += 4)
+		ann_stf32(p, r->shift[j]);
+	for (uint32_t i = 0; i < nets; i++) {
+		uint8_t *mb;
+		size_t ml;
+		int rc = ann_mlp_save(nl_net(r, i), &mb, &ml, err);
+		if (rc < 0) {
+			ann_free(b);
+			return rc;
+		}
+		ann_st64(p, ml);
+		memcpy(p + 8, mb, ml);
+		p += 8 + ml;
+		ann_free(mb);
+	}
+	for (uint32_t h = 0; h < r->nhist; h++, p += NL_HIST_BYTES) {
+		const ann_nlsh_round *e = &r->hist[h];
+		ann_st32(p, e->phase);
+		ann_st32(p + 4, e->round);
+		double v[6] = {e->cut_frac, e->balance, e->accuracy, e->changed, e->loss, e->seconds};
+		for (int k = 0; k < 6; k++) {
+			uint64_t u;
+			memcpy(&u, &v[k], 8);
+			ann_st64(p + 8 + 8 * k, u);
+		}
+	}
+	ann_st64(p, XXH64(b, total - 8, 0));
+	*blob = b;
+	*len = total;
+	return ANN_OK;
+}
+
+static void nl_free_op(ann_router *r)
+{
+	nl_free_impl(r->impl);
+	ann_free(r);
+}
+
+#define NL_OPS(k)                                                                                        \
+	{                                                                                                \
+		.kind = (k), .assign = nl_assign, .ctx_new = nl_ctx_new, .ctx_free = nl_ctx_free,        \
+		.route = nl_route, .ram_bytes = nl_ram, .save = nl_save, .free = nl_free_op,             \
+	}
+static const ann_router_ops nl_ops[3] = {NL_OPS(ANN_ROUTER_NLSH), NL_OPS(ANN_ROUTER_JOINT),
+					 NL_OPS(ANN_ROUTER_SOFT)};
+
+static bool is_nl(const ann_router *r)
+{
+	return r && r->ops && r->ops->assign == nl_assign;
+}
+
+static int nl_wrap(nl *r, ann_metric metric, ann_router **out, ann_error *err)
+{
+	ann_router *rr = ann_calloc(1, sizeof *rr);
+	if (!rr) {
+		nl_free_impl(r);
+		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory");
+	}
+	nl_update_scratch(r);
+	rr->ops = &nl_ops[r->kind == ANN_ROUTER_JOINT ? 1 : r->kind == ANN_ROUTER_SOFT ? 2 : 0];
+	rr->impl = r;
+	rr->nparts = r->m;
+	rr->dim = r->d;
+	rr->metric = metric;
+	*out = rr;
+	return ANN_OK;
+}
+
+size_t ann_router_nlsh_history(const ann_router *r, const ann_nlsh_round **rounds)
+{
+	if (!is_nl(r)) {
+		*rounds = NULL;
+		return 0;
+	}
+	*rounds = nlr(r)->hist;
+	return nlr(r)->nhist;
+}
+
+uint32_t ann_router_nlsh_groups(const ann_router *r)
+{
+	return is_nl(r) ? nlr(r)->G : 0;
+}
+
+/* ---- loading -------------------------------------------------------------- */
+
+static int corrupt(ann_error *err, size_t off, const char *what)
+{
+	return ann_err(err, ANN_E_CORRUPT, "nlsh router blob: offset %zu: %s", off, what);
+}
+
+int ann_router_nlsh_load(ann_router_kind kind, const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric,
+			 ann_router **out, ann_error *err)
+{
 	*out = NULL;
-	return ann_err(err, ANN_E_UNSUPPORTED, "the nlsh routers is not available in this build");
+	if (len < NL_HEADER + 8)
+		return corrupt(err, len, "blob shorter than its 64-byte header and checksum");
+	if (memcmp(blob, NL_MAGIC, 8) != 0)
+		return ann_err(err, ANN_E_FORMAT, "nlsh router blob: bad magic");
+	if (ann_ld16(blob + 8) != NL_MAJOR)
+		return ann_err(err, ANN_E_FORMAT, "nlsh router blob: format version %u.%u, this build reads %u.x",
+			       ann_ld16(blob + 8), ann_ld16(blob + 10), NL_MAJOR);
+	if (ann_ld64(blob + 48) != len)
+		return corrupt(err, 48, "total length differs from the stored blob's");
+	if (XXH64(blob, len - 8, 0) != ann_ld64(blob + len - 8))
+		return corrupt(err, len - 8, "checksum mismatch");
+	if (ann_ld32(blob + 12) != NL_HEADER)
+		return corrupt(err, 12, "header length is not 64");
+	if (ann_ld32(blob + 16) != (uint32_t)kind)
+		return ann_err(err, ANN_E_CORRUPT, "nlsh router blob: holds router kind %u, the index says %s (%d)",
+			       ann_ld32(blob + 16), ann_router_name(kind), (int)kind);
+	if (ann_ld32(blob + 20) != dim || ann_ld32(blob + 28) != (uint32_t)metric)
+		return ann_err(err, ANN_E_CORRUPT, "nlsh router blob: dimension %u metric %u, the index has %u and %u",
+			       ann_ld32(blob + 20), ann_ld32(blob + 28), dim, (unsigned)metric);
+	uint32_t m = ann_ld32(blob + 24), G = ann_ld32(blob + 32), H = ann_ld32(blob + 36), C = ann_ld32(blob + 44);
+	float scale = ann_ldf32(blob + 40);
+	if (m == 0 || m > NL_MAX_PARTS)
+		return corrupt(err, 24, "part count out of range");
+	if (G != 0 && (G < 2 || m % G != 0 || m / G < 2))
+		return corrupt(err, 32, "group count does not divide the parts into groups of 2 or more");
+	if (C != (G ? G + 1 : 1))
+		return corrupt(err, 44, "classifier count does not match the groups");
+	if (H > NL_MAX_HIST)
+		return corrupt(err, 36, "more than 4096 history entries");
+	if (!(isfinite(scale) && scale > 0))
+		return corrupt(err, 40, "scale is not a finite positive number");
+	if ((size_t)dim * 4 > len - NL_HEADER - 8)
+		return corrupt(err, NL_HEADER, "blob too short for the shift vector");
+
+	nl *r = ann_calloc(1, sizeof *r);
+	if (!r)
+		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory");
+	int rc = ANN_OK;
+	r->kind = kind;
+	r->d = dim;
+	r->m = m;
+	r->G = G;
+	r->m2 = G ? m / G : 0;
+	r->scale = scale;
+	r->nhist = H;
+	r->shift = ann_malloc(((size_t)dim + 1) * sizeof(float));
+	r->hist = ann_malloc(((size_t)H + 1) * sizeof(ann_nlsh_round));
+	r->sub = G ? ann_calloc(G, sizeof(ann_mlp *)) : NULL;
+	if (!r->shift || !r->hist || (G && !r->sub)) {
+		rc = ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory loading %u groups", G);
+		goto fail;
+	}
+	const uint8_t *p = blob + NL_HEADER, *end = blob + len - 8;
+	for (uint32_t j = 0; j < dim; j++, p += 4) {
+		r->shift[j] = ann_ldf32(p);
+		if (!isfinite(r->shift[j])) {
+			rc = corrupt(err, (size_t)(p - blob), "shift is not finite");
+			goto fail;
+		}
+	}
+	for (uint32_t i = 0; i < C; i++) {
+		if ((size_t)(end - p) < 8) {
+			rc = corrupt(err, (size_t)(p - blob), "truncated before a classifier");
+			goto fail;
+		}
+		uint64_t ml = ann_ld64(p);
+		if (ml > (uint64_t)(end - p - 8)) {
+			rc = corrupt(err, (size_t)(p - blob), "classifier length runs past the end");
+			goto fail;
+		}
+		ann_mlp *net;
+		rc = ann_mlp_load(p + 8, (size_t)ml, &net, err);
+		if (rc < 0) {
+			if (rc != ANN_E_NOMEM)
+				rc = ANN_E_CORRUPT;
+			ann_err_prefix(err, rc, "nlsh router blob: classifier %u at offset %zu", i, (size_t)(p - blob));
+			goto fail;
+		}
+		if (i == 0)
+			r->top = net;
+		else
+			r->sub[i - 1] = net;
+		uint32_t want = G ? (i == 0 ? G : m / G) : m;
+		if (net->in_dim != dim || net->out_dim != want ||
+		    net->layers[net->n_layers - 1].act != ANN_ACT_SOFTMAX) {
+			rc = corrupt(err, (size_t)(p - blob), "classifier shape differs from the header's "
+				     "(input d, output parts or groups, softmax last)");
+			goto fail;
+		}
+		p += 8 + ml;
+	}
+	if ((size_t)(end - p) != (size_t)H * NL_HIST_BYTES) {
+		rc = corrupt(err, (size_t)(p - blob), "history length differs from the header's");
+		goto fail;
+	}
+	for (uint32_t h = 0; h < H; h++, p += NL_HIST_BYTES) {
+		ann_nlsh_round *e = &r->hist[h];
+		e->phase = ann_ld32(p);
+		e->round = ann_ld32(p + 4);
+		double v[6];
+		for (int k = 0; k < 6; k++) {
+			uint64_t u = ann_ld64(p + 8 + 8 * k);
+			memcpy(&v[k], &u, 8);
+			if (!isfinite(v[k])) {
+				rc = corrupt(err, (size_t)(p - blob) + 8 + 8 * (size_t)k, "history value is not finite");
+				goto fail;
+			}
+		}
+		if (e->phase > ANN_NLSH_PHASE_SOFT) {
+			rc = corrupt(err, (size_t)(p - blob), "history phase is not 0, 1 or 2");
+			goto fail;
+		}
+		e->cut_frac = v[0];
+		e->balance = v[1];
+		e->accuracy = v[2];
+		e->changed = v[3];
+		e->loss = v[4];
+		e->seconds = v[5];
+	}
+	return nl_wrap(r, metric, out, err);
+fail:
+	nl_free_impl(r);
+	return rc;
+}
+
+/* ---- training ---------------------------------------------------------------- */
+
+typedef struct trainer {
+	const ann_build_opts *o;
+	nl *r;
+	const float *x;	   /* the sample, n x d */
+	size_t n, d;
+	uint32_t m;
+	double imb;	   /* imbalance epsilon */
+	ann_graph g;	   /* symmetrised k-NN graph of the sample */
+	uint32_t *labels;  /* n: current part of each sample point */
+	ann_rng rng;
+	uint64_t prog_done, prog_total; /* "nlsh" progress, in rows x epochs */
+} trainer;
+
+static void prog(const trainer *t, const char *phase, uint64_t done, uint64_t total)
+{
+	if (t->o->progress)
+		t->o->progress(t->o->progress_ctx, phase, done, total);
+}
+
+static double secs_since(uint64_t t0)
+{
+	return (double)(ann_now_ns() - t0) / 1e9;
+}
+
+/* A classifier and its training rows. A label l in [lo, hi) is class
+ * (l - lo) / div: flat (0, m, 1), top of two-level (0, m, m2), group g
+ * (g m2, (g + 1) m2, 1). */
+typedef struct cls_task {
+	ann_mlp *net;
+	const uint32_t *rows; /* sample indices of the training rows; NULL: all n */
+	size_t cnt;
+	uint32_t lo, hi, div;
+	uint32_t epochs;
+	const char *phase; /* progress phase, or NULL */
+} cls_task;
+
+/* Soft target of point p: SELF_WEIGHT on its own class, the rest spread over
+ * the classes of its graph neighbours in [lo, hi) by edge weight (all on its
+ * own class when it has none there). */
+static void soft_target(const trainer *t, size_t p, const cls_task *k, float *row, size_t nc)
+{
+	memset(row, 0, nc * sizeof(float));
+	const ann_graph *g = &t->g;
+	uint32_t own = (t->labels[p] - k->lo) / k->div;
+	double tw = 0;
+	for (int32_t e = g->xadj[p]; e < g->xadj[p + 1]; e++) {
+		uint32_t l = t->labels[g->adjncy[e]];
+		if (l >= k->lo && l < k->hi)
+			tw += g->adjwgt[e];
+	}
+	if (tw == 0) {
+		row[own] = 1.0f;
+		return;
+	}
+	row[own] = SELF_WEIGHT;
+	float f = (float)((1.0 - SELF_WEIGHT) / tw);
+	for (int32_t e = g->xadj[p]; e < g->xadj[p + 1]; e++) {
+		uint32_t l = t->labels[g->adjncy[e]];
+		if (l >= k->lo && l < k->hi)
+			row[(l - k->lo) / k->div] += f * (float)g->adjwgt[e];
+	}
+}
+
+/* Trains k->net with cross-entropy (soft or hard targets) from its current
+ * weights; *loss gets the mean batch loss of the last epoch. */
+static int train_cls(trainer *t, const cls_task *k, double *loss, ann_error *err)
+{
+	*loss = 0;
+	if (k->cnt == 0 || k->epochs == 0)
+		return ANN_OK;
+	ann_mlp *net = k->net;
+	size_t d = t->d, nc = net->out_dim;
+	size_t bmax = ANN_MIN(ANN_MAX(ANN_MIN((size_t)BATCH, k->cnt / 32), (size_t)BATCH_MIN), k->cnt);
+	bool soft = t->o->soft_labels != 0;
+	ann_mlp_ws *ws = NULL;
+	ann_adam *ad = NULL;
+	ann_batcher bt = {0};
+	float *xb = ann_malloc(bmax * d * sizeof(float));
+	float *tb = ann_malloc(bmax * nc * sizeof(float));
+	float *gb = ann_malloc(bmax * nc * sizeof(float));
+	uint32_t *lb = ann_malloc(bmax * sizeof(uint32_t));
+	int rc = ANN_OK;
+	if (!xb || !tb || !gb || !lb) {
+		rc = ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for training batches");
+		goto fail;
+	}
+	ANN_CHECK(rc, ann_mlp_ws_new(net, bmax, &ws, err));
+	ann_adam_opts ao;
+	ann_adam_opts_init(&ao);
+	ao.lr = LR;
+	ANN_CHECK(rc, ann_adam_new(net->n_params, &ao, &ad, err));
+	ANN_CHECK(rc, ann_batcher_init(&bt, k->cnt, bmax, err));
+	uint32_t late = k->epochs >= 3 ? k->epochs - k->epochs / 3 : k->epochs;
+	for (uint32_t ep = 0; ep < k->epochs; ep++) {
+		ann_adam_set_lr(ad, ep >= late ? LR * 0.25f : LR);
+		ann_batcher_shuffle(&bt, &t->rng);
+		const uint32_t *idx;
+		size_t b, nb = 0;
+		double sum = 0;
+		while ((b = ann_batcher_next(&bt, &idx)) > 0) {
+			for (size_t i = 0; i < b; i++) {
+				size_t p = k->rows ? k->rows[idx[i]] : idx[i];
+				nl_norm(t->r, t->x + p * d, xb + i * d);
+				lb[i] = (t->labels[p] - k->lo) / k->div;
+				if (soft)
+					soft_target(t, p, k, tb + i * nc, nc);
+			}
+			const float *y;
+			ANN_CHECK(rc, ann_mlp_forward(net, ws, xb, b, &y, err));
+			sum += soft ? ann_loss_ce_soft(y, tb, b, nc, gb) : ann_loss_ce_hard(y, lb, b, nc, gb);
+			nb++;
+			ann_mlp_backward(net, ws, gb, NULL, false);
+			ann_adam_step(ad, net->params, ann_mlp_ws_grad(ws));
+		}
+		*loss = nb ? sum / (double)nb : 0;
+		if (!isfinite(*loss)) {
+			rc = ann_err(err, ANN_E_INVAL, "nlsh router: training diverged (loss %g; non-finite sample?)",
+				     *loss);
+			goto fail;
+		}
+		if (k->phase) {
+			t->prog_done += k->cnt;
+			prog(t, k->phase, t->prog_done, ANN_MAX(t->prog_total, t->prog_done));
+		}
+	}
+fail:
+	ann_mlp_ws_free(ws);
+	ann_adam_free(ad);
+	ann_batcher_destroy(&bt);
+	ann_free(xb);
+	ann_free(tb);
+	ann_free(gb);
+	ann_free(lb);
+	return rc;
+}
+
+static int make_net(trainer *t, uint32_t out, bool sub, ann_mlp **net, ann_error *err)
+{
+	ann_mlp_spec s;
+	memset(&s, 0, sizeof s);
+	s.in_dim = (uint32_t)t->d;
+	s.out_dim = out;
+	for (uint32_t i = 0; i < 4 && t->o->hidden[i]; i++) {
+		uint32_t h = t->o->hidden[i];
+		s.hidden[s.n_hidden++] = sub ? ANN_MAX(SUB_HIDDEN_MIN, h / SUB_HIDDEN_DIV) : h;
+	}
+	s.hidden_act = ANN_ACT_RELU;
+	s.out_act = ANN_ACT_SOFTMAX;
+	int rc = ann_mlp_new(&s, &t->rng, net, err);
+	if (rc < 0)
+		ann_err_prefix(err, rc, "nlsh router: classifier");
+	return rc;
+}
+
+/* Sample indices grouped by key[p] (0..nkeys-1), ascending within a key:
+ * order (n entries) and off (nkeys + 1). */
+static int group_rows(const uint32_t *key, size_t n, uint32_t nkeys, uint32_t **order, uint32_t **off,
+		      ann_error *err)
+{
+	*order = ann_malloc((n + 1) * sizeof(uint32_t));
+	*off = ann_calloc((size_t)nkeys + 1, sizeof(uint32_t));
+	if (!*order || !*off) {
+		ann_free(*order);
+		ann_free(*off);
+		*order = *off = NULL;
+		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory grouping %zu points", n);
+	}
+	for (size_t p = 0; p < n; p++)
+		(*off)[key[p] + 1]++;
+	for (uint32_t g = 0; g < nkeys; g++)
+		(*off)[g + 1] += (*off)[g];
+	for (size_t p = 0; p < n; p++)
+		(*order)[(*off)[key[p]]++] = (uint32_t)p;
+	for (uint32_t g = nkeys; g > 0; g--)
+		(*off)[g] = (*off)[g - 1];
+	(*off)[0] = 0;
+	return ANN_OK;
+}
+
+/* Trains every classifier on the current labels for `epochs` epochs; *loss
+ * gets the cross-entropy of the product distribution, which for hard labels
+ * is the top's loss plus the groups' losses weighted by their share. */
+static int train_all(trainer *t, uint32_t epochs, const char *phase, double *loss, ann_error *err)
+{
+	nl *r = t->r;
+	cls_task k = {.net = r->top, .cnt = t->n, .lo = 0, .hi = t->m, .div = r->G ? r->m2 : 1,
+		      .epochs = epochs, .phase = phase};
+	ANN_TRY(train_cls(t, &k, loss, err));
+	if (!r->G)
+		return ANN_OK;
+	uint32_t *grp = ann_malloc(t->n * sizeof(uint32_t)), *order = NULL, *off = NULL;
+	if (!grp)
+		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for group labels");
+	for (size_t p = 0; p < t->n; p++)
+		grp[p] = t->labels[p] / r->m2;
+	int rc = group_rows(grp, t->n, r->G, &order, &off, err);
+	for (uint32_t g = 0; rc >= 0 && g < r->G; g++) {
+		cls_task s = {.net = r->sub[g], .rows = order + off[g], .cnt = off[g + 1] - off[g],
+			      .lo = g * r->m2, .hi = (g + 1) * r->m2, .div = 1, .epochs = epochs, .phase = phase};
+		double l;
+		rc = train_cls(t, &s, &l, err);
+		*loss += l * (double)s.cnt / (double)t->n;
+	}
+	ann_free(grp);
+	ann_free(order);
+	ann_free(off);
+	return rc;
+}
+
+static int push_hist(nl *r, const ann_nlsh_round *e, ann_error *err)
+{
+	if (r->nhist >= NL_MAX_HIST)
+		return ANN_OK; /* bounded; later rounds are not recorded */
+	ann_nlsh_round *h = ann_realloc(r->hist, (r->nhist + 1) * sizeof *h);
+	if (!h)
+		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for the training history");
+	r->hist = h;
+	h[r->nhist++] = *e;
+	return ANN_OK;
+}
+
+static uint64_t ppm(double v)
+{
+	return v > 0 ? (uint64_t)llround(v * 1e6) : 0;
+}
+
+/* Records one round: cut and balance of the current labels, the
+ * classifier's accuracy on them (computed unless acc >= 0), and reports them
+ * through the progress callback as "<phase>.cut" etc. in parts per million
+ * of a total of 10^6. */
+static int record(trainer *t, uint32_t phase, uint32_t round, double changed, double loss, double acc,
+		  uint64_t t0, ann_error *err)
+{
+	static const char *const names[3][4] = {
+		{"nlsh.cut", "nlsh.balance", "nlsh.accuracy", "nlsh.changed"},
+		{"joint.cut", "joint.balance", "joint.accuracy", "joint.changed"},
+		{"soft.cut", "soft.balance", "soft.accuracy", "soft.changed"},
+	};
+	if (acc < 0) {
+		uint32_t *pred = ann_malloc(t->n * sizeof(uint32_t));
+		if (!pred)
+			return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for predictions");
+		int rc = nl_classify(t->r, t->x, t->n, 1, 0, pred, err);
+		size_t hit = 0;
+		for (size_t p = 0; rc >= 0 && p < t->n; p++)
+			hit += pred[p] == t->labels[p];
+		ann_free(pred);
+		ANN_TRY(rc);
+		acc = (double)hit / (double)t->n;
+	}
+	ann_partition_stats st;
+	ANN_TRY(ann_partition_eval(&t->g, t->labels, t->m, &st, err));
+	ann_nlsh_round e = {.phase = phase, .round = round, .cut_frac = st.cut_frac, .balance = st.balance,
+			    .accuracy = acc, .changed = changed, .loss = isfinite(loss) ? loss : 0,
+			    .seconds = secs_since(t0)};
+	ANN_TRY(push_hist(t->r, &e, err));
+	prog(t, names[phase][0], ppm(e.cut_frac), 1000000);
+	prog(t, names[phase][1], ppm(e.balance), 1000000);
+	prog(t, names[phase][2], ppm(e.accuracy), 1000000);
+	prog(t, names[phase][3], ppm(e.changed), 1000000);
+	return ANN_OK;
+}
+
+/* The induced subgraph of g on the vertices mem[0..cnt) (ascending), whose
+ * local ids loc[] holds (UINT32_MAX elsewhere). */
+static int subgraph(const ann_graph *g, const uint32_t *mem, size_t cnt, const uint32_t *loc, ann_graph *s,
+		    ann_error *err)
+{
+	memset(s, 0, sizeof *s);
+	size_t nnz = 0;
+	for (size_t i = 0; i < cnt; i++)
+		for (int32_t e = g->xadj[mem[i]]; e < g->xadj[mem[i] + 1]; e++)
+			nnz += loc[g->adjncy[e]] != UINT32_MAX;
+	s->n = cnt;
+	s->nnz = nnz;
+	s->xadj = ann_malloc((cnt + 1) * sizeof(int32_t));
+	s->adjncy = ann_malloc((nnz + 1) * sizeof(int32_t));
+	s->adjwgt = ann_malloc((nnz + 1) * sizeof(int32_t));
+	if (!s->xadj || !s->adjncy || !s->adjwgt) {
+		ann_graph_free(s);
+		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for a subgraph of %zu vertices", cnt);
+	}
+	size_t k = 0;
+	s->xadj[0] = 0;
+	for (size_t i = 0; i < cnt; i++) {
+		for (int32_t e = g->xadj[mem[i]]; e < g->xadj[mem[i] + 1]; e++) {
+			uint32_t v = loc[g->adjncy[e]];
+			if (v != UINT32_MAX) {
+				s->adjncy[k] = (int32_t)v;
+				s->adjwgt[k++] = g->adjwgt[e];
+			}
+		}
+		s->xadj[i + 1] = (int32_t)k;
+	}
+	return ANN_OK;
+}
+
+/* The nlsh partition: METIS into m parts (flat) or into G groups and each
+ * group into m2 parts, with imbalance sqrt(1 + eps) - 1 at each level so a
+ * part stays within about (1 + eps) n / m. */
+static int initial_partition(trainer *t, ann_error *err)
+{
+	nl *r = t->r;
+	ann_partition_stats st;
+	uint64_t seed = t->o->seed;
+	if (!r->G)
+		return ann_partition_graph(&t->g, t->m, t->imb, seed, t->labels, &st, err);
+	double e = ANN_MAX(0.001, sqrt(1.0 + t->imb) - 1.0);
+	uint32_t *grp = ann_malloc(t->n * sizeof(uint32_t)), *order = NULL, *off = NULL, *loc = NULL;
+	uint32_t *sl = ann_malloc(t->n * sizeof(uint32_t));
+	int rc = ANN_OK;
+	if (!grp || !sl) {
+		rc = ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for group labels");
+		goto fail;
+	}
+	ANN_CHECK(rc, ann_partition_graph(&t->g, r->G, e, seed, grp, &st, err));
+	ANN_CHECK(rc, group_rows(grp, t->n, r->G, &order, &off, err));
+	loc = ann_malloc(t->n * sizeof(uint32_t));
+	if (!loc) {
+		rc = ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for local ids");
+		goto fail;
+	}
+	for (size_t p = 0; p < t->n; p++)
+		loc[p] = UINT32_MAX;
+	for (uint32_t g = 0; g < r->G; g++) {
+		const uint32_t *mem = order + off[g];
+		size_t cnt = off[g + 1] - off[g];
+		if (cnt == 0)
+			continue;
+		if (cnt <= r->m2) {
+			for (size_t i = 0; i < cnt; i++)
+				t->labels[mem[i]] = g * r->m2 + (uint32_t)i;
+			continue;
+		}
+		for (size_t i = 0; i < cnt; i++)
+			loc[mem[i]] = (uint32_t)i;
+		ann_graph s;
+		rc = subgraph(&t->g, mem, cnt, loc, &s, err);
+		if (rc >= 0)
+			rc = ann_partition_graph(&s, r->m2, e, seed + 1 + g, sl, &st, err);
+		ann_graph_free(&s);
+		for (size_t i = 0; i < cnt; i++)
+			loc[mem[i]] = UINT32_MAX;
+		if (rc < 0)
+			goto fail;
+		for (size_t i = 0; i < cnt; i++)
+			t->labels[mem[i]] = g * r->m2 + sl[i];
+	}
+fail:
+	ann_free(grp);
+	ann_free(sl);
+	ann_free(order);
+	ann_free(off);
+	ann_free(loc);
+	return rc;
+}
+
+static size_t capacity(size_t n, size_t m, double imb)
+{
+	return ANN_MAX((n + m - 1) / m, (size_t)floor((1.0 + imb) * (double)n / (double)m));
+}
+
+/* Probabilities of net for the sample rows rows[0..cnt) (NULL: all) into
+ * out (cnt x out_dim), then their logarithms. */
+static int log_probs(trainer *t, const ann_mlp *net, const uint32_t *rows, size_t cnt, float *out, ann_error *err)
+{
+	size_t d = t->d, w = net->out_dim;
+	float *xn = ann_malloc((size_t)CHUNK * d * sizeof(float));
+	float *scratch = ann_malloc(ANN_MAX(ann_mlp_infer_scratch(net, CHUNK), (size_t)1) * sizeof(float));
+	if (!xn || !scratch) {
+		ann_free(xn);
+		ann_free(scratch);
+		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for inference buffers");
+	}
+	for (size_t i0 = 0; i0 < cnt; i0 += CHUNK) {
+		size_t c = ANN_MIN((size_t)CHUNK, cnt - i0);
+		for (size_t i = 0; i < c; i++)
+			nl_norm(t->r, t->x + (size_t)(rows ? rows[i0 + i] : i0 + i) * d, xn + i * d);
+		ann_mlp_infer(net, xn, c, out + i0 * w, scratch);
+	}
+	for (size_t i = 0; i < cnt * w; i++)
+		out[i] = logf(ANN_MAX(out[i], FLT_MIN));
+	ann_free(xn);
+	ann_free(scratch);
+	return ANN_OK;
+}
+
+static int budget_check(const trainer *t, size_t rows, size_t cols, const char *what, ann_error *err)
+{
+	size_t b;
+	if (!ann_mul_ok(rows, cols, &b) || !ann_mul_ok(b, sizeof(float), &b) || b > t->o->mem_bytes / 2)
+		return ann_err(err, ANN_E_BUDGET, "joint router: relabelling %s needs a %zu x %zu score matrix, more "
+			       "than half the budget (%zu bytes); use fewer partitions, a smaller sample or the "
+			       "two-level classifier", what, rows, cols, t->o->mem_bytes);
+	return ANN_OK;
+}
+
+/* One relabelling of the flat joint router: score(p, j) = log f_j(p) +
+ * lambda share(p, j), balanced under capacity (1 + eps) n / m. */
+static int relabel_flat(trainer *t, uint32_t *newl, ann_error *err)
+{
+	ANN_TRY(budget_check(t, t->n, t->m, "the parts", err));
+	float *score = ann_malloc(t->n * t->m * sizeof(float));
+	if (!score)
+		return ann_err(err, ANN_E_NOMEM, "joint router: out of memory for a %zu x %u score matrix", t->n, t->m);
+	int rc;
+	ann_assign_stats ast;
+	ANN_CHECK(rc, log_probs(t, t->r->top, NULL, t->n, score, err));
+	ANN_CHECK(rc, ann_nshare_add(&t->g, t->labels, t->m, (float)t->o->joint_lambda, score, err));
+	ANN_CHECK(rc, ann_balanced_assign(score, t->n, t->m, capacity(t->n, t->m, t->imb), 0, newl, &ast, err));
+fail:
+	ann_free(score);
+	return rc;
+}
+
+/* Two-level relabelling: groups first (log p(g) + lambda * share of the
+ * neighbours in g, capacity (1 + eps) n / G), then inside each group its
+ * points over its parts (log p(l | g) + lambda share(p, part), capacity
+ * max((1 + eps) n / m, ceil(points / m2))), so no part exceeds
+ * ceil((1 + eps) n / m). Shares use the labels before the round. */
+static int relabel_two_level(trainer *t, uint32_t *newl, ann_error *err)
+{
+	nl *r = t->r;
+	size_t n = t->n;
+	uint32_t G = r->G, m2 = r->m2;
+	float lambda = (float)t->o->joint_lambda;
+	ANN_TRY(budget_check(t, n, G, "the groups", err));
+	float *score = ann_malloc(n * G * sizeof(float)), *ls = NULL;
+	uint32_t *grp = ann_malloc(n * sizeof(uint32_t)), *ngrp = ann_malloc(n * sizeof(uint32_t));
+	uint32_t *order = NULL, *off = NULL, *loc = NULL;
+	ann_nshare ns = {0};
+	ann_assign_stats ast;
+	int rc = ANN_OK;
+	if (!score || !grp || !ngrp) {
+		rc = ann_err(err, ANN_E_NOMEM, "joint router: out of memory for group scores");
+		goto fail;
+	}
+	for (size_t p = 0; p < n; p++)
+		grp[p] = t->labels[p] / m2;
+	ANN_CHECK(rc, log_probs(t, r->top, NULL, n, score, err));
+	ANN_CHECK(rc, ann_nshare_add(&t->g, grp, G, lambda, score, err));
+	ANN_CHECK(rc, ann_balanced_assign(score, n, G, capacity(n, G, t->imb), 0, ngrp, &ast, err));
+	ann_free(score);
+	score = NULL;
+	ANN_CHECK(rc, ann_nshare_compute(&t->g, t->labels, t->m, &ns, err));
+	ANN_CHECK(rc, group_rows(ngrp, n, G, &order, &off, err));
+	size_t maxc = 0;
+	for (uint32_t g = 0; g < G; g++)
+		maxc = ANN_MAX(maxc, (size_t)(off[g + 1] - off[g]));
+	ANN_CHECK(rc, budget_check(t, maxc, m2, "a group", err));
+	ls = ann_malloc((maxc * m2 + 1) * sizeof(float));
+	loc = ann_malloc((maxc + 1) * sizeof(uint32_t));
+	if (!ls || !loc) {
+		rc = ann_err(err, ANN_E_NOMEM, "joint router: out of memory for part scores");
+		goto fail;
+	}
+	size_t cap_part = (size_t)floor((1.0 + t->imb) * (double)n / (double)t->m);
+	for (uint32_t g = 0; g < G; g++) {
+		const uint32_t *mem = order + off[g];
+		size_t cnt = off[g + 1] - off[g];
+		if (cnt == 0)
+			continue;
+		ANN_CHECK(rc, log_probs(t, r->sub[g], mem, cnt, ls, err));
+		uint32_t lo = g * m2, hi = lo + m2;
+		for (size_t i = 0; i < cnt; i++)
+			for (uint32_t e = ns.off[mem[i]]; e < ns.off[mem[i] + 1]; e++)
+				if (ns.part[e] >= lo && ns.part[e] < hi)
+					ls[i * m2 + ns.part[e] - lo] += lambda * ns.share[e];
+		size_t cap = ANN_MAX(ANN_MAX(cap_part, (cnt + m2 - 1) / m2), (size_t)1);
+		ANN_CHECK(rc, ann_balanced_assign(ls, cnt, m2, cap, 0, loc, &ast, err));
+		for (size_t i = 0; i < cnt; i++)
+			newl[mem[i]] = lo + loc[i];
+	}
+fail:
+	ann_free(score);
+	ann_free(ls);
+	ann_free(grp);
+	ann_free(ngrp);
+	ann_free(order);
+	ann_free(off);
+	ann_free(loc);
+	ann_nshare_free(&ns);
+	return rc;
+}
+
+static int joint_rounds(trainer *t, ann_error *err)
+{
+	uint32_t R = t->o->joint_rounds, warm = ANN_MAX(1u, t->o->nlsh_epochs / 4);
+	uint32_t *newl = ann_malloc(t->n * sizeof(uint32_t));
+	if (!newl)
+		return ann_err(err, ANN_E_NOMEM, "joint router: out of memory for labels");
+	int rc = ANN_OK;
+	for (uint32_t round = 1; round <= R; round++) {
+		uint64_t t0 = ann_now_ns();
+		ANN_CHECK(rc, t->r->G ? relabel_two_level(t, newl, err) : relabel_flat(t, newl, err));
+		size_t changed = 0;
+		for (size_t p = 0; p < t->n; p++)
+			changed += newl[p] != t->labels[p];
+		memcpy(t->labels, newl, t->n * sizeof(uint32_t));
+		double loss, share = (double)changed / (double)t->n;
+		ANN_CHECK(rc, train_all(t, warm, NULL, &loss, err));
+		prog(t, "joint", round, R);
+		ANN_CHECK(rc, record(t, ANN_NLSH_PHASE_JOINT, round, share, loss, -1, t0, err));
+		if (share < JOINT_STOP)
+			break;
+	}
+fail:
+	ann_free(newl);
+	return rc;
+}
+
+/* Index of the CSR row holding adjacency entry e. */
+static size_t row_of(const ann_graph *g, size_t e)
+{
+	size_t lo = 0, hi = g->n; /* xadj[lo] <= e < xadj[hi] */
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+		if ((size_t)g->xadj[mid] <= e)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* The relaxed partitioner: Q = f(X) (softmax over m), minimising
+ *   (1/B) sum_{edges in the batch} w_uv (1 - q_u . q_v) + beta KL(mean(Q) || uniform)
+ * over mini-batches of B adjacency entries drawn uniformly (each undirected
+ * edge with probability proportional to 1, weighted by w_uv: an unbiased
+ * estimate of the expected cut divided by the edge count), beta =
+ * joint_lambda, the mean taken over the batch's 2B rows. Hardened by argmax
+ * after every epoch (n / B steps). */
+static int soft_train(trainer *t, ann_error *err)
+{
+	nl *r = t->r;
+	const ann_graph *g = &t->g;
+	size_t d = t->d, m = t->m, B = SOFT_EDGES, rows = 2 * B;
+	double beta = t->o->joint_lambda;
+	uint32_t E = t->o->nlsh_epochs;
+	ann_mlp_ws *ws = NULL;
+	ann_adam *ad = NULL;
+	float *xb = ann_malloc(rows * d * sizeof(float));
+	float *gb = ann_malloc(rows * m * sizeof(float));
+	float *w = ann_malloc(B * sizeof(float));
+	double *qbar = ann_malloc(m * sizeof(double));
+	uint32_t *prev = ann_malloc(t->n * sizeof(uint32_t));
+	int rc = ANN_OK;
+	if (!xb || !gb || !w || !qbar || !prev) {
+		rc = ann_err(err, ANN_E_NOMEM, "soft router: out of memory for training batches");
+		goto fail;
+	}
+	ANN_CHECK(rc, ann_mlp_ws_new(r->top, rows, &ws, err));
+	ann_adam_opts ao;
+	ann_adam_opts_init(&ao);
+	ANN_CHECK(rc, ann_adam_new(r->top->n_params, &ao, &ad, err));
+	size_t steps = ANN_MAX((size_t)1, (t->n + B - 1) / B);
+	uint32_t late = E >= 3 ? E - E / 3 : E;
+	for (size_t p = 0; p < t->n; p++)
+		prev[p] = UINT32_MAX;
+	for (uint32_t ep = 0; ep < E; ep++) {
+		uint64_t t0 = ann_now_ns();
+		ann_adam_set_lr(ad, ep >= late ? LR * 0.25f : LR);
+		double sum = 0;
+		for (size_t s = 0; s < steps; s++) {
+			size_t b = g->nnz ? B : 0, nr = g->nnz ? rows : B;
+			for (size_t i = 0; i < b; i++) {
+				size_t e = (size_t)ann_rng_below(&t->rng, g->nnz), u = row_of(g, e);
+				w[i] = (float)g->adjwgt[e];
+				nl_norm(r, t->x + u * d, xb + 2 * i * d);
+				nl_norm(r, t->x + (size_t)g->adjncy[e] * d, xb + (2 * i + 1) * d);
+			}
+			for (size_t i = 0; i < (g->nnz ? 0 : B); i++) /* edgeless graph: balance term only */
+				nl_norm(r, t->x + ann_rng_below(&t->rng, t->n) * d, xb + i * d);
+			const float *q;
+			ANN_CHECK(rc, ann_mlp_forward(r->top, ws, xb, nr, &q, err));
+			double cut = 0;
+			for (size_t i = 0; i < b; i++) {
+				const float *qu = q + 2 * i * m, *qv = qu + m;
+				float *gu = gb + 2 * i * m, *gv = gu + m, f = -w[i] / (float)b;
+				double dot = 0;
+				for (size_t j = 0; j < m; j++) {
+					dot += (double)qu[j] * qv[j];
+					gu[j] = f * qv[j];
+					gv[j] = f * qu[j];
+				}
+				cut += w[i] * (1.0 - dot);
+			}
+			if (!b)
+				memset(gb, 0, nr * m * sizeof(float));
+			for (size_t j = 0; j < m; j++)
+				qbar[j] = 0;
+			for (size_t i = 0; i < nr; i++)
+				for (size_t j = 0; j < m; j++)
+					qbar[j] += q[i * m + j];
+			double kl = 0;
+			for (size_t j = 0; j < m; j++) {
+				qbar[j] = ANN_MAX(qbar[j] / (double)nr, 1e-12);
+				kl += qbar[j] * log(qbar[j] * (double)m);
+				qbar[j] = beta / (double)nr * (log(qbar[j] * (double)m) + 1.0); /* now dL/dq_ij */
+			}
+			for (size_t i = 0; i < nr; i++)
+				for (size_t j = 0; j < m; j++)
+					gb[i * m + j] += (float)qbar[j];
+			sum += (b ? cut / (double)b : 0) + beta * kl;
+			ann_mlp_backward(r->top, ws, gb, NULL, false);
+			ann_adam_step(ad, r->top->params, ann_mlp_ws_grad(ws));
+		}
+		double loss = sum / (double)steps;
+		if (!isfinite(loss)) {
+			rc = ann_err(err, ANN_E_INVAL, "soft router: training diverged (loss %g)", loss);
+			goto fail;
+		}
+		ANN_CHECK(rc, nl_classify(r, t->x, t->n, 1, 0, t->labels, err));
+		size_t changed = 0;
+		for (size_t p = 0; p < t->n; p++)
+			changed += prev[p] != t->labels[p];
+		memcpy(prev, t->labels, t->n * sizeof(uint32_t));
+		prog(t, "soft", ep + 1, E);
+		ANN_CHECK(rc, record(t, ANN_NLSH_PHASE_SOFT, ep, (double)changed / (double)t->n, loss, 1.0, t0, err));
+	}
+fail:
+	ann_mlp_ws_free(ws);
+	ann_adam_free(ad);
+	ann_free(xb);
+	ann_free(gb);
+	ann_free(w);
+	ann_free(qbar);
+	ann_free(prev);
+	return rc;
+}
+
+/* Per-dimension mean, and one scale making the mean per-coordinate variance 1. */
+static int normalisation(nl *r, const float *x, size_t n, ann_error *err)
+{
+	size_t d = r->d;
+	double *mu = ann_calloc(d, sizeof(double));
+	if (!mu)
+		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for the normalisation");
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < d; j++)
+			mu[j] += x[i * d + j];
+	for (size_t j = 0; j < d; j++)
+		mu[j] /= (double)n;
+	double var = 0;
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < d; j++) {
+			double v = x[i * d + j] - mu[j];
+			var += v * v;
+		}
+	var /= (double)n * (double)d;
+	for (size_t j = 0; j < d; j++)
+		r->shift[j] = (float)mu[j];
+	r->scale = var > 0 && isfinite(var) ? (float)(1.0 / sqrt(var)) : 1.0f;
+	ann_free(mu);
+	if (!isfinite(r->scale) || !(r->scale > 0))
+		r->scale = 1.0f;
+	for (size_t j = 0; j < d; j++)
+		if (!isfinite(r->shift[j]))
+			return ann_err(err, ANN_E_INVAL, "nlsh router: the sample has a non-finite mean in dimension %zu",
+				       j);
+	return ANN_OK;
+}
+
+/* Two-level shape for m parts: the largest divisor G of m with G <= sqrt(m)
+ * and G >= MIN_GROUPS (0 if there is none: flat). */
+static uint32_t auto_groups(uint32_t m)
+{
+	for (uint32_t G = (uint32_t)sqrt((double)m); G >= MIN_GROUPS; G--)
+		if (m % G == 0)
+			return G;
+	return 0;
+}
+
+static int check_opts(const ann_build_opts *o, size_t n, size_t d, uint32_t m, uint32_t groups, ann_error *err)
+{
+	if (o->router != ANN_ROUTER_NLSH && o->router != ANN_ROUTER_JOINT && o->router != ANN_ROUTER_SOFT)
+		return ann_err(err, ANN_E_INVAL, "nlsh router: router kind %d is not nlsh, joint or soft",
+			       (int)o->router);
+	if (m == 0 || m > NL_MAX_PARTS || m > n)
+		return ann_err(err, ANN_E_INVAL, "nlsh router: %u partitions need at least as many sample vectors, "
+			       "the sample has %zu", m, n);
+	if (n > INT32_MAX)
+		return ann_err(err, ANN_E_INVAL, "nlsh router: a sample of %zu vectors is above the graph's 2^31 - 1",
+			       n);
+	if (d == 0 || d > ANN_MLP_MAX_DIM)
+		return ann_err(err, ANN_E_INVAL, "nlsh router: dimension %zu out of range", d);
+	if (o->knn_k > MAX_KNN_K)
+		return ann_err(err, ANN_E_INVAL, "nlsh router: knn_k %u, expected 1..%u", o->knn_k, MAX_KNN_K);
+	if (o->imbalance != 0 && !(o->imbalance >= 0.001 && o->imbalance <= 1.0))
+		return ann_err(err, ANN_E_INVAL, "nlsh router: imbalance %g, expected 0.001 .. 1", o->imbalance);
+	if (o->nlsh_epochs == 0 || o->nlsh_epochs > 100000)
+		return ann_err(err, ANN_E_INVAL, "nlsh router: epochs %u, expected 1..100000", o->nlsh_epochs);
+	if (o->joint_rounds > MAX_ROUNDS)
+		return ann_err(err, ANN_E_INVAL, "joint router: %u rounds, expected 0..%u", o->joint_rounds,
+			       MAX_ROUNDS);
+	if (!(o->joint_lambda >= 0) || !isfinite(o->joint_lambda))
+		return ann_err(err, ANN_E_INVAL, "joint router: lambda %g, expected a finite number >= 0",
+			       o->joint_lambda);
+	for (int i = 0; i < 4 && o->hidden[i]; i++)
+		if (o->hidden[i] > ANN_MLP_MAX_DIM)
+			return ann_err(err, ANN_E_INVAL, "nlsh router: hidden layer %d has %u units, at most %u", i,
+				       o->hidden[i], ANN_MLP_MAX_DIM);
+	if (groups >= 2 && (o->router == ANN_ROUTER_SOFT || m % groups != 0 || m / groups < 2))
+		return ann_err(err, ANN_E_INVAL, "nlsh router: %u groups for %u parts: groups must divide the parts "
+			       "with 2 or more per group (and soft is flat)", groups, m);
+	return ANN_OK;
+}
+
+int ann_router_nlsh_train_shape(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
+				uint32_t groups, ann_router **out, ann_error *err)
+{
+	*out = NULL;
+	ANN_TRY(check_opts(o, n, d, nparts, groups, err));
+	trainer t = {.o = o, .x = sample, .n = n, .d = d, .m = nparts};
+	t.imb = o->imbalance != 0 ? o->imbalance : ANN_PARTITION_DEFAULT_IMBALANCE;
+	ann_rng_seed(&t.rng, o->seed ^ 0x4e4c5348ull);
+	nl *r = ann_calloc(1, sizeof *r);
+	uint32_t *knn = NULL;
+	int rc = ANN_OK;
+	if (!r)
+		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory");
+	t.r = r;
+	r->kind = o->router;
+	r->d = (uint32_t)d;
+	r->m = nparts;
+	if (groups >= 2)
+		r->G = groups;
+	else if (groups == 0 && o->router != ANN_ROUTER_SOFT && nparts >= ANN_NLSH_TWO_LEVEL_MIN)
+		r->G = auto_groups(nparts);
+	r->m2 = r->G ? nparts / r->G : 0;
+	r->shift = ann_malloc(d * sizeof(float));
+	t.labels = ann_malloc(n * sizeof(uint32_t));
+	if (!r->shift || !t.labels) {
+		rc = ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for %zu labels", n);
+		goto fail;
+	}
+	ANN_CHECK(rc, normalisation(r, sample, n, err));
+
+	/* k-NN graph of the sample, symmetrised; dropped when training ends. */
+	ann_knn_opts ko;
+	ann_knn_opts_init(&ko);
+	ko.k = ANN_MIN((size_t)(o->knn_k ? o->knn_k : 10), n > 1 ? n - 1 : 1);
+	ko.metric = o->metric;
+	ko.threads = ANN_MAX(1, ANN_MIN(o->threads, 64));
+	ko.mem_bytes = ANN_MIN(ANN_KNN_DEFAULT_MEM, ANN_MAX(o->mem_bytes / 8, (size_t)4 << 20));
+	ko.progress = o->progress;
+	ko.progress_ctx = o->progress_ctx;
+	if (n > 1) {
+		knn = ann_malloc(n * ko.k * sizeof(uint32_t));
+		if (!knn) {
+			rc = ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for a %zu x %zu k-NN graph", n, ko.k);
+			goto fail;
+		}
+		ANN_CHECK(rc, ann_knn_graph(sample, n, d, &ko, knn, NULL, NULL, err));
+		ANN_CHECK(rc, ann_graph_from_knn(knn, n, ko.k, &t.g, err));
+		ann_free(knn);
+		knn = NULL;
+	} else {
+		t.g.xadj = ann_calloc(2, sizeof(int32_t));
+		t.g.adjncy = ann_malloc(sizeof(int32_t));
+		t.g.adjwgt = ann_malloc(sizeof(int32_t));
+		t.g.n = n;
+		if (!t.g.xadj || !t.g.adjncy || !t.g.adjwgt) {
+			rc = ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory");
+			goto fail;
+		}
+	}
+
+	if (o->router == ANN_ROUTER_SOFT) {
+		ANN_CHECK(rc, make_net(&t, nparts, false, &r->top, err));
+		nl_update_scratch(r);
+		ANN_CHECK(rc, soft_train(&t, err));
+	} else {
+		uint64_t t0 = ann_now_ns();
+		prog(&t, "partition", 0, 1);
+		ANN_CHECK(rc, initial_partition(&t, err));
+		prog(&t, "partition", 1, 1);
+		ANN_CHECK(rc, make_net(&t, r->G ? r->G : nparts, false, &r->top, err));
+		if (r->G) {
+			r->sub = ann_calloc(r->G, sizeof(ann_mlp *));
+			if (!r->sub) {
+				rc = ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory for %u groups", r->G);
+				goto fail;
+			}
+			for (uint32_t g = 0; g < r->G; g++)
+				ANN_CHECK(rc, make_net(&t, r->m2, true, &r->sub[g], err));
+		}
+		nl_update_scratch(r);
+		double loss;
+		t.prog_total = (uint64_t)n * o->nlsh_epochs * (r->G ? 2 : 1);
+		ANN_CHECK(rc, train_all(&t, o->nlsh_epochs, "nlsh", &loss, err));
+		ANN_CHECK(rc, record(&t, ANN_NLSH_PHASE_PARTITION, 0, 0, loss, -1, t0, err));
+		if (o->router == ANN_ROUTER_JOINT)
+			ANN_CHECK(rc, joint_rounds(&t, err));
+	}
+	ann_graph_free(&t.g);
+	ann_free(t.labels);
+	return nl_wrap(r, o->metric, out, err);
+fail:
+	ann_free(knn);
+	ann_graph_free(&t.g);
+	ann_free(t.labels);
+	nl_free_impl(r);
+	return rc;
+}
+
+int ann_router_nlsh_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
+			  ann_router **out, ann_error *err)
+{
+	return ann_router_nlsh_train_shape(o, sample, n, d, nparts, 0, out, err);
 }
