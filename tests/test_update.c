@@ -43,7 +43,7 @@ static void make_data(ann_rng *rng)
 	}
 }
 
-static char *build_index(const char *dir, const char *name)
+static char *build_index_with(const char *dir, const char *name, ann_router_kind router)
 {
 	char *data = t_path(dir, "base.u8bin");
 	ann_vwriter *w;
@@ -55,12 +55,25 @@ static char *build_index(const char *dir, const char *name)
 	o.partitions = PARTS;
 	o.mem_bytes = (size_t)32 << 20;
 	o.threads = 1;
+	o.router = router;
+	/* small training runs: the test is about storage, not routing quality */
+	o.ae_epochs = 3;
+	o.dec_epochs = 2;
+	o.nlsh_epochs = 5;
+	o.joint_rounds = 2;
+	o.hidden[0] = 32;
+	o.hidden[1] = 0;
 	char *idx = t_path(dir, name);
 	ann_error e = {0};
 	if (ann_build(data, idx, &o, &e) < 0)
 		T_FAIL("build: %s", e.msg);
 	free(data);
 	return idx;
+}
+
+static char *build_index(const char *dir, const char *name)
+{
+	return build_index_with(dir, name, ANN_ROUTER_KMEANS);
 }
 
 /* live[i]: vector i (ids 0..NB+NI-1, with vec[i]) is in the index. */
@@ -216,6 +229,66 @@ static void test_model(const char *dir, ann_rng *rng)
 	ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
 	ASSERT_EQ(problems, 0);
 	free(idx);
+}
+
+/* Every learned router places inserted vectors with its own model (no
+ * retraining); deletes and compaction are router-independent. Exhaustive
+ * search must stay exact through each step, and verify must stay clean. */
+static void test_routers(const char *dir, ann_rng *rng)
+{
+	static const struct {
+		ann_router_kind kind;
+		const char *name;
+	} routers[] = {{ANN_ROUTER_ANNANN, "r-annann"},
+		       {ANN_ROUTER_NLSH, "r-nlsh"},
+		       {ANN_ROUTER_JOINT, "r-joint"},
+		       {ANN_ROUTER_SOFT, "r-soft"}};
+	for (size_t r = 0; r < sizeof routers / sizeof routers[0]; r++) {
+		char *idx = build_index_with(dir, routers[r].name, routers[r].kind);
+		static model m;
+		memset(&m, 0, sizeof m);
+		for (size_t i = 0; i < NB; i++)
+			m.live[i] = true;
+		memcpy(m.vec, all, sizeof all);
+		ann_writer *w;
+		ann_error e = {0};
+		if (ann_writer_open(idx, &w, &e) < 0)
+			T_FAIL("%s: writer: %s", routers[r].name, e.msg);
+		int64_t got[NI];
+		if (ann_insert(w, all + NB * D, NI, NULL, 0, got, &e) < 0)
+			T_FAIL("%s: insert: %s", routers[r].name, e.msg);
+		for (size_t i = 0; i < NI; i++) {
+			ASSERT_EQ(got[i], NB + i);
+			m.live[NB + i] = true;
+		}
+		check_exact(idx, &m, routers[r].name);
+		int64_t del[NB / 5];
+		size_t nd = 0;
+		for (size_t i = 0; i < NB + NI && nd < NB / 5; i++)
+			if (ann_rng_below(rng, 5) == 0)
+				del[nd++] = (int64_t)i;
+		uint64_t deleted = 0;
+		ASSERT_OK(ann_delete(w, del, nd, &deleted, &e));
+		ASSERT_EQ(deleted, nd);
+		size_t nd_inserted = 0; /* a deleted delta is dropped, not tombstoned */
+		for (size_t i = 0; i < nd; i++) {
+			m.live[del[i]] = false;
+			nd_inserted += del[i] >= NB;
+		}
+		check_exact(idx, &m, routers[r].name);
+		ann_compact_stats st;
+		if (ann_compact(w, 0, &st, &e) < 0)
+			T_FAIL("%s: compact: %s", routers[r].name, e.msg);
+		ASSERT_TRUE(st.partitions_rewritten > 0);
+		ASSERT_EQ(st.deltas_merged, NI - nd_inserted);
+		ASSERT_EQ(st.tombstones_applied, nd - nd_inserted);
+		check_exact(idx, &m, routers[r].name);
+		ann_writer_close(w);
+		uint64_t problems = 9;
+		ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
+		ASSERT_EQ(problems, 0);
+		free(idx);
+	}
 }
 
 /* Snapshots: a child searches while the parent inserts and deletes a group
@@ -449,6 +522,7 @@ int main(void)
 	char *dir = t_tmpdir();
 	make_data(&rng);
 	test_model(dir, &rng);
+	test_routers(dir, &rng);
 	test_snapshots(dir);
 	test_crash(dir, &rng);
 	t_rmtree(dir);
