@@ -4,7 +4,8 @@
  * (random sizes, bytes derived from (partition, generation)) and commits
  * directory changes: new partitions, rewrites (which free old extents),
  * drops, some aborted txns. It reports each txn on a pipe before committing
- * ("P") and after ("C"). The parent kills it after a random delay, reopens
+ * ("P") and after ("C"). The parent kills it after a random number of those
+ * lines plus up to 4 ms, reopens
  * the index as the writer, and checks: verify finds no problem and no
  * unaccounted space; the directory is exactly the acknowledged state, or
  * that plus the one in-flight txn; every block reads back with its bytes;
@@ -35,18 +36,7 @@ static size_t block_len(ann_store_kind k, uint32_t pid, uint32_t gen)
 
 static uint8_t *make_block(uint32_t pid, uint32_t gen, size_t len)
 {
-	uint8_t *b = ann_aligned_alloc(4096, len);
-	if (!b)
-		return NULL;
-	ann_rng r;
-	ann_rng_seed(&r, ((uint64_t)pid << 32) ^ gen ^ 0xc4a5ull);
-	for (size_t i = 0; i < len; i += 8) {
-		uint64_t v = ann_rng_next(&r);
-		memcpy(b + i, &v, ANN_MIN(8, len - i));
-	}
-	ann_st32(b, pid);
-	ann_st32(b + 4, gen);
-	return b;
+	return t_make_block(pid, gen, 0xc4a5ull, len);
 }
 
 static void say(int fd, const char *line)
@@ -343,19 +333,32 @@ int main(void)
 			_exit(0);
 		}
 		close(pfd[1]);
-		/* Kill at a random instant: 0-80 ms plus sub-millisecond jitter. */
-		uint64_t delay_us = ann_rng_below(&rng, 80000) + ann_rng_below(&rng, 1000);
-		struct timespec ts = { (time_t)(delay_us / 1000000), (long)(delay_us % 1000000) * 1000 };
+		/* Kill at a random instant: after a random number of the child's
+		 * lines (0: during open), then 0-4 ms of jitter, so that kills fall
+		 * in every phase of a txn however slow fsync is on this disk. */
+		size_t cap = 1 << 16, n = 0, lines = 0, target = ann_rng_below(&rng, 41);
+		char *buf = malloc(cap);
+		ASSERT_TRUE(buf != NULL);
+		while (lines < target) {
+			if (n + 4096 > cap)
+				ASSERT_TRUE((buf = realloc(buf, cap *= 2)) != NULL);
+			ssize_t r = read(pfd[0], buf + n, cap - n - 1);
+			if (r <= 0)
+				break; /* the child ended: reported below */
+			for (ssize_t i = 0; i < r; i++)
+				lines += buf[n + (size_t)i] == '\n';
+			n += (size_t)r;
+		}
+		uint64_t delay_us = ann_rng_below(&rng, 4000);
+		struct timespec ts = { 0, (long)delay_us * 1000 };
 		nanosleep(&ts, NULL);
 		kill(child, SIGKILL);
 		int status;
 		ASSERT_EQ(waitpid(child, &status, 0), child);
-		/* Collect what the child acknowledged. */
-		size_t cap = 1 << 16, n = 0;
-		char *buf = malloc(cap);
+		/* Collect the rest of what the child acknowledged. */
 		for (;;) {
 			if (n + 4096 > cap)
-				buf = realloc(buf, cap *= 2);
+				ASSERT_TRUE((buf = realloc(buf, cap *= 2)) != NULL);
 			ssize_t r = read(pfd[0], buf + n, cap - n - 1);
 			if (r <= 0)
 				break;

@@ -9,13 +9,16 @@
  * training is deterministic under the seed; the training history shows the
  * reconstruction loss and the fixed-target KL going down; every bit flip and
  * truncation of the blob is refused; an index built through the public API
- * reaches recall@10 >= 0.8 against brute force.
+ * reaches recall@10 >= 0.8 against brute force; vectors inserted later are
+ * placed by the stored router (blob unchanged, partition growth equal to the
+ * router's assignment, exact search with every cluster read).
  */
 #include <xxhash.h>
 
 #include "gen.h"
 #include "gt.h"
 #include "hnsw.h"
+#include "index.h"
 #include "nn.h"
 #include "router.h"
 #include "testutil.h"
@@ -635,6 +638,123 @@ static void test_end_to_end(void)
 	free(path);
 }
 
+/* Item 4 of the issue: vectors inserted after the build are embedded and
+ * placed by the stored router, without retraining. Oracles: the router blob
+ * is byte-identical before and after the inserts and a compaction; after
+ * the compaction each partition grew by exactly the number of inserted
+ * vectors the router assigns to it; a search reading every cluster equals
+ * brute force over all vectors; an inserted vector used as a query finds
+ * itself at distance 0 with a few clusters read. */
+#define NB_INS 2400 /* built; base[NB_INS..N) are inserted later */
+static void test_insert(void)
+{
+	t_current = "insert";
+	char *dir = t_tmpdir();
+	char *data = t_path(dir, "base.u8bin"), *path = t_path(dir, "idx");
+	ann_vwriter *vw;
+	ASSERT_OK(ann_vwriter_open(data, D, &vw, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(vw, base, NB_INS, NULL));
+	ASSERT_OK(ann_vwriter_close(vw, NULL));
+	ann_build_opts o;
+	opts(&o, t_seed);
+	o.partitions = KC;
+	o.mem_bytes = (size_t)64 << 20;
+	ann_error e = {0};
+	if (ann_build(data, path, &o, &e) < 0)
+		T_FAIL("build: %s", e.msg);
+
+	ann_index *idx;
+	if (ann_index_open(path, &idx, &e) < 0)
+		T_FAIL("open: %s", e.msg);
+	size_t len0, len1;
+	uint8_t *blob0 = save(idx->router, &len0);
+	uint64_t before[KC], expect[KC];
+	for (uint32_t p = 0; p < KC; p++)
+		expect[p] = before[p] = ann_index_partition_size(idx, p);
+	static uint32_t parts[N - NB_INS];
+	ASSERT_OK(idx->router->ops->assign(idx->router, base + (size_t)NB_INS * D, N - NB_INS, 1, 0.0, 1, parts,
+					   NULL));
+	for (size_t i = 0; i < N - NB_INS; i++) {
+		ASSERT_TRUE(parts[i] < KC);
+		expect[parts[i]]++;
+	}
+	ann_index_close(idx);
+
+	ann_writer *w;
+	if (ann_writer_open(path, &w, &e) < 0)
+		T_FAIL("writer: %s", e.msg);
+	static int64_t ids[N - NB_INS];
+	if (ann_insert(w, base + (size_t)NB_INS * D, N - NB_INS, NULL, 0, ids, &e) < 0)
+		T_FAIL("insert: %s", e.msg);
+	for (size_t i = 0; i < N - NB_INS; i++)
+		ASSERT_EQ(ids[i], (int64_t)(NB_INS + i));
+	ann_compact_stats cs;
+	if (ann_compact(w, 0, &cs, &e) < 0)
+		T_FAIL("compact: %s", e.msg);
+	ASSERT_EQ(cs.partitions_split, 0);
+	ASSERT_EQ(cs.deltas_merged, N - NB_INS);
+	ann_writer_close(w);
+
+	if (ann_index_open(path, &idx, &e) < 0)
+		T_FAIL("open: %s", e.msg);
+	uint8_t *blob1 = save(idx->router, &len1);
+	ASSERT_EQ(len0, len1);
+	ASSERT_TRUE(memcmp(blob0, blob1, len0) == 0);
+	for (uint32_t p = 0; p < KC; p++)
+		ASSERT_EQ(ann_index_partition_size(idx, p), expect[p]);
+
+	static int32_t gt[NQ * 10];
+	static float gtd[NQ * 10];
+	ann_gt_opts go;
+	ann_gt_opts_init(&go);
+	go.k = 10;
+	go.threads = 1;
+	ASSERT_OK(ann_gt_compute_mem(base, N, queries, NQ, D, &go, gt, gtd, NULL));
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = 10;
+	so.nprobe = KC;
+	ann_searcher *s;
+	if (ann_searcher_new(idx, &so, &s, &e) < 0)
+		T_FAIL("searcher: %s", e.msg);
+	static int64_t rid[NQ * 10];
+	static float rd[NQ * 10];
+	if (ann_search(s, queries, NQ, rid, rd, NULL, &e) < 0)
+		T_FAIL("search: %s", e.msg);
+	ann_searcher_free(s);
+	size_t hits = 0;
+	for (size_t q = 0; q < NQ; q++)
+		for (size_t a = 0; a < 10; a++)
+			for (size_t b = 0; b < 10; b++)
+				if (rid[q * 10 + a] == gt[q * 10 + b]) {
+					hits++;
+					break;
+				}
+	ASSERT_TRUE(hits >= (size_t)(0.999 * NQ * 10));
+
+	so.k = 1;
+	so.nprobe = 4;
+	if (ann_searcher_new(idx, &so, &s, &e) < 0)
+		T_FAIL("searcher: %s", e.msg);
+	static int64_t sid[N - NB_INS];
+	static float sd[N - NB_INS];
+	if (ann_search(s, base + (size_t)NB_INS * D, N - NB_INS, sid, sd, NULL, &e) < 0)
+		T_FAIL("search: %s", e.msg);
+	ann_searcher_free(s);
+	size_t self = 0;
+	for (size_t i = 0; i < N - NB_INS; i++)
+		self += sd[i] == 0.0f;
+	printf("  inserted vectors found as their own nearest (C=4): %zu of %d\n", self, N - NB_INS);
+	ASSERT_TRUE(self >= (size_t)(0.8 * (N - NB_INS)));
+	ann_index_close(idx);
+	ann_free(blob0);
+	ann_free(blob1);
+	t_rmtree(dir);
+	free(dir);
+	free(data);
+	free(path);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -647,5 +767,6 @@ int main(void)
 	test_corrupt();
 	test_alloc_failure();
 	test_end_to_end();
+	test_insert();
 	return 0;
 }

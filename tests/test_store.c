@@ -22,16 +22,8 @@ static ann_rng rng;
 /* Deterministic bytes of (pid, gen) in an aligned buffer. */
 static uint8_t *make_block(uint32_t pid, uint32_t gen, size_t len)
 {
-	uint8_t *b = ann_aligned_alloc(4096, len);
+	uint8_t *b = t_make_block(pid, gen, 0x5eedull, len);
 	ASSERT_TRUE(b != NULL);
-	ann_rng r;
-	ann_rng_seed(&r, ((uint64_t)pid << 32) ^ gen ^ 0x5eedull);
-	for (size_t i = 0; i < len; i += 8) {
-		uint64_t v = ann_rng_next(&r);
-		memcpy(b + i, &v, ANN_MIN(8, len - i));
-	}
-	ann_st32(b, pid);
-	ann_st32(b + 4, gen);
 	return b;
 }
 

@@ -436,7 +436,7 @@ static void test_crash(const char *dir, ann_rng *rng)
 	static bool live_b[NB], live_i[500 + 20 * 1000];
 	for (size_t i = 0; i < NB; i++)
 		live_b[i] = true;
-	int inflight_seen = 0;
+	int inflight_seen = 0, inflight_compact = 0;
 	for (int round = 0; round < iters; round++) {
 		int pfd[2];
 		ASSERT_TRUE(pipe(pfd) == 0);
@@ -447,18 +447,35 @@ static void test_crash(const char *dir, ann_rng *rng)
 			crash_child(idx, pfd[1], ann_rng_next(rng) + (uint64_t)round);
 		}
 		close(pfd[1]);
-		usleep((useconds_t)(1000 + ann_rng_below(rng, 150000)));
+		/* Kill after a random number of the child's lines (0: while it
+		 * opens) plus 0-4 ms, so kills fall inside inserts, deletes and
+		 * compactions however slow fsync is here. */
+		static char buf[1 << 20];
+		size_t n = 0, lines = 0, target = ann_rng_below(rng, 61);
+		while (lines < target && n < sizeof buf - 1) {
+			ssize_t r = read(pfd[0], buf + n, sizeof buf - 1 - n);
+			if (r <= 0)
+				break;
+			for (ssize_t i = 0; i < r; i++)
+				lines += buf[n + (size_t)i] == '\n';
+			n += (size_t)r;
+		}
+		usleep((useconds_t)ann_rng_below(rng, 4000));
 		kill(pid, SIGKILL);
 		int status;
 		waitpid(pid, &status, 0);
 		if (WIFEXITED(status))
 			T_FAIL("round %d: the writer exited with %d before the kill", round, WEXITSTATUS(status));
-		FILE *f = fdopen(pfd[0], "r");
-		char line[128], pk = 0;
+		for (ssize_t r; n < sizeof buf - 1 && (r = read(pfd[0], buf + n, sizeof buf - 1 - n)) > 0;)
+			n += (size_t)r;
+		buf[n] = '\0';
+		close(pfd[0]);
+		char pk = 0;
 		long long pid_ = 0;
 		size_t pn = 0;
 		bool pending = false;
-		while (fgets(line, sizeof line, f)) {
+		char *save = NULL;
+		for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 			if (line[0] == 'B' && sscanf(line, "B %c %lld %zu", &pk, &pid_, &pn) == 3) {
 				pending = true;
 			} else if (line[0] == 'A' && pending) {
@@ -473,7 +490,7 @@ static void test_crash(const char *dir, ann_rng *rng)
 				pending = false;
 			}
 		}
-		fclose(f);
+		inflight_compact += pending && pk == 'C';
 		uint64_t problems = 0;
 		ann_error e = {0};
 		if (ann_verify(idx, NULL, NULL, &problems, &e) < 0)
@@ -510,8 +527,9 @@ static void test_crash(const char *dir, ann_rng *rng)
 		}
 		ann_writer_close(w);
 	}
-	printf("crash: %d kills (%d during an insert or delete), index verified and exact after each\n", iters,
-	       inflight_seen);
+	printf("crash: %d kills (%d during an insert or delete, %d during a compaction), index verified and "
+	       "exact after each\n",
+	       iters, inflight_seen, inflight_compact);
 	free(idx);
 }
 

@@ -99,3 +99,19 @@ void t_fill_uniform(ann_rng *r, float *x, size_t n, float lo, float hi)
 	for (size_t i = 0; i < n; i++)
 		x[i] = lo + (hi - lo) * (float)ann_rng_uniform(r);
 }
+
+uint8_t *t_make_block(uint32_t pid, uint32_t gen, uint64_t salt, size_t len)
+{
+	uint8_t *b = ann_aligned_alloc(4096, len);
+	if (!b)
+		return NULL;
+	ann_rng r;
+	ann_rng_seed(&r, ((uint64_t)pid << 32) ^ gen ^ salt);
+	for (size_t i = 0; i < len; i += 8) {
+		uint64_t v = ann_rng_next(&r);
+		memcpy(b + i, &v, ANN_MIN(8, len - i));
+	}
+	ann_st32(b, pid);
+	ann_st32(b + 4, gen);
+	return b;
+}

@@ -103,5 +103,9 @@ void t_write_file(const char *path, const void *data, size_t n);
 void *t_read_file(const char *path, size_t *n);
 /* Fills x with n uniform floats in [lo, hi). */
 void t_fill_uniform(ann_rng *r, float *x, size_t n, float lo, float hi);
+/* A 4096-aligned buffer of len deterministic bytes of (pid, gen, salt),
+ * starting with pid and gen as LE u32; NULL when out of memory (the
+ * caller may run under allocation-failure injection). */
+uint8_t *t_make_block(uint32_t pid, uint32_t gen, uint64_t salt, size_t len);
 
 #endif

@@ -18,7 +18,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
 DEPS="gcc pkg-config meson ninja-build liburing-dev liblmdb-dev libopenblas-dev libzstd-dev
       libmetis-dev libxxhash-dev zlib1g-dev"
-BENCH_DEPS="python3 python3-numpy python3-faiss python3-matplotlib sptag fio dataset-fashion-mnist time
+BENCH_DEPS="python3 python3-numpy python3-faiss python3-matplotlib sptag fio jq dataset-fashion-mnist time
             lmdb-utils libaio1 libboost-program-options1.74.0 liblapacke libgoogle-perftools4 libgomp1"
 
 install_pkgs() {
