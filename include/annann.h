@@ -154,7 +154,7 @@ typedef struct ann_build_opts {
 	double balance;          /**< cap partition size at balance * n / partitions; 0 = no cap (default) */
 	uint32_t replicas;       /**< R: copies per vector (SPANN closure); default 1 = none */
 	double replica_eps;      /**< extra copies go to partitions within (1 + eps) of the nearest; default 0.1 */
-	uint32_t hnsw_m;         /**< HNSW degree over centroids; default 16 */
+	uint32_t hnsw_m;         /**< HNSW degree over centroids; default 32 (measured: docs/DESIGN.md) */
 	uint32_t hnsw_ef_construction; /**< default 200 */
 	/* ANNANN router */
 	uint32_t embed_dim;      /**< default 32 */

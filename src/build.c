@@ -59,7 +59,7 @@ void ann_build_opts_init(ann_build_opts *o)
 	o->kmeans_iters = 20;
 	o->replicas = 1;
 	o->replica_eps = 0.1;
-	o->hnsw_m = 16;
+	o->hnsw_m = 32;
 	o->hnsw_ef_construction = 200;
 	o->embed_dim = 32;
 	o->hidden[0] = 256;

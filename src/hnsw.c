@@ -761,8 +761,8 @@ static void *hn_build_thread(void *arg)
 	return NULL;
 }
 
-int ann_hnsw_build(ann_hnsw *h, const float *x, size_t n, int threads, ann_progress_fn progress,
-		   void *progress_ctx, ann_error *err)
+static int hn_build_links(ann_hnsw *h, const float *x, size_t n, int threads, ann_progress_fn progress,
+			  void *progress_ctx, ann_error *err)
 {
 	if (h->failed)
 		return ann_err(err, ANN_E_STATE, "hnsw: an earlier add or build failed, no more adds");
@@ -891,6 +891,167 @@ out:
 		ann_hnsw_ctx_free(ctx[t]);
 	ann_free(lv);
 	return rc;
+}
+
+int ann_hnsw_build(ann_hnsw *h, const float *x, size_t n, int threads, ann_progress_fn progress,
+		   void *progress_ctx, ann_error *err)
+{
+	ANN_TRY(hn_build_links(h, x, n, threads, progress, progress_ctx, err));
+	return n ? ann_hnsw_repair(h, NULL, err) : ANN_OK;
+}
+
+/* ---- reachability ------------------------------------------------------------ */
+
+/* BFS along level-lc links from the nodes already marked in reach (the
+ * queue holds them, qn of them); marks what it reaches. */
+static void hn_bfs(const ann_hnsw *h, int lc, uint8_t *reach, uint32_t *queue, size_t qn)
+{
+	for (size_t qi = 0; qi < qn; qi++) {
+		const uint32_t *l = hn_links(h, queue[qi], lc);
+		for (uint32_t j = 0; j < l[0]; j++) {
+			uint32_t nb = l[1 + j];
+			if (!reach[nb]) {
+				reach[nb] = 1;
+				queue[qn++] = nb;
+			}
+		}
+	}
+}
+
+/* Marks the level-lc nodes reachable from the entry point; returns how many
+ * nodes of that level are not. */
+static size_t hn_reach(const ann_hnsw *h, int lc, uint8_t *reach, uint32_t *queue)
+{
+	memset(reach, 0, h->n);
+	reach[h->entry] = 1;
+	queue[0] = h->entry;
+	hn_bfs(h, lc, reach, queue, 1);
+	size_t lost = 0;
+	for (size_t i = 0; i < h->n; i++)
+		lost += h->level[i] >= lc && !reach[i];
+	return lost;
+}
+
+/* Why: on clustered data (well-separated mixture components, and so their
+ * k-means centroids) the neighbour heuristic can prune every link into a
+ * component that was reached late, and a search from the entry point then
+ * never finds it, whatever ef: routing silently misses the partitions that
+ * hold a query's neighbours. After a build, every node left unreachable at
+ * a level gets a link from the nearest reachable node (found by a search of
+ * that level, which only walks reachable nodes), replacing there the link
+ * whose target has the most in-links (so no other node loses its last
+ * way in); its own links then make its component reachable. */
+static int hn_repair(ann_hnsw *h, ann_hnsw_ctx *c, size_t *added)
+{
+	*added = 0;
+	if (h->n < 2)
+		return ANN_OK;
+	uint8_t *reach = ann_malloc(h->n);
+	uint32_t *queue = ann_malloc(h->n * sizeof(uint32_t));
+	uint32_t *indeg = ann_malloc(h->n * sizeof(uint32_t));
+	int rc = ANN_OK;
+	if (!reach || !queue || !indeg) {
+		rc = ANN_E_NOMEM;
+		goto out;
+	}
+	for (int lc = 0; lc <= h->max_level; lc++) {
+		/* A replaced link can cut off what only it reached: passes repeat
+		 * until nothing is lost (in practice one or two). */
+		for (int pass = 0; pass < 16 && hn_reach(h, lc, reach, queue) > 0; pass++) {
+			/* In-links from reachable nodes only: a target with two or more
+			 * keeps a way in when one is replaced. */
+			memset(indeg, 0, h->n * sizeof(uint32_t));
+			for (size_t i = 0; i < h->n; i++) {
+				if (h->level[i] < lc || !reach[i])
+					continue;
+				const uint32_t *l = hn_links(h, (uint32_t)i, lc);
+				for (uint32_t j = 0; j < l[0]; j++)
+					indeg[l[1 + j]]++;
+			}
+			uint32_t cap = lc ? h->M : h->M0;
+			for (size_t u = 0; u < h->n; u++) {
+				if (h->level[u] < lc || reach[u])
+					continue;
+				const float *q = hn_vec(h, (uint32_t)u);
+				uint32_t ep = h->entry;
+				float epd = hn_dist(h, q, hn_vec(h, ep));
+				for (int l = h->max_level; l > lc; l--)
+					hn_greedy(h, c, q, &ep, &epd, l);
+				if (hn_search_layer(h, c, q, ep, epd, h->efc, lc) < 0) {
+					rc = ANN_E_NOMEM;
+					goto out;
+				}
+				/* The nearest reachable node whose list has room, or else
+				 * a link to give up: the target with the most in-links. */
+				size_t nc = hn_drain(c);
+				uint32_t r = c->sorted[0].id, slot = UINT32_MAX;
+				for (size_t i = 0; i < nc && slot == UINT32_MAX; i++) {
+					const uint32_t *l = hn_links(h, c->sorted[i].id, lc);
+					if (l[0] < cap) {
+						r = c->sorted[i].id;
+						slot = l[0];
+					}
+				}
+				uint32_t *l = hn_links(h, r, lc);
+				if (slot == UINT32_MAX) {
+					slot = 0;
+					for (uint32_t j = 1; j < l[0]; j++)
+						if (indeg[l[1 + j]] > indeg[l[1 + slot]])
+							slot = j;
+					indeg[l[1 + slot]]--;
+				} else {
+					l[0]++;
+				}
+				l[1 + slot] = (uint32_t)u;
+				indeg[u]++;
+				reach[u] = 1;
+				queue[0] = (uint32_t)u;
+				hn_bfs(h, lc, reach, queue, 1);
+				(*added)++;
+			}
+		}
+	}
+out:
+	ann_free(reach);
+	ann_free(queue);
+	ann_free(indeg);
+	return rc;
+}
+
+int ann_hnsw_repair(ann_hnsw *h, size_t *added, ann_error *err)
+{
+	size_t a = 0;
+	if (added)
+		*added = 0;
+	if (h->failed)
+		return ann_err(err, ANN_E_STATE, "hnsw: an earlier add or build failed, no repair");
+	if (h->n == 0)
+		return ANN_OK;
+	if (!h->actx)
+		ANN_TRY(ann_hnsw_ctx_new(&h->actx, err));
+	ANN_TRY(hn_ctx_prepare(h, h->actx, h->efc, err));
+	if (hn_repair(h, h->actx, &a) < 0)
+		return ann_err(err, ANN_E_NOMEM, "hnsw: out of memory repairing the links of %zu vectors", h->n);
+	if (added)
+		*added = a;
+	return ANN_OK;
+}
+
+size_t ann_hnsw_unreachable(const ann_hnsw *h)
+{
+	if (h->n == 0)
+		return 0;
+	uint8_t *reach = ann_malloc(h->n);
+	uint32_t *queue = ann_malloc(h->n * sizeof(uint32_t));
+	size_t lost = SIZE_MAX;
+	if (reach && queue) {
+		lost = 0;
+		for (int lc = 0; lc <= h->max_level; lc++)
+			lost += hn_reach(h, lc, reach, queue);
+	}
+	ann_free(reach);
+	ann_free(queue);
+	return lost;
 }
 
 /* ---- public: search ---------------------------------------------------------- */

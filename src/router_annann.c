@@ -606,6 +606,8 @@ static int stage_ae(trainer *t, ann_error *err)
 {
 	anr *a = t->a;
 	uint32_t epochs = t->o->ae_epochs;
+	if (epochs) /* starts the phase's clock in the caller */
+		progress(t, "ae", 0, epochs);
 	for (uint32_t ep = 0; ep < epochs; ep++) {
 		ann_batcher_shuffle(&t->bt, &t->rng);
 		const uint32_t *idx;
@@ -693,6 +695,8 @@ static int stage_dec(trainer *t, ann_error *err)
 	uint32_t epochs = t->o->dec_epochs;
 	float w = (float)t->o->recon_weight;
 	anr_epoch rec = {0};
+	if (epochs)
+		progress(t, "dec", 0, epochs);
 	for (uint32_t ep = 0; ep < epochs; ep++) {
 		if (ep > 0) {
 			anr_embed(a, t->x, t->n, t->z, t->work);
@@ -896,10 +900,17 @@ int ann_router_annann_train(const ann_build_opts *o, const float *sample, size_t
 	ko.threads = ANN_MAX(1, ANN_MIN(o->threads, 16));
 	ko.progress = o->progress;
 	ko.progress_ctx = o->progress_ctx;
+	if (o->balance > 0) /* --balance caps the embedded clusters of the sample, as for the kmeans router */
+		ko.max_size = (size_t)(o->balance * (double)n / (double)t.k) + 1;
 	ANN_CHECK(rc, ann_kmeans(t.z, n, t.e, &ko, a->mu, t.lab, NULL, err));
 
 	/* stage 2: DEC with reconstruction */
 	ANN_CHECK(rc, stage_dec(&t, err));
+	/* --balance after DEC: DEC's centroid updates leave clusters empty and
+	 * others huge (docs/ROUTER_ANNANN.md), so the centroids are refitted by
+	 * capped k-means in the embedding DEC trained (the encoder is kept). */
+	if (o->balance > 0 && o->dec_epochs > 0)
+		ANN_CHECK(rc, ann_kmeans(t.z, n, t.e, &ko, a->mu, t.lab, NULL, err));
 	ANN_CHECK(rc, initial_means(&t, err));
 
 	/* HNSW over the embedded centroids; the decoder is not kept */

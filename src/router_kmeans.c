@@ -230,7 +230,7 @@ static int km_wrap(ann_hnsw *g, uint32_t dim, ann_metric metric, ann_router **ou
 static int km_graph(const ann_build_opts *o, const float *c, size_t k, size_t d, ann_hnsw **out, ann_error *err)
 {
 	ann_hnsw *g;
-	ANN_TRY(ann_hnsw_create(d, o->metric, o->hnsw_m ? o->hnsw_m : 16,
+	ANN_TRY(ann_hnsw_create(d, o->metric, o->hnsw_m ? o->hnsw_m : 32,
 				o->hnsw_ef_construction ? o->hnsw_ef_construction : 200, o->seed, &g, err));
 	int rc = ann_hnsw_build(g, c, k, o->threads > 0 ? o->threads : 1, o->progress, o->progress_ctx, err);
 	if (rc < 0) {

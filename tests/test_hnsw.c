@@ -387,6 +387,7 @@ static void test_concurrent_and_determinism(ann_rng *r)
 	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 12, 60, 9, &g, NULL));
 	for (size_t i = 0; i < n; i++)
 		ASSERT_OK(ann_hnsw_add(g, x + i * d, NULL, NULL));
+	ASSERT_OK(ann_hnsw_repair(g, NULL, NULL));
 	size_t l1, l2;
 	uint8_t *b1 = save(h, &l1), *b2 = save(g, &l2);
 	ASSERT_EQ(l1, l2);
@@ -419,6 +420,54 @@ static void test_concurrent_and_determinism(ann_rng *r)
 	ann_hnsw_free(h);
 	free(x);
 	free(q);
+}
+
+/* How many of the n stored vectors a search (ef 64) finds as their own nearest. */
+static size_t self_found(const ann_hnsw *g, const float *x, size_t n)
+{
+	ann_hnsw_ctx *c;
+	ASSERT_OK(ann_hnsw_ctx_new(&c, NULL));
+	size_t d = ann_hnsw_dim(g), self = 0;
+	for (size_t i = 0; i < n; i++) {
+		int32_t id;
+		ASSERT_EQ(ann_hnsw_search(g, c, x + i * d, 1, 64, &id, NULL, NULL), 1);
+		self += id == (int32_t)i;
+	}
+	ann_hnsw_ctx_free(c);
+	return self;
+}
+
+/* High-dimensional, spread-out points (like k-means centroids of a
+ * well-separated mixture) with a small degree: adds leave nodes no search
+ * can reach; repair and build link them. */
+static void test_reachability(ann_rng *r)
+{
+	t_current = "test_reachability";
+	size_t n = 3000, d = 128;
+	float *x = malloc(n * d * sizeof(float));
+	for (size_t i = 0; i < n * d; i++) {
+		double u = ann_rng_uniform(r);
+		x[i] = (float)(150 * u * u * u * u * u * u);
+	}
+	ann_hnsw *g, *h;
+	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 8, 16, 3, &g, NULL));
+	for (size_t i = 0; i < n; i++)
+		ASSERT_OK(ann_hnsw_add(g, x + i * d, NULL, NULL));
+	size_t before = ann_hnsw_unreachable(g), added = 0, self_before = self_found(g, x, n);
+	ASSERT_TRUE(before >= 20);
+	ASSERT_OK(ann_hnsw_repair(g, &added, NULL));
+	size_t after = ann_hnsw_unreachable(g);
+	ASSERT_TRUE(added >= before - after);
+	ASSERT_LE(after * 20, before);
+	/* Nodes that could not be reached become findable. */
+	ASSERT_TRUE(self_found(g, x, n) >= self_before + (before - after) / 2);
+	/* A build repairs by itself: same graph as adds + repair. */
+	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 8, 16, 3, &h, NULL));
+	ASSERT_OK(ann_hnsw_build(h, x, n, 1, NULL, NULL, NULL));
+	ASSERT_EQ(ann_hnsw_unreachable(h), after);
+	ann_hnsw_free(g);
+	ann_hnsw_free(h);
+	free(x);
 }
 
 static uint64_t progress_last, progress_total;
@@ -477,6 +526,7 @@ int main(void)
 	test_small(&rng);
 	test_duplicates(&rng);
 	test_concurrent_and_determinism(&rng);
+	test_reachability(&rng);
 	test_progress_and_nomem(&rng);
 	ASSERT_EQ(ann_mem_live_bytes(), live);
 	printf("test_hnsw: ok\n");

@@ -38,7 +38,7 @@ static cli_opt build_opts[] = {
 	{"replicas", "R", "store a vector in up to R partitions (SPANN closure; default 1)", NULL},
 	{"replica-eps", "E", "extra copies go where the centroid is within (1+E) of the nearest (default 0.1)",
 	 NULL},
-	{"hnsw-m", "M", "degree of the centroid graph (default 16)", NULL},
+	{"hnsw-m", "M", "degree of the centroid graph (default 32; 2x at level 0)", NULL},
 	{"hnsw-ef", "EF", "ef_construction of the centroid graph (default 200)", NULL},
 	{"clusters", "K", "annann router: clusters (same as --partitions)", NULL},
 	{"embed-dim", "E", "annann router: embedding dimension (default 32)", NULL},
