@@ -85,6 +85,17 @@ def run(cmd, log_path=None, timed=False, cwd=None, env=None, check=True):
 	return p.stdout, p.stderr, rss, wall
 
 
+def drop_caches():
+	"""Drops the page cache (root only); returns whether it worked."""
+	try:
+		os.sync()
+		with open('/proc/sys/vm/drop_caches', 'w') as f:
+			f.write('3\n')
+		return True
+	except OSError:
+		return False
+
+
 def median(xs):
 	xs = [x for x in xs if x is not None]
 	return statistics.median(xs) if xs else None

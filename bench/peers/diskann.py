@@ -9,6 +9,7 @@
 # RSS of the search process; index size = the files search opens (disk index + PQ data).
 import argparse
 import glob
+import json
 import os
 import re
 
@@ -29,6 +30,9 @@ def main():
 	ap.add_argument('--reps', type=int, default=3)
 	ap.add_argument('--out', required=True)
 	ap.add_argument('--rebuild', action='store_true')
+	ap.add_argument('--R', type=int, default=32, help='graph degree')
+	ap.add_argument('--L', type=int, default=64, help='build list size')
+	ap.add_argument('--build-only', action='store_true')
 	a = ap.parse_args()
 
 	base, query = dataset_files(a.dir)
@@ -47,11 +51,23 @@ def main():
 	B = a.pq_bytes * n / 2 ** 30
 	if not os.path.exists(prefix + '_disk.index'):
 		cmd = [os.path.join(a.bin, 'build_disk_index'), '--data_type', dt, '--dist_fn', 'l2',
-		       '--data_path', os.path.abspath(base), '--index_path_prefix', prefix, '-R', '64', '-L', '100',
+		       '--data_path', os.path.abspath(base), '--index_path_prefix', prefix, '-R', str(a.R), '-L', str(a.L),
 		       '-B', '%.6f' % B, '-M', '4', '-T', '2']
 		log('diskann: build B=%.6f' % B)
 		out, err, rss, wall = run(cmd, logp, timed=True)
-		emit(a.out, dict(common, kind='build', build_s=wall, build_peak_rss_kb=rss, cmd=' '.join(cmd[1:])))
+		rec = dict(common, kind='build', build_s=wall, build_peak_rss_kb=rss, R=a.R, L=a.L,
+			   cmd=' '.join(['build_disk_index'] + cmd[1:]))
+		with open(os.path.join(work, 'build.json'), 'w') as f:
+			json.dump(rec, f)
+	elif os.path.exists(os.path.join(work, 'build.json')):
+		with open(os.path.join(work, 'build.json')) as f:
+			rec = json.load(f)
+	else:
+		rec = None
+	if rec:
+		emit(a.out, rec)
+	if a.build_only:
+		return
 	search_files = [prefix + '_disk.index', prefix + '_pq_pivots.bin', prefix + '_pq_compressed.bin']
 	pqn, pqd = bin_header(prefix + '_pq_compressed.bin')
 	emit(a.out, dict(common, kind='info', bytes_on_disk=dir_bytes(search_files),

@@ -27,6 +27,8 @@ def main():
 	ap.add_argument('--out', required=True)
 	ap.add_argument('--skip-avx2', action='store_true')
 	ap.add_argument('--skip-python', action='store_true')
+	ap.add_argument('--train-n', type=int, default=0,
+			help='python3-faiss training vectors (default min(n, 256 nlist), as the AVX2 binary)')
 	a = ap.parse_args()
 
 	base, query = dataset_files(a.dir)
@@ -51,7 +53,7 @@ def main():
 					rows.setdefault((j['nprobe'], j['threads']), []).append(j)
 		for (p, th), js in sorted(rows.items()):
 			emit(a.out, {'system': 'faiss-ivfflat-avx2', 'build': 'FAISS 1.15 AVX2 (../shared/peers/faiss_ivf)',
-				     'kind': 'search', 'mode': 'memory_batch', 'nprobe': p, 'threads': th,
+				     'kind': 'search', 'mode': 'memory_batch', 'nlist': a.parts, 'nprobe': p, 'threads': th,
 				     'recall_at_10': js[0]['recall_at_10'], 'qps': median([j['qps'] for j in js]),
 				     'qps_runs': [j['qps'] for j in js], 'peak_rss_kb': rss, 'cmd': ' '.join(cmd)})
 
@@ -65,13 +67,14 @@ def main():
 		quant = faiss.IndexFlatL2(dim)
 		idx = faiss.IndexIVFFlat(quant, dim, a.parts)
 		t0 = time.monotonic()
-		idx.train(xb[:min(n, 256 * a.parts)])
+		ntrain = a.train_n or min(n, 256 * a.parts)
+		idx.train(xb[:ntrain])
 		t1 = time.monotonic()
 		idx.add(xb)
 		t2 = time.monotonic()
 		sizes = np.array([idx.invlists.list_size(i) for i in range(a.parts)])
 		emit(a.out, {'system': 'faiss-ivfflat-py', 'build': 'python3-faiss %s (Debian, generic)' % faiss.__version__,
-			     'kind': 'build', 'train_s': t1 - t0, 'add_s': t2 - t1, 'largest_list': int(sizes.max()),
+			     'kind': 'build', 'nlist': a.parts, 'train_n': ntrain, 'train_s': t1 - t0, 'add_s': t2 - t1, 'largest_list': int(sizes.max()),
 			     'smallest_list': int(sizes.min())})
 		faiss.omp_set_num_threads(1)
 		for p in nprobes:
@@ -82,7 +85,7 @@ def main():
 			s = time.monotonic() - t0
 			st = faiss.cvar.indexIVF_stats
 			emit(a.out, {'system': 'faiss-ivfflat-py', 'build': 'python3-faiss %s (Debian, generic)' % faiss.__version__,
-				     'kind': 'search', 'mode': 'memory_batch', 'nprobe': p, 'threads': 1,
+				     'kind': 'search', 'mode': 'memory_batch', 'nlist': a.parts, 'nprobe': p, 'threads': 1,
 				     'recall_at_10': strict_recall(I, gt, 10), 'candidates': st.ndis / len(xq),
 				     'lists_probed': st.nlist / len(xq), 'qps_generic': len(xq) / s})
 

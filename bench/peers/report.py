@@ -95,9 +95,12 @@ def main():
 		bw = max(r['bw_MBps'] for r in fio) * 1e6
 
 	variants = sorted({r['system'] for r in rows if r.get('system', '').startswith('annann')})
-	fpy = {r['nprobe']: r for r in sel(system='faiss-ivfflat-py', kind='search')}
-	fav = {r['nprobe']: r for r in sel(system='faiss-ivfflat-avx2', kind='search', threads=1)}
+	favs = {}
 	for v in variants:
+		parts = next((r['parts'] for r in sel(system=v) if 'parts' in r), None)
+		fpy = {r['nprobe']: r for r in sel(system='faiss-ivfflat-py', kind='search', nlist=parts)}
+		fav = {r['nprobe']: r for r in sel(system='faiss-ivfflat-avx2', kind='search', threads=1, nlist=parts)}
+		favs[v] = fav
 		cold = {r['nprobe']: r for r in sel(system=v, kind='search', mode='cold')}
 		warm = {r['nprobe']: r for r in sel(system=v, kind='search', mode='warm_batch')}
 		blds = sel(system=v, kind='build')
@@ -114,24 +117,26 @@ def main():
 					  'unreachable. That index was set aside%s.\n' %
 					  (b['attempt'], rc['nprobe'], rc['partitions_probed'], rc['candidates'], b['n'],
 					   ' and rebuilt' if b is not bld else '; the figures below come from it'))
-		head = ['nprobe', 'recall annann', 'recall FAISS', 'Δ', 'cands annann', 'cands FAISS',
-			'cold KiB/q', 'cold p50 us', 'cold p99 us', 'cold QPS', 'route/io/decode/scan us',
-			'warm batch QPS', 'FAISS AVX2 QPS (1T)', 'warm / FAISS']
+		head = ['nprobe', 'recall annann', 'recall FAISS AVX2', 'recall python3-faiss', 'Δ vs FAISS',
+			'cands annann', 'cands FAISS', 'cold KiB/q', 'cold p50 us', 'cold p99 us', 'cold QPS',
+			'route/io/decode/scan us', 'annann warm batch QPS', 'FAISS AVX2 QPS (1T)', 'python3-faiss QPS (1T)',
+			'annann / FAISS AVX2']
 		body = []
 		for p in sorted(set(cold) | set(warm)):
 			c, w, fp, fa = cold.get(p, {}), warm.get(p, {}), fpy.get(p, {}), fav.get(p, {})
-			rec = c.get('recall_at_10', w.get('recall_at_10'))
+			rec = w.get('recall_at_10', c.get('recall_at_10'))   # warm runs use every query
+			ref = fa.get('recall_at_10', fp.get('recall_at_10'))
 			st = c.get('stage_us')
-			body.append([p, f(rec, '%.4f'), f(fp.get('recall_at_10'), '%.4f'),
-				     f(rec - fp['recall_at_10'] if rec is not None and fp else None, '%+.4f'),
+			body.append([p, f(rec, '%.4f'), f(fa.get('recall_at_10'), '%.4f'), f(fp.get('recall_at_10'), '%.4f'),
+				     f(rec - ref if rec is not None and ref is not None else None, '%+.4f'),
 				     f(c.get('candidates'), '%.0f'), f(fp.get('candidates'), '%.0f'),
 				     kb(c.get('bytes_per_query')), f(c.get('p50_us'), '%.0f'), f(c.get('p99_us'), '%.0f'),
 				     f(c.get('qps'), '%.0f'),
 				     '/'.join('%.0f' % st[k] for k in ('route', 'io_wait', 'decode', 'scan')) if st else '-',
-				     f(w.get('qps'), '%.0f'), f(fa.get('qps'), '%.0f'),
+				     f(w.get('qps'), '%.0f'), f(fa.get('qps'), '%.0f'), f(fp.get('qps_generic'), '%.0f'),
 				     f(w['qps'] / fa['qps'] if w.get('qps') and fa.get('qps') else None, '%.2f')])
 		md.append(table(head, body))
-		if warm and any(w.get('qps_method', '').startswith('steady') for w in warm.values()):
+		if warm:
 			md.append('Warm batch QPS: %s. The QPS of the pass measured right after --warmup, which still '
 				  'read every block once: %s.\n' % (next(iter(warm.values()))['qps_method'],
 								   ', '.join('%d: %.0f' % (p, warm[p]['qps_measured'])
@@ -199,7 +204,7 @@ def main():
 	for v in variants:
 		warm = sel(system=v, kind='search', mode='warm_batch')
 		wq = interp_at(warm, TARGET, 'recall_at_10', 'qps')
-		fq = interp_at(list(fav.values()), TARGET, 'recall_at_10', 'qps')
+		fq = interp_at(list(favs[v].values()), TARGET, 'recall_at_10', 'qps')
 		if wq and fq:
 			summary.append({'kind': 'at_recall', 'recall': TARGET, 'system': v + '-warm-vs-faiss-avx2',
 					'annann_warm_qps': wq, 'faiss_avx2_qps_1t': fq, 'ratio': wq / fq})

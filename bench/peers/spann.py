@@ -10,6 +10,7 @@
 # Latency Distribution"; peak RSS of the search process (no base vectors loaded: VectorPath is
 # empty at search time, so it cannot rerank or tie-credit).
 import argparse
+import json
 import math
 import os
 import re
@@ -22,9 +23,9 @@ import numpy as np
 VTYPE = {'.u8bin': ('UInt8', 1), '.i8bin': ('Int8', 1), '.fbin': ('Float', 4)}
 
 
-def config(base, query, gt, idxdir, tmpdir, dim, vtype, page_limit, build, irn, result):
+def config(base, query, gt, idxdir, tmpdir, dim, vtype, page_limit, build, irn, result, bmc=8192):
 	x = 'true' if build else 'false'
-	return '''[Base]
+	text = '''[Base]
 ValueType={vtype}
 DistCalcMethod=L2
 IndexAlgoType=BKT
@@ -57,8 +58,8 @@ isExecute={x}
 NeighborhoodSize=32
 TPTNumber=32
 TPTLeafSize=2000
-MaxCheck=8192
-MaxCheckForRefineGraph=8192
+MaxCheck={bmc}
+MaxCheckForRefineGraph={bmc}
 RefineIterations=3
 NumberOfThreads=2
 BKTLambdaFactor=-1
@@ -70,7 +71,7 @@ InternalResultNum=64
 ReplicaCount=8
 PostingPageLimit={pl}
 NumberOfThreads=2
-MaxCheck=8192
+MaxCheck={bmc}
 TmpDir={tmp}
 
 [SearchSSDIndex]
@@ -85,7 +86,13 @@ MaxDistRatio=8.0
 SearchPostingPageLimit={pl}
 SearchResult={res}
 '''.format(vtype=vtype, dim=dim, vpath=base if build else '', query=query, gt=gt, idx=idxdir, x=x, pl=page_limit,
-	   tmp=tmpdir, s='false' if build else 'true', irn=irn, res=result)
+	   tmp=tmpdir, s='false' if build else 'true', irn=irn, res=result, bmc=bmc)
+	# sptag-ssdserving merges [BuildSSDIndex] and [SearchSSDIndex] into one parameter set, the
+	# later section winning: a build file that holds the search section builds the SSD index
+	# with the search's NumberOfThreads=1. So the build file has no search section.
+	if build:
+		text = text[:text.index('[SearchSSDIndex]')]
+	return text
 
 
 def percentiles(text, title):
@@ -105,6 +112,9 @@ def main():
 	ap.add_argument('--reps', type=int, default=3)
 	ap.add_argument('--out', required=True)
 	ap.add_argument('--rebuild', action='store_true')
+	ap.add_argument('--build-only', action='store_true')
+	ap.add_argument('--build-maxcheck', type=int, default=8192,
+			help='MaxCheck of the head-graph refine and of the SSD build (docs: 8192)')
 	a = ap.parse_args()
 
 	base, query = dataset_files(a.dir)
@@ -128,14 +138,25 @@ def main():
 		ini = os.path.join(work, 'build.ini')
 		with open(ini, 'w') as f:
 			f.write(config(os.path.abspath(base), os.path.abspath(query), os.path.abspath(gtp), idxdir, tmpdir,
-				       dim, vtype, page_limit, True, 32, os.path.join(work, 'res.bin')))
+				       dim, vtype, page_limit, True, 32, os.path.join(work, 'res.bin'), a.build_maxcheck))
 		log('spann: build (%s)' % ini)
 		out, err, rss, wall = run(['sptag-ssdserving', ini], logp, timed=True, cwd=work)
 		m = re.search(r'select head time: ([\d.]+)s build head time: ([\d.]+)s build ssd time: ([\d.]+)s', out + err)
-		emit(a.out, dict(common, kind='build', build_s=wall, build_peak_rss_kb=rss, page_limit=page_limit,
-				 phases_s=dict(zip(['select_head', 'build_head', 'build_ssd'],
-						   [float(x) for x in m.groups()])) if m else None,
-				 config=ini))
+		rec = dict(common, kind='build', build_s=wall, build_peak_rss_kb=rss, page_limit=page_limit,
+			   phases_s=dict(zip(['select_head', 'build_head', 'build_ssd'],
+					     [float(x) for x in m.groups()])) if m else None,
+			   config=ini)
+		with open(os.path.join(work, 'build.json'), 'w') as f:
+			json.dump(rec, f)
+	elif os.path.exists(os.path.join(work, 'build.json')):
+		with open(os.path.join(work, 'build.json')) as f:
+			rec = json.load(f)
+	else:
+		rec = None
+	if rec:
+		emit(a.out, rec)
+	if a.build_only:
+		return
 	size = dir_bytes([idxdir])
 	emit(a.out, dict(common, kind='info', bytes_on_disk=size,
 			 posting_bytes=dir_bytes([os.path.join(idxdir, 'SPTAGFullList.bin')]),
