@@ -5,7 +5,8 @@
 # Three panels, recall@10 against clusters read (C), candidates scanned and
 # KiB read per query, one line per configuration (static; dynamic with F = 10
 # and F = 1; variants). Prints markdown tables (builds, then the sweep) on
-# stdout for docs/ROUTER_ANNANN.md.
+# stdout for docs/ROUTER_ANNANN.md: builds, then recall@10 / KiB read per
+# query for each configuration and C.
 import json
 import sys
 
@@ -44,7 +45,7 @@ def main():
     k = builds[0]["partitions"] if builds else "?"
     fig.suptitle("%s: dynamic (annann router) vs static (kmeans router), K = %s" % (set_, k))
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=90)
 
     print("| config | train s | build s | router RAM KiB | largest | empty | args |")
     print("|---|---|---|---|---|---|---|")
@@ -53,18 +54,17 @@ def main():
             b["label"], b["train_s"], b["build_wall_s"] or 0, b["router_ram_bytes"] / 1024,
             b["largest_partition"], b["empty_partitions"], b["args"] or "defaults"))
     print()
-    names = list(runs)
-    print("| C | " + " | ".join("%s recall / cand / KiB" % n for n in names) + " |")
-    print("|---|" + "---|" * len(names))
+    # recall@10 / KiB read per query, one row per configuration
     cs = sorted({r["nprobe"] for rs in runs.values() for r in rs})
-    for c in cs:
+    sizes = {b["label"]: "%d / %d" % (b["largest_partition"], b["empty_partitions"]) for b in builds}
+    print("| config | largest / empty clusters | " + " | ".join("C=%d" % c for c in cs) + " |")
+    print("|---|---|" + "---|" * len(cs))
+    for n, rs in runs.items():
         cells = []
-        for n in names:
-            r = next((r for r in runs[n] if r["nprobe"] == c), None)
-            cells.append("%.4f / %.0f / %.0f" % (r["recall_at_k"], r["candidates"], r["bytes_read"] / 1024)
-                         if r else "")
-        print("| %d | %s |" % (c, " | ".join(cells)))
-
+        for c in cs:
+            r = next((r for r in rs if r["nprobe"] == c), None)
+            cells.append("%.4f / %.0f" % (r["recall_at_k"], r["bytes_read"] / 1024) if r else "")
+        print("| %s | %s | %s |" % (n, sizes.get(n.split(" F=")[0], ""), " | ".join(cells)))
 
 if __name__ == "__main__":
     main()
