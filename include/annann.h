@@ -103,6 +103,9 @@ ANN_API const char *ann_simd_name(ann_simd_level level);
  * in the phase's own unit (vectors, iterations); total is 0 when unknown.
  * Called from the thread doing the work, at most a few times per second. */
 typedef void (*ann_progress_fn)(void *ctx, const char *phase, uint64_t done, uint64_t total);
+/** One line of a build's training history (no newline): a router's loss per
+ * epoch, labels changed per round, cut and balance. */
+typedef void (*ann_log_fn)(void *ctx, const char *line);
 
 
 /* ======================================================================
@@ -157,10 +160,10 @@ typedef struct ann_build_opts {
 	uint32_t hnsw_m;         /**< HNSW degree over centroids; default 32 (measured: docs/DESIGN.md) */
 	uint32_t hnsw_ef_construction; /**< default 200 */
 	/* ANNANN router */
-	uint32_t embed_dim;      /**< default 32 */
+	uint32_t embed_dim;      /**< default 64 (measured best of 16/32/64, docs/ROUTER_ANNANN.md) */
 	uint32_t hidden[4];      /**< encoder hidden layer sizes, 0-terminated; default {256} */
 	uint32_t ae_epochs;      /**< reconstruction epochs; default 10 */
-	uint32_t dec_epochs;     /**< DEC epochs; default 5 */
+	uint32_t dec_epochs;     /**< DEC epochs; default 0: DEC measured worse (docs/ROUTER_ANNANN.md); the seed used 5 */
 	double dec_alpha;        /**< Student-t degrees of freedom; default 1 */
 	double recon_weight;     /**< weight of reconstruction during DEC; default 1 */
 	/* Neural LSH, joint and soft routers */
@@ -172,6 +175,8 @@ typedef struct ann_build_opts {
 	double joint_lambda;     /**< weight of the neighbour-share term; default 1 */
 	ann_progress_fn progress; /**< NULL: silent */
 	void *progress_ctx;
+	ann_log_fn log;           /**< training history lines; NULL: none */
+	void *log_ctx;
 } ann_build_opts;
 
 /** Fills @p o with the defaults. */
@@ -215,6 +220,7 @@ typedef struct ann_index_info {
 	uint64_t router_ram_bytes; /**< RAM the router holds at query time */
 	uint64_t largest_partition;
 	uint64_t smallest_partition;
+	uint64_t live_vectors;     /**< searchable now: built + inserted - deleted */
 } ann_index_info;
 
 ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);

@@ -61,10 +61,10 @@ void ann_build_opts_init(ann_build_opts *o)
 	o->replica_eps = 0.1;
 	o->hnsw_m = 32;
 	o->hnsw_ef_construction = 200;
-	o->embed_dim = 32;
+	o->embed_dim = 64;
 	o->hidden[0] = 256;
 	o->ae_epochs = 10;
-	o->dec_epochs = 5;
+	o->dec_epochs = 0;
 	o->dec_alpha = 1.0;
 	o->recon_weight = 1.0;
 	o->knn_k = 10;

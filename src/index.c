@@ -113,6 +113,7 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	memset(info, 0, sizeof *info);
 	info->vectors = x->meta.vectors;
 	info->stored_vectors = x->meta.stored_vectors;
+	info->live_vectors = x->meta.live_vectors;
 	info->dim = x->meta.dim;
 	info->partitions = x->dir.count;
 	info->router = x->meta.router;

@@ -55,5 +55,11 @@ int ann_index_meta_read(ann_cat_txn *t, ann_index_meta *m, ann_error *err)
 	m->partitions = (uint32_t)v[7];
 	m->replicas = (uint32_t)v[8];
 	m->dict_id = (uint32_t)v[9];
+	/* Written by the first insert or delete (update.c). */
+	int lr = ann_catalog_meta_get_u64(t, "index.live_vectors", &m->live_vectors, err);
+	if (lr == ANN_E_NOTFOUND)
+		m->live_vectors = m->vectors;
+	else
+		ANN_TRY(lr);
 	return ANN_OK;
 }

@@ -21,6 +21,7 @@ typedef struct ann_index_meta {
 	ann_store_kind store;
 	uint64_t vectors;        /* input vectors */
 	uint64_t stored_vectors; /* in blocks, replicas included */
+	uint64_t live_vectors;   /* searchable: built + inserted - deleted (index.live_vectors, else vectors) */
 	uint32_t partitions;
 	uint32_t replicas;       /* max copies per vector */
 	uint32_t dict_id;        /* zstd dictionary in models "zstd_dict.<id>", 0 = none */

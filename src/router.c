@@ -3,6 +3,8 @@
 #include "router.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 
 const char *ann_router_name(ann_router_kind k)
 {
@@ -14,6 +16,18 @@ const char *ann_router_name(ann_router_kind k)
 	case ANN_ROUTER_SOFT: return "soft";
 	default: return "?";
 	}
+}
+
+void ann_router_log(const ann_build_opts *o, const char *fmt, ...)
+{
+	if (!o->log)
+		return;
+	char line[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	o->log(o->log_ctx, line);
 }
 
 int ann_router_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,

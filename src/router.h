@@ -51,6 +51,9 @@ struct ann_router {
 	void *impl;
 };
 
+/* A line of training history to o->log (printf format), if set. */
+void ann_router_log(const ann_build_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Trains a router of kind o->router on the sample (n x d floats). */
 int ann_router_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
 		     ann_router **out, ann_error *err);

@@ -625,6 +625,7 @@ static int stage_ae(trainer *t, ann_error *err)
 		}
 		anr_epoch rec = {.phase = PHASE_AE, .epoch = ep, .loss = sum / (double)t->n, .mse = sum / (double)t->n};
 		ANN_TRY(push_hist(a, &rec, err));
+		ann_router_log(t->o, "annann ae epoch %u/%u: mse %.6f", ep + 1, epochs, rec.mse);
 		progress(t, "ae", ep + 1, epochs);
 	}
 	return ANN_OK;
@@ -689,6 +690,12 @@ static void refresh(trainer *t, double *changed)
 	*changed = (double)moved / (double)t->n;
 }
 
+static void log_dec(const trainer *t, const anr_epoch *r, uint32_t epochs)
+{
+	ann_router_log(t->o, "annann dec epoch %u/%u: loss %.6f (KL %.6f -> %.6f, mse %.6f), labels changed %.2f%%",
+		       r->epoch + 1, epochs, r->loss, r->kl_start, r->kl_end, r->mse, 100.0 * r->changed);
+}
+
 static int stage_dec(trainer *t, ann_error *err)
 {
 	anr *a = t->a;
@@ -702,6 +709,7 @@ static int stage_dec(trainer *t, ann_error *err)
 			anr_embed(a, t->x, t->n, t->z, t->work);
 			rec.kl_end = kl_over_sample(t);
 			ANN_TRY(push_hist(a, &rec, err));
+			log_dec(t, &rec, epochs);
 		}
 		memset(&rec, 0, sizeof rec);
 		rec.phase = PHASE_DEC;
@@ -739,6 +747,7 @@ static int stage_dec(trainer *t, ann_error *err)
 	if (epochs > 0) {
 		rec.kl_end = kl_over_sample(t);
 		ANN_TRY(push_hist(a, &rec, err));
+		log_dec(t, &rec, epochs);
 	}
 	return ANN_OK;
 }

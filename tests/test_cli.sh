@@ -69,6 +69,11 @@ expect 0 "$A" gt --base "$dir/a.u8bin" --queries "$dir/q.u8bin" --k 20 --out "$d
 
 # build, info, search, verify
 expect 0 "$A" build --data "$dir/a.u8bin" --index "$dir/idx" --partitions 16 --mem 64M --quiet
+# training history: one line per epoch on stderr (not with --quiet)
+expect 0 "$A" build --data "$dir/a.u8bin" --index "$dir/idx-ann" --router annann --partitions 8 --ae-epochs 2 \
+	--dec-epochs 2 --hidden 32 --embed-dim 8
+[ "$(grep -c '^annann ae epoch' "$dir/err")" = 2 ] || fail "ae epochs not printed: $(cat "$dir/err")"
+grep -q '^annann dec epoch 2/2: loss .* labels changed' "$dir/err" || fail "dec epochs not printed"
 expect 1 "$A" build --data "$dir/a.u8bin" --index "$dir/idx" --partitions 16 --quiet
 grep -q "already exists" "$dir/err" || fail "rebuild over an index"
 expect 0 "$A" info --index "$dir/idx" --json
@@ -98,6 +103,11 @@ expect 0 "$A" search --index "$dir/idx" --queries "$dir/q.u8bin" --gt "$dir/res.
 	--threads 2 --cache 1M --json
 python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).readline()); assert d["recall_at_k"]==1.0' "$dir/out" \
 	|| fail "--out results are not what search returns"
+# --warmup fills the cache that the measured pass then reads from: nothing from storage
+expect 0 "$A" search --index "$dir/idx" --queries "$dir/q.u8bin" --k 10 --nprobe 4 --batch 10 --cache 64M --warmup \
+	--json
+python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).readline()); assert d["bytes_read"]==0, d' "$dir/out" \
+	|| fail "--warmup did not warm the cache"
 expect 0 "$A" search --index "$dir/idx" --queries "$dir/q.u8bin" --nprobe 1,2,4
 [ "$(grep -c '^[124] ' "$dir/out")" = 3 ] || fail "sweep rows"
 expect 1 "$A" search --index "$dir/idx" --queries "$dir/r.fbin" --gt "$dir/gt.bin" --k 30

@@ -251,6 +251,20 @@ void cli_progress_end(cli_progress_state *p)
 	p->drawn = false;
 }
 
+void cli_log(void *ctx, const char *line)
+{
+	cli_progress_state *p = ctx;
+	if (p->quiet)
+		return;
+	if (p->tty && p->drawn) {
+		fputs("\r\033[K", stderr);
+		p->drawn = false;
+	}
+	fprintf(stderr, "%s\n", line);
+	p->last_draw_ns = 0; /* redraw the progress line at the next report */
+	fflush(stderr);
+}
+
 void cli_progress(void *ctx, const char *phase, uint64_t done, uint64_t total)
 {
 	cli_progress_state *p = ctx;

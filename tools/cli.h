@@ -66,6 +66,9 @@ void cli_progress_init(cli_progress_state *p, bool quiet);
 void cli_progress(void *ctx, const char *phase, uint64_t done, uint64_t total);
 /* Ends the current line (if drawn) and prints the phase's elapsed time. */
 void cli_progress_end(cli_progress_state *p);
+/* A history line (the library's ann_log_fn, same context): printed on its
+ * own line, above a progress line being redrawn. */
+void cli_log(void *ctx, const char *line);
 
 /* Minimal JSON writer for one object on one line. */
 typedef struct cli_json {

@@ -41,11 +41,11 @@ static cli_opt build_opts[] = {
 	{"hnsw-m", "M", "degree of the centroid graph (default 32; 2x at level 0)", NULL},
 	{"hnsw-ef", "EF", "ef_construction of the centroid graph (default 200)", NULL},
 	{"clusters", "K", "annann router: clusters (same as --partitions)", NULL},
-	{"embed-dim", "E", "annann router: embedding dimension (default 32)", NULL},
+	{"embed-dim", "E", "annann router: embedding dimension (default 64)", NULL},
 	{"hidden", "H1[,H2..]", "annann: encoder hidden sizes; nlsh/joint/soft: classifier hidden sizes (default 256)",
 	 NULL},
 	{"ae-epochs", "N", "annann router: reconstruction epochs (default 10)", NULL},
-	{"dec-epochs", "N", "annann router: Deep Embedded Clustering epochs (default 5)", NULL},
+	{"dec-epochs", "N", "annann router: Deep Embedded Clustering epochs (default 0: measured worse; the seed used 5)", NULL},
 	{"dec-alpha", "A", "annann router: Student-t degrees of freedom (default 1)", NULL},
 	{"recon-weight", "G", "annann router: reconstruction weight during DEC (default 1)", NULL},
 	{"knn-k", "K", "nlsh/joint/soft: k of the k-NN graph (default 10)", NULL},
@@ -141,8 +141,8 @@ static int run_build(cli_cmd *c)
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
 	double alpha, rw, imb, lambda;
-	if (!cli_u64(c, "clusters", 0, &clusters) || !cli_u64(c, "embed-dim", 32, &edim) ||
-	    !cli_u64(c, "ae-epochs", 10, &aee) || !cli_u64(c, "dec-epochs", 5, &dece) ||
+	if (!cli_u64(c, "clusters", 0, &clusters) || !cli_u64(c, "embed-dim", 64, &edim) ||
+	    !cli_u64(c, "ae-epochs", 10, &aee) || !cli_u64(c, "dec-epochs", 0, &dece) ||
 	    !cli_u64(c, "knn-k", 10, &knnk) || !cli_u64(c, "epochs", 20, &ep) || !cli_u64(c, "rounds", 5, &rounds) ||
 	    !cli_u64_list(c, "hidden", hidden, 3, &nh) || !cli_double(c, "dec-alpha", 1, &alpha) ||
 	    !cli_double(c, "recon-weight", 1, &rw) || !cli_double(c, "imbalance", 0.03, &imb) ||
@@ -180,6 +180,8 @@ static int run_build(cli_cmd *c)
 	cli_progress_init(&ps, cli_flag(c, "quiet"));
 	o.progress = cli_progress;
 	o.progress_ctx = &ps;
+	o.log = cli_log;
+	o.log_ctx = &ps;
 	ann_error err = {0};
 	uint64_t t0 = cli_now_ns();
 	if (ann_build(data, index, &o, &err) < 0) {
@@ -248,6 +250,7 @@ static int run_info(cli_cmd *c)
 		cli_json_begin(&j, stdout);
 		cli_json_int(&j, "vectors", (long long)in.vectors);
 		cli_json_int(&j, "stored_vectors", (long long)in.stored_vectors);
+		cli_json_int(&j, "live_vectors", (long long)in.live_vectors);
 		cli_json_num(&j, "replication", amp);
 		cli_json_int(&j, "dim", in.dim);
 		cli_json_int(&j, "partitions", in.partitions);
@@ -279,6 +282,7 @@ static int run_info(cli_cmd *c)
 		printf("vectors        %" PRIu64 " x %u (%s, metric %s)\n", in.vectors, in.dim,
 		       ann_encoding_name(in.encoding), metric_name(in.metric));
 		printf("stored         %" PRIu64 " (replication %.3fx)\n", in.stored_vectors, amp);
+		printf("live           %" PRIu64 " (built + inserted - deleted)\n", in.live_vectors);
 		printf("partitions     %u (sizes %" PRIu64 "..%" PRIu64 ")\n", in.partitions, in.smallest_partition,
 		       in.largest_partition);
 		printf("router         %s, %.2f MiB in RAM (%.2f bytes per vector)\n", ann_router_name(in.router),
@@ -366,8 +370,8 @@ static cli_opt search_opts[] = {
 };
 
 typedef struct search_job {
-	ann_index *idx;
-	ann_search_opts so;
+	ann_searcher *s; /* the thread's own, kept across the warm-up and measured passes */
+	uint32_t k;
 	const float *q;
 	size_t nq, dim, batch;
 	int64_t *ids;
@@ -383,10 +387,7 @@ typedef struct search_job {
 static void *search_worker(void *arg)
 {
 	search_job *j = arg;
-	ann_searcher *s;
-	j->rc = ann_searcher_new(j->idx, &j->so, &s, &j->err);
-	if (j->rc < 0)
-		return NULL;
+	ann_searcher *s = j->s;
 	j->io_path = ann_searcher_io_path(s);
 	for (;;) {
 		pthread_mutex_lock(j->mu);
@@ -396,12 +397,11 @@ static void *search_worker(void *arg)
 		if (b0 >= j->nq)
 			break;
 		size_t nb = ANN_MIN(j->batch, j->nq - b0);
-		j->rc = ann_search(s, j->q + b0 * j->dim, nb, j->ids + b0 * j->so.k, j->dists + b0 * j->so.k,
-				   j->st + b0, &j->err);
+		j->rc = ann_search(s, j->q + b0 * j->dim, nb, j->ids + b0 * j->k, j->dists + b0 * j->k, j->st + b0,
+				   &j->err);
 		if (j->rc < 0)
 			break;
 	}
-	ann_searcher_free(s);
 	return NULL;
 }
 
@@ -411,10 +411,11 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Runs the whole query set once at one setting with T threads. */
-static int run_setting(ann_index *idx, const ann_search_opts *so, const float *q, size_t nq, size_t dim,
-		       size_t batch, int threads, int64_t *ids, float *dists, ann_query_stats *st,
-		       const char **io_path, double *wall_s, ann_error *err)
+/* Runs the whole query set once with the searchers s[0..threads-1] (one
+ * per thread; their caches carry over from one call to the next). */
+static int run_setting(ann_searcher **s, uint32_t k, const float *q, size_t nq, size_t dim, size_t batch,
+		       int threads, int64_t *ids, float *dists, ann_query_stats *st, const char **io_path,
+		       double *wall_s, ann_error *err)
 {
 	size_t next = 0;
 	pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -422,7 +423,7 @@ static int run_setting(ann_index *idx, const ann_search_opts *so, const float *q
 	pthread_t tid[64];
 	uint64_t t0 = cli_now_ns();
 	for (int t = 0; t < threads; t++) {
-		jobs[t] = (search_job){idx, *so, q, nq, dim, batch, ids, dists, st, &next, &mu, NULL, {0}, 0};
+		jobs[t] = (search_job){s[t], k, q, nq, dim, batch, ids, dists, st, &next, &mu, NULL, {0}, 0};
 		if (t > 0 && pthread_create(&tid[t], NULL, search_worker, &jobs[t]) != 0) {
 			jobs[t].rc = ann_err(&jobs[t].err, ANN_E_IO, "cannot start search thread %d", t);
 		}
@@ -527,10 +528,19 @@ static int run_search(cli_cmd *c)
 		so.force_pread = cli_flag(c, "pread");
 		const char *io_path = "?";
 		double wall;
-		if (cli_flag(c, "warmup") &&
-		    run_setting(idx, &so, q, nq, dim, batch, (int)threads, ids, dists, st, &io_path, &wall, &err) < 0)
-			goto fail;
-		if (run_setting(idx, &so, q, nq, dim, batch, (int)threads, ids, dists, st, &io_path, &wall, &err) < 0)
+		ann_searcher *srch[64] = {0};
+		int rs = ANN_OK;
+		for (uint64_t t = 0; t < threads && rs >= 0; t++)
+			rs = ann_searcher_new(idx, &so, &srch[t], &err);
+		if (rs >= 0 && cli_flag(c, "warmup"))
+			rs = run_setting(srch, so.k, q, nq, dim, batch, (int)threads, ids, dists, st, &io_path, &wall,
+					 &err);
+		if (rs >= 0)
+			rs = run_setting(srch, so.k, q, nq, dim, batch, (int)threads, ids, dists, st, &io_path, &wall,
+					 &err);
+		for (uint64_t t = 0; t < threads; t++)
+			ann_searcher_free(srch[t]);
+		if (rs < 0)
 			goto fail;
 		double recall = NAN, parts = 0, cands = 0, bytes = 0, ios = 0, r_us = 0, w_us = 0, d_us = 0, s_us = 0;
 		uint64_t hits = 0;
