@@ -9,7 +9,7 @@
 #   bench/peers.sh DATASET_DIR [--parts M[,M2...]] [--nprobes 1,2,4,...] [--only annann,faiss,sptag,diskann,gt,fio]
 #                  [--name NAME] [--reps R] [--annann BIN] [--variant NAME:BUILD_ARGS]...
 #                  [--spann-sweep 1,2,4,...] [--diskann-L 10,20,...] [--diskann-R R] [--diskann-build-L L]
-#                  [--spann-build-maxcheck C] [--work DIR] [--rebuild] [--no-report]
+#                  [--spann-build-maxcheck C] [--cold-limit N] [--faiss-reps R] [--work DIR] [--rebuild] [--no-report]
 #
 # DATASET_DIR holds base.u8bin (or base.fbin), query.u8bin (or query.fbin) and gt100.bin (big-ann
 # ground truth from `annann gt`); it is only read. WORK/in gets links to those files and the
@@ -39,6 +39,8 @@ DISKANN_L=10,15,20,30,50,75,100
 DISKANN_R=32
 DISKANN_BL=64
 SPANN_BMC=2048
+COLD_LIMIT=1000
+FAISS_REPS=1
 WORK=""
 REBUILD=""
 REPORT=1
@@ -56,6 +58,8 @@ while [ $# -gt 0 ]; do
 	--diskann-R) DISKANN_R=$2; shift 2 ;;
 	--diskann-build-L) DISKANN_BL=$2; shift 2 ;;
 	--spann-build-maxcheck) SPANN_BMC=$2; shift 2 ;;
+	--cold-limit) COLD_LIMIT=$2; shift 2 ;;
+	--faiss-reps) FAISS_REPS=$2; shift 2 ;;
 	--work) WORK=$2; shift 2 ;;
 	--rebuild) REBUILD=--rebuild; shift ;;
 	--no-report) REPORT=""; shift ;;
@@ -112,20 +116,21 @@ if has annann; then
 			vname=${v%%:*}; vargs=${v#*:}
 			[ "$vname" = annann ] && vname=annann-$M || vname=annann-$vname-$M
 			step "$vname" $PY annann_run.py --dir "$DIR" --work "$WORK" --annann "$ANNANN" --parts "$M" \
-				--nprobes "$NPROBES" --reps "$REPS" --variant "$vname" --build-args "$vargs" $REBUILD
+				--nprobes "$NPROBES" --reps "$REPS" --cold-limit "$COLD_LIMIT" --variant "$vname" \
+				--build-args "$vargs" $REBUILD
 		done
 	done
 fi
 if has faiss; then
 	for M in ${PARTS//,/ }; do
 		step "faiss-$M" $PY faiss_ivf.py --dir "$DIR" --work "$WORK" --parts "$M" --nprobes "$NPROBES" \
-			--reps "$REPS" --faiss-bin "$PEERS/faiss_ivf"
+			--reps "$FAISS_REPS" --faiss-bin "$PEERS/faiss_ivf"
 	done
 fi
 has sptag && step spann $PY spann.py --dir "$DIR" --work "$WORK" --sweep "$SPANN_SWEEP" --reps "$REPS" \
 	--build-maxcheck "$SPANN_BMC" $REBUILD
 has diskann && step diskann $PY diskann.py --dir "$DIR" --work "$WORK" --bin "$PEERS/diskann" --sweep "$DISKANN_L" \
-	--R "$DISKANN_R" --L "$DISKANN_BL" --reps "$REPS" $REBUILD
+	--R "$DISKANN_R" --L "$DISKANN_BL" --limit "$COLD_LIMIT" --reps "$REPS" $REBUILD
 if [ -n "$REPORT" ]; then
 	$PY report.py --work "$WORK" --name "peers-$NAME" --results "$ROOT/bench/results" --dataset "$ORIG" \
 		--command "bench/peers.sh $ORIG --parts $PARTS --nprobes $NPROBES --reps $REPS --only $ONLY"

@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from common import bin_header, dataset_files, dir_bytes, emit, log, median, parse_list, read_gt, run, strict_recall
+from common import bin_header, dataset_files, drop_caches, dir_bytes, emit, log, median, parse_list, read_gt, run, strict_recall
 
 DT = {'.u8bin': 'uint8', '.i8bin': 'int8', '.fbin': 'float'}
 
@@ -33,6 +33,7 @@ def main():
 	ap.add_argument('--R', type=int, default=32, help='graph degree')
 	ap.add_argument('--L', type=int, default=64, help='build list size')
 	ap.add_argument('--build-only', action='store_true')
+	ap.add_argument('--limit', type=int, default=0, help='search only the first N queries')
 	a = ap.parse_args()
 
 	base, query = dataset_files(a.dir)
@@ -73,6 +74,24 @@ def main():
 	emit(a.out, dict(common, kind='info', bytes_on_disk=dir_bytes(search_files),
 			 disk_index_bytes=dir_bytes(search_files[:1]), pq_bytes_per_vector=pqd,
 			 all_files_bytes=dir_bytes(glob.glob(prefix + '_*'))))
+	gt, _ = read_gt(gtp)
+	if a.limit and a.limit < bin_header(query)[0]:
+		# DiskANN searches every query of its file: write the first --limit queries and their truth
+		ext = os.path.splitext(query)[1]
+		q = np.fromfile(query, dtype=np.uint8 if ext != '.fbin' else np.float32, count=a.limit * dim, offset=8)
+		query = os.path.join(work, 'query%d%s' % (a.limit, ext))
+		with open(query, 'wb') as f:
+			f.write(np.array([a.limit, dim], dtype='<i4').tobytes())
+			f.write(q.tobytes())
+		gn, gk = bin_header(gtp)
+		ids = np.fromfile(gtp, dtype='<i4', count=gn * gk, offset=8).reshape(gn, gk)[:a.limit]
+		dd = np.fromfile(gtp, dtype='<f4', count=gn * gk, offset=8 + 4 * gn * gk).reshape(gn, gk)[:a.limit]
+		gtp = os.path.join(work, 'gt%d.bin' % a.limit)
+		with open(gtp, 'wb') as f:
+			f.write(np.array([a.limit, gk], dtype='<i4').tobytes())
+			f.write(ids.astype('<i4').tobytes())
+			f.write(dd.astype('<f4').tobytes())
+		gt = ids
 	Ls = parse_list(a.sweep)
 	res = os.path.join(work, 'res')
 	cmd = [os.path.join(a.bin, 'search_disk_index'), '--data_type', dt, '--dist_fn', 'l2',
@@ -82,7 +101,8 @@ def main():
 	rows = {L: [] for L in Ls}
 	rss_max = 0
 	for r in range(a.reps):
-		log('diskann: search sweep %d/%d' % (r + 1, a.reps))
+		dropped = drop_caches()
+		log('diskann: search sweep %d/%d (page cache dropped: %s)' % (r + 1, a.reps, dropped))
 		out, err, rss, wall = run(cmd, logp, timed=True)
 		rss_max = max(rss_max, rss or 0)
 		for line in out.splitlines():
@@ -90,7 +110,6 @@ def main():
 			if len(f) == 9 and re.fullmatch(r'\d+', f[0]) and int(f[0]) in rows and f[1] == '4':
 				rows[int(f[0])].append({'qps': float(f[2]), 'mean_us': float(f[3]), 'p999_us': float(f[4]),
 							'ios': float(f[5]), 'io_us': float(f[6]), 'recall_own': float(f[8])})
-	gt, _ = read_gt(gtp)
 	for L in Ls:
 		pts = rows[L]
 		if not pts:
