@@ -23,6 +23,8 @@
  *     directory is removed.
  *  3. Ids are the 0-based positions of the vectors in the input file.
  */
+#include "distance.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -514,6 +516,7 @@ static double secs_since(uint64_t t0)
 
 int ann_build(const char *data_path, const char *index_dir, const ann_build_opts *o, ann_error *err)
 {
+	ann_blas_single();
 	build b;
 	memset(&b, 0, sizeof b);
 	ann_build_opts defaults;

@@ -321,6 +321,11 @@ static void blas_init(void)
 	openblas_set_num_threads(1);
 }
 
+void ann_blas_single(void)
+{
+	pthread_once(&blas_once, blas_init);
+}
+
 void ann_blas_threads(int n)
 {
 	pthread_once(&blas_once, blas_init);

@@ -57,6 +57,11 @@ void ann_dist_batch(ann_metric m, const float *q, size_t nq, const float *qnorm,
 
 /* Sets the OpenBLAS thread count (1 by default in the library). */
 void ann_blas_threads(int n);
+/* Makes OpenBLAS single-threaded unless ann_blas_threads chose otherwise:
+ * the library runs its own threads, and OpenBLAS's pool on top of them
+ * cost 0.5-8 ms per single-row sgemv (a query through a router's network)
+ * on a busy 2-core machine. Called by ann_build and ann_index_load. */
+void ann_blas_single(void);
 
 /* ---- top-k ---------------------------------------------------------------
  * Keeps the k smallest (dist, id) pairs seen, as a max-heap in caller-owned

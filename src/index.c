@@ -64,6 +64,7 @@ int ann_index_reload(ann_index *x, ann_error *err)
 
 int ann_index_load(const char *index_dir, bool writable, ann_index **out, ann_error *err)
 {
+	ann_blas_single();
 	*out = NULL;
 	ann_index *x = ann_calloc(1, sizeof *x);
 	if (!x)

@@ -841,23 +841,13 @@ static int push_hist(nl *r, const ann_nlsh_round *e, ann_error *err)
 	return ANN_OK;
 }
 
-static uint64_t ppm(double v)
-{
-	return v > 0 ? (uint64_t)llround(v * 1e6) : 0;
-}
-
 /* Records one round: cut and balance of the current labels, the
- * classifier's accuracy on them (computed unless acc >= 0), and reports them
- * through the progress callback as "<phase>.cut" etc. in parts per million
- * of a total of 10^6. */
+ * classifier's accuracy on them (computed unless acc >= 0), and prints them
+ * as a history line (ann_build_opts.log). */
 static int record(trainer *t, uint32_t phase, uint32_t round, double changed, double loss, double acc,
 		  uint64_t t0, ann_error *err)
 {
-	static const char *const names[3][4] = {
-		{"nlsh.cut", "nlsh.balance", "nlsh.accuracy", "nlsh.changed"},
-		{"joint.cut", "joint.balance", "joint.accuracy", "joint.changed"},
-		{"soft.cut", "soft.balance", "soft.accuracy", "soft.changed"},
-	};
+	static const char *const names[3] = {"nlsh", "joint", "soft"};
 	if (acc < 0) {
 		uint32_t *pred = ann_malloc(t->n * sizeof(uint32_t));
 		if (!pred)
@@ -876,10 +866,9 @@ static int record(trainer *t, uint32_t phase, uint32_t round, double changed, do
 			    .accuracy = acc, .changed = changed, .loss = isfinite(loss) ? loss : 0,
 			    .seconds = secs_since(t0)};
 	ANN_TRY(push_hist(t->r, &e, err));
-	prog(t, names[phase][0], ppm(e.cut_frac), 1000000);
-	prog(t, names[phase][1], ppm(e.balance), 1000000);
-	prog(t, names[phase][2], ppm(e.accuracy), 1000000);
-	prog(t, names[phase][3], ppm(e.changed), 1000000);
+	ann_router_log(t->o, "%s round %u: cut %.4f, balance %.3f, classifier accuracy %.4f, labels changed %.2f%%, "
+		       "loss %.4f, %.1f s",
+		       names[phase], round, e.cut_frac, e.balance, e.accuracy, 100.0 * e.changed, e.loss, e.seconds);
 	return ANN_OK;
 }
 

@@ -74,6 +74,9 @@ expect 0 "$A" build --data "$dir/a.u8bin" --index "$dir/idx-ann" --router annann
 	--dec-epochs 2 --hidden 32 --embed-dim 8
 [ "$(grep -c '^annann ae epoch' "$dir/err")" = 2 ] || fail "ae epochs not printed: $(cat "$dir/err")"
 grep -q '^annann dec epoch 2/2: loss .* labels changed' "$dir/err" || fail "dec epochs not printed"
+expect 0 "$A" build --data "$dir/a.u8bin" --index "$dir/idx-joint" --router joint --partitions 8 --epochs 3 --rounds 2
+grep -q '^nlsh round 0: cut .* balance .* classifier accuracy' "$dir/err" || fail "nlsh round not printed"
+grep -q '^joint round 1: cut .* labels changed' "$dir/err" || fail "joint rounds not printed: $(cat "$dir/err")"
 expect 1 "$A" build --data "$dir/a.u8bin" --index "$dir/idx" --partitions 16 --quiet
 grep -q "already exists" "$dir/err" || fail "rebuild over an index"
 expect 0 "$A" info --index "$dir/idx" --json
