@@ -679,6 +679,11 @@ const float *ann_hnsw_vector(const ann_hnsw *h, uint32_t id)
 	return id < h->n ? hn_vec(h, id) : NULL;
 }
 
+const float *ann_hnsw_vectors(const ann_hnsw *h)
+{
+	return h->vec;
+}
+
 size_t ann_hnsw_bytes(const ann_hnsw *h)
 {
 	size_t per_node = h->d * sizeof(float) + (1 + (size_t)h->M0) * 4 + 1 + sizeof(size_t);

@@ -101,6 +101,8 @@ size_t ann_hnsw_dim(const ann_hnsw *h);
 ann_metric ann_hnsw_metric(const ann_hnsw *h);
 /* The stored vector of id (normalised for COSINE), valid until the next add. */
 const float *ann_hnsw_vector(const ann_hnsw *h, uint32_t id);
+/* All stored vectors, count x dim row-major in id order (same lifetime). */
+const float *ann_hnsw_vectors(const ann_hnsw *h);
 /* Bytes of memory the graph holds (vectors, links, levels, bookkeeping). */
 size_t ann_hnsw_bytes(const ann_hnsw *h);
 

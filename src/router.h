@@ -29,6 +29,12 @@ typedef struct ann_router_ops {
 	/* Up to nprobe partitions for query q, best first. Returns the count. */
 	int (*route)(const ann_router *r, ann_router_ctx *c, const float *q, const ann_search_opts *o,
 		     uint32_t *parts, ann_error *err);
+	/* Optional: routes nq queries (nq x dim) at once; row i of parts
+	 * (nprobe wide) gets query i's partitions, best first, found[i] their
+	 * count. Returns 1 when done, 0 when it declines (the caller routes
+	 * query by query), or an error. */
+	int (*route_batch)(const ann_router *r, ann_router_ctx *c, const float *q, size_t nq,
+			   const ann_search_opts *o, uint32_t *parts, uint32_t *found, ann_error *err);
 	size_t (*ram_bytes)(const ann_router *r);
 	int (*save)(const ann_router *r, uint8_t **blob, size_t *len, ann_error *err);
 	/* Optional: sees every routed chunk during the build (x n x dim, parts n

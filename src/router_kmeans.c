@@ -12,6 +12,7 @@
 #include "kmeans.h"
 
 #define EXACT_MAX 16384u     /* centroids up to which assignment is exact */
+#define BATCH_MIN 8u         /* queries from which a batch is routed exactly on sgemm */
 #define ASSIGN_CANDIDATES 8u /* nearest centroids considered for replicas */
 
 typedef struct km_router {
@@ -129,6 +130,28 @@ static int km_route(const ann_router *r, ann_router_ctx *c, const float *q, cons
 	return found;
 }
 
+/* A batch of queries against every centroid in one blocked sgemm (the way
+ * FAISS's IVF routes): exact, and per query cheaper than a graph search
+ * once the batch amortises the pass over the centroids (docs/DESIGN.md).
+ * Declines single queries (latency: the graph is faster there), more
+ * centroids than EXACT_MAX (the graph is the design point), and an ef set
+ * by the caller (who asked for the graph). */
+static int km_route_batch(const ann_router *r, ann_router_ctx *c, const float *q, size_t nq,
+			  const ann_search_opts *o, uint32_t *parts, uint32_t *found, ann_error *err)
+{
+	(void)c;
+	const ann_hnsw *h = km(r)->graph;
+	size_t k = ann_hnsw_count(h);
+	if (nq < BATCH_MIN || k == 0 || k > EXACT_MAX || o->hnsw_ef || o->nprobe == 0)
+		return 0;
+	ANN_TRY(ann_nearest_centroids(q, nq, r->dim, ann_hnsw_vectors(h), k, o->nprobe, r->metric, 1, parts, NULL,
+				      err));
+	uint32_t f = (uint32_t)ANN_MIN((size_t)o->nprobe, k);
+	for (size_t i = 0; i < nq; i++)
+		found[i] = f;
+	return 1;
+}
+
 static size_t km_ram(const ann_router *r)
 {
 	return ann_hnsw_bytes(km(r)->graph) + sizeof(km_router);
@@ -196,6 +219,7 @@ static const ann_router_ops km_ops = {
 	.ctx_new = km_ctx_new,
 	.ctx_free = km_ctx_free,
 	.route = km_route,
+	.route_batch = km_route_batch,
 	.ram_bytes = km_ram,
 	.save = km_save,
 	.split = km_split,

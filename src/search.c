@@ -584,11 +584,20 @@ int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, f
 	/* 1. route */
 	uint64_t t0 = ann_now_ns();
 	size_t npairs = 0;
+	int batched = 0;
+	if (x->router->ops->route_batch) {
+		batched = x->router->ops->route_batch(x->router, s->rctx, s->qnorm, nq, &s->o, s->parts, s->nparts, err);
+		if (batched < 0)
+			return batched;
+	}
 	for (size_t i = 0; i < nq; i++) {
-		rc = x->router->ops->route(x->router, s->rctx, s->qnorm + i * d, &s->o, s->parts + i * np, err);
-		if (rc < 0)
-			return rc;
-		s->nparts[i] = (uint32_t)rc;
+		if (!batched) {
+			rc = x->router->ops->route(x->router, s->rctx, s->qnorm + i * d, &s->o, s->parts + i * np, err);
+			if (rc < 0)
+				return rc;
+			s->nparts[i] = (uint32_t)rc;
+		}
+		rc = (int)s->nparts[i];
 		for (int j = 0; j < rc; j++) {
 			s->pairs[npairs].pid = s->parts[i * np + (size_t)j];
 			s->pairs[npairs].q = (uint32_t)i;

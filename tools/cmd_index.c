@@ -100,15 +100,15 @@ static int run_build(cli_cmd *c)
 	if (!index)
 		return CLI_EXIT_USAGE;
 	ann_build_opts o;
-	ann_build_opts_init(&o);
+	ann_build_opts_init(&o); /* the defaults of every option below */
 	uint64_t parts, level, mem, threads, seed, sample, iters, replicas, hm, hef;
 	double balance, eps;
-	if (!cli_u64(c, "partitions", 0, &parts) || !cli_u64(c, "zstd-level", 3, &level) ||
-	    !cli_size(c, "mem", (uint64_t)1 << 30, &mem) || !cli_u64(c, "threads", 2, &threads) ||
-	    !cli_u64(c, "seed", 1, &seed) || !cli_u64(c, "sample", 0, &sample) || !cli_u64(c, "iters", 20, &iters) ||
-	    !cli_u64(c, "replicas", 1, &replicas) || !cli_u64(c, "hnsw-m", 16, &hm) ||
-	    !cli_u64(c, "hnsw-ef", 200, &hef) || !cli_double(c, "balance", 0, &balance) ||
-	    !cli_double(c, "replica-eps", 0.1, &eps))
+	if (!cli_u64(c, "partitions", 0, &parts) || !cli_u64(c, "zstd-level", (uint64_t)o.zstd_level, &level) ||
+	    !cli_size(c, "mem", o.mem_bytes, &mem) || !cli_u64(c, "threads", (uint64_t)o.threads, &threads) ||
+	    !cli_u64(c, "seed", o.seed, &seed) || !cli_u64(c, "sample", 0, &sample) || !cli_u64(c, "iters", o.kmeans_iters, &iters) ||
+	    !cli_u64(c, "replicas", o.replicas, &replicas) || !cli_u64(c, "hnsw-m", o.hnsw_m, &hm) ||
+	    !cli_u64(c, "hnsw-ef", o.hnsw_ef_construction, &hef) || !cli_double(c, "balance", o.balance, &balance) ||
+	    !cli_double(c, "replica-eps", o.replica_eps, &eps))
 		return CLI_EXIT_USAGE;
 	if (parse_router(c, cli_get(c, "router"), &o.router) || parse_encoding(c, cli_get(c, "encoding"), &o.encoding) ||
 	    cli_parse_metric(c, cli_get(c, "metric"), &o.metric))
@@ -141,12 +141,12 @@ static int run_build(cli_cmd *c)
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
 	double alpha, rw, imb, lambda;
-	if (!cli_u64(c, "clusters", 0, &clusters) || !cli_u64(c, "embed-dim", 64, &edim) ||
-	    !cli_u64(c, "ae-epochs", 10, &aee) || !cli_u64(c, "dec-epochs", 0, &dece) ||
-	    !cli_u64(c, "knn-k", 10, &knnk) || !cli_u64(c, "epochs", 20, &ep) || !cli_u64(c, "rounds", 5, &rounds) ||
-	    !cli_u64_list(c, "hidden", hidden, 3, &nh) || !cli_double(c, "dec-alpha", 1, &alpha) ||
-	    !cli_double(c, "recon-weight", 1, &rw) || !cli_double(c, "imbalance", 0.03, &imb) ||
-	    !cli_double(c, "lambda", 1, &lambda))
+	if (!cli_u64(c, "clusters", 0, &clusters) || !cli_u64(c, "embed-dim", o.embed_dim, &edim) ||
+	    !cli_u64(c, "ae-epochs", o.ae_epochs, &aee) || !cli_u64(c, "dec-epochs", o.dec_epochs, &dece) ||
+	    !cli_u64(c, "knn-k", o.knn_k, &knnk) || !cli_u64(c, "epochs", o.nlsh_epochs, &ep) || !cli_u64(c, "rounds", o.joint_rounds, &rounds) ||
+	    !cli_u64_list(c, "hidden", hidden, 3, &nh) || !cli_double(c, "dec-alpha", o.dec_alpha, &alpha) ||
+	    !cli_double(c, "recon-weight", o.recon_weight, &rw) || !cli_double(c, "imbalance", o.imbalance, &imb) ||
+	    !cli_double(c, "lambda", o.joint_lambda, &lambda))
 		return CLI_EXIT_USAGE;
 	if (clusters) {
 		if (parts && parts != clusters)
