@@ -7,7 +7,8 @@
 # step), delete 20%, search before and after compaction; then the drift case:
 # build on 50% of one mixture, insert vectors drawn from the same mixture
 # with shifted components (gen --drift), queries from the shifted mixture.
-# Insert throughput is reported by `annann insert --json`. Output: markdown
+# Insert throughput is reported by `annann insert --json`. APPEND=1 adds to the results file
+# instead of starting it afresh (to rerun one router). Output: markdown
 # table on stdout and JSON lines in bench/results/updates-<N>.jsonl.
 set -euo pipefail
 N=${1:-1000000}
@@ -18,7 +19,7 @@ NPROBE=${NPROBE:-8}
 PARTS=$((N / 1000))
 mkdir -p "$D" bench/results
 out=bench/results/updates-$N.jsonl
-: >"$out"
+[ -n "${APPEND:-}" ] || : >"$out" # APPEND=1 keeps the rows of other routers
 half=$((N / 2))
 step=$((N / 10))
 q="$D/query.u8bin"
