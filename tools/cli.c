@@ -225,6 +225,7 @@ void cli_progress_init(cli_progress_state *p, bool quiet)
 	memset(p, 0, sizeof *p);
 	p->quiet = quiet;
 	p->tty = isatty(STDERR_FILENO);
+	p->last_event_ns = cli_now_ns();
 }
 
 static void fmt_dur(char *buf, size_t n, double s)
@@ -275,9 +276,12 @@ void cli_progress(void *ctx, const char *phase, uint64_t done, uint64_t total)
 		if (p->phase)
 			cli_progress_end(p);
 		p->phase = phase;
-		p->phase_start_ns = now;
+		/* Phases run one after another and many report first only after
+		 * some work: the phase began when the previous one last reported. */
+		p->phase_start_ns = p->last_event_ns;
 		p->last_draw_ns = 0;
 	}
+	p->last_event_ns = now;
 	bool last = total && done >= total;
 	uint64_t gap = p->tty ? 200000000ull : 5000000000ull;
 	if (!last && p->last_draw_ns && now - p->last_draw_ns < gap)

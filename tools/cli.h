@@ -59,6 +59,7 @@ typedef struct cli_progress_state {
 	bool tty;
 	const char *phase;
 	uint64_t phase_start_ns;
+	uint64_t last_event_ns; /* the last report of any phase (start of the next) */
 	uint64_t last_draw_ns;
 	bool drawn;
 } cli_progress_state;
