@@ -238,7 +238,7 @@ typedef struct ann_search_opts {
 	uint32_t hnsw_ef;      /**< ef of the centroid graph search; default 0 = max(64, 2 * nprobe) */
 	size_t cache_bytes;    /**< decoded-block cache; default 0 = read every block from storage */
 	uint32_t queue_depth;  /**< I/O requests in flight; default 32 */
-	size_t io_buffer_bytes; /**< bound on raw block bytes in flight; default 16 MiB */
+	size_t io_buffer_bytes; /**< bound on raw block bytes in flight; default 16 MiB, raised to the largest block */
 	int force_pread;       /**< use pread instead of io_uring; default 0 */
 } ann_search_opts;
 

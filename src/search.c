@@ -117,6 +117,13 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		ann_ioreader_opts_init(&io);
 		io.queue_depth = s->o.queue_depth ? s->o.queue_depth : 32;
 		io.pool_bytes = s->o.io_buffer_bytes ? s->o.io_buffer_bytes : ((size_t)16 << 20);
+		/* A partition is one read: the pool must hold the largest block
+		 * (a few huge partitions, e.g. 16 parts of 1M vectors, are 21 MB). */
+		uint64_t largest = 0;
+		for (uint32_t p = 0; p < idx->dir.n; p++)
+			if (idx->dir.ents[p].kind != ANN_KIND_NONE)
+				largest = ANN_MAX(largest, (uint64_t)idx->dir.ents[p].length);
+		io.pool_bytes = ANN_MAX(io.pool_bytes, (size_t)largest + 4096);
 		io.force_pread = s->o.force_pread != 0;
 		size_t plen = strlen(ann_store_dir_path(idx->store)) + 16;
 		char *path = ann_malloc(plen);

@@ -190,6 +190,13 @@ static void test_equivalence(const char *dir, const char *u8bin)
 	so.queue_depth = 1;
 	search_all(idx, &so, 2, ids, dists);
 	ASSERT_TRUE(memcmp(ref, ids, sizeof ids) == 0);
+	/* A buffer pool smaller than a block grows to the largest block. */
+	so.force_pread = 0;
+	so.queue_depth = 32;
+	so.io_buffer_bytes = 4096;
+	search_all(idx, &so, NQ, ids, dists);
+	ASSERT_TRUE(memcmp(ref, ids, sizeof ids) == 0);
+	so.io_buffer_bytes = 0;
 	ann_index_close(idx);
 
 	/* Replicas: more stored vectors, recall at least as good, no duplicate ids. */
