@@ -59,7 +59,9 @@ for R in $ROUTERS; do
 		fi
 		"$A" convert --in "$D/base.u8bin" --out "$D/live.u8bin" --limit "$n" --quiet >/dev/null
 		gt_for "$D/live.u8bin" "$q" "$D/gt-live.bin"
-		search "$idx" "$q" "$D/gt-live.bin" "grown to ${pct}% by inserts" "$R"
+		label="grown to ${pct}% by inserts"
+		[ "$pct" -gt 50 ] || label="built on 50%"
+		search "$idx" "$q" "$D/gt-live.bin" "$label" "$R"
 	done
 	# delete the last 20% of ids (so the live set is a prefix again)
 	python3 - "$D/del.ibin" "$((N * 8 / 10))" "$N" <<'PY'
