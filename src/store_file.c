@@ -246,7 +246,9 @@ void ann_ioreader_free(ann_ioreader *r)
 static int64_t pool_alloc(ann_ioreader *r, uint32_t k)
 {
 	for (int pass = 0; pass < 2; pass++) {
-		uint32_t w0 = pass == 0 ? r->hint : 0, w1 = pass == 0 ? r->nwords : ANN_MIN(r->hint + 1, r->nwords);
+		/* Pass 0 from the hint, pass 1 over everything: a free run may
+		 * straddle the hint (a request nearly the size of the pool). */
+		uint32_t w0 = pass == 0 ? r->hint : 0, w1 = r->nwords;
 		uint32_t run = 0, start = 0;
 		for (uint32_t w = w0; w < w1; w++) {
 			uint64_t bits = r->bitmap[w];

@@ -162,6 +162,22 @@ static void test_ioreader_paths(const char *dir)
 		ann_ioreader_release(r, &held[0]);
 	ASSERT_EQ(rc, 0);
 	ann_ioreader_free(r);
+	/* A request nearly the size of the pool after a smaller one: the free
+	 * run straddles the allocator's hint and must still be found. */
+	ann_ioreader_opts_init(&o);
+	o.pool_bytes = 1 << 20;
+	ASSERT_OK(ann_ioreader_open(path, &o, &r, &e));
+	ASSERT_TRUE(fsize >= (1 << 20));
+	for (int i = 0; i < 2; i++) {
+		ann_ioreq q = { 0, i ? 1000u << 10 : 400u << 10, (uint64_t)i };
+		ASSERT_OK(ann_ioreader_submit(r, &q, 1, &e));
+		ann_iocomp c;
+		if (ann_ioreader_next(r, &c, &e) != 1)
+			T_FAIL("read %d of %u KiB from a 1 MiB pool: %s", i, q.length >> 10, e.msg);
+		ASSERT_EQ(c.status, ANN_OK);
+		ann_ioreader_release(r, &c);
+	}
+	ann_ioreader_free(r);
 
 	/* Past the end of the file: a failed completion, not a crash. */
 	for (int mode = 0; mode < 2; mode++) {
