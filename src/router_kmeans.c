@@ -121,7 +121,7 @@ static int km_route(const ann_router *r, ann_router_ctx *c, const float *q, cons
 		    uint32_t *parts, ann_error *err)
 {
 	size_t np = ANN_MIN((size_t)o->nprobe, (size_t)4096);
-	size_t ef = o->hnsw_ef ? o->hnsw_ef : ANN_MAX((size_t)64, 2 * np);
+	size_t ef = o->hnsw_ef ? o->hnsw_ef : ANN_MAX((size_t)128, 2 * np);
 	int found = ann_hnsw_search(km(r)->graph, c->hctx, q, np, ef, c->ids, c->dists, err);
 	if (found < 0)
 		return found;
