@@ -34,18 +34,7 @@ static float base[N * D], queries[NQ * D];
 
 static void make_data(void)
 {
-	ann_gen_opts go;
-	ann_gen_opts_init(&go);
-	go.n = N;
-	go.nq = NQ;
-	go.dim = D;
-	go.clusters = 12;
-	go.seed = t_seed;
-	ann_gen_model *m;
-	ASSERT_OK(ann_gen_model_new(&go, &m, NULL));
-	ann_gen_rows(m, ANN_GEN_BASE, 0, N, base, NULL);
-	ann_gen_rows(m, ANN_GEN_QUERY, 0, NQ, queries, NULL);
-	ann_gen_model_free(m);
+	t_gen_mixture(base, N, queries, NQ, D, 12, t_seed);
 }
 
 static void opts(ann_build_opts *o, uint64_t seed)

@@ -3,6 +3,8 @@
 #define _XOPEN_SOURCE 700
 #include "testutil.h"
 
+#include "gen.h"
+
 #include <ftw.h>
 #include <string.h>
 #include <unistd.h>
@@ -114,4 +116,20 @@ uint8_t *t_make_block(uint32_t pid, uint32_t gen, uint64_t salt, size_t len)
 	ann_st32(b, pid);
 	ann_st32(b + 4, gen);
 	return b;
+}
+
+void t_gen_mixture(float *base, size_t n, float *queries, size_t nq, uint32_t dim, uint32_t clusters, uint64_t seed)
+{
+	ann_gen_opts go;
+	ann_gen_opts_init(&go);
+	go.n = n;
+	go.nq = nq;
+	go.dim = dim;
+	go.clusters = clusters;
+	go.seed = seed;
+	ann_gen_model *m;
+	ASSERT_OK(ann_gen_model_new(&go, &m, NULL));
+	ann_gen_rows(m, ANN_GEN_BASE, 0, n, base, NULL);
+	ann_gen_rows(m, ANN_GEN_QUERY, 0, nq, queries, NULL);
+	ann_gen_model_free(m);
 }

@@ -107,5 +107,8 @@ void t_fill_uniform(ann_rng *r, float *x, size_t n, float lo, float hi);
  * starting with pid and gen as LE u32; NULL when out of memory (the
  * caller may run under allocation-failure injection). */
 uint8_t *t_make_block(uint32_t pid, uint32_t gen, uint64_t salt, size_t len);
+/* n base rows and nq query rows (dim floats each) of annann gen's SIKT-like
+ * mixture with the given clusters and seed. */
+void t_gen_mixture(float *base, size_t n, float *queries, size_t nq, uint32_t dim, uint32_t clusters, uint64_t seed);
 
 #endif

@@ -161,3 +161,18 @@ def dataset_files(d):
 
 def parse_list(s):
 	return [int(x) for x in s.split(',') if x.strip()]
+
+
+def build_record(work, out, rec=None):
+	"""Keeps a peer's build record in WORK/build.json: saves rec when a build just ran, else
+	loads the one of an earlier run (a reused index); emits it to OUT when there is one."""
+	path = os.path.join(work, 'build.json')
+	if rec is not None:
+		with open(path, 'w') as f:
+			json.dump(rec, f)
+	elif os.path.exists(path):
+		with open(path) as f:
+			rec = json.load(f)
+	if rec:
+		emit(out, rec)
+	return rec

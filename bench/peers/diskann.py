@@ -15,7 +15,8 @@ import re
 
 import numpy as np
 
-from common import bin_header, dataset_files, drop_caches, dir_bytes, emit, log, median, parse_list, read_gt, run, strict_recall
+from common import (bin_header, build_record, dataset_files, drop_caches, dir_bytes, emit, log, median, parse_list,
+		    read_gt, run, strict_recall)
 
 DT = {'.u8bin': 'uint8', '.i8bin': 'int8', '.fbin': 'float'}
 
@@ -58,15 +59,9 @@ def main():
 		out, err, rss, wall = run(cmd, logp, timed=True)
 		rec = dict(common, kind='build', build_s=wall, build_peak_rss_kb=rss, R=a.R, L=a.L,
 			   cmd=' '.join(['build_disk_index'] + cmd[1:]))
-		with open(os.path.join(work, 'build.json'), 'w') as f:
-			json.dump(rec, f)
-	elif os.path.exists(os.path.join(work, 'build.json')):
-		with open(os.path.join(work, 'build.json')) as f:
-			rec = json.load(f)
+		build_record(work, a.out, rec)
 	else:
-		rec = None
-	if rec:
-		emit(a.out, rec)
+		build_record(work, a.out)
 	if a.build_only:
 		return
 	search_files = [prefix + '_disk.index', prefix + '_pq_pivots.bin', prefix + '_pq_compressed.bin']

@@ -16,8 +16,8 @@ import os
 import re
 import shutil
 
-from common import (bin_header, dataset_files, dir_bytes, emit, log, median, parse_list, read_gt, run,
-		    strict_recall)
+from common import (bin_header, build_record, dataset_files, dir_bytes, emit, log, median, parse_list, read_gt,
+		    run, strict_recall)
 import numpy as np
 
 VTYPE = {'.u8bin': ('UInt8', 1), '.i8bin': ('Int8', 1), '.fbin': ('Float', 4)}
@@ -146,15 +146,9 @@ def main():
 			   phases_s=dict(zip(['select_head', 'build_head', 'build_ssd'],
 					     [float(x) for x in m.groups()])) if m else None,
 			   config=ini)
-		with open(os.path.join(work, 'build.json'), 'w') as f:
-			json.dump(rec, f)
-	elif os.path.exists(os.path.join(work, 'build.json')):
-		with open(os.path.join(work, 'build.json')) as f:
-			rec = json.load(f)
+		build_record(work, a.out, rec)
 	else:
-		rec = None
-	if rec:
-		emit(a.out, rec)
+		build_record(work, a.out)
 	if a.build_only:
 		return
 	size = dir_bytes([idxdir])
