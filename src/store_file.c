@@ -404,7 +404,12 @@ static uint32_t start_head(ann_ioreader *r)
 	return i;
 }
 
-static int pump(ann_ioreader *r, ann_error *err)
+/* Starts queued requests that have a slot and a buffer, and submits once
+ * at least flush_min are waiting: ann_ioreader_next passes a quarter of the
+ * depth, so a consumer reaping completions one by one does not pay a
+ * submit syscall per read; what is left goes with the next wait
+ * (io_uring_submit_and_wait), one syscall for both. */
+static int pump(ann_ioreader *r, unsigned flush_min, ann_error *err)
 {
 	while (r->pend_len > 0 && r->inflight < r->depth) {
 		uint32_t i = start_head(r);
@@ -414,7 +419,7 @@ static int pump(ann_ioreader *r, ann_error *err)
 			return ann_err(err, ANN_E_IO, "%s: io_uring submission queue stays full", r->path);
 		r->inflight++;
 	}
-	return flush(r, err);
+	return r->unsubmitted >= flush_min ? flush(r, err) : ANN_OK;
 }
 
 int ann_ioreader_submit(ann_ioreader *r, const ann_ioreq *reqs, size_t n, ann_error *err)
@@ -432,7 +437,7 @@ int ann_ioreader_submit(ann_ioreader *r, const ann_ioreq *reqs, size_t n, ann_er
 	}
 	ANN_TRY(pend_push(r, reqs, n, err));
 	if (r->uring)
-		return pump(r, err);
+		return pump(r, 1, err);
 	return ANN_OK;
 }
 
@@ -518,7 +523,7 @@ int ann_ioreader_next(ann_ioreader *r, ann_iocomp *c, ann_error *err)
 	if (!r->uring)
 		return next_pread(r, c, err);
 	for (;;) {
-		ANN_TRY(pump(r, err));
+		ANN_TRY(pump(r, ANN_MAX(1u, r->depth / 4), err));
 		if (r->inflight == 0) {
 			if (r->pend_len == 0)
 				return 0;
