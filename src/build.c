@@ -166,6 +166,20 @@ static void to_float(const build *b, const void *raw, size_t n, float *out)
 	}
 }
 
+/* Reads the next chunk (up to `chunk` vectors, the input's position being
+ * vector i) and converts it to floats in f. Returns the count read (> 0) or
+ * an error: an input that ends before its header's count is ANN_E_BADINPUT. */
+static int64_t read_chunk(build *b, void *raw, size_t chunk, uint64_t i, float *f, ann_error *err)
+{
+	int64_t got = ann_vreader_read_raw(b->in, raw, chunk, err);
+	if (got == 0)
+		return ann_err(err, ANN_E_BADINPUT, "%s: ends at vector %llu, expected %llu", b->data_path,
+			       (unsigned long long)i, (unsigned long long)b->n);
+	if (got > 0)
+		to_float(b, raw, (size_t)got, f);
+	return got;
+}
+
 static int resolve_options(build *b, ann_error *err)
 {
 	const ann_build_opts *o = b->o;
@@ -239,13 +253,11 @@ static int draw_sample(build *b, ann_rng *rng, float *sample, ann_error *err)
 	ANN_CHECK(rc, ann_vreader_seek(b->in, 0, err));
 	uint64_t taken = 0, i = 0;
 	while (i < b->n && taken < b->sample_n) {
-		int64_t got = ann_vreader_read_raw(b->in, raw, chunk, err);
-		if (got <= 0) {
-			rc = got < 0 ? (int)got : ann_err(err, ANN_E_BADINPUT, "%s: ends at vector %llu, expected %llu",
-							  b->data_path, (unsigned long long)i, (unsigned long long)b->n);
+		int64_t got = read_chunk(b, raw, chunk, i, f, err);
+		if (got < 0) {
+			rc = (int)got;
 			goto out;
 		}
-		to_float(b, raw, (size_t)got, f);
 		for (int64_t j = 0; j < got; j++, i++) {
 			uint64_t left = b->n - i, need = b->sample_n - taken;
 			if (ann_rng_below(rng, left) < need)
@@ -291,13 +303,11 @@ static int route_all(build *b, ann_error *err)
 	ANN_CHECK(rc, ann_vreader_seek(b->in, 0, err));
 	uint64_t i = 0;
 	while (i < b->n) {
-		int64_t got = ann_vreader_read_raw(b->in, raw, chunk, err);
-		if (got <= 0) {
-			rc = got < 0 ? (int)got : ann_err(err, ANN_E_BADINPUT, "%s: ends at vector %llu, expected %llu",
-							  b->data_path, (unsigned long long)i, (unsigned long long)b->n);
+		int64_t got = read_chunk(b, raw, chunk, i, f, err);
+		if (got < 0) {
+			rc = (int)got;
 			goto out;
 		}
-		to_float(b, raw, (size_t)got, f);
 		ANN_CHECK(rc, b->router->ops->assign(b->router, f, (size_t)got, b->copies, b->o->replica_eps,
 						     b->o->threads, parts, err));
 		for (int64_t j = 0; j < got; j++) {

@@ -582,6 +582,33 @@ static void test_alloc_failure(void)
 }
 
 /* Build, open and search through the public API. */
+/* recall@10 of all NQ queries at C = c against gt (NQ x 10). */
+static double search_recall(ann_index *idx, uint32_t c, const int32_t *gt)
+{
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = 10;
+	so.nprobe = c;
+	ann_searcher *s;
+	ann_error e = {0};
+	if (ann_searcher_new(idx, &so, &s, &e) < 0)
+		T_FAIL("searcher: %s", e.msg);
+	static int64_t ids[NQ * 10];
+	static float dists[NQ * 10];
+	if (ann_search(s, queries, NQ, ids, dists, NULL, &e) < 0)
+		T_FAIL("search: %s", e.msg);
+	ann_searcher_free(s);
+	size_t hits = 0;
+	for (size_t q = 0; q < NQ; q++)
+		for (size_t a = 0; a < 10; a++)
+			for (size_t b = 0; b < 10; b++)
+				if (ids[q * 10 + a] == gt[q * 10 + b]) {
+					hits++;
+					break;
+				}
+	return (double)hits / (NQ * 10);
+}
+
 static void test_end_to_end(void)
 {
 	t_current = "end_to_end";
@@ -622,27 +649,7 @@ static void test_end_to_end(void)
 	static const uint32_t cs[] = {2, 8, 30};
 	double prev = 0;
 	for (size_t ci = 0; ci < 3; ci++) {
-		ann_search_opts so;
-		ann_search_opts_init(&so);
-		so.k = 10;
-		so.nprobe = cs[ci];
-		ann_searcher *s;
-		if (ann_searcher_new(idx, &so, &s, &e) < 0)
-			T_FAIL("searcher: %s", e.msg);
-		static int64_t ids[NQ * 10];
-		static float dists[NQ * 10];
-		if (ann_search(s, queries, NQ, ids, dists, NULL, &e) < 0)
-			T_FAIL("search: %s", e.msg);
-		ann_searcher_free(s);
-		size_t hits = 0;
-		for (size_t q = 0; q < NQ; q++)
-			for (size_t a = 0; a < 10; a++)
-				for (size_t b = 0; b < 10; b++)
-					if (ids[q * 10 + a] == gt[q * 10 + b]) {
-						hits++;
-						break;
-					}
-		double recall = (double)hits / (NQ * 10);
+		double recall = search_recall(idx, cs[ci], gt);
 		printf("  C=%u recall@10 %.3f\n", cs[ci], recall);
 		ASSERT_TRUE(recall >= prev - 0.02);
 		prev = recall;
@@ -730,30 +737,13 @@ static void test_insert(void)
 	go.k = 10;
 	go.threads = 1;
 	ASSERT_OK(ann_gt_compute_mem(base, N, queries, NQ, D, &go, gt, gtd, NULL));
+	ASSERT_TRUE(search_recall(idx, KC, gt) >= 0.999);
+
 	ann_search_opts so;
 	ann_search_opts_init(&so);
-	so.k = 10;
-	so.nprobe = KC;
-	ann_searcher *s;
-	if (ann_searcher_new(idx, &so, &s, &e) < 0)
-		T_FAIL("searcher: %s", e.msg);
-	static int64_t rid[NQ * 10];
-	static float rd[NQ * 10];
-	if (ann_search(s, queries, NQ, rid, rd, NULL, &e) < 0)
-		T_FAIL("search: %s", e.msg);
-	ann_searcher_free(s);
-	size_t hits = 0;
-	for (size_t q = 0; q < NQ; q++)
-		for (size_t a = 0; a < 10; a++)
-			for (size_t b = 0; b < 10; b++)
-				if (rid[q * 10 + a] == gt[q * 10 + b]) {
-					hits++;
-					break;
-				}
-	ASSERT_TRUE(hits >= (size_t)(0.999 * NQ * 10));
-
 	so.k = 1;
 	so.nprobe = 4;
+	ann_searcher *s;
 	if (ann_searcher_new(idx, &so, &s, &e) < 0)
 		T_FAIL("searcher: %s", e.msg);
 	static int64_t sid[N - NB_INS];
