@@ -583,7 +583,11 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 
 	/* 2. train */
 	t0 = ann_now_ns();
-	ANN_CHECK(rc, ann_router_train(o, sample, b.sample_n, b.d, b.nparts, &b.router, err));
+	/* The router sees the resolved encoding: the k-means router stores the
+	 * centroids of u8 data as uint8. */
+	ann_build_opts ro = *o;
+	ro.encoding = b.enc;
+	ANN_CHECK(rc, ann_router_train(&ro, sample, b.sample_n, b.d, b.nparts, &b.router, err));
 	ann_free(sample);
 	sample = NULL;
 	b.nparts = b.router->nparts;

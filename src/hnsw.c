@@ -1,14 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * hnsw.c: the HNSW graph of hnsw.h. Storage: vectors row-major, level-0
- * lists in fixed slots of 1 + 2M words (count, ids), upper-level lists in one
- * pool of 1 + M word slots per level per node. Parallel construction follows
- * hnswlib: striped per-node locks guard lists, one global lock guards the
- * entry point, and a node whose level exceeds the current top holds it while
- * it is inserted. Distances come from the kernel table of distance.h.
+ * hnsw.c: the HNSW graph of hnsw.h. Storage: vectors row-major (float32, or
+ * uint8 in u8 storage), level-0 lists in fixed slots of 1 + 2M words (count,
+ * ids), upper-level lists in one pool of 1 + M word slots per level per
+ * node. Parallel construction follows hnswlib: striped per-node locks guard
+ * lists, one global lock guards the entry point, and a node whose level
+ * exceeds the current top holds it while it is inserted. Distances come from
+ * the kernel table of distance.h (f32 x u8 for queries in u8 storage, u8 x
+ * u8 between stored vectors).
  */
 #include "hnsw.h"
 
+#include <assert.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -24,6 +27,8 @@
 #define HN_MAX_N ((size_t)INT32_MAX)
 #define HN_NONE UINT32_MAX
 #define HN_FLAG_KEEP_PRUNED 1u
+#define HN_STORE_F32 0u /* blob storage field (offset 52): float32 rows */
+#define HN_STORE_U8 1u  /* uint8 rows, metric L2 only */
 #define HN_PROGRESS_NS 200000000ull
 
 typedef struct hn_pair {
@@ -42,7 +47,9 @@ struct ann_hnsw {
 	ann_rng rng; /* level generator */
 	const ann_kernels *kern;
 	size_t n, cap;     /* vectors held, slots allocated */
-	float *vec;        /* cap * d */
+	bool u8;           /* rows are uint8 (L2 only), else float32 */
+	size_t row;        /* bytes of one row: d, or 4 d */
+	uint8_t *vec;      /* cap * row */
 	uint32_t *link0;   /* cap * (1 + M0) */
 	uint8_t *level;    /* cap */
 	size_t *uoff;      /* cap: first word of the node's level-1 list in upper */
@@ -78,9 +85,10 @@ struct ann_hnsw_ctx {
 
 /* ---- small helpers --------------------------------------------------------- */
 
-static inline const float *hn_vec(const ann_hnsw *h, uint32_t id)
+/* The stored row of id: float32, or uint8 in u8 storage. */
+static inline const void *hn_row(const ann_hnsw *h, uint32_t id)
 {
-	return h->vec + (size_t)id * h->d;
+	return h->vec + (size_t)id * h->row;
 }
 
 static inline uint32_t *hn_links(const ann_hnsw *h, uint32_t id, int lc)
@@ -90,12 +98,35 @@ static inline uint32_t *hn_links(const ann_hnsw *h, uint32_t id, int lc)
 	return h->upper + h->uoff[id] + (size_t)(lc - 1) * (1 + h->M);
 }
 
-static inline float hn_dist(const ann_hnsw *h, const float *a, const float *b)
+/* Distance of a float query to node id. */
+static inline float hn_dist(const ann_hnsw *h, const float *q, uint32_t id)
 {
+	if (h->u8)
+		return h->kern->l2_f32_u8(q, hn_row(h, id), h->d);
+	const float *v = hn_row(h, id);
 	if (h->metric == ANN_METRIC_L2)
-		return h->kern->l2_f32(a, b, h->d);
-	float ip = h->kern->ip_f32(a, b, h->d);
+		return h->kern->l2_f32(q, v, h->d);
+	float ip = h->kern->ip_f32(q, v, h->d);
 	return h->metric == ANN_METRIC_IP ? -ip : 1.0f - ip;
+}
+
+/* Distance between nodes a and b (exact integer arithmetic in u8 storage). */
+static inline float hn_dist_nodes(const ann_hnsw *h, uint32_t a, uint32_t b)
+{
+	if (h->u8)
+		return h->kern->l2_u8(hn_row(h, a), hn_row(h, b), h->d);
+	return hn_dist(h, hn_row(h, a), b);
+}
+
+/* Node id as a float query: its row, or in u8 storage a copy in c->q. */
+static const float *hn_query_of(const ann_hnsw *h, ann_hnsw_ctx *c, uint32_t id)
+{
+	if (!h->u8)
+		return hn_row(h, id);
+	const uint8_t *v = hn_row(h, id);
+	for (size_t j = 0; j < h->d; j++)
+		c->q[j] = v[j];
+	return c->q;
 }
 
 static inline bool hn_less(hn_pair a, hn_pair b)
@@ -343,7 +374,7 @@ static void hn_greedy(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, uint32
 		const uint32_t *l = hn_read_links(h, c, *ep, lc, &cnt);
 		for (uint32_t j = 0; j < cnt; j++) {
 			uint32_t nb = l[j];
-			float dd = hn_dist(h, q, hn_vec(h, nb));
+			float dd = hn_dist(h, q, nb);
 			if (dd < *epd || (dd == *epd && nb < *ep)) {
 				*epd = dd;
 				*ep = nb;
@@ -378,7 +409,7 @@ static int hn_search_layer(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, u
 			if (c->tag[nb] == gen)
 				continue;
 			c->tag[nb] = gen;
-			__builtin_prefetch(hn_vec(h, nb));
+			__builtin_prefetch(hn_row(h, nb));
 			c->nb[fresh++] = nb;
 		}
 		if (c->ncand + fresh > c->cand_cap &&
@@ -387,8 +418,8 @@ static int hn_search_layer(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, u
 		for (uint32_t j = 0; j < fresh; j++) {
 			uint32_t nb = c->nb[j];
 			if (j + 1 < fresh)
-				__builtin_prefetch(hn_vec(h, c->nb[j + 1]) + 16);
-			float dd = hn_dist(h, q, hn_vec(h, nb));
+				__builtin_prefetch((const uint8_t *)hn_row(h, c->nb[j + 1]) + 64);
+			float dd = hn_dist(h, q, nb);
 			hn_pair p = {dd, nb};
 			if (c->nres < ef) {
 				hn_min_push(c->cand, &c->ncand, p);
@@ -426,12 +457,11 @@ static size_t hn_select(const ann_hnsw *h, ann_hnsw_ctx *c, const hn_pair *cand,
 	 * no such distance, so copies are not recognised there. */
 	float copy_d = h->metric == ANN_METRIC_L2 ? 0.0f : h->metric == ANN_METRIC_COSINE ? 1e-6f : -INFINITY;
 	for (size_t i = 0; i < nc && ns < m; i++) {
-		const float *v = hn_vec(h, cand[i].id);
 		if (cand[i].d <= copy_d && ncopy++ >= max_copy)
 			continue; /* surplus copy: not even kept as pruned */
 		bool good = true;
 		for (size_t r = 0; r < ns && good; r++)
-			good = !(hn_dist(h, v, hn_vec(h, c->sel[r].id)) < cand[i].d);
+			good = !(hn_dist_nodes(h, cand[i].id, c->sel[r].id) < cand[i].d);
 		if (good)
 			c->sel[ns++] = cand[i];
 		else if (np < m)
@@ -463,10 +493,9 @@ static void hn_connect(ann_hnsw *h, ann_hnsw_ctx *c, uint32_t e, uint32_t id, fl
 		hn_unlock(h, e);
 		return;
 	}
-	const float *ve = hn_vec(h, e);
 	hn_pair *cand = c->sorted;
 	for (uint32_t j = 0; j < cnt; j++)
-		cand[j] = (hn_pair){hn_dist(h, ve, hn_vec(h, l[1 + j])), l[1 + j]};
+		cand[j] = (hn_pair){hn_dist_nodes(h, e, l[1 + j]), l[1 + j]};
 	cand[cnt] = (hn_pair){d_e_id, id};
 	hn_sort(cand, cnt + 1, e);
 	size_t ns = hn_select(h, c, cand, cnt + 1, cap);
@@ -490,8 +519,8 @@ static int hn_insert(ann_hnsw *h, ann_hnsw_ctx *c, uint32_t id)
 	int rc = ANN_OK;
 	if (maxl < 0)
 		goto done;
-	const float *q = hn_vec(h, id);
-	float epd = hn_dist(h, q, hn_vec(h, ep));
+	const float *q = hn_query_of(h, c, id);
+	float epd = hn_dist(h, q, ep);
 	for (int lc = maxl; lc > L; lc--)
 		hn_greedy(h, c, q, &ep, &epd, lc);
 	for (int lc = ANN_MIN(L, maxl); lc >= 0; lc--) {
@@ -543,9 +572,9 @@ static int hn_set_cap(ann_hnsw *h, size_t cap, ann_error *err)
 	if (cap <= h->cap)
 		return ANN_OK;
 	size_t vb, lb;
-	if (!ann_mul_ok(cap, h->d * sizeof(float), &vb) || !ann_mul_ok(cap, (1 + (size_t)h->M0) * 4, &lb))
+	if (!ann_mul_ok(cap, h->row, &vb) || !ann_mul_ok(cap, (1 + (size_t)h->M0) * 4, &lb))
 		return ann_err(err, ANN_E_INVAL, "hnsw: capacity %zu overflows", cap);
-	float *v = ann_realloc(h->vec, vb);
+	uint8_t *v = ann_realloc(h->vec, vb);
 	if (!v)
 		goto nomem;
 	h->vec = v;
@@ -576,20 +605,40 @@ static int hn_upper_reserve(ann_hnsw *h, size_t words, ann_error *err)
 	return ANN_OK;
 }
 
+/* In u8 storage, v must be on the integer grid 0..255 (hn_place stores it
+ * as is); row is the row number for the message. */
+static int hn_check_row(const ann_hnsw *h, const float *v, size_t row, ann_error *err)
+{
+	if (!h->u8)
+		return ANN_OK;
+	for (size_t j = 0; j < h->d; j++)
+		if (!(v[j] >= 0.0f && v[j] <= 255.0f && v[j] == (float)(int)v[j]))
+			return ann_err(err, ANN_E_INVAL,
+				       "hnsw: u8 storage: vector %zu component %zu is %g, not an integer in 0..255",
+				       row, j, (double)v[j]);
+	return ANN_OK;
+}
+
 /* Stores v as node id = h->n with level L (capacity already reserved). */
 static void hn_place(ann_hnsw *h, const float *v, int L)
 {
 	size_t id = h->n, d = h->d;
-	float *dst = h->vec + id * d;
-	memcpy(dst, v, d * sizeof(float));
-	if (h->metric == ANN_METRIC_COSINE) {
-		double s = 0;
+	if (h->u8) {
+		uint8_t *dst = h->vec + id * h->row;
 		for (size_t j = 0; j < d; j++)
-			s += (double)dst[j] * dst[j];
-		if (s > 0) {
-			float inv = (float)(1.0 / sqrt(s));
+			dst[j] = (uint8_t)v[j];
+	} else {
+		float *dst = (float *)(void *)(h->vec + id * h->row);
+		memcpy(dst, v, h->row);
+		if (h->metric == ANN_METRIC_COSINE) {
+			double s = 0;
 			for (size_t j = 0; j < d; j++)
-				dst[j] *= inv;
+				s += (double)dst[j] * dst[j];
+			if (s > 0) {
+				float inv = (float)(1.0 / sqrt(s));
+				for (size_t j = 0; j < d; j++)
+					dst[j] *= inv;
+			}
 		}
 	}
 	h->level[id] = (uint8_t)L;
@@ -616,16 +665,20 @@ static int hn_check_params(size_t d, ann_metric metric, uint32_t M, uint32_t efc
 	return ANN_OK;
 }
 
-int ann_hnsw_create(size_t d, ann_metric metric, uint32_t M, uint32_t ef_construction, uint64_t seed,
-		    ann_hnsw **out, ann_error *err)
+static int hn_create(size_t d, ann_metric metric, bool u8, uint32_t M, uint32_t ef_construction, uint64_t seed,
+		     ann_hnsw **out, ann_error *err)
 {
 	*out = NULL;
 	ANN_TRY(hn_check_params(d, metric, M, ef_construction, err));
+	if (u8 && metric != ANN_METRIC_L2)
+		return ann_err(err, ANN_E_INVAL, "hnsw: u8 storage needs metric L2, not %d", (int)metric);
 	ann_hnsw *h = ann_calloc(1, sizeof *h);
 	if (!h)
 		return ann_err(err, ANN_E_NOMEM, "hnsw: cannot allocate the graph");
 	h->d = d;
 	h->metric = metric;
+	h->u8 = u8;
+	h->row = u8 ? d : d * sizeof(float);
 	h->M = M;
 	h->M0 = 2 * M;
 	h->efc = ef_construction;
@@ -637,6 +690,18 @@ int ann_hnsw_create(size_t d, ann_metric metric, uint32_t M, uint32_t ef_constru
 	h->entry = HN_NONE;
 	*out = h;
 	return ANN_OK;
+}
+
+int ann_hnsw_create(size_t d, ann_metric metric, uint32_t M, uint32_t ef_construction, uint64_t seed,
+		    ann_hnsw **out, ann_error *err)
+{
+	return hn_create(d, metric, false, M, ef_construction, seed, out, err);
+}
+
+int ann_hnsw_create_u8(size_t d, ann_metric metric, uint32_t M, uint32_t ef_construction, uint64_t seed,
+		       ann_hnsw **out, ann_error *err)
+{
+	return hn_create(d, metric, true, M, ef_construction, seed, out, err);
 }
 
 void ann_hnsw_free(ann_hnsw *h)
@@ -674,19 +739,41 @@ ann_metric ann_hnsw_metric(const ann_hnsw *h)
 	return h->metric;
 }
 
-const float *ann_hnsw_vector(const ann_hnsw *h, uint32_t id)
+uint32_t ann_hnsw_degree(const ann_hnsw *h)
 {
-	return id < h->n ? hn_vec(h, id) : NULL;
+	return h->M;
+}
+
+uint32_t ann_hnsw_ef_construction(const ann_hnsw *h)
+{
+	return h->efc;
+}
+
+bool ann_hnsw_is_u8(const ann_hnsw *h)
+{
+	return h->u8;
+}
+
+void ann_hnsw_vector_get(const ann_hnsw *h, uint32_t id, float *out)
+{
+	assert(id < h->n);
+	if (!h->u8) {
+		memcpy(out, hn_row(h, id), h->row);
+		return;
+	}
+	const uint8_t *v = hn_row(h, id);
+	for (size_t j = 0; j < h->d; j++)
+		out[j] = v[j];
 }
 
 const float *ann_hnsw_vectors(const ann_hnsw *h)
 {
-	return h->vec;
+	return h->u8 ? NULL : (const float *)(const void *)h->vec;
 }
 
 size_t ann_hnsw_bytes(const ann_hnsw *h)
 {
-	size_t per_node = h->d * sizeof(float) + (1 + (size_t)h->M0) * 4 + 1 + sizeof(size_t);
+	size_t per_node = h->row + (1 + (size_t)h->M0) * 4 + 1 + sizeof(size_t);
 	size_t b = sizeof *h + h->cap * per_node + h->upper_cap * sizeof(uint32_t);
 	if (h->actx)
 		b += ann_hnsw_ctx_bytes(h->actx);
@@ -701,6 +788,7 @@ int ann_hnsw_add(ann_hnsw *h, const float *v, uint32_t *id, ann_error *err)
 		return ann_err(err, ANN_E_STATE, "hnsw: an earlier add or build failed, no more adds");
 	if (h->n >= HN_MAX_N)
 		return ann_err(err, ANN_E_INVAL, "hnsw: already %zu vectors, the limit", h->n);
+	ANN_TRY(hn_check_row(h, v, h->n, err));
 	if (h->n == h->cap)
 		ANN_TRY(hn_set_cap(h, ANN_MAX(h->cap + h->cap / 2, (size_t)64), err));
 	if (!h->actx)
@@ -780,6 +868,9 @@ static int hn_build_links(ann_hnsw *h, const float *x, size_t n, int threads, an
 	if (n > HN_MAX_N - h->n)
 		return ann_err(err, ANN_E_INVAL, "hnsw: %zu + %zu vectors exceed the limit of %zu", h->n, n,
 			       HN_MAX_N);
+	/* Every row is checked before any is placed: a refused build adds nothing. */
+	for (size_t i = 0; i < n; i++)
+		ANN_TRY(hn_check_row(h, x + i * h->d, h->n + i, err));
 	if (threads == 1) {
 		uint64_t last = ann_now_ns();
 		ANN_TRY(hn_set_cap(h, h->n + n, err));
@@ -977,9 +1068,9 @@ static int hn_repair(ann_hnsw *h, ann_hnsw_ctx *c, size_t *added)
 			for (size_t u = 0; u < h->n; u++) {
 				if (h->level[u] < lc || reach[u])
 					continue;
-				const float *q = hn_vec(h, (uint32_t)u);
+				const float *q = hn_query_of(h, c, (uint32_t)u);
 				uint32_t ep = h->entry;
-				float epd = hn_dist(h, q, hn_vec(h, ep));
+				float epd = hn_dist(h, q, ep);
 				for (int l = h->max_level; l > lc; l--)
 					hn_greedy(h, c, q, &ep, &epd, l);
 				if (hn_search_layer(h, c, q, ep, epd, h->efc, lc) < 0) {
@@ -1087,7 +1178,7 @@ int ann_hnsw_search(const ann_hnsw *h, ann_hnsw_ctx *ctx, const float *q, size_t
 			q = c->q;
 		}
 		uint32_t ep = h->entry;
-		float epd = hn_dist(h, q, hn_vec(h, ep));
+		float epd = hn_dist(h, q, ep);
 		for (int lc = h->max_level; lc > 0; lc--)
 			hn_greedy(h, c, q, &ep, &epd, lc);
 		if (hn_search_layer(h, c, q, ep, epd, ef, 0) < 0) {
@@ -1115,9 +1206,16 @@ fail:
 
 /* ---- public: blob -------------------------------------------------------------- */
 
+/* Bytes of the vector section of the body: float32 rows, or uint8 rows
+ * zero-padded to a multiple of 4. */
+static size_t hn_blob_vec_bytes(size_t n, size_t d, bool u8)
+{
+	return u8 ? ANN_ALIGN_UP(n * d, 4) : n * d * sizeof(float);
+}
+
 size_t ann_hnsw_blob_bytes(const ann_hnsw *h)
 {
-	size_t b = HN_HEADER + ANN_ALIGN_UP(h->n, 4) + h->n * h->d * sizeof(float) + HN_TRAILER;
+	size_t b = HN_HEADER + ANN_ALIGN_UP(h->n, 4) + hn_blob_vec_bytes(h->n, h->d, h->u8) + HN_TRAILER;
 	for (size_t i = 0; i < h->n; i++)
 		for (int lc = 0; lc <= h->level[i]; lc++)
 			b += 4 * (1 + (size_t)hn_links(h, (uint32_t)i, lc)[0]);
@@ -1132,7 +1230,9 @@ int ann_hnsw_save(const ann_hnsw *h, uint8_t *buf, size_t cap, ann_error *err)
 	memset(buf, 0, HN_HEADER);
 	memcpy(buf, HN_MAGIC, 8);
 	ann_st16(buf + 8, ANN_HNSW_VERSION_MAJOR);
-	ann_st16(buf + 10, ANN_HNSW_VERSION_MINOR);
+	/* f32 storage is written as 1.0, whose layout it keeps, so that readers
+	 * older than 1.1 still load it; u8 storage needs 1.1. */
+	ann_st16(buf + 10, h->u8 ? ANN_HNSW_VERSION_MINOR : 0);
 	ann_st32(buf + 12, HN_HEADER);
 	ann_st32(buf + 16, (uint32_t)h->d);
 	ann_st32(buf + 20, (uint32_t)h->metric);
@@ -1142,6 +1242,7 @@ int ann_hnsw_save(const ann_hnsw *h, uint8_t *buf, size_t cap, ann_error *err)
 	ann_st32(buf + 40, (uint32_t)(int32_t)h->max_level);
 	ann_st32(buf + 44, h->entry);
 	ann_st32(buf + 48, h->flags);
+	ann_st32(buf + 52, h->u8 ? HN_STORE_U8 : HN_STORE_F32);
 	for (int i = 0; i < 4; i++)
 		ann_st64(buf + 56 + 8 * i, h->rng.s[i]);
 	ann_st64(buf + 88, need - HN_HEADER - HN_TRAILER);
@@ -1150,8 +1251,17 @@ int ann_hnsw_save(const ann_hnsw *h, uint8_t *buf, size_t cap, ann_error *err)
 		memcpy(p, h->level, h->n);
 	memset(p + h->n, 0, ANN_ALIGN_UP(h->n, 4) - h->n);
 	p += ANN_ALIGN_UP(h->n, 4);
-	for (size_t i = 0; i < h->n * h->d; i++, p += 4)
-		ann_stf32(p, h->vec[i]);
+	if (h->u8) {
+		size_t vb = hn_blob_vec_bytes(h->n, h->d, true);
+		if (h->n)
+			memcpy(p, h->vec, h->n * h->d);
+		memset(p + h->n * h->d, 0, vb - h->n * h->d);
+		p += vb;
+	} else {
+		const float *v = (const float *)(const void *)h->vec;
+		for (size_t i = 0; i < h->n * h->d; i++, p += 4)
+			ann_stf32(p, v[i]);
+	}
 	for (size_t i = 0; i < h->n; i++) {
 		for (int lc = 0; lc <= h->level[i]; lc++) {
 			const uint32_t *l = hn_links(h, (uint32_t)i, lc);
@@ -1191,10 +1301,19 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 	uint32_t metric = ann_ld32(buf + 20), M = ann_ld32(buf + 24), efc = ann_ld32(buf + 28);
 	uint64_t n64 = ann_ld64(buf + 32);
 	int32_t max_level = (int32_t)ann_ld32(buf + 40);
-	uint32_t entry = ann_ld32(buf + 44), flags = ann_ld32(buf + 48);
+	uint32_t entry = ann_ld32(buf + 44), flags = ann_ld32(buf + 48), store = ann_ld32(buf + 52);
 	int rc = hn_check_params(d, (ann_metric)metric, M, efc, err);
 	if (rc < 0)
 		return ann_err_prefix(err, ANN_E_CORRUPT, "hnsw blob header");
+	/* Offset 52 was reserved (0) in 1.0: 0 is float32 storage in every minor. */
+	if (store != HN_STORE_F32 && store != HN_STORE_U8)
+		return ann_err(err, ANN_E_FORMAT, "hnsw blob header: vector storage %u is unknown to this build "
+			       "(it reads %u float32 and %u uint8)", store, HN_STORE_F32, HN_STORE_U8);
+	bool u8 = store == HN_STORE_U8;
+	if (u8 && (minor < 1 || metric != ANN_METRIC_L2))
+		return ann_err(err, ANN_E_CORRUPT,
+			       "hnsw blob header: uint8 storage needs version 1.1 and metric L2, found %u.%u, "
+			       "metric %u", major, minor, metric);
 	if (n64 > HN_MAX_N || (flags & ~HN_FLAG_KEEP_PRUNED) ||
 	    (n64 == 0 ? (max_level != -1 || entry != HN_NONE)
 		      : (max_level < 0 || max_level > ANN_HNSW_MAX_LEVEL || entry >= n64)))
@@ -1204,13 +1323,16 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 	size_t n = (size_t)n64;
 
 	ann_hnsw *h = NULL;
-	ANN_TRY(ann_hnsw_create(d, (ann_metric)metric, M, efc, 0, &h, err));
+	ANN_TRY(hn_create(d, (ann_metric)metric, u8, M, efc, 0, &h, err));
 	h->flags = flags;
 	for (int i = 0; i < 4; i++)
 		h->rng.s[i] = ann_ld64(buf + 56 + 8 * i);
 	const uint8_t *p = buf + hdr, *end = buf + len - HN_TRAILER;
-	size_t vbytes;
-	if (!ann_mul_ok(n, d * sizeof(float), &vbytes) || (size_t)(end - p) < ANN_ALIGN_UP(n, 4) ||
+	size_t vbytes; /* the float32 size bounds the uint8 one: one overflow check */
+	bool fits = ann_mul_ok(n, d * sizeof(float), &vbytes);
+	if (fits)
+		vbytes = hn_blob_vec_bytes(n, d, u8);
+	if (!fits || (size_t)(end - p) < ANN_ALIGN_UP(n, 4) ||
 	    (size_t)(end - p) - ANN_ALIGN_UP(n, 4) < vbytes + 4 * n) {
 		rc = ann_err(err, ANN_E_CORRUPT,
 			     "hnsw blob: body of %zu bytes cannot hold %zu vectors of dimension %zu",
@@ -1236,15 +1358,22 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 		goto fail;
 	}
 	p += ANN_ALIGN_UP(n, 4);
-	for (size_t i = 0; i < n * d; i++, p += 4) {
-		float f = ann_ldf32(p);
-		if (!isfinite(f)) {
-			rc = ann_err(err, ANN_E_CORRUPT,
-				     "hnsw blob offset %zu: vector %zu component %zu is not finite",
-				     (size_t)(p - buf), i / d, i % d);
-			goto fail;
+	if (u8) {
+		if (n) /* every byte is a valid coordinate */
+			memcpy(h->vec, p, n * d);
+		p += vbytes;
+	} else {
+		float *v = (float *)(void *)h->vec;
+		for (size_t i = 0; i < n * d; i++, p += 4) {
+			float f = ann_ldf32(p);
+			if (!isfinite(f)) {
+				rc = ann_err(err, ANN_E_CORRUPT,
+					     "hnsw blob offset %zu: vector %zu component %zu is not finite",
+					     (size_t)(p - buf), i / d, i % d);
+				goto fail;
+			}
+			v[i] = f;
 		}
-		h->vec[i] = f;
 	}
 	ANN_CHECK(rc, hn_upper_reserve(h, words, err));
 	h->upper_n = words;

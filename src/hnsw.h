@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * hnsw.h: a hierarchical navigable small-world graph (Malkov & Yashunin,
- * 2016/2018) over float vectors held in memory: incremental and bulk
+ * 2016/2018) over vectors held in memory as float32, or as uint8 for L2
+ * (ann_hnsw_create_u8: a quarter of the bytes); incremental and bulk
  * (multi-threaded) construction with the neighbour-selection heuristic,
  * thread-safe searches through per-thread contexts, memory reporting, and a
  * versioned, checksummed byte blob to persist it. It routes queries to
@@ -13,12 +14,13 @@
 #include "common.h"
 
 /*
- * Blob layout, version 1.0 (all integers little-endian):
+ * Blob layout, version 1.1 (all integers little-endian; docs/FORMAT.md):
  *
  *   OFFSET SIZE  FIELD
  *   0      8     magic 89 48 4E 53 57 0D 0A 1A ("\x89HNSW\r\n\x1a")
  *   8      2     major version (1); a reader refuses another major
- *   10     2     minor version (0)
+ *   10     2     minor version: 1 with uint8 storage; 0 with float32
+ *                storage, which keeps the 1.0 layout so 1.0 readers load it
  *   12     4     header bytes (96); the body starts there
  *   16     4     dimension d
  *   20     4     metric (ann_metric)
@@ -28,20 +30,22 @@
  *   40     4     max_level (int32, -1 when n = 0)
  *   44     4     entry point id (0xFFFFFFFF when n = 0)
  *   48     4     flags (bit 0: keep pruned connections)
- *   52     4     reserved, 0
+ *   52     4     vector storage: 0 float32, 1 uint8 (metric L2, minor >= 1);
+ *                another value is ANN_E_FORMAT (reserved, 0, in 1.0)
  *   56     32    level generator state (4 x u64), so later adds continue it
  *   88     8     body bytes B
  *   96     B     body:
  *                  n level bytes (<= 30 and <= max_level), zero-padded to a
  *                  multiple of 4;
- *                  n * d float32 vectors (unit length for COSINE);
+ *                  n * d float32 vectors (unit length for COSINE), or in
+ *                  uint8 storage n * d bytes zero-padded to a multiple of 4;
  *                  per node in id order, for l = 0 .. level: u32 count
  *                  (<= 2 M at l = 0, <= M above), then count u32 ids, each
  *                  < n, not the node itself, of level >= l.
  *   96+B   8     XXH64 (seed 0) of bytes [0, 96 + B)
  */
 #define ANN_HNSW_VERSION_MAJOR 1
-#define ANN_HNSW_VERSION_MINOR 0
+#define ANN_HNSW_VERSION_MINOR 1
 #define ANN_HNSW_MAX_LEVEL 30
 #define ANN_HNSW_MAX_DIM 65536
 #define ANN_HNSW_MAX_M 1024
@@ -63,6 +67,13 @@ typedef struct ann_hnsw_ctx ann_hnsw_ctx;
  * @return ANN_OK, ANN_E_INVAL, ANN_E_NOMEM. */
 int ann_hnsw_create(size_t d, ann_metric metric, uint32_t M, uint32_t ef_construction, uint64_t seed,
 		    ann_hnsw **out, ann_error *err);
+/* As ann_hnsw_create, but the graph stores each vector as d uint8: vectors
+ * given to adds and builds must have integer coordinates in 0..255 (others
+ * are ANN_E_INVAL naming the vector and component; the caller rounds).
+ * Queries stay float (kernel l2_f32_u8); distances between stored vectors
+ * are exact integer sums (l2_u8). metric must be L2, else ANN_E_INVAL. */
+int ann_hnsw_create_u8(size_t d, ann_metric metric, uint32_t M, uint32_t ef_construction, uint64_t seed,
+		       ann_hnsw **out, ann_error *err);
 void ann_hnsw_free(ann_hnsw *h);
 
 /* Grows the capacity to n vectors so that adds up to n do not reallocate. */
@@ -70,7 +81,8 @@ int ann_hnsw_reserve(ann_hnsw *h, size_t n, ann_error *err);
 
 /* Copies v (d floats) in and links it; its id is the previous count, written
  * to *id if id is not NULL. Not concurrent with anything else on h.
- * @return ANN_OK, ANN_E_INVAL (2^31 - 1 vectors already), ANN_E_NOMEM,
+ * @return ANN_OK, ANN_E_INVAL (2^31 - 1 vectors already; in uint8 storage a
+ *         coordinate that is not an integer in 0..255), ANN_E_NOMEM,
  *         ANN_E_STATE (an earlier add or build failed half-way). */
 int ann_hnsw_add(ann_hnsw *h, const float *v, uint32_t *id, ann_error *err);
 
@@ -79,7 +91,8 @@ int ann_hnsw_add(ann_hnsw *h, const float *v, uint32_t *id, ann_error *err);
  * to ann_hnsw_add; with more threads the links depend on scheduling (the
  * levels do not). progress gets phase "hnsw", done/total in vectors, from
  * the calling thread, at most about 5 times a second. Ends with
- * ann_hnsw_repair (so threads = 1 equals n adds and one repair).
+ * ann_hnsw_repair (so threads = 1 equals n adds and one repair). In uint8
+ * storage every row is checked first: a refused build adds nothing.
  * @return as ann_hnsw_add. */
 int ann_hnsw_build(ann_hnsw *h, const float *x, size_t n, int threads, ann_progress_fn progress,
 		   void *progress_ctx, ann_error *err);
@@ -99,9 +112,16 @@ int ann_hnsw_repair(ann_hnsw *h, size_t *added, ann_error *err);
 size_t ann_hnsw_count(const ann_hnsw *h);
 size_t ann_hnsw_dim(const ann_hnsw *h);
 ann_metric ann_hnsw_metric(const ann_hnsw *h);
-/* The stored vector of id (normalised for COSINE), valid until the next add. */
-const float *ann_hnsw_vector(const ann_hnsw *h, uint32_t id);
-/* All stored vectors, count x dim row-major in id order (same lifetime). */
+/* Degree above level 0 (M) and ef_construction the graph was created with. */
+uint32_t ann_hnsw_degree(const ann_hnsw *h);
+uint32_t ann_hnsw_ef_construction(const ann_hnsw *h);
+/* True when the graph stores uint8 vectors (ann_hnsw_create_u8). */
+bool ann_hnsw_is_u8(const ann_hnsw *h);
+/* Copies the stored vector of id < count (normalised for COSINE) into out
+ * (dim floats). */
+void ann_hnsw_vector_get(const ann_hnsw *h, uint32_t id, float *out);
+/* All stored vectors, count x dim float32 row-major in id order, valid until
+ * the next add; NULL in uint8 storage (then copy with ann_hnsw_vector_get). */
 const float *ann_hnsw_vectors(const ann_hnsw *h);
 /* Bytes of memory the graph holds (vectors, links, levels, bookkeeping). */
 size_t ann_hnsw_bytes(const ann_hnsw *h);
@@ -134,7 +154,8 @@ int ann_hnsw_save(const ann_hnsw *h, uint8_t *buf, size_t cap, ann_error *err);
 /* Rebuilds a graph from a blob of len bytes, validating everything: a blob
  * that is truncated, fails its checksum or breaks any rule of the layout is
  * ANN_E_CORRUPT naming the offset and the expectation; a wrong magic or
- * major version is ANN_E_FORMAT. Allocates at most about len bytes plus the
+ * major version, or an unknown vector storage, is ANN_E_FORMAT. Blobs of
+ * 1.0 (float32) load unchanged. Allocates at most about len bytes plus the
  * level-0 link slots. @return ANN_OK, ANN_E_CORRUPT, ANN_E_FORMAT, ANN_E_NOMEM. */
 int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err);
 

@@ -467,7 +467,7 @@ static int anr_wrap(anr *a, ann_metric metric, ann_router **out, ann_error *err)
 		return ann_err(err, ANN_E_NOMEM, "annann router: out of memory");
 	}
 	for (uint32_t j = 0; j < a->k; j++)
-		memcpy(a->mu + (size_t)j * a->e, ann_hnsw_vector(a->graph, j), a->e * sizeof(float));
+		ann_hnsw_vector_get(a->graph, j, a->mu + (size_t)j * a->e);
 	a->kern = ann_kernels_best();
 	r->ops = &anr_ops;
 	r->impl = a;

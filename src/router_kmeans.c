@@ -5,8 +5,13 @@
  * the centroids) answers queries; vectors are assigned exactly to their
  * nearest centroid (blocked sgemm) when there are at most EXACT_MAX
  * centroids, else through the graph. Blob: the HNSW blob (hnsw.h).
+ * For u8 data under L2 the centroids are rounded to the integer grid 0..255
+ * and the graph stores them as uint8 (docs/DESIGN.md, "The centroid
+ * graph"); assignment and routing both see the rounded centroids.
  */
 #include "router.h"
+
+#include <math.h>
 
 #include "hnsw.h"
 #include "kmeans.h"
@@ -23,6 +28,11 @@ typedef struct km_router {
 
 struct ann_router_ctx {
 	ann_hnsw_ctx *hctx;
+	/* Batch routing over uint8 centroids only: their float copy for the
+	 * sgemm, k * dim * 4 bytes per searcher, made by the first batch
+	 * (km_route never needs it) and remade when a split changed k. */
+	float *cent;
+	size_t cent_k;
 	int32_t ids[4096];
 	float dists[4096];
 };
@@ -32,19 +42,35 @@ static km_router *km(const ann_router *r)
 	return r->impl;
 }
 
-/* Centroids as one contiguous array, copied from the graph (temporary). */
-static float *km_centroids(const ann_router *r, ann_error *err)
+/* Centroids as one contiguous float array of `room` >= count rows, the
+ * first count copied from the graph (caller frees). */
+static float *km_centroids(const ann_router *r, size_t room, ann_error *err)
 {
 	const ann_hnsw *h = km(r)->graph;
 	size_t k = ann_hnsw_count(h), d = r->dim;
-	float *c = ann_malloc(k * d * sizeof(float));
+	float *c = ann_malloc(room * d * sizeof(float));
 	if (!c) {
-		ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory for %zu centroids", k);
+		ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory for %zu centroids", room);
 		return NULL;
 	}
 	for (size_t i = 0; i < k; i++)
-		memcpy(c + i * d, ann_hnsw_vector(h, (uint32_t)i), d * sizeof(float));
+		ann_hnsw_vector_get(h, (uint32_t)i, c + i * d);
 	return c;
+}
+
+/* Rounds n values to the nearest integer in 0..255: centroids of u8 data,
+ * stored as uint8. */
+static void km_round_u8(float *c, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		c[i] = c[i] < 0.0f ? 0.0f : c[i] > 255.0f ? 255.0f : roundf(c[i]);
+}
+
+/* An empty centroid graph, uint8 or float32 storage. */
+static int km_graph_new(bool u8, size_t d, ann_metric metric, uint32_t m, uint32_t efc, uint64_t seed,
+			ann_hnsw **out, ann_error *err)
+{
+	return (u8 ? ann_hnsw_create_u8 : ann_hnsw_create)(d, metric, m, efc, seed, out, err);
 }
 
 static int km_assign(const ann_router *r, const float *x, size_t n, uint32_t copies, double eps, int threads,
@@ -62,7 +88,7 @@ static int km_assign(const ann_router *r, const float *x, size_t n, uint32_t cop
 		goto out;
 	}
 	if (k <= EXACT_MAX) {
-		float *c = km_centroids(r, err);
+		float *c = km_centroids(r, k, err);
 		if (!c) {
 			rc = ANN_E_NOMEM;
 			goto out;
@@ -114,6 +140,7 @@ static void km_ctx_free(ann_router_ctx *c)
 	if (!c)
 		return;
 	ann_hnsw_ctx_free(c->hctx);
+	ann_free(c->cent);
 	ann_free(c);
 }
 
@@ -135,17 +162,27 @@ static int km_route(const ann_router *r, ann_router_ctx *c, const float *q, cons
  * once the batch amortises the pass over the centroids (docs/DESIGN.md).
  * Declines single queries (latency: the graph is faster there), more
  * centroids than EXACT_MAX (the graph is the design point), and an ef set
- * by the caller (who asked for the graph). */
+ * by the caller (who asked for the graph). Float32 centroids are read in
+ * place; uint8 ones through the context's float copy. */
 static int km_route_batch(const ann_router *r, ann_router_ctx *c, const float *q, size_t nq,
 			  const ann_search_opts *o, uint32_t *parts, uint32_t *found, ann_error *err)
 {
-	(void)c;
 	const ann_hnsw *h = km(r)->graph;
 	size_t k = ann_hnsw_count(h);
 	if (nq < BATCH_MIN || k == 0 || k > EXACT_MAX || o->hnsw_ef || o->nprobe == 0)
 		return 0;
-	ANN_TRY(ann_nearest_centroids(q, nq, r->dim, ann_hnsw_vectors(h), k, o->nprobe, r->metric, 1, parts, NULL,
-				      err));
+	const float *cent = ann_hnsw_vectors(h);
+	if (!cent) {
+		if (c->cent_k != k) {
+			ann_free(c->cent);
+			c->cent_k = 0;
+			if (!(c->cent = km_centroids(r, k, err)))
+				return ANN_E_NOMEM;
+			c->cent_k = k;
+		}
+		cent = c->cent;
+	}
+	ANN_TRY(ann_nearest_centroids(q, nq, r->dim, cent, k, o->nprobe, r->metric, 1, parts, NULL, err));
 	uint32_t f = (uint32_t)ANN_MIN((size_t)o->nprobe, k);
 	for (size_t i = 0; i < nq; i++)
 		found[i] = f;
@@ -174,7 +211,8 @@ static int km_save(const ann_router *r, uint8_t **blob, size_t *len, ann_error *
 }
 
 /* A split replaces one centroid and adds one: the graph over the centroids
- * (thousands of points) is rebuilt, which takes milliseconds to seconds. */
+ * (thousands of points) is rebuilt, which takes milliseconds to seconds.
+ * A uint8 graph gets the new centroids rounded, as at training. */
 static int km_split(ann_router *r, uint32_t pid, const float *c_keep, const float *c_new, uint32_t *new_pid,
 		    ann_error *err)
 {
@@ -182,15 +220,18 @@ static int km_split(ann_router *r, uint32_t pid, const float *c_keep, const floa
 	size_t n = ann_hnsw_count(k->graph), d = r->dim;
 	if (pid >= n)
 		return ann_err(err, ANN_E_INVAL, "kmeans router: split of partition %u of %zu", pid, n);
-	float *c = ann_malloc((n + 1) * d * sizeof(float));
+	float *c = km_centroids(r, n + 1, err);
 	if (!c)
-		return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory for %zu centroids", n + 1);
-	for (size_t i = 0; i < n; i++)
-		memcpy(c + i * d, ann_hnsw_vector(k->graph, (uint32_t)i), d * sizeof(float));
+		return ANN_E_NOMEM;
 	memcpy(c + (size_t)pid * d, c_keep, d * sizeof(float));
 	memcpy(c + n * d, c_new, d * sizeof(float));
+	bool u8 = ann_hnsw_is_u8(k->graph);
+	if (u8) {
+		km_round_u8(c + (size_t)pid * d, d);
+		km_round_u8(c + n * d, d);
+	}
 	ann_hnsw *g;
-	int rc = ann_hnsw_create(d, r->metric, k->m, k->ef_construction, k->seed + n, &g, err);
+	int rc = km_graph_new(u8, d, r->metric, k->m, k->ef_construction, k->seed + n, &g, err);
 	if (rc >= 0) {
 		rc = ann_hnsw_build(g, c, n + 1, 1, NULL, NULL, err);
 		if (rc < 0)
@@ -237,8 +278,8 @@ static int km_wrap(ann_hnsw *g, uint32_t dim, ann_metric metric, ann_router **ou
 		return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory");
 	}
 	k->graph = g;
-	k->m = 16;
-	k->ef_construction = 200;
+	k->m = ann_hnsw_degree(g); /* a split rebuilds the graph as it was built */
+	k->ef_construction = ann_hnsw_ef_construction(g);
 	k->seed = 1;
 	r->ops = &km_ops;
 	r->impl = k;
@@ -250,12 +291,14 @@ static int km_wrap(ann_hnsw *g, uint32_t dim, ann_metric metric, ann_router **ou
 }
 
 /* Builds the centroid graph over k x d centroids (shared with other routers
- * through ann_router_kmeans_from_centroids in the future). */
-static int km_graph(const ann_build_opts *o, const float *c, size_t k, size_t d, ann_hnsw **out, ann_error *err)
+ * through ann_router_kmeans_from_centroids in the future); u8: uint8
+ * storage, c already rounded. */
+static int km_graph(const ann_build_opts *o, bool u8, const float *c, size_t k, size_t d, ann_hnsw **out,
+		    ann_error *err)
 {
 	ann_hnsw *g;
-	ANN_TRY(ann_hnsw_create(d, o->metric, o->hnsw_m ? o->hnsw_m : 32,
-				o->hnsw_ef_construction ? o->hnsw_ef_construction : 200, o->seed, &g, err));
+	ANN_TRY(km_graph_new(u8, d, o->metric, o->hnsw_m ? o->hnsw_m : 32,
+			     o->hnsw_ef_construction ? o->hnsw_ef_construction : 200, o->seed, &g, err));
 	int rc = ann_hnsw_build(g, c, k, o->threads > 0 ? o->threads : 1, o->progress, o->progress_ctx, err);
 	if (rc < 0) {
 		ann_hnsw_free(g);
@@ -286,9 +329,15 @@ int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t
 	ko.progress = o->progress;
 	ko.progress_ctx = o->progress_ctx;
 	int rc = ann_kmeans(sample, n, d, &ko, c, NULL, NULL, err);
+	/* u8 data (o->encoding as resolved by the build) under L2: centroids
+	 * rounded onto the data's integer grid cost a quarter of the bytes and
+	 * move by at most 0.5 per coordinate. */
+	bool u8 = o->encoding == ANN_ENC_U8 && o->metric == ANN_METRIC_L2;
+	if (rc >= 0 && u8)
+		km_round_u8(c, (size_t)nparts * d);
 	ann_hnsw *g = NULL;
 	if (rc >= 0)
-		rc = km_graph(o, c, nparts, d, &g, err);
+		rc = km_graph(o, u8, c, nparts, d, &g, err);
 	ann_free(c);
 	if (rc < 0)
 		return rc;

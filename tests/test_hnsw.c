@@ -2,7 +2,9 @@
 /* Description: hnsw.c: recall@10 against brute force on clustered points
  * (bulk build with threads, then incremental adds), all metrics, blob round
  * trip (identical results and bytes), corrupt and truncated blobs rejected,
- * k > n, n = 0 and 1, duplicates, concurrent searches, determinism. */
+ * k > n, n = 0 and 1, duplicates, concurrent searches, determinism; uint8
+ * storage (same graph and answers as float32 on integer data, 3 d bytes
+ * less per node, its blob, bad input refused) and a 1.0 blob still loading. */
 #include "testutil.h"
 
 #include <pthread.h>
@@ -122,10 +124,14 @@ static void test_recall(ann_rng *r)
 	ASSERT_LE(r20lo, r20 + 0.02);
 	ASSERT_LE((double)n * d * 4, (double)ann_hnsw_bytes(h));
 	ASSERT_TRUE(ann_hnsw_ctx_bytes(ctx) >= n * 2);
-	for (size_t i = 0; i < 5; i++)
-		ASSERT_TRUE(memcmp(ann_hnsw_vector(h, (uint32_t)(i * 3000)), x + i * 3000 * d,
-				   d * sizeof(float)) == 0);
-	ASSERT_TRUE(ann_hnsw_vector(h, (uint32_t)n) == NULL);
+	float *v = malloc(d * sizeof(float));
+	for (size_t i = 0; i < 5; i++) {
+		ann_hnsw_vector_get(h, (uint32_t)(i * 3000), v);
+		ASSERT_TRUE(memcmp(v, x + i * 3000 * d, d * sizeof(float)) == 0);
+	}
+	ASSERT_TRUE(!ann_hnsw_is_u8(h) && ann_hnsw_vectors(h) != NULL);
+	ASSERT_TRUE(memcmp(ann_hnsw_vectors(h), x, n * d * sizeof(float)) == 0);
+	free(v);
 	ann_hnsw_free(h);
 	ann_hnsw_ctx_free(ctx);
 	free(x);
@@ -281,6 +287,207 @@ static void test_blob(ann_rng *r)
 	free(b);
 	free(c);
 	ann_hnsw_free(h);
+	free(x);
+	free(q);
+}
+
+/* A 1.0 blob, written by the code before uint8 storage (commit 704920a):
+ * d 3, L2, M 2, ef_construction 8, seed 7, built with threads = 1 from the
+ * 6 vectors of test_blob_1_0. */
+static const uint8_t blob_1_0[436] = {
+	0x89, 0x48, 0x4e, 0x53, 0x57, 0x0d, 0x0a, 0x1a, 0x01, 0x00, 0x00, 0x00, 0x60, 0x00, 0x00, 0x00, 0x03,
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x06, 0x00,
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x63, 0x24, 0xfb, 0x0a, 0xb6, 0xf4, 0x21, 0x1a, 0x81, 0x0a, 0x12, 0xca,
+	0x0a, 0x1d, 0xc2, 0xae, 0x65, 0x6d, 0xd8, 0x46, 0xa8, 0x80, 0x6c, 0x7f, 0x4b, 0xd6, 0x0e, 0x55, 0x88,
+	0x46, 0xdc, 0x2c, 0x4c, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x02, 0x05, 0x06, 0x02,
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x3f, 0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x40,
+	0x40, 0x00, 0x00, 0x88, 0x40, 0x00, 0x00, 0xa0, 0x40, 0x00, 0x00, 0xc0, 0x40, 0x00, 0x00, 0xe0, 0x40,
+	0x00, 0x00, 0x00, 0x41, 0x00, 0x00, 0x80, 0xbf, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x3f, 0x00,
+	0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x10, 0x41, 0x00, 0x00,
+	0x10, 0x41, 0x00, 0x00, 0x18, 0x41, 0x04, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00,
+	0x00, 0x03, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00,
+	0x03, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00,
+	0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00,
+	0x00, 0x02, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02,
+	0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01, 0x00,
+	0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
+	0x00, 0x04, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
+	0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03,
+	0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00,
+	0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0x00, 0x02, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x02, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x04,
+	0x00, 0x00, 0x00, 0x9e, 0x4b, 0x1f, 0x10, 0x0e, 0xf5, 0x8f, 0xf8,
+};
+
+/* Blobs written before uint8 storage load unchanged, and a float32 graph
+ * is still written as 1.0, byte for byte. */
+static void test_blob_1_0(void)
+{
+	t_current = "test_blob_1_0";
+	const float x[6 * 3] = {0.5f, 1, 2, 3, 4.25f, 5, 6, 7, 8, -1, 0, 1, 2, 2, 2, 9, 9, 9.5f};
+	ann_hnsw *g, *h;
+	ann_error e = {0};
+	if (ann_hnsw_load(blob_1_0, sizeof blob_1_0, &g, &e) < 0)
+		T_FAIL("1.0 blob: %s", e.msg);
+	ASSERT_TRUE(!ann_hnsw_is_u8(g));
+	ASSERT_EQ(ann_hnsw_count(g), 6);
+	ASSERT_TRUE(memcmp(ann_hnsw_vectors(g), x, sizeof x) == 0);
+	int32_t ids[6], gt[6];
+	brute(ANN_METRIC_L2, x, 6, 3, x + 3, 6, gt);
+	ASSERT_EQ(ann_hnsw_search(g, NULL, x + 3, 6, 8, ids, NULL, NULL), 6);
+	ASSERT_TRUE(memcmp(ids, gt, sizeof gt) == 0);
+	/* The loaded graph and one built anew both save as the 1.0 bytes. */
+	ASSERT_OK(ann_hnsw_create(3, ANN_METRIC_L2, 2, 8, 7, &h, NULL));
+	ASSERT_OK(ann_hnsw_build(h, x, 6, 1, NULL, NULL, NULL));
+	const ann_hnsw *both[2] = {g, h};
+	for (int i = 0; i < 2; i++) {
+		size_t len;
+		uint8_t *b = save(both[i], &len);
+		ASSERT_EQ(len, sizeof blob_1_0);
+		ASSERT_TRUE(memcmp(b, blob_1_0, len) == 0);
+		free(b);
+	}
+	ann_hnsw_free(g);
+	ann_hnsw_free(h);
+}
+
+static void test_u8(ann_rng *r)
+{
+	t_current = "test_u8";
+	size_t n = 6000, d = 32, nq = 100, nc = 32;
+	/* Clustered like u8 descriptors: centres in 20..235, noise 8 (drawn at
+	 * 1/8 scale, clustered() adds noise 1). Data rounded into 0..255,
+	 * queries left off the grid. */
+	float *ctr = malloc(nc * d * sizeof(float));
+	t_fill_uniform(r, ctr, nc * d, 20.0f / 8, 235.0f / 8);
+	float *x = clustered(r, n, d, ctr, nc), *q = clustered(r, nq, d, ctr, nc);
+	for (size_t i = 0; i < n * d; i++)
+		x[i] = fminf(255, fmaxf(0, roundf(8 * x[i])));
+	for (size_t i = 0; i < nq * d; i++)
+		q[i] *= 8;
+	ann_hnsw *h, *g;
+	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 12, 60, 5, &h, NULL));
+	ASSERT_OK(ann_hnsw_create_u8(d, ANN_METRIC_L2, 12, 60, 5, &g, NULL));
+	ASSERT_TRUE(ann_hnsw_is_u8(g) && !ann_hnsw_is_u8(h));
+	ASSERT_OK(ann_hnsw_build(h, x, n, 1, NULL, NULL, NULL));
+	ASSERT_OK(ann_hnsw_build(g, x, n, 1, NULL, NULL, NULL));
+	/* Integer distances are exact in both storages, so on integer data the
+	 * graphs, and answers to integer queries, are the same. */
+	int32_t i1[10], i2[10];
+	float d1[10], d2[10];
+	for (size_t i = 0; i < 200; i++) {
+		const float *v = x + ann_rng_below(r, n) * d;
+		ASSERT_EQ(ann_hnsw_search(h, NULL, v, 10, 40, i1, d1, NULL), 10);
+		ASSERT_EQ(ann_hnsw_search(g, NULL, v, 10, 40, i2, d2, NULL), 10);
+		ASSERT_TRUE(memcmp(i1, i2, sizeof i1) == 0 && memcmp(d1, d2, sizeof d1) == 0);
+	}
+	double rf = recall(h, NULL, x, n, q, nq, 10, 12), ru = recall(g, NULL, x, n, q, nq, 10, 12);
+	printf("u8 storage: recall@10 %.4f (float32 %.4f); %zu bytes (float32 %zu)\n", ru, rf, ann_hnsw_bytes(g),
+	       ann_hnsw_bytes(h));
+	ASSERT_LE(0.9, ru);
+	ASSERT_NEAR(ru, rf, 0.01);
+	/* 3 d bytes less per node, the rest equal. */
+	ASSERT_EQ(ann_hnsw_bytes(h) - ann_hnsw_bytes(g), n * 3 * d);
+	ASSERT_TRUE(ann_hnsw_vectors(g) == NULL);
+	float v[32];
+	ann_hnsw_vector_get(g, 17, v);
+	ASSERT_TRUE(memcmp(v, x + 17 * d, sizeof v) == 0);
+
+	/* Parallel build: same rows, recall as good. */
+	ann_hnsw *p;
+	ASSERT_OK(ann_hnsw_create_u8(d, ANN_METRIC_L2, 12, 60, 5, &p, NULL));
+	ASSERT_OK(ann_hnsw_build(p, x, n, 2, NULL, NULL, NULL));
+	double rp = recall(p, NULL, x, n, q, nq, 10, 60);
+	printf("u8 storage, 2-thread build: recall@10 %.4f at ef 60\n", rp);
+	ASSERT_LE(0.95, rp);
+	ann_hnsw_free(p);
+
+	/* Blob: 1.1, storage 1, 3 d bytes less per vector; round trip exact. */
+	size_t lf, lu, l2;
+	uint8_t *bf = save(h, &lf), *bu = save(g, &lu);
+	ASSERT_EQ(lf - lu, n * 3 * d);
+	ASSERT_EQ(ann_ld16(bf + 10), 0);
+	ASSERT_EQ(ann_ld16(bu + 10), 1);
+	ASSERT_EQ(ann_ld32(bf + 52), 0);
+	ASSERT_EQ(ann_ld32(bu + 52), 1);
+	ann_hnsw *g2;
+	ann_error e = {0};
+	ann_hnsw *h2;
+	ASSERT_OK(ann_hnsw_load(bu, lu, &g2, NULL));
+	ASSERT_OK(ann_hnsw_load(bf, lf, &h2, NULL));
+	ASSERT_TRUE(ann_hnsw_is_u8(g2) && !ann_hnsw_is_u8(h2));
+	ASSERT_EQ(ann_hnsw_bytes(h2) - ann_hnsw_bytes(g2), n * 3 * d);
+	ann_hnsw_free(h2);
+	uint8_t *b2 = save(g2, &l2);
+	ASSERT_EQ(l2, lu);
+	ASSERT_TRUE(memcmp(b2, bu, lu) == 0);
+	free(b2);
+	for (size_t i = 0; i < nq; i++) {
+		ASSERT_EQ(ann_hnsw_search(g, NULL, q + i * d, 10, 30, i1, d1, NULL), 10);
+		ASSERT_EQ(ann_hnsw_search(g2, NULL, q + i * d, 10, 30, i2, d2, NULL), 10);
+		ASSERT_TRUE(memcmp(i1, i2, sizeof i1) == 0 && memcmp(d1, d2, sizeof d1) == 0);
+	}
+	/* Adds continue after a load, with the same checks. */
+	ASSERT_OK(ann_hnsw_add(g2, x, NULL, NULL));
+	ASSERT_ERR(ann_hnsw_add(g2, q, NULL, &e), e, ANN_E_INVAL, "not an integer");
+	ann_hnsw_free(g2);
+	/* Storage field: unknown value, uint8 in a 1.0 blob, uint8 for IP. */
+	uint8_t *c = malloc(lu);
+	memcpy(c, bu, lu);
+	ann_st32(c + 52, 2);
+	restamp(c, lu);
+	ASSERT_ERR(ann_hnsw_load(c, lu, &g2, &e), e, ANN_E_FORMAT, "storage 2");
+	memcpy(c, bu, lu);
+	ann_st16(c + 10, 0);
+	restamp(c, lu);
+	ASSERT_ERR(ann_hnsw_load(c, lu, &g2, &e), e, ANN_E_CORRUPT, "uint8 storage needs");
+	memcpy(c, bu, lu);
+	ann_st32(c + 20, ANN_METRIC_IP);
+	restamp(c, lu);
+	ASSERT_ERR(ann_hnsw_load(c, lu, &g2, &e), e, ANN_E_CORRUPT, "uint8 storage needs");
+	memcpy(c, bu, lu);
+	ann_st32(c + 52, 0); /* read as float32: the body is too short */
+	restamp(c, lu);
+	ASSERT_ERR(ann_hnsw_load(c, lu, &g2, &e), e, ANN_E_CORRUPT, "");
+	for (int t = 0; t < 100; t++) {
+		memcpy(c, bu, lu);
+		size_t pos = 12 + ann_rng_below(r, lu - 12);
+		c[pos] ^= (uint8_t)(1u << ann_rng_below(r, 8));
+		ASSERT_EQ(ann_hnsw_load(c, lu, &g2, &e), ANN_E_CORRUPT);
+	}
+	free(c);
+	free(bf);
+	free(bu);
+
+	/* Bad input: metrics other than L2; coordinates off the grid. A build
+	 * with one bad row adds nothing. */
+	ASSERT_ERR(ann_hnsw_create_u8(d, ANN_METRIC_IP, 12, 60, 5, &p, &e), e, ANN_E_INVAL, "L2");
+	ASSERT_ERR(ann_hnsw_create_u8(d, ANN_METRIC_COSINE, 12, 60, 5, &p, &e), e, ANN_E_INVAL, "L2");
+	ASSERT_TRUE(p == NULL);
+	ASSERT_OK(ann_hnsw_create_u8(d, ANN_METRIC_L2, 12, 60, 5, &p, NULL));
+	const float bad[] = {0.5f, -1.0f, 256.0f, NAN, INFINITY};
+	for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++) {
+		memcpy(v, x, sizeof v);
+		v[7] = bad[b];
+		ASSERT_ERR(ann_hnsw_add(p, v, NULL, &e), e, ANN_E_INVAL, "component 7");
+	}
+	float *y = malloc(10 * d * sizeof(float));
+	memcpy(y, x, 10 * d * sizeof(float));
+	y[6 * d + 3] = 3.25f;
+	for (int threads = 1; threads <= 2; threads++)
+		ASSERT_ERR(ann_hnsw_build(p, y, 10, threads, NULL, NULL, &e), e, ANN_E_INVAL, "vector 6 component 3");
+	ASSERT_EQ(ann_hnsw_count(p), 0);
+	ASSERT_OK(ann_hnsw_build(p, y, 6, 2, NULL, NULL, NULL));
+	ASSERT_EQ(ann_hnsw_count(p), 6);
+	free(y);
+	ann_hnsw_free(p);
+	ann_hnsw_free(g);
+	ann_hnsw_free(h);
+	free(ctr);
 	free(x);
 	free(q);
 }
@@ -523,6 +730,8 @@ int main(void)
 	test_recall(&rng);
 	test_metrics(&rng);
 	test_blob(&rng);
+	test_blob_1_0();
+	test_u8(&rng);
 	test_small(&rng);
 	test_duplicates(&rng);
 	test_concurrent_and_determinism(&rng);

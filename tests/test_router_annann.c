@@ -246,10 +246,14 @@ static void test_assign(void)
 		ASSERT_TRUE(a1[i] < KC);
 		float z[E];
 		embed(&p, base + i * D, z);
+		float mu[E];
 		double best = INFINITY;
-		for (uint32_t j = 0; j < KC; j++)
-			best = fmin(best, sq(z, ann_hnsw_vector(p.graph, j), E));
-		double got = sq(z, ann_hnsw_vector(p.graph, a1[i]), E);
+		for (uint32_t j = 0; j < KC; j++) {
+			ann_hnsw_vector_get(p.graph, j, mu);
+			best = fmin(best, sq(z, mu, E));
+		}
+		ann_hnsw_vector_get(p.graph, a1[i], mu);
+		double got = sq(z, mu, E);
 		ASSERT_LE(got, best + 1e-3 * (1 + best));
 		used += !seen[a1[i]];
 		seen[a1[i]] = true;
@@ -327,8 +331,11 @@ static void check_routes(const ann_router *r, const parsed *p)
 				float z[E];
 				embed(p, queries + q * D, z);
 				oc cand[KC];
-				for (uint32_t j = 0; j < KC; j++)
-					cand[j] = (oc){sq(z, ann_hnsw_vector(p->graph, j), E), j};
+				float mu[E];
+				for (uint32_t j = 0; j < KC; j++) {
+					ann_hnsw_vector_get(p->graph, j, mu);
+					cand[j] = (oc){sq(z, mu, E), j};
+				}
 				qsort(cand, KC, sizeof *cand, oc_cmp);
 				for (size_t j = 0; j < m; j++)
 					cand[j].d = sq(queries + q * D, p->means + (size_t)cand[j].id * D, D);
