@@ -235,7 +235,7 @@ typedef struct ann_search_opts {
 	uint32_t k;            /**< neighbours per query; default 10 */
 	uint32_t nprobe;       /**< partitions read per query (C for annann); default 16 */
 	uint32_t candidates_factor; /**< annann: HNSW returns factor * C clusters; default 10 */
-	uint32_t hnsw_ef;      /**< ef of the centroid graph search; default 0 = max(128, 2 * nprobe) (k-means router; docs/DESIGN.md) */
+	uint32_t hnsw_ef;      /**< ef of the centroid graph search; default 0 = max(the build's calibrated ef, 2 * nprobe), 128 for indexes built before calibration (k-means router; docs/DESIGN.md) */
 	size_t cache_bytes;    /**< decoded-block cache; default 0 = read every block from storage */
 	uint32_t queue_depth;  /**< I/O requests in flight; default 32 */
 	size_t io_buffer_bytes; /**< bound on raw block bytes in flight; default 16 MiB, raised to the largest block */

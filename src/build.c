@@ -499,6 +499,8 @@ static int publish_meta(build *b, double total_s, ann_error *err)
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.time.route_s", b->t_route, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.time.pack_s", b->t_pack, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.time.total_s", total_s, err));
+	if (b->router->route_ef)
+		ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "router.ef", b->router->route_ef, err));
 	ANN_CHECK(rc, b->router->ops->save(b->router, &blob, &blen, err));
 	ANN_CHECK(rc, ann_catalog_model_put(t, "router", blob, blen, err));
 	if (b->dict)
@@ -588,6 +590,16 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	ann_build_opts ro = *o;
 	ro.encoding = b.enc;
 	ANN_CHECK(rc, ann_router_train(&ro, sample, b.sample_n, b.d, b.nparts, &b.router, err));
+	if (o->router == ANN_ROUTER_KMEANS) {
+		/* Single-query routing ef, measured on the sample (docs/DESIGN.md). */
+		uint32_t ef;
+		double ov;
+		ANN_CHECK(rc, ann_router_kmeans_calibrate(b.router, sample, b.sample_n, o->threads > 0 ? o->threads : 1,
+							  &ef, &ov, err));
+		b.router->route_ef = ef;
+		ann_router_log(o, "kmeans router: single-query ef %u (top-16 routing overlap %.4f with the exact scan)",
+			       ef, ov);
+	}
 	ann_free(sample);
 	sample = NULL;
 	b.nparts = b.router->nparts;

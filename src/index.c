@@ -24,6 +24,16 @@ static int load_models(ann_index *x, ann_error *err)
 		goto fail;
 	}
 	ANN_CHECK(rc, ann_router_load(x->meta.router, blob, len, x->meta.dim, x->meta.metric, &x->router, err));
+	uint64_t ef = 0; /* the build's calibrated routing ef; absent before it existed */
+	rc = ann_catalog_meta_get_u64(t, "router.ef", &ef, err);
+	if (rc < 0 && rc != ANN_E_NOTFOUND)
+		goto fail;
+	if (ef > 4096) {
+		rc = ann_err(err, ANN_E_CORRUPT, "%s: catalog meta router.ef is %llu, expected 1..4096", x->path,
+			     (unsigned long long)ef);
+		goto fail;
+	}
+	x->router->route_ef = (uint32_t)ef;
 	if (x->meta.dict_id) {
 		char name[32];
 		snprintf(name, sizeof name, "zstd_dict.%u", x->meta.dict_id);

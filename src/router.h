@@ -54,6 +54,8 @@ struct ann_router {
 	uint32_t nparts; /* partitions the router can name: 0 .. nparts - 1 */
 	uint32_t dim;
 	ann_metric metric;
+	uint32_t route_ef; /* k-means: ef of single-query graph routing calibrated by the build
+			      (catalog meta "router.ef"); 0: the fixed default of older indexes */
 	void *impl;
 };
 
@@ -71,6 +73,14 @@ void ann_router_free(ann_router *r);
 /* Per-kind entry points (router_*.c). */
 int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
 			    ann_router **out, ann_error *err);
+/* Measures the centroid graph against an exact scan on n rows of x (the
+ * build's sample): the smallest ef of a fixed ladder whose top-16 routing
+ * overlaps the exact top-16 by at least min(0.99, the overlap at ef 512 -
+ * 0.002); docs/DESIGN.md "The centroid graph". */
+int ann_router_kmeans_calibrate(const ann_router *r, const float *x, size_t n, int threads, uint32_t *ef,
+				double *overlap, ann_error *err);
+/* The k-means router's centroid graph (tests, tools). */
+const struct ann_hnsw *ann_router_kmeans_graph(const ann_router *r);
 int ann_router_kmeans_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
 			   ann_error *err);
 

@@ -19,6 +19,9 @@
 #define EXACT_MAX 16384u     /* centroids up to which assignment is exact */
 #define BATCH_MIN 8u         /* queries from which a batch is routed exactly on sgemm */
 #define ASSIGN_CANDIDATES 8u /* nearest centroids considered for replicas */
+#define DEFAULT_EF 128u      /* single-query ef of indexes built before calibration */
+#define CAL_PROBES 16u       /* calibration: routing overlap measured on the top 16 */
+#define CAL_QUERIES 1000u    /* calibration: sample rows used as queries */
 
 typedef struct km_router {
 	ann_hnsw *graph;
@@ -148,7 +151,7 @@ static int km_route(const ann_router *r, ann_router_ctx *c, const float *q, cons
 		    uint32_t *parts, ann_error *err)
 {
 	size_t np = ANN_MIN((size_t)o->nprobe, (size_t)4096);
-	size_t ef = o->hnsw_ef ? o->hnsw_ef : ANN_MAX((size_t)128, 2 * np);
+	size_t ef = o->hnsw_ef ? o->hnsw_ef : ANN_MAX((size_t)(r->route_ef ? r->route_ef : DEFAULT_EF), 2 * np);
 	int found = ann_hnsw_search(km(r)->graph, c->hctx, q, np, ef, c->ids, c->dists, err);
 	if (found < 0)
 		return found;
@@ -356,4 +359,67 @@ int ann_router_kmeans_load(const uint8_t *blob, size_t len, uint32_t dim, ann_me
 			       gd, dim);
 	}
 	return km_wrap(g, dim, metric, out, err);
+}
+
+const ann_hnsw *ann_router_kmeans_graph(const ann_router *r)
+{
+	return r->ops == &km_ops ? km(r)->graph : NULL;
+}
+
+int ann_router_kmeans_calibrate(const ann_router *r, const float *x, size_t n, int threads, uint32_t *ef,
+				double *overlap, ann_error *err)
+{
+	static const uint32_t ladder[] = {16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512};
+	enum { NL = sizeof ladder / sizeof ladder[0] };
+	const ann_hnsw *h = km(r)->graph;
+	size_t k = ann_hnsw_count(h), d = r->dim;
+	size_t p = ANN_MIN((size_t)CAL_PROBES, k), m = ANN_MIN(n, (size_t)CAL_QUERIES);
+	*ef = DEFAULT_EF;
+	*overlap = 1;
+	if (m == 0 || p == 0)
+		return ANN_OK;
+	size_t stride = n / m;
+	float *q = ann_malloc(m * d * sizeof(float));
+	uint32_t *exact = ann_malloc(m * p * sizeof(uint32_t));
+	float *c = km_centroids(r, k, err);
+	ann_hnsw_ctx *hc = NULL;
+	int rc = ANN_OK;
+	if (!q || !exact || !c) {
+		rc = ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory calibrating on %zu queries", m);
+		goto fail;
+	}
+	for (size_t i = 0; i < m; i++)
+		memcpy(q + i * d, x + i * stride * d, d * sizeof(float));
+	ANN_CHECK(rc, ann_nearest_centroids(q, m, d, c, k, p, r->metric, threads, exact, NULL, err));
+	ANN_CHECK(rc, ann_hnsw_ctx_new(&hc, err));
+	double ov[NL];
+	int32_t ids[CAL_PROBES];
+	float dists[CAL_PROBES];
+	for (size_t l = 0; l < NL; l++) {
+		uint64_t hit = 0;
+		for (size_t i = 0; i < m; i++) {
+			int got = ann_hnsw_search(h, hc, q + i * d, p, ANN_MAX((size_t)ladder[l], p), ids, dists, err);
+			ANN_CHECK(rc, got);
+			for (int a = 0; a < got; a++)
+				for (size_t b = 0; b < p; b++)
+					if ((uint32_t)ids[a] == exact[i * p + b]) {
+						hit++;
+						break;
+					}
+		}
+		ov[l] = (double)hit / (double)(m * p);
+	}
+	double target = ANN_MIN(0.99, ov[NL - 1] - 0.002);
+	size_t l = 0;
+	while (l + 1 < NL && ov[l] < target)
+		l++;
+	*ef = ladder[l];
+	*overlap = ov[l];
+	rc = ANN_OK;
+fail:
+	ann_hnsw_ctx_free(hc);
+	ann_free(c);
+	ann_free(exact);
+	ann_free(q);
+	return rc;
 }

@@ -8,12 +8,19 @@
  * blocks.dat must be reported by ann_verify and by search. The k-means
  * router of u8 data keeps uint8 centroids: 3 bytes less per dimension and
  * centroid than for f32 data, the same recall, batch routing = single.
+ * The build calibrates the single-query routing ef (router.ef): a crippled
+ * centroid graph needs a larger ef than a good one, the overlap it reports
+ * is what an independent count finds, and the index loads the value.
  */
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "gt.h"
+#include "hnsw.h"
+#include "index.h"
+#include "kmeans.h"
+#include "router.h"
 #include "testutil.h"
 #include "vecio.h"
 
@@ -183,6 +190,93 @@ static void test_exact(const char *dir, const char *fbin, const char *u8bin)
 		ASSERT_EQ(problems, 0);
 		free(path);
 	}
+}
+
+/* Top-16 overlap of graph routing at ef with an exact scan, counted here
+ * without the router (brute force in double, graph through hnsw.h). */
+static double overlap_at(const ann_router *r, const float *x, size_t n, size_t d, uint32_t ef, size_t m)
+{
+	const ann_hnsw *h = ann_router_kmeans_graph(r);
+	ASSERT_TRUE(h != NULL);
+	size_t k = ann_hnsw_count(h), stride = n / m, hit = 0;
+	float *c = malloc(k * d * sizeof(float));
+	double *dd = malloc(k * sizeof(double));
+	for (size_t i = 0; i < k; i++)
+		ann_hnsw_vector_get(h, (uint32_t)i, c + i * d);
+	for (size_t qi = 0; qi < m; qi++) {
+		const float *q = x + qi * stride * d;
+		for (size_t i = 0; i < k; i++) {
+			double s = 0;
+			for (size_t j = 0; j < d; j++)
+				s += ((double)q[j] - c[i * d + j]) * ((double)q[j] - c[i * d + j]);
+			dd[i] = s;
+		}
+		int32_t ids[16];
+		float gd[16];
+		ASSERT_EQ(ann_hnsw_search(h, NULL, q, 16, ef < 16 ? 16 : ef, ids, gd, NULL), 16);
+		/* exact top 16: the 16th smallest distance; ties count as found */
+		double *sorted = malloc(k * sizeof(double));
+		memcpy(sorted, dd, k * sizeof(double));
+		for (size_t a = 0; a < 16; a++)
+			for (size_t b = a + 1; b < k; b++)
+				if (sorted[b] < sorted[a]) {
+					double t = sorted[a];
+					sorted[a] = sorted[b];
+					sorted[b] = t;
+				}
+		for (size_t a = 0; a < 16; a++)
+			hit += dd[ids[a]] <= sorted[15] * (1 + 1e-6);
+		free(sorted);
+	}
+	free(c);
+	free(dd);
+	return (double)hit / (double)(m * 16);
+}
+
+static void test_route_ef(const char *dir, const char *u8bin)
+{
+	t_current = "test_route_ef";
+	size_t n = 12000, d = 16;
+	float *x = malloc(n * d * sizeof(float));
+	t_gen_mixture(x, n, NULL, 0, (uint32_t)d, 40, 11);
+	uint32_t ef[2];
+	double ov[2];
+	for (int bad = 0; bad < 2; bad++) {
+		ann_build_opts o;
+		ann_build_opts_init(&o);
+		o.threads = 1;
+		o.kmeans_iters = 8;
+		o.hnsw_m = bad ? 2 : 32;
+		o.hnsw_ef_construction = bad ? 2 : 200;
+		ann_router *r;
+		ASSERT_OK(ann_router_kmeans_train(&o, x, n, d, 1500, &r, NULL));
+		ASSERT_OK(ann_router_kmeans_calibrate(r, x, n, 1, &ef[bad], &ov[bad], NULL));
+		double mine = overlap_at(r, x, n, d, ef[bad], 1000);
+		printf("route ef: graph M %u: ef %u, overlap %.4f (independent count %.4f)\n", o.hnsw_m, ef[bad],
+		       ov[bad], mine);
+		ASSERT_NEAR(mine, ov[bad], 0.01);
+		ASSERT_TRUE(ef[bad] >= 16 && ef[bad] <= 512);
+		ann_router_free(r);
+	}
+	ASSERT_LE(0.99, ov[0]);
+	ASSERT_TRUE(ef[0] <= 64);
+	ASSERT_TRUE(ef[1] > ef[0]);
+	free(x);
+	/* The build stores it and the index loads it. */
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = 12;
+	o.threads = 1;
+	o.mem_bytes = (size_t)64 << 20;
+	ann_index *idx = build_open(dir, "route-ef", u8bin, &o);
+	ASSERT_TRUE(idx->router->route_ef >= 16 && idx->router->route_ef <= 512);
+	ann_cat_txn *t;
+	uint64_t v = 0;
+	ASSERT_OK(ann_catalog_read_begin(ann_store_catalog(idx->store), &t, NULL));
+	ASSERT_OK(ann_catalog_meta_get_u64(t, "router.ef", &v, NULL));
+	ann_catalog_read_end(t);
+	ASSERT_EQ(v, idx->router->route_ef);
+	ann_index_close(idx);
 }
 
 /* Batch size, cache, pread and replicas change cost, never answers. */
@@ -355,6 +449,7 @@ int main(void)
 	write_base(u8bin);
 	test_exact(dir, fbin, u8bin);
 	test_equivalence(dir, u8bin);
+	test_route_ef(dir, u8bin);
 	test_failures(dir, fbin);
 	test_corruption(dir, fbin, &rng);
 	t_rmtree(dir);

@@ -356,7 +356,7 @@ static cli_opt search_opts[] = {
 	{"nprobe", "P[,P...]", "partitions read per query; a list runs a sweep (default 16)", NULL},
 	{"C", "C[,C...]", "annann router: clusters scanned (same as --nprobe)", NULL},
 	{"candidates-factor", "F", "annann router: HNSW returns F * C clusters (default 10)", NULL},
-	{"ef", "EF", "ef of the centroid-graph search (default max(128, 2 * nprobe) for k-means)", NULL},
+	{"ef", "EF", "ef of the centroid-graph search (k-means default: max(the build's calibrated ef, 2 * nprobe))", NULL},
 	{"batch", "N", "queries per batch: 1 measures latency, more gives throughput (default 1)", NULL},
 	{"threads", "T", "search threads, each with its own searcher (default 1)", NULL},
 	{"cache", "BYTES", "decoded-block cache per thread (default 0: every block from storage)", NULL},
