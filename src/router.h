@@ -73,10 +73,10 @@ void ann_router_free(ann_router *r);
 /* Per-kind entry points (router_*.c). */
 int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
 			    ann_router **out, ann_error *err);
-/* Measures the centroid graph against an exact scan on n rows of x (the
- * build's sample): the smallest ef of a fixed ladder whose top-16 routing
- * overlaps the exact top-16 by at least min(0.99, the overlap at ef 512 -
- * 0.002); docs/DESIGN.md "The centroid graph". */
+/* Measures the centroid graph against an exact scan on up to 1000 rows of
+ * x (the build's sample): the smallest ef of a fixed ladder (16 .. 512)
+ * whose top-16 routing overlaps the exact top-16 within 0.001 of the
+ * overlap at ef 512; docs/DESIGN.md "The centroid graph". */
 int ann_router_kmeans_calibrate(const ann_router *r, const float *x, size_t n, int threads, uint32_t *ef,
 				double *overlap, ann_error *err);
 /* The k-means router's centroid graph (tests, tools). */
