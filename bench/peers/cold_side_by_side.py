@@ -13,7 +13,7 @@
 #   recall@10 is strict (no tie credit) for both, from their result ids against gt100.bin.
 #
 # Usage:
-#   cold_side_by_side.py --dir DATA --annann BIN --index NAME=DIR:P1,P2 [--index ...]
+#   cold_side_by_side.py --dir DATA --annann BIN --index "NAME=DIR:P1,P2[|MORE ARGS]" [--index ...]
 #                        --spann-work W/spann --spann-irn 6,8 --reps 3 --out FILE.jsonl
 import argparse
 import json
@@ -25,10 +25,10 @@ import numpy as np
 import spann
 
 
-def annann_once(a, idx, nprobe, query, gtp, tmp):
+def annann_once(a, idx, nprobe, extra, query, gtp, tmp):
 	out = os.path.join(tmp, 'res.bin')
 	o, _, rss, _ = run([a.annann, 'search', '--index', idx, '--queries', query, '--gt', gtp, '--k', '10',
-			    '--nprobe', str(nprobe), '--batch', '1', '--threads', '1', '--out', out, '--json'],
+			    '--nprobe', str(nprobe), '--batch', '1', '--threads', '1', '--out', out, '--json'] + extra,
 			   timed=True)
 	j = json.loads(o.strip().splitlines()[-1])
 	nres, kres = bin_header(out)
@@ -69,7 +69,8 @@ def main():
 	ap = argparse.ArgumentParser()
 	ap.add_argument('--dir', required=True, help='dataset directory: query.u8bin (or .fbin), gt100.bin')
 	ap.add_argument('--annann', required=True)
-	ap.add_argument('--index', action='append', default=[], help='NAME=DIR:P1,P2,... (nprobe values)')
+	ap.add_argument('--index', action='append', default=[],
+			help='NAME=DIR:P1,P2,... (nprobe values), optionally followed by |ARGS: more search options')
 	ap.add_argument('--spann-work', help='the spann directory of bench/peers/spann.py (holds idx, build.json)')
 	ap.add_argument('--spann-irn', default='6,8')
 	ap.add_argument('--reps', type=int, default=3)
@@ -80,9 +81,11 @@ def main():
 	gtp = os.path.join(a.dir, 'gt100.bin')
 	settings = []
 	for spec in a.index:
+		spec, _, extra = spec.partition('|')
 		name, rest = spec.split('=', 1)
 		d, probes = rest.rsplit(':', 1)
 		info = json.loads(run([a.annann, 'info', '--index', d, '--json'])[0])
+		info['extra'] = extra.split()
 		for p in parse_list(probes):
 			settings.append(('annann', name, d, p, info))
 	if a.spann_work:
@@ -96,7 +99,7 @@ def main():
 				if not drop_caches():
 					raise SystemExit('cold_side_by_side: cannot drop the page cache (run as root)')
 				if system == 'annann':
-					runs[i].append(annann_once(a, d, p, query, gtp, tmp))
+					runs[i].append(annann_once(a, d, p, info['extra'], query, gtp, tmp))
 				else:
 					runs[i].append(spann_once(a, p, query, gtp, tmp))
 	print('| system | setting | recall@10 | KiB/query | p50 us (median; runs) | mean us | peak RSS MiB | index RAM |')
@@ -112,6 +115,7 @@ def main():
 		if info:
 			rec['router_ram_bytes'] = info['router_ram_bytes']
 			rec['bytes_on_disk'] = info['bytes_on_disk']
+			rec['search_args'] = info['extra']
 			ram = '%.2f MiB router' % (info['router_ram_bytes'] / 2**20)
 		else:
 			hb = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in
