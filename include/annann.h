@@ -221,6 +221,7 @@ typedef struct ann_index_info {
 	uint64_t largest_partition;
 	uint64_t smallest_partition;
 	uint64_t live_vectors;     /**< searchable now: built + inserted - deleted */
+	uint32_t route_ef;         /**< k-means: the calibrated single-query ef of the centroid graph; 0 = none */
 } ann_index_info;
 
 ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);

@@ -132,6 +132,7 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->encoding = x->meta.encoding;
 	info->metric = x->meta.metric;
 	info->router_ram_bytes = x->router->ops->ram_bytes(x->router) + (uint64_t)x->dir.n * sizeof(ann_dirent);
+	info->route_ef = x->router->route_ef;
 	info->smallest_partition = UINT64_MAX;
 	for (uint32_t p = 0; p < x->dir.n; p++) {
 		const ann_dirent *e = &x->dir.ents[p];

@@ -87,6 +87,7 @@ d = json.load(open(sys.argv[1]))
 for k in ["vectors", "dim", "partitions", "router", "store", "encoding", "bytes_on_disk", "router_ram_bytes"]:
     assert k in d, k
 assert d["vectors"] == 3000 and d["dim"] == 32 and d["partitions"] == 16 and d["router"] == "kmeans"
+assert 16 <= d["route_ef"] <= 512, d["route_ef"]  # calibrated by the build
 PY
 expect 0 "$A" search --index "$dir/idx" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --k 10 --nprobe 16 --json \
 	--out "$dir/res.bin"

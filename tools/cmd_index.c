@@ -262,6 +262,7 @@ static int run_info(cli_cmd *c)
 		cli_json_int(&j, "block_bytes", (long long)in.block_bytes);
 		cli_json_int(&j, "raw_bytes", (long long)raw);
 		cli_json_int(&j, "router_ram_bytes", (long long)in.router_ram_bytes);
+		cli_json_int(&j, "route_ef", (long long)in.route_ef);
 		cli_json_num(&j, "router_bytes_per_vector", in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0);
 		cli_json_int(&j, "largest_partition", (long long)in.largest_partition);
 		cli_json_int(&j, "smallest_partition", (long long)in.smallest_partition);
@@ -288,6 +289,8 @@ static int run_info(cli_cmd *c)
 		printf("router         %s, %.2f MiB in RAM (%.2f bytes per vector)\n", ann_router_name(in.router),
 		       (double)in.router_ram_bytes / 1048576.0,
 		       in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0.0);
+		if (in.route_ef)
+			printf("route ef       %u (calibrated by the build; --ef overrides)\n", in.route_ef);
 		printf("store          %s\n", in.store == ANN_STORE_LMDB ? "lmdb" : "file");
 		printf("on disk        %.1f MiB (blocks %.1f MiB; raw vectors %.1f MiB; ratio %.3f)\n",
 		       (double)in.bytes_on_disk / 1048576.0, (double)in.block_bytes / 1048576.0,
