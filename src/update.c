@@ -214,10 +214,26 @@ static int to_delta(const ann_index *x, const float *v, size_t i, uint8_t *out, 
 	return ANN_OK;
 }
 
-int ann_insert(ann_writer *w, const float *vectors, size_t n, const int64_t *ids, int upsert, int64_t *ids_out,
-	       ann_error *err)
+int ann_writer_get_info(const ann_writer *w, ann_index_info *info, ann_error *err)
 {
+	if (!w || !info)
+		return ann_err(err, ANN_E_INVAL, "ann_writer_get_info: NULL writer or info");
+	return ann_index_get_info(w->x, info, err);
+}
+
+int ann_insert(ann_writer *w, const float *vectors, size_t n, uint32_t dim, const int64_t *ids, int upsert,
+	       int64_t *ids_out, ann_error *err)
+{
+	if (!w || (n && !vectors))
+		return ann_err(err, ANN_E_INVAL, "insert: NULL writer or vectors");
 	ann_index *x = w->x;
+	/* Checked before the first read of vectors: a caller with vectors of
+	 * another dimension must get an error, never a read past its array. */
+	if (dim != x->meta.dim)
+		return ann_err(err, ANN_E_INVAL, "insert: the vectors have dimension %u, the index %s has %u", dim,
+			       x->path, x->meta.dim);
+	if (n > SIZE_MAX / ((size_t)dim * sizeof(float) + 64))
+		return ann_err(err, ANN_E_INVAL, "insert: %zu vectors of dimension %u overflow", n, dim);
 	size_t d = x->meta.dim, db = ann_index_delta_bytes(x);
 	uint32_t *parts = ann_malloc((n ? n : 1) * sizeof(uint32_t));
 	float *routed = ann_malloc((n ? n : 1) * d * sizeof(float));
