@@ -231,6 +231,10 @@ ANN_API const char *ann_encoding_name(ann_encoding e);
 /** Partition size of partition @p p in vectors (for histograms), or 0. */
 ANN_API uint64_t ann_index_partition_size(const ann_index *idx, uint32_t p);
 
+/** Largest k (neighbours per query) that ann_search, ann_gt_compute and the
+ * annann tool accept. */
+#define ANN_MAX_K 100000u
+
 /** Search options. */
 typedef struct ann_search_opts {
 	uint32_t k;            /**< neighbours per query; default 10 */

@@ -35,3 +35,52 @@ expect 0 "$A" info --index "$dir/idx" --json
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["live_vectors"]==3000, d' "$dir/out" \
 	|| fail "a refused insert changed the index"
 expect 0 "$A" verify --index "$dir/idx"
+
+# ---- D9: every numeric option: exit 2 naming the option, the value and the range
+I="$dir/idx"; Q="$dir/q.u8bin"
+expect 2 "$A" search --index "$I" --queries "$Q" --cache 1.5e30G
+says "option '--cache': '1.5e30G' is not a size"; says "expected 0..1024T"
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/i2" --mem 1.5e30G
+says "option '--mem': '1.5e30G'"; says "expected 16M..1024T"
+[ -e "$dir/i2" ] && fail "a refused build left its directory"
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/i2" --mem 99999999999999999999G
+says "is larger than 2^64-1"
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/i2" --mem 2000T
+says "option '--mem': 2000T is out of range"
+expect 2 "$A" search --index "$I" --queries "$Q" --limit " -1"
+says "option '--limit': ' -1' is not a non-negative integer"
+expect 2 "$A" search --index "$I" --queries "$Q" --limit -1
+says "option '--limit': '-1' is negative"
+expect 2 "$A" compact --index "$I" --split-limit " -1"
+says "option '--split-limit': ' -1'"
+expect 2 "$A" compact --index "$I" --split-limit "+5"
+expect 2 "$A" search --index "$I" --queries "$Q" --ef 4294967297
+says "option '--ef': 4294967297 is out of range; expected 0..1000000"
+expect 2 "$A" search --index "$I" --queries "$Q" --ef 4000000000
+expect 2 "$A" search --index "$I" --queries "$Q" --candidates-factor 4294967297
+says "option '--candidates-factor': 4294967297 is out of range"
+expect 2 "$A" gen --n 10 --out "$dir/x.u8bin" --clusters 4294967297
+says "option '--clusters': 4294967297 is out of range; expected 0..4096"
+expect 2 "$A" gen --n 18446744073709551616 --out "$dir/x.u8bin"
+says "option '--n'"
+expect 2 "$A" gen --n 0x10 --out "$dir/x.u8bin"
+expect 2 "$A" gen --n 10 --out "$dir/x.u8bin" --drift nan
+says "option '--drift': 'nan'"
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/i2" --mem 1.5
+says "fraction of a byte"
+expect 2 "$A" search --index "$I" --queries "$Q" --nprobe 1,,2
+says "option '--nprobe': item ''"
+expect 2 "$A" search --index "$I" --queries "$Q" --nprobe 4097
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/i2" --hidden 0
+says "option '--hidden': item 0 is out of range; expected 1..65536"
+[ -e "$dir/x.u8bin" ] || [ -e "$dir/i2" ] && fail "a refused command wrote output"
+# sizes that are right keep working: a fraction with a unit, KiB/MB spellings
+expect 0 "$A" search --index "$I" --queries "$Q" --cache 1.5M --k 5 --nprobe 2
+expect 0 "$A" search --index "$I" --queries "$Q" --cache 64KiB --k 5 --nprobe 2 --limit 3
+
+# ---- k: the tool and the library agree on ANN_MAX_K (100000)
+expect 2 "$A" search --index "$I" --queries "$Q" --k 100001
+says "option '--k': 100001 is out of range; expected 1..100000"
+expect 2 "$A" gt --base "$dir/b.u8bin" --queries "$Q" --out "$dir/g.bin" --k 100001
+says "expected 1..100000"
+expect 0 "$A" search --index "$I" --queries "$Q" --k 20000 --nprobe 8 --limit 2

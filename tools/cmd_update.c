@@ -88,10 +88,8 @@ static int run_insert(cli_cmd *c)
 	if (!data)
 		return CLI_EXIT_USAGE;
 	uint64_t batch;
-	if (!cli_u64(c, "batch", 10000, &batch))
+	if (!cli_u64(c, "batch", 10000, 1, 10000000, &batch))
 		return CLI_EXIT_USAGE;
-	if (batch == 0 || batch > 10000000)
-		return cli_usage_error(c, "--batch must be within 1..10000000");
 	ann_error err = {0};
 	ann_writer *w = NULL;
 	ann_vreader *r = NULL;
@@ -233,7 +231,7 @@ static int run_compact(cli_cmd *c)
 	if (!dir)
 		return CLI_EXIT_USAGE;
 	uint64_t limit;
-	if (!cli_u64(c, "split-limit", 0, &limit))
+	if (!cli_u64(c, "split-limit", 0, 0, UINT64_MAX, &limit))
 		return CLI_EXIT_USAGE;
 	ann_error err = {0};
 	ann_writer *w = NULL;
