@@ -74,6 +74,7 @@ expect 2 "$A" search --index "$I" --queries "$Q" --nprobe 4097
 expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/i2" --hidden 0
 says "option '--hidden': item 0 is out of range; expected 1..65536"
 [ -e "$dir/x.u8bin" ] || [ -e "$dir/i2" ] && fail "a refused command wrote output"
+true
 # sizes that are right keep working: a fraction with a unit, KiB/MB spellings
 expect 0 "$A" search --index "$I" --queries "$Q" --cache 1.5M --k 5 --nprobe 2
 expect 0 "$A" search --index "$I" --queries "$Q" --cache 64KiB --k 5 --nprobe 2 --limit 3
@@ -84,3 +85,18 @@ says "option '--k': 100001 is out of range; expected 1..100000"
 expect 2 "$A" gt --base "$dir/b.u8bin" --queries "$Q" --out "$dir/g.bin" --k 100001
 says "expected 1..100000"
 expect 0 "$A" search --index "$I" --queries "$Q" --k 20000 --nprobe 8 --limit 2
+
+# ---- D11: sizes checked before anything is written; writer and reader agree
+expect 2 "$A" gen --n 3000000000 --out "$dir/big.u8bin" --quiet
+says "option '--n': 3000000000 vectors, but the u8bin format of $dir/big.u8bin holds at most 2147483647"
+expect 2 "$A" gen --n 10 --queries 3000000000 --queries-out "$dir/bigq.fbin" --out "$dir/small.fbin" --quiet
+says "option '--queries'"
+# more bytes than any disk here holds: refused by the free-space check, at once
+expect 1 "$A" gen --n 2000000000 --dim 65536 --clusters 16 --out "$dir/big.fvecs" --quiet
+says "bytes free; nothing was written"
+expect 2 "$A" convert --in "$dir/b.u8bin" --out "$dir/c0.fbin" --limit 0
+says "option '--limit': 0 is out of range; expected 1.."
+expect 2 "$A" convert --in "$dir/b.u8bin" --out "$dir/c0.fbin" --offset 3000
+says "leaves no vector"
+! ls "$dir" | grep -Eq 'big|small|c0' || fail "a refused gen or convert left a file: $(ls "$dir")"
+echo "hostile_cli: all checks passed"

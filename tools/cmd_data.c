@@ -49,6 +49,21 @@ static int run_gen(cli_cmd *c)
 		return cli_usage_error(c, "--queries needs --queries-out FILE");
 	o.dim = (uint32_t)dim;
 	o.clusters = (uint32_t)clusters;
+	/* The format's vector limit is a usage error, found before writing. */
+	ann_vfmt fmt;
+	ann_error ferr = {0};
+	const char *paths[2] = {out, o.nq ? qout : NULL};
+	uint64_t counts[2] = {o.n, o.nq};
+	for (int i = 0; i < 2; i++) {
+		if (!paths[i])
+			continue;
+		if (ann_vfmt_from_path(paths[i], &fmt, &ferr) < 0)
+			return cli_usage_error(c, "%s", ferr.msg);
+		if (counts[i] > ann_vfmt_max_vectors(fmt))
+			return cli_usage_error(c, "option '--%s': %llu vectors, but the %s format of %s holds at most %llu",
+					       i ? "queries" : "n", (unsigned long long)counts[i], ann_vfmt_name(fmt), paths[i],
+					       (unsigned long long)ann_vfmt_max_vectors(fmt));
+	}
 	o.drift = (float)drift;
 	cli_progress_state ps;
 	cli_progress_init(&ps, cli_flag(c, "quiet"));
@@ -228,6 +243,18 @@ static int run_convert(cli_cmd *c)
 		return cli_fail(c, &err);
 	}
 	uint64_t n = ANN_MIN(total - offset, limit), done = 0;
+	if (n == 0) {
+		ann_vreader_close(r);
+		return cli_usage_error(c, "--offset %llu leaves no vector of the %llu in %s to convert",
+				       (unsigned long long)offset, (unsigned long long)total, in);
+	}
+	ann_vfmt ofmt;
+	if (ann_vfmt_from_path(out, &ofmt, &err) == 0 && n > ann_vfmt_max_vectors(ofmt)) {
+		ann_vreader_close(r);
+		return cli_usage_error(c, "%s: %llu vectors, but the %s format holds at most %llu; use --limit", out,
+				       (unsigned long long)n, ann_vfmt_name(ofmt),
+				       (unsigned long long)ann_vfmt_max_vectors(ofmt));
+	}
 	size_t chunk = ANN_MAX((size_t)1, ((size_t)4 << 20) / ((size_t)d * 4));
 	buf = ann_malloc(chunk * d * sizeof(float));
 	if (!buf) {
