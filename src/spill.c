@@ -62,12 +62,15 @@ int ann_spill_open(const char *path, uint32_t nparts, size_t rec_bytes, size_t m
 		return ann_err(err, ANN_E_NOMEM, "spill: out of memory for a %zu-record buffer", s->cap);
 	}
 	strcpy(s->path, path);
-	s->fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (s->fd < 0) {
-		int e = errno;
+	/* A new file only: never one planted there, nor a link's target. */
+	int fd = ann_create_new(path, err);
+	if (fd < 0) {
+		ann_free(s->path);
+		s->path = NULL; /* not ours: close must not unlink it */
 		ann_spill_close(s);
-		return ann_err_sys(err, e, "%s: cannot create spill file", path);
+		return fd;
 	}
+	s->fd = fd;
 	*out = s;
 	return ANN_OK;
 }

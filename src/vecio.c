@@ -707,7 +707,7 @@ int ann_vreader_seek(ann_vreader *r, uint64_t i, ann_error *err)
 
 typedef struct fwriter {
 	char *path; /* final name */
-	char *tmp;  /* path.tmp.<pid> */
+	char *tmp;  /* path.tmp.<pid>[.<random>] (ann_create_temp) */
 	int fd;
 	uint8_t *buf; /* cap bytes */
 	size_t cap;
@@ -733,24 +733,23 @@ static int fw_open(fwriter *f, const char *path, size_t cap, ann_error *err)
 {
 	memset(f, 0, sizeof *f);
 	f->fd = -1;
-	size_t plen = strlen(path), tlen = plen + 32;
+	size_t plen = strlen(path);
 	f->path = ann_malloc(plen + 1);
-	f->tmp = ann_malloc(tlen);
 	f->buf = ann_malloc(cap);
-	if (!f->path || !f->tmp || !f->buf) {
+	if (!f->path || !f->buf) {
 		fw_release(f, false);
 		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a %zu-byte write buffer", path, cap);
 	}
 	memcpy(f->path, path, plen + 1);
-	snprintf(f->tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
 	f->cap = cap;
-	f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (f->fd < 0) {
-		int e = errno;
-		int rc = ann_err_sys(err, e, "%s: cannot create", f->tmp);
+	/* Exclusive and not following links: a link planted at the temporary
+	 * name must not make us overwrite its target (issue 13 D5). */
+	int fd = ann_create_temp(path, false, &f->tmp, err);
+	if (fd < 0) {
 		fw_release(f, false);
-		return rc;
+		return fd;
 	}
+	f->fd = fd;
 	return ANN_OK;
 }
 

@@ -99,4 +99,51 @@ says "option '--limit': 0 is out of range; expected 1.."
 expect 2 "$A" convert --in "$dir/b.u8bin" --out "$dir/c0.fbin" --offset 3000
 says "leaves no vector"
 ! ls "$dir" | grep -Eq 'big|small|c0' || fail "a refused gen or convert left a file: $(ls "$dir")"
+
+# ---- D5: a link planted at the temporary name is never followed
+# (bash -c '... exec': the planting shell's pid is the tool's pid)
+echo VICTIM >"$dir/victim"
+mkdir "$dir/victimdir"
+plant() { # plant NAME CMD...: link $dir/NAME.tmp.<pid> -> victim, then run CMD as that pid
+	local name=$1; shift
+	bash -c 'ln -s "$1" "$2.tmp.$$"; shift 2; exec "$@"' _ "$dir/victim" "$dir/$name" "$@" >"$dir/out" 2>"$dir/err"
+}
+check_victim() {
+	[ "$(cat "$dir/victim")" = VICTIM ] || fail "$1 wrote through a planted link"
+	[ -z "$(ls -A "$dir/victimdir")" ] || fail "$1 wrote into a planted directory link"
+}
+plant o.fbin "$A" gen --n 10 --dim 8 --out "$dir/o.fbin" --quiet || fail "gen beside a planted link: $(cat "$dir/err")"
+check_victim gen
+expect 0 "$A" convert --in "$dir/o.fbin" --out "$dir/o2.u8bin" --quiet
+plant c.fbin "$A" convert --in "$dir/o.fbin" --out "$dir/c.fbin" --quiet || fail "convert: $(cat "$dir/err")"
+check_victim convert
+cmp -s <(tail -c +9 "$dir/o.fbin") <(tail -c +9 "$dir/c.fbin") || fail "convert beside a link changed the data"
+plant gt.bin "$A" gt --base "$dir/b.u8bin" --queries "$Q" --k 5 --out "$dir/gt.bin" --quiet || fail "gt: $(cat "$dir/err")"
+check_victim gt
+plant res.bin "$A" search --index "$I" --queries "$Q" --k 5 --nprobe 8 --out "$dir/res.bin" || fail "search --out: $(cat "$dir/err")"
+check_victim "search --out"
+[ "$(stat -c %s "$dir/res.bin")" = $((8 + 20 * 5 * 8)) ] || fail "search --out beside a link: wrong size"
+# the build's temporary directory: a link to another directory is left alone
+bash -c 'ln -s "$1" "$2.tmp.$$"; shift 2; exec "$@"' _ "$dir/victimdir" "$dir/idx3" \
+	"$A" build --data "$dir/b.u8bin" --index "$dir/idx3" --partitions 4 --quiet >"$dir/out" 2>"$dir/err" \
+	|| fail "build beside a planted link: $(cat "$dir/err")"
+check_victim build
+expect 0 "$A" verify --index "$dir/idx3"
+[ -L "$(ls -d "$dir"/idx3.tmp.* | head -1)" ] || fail "the planted link was removed or replaced"
+rm -f "$dir"/*.tmp.*
+
+# ---- D12: a killed build's temporary is removed by the next build, and said so
+"$A" gen --n 60000 --dim 64 --out "$dir/big.u8bin" --quiet >/dev/null || fail gen
+"$A" build --data "$dir/big.u8bin" --index "$dir/killed" --partitions 64 --quiet &
+bpid=$!
+for _ in $(seq 100); do [ -e "$dir/killed.tmp.$bpid/annann-build.pid" ] && break; sleep 0.05; done
+kill -9 "$bpid"; wait "$bpid" 2>/dev/null
+[ -d "$dir/killed.tmp.$bpid" ] || fail "no temporary left to clean (the build ended before the kill?)"
+mkdir "$dir/killed.tmp.77777777"   # no marker: not ours, must stay
+expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/killed" --partitions 4
+says "removed stale temporary $dir/killed.tmp.$bpid from a killed build"
+[ -e "$dir/killed.tmp.$bpid" ] && fail "the stale temporary is still there"
+[ -d "$dir/killed.tmp.77777777" ] || fail "a directory without the marker was removed"
+[ -e "$dir/killed/annann-build.pid" ] && fail "the marker stayed in the finished index"
+expect 0 "$A" verify --index "$dir/killed"
 echo "hostile_cli: all checks passed"
