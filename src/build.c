@@ -301,7 +301,7 @@ static int route_all(build *b, ann_error *err)
 			       "buffer; the budget is %zu", chunk_bytes + router + ((size_t)1 << 20), router,
 			       chunk_bytes, b->o->mem_bytes);
 	size_t spill_mem = b->o->mem_bytes - chunk_bytes - router;
-	ANN_TRY(ann_spill_open(b->spill_path, b->nparts, b->pay_bytes, spill_mem, &b->spill, err));
+	ANN_TRY(ann_spill_open(b->spill_path, b->nparts, b->pay_bytes, spill_mem, b->n * b->copies, &b->spill, err));
 	uint8_t *raw = ann_malloc(chunk * b->d * esz);
 	float *f = ann_malloc(chunk * b->d * sizeof(float));
 	uint32_t *parts = ann_malloc(chunk * b->copies * sizeof(uint32_t));

@@ -146,4 +146,7 @@ says "removed stale temporary $dir/killed.tmp.$bpid from a killed build"
 [ -d "$dir/killed.tmp.77777777" ] || fail "a directory without the marker was removed"
 [ -e "$dir/killed/annann-build.pid" ] && fail "the marker stayed in the finished index"
 expect 0 "$A" verify --index "$dir/killed"
+# ---- D10: a budget far above the data sizes the spill buffer to the data
+expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/idx100g" --partitions 8 --mem 100G --quiet
+expect 0 "$A" verify --index "$dir/idx100g"
 echo "hostile_cli: all checks passed"
