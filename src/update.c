@@ -33,9 +33,11 @@
  * any I/O failure inside a commit leaves the store failed (sticky,
  * ANN_E_STATE from then on, store_file.c invariant 6) --> only close.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/statvfs.h>
 
 #include "distance.h"
 #include "index.h"
@@ -171,6 +173,31 @@ static int live(ann_writer *w, ann_cat_txn *t, int64_t id, bool *yes, ann_error 
 	return ANN_OK;
 }
 
+/* Bytes of free space below which a failed commit is blamed on a full disk. */
+#define WRITER_NOSPACE_BYTES ((uint64_t)1 << 20)
+
+/* Commits txn (consumed). A write that fails on a full file system reaches
+ * us from LMDB as EIO (a short write) or ENOSPC; say "no space left on
+ * device" and name the index, rather than "Input/output error" (issue 13). */
+static int writer_commit(ann_writer *w, ann_store_txn *txn, const char *what, ann_error *err)
+{
+	int rc = ann_store_commit(txn, err);
+	if (rc != ANN_E_IO || !err || (err->sys_errno != EIO && err->sys_errno != ENOSPC))
+		return rc;
+	struct statvfs sv;
+	if (statvfs(w->x->path, &sv) != 0)
+		return rc;
+	uint64_t avail = (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
+	if (err->sys_errno != ENOSPC && avail >= WRITER_NOSPACE_BYTES)
+		return rc;
+	char was[sizeof err->msg];
+	snprintf(was, sizeof was, "%s", err->msg);
+	ann_err(err, ANN_E_IO, "%s: no space left on device (%llu bytes free): the %s was not committed (%s)",
+		w->x->path, (unsigned long long)avail, what, was);
+	err->sys_errno = ENOSPC;
+	return ANN_E_IO;
+}
+
 int ann_writer_live(ann_writer *w, int64_t id, bool *yes, ann_error *err)
 {
 	ann_cat_txn *t;
@@ -292,7 +319,7 @@ int ann_insert(ann_writer *w, const float *vectors, size_t n, uint32_t dim, cons
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "index.live_vectors", w->live + added, err));
 	ann_store_txn *c = txn;
 	txn = NULL;
-	ANN_CHECK(rc, ann_store_commit(c, err));
+	ANN_CHECK(rc, writer_commit(w, c, "insert", err));
 	w->next_id = next;
 	w->live += added;
 	rc = ANN_OK;
@@ -320,7 +347,7 @@ int ann_delete(ann_writer *w, const int64_t *ids, size_t n, uint64_t *deleted, a
 		count += done;
 	}
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "index.live_vectors", w->live - count, err));
-	rc = ann_store_commit(txn, err);
+	rc = writer_commit(w, txn, "delete", err);
 	if (rc < 0)
 		return rc;
 	w->live -= count;
@@ -672,7 +699,7 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 	}
 	ann_store_txn *c = txn;
 	txn = NULL;
-	ANN_CHECK(rc, ann_store_commit(c, err));
+	ANN_CHECK(rc, writer_commit(w, c, "compaction", err));
 	x->meta.stored_vectors = stored;
 	ANN_CHECK(rc, ann_index_reload(x, err));
 	if (stats)

@@ -149,4 +149,20 @@ expect 0 "$A" verify --index "$dir/killed"
 # ---- D10: a budget far above the data sizes the spill buffer to the data
 expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/idx100g" --partitions 8 --mem 100G --quiet
 expect 0 "$A" verify --index "$dir/idx100g"
+# ---- a full disk during insert: "no space left on device", naming the index
+# (needs a small file system: a 3 MiB tmpfs, when this user may mount one)
+mkdir "$dir/full"
+if mount -t tmpfs -o size=3M tmpfs "$dir/full" 2>/dev/null; then
+	trap 'umount "$dir/full" 2>/dev/null; rm -rf "$dir"' EXIT
+	expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/full/idx" --partitions 8 --quiet
+	expect 0 "$A" gen --n 50000 --dim 32 --seed 5 --out "$dir/ins.u8bin" --quiet
+	expect 1 "$A" insert --index "$dir/full/idx" --data "$dir/ins.u8bin" --batch 1000 --quiet
+	says "$dir/full/idx: no space left on device"
+	grep -q "Input/output error$" "$dir/err" && fail "ENOSPC reported as EIO: $(cat "$dir/err")"
+	expect 0 "$A" verify --index "$dir/full/idx"
+	umount "$dir/full"
+else
+	echo "skipped: full-disk insert (cannot mount a tmpfs here)"
+fi
+
 echo "hostile_cli: all checks passed"
