@@ -149,6 +149,15 @@ expect 0 "$A" verify --index "$dir/killed"
 # ---- D10: a budget far above the data sizes the spill buffer to the data
 expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/idx100g" --partitions 8 --mem 100G --quiet
 expect 0 "$A" verify --index "$dir/idx100g"
+# ---- --json with a path that is not UTF-8: the output still parses (strict UTF-8)
+bad=$(printf '%s/bad\xff\xc3(\xe2\x82.fbin' "$dir")
+expect 0 "$A" gen --n 10 --dim 8 --out "$bad" --quiet --json
+python3 -c 'import json,sys; d=json.loads(open(sys.argv[1],"rb").read().decode("utf-8")); assert d["out"].endswith("bad\ufffd\ufffd(\ufffd\ufffd.fbin"), d' "$dir/out" \
+	|| fail "--json with a non-UTF-8 path is not valid JSON: $(od -c "$dir/out" | head -3)"
+expect 0 "$A" gen --n 10 --dim 8 --out "$dir/$(printf 'ok\xc3\xa9\x01.fbin')" --quiet --json
+python3 -c 'import json,sys; d=json.loads(open(sys.argv[1],"rb").read().decode("utf-8")); assert d["out"].endswith("ok\u00e9\u0001.fbin"), d' "$dir/out" \
+	|| fail "--json mangled valid UTF-8: $(cat "$dir/out")"
+
 # ---- a full disk during insert: "no space left on device", naming the index
 # (needs a small file system: a 3 MiB tmpfs, when this user may mount one)
 mkdir "$dir/full"
