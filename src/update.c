@@ -469,12 +469,15 @@ static int split_partition(ann_writer *w, ann_cat_txn *t, uint32_t p, int64_t *n
 	ann_dtype dt = ann_index_delta_type(x);
 	float *f = ann_malloc(m * d * sizeof(float));
 	uint32_t *assign = ann_malloc(m * sizeof(uint32_t));
-	float cent[2 * 4096];
+	/* The two centroids live on the heap: any dimension the index has can be
+	 * split (a fixed 2 x 4096 stack array made d > 4096 "out of memory"). */
+	float *cent = ann_malloc(2 * d * sizeof(float));
 	int64_t *tid = ann_malloc(m * sizeof(int64_t));
 	uint8_t *tv = ann_malloc(m * db);
 	int rc = ANN_OK;
-	if (!f || !assign || !tid || !tv || d > 4096) {
-		rc = ann_err(err, ANN_E_NOMEM, "compact: out of memory splitting partition %u", p);
+	if (!f || !assign || !cent || !tid || !tv) {
+		rc = ann_err(err, ANN_E_NOMEM, "compact: out of memory splitting partition %u (%zu vectors of dimension %zu)",
+			     p, m, d);
 		goto out;
 	}
 	for (size_t i = 0; i < m * d; i++)
@@ -519,6 +522,7 @@ fail:
 out:
 	ann_free(f);
 	ann_free(assign);
+	ann_free(cent);
 	ann_free(tid);
 	ann_free(tv);
 	return rc;

@@ -149,6 +149,17 @@ expect 0 "$A" verify --index "$dir/killed"
 # ---- D10: a budget far above the data sizes the spill buffer to the data
 expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/idx100g" --partitions 8 --mem 100G --quiet
 expect 0 "$A" verify --index "$dir/idx100g"
+# ---- dimension over 4096: inserts and a compaction that splits (was "out of memory")
+expect 0 "$A" gen --n 400 --dim 5000 --clusters 4 --out "$dir/d5k.u8bin" --quiet
+expect 0 "$A" build --data "$dir/d5k.u8bin" --index "$dir/idx5k" --partitions 2 --quiet
+expect 0 "$A" gen --n 600 --dim 5000 --clusters 4 --seed 9 --out "$dir/i5k.u8bin" --quiet
+expect 0 "$A" insert --index "$dir/idx5k" --data "$dir/i5k.u8bin" --quiet
+expect 0 "$A" compact --index "$dir/idx5k" --split-limit 300 --json
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["partitions_split"]>=1, d' "$dir/out" \
+	|| fail "no split at dimension 5000: $(cat "$dir/out")"
+expect 0 "$A" verify --index "$dir/idx5k"
+rm -rf "$dir/idx5k" "$dir/d5k.u8bin" "$dir/i5k.u8bin"
+
 # ---- --json with a path that is not UTF-8: the output still parses (strict UTF-8)
 bad=$(printf '%s/bad\xff\xc3(\xe2\x82.fbin' "$dir")
 expect 0 "$A" gen --n 10 --dim 8 --out "$bad" --quiet --json
