@@ -256,6 +256,11 @@ static int run_convert(cli_cmd *c)
 				       (unsigned long long)ann_vfmt_max_vectors(ofmt));
 	}
 	size_t chunk = ANN_MAX((size_t)1, ((size_t)4 << 20) / ((size_t)d * 4));
+	/* Free space before a byte is written (issue 13 D11). */
+	if (ann_vfile_check_size(out, n, d, &err) < 0) {
+		ann_vreader_close(r);
+		return cli_fail(c, &err);
+	}
 	buf = ann_malloc(chunk * d * sizeof(float));
 	if (!buf) {
 		ann_vreader_close(r);
