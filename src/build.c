@@ -609,8 +609,15 @@ static void remove_stale_temps(const char *index_dir, const ann_build_opts *o)
 		line[n > 0 ? n : 0] = 0;
 		long mpid;
 		unsigned long long mstart;
-		if (sscanf(line, "annann build pid %ld start %llu", &mpid, &mstart) != 2 || mpid != pid)
+		/* A build killed between creating the marker and writing it leaves it
+		 * empty: the marker's name still says "ours", the directory's name
+		 * gives the pid, and only the pid-reuse check is lost. */
+		if (line[0] == 0) {
+			mpid = pid;
+			mstart = 0;
+		} else if (sscanf(line, "annann build pid %ld start %llu", &mpid, &mstart) != 2 || mpid != pid) {
 			continue;
+		}
 		bool gone = kill((pid_t)pid, 0) != 0 && errno == ESRCH;
 		/* pid reuse: alive, but started at another time than the builder */
 		if (!gone && mstart && proc_start(pid) && proc_start(pid) != mstart)

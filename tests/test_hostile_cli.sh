@@ -140,9 +140,12 @@ for _ in $(seq 100); do [ -e "$dir/killed.tmp.$bpid/annann-build.pid" ] && break
 kill -9 "$bpid"; wait "$bpid" 2>/dev/null
 [ -d "$dir/killed.tmp.$bpid" ] || fail "no temporary left to clean (the build ended before the kill?)"
 mkdir "$dir/killed.tmp.77777777"   # no marker: not ours, must stay
+mkdir "$dir/killed.tmp.99999998"   # killed between creating and writing its marker
+: >"$dir/killed.tmp.99999998/annann-build.pid"
 expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/killed" --partitions 4
 says "removed stale temporary $dir/killed.tmp.$bpid from a killed build"
 [ -e "$dir/killed.tmp.$bpid" ] && fail "the stale temporary is still there"
+says "removed stale temporary $dir/killed.tmp.99999998"
 [ -d "$dir/killed.tmp.77777777" ] || fail "a directory without the marker was removed"
 [ -e "$dir/killed/annann-build.pid" ] && fail "the marker stayed in the finished index"
 expect 0 "$A" verify --index "$dir/killed"
