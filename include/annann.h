@@ -233,6 +233,10 @@ ANN_API const char *ann_encoding_name(ann_encoding e);
 /** Partition size of partition @p p in vectors (for histograms), or 0. */
 ANN_API uint64_t ann_index_partition_size(const ann_index *idx, uint32_t p);
 
+/** Largest k (neighbours per query) that ann_search, ann_gt_compute and the
+ * annann tool accept. */
+#define ANN_MAX_K 100000u
+
 /** Search options. */
 typedef struct ann_search_opts {
 	uint32_t k;            /**< neighbours per query; default 10 */
@@ -299,16 +303,27 @@ typedef struct ann_writer ann_writer;
 ANN_API int ann_writer_open(const char *index_dir, ann_writer **out, ann_error *err);
 ANN_API void ann_writer_close(ann_writer *w);
 
-/** Inserts @p n vectors (n * dim floats) in one durable transaction: each
+/** Inserts @p n vectors of dimension @p dim (n * dim floats, row-major) in
+ * one durable transaction: each
  * is routed by the index's own router (no retraining) and appended to its
  * partition's delta; all are searchable once the call returns ANN_OK, none
  * if it fails. @p ids gives the ids (NULL: assigned from the next free id,
  * written to @p ids_out if not NULL). An id that exists is ANN_E_EXISTS
  * naming it, unless @p upsert, which replaces it. For u8/i8 indexes the
  * values must be integers in range (ANN_E_INVAL naming the vector).
- * Memory: the transaction holds n * (dim element bytes + 40) bytes. */
-ANN_API int ann_insert(ann_writer *w, const float *vectors, size_t n, const int64_t *ids, int upsert,
-		       int64_t *ids_out, ann_error *err);
+ * @p dim must equal the index's dimension (ann_writer_get_info): anything
+ * else is ANN_E_INVAL naming both, and nothing is read from @p vectors.
+ * Memory: the transaction holds n * (dim element bytes + 40) bytes.
+ * @return ANN_OK, or ANN_E_INVAL (dimension, value or negative id),
+ * ANN_E_EXISTS, ANN_E_STATE (the writer failed earlier), ANN_E_NOMEM,
+ * ANN_E_IO (the message names the file and says "no space left on device"
+ * when the disk is full). */
+ANN_API int ann_insert(ann_writer *w, const float *vectors, size_t n, uint32_t dim, const int64_t *ids,
+		       int upsert, int64_t *ids_out, ann_error *err);
+
+/** Facts about the index a writer holds (as ann_index_get_info), e.g. the
+ * dimension and encoding that ann_insert's input must match. */
+ANN_API int ann_writer_get_info(const ann_writer *w, ann_index_info *info, ann_error *err);
 
 /** Deletes @p n ids in one durable transaction; an id deleted never appears
  * in a result of a search that starts after the call returns. Ids that do

@@ -107,8 +107,8 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		s->o = *o;
 	else
 		ann_search_opts_init(&s->o);
-	if (s->o.k == 0 || s->o.k > 100000 || s->o.nprobe == 0 || s->o.nprobe > 4096) {
-		rc = ann_err(err, ANN_E_INVAL, "search: k must be within 1..100000 and nprobe within 1..4096");
+	if (s->o.k == 0 || s->o.k > ANN_MAX_K || s->o.nprobe == 0 || s->o.nprobe > 4096) {
+		rc = ann_err(err, ANN_E_INVAL, "search: k must be within 1..%u and nprobe within 1..4096", ANN_MAX_K);
 		goto fail;
 	}
 	s->kern = ann_kernels_best();

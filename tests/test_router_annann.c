@@ -718,7 +718,7 @@ static void test_insert(void)
 	if (ann_writer_open(path, &w, &e) < 0)
 		T_FAIL("writer: %s", e.msg);
 	static int64_t ids[N - NB_INS];
-	if (ann_insert(w, base + (size_t)NB_INS * D, N - NB_INS, NULL, 0, ids, &e) < 0)
+	if (ann_insert(w, base + (size_t)NB_INS * D, N - NB_INS, D, NULL, 0, ids, &e) < 0)
 		T_FAIL("insert: %s", e.msg);
 	for (size_t i = 0; i < N - NB_INS; i++)
 		ASSERT_EQ(ids[i], (int64_t)(NB_INS + i));

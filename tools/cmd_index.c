@@ -105,12 +105,15 @@ static int run_build(cli_cmd *c)
 	ann_build_opts_init(&o); /* the defaults of every option below */
 	uint64_t parts, level, mem, threads, seed, sample, iters, replicas, hm, hef;
 	double balance, eps, soar;
-	if (!cli_u64(c, "partitions", 0, &parts) || !cli_u64(c, "zstd-level", (uint64_t)o.zstd_level, &level) ||
-	    !cli_size(c, "mem", o.mem_bytes, &mem) || !cli_u64(c, "threads", (uint64_t)o.threads, &threads) ||
-	    !cli_u64(c, "seed", o.seed, &seed) || !cli_u64(c, "sample", 0, &sample) || !cli_u64(c, "iters", o.kmeans_iters, &iters) ||
-	    !cli_u64(c, "replicas", o.replicas, &replicas) || !cli_u64(c, "hnsw-m", o.hnsw_m, &hm) ||
-	    !cli_u64(c, "hnsw-ef", o.hnsw_ef_construction, &hef) || !cli_double(c, "balance", o.balance, &balance) ||
-	    !cli_double(c, "replica-eps", o.replica_eps, &eps) || !cli_double(c, "soar", o.soar_lambda, &soar))
+	if (!cli_u64(c, "partitions", 0, 0, UINT32_MAX, &parts) ||
+	    !cli_u64(c, "zstd-level", (uint64_t)o.zstd_level, 0, 22, &level) ||
+	    !cli_size(c, "mem", o.mem_bytes, (uint64_t)16 << 20, CLI_SIZE_MAX, &mem) ||
+	    !cli_u64(c, "threads", (uint64_t)o.threads, 1, 64, &threads) || !cli_u64(c, "seed", o.seed, 0, UINT64_MAX, &seed) ||
+	    !cli_u64(c, "sample", 0, 0, UINT64_MAX, &sample) || !cli_u64(c, "iters", o.kmeans_iters, 1, 1000, &iters) ||
+	    !cli_u64(c, "replicas", o.replicas, 1, 8, &replicas) || !cli_u64(c, "hnsw-m", o.hnsw_m, 2, 1024, &hm) ||
+	    !cli_u64(c, "hnsw-ef", o.hnsw_ef_construction, 1, 100000, &hef) ||
+	    !cli_double(c, "balance", o.balance, 0, 1e9, &balance) || !cli_double(c, "replica-eps", o.replica_eps, 0, 1e9, &eps) ||
+	    !cli_double(c, "soar", o.soar_lambda, 0, 1e9, &soar))
 		return CLI_EXIT_USAGE;
 	if (parse_router(c, cli_get(c, "router"), &o.router) || parse_encoding(c, cli_get(c, "encoding"), &o.encoding) ||
 	    cli_parse_metric(c, cli_get(c, "metric"), &o.metric))
@@ -122,10 +125,6 @@ static int run_build(cli_cmd *c)
 		o.store = ANN_STORE_LMDB;
 	else
 		return cli_usage_error(c, "--store: '%s' is not one of file, lmdb", store);
-	if (parts > UINT32_MAX || level > 22 || threads == 0 || threads > 64 || iters == 0 || iters > 1000 ||
-	    replicas == 0 || replicas > 8 || hm < 2 || hm > 1024 || hef == 0 || hef > 100000)
-		return cli_usage_error(c, "an option is out of range (partitions < 2^32, zstd-level 0..22, threads "
-				       "1..64, iters 1..1000, replicas 1..8, hnsw-m 2..1024)");
 	o.partitions = (uint32_t)parts;
 	o.zstd_level = (int)level;
 	o.shuffle = cli_flag(c, "no-shuffle") ? 0 : cli_flag(c, "shuffle") ? 1 : -1;
@@ -144,25 +143,19 @@ static int run_build(cli_cmd *c)
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
 	double alpha, rw, imb, lambda;
-	if (!cli_u64(c, "clusters", 0, &clusters) || !cli_u64(c, "embed-dim", o.embed_dim, &edim) ||
-	    !cli_u64(c, "ae-epochs", o.ae_epochs, &aee) || !cli_u64(c, "dec-epochs", o.dec_epochs, &dece) ||
-	    !cli_u64(c, "knn-k", o.knn_k, &knnk) || !cli_u64(c, "epochs", o.nlsh_epochs, &ep) || !cli_u64(c, "rounds", o.joint_rounds, &rounds) ||
-	    !cli_u64_list(c, "hidden", hidden, 3, &nh) || !cli_double(c, "dec-alpha", o.dec_alpha, &alpha) ||
-	    !cli_double(c, "recon-weight", o.recon_weight, &rw) || !cli_double(c, "imbalance", o.imbalance, &imb) ||
-	    !cli_double(c, "lambda", o.joint_lambda, &lambda))
+	if (!cli_u64(c, "clusters", 0, 0, UINT32_MAX, &clusters) || !cli_u64(c, "embed-dim", o.embed_dim, 1, 4096, &edim) ||
+	    !cli_u64(c, "ae-epochs", o.ae_epochs, 0, 10000, &aee) || !cli_u64(c, "dec-epochs", o.dec_epochs, 0, 10000, &dece) ||
+	    !cli_u64(c, "knn-k", o.knn_k, 1, 1000, &knnk) || !cli_u64(c, "epochs", o.nlsh_epochs, 0, 10000, &ep) ||
+	    !cli_u64(c, "rounds", o.joint_rounds, 0, 1000, &rounds) || !cli_u64_list(c, "hidden", 1, 65536, hidden, 3, &nh) ||
+	    !cli_double(c, "dec-alpha", o.dec_alpha, 1e-9, 1e9, &alpha) ||
+	    !cli_double(c, "recon-weight", o.recon_weight, 0, 1e9, &rw) ||
+	    !cli_double(c, "imbalance", o.imbalance, 0, 1, &imb) || !cli_double(c, "lambda", o.joint_lambda, -1e9, 1e9, &lambda))
 		return CLI_EXIT_USAGE;
 	if (clusters) {
 		if (parts && parts != clusters)
 			return cli_usage_error(c, "--clusters and --partitions disagree");
-		o.partitions = (uint32_t)ANN_MIN(clusters, (uint64_t)UINT32_MAX);
+		o.partitions = (uint32_t)clusters;
 	}
-	if (edim == 0 || edim > 4096 || aee > 10000 || dece > 10000 || knnk == 0 || knnk > 1000 || ep > 10000 ||
-	    rounds > 1000 || alpha <= 0 || rw < 0 || imb < 0 || imb > 1)
-		return cli_usage_error(c, "a router option is out of range (embed-dim 1..4096, knn-k 1..1000, "
-				       "dec-alpha > 0, imbalance 0..1)");
-	for (size_t i = 0; i < nh; i++)
-		if (hidden[i] == 0 || hidden[i] > 65536)
-			return cli_usage_error(c, "--hidden sizes must be within 1..65536");
 	o.embed_dim = (uint32_t)edim;
 	if (nh) {
 		memset(o.hidden, 0, sizeof o.hidden);
@@ -457,20 +450,14 @@ static int run_search(cli_cmd *c)
 	uint64_t k, cf, ef, batch, threads, cache, qd, limit;
 	uint64_t probes[64];
 	size_t nprobes = 0;
-	if (!cli_u64(c, "k", 10, &k) || !cli_u64(c, "candidates-factor", 10, &cf) || !cli_u64(c, "ef", 0, &ef) ||
-	    !cli_u64(c, "batch", 1, &batch) || !cli_u64(c, "threads", 1, &threads) ||
-	    !cli_size(c, "cache", 0, &cache) || !cli_u64(c, "queue-depth", 32, &qd) ||
-	    !cli_u64(c, "limit", UINT64_MAX, &limit) ||
-	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", probes, 64, &nprobes))
+	if (!cli_u64(c, "k", 10, 1, ANN_MAX_K, &k) || !cli_u64(c, "candidates-factor", 10, 1, 1000, &cf) ||
+	    !cli_u64(c, "ef", 0, 0, 1000000, &ef) || !cli_u64(c, "batch", 1, 1, UINT32_MAX, &batch) ||
+	    !cli_u64(c, "threads", 1, 1, 64, &threads) || !cli_size(c, "cache", 0, 0, CLI_SIZE_MAX, &cache) ||
+	    !cli_u64(c, "queue-depth", 32, 1, 4096, &qd) || !cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) ||
+	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, 4096, probes, 64, &nprobes))
 		return CLI_EXIT_USAGE;
 	if (nprobes == 0)
 		probes[nprobes++] = 16;
-	for (size_t i = 0; i < nprobes; i++)
-		if (probes[i] == 0 || probes[i] > 4096)
-			return cli_usage_error(c, "--nprobe values must be within 1..4096");
-	if (k == 0 || k > 10000 || batch == 0 || threads == 0 || threads > 64 || qd == 0 || qd > 4096)
-		return cli_usage_error(c, "an option is out of range (k 1..10000, batch >= 1, threads 1..64, "
-				       "queue-depth 1..4096)");
 	ann_error err = {0};
 	ann_index *idx = NULL;
 	ann_vreader *qr = NULL;
