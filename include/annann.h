@@ -162,6 +162,8 @@ typedef struct ann_build_opts {
 	double balance;          /**< cap partition size at balance * n / partitions; 0 = no cap (default) */
 	uint32_t replicas;       /**< R: copies per vector (SPANN closure); default 1 = none */
 	double replica_eps;      /**< extra copies go to partitions within (1 + eps) of the nearest; default 0.1 */
+	double soar_lambda;      /**< k-means router: 0 (default) picks the extra copies' partitions by distance;
+	                              > 0 by SOAR's orthogonality-amplified residual loss with this lambda */
 	uint32_t hnsw_m;         /**< HNSW degree over centroids; default 32 (measured: docs/DESIGN.md) */
 	uint32_t hnsw_ef_construction; /**< default 200 */
 	/* ANNANN router */

@@ -224,6 +224,11 @@ static int resolve_options(build *b, ann_error *err)
 		return ann_err(err, ANN_E_INVAL, "replicas %u: must be within 1..min(8, partitions)", b->copies);
 	if (o->replica_eps < 0 || !isfinite(o->replica_eps))
 		return ann_err(err, ANN_E_INVAL, "replica eps must be a non-negative number");
+	if (o->soar_lambda < 0 || !isfinite(o->soar_lambda))
+		return ann_err(err, ANN_E_INVAL, "soar lambda %g: must be a non-negative number", o->soar_lambda);
+	if (o->soar_lambda > 0 && o->router != ANN_ROUTER_KMEANS)
+		return ann_err(err, ANN_E_INVAL, "SOAR spilling needs the kmeans router (it ranks centroids), not %s",
+			       ann_router_name(o->router));
 	if (o->balance != 0 && !(o->balance >= 1.0))
 		return ann_err(err, ANN_E_INVAL, "balance %g: the cap is balance * n / partitions, so it must be >= 1",
 			       o->balance);
@@ -319,8 +324,8 @@ static int route_all(build *b, ann_error *err)
 			rc = (int)got;
 			goto out;
 		}
-		ANN_CHECK(rc, b->router->ops->assign(b->router, f, (size_t)got, b->copies, b->o->replica_eps,
-						     b->o->threads, parts, err));
+		const ann_assign_rule sp = {.copies = b->copies, .eps = b->o->replica_eps, .soar_lambda = b->o->soar_lambda};
+		ANN_CHECK(rc, b->router->ops->assign(b->router, f, (size_t)got, &sp, b->o->threads, parts, err));
 		for (int64_t j = 0; j < got; j++) {
 			const void *pay = b->pay_type == b->in_type && b->in_type != ANN_DTYPE_F32
 						  ? (const void *)(raw + (size_t)j * b->d * esz)
@@ -503,6 +508,7 @@ static int publish_meta(build *b, double total_s, ann_error *err)
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.kmeans_iters", o->kmeans_iters, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.balance", o->balance, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.replica_eps", o->replica_eps, err));
+	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.soar_lambda", o->soar_lambda, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.threads", (uint64_t)o->threads, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_str(t, "build.input", b->data_path, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.time.sample_s", b->t_sample, err));

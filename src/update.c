@@ -239,7 +239,8 @@ int ann_insert(ann_writer *w, const float *vectors, size_t n, const int64_t *ids
 				for (size_t j = 0; j < d; j++)
 					routed[i * d + j] = (float)(routed[i * d + j] / sqrt(s));
 		}
-	ANN_CHECK(rc, x->router->ops->assign(x->router, routed, n, 1, 0.0, 1, parts, err));
+	const ann_assign_rule one = {.copies = 1};
+	ANN_CHECK(rc, x->router->ops->assign(x->router, routed, n, &one, 1, parts, err));
 	ANN_CHECK(rc, ann_store_begin(x->store, &txn, err));
 	ann_cat_txn *t = ann_store_txn_catalog(txn);
 	uint64_t next = w->next_id, added = 0;

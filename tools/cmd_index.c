@@ -38,6 +38,8 @@ static cli_opt build_opts[] = {
 	{"replicas", "R", "store a vector in up to R partitions (SPANN closure; default 1)", NULL},
 	{"replica-eps", "E", "extra copies go where the centroid is within (1+E) of the nearest (default 0.1)",
 	 NULL},
+	{"soar", "LAMBDA", "kmeans: pick extra copies' partitions by SOAR's loss with this lambda (0 = nearest; "
+	 "default 0)", NULL},
 	{"hnsw-m", "M", "degree of the centroid graph (default 32; 2x at level 0)", NULL},
 	{"hnsw-ef", "EF", "ef_construction of the centroid graph (default 200)", NULL},
 	{"clusters", "K", "annann router: clusters (same as --partitions)", NULL},
@@ -102,13 +104,13 @@ static int run_build(cli_cmd *c)
 	ann_build_opts o;
 	ann_build_opts_init(&o); /* the defaults of every option below */
 	uint64_t parts, level, mem, threads, seed, sample, iters, replicas, hm, hef;
-	double balance, eps;
+	double balance, eps, soar;
 	if (!cli_u64(c, "partitions", 0, &parts) || !cli_u64(c, "zstd-level", (uint64_t)o.zstd_level, &level) ||
 	    !cli_size(c, "mem", o.mem_bytes, &mem) || !cli_u64(c, "threads", (uint64_t)o.threads, &threads) ||
 	    !cli_u64(c, "seed", o.seed, &seed) || !cli_u64(c, "sample", 0, &sample) || !cli_u64(c, "iters", o.kmeans_iters, &iters) ||
 	    !cli_u64(c, "replicas", o.replicas, &replicas) || !cli_u64(c, "hnsw-m", o.hnsw_m, &hm) ||
 	    !cli_u64(c, "hnsw-ef", o.hnsw_ef_construction, &hef) || !cli_double(c, "balance", o.balance, &balance) ||
-	    !cli_double(c, "replica-eps", o.replica_eps, &eps))
+	    !cli_double(c, "replica-eps", o.replica_eps, &eps) || !cli_double(c, "soar", o.soar_lambda, &soar))
 		return CLI_EXIT_USAGE;
 	if (parse_router(c, cli_get(c, "router"), &o.router) || parse_encoding(c, cli_get(c, "encoding"), &o.encoding) ||
 	    cli_parse_metric(c, cli_get(c, "metric"), &o.metric))
@@ -136,6 +138,7 @@ static int run_build(cli_cmd *c)
 	o.balance = balance;
 	o.replicas = (uint32_t)replicas;
 	o.replica_eps = eps;
+	o.soar_lambda = soar;
 	o.hnsw_m = (uint32_t)hm;
 	o.hnsw_ef_construction = (uint32_t)hef;
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
