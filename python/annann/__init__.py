@@ -85,7 +85,7 @@ def build(path, data, *, partitions=None, router="kmeans", store="file", mem="1G
     ``progress`` is a callable (phase, done, total) or a tqdm-style bar.
     ``options`` are the other fields of ann_build_opts by name (encoding,
     metric, zstd_level, shuffle, dictionary, sample, kmeans_iters, balance,
-    replicas, replica_eps, hnsw_m, hnsw_ef_construction, embed_dim, hidden,
+    replicas, replica_eps, soar_lambda, hnsw_m, hnsw_ef_construction, embed_dim, hidden,
     ae_epochs, dec_epochs, dec_alpha, recon_weight, knn_k, imbalance,
     nlsh_epochs, soft_labels, joint_rounds, joint_lambda).
     Ctrl-C stops the build (KeyboardInterrupt) and leaves no directory behind.

@@ -386,3 +386,22 @@ def test_search_releases_the_gil(index, data):
         duration = time.perf_counter() - t0
         assert duration > 0.3, "the search is too short to tell"
         assert gap < 0.5 * duration, (gap, duration)
+
+
+def test_every_build_option_is_accepted(tmp_path, data):
+    """Each ann_build_opts field by name reaches the library: a value out of
+    the library's range must come back as the library's own INVAL/BUDGET
+    error or build, never as the binding's 'unknown option'."""
+    base, _ = data
+    opts = dict(encoding="f16", metric="ip", zstd_level=1, shuffle=True, dictionary=False, sample=2000,
+                kmeans_iters=3, balance=2.0, replicas=2, replica_eps=0.2, soar_lambda=1.0, hnsw_m=8,
+                hnsw_ef_construction=40)
+    with annann.build(tmp_path / "o", base[:3000], partitions=6, mem="64M", **opts) as idx:
+        info = idx.info()
+        assert info["encoding"] == "f16" and info["metric"] == "ip" and info["replication"] > 1.0
+    learned = dict(embed_dim=8, hidden=[16], ae_epochs=1, dec_epochs=0, dec_alpha=1.0, recon_weight=1.0,
+                   knn_k=5, imbalance=0.05, nlsh_epochs=1, soft_labels=False, joint_rounds=1, joint_lambda=1.0)
+    for key, value in learned.items():
+        with pytest.raises(annann.Error) as e:
+            annann.build(tmp_path / "x", base[:500], partitions=4, mem="1M", **{key: value})
+        assert "unknown option" not in str(e.value) and e.value.status == "BUDGET", (key, e.value)
