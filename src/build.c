@@ -138,10 +138,21 @@ typedef struct build {
 	double t_sample, t_train, t_route, t_pack;
 } build;
 
-static void progress(const build *b, const char *phase, uint64_t done, uint64_t total)
+/* Reports progress, then polls the caller's cancel callback: the sample,
+ * route and pack passes stop at their next chunk with ANN_E_CANCELED. */
+static int check_cancel(const build *b, const char *phase, uint64_t done, uint64_t total, ann_error *err)
+{
+	if (b->o->cancel && b->o->cancel(b->o->cancel_ctx))
+		return ann_err(err, ANN_E_CANCELED, "build canceled during %s (%llu of %llu)", phase,
+			       (unsigned long long)done, (unsigned long long)total);
+	return ANN_OK;
+}
+
+static int progress(const build *b, const char *phase, uint64_t done, uint64_t total, ann_error *err)
 {
 	if (b->o->progress)
 		b->o->progress(b->o->progress_ctx, phase, done, total);
+	return check_cancel(b, phase, done, total, err);
 }
 
 /* Converts n raw vectors of the input type to floats (and normalises them
@@ -279,7 +290,7 @@ static int draw_sample(build *b, ann_rng *rng, float *sample, ann_error *err)
 			if (ann_rng_below(rng, left) < need)
 				memcpy(sample + (taken++) * b->d, f + (size_t)j * b->d, b->d * sizeof(float));
 		}
-		progress(b, "sample", i, b->n);
+		ANN_CHECK(rc, progress(b, "sample", i, b->n, err));
 	}
 	b->sample_n = (size_t)taken;
 fail:
@@ -346,7 +357,7 @@ static int route_all(build *b, ann_error *err)
 		if (b->router->ops->observe)
 			ANN_CHECK(rc, b->router->ops->observe(b->router, f, (size_t)got, primary, err));
 		i += (uint64_t)got;
-		progress(b, "route", i, b->n);
+		ANN_CHECK(rc, progress(b, "route", i, b->n, err));
 	}
 	ANN_CHECK(rc, ann_spill_finish(b->spill, err));
 	if (b->router->ops->finish)
@@ -463,7 +474,7 @@ static int pack_all(build *b, ann_error *err)
 				batch_bytes = 0;
 			}
 		}
-		progress(b, "pack", part + 1, b->nparts);
+		ANN_CHECK(rc, progress(b, "pack", part + 1, b->nparts, err));
 	}
 fail:
 out:
@@ -730,6 +741,7 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	sample = NULL;
 	b.nparts = b.router->nparts;
 	b.t_train = secs_since(t0);
+	ANN_CHECK(rc, check_cancel(&b, "train", 1, 1, err));
 
 	/* 3. route */
 	t0 = ann_now_ns();

@@ -35,6 +35,7 @@ const char *ann_strerror(int code)
 	case ANN_E_UNSUPPORTED: return "unsupported";
 	case ANN_E_STATE: return "handle in failed state";
 	case ANN_E_EXISTS: return "already exists";
+	case ANN_E_CANCELED: return "canceled";
 	default: return "unknown error";
 	}
 }

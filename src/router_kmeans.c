@@ -350,6 +350,8 @@ int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t
 		ko.max_size = (size_t)(o->balance * (double)n / nparts) + 1;
 	ko.progress = o->progress;
 	ko.progress_ctx = o->progress_ctx;
+	ko.cancel = o->cancel;
+	ko.cancel_ctx = o->cancel_ctx;
 	int rc = ann_kmeans(sample, n, d, &ko, c, NULL, NULL, err);
 	/* u8 data (o->encoding as resolved by the build) under L2: centroids
 	 * rounded onto the data's integer grid cost a quarter of the bytes and

@@ -211,11 +211,6 @@ static cli_opt info_opts[] = {
 	{NULL, NULL, NULL, NULL},
 };
 
-static const char *metric_name(ann_metric m)
-{
-	return m == ANN_METRIC_L2 ? "l2" : m == ANN_METRIC_IP ? "ip" : "cosine";
-}
-
 static int run_info(cli_cmd *c)
 {
 	const char *dir = cli_need(c, "index");
@@ -231,39 +226,30 @@ static int run_info(cli_cmd *c)
 		return cli_fail(c, &err);
 	}
 	/* Histogram of partition sizes in powers of two. */
-	uint64_t hist[40] = {0};
-	for (uint32_t p = 0; p < in.partitions; p++) {
-		uint64_t s = ann_index_partition_size(x, p);
-		int b = 0;
-		while (b < 39 && (1ull << (b + 1)) <= s)
-			b++;
-		hist[s ? b + 1 : 0]++;
-	}
+	uint64_t hist[ANN_INFO_HIST_BINS];
+	ann_index_size_histogram(x, hist);
 	double amp = in.vectors ? (double)in.stored_vectors / (double)in.vectors : 0;
 	uint64_t raw = in.vectors * in.dim * (in.encoding == ANN_ENC_U8 || in.encoding == ANN_ENC_I8 ? 1 : 4);
 	if (cli_flag(c, "json")) {
 		cli_json j;
 		cli_json_begin(&j, stdout);
-		cli_json_int(&j, "vectors", (long long)in.vectors);
-		cli_json_int(&j, "stored_vectors", (long long)in.stored_vectors);
-		cli_json_int(&j, "live_vectors", (long long)in.live_vectors);
-		cli_json_num(&j, "replication", amp);
-		cli_json_int(&j, "dim", in.dim);
-		cli_json_int(&j, "partitions", in.partitions);
-		cli_json_str(&j, "router", ann_router_name(in.router));
-		cli_json_str(&j, "store", in.store == ANN_STORE_LMDB ? "lmdb" : "file");
-		cli_json_str(&j, "encoding", ann_encoding_name(in.encoding));
-		cli_json_str(&j, "metric", metric_name(in.metric));
-		cli_json_int(&j, "bytes_on_disk", (long long)in.bytes_on_disk);
-		cli_json_int(&j, "block_bytes", (long long)in.block_bytes);
-		cli_json_int(&j, "raw_bytes", (long long)raw);
-		cli_json_int(&j, "router_ram_bytes", (long long)in.router_ram_bytes);
-		cli_json_int(&j, "route_ef", (long long)in.route_ef);
-		cli_json_num(&j, "router_bytes_per_vector", in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0);
-		cli_json_int(&j, "largest_partition", (long long)in.largest_partition);
-		cli_json_int(&j, "smallest_partition", (long long)in.smallest_partition);
+		/* The keys come from the library, the same list as Python's Index.info(). */
+		ann_info_field fields[ANN_INFO_MAX_FIELDS];
+		size_t nf = 0;
+		if (ann_index_info_fields(x, fields, &nf, &err) < 0) {
+			ann_index_close(x);
+			return cli_fail(c, &err);
+		}
+		for (size_t f = 0; f < nf; f++) {
+			if (fields[f].type == ANN_INFO_INT)
+				cli_json_int(&j, fields[f].key, (long long)fields[f].i);
+			else if (fields[f].type == ANN_INFO_NUM)
+				cli_json_num(&j, fields[f].key, fields[f].num);
+			else
+				cli_json_str(&j, fields[f].key, fields[f].str);
+		}
 		cli_json_arr(&j, "partition_size_histogram");
-		for (int b = 0; b < 40; b++) {
+		for (int b = 0; b < ANN_INFO_HIST_BINS; b++) {
 			if (!hist[b])
 				continue;
 			cli_json_obj(&j, NULL);
@@ -277,7 +263,7 @@ static int run_info(cli_cmd *c)
 	} else {
 		printf("index          %s\n", dir);
 		printf("vectors        %" PRIu64 " x %u (%s, metric %s)\n", in.vectors, in.dim,
-		       ann_encoding_name(in.encoding), metric_name(in.metric));
+		       ann_encoding_name(in.encoding), ann_metric_name(in.metric));
 		printf("stored         %" PRIu64 " (replication %.3fx)\n", in.stored_vectors, amp);
 		printf("live           %" PRIu64 " (built + inserted - deleted)\n", in.live_vectors);
 		printf("partitions     %u (sizes %" PRIu64 "..%" PRIu64 ")\n", in.partitions, in.smallest_partition,
@@ -292,7 +278,7 @@ static int run_info(cli_cmd *c)
 		       (double)in.bytes_on_disk / 1048576.0, (double)in.block_bytes / 1048576.0,
 		       (double)raw / 1048576.0, raw ? (double)in.bytes_on_disk / (double)raw : 0.0);
 		printf("partition sizes:\n");
-		for (int b = 0; b < 40; b++)
+		for (int b = 0; b < ANN_INFO_HIST_BINS; b++)
 			if (hist[b])
 				printf("  %8llu..%-8llu %u\n", b ? 1ull << (b - 1) : 0ull, b ? (1ull << b) - 1 : 0ull,
 				       (unsigned)hist[b]);
