@@ -1320,6 +1320,7 @@ static int with_writer(IndexObject *x, int (*fn)(ann_writer *, void *, ann_error
 typedef struct insert_arg {
 	const float *v;
 	size_t n;
+	uint32_t dim;
 	const int64_t *ids;
 	int upsert;
 	int64_t *out;
@@ -1328,7 +1329,7 @@ typedef struct insert_arg {
 static int do_insert(ann_writer *w, void *arg, ann_error *err)
 {
 	insert_arg *a = arg;
-	return ann_insert(w, a->v, a->n, a->ids, a->upsert, a->out, err);
+	return ann_insert(w, a->v, a->n, a->dim, a->ids, a->upsert, a->out, err);
 }
 
 /* A C-contiguous int64 array of ids from any 1-D integer array or sequence. */
@@ -1376,7 +1377,7 @@ static PyObject *Index_insert(IndexObject *x, PyObject *args, PyObject *kw)
 	out = PyArray_SimpleNew(1, &n, NPY_INT64);
 	if (!out)
 		goto done;
-	insert_arg a = {PyArray_DATA(v), (size_t)n, ia ? PyArray_DATA(ia) : NULL, upsert,
+	insert_arg a = {PyArray_DATA(v), (size_t)n, (uint32_t)d, ia ? PyArray_DATA(ia) : NULL, upsert,
 			PyArray_DATA((PyArrayObject *)out)};
 	ann_error err = {0};
 	int rc = ANN_OK;
