@@ -6,7 +6,11 @@
  */
 #include "index.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include "distance.h"
 
@@ -270,5 +274,37 @@ out:
 	ann_index_close(x);
 	if (problems)
 		*problems = v.problems;
+	return rc;
+}
+
+/* ---- repair ---------------------------------------------------------------- */
+
+int ann_repair(const char *index_dir, int dry_run, ann_repair_result *res, ann_error *err)
+{
+	memset(res, 0, sizeof *res);
+	int fd = open(index_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? ann_err(err, ANN_E_NOTFOUND, "%s: no such index directory", index_dir)
+				       : ann_err_sys(err, errno, "%s: cannot open directory", index_dir);
+	/* The writer lock of the store (store_file.c): no insert, delete or
+	 * compact may run on the old catalog while it is replaced. */
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		int rc = errno == EWOULDBLOCK ? ann_err(err, ANN_E_STATE, "%s: another process has the index open for "
+							"writing", index_dir)
+					      : ann_err_sys(err, errno, "%s: cannot lock directory", index_dir);
+		close(fd);
+		return rc;
+	}
+	char path[4200];
+	snprintf(path, sizeof path, "%s/catalog.lmdb", index_dir);
+	ann_catalog_repair_opts o = { dry_run != 0 };
+	ann_catalog_repair_result r;
+	int rc = ann_catalog_repair(path, &o, &r, err);
+	res->damaged = r.damaged;
+	snprintf(res->damage, sizeof res->damage, "%s", r.damage);
+	res->entries = r.entries;
+	res->bad_values = r.bad_values;
+	snprintf(res->backup, sizeof res->backup, "%s", r.backup);
+	close(fd); /* releases the lock */
 	return rc;
 }
