@@ -55,6 +55,9 @@
 #define CAT_DEFAULT_MAP (16ull << 30)
 #define CAT_MAX_KEY 511u
 #define CAT_SUM 8u /* appended checksum bytes */
+/* meta key: the LMDB txn id of the commit that wrote it (every commit does).
+ * A snapshot whose id differs was served from a damaged meta page. */
+#define CAT_TXN_KEY "catalog.txn"
 
 static const char *const db_names[ANN_CAT_NDB] = {
 	"meta", "parts", "models", "idmap", "free", "tomb", "delta", "blocks",
@@ -552,6 +555,72 @@ static int pg_walk_tree(pgw *w, const char *name, int kind, const lm_db *d)
 	return ANN_OK;
 }
 
+/* Checks both meta pages of data.mdb with pread before LMDB opens the file:
+ * LMDB takes the page size, and from it where the second meta page and
+ * every page lie, from the newest meta page without checking it. A missing
+ * or empty file is left to LMDB (a new environment). */
+static int meta_precheck(const char *path, ann_error *err)
+{
+	char file[4200];
+	snprintf(file, sizeof file, "%s/data.mdb", path);
+	int fd = open(file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return ANN_OK;
+	pgw w;
+	memset(&w, 0, sizeof w);
+	w.fd = fd;
+	struct stat st;
+	int rc = ANN_OK;
+	if (fstat(fd, &st) != 0) {
+		rc = ann_err_sys(err, errno, "%s: cannot stat", file);
+		close(fd);
+		return rc;
+	}
+	w.file_bytes = (uint64_t)st.st_size;
+	uint8_t m[2][LM_META_TXNID + 8];
+	uint32_t psize = 0;
+	if (w.file_bytes == 0)
+		goto done;
+	for (int i = 0; i < 2 && rc == ANN_OK; i++) {
+		if (w.file_bytes < (uint64_t)(i + 1) * (i ? psize : sizeof m[0])) {
+			rc = pg_bad(&w, "%llu bytes: meta page %d is cut off: truncated", (unsigned long long)w.file_bytes, i);
+			break;
+		}
+		if ((rc = pg_pread(&w, m[i], sizeof m[i], (uint64_t)i * psize)) < 0)
+			break;
+		uint32_t ps = ann_ld32(m[i] + LM_META_DBS);
+		if ((ann_ld16(m[i] + 10) & 0x08) == 0 || ann_ld32(m[i] + LM_PGHDR) != LM_MAGIC ||
+		    ann_ld32(m[i] + LM_PGHDR + 4) != LM_VERSION || ps < 512 || ps > 65536 || (ps & (ps - 1)) ||
+		    (i == 1 && ps != psize))
+			rc = pg_bad(&w, "meta page %d: flags 0x%x, magic 0x%08x, version %u, page size %u; expected a meta "
+				    "page, 0x%08x, %u and a power of two 512..65536%s", i, ann_ld16(m[i] + 10),
+				    ann_ld32(m[i] + LM_PGHDR), ann_ld32(m[i] + LM_PGHDR + 4), ps, LM_MAGIC, LM_VERSION,
+				    i == 1 ? " equal to meta page 0's" : "");
+		psize = ps;
+	}
+	if (rc == ANN_OK) {
+		uint64_t t0 = ann_ld64(m[0] + LM_META_TXNID), t1 = ann_ld64(m[1] + LM_META_TXNID);
+		const uint8_t *newest = t1 > t0 ? m[1] : m[0];
+		uint64_t last = ann_ld64(newest + LM_META_LAST);
+		if (w.file_bytes < 2ull * psize)
+			rc = pg_bad(&w, "%llu bytes, shorter than its two %u-byte meta pages: truncated",
+				    (unsigned long long)w.file_bytes, psize);
+		else if ((t0 && t0 % 2 != 0) || (t1 && t1 % 2 != 1) || (t0 != t1 && (t0 > t1 ? t0 - t1 : t1 - t0) != 1) ||
+			 (t0 == t1 && t0 != 0))
+			rc = pg_bad(&w, "meta pages hold txns %llu and %llu; LMDB keeps the last two, in the pages of "
+				    "their parity", (unsigned long long)t0, (unsigned long long)t1);
+		else if (last < 1 || last > (1ull << 46) / psize)
+			rc = pg_bad(&w, "meta page of txn %llu: last page %llu, expected 1..%llu",
+				    (unsigned long long)(t1 > t0 ? t1 : t0), (unsigned long long)last,
+				    (unsigned long long)((1ull << 46) / psize));
+	}
+done:
+	close(fd);
+	if (rc == ANN_E_CORRUPT)
+		rc = ann_err(err, rc, "%s: damaged catalog: %s; rebuild the index (annann build)", file, w.msg);
+	return rc;
+}
+
 /* Index directory of a catalog path ("<dir>/catalog.lmdb" -> "<dir>"). */
 static void cat_index_dir(const char *path, char *buf, size_t cap)
 {
@@ -619,6 +688,24 @@ static int pg_check(ann_catalog *c, uint64_t want, bool full, bool *repairable, 
 		goto out;
 	}
 	w.last = ann_ld64(meta + LM_META_LAST);
+	/* LMDB writes txn N's meta into page N % 2 and never lowers the last
+	 * page: the two meta pages hold consecutive txns (both 0 when new), the
+	 * newer with a last page at least the older's. A flipped txn id would
+	 * otherwise make LMDB serve the older snapshot as the newest. */
+	uint64_t t0 = ann_ld64(m[0] + LM_META_TXNID), t1 = ann_ld64(m[1] + LM_META_TXNID);
+	if ((t0 && t0 % 2 != 0) || (t1 && t1 % 2 != 1) || (t0 != t1 && (t0 > t1 ? t0 - t1 : t1 - t0) != 1) ||
+	    (t0 == t1 && t0 != 0)) {
+		rc = pg_bad(&w, "meta pages hold txns %llu and %llu; LMDB keeps the last two, in the pages of their "
+			    "parity", (unsigned long long)t0, (unsigned long long)t1);
+		goto out;
+	}
+	const uint8_t *older = meta == m[0] ? m[1] : m[0];
+	if (t0 != t1 && ann_ld64(older + LM_META_TXNID) < want && ann_ld64(older + LM_META_LAST) > w.last) {
+		rc = pg_bad(&w, "meta page of txn %llu has last page %llu, below the %llu of the txn before it",
+			    (unsigned long long)want, (unsigned long long)w.last,
+			    (unsigned long long)ann_ld64(older + LM_META_LAST));
+		goto out;
+	}
 	uint64_t maxpg = (uint64_t)info.me_mapsize / w.psize;
 	if (w.last < 1 || w.last >= maxpg) {
 		rc = pg_bad(&w, "meta page of txn %llu: last page %llu, expected 1..%llu (the map holds %llu pages)",
@@ -744,6 +831,22 @@ static int open_dbis(ann_catalog *c, bool create, ann_error *err)
 	return ANN_OK;
 }
 
+static int check_txn_key(ann_cat_txn *t, ann_error *err)
+{
+	uint64_t wrote = 0, id = ann_catalog_txn_id(t) - (t->write ? 1 : 0);
+	int rc = ann_catalog_meta_get_u64(t, CAT_TXN_KEY, &wrote, err);
+	if (rc == ANN_E_NOTFOUND) /* written by a build before the key existed */
+		return ANN_OK;
+	if (rc < 0)
+		return rc;
+	if (wrote != id)
+		return ann_err(err, ANN_E_CORRUPT, "%s/data.mdb: damaged catalog: the meta page says txn %llu, but that "
+			       "snapshot was written by txn %llu (a damaged meta page: LMDB serves an older state); "
+			       "rebuild the index (annann build)", t->c->path, (unsigned long long)id,
+			       (unsigned long long)wrote);
+	return ANN_OK;
+}
+
 static int check_format(ann_catalog *c, bool create, ann_error *err)
 {
 	ann_cat_txn *t = NULL;
@@ -772,6 +875,8 @@ static int check_format(ann_catalog *c, bool create, ann_error *err)
 	if (rc == ANN_E_NOTFOUND)
 		minor = 0, rc = ANN_OK;
 	if (rc < 0)
+		goto fail;
+	if ((rc = check_txn_key(t, err)) < 0)
 		goto fail;
 	ann_catalog_read_end(t);
 	if (major != CAT_FORMAT_MAJOR)
@@ -847,6 +952,7 @@ int ann_catalog_open(const char *path, const ann_catalog_opts *o, ann_catalog **
 	mdb_env_set_maxdbs(c->env, 16);
 	mdb_env_set_maxreaders(c->env, o->max_readers ? o->max_readers : 510);
 	mdb_env_set_mapsize(c->env, (size_t)map);
+	ANN_CHECK(rc, meta_precheck(path, err));
 	rc = mdb_env_open(c->env, path, MDB_NOTLS | (o->readonly ? MDB_RDONLY : 0), 0644);
 	if (rc) {
 		rc = mdb_fail(c, err, rc, "open environment", -1, NULL, 0);
@@ -1196,6 +1302,8 @@ static int raw_del(ann_cat_txn *t, ann_cat_db db, const void *k, size_t klen, an
 int ann_catalog_commit(ann_cat_txn *t, ann_error *err)
 {
 	int rc = txn_usable(t, true, err);
+	if (rc == ANN_OK)
+		rc = ann_catalog_meta_put_u64(t, CAT_TXN_KEY, (uint64_t)mdb_txn_id(t->txn), err);
 	if (rc < 0) {
 		ann_catalog_abort(t);
 		return rc;
@@ -1910,6 +2018,11 @@ int ann_catalog_verify(ann_cat_txn *t, ann_issue_fn fn, void *ctx, uint64_t *nba
 			*err = pe;
 		return prc;
 	}
+	prc = check_txn_key(t, &pe);
+	if (prc == ANN_E_CORRUPT) {
+		report(fn, ctx, ANN_ISSUE_CATALOG, false, -1, "lmdb", pe.msg);
+		bad++;
+	} /* other failures (a bad value) are reported by the scan below */
 	for (int db = 0; db < ANN_CAT_NDB; db++) {
 		if (db == ANN_CAT_BLOCKS)
 			continue;
@@ -2010,6 +2123,27 @@ static int repair_copy(ann_catalog *src, MDB_txn *stx, MDB_env *dst, const char 
 		if (mrc)
 			goto fail;
 	}
+	/* The copy's txn ids restart: the last commit records its own id. */
+	MDB_dbi mdbi;
+	db = ANN_CAT_META;
+	what = "begin txn";
+	if ((mrc = mdb_txn_begin(dst, NULL, 0, &dtx)) != 0)
+		goto fail;
+	what = "write";
+	if ((mrc = mdb_dbi_open(dtx, db_names[ANN_CAT_META], 0, &mdbi)) != 0)
+		goto fail;
+	uint8_t tb[1 + 8 + CAT_SUM];
+	tb[0] = ANN_META_U64;
+	ann_st64(tb + 1, (uint64_t)mdb_txn_id(dtx));
+	ann_st64(tb + 9, value_sum(CAT_TXN_KEY, strlen(CAT_TXN_KEY), tb, 9));
+	MDB_val tk = { strlen(CAT_TXN_KEY), (void *)CAT_TXN_KEY }, tv = { sizeof tb, tb };
+	if ((mrc = mdb_put(dtx, mdbi, &tk, &tv, 0)) != 0)
+		goto fail;
+	what = "commit";
+	mrc = mdb_txn_commit(dtx);
+	dtx = NULL;
+	if (mrc)
+		goto fail;
 	return ANN_OK;
 fail:
 	if (cur)
@@ -2072,6 +2206,10 @@ int ann_catalog_repair(const char *path, const ann_catalog_repair_opts *o, ann_c
 	}
 	mdb_env_set_maxdbs(cs.env, 16);
 	mdb_env_set_mapsize(cs.env, (size_t)map);
+	if ((rc = meta_precheck(path, err)) < 0) {
+		ann_err_prefix(err, rc, "cannot repair");
+		goto out;
+	}
 	if ((mrc = mdb_env_open(cs.env, path, MDB_NOTLS | MDB_RDONLY, 0644)) != 0) {
 		rc = mdb_fail(&cs, err, mrc, "open environment", -1, NULL, 0);
 		goto out;

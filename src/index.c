@@ -21,7 +21,11 @@ static int load_models(ann_index *x, ann_error *err)
 	const uint8_t *blob;
 	size_t len;
 	int rc;
-	ANN_CHECK(rc, ann_index_meta_read(t, &x->meta, err));
+	rc = ann_index_meta_read(t, &x->meta, err);
+	if (rc < 0) {
+		ann_err_prefix(err, rc, "%s", x->path);
+		goto fail;
+	}
 	rc = ann_catalog_model_get(t, "router", &blob, &len, err);
 	if (rc < 0) {
 		ann_err_prefix(err, rc, "%s: router model", x->path);
