@@ -14,6 +14,12 @@
  *    damaged while open refuses and changes nothing, ann_repair rebuilds the
  *    catalog (verify clean, search unchanged, writes work) and keeps the old
  *    one; repair refuses damage inside a database and changes nothing.
+ *  - the catalog's facts against the blocks, the directory and the router
+ *    (D7, D8): a changed index.encoding, index.dim, index.metric,
+ *    index.vectors or index.stored_vectors (valid checksums) fails the open
+ *    with a message saying what disagrees; a sound block of another dimension
+ *    or encoding spliced into the last partition fails search cleanly and is
+ *    reported by verify.
  * Seed: ANNANN_TEST_SEED (printed on failure).
  */
 #include <fcntl.h>
@@ -21,8 +27,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "block.h"
 #include "catalog.h"
 #include "index.h"
+#include "store.h"
 #include "testutil.h"
 #include "vecio.h"
 
@@ -403,6 +411,136 @@ static void test_free_list(const char *dir, const char *idx)
 	free(t);
 }
 
+static void set_meta(const char *idx, const char *name, uint64_t v)
+{
+	char *cat = t_path(idx, "catalog.lmdb");
+	ann_catalog *c;
+	ann_cat_txn *t;
+	ann_error e = {0};
+	ASSERT_OK(ann_catalog_open(cat, NULL, &c, &e));
+	ASSERT_OK(ann_catalog_write_begin(c, &t, &e));
+	ASSERT_OK(ann_catalog_meta_put_u64(t, name, v, &e));
+	ASSERT_OK(ann_catalog_commit(t, &e));
+	ann_catalog_close(c);
+	free(cat);
+}
+
+static void expect_open_fails(const char *idx, const char *needle, const char *not_needle)
+{
+	ann_error e = {0};
+	ann_index *x = NULL;
+	int rc = ann_index_open(idx, &x, &e);
+	if (rc != ANN_E_CORRUPT || !strstr(e.msg, idx) || !strstr(e.msg, needle) ||
+	    (not_needle && strstr(e.msg, not_needle)))
+		T_FAIL("open: rc %d '%s', expected ANN_E_CORRUPT naming the index and '%s'", rc, e.msg, needle);
+	uint64_t problems = 0;
+	ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, &e));
+	ASSERT_TRUE(problems >= 1);
+}
+
+/* Replaces partition pid's block by a sound one of another dimension or
+ * encoding (checksummed, directory entry updated): D7's spliced block. */
+static void splice_block(const char *idx, uint32_t pid, uint32_t dim, ann_block_encoding enc)
+{
+	ann_store_opts so;
+	ann_store_opts_init(&so);
+	so.writable = true;
+	ann_store *st;
+	ann_error e = {0};
+	ASSERT_OK(ann_store_open(idx, &so, &st, &e));
+	ann_dirent de;
+	ASSERT_OK(ann_store_lookup(st, pid, &de, &e));
+	size_t cnt = de.count;
+	int64_t *ids = malloc(cnt * sizeof *ids);
+	float *v = malloc(cnt * dim * sizeof *v);
+	for (size_t i = 0; i < cnt; i++)
+		ids[i] = (int64_t)i;
+	for (size_t i = 0; i < cnt * dim; i++)
+		v[i] = base[i % (N * D)];
+	ann_block_params bp;
+	block_params_init(&bp);
+	bp.encoding = enc;
+	bp.pad = ann_store_kind_of(st) == ANN_STORE_LMDB ? ANN_BLOCK_PAD_LMDB : ANN_BLOCK_PAD_FILE;
+	ann_block_enc *be;
+	ASSERT_OK(block_enc_new(&be, &e));
+	uint8_t *out = NULL;
+	size_t len = 0;
+	ASSERT_OK(block_encode(be, &bp, dim, cnt, ids, v, ANN_DTYPE_F32, pid, de.generation + 1, &out, &len, &e));
+	void *al = ann_aligned_alloc(4096, len);
+	memcpy(al, out, len);
+	ann_store_txn *tx;
+	ASSERT_OK(ann_store_begin(st, &tx, &e));
+	ann_block_put put = {pid, (uint32_t)cnt, al, len};
+	ASSERT_OK(ann_store_put_blocks(tx, &put, 1, NULL, &e));
+	ASSERT_OK(ann_store_commit(tx, &e));
+	ann_aligned_free(al);
+	block_enc_free(be);
+	ann_store_close(st);
+	free(ids);
+	free(v);
+}
+
+/* D7, D8 and the minor meta cases: the catalog's facts against the blocks,
+ * the directory and the router. */
+static void test_meta(const char *dir, const char *idx)
+{
+	t_current = "test_meta";
+	char *t = t_path(dir, "meta");
+	ann_index *x;
+	ann_error e = {0};
+	ASSERT_OK(ann_index_open(idx, &x, &e));
+	ann_encoding enc = x->meta.encoding;
+	uint32_t last = UINT32_MAX;
+	for (uint32_t p = 0; p < x->dir.n; p++)
+		if (x->dir.ents[p].kind != ANN_KIND_NONE)
+			last = p;
+	ann_index_close(x);
+	ann_block_encoding benc = ann_encoding_block(enc);
+	ann_block_encoding other = benc == ANN_BLOCK_U8 ? ANN_BLOCK_F32 : ANN_BLOCK_U8;
+
+	/* D8: index.encoding changed with a valid checksum. */
+	copy_tree(idx, t);
+	set_meta(t, "index.encoding", enc == ANN_ENC_U8 ? ANN_ENC_F32 : ANN_ENC_U8);
+	expect_open_fails(t, "encoding", NULL);
+
+	/* D7: a sound block of another dimension or encoding in the last
+	 * partition (open probes the first): search fails cleanly, verify names it. */
+	for (int k = 0; k < 2; k++) {
+		copy_tree(idx, t);
+		splice_block(t, last, k ? D : D / 2, k ? other : benc);
+		int64_t ids[NQ * K];
+		int rc = search_ids(t, ids, &e);
+		if (rc != ANN_E_CORRUPT || !strstr(e.msg, "the block holds") || !strstr(e.msg, t))
+			T_FAIL("spliced %s: search rc %d '%s'", k ? "encoding" : "dimension", rc, e.msg);
+		uint64_t problems = 0;
+		ASSERT_OK(ann_verify(t, NULL, NULL, &problems, &e));
+		ASSERT_TRUE(problems >= 1);
+	}
+
+	/* index.vectors = 2^63 - 1; index.stored_vectors off by one. */
+	copy_tree(idx, t);
+	set_meta(t, "index.vectors", (uint64_t)INT64_MAX);
+	expect_open_fails(t, "index.vectors", NULL);
+	copy_tree(idx, t);
+	ann_index_meta m;
+	ASSERT_OK(ann_index_open(idx, &x, &e));
+	m = x->meta;
+	ann_index_close(x);
+	set_meta(t, "index.stored_vectors", m.stored_vectors + 1);
+	expect_open_fails(t, "index.stored_vectors", NULL);
+
+	/* index.metric = ip: the message says what disagrees. */
+	copy_tree(idx, t);
+	set_meta(t, "index.metric", ANN_METRIC_IP);
+	expect_open_fails(t, "metric", "dimension");
+
+	/* index.dim changed: the router's dimension disagrees. */
+	copy_tree(idx, t);
+	set_meta(t, "index.dim", D * 2);
+	expect_open_fails(t, "dimension", NULL);
+	free(t);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -416,6 +554,7 @@ int main(void)
 		T_FAIL("search: %s", e.msg);
 	test_truncation(dir, idx);
 	test_free_list(dir, idx);
+	test_meta(dir, idx);
 	test_flips(dir, idx, &rng);
 	t_rmtree(dir);
 	free(idx);

@@ -478,16 +478,20 @@ static int run_setting(ann_searcher **s, uint32_t k, const float *q, size_t nq, 
 	pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 	search_job jobs[64];
 	pthread_t tid[64];
+	bool started[64] = {false};
 	uint64_t t0 = cli_now_ns();
 	for (int t = 0; t < threads; t++) {
 		jobs[t] = (search_job){s[t], k, q, nq, dim, batch, ids, dists, st, &next, &mu, NULL, {0}, 0};
-		if (t > 0 && pthread_create(&tid[t], NULL, search_worker, &jobs[t]) != 0) {
-			jobs[t].rc = ann_err(&jobs[t].err, ANN_E_IO, "cannot start search thread %d", t);
+		if (t > 0) {
+			started[t] = pthread_create(&tid[t], NULL, search_worker, &jobs[t]) == 0;
+			if (!started[t])
+				jobs[t].rc = ann_err(&jobs[t].err, ANN_E_IO, "cannot start search thread %d", t);
 		}
 	}
 	search_worker(&jobs[0]);
+	/* Join every thread that started, whether its search failed or not. */
 	for (int t = 1; t < threads; t++)
-		if (jobs[t].err.code == 0 || jobs[t].rc >= 0)
+		if (started[t])
 			pthread_join(tid[t], NULL);
 	*wall_s = (double)(cli_now_ns() - t0) / 1e9;
 	for (int t = 0; t < threads; t++)
