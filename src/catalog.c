@@ -45,6 +45,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -323,6 +324,7 @@ typedef struct pg_counts {
 
 typedef struct pgw {
 	int fd;
+	const uint8_t *map;       /* the file mapped read-only (pg_check), or NULL: pread */
 	uint64_t file_bytes;
 	uint32_t psize;
 	uint64_t last;            /* last page of the snapshot */
@@ -357,6 +359,13 @@ static int pg_bad(pgw *w, const char *fmt, ...)
 
 static int pg_pread(pgw *w, void *buf, size_t n, uint64_t off)
 {
+	if (w->map) {
+		if (off > w->file_bytes || n > w->file_bytes - off)
+			return pg_bad(w, "offset %llu is past the end of the file (%llu bytes): truncated",
+				      (unsigned long long)(off + n), (unsigned long long)w->file_bytes);
+		memcpy(buf, w->map + off, n);
+		return ANN_OK;
+	}
 	size_t done = 0;
 	while (done < n) {
 		ssize_t r = pread(w->fd, (uint8_t *)buf + done, n - done, (off_t)(off + done));
@@ -662,6 +671,15 @@ static int pg_check(ann_catalog *c, uint64_t want, bool full, bool *repairable, 
 	if (rc || fstat(w.fd, &st) != 0)
 		return ann_err_sys(err, rc ? rc : errno, "%s: cannot stat", file);
 	w.file_bytes = (uint64_t)st.st_size;
+	/* The full walk reads through a read-only map of the file's current
+	 * size (a pread per page costs 20-30 us on a virtual machine); the cheap
+	 * check reads its few pages with pread.
+	 * Every access is bounds-checked against that size, so a short file
+	 * is an error here; only a truncation while we walk could fault, as it
+	 * would fault LMDB itself. */
+	void *mp = full && w.file_bytes ? mmap(NULL, (size_t)w.file_bytes, PROT_READ, MAP_SHARED, w.fd, 0) : MAP_FAILED;
+	if (mp != MAP_FAILED)
+		w.map = mp;
 	uint8_t m[2][LM_META_TXNID + 8];
 	const uint8_t *meta = NULL;
 	if (w.psize < 512 || w.file_bytes < 2ull * w.psize) {
@@ -773,6 +791,8 @@ out:
 		rc = ann_err(err, rc, "%s: page check: out of memory", file);
 	}
 free:
+	if (w.map)
+		munmap((void *)w.map, (size_t)w.file_bytes);
 	for (unsigned i = 0; i < LM_MAXDEPTH; i++)
 		ann_free(w.buf[i]);
 	ann_free(w.val);
