@@ -427,16 +427,19 @@ static int pg_read(pgw *w, uint64_t pgno, uint8_t *buf, const char *what)
 	return ANN_OK;
 }
 
-/* A free-list value: [count][count page numbers], 8 bytes each. */
+/* A free-list value: [count][count page numbers], 8 bytes each. LMDB may
+ * reserve more room than it fills (mdb_freelist_save: the rest is left
+ * as is), so only the first count entries are pages, as LMDB reads them. */
 static int pg_freelist(pgw *w, uint64_t txnid, const uint8_t *v, size_t n)
 {
 	char what[64];
 	snprintf(what, sizeof what, "the free list (txn %llu)", (unsigned long long)txnid);
-	if (n < 8 || n % 8 || ann_ld64(v) != n / 8 - 1)
-		return pg_bad(w, "%s: %zu bytes announcing %llu pages", what, n, n >= 8 ? (unsigned long long)ann_ld64(v) : 0ull);
-	for (size_t i = 1; i < n / 8; i++)
+	uint64_t cnt = n >= 8 ? ann_ld64(v) : 0;
+	if (n < 8 || n % 8 || cnt > n / 8 - 1)
+		return pg_bad(w, "%s: %zu bytes announcing %llu pages", what, n, (unsigned long long)cnt);
+	for (size_t i = 1; i <= cnt; i++)
 		ANN_TRY(pg_mark(w, ann_ld64(v + 8 * i), 1, what));
-	w->free_listed += n / 8 - 1;
+	w->free_listed += cnt;
 	return ANN_OK;
 }
 
