@@ -458,9 +458,11 @@ static int pg_walk_page(pgw *w, const char *name, int kind, uint64_t pgno, unsig
 	if (flags != (leaf ? LM_P_LEAF : LM_P_BRANCH))
 		return pg_bad(w, "page %llu of %s has flags 0x%x; a %s page was expected at level %u of %u",
 			      (unsigned long long)pgno, what, flags, leaf ? "leaf" : "branch", level, depth);
-	if (lower < LM_PGHDR + 2 || (lower & 1) || lower > upper || upper > w->psize)
-		return pg_bad(w, "page %llu of %s: node table bounds %u..%u, expected 18 <= lower <= upper <= %u",
-			      (unsigned long long)pgno, what, lower, upper, w->psize);
+	/* Only a root leaf may be empty (LMDB drops an emptied root; allowed anyway). */
+	unsigned min_lower = LM_PGHDR + (leaf && level == 1 ? 0 : 2);
+	if (lower < min_lower || (lower & 1) || lower > upper || upper > w->psize)
+		return pg_bad(w, "page %llu of %s: node table bounds %u..%u, expected %u <= lower <= upper <= %u",
+			      (unsigned long long)pgno, what, lower, upper, min_lower, w->psize);
 	unsigned nkeys = (lower - LM_PGHDR) / 2;
 	if (leaf)
 		cnt->leaf++;

@@ -466,14 +466,12 @@ static void splice_block(const char *idx, uint32_t pid, uint32_t dim, ann_block_
 	uint8_t *out = NULL;
 	size_t len = 0;
 	ASSERT_OK(block_encode(be, &bp, dim, cnt, ids, v, ANN_DTYPE_F32, pid, de.generation + 1, &out, &len, &e));
-	void *al = ann_aligned_alloc(4096, len);
-	memcpy(al, out, len);
 	ann_store_txn *tx;
 	ASSERT_OK(ann_store_begin(st, &tx, &e));
-	ann_block_put put = {pid, (uint32_t)cnt, al, len};
+	ann_block_put put = {pid, (uint32_t)cnt, out, len}; /* out is 4096-aligned */
 	ASSERT_OK(ann_store_put_blocks(tx, &put, 1, NULL, &e));
 	ASSERT_OK(ann_store_commit(tx, &e));
-	ann_aligned_free(al);
+	ann_aligned_free(out);
 	block_enc_free(be);
 	ann_store_close(st);
 	free(ids);
