@@ -374,10 +374,15 @@ int ann_router_kmeans_load(const uint8_t *blob, size_t len, uint32_t dim, ann_me
 	ann_hnsw *g;
 	ANN_TRY(ann_hnsw_load(blob, len, &g, err));
 	size_t gd = ann_hnsw_dim(g);
-	if (gd != dim || ann_hnsw_metric(g) != metric) {
+	ann_metric gm = ann_hnsw_metric(g);
+	if (gd != dim || gm != metric) {
+		static const char *const mn[] = {"l2", "ip", "cosine"};
 		ann_hnsw_free(g);
-		return ann_err(err, ANN_E_CORRUPT, "kmeans router: centroid graph has dimension %zu, index %u",
-			       gd, dim);
+		if (gd != dim)
+			return ann_err(err, ANN_E_CORRUPT, "kmeans router: the centroid graph has dimension %zu, the "
+				       "index's meta says %u", gd, dim);
+		return ann_err(err, ANN_E_CORRUPT, "kmeans router: the centroid graph uses metric %s, the index's meta "
+			       "says %s", (unsigned)gm <= 2 ? mn[gm] : "?", (unsigned)metric <= 2 ? mn[metric] : "?");
 	}
 	return km_wrap(g, dim, metric, out, err);
 }
