@@ -4,13 +4,14 @@
 #
 #   bash tools/run.sh demo    install dependencies, build, run the demo
 #   bash tools/run.sh test    install dependencies, build, run every test in a
-#                             release build and in an ASan+UBSan build
+#                             release build and in an ASan+UBSan build, then
+#                             each libFuzzer target for FUZZ_SECONDS (15 s)
 #   bash tools/run.sh deps    only install the Debian packages
 #   bash tools/run.sh bench   also install the peers' packages (FAISS, SPTAG,
 #                             fio, Fashion-MNIST) used by bench/
 #
 # Environment: DEMO_N (demo base size, default 1000000), BUILD_DIR (default
-# build), JOBS (ninja -j, default nproc).
+# build), JOBS (ninja -j, default nproc), FUZZ_SECONDS (per fuzz target, 15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,8 @@ BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
 DEPS="gcc pkg-config meson ninja-build liburing-dev liblmdb-dev libopenblas-dev libzstd-dev
       libmetis-dev libxxhash-dev zlib1g-dev"
+# clang and libFuzzer for tests/fuzz (run by `test`).
+FUZZ_DEPS="clang libclang-rt-14-dev libfuzzer-14-dev"
 BENCH_DEPS="python3 python3-numpy python3-faiss python3-matplotlib sptag fio jq dataset-fashion-mnist time
             lmdb-utils libaio1 libboost-program-options1.74.0 liblapacke libgoogle-perftools4 libgomp1"
 
@@ -53,13 +56,15 @@ deps)
 	install_pkgs $DEPS
 	;;
 test)
-	install_pkgs $DEPS
+	install_pkgs $DEPS $FUZZ_DEPS
 	build "$BUILD_DIR"
 	meson test -C "$BUILD_DIR" --print-errorlogs --num-processes "$JOBS"
 	echo "== sanitizer build (address, undefined)"
 	build "$BUILD_DIR-asan" -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		meson test -C "$BUILD_DIR-asan" --print-errorlogs --num-processes "$JOBS" --timeout-multiplier 4
+	echo "== fuzzing (libFuzzer, ASan+UBSan), ${FUZZ_SECONDS:-15} s per target"
+	FUZZ_BUILD_DIR="$BUILD_DIR-fuzz" JOBS="$JOBS" bash tests/fuzz/run.sh "${FUZZ_SECONDS:-15}"
 	echo "== all tests passed"
 	;;
 demo)
