@@ -114,8 +114,7 @@ static int km_assign(const ann_router *r, const float *x, size_t n, uint32_t cop
 			goto out;
 		rc = ANN_OK;
 	}
-	for (size_t i = 0; i < n; i++)
-		ann_router_closure(ids + i * m, dists + i * m, m, copies, eps, r->metric, parts + i * copies);
+	rc = ann_router_closure_rows(ids, dists, n, m, copies, eps, r->metric, parts, "kmeans", err);
 fail:
 out:
 	ann_free(ids);
