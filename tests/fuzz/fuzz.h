@@ -9,8 +9,10 @@
  * (FZ_CHECK aborts on the last, so libFuzzer records the input).
  *
  * Readers that take a path get the input written to a file in a private
- * directory on tmpfs (/dev/shm when it exists, else $TMPDIR or /tmp), created
- * once per process and removed at exit. Readers of checksummed blobs get the
+ * directory under $ANNANN_FUZZ_TMP (run.sh points it at a directory it removes
+ * at the end: libFuzzer's exits skip atexit handlers), else on tmpfs
+ * (/dev/shm when it exists, else $TMPDIR or /tmp), created once per process
+ * and removed at a normal exit. Readers of checksummed blobs get the
  * checksums recomputed by the target (see each target), so that the fuzzer
  * reaches the parser behind them instead of stopping at the checksum.
  */
@@ -64,7 +66,9 @@ static inline const char *fz_tmpdir(void)
 {
 	if (fz_dir[0])
 		return fz_dir;
-	const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
+	const char *base = getenv("ANNANN_FUZZ_TMP"); /* run.sh's, removed by it */
+	if (!base || !*base)
+		base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
 	if (!base || !*base)
 		base = "/tmp";
 	snprintf(fz_dir, sizeof fz_dir, "%s/annann-fuzz.XXXXXX", base);

@@ -48,6 +48,11 @@ if [ "${FUZZ_SEEDS:-0}" = 1 ]; then
 fi
 ninja -C "$BUILD" -j "$JOBS" "${bins[@]}"
 
+# The targets' scratch files (tmpfs when there is one); libFuzzer's exits skip
+# the targets' own clean-up, so the directory goes here.
+ANNANN_FUZZ_TMP=$(mktemp -d "$( [ -w /dev/shm ] && echo /dev/shm || echo "${TMPDIR:-/tmp}")/annann-fuzz-run.XXXXXX")
+export ANNANN_FUZZ_TMP
+trap 'rm -rf "$ANNANN_FUZZ_TMP"' EXIT
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export OPENBLAS_NUM_THREADS=1
