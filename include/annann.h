@@ -14,7 +14,9 @@
  *    with nothing to free. Destructors accept NULL.
  *  - One environment variable is read: ANNANN_SIMD=scalar|avx2|avx512 forces
  *    the distance kernels (a level the CPU lacks falls back to the best one
- *    it has, with ann_simd_active() telling which ran).
+ *    it has, with ann_simd_active() telling which ran). Tests only:
+ *    ANNANN_FAULT_OP=uring (with ANNANN_FAULT_N ...) makes the block reader
+ *    fail its Nth io_uring read (tests/fault/run.sh, docs/HOSTILE.md).
  */
 #ifndef ANNANN_H
 #define ANNANN_H

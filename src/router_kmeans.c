@@ -116,12 +116,12 @@ static int km_assign(const ann_router *r, const float *x, size_t n, const ann_as
 			goto out;
 		rc = ANN_OK;
 	}
+	if (!soar) {
+		rc = ann_router_closure_rows(ids, dists, n, m, copies, sp->eps, r->metric, parts, "kmeans", err);
+		goto out;
+	}
 	for (size_t i = 0; i < n; i++) {
 		const uint32_t *ci = ids + i * m;
-		if (!soar) {
-			ann_router_closure(ci, dists + i * m, m, copies, sp->eps, r->metric, parts + i * copies);
-			continue;
-		}
 		for (uint32_t j = 0; j < m; j++) {
 			if (ci[j] == UINT32_MAX)
 				break;
@@ -133,6 +133,7 @@ static int km_assign(const ann_router *r, const float *x, size_t n, const ann_as
 		ann_router_soar(x + i * d, d, ci, dists + i * m, cand, m, sp, r->metric, cand + (size_t)m * d,
 				parts + i * copies);
 	}
+	rc = ann_router_check_primary(parts, n, copies, "kmeans", err);
 fail:
 out:
 	ann_free(c);
