@@ -95,7 +95,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			r->ops->ctx_free(ctx);
 		}
 		uint32_t part = UINT32_MAX;
-		rc = r->ops->assign(r, q, 1, 1, 0.1, 1, &part, &e);
+		rc = r->ops->assign(r, q, 1, &(ann_assign_rule){.copies = 1, .eps = 0.1}, 1, &part, &e);
 		FZ_CHECK(rc, e);
 		if (rc == 0)
 			FZ_ASSERT(part < r->nparts);
