@@ -22,11 +22,13 @@
  *     mean and p99 of re-ranked candidates per query and the recall it
  *     keeps, at eps0 = 2.8 (default) and 1.9 (the paper's).
  * --n N takes the first N base vectors (ground truth is then recomputed
- * exactly; --gt is only used when the whole base is taken).
+ * exactly; --gt is only used when the whole base is taken). --train T
+ * trains k-means on every (n / T)-th vector and assigns all to the nearest
+ * centroid.
  *
  *   bench_rabitq --speed [--reps R]
  *   bench_rabitq --base B --query Q [--gt G] [--n N] [--nq Q] [--parts K]
- *                [--bits 1,2,3,4,5] [--target 0.9,0.95] [--seed S]
+ *                [--train T] [--bits 1,2,3,4,5] [--target 0.9,0.95] [--seed S]
  */
 #include <math.h>
 #include <stdio.h>
@@ -65,12 +67,6 @@ static double now_s(void)
 static int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static int cmp_float(const void *a, const void *b)
-{
-	float x = *(const float *)a, y = *(const float *)b;
 	return (x > y) - (x < y);
 }
 
@@ -188,11 +184,64 @@ static size_t parse_list(const char *s, double *out, size_t max)
 
 typedef struct qopts {
 	const char *base, *query, *gt;
-	size_t n, nq, parts;
+	size_t n, nq, parts, train;
 	double bits[8], targets[8];
 	size_t nbits, ntargets;
 	uint64_t seed;
 } qopts;
+
+/* The two-round rule: round 1 re-ranks the 2K smallest estimates exactly;
+ * round 2 re-ranks every other candidate whose lower bound is below the
+ * 10th exact distance found so far. Candidates are in probe order (m of
+ * them, partitions probe[0..] laid out by start). Adds the re-ranked count
+ * and the true neighbours in the final top-K. */
+static const float *sort_key;
+static int cmp_key(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	if (sort_key[x] != sort_key[y])
+		return (sort_key[x] > sort_key[y]) - (sort_key[x] < sort_key[y]);
+	return (x > y) - (x < y);
+}
+
+static void two_round(const float *est, const float *wid, size_t m, const float *qv, const float *xp, size_t d,
+		      const uint32_t *probe, const size_t *start, const uint32_t *perm, const int32_t *gt,
+		      const ann_kernels *kern, uint32_t *ord, double *count, double *hit)
+{
+	/* candidate index -> row of xp */
+	for (size_t i = 0; i < m; i++)
+		ord[i] = (uint32_t)i;
+	sort_key = est;
+	qsort(ord, m, sizeof(uint32_t), cmp_key);
+	float td[K];
+	int64_t tid[K];
+	ann_topk tk;
+	ann_topk_init(&tk, td, tid, K);
+	size_t r1 = ANN_MIN(m, (size_t)(2 * K)), cnt = 0;
+	for (size_t pass = 0; pass < 2; pass++) {
+		float kth = ann_topk_bound(&tk);
+		for (size_t j = pass ? r1 : 0; j < (pass ? m : r1); j++) {
+			uint32_t ci = ord[j];
+			if (pass && !(est[ci] - wid[ci] < kth))
+				continue;
+			/* locate the row */
+			size_t acc = 0, p = 0;
+			for (;; p++) {
+				size_t c = start[probe[p] + 1] - start[probe[p]];
+				if (ci < acc + c)
+					break;
+				acc += c;
+			}
+			size_t row = start[probe[p]] + (ci - acc);
+			ann_topk_push(&tk, kern->l2_f32(qv, xp + row * d, d), perm[row]);
+			cnt++;
+		}
+	}
+	for (size_t a = 0; a < tk.n; a++)
+		for (int g = 0; g < K; g++)
+			*hit += gt[g] == (int32_t)tk.id[a];
+	*count = (double)cnt;
+}
 
 static void bench_quality(const qopts *o)
 {
@@ -249,8 +298,20 @@ static void bench_quality(const qopts *o)
 	ko.seed = o->seed;
 	ko.threads = 2;
 	double t0 = now_s();
-	if (ann_kmeans(x, n, d, &ko, cent, assign, NULL, &e) < 0)
+	if (o->train && o->train < n) {
+		/* train on every (n / train)-th row, then assign all */
+		size_t step = n / o->train, ns = n / step;
+		float *smp = xmalloc(ns * d * sizeof(float));
+		for (size_t i = 0; i < ns; i++)
+			memcpy(smp + i * d, x + i * step * d, d * sizeof(float));
+		if (ann_kmeans(smp, ns, d, &ko, cent, NULL, NULL, &e) < 0)
+			die("kmeans", &e);
+		free(smp);
+		if (ann_nearest_centroids(x, n, d, cent, o->parts, 1, ANN_METRIC_L2, 2, assign, NULL, &e) < 0)
+			die("assign", &e);
+	} else if (ann_kmeans(x, n, d, &ko, cent, assign, NULL, &e) < 0) {
 		die("kmeans", &e);
+	}
 	fprintf(stderr, "bench_rabitq: kmeans %.1f s\n", now_s() - t0);
 	size_t *start = calloc(o->parts + 1, sizeof(size_t));
 	uint32_t *perm = xmalloc(n * sizeof(uint32_t));
@@ -268,6 +329,8 @@ static void bench_quality(const qopts *o)
 	float *xp = xmalloc(n * d * sizeof(float)); /* rows in partition order */
 	for (size_t i = 0; i < n; i++)
 		memcpy(xp + i * d, x + (size_t)perm[i] * d, d * sizeof(float));
+	free(x);
+	x = NULL;
 
 	/* probe order per query */
 	const size_t maxp = ANN_MIN(o->parts, (size_t)64);
@@ -330,8 +393,9 @@ static void bench_quality(const qopts *o)
 	       "bound' re-ranks every candidate with est - width < 10th smallest est + width):\n\n",
 	       nq);
 	printf("| nprobe | exact recall | candidates | bits | code B/vector | by estimate (-0.005) | by estimate (-0.001) "
-	       "| by bound, eps0 2.8: mean | p99 | recall | by bound, eps0 1.9: mean | recall |\n");
-	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+	       "| by bound, eps0 2.8: mean | p99 | recall | by bound, eps0 1.9: mean | recall "
+	       "| two rounds: mean | p99 | recall |\n");
+	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
 	size_t maxc = 0;
 	for (size_t qi = 0; qi < nq; qi++) {
 		size_t m = 0;
@@ -340,7 +404,7 @@ static void bench_quality(const qopts *o)
 		maxc = ANN_MAX(maxc, m);
 	}
 	float *est = xmalloc(maxc * sizeof(float)), *wid = xmalloc(maxc * sizeof(float));
-	float *tmp = xmalloc(maxc * sizeof(float));
+	uint32_t *ord = xmalloc(maxc * sizeof(uint32_t));
 	ann_rbq_query *st[8];
 	for (size_t b = 0; b < nb; b++)
 		if (ann_rbq_query_new(rq[b], &st[b], &e) < 0)
@@ -396,8 +460,8 @@ static void bench_quality(const qopts *o)
 			size_t cb = ann_rbq_code_bytes(rq[b]);
 			/* hist[r]: true neighbours found at estimate rank r */
 			size_t *hist = calloc(maxc + 1, sizeof(size_t));
-			double bound_sum[2] = {0}, bound_hit[2] = {0};
-			double *bound_cnt = xmalloc(nq * sizeof(double));
+			double bound_sum[2] = {0}, bound_hit[2] = {0}, two_sum = 0, two_hit = 0;
+			double *bound_cnt = xmalloc(nq * sizeof(double)), *two_cnt = xmalloc(nq * sizeof(double));
 			for (size_t qi = 0; qi < nq; qi++) {
 				const float *qv = qs + qi * d;
 				size_t m = 0;
@@ -408,14 +472,28 @@ static void bench_quality(const qopts *o)
 					ann_rbq_estimate(st[b], codes[b] + start[part] * cb, cnt, est + m, wid + m);
 					m += cnt;
 				}
+				two_round(est, wid, m, qv, xp, d, probe + qi * maxp, start, perm, gt + qi * K, kern, ord,
+					  &two_cnt[qi], &two_hit);
+				two_sum += two_cnt[qi];
 				for (int ei = 0; ei < 2; ei++) {
 					float scale = ei == 0 ? 1.0f : 1.9f / ANN_RBQ_EPS0;
 					float kth = INFINITY;
 					if (m >= K) {
-						for (size_t i = 0; i < m; i++)
-							tmp[i] = est[i] + scale * wid[i];
-						qsort(tmp, m, sizeof(float), cmp_float);
-						kth = tmp[K - 1];
+						/* the K smallest upper bounds, kept sorted */
+						float top[K];
+						size_t nt = 0;
+						for (size_t i = 0; i < m; i++) {
+							float u = est[i] + scale * wid[i];
+							if (nt == K && !(u < top[K - 1]))
+								continue;
+							size_t j = nt < K ? nt++ : K - 1;
+							while (j > 0 && top[j - 1] > u) {
+								top[j] = top[j - 1];
+								j--;
+							}
+							top[j] = u;
+						}
+						kth = top[K - 1];
 					}
 					size_t sel = 0;
 					for (size_t i = 0; i < m; i++)
@@ -449,18 +527,21 @@ static void bench_quality(const qopts *o)
 				need[t] = r;
 			}
 			qsort(bound_cnt, nq, sizeof(double), cmp_double);
-			printf("| %zu | %.4f | %.0f | %u | %zu | %zu | %zu | %.0f | %.0f | %.4f | %.0f | %.4f |\n", nprobe,
+			qsort(two_cnt, nq, sizeof(double), cmp_double);
+			printf("| %zu | %.4f | %.0f | %u | %zu | %zu | %zu | %.0f | %.0f | %.4f | %.0f | %.4f | %.1f | %.0f | %.4f |\n",
+			       nprobe,
 			       rexact, ncand / (double)nq, (unsigned)o->bits[b], cb, need[0], need[1],
 			       bound_sum[0] / (double)nq, bound_cnt[(size_t)(0.99 * (double)(nq - 1))],
 			       bound_hit[0] / (double)(nq * K), bound_sum[1] / (double)nq,
-			       bound_hit[1] / (double)(nq * K));
+			       bound_hit[1] / (double)(nq * K), two_sum / (double)nq,
+			       two_cnt[(size_t)(0.99 * (double)(nq - 1))], two_hit / (double)(nq * K));
 			fflush(stdout);
 			free(hist);
 			free(bound_cnt);
+			free(two_cnt);
 		}
 	}
 	free(good);
-	free(tmp);
 	for (size_t b = 0; b < nb; b++) {
 		ann_rbq_query_free(st[b]);
 		ann_rbq_free(rq[b]);
@@ -468,6 +549,7 @@ static void bench_quality(const qopts *o)
 	}
 	free(est);
 	free(wid);
+	free(ord);
 	free(probe);
 	free(xp);
 	free(perm);
@@ -475,7 +557,6 @@ static void bench_quality(const qopts *o)
 	free(assign);
 	free(cent);
 	free(gt);
-	free(x);
 	free(qs);
 }
 
@@ -509,6 +590,8 @@ int main(int argc, char **argv)
 			o.n = strtoull(v, NULL, 10);
 		else if (!strcmp(a, "--nq"))
 			o.nq = strtoull(v, NULL, 10);
+		else if (!strcmp(a, "--train"))
+			o.train = strtoull(v, NULL, 10);
 		else if (!strcmp(a, "--parts"))
 			o.parts = strtoull(v, NULL, 10);
 		else if (!strcmp(a, "--bits"))
@@ -538,7 +621,7 @@ int main(int argc, char **argv)
 	} else if (!speed) {
 		fprintf(stderr, "usage: bench_rabitq --speed [--reps R]\n"
 				"       bench_rabitq --base B --query Q [--gt G] [--n N] [--nq Q] [--parts K]\n"
-				"                    [--bits 1,2,3,4,5] [--target 0.9,0.95] [--seed S]\n");
+				"                    [--train T] [--bits 1,2,3,4,5] [--target 0.9,0.95] [--seed S]\n");
 		return 2;
 	}
 	return 0;
