@@ -333,7 +333,7 @@ static void bench_quality(const qopts *o)
 	x = NULL;
 
 	/* probe order per query */
-	const size_t maxp = ANN_MIN(o->parts, (size_t)64);
+	const size_t maxp = ANN_MIN(o->parts, (size_t)128);
 	uint32_t *probe = xmalloc(nq * maxp * sizeof(uint32_t));
 	if (ann_nearest_centroids(qs, nq, d, cent, o->parts, maxp, ANN_METRIC_L2, 2, probe, NULL, &e) < 0)
 		die("nearest centroids", &e);
@@ -341,7 +341,7 @@ static void bench_quality(const qopts *o)
 	/* phase 1: exact recall per nprobe on the first (at most) 1000
 	 * queries, a running top-10 over the probed partitions in order */
 	const ann_kernels *kern = ann_kernels_best();
-	static const size_t plist[] = {1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 64};
+	static const size_t plist[] = {1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 72, 80, 96, 112, 128};
 	const size_t np = sizeof(plist) / sizeof(plist[0]);
 	const size_t nq1 = ANN_MIN(nq, (size_t)1000);
 	double hits[sizeof(plist) / sizeof(plist[0])] = {0}, cands[sizeof(plist) / sizeof(plist[0])] = {0};
