@@ -5,9 +5,12 @@
  * falls as bits grow, on random and on clustered data; codes are
  * deterministic per seed and differ for another seed; the record layout is
  * the one docs/FORMAT.md states; zero residuals are exact; non-finite rows
- * are refused naming the row; scalar and AVX2 estimates are bit-identical for
+ * are refused naming the row; the bytes of fixed inputs match pinned digests;
+ * scalar and AVX2 estimates are bit-identical for
  * dims 1..130, 784 and 960 and bits 1..8; allocation failures are clean. */
 #include "testutil.h"
+
+#include <xxhash.h>
 
 #include "distance.h"
 #include "rabitq.h"
@@ -386,6 +389,45 @@ static void test_nomem(ann_rng *rng)
 	free(c);
 }
 
+/* The bytes of a record are fixed by (dim, bits, seed) and the input: a
+ * digest of codes of inputs made without libm (uniform integers scaled by
+ * powers of two) pins the format of docs/FORMAT.md "RaBitQ codes". If this
+ * fails after an intended change of the encoder, the format changed: bump it
+ * in FORMAT.md and update the digest. */
+static void test_golden(void)
+{
+	static const struct {
+		uint32_t dim;
+		unsigned bits;
+		uint64_t digest;
+	} cases[] = {{100, 1, 0x363988ce19929fd0ull}, {128, 3, 0xdddbead91e328b39ull}, {784, 5, 0x38b45b1c681018dcull}};
+	for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
+		uint32_t d = cases[ci].dim;
+		ann_rbq *q;
+		ASSERT_OK(ann_rbq_new(d, cases[ci].bits, 12345, &q, NULL));
+		ann_rng r;
+		ann_rng_seed(&r, 99);
+		const size_t n = 16;
+		float *x = malloc(n * d * sizeof(float)), *c = malloc(d * sizeof(float));
+		for (size_t i = 0; i < n * d; i++)
+			x[i] = (float)ann_rng_below(&r, 256);
+		for (uint32_t j = 0; j < d; j++)
+			c[j] = (float)ann_rng_below(&r, 1024) * 0.125f;
+		size_t cb = ann_rbq_code_bytes(q);
+		uint8_t *codes = malloc(n * cb);
+		ASSERT_OK(ann_rbq_encode(q, c, x, n, codes, NULL));
+		uint64_t h = XXH64(codes, n * cb, 0);
+		printf("  golden dim %u bits %u: %016" PRIx64 "\n", d, cases[ci].bits, h);
+		if (h != cases[ci].digest)
+			T_FAIL("dim %u bits %u: codes digest %016" PRIx64 ", format says %016" PRIx64, d,
+			       cases[ci].bits, h, cases[ci].digest);
+		free(x);
+		free(c);
+		free(codes);
+		ann_rbq_free(q);
+	}
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -393,6 +435,7 @@ int main(void)
 	int64_t live = ann_mem_live_bytes();
 	test_rotation(&rng);
 	test_layout(&rng);
+	test_golden();
 	test_bad_input(&rng);
 	test_kernels(&rng);
 	test_nomem(&rng);
