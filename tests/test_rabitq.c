@@ -1,13 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* Description: rabitq.c: the rotation is orthogonal and fixed by the seed;
  * estimates of squared L2 and IP are unbiased over many pairs, the true value
- * lies within est +- width for >= 99% of pairs at eps0 = 1.9, and the error
- * falls as bits grow, on random and on clustered data; codes are
+ * lies within est +- width for >= 99% of pairs at the default eps0 (2.8), and
+ * the error falls as bits grow, on random and on clustered data; codes are
  * deterministic per seed and differ for another seed; the record layout is
  * the one docs/FORMAT.md states; zero residuals are exact; non-finite rows
  * are refused naming the row; the bytes of fixed inputs match pinned digests;
- * scalar and AVX2 estimates are bit-identical for
- * dims 1..130, 784 and 960 and bits 1..8; allocation failures are clean. */
+ * scalar and AVX2 estimates are bit-identical for dims 1..130, 784 and 960
+ * and bits 1..8; allocation failures are clean. */
 #include "testutil.h"
 
 #include <xxhash.h>
