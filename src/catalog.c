@@ -971,11 +971,11 @@ int ann_catalog_meta_del(ann_cat_txn *t, const char *name, ann_error *err)
 /* ---- partition directory ------------------------------------------------------------ */
 
 #define PARTS_ENTRY_VERSION 1
+#define PARTS_ENTRY_VERSION_HEAD 2 /* + head length of a codes block */
 
-void ann_catalog_part_encode(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_dirent *e)
+static void part_encode_common(uint8_t *out, const ann_dirent *e, uint8_t version)
 {
-	memset(out, 0, ANN_PARTS_VALUE_BYTES);
-	out[0] = PARTS_ENTRY_VERSION;
+	out[0] = version;
 	out[1] = e->kind;
 	ann_st32(out + 4, e->generation);
 	ann_st64(out + 8, e->offset);
@@ -984,14 +984,30 @@ void ann_catalog_part_encode(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_diren
 	ann_st64(out + 24, e->checksum);
 }
 
+void ann_catalog_part_encode(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_dirent *e)
+{
+	memset(out, 0, ANN_PARTS_VALUE_BYTES);
+	part_encode_common(out, e, PARTS_ENTRY_VERSION);
+}
+
+size_t ann_catalog_part_encode_any(uint8_t out[ANN_PARTS_VALUE_BYTES_V2], const ann_dirent *e)
+{
+	memset(out, 0, ANN_PARTS_VALUE_BYTES_V2);
+	part_encode_common(out, e, e->head ? PARTS_ENTRY_VERSION_HEAD : PARTS_ENTRY_VERSION);
+	if (!e->head)
+		return ANN_PARTS_VALUE_BYTES;
+	ann_st32(out + 32, e->head);
+	return ANN_PARTS_VALUE_BYTES_V2;
+}
+
 int ann_catalog_part_decode(const uint8_t *p, size_t n, uint32_t pid, ann_dirent *e, ann_error *err)
 {
-	if (n != ANN_PARTS_VALUE_BYTES)
-		return ann_err(err, ANN_E_CORRUPT, "parts partition %u: entry of %zu bytes, %u expected", pid, n,
-			       ANN_PARTS_VALUE_BYTES);
-	if (p[0] != PARTS_ENTRY_VERSION)
-		return ann_err(err, ANN_E_FORMAT, "parts partition %u: entry version %u, this build reads %u", pid,
-			       p[0], PARTS_ENTRY_VERSION);
+	if (n >= 1 && p[0] != PARTS_ENTRY_VERSION && p[0] != PARTS_ENTRY_VERSION_HEAD)
+		return ann_err(err, ANN_E_FORMAT, "parts partition %u: entry version %u, this build reads %u and %u", pid,
+			       p[0], PARTS_ENTRY_VERSION, PARTS_ENTRY_VERSION_HEAD);
+	size_t want = n >= 1 && p[0] == PARTS_ENTRY_VERSION_HEAD ? ANN_PARTS_VALUE_BYTES_V2 : ANN_PARTS_VALUE_BYTES;
+	if (n != want)
+		return ann_err(err, ANN_E_CORRUPT, "parts partition %u: entry of %zu bytes, %zu expected", pid, n, want);
 	memset(e, 0, sizeof *e);
 	e->kind = p[1];
 	e->generation = ann_ld32(p + 4);
@@ -999,6 +1015,12 @@ int ann_catalog_part_decode(const uint8_t *p, size_t n, uint32_t pid, ann_dirent
 	e->length = ann_ld32(p + 16);
 	e->count = ann_ld32(p + 20);
 	e->checksum = ann_ld64(p + 24);
+	if (want == ANN_PARTS_VALUE_BYTES_V2) {
+		e->head = ann_ld32(p + 32);
+		if (e->head == 0 || e->head > e->length || ann_ld32(p + 36) != 0)
+			return ann_err(err, ANN_E_CORRUPT, "parts partition %u: head of %u bytes in a block of %u", pid,
+				       e->head, e->length);
+	}
 	if (e->kind != ANN_KIND_FILE && e->kind != ANN_KIND_LMDB)
 		return ann_err(err, ANN_E_CORRUPT, "parts partition %u: store kind %u, expected 1 (file) or 2 (lmdb)",
 			       pid, e->kind);
@@ -1009,10 +1031,10 @@ int ann_catalog_part_decode(const uint8_t *p, size_t n, uint32_t pid, ann_dirent
 
 int ann_catalog_part_put(ann_cat_txn *t, uint32_t pid, const ann_dirent *e, ann_error *err)
 {
-	uint8_t k[4], v[ANN_PARTS_VALUE_BYTES];
+	uint8_t k[4], v[ANN_PARTS_VALUE_BYTES_V2];
 	ann_stbe32(k, pid);
-	ann_catalog_part_encode(v, e);
-	return ann_catalog_put(t, ANN_CAT_PARTS, k, 4, v, sizeof v, err);
+	size_t n = ann_catalog_part_encode_any(v, e);
+	return ann_catalog_put(t, ANN_CAT_PARTS, k, 4, v, n, err);
 }
 
 int ann_catalog_part_get(ann_cat_txn *t, uint32_t pid, ann_dirent *e, ann_error *err)

@@ -29,6 +29,8 @@ static cli_opt build_opts[] = {
 	{"shuffle", NULL, "byte-shuffle vectors before compression (default: for f32/f16 only)", NULL},
 	{"no-shuffle", NULL, "never shuffle before compression", NULL},
 	{"dict", NULL, "train a zstd dictionary on sample blocks", NULL},
+	{"codes", "KIND", "none (default) or rabitq: compact codes in the blocks, exact rows re-ranked by page", NULL},
+	{"code-bits", "B", "bits per dimension of the codes, 1..8 (default 1 with --codes rabitq)", NULL},
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
 	{"seed", "S", "random seed (default 1)", NULL},
@@ -138,6 +140,17 @@ static int run_build(cli_cmd *c)
 	o.replica_eps = eps;
 	o.hnsw_m = (uint32_t)hm;
 	o.hnsw_ef_construction = (uint32_t)hef;
+	const char *codes = cli_get(c, "codes");
+	uint64_t cbits;
+	if (!cli_u64(c, "code-bits", 1, &cbits))
+		return CLI_EXIT_USAGE;
+	if (codes && strcmp(codes, "rabitq") != 0 && strcmp(codes, "none") != 0)
+		return cli_usage_error(c, "--codes: '%s' is not one of none, rabitq", codes);
+	if (cbits < 1 || cbits > 8)
+		return cli_usage_error(c, "--code-bits must be within 1..8");
+	if (cli_get(c, "code-bits") && !(codes && strcmp(codes, "rabitq") == 0))
+		return cli_usage_error(c, "--code-bits needs --codes rabitq");
+	o.code_bits = codes && strcmp(codes, "rabitq") == 0 ? (uint32_t)cbits : 0;
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
 	double alpha, rw, imb, lambda;
@@ -362,7 +375,9 @@ static cli_opt search_opts[] = {
 	{"ef", "EF", "ef of the centroid-graph search (k-means default: max(the build's calibrated ef, 2 * nprobe))", NULL},
 	{"batch", "N", "queries per batch: 1 measures latency, more gives throughput (default 1)", NULL},
 	{"threads", "T", "search threads, each with its own searcher (default 1)", NULL},
-	{"cache", "BYTES", "decoded-block cache per thread (default 0: every block from storage)", NULL},
+	{"cache", "BYTES", "decoded-block cache per thread, format 1 blocks only (default 0: every block from storage)",
+	 NULL},
+	{"rerank", "N", "codes: at most N exact re-ranks per query (default 100)", NULL},
 	{"queue-depth", "Q", "I/O requests in flight (default 32)", NULL},
 	{"pread", NULL, "read with pread instead of io_uring", NULL},
 	{"limit", "N", "use only the first N queries", NULL},
@@ -451,13 +466,13 @@ static int run_search(cli_cmd *c)
 	const char *qpath = dir ? cli_need(c, "queries") : NULL;
 	if (!qpath)
 		return CLI_EXIT_USAGE;
-	uint64_t k, cf, ef, batch, threads, cache, qd, limit;
+	uint64_t k, cf, ef, batch, threads, cache, qd, limit, rerank;
 	uint64_t probes[64];
 	size_t nprobes = 0;
 	if (!cli_u64(c, "k", 10, &k) || !cli_u64(c, "candidates-factor", 10, &cf) || !cli_u64(c, "ef", 0, &ef) ||
 	    !cli_u64(c, "batch", 1, &batch) || !cli_u64(c, "threads", 1, &threads) ||
 	    !cli_size(c, "cache", 0, &cache) || !cli_u64(c, "queue-depth", 32, &qd) ||
-	    !cli_u64(c, "limit", UINT64_MAX, &limit) ||
+	    !cli_u64(c, "limit", UINT64_MAX, &limit) || !cli_u64(c, "rerank", ANN_DEFAULT_RERANK, &rerank) ||
 	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", probes, 64, &nprobes))
 		return CLI_EXIT_USAGE;
 	if (nprobes == 0)
@@ -465,9 +480,10 @@ static int run_search(cli_cmd *c)
 	for (size_t i = 0; i < nprobes; i++)
 		if (probes[i] == 0 || probes[i] > 4096)
 			return cli_usage_error(c, "--nprobe values must be within 1..4096");
-	if (k == 0 || k > 10000 || batch == 0 || threads == 0 || threads > 64 || qd == 0 || qd > 4096)
+	if (k == 0 || k > 10000 || batch == 0 || threads == 0 || threads > 64 || qd == 0 || qd > 4096 || rerank == 0 ||
+	    rerank > 100000)
 		return cli_usage_error(c, "an option is out of range (k 1..10000, batch >= 1, threads 1..64, "
-				       "queue-depth 1..4096)");
+				       "queue-depth 1..4096, rerank 1..100000)");
 	ann_error err = {0};
 	ann_index *idx = NULL;
 	ann_vreader *qr = NULL;
@@ -529,6 +545,7 @@ static int run_search(cli_cmd *c)
 		so.cache_bytes = cache;
 		so.queue_depth = (uint32_t)qd;
 		so.force_pread = cli_flag(c, "pread");
+		so.rerank = (uint32_t)rerank;
 		const char *io_path = "?";
 		double wall;
 		ann_searcher *srch[64] = {0};
@@ -546,6 +563,7 @@ static int run_search(cli_cmd *c)
 		if (rs < 0)
 			goto fail;
 		double recall = NAN, parts = 0, cands = 0, bytes = 0, ios = 0, r_us = 0, w_us = 0, d_us = 0, s_us = 0;
+		double b1 = 0, b2 = 0, io1 = 0, io2 = 0, nest = 0, nrr = 0, w1 = 0, e_us = 0, w2 = 0, rr_us = 0;
 		uint64_t hits = 0;
 		for (size_t i = 0; i < nq; i++) {
 			if (gt)
@@ -563,6 +581,16 @@ static int run_search(cli_cmd *c)
 			w_us += (double)st[i].io_wait_ns / 1e3;
 			d_us += (double)st[i].decode_ns / 1e3;
 			s_us += (double)st[i].scan_ns / 1e3;
+			b1 += st[i].bytes_round1;
+			b2 += st[i].bytes_round2;
+			io1 += st[i].ios_round1;
+			io2 += st[i].ios_round2;
+			nest += (double)st[i].estimated;
+			nrr += (double)st[i].reranked;
+			w1 += (double)st[i].round1_wait_ns / 1e3;
+			e_us += (double)st[i].estimate_ns / 1e3;
+			w2 += (double)st[i].round2_wait_ns / 1e3;
+			rr_us += (double)st[i].rerank_ns / 1e3;
 			lat[i] = st[i].latency_ns;
 		}
 		double dn = nq ? (double)nq : 1;
@@ -596,6 +624,19 @@ static int run_search(cli_cmd *c)
 			cli_json_num(&j, "io_wait", w_us / dn);
 			cli_json_num(&j, "decode", d_us / dn);
 			cli_json_num(&j, "scan", s_us / dn);
+			cli_json_num(&j, "round1_wait", w1 / dn);
+			cli_json_num(&j, "estimate", e_us / dn);
+			cli_json_num(&j, "round2_wait", w2 / dn);
+			cli_json_num(&j, "rerank", rr_us / dn);
+			cli_json_close_obj(&j);
+			cli_json_obj(&j, "codes");
+			cli_json_num(&j, "bytes_round1", b1 / dn);
+			cli_json_num(&j, "bytes_round2", b2 / dn);
+			cli_json_num(&j, "ios_round1", io1 / dn);
+			cli_json_num(&j, "ios_round2", io2 / dn);
+			cli_json_num(&j, "estimated", nest / dn);
+			cli_json_num(&j, "reranked", nrr / dn);
+			cli_json_int(&j, "rerank_budget", (long long)rerank);
 			cli_json_close_obj(&j);
 			cli_json_str(&j, "io_path", io_path);
 			cli_json_int(&j, "cache_bytes", (long long)cache);
