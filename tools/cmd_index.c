@@ -277,6 +277,8 @@ static int run_info(cli_cmd *c)
 		cli_json_int(&j, "router_ram_bytes", (long long)in.router_ram_bytes);
 		cli_json_int(&j, "route_ef", (long long)in.route_ef);
 		cli_json_num(&j, "router_bytes_per_vector", in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0);
+		cli_json_int(&j, "code_bits", (long long)in.code_bits);
+		cli_json_int(&j, "head_bytes", (long long)in.head_bytes);
 		cli_json_int(&j, "largest_partition", (long long)in.largest_partition);
 		cli_json_int(&j, "smallest_partition", (long long)in.smallest_partition);
 		cli_json_arr(&j, "partition_size_histogram");
@@ -304,6 +306,10 @@ static int run_info(cli_cmd *c)
 		       in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0.0);
 		if (in.route_ef)
 			printf("route ef       %u (calibrated by the build; --ef overrides)\n", in.route_ef);
+		if (in.code_bits)
+			printf("codes          rabitq, %u bit%s per dimension; heads %.1f MiB (%.1f bytes per vector)\n",
+			       in.code_bits, in.code_bits == 1 ? "" : "s", (double)in.head_bytes / 1048576.0,
+			       in.stored_vectors ? (double)in.head_bytes / (double)in.stored_vectors : 0.0);
 		printf("store          %s\n", in.store == ANN_STORE_LMDB ? "lmdb" : "file");
 		printf("on disk        %.1f MiB (blocks %.1f MiB; raw vectors %.1f MiB; ratio %.3f)\n",
 		       (double)in.bytes_on_disk / 1048576.0, (double)in.block_bytes / 1048576.0,
