@@ -34,6 +34,7 @@
 #define PARTS 8
 
 static float base[NB * D], queries[NQ * D];
+static float base_i8[NB * D], queries_i8[NQ * D]; /* the same, shifted by -128 */
 
 static void make_data(ann_rng *rng)
 {
@@ -47,6 +48,10 @@ static void make_data(ann_rng *rng)
 			v[j] = x < 0 ? 0 : x > 255 ? 255 : x;
 		}
 	}
+	for (size_t i = 0; i < NB * D; i++)
+		base_i8[i] = base[i] - 128.0f;
+	for (size_t i = 0; i < NQ * D; i++)
+		queries_i8[i] = queries[i] - 128.0f;
 }
 
 /* ---- layout ------------------------------------------------------------------------------ */
@@ -179,10 +184,7 @@ static char *build(const char *dir, const char *name, ann_store_kind store, ann_
 	char *data = t_path(dir, fname);
 	ann_vwriter *w;
 	ASSERT_OK(ann_vwriter_open(data, D, &w, NULL));
-	static float shifted[NB * D];
-	for (size_t i = 0; i < NB * D; i++)
-		shifted[i] = strcmp(ext, "i8bin") == 0 ? base[i] - 128.0f : base[i];
-	ASSERT_OK(ann_vwriter_write_f32(w, shifted, NB, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(w, strcmp(ext, "i8bin") == 0 ? base_i8 : base, NB, NULL));
 	ASSERT_OK(ann_vwriter_close(w, NULL));
 	ann_build_opts o;
 	ann_build_opts_init(&o);
@@ -221,8 +223,8 @@ static float true_dist(const float *q, const float *x, ann_metric m)
 
 /* Searches all partitions with a budget that never binds and compares with
  * brute force over rows (ids 0..n-1 live where live[i]). */
-static void check_search(const char *idx, const float *rows, size_t n, const bool *live, ann_metric m,
-			 const char *when, bool check_bytes)
+static void check_search(const char *idx, const float *rows, const float *qs, size_t n, const bool *live,
+			 ann_metric m, const char *when, bool check_bytes)
 {
 	ann_index *x;
 	ann_error e = {0};
@@ -244,12 +246,12 @@ static void check_search(const char *idx, const float *rows, size_t n, const boo
 		ann_query_stats st[NQ];
 		size_t batch = pass == 0 ? NQ : 1;
 		for (size_t q0 = 0; q0 < NQ; q0 += batch)
-			if (ann_search(s, queries + q0 * D, batch, ids + q0 * K, dists + q0 * K, st + q0, &e) < 0)
+			if (ann_search(s, qs + q0 * D, batch, ids + q0 * K, dists + q0 * K, st + q0, &e) < 0)
 				T_FAIL("%s: search: %s", when, e.msg);
 		size_t hits = 0;
 		double b12 = 0, io12 = 0;
 		for (size_t qi = 0; qi < NQ; qi++) {
-			const float *q = queries + qi * D;
+			const float *q = qs + qi * D;
 			/* brute force top K */
 			float best[K];
 			for (size_t a = 0; a < K; a++)
@@ -314,11 +316,14 @@ static void test_search(const char *dir)
 		{"u8_lmdb", ANN_STORE_LMDB, ANN_METRIC_L2, "u8bin", 3},
 		{"f32_ip", ANN_STORE_FILE, ANN_METRIC_IP, "fbin", 2},
 		{"f32_cos", ANN_STORE_LMDB, ANN_METRIC_COSINE, "fbin", 1},
+		{"i8_file", ANN_STORE_FILE, ANN_METRIC_L2, "i8bin", 4},
+		{"i8_ip_lmdb", ANN_STORE_LMDB, ANN_METRIC_IP, "i8bin", 8},
 	};
 	for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
 		t_current = cs[c].name;
 		char *idx = build(dir, cs[c].name, cs[c].store, cs[c].m, cs[c].ext, cs[c].bits);
-		check_search(idx, base, NB, live, cs[c].m, cs[c].name, true);
+		bool i8 = strcmp(cs[c].ext, "i8bin") == 0;
+		check_search(idx, i8 ? base_i8 : base, i8 ? queries_i8 : queries, NB, live, cs[c].m, cs[c].name, true);
 		uint64_t problems = 1;
 		ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
 		ASSERT_EQ(problems, 0);
@@ -485,13 +490,13 @@ static void test_updates(const char *dir, ann_rng *rng)
 		uint64_t deleted = 0;
 		ASSERT_OK(ann_delete(w, del, 200, &deleted, NULL));
 		ann_writer_close(w);
-		check_search(idx, rows, n, live, ANN_METRIC_L2, "before compaction", false);
+		check_search(idx, rows, queries, n, live, ANN_METRIC_L2, "before compaction", false);
 		ASSERT_OK(ann_writer_open(idx, &w, NULL));
 		ann_compact_stats cst;
 		ASSERT_OK(ann_compact(w, 300, &cst, NULL)); /* small split limit: splits happen */
 		ASSERT_TRUE(cst.partitions_split > 0);
 		ann_writer_close(w);
-		check_search(idx, rows, n, live, ANN_METRIC_L2, "after compaction", true);
+		check_search(idx, rows, queries, n, live, ANN_METRIC_L2, "after compaction", true);
 		uint64_t problems = 1;
 		ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
 		ASSERT_EQ(problems, 0);
