@@ -54,6 +54,23 @@ static size_t esize(ann_block_encoding e)
 	return e == ANN_BLOCK_F32 ? 4 : 1;
 }
 
+/* The centre is stored in the rows' element type (u8/i8: the rounded mean),
+ * padded to 8 bytes: a quarter of f32's bytes in every head of 1-byte data,
+ * and exact all the same, since encoder and estimator use the stored one. */
+static uint64_t centre_bytes(ann_block_encoding e, uint32_t dim)
+{
+	return ANN_ALIGN_UP((uint64_t)dim * esize(e), 8);
+}
+
+void cblock_centre(const ann_cblock_info *in, const uint8_t *head, float *out)
+{
+	const uint8_t *c = head + in->centre_off;
+	for (uint32_t j = 0; j < in->dim; j++)
+		out[j] = in->encoding == ANN_BLOCK_U8   ? (float)c[j]
+			 : in->encoding == ANN_BLOCK_I8 ? (float)(int8_t)c[j]
+							: ann_ldf32(c + 4 * (size_t)j);
+}
+
 bool cblock_is(const void *buf, size_t len)
 {
 	const uint8_t *b = buf;
@@ -127,7 +144,7 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 	/* Consistency: every size follows from (dim, count, code_bytes, ids_bytes). */
 	const char *why = NULL;
 	uint64_t rb = (uint64_t)in->dim * esize(in->encoding);
-	uint64_t centre = (uint64_t)in->dim * 4, codes = (uint64_t)in->count * in->code_bytes;
+	uint64_t centre = centre_bytes(in->encoding, in->dim), codes = (uint64_t)in->count * in->code_bytes;
 	uint32_t rpp = rb <= CBLOCK_PAGE && rb ? (uint32_t)(CBLOCK_PAGE / rb) : 0;
 	uint64_t pages = pages_for(in->count, (uint32_t)rb, rpp);
 	uint64_t head = (uint64_t)hb + centre + codes + 4 * pages + in->ids_bytes;
@@ -179,7 +196,7 @@ int cblock_head(const void *buf, size_t len, ann_cblock_info *in, int64_t *ids, 
 			       (unsigned long long)in->partition, (unsigned long long)h,
 			       (unsigned long long)in->head_xxh64);
 	const uint8_t *c = b + in->centre_off;
-	for (uint32_t j = 0; j < in->dim; j++)
+	for (uint32_t j = 0; in->encoding == ANN_BLOCK_F32 && j < in->dim; j++)
 		if (!isfinite(ann_ldf32(c + 4 * (size_t)j)))
 			return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: centre component %u is not finite",
 				       (unsigned long long)in->partition, j);
@@ -292,8 +309,7 @@ static int encode_rows(const ann_rbq *q, const ann_cblock_info *in, const uint8_
 		rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %u floats", (CHUNK + 1) * d);
 		goto out;
 	}
-	for (uint32_t j = 0; j < d; j++)
-		centre[j] = ann_ldf32(b + in->centre_off + 4 * (size_t)j);
+	cblock_centre(in, b, centre);
 	for (uint32_t i0 = 0; i0 < in->count; i0 += CHUNK) {
 		uint32_t n = ANN_MIN(CHUNK, in->count - i0);
 		for (uint32_t i = 0; i < n; i++)
@@ -354,7 +370,7 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 		sids[i] = ids[perm[i]];
 	in.ids_bytes = (uint32_t)block_ids_encode(sids, count, idbuf);
 	in.centre_off = in.header_bytes;
-	in.codes_off = in.centre_off + 4 * dim;
+	in.codes_off = (uint32_t)(in.centre_off + centre_bytes(enc, dim));
 	uint64_t head = (uint64_t)in.codes_off + (uint64_t)count * in.code_bytes + 4ull * in.exact_pages + in.ids_bytes;
 	in.sums_off = (uint32_t)(in.codes_off + (uint64_t)count * in.code_bytes);
 	in.ids_off = in.sums_off + 4 * in.exact_pages;
@@ -399,8 +415,16 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 			mean[j] += tmp[j];
 	}
 	ann_free(tmp);
-	for (uint32_t j = 0; j < dim; j++)
-		ann_stf32(b + in.centre_off + 4 * (size_t)j, count ? (float)(mean[j] / (double)count) : 0.0f);
+	for (uint32_t j = 0; j < dim; j++) {
+		double m = count ? mean[j] / (double)count : 0.0;
+		uint8_t *c = b + in.centre_off;
+		if (enc == ANN_BLOCK_U8)
+			c[j] = (uint8_t)lround(m); /* the mean of u8 values is within 0..255 */
+		else if (enc == ANN_BLOCK_I8)
+			c[j] = (uint8_t)(int8_t)lround(m);
+		else
+			ann_stf32(c + 4 * (size_t)j, (float)m);
+	}
 	ANN_CHECK(rc, encode_rows(q, &in, b, b + in.codes_off, err));
 	for (uint32_t p = 0; p < in.exact_pages; p++)
 		ann_st32(b + in.sums_off + 4 * (size_t)p, page_sum(b + in.exact_offset + (size_t)p * CBLOCK_PAGE, p));

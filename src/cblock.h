@@ -104,6 +104,9 @@ int cblock_decode(const void *buf, size_t len, ann_cblock_info *in, int64_t **id
  * ANN_E_FORMAT when q's (bits, seed) are not the block's. */
 int cblock_verify_codes(const ann_rbq *q, const void *buf, size_t len, ann_error *err);
 
+/* The centre (in->dim floats) from a head that cblock_head accepted. */
+void cblock_centre(const ann_cblock_info *in, const uint8_t *head, float *out);
+
 /* Element type of stored rows. */
 ann_dtype cblock_row_dtype(ann_block_encoding e);
 

@@ -731,8 +731,7 @@ static int process_head(ann_searcher *s, size_t u, const ann_block_read *br, uin
 	s->sums_len += sb;
 	uh->codes = true;
 	size_t d = x->meta.dim;
-	for (size_t j = 0; j < d; j++)
-		s->centre[j] = ann_ldf32(br->data + in->centre_off + 4 * j);
+	cblock_centre(in, br->data, s->centre);
 	ann_metric m = x->meta.metric;
 	float shift = m == ANN_METRIC_COSINE ? 1.0f : 0.0f;
 	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
