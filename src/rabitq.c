@@ -1,0 +1,588 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * rabitq.c: RaBitQ codes (Gao & Long, SIGMOD 2024) and extended RaBitQ with
+ * B bits per dimension (Gao et al., SIGMOD 2025): the rotation, the encoder,
+ * the query tables and the scalar estimate kernels. The AVX2 kernels are in
+ * rabitq_avx2.c. Written from the papers; the reference library
+ * (VectorDB-NTU/RaBitQ-Library) was read for its rotation and its ex-bits
+ * search, not copied.
+ *
+ * ---- Math (the paper's notation) -------------------------------------------
+ * D = padded dim (dim rounded up to a multiple of 16), B = bits, be = B - 1.
+ * A data vector o_r of a partition with centre c has residual r = o_r - c and
+ * unit direction o = r / |r|. R is our rotation (the paper's P^-1), o' = R o.
+ * The code is a point of the grid
+ *     y_i in { -(2^B - 1)/2, ..., -1/2, +1/2, ..., (2^B - 1)/2 }   (step 1)
+ * stored as u_i = y_i + (2^B - 1)/2 in 0..2^B - 1, split into its top bit
+ * s_i (the sign of o'_i: plain 1-bit RaBitQ) and its low be bits e_i (the
+ * "ex" code). The quantised unit vector is o-bar = R^-1 y / |y|. For be = 0,
+ * y_i = +-1/2 (the paper's x-bar up to scale). For be > 0 the encoder picks
+ * |y_i| = k_i + 1/2 with k_i = min(floor(t |o'_i|), 2^be - 1) for the scale t
+ * that maximises <y, o'> / |y| (extended RaBitQ's search over the critical
+ * values of t, where some k_i steps; see quantise_ex), and the sign of o'_i.
+ *
+ * For any vector q (a rotated query q' = R q), the estimator is
+ *     <o, q>  ~=  <o-bar, q> / <o-bar, o>  =  <y, q'> / <y, o'>
+ * unbiased over the random rotation, with the bound (eq. 15 of the 2024
+ * paper, extended RaBitQ's Theorem for B bits): with probability at least
+ * 1 - 2 exp(-c0 eps0^2),
+ *     |<y, q'> / <y, o'> - <o, q>| <= |q| * eps0 * sqrt((1 - cos^2) / cos^2) / sqrt(D - 1)
+ * where cos = <o-bar, o> = <y, o'> / |y|. Then with q_r = q - c,
+ *     L2:  |o_r - q|^2 = |r|^2 + |q_r|^2 - 2 |r| <o, q_r>
+ *          est   = |r|^2 + |q_r|^2 - 2 f_ip <y, R q_r>,   f_ip = |r| / <y, o'>
+ *          width = 2 |r| |q_r| eps0 tan / sqrt(D - 1),     tan = sqrt(1 - cos^2) / cos
+ *     IP:  <o_r, q> = <c, q> + |r| <o, q>
+ *          est   = -(<c, q> + f_ip <y, R q>)
+ *          width = |r| |q| eps0 tan / sqrt(D - 1)
+ * Per vector the record keeps |r|, f_ip and tan (rounded up to 1/256, so
+ * the stored bound is never narrower than the exact one).
+ *
+ * With u_i = s_i 2^be + e_i, the encoder stores e_i = k_i where s_i = 1 and
+ * e_i = 2^be - 1 - k_i where s_i = 0, so that y_i = u_i - (2^B - 1)/2 is
+ * +-(k_i + 1/2), and
+ *     <y, q'> = 2^be <s, q'> + <e, q'> - (2^B - 1)/2 sum_i q'_i.
+ * The query side computes
+ *   <s, q'>  with a look-up table per 4-dim group (16 entries: the sums of
+ *            q' over each subset of the group), D/4 look-ups per code
+ *            (FAISS fast-scan style; 32 for D = 128), exact float sums;
+ *   <e, q'>  as delta * <e, qi> with qi = round(q' / delta) in int16,
+ *            delta = max |q'_i| / 2047, an exact integer dot product. The
+ *            rounding adds at most delta/2 * sum e_i to <y, q'> (for B = 5,
+ *            D = 784 about 2e-5 of <o, q>, far inside the bound's width);
+ *            it is deterministic, so this part is not re-randomised.
+ *
+ * ---- Rotation ----------------------------------------------------------------
+ * R = K H_4 S_4 ... K H_1 S_1 on the padded D coordinates: S_j flips signs by
+ * 4 D random bits drawn from xoshiro256** seeded with `seed` (ann_rng),
+ * H_j is the normalised Walsh-Hadamard transform on L = the largest power of
+ * two <= D coordinates (on [0, L) in odd rounds, [D - L, D) in even ones, so
+ * together they cover all of them since 2L > D), K is one Kac-walk step
+ * mixing coordinate i with i + D/2 by a 45-degree rotation. When D = L, K is
+ * left out. Each factor is orthogonal, so R is; memory is D/2 bytes of signs.
+ * The rotation is in float, in a fixed order of operations, so codes are the
+ * same on every machine with IEEE binary32 and no FMA contraction (C11 mode).
+ *
+ * ---- Invariants --------------------------------------------------------------
+ *  - An ann_rbq is immutable after ann_rbq_new; a query state belongs to one
+ *    thread at a time.
+ *  - A record is sign plane (D/8 bytes) | ex plane (D be/8 bytes) | |r| f32 |
+ *    f_ip f32 | tan u16, little-endian (docs/FORMAT.md "RaBitQ codes").
+ *  - |r| = 0 codes all-zero planes with f_ip = 0, tan = 0: est is exact.
+ *  - Scalar and AVX2 estimates are bit-identical (rabitq_kernels.h).
+ *
+ * ---- Memory -------------------------------------------------------------------
+ *  ann_rbq: struct + D/2 bytes of signs. Query state: struct + one block of
+ *  4 dim (residual) + 4 D (rotated query) + 2 D (qi) + 16 D (tables) bytes.
+ *  Encode: one scratch block of 4 dim + 4 D + 8 D + D + 16 D bytes per call.
+ *  Estimate: 768 bytes of stack, no allocation.
+ */
+#include "rabitq.h"
+
+#include <math.h>
+
+#include "distance.h"
+#include "rabitq_kernels.h"
+
+#define RBQ_ROUNDS 4
+#define RBQ_QI_MAX 2047
+#define RBQ_TAN_SCALE 256.0
+#define RBQ_FACTOR_BYTES 10
+#define RBQ_CHUNK 64 /* codes per kernel call in ann_rbq_estimate */
+
+struct ann_rbq {
+	uint32_t dim, dp, L;
+	unsigned bits, be;
+	uint64_t seed;
+	size_t sign_bytes, ex_bytes, rec_bytes;
+	uint64_t *signs; /* RBQ_ROUNDS * dp bits: bit (r dp + i) flips coordinate i in round r */
+	size_t sign_words;
+};
+
+struct ann_rbq_query {
+	const ann_rbq *q;
+	ann_metric m;
+	float eps0;
+	bool avx2;
+	bool prepared;
+	float *tmp;  /* dim: q - c */
+	float *rq;   /* dp: rotated query (residual for L2) */
+	int16_t *qi; /* dp */
+	float *lut;  /* dp / 4 * 16 */
+	double delta, sum_rq, qn2, qnorm, cq;
+	size_t block_bytes;
+};
+
+/* ---- parameters and rotation ------------------------------------------------- */
+
+int ann_rbq_new(uint32_t dim, unsigned bits, uint64_t seed, ann_rbq **out, ann_error *err)
+{
+	*out = NULL;
+	if (dim < 1 || dim > ANN_RBQ_MAX_DIM)
+		return ann_err(err, ANN_E_INVAL, "rabitq: dim %u out of range 1..%u", dim, ANN_RBQ_MAX_DIM);
+	if (bits < 1 || bits > 8)
+		return ann_err(err, ANN_E_INVAL, "rabitq: bits %u out of range 1..8", bits);
+	ann_rbq *q = ann_calloc(1, sizeof(*q));
+	if (!q)
+		return ann_err(err, ANN_E_NOMEM, "rabitq: out of memory");
+	q->dim = dim;
+	q->dp = ANN_ALIGN_UP(dim, 16u);
+	q->L = 1;
+	while (q->L * 2 <= q->dp)
+		q->L *= 2;
+	q->bits = bits;
+	q->be = bits - 1;
+	q->seed = seed;
+	q->sign_bytes = q->dp / 8;
+	q->ex_bytes = (size_t)q->dp * q->be / 8;
+	q->rec_bytes = q->sign_bytes + q->ex_bytes + RBQ_FACTOR_BYTES;
+	q->sign_words = ((size_t)RBQ_ROUNDS * q->dp + 63) / 64;
+	q->signs = ann_malloc(q->sign_words * sizeof(uint64_t));
+	if (!q->signs) {
+		ann_free(q);
+		return ann_err(err, ANN_E_NOMEM, "rabitq: out of memory");
+	}
+	ann_rng rng;
+	ann_rng_seed(&rng, seed);
+	for (size_t w = 0; w < q->sign_words; w++)
+		q->signs[w] = ann_rng_next(&rng);
+	*out = q;
+	return 0;
+}
+
+void ann_rbq_free(ann_rbq *q)
+{
+	if (!q)
+		return;
+	ann_free(q->signs);
+	ann_free(q);
+}
+
+size_t ann_rbq_sizeof(const ann_rbq *q)
+{
+	return sizeof(*q) + q->sign_words * sizeof(uint64_t);
+}
+uint32_t ann_rbq_dim(const ann_rbq *q)
+{
+	return q->dim;
+}
+unsigned ann_rbq_bits(const ann_rbq *q)
+{
+	return q->bits;
+}
+uint64_t ann_rbq_seed(const ann_rbq *q)
+{
+	return q->seed;
+}
+uint32_t ann_rbq_padded_dim(const ann_rbq *q)
+{
+	return q->dp;
+}
+size_t ann_rbq_code_bytes(const ann_rbq *q)
+{
+	return q->rec_bytes;
+}
+
+/* In-place normalised Walsh-Hadamard transform of n (a power of two) floats. */
+static void fwht(float *x, size_t n)
+{
+	for (size_t h = 1; h < n; h *= 2)
+		for (size_t i = 0; i < n; i += 2 * h)
+			for (size_t j = i; j < i + h; j++) {
+				float a = x[j], b = x[j + h];
+				x[j] = a + b;
+				x[j + h] = a - b;
+			}
+	float s = (float)(1.0 / sqrt((double)n));
+	for (size_t i = 0; i < n; i++)
+		x[i] *= s;
+}
+
+void ann_rbq_rotate(const ann_rbq *q, const float *v, float *out)
+{
+	const size_t dp = q->dp, L = q->L, h = dp / 2;
+	memcpy(out, v, (size_t)q->dim * sizeof(float));
+	for (size_t i = q->dim; i < dp; i++)
+		out[i] = 0.0f;
+	const float kac = (float)(1.0 / sqrt(2.0));
+	for (unsigned r = 0; r < RBQ_ROUNDS; r++) {
+		for (size_t i = 0; i < dp; i++) {
+			size_t b = (size_t)r * dp + i;
+			if ((q->signs[b / 64] >> (b % 64)) & 1)
+				out[i] = -out[i];
+		}
+		if (L == dp) {
+			fwht(out, dp);
+			continue;
+		}
+		fwht(out + ((r & 1) ? dp - L : 0), L);
+		for (size_t i = 0; i < h; i++) {
+			float a = out[i], b = out[i + h];
+			out[i] = (a + b) * kac;
+			out[i + h] = (a - b) * kac;
+		}
+	}
+}
+
+/* ---- encoder ------------------------------------------------------------------ */
+
+typedef struct rbq_event {
+	double t;
+	uint32_t i;
+} rbq_event;
+
+static void heap_down(rbq_event *hp, size_t n, size_t i)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, m = i;
+		if (l < n && hp[l].t < hp[m].t)
+			m = l;
+		if (l + 1 < n && hp[l + 1].t < hp[m].t)
+			m = l + 1;
+		if (m == i)
+			return;
+		rbq_event t = hp[i];
+		hp[i] = hp[m];
+		hp[m] = t;
+		i = m;
+	}
+}
+
+/* Extended RaBitQ's scale search. a: |o'_i| (n values, unit vector), levels
+ * K = 2^be. Sets k[i] = min(floor(t a_i), K - 1) for the t in [t_lo, t_hi]
+ * that maximises sum (k_i + 1/2) a_i / sqrt(sum (k_i + 1/2)^2), where
+ * t_hi = (K - 1 + 10) / max a (past it the largest coordinates only clip)
+ * and t_lo = 0 for be <= 4, else t_hi / 2 (the optimum lies well above: the
+ * reference library starts at 0.59..0.81 of its range there). Walks the
+ * critical values of t (where some k_i steps) in increasing order with a heap:
+ * O(events log n), events <= n (K - 1). */
+static void quantise_ex(const double *a, size_t n, unsigned be, uint8_t *k, rbq_event *hp)
+{
+	const uint32_t K = 1u << be;
+	double amax = 0;
+	for (size_t i = 0; i < n; i++)
+		amax = a[i] > amax ? a[i] : amax;
+	if (!(amax > 0)) {
+		memset(k, 0, n);
+		return;
+	}
+	const double t_hi = (double)(K - 1 + 10) / amax;
+	const double t_lo = be <= 4 ? 0.0 : t_hi / 2;
+	double num = 0, den = 0;
+	size_t nh = 0;
+	for (size_t i = 0; i < n; i++) {
+		double f = floor(t_lo * a[i]);
+		uint32_t ki = f >= (double)(K - 1) ? K - 1 : (uint32_t)f;
+		k[i] = (uint8_t)ki;
+		num += (ki + 0.5) * a[i];
+		den += (ki + 0.5) * (ki + 0.5);
+		if (ki < K - 1 && a[i] > 0)
+			hp[nh++] = (rbq_event){(ki + 1) / a[i], (uint32_t)i};
+	}
+	for (size_t i = nh; i-- > 0;)
+		heap_down(hp, nh, i);
+	/* The best state is remembered as a t strictly between two events, so
+	 * that floor(t a_i) reproduces it without ties. */
+	double best = num / sqrt(den);
+	double best_t = nh ? (t_lo + hp[0].t) / 2 : t_lo;
+	while (nh && hp[0].t <= t_hi) {
+		double t = hp[0].t;
+		uint32_t i = hp[0].i;
+		uint32_t ki = k[i];
+		num += a[i];
+		den += 2.0 * ki + 2.0;
+		k[i] = (uint8_t)++ki;
+		if (ki < K - 1) {
+			hp[0].t = (ki + 1) / a[i];
+		} else {
+			hp[0] = hp[--nh];
+		}
+		heap_down(hp, nh, 0);
+		/* several coordinates may step at the same t: judge the state
+		 * only once all of them have */
+		if (nh && hp[0].t <= t)
+			continue;
+		double v = num / sqrt(den);
+		if (v > best) {
+			best = v;
+			best_t = nh ? (t + hp[0].t) / 2 : t * 2;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		double f = floor(best_t * a[i]);
+		k[i] = (uint8_t)(f >= (double)(K - 1) ? K - 1 : f);
+	}
+}
+
+static bool finite_row(const float *x, size_t d, size_t *bad)
+{
+	for (size_t j = 0; j < d; j++)
+		if (!isfinite(x[j])) {
+			*bad = j;
+			return false;
+		}
+	return true;
+}
+
+int ann_rbq_encode(const ann_rbq *q, const float *c, const float *x, size_t n, uint8_t *codes,
+		   ann_error *err)
+{
+	const size_t dim = q->dim, dp = q->dp;
+	const unsigned be = q->be;
+	size_t bad;
+	if (!finite_row(c, dim, &bad))
+		return ann_err(err, ANN_E_INVAL, "rabitq encode: centre coordinate %zu is not finite", bad);
+	/* scratch: r (dim f32), o (dp f32), a (dp f64), k (dp u8), heap (dp events) */
+	size_t bytes = dim * sizeof(float) + dp * sizeof(float) + dp * sizeof(double) + dp + dp * sizeof(rbq_event);
+	uint8_t *scratch = ann_malloc(bytes + 16);
+	if (!scratch)
+		return ann_err(err, ANN_E_NOMEM, "rabitq encode: out of memory (%zu bytes of scratch)", bytes);
+	rbq_event *hp = (rbq_event *)(void *)scratch;
+	double *a = (double *)(void *)(hp + dp);
+	float *r = (float *)(void *)(a + dp);
+	float *o = r + dim;
+	uint8_t *k = (uint8_t *)(o + dp);
+	const uint32_t K = 1u << be;
+	int rc = 0;
+	for (size_t row = 0; row < n; row++) {
+		const float *xr = x + row * dim;
+		uint8_t *rec = codes + row * q->rec_bytes;
+		double n2 = 0;
+		for (size_t j = 0; j < dim; j++) {
+			r[j] = xr[j] - c[j];
+			if (!isfinite(r[j])) {
+				rc = ann_err(err, ANN_E_INVAL,
+					     "rabitq encode: row %zu, coordinate %zu: %s", row, j,
+					     isfinite(xr[j]) ? "residual to the centre overflows" : "value is not finite");
+				goto out;
+			}
+			n2 += (double)r[j] * r[j];
+		}
+		memset(rec, 0, q->rec_bytes);
+		double norm = sqrt(n2);
+		if (!(norm > 0) || !isfinite(norm) || !isfinite((float)norm))
+			goto factors_zero;
+		ann_rbq_rotate(q, r, o);
+		for (size_t j = 0; j < dp; j++)
+			a[j] = fabs((double)o[j]) / norm;
+		if (be)
+			quantise_ex(a, dp, be, k, hp);
+		else
+			memset(k, 0, dp);
+		double yo = 0, yy = 0;
+		uint8_t *sp = rec, *ep = rec + q->sign_bytes;
+		for (size_t j = 0; j < dp; j++) {
+			double y = k[j] + 0.5;
+			yo += y * a[j];
+			yy += y * y;
+			unsigned s = o[j] > 0;
+			sp[j / 8] |= (uint8_t)(s << (j % 8));
+			if (be) {
+				uint32_t e = s ? k[j] : K - 1 - k[j];
+				size_t bit = j * be;
+				uint32_t v = e << (bit % 8);
+				ep[bit / 8] |= (uint8_t)v;
+				if ((bit % 8) + be > 8)
+					ep[bit / 8 + 1] |= (uint8_t)(v >> 8);
+			}
+		}
+		if (!(yo > 0))
+			goto factors_zero;
+		double cosv = yo / sqrt(yy);
+		double tanv = cosv >= 1 ? 0 : sqrt(1 - cosv * cosv) / cosv;
+		double t16 = ceil(tanv * RBQ_TAN_SCALE);
+		uint8_t *fp = rec + q->sign_bytes + q->ex_bytes;
+		ann_stf32(fp, (float)norm);
+		ann_stf32(fp + 4, (float)(norm / yo));
+		ann_st16(fp + 8, (uint16_t)(t16 > 65535 ? 65535 : t16));
+		continue;
+	factors_zero:
+		/* all-zero record: est = |q_r|^2 (L2) or -<c, q> (IP), exact
+		 * since the vector is the centre; a norm overflowing float is
+		 * refused instead */
+		if (isfinite(norm) && !isfinite((float)norm)) {
+			rc = ann_err(err, ANN_E_INVAL, "rabitq encode: row %zu: residual norm %g overflows float",
+				     row, norm);
+			goto out;
+		}
+		memset(rec, 0, q->rec_bytes);
+	}
+out:
+	ann_free(scratch);
+	return rc;
+}
+
+/* ---- query state ------------------------------------------------------------ */
+
+int ann_rbq_query_new(const ann_rbq *q, ann_rbq_query **out, ann_error *err)
+{
+	*out = NULL;
+	const size_t dim = q->dim, dp = q->dp;
+	size_t bytes = dp / 4 * 16 * sizeof(float) + dp * sizeof(float) + dim * sizeof(float) + dp * sizeof(int16_t);
+	ann_rbq_query *s = ann_calloc(1, sizeof(*s));
+	uint8_t *blk = ann_aligned_alloc(64, bytes);
+	if (!s || !blk) {
+		ann_free(s);
+		ann_aligned_free(blk);
+		return ann_err(err, ANN_E_NOMEM, "rabitq query: out of memory (%zu bytes)", bytes);
+	}
+	s->q = q;
+	s->eps0 = ANN_RBQ_EPS0;
+	s->avx2 = ann_simd_active() >= ANN_SIMD_AVX2 && ann_kernels_for(ANN_SIMD_AVX2) != NULL;
+	s->lut = (float *)(void *)blk;
+	s->rq = s->lut + dp / 4 * 16;
+	s->tmp = s->rq + dp;
+	s->qi = (int16_t *)(void *)(s->tmp + dim);
+	s->block_bytes = bytes;
+	*out = s;
+	return 0;
+}
+
+void ann_rbq_query_free(ann_rbq_query *s)
+{
+	if (!s)
+		return;
+	ann_aligned_free(s->lut);
+	ann_free(s);
+}
+
+size_t ann_rbq_query_sizeof(const ann_rbq_query *s)
+{
+	return sizeof(*s) + s->block_bytes;
+}
+
+void ann_rbq_query_set_eps0(ann_rbq_query *s, float eps0)
+{
+	s->eps0 = eps0;
+}
+
+int ann_rbq_query_set_simd(ann_rbq_query *s, ann_simd_level level, ann_error *err)
+{
+	if (level != ANN_SIMD_SCALAR && !ann_kernels_for(level))
+		return ann_err(err, ANN_E_UNSUPPORTED, "rabitq: this CPU cannot run %s kernels",
+			       ann_simd_name(level));
+	s->avx2 = level >= ANN_SIMD_AVX2;
+	return 0;
+}
+
+void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, const float *c)
+{
+	const ann_rbq *q = s->q;
+	const size_t dim = q->dim, dp = q->dp;
+	s->m = m == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_IP;
+	double n2 = 0, cq = 0;
+	if (s->m == ANN_METRIC_L2) {
+		for (size_t j = 0; j < dim; j++) {
+			s->tmp[j] = qv[j] - c[j];
+			double d = (double)qv[j] - c[j];
+			n2 += d * d;
+		}
+		ann_rbq_rotate(q, s->tmp, s->rq);
+	} else {
+		for (size_t j = 0; j < dim; j++) {
+			n2 += (double)qv[j] * qv[j];
+			cq += (double)qv[j] * c[j];
+		}
+		ann_rbq_rotate(q, qv, s->rq);
+	}
+	s->qn2 = n2;
+	s->qnorm = sqrt(n2);
+	s->cq = cq;
+	double sum = 0;
+	float amax = 0;
+	for (size_t j = 0; j < dp; j++) {
+		sum += s->rq[j];
+		float v = fabsf(s->rq[j]);
+		amax = v > amax ? v : amax;
+	}
+	s->sum_rq = sum;
+	s->delta = amax > 0 ? (double)amax / RBQ_QI_MAX : 1.0;
+	float inv = (float)(1.0 / s->delta);
+	for (size_t j = 0; j < dp; j++) {
+		long v = lrintf(s->rq[j] * inv);
+		s->qi[j] = (int16_t)(v > RBQ_QI_MAX ? RBQ_QI_MAX : v < -RBQ_QI_MAX ? -RBQ_QI_MAX : v);
+	}
+	/* table of group g: entry m = sum of rq[4 g + t] over the bits t of m,
+	 * built from the entry without m's lowest bit */
+	for (size_t g = 0; g < dp / 4; g++) {
+		float *t = s->lut + g * 16;
+		const float *v = s->rq + g * 4;
+		t[0] = 0.0f;
+		for (unsigned mm = 1; mm < 16; mm++) {
+			unsigned low = mm & (0u - mm);
+			t[mm] = t[mm ^ low] + v[__builtin_ctz(mm)];
+		}
+	}
+	s->prepared = true;
+}
+
+/* ---- estimate ----------------------------------------------------------------- */
+
+void ann_rbq_scan_scalar(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E)
+{
+	const unsigned be = a->be;
+	const uint32_t mask = (1u << be) - 1;
+	for (size_t i = 0; i < n; i++) {
+		const uint8_t *rec = codes + i * a->rec_bytes;
+		float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+		for (size_t g = 0; g < a->groups; g++) {
+			unsigned nib = (rec[g / 2] >> (4 * (g & 1))) & 15u;
+			acc[g & 7] += a->lut[g * 16 + nib];
+		}
+		float t0 = acc[0] + acc[4], t1 = acc[1] + acc[5], t2 = acc[2] + acc[6], t3 = acc[3] + acc[7];
+		A[i] = (t0 + t2) + (t1 + t3);
+		int64_t e = 0;
+		if (be) {
+			const uint8_t *ep = rec + a->sign_bytes;
+			for (size_t j = 0; j < a->dp; j++) {
+				size_t bit = j * be;
+				uint32_t v = ep[bit / 8];
+				if ((bit % 8) + be > 8)
+					v |= (uint32_t)ep[bit / 8 + 1] << 8;
+				e += (int64_t)((v >> (bit % 8)) & mask) * a->qi[j];
+			}
+		}
+		E[i] = e;
+	}
+}
+
+void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, float *est, float *width)
+{
+	const ann_rbq *q = s->q;
+	ann_rbq_scan a = {
+		.lut = s->lut,
+		.qi = s->qi,
+		.groups = q->dp / 4,
+		.dp = q->dp,
+		.be = q->be,
+		.sign_bytes = q->sign_bytes,
+		.rec_bytes = q->rec_bytes,
+	};
+	const double hi = (double)(1u << q->be);
+	const double half = ((double)(1u << q->bits) - 1) / 2;
+	const double yconst = half * s->sum_rq;
+	const double wscale = (double)s->eps0 / sqrt((double)q->dp - 1) / RBQ_TAN_SCALE * s->qnorm *
+			      (s->m == ANN_METRIC_L2 ? 2.0 : 1.0);
+	float A[RBQ_CHUNK];
+	int64_t E[RBQ_CHUNK];
+	for (size_t i0 = 0; i0 < n; i0 += RBQ_CHUNK) {
+		size_t cn = ANN_MIN(n - i0, (size_t)RBQ_CHUNK);
+		const uint8_t *base = codes + i0 * q->rec_bytes;
+		if (s->avx2)
+			ann_rbq_scan_avx2(&a, base, cn, A, E);
+		else
+			ann_rbq_scan_scalar(&a, base, cn, A, E);
+		for (size_t i = 0; i < cn; i++) {
+			const uint8_t *fp = base + i * q->rec_bytes + q->sign_bytes + q->ex_bytes;
+			double rn = ann_ldf32(fp), fip = ann_ldf32(fp + 4);
+			double tan16 = ann_ld16(fp + 8);
+			double yq = hi * (double)A[i] + s->delta * (double)E[i] - yconst;
+			double ip = fip * yq; /* |r| <o, q'> estimate */
+			if (s->m == ANN_METRIC_L2)
+				est[i0 + i] = (float)(rn * rn + s->qn2 - 2.0 * ip);
+			else
+				est[i0 + i] = (float)(-(s->cq + ip));
+			if (width)
+				width[i0 + i] = (float)(wscale * rn * tan16);
+		}
+	}
+}

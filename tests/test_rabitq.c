@@ -1,0 +1,403 @@
+/* SPDX-License-Identifier: MIT */
+/* Description: rabitq.c: the rotation is orthogonal and fixed by the seed;
+ * estimates of squared L2 and IP are unbiased over many pairs, the true value
+ * lies within est +- width for >= 99% of pairs at eps0 = 1.9, and the error
+ * falls as bits grow, on random and on clustered data; codes are
+ * deterministic per seed and differ for another seed; the record layout is
+ * the one docs/FORMAT.md states; zero residuals are exact; non-finite rows
+ * are refused naming the row; scalar and AVX2 estimates are bit-identical for
+ * dims 1..130, 784 and 960 and bits 1..8; allocation failures are clean. */
+#include "testutil.h"
+
+#include "distance.h"
+#include "rabitq.h"
+
+static float *gauss(ann_rng *r, size_t n, size_t d, double sd)
+{
+	float *x = malloc(n * d * sizeof(float));
+	for (size_t i = 0; i < n * d; i++)
+		x[i] = (float)(sd * ann_rng_normal(r));
+	return x;
+}
+
+static void mean_rows(const float *x, size_t n, size_t d, float *c)
+{
+	for (size_t j = 0; j < d; j++) {
+		double s = 0;
+		for (size_t i = 0; i < n; i++)
+			s += x[i * d + j];
+		c[j] = (float)(s / (double)n);
+	}
+}
+
+static double true_dist(ann_metric m, const float *x, const float *q, size_t d)
+{
+	double s = 0;
+	for (size_t j = 0; j < d; j++)
+		s += m == ANN_METRIC_L2 ? ((double)x[j] - q[j]) * ((double)x[j] - q[j]) : (double)x[j] * q[j];
+	return m == ANN_METRIC_L2 ? s : -s;
+}
+
+typedef struct stats {
+	double pairs, err, abserr, err2, scale, inside;
+} stats;
+
+/* Encodes x (n rows) against centre c with each seed, estimates against nq
+ * queries, accumulates errors. */
+static void eval(uint32_t d, unsigned bits, ann_metric m, const float *x, size_t n, const float *c,
+		 const float *qs, size_t nq, uint64_t seed, float eps0, stats *st)
+{
+	ann_rbq *q;
+	ASSERT_OK(ann_rbq_new(d, bits, seed, &q, NULL));
+	size_t cb = ann_rbq_code_bytes(q);
+	uint8_t *codes = malloc(n * cb);
+	ASSERT_OK(ann_rbq_encode(q, c, x, n, codes, NULL));
+	ann_rbq_query *s;
+	ASSERT_OK(ann_rbq_query_new(q, &s, NULL));
+	ann_rbq_query_set_eps0(s, eps0);
+	float *est = malloc(n * sizeof(float)), *w = malloc(n * sizeof(float));
+	for (size_t k = 0; k < nq; k++) {
+		ann_rbq_query_prepare(s, m, qs + k * d, c);
+		ann_rbq_estimate(s, codes, n, est, w);
+		for (size_t i = 0; i < n; i++) {
+			double t = true_dist(m, x + i * d, qs + k * d, d);
+			double e = est[i] - t;
+			ASSERT_TRUE(w[i] >= 0 && isfinite(est[i]));
+			st->pairs++;
+			st->err += e;
+			st->abserr += fabs(e);
+			st->err2 += e * e;
+			st->scale += fabs(t);
+			st->inside += fabs(e) <= w[i];
+		}
+	}
+	free(est);
+	free(w);
+	free(codes);
+	ann_rbq_query_free(s);
+	ann_rbq_free(q);
+}
+
+/* The statistical claims on one data set: unbiased (|mean error| within 5
+ * standard errors, counting each (seed, vector) as one sample since the
+ * pairs of a vector share its code), coverage >= 99%, and mean |error|
+ * falling with bits (by at least 1/3 per extra bit up to 6 bits). */
+static void check_set(const char *name, uint32_t d, ann_metric m, const float *x, size_t n, const float *c,
+		      const float *qs, size_t nq)
+{
+	double prev = INFINITY;
+	for (unsigned bits = 1; bits <= (d > 200 ? 5u : 8u); bits++) {
+		stats st = {0};
+		const int seeds = 3;
+		for (int sd = 0; sd < seeds; sd++)
+			eval(d, bits, m, x, n, c, qs, nq, 1000 + (uint64_t)sd, ANN_RBQ_EPS0, &st);
+		double mean = st.err / st.pairs, sdev = sqrt(st.err2 / st.pairs - mean * mean);
+		double se = sdev / sqrt((double)n * seeds);
+		double mae = st.abserr / st.pairs, cover = st.inside / st.pairs;
+		printf("  %s d=%u %s bits=%u: mean err %.3g (se %.3g), mean |err| %.4g (%.3g%% of |true|), "
+		       "inside %.4f\n",
+		       name, d, m == ANN_METRIC_L2 ? "L2" : "IP", bits, mean, se, mae, 100 * mae / (st.scale / st.pairs),
+		       cover);
+		if (!(fabs(mean) <= 5 * se + 1e-6 * st.scale / st.pairs))
+			T_FAIL("%s d=%u bits=%u: biased, mean error %g, standard error %g", name, d, bits, mean, se);
+		if (!(cover >= 0.99))
+			T_FAIL("%s d=%u bits=%u: only %.4f of pairs inside est +- width", name, d, bits, cover);
+		if (bits <= 6 && !(mae < prev * (2.0 / 3.0)))
+			T_FAIL("%s d=%u bits=%u: mean |err| %g did not fall from %g", name, d, bits, mae, prev);
+		prev = mae;
+	}
+}
+
+static void test_statistics(ann_rng *rng)
+{
+	const uint32_t dims[] = {64, 130, 784};
+	for (size_t di = 0; di < sizeof(dims) / sizeof(dims[0]); di++) {
+		uint32_t d = dims[di];
+		size_t n = d > 200 ? 120 : 250, nq = d > 200 ? 12 : 20;
+		/* random: isotropic Gaussian data and queries, centre the mean */
+		float *x = gauss(rng, n, d, 1.0), *qs = gauss(rng, nq, d, 1.0);
+		float *c = malloc(d * sizeof(float));
+		mean_rows(x, n, d, c);
+		check_set("random", d, ANN_METRIC_L2, x, n, c, qs, nq);
+		check_set("random", d, ANN_METRIC_IP, x, n, c, qs, nq);
+		free(x);
+		free(qs);
+		/* clustered: annann gen's mixture (8 clusters), one partition
+		 * holding all of it, centre the mean; queries from the same model */
+		x = malloc(n * d * sizeof(float));
+		qs = malloc(nq * d * sizeof(float));
+		t_gen_mixture(x, n, qs, nq, d, 8, 7 + d);
+		mean_rows(x, n, d, c);
+		check_set("clustered", d, ANN_METRIC_L2, x, n, c, qs, nq);
+		check_set("clustered", d, ANN_METRIC_IP, x, n, c, qs, nq);
+		free(x);
+		free(qs);
+		free(c);
+	}
+}
+
+
+/* Rotation: orthogonal (norms and inner products kept), same for the same
+ * seed, different for another; padded dim a multiple of 16. */
+static void test_rotation(ann_rng *rng)
+{
+	const uint32_t dims[] = {1, 2, 15, 16, 17, 31, 64, 100, 128, 130, 784, 960};
+	for (size_t di = 0; di < sizeof(dims) / sizeof(dims[0]); di++) {
+		uint32_t d = dims[di];
+		ann_rbq *q, *q2, *q3;
+		ASSERT_OK(ann_rbq_new(d, 1, 42, &q, NULL));
+		ASSERT_OK(ann_rbq_new(d, 3, 42, &q2, NULL));
+		ASSERT_OK(ann_rbq_new(d, 1, 43, &q3, NULL));
+		uint32_t dp = ann_rbq_padded_dim(q);
+		ASSERT_TRUE(dp % 16 == 0 && dp >= d && dp < d + 16);
+		ASSERT_LE(ann_rbq_sizeof(q), 256 + dp);
+		float *u = gauss(rng, 1, d, 1), *v = gauss(rng, 1, d, 1);
+		float *ru = malloc(dp * sizeof(float)), *rv = malloc(dp * sizeof(float)), *rw = malloc(dp * sizeof(float));
+		ann_rbq_rotate(q, u, ru);
+		ann_rbq_rotate(q, v, rv);
+		double uu = 0, uv = 0, ruu = 0, ruv = 0;
+		for (uint32_t j = 0; j < d; j++) {
+			uu += (double)u[j] * u[j];
+			uv += (double)u[j] * v[j];
+		}
+		for (uint32_t j = 0; j < dp; j++) {
+			ruu += (double)ru[j] * ru[j];
+			ruv += (double)ru[j] * rv[j];
+		}
+		ASSERT_NEAR(ruu, uu, 1e-5);
+		ASSERT_LE(fabs(ruv - uv), 1e-5 * uu + 1e-5);
+		/* spread: no coordinate keeps the whole mass (d >= 16) */
+		if (d >= 16) {
+			double mx = 0;
+			for (uint32_t j = 0; j < dp; j++)
+				mx = fmax(mx, (double)ru[j] * ru[j]);
+			ASSERT_LT(mx, 0.5 * ruu);
+		}
+		ann_rbq_rotate(q2, u, rw); /* bits do not change the rotation */
+		ASSERT_TRUE(memcmp(ru, rw, dp * sizeof(float)) == 0);
+		ann_rbq_rotate(q3, u, rw);
+		ASSERT_TRUE(memcmp(ru, rw, dp * sizeof(float)) != 0);
+		free(u);
+		free(v);
+		free(ru);
+		free(rv);
+		free(rw);
+		ann_rbq_free(q);
+		ann_rbq_free(q2);
+		ann_rbq_free(q3);
+	}
+}
+
+/* Parameters, code size, the record layout of docs/FORMAT.md, determinism
+ * per seed, and exactness at zero residual. */
+static void test_layout(ann_rng *rng)
+{
+	ann_rbq *q;
+	ann_error e = {0};
+	ASSERT_ERR(ann_rbq_new(0, 1, 1, &q, &e), e, ANN_E_INVAL, "dim 0");
+	ASSERT_ERR(ann_rbq_new(ANN_RBQ_MAX_DIM + 1, 1, 1, &q, &e), e, ANN_E_INVAL, "out of range");
+	ASSERT_ERR(ann_rbq_new(8, 0, 1, &q, &e), e, ANN_E_INVAL, "bits 0");
+	ASSERT_ERR(ann_rbq_new(8, 9, 1, &q, &e), e, ANN_E_INVAL, "bits 9");
+	for (unsigned bits = 1; bits <= 8; bits++) {
+		const uint32_t d = 100; /* padded to 112 */
+		ASSERT_OK(ann_rbq_new(d, bits, 5, &q, NULL));
+		ASSERT_EQ(ann_rbq_dim(q), d);
+		ASSERT_EQ(ann_rbq_bits(q), bits);
+		ASSERT_EQ(ann_rbq_seed(q), 5);
+		ASSERT_EQ(ann_rbq_padded_dim(q), 112);
+		size_t cb = ann_rbq_code_bytes(q);
+		ASSERT_EQ(cb, 112 * bits / 8 + 10);
+		const size_t n = 40;
+		float *x = gauss(rng, n, d, 2.0), *c = gauss(rng, 1, d, 1.0);
+		memcpy(x + 7 * d, c, d * sizeof(float)); /* row 7 is the centre */
+		uint8_t *codes = malloc(n * cb), *again = malloc(n * cb);
+		memset(codes, 0xAB, n * cb);
+		ASSERT_OK(ann_rbq_encode(q, c, x, n, codes, NULL));
+		ASSERT_OK(ann_rbq_encode(q, c, x, n, again, NULL));
+		ASSERT_TRUE(memcmp(codes, again, n * cb) == 0);
+		/* encoding rows one at a time gives the same records */
+		for (size_t i = 0; i < n; i++)
+			ASSERT_OK(ann_rbq_encode(q, c, x + i * d, 1, again + i * cb, NULL));
+		ASSERT_TRUE(memcmp(codes, again, n * cb) == 0);
+		ann_rbq *q2;
+		ASSERT_OK(ann_rbq_new(d, bits, 6, &q2, NULL));
+		ASSERT_OK(ann_rbq_encode(q2, c, x, n, again, NULL));
+		ASSERT_TRUE(memcmp(codes, again, n * cb) != 0);
+		ann_rbq_free(q2);
+		/* layout: sign bit j is the sign of coordinate j of R(x - c); |r|
+		 * LE f32 at the factors; f_ip > 0; tan u16 */
+		float *r = malloc(d * sizeof(float)), *rr = malloc(112 * sizeof(float));
+		size_t fo = 112 * bits / 8;
+		for (size_t i = 0; i < n; i++) {
+			const uint8_t *rec = codes + i * cb;
+			double n2 = 0;
+			for (uint32_t j = 0; j < d; j++) {
+				r[j] = x[i * d + j] - c[j];
+				n2 += (double)r[j] * r[j];
+			}
+			ann_rbq_rotate(q, r, rr);
+			float rn = ann_ldf32(rec + fo), fip = ann_ldf32(rec + fo + 4);
+			unsigned tan16 = ann_ld16(rec + fo + 8);
+			if (i == 7) {
+				for (size_t b = 0; b < cb; b++)
+					ASSERT_EQ(rec[b], 0);
+				continue;
+			}
+			ASSERT_NEAR(rn, sqrt(n2), 1e-6);
+			ASSERT_TRUE(fip > 0);
+			ASSERT_TRUE(tan16 > 0 && tan16 < 65535);
+			for (uint32_t j = 0; j < 112; j++)
+				ASSERT_EQ((rec[j / 8] >> (j % 8)) & 1, rr[j] > 0);
+		}
+		/* zero residual: estimate exact, width 0 */
+		ann_rbq_query *s;
+		ASSERT_OK(ann_rbq_query_new(q, &s, NULL));
+		ASSERT_LE(ann_rbq_query_sizeof(s), 512 + 24 * 112 + 4 * d);
+		float *qv = gauss(rng, 1, d, 1.0), est, w;
+		ann_rbq_query_prepare(s, ANN_METRIC_L2, qv, c);
+		ann_rbq_estimate(s, codes + 7 * cb, 1, &est, &w);
+		ASSERT_NEAR(est, true_dist(ANN_METRIC_L2, c, qv, d), 1e-5);
+		ASSERT_EQ(w, 0);
+		ann_rbq_query_prepare(s, ANN_METRIC_IP, qv, c);
+		ann_rbq_estimate(s, codes + 7 * cb, 1, &est, NULL);
+		ASSERT_NEAR(est, true_dist(ANN_METRIC_IP, c, qv, d), 1e-5);
+		ann_rbq_query_free(s);
+		free(qv);
+		free(r);
+		free(rr);
+		free(x);
+		free(c);
+		free(codes);
+		free(again);
+		ann_rbq_free(q);
+	}
+}
+
+/* Non-finite rows, centres and residuals are refused naming the row. */
+static void test_bad_input(ann_rng *rng)
+{
+	const uint32_t d = 20;
+	ann_rbq *q;
+	ASSERT_OK(ann_rbq_new(d, 2, 1, &q, NULL));
+	float *x = gauss(rng, 5, d, 1.0), *c = gauss(rng, 1, d, 1.0);
+	uint8_t *codes = malloc(5 * ann_rbq_code_bytes(q));
+	ann_error e = {0};
+	x[3 * d + 4] = NAN;
+	ASSERT_ERR(ann_rbq_encode(q, c, x, 5, codes, &e), e, ANN_E_INVAL, "row 3, coordinate 4: value is not finite");
+	x[3 * d + 4] = INFINITY;
+	ASSERT_ERR(ann_rbq_encode(q, c, x, 5, codes, &e), e, ANN_E_INVAL, "row 3");
+	x[3 * d + 4] = 3e38f;
+	c[4] = -3e38f;
+	ASSERT_ERR(ann_rbq_encode(q, c, x, 5, codes, &e), e, ANN_E_INVAL, "row 3, coordinate 4: residual");
+	c[4] = NAN;
+	ASSERT_ERR(ann_rbq_encode(q, c, x, 5, codes, &e), e, ANN_E_INVAL, "centre coordinate 4");
+	/* a residual whose norm overflows float though every coordinate fits */
+	for (uint32_t j = 0; j < d; j++) {
+		c[j] = 0;
+		x[j] = 2e38f;
+	}
+	ASSERT_ERR(ann_rbq_encode(q, c, x, 1, codes, &e), e, ANN_E_INVAL, "row 0: residual norm");
+	free(x);
+	free(c);
+	free(codes);
+	ann_rbq_free(q);
+}
+
+/* Scalar and AVX2 estimates are bit-identical, for every dim 1..130, 784
+ * and 960 and every bits 1..8; both against a plain double evaluation of
+ * the estimator from the decoded record (within float rounding). */
+static void test_kernels(ann_rng *rng)
+{
+	bool avx2 = ann_kernels_for(ANN_SIMD_AVX2) != NULL;
+	if (!avx2)
+		printf("  no AVX2 on this CPU: scalar path only\n");
+	for (uint32_t d = 1; d <= 962; d++) {
+		if (d > 130 && d != 784 && d != 960)
+			continue;
+		for (unsigned bits = 1; bits <= 8; bits++) {
+			if (d > 130 && bits > 5 && bits != 8)
+				continue;
+			ann_rbq *q;
+			ASSERT_OK(ann_rbq_new(d, bits, d * 10 + bits, &q, NULL));
+			size_t n = 70, cb = ann_rbq_code_bytes(q); /* 70: one chunk of 64 and a tail */
+			float *x = gauss(rng, n, d, 1.0), *c = gauss(rng, 1, d, 0.3), *qv = gauss(rng, 1, d, 1.0);
+			/* the last record ends the buffer exactly, so ASan sees
+			 * any read past it */
+			uint8_t *codes = malloc(n * cb);
+			ASSERT_OK(ann_rbq_encode(q, c, x, n, codes, NULL));
+			ann_rbq_query *s;
+			ASSERT_OK(ann_rbq_query_new(q, &s, NULL));
+			float e1[70], w1[70], e2[70], w2[70];
+			for (int mi = 0; mi < 2; mi++) {
+				ann_metric m = mi ? ANN_METRIC_IP : ANN_METRIC_L2;
+				ann_rbq_query_prepare(s, m, qv, c);
+				ASSERT_OK(ann_rbq_query_set_simd(s, ANN_SIMD_SCALAR, NULL));
+				ann_rbq_estimate(s, codes, n, e1, w1);
+				if (avx2) {
+					ASSERT_OK(ann_rbq_query_set_simd(s, ANN_SIMD_AVX2, NULL));
+					ann_rbq_estimate(s, codes, n, e2, w2);
+					for (size_t i = 0; i < n; i++)
+						if (e1[i] != e2[i] || w1[i] != w2[i])
+							T_FAIL("d=%u bits=%u code %zu: scalar %.9g +- %.9g, avx2 %.9g +- %.9g", d,
+							       bits, i, e1[i], w1[i], e2[i], w2[i]);
+				}
+				/* the last code alone gives the same as within the batch */
+				float el, wl;
+				ann_rbq_estimate(s, codes + (n - 1) * cb, 1, &el, &wl);
+				ASSERT_TRUE(el == e1[n - 1] && wl == w1[n - 1]);
+			}
+			free(x);
+			free(c);
+			free(qv);
+			free(codes);
+			ann_rbq_query_free(s);
+			ann_rbq_free(q);
+		}
+	}
+}
+
+/* Allocation failures come back as ANN_E_NOMEM and leak nothing. */
+static void test_nomem(ann_rng *rng)
+{
+	const uint32_t d = 40;
+	float *x = gauss(rng, 3, d, 1.0), *c = gauss(rng, 1, d, 1.0);
+	for (int64_t k = 0; k < 8; k++) {
+		int64_t live = ann_mem_live_bytes();
+		ann_rbq *q = NULL;
+		ann_rbq_query *s = NULL;
+		uint8_t codes[3 * (48 * 3 / 8 + 10)];
+		ann_error e = {0};
+		ann_mem_fail_after(k);
+		int rc = ann_rbq_new(d, 3, 1, &q, &e);
+		if (rc == 0)
+			rc = ann_rbq_query_new(q, &s, &e);
+		if (rc == 0)
+			rc = ann_rbq_encode(q, c, x, 3, codes, &e);
+		ann_mem_fail_after(-1);
+		if (rc != 0) {
+			ASSERT_EQ(rc, ANN_E_NOMEM);
+			ASSERT_TRUE(t_contains(e.msg, "out of memory"));
+		}
+		ann_rbq_query_free(s);
+		ann_rbq_free(q);
+		ASSERT_EQ(ann_mem_live_bytes(), live);
+	}
+	free(x);
+	free(c);
+}
+
+int main(void)
+{
+	ann_rng rng;
+	t_init("test_rabitq", &rng);
+	int64_t live = ann_mem_live_bytes();
+	test_rotation(&rng);
+	test_layout(&rng);
+	test_bad_input(&rng);
+	test_kernels(&rng);
+	test_nomem(&rng);
+	test_statistics(&rng);
+	ASSERT_EQ(ann_mem_live_bytes(), live);
+	printf("test_rabitq: ok\n");
+	return 0;
+}
