@@ -249,6 +249,9 @@ typedef struct ann_search_opts {
 	uint32_t rerank;       /**< codes blocks: at most this many candidates per query get their exact
 	                            vector read (best estimates first, only those whose lower bound beats the
 	                            k-th upper bound); default 0 = ANN_DEFAULT_RERANK */
+	float rerank_eps;      /**< codes: eps0 of the codes' error bound (width = eps0 x the estimator's
+	                            standard error); smaller prunes more and risks more; default 0 = the
+	                            codes module's (2.8) */
 } ann_search_opts;
 
 /** Default re-rank budget per query (docs/BENCHMARKS.md "Codes and re-ranking"). */

@@ -163,6 +163,10 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 	else
 		ann_search_opts_init(&s->o);
 	s->rerank = s->o.rerank ? s->o.rerank : ANN_DEFAULT_RERANK;
+	if (!(s->o.rerank_eps >= 0 && s->o.rerank_eps <= 100)) {
+		rc = ann_err(err, ANN_E_INVAL, "search: rerank eps must be within 0..100 (0 = the default)");
+		goto fail;
+	}
 	if (s->o.k == 0 || s->o.k > 100000 || s->o.nprobe == 0 || s->o.nprobe > 4096 || s->rerank > 100000) {
 		rc = ann_err(err, ANN_E_INVAL, "search: k must be within 1..100000, nprobe within 1..4096 and rerank "
 			     "within 1..100000");
@@ -188,6 +192,8 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 	ANN_CHECK(rc, ann_store_reader_use_txn(s->rd, s->rt, err));
 	if (idx->rbq) {
 		ANN_CHECK(rc, ann_rbq_query_new(idx->rbq, &s->rq, err));
+		if (s->o.rerank_eps > 0)
+			ann_rbq_query_set_eps0(s->rq, s->o.rerank_eps);
 		s->centre = ann_malloc((size_t)idx->meta.dim * sizeof(float));
 		if (!s->centre) {
 			rc = ann_err(err, ANN_E_NOMEM, "out of memory for a searcher");

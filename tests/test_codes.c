@@ -280,7 +280,7 @@ static void check_search(const char *idx, const float *rows, const float *qs, si
 			}
 			ASSERT_TRUE(st[qi].estimated > 0);
 			ASSERT_TRUE(st[qi].reranked >= K);
-			/* PRUNE_CHECK */
+			ASSERT_TRUE(st[qi].reranked < st[qi].estimated); /* the bounds pruned some */
 			b12 += st[qi].bytes_round1 + st[qi].bytes_round2;
 			io12 += st[qi].ios_round1 + st[qi].ios_round2;
 			if (check_bytes) /* no deltas: everything read went through the two rounds */

@@ -384,6 +384,7 @@ static cli_opt search_opts[] = {
 	{"cache", "BYTES", "decoded-block cache per thread, format 1 blocks only (default 0: every block from storage)",
 	 NULL},
 	{"rerank", "N", "codes: at most N exact re-ranks per query (default 100)", NULL},
+	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.8)", NULL},
 	{"queue-depth", "Q", "I/O requests in flight (default 32)", NULL},
 	{"pread", NULL, "read with pread instead of io_uring", NULL},
 	{"limit", "N", "use only the first N queries", NULL},
@@ -481,6 +482,11 @@ static int run_search(cli_cmd *c)
 	    !cli_u64(c, "limit", UINT64_MAX, &limit) || !cli_u64(c, "rerank", ANN_DEFAULT_RERANK, &rerank) ||
 	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", probes, 64, &nprobes))
 		return CLI_EXIT_USAGE;
+	double reps;
+	if (!cli_double(c, "rerank-eps", 0, &reps))
+		return CLI_EXIT_USAGE;
+	if (!(reps >= 0 && reps <= 100))
+		return cli_usage_error(c, "--rerank-eps must be within 0..100");
 	if (nprobes == 0)
 		probes[nprobes++] = 16;
 	for (size_t i = 0; i < nprobes; i++)
@@ -552,6 +558,7 @@ static int run_search(cli_cmd *c)
 		so.queue_depth = (uint32_t)qd;
 		so.force_pread = cli_flag(c, "pread");
 		so.rerank = (uint32_t)rerank;
+		so.rerank_eps = (float)reps;
 		const char *io_path = "?";
 		double wall;
 		ann_searcher *srch[64] = {0};
