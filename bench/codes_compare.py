@@ -53,6 +53,8 @@ def main():
 	ap.add_argument('--bits', default='1')
 	ap.add_argument('--nprobes', default='1,2,3,4,6,8,12,16')
 	ap.add_argument('--reranks', default='100')
+	ap.add_argument('--eps', default='0', help='--rerank-eps values (0 = default)')
+	ap.add_argument('--phases', default='2', help='--rerank-phases values')
 	ap.add_argument('--limit', type=int, default=1000)
 	ap.add_argument('--store', default='file')
 	ap.add_argument('--reps', type=int, default=1, help='runs per setting; the median p50 is kept')
@@ -65,7 +67,8 @@ def main():
 			variants.append(('old-p%s' % p, ['--partitions', p], [None]))
 		for b in a.bits.split(','):
 			variants.append(('codes%s-p%s' % (b, p), ['--partitions', p, '--codes', 'rabitq', '--code-bits', b],
-					 [int(r) for r in a.reranks.split(',')]))
+					 [(int(r), float(e), int(ph)) for r in a.reranks.split(',') for e in a.eps.split(',')
+					  for ph in a.phases.split(',')]))
 	summary = []
 	for name, bargs, reranks in variants:
 		idx = os.path.join(a.work, name)
@@ -81,7 +84,7 @@ def main():
 					cmd = [a.annann, 'search', '--index', idx, '--queries', a.queries, '--gt', a.gt, '--nprobe',
 					       npb, '--limit', str(a.limit), '--json']
 					if rr:
-						cmd += ['--rerank', str(rr)]
+						cmd += ['--rerank', str(rr[0]), '--rerank-eps', str(rr[1]), '--rerank-phases', str(rr[2])]
 					runs.append(json.loads([l for l in sh(cmd).splitlines() if l.startswith('{')][0]))
 				runs.sort(key=lambda j: j['latency_us']['p50'])
 				j = runs[len(runs) // 2]
@@ -93,10 +96,10 @@ def main():
 				print(json.dumps(row), flush=True)
 				rows.append(row)
 			summary.append((name, rr, at90(rows, 'bytes'), at90(rows, 'p50_us'), rows[0].get('disk_ratio')))
-	print('\n| variant | rerank | KiB/query at 0.9 | p50 us at 0.9 | disk / raw |')
+	print('\n| variant | rerank, eps, phases | KiB/query at 0.9 | p50 us at 0.9 | disk / raw |')
 	print('| --- | --- | --- | --- | --- |')
 	for name, rr, b, p, dr in summary:
-		print('| %s | %s | %s | %s | %s |' % (name, rr or '-', '%.0f' % (b / 1024) if b else 'n/a',
+		print('| %s | %s | %s | %s | %s |' % (name, '%d, %g, %d' % rr if rr else '-', '%.0f' % (b / 1024) if b else 'n/a',
 						       '%.0f' % p if p else 'n/a', '%.2f' % dr if dr else '?'))
 
 

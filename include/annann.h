@@ -252,10 +252,16 @@ typedef struct ann_search_opts {
 	float rerank_eps;      /**< codes: eps0 of the codes' error bound (width = eps0 x the estimator's
 	                            standard error); smaller prunes more and risks more; default 0 = the
 	                            codes module's (2.8) */
+	uint32_t rerank_phases; /**< codes: 1 = read every selected candidate's page at once; 2 = first the
+	                            pages of each query's k best estimates, then only the candidates whose
+	                            lower bound beats the exact k-th distance found (one more round trip,
+	                            fewer pages); default 0 = ANN_DEFAULT_RERANK_PHASES */
 } ann_search_opts;
 
 /** Default re-rank budget per query (docs/BENCHMARKS.md "Codes and re-ranking"). */
 #define ANN_DEFAULT_RERANK 100
+/** Default re-rank phases (docs/BENCHMARKS.md "Codes and re-ranking"). */
+#define ANN_DEFAULT_RERANK_PHASES 2
 
 ANN_API void ann_search_opts_init(ann_search_opts *o);
 

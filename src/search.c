@@ -65,6 +65,8 @@ typedef struct cand {
 /* A round 2 entry: one (query, row) to re-rank; sorted by (u, row, q). */
 typedef struct r2ent {
 	uint32_t u, row, q, run;
+	uint32_t rank;     /* of its estimate among the query's selected candidates */
+	float lower;       /* estimate - width */
 	int64_t id;
 } r2ent;
 
@@ -111,6 +113,10 @@ struct ann_searcher {
 	uint32_t *nub;
 	r2ent *ents;          /* round 2 */
 	size_t ents_cap;
+	uint8_t *flags;       /* round 2: want, done per entry */
+	size_t flags_cap;
+	size_t *runlo;        /* round 2: an entry of each read */
+	size_t runlo_cap;
 	double *qb1, *qb2, *qio1, *qio2;
 	uint64_t *qest, *qrr;
 	ann_router_ctx *rctx;
@@ -163,6 +169,12 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 	else
 		ann_search_opts_init(&s->o);
 	s->rerank = s->o.rerank ? s->o.rerank : ANN_DEFAULT_RERANK;
+	if (s->o.rerank_phases == 0)
+		s->o.rerank_phases = ANN_DEFAULT_RERANK_PHASES;
+	if (s->o.rerank_phases > 2) {
+		rc = ann_err(err, ANN_E_INVAL, "search: rerank phases must be 1 or 2");
+		goto fail;
+	}
 	if (!(s->o.rerank_eps >= 0 && s->o.rerank_eps <= 100)) {
 		rc = ann_err(err, ANN_E_INVAL, "search: rerank eps must be within 0..100 (0 = the default)");
 		goto fail;
@@ -274,6 +286,8 @@ void ann_searcher_free(ann_searcher *s)
 	ann_free(s->ubid);
 	ann_free(s->nub);
 	ann_free(s->ents);
+	ann_free(s->flags);
+	ann_free(s->runlo);
 	ann_free(s->qb1);
 	ann_free(s->qb2);
 	ann_free(s->qio1);
@@ -807,49 +821,57 @@ static float exact_dist(ann_searcher *s, size_t qi, const uint8_t *row)
 	return (m == ANN_METRIC_COSINE ? 1.0f : 0.0f) - ip;
 }
 
-/* Round 2: selects each query's candidates, reads the pages holding their
- * rows (deduplicated, adjacent pages coalesced) and pushes exact distances. */
-static int round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank_ns, ann_error *err)
+static int cand_est_cmp(const void *a, const void *b)
+{
+	const cand *x = a, *y = b;
+	return x->est < y->est ? -1 : x->est > y->est;
+}
+
+/* Block-relative page range of entry e's row. */
+static void ent_pages(const ann_searcher *s, const r2ent *e, uint64_t *off, uint64_t *end)
+{
+	uint32_t len;
+	cblock_row_pages(&s->uh[e->u].in, e->row, off, &len);
+	*end = *off + len;
+}
+
+/* One read phase of round 2: reads the pages of the entries marked `want`
+ * (deduplicated, adjacent pages of a partition coalesced into one read) and
+ * re-ranks every pending entry whose row lies in a page read. */
+static int read_phase(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *done, uint64_t *wait_ns,
+		      uint64_t *rerank_ns, ann_error *err)
 {
 	ann_index *x = s->idx;
-	size_t ne = 0;
-	for (size_t qi = 0; qi < nq; qi++) {
-		float kth = ub_kth(s, qi);
-		const cand *h = s->cands + qi * s->rerank;
-		for (uint32_t i = 0; i < s->ncand[qi]; i++)
-			if (h[i].est - h[i].width < kth)
-				s->ents[ne++] = (r2ent){h[i].u, h[i].row, (uint32_t)qi, 0, h[i].id};
-	}
-	if (ne == 0)
-		return ANN_OK;
-	qsort(s->ents, ne, sizeof(r2ent), r2_cmp);
-	/* Runs of adjacent pages per partition: one read each. */
 	size_t nrun = 0;
-	uint64_t run_off = 0, run_end = 0;
+	uint64_t run_end = 0;
 	uint32_t run_u = UINT32_MAX;
 	for (size_t i = 0; i < ne; i++) {
-		const ann_cblock_info *in = &s->uh[s->ents[i].u].in;
-		uint64_t off;
-		uint32_t len;
-		cblock_row_pages(in, s->ents[i].row, &off, &len);
+		if (!want[i] || done[i])
+			continue;
+		uint64_t off, end;
+		ent_pages(s, &s->ents[i], &off, &end);
 		if (s->ents[i].u == run_u && off <= run_end) {
-			run_end = ANN_MAX(run_end, off + len);
-			s->reqs[nrun - 1].length = (uint32_t)(run_end - run_off);
-		} else {
-			if (grow((void **)&s->reqs, &s->reqs_cap, nrun + 1, sizeof(ann_block_range)) < 0)
-				return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu reads", nrun + 1);
-			run_u = s->ents[i].u;
-			run_off = off;
-			run_end = off + len;
-			s->reqs[nrun] = (ann_block_range){s->upids[run_u], len, off, nrun};
-			nrun++;
+			run_end = ANN_MAX(run_end, end);
+			s->reqs[nrun - 1].length = (uint32_t)(run_end - s->reqs[nrun - 1].offset);
+			s->ents[i].run = (uint32_t)(nrun - 1);
+			continue;
 		}
-		s->ents[i].run = (uint32_t)(nrun - 1);
+		if (grow((void **)&s->reqs, &s->reqs_cap, nrun + 1, sizeof(ann_block_range)) < 0 ||
+		    grow((void **)&s->runlo, &s->runlo_cap, nrun + 1, sizeof(size_t)) < 0)
+			return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu reads", nrun + 1);
+		run_u = s->ents[i].u;
+		run_end = end;
+		s->reqs[nrun] = (ann_block_range){s->upids[run_u], (uint32_t)(end - off), off, nrun};
+		s->runlo[nrun] = i;
+		s->ents[i].run = (uint32_t)nrun;
+		nrun++;
 	}
-	/* Entries of run r: [first[r], first[r + 1]) - reuse s->ustart-like scan. */
+	if (nrun == 0)
+		return ANN_OK;
 	ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nrun, err));
 	int first_error = ANN_OK;
 	ann_error first = {0};
+	bool dedupe = x->meta.replicas > 1;
 	for (;;) {
 		ann_block_read br;
 		ann_error e2 = {0};
@@ -864,32 +886,45 @@ static int round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *reran
 		if (rc == 0)
 			break;
 		if (first_error == ANN_OK) {
-			uint32_t r = (uint32_t)br.tag;
+			size_t r = (size_t)br.tag;
 			if (br.status < 0) {
 				first_error = ann_err_prefix(&e2, br.status, "%s: partition %u: exact pages", x->path, br.pid);
 			} else {
 				uint64_t t0 = ann_now_ns();
-				/* binary search the run's first entry */
-				size_t lo = 0, hi = ne;
-				while (lo < hi) {
-					size_t mid = (lo + hi) / 2;
-					if (s->ents[mid].run < r)
-						lo = mid + 1;
-					else
-						hi = mid;
-				}
-				const uhead *uh = &s->uh[s->ents[lo].u];
+				uint32_t u = s->ents[s->runlo[r]].u;
+				const uhead *uh = &s->uh[u];
 				int crc = cblock_check_pages(&uh->in, s->sums + uh->sums_at, br.data, br.offset, br.length, &e2);
 				if (crc < 0) {
 					first_error = ann_err_prefix(&e2, crc, "%s: partition %u", x->path, br.pid);
 				} else {
-					size_t hi2 = lo;
-					while (hi2 < ne && s->ents[hi2].run == r)
-						hi2++;
-					double share = 1.0 / (double)(hi2 - lo);
-					bool dedupe = x->meta.replicas > 1;
-					for (size_t i = lo; i < hi2; i++) {
+					/* Every pending entry of this partition whose row lies in the
+					 * pages read: contiguous in (u, row) order around runlo[r]. */
+					uint64_t lo_off = br.offset, hi_off = br.offset + br.length;
+					size_t lo = s->runlo[r], hi = lo;
+					while (lo > 0 && s->ents[lo - 1].u == u) {
+						uint64_t o, e;
+						ent_pages(s, &s->ents[lo - 1], &o, &e);
+						if (o < lo_off)
+							break;
+						lo--;
+					}
+					size_t n_in = 0;
+					for (hi = lo; hi < ne && s->ents[hi].u == u; hi++) {
+						uint64_t o, e;
+						ent_pages(s, &s->ents[hi], &o, &e);
+						if (o >= hi_off)
+							break;
+						if (!done[hi] && o >= lo_off && e <= hi_off)
+							n_in++;
+					}
+					double share = n_in ? 1.0 / (double)n_in : 0;
+					for (size_t i = lo; i < hi; i++) {
 						const r2ent *en = &s->ents[i];
+						uint64_t o, e;
+						ent_pages(s, en, &o, &e);
+						if (done[i] || o < lo_off || e > hi_off)
+							continue;
+						done[i] = 1;
 						uint64_t ro = cblock_row_offset(&uh->in, en->row) - br.offset;
 						float dist = exact_dist(s, en->q, br.data + ro);
 						s->qb2[en->q] += (double)br.cost * share;
@@ -913,6 +948,43 @@ static int round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *reran
 	if (first_error < 0 && err)
 		*err = first;
 	return first_error;
+}
+
+/* Round 2: selects each query's candidates (lower bound below the k-th upper
+ * bound, the `rerank` best estimates) and re-ranks them from exact pages.
+ * With rerank_phases 2 it first reads the pages of each query's k best
+ * estimates (re-ranking every selected row those pages hold), then only the
+ * candidates whose lower bound still beats the exact k-th distance found. */
+static int round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank_ns, ann_error *err)
+{
+	size_t ne = 0;
+	for (size_t qi = 0; qi < nq; qi++) {
+		float kth = ub_kth(s, qi);
+		cand *h = s->cands + qi * s->rerank;
+		qsort(h, s->ncand[qi], sizeof(cand), cand_est_cmp);
+		uint32_t rank = 0;
+		for (uint32_t i = 0; i < s->ncand[qi]; i++)
+			if (h[i].est - h[i].width < kth)
+				s->ents[ne++] = (r2ent){h[i].u, h[i].row, (uint32_t)qi, 0, rank++, h[i].est - h[i].width,
+							h[i].id};
+	}
+	if (ne == 0)
+		return ANN_OK;
+	qsort(s->ents, ne, sizeof(r2ent), r2_cmp);
+	if (grow((void **)&s->flags, &s->flags_cap, 2 * ne, 1) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu re-ranks", ne);
+	uint8_t *want = s->flags, *done = s->flags + ne;
+	memset(done, 0, ne);
+	if (s->o.rerank_phases < 2) {
+		memset(want, 1, ne);
+		return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
+	}
+	for (size_t i = 0; i < ne; i++)
+		want[i] = s->ents[i].rank < s->o.k;
+	ANN_TRY(read_phase(s, ne, want, done, wait_ns, rerank_ns, err));
+	for (size_t i = 0; i < ne; i++)
+		want[i] = !done[i] && s->ents[i].lower < ann_topk_bound(&s->heaps[s->ents[i].q]);
+	return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
 }
 
 /* Steps 3-5 of ann_search inside the snapshot s->rt. */

@@ -238,13 +238,14 @@ static void check_search(const char *idx, const float *rows, const float *qs, si
 	so.k = K;
 	so.nprobe = 64;
 	so.rerank = (uint32_t)n;
-	for (int pass = 0; pass < 2; pass++) {
+	for (int pass = 0; pass < 4; pass++) {
 		ann_searcher *s;
+		so.rerank_phases = pass < 2 ? 1 : 2; /* all pages at once; the k best first */
 		ASSERT_OK(ann_searcher_new(x, &so, &s, NULL));
 		int64_t ids[NQ * K];
 		float dists[NQ * K];
 		ann_query_stats st[NQ];
-		size_t batch = pass == 0 ? NQ : 1;
+		size_t batch = pass % 2 == 0 ? NQ : 1;
 		for (size_t q0 = 0; q0 < NQ; q0 += batch)
 			if (ann_search(s, qs + q0 * D, batch, ids + q0 * K, dists + q0 * K, st + q0, &e) < 0)
 				T_FAIL("%s: search: %s", when, e.msg);

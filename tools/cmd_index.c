@@ -384,6 +384,8 @@ static cli_opt search_opts[] = {
 	{"cache", "BYTES", "decoded-block cache per thread, format 1 blocks only (default 0: every block from storage)",
 	 NULL},
 	{"rerank", "N", "codes: at most N exact re-ranks per query (default 100)", NULL},
+	{"rerank-phases", "N", "codes: 1 = one read of all re-rank pages; 2 = the k best first, then only what can "
+	 "still beat them (default 2)", NULL},
 	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.8)", NULL},
 	{"queue-depth", "Q", "I/O requests in flight (default 32)", NULL},
 	{"pread", NULL, "read with pread instead of io_uring", NULL},
@@ -473,18 +475,21 @@ static int run_search(cli_cmd *c)
 	const char *qpath = dir ? cli_need(c, "queries") : NULL;
 	if (!qpath)
 		return CLI_EXIT_USAGE;
-	uint64_t k, cf, ef, batch, threads, cache, qd, limit, rerank;
+	uint64_t k, cf, ef, batch, threads, cache, qd, limit, rerank, rphases;
 	uint64_t probes[64];
 	size_t nprobes = 0;
 	if (!cli_u64(c, "k", 10, &k) || !cli_u64(c, "candidates-factor", 10, &cf) || !cli_u64(c, "ef", 0, &ef) ||
 	    !cli_u64(c, "batch", 1, &batch) || !cli_u64(c, "threads", 1, &threads) ||
 	    !cli_size(c, "cache", 0, &cache) || !cli_u64(c, "queue-depth", 32, &qd) ||
 	    !cli_u64(c, "limit", UINT64_MAX, &limit) || !cli_u64(c, "rerank", ANN_DEFAULT_RERANK, &rerank) ||
+	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, &rphases) ||
 	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", probes, 64, &nprobes))
 		return CLI_EXIT_USAGE;
 	double reps;
 	if (!cli_double(c, "rerank-eps", 0, &reps))
 		return CLI_EXIT_USAGE;
+	if (rphases < 1 || rphases > 2)
+		return cli_usage_error(c, "--rerank-phases must be 1 or 2");
 	if (!(reps >= 0 && reps <= 100))
 		return cli_usage_error(c, "--rerank-eps must be within 0..100");
 	if (nprobes == 0)
@@ -559,6 +564,7 @@ static int run_search(cli_cmd *c)
 		so.force_pread = cli_flag(c, "pread");
 		so.rerank = (uint32_t)rerank;
 		so.rerank_eps = (float)reps;
+		so.rerank_phases = (uint32_t)rphases;
 		const char *io_path = "?";
 		double wall;
 		ann_searcher *srch[64] = {0};
