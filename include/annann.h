@@ -50,6 +50,7 @@ typedef enum ann_status {
 	ANN_E_UNSUPPORTED = -9, /**< valid request this build or machine cannot serve */
 	ANN_E_STATE = -10,      /**< the handle is in a failed state; only free/abort remain */
 	ANN_E_EXISTS = -11,     /**< the id or file already exists */
+	ANN_E_CANCELED = -12,   /**< the caller's cancel callback asked to stop */
 } ann_status;
 
 /** Detailed error, owned by the caller. */
@@ -106,6 +107,10 @@ typedef void (*ann_progress_fn)(void *ctx, const char *phase, uint64_t done, uin
 /** One line of a build's training history (no newline): a router's loss per
  * epoch, labels changed per round, cut and balance. */
 typedef void (*ann_log_fn)(void *ctx, const char *line);
+/** Cancellation poll for long work: return non-zero to stop. Called from the
+ * thread doing the work between chunks (a few times per second or more);
+ * the work then fails with ANN_E_CANCELED and undoes what it wrote. */
+typedef int (*ann_cancel_fn)(void *ctx);
 
 
 /* ======================================================================
@@ -157,6 +162,8 @@ typedef struct ann_build_opts {
 	double balance;          /**< cap partition size at balance * n / partitions; 0 = no cap (default) */
 	uint32_t replicas;       /**< R: copies per vector (SPANN closure); default 1 = none */
 	double replica_eps;      /**< extra copies go to partitions within (1 + eps) of the nearest; default 0.1 */
+	double soar_lambda;      /**< k-means router: 0 (default) picks the extra copies' partitions by distance;
+	                              > 0 by SOAR's orthogonality-amplified residual loss with this lambda */
 	uint32_t hnsw_m;         /**< HNSW degree over centroids; default 32 (measured: docs/DESIGN.md) */
 	uint32_t hnsw_ef_construction; /**< default 200 */
 	/* ANNANN router */
@@ -180,6 +187,9 @@ typedef struct ann_build_opts {
 	void *progress_ctx;
 	ann_log_fn log;           /**< training history lines; NULL: none */
 	void *log_ctx;
+	ann_cancel_fn cancel;     /**< polled at each progress report of the sample, route and
+				       pack passes; NULL: never canceled */
+	void *cancel_ctx;
 } ann_build_opts;
 
 /** Fills @p o with the defaults. */
@@ -235,6 +245,10 @@ ANN_API const char *ann_encoding_name(ann_encoding e);
 
 /** Partition size of partition @p p in vectors (for histograms), or 0. */
 ANN_API uint64_t ann_index_partition_size(const ann_index *idx, uint32_t p);
+
+/** Largest k (neighbours per query) that ann_search, ann_gt_compute and the
+ * annann tool accept. */
+#define ANN_MAX_K 100000u
 
 /** Search options. */
 typedef struct ann_search_opts {
@@ -313,6 +327,119 @@ typedef void (*ann_verify_fn)(void *ctx, uint32_t partition, const char *problem
 ANN_API int ann_verify(const char *index_dir, ann_verify_fn report, void *ctx, uint64_t *problems,
 		       ann_error *err);
 
+/** One fact of ann_index_info as a key and a typed value: the list behind
+ * `annann info --json` and the Python binding's Index.info(), so both name
+ * the same keys. */
+typedef enum ann_info_type {
+	ANN_INFO_INT = 0, /**< value in i */
+	ANN_INFO_NUM = 1, /**< value in num */
+	ANN_INFO_STR = 2, /**< value in str (static string) */
+} ann_info_type;
+
+typedef struct ann_info_field {
+	const char *key; /**< static string */
+	ann_info_type type;
+	int64_t i;
+	double num;
+	const char *str;
+} ann_info_field;
+
+/** Upper bound on the number of fields ann_index_info_fields writes. */
+#define ANN_INFO_MAX_FIELDS 32
+
+/** Fills @p out (room for ANN_INFO_MAX_FIELDS) with the facts of
+ * ann_index_get_info plus derived ones (replication, raw_bytes,
+ * router_bytes_per_vector), in a fixed order; @p n gets the count. */
+ANN_API int ann_index_info_fields(const ann_index *idx, ann_info_field *out, size_t *n, ann_error *err);
+
+/** Partition sizes in powers of two: @p hist[0] counts empty partitions,
+ * hist[b] (b >= 1) those of 2^(b-1) .. 2^b - 1 vectors. */
+#define ANN_INFO_HIST_BINS 40
+ANN_API void ann_index_size_histogram(const ann_index *idx, uint64_t hist[ANN_INFO_HIST_BINS]);
+
+/** @return "l2", "ip" or "cosine". */
+ANN_API const char *ann_metric_name(ann_metric m);
+
+/* ======================================================================
+ * Vector and ground-truth files (docs/FORMAT.md, "Input files")
+ * ====================================================================== */
+
+/** A streamed reader of a vector file; the format comes from the extension:
+ * .fvecs .bvecs .ivecs (TEXMEX), .fbin .u8bin .i8bin .ibin (big-ann),
+ * -idx3-ubyte[.gz] (MNIST idx, read only). Holds one bounded chunk, never
+ * the whole file. Not thread-safe (one reader per thread). */
+typedef struct ann_vreader ann_vector_reader;
+
+/** Opens @p path and validates its header. @return ANN_OK, or ANN_E_INVAL
+ * (unknown extension), ANN_E_NOTFOUND, ANN_E_BADINPUT (malformed header,
+ * empty file), ANN_E_IO. */
+ANN_API int ann_vector_reader_open(const char *path, ann_vector_reader **out, ann_error *err);
+ANN_API void ann_vector_reader_close(ann_vector_reader *r);
+/** The file's vector count, dimension and element type (F32, U8, I8 or I32). */
+ANN_API void ann_vector_reader_shape(const ann_vector_reader *r, uint64_t *n, uint32_t *dim, ann_dtype *dtype);
+/** Reads up to @p max vectors from the current position in the file's own
+ * element type into @p out (max * dim elements). @return the number read (0
+ * at the end) or a negative status; a malformed vector (dimension,
+ * truncation, NaN/Inf in a float file) is ANN_E_BADINPUT naming it. */
+ANN_API int64_t ann_vector_reader_read(ann_vector_reader *r, void *out, size_t max, ann_error *err);
+/** The same, converted to float32. */
+ANN_API int64_t ann_vector_reader_read_f32(ann_vector_reader *r, float *out, size_t max, ann_error *err);
+
+/** A writer of a vector file. Data go to "path.tmp.<pid>", which becomes
+ * @p path only at ann_vector_writer_commit: no half-written file appears. */
+typedef struct ann_vwriter ann_vector_writer;
+
+/** Creates @p path (format from the extension) for vectors of dimension
+ * @p dim. @return ANN_OK, or ANN_E_INVAL (extension, dim), ANN_E_IO. */
+ANN_API int ann_vector_writer_open(const char *path, uint32_t dim, ann_vector_writer **out, ann_error *err);
+/** The element type a file named @p path stores (F32, U8, I8 or I32), from
+ * its extension. @return ANN_OK or ANN_E_INVAL (unknown extension). */
+ANN_API int ann_vector_path_dtype(const char *path, ann_dtype *out, ann_error *err);
+/** Appends @p n vectors given in the file's own element type. */
+ANN_API int ann_vector_writer_write(ann_vector_writer *w, const void *v, size_t n, ann_error *err);
+/** Appends @p n float32 vectors, converted; for integer files each value is
+ * rounded and must be in range, else ANN_E_INVAL naming the vector. */
+ANN_API int ann_vector_writer_write_f32(ann_vector_writer *w, const float *v, size_t n, ann_error *err);
+/** Fsyncs, renames to the final path and frees @p w (also on failure, after
+ * removing the temporary file). */
+ANN_API int ann_vector_writer_commit(ann_vector_writer *w, ann_error *err);
+/** Removes the temporary file and frees @p w. NULL is a no-op. */
+ANN_API void ann_vector_writer_abort(ann_vector_writer *w);
+
+/** Exact ground truth options; ann_ground_truth_opts_init() sets the defaults. */
+typedef struct ann_ground_truth_opts {
+	uint32_t k;               /**< neighbours per query; default 100 */
+	ann_metric metric;        /**< default L2 */
+	int threads;              /**< default 2 */
+	size_t mem_bytes;         /**< budget for base chunks and distance tiles; default 512 MiB */
+	ann_progress_fn progress; /**< phase "gt", done/total in base vectors; NULL: silent */
+	void *progress_ctx;
+} ann_ground_truth_opts;
+
+ANN_API void ann_ground_truth_opts_init(ann_ground_truth_opts *o);
+
+/** Exact top-k of every query of @p query_path among the vectors of
+ * @p base_path, streaming the base file in chunks within o->mem_bytes (the
+ * queries and the nq * k results are held whole on top). Allocates *ids and
+ * *dists (nq * k each, free with ann_buffer_free); rows with fewer than k
+ * base vectors are padded with -1 / +inf; ties go to the smaller id. */
+ANN_API int ann_ground_truth(const char *base_path, const char *query_path, const ann_ground_truth_opts *o,
+			     uint32_t *nq, int32_t **ids, float **dists, ann_error *err);
+/** The same over float32 arrays in memory (base n x dim, queries nq x dim),
+ * into caller arrays of nq * k entries. */
+ANN_API int ann_ground_truth_mem(const float *base, size_t n, const float *queries, size_t nq, size_t dim,
+				 const ann_ground_truth_opts *o, int32_t *ids, float *dists, ann_error *err);
+/** Reads a big-ann ground-truth file (int32 nq, int32 k, ids, distances) or
+ * an .ivecs of ids (then the distances are NAN); allocates *ids and *dists
+ * (@p dists may be NULL), free with ann_buffer_free. */
+ANN_API int ann_ground_truth_read(const char *path, uint32_t *nq, uint32_t *k, int32_t **ids, float **dists,
+				  ann_error *err);
+/** Writes the big-ann ground-truth layout (temporary file, then rename). */
+ANN_API int ann_ground_truth_write(const char *path, uint32_t nq, uint32_t k, const int32_t *ids,
+				  const float *dists, ann_error *err);
+/** Frees a buffer the library allocated for the caller. NULL is a no-op. */
+ANN_API void ann_buffer_free(void *p);
+
 /* ======================================================================
  * Updates: inserts, deletes, compaction (docs/UPDATES.md)
  * ====================================================================== */
@@ -327,16 +454,27 @@ typedef struct ann_writer ann_writer;
 ANN_API int ann_writer_open(const char *index_dir, ann_writer **out, ann_error *err);
 ANN_API void ann_writer_close(ann_writer *w);
 
-/** Inserts @p n vectors (n * dim floats) in one durable transaction: each
+/** Inserts @p n vectors of dimension @p dim (n * dim floats, row-major) in
+ * one durable transaction: each
  * is routed by the index's own router (no retraining) and appended to its
  * partition's delta; all are searchable once the call returns ANN_OK, none
  * if it fails. @p ids gives the ids (NULL: assigned from the next free id,
  * written to @p ids_out if not NULL). An id that exists is ANN_E_EXISTS
  * naming it, unless @p upsert, which replaces it. For u8/i8 indexes the
  * values must be integers in range (ANN_E_INVAL naming the vector).
- * Memory: the transaction holds n * (dim element bytes + 40) bytes. */
-ANN_API int ann_insert(ann_writer *w, const float *vectors, size_t n, const int64_t *ids, int upsert,
-		       int64_t *ids_out, ann_error *err);
+ * @p dim must equal the index's dimension (ann_writer_get_info): anything
+ * else is ANN_E_INVAL naming both, and nothing is read from @p vectors.
+ * Memory: the transaction holds n * (dim element bytes + 40) bytes.
+ * @return ANN_OK, or ANN_E_INVAL (dimension, value or negative id),
+ * ANN_E_EXISTS, ANN_E_STATE (the writer failed earlier), ANN_E_NOMEM,
+ * ANN_E_IO (the message names the file and says "no space left on device"
+ * when the disk is full). */
+ANN_API int ann_insert(ann_writer *w, const float *vectors, size_t n, uint32_t dim, const int64_t *ids,
+		       int upsert, int64_t *ids_out, ann_error *err);
+
+/** Facts about the index a writer holds (as ann_index_get_info), e.g. the
+ * dimension and encoding that ann_insert's input must match. */
+ANN_API int ann_writer_get_info(const ann_writer *w, ann_index_info *info, ann_error *err);
 
 /** Deletes @p n ids in one durable transaction; an id deleted never appears
  * in a result of a search that starts after the call returns. Ids that do

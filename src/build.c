@@ -22,12 +22,22 @@
  *     so DIR is either absent or a complete index. On failure the temporary
  *     directory is removed.
  *  3. Ids are the 0-based positions of the vectors in the input file.
+ *  4. Temporaries. The temporary directory is created exclusively (never one
+ *     planted there, nor a link's target) and holds BUILD_MARKER, naming the
+ *     building process and its start time, until just before the rename. A
+ *     build first removes every "DIR.tmp.*" holding a marker whose process
+ *     is gone (or whose pid now belongs to a process started later): what a
+ *     killed build left behind. Nothing without a marker is touched.
  */
 #include "distance.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <math.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -46,6 +56,7 @@
 #define COMMIT_BYTES ((size_t)256 << 20)      /* block bytes per store commit */
 #define DICT_SAMPLES 64u                      /* partitions a dictionary is trained on */
 #define DICT_BYTES ((size_t)112 << 10)        /* dictionary capacity */
+#define BUILD_MARKER "annann-build.pid"      /* in DIR.tmp.*: "annann build pid P start S" */
 
 void ann_build_opts_init(ann_build_opts *o)
 {
@@ -129,10 +140,21 @@ typedef struct build {
 	double t_sample, t_train, t_route, t_pack;
 } build;
 
-static void progress(const build *b, const char *phase, uint64_t done, uint64_t total)
+/* Reports progress, then polls the caller's cancel callback: the sample,
+ * route and pack passes stop at their next chunk with ANN_E_CANCELED. */
+static int check_cancel(const build *b, const char *phase, uint64_t done, uint64_t total, ann_error *err)
+{
+	if (b->o->cancel && b->o->cancel(b->o->cancel_ctx))
+		return ann_err(err, ANN_E_CANCELED, "build canceled during %s (%llu of %llu)", phase,
+			       (unsigned long long)done, (unsigned long long)total);
+	return ANN_OK;
+}
+
+static int progress(const build *b, const char *phase, uint64_t done, uint64_t total, ann_error *err)
 {
 	if (b->o->progress)
 		b->o->progress(b->o->progress_ctx, phase, done, total);
+	return check_cancel(b, phase, done, total, err);
 }
 
 /* Converts n raw vectors of the input type to floats (and normalises them
@@ -215,6 +237,11 @@ static int resolve_options(build *b, ann_error *err)
 		return ann_err(err, ANN_E_INVAL, "replicas %u: must be within 1..min(8, partitions)", b->copies);
 	if (o->replica_eps < 0 || !isfinite(o->replica_eps))
 		return ann_err(err, ANN_E_INVAL, "replica eps must be a non-negative number");
+	if (o->soar_lambda < 0 || !isfinite(o->soar_lambda))
+		return ann_err(err, ANN_E_INVAL, "soar lambda %g: must be a non-negative number", o->soar_lambda);
+	if (o->soar_lambda > 0 && o->router != ANN_ROUTER_KMEANS)
+		return ann_err(err, ANN_E_INVAL, "SOAR spilling needs the kmeans router (it ranks centroids), not %s",
+			       ann_router_name(o->router));
 	if (o->balance != 0 && !(o->balance >= 1.0))
 		return ann_err(err, ANN_E_INVAL, "balance %g: the cap is balance * n / partitions, so it must be >= 1",
 			       o->balance);
@@ -270,7 +297,7 @@ static int draw_sample(build *b, ann_rng *rng, float *sample, ann_error *err)
 			if (ann_rng_below(rng, left) < need)
 				memcpy(sample + (taken++) * b->d, f + (size_t)j * b->d, b->d * sizeof(float));
 		}
-		progress(b, "sample", i, b->n);
+		ANN_CHECK(rc, progress(b, "sample", i, b->n, err));
 	}
 	b->sample_n = (size_t)taken;
 fail:
@@ -297,7 +324,7 @@ static int route_all(build *b, ann_error *err)
 			       "buffer; the budget is %zu", chunk_bytes + router + ((size_t)1 << 20), router,
 			       chunk_bytes, b->o->mem_bytes);
 	size_t spill_mem = b->o->mem_bytes - chunk_bytes - router;
-	ANN_TRY(ann_spill_open(b->spill_path, b->nparts, b->pay_bytes, spill_mem, &b->spill, err));
+	ANN_TRY(ann_spill_open(b->spill_path, b->nparts, b->pay_bytes, spill_mem, b->n * b->copies, &b->spill, err));
 	uint8_t *raw = ann_malloc(chunk * b->d * esz);
 	float *f = ann_malloc(chunk * b->d * sizeof(float));
 	uint32_t *parts = ann_malloc(chunk * b->copies * sizeof(uint32_t));
@@ -315,8 +342,8 @@ static int route_all(build *b, ann_error *err)
 			rc = (int)got;
 			goto out;
 		}
-		ANN_CHECK(rc, b->router->ops->assign(b->router, f, (size_t)got, b->copies, b->o->replica_eps,
-						     b->o->threads, parts, err));
+		const ann_assign_rule sp = {.copies = b->copies, .eps = b->o->replica_eps, .soar_lambda = b->o->soar_lambda};
+		ANN_CHECK(rc, b->router->ops->assign(b->router, f, (size_t)got, &sp, b->o->threads, parts, err));
 		for (int64_t j = 0; j < got; j++) {
 			const void *pay = b->pay_type == b->in_type && b->in_type != ANN_DTYPE_F32
 						  ? (const void *)(raw + (size_t)j * b->d * esz)
@@ -337,7 +364,7 @@ static int route_all(build *b, ann_error *err)
 		if (b->router->ops->observe)
 			ANN_CHECK(rc, b->router->ops->observe(b->router, f, (size_t)got, primary, err));
 		i += (uint64_t)got;
-		progress(b, "route", i, b->n);
+		ANN_CHECK(rc, progress(b, "route", i, b->n, err));
 	}
 	ANN_CHECK(rc, ann_spill_finish(b->spill, err));
 	if (b->router->ops->finish)
@@ -462,7 +489,7 @@ static int pack_all(build *b, ann_error *err)
 				batch_bytes = 0;
 			}
 		}
-		progress(b, "pack", part + 1, b->nparts);
+		ANN_CHECK(rc, progress(b, "pack", part + 1, b->nparts, err));
 	}
 fail:
 out:
@@ -509,6 +536,7 @@ static int publish_meta(build *b, double total_s, ann_error *err)
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.kmeans_iters", o->kmeans_iters, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.balance", o->balance, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.replica_eps", o->replica_eps, err));
+	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.soar_lambda", o->soar_lambda, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.threads", (uint64_t)o->threads, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_str(t, "build.input", b->data_path, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.time.sample_s", b->t_sample, err));
@@ -536,6 +564,108 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 	(void)flag;
 	(void)ftw;
 	return remove(path);
+}
+
+/* Start time of process pid (clock ticks since boot, /proc/PID/stat field
+ * 22), or 0 when unknown. */
+static unsigned long long proc_start(long pid)
+{
+	char p[64], buf[1024];
+	snprintf(p, sizeof p, "/proc/%ld/stat", pid);
+	FILE *f = fopen(p, "re");
+	if (!f)
+		return 0;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	char *s = strrchr(buf, ')'); /* the command name may hold spaces */
+	if (!s)
+		return 0;
+	int field = 2;
+	char *save = NULL;
+	for (char *t = strtok_r(s + 1, " ", &save); t; t = strtok_r(NULL, " ", &save))
+		if (++field == 22)
+			return strtoull(t, NULL, 10);
+	return 0;
+}
+
+static int write_marker(const char *tmpdir, ann_error *err)
+{
+	char p[4200], line[128];
+	snprintf(p, sizeof p, "%s/%s", tmpdir, BUILD_MARKER);
+	int fd = ann_create_new(p, err);
+	if (fd < 0)
+		return fd;
+	long pid = (long)getpid();
+	int len = snprintf(line, sizeof line, "annann build pid %ld start %llu\n", pid, proc_start(pid));
+	int rc = ann_pwrite_all(fd, line, (size_t)len, 0, p, err);
+	close(fd);
+	return rc;
+}
+
+/* Removes what killed builds of index_dir left: every "index_dir.tmp.*"
+ * directory (not a link) of ours holding a marker whose process is gone. */
+static void remove_stale_temps(const char *index_dir, const ann_build_opts *o)
+{
+	size_t len = strlen(index_dir) + 8;
+	char *a = ann_malloc(len), *b = ann_malloc(len);
+	if (!a || !b)
+		goto out;
+	snprintf(a, len, "%s.tmp.", index_dir);
+	snprintf(b, len, "%s.tmp.", index_dir);
+	const char *parent = dirname(a), *prefix = basename(b);
+	size_t plen = strlen(prefix);
+	DIR *d = opendir(parent);
+	if (!d)
+		goto out;
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		if (strncmp(e->d_name, prefix, plen) != 0)
+			continue;
+		char *end;
+		long pid = strtol(e->d_name + plen, &end, 10);
+		if (pid <= 0 || (*end && *end != '.') || pid == (long)getpid())
+			continue;
+		char path[4200], mp[4300], line[128] = "";
+		/* as the user named it: "idx.tmp.1234", not "./idx.tmp.1234" */
+		if (strcmp(parent, ".") == 0 && strncmp(index_dir, "./", 2) != 0)
+			snprintf(path, sizeof path, "%s", e->d_name);
+		else
+			snprintf(path, sizeof path, "%s/%s", parent, e->d_name);
+		struct stat st;
+		if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid())
+			continue;
+		snprintf(mp, sizeof mp, "%s/%s", path, BUILD_MARKER);
+		int fd = open(mp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0)
+			continue; /* not an annann build temporary: never touched */
+		ssize_t n = read(fd, line, sizeof line - 1);
+		close(fd);
+		line[n > 0 ? n : 0] = 0;
+		long mpid;
+		unsigned long long mstart;
+		/* A build killed between creating the marker and writing it leaves it
+		 * empty: the marker's name still says "ours", the directory's name
+		 * gives the pid, and only the pid-reuse check is lost. */
+		if (line[0] == 0) {
+			mpid = pid;
+			mstart = 0;
+		} else if (sscanf(line, "annann build pid %ld start %llu", &mpid, &mstart) != 2 || mpid != pid) {
+			continue;
+		}
+		bool gone = kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+		/* pid reuse: alive, but started at another time than the builder */
+		if (!gone && mstart && proc_start(pid) && proc_start(pid) != mstart)
+			gone = true;
+		if (!gone)
+			continue; /* a build still running */
+		if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0)
+			ann_router_log(o, "build: removed stale temporary %s from a killed build (process %ld is gone)",
+				       path, pid);
+	}
+	closedir(d);
+out:
+	ann_free(a);
+	ann_free(b);
 }
 
 static double secs_since(uint64_t t0)
@@ -566,16 +696,23 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	struct stat st;
 	if (stat(index_dir, &st) == 0)
 		return ann_err(err, ANN_E_EXISTS, "%s: already exists; remove it or choose another directory", index_dir);
-	size_t plen = strlen(index_dir) + 32;
-	b.tmpdir = ann_malloc(plen);
+	remove_stale_temps(index_dir, o);
+	ANN_CHECK(rc, ann_vreader_open(data_path, &b.in, err));
+	/* Only now the temporary directory: created exclusively, never one
+	 * that is already there (issue 13 D5), marked as ours (D12). */
+	{
+		char *tmp;
+		ANN_CHECK(rc, ann_create_temp(index_dir, true, &tmp, err));
+		b.tmpdir = tmp;
+	}
+	ANN_CHECK(rc, write_marker(b.tmpdir, err));
+	size_t plen = strlen(b.tmpdir) + 32;
 	b.spill_path = ann_malloc(plen + 16);
-	if (!b.tmpdir || !b.spill_path) {
+	if (!b.spill_path) {
 		rc = ann_err(err, ANN_E_NOMEM, "build: out of memory");
 		goto fail;
 	}
-	snprintf(b.tmpdir, plen, "%s.tmp.%ld", index_dir, (long)getpid());
 	snprintf(b.spill_path, plen + 16, "%s/spill.tmp", b.tmpdir);
-	ANN_CHECK(rc, ann_vreader_open(data_path, &b.in, err));
 	b.n = ann_vreader_count(b.in);
 	b.d = ann_vreader_dim(b.in);
 	b.in_type = ann_vreader_dtype(b.in);
@@ -621,6 +758,7 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	sample = NULL;
 	b.nparts = b.router->nparts;
 	b.t_train = secs_since(t0);
+	ANN_CHECK(rc, check_cancel(&b, "train", 1, 1, err));
 
 	/* 3. route */
 	t0 = ann_now_ns();
@@ -638,6 +776,11 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	ANN_CHECK(rc, publish_meta(&b, secs_since(t_all), err));
 	ann_store_close(b.store);
 	b.store = NULL;
+	snprintf(b.spill_path, plen + 16, "%s/%s", b.tmpdir, BUILD_MARKER);
+	if (unlink(b.spill_path) != 0) {
+		rc = ann_err_sys(err, errno, "%s: cannot remove", b.spill_path);
+		goto fail;
+	}
 	if (renameat2(AT_FDCWD, b.tmpdir, AT_FDCWD, index_dir, RENAME_NOREPLACE) != 0) {
 		rc = ann_err_sys(err, errno, "%s: cannot rename the finished index from %s", index_dir, b.tmpdir);
 		goto fail;

@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,6 +35,7 @@ const char *ann_strerror(int code)
 	case ANN_E_UNSUPPORTED: return "unsupported";
 	case ANN_E_STATE: return "handle in failed state";
 	case ANN_E_EXISTS: return "already exists";
+	case ANN_E_CANCELED: return "canceled";
 	default: return "unknown error";
 	}
 }
@@ -350,4 +352,46 @@ int ann_pread_all(int fd, void *buf, size_t n, uint64_t off, const char *what, a
 		off += (uint64_t)r;
 	}
 	return ANN_OK;
+}
+
+int ann_create_new(const char *path, ann_error *err)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd >= 0)
+		return fd;
+	if (errno == EEXIST)
+		return ann_err(err, ANN_E_EXISTS, "%s: cannot create: something (a file or a link) is already there",
+			       path);
+	return ann_err_sys(err, errno, "%s: cannot create", path);
+}
+
+int ann_create_temp(const char *path, bool dir, char **tmp_out, ann_error *err)
+{
+	*tmp_out = NULL;
+	size_t cap = strlen(path) + 64;
+	char *tmp = ann_malloc(cap);
+	if (!tmp)
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", path);
+	snprintf(tmp, cap, "%s.tmp.%ld", path, (long)getpid());
+	for (int attempt = 0; attempt < 16; attempt++) {
+		if (attempt > 0) {
+			uint64_t r = 0;
+			if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+				r = ann_now_ns() * 0x9e3779b97f4a7c15ull;
+			snprintf(tmp, cap, "%s.tmp.%ld.%016llx", path, (long)getpid(), (unsigned long long)r);
+		}
+		int fd = dir ? mkdir(tmp, 0755) : open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+		if (fd >= 0) {
+			*tmp_out = tmp;
+			return fd;
+		}
+		if (errno != EEXIST) {
+			int rc = ann_err_sys(err, errno, "%s: cannot create", tmp);
+			ann_free(tmp);
+			return rc;
+		}
+	}
+	int rc = ann_err(err, ANN_E_EXISTS, "%s: cannot create a temporary beside it: 16 names were taken", path);
+	ann_free(tmp);
+	return rc;
 }

@@ -159,5 +159,16 @@ int ann_fsync_dir(const char *path, ann_error *err);
 int ann_pwrite_all(int fd, const void *buf, size_t n, uint64_t off, const char *what, ann_error *err);
 /* Read exactly n bytes at offset; a short read is ANN_E_BADINPUT naming what. */
 int ann_pread_all(int fd, void *buf, size_t n, uint64_t off, const char *what, ann_error *err);
+/* Creates a new temporary beside path, for writing then renaming over path:
+ * "path.tmp.<pid>", or "path.tmp.<pid>.<random>" when that name is taken.
+ * Never opens, follows or truncates anything already there (O_CREAT |
+ * O_EXCL | O_NOFOLLOW; mkdir for a directory): a file or symbolic link
+ * planted at the name is left alone (issue 13 D5). dir: make a directory
+ * (mode 0755) and return 0, else open a file (mode 0644) and return its
+ * descriptor. *tmp_out gets the name (ann_free). */
+int ann_create_temp(const char *path, bool dir, char **tmp_out, ann_error *err);
+/* Creates (O_CREAT | O_EXCL | O_NOFOLLOW) and opens the new file path for
+ * reading and writing; a file or link already at path is ANN_E_EXISTS. */
+int ann_create_new(const char *path, ann_error *err);
 
 #endif /* ANN_COMMON_H */

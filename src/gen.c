@@ -381,10 +381,11 @@ int ann_gen_write(const ann_gen_opts *o, const char *base_path, const char *quer
 		return ann_err(err, ANN_E_INVAL, "gen: n = 0, expected at least one base vector");
 	if (!base_path || (o->nq && !query_path))
 		return ann_err(err, ANN_E_INVAL, "gen: missing %s path", base_path ? "query" : "base");
-	ann_vfmt fmt;
-	ANN_TRY(ann_vfmt_from_path(base_path, &fmt, err));
+	/* Format limits and free space before anything is written (issue 13
+	 * D11: --n 3000000000 wrote 10 GB before the int32 count stopped it). */
+	ANN_TRY(ann_vfile_check_size(base_path, o->n, o->dim, err));
 	if (o->nq)
-		ANN_TRY(ann_vfmt_from_path(query_path, &fmt, err));
+		ANN_TRY(ann_vfile_check_size(query_path, o->nq, o->dim, err));
 	ann_gen_model *m;
 	ANN_TRY(ann_gen_model_new(o, &m, err));
 	size_t rows = ANN_MAX((size_t)1, GEN_BUF_FLOATS / o->dim);

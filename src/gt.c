@@ -153,8 +153,9 @@ static int gt_run_init(gt_run *r, const float *q, size_t nq, size_t d, size_t nb
 		       float *dists, ann_error *err)
 {
 	memset(r, 0, sizeof *r);
-	if (o->k == 0 || d == 0)
-		return ann_err(err, ANN_E_INVAL, "ground truth: k and dimension must be positive");
+	if (o->k == 0 || o->k > ANN_MAX_K || d == 0)
+		return ann_err(err, ANN_E_INVAL, "ground truth: k %u, expected 1..%u, and a positive dimension", o->k,
+			       ANN_MAX_K);
 	r->threads = o->threads < 1 ? 1 : (o->threads > 64 ? 64 : o->threads);
 	if ((size_t)r->threads > nq)
 		r->threads = nq ? (int)nq : 1;

@@ -583,6 +583,14 @@ static void km_select(ann_rng *r, size_t n, size_t m, uint32_t *out)
 			out[got++] = (uint32_t)i;
 }
 
+/* The caller's cancel poll (ann_build_opts.cancel, passed down). */
+static int km_canceled(const km *s, const char *phase, ann_error *err)
+{
+	if (s->o->cancel && s->o->cancel(s->o->cancel_ctx))
+		return ann_err(err, ANN_E_CANCELED, "kmeans canceled during %s", phase);
+	return ANN_OK;
+}
+
 static int km_seed_random(km *s, ann_error *err)
 {
 	uint32_t *pick = ann_malloc(s->k * sizeof(uint32_t));
@@ -626,7 +634,7 @@ static int km_seed_pp(km *s, ann_error *err)
 	size_t r0 = ann_rng_below(&s->rng, m);
 	km_set_centroid(s, 0, sidx ? sidx[r0] : r0);
 	size_t nc = 1, fresh = 0;
-	uint64_t last = ann_now_ns();
+	uint64_t last = ann_now_ns(), last2 = last;
 	while (nc < k) {
 		ann_norms_f32(s->c + fresh * d, nc - fresh, d, s->cnorm + fresh);
 		km_pass p = {
@@ -676,6 +684,11 @@ static int km_seed_pp(km *s, ann_error *err)
 			s->o->progress(s->o->progress_ctx, "kmeans-seed", nc, k);
 			last = ann_now_ns();
 		}
+		if (nc < k && s->o->cancel && ann_now_ns() - last2 >= 200000000ull) {
+			last2 = ann_now_ns();
+			if ((rc = km_canceled(s, "seeding", err)) < 0)
+				goto out;
+		}
 	}
 	/* Fewer distinct points than k: the rest start on random points and
 	 * are handled as empty clusters by the first update. */
@@ -703,6 +716,7 @@ static void km_progress(const km *s, uint32_t done, uint32_t total)
 		s->o->progress(s->o->progress_ctx, "kmeans", done, total);
 }
 
+
 static void km_record(km *s, double inertia)
 {
 	if (s->o->history)
@@ -710,7 +724,7 @@ static void km_record(km *s, double inertia)
 	s->st.iterations++;
 }
 
-static void km_lloyd(km *s)
+static int km_lloyd(km *s, ann_error *err)
 {
 	uint32_t max_iter = s->o->max_iter;
 	double prev = 0;
@@ -718,6 +732,7 @@ static void km_lloyd(km *s)
 		double cur = km_assign(s);
 		km_record(s, cur);
 		km_progress(s, it + 1, max_iter);
+		ANN_TRY(km_canceled(s, "its iterations", err));
 		if (it > 0 && s->o->tol > 0 && prev - cur <= s->o->tol * fabs(prev))
 			break;
 		prev = cur;
@@ -726,6 +741,7 @@ static void km_lloyd(km *s)
 		km_recompute(s);
 		km_repair(s);
 	}
+	return ANN_OK;
 }
 
 static int km_minibatch(km *s, ann_error *err)
@@ -768,6 +784,8 @@ static int km_minibatch(km *s, ann_error *err)
 		cur *= (double)s->n / (double)mb;
 		km_record(s, cur);
 		km_progress(s, it + 1, s->o->max_iter);
+		if ((rc = km_canceled(s, "its mini-batches", err)) < 0)
+			goto out;
 		for (size_t i = 0; i < mb; i++) {
 			size_t c = bas[i];
 			float *cc = s->c + c * d;
@@ -1079,7 +1097,7 @@ int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, flo
 	if (o->minibatch)
 		ANN_CHECK(rc, km_minibatch(&s, err));
 	else
-		km_lloyd(&s);
+		ANN_CHECK(rc, km_lloyd(&s, err));
 
 	s.st.inertia_unbalanced = km_exact_inertia(&s);
 	s.st.inertia = s.st.inertia_unbalanced;

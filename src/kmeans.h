@@ -41,6 +41,9 @@ typedef struct ann_kmeans_opts {
 	ann_progress_fn progress; /* "kmeans-seed" (centres chosen / k), then "kmeans" (steps /
 				   * max_iter) once per step; may be NULL */
 	void *progress_ctx;
+	ann_cancel_fn cancel;     /* polled after each seeding report and each step; non-zero
+				   * stops with ANN_E_CANCELED; may be NULL */
+	void *cancel_ctx;
 } ann_kmeans_opts;
 
 /* k = 0 (must be set), max_iter 25, seed 1, PLUSPLUS, L2, 1 thread, tol 1e-4,

@@ -73,23 +73,85 @@ void ann_router_free(ann_router *r)
 		r->ops->free(r);
 }
 
+/* The closure rule's bound on a candidate's distance, given the nearest's. */
+static double closure_bound(double best, double eps, ann_metric metric)
+{
+	/* L2 distances are squared: (1 + eps) on the distance is (1 + eps)^2 here. */
+	return metric == ANN_METRIC_L2 ? best * (1 + eps) * (1 + eps) : best + eps * fabs(best);
+}
+
+static uint32_t pad_copies(uint32_t *out, uint32_t made, uint32_t copies)
+{
+	for (uint32_t i = made; i < copies; i++)
+		out[i] = UINT32_MAX;
+	return made;
+}
+
 uint32_t ann_router_closure(const uint32_t *ids, const float *dists, uint32_t m, uint32_t copies, double eps,
 			    ann_metric metric, uint32_t *out)
 {
 	uint32_t c = 0;
 	if (m == 0 || ids[0] == UINT32_MAX)
-		goto pad;
+		return pad_copies(out, c, copies);
 	out[c++] = ids[0];
-	double best = dists[0];
-	/* L2 distances are squared: (1 + eps) on the distance is (1 + eps)^2 here. */
-	double bound = metric == ANN_METRIC_L2 ? best * (1 + eps) * (1 + eps) : best + eps * fabs(best);
+	double bound = closure_bound(dists[0], eps, metric);
 	for (uint32_t i = 1; i < m && c < copies; i++) {
 		if (ids[i] == UINT32_MAX || dists[i] > bound)
 			break;
 		out[c++] = ids[i];
 	}
-pad:
-	for (uint32_t i = c; i < copies; i++)
-		out[i] = UINT32_MAX;
-	return c;
+	return pad_copies(out, c, copies);
+}
+
+uint32_t ann_router_soar(const float *x, size_t d, const uint32_t *ids, const float *dists, const float *cents,
+			 uint32_t m, const ann_assign_rule *sp, ann_metric metric, float *scratch, uint32_t *out)
+{
+	uint32_t copies = sp->copies, c = 0;
+	if (m == 0 || ids[0] == UINT32_MAX)
+		return pad_copies(out, c, copies);
+	out[c++] = ids[0];
+	double bound = closure_bound(dists[0], sp->eps, metric);
+	float *rn = scratch, *amp = scratch + m; /* |x - c_j|^2; the amplified projections so far */
+	uint32_t avail = 0;
+	for (uint32_t j = 0; j < m; j++) {
+		if (ids[j] == UINT32_MAX || (j > 0 && dists[j] > bound))
+			break;
+		const float *cj = cents + (size_t)j * d;
+		double s = 0;
+		for (size_t i = 0; i < d; i++)
+			s += ((double)x[i] - cj[i]) * ((double)x[i] - cj[i]);
+		rn[j] = (float)s;
+		amp[j] = 0.0f;
+		avail = j + 1;
+	}
+	uint64_t taken = 1; /* candidate j chosen: bit j (m <= 64, asserted by the callers' bound) */
+	uint32_t last = 0;
+	while (c < copies) {
+		const float *cl = cents + (size_t)last * d;
+		if (rn[last] > 0.0f)
+			for (uint32_t j = 1; j < avail; j++) {
+				if (taken >> j & 1)
+					continue;
+				const float *cj = cents + (size_t)j * d;
+				double dot = 0;
+				for (size_t i = 0; i < d; i++)
+					dot += ((double)x[i] - cl[i]) * ((double)x[i] - cj[i]);
+				amp[j] += (float)(dot * dot / rn[last]);
+			}
+		uint32_t best = UINT32_MAX;
+		double best_loss = INFINITY;
+		for (uint32_t j = 1; j < avail; j++) {
+			double loss = (double)rn[j] + sp->soar_lambda * amp[j];
+			if (!(taken >> j & 1) && loss < best_loss) {
+				best_loss = loss;
+				best = j;
+			}
+		}
+		if (best == UINT32_MAX)
+			break;
+		out[c++] = ids[best];
+		taken |= (uint64_t)1 << best;
+		last = best;
+	}
+	return pad_copies(out, c, copies);
 }

@@ -16,13 +16,23 @@
 typedef struct ann_router ann_router;
 typedef struct ann_router_ctx ann_router_ctx;
 
+/* How the build spreads a vector over partitions (docs/DESIGN.md,
+ * "Spilling"). Inserts use {1, 0, 0}: one copy. */
+typedef struct ann_assign_rule {
+	uint32_t copies;    /* partitions per vector, >= 1 */
+	double eps;         /* extra copies only within (1 + eps) of the nearest centroid's distance */
+	double soar_lambda; /* 0: the nearest qualifying centroids; > 0: SOAR (see ann_router_soar) */
+} ann_assign_rule;
+
 typedef struct ann_router_ops {
 	ann_router_kind kind;
-	/* Assigns n vectors (n x dim) to up to `copies` partitions each: parts
-	 * gets n * copies entries, the first of each row the primary partition,
-	 * extra copies only where their score is within (1 + eps) of the best
-	 * (SPANN's closure assignment), UINT32_MAX elsewhere. */
-	int (*assign)(const ann_router *r, const float *x, size_t n, uint32_t copies, double eps, int threads,
+	/* Assigns n vectors (n x dim) to up to sp->copies partitions each:
+	 * parts gets n * copies entries, the first of each row the primary
+	 * partition, extra copies only where their score is within (1 + eps) of
+	 * the best (SPANN's closure assignment), chosen among those by distance
+	 * or, with sp->soar_lambda > 0 (routers that rank centroids only), by
+	 * SOAR's loss; UINT32_MAX elsewhere. */
+	int (*assign)(const ann_router *r, const float *x, size_t n, const ann_assign_rule *sp, int threads,
 		      uint32_t *parts, ann_error *err);
 	int (*ctx_new)(const ann_router *r, ann_router_ctx **out, ann_error *err);
 	void (*ctx_free)(ann_router_ctx *c);
@@ -99,5 +109,19 @@ int ann_router_nlsh_load(ann_router_kind kind, const uint8_t *blob, size_t len, 
  * bound is squared), for replication. ids/dists: m candidates, sorted. */
 uint32_t ann_router_closure(const uint32_t *ids, const float *dists, uint32_t m, uint32_t copies, double eps,
 			    ann_metric metric, uint32_t *out);
+
+/* SOAR spilling (Sun et al., NeurIPS 2023): x's primary partition is the
+ * nearest candidate, ids[0]. Each extra copy goes to the qualifying
+ * candidate (within the closure bound of ann_router_closure) j that
+ * minimises
+ *     |x - c_j|^2 + lambda * sum_p <r_p, x - c_j>^2 / |r_p|^2
+ * over the residuals r_p = x - c_p of the partitions chosen so far: a
+ * residual orthogonal to the primary's, so that a query whose direction
+ * makes the primary's estimate err (q parallel to r_0) finds x through the
+ * spill. cents holds the m candidates' centroids (m x d, row j for ids[j]);
+ * scratch holds 2 * m floats. Returns the copies made (>= 1), out padded
+ * with UINT32_MAX to `copies`. */
+uint32_t ann_router_soar(const float *x, size_t d, const uint32_t *ids, const float *dists, const float *cents,
+			 uint32_t m, const ann_assign_rule *sp, ann_metric metric, float *scratch, uint32_t *out);
 
 #endif

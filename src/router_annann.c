@@ -158,10 +158,11 @@ static void anr_destroy(anr *a)
 
 /* ---- ops ---------------------------------------------------------------------- */
 
-static int anr_assign(const ann_router *r, const float *x, size_t n, uint32_t copies, double eps, int threads,
+static int anr_assign(const ann_router *r, const float *x, size_t n, const ann_assign_rule *sp, int threads,
 		      uint32_t *parts, ann_error *err)
 {
 	const anr *a = A(r);
+	uint32_t copies = sp->copies;
 	size_t k = a->k, e = a->e;
 	uint32_t m = copies > 1 ? ANN_MAX(copies, ASSIGN_CANDIDATES) : 1;
 	m = (uint32_t)ANN_MIN((size_t)m, k);
@@ -193,7 +194,7 @@ static int anr_assign(const ann_router *r, const float *x, size_t n, uint32_t co
 		rc = ANN_OK;
 	}
 	for (size_t i = 0; i < n; i++)
-		ann_router_closure(ids + i * m, dists + i * m, m, copies, eps, ANN_METRIC_L2, parts + i * copies);
+		ann_router_closure(ids + i * m, dists + i * m, m, copies, sp->eps, ANN_METRIC_L2, parts + i * copies);
 fail:
 out:
 	ann_free(work);

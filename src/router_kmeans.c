@@ -76,30 +76,32 @@ static int km_graph_new(bool u8, size_t d, ann_metric metric, uint32_t m, uint32
 	return (u8 ? ann_hnsw_create_u8 : ann_hnsw_create)(d, metric, m, efc, seed, out, err);
 }
 
-static int km_assign(const ann_router *r, const float *x, size_t n, uint32_t copies, double eps, int threads,
+static int km_assign(const ann_router *r, const float *x, size_t n, const ann_assign_rule *sp, int threads,
 		     uint32_t *parts, ann_error *err)
 {
 	const ann_hnsw *h = km(r)->graph;
 	size_t k = ann_hnsw_count(h), d = r->dim;
+	uint32_t copies = sp->copies;
 	uint32_t m = copies > 1 ? ANN_MAX(copies, ASSIGN_CANDIDATES) : 1;
 	m = (uint32_t)ANN_MIN((size_t)m, k);
+	bool soar = copies > 1 && sp->soar_lambda > 0;
 	uint32_t *ids = ann_malloc(n * m * sizeof(uint32_t));
 	float *dists = ann_malloc(n * m * sizeof(float));
+	/* SOAR: the m candidates' centroids of one vector, and its scratch */
+	float *cand = soar ? ann_malloc(((size_t)m * d + 2 * m) * sizeof(float)) : NULL;
+	float *c = NULL;
 	int rc = ANN_OK;
-	if (!ids || !dists) {
+	if (!ids || !dists || (soar && !cand)) {
 		rc = ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory assigning %zu vectors", n);
 		goto out;
 	}
 	if (k <= EXACT_MAX) {
-		float *c = km_centroids(r, k, err);
+		c = km_centroids(r, k, err);
 		if (!c) {
 			rc = ANN_E_NOMEM;
 			goto out;
 		}
-		rc = ann_nearest_centroids(x, n, d, c, k, m, r->metric, threads, ids, dists, err);
-		ann_free(c);
-		if (rc < 0)
-			goto out;
+		ANN_CHECK(rc, ann_nearest_centroids(x, n, d, c, k, m, r->metric, threads, ids, dists, err));
 	} else {
 		ann_hnsw_ctx *hc;
 		ANN_CHECK(rc, ann_hnsw_ctx_new(&hc, err));
@@ -114,10 +116,27 @@ static int km_assign(const ann_router *r, const float *x, size_t n, uint32_t cop
 			goto out;
 		rc = ANN_OK;
 	}
-	for (size_t i = 0; i < n; i++)
-		ann_router_closure(ids + i * m, dists + i * m, m, copies, eps, r->metric, parts + i * copies);
+	for (size_t i = 0; i < n; i++) {
+		const uint32_t *ci = ids + i * m;
+		if (!soar) {
+			ann_router_closure(ci, dists + i * m, m, copies, sp->eps, r->metric, parts + i * copies);
+			continue;
+		}
+		for (uint32_t j = 0; j < m; j++) {
+			if (ci[j] == UINT32_MAX)
+				break;
+			if (c)
+				memcpy(cand + (size_t)j * d, c + (size_t)ci[j] * d, d * sizeof(float));
+			else
+				ann_hnsw_vector_get(h, ci[j], cand + (size_t)j * d);
+		}
+		ann_router_soar(x + i * d, d, ci, dists + i * m, cand, m, sp, r->metric, cand + (size_t)m * d,
+				parts + i * copies);
+	}
 fail:
 out:
+	ann_free(c);
+	ann_free(cand);
 	ann_free(ids);
 	ann_free(dists);
 	return rc;
@@ -331,6 +350,8 @@ int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t
 		ko.max_size = (size_t)(o->balance * (double)n / nparts) + 1;
 	ko.progress = o->progress;
 	ko.progress_ctx = o->progress_ctx;
+	ko.cancel = o->cancel;
+	ko.cancel_ctx = o->cancel_ctx;
 	int rc = ann_kmeans(sample, n, d, &ko, c, NULL, NULL, err);
 	/* u8 data (o->encoding as resolved by the build) under L2: centroids
 	 * rounded onto the data's integer grid cost a quarter of the bytes and

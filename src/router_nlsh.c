@@ -291,13 +291,13 @@ out:
 
 /* ---- router operations ------------------------------------------------------ */
 
-static int nl_assign(const ann_router *rr, const float *x, size_t n, uint32_t copies, double eps, int threads,
+static int nl_assign(const ann_router *rr, const float *x, size_t n, const ann_assign_rule *sp, int threads,
 		     uint32_t *parts, ann_error *err)
 {
 	(void)threads; /* the classifiers run on OpenBLAS, which has its own threads */
-	if (copies == 0)
+	if (sp->copies == 0)
 		return ann_err(err, ANN_E_INVAL, "nlsh router: 0 copies requested");
-	return nl_classify(nlr(rr), x, n, copies, eps, parts, err);
+	return nl_classify(nlr(rr), x, n, sp->copies, sp->eps, parts, err);
 }
 
 static void nl_ctx_free(ann_router_ctx *c)

@@ -179,9 +179,9 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		rc = ann_err(err, ANN_E_INVAL, "search: rerank eps must be within 0..100 (0 = the default)");
 		goto fail;
 	}
-	if (s->o.k == 0 || s->o.k > 100000 || s->o.nprobe == 0 || s->o.nprobe > 4096 || s->rerank > 100000) {
-		rc = ann_err(err, ANN_E_INVAL, "search: k must be within 1..100000, nprobe within 1..4096 and rerank "
-			     "within 1..100000");
+	if (s->o.k == 0 || s->o.k > ANN_MAX_K || s->o.nprobe == 0 || s->o.nprobe > 4096 || s->rerank > 100000) {
+		rc = ann_err(err, ANN_E_INVAL, "search: k must be within 1..%u, nprobe within 1..4096 and rerank "
+			     "within 1..100000", ANN_MAX_K);
 		goto fail;
 	}
 	s->rerank = ANN_MAX(s->rerank, s->o.k);

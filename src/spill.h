@@ -5,8 +5,9 @@
  * into one buffer of a fixed budget; a full buffer is counting-sorted by
  * partition and written as one run of the spill file, with a per-run table
  * of where each partition's records start. Reading a partition gathers its
- * pieces from every run. Memory: the buffer (mem_bytes), plus 8 bytes per
- * partition per run for the run tables, plus a 1 MiB staging buffer.
+ * pieces from every run. Memory: the buffer (min(mem_bytes, what max_records
+ * records need)), plus 8 bytes per partition per run for the run tables,
+ * plus a 1 MiB staging buffer.
  */
 #ifndef ANN_SPILL_H
 #define ANN_SPILL_H
@@ -15,11 +16,14 @@
 
 typedef struct ann_spill ann_spill;
 
-/* Creates path (truncated) as the spill file. rec_bytes is the payload size
- * of one record (the vector in its stored type). mem_bytes must hold at least
- * 64 records. */
-int ann_spill_open(const char *path, uint32_t nparts, size_t rec_bytes, size_t mem_bytes, ann_spill **out,
-		   ann_error *err);
+/* Creates path, which must not exist (ANN_E_EXISTS: a file or link there is
+ * never opened), as the spill file. rec_bytes is the payload size of one
+ * record (the vector in its stored type). max_records is the most records
+ * that will be added (0: unknown): the buffer holds no more than that, so a
+ * large budget on small data allocates only what the data needs. mem_bytes
+ * must hold at least 64 records (or max_records, if fewer). */
+int ann_spill_open(const char *path, uint32_t nparts, size_t rec_bytes, size_t mem_bytes, uint64_t max_records,
+		   ann_spill **out, ann_error *err);
 int ann_spill_add(ann_spill *s, uint32_t part, int64_t id, const void *payload, ann_error *err);
 /* Writes the last run. No more adds afterwards. */
 int ann_spill_finish(ann_spill *s, ann_error *err);

@@ -1741,8 +1741,7 @@ static void file_close(ann_store *s)
 
 static int file_create(ann_store *s, struct file_store *f, ann_cat_txn *t, ann_error *err)
 {
-	char tmp[4200];
-	snprintf(tmp, sizeof tmp, "%s.tmp.%d", f->path, (int)getpid());
+	char *tmp = NULL;
 	uint8_t *h = ann_aligned_alloc(ANN_PAGE, HDR_BYTES);
 	if (!h)
 		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", f->path);
@@ -1750,9 +1749,9 @@ static int file_create(ann_store *s, struct file_store *f, ann_cat_txn *t, ann_e
 	random_id(uuid);
 	hdr_encode(h, uuid, (uint64_t)time(NULL));
 	int rc;
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int fd = ann_create_temp(f->path, false, &tmp, err); /* exclusive, no links followed */
 	if (fd < 0) {
-		rc = ann_err_sys(err, errno, "%s: cannot create", tmp);
+		rc = fd;
 		goto out;
 	}
 	rc = ann_pwrite_all(fd, h, HDR_BYTES, 0, tmp, err);
@@ -1770,6 +1769,7 @@ static int file_create(ann_store *s, struct file_store *f, ann_cat_txn *t, ann_e
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "store.file_end", HDR_BYTES, err));
 fail:
 out:
+	ann_free(tmp);
 	ann_aligned_free(h);
 	return rc;
 }

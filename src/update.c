@@ -33,9 +33,11 @@
  * any I/O failure inside a commit leaves the store failed (sticky,
  * ANN_E_STATE from then on, store_file.c invariant 6) --> only close.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/statvfs.h>
 
 #include "distance.h"
 #include "index.h"
@@ -171,6 +173,31 @@ static int live(ann_writer *w, ann_cat_txn *t, int64_t id, bool *yes, ann_error 
 	return ANN_OK;
 }
 
+/* Bytes of free space below which a failed commit is blamed on a full disk. */
+#define WRITER_NOSPACE_BYTES ((uint64_t)1 << 20)
+
+/* Commits txn (consumed). A write that fails on a full file system reaches
+ * us from LMDB as EIO (a short write) or ENOSPC; say "no space left on
+ * device" and name the index, rather than "Input/output error" (issue 13). */
+static int writer_commit(ann_writer *w, ann_store_txn *txn, const char *what, ann_error *err)
+{
+	int rc = ann_store_commit(txn, err);
+	if (rc != ANN_E_IO || !err || (err->sys_errno != EIO && err->sys_errno != ENOSPC))
+		return rc;
+	struct statvfs sv;
+	if (statvfs(w->x->path, &sv) != 0)
+		return rc;
+	uint64_t avail = (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
+	if (err->sys_errno != ENOSPC && avail >= WRITER_NOSPACE_BYTES)
+		return rc;
+	char was[sizeof err->msg];
+	snprintf(was, sizeof was, "%s", err->msg);
+	ann_err(err, ANN_E_IO, "%s: no space left on device (%llu bytes free): the %s was not committed (%s)",
+		w->x->path, (unsigned long long)avail, what, was);
+	err->sys_errno = ENOSPC;
+	return ANN_E_IO;
+}
+
 int ann_writer_live(ann_writer *w, int64_t id, bool *yes, ann_error *err)
 {
 	ann_cat_txn *t;
@@ -214,10 +241,26 @@ static int to_delta(const ann_index *x, const float *v, size_t i, uint8_t *out, 
 	return ANN_OK;
 }
 
-int ann_insert(ann_writer *w, const float *vectors, size_t n, const int64_t *ids, int upsert, int64_t *ids_out,
-	       ann_error *err)
+int ann_writer_get_info(const ann_writer *w, ann_index_info *info, ann_error *err)
 {
+	if (!w || !info)
+		return ann_err(err, ANN_E_INVAL, "ann_writer_get_info: NULL writer or info");
+	return ann_index_get_info(w->x, info, err);
+}
+
+int ann_insert(ann_writer *w, const float *vectors, size_t n, uint32_t dim, const int64_t *ids, int upsert,
+	       int64_t *ids_out, ann_error *err)
+{
+	if (!w || (n && !vectors))
+		return ann_err(err, ANN_E_INVAL, "insert: NULL writer or vectors");
 	ann_index *x = w->x;
+	/* Checked before the first read of vectors: a caller with vectors of
+	 * another dimension must get an error, never a read past its array. */
+	if (dim != x->meta.dim)
+		return ann_err(err, ANN_E_INVAL, "insert: the vectors have dimension %u, the index %s has %u", dim,
+			       x->path, x->meta.dim);
+	if (n > SIZE_MAX / ((size_t)dim * sizeof(float) + 64))
+		return ann_err(err, ANN_E_INVAL, "insert: %zu vectors of dimension %u overflow", n, dim);
 	size_t d = x->meta.dim, db = ann_index_delta_bytes(x);
 	uint32_t *parts = ann_malloc((n ? n : 1) * sizeof(uint32_t));
 	float *routed = ann_malloc((n ? n : 1) * d * sizeof(float));
@@ -239,7 +282,8 @@ int ann_insert(ann_writer *w, const float *vectors, size_t n, const int64_t *ids
 				for (size_t j = 0; j < d; j++)
 					routed[i * d + j] = (float)(routed[i * d + j] / sqrt(s));
 		}
-	ANN_CHECK(rc, x->router->ops->assign(x->router, routed, n, 1, 0.0, 1, parts, err));
+	const ann_assign_rule one = {.copies = 1};
+	ANN_CHECK(rc, x->router->ops->assign(x->router, routed, n, &one, 1, parts, err));
 	ANN_CHECK(rc, ann_store_begin(x->store, &txn, err));
 	ann_cat_txn *t = ann_store_txn_catalog(txn);
 	uint64_t next = w->next_id, added = 0;
@@ -276,7 +320,7 @@ int ann_insert(ann_writer *w, const float *vectors, size_t n, const int64_t *ids
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "index.live_vectors", w->live + added, err));
 	ann_store_txn *c = txn;
 	txn = NULL;
-	ANN_CHECK(rc, ann_store_commit(c, err));
+	ANN_CHECK(rc, writer_commit(w, c, "insert", err));
 	w->next_id = next;
 	w->live += added;
 	rc = ANN_OK;
@@ -304,7 +348,7 @@ int ann_delete(ann_writer *w, const int64_t *ids, size_t n, uint64_t *deleted, a
 		count += done;
 	}
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "index.live_vectors", w->live - count, err));
-	rc = ann_store_commit(txn, err);
+	rc = writer_commit(w, txn, "delete", err);
 	if (rc < 0)
 		return rc;
 	w->live -= count;
@@ -450,12 +494,15 @@ static int split_partition(ann_writer *w, ann_cat_txn *t, uint32_t p, int64_t *n
 	ann_dtype dt = ann_index_delta_type(x);
 	float *f = ann_malloc(m * d * sizeof(float));
 	uint32_t *assign = ann_malloc(m * sizeof(uint32_t));
-	float cent[2 * 4096];
+	/* The two centroids live on the heap: any dimension the index has can be
+	 * split (a fixed 2 x 4096 stack array made d > 4096 "out of memory"). */
+	float *cent = ann_malloc(2 * d * sizeof(float));
 	int64_t *tid = ann_malloc(m * sizeof(int64_t));
 	uint8_t *tv = ann_malloc(m * db);
 	int rc = ANN_OK;
-	if (!f || !assign || !tid || !tv || d > 4096) {
-		rc = ann_err(err, ANN_E_NOMEM, "compact: out of memory splitting partition %u", p);
+	if (!f || !assign || !cent || !tid || !tv) {
+		rc = ann_err(err, ANN_E_NOMEM, "compact: out of memory splitting partition %u (%zu vectors of dimension %zu)",
+			     p, m, d);
 		goto out;
 	}
 	for (size_t i = 0; i < m * d; i++)
@@ -500,6 +547,7 @@ fail:
 out:
 	ann_free(f);
 	ann_free(assign);
+	ann_free(cent);
 	ann_free(tid);
 	ann_free(tv);
 	return rc;
@@ -696,7 +744,7 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 	}
 	ann_store_txn *c = txn;
 	txn = NULL;
-	ANN_CHECK(rc, ann_store_commit(c, err));
+	ANN_CHECK(rc, writer_commit(w, c, "compaction", err));
 	x->meta.stored_vectors = stored;
 	ANN_CHECK(rc, ann_index_reload(x, err));
 	if (stats)

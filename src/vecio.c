@@ -13,7 +13,9 @@
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
+#include <libgen.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -106,6 +108,47 @@ size_t ann_dtype_size(ann_dtype t)
 static bool fmt_is_vecs(ann_vfmt f)
 {
 	return f == ANN_VFMT_FVECS || f == ANN_VFMT_BVECS || f == ANN_VFMT_IVECS;
+}
+
+uint64_t ann_vfmt_max_vectors(ann_vfmt fmt)
+{
+	return fmt_is_vecs(fmt) ? UINT64_MAX : (uint64_t)INT32_MAX;
+}
+
+int ann_vfile_check_size(const char *path, uint64_t n, uint32_t dim, ann_error *err)
+{
+	ann_vfmt fmt;
+	ANN_TRY(ann_vfmt_from_path(path, &fmt, err));
+	if (n > ann_vfmt_max_vectors(fmt))
+		return ann_err(err, ANN_E_INVAL, "%s: %llu vectors, but the %s format holds at most %llu", path,
+			       (unsigned long long)n, ann_vfmt_name(fmt),
+			       (unsigned long long)ann_vfmt_max_vectors(fmt));
+	if (dim == 0 || dim > ANN_VEC_MAX_DIM)
+		return ann_err(err, ANN_E_INVAL, "%s: dimension %u, expected 1..%u", path, dim, ANN_VEC_MAX_DIM);
+	uint64_t rec = (fmt_is_vecs(fmt) ? 4 : 0) + (uint64_t)dim * ann_dtype_size(ann_vfmt_dtype(fmt));
+	uint64_t bytes;
+	if (__builtin_mul_overflow(n, rec, &bytes) || __builtin_add_overflow(bytes, (uint64_t)8, &bytes))
+		return ann_err(err, ANN_E_INVAL, "%s: %llu vectors of dimension %u overflow a file size", path,
+			       (unsigned long long)n, dim);
+	size_t plen = strlen(path);
+	char *copy = ann_malloc(plen + 1);
+	if (!copy)
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", path);
+	memcpy(copy, path, plen + 1);
+	struct statvfs sv;
+	int rc = ANN_OK;
+	/* A file system that cannot say (statvfs fails) is not refused here. */
+	if (statvfs(dirname(copy), &sv) == 0) {
+		uint64_t avail = (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
+		if (bytes > avail)
+			rc = ann_err(err, ANN_E_IO,
+				     "%s: %llu vectors of dimension %u need %llu bytes, but its file system has "
+				     "%llu bytes free; nothing was written",
+				     path, (unsigned long long)n, dim, (unsigned long long)bytes,
+				     (unsigned long long)avail);
+	}
+	ann_free(copy);
+	return rc;
 }
 
 /* ---- element kernels ------------------------------------------------------
@@ -664,7 +707,7 @@ int ann_vreader_seek(ann_vreader *r, uint64_t i, ann_error *err)
 
 typedef struct fwriter {
 	char *path; /* final name */
-	char *tmp;  /* path.tmp.<pid> */
+	char *tmp;  /* path.tmp.<pid>[.<random>] (ann_create_temp) */
 	int fd;
 	uint8_t *buf; /* cap bytes */
 	size_t cap;
@@ -690,24 +733,23 @@ static int fw_open(fwriter *f, const char *path, size_t cap, ann_error *err)
 {
 	memset(f, 0, sizeof *f);
 	f->fd = -1;
-	size_t plen = strlen(path), tlen = plen + 32;
+	size_t plen = strlen(path);
 	f->path = ann_malloc(plen + 1);
-	f->tmp = ann_malloc(tlen);
 	f->buf = ann_malloc(cap);
-	if (!f->path || !f->tmp || !f->buf) {
+	if (!f->path || !f->buf) {
 		fw_release(f, false);
 		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a %zu-byte write buffer", path, cap);
 	}
 	memcpy(f->path, path, plen + 1);
-	snprintf(f->tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
 	f->cap = cap;
-	f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (f->fd < 0) {
-		int e = errno;
-		int rc = ann_err_sys(err, e, "%s: cannot create", f->tmp);
+	/* Exclusive and not following links: a link planted at the temporary
+	 * name must not make us overwrite its target (issue 13 D5). */
+	int fd = ann_create_temp(path, false, &f->tmp, err);
+	if (fd < 0) {
 		fw_release(f, false);
-		return rc;
+		return fd;
 	}
+	f->fd = fd;
 	return ANN_OK;
 }
 
@@ -934,6 +976,13 @@ int ann_vwriter_close(ann_vwriter *w, ann_error *err)
 		ann_vwriter_abort(w);
 		return rc;
 	}
+	if (w->count == 0) {
+		int rc = ann_err(err, ANN_E_INVAL,
+				 "%s: no vector was written; a vector file holds at least one, so nothing "
+				 "was created", w->f.path);
+		ann_vwriter_abort(w);
+		return rc;
+	}
 	uint8_t h[8];
 	size_t hlen = 0;
 	if (!w->hdr) {
@@ -1060,15 +1109,18 @@ int ann_gt_read(const char *path, uint32_t *nq, uint32_t *k, int32_t **ids, floa
 			     "%s: header says %d queries x %d neighbours, expected positive", path, n, kk);
 		goto fail;
 	}
-	uint64_t total = (uint64_t)n * (uint64_t)kk;
+	/* n, kk < 2^31: total < 2^62, but total * 8 can wrap (issue 13 D6: a
+	 * 537,560-byte file passed with n = 1073764994, k = 2147437309), so the
+	 * body is divided, never the count multiplied. */
+	uint64_t total = (uint64_t)n * (uint64_t)kk, body = size - 8;
 	/* Full layout, or ids only (what some tools write as .ibin). */
-	bool has_d = size == 8 + total * 8;
-	if (!has_d && size != 8 + total * 4) {
+	bool has_d = body % 8 == 0 && body / 8 == total;
+	if (!has_d && !(body % 4 == 0 && body / 4 == total)) {
 		rc = ann_err(err, ANN_E_BADINPUT,
-			     "%s: header says %d queries x %d neighbours, i.e. %llu bytes with distances "
-			     "(or %llu ids only), but the file has %llu bytes",
-			     path, n, kk, (unsigned long long)(8 + total * 8),
-			     (unsigned long long)(8 + total * 4), (unsigned long long)size);
+			     "%s: header says %d queries x %d neighbours, i.e. 8 + %llu x 8 bytes with distances "
+			     "(or 8 + %llu x 4 ids only), but the file has %llu bytes",
+			     path, n, kk, (unsigned long long)total, (unsigned long long)total,
+			     (unsigned long long)size);
 		goto fail;
 	}
 	if (total > SIZE_MAX / 4) {

@@ -37,6 +37,13 @@ int ann_vfmt_from_path(const char *path, ann_vfmt *out, ann_error *err);
 ann_dtype ann_vfmt_dtype(ann_vfmt fmt);
 const char *ann_vfmt_name(ann_vfmt fmt);
 size_t ann_dtype_size(ann_dtype t);
+/* The most vectors a file of this format can hold (INT32_MAX for the bin
+ * formats, whose header count is an int32; UINT64_MAX for *vecs). */
+uint64_t ann_vfmt_max_vectors(ann_vfmt fmt);
+/* Checks, before anything is written, that n vectors of dimension dim fit
+ * the format of path (ANN_E_INVAL naming the limit) and the free space of the
+ * file system that will hold path (ANN_E_IO "needs N bytes, M free"). */
+int ann_vfile_check_size(const char *path, uint64_t n, uint32_t dim, ann_error *err);
 
 typedef struct ann_vreader ann_vreader;
 
@@ -73,7 +80,9 @@ int ann_vwriter_write_f32(ann_vwriter *w, const float *v, size_t n, ann_error *e
 /* Appends n vectors given in the file's own element type. */
 int ann_vwriter_write_raw(ann_vwriter *w, const void *v, size_t n, ann_error *err);
 /* Patches the header, fsyncs, renames to the final path, fsyncs the directory
- * and frees w (also on failure, after removing the temporary file). */
+ * and frees w (also on failure, after removing the temporary file). A writer
+ * holding no vector fails with ANN_E_INVAL and writes nothing: readers
+ * refuse such a file, and writer and reader agree on what is valid. */
 int ann_vwriter_close(ann_vwriter *w, ann_error *err);
 /* Removes the temporary file and frees w. */
 void ann_vwriter_abort(ann_vwriter *w);
@@ -82,7 +91,7 @@ uint64_t ann_vwriter_count(const ann_vwriter *w);
 /* Notes on the functions above (additions to the contract):
  *  - Readers refuse files holding no vector (empty file, header n = 0) and
  *    dimensions outside 1..ANN_VEC_MAX_DIM; a writer closed after zero vectors
- *    still produces a well-formed file (bin: n = 0), which readers refuse.
+ *    fails and leaves no file (issue 13 D11: it used to write n = 0).
  *  - On a read error the position is unchanged; out may be partly written.
  *  - A write error from the file system makes the writer sticky-failed
  *    (ANN_E_STATE until abort/close); an input error (range, NaN) writes

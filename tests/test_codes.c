@@ -482,7 +482,7 @@ static void test_updates(const char *dir, ann_rng *rng)
 		int64_t nid[NB / 3];
 		for (size_t i = 0; i < ni; i++)
 			nid[i] = (int64_t)(NB + i);
-		ASSERT_OK(ann_insert(w, rows + NB * D, ni, nid, 0, NULL, NULL));
+		ASSERT_OK(ann_insert(w, rows + NB * D, ni, D, nid, 0, NULL, NULL));
 		int64_t del[200];
 		for (size_t i = 0; i < 200; i++) {
 			del[i] = (int64_t)(i * 13 % n);

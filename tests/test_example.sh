@@ -11,6 +11,7 @@ out=$("$example" "$dir/base.fbin" "$dir/idx")
 echo "$out"
 grep -q "^2000 vectors of dimension 16 in 16 partitions, router kmeans$" <<<"$out"
 [ "$(grep -c '^query [01] (4 partitions' <<<"$out")" = 2 ]
+grep -q "^inserted 1 vector as id 2000$" <<<"$out"
 # A second build into the same directory must refuse.
 if "$example" "$dir/base.fbin" "$dir/idx" 2>"$dir/err"; then
 	echo "second build succeeded"; exit 1

@@ -334,6 +334,89 @@ static void test_equivalence(const char *dir, const char *u8bin)
 	ann_index_close(idx);
 }
 
+/* SOAR's rule on a constructed case: x = 0, primary c0 = (1, 0), so its
+ * residual points along -e1. Candidate 1 at (-1.1, 0) is nearer (1.21
+ * against 1.69) but its residual is parallel to the primary's; candidate 2 at
+ * (0, 1.3) is orthogonal. Distance alone picks 1, SOAR with lambda 1 picks 2
+ * (loss 1.21 + 1.21 > 1.69), and the closure bound still applies. */
+static void test_soar_rule(void)
+{
+	const float x[2] = {0, 0};
+	const float cents[3 * 2] = {1, 0, -1.1f, 0, 0, 1.3f};
+	const uint32_t ids[3] = {7, 8, 9};
+	const float dists[3] = {1.0f, 1.21f, 1.69f};
+	float scratch[6];
+	uint32_t out[3];
+	ann_assign_rule sp = {.copies = 2, .eps = 0.5, .soar_lambda = 1e-9};
+	ASSERT_EQ(ann_router_soar(x, 2, ids, dists, cents, 3, &sp, ANN_METRIC_L2, scratch, out), 2);
+	ASSERT_EQ(out[0], 7);
+	ASSERT_EQ(out[1], 8);
+	sp.soar_lambda = 1.0;
+	ASSERT_EQ(ann_router_soar(x, 2, ids, dists, cents, 3, &sp, ANN_METRIC_L2, scratch, out), 2);
+	ASSERT_EQ(out[0], 7);
+	ASSERT_EQ(out[1], 9);
+	/* eps 0.2: the bound is 1.44, so only candidate 1 qualifies. */
+	sp.eps = 0.2;
+	ASSERT_EQ(ann_router_soar(x, 2, ids, dists, cents, 3, &sp, ANN_METRIC_L2, scratch, out), 2);
+	ASSERT_EQ(out[1], 8);
+	/* Three copies: after 9, the next is 8 (the only one left); then padding. */
+	sp.eps = 0.5;
+	sp.copies = 3;
+	ASSERT_EQ(ann_router_soar(x, 2, ids, dists, cents, 3, &sp, ANN_METRIC_L2, scratch, out), 3);
+	ASSERT_EQ(out[1], 9);
+	ASSERT_EQ(out[2], 8);
+	sp.eps = 0.0;
+	ASSERT_EQ(ann_router_soar(x, 2, ids, dists, cents, 3, &sp, ANN_METRIC_L2, scratch, out), 1);
+	ASSERT_EQ(out[1], UINT32_MAX);
+	ASSERT_EQ(out[2], UINT32_MAX);
+}
+
+/* A SOAR build stores a second copy of (nearly) every vector, but not
+ * always in the same partitions as the distance rule; exhaustive probing
+ * still equals brute force and answers carry no duplicate ids. */
+static void test_soar_build(const char *dir, const char *u8bin)
+{
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = 20;
+	o.mem_bytes = (size_t)64 << 20;
+	o.replicas = 2;
+	o.replica_eps = 100;
+	ann_index *near = build_open(dir, "spill_near", u8bin, &o);
+	o.soar_lambda = 1.0;
+	ann_index *soar = build_open(dir, "spill_soar", u8bin, &o);
+	ann_index_info a, b;
+	ASSERT_OK(ann_index_get_info(near, &a, NULL));
+	ASSERT_OK(ann_index_get_info(soar, &b, NULL));
+	ASSERT_EQ(a.stored_vectors, 2 * N);
+	ASSERT_EQ(b.stored_vectors, 2 * N);
+	/* Same router (same seed and sample), different second copies: some
+	 * partition's size differs. */
+	bool differ = false;
+	for (uint32_t p = 0; p < a.partitions && !differ; p++)
+		differ = near->dir.ents[p].count != soar->dir.ents[p].count;
+	ASSERT_TRUE(differ);
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = K;
+	so.nprobe = o.partitions;
+	int64_t ids[NQ * K];
+	float dists[NQ * K];
+	ASSERT_TRUE(search_all(soar, &so, 1, ids, dists) >= 0.999);
+	for (size_t i = 0; i < NQ; i++)
+		for (size_t x = 0; x < K; x++)
+			for (size_t y = x + 1; y < K; y++)
+				ASSERT_TRUE(ids[i * K + x] != ids[i * K + y]);
+	ann_index_close(near);
+	ann_index_close(soar);
+	/* SOAR needs a router that ranks centroids. */
+	o.router = ANN_ROUTER_NLSH;
+	char *path = t_path(dir, "spill_nlsh");
+	ann_error e = {0};
+	ASSERT_ERR(ann_build(u8bin, path, &o, &e), e, ANN_E_INVAL, "SOAR");
+	free(path);
+}
+
 static bool exists(const char *p)
 {
 	struct stat st;
@@ -449,6 +532,8 @@ int main(void)
 	write_base(u8bin);
 	test_exact(dir, fbin, u8bin);
 	test_equivalence(dir, u8bin);
+	test_soar_rule();
+	test_soar_build(dir, u8bin);
 	test_route_ef(dir, u8bin);
 	test_failures(dir, fbin);
 	test_corruption(dir, fbin, &rng);

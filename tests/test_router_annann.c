@@ -188,7 +188,7 @@ static void test_history(void)
 
 static void assign_all(const ann_router *r, uint32_t copies, double eps, uint32_t *parts)
 {
-	ASSERT_OK(r->ops->assign(r, base, N, copies, eps, 1, parts, NULL));
+	ASSERT_OK(r->ops->assign(r, base, N, &(ann_assign_rule){.copies = copies, .eps = eps}, 1, parts, NULL));
 }
 
 /* --balance: the embedded k-means (and the refit after DEC) caps the
@@ -568,7 +568,7 @@ static void test_alloc_failure(void)
 		if (rc >= 0)
 			rc = l->ops->ctx_new(l, &c, &e);
 		if (rc >= 0)
-			rc = l->ops->assign(l, base, 500, 2, 0.2, 1, parts, &e);
+			rc = l->ops->assign(l, base, 500, &(ann_assign_rule){.copies = 2, .eps = 0.2}, 1, parts, &e);
 		for (size_t i = 0; i < 500; i++)
 			primary[i] = parts[2 * i];
 		if (rc >= 0)
@@ -706,7 +706,7 @@ static void test_insert(void)
 	for (uint32_t p = 0; p < KC; p++)
 		expect[p] = before[p] = ann_index_partition_size(idx, p);
 	static uint32_t parts[N - NB_INS];
-	ASSERT_OK(idx->router->ops->assign(idx->router, base + (size_t)NB_INS * D, N - NB_INS, 1, 0.0, 1, parts,
+	ASSERT_OK(idx->router->ops->assign(idx->router, base + (size_t)NB_INS * D, N - NB_INS, &(ann_assign_rule){.copies = 1, .eps = 0.0}, 1, parts,
 					   NULL));
 	for (size_t i = 0; i < N - NB_INS; i++) {
 		ASSERT_TRUE(parts[i] < KC);
@@ -718,7 +718,7 @@ static void test_insert(void)
 	if (ann_writer_open(path, &w, &e) < 0)
 		T_FAIL("writer: %s", e.msg);
 	static int64_t ids[N - NB_INS];
-	if (ann_insert(w, base + (size_t)NB_INS * D, N - NB_INS, NULL, 0, ids, &e) < 0)
+	if (ann_insert(w, base + (size_t)NB_INS * D, N - NB_INS, D, NULL, 0, ids, &e) < 0)
 		T_FAIL("insert: %s", e.msg);
 	for (size_t i = 0; i < N - NB_INS; i++)
 		ASSERT_EQ(ids[i], (int64_t)(NB_INS + i));

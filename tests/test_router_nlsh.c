@@ -232,7 +232,7 @@ static void test_nlsh(void)
 	ASSERT_EQ(ann_router_nlsh_groups(r), 0);
 	uint32_t *labels = malloc(N * sizeof(uint32_t)), *pred = malloc(N * sizeof(uint32_t));
 	metis_labels(M, labels);
-	ASSERT_OK(r->ops->assign(r, base, N, 1, 0.1, 1, pred, NULL));
+	ASSERT_OK(r->ops->assign(r, base, N, &(ann_assign_rule){.copies = 1, .eps = 0.1}, 1, pred, NULL));
 	size_t hit = 0;
 	for (size_t i = 0; i < N; i++) {
 		ASSERT_TRUE(pred[i] < M);
@@ -251,14 +251,14 @@ static void test_nlsh(void)
 
 	/* copies: the primary is the argmax, extras only within the factor */
 	uint32_t *two = malloc(N * 2 * sizeof(uint32_t));
-	ASSERT_OK(r->ops->assign(r, base, N, 2, 1.0, 1, two, NULL));
+	ASSERT_OK(r->ops->assign(r, base, N, &(ann_assign_rule){.copies = 2, .eps = 1.0}, 1, two, NULL));
 	size_t extra = 0;
 	for (size_t i = 0; i < N; i++) {
 		ASSERT_EQ(two[2 * i], pred[i]);
 		ASSERT_TRUE(two[2 * i + 1] == UINT32_MAX || (two[2 * i + 1] < M && two[2 * i + 1] != pred[i]));
 		extra += two[2 * i + 1] != UINT32_MAX;
 	}
-	ASSERT_OK(r->ops->assign(r, base, N, 2, 0.0, 1, two, NULL));
+	ASSERT_OK(r->ops->assign(r, base, N, &(ann_assign_rule){.copies = 2, .eps = 0.0}, 1, two, NULL));
 	for (size_t i = 0; i < N; i++)
 		ASSERT_TRUE(two[2 * i + 1] == UINT32_MAX); /* ties aside, eps 0 keeps one copy */
 	printf("  nlsh: %zu of %d points get a second copy at eps 1\n", extra, N);
@@ -298,7 +298,7 @@ static void test_two_level(void)
 	check_routes(r, &p);
 	/* assign = the best product */
 	uint32_t *pred = malloc(N * sizeof(uint32_t));
-	ASSERT_OK(r->ops->assign(r, base, N, 1, 0, 1, pred, NULL));
+	ASSERT_OK(r->ops->assign(r, base, N, &(ann_assign_rule){.copies = 1, .eps = 0}, 1, pred, NULL));
 	for (size_t i = 0; i < N; i += 7) {
 		double prob[M];
 		naive_probs(&p, base + i * D, prob);
@@ -372,7 +372,7 @@ static void test_soft(void)
 	printf("  soft final: cut %.4f balance %.3f\n", h[nh - 1].cut_frac, h[nh - 1].balance);
 	uint32_t *pred = malloc(N * sizeof(uint32_t));
 	size_t count[M] = {0};
-	ASSERT_OK(r->ops->assign(r, base, N, 1, 0, 1, pred, NULL));
+	ASSERT_OK(r->ops->assign(r, base, N, &(ann_assign_rule){.copies = 1, .eps = 0}, 1, pred, NULL));
 	for (size_t i = 0; i < N; i++) {
 		ASSERT_TRUE(pred[i] < M);
 		count[pred[i]]++;

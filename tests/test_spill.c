@@ -14,7 +14,7 @@ static void test_roundtrip(ann_rng *rng, const char *dir)
 	ann_spill *s;
 	ann_error e = {0};
 	/* A budget of ~300 records forces ~70 runs. */
-	ASSERT_OK(ann_spill_open(path, nparts, rec, 300 * (rec + 16), &s, &e));
+	ASSERT_OK(ann_spill_open(path, nparts, rec, 300 * (rec + 16), 0, &s, &e));
 	uint32_t *parts = malloc(n * sizeof *parts);
 	uint8_t *pay = malloc(n * rec);
 	for (size_t i = 0; i < n; i++) {
@@ -62,17 +62,57 @@ static void test_errors(const char *dir)
 	char *path = t_path(dir, "small.bin");
 	ann_spill *s;
 	ann_error e = {0};
-	ASSERT_ERR(ann_spill_open(path, 4, 128, 1000, &s, &e), e, ANN_E_BUDGET, "at least");
+	ASSERT_ERR(ann_spill_open(path, 4, 128, 1000, 0, &s, &e), e, ANN_E_BUDGET, "at least");
 	ASSERT_TRUE(s == NULL);
-	ASSERT_OK(ann_spill_open(path, 4, 4, 1 << 16, &s, &e));
+	ASSERT_OK(ann_spill_open(path, 4, 4, 1 << 16, 0, &s, &e));
 	uint8_t v[4] = {1, 2, 3, 4};
 	ASSERT_ERR(ann_spill_add(s, 4, 1, v, &e), e, ANN_E_INVAL, "out of range");
 	ASSERT_OK(ann_spill_add(s, 3, 1, v, &e));
 	ASSERT_ERR(ann_spill_read(s, 3, NULL, NULL, &e), e, ANN_E_INVAL, "before finish");
 	ann_spill_close(s);
 	char *bad = t_path(dir, "no/such/dir/x");
-	ASSERT_ERR(ann_spill_open(bad, 4, 4, 1 << 16, &s, &e), e, ANN_E_IO, "no/such/dir");
+	ASSERT_ERR(ann_spill_open(bad, 4, 4, 1 << 16, 0, &s, &e), e, ANN_E_IO, "no/such/dir");
 	free(bad);
+	free(path);
+}
+
+/* Issue 13 D10: the buffer is min(budget, data); D5: never through a link. */
+static void test_hostile(const char *dir)
+{
+	char *path = t_path(dir, "big.bin");
+	ann_spill *s;
+	ann_error e = {0};
+	int64_t live = ann_mem_live_bytes();
+	/* 100 GiB of budget for 20,000 records of 128 bytes: ~3 MiB, not 100 GiB. */
+	ASSERT_OK(ann_spill_open(path, 20, 128, (size_t)100 << 30, 20000, &s, &e));
+	ASSERT_LT(ann_mem_live_bytes() - live, (int64_t)8 << 20);
+	uint8_t v[128] = {7};
+	for (int64_t i = 0; i < 20000; i++)
+		ASSERT_OK(ann_spill_add(s, (uint32_t)(i % 20), i, v, &e));
+	ASSERT_OK(ann_spill_finish(s, &e));
+	ASSERT_EQ(ann_spill_total(s), 20000);
+	ann_spill_close(s);
+	/* Fewer records than the 64-record minimum: fine when that is all. */
+	ASSERT_OK(ann_spill_open(path, 2, 16, 1 << 10, 5, &s, &e));
+	for (int64_t i = 0; i < 5; i++)
+		ASSERT_OK(ann_spill_add(s, 1, i, v, &e));
+	ASSERT_OK(ann_spill_finish(s, &e));
+	int64_t ids[5];
+	uint8_t pay[5 * 16];
+	ASSERT_OK(ann_spill_read(s, 1, ids, pay, &e));
+	ASSERT_EQ(ids[4], 4);
+	ann_spill_close(s);
+	/* A file or a link already at the name is refused and left alone. */
+	char *victim = t_path(dir, "victim");
+	t_write_file(victim, "VICTIM", 6);
+	ASSERT_TRUE(symlink(victim, path) == 0);
+	ASSERT_ERR(ann_spill_open(path, 4, 4, 1 << 16, 0, &s, &e), e, ANN_E_EXISTS, "already there");
+	size_t n;
+	char *got = t_read_file(victim, &n);
+	ASSERT_TRUE(n == 6 && memcmp(got, "VICTIM", 6) == 0);
+	free(got);
+	unlink(path);
+	free(victim);
 	free(path);
 }
 
@@ -83,6 +123,7 @@ int main(void)
 	char *dir = t_tmpdir();
 	test_roundtrip(&rng, dir);
 	test_errors(dir);
+	test_hostile(dir);
 	t_rmtree(dir);
 	free(dir);
 	return 0;

@@ -143,7 +143,7 @@ static void test_model(const char *dir, ann_rng *rng)
 
 	/* Inserts with assigned ids get NB, NB+1, ... */
 	int64_t got[NI];
-	ASSERT_OK(ann_insert(w, all + NB * D, NI / 2, NULL, 0, got, &e));
+	ASSERT_OK(ann_insert(w, all + NB * D, NI / 2, D, NULL, 0, got, &e));
 	for (size_t i = 0; i < NI / 2; i++) {
 		ASSERT_EQ(got[i], NB + i);
 		m.live[NB + i] = true;
@@ -153,21 +153,32 @@ static void test_model(const char *dir, ann_rng *rng)
 	for (size_t i = 0; i < NI / 2; i++)
 		ids[i] = (int64_t)(NB + NI / 2 + i);
 	ids[7] = 3; /* a built id */
-	ASSERT_ERR(ann_insert(w, all + (NB + NI / 2) * D, NI / 2, ids, 0, NULL, &e), e, ANN_E_EXISTS, "id 3");
+	ASSERT_ERR(ann_insert(w, all + (NB + NI / 2) * D, NI / 2, D, ids, 0, NULL, &e), e, ANN_E_EXISTS, "id 3");
 	ids[7] = (int64_t)(NB + NI / 2 + 7);
-	ASSERT_OK(ann_insert(w, all + (NB + NI / 2) * D, NI / 2, ids, 0, NULL, &e));
+	ASSERT_OK(ann_insert(w, all + (NB + NI / 2) * D, NI / 2, D, ids, 0, NULL, &e));
 	for (size_t i = NB + NI / 2; i < NB + NI; i++)
 		m.live[i] = true;
 	float moved[D];
 	for (size_t j = 0; j < D; j++)
 		moved[j] = queries[j]; /* id 5 becomes query 0 itself: must rank first */
 	int64_t five = 5;
-	ASSERT_OK(ann_insert(w, moved, 1, &five, 1, NULL, &e));
+	ASSERT_OK(ann_insert(w, moved, 1, D, &five, 1, NULL, &e));
 	memcpy(m.vec + 5 * D, moved, sizeof moved);
 	/* u8 index: values must be integers in range. */
 	float bad[D] = {0};
 	bad[3] = 1.5f;
-	ASSERT_ERR(ann_insert(w, bad, 1, NULL, 0, NULL, &e), e, ANN_E_INVAL, "component 3");
+	ASSERT_ERR(ann_insert(w, bad, 1, D, NULL, 0, NULL, &e), e, ANN_E_INVAL, "component 3");
+	/* Issue 13 D1: vectors of another dimension are refused before any is
+	 * read (bad holds D floats: reading 2 * D of them would overflow it,
+	 * which ASan reports) and the index is unchanged. */
+	ann_index_info wi;
+	ASSERT_OK(ann_writer_get_info(w, &wi, &e));
+	ASSERT_EQ(wi.dim, D);
+	ASSERT_ERR(ann_insert(w, bad, 1, 2 * D, NULL, 0, NULL, &e), e, ANN_E_INVAL, "dimension 32");
+	ASSERT_ERR(ann_insert(w, bad, 2, D / 2, NULL, 0, NULL, &e), e, ANN_E_INVAL, "has 16");
+	bool l2;
+	ASSERT_OK(ann_writer_live(w, NB + NI, &l2, &e));
+	ASSERT_TRUE(!l2);
 	check_exact(idx, &m, "after inserts");
 
 	/* Delete 20%: built, inserted, missing ids. */
@@ -191,7 +202,7 @@ static void test_model(const char *dir, ann_rng *rng)
 	float bv[2 * D];
 	memcpy(bv, all + del[0] * D, D * sizeof(float));
 	memcpy(bv + D, all + del[nd - 2] * D, D * sizeof(float));
-	ASSERT_OK(ann_insert(w, bv, 2, back, 0, NULL, &e));
+	ASSERT_OK(ann_insert(w, bv, 2, D, back, 0, NULL, &e));
 	m.live[back[0]] = m.live[back[1]] = true;
 	memcpy(m.vec + back[0] * D, bv, D * sizeof(float));
 	memcpy(m.vec + back[1] * D, bv + D, D * sizeof(float));
@@ -212,7 +223,7 @@ static void test_model(const char *dir, ann_rng *rng)
 	ASSERT_EQ(st.tombstones_applied, 1);
 	check_exact(idx, &m, "second compaction");
 	/* Partitions past the limit split in two; the router learns the new ones. */
-	ASSERT_OK(ann_insert(w, all + 10 * D, 1, NULL, 0, NULL, &e)); /* something to compact */
+	ASSERT_OK(ann_insert(w, all + 10 * D, 1, D, NULL, 0, NULL, &e)); /* something to compact */
 	m.live[NB + NI] = true;
 	memcpy(m.vec + (NB + NI) * D, all + 10 * D, D * sizeof(float));
 	ASSERT_OK(ann_compact(w, 150, &st, &e));
@@ -255,7 +266,7 @@ static void test_routers(const char *dir, ann_rng *rng)
 		if (ann_writer_open(idx, &w, &e) < 0)
 			T_FAIL("%s: writer: %s", routers[r].name, e.msg);
 		int64_t got[NI];
-		if (ann_insert(w, all + NB * D, NI, NULL, 0, got, &e) < 0)
+		if (ann_insert(w, all + NB * D, NI, D, NULL, 0, got, &e) < 0)
 			T_FAIL("%s: insert: %s", routers[r].name, e.msg);
 		for (size_t i = 0; i < NI; i++) {
 			ASSERT_EQ(got[i], NB + i);
@@ -357,7 +368,7 @@ static void test_snapshots(const char *dir)
 	ann_error e = {0};
 	ASSERT_OK(ann_writer_open(idx, &w, &e));
 	for (int r = 0; r < 30; r++) {
-		ASSERT_OK(ann_insert(w, grp, G, gids, 0, NULL, &e));
+		ASSERT_OK(ann_insert(w, grp, G, D, gids, 0, NULL, &e));
 		if (r % 10 == 3) {
 			ann_compact_stats st;
 			ASSERT_OK(ann_compact(w, 0, &st, &e));
@@ -413,7 +424,7 @@ static void crash_child(const char *idx, int fd, uint64_t seed)
 			len = snprintf(line, sizeof line, "B %c %lld %zu\n", k, id, n);
 			if (write(fd, line, (size_t)len) < 0)
 				_exit(4);
-			int rc = k == 'I' ? ann_insert(w, v, n, ids, 1, NULL, NULL) : ann_delete(w, ids, n, NULL, NULL);
+			int rc = k == 'I' ? ann_insert(w, v, n, D, ids, 1, NULL, NULL) : ann_delete(w, ids, n, NULL, NULL);
 			if (rc < 0)
 				_exit(3);
 		} else {

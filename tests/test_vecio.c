@@ -1346,6 +1346,60 @@ static void test_throughput(void)
 	free(p);
 }
 
+/* Issue 13 D6 and D11: size products that wrap, and files the writer must
+ * not produce because no reader accepts them. */
+static void test_hostile_sizes(void)
+{
+	t_current = "hostile sizes";
+	ann_error e = {0};
+	char *p = t_path(dir, "wrap.bin");
+	/* 8 + n * k * 8 wraps to 537,560 bytes (mod 2^64) for these. */
+	uint32_t n = 1073764994u, k = 2147437309u;
+	uint64_t wrapped = 8 + (uint64_t)n * k * 8;
+	ASSERT_EQ(wrapped, 537560);
+	uint8_t *b = calloc(1, 537560);
+	ann_st32(b, n);
+	ann_st32(b + 4, k);
+	t_write_file(p, b, 537560);
+	free(b);
+	uint32_t gq, gk;
+	int32_t *gi;
+	float *gd;
+	ASSERT_ERR(ann_gt_read(p, &gq, &gk, &gi, &gd, &e), e, ANN_E_BADINPUT, "but the file has 537560 bytes");
+	ASSERT_TRUE(strstr(e.msg, "wrap.bin") != NULL);
+	ASSERT_TRUE(gi == NULL && gd == NULL);
+	free(p);
+
+	/* A writer closed without a vector fails and leaves nothing: readers
+	 * refuse a file of n = 0, so the writer must not make one. */
+	const char *names[] = {"empty.u8bin", "empty.fvecs", "empty.ibin"};
+	for (int i = 0; i < 3; i++) {
+		p = t_path(dir, names[i]);
+		ann_vwriter *w;
+		ASSERT_OK(ann_vwriter_open(p, 8, &w, &e));
+		ASSERT_ERR(ann_vwriter_close(w, &e), e, ANN_E_INVAL, "no vector was written");
+		ASSERT_TRUE(!file_exists(p));
+		free(p);
+	}
+	assert_no_tmp();
+
+	/* Up-front size checks of gen: the format's count limit, then free space. */
+	p = t_path(dir, "huge.u8bin");
+	ASSERT_ERR(ann_vfile_check_size(p, 3000000000ull, 128, &e), e, ANN_E_INVAL, "holds at most 2147483647");
+	ann_gen_opts o;
+	ann_gen_opts_init(&o);
+	o.n = 3000000000ull;
+	ASSERT_ERR(ann_gen_write(&o, p, NULL, &e), e, ANN_E_INVAL, "holds at most");
+	ASSERT_TRUE(!file_exists(p));
+	free(p);
+	p = t_path(dir, "huge.fvecs");
+	ASSERT_ERR(ann_vfile_check_size(p, 2000000000ull, 65536, &e), e, ANN_E_IO, "bytes free; nothing was written");
+	ASSERT_ERR(ann_vfile_check_size(p, UINT64_MAX / 2, 65536, &e), e, ANN_E_INVAL, "overflow");
+	ASSERT_OK(ann_vfile_check_size(p, 10, 16, &e));
+	free(p);
+	assert_no_tmp();
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -1361,6 +1415,7 @@ int main(void)
 	test_idx();
 	test_fashion_mnist();
 	test_gt(&rng);
+	test_hostile_sizes();
 	test_gen_reference();
 	test_gen_files();
 	test_gen_clusters();

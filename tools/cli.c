@@ -109,75 +109,138 @@ const char *cli_need(const cli_cmd *cmd, const char *name)
 	return v;
 }
 
-static bool parse_u64(const char *s, uint64_t *out, bool sizes)
+/* ---- numbers --------------------------------------------------------------
+ * One parser for every integer and size option (cli.h). Hand-written rather
+ * than strtoull/strtod: those skip leading spaces, accept a sign, exponents,
+ * hex, "inf" and "nan", and their float results were converted to integers
+ * unchecked (issue 13 D9). */
+
+__extension__ typedef unsigned __int128 cli_u128;
+
+static bool is_digit(char c)
 {
-	if (!s || !*s || *s == '-')
-		return false;
-	errno = 0;
-	char *end;
-	double mant = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno)
-		return false;
-	if (sizes && *end == '.') {
-		mant = strtod(s, &end);
-		v = 0;
+	return c >= '0' && c <= '9';
+}
+
+const char *cli_parse_u64(const char *s, bool size, uint64_t *out)
+{
+	const char *what = size ? "is not a size (digits, an optional fraction, then K, M, G or T)"
+				: "is not a non-negative integer (digits only)";
+	if (!s || !*s)
+		return "is empty";
+	if (*s == '-')
+		return "is negative";
+	if (!is_digit(*s))
+		return what;
+	const char *p = s;
+	uint64_t v = 0;
+	for (; is_digit(*p); p++) {
+		unsigned dg = (unsigned)(*p - '0');
+		if (v > (UINT64_MAX - dg) / 10)
+			return "is larger than 2^64-1";
+		v = v * 10 + dg;
+	}
+	uint64_t frac = 0, den = 1; /* fraction frac / den, den <= 10^18 */
+	bool has_frac = false;
+	if (size && *p == '.') {
+		p++;
+		if (!is_digit(*p))
+			return what;
+		for (; is_digit(*p); p++)
+			if (den < 1000000000000000000ull) {
+				frac = frac * 10 + (uint64_t)(*p - '0');
+				den *= 10;
+			}
+		has_frac = true;
 	}
 	uint64_t mult = 1;
-	if (sizes && *end) {
-		switch (*end) {
+	if (size && *p) {
+		switch (*p) {
 		case 'k': case 'K': mult = 1ull << 10; break;
 		case 'm': case 'M': mult = 1ull << 20; break;
 		case 'g': case 'G': mult = 1ull << 30; break;
 		case 't': case 'T': mult = 1ull << 40; break;
-		default: return false;
+		default: return what;
 		}
-		end++;
-		if (*end == 'i')
-			end++;
-		if (*end == 'B' || *end == 'b')
-			end++;
+		p++;
+		if (*p == 'i')
+			p++;
+		if (*p == 'B' || *p == 'b')
+			p++;
 	}
-	if (*end)
-		return false;
-	if (mant > 0)
-		*out = (uint64_t)(mant * (double)mult);
-	else if (v > UINT64_MAX / mult)
-		return false;
-	else
-		*out = v * mult;
-	return true;
+	if (*p)
+		return what;
+	if (has_frac && mult == 1)
+		return "has a fraction of a byte (give a unit: K, M, G or T)";
+	if (v > UINT64_MAX / mult)
+		return "is larger than 2^64-1 bytes";
+	uint64_t r = v * mult;
+	if (has_frac) {
+		/* frac < 10^18 and mult <= 2^40: the product fits in 128 bits. */
+		uint64_t f = (uint64_t)((cli_u128)frac * mult / den);
+		if (r > UINT64_MAX - f)
+			return "is larger than 2^64-1 bytes";
+		r += f;
+	}
+	*out = r;
+	return NULL;
 }
 
-bool cli_u64(const cli_cmd *cmd, const char *name, uint64_t def, uint64_t *out)
+/* A byte count for messages: "512M" when exact in a unit, else bytes. */
+static void fmt_bytes(char *buf, size_t n, uint64_t v)
+{
+	static const char units[] = "KMGT";
+	for (int u = 4; u >= 1; u--) {
+		uint64_t m = 1ull << (10 * u);
+		if (v >= m && v % m == 0) {
+			snprintf(buf, n, "%llu%c", (unsigned long long)(v / m), units[u - 1]);
+			return;
+		}
+	}
+	snprintf(buf, n, "%llu", (unsigned long long)v);
+}
+
+static bool get_number(const cli_cmd *cmd, const char *name, bool size, uint64_t def, uint64_t lo, uint64_t hi,
+		       uint64_t *out)
 {
 	const char *v = cli_get(cmd, name);
 	if (!v) {
 		*out = def;
 		return true;
 	}
-	if (!parse_u64(v, out, false)) {
-		cli_usage_error(cmd, "option '--%s': '%s' is not a non-negative integer", name, v);
+	char a[32], b[32];
+	if (size) {
+		fmt_bytes(a, sizeof a, lo);
+		fmt_bytes(b, sizeof b, hi);
+	} else {
+		snprintf(a, sizeof a, "%llu", (unsigned long long)lo);
+		snprintf(b, sizeof b, "%llu", (unsigned long long)hi);
+	}
+	uint64_t x;
+	const char *why = cli_parse_u64(v, size, &x);
+	if (why) {
+		cli_usage_error(cmd, "option '--%s': '%s' %s; expected %s..%s", name, v, why, a, b);
 		return false;
 	}
+	if (x < lo || x > hi) {
+		cli_usage_error(cmd, "option '--%s': %s is out of range; expected %s..%s", name, v, a, b);
+		return false;
+	}
+	*out = x;
 	return true;
 }
 
-bool cli_size(const cli_cmd *cmd, const char *name, uint64_t def, uint64_t *out)
+bool cli_u64(const cli_cmd *cmd, const char *name, uint64_t def, uint64_t lo, uint64_t hi, uint64_t *out)
 {
-	const char *v = cli_get(cmd, name);
-	if (!v) {
-		*out = def;
-		return true;
-	}
-	if (!parse_u64(v, out, true)) {
-		cli_usage_error(cmd, "option '--%s': '%s' is not a size (e.g. 512M, 4G)", name, v);
-		return false;
-	}
-	return true;
+	return get_number(cmd, name, false, def, lo, hi, out);
 }
 
-bool cli_double(const cli_cmd *cmd, const char *name, double def, double *out)
+bool cli_size(const cli_cmd *cmd, const char *name, uint64_t def, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+	return get_number(cmd, name, true, def, lo, hi, out);
+}
+
+bool cli_double(const cli_cmd *cmd, const char *name, double def, double lo, double hi, double *out)
 {
 	const char *v = cli_get(cmd, name);
 	if (!v) {
@@ -187,33 +250,57 @@ bool cli_double(const cli_cmd *cmd, const char *name, double def, double *out)
 	char *end;
 	errno = 0;
 	double d = strtod(v, &end);
-	if (errno || *end || end == v || !isfinite(d)) {
-		cli_usage_error(cmd, "option '--%s': '%s' is not a number", name, v);
+	/* strtod skips leading spaces: a value must start like a number. */
+	bool starts = (*v >= '0' && *v <= '9') || *v == '-' || *v == '.';
+	if (!starts || errno || *end || end == v || !isfinite(d)) {
+		cli_usage_error(cmd, "option '--%s': '%s' is not a finite number; expected %g..%g", name, v, lo, hi);
+		return false;
+	}
+	if (!(d >= lo && d <= hi)) {
+		cli_usage_error(cmd, "option '--%s': %s is out of range; expected %g..%g", name, v, lo, hi);
 		return false;
 	}
 	*out = d;
 	return true;
 }
 
-bool cli_u64_list(const cli_cmd *cmd, const char *name, uint64_t *out, size_t max, size_t *n)
+bool cli_u64_list(const cli_cmd *cmd, const char *name, uint64_t lo, uint64_t hi, uint64_t *out, size_t max,
+		  size_t *n)
 {
 	const char *v = cli_get(cmd, name);
 	*n = 0;
 	if (!v)
 		return true;
+	if (strlen(v) >= 1024) {
+		cli_usage_error(cmd, "option '--%s': the list is longer than 1023 characters", name);
+		return false;
+	}
 	char buf[1024];
 	snprintf(buf, sizeof buf, "%s", v);
-	char *save = NULL;
-	for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+	/* strtok_r would merge empty items ("1,,2"): split by hand. */
+	for (char *t = buf;;) {
+		char *comma = strchr(t, ',');
+		if (comma)
+			*comma = 0;
 		if (*n >= max) {
 			cli_usage_error(cmd, "option '--%s': at most %zu values", name, max);
 			return false;
 		}
-		if (!parse_u64(t, &out[*n], false)) {
-			cli_usage_error(cmd, "option '--%s': '%s' is not a non-negative integer", name, t);
+		const char *why = cli_parse_u64(t, false, &out[*n]);
+		if (why) {
+			cli_usage_error(cmd, "option '--%s': item '%s' %s; expected %llu..%llu", name, t, why,
+					(unsigned long long)lo, (unsigned long long)hi);
+			return false;
+		}
+		if (out[*n] < lo || out[*n] > hi) {
+			cli_usage_error(cmd, "option '--%s': item %s is out of range; expected %llu..%llu", name, t,
+					(unsigned long long)lo, (unsigned long long)hi);
 			return false;
 		}
 		(*n)++;
+		if (!comma)
+			break;
+		t = comma + 1;
 	}
 	return true;
 }
@@ -319,17 +406,61 @@ void cli_progress(void *ctx, const char *phase, uint64_t done, uint64_t total)
 
 /* ---- JSON ---------------------------------------------------------------- */
 
-static void json_str_raw(FILE *out, const char *s)
+/* Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlong
+ * forms, no surrogates, at most U+10FFFF), or 0 if it is not one. */
+static size_t utf8_len(const unsigned char *s)
 {
+	unsigned c = s[0];
+	size_t n;
+	unsigned lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2;
+	else if (c >= 0xe0 && c <= 0xef) {
+		n = 3;
+		if (c == 0xe0)
+			lo = 0xa0;
+		else if (c == 0xed)
+			hi = 0x9f;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		n = 4;
+		if (c == 0xf0)
+			lo = 0x90;
+		else if (c == 0xf4)
+			hi = 0x8f;
+	} else
+		return 0;
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	return n;
+}
+
+/* A JSON string. Paths are bytes, not text: a byte that is not part of
+ * well-formed UTF-8 is written as U+FFFD so the output always parses. */
+static void json_str_raw(FILE *out, const char *str)
+{
+	const unsigned char *s = (const unsigned char *)str;
 	fputc('"', out);
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\')
+	while (*s) {
+		unsigned char c = *s;
+		size_t n = utf8_len(s);
+		if (n == 0) {
+			fputs("\\ufffd", out);
+			s++;
+		} else if (c == '"' || c == '\\') {
 			fprintf(out, "\\%c", c);
-		else if (c < 0x20)
+			s++;
+		} else if (c < 0x20 || c == 0x7f) {
 			fprintf(out, "\\u%04x", c);
-		else
-			fputc(c, out);
+			s++;
+		} else {
+			fwrite(s, 1, n, out);
+			s += n;
+		}
 	}
 	fputc('"', out);
 }

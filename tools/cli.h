@@ -14,6 +14,9 @@
 
 #include "annann.h"
 
+/* Sizes accepted by --mem and --cache: at most 1 PiB. */
+#define CLI_SIZE_MAX (1ull << 50)
+
 #define CLI_EXIT_FAIL 1
 #define CLI_EXIT_USAGE 2
 
@@ -39,13 +42,23 @@ int cli_parse(cli_cmd *cmd, int argc, char **argv, bool *help_shown);
 void cli_help(const cli_cmd *cmd, FILE *out);
 const char *cli_get(const cli_cmd *cmd, const char *name);
 bool cli_flag(const cli_cmd *cmd, const char *name);
-/* Typed getters: on a malformed value print a usage error and return false.
- * Sizes accept K, M, G, T suffixes (powers of 1024). */
-bool cli_u64(const cli_cmd *cmd, const char *name, uint64_t def, uint64_t *out);
-bool cli_size(const cli_cmd *cmd, const char *name, uint64_t def, uint64_t *out);
-bool cli_double(const cli_cmd *cmd, const char *name, double def, double *out);
-/* Comma-separated unsigned list, at most max entries. */
-bool cli_u64_list(const cli_cmd *cmd, const char *name, uint64_t *out, size_t max, size_t *n);
+/* The number parser of every integer and size option, a pure function (no
+ * state, no locale) so that a fuzzer can call it. Integers: decimal digits
+ * only, no sign, no spaces, at most 2^64-1. Sizes (size true): digits, an
+ * optional fraction, then K, M, G or T (powers of 1024, optionally followed
+ * by "i" and "B"); a fraction needs a unit; the result is rounded down and at
+ * most 2^64-1. Returns NULL and sets *out, or a reason phrase ("is negative")
+ * that completes "'VALUE' ..." and leaves *out unchanged. */
+const char *cli_parse_u64(const char *s, bool size, uint64_t *out);
+/* Typed getters: an absent option gives def; a malformed or out-of-range
+ * value prints a usage error naming the option, the value and lo..hi, and
+ * returns false (the command then exits CLI_EXIT_USAGE). */
+bool cli_u64(const cli_cmd *cmd, const char *name, uint64_t def, uint64_t lo, uint64_t hi, uint64_t *out);
+bool cli_size(const cli_cmd *cmd, const char *name, uint64_t def, uint64_t lo, uint64_t hi, uint64_t *out);
+bool cli_double(const cli_cmd *cmd, const char *name, double def, double lo, double hi, double *out);
+/* Comma-separated unsigned list, at most max entries, each within lo..hi. */
+bool cli_u64_list(const cli_cmd *cmd, const char *name, uint64_t lo, uint64_t hi, uint64_t *out, size_t max,
+		  size_t *n);
 /* Requires an option; prints the usage error if missing. */
 const char *cli_need(const cli_cmd *cmd, const char *name);
 int cli_usage_error(const cli_cmd *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

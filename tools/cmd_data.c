@@ -39,17 +39,31 @@ static int run_gen(cli_cmd *c)
 	const char *out = cli_need(c, "out");
 	if (!out || !cli_need(c, "n"))
 		return CLI_EXIT_USAGE;
-	if (!cli_u64(c, "n", 0, &o.n) || !cli_u64(c, "dim", 128, &dim) || !cli_u64(c, "seed", 1, &o.seed) ||
-	    !cli_u64(c, "clusters", 0, &clusters) || !cli_u64(c, "queries", 0, &o.nq) ||
-	    !cli_double(c, "drift", 0, &drift))
+	if (!cli_u64(c, "n", 0, 1, UINT64_MAX, &o.n) || !cli_u64(c, "dim", 128, 1, 65536, &dim) ||
+	    !cli_u64(c, "seed", 1, 0, UINT64_MAX, &o.seed) ||
+	    !cli_u64(c, "clusters", 0, 0, ANN_GEN_MAX_CLUSTERS, &clusters) ||
+	    !cli_u64(c, "queries", 0, 0, UINT64_MAX, &o.nq) || !cli_double(c, "drift", 0, 0, 1e6, &drift))
 		return CLI_EXIT_USAGE;
-	if (o.n == 0 || dim == 0 || dim > 65536)
-		return cli_usage_error(c, "--n must be positive and --dim within 1..65536");
 	const char *qout = cli_get(c, "queries-out");
 	if (o.nq && !qout)
 		return cli_usage_error(c, "--queries needs --queries-out FILE");
 	o.dim = (uint32_t)dim;
 	o.clusters = (uint32_t)clusters;
+	/* The format's vector limit is a usage error, found before writing. */
+	ann_vfmt fmt;
+	ann_error ferr = {0};
+	const char *paths[2] = {out, o.nq ? qout : NULL};
+	uint64_t counts[2] = {o.n, o.nq};
+	for (int i = 0; i < 2; i++) {
+		if (!paths[i])
+			continue;
+		if (ann_vfmt_from_path(paths[i], &fmt, &ferr) < 0)
+			return cli_usage_error(c, "%s", ferr.msg);
+		if (counts[i] > ann_vfmt_max_vectors(fmt))
+			return cli_usage_error(c, "option '--%s': %llu vectors, but the %s format of %s holds at most %llu",
+					       i ? "queries" : "n", (unsigned long long)counts[i], ann_vfmt_name(fmt), paths[i],
+					       (unsigned long long)ann_vfmt_max_vectors(fmt));
+	}
 	o.drift = (float)drift;
 	cli_progress_state ps;
 	cli_progress_init(&ps, cli_flag(c, "quiet"));
@@ -139,11 +153,9 @@ static int run_gt(cli_cmd *c)
 	if (!out)
 		return CLI_EXIT_USAGE;
 	uint64_t k, threads, mem;
-	if (!cli_u64(c, "k", 100, &k) || !cli_u64(c, "threads", 2, &threads) ||
-	    !cli_size(c, "mem", (uint64_t)512 << 20, &mem))
+	if (!cli_u64(c, "k", 100, 1, ANN_MAX_K, &k) || !cli_u64(c, "threads", 2, 1, 64, &threads) ||
+	    !cli_size(c, "mem", (uint64_t)512 << 20, (uint64_t)1 << 20, CLI_SIZE_MAX, &mem))
 		return CLI_EXIT_USAGE;
-	if (k == 0 || k > 100000 || threads == 0 || threads > 64)
-		return cli_usage_error(c, "--k must be within 1..100000 and --threads within 1..64");
 	if (cli_parse_metric(c, cli_get(c, "metric"), &o.metric))
 		return CLI_EXIT_USAGE;
 	o.k = (uint32_t)k;
@@ -208,7 +220,8 @@ static int run_convert(cli_cmd *c)
 	if (!out)
 		return CLI_EXIT_USAGE;
 	uint64_t limit, offset;
-	if (!cli_u64(c, "limit", UINT64_MAX, &limit) || !cli_u64(c, "offset", 0, &offset))
+	/* --limit 0 would write a file without vectors, which no reader accepts. */
+	if (!cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) || !cli_u64(c, "offset", 0, 0, UINT64_MAX, &offset))
 		return CLI_EXIT_USAGE;
 	ann_error err = {0};
 	ann_vreader *r = NULL;
@@ -230,7 +243,24 @@ static int run_convert(cli_cmd *c)
 		return cli_fail(c, &err);
 	}
 	uint64_t n = ANN_MIN(total - offset, limit), done = 0;
+	if (n == 0) {
+		ann_vreader_close(r);
+		return cli_usage_error(c, "--offset %llu leaves no vector of the %llu in %s to convert",
+				       (unsigned long long)offset, (unsigned long long)total, in);
+	}
+	ann_vfmt ofmt;
+	if (ann_vfmt_from_path(out, &ofmt, &err) == 0 && n > ann_vfmt_max_vectors(ofmt)) {
+		ann_vreader_close(r);
+		return cli_usage_error(c, "%s: %llu vectors, but the %s format holds at most %llu; use --limit", out,
+				       (unsigned long long)n, ann_vfmt_name(ofmt),
+				       (unsigned long long)ann_vfmt_max_vectors(ofmt));
+	}
 	size_t chunk = ANN_MAX((size_t)1, ((size_t)4 << 20) / ((size_t)d * 4));
+	/* Free space before a byte is written (issue 13 D11). */
+	if (ann_vfile_check_size(out, n, d, &err) < 0) {
+		ann_vreader_close(r);
+		return cli_fail(c, &err);
+	}
 	buf = ann_malloc(chunk * d * sizeof(float));
 	if (!buf) {
 		ann_vreader_close(r);

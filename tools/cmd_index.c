@@ -40,6 +40,8 @@ static cli_opt build_opts[] = {
 	{"replicas", "R", "store a vector in up to R partitions (SPANN closure; default 1)", NULL},
 	{"replica-eps", "E", "extra copies go where the centroid is within (1+E) of the nearest (default 0.1)",
 	 NULL},
+	{"soar", "LAMBDA", "kmeans: pick extra copies' partitions by SOAR's loss with this lambda (0 = nearest; "
+	 "default 0)", NULL},
 	{"hnsw-m", "M", "degree of the centroid graph (default 32; 2x at level 0)", NULL},
 	{"hnsw-ef", "EF", "ef_construction of the centroid graph (default 200)", NULL},
 	{"clusters", "K", "annann router: clusters (same as --partitions)", NULL},
@@ -104,13 +106,16 @@ static int run_build(cli_cmd *c)
 	ann_build_opts o;
 	ann_build_opts_init(&o); /* the defaults of every option below */
 	uint64_t parts, level, mem, threads, seed, sample, iters, replicas, hm, hef;
-	double balance, eps;
-	if (!cli_u64(c, "partitions", 0, &parts) || !cli_u64(c, "zstd-level", (uint64_t)o.zstd_level, &level) ||
-	    !cli_size(c, "mem", o.mem_bytes, &mem) || !cli_u64(c, "threads", (uint64_t)o.threads, &threads) ||
-	    !cli_u64(c, "seed", o.seed, &seed) || !cli_u64(c, "sample", 0, &sample) || !cli_u64(c, "iters", o.kmeans_iters, &iters) ||
-	    !cli_u64(c, "replicas", o.replicas, &replicas) || !cli_u64(c, "hnsw-m", o.hnsw_m, &hm) ||
-	    !cli_u64(c, "hnsw-ef", o.hnsw_ef_construction, &hef) || !cli_double(c, "balance", o.balance, &balance) ||
-	    !cli_double(c, "replica-eps", o.replica_eps, &eps))
+	double balance, eps, soar;
+	if (!cli_u64(c, "partitions", 0, 0, UINT32_MAX, &parts) ||
+	    !cli_u64(c, "zstd-level", (uint64_t)o.zstd_level, 0, 22, &level) ||
+	    !cli_size(c, "mem", o.mem_bytes, (uint64_t)16 << 20, CLI_SIZE_MAX, &mem) ||
+	    !cli_u64(c, "threads", (uint64_t)o.threads, 1, 64, &threads) || !cli_u64(c, "seed", o.seed, 0, UINT64_MAX, &seed) ||
+	    !cli_u64(c, "sample", 0, 0, UINT64_MAX, &sample) || !cli_u64(c, "iters", o.kmeans_iters, 1, 1000, &iters) ||
+	    !cli_u64(c, "replicas", o.replicas, 1, 8, &replicas) || !cli_u64(c, "hnsw-m", o.hnsw_m, 2, 1024, &hm) ||
+	    !cli_u64(c, "hnsw-ef", o.hnsw_ef_construction, 1, 100000, &hef) ||
+	    !cli_double(c, "balance", o.balance, 0, 1e9, &balance) || !cli_double(c, "replica-eps", o.replica_eps, 0, 1e9, &eps) ||
+	    !cli_double(c, "soar", o.soar_lambda, 0, 1e9, &soar))
 		return CLI_EXIT_USAGE;
 	if (parse_router(c, cli_get(c, "router"), &o.router) || parse_encoding(c, cli_get(c, "encoding"), &o.encoding) ||
 	    cli_parse_metric(c, cli_get(c, "metric"), &o.metric))
@@ -122,10 +127,6 @@ static int run_build(cli_cmd *c)
 		o.store = ANN_STORE_LMDB;
 	else
 		return cli_usage_error(c, "--store: '%s' is not one of file, lmdb", store);
-	if (parts > UINT32_MAX || level > 22 || threads == 0 || threads > 64 || iters == 0 || iters > 1000 ||
-	    replicas == 0 || replicas > 8 || hm < 2 || hm > 1024 || hef == 0 || hef > 100000)
-		return cli_usage_error(c, "an option is out of range (partitions < 2^32, zstd-level 0..22, threads "
-				       "1..64, iters 1..1000, replicas 1..8, hnsw-m 2..1024)");
 	o.partitions = (uint32_t)parts;
 	o.zstd_level = (int)level;
 	o.shuffle = cli_flag(c, "no-shuffle") ? 0 : cli_flag(c, "shuffle") ? 1 : -1;
@@ -138,41 +139,34 @@ static int run_build(cli_cmd *c)
 	o.balance = balance;
 	o.replicas = (uint32_t)replicas;
 	o.replica_eps = eps;
+	o.soar_lambda = soar;
 	o.hnsw_m = (uint32_t)hm;
 	o.hnsw_ef_construction = (uint32_t)hef;
 	const char *codes = cli_get(c, "codes");
 	uint64_t cbits;
-	if (!cli_u64(c, "code-bits", 1, &cbits))
+	if (!cli_u64(c, "code-bits", 1, 1, 8, &cbits))
 		return CLI_EXIT_USAGE;
 	if (codes && strcmp(codes, "rabitq") != 0 && strcmp(codes, "none") != 0)
 		return cli_usage_error(c, "--codes: '%s' is not one of none, rabitq", codes);
-	if (cbits < 1 || cbits > 8)
-		return cli_usage_error(c, "--code-bits must be within 1..8");
 	if (cli_get(c, "code-bits") && !(codes && strcmp(codes, "rabitq") == 0))
 		return cli_usage_error(c, "--code-bits needs --codes rabitq");
 	o.code_bits = codes && strcmp(codes, "rabitq") == 0 ? (uint32_t)cbits : 0;
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
 	double alpha, rw, imb, lambda;
-	if (!cli_u64(c, "clusters", 0, &clusters) || !cli_u64(c, "embed-dim", o.embed_dim, &edim) ||
-	    !cli_u64(c, "ae-epochs", o.ae_epochs, &aee) || !cli_u64(c, "dec-epochs", o.dec_epochs, &dece) ||
-	    !cli_u64(c, "knn-k", o.knn_k, &knnk) || !cli_u64(c, "epochs", o.nlsh_epochs, &ep) || !cli_u64(c, "rounds", o.joint_rounds, &rounds) ||
-	    !cli_u64_list(c, "hidden", hidden, 3, &nh) || !cli_double(c, "dec-alpha", o.dec_alpha, &alpha) ||
-	    !cli_double(c, "recon-weight", o.recon_weight, &rw) || !cli_double(c, "imbalance", o.imbalance, &imb) ||
-	    !cli_double(c, "lambda", o.joint_lambda, &lambda))
+	if (!cli_u64(c, "clusters", 0, 0, UINT32_MAX, &clusters) || !cli_u64(c, "embed-dim", o.embed_dim, 1, 4096, &edim) ||
+	    !cli_u64(c, "ae-epochs", o.ae_epochs, 0, 10000, &aee) || !cli_u64(c, "dec-epochs", o.dec_epochs, 0, 10000, &dece) ||
+	    !cli_u64(c, "knn-k", o.knn_k, 1, 1000, &knnk) || !cli_u64(c, "epochs", o.nlsh_epochs, 0, 10000, &ep) ||
+	    !cli_u64(c, "rounds", o.joint_rounds, 0, 1000, &rounds) || !cli_u64_list(c, "hidden", 1, 65536, hidden, 3, &nh) ||
+	    !cli_double(c, "dec-alpha", o.dec_alpha, 1e-9, 1e9, &alpha) ||
+	    !cli_double(c, "recon-weight", o.recon_weight, 0, 1e9, &rw) ||
+	    !cli_double(c, "imbalance", o.imbalance, 0, 1, &imb) || !cli_double(c, "lambda", o.joint_lambda, -1e9, 1e9, &lambda))
 		return CLI_EXIT_USAGE;
 	if (clusters) {
 		if (parts && parts != clusters)
 			return cli_usage_error(c, "--clusters and --partitions disagree");
-		o.partitions = (uint32_t)ANN_MIN(clusters, (uint64_t)UINT32_MAX);
+		o.partitions = (uint32_t)clusters;
 	}
-	if (edim == 0 || edim > 4096 || aee > 10000 || dece > 10000 || knnk == 0 || knnk > 1000 || ep > 10000 ||
-	    rounds > 1000 || alpha <= 0 || rw < 0 || imb < 0 || imb > 1)
-		return cli_usage_error(c, "a router option is out of range (embed-dim 1..4096, knn-k 1..1000, "
-				       "dec-alpha > 0, imbalance 0..1)");
-	for (size_t i = 0; i < nh; i++)
-		if (hidden[i] == 0 || hidden[i] > 65536)
-			return cli_usage_error(c, "--hidden sizes must be within 1..65536");
 	o.embed_dim = (uint32_t)edim;
 	if (nh) {
 		memset(o.hidden, 0, sizeof o.hidden);
@@ -228,11 +222,6 @@ static cli_opt info_opts[] = {
 	{NULL, NULL, NULL, NULL},
 };
 
-static const char *metric_name(ann_metric m)
-{
-	return m == ANN_METRIC_L2 ? "l2" : m == ANN_METRIC_IP ? "ip" : "cosine";
-}
-
 static int run_info(cli_cmd *c)
 {
 	const char *dir = cli_need(c, "index");
@@ -248,41 +237,30 @@ static int run_info(cli_cmd *c)
 		return cli_fail(c, &err);
 	}
 	/* Histogram of partition sizes in powers of two. */
-	uint64_t hist[40] = {0};
-	for (uint32_t p = 0; p < in.partitions; p++) {
-		uint64_t s = ann_index_partition_size(x, p);
-		int b = 0;
-		while (b < 39 && (1ull << (b + 1)) <= s)
-			b++;
-		hist[s ? b + 1 : 0]++;
-	}
+	uint64_t hist[ANN_INFO_HIST_BINS];
+	ann_index_size_histogram(x, hist);
 	double amp = in.vectors ? (double)in.stored_vectors / (double)in.vectors : 0;
 	uint64_t raw = in.vectors * in.dim * (in.encoding == ANN_ENC_U8 || in.encoding == ANN_ENC_I8 ? 1 : 4);
 	if (cli_flag(c, "json")) {
 		cli_json j;
 		cli_json_begin(&j, stdout);
-		cli_json_int(&j, "vectors", (long long)in.vectors);
-		cli_json_int(&j, "stored_vectors", (long long)in.stored_vectors);
-		cli_json_int(&j, "live_vectors", (long long)in.live_vectors);
-		cli_json_num(&j, "replication", amp);
-		cli_json_int(&j, "dim", in.dim);
-		cli_json_int(&j, "partitions", in.partitions);
-		cli_json_str(&j, "router", ann_router_name(in.router));
-		cli_json_str(&j, "store", in.store == ANN_STORE_LMDB ? "lmdb" : "file");
-		cli_json_str(&j, "encoding", ann_encoding_name(in.encoding));
-		cli_json_str(&j, "metric", metric_name(in.metric));
-		cli_json_int(&j, "bytes_on_disk", (long long)in.bytes_on_disk);
-		cli_json_int(&j, "block_bytes", (long long)in.block_bytes);
-		cli_json_int(&j, "raw_bytes", (long long)raw);
-		cli_json_int(&j, "router_ram_bytes", (long long)in.router_ram_bytes);
-		cli_json_int(&j, "route_ef", (long long)in.route_ef);
-		cli_json_num(&j, "router_bytes_per_vector", in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0);
-		cli_json_int(&j, "code_bits", (long long)in.code_bits);
-		cli_json_int(&j, "head_bytes", (long long)in.head_bytes);
-		cli_json_int(&j, "largest_partition", (long long)in.largest_partition);
-		cli_json_int(&j, "smallest_partition", (long long)in.smallest_partition);
+		/* The keys come from the library, the same list as Python's Index.info(). */
+		ann_info_field fields[ANN_INFO_MAX_FIELDS];
+		size_t nf = 0;
+		if (ann_index_info_fields(x, fields, &nf, &err) < 0) {
+			ann_index_close(x);
+			return cli_fail(c, &err);
+		}
+		for (size_t f = 0; f < nf; f++) {
+			if (fields[f].type == ANN_INFO_INT)
+				cli_json_int(&j, fields[f].key, (long long)fields[f].i);
+			else if (fields[f].type == ANN_INFO_NUM)
+				cli_json_num(&j, fields[f].key, fields[f].num);
+			else
+				cli_json_str(&j, fields[f].key, fields[f].str);
+		}
 		cli_json_arr(&j, "partition_size_histogram");
-		for (int b = 0; b < 40; b++) {
+		for (int b = 0; b < ANN_INFO_HIST_BINS; b++) {
 			if (!hist[b])
 				continue;
 			cli_json_obj(&j, NULL);
@@ -296,7 +274,7 @@ static int run_info(cli_cmd *c)
 	} else {
 		printf("index          %s\n", dir);
 		printf("vectors        %" PRIu64 " x %u (%s, metric %s)\n", in.vectors, in.dim,
-		       ann_encoding_name(in.encoding), metric_name(in.metric));
+		       ann_encoding_name(in.encoding), ann_metric_name(in.metric));
 		printf("stored         %" PRIu64 " (replication %.3fx)\n", in.stored_vectors, amp);
 		printf("live           %" PRIu64 " (built + inserted - deleted)\n", in.live_vectors);
 		printf("partitions     %u (sizes %" PRIu64 "..%" PRIu64 ")\n", in.partitions, in.smallest_partition,
@@ -315,7 +293,7 @@ static int run_info(cli_cmd *c)
 		       (double)in.bytes_on_disk / 1048576.0, (double)in.block_bytes / 1048576.0,
 		       (double)raw / 1048576.0, raw ? (double)in.bytes_on_disk / (double)raw : 0.0);
 		printf("partition sizes:\n");
-		for (int b = 0; b < 40; b++)
+		for (int b = 0; b < ANN_INFO_HIST_BINS; b++)
 			if (hist[b])
 				printf("  %8llu..%-8llu %u\n", b ? 1ull << (b - 1) : 0ull, b ? (1ull << b) - 1 : 0ull,
 				       (unsigned)hist[b]);
@@ -478,29 +456,19 @@ static int run_search(cli_cmd *c)
 	uint64_t k, cf, ef, batch, threads, cache, qd, limit, rerank, rphases;
 	uint64_t probes[64];
 	size_t nprobes = 0;
-	if (!cli_u64(c, "k", 10, &k) || !cli_u64(c, "candidates-factor", 10, &cf) || !cli_u64(c, "ef", 0, &ef) ||
-	    !cli_u64(c, "batch", 1, &batch) || !cli_u64(c, "threads", 1, &threads) ||
-	    !cli_size(c, "cache", 0, &cache) || !cli_u64(c, "queue-depth", 32, &qd) ||
-	    !cli_u64(c, "limit", UINT64_MAX, &limit) || !cli_u64(c, "rerank", ANN_DEFAULT_RERANK, &rerank) ||
-	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, &rphases) ||
-	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", probes, 64, &nprobes))
+	if (!cli_u64(c, "k", 10, 1, ANN_MAX_K, &k) || !cli_u64(c, "candidates-factor", 10, 1, 1000, &cf) ||
+	    !cli_u64(c, "ef", 0, 0, 1000000, &ef) || !cli_u64(c, "batch", 1, 1, UINT32_MAX, &batch) ||
+	    !cli_u64(c, "threads", 1, 1, 64, &threads) || !cli_size(c, "cache", 0, 0, CLI_SIZE_MAX, &cache) ||
+	    !cli_u64(c, "queue-depth", 32, 1, 4096, &qd) || !cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) ||
+	    !cli_u64(c, "rerank", ANN_DEFAULT_RERANK, 1, 100000, &rerank) ||
+	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, 2, &rphases) ||
+	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, 4096, probes, 64, &nprobes))
 		return CLI_EXIT_USAGE;
 	double reps;
-	if (!cli_double(c, "rerank-eps", 0, &reps))
+	if (!cli_double(c, "rerank-eps", 0, 0, 100, &reps))
 		return CLI_EXIT_USAGE;
-	if (rphases < 1 || rphases > 2)
-		return cli_usage_error(c, "--rerank-phases must be 1 or 2");
-	if (!(reps >= 0 && reps <= 100))
-		return cli_usage_error(c, "--rerank-eps must be within 0..100");
 	if (nprobes == 0)
 		probes[nprobes++] = 16;
-	for (size_t i = 0; i < nprobes; i++)
-		if (probes[i] == 0 || probes[i] > 4096)
-			return cli_usage_error(c, "--nprobe values must be within 1..4096");
-	if (k == 0 || k > 10000 || batch == 0 || threads == 0 || threads > 64 || qd == 0 || qd > 4096 || rerank == 0 ||
-	    rerank > 100000)
-		return cli_usage_error(c, "an option is out of range (k 1..10000, batch >= 1, threads 1..64, "
-				       "queue-depth 1..4096, rerank 1..100000)");
 	ann_error err = {0};
 	ann_index *idx = NULL;
 	ann_vreader *qr = NULL;

@@ -46,6 +46,30 @@ out:
 	return rc;
 }
 
+static const char *dtype_name(ann_dtype t)
+{
+	switch (t) {
+	case ANN_DTYPE_F32: return "f32";
+	case ANN_DTYPE_U8: return "u8";
+	case ANN_DTYPE_I8: return "i8";
+	case ANN_DTYPE_I32: return "int32";
+	default: return "f16";
+	}
+}
+
+/* Whether a file of element type t can be inserted into an index of
+ * encoding e without changing a value: u8 and i8 indexes store their own
+ * type only; float indexes take f32 and the small integer types (exact in
+ * float). int32 files hold ids, never vectors. */
+static bool insert_type_ok(ann_dtype t, ann_encoding e)
+{
+	if (e == ANN_ENC_U8)
+		return t == ANN_DTYPE_U8;
+	if (e == ANN_ENC_I8)
+		return t == ANN_DTYPE_I8;
+	return t == ANN_DTYPE_F32 || t == ANN_DTYPE_U8 || t == ANN_DTYPE_I8;
+}
+
 static cli_opt insert_opts[] = {
 	{"index", "DIR", "index directory (required)", NULL},
 	{"data", "FILE", "vectors to insert (required)", NULL},
@@ -64,10 +88,8 @@ static int run_insert(cli_cmd *c)
 	if (!data)
 		return CLI_EXIT_USAGE;
 	uint64_t batch;
-	if (!cli_u64(c, "batch", 10000, &batch))
+	if (!cli_u64(c, "batch", 10000, 1, 10000000, &batch))
 		return CLI_EXIT_USAGE;
-	if (batch == 0 || batch > 10000000)
-		return cli_usage_error(c, "--batch must be within 1..10000000");
 	ann_error err = {0};
 	ann_writer *w = NULL;
 	ann_vreader *r = NULL;
@@ -89,7 +111,23 @@ static int run_insert(cli_cmd *c)
 	}
 	if (ann_writer_open(dir, &w, &err) < 0)
 		goto out;
+	ann_index_info info;
+	if (ann_writer_get_info(w, &info, &err) < 0)
+		goto out;
 	size_t d = ann_vreader_dim(r);
+	if (d != info.dim) {
+		ann_err(&err, ANN_E_BADINPUT, "%s: vectors of dimension %zu, but the index %s has dimension %u", data,
+			d, dir, info.dim);
+		goto out;
+	}
+	if (!insert_type_ok(ann_vreader_dtype(r), info.encoding)) {
+		ann_err(&err, ANN_E_BADINPUT, "%s: %s elements do not fit the %s index %s (it takes %s)", data,
+			dtype_name(ann_vreader_dtype(r)), ann_encoding_name(info.encoding), dir,
+			info.encoding == ANN_ENC_U8   ? "u8 files: .u8bin, .bvecs"
+			: info.encoding == ANN_ENC_I8 ? "i8 files: .i8bin"
+						      : "f32, u8 or i8 files");
+		goto out;
+	}
 	buf = ann_malloc(batch * d * sizeof(float));
 	if (!buf) {
 		ann_err(&err, ANN_E_NOMEM, "out of memory for a batch of %llu", (unsigned long long)batch);
@@ -103,7 +141,8 @@ static int run_insert(cli_cmd *c)
 				ann_err(&err, ANN_E_BADINPUT, "%s: ends early", data);
 			goto out;
 		}
-		if (ann_insert(w, buf, (size_t)got, ids ? ids + done : NULL, cli_flag(c, "upsert"), NULL, &err) < 0) {
+		if (ann_insert(w, buf, (size_t)got, (uint32_t)d, ids ? ids + done : NULL, cli_flag(c, "upsert"), NULL,
+			       &err) < 0) {
 			ann_err_prefix(&err, err.code, "after %llu committed vectors", (unsigned long long)done);
 			goto out;
 		}
@@ -192,7 +231,7 @@ static int run_compact(cli_cmd *c)
 	if (!dir)
 		return CLI_EXIT_USAGE;
 	uint64_t limit;
-	if (!cli_u64(c, "split-limit", 0, &limit))
+	if (!cli_u64(c, "split-limit", 0, 0, UINT64_MAX, &limit))
 		return CLI_EXIT_USAGE;
 	ann_error err = {0};
 	ann_writer *w = NULL;

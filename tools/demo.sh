@@ -33,3 +33,16 @@ echo "== building the index: $PARTS partitions, k-means router, memory budget $M
 echo "== searching from disk (O_DIRECT, no cache), one query at a time"
 "$ANN" search --index "$index" --queries "$query" --gt "$gt" --k 10 --batch 1 \
 	--nprobe 1,2,4,8,16,32,64
+
+# The same sweep drawn by the Python explorer when the package (built by
+# meson into BUILD/python) and matplotlib are present. DEMO_PEERS: JSON
+# lines of other systems to put on the same axes (bench/results/).
+BUILD=$(dirname "$(dirname "$ANN")")
+if PYTHONPATH="$BUILD/python" /usr/bin/python3 -c 'import annann, matplotlib' 2>/dev/null; then
+	echo "== plotting recall@10 against bytes/query and p50 latency: $DIR/curve-$N.png"
+	# shellcheck disable=SC2086
+	PYTHONPATH="$BUILD/python" /usr/bin/python3 -m annann.explore --index "$index" --queries "$query" \
+		--gt "$gt" --out "$DIR/curve-$N.png" ${DEMO_PEERS:+--peers $DEMO_PEERS}
+else
+	echo "== (no plot: the annann Python package or python3-matplotlib is missing)"
+fi

@@ -9,6 +9,11 @@
 #   bash tools/run.sh bench   also install the peers' packages (FAISS, SPTAG,
 #                             fio, Fashion-MNIST) used by bench/
 #
+# The Python package is built by meson (python/annann) with Debian's
+# /usr/bin/python3, and `test` also installs it the way users do
+# (pip install --no-build-isolation . into a venv that sees Debian's numpy)
+# and runs its pytest suite against that installation.
+#
 # Environment: DEMO_N (demo base size, default 1000000), BUILD_DIR (default
 # build), JOBS (ninja -j, default nproc).
 set -euo pipefail
@@ -17,7 +22,8 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
 DEPS="gcc pkg-config meson ninja-build liburing-dev liblmdb-dev libopenblas-dev libzstd-dev
-      libmetis-dev libxxhash-dev zlib1g-dev"
+      libmetis-dev libxxhash-dev zlib1g-dev
+      python3-dev python3-numpy python3-mesonpy python3-pytest python3-matplotlib python3-venv python3-pip"
 BENCH_DEPS="python3 python3-numpy python3-faiss python3-matplotlib sptag fio jq dataset-fashion-mnist time
             lmdb-utils libaio1 libboost-program-options1.74.0 liblapacke libgoogle-perftools4 libgomp1"
 
@@ -36,6 +42,29 @@ install_pkgs() {
 		apt-get update -qq
 		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 	fi
+}
+
+PY=/usr/bin/python3
+
+# pip install --no-build-isolation . into a throw-away venv, then pytest on
+# the installed package. pytest's exit 5 (no test collected) is a failure:
+# the suite must exist and be found.
+python_tests() {
+	local tmp
+	tmp=$(mktemp -d)
+	trap 'rm -rf "$tmp"' RETURN
+	"$PY" -m venv --system-site-packages "$tmp/venv"
+	"$tmp/venv/bin/pip" install -q --no-build-isolation --no-index . >"$tmp/pip.log" 2>&1 ||
+		{ cat "$tmp/pip.log" >&2; echo "pip install --no-build-isolation . failed" >&2; return 1; }
+	local rc=0
+	(cd "$tmp" && ANNANN_TOOL="$OLDPWD/$BUILD_DIR/tools/annann" OPENBLAS_NUM_THREADS=1 \
+		"$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider "$OLDPWD/python/tests" \
+		"$OLDPWD/bench/ann_benchmarks/tests") || rc=$?
+	if [ "$rc" -eq 5 ]; then
+		echo "pytest collected no tests from python/tests and bench/ann_benchmarks/tests" >&2
+		return 1
+	fi
+	return "$rc"
 }
 
 build() {
@@ -60,6 +89,8 @@ test)
 	build "$BUILD_DIR-asan" -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		meson test -C "$BUILD_DIR-asan" --print-errorlogs --num-processes "$JOBS" --timeout-multiplier 4
+	echo "== Python package: pip install --no-build-isolation ., pytest"
+	python_tests
 	echo "== all tests passed"
 	;;
 demo)

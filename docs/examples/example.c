@@ -2,7 +2,7 @@
 /*
  * example.c: the program of docs/API.md. Builds an index from a vector file,
  * opens it, searches a few vectors of the file itself and prints what it
- * found. Usage: example DATA_FILE INDEX_DIR
+ * found, then inserts one vector. Usage: example DATA_FILE INDEX_DIR
  * The tests compile and run it (tests/meson.build), so it stays true.
  */
 #include <stdio.h>
@@ -66,8 +66,23 @@ int main(int argc, char **argv)
 			printf(" %lld", (long long)ids[i * so.k + j]);
 		printf("\n");
 	}
-	free(q);
 	ann_searcher_free(s);
 	ann_index_close(idx);
+
+	/* 4. Insert the second query as a new vector: the writer checks that the
+	 * vectors have the index's dimension and assigns the next free id. */
+	ann_writer *w;
+	int64_t id = -1;
+	if (rc == 0 && ann_writer_open(argv[2], &w, &err) == 0) {
+		rc = ann_insert(w, q + d, 1, (uint32_t)d, NULL, 0, &id, &err);
+		ann_writer_close(w);
+	} else if (rc == 0) {
+		rc = -1;
+	}
+	if (rc < 0)
+		fprintf(stderr, "insert: %s\n", err.msg);
+	else
+		printf("inserted 1 vector as id %lld\n", (long long)id);
+	free(q);
 	return rc < 0 ? 1 : 0;
 }
