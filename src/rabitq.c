@@ -251,10 +251,16 @@ static void heap_down(rbq_event *hp, size_t n, size_t i)
  * K = 2^be. Sets k[i] = min(floor(t a_i), K - 1) for the t in [t_lo, t_hi]
  * that maximises sum (k_i + 1/2) a_i / sqrt(sum (k_i + 1/2)^2), where
  * t_hi = (K - 1 + 10) / max a (past it the largest coordinates only clip)
- * and t_lo = 0 for be <= 4, else t_hi / 2 (the optimum lies well above: the
- * reference library starts at 0.59..0.81 of its range there). Walks the
- * critical values of t (where some k_i steps) in increasing order with a heap:
- * O(events log n), events <= n (K - 1). */
+ * and t_lo = rbq_t_lo[be] t_hi. Walks the critical values of t (where some
+ * k_i steps) in increasing order with a heap: O(events log n), events <=
+ * n (K - 1).
+ * rbq_t_lo: measured over 300 rotated Gaussian unit vectors of dims 128 and
+ * 784, the best t lay at 0.19, 0.30, 0.44, 0.57, 0.66, 0.78, 0.86 of t_hi
+ * at least (be = 1..7; the means are 0.07-0.12 higher); starting 0.15
+ * below that skips the events that cannot win and halves the encode time.
+ * (The reference library starts at a similar table, kTightStart.) */
+static const double rbq_t_lo[8] = {0, 0.04, 0.15, 0.29, 0.42, 0.51, 0.63, 0.71};
+
 static void quantise_ex(const double *a, size_t n, unsigned be, uint8_t *k, rbq_event *hp)
 {
 	const uint32_t K = 1u << be;
@@ -266,7 +272,7 @@ static void quantise_ex(const double *a, size_t n, unsigned be, uint8_t *k, rbq_
 		return;
 	}
 	const double t_hi = (double)(K - 1 + 10) / amax;
-	const double t_lo = be <= 4 ? 0.0 : t_hi / 2;
+	const double t_lo = rbq_t_lo[be] * t_hi;
 	double num = 0, den = 0;
 	size_t nh = 0;
 	for (size_t i = 0; i < n; i++) {

@@ -86,7 +86,7 @@ int ann_rbq_encode(const ann_rbq *q, const float *c, const float *x, size_t n, u
 		   ann_error *err);
 
 /* Per-thread query state: the rotated query residual and its look-up tables.
- * Memory (ann_rbq_query_sizeof): one allocation of 24 * padded_dim + 4 * dim
+ * Memory (ann_rbq_query_sizeof): one allocation of 22 * padded_dim + 4 * dim
  * bytes plus the struct. */
 typedef struct ann_rbq_query ann_rbq_query;
 
