@@ -138,11 +138,11 @@ typedef struct ann_dirent {
 	uint32_t head;       /* codes block (format 2): bytes of its head, read first; 0 = a format 1 block */
 } ann_dirent;
 
-/* Payload bytes of a parts value (without checksum): version 1 (32 bytes)
- * for format 1 blocks, version 2 (40 bytes, + head length) for codes blocks.
- * Both are read; each entry is written in the smallest version that holds it. */
-#define ANN_PARTS_VALUE_BYTES    32u
-#define ANN_PARTS_VALUE_BYTES_V2 40u
+/* Payload bytes of a parts value (without checksum): 32 in both versions.
+ * Version 1 for format 1 blocks; version 2 for codes blocks: the offset in
+ * 4 KiB units and the head length (docs/FORMAT.md "parts value"). Both are
+ * read; an older build refuses version 2 with ANN_E_FORMAT. */
+#define ANN_PARTS_VALUE_BYTES 32u
 
 int ann_catalog_part_put(ann_cat_txn *t, uint32_t pid, const ann_dirent *e, ann_error *err);
 /* Missing: ANN_E_NOTFOUND. */
@@ -150,8 +150,9 @@ int ann_catalog_part_get(ann_cat_txn *t, uint32_t pid, ann_dirent *e, ann_error 
 int ann_catalog_part_del(ann_cat_txn *t, uint32_t pid, ann_error *err);
 /* Version 1 (32 bytes; e->head must be 0). */
 void ann_catalog_part_encode(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_dirent *e);
-/* Version 1 when e->head == 0, else version 2; @return the bytes written. */
-size_t ann_catalog_part_encode_any(uint8_t out[ANN_PARTS_VALUE_BYTES_V2], const ann_dirent *e);
+/* Version 1 when e->head == 0, else version 2 (ANN_E_UNSUPPORTED when the
+ * offset is not 4096-aligned or lies beyond 16 TiB). */
+int ann_catalog_part_encode_any(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_dirent *e, ann_error *err);
 /* Validates field ranges (kind, version, length); ANN_E_CORRUPT naming pid. */
 int ann_catalog_part_decode(const uint8_t *p, size_t n, uint32_t pid, ann_dirent *e, ann_error *err);
 
