@@ -15,8 +15,9 @@
  *     pages that hold them, deduplicated within the batch and coalesced into
  *     one read per run of adjacent pages; exact distances go to the top k.
  * Deltas (inserted, not yet compacted) are scanned exactly; tombstones and
- * replicas are filtered at every push. The optional cache keeps decoded
- * format 1 blocks only (LRU, bounded in bytes); codes blocks are always read.
+ * replicas are filtered at every push. The optional cache (LRU, bounded in
+ * bytes) keeps decoded format 1 blocks and the heads of codes blocks; round 2
+ * pages are always read.
  * Invariants: every distance in the answer is exact; every byte used was
  * checked (format 1: payload checksum; codes: header, head and page sums).
  */
@@ -39,14 +40,17 @@ void ann_search_opts_init(ann_search_opts *o)
 	o->rerank = ANN_DEFAULT_RERANK;
 }
 
-/* A decoded block held by the cache: ids then vectors in one allocation. */
+/* A cache entry in one allocation: a decoded format 1 block (ids then
+ * vectors), or the head of a codes block as read (head_len > 0). */
 typedef struct cblock {
 	uint32_t pid;
 	uint32_t generation;
 	uint32_t count;
+	uint32_t head_len;
 	size_t bytes;
 	int64_t *ids;
 	void *vecs;
+	uint8_t *head;
 	struct cblock *prev, *next; /* LRU list, most recent at head */
 } cblock;
 
@@ -327,14 +331,11 @@ void ann_searcher_io_totals(const ann_searcher *s, uint64_t *bytes, uint64_t *re
 	*requests = st.requests;
 }
 
-/* Inserts a decoded block into the cache, evicting from the tail. */
-static void cache_put(ann_searcher *s, uint32_t pid, uint32_t gen, const int64_t *ids, const void *vecs,
-		      uint32_t count)
+/* Room for an entry of bytes, evicting from the tail; NULL when it cannot be cached. */
+static cblock *cache_alloc(ann_searcher *s, uint32_t pid, size_t bytes)
 {
-	size_t vbytes = (size_t)count * s->idx->meta.dim * s->vec_esize;
-	size_t bytes = sizeof(cblock) + (size_t)count * 8 + vbytes + 64;
 	if (bytes > s->o.cache_bytes || pid >= s->idx->dir.n || s->cmap[pid])
-		return;
+		return NULL;
 	while (s->cbytes + bytes > s->o.cache_bytes && s->ctail) {
 		cblock *v = s->ctail;
 		cache_unlink(s, v);
@@ -342,21 +343,51 @@ static void cache_put(ann_searcher *s, uint32_t pid, uint32_t gen, const int64_t
 		s->cbytes -= v->bytes;
 		ann_free(v);
 	}
-	cblock *c = ann_malloc(bytes);
+	cblock *c = ann_calloc(1, bytes);
+	if (c)
+		c->bytes = bytes;
+	return c; /* the cache is an optimisation: no memory, no caching */
+}
+
+static void cache_link(ann_searcher *s, cblock *c)
+{
+	c->prev = c->next = NULL;
+	cache_push_front(s, c);
+	s->cmap[c->pid] = c;
+	s->cbytes += c->bytes;
+}
+
+/* Caches a codes block's head as read (checked by process_head first). */
+static void cache_put_head(ann_searcher *s, uint32_t pid, uint32_t gen, const uint8_t *head, uint32_t len)
+{
+	cblock *c = cache_alloc(s, pid, sizeof(cblock) + (size_t)len + 64);
 	if (!c)
-		return; /* the cache is an optimisation: no memory, no caching */
+		return;
+	c->pid = pid;
+	c->generation = gen;
+	c->head_len = len;
+	c->head = (uint8_t *)ANN_ALIGN_UP((uintptr_t)(c + 1), 64);
+	memcpy(c->head, head, len);
+	cache_link(s, c);
+}
+
+/* Inserts a decoded block into the cache, evicting from the tail. */
+static void cache_put(ann_searcher *s, uint32_t pid, uint32_t gen, const int64_t *ids, const void *vecs,
+		      uint32_t count)
+{
+	size_t vbytes = (size_t)count * s->idx->meta.dim * s->vec_esize;
+	size_t bytes = sizeof(cblock) + (size_t)count * 8 + vbytes + 64;
+	cblock *c = cache_alloc(s, pid, bytes);
+	if (!c)
+		return;
 	c->pid = pid;
 	c->generation = gen;
 	c->count = count;
-	c->bytes = bytes;
 	c->ids = (int64_t *)(c + 1);
 	c->vecs = (void *)ANN_ALIGN_UP((uintptr_t)(c->ids + count), 64);
 	memcpy(c->ids, ids, (size_t)count * 8);
 	memcpy(c->vecs, vecs, vbytes);
-	c->prev = c->next = NULL;
-	cache_push_front(s, c);
-	s->cmap[pid] = c;
-	s->cbytes += bytes;
+	cache_link(s, c);
 }
 
 static bool heap_has(const ann_topk *h, int64_t id)
@@ -713,7 +744,8 @@ static void ub_push(ann_searcher *s, size_t qi, float v, int64_t id)
 /* Round 1 of a codes block: checks the head against the directory and the
  * index, keeps its layout and page sums for round 2, and estimates every row
  * for every query of unique partition u. */
-static int process_head(ann_searcher *s, size_t u, const ann_block_read *br, uint64_t *est_ns, ann_error *err)
+static int process_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached, uint64_t *est_ns,
+			ann_error *err)
 {
 	ann_index *x = s->idx;
 	uint32_t pid = s->upids[u];
@@ -757,10 +789,12 @@ static int process_head(ann_searcher *s, size_t u, const ann_block_read *br, uin
 	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
 	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {
 		uint32_t qi = s->pairs[j].q;
-		s->qbytes[qi] += (double)br->cost / sharers;
-		s->qb1[qi] += (double)br->cost / sharers;
-		s->qreqs[qi] += 1.0 / sharers;
-		s->qio1[qi] += 1.0 / sharers;
+		if (!cached) {
+			s->qbytes[qi] += (double)br->cost / sharers;
+			s->qb1[qi] += (double)br->cost / sharers;
+			s->qreqs[qi] += 1.0 / sharers;
+			s->qio1[qi] += 1.0 / sharers;
+		}
 		if (in->count == 0)
 			continue;
 		ann_rbq_query_prepare(s->rq, m == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_IP, s->qnorm + (size_t)qi * d,
@@ -782,6 +816,8 @@ static int process_head(ann_searcher *s, size_t u, const ann_block_read *br, uin
 		}
 	}
 	*est_ns += ann_now_ns() - t0;
+	if (s->cmap && !cached)
+		cache_put_head(s, pid, br->ent.generation, br->data, in->head_bytes);
 	return ANN_OK;
 }
 
@@ -1011,16 +1047,39 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan
 		ANN_TRY(rc);
 		if (ndelta)
 			ANN_TRY(scan_deltas(s, u, scan_ns, err));
+		cblock *c = s->cmap && pid < x->dir.n ? s->cmap[pid] : NULL;
+		if (c && (c->generation != e.generation || (c->head_len != 0) != (e.head != 0))) {
+			cache_unlink(s, c); /* stale: the partition was rewritten */
+			s->cmap[pid] = NULL;
+			s->cbytes -= c->bytes;
+			ann_free(c);
+			c = NULL;
+		}
 		if (e.head) {
 			if (!s->rq)
 				return ann_err(err, ANN_E_CORRUPT, "%s: partition %u is a codes block but the index has no "
 					       "codes (meta codes.kind missing)", x->path, pid);
-			any_codes = true;
+			if (!any_codes) {
+				for (size_t i = 0; i < nq; i++)
+					s->ncand[i] = s->nub[i] = 0;
+				any_codes = true;
+			}
+			if (c) { /* a cached head: round 1 without a read */
+				cache_unlink(s, c);
+				cache_push_front(s, c);
+				ann_block_read br;
+				memset(&br, 0, sizeof br);
+				br.pid = pid;
+				br.data = c->head;
+				br.length = c->head_len;
+				br.ent = e;
+				ANN_TRY(process_head(s, u, &br, true, &tm[1], err));
+				continue;
+			}
 			s->reqs[nreq++] = (ann_block_range){pid, e.head, 0, u};
 			continue;
 		}
-		cblock *c = s->cmap && pid < x->dir.n ? s->cmap[pid] : NULL;
-		if (c && c->generation == e.generation) {
+		if (c) {
 			cache_unlink(s, c);
 			cache_push_front(s, c);
 			uint64_t ts = ann_now_ns();
@@ -1029,23 +1088,14 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan
 			*scan_ns += ann_now_ns() - ts;
 			continue;
 		}
-		if (c) { /* stale: the partition was rewritten */
-			cache_unlink(s, c);
-			s->cmap[pid] = NULL;
-			s->cbytes -= c->bytes;
-			ann_free(c);
-		}
 		s->reqs[nreq++] = (ann_block_range){pid, 0, 0, u};
 	}
 	if (any_codes) {
-		for (size_t i = 0; i < nq; i++)
-			s->ncand[i] = s->nub[i] = 0;
 		if (grow((void **)&s->conv, &s->conv_cap, x->meta.dim, sizeof(float)) < 0)
 			return ann_err(err, ANN_E_NOMEM, "search: out of memory");
 	}
-	if (nreq == 0)
-		return ANN_OK;
-	ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nreq, err));
+	if (nreq > 0) /* with every head cached, round 1 reads nothing */
+		ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nreq, err));
 	int first_error = ANN_OK;
 	ann_error first = {0};
 	for (;;) {
@@ -1068,7 +1118,7 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan
 				first_error = ann_err_prefix(&e2, br.status, "%s", x->path);
 			} else if (br.ent.head) {
 				tm[0] += dt;
-				first_error = process_head(s, u, &br, &tm[1], &e2);
+				first_error = process_head(s, u, &br, false, &tm[1], &e2);
 			} else {
 				first_error = process_block(s, u, &br.ent, br.data, br.length, br.cost, decode_ns, scan_ns,
 							    &e2);

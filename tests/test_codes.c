@@ -336,6 +336,36 @@ static void check_search(const char *idx, const float *rows, const float *qs, si
 	ann_index_close(x);
 }
 
+/* --cache keeps heads: a second search of the same queries reads round 2
+ * pages only and answers the same. */
+static void check_cache(const char *idx)
+{
+	ann_index *x;
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.nprobe = 4;
+	so.cache_bytes = (size_t)64 << 20;
+	ann_searcher *s;
+	ASSERT_OK(ann_searcher_new(x, &so, &s, NULL));
+	static int64_t ids[2][NQ * K];
+	static float dists[2][NQ * K];
+	static ann_query_stats st[2][NQ];
+	for (int pass = 0; pass < 2; pass++)
+		ASSERT_OK(ann_search(s, queries, NQ, ids[pass], dists[pass], st[pass], NULL));
+	ASSERT_TRUE(memcmp(ids[0], ids[1], sizeof ids[0]) == 0);
+	ASSERT_TRUE(memcmp(dists[0], dists[1], sizeof dists[0]) == 0);
+	for (size_t q = 0; q < NQ; q++) {
+		ASSERT_TRUE(st[0][q].bytes_round1 > 0);
+		ASSERT_EQ(st[1][q].bytes_round1, 0);
+		ASSERT_EQ(st[1][q].ios_round1, 0);
+		ASSERT_EQ(st[1][q].estimated, st[0][q].estimated);
+		ASSERT_NEAR(st[1][q].bytes_round2, st[0][q].bytes_round2, 1e-9);
+	}
+	ann_searcher_free(s);
+	ann_index_close(x);
+}
+
 static void test_search(const char *dir)
 {
 	bool live[NB];
@@ -360,6 +390,8 @@ static void test_search(const char *dir)
 		char *idx = build(dir, cs[c].name, cs[c].store, cs[c].m, cs[c].ext, cs[c].bits);
 		bool i8 = strcmp(cs[c].ext, "i8bin") == 0;
 		check_search(idx, i8 ? base_i8 : base, i8 ? queries_i8 : queries, NB, live, cs[c].m, cs[c].name, true);
+		if (!i8)
+			check_cache(idx);
 		uint64_t problems = 1;
 		ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
 		ASSERT_EQ(problems, 0);

@@ -359,7 +359,7 @@ static cli_opt search_opts[] = {
 	{"ef", "EF", "ef of the centroid-graph search (k-means default: max(the build's calibrated ef, 2 * nprobe))", NULL},
 	{"batch", "N", "queries per batch: 1 measures latency, more gives throughput (default 1)", NULL},
 	{"threads", "T", "search threads, each with its own searcher (default 1)", NULL},
-	{"cache", "BYTES", "decoded-block cache per thread, format 1 blocks only (default 0: every block from storage)",
+	{"cache", "BYTES", "decoded-block cache per thread: format 1 blocks, heads of codes blocks (default 0: every block from storage)",
 	 NULL},
 	{"rerank", "N", "codes: at most N exact re-ranks per query (default 100)", NULL},
 	{"rerank-phases", "N", "codes: 1 = one read of all re-rank pages; 2 = the k best first, then only what can "
