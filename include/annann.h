@@ -14,7 +14,9 @@
  *    with nothing to free. Destructors accept NULL.
  *  - One environment variable is read: ANNANN_SIMD=scalar|avx2|avx512 forces
  *    the distance kernels (a level the CPU lacks falls back to the best one
- *    it has, with ann_simd_active() telling which ran).
+ *    it has, with ann_simd_active() telling which ran). Tests only:
+ *    ANNANN_FAULT_OP=uring (with ANNANN_FAULT_N ...) makes the block reader
+ *    fail its Nth io_uring read (tests/fault/run.sh, docs/HOSTILE.md).
  */
 #ifndef ANNANN_H
 #define ANNANN_H
@@ -439,6 +441,33 @@ ANN_API int ann_ground_truth_write(const char *path, uint32_t nq, uint32_t k, co
 				  const float *dists, ann_error *err);
 /** Frees a buffer the library allocated for the caller. NULL is a no-op. */
 ANN_API void ann_buffer_free(void *p);
+
+/** What ann_repair found and did. */
+typedef struct ann_repair_result {
+	int damaged;         /**< 1: LMDB's free list or page accounting was damaged, and is rebuilt */
+	char damage[512];    /**< what was damaged (when damaged) */
+	uint64_t entries;    /**< catalog entries copied */
+	uint64_t bad_values; /**< catalog values that still fail their checksum (copied as they were;
+	                          ann_verify names them) */
+	char backup[4300];   /**< the old catalog directory, kept beside the new one ("" for a dry run) */
+} ann_repair_result;
+
+/** Rebuilds the catalog (catalog.lmdb) of an index: copies every entry of
+ * every database into a fresh LMDB environment, checks the copy (page
+ * structure and accounting, value checksums), and swaps it in atomically.
+ * The old catalog is kept as "catalog.lmdb.damaged.<UTC time>.<pid>"
+ * (res->backup). This rebuilds LMDB's free list and page accounting, the
+ * damage every write refuses with "run 'annann repair --index DIR'". It
+ * cannot rebuild a database whose own pages are damaged (ANN_E_CORRUPT,
+ * nothing changed): rebuild the index then. Takes the writer lock
+ * (ANN_E_STATE while another writer runs); searches that already had the
+ * index open go on reading the old catalog.
+ * @param[in] index_dir the index directory
+ * @param[in] dry_run nonzero: build and check the copy, then delete it
+ * @param[out] res what was found and done
+ * @return ANN_OK, or ANN_E_CORRUPT (not repairable), ANN_E_STATE,
+ * ANN_E_NOTFOUND, ANN_E_FORMAT, ANN_E_IO, ANN_E_NOMEM. */
+ANN_API int ann_repair(const char *index_dir, int dry_run, ann_repair_result *res, ann_error *err);
 
 /* ======================================================================
  * Updates: inserts, deletes, compaction (docs/UPDATES.md)

@@ -37,13 +37,19 @@
  * that the resizer closes and waits on.
  */
 #include "catalog.h"
+#include "catalog_pages.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #define CAT_FORMAT_MAJOR 1
@@ -51,6 +57,9 @@
 #define CAT_DEFAULT_MAP (16ull << 30)
 #define CAT_MAX_KEY 511u
 #define CAT_SUM 8u /* appended checksum bytes */
+/* meta key: the LMDB txn id of the commit that wrote it (every commit does).
+ * A snapshot whose id differs was served from a damaged meta page. */
+#define CAT_TXN_KEY "catalog.txn"
 
 static const char *const db_names[ANN_CAT_NDB] = {
 	"meta", "parts", "models", "idmap", "free", "tomb", "delta", "blocks",
@@ -243,6 +252,26 @@ static int txn_begin_gated(ann_catalog *c, unsigned flags, MDB_txn **out, ann_er
 
 /* ---- open / close ----------------------------------------------------------------- */
 
+/* The full page check of the newest snapshot, before anything reads a data
+ * page through the map (a truncated or damaged file would fault there). */
+static int open_check(ann_catalog *c, ann_error *err)
+{
+	for (int tries = 0;; tries++) {
+		MDB_txn *txn;
+		int mrc = mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn);
+		if (mrc == MDB_MAP_RESIZED) {
+			mdb_env_set_mapsize(c->env, 0);
+			mrc = mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn);
+		}
+		if (mrc)
+			return mdb_fail(c, err, mrc, "begin txn", -1, NULL, 0);
+		int rc = ann_lmdb_pages_check(c->path, c->env, (uint64_t)mdb_txn_id(txn), true, NULL, NULL, 0, err);
+		mdb_txn_abort(txn);
+		if (rc != ANN_E_STATE || tries >= 4)
+			return rc;
+	}
+}
+
 static int open_dbis(ann_catalog *c, bool create, ann_error *err)
 {
 	bool wr = create && !c->readonly;
@@ -269,6 +298,22 @@ static int open_dbis(ann_catalog *c, bool create, ann_error *err)
 	rc = mdb_txn_commit(txn);
 	if (rc)
 		return mdb_fail(c, err, rc, "commit", -1, NULL, 0);
+	return ANN_OK;
+}
+
+static int check_txn_key(ann_cat_txn *t, ann_error *err)
+{
+	uint64_t wrote = 0, id = ann_catalog_txn_id(t) - (t->write ? 1 : 0);
+	int rc = ann_catalog_meta_get_u64(t, CAT_TXN_KEY, &wrote, err);
+	if (rc == ANN_E_NOTFOUND) /* written by a build before the key existed */
+		return ANN_OK;
+	if (rc < 0)
+		return rc;
+	if (wrote != id)
+		return ann_err(err, ANN_E_CORRUPT, "%s/data.mdb: damaged catalog: the meta page says txn %llu, but that "
+			       "snapshot was written by txn %llu (a damaged meta page: LMDB serves an older state); "
+			       "rebuild the index (annann build)", t->c->path, (unsigned long long)id,
+			       (unsigned long long)wrote);
 	return ANN_OK;
 }
 
@@ -300,6 +345,8 @@ static int check_format(ann_catalog *c, bool create, ann_error *err)
 	if (rc == ANN_E_NOTFOUND)
 		minor = 0, rc = ANN_OK;
 	if (rc < 0)
+		goto fail;
+	if ((rc = check_txn_key(t, err)) < 0)
 		goto fail;
 	ann_catalog_read_end(t);
 	if (major != CAT_FORMAT_MAJOR)
@@ -375,6 +422,7 @@ int ann_catalog_open(const char *path, const ann_catalog_opts *o, ann_catalog **
 	mdb_env_set_maxdbs(c->env, 16);
 	mdb_env_set_maxreaders(c->env, o->max_readers ? o->max_readers : 510);
 	mdb_env_set_mapsize(c->env, (size_t)map);
+	ANN_CHECK(rc, ann_lmdb_meta_precheck(path, err));
 	rc = mdb_env_open(c->env, path, MDB_NOTLS | (o->readonly ? MDB_RDONLY : 0), 0644);
 	if (rc) {
 		rc = mdb_fail(c, err, rc, "open environment", -1, NULL, 0);
@@ -382,6 +430,7 @@ int ann_catalog_open(const char *path, const ann_catalog_opts *o, ann_catalog **
 	}
 	int dead = 0;
 	mdb_reader_check(c->env, &dead);
+	ANN_CHECK(rc, open_check(c, err));
 	ANN_CHECK(rc, open_dbis(c, o->create, err));
 	ANN_CHECK(rc, check_format(c, o->create, err));
 	*out = c;
@@ -434,6 +483,14 @@ int ann_catalog_write_begin(ann_catalog *c, ann_cat_txn **out, ann_error *err)
 		return rc;
 	}
 	t->in_gate = true;
+	/* Refuse to write into a damaged catalog: LMDB would hand out pages
+	 * from a bad free list and overwrite live data (the cheap check: the
+	 * main and free trees, the free list, the page accounting). */
+	rc = ann_lmdb_pages_check(c->path, c->env, (uint64_t)mdb_txn_id(t->txn) - 1, false, NULL, NULL, 0, err);
+	if (rc < 0) {
+		ann_catalog_abort(t);
+		return rc;
+	}
 	*out = t;
 	return ANN_OK;
 }
@@ -715,6 +772,8 @@ static int raw_del(ann_cat_txn *t, ann_cat_db db, const void *k, size_t klen, an
 int ann_catalog_commit(ann_cat_txn *t, ann_error *err)
 {
 	int rc = txn_usable(t, true, err);
+	if (rc == ANN_OK)
+		rc = ann_catalog_meta_put_u64(t, CAT_TXN_KEY, (uint64_t)mdb_txn_id(t->txn), err);
 	if (rc < 0) {
 		ann_catalog_abort(t);
 		return rc;
@@ -1451,6 +1510,26 @@ int ann_catalog_verify(ann_cat_txn *t, ann_issue_fn fn, void *ctx, uint64_t *nba
 {
 	ANN_TRY(txn_usable(t, false, err));
 	uint64_t bad = 0;
+	/* Structure and page accounting first: walking damaged pages through
+	 * LMDB could fault. (A write txn is checked as of its start.) */
+	ann_error pe = { 0 };
+	int prc = ann_lmdb_pages_check(t->c->path, t->c->env, ann_catalog_txn_id(t) - (t->write ? 1 : 0), true, NULL, NULL, 0, &pe);
+	if (prc == ANN_E_CORRUPT) {
+		report(fn, ctx, ANN_ISSUE_CATALOG, false, -1, "lmdb", pe.msg);
+		if (nbad)
+			*nbad = 1;
+		return ANN_OK;
+	}
+	if (prc < 0) {
+		if (err)
+			*err = pe;
+		return prc;
+	}
+	prc = check_txn_key(t, &pe);
+	if (prc == ANN_E_CORRUPT) {
+		report(fn, ctx, ANN_ISSUE_CATALOG, false, -1, "lmdb", pe.msg);
+		bad++;
+	} /* other failures (a bad value) are reported by the scan below */
 	for (int db = 0; db < ANN_CAT_NDB; db++) {
 		if (db == ANN_CAT_BLOCKS)
 			continue;
@@ -1479,4 +1558,295 @@ int ann_catalog_verify(ann_cat_txn *t, ann_issue_fn fn, void *ctx, uint64_t *nba
 	if (nbad)
 		*nbad = bad;
 	return ANN_OK;
+}
+
+/* ---- repair ---------------------------------------------------------------------------------
+ * Rebuilds catalog.lmdb entry by entry into a fresh environment. Not
+ * mdb_env_copy2(MDB_CP_COMPACT): the compacting copy walks the free DB with a
+ * cursor and computes the copy's last page from the free-list counts (a wrong
+ * count ends in MDB_INCOMPATIBLE, a damaged free-DB page in a fault), and the
+ * free list is exactly what repair is for. A copy through cursors reads only
+ * the named databases, whose trees pg_check has just validated in the same
+ * snapshot. Values are copied as stored (checksums included): repair restores
+ * LMDB's structure, it does not invent data. */
+
+#define REPAIR_TXN_BYTES (64u << 20) /* commit the copy every 64 MiB of values (bounds LMDB's dirty pages) */
+
+static int repair_copy(ann_catalog *src, MDB_txn *stx, MDB_env *dst, const char *dpath, uint64_t *entries,
+		       ann_error *err)
+{
+	MDB_txn *dtx = NULL;
+	MDB_cursor *cur = NULL;
+	int mrc = 0;
+	const char *what = "";
+	int db = -1;
+	*entries = 0;
+	for (db = 0; db < ANN_CAT_NDB; db++) {
+		MDB_dbi sdbi, ddbi;
+		what = "open database";
+		if ((mrc = mdb_dbi_open(stx, db_names[db], 0, &sdbi)) != 0) {
+			if (mrc == MDB_NOTFOUND)
+				return ann_err(err, ANN_E_FORMAT, "%s: no database '%s': not an annann catalog", src->path,
+					       db_names[db]);
+			goto fail;
+		}
+		what = "begin txn";
+		if ((mrc = mdb_txn_begin(dst, NULL, 0, &dtx)) != 0)
+			goto fail;
+		what = "create database";
+		if ((mrc = mdb_dbi_open(dtx, db_names[db], MDB_CREATE, &ddbi)) != 0)
+			goto fail;
+		what = "read";
+		if ((mrc = mdb_cursor_open(stx, sdbi, &cur)) != 0)
+			goto fail;
+		MDB_val k, v;
+		size_t bytes = 0;
+		while ((mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+			what = "write";
+			if ((mrc = mdb_put(dtx, ddbi, &k, &v, MDB_APPEND)) != 0)
+				goto fail;
+			(*entries)++;
+			bytes += k.mv_size + v.mv_size;
+			if (bytes >= REPAIR_TXN_BYTES) {
+				what = "commit";
+				mrc = mdb_txn_commit(dtx);
+				dtx = NULL;
+				if (mrc)
+					goto fail;
+				what = "begin txn";
+				if ((mrc = mdb_txn_begin(dst, NULL, 0, &dtx)) != 0)
+					goto fail;
+				bytes = 0;
+			}
+			what = "read";
+		}
+		if (mrc != MDB_NOTFOUND)
+			goto fail;
+		mdb_cursor_close(cur);
+		cur = NULL;
+		what = "commit";
+		mrc = mdb_txn_commit(dtx);
+		dtx = NULL;
+		if (mrc)
+			goto fail;
+	}
+	/* The copy's txn ids restart: the last commit records its own id. */
+	MDB_dbi mdbi;
+	db = ANN_CAT_META;
+	what = "begin txn";
+	if ((mrc = mdb_txn_begin(dst, NULL, 0, &dtx)) != 0)
+		goto fail;
+	what = "write";
+	if ((mrc = mdb_dbi_open(dtx, db_names[ANN_CAT_META], 0, &mdbi)) != 0)
+		goto fail;
+	uint8_t tb[1 + 8 + CAT_SUM];
+	tb[0] = ANN_META_U64;
+	ann_st64(tb + 1, (uint64_t)mdb_txn_id(dtx));
+	ann_st64(tb + 9, value_sum(CAT_TXN_KEY, strlen(CAT_TXN_KEY), tb, 9));
+	MDB_val tk = { strlen(CAT_TXN_KEY), (void *)CAT_TXN_KEY }, tv = { sizeof tb, tb };
+	if ((mrc = mdb_put(dtx, mdbi, &tk, &tv, 0)) != 0)
+		goto fail;
+	what = "commit";
+	mrc = mdb_txn_commit(dtx);
+	dtx = NULL;
+	if (mrc)
+		goto fail;
+	return ANN_OK;
+fail:
+	if (cur)
+		mdb_cursor_close(cur);
+	if (dtx)
+		mdb_txn_abort(dtx);
+	const char *dbn = db >= 0 && db < ANN_CAT_NDB ? db_names[db] : "";
+	if (mrc == ENOMEM)
+		return ann_err(err, ANN_E_NOMEM, "%s: repair: %s '%s': out of memory", dpath, what, dbn);
+	if (mrc > 0)
+		return ann_err_sys(err, mrc, "%s: repair: %s '%s'", dpath, what, dbn);
+	return ann_err(err, ANN_E_IO, "%s: repair: %s '%s': %s", dpath, what, dbn, mdb_strerror(mrc));
+}
+
+static void rm_env_dir(const char *dir)
+{
+	char p[4224];
+	snprintf(p, sizeof p, "%s/data.mdb", dir);
+	unlink(p);
+	snprintf(p, sizeof p, "%s/lock.mdb", dir);
+	unlink(p);
+	rmdir(dir);
+}
+
+int ann_catalog_repair(const char *path, const ann_catalog_repair_opts *o, ann_catalog_repair_result *res,
+		       ann_error *err)
+{
+	memset(res, 0, sizeof *res);
+	int rc;
+	ann_catalog cs;
+	memset(&cs, 0, sizeof cs);
+	cs.path = (char *)path;
+	cs.readonly = true;
+	pthread_mutex_init(&cs.mu, NULL);
+	pthread_cond_init(&cs.cv, NULL);
+	MDB_txn *stx = NULL;
+	MDB_env *dst = NULL;
+	char tmp[4200], file[4200];
+	snprintf(tmp, sizeof tmp, "%s.repair.%ld", path, (long)getpid());
+	snprintf(file, sizeof file, "%s/data.mdb", path);
+	bool made_tmp = false;
+	struct stat st;
+	if (strlen(path) > 4000) {
+		rc = ann_err(err, ANN_E_INVAL, "catalog path of %zu bytes, at most 4000", strlen(path));
+		goto out;
+	}
+	if (stat(file, &st) != 0) {
+		rc = errno == ENOENT ? ann_err(err, ANN_E_NOTFOUND, "%s: no such catalog", file)
+				     : ann_err_sys(err, errno, "%s: cannot stat", file);
+		goto out;
+	}
+	uint64_t map = CAT_DEFAULT_MAP;
+	if ((uint64_t)st.st_size * 2 > map)
+		map = (uint64_t)st.st_size * 2;
+	int mrc = mdb_env_create(&cs.env);
+	if (mrc) {
+		cs.env = NULL;
+		rc = mdb_fail(&cs, err, mrc, "create environment", -1, NULL, 0);
+		goto out;
+	}
+	mdb_env_set_maxdbs(cs.env, 16);
+	mdb_env_set_mapsize(cs.env, (size_t)map);
+	if ((rc = ann_lmdb_meta_precheck(path, err)) < 0) {
+		ann_err_prefix(err, rc, "cannot repair");
+		goto out;
+	}
+	if ((mrc = mdb_env_open(cs.env, path, MDB_NOTLS | MDB_RDONLY, 0644)) != 0) {
+		rc = mdb_fail(&cs, err, mrc, "open environment", -1, NULL, 0);
+		goto out;
+	}
+	for (int tries = 0;; tries++) {
+		if ((mrc = mdb_txn_begin(cs.env, NULL, MDB_RDONLY, &stx)) != 0) {
+			stx = NULL;
+			rc = mdb_fail(&cs, err, mrc, "begin txn", -1, NULL, 0);
+			goto out;
+		}
+		ann_error pe = { 0 };
+		bool repairable = false;
+		rc = ann_lmdb_pages_check(cs.path, cs.env, (uint64_t)mdb_txn_id(stx), true, &repairable, res->damage, sizeof res->damage, &pe);
+		if (rc == ANN_E_STATE && tries < 4) {
+			mdb_txn_abort(stx);
+			stx = NULL;
+			continue;
+		}
+		if (rc == ANN_E_CORRUPT && repairable) {
+			res->damaged = true;
+			rc = ANN_OK;
+		}
+		if (rc < 0) {
+			res->damage[0] = 0;
+			if (err)
+				*err = pe;
+			if (rc == ANN_E_CORRUPT)
+				ann_err_prefix(err, rc, "cannot repair");
+			goto out;
+		}
+		break;
+	}
+	rm_env_dir(tmp); /* a leftover of an earlier repair of this pid */
+	if (mkdir(tmp, 0755) != 0) {
+		rc = ann_err_sys(err, errno, "%s: cannot create directory", tmp);
+		goto out;
+	}
+	made_tmp = true;
+	if ((mrc = mdb_env_create(&dst)) != 0) {
+		dst = NULL;
+		rc = ann_err(err, ANN_E_IO, "%s: create environment: %s", tmp, mdb_strerror(mrc));
+		goto out;
+	}
+	mdb_env_set_maxdbs(dst, 16);
+	mdb_env_set_mapsize(dst, (size_t)map);
+	if ((mrc = mdb_env_open(dst, tmp, MDB_NOTLS, 0644)) != 0) {
+		rc = ann_err(err, ANN_E_IO, "%s: open environment: %s", tmp, mdb_strerror(mrc));
+		goto out;
+	}
+	if ((rc = repair_copy(&cs, stx, dst, tmp, &res->entries, err)) < 0)
+		goto out;
+	mdb_env_close(dst); /* commits were durable (default sync mode) */
+	dst = NULL;
+	mdb_txn_abort(stx);
+	stx = NULL;
+	mdb_env_close(cs.env);
+	cs.env = NULL;
+
+	/* Re-verify the copy as any reader would open it: structure, then values. */
+	ann_catalog *nc = NULL;
+	ann_catalog_opts co;
+	ann_catalog_opts_init(&co);
+	co.readonly = true;
+	if ((rc = ann_catalog_open(tmp, &co, &nc, err)) < 0) {
+		ann_err_prefix(err, rc, "the rebuilt catalog does not open");
+		goto out;
+	}
+	ann_cat_txn *t = NULL;
+	if ((rc = ann_catalog_read_begin(nc, &t, err)) == 0) {
+		rc = ann_catalog_verify(t, NULL, NULL, &res->bad_values, err);
+		ann_catalog_read_end(t);
+	}
+	ann_catalog_close(nc);
+	if (rc < 0)
+		goto out;
+	if (o && o->dry_run) {
+		rc = ANN_OK;
+		goto out;
+	}
+
+	/* Swap in the copy: one atomic exchange of the two directories, then the
+	 * old one moves to the backup name. Without RENAME_EXCHANGE (a file
+	 * system lacking it): two renames, with the backup in place first. */
+	time_t now = time(NULL);
+	struct tm tmv;
+	gmtime_r(&now, &tmv);
+	char stamp[32];
+	strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tmv);
+	snprintf(res->backup, sizeof res->backup, "%s.damaged.%s.%ld", path, stamp, (long)getpid());
+	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) == 0) {
+		if (rename(tmp, res->backup) != 0) {
+			rc = ann_err_sys(err, errno, "%s: repaired, but the old catalog stays at %s: cannot rename it to %s",
+					 path, tmp, res->backup);
+			snprintf(res->backup, sizeof res->backup, "%s", tmp);
+			made_tmp = false;
+			goto sync;
+		}
+	} else if (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP) {
+		if (rename(path, res->backup) != 0) {
+			rc = ann_err_sys(err, errno, "%s: cannot move the damaged catalog to %s", path, res->backup);
+			goto out;
+		}
+		if (rename(tmp, path) != 0) {
+			rc = ann_err_sys(err, errno, "%s: cannot move the rebuilt catalog %s into place (the damaged "
+					 "one is at %s)", path, tmp, res->backup);
+			made_tmp = false;
+			goto out;
+		}
+	} else {
+		rc = ann_err_sys(err, errno, "%s: cannot swap in the rebuilt catalog %s", path, tmp);
+		goto out;
+	}
+	made_tmp = false;
+	rc = ANN_OK;
+sync:;
+	char parent[4200];
+	ann_catalog_index_dir(path, parent, sizeof parent);
+	int frc = ann_fsync_dir(parent, err);
+	if (rc == ANN_OK)
+		rc = frc;
+out:
+	if (stx)
+		mdb_txn_abort(stx);
+	if (dst)
+		mdb_env_close(dst);
+	if (cs.env)
+		mdb_env_close(cs.env);
+	if (made_tmp)
+		rm_env_dir(tmp);
+	pthread_mutex_destroy(&cs.mu);
+	pthread_cond_destroy(&cs.cv);
+	return rc;
 }

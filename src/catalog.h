@@ -252,6 +252,30 @@ typedef void (*ann_issue_fn)(void *ctx, const ann_issue *is);
  * are bad; < 0 only when the scan itself fails. */
 int ann_catalog_verify(ann_cat_txn *t, ann_issue_fn fn, void *ctx, uint64_t *nbad, ann_error *err);
 
+/* ---- repair ------------------------------------------------------------------
+ * Rebuilds the catalog at path (a catalog.lmdb directory) into
+ * "<path>.repair.<pid>" by copying every entry of every database, opens and
+ * verifies the copy (structure, then value checksums), and swaps it in
+ * atomically (renameat2 RENAME_EXCHANGE); the old catalog is kept as
+ * "<path>.damaged.<UTC time>.<pid>". Fixes LMDB's free list and page
+ * accounting; refuses (ANN_E_CORRUPT) when a database's own pages are damaged.
+ * The caller holds the index's writer lock; readers that have the old catalog
+ * open keep reading it. Memory: LMDB's dirty pages of up to 64 MiB of values. */
+typedef struct ann_catalog_repair_opts {
+	bool dry_run; /* rebuild and verify the copy, then delete it */
+} ann_catalog_repair_opts;
+
+typedef struct ann_catalog_repair_result {
+	bool damaged;         /* the free list or page accounting was damaged */
+	char damage[512];     /* what was found, when damaged */
+	uint64_t entries;     /* entries copied */
+	uint64_t bad_values;  /* values of the copy failing their checksum (copied as they were) */
+	char backup[4300];    /* where the old catalog went ("" for a dry run) */
+} ann_catalog_repair_result;
+
+int ann_catalog_repair(const char *path, const ann_catalog_repair_opts *o, ann_catalog_repair_result *res,
+		       ann_error *err);
+
 /* Big-endian key helpers (numeric order under LMDB's memcmp). */
 static inline void ann_stbe32(uint8_t *p, uint32_t v)
 {

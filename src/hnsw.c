@@ -1078,15 +1078,30 @@ static int hn_repair(ann_hnsw *h, ann_hnsw_ctx *c, size_t *added)
 					goto out;
 				}
 				/* The nearest reachable node whose list has room, or else
-				 * a link to give up: the target with the most in-links. */
+				 * a link to give up: the target with the most in-links.
+				 * The search may start at u itself (the descent through
+				 * the upper levels can land on it) and walk u's own
+				 * unreachable out-links: neither u nor those may take
+				 * the link, or u would point at itself or stay cut off.
+				 * The entry point is reachable at every level. */
 				size_t nc = hn_drain(c);
-				uint32_t r = c->sorted[0].id, slot = UINT32_MAX;
+				uint32_t r = UINT32_MAX, slot = UINT32_MAX;
 				for (size_t i = 0; i < nc && slot == UINT32_MAX; i++) {
-					const uint32_t *l = hn_links(h, c->sorted[i].id, lc);
+					uint32_t v = c->sorted[i].id;
+					if (v == u || !reach[v])
+						continue;
+					if (r == UINT32_MAX)
+						r = v;
+					const uint32_t *l = hn_links(h, v, lc);
 					if (l[0] < cap) {
-						r = c->sorted[i].id;
+						r = v;
 						slot = l[0];
 					}
+				}
+				if (r == UINT32_MAX) {
+					r = h->entry;
+					if (hn_links(h, r, lc)[0] < cap)
+						slot = hn_links(h, r, lc)[0];
 				}
 				uint32_t *l = hn_links(h, r, lc);
 				if (slot == UINT32_MAX) {

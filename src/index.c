@@ -6,7 +6,11 @@
  */
 #include "index.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include "distance.h"
 
@@ -17,13 +21,21 @@ static int load_models(ann_index *x, ann_error *err)
 	const uint8_t *blob;
 	size_t len;
 	int rc;
-	ANN_CHECK(rc, ann_index_meta_read(t, &x->meta, err));
+	rc = ann_index_meta_read(t, &x->meta, err);
+	if (rc < 0) {
+		ann_err_prefix(err, rc, "%s", x->path);
+		goto fail;
+	}
 	rc = ann_catalog_model_get(t, "router", &blob, &len, err);
 	if (rc < 0) {
 		ann_err_prefix(err, rc, "%s: router model", x->path);
 		goto fail;
 	}
-	ANN_CHECK(rc, ann_router_load(x->meta.router, blob, len, x->meta.dim, x->meta.metric, &x->router, err));
+	rc = ann_router_load(x->meta.router, blob, len, x->meta.dim, x->meta.metric, &x->router, err);
+	if (rc < 0) {
+		ann_err_prefix(err, rc, "%s: catalog", x->path);
+		goto fail;
+	}
 	uint64_t ef = 0; /* the build's calibrated routing ef; absent before it existed */
 	rc = ann_catalog_meta_get_u64(t, "router.ef", &ef, err);
 	if (rc < 0 && rc != ANN_E_NOTFOUND)
@@ -45,6 +57,70 @@ static int load_models(ann_index *x, ann_error *err)
 	rc = ANN_OK;
 fail:
 	ann_catalog_read_end(t);
+	return rc;
+}
+
+/* The catalog's index facts against each other, the directory, the router
+ * and the header of one block (read through the store, as search would):
+ * search scans blocks with the catalog's dimension and element type, so an
+ * index whose meta disagrees with its data must not open. */
+static int check_meta(ann_index *x, ann_error *err)
+{
+	const ann_index_meta *m = &x->meta;
+	if (m->vectors > INT32_MAX)
+		return ann_err(err, ANN_E_CORRUPT, "%s: catalog meta index.vectors = %llu, at most %d (the largest input "
+			       "file)", x->path, (unsigned long long)m->vectors, INT32_MAX);
+	uint64_t sum = 0;
+	uint32_t first = UINT32_MAX;
+	for (uint32_t p = 0; p < x->dir.n; p++)
+		if (x->dir.ents[p].kind != ANN_KIND_NONE) {
+			sum += x->dir.ents[p].count;
+			if (first == UINT32_MAX)
+				first = p;
+		}
+	if (sum != m->stored_vectors)
+		return ann_err(err, ANN_E_CORRUPT, "%s: catalog meta index.stored_vectors = %llu, but the directory's "
+			       "blocks hold %llu vectors", x->path, (unsigned long long)m->stored_vectors,
+			       (unsigned long long)sum);
+	if (x->dir.n > x->router->nparts)
+		return ann_err(err, ANN_E_CORRUPT, "%s: the directory holds partition %u, the router names 0..%u",
+			       x->path, x->dir.n - 1, x->router->nparts - 1);
+	if (first == UINT32_MAX)
+		return ANN_OK;
+	ann_store_reader_opts ro;
+	ann_store_reader_opts_init(&ro);
+	ro.io.queue_depth = 1;
+	ann_store_reader *rd = NULL;
+	int rc = ann_store_reader_new(x->store, &ro, &rd, err);
+	if (rc == ANN_OK)
+		rc = ann_store_reader_submit(rd, &first, NULL, 1, err);
+	ann_block_read br;
+	int got = 0;
+	if (rc == ANN_OK) {
+		got = ann_store_reader_next(rd, &br, err);
+		if (got < 0)
+			rc = got;
+	}
+	if (got > 0) {
+		/* A block that does not read or whose header fails its checksum is
+		 * left to search and verify, which name it; only a sound header
+		 * that disagrees with the catalog refuses the open. */
+		ann_block_info in;
+		if (br.status < 0 || block_peek(br.data, br.length, &in, NULL) < 0) {
+			rc = ANN_OK;
+		} else if (in.dim != m->dim || in.encoding != ann_encoding_block(m->encoding) || in.partition != first ||
+			   in.count != br.ent.count) {
+			rc = ann_err(err, ANN_E_CORRUPT, "%s: partition %u: the block holds %u vectors of partition %llu, "
+				     "dimension %u, block encoding %d; the catalog says %u vectors, dimension %u, %s (block "
+				     "encoding %d)", x->path, first, in.count, (unsigned long long)in.partition, in.dim,
+				     (int)in.encoding, br.ent.count, m->dim, ann_encoding_name(m->encoding),
+				     (int)ann_encoding_block(m->encoding));
+		}
+		ann_store_reader_release(rd, &br);
+		while (ann_store_reader_next(rd, &br, NULL) > 0)
+			ann_store_reader_release(rd, &br);
+	}
+	ann_store_reader_free(rd);
 	return rc;
 }
 
@@ -97,6 +173,7 @@ int ann_index_load(const char *index_dir, bool writable, ann_index **out, ann_er
 	ANN_CHECK(rc, ann_store_open(index_dir, &so, &x->store, err));
 	ANN_CHECK(rc, load_models(x, err));
 	ANN_CHECK(rc, ann_store_dir_copy(x->store, &x->dir, err));
+	ANN_CHECK(rc, check_meta(x, err));
 	*out = x;
 	return ANN_OK;
 fail:
@@ -165,6 +242,7 @@ typedef struct verify_ctx {
 	ann_verify_fn fn;
 	void *ctx;
 	uint64_t problems;
+	uint64_t next_id; /* ids in blocks are below it */
 } verify_ctx;
 
 static void verify_issue(void *ctx, const ann_issue *is)
@@ -268,17 +346,23 @@ static int verify_blocks(ann_index *x, verify_ctx *v, ann_error *err)
 			if (drc < 0) {
 				verify_report(v, br.pid, "block does not decode: %s", e.msg);
 			} else if (view.info.count != br.ent.count || view.info.partition != br.pid ||
-				   view.info.dim != x->meta.dim) {
-				char m[200];
-				snprintf(m, sizeof m, "holds %u vectors of partition %llu, dimension %u; the directory "
-					 "says %u vectors of partition %u, dimension %u", view.info.count,
-					 (unsigned long long)view.info.partition, view.info.dim, br.ent.count, br.pid,
-					 x->meta.dim);
+				   view.info.dim != x->meta.dim ||
+				   view.info.encoding != ann_encoding_block(x->meta.encoding)) {
+				char m[300];
+				snprintf(m, sizeof m, "holds %u vectors of partition %llu, dimension %u, block encoding %d; "
+					 "the catalog says %u vectors of partition %u, dimension %u, %s (block encoding %d)",
+					 view.info.count, (unsigned long long)view.info.partition, view.info.dim,
+					 (int)view.info.encoding, br.ent.count, br.pid, x->meta.dim,
+					 ann_encoding_name(x->meta.encoding), (int)ann_encoding_block(x->meta.encoding));
 				verify_report(v, br.pid, "%s", m);
 			} else {
 				for (uint32_t i = 0; i < view.info.count; i++)
-					if (view.ids[i] < 0) {
-						verify_report(v, br.pid, "%s", "holds a negative id");
+					if (view.ids[i] < 0 || (uint64_t)view.ids[i] >= v->next_id) {
+						char m[160];
+						snprintf(m, sizeof m, "holds id %lld, outside 0..%llu (meta index.next_id, else "
+							 "index.vectors)", (long long)view.ids[i],
+							 (unsigned long long)(v->next_id - 1));
+						verify_report(v, br.pid, "%s", m);
 						break;
 					}
 			}
@@ -297,7 +381,7 @@ fail:
 
 int ann_verify(const char *index_dir, ann_verify_fn report, void *ctx, uint64_t *problems, ann_error *err)
 {
-	verify_ctx v = {report, ctx, 0};
+	verify_ctx v = {report, ctx, 0, 0};
 	ann_index *x = NULL;
 	if (problems)
 		*problems = 0;
@@ -316,10 +400,55 @@ int ann_verify(const char *index_dir, ann_verify_fn report, void *ctx, uint64_t 
 		goto out;
 	if (x->dir.count != x->meta.partitions)
 		verify_report(&v, UINT32_MAX, "%s", "the directory and meta index.partitions disagree");
+	v.next_id = x->meta.vectors;
+	ann_cat_txn *t = NULL;
+	rc = ann_catalog_read_begin(ann_store_catalog(x->store), &t, err);
+	if (rc < 0)
+		goto out;
+	rc = ann_catalog_meta_get_u64(t, "index.next_id", &v.next_id, err);
+	ann_catalog_read_end(t);
+	if (rc == ANN_E_NOTFOUND)
+		v.next_id = x->meta.vectors;
+	else if (rc < 0)
+		verify_report(&v, UINT32_MAX, "%s", err ? err->msg : "meta index.next_id is unreadable");
+	if (v.next_id < x->meta.vectors || v.next_id > (uint64_t)INT64_MAX)
+		verify_report(&v, UINT32_MAX, "%s", "meta index.next_id is below index.vectors or past 2^63");
 	rc = verify_blocks(x, &v, err);
 out:
 	ann_index_close(x);
 	if (problems)
 		*problems = v.problems;
+	return rc;
+}
+
+/* ---- repair ---------------------------------------------------------------- */
+
+int ann_repair(const char *index_dir, int dry_run, ann_repair_result *res, ann_error *err)
+{
+	memset(res, 0, sizeof *res);
+	int fd = open(index_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? ann_err(err, ANN_E_NOTFOUND, "%s: no such index directory", index_dir)
+				       : ann_err_sys(err, errno, "%s: cannot open directory", index_dir);
+	/* The writer lock of the store (store_file.c): no insert, delete or
+	 * compact may run on the old catalog while it is replaced. */
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		int rc = errno == EWOULDBLOCK ? ann_err(err, ANN_E_STATE, "%s: another process has the index open for "
+							"writing", index_dir)
+					      : ann_err_sys(err, errno, "%s: cannot lock directory", index_dir);
+		close(fd);
+		return rc;
+	}
+	char path[4200];
+	snprintf(path, sizeof path, "%s/catalog.lmdb", index_dir);
+	ann_catalog_repair_opts o = { dry_run != 0 };
+	ann_catalog_repair_result r;
+	int rc = ann_catalog_repair(path, &o, &r, err);
+	res->damaged = r.damaged;
+	snprintf(res->damage, sizeof res->damage, "%s", r.damage);
+	res->entries = r.entries;
+	res->bad_values = r.bad_values;
+	snprintf(res->backup, sizeof res->backup, "%s", r.backup);
+	close(fd); /* releases the lock */
 	return rc;
 }

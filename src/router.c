@@ -155,3 +155,21 @@ uint32_t ann_router_soar(const float *x, size_t d, const uint32_t *ids, const fl
 	}
 	return pad_copies(out, c, copies);
 }
+
+int ann_router_closure_rows(const uint32_t *ids, const float *dists, size_t n, uint32_t m, uint32_t copies,
+			    double eps, ann_metric metric, uint32_t *parts, const char *who, ann_error *err)
+{
+	for (size_t i = 0; i < n; i++)
+		ann_router_closure(ids + i * m, dists + i * m, m, copies, eps, metric, parts + i * copies);
+	return ann_router_check_primary(parts, n, copies, who, err);
+}
+
+int ann_router_check_primary(const uint32_t *parts, size_t n, uint32_t copies, const char *who, ann_error *err)
+{
+	for (size_t i = 0; i < n; i++)
+		if (parts[i * copies] == UINT32_MAX)
+			return ann_err(err, ANN_E_BADINPUT,
+				       "%s router: vector %zu has no finite distance to any partition's centre "
+				       "(a component too large for float arithmetic?)", who, i);
+	return ANN_OK;
+}

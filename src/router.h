@@ -109,6 +109,15 @@ int ann_router_nlsh_load(ann_router_kind kind, const uint8_t *blob, size_t len, 
  * bound is squared), for replication. ids/dists: m candidates, sorted. */
 uint32_t ann_router_closure(const uint32_t *ids, const float *dists, uint32_t m, uint32_t copies, double eps,
 			    ann_metric metric, uint32_t *out);
+/* ann_router_closure for n rows (ids, dists: n x m; parts: n x copies), for
+ * the routers' assign. A row without a candidate (every distance infinite or
+ * NaN: a component so large that float arithmetic overflows) is
+ * ANN_E_BADINPUT naming the vector and `who`: assign never returns UINT32_MAX
+ * as a primary partition (insert would record the vector as deleted). */
+int ann_router_closure_rows(const uint32_t *ids, const float *dists, size_t n, uint32_t m, uint32_t copies,
+			    double eps, ann_metric metric, uint32_t *parts, const char *who, ann_error *err);
+/* The check of ann_router_closure_rows alone, for rows made another way. */
+int ann_router_check_primary(const uint32_t *parts, size_t n, uint32_t copies, const char *who, ann_error *err);
 
 /* SOAR spilling (Sun et al., NeurIPS 2023): x's primary partition is the
  * nearest candidate, ids[0]. Each extra copy goes to the qualifying

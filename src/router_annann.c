@@ -193,8 +193,7 @@ static int anr_assign(const ann_router *r, const float *x, size_t n, const ann_a
 			goto out;
 		rc = ANN_OK;
 	}
-	for (size_t i = 0; i < n; i++)
-		ann_router_closure(ids + i * m, dists + i * m, m, copies, sp->eps, ANN_METRIC_L2, parts + i * copies);
+	rc = ann_router_closure_rows(ids, dists, n, m, copies, sp->eps, ANN_METRIC_L2, parts, "annann", err);
 fail:
 out:
 	ann_free(work);

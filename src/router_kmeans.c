@@ -116,12 +116,12 @@ static int km_assign(const ann_router *r, const float *x, size_t n, const ann_as
 			goto out;
 		rc = ANN_OK;
 	}
+	if (!soar) {
+		rc = ann_router_closure_rows(ids, dists, n, m, copies, sp->eps, r->metric, parts, "kmeans", err);
+		goto out;
+	}
 	for (size_t i = 0; i < n; i++) {
 		const uint32_t *ci = ids + i * m;
-		if (!soar) {
-			ann_router_closure(ci, dists + i * m, m, copies, sp->eps, r->metric, parts + i * copies);
-			continue;
-		}
 		for (uint32_t j = 0; j < m; j++) {
 			if (ci[j] == UINT32_MAX)
 				break;
@@ -133,6 +133,7 @@ static int km_assign(const ann_router *r, const float *x, size_t n, const ann_as
 		ann_router_soar(x + i * d, d, ci, dists + i * m, cand, m, sp, r->metric, cand + (size_t)m * d,
 				parts + i * copies);
 	}
+	rc = ann_router_check_primary(parts, n, copies, "kmeans", err);
 fail:
 out:
 	ann_free(c);
@@ -374,10 +375,15 @@ int ann_router_kmeans_load(const uint8_t *blob, size_t len, uint32_t dim, ann_me
 	ann_hnsw *g;
 	ANN_TRY(ann_hnsw_load(blob, len, &g, err));
 	size_t gd = ann_hnsw_dim(g);
-	if (gd != dim || ann_hnsw_metric(g) != metric) {
+	ann_metric gm = ann_hnsw_metric(g);
+	if (gd != dim || gm != metric) {
+		static const char *const mn[] = {"l2", "ip", "cosine"};
 		ann_hnsw_free(g);
-		return ann_err(err, ANN_E_CORRUPT, "kmeans router: centroid graph has dimension %zu, index %u",
-			       gd, dim);
+		if (gd != dim)
+			return ann_err(err, ANN_E_CORRUPT, "kmeans router: the centroid graph has dimension %zu, the "
+				       "index's meta says %u", gd, dim);
+		return ann_err(err, ANN_E_CORRUPT, "kmeans router: the centroid graph uses metric %s, the index's meta "
+			       "says %s", (unsigned)gm <= 2 ? mn[gm] : "?", (unsigned)metric <= 2 ? mn[metric] : "?");
 	}
 	return km_wrap(g, dim, metric, out, err);
 }

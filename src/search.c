@@ -627,6 +627,16 @@ static int process_block(ann_searcher *s, size_t u, const ann_dirent *e, const u
 	if (view.info.partition != pid)
 		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: the block belongs to partition %llu", x->path,
 			       pid, (unsigned long long)view.info.partition);
+	/* The scan trusts the catalog's dimension and element type: a block
+	 * (checksummed, but from elsewhere) that disagrees would be read out of
+	 * bounds or misread. */
+	if (view.info.dim != x->meta.dim || view.info.encoding != ann_encoding_block(x->meta.encoding) ||
+	    view.info.count != e->count)
+		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: the block holds %u vectors of dimension %u in "
+			       "block encoding %d; the catalog says %u vectors of dimension %u in %s (block encoding %d)",
+			       x->path, pid, view.info.count, view.info.dim, (int)view.info.encoding, e->count,
+			       x->meta.dim, ann_encoding_name(x->meta.encoding),
+			       (int)ann_encoding_block(x->meta.encoding));
 	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
 	uint64_t ts = ann_now_ns();
 	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {

@@ -40,6 +40,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -55,6 +56,70 @@
 #define IO_MAX_DEPTH 4096u
 #define IO_MAX_REG (1ull << 30) /* largest buffer io_uring registers */
 #define NO_SLOT UINT32_MAX
+
+/* Test hook (tests/fault/run.sh): io_uring reads bypass libc, so the LD_PRELOAD
+ * shim tests/fault/libfault.c cannot fail them; this does, for the
+ * completions of every reader of the process, when ANNANN_FAULT_OP=uring.
+ * ANNANN_FAULT_N (1-based completion to fail), ANNANN_FAULT_ERRNO (EIO default,
+ * or a number), ANNANN_FAULT_STICKY=1 (every completion from the Nth),
+ * ANNANN_FAULT_SHORT=1 (about half the bytes instead of an error) and
+ * ANNANN_FAULT_COUNT (file that gets "uring C fired F" when a reader is freed)
+ * mean what they mean for the shim. The environment is read once per process;
+ * when the hook is off the completion path pays one predictable branch. */
+static struct {
+	bool on, sticky, shortr;
+	int err;
+	uint64_t n;
+	uint64_t seen; /* completions, atomic */
+	int fired;
+	const char *count;
+} uring_fault;
+static pthread_once_t uring_fault_once = PTHREAD_ONCE_INIT;
+
+static void uring_fault_init(void)
+{
+	const char *op = getenv("ANNANN_FAULT_OP");
+	if (!op || strcmp(op, "uring") != 0)
+		return;
+	const char *v = getenv("ANNANN_FAULT_N");
+	uring_fault.n = v ? strtoull(v, NULL, 10) : 0;
+	v = getenv("ANNANN_FAULT_ERRNO");
+	uring_fault.err = !v ? EIO : strcmp(v, "EIO") == 0 ? EIO : strcmp(v, "ENOSPC") == 0 ? ENOSPC : atoi(v);
+	if (uring_fault.err <= 0)
+		uring_fault.err = EIO;
+	v = getenv("ANNANN_FAULT_STICKY");
+	uring_fault.sticky = v && *v == '1';
+	v = getenv("ANNANN_FAULT_SHORT");
+	uring_fault.shortr = v && *v == '1';
+	uring_fault.count = getenv("ANNANN_FAULT_COUNT");
+	uring_fault.on = true;
+}
+
+/* The completion result the reader sees for a real result res. */
+static int uring_fault_apply(int res)
+{
+	uint64_t k = __atomic_add_fetch(&uring_fault.seen, 1, __ATOMIC_RELAXED);
+	if (uring_fault.n == 0 || k < uring_fault.n || (k > uring_fault.n && !uring_fault.sticky))
+		return res;
+	if (uring_fault.shortr && res < 2)
+		return res;
+	__atomic_store_n(&uring_fault.fired, 1, __ATOMIC_RELAXED);
+	if (!uring_fault.shortr)
+		return -uring_fault.err;
+	return res >= 8192 ? res / 2 / 4096 * 4096 : res / 2;
+}
+
+static void uring_fault_report(void)
+{
+	if (!uring_fault.on || !uring_fault.count)
+		return;
+	FILE *f = fopen(uring_fault.count, "a");
+	if (!f)
+		return;
+	fprintf(f, "uring %llu fired %d\n", (unsigned long long)__atomic_load_n(&uring_fault.seen, __ATOMIC_RELAXED),
+		__atomic_load_n(&uring_fault.fired, __ATOMIC_RELAXED));
+	fclose(f);
+}
 
 struct io_slot {
 	uint64_t tag;      /* request tag */
@@ -161,6 +226,7 @@ int ann_ioreader_open(const char *path, const ann_ioreader_opts *o, ann_ioreader
 	if (pool / ANN_PAGE > UINT32_MAX / 2)
 		return ann_err(err, ANN_E_INVAL, "%s: buffer pool of %zu bytes is too large", path, pool);
 	int rc;
+	pthread_once(&uring_fault_once, uring_fault_init);
 	ann_ioreader *r = ann_calloc(1, sizeof *r);
 	if (!r)
 		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", path);
@@ -227,8 +293,10 @@ void ann_ioreader_free(ann_ioreader *r)
 {
 	if (!r)
 		return;
-	if (r->uring)
+	if (r->uring) {
 		io_uring_queue_exit(&r->ring);
+		uring_fault_report();
+	}
 	if (r->fd_buf >= 0 && r->fd_buf != r->fd)
 		close(r->fd_buf);
 	if (r->fd >= 0)
@@ -555,6 +623,8 @@ int ann_ioreader_next(ann_ioreader *r, ann_iocomp *c, ann_error *err)
 		uint64_t data = io_uring_cqe_get_data64(cqe);
 		int res = cqe->res;
 		io_uring_cqe_seen(&r->ring, cqe);
+		if (__builtin_expect(uring_fault.on, 0))
+			res = uring_fault_apply(res);
 		if (data >= r->npages)
 			return ann_err(err, ANN_E_IO, "%s: io_uring completion for unknown slot %llu", r->path,
 				       (unsigned long long)data);

@@ -1037,6 +1037,16 @@ fail:
 }
 
 /* Ground truth stored as an .ivecs file of ids (one vector per query). */
+/* Ground-truth ids are >= 0, or -1 where a query had fewer than k neighbours. */
+static int gt_check_ids(const char *path, const int32_t *ids, uint64_t total, uint32_t k, ann_error *err)
+{
+	for (uint64_t i = 0; i < total; i++)
+		if (ids[i] < -1)
+			return ann_err(err, ANN_E_BADINPUT, "%s: query %llu: id %d at rank %llu is negative", path,
+				       (unsigned long long)(i / k), ids[i], (unsigned long long)(i % k));
+	return ANN_OK;
+}
+
 static int gt_read_ivecs(const char *path, uint32_t *nq, uint32_t *k, int32_t **ids, float **dists,
 			 ann_error *err)
 {
@@ -1063,6 +1073,7 @@ static int gt_read_ivecs(const char *path, uint32_t *nq, uint32_t *k, int32_t **
 		rc = (int)got;
 		goto fail;
 	}
+	ANN_CHECK(rc, gt_check_ids(path, *ids, total, d, err));
 	if (dists)
 		for (size_t i = 0; i < total; i++)
 			(*dists)[i] = NAN;
@@ -1137,14 +1148,7 @@ int ann_gt_read(const char *path, uint32_t *nq, uint32_t *k, int32_t **ids, floa
 		goto fail;
 	}
 	ANN_CHECK(rc, ann_pread_all(fd, *ids, (size_t)total * 4, 8, path, err));
-	for (uint64_t i = 0; i < total; i++) {
-		if ((*ids)[i] < -1) {
-			rc = ann_err(err, ANN_E_BADINPUT, "%s: query %llu: id %d at rank %llu is negative",
-				     path, (unsigned long long)(i / (uint64_t)kk), (*ids)[i],
-				     (unsigned long long)(i % (uint64_t)kk));
-			goto fail;
-		}
-	}
+	ANN_CHECK(rc, gt_check_ids(path, *ids, total, (uint32_t)kk, err));
 	if (dists) {
 		if (has_d) {
 			ANN_CHECK(rc, ann_pread_all(fd, *dists, (size_t)total * 4, 8 + total * 4, path, err));

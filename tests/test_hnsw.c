@@ -664,7 +664,9 @@ static void test_reachability(ann_rng *r)
 	ASSERT_TRUE(before >= 20);
 	ASSERT_OK(ann_hnsw_repair(g, &added, NULL));
 	size_t after = ann_hnsw_unreachable(g);
-	ASSERT_TRUE(added >= before - after);
+	/* At most one link per cut-off node; one link can bring back a whole
+	 * cut-off region, so fewer may do. */
+	ASSERT_TRUE(added > 0 && added <= before);
 	ASSERT_LE(after * 20, before);
 	/* Nodes that could not be reached become findable. */
 	ASSERT_TRUE(self_found(g, x, n) >= self_before + (before - after) / 2);
@@ -674,6 +676,42 @@ static void test_reachability(ann_rng *r)
 	ASSERT_EQ(ann_hnsw_unreachable(h), after);
 	ann_hnsw_free(g);
 	ann_hnsw_free(h);
+	free(x);
+}
+
+/* Repair of a degree-2 graph, where most nodes are cut off: the search for
+ * an unreachable node u can start at u itself (reached through the upper
+ * levels) and walk u's own unreachable out-links. Repair once linked u to
+ * itself there (the blob then failed to load: "neighbour 43 is not another
+ * node", and 2-thread builds of test_blob hit it now and then). Every link
+ * must name another node, the blob must load, and repair must not leave
+ * more unreachable nodes than it claims to have fixed. */
+static void test_repair_self_links(ann_rng *r)
+{
+	t_current = "test_repair_self_links";
+	size_t n = 2000, d = 12;
+	float *x = malloc(n * d * sizeof(float));
+	for (int rep = 0; rep < 5; rep++) {
+		t_fill_uniform(r, x, n * d, -1, 1);
+		ann_hnsw *h, *g;
+		ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 2, 10, 3 + (uint64_t)rep, &h, NULL));
+		for (size_t i = 0; i < n; i++)
+			ASSERT_OK(ann_hnsw_add(h, x + i * d, NULL, NULL));
+		size_t before = ann_hnsw_unreachable(h), added = 0;
+		ASSERT_OK(ann_hnsw_repair(h, &added, NULL));
+		size_t after = ann_hnsw_unreachable(h);
+		printf("degree 2, repeat %d: unreachable %zu -> %zu (%zu links added)\n", rep, before, after, added);
+		ASSERT_TRUE(after < before);
+		size_t len;
+		uint8_t *b = save(h, &len);
+		ann_error e = {0};
+		if (ann_hnsw_load(b, len, &g, &e) < 0)
+			T_FAIL("repeat %d: the repaired graph does not load: %s", rep, e.msg);
+		ASSERT_EQ(ann_hnsw_unreachable(g), after);
+		ann_hnsw_free(g);
+		ann_hnsw_free(h);
+		free(b);
+	}
 	free(x);
 }
 
@@ -730,6 +768,7 @@ int main(void)
 	test_recall(&rng);
 	test_metrics(&rng);
 	test_blob(&rng);
+	test_repair_self_links(&rng);
 	test_blob_1_0();
 	test_u8(&rng);
 	test_small(&rng);

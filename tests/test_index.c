@@ -279,6 +279,30 @@ static void test_route_ef(const char *dir, const char *u8bin)
 	ann_index_close(idx);
 }
 
+/* A vector whose squared norm overflows float has no finite distance to any
+ * centroid: assign must fail naming it, never return UINT32_MAX as its primary
+ * partition (insert would have recorded it as deleted; found by fuzz_router). */
+static void test_assign_overflow(void)
+{
+	t_current = "test_assign_overflow";
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.threads = 1;
+	o.kmeans_iters = 4;
+	ann_router *r;
+	ASSERT_OK(ann_router_kmeans_train(&o, base, N, D, 8, &r, NULL));
+	float v[2 * D];
+	memcpy(v, base, D * sizeof(float));
+	for (int j = 0; j < D; j++)
+		v[D + j] = 1e30f;
+	uint32_t parts[2] = { 7, 7 };
+	ann_error e = {0};
+	ASSERT_OK(r->ops->assign(r, v, 1, &(ann_assign_rule){.copies = 1}, 1, parts, NULL));
+	ASSERT_TRUE(parts[0] < 8);
+	ASSERT_ERR(r->ops->assign(r, v, 2, &(ann_assign_rule){.copies = 1}, 1, parts, &e), e, ANN_E_BADINPUT, "kmeans router: vector 1 ");
+	ann_router_free(r);
+}
+
 /* Batch size, cache, pread and replicas change cost, never answers. */
 static void test_equivalence(const char *dir, const char *u8bin)
 {
@@ -535,6 +559,7 @@ int main(void)
 	test_soar_rule();
 	test_soar_build(dir, u8bin);
 	test_route_ef(dir, u8bin);
+	test_assign_overflow();
 	test_failures(dir, fbin);
 	test_corruption(dir, fbin, &rng);
 	t_rmtree(dir);

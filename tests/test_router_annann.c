@@ -196,6 +196,28 @@ static void assign_all(const ann_router *r, uint32_t copies, double eps, uint32_
  * every vector to a valid cluster, and its centroids differ from the
  * uncapped router's (the cap changed something). Balance of the final
  * nearest-centroid assignment is not promised (docs/ROUTER_ANNANN.md). */
+/* A vector so large that its embedding's distances overflow has no nearest
+ * cluster: assign fails naming it instead of returning UINT32_MAX (found by
+ * fuzz_router with a blob of huge weights; insert recorded such a vector as
+ * deleted). */
+static void test_assign_overflow(void)
+{
+	t_current = "assign_overflow";
+	ann_build_opts o;
+	opts(&o, t_seed);
+	ann_router *r = train(&o);
+	static float v[2 * D];
+	memcpy(v, base, D * sizeof(float));
+	for (int j = 0; j < D; j++)
+		v[D + j] = j % 2 ? 3e38f : -3e38f;
+	uint32_t parts[2];
+	ann_error e = {0};
+	ASSERT_OK(r->ops->assign(r, v, 1, &(ann_assign_rule){.copies = 1}, 1, parts, NULL));
+	ASSERT_TRUE(parts[0] < KC);
+	ASSERT_ERR(r->ops->assign(r, v, 2, &(ann_assign_rule){.copies = 1}, 1, parts, &e), e, ANN_E_BADINPUT, "annann router: vector 1 ");
+	ann_router_free(r);
+}
+
 static void test_balance(void)
 {
 	t_current = "balance";
@@ -780,6 +802,7 @@ int main(void)
 	test_bad_opts();
 	test_history();
 	test_assign();
+	test_assign_overflow();
 	test_balance();
 	test_route_observe_roundtrip();
 	test_corrupt();

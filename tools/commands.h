@@ -6,6 +6,6 @@
 #include "cli.h"
 
 extern cli_cmd cmd_gen, cmd_gt, cmd_convert, cmd_build, cmd_search, cmd_info, cmd_verify, cmd_insert, cmd_delete,
-	cmd_compact;
+	cmd_compact, cmd_repair;
 
 #endif

@@ -4,7 +4,8 @@
 #
 #   bash tools/run.sh demo    install dependencies, build, run the demo
 #   bash tools/run.sh test    install dependencies, build, run every test in a
-#                             release build and in an ASan+UBSan build
+#                             release build and in an ASan+UBSan build, then
+#                             each libFuzzer target for FUZZ_SECONDS (15 s)
 #   bash tools/run.sh deps    only install the Debian packages
 #   bash tools/run.sh bench   also install the peers' packages (FAISS, SPTAG,
 #                             fio, Fashion-MNIST) used by bench/
@@ -15,7 +16,7 @@
 # and runs its pytest suite against that installation.
 #
 # Environment: DEMO_N (demo base size, default 1000000), BUILD_DIR (default
-# build), JOBS (ninja -j, default nproc).
+# build), JOBS (ninja -j, default nproc), FUZZ_SECONDS (per fuzz target, 15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,8 @@ JOBS=${JOBS:-$(nproc)}
 DEPS="gcc pkg-config meson ninja-build liburing-dev liblmdb-dev libopenblas-dev libzstd-dev
       libmetis-dev libxxhash-dev zlib1g-dev
       python3-dev python3-numpy python3-mesonpy python3-pytest python3-matplotlib python3-venv python3-pip"
+# clang and libFuzzer for tests/fuzz (run by `test`).
+FUZZ_DEPS="clang libclang-rt-14-dev libfuzzer-14-dev"
 BENCH_DEPS="python3 python3-numpy python3-faiss python3-matplotlib sptag fio jq dataset-fashion-mnist time
             lmdb-utils libaio1 libboost-program-options1.74.0 liblapacke libgoogle-perftools4 libgomp1"
 
@@ -82,7 +85,7 @@ deps)
 	install_pkgs $DEPS
 	;;
 test)
-	install_pkgs $DEPS
+	install_pkgs $DEPS $FUZZ_DEPS
 	build "$BUILD_DIR"
 	meson test -C "$BUILD_DIR" --print-errorlogs --num-processes "$JOBS"
 	echo "== sanitizer build (address, undefined)"
@@ -91,6 +94,8 @@ test)
 		meson test -C "$BUILD_DIR-asan" --print-errorlogs --num-processes "$JOBS" --timeout-multiplier 4
 	echo "== Python package: pip install --no-build-isolation ., pytest"
 	python_tests
+	echo "== fuzzing (libFuzzer, ASan+UBSan), ${FUZZ_SECONDS:-15} s per target"
+	FUZZ_BUILD_DIR="$BUILD_DIR-fuzz" JOBS="$JOBS" bash tests/fuzz/run.sh "${FUZZ_SECONDS:-15}"
 	echo "== all tests passed"
 	;;
 demo)
