@@ -106,7 +106,19 @@ static int check_meta(ann_index *x, ann_error *err)
 		 * left to search and verify, which name it; only a sound header
 		 * that disagrees with the catalog refuses the open. */
 		ann_block_info in;
-		if (br.status < 0 || block_peek(br.data, br.length, &in, NULL) < 0) {
+		ann_cblock_info ci;
+		if (br.status >= 0 && cblock_is(br.data, br.length)) {
+			/* a codes block: the same facts from its own header */
+			if (cblock_peek(br.data, br.length, &ci, NULL) == ANN_OK &&
+			    (ci.dim != m->dim || ci.encoding != ann_encoding_block(m->encoding) || ci.partition != first ||
+			     ci.count != br.ent.count || !m->code_bits))
+				rc = ann_err(err, ANN_E_CORRUPT, "%s: partition %u: the codes block holds %u vectors of "
+					     "partition %llu, dimension %u, block encoding %d; the catalog says %u vectors, "
+					     "dimension %u, %s (block encoding %d)%s", x->path, first, ci.count,
+					     (unsigned long long)ci.partition, ci.dim, (int)ci.encoding, br.ent.count, m->dim,
+					     ann_encoding_name(m->encoding), (int)ann_encoding_block(m->encoding),
+					     m->code_bits ? "" : ", without codes");
+		} else if (br.status < 0 || block_peek(br.data, br.length, &in, NULL) < 0) {
 			rc = ANN_OK;
 		} else if (in.dim != m->dim || in.encoding != ann_encoding_block(m->encoding) || in.partition != first ||
 			   in.count != br.ent.count) {
