@@ -182,6 +182,9 @@ typedef struct ann_build_opts {
 	int soft_labels;         /**< train on neighbours' part distribution; default 1 */
 	uint32_t joint_rounds;   /**< alternating rounds; default 5 */
 	double joint_lambda;     /**< weight of the neighbour-share term; default 1 */
+	/* Codes (issue 12; docs/DESIGN.md "Codes and re-ranking") */
+	uint32_t code_bits;      /**< RaBitQ bits per dimension 1..8 in codes blocks (f32, u8, i8 encodings);
+	                              default 0 = format 1 blocks without codes */
 	ann_progress_fn progress; /**< NULL: silent */
 	void *progress_ctx;
 	ann_log_fn log;           /**< training history lines; NULL: none */
@@ -234,6 +237,8 @@ typedef struct ann_index_info {
 	uint64_t smallest_partition;
 	uint64_t live_vectors;     /**< searchable now: built + inserted - deleted */
 	uint32_t route_ef;         /**< k-means: the calibrated single-query ef of the centroid graph; 0 = none */
+	uint32_t code_bits;        /**< codes blocks: RaBitQ bits per dimension; 0 = format 1 blocks */
+	uint64_t head_bytes;       /**< codes blocks: sum of the heads (what reading every partition's round 1 costs, unpadded) */
 } ann_index_info;
 
 ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);
@@ -257,7 +262,22 @@ typedef struct ann_search_opts {
 	uint32_t queue_depth;  /**< I/O requests in flight; default 32 */
 	size_t io_buffer_bytes; /**< bound on raw block bytes in flight; default 16 MiB, raised to the largest block */
 	int force_pread;       /**< use pread instead of io_uring; default 0 */
+	uint32_t rerank;       /**< codes blocks: at most this many candidates per query get their exact
+	                            vector read (best estimates first, only those whose lower bound beats the
+	                            k-th upper bound); default 0 = ANN_DEFAULT_RERANK */
+	float rerank_eps;      /**< codes: eps0 of the codes' error bound (width = eps0 x the estimator's
+	                            standard error); smaller prunes more and risks more; default 0 = the
+	                            codes module's (2.8) */
+	uint32_t rerank_phases; /**< codes: 1 = read every selected candidate's page at once; 2 = first the
+	                            pages of each query's k best estimates, then only the candidates whose
+	                            lower bound beats the exact k-th distance found (one more round trip,
+	                            fewer pages); default 0 = ANN_DEFAULT_RERANK_PHASES */
 } ann_search_opts;
+
+/** Default re-rank budget per query (docs/BENCHMARKS.md "Codes and re-ranking"). */
+#define ANN_DEFAULT_RERANK 100
+/** Default re-rank phases (docs/BENCHMARKS.md "Codes and re-ranking"). */
+#define ANN_DEFAULT_RERANK_PHASES 2
 
 ANN_API void ann_search_opts_init(ann_search_opts *o);
 
@@ -270,6 +290,12 @@ typedef struct ann_query_stats {
 	double io_requests;    /**< read requests */
 	uint64_t latency_ns;   /**< wall time of the query (of its batch in batch mode) */
 	uint64_t route_ns, io_wait_ns, decode_ns, scan_ns; /**< time by stage */
+	/* Two-round reads of codes blocks (zero for format 1 blocks): */
+	double bytes_round1, bytes_round2; /**< heads; exact pages (bytes_read = their sum + format 1 blocks + deltas) */
+	double ios_round1, ios_round2;     /**< read requests of each round */
+	uint64_t estimated;    /**< candidates whose distance was estimated from codes */
+	uint64_t reranked;     /**< candidates whose exact distance was computed from the exact section */
+	uint64_t round1_wait_ns, estimate_ns, round2_wait_ns, rerank_ns; /**< stage times (batch / nq) */
 } ann_query_stats;
 
 /** A per-thread search context: I/O ring, buffers, decoder, scratch. */
@@ -279,6 +305,10 @@ ANN_API int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searc
 ANN_API void ann_searcher_free(ann_searcher *s);
 /** "io_uring", "pread" or "lmdb": how this searcher reads blocks. */
 ANN_API const char *ann_searcher_io_path(const ann_searcher *s);
+/** Bytes and read requests this searcher's store reader has issued since it
+ * was created (the sum of every query's bytes_round1 + bytes_round2 and format
+ * 1 block bytes; deltas are read from the catalog and not counted here). */
+ANN_API void ann_searcher_io_totals(const ann_searcher *s, uint64_t *bytes, uint64_t *requests);
 
 /** Searches @p nq queries (row-major, nq * dim floats). Every block is read
  * once per call however many of the queries probe it.

@@ -174,6 +174,38 @@ static int64_t from_key(uint64_t key)
 	return v;
 }
 
+/* The id section's code (docs/FORMAT.md "Ids"), shared with the codes block. */
+size_t block_ids_encode(const int64_t *ids, size_t n, uint8_t *out)
+{
+	size_t bytes = 0;
+	uint64_t prev = 0;
+	for (size_t r = 0; r < n; r++) {
+		uint64_t key = (uint64_t)ids[r] ^ ORDER_FLIP;
+		bytes += put_varint(out + bytes, r == 0 ? zigzag(ids[r]) : key - prev);
+		prev = key;
+	}
+	return bytes;
+}
+
+bool block_ids_decode(const uint8_t *p, size_t len, size_t n, int64_t *ids)
+{
+	const uint8_t *end = p + len;
+	uint64_t v, key = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (!get_varint(&p, end, &v))
+			return false;
+		if (i == 0) {
+			ids[0] = unzigzag(v);
+			key = (uint64_t)ids[0] ^ ORDER_FLIP;
+			continue;
+		}
+		if (__builtin_add_overflow(key, v, &key))
+			return false;
+		ids[i] = from_key(key);
+	}
+	return p == end;
+}
+
 /* ---- IEEE binary16 ---------------------------------------------------------------------- */
 
 static inline uint16_t f32_to_f16(float f)

@@ -198,6 +198,13 @@ size_t block_dict_sizeof(const ann_block_dict *dict);
 
 /* ---- helpers shared with tests ----------------------------------------------------------- */
 
+/* The id section's code (docs/FORMAT.md "Ids"): n ids, ascending, as LEB128
+ * varints (zigzag first, then deltas in unsigned order) into out, which holds
+ * 10 * n bytes; @return the bytes written. decode: false unless exactly len
+ * bytes hold n canonical varints without overflow. */
+size_t block_ids_encode(const int64_t *ids, size_t n, uint8_t *out);
+bool block_ids_decode(const uint8_t *p, size_t len, size_t n, int64_t *ids);
+
 /* IEEE binary16 conversion, portable scalar code. f32->f16 rounds to nearest even; overflow
  * gives infinity, NaN stays NaN (quiet). f16->f32 is exact. */
 uint16_t block_f32_to_f16(float f);

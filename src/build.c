@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #include "block.h"
+#include "cblock.h"
 #include "index_meta.h"
 #include "router.h"
 #include "spill.h"
@@ -131,6 +132,7 @@ typedef struct build {
 	ann_spill *spill;
 	ann_store *store;
 	ann_block_dict *dict;
+	ann_rbq *rbq;           /* codes blocks: the codes' parameters, else NULL */
 	uint8_t *dict_bytes;
 	size_t dict_len;
 	uint64_t stored;        /* vectors in blocks, replicas included */
@@ -245,6 +247,11 @@ static int resolve_options(build *b, ann_error *err)
 			       o->balance);
 	if (o->zstd_level < 0 || o->zstd_level > 22)
 		return ann_err(err, ANN_E_INVAL, "zstd level %d: must be within 0..22 (0 = uncompressed)", o->zstd_level);
+	if (o->code_bits > 8)
+		return ann_err(err, ANN_E_INVAL, "code bits %u: must be within 1..8 (0 = no codes)", o->code_bits);
+	if (o->code_bits && b->enc != ANN_ENC_F32 && b->enc != ANN_ENC_U8 && b->enc != ANN_ENC_I8)
+		return ann_err(err, ANN_E_INVAL, "codes need encoding f32, u8 or i8 (exact rows are stored raw), not %s",
+			       ann_encoding_name(b->enc));
 	/* The sample: what k-means needs, within half the budget. */
 	uint64_t want = o->sample ? o->sample : ANN_MIN(b->n, (uint64_t)256 * b->nparts);
 	want = ANN_MIN(want, b->n);
@@ -440,7 +447,9 @@ static int pack_all(build *b, ann_error *err)
 		goto out;
 	}
 	ANN_CHECK(rc, block_enc_new(&enc, err));
-	if (b->o->dictionary && b->o->zstd_level > 0)
+	if (b->o->code_bits)
+		ANN_CHECK(rc, ann_rbq_new(b->d, b->o->code_bits, b->o->seed, &b->rbq, err));
+	else if (b->o->dictionary && b->o->zstd_level > 0)
 		ANN_CHECK(rc, train_dict(b, enc, ids, vecs, err));
 	ann_block_params p;
 	block_params(b, &p, false);
@@ -449,7 +458,13 @@ static int pack_all(build *b, ann_error *err)
 		ANN_CHECK(rc, ann_spill_read(b->spill, part, ids, vecs, err));
 		uint8_t *blk = NULL;
 		size_t len = 0;
-		ANN_CHECK(rc, block_encode(enc, &p, b->d, cnt, ids, vecs, b->pay_type, part, 1, &blk, &len, err));
+		uint32_t head = 0;
+		if (b->rbq)
+			ANN_CHECK(rc, cblock_encode(b->rbq, p.encoding, p.pad, b->d, cnt, ids, vecs, b->pay_type, part, 1,
+						    &blk, &len, &head, err));
+		else
+			ANN_CHECK(rc, block_encode(enc, &p, b->d, cnt, ids, vecs, b->pay_type, part, 1, &blk, &len, err));
+		puts[nput].head = head;
 		puts[nput].pid = part;
 		puts[nput].count = (uint32_t)cnt;
 		puts[nput].data = blk;
@@ -509,6 +524,8 @@ static int publish_meta(build *b, double total_s, ann_error *err)
 		.partitions = b->nparts,
 		.replicas = b->copies,
 		.dict_id = b->dict ? 1 : 0,
+		.code_bits = b->o->code_bits,
+		.code_seed = b->o->seed,
 	}, err));
 	const ann_build_opts *o = b->o;
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.seed", o->seed, err));
@@ -786,6 +803,7 @@ done:
 	ann_store_close(b.store);
 	ann_router_free(b.router);
 	block_dict_free(b.dict);
+	ann_rbq_free(b.rbq);
 	ann_free(b.dict_bytes);
 	ann_vreader_close(b.in);
 	ann_free(b.tmpdir);

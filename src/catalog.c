@@ -1030,11 +1030,11 @@ int ann_catalog_meta_del(ann_cat_txn *t, const char *name, ann_error *err)
 /* ---- partition directory ------------------------------------------------------------ */
 
 #define PARTS_ENTRY_VERSION 1
+#define PARTS_ENTRY_VERSION_HEAD 2 /* + head length of a codes block */
 
-void ann_catalog_part_encode(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_dirent *e)
+static void part_encode_common(uint8_t *out, const ann_dirent *e, uint8_t version)
 {
-	memset(out, 0, ANN_PARTS_VALUE_BYTES);
-	out[0] = PARTS_ENTRY_VERSION;
+	out[0] = version;
 	out[1] = e->kind;
 	ann_st32(out + 4, e->generation);
 	ann_st64(out + 8, e->offset);
@@ -1043,21 +1043,58 @@ void ann_catalog_part_encode(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_diren
 	ann_st64(out + 24, e->checksum);
 }
 
+void ann_catalog_part_encode(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_dirent *e)
+{
+	memset(out, 0, ANN_PARTS_VALUE_BYTES);
+	part_encode_common(out, e, PARTS_ENTRY_VERSION);
+}
+
+int ann_catalog_part_encode_any(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_dirent *e, ann_error *err)
+{
+	memset(out, 0, ANN_PARTS_VALUE_BYTES);
+	if (!e->head) {
+		part_encode_common(out, e, PARTS_ENTRY_VERSION);
+		return ANN_OK;
+	}
+	/* Version 2: the offset in 4 KiB units makes room for the head length in
+	 * the same 32 bytes, so an older reader meets the version byte first. */
+	if (e->offset % 4096 || e->offset / 4096 > UINT32_MAX)
+		return ann_err(err, ANN_E_UNSUPPORTED, "parts: a codes block at offset %llu (must be 4096-aligned, "
+			       "below 16 TiB)", (unsigned long long)e->offset);
+	out[0] = PARTS_ENTRY_VERSION_HEAD;
+	out[1] = e->kind;
+	ann_st32(out + 4, e->generation);
+	ann_st32(out + 8, (uint32_t)(e->offset / 4096));
+	ann_st32(out + 12, e->head);
+	ann_st32(out + 16, e->length);
+	ann_st32(out + 20, e->count);
+	ann_st64(out + 24, e->checksum);
+	return ANN_OK;
+}
+
 int ann_catalog_part_decode(const uint8_t *p, size_t n, uint32_t pid, ann_dirent *e, ann_error *err)
 {
 	if (n != ANN_PARTS_VALUE_BYTES)
 		return ann_err(err, ANN_E_CORRUPT, "parts partition %u: entry of %zu bytes, %u expected", pid, n,
 			       ANN_PARTS_VALUE_BYTES);
-	if (p[0] != PARTS_ENTRY_VERSION)
-		return ann_err(err, ANN_E_FORMAT, "parts partition %u: entry version %u, this build reads %u", pid,
-			       p[0], PARTS_ENTRY_VERSION);
+	if (p[0] != PARTS_ENTRY_VERSION && p[0] != PARTS_ENTRY_VERSION_HEAD)
+		return ann_err(err, ANN_E_FORMAT, "parts partition %u: entry version %u, this build reads %u and %u", pid,
+			       p[0], PARTS_ENTRY_VERSION, PARTS_ENTRY_VERSION_HEAD);
 	memset(e, 0, sizeof *e);
 	e->kind = p[1];
 	e->generation = ann_ld32(p + 4);
-	e->offset = ann_ld64(p + 8);
 	e->length = ann_ld32(p + 16);
 	e->count = ann_ld32(p + 20);
 	e->checksum = ann_ld64(p + 24);
+	if (p[0] == PARTS_ENTRY_VERSION_HEAD) {
+		e->offset = (uint64_t)ann_ld32(p + 8) * 4096;
+		e->head = ann_ld32(p + 12);
+		if (e->head == 0 || e->head > e->length)
+			return ann_err(err, ANN_E_CORRUPT, "parts partition %u: head of %u bytes in a block of %u", pid,
+				       e->head, e->length);
+	} else {
+		e->offset = ann_ld64(p + 8);
+	}
 	if (e->kind != ANN_KIND_FILE && e->kind != ANN_KIND_LMDB)
 		return ann_err(err, ANN_E_CORRUPT, "parts partition %u: store kind %u, expected 1 (file) or 2 (lmdb)",
 			       pid, e->kind);
@@ -1070,7 +1107,7 @@ int ann_catalog_part_put(ann_cat_txn *t, uint32_t pid, const ann_dirent *e, ann_
 {
 	uint8_t k[4], v[ANN_PARTS_VALUE_BYTES];
 	ann_stbe32(k, pid);
-	ann_catalog_part_encode(v, e);
+	ANN_TRY(ann_catalog_part_encode_any(v, e, err));
 	return ann_catalog_put(t, ANN_CAT_PARTS, k, 4, v, sizeof v, err);
 }
 

@@ -135,15 +135,24 @@ typedef struct ann_dirent {
 	uint32_t count;      /* vectors in the block (as given by the writer) */
 	uint32_t generation; /* 1 for the first version, +1 per rewrite */
 	uint8_t kind;        /* ANN_KIND_FILE or ANN_KIND_LMDB; ANN_KIND_NONE: no such partition */
+	uint32_t head;       /* codes block (format 2): bytes of its head, read first; 0 = a format 1 block */
 } ann_dirent;
 
-#define ANN_PARTS_VALUE_BYTES 32u /* payload bytes of a parts value (without checksum) */
+/* Payload bytes of a parts value (without checksum): 32 in both versions.
+ * Version 1 for format 1 blocks; version 2 for codes blocks: the offset in
+ * 4 KiB units and the head length (docs/FORMAT.md "parts value"). Both are
+ * read; an older build refuses version 2 with ANN_E_FORMAT. */
+#define ANN_PARTS_VALUE_BYTES 32u
 
 int ann_catalog_part_put(ann_cat_txn *t, uint32_t pid, const ann_dirent *e, ann_error *err);
 /* Missing: ANN_E_NOTFOUND. */
 int ann_catalog_part_get(ann_cat_txn *t, uint32_t pid, ann_dirent *e, ann_error *err);
 int ann_catalog_part_del(ann_cat_txn *t, uint32_t pid, ann_error *err);
+/* Version 1 (32 bytes; e->head must be 0). */
 void ann_catalog_part_encode(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_dirent *e);
+/* Version 1 when e->head == 0, else version 2 (ANN_E_UNSUPPORTED when the
+ * offset is not 4096-aligned or lies beyond 16 TiB). */
+int ann_catalog_part_encode_any(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_dirent *e, ann_error *err);
 /* Validates field ranges (kind, version, length); ANN_E_CORRUPT naming pid. */
 int ann_catalog_part_decode(const uint8_t *p, size_t n, uint32_t pid, ann_dirent *e, ann_error *err);
 

@@ -52,6 +52,8 @@ static int load_models(ann_index *x, ann_error *err)
 		ANN_CHECK(rc, ann_catalog_model_get(t, name, &blob, &len, err));
 		ANN_CHECK(rc, block_dict_new(x->meta.dict_id, blob, len, BLOCK_DICT_DECODE_ONLY, &x->dict, err));
 	}
+	if (x->meta.code_bits)
+		ANN_CHECK(rc, ann_rbq_new(x->meta.dim, x->meta.code_bits, x->meta.code_seed, &x->rbq, err));
 	rc = ANN_OK;
 fail:
 	ann_catalog_read_end(t);
@@ -104,7 +106,19 @@ static int check_meta(ann_index *x, ann_error *err)
 		 * left to search and verify, which name it; only a sound header
 		 * that disagrees with the catalog refuses the open. */
 		ann_block_info in;
-		if (br.status < 0 || block_peek(br.data, br.length, &in, NULL) < 0) {
+		ann_cblock_info ci;
+		if (br.status >= 0 && cblock_is(br.data, br.length)) {
+			/* a codes block: the same facts from its own header */
+			if (cblock_peek(br.data, br.length, &ci, NULL) == ANN_OK &&
+			    (ci.dim != m->dim || ci.encoding != ann_encoding_block(m->encoding) || ci.partition != first ||
+			     ci.count != br.ent.count || !m->code_bits))
+				rc = ann_err(err, ANN_E_CORRUPT, "%s: partition %u: the codes block holds %u vectors of "
+					     "partition %llu, dimension %u, block encoding %d; the catalog says %u vectors, "
+					     "dimension %u, %s (block encoding %d)%s", x->path, first, ci.count,
+					     (unsigned long long)ci.partition, ci.dim, (int)ci.encoding, br.ent.count, m->dim,
+					     ann_encoding_name(m->encoding), (int)ann_encoding_block(m->encoding),
+					     m->code_bits ? "" : ", without codes");
+		} else if (br.status < 0 || block_peek(br.data, br.length, &in, NULL) < 0) {
 			rc = ANN_OK;
 		} else if (in.dim != m->dim || in.encoding != ann_encoding_block(m->encoding) || in.partition != first ||
 			   in.count != br.ent.count) {
@@ -143,6 +157,8 @@ int ann_index_reload(ann_index *x, ann_error *err)
 	x->router = NULL;
 	block_dict_free(x->dict);
 	x->dict = NULL;
+	ann_rbq_free(x->rbq);
+	x->rbq = NULL;
 	ann_catalog_dir_free(&x->dir);
 	ANN_TRY(load_models(x, err));
 	return ann_store_dir_copy(x->store, &x->dir, err);
@@ -183,6 +199,7 @@ void ann_index_close(ann_index *x)
 		return;
 	ann_router_free(x->router);
 	block_dict_free(x->dict);
+	ann_rbq_free(x->rbq);
 	ann_catalog_dir_free(&x->dir);
 	ann_store_close(x->store);
 	ann_free(x->path);
@@ -210,6 +227,10 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->metric = x->meta.metric;
 	info->router_ram_bytes = x->router->ops->ram_bytes(x->router) + (uint64_t)x->dir.n * sizeof(ann_dirent);
 	info->route_ef = x->router->route_ef;
+	info->code_bits = x->meta.code_bits;
+	info->head_bytes = 0;
+	for (uint32_t p = 0; p < x->dir.n; p++)
+		info->head_bytes += x->dir.ents[p].head;
 	info->smallest_partition = UINT64_MAX;
 	for (uint32_t p = 0; p < x->dir.n; p++) {
 		const ann_dirent *e = &x->dir.ents[p];
@@ -255,6 +276,41 @@ static void verify_report(verify_ctx *v, uint32_t pid, const char *fmt, const ch
 		v->fn(v->ctx, pid, buf);
 }
 
+/* A codes block (format 2): every checksum, the layout, the directory's head
+ * length and count, and its codes against its exact rows (re-encoded). */
+static void verify_codes_block(ann_index *x, verify_ctx *v, const ann_block_read *br, int64_t **ids, size_t *ids_cap,
+			       uint8_t **rows, size_t *rows_cap)
+{
+	ann_error e = {0};
+	ann_cblock_info in;
+	if (!x->rbq) {
+		verify_report(v, br->pid, "%s", "codes block in an index without codes (meta codes.kind missing)");
+		return;
+	}
+	if (cblock_decode(br->data, br->length, &in, ids, ids_cap, rows, rows_cap, &e) < 0) {
+		verify_report(v, br->pid, "codes block does not decode: %s", e.msg);
+		return;
+	}
+	if (in.count != br->ent.count || in.partition != br->pid || in.dim != x->meta.dim ||
+	    in.head_bytes != br->ent.head || in.encoding != ann_encoding_block(x->meta.encoding)) {
+		char m[400];
+		snprintf(m, sizeof m, "codes block holds %u vectors of partition %llu, dimension %u, head %u bytes, "
+			 "encoding %u; the directory and meta say %u vectors of partition %u, dimension %u, head %u "
+			 "bytes, encoding %u", in.count, (unsigned long long)in.partition, in.dim, in.head_bytes,
+			 (unsigned)in.encoding, br->ent.count, br->pid, x->meta.dim, br->ent.head,
+			 (unsigned)ann_encoding_block(x->meta.encoding));
+		verify_report(v, br->pid, "%s", m);
+		return;
+	}
+	for (uint32_t i = 0; i < in.count; i++)
+		if ((*ids)[i] < 0) {
+			verify_report(v, br->pid, "%s", "holds a negative id");
+			return;
+		}
+	if (cblock_verify_codes(x->rbq, br->data, br->length, &e) < 0)
+		verify_report(v, br->pid, "%s", e.msg);
+}
+
 /* Decodes every block: payload checksum, structure, count against the
  * directory, ids within the input's range. */
 static int verify_blocks(ann_index *x, verify_ctx *v, ann_error *err)
@@ -265,6 +321,9 @@ static int verify_blocks(ann_index *x, verify_ctx *v, ann_error *err)
 	ann_store_reader *rd = NULL;
 	ann_block_dec *dec = NULL;
 	uint32_t *pids = NULL;
+	int64_t *cids = NULL;
+	uint8_t *crows = NULL;
+	size_t cids_cap = 0, crows_cap = 0;
 	int rc;
 	ANN_CHECK(rc, ann_store_reader_new(x->store, &ro, &rd, err));
 	ANN_CHECK(rc, block_dec_new(0, &dec, err));
@@ -291,6 +350,8 @@ static int verify_blocks(ann_index *x, verify_ctx *v, ann_error *err)
 			break;
 		if (br.status < 0) {
 			verify_report(v, br.pid, "%s", e.msg);
+		} else if (br.ent.head || cblock_is(br.data, br.length)) {
+			verify_codes_block(x, v, &br, &cids, &cids_cap, &crows, &crows_cap);
 		} else {
 			ann_block_view view;
 			int drc = block_decode(dec, br.data, br.length, x->dict, &view, &e);
@@ -323,6 +384,8 @@ static int verify_blocks(ann_index *x, verify_ctx *v, ann_error *err)
 	rc = ANN_OK;
 fail:
 	ann_free(pids);
+	ann_free(cids);
+	ann_free(crows);
 	block_dec_free(dec);
 	ann_store_reader_free(rd);
 	return rc;

@@ -8,6 +8,7 @@
 #define ANN_INDEX_H
 
 #include "block.h"
+#include "cblock.h"
 #include "index_meta.h"
 #include "router.h"
 #include "store.h"
@@ -19,6 +20,7 @@ struct ann_index {
 	ann_dir dir;          /* RAM copy of the partition directory */
 	ann_router *router;
 	ann_block_dict *dict; /* NULL unless meta.dict_id */
+	ann_rbq *rbq;         /* NULL unless meta.code_bits: the codes' parameters (O(dim) or O(dim^2) floats) */
 };
 
 /* Opens an index; writable takes the writer lock. */

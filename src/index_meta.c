@@ -2,6 +2,8 @@
 /* index_meta.c: index facts in the catalog's meta database (index_meta.h). */
 #include "index_meta.h"
 
+#include <string.h>
+
 int ann_index_meta_write(ann_cat_txn *t, const ann_index_meta *m, ann_error *err)
 {
 	ANN_TRY(ann_catalog_meta_put_u64(t, "index.format_major", ANN_INDEX_FORMAT_MAJOR, err));
@@ -16,6 +18,11 @@ int ann_index_meta_write(ann_cat_txn *t, const ann_index_meta *m, ann_error *err
 	ANN_TRY(ann_catalog_meta_put_u64(t, "index.partitions", m->partitions, err));
 	ANN_TRY(ann_catalog_meta_put_u64(t, "index.replicas", m->replicas, err));
 	ANN_TRY(ann_catalog_meta_put_u64(t, "index.dict_id", m->dict_id, err));
+	if (m->code_bits) {
+		ANN_TRY(ann_catalog_meta_put_str(t, "codes.kind", "rabitq", err));
+		ANN_TRY(ann_catalog_meta_put_u64(t, "codes.bits", m->code_bits, err));
+		ANN_TRY(ann_catalog_meta_put_u64(t, "codes.seed", m->code_seed, err));
+	}
 	return ANN_OK;
 }
 
@@ -61,5 +68,24 @@ int ann_index_meta_read(ann_cat_txn *t, ann_index_meta *m, ann_error *err)
 		m->live_vectors = m->vectors;
 	else
 		ANN_TRY(lr);
+	/* Codes (issue 12): absent in indexes without them. */
+	char kind[16];
+	lr = ann_catalog_meta_get_str(t, "codes.kind", kind, sizeof kind, err);
+	m->code_bits = 0;
+	m->code_seed = 0;
+	if (lr == ANN_E_NOTFOUND)
+		return ANN_OK;
+	ANN_TRY(lr);
+	if (strcmp(kind, "rabitq") != 0)
+		return ann_err(err, ANN_E_FORMAT, "meta codes.kind is '%s': this library knows 'rabitq'", kind);
+	uint64_t bits = 0;
+	ANN_TRY(ann_catalog_meta_get_u64(t, "codes.bits", &bits, err));
+	ANN_TRY(ann_catalog_meta_get_u64(t, "codes.seed", &m->code_seed, err));
+	if (bits < 1 || bits > 8)
+		return ann_err(err, ANN_E_CORRUPT, "meta codes.bits = %llu: expected 1..8", (unsigned long long)bits);
+	if (m->encoding != ANN_ENC_F32 && m->encoding != ANN_ENC_U8 && m->encoding != ANN_ENC_I8)
+		return ann_err(err, ANN_E_CORRUPT, "meta: codes with encoding %s (codes need f32, u8 or i8)",
+			       ann_encoding_name(m->encoding));
+	m->code_bits = (uint32_t)bits;
 	return ANN_OK;
 }

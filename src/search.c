@@ -1,12 +1,25 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * search.c: searchers (docs/DESIGN.md, "Search"). A batch of queries is
- * routed first; the (partition, query) pairs are grouped by partition so
- * each block is read once per batch; the reads go to the store reader
- * (io_uring, queue depth bounded, completions in any order) and every block
- * is decoded and scanned for all its queries as soon as it arrives, while
- * the other reads are in flight. An optional cache keeps decoded blocks
- * (LRU, bounded in bytes).
+ * search.c: searchers (docs/DESIGN.md, "Search" and "Codes and re-ranking").
+ * route -> group -> read -> estimate/scan -> (re-rank) -> merge:
+ *  1. the batch is routed; (partition, query) pairs are grouped by partition
+ *     so each block is read once per batch;
+ *  2. round 1: every probed partition is read through the store reader, the
+ *     only door to blocks (io_uring or the LMDB map, inside the batch's one
+ *     catalog snapshot): a format 1 block whole (decoded and scanned exactly
+ *     as it arrives), a codes block only its head, whose codes estimate the
+ *     distance of every row for every query that probes it;
+ *  3. round 2 (codes blocks): per query, the candidates whose lower bound
+ *     (estimate - width) is below the k-th smallest upper bound, at most
+ *     `rerank` of them by best estimate, have their exact rows read: the
+ *     pages that hold them, deduplicated within the batch and coalesced into
+ *     one read per run of adjacent pages; exact distances go to the top k.
+ * Deltas (inserted, not yet compacted) are scanned exactly; tombstones and
+ * replicas are filtered at every push. The optional cache (LRU, bounded in
+ * bytes) keeps decoded format 1 blocks and the heads of codes blocks; round 2
+ * pages are always read.
+ * Invariants: every distance in the answer is exact; every byte used was
+ * checked (format 1: payload checksum; codes: header, head and page sums).
  */
 #include <math.h>
 #include <stdio.h>
@@ -24,16 +37,20 @@ void ann_search_opts_init(ann_search_opts *o)
 	o->candidates_factor = 10;
 	o->queue_depth = 32;
 	o->io_buffer_bytes = (size_t)16 << 20;
+	o->rerank = ANN_DEFAULT_RERANK;
 }
 
-/* A decoded block held by the cache: ids then vectors in one allocation. */
+/* A cache entry in one allocation: a decoded format 1 block (ids then
+ * vectors), or the head of a codes block as read (head_len > 0). */
 typedef struct cblock {
 	uint32_t pid;
 	uint32_t generation;
 	uint32_t count;
+	uint32_t head_len;
 	size_t bytes;
 	int64_t *ids;
 	void *vecs;
+	uint8_t *head;
 	struct cblock *prev, *next; /* LRU list, most recent at head */
 } cblock;
 
@@ -42,12 +59,35 @@ typedef struct pair {
 	uint32_t q;
 } pair;
 
+/* A candidate of a codes block for one query. */
+typedef struct cand {
+	float est, width;
+	int64_t id;
+	uint32_t u, row;   /* unique partition of the batch, row of its block */
+} cand;
+
+/* A round 2 entry: one (query, row) to re-rank; sorted by (u, row, q). */
+typedef struct r2ent {
+	uint32_t u, row, q, run;
+	uint32_t rank;     /* of its estimate among the query's selected candidates */
+	float lower;       /* estimate - width */
+	int64_t id;
+} r2ent;
+
+/* What round 2 needs of a codes block's head (the head's buffer is released
+ * after round 1): its layout and page sums (copied to the batch arena). */
+typedef struct uhead {
+	ann_cblock_info in;
+	size_t sums_at;    /* offset in s->sums */
+	bool codes;        /* a codes block was read for this partition */
+} uhead;
+
 struct ann_searcher {
 	ann_index *idx;
 	ann_search_opts o;
 	const ann_kernels *kern;
 	ann_cat_txn *rt;      /* catalog snapshot, renewed per batch, reset after */
-	ann_ioreader *io;     /* blocks.dat reader (file store) */
+	ann_store_reader *rd; /* every block read, inside rt */
 	ann_block_dec *dec;
 	uint64_t ntomb;       /* tombstones in the batch's snapshot */
 	/* deltas of one partition */
@@ -56,8 +96,33 @@ struct ann_searcher {
 	size_t dcap, dn, dbytes;
 	uint32_t dpid;
 	/* requests of a batch */
-	ann_ioreq *reqs;
+	ann_block_range *reqs;
 	size_t reqs_cap;
+	/* codes blocks */
+	ann_rbq_query *rq;
+	float *est, *width;   /* one block's estimates */
+	size_t est_cap;
+	int64_t *hids;        /* one head's ids */
+	size_t hids_cap;
+	float *centre;        /* dim */
+	uhead *uh;            /* per unique partition of the batch */
+	size_t uh_cap;
+	uint8_t *sums;        /* page sums of the batch's heads */
+	size_t sums_len, sums_cap;
+	uint32_t rerank;
+	cand *cands;          /* cap_q * rerank: per query a max-heap on est */
+	uint32_t *ncand;
+	float *ub;            /* cap_q * k: per query a max-heap of upper bounds */
+	int64_t *ubid;
+	uint32_t *nub;
+	r2ent *ents;          /* round 2 */
+	size_t ents_cap;
+	uint8_t *flags;       /* round 2: want, done per entry */
+	size_t flags_cap;
+	size_t *runlo;        /* round 2: an entry of each read */
+	size_t runlo_cap;
+	double *qb1, *qb2, *qio1, *qio2;
+	uint64_t *qest, *qrr;
 	ann_router_ctx *rctx;
 	size_t vec_esize;     /* bytes per decoded element */
 	ann_dtype vec_type;
@@ -107,38 +172,50 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		s->o = *o;
 	else
 		ann_search_opts_init(&s->o);
-	if (s->o.k == 0 || s->o.k > ANN_MAX_K || s->o.nprobe == 0 || s->o.nprobe > 4096) {
-		rc = ann_err(err, ANN_E_INVAL, "search: k must be within 1..%u and nprobe within 1..4096", ANN_MAX_K);
+	s->rerank = s->o.rerank ? s->o.rerank : ANN_DEFAULT_RERANK;
+	if (s->o.rerank_phases == 0)
+		s->o.rerank_phases = ANN_DEFAULT_RERANK_PHASES;
+	if (s->o.rerank_phases > 2) {
+		rc = ann_err(err, ANN_E_INVAL, "search: rerank phases must be 1 or 2");
 		goto fail;
 	}
-	s->kern = ann_kernels_best();
-	if (idx->meta.store == ANN_STORE_FILE) {
-		ann_ioreader_opts io;
-		ann_ioreader_opts_init(&io);
-		io.queue_depth = s->o.queue_depth ? s->o.queue_depth : 32;
-		io.pool_bytes = s->o.io_buffer_bytes ? s->o.io_buffer_bytes : ((size_t)16 << 20);
-		/* A partition is one read: the pool must hold the largest block
-		 * (a few huge partitions, e.g. 16 parts of 1M vectors, are 21 MB). */
-		uint64_t largest = 0;
-		for (uint32_t p = 0; p < idx->dir.n; p++)
-			if (idx->dir.ents[p].kind != ANN_KIND_NONE)
-				largest = ANN_MAX(largest, (uint64_t)idx->dir.ents[p].length);
-		io.pool_bytes = ANN_MAX(io.pool_bytes, (size_t)largest + 4096);
-		io.force_pread = s->o.force_pread != 0;
-		size_t plen = strlen(ann_store_dir_path(idx->store)) + 16;
-		char *path = ann_malloc(plen);
-		if (!path) {
-			rc = ann_err(err, ANN_E_NOMEM, "out of memory");
-			goto fail;
-		}
-		snprintf(path, plen, "%s/blocks.dat", ann_store_dir_path(idx->store));
-		rc = ann_ioreader_open(path, &io, &s->io, err);
-		ann_free(path);
-		if (rc < 0)
-			goto fail;
+	if (!(s->o.rerank_eps >= 0 && s->o.rerank_eps <= 100)) {
+		rc = ann_err(err, ANN_E_INVAL, "search: rerank eps must be within 0..100 (0 = the default)");
+		goto fail;
 	}
+	if (s->o.k == 0 || s->o.k > ANN_MAX_K || s->o.nprobe == 0 || s->o.nprobe > 4096 || s->rerank > 100000) {
+		rc = ann_err(err, ANN_E_INVAL, "search: k must be within 1..%u, nprobe within 1..4096 and rerank "
+			     "within 1..100000", ANN_MAX_K);
+		goto fail;
+	}
+	s->rerank = ANN_MAX(s->rerank, s->o.k);
+	s->kern = ann_kernels_best();
+	ann_store_reader_opts ro;
+	ann_store_reader_opts_init(&ro);
+	ro.io.queue_depth = s->o.queue_depth ? s->o.queue_depth : 32;
+	ro.io.pool_bytes = s->o.io_buffer_bytes ? s->o.io_buffer_bytes : ((size_t)16 << 20);
+	/* A partition is one read: the pool must hold the largest block
+	 * (a few huge partitions, e.g. 16 parts of 1M vectors, are 21 MB). */
+	uint64_t largest = 0;
+	for (uint32_t p = 0; p < idx->dir.n; p++)
+		if (idx->dir.ents[p].kind != ANN_KIND_NONE)
+			largest = ANN_MAX(largest, (uint64_t)idx->dir.ents[p].length);
+	ro.io.pool_bytes = ANN_MAX(ro.io.pool_bytes, (size_t)largest + 4096);
+	ro.io.force_pread = s->o.force_pread != 0;
+	ANN_CHECK(rc, ann_store_reader_new(idx->store, &ro, &s->rd, err));
 	ANN_CHECK(rc, ann_catalog_read_begin(ann_store_catalog(idx->store), &s->rt, err));
 	ann_catalog_read_reset(s->rt);
+	ANN_CHECK(rc, ann_store_reader_use_txn(s->rd, s->rt, err));
+	if (idx->rbq) {
+		ANN_CHECK(rc, ann_rbq_query_new(idx->rbq, &s->rq, err));
+		if (s->o.rerank_eps > 0)
+			ann_rbq_query_set_eps0(s->rq, s->o.rerank_eps);
+		s->centre = ann_malloc((size_t)idx->meta.dim * sizeof(float));
+		if (!s->centre) {
+			rc = ann_err(err, ANN_E_NOMEM, "out of memory for a searcher");
+			goto fail;
+		}
+	}
 	s->dbytes = ann_index_delta_bytes(idx);
 	ANN_CHECK(rc, block_dec_new(0, &s->dec, err));
 	ANN_CHECK(rc, idx->router->ops->ctx_new(idx->router, &s->rctx, err));
@@ -197,9 +274,30 @@ void ann_searcher_free(ann_searcher *s)
 	if (s->rctx)
 		s->idx->router->ops->ctx_free(s->rctx);
 	block_dec_free(s->dec);
-	ann_ioreader_free(s->io);
+	ann_store_reader_free(s->rd); /* before the txn it reads in */
 	if (s->rt)
 		ann_catalog_read_end(s->rt);
+	ann_rbq_query_free(s->rq);
+	ann_free(s->est);
+	ann_free(s->width);
+	ann_free(s->hids);
+	ann_free(s->centre);
+	ann_free(s->uh);
+	ann_free(s->sums);
+	ann_free(s->cands);
+	ann_free(s->ncand);
+	ann_free(s->ub);
+	ann_free(s->ubid);
+	ann_free(s->nub);
+	ann_free(s->ents);
+	ann_free(s->flags);
+	ann_free(s->runlo);
+	ann_free(s->qb1);
+	ann_free(s->qb2);
+	ann_free(s->qio1);
+	ann_free(s->qio2);
+	ann_free(s->qest);
+	ann_free(s->qrr);
 	ann_free(s->dids);
 	ann_free(s->dvecs);
 	ann_free(s->reqs);
@@ -222,7 +320,55 @@ void ann_searcher_free(ann_searcher *s)
 
 const char *ann_searcher_io_path(const ann_searcher *s)
 {
-	return s->io ? ann_ioreader_path(s->io) : "lmdb";
+	return ann_store_reader_path(s->rd);
+}
+
+void ann_searcher_io_totals(const ann_searcher *s, uint64_t *bytes, uint64_t *requests)
+{
+	ann_ioreader_stats st;
+	ann_store_reader_stats(s->rd, &st);
+	*bytes = st.bytes;
+	*requests = st.requests;
+}
+
+/* Room for an entry of bytes, evicting from the tail; NULL when it cannot be cached. */
+static cblock *cache_alloc(ann_searcher *s, uint32_t pid, size_t bytes)
+{
+	if (bytes > s->o.cache_bytes || pid >= s->idx->dir.n || s->cmap[pid])
+		return NULL;
+	while (s->cbytes + bytes > s->o.cache_bytes && s->ctail) {
+		cblock *v = s->ctail;
+		cache_unlink(s, v);
+		s->cmap[v->pid] = NULL;
+		s->cbytes -= v->bytes;
+		ann_free(v);
+	}
+	cblock *c = ann_calloc(1, bytes);
+	if (c)
+		c->bytes = bytes;
+	return c; /* the cache is an optimisation: no memory, no caching */
+}
+
+static void cache_link(ann_searcher *s, cblock *c)
+{
+	c->prev = c->next = NULL;
+	cache_push_front(s, c);
+	s->cmap[c->pid] = c;
+	s->cbytes += c->bytes;
+}
+
+/* Caches a codes block's head as read (checked by process_head first). */
+static void cache_put_head(ann_searcher *s, uint32_t pid, uint32_t gen, const uint8_t *head, uint32_t len)
+{
+	cblock *c = cache_alloc(s, pid, sizeof(cblock) + (size_t)len + 64);
+	if (!c)
+		return;
+	c->pid = pid;
+	c->generation = gen;
+	c->head_len = len;
+	c->head = (uint8_t *)ANN_ALIGN_UP((uintptr_t)(c + 1), 64);
+	memcpy(c->head, head, len);
+	cache_link(s, c);
 }
 
 /* Inserts a decoded block into the cache, evicting from the tail. */
@@ -231,30 +377,17 @@ static void cache_put(ann_searcher *s, uint32_t pid, uint32_t gen, const int64_t
 {
 	size_t vbytes = (size_t)count * s->idx->meta.dim * s->vec_esize;
 	size_t bytes = sizeof(cblock) + (size_t)count * 8 + vbytes + 64;
-	if (bytes > s->o.cache_bytes || pid >= s->idx->dir.n || s->cmap[pid])
-		return;
-	while (s->cbytes + bytes > s->o.cache_bytes && s->ctail) {
-		cblock *v = s->ctail;
-		cache_unlink(s, v);
-		s->cmap[v->pid] = NULL;
-		s->cbytes -= v->bytes;
-		ann_free(v);
-	}
-	cblock *c = ann_malloc(bytes);
+	cblock *c = cache_alloc(s, pid, bytes);
 	if (!c)
-		return; /* the cache is an optimisation: no memory, no caching */
+		return;
 	c->pid = pid;
 	c->generation = gen;
 	c->count = count;
-	c->bytes = bytes;
 	c->ids = (int64_t *)(c + 1);
 	c->vecs = (void *)ANN_ALIGN_UP((uintptr_t)(c->ids + count), 64);
 	memcpy(c->ids, ids, (size_t)count * 8);
 	memcpy(c->vecs, vecs, vbytes);
-	c->prev = c->next = NULL;
-	cache_push_front(s, c);
-	s->cmap[pid] = c;
-	s->cbytes += bytes;
+	cache_link(s, c);
 }
 
 static bool heap_has(const ann_topk *h, int64_t id)
@@ -385,6 +518,48 @@ static int ensure_batch(ann_searcher *s, size_t nq, ann_error *err)
 	for (int i = 0; i < 12; i++)
 		if (!p[i])
 			return ann_err(err, ANN_E_NOMEM, "search: out of memory for a batch of %zu queries", nq);
+	size_t k = s->o.k, r = s->rerank;
+	void *c[12];
+	c[0] = ann_realloc(s->qb1, n * sizeof(double));
+	if (c[0])
+		s->qb1 = c[0];
+	c[1] = ann_realloc(s->qb2, n * sizeof(double));
+	if (c[1])
+		s->qb2 = c[1];
+	c[2] = ann_realloc(s->qio1, n * sizeof(double));
+	if (c[2])
+		s->qio1 = c[2];
+	c[3] = ann_realloc(s->qio2, n * sizeof(double));
+	if (c[3])
+		s->qio2 = c[3];
+	c[4] = ann_realloc(s->qest, n * sizeof(uint64_t));
+	if (c[4])
+		s->qest = c[4];
+	c[5] = ann_realloc(s->qrr, n * sizeof(uint64_t));
+	if (c[5])
+		s->qrr = c[5];
+	c[6] = s->rq ? ann_realloc(s->cands, n * r * sizeof(cand)) : s;
+	if (c[6] && s->rq)
+		s->cands = c[6];
+	c[7] = s->rq ? ann_realloc(s->ncand, n * sizeof(uint32_t)) : s;
+	if (c[7] && s->rq)
+		s->ncand = c[7];
+	c[8] = s->rq ? ann_realloc(s->ub, n * k * sizeof(float)) : s;
+	if (c[8] && s->rq)
+		s->ub = c[8];
+	c[9] = s->rq ? ann_realloc(s->ubid, n * k * sizeof(int64_t)) : s;
+	if (c[9] && s->rq)
+		s->ubid = c[9];
+	c[10] = s->rq ? ann_realloc(s->nub, n * sizeof(uint32_t)) : s;
+	if (c[10] && s->rq)
+		s->nub = c[10];
+	c[11] = s->rq ? ann_realloc(s->ents, n * r * sizeof(r2ent)) : s;
+	if (c[11] && s->rq)
+		s->ents = c[11];
+	for (int i = 0; i < 12; i++)
+		if (!c[i])
+			return ann_err(err, ANN_E_NOMEM, "search: out of memory for a batch of %zu queries", nq);
+	s->ents_cap = s->rq ? n * r : 0;
 	s->cap_q = n;
 	return ANN_OK;
 }
@@ -438,7 +613,7 @@ static int scan_deltas(ann_searcher *s, size_t u, uint64_t *scan_ns, ann_error *
 
 /* Decodes one block and scans it for the queries of unique partition u. */
 static int process_block(ann_searcher *s, size_t u, const ann_dirent *e, const uint8_t *data, size_t len,
-			 uint64_t *decode_ns, uint64_t *scan_ns, ann_error *err)
+			 uint64_t cost, uint64_t *decode_ns, uint64_t *scan_ns, ann_error *err)
 {
 	ann_index *x = s->idx;
 	uint32_t pid = s->upids[u];
@@ -466,7 +641,7 @@ static int process_block(ann_searcher *s, size_t u, const ann_dirent *e, const u
 	uint64_t ts = ann_now_ns();
 	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {
 		uint32_t qi = s->pairs[j].q;
-		s->qbytes[qi] += (double)len / sharers;
+		s->qbytes[qi] += (double)cost / sharers;
 		s->qreqs[qi] += 1.0 / sharers;
 		s->qdec[qi] += (double)dec_ns / sharers;
 		ANN_TRY(scan_block(s, qi, view.ids, view.vectors, view.info.count, true, err));
@@ -477,20 +652,404 @@ static int process_block(ann_searcher *s, size_t u, const ann_dirent *e, const u
 	return ANN_OK;
 }
 
-/* Steps 3-5 of ann_search inside the snapshot s->rt. */
-static int search_snapshot(ann_searcher *s, size_t npairs, size_t nu, uint64_t *scan_ns, uint64_t *decode_ns,
-			   uint64_t *wait_ns, ann_error *err)
+/* ---- codes blocks: candidate heaps ----------------------------------------------------- */
+
+/* Max-heap on est of query qi's kept candidates (the rerank best). */
+static void cand_push(ann_searcher *s, size_t qi, const cand *c)
+{
+	cand *h = s->cands + qi * s->rerank;
+	uint32_t n = s->ncand[qi];
+	if (n == s->rerank) {
+		if (!(c->est < h[0].est))
+			return;
+		/* replace the root, sift down */
+		size_t i = 0;
+		for (;;) {
+			size_t l = 2 * i + 1, r = l + 1, m = i;
+			float mv = c->est;
+			if (l < n && h[l].est > mv) {
+				m = l;
+				mv = h[l].est;
+			}
+			if (r < n && h[r].est > mv)
+				m = r;
+			if (m == i)
+				break;
+			h[i] = h[m];
+			i = m;
+		}
+		h[i] = *c;
+		return;
+	}
+	size_t i = n;
+	while (i > 0) {
+		size_t p = (i - 1) / 2;
+		if (!(h[p].est < c->est))
+			break;
+		h[i] = h[p];
+		i = p;
+	}
+	h[i] = *c;
+	s->ncand[qi] = n + 1;
+}
+
+/* The k-th smallest upper bound of query qi so far (+inf until k are known). */
+static float ub_kth(const ann_searcher *s, size_t qi)
+{
+	return s->nub[qi] == s->o.k ? s->ub[qi * s->o.k] : INFINITY;
+}
+
+/* Max-heap of the k smallest upper bounds (distinct ids when replicated). */
+static void ub_push(ann_searcher *s, size_t qi, float v, int64_t id)
+{
+	size_t k = s->o.k;
+	float *h = s->ub + qi * k;
+	int64_t *hid = s->ubid + qi * k;
+	uint32_t n = s->nub[qi];
+	if (s->idx->meta.replicas > 1)
+		for (uint32_t i = 0; i < n; i++)
+			if (hid[i] == id) {
+				if (v >= h[i])
+					return;
+				/* rare: a tighter bound for a replica already in; keep the looser (still valid) */
+				return;
+			}
+	if (n == k) {
+		if (!(v < h[0]))
+			return;
+		size_t i = 0;
+		for (;;) {
+			size_t l = 2 * i + 1, r = l + 1, m = i;
+			float mv = v;
+			if (l < n && h[l] > mv) {
+				m = l;
+				mv = h[l];
+			}
+			if (r < n && h[r] > mv)
+				m = r;
+			if (m == i)
+				break;
+			h[i] = h[m];
+			hid[i] = hid[m];
+			i = m;
+		}
+		h[i] = v;
+		hid[i] = id;
+		return;
+	}
+	size_t i = n;
+	while (i > 0) {
+		size_t p = (i - 1) / 2;
+		if (!(h[p] < v))
+			break;
+		h[i] = h[p];
+		hid[i] = hid[p];
+		i = p;
+	}
+	h[i] = v;
+	hid[i] = id;
+	s->nub[qi] = n + 1;
+}
+
+/* Round 1 of a codes block: checks the head against the directory and the
+ * index, keeps its layout and page sums for round 2, and estimates every row
+ * for every query of unique partition u. */
+static int process_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached, uint64_t *est_ns,
+			ann_error *err)
 {
 	ann_index *x = s->idx;
-	(void)npairs;
+	uint32_t pid = s->upids[u];
+	uint64_t t0 = ann_now_ns();
+	uhead *uh = &s->uh[u];
+	ann_cblock_info *in = &uh->in;
+	size_t need = br->ent.count ? br->ent.count : 1;
+	size_t wcap = s->est_cap;
+	if (grow((void **)&s->hids, &s->hids_cap, need, sizeof(int64_t)) < 0 ||
+	    grow((void **)&s->width, &wcap, need, sizeof(float)) < 0 ||
+	    grow((void **)&s->est, &s->est_cap, need, sizeof(float)) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu estimates", need);
+	int rc = cblock_head(br->data, br->length, in, NULL, err);
+	if (rc < 0)
+		return ann_err_prefix(err, rc, "%s: partition %u", x->path, pid);
+	if (in->count > s->hids_cap || in->count != br->ent.count)
+		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block holds %u vectors, the directory says %u",
+			       x->path, pid, in->count, br->ent.count);
+	if (!block_ids_decode(br->data + in->ids_off, in->ids_bytes, in->count, s->hids))
+		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block: bad id section", x->path, pid);
+	if (in->partition != pid || in->head_bytes != br->ent.head || in->dim != x->meta.dim ||
+	    in->encoding != ann_encoding_block(x->meta.encoding) || in->code_bits != ann_rbq_bits(x->rbq) ||
+	    in->code_seed != ann_rbq_seed(x->rbq) || in->code_bytes != ann_rbq_code_bytes(x->rbq))
+		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block of partition %llu (head %u bytes, "
+			       "dimension %u, encoding %u, %u-bit codes) where the directory and meta expect head %u, "
+			       "dimension %u, encoding %u, %u-bit codes", x->path, pid, (unsigned long long)in->partition,
+			       in->head_bytes, in->dim, (unsigned)in->encoding, in->code_bits, br->ent.head, x->meta.dim,
+			       (unsigned)ann_encoding_block(x->meta.encoding), ann_rbq_bits(x->rbq));
+	/* Keep the page sums for round 2. */
+	size_t sb = (size_t)in->exact_pages * 4;
+	if (grow((void **)&s->sums, &s->sums_cap, s->sums_len + sb + 1, 1) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for page sums");
+	memcpy(s->sums + s->sums_len, br->data + in->sums_off, sb);
+	uh->sums_at = s->sums_len;
+	s->sums_len += sb;
+	uh->codes = true;
+	size_t d = x->meta.dim;
+	cblock_centre(in, br->data, s->centre);
+	ann_metric m = x->meta.metric;
+	float shift = m == ANN_METRIC_COSINE ? 1.0f : 0.0f;
+	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
+	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {
+		uint32_t qi = s->pairs[j].q;
+		if (!cached) {
+			s->qbytes[qi] += (double)br->cost / sharers;
+			s->qb1[qi] += (double)br->cost / sharers;
+			s->qreqs[qi] += 1.0 / sharers;
+			s->qio1[qi] += 1.0 / sharers;
+		}
+		if (in->count == 0)
+			continue;
+		ann_rbq_query_prepare(s->rq, m == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_IP, s->qnorm + (size_t)qi * d,
+				      s->centre);
+		ann_rbq_estimate(s->rq, br->data + in->codes_off, in->count, s->est, s->width);
+		s->qest[qi] += in->count;
+		s->qcand[qi] += in->count;
+		float kth = ub_kth(s, qi);
+		for (uint32_t i = 0; i < in->count; i++) {
+			float e = s->est[i] + shift, w = s->width[i];
+			if (!(e - w < kth))
+				continue; /* cannot enter the top k: the threshold only falls */
+			if (s->ntomb && tombed(s, s->hids[i]))
+				continue;
+			ub_push(s, qi, e + w, s->hids[i]);
+			kth = ub_kth(s, qi);
+			cand c = {e, w, s->hids[i], (uint32_t)u, i};
+			cand_push(s, qi, &c);
+		}
+	}
+	*est_ns += ann_now_ns() - t0;
+	if (s->cmap && !cached)
+		cache_put_head(s, pid, br->ent.generation, br->data, in->head_bytes);
+	return ANN_OK;
+}
+
+static int r2_cmp(const void *a, const void *b)
+{
+	const r2ent *x = a, *y = b;
+	if (x->u != y->u)
+		return x->u < y->u ? -1 : 1;
+	if (x->row != y->row)
+		return x->row < y->row ? -1 : 1;
+	return x->q < y->q ? -1 : x->q > y->q;
+}
+
+/* Exact distance of query qi to a stored row (element type of the index). */
+static float exact_dist(ann_searcher *s, size_t qi, const uint8_t *row)
+{
+	size_t d = s->idx->meta.dim;
+	const float *q = s->qnorm + qi * d;
+	ann_metric m = s->idx->meta.metric;
+	float ip;
+	if (s->vec_type == ANN_DTYPE_U8) {
+		if (m == ANN_METRIC_L2)
+			return s->kern->l2_f32_u8(q, row, d);
+		ip = s->kern->ip_f32_u8(q, row, d);
+	} else {
+		float *f = s->conv;
+		if (s->vec_type == ANN_DTYPE_I8)
+			for (size_t j = 0; j < d; j++)
+				f[j] = (float)(int8_t)row[j];
+		else
+			for (size_t j = 0; j < d; j++)
+				f[j] = ann_ldf32(row + 4 * j);
+		if (m == ANN_METRIC_L2)
+			return s->kern->l2_f32(q, f, d);
+		ip = s->kern->ip_f32(q, f, d);
+	}
+	return (m == ANN_METRIC_COSINE ? 1.0f : 0.0f) - ip;
+}
+
+static int cand_est_cmp(const void *a, const void *b)
+{
+	const cand *x = a, *y = b;
+	return x->est < y->est ? -1 : x->est > y->est;
+}
+
+/* Block-relative page range of entry e's row. */
+static void ent_pages(const ann_searcher *s, const r2ent *e, uint64_t *off, uint64_t *end)
+{
+	uint32_t len;
+	cblock_row_pages(&s->uh[e->u].in, e->row, off, &len);
+	*end = *off + len;
+}
+
+/* One read phase of round 2: reads the pages of the entries marked `want`
+ * (deduplicated, adjacent pages of a partition coalesced into one read) and
+ * re-ranks every pending entry whose row lies in a page read. */
+static int read_phase(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *done, uint64_t *wait_ns,
+		      uint64_t *rerank_ns, ann_error *err)
+{
+	ann_index *x = s->idx;
+	size_t nrun = 0;
+	uint64_t run_end = 0;
+	uint32_t run_u = UINT32_MAX;
+	for (size_t i = 0; i < ne; i++) {
+		if (!want[i] || done[i])
+			continue;
+		uint64_t off, end;
+		ent_pages(s, &s->ents[i], &off, &end);
+		if (s->ents[i].u == run_u && off <= run_end) {
+			run_end = ANN_MAX(run_end, end);
+			s->reqs[nrun - 1].length = (uint32_t)(run_end - s->reqs[nrun - 1].offset);
+			s->ents[i].run = (uint32_t)(nrun - 1);
+			continue;
+		}
+		if (grow((void **)&s->reqs, &s->reqs_cap, nrun + 1, sizeof(ann_block_range)) < 0 ||
+		    grow((void **)&s->runlo, &s->runlo_cap, nrun + 1, sizeof(size_t)) < 0)
+			return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu reads", nrun + 1);
+		run_u = s->ents[i].u;
+		run_end = end;
+		s->reqs[nrun] = (ann_block_range){s->upids[run_u], (uint32_t)(end - off), off, nrun};
+		s->runlo[nrun] = i;
+		s->ents[i].run = (uint32_t)nrun;
+		nrun++;
+	}
+	if (nrun == 0)
+		return ANN_OK;
+	ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nrun, err));
+	int first_error = ANN_OK;
+	ann_error first = {0};
+	bool dedupe = x->meta.replicas > 1;
+	for (;;) {
+		ann_block_read br;
+		ann_error e2 = {0};
+		uint64_t tw = ann_now_ns();
+		int rc = ann_store_reader_next(s->rd, &br, &e2);
+		*wait_ns += ann_now_ns() - tw;
+		if (rc < 0) {
+			if (err)
+				*err = e2;
+			return rc;
+		}
+		if (rc == 0)
+			break;
+		if (first_error == ANN_OK) {
+			size_t r = (size_t)br.tag;
+			if (br.status < 0) {
+				first_error = ann_err_prefix(&e2, br.status, "%s: partition %u: exact pages", x->path, br.pid);
+			} else {
+				uint64_t t0 = ann_now_ns();
+				uint32_t u = s->ents[s->runlo[r]].u;
+				const uhead *uh = &s->uh[u];
+				int crc = cblock_check_pages(&uh->in, s->sums + uh->sums_at, br.data, br.offset, br.length, &e2);
+				if (crc < 0) {
+					first_error = ann_err_prefix(&e2, crc, "%s: partition %u", x->path, br.pid);
+				} else {
+					/* Every pending entry of this partition whose row lies in the
+					 * pages read: contiguous in (u, row) order around runlo[r]. */
+					uint64_t lo_off = br.offset, hi_off = br.offset + br.length;
+					size_t lo = s->runlo[r], hi = lo;
+					while (lo > 0 && s->ents[lo - 1].u == u) {
+						uint64_t o, e;
+						ent_pages(s, &s->ents[lo - 1], &o, &e);
+						if (o < lo_off)
+							break;
+						lo--;
+					}
+					size_t n_in = 0;
+					for (hi = lo; hi < ne && s->ents[hi].u == u; hi++) {
+						uint64_t o, e;
+						ent_pages(s, &s->ents[hi], &o, &e);
+						if (o >= hi_off)
+							break;
+						if (!done[hi] && o >= lo_off && e <= hi_off)
+							n_in++;
+					}
+					double share = n_in ? 1.0 / (double)n_in : 0;
+					for (size_t i = lo; i < hi; i++) {
+						const r2ent *en = &s->ents[i];
+						uint64_t o, e;
+						ent_pages(s, en, &o, &e);
+						if (done[i] || o < lo_off || e > hi_off)
+							continue;
+						done[i] = 1;
+						uint64_t ro = cblock_row_offset(&uh->in, en->row) - br.offset;
+						float dist = exact_dist(s, en->q, br.data + ro);
+						s->qb2[en->q] += (double)br.cost * share;
+						s->qbytes[en->q] += (double)br.cost * share;
+						s->qio2[en->q] += share;
+						s->qreqs[en->q] += share;
+						s->qrr[en->q]++;
+						ann_topk *h = &s->heaps[en->q];
+						if (dist > ann_topk_bound(h) || (dedupe && heap_has(h, en->id)))
+							continue;
+						ann_topk_push(h, dist, en->id); /* tombstones were filtered in round 1 */
+					}
+				}
+				*rerank_ns += ann_now_ns() - t0;
+			}
+			if (first_error < 0)
+				first = e2;
+		}
+		ann_store_reader_release(s->rd, &br);
+	}
+	if (first_error < 0 && err)
+		*err = first;
+	return first_error;
+}
+
+/* Round 2: selects each query's candidates (lower bound below the k-th upper
+ * bound, the `rerank` best estimates) and re-ranks them from exact pages.
+ * With rerank_phases 2 it first reads the pages of each query's k best
+ * estimates (re-ranking every selected row those pages hold), then only the
+ * candidates whose lower bound still beats the exact k-th distance found. */
+static int round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank_ns, ann_error *err)
+{
+	size_t ne = 0;
+	for (size_t qi = 0; qi < nq; qi++) {
+		float kth = ub_kth(s, qi);
+		cand *h = s->cands + qi * s->rerank;
+		qsort(h, s->ncand[qi], sizeof(cand), cand_est_cmp);
+		uint32_t rank = 0;
+		for (uint32_t i = 0; i < s->ncand[qi]; i++)
+			if (h[i].est - h[i].width < kth)
+				s->ents[ne++] = (r2ent){h[i].u, h[i].row, (uint32_t)qi, 0, rank++, h[i].est - h[i].width,
+							h[i].id};
+	}
+	if (ne == 0)
+		return ANN_OK;
+	qsort(s->ents, ne, sizeof(r2ent), r2_cmp);
+	if (grow((void **)&s->flags, &s->flags_cap, 2 * ne, 1) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu re-ranks", ne);
+	uint8_t *want = s->flags, *done = s->flags + ne;
+	memset(done, 0, ne);
+	if (s->o.rerank_phases < 2) {
+		memset(want, 1, ne);
+		return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
+	}
+	for (size_t i = 0; i < ne; i++)
+		want[i] = s->ents[i].rank < s->o.k;
+	ANN_TRY(read_phase(s, ne, want, done, wait_ns, rerank_ns, err));
+	for (size_t i = 0; i < ne; i++)
+		want[i] = !done[i] && s->ents[i].lower < ann_topk_bound(&s->heaps[s->ents[i].q]);
+	return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
+}
+
+/* Steps 3-5 of ann_search inside the snapshot s->rt. */
+static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan_ns, uint64_t *decode_ns,
+			   uint64_t *wait_ns, uint64_t tm[4], ann_error *err)
+{
+	ann_index *x = s->idx;
 	ANN_TRY(ann_catalog_count(s->rt, ANN_CAT_TOMB, &s->ntomb, err));
 	uint64_t ndelta = 0;
 	ANN_TRY(ann_catalog_count(s->rt, ANN_CAT_DELTA, &ndelta, err));
-	if (grow((void **)&s->reqs, &s->reqs_cap, nu ? nu : 1, sizeof(ann_ioreq)) < 0)
+	if (grow((void **)&s->reqs, &s->reqs_cap, nu ? nu : 1, sizeof(ann_block_range)) < 0 ||
+	    grow((void **)&s->uh, &s->uh_cap, nu ? nu : 1, sizeof(uhead)) < 0)
 		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu requests", nu);
+	s->sums_len = 0;
+	bool any_codes = false;
 	size_t nreq = 0;
 	for (size_t u = 0; u < nu; u++) {
 		uint32_t pid = s->upids[u];
+		s->uh[u].codes = false;
 		ann_dirent e;
 		int rc = ann_catalog_part_get(s->rt, pid, &e, err);
 		if (rc == ANN_E_NOTFOUND)
@@ -499,7 +1058,38 @@ static int search_snapshot(ann_searcher *s, size_t npairs, size_t nu, uint64_t *
 		if (ndelta)
 			ANN_TRY(scan_deltas(s, u, scan_ns, err));
 		cblock *c = s->cmap && pid < x->dir.n ? s->cmap[pid] : NULL;
-		if (c && c->generation == e.generation) {
+		if (c && (c->generation != e.generation || (c->head_len != 0) != (e.head != 0))) {
+			cache_unlink(s, c); /* stale: the partition was rewritten */
+			s->cmap[pid] = NULL;
+			s->cbytes -= c->bytes;
+			ann_free(c);
+			c = NULL;
+		}
+		if (e.head) {
+			if (!s->rq)
+				return ann_err(err, ANN_E_CORRUPT, "%s: partition %u is a codes block but the index has no "
+					       "codes (meta codes.kind missing)", x->path, pid);
+			if (!any_codes) {
+				for (size_t i = 0; i < nq; i++)
+					s->ncand[i] = s->nub[i] = 0;
+				any_codes = true;
+			}
+			if (c) { /* a cached head: round 1 without a read */
+				cache_unlink(s, c);
+				cache_push_front(s, c);
+				ann_block_read br;
+				memset(&br, 0, sizeof br);
+				br.pid = pid;
+				br.data = c->head;
+				br.length = c->head_len;
+				br.ent = e;
+				ANN_TRY(process_head(s, u, &br, true, &tm[1], err));
+				continue;
+			}
+			s->reqs[nreq++] = (ann_block_range){pid, e.head, 0, u};
+			continue;
+		}
+		if (c) {
 			cache_unlink(s, c);
 			cache_push_front(s, c);
 			uint64_t ts = ann_now_ns();
@@ -508,65 +1098,58 @@ static int search_snapshot(ann_searcher *s, size_t npairs, size_t nu, uint64_t *
 			*scan_ns += ann_now_ns() - ts;
 			continue;
 		}
-		if (c) { /* stale: the partition was rewritten */
-			cache_unlink(s, c);
-			s->cmap[pid] = NULL;
-			s->cbytes -= c->bytes;
-			ann_free(c);
-		}
-		if (!s->io) {
-			/* LMDB store: the block is read through the map, inside the snapshot. */
-			const uint8_t *buf;
-			size_t len;
-			uint64_t tw = ann_now_ns();
-			rc = ann_catalog_block_get(s->rt, pid, &buf, &len, err);
-			*wait_ns += ann_now_ns() - tw;
-			if (rc < 0)
-				return ann_err_prefix(err, rc, "%s: partition %u", x->path, pid);
-			ANN_TRY(process_block(s, u, &e, buf, len, decode_ns, scan_ns, err));
-			continue;
-		}
-		s->reqs[nreq].offset = e.offset;
-		s->reqs[nreq].length = e.length;
-		s->reqs[nreq].tag = u;
-		nreq++;
+		s->reqs[nreq++] = (ann_block_range){pid, 0, 0, u};
 	}
-	if (nreq == 0)
-		return ANN_OK;
-	ANN_TRY(ann_ioreader_submit(s->io, s->reqs, nreq, err));
+	if (any_codes) {
+		if (grow((void **)&s->conv, &s->conv_cap, x->meta.dim, sizeof(float)) < 0)
+			return ann_err(err, ANN_E_NOMEM, "search: out of memory");
+	}
+	if (nreq > 0) /* with every head cached, round 1 reads nothing */
+		ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nreq, err));
 	int first_error = ANN_OK;
 	ann_error first = {0};
 	for (;;) {
-		ann_iocomp c;
+		ann_block_read br;
+		ann_error e2 = {0};
 		uint64_t tw = ann_now_ns();
-		int rc = ann_ioreader_next(s->io, &c, err);
-		*wait_ns += ann_now_ns() - tw;
-		if (rc < 0)
+		int rc = ann_store_reader_next(s->rd, &br, &e2);
+		uint64_t dt = ann_now_ns() - tw;
+		*wait_ns += dt;
+		if (rc < 0) {
+			if (err)
+				*err = e2;
 			return rc;
+		}
 		if (rc == 0)
 			break;
 		if (first_error == ANN_OK) {
-			size_t u = (size_t)c.tag;
-			ann_error e2 = {0};
-			if (c.status < 0) {
-				first_error = ann_err(&e2, c.status, "%s: partition %u: read of %u bytes failed%s%s", x->path,
-						      s->upids[u], c.length, c.sys_errno ? ": " : "",
-						      c.sys_errno ? strerror(c.sys_errno) : "");
+			size_t u = (size_t)br.tag;
+			if (br.status < 0) {
+				first_error = ann_err_prefix(&e2, br.status, "%s", x->path);
+			} else if (br.ent.head) {
+				tm[0] += dt;
+				first_error = process_head(s, u, &br, false, &tm[1], &e2);
 			} else {
-				ann_dirent e;
-				rc = ann_catalog_part_get(s->rt, s->upids[u], &e, &e2);
-				if (rc >= 0)
-					rc = process_block(s, u, &e, c.data, c.length, decode_ns, scan_ns, &e2);
-				first_error = rc < 0 ? rc : ANN_OK;
+				first_error = process_block(s, u, &br.ent, br.data, br.length, br.cost, decode_ns, scan_ns,
+							    &e2);
 			}
 			if (first_error < 0)
 				first = e2;
 		}
-		ann_ioreader_release(s->io, &c); /* after an error: drain so the reader is idle again */
+		ann_store_reader_release(s->rd, &br); /* after an error: drain so the reader is idle again */
 	}
-	if (first_error < 0 && err)
-		*err = first;
-	return first_error;
+	if (first_error < 0) {
+		if (err)
+			*err = first;
+		return first_error;
+	}
+	if (!any_codes)
+		return ANN_OK;
+	uint64_t w2 = 0;
+	int rc = round2(s, nq, &w2, &tm[3], err);
+	tm[2] += w2;
+	*wait_ns += w2;
+	return rc;
 }
 
 int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, float *dists, ann_query_stats *stats,
@@ -597,6 +1180,8 @@ int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, f
 		ann_topk_init(&s->heaps[i], dists + i * k, ids + i * k, k);
 		s->qbytes[i] = s->qreqs[i] = s->qdec[i] = 0;
 		s->qscan[i] = s->qcand[i] = 0;
+		s->qb1[i] = s->qb2[i] = s->qio1[i] = s->qio2[i] = 0;
+		s->qest[i] = s->qrr[i] = 0;
 	}
 	/* 1. route */
 	uint64_t t0 = ann_now_ns();
@@ -643,9 +1228,9 @@ int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, f
 	s->ustart[nu] = (uint32_t)npairs;
 	/* 3. One snapshot for the batch: directory entries, blocks, deltas and
 	 * tombstones all come from it (docs/UPDATES.md). */
-	uint64_t scan_ns = 0, decode_ns = 0, wait_ns = 0;
+	uint64_t scan_ns = 0, decode_ns = 0, wait_ns = 0, tm[4] = {0, 0, 0, 0};
 	ANN_TRY(ann_catalog_read_renew(s->rt, err));
-	rc = search_snapshot(s, npairs, nu, &scan_ns, &decode_ns, &wait_ns, err);
+	rc = search_snapshot(s, nq, nu, &scan_ns, &decode_ns, &wait_ns, tm, err);
 	ann_catalog_read_reset(s->rt);
 	if (rc < 0)
 		return rc;
@@ -664,6 +1249,16 @@ int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, f
 			st->io_wait_ns = wait_ns / nq;
 			st->decode_ns = (uint64_t)s->qdec[i];
 			st->scan_ns = scan_ns / nq;
+			st->bytes_round1 = s->qb1[i];
+			st->bytes_round2 = s->qb2[i];
+			st->ios_round1 = s->qio1[i];
+			st->ios_round2 = s->qio2[i];
+			st->estimated = s->qest[i];
+			st->reranked = s->qrr[i];
+			st->round1_wait_ns = tm[0] / nq;
+			st->estimate_ns = tm[1] / nq;
+			st->round2_wait_ns = tm[2] / nq;
+			st->rerank_ns = tm[3] / nq;
 		}
 	}
 	return ANN_OK;

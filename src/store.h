@@ -130,6 +130,7 @@ typedef struct ann_block_put {
 	uint32_t count;     /* vectors in the block, kept in the directory */
 	const void *data;   /* block bytes; 4096-aligned (ann_aligned_alloc) to avoid a copy */
 	size_t length;      /* ann_store_block_size_ok(kind, length) */
+	uint32_t head;      /* codes block: bytes of its head (kept in the directory); 0 = format 1 */
 } ann_block_put;
 
 /* Writes n blocks (file: at first-fit reusable free extents or the end, then
@@ -160,7 +161,12 @@ int ann_store_refresh(ann_store *s, bool *changed, ann_error *err);
  * One reader per thread. A batch starts with a submit on an idle reader: it
  * takes a catalog snapshot (read txn) and looks each partition up in it (the
  * snapshot keeps the extents from being reused until the batch ends); the
- * batch ends when every completion has been returned and released. */
+ * batch ends when every completion has been returned and released.
+ * ann_store_reader_use_txn makes the reader work inside the caller's read
+ * txn instead (as mdb_cursor_open takes a txn): blocks, deltas and
+ * tombstones then come from one snapshot, which the caller must keep open
+ * until the batch ends. A request reads a whole block or a byte range of it
+ * (the two-round reads of codes blocks). */
 typedef struct ann_store_reader ann_store_reader;
 
 typedef struct ann_store_reader_opts {
@@ -171,10 +177,13 @@ typedef struct ann_store_reader_opts {
 typedef struct ann_block_read {
 	uint64_t tag;        /* the request's tag */
 	uint32_t pid;        /* partition */
-	int status;          /* ANN_OK, ANN_E_NOTFOUND, ANN_E_IO, ANN_E_CORRUPT (checksum, length),
-			      * ANN_E_INVAL (block larger than the reader's buffer pool) */
-	const uint8_t *data; /* block bytes, valid until release (LMDB: a pointer into the map) */
-	size_t length;       /* block bytes */
+	int status;          /* ANN_OK, ANN_E_NOTFOUND, ANN_E_IO, ANN_E_CORRUPT (checksum, length, a range
+			      * outside the block), ANN_E_INVAL (larger than the reader's buffer pool) */
+	const uint8_t *data; /* the bytes read, valid until release (LMDB: a pointer into the map) */
+	size_t length;       /* bytes read: the block's, or the range's */
+	uint64_t offset;     /* the range's offset within the block (0 for a whole block) */
+	uint64_t cost;       /* bytes the read cost: widened to 4 KiB pages under O_DIRECT; for a
+			      * range in LMDB, the map pages it touches */
 	ann_dirent ent;      /* the directory entry the read used */
 	uint32_t slot;       /* internal */
 } ann_block_read;
@@ -185,6 +194,20 @@ void ann_store_reader_free(ann_store_reader *r);
 /* Queues n partitions; tags may be NULL (tag = index in this call). */
 int ann_store_reader_submit(ann_store_reader *r, const uint32_t *pids, const uint64_t *tags, size_t n,
 			    ann_error *err);
+typedef struct ann_block_range {
+	uint32_t pid;
+	uint32_t length;  /* bytes; 0 = the whole block (offset 0) */
+	uint64_t offset;  /* within the block */
+	uint64_t tag;
+} ann_block_range;
+/* Queues n ranges. Only whole-block reads are checked against the directory
+ * checksum (opts.verify): a range is checked by its reader (codes blocks
+ * carry their own head and page sums). */
+int ann_store_reader_submit_ranges(ann_store_reader *r, const ann_block_range *rs, size_t n, ann_error *err);
+/* Reads of later batches look partitions and LMDB blocks up in t (a read
+ * txn of the store's catalog, kept open by the caller through each batch),
+ * or in the reader's own snapshot when t is NULL. ANN_E_STATE mid-batch. */
+int ann_store_reader_use_txn(ann_store_reader *r, ann_cat_txn *t, ann_error *err);
 /* 1 with *b filled, 0 when nothing is outstanding, < 0 on reader failure.
  * A failed block is a completion with status < 0 (err names it). */
 int ann_store_reader_next(ann_store_reader *r, ann_block_read *b, ann_error *err);

@@ -1026,7 +1026,7 @@ int ann_store_put_blocks(ann_store_txn *t, const ann_block_put *puts, size_t n, 
 		return ANN_OK;
 	ann_store_kind kind = t->s->ops->kind;
 	for (size_t i = 0; i < n; i++) {
-		if (!puts[i].data || !ann_store_block_size_ok(kind, puts[i].length))
+		if (!puts[i].data || !ann_store_block_size_ok(kind, puts[i].length) || puts[i].head > puts[i].length)
 			return ann_err(err, ANN_E_INVAL,
 				       "%s: partition %u: block of %zu bytes; the %s store takes %s", t->s->dir,
 				       puts[i].pid, puts[i].length, t->s->ops->name,
@@ -1057,6 +1057,7 @@ int ann_store_put_blocks(ann_store_txn *t, const ann_block_put *puts, size_t n, 
 		e->length = (uint32_t)puts[i].length;
 		e->count = puts[i].count;
 		e->checksum = XXH64(puts[i].data, puts[i].length, 0);
+		e->head = puts[i].head;
 		e->generation = olds[i].kind ? olds[i].generation + 1 : 1;
 	}
 	ANN_CHECK(rc, t->s->ops->put(t, puts, n, ents, olds, err));
@@ -1233,6 +1234,9 @@ struct rd_info {
 	uint64_t tag;
 	uint32_t pid;
 	int status;       /* set when the lookup failed (completed without I/O) */
+	bool bad_range;   /* the range does not lie within the block */
+	uint64_t off;     /* range within the block */
+	uint32_t len;     /* range length; 0 = the whole block */
 	uint32_t io_slot; /* io reader slot while delivered, else NO_SLOT */
 	uint32_t next;    /* free-list link */
 	ann_dirent ent;
@@ -1243,6 +1247,8 @@ struct ann_store_reader {
 	ann_store_reader_opts o;
 	ann_ioreader *io;     /* file store */
 	ann_cat_txn *rt;      /* batch snapshot; reset between batches */
+	ann_cat_txn *ext;     /* the caller's snapshot (ann_store_reader_use_txn), or NULL */
+	bool io_direct;       /* reads are widened to pages (O_DIRECT) */
 	bool in_batch;
 	struct rd_info *info; /* per outstanding or held request */
 	uint32_t ninfo, free_info;
@@ -1286,6 +1292,9 @@ int ann_store_reader_new(ann_store *s, const ann_store_reader_opts *o, ann_store
 		ann_free(p);
 		if (rc < 0)
 			goto fail;
+		ann_ioreader_stats st;
+		ann_ioreader_get_stats(r->io, &st);
+		r->io_direct = st.direct;
 	}
 	ANN_CHECK(rc, ann_catalog_read_begin(s->cat, &r->rt, err));
 	ann_catalog_read_reset(r->rt);
@@ -1373,9 +1382,27 @@ static int ready_push(ann_store_reader *r, uint32_t i, ann_error *err)
 static void batch_maybe_end(ann_store_reader *r)
 {
 	if (r->in_batch && r->outstanding == 0 && r->held == 0) {
-		ann_catalog_read_reset(r->rt);
+		if (!r->ext)
+			ann_catalog_read_reset(r->rt);
 		r->in_batch = false;
 	}
+}
+
+int ann_store_reader_use_txn(ann_store_reader *r, ann_cat_txn *t, ann_error *err)
+{
+	if (r->in_batch)
+		return ann_err(err, ANN_E_STATE, "%s: store reader: snapshot changed during a batch", r->s->dir);
+	r->ext = t;
+	return ANN_OK;
+}
+
+/* Bytes a read of [off, off + len) of blocks.dat costs: the io reader widens
+ * O_DIRECT reads to whole pages. */
+static uint64_t io_cost(const ann_store_reader *r, uint64_t off, uint64_t len)
+{
+	if (!r->io_direct)
+		return len;
+	return ANN_ALIGN_UP(off + len, (uint64_t)ANN_PAGE) - (off & ~(uint64_t)(ANN_PAGE - 1));
 }
 
 int ann_store_reader_submit(ann_store_reader *r, const uint32_t *pids, const uint64_t *tags, size_t n,
@@ -1383,10 +1410,26 @@ int ann_store_reader_submit(ann_store_reader *r, const uint32_t *pids, const uin
 {
 	if (n == 0)
 		return ANN_OK;
+	ann_block_range *rs = ann_malloc(n * sizeof *rs);
+	if (!rs)
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", r->s->dir);
+	for (size_t i = 0; i < n; i++)
+		rs[i] = (ann_block_range){ pids[i], 0, 0, tags ? tags[i] : i };
+	int rc = ann_store_reader_submit_ranges(r, rs, n, err);
+	ann_free(rs);
+	return rc;
+}
+
+int ann_store_reader_submit_ranges(ann_store_reader *r, const ann_block_range *rs, size_t n, ann_error *err)
+{
+	if (n == 0)
+		return ANN_OK;
 	if (!r->in_batch) {
-		ANN_TRY(ann_catalog_read_renew(r->rt, err));
+		if (!r->ext)
+			ANN_TRY(ann_catalog_read_renew(r->rt, err));
 		r->in_batch = true;
 	}
+	ann_cat_txn *tx = r->ext ? r->ext : r->rt;
 	uint8_t want = ann_kind_code(r->s->ops->kind);
 	size_t nreq = 0;
 	if (r->io && r->reqcap < n) {
@@ -1404,14 +1447,22 @@ int ann_store_reader_submit(ann_store_reader *r, const uint32_t *pids, const uin
 		if (rc < 0)
 			break;
 		struct rd_info *in = &r->info[k];
-		in->tag = tags ? tags[i] : i;
-		in->pid = pids[i];
+		in->tag = rs[i].tag;
+		in->pid = rs[i].pid;
+		in->off = rs[i].offset;
+		in->len = rs[i].length;
 		in->status = ANN_OK;
+		in->bad_range = false;
 		in->io_slot = NO_SLOT;
 		ann_error e2;
-		int lrc = ann_catalog_part_get(r->rt, pids[i], &in->ent, &e2);
+		int lrc = ann_catalog_part_get(tx, rs[i].pid, &in->ent, &e2);
 		if (lrc == ANN_OK && in->ent.kind != want)
 			lrc = ANN_E_CORRUPT;
+		if (lrc == ANN_OK && (in->len ? in->off + in->len > in->ent.length : in->off != 0)) {
+			in->bad_range = true;
+			lrc = ANN_E_CORRUPT;
+		}
+		uint64_t rlen = in->len ? in->len : in->ent.length;
 		if (lrc == ANN_E_NOTFOUND || lrc == ANN_E_CORRUPT || lrc == ANN_E_FORMAT) {
 			memset(&in->ent, 0, sizeof in->ent);
 			in->status = lrc == ANN_E_NOTFOUND ? ANN_E_NOTFOUND : ANN_E_CORRUPT;
@@ -1422,12 +1473,12 @@ int ann_store_reader_submit(ann_store_reader *r, const uint32_t *pids, const uin
 			if (err)
 				*err = e2;
 			rc = lrc;
-		} else if (r->io && in->ent.length > ann_ioreader_max_request(r->io)) {
+		} else if (r->io && io_cost(r, in->ent.offset + in->off, rlen) > ann_ioreader_max_request(r->io)) {
 			in->status = ANN_E_INVAL; /* completes alone; the others still read */
 			if ((rc = ready_push(r, k, err)) < 0)
 				info_put(r, k);
 		} else if (r->io) {
-			r->reqbuf[nreq++] = (ann_ioreq){ in->ent.offset, in->ent.length, k };
+			r->reqbuf[nreq++] = (ann_ioreq){ in->ent.offset + in->off, (uint32_t)rlen, k };
 		} else if ((rc = ready_push(r, k, err)) < 0) {
 			info_put(r, k);
 		}
@@ -1462,14 +1513,15 @@ static void fill_read(ann_store_reader *r, uint32_t k, ann_block_read *b)
 	b->tag = in->tag;
 	b->pid = in->pid;
 	b->ent = in->ent;
+	b->offset = in->off;
 	b->slot = k;
 	b->status = in->status;
 }
 
 static void check_block(ann_store_reader *r, ann_block_read *b, ann_error *err)
 {
-	if (b->status < 0 || !r->o.verify)
-		return;
+	if (b->status < 0 || !r->o.verify || r->info[b->slot].len)
+		return; /* a range cannot be checked against the whole block's sum */
 	uint64_t sum = XXH64(b->data, b->length, 0);
 	if (sum != b->ent.checksum) {
 		b->status = ann_err(err, ANN_E_CORRUPT,
@@ -1489,8 +1541,12 @@ int ann_store_reader_next(ann_store_reader *r, ann_block_read *b, ann_error *err
 		r->outstanding--;
 		r->held++;
 		fill_read(r, k, b);
+		struct rd_info *in = &r->info[k];
 		if (b->status == ANN_E_NOTFOUND) {
 			ann_err(err, ANN_E_NOTFOUND, "%s: no partition %u", r->s->dir, b->pid);
+		} else if (in->bad_range) {
+			ann_err(err, ANN_E_CORRUPT, "%s: partition %u: range %llu+%u lies outside its block of %u bytes",
+				r->s->dir, b->pid, (unsigned long long)in->off, in->len, b->ent.length);
 		} else if (b->status == ANN_E_CORRUPT) {
 			ann_err(err, b->status, "%s: partition %u: directory entry unreadable or of the wrong store kind",
 				r->s->dir, b->pid);
@@ -1502,7 +1558,7 @@ int ann_store_reader_next(ann_store_reader *r, ann_block_read *b, ann_error *err
 			/* LMDB store: a pointer into the map, valid while the batch lasts. */
 			const uint8_t *p = NULL;
 			size_t len = 0;
-			int rc = ann_catalog_block_get(r->rt, b->pid, &p, &len, err);
+			int rc = ann_catalog_block_get(r->ext ? r->ext : r->rt, b->pid, &p, &len, err);
 			if (rc < 0) {
 				b->status = rc == ANN_E_NOTFOUND ? ANN_E_CORRUPT : rc;
 				if (rc == ANN_E_NOTFOUND)
@@ -1512,9 +1568,18 @@ int ann_store_reader_next(ann_store_reader *r, ann_block_read *b, ann_error *err
 				b->status = ann_err(err, ANN_E_CORRUPT,
 						    "%s: partition %u: block of %zu bytes, directory says %u", r->s->dir,
 						    b->pid, len, b->ent.length);
+			} else if (in->len) {
+				/* A range: the LMDB pages it touches count as read. */
+				b->data = p + in->off;
+				b->length = in->len;
+				uintptr_t a = (uintptr_t)b->data;
+				b->cost = ANN_ALIGN_UP(a + in->len, (uintptr_t)ANN_PAGE) - (a & ~(uintptr_t)(ANN_PAGE - 1));
+				r->requests++;
+				r->bytes += b->cost;
 			} else {
 				b->data = p;
 				b->length = len;
+				b->cost = len;
 				r->requests++;
 				r->bytes += len;
 				check_block(r, b, err);
@@ -1540,6 +1605,7 @@ int ann_store_reader_next(ann_store_reader *r, ann_block_read *b, ann_error *err
 		ann_err_prefix(err, c.status, "partition %u", b->pid);
 	b->data = c.data;
 	b->length = c.length;
+	b->cost = io_cost(r, b->ent.offset + b->offset, c.length);
 	check_block(r, b, err);
 	return 1;
 }

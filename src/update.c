@@ -437,9 +437,17 @@ static int delta_each(void *ctx, const uint8_t *key, size_t klen, const uint8_t 
 	return collect_push(c, (int64_t)ann_ldbe64(key + 4), ann_ldbe32(key), val, err);
 }
 
-/* Reads partition pid's block (decoded) through a fresh store reader. */
-static int read_block(ann_index *x, ann_store_reader *rd, ann_block_dec *dec, uint32_t pid, ann_block_view *view,
-		      ann_error *err)
+/* Decoded rows of a codes block (format 2), kept between reads. */
+typedef struct cscratch {
+	int64_t *ids;
+	uint8_t *rows;
+	size_t ids_cap, rows_cap;
+} cscratch;
+
+/* Reads partition pid's block (decoded: format 1 through dec, codes blocks
+ * into cs) through a fresh store reader. */
+static int read_block(ann_index *x, ann_store_reader *rd, ann_block_dec *dec, cscratch *cs, uint32_t pid,
+		      ann_block_view *view, ann_error *err)
 {
 	ANN_TRY(ann_store_reader_submit(rd, &pid, NULL, 1, err));
 	ann_block_read br;
@@ -447,8 +455,24 @@ static int read_block(ann_index *x, ann_store_reader *rd, ann_block_dec *dec, ui
 	if (rc <= 0)
 		return rc < 0 ? rc : ann_err(err, ANN_E_IO, "compact: partition %u: no read completion", pid);
 	rc = br.status;
-	if (rc >= 0)
+	if (rc >= 0 && (br.ent.head || cblock_is(br.data, br.length))) {
+		ann_cblock_info in;
+		rc = cblock_decode(br.data, br.length, &in, &cs->ids, &cs->ids_cap, &cs->rows, &cs->rows_cap, err);
+		if (rc >= 0 && (in.dim != x->meta.dim || in.encoding != ann_encoding_block(x->meta.encoding)))
+			rc = ann_err(err, ANN_E_CORRUPT, "codes block of dimension %u, encoding %u; the index has %u, %u",
+				     in.dim, (unsigned)in.encoding, x->meta.dim,
+				     (unsigned)ann_encoding_block(x->meta.encoding));
+		if (rc >= 0) {
+			memset(view, 0, sizeof *view);
+			view->info.count = in.count;
+			view->info.dim = in.dim;
+			view->info.partition = in.partition;
+			view->ids = cs->ids;
+			view->vectors = cs->rows;
+		}
+	} else if (rc >= 0) {
 		rc = block_decode(dec, br.data, br.length, x->dict, view, err);
+	}
 	ann_store_reader_release(rd, &br);
 	/* Drain (there is nothing else in flight). */
 	while (ann_store_reader_next(rd, &br, NULL) > 0)
@@ -529,6 +553,20 @@ out:
 	return rc;
 }
 
+/* Encodes a rewritten partition in the index's layout: a codes block when
+ * the index has codes (so inserts, compaction and splits keep one layout),
+ * else format 1 with bp. vecs are in the delta type. */
+static int encode_part(ann_index *x, ann_block_enc *enc, const ann_block_params *bp, size_t n, const int64_t *ids,
+		       const uint8_t *vecs, uint32_t pid, uint64_t gen, uint8_t **blk, size_t *len, uint32_t *head,
+		       ann_error *err)
+{
+	*head = 0;
+	if (x->rbq)
+		return cblock_encode(x->rbq, bp->encoding, bp->pad, x->meta.dim, n, ids, vecs, ann_index_delta_type(x), pid,
+				     gen, blk, len, head, err);
+	return block_encode(enc, bp, x->meta.dim, n, ids, vecs, ann_index_delta_type(x), pid, gen, blk, len, err);
+}
+
 int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, ann_error *err)
 {
 	ann_index *x = w->x;
@@ -542,6 +580,7 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 	ann_store_reader *rd = NULL;
 	ann_block_dec *dec = NULL;
 	ann_block_enc *enc = NULL;
+	cscratch cs = {0};
 	ann_store_txn *txn = NULL;
 	uint8_t *dirty = NULL, *blk = NULL;
 	int64_t *nids = NULL;
@@ -574,7 +613,7 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 			if (x->dir.ents[p].kind == ANN_KIND_NONE || dirty[p])
 				continue;
 			ann_block_view v;
-			ANN_CHECK(rc, read_block(x, rd, dec, p, &v, err));
+			ANN_CHECK(rc, read_block(x, rd, dec, &cs, p, &v, err));
 			for (uint32_t i = 0; i < v.info.count && !dirty[p]; i++)
 				if (idset_has(&dead, v.ids[i]))
 					dirty[p] = 1;
@@ -598,7 +637,7 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 		if (!dirty[p] || x->dir.ents[p].kind == ANN_KIND_NONE)
 			continue;
 		ann_block_view v;
-		ANN_CHECK(rc, read_block(x, rd, dec, p, &v, err));
+		ANN_CHECK(rc, read_block(x, rd, dec, &cs, p, &v, err));
 		size_t nd = 0;
 		for (size_t i = 0; i < deltas.n; i++)
 			nd += deltas.pids[i] == p;
@@ -645,9 +684,10 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 		if (m > split_limit && m >= 4 && x->router->ops->split)
 			ANN_CHECK(rc, split_partition(w, t, p, nids, nvecs, m, &keep, &q, err));
 		size_t len = 0;
-		ANN_CHECK(rc, block_encode(enc, &bp, (uint32_t)d, keep, nids, nvecs, dt, p,
-					   (uint64_t)x->dir.ents[p].generation + 1, &blk, &len, err));
-		ann_block_put put = {p, (uint32_t)keep, blk, len};
+		uint32_t head = 0;
+		ANN_CHECK(rc, encode_part(x, enc, &bp, keep, nids, nvecs, p, (uint64_t)x->dir.ents[p].generation + 1, &blk,
+					  &len, &head, err));
+		ann_block_put put = {p, (uint32_t)keep, blk, len, head};
 		ANN_CHECK(rc, ann_store_put_blocks(txn, &put, 1, NULL, err));
 		ann_aligned_free(blk);
 		blk = NULL;
@@ -655,9 +695,9 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 		st.bytes_written += len;
 		st.bytes_freed += x->dir.ents[p].length;
 		if (q != UINT32_MAX) {
-			ANN_CHECK(rc, block_encode(enc, &bp, (uint32_t)d, m - keep, nids + keep, nvecs + keep * db, dt, q, 1,
-						   &blk, &len, err));
-			ann_block_put put2 = {q, (uint32_t)(m - keep), blk, len};
+			ANN_CHECK(rc, encode_part(x, enc, &bp, m - keep, nids + keep, nvecs + keep * db, q, 1, &blk, &len,
+						  &head, err));
+			ann_block_put put2 = {q, (uint32_t)(m - keep), blk, len, head};
 			ANN_CHECK(rc, ann_store_put_blocks(txn, &put2, 1, NULL, err));
 			ann_aligned_free(blk);
 			blk = NULL;
@@ -718,6 +758,8 @@ fail:
 	ann_store_reader_free(rd);
 	block_dec_free(dec);
 	block_enc_free(enc);
+	ann_free(cs.ids);
+	ann_free(cs.rows);
 	ann_aligned_free(blk);
 	ann_free(dirty);
 	ann_free(nids);

@@ -29,6 +29,8 @@ static cli_opt build_opts[] = {
 	{"shuffle", NULL, "byte-shuffle vectors before compression (default: for f32/f16 only)", NULL},
 	{"no-shuffle", NULL, "never shuffle before compression", NULL},
 	{"dict", NULL, "train a zstd dictionary on sample blocks", NULL},
+	{"codes", "KIND", "none (default) or rabitq: compact codes in the blocks, exact rows re-ranked by page", NULL},
+	{"code-bits", "B", "bits per dimension of the codes, 1..8 (default 1 with --codes rabitq)", NULL},
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
 	{"seed", "S", "random seed (default 1)", NULL},
@@ -140,6 +142,15 @@ static int run_build(cli_cmd *c)
 	o.soar_lambda = soar;
 	o.hnsw_m = (uint32_t)hm;
 	o.hnsw_ef_construction = (uint32_t)hef;
+	const char *codes = cli_get(c, "codes");
+	uint64_t cbits;
+	if (!cli_u64(c, "code-bits", 1, 1, 8, &cbits))
+		return CLI_EXIT_USAGE;
+	if (codes && strcmp(codes, "rabitq") != 0 && strcmp(codes, "none") != 0)
+		return cli_usage_error(c, "--codes: '%s' is not one of none, rabitq", codes);
+	if (cli_get(c, "code-bits") && !(codes && strcmp(codes, "rabitq") == 0))
+		return cli_usage_error(c, "--code-bits needs --codes rabitq");
+	o.code_bits = codes && strcmp(codes, "rabitq") == 0 ? (uint32_t)cbits : 0;
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
 	double alpha, rw, imb, lambda;
@@ -273,6 +284,10 @@ static int run_info(cli_cmd *c)
 		       in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0.0);
 		if (in.route_ef)
 			printf("route ef       %u (calibrated by the build; --ef overrides)\n", in.route_ef);
+		if (in.code_bits)
+			printf("codes          rabitq, %u bit%s per dimension; heads %.1f MiB (%.1f bytes per vector)\n",
+			       in.code_bits, in.code_bits == 1 ? "" : "s", (double)in.head_bytes / 1048576.0,
+			       in.stored_vectors ? (double)in.head_bytes / (double)in.stored_vectors : 0.0);
 		printf("store          %s\n", in.store == ANN_STORE_LMDB ? "lmdb" : "file");
 		printf("on disk        %.1f MiB (blocks %.1f MiB; raw vectors %.1f MiB; ratio %.3f)\n",
 		       (double)in.bytes_on_disk / 1048576.0, (double)in.block_bytes / 1048576.0,
@@ -398,7 +413,12 @@ static cli_opt search_opts[] = {
 	{"ef", "EF", "ef of the centroid-graph search (k-means default: max(the build's calibrated ef, 2 * nprobe))", NULL},
 	{"batch", "N", "queries per batch: 1 measures latency, more gives throughput (default 1)", NULL},
 	{"threads", "T", "search threads, each with its own searcher (default 1)", NULL},
-	{"cache", "BYTES", "decoded-block cache per thread (default 0: every block from storage)", NULL},
+	{"cache", "BYTES", "decoded-block cache per thread: format 1 blocks, heads of codes blocks (default 0: every block from storage)",
+	 NULL},
+	{"rerank", "N", "codes: at most N exact re-ranks per query (default 100)", NULL},
+	{"rerank-phases", "N", "codes: 1 = one read of all re-rank pages; 2 = the k best first, then only what can "
+	 "still beat them (default 2)", NULL},
+	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.8)", NULL},
 	{"queue-depth", "Q", "I/O requests in flight (default 32)", NULL},
 	{"pread", NULL, "read with pread instead of io_uring", NULL},
 	{"limit", "N", "use only the first N queries", NULL},
@@ -491,14 +511,19 @@ static int run_search(cli_cmd *c)
 	const char *qpath = dir ? cli_need(c, "queries") : NULL;
 	if (!qpath)
 		return CLI_EXIT_USAGE;
-	uint64_t k, cf, ef, batch, threads, cache, qd, limit;
+	uint64_t k, cf, ef, batch, threads, cache, qd, limit, rerank, rphases;
 	uint64_t probes[64];
 	size_t nprobes = 0;
 	if (!cli_u64(c, "k", 10, 1, ANN_MAX_K, &k) || !cli_u64(c, "candidates-factor", 10, 1, 1000, &cf) ||
 	    !cli_u64(c, "ef", 0, 0, 1000000, &ef) || !cli_u64(c, "batch", 1, 1, UINT32_MAX, &batch) ||
 	    !cli_u64(c, "threads", 1, 1, 64, &threads) || !cli_size(c, "cache", 0, 0, CLI_SIZE_MAX, &cache) ||
 	    !cli_u64(c, "queue-depth", 32, 1, 4096, &qd) || !cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) ||
+	    !cli_u64(c, "rerank", ANN_DEFAULT_RERANK, 1, 100000, &rerank) ||
+	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, 2, &rphases) ||
 	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, 4096, probes, 64, &nprobes))
+		return CLI_EXIT_USAGE;
+	double reps;
+	if (!cli_double(c, "rerank-eps", 0, 0, 100, &reps))
 		return CLI_EXIT_USAGE;
 	if (nprobes == 0)
 		probes[nprobes++] = 16;
@@ -563,6 +588,9 @@ static int run_search(cli_cmd *c)
 		so.cache_bytes = cache;
 		so.queue_depth = (uint32_t)qd;
 		so.force_pread = cli_flag(c, "pread");
+		so.rerank = (uint32_t)rerank;
+		so.rerank_eps = (float)reps;
+		so.rerank_phases = (uint32_t)rphases;
 		const char *io_path = "?";
 		double wall;
 		ann_searcher *srch[64] = {0};
@@ -580,6 +608,7 @@ static int run_search(cli_cmd *c)
 		if (rs < 0)
 			goto fail;
 		double recall = NAN, parts = 0, cands = 0, bytes = 0, ios = 0, r_us = 0, w_us = 0, d_us = 0, s_us = 0;
+		double b1 = 0, b2 = 0, io1 = 0, io2 = 0, nest = 0, nrr = 0, w1 = 0, e_us = 0, w2 = 0, rr_us = 0;
 		uint64_t hits = 0;
 		for (size_t i = 0; i < nq; i++) {
 			if (gt)
@@ -597,6 +626,16 @@ static int run_search(cli_cmd *c)
 			w_us += (double)st[i].io_wait_ns / 1e3;
 			d_us += (double)st[i].decode_ns / 1e3;
 			s_us += (double)st[i].scan_ns / 1e3;
+			b1 += st[i].bytes_round1;
+			b2 += st[i].bytes_round2;
+			io1 += st[i].ios_round1;
+			io2 += st[i].ios_round2;
+			nest += (double)st[i].estimated;
+			nrr += (double)st[i].reranked;
+			w1 += (double)st[i].round1_wait_ns / 1e3;
+			e_us += (double)st[i].estimate_ns / 1e3;
+			w2 += (double)st[i].round2_wait_ns / 1e3;
+			rr_us += (double)st[i].rerank_ns / 1e3;
 			lat[i] = st[i].latency_ns;
 		}
 		double dn = nq ? (double)nq : 1;
@@ -630,6 +669,19 @@ static int run_search(cli_cmd *c)
 			cli_json_num(&j, "io_wait", w_us / dn);
 			cli_json_num(&j, "decode", d_us / dn);
 			cli_json_num(&j, "scan", s_us / dn);
+			cli_json_num(&j, "round1_wait", w1 / dn);
+			cli_json_num(&j, "estimate", e_us / dn);
+			cli_json_num(&j, "round2_wait", w2 / dn);
+			cli_json_num(&j, "rerank", rr_us / dn);
+			cli_json_close_obj(&j);
+			cli_json_obj(&j, "codes");
+			cli_json_num(&j, "bytes_round1", b1 / dn);
+			cli_json_num(&j, "bytes_round2", b2 / dn);
+			cli_json_num(&j, "ios_round1", io1 / dn);
+			cli_json_num(&j, "ios_round2", io2 / dn);
+			cli_json_num(&j, "estimated", nest / dn);
+			cli_json_num(&j, "reranked", nrr / dn);
+			cli_json_int(&j, "rerank_budget", (long long)rerank);
 			cli_json_close_obj(&j);
 			cli_json_str(&j, "io_path", io_path);
 			cli_json_int(&j, "cache_bytes", (long long)cache);

@@ -1,0 +1,556 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cblock.c: the codes block layout (cblock.h, docs/FORMAT.md "Codes block").
+ *
+ *   +--------+--------+-------+-----------+-----+------+-------------------------+
+ *   | header | centre | codes | page sums | ids | zero | exact pages (raw rows)  |
+ *   +--------+--------+-------+-----------+-----+------+-------------------------+
+ *   |<------------- head (round 1) ------------>|      |<- round 2, by page ---->|
+ */
+#include "cblock.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+/* Header offsets (docs/FORMAT.md "Codes block header"). */
+enum {
+	H_MAGIC = 0,
+	H_MAJOR = 4,
+	H_MINOR = 6,
+	H_HBYTES = 8,
+	H_ENC = 10,
+	H_CODE = 11,
+	H_FLAGS = 12,
+	H_BITS = 14,
+	H_RES15 = 15,
+	H_DIM = 16,
+	H_COUNT = 20,
+	H_CODEB = 24,
+	H_ROWB = 28,
+	H_RPP = 32,
+	H_PAGES = 36,
+	H_SEED = 40,
+	H_PART = 48,
+	H_GEN = 56,
+	H_HEADB = 64,
+	H_IDSB = 68,
+	H_EXOFF = 72,
+	H_HEADX = 80,
+	H_TOTAL = 88,
+	H_RES = 96, /* 24 zero bytes */
+	H_HDRX = 120,
+};
+_Static_assert(H_HDRX + 8 == CBLOCK_HEADER_BYTES, "codes block header is 128 bytes");
+
+ann_dtype cblock_row_dtype(ann_block_encoding e)
+{
+	return e == ANN_BLOCK_U8 ? ANN_DTYPE_U8 : e == ANN_BLOCK_I8 ? ANN_DTYPE_I8 : ANN_DTYPE_F32;
+}
+
+static size_t esize(ann_block_encoding e)
+{
+	return e == ANN_BLOCK_F32 ? 4 : 1;
+}
+
+/* The centre is stored in the rows' element type (u8/i8: the rounded mean),
+ * padded to 8 bytes: a quarter of f32's bytes in every head of 1-byte data,
+ * and exact all the same, since encoder and estimator use the stored one. */
+static uint64_t centre_bytes(ann_block_encoding e, uint32_t dim)
+{
+	return ANN_ALIGN_UP((uint64_t)dim * esize(e), 8);
+}
+
+void cblock_centre(const ann_cblock_info *in, const uint8_t *head, float *out)
+{
+	const uint8_t *c = head + in->centre_off;
+	for (uint32_t j = 0; j < in->dim; j++)
+		out[j] = in->encoding == ANN_BLOCK_U8   ? (float)c[j]
+			 : in->encoding == ANN_BLOCK_I8 ? (float)(int8_t)c[j]
+							: ann_ldf32(c + 4 * (size_t)j);
+}
+
+bool cblock_is(const void *buf, size_t len)
+{
+	const uint8_t *b = buf;
+	return len >= 8 && ann_ld32(b + H_MAGIC) == BLOCK_MAGIC && ann_ld16(b + H_MAJOR) == CBLOCK_VERSION_MAJOR;
+}
+
+/* Start of the exact section: the first page boundary (per page_base) at or
+ * after the head. */
+static uint64_t exact_start(uint64_t head_bytes, uint32_t base)
+{
+	return ANN_ALIGN_UP(head_bytes + base, (uint64_t)CBLOCK_PAGE) - base;
+}
+
+static uint64_t pages_for(uint64_t count, uint32_t row_bytes, uint32_t rpp)
+{
+	if (rpp)
+		return (count + rpp - 1) / rpp;
+	return (count * row_bytes + CBLOCK_PAGE - 1) / CBLOCK_PAGE;
+}
+
+int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err)
+{
+	const uint8_t *b = buf;
+	if (len < CBLOCK_HEADER_BYTES)
+		return ann_err(err, ANN_E_CORRUPT, "codes block: %zu bytes, the header needs %u", len,
+			       CBLOCK_HEADER_BYTES);
+	if (ann_ld32(b + H_MAGIC) != BLOCK_MAGIC)
+		return ann_err(err, ANN_E_FORMAT, "codes block: bad magic %08x", ann_ld32(b));
+	unsigned major = ann_ld16(b + H_MAJOR), minor = ann_ld16(b + H_MINOR);
+	if (major != CBLOCK_VERSION_MAJOR)
+		return ann_err(err, ANN_E_FORMAT, "codes block: version %u.%u, this build reads %u.x", major, minor,
+			       CBLOCK_VERSION_MAJOR);
+	uint32_t hb = ann_ld16(b + H_HBYTES);
+	if (hb < CBLOCK_HEADER_BYTES || hb % 8 || hb > len)
+		return ann_err(err, ANN_E_CORRUPT, "codes block: header of %u bytes (expected a multiple of 8, >= %u, "
+			       "within %zu)", hb, CBLOCK_HEADER_BYTES, len);
+	uint64_t part = ann_ld64(b + H_PART);
+	if (XXH64(b, hb - 8, 0) != ann_ld64(b + hb - 8))
+		return ann_err(err, ANN_E_CORRUPT, "codes block (claims partition %llu): header checksum mismatch",
+			       (unsigned long long)part);
+	memset(in, 0, sizeof *in);
+	in->header_bytes = hb;
+	in->encoding = (ann_block_encoding)b[H_ENC];
+	in->code_kind = b[H_CODE];
+	in->flags = ann_ld16(b + H_FLAGS);
+	in->code_bits = b[H_BITS];
+	in->dim = ann_ld32(b + H_DIM);
+	in->count = ann_ld32(b + H_COUNT);
+	in->code_bytes = ann_ld32(b + H_CODEB);
+	in->row_bytes = ann_ld32(b + H_ROWB);
+	in->rows_per_page = ann_ld32(b + H_RPP);
+	in->exact_pages = ann_ld32(b + H_PAGES);
+	in->code_seed = ann_ld64(b + H_SEED);
+	in->partition = part;
+	in->generation = ann_ld64(b + H_GEN);
+	in->head_bytes = ann_ld32(b + H_HEADB);
+	in->ids_bytes = ann_ld32(b + H_IDSB);
+	in->exact_offset = ann_ld64(b + H_EXOFF);
+	in->head_xxh64 = ann_ld64(b + H_HEADX);
+	in->total_bytes = ann_ld64(b + H_TOTAL);
+	if (in->encoding != ANN_BLOCK_F32 && in->encoding != ANN_BLOCK_U8 && in->encoding != ANN_BLOCK_I8)
+		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: encoding %u (expected 0 f32, 1 u8, 2 i8)",
+			       (unsigned long long)part, (unsigned)in->encoding);
+	if (in->code_kind != CBLOCK_CODE_RABITQ)
+		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: code kind %u (expected 1 rabitq)",
+			       (unsigned long long)part, in->code_kind);
+	if (in->flags & ~BLOCK_FLAG_PAD_LMDB)
+		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: unknown flags %#x",
+			       (unsigned long long)part, in->flags);
+	in->page_base = (in->flags & BLOCK_FLAG_PAD_LMDB) ? BLOCK_LMDB_PAGE_HEADER : 0;
+	/* Consistency: every size follows from (dim, count, code_bytes, ids_bytes). */
+	const char *why = NULL;
+	uint64_t rb = (uint64_t)in->dim * esize(in->encoding);
+	uint64_t centre = centre_bytes(in->encoding, in->dim), codes = (uint64_t)in->count * in->code_bytes;
+	uint32_t rpp = rb <= CBLOCK_PAGE && rb ? (uint32_t)(CBLOCK_PAGE / rb) : 0;
+	uint64_t pages = pages_for(in->count, (uint32_t)rb, rpp);
+	uint64_t head = (uint64_t)hb + centre + codes + 4 * pages + in->ids_bytes;
+	if (in->dim == 0 || in->dim > (1u << 20))
+		why = "dimension";
+	else if (in->code_bits < 1 || in->code_bits > 8)
+		why = "code bits";
+	else if (in->code_bytes == 0 || in->code_bytes > 64 * in->dim + 64)
+		why = "code bytes";
+	else if (in->row_bytes != rb)
+		why = "row bytes";
+	else if (in->rows_per_page != rpp)
+		why = "rows per page";
+	else if (in->exact_pages != pages)
+		why = "exact pages";
+	else if (in->ids_bytes < in->count || (uint64_t)in->ids_bytes > 10ull * in->count)
+		why = "id section length";
+	else if (in->head_bytes != head)
+		why = "head length";
+	else if (in->exact_offset != exact_start(head, in->page_base))
+		why = "exact section offset";
+	else if (in->total_bytes != in->exact_offset + pages * CBLOCK_PAGE)
+		why = "total length";
+	else if (in->total_bytes > UINT32_MAX)
+		why = "total length (over 4 GiB)";
+	for (unsigned i = H_RES; !why && i < H_HDRX; i++)
+		if (b[i] || b[H_RES15])
+			why = "reserved bytes";
+	if (why)
+		return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: inconsistent %s", (unsigned long long)part,
+			       why);
+	in->centre_off = hb;
+	in->codes_off = (uint32_t)(hb + centre);
+	in->sums_off = (uint32_t)(in->codes_off + codes);
+	in->ids_off = (uint32_t)(in->sums_off + 4 * pages);
+	return ANN_OK;
+}
+
+int cblock_head(const void *buf, size_t len, ann_cblock_info *in, int64_t *ids, ann_error *err)
+{
+	ANN_TRY(cblock_peek(buf, len, in, err));
+	const uint8_t *b = buf;
+	if (len < in->head_bytes)
+		return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: %zu bytes read, the head has %u",
+			       (unsigned long long)in->partition, len, in->head_bytes);
+	uint64_t h = XXH64(b + in->header_bytes, in->head_bytes - in->header_bytes, 0);
+	if (h != in->head_xxh64)
+		return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: head checksum %016llx, header says %016llx",
+			       (unsigned long long)in->partition, (unsigned long long)h,
+			       (unsigned long long)in->head_xxh64);
+	const uint8_t *c = b + in->centre_off;
+	for (uint32_t j = 0; in->encoding == ANN_BLOCK_F32 && j < in->dim; j++)
+		if (!isfinite(ann_ldf32(c + 4 * (size_t)j)))
+			return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: centre component %u is not finite",
+				       (unsigned long long)in->partition, j);
+	if (ids && !block_ids_decode(b + in->ids_off, in->ids_bytes, in->count, ids))
+		return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: bad id section",
+			       (unsigned long long)in->partition);
+	return ANN_OK;
+}
+
+uint64_t cblock_row_offset(const ann_cblock_info *in, uint32_t row)
+{
+	if (in->rows_per_page)
+		return in->exact_offset + (uint64_t)(row / in->rows_per_page) * CBLOCK_PAGE +
+		       (uint64_t)(row % in->rows_per_page) * in->row_bytes;
+	return in->exact_offset + (uint64_t)row * in->row_bytes;
+}
+
+void cblock_row_pages(const ann_cblock_info *in, uint32_t row, uint64_t *off, uint32_t *len)
+{
+	if (in->rows_per_page) {
+		*off = in->exact_offset + (uint64_t)(row / in->rows_per_page) * CBLOCK_PAGE;
+		*len = CBLOCK_PAGE;
+		return;
+	}
+	uint64_t s = (uint64_t)row * in->row_bytes, e = s + in->row_bytes - 1;
+	*off = in->exact_offset + s / CBLOCK_PAGE * CBLOCK_PAGE;
+	*len = (uint32_t)((e / CBLOCK_PAGE - s / CBLOCK_PAGE + 1) * CBLOCK_PAGE);
+}
+
+static uint32_t page_sum(const uint8_t *page, uint64_t index)
+{
+	return (uint32_t)XXH64(page, CBLOCK_PAGE, index);
+}
+
+int cblock_check_pages(const ann_cblock_info *in, const uint8_t *sums, const uint8_t *data, uint64_t off, size_t len,
+		       ann_error *err)
+{
+	if (off < in->exact_offset || (off - in->exact_offset) % CBLOCK_PAGE || len % CBLOCK_PAGE ||
+	    off + len > in->total_bytes)
+		return ann_err(err, ANN_E_INVAL, "codes block of partition %llu: range %llu+%zu is not whole exact pages",
+			       (unsigned long long)in->partition, (unsigned long long)off, len);
+	uint64_t p0 = (off - in->exact_offset) / CBLOCK_PAGE;
+	for (size_t i = 0; i < len / CBLOCK_PAGE; i++) {
+		uint64_t p = p0 + i;
+		uint32_t got = page_sum(data + i * CBLOCK_PAGE, p), want = ann_ld32(sums + 4 * p);
+		if (got != want)
+			return ann_err(err, ANN_E_CORRUPT,
+				       "codes block of partition %llu: exact page %llu (block offset %llu) checksum %08x, "
+				       "head says %08x",
+				       (unsigned long long)in->partition, (unsigned long long)p,
+				       (unsigned long long)(in->exact_offset + p * CBLOCK_PAGE), got, want);
+	}
+	return ANN_OK;
+}
+
+static int cmp_perm(const void *a, const void *b, void *ctx)
+{
+	const int64_t *ids = ctx;
+	size_t x = *(const size_t *)a, y = *(const size_t *)b;
+	if (ids[x] != ids[y])
+		return ids[x] < ids[y] ? -1 : 1;
+	return x < y ? -1 : x > y;
+}
+
+/* Converts element i of vecs (type vt) to the stored element at out. */
+static int put_elem(ann_block_encoding enc, ann_dtype vt, const void *vecs, size_t i, uint8_t *out, double *bad)
+{
+	double v = vt == ANN_DTYPE_U8 ? ((const uint8_t *)vecs)[i]
+		   : vt == ANN_DTYPE_I8 ? ((const int8_t *)vecs)[i]
+					: ((const float *)vecs)[i];
+	*bad = v;
+	if (!isfinite(v))
+		return -1;
+	switch (enc) {
+	case ANN_BLOCK_U8:
+		if (v != floor(v) || v < 0 || v > 255)
+			return -1;
+		*out = (uint8_t)v;
+		return 0;
+	case ANN_BLOCK_I8:
+		if (v != floor(v) || v < -128 || v > 127)
+			return -1;
+		*out = (uint8_t)(int8_t)v;
+		return 0;
+	default:
+		ann_stf32(out, (float)v);
+		return 0;
+	}
+}
+
+static void row_to_float(ann_block_encoding enc, const uint8_t *row, uint32_t dim, float *out)
+{
+	for (uint32_t j = 0; j < dim; j++)
+		out[j] = enc == ANN_BLOCK_U8   ? (float)row[j]
+			 : enc == ANN_BLOCK_I8 ? (float)(int8_t)row[j]
+					       : ann_ldf32(row + 4 * (size_t)j);
+}
+
+#define CHUNK 256u
+
+/* Codes of the count rows of a laid-out block b (centre and exact rows in
+ * place) into codes. */
+static int encode_rows(const ann_rbq *q, const ann_cblock_info *in, const uint8_t *b, uint8_t *codes, ann_error *err)
+{
+	uint32_t d = in->dim;
+	float *centre = ann_malloc((size_t)d * sizeof(float));
+	float *x = ann_malloc((size_t)CHUNK * d * sizeof(float));
+	int rc = ANN_OK;
+	if (!centre || !x) {
+		rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %u floats", (CHUNK + 1) * d);
+		goto out;
+	}
+	cblock_centre(in, b, centre);
+	for (uint32_t i0 = 0; i0 < in->count; i0 += CHUNK) {
+		uint32_t n = ANN_MIN(CHUNK, in->count - i0);
+		for (uint32_t i = 0; i < n; i++)
+			row_to_float(in->encoding, b + cblock_row_offset(in, i0 + i), d, x + (size_t)i * d);
+		ANN_CHECK(rc, ann_rbq_encode(q, centre, x, n, codes + (size_t)i0 * in->code_bytes, err));
+	}
+fail:
+out:
+	ann_free(centre);
+	ann_free(x);
+	return rc;
+}
+
+int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, uint32_t dim, size_t count,
+		  const int64_t *ids, const void *vecs, ann_dtype vt, uint64_t partition, uint64_t generation,
+		  uint8_t **out, size_t *out_len, uint32_t *head_len, ann_error *err)
+{
+	*out = NULL;
+	*out_len = 0;
+	if (enc != ANN_BLOCK_F32 && enc != ANN_BLOCK_U8 && enc != ANN_BLOCK_I8)
+		return ann_err(err, ANN_E_INVAL, "codes block: encoding %u (codes need f32, u8 or i8)", (unsigned)enc);
+	if (vt != ANN_DTYPE_F32 && vt != ANN_DTYPE_U8 && vt != ANN_DTYPE_I8)
+		return ann_err(err, ANN_E_INVAL, "codes block: input type %d", (int)vt);
+	if (ann_rbq_dim(q) != dim || count > UINT32_MAX)
+		return ann_err(err, ANN_E_INVAL, "codes block: dimension %u for codes of dimension %u, or %zu vectors",
+			       dim, ann_rbq_dim(q), count);
+	ann_cblock_info in;
+	memset(&in, 0, sizeof in);
+	in.header_bytes = CBLOCK_HEADER_BYTES;
+	in.encoding = enc;
+	in.code_kind = CBLOCK_CODE_RABITQ;
+	in.code_bits = ann_rbq_bits(q);
+	in.flags = pad == ANN_BLOCK_PAD_LMDB ? BLOCK_FLAG_PAD_LMDB : 0;
+	in.page_base = pad == ANN_BLOCK_PAD_LMDB ? BLOCK_LMDB_PAGE_HEADER : 0;
+	in.dim = dim;
+	in.count = (uint32_t)count;
+	in.code_bytes = (uint32_t)ann_rbq_code_bytes(q);
+	in.row_bytes = (uint32_t)(dim * esize(enc));
+	in.rows_per_page = in.row_bytes <= CBLOCK_PAGE ? CBLOCK_PAGE / in.row_bytes : 0;
+	in.exact_pages = (uint32_t)pages_for(count, in.row_bytes, in.rows_per_page);
+	in.code_seed = ann_rbq_seed(q);
+	in.partition = partition;
+	in.generation = generation;
+	size_t *perm = ann_malloc((count ? count : 1) * sizeof(size_t));
+	int64_t *sids = ann_malloc((count ? count : 1) * sizeof(int64_t));
+	uint8_t *idbuf = ann_malloc(count * 10 + 1);
+	double *mean = ann_calloc(dim, sizeof(double));
+	uint8_t *b = NULL;
+	int rc = ANN_OK;
+	if (!perm || !sids || !idbuf || !mean) {
+		rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %zu vectors", count);
+		goto out;
+	}
+	for (size_t i = 0; i < count; i++)
+		perm[i] = i;
+	qsort_r(perm, count, sizeof(size_t), cmp_perm, (void *)ids);
+	for (size_t i = 0; i < count; i++)
+		sids[i] = ids[perm[i]];
+	in.ids_bytes = (uint32_t)block_ids_encode(sids, count, idbuf);
+	in.centre_off = in.header_bytes;
+	in.codes_off = (uint32_t)(in.centre_off + centre_bytes(enc, dim));
+	uint64_t head = (uint64_t)in.codes_off + (uint64_t)count * in.code_bytes + 4ull * in.exact_pages + in.ids_bytes;
+	in.sums_off = (uint32_t)(in.codes_off + (uint64_t)count * in.code_bytes);
+	in.ids_off = in.sums_off + 4 * in.exact_pages;
+	in.exact_offset = exact_start(head, in.page_base);
+	in.total_bytes = in.exact_offset + (uint64_t)in.exact_pages * CBLOCK_PAGE;
+	if (in.total_bytes > UINT32_MAX) {
+		rc = ann_err(err, ANN_E_INVAL, "codes block of partition %llu: %llu bytes, over 4 GiB",
+			     (unsigned long long)partition, (unsigned long long)in.total_bytes);
+		goto out;
+	}
+	in.head_bytes = (uint32_t)head;
+	b = ann_aligned_alloc(4096, (size_t)in.total_bytes);
+	if (!b) {
+		rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %llu bytes",
+			     (unsigned long long)in.total_bytes);
+		goto out;
+	}
+	memset(b, 0, (size_t)in.total_bytes);
+	/* Exact rows, in id order; their mean is the centre. */
+	size_t es = esize(enc);
+	for (size_t r = 0; r < count; r++) {
+		uint8_t *row = b + cblock_row_offset(&in, (uint32_t)r);
+		size_t src = perm[r];
+		for (uint32_t j = 0; j < dim; j++) {
+			double bad;
+			if (put_elem(enc, vt, vecs, src * dim + j, row + j * es, &bad) < 0) {
+				rc = ann_err(err, ANN_E_INVAL, "codes block: vector %zu (id %lld), dimension %u: value %g "
+					     "does not fit encoding %s", src, (long long)ids[src], j, bad,
+					     enc == ANN_BLOCK_U8 ? "u8" : enc == ANN_BLOCK_I8 ? "i8" : "f32");
+				goto out;
+			}
+		}
+	}
+	float *tmp = ann_malloc((size_t)dim * sizeof(float));
+	if (!tmp) {
+		rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory");
+		goto out;
+	}
+	for (size_t r = 0; r < count; r++) {
+		row_to_float(enc, b + cblock_row_offset(&in, (uint32_t)r), dim, tmp);
+		for (uint32_t j = 0; j < dim; j++)
+			mean[j] += tmp[j];
+	}
+	ann_free(tmp);
+	for (uint32_t j = 0; j < dim; j++) {
+		double m = count ? mean[j] / (double)count : 0.0;
+		uint8_t *c = b + in.centre_off;
+		if (enc == ANN_BLOCK_U8)
+			c[j] = (uint8_t)lround(m); /* the mean of u8 values is within 0..255 */
+		else if (enc == ANN_BLOCK_I8)
+			c[j] = (uint8_t)(int8_t)lround(m);
+		else
+			ann_stf32(c + 4 * (size_t)j, (float)m);
+	}
+	ANN_CHECK(rc, encode_rows(q, &in, b, b + in.codes_off, err));
+	for (uint32_t p = 0; p < in.exact_pages; p++)
+		ann_st32(b + in.sums_off + 4 * (size_t)p, page_sum(b + in.exact_offset + (size_t)p * CBLOCK_PAGE, p));
+	memcpy(b + in.ids_off, idbuf, in.ids_bytes);
+	/* Header last: it covers the head's checksum. */
+	ann_st32(b + H_MAGIC, BLOCK_MAGIC);
+	ann_st16(b + H_MAJOR, CBLOCK_VERSION_MAJOR);
+	ann_st16(b + H_MINOR, CBLOCK_VERSION_MINOR);
+	ann_st16(b + H_HBYTES, CBLOCK_HEADER_BYTES);
+	b[H_ENC] = (uint8_t)enc;
+	b[H_CODE] = CBLOCK_CODE_RABITQ;
+	ann_st16(b + H_FLAGS, (uint16_t)in.flags);
+	b[H_BITS] = (uint8_t)in.code_bits;
+	ann_st32(b + H_DIM, dim);
+	ann_st32(b + H_COUNT, in.count);
+	ann_st32(b + H_CODEB, in.code_bytes);
+	ann_st32(b + H_ROWB, in.row_bytes);
+	ann_st32(b + H_RPP, in.rows_per_page);
+	ann_st32(b + H_PAGES, in.exact_pages);
+	ann_st64(b + H_SEED, in.code_seed);
+	ann_st64(b + H_PART, partition);
+	ann_st64(b + H_GEN, generation);
+	ann_st32(b + H_HEADB, in.head_bytes);
+	ann_st32(b + H_IDSB, in.ids_bytes);
+	ann_st64(b + H_EXOFF, in.exact_offset);
+	ann_st64(b + H_HEADX, XXH64(b + in.header_bytes, in.head_bytes - in.header_bytes, 0));
+	ann_st64(b + H_TOTAL, in.total_bytes);
+	ann_st64(b + H_HDRX, XXH64(b, H_HDRX, 0));
+	*out = b;
+	*out_len = (size_t)in.total_bytes;
+	*head_len = in.head_bytes;
+	b = NULL;
+fail:
+out:
+	ann_aligned_free(b);
+	ann_free(perm);
+	ann_free(sids);
+	ann_free(idbuf);
+	ann_free(mean);
+	return rc;
+}
+
+/* Whole-block checks beyond the head: length, page sums, zero gaps. */
+static int check_whole(const uint8_t *b, size_t len, ann_cblock_info *in, int64_t *ids, ann_error *err)
+{
+	ANN_TRY(cblock_head(b, len, in, ids, err));
+	if (len < in->total_bytes)
+		return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: %zu bytes, the block has %llu",
+			       (unsigned long long)in->partition, len, (unsigned long long)in->total_bytes);
+	for (uint64_t i = in->head_bytes; i < in->exact_offset; i++)
+		if (b[i])
+			return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: non-zero padding at byte %llu",
+				       (unsigned long long)in->partition, (unsigned long long)i);
+	if (in->exact_pages)
+		ANN_TRY(cblock_check_pages(in, b + in->sums_off, b + in->exact_offset, in->exact_offset,
+					   (size_t)in->exact_pages * CBLOCK_PAGE, err));
+	/* Bytes of exact pages that hold no row are zero. */
+	for (uint32_t p = 0; p < in->exact_pages; p++) {
+		const uint8_t *pg = b + in->exact_offset + (size_t)p * CBLOCK_PAGE;
+		uint64_t from;
+		if (in->rows_per_page) {
+			from = (uint64_t)ANN_MIN(in->rows_per_page, in->count - p * in->rows_per_page) * in->row_bytes;
+		} else {
+			uint64_t used = (uint64_t)in->count * in->row_bytes, start = (uint64_t)p * CBLOCK_PAGE;
+			from = used > start ? ANN_MIN(used - start, (uint64_t)CBLOCK_PAGE) : 0;
+		}
+		for (uint64_t i = from; i < CBLOCK_PAGE; i++)
+			if (pg[i])
+				return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: non-zero byte %llu "
+					       "in exact page %u past its rows", (unsigned long long)in->partition,
+					       (unsigned long long)i, p);
+	}
+	return ANN_OK;
+}
+
+int cblock_decode(const void *buf, size_t len, ann_cblock_info *in, int64_t **ids, size_t *ids_cap, uint8_t **rows,
+		  size_t *rows_cap, ann_error *err)
+{
+	ANN_TRY(cblock_peek(buf, len, in, err));
+	size_t n = in->count ? in->count : 1;
+	if (*ids_cap < n) {
+		int64_t *p = ann_realloc(*ids, n * sizeof(int64_t));
+		if (!p)
+			return ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %zu ids", n);
+		*ids = p;
+		*ids_cap = n;
+	}
+	size_t rb = (size_t)in->count * in->row_bytes + 64;
+	if (*rows_cap < rb) {
+		uint8_t *p = ann_realloc(*rows, rb);
+		if (!p)
+			return ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %zu bytes of rows", rb);
+		*rows = p;
+		*rows_cap = rb;
+	}
+	ANN_TRY(check_whole(buf, len, in, *ids, err));
+	for (uint32_t i = 0; i < in->count; i++)
+		memcpy(*rows + (size_t)i * in->row_bytes, (const uint8_t *)buf + cblock_row_offset(in, i), in->row_bytes);
+	return ANN_OK;
+}
+
+int cblock_verify_codes(const ann_rbq *q, const void *buf, size_t len, ann_error *err)
+{
+	ann_cblock_info in;
+	ANN_TRY(check_whole(buf, len, &in, NULL, err));
+	if (in.code_bits != ann_rbq_bits(q) || in.code_seed != ann_rbq_seed(q) || in.dim != ann_rbq_dim(q) ||
+	    in.code_bytes != ann_rbq_code_bytes(q))
+		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: codes of %u bits (seed %llu, dimension %u), "
+			       "the index says %u bits (seed %llu, dimension %u)", (unsigned long long)in.partition,
+			       in.code_bits, (unsigned long long)in.code_seed, in.dim, ann_rbq_bits(q),
+			       (unsigned long long)ann_rbq_seed(q), ann_rbq_dim(q));
+	size_t cb = (size_t)in.count * in.code_bytes;
+	uint8_t *codes = ann_malloc(cb ? cb : 1);
+	if (!codes)
+		return ann_err(err, ANN_E_NOMEM, "verify: out of memory for %zu bytes of codes", cb);
+	int rc = encode_rows(q, &in, buf, codes, err);
+	if (rc == ANN_OK) {
+		const uint8_t *stored = (const uint8_t *)buf + in.codes_off;
+		for (uint32_t i = 0; i < in.count; i++) {
+			if (memcmp(stored + (size_t)i * in.code_bytes, codes + (size_t)i * in.code_bytes, in.code_bytes)) {
+				rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: the code of row %u "
+					     "disagrees with its exact vector", (unsigned long long)in.partition, i);
+				break;
+			}
+		}
+	}
+	ann_free(codes);
+	return rc;
+}

@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cblock.h: the codes block (block format 2.0, docs/FORMAT.md "Codes block"):
+ * one partition laid out for two-round reads (issue 12). The block starts with
+ * a head (header, centre, compact codes, page checksums, ids) that round 1
+ * reads whole; then, page-aligned, an exact section of raw rows (u8, i8 or
+ * f32, uncompressed, fixed stride, in code order) that round 2 reads page by
+ * page for the few candidates that can still enter the top k.
+ *
+ * Invariants:
+ *  1. Row i of the exact section is vector i of the codes and id i of the id
+ *     list; ids ascend (ties keep the writer's order).
+ *  2. A row never straddles a 4 KiB page when it fits in one (rows_per_page
+ *     rows per page, the rest of the page is zero). "Pages" are counted from
+ *     the block start plus page_base (0 in the file store; 16 in the LMDB
+ *     store, whose values start 16 bytes into an overflow page), so a page of
+ *     the block is a page of the device or of the LMDB map.
+ *  3. The head and each exact page carry their own checksums (the head its
+ *     XXH64 in the header, each page a 32-bit sum in the head), so a reader
+ *     that reads only the head and some pages still checks all it uses.
+ *  4. The codes are a function of (centre, exact rows, the index's ann_rbq):
+ *     encoding is deterministic, so verify re-encodes and compares.
+ * This module owns the layout; it does no I/O.
+ */
+#ifndef ANN_CBLOCK_H
+#define ANN_CBLOCK_H
+
+#include "block.h"
+#include "rabitq.h"
+
+#define CBLOCK_VERSION_MAJOR 2
+#define CBLOCK_VERSION_MINOR 0
+#define CBLOCK_HEADER_BYTES  128u
+#define CBLOCK_CODE_RABITQ   1u
+#define CBLOCK_PAGE          4096u
+
+/* Everything the header says, after validation (cblock_peek), with the
+ * derived offsets of the head's sections (block-relative). */
+typedef struct ann_cblock_info {
+	uint32_t header_bytes;      /* 128 in 2.0 */
+	ann_block_encoding encoding; /* F32, U8 or I8 */
+	unsigned code_kind;         /* CBLOCK_CODE_RABITQ */
+	unsigned code_bits;         /* 1..8 */
+	uint32_t flags;             /* BLOCK_FLAG_PAD_LMDB only */
+	uint32_t dim, count;
+	uint32_t code_bytes;        /* per vector, factors included */
+	uint32_t row_bytes;         /* dim * element size */
+	uint32_t rows_per_page;     /* 0: a row is larger than a page, rows are contiguous */
+	uint32_t exact_pages;
+	uint32_t ids_bytes;
+	uint32_t head_bytes;        /* header + centre + codes + sums + ids (not padded) */
+	uint64_t code_seed;
+	uint64_t partition, generation;
+	uint64_t exact_offset;      /* block-relative start of the exact section */
+	uint64_t head_xxh64;
+	uint64_t total_bytes;
+	uint32_t page_base;         /* 0 (file) or 16 (LMDB) */
+	uint32_t centre_off, codes_off, sums_off, ids_off;
+} ann_cblock_info;
+
+/* True when buf (len >= 8) starts a block of format 2 (magic and major). */
+bool cblock_is(const void *buf, size_t len);
+
+/* Validates the header (needs len >= 128): magic, version, header checksum,
+ * field values and the length arithmetic. ANN_E_FORMAT, ANN_E_CORRUPT. */
+int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err);
+
+/* cblock_peek plus the head checksum (needs len >= head_bytes) and the ids'
+ * decoding into ids (in->count entries; may be NULL to skip). */
+int cblock_head(const void *buf, size_t len, ann_cblock_info *in, int64_t *ids, ann_error *err);
+
+/* Block-relative byte offset of row i, and the page range that holds it
+ * (offset page-aligned per page_base, length a multiple of 4096). */
+uint64_t cblock_row_offset(const ann_cblock_info *in, uint32_t row);
+void cblock_row_pages(const ann_cblock_info *in, uint32_t row, uint64_t *off, uint32_t *len);
+
+/* Checks the page sums of the exact pages in data = block bytes
+ * [off, off + len), off and len as cblock_row_pages gives (page-aligned).
+ * sums: the head's page sum table (in->exact_pages little-endian u32).
+ * ANN_E_CORRUPT naming the partition and page. */
+int cblock_check_pages(const ann_cblock_info *in, const uint8_t *sums, const uint8_t *data, uint64_t off, size_t len,
+		       ann_error *err);
+
+/* Encodes count vectors (element type vt: F32, U8 or I8) with their ids into a
+ * codes block of encoding enc (F32, U8 or I8; u8/i8 from float input must be
+ * integral and in range), padded for pad. q codes the residuals against the
+ * block's centre (the mean of its rows). *out: ann_aligned_alloc(4096) buffer
+ * of *out_len bytes, *head_len = head bytes. Memory: the block plus the
+ * ids' sort permutation and 256 float rows of scratch.
+ * ANN_E_INVAL (bad input, naming vector, id, dimension, value), ANN_E_NOMEM. */
+int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, uint32_t dim, size_t count,
+		  const int64_t *ids, const void *vecs, ann_dtype vt, uint64_t partition, uint64_t generation,
+		  uint8_t **out, size_t *out_len, uint32_t *head_len, ann_error *err);
+
+/* Decodes a whole block (every check: header, head, all page sums, zero
+ * padding) into ids and contiguous rows of the stored element type (u8, i8
+ * or f32), in buffers grown with ann_realloc (*ids, *rows, capacities in
+ * entries/bytes); the caller frees them. */
+int cblock_decode(const void *buf, size_t len, ann_cblock_info *in, int64_t **ids, size_t *ids_cap, uint8_t **rows,
+		  size_t *rows_cap, ann_error *err);
+
+/* Re-encodes the exact rows of a whole, checked block with q and compares
+ * with the stored codes. ANN_E_CORRUPT naming the first row that disagrees,
+ * ANN_E_FORMAT when q's (bits, seed) are not the block's. */
+int cblock_verify_codes(const ann_rbq *q, const void *buf, size_t len, ann_error *err);
+
+/* The centre (in->dim floats) from a head that cblock_head accepted. */
+void cblock_centre(const ann_cblock_info *in, const uint8_t *head, float *out);
+
+/* Element type of stored rows. */
+ann_dtype cblock_row_dtype(ann_block_encoding e);
+
+#endif /* ANN_CBLOCK_H */

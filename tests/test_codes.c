@@ -1,0 +1,589 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: codes blocks (block format 2, cblock.c) and the two-round
+ * search over them (search.c), on real files, io_uring and LMDB:
+ *  - layout round trip for u8, i8 and f32 rows, file and LMDB padding, rows
+ *    that fit a page and rows that do not; page alignment; one row per page
+ *    range; every single corruption class caught (header, head, exact page,
+ *    codes that disagree with their rows);
+ *  - search with codes against brute force (every partition probed, a
+ *    re-rank budget that never binds): the same neighbours as an exact scan
+ *    within a tight margin, every returned distance exact; L2, IP and cosine;
+ *  - bytes accounting: round 1 + round 2 bytes of all queries equal what the
+ *    store reader read, in both stores;
+ *  - a corrupt head, a corrupt exact page and codes that disagree with their
+ *    rows are reported by ann_verify; search fails with ANN_E_CORRUPT on the
+ *    first two and never answers;
+ *  - inserts, deletes and compaction (with splits) on a codes index keep the
+ *    layout and the answers exact.
+ */
+#include <fcntl.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "cblock.h"
+#include "gt.h"
+#include "index.h"
+#include "testutil.h"
+#include "vecio.h"
+
+#define D 24
+#define NB 3000
+#define NQ 30
+#define K 10
+#define PARTS 8
+
+static float base[NB * D], queries[NQ * D];
+static float base_i8[NB * D], queries_i8[NQ * D]; /* the same, shifted by -128 */
+
+static void make_data(ann_rng *rng)
+{
+	float centers[8 * D];
+	t_fill_uniform(rng, centers, 8 * D, 40, 210);
+	for (size_t i = 0; i < NB + NQ; i++) {
+		float *v = i < NB ? base + i * D : queries + (i - NB) * D;
+		const float *c = centers + ann_rng_below(rng, 8) * D;
+		for (size_t j = 0; j < D; j++) {
+			float x = roundf(c[j] + 18.0f * (float)ann_rng_normal(rng));
+			v[j] = x < 0 ? 0 : x > 255 ? 255 : x;
+		}
+	}
+	for (size_t i = 0; i < NB * D; i++)
+		base_i8[i] = base[i] - 128.0f;
+	for (size_t i = 0; i < NQ * D; i++)
+		queries_i8[i] = queries[i] - 128.0f;
+}
+
+/* ---- layout ------------------------------------------------------------------------------ */
+
+static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad, uint32_t dim, size_t n)
+{
+	ann_dtype vt = cblock_row_dtype(enc);
+	size_t es = enc == ANN_BLOCK_F32 ? 4 : 1;
+	uint8_t *vecs = malloc(n * dim * es + 1);
+	int64_t *ids = malloc((n + 1) * sizeof(int64_t));
+	ASSERT_TRUE(vecs && ids);
+	for (size_t i = 0; i < n; i++) {
+		ids[i] = (int64_t)(ann_rng_below(rng, 1000000)) * 7 - 3000; /* unsorted, some negative */
+		for (uint32_t j = 0; j < dim; j++) {
+			size_t at = i * dim + j;
+			if (enc == ANN_BLOCK_U8)
+				vecs[at] = (uint8_t)ann_rng_below(rng, 256);
+			else if (enc == ANN_BLOCK_I8)
+				vecs[at] = (uint8_t)(int8_t)((int)ann_rng_below(rng, 256) - 128);
+			else
+				((float *)(void *)vecs)[at] = (float)ann_rng_normal(rng);
+		}
+	}
+	ann_rbq *q;
+	ASSERT_OK(ann_rbq_new(dim, 2, 7, &q, NULL));
+	uint8_t *blk;
+	size_t len;
+	uint32_t head;
+	ann_error e = {0};
+	if (cblock_encode(q, enc, pad, dim, n, ids, vecs, vt, 5, 3, &blk, &len, &head, &e) < 0)
+		T_FAIL("encode: %s", e.msg);
+	uint32_t base_off = pad == ANN_BLOCK_PAD_LMDB ? 16 : 0;
+	ASSERT_EQ((len + base_off) % 4096, 0);
+	ann_cblock_info in;
+	int64_t *dids = NULL;
+	uint8_t *rows = NULL;
+	size_t icap = 0, rcap = 0;
+	ASSERT_OK(cblock_decode(blk, len, &in, &dids, &icap, &rows, &rcap, NULL));
+	ASSERT_EQ(in.head_bytes, head);
+	ASSERT_EQ(in.count, n);
+	ASSERT_EQ(in.partition, 5);
+	ASSERT_EQ(in.generation, 3);
+	ASSERT_EQ((in.exact_offset + base_off) % 4096, 0);
+	ASSERT_TRUE(in.exact_offset >= head);
+	/* Every input row comes back once, under its id, ids ascending. */
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			ASSERT_TRUE(dids[i - 1] <= dids[i]);
+		size_t src = n;
+		for (size_t r = 0; r < n && src == n; r++)
+			if (ids[r] == dids[i] && memcmp(vecs + r * dim * es, rows + i * in.row_bytes, in.row_bytes) == 0)
+				src = r;
+		if (src == n)
+			T_FAIL("row %zu (id %lld) is not an input row", i, (long long)dids[i]);
+		uint64_t off;
+		uint32_t plen;
+		cblock_row_pages(&in, (uint32_t)i, &off, &plen);
+		uint64_t ro = cblock_row_offset(&in, (uint32_t)i);
+		ASSERT_TRUE(ro >= off && ro + in.row_bytes <= off + plen);
+		ASSERT_EQ((off + base_off) % 4096, 0);
+		if (in.row_bytes <= 4096)
+			ASSERT_EQ(plen, 4096); /* never straddles */
+		ASSERT_OK(cblock_check_pages(&in, blk + in.sums_off, blk + off, off, plen, NULL));
+	}
+	ASSERT_OK(cblock_verify_codes(q, blk, len, NULL));
+	/* Corruptions: a header byte, a head byte, an exact byte, each caught. */
+	uint8_t *bad = ann_aligned_alloc(4096, len);
+	ASSERT_TRUE(bad != NULL);
+	size_t spots[3] = {20, in.codes_off + ann_rng_below(rng, in.head_bytes - in.codes_off),
+			   in.exact_offset + ann_rng_below(rng, in.row_bytes)};
+	for (int c = 0; c < 3; c++) {
+		if (n == 0 && c == 2)
+			continue;
+		memcpy(bad, blk, len);
+		bad[spots[c]] ^= (uint8_t)(1u << ann_rng_below(rng, 8));
+		ASSERT_ERR(cblock_decode(bad, len, &in, &dids, &icap, &rows, &rcap, &e), e, ANN_E_CORRUPT, "partition 5");
+		if (c == 2) {
+			ann_cblock_info ok;
+			ASSERT_OK(cblock_head(bad, len, &ok, NULL, NULL)); /* the head alone is intact */
+			uint64_t off;
+			uint32_t plen;
+			cblock_row_pages(&ok, 0, &off, &plen);
+			ASSERT_ERR(cblock_check_pages(&ok, bad + ok.sums_off, bad + off, off, plen, &e), e, ANN_E_CORRUPT,
+				   "exact page");
+		}
+	}
+	/* Codes that disagree with their rows, with every checksum made right:
+	 * only re-encoding finds it. */
+	if (n) {
+		memcpy(bad, blk, len);
+		bad[in.codes_off] ^= 0x01;
+		ann_st64(bad + 80, XXH64(bad + in.header_bytes, in.head_bytes - in.header_bytes, 0));
+		ann_st64(bad + 120, XXH64(bad, 120, 0));
+		ASSERT_OK(cblock_decode(bad, len, &in, &dids, &icap, &rows, &rcap, NULL));
+		ASSERT_ERR(cblock_verify_codes(q, bad, len, &e), e, ANN_E_CORRUPT, "row 0 disagrees");
+	}
+	/* A codes block is not a format 1 block: old readers refuse it by version. */
+	ann_block_info bi;
+	ASSERT_ERR(block_peek(blk, len, &bi, &e), e, ANN_E_FORMAT, "version");
+	ann_aligned_free(bad);
+	ann_aligned_free(blk);
+	ann_free(dids);
+	ann_free(rows);
+	free(vecs);
+	free(ids);
+	ann_rbq_free(q);
+}
+
+static void test_layout(ann_rng *rng)
+{
+	t_current = "layout";
+	ann_block_encoding encs[3] = {ANN_BLOCK_U8, ANN_BLOCK_I8, ANN_BLOCK_F32};
+	for (int e = 0; e < 3; e++)
+		for (int p = 0; p < 2; p++) {
+			ann_block_pad pad = p ? ANN_BLOCK_PAD_LMDB : ANN_BLOCK_PAD_FILE;
+			layout_case(rng, encs[e], pad, 24, 300);
+			layout_case(rng, encs[e], pad, 24, 0);
+			layout_case(rng, encs[e], pad, 1100, 7); /* f32: 4400-byte rows span pages */
+			layout_case(rng, encs[e], pad, 1365, 9); /* u8: 3 rows per page, tail unused */
+		}
+}
+
+/* The directory entry of a codes block: version 2 in the same 32 bytes, so
+ * that a reader of version 1 meets the version byte (ANN_E_FORMAT) first. */
+static void test_dirent(void)
+{
+	t_current = "dirent";
+	ann_dirent d = {0}, back;
+	d.offset = (uint64_t)4096 * 123457;
+	d.checksum = 0x0123456789abcdefull;
+	d.length = 4096 * 9;
+	d.count = 77;
+	d.generation = 5;
+	d.kind = ANN_KIND_FILE;
+	d.head = 9999;
+	uint8_t v[ANN_PARTS_VALUE_BYTES];
+	ASSERT_OK(ann_catalog_part_encode_any(v, &d, NULL));
+	ASSERT_EQ(v[0], 2);
+	ASSERT_OK(ann_catalog_part_decode(v, sizeof v, 3, &back, NULL));
+	ASSERT_TRUE(memcmp(&d, &back, sizeof d) == 0);
+	d.head = 0; /* format 1 blocks keep version 1, byte for byte */
+	uint8_t v1[ANN_PARTS_VALUE_BYTES];
+	ann_catalog_part_encode(v1, &d);
+	ASSERT_OK(ann_catalog_part_encode_any(v, &d, NULL));
+	ASSERT_TRUE(memcmp(v, v1, sizeof v) == 0 && v[0] == 1);
+	ann_error e = {0};
+	d.head = 100;
+	d.offset = 4096 * 3 + 16; /* not representable in version 2 */
+	ASSERT_ERR(ann_catalog_part_encode_any(v, &d, &e), e, ANN_E_UNSUPPORTED, "4096-aligned");
+	d.offset = 4096;
+	d.head = d.length + 1;
+	ASSERT_OK(ann_catalog_part_encode_any(v, &d, NULL));
+	ASSERT_ERR(ann_catalog_part_decode(v, sizeof v, 3, &back, &e), e, ANN_E_CORRUPT, "head of");
+	v[0] = 3;
+	ASSERT_ERR(ann_catalog_part_decode(v, sizeof v, 3, &back, &e), e, ANN_E_FORMAT, "entry version 3");
+}
+
+/* ---- index level -------------------------------------------------------------------------- */
+
+static char *build(const char *dir, const char *name, ann_store_kind store, ann_metric metric, const char *ext,
+		   uint32_t bits)
+{
+	char fname[64];
+	snprintf(fname, sizeof fname, "base_%s.%s", name, ext);
+	char *data = t_path(dir, fname);
+	ann_vwriter *w;
+	ASSERT_OK(ann_vwriter_open(data, D, &w, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(w, strcmp(ext, "i8bin") == 0 ? base_i8 : base, NB, NULL));
+	ASSERT_OK(ann_vwriter_close(w, NULL));
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = PARTS;
+	o.mem_bytes = (size_t)32 << 20;
+	o.threads = 1;
+	o.store = store;
+	o.metric = metric;
+	o.code_bits = bits;
+	if (metric == ANN_METRIC_COSINE)
+		o.encoding = ANN_ENC_F32;
+	char *idx = t_path(dir, name);
+	ann_error e = {0};
+	if (ann_build(data, idx, &o, &e) < 0)
+		T_FAIL("build %s: %s", name, e.msg);
+	free(data);
+	return idx;
+}
+
+/* Exact distance in the search's convention. */
+static float true_dist(const float *q, const float *x, ann_metric m)
+{
+	double l2 = 0, ip = 0, nq = 0, nx = 0;
+	for (size_t j = 0; j < D; j++) {
+		l2 += ((double)q[j] - x[j]) * ((double)q[j] - x[j]);
+		ip += (double)q[j] * x[j];
+		nq += (double)q[j] * q[j];
+		nx += (double)x[j] * x[j];
+	}
+	if (m == ANN_METRIC_L2)
+		return (float)l2;
+	if (m == ANN_METRIC_IP)
+		return (float)-ip;
+	return (float)(1.0 - ip / sqrt(nq * nx));
+}
+
+/* Searches all partitions with a budget that never binds and compares with
+ * brute force over rows (ids 0..n-1 live where live[i]). */
+static void check_search(const char *idx, const float *rows, const float *qs, size_t n, const bool *live,
+			 ann_metric m, const char *when, bool check_bytes)
+{
+	ann_index *x;
+	ann_error e = {0};
+	if (ann_index_open(idx, &x, &e) < 0)
+		T_FAIL("%s: open: %s", when, e.msg);
+	for (uint32_t p = 0; p < x->dir.n; p++)
+		if (x->dir.ents[p].kind)
+			ASSERT_TRUE(x->dir.ents[p].head > 0); /* every block is a codes block */
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = K;
+	so.nprobe = 64;
+	so.rerank = (uint32_t)n;
+	for (int pass = 0; pass < 4; pass++) {
+		ann_searcher *s;
+		so.rerank_phases = pass < 2 ? 1 : 2; /* all pages at once; the k best first */
+		ASSERT_OK(ann_searcher_new(x, &so, &s, NULL));
+		int64_t ids[NQ * K];
+		float dists[NQ * K];
+		ann_query_stats st[NQ];
+		size_t batch = pass % 2 == 0 ? NQ : 1;
+		for (size_t q0 = 0; q0 < NQ; q0 += batch)
+			if (ann_search(s, qs + q0 * D, batch, ids + q0 * K, dists + q0 * K, st + q0, &e) < 0)
+				T_FAIL("%s: search: %s", when, e.msg);
+		size_t hits = 0;
+		double b12 = 0, io12 = 0;
+		for (size_t qi = 0; qi < NQ; qi++) {
+			const float *q = qs + qi * D;
+			/* brute force top K */
+			float best[K];
+			for (size_t a = 0; a < K; a++)
+				best[a] = INFINITY;
+			for (size_t i = 0; i < n; i++) {
+				if (!live[i])
+					continue;
+				float dd = true_dist(q, rows + i * D, m);
+				if (dd < best[K - 1]) {
+					size_t a = K - 1;
+					while (a > 0 && best[a - 1] > dd) {
+						best[a] = best[a - 1];
+						a--;
+					}
+					best[a] = dd;
+				}
+			}
+			for (size_t a = 0; a < K; a++) {
+				int64_t id = ids[qi * K + a];
+				ASSERT_TRUE(id >= 0 && (size_t)id < n && live[id]);
+				float dd = true_dist(q, rows + id * D, m);
+				/* re-ranked distances are exact */
+				ASSERT_NEAR(dists[qi * K + a], dd, 1e-4);
+				if (dd <= best[K - 1] + 1e-5f * fabsf(best[K - 1]) + 1e-6f)
+					hits++;
+			}
+			ASSERT_TRUE(st[qi].estimated > 0);
+			ASSERT_TRUE(st[qi].reranked >= K);
+			ASSERT_TRUE(st[qi].reranked < st[qi].estimated); /* the bounds pruned some */
+			b12 += st[qi].bytes_round1 + st[qi].bytes_round2;
+			io12 += st[qi].ios_round1 + st[qi].ios_round2;
+			if (check_bytes) /* no deltas: everything read went through the two rounds */
+				ASSERT_NEAR(st[qi].bytes_read, st[qi].bytes_round1 + st[qi].bytes_round2, 1e-9);
+		}
+		/* an exact scan finds all K; codes may lose a rare one to the probabilistic bound */
+		if ((double)hits < 0.99 * NQ * K)
+			T_FAIL("%s: %zu of %d neighbours found", when, hits, NQ * K);
+		if (check_bytes) {
+			uint64_t bytes, reqs;
+			ann_searcher_io_totals(s, &bytes, &reqs);
+			ASSERT_NEAR(b12, (double)bytes, 1e-9);
+			ASSERT_NEAR(io12, (double)reqs, 1e-9);
+		}
+		ann_searcher_free(s);
+	}
+	ann_index_close(x);
+}
+
+/* --cache keeps heads: a second search of the same queries reads round 2
+ * pages only and answers the same. */
+static void check_cache(const char *idx)
+{
+	ann_index *x;
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.nprobe = 4;
+	so.cache_bytes = (size_t)64 << 20;
+	ann_searcher *s;
+	ASSERT_OK(ann_searcher_new(x, &so, &s, NULL));
+	static int64_t ids[2][NQ * K];
+	static float dists[2][NQ * K];
+	static ann_query_stats st[2][NQ];
+	for (int pass = 0; pass < 2; pass++)
+		ASSERT_OK(ann_search(s, queries, NQ, ids[pass], dists[pass], st[pass], NULL));
+	ASSERT_TRUE(memcmp(ids[0], ids[1], sizeof ids[0]) == 0);
+	ASSERT_TRUE(memcmp(dists[0], dists[1], sizeof dists[0]) == 0);
+	for (size_t q = 0; q < NQ; q++) {
+		ASSERT_TRUE(st[0][q].bytes_round1 > 0);
+		ASSERT_EQ(st[1][q].bytes_round1, 0);
+		ASSERT_EQ(st[1][q].ios_round1, 0);
+		ASSERT_EQ(st[1][q].estimated, st[0][q].estimated);
+		ASSERT_NEAR(st[1][q].bytes_round2, st[0][q].bytes_round2, 1e-9);
+	}
+	ann_searcher_free(s);
+	ann_index_close(x);
+}
+
+static void test_search(const char *dir)
+{
+	bool live[NB];
+	for (size_t i = 0; i < NB; i++)
+		live[i] = true;
+	static const struct {
+		const char *name;
+		ann_store_kind store;
+		ann_metric m;
+		const char *ext;
+		uint32_t bits;
+	} cs[] = {
+		{"u8_file", ANN_STORE_FILE, ANN_METRIC_L2, "u8bin", 1},
+		{"u8_lmdb", ANN_STORE_LMDB, ANN_METRIC_L2, "u8bin", 3},
+		{"f32_ip", ANN_STORE_FILE, ANN_METRIC_IP, "fbin", 2},
+		{"f32_cos", ANN_STORE_LMDB, ANN_METRIC_COSINE, "fbin", 1},
+		{"i8_file", ANN_STORE_FILE, ANN_METRIC_L2, "i8bin", 4},
+		{"i8_ip_lmdb", ANN_STORE_LMDB, ANN_METRIC_IP, "i8bin", 8},
+	};
+	for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+		t_current = cs[c].name;
+		char *idx = build(dir, cs[c].name, cs[c].store, cs[c].m, cs[c].ext, cs[c].bits);
+		bool i8 = strcmp(cs[c].ext, "i8bin") == 0;
+		check_search(idx, i8 ? base_i8 : base, i8 ? queries_i8 : queries, NB, live, cs[c].m, cs[c].name, true);
+		if (!i8)
+			check_cache(idx);
+		uint64_t problems = 1;
+		ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
+		ASSERT_EQ(problems, 0);
+		free(idx);
+	}
+}
+
+/* ---- corruption ----------------------------------------------------------------------------- */
+
+static void count_problem(void *ctx, uint32_t pid, const char *msg)
+{
+	(void)pid;
+	(void)msg;
+	++*(int *)ctx;
+}
+
+/* Rewrites partition pid's block with tamper(block) through the store, so
+ * that the directory checksum matches the tampered bytes: only the block's
+ * own checksums (or re-encoding) can catch it. */
+static void rewrite_block(const char *idx, uint32_t pid, int how, float *row0)
+{
+	ann_index *x;
+	ASSERT_OK(ann_index_load(idx, true, &x, NULL));
+	ann_store_reader *rd;
+	ASSERT_OK(ann_store_reader_new(x->store, NULL, &rd, NULL));
+	ASSERT_OK(ann_store_reader_submit(rd, &pid, NULL, 1, NULL));
+	ann_block_read br;
+	ASSERT_EQ(ann_store_reader_next(rd, &br, NULL), 1);
+	ASSERT_OK(br.status);
+	size_t len = br.length;
+	uint8_t *b = ann_aligned_alloc(4096, len);
+	memcpy(b, br.data, len);
+	ann_store_reader_release(rd, &br);
+	ASSERT_EQ(ann_store_reader_next(rd, &br, NULL), 0);
+	ann_store_reader_free(rd);
+	ann_cblock_info in;
+	ASSERT_OK(cblock_head(b, len, &in, NULL, NULL));
+	for (uint32_t j = 0; j < D; j++)
+		row0[j] = (float)b[cblock_row_offset(&in, 0) + j];
+	if (how == 0) {
+		b[in.codes_off + 3] ^= 0x10; /* head: caught by its checksum */
+	} else if (how == 1) {
+		b[cblock_row_offset(&in, 0) + 1] ^= 0x01; /* exact row 0: caught by its page sum */
+	} else {
+		b[in.codes_off] ^= 0x01; /* codes disagree; checksums recomputed */
+		ann_st64(b + 80, XXH64(b + in.header_bytes, in.head_bytes - in.header_bytes, 0));
+		ann_st64(b + 120, XXH64(b, 120, 0));
+	}
+	ann_store_txn *t;
+	ASSERT_OK(ann_store_begin(x->store, &t, NULL));
+	ann_block_put put = {pid, in.count, b, len, in.head_bytes};
+	ASSERT_OK(ann_store_put_blocks(t, &put, 1, NULL, NULL));
+	ASSERT_OK(ann_store_commit(t, NULL));
+	ann_aligned_free(b);
+	ann_index_close(x);
+}
+
+static void test_corrupt(const char *dir)
+{
+	static const char *names[3] = {"head", "exact", "codes"};
+	for (int st = 0; st < 2; st++) {
+		for (int how = 0; how < 3; how++) {
+			char name[32];
+			snprintf(name, sizeof name, "bad_%s_%s", names[how], st ? "lmdb" : "file");
+			t_current = name;
+			char *idx = build(dir, name, st ? ANN_STORE_LMDB : ANN_STORE_FILE, ANN_METRIC_L2, "u8bin", 1);
+			float row0[D];
+			rewrite_block(idx, 2, how, row0);
+			int np = 0;
+			uint64_t problems = 0;
+			ASSERT_OK(ann_verify(idx, count_problem, &np, &problems, NULL));
+			ASSERT_TRUE(problems >= 1 && np >= 1);
+			/* Search for row 0 itself: its partition's head is read and row 0
+			 * is re-ranked, so both checksum failures are met. */
+			ann_index *x;
+			ASSERT_OK(ann_index_open(idx, &x, NULL));
+			ann_search_opts so;
+			ann_search_opts_init(&so);
+			so.nprobe = 64;
+			ann_searcher *s;
+			ASSERT_OK(ann_searcher_new(x, &so, &s, NULL));
+			int64_t ids[K];
+			float dists[K];
+			ann_error e = {0};
+			int rc = ann_search(s, row0, 1, ids, dists, NULL, &e);
+			if (how < 2)
+				ASSERT_ERR(rc, e, ANN_E_CORRUPT, "partition 2");
+			else
+				ASSERT_OK(rc); /* codes that disagree are verify's to find; answers stay exact */
+			if (how == 2)
+				ASSERT_NEAR(dists[0], 0.0, 1e-6);
+			ann_searcher_free(s);
+			ann_index_close(x);
+			t_rmtree(idx);
+			free(idx);
+		}
+	}
+	/* A flipped bit in blocks.dat itself (file store): the head's checksum. */
+	t_current = "flip_file";
+	char *idx = build(dir, "flip", ANN_STORE_FILE, ANN_METRIC_L2, "u8bin", 1);
+	ann_index *x;
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ann_dirent ent = x->dir.ents[1];
+	ann_index_close(x);
+	char *dat = t_path(idx, "blocks.dat");
+	int fd = open(dat, O_RDWR);
+	ASSERT_TRUE(fd >= 0);
+	uint8_t byte;
+	off_t at = (off_t)(ent.offset + 300);
+	ASSERT_EQ(pread(fd, &byte, 1, at), 1);
+	byte ^= 4;
+	ASSERT_EQ(pwrite(fd, &byte, 1, at), 1);
+	close(fd);
+	uint64_t problems = 0;
+	ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
+	ASSERT_TRUE(problems >= 1);
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.nprobe = 64;
+	ann_searcher *s;
+	ASSERT_OK(ann_searcher_new(x, &so, &s, NULL));
+	int64_t ids[NQ * K];
+	float dists[NQ * K];
+	ann_error e = {0};
+	ASSERT_ERR(ann_search(s, queries, NQ, ids, dists, NULL, &e), e, ANN_E_CORRUPT, "partition 1");
+	ann_searcher_free(s);
+	ann_index_close(x);
+	free(dat);
+	free(idx);
+}
+
+/* ---- updates ---------------------------------------------------------------------------------- */
+
+static void test_updates(const char *dir, ann_rng *rng)
+{
+	for (int st = 0; st < 2; st++) {
+		t_current = st ? "updates_lmdb" : "updates_file";
+		char *idx = build(dir, st ? "upd_lmdb" : "upd_file", st ? ANN_STORE_LMDB : ANN_STORE_FILE, ANN_METRIC_L2,
+				  "u8bin", 2);
+		/* ids 0..NB-1 built; insert NB/3 more (copies of shifted base rows), delete some. */
+		size_t ni = NB / 3, n = NB + ni;
+		static float rows[(NB + NB / 3) * D];
+		static bool live[NB + NB / 3];
+		memcpy(rows, base, sizeof base);
+		for (size_t i = 0; i < ni; i++)
+			for (size_t j = 0; j < D; j++) {
+				float v = base[(i * 7 % NB) * D + j] + (float)ann_rng_below(rng, 9) - 4.0f;
+				rows[(NB + i) * D + j] = v < 0 ? 0 : v > 255 ? 255 : v;
+			}
+		for (size_t i = 0; i < n; i++)
+			live[i] = true;
+		ann_writer *w;
+		ASSERT_OK(ann_writer_open(idx, &w, NULL));
+		int64_t nid[NB / 3];
+		for (size_t i = 0; i < ni; i++)
+			nid[i] = (int64_t)(NB + i);
+		ASSERT_OK(ann_insert(w, rows + NB * D, ni, D, nid, 0, NULL, NULL));
+		int64_t del[200];
+		for (size_t i = 0; i < 200; i++) {
+			del[i] = (int64_t)(i * 13 % n);
+			live[del[i]] = false;
+		}
+		uint64_t deleted = 0;
+		ASSERT_OK(ann_delete(w, del, 200, &deleted, NULL));
+		ann_writer_close(w);
+		check_search(idx, rows, queries, n, live, ANN_METRIC_L2, "before compaction", false);
+		ASSERT_OK(ann_writer_open(idx, &w, NULL));
+		ann_compact_stats cst;
+		ASSERT_OK(ann_compact(w, 300, &cst, NULL)); /* small split limit: splits happen */
+		ASSERT_TRUE(cst.partitions_split > 0);
+		ann_writer_close(w);
+		check_search(idx, rows, queries, n, live, ANN_METRIC_L2, "after compaction", true);
+		uint64_t problems = 1;
+		ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
+		ASSERT_EQ(problems, 0);
+		free(idx);
+	}
+}
+
+int main(void)
+{
+	ann_rng rng;
+	t_init("test_codes", &rng);
+	char *dir = t_tmpdir();
+	make_data(&rng);
+	test_layout(&rng);
+	test_dirent();
+	test_search(dir);
+	test_corrupt(dir);
+	test_updates(dir, &rng);
+	t_rmtree(dir);
+	free(dir);
+	return 0;
+}
