@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * gen.c: the seeded SIFT-like data generator (gen.h). It owns the mixture
- * model and the row generator; files are written through vecio's writer.
+ * gen.c: the seeded SIFT-like data generator (gen.h). It owns the two models
+ * (profiles easy and real) and their row generators; files are written
+ * through vecio's writer.
  * The algorithm below is the specification: same seed and options give the
  * same bytes on every machine, because it uses only xoshiro256** outputs
  * (common.c), integer arithmetic and IEEE-754 float/double operations whose
@@ -57,11 +58,53 @@
  *     |x| < 2^22), then clipped: out = min(max(y, 0), 255) (a +0.0 for -0.0).
  *     Values are integers in 0..255.
  *
+ * Real profile (--profile real). Calibrated against real SIFT descriptors
+ * (docs/DESIGN.md, "The real generator"): a 48-dimensional latent space
+ * with K strongly overlapping components (K = clusters, default 64), mapped
+ * linearly to D dimensions with noise, rectified, normalised and
+ * soft-capped; queries use other component weights and a perturbed latent
+ * point. RL = 48, LDIV = 3547, BIAS0 = 1450000000, BIAS1 = 9472, AMB = 30,
+ * QSHIFT = 384, NORM = 1200, SHIFT = 15, CAP = 180. A(S) = 128 + ((|T(S)| *
+ * 443) >> 16) (integer, about 256 * (0.5 + |N(0,1)|): a heavy-tailed
+ * scale). Streams as above (DR is forked but not used).
+ * Model, from M in this order:
+ *  1. base weights: for c = 0..K-1, g = 143165577 + T^2 + T^2 into cum, as
+ *     in step 1 above; then the query weights the same way into qcum
+ *     (independent, so components that are rare in the base can be common
+ *     among the queries).
+ *  2. centre[c][l] = T for c = 0..K-1, l = 0..RL-1 (int32, c-major).
+ *  3. load[d][l] = T / LDIV (C integer division, truncating toward zero;
+ *     |load| <= 36) for d = 0..D-1, l = 0..RL-1 (d-major).
+ *  4. bias[d] = BIAS0 + BIAS1 * T for d = 0..D-1 (int64).
+ *  5. norm = floor(sqrt(NORM^2 * D / 128)) (integer; 1200 at D = 128).
+ * Row, from its stream V (integers unless noted):
+ *  1. c from cum (base) or qcum (queries), as in step 1 of an easy row.
+ *  2. s = A(V); h[l] = centre[c][l] * 256 + s * T for l = 0..RL-1; for a
+ *     query then h[l] = h[l] + QSHIFT * T for l = 0..RL-1.
+ *  3. for d = 0..D-1: t = T, a = A(V) (in that order), then
+ *     x[d] = bias[d] + t * a * AMB + sum_{l=0..RL-1} load[d][l] * h[l].
+ *     |h| < 2^28 and |x| < 2^39 - 2^31, so x is exact in any order of
+ *     summation (the code sums in doubles, where every value and partial
+ *     sum is an integer below 2^53).
+ *  4. q[d] = max(x[d], 0) >> SHIFT (< 2^24); Q = sum_d q[d]^2 (128-bit);
+ *     r = floor(sqrt(Q)) (exact integer square root); mult = (norm << 32) / r
+ *     (0 if r = 0); y = (q[d] * mult + 2^31) >> 32 (so sum y^2 ~ norm^2).
+ *  5. soft cap: if y > CAP then y = CAP + (y - CAP) * 3 / 10 (integer
+ *     division); out = min(y, 255).
+ * Traits this gives (measured in docs/BENCHMARKS.md): about 13% zeros, a
+ * mean value near 84 with a tail to 255, correlated structure of ~48
+ * latent dimensions under 128-dimensional noise, k-means cells that overlap
+ * heavily, zstd ratio ~0.9 on partition blocks, queries ~1.17x farther from
+ * their nearest base point than base points are from theirs.
+ *
  * Exactness. Every product that feeds an addition is exact: T has at most 17
  * significant bits and s, f have 6 (q6), so z * s and w * f fit a float's 24
  * bits, and 0.875 * U fits a double. Hence fused multiply-add contraction
  * cannot change any result, and each sum is evaluated in the order written
- * (no -ffast-math). FLT_EVAL_METHOD must be 0 (SSE or NEON, not x87).
+ * (no -ffast-math). FLT_EVAL_METHOD must be 0 (SSE or NEON, not x87). The
+ * real profile is integer arithmetic, or doubles holding integers below
+ * 2^53, so it is exact by construction; its one square root is corrected to
+ * the exact integer square root.
  */
 #include "gen.h"
 
@@ -84,10 +127,31 @@
 #define GEN_BUF_FLOATS ((size_t)1 << 20) /* write chunk: 4 MiB of floats */
 #define GEN_PROGRESS_NS 250000000ull
 
+/* The real profile (see "Real profile" above). */
+#define RL 48                 /* latent dimensions */
+#define REAL_LDIV 3547        /* loadings are T / LDIV */
+#define REAL_BIAS0 1450000000 /* mean pre-activation bias */
+#define REAL_BIAS1 9472       /* bias spread across dimensions, per unit of T */
+#define REAL_AMB 30           /* ambient noise, per unit of T x scale */
+#define REAL_QSHIFT 384       /* query latent perturbation, per unit of T */
+#define REAL_NORM 1200u       /* target L2 norm at D = 128 */
+#define REAL_SHIFT 15         /* pre-activation bits dropped before normalising */
+#define REAL_CAP 180          /* soft cap: values above grow at 3/10 the rate */
+
+__extension__ typedef unsigned __int128 u128;
+
+static int real_model_new(const ann_gen_opts *o, uint32_t K, ann_gen_model **out, ann_error *err);
+
 struct ann_gen_model {
+	ann_gen_profile profile;
 	uint32_t dim;      /* D */
 	uint32_t clusters; /* K */
 	uint64_t *cum;     /* K cumulative integer weights; cum[K-1] = total */
+	uint64_t *qcum;    /* real: K cumulative query weights */
+	int32_t *center;   /* real: K * RL latent centres, in units of T */
+	double *load;      /* real: D * RL loadings (integers, T / 2048) */
+	double *bias;      /* real: D biases (integers) */
+	uint64_t norm;     /* real: target norm (NORM scaled to D) */
 	float *mean;       /* K * D, drift applied */
 	float *scale;      /* K * D, q6, in units of T */
 	float *factor;     /* K * R * D, q6, in units of T^2 */
@@ -98,8 +162,23 @@ struct ann_gen_model {
 void ann_gen_opts_init(ann_gen_opts *o)
 {
 	memset(o, 0, sizeof *o);
+	o->profile = ANN_GEN_EASY;
 	o->dim = 128;
 	o->seed = 1;
+}
+
+int ann_gen_profile_parse(const char *name)
+{
+	if (name && !strcmp(name, "easy"))
+		return ANN_GEN_EASY;
+	if (name && !strcmp(name, "real"))
+		return ANN_GEN_REAL;
+	return -1;
+}
+
+const char *ann_gen_profile_name(ann_gen_profile p)
+{
+	return p == ANN_GEN_REAL ? "real" : "easy";
 }
 
 uint32_t ann_gen_default_clusters(uint64_t n)
@@ -134,6 +213,10 @@ void ann_gen_model_free(ann_gen_model *m)
 	if (!m)
 		return;
 	ann_free(m->cum);
+	ann_free(m->qcum);
+	ann_free(m->center);
+	ann_free(m->load);
+	ann_free(m->bias);
 	ann_free(m->mean);
 	ann_free(m->scale);
 	ann_free(m->factor);
@@ -148,14 +231,25 @@ static int check_opts(const ann_gen_opts *o, uint32_t *k_out, ann_error *err)
 	if (o->dim == 0 || o->dim > ANN_VEC_MAX_DIM)
 		return ann_err(err, ANN_E_INVAL, "gen: dimension %u, expected 1..%u", o->dim,
 			       ANN_VEC_MAX_DIM);
+	if (o->profile != ANN_GEN_EASY && o->profile != ANN_GEN_REAL)
+		return ann_err(err, ANN_E_INVAL, "gen: profile %d, expected easy (0) or real (1)",
+			       (int)o->profile);
 	if (!(o->drift >= 0.0f) || isinf(o->drift))
 		return ann_err(err, ANN_E_INVAL, "gen: drift %g, expected a finite value >= 0",
 			       (double)o->drift);
-	uint32_t k = o->clusters ? o->clusters : ann_gen_default_clusters(o->n);
+	if (o->profile == ANN_GEN_REAL && o->drift > 0.0f)
+		return ann_err(err, ANN_E_INVAL,
+			       "gen: drift %g with the real profile, expected 0 (drift is easy-profile only)",
+			       (double)o->drift);
+	uint32_t k = o->clusters ? o->clusters
+				 : o->profile == ANN_GEN_REAL ? ANN_GEN_REAL_CLUSTERS : ann_gen_default_clusters(o->n);
 	if (k > ANN_GEN_MAX_CLUSTERS)
 		return ann_err(err, ANN_E_INVAL, "gen: %u clusters, expected at most %u", k,
 			       ANN_GEN_MAX_CLUSTERS);
-	uint64_t bytes = (uint64_t)k * o->dim * (2 + GEN_RANK) * sizeof(float);
+	uint64_t bytes = o->profile == ANN_GEN_REAL
+				 ? ((uint64_t)k * (2 * sizeof(uint64_t) + RL * sizeof(int32_t)) +
+				    (uint64_t)o->dim * (RL + 1) * sizeof(double))
+				 : (uint64_t)k * o->dim * (2 + GEN_RANK) * sizeof(float);
 	if (bytes > ANN_GEN_MAX_MODEL_BYTES)
 		return ann_err(
 			err, ANN_E_INVAL,
@@ -173,10 +267,13 @@ int ann_gen_model_new(const ann_gen_opts *o, ann_gen_model **out, ann_error *err
 		return ann_err(err, ANN_E_INVAL, "gen: out is NULL");
 	*out = NULL;
 	ANN_TRY(check_opts(o, &K, err));
+	if (o->profile == ANN_GEN_REAL)
+		return real_model_new(o, K, out, err);
 	const size_t D = o->dim, R = GEN_RANK;
 	ann_gen_model *m = ann_calloc(1, sizeof *m);
 	if (!m)
 		return ann_err(err, ANN_E_NOMEM, "gen: out of memory for the model");
+	m->profile = ANN_GEN_EASY;
 	m->dim = o->dim;
 	m->clusters = K;
 	m->cum = ann_malloc(K * sizeof *m->cum);
@@ -273,9 +370,14 @@ uint32_t ann_gen_model_clusters(const ann_gen_model *m)
 	return m->clusters;
 }
 
+ann_gen_profile ann_gen_model_profile(const ann_gen_model *m)
+{
+	return m->profile;
+}
+
 const float *ann_gen_model_mean(const ann_gen_model *m, uint32_t c)
 {
-	return m->mean + (size_t)c * m->dim;
+	return m->mean ? m->mean + (size_t)c * m->dim : NULL;
 }
 
 double ann_gen_model_weight(const ann_gen_model *m, uint32_t c)
@@ -286,22 +388,140 @@ double ann_gen_model_weight(const ann_gen_model *m, uint32_t c)
 
 double ann_gen_model_radius(const ann_gen_model *m, uint32_t c)
 {
-	return m->radius[c];
+	return m->radius ? m->radius[c] : 0.0;
 }
 
-static uint32_t pick_component(const ann_gen_model *m, ann_rng *v)
+static uint32_t pick_cum(const uint64_t *cum, uint32_t K, ann_rng *v)
 {
-	__extension__ typedef unsigned __int128 u128;
-	uint64_t r = (uint64_t)(((u128)ann_rng_next(v) * m->cum[m->clusters - 1]) >> 64);
-	uint32_t lo = 0, hi = m->clusters - 1;
+	uint64_t r = (uint64_t)(((u128)ann_rng_next(v) * cum[K - 1]) >> 64);
+	uint32_t lo = 0, hi = K - 1;
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
-		if (m->cum[mid] > r)
+		if (cum[mid] > r)
 			hi = mid;
 		else
 			lo = mid + 1;
 	}
 	return lo;
+}
+
+static uint32_t pick_component(const ann_gen_model *m, ann_rng *v)
+{
+	return pick_cum(m->cum, m->clusters, v);
+}
+
+/* ---- the real profile ----------------------------------------------------------------- */
+
+/* floor(sqrt(x)), exact whatever the rounding of the double estimate. */
+static uint64_t isqrt128(u128 x)
+{
+	uint64_t r = (uint64_t)sqrt((double)x);
+	while (r > 0 && (u128)r * r > x)
+		r--;
+	while ((u128)(r + 1) * (r + 1) <= x)
+		r++;
+	return r;
+}
+
+/* 0.5 + |N(0,1)| in units of 1/256: 128 + floor(|T| * 443 / 65536). */
+static inline int64_t real_scale(ann_rng *r)
+{
+	int64_t t = gen_t(r);
+	return 128 + (((t < 0 ? -t : t) * 443) >> 16);
+}
+
+static int real_model_new(const ann_gen_opts *o, uint32_t K, ann_gen_model **out, ann_error *err)
+{
+	const size_t D = o->dim;
+	ann_gen_model *m = ann_calloc(1, sizeof *m);
+	if (!m)
+		return ann_err(err, ANN_E_NOMEM, "gen: out of memory for the model");
+	m->profile = ANN_GEN_REAL;
+	m->dim = o->dim;
+	m->clusters = K;
+	m->cum = ann_malloc(K * sizeof *m->cum);
+	m->qcum = ann_malloc(K * sizeof *m->qcum);
+	m->center = ann_malloc((size_t)K * RL * sizeof *m->center);
+	m->load = ann_malloc(D * RL * sizeof *m->load);
+	m->bias = ann_malloc(D * sizeof *m->bias);
+	if (!m->cum || !m->qcum || !m->center || !m->load || !m->bias) {
+		ann_gen_model_free(m);
+		return ann_err(err, ANN_E_NOMEM, "gen: out of memory for a %u x %u model", K, o->dim);
+	}
+	ann_rng master, M, DR;
+	ann_rng_seed(&master, o->seed);
+	ann_rng_fork(&master, 1, &M);
+	ann_rng_fork(&master, 2, &DR); /* unused, drawn so that the roots match the easy profile's */
+	ann_rng_fork(&master, 3, &m->root[ANN_GEN_BASE]);
+	ann_rng_fork(&master, 4, &m->root[ANN_GEN_QUERY]);
+	uint64_t *cums[2] = {m->cum, m->qcum};
+	for (int set = 0; set < 2; set++) {
+		uint64_t total = 0;
+		for (uint32_t c = 0; c < K; c++) {
+			int64_t t1 = gen_t(&M), t2 = gen_t(&M);
+			total += GEN_WFLOOR + (uint64_t)(t1 * t1) + (uint64_t)(t2 * t2);
+			cums[set][c] = total;
+		}
+	}
+	for (size_t i = 0; i < (size_t)K * RL; i++)
+		m->center[i] = gen_t(&M);
+	for (size_t i = 0; i < D * RL; i++)
+		m->load[i] = (double)(gen_t(&M) / REAL_LDIV);
+	for (size_t d = 0; d < D; d++)
+		m->bias[d] = (double)(REAL_BIAS0 + (int64_t)REAL_BIAS1 * gen_t(&M));
+	m->norm = isqrt128((u128)REAL_NORM * REAL_NORM * D / 128);
+	*out = m;
+	return ANN_OK;
+}
+
+static void real_row(const ann_gen_model *m, ann_gen_set set, ann_rng *v, float *out, uint32_t *comp)
+{
+	const size_t D = m->dim;
+	uint32_t c = pick_cum(set == ANN_GEN_QUERY ? m->qcum : m->cum, m->clusters, v);
+	if (comp)
+		*comp = c;
+	int64_t s = real_scale(v);
+	double h[RL];
+	const int32_t *ctr = m->center + (size_t)c * RL;
+	for (size_t l = 0; l < RL; l++)
+		h[l] = (double)((int64_t)ctr[l] * 256 + s * gen_t(v));
+	if (set == ANN_GEN_QUERY)
+		for (size_t l = 0; l < RL; l++)
+			h[l] = h[l] + (double)(REAL_QSHIFT * (int64_t)gen_t(v));
+	/* Pass 1: pre-activations (exact integers in doubles, |x| < 2^38), kept as
+	 * q = p >> SHIFT in out (exact in a float: q < 2^23), and the sum of q^2. */
+	u128 sum = 0;
+	for (size_t b = 0; b < D; b += GEN_DBLK) {
+		size_t nb = ANN_MIN((size_t)GEN_DBLK, D - b);
+		double x[GEN_DBLK];
+		for (size_t i = 0; i < nb; i++) {
+			int64_t t1 = gen_t(v), a = real_scale(v);
+			x[i] = m->bias[b + i] + (double)(t1 * a * REAL_AMB);
+		}
+		for (size_t i = 0; i < nb; i++) {
+			const double *w = m->load + (b + i) * RL;
+			double acc = 0;
+			for (size_t l = 0; l < RL; l++)
+				acc = acc + w[l] * h[l];
+			x[i] = x[i] + acc;
+		}
+		uint64_t bs = 0; /* < 256 * 2^46 */
+		for (size_t i = 0; i < nb; i++) {
+			uint64_t q = x[i] > 0 ? (uint64_t)x[i] >> REAL_SHIFT : 0;
+			bs += q * q;
+			out[b + i] = (float)q;
+		}
+		sum += bs;
+	}
+	/* Pass 2: scale to the target norm, round, soft cap. */
+	uint64_t nrm = isqrt128(sum);
+	uint64_t mult = nrm ? (m->norm << 32) / nrm : 0;
+	for (size_t i = 0; i < D; i++) {
+		uint64_t y = ((uint64_t)out[i] * mult + ((uint64_t)1 << 31)) >> 32;
+		if (y > REAL_CAP)
+			y = REAL_CAP + (y - REAL_CAP) * 3 / 10;
+		out[i] = (float)(y > 255 ? 255 : y);
+	}
 }
 
 static void gen_row(const ann_gen_model *m, ann_rng *v, float *out, uint32_t *comp)
@@ -342,7 +562,10 @@ void ann_gen_rows(const ann_gen_model *m, ann_gen_set set, uint64_t first, size_
 	for (size_t i = 0; i < n; i++) {
 		ann_rng root = m->root[set], v;
 		ann_rng_fork(&root, first + i, &v);
-		gen_row(m, &v, out + i * m->dim, comp ? comp + i : NULL);
+		if (m->profile == ANN_GEN_REAL)
+			real_row(m, set, &v, out + i * m->dim, comp ? comp + i : NULL);
+		else
+			gen_row(m, &v, out + i * m->dim, comp ? comp + i : NULL);
 	}
 }
 

@@ -43,6 +43,25 @@ json_ok
 cmp -s "$dir/a.u8bin" "$dir/b.u8bin" || fail "gen not deterministic"
 expect 0 "$A" gen --n 3000 --dim 32 --seed 8 --out "$dir/c.u8bin" --quiet
 cmp -s "$dir/a.u8bin" "$dir/c.u8bin" && fail "different seeds gave the same data"
+# gen --profile: easy is the default and keeps its bytes (pinned: the easy generator's output
+# before profiles existed); real is deterministic, pinned too, and differs from easy
+expect 0 "$A" gen --profile easy --n 3000 --dim 32 --seed 7 --out "$dir/e.u8bin" --quiet
+cmp -s "$dir/a.u8bin" "$dir/e.u8bin" || fail "--profile easy differs from the default"
+sum=$(sha256sum <"$dir/a.u8bin" | cut -c1-16)
+[ "$sum" = 568f3796082556af ] || fail "easy profile output changed: sha256 $sum"
+expect 0 "$A" gen --profile real --n 3000 --dim 32 --seed 7 --queries 50 --out "$dir/r1.u8bin" \
+	--queries-out "$dir/rq.u8bin" --quiet --json
+grep -q '"profile": *"real"' "$dir/out" || fail "gen --json lacks the profile: $(cat "$dir/out")"
+expect 0 "$A" gen --profile real --n 3000 --dim 32 --seed 7 --out "$dir/r2.u8bin" --quiet
+cmp -s "$dir/r1.u8bin" "$dir/r2.u8bin" || fail "gen --profile real not deterministic"
+cmp -s "$dir/r1.u8bin" "$dir/a.u8bin" && fail "--profile real gave the easy data"
+sum=$(sha256sum <"$dir/r1.u8bin" | cut -c1-16)
+[ "$sum" = c0a68fe50172a342 ] || fail "real profile output changed: sha256 $sum"
+expect 2 "$A" gen --profile hard --n 10 --out "$dir/x.u8bin"
+grep -q "profile hard: expected easy or real" "$dir/err" || fail "bad --profile message: $(cat "$dir/err")"
+expect 2 "$A" gen --profile real --drift 0.5 --n 10 --out "$dir/x.u8bin"
+grep -q "drift" "$dir/err" || fail "--drift with real: $(cat "$dir/err")"
+[ -e "$dir/x.u8bin" ] && fail "a refused gen wrote its output"
 
 # convert round trip through every format
 prev="$dir/a.u8bin"

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
+#include <zstd.h>
 
 #include "gen.h"
 #include "vecio.h"
@@ -1407,6 +1408,259 @@ static void test_hostile_sizes(void)
 	assert_no_tmp();
 }
 
+/* ---- real profile ------------------------------------------------------------
+ * A second implementation of the real profile from gen.c's header comment
+ * alone (int64 and 128-bit integers only, no doubles), the oracle for
+ * ann_gen_rows with ANN_GEN_REAL. */
+__extension__ typedef unsigned __int128 ref_u128;
+
+typedef struct ref_real {
+	uint32_t K, D;
+	uint64_t *cum, *qcum, norm;
+	int64_t *centre, *load, *bias;
+	ann_rng root[2];
+} ref_real;
+
+static int64_t ref_a(ann_rng *r)
+{
+	int64_t t = ref_t(r);
+	return 128 + ((t < 0 ? -t : t) * 443) / 65536;
+}
+
+static uint64_t ref_isqrt(ref_u128 x)
+{
+	uint64_t lo = 0, hi = (uint64_t)1 << 63; /* largest r with r * r <= x, by bisection */
+	while (lo < hi) {
+		uint64_t mid = lo + (hi - lo + 1) / 2;
+		if ((ref_u128)mid * mid <= x)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	return lo;
+}
+
+static void ref_real_build(ref_real *m, uint64_t seed, uint32_t K, uint32_t D)
+{
+	m->K = K;
+	m->D = D;
+	m->cum = malloc(K * 8);
+	m->qcum = malloc(K * 8);
+	m->centre = malloc((size_t)K * 48 * 8);
+	m->load = malloc((size_t)D * 48 * 8);
+	m->bias = malloc((size_t)D * 8);
+	ann_rng master, M, DR;
+	ann_rng_seed(&master, seed);
+	ann_rng_fork(&master, 1, &M);
+	ann_rng_fork(&master, 2, &DR);
+	ann_rng_fork(&master, 3, &m->root[0]);
+	ann_rng_fork(&master, 4, &m->root[1]);
+	for (int set = 0; set < 2; set++) {
+		uint64_t acc = 0, *cum = set ? m->qcum : m->cum;
+		for (uint32_t c = 0; c < K; c++) {
+			int64_t a = ref_t(&M), b = ref_t(&M);
+			acc += 143165577ull + (uint64_t)(a * a) + (uint64_t)(b * b);
+			cum[c] = acc;
+		}
+	}
+	for (size_t i = 0; i < (size_t)K * 48; i++)
+		m->centre[i] = ref_t(&M);
+	for (size_t i = 0; i < (size_t)D * 48; i++)
+		m->load[i] = ref_t(&M) / 3547;
+	for (uint32_t d = 0; d < D; d++)
+		m->bias[d] = 1450000000 + 9472 * ref_t(&M);
+	m->norm = ref_isqrt((ref_u128)1200 * 1200 * D / 128);
+}
+
+static void ref_real_row(const ref_real *m, int set, uint64_t i, float *out, uint32_t *comp)
+{
+	const uint32_t D = m->D;
+	ann_rng root = m->root[set], v;
+	ann_rng_fork(&root, i, &v);
+	const uint64_t *cum = set ? m->qcum : m->cum;
+	uint64_t r = (uint64_t)(((ref_u128)ann_rng_next(&v) * cum[m->K - 1]) >> 64);
+	uint32_t c = 0;
+	while (cum[c] <= r)
+		c++;
+	*comp = c;
+	int64_t s = ref_a(&v), h[48];
+	for (int l = 0; l < 48; l++)
+		h[l] = m->centre[c * 48 + l] * 256 + s * ref_t(&v);
+	if (set)
+		for (int l = 0; l < 48; l++)
+			h[l] += 384 * ref_t(&v);
+	uint64_t *q = malloc(D * 8);
+	ref_u128 Q = 0;
+	for (uint32_t d = 0; d < D; d++) {
+		int64_t t = ref_t(&v), a = ref_a(&v);
+		int64_t x = m->bias[d] + t * a * 30;
+		for (int l = 0; l < 48; l++)
+			x += m->load[d * 48 + l] * h[l];
+		q[d] = x > 0 ? (uint64_t)x >> 15 : 0;
+		Q += (ref_u128)q[d] * q[d];
+	}
+	uint64_t rt = ref_isqrt(Q), mult = rt ? (m->norm << 32) / rt : 0;
+	for (uint32_t d = 0; d < D; d++) {
+		uint64_t y = (q[d] * mult + (1ull << 31)) >> 32;
+		if (y > 180)
+			y = 180 + (y - 180) * 3 / 10;
+		out[d] = (float)(y > 255 ? 255 : y);
+	}
+	free(q);
+}
+
+static void test_gen_real_reference(void)
+{
+	t_current = "gen_real_reference";
+	const struct {
+		uint64_t seed;
+		uint32_t K, D;
+	} cfg[] = {{1, 64, 128, }, {t_seed, 5, 300}, {99, 1, 7}, {t_seed + 1, 700, 33}};
+	for (size_t ci = 0; ci < sizeof cfg / sizeof cfg[0]; ci++) {
+		ann_gen_opts o;
+		ann_gen_opts_init(&o);
+		o.profile = ANN_GEN_REAL;
+		o.seed = cfg[ci].seed;
+		o.clusters = ci == 0 ? 0 : cfg[ci].K; /* 0: the real profile's default, 64 */
+		o.dim = cfg[ci].D;
+		ann_gen_model *m;
+		ASSERT_OK(ann_gen_model_new(&o, &m, NULL));
+		ASSERT_EQ(ann_gen_model_profile(m), ANN_GEN_REAL);
+		ASSERT_EQ(ann_gen_model_clusters(m), cfg[ci].K);
+		ASSERT_TRUE(ann_gen_model_mean(m, 0) == NULL);
+		ref_real rm;
+		ref_real_build(&rm, o.seed, cfg[ci].K, o.dim);
+		size_t n = 200, D = o.dim;
+		float *x = malloc(n * D * 4), *y = malloc(D * 4);
+		uint32_t *comp = malloc(n * 4);
+		for (int set = 0; set < 2; set++) {
+			uint64_t first = set ? 777 : 0;
+			ann_gen_rows(m, (ann_gen_set)set, first, n, x, comp);
+			for (size_t i = 0; i < n; i++) {
+				uint32_t rc;
+				ref_real_row(&rm, set, first + i, y, &rc);
+				ASSERT_EQ(comp[i], rc);
+				if (memcmp(x + i * D, y, D * 4) != 0)
+					T_FAIL("real config %zu set %d row %zu differs from the reference", ci,
+					       set, i);
+			}
+		}
+		free(x);
+		free(y);
+		free(comp);
+		free(rm.cum);
+		free(rm.qcum);
+		free(rm.centre);
+		free(rm.load);
+		free(rm.bias);
+		ann_gen_model_free(m);
+	}
+	/* The real profile refuses drift, and profiles other than easy and real. */
+	ann_gen_opts o;
+	ann_gen_opts_init(&o);
+	o.n = 10;
+	o.profile = ANN_GEN_REAL;
+	o.drift = 0.5f;
+	ann_error e = {0};
+	ann_gen_model *m = NULL;
+	ASSERT_ERR(ann_gen_model_new(&o, &m, &e), e, ANN_E_INVAL, "real profile");
+	o.drift = 0;
+	o.profile = (ann_gen_profile)7;
+	ASSERT_ERR(ann_gen_model_new(&o, &m, &e), e, ANN_E_INVAL, "profile 7");
+	ASSERT_EQ(ann_gen_profile_parse("easy"), ANN_GEN_EASY);
+	ASSERT_EQ(ann_gen_profile_parse("real"), ANN_GEN_REAL);
+	ASSERT_EQ(ann_gen_profile_parse("Real"), -1);
+	ASSERT_EQ(ann_gen_profile_parse(NULL), -1);
+}
+
+static double l2sq(const float *a, const float *b, size_t d)
+{
+	double s = 0;
+	for (size_t i = 0; i < d; i++)
+		s += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+	return s;
+}
+
+/* The statistics the real profile is calibrated for, at a small scale, with
+ * margins that the easy profile fails (checked below, so the test can fail):
+ * a partition-like block (the 340 base rows nearest a base row, as a k-means
+ * partition holds neighbours) compresses with zstd to >= 0.85 of raw, and
+ * queries lie farther from their nearest base row than held-out base-like
+ * rows (rows n.. of the base stream) lie from theirs. */
+static void gen_stats(ann_gen_profile prof, double *zratio, double *qnn, double *bnn)
+{
+	const size_t n = 20000, D = 128, np = 100, blk = 340;
+	ann_gen_opts o;
+	ann_gen_opts_init(&o);
+	o.profile = prof;
+	o.seed = t_seed;
+	o.clusters = prof == ANN_GEN_EASY ? ann_gen_default_clusters(1000000) : 0; /* the 1M set's */
+	ann_gen_model *m;
+	ASSERT_OK(ann_gen_model_new(&o, &m, NULL));
+	float *x = malloc((n + np) * D * 4), *q = malloc(np * D * 4);
+	ann_gen_rows(m, ANN_GEN_BASE, 0, n + np, x, NULL);
+	ann_gen_rows(m, ANN_GEN_QUERY, 0, np, q, NULL);
+	/* nearest-neighbour distances: queries, and held-out base rows n..n+np-1 */
+	double sq = 0, sb = 0;
+	for (size_t i = 0; i < np; i++) {
+		double bq = INFINITY, bb = INFINITY;
+		for (size_t j = 0; j < n; j++) {
+			bq = ANN_MIN(bq, l2sq(q + i * D, x + j * D, D));
+			bb = ANN_MIN(bb, l2sq(x + (n + i) * D, x + j * D, D));
+		}
+		sq += sqrt(bq);
+		sb += sqrt(bb);
+	}
+	*qnn = sq / np;
+	*bnn = sb / np;
+	/* a block: the blk rows nearest row 0, by partial selection on distances */
+	double *dist = malloc(n * sizeof *dist);
+	size_t *idx = malloc(n * sizeof *idx);
+	for (size_t j = 0; j < n; j++) {
+		dist[j] = l2sq(x, x + j * D, D);
+		idx[j] = j;
+	}
+	for (size_t a = 0; a < blk; a++)
+		for (size_t b = a + 1; b < n; b++)
+			if (dist[idx[b]] < dist[idx[a]]) {
+				size_t t = idx[a];
+				idx[a] = idx[b];
+				idx[b] = t;
+			}
+	uint8_t *raw = malloc(blk * D);
+	for (size_t a = 0; a < blk; a++)
+		for (size_t d = 0; d < D; d++)
+			raw[a * D + d] = (uint8_t)x[idx[a] * D + d];
+	size_t cap = ZSTD_compressBound(blk * D);
+	void *z = malloc(cap);
+	size_t zn = ZSTD_compress(z, cap, raw, blk * D, 3);
+	ASSERT_TRUE(!ZSTD_isError(zn));
+	*zratio = (double)zn / (double)(blk * D);
+	free(z);
+	free(raw);
+	free(dist);
+	free(idx);
+	free(x);
+	free(q);
+	ann_gen_model_free(m);
+}
+
+static void test_gen_real_stats(void)
+{
+	t_current = "gen_real_stats";
+	double zr, qnn, bnn, ezr, eqnn, ebnn;
+	gen_stats(ANN_GEN_REAL, &zr, &qnn, &bnn);
+	gen_stats(ANN_GEN_EASY, &ezr, &eqnn, &ebnn);
+	fprintf(stderr, "gen_real_stats: real zstd %.3f, query NN %.1f vs base NN %.1f; "
+			"easy zstd %.3f, query NN %.1f vs base NN %.1f\n",
+		zr, qnn, bnn, ezr, eqnn, ebnn);
+	ASSERT_TRUE(zr >= 0.85);
+	ASSERT_TRUE(qnn > 1.05 * bnn);
+	/* The block check discriminates: the easy profile compresses well below
+	 * 0.85. (Its queries are base-like: query NN / base NN is 1 +- a few %.) */
+	ASSERT_TRUE(ezr < 0.85);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -1427,6 +1681,8 @@ int main(void)
 	test_gen_files();
 	test_gen_clusters();
 	test_gen_drift();
+	test_gen_real_reference();
+	test_gen_real_stats();
 	test_throughput();
 	ASSERT_EQ(ann_mem_live_bytes(), live);
 	t_rmtree(dir);

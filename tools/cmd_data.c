@@ -18,10 +18,11 @@
 
 static cli_opt gen_opts[] = {
 	{"n", "N", "base vectors to generate (required)", NULL},
+	{"profile", "P", "easy (default: separable Gaussian mixture) or real (calibrated on real SIFT)", NULL},
 	{"dim", "D", "dimension (default 128)", NULL},
 	{"seed", "S", "generator seed (default 1)", NULL},
-	{"clusters", "C", "mixture components (default max(16, n/4000), at most 4096)", NULL},
-	{"drift", "X", "shift every component mean by X times its scale (default 0)", NULL},
+	{"clusters", "C", "mixture components (default easy: max(16, n/4000), at most 4096; real: 64)", NULL},
+	{"drift", "X", "easy profile: shift every component mean by X times its scale (default 0)", NULL},
 	{"out", "FILE", "base file (.fbin, .u8bin, .fvecs, .bvecs, ...) (required)", NULL},
 	{"queries", "NQ", "also generate NQ query vectors", NULL},
 	{"queries-out", "FILE", "query file (required with --queries)", NULL},
@@ -47,6 +48,13 @@ static int run_gen(cli_cmd *c)
 	const char *qout = cli_get(c, "queries-out");
 	if (o.nq && !qout)
 		return cli_usage_error(c, "--queries needs --queries-out FILE");
+	const char *prof = cli_get(c, "profile");
+	int profile = prof ? ann_gen_profile_parse(prof) : ANN_GEN_EASY;
+	if (profile < 0)
+		return cli_usage_error(c, "--profile %s: expected easy or real", prof);
+	if (profile == ANN_GEN_REAL && drift != 0)
+		return cli_usage_error(c, "--drift applies to --profile easy only");
+	o.profile = (ann_gen_profile)profile;
 	o.dim = (uint32_t)dim;
 	o.clusters = (uint32_t)clusters;
 	/* The format's vector limit is a usage error, found before writing. */
@@ -79,6 +87,7 @@ static int run_gen(cli_cmd *c)
 		cli_json j;
 		cli_json_begin(&j, stdout);
 		cli_json_str(&j, "out", out);
+		cli_json_str(&j, "profile", ann_gen_profile_name(o.profile));
 		cli_json_int(&j, "n", (long long)o.n);
 		cli_json_int(&j, "dim", (long long)o.dim);
 		cli_json_int(&j, "queries", (long long)o.nq);
@@ -95,7 +104,7 @@ static int run_gen(cli_cmd *c)
 }
 
 cli_cmd cmd_gen = {"gen", "generate a seeded SIFT-like data set (Gaussian mixture)",
-		   "--n N --out FILE [--dim D] [--seed S] [--queries NQ --queries-out FILE]", gen_opts, run_gen};
+		   "--n N --out FILE [--profile easy|real] [--dim D] [--seed S] [--queries NQ --queries-out FILE]", gen_opts, run_gen};
 
 /* ---- gt ------------------------------------------------------------------ */
 

@@ -1,28 +1,47 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: MIT
-# bench/peers/cold_side_by_side.py: annann and SPANN from cold storage, interleaved in one run,
-# so that both see the same machine. Every setting is its own process, started after the page
-# cache is dropped (echo 3 > /proc/sys/vm/drop_caches: needs root); a repetition runs every
+# bench/peers/cold_side_by_side.py: annann, SPANN and DiskANN from cold storage, interleaved in
+# one run, so that all see the same machine. Every setting is its own process, started after the
+# page cache is dropped (echo 3 > /proc/sys/vm/drop_caches: needs root); a repetition runs every
 # setting once, in the order given, and the medians over the repetitions are reported.
+# With --build it first builds whatever index is missing, one at a time (annann with the given
+# build options, SPANN through spann.py, DiskANN through diskann.py), timing each build and its
+# peak RSS, so that one command takes a data directory to the baseline table.
 #
 #   annann: `annann search --batch 1 --threads 1 --json` on the whole query file (io_uring,
 #           O_DIRECT, no cache); bytes = its bytes_read per query; RAM = router_ram_bytes of
 #           `annann info --json` and the search process's peak RSS.
 #   SPANN:  sptag-ssdserving with the search file written by spann.py (O_DIRECT + AIO for the
 #           postings; the head index in RAM); bytes = "Total Disk Page Access" mean x 4096.
-#   recall@10 is strict (no tie credit) for both, from their result ids against gt100.bin.
+#   DiskANN: search_disk_index, one search list size L per process (beam width 4, one thread, no
+#           node cache, O_DIRECT + libaio); bytes = mean IOs x 4096. It prints the mean and the
+#           99.9th percentile of latency, not p50/p99: those fields hold mean and p99.9 for it
+#           (latency_kind says so).
+#   recall@10 is strict (no tie credit) for all, from their result ids against gt100.bin.
+#   Every row also carries index RAM per vector (annann: router_ram_bytes; SPANN: head index
+#   files; DiskANN: PQ codes + pivots), disk/raw (the files the search opens against n * dim *
+#   value bytes), build time and build peak RSS, and the search's peak RSS.
 #
 # Usage:
 #   cold_side_by_side.py --dir DATA --annann BIN --index "NAME=DIR:P1,P2[|MORE ARGS]" [--index ...]
-#                        --spann-work W/spann --spann-irn 6,8 --reps 3 --out FILE.jsonl
+#                        [--build --annann-build "NAME=BUILD ARGS" ...] [--spann-work W --spann-irn 6,8]
+#                        [--diskann-work W --diskann-bin D --diskann-L 10,20] --reps 3 --out FILE.jsonl
+#   With --build, an --index whose DIR does not exist is built with the --annann-build options of
+#   the same NAME (annann build --data DATA/base.* --index DIR ARGS); SPANN and DiskANN are built
+#   in their work directories when missing. --target 0.9 prints each variant's figures at that
+#   recall, interpolated linearly between the two sweep points around it.
 import argparse
 import json
 import os
 import tempfile
 
-from common import bin_header, drop_caches, emit, log, median, parse_list, read_gt, run, strict_recall
+from common import (bin_header, dataset_files, dir_bytes, drop_caches, emit, interp_at, log, median, parse_list,
+		    read_gt, run, strict_recall)
 import numpy as np
 import spann
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DT = {'.u8bin': ('uint8', 1), '.i8bin': ('int8', 1), '.fbin': ('float', 4)}
 
 
 def annann_once(a, idx, nprobe, extra, query, gtp, tmp):
@@ -57,12 +76,68 @@ def spann_once(a, irn, query, gtp, tmp):
 	lat = spann.percentiles(text, 'Total Latency Distribution')
 	pages = spann.percentiles(text, 'Total Disk Page Access Distribution')
 	head = spann.percentiles(text, 'Head Latency Distribution')
+	ios = spann.percentiles(text, 'Total Disk IO Distribution')
+	elems = spann.percentiles(text, 'Ex Elements Count')
 	nres, kres = bin_header(res)
 	raw = np.fromfile(res, dtype='<i4', count=nres * kres * 2, offset=8).reshape(nres, kres, 2)
 	gt, _ = read_gt(gtp)
 	return {'recall': strict_recall(raw[:, :, 0], gt, 10), 'bytes': pages['avg'] * 4096,
+		'ios': ios['avg'] if ios else None, 'cands': elems['avg'] if elems else None,
 		'p50_us': lat['p50'] * 1e3, 'p99_us': lat['p99'] * 1e3, 'mean_us': lat['avg'] * 1e3,
 		'head_us': head['avg'] * 1e3 if head else None, 'rss_kb': rss}
+
+
+def diskann_once(a, L, query, gtp, tmp):
+	prefix = os.path.join(a.diskann_work, 'd')
+	res = os.path.join(tmp, 'dres')
+	dt = DT[os.path.splitext(query)[1]][0]
+	o, e, rss, _ = run([os.path.join(a.diskann_bin, 'search_disk_index'), '--data_type', dt, '--dist_fn', 'l2',
+			    '--index_path_prefix', prefix, '--query_file', query, '--gt_file', gtp, '-K', '10',
+			    '-L', str(L), '-W', '4', '-T', '1', '--num_nodes_to_cache', '0', '--result_path', res],
+			   timed=True)
+	row = None
+	for line in o.splitlines():
+		f = line.split()
+		if len(f) == 9 and f[0] == str(L) and f[1] == '4':
+			row = f
+	if row is None:
+		raise RuntimeError('diskann: no result line for L=%d in:\n%s' % (L, o[-2000:]))
+	rf = '%s_%d_idx_uint32.bin' % (res, L)
+	nr, kr = bin_header(rf)
+	ids = np.fromfile(rf, dtype='<u4', count=nr * kr, offset=8).reshape(nr, kr).astype(np.int64)
+	gt, _ = read_gt(gtp)
+	ios = float(row[5])
+	return {'recall': strict_recall(ids, gt, 10), 'bytes': ios * 4096, 'ios': ios, 'cands': None,
+		'p50_us': float(row[3]), 'p99_us': float(row[4]), 'mean_us': float(row[3]), 'qps': float(row[2]),
+		'io_us': float(row[6]), 'rss_kb': rss}
+
+
+def build_annann(a, name, d, args, base):
+	"""Builds an annann index when DIR is missing; keeps its build record in DIR.build.json."""
+	rec_path = d.rstrip('/') + '.build.json'
+	if not os.path.exists(d):
+		cmd = [a.annann, 'build', '--data', base, '--index', d, '--quiet', '--json'] + args.split()
+		log('build annann %s: %s' % (name, ' '.join(cmd)))
+		o, _, rss, wall = run(cmd, timed=True)
+		with open(rec_path, 'w') as f:
+			json.dump({'build_s': wall, 'build_peak_rss_kb': rss, 'cmd': ' '.join(cmd[1:]),
+				   'summary': json.loads(o.strip().splitlines()[-1])}, f)
+	if os.path.exists(rec_path):
+		with open(rec_path) as f:
+			return json.load(f)
+	return {}
+
+
+def build_peer(script, work, a, extra):
+	"""Runs spann.py or diskann.py --build-only (it builds only when its index is missing) and
+	returns its build record."""
+	out = os.path.join(work, 'build-record.jsonl')
+	cmd = ['/usr/bin/python3', os.path.join(HERE, script), '--dir', a.dir, '--work', os.path.dirname(work),
+	       '--build-only', '--out', out] + extra
+	log('build %s' % ' '.join(cmd))
+	run(cmd, cwd=HERE)
+	with open(os.path.join(work, 'build.json')) as f:
+		return json.load(f)
 
 
 def main():
@@ -73,24 +148,61 @@ def main():
 			help='NAME=DIR:P1,P2,... (nprobe values), optionally followed by |ARGS: more search options')
 	ap.add_argument('--spann-work', help='the spann directory of bench/peers/spann.py (holds idx, build.json)')
 	ap.add_argument('--spann-irn', default='6,8')
+	ap.add_argument('--spann-build-maxcheck', type=int, default=2048)
+	ap.add_argument('--diskann-work', help='the diskann directory of bench/peers/diskann.py (holds d_*)')
+	ap.add_argument('--diskann-bin', default=next(
+		(p for p in (os.path.join(HERE, '..', '..', '..', 'shared', 'peers', 'diskann'), '/work/shared/peers/diskann')
+		 if os.path.exists(os.path.join(p, 'search_disk_index'))), None),
+		help='directory of build_disk_index and search_disk_index (default: ../shared/peers/diskann)')
+	ap.add_argument('--diskann-L', default='10,20,30')
+	ap.add_argument('--diskann-R', type=int, default=64)
+	ap.add_argument('--diskann-build-L', type=int, default=100)
+	ap.add_argument('--build', action='store_true', help='build missing indexes first (one at a time)')
+	ap.add_argument('--annann-build', action='append', default=[], help='NAME=BUILD ARGS for --build')
+	ap.add_argument('--target', type=float, default=0.9)
 	ap.add_argument('--reps', type=int, default=3)
 	ap.add_argument('--out', required=True)
 	a = ap.parse_args()
 	query = next(os.path.join(a.dir, q) for q in ('query.u8bin', 'query.fbin', 'query.i8bin')
 		     if os.path.exists(os.path.join(a.dir, q)))
+	base, _ = dataset_files(a.dir)
+	n, dim = bin_header(base)
+	raw_bytes = n * dim * DT[os.path.splitext(base)[1]][1]
 	gtp = os.path.join(a.dir, 'gt100.bin')
+	builds = dict(spec.split('=', 1) for spec in a.annann_build)
 	settings = []
 	for spec in a.index:
 		spec, _, extra = spec.partition('|')
 		name, rest = spec.split('=', 1)
 		d, probes = rest.rsplit(':', 1)
+		brec = build_annann(a, name, d, builds.get(name, ''), base) if a.build else {}
 		info = json.loads(run([a.annann, 'info', '--index', d, '--json'])[0])
 		info['extra'] = extra.split()
+		info['build'] = brec
 		for p in parse_list(probes):
 			settings.append(('annann', name, d, p, info))
 	if a.spann_work:
+		brec = build_peer('spann.py', a.spann_work, a, ['--build-maxcheck', str(a.spann_build_maxcheck)]) \
+			if a.build else {}
+		if not brec and os.path.exists(os.path.join(a.spann_work, 'build.json')):
+			with open(os.path.join(a.spann_work, 'build.json')) as f:
+				brec = json.load(f)
+		hb = dir_bytes([os.path.join(a.spann_work, 'idx', 'HeadIndex')])
+		sinfo = {'build': brec, 'index_ram_bytes': hb, 'bytes_on_disk': dir_bytes([os.path.join(a.spann_work, 'idx')])}
 		for irn in parse_list(a.spann_irn):
-			settings.append(('spann', 'spann', None, irn, None))
+			settings.append(('spann', 'spann', None, irn, sinfo))
+	if a.diskann_work:
+		if a.build:
+			brec = build_peer('diskann.py', a.diskann_work, a, ['--bin', a.diskann_bin, '--R', str(a.diskann_R),
+									   '--L', str(a.diskann_build_L)])
+		else:
+			with open(os.path.join(a.diskann_work, 'build.json')) as f:
+				brec = json.load(f)
+		pre = os.path.join(a.diskann_work, 'd')
+		dinfo = {'build': brec, 'index_ram_bytes': dir_bytes([pre + '_pq_compressed.bin', pre + '_pq_pivots.bin']),
+			 'bytes_on_disk': dir_bytes([pre + '_disk.index', pre + '_pq_compressed.bin', pre + '_pq_pivots.bin'])}
+		for L in parse_list(a.diskann_L):
+			settings.append(('diskann', 'diskann', None, L, dinfo))
 	runs = {i: [] for i in range(len(settings))}
 	with tempfile.TemporaryDirectory() as tmp:
 		for r in range(a.reps):
@@ -100,32 +212,69 @@ def main():
 					raise SystemExit('cold_side_by_side: cannot drop the page cache (run as root)')
 				if system == 'annann':
 					runs[i].append(annann_once(a, d, p, info['extra'], query, gtp, tmp))
-				else:
+				elif system == 'spann':
 					runs[i].append(spann_once(a, p, query, gtp, tmp))
+				else:
+					runs[i].append(diskann_once(a, p, query, gtp, tmp))
 	print('| system | setting | recall@10 | KiB/query | p50 us (median; runs) | mean us | peak RSS MiB | index RAM |')
 	print('|---|---|---|---|---|---|---|---|')
+	rows = []
 	for i, (system, name, d, p, info) in enumerate(settings):
 		rs = runs[i]
-		rec = {'system': system, 'variant': name, 'param': 'nprobe' if system == 'annann' else 'InternalResultNum',
-		       'value': p, 'reps': len(rs), 'recall_at_10': rs[0]['recall'],
+		rec = {'system': system, 'variant': name,
+		       'param': {'annann': 'nprobe', 'spann': 'InternalResultNum', 'diskann': 'L'}[system],
+		       'value': p, 'reps': len(rs), 'n': n, 'dim': dim, 'queries': bin_header(query)[0],
+		       'recall_at_10': rs[0]['recall'],
 		       'bytes_per_query': median([x['bytes'] for x in rs]),
+		       'ios_per_query': median([x.get('ios') for x in rs]),
+		       'candidates': median([x.get('cands') for x in rs]),
+		       'latency_kind': 'mean and p99.9 (search_disk_index prints no p50)' if system == 'diskann'
+		       else 'p50 and p99',
 		       'p50_us': median([x['p50_us'] for x in rs]), 'p50_us_runs': [x['p50_us'] for x in rs],
 		       'p99_us': median([x['p99_us'] for x in rs]), 'mean_us': median([x['mean_us'] for x in rs]),
 		       'peak_rss_kb': max(x['rss_kb'] or 0 for x in rs), 'runs': rs}
-		if info:
+		if system == 'annann':
 			rec['router_ram_bytes'] = info['router_ram_bytes']
+			rec['index_ram_bytes'] = info['router_ram_bytes']
 			rec['bytes_on_disk'] = info['bytes_on_disk']
 			rec['search_args'] = info['extra']
 			ram = '%.2f MiB router' % (info['router_ram_bytes'] / 2**20)
 		else:
-			hb = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in
-				 os.walk(os.path.join(a.spann_work, 'idx', 'HeadIndex')) for f in fs)
-			rec['head_index_bytes'] = hb
-			ram = '%.1f MiB head index' % (hb / 2**20)
+			rec['index_ram_bytes'] = info['index_ram_bytes']
+			rec['bytes_on_disk'] = info['bytes_on_disk']
+			ram = '%.1f MiB %s' % (info['index_ram_bytes'] / 2**20,
+					       'head index' if system == 'spann' else 'PQ codes')
+		b = info.get('build') or {}
+		rec['index_ram_bytes_per_vector'] = rec['index_ram_bytes'] / n
+		rec['disk_over_raw'] = rec['bytes_on_disk'] / raw_bytes
+		rec['build_s'] = b.get('build_s')
+		rec['build_peak_rss_kb'] = b.get('build_peak_rss_kb')
+		rec['build_cmd'] = b.get('cmd') or b.get('config')
 		emit(a.out, rec)
+		rows.append(rec)
 		print('| %s | %s %s | %.4f | %.1f | %.0f (%s) | %.0f | %.1f | %s |' % (
 			name, rec['param'], p, rec['recall_at_10'], rec['bytes_per_query'] / 1024, rec['p50_us'],
 			', '.join('%.0f' % x for x in rec['p50_us_runs']), rec['mean_us'], rec['peak_rss_kb'] / 1024, ram))
+	print()
+	print('At recall@10 = %g (linear interpolation between the two sweep points around it; - when the sweep '
+	      'does not reach it):' % a.target)
+	print('| system | KiB/query | I/Os | p50 us | p99 us | index RAM B/vector | disk/raw | build s | build peak RSS MiB |')
+	print('|---|---|---|---|---|---|---|---|---|')
+	for name in dict.fromkeys(r['variant'] for r in rows):
+		pts = [r for r in rows if r['variant'] == name]
+		at = {k: interp_at(pts, a.target, 'recall_at_10', k) for k in ('bytes_per_query', 'ios_per_query', 'p50_us',
+										      'p99_us')}
+		r0 = pts[0]
+		summary = dict(kind='at_target', variant=name, system=r0['system'], target_recall=a.target,
+			       index_ram_bytes_per_vector=r0['index_ram_bytes_per_vector'], disk_over_raw=r0['disk_over_raw'],
+			       build_s=r0['build_s'], build_peak_rss_kb=r0['build_peak_rss_kb'],
+			       latency_kind=r0['latency_kind'], **at)
+		emit(a.out, summary)
+		f = lambda v, s='%.0f': '-' if v is None else s % v
+		print('| %s | %s | %s | %s | %s | %.1f | %.2f | %s | %s |' % (
+			name, f(at['bytes_per_query'] and at['bytes_per_query'] / 1024, '%.0f'), f(at['ios_per_query'], '%.1f'),
+			f(at['p50_us']), f(at['p99_us']), r0['index_ram_bytes_per_vector'], r0['disk_over_raw'],
+			f(r0['build_s']), f(r0['build_peak_rss_kb'] and r0['build_peak_rss_kb'] / 1024)))
 
 
 if __name__ == '__main__':
