@@ -251,6 +251,14 @@ ANN_API uint64_t ann_index_partition_size(const ann_index *idx, uint32_t p);
 /** Largest k (neighbours per query) that ann_search, ann_gt_compute and the
  * annann tool accept. */
 #define ANN_MAX_K 100000u
+/** Largest nprobe (partitions read per query) the library and the tool accept. */
+#define ANN_MAX_NPROBE 4096u
+/** Largest ef of the centroid-graph search (ann_search_opts.hnsw_ef, and the
+ * calibrated router.ef a catalog may hold). */
+#define ANN_MAX_EF 4096u
+/** annann router: clusters the graph returns per cluster scanned, when
+ * ann_search_opts.candidates_factor is 0. */
+#define ANN_DEFAULT_CANDIDATES_FACTOR 10u
 
 /** Search options. */
 typedef struct ann_search_opts {

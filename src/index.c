@@ -40,9 +40,9 @@ static int load_models(ann_index *x, ann_error *err)
 	rc = ann_catalog_meta_get_u64(t, "router.ef", &ef, err);
 	if (rc < 0 && rc != ANN_E_NOTFOUND)
 		goto fail;
-	if (ef > 4096) {
-		rc = ann_err(err, ANN_E_CORRUPT, "%s: catalog meta router.ef is %llu, expected 1..4096", x->path,
-			     (unsigned long long)ef);
+	if (ef > ANN_MAX_EF) {
+		rc = ann_err(err, ANN_E_CORRUPT, "%s: catalog meta router.ef is %llu, expected 1..%u", x->path,
+			     (unsigned long long)ef, ANN_MAX_EF);
 		goto fail;
 	}
 	x->router->route_ef = (uint32_t)ef;

@@ -258,7 +258,7 @@ static int anr_route(const ann_router *r, ann_router_ctx *c, const float *q, con
 {
 	const anr *a = A(r);
 	size_t k = a->k, np = ANN_MIN((size_t)o->nprobe, k);
-	size_t f = o->candidates_factor ? o->candidates_factor : 1;
+	size_t f = o->candidates_factor ? o->candidates_factor : ANN_DEFAULT_CANDIDATES_FACTOR;
 	size_t m = np * f >= k ? k : np * f; /* np <= 2^30, f < 2^32: no overflow */
 	size_t got;
 	if (np == 0)

@@ -36,8 +36,8 @@ struct ann_router_ctx {
 	 * (km_route never needs it) and remade when a split changed k. */
 	float *cent;
 	size_t cent_k;
-	int32_t ids[4096];
-	float dists[4096];
+	int32_t ids[ANN_MAX_NPROBE];
+	float dists[ANN_MAX_NPROBE];
 };
 
 static km_router *km(const ann_router *r)
@@ -170,7 +170,7 @@ static void km_ctx_free(ann_router_ctx *c)
 static int km_route(const ann_router *r, ann_router_ctx *c, const float *q, const ann_search_opts *o,
 		    uint32_t *parts, ann_error *err)
 {
-	size_t np = ANN_MIN((size_t)o->nprobe, (size_t)4096);
+	size_t np = ANN_MIN((size_t)o->nprobe, (size_t)ANN_MAX_NPROBE);
 	size_t ef = o->hnsw_ef ? o->hnsw_ef : ANN_MAX((size_t)(r->route_ef ? r->route_ef : DEFAULT_EF), 2 * np);
 	int found = ann_hnsw_search(km(r)->graph, c->hctx, q, np, ef, c->ids, c->dists, err);
 	if (found < 0)

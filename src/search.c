@@ -34,7 +34,7 @@ void ann_search_opts_init(ann_search_opts *o)
 	memset(o, 0, sizeof *o);
 	o->k = 10;
 	o->nprobe = 16;
-	o->candidates_factor = 10;
+	o->candidates_factor = ANN_DEFAULT_CANDIDATES_FACTOR;
 	o->queue_depth = 32;
 	o->io_buffer_bytes = (size_t)16 << 20;
 	o->rerank = ANN_DEFAULT_RERANK;
@@ -183,9 +183,11 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		rc = ann_err(err, ANN_E_INVAL, "search: rerank eps must be within 0..100 (0 = the default)");
 		goto fail;
 	}
-	if (s->o.k == 0 || s->o.k > ANN_MAX_K || s->o.nprobe == 0 || s->o.nprobe > 4096 || s->rerank > 100000) {
-		rc = ann_err(err, ANN_E_INVAL, "search: k must be within 1..%u, nprobe within 1..4096 and rerank "
-			     "within 1..100000", ANN_MAX_K);
+	if (s->o.k == 0 || s->o.k > ANN_MAX_K || s->o.nprobe == 0 || s->o.nprobe > ANN_MAX_NPROBE || s->rerank > 100000 ||
+	    s->o.hnsw_ef > ANN_MAX_EF || s->o.candidates_factor > 1000) {
+		rc = ann_err(err, ANN_E_INVAL, "search: k must be within 1..%u, nprobe within 1..%u, rerank within "
+			     "1..100000, ef within 0..%u and the candidates factor within 0..1000", ANN_MAX_K,
+			     ANN_MAX_NPROBE, ANN_MAX_EF);
 		goto fail;
 	}
 	s->rerank = ANN_MAX(s->rerank, s->o.k);
@@ -200,7 +202,7 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 	for (uint32_t p = 0; p < idx->dir.n; p++)
 		if (idx->dir.ents[p].kind != ANN_KIND_NONE)
 			largest = ANN_MAX(largest, (uint64_t)idx->dir.ents[p].length);
-	ro.io.pool_bytes = ANN_MAX(ro.io.pool_bytes, (size_t)largest + 4096);
+	ro.io.pool_bytes = ANN_MAX(ro.io.pool_bytes, (size_t)largest + ANN_PAGE);
 	ro.io.force_pread = s->o.force_pread != 0;
 	ANN_CHECK(rc, ann_store_reader_new(idx->store, &ro, &s->rd, err));
 	ANN_CHECK(rc, ann_catalog_read_begin(ann_store_catalog(idx->store), &s->rt, err));
@@ -585,7 +587,12 @@ static int delta_each(void *ctx, const uint8_t *key, size_t klen, const uint8_t 
 		s->dcap = nc;
 	}
 	s->dids[s->dn] = (int64_t)ann_ldbe64(key + 4);
-	memcpy(s->dvecs + s->dn * s->dbytes, val, s->dbytes); /* f32 deltas are little-endian, as is x86 */
+	uint8_t *dst = s->dvecs + s->dn * s->dbytes;
+	if (s->vec_type == ANN_DTYPE_F32) /* f32 deltas are stored little-endian (docs/FORMAT.md) */
+		for (size_t j = 0; j < s->dbytes / 4; j++)
+			((float *)(void *)dst)[j] = ann_ldf32(val + 4 * j);
+	else
+		memcpy(dst, val, s->dbytes);
 	s->dn++;
 	return ANN_OK;
 }

@@ -55,7 +55,7 @@ expect 2 "$A" compact --index "$I" --split-limit " -1"
 says "option '--split-limit': ' -1'"
 expect 2 "$A" compact --index "$I" --split-limit "+5"
 expect 2 "$A" search --index "$I" --queries "$Q" --ef 4294967297
-says "option '--ef': 4294967297 is out of range; expected 0..1000000"
+says "option '--ef': 4294967297 is out of range; expected 0..4096"
 expect 2 "$A" search --index "$I" --queries "$Q" --ef 4000000000
 expect 2 "$A" search --index "$I" --queries "$Q" --candidates-factor 4294967297
 says "option '--candidates-factor': 4294967297 is out of range"

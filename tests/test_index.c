@@ -351,6 +351,20 @@ static void test_equivalence(const char *dir, const char *u8bin)
 	so.force_pread = 0;
 	double rr = search_all(idx, &so, 4, ids, dists);
 	ASSERT_TRUE(rr >= r - 1e-9);
+	/* Search options out of the library's ranges are refused by name. */
+	{
+		ann_searcher *bad;
+		ann_error e = {0};
+		ann_search_opts b = so;
+		b.nprobe = ANN_MAX_NPROBE + 1;
+		ASSERT_ERR(ann_searcher_new(idx, &b, &bad, &e), e, ANN_E_INVAL, "nprobe within 1..4096");
+		b = so;
+		b.hnsw_ef = ANN_MAX_EF + 1;
+		ASSERT_ERR(ann_searcher_new(idx, &b, &bad, &e), e, ANN_E_INVAL, "ef within 0..4096");
+		b = so;
+		b.candidates_factor = 1001;
+		ASSERT_ERR(ann_searcher_new(idx, &b, &bad, &e), e, ANN_E_INVAL, "candidates factor");
+	}
 	for (size_t i = 0; i < NQ; i++)
 		for (size_t a = 0; a < K; a++)
 			for (size_t b = a + 1; b < K; b++)

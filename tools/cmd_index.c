@@ -514,13 +514,13 @@ static int run_search(cli_cmd *c)
 	uint64_t k, cf, ef, batch, threads, cache, qd, limit, rerank, rphases;
 	uint64_t probes[64];
 	size_t nprobes = 0;
-	if (!cli_u64(c, "k", 10, 1, ANN_MAX_K, &k) || !cli_u64(c, "candidates-factor", 10, 1, 1000, &cf) ||
-	    !cli_u64(c, "ef", 0, 0, 1000000, &ef) || !cli_u64(c, "batch", 1, 1, UINT32_MAX, &batch) ||
+	if (!cli_u64(c, "k", 10, 1, ANN_MAX_K, &k) || !cli_u64(c, "candidates-factor", ANN_DEFAULT_CANDIDATES_FACTOR, 1, 1000, &cf) ||
+	    !cli_u64(c, "ef", 0, 0, ANN_MAX_EF, &ef) || !cli_u64(c, "batch", 1, 1, UINT32_MAX, &batch) ||
 	    !cli_u64(c, "threads", 1, 1, 64, &threads) || !cli_size(c, "cache", 0, 0, CLI_SIZE_MAX, &cache) ||
 	    !cli_u64(c, "queue-depth", 32, 1, 4096, &qd) || !cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) ||
 	    !cli_u64(c, "rerank", ANN_DEFAULT_RERANK, 1, 100000, &rerank) ||
 	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, 2, &rphases) ||
-	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, 4096, probes, 64, &nprobes))
+	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, ANN_MAX_NPROBE, probes, 64, &nprobes))
 		return CLI_EXIT_USAGE;
 	double reps;
 	if (!cli_double(c, "rerank-eps", 0, 0, 100, &reps))
