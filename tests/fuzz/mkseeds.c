@@ -18,6 +18,7 @@
 #include <zlib.h>
 
 #include "block.h"
+#include "cblock.h"
 #include "catalog.h"
 #include "nn.h"
 #include "vecio.h"
@@ -158,6 +159,45 @@ static void blocks(void)
 			die(cfg[c].name, &e);
 		seed("block", cfg[c].name, NULL, 0, b, len);
 		ann_aligned_free(b);
+	}
+}
+
+/* Codes blocks (block format 2): small rows in one page, rows larger than a
+ * page, both paddings, the three row types. The input byte after the block
+ * is 0, so the target recomputes the checksums (see fuzz_cblock.c). */
+static void cblocks(void)
+{
+	struct { const char *name; ann_block_encoding enc; ann_block_pad pad; uint32_t dim, n; unsigned bits; } cfg[] = {
+		{ "u8-1bit-file", ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 24, 40, 1 },
+		{ "f32-2bit-lmdb", ANN_BLOCK_F32, ANN_BLOCK_PAD_LMDB, 16, 12, 2 },
+		{ "i8-3bit-file", ANN_BLOCK_I8, ANN_BLOCK_PAD_FILE, 8, 9, 3 },
+		{ "f32-bigrow-file", ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, 1100, 2, 1 },
+	};
+	for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+		uint32_t d = cfg[c].dim, n = cfg[c].n;
+		float *v = malloc((size_t)n * d * sizeof(float));
+		int64_t *ids = malloc(n * sizeof(int64_t));
+		if (!v || !ids)
+			die("out of memory", NULL);
+		for (uint32_t i = 0; i < n; i++) {
+			ids[i] = 500 + 7 * (int64_t)i;
+			for (uint32_t j = 0; j < d; j++)
+				v[(size_t)i * d + j] = (float)((int)((i * 31 + j * 17) % 100) - (cfg[c].enc == ANN_BLOCK_I8 ? 50 : 0));
+		}
+		ann_rbq *q;
+		uint8_t *b;
+		size_t len;
+		uint32_t head;
+		ann_error e = {0};
+		if (ann_rbq_new(d, cfg[c].bits, 11, &q, &e) < 0 ||
+		    cblock_encode(q, cfg[c].enc, cfg[c].pad, d, n, ids, v, ANN_DTYPE_F32, 3, 1, &b, &len, &head, &e) < 0)
+			die(cfg[c].name, &e);
+		const uint8_t zero = 0;
+		seed("cblock", cfg[c].name, b, len, &zero, 1);
+		ann_aligned_free(b);
+		ann_rbq_free(q);
+		free(v);
+		free(ids);
 	}
 }
 
@@ -335,6 +375,7 @@ int main(int argc, char **argv)
 		die("mkdtemp", NULL);
 	vectors();
 	blocks();
+	cblocks();
 	mlps();
 	indexes();
 	numbers();

@@ -22,7 +22,7 @@ cd "$(dirname "$0")/../.."
 
 SECONDS_EACH=${1:-60}
 shift || true
-ALL="vecio gt block catalog hnsw mlp router cli_number"
+ALL="vecio gt block cblock catalog hnsw mlp router cli_number"
 TARGETS=${*:-$ALL}
 BUILD=${FUZZ_BUILD_DIR:-build-fuzz}
 WORK=${FUZZ_WORK:-$BUILD/work}

@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fuzz_cblock: the codes-block decoder of src/cblock.c (block format 2:
+ * cblock_peek, cblock_head, cblock_row_pages, cblock_check_pages,
+ * cblock_decode, cblock_verify_codes). The input is a block; before decoding,
+ * the target rewrites the header checksum, the head checksum (when the head
+ * length is sane) and the exact pages' sums (when the sum table and the pages
+ * are inside the input), so that mutations reach the field checks, the id
+ * varints and the row pages instead of failing the checksums. A last byte
+ * with bit 0 set keeps the stored checksums (their paths stay covered).
+ * Properties: peek, head and decode agree on the header; every row's page
+ * range lies inside the block's exact section; a decoded block has count ids
+ * and count rows; a block whose codes the matching ann_rbq re-encodes
+ * identically verifies (tests/fuzz/corpus/cblock holds blocks made by
+ * cblock_encode).
+ */
+#include <xxhash.h>
+
+#include "cblock.h"
+#include "fuzz.h"
+
+#define HB CBLOCK_HEADER_BYTES
+
+static void fix_sums(uint8_t *b, size_t len)
+{
+	if (len < HB)
+		return;
+	uint64_t head = ann_ld32(b + 64), exoff = ann_ld64(b + 72);
+	uint32_t pages = ann_ld32(b + 36);
+	ann_st64(b + 120, XXH64(b, 120, 0));
+	ann_cblock_info in;
+	ann_error e = {0};
+	if (cblock_peek(b, len, &in, &e) < 0)
+		return;
+	if (head > HB && head <= len)
+		ann_st64(b + 80, XXH64(b + HB, (size_t)(head - HB), 0));
+	if ((uint64_t)in.sums_off + 4ull * pages <= len && exoff <= len)
+		for (uint32_t p = 0; p < pages && exoff + (uint64_t)(p + 1) * CBLOCK_PAGE <= len; p++)
+			ann_st32(b + in.sums_off + 4 * (size_t)p,
+				 (uint32_t)XXH64(b + exoff + (size_t)p * CBLOCK_PAGE, CBLOCK_PAGE, p));
+	ann_st64(b + 120, XXH64(b, 120, 0));
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (size < 1 || size > ((size_t)4 << 20))
+		return 0;
+	size_t len = size - 1;
+	uint8_t *b = ann_aligned_alloc(4096, len ? len : 1);
+	if (!b)
+		abort();
+	memcpy(b, data, len);
+	if (!(data[size - 1] & 1))
+		fix_sums(b, len);
+	ann_cblock_info pk, hd, dc;
+	ann_error e = {0};
+	int rc = cblock_peek(b, len, &pk, &e);
+	FZ_CHECK(rc, e);
+	if (rc < 0)
+		goto out;
+	FZ_ASSERT(pk.count <= len && pk.head_bytes <= pk.total_bytes);
+	int64_t *ids = malloc(((size_t)pk.count + 1) * sizeof(int64_t));
+	if (!ids)
+		abort();
+	e = (ann_error){0};
+	rc = cblock_head(b, len, &hd, ids, &e);
+	FZ_CHECK(rc, e);
+	if (rc >= 0) {
+		FZ_ASSERT(hd.count == pk.count && hd.dim == pk.dim && hd.exact_offset == pk.exact_offset);
+		for (uint32_t r = 0; r < hd.count; r++) {
+			uint64_t off;
+			uint32_t plen;
+			cblock_row_pages(&hd, r, &off, &plen);
+			FZ_ASSERT(off >= hd.exact_offset && off + plen <= hd.total_bytes);
+			FZ_ASSERT(cblock_row_offset(&hd, r) >= off);
+			FZ_ASSERT(cblock_row_offset(&hd, r) + hd.row_bytes <= off + plen);
+			if (off + plen <= len) {
+				e = (ann_error){0};
+				int prc = cblock_check_pages(&hd, b + hd.sums_off, b + off, off, plen, &e);
+				FZ_CHECK(prc, e);
+			}
+		}
+	}
+	free(ids);
+	int64_t *dids = NULL;
+	uint8_t *rows = NULL;
+	size_t icap = 0, rcap = 0;
+	e = (ann_error){0};
+	rc = cblock_decode(b, len, &dc, &dids, &icap, &rows, &rcap, &e);
+	FZ_CHECK(rc, e);
+	if (rc >= 0) {
+		FZ_ASSERT(dc.count == pk.count && icap >= dc.count);
+		FZ_ASSERT(rcap >= (size_t)dc.count * dc.row_bytes);
+		ann_rbq *q;
+		if (ann_rbq_new(dc.dim, dc.code_bits, dc.code_seed, &q, NULL) >= 0) {
+			e = (ann_error){0};
+			int vrc = cblock_verify_codes(q, b, len, &e);
+			FZ_CHECK(vrc, e);
+			ann_rbq_free(q);
+		}
+	}
+	ann_free(dids);
+	ann_free(rows);
+out:
+	ann_aligned_free(b);
+	return 0;
+}
