@@ -91,7 +91,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			long double want;
 			FZ_ASSERT(clean(s));
 			FZ_ASSERT(ref_size(s, &want));
-			FZ_ASSERT(want < 18446744073709551616.0L);
+			/* The reference goes through strtod: 2^64 - 1 with leading zeros
+			 * rounds to 2^64 there. A parser that wrapped at 2^64 fails
+			 * the distance check below (v would be 0). */
+			FZ_ASSERT(want <= 18446744073709551616.0L);
 			FZ_ASSERT(fabsl((long double)v - want) <= 1.0L + want * 1e-15L);
 		}
 		break;
