@@ -573,10 +573,12 @@ static int run_search(cli_cmd *c)
 		}
 	}
 	bool json = cli_flag(c, "json");
+	/* Codes blocks have other stages: round 1 wait, estimate, round 2 wait, re-rank. */
+	bool codes = info.code_bits != 0;
 	if (!json) {
 		printf("%-7s %-9s %-6s %-10s %-10s %-7s %-9s %-9s %-9s %-9s %s\n", "nprobe", gt ? "recall@k" : "-",
 		       "parts", "cands", "KB/query", "IOs", "p50 ms", "p95 ms", "p99 ms", "QPS",
-		       "route/io/dec/scan us");
+		       codes ? "route/read1/est/read2/rerank us" : "route/io/dec/scan us");
 	}
 	for (size_t pi = 0; pi < nprobes; pi++) {
 		ann_search_opts so;
@@ -690,9 +692,13 @@ static int run_search(cli_cmd *c)
 		} else {
 			char rec[16];
 			snprintf(rec, sizeof rec, gt ? "%.4f" : "-", recall);
-			printf("%-7llu %-9s %-6.1f %-10.0f %-10.1f %-7.1f %-9.3f %-9.3f %-9.3f %-9.0f %.0f/%.0f/%.0f/%.0f\n",
+			printf("%-7llu %-9s %-6.1f %-10.0f %-10.1f %-7.1f %-9.3f %-9.3f %-9.3f %-9.0f ",
 			       (unsigned long long)probes[pi], rec, parts / dn, cands / dn, bytes / dn / 1024.0, ios / dn,
-			       p50, p95, p99, qps, r_us / dn, w_us / dn, d_us / dn, s_us / dn);
+			       p50, p95, p99, qps);
+			if (codes)
+				printf("%.0f/%.0f/%.0f/%.0f/%.0f\n", r_us / dn, w1 / dn, e_us / dn, w2 / dn, rr_us / dn);
+			else
+				printf("%.0f/%.0f/%.0f/%.0f\n", r_us / dn, w_us / dn, d_us / dn, s_us / dn);
 			if (pi + 1 == nprobes)
 				printf("(io path %s, %s kernels, batch %llu, %llu thread%s, cache %llu bytes)\n", io_path,
 				       ann_simd_name(ann_simd_active()), (unsigned long long)batch,
