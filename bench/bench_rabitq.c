@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * bench_rabitq.c: RaBitQ codes (src/rabitq.h), two measurements.
+ * bench_rabitq.c: RaBitQ codes (src/storage/rabitq.h), two measurements.
  *
  * --speed: estimate throughput in ns per code for bits 1..8 at dims 128,
  * 784 and 960, scalar and AVX2 kernels (median of --reps runs over 8192
@@ -9,7 +9,7 @@
  * vector.
  *
  * --base F --query F [--gt F]: quality on real data. k-means partitions
- * (src/kmeans.h, --parts, L2), exact scanning of the nprobe nearest
+ * (src/routing/kmeans.h, --parts, L2), exact scanning of the nprobe nearest
  * partitions gives the recall@10 curve; for the smallest nprobe reaching
  * each --target recall, and each bits of --bits, the probed partitions'
  * codes are estimated and two re-rank rules are measured against the exact

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * test_api_data.c: the public data API of src/api_data.c and build
+ * test_api_data.c: the public data API of src/index/api_data.c and build
  * cancellation, through annann.h only (plus the test helpers): vector files
  * round trip, ground truth from files equals the in-memory version and
  * reads back, info fields equal ann_index_get_info, and a build canceled in

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * fuzz_block: the block decoder of src/block.c (block_peek, block_decode,
+ * fuzz_block: the block decoder of src/storage/block.c (block_peek, block_decode,
  * block_decode_into). The input is a block; before decoding, the target
  * rewrites payload_xxh64 (when the stored payload fits in the input) and
  * header_xxh64 (when header_bytes is sane), so mutations reach the field

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * fuzz_cblock: the codes-block decoder of src/cblock.c (block format 2:
+ * fuzz_cblock: the codes-block decoder of src/storage/cblock.c (block format 2:
  * cblock_peek, cblock_head, cblock_row_pages, cblock_check_pages,
  * cblock_decode, cblock_verify_codes). The input is a block; before decoding,
  * the target rewrites the header checksum, the head checksum (when the head

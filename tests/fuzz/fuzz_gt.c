@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * fuzz_gt: the ground-truth reader ann_gt_read (src/vecio.c): the big-ann
+ * fuzz_gt: the ground-truth reader ann_gt_read (src/core/vecio.c): the big-ann
  * layout (with or without distances) and .ivecs. Byte 0 picks the file name
  * (.bin, .ibin or .ivecs) and bit 7 whether distances are asked for; the
  * rest is the file. A file that loads holds nq * k ids, none below -1, and

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * fuzz_mlp: the MLP model blob loader ann_mlp_load (src/nn.c), part of the
+ * fuzz_mlp: the MLP model blob loader ann_mlp_load (src/routing/nn.c), part of the
  * annann and nlsh router blobs. The target rewrites the XXH64 trailer so
  * mutations reach the layer and weight checks. A model that loads must run
  * one forward pass over a row built from the input with finite outputs for

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * fuzz_router: the router blob loaders behind ann_router_load: k-means (an
- * HNSW blob, src/router_kmeans.c), annann (src/router_annann.c) and
- * nlsh/joint/soft (src/router_nlsh.c), with the MLP and HNSW blobs they nest.
+ * HNSW blob, src/routing/router_kmeans.c), annann (src/routing/router_annann.c) and
+ * nlsh/joint/soft (src/routing/router_nlsh.c), with the MLP and HNSW blobs they nest.
  * Input: byte 0 the router kind (mod 5), byte 1 the metric (mod 3), then the
  * blob. The index dimension given to the loader is the blob's own (so the
  * fuzzer need not guess it) unless bit 7 of byte 1 is set (then 1 + byte 0,

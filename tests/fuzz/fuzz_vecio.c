@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * fuzz_vecio: every vector-file reader of src/vecio.c. Byte 0 picks the
+ * fuzz_vecio: every vector-file reader of src/core/vecio.c. Byte 0 picks the
  * format (by the file name's extension, as the tool does); the rest is the
  * file. Selector 9 gzips the rest first, so the idx parser behind zlib is
  * reached; selector 8 hands raw bytes to the .gz reader (zlib's own checks).

@@ -1302,7 +1302,11 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 			       major, minor, ANN_HNSW_VERSION_MAJOR);
 	size_t hdr = ann_ld32(buf + 12);
 	uint64_t body = ann_ld64(buf + 88);
-	if (hdr < HN_HEADER || hdr > len - HN_TRAILER || body != len - HN_TRAILER - hdr)
+	/* A later minor may grow the header (its body still starts at offset 12's
+	 * value); this minor and older ones have exactly HN_HEADER bytes. */
+	bool later = minor > ANN_HNSW_VERSION_MINOR;
+	if (hdr < HN_HEADER || (!later && hdr != HN_HEADER) || hdr > len - HN_TRAILER ||
+	    body != len - HN_TRAILER - hdr)
 		return ann_err(err, ANN_E_CORRUPT,
 			       "hnsw blob: %zu bytes, header says %zu + body %llu + %u (truncated?)", len,
 			       hdr, (unsigned long long)body, HN_TRAILER);
@@ -1367,6 +1371,15 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 		h->uoff[i] = words;
 		words += (size_t)p[i] * (1 + M);
 	}
+	/* The padding after the levels (and after uint8 rows) is zero: a saved
+	 * graph is the same bytes as the blob it was loaded from. */
+	for (size_t i = n; i < ANN_ALIGN_UP(n, 4); i++) {
+		if (p[i] != 0) {
+			rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob offset %zu: padding byte after the levels is %u, not 0",
+				     (size_t)(p + i - buf), p[i]);
+			goto fail;
+		}
+	}
 	if (n && h->level[entry] != max_level) {
 		rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob: entry point %u has level %u, max_level is %d",
 			     entry, h->level[entry], (int)max_level);
@@ -1376,6 +1389,14 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 	if (u8) {
 		if (n) /* every byte is a valid coordinate */
 			memcpy(h->vec, p, n * d);
+		for (size_t i = n * d; i < vbytes; i++) {
+			if (p[i] != 0) {
+				rc = ann_err(err, ANN_E_CORRUPT,
+					     "hnsw blob offset %zu: padding byte after the uint8 vectors is %u, not 0",
+					     (size_t)(p + i - buf), p[i]);
+				goto fail;
+			}
+		}
 		p += vbytes;
 	} else {
 		float *v = (float *)(void *)h->vec;
