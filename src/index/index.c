@@ -442,7 +442,7 @@ int ann_repair(const char *index_dir, int dry_run, ann_repair_result *res, ann_e
 	if (fd < 0)
 		return errno == ENOENT ? ann_err(err, ANN_E_NOTFOUND, "%s: no such index directory", index_dir)
 				       : ann_err_sys(err, errno, "%s: cannot open directory", index_dir);
-	/* The writer lock of the store (store_file.c): no insert, delete or
+	/* The writer lock of the store (store.c): no insert, delete or
 	 * compact may run on the old catalog while it is replaced. */
 	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
 		int rc = errno == EWOULDBLOCK ? ann_err(err, ANN_E_STATE, "%s: another process has the index open for "
