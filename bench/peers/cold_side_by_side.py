@@ -196,9 +196,13 @@ def main():
 		if a.build:
 			brec = build_peer('diskann.py', a.diskann_work, a, ['--bin', a.diskann_bin, '--R', str(a.diskann_R),
 									   '--L', str(a.diskann_build_L)])
-		else:
+		elif os.path.exists(os.path.join(a.diskann_work, 'build.json')):
 			with open(os.path.join(a.diskann_work, 'build.json')) as f:
 				brec = json.load(f)
+		else:
+			# an index built outside diskann.py (by hand, with its log beside it): no build figures
+			log('diskann: no build.json in %s, build time and peak RSS left empty' % a.diskann_work)
+			brec = {}
 		pre = os.path.join(a.diskann_work, 'd')
 		dinfo = {'build': brec, 'index_ram_bytes': dir_bytes([pre + '_pq_compressed.bin', pre + '_pq_pivots.bin']),
 			 'bytes_on_disk': dir_bytes([pre + '_disk.index', pre + '_pq_compressed.bin', pre + '_pq_pivots.bin'])}
