@@ -137,7 +137,12 @@ def build_peer(script, work, a, extra):
 	       '--build-only', '--out', out] + extra
 	log('build %s' % ' '.join(cmd))
 	run(cmd, cwd=HERE)
-	with open(os.path.join(work, 'build.json')) as f:
+	rec = os.path.join(work, 'build.json')
+	if not os.path.exists(rec):
+		# an index built by hand (real1m's DiskANN): searched, with no build figures
+		log('%s: no build.json in %s, build time and peak RSS left empty' % (script, work))
+		return {}
+	with open(rec) as f:
 		return json.load(f)
 
 
