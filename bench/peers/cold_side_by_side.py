@@ -29,7 +29,8 @@
 #   With --build, an --index whose DIR does not exist is built with the --annann-build options of
 #   the same NAME (annann build --data DATA/base.* --index DIR ARGS); SPANN and DiskANN are built
 #   in their work directories when missing. --target 0.9 prints each variant's figures at that
-#   recall, interpolated linearly between the two sweep points around it.
+#   recall, interpolated linearly between the two sweep points around it (bytes, I/Os, p50, mean, p99:
+#   the mean is the one latency all three print, DiskANN having no p50).
 import argparse
 import json
 import os
@@ -136,7 +137,12 @@ def build_peer(script, work, a, extra):
 	       '--build-only', '--out', out] + extra
 	log('build %s' % ' '.join(cmd))
 	run(cmd, cwd=HERE)
-	with open(os.path.join(work, 'build.json')) as f:
+	rec = os.path.join(work, 'build.json')
+	if not os.path.exists(rec):
+		# an index built by hand (real1m's DiskANN): searched, with no build figures
+		log('%s: no build.json in %s, build time and peak RSS left empty' % (script, work))
+		return {}
+	with open(rec) as f:
 		return json.load(f)
 
 
@@ -195,9 +201,13 @@ def main():
 		if a.build:
 			brec = build_peer('diskann.py', a.diskann_work, a, ['--bin', a.diskann_bin, '--R', str(a.diskann_R),
 									   '--L', str(a.diskann_build_L)])
-		else:
+		elif os.path.exists(os.path.join(a.diskann_work, 'build.json')):
 			with open(os.path.join(a.diskann_work, 'build.json')) as f:
 				brec = json.load(f)
+		else:
+			# an index built outside diskann.py (by hand, with its log beside it): no build figures
+			log('diskann: no build.json in %s, build time and peak RSS left empty' % a.diskann_work)
+			brec = {}
 		pre = os.path.join(a.diskann_work, 'd')
 		dinfo = {'build': brec, 'index_ram_bytes': dir_bytes([pre + '_pq_compressed.bin', pre + '_pq_pivots.bin']),
 			 'bytes_on_disk': dir_bytes([pre + '_disk.index', pre + '_pq_compressed.bin', pre + '_pq_pivots.bin'])}
@@ -258,12 +268,12 @@ def main():
 	print()
 	print('At recall@10 = %g (linear interpolation between the two sweep points around it; - when the sweep '
 	      'does not reach it):' % a.target)
-	print('| system | KiB/query | I/Os | p50 us | p99 us | index RAM B/vector | disk/raw | build s | build peak RSS MiB |')
-	print('|---|---|---|---|---|---|---|---|---|')
+	print('| system | KiB/query | I/Os | p50 us | mean us | p99 us | index RAM B/vector | disk/raw | build s | build peak RSS MiB |')
+	print('|---|---|---|---|---|---|---|---|---|---|')
 	for name in dict.fromkeys(r['variant'] for r in rows):
 		pts = [r for r in rows if r['variant'] == name]
 		at = {k: interp_at(pts, a.target, 'recall_at_10', k) for k in ('bytes_per_query', 'ios_per_query', 'p50_us',
-										      'p99_us')}
+										      'p99_us', 'mean_us')}
 		r0 = pts[0]
 		summary = dict(kind='at_target', variant=name, system=r0['system'], target_recall=a.target,
 			       index_ram_bytes_per_vector=r0['index_ram_bytes_per_vector'], disk_over_raw=r0['disk_over_raw'],
@@ -271,9 +281,9 @@ def main():
 			       latency_kind=r0['latency_kind'], **at)
 		emit(a.out, summary)
 		f = lambda v, s='%.0f': '-' if v is None else s % v
-		print('| %s | %s | %s | %s | %s | %.1f | %.2f | %s | %s |' % (
+		print('| %s | %s | %s | %s | %s | %s | %.1f | %.2f | %s | %s |' % (
 			name, f(at['bytes_per_query'] and at['bytes_per_query'] / 1024, '%.0f'), f(at['ios_per_query'], '%.1f'),
-			f(at['p50_us']), f(at['p99_us']), r0['index_ram_bytes_per_vector'], r0['disk_over_raw'],
+			f(at['p50_us']), f(at['mean_us']), f(at['p99_us']), r0['index_ram_bytes_per_vector'], r0['disk_over_raw'],
 			f(r0['build_s']), f(r0['build_peak_rss_kb'] and r0['build_peak_rss_kb'] / 1024)))
 
 

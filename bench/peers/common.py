@@ -54,28 +54,47 @@ def strict_recall(res_ids, gt_ids, k=10):
 	return hits / (nq * k)
 
 
-def run(cmd, log_path=None, timed=False, cwd=None, env=None, check=True):
+def run(cmd, log_path=None, timed=False, cwd=None, env=None, check=True, stream=False):
 	"""Runs cmd (a list). With timed, under /usr/bin/time -v: returns (stdout, stderr, rss_kb,
-	wall_s); otherwise rss_kb is None and wall_s is measured here."""
+	wall_s); otherwise rss_kb is None and wall_s is measured here. With stream (needs log_path),
+	stdout and stderr go to the log as the command writes them, so that a long build's progress
+	can be followed with tail -f (a build killed half-way still leaves its progress there); the
+	merged text is then returned as stdout and stderr is ''."""
 	full = (['/usr/bin/time', '-v'] + cmd) if timed else cmd
 	t0 = time.monotonic()
-	p = subprocess.run(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
-			   universal_newlines=True, errors='replace')
-	wall = time.monotonic() - t0
-	if log_path:
+	if stream and log_path:
 		with open(log_path, 'a') as f:
 			f.write('$ %s\n' % ' '.join(cmd))
-			f.write(p.stdout)
-			f.write(p.stderr)
+			f.flush()
+			start = f.tell()
+			p = subprocess.run(full, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+		wall = time.monotonic() - t0
+		with open(log_path, 'rb') as f:
+			f.seek(start)
+			text = f.read().decode('utf-8', 'replace')
+		with open(log_path, 'a') as f:
 			f.write('# exit %d, %.2f s\n' % (p.returncode, wall))
+		p = subprocess.CompletedProcess(full, p.returncode, text, '')
+		errtext = text
+	else:
+		p = subprocess.run(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
+				   universal_newlines=True, errors='replace')
+		wall = time.monotonic() - t0
+		errtext = p.stderr
+		if log_path:
+			with open(log_path, 'a') as f:
+				f.write('$ %s\n' % ' '.join(cmd))
+				f.write(p.stdout)
+				f.write(p.stderr)
+				f.write('# exit %d, %.2f s\n' % (p.returncode, wall))
 	if check and p.returncode != 0:
 		tail = '\n'.join((p.stdout + p.stderr).splitlines()[-30:])
 		raise RuntimeError('command failed (exit %d): %s\n%s' % (p.returncode, ' '.join(cmd), tail))
 	rss = None
 	if timed:
-		m = re.search(r'Maximum resident set size \(kbytes\): (\d+)', p.stderr)
+		m = re.search(r'Maximum resident set size \(kbytes\): (\d+)', errtext)
 		rss = int(m.group(1)) if m else None
-		m = re.search(r'Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)', p.stderr)
+		m = re.search(r'Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)', errtext)
 		if m:
 			parts = [float(x) for x in m.group(1).split(':')]
 			w = 0.0

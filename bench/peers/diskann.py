@@ -56,7 +56,7 @@ def main():
 		       '--data_path', os.path.abspath(base), '--index_path_prefix', prefix, '-R', str(a.R), '-L', str(a.L),
 		       '-B', '%.6f' % B, '-M', '4', '-T', '2']
 		log('diskann: build B=%.6f' % B)
-		out, err, rss, wall = run(cmd, logp, timed=True)
+		out, err, rss, wall = run(cmd, logp, timed=True, stream=True)
 		rec = dict(common, kind='build', build_s=wall, build_peak_rss_kb=rss, R=a.R, L=a.L,
 			   cmd=' '.join(['build_disk_index'] + cmd[1:]))
 		build_record(work, a.out, rec)

@@ -140,7 +140,7 @@ def main():
 			f.write(config(os.path.abspath(base), os.path.abspath(query), os.path.abspath(gtp), idxdir, tmpdir,
 				       dim, vtype, page_limit, True, 32, os.path.join(work, 'res.bin'), a.build_maxcheck))
 		log('spann: build (%s)' % ini)
-		out, err, rss, wall = run(['sptag-ssdserving', ini], logp, timed=True, cwd=work)
+		out, err, rss, wall = run(['sptag-ssdserving', ini], logp, timed=True, cwd=work, stream=True)
 		m = re.search(r'select head time: ([\d.]+)s build head time: ([\d.]+)s build ssd time: ([\d.]+)s', out + err)
 		rec = dict(common, kind='build', build_s=wall, build_peak_rss_kb=rss, page_limit=page_limit,
 			   phases_s=dict(zip(['select_head', 'build_head', 'build_ssd'],
