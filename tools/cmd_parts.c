@@ -69,7 +69,7 @@ int cli_build_with_router(cli_cmd *c, const ann_build_opts *o0, const char *data
 	uint32_t d, nparts, copies;
 	ann_dtype in_type;
 	ann_encoding enc;
-	rc = ann_partbuild_open(data, index, &o, 0, 1, &pb, &err);
+	rc = ann_partbuild_open(data, index, &o, 0, 0, &pb, &err);
 	if (rc < 0)
 		goto out;
 	ann_partbuild_shape(pb, &n, &d, &in_type, &nparts, &copies, &enc);

@@ -858,7 +858,7 @@ int ann_partbuild_open(const char *data_path, const char *index_dir, const ann_b
 {
 	*out = NULL;
 	ann_blas_single();
-	if (!data_path || !index_dir || !*index_dir || !o || ranks == 0 || rank >= ranks)
+	if (!data_path || !index_dir || !*index_dir || !o || (ranks ? rank >= ranks : rank != 0))
 		return ann_err(err, ANN_E_INVAL, "partbuild: data path, index directory and rank < ranks are required");
 	if (o->mem_bytes < ((size_t)16 << 20))
 		return ann_err(err, ANN_E_BUDGET, "build: a memory budget of %zu bytes is below the 16 MiB minimum",
@@ -1079,7 +1079,7 @@ int ann_partbuild_finish(ann_partbuild *pb, uint64_t vectors, ann_error *err)
 	b->spill = NULL;
 	b->n = vectors;
 	ANN_CHECK(rc, publish_meta(b, secs_since(pb->t0), err));
-	if (pb->ranks > 1) {
+	if (pb->ranks > 0) {
 		ann_store_txn *txn;
 		ANN_CHECK(rc, ann_store_begin(b->store, &txn, err));
 		ann_cat_txn *t = ann_store_txn_catalog(txn);

@@ -33,8 +33,9 @@ typedef struct ann_partbuild ann_partbuild;
 /* Starts a build of index_dir (which must not exist) from the vectors of
  * data_path (its shape and element type; the vectors themselves come
  * through ann_partbuild_add). o as for ann_build; its router, sample and
- * k-means options are not used. rank/ranks (ranks >= 1) are recorded in the
- * catalog when ranks > 1 (a part of a distributed index). Memory: see
+ * k-means options are not used. ranks = 0: an ordinary index (rank 0);
+ * ranks >= 1: rank's part of a distributed index of ranks parts, recorded
+ * in the catalog (meta dist.rank, dist.ranks). Memory: see
  * ann_partbuild_set_router; packing holds the largest partition as
  * ann_build does. */
 int ann_partbuild_open(const char *data_path, const char *index_dir, const ann_build_opts *o, uint32_t rank,

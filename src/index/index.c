@@ -53,9 +53,9 @@ static int load_models(ann_index *x, ann_error *err)
 		rc = ann_catalog_meta_get_u64(t, "dist.rank", &rank, err);
 	if (rc < 0 && rc != ANN_E_NOTFOUND)
 		goto fail;
-	if (rc >= 0 && (ranks < 2 || ranks > UINT32_MAX || rank >= ranks)) {
+	if (rc >= 0 && (ranks < 1 || ranks > UINT32_MAX || rank >= ranks)) {
 		rc = ann_err(err, ANN_E_CORRUPT, "%s: catalog meta dist.rank %llu of dist.ranks %llu, expected a rank "
-			     "below ranks >= 2", x->path, (unsigned long long)rank, (unsigned long long)ranks);
+			     "below ranks >= 1", x->path, (unsigned long long)rank, (unsigned long long)ranks);
 		goto fail;
 	}
 	x->dist_rank = (uint32_t)rank;
