@@ -52,7 +52,10 @@ j = json.loads(open(sys.argv[1]).read())
 assert j["ranks"] == 3 and j["kmeans_steps"] >= 1 and j["shuffle_rounds"] >= 1, j
 assert j["shuffle_bytes_to_other_ranks"] > 0, j
 PY
-for r in 0 1 2; do [ -d "$dir/D/rank-$r" ] || fail "no part rank-$r"; done
+for r in 0 1 2; do
+	[ -d "$dir/D/rank-$r" ] || fail "no part rank-$r"
+	expect 0 "$A" verify --index "$dir/D/rank-$r" # each part checks alone, as on its own machine
+done
 grep -q "^ranks 3$" "$dir/D/annann-distributed" || fail "descriptor: $(cat "$dir/D/annann-distributed")"
 ls "$dir" | grep -q "D.tmp" && fail "a temporary directory was left behind"
 # a single-node index from the same data with the same router

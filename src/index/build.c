@@ -1077,6 +1077,7 @@ int ann_partbuild_finish(ann_partbuild *pb, uint64_t vectors, ann_error *err)
 	b->t_pack = secs_since(t0);
 	ann_spill_close(b->spill);
 	b->spill = NULL;
+	uint64_t input_n = b->n;
 	b->n = vectors;
 	ANN_CHECK(rc, publish_meta(b, secs_since(pb->t0), err));
 	if (pb->ranks > 0) {
@@ -1086,6 +1087,10 @@ int ann_partbuild_finish(ann_partbuild *pb, uint64_t vectors, ann_error *err)
 		rc = ann_catalog_meta_put_u64(t, "dist.rank", pb->rank, err);
 		if (rc >= 0)
 			rc = ann_catalog_meta_put_u64(t, "dist.ranks", pb->ranks, err);
+		/* ids are input positions: a part's run to the input's count, not to
+		 * the vectors it holds (verify's bound) */
+		if (rc >= 0)
+			rc = ann_catalog_meta_put_u64(t, "index.next_id", input_n, err);
 		if (rc < 0) {
 			ann_store_abort(txn);
 			goto fail;
