@@ -58,6 +58,9 @@ static cli_opt build_opts[] = {
 	{"hard-labels", NULL, "nlsh/joint/soft: train on hard part labels only (default: soft labels)", NULL},
 	{"rounds", "N", "joint: alternating rounds (default 5)", NULL},
 	{"lambda", "L", "joint: weight of the neighbour-share term (default 1)", NULL},
+	{"router-from", "DIR", "take the router of index DIR (single-node or distributed) instead of training one", NULL},
+	{"distributed", NULL, "under mpirun: build on every rank, each storing its own partitions (DIR/rank-<r>)",
+	 NULL},
 	{"quiet", NULL, "no progress lines", NULL},
 	{"json", NULL, "print a JSON summary", NULL},
 	{NULL, NULL, NULL, NULL},
@@ -183,6 +186,11 @@ static int run_build(cli_cmd *c)
 	o.soft_labels = !cli_flag(c, "hard-labels");
 	o.joint_rounds = (uint32_t)rounds;
 	o.joint_lambda = lambda;
+	const char *router_from = cli_get(c, "router-from");
+	if (cli_flag(c, "distributed"))
+		return cli_build_distributed(c, &o, data, index, router_from);
+	if (router_from)
+		return cli_build_with_router(c, &o, data, index, router_from);
 	cli_progress_state ps;
 	cli_progress_init(&ps, cli_flag(c, "quiet"));
 	o.progress = cli_progress;
@@ -425,6 +433,7 @@ static cli_opt search_opts[] = {
 	{"warmup", NULL, "run the query set once before measuring (fills --cache)", NULL},
 	{"out", "FILE", "write the result ids and distances (big-ann layout) of the last setting", NULL},
 	{"json", NULL, "print one JSON object per setting", NULL},
+	{"distributed", NULL, "under mpirun: search a distributed index, each rank scanning its own partitions", NULL},
 	{NULL, NULL, NULL, NULL},
 };
 
@@ -505,8 +514,134 @@ static int run_setting(ann_searcher **s, uint32_t k, const float *q, size_t nq, 
 	return ANN_OK;
 }
 
+void cli_search_header(bool gt, bool codes)
+{
+	printf("%-7s %-9s %-6s %-10s %-10s %-7s %-9s %-9s %-9s %-9s %s\n", "nprobe", gt ? "recall@k" : "-", "parts",
+	       "cands", "KB/query", "IOs", "p50 ms", "p95 ms", "p99 ms", "QPS",
+	       codes ? "route/read1/est/read2/rerank us" : "route/io/dec/scan us");
+}
+
+/* One setting's line of the search table, or its JSON object: shared by
+ * the single-node search and the distributed one (cmd_dist.c, r->ranks > 0,
+ * whose stats are already summed over the ranks). lat: nq entries of scratch. */
+void cli_search_report(const cli_search_result *r, uint64_t *lat)
+{
+	size_t nq = r->nq, k = r->k, gk = r->gk;
+	const int64_t *ids = r->ids;
+	const int32_t *gt = r->gt;
+	const ann_query_stats *st = r->st;
+	bool json = r->json, codes = r->codes;
+	double wall = r->wall;
+	const char *io_path = r->io_path;
+	unsigned long long batch = r->batch, threads = r->threads, cache = r->cache, rerank = r->rerank;
+	double recall = NAN, parts = 0, cands = 0, bytes = 0, ios = 0, r_us = 0, w_us = 0, d_us = 0, s_us = 0;
+	double b1 = 0, b2 = 0, io1 = 0, io2 = 0, nest = 0, nrr = 0, w1 = 0, e_us = 0, w2 = 0, rr_us = 0;
+	uint64_t hits = 0;
+	for (size_t i = 0; i < nq; i++) {
+		if (gt)
+			for (size_t a = 0; a < k; a++)
+				for (size_t b = 0; b < k; b++)
+					if (ids[i * k + a] >= 0 && ids[i * k + a] == gt[i * gk + b]) {
+						hits++;
+						break;
+					}
+		parts += st[i].partitions;
+		cands += (double)st[i].candidates;
+		bytes += st[i].bytes_read;
+		ios += st[i].io_requests;
+		r_us += (double)st[i].route_ns / 1e3;
+		w_us += (double)st[i].io_wait_ns / 1e3;
+		d_us += (double)st[i].decode_ns / 1e3;
+		s_us += (double)st[i].scan_ns / 1e3;
+		b1 += st[i].bytes_round1;
+		b2 += st[i].bytes_round2;
+		io1 += st[i].ios_round1;
+		io2 += st[i].ios_round2;
+		nest += (double)st[i].estimated;
+		nrr += (double)st[i].reranked;
+		w1 += (double)st[i].round1_wait_ns / 1e3;
+		e_us += (double)st[i].estimate_ns / 1e3;
+		w2 += (double)st[i].round2_wait_ns / 1e3;
+		rr_us += (double)st[i].rerank_ns / 1e3;
+		lat[i] = st[i].latency_ns;
+	}
+	double dn = nq ? (double)nq : 1;
+	if (gt)
+		recall = (double)hits / (dn * (double)k);
+	qsort(lat, nq, sizeof *lat, cmp_u64);
+	double p50 = nq ? (double)lat[nq / 2] / 1e6 : 0, p95 = nq ? (double)lat[(nq * 95) / 100] / 1e6 : 0,
+	       p99 = nq ? (double)lat[ANN_MIN(nq - 1, (nq * 99) / 100)] / 1e6 : 0;
+	double qps = wall > 0 ? (double)nq / wall : 0;
+	if (json) {
+		cli_json j;
+		cli_json_begin(&j, stdout);
+		cli_json_num(&j, "recall_at_k", recall);
+		cli_json_int(&j, "k", (long long)k);
+		cli_json_int(&j, "nprobe", (long long)r->nprobe);
+		cli_json_int(&j, "queries", (long long)nq);
+		cli_json_int(&j, "batch", (long long)batch);
+		cli_json_int(&j, "threads", (long long)threads);
+		if (r->ranks)
+			cli_json_int(&j, "ranks", (long long)r->ranks);
+		cli_json_num(&j, "qps", qps);
+		cli_json_obj(&j, "latency_us");
+		cli_json_num(&j, "p50", p50 * 1e3);
+		cli_json_num(&j, "p95", p95 * 1e3);
+		cli_json_num(&j, "p99", p99 * 1e3);
+		cli_json_close_obj(&j);
+		cli_json_num(&j, "partitions_probed", parts / dn);
+		cli_json_num(&j, "candidates", cands / dn);
+		cli_json_num(&j, "bytes_read", bytes / dn);
+		cli_json_num(&j, "io_requests", ios / dn);
+		cli_json_obj(&j, "stage_us");
+		cli_json_num(&j, "route", r_us / dn);
+		cli_json_num(&j, "io_wait", w_us / dn);
+		cli_json_num(&j, "decode", d_us / dn);
+		cli_json_num(&j, "scan", s_us / dn);
+		cli_json_num(&j, "round1_wait", w1 / dn);
+		cli_json_num(&j, "estimate", e_us / dn);
+		cli_json_num(&j, "round2_wait", w2 / dn);
+		cli_json_num(&j, "rerank", rr_us / dn);
+		cli_json_close_obj(&j);
+		cli_json_obj(&j, "codes");
+		cli_json_num(&j, "bytes_round1", b1 / dn);
+		cli_json_num(&j, "bytes_round2", b2 / dn);
+		cli_json_num(&j, "ios_round1", io1 / dn);
+		cli_json_num(&j, "ios_round2", io2 / dn);
+		cli_json_num(&j, "estimated", nest / dn);
+		cli_json_num(&j, "reranked", nrr / dn);
+		cli_json_int(&j, "rerank_budget", (long long)rerank);
+		cli_json_close_obj(&j);
+		cli_json_str(&j, "io_path", io_path);
+		cli_json_int(&j, "cache_bytes", (long long)cache);
+		cli_json_str(&j, "simd", ann_simd_name(ann_simd_active()));
+		cli_json_end(&j);
+	} else {
+		char rec[16];
+		snprintf(rec, sizeof rec, gt ? "%.4f" : "-", recall);
+		printf("%-7llu %-9s %-6.1f %-10.0f %-10.1f %-7.1f %-9.3f %-9.3f %-9.3f %-9.0f ",
+		       (unsigned long long)r->nprobe, rec, parts / dn, cands / dn, bytes / dn / 1024.0, ios / dn,
+		       p50, p95, p99, qps);
+		if (codes)
+			printf("%.0f/%.0f/%.0f/%.0f/%.0f\n", r_us / dn, w1 / dn, e_us / dn, w2 / dn, rr_us / dn);
+		else
+			printf("%.0f/%.0f/%.0f/%.0f\n", r_us / dn, w_us / dn, d_us / dn, s_us / dn);
+		if (r->last && r->ranks)
+			printf("(%d ranks: bytes, IOs and candidates summed over ranks, latency end to end on rank 0; "
+			       "io path %s, %s kernels, batch %llu, cache %llu bytes per rank)\n", r->ranks, io_path,
+			       ann_simd_name(ann_simd_active()), (unsigned long long)batch, (unsigned long long)cache);
+		else if (r->last)
+			printf("(io path %s, %s kernels, batch %llu, %llu thread%s, cache %llu bytes)\n", io_path,
+			       ann_simd_name(ann_simd_active()), (unsigned long long)batch,
+			       (unsigned long long)threads, threads == 1 ? "" : "s", (unsigned long long)cache);
+	}
+	fflush(stdout);
+}
+
 static int run_search(cli_cmd *c)
 {
+	if (cli_flag(c, "distributed"))
+		return cli_search_distributed(c);
 	const char *dir = cli_need(c, "index");
 	const char *qpath = dir ? cli_need(c, "queries") : NULL;
 	if (!qpath)
@@ -575,11 +710,8 @@ static int run_search(cli_cmd *c)
 	bool json = cli_flag(c, "json");
 	/* Codes blocks have other stages: round 1 wait, estimate, round 2 wait, re-rank. */
 	bool codes = info.code_bits != 0;
-	if (!json) {
-		printf("%-7s %-9s %-6s %-10s %-10s %-7s %-9s %-9s %-9s %-9s %s\n", "nprobe", gt ? "recall@k" : "-",
-		       "parts", "cands", "KB/query", "IOs", "p50 ms", "p95 ms", "p99 ms", "QPS",
-		       codes ? "route/read1/est/read2/rerank us" : "route/io/dec/scan us");
-	}
+	if (!json)
+		cli_search_header(gt != NULL, codes);
 	for (size_t pi = 0; pi < nprobes; pi++) {
 		ann_search_opts so;
 		ann_search_opts_init(&so);
@@ -609,102 +741,9 @@ static int run_search(cli_cmd *c)
 			ann_searcher_free(srch[t]);
 		if (rs < 0)
 			goto fail;
-		double recall = NAN, parts = 0, cands = 0, bytes = 0, ios = 0, r_us = 0, w_us = 0, d_us = 0, s_us = 0;
-		double b1 = 0, b2 = 0, io1 = 0, io2 = 0, nest = 0, nrr = 0, w1 = 0, e_us = 0, w2 = 0, rr_us = 0;
-		uint64_t hits = 0;
-		for (size_t i = 0; i < nq; i++) {
-			if (gt)
-				for (size_t a = 0; a < k; a++)
-					for (size_t b = 0; b < k; b++)
-						if (ids[i * k + a] >= 0 && ids[i * k + a] == gt[i * gk + b]) {
-							hits++;
-							break;
-						}
-			parts += st[i].partitions;
-			cands += (double)st[i].candidates;
-			bytes += st[i].bytes_read;
-			ios += st[i].io_requests;
-			r_us += (double)st[i].route_ns / 1e3;
-			w_us += (double)st[i].io_wait_ns / 1e3;
-			d_us += (double)st[i].decode_ns / 1e3;
-			s_us += (double)st[i].scan_ns / 1e3;
-			b1 += st[i].bytes_round1;
-			b2 += st[i].bytes_round2;
-			io1 += st[i].ios_round1;
-			io2 += st[i].ios_round2;
-			nest += (double)st[i].estimated;
-			nrr += (double)st[i].reranked;
-			w1 += (double)st[i].round1_wait_ns / 1e3;
-			e_us += (double)st[i].estimate_ns / 1e3;
-			w2 += (double)st[i].round2_wait_ns / 1e3;
-			rr_us += (double)st[i].rerank_ns / 1e3;
-			lat[i] = st[i].latency_ns;
-		}
-		double dn = nq ? (double)nq : 1;
-		if (gt)
-			recall = (double)hits / (dn * (double)k);
-		qsort(lat, nq, sizeof *lat, cmp_u64);
-		double p50 = nq ? (double)lat[nq / 2] / 1e6 : 0, p95 = nq ? (double)lat[(nq * 95) / 100] / 1e6 : 0,
-		       p99 = nq ? (double)lat[ANN_MIN(nq - 1, (nq * 99) / 100)] / 1e6 : 0;
-		double qps = wall > 0 ? (double)nq / wall : 0;
-		if (json) {
-			cli_json j;
-			cli_json_begin(&j, stdout);
-			cli_json_num(&j, "recall_at_k", recall);
-			cli_json_int(&j, "k", (long long)k);
-			cli_json_int(&j, "nprobe", (long long)probes[pi]);
-			cli_json_int(&j, "queries", (long long)nq);
-			cli_json_int(&j, "batch", (long long)batch);
-			cli_json_int(&j, "threads", (long long)threads);
-			cli_json_num(&j, "qps", qps);
-			cli_json_obj(&j, "latency_us");
-			cli_json_num(&j, "p50", p50 * 1e3);
-			cli_json_num(&j, "p95", p95 * 1e3);
-			cli_json_num(&j, "p99", p99 * 1e3);
-			cli_json_close_obj(&j);
-			cli_json_num(&j, "partitions_probed", parts / dn);
-			cli_json_num(&j, "candidates", cands / dn);
-			cli_json_num(&j, "bytes_read", bytes / dn);
-			cli_json_num(&j, "io_requests", ios / dn);
-			cli_json_obj(&j, "stage_us");
-			cli_json_num(&j, "route", r_us / dn);
-			cli_json_num(&j, "io_wait", w_us / dn);
-			cli_json_num(&j, "decode", d_us / dn);
-			cli_json_num(&j, "scan", s_us / dn);
-			cli_json_num(&j, "round1_wait", w1 / dn);
-			cli_json_num(&j, "estimate", e_us / dn);
-			cli_json_num(&j, "round2_wait", w2 / dn);
-			cli_json_num(&j, "rerank", rr_us / dn);
-			cli_json_close_obj(&j);
-			cli_json_obj(&j, "codes");
-			cli_json_num(&j, "bytes_round1", b1 / dn);
-			cli_json_num(&j, "bytes_round2", b2 / dn);
-			cli_json_num(&j, "ios_round1", io1 / dn);
-			cli_json_num(&j, "ios_round2", io2 / dn);
-			cli_json_num(&j, "estimated", nest / dn);
-			cli_json_num(&j, "reranked", nrr / dn);
-			cli_json_int(&j, "rerank_budget", (long long)rerank);
-			cli_json_close_obj(&j);
-			cli_json_str(&j, "io_path", io_path);
-			cli_json_int(&j, "cache_bytes", (long long)cache);
-			cli_json_str(&j, "simd", ann_simd_name(ann_simd_active()));
-			cli_json_end(&j);
-		} else {
-			char rec[16];
-			snprintf(rec, sizeof rec, gt ? "%.4f" : "-", recall);
-			printf("%-7llu %-9s %-6.1f %-10.0f %-10.1f %-7.1f %-9.3f %-9.3f %-9.3f %-9.0f ",
-			       (unsigned long long)probes[pi], rec, parts / dn, cands / dn, bytes / dn / 1024.0, ios / dn,
-			       p50, p95, p99, qps);
-			if (codes)
-				printf("%.0f/%.0f/%.0f/%.0f/%.0f\n", r_us / dn, w1 / dn, e_us / dn, w2 / dn, rr_us / dn);
-			else
-				printf("%.0f/%.0f/%.0f/%.0f\n", r_us / dn, w_us / dn, d_us / dn, s_us / dn);
-			if (pi + 1 == nprobes)
-				printf("(io path %s, %s kernels, batch %llu, %llu thread%s, cache %llu bytes)\n", io_path,
-				       ann_simd_name(ann_simd_active()), (unsigned long long)batch,
-				       (unsigned long long)threads, threads == 1 ? "" : "s", (unsigned long long)cache);
-		}
-		fflush(stdout);
+		cli_search_report(&(cli_search_result){.k = (uint32_t)k, .nprobe = probes[pi], .nq = nq, .batch = batch,
+			.threads = threads, .cache = cache, .rerank = rerank, .ids = ids, .st = st, .gt = gt, .gk = gk,
+			.wall = wall, .io_path = io_path, .json = json, .codes = codes, .last = pi + 1 == nprobes}, lat);
 	}
 	const char *out = cli_get(c, "out");
 	if (out) {

@@ -8,4 +8,32 @@
 extern cli_cmd cmd_gen, cmd_gt, cmd_convert, cmd_build, cmd_search, cmd_info, cmd_verify, cmd_insert, cmd_delete,
 	cmd_compact, cmd_repair;
 
+/* One setting of a search, as `annann search` prints it (cmd_index.c). */
+typedef struct cli_search_result {
+	uint32_t k;
+	uint64_t nprobe;
+	size_t nq;
+	unsigned long long batch, threads, cache, rerank;
+	const int64_t *ids;          /* nq * k */
+	const ann_query_stats *st;   /* nq */
+	const int32_t *gt;           /* nq * gk, or NULL */
+	uint32_t gk;
+	double wall;                 /* seconds for the whole query set */
+	const char *io_path;
+	bool json, codes, last;      /* last: the last setting (the table's footnote) */
+	int ranks;                   /* distributed search: the ranks; 0 otherwise */
+} cli_search_result;
+
+void cli_search_header(bool gt, bool codes);
+void cli_search_report(const cli_search_result *r, uint64_t *lat);
+
+/* The distributed build and search (cmd_dist.c, with MPI), and a build with
+ * a given router (--router-from): run_build and run_search hand over to
+ * them once their options are parsed. */
+int cli_build_distributed(cli_cmd *c, const ann_build_opts *o, const char *data, const char *index,
+			  const char *router_from);
+int cli_search_distributed(cli_cmd *c);
+int cli_build_with_router(cli_cmd *c, const ann_build_opts *o, const char *data, const char *index,
+			  const char *router_from);
+
 #endif

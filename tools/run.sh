@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
 DEPS="gcc pkg-config meson ninja-build liburing-dev liblmdb-dev libopenblas-dev libzstd-dev
-      libmetis-dev libxxhash-dev zlib1g-dev
+      libmetis-dev libxxhash-dev zlib1g-dev openmpi-bin libopenmpi-dev
       python3-dev python3-numpy python3-mesonpy python3-pytest python3-matplotlib python3-venv python3-pip"
 # clang and libFuzzer for tests/fuzz (run by `test`).
 FUZZ_DEPS="clang libclang-rt-14-dev libfuzzer-14-dev"

@@ -12,6 +12,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include "dist.h"
 #include "distance.h"
 
 static int load_models(ann_index *x, ann_error *err)
@@ -46,6 +47,19 @@ static int load_models(ann_index *x, ann_error *err)
 		goto fail;
 	}
 	x->router->route_ef = (uint32_t)ef;
+	uint64_t rank = 0, ranks = 0; /* a part of a distributed index (dist.h) */
+	rc = ann_catalog_meta_get_u64(t, "dist.ranks", &ranks, err);
+	if (rc >= 0)
+		rc = ann_catalog_meta_get_u64(t, "dist.rank", &rank, err);
+	if (rc < 0 && rc != ANN_E_NOTFOUND)
+		goto fail;
+	if (rc >= 0 && (ranks < 1 || ranks > UINT32_MAX || rank >= ranks)) {
+		rc = ann_err(err, ANN_E_CORRUPT, "%s: catalog meta dist.rank %llu of dist.ranks %llu, expected a rank "
+			     "below ranks >= 1", x->path, (unsigned long long)rank, (unsigned long long)ranks);
+		goto fail;
+	}
+	x->dist_rank = (uint32_t)rank;
+	x->dist_ranks = (uint32_t)ranks;
 	if (x->meta.dict_id) {
 		char name[32];
 		snprintf(name, sizeof name, "zstd_dict.%u", x->meta.dict_id);
@@ -164,10 +178,50 @@ int ann_index_reload(ann_index *x, ann_error *err)
 	return ann_store_dir_copy(x->store, &x->dir, err);
 }
 
+/* A distributed index's directory (its descriptor) or one of its parts
+ * opened as a whole index would answer from a fraction of the data: both
+ * are refused, saying what they are (dist.h). */
+static int refuse_distributed(const char *dir, const ann_index *x, ann_error *err)
+{
+	ann_dist_desc dd;
+	ann_error e2 = {0};
+	if (!x && ann_dist_desc_read(dir, &dd, &e2) != ANN_E_NOTFOUND) {
+		if (e2.code)
+			return ann_err(err, ANN_E_UNSUPPORTED, "%s: a distributed index whose descriptor is bad: %s", dir,
+				       e2.msg);
+		return ann_err(err, ANN_E_UNSUPPORTED, "%s: a distributed index of %u ranks (descriptor %s/%s), not a "
+			       "single-node index: search it with 'mpirun -np %u annann search --distributed --index %s'",
+			       dir, dd.ranks, dir, ANN_DIST_DESCRIPTOR, dd.ranks, dir);
+	}
+	if (x && x->dist_ranks)
+		return ann_err(err, ANN_E_UNSUPPORTED, "%s: rank %u's part of a distributed index of %u ranks, holding "
+			       "only its own partitions: search the whole index (the parent directory) with "
+			       "'mpirun -np %u annann search --distributed'", dir, x->dist_rank, x->dist_ranks,
+			       x->dist_ranks);
+	return ANN_OK;
+}
+
+static int load(const char *index_dir, bool writable, bool allow_part, ann_index **out, ann_error *err);
+
 int ann_index_load(const char *index_dir, bool writable, ann_index **out, ann_error *err)
+{
+	return load(index_dir, writable, false, out, err);
+}
+
+int ann_index_open_part(const char *dir, ann_index **out, uint32_t *rank, uint32_t *ranks, ann_error *err)
+{
+	ANN_TRY(load(dir, false, true, out, err));
+	*rank = (*out)->dist_rank;
+	*ranks = (*out)->dist_ranks;
+	return ANN_OK;
+}
+
+static int load(const char *index_dir, bool writable, bool allow_part, ann_index **out, ann_error *err)
 {
 	ann_blas_single();
 	*out = NULL;
+	if (!allow_part)
+		ANN_TRY(refuse_distributed(index_dir, NULL, err));
 	ann_index *x = ann_calloc(1, sizeof *x);
 	if (!x)
 		return ann_err(err, ANN_E_NOMEM, "out of memory");
@@ -186,6 +240,8 @@ int ann_index_load(const char *index_dir, bool writable, ann_index **out, ann_er
 	ANN_CHECK(rc, load_models(x, err));
 	ANN_CHECK(rc, ann_store_dir_copy(x->store, &x->dir, err));
 	ANN_CHECK(rc, check_meta(x, err));
+	if (!allow_part)
+		ANN_CHECK(rc, refuse_distributed(index_dir, x, err));
 	*out = x;
 	return ANN_OK;
 fail:
@@ -397,7 +453,7 @@ int ann_verify(const char *index_dir, ann_verify_fn report, void *ctx, uint64_t 
 	ann_index *x = NULL;
 	if (problems)
 		*problems = 0;
-	int rc = ann_index_open(index_dir, &x, err);
+	int rc = load(index_dir, false, true, &x, err); /* a distributed index's part is checked alone */
 	if (rc == ANN_E_CORRUPT) {
 		/* The catalog itself is damaged: report it as the problem. */
 		verify_report(&v, UINT32_MAX, "%s", err ? err->msg : "catalog corrupt");
@@ -410,7 +466,7 @@ int ann_verify(const char *index_dir, ann_verify_fn report, void *ctx, uint64_t 
 	rc = ann_store_verify(x->store, verify_issue, &v, &st, err);
 	if (rc < 0 && rc != ANN_E_CORRUPT)
 		goto out;
-	if (x->dir.count != x->meta.partitions)
+	if (x->dir.count != x->meta.partitions && !x->dist_ranks) /* a part holds only its own partitions */
 		verify_report(&v, UINT32_MAX, "%s", "the directory and meta index.partitions disagree");
 	v.next_id = x->meta.vectors;
 	ann_cat_txn *t = NULL;

@@ -21,6 +21,7 @@ struct ann_index {
 	ann_router *router;
 	ann_block_dict *dict; /* NULL unless meta.dict_id */
 	ann_rbq *rbq;         /* NULL unless meta.code_bits: the codes' parameters (O(dim) or O(dim^2) floats) */
+	uint32_t dist_rank, dist_ranks; /* a part of a distributed index (meta dist.*, dist.h); 0, 0 otherwise */
 };
 
 /* Opens an index; writable takes the writer lock. */

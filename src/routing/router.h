@@ -83,6 +83,11 @@ void ann_router_free(ann_router *r);
 /* Per-kind entry points (router_*.c). */
 int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
 			    ann_router **out, ann_error *err);
+/* The k-means router over the k centroids c (k x d; rounded in place to
+ * the u8 grid when o->encoding is U8 under L2), as ann_router_kmeans_train
+ * makes it after its k-means (the distributed build's k-means, dist.h). */
+int ann_router_kmeans_from_centroids(const ann_build_opts *o, float *c, size_t k, size_t d, ann_router **out,
+				     ann_error *err);
 /* Measures the centroid graph against an exact scan on up to 1000 rows of
  * x (the build's sample): the smallest ef of a fixed ladder (16 .. 512)
  * whose top-16 routing overlaps the exact top-16 within 0.001 of the

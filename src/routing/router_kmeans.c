@@ -313,8 +313,8 @@ static int km_wrap(ann_hnsw *g, uint32_t dim, ann_metric metric, ann_router **ou
 	return ANN_OK;
 }
 
-/* Builds the centroid graph over k x d centroids (shared with other routers
- * through ann_router_kmeans_from_centroids in the future); u8: uint8
+/* Builds the centroid graph over k x d centroids (for the trained router and
+ * ann_router_kmeans_from_centroids); u8: uint8
  * storage, c already rounded. */
 static int km_graph(const ann_build_opts *o, bool u8, const float *c, size_t k, size_t d, ann_hnsw **out,
 		    ann_error *err)
@@ -354,18 +354,23 @@ int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t
 	ko.cancel = o->cancel;
 	ko.cancel_ctx = o->cancel_ctx;
 	int rc = ann_kmeans(sample, n, d, &ko, c, NULL, NULL, err);
+	if (rc >= 0)
+		rc = ann_router_kmeans_from_centroids(o, c, nparts, d, out, err);
+	ann_free(c);
+	return rc;
+}
+
+int ann_router_kmeans_from_centroids(const ann_build_opts *o, float *c, size_t k, size_t d, ann_router **out,
+				     ann_error *err)
+{
 	/* u8 data (o->encoding as resolved by the build) under L2: centroids
 	 * rounded onto the data's integer grid cost a quarter of the bytes and
 	 * move by at most 0.5 per coordinate. */
 	bool u8 = o->encoding == ANN_ENC_U8 && o->metric == ANN_METRIC_L2;
-	if (rc >= 0 && u8)
-		km_round_u8(c, (size_t)nparts * d);
+	if (u8)
+		km_round_u8(c, k * d);
 	ann_hnsw *g = NULL;
-	if (rc >= 0)
-		rc = km_graph(o, u8, c, nparts, d, &g, err);
-	ann_free(c);
-	if (rc < 0)
-		return rc;
+	ANN_TRY(km_graph(o, u8, c, k, d, &g, err));
 	return km_wrap(g, (uint32_t)d, o->metric, out, err);
 }
 
