@@ -190,8 +190,8 @@ typedef struct ann_build_opts {
 	ann_log_fn log;           /**< training history lines; NULL: none */
 	void *log_ctx;
 	ann_cancel_fn cancel;     /**< polled at each progress report of the sample, route and
-				       pack passes; NULL: never canceled. A canceled build keeps its
-				       saved state: the same call later resumes it (docs/CLI.md, build) */
+				       pack passes; NULL: never canceled. A canceled build removes its
+				       saved state (a killed one keeps it) */
 	void *cancel_ctx;
 	/* Resumable build (docs/DESIGN.md "Resumable build") */
 	int restart;              /**< non-zero: throw away the saved state of an interrupted build
@@ -215,7 +215,8 @@ ANN_API void ann_build_opts_init(ann_build_opts *o);
  * same index an uninterrupted build gives. Changed data or options start
  * over (o->notice says what changed); o->restart throws the state away.
  * Failures that no rerun gets past (bad input or options, corrupt state)
- * remove the state. Peak memory stays within
+ * and a cancel remove the state; I/O errors (a full disk), ANN_E_NOMEM and
+ * ANN_E_BUDGET keep it (the budget is not part of what must match). Peak memory stays within
  * o->mem_bytes plus a fixed overhead of a few MiB plus the router.
  * I/O: reads the input twice (sample, route), writes spill runs and blocks.
  * @return ANN_OK, or ANN_E_INVAL (bad option), ANN_E_EXISTS (index_dir

@@ -77,6 +77,7 @@ static int spill_alloc(const char *path, uint32_t nparts, size_t rec_bytes, size
 int ann_spill_open(const char *path, uint32_t nparts, size_t rec_bytes, size_t mem_bytes, uint64_t max_records,
 		   ann_spill **out, ann_error *err)
 {
+	*out = NULL;
 	ann_spill *s;
 	ANN_TRY(spill_alloc(path, nparts, rec_bytes, mem_bytes, max_records, &s, err));
 	/* A new file only: never one planted there, nor a link's target. */

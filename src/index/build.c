@@ -916,11 +916,15 @@ fail:
 	return rc;
 }
 
-/* Is err one that a rerun of the same build cannot get past? Then the state
- * goes; otherwise (I/O, a full disk, memory, cancel) it stays for a resume. */
+/* Does the state go with this error? Yes when no rerun of the same build
+ * gets past it (bad input or options, corrupt state), and when the caller
+ * canceled (ann_cancel_fn: the work undoes what it wrote); otherwise (I/O,
+ * a full disk, memory, budget) it stays for a resume. A killed build never
+ * gets here: its state stays. */
 static bool final_error(int rc)
 {
-	return rc == ANN_E_INVAL || rc == ANN_E_BADINPUT || rc == ANN_E_CORRUPT || rc == ANN_E_FORMAT;
+	return rc == ANN_E_INVAL || rc == ANN_E_BADINPUT || rc == ANN_E_CORRUPT || rc == ANN_E_FORMAT ||
+	       rc == ANN_E_CANCELED;
 }
 
 int ann_build(const char *data_path, const char *index_dir, const ann_build_opts *o, ann_error *err)
