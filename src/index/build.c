@@ -66,6 +66,16 @@
 #define ROUTE_CHUNK 8192u                     /* vectors per routing chunk */
 #define COMMIT_BYTES ((size_t)32 << 20)       /* block bytes per store commit (a resumed pack redoes at most one) */
 #define COMMIT_NS 1000000000ull               /* ... or a commit per second of packing, whichever comes first */
+
+/* Test hook (tests/test_resume.sh): ANNANN_BUILD_SMALL_UNITS=1 makes every
+ * unit as small as it can be (a spill checkpoint before every chunk, a
+ * commit per partition), so kills at random moments land between many
+ * units of small data. The index is the same either way (invariant 5). */
+static bool small_units(void)
+{
+	const char *v = getenv("ANNANN_BUILD_SMALL_UNITS");
+	return v && strcmp(v, "1") == 0;
+}
 #define DICT_SAMPLES 64u                      /* partitions a dictionary is trained on */
 #define DICT_BYTES ((size_t)112 << 10)        /* dictionary capacity */
 #define BUILD_MARKER "annann-build.pid"      /* in DIR.tmp.*: "annann build pid P start S" */
@@ -424,11 +434,11 @@ static int route_all(build *b, ann_error *err)
 	}
 	/* A router that observes the routed data (annann) sees every chunk
 	 * again, in order; the others start after the checkpointed runs. */
-	bool observe = b->router->ops->observe != NULL;
+	bool observe = b->router->ops->observe != NULL, small = small_units();
 	uint64_t i = observe ? 0 : spilled;
 	ANN_CHECK(rc, ann_vreader_seek(b->in, i, err));
 	while (i < b->n) {
-		if (i > spilled && ann_spill_room(b->spill) < chunk * b->copies)
+		if (i > spilled && (ann_spill_room(b->spill) < chunk * b->copies || small))
 			ANN_CHECK(rc, spill_checkpoint(b, i, err));
 		int64_t got = read_chunk(b, raw, chunk, i, f, err);
 		if (got < 0) {
@@ -579,6 +589,7 @@ static int pack_all(build *b, ann_error *err)
 	ann_block_params p;
 	block_params(b, &p, false);
 	uint64_t last_commit = ann_now_ns();
+	bool small = small_units();
 	for (uint32_t part = start; part < b->nparts; part++) {
 		uint64_t cnt = ann_spill_count(b->spill, part);
 		ANN_CHECK(rc, ann_spill_read(b->spill, part, ids, vecs, err));
@@ -600,7 +611,8 @@ static int pack_all(build *b, ann_error *err)
 		b->stored += cnt;
 		b->block_bytes += len;
 		/* Each commit is a completed unit of the resumable build. */
-		if (batch_bytes >= COMMIT_BYTES || ann_now_ns() - last_commit >= COMMIT_NS || part + 1 == b->nparts) {
+		if (batch_bytes >= COMMIT_BYTES || ann_now_ns() - last_commit >= COMMIT_NS || part + 1 == b->nparts ||
+		    small) {
 			ANN_CHECK(rc, ann_store_begin(b->store, &txn, err));
 			rc = ann_store_put_blocks(txn, puts, nput, NULL, err);
 			for (size_t i = 0; i < nput; i++)
