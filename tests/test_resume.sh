@@ -31,12 +31,12 @@ export OPENBLAS_NUM_THREADS=1 ANNANN_BUILD_SMALL_UNITS=1
 cd "$dir" || exit 1
 RANDOM=$SEED
 
-"$A" gen --n 40000 --dim 32 --seed 7 --out b.u8bin --queries 50 --queries-out q.u8bin --quiet >/dev/null || exit 1
-"$A" gen --n 40000 --dim 32 --seed 8 --out other.u8bin --quiet >/dev/null || exit 1
+"$A" gen --n 20000 --dim 32 --seed 7 --out b.u8bin --queries 50 --queries-out q.u8bin --quiet >/dev/null || exit 1
+"$A" gen --n 20000 --dim 32 --seed 8 --out other.u8bin --quiet >/dev/null || exit 1
 
 # The configurations: k-means (no observe), and replicas with SOAR and a
 # dictionary (more state: the dictionary unit, several copies per vector).
-CONFIGS=("--partitions 40" "--partitions 32 --replicas 2 --soar 1 --dict --encoding f32")
+CONFIGS=("--partitions 20" "--partitions 16 --replicas 2 --soar 1 --dict --encoding f32")
 
 build() { # build IDX CONFIG [extra...]: the command every run of one build repeats
 	local idx=$1 cfg=$2
@@ -70,13 +70,16 @@ for c in "${!CONFIGS[@]}"; do
 	t0=$(date +%s%N)
 	build ref$c "$cfg" --threads 2 || { fail "reference build ($cfg)"; continue; }
 	ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-	build ref${c}b "$cfg" --threads 1 || fail "second reference build"
-	sig ref$c R$c && sig ref${c}b R${c}b && same R$c R${c}b
+	sig ref$c R$c
+	if [ "$c" = 0 ]; then
+		build ref${c}b "$cfg" --threads 1 || fail "second reference build"
+		sig ref${c}b R${c}b && same R$c R${c}b
+	fi
 	[ -e ref$c.build-state ] && fail "the state stayed after a finished build"
 	echo "config '$cfg': uninterrupted build ${ms} ms"
 	# ---- kill rounds: each round kills 1..3 times at random delays within
 	# the reference's duration, then lets the build finish
-	for round in 1 2 3; do
+	for round in 1 2; do
 		idx=k$c.$round
 		kills=$(( RANDOM % 3 + 1 ))
 		log=""
@@ -107,7 +110,7 @@ done
 # ---- resumes from each phase, deterministically: stop the build with
 # SIGSTOP once a unit file appears, kill it, resume, compare
 cfg=${CONFIGS[0]}
-for unit in sample router route.log spill.ckpt routed; do
+for unit in sample spill.ckpt routed; do
 	bg p "$cfg" 2>/dev/null &
 	bpid=$!
 	for _ in $(seq 400); do [ -e p.build-state/$unit ] && break; sleep 0.01; done
@@ -135,9 +138,10 @@ stop_after_state() { # stop_after_state IDX CFG: leaves IDX.build-state of a kil
 stop_after_state v "$cfg"
 build v "$cfg" --zstd-level 5 2>err.v || fail "build with another option: $(cat err.v)"
 says "v.build-state: option zstd_level changed (3 -> 5): the saved state is invalid, starting over" err.v
-"$A" build --data b.u8bin --index vref $cfg --mem 16M --seed 3 --zstd-level 5 --quiet || fail "vref"
-sig v S && sig vref V && same V S
-rm -rf v vref
+"$A" verify --index v >/dev/null || fail "verify v"
+[ "$("$A" info --index v --json | grep -o '"block_bytes":[0-9]*')" = "$(grep -o '"block_bytes":[0-9]*' R0.info)" ] &&
+	fail "the build with --zstd-level 5 has the blocks of level 3 (the old state was used?)"
+rm -rf v
 
 stop_after_state w "$cfg"
 touch -d '2001-01-01' b.u8bin
