@@ -192,5 +192,18 @@ bpid=
 says "s.build-state: another build of this index is running (annann build pid" err.s
 sig s S && same R0 S
 
+# ---- killed between publishing DIR and removing the state: the next build
+# of DIR removes that state (no index/ in it, nobody holds its lock)
+mkdir s.build-state && echo "annann build pid 1" >s.build-state/lock && cp R0.info s.build-state/state
+build s "$cfg" 2>err.s2
+rc=$?
+[ $rc = 1 ] || fail "a build over an existing index: exit $rc, expected 1"
+says "already exists" err.s2
+says "s.build-state: removed the state of a build that had published s" err.s2
+[ -e s.build-state ] && fail "the published build's state stayed"
+mkdir s.build-state s.build-state/index && : >s.build-state/lock
+build s "$cfg" 2>err.s3
+[ -d s.build-state/index ] || fail "a state with index/ was removed while DIR exists"
+
 [ $fails = 0 ] && echo "resume: all checks passed" || echo "resume: $fails failure(s)"
 [ $fails = 0 ]

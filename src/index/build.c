@@ -960,8 +960,10 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 		return ann_err(err, ANN_E_BUDGET, "build: a memory budget of %zu bytes is below the 16 MiB minimum",
 			       o->mem_bytes);
 	struct stat st;
-	if (stat(index_dir, &st) == 0)
+	if (stat(index_dir, &st) == 0) {
+		ann_bstate_drop_published(index_dir, notice_cb, &b);
 		return ann_err(err, ANN_E_EXISTS, "%s: already exists; remove it or choose another directory", index_dir);
+	}
 	remove_stale_temps(index_dir, o);
 	ANN_CHECK(rc, ann_vreader_open(data_path, &b.in, err));
 	b.n = ann_vreader_count(b.in);

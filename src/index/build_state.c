@@ -551,6 +551,28 @@ void ann_bstate_remove(ann_bstate *st)
 	ann_bstate_close(st);
 }
 
+void ann_bstate_drop_published(const char *index_dir, void (*notice)(void *ctx, const char *line), void *notice_ctx)
+{
+	ann_bstate st = {.lock_fd = -1, .log_fd = -1, .dir = ann_bstate_dir_name(index_dir)};
+	char *lp = st.dir ? ann_bstate_path(&st, BST_LOCK) : NULL;
+	char *ip = st.dir ? ann_bstate_path(&st, "index") : NULL;
+	struct stat sb;
+	if (!lp || !ip || lstat(st.dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || sb.st_uid != geteuid() ||
+	    lstat(ip, &sb) == 0)
+		goto out;
+	st.lock_fd = open(lp, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (st.lock_fd < 0 || flock(st.lock_fd, LOCK_EX | LOCK_NB) != 0)
+		goto out;
+	if (nftw(st.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0)
+		say(notice, notice_ctx, "%s: removed the state of a build that had published %s", st.dir, index_dir);
+out:
+	if (st.lock_fd >= 0)
+		close(st.lock_fd);
+	ann_free(lp);
+	ann_free(ip);
+	ann_free(st.dir);
+}
+
 /* ---- route log ------------------------------------------------------------ */
 
 static int log_push(ann_bstate *st, uint64_t first, uint64_t off, ann_error *err)

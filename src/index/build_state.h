@@ -49,6 +49,11 @@ void ann_bstate_close(ann_bstate *st);
  * failure that no rerun can get past). */
 void ann_bstate_remove(ann_bstate *st);
 
+/* When index_dir exists: removes a state of it that a build killed between
+ * publishing index_dir and removing the state left behind (one without
+ * index/, whose lock nobody holds), with a notice. Anything else is left. */
+void ann_bstate_drop_published(const char *index_dir, void (*notice)(void *ctx, const char *line), void *notice_ctx);
+
 /* Path of a file or directory inside the state directory (ann_free). */
 char *ann_bstate_path(const ann_bstate *st, const char *name);
 
