@@ -190,8 +190,15 @@ typedef struct ann_build_opts {
 	ann_log_fn log;           /**< training history lines; NULL: none */
 	void *log_ctx;
 	ann_cancel_fn cancel;     /**< polled at each progress report of the sample, route and
-				       pack passes; NULL: never canceled */
+				       pack passes; NULL: never canceled. A canceled build removes its
+				       saved state (a killed one keeps it) */
 	void *cancel_ctx;
+	/* Resumable build (docs/DESIGN.md "Resumable build") */
+	int restart;              /**< non-zero: throw away the saved state of an interrupted build
+				       of this index and start over; default 0 = resume it */
+	ann_log_fn notice;        /**< what the build resumed, or why it started over ("resuming:
+				       route 63/100 chunks done"); NULL: these lines go to log */
+	void *notice_ctx;
 } ann_build_opts;
 
 /** Fills @p o with the defaults. */
@@ -199,8 +206,17 @@ ANN_API void ann_build_opts_init(ann_build_opts *o);
 
 /** Builds an index from a vector file (any format vecio reads) into the
  * directory @p index_dir, which must not exist. The index is built in
- * "index_dir.tmp.<pid>" and renamed when complete, so @p index_dir either
- * does not exist or holds a complete index. Peak memory stays within
+ * "index_dir.build-state/index" and renamed when complete, so @p index_dir
+ * either does not exist or holds a complete index. The build is resumable:
+ * each completed unit of work (sample, router, routed chunk, committed
+ * partitions) is saved durably in "index_dir.build-state/"; a build stopped
+ * at any moment (killed, power cut, full disk, canceled) and called again
+ * with the same data file and options continues from there, and gives the
+ * same index an uninterrupted build gives. Changed data or options start
+ * over (o->notice says what changed); o->restart throws the state away.
+ * Failures that no rerun gets past (bad input or options, corrupt state)
+ * and a cancel remove the state; I/O errors (a full disk), ANN_E_NOMEM and
+ * ANN_E_BUDGET keep it (the budget is not part of what must match). Peak memory stays within
  * o->mem_bytes plus a fixed overhead of a few MiB plus the router.
  * I/O: reads the input twice (sample, route), writes spill runs and blocks.
  * @return ANN_OK, or ANN_E_INVAL (bad option), ANN_E_EXISTS (index_dir

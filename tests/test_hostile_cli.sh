@@ -132,23 +132,36 @@ expect 0 "$A" verify --index "$dir/idx3"
 [ -L "$(ls -d "$dir"/idx3.tmp.* | head -1)" ] || fail "the planted link was removed or replaced"
 rm -f "$dir"/*.tmp.*
 
-# ---- D12: a killed build's temporary is removed by the next build, and said so
+# ---- D12: a killed build leaves its state (resumable, tests/test_resume.sh);
+# the next build with other data or options says why it starts over; temporaries
+# of builds before the resumable one ("DIR.tmp.<pid>" with a marker of a gone
+# process) are still removed, and said so; nothing without a marker is touched
 "$A" gen --n 60000 --dim 64 --out "$dir/big.u8bin" --quiet >/dev/null || fail gen
 "$A" build --data "$dir/big.u8bin" --index "$dir/killed" --partitions 64 --quiet &
 bpid=$!
-for _ in $(seq 100); do [ -e "$dir/killed.tmp.$bpid/annann-build.pid" ] && break; sleep 0.05; done
+for _ in $(seq 100); do [ -e "$dir/killed.build-state/sample" ] && break; sleep 0.05; done
 kill -9 "$bpid"; wait "$bpid" 2>/dev/null
-[ -d "$dir/killed.tmp.$bpid" ] || fail "no temporary left to clean (the build ended before the kill?)"
+[ -d "$dir/killed.build-state" ] || fail "no build state left (the build ended before the kill?)"
 mkdir "$dir/killed.tmp.77777777"   # no marker: not ours, must stay
 mkdir "$dir/killed.tmp.99999998"   # killed between creating and writing its marker
 : >"$dir/killed.tmp.99999998/annann-build.pid"
+mkdir "$dir/killed.tmp.99999997"
+echo "annann build pid 99999997 start 1" >"$dir/killed.tmp.99999997/annann-build.pid"
 expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/killed" --partitions 4
-says "removed stale temporary $dir/killed.tmp.$bpid from a killed build"
-[ -e "$dir/killed.tmp.$bpid" ] && fail "the stale temporary is still there"
+says "killed.build-state: the data file changed"
+says "starting over"
+says "removed stale temporary $dir/killed.tmp.99999997 from a killed build"
 says "removed stale temporary $dir/killed.tmp.99999998"
 [ -d "$dir/killed.tmp.77777777" ] || fail "a directory without the marker was removed"
-[ -e "$dir/killed/annann-build.pid" ] && fail "the marker stayed in the finished index"
+[ -e "$dir/killed.build-state" ] && fail "the build state stayed after the build"
 expect 0 "$A" verify --index "$dir/killed"
+# a link planted at the state's name is refused, never followed
+ln -s "$dir/victimdir" "$dir/idx4.build-state"
+expect 1 "$A" build --data "$dir/b.u8bin" --index "$dir/idx4" --partitions 4 --quiet
+says "idx4.build-state: exists and is not a build state directory"
+check_victim "build beside a planted state link"
+[ -L "$dir/idx4.build-state" ] || fail "the planted state link was removed"
+rm -f "$dir/idx4.build-state"
 # ---- D10: a budget far above the data sizes the spill buffer to the data
 expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/idx100g" --partitions 8 --mem 100G --quiet
 expect 0 "$A" verify --index "$dir/idx100g"

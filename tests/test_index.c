@@ -490,6 +490,8 @@ static void test_failures(const char *dir, const char *fbin)
 	char *tmp = malloc(strlen(idx) + 32);
 	sprintf(tmp, "%s.tmp.%ld", idx, (long)getpid());
 	ASSERT_TRUE(!exists(tmp));
+	sprintf(tmp, "%s.build-state", idx);
+	ASSERT_TRUE(!exists(tmp)); /* bad input: no rerun gets past it, the state goes */
 
 	/* Budget too small: ANN_E_BUDGET, no index. */
 	o.mem_bytes = (size_t)16 << 20;

@@ -4,6 +4,7 @@
 #include "spill.h"
 #include "testutil.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void test_roundtrip(ann_rng *rng, const char *dir)
@@ -116,6 +117,84 @@ static void test_hostile(const char *dir)
 	free(path);
 }
 
+/* Checkpoints (the resumable build): a spill reopened at a checkpoint drops
+ * the runs written after it, takes the rest of the records again, and gives
+ * back every partition complete and in arrival order; a damaged checkpoint
+ * is refused and the file left alone. */
+static void test_checkpoint(ann_rng *rng, const char *dir)
+{
+	const uint32_t nparts = 11;
+	const size_t rec = 6, n = 5000, cut = 2100;
+	char *path = t_path(dir, "ckpt.bin");
+	ann_spill *s;
+	ann_error e = {0};
+	uint32_t *parts = malloc(n * sizeof *parts);
+	uint8_t *pay = malloc(n * rec);
+	for (size_t i = 0; i < n; i++) {
+		parts[i] = (uint32_t)ann_rng_below(rng, nparts);
+		for (size_t j = 0; j < rec; j++)
+			pay[i * rec + j] = (uint8_t)ann_rng_next(rng);
+	}
+	/* ~200 records per run: runs end mid-way, then a sync at record `cut` */
+	ASSERT_OK(ann_spill_open(path, nparts, rec, 200 * (rec + 16), n, &s, &e));
+	ann_spill_keep(s);
+	size_t cap0 = ann_spill_room(s);
+	ASSERT_OK(ann_spill_add(s, parts[0], 0, pay, &e));
+	ASSERT_EQ(ann_spill_room(s), cap0 - 1);
+	for (size_t i = 1; i < cut; i++)
+		ASSERT_OK(ann_spill_add(s, parts[i], (int64_t)i, pay + i * rec, &e));
+	ASSERT_OK(ann_spill_sync(s, &e));
+	ASSERT_EQ(ann_spill_room(s), cap0); /* the buffer is empty after a sync */
+	uint8_t *blob;
+	size_t len;
+	ASSERT_OK(ann_spill_checkpoint(s, &blob, &len, &e));
+	/* more runs after the checkpoint, then the "kill" */
+	for (size_t i = cut; i < cut + 700; i++)
+		ASSERT_OK(ann_spill_add(s, parts[i], (int64_t)i, pay + i * rec, &e));
+	ann_spill_close(s);
+	ASSERT_TRUE(access(path, F_OK) == 0); /* kept */
+	/* a damaged checkpoint: refused, nothing truncated or removed */
+	struct stat before;
+	ASSERT_TRUE(stat(path, &before) == 0);
+	blob[len - 1] ^= 1; /* a run table entry */
+	ASSERT_ERR(ann_spill_resume(path, nparts, rec, 1 << 16, n, blob, len, &s, &e), e, ANN_E_CORRUPT, "inconsistent");
+	ASSERT_ERR(ann_spill_resume(path, nparts + 1, rec, 1 << 16, n, blob, len, &s, &e), e, ANN_E_CORRUPT,
+		   "another layout");
+	blob[len - 1] ^= 1;
+	struct stat after;
+	ASSERT_TRUE(stat(path, &after) == 0 && after.st_size == before.st_size);
+	/* resume with another budget (the buffer is not part of a checkpoint) */
+	ASSERT_OK(ann_spill_resume(path, nparts, rec, 1 << 16, n, blob, len, &s, &e));
+	ann_free(blob);
+	ASSERT_EQ(ann_spill_total(s), cut);
+	for (size_t i = cut; i < n; i++)
+		ASSERT_OK(ann_spill_add(s, parts[i], (int64_t)i, pay + i * rec, &e));
+	ASSERT_OK(ann_spill_finish(s, &e));
+	ASSERT_EQ(ann_spill_total(s), n);
+	for (uint32_t p = 0; p < nparts; p++) {
+		uint64_t c = ann_spill_count(s, p);
+		int64_t *ids = malloc((c + 1) * sizeof *ids);
+		uint8_t *got = malloc((c + 1) * rec);
+		ASSERT_OK(ann_spill_read(s, p, ids, got, &e));
+		size_t k = 0;
+		for (size_t i = 0; i < n; i++) {
+			if (parts[i] != p)
+				continue;
+			ASSERT_EQ(ids[k], (int64_t)i);
+			ASSERT_TRUE(memcmp(got + k * rec, pay + i * rec, rec) == 0);
+			k++;
+		}
+		ASSERT_EQ(k, c);
+		free(ids);
+		free(got);
+	}
+	ann_spill_close(s); /* resumed spills are not kept unless asked */
+	ASSERT_TRUE(access(path, F_OK) != 0);
+	free(parts);
+	free(pay);
+	free(path);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -124,6 +203,7 @@ int main(void)
 	test_roundtrip(&rng, dir);
 	test_errors(dir);
 	test_hostile(dir);
+	test_checkpoint(&rng, dir);
 	t_rmtree(dir);
 	free(dir);
 	return 0;

@@ -61,10 +61,23 @@ static cli_opt build_opts[] = {
 	{"router-from", "DIR", "take the router of index DIR (single-node or distributed) instead of training one", NULL},
 	{"distributed", NULL, "under mpirun: build on every rank, each storing its own partitions (DIR/rank-<r>)",
 	 NULL},
-	{"quiet", NULL, "no progress lines", NULL},
+	{"restart", NULL, "throw away the saved state of an interrupted build of DIR and start over "
+	 "(default: resume it)", NULL},
+	{"quiet", NULL, "no progress lines (what a build resumes is still said)", NULL},
 	{"json", NULL, "print a JSON summary", NULL},
 	{NULL, NULL, NULL, NULL},
 };
+
+/* What a build resumed or why it started over: printed even under --quiet
+ * (it explains why a run is shorter, or longer, than the last). */
+static void build_notice(void *ctx, const char *line)
+{
+	cli_progress_state *p = ctx;
+	bool q = p->quiet;
+	p->quiet = false;
+	cli_log(p, line);
+	p->quiet = q;
+}
 
 static int parse_router(cli_cmd *c, const char *v, ann_router_kind *k)
 {
@@ -197,6 +210,9 @@ static int run_build(cli_cmd *c)
 	o.progress_ctx = &ps;
 	o.log = cli_log;
 	o.log_ctx = &ps;
+	o.notice = build_notice;
+	o.notice_ctx = &ps;
+	o.restart = cli_flag(c, "restart");
 	ann_error err = {0};
 	uint64_t t0 = cli_now_ns();
 	if (ann_build(data, index, &o, &err) < 0) {

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SPILL_STAGE (1u << 20)
@@ -29,10 +30,12 @@ struct ann_spill {
 	uint64_t file_end;
 	uint8_t *stage;
 	bool finished;
+	bool keep;          /* close leaves the file (ann_spill_keep) */
 };
 
-int ann_spill_open(const char *path, uint32_t nparts, size_t rec_bytes, size_t mem_bytes, uint64_t max_records,
-		   ann_spill **out, ann_error *err)
+/* Allocates the spill's buffers and tables (no file yet). */
+static int spill_alloc(const char *path, uint32_t nparts, size_t rec_bytes, size_t mem_bytes, uint64_t max_records,
+		       ann_spill **out, ann_error *err)
 {
 	*out = NULL;
 	if (nparts == 0)
@@ -57,25 +60,40 @@ int ann_spill_open(const char *path, uint32_t nparts, size_t rec_bytes, size_t m
 		return ann_err(err, ANN_E_BUDGET, "spill: a budget of %zu bytes holds %zu records of %zu bytes; "
 			       "at least %zu bytes needed", mem_bytes, mem_bytes / (slot + 8), slot, 64 * (slot + 8));
 	}
-	s->path = ann_malloc(strlen(path) + 1);
 	s->buf = ann_malloc(s->cap * s->slot);
 	s->part = ann_malloc(s->cap * sizeof(uint32_t));
 	s->order = ann_malloc(s->cap * sizeof(uint32_t));
 	s->counts = ann_calloc(nparts, sizeof(uint64_t));
 	s->stage = ann_malloc(SPILL_STAGE > s->slot ? SPILL_STAGE : s->slot);
-	if (!s->path || !s->buf || !s->part || !s->order || !s->counts || !s->stage) {
+	if (!s->buf || !s->part || !s->order || !s->counts || !s->stage) {
 		ann_spill_close(s);
 		return ann_err(err, ANN_E_NOMEM, "spill: out of memory for a %zu-record buffer", s->cap);
 	}
-	strcpy(s->path, path);
+	(void)path;
+	*out = s;
+	return ANN_OK;
+}
+
+int ann_spill_open(const char *path, uint32_t nparts, size_t rec_bytes, size_t mem_bytes, uint64_t max_records,
+		   ann_spill **out, ann_error *err)
+{
+	*out = NULL;
+	ann_spill *s;
+	ANN_TRY(spill_alloc(path, nparts, rec_bytes, mem_bytes, max_records, &s, err));
 	/* A new file only: never one planted there, nor a link's target. */
 	int fd = ann_create_new(path, err);
 	if (fd < 0) {
-		ann_free(s->path);
-		s->path = NULL; /* not ours: close must not unlink it */
-		ann_spill_close(s);
+		ann_spill_close(s); /* no path yet: close unlinks nothing */
 		return fd;
 	}
+	s->path = ann_malloc(strlen(path) + 1);
+	if (!s->path) {
+		close(fd);
+		unlink(path);
+		ann_spill_close(s);
+		return ann_err(err, ANN_E_NOMEM, "spill: out of memory");
+	}
+	strcpy(s->path, path);
 	s->fd = fd;
 	*out = s;
 	return ANN_OK;
@@ -218,7 +236,8 @@ void ann_spill_close(ann_spill *s)
 		return;
 	if (s->fd >= 0) {
 		close(s->fd);
-		unlink(s->path);
+		if (s->path && !s->keep)
+			unlink(s->path);
 	}
 	ann_free(s->path);
 	ann_free(s->buf);
@@ -229,4 +248,129 @@ void ann_spill_close(ann_spill *s)
 	ann_free(s->run_base);
 	ann_free(s->stage);
 	ann_free(s);
+}
+
+size_t ann_spill_room(const ann_spill *s)
+{
+	return s->finished ? 0 : s->cap - s->used;
+}
+
+int ann_spill_sync(ann_spill *s, ann_error *err)
+{
+	if (s->used)
+		ANN_TRY(spill_flush(s, err));
+	if (fdatasync(s->fd) != 0)
+		return ann_err_sys(err, errno, "%s: fdatasync", s->path);
+	return ANN_OK;
+}
+
+void ann_spill_keep(ann_spill *s)
+{
+	if (s)
+		s->keep = true;
+}
+
+/* Checkpoint blob: u32 nparts, u32 0, u64 rec_bytes, u64 runs, u64 file_end,
+ * then counts[nparts], run_base[runs], run_start[runs * (nparts + 1)], all
+ * u64 little-endian. The counts are those of the records in the runs: the
+ * buffer's records are not part of a checkpoint. */
+int ann_spill_checkpoint(const ann_spill *s, uint8_t **blob, size_t *len, ann_error *err)
+{
+	size_t words = (size_t)s->nparts + s->runs + s->runs * ((size_t)s->nparts + 1);
+	size_t n = 32 + words * 8;
+	uint8_t *b = ann_malloc(n);
+	if (!b)
+		return ann_err(err, ANN_E_NOMEM, "spill: out of memory for a checkpoint of %zu bytes", n);
+	ann_st32(b, s->nparts);
+	ann_st32(b + 4, 0);
+	ann_st64(b + 8, s->rec);
+	ann_st64(b + 16, s->runs);
+	ann_st64(b + 24, s->file_end);
+	uint8_t *p = b + 32;
+	/* counts minus the buffer's records */
+	for (uint32_t q = 0; q < s->nparts; q++, p += 8)
+		ann_st64(p, s->counts[q]);
+	for (size_t i = 0; i < s->used; i++)
+		ann_st64(b + 32 + (size_t)s->part[i] * 8, ann_ld64(b + 32 + (size_t)s->part[i] * 8) - 1);
+	for (size_t r = 0; r < s->runs; r++, p += 8)
+		ann_st64(p, s->run_base[r]);
+	for (size_t i = 0; i < s->runs * ((size_t)s->nparts + 1); i++, p += 8)
+		ann_st64(p, s->run_start[i]);
+	*blob = b;
+	*len = n;
+	return ANN_OK;
+}
+
+int ann_spill_resume(const char *path, uint32_t nparts, size_t rec_bytes, size_t mem_bytes, uint64_t max_records,
+		     const uint8_t *blob, size_t len, ann_spill **out, ann_error *err)
+{
+	*out = NULL;
+	if (len < 32 || ann_ld32(blob) != nparts || ann_ld64(blob + 8) != rec_bytes)
+		return ann_err(err, ANN_E_CORRUPT, "%s: the spill checkpoint is for another layout", path);
+	uint64_t runs = ann_ld64(blob + 16), file_end = ann_ld64(blob + 24);
+	if (runs > (len - 32) / 8 / ((uint64_t)nparts + 2) ||
+	    len != 32 + 8 * ((uint64_t)nparts + runs + runs * ((uint64_t)nparts + 1)))
+		return ann_err(err, ANN_E_CORRUPT, "%s: the spill checkpoint holds %zu bytes, not what %llu runs need",
+			       path, len, (unsigned long long)runs);
+	ann_spill *s;
+	ANN_TRY(spill_alloc(path, nparts, rec_bytes, mem_bytes, max_records, &s, err));
+	int rc = ANN_OK;
+	s->runs_cap = runs ? (size_t)runs : 1;
+	s->run_start = ann_malloc(s->runs_cap * ((size_t)nparts + 1) * sizeof(uint64_t));
+	s->run_base = ann_malloc(s->runs_cap * sizeof(uint64_t));
+	s->path = ann_malloc(strlen(path) + 1);
+	if (!s->run_start || !s->run_base || !s->path) {
+		rc = ann_err(err, ANN_E_NOMEM, "spill: out of memory for %llu run tables", (unsigned long long)runs);
+		goto fail;
+	}
+	strcpy(s->path, path);
+	const uint8_t *p = blob + 32;
+	uint64_t total = 0, expect_end = 0;
+	for (uint32_t q = 0; q < nparts; q++, p += 8) {
+		s->counts[q] = ann_ld64(p);
+		total += s->counts[q];
+	}
+	for (size_t r = 0; r < runs; r++, p += 8)
+		s->run_base[r] = ann_ld64(p);
+	for (size_t i = 0; i < runs * ((size_t)nparts + 1); i++, p += 8)
+		s->run_start[i] = ann_ld64(p);
+	/* The tables must describe runs laid end to end, each sorted. */
+	uint64_t in_runs = 0;
+	for (size_t r = 0; r < runs; r++) {
+		const uint64_t *st = s->run_start + r * ((size_t)nparts + 1);
+		if (s->run_base[r] != expect_end || st[0] != 0)
+			goto bad;
+		for (uint32_t q = 0; q < nparts; q++)
+			if (st[q + 1] < st[q])
+				goto bad;
+		in_runs += st[nparts];
+		expect_end += st[nparts] * s->slot;
+	}
+	if (expect_end != file_end || in_runs != total)
+		goto bad;
+	s->runs = (size_t)runs;
+	s->file_end = file_end;
+	s->fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (s->fd < 0) {
+		rc = ann_err_sys(err, errno, "%s: cannot reopen the spill file", path);
+		goto fail;
+	}
+	struct stat st;
+	if (fstat(s->fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < file_end) {
+		rc = ann_err(err, ANN_E_CORRUPT, "%s: holds %lld bytes, the checkpoint recorded %llu", path,
+			     (long long)st.st_size, (unsigned long long)file_end);
+		goto fail;
+	}
+	if (ftruncate(s->fd, (off_t)file_end) != 0) {
+		rc = ann_err_sys(err, errno, "%s: cannot truncate to %llu bytes", path, (unsigned long long)file_end);
+		goto fail;
+	}
+	*out = s;
+	return ANN_OK;
+bad:
+	rc = ann_err(err, ANN_E_CORRUPT, "%s: the spill checkpoint's run tables are inconsistent", path);
+fail:
+	s->keep = true; /* never unlink what a failed resume could not use */
+	ann_spill_close(s);
+	return rc;
 }

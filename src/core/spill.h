@@ -34,7 +34,27 @@ uint64_t ann_spill_max_count(const ann_spill *s);
 /* Reads partition part's records into ids (count entries) and payload
  * (count * rec_bytes), in the order they were added. */
 int ann_spill_read(ann_spill *s, uint32_t part, int64_t *ids, void *payload, ann_error *err);
-/* Closes and unlinks the spill file. */
+/* Closes and unlinks the spill file (unless ann_spill_keep was called). */
 void ann_spill_close(ann_spill *s);
+
+/* ---- checkpoints (the resumable build, src/index/build_state.c) ---------
+ * Records free in the buffer before it must be written as a run. */
+size_t ann_spill_room(const ann_spill *s);
+/* Writes the buffered records as a run (if any) and fdatasyncs the file:
+ * every record added so far is durable once this returns. */
+int ann_spill_sync(ann_spill *s, ann_error *err);
+/* Serialises the durable part (the runs written so far, their tables and
+ * the per-partition counts they hold; not the buffer) into *blob
+ * (ann_free). Layout: docs/FORMAT.md "build state". */
+int ann_spill_checkpoint(const ann_spill *s, uint8_t **blob, size_t *len, ann_error *err);
+/* Reopens an existing spill file at the point a checkpoint recorded:
+ * truncates it to the checkpoint's end (bytes of later, unrecorded runs go)
+ * and restores its runs and counts; adds continue from there. The other
+ * parameters are those of ann_spill_open and must match the checkpoint's
+ * (ANN_E_CORRUPT otherwise). The file is opened O_NOFOLLOW. */
+int ann_spill_resume(const char *path, uint32_t nparts, size_t rec_bytes, size_t mem_bytes, uint64_t max_records,
+		     const uint8_t *blob, size_t len, ann_spill **out, ann_error *err);
+/* Close keeps the file (a build that stops on an error stays resumable). */
+void ann_spill_keep(ann_spill *s);
 
 #endif

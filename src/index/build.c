@@ -17,17 +17,26 @@
  *     chunk, largest partition + its block) + router + BUILD_FIXED_BYTES;
  *     each of the three terms is held within mem_bytes, checked before it is
  *     allocated (ANN_E_BUDGET names the shortfall).
- *  2. Atomic appearance. Everything is written under "DIR.tmp.<pid>"; DIR
- *     appears only by a rename with RENAME_NOREPLACE after the last commit,
- *     so DIR is either absent or a complete index. On failure the temporary
- *     directory is removed.
+ *  2. Atomic appearance. Everything is written under "DIR.build-state/"
+ *     (build_state.h); the index grows in its index/ and DIR appears only by
+ *     a rename of that with RENAME_NOREPLACE after the last commit, so DIR
+ *     is either absent or a complete index. The state goes after the rename.
  *  3. Ids are the 0-based positions of the vectors in the input file.
- *  4. Temporaries. The temporary directory is created exclusively (never one
- *     planted there, nor a link's target) and holds BUILD_MARKER, naming the
- *     building process and its start time, until just before the rename. A
- *     build first removes every "DIR.tmp.*" holding a marker whose process
- *     is gone (or whose pid now belongs to a process started later): what a
- *     killed build left behind. Nothing without a marker is touched.
+ *  4. Temporaries. Builds before the resumable one worked in "DIR.tmp.<pid>"
+ *     holding BUILD_MARKER (pid and start time); a build still removes every
+ *     such directory whose process is gone (or whose pid now belongs to a
+ *     process started later). Nothing without a marker is touched.
+ *  5. Resumable and deterministic. The units of work are the sample, the
+ *     router, each routed chunk (its partition numbers, in the route log),
+ *     the spill runs (a checkpoint after each run, taken at a chunk
+ *     boundary) and the pack commits (the committed partitions are a prefix
+ *     0..p-1 of the store's directory). Each is durable before it counts as
+ *     done. The index depends only on the data and the options in
+ *     build_options() (not on --threads, --mem beyond the sample size it
+ *     gives, nor on where runs or commits fall): routing always uses the
+ *     router as reloaded from its saved blob, and a partition's records come
+ *     back in arrival order whatever the runs. So a resumed build equals an
+ *     uninterrupted one, byte for byte past blocks.dat's header.
  */
 #include "distance.h"
 
@@ -37,6 +46,7 @@
 #include <ftw.h>
 #include <libgen.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <math.h>
 #include <stdio.h>
@@ -44,6 +54,7 @@
 #include <unistd.h>
 
 #include "block.h"
+#include "build_state.h"
 #include "cblock.h"
 #include "dist.h"
 #include "index_meta.h"
@@ -54,7 +65,18 @@
 
 #define BUILD_FIXED_BYTES ((size_t)64 << 20) /* zstd, LMDB, stdio, code: the stated overhead */
 #define ROUTE_CHUNK 8192u                     /* vectors per routing chunk */
-#define COMMIT_BYTES ((size_t)256 << 20)      /* block bytes per store commit */
+#define COMMIT_BYTES ((size_t)32 << 20)       /* block bytes per store commit (a resumed pack redoes at most one) */
+#define COMMIT_NS 1000000000ull               /* ... or a commit per second of packing, whichever comes first */
+
+/* Test hook (tests/test_resume.sh): ANNANN_BUILD_SMALL_UNITS=1 makes every
+ * unit as small as it can be (a spill checkpoint before every chunk, a
+ * commit per partition), so kills at random moments land between many
+ * units of small data. The index is the same either way (invariant 5). */
+static bool small_units(void)
+{
+	const char *v = getenv("ANNANN_BUILD_SMALL_UNITS");
+	return v && strcmp(v, "1") == 0;
+}
 #define DICT_SAMPLES 64u                      /* partitions a dictionary is trained on */
 #define DICT_BYTES ((size_t)112 << 10)        /* dictionary capacity */
 #define BUILD_MARKER "annann-build.pid"      /* in DIR.tmp.*: "annann build pid P start S" */
@@ -140,7 +162,31 @@ typedef struct build {
 	bool skip_empty;        /* partbuild: a partition that received nothing gets no block */
 	uint64_t block_bytes;
 	double t_sample, t_train, t_route, t_pack;
+	ann_bstate *st;         /* the saved state (DIR.build-state) */
+	bool resumed;           /* st held state of an earlier run */
 } build;
+
+/* A notice: what was resumed, why a state was dropped (o->notice, else
+ * o->log). */
+static void notice(const build *b, const char *fmt, ...) ANN_PRINTF(2, 3);
+static void notice(const build *b, const char *fmt, ...)
+{
+	ann_log_fn fn = b->o->notice ? b->o->notice : b->o->log;
+	void *ctx = b->o->notice ? b->o->notice_ctx : b->o->log_ctx;
+	if (!fn)
+		return;
+	char line[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	fn(ctx, line);
+}
+
+static void notice_cb(void *ctx, const char *line)
+{
+	notice(ctx, "%s", line);
+}
 
 /* Reports progress, then polls the caller's cancel callback: the sample,
  * route and pack passes stop at their next chunk with ANN_E_CANCELED. */
@@ -309,7 +355,49 @@ out:
 	return rc;
 }
 
-/* Phase 3: route every vector and spill it to its partitions. */
+/* Writes the spill's runs durably and records how far they reach: every
+ * vector before `upto` is in a run on disk. */
+static int spill_checkpoint(build *b, uint64_t upto, ann_error *err)
+{
+	uint8_t *blob = NULL;
+	size_t len = 0;
+	ANN_TRY(ann_spill_sync(b->spill, err));
+	ANN_TRY(ann_spill_checkpoint(b->spill, &blob, &len, err));
+	int rc = ann_bstate_unit_put(b->st, "spill.ckpt", blob, len, upto, 0, err);
+	ann_free(blob);
+	return rc;
+}
+
+/* Opens the spill: at its last checkpoint when there is one (*spilled gets
+ * the vectors it covers), else new. */
+static int spill_start(build *b, size_t spill_mem, uint64_t *spilled, ann_error *err)
+{
+	void *blob;
+	size_t len;
+	uint64_t upto = 0;
+	*spilled = 0;
+	int got = ann_bstate_unit_get(b->st, "spill.ckpt", &blob, &len, &upto, NULL, err);
+	ANN_TRY(got);
+	if (got == 1) {
+		int rc = upto > b->n ? ann_err(err, ANN_E_CORRUPT, "%s: the spill checkpoint covers %llu vectors of %llu",
+					      b->spill_path, (unsigned long long)upto, (unsigned long long)b->n)
+				     : ann_spill_resume(b->spill_path, b->nparts, b->pay_bytes, spill_mem, b->n * b->copies,
+							blob, len, &b->spill, err);
+		ann_free(blob);
+		ANN_TRY(rc);
+		*spilled = upto;
+	} else {
+		unlink(b->spill_path); /* a run written before any checkpoint: nothing in it counts */
+		ANN_TRY(ann_spill_open(b->spill_path, b->nparts, b->pay_bytes, spill_mem, b->n * b->copies, &b->spill,
+				       err));
+	}
+	ann_spill_keep(b->spill); /* close leaves it: the state is removed as a whole */
+	return ANN_OK;
+}
+
+/* Phase 3: route every vector and spill it to its partitions. A chunk is
+ * routed once: its partition numbers go to the route log before they are
+ * used, and a resumed build reads them back from there. */
 static int route_all(build *b, ann_error *err)
 {
 	size_t chunk = ROUTE_CHUNK, esz = ann_dtype_size(b->in_type);
@@ -326,7 +414,17 @@ static int route_all(build *b, ann_error *err)
 			       "buffer; the budget is %zu", chunk_bytes + router + ((size_t)1 << 20), router,
 			       chunk_bytes, b->o->mem_bytes);
 	size_t spill_mem = b->o->mem_bytes - chunk_bytes - router;
-	ANN_TRY(ann_spill_open(b->spill_path, b->nparts, b->pay_bytes, spill_mem, b->n * b->copies, &b->spill, err));
+	uint64_t spilled = 0, routed = 0;
+	ANN_TRY(spill_start(b, spill_mem, &spilled, err));
+	ANN_TRY(ann_bstate_log_open(b->st, &routed, err));
+	if (routed < spilled)
+		return ann_err(err, ANN_E_CORRUPT, "%s: the route log covers %llu vectors, the spill checkpoint %llu",
+			       b->spill_path, (unsigned long long)routed, (unsigned long long)spilled);
+	routed = ANN_MIN(routed, b->n);
+	if (routed > 0)
+		notice(b, "resuming: route %llu/%llu chunks done (%llu in spill runs)",
+		       (unsigned long long)((routed + chunk - 1) / chunk), (unsigned long long)((b->n + chunk - 1) / chunk),
+		       (unsigned long long)(spilled / chunk));
 	uint8_t *raw = ann_malloc(chunk * b->d * esz);
 	float *f = ann_malloc(chunk * b->d * sizeof(float));
 	uint32_t *parts = ann_malloc(chunk * b->copies * sizeof(uint32_t));
@@ -336,16 +434,27 @@ static int route_all(build *b, ann_error *err)
 		rc = ann_err(err, ANN_E_NOMEM, "build: out of memory for routing buffers");
 		goto out;
 	}
-	ANN_CHECK(rc, ann_vreader_seek(b->in, 0, err));
-	uint64_t i = 0;
+	/* A router that observes the routed data (annann) sees every chunk
+	 * again, in order; the others start after the checkpointed runs. */
+	bool observe = b->router->ops->observe != NULL, small = small_units();
+	uint64_t i = observe ? 0 : spilled;
+	ANN_CHECK(rc, ann_vreader_seek(b->in, i, err));
 	while (i < b->n) {
+		if (i > spilled && (ann_spill_room(b->spill) < chunk * b->copies || small))
+			ANN_CHECK(rc, spill_checkpoint(b, i, err));
 		int64_t got = read_chunk(b, raw, chunk, i, f, err);
 		if (got < 0) {
 			rc = (int)got;
 			goto out;
 		}
-		const ann_assign_rule sp = {.copies = b->copies, .eps = b->o->replica_eps, .soar_lambda = b->o->soar_lambda};
-		ANN_CHECK(rc, b->router->ops->assign(b->router, f, (size_t)got, &sp, b->o->threads, parts, err));
+		if (i < routed) {
+			ANN_CHECK(rc, ann_bstate_log_read(b->st, i, (uint32_t)got, b->copies, parts, err));
+		} else {
+			const ann_assign_rule sp = {.copies = b->copies, .eps = b->o->replica_eps,
+						    .soar_lambda = b->o->soar_lambda};
+			ANN_CHECK(rc, b->router->ops->assign(b->router, f, (size_t)got, &sp, b->o->threads, parts, err));
+			ANN_CHECK(rc, ann_bstate_log_append(b->st, i, (uint32_t)got, b->copies, parts, err));
+		}
 		for (int64_t j = 0; j < got; j++) {
 			const void *pay = b->pay_type == b->in_type && b->in_type != ANN_DTYPE_F32
 						  ? (const void *)(raw + (size_t)j * b->d * esz)
@@ -360,15 +469,17 @@ static int route_all(build *b, ann_error *err)
 						     b->nparts);
 					goto out;
 				}
-				ANN_CHECK(rc, ann_spill_add(b->spill, p, (int64_t)(i + (uint64_t)j), pay, err));
+				if (i >= spilled)
+					ANN_CHECK(rc, ann_spill_add(b->spill, p, (int64_t)(i + (uint64_t)j), pay, err));
 			}
 		}
-		if (b->router->ops->observe)
+		if (observe)
 			ANN_CHECK(rc, b->router->ops->observe(b->router, f, (size_t)got, primary, err));
 		i += (uint64_t)got;
 		ANN_CHECK(rc, progress(b, "route", i, b->n, err));
 	}
 	ANN_CHECK(rc, ann_spill_finish(b->spill, err));
+	ANN_CHECK(rc, spill_checkpoint(b, b->n, err));
 	if (b->router->ops->finish)
 		ANN_CHECK(rc, b->router->ops->finish(b->router, err));
 fail:
@@ -449,13 +560,41 @@ static int pack_all(build *b, ann_error *err)
 		goto out;
 	}
 	ANN_CHECK(rc, block_enc_new(&enc, err));
-	if (b->o->code_bits)
+	if (b->o->code_bits) {
 		ANN_CHECK(rc, ann_rbq_new(b->d, b->o->code_bits, b->o->seed, &b->rbq, err));
-	else if (b->o->dictionary && b->o->zstd_level > 0)
-		ANN_CHECK(rc, train_dict(b, enc, ids, vecs, err));
+	} else if (b->o->dictionary && b->o->zstd_level > 0) {
+		void *dict;
+		size_t dlen;
+		/* a distributed rank's part (partbuild) keeps no state */
+		int got = b->st ? ann_bstate_unit_get(b->st, "dict", &dict, &dlen, NULL, NULL, err) : 0;
+		ANN_CHECK(rc, got);
+		if (got == 1) {
+			b->dict_bytes = dict;
+			b->dict_len = dlen;
+			ANN_CHECK(rc, block_dict_new(1, b->dict_bytes, b->dict_len, b->o->zstd_level, &b->dict, err));
+		} else {
+			ANN_CHECK(rc, train_dict(b, enc, ids, vecs, err));
+			if (b->st)
+				ANN_CHECK(rc, ann_bstate_unit_put(b->st, "dict", b->dict_bytes, b->dict_len, 0, 0, err));
+		}
+	}
+	/* Commits go in partition order: what a killed build committed is the
+	 * prefix 0..start-1 of the directory. */
+	uint32_t start = 0;
+	for (ann_dirent e; start < b->nparts; start++) {
+		ann_error scratch = {0};
+		if (ann_store_lookup(b->store, start, &e, &scratch) < 0)
+			break;
+		b->stored += e.count;
+		b->block_bytes += e.length;
+	}
+	if (start > 0)
+		notice(b, "resuming: pack %u/%u partitions done", start, b->nparts);
 	ann_block_params p;
 	block_params(b, &p, false);
-	for (uint32_t part = 0; part < b->nparts; part++) {
+	uint64_t last_commit = ann_now_ns();
+	bool small = small_units();
+	for (uint32_t part = start; part < b->nparts; part++) {
 		uint64_t cnt = ann_spill_count(b->spill, part);
 		if (cnt == 0 && b->skip_empty)
 			goto flush; /* another rank's partition: no directory entry, nothing to read */
@@ -478,21 +617,21 @@ static int pack_all(build *b, ann_error *err)
 		b->stored += cnt;
 		b->block_bytes += len;
 	flush:
-		if (batch_bytes >= COMMIT_BYTES / 8 || part + 1 == b->nparts) {
-			if (!txn)
-				ANN_CHECK(rc, ann_store_begin(b->store, &txn, err));
+		/* Each commit is a completed unit of the resumable build. */
+		if (batch_bytes >= COMMIT_BYTES || ann_now_ns() - last_commit >= COMMIT_NS || part + 1 == b->nparts ||
+		    small) {
+			ANN_CHECK(rc, ann_store_begin(b->store, &txn, err));
 			rc = ann_store_put_blocks(txn, puts, nput, NULL, err);
 			for (size_t i = 0; i < nput; i++)
 				ann_aligned_free((void *)puts[i].data);
 			nput = 0;
 			if (rc < 0)
 				goto fail;
-			if (batch_bytes >= COMMIT_BYTES || part + 1 == b->nparts) {
-				ann_store_txn *t = txn;
-				txn = NULL;
-				ANN_CHECK(rc, ann_store_commit(t, err));
-				batch_bytes = 0;
-			}
+			ann_store_txn *t = txn;
+			txn = NULL;
+			ANN_CHECK(rc, ann_store_commit(t, err));
+			batch_bytes = 0;
+			last_commit = ann_now_ns();
 		}
 		ANN_CHECK(rc, progress(b, "pack", part + 1, b->nparts, err));
 	}
@@ -594,6 +733,9 @@ static unsigned long long proc_start(long pid)
 	return 0;
 }
 
+/* The marker of a DIR.tmp.* directory (a distributed rank's part, built
+ * without a resumable state): its pid and start time, so that a later build
+ * removes it once that process is gone. */
 static int write_marker(const char *tmpdir, ann_error *err)
 {
 	char p[4200], line[128];
@@ -678,6 +820,149 @@ static double secs_since(uint64_t t0)
 	return (double)(ann_now_ns() - t0) / 1e9;
 }
 
+/* The options that change the index, resolved, as "key=value" lines: the
+ * saved state of a build resumes only under the same ones. Not among them:
+ * threads, the memory budget (only through the sample size it gives), the
+ * callbacks. */
+static char *build_options(const build *b)
+{
+	const ann_build_opts *o = b->o;
+	size_t cap = 2048;
+	char *s = ann_malloc(cap);
+	if (!s)
+		return NULL;
+	snprintf(s, cap,
+		 "dim=%u\nvectors=%llu\ninput_type=%d\nrouter=%s\npartitions=%u\nstore=%d\nencoding=%s\nmetric=%d\n"
+		 "zstd_level=%d\nshuffle=%d\ndictionary=%d\nseed=%llu\nsample=%zu\nkmeans_iters=%u\nbalance=%.17g\n"
+		 "replicas=%u\nreplica_eps=%.17g\nsoar_lambda=%.17g\nhnsw_m=%u\nhnsw_ef_construction=%u\n"
+		 "embed_dim=%u\nhidden=%u,%u,%u,%u\nae_epochs=%u\ndec_epochs=%u\ndec_alpha=%.17g\n"
+		 "recon_weight=%.17g\nknn_k=%u\nimbalance=%.17g\nnlsh_epochs=%u\nsoft_labels=%d\njoint_rounds=%u\n"
+		 "joint_lambda=%.17g\ncode_bits=%u\nroute_chunk=%u\n",
+		 b->d, (unsigned long long)b->n, (int)b->in_type, ann_router_name(o->router), b->nparts, (int)o->store,
+		 ann_encoding_name(b->enc), (int)o->metric, o->zstd_level, o->shuffle, o->dictionary != 0,
+		 (unsigned long long)o->seed, b->sample_n, o->kmeans_iters, o->balance, b->copies, o->replica_eps,
+		 o->soar_lambda, o->hnsw_m, o->hnsw_ef_construction, o->embed_dim, o->hidden[0], o->hidden[1],
+		 o->hidden[2], o->hidden[3], o->ae_epochs, o->dec_epochs, o->dec_alpha, o->recon_weight, o->knn_k,
+		 o->imbalance, o->nlsh_epochs, o->soft_labels, o->joint_rounds, o->joint_lambda, o->code_bits,
+		 ROUTE_CHUNK);
+	return s;
+}
+
+/* Loads a router from its saved blob (the one routing and the index use). */
+static int router_from_unit(build *b, const void *blob, size_t len, uint32_t ef, ann_error *err)
+{
+	ann_router_free(b->router);
+	b->router = NULL;
+	ANN_TRY(ann_router_load(b->o->router, blob, len, b->d, b->o->metric, &b->router, err));
+	b->router->route_ef = ef;
+	b->nparts = b->router->nparts;
+	return ANN_OK;
+}
+
+static int save_router(build *b, const char *unit, double secs, ann_error *err)
+{
+	uint8_t *blob = NULL;
+	size_t len = 0;
+	ANN_TRY(b->router->ops->save(b->router, &blob, &len, err));
+	uint32_t ef = b->router->route_ef;
+	int rc = ann_bstate_unit_put(b->st, unit, blob, len, ef, secs, err);
+	if (rc == ANN_OK)
+		rc = router_from_unit(b, blob, len, ef, err);
+	ann_free(blob);
+	return rc;
+}
+
+/* 1 and the router loaded when unit is saved, else 0. */
+static int load_router(build *b, const char *unit, double *secs, ann_error *err)
+{
+	void *blob;
+	size_t len;
+	uint64_t ef = 0;
+	int got = ann_bstate_unit_get(b->st, unit, &blob, &len, &ef, secs, err);
+	if (got != 1)
+		return got;
+	int rc = ef > ANN_MAX_EF ? ann_err(err, ANN_E_CORRUPT, "build state: unit %s holds ef %llu", unit,
+					   (unsigned long long)ef)
+				 : router_from_unit(b, blob, len, (uint32_t)ef, err);
+	ann_free(blob);
+	return rc < 0 ? rc : 1;
+}
+
+/* Phases 1 and 2: the sample and the router, each a saved unit. */
+static int sample_and_train(build *b, ann_error *err)
+{
+	int got = load_router(b, "router", &b->t_train, err);
+	ANN_TRY(got);
+	if (got == 1) {
+		notice(b, "resuming: router done (%u partitions)", b->nparts);
+		return ANN_OK;
+	}
+	/* 1. sample */
+	const ann_build_opts *o = b->o;
+	int rc = ANN_OK;
+	void *saved = NULL;
+	size_t len = 0;
+	uint64_t taken = 0;
+	float *sample = NULL;
+	got = ann_bstate_unit_get(b->st, "sample", &saved, &len, &taken, &b->t_sample, err);
+	ANN_TRY(got);
+	if (got == 1) {
+		if (taken > b->sample_n || len != taken * b->d * sizeof(float)) {
+			ann_free(saved);
+			return ann_err(err, ANN_E_CORRUPT, "build state: the saved sample holds %zu bytes for %llu vectors",
+				       len, (unsigned long long)taken);
+		}
+		sample = saved;
+		b->sample_n = (size_t)taken;
+		notice(b, "resuming: sample done (%zu vectors)", b->sample_n);
+	} else {
+		uint64_t t0 = ann_now_ns();
+		ann_rng rng;
+		ann_rng_seed(&rng, o->seed ^ 0x5a4d504c45ull);
+		sample = ann_malloc(b->sample_n * b->d * sizeof(float));
+		if (!sample)
+			return ann_err(err, ANN_E_NOMEM, "build: out of memory for a sample of %zu vectors", b->sample_n);
+		ANN_CHECK(rc, draw_sample(b, &rng, sample, err));
+		b->t_sample = secs_since(t0);
+		ANN_CHECK(rc, ann_bstate_unit_put(b->st, "sample", sample, b->sample_n * b->d * sizeof(float), b->sample_n,
+						  b->t_sample, err));
+	}
+	/* 2. train */
+	uint64_t t0 = ann_now_ns();
+	/* The router sees the resolved encoding: the k-means router stores the
+	 * centroids of u8 data as uint8. */
+	ann_build_opts ro = *o;
+	ro.encoding = b->enc;
+	ANN_CHECK(rc, ann_router_train(&ro, sample, b->sample_n, b->d, b->nparts, &b->router, err));
+	if (o->router == ANN_ROUTER_KMEANS) {
+		/* Single-query routing ef, measured on the sample (docs/DESIGN.md). */
+		uint32_t ef;
+		double ov;
+		ANN_CHECK(rc, ann_router_kmeans_calibrate(b->router, sample, b->sample_n, o->threads > 0 ? o->threads : 1,
+							  &ef, &ov, err));
+		b->router->route_ef = ef;
+		ann_router_log(o, "kmeans router: single-query ef %u (top-16 routing overlap %.4f with the exact scan)",
+			       ef, ov);
+	}
+	b->t_train = secs_since(t0);
+	ANN_CHECK(rc, save_router(b, "router", b->t_train, err));
+	ANN_CHECK(rc, check_cancel(b, "train", 1, 1, err));
+fail:
+	ann_free(sample);
+	return rc;
+}
+
+/* Does the state go with this error? Yes when no rerun of the same build
+ * gets past it (bad input or options, corrupt state), and when the caller
+ * canceled (ann_cancel_fn: the work undoes what it wrote); otherwise (I/O,
+ * a full disk, memory, budget) it stays for a resume. A killed build never
+ * gets here: its state stays. */
+static bool final_error(int rc)
+{
+	return rc == ANN_E_INVAL || rc == ANN_E_BADINPUT || rc == ANN_E_CORRUPT || rc == ANN_E_FORMAT ||
+	       rc == ANN_E_CANCELED;
+}
+
 int ann_build(const char *data_path, const char *index_dir, const ann_build_opts *o, ann_error *err)
 {
 	ann_blas_single();
@@ -690,7 +975,7 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	}
 	b.o = o;
 	b.data_path = data_path;
-	float *sample = NULL;
+	char *opts = NULL, *index_tmp = NULL;
 	int rc;
 	uint64_t t_all = ann_now_ns();
 	if (!data_path || !index_dir || !*index_dir)
@@ -699,76 +984,77 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 		return ann_err(err, ANN_E_BUDGET, "build: a memory budget of %zu bytes is below the 16 MiB minimum",
 			       o->mem_bytes);
 	struct stat st;
-	if (stat(index_dir, &st) == 0)
+	if (stat(index_dir, &st) == 0) {
+		ann_bstate_drop_published(index_dir, notice_cb, &b);
 		return ann_err(err, ANN_E_EXISTS, "%s: already exists; remove it or choose another directory", index_dir);
+	}
 	remove_stale_temps(index_dir, o);
 	ANN_CHECK(rc, ann_vreader_open(data_path, &b.in, err));
-	/* Only now the temporary directory: created exclusively, never one
-	 * that is already there (issue 13 D5), marked as ours (D12). */
-	{
-		char *tmp;
-		ANN_CHECK(rc, ann_create_temp(index_dir, true, &tmp, err));
-		b.tmpdir = tmp;
-	}
-	ANN_CHECK(rc, write_marker(b.tmpdir, err));
-	size_t plen = strlen(b.tmpdir) + 32;
-	b.spill_path = ann_malloc(plen + 16);
-	if (!b.spill_path) {
-		rc = ann_err(err, ANN_E_NOMEM, "build: out of memory");
-		goto fail;
-	}
-	snprintf(b.spill_path, plen + 16, "%s/spill.tmp", b.tmpdir);
 	b.n = ann_vreader_count(b.in);
 	b.d = ann_vreader_dim(b.in);
 	b.in_type = ann_vreader_dtype(b.in);
 	ANN_CHECK(rc, resolve_options(&b, err));
 
+	/* The saved state: resumed when it matches data and options. */
+	ann_bstate_fp fp;
+	ANN_CHECK(rc, ann_bstate_fingerprint_data(data_path, &fp, err));
+	opts = build_options(&b);
+	if (!opts) {
+		rc = ann_err(err, ANN_E_NOMEM, "build: out of memory");
+		goto fail;
+	}
+	fp.options = opts;
+	ANN_CHECK(rc, ann_bstate_open(index_dir, &fp, o->restart != 0, notice_cb, &b, &b.st, &b.resumed, err));
+	b.tmpdir = ann_bstate_path(b.st, "index");
+	b.spill_path = ann_bstate_path(b.st, "spill.dat");
+	if (!b.tmpdir || !b.spill_path) {
+		rc = ann_err(err, ANN_E_NOMEM, "build: out of memory");
+		goto fail;
+	}
+
+	/* The store: created once (unit "store" records it), reopened after. */
 	ann_store_opts so;
 	ann_store_opts_init(&so);
 	so.kind = o->store;
-	so.create = true;
 	so.writable = true;
-	ANN_CHECK(rc, ann_store_open(b.tmpdir, &so, &b.store, err));
-
-	/* 1. sample */
-	uint64_t t0 = ann_now_ns();
-	ann_rng rng;
-	ann_rng_seed(&rng, o->seed ^ 0x5a4d504c45ull);
-	sample = ann_malloc(b.sample_n * b.d * sizeof(float));
-	if (!sample) {
-		rc = ann_err(err, ANN_E_NOMEM, "build: out of memory for a sample of %zu vectors", b.sample_n);
-		goto fail;
+	{
+		void *none;
+		size_t nl;
+		int got = ann_bstate_unit_get(b.st, "store", &none, &nl, NULL, NULL, err);
+		ANN_CHECK(rc, got);
+		ann_free(none);
+		if (got == 0) {
+			/* killed while creating it: nothing of it counts */
+			nftw(b.tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+			so.create = true;
+		}
+		ANN_CHECK(rc, ann_store_open(b.tmpdir, &so, &b.store, err));
+		if (got == 0)
+			ANN_CHECK(rc, ann_bstate_unit_put(b.st, "store", "", 0, 0, 0, err));
 	}
-	ANN_CHECK(rc, draw_sample(&b, &rng, sample, err));
-	b.t_sample = secs_since(t0);
 
-	/* 2. train */
-	t0 = ann_now_ns();
-	/* The router sees the resolved encoding: the k-means router stores the
-	 * centroids of u8 data as uint8. */
-	ann_build_opts ro = *o;
-	ro.encoding = b.enc;
-	ANN_CHECK(rc, ann_router_train(&ro, sample, b.sample_n, b.d, b.nparts, &b.router, err));
-	if (o->router == ANN_ROUTER_KMEANS) {
-		/* Single-query routing ef, measured on the sample (docs/DESIGN.md). */
-		uint32_t ef;
-		double ov;
-		ANN_CHECK(rc, ann_router_kmeans_calibrate(b.router, sample, b.sample_n, o->threads > 0 ? o->threads : 1,
-							  &ef, &ov, err));
-		b.router->route_ef = ef;
-		ann_router_log(o, "kmeans router: single-query ef %u (top-16 routing overlap %.4f with the exact scan)",
-			       ef, ov);
-	}
-	ann_free(sample);
-	sample = NULL;
-	b.nparts = b.router->nparts;
-	b.t_train = secs_since(t0);
-	ANN_CHECK(rc, check_cancel(&b, "train", 1, 1, err));
+	/* 1, 2. sample, train */
+	ANN_CHECK(rc, sample_and_train(&b, err));
 
 	/* 3. route */
-	t0 = ann_now_ns();
-	ANN_CHECK(rc, route_all(&b, err));
-	b.t_route = secs_since(t0);
+	uint64_t t0 = ann_now_ns();
+	int got = load_router(&b, "routed", &b.t_route, err);
+	ANN_CHECK(rc, got);
+	if (got == 1) {
+		uint64_t spilled = 0;
+		ANN_CHECK(rc, spill_start(&b, (size_t)16 << 20, &spilled, err));
+		if (spilled != b.n) {
+			rc = ann_err(err, ANN_E_CORRUPT, "%s: routing is done but the spill holds %llu of %llu vectors",
+				     b.spill_path, (unsigned long long)spilled, (unsigned long long)b.n);
+			goto fail;
+		}
+		ANN_CHECK(rc, ann_spill_finish(b.spill, err));
+		notice(&b, "resuming: route done (%llu vectors)", (unsigned long long)b.n);
+	} else {
+		ANN_CHECK(rc, route_all(&b, err));
+		b.t_route = secs_since(t0);
+		ANN_CHECK(rc, save_router(&b, "routed", b.t_route, err));
+	}
 
 	/* 4. pack */
 	t0 = ann_now_ns();
@@ -781,29 +1067,37 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	ANN_CHECK(rc, publish_meta(&b, secs_since(t_all), err));
 	ann_store_close(b.store);
 	b.store = NULL;
-	snprintf(b.spill_path, plen + 16, "%s/%s", b.tmpdir, BUILD_MARKER);
-	if (unlink(b.spill_path) != 0) {
-		rc = ann_err_sys(err, errno, "%s: cannot remove", b.spill_path);
-		goto fail;
-	}
 	if (renameat2(AT_FDCWD, b.tmpdir, AT_FDCWD, index_dir, RENAME_NOREPLACE) != 0) {
 		rc = ann_err_sys(err, errno, "%s: cannot rename the finished index from %s", index_dir, b.tmpdir);
 		goto fail;
 	}
-	snprintf(b.spill_path, plen + 16, "%s/..", index_dir);
-	ANN_CHECK(rc, ann_fsync_dir(b.spill_path, err));
+	index_tmp = ann_malloc(strlen(index_dir) + 8);
+	if (!index_tmp) {
+		rc = ann_err(err, ANN_E_NOMEM, "build: out of memory");
+		goto fail;
+	}
+	sprintf(index_tmp, "%s/..", index_dir);
+	ANN_CHECK(rc, ann_fsync_dir(index_tmp, err));
+	ann_bstate_remove(b.st);
+	b.st = NULL;
 	rc = ANN_OK;
 	goto done;
 fail:
-	if (b.tmpdir) {
-		ann_spill_close(b.spill);
-		b.spill = NULL;
-		ann_store_close(b.store);
-		b.store = NULL;
-		nftw(b.tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	ann_spill_close(b.spill);
+	b.spill = NULL;
+	ann_store_close(b.store);
+	b.store = NULL;
+	if (b.st && final_error(rc)) {
+		ann_bstate_remove(b.st);
+		b.st = NULL;
+	} else if (b.st) {
+		char *dir = ann_bstate_dir_name(index_dir);
+		notice(&b, "%s: the build state is kept; the same command resumes it (--restart starts over)",
+		       dir ? dir : index_dir);
+		ann_free(dir);
 	}
 done:
-	ann_free(sample);
+	ann_bstate_close(b.st);
 	ann_spill_close(b.spill);
 	ann_store_close(b.store);
 	ann_router_free(b.router);
@@ -813,6 +1107,8 @@ done:
 	ann_vreader_close(b.in);
 	ann_free(b.tmpdir);
 	ann_free(b.spill_path);
+	ann_free(opts);
+	ann_free(index_tmp);
 	return rc;
 }
 

@@ -9,7 +9,10 @@
 #   - the index answers exactly as before the operation, or exactly as after
 #     it ran without faults (info counts + the bytes of `search --out`); a
 #     success (exit 0) must be the latter: an acknowledged operation is whole;
-#   - a failed build leaves neither the index nor a DIR.tmp.* directory;
+#   - a failed build leaves neither the index nor a DIR.tmp.* directory; when
+#     it leaves its resumable state (DIR.build-state: I/O errors keep it), the
+#     same build run again without faults (the disk freed) resumes it, succeeds,
+#     gives the after state and removes the state (also with --quick);
 #   - (full run) running the operation again without faults then succeeds and
 #     gives the after state (the index is still writable).
 # Faults: tests/fault/libfault.c (LD_PRELOAD: write/pwrite/writev/pwritev,
@@ -80,7 +83,7 @@ op_cmd() { # op dir
 }
 # The state each operation starts from (an index dir, or none for build).
 prepare() { # op dir
-	rm -rf "$2" "$2".tmp.*
+	rm -rf "$2" "$2".tmp.* "$2".build-state
 	case $1 in
 	build) ;;
 	insert) cp -a "pre-$STORE" "$2" ;;
@@ -90,6 +93,7 @@ prepare() { # op dir
 
 fails=0
 cases=0
+n_resumed=0
 n_ok=0
 n_err=0
 fail() {
@@ -131,6 +135,19 @@ run_case() { # op class n mode
 		if compgen -G "$dir.tmp.*" >/dev/null; then
 			fail "$what: the build failed but left $(echo $dir.tmp.*)"
 			rm -rf $dir.tmp.*
+		fi
+		if [ -d $dir.build-state ]; then # the disk is freed: the same build resumes
+			n_resumed=$((n_resumed + 1))
+			if ! $cmd >out.txt 2>err.txt; then
+				fail "$what: the rerun over the kept state failed: $(head -c 300 err.txt)"
+			elif [ -e $dir.build-state ]; then
+				fail "$what: the resumed build left $dir.build-state"
+			elif ! "$A" verify --index $dir >verify.txt 2>&1; then
+				fail "$what: the resumed build does not verify: $(head -c 600 verify.txt)"
+			elif ! sig $dir s.txt || ! same s.txt "post-build-$STORE.sig"; then
+				fail "$what: the resumed build differs from an uninterrupted one: $(cat s.txt)"
+			fi
+			rm -rf $dir $dir.build-state
 		fi
 	else
 		if ! "$A" verify --index $dir >verify.txt 2>&1; then
@@ -206,5 +223,5 @@ for STORE in $STORES; do
 	done
 	echo "== $STORE store: $total fault points"
 done
-echo "fault injection: $cases cases ($n_ok exited 0, $n_err exited 1 with a message), $fails failures"
+echo "fault injection: $cases cases ($n_ok exited 0, $n_err exited 1 with a message; $n_resumed failed builds resumed over their kept state), $fails failures"
 [ $fails -eq 0 ]
