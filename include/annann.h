@@ -431,6 +431,18 @@ ANN_API int ann_vector_writer_write_f32(ann_vector_writer *w, const float *v, si
 ANN_API int ann_vector_writer_commit(ann_vector_writer *w, ann_error *err);
 /** Removes the temporary file and frees @p w. NULL is a no-op. */
 ANN_API void ann_vector_writer_abort(ann_vector_writer *w);
+/** Repositions @p r at vector @p i (0 <= i <= count): the next read starts there.
+ * @return ANN_OK, ANN_E_INVAL (i beyond the count), ANN_E_IO. */
+ANN_API int ann_vector_reader_seek(ann_vector_reader *r, uint64_t i, ann_error *err);
+/** The format @p path's extension names: its name ("fbin", "u8bin", "fvecs"...;
+ * @p name may be NULL) and the most vectors a file of it holds (@p max_vectors
+ * may be NULL: INT32_MAX for the bin formats, whose header count is an int32,
+ * UINT64_MAX for *vecs). @return ANN_OK or ANN_E_INVAL naming the path. */
+ANN_API int ann_vector_path_format(const char *path, const char **name, uint64_t *max_vectors, ann_error *err);
+/** Checks, before anything is written, that @p n vectors of dimension @p dim
+ * fit the format of @p path (ANN_E_INVAL naming the limit) and the free
+ * space of the file system that will hold it (ANN_E_IO "needs N bytes, M free"). */
+ANN_API int ann_vector_path_check_size(const char *path, uint64_t n, uint32_t dim, ann_error *err);
 
 /** Exact ground truth options; ann_ground_truth_opts_init() sets the defaults. */
 typedef struct ann_ground_truth_opts {
@@ -465,6 +477,53 @@ ANN_API int ann_ground_truth_write(const char *path, uint32_t nq, uint32_t k, co
 				  const float *dists, ann_error *err);
 /** Frees a buffer the library allocated for the caller. NULL is a no-op. */
 ANN_API void ann_buffer_free(void *p);
+
+/* ---- synthetic data (the generator of gen.c; its header comment is the
+ * algorithm, enough to reimplement it bit for bit) ---------------------- */
+
+/** Which model generates the rows. */
+typedef enum ann_gen_profile {
+	ANN_GEN_EASY = 0, /**< anisotropic Gaussian mixture: well separated, compressible, queries
+			       from the base's own mixture (the historical generator) */
+	ANN_GEN_REAL = 1, /**< calibrated against real SIFT descriptors: a low-dimensional latent
+			       manifold mapped to non-negative, normalised, soft-capped values;
+			       hard to partition, nearly incompressible, shifted queries */
+} ann_gen_profile;
+
+/** Generator options; ann_gen_opts_init() sets the defaults named below. */
+typedef struct ann_gen_opts {
+	ann_gen_profile profile;  /**< default ANN_GEN_EASY */
+	uint64_t n;               /**< base vectors (>= 1) */
+	uint64_t nq;              /**< query vectors (0 = none) */
+	uint32_t dim;             /**< dimension, 1..2^20; default 128 */
+	uint32_t clusters;        /**< mixture components, at most ANN_GEN_MAX_CLUSTERS; 0 = max(16, n / 4000)
+				       (easy) or 64 (real) */
+	uint64_t seed;            /**< same seed and options => same bytes on any machine; default 1 */
+	float drift;              /**< >= 0: every component mean moves by drift * its radius (RMS distance
+				       of its points from its mean) in a random direction; everything else
+				       stays identical to drift 0. Easy profile only (real refuses drift > 0) */
+	ann_progress_fn progress; /**< phases "gen" (base) and "gen-queries", unit vectors; NULL: silent */
+	void *progress_ctx;
+} ann_gen_opts;
+
+#define ANN_GEN_MAX_CLUSTERS 4096u
+
+/** Defaults: easy profile, n = nq = 0, dim 128, clusters 0 (automatic), seed 1, drift 0. */
+ANN_API void ann_gen_opts_init(ann_gen_opts *o);
+/** "easy" or "real" to a profile; -1 for any other name. */
+ANN_API int ann_gen_profile_parse(const char *name);
+/** The name of a profile ("easy", "real"). */
+ANN_API const char *ann_gen_profile_name(ann_gen_profile p);
+/** Writes o->n base vectors to @p base_path and o->nq queries to @p query_path,
+ * in the formats their extensions name, each through "path.tmp.<pid>" then
+ * renamed. Memory: the model (clusters * dim * 40 bytes) plus two 4 MiB
+ * buffers, whatever n. @p query_path is ignored when o->nq == 0 and required
+ * otherwise. Easy profile: queries come from the same mixture through an
+ * independent random stream. Real profile: queries come from a shifted
+ * distribution (other component weights, perturbed latent points), as real
+ * queries do.
+ * @return ANN_OK, ANN_E_INVAL (options, path), ANN_E_NOMEM, ANN_E_IO. */
+ANN_API int ann_gen_write(const ann_gen_opts *o, const char *base_path, const char *query_path, ann_error *err);
 
 /** What ann_repair found and did. */
 typedef struct ann_repair_result {

@@ -5,10 +5,12 @@
  * round trip, ground truth from files equals the in-memory version and
  * reads back, info fields equal ann_index_get_info, and a build canceled in
  * each polled phase (sample, k-means iterations, route, pack) fails with
- * ANN_E_CANCELED leaving neither the index nor a temporary directory.
+ * ANN_E_CANCELED leaving neither the index nor a temporary directory; the
+ * reader's seek, the formats' limits and the generator, as the tool uses them.
  */
 #include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "testutil.h"
 
@@ -93,6 +95,67 @@ int main(void)
 	ann_vector_reader_close(r);
 	ASSERT_TRUE(memcmp(back, base, (size_t)N * D * sizeof(float)) == 0);
 	free(back);
+	ASSERT_EQ(entries(dir), 2);
+
+	/* Seek, the formats' limits and the free-space check, as the tool uses them. */
+	ASSERT_OK(ann_vector_reader_open(bpath, &r, &e));
+	float row[D];
+	ASSERT_OK(ann_vector_reader_seek(r, 123, &e));
+	ASSERT_EQ(ann_vector_reader_read_f32(r, row, 1, &e), 1);
+	ASSERT_TRUE(memcmp(row, base + 123 * D, sizeof row) == 0);
+	ASSERT_OK(ann_vector_reader_seek(r, N, &e)); /* at the end: nothing more */
+	ASSERT_EQ(ann_vector_reader_read_f32(r, row, 1, &e), 0);
+	ASSERT_TRUE(ann_vector_reader_seek(r, (uint64_t)N + 1, &e) < 0);
+	ann_vector_reader_close(r);
+	const char *fname = NULL;
+	uint64_t fmax = 0;
+	ASSERT_OK(ann_vector_path_format("a.u8bin", &fname, &fmax, &e));
+	ASSERT_TRUE(!strcmp(fname, "u8bin") && fmax == INT32_MAX);
+	ASSERT_OK(ann_vector_path_format("a.fvecs", NULL, &fmax, &e));
+	ASSERT_EQ(fmax, UINT64_MAX);
+	ASSERT_ERR(ann_vector_path_format("a.txt", &fname, &fmax, &e), e, ANN_E_INVAL, "a.txt");
+	char *big = t_path(dir, "big.fbin");
+	ASSERT_OK(ann_vector_path_check_size(big, 1000, D, &e));
+	ASSERT_ERR(ann_vector_path_check_size(big, (uint64_t)INT32_MAX + 1, D, &e), e, ANN_E_INVAL, "holds at most");
+
+	/* The generator: same options, same bytes; the profile names. */
+	ASSERT_EQ(ann_gen_profile_parse("real"), ANN_GEN_REAL);
+	ASSERT_EQ(ann_gen_profile_parse("hard"), -1);
+	ASSERT_TRUE(!strcmp(ann_gen_profile_name(ANN_GEN_EASY), "easy"));
+	char *g1 = t_path(dir, "g1.u8bin"), *g2 = t_path(dir, "g2.u8bin"), *gq = t_path(dir, "gq.u8bin");
+	ann_gen_opts gen;
+	ann_gen_opts_init(&gen);
+	gen.profile = ANN_GEN_REAL;
+	gen.n = 500;
+	gen.nq = 7;
+	gen.dim = 8;
+	ASSERT_OK(ann_gen_write(&gen, g1, gq, &e));
+	gen.nq = 0;
+	ASSERT_OK(ann_gen_write(&gen, g2, NULL, &e));
+	uint8_t r1[500 * 8], r2[500 * 8];
+	const char *gp[2] = {g1, g2};
+	uint8_t *gr[2] = {r1, r2};
+	for (int f = 0; f < 2; f++) {
+		ASSERT_OK(ann_vector_reader_open(gp[f], &r, &e));
+		ann_vector_reader_shape(r, &n, &dim, &t);
+		ASSERT_TRUE(n == 500 && dim == 8 && t == ANN_DTYPE_U8);
+		ASSERT_EQ(ann_vector_reader_read(r, gr[f], 500, &e), 500);
+		ann_vector_reader_close(r);
+	}
+	ASSERT_TRUE(memcmp(r1, r2, sizeof r1) == 0);
+	ASSERT_OK(ann_vector_reader_open(gq, &r, &e));
+	ann_vector_reader_shape(r, &n, &dim, &t);
+	ASSERT_EQ(n, 7);
+	ann_vector_reader_close(r);
+	gen.drift = 1; /* the real profile refuses drift */
+	ASSERT_ERR(ann_gen_write(&gen, g1, NULL, &e), e, ANN_E_INVAL, "drift");
+	unlink(g1);
+	unlink(g2);
+	unlink(gq);
+	free(g1);
+	free(g2);
+	free(gq);
+	free(big);
 	ASSERT_EQ(entries(dir), 2);
 
 	/* Ground truth: files (streamed) equal arrays; the file reads back. */

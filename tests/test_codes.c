@@ -572,6 +572,57 @@ static void test_updates(const char *dir, ann_rng *rng)
 	}
 }
 
+/* Format 1 i8 blocks (no codes): every partition probed, a batch of NQ
+ * queries (the partitions' rows converted to float once per block and shared
+ * by the queries) and one query at a time both give the exact top K (ties
+ * apart), with the same ids. */
+static void test_i8_format1(const char *dir)
+{
+	t_current = "i8_format1";
+	char *idx = build(dir, "i8_f1", ANN_STORE_FILE, ANN_METRIC_L2, "i8bin", 0);
+	ann_index *x;
+	ann_error e = {0};
+	ASSERT_OK(ann_index_open(idx, &x, &e));
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = K;
+	so.nprobe = PARTS;
+	int64_t ids[2][NQ * K];
+	float dists[2][NQ * K];
+	for (int pass = 0; pass < 2; pass++) {
+		ann_searcher *s;
+		ASSERT_OK(ann_searcher_new(x, &so, &s, &e));
+		size_t batch = pass == 0 ? NQ : 1;
+		for (size_t q0 = 0; q0 < NQ; q0 += batch)
+			ASSERT_OK(ann_search(s, queries_i8 + q0 * D, batch, ids[pass] + q0 * K, dists[pass] + q0 * K, NULL,
+					     &e));
+		ann_searcher_free(s);
+	}
+	for (size_t qi = 0; qi < NQ; qi++) {
+		const float *q = queries_i8 + qi * D;
+		float best[K];
+		for (size_t a = 0; a < K; a++)
+			best[a] = INFINITY;
+		for (size_t i = 0; i < NB; i++) {
+			float dd = true_dist(q, base_i8 + i * D, ANN_METRIC_L2);
+			size_t a = K;
+			while (a > 0 && dd < best[a - 1]) {
+				if (a < K)
+					best[a] = best[a - 1];
+				a--;
+			}
+			if (a < K)
+				best[a] = dd;
+		}
+		for (size_t a = 0; a < K; a++) {
+			ASSERT_EQ(ids[0][qi * K + a], ids[1][qi * K + a]);
+			ASSERT_TRUE(fabsf(dists[0][qi * K + a] - best[a]) <= 1e-3f * (1.0f + best[a]));
+		}
+	}
+	ann_index_close(x);
+	free(idx);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -581,6 +632,7 @@ int main(void)
 	test_layout(&rng);
 	test_dirent();
 	test_search(dir);
+	test_i8_format1(dir);
 	test_corrupt(dir);
 	test_updates(dir, &rng);
 	t_rmtree(dir);

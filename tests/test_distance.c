@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "distance.h"
+#include "heap.h"
 
 static const ann_simd_level all_levels[] = {ANN_SIMD_SCALAR, ANN_SIMD_AVX2, ANN_SIMD_AVX512};
 #define N_LEVELS 3
@@ -532,6 +533,66 @@ static void test_topk(ann_rng *r)
 		}
 }
 
+/* ---- heap.h, the template behind every heap ---------------------------------
+ * A min-heap of pairs with a SET hook recording each id's slot (as the
+ * auction's indexed heap does): pushes, changes of an inner entry's key
+ * (moved up or down from its slot), pops in order; the hook's positions and
+ * the heap order are checked after every step. */
+typedef struct hslot {
+	float d;
+	uint32_t id;
+} hslot;
+typedef struct hheap {
+	hslot *h;
+	uint32_t *pos; /* slot of each id */
+} hheap;
+#define H_AT(c, i) ((c)->h[i])
+#define H_SET(c, i, v) ((c)->h[i] = (v), (c)->pos[(v).id] = (uint32_t)(i))
+#define H_BEFORE(a, b) ((a).d < (b).d || ((a).d == (b).d && (a).id < (b).id))
+ANN_HEAP_DEFINE(th, hheap *, hslot, H_AT, H_SET, H_BEFORE)
+
+static void heap_check(const hheap *c, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		ASSERT_EQ(c->pos[c->h[i].id], i);
+		if (i > 0)
+			ASSERT_TRUE(!H_BEFORE(c->h[i], c->h[(i - 1) / 2]));
+	}
+}
+
+static void test_heap_template(ann_rng *r)
+{
+	enum { N = 300 };
+	hslot h[N];
+	uint32_t pos[N];
+	hheap c = {h, pos};
+	size_t n = 0;
+	for (uint32_t i = 0; i < N; i++) { /* few values: many ties */
+		th_up(&c, n++, (hslot){(float)ann_rng_below(r, 7), i});
+		heap_check(&c, n);
+	}
+	for (int step = 0; step < 500; step++) { /* an entry's key changes where it sits */
+		uint32_t id = (uint32_t)ann_rng_below(r, N);
+		size_t i = pos[id];
+		hslot v = {(float)ann_rng_below(r, 7), id};
+		if (H_BEFORE(v, h[i]))
+			th_up(&c, i, v);
+		else
+			th_down(&c, n, i, v);
+		heap_check(&c, n);
+	}
+	hslot prev = {-1.0f, 0};
+	while (n > 0) { /* pops come out in (d, id) order */
+		hslot top = h[0];
+		ASSERT_TRUE(prev.d < 0 || H_BEFORE(prev, top));
+		prev = top;
+		n--;
+		if (n)
+			th_down(&c, n, 0, h[n]);
+		heap_check(&c, n);
+	}
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 /* Runs ann_simd_active() in a child with ANNANN_SIMD=value (NULL: unset).
@@ -607,6 +668,7 @@ int main(void)
 	test_batch(&rng);
 	test_batch_threads(&rng);
 	test_topk(&rng);
+	test_heap_template(&rng);
 	printf("test_distance: all passed\n");
 	return 0;
 }

@@ -541,3 +541,34 @@ void cli_json_end(cli_json *j)
 	fputs("}\n", j->out);
 	fflush(j->out);
 }
+
+int cli_err(ann_error *err, int code, const char *fmt, ...)
+{
+	if (!err)
+		return code;
+	va_list ap;
+	va_start(ap, fmt);
+	err->code = code;
+	err->sys_errno = 0;
+	vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+int cli_err_prefix(ann_error *err, int code, const char *fmt, ...)
+{
+	if (!err)
+		return code;
+	char old[sizeof err->msg];
+	memcpy(old, err->msg, sizeof old);
+	old[sizeof old - 1] = '\0';
+	va_list ap;
+	va_start(ap, fmt);
+	int p = vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+	va_end(ap);
+	size_t at = p < 0 ? 0 : (size_t)p < sizeof err->msg ? (size_t)p : sizeof err->msg - 1;
+	if (snprintf(err->msg + at, sizeof err->msg - at, ": %s", old) < 0) /* a long pair is cut, not an error */
+		err->msg[at] = '\0';
+	err->code = code;
+	return code;
+}

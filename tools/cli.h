@@ -65,6 +65,23 @@ int cli_usage_error(const cli_cmd *cmd, const char *fmt, ...) __attribute__((for
 /* Prints "annann CMD: MSG" for a library failure and returns CLI_EXIT_FAIL. */
 int cli_fail(const cli_cmd *cmd, const ann_error *err);
 
+/* The tool's own checks report in the library's ann_error, with the
+ * library's message layout: cli_err sets code and message and returns code;
+ * cli_err_prefix puts "prefix: " before the message already set. The tool
+ * includes annann.h only, so it has its own (annann.h is its whole view of
+ * the library). */
+int cli_err(ann_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int cli_err_prefix(ann_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#define CLI_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define CLI_MAX(a, b) ((a) > (b) ? (a) : (b))
+/* Forwards a negative status. */
+#define CLI_TRY(expr)                  \
+	do {                           \
+		int cli_rc_ = (expr);  \
+		if (cli_rc_ < 0)       \
+			return cli_rc_; \
+	} while (0)
+
 /* Progress line on stderr with rate and ETA. Pass cli_progress as the
  * library's ann_progress_fn with a cli_progress_state as its context. */
 typedef struct cli_progress_state {

@@ -9,10 +9,6 @@
 #include <string.h>
 
 #include "commands.h"
-#include "common.h"
-#include "gen.h"
-#include "gt.h"
-#include "vecio.h"
 
 /* ---- gen ----------------------------------------------------------------- */
 
@@ -58,19 +54,20 @@ static int run_gen(cli_cmd *c)
 	o.dim = (uint32_t)dim;
 	o.clusters = (uint32_t)clusters;
 	/* The format's vector limit is a usage error, found before writing. */
-	ann_vfmt fmt;
 	ann_error ferr = {0};
 	const char *paths[2] = {out, o.nq ? qout : NULL};
 	uint64_t counts[2] = {o.n, o.nq};
 	for (int i = 0; i < 2; i++) {
 		if (!paths[i])
 			continue;
-		if (ann_vfmt_from_path(paths[i], &fmt, &ferr) < 0)
+		const char *fname;
+		uint64_t fmax;
+		if (ann_vector_path_format(paths[i], &fname, &fmax, &ferr) < 0)
 			return cli_usage_error(c, "%s", ferr.msg);
-		if (counts[i] > ann_vfmt_max_vectors(fmt))
+		if (counts[i] > fmax)
 			return cli_usage_error(c, "option '--%s': %llu vectors, but the %s format of %s holds at most %llu",
-					       i ? "queries" : "n", (unsigned long long)counts[i], ann_vfmt_name(fmt), paths[i],
-					       (unsigned long long)ann_vfmt_max_vectors(fmt));
+					       i ? "queries" : "n", (unsigned long long)counts[i], fname, paths[i],
+					       (unsigned long long)fmax);
 	}
 	o.drift = (float)drift;
 	cli_progress_state ps;
@@ -137,13 +134,13 @@ int cli_parse_metric(cli_cmd *c, const char *v, ann_metric *m)
 
 static int write_ids_ivecs(const char *path, uint32_t nq, uint32_t k, const int32_t *ids, ann_error *err)
 {
-	ann_vwriter *w;
-	ANN_TRY(ann_vwriter_open(path, k, &w, err));
-	if (ann_vwriter_write_raw(w, ids, nq, err) < 0) {
-		ann_vwriter_abort(w);
+	ann_vector_writer *w;
+	CLI_TRY(ann_vector_writer_open(path, k, &w, err));
+	if (ann_vector_writer_write(w, ids, nq, err) < 0) {
+		ann_vector_writer_abort(w);
 		return err ? err->code : ANN_E_IO;
 	}
-	return ann_vwriter_close(w, err);
+	return ann_vector_writer_commit(w, err);
 }
 
 static bool ends_with(const char *s, const char *suf)
@@ -154,8 +151,8 @@ static bool ends_with(const char *s, const char *suf)
 
 static int run_gt(cli_cmd *c)
 {
-	ann_gt_opts o;
-	ann_gt_opts_init(&o);
+	ann_ground_truth_opts o;
+	ann_ground_truth_opts_init(&o);
 	const char *base = cli_need(c, "base");
 	const char *queries = base ? cli_need(c, "queries") : NULL;
 	const char *out = queries ? cli_need(c, "out") : NULL;
@@ -179,7 +176,7 @@ static int run_gt(cli_cmd *c)
 	int32_t *ids = NULL;
 	float *dists = NULL;
 	uint64_t t0 = cli_now_ns();
-	int rc = ann_gt_compute(base, queries, &o, &nq, &ids, &dists, &err);
+	int rc = ann_ground_truth(base, queries, &o, &nq, &ids, &dists, &err);
 	if (rc < 0)
 		return cli_fail(c, &err);
 	cli_progress_end(&ps);
@@ -187,9 +184,9 @@ static int run_gt(cli_cmd *c)
 	if (ends_with(out, ".ivecs"))
 		rc = write_ids_ivecs(out, nq, o.k, ids, &err);
 	else
-		rc = ann_gt_write(out, nq, o.k, ids, dists, &err);
-	ann_free(ids);
-	ann_free(dists);
+		rc = ann_ground_truth_write(out, nq, o.k, ids, dists, &err);
+	ann_buffer_free(ids);
+	ann_buffer_free(dists);
 	if (rc < 0)
 		return cli_fail(c, &err);
 	if (cli_flag(c, "json")) {
@@ -233,74 +230,76 @@ static int run_convert(cli_cmd *c)
 	if (!cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) || !cli_u64(c, "offset", 0, 0, UINT64_MAX, &offset))
 		return CLI_EXIT_USAGE;
 	ann_error err = {0};
-	ann_vreader *r = NULL;
-	ann_vwriter *w = NULL;
+	ann_vector_reader *r = NULL;
+	ann_vector_writer *w = NULL;
 	float *buf = NULL;
 	cli_progress_state ps;
 	cli_progress_init(&ps, cli_flag(c, "quiet"));
-	if (ann_vreader_open(in, &r, &err) < 0)
+	if (ann_vector_reader_open(in, &r, &err) < 0)
 		return cli_fail(c, &err);
-	uint32_t d = ann_vreader_dim(r);
-	uint64_t total = ann_vreader_count(r);
+	uint64_t total;
+	uint32_t d;
+	ann_dtype dt;
+	ann_vector_reader_shape(r, &total, &d, &dt);
 	if (offset > total) {
-		ann_vreader_close(r);
+		ann_vector_reader_close(r);
 		return cli_usage_error(c, "--offset %llu is past the %llu vectors of %s", (unsigned long long)offset,
 				       (unsigned long long)total, in);
 	}
-	if (ann_vreader_seek(r, offset, &err) < 0) {
-		ann_vreader_close(r);
+	if (ann_vector_reader_seek(r, offset, &err) < 0) {
+		ann_vector_reader_close(r);
 		return cli_fail(c, &err);
 	}
-	uint64_t n = ANN_MIN(total - offset, limit), done = 0;
+	uint64_t n = CLI_MIN(total - offset, limit), done = 0;
 	if (n == 0) {
-		ann_vreader_close(r);
+		ann_vector_reader_close(r);
 		return cli_usage_error(c, "--offset %llu leaves no vector of the %llu in %s to convert",
 				       (unsigned long long)offset, (unsigned long long)total, in);
 	}
-	ann_vfmt ofmt;
-	if (ann_vfmt_from_path(out, &ofmt, &err) == 0 && n > ann_vfmt_max_vectors(ofmt)) {
-		ann_vreader_close(r);
+	const char *oname;
+	uint64_t omax;
+	if (ann_vector_path_format(out, &oname, &omax, &err) == 0 && n > omax) {
+		ann_vector_reader_close(r);
 		return cli_usage_error(c, "%s: %llu vectors, but the %s format holds at most %llu; use --limit", out,
-				       (unsigned long long)n, ann_vfmt_name(ofmt),
-				       (unsigned long long)ann_vfmt_max_vectors(ofmt));
+				       (unsigned long long)n, oname, (unsigned long long)omax);
 	}
-	size_t chunk = ANN_MAX((size_t)1, ((size_t)4 << 20) / ((size_t)d * 4));
+	size_t chunk = CLI_MAX((size_t)1, ((size_t)4 << 20) / ((size_t)d * 4));
 	/* Free space before a byte is written (issue 13 D11). */
-	if (ann_vfile_check_size(out, n, d, &err) < 0) {
-		ann_vreader_close(r);
+	if (ann_vector_path_check_size(out, n, d, &err) < 0) {
+		ann_vector_reader_close(r);
 		return cli_fail(c, &err);
 	}
-	buf = ann_malloc(chunk * d * sizeof(float));
+	buf = malloc(chunk * d * sizeof(float));
 	if (!buf) {
-		ann_vreader_close(r);
-		ann_err(&err, ANN_E_NOMEM, "out of memory");
+		ann_vector_reader_close(r);
+		cli_err(&err, ANN_E_NOMEM, "out of memory");
 		return cli_fail(c, &err);
 	}
-	if (ann_vwriter_open(out, d, &w, &err) < 0)
+	if (ann_vector_writer_open(out, d, &w, &err) < 0)
 		goto fail;
 	while (done < n) {
-		int64_t got = ann_vreader_read_f32(r, buf, (size_t)ANN_MIN((uint64_t)chunk, n - done), &err);
+		int64_t got = ann_vector_reader_read_f32(r, buf, (size_t)CLI_MIN((uint64_t)chunk, n - done), &err);
 		if (got < 0)
 			goto fail;
 		if (got == 0)
 			break;
-		if (ann_vwriter_write_f32(w, buf, (size_t)got, &err) < 0)
+		if (ann_vector_writer_write_f32(w, buf, (size_t)got, &err) < 0)
 			goto fail;
 		done += (uint64_t)got;
 		cli_progress(&ps, "convert", done, n);
 	}
-	ann_vreader_close(r);
-	ann_free(buf);
-	if (ann_vwriter_close(w, &err) < 0)
+	ann_vector_reader_close(r);
+	free(buf);
+	if (ann_vector_writer_commit(w, &err) < 0)
 		return cli_fail(c, &err);
 	cli_progress_end(&ps);
 	printf("converted %" PRIu64 " x %u vectors: %s -> %s\n", done, d, in, out);
 	return 0;
 fail:
 	if (w)
-		ann_vwriter_abort(w);
-	ann_vreader_close(r);
-	ann_free(buf);
+		ann_vector_writer_abort(w);
+	ann_vector_reader_close(r);
+	free(buf);
 	return cli_fail(c, &err);
 }
 

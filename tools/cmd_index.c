@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * cmd_index.c: the index commands: build, search, info, verify. They use
- * only the public API of annann.h (plus vecio for query and result files).
+ * only the public API of annann.h.
  */
 #include <inttypes.h>
 #include <math.h>
@@ -10,8 +10,6 @@
 #include <string.h>
 
 #include "commands.h"
-#include "common.h"
-#include "vecio.h"
 
 int cli_parse_metric(cli_cmd *c, const char *v, ann_metric *m);
 
@@ -480,7 +478,7 @@ static void *search_worker(void *arg)
 		pthread_mutex_unlock(j->mu);
 		if (b0 >= j->nq)
 			break;
-		size_t nb = ANN_MIN(j->batch, j->nq - b0);
+		size_t nb = CLI_MIN(j->batch, j->nq - b0);
 		j->rc = ann_search(s, j->q + b0 * j->dim, nb, j->ids + b0 * j->k, j->dists + b0 * j->k, j->st + b0,
 				   &j->err);
 		if (j->rc < 0)
@@ -512,7 +510,7 @@ static int run_setting(ann_searcher **s, uint32_t k, const float *q, size_t nq, 
 		if (t > 0) {
 			started[t] = pthread_create(&tid[t], NULL, search_worker, &jobs[t]) == 0;
 			if (!started[t])
-				jobs[t].rc = ann_err(&jobs[t].err, ANN_E_IO, "cannot start search thread %d", t);
+				jobs[t].rc = cli_err(&jobs[t].err, ANN_E_IO, "cannot start search thread %d", t);
 		}
 	}
 	search_worker(&jobs[0]);
@@ -586,7 +584,7 @@ void cli_search_report(const cli_search_result *r, uint64_t *lat)
 		recall = (double)hits / (dn * (double)k);
 	qsort(lat, nq, sizeof *lat, cmp_u64);
 	double p50 = nq ? (double)lat[nq / 2] / 1e6 : 0, p95 = nq ? (double)lat[(nq * 95) / 100] / 1e6 : 0,
-	       p99 = nq ? (double)lat[ANN_MIN(nq - 1, (nq * 99) / 100)] / 1e6 : 0;
+	       p99 = nq ? (double)lat[CLI_MIN(nq - 1, (nq * 99) / 100)] / 1e6 : 0;
 	double qps = wall > 0 ? (double)nq / wall : 0;
 	if (json) {
 		cli_json j;
@@ -680,7 +678,7 @@ static int run_search(cli_cmd *c)
 		probes[nprobes++] = 16;
 	ann_error err = {0};
 	ann_index *idx = NULL;
-	ann_vreader *qr = NULL;
+	ann_vector_reader *qr = NULL;
 	float *q = NULL, *dists = NULL, *gtd = NULL;
 	int32_t *gt = NULL;
 	int64_t *ids = NULL;
@@ -690,35 +688,39 @@ static int run_search(cli_cmd *c)
 	int ret = CLI_EXIT_FAIL;
 	if (ann_index_open(dir, &idx, &err) < 0)
 		goto fail;
-	if (ann_vreader_open(qpath, &qr, &err) < 0)
+	if (ann_vector_reader_open(qpath, &qr, &err) < 0)
 		goto fail;
 	ann_index_info info;
 	if (ann_index_get_info(idx, &info, &err) < 0)
 		goto fail;
-	size_t dim = ann_vreader_dim(qr);
+	uint64_t qn;
+	uint32_t qdim;
+	ann_dtype qt;
+	ann_vector_reader_shape(qr, &qn, &qdim, &qt);
+	size_t dim = qdim;
 	if (dim != info.dim) {
-		ann_err(&err, ANN_E_BADINPUT, "%s: queries have dimension %zu, the index %u", qpath, dim, info.dim);
+		cli_err(&err, ANN_E_BADINPUT, "%s: queries have dimension %zu, the index %u", qpath, dim, info.dim);
 		goto fail;
 	}
-	size_t nq = (size_t)ANN_MIN(ann_vreader_count(qr), limit);
-	q = ann_malloc((nq ? nq : 1) * dim * sizeof(float));
-	ids = ann_malloc((nq ? nq : 1) * k * sizeof(int64_t));
-	dists = ann_malloc((nq ? nq : 1) * k * sizeof(float));
-	st = ann_calloc(nq ? nq : 1, sizeof *st);
-	lat = ann_malloc((nq ? nq : 1) * sizeof(uint64_t));
+	size_t nq = (size_t)CLI_MIN(qn, limit);
+	q = malloc((nq ? nq : 1) * dim * sizeof(float));
+	ids = malloc((nq ? nq : 1) * k * sizeof(int64_t));
+	dists = malloc((nq ? nq : 1) * k * sizeof(float));
+	st = calloc(nq ? nq : 1, sizeof *st);
+	lat = malloc((nq ? nq : 1) * sizeof(uint64_t));
 	if (!q || !ids || !dists || !st || !lat) {
-		ann_err(&err, ANN_E_NOMEM, "out of memory for %zu queries", nq);
+		cli_err(&err, ANN_E_NOMEM, "out of memory for %zu queries", nq);
 		goto fail;
 	}
-	int64_t got = ann_vreader_read_f32(qr, q, nq, &err);
+	int64_t got = ann_vector_reader_read_f32(qr, q, nq, &err);
 	if (got < 0)
 		goto fail;
 	const char *gtpath = cli_get(c, "gt");
 	if (gtpath) {
-		if (ann_gt_read(gtpath, &gnq, &gk, &gt, &gtd, &err) < 0)
+		if (ann_ground_truth_read(gtpath, &gnq, &gk, &gt, &gtd, &err) < 0)
 			goto fail;
 		if (gnq < nq || gk < k) {
-			ann_err(&err, ANN_E_BADINPUT, "%s: ground truth for %u queries x %u neighbours; need %zu x %llu",
+			cli_err(&err, ANN_E_BADINPUT, "%s: ground truth for %u queries x %u neighbours; need %zu x %llu",
 				gtpath, gnq, gk, nq, (unsigned long long)k);
 			goto fail;
 		}
@@ -763,15 +765,15 @@ static int run_search(cli_cmd *c)
 	}
 	const char *out = cli_get(c, "out");
 	if (out) {
-		int32_t *oid = ann_malloc((nq ? nq : 1) * k * sizeof(int32_t));
+		int32_t *oid = malloc((nq ? nq : 1) * k * sizeof(int32_t));
 		if (!oid) {
-			ann_err(&err, ANN_E_NOMEM, "out of memory");
+			cli_err(&err, ANN_E_NOMEM, "out of memory");
 			goto fail;
 		}
 		for (size_t i = 0; i < nq * k; i++)
 			oid[i] = ids[i] > INT32_MAX ? -1 : (int32_t)ids[i];
-		int rc = ann_gt_write(out, (uint32_t)nq, (uint32_t)k, oid, dists, &err);
-		ann_free(oid);
+		int rc = ann_ground_truth_write(out, (uint32_t)nq, (uint32_t)k, oid, dists, &err);
+		free(oid);
 		if (rc < 0)
 			goto fail;
 	}
@@ -779,14 +781,14 @@ static int run_search(cli_cmd *c)
 fail:
 	if (ret)
 		cli_fail(c, &err);
-	ann_free(q);
-	ann_free(ids);
-	ann_free(dists);
-	ann_free(st);
-	ann_free(lat);
-	ann_free(gt);
-	ann_free(gtd);
-	ann_vreader_close(qr);
+	free(q);
+	free(ids);
+	free(dists);
+	free(st);
+	free(lat);
+	ann_buffer_free(gt);
+	ann_buffer_free(gtd);
+	ann_vector_reader_close(qr);
 	ann_index_close(idx);
 	return ret;
 }

@@ -8,28 +8,30 @@
 #include <string.h>
 
 #include "commands.h"
-#include "common.h"
-#include "vecio.h"
 
 /* Reads every int32 of an ivecs/ibin file as an id. */
 static int read_ids(const char *path, int64_t **out, size_t *n, ann_error *err)
 {
-	ann_vreader *r;
-	ANN_TRY(ann_vreader_open(path, &r, err));
+	ann_vector_reader *r;
+	CLI_TRY(ann_vector_reader_open(path, &r, err));
 	int rc = ANN_OK;
-	if (ann_vreader_dtype(r) != ANN_DTYPE_I32) {
-		rc = ann_err(err, ANN_E_BADINPUT, "%s: ids must be an ivecs or ibin file of int32", path);
-		ann_vreader_close(r);
+	uint64_t nv;
+	uint32_t dim;
+	ann_dtype dt;
+	ann_vector_reader_shape(r, &nv, &dim, &dt);
+	if (dt != ANN_DTYPE_I32) {
+		rc = cli_err(err, ANN_E_BADINPUT, "%s: ids must be an ivecs or ibin file of int32", path);
+		ann_vector_reader_close(r);
 		return rc;
 	}
-	size_t d = ann_vreader_dim(r), cnt = (size_t)ann_vreader_count(r);
-	int32_t *buf = ann_malloc((cnt ? cnt : 1) * d * sizeof(int32_t));
-	int64_t *ids = ann_malloc((cnt ? cnt : 1) * d * sizeof(int64_t));
+	size_t d = dim, cnt = (size_t)nv;
+	int32_t *buf = malloc((cnt ? cnt : 1) * d * sizeof(int32_t));
+	int64_t *ids = malloc((cnt ? cnt : 1) * d * sizeof(int64_t));
 	if (!buf || !ids) {
-		rc = ann_err(err, ANN_E_NOMEM, "out of memory for %zu ids", cnt * d);
+		rc = cli_err(err, ANN_E_NOMEM, "out of memory for %zu ids", cnt * d);
 		goto out;
 	}
-	int64_t got = ann_vreader_read_raw(r, buf, cnt, err);
+	int64_t got = ann_vector_reader_read(r, buf, cnt, err);
 	if (got < 0) {
 		rc = (int)got;
 		goto out;
@@ -40,9 +42,9 @@ static int read_ids(const char *path, int64_t **out, size_t *n, ann_error *err)
 	*n = cnt * d;
 	ids = NULL;
 out:
-	ann_free(buf);
-	ann_free(ids);
-	ann_vreader_close(r);
+	free(buf);
+	free(ids);
+	ann_vector_reader_close(r);
 	return rc;
 }
 
@@ -92,20 +94,23 @@ static int run_insert(cli_cmd *c)
 		return CLI_EXIT_USAGE;
 	ann_error err = {0};
 	ann_writer *w = NULL;
-	ann_vreader *r = NULL;
+	ann_vector_reader *r = NULL;
 	int64_t *ids = NULL;
 	size_t nids = 0;
 	float *buf = NULL;
 	int ret = CLI_EXIT_FAIL;
 	cli_progress_state ps;
 	cli_progress_init(&ps, cli_flag(c, "quiet"));
-	if (ann_vreader_open(data, &r, &err) < 0)
+	if (ann_vector_reader_open(data, &r, &err) < 0)
 		goto out;
 	if (cli_get(c, "ids") && read_ids(cli_get(c, "ids"), &ids, &nids, &err) < 0)
 		goto out;
-	uint64_t n = ann_vreader_count(r);
+	uint64_t n;
+	uint32_t dim;
+	ann_dtype dt;
+	ann_vector_reader_shape(r, &n, &dim, &dt);
 	if (ids && nids != n) {
-		ann_err(&err, ANN_E_BADINPUT, "%s: %zu ids for %llu vectors of %s", cli_get(c, "ids"), nids,
+		cli_err(&err, ANN_E_BADINPUT, "%s: %zu ids for %llu vectors of %s", cli_get(c, "ids"), nids,
 			(unsigned long long)n, data);
 		goto out;
 	}
@@ -114,36 +119,36 @@ static int run_insert(cli_cmd *c)
 	ann_index_info info;
 	if (ann_writer_get_info(w, &info, &err) < 0)
 		goto out;
-	size_t d = ann_vreader_dim(r);
+	size_t d = dim;
 	if (d != info.dim) {
-		ann_err(&err, ANN_E_BADINPUT, "%s: vectors of dimension %zu, but the index %s has dimension %u", data,
+		cli_err(&err, ANN_E_BADINPUT, "%s: vectors of dimension %zu, but the index %s has dimension %u", data,
 			d, dir, info.dim);
 		goto out;
 	}
-	if (!insert_type_ok(ann_vreader_dtype(r), info.encoding)) {
-		ann_err(&err, ANN_E_BADINPUT, "%s: %s elements do not fit the %s index %s (it takes %s)", data,
-			dtype_name(ann_vreader_dtype(r)), ann_encoding_name(info.encoding), dir,
+	if (!insert_type_ok(dt, info.encoding)) {
+		cli_err(&err, ANN_E_BADINPUT, "%s: %s elements do not fit the %s index %s (it takes %s)", data,
+			dtype_name(dt), ann_encoding_name(info.encoding), dir,
 			info.encoding == ANN_ENC_U8   ? "u8 files: .u8bin, .bvecs"
 			: info.encoding == ANN_ENC_I8 ? "i8 files: .i8bin"
 						      : "f32, u8 or i8 files");
 		goto out;
 	}
-	buf = ann_malloc(batch * d * sizeof(float));
+	buf = malloc(batch * d * sizeof(float));
 	if (!buf) {
-		ann_err(&err, ANN_E_NOMEM, "out of memory for a batch of %llu", (unsigned long long)batch);
+		cli_err(&err, ANN_E_NOMEM, "out of memory for a batch of %llu", (unsigned long long)batch);
 		goto out;
 	}
 	uint64_t done = 0, t0 = cli_now_ns();
 	while (done < n) {
-		int64_t got = ann_vreader_read_f32(r, buf, (size_t)ANN_MIN(batch, n - done), &err);
+		int64_t got = ann_vector_reader_read_f32(r, buf, (size_t)CLI_MIN(batch, n - done), &err);
 		if (got <= 0) {
 			if (got == 0)
-				ann_err(&err, ANN_E_BADINPUT, "%s: ends early", data);
+				cli_err(&err, ANN_E_BADINPUT, "%s: ends early", data);
 			goto out;
 		}
 		if (ann_insert(w, buf, (size_t)got, (uint32_t)d, ids ? ids + done : NULL, cli_flag(c, "upsert"), NULL,
 			       &err) < 0) {
-			ann_err_prefix(&err, err.code, "after %llu committed vectors", (unsigned long long)done);
+			cli_err_prefix(&err, err.code, "after %llu committed vectors", (unsigned long long)done);
 			goto out;
 		}
 		done += (uint64_t)got;
@@ -165,9 +170,9 @@ static int run_insert(cli_cmd *c)
 out:
 	if (ret)
 		cli_fail(c, &err);
-	ann_free(buf);
-	ann_free(ids);
-	ann_vreader_close(r);
+	free(buf);
+	free(ids);
+	ann_vector_reader_close(r);
 	ann_writer_close(w);
 	return ret;
 }
@@ -210,7 +215,7 @@ static int run_delete(cli_cmd *c)
 out:
 	if (ret)
 		cli_fail(c, &err);
-	ann_free(ids);
+	free(ids);
 	ann_writer_close(w);
 	return ret;
 }

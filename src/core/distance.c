@@ -7,6 +7,7 @@
  * tables, and hands them out only after CPUID and XGETBV say they can run.
  */
 #include "distance.h"
+#include "heap.h"
 
 #include <cblas.h>
 #include <cpuid.h>
@@ -423,10 +424,15 @@ void ann_dist_batch(ann_metric m, const float *q, size_t nq, const float *qnorm,
  * A max-heap under the strict total order (dist, id): the root is the worst
  * pair kept, and a new pair enters when it is smaller. NaN never enters. */
 
-static inline bool pair_less(float da, int64_t ia, float db, int64_t ib)
-{
-	return da < db || (da == db && ia < ib);
-}
+/* The top-k is a max-heap on (dist, id) over the caller's two arrays. */
+typedef struct topk_ent {
+	float d;
+	int64_t id;
+} topk_ent;
+#define TOPK_AT(t, i) ((topk_ent){(t)->dist[i], (t)->id[i]})
+#define TOPK_SET(t, i, v) ((t)->dist[i] = (v).d, (t)->id[i] = (v).id)
+#define TOPK_BEFORE(a, b) ((a).d > (b).d || ((a).d == (b).d && (a).id > (b).id))
+ANN_HEAP_DEFINE(topk_heap, ann_topk *, topk_ent, TOPK_AT, TOPK_SET, TOPK_BEFORE)
 
 void ann_topk_init(ann_topk *t, float *dist, int64_t *id, size_t k)
 {
@@ -436,46 +442,18 @@ void ann_topk_init(ann_topk *t, float *dist, int64_t *id, size_t k)
 	t->n = 0;
 }
 
-/* Moves (dv, iv) down from slot pos of a heap of n entries. */
-static void topk_sift_down(ann_topk *t, size_t pos, size_t n, float dv, int64_t iv)
-{
-	for (;;) {
-		size_t c = 2 * pos + 1;
-		if (c >= n)
-			break;
-		if (c + 1 < n && pair_less(t->dist[c], t->id[c], t->dist[c + 1], t->id[c + 1]))
-			c++;
-		if (!pair_less(dv, iv, t->dist[c], t->id[c]))
-			break;
-		t->dist[pos] = t->dist[c];
-		t->id[pos] = t->id[c];
-		pos = c;
-	}
-	t->dist[pos] = dv;
-	t->id[pos] = iv;
-}
-
 bool ann_topk_push(ann_topk *t, float dist, int64_t id)
 {
 	if (isnan(dist))
 		return false;
+	topk_ent v = {dist, id};
 	if (t->n < t->k) {
-		size_t pos = t->n++;
-		while (pos > 0) {
-			size_t p = (pos - 1) / 2;
-			if (!pair_less(t->dist[p], t->id[p], dist, id))
-				break;
-			t->dist[pos] = t->dist[p];
-			t->id[pos] = t->id[p];
-			pos = p;
-		}
-		t->dist[pos] = dist;
-		t->id[pos] = id;
+		topk_heap_up(t, t->n++, v);
 		return true;
 	}
-	if (t->k == 0 || !pair_less(dist, id, t->dist[0], t->id[0]))
+	if (t->k == 0 || !TOPK_BEFORE(TOPK_AT(t, 0), v))
 		return false;
-	topk_sift_down(t, 0, t->n, dist, id);
+	topk_heap_down(t, t->n, 0, v);
 	return true;
 }
 
@@ -483,11 +461,10 @@ void ann_topk_finish(ann_topk *t)
 {
 	/* Heap sort: the max goes to the end of the shrinking heap, so ascending. */
 	for (size_t e = t->n; e > 1; e--) {
-		float dv = t->dist[e - 1];
-		int64_t iv = t->id[e - 1];
+		topk_ent v = TOPK_AT(t, e - 1);
 		t->dist[e - 1] = t->dist[0];
 		t->id[e - 1] = t->id[0];
-		topk_sift_down(t, 0, e - 1, dv, iv);
+		topk_heap_down(t, e - 1, 0, v);
 	}
 	for (size_t i = t->n; i < t->k; i++) {
 		t->dist[i] = INFINITY;

@@ -11,56 +11,17 @@
 
 #include "common.h"
 
-/* Which model generates the rows (gen.c's header comment specifies both). */
-typedef enum ann_gen_profile {
-	ANN_GEN_EASY = 0, /* anisotropic Gaussian mixture: well separated, compressible, queries
-			   * from the base's own mixture (the historical generator) */
-	ANN_GEN_REAL = 1, /* calibrated against real SIFT descriptors: a low-dimensional latent
-			   * manifold mapped to non-negative, normalised, soft-capped values;
-			   * hard to partition, nearly incompressible, shifted queries */
-} ann_gen_profile;
-
-typedef struct ann_gen_opts {
-	ann_gen_profile profile;  /* default ANN_GEN_EASY */
-	uint64_t n;               /* base vectors (>= 1) */
-	uint64_t nq;              /* query vectors (0 = none) */
-	uint32_t dim;             /* dimension, 1..ANN_VEC_MAX_DIM; default 128 */
-	uint32_t clusters;        /* mixture components; 0 = ann_gen_default_clusters(n), or
-				   * ANN_GEN_REAL_CLUSTERS for the real profile */
-	uint64_t seed;            /* same seed and options => same bytes on any machine; default 1 */
-	float drift;              /* >= 0: every component mean moves by drift * its radius
-				   * (RMS distance of its points from its mean) in a random
-				   * direction; everything else stays identical to drift 0.
-				   * Easy profile only (the real profile refuses drift > 0) */
-	ann_progress_fn progress; /* phases "gen" (base) and "gen-queries", unit vectors; may be NULL */
-	void *progress_ctx;
-} ann_gen_opts;
-
-/* Defaults: easy profile, n = nq = 0, dim 128, clusters 0 (automatic), seed 1, drift 0. */
-void ann_gen_opts_init(ann_gen_opts *o);
+/* The profile, the options, ann_gen_opts_init, ann_gen_profile_parse and
+ * _name, ann_gen_write and ANN_GEN_MAX_CLUSTERS are public: annann.h. */
 
 /* max(16, n / 4000), at most ANN_GEN_MAX_CLUSTERS. */
 uint32_t ann_gen_default_clusters(uint64_t n);
-#define ANN_GEN_MAX_CLUSTERS 4096u
 /* Latent components of the real profile when clusters is 0, whatever n. */
 #define ANN_GEN_REAL_CLUSTERS 64u
-/* "easy" or "real" to a profile; returns -1 for any other name. */
-int ann_gen_profile_parse(const char *name);
-const char *ann_gen_profile_name(ann_gen_profile p);
 /* Upper bound of the model's memory (means, scales, factors), in bytes;
  * ann_gen_model_new refuses options needing more (ANN_E_INVAL). */
 #define ANN_GEN_MAX_MODEL_BYTES ((size_t)512 << 20)
 
-/* Writes o->n base vectors to base_path and o->nq queries to query_path, in
- * the formats their extensions name (vecio.h), each through "path.tmp.<pid>"
- * then renamed. Memory: the model (clusters * dim * 40 bytes) plus two 4 MiB
- * buffers, whatever n. query_path is ignored when o->nq == 0 and required
- * otherwise. Easy profile: queries come from the same mixture through an
- * independent random stream, so they are distinct from the base rows in
- * practice. Real profile: queries come from a shifted distribution (other
- * component weights, perturbed latent points), as real queries do.
- * @return ANN_OK, ANN_E_INVAL (options, path), ANN_E_NOMEM, ANN_E_IO. */
-int ann_gen_write(const ann_gen_opts *o, const char *base_path, const char *query_path, ann_error *err);
 
 /* ---- in-memory access ------------------------------------------------------
  * The model is immutable once built and may be shared by threads; row i of a

@@ -161,6 +161,27 @@ void ann_vector_writer_abort(ann_vector_writer *w)
 	ann_vwriter_abort(w);
 }
 
+int ann_vector_reader_seek(ann_vector_reader *r, uint64_t i, ann_error *err)
+{
+	return ann_vreader_seek(r, i, err);
+}
+
+int ann_vector_path_format(const char *path, const char **name, uint64_t *max_vectors, ann_error *err)
+{
+	ann_vfmt f;
+	ANN_TRY(ann_vfmt_from_path(path, &f, err));
+	if (name)
+		*name = ann_vfmt_name(f);
+	if (max_vectors)
+		*max_vectors = ann_vfmt_max_vectors(f);
+	return ANN_OK;
+}
+
+int ann_vector_path_check_size(const char *path, uint64_t n, uint32_t dim, ann_error *err)
+{
+	return ann_vfile_check_size(path, n, dim, err);
+}
+
 /* ---- ground truth --------------------------------------------------------- */
 
 void ann_ground_truth_opts_init(ann_ground_truth_opts *o)

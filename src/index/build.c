@@ -493,14 +493,7 @@ out:
 
 static void block_params(const build *b, ann_block_params *p, bool for_dict_sample)
 {
-	block_params_init(p);
-	p->encoding = ann_encoding_block(b->enc);
-	p->codec = b->o->zstd_level == 0 || for_dict_sample ? ANN_BLOCK_CODEC_NONE : ANN_BLOCK_CODEC_ZSTD;
-	p->level = b->o->zstd_level;
-	/* Measured (docs/FORMAT.md): shuffling multi-byte floats helps zstd, transposing
-	 * 1-byte codes does not. */
-	p->shuffle = b->o->shuffle < 0 ? (b->enc == ANN_ENC_F32 || b->enc == ANN_ENC_F16) : b->o->shuffle != 0;
-	p->pad = b->o->store == ANN_STORE_LMDB ? ANN_BLOCK_PAD_LMDB : ANN_BLOCK_PAD_FILE;
+	ann_index_block_params(b->enc, b->o->store, for_dict_sample ? 0 : b->o->zstd_level, b->o->shuffle, p);
 	p->dict = for_dict_sample ? NULL : b->dict;
 }
 
@@ -676,7 +669,7 @@ static int publish_meta(build *b, double total_s, ann_error *err)
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.sample", b->sample_n, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.mem_bytes", o->mem_bytes, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.zstd_level", (uint64_t)o->zstd_level, err));
-	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.shuffle", (uint64_t)(o->shuffle + 1), err));
+	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.shuffle", ann_shuffle_to_meta(o->shuffle), err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.kmeans_iters", o->kmeans_iters, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.balance", o->balance, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.replica_eps", o->replica_eps, err));

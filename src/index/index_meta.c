@@ -89,3 +89,24 @@ int ann_index_meta_read(ann_cat_txn *t, ann_index_meta *m, ann_error *err)
 	m->code_bits = (uint32_t)bits;
 	return ANN_OK;
 }
+
+uint64_t ann_shuffle_to_meta(int shuffle)
+{
+	return shuffle < 0 ? 0 : shuffle == 0 ? 1 : 2;
+}
+
+int ann_shuffle_from_meta(uint64_t v)
+{
+	return v == 0 ? -1 : v == 2;
+}
+
+void ann_index_block_params(ann_encoding enc, ann_store_kind st, int level, int shuffle, ann_block_params *p)
+{
+	block_params_init(p);
+	p->encoding = ann_encoding_block(enc);
+	p->codec = level == 0 ? ANN_BLOCK_CODEC_NONE : ANN_BLOCK_CODEC_ZSTD;
+	p->level = level;
+	p->shuffle = shuffle < 0 ? (enc == ANN_ENC_F32 || enc == ANN_ENC_F16) : shuffle != 0;
+	p->pad = st == ANN_STORE_LMDB ? ANN_BLOCK_PAD_LMDB : ANN_BLOCK_PAD_FILE;
+	p->dict = NULL;
+}

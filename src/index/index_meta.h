@@ -36,4 +36,16 @@ int ann_index_meta_read(ann_cat_txn *t, ann_index_meta *m, ann_error *err);
 
 ann_block_encoding ann_encoding_block(ann_encoding e);
 
+/* The meta key build.shuffle stores the build option shuffle (-1 auto, 0 off,
+ * 1 on) as 0 auto, 1 off, 2 on (docs/FORMAT.md); an index without the key is
+ * auto. */
+uint64_t ann_shuffle_to_meta(int shuffle);
+int ann_shuffle_from_meta(uint64_t v);
+/* The parameters of the blocks an index of encoding enc in store kind st
+ * writes (build and compaction alike): zstd at level (0: no compression),
+ * shuffle as the option above (auto: on for f32 and f16, whose bytes zstd
+ * compresses better shuffled, off for 1-byte rows: measured, docs/FORMAT.md),
+ * the store's padding, no dictionary. */
+void ann_index_block_params(ann_encoding enc, ann_store_kind st, int level, int shuffle, ann_block_params *p);
+
 #endif

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "heap.h"
 #include "search_int.h"
 
 int codes_searcher_init(ann_searcher *s, ann_error *err)
@@ -73,41 +74,19 @@ int codes_batch(ann_searcher *s, size_t n, ann_error *err)
 /* ---- codes blocks: candidate heaps ----------------------------------------------------- */
 
 /* Max-heap on est of query qi's kept candidates (the rerank best). */
+#define CAND_ABOVE(a, b) ((a).est > (b).est)
+ANN_HEAP_DEFINE(cand_heap, cand *, cand, ANN_HEAP_ARRAY_AT, ANN_HEAP_ARRAY_SET, CAND_ABOVE)
+
 static void cand_push(ann_searcher *s, size_t qi, const cand *c)
 {
 	cand *h = s->cands + qi * s->rerank;
 	uint32_t n = s->ncand[qi];
 	if (n == s->rerank) {
-		if (!(c->est < h[0].est))
-			return;
-		/* replace the root, sift down */
-		size_t i = 0;
-		for (;;) {
-			size_t l = 2 * i + 1, r = l + 1, m = i;
-			float mv = c->est;
-			if (l < n && h[l].est > mv) {
-				m = l;
-				mv = h[l].est;
-			}
-			if (r < n && h[r].est > mv)
-				m = r;
-			if (m == i)
-				break;
-			h[i] = h[m];
-			i = m;
-		}
-		h[i] = *c;
+		if (c->est < h[0].est)
+			cand_heap_down(h, n, 0, *c);
 		return;
 	}
-	size_t i = n;
-	while (i > 0) {
-		size_t p = (i - 1) / 2;
-		if (!(h[p].est < c->est))
-			break;
-		h[i] = h[p];
-		i = p;
-	}
-	h[i] = *c;
+	cand_heap_up(h, n, *c);
 	s->ncand[qi] = n + 1;
 }
 
@@ -117,55 +96,36 @@ static float ub_kth(const ann_searcher *s, size_t qi)
 	return s->nub[qi] == s->o.k ? s->ub[qi * s->o.k] : INFINITY;
 }
 
-/* Max-heap of the k smallest upper bounds (distinct ids when replicated). */
+/* Max-heap of the k smallest upper bounds of one query (distinct ids when
+ * replicated), over the searcher's two arrays. */
+typedef struct ub_heap_ref {
+	float *v;
+	int64_t *id;
+} ub_heap_ref;
+typedef struct ub_ent {
+	float v;
+	int64_t id;
+} ub_ent;
+#define UB_AT(r, i) ((ub_ent){(r).v[i], (r).id[i]})
+#define UB_SET(r, i, e) ((r).v[i] = (e).v, (r).id[i] = (e).id)
+#define UB_ABOVE(a, b) ((a).v > (b).v)
+ANN_HEAP_DEFINE(ub_heap, ub_heap_ref, ub_ent, UB_AT, UB_SET, UB_ABOVE)
+
 static void ub_push(ann_searcher *s, size_t qi, float v, int64_t id)
 {
 	size_t k = s->o.k;
-	float *h = s->ub + qi * k;
-	int64_t *hid = s->ubid + qi * k;
+	ub_heap_ref h = {s->ub + qi * k, s->ubid + qi * k};
 	uint32_t n = s->nub[qi];
 	if (s->idx->meta.replicas > 1)
 		for (uint32_t i = 0; i < n; i++)
-			if (hid[i] == id) {
-				if (v >= h[i])
-					return;
-				/* rare: a tighter bound for a replica already in; keep the looser (still valid) */
-				return;
-			}
+			if (h.id[i] == id)
+				return; /* a replica already in: keep its bound (a tighter one is rare, the looser still valid) */
 	if (n == k) {
-		if (!(v < h[0]))
-			return;
-		size_t i = 0;
-		for (;;) {
-			size_t l = 2 * i + 1, r = l + 1, m = i;
-			float mv = v;
-			if (l < n && h[l] > mv) {
-				m = l;
-				mv = h[l];
-			}
-			if (r < n && h[r] > mv)
-				m = r;
-			if (m == i)
-				break;
-			h[i] = h[m];
-			hid[i] = hid[m];
-			i = m;
-		}
-		h[i] = v;
-		hid[i] = id;
+		if (v < h.v[0])
+			ub_heap_down(h, n, 0, (ub_ent){v, id});
 		return;
 	}
-	size_t i = n;
-	while (i > 0) {
-		size_t p = (i - 1) / 2;
-		if (!(h[p] < v))
-			break;
-		h[i] = h[p];
-		hid[i] = hid[p];
-		i = p;
-	}
-	h[i] = v;
-	hid[i] = id;
+	ub_heap_up(h, n, (ub_ent){v, id});
 	s->nub[qi] = n + 1;
 }
 

@@ -620,16 +620,11 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 		}
 	}
 	ann_block_params bp;
-	block_params_init(&bp);
 	uint64_t level = 3, shuffle = 0;
 	ANN_CHECK(rc, meta_u64_or(t, "build.zstd_level", 3, &level, err));
 	ANN_CHECK(rc, meta_u64_or(t, "build.shuffle", 0, &shuffle, err));
-	bp.encoding = ann_encoding_block(x->meta.encoding);
-	bp.codec = level ? ANN_BLOCK_CODEC_ZSTD : ANN_BLOCK_CODEC_NONE;
-	bp.level = (int)level;
-	bp.shuffle = shuffle == 0 ? (x->meta.encoding == ANN_ENC_F32 || x->meta.encoding == ANN_ENC_F16) : shuffle == 2;
-	bp.pad = x->meta.store == ANN_STORE_LMDB ? ANN_BLOCK_PAD_LMDB : ANN_BLOCK_PAD_FILE;
-	bp.dict = NULL; /* rewritten blocks do not use the build's dictionary */
+	/* rewritten blocks do not use the build's dictionary */
+	ann_index_block_params(x->meta.encoding, x->meta.store, (int)level, ann_shuffle_from_meta(shuffle), &bp);
 	if (!split_limit)
 		split_limit = 4 * (x->meta.stored_vectors / (x->dir.count ? x->dir.count : 1) + 1);
 	uint64_t stored = x->meta.stored_vectors;

@@ -18,6 +18,7 @@
 #include <xxhash.h>
 
 #include "distance.h"
+#include "heap.h"
 
 #define HN_MAGIC "\x89HNSW\r\n\x1a"
 #define HN_HEADER 96u
@@ -134,87 +135,40 @@ static inline bool hn_less(hn_pair a, hn_pair b)
 	return a.d < b.d || (a.d == b.d && a.id < b.id);
 }
 
-static void hn_min_push(hn_pair *h, size_t *n, hn_pair v)
+#define HN_ABOVE_MIN(a, b) hn_less(a, b)
+#define HN_ABOVE_MAX(a, b) hn_less(b, a)
+ANN_HEAP_DEFINE(hn_minh, hn_pair *, hn_pair, ANN_HEAP_ARRAY_AT, ANN_HEAP_ARRAY_SET, HN_ABOVE_MIN)
+ANN_HEAP_DEFINE(hn_maxh, hn_pair *, hn_pair, ANN_HEAP_ARRAY_AT, ANN_HEAP_ARRAY_SET, HN_ABOVE_MAX)
+
+static inline void hn_min_push(hn_pair *h, size_t *n, hn_pair v)
 {
-	size_t i = (*n)++;
-	while (i > 0) {
-		size_t p = (i - 1) / 2;
-		if (!hn_less(v, h[p]))
-			break;
-		h[i] = h[p];
-		i = p;
-	}
-	h[i] = v;
+	hn_minh_up(h, (*n)++, v);
 }
 
-static hn_pair hn_min_pop(hn_pair *h, size_t *n)
+static inline hn_pair hn_min_pop(hn_pair *h, size_t *n)
 {
-	hn_pair top = h[0], v = h[--*n];
-	size_t i = 0, m = *n;
-	for (;;) {
-		size_t l = 2 * i + 1;
-		if (l >= m)
-			break;
-		if (l + 1 < m && hn_less(h[l + 1], h[l]))
-			l++;
-		if (!hn_less(h[l], v))
-			break;
-		h[i] = h[l];
-		i = l;
-	}
-	if (m)
-		h[i] = v;
+	hn_pair top = h[0];
+	if (--*n)
+		hn_minh_down(h, *n, 0, h[*n]);
 	return top;
 }
 
-static void hn_max_push(hn_pair *h, size_t *n, hn_pair v)
+static inline void hn_max_push(hn_pair *h, size_t *n, hn_pair v)
 {
-	size_t i = (*n)++;
-	while (i > 0) {
-		size_t p = (i - 1) / 2;
-		if (!hn_less(h[p], v))
-			break;
-		h[i] = h[p];
-		i = p;
-	}
-	h[i] = v;
+	hn_maxh_up(h, (*n)++, v);
 }
 
 /* Replaces the root of a max-heap of n entries by v and restores order. */
-static void hn_max_replace(hn_pair *h, size_t m, hn_pair v)
+static inline void hn_max_replace(hn_pair *h, size_t m, hn_pair v)
 {
-	size_t i = 0;
-	for (;;) {
-		size_t l = 2 * i + 1;
-		if (l >= m)
-			break;
-		if (l + 1 < m && hn_less(h[l], h[l + 1]))
-			l++;
-		if (!hn_less(v, h[l]))
-			break;
-		h[i] = h[l];
-		i = l;
-	}
-	h[i] = v;
+	hn_maxh_down(h, m, 0, v);
 }
 
-static hn_pair hn_max_pop(hn_pair *h, size_t *n)
+static inline hn_pair hn_max_pop(hn_pair *h, size_t *n)
 {
-	hn_pair top = h[0], v = h[--*n];
-	size_t i = 0, m = *n;
-	for (;;) {
-		size_t l = 2 * i + 1;
-		if (l >= m)
-			break;
-		if (l + 1 < m && hn_less(h[l], h[l + 1]))
-			l++;
-		if (!hn_less(v, h[l]))
-			break;
-		h[i] = h[l];
-		i = l;
-	}
-	if (m)
-		h[i] = v;
+	hn_pair top = h[0];
+	if (--*n)
+		hn_maxh_down(h, *n, 0, h[*n]);
 	return top;
 }
 
@@ -1217,6 +1171,24 @@ int ann_hnsw_search(const ann_hnsw *h, ann_hnsw_ctx *ctx, const float *q, size_t
 fail:
 	ann_hnsw_ctx_free(own);
 	return rc;
+}
+
+int ann_hnsw_nearest_rows(const ann_hnsw *h, const float *x, size_t n, uint32_t m, uint32_t *ids, float *dists,
+			  ann_error *err)
+{
+	ann_hnsw_ctx *hc;
+	ANN_TRY(ann_hnsw_ctx_new(&hc, err));
+	size_t d = ann_hnsw_dim(h);
+	int rc = ANN_OK;
+	for (size_t i = 0; i < n && rc >= 0; i++) {
+		/* int32_t and uint32_t may alias: found ids in place, -1 -> UINT32_MAX */
+		int32_t *row = (int32_t *)(ids + i * m);
+		rc = ann_hnsw_search(h, hc, x + i * d, m, ANN_MAX(64u, 4 * m), row, dists + i * m, err);
+		for (uint32_t j = 0; j < m; j++)
+			ids[i * m + j] = row[j] < 0 ? UINT32_MAX : (uint32_t)row[j];
+	}
+	ann_hnsw_ctx_free(hc);
+	return rc < 0 ? rc : ANN_OK;
 }
 
 /* ---- public: blob -------------------------------------------------------------- */

@@ -145,6 +145,12 @@ size_t ann_hnsw_ctx_bytes(const ann_hnsw_ctx *c);
  *         or ANN_E_INVAL, ANN_E_NOMEM. */
 int ann_hnsw_search(const ann_hnsw *h, ann_hnsw_ctx *ctx, const float *q, size_t k, size_t ef, int32_t *ids,
 		    float *dists, ann_error *err);
+/* The m nearest stored vectors of each of n rows of x (row stride d = the
+ * graph's dimension), as routers assign: ids (n * m, UINT32_MAX past the count
+ * found) and dists (n * m), with ef = max(64, 4 m). One context for the call.
+ * @return ANN_OK, ANN_E_INVAL or ANN_E_NOMEM. */
+int ann_hnsw_nearest_rows(const ann_hnsw *h, const float *x, size_t n, uint32_t m, uint32_t *ids, float *dists,
+			  ann_error *err);
 
 /* Size of the blob ann_hnsw_save writes. */
 size_t ann_hnsw_blob_bytes(const ann_hnsw *h);

@@ -12,6 +12,8 @@
 #include <metis.h>
 #include <stdlib.h>
 
+#include "heap.h"
+
 #if IDXTYPEWIDTH != 32
 #error "partition.c passes int32_t arrays to METIS: it needs IDXTYPEWIDTH 32"
 #endif
@@ -475,34 +477,24 @@ static void heap_set(auction *A, as_heap *hp, uint32_t idx, as_slot s)
 		A->pos[s.who] = idx;
 }
 
+/* A part's min-heap on price; every move records the holder's slot (pos). */
+typedef struct as_ref {
+	auction *A;
+	as_heap *hp;
+} as_ref;
+#define AS_AT(r, i) ((r).hp->h[i])
+#define AS_SET(r, i, s) heap_set((r).A, (r).hp, (uint32_t)(i), s)
+#define AS_ABOVE(a, b) ((a).p < (b).p)
+ANN_HEAP_DEFINE(as_heap, as_ref, as_slot, AS_AT, AS_SET, AS_ABOVE)
+
 static void heap_up(auction *A, as_heap *hp, uint32_t idx)
 {
-	as_slot s = hp->h[idx];
-	while (idx > 0) {
-		uint32_t par = (idx - 1) / 2;
-		if (hp->h[par].p <= s.p)
-			break;
-		heap_set(A, hp, idx, hp->h[par]);
-		idx = par;
-	}
-	heap_set(A, hp, idx, s);
+	as_heap_up((as_ref){A, hp}, idx, hp->h[idx]);
 }
 
 static void heap_down(auction *A, as_heap *hp, uint32_t idx)
 {
-	as_slot s = hp->h[idx];
-	for (;;) {
-		uint32_t c = 2 * idx + 1;
-		if (c >= hp->len)
-			break;
-		if (c + 1 < hp->len && hp->h[c + 1].p < hp->h[c].p)
-			c++;
-		if (hp->h[c].p >= s.p)
-			break;
-		heap_set(A, hp, idx, hp->h[c]);
-		idx = c;
-	}
-	heap_set(A, hp, idx, s);
+	as_heap_down((as_ref){A, hp}, hp->len, idx, hp->h[idx]);
 }
 
 /* Entries of a heap never exceed C (one per held slot at most). */

@@ -180,18 +180,7 @@ static int anr_assign(const ann_router *r, const float *x, size_t n, const ann_a
 		ANN_CHECK(rc, ann_nearest_centroids(z, n, e, a->mu, k, m, ANN_METRIC_L2, ANN_MAX(1, ANN_MIN(threads, 16)),
 						    ids, dists, err));
 	} else {
-		ann_hnsw_ctx *hc;
-		ANN_CHECK(rc, ann_hnsw_ctx_new(&hc, err));
-		int32_t tmp[64];
-		for (size_t i = 0; i < n && rc >= 0; i++) {
-			rc = ann_hnsw_search(a->graph, hc, z + i * e, m, ANN_MAX(64u, 4 * m), tmp, dists + i * m, err);
-			for (uint32_t j = 0; j < m; j++)
-				ids[i * m + j] = tmp[j] < 0 ? UINT32_MAX : (uint32_t)tmp[j];
-		}
-		ann_hnsw_ctx_free(hc);
-		if (rc < 0)
-			goto out;
-		rc = ANN_OK;
+		ANN_CHECK(rc, ann_hnsw_nearest_rows(a->graph, z, n, m, ids, dists, err));
 	}
 	rc = ann_router_closure_rows(ids, dists, n, m, copies, sp->eps, ANN_METRIC_L2, parts, "annann", err);
 fail:

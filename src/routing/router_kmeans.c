@@ -103,18 +103,7 @@ static int km_assign(const ann_router *r, const float *x, size_t n, const ann_as
 		}
 		ANN_CHECK(rc, ann_nearest_centroids(x, n, d, c, k, m, r->metric, threads, ids, dists, err));
 	} else {
-		ann_hnsw_ctx *hc;
-		ANN_CHECK(rc, ann_hnsw_ctx_new(&hc, err));
-		int32_t tmp[64];
-		for (size_t i = 0; i < n && rc >= 0; i++) {
-			rc = ann_hnsw_search(h, hc, x + i * d, m, ANN_MAX(64u, 4 * m), tmp, dists + i * m, err);
-			for (uint32_t j = 0; j < m; j++)
-				ids[i * m + j] = tmp[j] < 0 ? UINT32_MAX : (uint32_t)tmp[j];
-		}
-		ann_hnsw_ctx_free(hc);
-		if (rc < 0)
-			goto out;
-		rc = ANN_OK;
+		ANN_CHECK(rc, ann_hnsw_nearest_rows(h, x, n, m, ids, dists, err));
 	}
 	if (!soar) {
 		rc = ann_router_closure_rows(ids, dists, n, m, copies, sp->eps, r->metric, parts, "kmeans", err);

@@ -16,6 +16,7 @@
 #include <math.h>
 #include <xxhash.h>
 
+#include "heap.h"
 #include "knngraph.h"
 #include "nn.h"
 #include "partition.h"
@@ -142,47 +143,24 @@ static inline bool tc_better(float va, uint32_t ia, float vb, uint32_t ib)
 	return va > vb || (va == vb && ia < ib);
 }
 
-static void tc_sift_down(topc *h, uint32_t i)
-{
-	for (;;) {
-		uint32_t l = 2 * i + 1, r = l + 1, w = i;
-		if (l < h->size && tc_better(h->val[w], h->id[w], h->val[l], h->id[l]))
-			w = l;
-		if (r < h->size && tc_better(h->val[w], h->id[w], h->val[r], h->id[r]))
-			w = r;
-		if (w == i)
-			return;
-		float tv = h->val[i];
-		uint32_t ti = h->id[i];
-		h->val[i] = h->val[w];
-		h->id[i] = h->id[w];
-		h->val[w] = tv;
-		h->id[w] = ti;
-		i = w;
-	}
-}
+typedef struct tc_ent {
+	float v;
+	uint32_t id;
+} tc_ent;
+#define TC_AT(h, i) ((tc_ent){(h)->val[i], (h)->id[i]})
+#define TC_SET(h, i, e) ((h)->val[i] = (e).v, (h)->id[i] = (e).id)
+#define TC_ABOVE(a, b) tc_better((b).v, (b).id, (a).v, (a).id) /* the worst kept at the root */
+ANN_HEAP_DEFINE(tc_heap, topc *, tc_ent, TC_AT, TC_SET, TC_ABOVE)
 
 static void tc_push(topc *h, float v, uint32_t id)
 {
 	if (!(v >= 0.0f)) /* NaN from non-finite input never enters */
 		return;
-	if (h->size < h->cap) {
-		uint32_t i = h->size++;
-		while (i > 0) {
-			uint32_t p = (i - 1) / 2;
-			if (!tc_better(h->val[p], h->id[p], v, id))
-				break;
-			h->val[i] = h->val[p];
-			h->id[i] = h->id[p];
-			i = p;
-		}
-		h->val[i] = v;
-		h->id[i] = id;
-	} else if (h->cap && tc_better(v, id, h->val[0], h->id[0])) {
-		h->val[0] = v;
-		h->id[0] = id;
-		tc_sift_down(h, 0);
-	}
+	tc_ent e = {v, id};
+	if (h->size < h->cap)
+		tc_heap_up(h, h->size++, e);
+	else if (h->cap && tc_better(v, id, h->val[0], h->id[0]))
+		tc_heap_down(h, h->size, 0, e);
 }
 
 /* Empties the heap into ids / vals (vals may be NULL), best first. */
@@ -194,9 +172,8 @@ static uint32_t tc_drain(topc *h, uint32_t *ids, float *vals)
 		if (vals)
 			vals[i] = h->val[0];
 		h->size--;
-		h->val[0] = h->val[h->size];
-		h->id[0] = h->id[h->size];
-		tc_sift_down(h, 0);
+		if (h->size)
+			tc_heap_down(h, h->size, 0, TC_AT(h, h->size));
 	}
 	return k;
 }
