@@ -42,6 +42,8 @@ static cli_opt build_opts[] = {
 	 NULL},
 	{"soar", "LAMBDA", "kmeans: pick extra copies' partitions by SOAR's loss with this lambda (0 = nearest; "
 	 "default 0)", NULL},
+	{"router-bits", "B", "kmeans, l2: keep the centroids as B-bit RaBitQ codes (1..8) scanned flat, no graph: "
+	 "fewer router bytes per partition (default 0: uint8/float centroids in an HNSW graph)", NULL},
 	{"hnsw-m", "M", "degree of the centroid graph (default 32; 2x at level 0)", NULL},
 	{"hnsw-ef", "EF", "ef_construction of the centroid graph (default 200)", NULL},
 	{"clusters", "K", "annann router: clusters (same as --partitions)", NULL},
@@ -151,6 +153,10 @@ static int run_build(cli_cmd *c)
 	if (cli_get(c, "code-bits") && !(codes && strcmp(codes, "rabitq") == 0))
 		return cli_usage_error(c, "--code-bits needs --codes rabitq");
 	o.code_bits = codes && strcmp(codes, "rabitq") == 0 ? (uint32_t)cbits : 0;
+	uint64_t rbits;
+	if (!cli_u64(c, "router-bits", 0, 0, 8, &rbits))
+		return CLI_EXIT_USAGE;
+	o.router_bits = (uint32_t)rbits;
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
 	double alpha, rw, imb, lambda;
@@ -419,6 +425,8 @@ static cli_opt search_opts[] = {
 	{"rerank-phases", "N", "codes: 1 = one read of all re-rank pages; 2 = the k best first, then only what can "
 	 "still beat them (default 2)", NULL},
 	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.8)", NULL},
+	{"probe-eps", "E", "kmeans: probe only partitions whose centroid is within (1 + E) x the nearest "
+	 "centroid's distance, at most nprobe of them (default 0 = off, every one of the nprobe; inf = off)", NULL},
 	{"queue-depth", "Q", "I/O requests in flight (default 32)", NULL},
 	{"pread", NULL, "read with pread instead of io_uring", NULL},
 	{"limit", "N", "use only the first N queries", NULL},
@@ -522,8 +530,11 @@ static int run_search(cli_cmd *c)
 	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, 2, &rphases) ||
 	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, ANN_MAX_NPROBE, probes, 64, &nprobes))
 		return CLI_EXIT_USAGE;
-	double reps;
+	double reps, peps = INFINITY;
 	if (!cli_double(c, "rerank-eps", 0, 0, 100, &reps))
+		return CLI_EXIT_USAGE;
+	const char *pe = cli_get(c, "probe-eps");
+	if ((!pe || strcmp(pe, "inf") != 0) && !cli_double(c, "probe-eps", 0, 0, 1e9, &peps))
 		return CLI_EXIT_USAGE;
 	if (nprobes == 0)
 		probes[nprobes++] = 16;
@@ -593,6 +604,7 @@ static int run_search(cli_cmd *c)
 		so.rerank = (uint32_t)rerank;
 		so.rerank_eps = (float)reps;
 		so.rerank_phases = (uint32_t)rphases;
+		so.probe_eps = (float)peps;
 		const char *io_path = "?";
 		double wall;
 		ann_searcher *srch[64] = {0};
@@ -663,6 +675,8 @@ static int run_search(cli_cmd *c)
 			cli_json_num(&j, "p99", p99 * 1e3);
 			cli_json_close_obj(&j);
 			cli_json_num(&j, "partitions_probed", parts / dn);
+			if (peps > 0 && !isinf(peps))
+				cli_json_num(&j, "probe_eps", peps);
 			cli_json_num(&j, "candidates", cands / dn);
 			cli_json_num(&j, "bytes_read", bytes / dn);
 			cli_json_num(&j, "io_requests", ios / dn);
@@ -700,9 +714,10 @@ static int run_search(cli_cmd *c)
 			else
 				printf("%.0f/%.0f/%.0f/%.0f\n", r_us / dn, w_us / dn, d_us / dn, s_us / dn);
 			if (pi + 1 == nprobes)
-				printf("(io path %s, %s kernels, batch %llu, %llu thread%s, cache %llu bytes)\n", io_path,
+				printf("(io path %s, %s kernels, batch %llu, %llu thread%s, cache %llu bytes%s)\n", io_path,
 				       ann_simd_name(ann_simd_active()), (unsigned long long)batch,
-				       (unsigned long long)threads, threads == 1 ? "" : "s", (unsigned long long)cache);
+				       (unsigned long long)threads, threads == 1 ? "" : "s", (unsigned long long)cache,
+				       peps > 0 && !isinf(peps) ? ", adaptive probing: parts = mean probed" : "");
 		}
 		fflush(stdout);
 	}

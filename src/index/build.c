@@ -247,6 +247,9 @@ static int resolve_options(build *b, ann_error *err)
 			       o->balance);
 	if (o->zstd_level < 0 || o->zstd_level > 22)
 		return ann_err(err, ANN_E_INVAL, "zstd level %d: must be within 0..22 (0 = uncompressed)", o->zstd_level);
+	if (o->router_bits > 8 || (o->router_bits && (o->router != ANN_ROUTER_KMEANS || o->metric != ANN_METRIC_L2)))
+		return ann_err(err, ANN_E_INVAL, "router bits %u: the compact centroid router takes 1..8 bits (0 = the "
+			       "graph) and needs the kmeans router under metric l2", o->router_bits);
 	if (o->code_bits > 8)
 		return ann_err(err, ANN_E_INVAL, "code bits %u: must be within 1..8 (0 = no codes)", o->code_bits);
 	if (o->code_bits && b->enc != ANN_ENC_F32 && b->enc != ANN_ENC_U8 && b->enc != ANN_ENC_I8)
@@ -751,8 +754,12 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 		ANN_CHECK(rc, ann_router_kmeans_calibrate(b.router, sample, b.sample_n, o->threads > 0 ? o->threads : 1,
 							  &ef, &ov, err));
 		b.router->route_ef = ef;
-		ann_router_log(o, "kmeans router: single-query ef %u (top-16 routing overlap %.4f with the exact scan)",
-			       ef, ov);
+		if (ef)
+			ann_router_log(o, "kmeans router: single-query ef %u (top-16 routing overlap %.4f with the exact "
+				       "scan)", ef, ov);
+		else
+			ann_router_log(o, "kmeans router: %u-bit centroid codes, top-16 routing overlap %.4f with the exact "
+				       "scan", o->router_bits, ov);
 	}
 	ann_free(sample);
 	sample = NULL;
