@@ -294,6 +294,49 @@ static void test_index(const char *dir)
 		free(path);
 	}
 	ASSERT_TRUE(ram[1] * 3 < ram[0]);
+	/* Updates on the compact router: inserts go to the nearest estimate, a
+	 * compaction splits a grown partition (two new codes), the router blob is
+	 * rewritten, and every vector, old or new, is still found exactly. */
+	{
+		char *path = t_path(dir, "kc");
+		ann_writer *wr;
+		ann_error e = {0};
+		ASSERT_OK(ann_writer_open(path, &wr, &e));
+		/* the queries, 20 times each with noise-free copies: one partition grows */
+		size_t m = 40 * 20;
+		float *ins = malloc(m * d * sizeof(float));
+		int64_t *iid = malloc(m * sizeof(int64_t));
+		for (size_t i = 0; i < m; i++) {
+			memcpy(ins + i * d, q + (i % 40) * d, d * sizeof(float));
+			iid[i] = (int64_t)(n + i);
+		}
+		if (ann_insert(wr, ins, m, (uint32_t)d, iid, 0, NULL, &e) < 0)
+			T_FAIL("insert: %s", e.msg);
+		ann_compact_stats cs;
+		if (ann_compact(wr, 150, &cs, &e) < 0)
+			T_FAIL("compact: %s", e.msg);
+		printf("compact router: compaction split %u partitions\n", cs.partitions_split);
+		ASSERT_TRUE(cs.partitions_split >= 1);
+		ann_writer_close(wr);
+		ann_index *idx;
+		ASSERT_OK(ann_index_open(path, &idx, &e));
+		ASSERT_TRUE(ann_router_is_kcodes(idx->router));
+		ASSERT_EQ(idx->router->nparts, 60 + cs.partitions_split);
+		ann_search_opts so;
+		ann_search_opts_init(&so);
+		so.k = 1;
+		so.nprobe = idx->router->nparts;
+		search_set(idx, &so, q, 40, d, 1, ids, ds, st);
+		for (size_t i = 0; i < 40; i++)
+			ASSERT_TRUE(ds[i] == 0); /* its own copies are at distance 0 */
+		ann_index_close(idx);
+		uint64_t problems = 99;
+		ASSERT_OK(ann_verify(path, NULL, NULL, &problems, NULL));
+		ASSERT_EQ(problems, 0);
+		free(ins);
+		free(iid);
+		free(path);
+	}
 	free(data);
 	free(gti);
 	free(gtd);
