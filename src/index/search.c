@@ -18,16 +18,18 @@
  * replicas are filtered at every push. The optional cache (LRU, bounded in
  * bytes) keeps decoded format 1 blocks and the heads of codes blocks; round 2
  * pages are always read.
+ * The codes path (round 1 estimates, round 2 exact pages) is search_codes.c;
+ * this file routes, groups, reads round 1, scans format 1 blocks and deltas,
+ * keeps the cache and merges.
  * Invariants: every distance in the answer is exact; every byte used was
  * checked (format 1: payload checksum; codes: header, head and page sums).
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-#include "distance.h"
-#include "index.h"
 #include <string.h>
+
+#include "search_int.h"
 
 void ann_search_opts_init(ann_search_opts *o)
 {
@@ -40,114 +42,8 @@ void ann_search_opts_init(ann_search_opts *o)
 	o->rerank = ANN_DEFAULT_RERANK;
 }
 
-/* A cache entry in one allocation: a decoded format 1 block (ids then
- * vectors), or the head of a codes block as read (head_len > 0). */
-typedef struct cblock {
-	uint32_t pid;
-	uint32_t generation;
-	uint32_t count;
-	uint32_t head_len;
-	size_t bytes;
-	int64_t *ids;
-	void *vecs;
-	uint8_t *head;
-	struct cblock *prev, *next; /* LRU list, most recent at head */
-} cblock;
-
-typedef struct pair {
-	uint32_t pid;
-	uint32_t q;
-} pair;
-
-/* A candidate of a codes block for one query. */
-typedef struct cand {
-	float est, width;
-	int64_t id;
-	uint32_t u, row;   /* unique partition of the batch, row of its block */
-} cand;
-
-/* A round 2 entry: one (query, row) to re-rank; sorted by (u, row, q). */
-typedef struct r2ent {
-	uint32_t u, row, q, run;
-	uint32_t rank;     /* of its estimate among the query's selected candidates */
-	float lower;       /* estimate - width */
-	int64_t id;
-} r2ent;
-
-/* What round 2 needs of a codes block's head (the head's buffer is released
- * after round 1): its layout and page sums (copied to the batch arena). */
-typedef struct uhead {
-	ann_cblock_info in;
-	size_t sums_at;    /* offset in s->sums */
-	bool codes;        /* a codes block was read for this partition */
-} uhead;
-
-struct ann_searcher {
-	ann_index *idx;
-	ann_search_opts o;
-	const ann_kernels *kern;
-	ann_cat_txn *rt;      /* catalog snapshot, renewed per batch, reset after */
-	ann_store_reader *rd; /* every block read, inside rt */
-	ann_block_dec *dec;
-	uint64_t ntomb;       /* tombstones in the batch's snapshot */
-	/* deltas of one partition */
-	int64_t *dids;
-	uint8_t *dvecs;
-	size_t dcap, dn, dbytes;
-	uint32_t dpid;
-	/* requests of a batch */
-	ann_block_range *reqs;
-	size_t reqs_cap;
-	/* codes blocks */
-	ann_rbq_query *rq;
-	float *est, *width;   /* one block's estimates */
-	size_t est_cap;
-	int64_t *hids;        /* one head's ids */
-	size_t hids_cap;
-	float *centre;        /* dim */
-	uhead *uh;            /* per unique partition of the batch */
-	size_t uh_cap;
-	uint8_t *sums;        /* page sums of the batch's heads */
-	size_t sums_len, sums_cap;
-	uint32_t rerank;
-	cand *cands;          /* cap_q * rerank: per query a max-heap on est */
-	uint32_t *ncand;
-	float *ub;            /* cap_q * k: per query a max-heap of upper bounds */
-	int64_t *ubid;
-	uint32_t *nub;
-	r2ent *ents;          /* round 2 */
-	size_t ents_cap;
-	uint8_t *flags;       /* round 2: want, done per entry */
-	size_t flags_cap;
-	size_t *runlo;        /* round 2: an entry of each read */
-	size_t runlo_cap;
-	double *qb1, *qb2, *qio1, *qio2;
-	uint64_t *qest, *qrr;
-	ann_router_ctx *rctx;
-	size_t vec_esize;     /* bytes per decoded element */
-	ann_dtype vec_type;
-	/* batch scratch, grown to the largest batch seen */
-	size_t cap_q;
-	uint32_t *parts;      /* cap_q * nprobe */
-	uint32_t *nparts;     /* cap_q */
-	pair *pairs;          /* cap_q * nprobe */
-	uint32_t *upids;      /* unique partitions of the batch */
-	uint32_t *ustart;     /* start of each unique partition's pairs */
-	float *qnorm;         /* cap_q * dim: queries (normalised for cosine) */
-	ann_topk *heaps;      /* cap_q */
-	double *qbytes, *qreqs, *qdec; /* per-query attributions */
-	uint64_t *qscan, *qcand;
-	float *dist;          /* distances of one block's rows */
-	size_t dist_cap;
-	float *conv;          /* i8 blocks converted to float */
-	size_t conv_cap;
-	/* cache */
-	cblock **cmap;        /* dir.n entries */
-	cblock *chead, *ctail;
-	size_t cbytes;
-};
-
-static int grow(void **p, size_t *cap, size_t need, size_t esz)
+/* Grows *p to hold need elements of esz bytes (search_int.h). */
+int search_grow(void **p, size_t *cap, size_t need, size_t esz)
 {
 	if (need <= *cap)
 		return ANN_OK;
@@ -212,16 +108,8 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 	ANN_CHECK(rc, ann_catalog_read_begin(ann_store_catalog(idx->store), &s->rt, err));
 	ann_catalog_read_reset(s->rt);
 	ANN_CHECK(rc, ann_store_reader_use_txn(s->rd, s->rt, err));
-	if (idx->rbq) {
-		ANN_CHECK(rc, ann_rbq_query_new(idx->rbq, &s->rq, err));
-		if (s->o.rerank_eps > 0)
-			ann_rbq_query_set_eps0(s->rq, s->o.rerank_eps);
-		s->centre = ann_malloc((size_t)idx->meta.dim * sizeof(float));
-		if (!s->centre) {
-			rc = ann_err(err, ANN_E_NOMEM, "out of memory for a searcher");
-			goto fail;
-		}
-	}
+	if (idx->rbq)
+		ANN_CHECK(rc, codes_searcher_init(s, err));
 	s->dbytes = ann_index_delta_bytes(idx);
 	ANN_CHECK(rc, block_dec_new(0, &s->dec, err));
 	ANN_CHECK(rc, idx->router->ops->ctx_new(idx->router, &s->rctx, err));
@@ -283,21 +171,7 @@ void ann_searcher_free(ann_searcher *s)
 	ann_store_reader_free(s->rd); /* before the txn it reads in */
 	if (s->rt)
 		ann_catalog_read_end(s->rt);
-	ann_rbq_query_free(s->rq);
-	ann_free(s->est);
-	ann_free(s->width);
-	ann_free(s->hids);
-	ann_free(s->centre);
-	ann_free(s->uh);
-	ann_free(s->sums);
-	ann_free(s->cands);
-	ann_free(s->ncand);
-	ann_free(s->ub);
-	ann_free(s->ubid);
-	ann_free(s->nub);
-	ann_free(s->ents);
-	ann_free(s->flags);
-	ann_free(s->runlo);
+	codes_searcher_free(s);
 	ann_free(s->qb1);
 	ann_free(s->qb2);
 	ann_free(s->qio1);
@@ -363,8 +237,8 @@ static void cache_link(ann_searcher *s, cblock *c)
 	s->cbytes += c->bytes;
 }
 
-/* Caches a codes block's head as read (checked by process_head first). */
-static void cache_put_head(ann_searcher *s, uint32_t pid, uint32_t gen, const uint8_t *head, uint32_t len)
+/* Caches a codes block's head as read (search_int.h). */
+void search_cache_put_head(ann_searcher *s, uint32_t pid, uint32_t gen, const uint8_t *head, uint32_t len)
 {
 	cblock *c = cache_alloc(s, pid, sizeof(cblock) + (size_t)len + 64);
 	if (!c)
@@ -396,7 +270,7 @@ static void cache_put(ann_searcher *s, uint32_t pid, uint32_t gen, const int64_t
 	cache_link(s, c);
 }
 
-static bool heap_has(const ann_topk *h, int64_t id)
+bool search_heap_has(const ann_topk *h, int64_t id)
 {
 	for (size_t i = 0; i < h->n; i++)
 		if (h->id[i] == id)
@@ -404,9 +278,8 @@ static bool heap_has(const ann_topk *h, int64_t id)
 	return false;
 }
 
-/* Scans count rows for query qi, pushing into its heap. */
 /* Is id deleted in the batch's snapshot (its block copies are dead)? */
-static bool tombed(ann_searcher *s, int64_t id)
+bool search_tombed(ann_searcher *s, int64_t id)
 {
 	uint8_t k[8];
 	ann_stbe64(k, (uint64_t)id);
@@ -415,28 +288,39 @@ static bool tombed(ann_searcher *s, int64_t id)
 	return ann_catalog_get(s->rt, ANN_CAT_TOMB, k, sizeof k, &v, &n, NULL) == ANN_OK;
 }
 
-/* Scans count rows for query qi, pushing into its heap. Block rows
- * (from_block) are checked against the tombstones. */
-static int scan_block(ann_searcher *s, size_t qi, const int64_t *ids, const void *vecs, uint32_t count,
+/* The rows of a block as the kernels take them: i8 rows are converted to
+ * float once per block (into s->conv, count * dim floats, the largest block's
+ * size), u8 and f32 rows are used as they are. */
+static int block_rows(ann_searcher *s, const void *vecs, uint32_t count, const void **rows, ann_dtype *t,
+		      ann_error *err)
+{
+	*rows = vecs;
+	*t = s->vec_type;
+	if (*t != ANN_DTYPE_I8)
+		return ANN_OK;
+	size_t n = (size_t)count * s->idx->meta.dim;
+	if (search_grow((void **)&s->conv, &s->conv_cap, n, sizeof(float)) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory converting a block of %u vectors", count);
+	const int8_t *src = vecs;
+	for (size_t i = 0; i < n; i++)
+		s->conv[i] = src[i];
+	*rows = s->conv;
+	*t = ANN_DTYPE_F32;
+	return ANN_OK;
+}
+
+/* Scans count rows (as block_rows gives them, of type t) for query qi,
+ * pushing into its heap. Block rows (from_block) are checked against the
+ * tombstones. */
+static int scan_block(ann_searcher *s, size_t qi, const int64_t *ids, const void *rows, ann_dtype t, uint32_t count,
 		      bool from_block, ann_error *err)
 {
 	size_t d = s->idx->meta.dim;
-	if (grow((void **)&s->dist, &s->dist_cap, count, sizeof(float)) < 0)
+	if (search_grow((void **)&s->dist, &s->dist_cap, count, sizeof(float)) < 0)
 		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %u distances", count);
 	const float *q = s->qnorm + qi * d;
 	float *dist = s->dist;
 	ann_metric m = s->idx->meta.metric;
-	const void *rows = vecs;
-	ann_dtype t = s->vec_type;
-	if (t == ANN_DTYPE_I8) {
-		if (grow((void **)&s->conv, &s->conv_cap, (size_t)count * d, sizeof(float)) < 0)
-			return ann_err(err, ANN_E_NOMEM, "search: out of memory converting a block");
-		const int8_t *src = vecs;
-		for (size_t i = 0; i < (size_t)count * d; i++)
-			s->conv[i] = src[i];
-		rows = s->conv;
-		t = ANN_DTYPE_F32;
-	}
 	if (m == ANN_METRIC_L2) {
 		if (t == ANN_DTYPE_U8)
 			s->kern->l2_f32_u8_many(q, rows, count, d, dist);
@@ -459,9 +343,9 @@ static int scan_block(ann_searcher *s, size_t qi, const int64_t *ids, const void
 	for (uint32_t i = 0; i < count; i++) {
 		if (dist[i] > bound)
 			continue;
-		if (dedupe && heap_has(h, ids[i]))
+		if (dedupe && search_heap_has(h, ids[i]))
 			continue;
-		if (from_block && s->ntomb && tombed(s, ids[i]))
+		if (from_block && s->ntomb && search_tombed(s, ids[i]))
 			continue;
 		ann_topk_push(h, dist[i], ids[i]);
 		bound = ann_topk_bound(h);
@@ -478,94 +362,40 @@ static int pair_cmp(const void *a, const void *b)
 	return x->q < y->q ? -1 : x->q > y->q;
 }
 
+/* Resizes each array *slots[i] to bytes[i] (search_int.h). */
+int search_resize(void **const slots[], const size_t bytes[], size_t n)
+{
+	int rc = ANN_OK;
+	for (size_t i = 0; i < n; i++) {
+		void *p = ann_realloc(*slots[i], bytes[i]);
+		if (p)
+			*slots[i] = p;
+		else
+			rc = ANN_E_NOMEM;
+	}
+	return rc;
+}
+
 static int ensure_batch(ann_searcher *s, size_t nq, ann_error *err)
 {
 	if (nq <= s->cap_q)
 		return ANN_OK;
-	size_t np = s->o.nprobe, d = s->idx->meta.dim;
-	size_t n = nq;
-	void *p[14];
-	p[0] = ann_realloc(s->parts, n * np * sizeof(uint32_t));
-	if (p[0])
-		s->parts = p[0];
-	p[1] = ann_realloc(s->nparts, n * sizeof(uint32_t));
-	if (p[1])
-		s->nparts = p[1];
-	p[2] = ann_realloc(s->pairs, n * np * sizeof(pair));
-	if (p[2])
-		s->pairs = p[2];
-	p[3] = ann_realloc(s->upids, n * np * sizeof(uint32_t));
-	if (p[3])
-		s->upids = p[3];
-	p[4] = ann_realloc(s->ustart, (n * np + 1) * sizeof(uint32_t));
-	if (p[4])
-		s->ustart = p[4];
-	p[5] = ann_realloc(s->qnorm, n * d * sizeof(float));
-	if (p[5])
-		s->qnorm = p[5];
-	p[6] = ann_realloc(s->heaps, n * sizeof(ann_topk));
-	if (p[6])
-		s->heaps = p[6];
-	p[7] = ann_realloc(s->qbytes, n * sizeof(double));
-	if (p[7])
-		s->qbytes = p[7];
-	p[8] = ann_realloc(s->qreqs, n * sizeof(double));
-	if (p[8])
-		s->qreqs = p[8];
-	p[9] = ann_realloc(s->qdec, n * sizeof(double));
-	if (p[9])
-		s->qdec = p[9];
-	p[10] = ann_realloc(s->qscan, n * sizeof(uint64_t));
-	if (p[10])
-		s->qscan = p[10];
-	p[11] = ann_realloc(s->qcand, n * sizeof(uint64_t));
-	if (p[11])
-		s->qcand = p[11];
-	for (int i = 0; i < 12; i++)
-		if (!p[i])
-			return ann_err(err, ANN_E_NOMEM, "search: out of memory for a batch of %zu queries", nq);
-	size_t k = s->o.k, r = s->rerank;
-	void *c[12];
-	c[0] = ann_realloc(s->qb1, n * sizeof(double));
-	if (c[0])
-		s->qb1 = c[0];
-	c[1] = ann_realloc(s->qb2, n * sizeof(double));
-	if (c[1])
-		s->qb2 = c[1];
-	c[2] = ann_realloc(s->qio1, n * sizeof(double));
-	if (c[2])
-		s->qio1 = c[2];
-	c[3] = ann_realloc(s->qio2, n * sizeof(double));
-	if (c[3])
-		s->qio2 = c[3];
-	c[4] = ann_realloc(s->qest, n * sizeof(uint64_t));
-	if (c[4])
-		s->qest = c[4];
-	c[5] = ann_realloc(s->qrr, n * sizeof(uint64_t));
-	if (c[5])
-		s->qrr = c[5];
-	c[6] = s->rq ? ann_realloc(s->cands, n * r * sizeof(cand)) : s;
-	if (c[6] && s->rq)
-		s->cands = c[6];
-	c[7] = s->rq ? ann_realloc(s->ncand, n * sizeof(uint32_t)) : s;
-	if (c[7] && s->rq)
-		s->ncand = c[7];
-	c[8] = s->rq ? ann_realloc(s->ub, n * k * sizeof(float)) : s;
-	if (c[8] && s->rq)
-		s->ub = c[8];
-	c[9] = s->rq ? ann_realloc(s->ubid, n * k * sizeof(int64_t)) : s;
-	if (c[9] && s->rq)
-		s->ubid = c[9];
-	c[10] = s->rq ? ann_realloc(s->nub, n * sizeof(uint32_t)) : s;
-	if (c[10] && s->rq)
-		s->nub = c[10];
-	c[11] = s->rq ? ann_realloc(s->ents, n * r * sizeof(r2ent)) : s;
-	if (c[11] && s->rq)
-		s->ents = c[11];
-	for (int i = 0; i < 12; i++)
-		if (!c[i])
-			return ann_err(err, ANN_E_NOMEM, "search: out of memory for a batch of %zu queries", nq);
-	s->ents_cap = s->rq ? n * r : 0;
+	size_t n = nq, np = s->o.nprobe, d = s->idx->meta.dim;
+	void **const slots[] = {
+		(void **)&s->parts, (void **)&s->nparts, (void **)&s->pairs, (void **)&s->upids, (void **)&s->ustart,
+		(void **)&s->qnorm, (void **)&s->heaps, (void **)&s->qbytes, (void **)&s->qreqs, (void **)&s->qdec,
+		(void **)&s->qscan, (void **)&s->qcand, (void **)&s->qb1, (void **)&s->qb2, (void **)&s->qio1,
+		(void **)&s->qio2, (void **)&s->qest, (void **)&s->qrr,
+	};
+	const size_t bytes[] = {
+		n * np * sizeof(uint32_t), n * sizeof(uint32_t), n * np * sizeof(pair), n * np * sizeof(uint32_t),
+		(n * np + 1) * sizeof(uint32_t), n * d * sizeof(float), n * sizeof(ann_topk), n * sizeof(double),
+		n * sizeof(double), n * sizeof(double), n * sizeof(uint64_t), n * sizeof(uint64_t), n * sizeof(double),
+		n * sizeof(double), n * sizeof(double), n * sizeof(double), n * sizeof(uint64_t), n * sizeof(uint64_t),
+	};
+	_Static_assert(sizeof slots / sizeof slots[0] == sizeof bytes / sizeof bytes[0], "one size per array");
+	if (search_resize(slots, bytes, sizeof bytes / sizeof bytes[0]) < 0 || codes_batch(s, n, err) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for a batch of %zu queries", nq);
 	s->cap_q = n;
 	return ANN_OK;
 }
@@ -614,9 +444,12 @@ static int scan_deltas(ann_searcher *s, size_t u, uint64_t *scan_ns, ann_error *
 	uint64_t ts = ann_now_ns();
 	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
 	double bytes = (double)s->dn * (double)(s->dbytes + ANN_DELTA_KEY + 8);
+	const void *rows;
+	ann_dtype t;
+	ANN_TRY(block_rows(s, s->dvecs, (uint32_t)s->dn, &rows, &t, err));
 	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {
 		s->qbytes[s->pairs[j].q] += bytes / sharers; /* catalog pages holding the deltas */
-		ANN_TRY(scan_block(s, s->pairs[j].q, s->dids, s->dvecs, (uint32_t)s->dn, false, err));
+		ANN_TRY(scan_block(s, s->pairs[j].q, s->dids, rows, t, (uint32_t)s->dn, false, err));
 	}
 	*scan_ns += ann_now_ns() - ts;
 	return ANN_OK;
@@ -650,12 +483,15 @@ static int process_block(ann_searcher *s, size_t u, const ann_dirent *e, const u
 			       (int)ann_encoding_block(x->meta.encoding));
 	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
 	uint64_t ts = ann_now_ns();
+	const void *rows;
+	ann_dtype t;
+	ANN_TRY(block_rows(s, view.vectors, view.info.count, &rows, &t, err));
 	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {
 		uint32_t qi = s->pairs[j].q;
 		s->qbytes[qi] += (double)cost / sharers;
 		s->qreqs[qi] += 1.0 / sharers;
 		s->qdec[qi] += (double)dec_ns / sharers;
-		ANN_TRY(scan_block(s, qi, view.ids, view.vectors, view.info.count, true, err));
+		ANN_TRY(scan_block(s, qi, view.ids, rows, t, view.info.count, true, err));
 	}
 	*scan_ns += ann_now_ns() - ts;
 	if (s->cmap)
@@ -663,386 +499,6 @@ static int process_block(ann_searcher *s, size_t u, const ann_dirent *e, const u
 	return ANN_OK;
 }
 
-/* ---- codes blocks: candidate heaps ----------------------------------------------------- */
-
-/* Max-heap on est of query qi's kept candidates (the rerank best). */
-static void cand_push(ann_searcher *s, size_t qi, const cand *c)
-{
-	cand *h = s->cands + qi * s->rerank;
-	uint32_t n = s->ncand[qi];
-	if (n == s->rerank) {
-		if (!(c->est < h[0].est))
-			return;
-		/* replace the root, sift down */
-		size_t i = 0;
-		for (;;) {
-			size_t l = 2 * i + 1, r = l + 1, m = i;
-			float mv = c->est;
-			if (l < n && h[l].est > mv) {
-				m = l;
-				mv = h[l].est;
-			}
-			if (r < n && h[r].est > mv)
-				m = r;
-			if (m == i)
-				break;
-			h[i] = h[m];
-			i = m;
-		}
-		h[i] = *c;
-		return;
-	}
-	size_t i = n;
-	while (i > 0) {
-		size_t p = (i - 1) / 2;
-		if (!(h[p].est < c->est))
-			break;
-		h[i] = h[p];
-		i = p;
-	}
-	h[i] = *c;
-	s->ncand[qi] = n + 1;
-}
-
-/* The k-th smallest upper bound of query qi so far (+inf until k are known). */
-static float ub_kth(const ann_searcher *s, size_t qi)
-{
-	return s->nub[qi] == s->o.k ? s->ub[qi * s->o.k] : INFINITY;
-}
-
-/* Max-heap of the k smallest upper bounds (distinct ids when replicated). */
-static void ub_push(ann_searcher *s, size_t qi, float v, int64_t id)
-{
-	size_t k = s->o.k;
-	float *h = s->ub + qi * k;
-	int64_t *hid = s->ubid + qi * k;
-	uint32_t n = s->nub[qi];
-	if (s->idx->meta.replicas > 1)
-		for (uint32_t i = 0; i < n; i++)
-			if (hid[i] == id) {
-				if (v >= h[i])
-					return;
-				/* rare: a tighter bound for a replica already in; keep the looser (still valid) */
-				return;
-			}
-	if (n == k) {
-		if (!(v < h[0]))
-			return;
-		size_t i = 0;
-		for (;;) {
-			size_t l = 2 * i + 1, r = l + 1, m = i;
-			float mv = v;
-			if (l < n && h[l] > mv) {
-				m = l;
-				mv = h[l];
-			}
-			if (r < n && h[r] > mv)
-				m = r;
-			if (m == i)
-				break;
-			h[i] = h[m];
-			hid[i] = hid[m];
-			i = m;
-		}
-		h[i] = v;
-		hid[i] = id;
-		return;
-	}
-	size_t i = n;
-	while (i > 0) {
-		size_t p = (i - 1) / 2;
-		if (!(h[p] < v))
-			break;
-		h[i] = h[p];
-		hid[i] = hid[p];
-		i = p;
-	}
-	h[i] = v;
-	hid[i] = id;
-	s->nub[qi] = n + 1;
-}
-
-/* Round 1 of a codes block: checks the head against the directory and the
- * index, keeps its layout and page sums for round 2, and estimates every row
- * for every query of unique partition u. */
-static int process_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached, uint64_t *est_ns,
-			ann_error *err)
-{
-	ann_index *x = s->idx;
-	uint32_t pid = s->upids[u];
-	uint64_t t0 = ann_now_ns();
-	uhead *uh = &s->uh[u];
-	ann_cblock_info *in = &uh->in;
-	size_t need = br->ent.count ? br->ent.count : 1;
-	size_t wcap = s->est_cap;
-	if (grow((void **)&s->hids, &s->hids_cap, need, sizeof(int64_t)) < 0 ||
-	    grow((void **)&s->width, &wcap, need, sizeof(float)) < 0 ||
-	    grow((void **)&s->est, &s->est_cap, need, sizeof(float)) < 0)
-		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu estimates", need);
-	int rc = cblock_head(br->data, br->length, in, NULL, err);
-	if (rc < 0)
-		return ann_err_prefix(err, rc, "%s: partition %u", x->path, pid);
-	if (in->count > s->hids_cap || in->count != br->ent.count)
-		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block holds %u vectors, the directory says %u",
-			       x->path, pid, in->count, br->ent.count);
-	if (!block_ids_decode(br->data + in->ids_off, in->ids_bytes, in->count, s->hids))
-		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block: bad id section", x->path, pid);
-	if (in->partition != pid || in->head_bytes != br->ent.head || in->dim != x->meta.dim ||
-	    in->encoding != ann_encoding_block(x->meta.encoding) || in->code_bits != ann_rbq_bits(x->rbq) ||
-	    in->code_seed != ann_rbq_seed(x->rbq) || in->code_bytes != ann_rbq_code_bytes(x->rbq))
-		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block of partition %llu (head %u bytes, "
-			       "dimension %u, encoding %u, %u-bit codes) where the directory and meta expect head %u, "
-			       "dimension %u, encoding %u, %u-bit codes", x->path, pid, (unsigned long long)in->partition,
-			       in->head_bytes, in->dim, (unsigned)in->encoding, in->code_bits, br->ent.head, x->meta.dim,
-			       (unsigned)ann_encoding_block(x->meta.encoding), ann_rbq_bits(x->rbq));
-	/* Keep the page sums for round 2. */
-	size_t sb = (size_t)in->exact_pages * 4;
-	if (grow((void **)&s->sums, &s->sums_cap, s->sums_len + sb + 1, 1) < 0)
-		return ann_err(err, ANN_E_NOMEM, "search: out of memory for page sums");
-	memcpy(s->sums + s->sums_len, br->data + in->sums_off, sb);
-	uh->sums_at = s->sums_len;
-	s->sums_len += sb;
-	uh->codes = true;
-	size_t d = x->meta.dim;
-	cblock_centre(in, br->data, s->centre);
-	ann_metric m = x->meta.metric;
-	float shift = m == ANN_METRIC_COSINE ? 1.0f : 0.0f;
-	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
-	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {
-		uint32_t qi = s->pairs[j].q;
-		if (!cached) {
-			s->qbytes[qi] += (double)br->cost / sharers;
-			s->qb1[qi] += (double)br->cost / sharers;
-			s->qreqs[qi] += 1.0 / sharers;
-			s->qio1[qi] += 1.0 / sharers;
-		}
-		if (in->count == 0)
-			continue;
-		ann_rbq_query_prepare(s->rq, m == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_IP, s->qnorm + (size_t)qi * d,
-				      s->centre);
-		ann_rbq_estimate(s->rq, br->data + in->codes_off, in->count, s->est, s->width);
-		s->qest[qi] += in->count;
-		s->qcand[qi] += in->count;
-		float kth = ub_kth(s, qi);
-		for (uint32_t i = 0; i < in->count; i++) {
-			float e = s->est[i] + shift, w = s->width[i];
-			if (!(e - w < kth))
-				continue; /* cannot enter the top k: the threshold only falls */
-			if (s->ntomb && tombed(s, s->hids[i]))
-				continue;
-			ub_push(s, qi, e + w, s->hids[i]);
-			kth = ub_kth(s, qi);
-			cand c = {e, w, s->hids[i], (uint32_t)u, i};
-			cand_push(s, qi, &c);
-		}
-	}
-	*est_ns += ann_now_ns() - t0;
-	if (s->cmap && !cached)
-		cache_put_head(s, pid, br->ent.generation, br->data, in->head_bytes);
-	return ANN_OK;
-}
-
-static int r2_cmp(const void *a, const void *b)
-{
-	const r2ent *x = a, *y = b;
-	if (x->u != y->u)
-		return x->u < y->u ? -1 : 1;
-	if (x->row != y->row)
-		return x->row < y->row ? -1 : 1;
-	return x->q < y->q ? -1 : x->q > y->q;
-}
-
-/* Exact distance of query qi to a stored row (element type of the index). */
-static float exact_dist(ann_searcher *s, size_t qi, const uint8_t *row)
-{
-	size_t d = s->idx->meta.dim;
-	const float *q = s->qnorm + qi * d;
-	ann_metric m = s->idx->meta.metric;
-	float ip;
-	if (s->vec_type == ANN_DTYPE_U8) {
-		if (m == ANN_METRIC_L2)
-			return s->kern->l2_f32_u8(q, row, d);
-		ip = s->kern->ip_f32_u8(q, row, d);
-	} else {
-		float *f = s->conv;
-		if (s->vec_type == ANN_DTYPE_I8)
-			for (size_t j = 0; j < d; j++)
-				f[j] = (float)(int8_t)row[j];
-		else
-			for (size_t j = 0; j < d; j++)
-				f[j] = ann_ldf32(row + 4 * j);
-		if (m == ANN_METRIC_L2)
-			return s->kern->l2_f32(q, f, d);
-		ip = s->kern->ip_f32(q, f, d);
-	}
-	return (m == ANN_METRIC_COSINE ? 1.0f : 0.0f) - ip;
-}
-
-static int cand_est_cmp(const void *a, const void *b)
-{
-	const cand *x = a, *y = b;
-	return x->est < y->est ? -1 : x->est > y->est;
-}
-
-/* Block-relative page range of entry e's row. */
-static void ent_pages(const ann_searcher *s, const r2ent *e, uint64_t *off, uint64_t *end)
-{
-	uint32_t len;
-	cblock_row_pages(&s->uh[e->u].in, e->row, off, &len);
-	*end = *off + len;
-}
-
-/* One read phase of round 2: reads the pages of the entries marked `want`
- * (deduplicated, adjacent pages of a partition coalesced into one read) and
- * re-ranks every pending entry whose row lies in a page read. */
-static int read_phase(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *done, uint64_t *wait_ns,
-		      uint64_t *rerank_ns, ann_error *err)
-{
-	ann_index *x = s->idx;
-	size_t nrun = 0;
-	uint64_t run_end = 0;
-	uint32_t run_u = UINT32_MAX;
-	for (size_t i = 0; i < ne; i++) {
-		if (!want[i] || done[i])
-			continue;
-		uint64_t off, end;
-		ent_pages(s, &s->ents[i], &off, &end);
-		if (s->ents[i].u == run_u && off <= run_end) {
-			run_end = ANN_MAX(run_end, end);
-			s->reqs[nrun - 1].length = (uint32_t)(run_end - s->reqs[nrun - 1].offset);
-			s->ents[i].run = (uint32_t)(nrun - 1);
-			continue;
-		}
-		if (grow((void **)&s->reqs, &s->reqs_cap, nrun + 1, sizeof(ann_block_range)) < 0 ||
-		    grow((void **)&s->runlo, &s->runlo_cap, nrun + 1, sizeof(size_t)) < 0)
-			return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu reads", nrun + 1);
-		run_u = s->ents[i].u;
-		run_end = end;
-		s->reqs[nrun] = (ann_block_range){s->upids[run_u], (uint32_t)(end - off), off, nrun};
-		s->runlo[nrun] = i;
-		s->ents[i].run = (uint32_t)nrun;
-		nrun++;
-	}
-	if (nrun == 0)
-		return ANN_OK;
-	ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nrun, err));
-	int first_error = ANN_OK;
-	ann_error first = {0};
-	bool dedupe = x->meta.replicas > 1;
-	for (;;) {
-		ann_block_read br;
-		ann_error e2 = {0};
-		uint64_t tw = ann_now_ns();
-		int rc = ann_store_reader_next(s->rd, &br, &e2);
-		*wait_ns += ann_now_ns() - tw;
-		if (rc < 0) {
-			if (err)
-				*err = e2;
-			return rc;
-		}
-		if (rc == 0)
-			break;
-		if (first_error == ANN_OK) {
-			size_t r = (size_t)br.tag;
-			if (br.status < 0) {
-				first_error = ann_err_prefix(&e2, br.status, "%s: partition %u: exact pages", x->path, br.pid);
-			} else {
-				uint64_t t0 = ann_now_ns();
-				uint32_t u = s->ents[s->runlo[r]].u;
-				const uhead *uh = &s->uh[u];
-				int crc = cblock_check_pages(&uh->in, s->sums + uh->sums_at, br.data, br.offset, br.length, &e2);
-				if (crc < 0) {
-					first_error = ann_err_prefix(&e2, crc, "%s: partition %u", x->path, br.pid);
-				} else {
-					/* Every pending entry of this partition whose row lies in the
-					 * pages read: contiguous in (u, row) order around runlo[r]. */
-					uint64_t lo_off = br.offset, hi_off = br.offset + br.length;
-					size_t lo = s->runlo[r], hi = lo;
-					while (lo > 0 && s->ents[lo - 1].u == u) {
-						uint64_t o, e;
-						ent_pages(s, &s->ents[lo - 1], &o, &e);
-						if (o < lo_off)
-							break;
-						lo--;
-					}
-					size_t n_in = 0;
-					for (hi = lo; hi < ne && s->ents[hi].u == u; hi++) {
-						uint64_t o, e;
-						ent_pages(s, &s->ents[hi], &o, &e);
-						if (o >= hi_off)
-							break;
-						if (!done[hi] && o >= lo_off && e <= hi_off)
-							n_in++;
-					}
-					double share = n_in ? 1.0 / (double)n_in : 0;
-					for (size_t i = lo; i < hi; i++) {
-						const r2ent *en = &s->ents[i];
-						uint64_t o, e;
-						ent_pages(s, en, &o, &e);
-						if (done[i] || o < lo_off || e > hi_off)
-							continue;
-						done[i] = 1;
-						uint64_t ro = cblock_row_offset(&uh->in, en->row) - br.offset;
-						float dist = exact_dist(s, en->q, br.data + ro);
-						s->qb2[en->q] += (double)br.cost * share;
-						s->qbytes[en->q] += (double)br.cost * share;
-						s->qio2[en->q] += share;
-						s->qreqs[en->q] += share;
-						s->qrr[en->q]++;
-						ann_topk *h = &s->heaps[en->q];
-						if (dist > ann_topk_bound(h) || (dedupe && heap_has(h, en->id)))
-							continue;
-						ann_topk_push(h, dist, en->id); /* tombstones were filtered in round 1 */
-					}
-				}
-				*rerank_ns += ann_now_ns() - t0;
-			}
-			if (first_error < 0)
-				first = e2;
-		}
-		ann_store_reader_release(s->rd, &br);
-	}
-	if (first_error < 0 && err)
-		*err = first;
-	return first_error;
-}
-
-/* Round 2: selects each query's candidates (lower bound below the k-th upper
- * bound, the `rerank` best estimates) and re-ranks them from exact pages.
- * With rerank_phases 2 it first reads the pages of each query's k best
- * estimates (re-ranking every selected row those pages hold), then only the
- * candidates whose lower bound still beats the exact k-th distance found. */
-static int round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank_ns, ann_error *err)
-{
-	size_t ne = 0;
-	for (size_t qi = 0; qi < nq; qi++) {
-		float kth = ub_kth(s, qi);
-		cand *h = s->cands + qi * s->rerank;
-		qsort(h, s->ncand[qi], sizeof(cand), cand_est_cmp);
-		uint32_t rank = 0;
-		for (uint32_t i = 0; i < s->ncand[qi]; i++)
-			if (h[i].est - h[i].width < kth)
-				s->ents[ne++] = (r2ent){h[i].u, h[i].row, (uint32_t)qi, 0, rank++, h[i].est - h[i].width,
-							h[i].id};
-	}
-	if (ne == 0)
-		return ANN_OK;
-	qsort(s->ents, ne, sizeof(r2ent), r2_cmp);
-	if (grow((void **)&s->flags, &s->flags_cap, 2 * ne, 1) < 0)
-		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu re-ranks", ne);
-	uint8_t *want = s->flags, *done = s->flags + ne;
-	memset(done, 0, ne);
-	if (s->o.rerank_phases < 2) {
-		memset(want, 1, ne);
-		return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
-	}
-	for (size_t i = 0; i < ne; i++)
-		want[i] = s->ents[i].rank < s->o.k;
-	ANN_TRY(read_phase(s, ne, want, done, wait_ns, rerank_ns, err));
-	for (size_t i = 0; i < ne; i++)
-		want[i] = !done[i] && s->ents[i].lower < ann_topk_bound(&s->heaps[s->ents[i].q]);
-	return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
-}
 
 /* Steps 3-5 of ann_search inside the snapshot s->rt. */
 static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan_ns, uint64_t *decode_ns,
@@ -1052,8 +508,8 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan
 	ANN_TRY(ann_catalog_count(s->rt, ANN_CAT_TOMB, &s->ntomb, err));
 	uint64_t ndelta = 0;
 	ANN_TRY(ann_catalog_count(s->rt, ANN_CAT_DELTA, &ndelta, err));
-	if (grow((void **)&s->reqs, &s->reqs_cap, nu ? nu : 1, sizeof(ann_block_range)) < 0 ||
-	    grow((void **)&s->uh, &s->uh_cap, nu ? nu : 1, sizeof(uhead)) < 0)
+	if (search_grow((void **)&s->reqs, &s->reqs_cap, nu ? nu : 1, sizeof(ann_block_range)) < 0 ||
+	    search_grow((void **)&s->uh, &s->uh_cap, nu ? nu : 1, sizeof(uhead)) < 0)
 		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu requests", nu);
 	s->sums_len = 0;
 	bool any_codes = false;
@@ -1094,7 +550,7 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan
 				br.data = c->head;
 				br.length = c->head_len;
 				br.ent = e;
-				ANN_TRY(process_head(s, u, &br, true, &tm[1], err));
+				ANN_TRY(codes_head(s, u, &br, true, &tm[1], err));
 				continue;
 			}
 			s->reqs[nreq++] = (ann_block_range){pid, e.head, 0, u};
@@ -1104,16 +560,15 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan
 			cache_unlink(s, c);
 			cache_push_front(s, c);
 			uint64_t ts = ann_now_ns();
+			const void *rows;
+			ann_dtype t;
+			ANN_TRY(block_rows(s, c->vecs, c->count, &rows, &t, err));
 			for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++)
-				ANN_TRY(scan_block(s, s->pairs[j].q, c->ids, c->vecs, c->count, true, err));
+				ANN_TRY(scan_block(s, s->pairs[j].q, c->ids, rows, t, c->count, true, err));
 			*scan_ns += ann_now_ns() - ts;
 			continue;
 		}
 		s->reqs[nreq++] = (ann_block_range){pid, 0, 0, u};
-	}
-	if (any_codes) {
-		if (grow((void **)&s->conv, &s->conv_cap, x->meta.dim, sizeof(float)) < 0)
-			return ann_err(err, ANN_E_NOMEM, "search: out of memory");
 	}
 	if (nreq > 0) /* with every head cached, round 1 reads nothing */
 		ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nreq, err));
@@ -1139,7 +594,7 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan
 				first_error = ann_err_prefix(&e2, br.status, "%s", x->path);
 			} else if (br.ent.head) {
 				tm[0] += dt;
-				first_error = process_head(s, u, &br, false, &tm[1], &e2);
+				first_error = codes_head(s, u, &br, false, &tm[1], &e2);
 			} else {
 				first_error = process_block(s, u, &br.ent, br.data, br.length, br.cost, decode_ns, scan_ns,
 							    &e2);
@@ -1157,7 +612,7 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan
 	if (!any_codes)
 		return ANN_OK;
 	uint64_t w2 = 0;
-	int rc = round2(s, nq, &w2, &tm[3], err);
+	int rc = codes_round2(s, nq, &w2, &tm[3], err);
 	tm[2] += w2;
 	*wait_ns += w2;
 	return rc;
@@ -1274,3 +729,4 @@ int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, f
 	}
 	return ANN_OK;
 }
+

@@ -2,8 +2,11 @@
 /*
  * catalog.c: the LMDB environment catalog.lmdb (see catalog.h): opening and
  * creating it, transactions with transparent map growth, checksummed values,
- * typed meta, the partition directory, free extents, LMDB-store blocks, space
- * figures and value verification. Format: docs/FORMAT.md "catalog.lmdb".
+ * LMDB-store blocks and space figures. The typed records (meta, partition
+ * directory, models, id map, free extents) are in catalog_records.c,
+ * verification and repair in catalog_repair.c, LMDB's page checks in
+ * catalog_pages.c; catalog_impl.h is what they share.
+ * Format: docs/FORMAT.md "catalog.lmdb".
  *
  * Publication protocol (what makes a crash at any instant leave the last
  * committed index readable; store_file.c states the block-side half):
@@ -36,11 +39,10 @@
  * process to be finished, so txns pass a gate (active count + resizing flag)
  * that the resizer closes and waits on.
  */
-#include "catalog.h"
+#include "catalog_impl.h"
 #include "catalog_pages.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -48,33 +50,14 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 #include <xxhash.h>
 
 #define CAT_FORMAT_MAJOR 1
 #define CAT_FORMAT_MINOR 0
-#define CAT_DEFAULT_MAP (16ull << 30)
 #define CAT_MAX_KEY 511u
-#define CAT_SUM 8u /* appended checksum bytes */
-/* meta key: the LMDB txn id of the commit that wrote it (every commit does).
- * A snapshot whose id differs was served from a damaged meta page. */
-#define CAT_TXN_KEY "catalog.txn"
 
-static const char *const db_names[ANN_CAT_NDB] = {
+const char *const ann_cat_db_names[ANN_CAT_NDB] = {
 	"meta", "parts", "models", "idmap", "free", "tomb", "delta", "blocks",
-};
-
-struct ann_catalog {
-	MDB_env *env;
-	MDB_dbi dbi[ANN_CAT_NDB];
-	char *path;    /* catalog.lmdb directory */
-	bool readonly; /* opened MDB_RDONLY */
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	unsigned active;  /* txns of this process inside the gate */
-	bool resizing;    /* a resize waits for active == 0 or runs */
-	uint64_t grows;   /* map doublings done by this handle (under mu) */
 };
 
 /* Log of a write txn: records of [u8 op][u8 db][u16 0][u32 klen][u64 vlen]
@@ -82,20 +65,9 @@ struct ann_catalog {
 enum { OP_PUT = 1, OP_DEL = 2 };
 #define LOG_HDR 16u
 
-struct ann_cat_txn {
-	ann_catalog *c;
-	MDB_txn *txn;   /* NULL when reset (read) or after a failed replay */
-	bool write;     /* write txn */
-	bool failed;    /* sticky: only abort remains */
-	bool in_gate;   /* counted in c->active */
-	uint8_t *log;   /* write txns: operations for replay */
-	size_t log_len; /* bytes used in log */
-	size_t log_cap; /* bytes allocated */
-};
-
 const char *ann_catalog_db_name(ann_cat_db db)
 {
-	return (unsigned)db < ANN_CAT_NDB ? db_names[db] : "?";
+	return (unsigned)db < ANN_CAT_NDB ? ann_cat_db_names[db] : "?";
 }
 
 const char *ann_catalog_path(const ann_catalog *c)
@@ -110,7 +82,7 @@ void ann_catalog_opts_init(ann_catalog_opts *o)
 
 /* ---- errors ------------------------------------------------------------------ */
 
-static void key_desc(ann_cat_db db, const uint8_t *k, size_t klen, char *buf, size_t cap)
+void ann_cat_key_desc(ann_cat_db db, const uint8_t *k, size_t klen, char *buf, size_t cap)
 {
 	if (!k) {
 		snprintf(buf, cap, "(none)");
@@ -141,14 +113,14 @@ static void key_desc(ann_cat_db db, const uint8_t *k, size_t klen, char *buf, si
 }
 
 /* Maps an LMDB result to an ann_status with a message naming path, DBI, key. */
-static int mdb_fail(const ann_catalog *c, ann_error *err, int rc, const char *what, int db, const void *k,
+int ann_cat_mdb_fail(const ann_catalog *c, ann_error *err, int rc, const char *what, int db, const void *k,
 		    size_t klen)
 {
 	char kd[256] = "";
 	const char *dbn = "";
 	if (db >= 0) {
-		key_desc((ann_cat_db)db, k, klen, kd, sizeof kd);
-		dbn = db_names[db];
+		ann_cat_key_desc((ann_cat_db)db, k, klen, kd, sizeof kd);
+		dbn = ann_cat_db_names[db];
 	}
 	const char *path = c ? c->path : "catalog";
 	if (rc > 0) {
@@ -224,7 +196,7 @@ static int gate_resize(ann_catalog *c, uint64_t min_bytes, bool grow, ann_error 
 	pthread_cond_broadcast(&c->cv);
 	pthread_mutex_unlock(&c->mu);
 	if (rc)
-		return mdb_fail(c, err, rc, "set map size", -1, NULL, 0);
+		return ann_cat_mdb_fail(c, err, rc, "set map size", -1, NULL, 0);
 	return ANN_OK;
 }
 
@@ -245,7 +217,7 @@ static int txn_begin_gated(ann_catalog *c, unsigned flags, MDB_txn **out, ann_er
 			return ANN_OK;
 		gate_leave(c);
 		if (rc != MDB_MAP_RESIZED || tries > 8)
-			return mdb_fail(c, err, rc, "begin txn", -1, NULL, 0);
+			return ann_cat_mdb_fail(c, err, rc, "begin txn", -1, NULL, 0);
 		ANN_TRY(gate_resize(c, 0, false, err));
 	}
 }
@@ -264,7 +236,7 @@ static int open_check(ann_catalog *c, ann_error *err)
 			mrc = mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn);
 		}
 		if (mrc)
-			return mdb_fail(c, err, mrc, "begin txn", -1, NULL, 0);
+			return ann_cat_mdb_fail(c, err, mrc, "begin txn", -1, NULL, 0);
 		int rc = ann_lmdb_pages_check(c->path, c->env, (uint64_t)mdb_txn_id(txn), true, NULL, NULL, 0, err);
 		mdb_txn_abort(txn);
 		if (rc != ANN_E_STATE || tries >= 4)
@@ -282,26 +254,26 @@ static int open_dbis(ann_catalog *c, bool create, ann_error *err)
 		rc = mdb_txn_begin(c->env, NULL, wr ? 0 : MDB_RDONLY, &txn);
 	}
 	if (rc)
-		return mdb_fail(c, err, rc, "begin txn", -1, NULL, 0);
+		return ann_cat_mdb_fail(c, err, rc, "begin txn", -1, NULL, 0);
 	for (int i = 0; i < ANN_CAT_NDB; i++) {
-		rc = mdb_dbi_open(txn, db_names[i], wr ? MDB_CREATE : 0, &c->dbi[i]);
+		rc = mdb_dbi_open(txn, ann_cat_db_names[i], wr ? MDB_CREATE : 0, &c->dbi[i]);
 		if (rc == MDB_NOTFOUND) {
 			mdb_txn_abort(txn);
 			return ann_err(err, ANN_E_FORMAT, "%s: no database '%s': not an annann catalog", c->path,
-				       db_names[i]);
+				       ann_cat_db_names[i]);
 		}
 		if (rc) {
 			mdb_txn_abort(txn);
-			return mdb_fail(c, err, rc, "open database", i, NULL, 0);
+			return ann_cat_mdb_fail(c, err, rc, "open database", i, NULL, 0);
 		}
 	}
 	rc = mdb_txn_commit(txn);
 	if (rc)
-		return mdb_fail(c, err, rc, "commit", -1, NULL, 0);
+		return ann_cat_mdb_fail(c, err, rc, "commit", -1, NULL, 0);
 	return ANN_OK;
 }
 
-static int check_txn_key(ann_cat_txn *t, ann_error *err)
+int ann_cat_check_txn_key(ann_cat_txn *t, ann_error *err)
 {
 	uint64_t wrote = 0, id = ann_catalog_txn_id(t) - (t->write ? 1 : 0);
 	int rc = ann_catalog_meta_get_u64(t, CAT_TXN_KEY, &wrote, err);
@@ -346,7 +318,7 @@ static int check_format(ann_catalog *c, bool create, ann_error *err)
 		minor = 0, rc = ANN_OK;
 	if (rc < 0)
 		goto fail;
-	if ((rc = check_txn_key(t, err)) < 0)
+	if ((rc = ann_cat_check_txn_key(t, err)) < 0)
 		goto fail;
 	ann_catalog_read_end(t);
 	if (major != CAT_FORMAT_MAJOR)
@@ -416,7 +388,7 @@ int ann_catalog_open(const char *path, const ann_catalog_opts *o, ann_catalog **
 	rc = mdb_env_create(&c->env);
 	if (rc) {
 		c->env = NULL;
-		rc = mdb_fail(c, err, rc, "create environment", -1, NULL, 0);
+		rc = ann_cat_mdb_fail(c, err, rc, "create environment", -1, NULL, 0);
 		goto fail;
 	}
 	mdb_env_set_maxdbs(c->env, 16);
@@ -425,7 +397,7 @@ int ann_catalog_open(const char *path, const ann_catalog_opts *o, ann_catalog **
 	ANN_CHECK(rc, ann_lmdb_meta_precheck(path, err));
 	rc = mdb_env_open(c->env, path, MDB_NOTLS | (o->readonly ? MDB_RDONLY : 0), 0644);
 	if (rc) {
-		rc = mdb_fail(c, err, rc, "open environment", -1, NULL, 0);
+		rc = ann_cat_mdb_fail(c, err, rc, "open environment", -1, NULL, 0);
 		goto fail;
 	}
 	int dead = 0;
@@ -558,7 +530,7 @@ int ann_catalog_read_renew(ann_cat_txn *t, ann_error *err)
 		}
 		gate_leave(t->c);
 		if (rc != MDB_MAP_RESIZED || tries > 8)
-			return mdb_fail(t->c, err, rc, "renew read txn", -1, NULL, 0);
+			return ann_cat_mdb_fail(t->c, err, rc, "renew read txn", -1, NULL, 0);
 		/* mdb_txn_renew left the txn reset; adopt the new size and retry. */
 		ANN_TRY(gate_resize(t->c, 0, false, err));
 	}
@@ -612,7 +584,7 @@ int ann_catalog_oldest_reader(ann_catalog *c, uint64_t *out, ann_error *err)
 	return ANN_OK;
 }
 
-static int txn_usable(ann_cat_txn *t, bool need_write, ann_error *err)
+int ann_cat_txn_usable(ann_cat_txn *t, bool need_write, ann_error *err)
 {
 	if (t->failed)
 		return ann_err(err, ANN_E_STATE, "%s: txn failed earlier; only abort remains", t->c->path);
@@ -712,7 +684,7 @@ static int grow_and_replay(ann_cat_txn *t, ann_error *err)
 		if (mrc == 0)
 			return ANN_OK;
 		if (mrc != MDB_MAP_FULL) {
-			rc = mdb_fail(c, err, mrc, "replay after map growth", -1, NULL, 0);
+			rc = ann_cat_mdb_fail(c, err, mrc, "replay after map growth", -1, NULL, 0);
 			goto failed;
 		}
 	}
@@ -725,9 +697,9 @@ failed:
 static int raw_put(ann_cat_txn *t, ann_cat_db db, const void *k, size_t klen, const void *v1, size_t n1,
 		   const void *v2, size_t n2, ann_error *err)
 {
-	ANN_TRY(txn_usable(t, true, err));
+	ANN_TRY(ann_cat_txn_usable(t, true, err));
 	if (klen == 0 || klen > CAT_MAX_KEY)
-		return ann_err(err, ANN_E_INVAL, "%s: %s key of %zu bytes (1..%u allowed)", t->c->path, db_names[db],
+		return ann_err(err, ANN_E_INVAL, "%s: %s key of %zu bytes (1..%u allowed)", t->c->path, ann_cat_db_names[db],
 			       klen, CAT_MAX_KEY);
 	int rc = log_append(t, OP_PUT, db, k, klen, v1, n1, v2, n2, err);
 	if (rc < 0) {
@@ -739,16 +711,16 @@ static int raw_put(ann_cat_txn *t, ann_cat_db db, const void *k, size_t klen, co
 		return grow_and_replay(t, err);
 	if (mrc) {
 		t->failed = true;
-		return mdb_fail(t->c, err, mrc, "put", db, k, klen);
+		return ann_cat_mdb_fail(t->c, err, mrc, "put", db, k, klen);
 	}
 	return ANN_OK;
 }
 
 static int raw_del(ann_cat_txn *t, ann_cat_db db, const void *k, size_t klen, ann_error *err)
 {
-	ANN_TRY(txn_usable(t, true, err));
+	ANN_TRY(ann_cat_txn_usable(t, true, err));
 	if (klen == 0 || klen > CAT_MAX_KEY)
-		return ann_err(err, ANN_E_INVAL, "%s: %s key of %zu bytes", t->c->path, db_names[db], klen);
+		return ann_err(err, ANN_E_INVAL, "%s: %s key of %zu bytes", t->c->path, ann_cat_db_names[db], klen);
 	size_t mark = t->log_len;
 	int rc = log_append(t, OP_DEL, db, k, klen, NULL, 0, NULL, 0, err);
 	if (rc < 0) {
@@ -758,20 +730,20 @@ static int raw_del(ann_cat_txn *t, ann_cat_db db, const void *k, size_t klen, an
 	int mrc = apply_del(t, db, k, klen);
 	if (mrc == MDB_NOTFOUND) {
 		t->log_len = mark;
-		return mdb_fail(t->c, err, mrc, "delete", db, k, klen);
+		return ann_cat_mdb_fail(t->c, err, mrc, "delete", db, k, klen);
 	}
 	if (mrc == MDB_MAP_FULL)
 		return grow_and_replay(t, err);
 	if (mrc) {
 		t->failed = true;
-		return mdb_fail(t->c, err, mrc, "delete", db, k, klen);
+		return ann_cat_mdb_fail(t->c, err, mrc, "delete", db, k, klen);
 	}
 	return ANN_OK;
 }
 
 int ann_catalog_commit(ann_cat_txn *t, ann_error *err)
 {
-	int rc = txn_usable(t, true, err);
+	int rc = ann_cat_txn_usable(t, true, err);
 	if (rc == ANN_OK)
 		rc = ann_catalog_meta_put_u64(t, CAT_TXN_KEY, (uint64_t)mdb_txn_id(t->txn), err);
 	if (rc < 0) {
@@ -784,7 +756,7 @@ int ann_catalog_commit(ann_cat_txn *t, ann_error *err)
 		if (mrc == 0)
 			break;
 		if (mrc != MDB_MAP_FULL || attempt > 8) {
-			rc = mdb_fail(t->c, err, mrc, "commit", -1, NULL, 0);
+			rc = ann_cat_mdb_fail(t->c, err, mrc, "commit", -1, NULL, 0);
 			ann_catalog_abort(t);
 			return rc;
 		}
@@ -800,7 +772,7 @@ int ann_catalog_commit(ann_cat_txn *t, ann_error *err)
 
 /* ---- checked values ------------------------------------------------------------------ */
 
-static uint64_t value_sum(const void *k, size_t klen, const void *p, size_t n)
+uint64_t ann_cat_value_sum(const void *k, size_t klen, const void *p, size_t n)
 {
 	return XXH64(p, n, XXH64(k, klen, 0));
 }
@@ -811,28 +783,28 @@ int ann_catalog_put(ann_cat_txn *t, ann_cat_db db, const void *key, size_t klen,
 	if ((unsigned)db >= ANN_CAT_NDB || db == ANN_CAT_BLOCKS)
 		return ann_err(err, ANN_E_INVAL, "ann_catalog_put: bad database %d", (int)db);
 	uint8_t sum[CAT_SUM];
-	ann_st64(sum, value_sum(key, klen, val, vlen));
+	ann_st64(sum, ann_cat_value_sum(key, klen, val, vlen));
 	return raw_put(t, db, key, klen, val, vlen, sum, CAT_SUM, err);
 }
 
 /* Checks a stored value; on success val and vlen describe the payload. */
-static int check_value(const ann_cat_txn *t, ann_cat_db db, const MDB_val *k, const MDB_val *v,
+int ann_cat_check_value(const ann_cat_txn *t, ann_cat_db db, const MDB_val *k, const MDB_val *v,
 		       const uint8_t **val, size_t *vlen, ann_error *err)
 {
 	char kd[256];
 	if (v->mv_size < CAT_SUM) {
-		key_desc(db, k->mv_data, k->mv_size, kd, sizeof kd);
+		ann_cat_key_desc(db, k->mv_data, k->mv_size, kd, sizeof kd);
 		return ann_err(err, ANN_E_CORRUPT, "%s: %s %s: value of %zu bytes, at least %u expected", t->c->path,
-			       db_names[db], kd, v->mv_size, CAT_SUM);
+			       ann_cat_db_names[db], kd, v->mv_size, CAT_SUM);
 	}
 	size_t n = v->mv_size - CAT_SUM;
 	const uint8_t *p = v->mv_data;
-	uint64_t want = ann_ld64(p + n), got = value_sum(k->mv_data, k->mv_size, p, n);
+	uint64_t want = ann_ld64(p + n), got = ann_cat_value_sum(k->mv_data, k->mv_size, p, n);
 	if (want != got) {
-		key_desc(db, k->mv_data, k->mv_size, kd, sizeof kd);
+		ann_cat_key_desc(db, k->mv_data, k->mv_size, kd, sizeof kd);
 		return ann_err(err, ANN_E_CORRUPT,
 			       "%s: %s %s: value checksum mismatch (stored %016llx, computed %016llx)", t->c->path,
-			       db_names[db], kd, (unsigned long long)want, (unsigned long long)got);
+			       ann_cat_db_names[db], kd, (unsigned long long)want, (unsigned long long)got);
 	}
 	*val = p;
 	*vlen = n;
@@ -842,16 +814,16 @@ static int check_value(const ann_cat_txn *t, ann_cat_db db, const MDB_val *k, co
 int ann_catalog_get(ann_cat_txn *t, ann_cat_db db, const void *key, size_t klen, const uint8_t **val, size_t *vlen,
 		ann_error *err)
 {
-	ANN_TRY(txn_usable(t, false, err));
+	ANN_TRY(ann_cat_txn_usable(t, false, err));
 	if ((unsigned)db >= ANN_CAT_NDB || db == ANN_CAT_BLOCKS)
 		return ann_err(err, ANN_E_INVAL, "ann_catalog_get: bad database %d", (int)db);
 	if (klen == 0 || klen > CAT_MAX_KEY)
-		return ann_err(err, ANN_E_INVAL, "%s: %s key of %zu bytes", t->c->path, db_names[db], klen);
+		return ann_err(err, ANN_E_INVAL, "%s: %s key of %zu bytes", t->c->path, ann_cat_db_names[db], klen);
 	MDB_val k = { klen, (void *)key }, v;
 	int rc = mdb_get(t->txn, t->c->dbi[db], &k, &v);
 	if (rc)
-		return mdb_fail(t->c, err, rc, "get", db, key, klen);
-	return check_value(t, db, &k, &v, val, vlen, err);
+		return ann_cat_mdb_fail(t->c, err, rc, "get", db, key, klen);
+	return ann_cat_check_value(t, db, &k, &v, val, vlen, err);
 }
 
 int ann_catalog_del(ann_cat_txn *t, ann_cat_db db, const void *key, size_t klen, ann_error *err)
@@ -861,16 +833,16 @@ int ann_catalog_del(ann_cat_txn *t, ann_cat_db db, const void *key, size_t klen,
 	return raw_del(t, db, key, klen, err);
 }
 
-static int foreach_impl(ann_cat_txn *t, ann_cat_db db, const void *from, size_t flen, ann_cat_each_fn fn,
+int ann_cat_foreach(ann_cat_txn *t, ann_cat_db db, const void *from, size_t flen, ann_cat_each_fn fn,
 			void *ctx, bool skip_bad, ann_error *err)
 {
-	ANN_TRY(txn_usable(t, false, err));
+	ANN_TRY(ann_cat_txn_usable(t, false, err));
 	if ((unsigned)db >= ANN_CAT_NDB || db == ANN_CAT_BLOCKS)
 		return ann_err(err, ANN_E_INVAL, "ann_catalog_foreach: bad database %d", (int)db);
 	MDB_cursor *cur;
 	int mrc = mdb_cursor_open(t->txn, t->c->dbi[db], &cur);
 	if (mrc)
-		return mdb_fail(t->c, err, mrc, "open cursor", db, NULL, 0);
+		return ann_cat_mdb_fail(t->c, err, mrc, "open cursor", db, NULL, 0);
 	MDB_val k = { flen, (void *)from }, v;
 	mrc = mdb_cursor_get(cur, &k, &v, from ? MDB_SET_RANGE : MDB_FIRST);
 	int rc = ANN_OK;
@@ -878,7 +850,7 @@ static int foreach_impl(ann_cat_txn *t, ann_cat_db db, const void *from, size_t 
 		const uint8_t *p = NULL;
 		size_t n = 0;
 		ann_error e2;
-		rc = check_value(t, db, &k, &v, &p, &n, skip_bad ? &e2 : err);
+		rc = ann_cat_check_value(t, db, &k, &v, &p, &n, skip_bad ? &e2 : err);
 		if (rc < 0 && skip_bad) {
 			rc = ANN_OK;
 		} else {
@@ -894,457 +866,31 @@ static int foreach_impl(ann_cat_txn *t, ann_cat_db db, const void *from, size_t 
 	if (rc < 0)
 		return rc;
 	if (mrc && mrc != MDB_NOTFOUND)
-		return mdb_fail(t->c, err, mrc, "iterate", db, NULL, 0);
+		return ann_cat_mdb_fail(t->c, err, mrc, "iterate", db, NULL, 0);
 	return ANN_OK;
 }
 
 int ann_catalog_foreach(ann_cat_txn *t, ann_cat_db db, const void *from, size_t flen, ann_cat_each_fn fn, void *ctx,
 		    ann_error *err)
 {
-	return foreach_impl(t, db, from, flen, fn, ctx, false, err);
+	return ann_cat_foreach(t, db, from, flen, fn, ctx, false, err);
 }
 
 int ann_catalog_foreach_valid(ann_cat_txn *t, ann_cat_db db, const void *from, size_t flen, ann_cat_each_fn fn,
 			      void *ctx, ann_error *err)
 {
-	return foreach_impl(t, db, from, flen, fn, ctx, true, err);
+	return ann_cat_foreach(t, db, from, flen, fn, ctx, true, err);
 }
 
 int ann_catalog_count(ann_cat_txn *t, ann_cat_db db, uint64_t *out, ann_error *err)
 {
-	ANN_TRY(txn_usable(t, false, err));
+	ANN_TRY(ann_cat_txn_usable(t, false, err));
 	MDB_stat st;
 	int mrc = mdb_stat(t->txn, t->c->dbi[db], &st);
 	if (mrc)
-		return mdb_fail(t->c, err, mrc, "stat", db, NULL, 0);
+		return ann_cat_mdb_fail(t->c, err, mrc, "stat", db, NULL, 0);
 	*out = st.ms_entries;
 	return ANN_OK;
-}
-
-/* ---- meta ---------------------------------------------------------------------------- */
-
-static int meta_put(ann_cat_txn *t, const char *name, ann_meta_type type, const void *p, size_t n,
-		    ann_error *err)
-{
-	size_t klen = strlen(name);
-	uint8_t small[1 + 64];
-	uint8_t *buf = small;
-	if (n + 1 > sizeof small) {
-		buf = ann_malloc(n + 1);
-		if (!buf)
-			return ann_err(err, ANN_E_NOMEM, "meta '%s': out of memory", name);
-	}
-	buf[0] = (uint8_t)type;
-	if (n)
-		memcpy(buf + 1, p, n);
-	int rc = ann_catalog_put(t, ANN_CAT_META, name, klen, buf, n + 1, err);
-	if (buf != small)
-		ann_free(buf);
-	return rc;
-}
-
-static int meta_get(ann_cat_txn *t, const char *name, ann_meta_type type, const uint8_t **p, size_t *n,
-		    ann_error *err)
-{
-	static const char *const tnames[] = { "?", "u64", "f64", "string", "blob" };
-	const uint8_t *v = NULL;
-	size_t vlen = 0;
-	ANN_TRY(ann_catalog_get(t, ANN_CAT_META, name, strlen(name), &v, &vlen, err));
-	if (vlen < 1 || v[0] != type || ((type == ANN_META_U64 || type == ANN_META_F64) && vlen != 9))
-		return ann_err(err, ANN_E_CORRUPT, "%s: meta '%s' holds %s of %zu bytes, expected %s", t->c->path,
-			       name, vlen >= 1 && v[0] >= 1 && v[0] <= 4 ? tnames[v[0]] : "an unknown type",
-			       vlen ? vlen - 1 : 0, tnames[type]);
-	*p = v + 1;
-	*n = vlen - 1;
-	return ANN_OK;
-}
-
-int ann_catalog_meta_put_u64(ann_cat_txn *t, const char *name, uint64_t v, ann_error *err)
-{
-	uint8_t b[8];
-	ann_st64(b, v);
-	return meta_put(t, name, ANN_META_U64, b, 8, err);
-}
-
-int ann_catalog_meta_put_f64(ann_cat_txn *t, const char *name, double v, ann_error *err)
-{
-	uint64_t bits;
-	memcpy(&bits, &v, 8);
-	uint8_t b[8];
-	ann_st64(b, bits);
-	return meta_put(t, name, ANN_META_F64, b, 8, err);
-}
-
-int ann_catalog_meta_put_str(ann_cat_txn *t, const char *name, const char *s, ann_error *err)
-{
-	return meta_put(t, name, ANN_META_STR, s, strlen(s), err);
-}
-
-int ann_catalog_meta_put_blob(ann_cat_txn *t, const char *name, const void *p, size_t n, ann_error *err)
-{
-	return meta_put(t, name, ANN_META_BLOB, p, n, err);
-}
-
-int ann_catalog_meta_get_u64(ann_cat_txn *t, const char *name, uint64_t *v, ann_error *err)
-{
-	const uint8_t *p = NULL;
-	size_t n = 0;
-	ANN_TRY(meta_get(t, name, ANN_META_U64, &p, &n, err));
-	*v = ann_ld64(p);
-	return ANN_OK;
-}
-
-int ann_catalog_meta_get_f64(ann_cat_txn *t, const char *name, double *v, ann_error *err)
-{
-	const uint8_t *p = NULL;
-	size_t n = 0;
-	ANN_TRY(meta_get(t, name, ANN_META_F64, &p, &n, err));
-	uint64_t bits = ann_ld64(p);
-	memcpy(v, &bits, 8);
-	return ANN_OK;
-}
-
-int ann_catalog_meta_get_str(ann_cat_txn *t, const char *name, char *buf, size_t cap, ann_error *err)
-{
-	const uint8_t *p = NULL;
-	size_t n = 0;
-	ANN_TRY(meta_get(t, name, ANN_META_STR, &p, &n, err));
-	if (n + 1 > cap)
-		return ann_err(err, ANN_E_INVAL, "meta '%s': string of %zu bytes, buffer holds %zu", name, n,
-			       cap ? cap - 1 : 0);
-	memcpy(buf, p, n);
-	buf[n] = '\0';
-	return ANN_OK;
-}
-
-int ann_catalog_meta_get_blob(ann_cat_txn *t, const char *name, const uint8_t **p, size_t *n, ann_error *err)
-{
-	return meta_get(t, name, ANN_META_BLOB, p, n, err);
-}
-
-int ann_catalog_meta_del(ann_cat_txn *t, const char *name, ann_error *err)
-{
-	return ann_catalog_del(t, ANN_CAT_META, name, strlen(name), err);
-}
-
-/* ---- partition directory ------------------------------------------------------------ */
-
-#define PARTS_ENTRY_VERSION 1
-#define PARTS_ENTRY_VERSION_HEAD 2 /* + head length of a codes block */
-
-static void part_encode_common(uint8_t *out, const ann_dirent *e, uint8_t version)
-{
-	out[0] = version;
-	out[1] = e->kind;
-	ann_st32(out + 4, e->generation);
-	ann_st64(out + 8, e->offset);
-	ann_st32(out + 16, e->length);
-	ann_st32(out + 20, e->count);
-	ann_st64(out + 24, e->checksum);
-}
-
-void ann_catalog_part_encode(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_dirent *e)
-{
-	memset(out, 0, ANN_PARTS_VALUE_BYTES);
-	part_encode_common(out, e, PARTS_ENTRY_VERSION);
-}
-
-int ann_catalog_part_encode_any(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_dirent *e, ann_error *err)
-{
-	memset(out, 0, ANN_PARTS_VALUE_BYTES);
-	if (!e->head) {
-		part_encode_common(out, e, PARTS_ENTRY_VERSION);
-		return ANN_OK;
-	}
-	/* Version 2: the offset in 4 KiB units makes room for the head length in
-	 * the same 32 bytes, so an older reader meets the version byte first. */
-	if (e->offset % 4096 || e->offset / 4096 > UINT32_MAX)
-		return ann_err(err, ANN_E_UNSUPPORTED, "parts: a codes block at offset %llu (must be 4096-aligned, "
-			       "below 16 TiB)", (unsigned long long)e->offset);
-	out[0] = PARTS_ENTRY_VERSION_HEAD;
-	out[1] = e->kind;
-	ann_st32(out + 4, e->generation);
-	ann_st32(out + 8, (uint32_t)(e->offset / 4096));
-	ann_st32(out + 12, e->head);
-	ann_st32(out + 16, e->length);
-	ann_st32(out + 20, e->count);
-	ann_st64(out + 24, e->checksum);
-	return ANN_OK;
-}
-
-int ann_catalog_part_decode(const uint8_t *p, size_t n, uint32_t pid, ann_dirent *e, ann_error *err)
-{
-	if (n != ANN_PARTS_VALUE_BYTES)
-		return ann_err(err, ANN_E_CORRUPT, "parts partition %u: entry of %zu bytes, %u expected", pid, n,
-			       ANN_PARTS_VALUE_BYTES);
-	if (p[0] != PARTS_ENTRY_VERSION && p[0] != PARTS_ENTRY_VERSION_HEAD)
-		return ann_err(err, ANN_E_FORMAT, "parts partition %u: entry version %u, this build reads %u and %u", pid,
-			       p[0], PARTS_ENTRY_VERSION, PARTS_ENTRY_VERSION_HEAD);
-	memset(e, 0, sizeof *e);
-	e->kind = p[1];
-	e->generation = ann_ld32(p + 4);
-	e->length = ann_ld32(p + 16);
-	e->count = ann_ld32(p + 20);
-	e->checksum = ann_ld64(p + 24);
-	if (p[0] == PARTS_ENTRY_VERSION_HEAD) {
-		e->offset = (uint64_t)ann_ld32(p + 8) * 4096;
-		e->head = ann_ld32(p + 12);
-		if (e->head == 0 || e->head > e->length)
-			return ann_err(err, ANN_E_CORRUPT, "parts partition %u: head of %u bytes in a block of %u", pid,
-				       e->head, e->length);
-	} else {
-		e->offset = ann_ld64(p + 8);
-	}
-	if (e->kind != ANN_KIND_FILE && e->kind != ANN_KIND_LMDB)
-		return ann_err(err, ANN_E_CORRUPT, "parts partition %u: store kind %u, expected 1 (file) or 2 (lmdb)",
-			       pid, e->kind);
-	if (e->length == 0)
-		return ann_err(err, ANN_E_CORRUPT, "parts partition %u: empty block", pid);
-	return ANN_OK;
-}
-
-int ann_catalog_part_put(ann_cat_txn *t, uint32_t pid, const ann_dirent *e, ann_error *err)
-{
-	uint8_t k[4], v[ANN_PARTS_VALUE_BYTES];
-	ann_stbe32(k, pid);
-	ANN_TRY(ann_catalog_part_encode_any(v, e, err));
-	return ann_catalog_put(t, ANN_CAT_PARTS, k, 4, v, sizeof v, err);
-}
-
-int ann_catalog_part_get(ann_cat_txn *t, uint32_t pid, ann_dirent *e, ann_error *err)
-{
-	uint8_t k[4];
-	ann_stbe32(k, pid);
-	const uint8_t *v = NULL;
-	size_t n = 0;
-	ANN_TRY(ann_catalog_get(t, ANN_CAT_PARTS, k, 4, &v, &n, err));
-	int rc = ann_catalog_part_decode(v, n, pid, e, err);
-	if (rc < 0)
-		return ann_err_prefix(err, rc, "%s", t->c->path);
-	return ANN_OK;
-}
-
-int ann_catalog_part_del(ann_cat_txn *t, uint32_t pid, ann_error *err)
-{
-	uint8_t k[4];
-	ann_stbe32(k, pid);
-	return ann_catalog_del(t, ANN_CAT_PARTS, k, 4, err);
-}
-
-struct dir_ctx {
-	ann_dir *d;
-	const char *path;
-	bool skip_bad;
-};
-
-static int dir_each(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen, ann_error *err)
-{
-	struct dir_ctx *dc = ctx;
-	if (klen != 4) {
-		if (dc->skip_bad)
-			return 0;
-		return ann_err(err, ANN_E_CORRUPT, "%s: parts key of %zu bytes, 4 expected", dc->path, klen);
-	}
-	uint32_t pid = ann_ldbe32(key);
-	if (pid >= dc->d->n)
-		return ann_err(err, ANN_E_CORRUPT, "%s: parts partition %u appeared during the scan", dc->path, pid);
-	ann_error e2;
-	int rc = ann_catalog_part_decode(val, vlen, pid, &dc->d->ents[pid], dc->skip_bad ? &e2 : err);
-	if (rc < 0) {
-		memset(&dc->d->ents[pid], 0, sizeof dc->d->ents[pid]);
-		if (dc->skip_bad)
-			return 0;
-		return ann_err_prefix(err, rc, "%s", dc->path);
-	}
-	dc->d->count++;
-	return 0;
-}
-
-static int dir_load(ann_cat_txn *t, ann_dir *d, bool skip_bad, ann_error *err)
-{
-	memset(d, 0, sizeof *d);
-	ANN_TRY(txn_usable(t, false, err));
-	uint64_t count = 0;
-	ANN_TRY(ann_catalog_count(t, ANN_CAT_PARTS, &count, err));
-	d->txnid = ann_catalog_txn_id(t);
-	if (count == 0)
-		return ANN_OK;
-	MDB_cursor *cur;
-	int mrc = mdb_cursor_open(t->txn, t->c->dbi[ANN_CAT_PARTS], &cur);
-	if (mrc)
-		return mdb_fail(t->c, err, mrc, "open cursor", ANN_CAT_PARTS, NULL, 0);
-	MDB_val k, v;
-	uint64_t n = 0;
-	/* The largest well-formed key (a skipping load steps over bad last keys). */
-	mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
-	while (mrc == 0 && k.mv_size != 4 && skip_bad)
-		mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
-	mdb_cursor_close(cur);
-	if (mrc == MDB_NOTFOUND && skip_bad)
-		return ANN_OK;
-	if (mrc)
-		return mdb_fail(t->c, err, mrc, "last key", ANN_CAT_PARTS, NULL, 0);
-	if (k.mv_size != 4)
-		return ann_err(err, ANN_E_CORRUPT, "%s: parts key of %zu bytes, 4 expected", t->c->path, k.mv_size);
-	n = (uint64_t)ann_ldbe32(k.mv_data) + 1;
-	if (n > 4 * count + (1u << 20))
-		return ann_err(err, ANN_E_UNSUPPORTED,
-			       "%s: partition ids too sparse for the RAM directory (max id %llu, %llu partitions)",
-			       t->c->path, (unsigned long long)(n - 1), (unsigned long long)count);
-	d->ents = ann_calloc((size_t)n, sizeof *d->ents);
-	if (!d->ents)
-		return ann_err(err, ANN_E_NOMEM, "%s: directory of %llu entries: out of memory", t->c->path,
-			       (unsigned long long)n);
-	d->n = (uint32_t)n;
-	struct dir_ctx dc = { d, t->c->path, skip_bad };
-	int rc = foreach_impl(t, ANN_CAT_PARTS, NULL, 0, dir_each, &dc, skip_bad, err);
-	if (rc < 0) {
-		ann_catalog_dir_free(d);
-		return rc;
-	}
-	return ANN_OK;
-}
-
-int ann_catalog_dir_load(ann_cat_txn *t, ann_dir *d, ann_error *err)
-{
-	return dir_load(t, d, false, err);
-}
-
-int ann_catalog_dir_load_valid(ann_cat_txn *t, ann_dir *d, ann_error *err)
-{
-	return dir_load(t, d, true, err);
-}
-
-void ann_catalog_dir_free(ann_dir *d)
-{
-	if (!d)
-		return;
-	ann_free(d->ents);
-	memset(d, 0, sizeof *d);
-}
-
-/* ---- models, id map ----------------------------------------------------------------- */
-
-int ann_catalog_model_put(ann_cat_txn *t, const char *name, const void *blob, size_t n, ann_error *err)
-{
-	return ann_catalog_put(t, ANN_CAT_MODELS, name, strlen(name), blob, n, err);
-}
-
-int ann_catalog_model_get(ann_cat_txn *t, const char *name, const uint8_t **blob, size_t *n, ann_error *err)
-{
-	return ann_catalog_get(t, ANN_CAT_MODELS, name, strlen(name), blob, n, err);
-}
-
-int ann_catalog_idmap_put(ann_cat_txn *t, uint64_t id, uint32_t pid, ann_error *err)
-{
-	uint8_t k[8], v[4];
-	ann_stbe64(k, id);
-	ann_st32(v, pid);
-	return ann_catalog_put(t, ANN_CAT_IDMAP, k, 8, v, 4, err);
-}
-
-int ann_catalog_idmap_get(ann_cat_txn *t, uint64_t id, uint32_t *pid, ann_error *err)
-{
-	uint8_t k[8];
-	ann_stbe64(k, id);
-	const uint8_t *v = NULL;
-	size_t n = 0;
-	ANN_TRY(ann_catalog_get(t, ANN_CAT_IDMAP, k, 8, &v, &n, err));
-	if (n != 4)
-		return ann_err(err, ANN_E_CORRUPT, "%s: idmap id %llu: value of %zu bytes, 4 expected", t->c->path,
-			       (unsigned long long)id, n);
-	*pid = ann_ld32(v);
-	return ANN_OK;
-}
-
-int ann_catalog_idmap_del(ann_cat_txn *t, uint64_t id, ann_error *err)
-{
-	uint8_t k[8];
-	ann_stbe64(k, id);
-	return ann_catalog_del(t, ANN_CAT_IDMAP, k, 8, err);
-}
-
-/* ---- free extents --------------------------------------------------------------------- */
-
-static int free_decode(const ann_catalog *c, const uint8_t *k, size_t klen, const uint8_t *v, size_t n,
-		       ann_extent *x, ann_error *err)
-{
-	if (klen != 8 || n != 16)
-		return ann_err(err, ANN_E_CORRUPT, "%s: free entry with %zu-byte key and %zu-byte value, 8 and 16 expected",
-			       c->path, klen, n);
-	x->offset = ann_ldbe64(k);
-	x->length = ann_ld64(v);
-	x->freed_tx = ann_ld64(v + 8);
-	if (x->offset % ANN_PAGE || x->length % ANN_PAGE || x->length == 0 || x->offset < ANN_PAGE ||
-	    x->offset + x->length < x->offset)
-		return ann_err(err, ANN_E_CORRUPT, "%s: free extent at offset %llu length %llu: not 4096-aligned",
-			       c->path, (unsigned long long)x->offset, (unsigned long long)x->length);
-	return ANN_OK;
-}
-
-int ann_catalog_free_put(ann_cat_txn *t, const ann_extent *x, ann_error *err)
-{
-	uint8_t k[8], v[16];
-	ann_stbe64(k, x->offset);
-	ann_st64(v, x->length);
-	ann_st64(v + 8, x->freed_tx);
-	return ann_catalog_put(t, ANN_CAT_FREE, k, 8, v, 16, err);
-}
-
-int ann_catalog_free_del(ann_cat_txn *t, uint64_t offset, ann_error *err)
-{
-	uint8_t k[8];
-	ann_stbe64(k, offset);
-	return ann_catalog_del(t, ANN_CAT_FREE, k, 8, err);
-}
-
-struct free_ctx {
-	const ann_catalog *c;
-	ann_extent *xs;
-	size_t n, cap;
-	bool skip_bad;
-};
-
-static int free_each(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen, ann_error *err)
-{
-	struct free_ctx *fc = ctx;
-	if (fc->n == fc->cap) {
-		size_t cap = fc->cap ? fc->cap * 2 : 64;
-		ann_extent *p = ann_realloc(fc->xs, cap * sizeof *p);
-		if (!p)
-			return ann_err(err, ANN_E_NOMEM, "%s: free list: out of memory", fc->c->path);
-		fc->xs = p;
-		fc->cap = cap;
-	}
-	ann_error e2;
-	int rc = free_decode(fc->c, key, klen, val, vlen, &fc->xs[fc->n], fc->skip_bad ? &e2 : err);
-	if (rc < 0)
-		return fc->skip_bad ? 0 : rc;
-	fc->n++;
-	return 0;
-}
-
-static int free_load(ann_cat_txn *t, ann_extent **xs, size_t *n, bool skip_bad, ann_error *err)
-{
-	struct free_ctx fc = { t->c, NULL, 0, 0, skip_bad };
-	int rc = foreach_impl(t, ANN_CAT_FREE, NULL, 0, free_each, &fc, skip_bad, err);
-	if (rc < 0) {
-		ann_free(fc.xs);
-		return rc;
-	}
-	*xs = fc.xs;
-	*n = fc.n;
-	return ANN_OK;
-}
-
-int ann_catalog_free_load(ann_cat_txn *t, ann_extent **xs, size_t *n, ann_error *err)
-{
-	return free_load(t, xs, n, false, err);
-}
-
-int ann_catalog_free_load_valid(ann_cat_txn *t, ann_extent **xs, size_t *n, ann_error *err)
-{
-	return free_load(t, xs, n, true, err);
 }
 
 /* ---- LMDB-store blocks ------------------------------------------------------------------ */
@@ -1358,13 +904,13 @@ int ann_catalog_block_put(ann_cat_txn *t, uint32_t pid, const void *buf, size_t 
 
 int ann_catalog_block_get(ann_cat_txn *t, uint32_t pid, const uint8_t **buf, size_t *n, ann_error *err)
 {
-	ANN_TRY(txn_usable(t, false, err));
+	ANN_TRY(ann_cat_txn_usable(t, false, err));
 	uint8_t kb[4];
 	ann_stbe32(kb, pid);
 	MDB_val k = { 4, kb }, v;
 	int rc = mdb_get(t->txn, t->c->dbi[ANN_CAT_BLOCKS], &k, &v);
 	if (rc)
-		return mdb_fail(t->c, err, rc, "get", ANN_CAT_BLOCKS, kb, 4);
+		return ann_cat_mdb_fail(t->c, err, rc, "get", ANN_CAT_BLOCKS, kb, 4);
 	*buf = v.mv_data;
 	*n = v.mv_size;
 	return ANN_OK;
@@ -1379,11 +925,11 @@ int ann_catalog_block_del(ann_cat_txn *t, uint32_t pid, ann_error *err)
 
 int ann_catalog_block_foreach(ann_cat_txn *t, ann_cat_block_fn fn, void *ctx, ann_error *err)
 {
-	ANN_TRY(txn_usable(t, false, err));
+	ANN_TRY(ann_cat_txn_usable(t, false, err));
 	MDB_cursor *cur;
 	int mrc = mdb_cursor_open(t->txn, t->c->dbi[ANN_CAT_BLOCKS], &cur);
 	if (mrc)
-		return mdb_fail(t->c, err, mrc, "open cursor", ANN_CAT_BLOCKS, NULL, 0);
+		return ann_cat_mdb_fail(t->c, err, mrc, "open cursor", ANN_CAT_BLOCKS, NULL, 0);
 	MDB_val k, v;
 	int rc = ANN_OK;
 	while ((mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
@@ -1396,7 +942,7 @@ int ann_catalog_block_foreach(ann_cat_txn *t, ann_cat_block_fn fn, void *ctx, an
 	if (rc < 0)
 		return rc;
 	if (mrc && mrc != MDB_NOTFOUND)
-		return mdb_fail(t->c, err, mrc, "iterate", ANN_CAT_BLOCKS, NULL, 0);
+		return ann_cat_mdb_fail(t->c, err, mrc, "iterate", ANN_CAT_BLOCKS, NULL, 0);
 	return ANN_OK;
 }
 
@@ -1430,7 +976,7 @@ int ann_catalog_space_get(ann_catalog *c, ann_catalog_space *sp, ann_error *err)
 		MDB_stat s;
 		int mrc = mdb_stat(t->txn, c->dbi[i], &s);
 		if (mrc) {
-			rc = mdb_fail(c, err, mrc, "stat", i, NULL, 0);
+			rc = ann_cat_mdb_fail(c, err, mrc, "stat", i, NULL, 0);
 			goto out;
 		}
 		sp->db_pages[i] = s.ms_branch_pages + s.ms_leaf_pages + s.ms_overflow_pages;
@@ -1441,7 +987,7 @@ int ann_catalog_space_get(ann_catalog *c, ann_catalog_space *sp, ann_error *err)
 	MDB_cursor *cur;
 	int mrc = mdb_cursor_open(t->txn, 0, &cur);
 	if (mrc) {
-		rc = mdb_fail(c, err, mrc, "open free-list cursor", -1, NULL, 0);
+		rc = ann_cat_mdb_fail(c, err, mrc, "open free-list cursor", -1, NULL, 0);
 		goto out;
 	}
 	MDB_val k, v;
@@ -1461,392 +1007,3 @@ out:
 	return rc;
 }
 
-/* ---- verification -------------------------------------------------------------------------- */
-
-static void report(ann_issue_fn fn, void *ctx, ann_issue_kind kind, bool warning, int64_t pid, const char *db,
-		   const char *msg)
-{
-	if (!fn)
-		return;
-	ann_issue is = { kind, warning, pid, db, msg };
-	fn(ctx, &is);
-}
-
-/* Checks one value beyond its checksum: the decodings that have a fixed shape. */
-static int check_shape(ann_catalog *c, ann_cat_db db, const MDB_val *k, const uint8_t *p, size_t n,
-		       ann_error *e)
-{
-	switch (db) {
-	case ANN_CAT_PARTS: {
-		if (k->mv_size != 4)
-			return ann_err(e, ANN_E_CORRUPT, "%s: parts key of %zu bytes, 4 expected", c->path, k->mv_size);
-		ann_dirent de;
-		int rc = ann_catalog_part_decode(p, n, ann_ldbe32(k->mv_data), &de, e);
-		return rc < 0 ? ann_err_prefix(e, rc, "%s", c->path) : ANN_OK;
-	}
-	case ANN_CAT_FREE: {
-		ann_extent x;
-		return free_decode(c, k->mv_data, k->mv_size, p, n, &x, e);
-	}
-	case ANN_CAT_IDMAP:
-		if (k->mv_size != 8 || n != 4)
-			return ann_err(e, ANN_E_CORRUPT, "%s: idmap entry with %zu-byte key and %zu-byte value, 8 and 4 expected",
-				       c->path, k->mv_size, n);
-		return ANN_OK;
-	case ANN_CAT_META:
-		if (n < 1 || p[0] < ANN_META_U64 || p[0] > ANN_META_BLOB ||
-		    ((p[0] == ANN_META_U64 || p[0] == ANN_META_F64) && n != 9)) {
-			char kd[256];
-			key_desc(db, k->mv_data, k->mv_size, kd, sizeof kd);
-			return ann_err(e, ANN_E_CORRUPT, "%s: meta %s: bad type tag or size", c->path, kd);
-		}
-		return ANN_OK;
-	default:
-		return ANN_OK;
-	}
-}
-
-int ann_catalog_verify(ann_cat_txn *t, ann_issue_fn fn, void *ctx, uint64_t *nbad, ann_error *err)
-{
-	ANN_TRY(txn_usable(t, false, err));
-	uint64_t bad = 0;
-	/* Structure and page accounting first: walking damaged pages through
-	 * LMDB could fault. (A write txn is checked as of its start.) */
-	ann_error pe = { 0 };
-	int prc = ann_lmdb_pages_check(t->c->path, t->c->env, ann_catalog_txn_id(t) - (t->write ? 1 : 0), true, NULL, NULL, 0, &pe);
-	if (prc == ANN_E_CORRUPT) {
-		report(fn, ctx, ANN_ISSUE_CATALOG, false, -1, "lmdb", pe.msg);
-		if (nbad)
-			*nbad = 1;
-		return ANN_OK;
-	}
-	if (prc < 0) {
-		if (err)
-			*err = pe;
-		return prc;
-	}
-	prc = check_txn_key(t, &pe);
-	if (prc == ANN_E_CORRUPT) {
-		report(fn, ctx, ANN_ISSUE_CATALOG, false, -1, "lmdb", pe.msg);
-		bad++;
-	} /* other failures (a bad value) are reported by the scan below */
-	for (int db = 0; db < ANN_CAT_NDB; db++) {
-		if (db == ANN_CAT_BLOCKS)
-			continue;
-		MDB_cursor *cur;
-		int mrc = mdb_cursor_open(t->txn, t->c->dbi[db], &cur);
-		if (mrc)
-			return mdb_fail(t->c, err, mrc, "open cursor", db, NULL, 0);
-		MDB_val k, v;
-		while ((mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
-			ann_error e = { 0 };
-			const uint8_t *p = NULL;
-			size_t n = 0;
-			int rc = check_value(t, (ann_cat_db)db, &k, &v, &p, &n, &e);
-			if (rc == ANN_OK)
-				rc = check_shape(t->c, (ann_cat_db)db, &k, p, n, &e);
-			if (rc < 0) {
-				bad++;
-				int64_t pid = (db == ANN_CAT_PARTS && k.mv_size == 4) ? (int64_t)ann_ldbe32(k.mv_data) : -1;
-				report(fn, ctx, ANN_ISSUE_CATALOG, false, pid, db_names[db], e.msg);
-			}
-		}
-		mdb_cursor_close(cur);
-		if (mrc != MDB_NOTFOUND)
-			return mdb_fail(t->c, err, mrc, "iterate", db, NULL, 0);
-	}
-	if (nbad)
-		*nbad = bad;
-	return ANN_OK;
-}
-
-/* ---- repair ---------------------------------------------------------------------------------
- * Rebuilds catalog.lmdb entry by entry into a fresh environment. Not
- * mdb_env_copy2(MDB_CP_COMPACT): the compacting copy walks the free DB with a
- * cursor and computes the copy's last page from the free-list counts (a wrong
- * count ends in MDB_INCOMPATIBLE, a damaged free-DB page in a fault), and the
- * free list is exactly what repair is for. A copy through cursors reads only
- * the named databases, whose trees pg_check has just validated in the same
- * snapshot. Values are copied as stored (checksums included): repair restores
- * LMDB's structure, it does not invent data. */
-
-#define REPAIR_TXN_BYTES (64u << 20) /* commit the copy every 64 MiB of values (bounds LMDB's dirty pages) */
-
-static int repair_copy(ann_catalog *src, MDB_txn *stx, MDB_env *dst, const char *dpath, uint64_t *entries,
-		       ann_error *err)
-{
-	MDB_txn *dtx = NULL;
-	MDB_cursor *cur = NULL;
-	int mrc = 0;
-	const char *what = "";
-	int db = -1;
-	*entries = 0;
-	for (db = 0; db < ANN_CAT_NDB; db++) {
-		MDB_dbi sdbi, ddbi;
-		what = "open database";
-		if ((mrc = mdb_dbi_open(stx, db_names[db], 0, &sdbi)) != 0) {
-			if (mrc == MDB_NOTFOUND)
-				return ann_err(err, ANN_E_FORMAT, "%s: no database '%s': not an annann catalog", src->path,
-					       db_names[db]);
-			goto fail;
-		}
-		what = "begin txn";
-		if ((mrc = mdb_txn_begin(dst, NULL, 0, &dtx)) != 0)
-			goto fail;
-		what = "create database";
-		if ((mrc = mdb_dbi_open(dtx, db_names[db], MDB_CREATE, &ddbi)) != 0)
-			goto fail;
-		what = "read";
-		if ((mrc = mdb_cursor_open(stx, sdbi, &cur)) != 0)
-			goto fail;
-		MDB_val k, v;
-		size_t bytes = 0;
-		while ((mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
-			what = "write";
-			if ((mrc = mdb_put(dtx, ddbi, &k, &v, MDB_APPEND)) != 0)
-				goto fail;
-			(*entries)++;
-			bytes += k.mv_size + v.mv_size;
-			if (bytes >= REPAIR_TXN_BYTES) {
-				what = "commit";
-				mrc = mdb_txn_commit(dtx);
-				dtx = NULL;
-				if (mrc)
-					goto fail;
-				what = "begin txn";
-				if ((mrc = mdb_txn_begin(dst, NULL, 0, &dtx)) != 0)
-					goto fail;
-				bytes = 0;
-			}
-			what = "read";
-		}
-		if (mrc != MDB_NOTFOUND)
-			goto fail;
-		mdb_cursor_close(cur);
-		cur = NULL;
-		what = "commit";
-		mrc = mdb_txn_commit(dtx);
-		dtx = NULL;
-		if (mrc)
-			goto fail;
-	}
-	/* The copy's txn ids restart: the last commit records its own id. */
-	MDB_dbi mdbi;
-	db = ANN_CAT_META;
-	what = "begin txn";
-	if ((mrc = mdb_txn_begin(dst, NULL, 0, &dtx)) != 0)
-		goto fail;
-	what = "write";
-	if ((mrc = mdb_dbi_open(dtx, db_names[ANN_CAT_META], 0, &mdbi)) != 0)
-		goto fail;
-	uint8_t tb[1 + 8 + CAT_SUM];
-	tb[0] = ANN_META_U64;
-	ann_st64(tb + 1, (uint64_t)mdb_txn_id(dtx));
-	ann_st64(tb + 9, value_sum(CAT_TXN_KEY, strlen(CAT_TXN_KEY), tb, 9));
-	MDB_val tk = { strlen(CAT_TXN_KEY), (void *)CAT_TXN_KEY }, tv = { sizeof tb, tb };
-	if ((mrc = mdb_put(dtx, mdbi, &tk, &tv, 0)) != 0)
-		goto fail;
-	what = "commit";
-	mrc = mdb_txn_commit(dtx);
-	dtx = NULL;
-	if (mrc)
-		goto fail;
-	return ANN_OK;
-fail:
-	if (cur)
-		mdb_cursor_close(cur);
-	if (dtx)
-		mdb_txn_abort(dtx);
-	const char *dbn = db >= 0 && db < ANN_CAT_NDB ? db_names[db] : "";
-	if (mrc == ENOMEM)
-		return ann_err(err, ANN_E_NOMEM, "%s: repair: %s '%s': out of memory", dpath, what, dbn);
-	if (mrc > 0)
-		return ann_err_sys(err, mrc, "%s: repair: %s '%s'", dpath, what, dbn);
-	return ann_err(err, ANN_E_IO, "%s: repair: %s '%s': %s", dpath, what, dbn, mdb_strerror(mrc));
-}
-
-static void rm_env_dir(const char *dir)
-{
-	char p[4224];
-	snprintf(p, sizeof p, "%s/data.mdb", dir);
-	unlink(p);
-	snprintf(p, sizeof p, "%s/lock.mdb", dir);
-	unlink(p);
-	rmdir(dir);
-}
-
-int ann_catalog_repair(const char *path, const ann_catalog_repair_opts *o, ann_catalog_repair_result *res,
-		       ann_error *err)
-{
-	memset(res, 0, sizeof *res);
-	int rc;
-	ann_catalog cs;
-	memset(&cs, 0, sizeof cs);
-	cs.path = (char *)path;
-	cs.readonly = true;
-	pthread_mutex_init(&cs.mu, NULL);
-	pthread_cond_init(&cs.cv, NULL);
-	MDB_txn *stx = NULL;
-	MDB_env *dst = NULL;
-	char tmp[4200], file[4200];
-	snprintf(tmp, sizeof tmp, "%s.repair.%ld", path, (long)getpid());
-	snprintf(file, sizeof file, "%s/data.mdb", path);
-	bool made_tmp = false;
-	struct stat st;
-	if (strlen(path) > 4000) {
-		rc = ann_err(err, ANN_E_INVAL, "catalog path of %zu bytes, at most 4000", strlen(path));
-		goto out;
-	}
-	if (stat(file, &st) != 0) {
-		rc = errno == ENOENT ? ann_err(err, ANN_E_NOTFOUND, "%s: no such catalog", file)
-				     : ann_err_sys(err, errno, "%s: cannot stat", file);
-		goto out;
-	}
-	uint64_t map = CAT_DEFAULT_MAP;
-	if ((uint64_t)st.st_size * 2 > map)
-		map = (uint64_t)st.st_size * 2;
-	int mrc = mdb_env_create(&cs.env);
-	if (mrc) {
-		cs.env = NULL;
-		rc = mdb_fail(&cs, err, mrc, "create environment", -1, NULL, 0);
-		goto out;
-	}
-	mdb_env_set_maxdbs(cs.env, 16);
-	mdb_env_set_mapsize(cs.env, (size_t)map);
-	if ((rc = ann_lmdb_meta_precheck(path, err)) < 0) {
-		ann_err_prefix(err, rc, "cannot repair");
-		goto out;
-	}
-	if ((mrc = mdb_env_open(cs.env, path, MDB_NOTLS | MDB_RDONLY, 0644)) != 0) {
-		rc = mdb_fail(&cs, err, mrc, "open environment", -1, NULL, 0);
-		goto out;
-	}
-	for (int tries = 0;; tries++) {
-		if ((mrc = mdb_txn_begin(cs.env, NULL, MDB_RDONLY, &stx)) != 0) {
-			stx = NULL;
-			rc = mdb_fail(&cs, err, mrc, "begin txn", -1, NULL, 0);
-			goto out;
-		}
-		ann_error pe = { 0 };
-		bool repairable = false;
-		rc = ann_lmdb_pages_check(cs.path, cs.env, (uint64_t)mdb_txn_id(stx), true, &repairable, res->damage, sizeof res->damage, &pe);
-		if (rc == ANN_E_STATE && tries < 4) {
-			mdb_txn_abort(stx);
-			stx = NULL;
-			continue;
-		}
-		if (rc == ANN_E_CORRUPT && repairable) {
-			res->damaged = true;
-			rc = ANN_OK;
-		}
-		if (rc < 0) {
-			res->damage[0] = 0;
-			if (err)
-				*err = pe;
-			if (rc == ANN_E_CORRUPT)
-				ann_err_prefix(err, rc, "cannot repair");
-			goto out;
-		}
-		break;
-	}
-	rm_env_dir(tmp); /* a leftover of an earlier repair of this pid */
-	if (mkdir(tmp, 0755) != 0) {
-		rc = ann_err_sys(err, errno, "%s: cannot create directory", tmp);
-		goto out;
-	}
-	made_tmp = true;
-	if ((mrc = mdb_env_create(&dst)) != 0) {
-		dst = NULL;
-		rc = ann_err(err, ANN_E_IO, "%s: create environment: %s", tmp, mdb_strerror(mrc));
-		goto out;
-	}
-	mdb_env_set_maxdbs(dst, 16);
-	mdb_env_set_mapsize(dst, (size_t)map);
-	if ((mrc = mdb_env_open(dst, tmp, MDB_NOTLS, 0644)) != 0) {
-		rc = ann_err(err, ANN_E_IO, "%s: open environment: %s", tmp, mdb_strerror(mrc));
-		goto out;
-	}
-	if ((rc = repair_copy(&cs, stx, dst, tmp, &res->entries, err)) < 0)
-		goto out;
-	mdb_env_close(dst); /* commits were durable (default sync mode) */
-	dst = NULL;
-	mdb_txn_abort(stx);
-	stx = NULL;
-	mdb_env_close(cs.env);
-	cs.env = NULL;
-
-	/* Re-verify the copy as any reader would open it: structure, then values. */
-	ann_catalog *nc = NULL;
-	ann_catalog_opts co;
-	ann_catalog_opts_init(&co);
-	co.readonly = true;
-	if ((rc = ann_catalog_open(tmp, &co, &nc, err)) < 0) {
-		ann_err_prefix(err, rc, "the rebuilt catalog does not open");
-		goto out;
-	}
-	ann_cat_txn *t = NULL;
-	if ((rc = ann_catalog_read_begin(nc, &t, err)) == 0) {
-		rc = ann_catalog_verify(t, NULL, NULL, &res->bad_values, err);
-		ann_catalog_read_end(t);
-	}
-	ann_catalog_close(nc);
-	if (rc < 0)
-		goto out;
-	if (o && o->dry_run) {
-		rc = ANN_OK;
-		goto out;
-	}
-
-	/* Swap in the copy: one atomic exchange of the two directories, then the
-	 * old one moves to the backup name. Without RENAME_EXCHANGE (a file
-	 * system lacking it): two renames, with the backup in place first. */
-	time_t now = time(NULL);
-	struct tm tmv;
-	gmtime_r(&now, &tmv);
-	char stamp[32];
-	strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tmv);
-	snprintf(res->backup, sizeof res->backup, "%s.damaged.%s.%ld", path, stamp, (long)getpid());
-	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) == 0) {
-		if (rename(tmp, res->backup) != 0) {
-			rc = ann_err_sys(err, errno, "%s: repaired, but the old catalog stays at %s: cannot rename it to %s",
-					 path, tmp, res->backup);
-			snprintf(res->backup, sizeof res->backup, "%s", tmp);
-			made_tmp = false;
-			goto sync;
-		}
-	} else if (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP) {
-		if (rename(path, res->backup) != 0) {
-			rc = ann_err_sys(err, errno, "%s: cannot move the damaged catalog to %s", path, res->backup);
-			goto out;
-		}
-		if (rename(tmp, path) != 0) {
-			rc = ann_err_sys(err, errno, "%s: cannot move the rebuilt catalog %s into place (the damaged "
-					 "one is at %s)", path, tmp, res->backup);
-			made_tmp = false;
-			goto out;
-		}
-	} else {
-		rc = ann_err_sys(err, errno, "%s: cannot swap in the rebuilt catalog %s", path, tmp);
-		goto out;
-	}
-	made_tmp = false;
-	rc = ANN_OK;
-sync:;
-	char parent[4200];
-	ann_catalog_index_dir(path, parent, sizeof parent);
-	int frc = ann_fsync_dir(parent, err);
-	if (rc == ANN_OK)
-		rc = frc;
-out:
-	if (stx)
-		mdb_txn_abort(stx);
-	if (dst)
-		mdb_env_close(dst);
-	if (cs.env)
-		mdb_env_close(cs.env);
-	if (made_tmp)
-		rm_env_dir(tmp);
-	pthread_mutex_destroy(&cs.mu);
-	pthread_cond_destroy(&cs.cv);
-	return rc;
-}

@@ -5,9 +5,10 @@
  * as their directory entries (so publication is one atomic, durable commit)
  * and read zero-copy through the map inside a read txn. Block lengths are
  * 4096*k - 16 so an overflow value fills whole LMDB pages (16-byte page
- * header). Generic layer and readers: store_file.c. Format: docs/FORMAT.md.
+ * header). One back end of the store layer (store.c, through the ops of
+ * store_impl.h), as store_file.c is the other. Format: docs/FORMAT.md.
  */
-#include "store.h"
+#include "store_impl.h"
 
 #include <stdio.h>
 #include <xxhash.h>
@@ -169,6 +170,7 @@ static int lm_verify(ann_store *s, ann_cat_txn *rt, const ann_dir *d, ann_issue_
 const ann_store_ops ann_store_lmdb_ops = {
 	.kind = ANN_STORE_LMDB,
 	.name = "lmdb",
+	.data_file = NULL, /* blocks are read from the catalog snapshot */
 	.open = lm_open,
 	.close = lm_close,
 	.begin = lm_begin,

@@ -11,7 +11,7 @@
  *   fsync   fsync, fdatasync
  *   read    read, pread, readv, preadv (input files, blocks.dat by pread, headers)
  * io_uring reads do not pass through libc: the library's own hook covers them
- * (ANNANN_FAULT_OP=uring, src/storage/store_file.c).
+ * (ANNANN_FAULT_OP=uring, src/storage/ioreader.c).
  * Calls on anything but a regular file (terminals, pipes, sockets) are passed
  * through uncounted, so the tool can still print its error.
  *

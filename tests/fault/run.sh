@@ -15,7 +15,7 @@
 # Faults: tests/fault/libfault.c (LD_PRELOAD: write/pwrite/writev/pwritev,
 # fsync/fdatasync, read/pread/readv/preadv on regular files; EIO, ENOSPC from
 # the Nth write on, short transfers) and the library's io_uring hook
-# (ANNANN_FAULT_OP=uring, src/storage/store_file.c).
+# (ANNANN_FAULT_OP=uring, src/storage/ioreader.c).
 #
 #   bash tests/fault/run.sh [--quick] [--store file|lmdb|both] [ANNANN [LIBFAULT]]
 #

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * fuzz_catalog: what decodes bytes from catalog.lmdb (src/storage/catalog.c and the
- * index metadata reader src/index/index_meta.c): the value checksum check, meta
- * values of each type, parts entries (directory), free extents, the id map,
- * models, ann_catalog_verify, and the first write transaction on the result.
+ * fuzz_catalog: what decodes bytes from catalog.lmdb (src/storage/catalog.c,
+ * catalog_records.c and catalog_repair.c, and the index metadata reader
+ * src/index/index_meta.c): the value checksum check, meta values of each type,
+ * parts entries (directory), free extents, the id map, models,
+ * ann_catalog_verify, and the first write transaction on the result.
  * The LMDB file itself is well formed (written by liblmdb); its values are
  * hostile.
  *

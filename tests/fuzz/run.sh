@@ -9,7 +9,13 @@
 # Environment: FUZZ_BUILD_DIR (default build-fuzz), FUZZ_WORK (where the
 # growing corpora and crash files go; default $FUZZ_BUILD_DIR/work),
 # JOBS (ninja -j, default 2), FUZZ_SEEDS=1 (regenerate the seed corpora with
-# fuzz_mkseeds into tests/fuzz/corpus, then exit).
+# fuzz_mkseeds into tests/fuzz/corpus, then exit), FUZZ_SEED (libFuzzer's
+# -seed; default random). With a fixed FUZZ_SEED and a fresh FUZZ_WORK the
+# mutations are the same sequence on every machine, a slower one running a
+# prefix of it: tools/run.sh's `test` (CI) uses seed 1, so a session can run
+# CI's fuzzing, and more of it, before it stops.
+# A failing target's crash file is replayed with its messages shown, so the
+# log says which property or sanitizer check failed.
 # Exit status: 0 when no target crashed; 1 otherwise, naming the crash files
 # (each is a reproducer: build-fuzz/tests/fuzz/fuzz_<target> <file>).
 # tests/fuzz/crashers/<target>/ holds reproducers of bugs found but not fixed
@@ -27,6 +33,8 @@ TARGETS=${*:-$ALL}
 BUILD=${FUZZ_BUILD_DIR:-build-fuzz}
 WORK=${FUZZ_WORK:-$BUILD/work}
 JOBS=${JOBS:-2}
+SEED_ARGS=()
+[ -n "${FUZZ_SEED:-}" ] && SEED_ARGS=(-seed="$FUZZ_SEED")
 
 if ! command -v clang >/dev/null; then
 	echo "tests/fuzz/run.sh: clang is missing (apt-get install clang libclang-rt-14-dev libfuzzer-14-dev)" >&2
@@ -79,7 +87,8 @@ for t in $TARGETS; do
 	# and the sanitizers still report). rss_limit bounds a target's memory.
 	"$BUILD/tests/fuzz/fuzz_$t" "$corpus" "tests/fuzz/corpus/$t" \
 		-max_total_time="$SECONDS_EACH" -max_len=65536 -timeout=20 -rss_limit_mb=2048 \
-		-close_fd_mask=3 -print_final_stats=1 -artifact_prefix="$crashes/" >"$log" 2>&1
+		-close_fd_mask=3 -print_final_stats=1 -artifact_prefix="$crashes/" ${SEED_ARGS[@]+"${SEED_ARGS[@]}"} \
+		>"$log" 2>&1
 	rc=$?
 	set -e
 	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
@@ -90,13 +99,21 @@ for t in $TARGETS; do
 	else
 		res="FAILED (exit $rc, log $log)"
 		failed+=("$t")
+		# -close_fd_mask hid the target's own message (a violated property
+		# names itself on stderr): replay the crash file with it shown.
+		for f in "$crashes"/*; do
+			[ -f "$f" ] || continue
+			echo "== replay of $f" >>"$log"
+			"$BUILD/tests/fuzz/fuzz_$t" "$f" >>"$log" 2>&1 || true
+		done
 	fi
 	printf '%-12s %12s %10s %8s %s\n' "$t" "${execs:-?}" "${rate:-?}" "$files" "$res"
 done
 if [ ${#failed[@]} -gt 0 ]; then
 	for t in "${failed[@]}"; do
 		echo "== $t: $WORK/$t.log"
-		grep -E "ERROR|SUMMARY|property|status|Test unit written" "$WORK/$t.log" | head -20 || true
+		grep -E "ERROR|SUMMARY|property|status|Test unit written|replay|runtime error|\.c:[0-9]+" "$WORK/$t.log" |
+			head -30 || true
 	done
 	exit 1
 fi

@@ -1,0 +1,449 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * search_codes.c: the two-round path of codes blocks (docs/DESIGN.md, "Codes
+ * and re-ranking"), called by search.c for every partition whose directory
+ * entry has a head:
+ *  - round 1 (codes_head): the head is checked against the directory and the
+ *    index, its page sums kept for round 2, and its codes estimate the
+ *    distance of every row for every query probing it; per query two heaps
+ *    are fed: the k smallest upper bounds (ub) and the `rerank` best
+ *    estimates whose lower bound beats the k-th upper bound (cands);
+ *  - round 2 (codes_round2): per query the kept candidates whose lower bound
+ *    is still below the k-th upper bound have their exact rows read (the
+ *    pages that hold them, deduplicated within the batch, adjacent pages of
+ *    a partition coalesced into one read), checked against the page sums and
+ *    re-ranked exactly into the query's top k.
+ * Invariants: every distance pushed to a top k is exact; a page is used only
+ * after its sum matched the head's; tombstones are filtered in round 1.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "search_int.h"
+
+int codes_searcher_init(ann_searcher *s, ann_error *err)
+{
+	ann_index *idx = s->idx;
+	ANN_TRY(ann_rbq_query_new(idx->rbq, &s->rq, err));
+	if (s->o.rerank_eps > 0)
+		ann_rbq_query_set_eps0(s->rq, s->o.rerank_eps);
+	s->centre = ann_malloc((size_t)idx->meta.dim * sizeof(float));
+	s->rowf = ann_malloc((size_t)idx->meta.dim * sizeof(float));
+	if (!s->centre || !s->rowf)
+		return ann_err(err, ANN_E_NOMEM, "out of memory for a searcher");
+	return ANN_OK;
+}
+
+void codes_searcher_free(ann_searcher *s)
+{
+	ann_rbq_query_free(s->rq);
+	ann_free(s->est);
+	ann_free(s->width);
+	ann_free(s->hids);
+	ann_free(s->centre);
+	ann_free(s->rowf);
+	ann_free(s->uh);
+	ann_free(s->sums);
+	ann_free(s->cands);
+	ann_free(s->ncand);
+	ann_free(s->ub);
+	ann_free(s->ubid);
+	ann_free(s->nub);
+	ann_free(s->ents);
+	ann_free(s->flags);
+	ann_free(s->runlo);
+}
+
+int codes_batch(ann_searcher *s, size_t n, ann_error *err)
+{
+	if (!s->rq)
+		return ANN_OK;
+	size_t k = s->o.k, r = s->rerank;
+	void **const slots[] = {(void **)&s->cands, (void **)&s->ncand, (void **)&s->ub, (void **)&s->ubid,
+				(void **)&s->nub, (void **)&s->ents};
+	const size_t bytes[] = {n * r * sizeof(cand), n * sizeof(uint32_t), n * k * sizeof(float),
+				n * k * sizeof(int64_t), n * sizeof(uint32_t), n * r * sizeof(r2ent)};
+	if (search_resize(slots, bytes, 6) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for a batch of %zu queries", n);
+	s->ents_cap = n * r;
+	return ANN_OK;
+}
+
+/* ---- codes blocks: candidate heaps ----------------------------------------------------- */
+
+/* Max-heap on est of query qi's kept candidates (the rerank best). */
+static void cand_push(ann_searcher *s, size_t qi, const cand *c)
+{
+	cand *h = s->cands + qi * s->rerank;
+	uint32_t n = s->ncand[qi];
+	if (n == s->rerank) {
+		if (!(c->est < h[0].est))
+			return;
+		/* replace the root, sift down */
+		size_t i = 0;
+		for (;;) {
+			size_t l = 2 * i + 1, r = l + 1, m = i;
+			float mv = c->est;
+			if (l < n && h[l].est > mv) {
+				m = l;
+				mv = h[l].est;
+			}
+			if (r < n && h[r].est > mv)
+				m = r;
+			if (m == i)
+				break;
+			h[i] = h[m];
+			i = m;
+		}
+		h[i] = *c;
+		return;
+	}
+	size_t i = n;
+	while (i > 0) {
+		size_t p = (i - 1) / 2;
+		if (!(h[p].est < c->est))
+			break;
+		h[i] = h[p];
+		i = p;
+	}
+	h[i] = *c;
+	s->ncand[qi] = n + 1;
+}
+
+/* The k-th smallest upper bound of query qi so far (+inf until k are known). */
+static float ub_kth(const ann_searcher *s, size_t qi)
+{
+	return s->nub[qi] == s->o.k ? s->ub[qi * s->o.k] : INFINITY;
+}
+
+/* Max-heap of the k smallest upper bounds (distinct ids when replicated). */
+static void ub_push(ann_searcher *s, size_t qi, float v, int64_t id)
+{
+	size_t k = s->o.k;
+	float *h = s->ub + qi * k;
+	int64_t *hid = s->ubid + qi * k;
+	uint32_t n = s->nub[qi];
+	if (s->idx->meta.replicas > 1)
+		for (uint32_t i = 0; i < n; i++)
+			if (hid[i] == id) {
+				if (v >= h[i])
+					return;
+				/* rare: a tighter bound for a replica already in; keep the looser (still valid) */
+				return;
+			}
+	if (n == k) {
+		if (!(v < h[0]))
+			return;
+		size_t i = 0;
+		for (;;) {
+			size_t l = 2 * i + 1, r = l + 1, m = i;
+			float mv = v;
+			if (l < n && h[l] > mv) {
+				m = l;
+				mv = h[l];
+			}
+			if (r < n && h[r] > mv)
+				m = r;
+			if (m == i)
+				break;
+			h[i] = h[m];
+			hid[i] = hid[m];
+			i = m;
+		}
+		h[i] = v;
+		hid[i] = id;
+		return;
+	}
+	size_t i = n;
+	while (i > 0) {
+		size_t p = (i - 1) / 2;
+		if (!(h[p] < v))
+			break;
+		h[i] = h[p];
+		hid[i] = hid[p];
+		i = p;
+	}
+	h[i] = v;
+	hid[i] = id;
+	s->nub[qi] = n + 1;
+}
+
+/* Round 1 of a codes block (search_int.h). */
+int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached, uint64_t *est_ns, ann_error *err)
+{
+	ann_index *x = s->idx;
+	uint32_t pid = s->upids[u];
+	uint64_t t0 = ann_now_ns();
+	uhead *uh = &s->uh[u];
+	ann_cblock_info *in = &uh->in;
+	size_t need = br->ent.count ? br->ent.count : 1;
+	size_t wcap = s->est_cap;
+	if (search_grow((void **)&s->hids, &s->hids_cap, need, sizeof(int64_t)) < 0 ||
+	    search_grow((void **)&s->width, &wcap, need, sizeof(float)) < 0 ||
+	    search_grow((void **)&s->est, &s->est_cap, need, sizeof(float)) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu estimates", need);
+	int rc = cblock_head(br->data, br->length, in, NULL, err);
+	if (rc < 0)
+		return ann_err_prefix(err, rc, "%s: partition %u", x->path, pid);
+	if (in->count > s->hids_cap || in->count != br->ent.count)
+		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block holds %u vectors, the directory says %u",
+			       x->path, pid, in->count, br->ent.count);
+	if (!block_ids_decode(br->data + in->ids_off, in->ids_bytes, in->count, s->hids))
+		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block: bad id section", x->path, pid);
+	if (in->partition != pid || in->head_bytes != br->ent.head || in->dim != x->meta.dim ||
+	    in->encoding != ann_encoding_block(x->meta.encoding) || in->code_bits != ann_rbq_bits(x->rbq) ||
+	    in->code_seed != ann_rbq_seed(x->rbq) || in->code_bytes != ann_rbq_code_bytes(x->rbq))
+		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block of partition %llu (head %u bytes, "
+			       "dimension %u, encoding %u, %u-bit codes) where the directory and meta expect head %u, "
+			       "dimension %u, encoding %u, %u-bit codes", x->path, pid, (unsigned long long)in->partition,
+			       in->head_bytes, in->dim, (unsigned)in->encoding, in->code_bits, br->ent.head, x->meta.dim,
+			       (unsigned)ann_encoding_block(x->meta.encoding), ann_rbq_bits(x->rbq));
+	/* Keep the page sums for round 2. */
+	size_t sb = (size_t)in->exact_pages * 4;
+	if (search_grow((void **)&s->sums, &s->sums_cap, s->sums_len + sb + 1, 1) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for page sums");
+	memcpy(s->sums + s->sums_len, br->data + in->sums_off, sb);
+	uh->sums_at = s->sums_len;
+	s->sums_len += sb;
+	uh->codes = true;
+	size_t d = x->meta.dim;
+	cblock_centre(in, br->data, s->centre);
+	ann_metric m = x->meta.metric;
+	float shift = m == ANN_METRIC_COSINE ? 1.0f : 0.0f;
+	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
+	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {
+		uint32_t qi = s->pairs[j].q;
+		if (!cached) {
+			s->qbytes[qi] += (double)br->cost / sharers;
+			s->qb1[qi] += (double)br->cost / sharers;
+			s->qreqs[qi] += 1.0 / sharers;
+			s->qio1[qi] += 1.0 / sharers;
+		}
+		if (in->count == 0)
+			continue;
+		ann_rbq_query_prepare(s->rq, m == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_IP, s->qnorm + (size_t)qi * d,
+				      s->centre);
+		ann_rbq_estimate(s->rq, br->data + in->codes_off, in->count, s->est, s->width);
+		s->qest[qi] += in->count;
+		s->qcand[qi] += in->count;
+		float kth = ub_kth(s, qi);
+		for (uint32_t i = 0; i < in->count; i++) {
+			float e = s->est[i] + shift, w = s->width[i];
+			if (!(e - w < kth))
+				continue; /* cannot enter the top k: the threshold only falls */
+			if (s->ntomb && search_tombed(s, s->hids[i]))
+				continue;
+			ub_push(s, qi, e + w, s->hids[i]);
+			kth = ub_kth(s, qi);
+			cand c = {e, w, s->hids[i], (uint32_t)u, i};
+			cand_push(s, qi, &c);
+		}
+	}
+	*est_ns += ann_now_ns() - t0;
+	if (s->cmap && !cached)
+		search_cache_put_head(s, pid, br->ent.generation, br->data, in->head_bytes);
+	return ANN_OK;
+}
+
+static int r2_cmp(const void *a, const void *b)
+{
+	const r2ent *x = a, *y = b;
+	if (x->u != y->u)
+		return x->u < y->u ? -1 : 1;
+	if (x->row != y->row)
+		return x->row < y->row ? -1 : 1;
+	return x->q < y->q ? -1 : x->q > y->q;
+}
+
+/* Exact distance of query qi to a stored row (element type of the index). */
+static float exact_dist(ann_searcher *s, size_t qi, const uint8_t *row)
+{
+	size_t d = s->idx->meta.dim;
+	const float *q = s->qnorm + qi * d;
+	ann_metric m = s->idx->meta.metric;
+	float ip;
+	if (s->vec_type == ANN_DTYPE_U8) {
+		if (m == ANN_METRIC_L2)
+			return s->kern->l2_f32_u8(q, row, d);
+		ip = s->kern->ip_f32_u8(q, row, d);
+	} else {
+		float *f = s->rowf;
+		if (s->vec_type == ANN_DTYPE_I8)
+			for (size_t j = 0; j < d; j++)
+				f[j] = (float)(int8_t)row[j];
+		else
+			for (size_t j = 0; j < d; j++)
+				f[j] = ann_ldf32(row + 4 * j);
+		if (m == ANN_METRIC_L2)
+			return s->kern->l2_f32(q, f, d);
+		ip = s->kern->ip_f32(q, f, d);
+	}
+	return (m == ANN_METRIC_COSINE ? 1.0f : 0.0f) - ip;
+}
+
+static int cand_est_cmp(const void *a, const void *b)
+{
+	const cand *x = a, *y = b;
+	return x->est < y->est ? -1 : x->est > y->est;
+}
+
+/* Block-relative page range of entry e's row. */
+static void ent_pages(const ann_searcher *s, const r2ent *e, uint64_t *off, uint64_t *end)
+{
+	uint32_t len;
+	cblock_row_pages(&s->uh[e->u].in, e->row, off, &len);
+	*end = *off + len;
+}
+
+/* One read phase of round 2: reads the pages of the entries marked `want`
+ * (deduplicated, adjacent pages of a partition coalesced into one read) and
+ * re-ranks every pending entry whose row lies in a page read. */
+static int read_phase(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *done, uint64_t *wait_ns,
+		      uint64_t *rerank_ns, ann_error *err)
+{
+	ann_index *x = s->idx;
+	size_t nrun = 0;
+	uint64_t run_end = 0;
+	uint32_t run_u = UINT32_MAX;
+	for (size_t i = 0; i < ne; i++) {
+		if (!want[i] || done[i])
+			continue;
+		uint64_t off, end;
+		ent_pages(s, &s->ents[i], &off, &end);
+		if (s->ents[i].u == run_u && off <= run_end) {
+			run_end = ANN_MAX(run_end, end);
+			s->reqs[nrun - 1].length = (uint32_t)(run_end - s->reqs[nrun - 1].offset);
+			s->ents[i].run = (uint32_t)(nrun - 1);
+			continue;
+		}
+		if (search_grow((void **)&s->reqs, &s->reqs_cap, nrun + 1, sizeof(ann_block_range)) < 0 ||
+		    search_grow((void **)&s->runlo, &s->runlo_cap, nrun + 1, sizeof(size_t)) < 0)
+			return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu reads", nrun + 1);
+		run_u = s->ents[i].u;
+		run_end = end;
+		s->reqs[nrun] = (ann_block_range){s->upids[run_u], (uint32_t)(end - off), off, nrun};
+		s->runlo[nrun] = i;
+		s->ents[i].run = (uint32_t)nrun;
+		nrun++;
+	}
+	if (nrun == 0)
+		return ANN_OK;
+	ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nrun, err));
+	int first_error = ANN_OK;
+	ann_error first = {0};
+	bool dedupe = x->meta.replicas > 1;
+	for (;;) {
+		ann_block_read br;
+		ann_error e2 = {0};
+		uint64_t tw = ann_now_ns();
+		int rc = ann_store_reader_next(s->rd, &br, &e2);
+		*wait_ns += ann_now_ns() - tw;
+		if (rc < 0) {
+			if (err)
+				*err = e2;
+			return rc;
+		}
+		if (rc == 0)
+			break;
+		if (first_error == ANN_OK) {
+			size_t r = (size_t)br.tag;
+			if (br.status < 0) {
+				first_error = ann_err_prefix(&e2, br.status, "%s: partition %u: exact pages", x->path, br.pid);
+			} else {
+				uint64_t t0 = ann_now_ns();
+				uint32_t u = s->ents[s->runlo[r]].u;
+				const uhead *uh = &s->uh[u];
+				int crc = cblock_check_pages(&uh->in, s->sums + uh->sums_at, br.data, br.offset, br.length, &e2);
+				if (crc < 0) {
+					first_error = ann_err_prefix(&e2, crc, "%s: partition %u", x->path, br.pid);
+				} else {
+					/* Every pending entry of this partition whose row lies in the
+					 * pages read: contiguous in (u, row) order around runlo[r]. */
+					uint64_t lo_off = br.offset, hi_off = br.offset + br.length;
+					size_t lo = s->runlo[r], hi = lo;
+					while (lo > 0 && s->ents[lo - 1].u == u) {
+						uint64_t o, e;
+						ent_pages(s, &s->ents[lo - 1], &o, &e);
+						if (o < lo_off)
+							break;
+						lo--;
+					}
+					size_t n_in = 0;
+					for (hi = lo; hi < ne && s->ents[hi].u == u; hi++) {
+						uint64_t o, e;
+						ent_pages(s, &s->ents[hi], &o, &e);
+						if (o >= hi_off)
+							break;
+						if (!done[hi] && o >= lo_off && e <= hi_off)
+							n_in++;
+					}
+					double share = n_in ? 1.0 / (double)n_in : 0;
+					for (size_t i = lo; i < hi; i++) {
+						const r2ent *en = &s->ents[i];
+						uint64_t o, e;
+						ent_pages(s, en, &o, &e);
+						if (done[i] || o < lo_off || e > hi_off)
+							continue;
+						done[i] = 1;
+						uint64_t ro = cblock_row_offset(&uh->in, en->row) - br.offset;
+						float dist = exact_dist(s, en->q, br.data + ro);
+						s->qb2[en->q] += (double)br.cost * share;
+						s->qbytes[en->q] += (double)br.cost * share;
+						s->qio2[en->q] += share;
+						s->qreqs[en->q] += share;
+						s->qrr[en->q]++;
+						ann_topk *h = &s->heaps[en->q];
+						if (dist > ann_topk_bound(h) || (dedupe && search_heap_has(h, en->id)))
+							continue;
+						ann_topk_push(h, dist, en->id); /* tombstones were filtered in round 1 */
+					}
+				}
+				*rerank_ns += ann_now_ns() - t0;
+			}
+			if (first_error < 0)
+				first = e2;
+		}
+		ann_store_reader_release(s->rd, &br);
+	}
+	if (first_error < 0 && err)
+		*err = first;
+	return first_error;
+}
+
+/* Round 2: selects each query's candidates (lower bound below the k-th upper
+ * bound, the `rerank` best estimates) and re-ranks them from exact pages.
+ * With rerank_phases 2 it first reads the pages of each query's k best
+ * estimates (re-ranking every selected row those pages hold), then only the
+ * candidates whose lower bound still beats the exact k-th distance found. */
+int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank_ns, ann_error *err)
+{
+	size_t ne = 0;
+	for (size_t qi = 0; qi < nq; qi++) {
+		float kth = ub_kth(s, qi);
+		cand *h = s->cands + qi * s->rerank;
+		qsort(h, s->ncand[qi], sizeof(cand), cand_est_cmp);
+		uint32_t rank = 0;
+		for (uint32_t i = 0; i < s->ncand[qi]; i++)
+			if (h[i].est - h[i].width < kth)
+				s->ents[ne++] = (r2ent){h[i].u, h[i].row, (uint32_t)qi, 0, rank++, h[i].est - h[i].width,
+							h[i].id};
+	}
+	if (ne == 0)
+		return ANN_OK;
+	qsort(s->ents, ne, sizeof(r2ent), r2_cmp);
+	if (search_grow((void **)&s->flags, &s->flags_cap, 2 * ne, 1) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu re-ranks", ne);
+	uint8_t *want = s->flags, *done = s->flags + ne;
+	memset(done, 0, ne);
+	if (s->o.rerank_phases < 2) {
+		memset(want, 1, ne);
+		return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
+	}
+	for (size_t i = 0; i < ne; i++)
+		want[i] = s->ents[i].rank < s->o.k;
+	ANN_TRY(read_phase(s, ne, want, done, wait_ns, rerank_ns, err));
+	for (size_t i = 0; i < ne; i++)
+		want[i] = !done[i] && s->ents[i].lower < ann_topk_bound(&s->heaps[s->ents[i].q]);
+	return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
+}

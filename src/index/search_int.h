@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * search_int.h: the searcher's state, shared by search.c (route, group,
+ * round 1 reads, format 1 blocks, deltas, cache, merge) and search_codes.c
+ * (codes blocks: round 1 estimates from the head, round 2 exact pages and
+ * re-ranking). Internal to src/index; the public face is annann.h.
+ */
+#ifndef ANN_SEARCH_INT_H
+#define ANN_SEARCH_INT_H
+
+#include "distance.h"
+#include "index.h"
+
+/* A cache entry in one allocation: a decoded format 1 block (ids then
+ * vectors), or the head of a codes block as read (head_len > 0). */
+typedef struct cblock {
+	uint32_t pid;
+	uint32_t generation;
+	uint32_t count;
+	uint32_t head_len;
+	size_t bytes;
+	int64_t *ids;
+	void *vecs;
+	uint8_t *head;
+	struct cblock *prev, *next; /* LRU list, most recent at head */
+} cblock;
+
+typedef struct pair {
+	uint32_t pid;
+	uint32_t q;
+} pair;
+
+/* A candidate of a codes block for one query. */
+typedef struct cand {
+	float est, width;
+	int64_t id;
+	uint32_t u, row;   /* unique partition of the batch, row of its block */
+} cand;
+
+/* A round 2 entry: one (query, row) to re-rank; sorted by (u, row, q). */
+typedef struct r2ent {
+	uint32_t u, row, q, run;
+	uint32_t rank;     /* of its estimate among the query's selected candidates */
+	float lower;       /* estimate - width */
+	int64_t id;
+} r2ent;
+
+/* What round 2 needs of a codes block's head (the head's buffer is released
+ * after round 1): its layout and page sums (copied to the batch arena). */
+typedef struct uhead {
+	ann_cblock_info in;
+	size_t sums_at;    /* offset in s->sums */
+	bool codes;        /* a codes block was read for this partition */
+} uhead;
+
+struct ann_searcher {
+	ann_index *idx;
+	ann_search_opts o;
+	const ann_kernels *kern;
+	ann_cat_txn *rt;      /* catalog snapshot, renewed per batch, reset after */
+	ann_store_reader *rd; /* every block read, inside rt */
+	ann_block_dec *dec;
+	uint64_t ntomb;       /* tombstones in the batch's snapshot */
+	/* deltas of one partition */
+	int64_t *dids;
+	uint8_t *dvecs;
+	size_t dcap, dn, dbytes;
+	uint32_t dpid;
+	/* requests of a batch */
+	ann_block_range *reqs;
+	size_t reqs_cap;
+	/* codes blocks */
+	ann_rbq_query *rq;
+	float *est, *width;   /* one block's estimates */
+	size_t est_cap;
+	int64_t *hids;        /* one head's ids */
+	size_t hids_cap;
+	float *centre;        /* dim */
+	float *rowf;          /* dim: a stored row as floats (round 2) */
+	uhead *uh;            /* per unique partition of the batch */
+	size_t uh_cap;
+	uint8_t *sums;        /* page sums of the batch's heads */
+	size_t sums_len, sums_cap;
+	uint32_t rerank;
+	cand *cands;          /* cap_q * rerank: per query a max-heap on est */
+	uint32_t *ncand;
+	float *ub;            /* cap_q * k: per query a max-heap of upper bounds */
+	int64_t *ubid;
+	uint32_t *nub;
+	r2ent *ents;          /* round 2 */
+	size_t ents_cap;
+	uint8_t *flags;       /* round 2: want, done per entry */
+	size_t flags_cap;
+	size_t *runlo;        /* round 2: an entry of each read */
+	size_t runlo_cap;
+	double *qb1, *qb2, *qio1, *qio2;
+	uint64_t *qest, *qrr;
+	ann_router_ctx *rctx;
+	size_t vec_esize;     /* bytes per decoded element */
+	ann_dtype vec_type;
+	/* batch scratch, grown to the largest batch seen */
+	size_t cap_q;
+	uint32_t *parts;      /* cap_q * nprobe */
+	uint32_t *nparts;     /* cap_q */
+	pair *pairs;          /* cap_q * nprobe */
+	uint32_t *upids;      /* unique partitions of the batch */
+	uint32_t *ustart;     /* start of each unique partition's pairs */
+	float *qnorm;         /* cap_q * dim: queries (normalised for cosine) */
+	ann_topk *heaps;      /* cap_q */
+	double *qbytes, *qreqs, *qdec; /* per-query attributions */
+	uint64_t *qscan, *qcand;
+	float *dist;          /* distances of one block's rows */
+	size_t dist_cap;
+	float *conv;          /* i8 blocks converted to float */
+	size_t conv_cap;
+	/* cache */
+	cblock **cmap;        /* dir.n entries */
+	cblock *chead, *ctail;
+	size_t cbytes;
+};
+
+/* Grows *p to hold need elements of esz bytes (doubling); ANN_E_NOMEM. */
+int search_grow(void **p, size_t *cap, size_t need, size_t esz);
+/* Resizes each array *slots[i] to bytes[i] with ann_realloc: ANN_E_NOMEM
+ * when any failed (each failed array keeps its old size, the others grow). */
+int search_resize(void **const slots[], const size_t bytes[], size_t n);
+/* Is id deleted in the batch's snapshot (its block copies are dead)? */
+bool search_tombed(ann_searcher *s, int64_t id);
+/* Is id already in heap h (replicated indexes push each id once)? */
+bool search_heap_has(const ann_topk *h, int64_t id);
+/* Caches a codes block's head as read (checked by codes_head first). */
+void search_cache_put_head(ann_searcher *s, uint32_t pid, uint32_t gen, const uint8_t *head, uint32_t len);
+
+/* ---- search_codes.c ---- */
+/* Codes state of a new searcher (idx->rbq set): query codes, centre buffer. */
+int codes_searcher_init(ann_searcher *s, ann_error *err);
+void codes_searcher_free(ann_searcher *s);
+/* Per-query codes arrays for a batch of n queries (no-op without codes). */
+int codes_batch(ann_searcher *s, size_t n, ann_error *err);
+/* Round 1 of a codes block: checks the head against the directory and the
+ * index, keeps its layout and page sums for round 2, and estimates every row
+ * for every query of unique partition u (cached: the head came from the cache). */
+int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached, uint64_t *est_ns, ann_error *err);
+/* Round 2 for the batch's nq queries (after every head of round 1). */
+int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank_ns, ann_error *err);
+
+#endif
