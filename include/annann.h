@@ -243,6 +243,7 @@ typedef struct ann_index_info {
 	uint32_t route_ef;         /**< k-means: the calibrated single-query ef of the centroid graph; 0 = none */
 	uint32_t code_bits;        /**< codes blocks: RaBitQ bits per dimension; 0 = format 1 blocks */
 	uint64_t head_bytes;       /**< codes blocks: sum of the heads (what reading every partition's round 1 costs, unpadded) */
+	uint32_t router_bits;      /**< k-means: bits per dimension of the compact router's centroid codes; 0 = the graph */
 } ann_index_info;
 
 ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);

@@ -32,7 +32,8 @@ python3 - "$dir/g.json" "$dir/out" <<'PY' || fail "info json"
 import json, sys
 g = json.load(open(sys.argv[1]))
 c = json.load(open(sys.argv[2]))
-assert c['router'] == 'kmeans' and c['partitions'] == 40, c
+assert c['router'] == 'kmeans' and c['partitions'] == 40 and c['router_bits'] == 2, c
+assert g['router_bits'] == 0, g
 assert c['router_ram_bytes'] * 3 < g['router_ram_bytes'], (c['router_ram_bytes'], g['router_ram_bytes'])
 PY
 expect 0 "$A" search --index "$dir/c" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 40 --json

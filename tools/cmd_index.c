@@ -290,6 +290,8 @@ static int run_info(cli_cmd *c)
 		       in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0.0);
 		if (in.route_ef)
 			printf("route ef       %u (calibrated by the build; --ef overrides)\n", in.route_ef);
+		if (in.router_bits)
+			printf("centroids      %u-bit RaBitQ codes, scanned flat (no graph)\n", in.router_bits);
 		if (in.code_bits)
 			printf("codes          rabitq, %u bit%s per dimension; heads %.1f MiB (%.1f bytes per vector)\n",
 			       in.code_bits, in.code_bits == 1 ? "" : "s", (double)in.head_bytes / 1048576.0,

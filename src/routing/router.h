@@ -104,6 +104,8 @@ bool ann_router_kcodes_blob(const uint8_t *blob, size_t len);
 int ann_router_kcodes_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
 			   ann_error *err);
 bool ann_router_is_kcodes(const ann_router *r);
+/* Bits per dimension of a compact router's codes; 0 for any other router. */
+unsigned ann_router_kcodes_bits(const ann_router *r);
 /* Top-16 overlap of the codes' routing with the exact centroid ranking on
  * up to 1000 rows of x (a trained router; a loaded one reports 1). */
 int ann_router_kcodes_calibrate(const ann_router *r, const float *x, size_t n, int threads, double *overlap,

@@ -292,6 +292,11 @@ bool ann_router_is_kcodes(const ann_router *r)
 	return r && r->ops == &kc_ops;
 }
 
+unsigned ann_router_kcodes_bits(const ann_router *r)
+{
+	return ann_router_is_kcodes(r) ? ann_rbq_bits(kc(r)->rbq) : 0;
+}
+
 /* An empty router of this kind (k->rbq made, nothing else). */
 static int kc_alloc(uint32_t dim, uint32_t nparts, unsigned bits, uint64_t seed, ann_router **out, ann_error *err)
 {
