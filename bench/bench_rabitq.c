@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * bench_rabitq.c: RaBitQ codes (src/storage/rabitq.h), two measurements.
+ * bench_rabitq.c: RaBitQ codes (src/core/rabitq.h), two measurements.
  *
  * --speed: estimate throughput in ns per code for bits 1..8 at dims 128,
  * 784 and 960, scalar and AVX2 kernels (median of --reps runs over 8192

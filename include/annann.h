@@ -185,6 +185,10 @@ typedef struct ann_build_opts {
 	/* Codes (issue 12; docs/DESIGN.md "Codes and re-ranking") */
 	uint32_t code_bits;      /**< RaBitQ bits per dimension 1..8 in codes blocks (f32, u8, i8 encodings);
 	                              default 0 = format 1 blocks without codes */
+	uint32_t router_bits;    /**< kmeans router, metric l2: 0 = the centroids in an HNSW graph (default);
+	                              1..8 = the compact router: centroids as RaBitQ codes of this many bits per
+	                              dimension, routed by a flat scan of the codes (docs/DESIGN.md "The compact
+	                              centroid router") */
 	ann_progress_fn progress; /**< NULL: silent */
 	void *progress_ctx;
 	ann_log_fn log;           /**< training history lines; NULL: none */
@@ -255,6 +259,7 @@ typedef struct ann_index_info {
 	uint32_t route_ef;         /**< k-means: the calibrated single-query ef of the centroid graph; 0 = none */
 	uint32_t code_bits;        /**< codes blocks: RaBitQ bits per dimension; 0 = format 1 blocks */
 	uint64_t head_bytes;       /**< codes blocks: sum of the heads (what reading every partition's round 1 costs, unpadded) */
+	uint32_t router_bits;      /**< k-means: bits per dimension of the compact router's centroid codes; 0 = the graph */
 } ann_index_info;
 
 ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);
@@ -296,6 +301,10 @@ typedef struct ann_search_opts {
 	                            pages of each query's k best estimates, then only the candidates whose
 	                            lower bound beats the exact k-th distance found (one more round trip,
 	                            fewer pages); default 0 = ANN_DEFAULT_RERANK_PHASES */
+	float probe_eps;       /**< k-means routers: adaptive probing (SPANN's rule): of the nprobe nearest
+	                            centroids, probe only those whose distance to the query is within
+	                            (1 + probe_eps) x the nearest one's, so nprobe is the upper bound; default
+	                            0 = off (every one of the nprobe; INFINITY is off too). Other routers ignore it */
 } ann_search_opts;
 
 /** Default re-rank budget per query (docs/BENCHMARKS.md "Codes and re-ranking"). */

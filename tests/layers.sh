@@ -3,8 +3,8 @@
 # tests/layers.sh: src/ is laid out by layer, and dependencies run one way,
 # downward (docs/DESIGN.md, "Module map"):
 #
-#   core     <- errors, distances and SIMD, vector I/O, spill, gen, gt
-#   storage  <- core               (block codecs, RaBitQ codes, catalog, stores)
+#   core     <- errors, distances and SIMD, vector I/O, spill, gen, gt, RaBitQ codes
+#   storage  <- core               (block codecs, catalog, stores)
 #   routing  <- core               (k-means, HNSW, MLPs, partitioning, routers)
 #   index    <- core, storage, routing   (open, build, search, update)
 #

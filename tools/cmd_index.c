@@ -40,6 +40,8 @@ static cli_opt build_opts[] = {
 	 NULL},
 	{"soar", "LAMBDA", "kmeans: pick extra copies' partitions by SOAR's loss with this lambda (0 = nearest; "
 	 "default 0)", NULL},
+	{"router-bits", "B", "kmeans, l2: keep the centroids as B-bit RaBitQ codes (1..8) scanned flat, no graph: "
+	 "fewer router bytes per partition (default 0: uint8/float centroids in an HNSW graph)", NULL},
 	{"hnsw-m", "M", "degree of the centroid graph (default 32; 2x at level 0)", NULL},
 	{"hnsw-ef", "EF", "ef_construction of the centroid graph (default 200)", NULL},
 	{"clusters", "K", "annann router: clusters (same as --partitions)", NULL},
@@ -165,6 +167,10 @@ static int run_build(cli_cmd *c)
 	if (cli_get(c, "code-bits") && !(codes && strcmp(codes, "rabitq") == 0))
 		return cli_usage_error(c, "--code-bits needs --codes rabitq");
 	o.code_bits = codes && strcmp(codes, "rabitq") == 0 ? (uint32_t)cbits : 0;
+	uint64_t rbits;
+	if (!cli_u64(c, "router-bits", 0, 0, 8, &rbits))
+		return CLI_EXIT_USAGE;
+	o.router_bits = (uint32_t)rbits;
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
 	double alpha, rw, imb, lambda;
@@ -306,6 +312,8 @@ static int run_info(cli_cmd *c)
 		       in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0.0);
 		if (in.route_ef)
 			printf("route ef       %u (calibrated by the build; --ef overrides)\n", in.route_ef);
+		if (in.router_bits)
+			printf("centroids      %u-bit RaBitQ codes, scanned flat (no graph)\n", in.router_bits);
 		if (in.code_bits)
 			printf("codes          rabitq, %u bit%s per dimension; heads %.1f MiB (%.1f bytes per vector)\n",
 			       in.code_bits, in.code_bits == 1 ? "" : "s", (double)in.head_bytes / 1048576.0,
@@ -441,6 +449,8 @@ static cli_opt search_opts[] = {
 	{"rerank-phases", "N", "codes: 1 = one read of all re-rank pages; 2 = the k best first, then only what can "
 	 "still beat them (default 2)", NULL},
 	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.8)", NULL},
+	{"probe-eps", "E", "kmeans: probe only partitions whose centroid is within (1 + E) x the nearest "
+	 "centroid's distance, at most nprobe of them (default 0 = off, every one of the nprobe; inf = off)", NULL},
 	{"queue-depth", "Q", "I/O requests in flight (default 32)", NULL},
 	{"pread", NULL, "read with pread instead of io_uring", NULL},
 	{"limit", "N", "use only the first N queries", NULL},
@@ -626,6 +636,8 @@ void cli_search_report(const cli_search_result *r, uint64_t *lat)
 		cli_json_num(&j, "reranked", nrr / dn);
 		cli_json_int(&j, "rerank_budget", (long long)rerank);
 		cli_json_close_obj(&j);
+		if (r->probe_eps > 0 && !isinf(r->probe_eps))
+			cli_json_num(&j, "probe_eps", r->probe_eps);
 		cli_json_str(&j, "io_path", io_path);
 		cli_json_int(&j, "cache_bytes", (long long)cache);
 		cli_json_str(&j, "simd", ann_simd_name(ann_simd_active()));
@@ -645,9 +657,10 @@ void cli_search_report(const cli_search_result *r, uint64_t *lat)
 			       "io path %s, %s kernels, batch %llu, cache %llu bytes per rank)\n", r->ranks, io_path,
 			       ann_simd_name(ann_simd_active()), (unsigned long long)batch, (unsigned long long)cache);
 		else if (r->last)
-			printf("(io path %s, %s kernels, batch %llu, %llu thread%s, cache %llu bytes)\n", io_path,
+			printf("(io path %s, %s kernels, batch %llu, %llu thread%s, cache %llu bytes%s)\n", io_path,
 			       ann_simd_name(ann_simd_active()), (unsigned long long)batch,
-			       (unsigned long long)threads, threads == 1 ? "" : "s", (unsigned long long)cache);
+			       (unsigned long long)threads, threads == 1 ? "" : "s", (unsigned long long)cache,
+			       r->probe_eps > 0 && !isinf(r->probe_eps) ? ", adaptive probing: parts = mean probed" : "");
 	}
 	fflush(stdout);
 }
@@ -671,8 +684,11 @@ static int run_search(cli_cmd *c)
 	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, 2, &rphases) ||
 	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, ANN_MAX_NPROBE, probes, 64, &nprobes))
 		return CLI_EXIT_USAGE;
-	double reps;
+	double reps, peps = INFINITY;
 	if (!cli_double(c, "rerank-eps", 0, 0, 100, &reps))
+		return CLI_EXIT_USAGE;
+	const char *pe = cli_get(c, "probe-eps");
+	if ((!pe || strcmp(pe, "inf") != 0) && !cli_double(c, "probe-eps", 0, 0, 1e9, &peps))
 		return CLI_EXIT_USAGE;
 	if (nprobes == 0)
 		probes[nprobes++] = 16;
@@ -743,6 +759,7 @@ static int run_search(cli_cmd *c)
 		so.rerank = (uint32_t)rerank;
 		so.rerank_eps = (float)reps;
 		so.rerank_phases = (uint32_t)rphases;
+		so.probe_eps = (float)peps;
 		const char *io_path = "?";
 		double wall;
 		ann_searcher *srch[64] = {0};
@@ -761,7 +778,8 @@ static int run_search(cli_cmd *c)
 			goto fail;
 		cli_search_report(&(cli_search_result){.k = (uint32_t)k, .nprobe = probes[pi], .nq = nq, .batch = batch,
 			.threads = threads, .cache = cache, .rerank = rerank, .ids = ids, .st = st, .gt = gt, .gk = gk,
-			.wall = wall, .io_path = io_path, .json = json, .codes = codes, .last = pi + 1 == nprobes}, lat);
+			.wall = wall, .io_path = io_path, .json = json, .codes = codes, .last = pi + 1 == nprobes,
+			.probe_eps = peps}, lat);
 	}
 	const char *out = cli_get(c, "out");
 	if (out) {

@@ -22,6 +22,7 @@ typedef struct cli_search_result {
 	const char *io_path;
 	bool json, codes, last;      /* last: the last setting (the table's footnote) */
 	int ranks;                   /* distributed search: the ranks; 0 otherwise */
+	double probe_eps;            /* adaptive probing's eps; 0 or inf: off */
 } cli_search_result;
 
 void cli_search_header(bool gt, bool codes);

@@ -295,6 +295,9 @@ static int resolve_options(build *b, ann_error *err)
 			       o->balance);
 	if (o->zstd_level < 0 || o->zstd_level > 22)
 		return ann_err(err, ANN_E_INVAL, "zstd level %d: must be within 0..22 (0 = uncompressed)", o->zstd_level);
+	if (o->router_bits > 8 || (o->router_bits && (o->router != ANN_ROUTER_KMEANS || o->metric != ANN_METRIC_L2)))
+		return ann_err(err, ANN_E_INVAL, "router bits %u: the compact centroid router takes 1..8 bits (0 = the "
+			       "graph) and needs the kmeans router under metric l2", o->router_bits);
 	if (o->code_bits > 8)
 		return ann_err(err, ANN_E_INVAL, "code bits %u: must be within 1..8 (0 = no codes)", o->code_bits);
 	if (o->code_bits && b->enc != ANN_ENC_F32 && b->enc != ANN_ENC_U8 && b->enc != ANN_ENC_I8)
@@ -830,14 +833,14 @@ static char *build_options(const build *b)
 		 "replicas=%u\nreplica_eps=%.17g\nsoar_lambda=%.17g\nhnsw_m=%u\nhnsw_ef_construction=%u\n"
 		 "embed_dim=%u\nhidden=%u,%u,%u,%u\nae_epochs=%u\ndec_epochs=%u\ndec_alpha=%.17g\n"
 		 "recon_weight=%.17g\nknn_k=%u\nimbalance=%.17g\nnlsh_epochs=%u\nsoft_labels=%d\njoint_rounds=%u\n"
-		 "joint_lambda=%.17g\ncode_bits=%u\nroute_chunk=%u\n",
+		 "joint_lambda=%.17g\ncode_bits=%u\nroute_chunk=%u\nrouter_bits=%u\n",
 		 b->d, (unsigned long long)b->n, (int)b->in_type, ann_router_name(o->router), b->nparts, (int)o->store,
 		 ann_encoding_name(b->enc), (int)o->metric, o->zstd_level, o->shuffle, o->dictionary != 0,
 		 (unsigned long long)o->seed, b->sample_n, o->kmeans_iters, o->balance, b->copies, o->replica_eps,
 		 o->soar_lambda, o->hnsw_m, o->hnsw_ef_construction, o->embed_dim, o->hidden[0], o->hidden[1],
 		 o->hidden[2], o->hidden[3], o->ae_epochs, o->dec_epochs, o->dec_alpha, o->recon_weight, o->knn_k,
 		 o->imbalance, o->nlsh_epochs, o->soft_labels, o->joint_rounds, o->joint_lambda, o->code_bits,
-		 ROUTE_CHUNK);
+		 ROUTE_CHUNK, o->router_bits);
 	return s;
 }
 
@@ -934,8 +937,12 @@ static int sample_and_train(build *b, ann_error *err)
 		ANN_CHECK(rc, ann_router_kmeans_calibrate(b->router, sample, b->sample_n, o->threads > 0 ? o->threads : 1,
 							  &ef, &ov, err));
 		b->router->route_ef = ef;
-		ann_router_log(o, "kmeans router: single-query ef %u (top-16 routing overlap %.4f with the exact scan)",
-			       ef, ov);
+		if (ef)
+			ann_router_log(o, "kmeans router: single-query ef %u (top-16 routing overlap %.4f with the exact "
+				       "scan)", ef, ov);
+		else
+			ann_router_log(o, "kmeans router: %u-bit centroid codes, top-16 routing overlap %.4f with the exact "
+				       "scan", o->router_bits, ov);
 	}
 	b->t_train = secs_since(t0);
 	ANN_CHECK(rc, save_router(b, "router", b->t_train, err));

@@ -283,6 +283,7 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->metric = x->meta.metric;
 	info->router_ram_bytes = x->router->ops->ram_bytes(x->router) + (uint64_t)x->dir.n * sizeof(ann_dirent);
 	info->route_ef = x->router->route_ef;
+	info->router_bits = ann_router_kcodes_bits(x->router);
 	info->code_bits = x->meta.code_bits;
 	info->head_bytes = 0;
 	for (uint32_t p = 0; p < x->dir.n; p++)

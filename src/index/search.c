@@ -75,6 +75,10 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		rc = ann_err(err, ANN_E_INVAL, "search: rerank phases must be 1 or 2");
 		goto fail;
 	}
+	if (!(s->o.probe_eps >= 0)) {
+		rc = ann_err(err, ANN_E_INVAL, "search: probe eps must be >= 0 (0 = off) or infinite (off)");
+		goto fail;
+	}
 	if (!(s->o.rerank_eps >= 0 && s->o.rerank_eps <= 100)) {
 		rc = ann_err(err, ANN_E_INVAL, "search: rerank eps must be within 0..100 (0 = the default)");
 		goto fail;

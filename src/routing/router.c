@@ -156,6 +156,17 @@ uint32_t ann_router_soar(const float *x, size_t d, const uint32_t *ids, const fl
 	return pad_copies(out, c, copies);
 }
 
+size_t ann_router_probe_cut(const float *dists, size_t found, double eps, ann_metric metric)
+{
+	if (found == 0 || !(eps > 0) || isinf(eps))
+		return found;
+	double bound = closure_bound(dists[0], eps, metric);
+	size_t c = 1;
+	while (c < found && dists[c] <= bound)
+		c++;
+	return c;
+}
+
 int ann_router_closure_rows(const uint32_t *ids, const float *dists, size_t n, uint32_t m, uint32_t copies,
 			    double eps, ann_metric metric, uint32_t *parts, const char *who, ann_error *err)
 {

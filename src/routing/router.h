@@ -99,6 +99,23 @@ const struct ann_hnsw *ann_router_kmeans_graph(const ann_router *r);
 int ann_router_kmeans_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
 			   ann_error *err);
 
+/* The compact form of the k-means router (router_kcodes.c): the k x d
+ * centroids c (copied) as RaBitQ codes of `bits` (1..8) per dimension,
+ * routed by a flat scan of the codes; metric L2 only. */
+int ann_router_kcodes_new(const float *c, size_t k, size_t d, ann_metric metric, unsigned bits, uint64_t seed,
+			  ann_router **out, ann_error *err);
+/* Whether blob is a compact router blob (its magic). */
+bool ann_router_kcodes_blob(const uint8_t *blob, size_t len);
+int ann_router_kcodes_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
+			   ann_error *err);
+bool ann_router_is_kcodes(const ann_router *r);
+/* Bits per dimension of a compact router's codes; 0 for any other router. */
+unsigned ann_router_kcodes_bits(const ann_router *r);
+/* Top-16 overlap of the codes' routing with the exact centroid ranking on
+ * up to 1000 rows of x (a trained router; a loaded one reports 1). */
+int ann_router_kcodes_calibrate(const ann_router *r, const float *x, size_t n, int threads, double *overlap,
+				ann_error *err);
+
 int ann_router_annann_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
 			    ann_router **out, ann_error *err);
 int ann_router_annann_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
@@ -123,6 +140,13 @@ int ann_router_closure_rows(const uint32_t *ids, const float *dists, size_t n, u
 			    double eps, ann_metric metric, uint32_t *parts, const char *who, ann_error *err);
 /* The check of ann_router_closure_rows alone, for rows made another way. */
 int ann_router_check_primary(const uint32_t *parts, size_t n, uint32_t copies, const char *who, ann_error *err);
+
+/* Adaptive probing (ann_search_opts.probe_eps, SPANN's rule): of `found`
+ * routed partitions with their distances (sorted, best first, in the
+ * closure's convention), how many are within (1 + eps) of the best. eps <= 0
+ * or infinite: all of them (off). Never more than found, at least 1 when
+ * found > 0. */
+size_t ann_router_probe_cut(const float *dists, size_t found, double eps, ann_metric metric);
 
 /* SOAR spilling (Sun et al., NeurIPS 2023): x's primary partition is the
  * nearest candidate, ids[0]. Each extra copy goes to the qualifying

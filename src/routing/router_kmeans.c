@@ -36,6 +36,8 @@ struct ann_router_ctx {
 	 * (km_route never needs it) and remade when a split changed k. */
 	float *cent;
 	size_t cent_k;
+	float *bd;       /* batch routing with adaptive probing: nq x nprobe distances */
+	size_t bd_cap;
 	int32_t ids[ANN_MAX_NPROBE];
 	float dists[ANN_MAX_NPROBE];
 };
@@ -153,6 +155,7 @@ static void km_ctx_free(ann_router_ctx *c)
 		return;
 	ann_hnsw_ctx_free(c->hctx);
 	ann_free(c->cent);
+	ann_free(c->bd);
 	ann_free(c);
 }
 
@@ -164,6 +167,7 @@ static int km_route(const ann_router *r, ann_router_ctx *c, const float *q, cons
 	int found = ann_hnsw_search(km(r)->graph, c->hctx, q, np, ef, c->ids, c->dists, err);
 	if (found < 0)
 		return found;
+	found = (int)ann_router_probe_cut(c->dists, (size_t)found, o->probe_eps, r->metric);
 	for (int i = 0; i < found; i++)
 		parts[i] = (uint32_t)c->ids[i];
 	return found;
@@ -194,10 +198,20 @@ static int km_route_batch(const ann_router *r, ann_router_ctx *c, const float *q
 		}
 		cent = c->cent;
 	}
-	ANN_TRY(ann_nearest_centroids(q, nq, r->dim, cent, k, o->nprobe, r->metric, 1, parts, NULL, err));
-	uint32_t f = (uint32_t)ANN_MIN((size_t)o->nprobe, k);
+	bool adaptive = o->probe_eps > 0 && !isinf(o->probe_eps);
+	size_t np = o->nprobe;
+	if (adaptive && c->bd_cap < nq * np) { /* the distances the cut needs: nq x nprobe floats */
+		ann_free(c->bd);
+		c->bd_cap = 0;
+		if (!(c->bd = ann_malloc(nq * np * sizeof(float))))
+			return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory for %zu x %zu distances", nq, np);
+		c->bd_cap = nq * np;
+	}
+	ANN_TRY(ann_nearest_centroids(q, nq, r->dim, cent, k, o->nprobe, r->metric, 1, parts, adaptive ? c->bd : NULL,
+				      err));
+	uint32_t f = (uint32_t)ANN_MIN(np, k);
 	for (size_t i = 0; i < nq; i++)
-		found[i] = f;
+		found[i] = adaptive ? (uint32_t)ann_router_probe_cut(c->bd + i * np, f, o->probe_eps, r->metric) : f;
 	return 1;
 }
 
@@ -358,6 +372,8 @@ int ann_router_kmeans_from_centroids(const ann_build_opts *o, float *c, size_t k
 	bool u8 = o->encoding == ANN_ENC_U8 && o->metric == ANN_METRIC_L2;
 	if (u8)
 		km_round_u8(c, k * d);
+	if (o->router_bits > 0) /* compact form: codes, no graph (router_kcodes.c); c stays the caller's */
+		return ann_router_kcodes_new(c, k, d, o->metric, o->router_bits, o->seed, out, err);
 	ann_hnsw *g = NULL;
 	ANN_TRY(km_graph(o, u8, c, k, d, &g, err));
 	return km_wrap(g, (uint32_t)d, o->metric, out, err);
@@ -366,6 +382,8 @@ int ann_router_kmeans_from_centroids(const ann_build_opts *o, float *c, size_t k
 int ann_router_kmeans_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
 			   ann_error *err)
 {
+	if (ann_router_kcodes_blob(blob, len))
+		return ann_router_kcodes_load(blob, len, dim, metric, out, err);
 	ann_hnsw *g;
 	ANN_TRY(ann_hnsw_load(blob, len, &g, err));
 	size_t gd = ann_hnsw_dim(g);
@@ -392,6 +410,10 @@ int ann_router_kmeans_calibrate(const ann_router *r, const float *x, size_t n, i
 {
 	static const uint32_t ladder[] = {16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512};
 	enum { NL = sizeof ladder / sizeof ladder[0] };
+	if (ann_router_is_kcodes(r)) { /* no graph, no ef: the codes' overlap */
+		*ef = 0;
+		return ann_router_kcodes_calibrate(r, x, n, threads, overlap, err);
+	}
 	const ann_hnsw *h = km(r)->graph;
 	size_t k = ann_hnsw_count(h), d = r->dim;
 	size_t p = ANN_MIN((size_t)CAL_PROBES, k), m = ANN_MIN(n, (size_t)CAL_QUERIES);
