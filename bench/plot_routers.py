@@ -25,7 +25,8 @@ training history of an nlsh/joint/soft index (docs/ROUTER_NLSH.md).
       issue 12 item 5: per set, parts, query set (the search records'
       "queries", "plain" when absent) and router: nprobe, partitions probed,
       candidates and KiB read per query at recall@10 0.9 (interpolated as in
-      table), bytes against kmeans' on the same queries, router RAM in bytes
+      table), bytes against k-means' on the same queries (the router labelled
+      kmeans13, i.e. --balance 1.3, else kmeans), router RAM in bytes
       per vector, build seconds and the router's training seconds (the build
       phases other than sample, route and pack).
   plot_routers.py shift-plot OUT.png RESULTS.jsonl...
@@ -43,6 +44,7 @@ ROUTERS = ["kmeans", "nlsh", "joint", "soft", "annann"]
 TARGETS = [0.85, 0.90, 0.95]
 SET_SIZE = {"syn1m": 1000000, "real1m": 1000000, "fmnist": 60000}
 NOT_TRAINING = ("sample", "route", "pack")
+REFS = ("kmeans13", "kmeans")  # shift-table's reference: k-means with --balance 1.3 (label kmeans13), else plain
 
 
 def read_history(index):
@@ -282,7 +284,8 @@ def cmd_shift_table(files):
         npb, fn = at_recall(sw, t, "nprobe")
         cand, fc = at_recall(sw, t, "candidates")
         kb, fk = at_recall(sw, t, "bytes_read")
-        ref, fr = at_recall(sweeps.get((k[0], k[1], k[2], "kmeans"), []), t, "bytes_read")
+        refk = next(((k[0], k[1], k[2], r) for r in REFS if (k[0], k[1], k[2], r) in sweeps), None)
+        ref, fr = at_recall(sweeps.get(refk, []), t, "bytes_read")
         ratio = "%.2f" % (kb / ref) if kb is not None and ref is not None and fk is None and fr is None else "-"
         top = max(sw, key=lambda o: o["recall_at_k"])
         n = SET_SIZE.get(k[0])
