@@ -21,6 +21,16 @@ training history of an nlsh/joint/soft index (docs/ROUTER_NLSH.md).
       pack ...) from the build logs routers_compare.sh keeps.
   plot_routers.py plot OUT.png RESULTS.jsonl...
       recall@10 against candidates per query, one panel per (set, parts).
+  plot_routers.py shift-table RESULTS.jsonl...
+      issue 12 item 5: per set, parts, query set (the search records'
+      "queries", "plain" when absent) and router: nprobe, partitions probed,
+      candidates and KiB read per query at recall@10 0.9 (interpolated as in
+      table), bytes against k-means' on the same queries (the router labelled
+      kmeans13, i.e. --balance 1.3, else kmeans), router RAM in bytes
+      per vector, build seconds and the router's training seconds (the build
+      phases other than sample, route and pack).
+  plot_routers.py shift-plot OUT.png RESULTS.jsonl...
+      recall@10 against KiB read per query, one panel per (set, query set).
 """
 import json
 import math
@@ -32,7 +42,9 @@ MAGIC = b"\x89NLSH\r\n\x1a"
 PHASES = ["partition", "joint", "soft"]
 ROUTERS = ["kmeans", "nlsh", "joint", "soft", "annann"]
 TARGETS = [0.85, 0.90, 0.95]
-SET_SIZE = {"syn1m": 1000000, "fmnist": 60000}
+SET_SIZE = {"syn1m": 1000000, "real1m": 1000000, "fmnist": 60000}
+NOT_TRAINING = ("sample", "route", "pack")
+REFS = ("kmeans13", "kmeans")  # shift-table's reference: k-means with --balance 1.3 (label kmeans13), else plain
 
 
 def read_history(index):
@@ -236,6 +248,91 @@ def cmd_plot(out, files):
     print("wrote %s (%d bytes)" % (out, os.path.getsize(out)))
 
 
+def load_shift(files):
+    builds, sweeps = {}, {}
+    for fn in files:
+        with open(fn) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                o = json.loads(line)
+                if o["kind"] == "build":
+                    builds[(o["set"], o["parts"], o["router"])] = o
+                elif o["kind"] == "search":
+                    key = (o["set"], o["parts"], o.get("queries", "plain"), o["router"])
+                    sweeps.setdefault(key, []).append(o)
+    return builds, sweeps
+
+
+def router_order(r):
+    base = r.rstrip("0123456789").split("+")[0]
+    for i, name in enumerate(ROUTERS):
+        if r.startswith(name):
+            return (i, r)
+    return (len(ROUTERS), base)
+
+
+def cmd_shift_table(files):
+    builds, sweeps = load_shift(files)
+    t = 0.90
+    print("| set | parts | queries | router | nprobe @0.9 | candidates @0.9 | KiB/query @0.9 | KiB vs kmeans | "
+          "max recall (nprobe) | router RAM B/vector | build s | training s |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for k in sorted(sweeps, key=lambda k: (k[0], k[1], k[2], router_order(k[3]))):
+        sw = sweeps[k]
+        b = builds.get((k[0], k[1], k[3]), {})
+        npb, fn = at_recall(sw, t, "nprobe")
+        cand, fc = at_recall(sw, t, "candidates")
+        kb, fk = at_recall(sw, t, "bytes_read")
+        refk = next(((k[0], k[1], k[2], r) for r in REFS if (k[0], k[1], k[2], r) in sweeps), None)
+        ref, fr = at_recall(sweeps.get(refk, []), t, "bytes_read")
+        ratio = "%.2f" % (kb / ref) if kb is not None and ref is not None and fk is None and fr is None else "-"
+        top = max(sw, key=lambda o: o["recall_at_k"])
+        n = SET_SIZE.get(k[0])
+        train = sum(v for ph, v in b.get("phases_s", {}).items() if ph not in NOT_TRAINING)
+        print("| %s | %d | %s | %s | %s | %s | %s | %s | %.3f (%d) | %s | %s | %s |" % (
+            k[0], k[1], k[2], k[3], fmt(npb, fn, 1.0, 1), fmt(cand, fc), fmt(kb, fk, 1024.0), ratio,
+            top["recall_at_k"], top["nprobe"],
+            "%.2f" % (b["router_ram_bytes"] / n) if b and n else "-",
+            "%.0f" % b["build_s"] if b else "-", "%.0f" % train if b.get("phases_s") else "-"))
+
+
+def cmd_shift_plot(out, files):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    _, sweeps = load_shift(files)
+    panels = sorted({(k[0], k[1], k[2]) for k in sweeps})
+    if not panels:
+        raise SystemExit("no search results")
+    cols = min(2, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    colors = {"kmeans": "k", "nlsh": "tab:blue", "joint": "tab:green", "soft": "tab:red", "annann": "tab:purple"}
+    markers = "osD^v<>ph*"
+    for ax, (s, m, q) in zip(axes.flat, panels):
+        rs = sorted({k[3] for k in sweeps if k[:3] == (s, m, q)}, key=router_order)
+        for i, r in enumerate(rs):
+            sw = sorted(sweeps[(s, m, q, r)], key=lambda o: o["nprobe"])
+            c = next((v for name, v in colors.items() if r.startswith(name)), "tab:orange")
+            ls = "-" if r in colors else "--"
+            ax.plot([o["bytes_read"] / 1024.0 for o in sw], [o["recall_at_k"] for o in sw], color=c, linestyle=ls,
+                    marker=markers[i % len(markers)], markersize=3, linewidth=1.2, label=r)
+        ax.axhline(0.9, color="0.7", linewidth=0.6, zorder=0)
+        ax.set_xscale("log")
+        ax.set_ylim(max(0.0, ax.get_ylim()[0]), 1.005)
+        ax.set_title("%s, %d parts, %s queries" % (s, m, q), fontsize=10)
+        ax.set_xlabel("KiB read per query (batch 1)")
+        ax.set_ylabel("recall@10")
+        ax.grid(True, which="both", linewidth=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    print("wrote %s (%d bytes)" % (out, os.path.getsize(out)))
+
+
 def main():
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
@@ -250,6 +347,10 @@ def main():
         cmd_phases(args)
     elif cmd == "plot":
         cmd_plot(args[0], args[1:])
+    elif cmd == "shift-table":
+        cmd_shift_table(args)
+    elif cmd == "shift-plot":
+        cmd_shift_plot(args[0], args[1:])
     else:
         raise SystemExit(__doc__)
 

@@ -180,6 +180,9 @@ typedef struct ann_build_opts {
 	double imbalance;        /**< METIS imbalance; default 0.03 */
 	uint32_t nlsh_epochs;    /**< classifier epochs; default 20 */
 	int soft_labels;         /**< train on neighbours' part distribution; default 1 */
+	double nlsh_augment;     /**< > 0: half the classifier's training rows get Gaussian noise of this many
+	                              sample standard deviations per dimension (robustness to shifted
+	                              queries, docs/ROUTER_NLSH.md); default 0 = off */
 	uint32_t joint_rounds;   /**< alternating rounds; default 5 */
 	double joint_lambda;     /**< weight of the neighbour-share term; default 1 */
 	/* Codes (issue 12; docs/DESIGN.md "Codes and re-ranking") */

@@ -8,7 +8,10 @@
  * full product p(g) p(l | g) for two-level); joint rounds keep every part
  * within the capacity and change fewer labels as they go; soft yields a
  * valid hard partition; save/load/save is byte-identical and routes the
- * same; every bit flip and truncation of the blob is refused; indexes built
+ * same; every bit flip and truncation of the blob is refused; training-time
+ * noise (nlsh_augment) changes the classifier, keeps it reproducing the
+ * partition, and routes noisy points to their nearest sample point's part
+ * at least as well as without it; indexes built
  * through the public API with nlsh and joint reach recall@10 >= 0.8 at a
  * quarter of the partitions against brute force.
  */
@@ -214,6 +217,13 @@ static void test_bad_opts(void)
 	o.knn_k = 5000;
 	ASSERT_ERR(ann_router_train(&o, base, N, D, M, &r, &e), e, ANN_E_INVAL, "knn_k");
 	opts(&o, ANN_ROUTER_NLSH);
+	o.nlsh_augment = -0.5;
+	ASSERT_ERR(ann_router_train(&o, base, N, D, M, &r, &e), e, ANN_E_INVAL, "augment");
+	o.nlsh_augment = NAN;
+	ASSERT_ERR(ann_router_train(&o, base, N, D, M, &r, &e), e, ANN_E_INVAL, "augment");
+	o.nlsh_augment = 1000;
+	ASSERT_ERR(ann_router_train(&o, base, N, D, M, &r, &e), e, ANN_E_INVAL, "augment");
+	opts(&o, ANN_ROUTER_NLSH);
 	ASSERT_ERR(ann_router_nlsh_train_shape(&o, base, N, D, M, 3, &r, &e), e, ANN_E_INVAL, "groups");
 	ASSERT_ERR(ann_router_nlsh_train_shape(&o, base, N, D, M, 16, &r, &e), e, ANN_E_INVAL, "groups");
 	opts(&o, ANN_ROUTER_SOFT);
@@ -392,6 +402,95 @@ static void test_soft(void)
 	parsed_free(&p);
 	ann_free(b);
 	ann_router_free(r);
+	free(pred);
+}
+
+/* Share of NOISY perturbed sample points (noise s sample standard deviations
+ * per dimension) whose top-2 routes hold the part (labels) of their nearest
+ * sample point, the part a query there needs. */
+static double noisy_hits(const ann_router *r, const uint32_t *labels, double s)
+{
+	enum { NOISY = 600 };
+	double mu[D] = {0}, var = 0;
+	for (size_t i = 0; i < N; i++)
+		for (size_t j = 0; j < D; j++)
+			mu[j] += base[i * D + j] / N;
+	for (size_t i = 0; i < N; i++)
+		for (size_t j = 0; j < D; j++)
+			var += (base[i * D + j] - mu[j]) * (base[i * D + j] - mu[j]) / ((double)N * D);
+	ann_rng rng;
+	ann_rng_seed(&rng, t_seed + 77);
+	float *x = malloc((size_t)NOISY * D * sizeof(float));
+	uint32_t *two = malloc((size_t)NOISY * 2 * sizeof(uint32_t));
+	for (size_t q = 0; q < NOISY; q++) {
+		size_t p = ann_rng_below(&rng, N);
+		for (size_t j = 0; j < D; j++)
+			x[q * D + j] = base[p * D + j] + (float)(s * sqrt(var) * ann_rng_normal(&rng));
+	}
+	ASSERT_OK(r->ops->assign(r, x, NOISY, &(ann_assign_rule){.copies = 2, .eps = 1e30}, 1, two, NULL));
+	size_t hit = 0;
+	for (size_t q = 0; q < NOISY; q++) {
+		size_t best = 0;
+		double bd = INFINITY;
+		for (size_t i = 0; i < N; i++) {
+			double dd = 0;
+			for (size_t j = 0; j < D; j++)
+				dd += (x[q * D + j] - base[i * D + j]) * (x[q * D + j] - base[i * D + j]);
+			if (dd < bd) {
+				bd = dd;
+				best = i;
+			}
+		}
+		hit += two[2 * q] == labels[best] || two[2 * q + 1] == labels[best];
+	}
+	free(x);
+	free(two);
+	return (double)hit / NOISY;
+}
+
+/* nlsh_augment: the noise reaches the training (the classifier differs from
+ * the one trained without it, which is reproducible bit for bit), the
+ * classifier still reproduces the partition on the clean sample, and noisy
+ * points are routed to their nearest sample point's part at least as well. */
+static void test_augment(void)
+{
+	t_current = "augment";
+	uint32_t *labels = malloc(N * sizeof(uint32_t)), *pred = malloc(N * sizeof(uint32_t));
+	metis_labels(M, labels);
+	ann_build_opts o;
+	opts(&o, ANN_ROUTER_NLSH);
+	ann_router *plain = train(&o, M, 0), *again = train(&o, M, 0);
+	o.nlsh_augment = 0.5;
+	ann_router *aug = train(&o, M, 0);
+	size_t l1, l2, l3;
+	uint8_t *b1 = save(plain, &l1), *b2 = save(again, &l2), *b3 = save(aug, &l3);
+	/* the networks, up to the history (whose seconds differ run to run) */
+	size_t nets = l1 - 8 - 56; /* one history entry */
+	ASSERT_EQ(l1, l2);
+	ASSERT_TRUE(memcmp(b1, b2, nets) == 0);
+	ASSERT_EQ(l3, l1);
+	ASSERT_TRUE(memcmp(b1, b3, nets) != 0);
+	const ann_nlsh_round *h;
+	ASSERT_EQ(ann_router_nlsh_history(aug, &h), 1);
+	ASSERT_OK(aug->ops->assign(aug, base, N, &(ann_assign_rule){.copies = 1, .eps = 0}, 1, pred, NULL));
+	size_t hit = 0;
+	for (size_t i = 0; i < N; i++)
+		hit += pred[i] == labels[i];
+	double acc = (double)hit / N;
+	ASSERT_NEAR(h[0].accuracy, acc, 1e-12);
+	double np = noisy_hits(plain, labels, 1.0), na = noisy_hits(aug, labels, 1.0);
+	printf("  augment 0.5: accuracy %.3f (plain %.3f); noisy points (1 sd) routed to their nearest point's "
+	       "part in the top 2: %.3f (plain %.3f)\n", acc, ann_router_nlsh_history(plain, &h) ? h[0].accuracy : 0,
+	       na, np);
+	ASSERT_TRUE(acc >= 0.85);
+	ASSERT_TRUE(na >= np - 0.01);
+	ann_free(b1);
+	ann_free(b2);
+	ann_free(b3);
+	ann_router_free(plain);
+	ann_router_free(again);
+	ann_router_free(aug);
+	free(labels);
 	free(pred);
 }
 
@@ -613,6 +712,7 @@ int main(void)
 	test_two_level();
 	test_joint();
 	test_soft();
+	test_augment();
 	test_roundtrip();
 	test_corrupt();
 	test_end_to_end();

@@ -56,6 +56,8 @@ static cli_opt build_opts[] = {
 	{"imbalance", "X", "nlsh/joint/soft: METIS imbalance (default 0.03)", NULL},
 	{"epochs", "N", "nlsh/joint/soft: classifier epochs (default 20)", NULL},
 	{"hard-labels", NULL, "nlsh/joint/soft: train on hard part labels only (default: soft labels)", NULL},
+	{"augment", "S", "nlsh/joint: half the training rows get Gaussian noise of S sample std devs (default 0: off)",
+	 NULL},
 	{"rounds", "N", "joint: alternating rounds (default 5)", NULL},
 	{"lambda", "L", "joint: weight of the neighbour-share term (default 1)", NULL},
 	{"router-from", "DIR", "take the router of index DIR (single-node or distributed) instead of training one", NULL},
@@ -173,14 +175,14 @@ static int run_build(cli_cmd *c)
 	o.router_bits = (uint32_t)rbits;
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
-	double alpha, rw, imb, lambda;
+	double alpha, rw, imb, lambda, aug;
 	if (!cli_u64(c, "clusters", 0, 0, UINT32_MAX, &clusters) || !cli_u64(c, "embed-dim", o.embed_dim, 1, 4096, &edim) ||
 	    !cli_u64(c, "ae-epochs", o.ae_epochs, 0, 10000, &aee) || !cli_u64(c, "dec-epochs", o.dec_epochs, 0, 10000, &dece) ||
 	    !cli_u64(c, "knn-k", o.knn_k, 1, 1000, &knnk) || !cli_u64(c, "epochs", o.nlsh_epochs, 0, 10000, &ep) ||
 	    !cli_u64(c, "rounds", o.joint_rounds, 0, 1000, &rounds) || !cli_u64_list(c, "hidden", 1, 65536, hidden, 3, &nh) ||
 	    !cli_double(c, "dec-alpha", o.dec_alpha, 1e-9, 1e9, &alpha) ||
 	    !cli_double(c, "recon-weight", o.recon_weight, 0, 1e9, &rw) ||
-	    !cli_double(c, "imbalance", o.imbalance, 0, 1, &imb) || !cli_double(c, "lambda", o.joint_lambda, -1e9, 1e9, &lambda))
+	    !cli_double(c, "imbalance", o.imbalance, 0, 1, &imb) || !cli_double(c, "augment", 0, 0, 100, &aug) || !cli_double(c, "lambda", o.joint_lambda, -1e9, 1e9, &lambda))
 		return CLI_EXIT_USAGE;
 	if (clusters) {
 		if (parts && parts != clusters)
@@ -201,6 +203,7 @@ static int run_build(cli_cmd *c)
 	o.imbalance = imb;
 	o.nlsh_epochs = (uint32_t)ep;
 	o.soft_labels = !cli_flag(c, "hard-labels");
+	o.nlsh_augment = aug;
 	o.joint_rounds = (uint32_t)rounds;
 	o.joint_lambda = lambda;
 	const char *router_from = cli_get(c, "router-from");

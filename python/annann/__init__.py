@@ -87,7 +87,7 @@ def build(path, data, *, partitions=None, router="kmeans", store="file", mem="1G
     metric, zstd_level, shuffle, dictionary, sample, kmeans_iters, balance,
     replicas, replica_eps, soar_lambda, hnsw_m, hnsw_ef_construction, embed_dim, hidden,
     ae_epochs, dec_epochs, dec_alpha, recon_weight, knn_k, imbalance,
-    nlsh_epochs, soft_labels, joint_rounds, joint_lambda).
+    nlsh_epochs, soft_labels, nlsh_augment, joint_rounds, joint_lambda).
     Ctrl-C stops the build (KeyboardInterrupt) and leaves no directory behind.
     """
     opts = dict(options)

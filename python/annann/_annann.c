@@ -648,6 +648,7 @@ static int apply_opt(ann_build_opts *o, const char *key, PyObject *v)
 	DBL("recon_weight", recon_weight)
 	DBL("imbalance", imbalance)
 	DBL("joint_lambda", joint_lambda)
+	DBL("nlsh_augment", nlsh_augment)
 #undef U32
 #undef DBL
 	if (strcmp(key, "seed") == 0 || strcmp(key, "sample") == 0 || strcmp(key, "mem_bytes") == 0) {

@@ -64,6 +64,7 @@
 #define CHUNK 512u            /* rows per batched inference call */
 #define LR 1e-3f              /* Adam step; a quarter of it in the last third of the epochs */
 #define SELF_WEIGHT 0.5f      /* soft labels: weight of a point's own part */
+#define MAX_AUGMENT 100.0     /* ann_build_opts.nlsh_augment: noise in sample standard deviations, at most */
 #define JOINT_STOP 0.005      /* joint stops once fewer labels than this share change */
 #define MIN_GROUPS 8u         /* two-level: fewest groups worth a top classifier */
 #define SUB_HIDDEN_DIV 4u     /* two-level: per-group classifiers are this much narrower */
@@ -660,6 +661,22 @@ static void soft_target(const trainer *t, size_t p, const cls_task *k, float *ro
 	}
 }
 
+/* Training-time noise (ann_build_opts.nlsh_augment = s > 0): each training
+ * row, with probability 1/2, gets s N(0, 1) added to every normalised
+ * coordinate (normalised units are the sample's standard deviation, one
+ * global scale), keeping its clean point's target. The classifier then also
+ * sees points off the sample's support, where shifted queries land, labelled
+ * like the sample point they came from, instead of extrapolating there
+ * freely. Draws nothing when s = 0, so builds without it are unchanged. */
+static void augment_row(trainer *t, float *row)
+{
+	double s = t->o->nlsh_augment;
+	if (!(s > 0) || (ann_rng_next(&t->rng) & 1))
+		return;
+	for (size_t j = 0; j < t->d; j++)
+		row[j] += (float)(s * ann_rng_normal(&t->rng));
+}
+
 /* Trains k->net with cross-entropy (soft or hard targets) from its current
  * weights; *loss gets the mean batch loss of the last epoch. */
 static int train_cls(trainer *t, const cls_task *k, double *loss, ann_error *err)
@@ -700,6 +717,7 @@ static int train_cls(trainer *t, const cls_task *k, double *loss, ann_error *err
 			for (size_t i = 0; i < b; i++) {
 				size_t p = k->rows ? k->rows[idx[i]] : idx[i];
 				nl_norm(t->r, t->x + p * d, xb + i * d);
+				augment_row(t, xb + i * d);
 				lb[i] = (t->labels[p] - k->lo) / k->div;
 				if (soft)
 					soft_target(t, p, k, tb + i * nc, nc);
@@ -1278,6 +1296,9 @@ static int check_opts(const ann_build_opts *o, size_t n, size_t d, uint32_t m, u
 		return ann_err(err, ANN_E_INVAL, "nlsh router: imbalance %g, expected 0.001 .. 1", o->imbalance);
 	if (o->nlsh_epochs == 0 || o->nlsh_epochs > 100000)
 		return ann_err(err, ANN_E_INVAL, "nlsh router: epochs %u, expected 1..100000", o->nlsh_epochs);
+	if (!(o->nlsh_augment >= 0 && o->nlsh_augment <= MAX_AUGMENT))
+		return ann_err(err, ANN_E_INVAL, "nlsh router: augment %g, expected 0 .. %g", o->nlsh_augment,
+			       MAX_AUGMENT);
 	if (o->joint_rounds > MAX_ROUNDS)
 		return ann_err(err, ANN_E_INVAL, "joint router: %u rounds, expected 0..%u", o->joint_rounds,
 			       MAX_ROUNDS);
