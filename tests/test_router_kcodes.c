@@ -16,6 +16,8 @@
  */
 #include <math.h>
 
+#include <xxhash.h>
+
 #include "gt.h"
 #include "hnsw.h"
 #include "index.h"
@@ -169,6 +171,15 @@ static void test_router(void)
 			   ANN_E_CORRUPT, "truncated");
 		ASSERT_ERR(ann_router_load(ANN_ROUTER_KMEANS, blob, len, (uint32_t)d + 1, ANN_METRIC_L2, &l, &e), e,
 			   ANN_E_CORRUPT, "dimension");
+		/* a centroid count the body cannot hold is refused before anything
+		 * that size is allocated (fuzz_router found an out-of-memory here) */
+		uint32_t k0 = ann_ld32(blob + 24);
+		ann_st32(blob + 24, UINT32_MAX);
+		ann_st64(blob + len - 8, XXH64(blob, len - 8, 0));
+		ASSERT_ERR(ann_router_load(ANN_ROUTER_KMEANS, blob, len, (uint32_t)d, ANN_METRIC_L2, &l, &e), e,
+			   ANN_E_CORRUPT, "do not make its");
+		ann_st32(blob + 24, k0);
+		ann_st64(blob + len - 8, XXH64(blob, len - 8, 0));
 		blob[8] = 2;
 		ASSERT_ERR(ann_router_load(ANN_ROUTER_KMEANS, blob, len, (uint32_t)d, ANN_METRIC_L2, &l, &e), e,
 			   ANN_E_FORMAT, "version 2.0");

@@ -398,11 +398,17 @@ int ann_router_kcodes_load(const uint8_t *b, size_t len, uint32_t dim, ann_metri
 	if (bits < 1 || bits > 8 || k == 0 || d > ANN_RBQ_MAX_DIM)
 		return ann_err(err, ANN_E_CORRUPT, "kmeans codes router blob: %u bits, %u centroids, dimension %u "
 			       "(expected 1..8 bits, at least one centroid)", bits, k, d);
+	/* The body's length bounds what is allocated: the stored record size
+	 * must account for it before k records are allocated (a blob claiming 4
+	 * billion centroids is refused here, not by the allocator). */
+	if (cb == 0 || body != (uint64_t)d * 4 + (uint64_t)k * cb)
+		return ann_err(err, ANN_E_CORRUPT, "kmeans codes router blob: %u centroids of %u-byte records and "
+			       "dimension %u do not make its %llu-byte body", k, cb, d, (unsigned long long)body);
 	ann_router *r;
 	ANN_TRY(kc_alloc(d, k, bits, seed, &r, err));
 	kc_router *kr = kc(r);
 	int rc = ANN_OK;
-	if (cb != kr->cb || body != (uint64_t)d * 4 + (uint64_t)k * cb) {
+	if (cb != kr->cb) {
 		rc = ann_err(err, ANN_E_CORRUPT, "kmeans codes router blob: %u-byte records and a %llu-byte body; "
 			     "%u centroids of dimension %u at %u bits need %zu-byte records", cb,
 			     (unsigned long long)body, k, d, bits, kr->cb);
