@@ -323,38 +323,49 @@ static int resolve_options(build *b, ann_error *err)
 	return ANN_OK;
 }
 
-/* Phase 1: selection sampling in one pass (Knuth, TAOCP 3.4.2, Algorithm S):
- * vector i is taken with probability (wanted - taken) / (n - i). */
-static int draw_sample(build *b, ann_rng *rng, float *sample, ann_error *err)
+/* Selection sampling in one pass (Knuth, TAOCP 3.4.2, Algorithm S) over
+ * vectors first..first+count-1: vector i is taken with probability
+ * (want - taken) / (count - i). *taken gets how many were taken. Phase 1 of a
+ * build samples the whole input; a distributed build's rank its slice. */
+static int sample_range(build *b, ann_rng *rng, uint64_t first, uint64_t count, uint64_t want, float *out,
+			uint64_t *taken_out, ann_error *err)
 {
 	size_t chunk = ROUTE_CHUNK, esz = ann_dtype_size(b->in_type);
 	uint8_t *raw = ann_malloc(chunk * b->d * esz);
 	float *f = ann_malloc(chunk * b->d * sizeof(float));
 	int rc = ANN_OK;
+	uint64_t taken = 0, i = 0;
 	if (!raw || !f) {
 		rc = ann_err(err, ANN_E_NOMEM, "build: out of memory for a read chunk");
 		goto out;
 	}
-	ANN_CHECK(rc, ann_vreader_seek(b->in, 0, err));
-	uint64_t taken = 0, i = 0;
-	while (i < b->n && taken < b->sample_n) {
-		int64_t got = read_chunk(b, raw, chunk, i, f, err);
+	ANN_CHECK(rc, ann_vreader_seek(b->in, first, err));
+	while (i < count && taken < want) {
+		int64_t got = read_chunk(b, raw, (size_t)ANN_MIN((uint64_t)chunk, count - i), first + i, f, err);
 		if (got < 0) {
 			rc = (int)got;
 			goto out;
 		}
-		for (int64_t j = 0; j < got; j++, i++) {
-			uint64_t left = b->n - i, need = b->sample_n - taken;
-			if (ann_rng_below(rng, left) < need)
-				memcpy(sample + (taken++) * b->d, f + (size_t)j * b->d, b->d * sizeof(float));
-		}
-		ANN_CHECK(rc, progress(b, "sample", i, b->n, err));
+		for (int64_t j = 0; j < got; j++, i++)
+			if (ann_rng_below(rng, count - i) < want - taken)
+				memcpy(out + (taken++) * b->d, f + (size_t)j * b->d, b->d * sizeof(float));
+		ANN_CHECK(rc, progress(b, "sample", i, count, err));
 	}
-	b->sample_n = (size_t)taken;
 fail:
 out:
+	*taken_out = taken;
 	ann_free(raw);
 	ann_free(f);
+	return rc;
+}
+
+/* Phase 1: the training sample, drawn from the whole input. */
+static int draw_sample(build *b, ann_rng *rng, float *sample, ann_error *err)
+{
+	uint64_t taken;
+	int rc = sample_range(b, rng, 0, b->n, b->sample_n, sample, &taken, err);
+	if (rc >= 0)
+		b->sample_n = (size_t)taken;
 	return rc;
 }
 
@@ -1239,34 +1250,10 @@ int ann_partbuild_sample(ann_partbuild *pb, uint64_t first, uint64_t count, uint
 		return ann_err(err, ANN_E_INVAL, "partbuild: sample of %llu among vectors %llu..+%llu of %llu",
 			       (unsigned long long)want, (unsigned long long)first, (unsigned long long)count,
 			       (unsigned long long)b->n);
-	size_t chunk = ROUTE_CHUNK, esz = ann_dtype_size(b->in_type);
-	uint8_t *raw = ann_malloc(chunk * b->d * esz);
-	float *f = ann_malloc(chunk * b->d * sizeof(float));
-	int rc = ANN_OK;
-	if (!raw || !f) {
-		rc = ann_err(err, ANN_E_NOMEM, "build: out of memory for a read chunk");
-		goto out;
-	}
 	ann_rng rng;
 	ann_rng_seed(&rng, seed);
-	ANN_CHECK(rc, ann_vreader_seek(b->in, first, err));
-	uint64_t taken = 0, i = 0;
-	while (i < count && taken < want) {
-		int64_t got = read_chunk(b, raw, (size_t)ANN_MIN((uint64_t)chunk, count - i), first + i, f, err);
-		if (got < 0) {
-			rc = (int)got;
-			goto out;
-		}
-		for (int64_t j = 0; j < got; j++, i++)
-			if (ann_rng_below(&rng, count - i) < want - taken)
-				memcpy(out + (taken++) * b->d, f + (size_t)j * b->d, b->d * sizeof(float));
-		ANN_CHECK(rc, progress(b, "sample", i, count, err));
-	}
-fail:
-out:
-	ann_free(raw);
-	ann_free(f);
-	return rc;
+	uint64_t taken;
+	return sample_range(b, &rng, first, count, want, out, &taken, err);
 }
 
 int ann_partbuild_set_router(ann_partbuild *pb, ann_router_kind kind, const uint8_t *blob, size_t len,
