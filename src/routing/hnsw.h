@@ -101,7 +101,7 @@ int ann_hnsw_build(ann_hnsw *h, const float *x, size_t n, int threads, ann_progr
  * levels, summed over levels; SIZE_MAX when out of memory. */
 size_t ann_hnsw_unreachable(const ann_hnsw *h);
 /* Links every unreachable node from its nearest reachable one (see
- * hnsw.c, hn_repair); *added (may be NULL) gets the number of links made.
+ * hnsw_blob.c, hn_repair); *added (may be NULL) gets the number of links made.
  * Where every list is full a link is given up for it, which in rare cases
  * cuts off another node: measured, it leaves 0-1 of 3000 with M >= 8 on
  * hard 128-d data, where adds alone leave 1-170 (tests/test_hnsw.c).
