@@ -64,23 +64,27 @@ void ann_build_opts_init(ann_build_opts *o)
 	o->mem_bytes = (size_t)1 << 30;
 	o->threads = 2;
 	o->seed = 1;
-	o->kmeans_iters = 20;
+	o->kmeans.kmeans_iters = 20;
 	o->replicas = 1;
 	o->replica_eps = 0.1;
-	o->hnsw_m = 32;
-	o->hnsw_ef_construction = 200;
-	o->embed_dim = 64;
-	o->hidden[0] = 256;
-	o->ae_epochs = 10;
-	o->dec_epochs = 0;
-	o->dec_alpha = 1.0;
-	o->recon_weight = 1.0;
-	o->knn_k = 10;
-	o->imbalance = 0.03;
-	o->nlsh_epochs = 20;
-	o->soft_labels = 1;
-	o->joint_rounds = 5;
-	o->joint_lambda = 1.0;
+	o->kmeans.hnsw_m = 32;
+	o->kmeans.hnsw_ef_construction = 200;
+	o->annann.embed_dim = 64;
+	o->annann.hidden[0] = 256;
+	o->annann.ae_epochs = 10;
+	o->annann.dec_epochs = 0;
+	o->annann.dec_alpha = 1.0;
+	o->annann.recon_weight = 1.0;
+	o->annann.kmeans_iters = o->kmeans.kmeans_iters;
+	o->annann.hnsw_m = o->kmeans.hnsw_m;
+	o->annann.hnsw_ef_construction = o->kmeans.hnsw_ef_construction;
+	o->nlsh.hidden[0] = 256;
+	o->nlsh.knn_k = 10;
+	o->nlsh.imbalance = 0.03;
+	o->nlsh.nlsh_epochs = 20;
+	o->nlsh.soft_labels = 1;
+	o->nlsh.joint_rounds = 5;
+	o->nlsh.joint_lambda = 1.0;
 }
 
 const char *ann_encoding_name(ann_encoding e)
@@ -178,19 +182,21 @@ int build_resolve_options(build *b, ann_error *err)
 		return ann_err(err, ANN_E_INVAL, "replicas %u: must be within 1..min(8, partitions)", b->copies);
 	if (o->replica_eps < 0 || !isfinite(o->replica_eps))
 		return ann_err(err, ANN_E_INVAL, "replica eps must be a non-negative number");
-	if (o->soar_lambda < 0 || !isfinite(o->soar_lambda))
-		return ann_err(err, ANN_E_INVAL, "soar lambda %g: must be a non-negative number", o->soar_lambda);
-	if (o->soar_lambda > 0 && o->router != ANN_ROUTER_KMEANS)
+	if (o->kmeans.soar_lambda < 0 || !isfinite(o->kmeans.soar_lambda))
+		return ann_err(err, ANN_E_INVAL, "soar lambda %g: must be a non-negative number",
+			       o->kmeans.soar_lambda);
+	if (o->kmeans.soar_lambda > 0 && o->router != ANN_ROUTER_KMEANS)
 		return ann_err(err, ANN_E_INVAL, "SOAR spilling needs the kmeans router (it ranks centroids), not %s",
 			       ann_router_name(o->router));
-	if (o->balance != 0 && !(o->balance >= 1.0))
+	if (build_balance(o) != 0 && !(build_balance(o) >= 1.0))
 		return ann_err(err, ANN_E_INVAL, "balance %g: the cap is balance * n / partitions, so it must be >= 1",
-			       o->balance);
+			       build_balance(o));
 	if (o->zstd_level < 0 || o->zstd_level > 22)
 		return ann_err(err, ANN_E_INVAL, "zstd level %d: must be within 0..22 (0 = uncompressed)", o->zstd_level);
-	if (o->router_bits > 8 || (o->router_bits && (o->router != ANN_ROUTER_KMEANS || o->metric != ANN_METRIC_L2)))
+	if (o->kmeans.router_bits > 8 ||
+	    (o->kmeans.router_bits && (o->router != ANN_ROUTER_KMEANS || o->metric != ANN_METRIC_L2)))
 		return ann_err(err, ANN_E_INVAL, "router bits %u: the compact centroid router takes 1..8 bits (0 = the "
-			       "graph) and needs the kmeans router under metric l2", o->router_bits);
+			       "graph) and needs the kmeans router under metric l2", o->kmeans.router_bits);
 	if (o->code_bits > 8)
 		return ann_err(err, ANN_E_INVAL, "code bits %u: must be within 1..8 (0 = no codes)", o->code_bits);
 	if (o->code_bits && b->enc != ANN_ENC_F32 && b->enc != ANN_ENC_U8 && b->enc != ANN_ENC_I8)
@@ -223,6 +229,11 @@ int build_resolve_options(build *b, ann_error *err)
 static char *build_options(const build *b)
 {
 	const ann_build_opts *o = b->o;
+	const ann_kmeans_router_opts *k = &o->kmeans;
+	const ann_annann_router_opts *a = &o->annann;
+	const ann_nlsh_router_opts *nl = &o->nlsh;
+	bool annann = o->router == ANN_ROUTER_ANNANN;
+	const uint32_t *hidden = annann ? a->hidden : nl->hidden;
 	size_t cap = 2048;
 	char *s = ann_malloc(cap);
 	if (!s)
@@ -236,11 +247,12 @@ static char *build_options(const build *b)
 		 "joint_lambda=%.17g\ncode_bits=%u\nroute_chunk=%u\nrouter_bits=%u\nnlsh_augment=%.17g\n",
 		 b->d, (unsigned long long)b->n, (int)b->in_type, ann_router_name(o->router), b->nparts, (int)o->store,
 		 ann_encoding_name(b->enc), (int)o->metric, o->zstd_level, o->shuffle, o->dictionary != 0,
-		 (unsigned long long)o->seed, b->sample_n, o->kmeans_iters, o->balance, b->copies, o->replica_eps,
-		 o->soar_lambda, o->hnsw_m, o->hnsw_ef_construction, o->embed_dim, o->hidden[0], o->hidden[1],
-		 o->hidden[2], o->hidden[3], o->ae_epochs, o->dec_epochs, o->dec_alpha, o->recon_weight, o->knn_k,
-		 o->imbalance, o->nlsh_epochs, o->soft_labels, o->joint_rounds, o->joint_lambda, o->code_bits,
-		 ROUTE_CHUNK, o->router_bits, (double)o->nlsh_augment);
+		 (unsigned long long)o->seed, b->sample_n, build_kmeans_iters(o), build_balance(o), b->copies,
+		 o->replica_eps, k->soar_lambda, annann ? a->hnsw_m : k->hnsw_m,
+		 annann ? a->hnsw_ef_construction : k->hnsw_ef_construction, a->embed_dim, hidden[0], hidden[1],
+		 hidden[2], hidden[3], a->ae_epochs, a->dec_epochs, a->dec_alpha, a->recon_weight, nl->knn_k, nl->imbalance,
+		 nl->nlsh_epochs, nl->soft_labels, nl->joint_rounds, nl->joint_lambda, o->code_bits, ROUTE_CHUNK,
+		 k->router_bits, (double)nl->nlsh_augment);
 	return s;
 }
 
@@ -250,7 +262,8 @@ static int router_from_unit(build *b, const void *blob, size_t len, uint32_t ef,
 	ann_router_free(b->router);
 	b->router = NULL;
 	ANN_TRY(ann_router_load(b->o->router, blob, len, b->d, b->o->metric, &b->router, err));
-	b->router->route_ef = ef;
+	if (ef && !ann_router_kmeans_ef(b->router)) /* a unit saved before the blob held the ef */
+		ann_router_kmeans_set_ef(b->router, ef);
 	b->nparts = b->router->nparts;
 	return ANN_OK;
 }
@@ -260,7 +273,7 @@ static int save_router(build *b, const char *unit, double secs, ann_error *err)
 	uint8_t *blob = NULL;
 	size_t len = 0;
 	ANN_TRY(b->router->ops->save(b->router, &blob, &len, err));
-	uint32_t ef = b->router->route_ef;
+	uint32_t ef = ann_router_kmeans_ef(b->router);
 	int rc = ann_bstate_unit_put(b->st, unit, blob, len, ef, secs, err);
 	if (rc == ANN_OK)
 		rc = router_from_unit(b, blob, len, ef, err);
@@ -330,19 +343,10 @@ static int sample_and_train(build *b, ann_error *err)
 	ann_build_opts ro = *o;
 	ro.encoding = b->enc;
 	ANN_CHECK(rc, ann_router_train(&ro, sample, b->sample_n, b->d, b->nparts, &b->router, err));
-	if (o->router == ANN_ROUTER_KMEANS) {
-		/* Single-query routing ef, measured on the sample (docs/DESIGN.md). */
-		uint32_t ef;
-		double ov;
-		ANN_CHECK(rc, ann_router_kmeans_calibrate(b->router, sample, b->sample_n, o->threads > 0 ? o->threads : 1,
-							  &ef, &ov, err));
-		b->router->route_ef = ef;
-		if (ef)
-			ann_router_log(o, "kmeans router: single-query ef %u (top-16 routing overlap %.4f with the exact "
-				       "scan)", ef, ov);
-		else
-			ann_router_log(o, "kmeans router: %u-bit centroid codes, top-16 routing overlap %.4f with the exact "
-				       "scan", o->router_bits, ov);
+	if (b->router->ops->calibrate) { /* k-means: the single-query routing ef (docs/DESIGN.md) */
+		ann_router_env env;
+		ann_router_env_from(&ro, &env);
+		ANN_CHECK(rc, b->router->ops->calibrate(b->router, sample, b->sample_n, &env, err));
 	}
 	b->t_train = build_secs_since(t0);
 	ANN_CHECK(rc, save_router(b, "router", b->t_train, err));

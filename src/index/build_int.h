@@ -83,6 +83,19 @@ static inline double build_secs_since(uint64_t t0)
 	return (double)(ann_now_ns() - t0) / 1e9;
 }
 
+/* The k-means settings of the router o builds: the annann router's own
+ * (it runs k-means in its embedding space), else the k-means router's,
+ * which meta build.* and the resume fingerprint record for every router. */
+static inline uint32_t build_kmeans_iters(const ann_build_opts *o)
+{
+	return o->router == ANN_ROUTER_ANNANN ? o->annann.kmeans_iters : o->kmeans.kmeans_iters;
+}
+
+static inline double build_balance(const ann_build_opts *o)
+{
+	return o->router == ANN_ROUTER_ANNANN ? o->annann.balance : o->kmeans.balance;
+}
+
 /* ---- build.c ---- */
 /* A notice: what was resumed, why a state was dropped (o->notice, else
  * o->log). */

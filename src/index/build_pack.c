@@ -193,10 +193,10 @@ int build_publish_meta(build *b, double total_s, ann_error *err)
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.mem_bytes", o->mem_bytes, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.zstd_level", (uint64_t)o->zstd_level, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.shuffle", ann_shuffle_to_meta(o->shuffle), err));
-	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.kmeans_iters", o->kmeans_iters, err));
-	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.balance", o->balance, err));
+	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.kmeans_iters", build_kmeans_iters(o), err));
+	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.balance", build_balance(o), err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.replica_eps", o->replica_eps, err));
-	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.soar_lambda", o->soar_lambda, err));
+	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.soar_lambda", o->kmeans.soar_lambda, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.threads", (uint64_t)o->threads, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_str(t, "build.input", b->data_path, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.time.sample_s", b->t_sample, err));
@@ -204,8 +204,6 @@ int build_publish_meta(build *b, double total_s, ann_error *err)
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.time.route_s", b->t_route, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.time.pack_s", b->t_pack, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.time.total_s", total_s, err));
-	if (b->router->route_ef)
-		ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "router.ef", b->router->route_ef, err));
 	ANN_CHECK(rc, b->router->ops->save(b->router, &blob, &blen, err));
 	ANN_CHECK(rc, ann_catalog_model_put(t, "router", blob, blen, err));
 	if (b->dict)

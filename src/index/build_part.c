@@ -126,9 +126,12 @@ void build_remove_stale_temps(const char *index_dir, const ann_build_opts *o)
 			gone = true;
 		if (!gone)
 			continue; /* a build still running */
-		if (nftw(path, build_rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0)
-			ann_router_log(o, "build: removed stale temporary %s from a killed build (process %ld is gone)",
-				       path, pid);
+		if (nftw(path, build_rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0) {
+			ann_router_env env; /* the build's log */
+			ann_router_env_from(o, &env);
+			ann_router_log(&env, "build: removed stale temporary %s from a killed build (process %ld is "
+				       "gone)", path, pid);
+		}
 	}
 	closedir(d);
 out:
@@ -276,7 +279,8 @@ int ann_partbuild_set_router(ann_partbuild *pb, ann_router_kind kind, const uint
 	if (b->router)
 		return ann_err(err, ANN_E_INVAL, "partbuild: the router is already set");
 	ANN_TRY(ann_router_load(kind, blob, len, b->d, pb->o.metric, &b->router, err));
-	b->router->route_ef = route_ef;
+	if (route_ef && !ann_router_kmeans_ef(b->router)) /* the blob of an index older than the ef in blobs */
+		ann_router_kmeans_set_ef(b->router, route_ef);
 	pb->o.router = kind;
 	if (b->router->ops->observe) {
 		ann_router_free(b->router);
@@ -330,7 +334,8 @@ int ann_partbuild_read_route(ann_partbuild *pb, uint64_t first, size_t n, void *
 		}
 		i += (size_t)got;
 	}
-	const ann_assign_rule sp = {.copies = b->copies, .eps = b->o->replica_eps, .soar_lambda = b->o->soar_lambda};
+	const ann_assign_rule sp = {.copies = b->copies, .eps = b->o->replica_eps,
+				    .soar_lambda = b->o->kmeans.soar_lambda};
 	ANN_CHECK(rc, b->router->ops->assign(b->router, f, n, &sp, b->o->threads, parts, err));
 	for (size_t i = 0; i < n * b->copies; i++)
 		if (parts[i] != UINT32_MAX && parts[i] >= b->nparts) {

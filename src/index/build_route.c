@@ -204,7 +204,7 @@ int build_route_all(build *b, ann_error *err)
 			ANN_CHECK(rc, ann_bstate_log_read(b->st, i, (uint32_t)got, b->copies, parts, err));
 		} else {
 			const ann_assign_rule sp = {.copies = b->copies, .eps = b->o->replica_eps,
-						    .soar_lambda = b->o->soar_lambda};
+						    .soar_lambda = b->o->kmeans.soar_lambda};
 			ANN_CHECK(rc, b->router->ops->assign(b->router, f, (size_t)got, &sp, b->o->threads, parts, err));
 			ANN_CHECK(rc, ann_bstate_log_append(b->st, i, (uint32_t)got, b->copies, parts, err));
 		}

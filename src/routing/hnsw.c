@@ -590,6 +590,16 @@ uint32_t ann_hnsw_ef_construction(const ann_hnsw *h)
 	return h->efc;
 }
 
+uint32_t ann_hnsw_search_ef(const ann_hnsw *h)
+{
+	return h->search_ef;
+}
+
+void ann_hnsw_set_search_ef(ann_hnsw *h, uint32_t ef)
+{
+	h->search_ef = ANN_MIN(ef, (uint32_t)ANN_MAX_EF);
+}
+
 bool ann_hnsw_is_u8(const ann_hnsw *h)
 {
 	return h->u8;

@@ -189,9 +189,15 @@ static size_t hn_blob_vec_bytes(size_t n, size_t d, bool u8)
 	return u8 ? ANN_ALIGN_UP(n * d, 4) : n * d * sizeof(float);
 }
 
+/* Header bytes of h's blob: minor 2 holds the search ef. */
+static size_t hn_blob_header(const ann_hnsw *h)
+{
+	return h->search_ef ? HN_HEADER_EF : HN_HEADER;
+}
+
 size_t ann_hnsw_blob_bytes(const ann_hnsw *h)
 {
-	size_t b = HN_HEADER + ANN_ALIGN_UP(h->n, 4) + hn_blob_vec_bytes(h->n, h->d, h->u8) + HN_TRAILER;
+	size_t b = hn_blob_header(h) + ANN_ALIGN_UP(h->n, 4) + hn_blob_vec_bytes(h->n, h->d, h->u8) + HN_TRAILER;
 	for (size_t i = 0; i < h->n; i++)
 		for (int lc = 0; lc <= h->level[i]; lc++)
 			b += 4 * (1 + (size_t)hn_links(h, (uint32_t)i, lc)[0]);
@@ -203,13 +209,14 @@ int ann_hnsw_save(const ann_hnsw *h, uint8_t *buf, size_t cap, ann_error *err)
 	size_t need = ann_hnsw_blob_bytes(h);
 	if (!buf || cap < need)
 		return ann_err(err, ANN_E_INVAL, "hnsw: blob buffer of %zu bytes, %zu needed", cap, need);
-	memset(buf, 0, HN_HEADER);
+	size_t hdr = hn_blob_header(h);
+	memset(buf, 0, hdr);
 	memcpy(buf, HN_MAGIC, 8);
 	ann_st16(buf + 8, ANN_HNSW_VERSION_MAJOR);
 	/* f32 storage is written as 1.0, whose layout it keeps, so that readers
-	 * older than 1.1 still load it; u8 storage needs 1.1. */
-	ann_st16(buf + 10, h->u8 ? ANN_HNSW_VERSION_MINOR : 0);
-	ann_st32(buf + 12, HN_HEADER);
+	 * older than 1.1 still load it; u8 storage needs 1.1, a search ef 1.2. */
+	ann_st16(buf + 10, h->search_ef ? 2 : h->u8 ? 1 : 0);
+	ann_st32(buf + 12, (uint32_t)hdr);
 	ann_st32(buf + 16, (uint32_t)h->d);
 	ann_st32(buf + 20, (uint32_t)h->metric);
 	ann_st32(buf + 24, h->M);
@@ -221,8 +228,10 @@ int ann_hnsw_save(const ann_hnsw *h, uint8_t *buf, size_t cap, ann_error *err)
 	ann_st32(buf + 52, h->u8 ? HN_STORE_U8 : HN_STORE_F32);
 	for (int i = 0; i < 4; i++)
 		ann_st64(buf + 56 + 8 * i, h->rng.s[i]);
-	ann_st64(buf + 88, need - HN_HEADER - HN_TRAILER);
-	uint8_t *p = buf + HN_HEADER;
+	ann_st64(buf + 88, need - hdr - HN_TRAILER);
+	if (h->search_ef)
+		ann_st32(buf + 96, h->search_ef);
+	uint8_t *p = buf + hdr;
 	if (h->n)
 		memcpy(p, h->level, h->n);
 	memset(p + h->n, 0, ANN_ALIGN_UP(h->n, 4) - h->n);
@@ -264,9 +273,10 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 	size_t hdr = ann_ld32(buf + 12);
 	uint64_t body = ann_ld64(buf + 88);
 	/* A later minor may grow the header (its body still starts at offset 12's
-	 * value); this minor and older ones have exactly HN_HEADER bytes. */
+	 * value); minors 0 and 1 have exactly HN_HEADER bytes, 2 HN_HEADER_EF. */
 	bool later = minor > ANN_HNSW_VERSION_MINOR;
-	if (hdr < HN_HEADER || (!later && hdr != HN_HEADER) || hdr > len - HN_TRAILER ||
+	size_t want_hdr = minor >= 2 ? HN_HEADER_EF : HN_HEADER;
+	if (hdr < want_hdr || (!later && hdr != want_hdr) || hdr > len - HN_TRAILER ||
 	    body != len - HN_TRAILER - hdr)
 		return ann_err(err, ANN_E_CORRUPT,
 			       "hnsw blob: %zu bytes, header says %zu + body %llu + %u (truncated?)", len,
@@ -282,6 +292,7 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 	uint64_t n64 = ann_ld64(buf + 32);
 	int32_t max_level = (int32_t)ann_ld32(buf + 40);
 	uint32_t entry = ann_ld32(buf + 44), flags = ann_ld32(buf + 48), store = ann_ld32(buf + 52);
+	uint32_t search_ef = minor >= 2 ? ann_ld32(buf + 96) : 0;
 	int rc = hn_check_params(d, (ann_metric)metric, M, efc, err);
 	if (rc < 0)
 		return ann_err_prefix(err, ANN_E_CORRUPT, "hnsw blob header");
@@ -300,11 +311,15 @@ int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err
 		return ann_err(err, ANN_E_CORRUPT,
 			       "hnsw blob header: n %llu, max_level %d, entry %u, flags %#x are inconsistent",
 			       (unsigned long long)n64, (int)max_level, entry, flags);
+	if (search_ef > ANN_MAX_EF || (minor == 2 && ann_ld32(buf + 100) != 0))
+		return ann_err(err, ANN_E_CORRUPT, "hnsw blob header: search ef %u (expected 0..%u), reserved %u "
+			       "(expected 0)", search_ef, ANN_MAX_EF, ann_ld32(buf + 100));
 	size_t n = (size_t)n64;
 
 	ann_hnsw *h = NULL;
 	ANN_TRY(hn_create(d, (ann_metric)metric, u8, M, efc, 0, &h, err));
 	h->flags = flags;
+	h->search_ef = search_ef;
 	for (int i = 0; i < 4; i++)
 		h->rng.s[i] = ann_ld64(buf + 56 + 8 * i);
 	const uint8_t *p = buf + hdr, *end = buf + len - HN_TRAILER;

@@ -16,6 +16,7 @@
 
 #define HN_MAGIC "\x89HNSW\r\n\x1a"
 #define HN_HEADER 96u
+#define HN_HEADER_EF 104u /* minor 2: the search ef at offset 96, reserved u32 at 100 */
 #define HN_TRAILER 8u
 #define HN_STRIPES 4096u /* lock stripes during parallel builds */
 #define HN_MAX_THREADS 64
@@ -37,6 +38,7 @@ struct ann_hnsw {
 	uint32_t M;   /* degree above level 0 */
 	uint32_t M0;  /* degree at level 0 (2 M) */
 	uint32_t efc; /* ef_construction */
+	uint32_t search_ef; /* calibrated by the owner (blob minor 2); 0 = none */
 	uint32_t flags;
 	double mult; /* 1 / ln M */
 	ann_rng rng; /* level generator */

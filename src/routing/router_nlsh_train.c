@@ -21,7 +21,7 @@
 #define SOFT_EDGES 256u       /* soft: graph edges per mini-batch (2x as many rows) */
 #define LR 1e-3f              /* Adam step; a quarter of it in the last third of the epochs */
 #define SELF_WEIGHT 0.5f      /* soft labels: weight of a point's own part */
-#define MAX_AUGMENT 100.0     /* ann_build_opts.nlsh_augment: noise in sample standard deviations, at most */
+#define MAX_AUGMENT 100.0     /* ann_build_opts.nlsh.nlsh_augment: noise in sample standard deviations, at most */
 #define JOINT_STOP 0.005      /* joint stops once fewer labels than this share change */
 #define MIN_GROUPS 8u         /* two-level: fewest groups worth a top classifier */
 #define SUB_HIDDEN_DIV 4u     /* two-level: per-group classifiers are this much narrower */
@@ -32,7 +32,8 @@
 /* ---- training ---------------------------------------------------------------- */
 
 typedef struct trainer {
-	const ann_build_opts *o;
+	const ann_router_env *env;
+	const ann_nlsh_router_opts *o;
 	nl *r;
 	const float *x;	   /* the sample, n x d */
 	size_t n, d;
@@ -46,8 +47,8 @@ typedef struct trainer {
 
 static void prog(const trainer *t, const char *phase, uint64_t done, uint64_t total)
 {
-	if (t->o->progress)
-		t->o->progress(t->o->progress_ctx, phase, done, total);
+	if (t->env->progress)
+		t->env->progress(t->env->progress_ctx, phase, done, total);
 }
 
 static double secs_since(uint64_t t0)
@@ -94,7 +95,7 @@ static void soft_target(const trainer *t, size_t p, const cls_task *k, float *ro
 	}
 }
 
-/* Training-time noise (ann_build_opts.nlsh_augment = s > 0): each training
+/* Training-time noise (ann_build_opts.nlsh.nlsh_augment = s > 0): each training
  * row, with probability 1/2, gets s N(0, 1) added to every normalised
  * coordinate (normalised units are the sample's standard deviation, one
  * global scale), keeping its clean point's target. The classifier then also
@@ -271,7 +272,7 @@ static int push_hist(nl *r, const ann_nlsh_round *e, ann_error *err)
 
 /* Records one round: cut and balance of the current labels, the
  * classifier's accuracy on them (computed unless acc >= 0), and prints them
- * as a history line (ann_build_opts.log). */
+ * as a history line (ann_router_env.log). */
 static int record(trainer *t, uint32_t phase, uint32_t round, double changed, double loss, double acc,
 		  uint64_t t0, ann_error *err)
 {
@@ -294,7 +295,7 @@ static int record(trainer *t, uint32_t phase, uint32_t round, double changed, do
 			    .accuracy = acc, .changed = changed, .loss = isfinite(loss) ? loss : 0,
 			    .seconds = secs_since(t0)};
 	ANN_TRY(push_hist(t->r, &e, err));
-	ann_router_log(t->o, "%s round %u: cut %.4f, balance %.3f, classifier accuracy %.4f, labels changed %.2f%%, "
+	ann_router_log(t->env, "%s round %u: cut %.4f, balance %.3f, classifier accuracy %.4f, labels changed %.2f%%, "
 		       "loss %.4f, %.1f s",
 		       names[phase], round, e.cut_frac, e.balance, e.accuracy, 100.0 * e.changed, e.loss, e.seconds);
 	return ANN_OK;
@@ -341,7 +342,7 @@ static int initial_partition(trainer *t, ann_error *err)
 {
 	nl *r = t->r;
 	ann_partition_stats st;
-	uint64_t seed = t->o->seed;
+	uint64_t seed = t->env->seed;
 	if (!r->G)
 		return ann_partition_graph(&t->g, t->m, t->imb, seed, t->labels, &st, err);
 	double e = ANN_MAX(0.001, sqrt(1.0 + t->imb) - 1.0);
@@ -427,10 +428,10 @@ static int log_probs(trainer *t, const ann_mlp *net, const uint32_t *rows, size_
 static int budget_check(const trainer *t, size_t rows, size_t cols, const char *what, ann_error *err)
 {
 	size_t b;
-	if (!ann_mul_ok(rows, cols, &b) || !ann_mul_ok(b, sizeof(float), &b) || b > t->o->mem_bytes / 2)
+	if (!ann_mul_ok(rows, cols, &b) || !ann_mul_ok(b, sizeof(float), &b) || b > t->env->mem_bytes / 2)
 		return ann_err(err, ANN_E_BUDGET, "joint router: relabelling %s needs a %zu x %zu score matrix, more "
 			       "than half the budget (%zu bytes); use fewer partitions, a smaller sample or the "
-			       "two-level classifier", what, rows, cols, t->o->mem_bytes);
+			       "two-level classifier", what, rows, cols, t->env->mem_bytes);
 	return ANN_OK;
 }
 
@@ -710,11 +711,12 @@ static uint32_t auto_groups(uint32_t m)
 	return 0;
 }
 
-static int check_opts(const ann_build_opts *o, size_t n, size_t d, uint32_t m, uint32_t groups, ann_error *err)
+static int check_opts(const ann_router_env *env, const ann_nlsh_router_opts *o, size_t n, size_t d, uint32_t m,
+		      uint32_t groups, ann_error *err)
 {
-	if (o->router != ANN_ROUTER_NLSH && o->router != ANN_ROUTER_JOINT && o->router != ANN_ROUTER_SOFT)
+	if (env->kind != ANN_ROUTER_NLSH && env->kind != ANN_ROUTER_JOINT && env->kind != ANN_ROUTER_SOFT)
 		return ann_err(err, ANN_E_INVAL, "nlsh router: router kind %d is not nlsh, joint or soft",
-			       (int)o->router);
+			       (int)env->kind);
 	if (m == 0 || m > NL_MAX_PARTS || m > n)
 		return ann_err(err, ANN_E_INVAL, "nlsh router: %u partitions need at least as many sample vectors, "
 			       "the sample has %zu", m, n);
@@ -742,32 +744,32 @@ static int check_opts(const ann_build_opts *o, size_t n, size_t d, uint32_t m, u
 		if (o->hidden[i] > ANN_MLP_MAX_DIM)
 			return ann_err(err, ANN_E_INVAL, "nlsh router: hidden layer %d has %u units, at most %u", i,
 				       o->hidden[i], ANN_MLP_MAX_DIM);
-	if (groups >= 2 && (o->router == ANN_ROUTER_SOFT || m % groups != 0 || m / groups < 2))
+	if (groups >= 2 && (env->kind == ANN_ROUTER_SOFT || m % groups != 0 || m / groups < 2))
 		return ann_err(err, ANN_E_INVAL, "nlsh router: %u groups for %u parts: groups must divide the parts "
 			       "with 2 or more per group (and soft is flat)", groups, m);
 	return ANN_OK;
 }
 
-int ann_router_nlsh_train_shape(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
-				uint32_t groups, ann_router **out, ann_error *err)
+int ann_router_nlsh_train_shape(const ann_router_env *env, const ann_nlsh_router_opts *o, const float *sample,
+				size_t n, size_t d, uint32_t nparts, uint32_t groups, ann_router **out, ann_error *err)
 {
 	*out = NULL;
-	ANN_TRY(check_opts(o, n, d, nparts, groups, err));
-	trainer t = {.o = o, .x = sample, .n = n, .d = d, .m = nparts};
+	ANN_TRY(check_opts(env, o, n, d, nparts, groups, err));
+	trainer t = {.env = env, .o = o, .x = sample, .n = n, .d = d, .m = nparts};
 	t.imb = o->imbalance != 0 ? o->imbalance : ANN_PARTITION_DEFAULT_IMBALANCE;
-	ann_rng_seed(&t.rng, o->seed ^ 0x4e4c5348ull);
+	ann_rng_seed(&t.rng, env->seed ^ 0x4e4c5348ull);
 	nl *r = ann_calloc(1, sizeof *r);
 	uint32_t *knn = NULL;
 	int rc = ANN_OK;
 	if (!r)
 		return ann_err(err, ANN_E_NOMEM, "nlsh router: out of memory");
 	t.r = r;
-	r->kind = o->router;
+	r->kind = env->kind;
 	r->d = (uint32_t)d;
 	r->m = nparts;
 	if (groups >= 2)
 		r->G = groups;
-	else if (groups == 0 && o->router != ANN_ROUTER_SOFT && nparts >= ANN_NLSH_TWO_LEVEL_MIN)
+	else if (groups == 0 && env->kind != ANN_ROUTER_SOFT && nparts >= ANN_NLSH_TWO_LEVEL_MIN)
 		r->G = auto_groups(nparts);
 	r->m2 = r->G ? nparts / r->G : 0;
 	r->shift = ann_malloc(d * sizeof(float));
@@ -782,11 +784,11 @@ int ann_router_nlsh_train_shape(const ann_build_opts *o, const float *sample, si
 	ann_knn_opts ko;
 	ann_knn_opts_init(&ko);
 	ko.k = ANN_MIN((size_t)(o->knn_k ? o->knn_k : 10), n > 1 ? n - 1 : 1);
-	ko.metric = o->metric;
-	ko.threads = ANN_MAX(1, ANN_MIN(o->threads, 64));
-	ko.mem_bytes = ANN_MIN(ANN_KNN_DEFAULT_MEM, ANN_MAX(o->mem_bytes / 8, (size_t)4 << 20));
-	ko.progress = o->progress;
-	ko.progress_ctx = o->progress_ctx;
+	ko.metric = env->metric;
+	ko.threads = ANN_MAX(1, ANN_MIN(env->threads, 64));
+	ko.mem_bytes = ANN_MIN(ANN_KNN_DEFAULT_MEM, ANN_MAX(env->mem_bytes / 8, (size_t)4 << 20));
+	ko.progress = env->progress;
+	ko.progress_ctx = env->progress_ctx;
 	if (n > 1) {
 		knn = ann_malloc(n * ko.k * sizeof(uint32_t));
 		if (!knn) {
@@ -808,7 +810,7 @@ int ann_router_nlsh_train_shape(const ann_build_opts *o, const float *sample, si
 		}
 	}
 
-	if (o->router == ANN_ROUTER_SOFT) {
+	if (env->kind == ANN_ROUTER_SOFT) {
 		ANN_CHECK(rc, make_net(&t, nparts, false, &r->top, err));
 		nl_update_scratch(r);
 		ANN_CHECK(rc, soft_train(&t, err));
@@ -832,12 +834,12 @@ int ann_router_nlsh_train_shape(const ann_build_opts *o, const float *sample, si
 		t.prog_total = (uint64_t)n * o->nlsh_epochs * (r->G ? 2 : 1);
 		ANN_CHECK(rc, train_all(&t, o->nlsh_epochs, "nlsh", &loss, err));
 		ANN_CHECK(rc, record(&t, ANN_NLSH_PHASE_PARTITION, 0, 0, loss, -1, t0, err));
-		if (o->router == ANN_ROUTER_JOINT)
+		if (env->kind == ANN_ROUTER_JOINT)
 			ANN_CHECK(rc, joint_rounds(&t, err));
 	}
 	ann_graph_free(&t.g);
 	ann_free(t.labels);
-	return nl_wrap(r, o->metric, out, err);
+	return nl_wrap(r, env->metric, out, err);
 fail:
 	ann_free(knn);
 	ann_graph_free(&t.g);
@@ -846,8 +848,8 @@ fail:
 	return rc;
 }
 
-int ann_router_nlsh_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
-			  ann_router **out, ann_error *err)
+int ann_router_nlsh_train(const ann_router_env *env, const ann_nlsh_router_opts *o, const float *sample, size_t n,
+			  size_t d, uint32_t nparts, ann_router **out, ann_error *err)
 {
-	return ann_router_nlsh_train_shape(o, sample, n, d, nparts, 0, out, err);
+	return ann_router_nlsh_train_shape(env, o, sample, n, d, nparts, 0, out, err);
 }
