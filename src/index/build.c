@@ -54,6 +54,7 @@
 #include <unistd.h>
 
 #include "block.h"
+#include "build_defaults.h"
 #include "build_state.h"
 #include "cblock.h"
 #include "dist.h"
@@ -96,6 +97,9 @@ void ann_build_opts_init(ann_build_opts *o)
 	o->kmeans_iters = 20;
 	o->replicas = 1;
 	o->replica_eps = 0.1;
+	o->balance = -1;          /* auto (build_defaults.c) */
+	o->code_bits = ANN_AUTO;
+	o->router_bits = ANN_AUTO;
 	o->hnsw_m = 32;
 	o->hnsw_ef_construction = 200;
 	o->embed_dim = 64;
@@ -137,7 +141,8 @@ ann_block_encoding ann_encoding_block(ann_encoding e)
 }
 
 typedef struct build {
-	const ann_build_opts *o;
+	const ann_build_opts *o; /* resolved (resolve_options): no auto field left */
+	ann_build_opts opts;     /* ann_build: the caller's options, resolved; o points here */
 	const char *data_path;
 	char *tmpdir;
 	char *spill_path;
@@ -252,8 +257,14 @@ static int64_t read_chunk(build *b, void *raw, size_t chunk, uint64_t i, float *
 	return got;
 }
 
-static int resolve_options(build *b, ann_error *err)
+/* Checks the options and resolves what depends on the data: the encoding,
+ * then the auto fields (build_defaults.c) into *own, which b->o points to
+ * from then on, then the partition count, copies and sample size. */
+static int resolve_options(build *b, ann_build_opts *own, ann_error *err)
 {
+	if (own != b->o)
+		*own = *b->o;
+	b->o = own;
 	const ann_build_opts *o = b->o;
 	if (b->in_type != ANN_DTYPE_F32 && b->in_type != ANN_DTYPE_U8 && b->in_type != ANN_DTYPE_I8)
 		return ann_err(err, ANN_E_BADINPUT, "%s: holds integers ids, not vectors (expected float, u8 or i8 data)",
@@ -275,7 +286,14 @@ static int resolve_options(build *b, ann_error *err)
 	else
 		b->pay_type = ANN_DTYPE_F32;
 	b->pay_bytes = (size_t)b->d * ann_dtype_size(b->pay_type);
-	uint64_t parts = o->partitions ? o->partitions : ANN_MAX(1u, b->n / 1000);
+	if ((o->code_bits > 8 && o->code_bits != ANN_AUTO && o->code_bits != ANN_AUTO_BITS) || (o->router_bits > 8 && o->router_bits != ANN_AUTO))
+		return ann_err(err, ANN_E_INVAL, "code bits %u, router bits %u: each must be within 0..8 or auto",
+			       o->code_bits, o->router_bits);
+	if (o->router_bits == ANN_AUTO && (o->router != ANN_ROUTER_KMEANS || o->metric != ANN_METRIC_L2))
+		own->router_bits = 0;
+	uint64_t user_sample = o->sample; /* a sample the defaults choose shrinks to the budget */
+	ann_build_resolve_defaults(own, b->n, b->d, b->enc);
+	uint64_t parts = o->partitions;
 	if (parts > b->n || parts > (1u << 30))
 		return ann_err(err, ANN_E_INVAL, "%llu partitions for %llu vectors: at most one partition per vector",
 			       (unsigned long long)parts, (unsigned long long)b->n);
@@ -290,7 +308,7 @@ static int resolve_options(build *b, ann_error *err)
 	if (o->soar_lambda > 0 && o->router != ANN_ROUTER_KMEANS)
 		return ann_err(err, ANN_E_INVAL, "SOAR spilling needs the kmeans router (it ranks centroids), not %s",
 			       ann_router_name(o->router));
-	if (o->balance != 0 && !(o->balance >= 1.0))
+	if (o->balance != 0 && !(o->balance >= 1.0)) /* auto (< 0) is resolved above */
 		return ann_err(err, ANN_E_INVAL, "balance %g: the cap is balance * n / partitions, so it must be >= 1",
 			       o->balance);
 	if (o->zstd_level < 0 || o->zstd_level > 22)
@@ -308,7 +326,7 @@ static int resolve_options(build *b, ann_error *err)
 	want = ANN_MIN(want, b->n);
 	uint64_t fit = (o->mem_bytes / 2) / ((uint64_t)b->d * sizeof(float));
 	if (want > fit) {
-		if (o->sample)
+		if (user_sample)
 			return ann_err(err, ANN_E_BUDGET, "a sample of %llu vectors needs %llu bytes, more than half the "
 				       "budget (%zu bytes)", (unsigned long long)want,
 				       (unsigned long long)(want * b->d * sizeof(float)), o->mem_bytes);
@@ -1004,7 +1022,17 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	b.n = ann_vreader_count(b.in);
 	b.d = ann_vreader_dim(b.in);
 	b.in_type = ann_vreader_dtype(b.in);
-	ANN_CHECK(rc, resolve_options(&b, err));
+	ANN_CHECK(rc, resolve_options(&b, &b.opts, err));
+	{
+		const ann_build_opts *r = b.o;
+		char rb[48] = "", cb[48] = "format 1 blocks (zstd)";
+		if (r->router_bits)
+			snprintf(rb, sizeof rb, " (compact: %u-bit centroid codes)", r->router_bits);
+		if (r->code_bits)
+			snprintf(cb, sizeof cb, "codes blocks (rabitq, %u bit%s)", r->code_bits, r->code_bits == 1 ? "" : "s");
+		ann_router_log(r, "configuration: %u partitions, %s router%s, %s, balance %g", b.nparts,
+			       ann_router_name(r->router), rb, cb, r->balance);
+	}
 
 	/* The saved state: resumed when it matches data and options. */
 	ann_bstate_fp fp;
@@ -1198,7 +1226,13 @@ int ann_partbuild_open(const char *data_path, const char *index_dir, const ann_b
 	b->n = ann_vreader_count(b->in);
 	b->d = ann_vreader_dim(b->in);
 	b->in_type = ann_vreader_dtype(b->in);
-	ANN_CHECK(rc, resolve_options(b, err));
+	/* The router is given (router-from) or trained by the ranks as a graph
+	 * without a size cap. */
+	if (pb->o.router_bits == ANN_AUTO)
+		pb->o.router_bits = 0;
+	if (pb->o.balance < 0)
+		pb->o.balance = 0;
+	ANN_CHECK(rc, resolve_options(b, &pb->o, err));
 	pb->o.partitions = b->nparts;
 	pb->conv = ann_malloc((size_t)b->d * sizeof(float));
 	if (!pb->conv) {
