@@ -10,7 +10,7 @@
  *    blocks at the same partitions; 1-bit codes beat 2 bits at 784
  *    dimensions, 2 bits are needed at 128 (1 bit levels off at recall 0.82);
  *  - codes need rows well over their records: at 64 dimensions u8 the disk
- *    budget leaves codes 70 partitions (100k rows) and they read twice what
+ *    budget leaves codes 70 partitions (100k rows) and they read 1.8x what
  *    format 1 reads at 1000; below 64 dimensions their bound misses exact
  *    neighbours even when every partition is probed;
  *  - bytes per query fall as partitions get finer (Fashion-MNIST 256 -> 1400
@@ -95,7 +95,7 @@ void ann_build_resolve_defaults(ann_build_opts *o, uint64_t n, uint32_t d, ann_e
 	if (o->code_bits == ANN_AUTO || o->code_bits == ANN_AUTO_BITS) {
 		uint32_t bits = d >= WIDE_DIM ? 1 : 2;
 		/* Codes pay when a row is well over its code record: else the disk
-		 * budget leaves too few partitions (64 dims u8: 70 partitions, twice
+		 * budget leaves too few partitions (64 dims u8: 70 partitions, 1.8x
 		 * format 1's bytes at 1000), and below MIN_CODE_DIM dimensions the
 		 * codes' bound is too loose to find the exact top 10. */
 		bool pays = codes_ok && d >= MIN_CODE_DIM &&
