@@ -172,7 +172,8 @@ typedef struct ann_build_opts {
 	size_t mem_bytes;        /**< memory budget of the build; default 1 GiB */
 	int threads;             /**< worker threads; default 2 */
 	uint64_t seed;           /**< default 1 */
-	uint64_t sample;         /**< training sample size; default 0 = min(n, 256 * partitions, budget) */
+	uint64_t sample;         /**< training sample size; default 0 = min(n, 256 * partitions, budget), or
+	                              min(n, 64 * partitions, budget) when partitions is auto */
 	uint32_t kmeans_iters;   /**< Lloyd iterations; default 20 */
 	double balance;          /**< cap partition size at balance * n / partitions; 0 = no cap; default -1 =
 	                              auto: 1.3 for the kmeans router, else no cap */

@@ -19,7 +19,8 @@ static cli_opt build_opts[] = {
 	{"data", "FILE", "input vectors (fbin, u8bin, i8bin, fvecs, bvecs) (required)", NULL},
 	{"index", "DIR", "index directory to create; must not exist (required)", NULL},
 	{"router", "R", "kmeans (default), annann, nlsh, joint or soft", NULL},
-	{"partitions", "M", "number of partitions (default: auto, the most the RAM and disk budgets allow; docs/DESIGN.md \"Defaults\")", NULL},
+	{"partitions", "M", "number of partitions (default: auto, the most the RAM and disk budgets allow; "
+	 "docs/DESIGN.md \"Defaults\")", NULL},
 	{"store", "S", "file (default: blocks.dat read with io_uring) or lmdb", NULL},
 	{"encoding", "E", "auto (default: the input's type), f32, f16, u8, i8 or sq8", NULL},
 	{"metric", "M", "l2 (default), ip or cosine", NULL},
@@ -27,22 +28,26 @@ static cli_opt build_opts[] = {
 	{"shuffle", NULL, "byte-shuffle vectors before compression (default: for f32/f16 only)", NULL},
 	{"no-shuffle", NULL, "never shuffle before compression", NULL},
 	{"dict", NULL, "train a zstd dictionary on sample blocks", NULL},
-	{"codes", "KIND", "rabitq (compact codes in the blocks, exact rows re-ranked by page) or none (format 1 zstd blocks); default: rabitq for f32, u8 and i8 when it fits 1.5x raw", NULL},
-	{"code-bits", "B", "bits per dimension of the codes, 1..8 (implies --codes rabitq; default 1 from 512 dimensions on, else 2)", NULL},
+	{"codes", "KIND", "rabitq (compact codes in the blocks, exact rows re-ranked by page) or none (format 1 "
+	 "zstd blocks); default: rabitq for f32, u8 and i8 rows worth their code (docs/DESIGN.md \"Defaults\")", NULL},
+	{"code-bits", "B", "bits per dimension of the codes, 1..8 (implies --codes rabitq; default 1 from 512 "
+	 "dimensions on, else 2)", NULL},
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
 	{"seed", "S", "random seed (default 1)", NULL},
 	{"sample", "N", "training sample size (default min(n, 256 * partitions), or min(n, 64 * partitions) when "
 	 "--partitions is auto; within half of --mem)", NULL},
 	{"iters", "N", "k-means iterations (default 20)", NULL},
-	{"balance", "X", "cap partitions at X * n / partitions vectors (X >= 1, 0 = no cap; default 1.3 for kmeans, else no cap)", NULL},
+	{"balance", "X", "cap partitions at X * n / partitions vectors (X >= 1, 0 = no cap; default 1.3 for kmeans, "
+	 "else no cap)", NULL},
 	{"replicas", "R", "store a vector in up to R partitions (SPANN closure; default 1)", NULL},
 	{"replica-eps", "E", "extra copies go where the centroid is within (1+E) of the nearest (default 0.1)",
 	 NULL},
 	{"soar", "LAMBDA", "kmeans: pick extra copies' partitions by SOAR's loss with this lambda (0 = nearest; "
 	 "default 0)", NULL},
 	{"router-bits", "B", "kmeans, l2: keep the centroids as B-bit RaBitQ codes (1..8) scanned flat, no graph: "
-	 "fewer router bytes per partition; 0 = uint8/float centroids in an HNSW graph (default: auto, the compact router when it allows twice the partitions)", NULL},
+	 "fewer router bytes per partition; 0 = uint8/float centroids in an HNSW graph (default: auto, the compact "
+	 "router when it allows twice the partitions)", NULL},
 	{"hnsw-m", "M", "degree of the centroid graph (default 32; 2x at level 0)", NULL},
 	{"hnsw-ef", "EF", "ef_construction of the centroid graph (default 200)", NULL},
 	{"clusters", "K", "annann router: clusters (same as --partitions)", NULL},

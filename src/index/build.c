@@ -286,7 +286,8 @@ static int resolve_options(build *b, ann_build_opts *own, ann_error *err)
 	else
 		b->pay_type = ANN_DTYPE_F32;
 	b->pay_bytes = (size_t)b->d * ann_dtype_size(b->pay_type);
-	if ((o->code_bits > 8 && o->code_bits != ANN_AUTO && o->code_bits != ANN_AUTO_BITS) || (o->router_bits > 8 && o->router_bits != ANN_AUTO))
+	if ((o->code_bits > 8 && o->code_bits != ANN_AUTO && o->code_bits != ANN_AUTO_BITS) ||
+	    (o->router_bits > 8 && o->router_bits != ANN_AUTO))
 		return ann_err(err, ANN_E_INVAL, "code bits %u, router bits %u: each must be within 0..8 or auto",
 			       o->code_bits, o->router_bits);
 	if (o->router_bits == ANN_AUTO && (o->router != ANN_ROUTER_KMEANS || o->metric != ANN_METRIC_L2))
