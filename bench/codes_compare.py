@@ -64,9 +64,12 @@ def main():
 	variants = []
 	for p in a.parts.split(','):
 		if not a.no_old:
-			variants.append(('old-p%s' % p, ['--partitions', p], [None]))
+			# --codes none and --balance 0: format 1 without a size cap, as measured (the
+			# build's defaults would write codes with balance 1.3; docs/DESIGN.md "Defaults")
+			variants.append(('old-p%s' % p, ['--partitions', p, '--codes', 'none', '--balance', '0'], [None]))
 		for b in a.bits.split(','):
-			variants.append(('codes%s-p%s' % (b, p), ['--partitions', p, '--codes', 'rabitq', '--code-bits', b],
+			variants.append(('codes%s-p%s' % (b, p), ['--partitions', p, '--balance', '0', '--codes', 'rabitq',
+								  '--code-bits', b],
 					 [(int(r), float(e), int(ph)) for r in a.reranks.split(',') for e in a.eps.split(',')
 					  for ph in a.phases.split(',')]))
 	summary = []

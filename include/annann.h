@@ -146,20 +146,29 @@ typedef enum ann_encoding {
 	ANN_ENC_SQ8 = 4,
 } ann_encoding;
 
-/** Build options; ann_build_opts_init() sets the defaults named below. */
+/** "Let the build choose" for ann_build_opts.code_bits and router_bits
+ * (ann_build_opts_init's default; docs/DESIGN.md "Defaults"). */
+#define ANN_AUTO 0xffffffffu
+/** ann_build_opts.code_bits: codes blocks for certain, the build chooses the
+ * bits (what `--codes rabitq` without `--code-bits` asks for). */
+#define ANN_AUTO_BITS 0xfffffffeu
+
 /** Parameters of the k-means router (ann_build_opts.kmeans): k-means on the sample, the
  * centroids in an HNSW graph or, with router_bits, as RaBitQ codes. */
 typedef struct ann_kmeans_router_opts {
 	uint32_t kmeans_iters;   /**< Lloyd iterations; default 20 */
-	double balance;          /**< cap partition size at balance * n / partitions; 0 = no cap (default) */
+	double balance;          /**< cap partition size at balance * n / partitions; 0 = no cap; default -1 =
+	                              auto: 1.3 (docs/DESIGN.md "Defaults") */
 	double soar_lambda;      /**< k-means router: 0 (default) picks the extra copies' partitions by distance;
 	                              > 0 by SOAR's orthogonality-amplified residual loss with this lambda */
 	uint32_t hnsw_m;         /**< HNSW degree over centroids; default 32 (measured: docs/DESIGN.md) */
 	uint32_t hnsw_ef_construction; /**< default 200 */
-	uint32_t router_bits;    /**< kmeans router, metric l2: 0 = the centroids in an HNSW graph (default);
+	uint32_t router_bits;    /**< metric l2: 0 = the centroids in an HNSW graph;
 	                              1..8 = the compact router: centroids as RaBitQ codes of this many bits per
 	                              dimension, routed by a flat scan of the codes (docs/DESIGN.md "The compact
-	                              centroid router") */
+	                              centroid router"); default ANN_AUTO: the compact router (1 bit from 512
+	                              dimensions on, else 4) when partitions is auto and it allows at least
+	                              twice the graph's partitions within the budgets, else the graph */
 } ann_kmeans_router_opts;
 
 /** Parameters of the annann router (ann_build_opts.annann): an autoencoder, k-means in its
@@ -192,9 +201,16 @@ typedef struct ann_nlsh_router_opts {
 	double joint_lambda;     /**< weight of the neighbour-share term; default 1 */
 } ann_nlsh_router_opts;
 
+/** Build options; ann_build_opts_init() sets the defaults named below. The
+ * fields marked auto are chosen by the build for the data's size, dimension
+ * and encoding unless the caller sets them (docs/DESIGN.md "Defaults": codes
+ * blocks, as many partitions as 3.5 B/vector of router RAM and 1.49x raw on
+ * disk allow, the compact router when it allows twice the partitions). */
 typedef struct ann_build_opts {
 	ann_router_kind router;  /**< default KMEANS */
-	uint32_t partitions;     /**< number of partitions (clusters); default 0 = n / 1000 */
+	uint32_t partitions;     /**< number of partitions (clusters); default 0 = auto: kmeans router, the
+	                              largest count the RAM and disk budgets allow (at most n / 32); other
+	                              routers n / 1000 */
 	ann_store_kind store;    /**< default FILE */
 	ann_encoding encoding;   /**< default AUTO */
 	ann_metric metric;       /**< default L2 */
@@ -204,7 +220,8 @@ typedef struct ann_build_opts {
 	size_t mem_bytes;        /**< memory budget of the build; default 1 GiB */
 	int threads;             /**< worker threads; default 2 */
 	uint64_t seed;           /**< default 1 */
-	uint64_t sample;         /**< training sample size; default 0 = min(n, 256 * partitions, budget) */
+	uint64_t sample;         /**< training sample size; default 0 = min(n, 256 * partitions, budget), or
+	                              min(n, 64 * partitions, budget) when partitions is auto */
 	uint32_t replicas;       /**< R: copies per vector (SPANN closure); default 1 = none */
 	double replica_eps;      /**< extra copies go to partitions within (1 + eps) of the nearest; default 0.1 */
 	/* Each router kind's own parameters: a trainer sees only its kind's (docs/DESIGN.md "Shape") */
@@ -213,7 +230,10 @@ typedef struct ann_build_opts {
 	ann_nlsh_router_opts nlsh;     /**< ANN_ROUTER_NLSH, JOINT and SOFT */
 	/* Codes (issue 12; docs/DESIGN.md "Codes and re-ranking") */
 	uint32_t code_bits;      /**< RaBitQ bits per dimension 1..8 in codes blocks (f32, u8, i8 encodings);
-	                              default 0 = format 1 blocks without codes */
+	                              0 = format 1 blocks without codes; default ANN_AUTO: 1 bit from 512
+	                              dimensions on, else 2, when the encoding takes codes (f32, u8, i8) and
+	                              the blocks fit 1.49x raw with one partition; otherwise 0. ANN_AUTO_BITS:
+	                              codes whatever the disk, bits as for ANN_AUTO */
 	ann_progress_fn progress; /**< NULL: silent */
 	void *progress_ctx;
 	ann_log_fn log;           /**< training history lines; NULL: none */
@@ -285,6 +305,7 @@ typedef struct ann_index_info {
 	uint32_t code_bits;        /**< codes blocks: RaBitQ bits per dimension; 0 = format 1 blocks */
 	uint64_t head_bytes;       /**< codes blocks: sum of the heads (what reading every partition's round 1 costs, unpadded) */
 	uint32_t router_bits;      /**< k-means: bits per dimension of the compact router's centroid codes; 0 = the graph */
+	uint32_t default_nprobe;   /**< the nprobe a search gets when ann_search_opts.nprobe is 0 (docs/DESIGN.md "Defaults") */
 } ann_index_info;
 
 ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);
@@ -309,7 +330,9 @@ ANN_API uint64_t ann_index_partition_size(const ann_index *idx, uint32_t p);
 /** Search options. */
 typedef struct ann_search_opts {
 	uint32_t k;            /**< neighbours per query; default 10 */
-	uint32_t nprobe;       /**< partitions read per query (C for annann); default 16 */
+	uint32_t nprobe;       /**< partitions read per query (C for annann); default 0 = the index's default:
+	                            1 partition in 40, at least 16 (ann_index_info.default_nprobe; docs/DESIGN.md
+	                            "Defaults") */
 	uint32_t candidates_factor; /**< annann: HNSW returns factor * C clusters; default 10 */
 	uint32_t hnsw_ef;      /**< ef of the centroid graph search; default 0 = max(the build's calibrated ef, 2 * nprobe), 128 for indexes built before calibration (k-means router; docs/DESIGN.md) */
 	size_t cache_bytes;    /**< decoded-block cache; default 0 = read every block from storage */

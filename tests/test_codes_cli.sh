@@ -19,10 +19,18 @@ expect 0 "$A" gen --n 4000 --dim 32 --seed 3 --queries 40 --out "$dir/b.u8bin" -
 expect 0 "$A" gt --base "$dir/b.u8bin" --queries "$dir/q.u8bin" --k 10 --out "$dir/gt.bin" --quiet
 expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes pq
 expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes rabitq --code-bits 9
-expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --code-bits 2
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes none --code-bits 2
 expect 1 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes rabitq --encoding f16 --quiet
 grep -q "codes need encoding f32, u8 or i8" "$dir/err" || fail "f16 codes message: $(cat "$dir/err")"
-expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/e" --partitions 8 --quiet
+expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/e" --partitions 8 --codes none --quiet
+expect 0 "$A" info --index "$dir/e" --json
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["code_bits"] == 0, j' "$dir/out" ||
+	fail "--codes none wrote codes"
+# --code-bits alone implies --codes rabitq
+expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/cb" --partitions 8 --code-bits 3 --quiet
+expect 0 "$A" info --index "$dir/cb" --json
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["code_bits"] == 3, j' "$dir/out" ||
+	fail "--code-bits 3 without --codes"
 for st in file lmdb; do
 	expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/c_$st" --partitions 8 --store $st --codes rabitq \
 		--code-bits 2 --quiet

@@ -653,8 +653,6 @@ int cli_search_distributed(cli_cmd *c)
 	}
 	double reps = 0;
 	cli_double(c, "rerank-eps", 0, 0, 100, &reps);
-	if (nprobes == 0)
-		probes[nprobes++] = 16;
 	ann_error err = {0};
 	ann_dist_desc dd;
 	int rc = ann_dist_desc_read(dir, &dd, &err);
@@ -781,6 +779,8 @@ int cli_search_distributed(cli_cmd *c)
 	if ((failed = agree(rc)) >= 0)
 		goto out;
 	bcast_bytes(q, nq * dim * sizeof(float));
+	if (nprobes == 0) /* the index's default, from the router's partitions: the same on every rank */
+		probes[nprobes++] = info.default_nprobe;
 	bool json = cli_flag(c, "json");
 	if (g_rank == 0 && !json)
 		cli_search_header(gt != NULL, info.code_bits != 0);

@@ -19,7 +19,8 @@ static cli_opt build_opts[] = {
 	{"data", "FILE", "input vectors (fbin, u8bin, i8bin, fvecs, bvecs) (required)", NULL},
 	{"index", "DIR", "index directory to create; must not exist (required)", NULL},
 	{"router", "R", "kmeans (default), annann, nlsh, joint or soft", NULL},
-	{"partitions", "M", "number of partitions (default n/1000)", NULL},
+	{"partitions", "M", "number of partitions (default: auto, the most the RAM and disk budgets allow; "
+	 "docs/DESIGN.md \"Defaults\")", NULL},
 	{"store", "S", "file (default: blocks.dat read with io_uring) or lmdb", NULL},
 	{"encoding", "E", "auto (default: the input's type), f32, f16, u8, i8 or sq8", NULL},
 	{"metric", "M", "l2 (default), ip or cosine", NULL},
@@ -27,21 +28,26 @@ static cli_opt build_opts[] = {
 	{"shuffle", NULL, "byte-shuffle vectors before compression (default: for f32/f16 only)", NULL},
 	{"no-shuffle", NULL, "never shuffle before compression", NULL},
 	{"dict", NULL, "train a zstd dictionary on sample blocks", NULL},
-	{"codes", "KIND", "none (default) or rabitq: compact codes in the blocks, exact rows re-ranked by page", NULL},
-	{"code-bits", "B", "bits per dimension of the codes, 1..8 (default 1 with --codes rabitq)", NULL},
+	{"codes", "KIND", "rabitq (compact codes in the blocks, exact rows re-ranked by page) or none (format 1 "
+	 "zstd blocks); default: rabitq for f32, u8 and i8 rows worth their code (docs/DESIGN.md \"Defaults\")", NULL},
+	{"code-bits", "B", "bits per dimension of the codes, 1..8 (implies --codes rabitq; default 1 from 512 "
+	 "dimensions on, else 2)", NULL},
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
 	{"seed", "S", "random seed (default 1)", NULL},
-	{"sample", "N", "training sample size (default min(n, 256 * partitions), within half of --mem)", NULL},
+	{"sample", "N", "training sample size (default min(n, 256 * partitions), or min(n, 64 * partitions) when "
+	 "--partitions is auto; within half of --mem)", NULL},
 	{"iters", "N", "k-means iterations (default 20)", NULL},
-	{"balance", "X", "cap partitions at X * n / partitions vectors (X >= 1; default no cap)", NULL},
+	{"balance", "X", "cap partitions at X * n / partitions vectors (X >= 1, 0 = no cap; default 1.3 for kmeans, "
+	 "else no cap)", NULL},
 	{"replicas", "R", "store a vector in up to R partitions (SPANN closure; default 1)", NULL},
 	{"replica-eps", "E", "extra copies go where the centroid is within (1+E) of the nearest (default 0.1)",
 	 NULL},
 	{"soar", "LAMBDA", "kmeans: pick extra copies' partitions by SOAR's loss with this lambda (0 = nearest; "
 	 "default 0)", NULL},
 	{"router-bits", "B", "kmeans, l2: keep the centroids as B-bit RaBitQ codes (1..8) scanned flat, no graph: "
-	 "fewer router bytes per partition (default 0: uint8/float centroids in an HNSW graph)", NULL},
+	 "fewer router bytes per partition; 0 = uint8/float centroids in an HNSW graph (default: auto, the compact "
+	 "router when it allows twice the partitions)", NULL},
 	{"hnsw-m", "M", "degree of the centroid graph (default 32; 2x at level 0)", NULL},
 	{"hnsw-ef", "EF", "ef_construction of the centroid graph (default 200)", NULL},
 	{"clusters", "K", "annann router: clusters (same as --partitions)", NULL},
@@ -132,7 +138,7 @@ static int run_build(cli_cmd *c)
 	    !cli_u64(c, "sample", 0, 0, UINT64_MAX, &sample) || !cli_u64(c, "iters", o.kmeans.kmeans_iters, 1, 1000, &iters) ||
 	    !cli_u64(c, "replicas", o.replicas, 1, 8, &replicas) || !cli_u64(c, "hnsw-m", o.kmeans.hnsw_m, 2, 1024, &hm) ||
 	    !cli_u64(c, "hnsw-ef", o.kmeans.hnsw_ef_construction, 1, 100000, &hef) ||
-	    !cli_double(c, "balance", o.kmeans.balance, 0, 1e9, &balance) || !cli_double(c, "replica-eps", o.replica_eps, 0, 1e9, &eps) ||
+	    !cli_double(c, "balance", 0, 0, 1e9, &balance) || !cli_double(c, "replica-eps", o.replica_eps, 0, 1e9, &eps) ||
 	    !cli_double(c, "soar", o.kmeans.soar_lambda, 0, 1e9, &soar))
 		return CLI_EXIT_USAGE;
 	if (parse_router(c, cli_get(c, "router"), &o.router) || parse_encoding(c, cli_get(c, "encoding"), &o.encoding) ||
@@ -158,7 +164,8 @@ static int run_build(cli_cmd *c)
 	/* --iters, --balance, --hnsw-m and --hnsw-ef set the k-means settings of
 	 * both routers that run k-means and an HNSW graph (kmeans, annann) */
 	o.kmeans.kmeans_iters = o.annann.kmeans_iters = (uint32_t)iters;
-	o.kmeans.balance = o.annann.balance = balance;
+	if (cli_get(c, "balance")) /* else the defaults: auto (kmeans), no cap (annann) */
+		o.kmeans.balance = o.annann.balance = balance;
 	o.kmeans.soar_lambda = soar;
 	o.kmeans.hnsw_m = o.annann.hnsw_m = (uint32_t)hm;
 	o.kmeans.hnsw_ef_construction = o.annann.hnsw_ef_construction = (uint32_t)hef;
@@ -168,13 +175,20 @@ static int run_build(cli_cmd *c)
 		return CLI_EXIT_USAGE;
 	if (codes && strcmp(codes, "rabitq") != 0 && strcmp(codes, "none") != 0)
 		return cli_usage_error(c, "--codes: '%s' is not one of none, rabitq", codes);
-	if (cli_get(c, "code-bits") && !(codes && strcmp(codes, "rabitq") == 0))
-		return cli_usage_error(c, "--code-bits needs --codes rabitq");
-	o.code_bits = codes && strcmp(codes, "rabitq") == 0 ? (uint32_t)cbits : 0;
+	bool none = codes && strcmp(codes, "none") == 0;
+	if (cli_get(c, "code-bits") && none)
+		return cli_usage_error(c, "--code-bits sets the bits of --codes rabitq, not of --codes none");
+	if (none)
+		o.code_bits = 0;
+	else if (cli_get(c, "code-bits"))
+		o.code_bits = (uint32_t)cbits;
+	else if (codes) /* rabitq: the bits are left to the build */
+		o.code_bits = ANN_AUTO_BITS;
 	uint64_t rbits;
 	if (!cli_u64(c, "router-bits", 0, 0, 8, &rbits))
 		return CLI_EXIT_USAGE;
-	o.kmeans.router_bits = (uint32_t)rbits;
+	if (cli_get(c, "router-bits"))
+		o.kmeans.router_bits = (uint32_t)rbits;
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
 	double alpha, rw, imb, lambda, aug;
@@ -311,8 +325,8 @@ static int run_info(cli_cmd *c)
 		       ann_encoding_name(in.encoding), ann_metric_name(in.metric));
 		printf("stored         %" PRIu64 " (replication %.3fx)\n", in.stored_vectors, amp);
 		printf("live           %" PRIu64 " (built + inserted - deleted)\n", in.live_vectors);
-		printf("partitions     %u (sizes %" PRIu64 "..%" PRIu64 ")\n", in.partitions, in.smallest_partition,
-		       in.largest_partition);
+		printf("partitions     %u (sizes %" PRIu64 "..%" PRIu64 "; default nprobe %u)\n", in.partitions,
+		       in.smallest_partition, in.largest_partition, in.default_nprobe);
 		printf("router         %s, %.2f MiB in RAM (%.2f bytes per vector)\n", ann_router_name(in.router),
 		       (double)in.router_ram_bytes / 1048576.0,
 		       in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0.0);
@@ -324,6 +338,9 @@ static int run_info(cli_cmd *c)
 			printf("codes          rabitq, %u bit%s per dimension; heads %.1f MiB (%.1f bytes per vector)\n",
 			       in.code_bits, in.code_bits == 1 ? "" : "s", (double)in.head_bytes / 1048576.0,
 			       in.stored_vectors ? (double)in.head_bytes / (double)in.stored_vectors : 0.0);
+		if (!in.code_bits)
+			printf("blocks         format 1 (zstd)%s\n", in.encoding == ANN_ENC_F16 || in.encoding == ANN_ENC_SQ8 ?
+			       ": codes take f32, u8 or i8 rows" : "");
 		printf("store          %s\n", in.store == ANN_STORE_LMDB ? "lmdb" : "file");
 		printf("on disk        %.1f MiB (blocks %.1f MiB; raw vectors %.1f MiB; ratio %.3f)\n",
 		       (double)in.bytes_on_disk / 1048576.0, (double)in.block_bytes / 1048576.0,
@@ -443,7 +460,8 @@ static cli_opt search_opts[] = {
 	{"queries", "FILE", "query vectors (required)", NULL},
 	{"gt", "FILE", "ground truth (big-ann layout or ivecs) for recall", NULL},
 	{"k", "K", "neighbours per query (default 10)", NULL},
-	{"nprobe", "P[,P...]", "partitions read per query; a list runs a sweep (default 16)", NULL},
+	{"nprobe", "P[,P...]", "partitions read per query; a list runs a sweep (default: the index's, 1 partition in "
+	 "40, at least 16; annann info shows it)", NULL},
 	{"C", "C[,C...]", "annann router: clusters scanned (same as --nprobe)", NULL},
 	{"candidates-factor", "F", "annann router: HNSW returns F * C clusters (default 10)", NULL},
 	{"ef", "EF", "ef of the centroid-graph search (k-means default: max(the build's calibrated ef, 2 * nprobe))", NULL},
@@ -696,8 +714,6 @@ static int run_search(cli_cmd *c)
 	const char *pe = cli_get(c, "probe-eps");
 	if ((!pe || strcmp(pe, "inf") != 0) && !cli_double(c, "probe-eps", 0, 0, 1e9, &peps))
 		return CLI_EXIT_USAGE;
-	if (nprobes == 0)
-		probes[nprobes++] = 16;
 	ann_error err = {0};
 	ann_index *idx = NULL;
 	ann_vector_reader *qr = NULL;
@@ -715,6 +731,8 @@ static int run_search(cli_cmd *c)
 	ann_index_info info;
 	if (ann_index_get_info(idx, &info, &err) < 0)
 		goto fail;
+	if (nprobes == 0) /* the index's default: docs/DESIGN.md "Defaults" */
+		probes[nprobes++] = info.default_nprobe;
 	uint64_t qn;
 	uint32_t qdim;
 	ann_dtype qt;

@@ -3,24 +3,25 @@
 # tools/demo.sh ANNANN_BINARY: the main job. Generates a data set in the
 # realistic profile (`gen --profile real`: SIFT-like descriptors that barely
 # compress, queries from a shifted distribution), computes exact ground
-# truth, builds a disk index with the k-means router and codes blocks (2-bit
-# RaBitQ codes read first, exact rows re-ranked by page) under a memory
+# truth, builds a disk index with the build's defaults (docs/DESIGN.md
+# "Defaults": for this 128-d u8 set 2-bit RaBitQ codes read first, exact rows
+# re-ranked by page, k-means router, about N/256 partitions) under a memory
 # budget, and searches it from cold storage (O_DIRECT, no cache) over an
-# nprobe sweep, printing recall@10 against bytes read and latency.
+# nprobe sweep, printing recall@10 against bytes read and latency, so the
+# table shows what the defaults cost.
 # Environment: DEMO_N (base vectors, default 1000000), DEMO_DIR (default
-# data/demo), DEMO_PARTS (default DEMO_N/244, the setting measured in
-# docs/BENCHMARKS.md "Codes on the realistic 1M set"), DEMO_MEM (default 1G).
+# data/demo), DEMO_PARTS (default: the build's), DEMO_MEM (default 1G).
 set -euo pipefail
 ANN=${1:-build/tools/annann}
 N=${DEMO_N:-1000000}
 DIR=${DEMO_DIR:-data/demo}
-PARTS=${DEMO_PARTS:-$(( N / 244 > 1 ? N / 244 : 1 ))}
+PARTS=${DEMO_PARTS:-}
 MEM=${DEMO_MEM:-1G}
 mkdir -p "$DIR"
 base="$DIR/real-base-$N.u8bin"
 query="$DIR/real-query-$N.u8bin"
 gt="$DIR/real-gt100-$N.bin"
-index="$DIR/real-index-$N-$PARTS"
+index="$DIR/real-index-$N${PARTS:+-$PARTS}"
 
 if [ ! -f "$base" ] || [ ! -f "$query" ]; then
 	echo "== generating $N realistic SIFT-like vectors (128-d, u8) and 1000 shifted queries"
@@ -31,13 +32,13 @@ if [ ! -f "$gt" ]; then
 	"$ANN" gt --base "$base" --queries "$query" --k 100 --out "$gt"
 fi
 rm -rf "$index"
-echo "== building the index: $PARTS partitions, k-means router, 2-bit codes blocks, memory budget $MEM"
-"$ANN" build --data "$base" --index "$index" --partitions "$PARTS" --balance 1.3 --mem "$MEM" \
-	--codes rabitq --code-bits 2
+echo "== building the index with the defaults (the first line says what they chose), memory budget $MEM"
+"$ANN" build --data "$base" --index "$index" --mem "$MEM" ${PARTS:+--partitions "$PARTS"}
 "$ANN" info --index "$index"
-echo "== searching from disk (O_DIRECT, no cache), one query at a time"
+echo "== searching from disk (O_DIRECT, no cache), one query at a time; the default nprobe first"
+"$ANN" search --index "$index" --queries "$query" --gt "$gt" --k 10 --batch 1
 "$ANN" search --index "$index" --queries "$query" --gt "$gt" --k 10 --batch 1 \
-	--nprobe 4,8,16,32,64,96,128
+	--nprobe 8,16,32,64,96,128
 
 # The same sweep drawn by the Python explorer when the package (built by
 # meson into BUILD/python) and matplotlib are present. DEMO_PEERS: JSON

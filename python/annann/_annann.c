@@ -645,6 +645,8 @@ static int apply_opt(ann_build_opts *o, const char *key, PyObject *v)
 	U32("nlsh_epochs", nlsh.nlsh_epochs)
 	U32("joint_rounds", nlsh.joint_rounds)
 	DBL("balance", kmeans.balance = o->annann.balance)
+	U32("code_bits", code_bits)            /* 0: format 1 blocks; absent: auto (ann_build_opts_init) */
+	U32("router_bits", kmeans.router_bits) /* 0: the centroid graph; absent: auto */
 	DBL("replica_eps", replica_eps)
 	DBL("soar_lambda", kmeans.soar_lambda)
 	DBL("dec_alpha", annann.dec_alpha)
@@ -1644,7 +1646,8 @@ static PyObject *Index_get_path(IndexObject *x, void *closure)
 static PyMethodDef Index_methods[] = {
 	{"search", (PyCFunction)(void (*)(void))Index_search, METH_VARARGS | METH_KEYWORDS,
 	 "search(queries, k=10, *, nprobe=None, ef=None, candidates_factor=None, threads=None, batch=None)\n"
-	 "-> (ids int64, distances float32), each (n, k), or (k,) for one 1-D query."},
+	 "-> (ids int64, distances float32), each (n, k), or (k,) for one 1-D query. nprobe None: the\n"
+	 "index's default_nprobe (info(); 1 partition in 40, at least 16)."},
 	{"insert", (PyCFunction)(void (*)(void))Index_insert, METH_VARARGS | METH_KEYWORDS,
 	 "insert(vectors, *, ids=None, upsert=False) -> ids (int64)"},
 	{"delete", (PyCFunction)Index_delete, METH_VARARGS, "delete(ids) -> number deleted"},

@@ -405,3 +405,24 @@ def test_every_build_option_is_accepted(tmp_path, data):
         with pytest.raises(annann.Error) as e:
             annann.build(tmp_path / "x", base[:500], partitions=4, mem="1M", **{key: value})
         assert "unknown option" not in str(e.value) and e.value.status == "BUDGET", (key, e.value)
+
+
+def test_build_defaults_follow_the_library(tmp_path):
+    """With no options the binding builds what `annann build` builds
+    (docs/DESIGN.md "Defaults"): codes blocks at 128 dimensions, more
+    partitions than the old n/1000, search nprobe the index's default;
+    code_bits=0 and router_bits are honoured."""
+    rng = np.random.default_rng(7)
+    centers = rng.uniform(20, 230, (40, 128))
+    x = np.clip(np.rint(centers[rng.integers(0, 40, 20000)] + rng.normal(0, 12, (20000, 128))), 0, 255)
+    x = x.astype(np.uint8)
+    with annann.build(tmp_path / "d", x, mem="256M") as idx:
+        info = idx.info()
+        assert info["code_bits"] == 2 and info["router_bits"] == 0, info
+        assert info["partitions"] > 2 * (20000 // 1000), info
+        assert info["bytes_on_disk"] <= 1.5 * info["raw_bytes"], info
+        idx.search(x[:5], k=10)
+        assert np.all(idx.last_stats["partitions"] == min(info["default_nprobe"], info["partitions"]))
+    with annann.build(tmp_path / "f", x, mem="256M", code_bits=0, router_bits=0) as idx:
+        info = idx.info()
+        assert info["code_bits"] == 0 and info["router_bits"] == 0, info

@@ -49,6 +49,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "build_defaults.h"
 #include "build_int.h"
 #include "index_meta.h"
 
@@ -65,6 +66,9 @@ void ann_build_opts_init(ann_build_opts *o)
 	o->threads = 2;
 	o->seed = 1;
 	o->kmeans.kmeans_iters = 20;
+	o->kmeans.balance = -1;          /* auto (build_defaults.c) */
+	o->kmeans.router_bits = ANN_AUTO;
+	o->code_bits = ANN_AUTO;
 	o->replicas = 1;
 	o->replica_eps = 0.1;
 	o->kmeans.hnsw_m = 32;
@@ -149,8 +153,14 @@ int build_progress(const build *b, const char *phase, uint64_t done, uint64_t to
 	return build_check_cancel(b, phase, done, total, err);
 }
 
-int build_resolve_options(build *b, ann_error *err)
+/* Checks the options and resolves what depends on the data: the encoding,
+ * then the auto fields (build_defaults.c) into *own, which b->o points to
+ * from then on, then the partition count, copies and sample size. */
+int build_resolve_options(build *b, ann_build_opts *own, ann_error *err)
 {
+	if (own != b->o)
+		*own = *b->o;
+	b->o = own;
 	const ann_build_opts *o = b->o;
 	if (b->in_type != ANN_DTYPE_F32 && b->in_type != ANN_DTYPE_U8 && b->in_type != ANN_DTYPE_I8)
 		return ann_err(err, ANN_E_BADINPUT, "%s: holds integers ids, not vectors (expected float, u8 or i8 data)",
@@ -172,7 +182,15 @@ int build_resolve_options(build *b, ann_error *err)
 	else
 		b->pay_type = ANN_DTYPE_F32;
 	b->pay_bytes = (size_t)b->d * ann_dtype_size(b->pay_type);
-	uint64_t parts = o->partitions ? o->partitions : ANN_MAX(1u, b->n / 1000);
+	if ((o->code_bits > 8 && o->code_bits != ANN_AUTO && o->code_bits != ANN_AUTO_BITS) ||
+	    (o->kmeans.router_bits > 8 && o->kmeans.router_bits != ANN_AUTO))
+		return ann_err(err, ANN_E_INVAL, "code bits %u, router bits %u: each must be within 0..8 or auto",
+			       o->code_bits, o->kmeans.router_bits);
+	if (o->kmeans.router_bits == ANN_AUTO && (o->router != ANN_ROUTER_KMEANS || o->metric != ANN_METRIC_L2))
+		own->kmeans.router_bits = 0;
+	uint64_t user_sample = o->sample; /* a sample the defaults choose shrinks to the budget */
+	ann_build_resolve_defaults(own, b->n, b->d, b->enc);
+	uint64_t parts = o->partitions;
 	if (parts > b->n || parts > (1u << 30))
 		return ann_err(err, ANN_E_INVAL, "%llu partitions for %llu vectors: at most one partition per vector",
 			       (unsigned long long)parts, (unsigned long long)b->n);
@@ -188,7 +206,7 @@ int build_resolve_options(build *b, ann_error *err)
 	if (o->kmeans.soar_lambda > 0 && o->router != ANN_ROUTER_KMEANS)
 		return ann_err(err, ANN_E_INVAL, "SOAR spilling needs the kmeans router (it ranks centroids), not %s",
 			       ann_router_name(o->router));
-	if (build_balance(o) != 0 && !(build_balance(o) >= 1.0))
+	if (build_balance(o) != 0 && !(build_balance(o) >= 1.0)) /* auto (< 0) is resolved above */
 		return ann_err(err, ANN_E_INVAL, "balance %g: the cap is balance * n / partitions, so it must be >= 1",
 			       build_balance(o));
 	if (o->zstd_level < 0 || o->zstd_level > 22)
@@ -207,7 +225,7 @@ int build_resolve_options(build *b, ann_error *err)
 	want = ANN_MIN(want, b->n);
 	uint64_t fit = (o->mem_bytes / 2) / ((uint64_t)b->d * sizeof(float));
 	if (want > fit) {
-		if (o->sample)
+		if (user_sample)
 			return ann_err(err, ANN_E_BUDGET, "a sample of %llu vectors needs %llu bytes, more than half the "
 				       "budget (%zu bytes)", (unsigned long long)want,
 				       (unsigned long long)(want * b->d * sizeof(float)), o->mem_bytes);
@@ -397,7 +415,19 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	b.n = ann_vreader_count(b.in);
 	b.d = ann_vreader_dim(b.in);
 	b.in_type = ann_vreader_dtype(b.in);
-	ANN_CHECK(rc, build_resolve_options(&b, err));
+	ANN_CHECK(rc, build_resolve_options(&b, &b.opts, err));
+	{
+		const ann_build_opts *r = b.o;
+		ann_router_env env; /* the build's log */
+		ann_router_env_from(r, &env);
+		char rb[48] = "", cb[48] = "format 1 blocks (zstd)";
+		if (r->router == ANN_ROUTER_KMEANS && r->kmeans.router_bits)
+			snprintf(rb, sizeof rb, " (compact: %u-bit centroid codes)", r->kmeans.router_bits);
+		if (r->code_bits)
+			snprintf(cb, sizeof cb, "codes blocks (rabitq, %u bit%s)", r->code_bits, r->code_bits == 1 ? "" : "s");
+		ann_router_log(&env, "configuration: %u partitions, %s router%s, %s, balance %g", b.nparts,
+			       ann_router_name(r->router), rb, cb, build_balance(r));
+	}
 
 	/* The saved state: resumed when it matches data and options. */
 	ann_bstate_fp fp;

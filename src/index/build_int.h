@@ -49,7 +49,8 @@ static inline bool build_small_units(void)
 }
 
 typedef struct build {
-	const ann_build_opts *o;
+	const ann_build_opts *o; /* resolved (build_resolve_options): no auto field left */
+	ann_build_opts opts;     /* ann_build: the caller's options, resolved; o points here */
 	const char *data_path;
 	char *tmpdir;
 	char *spill_path;
@@ -108,7 +109,7 @@ int build_check_cancel(const build *b, const char *phase, uint64_t done, uint64_
 int build_progress(const build *b, const char *phase, uint64_t done, uint64_t total, ann_error *err);
 /* Checks the options against the input (b->n, b->d, b->in_type set) and
  * resolves encoding, payload type, partitions, copies and sample size. */
-int build_resolve_options(build *b, ann_error *err);
+int build_resolve_options(build *b, ann_build_opts *own, ann_error *err);
 
 /* ---- build_route.c ---- */
 /* Converts n raw vectors of the input type to floats (unit length for the

@@ -214,7 +214,13 @@ int ann_partbuild_open(const char *data_path, const char *index_dir, const ann_b
 	b->n = ann_vreader_count(b->in);
 	b->d = ann_vreader_dim(b->in);
 	b->in_type = ann_vreader_dtype(b->in);
-	ANN_CHECK(rc, build_resolve_options(b, err));
+	/* The router is given (router-from) or trained by the ranks as a graph
+	 * without a size cap. */
+	if (pb->o.kmeans.router_bits == ANN_AUTO)
+		pb->o.kmeans.router_bits = 0;
+	if (pb->o.kmeans.balance < 0)
+		pb->o.kmeans.balance = 0;
+	ANN_CHECK(rc, build_resolve_options(b, &pb->o, err));
 	pb->o.partitions = b->nparts;
 	pb->conv = ann_malloc((size_t)b->d * sizeof(float));
 	if (!pb->conv) {

@@ -12,6 +12,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include "build_defaults.h"
 #include "dist.h"
 #include "distance.h"
 
@@ -278,6 +279,7 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->live_vectors = x->meta.live_vectors;
 	info->dim = x->meta.dim;
 	info->partitions = x->dir.count;
+	info->default_nprobe = ann_default_nprobe(x->router->nparts); /* all ranks' partitions */
 	info->router = x->meta.router;
 	info->store = x->meta.store;
 	info->encoding = x->meta.encoding;

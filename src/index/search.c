@@ -29,13 +29,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "build_defaults.h"
 #include "search_int.h"
 
 void ann_search_opts_init(ann_search_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->k = 10;
-	o->nprobe = 16;
+	o->nprobe = 0; /* the index's default (ann_default_nprobe) */
 	o->candidates_factor = ANN_DEFAULT_CANDIDATES_FACTOR;
 	o->queue_depth = 32;
 	o->io_buffer_bytes = (size_t)16 << 20;
@@ -68,6 +69,8 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		s->o = *o;
 	else
 		ann_search_opts_init(&s->o);
+	if (s->o.nprobe == 0)
+		s->o.nprobe = ann_default_nprobe(idx->router->nparts);
 	s->rerank = s->o.rerank ? s->o.rerank : ANN_DEFAULT_RERANK;
 	if (s->o.rerank_phases == 0)
 		s->o.rerank_phases = ANN_DEFAULT_RERANK_PHASES;

@@ -386,7 +386,10 @@ int ann_router_kmeans_from_centroids(const ann_router_env *env, const ann_kmeans
 	bool u8 = env->encoding == ANN_ENC_U8 && env->metric == ANN_METRIC_L2;
 	if (u8)
 		km_round_u8(c, k * d);
-	if (o->router_bits > 0) /* compact form: codes, no graph (router_kcodes.c); c stays the caller's */
+	/* Compact form: codes, no graph (router_kcodes.c); c stays the caller's.
+	 * ANN_AUTO is resolved by ann_build; a caller training a router directly
+	 * with ann_build_opts_init's options gets the graph. */
+	if (o->router_bits > 0 && o->router_bits != ANN_AUTO)
 		return ann_router_kcodes_new(c, k, d, env->metric, o->router_bits, env->seed, out, err);
 	ann_hnsw *g = NULL;
 	ANN_TRY(km_graph(env, o, u8, c, k, d, &g, err));
