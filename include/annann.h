@@ -188,6 +188,8 @@ typedef struct ann_build_opts {
 	/* Codes (issue 12; docs/DESIGN.md "Codes and re-ranking") */
 	uint32_t code_bits;      /**< RaBitQ bits per dimension 1..8 in codes blocks (f32, u8, i8 encodings);
 	                              default 0 = format 1 blocks without codes */
+	uint32_t code_factors;   /**< codes: bits of a record's factors, 32 (default; 0 means 32) or 16: slim
+	                              records of 5 fewer bytes (codes block 2.1, docs/FORMAT.md "Codes block") */
 	uint32_t router_bits;    /**< kmeans router, metric l2: 0 = the centroids in an HNSW graph (default);
 	                              1..8 = the compact router: centroids as RaBitQ codes of this many bits per
 	                              dimension, routed by a flat scan of the codes (docs/DESIGN.md "The compact
@@ -261,6 +263,7 @@ typedef struct ann_index_info {
 	uint64_t live_vectors;     /**< searchable now: built + inserted - deleted */
 	uint32_t route_ef;         /**< k-means: the calibrated single-query ef of the centroid graph; 0 = none */
 	uint32_t code_bits;        /**< codes blocks: RaBitQ bits per dimension; 0 = format 1 blocks */
+	uint32_t code_factors;     /**< codes blocks: 32, or 16 when new blocks get slim (f16) factors */
 	uint64_t head_bytes;       /**< codes blocks: sum of the heads (what reading every partition's round 1 costs, unpadded) */
 	uint32_t router_bits;      /**< k-means: bits per dimension of the compact router's centroid codes; 0 = the graph */
 } ann_index_info;

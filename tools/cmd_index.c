@@ -29,6 +29,7 @@ static cli_opt build_opts[] = {
 	{"dict", NULL, "train a zstd dictionary on sample blocks", NULL},
 	{"codes", "KIND", "none (default) or rabitq: compact codes in the blocks, exact rows re-ranked by page", NULL},
 	{"code-bits", "B", "bits per dimension of the codes, 1..8 (default 1 with --codes rabitq)", NULL},
+	{"code-factors", "F", "bits of each code's factors: 32 (default) or 16 (slim heads, codes block 2.1)", NULL},
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
 	{"seed", "S", "random seed (default 1)", NULL},
@@ -169,6 +170,14 @@ static int run_build(cli_cmd *c)
 	if (cli_get(c, "code-bits") && !(codes && strcmp(codes, "rabitq") == 0))
 		return cli_usage_error(c, "--code-bits needs --codes rabitq");
 	o.code_bits = codes && strcmp(codes, "rabitq") == 0 ? (uint32_t)cbits : 0;
+	uint64_t cfac;
+	if (!cli_u64(c, "code-factors", 32, 16, 32, &cfac))
+		return CLI_EXIT_USAGE;
+	if (cfac != 16 && cfac != 32)
+		return cli_usage_error(c, "--code-factors: %llu is not 16 or 32", (unsigned long long)cfac);
+	if (cli_get(c, "code-factors") && !o.code_bits)
+		return cli_usage_error(c, "--code-factors needs --codes rabitq");
+	o.code_factors = (uint32_t)cfac;
 	uint64_t rbits;
 	if (!cli_u64(c, "router-bits", 0, 0, 8, &rbits))
 		return CLI_EXIT_USAGE;
@@ -318,8 +327,9 @@ static int run_info(cli_cmd *c)
 		if (in.router_bits)
 			printf("centroids      %u-bit RaBitQ codes, scanned flat (no graph)\n", in.router_bits);
 		if (in.code_bits)
-			printf("codes          rabitq, %u bit%s per dimension; heads %.1f MiB (%.1f bytes per vector)\n",
-			       in.code_bits, in.code_bits == 1 ? "" : "s", (double)in.head_bytes / 1048576.0,
+			printf("codes          rabitq, %u bit%s per dimension, %u-bit factors; heads %.1f MiB (%.1f bytes per "
+			       "vector)\n", in.code_bits, in.code_bits == 1 ? "" : "s", in.code_factors,
+			       (double)in.head_bytes / 1048576.0,
 			       in.stored_vectors ? (double)in.head_bytes / (double)in.stored_vectors : 0.0);
 		printf("store          %s\n", in.store == ANN_STORE_LMDB ? "lmdb" : "file");
 		printf("on disk        %.1f MiB (blocks %.1f MiB; raw vectors %.1f MiB; ratio %.3f)\n",

@@ -300,6 +300,8 @@ static int resolve_options(build *b, ann_error *err)
 			       "graph) and needs the kmeans router under metric l2", o->router_bits);
 	if (o->code_bits > 8)
 		return ann_err(err, ANN_E_INVAL, "code bits %u: must be within 1..8 (0 = no codes)", o->code_bits);
+	if (o->code_factors != 0 && o->code_factors != 16 && o->code_factors != 32)
+		return ann_err(err, ANN_E_INVAL, "code factors %u: must be 16 or 32 (0 = 32)", o->code_factors);
 	if (o->code_bits && b->enc != ANN_ENC_F32 && b->enc != ANN_ENC_U8 && b->enc != ANN_ENC_I8)
 		return ann_err(err, ANN_E_INVAL, "codes need encoding f32, u8 or i8 (exact rows are stored raw), not %s",
 			       ann_encoding_name(b->enc));
@@ -610,7 +612,7 @@ static int pack_all(build *b, ann_error *err)
 		size_t len = 0;
 		uint32_t head = 0;
 		if (b->rbq)
-			ANN_CHECK(rc, cblock_encode(b->rbq, p.encoding, p.pad, b->d, cnt, ids, vecs, b->pay_type, part, 1,
+			ANN_CHECK(rc, cblock_encode(b->rbq, p.encoding, p.pad, b->o->code_factors == 16, b->d, cnt, ids, vecs, b->pay_type, part, 1,
 						    &blk, &len, &head, err));
 		else
 			ANN_CHECK(rc, block_encode(enc, &p, b->d, cnt, ids, vecs, b->pay_type, part, 1, &blk, &len, err));
@@ -676,6 +678,7 @@ static int publish_meta(build *b, double total_s, ann_error *err)
 		.replicas = b->copies,
 		.dict_id = b->dict ? 1 : 0,
 		.code_bits = b->o->code_bits,
+		.code_f16 = b->o->code_bits && b->o->code_factors == 16,
 		.code_seed = b->o->seed,
 	}, err));
 	const ann_build_opts *o = b->o;
@@ -852,6 +855,8 @@ static char *build_options(const build *b)
 		 o->hidden[2], o->hidden[3], o->ae_epochs, o->dec_epochs, o->dec_alpha, o->recon_weight, o->knn_k,
 		 o->imbalance, o->nlsh_epochs, o->soft_labels, o->joint_rounds, o->joint_lambda, o->code_bits,
 		 ROUTE_CHUNK, o->router_bits, (double)o->nlsh_augment);
+	if (o->code_factors == 16) /* only then: older states keep their fingerprint */
+		snprintf(s + strlen(s), cap - strlen(s), "code_factors=16\n");
 	return s;
 }
 
