@@ -99,7 +99,7 @@ def main():
               f"({interp(pts, t, 'io1'):.1f} reads) + round 2 {interp(pts, t, 'r2'):.0f} "
               f"({interp(pts, t, 'io2'):.1f} reads); estimated {interp(pts, t, 'est'):.0f}, re-ranked "
               f"{interp(pts, t, 'rr'):.1f}, head padding {100 * interp(pts, t, 'pad'):.1f}%, "
-              f"p50 {interp(pts, t, 'p50'):.0f} us, nprobe {interp(pts, t, 'est') and interp([dict(q, n=n) for q, n in zip(pts, nps)], t, 'n'):.1f}")
+              f"p50 {interp(pts, t, 'p50'):.0f} us, nprobe {interp([dict(q, n=n) for q, n in zip(pts, nps)], t, 'n'):.1f}")
 
 
 if __name__ == "__main__":
