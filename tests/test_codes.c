@@ -227,6 +227,32 @@ static void test_layout(ann_rng *rng)
 		}
 }
 
+/* A 2.0 block is still what main's binary wrote before 2.1 existed: the
+ * digest of the fuzz seed u8-1bit-file (tests/fuzz/mkseeds.c's input). */
+static void test_golden20(void)
+{
+	t_current = "golden20";
+	enum { n = 40, dim = 24 };
+	static float v[n * dim];
+	int64_t ids[n];
+	for (uint32_t i = 0; i < n; i++) {
+		ids[i] = 500 + 7 * (int64_t)i;
+		for (uint32_t j = 0; j < dim; j++)
+			v[(size_t)i * dim + j] = (float)((int)((i * 31 + j * 17) % 100));
+	}
+	ann_rbq *q;
+	ASSERT_OK(ann_rbq_new(dim, 1, 11, &q, NULL));
+	uint8_t *b;
+	size_t len;
+	uint32_t head;
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, false, dim, n, ids, v, ANN_DTYPE_F32, 3, 1, &b, &len,
+				&head, NULL));
+	ASSERT_EQ(len, 8192);
+	ASSERT_EQ(XXH64(b, len, 0), 0xec3ff7f8dda5c8cbull);
+	ann_aligned_free(b);
+	ann_rbq_free(q);
+}
+
 /* Slim records (2.1): a block whose factors do not fit f16 is written 2.0
  * with full records; a slim record's tan is never narrower and saturates to
  * the widest bound; the F16 flag in a 2.0 header is refused. */
@@ -781,6 +807,7 @@ int main(void)
 	make_data(&rng);
 	test_layout(&rng);
 	test_f16();
+	test_golden20();
 	test_dirent();
 	test_search(dir);
 	test_i8_format1(dir);
