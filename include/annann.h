@@ -147,6 +147,51 @@ typedef enum ann_encoding {
 } ann_encoding;
 
 /** Build options; ann_build_opts_init() sets the defaults named below. */
+/** Parameters of the k-means router (ann_build_opts.kmeans): k-means on the sample, the
+ * centroids in an HNSW graph or, with router_bits, as RaBitQ codes. */
+typedef struct ann_kmeans_router_opts {
+	uint32_t kmeans_iters;   /**< Lloyd iterations; default 20 */
+	double balance;          /**< cap partition size at balance * n / partitions; 0 = no cap (default) */
+	double soar_lambda;      /**< k-means router: 0 (default) picks the extra copies' partitions by distance;
+	                              > 0 by SOAR's orthogonality-amplified residual loss with this lambda */
+	uint32_t hnsw_m;         /**< HNSW degree over centroids; default 32 (measured: docs/DESIGN.md) */
+	uint32_t hnsw_ef_construction; /**< default 200 */
+	uint32_t router_bits;    /**< kmeans router, metric l2: 0 = the centroids in an HNSW graph (default);
+	                              1..8 = the compact router: centroids as RaBitQ codes of this many bits per
+	                              dimension, routed by a flat scan of the codes (docs/DESIGN.md "The compact
+	                              centroid router") */
+} ann_kmeans_router_opts;
+
+/** Parameters of the annann router (ann_build_opts.annann): an autoencoder, k-means in its
+ * embedding space (kmeans_iters, balance as for the k-means router) and an HNSW graph over the
+ * embedded centroids (hnsw_m, hnsw_ef_construction). */
+typedef struct ann_annann_router_opts {
+	uint32_t embed_dim;      /**< default 64 (measured best of 16/32/64, docs/ROUTER_ANNANN.md) */
+	uint32_t hidden[4];      /**< encoder hidden layer sizes, 0-terminated; default {256} */
+	uint32_t ae_epochs;      /**< reconstruction epochs; default 10 */
+	uint32_t dec_epochs;     /**< DEC epochs; default 0: DEC measured worse (docs/ROUTER_ANNANN.md); the seed used 5 */
+	double dec_alpha;        /**< Student-t degrees of freedom; default 1 */
+	double recon_weight;     /**< weight of reconstruction during DEC; default 1 */
+	uint32_t kmeans_iters;   /**< Lloyd iterations in the embedding space; default 20 */
+	double balance;          /**< cap embedded clusters at balance * n / partitions; 0 = no cap (default) */
+	uint32_t hnsw_m;         /**< HNSW degree over the embedded centroids; default 32 */
+	uint32_t hnsw_ef_construction; /**< default 200 */
+} ann_annann_router_opts;
+
+/** Parameters of the graph routers nlsh, joint and soft (ann_build_opts.nlsh). */
+typedef struct ann_nlsh_router_opts {
+	uint32_t hidden[4];      /**< classifier hidden layer sizes, 0-terminated; default {256} */
+	uint32_t knn_k;          /**< k of the k-NN graph; default 10 */
+	double imbalance;        /**< METIS imbalance; default 0.03 */
+	uint32_t nlsh_epochs;    /**< classifier epochs; default 20 */
+	int soft_labels;         /**< train on neighbours' part distribution; default 1 */
+	double nlsh_augment;     /**< > 0: half the classifier's training rows get Gaussian noise of this many
+	                              sample standard deviations per dimension (robustness to shifted
+	                              queries, docs/ROUTER_NLSH.md); default 0 = off */
+	uint32_t joint_rounds;   /**< alternating rounds; default 5 */
+	double joint_lambda;     /**< weight of the neighbour-share term; default 1 */
+} ann_nlsh_router_opts;
+
 typedef struct ann_build_opts {
 	ann_router_kind router;  /**< default KMEANS */
 	uint32_t partitions;     /**< number of partitions (clusters); default 0 = n / 1000 */
@@ -160,40 +205,17 @@ typedef struct ann_build_opts {
 	int threads;             /**< worker threads; default 2 */
 	uint64_t seed;           /**< default 1 */
 	uint64_t sample;         /**< training sample size; default 0 = min(n, 256 * partitions, budget) */
-	uint32_t kmeans_iters;   /**< Lloyd iterations; default 20 */
-	double balance;          /**< cap partition size at balance * n / partitions; 0 = no cap (default) */
 	uint32_t replicas;       /**< R: copies per vector (SPANN closure); default 1 = none */
 	double replica_eps;      /**< extra copies go to partitions within (1 + eps) of the nearest; default 0.1 */
-	double soar_lambda;      /**< k-means router: 0 (default) picks the extra copies' partitions by distance;
-	                              > 0 by SOAR's orthogonality-amplified residual loss with this lambda */
-	uint32_t hnsw_m;         /**< HNSW degree over centroids; default 32 (measured: docs/DESIGN.md) */
-	uint32_t hnsw_ef_construction; /**< default 200 */
-	/* ANNANN router */
-	uint32_t embed_dim;      /**< default 64 (measured best of 16/32/64, docs/ROUTER_ANNANN.md) */
-	uint32_t hidden[4];      /**< encoder hidden layer sizes, 0-terminated; default {256} */
-	uint32_t ae_epochs;      /**< reconstruction epochs; default 10 */
-	uint32_t dec_epochs;     /**< DEC epochs; default 0: DEC measured worse (docs/ROUTER_ANNANN.md); the seed used 5 */
-	double dec_alpha;        /**< Student-t degrees of freedom; default 1 */
-	double recon_weight;     /**< weight of reconstruction during DEC; default 1 */
-	/* Neural LSH, joint and soft routers */
-	uint32_t knn_k;          /**< k of the k-NN graph; default 10 */
-	double imbalance;        /**< METIS imbalance; default 0.03 */
-	uint32_t nlsh_epochs;    /**< classifier epochs; default 20 */
-	int soft_labels;         /**< train on neighbours' part distribution; default 1 */
-	double nlsh_augment;     /**< > 0: half the classifier's training rows get Gaussian noise of this many
-	                              sample standard deviations per dimension (robustness to shifted
-	                              queries, docs/ROUTER_NLSH.md); default 0 = off */
-	uint32_t joint_rounds;   /**< alternating rounds; default 5 */
-	double joint_lambda;     /**< weight of the neighbour-share term; default 1 */
+	/* Each router kind's own parameters: a trainer sees only its kind's (docs/DESIGN.md "Shape") */
+	ann_kmeans_router_opts kmeans; /**< ANN_ROUTER_KMEANS */
+	ann_annann_router_opts annann; /**< ANN_ROUTER_ANNANN */
+	ann_nlsh_router_opts nlsh;     /**< ANN_ROUTER_NLSH, JOINT and SOFT */
 	/* Codes (issue 12; docs/DESIGN.md "Codes and re-ranking") */
 	uint32_t code_bits;      /**< RaBitQ bits per dimension 1..8 in codes blocks (f32, u8, i8 encodings);
 	                              default 0 = format 1 blocks without codes */
 	uint32_t code_factors;   /**< codes: bits of a record's factors, 32 (default; 0 means 32) or 16: slim
 	                              records of 5 fewer bytes (codes block 2.1, docs/FORMAT.md "Codes block") */
-	uint32_t router_bits;    /**< kmeans router, metric l2: 0 = the centroids in an HNSW graph (default);
-	                              1..8 = the compact router: centroids as RaBitQ codes of this many bits per
-	                              dimension, routed by a flat scan of the codes (docs/DESIGN.md "The compact
-	                              centroid router") */
 	ann_progress_fn progress; /**< NULL: silent */
 	void *progress_ctx;
 	ann_log_fn log;           /**< training history lines; NULL: none */

@@ -213,6 +213,56 @@ static void test_blob_padding(void)
 	ann_hnsw_free(h);
 }
 
+/* The search ef its owner calibrated (HNSW blob 1.2): kept by save and
+ * load, written as minor 2 with a 104-byte header only when set (a graph
+ * without one keeps the 1.0/1.1 bytes older readers load), and checked. */
+static void test_blob_ef(void)
+{
+	t_current = "test_blob_ef";
+	float x[40];
+	for (int i = 0; i < 40; i++)
+		x[i] = (float)((i * 7) % 11);
+	ann_hnsw *h = NULL, *g = NULL;
+	ASSERT_OK(ann_hnsw_create(4, ANN_METRIC_L2, 4, 8, 3, &h, NULL));
+	ASSERT_OK(ann_hnsw_build(h, x, 10, 1, NULL, NULL, NULL));
+	size_t len0, len;
+	uint8_t *b0 = save(h, &len0);
+	ASSERT_EQ(ann_ld16(b0 + 10), 0);
+	ASSERT_EQ(ann_ld32(b0 + 12), 96);
+	ann_hnsw_set_search_ef(h, 100);
+	ASSERT_EQ(ann_hnsw_search_ef(h), 100);
+	uint8_t *b = save(h, &len);
+	ASSERT_EQ(len, len0 + 8);
+	ASSERT_EQ(ann_ld16(b + 10), 2);
+	ASSERT_EQ(ann_ld32(b + 12), 104);
+	ASSERT_EQ(ann_ld32(b + 96), 100);
+	ASSERT_TRUE(memcmp(b + 104, b0 + 96, len0 - 96 - 8) == 0); /* the same body */
+	ASSERT_OK(ann_hnsw_load(b, len, &g, NULL));
+	ASSERT_EQ(ann_hnsw_search_ef(g), 100);
+	size_t len2;
+	uint8_t *b2 = save(g, &len2);
+	ASSERT_TRUE(len2 == len && memcmp(b, b2, len) == 0);
+	free(b2);
+	ann_hnsw_free(g);
+	g = NULL;
+	ann_error e = {0};
+	ann_st32(b + 96, ANN_MAX_EF + 1);
+	restamp(b, len);
+	ASSERT_ERR(ann_hnsw_load(b, len, &g, &e), e, ANN_E_CORRUPT, "search ef");
+	ann_st32(b + 96, 100);
+	ann_st32(b + 100, 1);
+	restamp(b, len);
+	ASSERT_ERR(ann_hnsw_load(b, len, &g, &e), e, ANN_E_CORRUPT, "reserved");
+	/* minor 2 with the 96-byte header of minor 1 */
+	ann_st16(b0 + 10, 2);
+	restamp(b0, len0);
+	ASSERT_EQ(ann_hnsw_load(b0, len0, &g, NULL), ANN_E_CORRUPT);
+	ASSERT_TRUE(g == NULL);
+	free(b);
+	free(b0);
+	ann_hnsw_free(h);
+}
+
 static void test_blob(ann_rng *r)
 {
 	t_current = "test_blob";
@@ -806,6 +856,7 @@ int main(void)
 	test_metrics(&rng);
 	test_blob(&rng);
 	test_blob_padding();
+	test_blob_ef();
 	test_repair_self_links(&rng);
 	test_blob_1_0();
 	test_u8(&rng);

@@ -8,9 +8,11 @@
  * blocks.dat must be reported by ann_verify and by search. The k-means
  * router of u8 data keeps uint8 centroids: 3 bytes less per dimension and
  * centroid than for f32 data, the same recall, batch routing = single.
- * The build calibrates the single-query routing ef (router.ef): a crippled
- * centroid graph needs a larger ef than a good one, the overlap it reports
- * is what an independent count finds, and the index loads the value.
+ * The build calibrates the single-query routing ef: a crippled centroid
+ * graph needs a larger ef than a good one, the overlap it reports is what an
+ * independent count finds, the router's blob keeps it and the index loads
+ * it; an index of the older layout (the ef in catalog meta router.ef, or
+ * none) loads as before.
  */
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -245,14 +247,14 @@ static void test_route_ef(const char *dir, const char *u8bin)
 		ann_build_opts o;
 		ann_build_opts_init(&o);
 		o.threads = 1;
-		o.kmeans_iters = 8;
-		o.hnsw_m = bad ? 2 : 32;
-		o.hnsw_ef_construction = bad ? 2 : 200;
+		o.kmeans.kmeans_iters = 8;
+		o.kmeans.hnsw_m = bad ? 2 : 32;
+		o.kmeans.hnsw_ef_construction = bad ? 2 : 200;
 		ann_router *r;
-		ASSERT_OK(ann_router_kmeans_train(&o, x, n, d, 1500, &r, NULL));
+		ASSERT_OK(ann_router_train(&o, x, n, d, 1500, &r, NULL));
 		ASSERT_OK(ann_router_kmeans_calibrate(r, x, n, 1, &ef[bad], &ov[bad], NULL));
 		double mine = overlap_at(r, x, n, d, ef[bad], 1000);
-		printf("route ef: graph M %u: ef %u, overlap %.4f (independent count %.4f)\n", o.hnsw_m, ef[bad],
+		printf("route ef: graph M %u: ef %u, overlap %.4f (independent count %.4f)\n", o.kmeans.hnsw_m, ef[bad],
 		       ov[bad], mine);
 		ASSERT_NEAR(mine, ov[bad], 0.01);
 		ASSERT_TRUE(ef[bad] >= 16 && ef[bad] <= 512);
@@ -262,21 +264,75 @@ static void test_route_ef(const char *dir, const char *u8bin)
 	ASSERT_TRUE(ef[0] <= 64);
 	ASSERT_TRUE(ef[1] > ef[0]);
 	free(x);
-	/* The build stores it and the index loads it. */
+	/* The build keeps it in the router's blob (HNSW blob 1.2: minor 2, the
+	 * ef at offset 96), not in catalog meta, and the index loads it. */
 	ann_build_opts o;
 	ann_build_opts_init(&o);
 	o.partitions = 12;
 	o.threads = 1;
 	o.mem_bytes = (size_t)64 << 20;
 	ann_index *idx = build_open(dir, "route-ef", u8bin, &o);
-	ASSERT_TRUE(idx->router->route_ef >= 16 && idx->router->route_ef <= 512);
+	uint32_t built = ann_router_kmeans_ef(idx->router);
+	ASSERT_TRUE(built >= 16 && built <= 512);
 	ann_cat_txn *t;
 	uint64_t v = 0;
+	const uint8_t *stored;
+	size_t slen;
 	ASSERT_OK(ann_catalog_read_begin(ann_store_catalog(idx->store), &t, NULL));
-	ASSERT_OK(ann_catalog_meta_get_u64(t, "router.ef", &v, NULL));
+	ASSERT_EQ(ann_catalog_meta_get_u64(t, "router.ef", &v, NULL), ANN_E_NOTFOUND);
+	ASSERT_OK(ann_catalog_model_get(t, "router", &stored, &slen, NULL));
+	ASSERT_TRUE(slen > 104);
+	ASSERT_EQ(ann_ld16(stored + 10), 2);
+	ASSERT_EQ(ann_ld32(stored + 12), 104);
+	ASSERT_EQ(ann_ld32(stored + 96), built);
 	ann_catalog_read_end(t);
-	ASSERT_EQ(v, idx->router->route_ef);
+	ann_index_info info;
+	ASSERT_OK(ann_index_get_info(idx, &info, NULL));
+	ASSERT_EQ(info.route_ef, built);
+	/* An index of the older layout, as the build wrote it before the ef moved
+	 * into the blob: the blob without it (a u8 graph: HNSW 1.1, 96-byte
+	 * header) and the ef in catalog meta router.ef. It loads with that ef,
+	 * and its router saves to the stored bytes (a distributed index's parts
+	 * compare the blob's hash with the descriptor's). */
 	ann_index_close(idx);
+	char *path = t_path(dir, "route-ef");
+	ASSERT_OK(ann_index_load(path, true, &idx, NULL));
+	ann_router_kmeans_set_ef(idx->router, 0);
+	uint8_t *old = NULL;
+	size_t olen = 0;
+	ASSERT_OK(idx->router->ops->save(idx->router, &old, &olen, NULL));
+	ASSERT_EQ(ann_ld16(old + 10), 1);
+	ASSERT_EQ(ann_ld32(old + 12), 96);
+	ASSERT_EQ(olen + 8, slen);
+	ann_store_txn *w;
+	ASSERT_OK(ann_store_begin(idx->store, &w, NULL));
+	ASSERT_OK(ann_catalog_model_put(ann_store_txn_catalog(w), "router", old, olen, NULL));
+	ASSERT_OK(ann_catalog_meta_put_u64(ann_store_txn_catalog(w), "router.ef", 77, NULL));
+	ASSERT_OK(ann_store_commit(w, NULL));
+	ann_index_close(idx);
+	ASSERT_OK(ann_index_open(path, &idx, NULL));
+	ASSERT_EQ(ann_router_kmeans_ef(idx->router), 77);
+	ASSERT_OK(ann_index_get_info(idx, &info, NULL));
+	ASSERT_EQ(info.route_ef, 77);
+	uint8_t *again = NULL;
+	size_t alen = 0;
+	ASSERT_OK(idx->router->ops->save(idx->router, &again, &alen, NULL));
+	ASSERT_EQ(alen, olen);
+	ASSERT_TRUE(memcmp(again, old, olen) == 0);
+	ann_free(again);
+	/* ... and one from before calibration, with neither: no ef (routing
+	 * uses 128). */
+	ann_index_close(idx);
+	ASSERT_OK(ann_index_load(path, true, &idx, NULL));
+	ASSERT_OK(ann_store_begin(idx->store, &w, NULL));
+	ASSERT_OK(ann_catalog_meta_put_u64(ann_store_txn_catalog(w), "router.ef", 0, NULL));
+	ASSERT_OK(ann_store_commit(w, NULL));
+	ann_index_close(idx);
+	ASSERT_OK(ann_index_open(path, &idx, NULL));
+	ASSERT_EQ(ann_router_kmeans_ef(idx->router), 0);
+	ann_index_close(idx);
+	ann_free(old);
+	free(path);
 }
 
 /* A vector whose squared norm overflows float has no finite distance to any
@@ -288,9 +344,9 @@ static void test_assign_overflow(void)
 	ann_build_opts o;
 	ann_build_opts_init(&o);
 	o.threads = 1;
-	o.kmeans_iters = 4;
+	o.kmeans.kmeans_iters = 4;
 	ann_router *r;
-	ASSERT_OK(ann_router_kmeans_train(&o, base, N, D, 8, &r, NULL));
+	ASSERT_OK(ann_router_train(&o, base, N, D, 8, &r, NULL));
 	float v[2 * D];
 	memcpy(v, base, D * sizeof(float));
 	for (int j = 0; j < D; j++)
@@ -421,7 +477,7 @@ static void test_soar_build(const char *dir, const char *u8bin)
 	o.replicas = 2;
 	o.replica_eps = 100;
 	ann_index *near = build_open(dir, "spill_near", u8bin, &o);
-	o.soar_lambda = 1.0;
+	o.kmeans.soar_lambda = 1.0;
 	ann_index *soar = build_open(dir, "spill_soar", u8bin, &o);
 	ann_index_info a, b;
 	ASSERT_OK(ann_index_get_info(near, &a, NULL));

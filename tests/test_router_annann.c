@@ -41,11 +41,11 @@ static void opts(ann_build_opts *o, uint64_t seed)
 {
 	ann_build_opts_init(o);
 	o->router = ANN_ROUTER_ANNANN;
-	o->embed_dim = E;
-	memset(o->hidden, 0, sizeof o->hidden);
-	o->hidden[0] = 48;
-	o->ae_epochs = 6;
-	o->dec_epochs = 4;
+	o->annann.embed_dim = E;
+	memset(o->annann.hidden, 0, sizeof o->annann.hidden);
+	o->annann.hidden[0] = 48;
+	o->annann.ae_epochs = 6;
+	o->annann.dec_epochs = 4;
 	o->threads = 1;
 	o->seed = seed;
 }
@@ -154,7 +154,7 @@ static void test_history(void)
 	uint8_t *b = save(r, &len);
 	parsed p;
 	parse(b, len, &p);
-	ASSERT_EQ(p.nhist, o.ae_epochs + o.dec_epochs);
+	ASSERT_EQ(p.nhist, o.annann.ae_epochs + o.annann.dec_epochs);
 	double first = 0, last = 0;
 	for (uint32_t h = 0; h < p.nhist; h++) {
 		const uint8_t *x = p.hist + 48 * (size_t)h;
@@ -164,7 +164,7 @@ static void test_history(void)
 		printf("  %s %u loss %.5f mse %.5f kl %.5f -> %.5f changed %.4f\n", phase ? "dec" : "ae", ep, loss, mse,
 		       kl0, kl1, changed);
 		ASSERT_TRUE(isfinite(loss) && isfinite(mse) && mse >= 0);
-		if (h < o.ae_epochs) {
+		if (h < o.annann.ae_epochs) {
 			ASSERT_EQ(phase, 0);
 			ASSERT_EQ(ep, h);
 			if (h == 0)
@@ -172,7 +172,7 @@ static void test_history(void)
 			last = mse;
 		} else {
 			ASSERT_EQ(phase, 1);
-			ASSERT_EQ(ep, h - o.ae_epochs);
+			ASSERT_EQ(ep, h - o.annann.ae_epochs);
 			ASSERT_TRUE(changed >= 0 && changed <= 1);
 			ASSERT_TRUE(kl0 > 0);
 			/* with P fixed for the epoch, the optimiser lowers KL(P || Q) */
@@ -224,7 +224,7 @@ static void test_balance(void)
 	ann_build_opts o;
 	opts(&o, t_seed);
 	ann_router *plain = train(&o);
-	o.balance = 1.0;
+	o.annann.balance = 1.0;
 	ann_router *r1 = train(&o), *r2 = train(&o);
 	size_t l0, l1, l2;
 	uint8_t *b0 = save(plain, &l0), *b1 = save(r1, &l1), *b2 = save(r2, &l2);
@@ -473,8 +473,8 @@ static void test_corrupt(void)
 	t_current = "corrupt";
 	ann_build_opts o;
 	opts(&o, t_seed);
-	o.ae_epochs = 1;
-	o.dec_epochs = 1;
+	o.annann.ae_epochs = 1;
+	o.annann.dec_epochs = 1;
 	ann_router *r = train(&o);
 	size_t len;
 	uint8_t *b = save(r, &len);
@@ -551,13 +551,13 @@ static void test_bad_opts(void)
 	opts(&o, t_seed);
 	ASSERT_ERR(ann_router_train(&o, base, 20, D, 21, &r, &e), e, ANN_E_INVAL, "clusters");
 	ASSERT_TRUE(r == NULL);
-	o.dec_alpha = 0;
+	o.annann.dec_alpha = 0;
 	ASSERT_ERR(ann_router_train(&o, base, N, D, KC, &r, &e), e, ANN_E_INVAL, "alpha");
 	opts(&o, t_seed);
-	o.recon_weight = -1;
+	o.annann.recon_weight = -1;
 	ASSERT_ERR(ann_router_train(&o, base, N, D, KC, &r, &e), e, ANN_E_INVAL, "reconstruction");
 	opts(&o, t_seed);
-	o.embed_dim = 5000;
+	o.annann.embed_dim = 5000;
 	ASSERT_ERR(ann_router_train(&o, base, N, D, KC, &r, &e), e, ANN_E_INVAL, "embedding");
 	ASSERT_TRUE(r == NULL);
 }
@@ -569,8 +569,8 @@ static void test_alloc_failure(void)
 	t_current = "alloc_failure";
 	ann_build_opts o;
 	opts(&o, t_seed);
-	o.ae_epochs = 1;
-	o.dec_epochs = 1;
+	o.annann.ae_epochs = 1;
+	o.annann.dec_epochs = 1;
 	int64_t live = ann_mem_live_bytes();
 	bool done = false;
 	for (int64_t fail = 0; !done; fail++) {

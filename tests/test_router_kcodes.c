@@ -81,9 +81,9 @@ static void test_router(void)
 	ann_build_opts o;
 	ann_build_opts_init(&o);
 	o.threads = 1;
-	o.kmeans_iters = 6;
+	o.kmeans.kmeans_iters = 6;
 	ann_router *g;
-	ASSERT_OK(ann_router_kmeans_train(&o, x, n, d, (uint32_t)k, &g, NULL));
+	ASSERT_OK(ann_router_train(&o, x, n, d, (uint32_t)k, &g, NULL));
 	const ann_hnsw *h = ann_router_kmeans_graph(g);
 	ASSERT_TRUE(h != NULL);
 	float *c = malloc(k * d * sizeof(float));
@@ -98,9 +98,9 @@ static void test_router(void)
 	so.nprobe = TOP;
 	uint32_t parts[TOP], parts2[TOP];
 	for (size_t b = 0; b < 3; b++) {
-		o.router_bits = bits[b];
+		o.kmeans.router_bits = bits[b];
 		ann_router *r;
-		ASSERT_OK(ann_router_kmeans_train(&o, x, n, d, (uint32_t)k, &r, NULL));
+		ASSERT_OK(ann_router_train(&o, x, n, d, (uint32_t)k, &r, NULL));
 		ASSERT_TRUE(ann_router_is_kcodes(r));
 		ASSERT_TRUE(ann_router_kmeans_graph(r) == NULL);
 		ASSERT_EQ(r->nparts, k);
@@ -201,11 +201,11 @@ static void test_router(void)
 	ann_free(gb);
 	ann_router_free(g);
 	/* other metrics are refused */
-	o.router_bits = 1;
+	o.kmeans.router_bits = 1;
 	o.metric = ANN_METRIC_IP;
 	ann_router *bad;
 	ann_error e = {0};
-	ASSERT_ERR(ann_router_kmeans_train(&o, x, n, d, 16, &bad, &e), e, ANN_E_INVAL, "metric l2");
+	ASSERT_ERR(ann_router_train(&o, x, n, d, 16, &bad, &e), e, ANN_E_INVAL, "metric l2");
 	free(c);
 	free(dd);
 	free(x);
@@ -256,7 +256,7 @@ static void test_index(const char *dir)
 		o.partitions = 60;
 		o.threads = 1;
 		o.mem_bytes = (size_t)64 << 20;
-		o.router_bits = compact ? 2 : 0;
+		o.kmeans.router_bits = compact ? 2 : 0;
 		char *path = t_path(dir, compact ? "kc" : "graph");
 		ann_error e = {0};
 		if (ann_build(data, path, &o, &e) < 0)

@@ -42,19 +42,28 @@ static void opts(ann_build_opts *o, ann_router_kind kind)
 {
 	ann_build_opts_init(o);
 	o->router = kind;
-	memset(o->hidden, 0, sizeof o->hidden);
-	o->hidden[0] = 64;
-	o->nlsh_epochs = 40;
-	o->joint_rounds = 4;
+	memset(o->nlsh.hidden, 0, sizeof o->nlsh.hidden);
+	o->nlsh.hidden[0] = 64;
+	o->nlsh.nlsh_epochs = 40;
+	o->nlsh.joint_rounds = 4;
 	o->threads = 1;
 	o->seed = t_seed;
+}
+
+/* ann_router_nlsh_train_shape with the environment and the nlsh parameters of o. */
+static int train_shape(const ann_build_opts *o, const float *x, size_t n, size_t d, uint32_t m, uint32_t groups,
+		       ann_router **r, ann_error *e)
+{
+	ann_router_env env;
+	ann_router_env_from(o, &env);
+	return ann_router_nlsh_train_shape(&env, &o->nlsh, x, n, d, m, groups, r, e);
 }
 
 static ann_router *train(const ann_build_opts *o, uint32_t m, uint32_t groups)
 {
 	ann_router *r;
 	ann_error e = {0};
-	if (ann_router_nlsh_train_shape(o, base, N, D, m, groups, &r, &e) < 0)
+	if (train_shape(o, base, N, D, m, groups, &r, &e) < 0)
 		T_FAIL("train: %s", e.msg);
 	ASSERT_EQ(r->nparts, m);
 	ASSERT_EQ(r->dim, D);
@@ -205,29 +214,29 @@ static void test_bad_opts(void)
 	opts(&o, ANN_ROUTER_NLSH);
 	ASSERT_ERR(ann_router_train(&o, base, 20, D, 21, &r, &e), e, ANN_E_INVAL, "partitions");
 	ASSERT_TRUE(r == NULL);
-	o.imbalance = 2;
+	o.nlsh.imbalance = 2;
 	ASSERT_ERR(ann_router_train(&o, base, N, D, M, &r, &e), e, ANN_E_INVAL, "imbalance");
 	opts(&o, ANN_ROUTER_NLSH);
-	o.nlsh_epochs = 0;
+	o.nlsh.nlsh_epochs = 0;
 	ASSERT_ERR(ann_router_train(&o, base, N, D, M, &r, &e), e, ANN_E_INVAL, "epochs");
 	opts(&o, ANN_ROUTER_JOINT);
-	o.joint_lambda = -1;
+	o.nlsh.joint_lambda = -1;
 	ASSERT_ERR(ann_router_train(&o, base, N, D, M, &r, &e), e, ANN_E_INVAL, "lambda");
 	opts(&o, ANN_ROUTER_NLSH);
-	o.knn_k = 5000;
+	o.nlsh.knn_k = 5000;
 	ASSERT_ERR(ann_router_train(&o, base, N, D, M, &r, &e), e, ANN_E_INVAL, "knn_k");
 	opts(&o, ANN_ROUTER_NLSH);
-	o.nlsh_augment = -0.5;
+	o.nlsh.nlsh_augment = -0.5;
 	ASSERT_ERR(ann_router_train(&o, base, N, D, M, &r, &e), e, ANN_E_INVAL, "augment");
-	o.nlsh_augment = NAN;
+	o.nlsh.nlsh_augment = NAN;
 	ASSERT_ERR(ann_router_train(&o, base, N, D, M, &r, &e), e, ANN_E_INVAL, "augment");
-	o.nlsh_augment = 1000;
+	o.nlsh.nlsh_augment = 1000;
 	ASSERT_ERR(ann_router_train(&o, base, N, D, M, &r, &e), e, ANN_E_INVAL, "augment");
 	opts(&o, ANN_ROUTER_NLSH);
-	ASSERT_ERR(ann_router_nlsh_train_shape(&o, base, N, D, M, 3, &r, &e), e, ANN_E_INVAL, "groups");
-	ASSERT_ERR(ann_router_nlsh_train_shape(&o, base, N, D, M, 16, &r, &e), e, ANN_E_INVAL, "groups");
+	ASSERT_ERR(train_shape(&o, base, N, D, M, 3, &r, &e), e, ANN_E_INVAL, "groups");
+	ASSERT_ERR(train_shape(&o, base, N, D, M, 16, &r, &e), e, ANN_E_INVAL, "groups");
 	opts(&o, ANN_ROUTER_SOFT);
-	ASSERT_ERR(ann_router_nlsh_train_shape(&o, base, N, D, M, 4, &r, &e), e, ANN_E_INVAL, "soft");
+	ASSERT_ERR(train_shape(&o, base, N, D, M, 4, &r, &e), e, ANN_E_INVAL, "soft");
 	ASSERT_TRUE(r == NULL);
 }
 
@@ -326,11 +335,11 @@ static void check_joint(uint32_t groups)
 {
 	ann_build_opts o;
 	opts(&o, ANN_ROUTER_JOINT);
-	o.joint_rounds = 5;
+	o.nlsh.joint_rounds = 5;
 	ann_router *r = train(&o, M, groups);
 	const ann_nlsh_round *h;
 	size_t nh = ann_router_nlsh_history(r, &h);
-	ASSERT_TRUE(nh >= 2 && nh <= 1 + o.joint_rounds);
+	ASSERT_TRUE(nh >= 2 && nh <= 1 + o.nlsh.joint_rounds);
 	ASSERT_EQ(h[0].phase, ANN_NLSH_PHASE_PARTITION);
 	double cap = groups ? ceil(1.03 * N / M) : fmax(ceil((double)N / M), floor(1.03 * N / M));
 	for (size_t i = 0; i < nh; i++) {
@@ -371,11 +380,11 @@ static void test_soft(void)
 	t_current = "soft";
 	ann_build_opts o;
 	opts(&o, ANN_ROUTER_SOFT);
-	o.nlsh_epochs = 15;
+	o.nlsh.nlsh_epochs = 15;
 	ann_router *r = train(&o, M, 0);
 	const ann_nlsh_round *h;
 	size_t nh = ann_router_nlsh_history(r, &h);
-	ASSERT_EQ(nh, o.nlsh_epochs);
+	ASSERT_EQ(nh, o.nlsh.nlsh_epochs);
 	for (size_t i = 0; i < nh; i += 7)
 		printf("  soft epoch %u: cut %.4f balance %.3f changed %.4f loss %.4f\n", h[i].round, h[i].cut_frac,
 		       h[i].balance, h[i].changed, h[i].loss);
@@ -460,7 +469,7 @@ static void test_augment(void)
 	ann_build_opts o;
 	opts(&o, ANN_ROUTER_NLSH);
 	ann_router *plain = train(&o, M, 0), *again = train(&o, M, 0);
-	o.nlsh_augment = 0.5;
+	o.nlsh.nlsh_augment = 0.5;
 	ann_router *aug = train(&o, M, 0);
 	size_t l1, l2, l3;
 	uint8_t *b1 = save(plain, &l1), *b2 = save(again, &l2), *b3 = save(aug, &l3);
@@ -502,7 +511,7 @@ static void test_roundtrip(void)
 	for (int t = 0; t < 2; t++) {
 		ann_build_opts o;
 		opts(&o, ANN_ROUTER_NLSH);
-		o.nlsh_epochs = 3;
+		o.nlsh.nlsh_epochs = 3;
 		ann_router *r = train(&o, M, groups[t]);
 		size_t len, len2;
 		uint8_t *b = save(r, &len);
@@ -544,10 +553,10 @@ static void test_corrupt(void)
 	t_current = "corrupt";
 	ann_build_opts o;
 	opts(&o, ANN_ROUTER_JOINT);
-	o.nlsh_epochs = 1;
-	o.joint_rounds = 1;
-	memset(o.hidden, 0, sizeof o.hidden);
-	o.hidden[0] = 8;
+	o.nlsh.nlsh_epochs = 1;
+	o.nlsh.joint_rounds = 1;
+	memset(o.nlsh.hidden, 0, sizeof o.nlsh.hidden);
+	o.nlsh.hidden[0] = 8;
 	ann_router *r = train(&o, M, 4);
 	size_t len;
 	uint8_t *b = save(r, &len);
@@ -630,7 +639,7 @@ static void check_index(ann_router_kind kind)
 	opts(&o, kind);
 	o.partitions = M;
 	o.sample = N;
-	o.joint_rounds = 2;
+	o.nlsh.joint_rounds = 2;
 	o.mem_bytes = (size_t)64 << 20;
 	ann_error e = {0};
 	if (ann_build(data, path, &o, &e) < 0)

@@ -57,12 +57,12 @@ static char *build_index_with(const char *dir, const char *name, ann_router_kind
 	o.threads = 1;
 	o.router = router;
 	/* small training runs: the test is about storage, not routing quality */
-	o.ae_epochs = 3;
-	o.dec_epochs = 2;
-	o.nlsh_epochs = 5;
-	o.joint_rounds = 2;
-	o.hidden[0] = 32;
-	o.hidden[1] = 0;
+	o.annann.ae_epochs = 3;
+	o.annann.dec_epochs = 2;
+	o.nlsh.nlsh_epochs = 5;
+	o.nlsh.joint_rounds = 2;
+	o.annann.hidden[0] = o.nlsh.hidden[0] = 32;
+	o.annann.hidden[1] = o.nlsh.hidden[1] = 0;
 	char *idx = t_path(dir, name);
 	ann_error e = {0};
 	if (ann_build(data, idx, &o, &e) < 0)

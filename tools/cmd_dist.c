@@ -223,7 +223,7 @@ static int dist_kmeans(const ann_build_opts *o, ann_encoding enc, const float *s
 	AGREE("the k-means seeding");
 	MPI_Bcast(cent, (int)kd, MPI_FLOAT, 0, MPI_COMM_WORLD);
 	double prev = INFINITY;
-	uint32_t iters = o->kmeans_iters ? o->kmeans_iters : 20;
+	uint32_t iters = o->kmeans.kmeans_iters ? o->kmeans.kmeans_iters : 20;
 	for (uint32_t it = 0; it < iters; it++) {
 		memset(sums, 0, kd * sizeof(double));
 		memset(counts, 0, (size_t)k * sizeof(uint64_t));
@@ -367,7 +367,7 @@ int cli_build_distributed(cli_cmd *c, const ann_build_opts *o0, const char *data
 	if (o0->router != ANN_ROUTER_KMEANS && !router_from)
 		return usage(c, "--distributed trains the kmeans router (k-means with MPI reductions); for another "
 			     "router build a single-node index and pass it as --router-from DIR");
-	if (o0->balance > 0)
+	if (o0->kmeans.balance > 0)
 		return usage(c, "--balance is not supported with --distributed (the cap needs every vector's ranking "
 			     "in one place)");
 	ann_build_opts o = *o0;

@@ -130,11 +130,11 @@ static int run_build(cli_cmd *c)
 	    !cli_u64(c, "zstd-level", (uint64_t)o.zstd_level, 0, 22, &level) ||
 	    !cli_size(c, "mem", o.mem_bytes, (uint64_t)16 << 20, CLI_SIZE_MAX, &mem) ||
 	    !cli_u64(c, "threads", (uint64_t)o.threads, 1, 64, &threads) || !cli_u64(c, "seed", o.seed, 0, UINT64_MAX, &seed) ||
-	    !cli_u64(c, "sample", 0, 0, UINT64_MAX, &sample) || !cli_u64(c, "iters", o.kmeans_iters, 1, 1000, &iters) ||
-	    !cli_u64(c, "replicas", o.replicas, 1, 8, &replicas) || !cli_u64(c, "hnsw-m", o.hnsw_m, 2, 1024, &hm) ||
-	    !cli_u64(c, "hnsw-ef", o.hnsw_ef_construction, 1, 100000, &hef) ||
-	    !cli_double(c, "balance", o.balance, 0, 1e9, &balance) || !cli_double(c, "replica-eps", o.replica_eps, 0, 1e9, &eps) ||
-	    !cli_double(c, "soar", o.soar_lambda, 0, 1e9, &soar))
+	    !cli_u64(c, "sample", 0, 0, UINT64_MAX, &sample) || !cli_u64(c, "iters", o.kmeans.kmeans_iters, 1, 1000, &iters) ||
+	    !cli_u64(c, "replicas", o.replicas, 1, 8, &replicas) || !cli_u64(c, "hnsw-m", o.kmeans.hnsw_m, 2, 1024, &hm) ||
+	    !cli_u64(c, "hnsw-ef", o.kmeans.hnsw_ef_construction, 1, 100000, &hef) ||
+	    !cli_double(c, "balance", o.kmeans.balance, 0, 1e9, &balance) || !cli_double(c, "replica-eps", o.replica_eps, 0, 1e9, &eps) ||
+	    !cli_double(c, "soar", o.kmeans.soar_lambda, 0, 1e9, &soar))
 		return CLI_EXIT_USAGE;
 	if (parse_router(c, cli_get(c, "router"), &o.router) || parse_encoding(c, cli_get(c, "encoding"), &o.encoding) ||
 	    cli_parse_metric(c, cli_get(c, "metric"), &o.metric))
@@ -154,13 +154,15 @@ static int run_build(cli_cmd *c)
 	o.threads = (int)threads;
 	o.seed = seed;
 	o.sample = sample;
-	o.kmeans_iters = (uint32_t)iters;
-	o.balance = balance;
 	o.replicas = (uint32_t)replicas;
 	o.replica_eps = eps;
-	o.soar_lambda = soar;
-	o.hnsw_m = (uint32_t)hm;
-	o.hnsw_ef_construction = (uint32_t)hef;
+	/* --iters, --balance, --hnsw-m and --hnsw-ef set the k-means settings of
+	 * both routers that run k-means and an HNSW graph (kmeans, annann) */
+	o.kmeans.kmeans_iters = o.annann.kmeans_iters = (uint32_t)iters;
+	o.kmeans.balance = o.annann.balance = balance;
+	o.kmeans.soar_lambda = soar;
+	o.kmeans.hnsw_m = o.annann.hnsw_m = (uint32_t)hm;
+	o.kmeans.hnsw_ef_construction = o.annann.hnsw_ef_construction = (uint32_t)hef;
 	const char *codes = cli_get(c, "codes");
 	uint64_t cbits;
 	if (!cli_u64(c, "code-bits", 1, 1, 8, &cbits))
@@ -181,40 +183,41 @@ static int run_build(cli_cmd *c)
 	uint64_t rbits;
 	if (!cli_u64(c, "router-bits", 0, 0, 8, &rbits))
 		return CLI_EXIT_USAGE;
-	o.router_bits = (uint32_t)rbits;
+	o.kmeans.router_bits = (uint32_t)rbits;
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
 	double alpha, rw, imb, lambda, aug;
-	if (!cli_u64(c, "clusters", 0, 0, UINT32_MAX, &clusters) || !cli_u64(c, "embed-dim", o.embed_dim, 1, 4096, &edim) ||
-	    !cli_u64(c, "ae-epochs", o.ae_epochs, 0, 10000, &aee) || !cli_u64(c, "dec-epochs", o.dec_epochs, 0, 10000, &dece) ||
-	    !cli_u64(c, "knn-k", o.knn_k, 1, 1000, &knnk) || !cli_u64(c, "epochs", o.nlsh_epochs, 0, 10000, &ep) ||
-	    !cli_u64(c, "rounds", o.joint_rounds, 0, 1000, &rounds) || !cli_u64_list(c, "hidden", 1, 65536, hidden, 3, &nh) ||
-	    !cli_double(c, "dec-alpha", o.dec_alpha, 1e-9, 1e9, &alpha) ||
-	    !cli_double(c, "recon-weight", o.recon_weight, 0, 1e9, &rw) ||
-	    !cli_double(c, "imbalance", o.imbalance, 0, 1, &imb) || !cli_double(c, "augment", 0, 0, 100, &aug) || !cli_double(c, "lambda", o.joint_lambda, -1e9, 1e9, &lambda))
+	if (!cli_u64(c, "clusters", 0, 0, UINT32_MAX, &clusters) || !cli_u64(c, "embed-dim", o.annann.embed_dim, 1, 4096, &edim) ||
+	    !cli_u64(c, "ae-epochs", o.annann.ae_epochs, 0, 10000, &aee) || !cli_u64(c, "dec-epochs", o.annann.dec_epochs, 0, 10000, &dece) ||
+	    !cli_u64(c, "knn-k", o.nlsh.knn_k, 1, 1000, &knnk) || !cli_u64(c, "epochs", o.nlsh.nlsh_epochs, 0, 10000, &ep) ||
+	    !cli_u64(c, "rounds", o.nlsh.joint_rounds, 0, 1000, &rounds) || !cli_u64_list(c, "hidden", 1, 65536, hidden, 3, &nh) ||
+	    !cli_double(c, "dec-alpha", o.annann.dec_alpha, 1e-9, 1e9, &alpha) ||
+	    !cli_double(c, "recon-weight", o.annann.recon_weight, 0, 1e9, &rw) ||
+	    !cli_double(c, "imbalance", o.nlsh.imbalance, 0, 1, &imb) || !cli_double(c, "augment", 0, 0, 100, &aug) || !cli_double(c, "lambda", o.nlsh.joint_lambda, -1e9, 1e9, &lambda))
 		return CLI_EXIT_USAGE;
 	if (clusters) {
 		if (parts && parts != clusters)
 			return cli_usage_error(c, "--clusters and --partitions disagree");
 		o.partitions = (uint32_t)clusters;
 	}
-	o.embed_dim = (uint32_t)edim;
-	if (nh) {
-		memset(o.hidden, 0, sizeof o.hidden);
+	o.annann.embed_dim = (uint32_t)edim;
+	if (nh) { /* --hidden: the annann encoder's or the graph routers' classifier's layers */
+		memset(o.annann.hidden, 0, sizeof o.annann.hidden);
+		memset(o.nlsh.hidden, 0, sizeof o.nlsh.hidden);
 		for (size_t i = 0; i < nh; i++)
-			o.hidden[i] = (uint32_t)hidden[i];
+			o.annann.hidden[i] = o.nlsh.hidden[i] = (uint32_t)hidden[i];
 	}
-	o.ae_epochs = (uint32_t)aee;
-	o.dec_epochs = (uint32_t)dece;
-	o.dec_alpha = alpha;
-	o.recon_weight = rw;
-	o.knn_k = (uint32_t)knnk;
-	o.imbalance = imb;
-	o.nlsh_epochs = (uint32_t)ep;
-	o.soft_labels = !cli_flag(c, "hard-labels");
-	o.nlsh_augment = aug;
-	o.joint_rounds = (uint32_t)rounds;
-	o.joint_lambda = lambda;
+	o.annann.ae_epochs = (uint32_t)aee;
+	o.annann.dec_epochs = (uint32_t)dece;
+	o.annann.dec_alpha = alpha;
+	o.annann.recon_weight = rw;
+	o.nlsh.knn_k = (uint32_t)knnk;
+	o.nlsh.imbalance = imb;
+	o.nlsh.nlsh_epochs = (uint32_t)ep;
+	o.nlsh.soft_labels = !cli_flag(c, "hard-labels");
+	o.nlsh.nlsh_augment = aug;
+	o.nlsh.joint_rounds = (uint32_t)rounds;
+	o.nlsh.joint_lambda = lambda;
 	const char *router_from = cli_get(c, "router-from");
 	if (cli_flag(c, "distributed"))
 		return cli_build_distributed(c, &o, data, index, router_from);

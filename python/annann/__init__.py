@@ -83,7 +83,9 @@ def build(path, data, *, partitions=None, router="kmeans", store="file", mem="1G
     ("path.input.<pid>.<ext>", removed afterwards) one 8 MiB chunk at a time, so
     an array larger than ``mem`` (a numpy memmap) is never copied whole in RAM.
     ``progress`` is a callable (phase, done, total) or a tqdm-style bar.
-    ``options`` are the other fields of ann_build_opts by name (encoding,
+    ``options`` are the other fields of ann_build_opts by name, the routers'
+    own parameters (ann_build_opts.kmeans, .annann, .nlsh) by their field
+    names, set for every router kind that has the field (encoding,
     metric, zstd_level, shuffle, dictionary, sample, kmeans_iters, balance,
     replicas, replica_eps, soar_lambda, hnsw_m, hnsw_ef_construction, embed_dim, hidden,
     ae_epochs, dec_epochs, dec_alpha, recon_weight, knn_k, imbalance,

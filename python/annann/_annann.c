@@ -631,24 +631,27 @@ static int apply_opt(ann_build_opts *o, const char *key, PyObject *v)
 	U32("partitions", partitions)
 	U32("zstd_level", zstd_level)
 	U32("threads", threads)
-	U32("kmeans_iters", kmeans_iters)
 	U32("replicas", replicas)
-	U32("hnsw_m", hnsw_m)
-	U32("hnsw_ef_construction", hnsw_ef_construction)
-	U32("embed_dim", embed_dim)
-	U32("ae_epochs", ae_epochs)
-	U32("dec_epochs", dec_epochs)
-	U32("knn_k", knn_k)
-	U32("nlsh_epochs", nlsh_epochs)
-	U32("joint_rounds", joint_rounds)
-	DBL("balance", balance)
+	/* the routers' own parameters (ann_build_opts.kmeans, .annann, .nlsh):
+	 * one keyword each; the k-means settings go to both routers that run
+	 * k-means and an HNSW graph, as the tool's options do */
+	U32("kmeans_iters", kmeans.kmeans_iters = o->annann.kmeans_iters)
+	U32("hnsw_m", kmeans.hnsw_m = o->annann.hnsw_m)
+	U32("hnsw_ef_construction", kmeans.hnsw_ef_construction = o->annann.hnsw_ef_construction)
+	U32("embed_dim", annann.embed_dim)
+	U32("ae_epochs", annann.ae_epochs)
+	U32("dec_epochs", annann.dec_epochs)
+	U32("knn_k", nlsh.knn_k)
+	U32("nlsh_epochs", nlsh.nlsh_epochs)
+	U32("joint_rounds", nlsh.joint_rounds)
+	DBL("balance", kmeans.balance = o->annann.balance)
 	DBL("replica_eps", replica_eps)
-	DBL("soar_lambda", soar_lambda)
-	DBL("dec_alpha", dec_alpha)
-	DBL("recon_weight", recon_weight)
-	DBL("imbalance", imbalance)
-	DBL("joint_lambda", joint_lambda)
-	DBL("nlsh_augment", nlsh_augment)
+	DBL("soar_lambda", kmeans.soar_lambda)
+	DBL("dec_alpha", annann.dec_alpha)
+	DBL("recon_weight", annann.recon_weight)
+	DBL("imbalance", nlsh.imbalance)
+	DBL("joint_lambda", nlsh.joint_lambda)
+	DBL("nlsh_augment", nlsh.nlsh_augment)
 #undef U32
 #undef DBL
 	if (strcmp(key, "seed") == 0 || strcmp(key, "sample") == 0 || strcmp(key, "mem_bytes") == 0) {
@@ -673,7 +676,7 @@ static int apply_opt(ann_build_opts *o, const char *key, PyObject *v)
 		if (key[0] == 'd')
 			o->dictionary = t > 0;
 		else if (key[1] == 'o')
-			o->soft_labels = t > 0;
+			o->nlsh.soft_labels = t > 0;
 		else
 			o->shuffle = t;
 		return 0;
@@ -712,12 +715,15 @@ static int apply_opt(ann_build_opts *o, const char *key, PyObject *v)
 			raise_fmt("build option hidden: 1 to 3 layer sizes");
 			return -1;
 		}
-		memset(o->hidden, 0, sizeof o->hidden);
-		for (Py_ssize_t i = 0; i < m; i++)
-			if (opt_u32(PySequence_Fast_GET_ITEM(seq, i), key, &o->hidden[i]) < 0) {
+		memset(o->annann.hidden, 0, sizeof o->annann.hidden);
+		memset(o->nlsh.hidden, 0, sizeof o->nlsh.hidden);
+		for (Py_ssize_t i = 0; i < m; i++) {
+			if (opt_u32(PySequence_Fast_GET_ITEM(seq, i), key, &o->annann.hidden[i]) < 0) {
 				Py_DECREF(seq);
 				return -1;
 			}
+			o->nlsh.hidden[i] = o->annann.hidden[i]; /* the annann encoder's or the classifier's layers */
+		}
 		Py_DECREF(seq);
 		return 0;
 	}

@@ -107,22 +107,21 @@ int ann_dist_kmeans_router(const ann_build_opts *o, ann_encoding enc, const floa
 {
 	*blob = NULL;
 	*len = 0;
-	ann_build_opts ro = *o;
-	ro.encoding = enc;
+	ann_router_env env;
+	ann_router_env_from(o, &env);
+	env.encoding = enc;
 	float *c = ann_malloc(k * d * sizeof(float));
 	if (!c)
 		return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory for %zu centroids", k);
 	memcpy(c, centroids, k * d * sizeof(float));
 	ann_router *r = NULL;
-	int rc = ann_router_kmeans_from_centroids(&ro, c, k, d, &r, err);
+	int rc = ann_router_kmeans_from_centroids(&env, &o->kmeans, c, k, d, &r, err);
 	ann_free(c);
 	if (rc < 0)
 		return rc;
-	double ov;
-	rc = ann_router_kmeans_calibrate(r, x, n, o->threads > 0 ? o->threads : 1, route_ef, &ov, err);
+	rc = r->ops->calibrate ? r->ops->calibrate(r, x, n, &env, err) : ANN_OK;
 	if (rc >= 0) {
-		ann_router_log(o, "kmeans router: single-query ef %u (top-16 routing overlap %.4f with the exact scan)",
-			       *route_ef, ov);
+		*route_ef = ann_router_kmeans_ef(r);
 		rc = r->ops->save(r, blob, len, err);
 	}
 	ann_router_free(r);
@@ -225,7 +224,7 @@ int ann_index_router_blob(const ann_index *idx, ann_router_kind *kind, uint8_t *
 			  uint32_t *route_ef, ann_error *err)
 {
 	*kind = idx->meta.router;
-	*route_ef = idx->router->route_ef;
+	*route_ef = ann_router_kmeans_ef(idx->router);
 	return idx->router->ops->save(idx->router, blob, len, err);
 }
 

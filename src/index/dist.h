@@ -5,7 +5,7 @@
  * tools/cmd_dist.c, so the library stays free of MPI). Nothing here talks
  * to another process: each hook is what one rank does on its own.
  *
- *  - partbuild (build.c): a build whose router is given (not trained) and
+ *  - partbuild (build_part.c): a build whose router is given (not trained) and
  *    whose vectors arrive with their partitions already chosen, in any
  *    order, from any source; partitions that receive nothing get no
  *    directory entry, so a search of this part reads nothing for them.
@@ -26,7 +26,7 @@
 
 #include "common.h"
 
-/* ---- partbuild (build.c) ------------------------------------------------ */
+/* ---- partbuild (build_part.c) ------------------------------------------- */
 
 typedef struct ann_partbuild ann_partbuild;
 
@@ -50,7 +50,9 @@ void ann_partbuild_shape(const ann_partbuild *pb, uint64_t *n, uint32_t *dim, an
 int ann_partbuild_sample(ann_partbuild *pb, uint64_t first, uint64_t count, uint64_t want, uint64_t seed,
 			 float *out, ann_error *err);
 /* Gives the router (a blob as saved in a catalog) and its calibrated ef
- * (0: none). Its partitions must number the resolved partitions or, when
+ * (0: none); a k-means blob of this build holds its ef, and route_ef then
+ * only matters for a blob of an older index, which kept it in catalog
+ * meta: it goes into the part's blob. Its partitions must number the resolved partitions or, when
  * o->partitions was 0, set them. A router that learns from the routed data
  * (ops->observe) is refused: ranks would learn different routers.
  * caller_bytes: the caller's own buffers (read, route, shuffle), taken out
@@ -90,8 +92,10 @@ int ann_dist_kmeans_partial(const float *x, size_t n, size_t d, const float *cen
 uint64_t ann_dist_kmeans_update(const double *sums, uint64_t *counts, size_t k, size_t d, ann_metric metric,
 				float *centroids);
 /* The k-means router over given centroids (u8 encodings rounded as the
- * trained router does; HNSW with o->hnsw_m, o->hnsw_ef_construction),
- * calibrated on the sample x (n x d), saved as a blob (free with ann_free). */
+ * trained router does; HNSW with o->kmeans.hnsw_m and
+ * o->kmeans.hnsw_ef_construction), calibrated on the sample x (n x d) by its
+ * calibrate op, saved as a blob holding the ef (free with ann_free);
+ * *route_ef gets the ef. */
 int ann_dist_kmeans_router(const ann_build_opts *o, ann_encoding enc, const float *centroids, size_t k, size_t d,
 			   const float *x, size_t n, uint8_t **blob, size_t *len, uint32_t *route_ef, ann_error *err);
 
@@ -117,7 +121,7 @@ int ann_dist_desc_read(const char *dir, ann_dist_desc *d, ann_error *err);
  * an ordinary index). */
 int ann_index_open_part(const char *dir, ann_index **out, uint32_t *rank, uint32_t *ranks, ann_error *err);
 /* The router of an open index as a blob (free with ann_free), its kind and
- * calibrated ef. */
+ * calibrated ef (from the blob, or an older index's catalog meta). */
 int ann_index_router_blob(const ann_index *idx, ann_router_kind *kind, uint8_t **blob, size_t *len,
 			  uint32_t *route_ef, ann_error *err);
 uint64_t ann_dist_hash(const void *p, size_t n);

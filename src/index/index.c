@@ -37,7 +37,7 @@ static int load_models(ann_index *x, ann_error *err)
 		ann_err_prefix(err, rc, "%s: catalog", x->path);
 		goto fail;
 	}
-	uint64_t ef = 0; /* the build's calibrated routing ef; absent before it existed */
+	uint64_t ef = 0; /* indexes built before the router blob held the calibrated ef keep it here */
 	rc = ann_catalog_meta_get_u64(t, "router.ef", &ef, err);
 	if (rc < 0 && rc != ANN_E_NOTFOUND)
 		goto fail;
@@ -46,7 +46,8 @@ static int load_models(ann_index *x, ann_error *err)
 			     (unsigned long long)ef, ANN_MAX_EF);
 		goto fail;
 	}
-	x->router->route_ef = (uint32_t)ef;
+	if (!ann_router_kmeans_ef(x->router))
+		ann_router_kmeans_set_legacy_ef(x->router, (uint32_t)ef);
 	uint64_t rank = 0, ranks = 0; /* a part of a distributed index (dist.h) */
 	rc = ann_catalog_meta_get_u64(t, "dist.ranks", &ranks, err);
 	if (rc >= 0)
@@ -282,7 +283,7 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->encoding = x->meta.encoding;
 	info->metric = x->meta.metric;
 	info->router_ram_bytes = x->router->ops->ram_bytes(x->router) + (uint64_t)x->dir.n * sizeof(ann_dirent);
-	info->route_ef = x->router->route_ef;
+	info->route_ef = ann_router_kmeans_ef(x->router);
 	info->router_bits = ann_router_kcodes_bits(x->router);
 	info->code_bits = x->meta.code_bits;
 	info->code_factors = x->meta.code_bits ? (x->meta.code_f16 ? 16 : 32) : 0;

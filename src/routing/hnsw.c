@@ -9,126 +9,13 @@
  * the kernel table of distance.h (f32 x u8 for queries in u8 storage, u8 x
  * u8 between stored vectors).
  */
-#include "hnsw.h"
+#include "hnsw_int.h"
 
 #include <assert.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdatomic.h>
-#include <xxhash.h>
 
-#include "distance.h"
 #include "heap.h"
-
-#define HN_MAGIC "\x89HNSW\r\n\x1a"
-#define HN_HEADER 96u
-#define HN_TRAILER 8u
-#define HN_STRIPES 4096u /* lock stripes during parallel builds */
-#define HN_MAX_THREADS 64
-#define HN_MAX_N ((size_t)INT32_MAX)
-#define HN_NONE UINT32_MAX
-#define HN_FLAG_KEEP_PRUNED 1u
-#define HN_STORE_F32 0u /* blob storage field (offset 52): float32 rows */
-#define HN_STORE_U8 1u  /* uint8 rows, metric L2 only */
-#define HN_PROGRESS_NS 200000000ull
-
-typedef struct hn_pair {
-	float d;
-	uint32_t id;
-} hn_pair;
-
-struct ann_hnsw {
-	size_t d;
-	ann_metric metric;
-	uint32_t M;   /* degree above level 0 */
-	uint32_t M0;  /* degree at level 0 (2 M) */
-	uint32_t efc; /* ef_construction */
-	uint32_t flags;
-	double mult; /* 1 / ln M */
-	ann_rng rng; /* level generator */
-	const ann_kernels *kern;
-	size_t n, cap;     /* vectors held, slots allocated */
-	bool u8;           /* rows are uint8 (L2 only), else float32 */
-	size_t row;        /* bytes of one row: d, or 4 d */
-	uint8_t *vec;      /* cap * row */
-	uint32_t *link0;   /* cap * (1 + M0) */
-	uint8_t *level;    /* cap */
-	size_t *uoff;      /* cap: first word of the node's level-1 list in upper */
-	uint32_t *upper;   /* upper_cap words */
-	size_t upper_n, upper_cap;
-	int max_level;     /* -1 when empty */
-	uint32_t entry;
-	bool failed;       /* an add or build stopped half-way; see ANN_E_STATE */
-	ann_hnsw_ctx *actx; /* context for adds */
-	/* parallel build only */
-	pthread_mutex_t *locks; /* HN_STRIPES, NULL when single-threaded */
-	pthread_mutex_t glock;
-};
-
-struct ann_hnsw_ctx {
-	uint16_t *tag; /* visited marks: tag[id] == gen */
-	size_t tag_cap;
-	uint16_t gen;
-	hn_pair *cand; /* min-heap by distance */
-	size_t ncand, cand_cap;
-	hn_pair *res; /* max-heap by distance, <= ef + 1 */
-	size_t nres, res_cap;
-	hn_pair *sorted; /* results ascending, and scratch for pruning */
-	size_t sorted_cap;
-	float *q; /* normalised query (COSINE) */
-	size_t q_cap;
-	uint32_t *nb; /* neighbour list copy */
-	size_t nb_cap;
-	hn_pair *sel; /* selected neighbours */
-	hn_pair *pruned;
-	size_t sel_cap;
-};
-
-/* ---- small helpers --------------------------------------------------------- */
-
-/* The stored row of id: float32, or uint8 in u8 storage. */
-static inline const void *hn_row(const ann_hnsw *h, uint32_t id)
-{
-	return h->vec + (size_t)id * h->row;
-}
-
-static inline uint32_t *hn_links(const ann_hnsw *h, uint32_t id, int lc)
-{
-	if (lc == 0)
-		return h->link0 + (size_t)id * (1 + h->M0);
-	return h->upper + h->uoff[id] + (size_t)(lc - 1) * (1 + h->M);
-}
-
-/* Distance of a float query to node id. */
-static inline float hn_dist(const ann_hnsw *h, const float *q, uint32_t id)
-{
-	if (h->u8)
-		return h->kern->l2_f32_u8(q, hn_row(h, id), h->d);
-	const float *v = hn_row(h, id);
-	if (h->metric == ANN_METRIC_L2)
-		return h->kern->l2_f32(q, v, h->d);
-	float ip = h->kern->ip_f32(q, v, h->d);
-	return h->metric == ANN_METRIC_IP ? -ip : 1.0f - ip;
-}
-
-/* Distance between nodes a and b (exact integer arithmetic in u8 storage). */
-static inline float hn_dist_nodes(const ann_hnsw *h, uint32_t a, uint32_t b)
-{
-	if (h->u8)
-		return h->kern->l2_u8(hn_row(h, a), hn_row(h, b), h->d);
-	return hn_dist(h, hn_row(h, a), b);
-}
-
-/* Node id as a float query: its row, or in u8 storage a copy in c->q. */
-static const float *hn_query_of(const ann_hnsw *h, ann_hnsw_ctx *c, uint32_t id)
-{
-	if (!h->u8)
-		return hn_row(h, id);
-	const uint8_t *v = hn_row(h, id);
-	for (size_t j = 0; j < h->d; j++)
-		c->q[j] = v[j];
-	return c->q;
-}
 
 static inline bool hn_less(hn_pair a, hn_pair b)
 {
@@ -251,7 +138,7 @@ size_t ann_hnsw_ctx_bytes(const ann_hnsw_ctx *c)
 }
 
 /* Sizes c for a search of h with candidate list ef. */
-static int hn_ctx_prepare(const ann_hnsw *h, ann_hnsw_ctx *c, size_t ef, ann_error *err)
+int hn_ctx_prepare(const ann_hnsw *h, ann_hnsw_ctx *c, size_t ef, ann_error *err)
 {
 	if (c->tag_cap < h->n) {
 		size_t nc = ANN_MAX(h->n, h->cap);
@@ -319,7 +206,7 @@ static const uint32_t *hn_read_links(const ann_hnsw *h, ann_hnsw_ctx *c, uint32_
 }
 
 /* Greedy descent at level lc from *ep (distance *epd). */
-static void hn_greedy(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, uint32_t *ep, float *epd, int lc)
+void hn_greedy(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, uint32_t *ep, float *epd, int lc)
 {
 	bool changed = true;
 	while (changed) {
@@ -340,7 +227,7 @@ static void hn_greedy(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, uint32
 
 /* Beam search at level lc from ep: leaves the best ef in the max-heap c->res.
  * Returns ANN_E_NOMEM if the candidate heap cannot grow. */
-static int hn_search_layer(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, uint32_t ep, float epd,
+int hn_search_layer(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, uint32_t ep, float epd,
 			   size_t ef, int lc)
 {
 	hn_visit_reset(c);
@@ -388,7 +275,7 @@ static int hn_search_layer(const ann_hnsw *h, ann_hnsw_ctx *c, const float *q, u
 }
 
 /* Drains c->res into c->sorted ascending; returns the count. */
-static size_t hn_drain(ann_hnsw_ctx *c)
+size_t hn_drain(ann_hnsw_ctx *c)
 {
 	size_t m = c->nres;
 	for (size_t i = m; i-- > 0;)
@@ -521,7 +408,7 @@ static int hn_draw_level(ann_hnsw *h)
 	return l > ANN_HNSW_MAX_LEVEL ? ANN_HNSW_MAX_LEVEL : (int)l;
 }
 
-static int hn_set_cap(ann_hnsw *h, size_t cap, ann_error *err)
+int hn_set_cap(ann_hnsw *h, size_t cap, ann_error *err)
 {
 	if (cap <= h->cap)
 		return ANN_OK;
@@ -551,7 +438,7 @@ nomem:
 }
 
 /* Reserves upper-list words for `words` more. */
-static int hn_upper_reserve(ann_hnsw *h, size_t words, ann_error *err)
+int hn_upper_reserve(ann_hnsw *h, size_t words, ann_error *err)
 {
 	if (!hn_grow((void **)&h->upper, &h->upper_cap, h->upper_n + words, sizeof(uint32_t)))
 		return ann_err(err, ANN_E_NOMEM, "hnsw: cannot grow the upper-level lists to %zu words",
@@ -606,7 +493,7 @@ static void hn_place(ann_hnsw *h, const float *v, int L)
 
 /* ---- public: life cycle ------------------------------------------------------ */
 
-static int hn_check_params(size_t d, ann_metric metric, uint32_t M, uint32_t efc, ann_error *err)
+int hn_check_params(size_t d, ann_metric metric, uint32_t M, uint32_t efc, ann_error *err)
 {
 	if (d == 0 || d > ANN_HNSW_MAX_DIM)
 		return ann_err(err, ANN_E_INVAL, "hnsw: dimension %zu not in 1..%d", d, ANN_HNSW_MAX_DIM);
@@ -619,7 +506,7 @@ static int hn_check_params(size_t d, ann_metric metric, uint32_t M, uint32_t efc
 	return ANN_OK;
 }
 
-static int hn_create(size_t d, ann_metric metric, bool u8, uint32_t M, uint32_t ef_construction, uint64_t seed,
+int hn_create(size_t d, ann_metric metric, bool u8, uint32_t M, uint32_t ef_construction, uint64_t seed,
 		     ann_hnsw **out, ann_error *err)
 {
 	*out = NULL;
@@ -701,6 +588,16 @@ uint32_t ann_hnsw_degree(const ann_hnsw *h)
 uint32_t ann_hnsw_ef_construction(const ann_hnsw *h)
 {
 	return h->efc;
+}
+
+uint32_t ann_hnsw_search_ef(const ann_hnsw *h)
+{
+	return h->search_ef;
+}
+
+void ann_hnsw_set_search_ef(ann_hnsw *h, uint32_t ef)
+{
+	h->search_ef = ANN_MIN(ef, (uint32_t)ANN_MAX_EF);
 }
 
 bool ann_hnsw_is_u8(const ann_hnsw *h)
@@ -950,175 +847,6 @@ int ann_hnsw_build(ann_hnsw *h, const float *x, size_t n, int threads, ann_progr
 	return n ? ann_hnsw_repair(h, NULL, err) : ANN_OK;
 }
 
-/* ---- reachability ------------------------------------------------------------ */
-
-/* BFS along level-lc links from the nodes already marked in reach (the
- * queue holds them, qn of them); marks what it reaches. */
-static void hn_bfs(const ann_hnsw *h, int lc, uint8_t *reach, uint32_t *queue, size_t qn)
-{
-	for (size_t qi = 0; qi < qn; qi++) {
-		const uint32_t *l = hn_links(h, queue[qi], lc);
-		for (uint32_t j = 0; j < l[0]; j++) {
-			uint32_t nb = l[1 + j];
-			if (!reach[nb]) {
-				reach[nb] = 1;
-				queue[qn++] = nb;
-			}
-		}
-	}
-}
-
-/* Marks the level-lc nodes reachable from the entry point; returns how many
- * nodes of that level are not. */
-static size_t hn_reach(const ann_hnsw *h, int lc, uint8_t *reach, uint32_t *queue)
-{
-	memset(reach, 0, h->n);
-	reach[h->entry] = 1;
-	queue[0] = h->entry;
-	hn_bfs(h, lc, reach, queue, 1);
-	size_t lost = 0;
-	for (size_t i = 0; i < h->n; i++)
-		lost += h->level[i] >= lc && !reach[i];
-	return lost;
-}
-
-/* Why: on clustered data (well-separated mixture components, and so their
- * k-means centroids) the neighbour heuristic can prune every link into a
- * component that was reached late, and a search from the entry point then
- * never finds it, whatever ef: routing silently misses the partitions that
- * hold a query's neighbours. After a build, every node left unreachable at
- * a level gets a link from the nearest reachable node (found by a search of
- * that level, which only walks reachable nodes), replacing there the link
- * whose target has the most in-links (so no other node loses its last
- * way in); its own links then make its component reachable. */
-static int hn_repair(ann_hnsw *h, ann_hnsw_ctx *c, size_t *added)
-{
-	*added = 0;
-	if (h->n < 2)
-		return ANN_OK;
-	uint8_t *reach = ann_malloc(h->n);
-	uint32_t *queue = ann_malloc(h->n * sizeof(uint32_t));
-	uint32_t *indeg = ann_malloc(h->n * sizeof(uint32_t));
-	int rc = ANN_OK;
-	if (!reach || !queue || !indeg) {
-		rc = ANN_E_NOMEM;
-		goto out;
-	}
-	for (int lc = 0; lc <= h->max_level; lc++) {
-		/* A replaced link can cut off what only it reached: passes repeat
-		 * until nothing is lost (in practice one or two). */
-		for (int pass = 0; pass < 16 && hn_reach(h, lc, reach, queue) > 0; pass++) {
-			/* In-links from reachable nodes only: a target with two or more
-			 * keeps a way in when one is replaced. */
-			memset(indeg, 0, h->n * sizeof(uint32_t));
-			for (size_t i = 0; i < h->n; i++) {
-				if (h->level[i] < lc || !reach[i])
-					continue;
-				const uint32_t *l = hn_links(h, (uint32_t)i, lc);
-				for (uint32_t j = 0; j < l[0]; j++)
-					indeg[l[1 + j]]++;
-			}
-			uint32_t cap = lc ? h->M : h->M0;
-			for (size_t u = 0; u < h->n; u++) {
-				if (h->level[u] < lc || reach[u])
-					continue;
-				const float *q = hn_query_of(h, c, (uint32_t)u);
-				uint32_t ep = h->entry;
-				float epd = hn_dist(h, q, ep);
-				for (int l = h->max_level; l > lc; l--)
-					hn_greedy(h, c, q, &ep, &epd, l);
-				if (hn_search_layer(h, c, q, ep, epd, h->efc, lc) < 0) {
-					rc = ANN_E_NOMEM;
-					goto out;
-				}
-				/* The nearest reachable node whose list has room, or else
-				 * a link to give up: the target with the most in-links.
-				 * The search may start at u itself (the descent through
-				 * the upper levels can land on it) and walk u's own
-				 * unreachable out-links: neither u nor those may take
-				 * the link, or u would point at itself or stay cut off.
-				 * The entry point is reachable at every level. */
-				size_t nc = hn_drain(c);
-				uint32_t r = UINT32_MAX, slot = UINT32_MAX;
-				for (size_t i = 0; i < nc && slot == UINT32_MAX; i++) {
-					uint32_t v = c->sorted[i].id;
-					if (v == u || !reach[v])
-						continue;
-					if (r == UINT32_MAX)
-						r = v;
-					const uint32_t *l = hn_links(h, v, lc);
-					if (l[0] < cap) {
-						r = v;
-						slot = l[0];
-					}
-				}
-				if (r == UINT32_MAX) {
-					r = h->entry;
-					if (hn_links(h, r, lc)[0] < cap)
-						slot = hn_links(h, r, lc)[0];
-				}
-				uint32_t *l = hn_links(h, r, lc);
-				if (slot == UINT32_MAX) {
-					slot = 0;
-					for (uint32_t j = 1; j < l[0]; j++)
-						if (indeg[l[1 + j]] > indeg[l[1 + slot]])
-							slot = j;
-					indeg[l[1 + slot]]--;
-				} else {
-					l[0]++;
-				}
-				l[1 + slot] = (uint32_t)u;
-				indeg[u]++;
-				reach[u] = 1;
-				queue[0] = (uint32_t)u;
-				hn_bfs(h, lc, reach, queue, 1);
-				(*added)++;
-			}
-		}
-	}
-out:
-	ann_free(reach);
-	ann_free(queue);
-	ann_free(indeg);
-	return rc;
-}
-
-int ann_hnsw_repair(ann_hnsw *h, size_t *added, ann_error *err)
-{
-	size_t a = 0;
-	if (added)
-		*added = 0;
-	if (h->failed)
-		return ann_err(err, ANN_E_STATE, "hnsw: an earlier add or build failed, no repair");
-	if (h->n == 0)
-		return ANN_OK;
-	if (!h->actx)
-		ANN_TRY(ann_hnsw_ctx_new(&h->actx, err));
-	ANN_TRY(hn_ctx_prepare(h, h->actx, h->efc, err));
-	if (hn_repair(h, h->actx, &a) < 0)
-		return ann_err(err, ANN_E_NOMEM, "hnsw: out of memory repairing the links of %zu vectors", h->n);
-	if (added)
-		*added = a;
-	return ANN_OK;
-}
-
-size_t ann_hnsw_unreachable(const ann_hnsw *h)
-{
-	if (h->n == 0)
-		return 0;
-	uint8_t *reach = ann_malloc(h->n);
-	uint32_t *queue = ann_malloc(h->n * sizeof(uint32_t));
-	size_t lost = SIZE_MAX;
-	if (reach && queue) {
-		lost = 0;
-		for (int lc = 0; lc <= h->max_level; lc++)
-			lost += hn_reach(h, lc, reach, queue);
-	}
-	ann_free(reach);
-	ann_free(queue);
-	return lost;
-}
-
 /* ---- public: search ---------------------------------------------------------- */
 
 int ann_hnsw_search(const ann_hnsw *h, ann_hnsw_ctx *ctx, const float *q, size_t k, size_t ef, int32_t *ids,
@@ -1191,245 +919,3 @@ int ann_hnsw_nearest_rows(const ann_hnsw *h, const float *x, size_t n, uint32_t 
 	return rc < 0 ? rc : ANN_OK;
 }
 
-/* ---- public: blob -------------------------------------------------------------- */
-
-/* Bytes of the vector section of the body: float32 rows, or uint8 rows
- * zero-padded to a multiple of 4. */
-static size_t hn_blob_vec_bytes(size_t n, size_t d, bool u8)
-{
-	return u8 ? ANN_ALIGN_UP(n * d, 4) : n * d * sizeof(float);
-}
-
-size_t ann_hnsw_blob_bytes(const ann_hnsw *h)
-{
-	size_t b = HN_HEADER + ANN_ALIGN_UP(h->n, 4) + hn_blob_vec_bytes(h->n, h->d, h->u8) + HN_TRAILER;
-	for (size_t i = 0; i < h->n; i++)
-		for (int lc = 0; lc <= h->level[i]; lc++)
-			b += 4 * (1 + (size_t)hn_links(h, (uint32_t)i, lc)[0]);
-	return b;
-}
-
-int ann_hnsw_save(const ann_hnsw *h, uint8_t *buf, size_t cap, ann_error *err)
-{
-	size_t need = ann_hnsw_blob_bytes(h);
-	if (!buf || cap < need)
-		return ann_err(err, ANN_E_INVAL, "hnsw: blob buffer of %zu bytes, %zu needed", cap, need);
-	memset(buf, 0, HN_HEADER);
-	memcpy(buf, HN_MAGIC, 8);
-	ann_st16(buf + 8, ANN_HNSW_VERSION_MAJOR);
-	/* f32 storage is written as 1.0, whose layout it keeps, so that readers
-	 * older than 1.1 still load it; u8 storage needs 1.1. */
-	ann_st16(buf + 10, h->u8 ? ANN_HNSW_VERSION_MINOR : 0);
-	ann_st32(buf + 12, HN_HEADER);
-	ann_st32(buf + 16, (uint32_t)h->d);
-	ann_st32(buf + 20, (uint32_t)h->metric);
-	ann_st32(buf + 24, h->M);
-	ann_st32(buf + 28, h->efc);
-	ann_st64(buf + 32, h->n);
-	ann_st32(buf + 40, (uint32_t)(int32_t)h->max_level);
-	ann_st32(buf + 44, h->entry);
-	ann_st32(buf + 48, h->flags);
-	ann_st32(buf + 52, h->u8 ? HN_STORE_U8 : HN_STORE_F32);
-	for (int i = 0; i < 4; i++)
-		ann_st64(buf + 56 + 8 * i, h->rng.s[i]);
-	ann_st64(buf + 88, need - HN_HEADER - HN_TRAILER);
-	uint8_t *p = buf + HN_HEADER;
-	if (h->n)
-		memcpy(p, h->level, h->n);
-	memset(p + h->n, 0, ANN_ALIGN_UP(h->n, 4) - h->n);
-	p += ANN_ALIGN_UP(h->n, 4);
-	if (h->u8) {
-		size_t vb = hn_blob_vec_bytes(h->n, h->d, true);
-		if (h->n)
-			memcpy(p, h->vec, h->n * h->d);
-		memset(p + h->n * h->d, 0, vb - h->n * h->d);
-		p += vb;
-	} else {
-		const float *v = (const float *)(const void *)h->vec;
-		for (size_t i = 0; i < h->n * h->d; i++, p += 4)
-			ann_stf32(p, v[i]);
-	}
-	for (size_t i = 0; i < h->n; i++) {
-		for (int lc = 0; lc <= h->level[i]; lc++) {
-			const uint32_t *l = hn_links(h, (uint32_t)i, lc);
-			for (uint32_t j = 0; j <= l[0]; j++, p += 4)
-				ann_st32(p, l[j]);
-		}
-	}
-	ann_st64(p, XXH64(buf, (size_t)(p - buf), 0));
-	return ANN_OK;
-}
-
-int ann_hnsw_load(const uint8_t *buf, size_t len, ann_hnsw **out, ann_error *err)
-{
-	*out = NULL;
-	if (!buf || len < HN_HEADER + HN_TRAILER)
-		return ann_err(err, ANN_E_CORRUPT, "hnsw blob: %zu bytes, less than header + checksum (%u)",
-			       len, HN_HEADER + HN_TRAILER);
-	if (memcmp(buf, HN_MAGIC, 8) != 0)
-		return ann_err(err, ANN_E_FORMAT, "hnsw blob: bad magic, not an HNSW graph");
-	unsigned major = ann_ld16(buf + 8), minor = ann_ld16(buf + 10);
-	if (major != ANN_HNSW_VERSION_MAJOR)
-		return ann_err(err, ANN_E_FORMAT, "hnsw blob: format version %u.%u, this build reads %u.x",
-			       major, minor, ANN_HNSW_VERSION_MAJOR);
-	size_t hdr = ann_ld32(buf + 12);
-	uint64_t body = ann_ld64(buf + 88);
-	/* A later minor may grow the header (its body still starts at offset 12's
-	 * value); this minor and older ones have exactly HN_HEADER bytes. */
-	bool later = minor > ANN_HNSW_VERSION_MINOR;
-	if (hdr < HN_HEADER || (!later && hdr != HN_HEADER) || hdr > len - HN_TRAILER ||
-	    body != len - HN_TRAILER - hdr)
-		return ann_err(err, ANN_E_CORRUPT,
-			       "hnsw blob: %zu bytes, header says %zu + body %llu + %u (truncated?)", len,
-			       hdr, (unsigned long long)body, HN_TRAILER);
-	uint64_t want = ann_ld64(buf + len - HN_TRAILER), got = XXH64(buf, len - HN_TRAILER, 0);
-	if (want != got)
-		return ann_err(err, ANN_E_CORRUPT,
-			       "hnsw blob: checksum mismatch at offset %zu (stored %016llx, data %016llx)",
-			       len - HN_TRAILER, (unsigned long long)want, (unsigned long long)got);
-
-	size_t d = ann_ld32(buf + 16);
-	uint32_t metric = ann_ld32(buf + 20), M = ann_ld32(buf + 24), efc = ann_ld32(buf + 28);
-	uint64_t n64 = ann_ld64(buf + 32);
-	int32_t max_level = (int32_t)ann_ld32(buf + 40);
-	uint32_t entry = ann_ld32(buf + 44), flags = ann_ld32(buf + 48), store = ann_ld32(buf + 52);
-	int rc = hn_check_params(d, (ann_metric)metric, M, efc, err);
-	if (rc < 0)
-		return ann_err_prefix(err, ANN_E_CORRUPT, "hnsw blob header");
-	/* Offset 52 was reserved (0) in 1.0: 0 is float32 storage in every minor. */
-	if (store != HN_STORE_F32 && store != HN_STORE_U8)
-		return ann_err(err, ANN_E_FORMAT, "hnsw blob header: vector storage %u is unknown to this build "
-			       "(it reads %u float32 and %u uint8)", store, HN_STORE_F32, HN_STORE_U8);
-	bool u8 = store == HN_STORE_U8;
-	if (u8 && (minor < 1 || metric != ANN_METRIC_L2))
-		return ann_err(err, ANN_E_CORRUPT,
-			       "hnsw blob header: uint8 storage needs version 1.1 and metric L2, found %u.%u, "
-			       "metric %u", major, minor, metric);
-	if (n64 > HN_MAX_N || (flags & ~HN_FLAG_KEEP_PRUNED) ||
-	    (n64 == 0 ? (max_level != -1 || entry != HN_NONE)
-		      : (max_level < 0 || max_level > ANN_HNSW_MAX_LEVEL || entry >= n64)))
-		return ann_err(err, ANN_E_CORRUPT,
-			       "hnsw blob header: n %llu, max_level %d, entry %u, flags %#x are inconsistent",
-			       (unsigned long long)n64, (int)max_level, entry, flags);
-	size_t n = (size_t)n64;
-
-	ann_hnsw *h = NULL;
-	ANN_TRY(hn_create(d, (ann_metric)metric, u8, M, efc, 0, &h, err));
-	h->flags = flags;
-	for (int i = 0; i < 4; i++)
-		h->rng.s[i] = ann_ld64(buf + 56 + 8 * i);
-	const uint8_t *p = buf + hdr, *end = buf + len - HN_TRAILER;
-	size_t vbytes; /* the float32 size bounds the uint8 one: one overflow check */
-	bool fits = ann_mul_ok(n, d * sizeof(float), &vbytes);
-	if (fits)
-		vbytes = hn_blob_vec_bytes(n, d, u8);
-	if (!fits || (size_t)(end - p) < ANN_ALIGN_UP(n, 4) ||
-	    (size_t)(end - p) - ANN_ALIGN_UP(n, 4) < vbytes + 4 * n) {
-		rc = ann_err(err, ANN_E_CORRUPT,
-			     "hnsw blob: body of %zu bytes cannot hold %zu vectors of dimension %zu",
-			     (size_t)(end - p), n, d);
-		goto fail;
-	}
-	ANN_CHECK(rc, hn_set_cap(h, n, err));
-	size_t words = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (p[i] > max_level) {
-			rc = ann_err(err, ANN_E_CORRUPT,
-				     "hnsw blob offset %zu: node %zu has level %u above max_level %d",
-				     (size_t)(p + i - buf), i, p[i], (int)max_level);
-			goto fail;
-		}
-		h->level[i] = p[i];
-		h->uoff[i] = words;
-		words += (size_t)p[i] * (1 + M);
-	}
-	/* The padding after the levels (and after uint8 rows) is zero: a saved
-	 * graph is the same bytes as the blob it was loaded from. */
-	for (size_t i = n; i < ANN_ALIGN_UP(n, 4); i++) {
-		if (p[i] != 0) {
-			rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob offset %zu: padding byte after the levels is %u, not 0",
-				     (size_t)(p + i - buf), p[i]);
-			goto fail;
-		}
-	}
-	if (n && h->level[entry] != max_level) {
-		rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob: entry point %u has level %u, max_level is %d",
-			     entry, h->level[entry], (int)max_level);
-		goto fail;
-	}
-	p += ANN_ALIGN_UP(n, 4);
-	if (u8) {
-		if (n) /* every byte is a valid coordinate */
-			memcpy(h->vec, p, n * d);
-		for (size_t i = n * d; i < vbytes; i++) {
-			if (p[i] != 0) {
-				rc = ann_err(err, ANN_E_CORRUPT,
-					     "hnsw blob offset %zu: padding byte after the uint8 vectors is %u, not 0",
-					     (size_t)(p + i - buf), p[i]);
-				goto fail;
-			}
-		}
-		p += vbytes;
-	} else {
-		float *v = (float *)(void *)h->vec;
-		for (size_t i = 0; i < n * d; i++, p += 4) {
-			float f = ann_ldf32(p);
-			if (!isfinite(f)) {
-				rc = ann_err(err, ANN_E_CORRUPT,
-					     "hnsw blob offset %zu: vector %zu component %zu is not finite",
-					     (size_t)(p - buf), i / d, i % d);
-				goto fail;
-			}
-			v[i] = f;
-		}
-	}
-	ANN_CHECK(rc, hn_upper_reserve(h, words, err));
-	h->upper_n = words;
-	for (size_t i = 0; i < n; i++) {
-		for (int lc = 0; lc <= h->level[i]; lc++) {
-			uint32_t cap = lc ? M : 2 * M;
-			if (end - p < 4)
-				goto short_body;
-			uint32_t cnt = ann_ld32(p);
-			if (cnt > cap) {
-				rc = ann_err(err, ANN_E_CORRUPT,
-					     "hnsw blob offset %zu: node %zu level %d has %u neighbours, "
-					     "at most %u allowed",
-					     (size_t)(p - buf), i, lc, cnt, cap);
-				goto fail;
-			}
-			p += 4;
-			if ((size_t)(end - p) < 4 * (size_t)cnt)
-				goto short_body;
-			uint32_t *l = hn_links(h, (uint32_t)i, lc);
-			l[0] = cnt;
-			for (uint32_t j = 0; j < cnt; j++, p += 4) {
-				uint32_t id = ann_ld32(p);
-				if (id >= n || id == i || h->level[id] < lc) {
-					rc = ann_err(err, ANN_E_CORRUPT,
-						     "hnsw blob offset %zu: node %zu level %d: neighbour %u "
-						     "is not another node of level >= %d (n %zu)",
-						     (size_t)(p - buf), i, lc, id, lc, n);
-					goto fail;
-				}
-				l[1 + j] = id;
-			}
-		}
-	}
-	if (p != end) {
-		rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob offset %zu: %zu bytes left after the last list",
-			     (size_t)(p - buf), (size_t)(end - p));
-		goto fail;
-	}
-	h->n = n;
-	h->max_level = max_level;
-	h->entry = entry;
-	*out = h;
-	return ANN_OK;
-short_body:
-	rc = ann_err(err, ANN_E_CORRUPT, "hnsw blob offset %zu: neighbour lists run past the end of the body",
-		     (size_t)(p - buf));
-fail:
-	ann_hnsw_free(h);
-	return rc;
-}

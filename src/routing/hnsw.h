@@ -14,14 +14,15 @@
 #include "common.h"
 
 /*
- * Blob layout, version 1.1 (all integers little-endian; docs/FORMAT.md):
+ * Blob layout, version 1.2 (all integers little-endian; docs/FORMAT.md):
  *
  *   OFFSET SIZE  FIELD
  *   0      8     magic 89 48 4E 53 57 0D 0A 1A ("\x89HNSW\r\n\x1a")
  *   8      2     major version (1); a reader refuses another major
- *   10     2     minor version: 1 with uint8 storage; 0 with float32
- *                storage, which keeps the 1.0 layout so 1.0 readers load it
- *   12     4     header bytes (96); the body starts there
+ *   10     2     minor version: 2 with a search ef (offset 96); else 1
+ *                with uint8 storage, 0 with float32 storage, which keeps
+ *                the 1.0 layout so 1.0 readers load it
+ *   12     4     header bytes H: 96, or 104 in minor 2; the body starts there
  *   16     4     dimension d
  *   20     4     metric (ann_metric)
  *   24     4     M (max degree above level 0; level 0 allows 2 M)
@@ -34,7 +35,10 @@
  *                another value is ANN_E_FORMAT (reserved, 0, in 1.0)
  *   56     32    level generator state (4 x u64), so later adds continue it
  *   88     8     body bytes B
- *   96     B     body:
+ *   96     4     minor >= 2: search ef its owner calibrated (1..ANN_MAX_EF;
+ *                0 = none, written as minor 0/1 without this field)
+ *   100    4     minor >= 2: reserved, 0
+ *   H      B     body:
  *                  n level bytes (<= 30 and <= max_level), zero-padded to a
  *                  multiple of 4;
  *                  n * d float32 vectors (unit length for COSINE), or in
@@ -42,10 +46,10 @@
  *                  per node in id order, for l = 0 .. level: u32 count
  *                  (<= 2 M at l = 0, <= M above), then count u32 ids, each
  *                  < n, not the node itself, of level >= l.
- *   96+B   8     XXH64 (seed 0) of bytes [0, 96 + B)
+ *   H+B    8     XXH64 (seed 0) of bytes [0, H + B)
  */
 #define ANN_HNSW_VERSION_MAJOR 1
-#define ANN_HNSW_VERSION_MINOR 1
+#define ANN_HNSW_VERSION_MINOR 2
 #define ANN_HNSW_MAX_LEVEL 30
 #define ANN_HNSW_MAX_DIM 65536
 #define ANN_HNSW_MAX_M 1024
@@ -101,7 +105,7 @@ int ann_hnsw_build(ann_hnsw *h, const float *x, size_t n, int threads, ann_progr
  * levels, summed over levels; SIZE_MAX when out of memory. */
 size_t ann_hnsw_unreachable(const ann_hnsw *h);
 /* Links every unreachable node from its nearest reachable one (see
- * hnsw.c, hn_repair); *added (may be NULL) gets the number of links made.
+ * hnsw_blob.c, hn_repair); *added (may be NULL) gets the number of links made.
  * Where every list is full a link is given up for it, which in rare cases
  * cuts off another node: measured, it leaves 0-1 of 3000 with M >= 8 on
  * hard 128-d data, where adds alone leave 1-170 (tests/test_hnsw.c).
@@ -115,6 +119,11 @@ ann_metric ann_hnsw_metric(const ann_hnsw *h);
 /* Degree above level 0 (M) and ef_construction the graph was created with. */
 uint32_t ann_hnsw_degree(const ann_hnsw *h);
 uint32_t ann_hnsw_ef_construction(const ann_hnsw *h);
+/* The search ef the graph's owner calibrated (the k-means router's
+ * single-query routing ef), kept in the blob; 0 = none. */
+uint32_t ann_hnsw_search_ef(const ann_hnsw *h);
+/* Sets it (0..ANN_MAX_EF; 0 = none). */
+void ann_hnsw_set_search_ef(ann_hnsw *h, uint32_t ef);
 /* True when the graph stores uint8 vectors (ann_hnsw_create_u8). */
 bool ann_hnsw_is_u8(const ann_hnsw *h);
 /* Copies the stored vector of id < count (normalised for COSINE) into out

@@ -18,7 +18,25 @@ const char *ann_router_name(ann_router_kind k)
 	}
 }
 
-void ann_router_log(const ann_build_opts *o, const char *fmt, ...)
+void ann_router_env_from(const ann_build_opts *o, ann_router_env *env)
+{
+	*env = (ann_router_env){
+		.kind = o->router,
+		.metric = o->metric,
+		.encoding = o->encoding,
+		.seed = o->seed,
+		.threads = o->threads,
+		.mem_bytes = o->mem_bytes,
+		.progress = o->progress,
+		.progress_ctx = o->progress_ctx,
+		.log = o->log,
+		.log_ctx = o->log_ctx,
+		.cancel = o->cancel,
+		.cancel_ctx = o->cancel_ctx,
+	};
+}
+
+void ann_router_log(const ann_router_env *o, const char *fmt, ...)
 {
 	if (!o->log)
 		return;
@@ -34,15 +52,17 @@ int ann_router_train(const ann_build_opts *o, const float *sample, size_t n, siz
 		     ann_router **out, ann_error *err)
 {
 	*out = NULL;
+	ann_router_env env;
+	ann_router_env_from(o, &env);
 	switch (o->router) {
 	case ANN_ROUTER_KMEANS:
-		return ann_router_kmeans_train(o, sample, n, d, nparts, out, err);
+		return ann_router_kmeans_train(&env, &o->kmeans, sample, n, d, nparts, out, err);
 	case ANN_ROUTER_ANNANN:
-		return ann_router_annann_train(o, sample, n, d, nparts, out, err);
+		return ann_router_annann_train(&env, &o->annann, sample, n, d, nparts, out, err);
 	case ANN_ROUTER_NLSH:
 	case ANN_ROUTER_JOINT:
 	case ANN_ROUTER_SOFT:
-		return ann_router_nlsh_train(o, sample, n, d, nparts, out, err);
+		return ann_router_nlsh_train(&env, &o->nlsh, sample, n, d, nparts, out, err);
 	default:
 		return ann_err(err, ANN_E_UNSUPPORTED, "router '%s' is not available in this build",
 			       ann_router_name(o->router));

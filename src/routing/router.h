@@ -16,6 +16,27 @@
 typedef struct ann_router ann_router;
 typedef struct ann_router_ctx ann_router_ctx;
 
+/* What every trainer gets besides its own kind's parameters (annann.h:
+ * ann_kmeans_router_opts, ann_annann_router_opts, ann_nlsh_router_opts):
+ * the build's common settings and callbacks. */
+typedef struct ann_router_env {
+	ann_router_kind kind;   /* nlsh, joint and soft share a trainer */
+	ann_metric metric;
+	ann_encoding encoding;  /* resolved by the build: the k-means router keeps u8 centroids as uint8 */
+	uint64_t seed;
+	int threads;            /* <= 0: 1 */
+	size_t mem_bytes;       /* the build's budget (the graph routers check their k-NN graph against it) */
+	ann_progress_fn progress;
+	void *progress_ctx;
+	ann_log_fn log;         /* training history lines */
+	void *log_ctx;
+	ann_cancel_fn cancel;
+	void *cancel_ctx;
+} ann_router_env;
+
+/* The environment of a build with options o. */
+void ann_router_env_from(const ann_build_opts *o, ann_router_env *env);
+
 /* How the build spreads a vector over partitions (docs/DESIGN.md,
  * "Spilling"). Inserts use {1, 0, 0}: one copy. */
 typedef struct ann_assign_rule {
@@ -51,6 +72,11 @@ typedef struct ann_router_ops {
 	 * primary partitions) and finishes after the last one. */
 	int (*observe)(ann_router *r, const float *x, size_t n, const uint32_t *parts, ann_error *err);
 	int (*finish)(ann_router *r, ann_error *err);
+	/* Optional: tunes the router's query-time settings on the training
+	 * sample x (n x dim) after training; the result is part of the router
+	 * (its blob keeps it) and is logged to env->log. The k-means router
+	 * measures its graph's single-query ef (ann_router_kmeans_calibrate). */
+	int (*calibrate)(ann_router *r, const float *x, size_t n, const ann_router_env *env, ann_error *err);
 	/* Optional: partition pid is split in two; pid's centroid becomes
 	 * c_keep and a new partition (returned, = nparts before the call) gets
 	 * c_new. Both are dim floats in the routing space. */
@@ -64,15 +90,14 @@ struct ann_router {
 	uint32_t nparts; /* partitions the router can name: 0 .. nparts - 1 */
 	uint32_t dim;
 	ann_metric metric;
-	uint32_t route_ef; /* k-means: ef of single-query graph routing calibrated by the build
-			      (catalog meta "router.ef"); 0: the fixed default of older indexes */
 	void *impl;
 };
 
-/* A line of training history to o->log (printf format), if set. */
-void ann_router_log(const ann_build_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A line of training history to env->log (printf format), if set. */
+void ann_router_log(const ann_router_env *env, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Trains a router of kind o->router on the sample (n x d floats). */
+/* Trains a router of kind o->router on the sample (n x d floats): the
+ * kind's trainer gets the environment of o and o's sub-struct of its kind. */
 int ann_router_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
 		     ann_router **out, ann_error *err);
 /* Rebuilds a router from its blob. */
@@ -81,19 +106,31 @@ int ann_router_load(ann_router_kind kind, const uint8_t *blob, size_t len, uint3
 void ann_router_free(ann_router *r);
 
 /* Per-kind entry points (router_*.c). */
-int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
-			    ann_router **out, ann_error *err);
+int ann_router_kmeans_train(const ann_router_env *env, const ann_kmeans_router_opts *o, const float *sample,
+			    size_t n, size_t d, uint32_t nparts, ann_router **out, ann_error *err);
 /* The k-means router over the k centroids c (k x d; rounded in place to
- * the u8 grid when o->encoding is U8 under L2), as ann_router_kmeans_train
+ * the u8 grid when env->encoding is U8 under L2), as ann_router_kmeans_train
  * makes it after its k-means (the distributed build's k-means, dist.h). */
-int ann_router_kmeans_from_centroids(const ann_build_opts *o, float *c, size_t k, size_t d, ann_router **out,
-				     ann_error *err);
+int ann_router_kmeans_from_centroids(const ann_router_env *env, const ann_kmeans_router_opts *o, float *c,
+				     size_t k, size_t d, ann_router **out, ann_error *err);
 /* Measures the centroid graph against an exact scan on up to 1000 rows of
  * x (the build's sample): the smallest ef of a fixed ladder (16 .. 512)
  * whose top-16 routing overlaps the exact top-16 within 0.001 of the
  * overlap at ef 512; docs/DESIGN.md "The centroid graph". */
 int ann_router_kmeans_calibrate(const ann_router *r, const float *x, size_t n, int threads, uint32_t *ef,
 				double *overlap, ann_error *err);
+/* The k-means router's single-query routing ef: calibrated by the build
+ * (the calibrate op) and kept in its blob (HNSW blob 1.2), else the one
+ * set from catalog meta router.ef for indexes built before the blob held
+ * it; 0 = none (routing uses 128). 0 for every other router. */
+uint32_t ann_router_kmeans_ef(const ann_router *r);
+/* Sets the calibrated ef, which the blob keeps (ef <= ANN_MAX_EF); no
+ * effect on other routers. */
+void ann_router_kmeans_set_ef(ann_router *r, uint32_t ef);
+/* Sets the ef of an older index (its catalog meta router.ef): used for
+ * routing when the blob holds none, never saved, so the blob saves as it
+ * was stored (a distributed index's parts compare its hash). */
+void ann_router_kmeans_set_legacy_ef(ann_router *r, uint32_t ef);
 /* The k-means router's centroid graph (tests, tools). */
 const struct ann_hnsw *ann_router_kmeans_graph(const ann_router *r);
 int ann_router_kmeans_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
@@ -116,13 +153,13 @@ unsigned ann_router_kcodes_bits(const ann_router *r);
 int ann_router_kcodes_calibrate(const ann_router *r, const float *x, size_t n, int threads, double *overlap,
 				ann_error *err);
 
-int ann_router_annann_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
-			    ann_router **out, ann_error *err);
+int ann_router_annann_train(const ann_router_env *env, const ann_annann_router_opts *o, const float *sample,
+			    size_t n, size_t d, uint32_t nparts, ann_router **out, ann_error *err);
 int ann_router_annann_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
 			   ann_error *err);
-/* nlsh, joint and soft share the runtime (a classifier); o->router picks the training. */
-int ann_router_nlsh_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
-			  ann_router **out, ann_error *err);
+/* nlsh, joint and soft share the runtime (a classifier); env->kind picks the training. */
+int ann_router_nlsh_train(const ann_router_env *env, const ann_nlsh_router_opts *o, const float *sample, size_t n,
+			  size_t d, uint32_t nparts, ann_router **out, ann_error *err);
 int ann_router_nlsh_load(ann_router_kind kind, const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric,
 			 ann_router **out, ann_error *err);
 

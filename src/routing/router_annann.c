@@ -470,7 +470,8 @@ static int anr_wrap(anr *a, ann_metric metric, ann_router **out, ann_error *err)
 /* ---- training ------------------------------------------------------------------ */
 
 typedef struct trainer {
-	const ann_build_opts *o;
+	const ann_router_env *env;
+	const ann_annann_router_opts *o;
 	const float *x; /* the sample, n x d */
 	size_t n, d, e, k, batch;
 	anr *a;
@@ -525,8 +526,8 @@ static void trainer_free(trainer *t)
 
 static void progress(const trainer *t, const char *phase, uint64_t done, uint64_t total)
 {
-	if (t->o->progress)
-		t->o->progress(t->o->progress_ctx, phase, done, total);
+	if (t->env->progress)
+		t->env->progress(t->env->progress_ctx, phase, done, total);
 }
 
 static int push_hist(anr *a, const anr_epoch *ep, ann_error *err)
@@ -614,7 +615,7 @@ static int stage_ae(trainer *t, ann_error *err)
 		}
 		anr_epoch rec = {.phase = PHASE_AE, .epoch = ep, .loss = sum / (double)t->n, .mse = sum / (double)t->n};
 		ANN_TRY(push_hist(a, &rec, err));
-		ann_router_log(t->o, "annann ae epoch %u/%u: mse %.6f", ep + 1, epochs, rec.mse);
+		ann_router_log(t->env, "annann ae epoch %u/%u: mse %.6f", ep + 1, epochs, rec.mse);
 		progress(t, "ae", ep + 1, epochs);
 	}
 	return ANN_OK;
@@ -681,7 +682,7 @@ static void refresh(trainer *t, double *changed)
 
 static void log_dec(const trainer *t, const anr_epoch *r, uint32_t epochs)
 {
-	ann_router_log(t->o, "annann dec epoch %u/%u: loss %.6f (KL %.6f -> %.6f, mse %.6f), labels changed %.2f%%",
+	ann_router_log(t->env, "annann dec epoch %u/%u: loss %.6f (KL %.6f -> %.6f, mse %.6f), labels changed %.2f%%",
 		       r->epoch + 1, epochs, r->loss, r->kl_start, r->kl_end, r->mse, 100.0 * r->changed);
 }
 
@@ -756,7 +757,7 @@ static int initial_means(trainer *t, ann_error *err)
 		goto fail;
 	}
 	ANN_CHECK(rc, ann_nearest_centroids(t->z, n, t->e, a->mu, k, 1, ANN_METRIC_L2,
-					    ANN_MAX(1, ANN_MIN(t->o->threads, 16)), lab, NULL, err));
+					    ANN_MAX(1, ANN_MIN(t->env->threads, 16)), lab, NULL, err));
 	for (size_t i = 0; i < n; i++) {
 		double *r = s + (size_t)lab[i] * d;
 		for (size_t j = 0; j < d; j++)
@@ -781,7 +782,7 @@ fail:
 	return rc;
 }
 
-static int check_opts(const ann_build_opts *o, size_t n, size_t d, uint32_t k, ann_error *err)
+static int check_opts(const ann_annann_router_opts *o, size_t n, size_t d, uint32_t k, ann_error *err)
 {
 	if (k == 0 || k > n || k > ANR_MAX_K)
 		return ann_err(err, ANN_E_INVAL, "annann router: %u clusters need at least as many sample vectors "
@@ -801,13 +802,14 @@ static int check_opts(const ann_build_opts *o, size_t n, size_t d, uint32_t k, a
 	return ANN_OK;
 }
 
-int ann_router_annann_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
-			    ann_router **out, ann_error *err)
+int ann_router_annann_train(const ann_router_env *env, const ann_annann_router_opts *o, const float *sample,
+			    size_t n, size_t d, uint32_t nparts, ann_router **out, ann_error *err)
 {
 	*out = NULL;
 	ANN_TRY(check_opts(o, n, d, nparts, err));
 	trainer t;
 	memset(&t, 0, sizeof t);
+	t.env = env;
 	t.o = o;
 	t.x = sample;
 	t.n = n;
@@ -837,7 +839,7 @@ int ann_router_annann_train(const ann_build_opts *o, const float *sample, size_t
 
 	/* networks: encoder d -> hidden... -> e (ReLU, linear output), decoder mirrored */
 	ann_rng root, init;
-	ann_rng_seed(&root, o->seed);
+	ann_rng_seed(&root, env->seed);
 	ann_rng_fork(&root, 1, &init);
 	ann_rng_fork(&root, 2, &t.rng);
 	ann_mlp_spec es, ds;
@@ -893,11 +895,11 @@ int ann_router_annann_train(const ann_build_opts *o, const float *sample, size_t
 	ann_kmeans_opts_init(&ko);
 	ko.k = t.k;
 	ko.max_iter = o->kmeans_iters ? o->kmeans_iters : 20;
-	ko.seed = o->seed;
+	ko.seed = env->seed;
 	ko.metric = ANN_METRIC_L2;
-	ko.threads = ANN_MAX(1, ANN_MIN(o->threads, 16));
-	ko.progress = o->progress;
-	ko.progress_ctx = o->progress_ctx;
+	ko.threads = ANN_MAX(1, ANN_MIN(env->threads, 16));
+	ko.progress = env->progress;
+	ko.progress_ctx = env->progress_ctx;
 	if (o->balance > 0) /* --balance caps the embedded clusters of the sample, as for the kmeans router */
 		ko.max_size = (size_t)(o->balance * (double)n / (double)t.k) + 1;
 	ANN_CHECK(rc, ann_kmeans(t.z, n, t.e, &ko, a->mu, t.lab, NULL, err));
@@ -913,12 +915,12 @@ int ann_router_annann_train(const ann_build_opts *o, const float *sample, size_t
 
 	/* HNSW over the embedded centroids; the decoder is not kept */
 	ANN_CHECK(rc, ann_hnsw_create(t.e, ANN_METRIC_L2, o->hnsw_m ? o->hnsw_m : 16,
-				      o->hnsw_ef_construction ? o->hnsw_ef_construction : 200, o->seed, &a->graph,
+				      o->hnsw_ef_construction ? o->hnsw_ef_construction : 200, env->seed, &a->graph,
 				      err));
-	ANN_CHECK(rc, ann_hnsw_build(a->graph, a->mu, t.k, ANN_MAX(1, ANN_MIN(o->threads, 64)), o->progress,
-				     o->progress_ctx, err));
+	ANN_CHECK(rc, ann_hnsw_build(a->graph, a->mu, t.k, ANN_MAX(1, ANN_MIN(env->threads, 64)), env->progress,
+				     env->progress_ctx, err));
 	trainer_free(&t);
-	return anr_wrap(a, o->metric, out, err);
+	return anr_wrap(a, env->metric, out, err);
 fail:
 	trainer_free(&t);
 	anr_destroy(a);

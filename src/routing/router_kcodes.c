@@ -9,7 +9,7 @@
  * the codes alone, the nprobe smallest first. At 1 bit a 784-dim centroid
  * costs 108 bytes instead of 784 + ~260 of graph links.
  *
- * Built by ann_router_kmeans_train when ann_build_opts.router_bits > 0
+ * Built by ann_router_kmeans_train when ann_build_opts.kmeans.router_bits > 0
  * (kind ANN_ROUTER_KMEANS either way); loaded by ann_router_kmeans_load
  * when the blob has this module's magic (docs/FORMAT.md "Compact k-means
  * router blob").
@@ -275,6 +275,16 @@ static void kc_free(ann_router *r)
 	ann_free(r);
 }
 
+/* The calibrate op: no graph, no ef; logs the codes' routing overlap. */
+static int kc_calibrate(ann_router *r, const float *x, size_t n, const ann_router_env *env, ann_error *err)
+{
+	double ov;
+	ANN_TRY(ann_router_kcodes_calibrate(r, x, n, env->threads > 0 ? env->threads : 1, &ov, err));
+	ann_router_log(env, "kmeans router: %u-bit centroid codes, top-16 routing overlap %.4f with the exact scan",
+		       ann_rbq_bits(kc(r)->rbq), ov);
+	return ANN_OK;
+}
+
 static const ann_router_ops kc_ops = {
 	.kind = ANN_ROUTER_KMEANS,
 	.assign = kc_assign,
@@ -284,6 +294,7 @@ static const ann_router_ops kc_ops = {
 	.ram_bytes = kc_ram,
 	.save = kc_save,
 	.split = kc_split,
+	.calibrate = kc_calibrate,
 	.free = kc_free,
 };
 

@@ -25,8 +25,8 @@
 
 typedef struct km_router {
 	ann_hnsw *graph;
-	uint32_t m, ef_construction; /* graph parameters, for rebuilds after splits */
 	uint64_t seed;
+	uint32_t legacy_ef; /* catalog meta router.ef of an index whose blob has no ef; never saved */
 } km_router;
 
 struct ann_router_ctx {
@@ -163,7 +163,8 @@ static int km_route(const ann_router *r, ann_router_ctx *c, const float *q, cons
 		    uint32_t *parts, ann_error *err)
 {
 	size_t np = ANN_MIN((size_t)o->nprobe, (size_t)ANN_MAX_NPROBE);
-	size_t ef = o->hnsw_ef ? o->hnsw_ef : ANN_MAX((size_t)(r->route_ef ? r->route_ef : DEFAULT_EF), 2 * np);
+	uint32_t cal = ann_router_kmeans_ef(r);
+	size_t ef = o->hnsw_ef ? o->hnsw_ef : ANN_MAX((size_t)(cal ? cal : DEFAULT_EF), 2 * np);
 	int found = ann_hnsw_search(km(r)->graph, c->hctx, q, np, ef, c->ids, c->dists, err);
 	if (found < 0)
 		return found;
@@ -257,7 +258,9 @@ static int km_split(ann_router *r, uint32_t pid, const float *c_keep, const floa
 		km_round_u8(c + n * d, d);
 	}
 	ann_hnsw *g;
-	int rc = km_graph_new(u8, d, r->metric, k->m, k->ef_construction, k->seed + n, &g, err);
+	/* rebuilt as it was built: the graph's own degree and ef_construction */
+	int rc = km_graph_new(u8, d, r->metric, ann_hnsw_degree(k->graph), ann_hnsw_ef_construction(k->graph),
+			      k->seed + n, &g, err);
 	if (rc >= 0) {
 		rc = ann_hnsw_build(g, c, n + 1, 1, NULL, NULL, err);
 		if (rc < 0)
@@ -266,6 +269,7 @@ static int km_split(ann_router *r, uint32_t pid, const float *c_keep, const floa
 	ann_free(c);
 	if (rc < 0)
 		return rc;
+	ann_hnsw_set_search_ef(g, ann_hnsw_search_ef(k->graph));
 	ann_hnsw_free(k->graph);
 	k->graph = g;
 	r->nparts = (uint32_t)(n + 1);
@@ -280,6 +284,17 @@ static void km_free(ann_router *r)
 	ann_free(r);
 }
 
+static int km_calibrate(ann_router *r, const float *x, size_t n, const ann_router_env *env, ann_error *err)
+{
+	uint32_t ef;
+	double ov;
+	ANN_TRY(ann_router_kmeans_calibrate(r, x, n, env->threads > 0 ? env->threads : 1, &ef, &ov, err));
+	ann_hnsw_set_search_ef(km(r)->graph, ef);
+	ann_router_log(env, "kmeans router: single-query ef %u (top-16 routing overlap %.4f with the exact scan)", ef,
+		       ov);
+	return ANN_OK;
+}
+
 static const ann_router_ops km_ops = {
 	.kind = ANN_ROUTER_KMEANS,
 	.assign = km_assign,
@@ -290,6 +305,7 @@ static const ann_router_ops km_ops = {
 	.ram_bytes = km_ram,
 	.save = km_save,
 	.split = km_split,
+	.calibrate = km_calibrate,
 	.free = km_free,
 };
 
@@ -304,8 +320,6 @@ static int km_wrap(ann_hnsw *g, uint32_t dim, ann_metric metric, ann_router **ou
 		return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory");
 	}
 	k->graph = g;
-	k->m = ann_hnsw_degree(g); /* a split rebuilds the graph as it was built */
-	k->ef_construction = ann_hnsw_ef_construction(g);
 	k->seed = 1;
 	r->ops = &km_ops;
 	r->impl = k;
@@ -319,13 +333,13 @@ static int km_wrap(ann_hnsw *g, uint32_t dim, ann_metric metric, ann_router **ou
 /* Builds the centroid graph over k x d centroids (for the trained router and
  * ann_router_kmeans_from_centroids); u8: uint8
  * storage, c already rounded. */
-static int km_graph(const ann_build_opts *o, bool u8, const float *c, size_t k, size_t d, ann_hnsw **out,
-		    ann_error *err)
+static int km_graph(const ann_router_env *env, const ann_kmeans_router_opts *o, bool u8, const float *c, size_t k,
+		    size_t d, ann_hnsw **out, ann_error *err)
 {
 	ann_hnsw *g;
-	ANN_TRY(km_graph_new(u8, d, o->metric, o->hnsw_m ? o->hnsw_m : 32,
-			     o->hnsw_ef_construction ? o->hnsw_ef_construction : 200, o->seed, &g, err));
-	int rc = ann_hnsw_build(g, c, k, o->threads > 0 ? o->threads : 1, o->progress, o->progress_ctx, err);
+	ANN_TRY(km_graph_new(u8, d, env->metric, o->hnsw_m ? o->hnsw_m : 32,
+			     o->hnsw_ef_construction ? o->hnsw_ef_construction : 200, env->seed, &g, err));
+	int rc = ann_hnsw_build(g, c, k, env->threads > 0 ? env->threads : 1, env->progress, env->progress_ctx, err);
 	if (rc < 0) {
 		ann_hnsw_free(g);
 		return rc;
@@ -334,8 +348,8 @@ static int km_graph(const ann_build_opts *o, bool u8, const float *c, size_t k, 
 	return ANN_OK;
 }
 
-int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
-			    ann_router **out, ann_error *err)
+int ann_router_kmeans_train(const ann_router_env *env, const ann_kmeans_router_opts *o, const float *sample,
+			    size_t n, size_t d, uint32_t nparts, ann_router **out, ann_error *err)
 {
 	if (nparts == 0 || nparts > n)
 		return ann_err(err, ANN_E_INVAL, "kmeans router: %u partitions need at least as many sample "
@@ -347,36 +361,36 @@ int ann_router_kmeans_train(const ann_build_opts *o, const float *sample, size_t
 	ann_kmeans_opts_init(&ko);
 	ko.k = nparts;
 	ko.max_iter = o->kmeans_iters ? o->kmeans_iters : 20;
-	ko.seed = o->seed;
-	ko.metric = o->metric;
-	ko.threads = o->threads > 0 ? o->threads : 1;
+	ko.seed = env->seed;
+	ko.metric = env->metric;
+	ko.threads = env->threads > 0 ? env->threads : 1;
 	if (o->balance > 0)
 		ko.max_size = (size_t)(o->balance * (double)n / nparts) + 1;
-	ko.progress = o->progress;
-	ko.progress_ctx = o->progress_ctx;
-	ko.cancel = o->cancel;
-	ko.cancel_ctx = o->cancel_ctx;
+	ko.progress = env->progress;
+	ko.progress_ctx = env->progress_ctx;
+	ko.cancel = env->cancel;
+	ko.cancel_ctx = env->cancel_ctx;
 	int rc = ann_kmeans(sample, n, d, &ko, c, NULL, NULL, err);
 	if (rc >= 0)
-		rc = ann_router_kmeans_from_centroids(o, c, nparts, d, out, err);
+		rc = ann_router_kmeans_from_centroids(env, o, c, nparts, d, out, err);
 	ann_free(c);
 	return rc;
 }
 
-int ann_router_kmeans_from_centroids(const ann_build_opts *o, float *c, size_t k, size_t d, ann_router **out,
-				     ann_error *err)
+int ann_router_kmeans_from_centroids(const ann_router_env *env, const ann_kmeans_router_opts *o, float *c,
+				     size_t k, size_t d, ann_router **out, ann_error *err)
 {
-	/* u8 data (o->encoding as resolved by the build) under L2: centroids
+	/* u8 data (env->encoding as resolved by the build) under L2: centroids
 	 * rounded onto the data's integer grid cost a quarter of the bytes and
 	 * move by at most 0.5 per coordinate. */
-	bool u8 = o->encoding == ANN_ENC_U8 && o->metric == ANN_METRIC_L2;
+	bool u8 = env->encoding == ANN_ENC_U8 && env->metric == ANN_METRIC_L2;
 	if (u8)
 		km_round_u8(c, k * d);
 	if (o->router_bits > 0) /* compact form: codes, no graph (router_kcodes.c); c stays the caller's */
-		return ann_router_kcodes_new(c, k, d, o->metric, o->router_bits, o->seed, out, err);
+		return ann_router_kcodes_new(c, k, d, env->metric, o->router_bits, env->seed, out, err);
 	ann_hnsw *g = NULL;
-	ANN_TRY(km_graph(o, u8, c, k, d, &g, err));
-	return km_wrap(g, (uint32_t)d, o->metric, out, err);
+	ANN_TRY(km_graph(env, o, u8, c, k, d, &g, err));
+	return km_wrap(g, (uint32_t)d, env->metric, out, err);
 }
 
 int ann_router_kmeans_load(const uint8_t *blob, size_t len, uint32_t dim, ann_metric metric, ann_router **out,
@@ -403,6 +417,26 @@ int ann_router_kmeans_load(const uint8_t *blob, size_t len, uint32_t dim, ann_me
 const ann_hnsw *ann_router_kmeans_graph(const ann_router *r)
 {
 	return r->ops == &km_ops ? km(r)->graph : NULL;
+}
+
+uint32_t ann_router_kmeans_ef(const ann_router *r)
+{
+	if (!r || r->ops != &km_ops)
+		return 0;
+	uint32_t ef = ann_hnsw_search_ef(km(r)->graph);
+	return ef ? ef : km(r)->legacy_ef;
+}
+
+void ann_router_kmeans_set_ef(ann_router *r, uint32_t ef)
+{
+	if (r && r->ops == &km_ops)
+		ann_hnsw_set_search_ef(km(r)->graph, ef);
+}
+
+void ann_router_kmeans_set_legacy_ef(ann_router *r, uint32_t ef)
+{
+	if (r && r->ops == &km_ops)
+		km(r)->legacy_ef = ANN_MIN(ef, (uint32_t)ANN_MAX_EF);
 }
 
 int ann_router_kmeans_calibrate(const ann_router *r, const float *x, size_t n, int threads, uint32_t *ef,

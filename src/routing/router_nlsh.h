@@ -48,7 +48,7 @@ uint32_t ann_router_nlsh_groups(const ann_router *r);
  * docs/ROUTER_NLSH.md), 1 forces a flat classifier, G >= 2 a two-level one
  * with G groups (G must divide nparts with at least 2 parts per group; soft
  * is always flat). */
-int ann_router_nlsh_train_shape(const ann_build_opts *o, const float *sample, size_t n, size_t d, uint32_t nparts,
-				uint32_t groups, ann_router **out, ann_error *err);
+int ann_router_nlsh_train_shape(const ann_router_env *env, const ann_nlsh_router_opts *o, const float *sample,
+				size_t n, size_t d, uint32_t nparts, uint32_t groups, ann_router **out, ann_error *err);
 
 #endif /* ANN_ROUTER_NLSH_H */
