@@ -234,6 +234,9 @@ typedef struct ann_build_opts {
 	                              dimensions on, else 2, when the encoding takes codes (f32, u8, i8) and
 	                              the blocks fit 1.49x raw with one partition; otherwise 0. ANN_AUTO_BITS:
 	                              codes whatever the disk, bits as for ANN_AUTO */
+	uint32_t code_factors;   /**< codes: bits of a record's factors, 16 (default: slim records of 5 fewer
+	                              bytes, codes block 2.1, docs/FORMAT.md "Codes block"; a block whose
+	                              factors do not fit binary16 is written full) or 32 (0 means 32) */
 	ann_progress_fn progress; /**< NULL: silent */
 	void *progress_ctx;
 	ann_log_fn log;           /**< training history lines; NULL: none */
@@ -303,6 +306,7 @@ typedef struct ann_index_info {
 	uint64_t live_vectors;     /**< searchable now: built + inserted - deleted */
 	uint32_t route_ef;         /**< k-means: the calibrated single-query ef of the centroid graph; 0 = none */
 	uint32_t code_bits;        /**< codes blocks: RaBitQ bits per dimension; 0 = format 1 blocks */
+	uint32_t code_factors;     /**< codes blocks: 32, or 16 when new blocks get slim (f16) factors */
 	uint64_t head_bytes;       /**< codes blocks: sum of the heads (what reading every partition's round 1 costs, unpadded) */
 	uint32_t router_bits;      /**< k-means: bits per dimension of the compact router's centroid codes; 0 = the graph */
 	uint32_t default_nprobe;   /**< the nprobe a search gets when ann_search_opts.nprobe is 0 (docs/DESIGN.md "Defaults") */

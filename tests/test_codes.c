@@ -56,7 +56,28 @@ static void make_data(ann_rng *rng)
 
 /* ---- layout ------------------------------------------------------------------------------ */
 
-static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad, uint32_t dim, size_t n)
+/* Builds of the index-level tests write slim (f16) heads when set. */
+static bool g_f16;
+
+/* Estimates of a block's codes (expanded) for query qv against its centre. */
+static void block_estimates(const ann_rbq *q, const uint8_t *blk, const ann_cblock_info *in, const float *qv,
+			    float *est, float *width)
+{
+	float *c = malloc(in->dim * sizeof(float));
+	uint8_t *full = malloc((size_t)in->count * in->full_code_bytes + 1);
+	ASSERT_TRUE(c && full);
+	cblock_centre(in, blk, c);
+	cblock_expand_codes(in, blk + in->codes_off, in->count, full);
+	ann_rbq_query *s;
+	ASSERT_OK(ann_rbq_query_new(q, &s, NULL));
+	ann_rbq_query_prepare(s, ANN_METRIC_L2, qv, c);
+	ann_rbq_estimate(s, full, in->count, est, width);
+	ann_rbq_query_free(s);
+	free(full);
+	free(c);
+}
+
+static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad, uint32_t dim, size_t n, bool f16)
 {
 	ann_dtype vt = cblock_row_dtype(enc);
 	size_t es = enc == ANN_BLOCK_F32 ? 4 : 1;
@@ -81,7 +102,7 @@ static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad,
 	size_t len;
 	uint32_t head;
 	ann_error e = {0};
-	if (cblock_encode(q, enc, pad, dim, n, ids, vecs, vt, 5, 3, &blk, &len, &head, &e) < 0)
+	if (cblock_encode(q, enc, pad, f16, dim, n, ids, vecs, vt, 5, 3, &blk, &len, &head, &e) < 0)
 		T_FAIL("encode: %s", e.msg);
 	uint32_t base_off = pad == ANN_BLOCK_PAD_LMDB ? 16 : 0;
 	ASSERT_EQ((len + base_off) % 4096, 0);
@@ -117,6 +138,36 @@ static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad,
 		ASSERT_OK(cblock_check_pages(&in, blk + in.sums_off, blk + off, off, plen, NULL));
 	}
 	ASSERT_OK(cblock_verify_codes(q, blk, len, NULL));
+	/* 2.0 unless slim; slim records are 5 bytes shorter and estimate within
+	 * f16's rounding of the full records' estimates, bounds never narrower. */
+	ASSERT_EQ(ann_ld16(blk + 6), f16 ? 1 : 0);
+	ASSERT_EQ((in.flags & CBLOCK_FLAG_F16) != 0, f16);
+	ASSERT_EQ(in.full_code_bytes, ann_rbq_code_bytes(q));
+	ASSERT_EQ(in.code_bytes, ann_rbq_code_bytes(q) - (f16 ? CBLOCK_F16_SAVES : 0));
+	if (f16 && n) {
+		uint8_t *fb;
+		size_t flen;
+		uint32_t fhead;
+		ASSERT_OK(cblock_encode(q, enc, pad, false, dim, n, ids, vecs, vt, 5, 3, &fb, &flen, &fhead, NULL));
+		ASSERT_EQ(fhead - head, CBLOCK_F16_SAVES * n);
+		ann_cblock_info fin;
+		ASSERT_OK(cblock_head(fb, flen, &fin, NULL, NULL));
+		float *qv = malloc(dim * sizeof(float)), *est = malloc(4 * n * sizeof(float));
+		ASSERT_TRUE(qv && est);
+		for (uint32_t j = 0; j < dim; j++)
+			qv[j] = enc == ANN_BLOCK_F32 ? (float)ann_rng_normal(rng) : (float)ann_rng_below(rng, 200);
+		block_estimates(q, blk, &in, qv, est, est + n);
+		block_estimates(q, fb, &fin, qv, est + 2 * n, est + 3 * n);
+		for (size_t i = 0; i < n; i++) {
+			float sl = est[i], ef = est[2 * n + i], ws = est[n + i], wf = est[3 * n + i];
+			float scale = fabsf(ef) + wf + 1.0f;
+			if (fabsf(sl - ef) > 2e-3f * scale || ws < wf * (1.0f - 2e-3f))
+				T_FAIL("row %zu: slim estimate %g +- %g, full %g +- %g", i, sl, ws, ef, wf);
+		}
+		free(qv);
+		free(est);
+		ann_aligned_free(fb);
+	}
 	/* Corruptions: a header byte, a head byte, an exact byte, each caught. */
 	uint8_t *bad = ann_aligned_alloc(4096, len);
 	ASSERT_TRUE(bad != NULL);
@@ -167,11 +218,95 @@ static void test_layout(ann_rng *rng)
 	for (int e = 0; e < 3; e++)
 		for (int p = 0; p < 2; p++) {
 			ann_block_pad pad = p ? ANN_BLOCK_PAD_LMDB : ANN_BLOCK_PAD_FILE;
-			layout_case(rng, encs[e], pad, 24, 300);
-			layout_case(rng, encs[e], pad, 24, 0);
-			layout_case(rng, encs[e], pad, 1100, 7); /* f32: 4400-byte rows span pages */
-			layout_case(rng, encs[e], pad, 1365, 9); /* u8: 3 rows per page, tail unused */
+			for (int f = 0; f < 2; f++) {
+				layout_case(rng, encs[e], pad, 24, 300, f);
+				layout_case(rng, encs[e], pad, 24, 0, f);
+				layout_case(rng, encs[e], pad, 1100, 7, f); /* f32: 4400-byte rows span pages */
+				layout_case(rng, encs[e], pad, 1365, 9, f); /* u8: 3 rows per page, tail unused */
+			}
 		}
+}
+
+/* A 2.0 block is still what main's binary wrote before 2.1 existed: the
+ * digest of the fuzz seed u8-1bit-file (tests/fuzz/mkseeds.c's input). */
+static void test_golden20(void)
+{
+	t_current = "golden20";
+	enum { n = 40, dim = 24 };
+	static float v[n * dim];
+	int64_t ids[n];
+	for (uint32_t i = 0; i < n; i++) {
+		ids[i] = 500 + 7 * (int64_t)i;
+		for (uint32_t j = 0; j < dim; j++)
+			v[(size_t)i * dim + j] = (float)((int)((i * 31 + j * 17) % 100));
+	}
+	ann_rbq *q;
+	ASSERT_OK(ann_rbq_new(dim, 1, 11, &q, NULL));
+	uint8_t *b;
+	size_t len;
+	uint32_t head;
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, false, dim, n, ids, v, ANN_DTYPE_F32, 3, 1, &b, &len,
+				&head, NULL));
+	ASSERT_EQ(len, 8192);
+	ASSERT_EQ(XXH64(b, len, 0), 0xec3ff7f8dda5c8cbull);
+	ann_aligned_free(b);
+	ann_rbq_free(q);
+}
+
+/* Slim records (2.1): a block whose factors do not fit f16 is written 2.0
+ * with full records; a slim record's tan is never narrower and saturates to
+ * the widest bound; the F16 flag in a 2.0 header is refused. */
+static void test_f16(void)
+{
+	t_current = "f16";
+	enum { n = 40, dim = 16 };
+	static float v[n * dim];
+	int64_t ids[n];
+	for (size_t i = 0; i < n; i++) {
+		ids[i] = (int64_t)i;
+		for (size_t j = 0; j < dim; j++)
+			v[i * dim + j] = (float)((i * 31 + j * 7) % 23) * (i == 3 ? 1e5f : 1.0f); /* |r| > 65504 */
+	}
+	ann_rbq *q;
+	ASSERT_OK(ann_rbq_new(dim, 2, 9, &q, NULL));
+	uint8_t *blk;
+	size_t len;
+	uint32_t head;
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, true, dim, n, ids, v, ANN_DTYPE_F32, 1, 1, &blk,
+				&len, &head, NULL));
+	ann_cblock_info in;
+	ASSERT_OK(cblock_head(blk, len, &in, NULL, NULL));
+	ASSERT_EQ(in.flags & CBLOCK_FLAG_F16, 0);
+	ASSERT_EQ(ann_ld16(blk + 6), 0);
+	ASSERT_EQ(in.code_bytes, ann_rbq_code_bytes(q));
+	ASSERT_OK(cblock_verify_codes(q, blk, len, NULL));
+	ann_aligned_free(blk);
+	v[3 * dim] = 1.0f;
+	for (size_t j = 0; j < dim; j++)
+		v[3 * dim + j] = (float)j;
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, true, dim, n, ids, v, ANN_DTYPE_F32, 1, 1, &blk,
+				&len, &head, NULL));
+	ASSERT_OK(cblock_head(blk, len, &in, NULL, NULL));
+	ASSERT_TRUE(in.flags & CBLOCK_FLAG_F16);
+	/* tan: u8 in 1/64 widens to u16 in 1/256; 255 is the widest bound. */
+	uint32_t p = in.code_bytes - CBLOCK_F16_SAVES;
+	uint8_t rec[64], full[64];
+	ASSERT_TRUE(in.code_bytes <= sizeof rec);
+	memcpy(rec, blk + in.codes_off, in.code_bytes);
+	rec[p + 4] = 255;
+	cblock_expand_codes(&in, rec, 1, full);
+	ASSERT_EQ(ann_ld16(full + p + 8), 65535);
+	rec[p + 4] = 17;
+	cblock_expand_codes(&in, rec, 1, full);
+	ASSERT_EQ(ann_ld16(full + p + 8), 68);
+	ASSERT_EQ(ann_ldf32(full + p), block_f16_to_f32(ann_ld16(rec + p)));
+	/* The flag in a 2.0 header (checksum made right) is corrupt. */
+	ann_st16(blk + 6, 0);
+	ann_st64(blk + 120, XXH64(blk, 120, 0));
+	ann_error e = {0};
+	ASSERT_ERR(cblock_peek(blk, len, &in, &e), e, ANN_E_CORRUPT, "f16 factors in a 2.0 block");
+	ann_aligned_free(blk);
+	ann_rbq_free(q);
 }
 
 /* The directory entry of a codes block: version 2 in the same 32 bytes, so
@@ -229,6 +364,7 @@ static char *build(const char *dir, const char *name, ann_store_kind store, ann_
 	o.store = store;
 	o.metric = metric;
 	o.code_bits = bits;
+	o.code_factors = bits && g_f16 ? 16 : 32;
 	if (metric == ANN_METRIC_COSINE)
 		o.encoding = ANN_ENC_F32;
 	char *idx = t_path(dir, name);
@@ -384,9 +520,14 @@ static void test_search(const char *dir)
 		{"f32_cos", ANN_STORE_LMDB, ANN_METRIC_COSINE, "fbin", 1},
 		{"i8_file", ANN_STORE_FILE, ANN_METRIC_L2, "i8bin", 4},
 		{"i8_ip_lmdb", ANN_STORE_LMDB, ANN_METRIC_IP, "i8bin", 8},
+		{"f16_u8_file", ANN_STORE_FILE, ANN_METRIC_L2, "u8bin", 2},
+		{"f16_u8_lmdb", ANN_STORE_LMDB, ANN_METRIC_L2, "u8bin", 1},
+		{"f16_f32_cos", ANN_STORE_FILE, ANN_METRIC_COSINE, "fbin", 2},
+		{"f16_i8_ip", ANN_STORE_LMDB, ANN_METRIC_IP, "i8bin", 3},
 	};
 	for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
 		t_current = cs[c].name;
+		g_f16 = strncmp(cs[c].name, "f16_", 4) == 0;
 		char *idx = build(dir, cs[c].name, cs[c].store, cs[c].m, cs[c].ext, cs[c].bits);
 		bool i8 = strcmp(cs[c].ext, "i8bin") == 0;
 		check_search(idx, i8 ? base_i8 : base, i8 ? queries_i8 : queries, NB, live, cs[c].m, cs[c].name, true);
@@ -395,8 +536,15 @@ static void test_search(const char *dir)
 		uint64_t problems = 1;
 		ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
 		ASSERT_EQ(problems, 0);
+		ann_index *x;
+		ASSERT_OK(ann_index_open(idx, &x, NULL));
+		ann_index_info info;
+		ASSERT_OK(ann_index_get_info(x, &info, NULL));
+		ASSERT_EQ(info.code_factors, g_f16 ? 16 : 32);
+		ann_index_close(x);
 		free(idx);
 	}
+	g_f16 = false;
 }
 
 /* ---- corruption ----------------------------------------------------------------------------- */
@@ -452,12 +600,13 @@ static void rewrite_block(const char *idx, uint32_t pid, int how, float *row0)
 static void test_corrupt(const char *dir)
 {
 	static const char *names[3] = {"head", "exact", "codes"};
-	for (int st = 0; st < 2; st++) {
+	for (int st = 0; st < 4; st++) {
+		g_f16 = st >= 2; /* slim heads: the same checks */
 		for (int how = 0; how < 3; how++) {
 			char name[32];
-			snprintf(name, sizeof name, "bad_%s_%s", names[how], st ? "lmdb" : "file");
+			snprintf(name, sizeof name, "bad_%s_%s%s", names[how], st % 2 ? "lmdb" : "file", g_f16 ? "_f16" : "");
 			t_current = name;
-			char *idx = build(dir, name, st ? ANN_STORE_LMDB : ANN_STORE_FILE, ANN_METRIC_L2, "u8bin", 1);
+			char *idx = build(dir, name, st % 2 ? ANN_STORE_LMDB : ANN_STORE_FILE, ANN_METRIC_L2, "u8bin", 1);
 			float row0[D];
 			rewrite_block(idx, 2, how, row0);
 			int np = 0;
@@ -489,6 +638,7 @@ static void test_corrupt(const char *dir)
 			free(idx);
 		}
 	}
+	g_f16 = false;
 	/* A flipped bit in blocks.dat itself (file store): the head's checksum. */
 	t_current = "flip_file";
 	char *idx = build(dir, "flip", ANN_STORE_FILE, ANN_METRIC_L2, "u8bin", 1);
@@ -528,9 +678,10 @@ static void test_corrupt(const char *dir)
 
 static void test_updates(const char *dir, ann_rng *rng)
 {
-	for (int st = 0; st < 2; st++) {
-		t_current = st ? "updates_lmdb" : "updates_file";
-		char *idx = build(dir, st ? "upd_lmdb" : "upd_file", st ? ANN_STORE_LMDB : ANN_STORE_FILE, ANN_METRIC_L2,
+	for (int st = 0; st < 3; st++) {
+		t_current = st == 2 ? "updates_f16" : st ? "updates_lmdb" : "updates_file";
+		g_f16 = st == 2; /* slim heads: inserts, compaction and splits keep them */
+		char *idx = build(dir, st == 2 ? "upd_f16" : st ? "upd_lmdb" : "upd_file", st == 1 ? ANN_STORE_LMDB : ANN_STORE_FILE, ANN_METRIC_L2,
 				  "u8bin", 2);
 		/* ids 0..NB-1 built; insert NB/3 more (copies of shifted base rows), delete some. */
 		size_t ni = NB / 3, n = NB + ni;
@@ -568,6 +719,31 @@ static void test_updates(const char *dir, ann_rng *rng)
 		uint64_t problems = 1;
 		ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
 		ASSERT_EQ(problems, 0);
+		if (g_f16) { /* every rewritten block is still slim */
+			ann_index *x;
+			ASSERT_OK(ann_index_load(idx, false, &x, NULL));
+			ASSERT_TRUE(x->meta.code_f16);
+			uint32_t rewritten = 0;
+			for (uint32_t pid = 0; pid < x->dir.n; pid++) {
+				if (x->dir.ents[pid].kind == ANN_KIND_NONE)
+					continue;
+				ann_store_reader *rd;
+				ASSERT_OK(ann_store_reader_new(x->store, NULL, &rd, NULL));
+				ASSERT_OK(ann_store_reader_submit(rd, &pid, NULL, 1, NULL));
+				ann_block_read br;
+				ASSERT_EQ(ann_store_reader_next(rd, &br, NULL), 1);
+				ann_cblock_info in;
+				ASSERT_OK(cblock_peek(br.data, br.length, &in, NULL));
+				ASSERT_TRUE(in.flags & CBLOCK_FLAG_F16);
+				rewritten += br.ent.generation > 1 || pid >= PARTS;
+				ann_store_reader_release(rd, &br);
+				ASSERT_EQ(ann_store_reader_next(rd, &br, NULL), 0);
+				ann_store_reader_free(rd);
+			}
+			ASSERT_TRUE(rewritten > 0); /* compaction and splits wrote slim blocks */
+			ann_index_close(x);
+		}
+		g_f16 = false;
 		free(idx);
 	}
 }
@@ -630,6 +806,8 @@ int main(void)
 	char *dir = t_tmpdir();
 	make_data(&rng);
 	test_layout(&rng);
+	test_f16();
+	test_golden20();
 	test_dirent();
 	test_search(dir);
 	test_i8_format1(dir);

@@ -32,7 +32,7 @@ expect 0 "$A" info --index "$dir/cb" --json
 python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["code_bits"] == 3, j' "$dir/out" ||
 	fail "--code-bits 3 without --codes"
 for st in file lmdb; do
-	expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/c_$st" --partitions 8 --store $st --codes rabitq \
+	expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/c_$st" --partitions 8 --store $st --codes rabitq --code-factors 32 \
 		--code-bits 2 --quiet
 	expect 0 "$A" info --index "$dir/c_$st" --json
 	python3 - "$dir/out" <<'PY' || fail "info json"
@@ -55,6 +55,33 @@ PY
 	expect 0 "$A" verify --index "$dir/c_$st"
 done
 expect 2 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --rerank 0
+# slim records (--code-factors 16, codes block 2.1): smaller heads, the same answers' recall
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes rabitq --code-factors 8
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes none --code-factors 16
+expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/c16" --partitions 8 --codes rabitq --code-bits 2 \
+	--code-factors 16 --quiet
+expect 0 "$A" info --index "$dir/c16"
+grep -q "16-bit factors" "$dir/out" || fail "info names no 16-bit factors: $(cat "$dir/out")"
+expect 0 "$A" info --index "$dir/c16" --json
+cp "$dir/out" "$dir/i16.json"
+expect 0 "$A" info --index "$dir/c_file" --json
+python3 - "$dir/i16.json" "$dir/out" <<'PY' || fail "info json (f16)"
+import json, sys
+s, f = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+assert s['code_factors'] == 16 and f['code_factors'] == 32, (s, f)
+assert f['head_bytes'] - s['head_bytes'] == 5 * 4000, (s['head_bytes'], f['head_bytes'])
+PY
+expect 0 "$A" search --index "$dir/c16" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --rerank 400 --json
+cp "$dir/out" "$dir/s16.json"
+expect 0 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --rerank 400 --json
+python3 - "$dir/s16.json" "$dir/out" <<'PY' || fail "search json (f16)"
+import json, sys
+s = json.loads(open(sys.argv[1]).read().splitlines()[0])
+f = json.loads(open(sys.argv[2]).read().splitlines()[0])
+assert abs(s['recall_at_k'] - f['recall_at_k']) <= 0.01, (s['recall_at_k'], f['recall_at_k'])
+assert s['codes']['bytes_round1'] <= f['codes']['bytes_round1'], (s['codes'], f['codes'])
+PY
+expect 0 "$A" verify --index "$dir/c16"
 # a flipped byte in the first block's head (file store: blocks start at 4096)
 python3 - "$dir/c_file/blocks.dat" <<'PY'
 import sys

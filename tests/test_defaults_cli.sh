@@ -32,7 +32,7 @@ expect 0 "$A" gen --n 60000 --dim 32 --seed 5 --out "$dir/d32.u8bin" --quiet
 expect 0 "$A" build --data "$dir/d128.u8bin" --index "$dir/a128"
 grep -q "configuration: .* codes blocks (rabitq, 2 bits)" "$dir/err" || fail "no configuration line: $(cat "$dir/err")"
 check "$dir/a128" "
-assert j['code_bits'] == 2 and j['router_bits'] == 0, j
+assert j['code_bits'] == 2 and j['router_bits'] == 0 and j['code_factors'] == 16, j
 assert j['partitions'] > 2 * (20000 // 1000), j  # the old default: n / 1000
 assert j['router_bytes_per_vector'] <= 4.0, j
 assert j['bytes_on_disk'] <= 1.5 * j['raw_bytes'], j

@@ -32,6 +32,7 @@ static cli_opt build_opts[] = {
 	 "zstd blocks); default: rabitq for f32, u8 and i8 rows worth their code (docs/DESIGN.md \"Defaults\")", NULL},
 	{"code-bits", "B", "bits per dimension of the codes, 1..8 (implies --codes rabitq; default 1 from 512 "
 	 "dimensions on, else 2)", NULL},
+	{"code-factors", "F", "bits of each code's factors: 16 (default; slim heads, codes block 2.1) or 32", NULL},
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
 	{"seed", "S", "random seed (default 1)", NULL},
@@ -184,6 +185,14 @@ static int run_build(cli_cmd *c)
 		o.code_bits = (uint32_t)cbits;
 	else if (codes) /* rabitq: the bits are left to the build */
 		o.code_bits = ANN_AUTO_BITS;
+	uint64_t cfac;
+	if (!cli_u64(c, "code-factors", 16, 16, 32, &cfac))
+		return CLI_EXIT_USAGE;
+	if (cfac != 16 && cfac != 32)
+		return cli_usage_error(c, "--code-factors: %llu is not 16 or 32", (unsigned long long)cfac);
+	if (cli_get(c, "code-factors") && none)
+		return cli_usage_error(c, "--code-factors sets the records of codes blocks, not of --codes none");
+	o.code_factors = (uint32_t)cfac;
 	uint64_t rbits;
 	if (!cli_u64(c, "router-bits", 0, 0, 8, &rbits))
 		return CLI_EXIT_USAGE;
@@ -335,8 +344,9 @@ static int run_info(cli_cmd *c)
 		if (in.router_bits)
 			printf("centroids      %u-bit RaBitQ codes, scanned flat (no graph)\n", in.router_bits);
 		if (in.code_bits)
-			printf("codes          rabitq, %u bit%s per dimension; heads %.1f MiB (%.1f bytes per vector)\n",
-			       in.code_bits, in.code_bits == 1 ? "" : "s", (double)in.head_bytes / 1048576.0,
+			printf("codes          rabitq, %u bit%s per dimension, %u-bit factors; heads %.1f MiB (%.1f bytes per "
+			       "vector)\n", in.code_bits, in.code_bits == 1 ? "" : "s", in.code_factors,
+			       (double)in.head_bytes / 1048576.0,
 			       in.stored_vectors ? (double)in.head_bytes / (double)in.stored_vectors : 0.0);
 		if (!in.code_bits)
 			printf("blocks         format 1 (zstd)%s\n", in.encoding == ANN_ENC_F16 || in.encoding == ANN_ENC_SQ8 ?

@@ -69,6 +69,7 @@ void ann_build_opts_init(ann_build_opts *o)
 	o->kmeans.balance = -1;          /* auto (build_defaults.c) */
 	o->kmeans.router_bits = ANN_AUTO;
 	o->code_bits = ANN_AUTO;
+	o->code_factors = 16;            /* slim records (codes block 2.1): docs/DESIGN.md "Slim head records" */
 	o->replicas = 1;
 	o->replica_eps = 0.1;
 	o->kmeans.hnsw_m = 32;
@@ -217,6 +218,8 @@ int build_resolve_options(build *b, ann_build_opts *own, ann_error *err)
 			       "graph) and needs the kmeans router under metric l2", o->kmeans.router_bits);
 	if (o->code_bits > 8)
 		return ann_err(err, ANN_E_INVAL, "code bits %u: must be within 1..8 (0 = no codes)", o->code_bits);
+	if (o->code_factors != 0 && o->code_factors != 16 && o->code_factors != 32)
+		return ann_err(err, ANN_E_INVAL, "code factors %u: must be 16 or 32 (0 = 32)", o->code_factors);
 	if (o->code_bits && b->enc != ANN_ENC_F32 && b->enc != ANN_ENC_U8 && b->enc != ANN_ENC_I8)
 		return ann_err(err, ANN_E_INVAL, "codes need encoding f32, u8 or i8 (exact rows are stored raw), not %s",
 			       ann_encoding_name(b->enc));
@@ -271,6 +274,8 @@ static char *build_options(const build *b)
 		 hidden[2], hidden[3], a->ae_epochs, a->dec_epochs, a->dec_alpha, a->recon_weight, nl->knn_k, nl->imbalance,
 		 nl->nlsh_epochs, nl->soft_labels, nl->joint_rounds, nl->joint_lambda, o->code_bits, ROUTE_CHUNK,
 		 k->router_bits, (double)nl->nlsh_augment);
+	if (o->code_factors == 16) /* only then: older states keep their fingerprint */
+		snprintf(s + strlen(s), cap - strlen(s), "code_factors=16\n");
 	return s;
 }
 

@@ -22,6 +22,8 @@ int ann_index_meta_write(ann_cat_txn *t, const ann_index_meta *m, ann_error *err
 		ANN_TRY(ann_catalog_meta_put_str(t, "codes.kind", "rabitq", err));
 		ANN_TRY(ann_catalog_meta_put_u64(t, "codes.bits", m->code_bits, err));
 		ANN_TRY(ann_catalog_meta_put_u64(t, "codes.seed", m->code_seed, err));
+		if (m->code_f16) /* absent = 32: indexes without it stay as older builds wrote them */
+			ANN_TRY(ann_catalog_meta_put_u64(t, "codes.factors", 16, err));
 	}
 	return ANN_OK;
 }
@@ -73,6 +75,7 @@ int ann_index_meta_read(ann_cat_txn *t, ann_index_meta *m, ann_error *err)
 	lr = ann_catalog_meta_get_str(t, "codes.kind", kind, sizeof kind, err);
 	m->code_bits = 0;
 	m->code_seed = 0;
+	m->code_f16 = false;
 	if (lr == ANN_E_NOTFOUND)
 		return ANN_OK;
 	ANN_TRY(lr);
@@ -87,6 +90,14 @@ int ann_index_meta_read(ann_cat_txn *t, ann_index_meta *m, ann_error *err)
 		return ann_err(err, ANN_E_CORRUPT, "meta: codes with encoding %s (codes need f32, u8 or i8)",
 			       ann_encoding_name(m->encoding));
 	m->code_bits = (uint32_t)bits;
+	uint64_t fb = 32;
+	lr = ann_catalog_meta_get_u64(t, "codes.factors", &fb, err);
+	if (lr != ANN_E_NOTFOUND)
+		ANN_TRY(lr);
+	if (fb != 16 && fb != 32)
+		return ann_err(err, ANN_E_CORRUPT, "meta codes.factors = %llu: expected 16 or 32",
+			       (unsigned long long)fb);
+	m->code_f16 = fb == 16;
 	return ANN_OK;
 }
 

@@ -54,6 +54,7 @@ void codes_searcher_free(ann_searcher *s)
 	ann_free(s->ents);
 	ann_free(s->flags);
 	ann_free(s->runlo);
+	ann_free(s->xcodes);
 }
 
 int codes_batch(ann_searcher *s, size_t n, ann_error *err)
@@ -153,7 +154,7 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block: bad id section", x->path, pid);
 	if (in->partition != pid || in->head_bytes != br->ent.head || in->dim != x->meta.dim ||
 	    in->encoding != ann_encoding_block(x->meta.encoding) || in->code_bits != ann_rbq_bits(x->rbq) ||
-	    in->code_seed != ann_rbq_seed(x->rbq) || in->code_bytes != ann_rbq_code_bytes(x->rbq))
+	    in->code_seed != ann_rbq_seed(x->rbq) || in->full_code_bytes != ann_rbq_code_bytes(x->rbq))
 		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block of partition %llu (head %u bytes, "
 			       "dimension %u, encoding %u, %u-bit codes) where the directory and meta expect head %u, "
 			       "dimension %u, encoding %u, %u-bit codes", x->path, pid, (unsigned long long)in->partition,
@@ -169,6 +170,14 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 	uh->codes = true;
 	size_t d = x->meta.dim;
 	cblock_centre(in, br->data, s->centre);
+	/* 2.1 slim records are widened once per head (not per query). */
+	const uint8_t *codes = br->data + in->codes_off;
+	if ((in->flags & CBLOCK_FLAG_F16) && in->count) {
+		if (search_grow((void **)&s->xcodes, &s->xcodes_cap, (size_t)in->count * in->full_code_bytes, 1) < 0)
+			return ann_err(err, ANN_E_NOMEM, "search: out of memory for %u codes", in->count);
+		cblock_expand_codes(in, codes, in->count, s->xcodes);
+		codes = s->xcodes;
+	}
 	ann_metric m = x->meta.metric;
 	float shift = m == ANN_METRIC_COSINE ? 1.0f : 0.0f;
 	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
@@ -184,7 +193,7 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 			continue;
 		ann_rbq_query_prepare(s->rq, m == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_IP, s->qnorm + (size_t)qi * d,
 				      s->centre);
-		ann_rbq_estimate(s->rq, br->data + in->codes_off, in->count, s->est, s->width);
+		ann_rbq_estimate(s->rq, codes, in->count, s->est, s->width);
 		s->qest[qi] += in->count;
 		s->qcand[qi] += in->count;
 		float kth = ub_kth(s, qi);

@@ -75,6 +75,8 @@ struct ann_searcher {
 	size_t est_cap;
 	int64_t *hids;        /* one head's ids */
 	size_t hids_cap;
+	uint8_t *xcodes;      /* one head's codes as full records (2.1 f16 heads) */
+	size_t xcodes_cap;
 	float *centre;        /* dim */
 	float *rowf;          /* dim: a stored row as floats (round 2) */
 	uhead *uh;            /* per unique partition of the batch */

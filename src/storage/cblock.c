@@ -137,9 +137,10 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 	if (in->code_kind != CBLOCK_CODE_RABITQ)
 		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: code kind %u (expected 1 rabitq)",
 			       (unsigned long long)part, in->code_kind);
-	if (in->flags & ~BLOCK_FLAG_PAD_LMDB)
+	if (in->flags & ~(BLOCK_FLAG_PAD_LMDB | CBLOCK_FLAG_F16))
 		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: unknown flags %#x",
 			       (unsigned long long)part, in->flags);
+	in->full_code_bytes = in->code_bytes + ((in->flags & CBLOCK_FLAG_F16) ? CBLOCK_F16_SAVES : 0);
 	in->page_base = (in->flags & BLOCK_FLAG_PAD_LMDB) ? BLOCK_LMDB_PAGE_HEADER : 0;
 	/* Consistency: every size follows from (dim, count, code_bytes, ids_bytes). */
 	const char *why = NULL;
@@ -152,8 +153,11 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 		why = "dimension";
 	else if (in->code_bits < 1 || in->code_bits > 8)
 		why = "code bits";
-	else if (in->code_bytes == 0 || in->code_bytes > 64 * in->dim + 64)
+	else if (in->code_bytes == 0 || in->code_bytes > 64 * in->dim + 64 ||
+		 ((in->flags & CBLOCK_FLAG_F16) && in->code_bytes < CBLOCK_F16_SAVES + 2))
 		why = "code bytes";
+	else if ((in->flags & CBLOCK_FLAG_F16) && minor < 1)
+		why = "flags (f16 factors in a 2.0 block)";
 	else if (in->row_bytes != rb)
 		why = "row bytes";
 	else if (in->rows_per_page != rpp)
@@ -295,6 +299,54 @@ static void row_to_float(ann_block_encoding enc, const uint8_t *row, uint32_t di
 					       : ann_ldf32(row + 4 * (size_t)j);
 }
 
+/* ---- slim records (CBLOCK_FLAG_F16) ----------------------------------------------------
+ * A full record ends in f32 |r|, f32 f_ip, u16 tan (1/256 units, rounded up);
+ * a slim one in f16 |r|, f16 f_ip, u8 tan (1/64 units, rounded up; 255 =
+ * saturated, read as the widest u16 tan). f16 keeps 11 significant bits: a
+ * factor must be 0 or a normal f16 (2^-14 <= |v| <= 65504) to be slimmed. */
+#define TAN8_SAT 255u
+
+static bool f16_fits(float v, uint16_t *h)
+{
+	*h = block_f32_to_f16(v);
+	if (v == 0.0f)
+		return true;
+	float a = fabsf(v);
+	return isfinite(v) && a >= 0x1p-14f && a <= 65504.0f && isfinite(block_f16_to_f32(*h));
+}
+
+/* Slims one full record of fb bytes into out (fb - 5 bytes); false when a
+ * factor does not fit f16. */
+static bool slim_record(const uint8_t *full, uint32_t fb, uint8_t *out)
+{
+	uint32_t p = fb - 10;
+	uint16_t hr, hf;
+	if (!f16_fits(ann_ldf32(full + p), &hr) || !f16_fits(ann_ldf32(full + p + 4), &hf))
+		return false;
+	uint32_t tan16 = ann_ld16(full + p + 8), t8 = (tan16 + 3) / 4;
+	memcpy(out, full, p);
+	ann_st16(out + p, hr);
+	ann_st16(out + p + 2, hf);
+	out[p + 4] = (uint8_t)(t8 >= TAN8_SAT ? TAN8_SAT : t8);
+	return true;
+}
+
+void cblock_expand_codes(const ann_cblock_info *in, const uint8_t *src, size_t n, uint8_t *dst)
+{
+	if (!(in->flags & CBLOCK_FLAG_F16)) {
+		memcpy(dst, src, n * in->code_bytes);
+		return;
+	}
+	uint32_t sb = in->code_bytes, fb = in->full_code_bytes, p = sb - CBLOCK_F16_SAVES;
+	for (size_t i = 0; i < n; i++, src += sb, dst += fb) {
+		memcpy(dst, src, p);
+		ann_stf32(dst + p, block_f16_to_f32(ann_ld16(src + p)));
+		ann_stf32(dst + p + 4, block_f16_to_f32(ann_ld16(src + p + 2)));
+		uint32_t t8 = src[p + 4];
+		ann_st16(dst + p + 8, (uint16_t)(t8 == TAN8_SAT ? 65535u : t8 * 4u));
+	}
+}
+
 #define CHUNK 256u
 
 /* Codes of the count rows of a laid-out block b (centre and exact rows in
@@ -314,7 +366,7 @@ static int encode_rows(const ann_rbq *q, const ann_cblock_info *in, const uint8_
 		uint32_t n = ANN_MIN(CHUNK, in->count - i0);
 		for (uint32_t i = 0; i < n; i++)
 			row_to_float(in->encoding, b + cblock_row_offset(in, i0 + i), d, x + (size_t)i * d);
-		ANN_CHECK(rc, ann_rbq_encode(q, centre, x, n, codes + (size_t)i0 * in->code_bytes, err));
+		ANN_CHECK(rc, ann_rbq_encode(q, centre, x, n, codes + (size_t)i0 * in->full_code_bytes, err));
 	}
 fail:
 out:
@@ -323,7 +375,7 @@ out:
 	return rc;
 }
 
-int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, uint32_t dim, size_t count,
+int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, bool f16, uint32_t dim, size_t count,
 		  const int64_t *ids, const void *vecs, ann_dtype vt, uint64_t partition, uint64_t generation,
 		  uint8_t **out, size_t *out_len, uint32_t *head_len, ann_error *err)
 {
@@ -342,11 +394,12 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 	in.encoding = enc;
 	in.code_kind = CBLOCK_CODE_RABITQ;
 	in.code_bits = ann_rbq_bits(q);
-	in.flags = pad == ANN_BLOCK_PAD_LMDB ? BLOCK_FLAG_PAD_LMDB : 0;
+	in.flags = (pad == ANN_BLOCK_PAD_LMDB ? BLOCK_FLAG_PAD_LMDB : 0) | (f16 ? CBLOCK_FLAG_F16 : 0);
 	in.page_base = pad == ANN_BLOCK_PAD_LMDB ? BLOCK_LMDB_PAGE_HEADER : 0;
 	in.dim = dim;
 	in.count = (uint32_t)count;
-	in.code_bytes = (uint32_t)ann_rbq_code_bytes(q);
+	in.full_code_bytes = (uint32_t)ann_rbq_code_bytes(q);
+	in.code_bytes = in.full_code_bytes - (f16 ? CBLOCK_F16_SAVES : 0);
 	in.row_bytes = (uint32_t)(dim * esize(enc));
 	in.rows_per_page = in.row_bytes <= CBLOCK_PAGE ? CBLOCK_PAGE / in.row_bytes : 0;
 	in.exact_pages = (uint32_t)pages_for(count, in.row_bytes, in.rows_per_page);
@@ -357,7 +410,7 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 	int64_t *sids = ann_malloc((count ? count : 1) * sizeof(int64_t));
 	uint8_t *idbuf = ann_malloc(count * 10 + 1);
 	double *mean = ann_calloc(dim, sizeof(double));
-	uint8_t *b = NULL;
+	uint8_t *b = NULL, *full = NULL;
 	int rc = ANN_OK;
 	if (!perm || !sids || !idbuf || !mean) {
 		rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %zu vectors", count);
@@ -425,14 +478,37 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 		else
 			ann_stf32(c + 4 * (size_t)j, (float)m);
 	}
-	ANN_CHECK(rc, encode_rows(q, &in, b, b + in.codes_off, err));
+	if (f16) {
+		/* Full records first; a row whose factors do not fit f16 makes the
+		 * whole block a 2.0 block with full records. */
+		full = ann_malloc((count ? count : 1) * (size_t)in.full_code_bytes);
+		if (!full) {
+			rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %zu codes", count);
+			goto out;
+		}
+		ANN_CHECK(rc, encode_rows(q, &in, b, full, err));
+		for (size_t r = 0; r < count; r++) {
+			if (!slim_record(full + r * in.full_code_bytes, in.full_code_bytes,
+					 b + in.codes_off + r * in.code_bytes)) {
+				ann_free(full);
+				full = NULL;
+				ann_aligned_free(b);
+				b = NULL;
+				rc = cblock_encode(q, enc, pad, false, dim, count, ids, vecs, vt, partition, generation, out,
+						   out_len, head_len, err);
+				goto out;
+			}
+		}
+	} else {
+		ANN_CHECK(rc, encode_rows(q, &in, b, b + in.codes_off, err));
+	}
 	for (uint32_t p = 0; p < in.exact_pages; p++)
 		ann_st32(b + in.sums_off + 4 * (size_t)p, page_sum(b + in.exact_offset + (size_t)p * CBLOCK_PAGE, p));
 	memcpy(b + in.ids_off, idbuf, in.ids_bytes);
 	/* Header last: it covers the head's checksum. */
 	ann_st32(b + H_MAGIC, BLOCK_MAGIC);
 	ann_st16(b + H_MAJOR, CBLOCK_VERSION_MAJOR);
-	ann_st16(b + H_MINOR, CBLOCK_VERSION_MINOR);
+	ann_st16(b + H_MINOR, f16 ? 1 : 0); /* 2.0 stays byte for byte what older builds write */
 	ann_st16(b + H_HBYTES, CBLOCK_HEADER_BYTES);
 	b[H_ENC] = (uint8_t)enc;
 	b[H_CODE] = CBLOCK_CODE_RABITQ;
@@ -460,6 +536,7 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 fail:
 out:
 	ann_aligned_free(b);
+	ann_free(full);
 	ann_free(perm);
 	ann_free(sids);
 	ann_free(idbuf);
@@ -531,20 +608,31 @@ int cblock_verify_codes(const ann_rbq *q, const void *buf, size_t len, ann_error
 	ann_cblock_info in;
 	ANN_TRY(check_whole(buf, len, &in, NULL, err));
 	if (in.code_bits != ann_rbq_bits(q) || in.code_seed != ann_rbq_seed(q) || in.dim != ann_rbq_dim(q) ||
-	    in.code_bytes != ann_rbq_code_bytes(q))
+	    in.full_code_bytes != ann_rbq_code_bytes(q))
 		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: codes of %u bits (seed %llu, dimension %u), "
 			       "the index says %u bits (seed %llu, dimension %u)", (unsigned long long)in.partition,
 			       in.code_bits, (unsigned long long)in.code_seed, in.dim, ann_rbq_bits(q),
 			       (unsigned long long)ann_rbq_seed(q), ann_rbq_dim(q));
-	size_t cb = (size_t)in.count * in.code_bytes;
+	size_t cb = (size_t)in.count * in.full_code_bytes;
 	uint8_t *codes = ann_malloc(cb ? cb : 1);
-	if (!codes)
+	uint8_t *slim = ann_malloc(in.full_code_bytes);
+	if (!codes || !slim) {
+		ann_free(codes);
+		ann_free(slim);
 		return ann_err(err, ANN_E_NOMEM, "verify: out of memory for %zu bytes of codes", cb);
+	}
 	int rc = encode_rows(q, &in, buf, codes, err);
 	if (rc == ANN_OK) {
 		const uint8_t *stored = (const uint8_t *)buf + in.codes_off;
+		bool f16 = (in.flags & CBLOCK_FLAG_F16) != 0;
 		for (uint32_t i = 0; i < in.count; i++) {
-			if (memcmp(stored + (size_t)i * in.code_bytes, codes + (size_t)i * in.code_bytes, in.code_bytes)) {
+			const uint8_t *want = codes + (size_t)i * in.full_code_bytes;
+			if (f16 && !slim_record(want, in.full_code_bytes, slim)) {
+				rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: f16 factors, but those of row "
+					     "%u do not fit f16", (unsigned long long)in.partition, i);
+				break;
+			}
+			if (memcmp(stored + (size_t)i * in.code_bytes, f16 ? slim : want, in.code_bytes)) {
 				rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: the code of row %u "
 					     "disagrees with its exact vector", (unsigned long long)in.partition, i);
 				break;
@@ -552,5 +640,6 @@ int cblock_verify_codes(const ann_rbq *q, const void *buf, size_t len, ann_error
 		}
 	}
 	ann_free(codes);
+	ann_free(slim);
 	return rc;
 }

@@ -29,10 +29,15 @@
 #include "rabitq.h"
 
 #define CBLOCK_VERSION_MAJOR 2
-#define CBLOCK_VERSION_MINOR 0
+#define CBLOCK_VERSION_MINOR 1 /* written only by blocks with CBLOCK_FLAG_F16; others stay 2.0 */
 #define CBLOCK_HEADER_BYTES  128u
 #define CBLOCK_CODE_RABITQ   1u
 #define CBLOCK_PAGE          4096u
+/* Header flag (2.1): each code record keeps its factors in 5 bytes (f16 |r|,
+ * f16 f_ip, u8 tan in 1/64) instead of 10 (docs/FORMAT.md "Codes block"). */
+#define CBLOCK_FLAG_F16      0x100u
+/* Bytes a record saves with CBLOCK_FLAG_F16. */
+#define CBLOCK_F16_SAVES     5u
 
 /* Everything the header says, after validation (cblock_peek), with the
  * derived offsets of the head's sections (block-relative). */
@@ -41,9 +46,10 @@ typedef struct ann_cblock_info {
 	ann_block_encoding encoding; /* F32, U8 or I8 */
 	unsigned code_kind;         /* CBLOCK_CODE_RABITQ */
 	unsigned code_bits;         /* 1..8 */
-	uint32_t flags;             /* BLOCK_FLAG_PAD_LMDB only */
+	uint32_t flags;             /* BLOCK_FLAG_PAD_LMDB, CBLOCK_FLAG_F16 */
 	uint32_t dim, count;
-	uint32_t code_bytes;        /* per vector, factors included */
+	uint32_t code_bytes;        /* per stored record, factors included (slim with CBLOCK_FLAG_F16) */
+	uint32_t full_code_bytes;   /* per record as ann_rbq_estimate takes it (code_bytes + 5 when F16) */
 	uint32_t row_bytes;         /* dim * element size */
 	uint32_t rows_per_page;     /* 0: a row is larger than a page, rows are contiguous */
 	uint32_t exact_pages;
@@ -84,13 +90,22 @@ int cblock_check_pages(const ann_cblock_info *in, const uint8_t *sums, const uin
 /* Encodes count vectors (element type vt: F32, U8 or I8) with their ids into a
  * codes block of encoding enc (F32, U8 or I8; u8/i8 from float input must be
  * integral and in range), padded for pad. q codes the residuals against the
- * block's centre (the mean of its rows). *out: ann_aligned_alloc(4096) buffer
- * of *out_len bytes, *head_len = head bytes. Memory: the block plus the
- * ids' sort permutation and 256 float rows of scratch.
+ * block's centre (the mean of its rows). f16: slim records (CBLOCK_FLAG_F16,
+ * block 2.1) when every row's factors fit binary16 (else full records, 2.0,
+ * as without f16). *out: ann_aligned_alloc(4096) buffer of *out_len bytes,
+ * *head_len = head bytes. Memory: the block plus the ids' sort permutation,
+ * 256 float rows of scratch and (f16) count full records.
  * ANN_E_INVAL (bad input, naming vector, id, dimension, value), ANN_E_NOMEM. */
-int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, uint32_t dim, size_t count,
+int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, bool f16, uint32_t dim, size_t count,
 		  const int64_t *ids, const void *vecs, ann_dtype vt, uint64_t partition, uint64_t generation,
 		  uint8_t **out, size_t *out_len, uint32_t *head_len, ann_error *err);
+
+/* Full records (in->full_code_bytes each, as ann_rbq_estimate reads them)
+ * of the n stored records at src (in->code_bytes each) into dst: a copy for
+ * 2.0 blocks; for F16 blocks the factors widened (f16 -> f32 exactly, tan
+ * 1/64 -> 1/256 units, never narrower; a saturated tan gives the widest
+ * bound). */
+void cblock_expand_codes(const ann_cblock_info *in, const uint8_t *src, size_t n, uint8_t *dst);
 
 /* Decodes a whole block (every check: header, head, all page sums, zero
  * padding) into ids and contiguous rows of the stored element type (u8, i8

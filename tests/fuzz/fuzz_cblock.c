@@ -2,7 +2,7 @@
 /*
  * fuzz_cblock: the codes-block decoder of src/storage/cblock.c (block format 2:
  * cblock_peek, cblock_head, cblock_row_pages, cblock_check_pages,
- * cblock_decode, cblock_verify_codes). The input is a block; before decoding,
+ * cblock_decode, cblock_verify_codes, cblock_expand_codes of 2.1 slim records). The input is a block; before decoding,
  * the target rewrites the header checksum, the head checksum (when the head
  * length is sane) and the exact pages' sums (when the sum table and the pages
  * are inside the input), so that mutations reach the field checks, the id
@@ -67,6 +67,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FZ_CHECK(rc, e);
 	if (rc >= 0) {
 		FZ_ASSERT(hd.count == pk.count && hd.dim == pk.dim && hd.exact_offset == pk.exact_offset);
+		/* Slim (2.1) records widen into full ones inside their buffer. */
+		FZ_ASSERT(hd.full_code_bytes >= hd.code_bytes);
+		uint8_t *full = malloc((size_t)hd.count * hd.full_code_bytes + 1);
+		if (!full)
+			abort();
+		cblock_expand_codes(&hd, b + hd.codes_off, hd.count, full);
+		free(full);
 		for (uint32_t r = 0; r < hd.count; r++) {
 			uint64_t off;
 			uint32_t plen;
