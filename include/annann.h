@@ -192,6 +192,10 @@ typedef struct ann_build_opts {
 	                              1..8 = the compact router: centroids as RaBitQ codes of this many bits per
 	                              dimension, routed by a flat scan of the codes (docs/DESIGN.md "The compact
 	                              centroid router") */
+	uint32_t kmeans_coarse;  /**< kmeans router training: 0 (default) = two-level k-means with ceil(sqrt(partitions))
+	                              coarse clusters when partitions > 4096, else one level; 1 = always one level
+	                              (Lloyd over all partitions); C >= 2 = two levels with C coarse clusters
+	                              (docs/DESIGN.md "Routing at scale") */
 	ann_progress_fn progress; /**< NULL: silent */
 	void *progress_ctx;
 	ann_log_fn log;           /**< training history lines; NULL: none */

@@ -34,6 +34,7 @@ static cli_opt build_opts[] = {
 	{"seed", "S", "random seed (default 1)", NULL},
 	{"sample", "N", "training sample size (default min(n, 256 * partitions), within half of --mem)", NULL},
 	{"iters", "N", "k-means iterations (default 20)", NULL},
+	{"kmeans-coarse", "C", "kmeans: two-level k-means with C coarse clusters; 1 = one level; default 0 = two levels with sqrt(partitions) above 4096 partitions", NULL},
 	{"balance", "X", "cap partitions at X * n / partitions vectors (X >= 1; default no cap)", NULL},
 	{"replicas", "R", "store a vector in up to R partitions (SPANN closure; default 1)", NULL},
 	{"replica-eps", "E", "extra copies go where the centroid is within (1+E) of the nearest (default 0.1)",
@@ -173,6 +174,10 @@ static int run_build(cli_cmd *c)
 	if (!cli_u64(c, "router-bits", 0, 0, 8, &rbits))
 		return CLI_EXIT_USAGE;
 	o.router_bits = (uint32_t)rbits;
+	uint64_t coarse;
+	if (!cli_u64(c, "kmeans-coarse", 0, 0, UINT32_MAX, &coarse))
+		return CLI_EXIT_USAGE;
+	o.kmeans_coarse = (uint32_t)coarse;
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
 	double alpha, rw, imb, lambda, aug;
