@@ -5,7 +5,7 @@
  * tools/cmd_dist.c, so the library stays free of MPI). Nothing here talks
  * to another process: each hook is what one rank does on its own.
  *
- *  - partbuild (build.c): a build whose router is given (not trained) and
+ *  - partbuild (build_part.c): a build whose router is given (not trained) and
  *    whose vectors arrive with their partitions already chosen, in any
  *    order, from any source; partitions that receive nothing get no
  *    directory entry, so a search of this part reads nothing for them.
@@ -26,7 +26,7 @@
 
 #include "common.h"
 
-/* ---- partbuild (build.c) ------------------------------------------------ */
+/* ---- partbuild (build_part.c) ------------------------------------------- */
 
 typedef struct ann_partbuild ann_partbuild;
 
