@@ -233,14 +233,16 @@ static char *build_options(const build *b)
 		 "replicas=%u\nreplica_eps=%.17g\nsoar_lambda=%.17g\nhnsw_m=%u\nhnsw_ef_construction=%u\n"
 		 "embed_dim=%u\nhidden=%u,%u,%u,%u\nae_epochs=%u\ndec_epochs=%u\ndec_alpha=%.17g\n"
 		 "recon_weight=%.17g\nknn_k=%u\nimbalance=%.17g\nnlsh_epochs=%u\nsoft_labels=%d\njoint_rounds=%u\n"
-		 "joint_lambda=%.17g\ncode_bits=%u\nroute_chunk=%u\nrouter_bits=%u\nnlsh_augment=%.17g\n",
+		 "joint_lambda=%.17g\ncode_bits=%u\nroute_chunk=%u\nrouter_bits=%u\nnlsh_augment=%.17g\n"
+		 "kmeans_coarse=%u\nkmeans_assign=%s\n",
 		 b->d, (unsigned long long)b->n, (int)b->in_type, ann_router_name(o->router), b->nparts, (int)o->store,
 		 ann_encoding_name(b->enc), (int)o->metric, o->zstd_level, o->shuffle, o->dictionary != 0,
 		 (unsigned long long)o->seed, b->sample_n, o->kmeans_iters, o->balance, b->copies, o->replica_eps,
 		 o->soar_lambda, o->hnsw_m, o->hnsw_ef_construction, o->embed_dim, o->hidden[0], o->hidden[1],
 		 o->hidden[2], o->hidden[3], o->ae_epochs, o->dec_epochs, o->dec_alpha, o->recon_weight, o->knn_k,
 		 o->imbalance, o->nlsh_epochs, o->soft_labels, o->joint_rounds, o->joint_lambda, o->code_bits,
-		 ROUTE_CHUNK, o->router_bits, (double)o->nlsh_augment);
+		 ROUTE_CHUNK, o->router_bits, (double)o->nlsh_augment, ann_router_kmeans_coarse(o->kmeans_coarse, b->nparts),
+		 ANN_KMEANS_ASSIGN_RULE);
 	return s;
 }
 

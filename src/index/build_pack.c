@@ -194,6 +194,9 @@ int build_publish_meta(build *b, double total_s, ann_error *err)
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.zstd_level", (uint64_t)o->zstd_level, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.shuffle", ann_shuffle_to_meta(o->shuffle), err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.kmeans_iters", o->kmeans_iters, err));
+	if (o->router == ANN_ROUTER_KMEANS)
+		ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.kmeans_coarse",
+						       ann_router_kmeans_coarse(o->kmeans_coarse, b->nparts), err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.balance", o->balance, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.replica_eps", o->replica_eps, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.soar_lambda", o->soar_lambda, err));
