@@ -1279,6 +1279,8 @@ static int km_refine(const float *x, size_t n, size_t d, const ann_kmeans_opts *
 		*bytes = ANN_MAX(*bytes, k * (d * sizeof(double) + sizeof(size_t)) + ann_kmeans_tree_bytes(t));
 		ANN_CHECK(rc, ann_kmeans_tree_nearest(t, x, n, 1, KM_REFINE_PROBES, ANN_MIN(o->threads, KM_MAX_THREADS), a,
 						      NULL, err));
+		if (o->progress)
+			o->progress(o->progress_ctx, "kmeans-refine", it + 1, KM_REFINE);
 		if (o->cancel && o->cancel(o->cancel_ctx)) {
 			rc = ann_err(err, ANN_E_CANCELED, "kmeans canceled (refinement step %u)", it + 1);
 			goto fail;

@@ -108,7 +108,8 @@ typedef struct ann_kmeans_stats {
  * n (C + k / C) distances per level iteration and n (C + 8 k / C) per
  * refinement step, instead of n k (C = sqrt(k): 2 n sqrt(k) and
  * 9 n sqrt(k)). history must be NULL; progress reports "kmeans" for the
- * coarse level, then "kmeans-fine" (coarse clusters done / C). stats:
+ * coarse level, then "kmeans-fine" (coarse clusters done / C), then
+ * "kmeans-refine" (steps done / 3). stats:
  * iterations the most of any level plus the refinement steps, empty_repaired
  * and moved summed, inertia exact, work_bytes the peak of any level plus
  * 12 n + (largest n_j) d floats of gathering, and for the refinement
