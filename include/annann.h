@@ -169,6 +169,10 @@ typedef struct ann_kmeans_router_opts {
 	                              centroid router"); default ANN_AUTO: the compact router (1 bit from 512
 	                              dimensions on, else 4) when partitions is auto and it allows at least
 	                              twice the graph's partitions within the budgets, else the graph */
+	uint32_t kmeans_coarse;  /**< training: 0 (default) = two-level k-means with ceil(sqrt(partitions))
+	                              coarse clusters when partitions > 4096, else one level; 1 = always one level
+	                              (Lloyd over all partitions); C >= 2 = two levels with C coarse clusters
+	                              (docs/DESIGN.md "Routing at scale") */
 } ann_kmeans_router_opts;
 
 /** Parameters of the annann router (ann_build_opts.annann): an autoencoder, k-means in its

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "catalog.h"
 #include "gt.h"
 #include "hnsw.h"
 #include "index.h"
@@ -617,6 +618,83 @@ static void test_corruption(const char *dir, const char *fbin, ann_rng *rng)
 	free(path);
 }
 
+/* More than 4096 partitions: two-level k-means (ceil(sqrt(M)) coarse
+ * clusters, recorded in the catalog) and assignment through the tree. Each
+ * vector lands in the partition of a nearly nearest centroid: searched for
+ * itself with nprobe 4 it is found; 1 and 2 build threads give the same
+ * partitions and centroids (the same answers to an exactly routed batch). */
+static void test_many_partitions(const char *dir, ann_rng *rng)
+{
+	t_current = "test_many_partitions";
+	enum { MN = 12000, MD = 8, MP = 5000, MQ = 300 };
+	float *x = malloc((size_t)MN * MD * sizeof(float));
+	float centers[64 * MD];
+	t_fill_uniform(rng, centers, 64 * MD, 30, 225);
+	for (size_t i = 0; i < MN; i++) {
+		const float *c = centers + ann_rng_below(rng, 64) * MD;
+		for (size_t j = 0; j < MD; j++) {
+			float v = roundf(c[j] + 10.0f * (float)ann_rng_normal(rng));
+			x[i * MD + j] = v < 0 ? 0 : v > 255 ? 255 : v;
+		}
+	}
+	char *data = t_path(dir, "many.u8bin");
+	ann_vwriter *w;
+	ASSERT_OK(ann_vwriter_open(data, MD, &w, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(w, x, MN, NULL));
+	ASSERT_OK(ann_vwriter_close(w, NULL));
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = MP;
+	o.mem_bytes = (size_t)64 << 20;
+	int64_t ids[2][MQ * 4];
+	float dd[MQ * 4];
+	for (int t = 1; t <= 2; t++) {
+		o.threads = t;
+		ann_index *idx = build_open(dir, t == 1 ? "many1" : "many2", data, &o);
+		ann_index_info in;
+		ASSERT_OK(ann_index_get_info(idx, &in, NULL));
+		ASSERT_EQ(in.partitions, (uint32_t)MP);
+		ASSERT_EQ(in.stored_vectors, (uint64_t)MN);
+		uint64_t coarse = 0;
+		ann_cat_txn *ct;
+		ASSERT_OK(ann_catalog_read_begin(ann_store_catalog(idx->store), &ct, NULL));
+		ASSERT_OK(ann_catalog_meta_get_u64(ct, "build.kmeans_coarse", &coarse, NULL));
+		ann_catalog_read_end(ct);
+		ASSERT_EQ(coarse, (uint64_t)71);
+		ann_searcher *s;
+		ann_search_opts so;
+		ann_search_opts_init(&so);
+		so.k = 4;
+		so.nprobe = 4;
+		ASSERT_OK(ann_searcher_new(idx, &so, &s, NULL));
+		/* one batch: routed exactly over the centroids (batch routing), so the
+		 * answers depend on the partitions and centroids only, not on the
+		 * centroid graph, whose links depend on the build's threads (hnsw.h) */
+		float *qs = malloc((size_t)MQ * MD * sizeof(float));
+		for (size_t q = 0; q < MQ; q++)
+			memcpy(qs + q * MD, x + q * (MN / MQ) * MD, MD * sizeof(float));
+		ASSERT_OK(ann_search(s, qs, MQ, ids[t - 1], dd, NULL, NULL));
+		free(qs);
+		size_t found = 0;
+		for (size_t q = 0; q < MQ; q++) {
+			size_t i = q * (MN / MQ);
+			for (size_t a = 0; a < 4; a++)
+				if (ids[t - 1][q * 4 + a] == (int64_t)i || (dd[q * 4 + a] == 0 && ids[t - 1][q * 4 + a] >= 0)) {
+					found++;
+					break;
+				}
+		}
+		ann_searcher_free(s);
+		ann_index_close(idx);
+		printf("  %d partitions, %d build threads: %zu of %d base vectors found themselves at nprobe 4\n", MP, t,
+		       found, MQ);
+		ASSERT_TRUE(found >= MQ * 98 / 100);
+	}
+	ASSERT_TRUE(memcmp(ids[0], ids[1], sizeof ids[0]) == 0);
+	free(data);
+	free(x);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -634,6 +712,7 @@ int main(void)
 	test_assign_overflow();
 	test_failures(dir, fbin);
 	test_corruption(dir, fbin, &rng);
+	test_many_partitions(dir, &rng);
 	t_rmtree(dir);
 	free(dir);
 	free(fbin);

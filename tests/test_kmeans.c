@@ -3,7 +3,9 @@
  * rises, equality with a naive scalar Lloyd from the same start, the size cap
  * (respected, only clusters over it move, better than blind overflow),
  * empty-cluster repair, determinism across seeds and thread counts,
- * mini-batch, spherical metrics, and nearest-centroids against brute force. */
+ * mini-batch, spherical metrics, nearest-centroids against brute force,
+ * two-level k-means (balanced, near one-level Lloyd's inertia, deterministic)
+ * and the two-level tree's assignment against the exact scan. */
 #include "testutil.h"
 
 #include "kmeans.h"
@@ -608,6 +610,140 @@ static void test_errors(void)
 	}
 }
 
+/* Two levels against one: every cluster used, sizes about n / k, inertia
+ * near one-level Lloyd's, the same result on 1 and 2 threads, the cap. */
+static void test_two_level(ann_rng *r)
+{
+	t_current = "test_two_level";
+	size_t n = 30000, d = 16, k = 300, C = 17;
+	uint32_t *label = malloc(n * sizeof(uint32_t)), *a1 = malloc(n * sizeof(uint32_t)),
+		 *a2 = malloc(n * sizeof(uint32_t)), *af = malloc(n * sizeof(uint32_t));
+	float *x = planted(r, n, d, k, 1.0, 0.5, label);
+	float *cf = malloc(k * d * sizeof(float)), *c1 = malloc(k * d * sizeof(float)), *c2 = malloc(k * d * sizeof(float));
+	ann_kmeans_opts o;
+	ann_kmeans_opts_init(&o);
+	o.k = k;
+	o.max_iter = 20;
+	o.seed = 5;
+	ann_kmeans_stats sf, s1, s2;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, cf, af, &sf, NULL));
+	o.coarse = C;
+	o.threads = 1;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c1, a1, &s1, NULL));
+	o.threads = 2;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c2, a2, &s2, NULL));
+	ASSERT_TRUE(memcmp(c1, c2, k * d * sizeof(float)) == 0);
+	ASSERT_TRUE(memcmp(a1, a2, n * sizeof(uint32_t)) == 0);
+	size_t *cnt = calloc(k, sizeof(size_t));
+	for (size_t i = 0; i < n; i++) {
+		ASSERT_TRUE(a1[i] < k);
+		cnt[a1[i]]++;
+	}
+	size_t largest = 0;
+	for (size_t c = 0; c < k; c++) {
+		ASSERT_TRUE(cnt[c] > 0);
+		largest = ANN_MAX(largest, cnt[c]);
+	}
+	ASSERT_EQ(largest, s1.largest);
+	double in1 = inertia_of(x, n, d, k, a1, c1, false);
+	ASSERT_NEAR(s1.inertia / in1, 1.0, 1e-4);
+	printf("  two levels (C %zu): inertia %.4g vs one level %.4g (ratio %.4f), largest %zu vs %zu (n/k %zu)\n", C,
+	       in1, sf.inertia, in1 / sf.inertia, largest, sf.largest, n / k);
+	ASSERT_TRUE(in1 <= 1.10 * sf.inertia);
+	ASSERT_TRUE(largest <= 2 * sf.largest && largest <= 4 * n / k);
+	/* with a cap */
+	o.max_size = n / k + n / k / 4;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c1, a1, &s1, NULL));
+	ASSERT_TRUE(s1.largest <= 2 * n / k);
+	/* no history, no given centroids */
+	double hist[32];
+	o.history = hist;
+	ann_error e = {0};
+	ASSERT_EQ(ann_kmeans(x, n, d, &o, c1, a1, &s1, &e), ANN_E_INVAL);
+	o.history = NULL;
+	/* C >= k: one level, as documented */
+	o.max_size = 0;
+	o.coarse = k;
+	o.threads = 1;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c1, a1, NULL, NULL));
+	ASSERT_TRUE(memcmp(c1, cf, k * d * sizeof(float)) == 0);
+	free(cnt);
+	free(x);
+	free(label);
+	free(a1);
+	free(a2);
+	free(af);
+	free(cf);
+	free(c1);
+	free(c2);
+}
+
+/* The two-level tree: exact when every cell is probed, nearly so at 8
+ * probes, the same on 1 and 2 threads, padded past k. */
+static void test_tree(ann_rng *r)
+{
+	t_current = "test_tree";
+	size_t k = 3000, n = 4000, d = 16, np = 4;
+	uint32_t *label = malloc((k + n) * sizeof(uint32_t));
+	float *all = planted(r, k + n, d, 200, 3.0, 0.5, label);
+	/* centroids: every other point of the set, queries the rest, shuffled
+	 * by the planted order not mattering */
+	float *c = malloc(k * d * sizeof(float)), *x = malloc(n * d * sizeof(float));
+	for (size_t i = 0, ic = 0, ix = 0; i < k + n; i++) {
+		if (ic < k && (i % 7 < 3 || ix == n))
+			memcpy(c + ic++ * d, all + i * d, d * sizeof(float));
+		else
+			memcpy(x + ix++ * d, all + i * d, d * sizeof(float));
+	}
+	uint32_t *ex = malloc(n * np * sizeof(uint32_t)), *t1 = malloc(n * np * sizeof(uint32_t)),
+		 *t2 = malloc(n * np * sizeof(uint32_t));
+	float *exd = malloc(n * np * sizeof(float)), *td = malloc(n * np * sizeof(float));
+	ASSERT_OK(ann_nearest_centroids(x, n, d, c, k, np, ANN_METRIC_L2, 2, ex, exd, NULL));
+	ann_kmeans_tree *t;
+	ASSERT_OK(ann_kmeans_tree_new(c, k, d, ANN_METRIC_L2, 0, 1, 2, &t, NULL));
+	size_t C = ann_kmeans_tree_coarse(t);
+	ASSERT_EQ(C, (size_t)55);
+	ASSERT_TRUE(ann_kmeans_tree_bytes(t) >= k * d * sizeof(float));
+	/* every cell probed: the exact answer (distances up to sgemm rounding) */
+	ASSERT_OK(ann_kmeans_tree_nearest(t, x, n, np, C, 2, t1, td, NULL));
+	for (size_t i = 0; i < n * np; i++) {
+		ASSERT_TRUE(t1[i] < k);
+		ASSERT_NEAR(td[i], exd[i], 1e-3 * (1 + exd[i]));
+	}
+	/* 8 probes: the nearest centroid found for almost every point */
+	ASSERT_OK(ann_kmeans_tree_nearest(t, x, n, np, 8, 1, t1, td, NULL));
+	ASSERT_OK(ann_kmeans_tree_nearest(t, x, n, np, 8, 2, t2, NULL, NULL));
+	ASSERT_TRUE(memcmp(t1, t2, n * np * sizeof(uint32_t)) == 0);
+	size_t same = 0;
+	for (size_t i = 0; i < n; i++) {
+		same += t1[i * np] == ex[i * np];
+		ASSERT_TRUE(td[i * np] >= exd[i * np] - 1e-3f * (1 + exd[i * np]));
+	}
+	printf("  tree (k %zu, C %zu, 8 probes): nearest centroid found for %.4f of points\n", k, C,
+	       (double)same / (double)n);
+	ASSERT_TRUE(same >= n * 95 / 100);
+	ann_kmeans_tree_free(t);
+	/* fewer centroids than nprobe: padded */
+	ASSERT_OK(ann_kmeans_tree_new(c, 5, d, ANN_METRIC_L2, 2, 1, 1, &t, NULL));
+	ASSERT_OK(ann_kmeans_tree_nearest(t, x, 3, 8, 2, 1, t1, td, NULL));
+	for (size_t i = 0; i < 3; i++)
+		for (size_t j = 0; j < 8; j++)
+			ASSERT_TRUE(j < 5 ? t1[i * 8 + j] < 5 : (t1[i * 8 + j] == UINT32_MAX && isinf(td[i * 8 + j])));
+	ann_error e = {0};
+	ASSERT_EQ(ann_kmeans_tree_nearest(t, x, 3, 0, 2, 1, t1, td, &e), ANN_E_INVAL);
+	ann_kmeans_tree_free(t);
+	ann_kmeans_tree_free(NULL);
+	free(all);
+	free(label);
+	free(c);
+	free(x);
+	free(ex);
+	free(exd);
+	free(t1);
+	free(t2);
+	free(td);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -622,6 +758,8 @@ int main(void)
 	test_determinism(&rng);
 	test_minibatch(&rng);
 	test_nearest(&rng);
+	test_two_level(&rng);
+	test_tree(&rng);
 	test_errors();
 	ASSERT_EQ(ann_mem_live_bytes(), live);
 	printf("test_kmeans: ok\n");

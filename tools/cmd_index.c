@@ -39,6 +39,7 @@ static cli_opt build_opts[] = {
 	{"sample", "N", "training sample size (default min(n, 256 * partitions), or min(n, 64 * partitions) when "
 	 "--partitions is auto; within half of --mem)", NULL},
 	{"iters", "N", "k-means iterations (default 20)", NULL},
+	{"kmeans-coarse", "C", "kmeans: two-level k-means with C coarse clusters; 1 = one level; default 0 = two levels with sqrt(partitions) above 4096 partitions", NULL},
 	{"balance", "X", "cap partitions at X * n / partitions vectors (X >= 1, 0 = no cap; default 1.3 for kmeans, "
 	 "else no cap)", NULL},
 	{"replicas", "R", "store a vector in up to R partitions (SPANN closure; default 1)", NULL},
@@ -198,6 +199,10 @@ static int run_build(cli_cmd *c)
 		return CLI_EXIT_USAGE;
 	if (cli_get(c, "router-bits"))
 		o.kmeans.router_bits = (uint32_t)rbits;
+	uint64_t coarse;
+	if (!cli_u64(c, "kmeans-coarse", 0, 0, UINT32_MAX, &coarse))
+		return CLI_EXIT_USAGE;
+	o.kmeans.kmeans_coarse = (uint32_t)coarse;
 	uint64_t clusters, edim, aee, dece, knnk, ep, rounds, hidden[4];
 	size_t nh = 0;
 	double alpha, rw, imb, lambda, aug;

@@ -265,7 +265,8 @@ static char *build_options(const build *b)
 		 "replicas=%u\nreplica_eps=%.17g\nsoar_lambda=%.17g\nhnsw_m=%u\nhnsw_ef_construction=%u\n"
 		 "embed_dim=%u\nhidden=%u,%u,%u,%u\nae_epochs=%u\ndec_epochs=%u\ndec_alpha=%.17g\n"
 		 "recon_weight=%.17g\nknn_k=%u\nimbalance=%.17g\nnlsh_epochs=%u\nsoft_labels=%d\njoint_rounds=%u\n"
-		 "joint_lambda=%.17g\ncode_bits=%u\nroute_chunk=%u\nrouter_bits=%u\nnlsh_augment=%.17g\n",
+		 "joint_lambda=%.17g\ncode_bits=%u\nroute_chunk=%u\nrouter_bits=%u\nnlsh_augment=%.17g\n"
+		 "kmeans_coarse=%u\nkmeans_assign=%s\n",
 		 b->d, (unsigned long long)b->n, (int)b->in_type, ann_router_name(o->router), b->nparts, (int)o->store,
 		 ann_encoding_name(b->enc), (int)o->metric, o->zstd_level, o->shuffle, o->dictionary != 0,
 		 (unsigned long long)o->seed, b->sample_n, build_kmeans_iters(o), build_balance(o), b->copies,
@@ -273,7 +274,8 @@ static char *build_options(const build *b)
 		 annann ? a->hnsw_ef_construction : k->hnsw_ef_construction, a->embed_dim, hidden[0], hidden[1],
 		 hidden[2], hidden[3], a->ae_epochs, a->dec_epochs, a->dec_alpha, a->recon_weight, nl->knn_k, nl->imbalance,
 		 nl->nlsh_epochs, nl->soft_labels, nl->joint_rounds, nl->joint_lambda, o->code_bits, ROUTE_CHUNK,
-		 k->router_bits, (double)nl->nlsh_augment);
+		 k->router_bits, (double)nl->nlsh_augment, ann_router_kmeans_coarse(k->kmeans_coarse, b->nparts),
+		 ANN_KMEANS_ASSIGN_RULE);
 	if (o->code_factors == 16) /* only then: older states keep their fingerprint */
 		snprintf(s + strlen(s), cap - strlen(s), "code_factors=16\n");
 	return s;

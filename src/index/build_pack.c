@@ -195,6 +195,9 @@ int build_publish_meta(build *b, double total_s, ann_error *err)
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.zstd_level", (uint64_t)o->zstd_level, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.shuffle", ann_shuffle_to_meta(o->shuffle), err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.kmeans_iters", build_kmeans_iters(o), err));
+	if (o->router == ANN_ROUTER_KMEANS)
+		ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.kmeans_coarse",
+						       ann_router_kmeans_coarse(o->kmeans.kmeans_coarse, b->nparts), err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.balance", build_balance(o), err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.replica_eps", o->replica_eps, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_f64(t, "build.soar_lambda", o->kmeans.soar_lambda, err));

@@ -154,12 +154,15 @@ int build_spill_start(build *b, size_t spill_mem, uint64_t *spilled, ann_error *
 int build_route_all(build *b, ann_error *err)
 {
 	size_t chunk = ROUTE_CHUNK, esz = ann_dtype_size(b->in_type);
-	/* Buffers of this function, the centroid copy and candidate lists of the
-	 * router, and per thread the assignment tiles of kmeans.h (1 MiB + up to
-	 * 4096 rows of d floats). */
+	/* Buffers of this function, the router's centroid copy or assignment
+	 * tree (kmeans.h: k (d + 1) floats, k ids, the coarse centres and, per
+	 * chunk, 16 bytes per vector and probe) and candidate lists, and per
+	 * thread the assignment tiles of kmeans.h (1 MiB + up to 4096 rows of d
+	 * floats). */
 	size_t threads = (size_t)(b->o->threads > 0 ? b->o->threads : 1);
+	size_t coarse = (size_t)ceil(sqrt((double)b->nparts)) + 1;
 	size_t chunk_bytes = chunk * b->d * (esz + sizeof(float)) + chunk * b->copies * sizeof(uint32_t) +
-			     (size_t)b->nparts * b->d * sizeof(float) + chunk * 8 * 8 +
+			     ((size_t)b->nparts + coarse) * (b->d * sizeof(float) + 12) + chunk * 8 * 8 + chunk * 8 * 16 +
 			     threads * (((size_t)1 << 20) + (size_t)4096 * b->d * sizeof(float));
 	size_t router = b->router->ops->ram_bytes(b->router);
 	if (b->o->mem_bytes < chunk_bytes + router + ((size_t)1 << 20))

@@ -25,6 +25,8 @@
 #define KM_BAL_CAND 16   /* candidate clusters per point in the size cap */
 #define KM_MB_PATIENCE 10 /* mini-batches without improvement before stopping */
 #define KM_NONE UINT32_MAX
+#define KM_REFINE 3        /* two levels: Lloyd steps over all k centroids after the fine level */
+#define KM_REFINE_PROBES 8 /* ... each assigning through the tree's 8 nearest cells */
 
 /* ---- blocked passes ------------------------------------------------------
  * A pass runs rows (points, or points picked by idx) against a set of
@@ -1004,6 +1006,9 @@ static int km_check_metric(ann_metric m, ann_error *err)
 	return ANN_OK;
 }
 
+static int km_two_level(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, float *centroids,
+			uint32_t *assign, ann_kmeans_stats *st, ann_error *err);
+
 static void km_free(km *s, bool own_assign)
 {
 	km_pool_free(&s->pool);
@@ -1038,6 +1043,8 @@ int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, flo
 			       o->max_size, k, n);
 	if (o->minibatch > UINT32_MAX)
 		return ann_err(err, ANN_E_INVAL, "kmeans: minibatch %zu too large", o->minibatch);
+	if (o->coarse >= 2 && o->coarse < k)
+		return km_two_level(x, n, d, o, centroids, assign, st, err);
 
 	km s;
 	memset(&s, 0, sizeof s);
@@ -1164,4 +1171,530 @@ int ann_nearest_centroids(const float *x, size_t n, size_t d, const float *centr
 	ann_free(cnorm);
 	km_pool_free(&pool);
 	return ANN_OK;
+}
+
+/* ---- two levels ------------------------------------------------------------
+ * ann_kmeans with o->coarse >= 2 (kmeans.h): coarse clusters, then each
+ * clustered on its own into its share of the k fine clusters. */
+
+/* Is coarse cluster a owed the next fine cluster before b? The one with more
+ * points per fine cluster (n_a / k_a > n_b / k_b), ties to the lower index. */
+static bool km_deal_before(const size_t *nj, const size_t *kj, uint32_t a, uint32_t b)
+{
+	uint64_t l = (uint64_t)nj[a] * kj[b], r = (uint64_t)nj[b] * kj[a];
+	return l != r ? l > r : a < b;
+}
+
+static void km_deal_down(uint32_t *h, size_t n, size_t i, const size_t *nj, const size_t *kj)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, best = i;
+		if (l < n && km_deal_before(nj, kj, h[l], h[best]))
+			best = l;
+		if (l + 1 < n && km_deal_before(nj, kj, h[l + 1], h[best]))
+			best = l + 1;
+		if (best == i)
+			return;
+		uint32_t t = h[i];
+		h[i] = h[best];
+		h[best] = t;
+		i = best;
+	}
+}
+
+/* Deals k fine clusters over C coarse ones of nj points (sum >= k, at most
+ * k non-empty): kj[j] = 1 for every non-empty one, then one at a time to
+ * the one with the most points per fine cluster that has room (kj < nj).
+ * heap: C entries of scratch. */
+static void km_deal(const size_t *nj, size_t C, size_t k, size_t *kj, uint32_t *heap)
+{
+	size_t given = 0, hn = 0;
+	for (size_t j = 0; j < C; j++) {
+		kj[j] = nj[j] ? 1 : 0;
+		given += kj[j];
+		if (nj[j] > 1)
+			heap[hn++] = (uint32_t)j;
+	}
+	for (size_t i = hn / 2; i-- > 0;)
+		km_deal_down(heap, hn, i, nj, kj);
+	while (given < k && hn > 0) {
+		uint32_t j = heap[0];
+		kj[j]++;
+		given++;
+		if (kj[j] == nj[j])
+			heap[0] = heap[--hn];
+		km_deal_down(heap, hn, 0, nj, kj);
+	}
+}
+
+/* Lloyd steps over all k centroids after the two levels, each assignment
+ * through a tree over the current centroids (KM_REFINE_PROBES cells): the
+ * fine clusters' borders that the coarse level cut are redrawn. Each step
+ * moves every centroid to the mean of its points (an empty one stays) and
+ * reassigns; st gets the exact inertia of the result. Memory: k d doubles
+ * and k counts, plus the tree (kmeans.h). */
+static int km_refine(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, float *c, uint32_t *a,
+		     ann_kmeans_stats *st, size_t *bytes, ann_error *err)
+{
+	size_t k = o->k;
+	double *sums = ann_malloc(k * d * sizeof(double));
+	size_t *cnt = ann_malloc(k * sizeof(size_t));
+	ann_kmeans_tree *t = NULL;
+	int rc = ANN_OK;
+	if (!sums || !cnt) {
+		rc = ann_err(err, ANN_E_NOMEM, "kmeans: out of memory refining %zu centroids", k);
+		goto fail;
+	}
+	*bytes = k * (d * sizeof(double) + sizeof(size_t));
+	for (uint32_t it = 0; it < KM_REFINE; it++) {
+		memset(sums, 0, k * d * sizeof(double));
+		memset(cnt, 0, k * sizeof(size_t));
+		for (size_t i = 0; i < n; i++) {
+			const float *v = x + i * d;
+			double w = 1;
+			if (o->metric == ANN_METRIC_COSINE) {
+				double s2 = 0;
+				for (size_t j = 0; j < d; j++)
+					s2 += (double)v[j] * v[j];
+				w = s2 > 0 ? 1 / sqrt(s2) : 0;
+			}
+			double *sm = sums + (size_t)a[i] * d;
+			for (size_t j = 0; j < d; j++)
+				sm[j] += w * v[j];
+			cnt[a[i]]++;
+		}
+		for (size_t cl = 0; cl < k; cl++) {
+			if (!cnt[cl])
+				continue;
+			float *cv = c + cl * d;
+			for (size_t j = 0; j < d; j++)
+				cv[j] = (float)(sums[cl * d + j] / (double)cnt[cl]);
+			if (o->metric != ANN_METRIC_L2)
+				km_normalize(cv, d);
+		}
+		ann_kmeans_tree_free(t);
+		t = NULL;
+		ANN_CHECK(rc, ann_kmeans_tree_new(c, k, d, o->metric, 0, o->seed, ANN_MIN(o->threads, KM_MAX_THREADS), &t,
+						  err));
+		*bytes = ANN_MAX(*bytes, k * (d * sizeof(double) + sizeof(size_t)) + ann_kmeans_tree_bytes(t));
+		ANN_CHECK(rc, ann_kmeans_tree_nearest(t, x, n, 1, KM_REFINE_PROBES, ANN_MIN(o->threads, KM_MAX_THREADS), a,
+						      NULL, err));
+		if (o->progress)
+			o->progress(o->progress_ctx, "kmeans-refine", it + 1, KM_REFINE);
+		if (o->cancel && o->cancel(o->cancel_ctx)) {
+			rc = ann_err(err, ANN_E_CANCELED, "kmeans canceled (refinement step %u)", it + 1);
+			goto fail;
+		}
+	}
+	double in = 0;
+	const ann_kernels *kern = ann_kernels_best();
+	memset(cnt, 0, k * sizeof(size_t));
+	for (size_t i = 0; i < n; i++) {
+		in += ann_distance_f32(kern, o->metric, x + i * d, c + (size_t)a[i] * d, d);
+		cnt[a[i]]++;
+	}
+	st->largest = 0;
+	for (size_t cl = 0; cl < k; cl++)
+		st->largest = ANN_MAX(st->largest, cnt[cl]);
+	st->inertia = st->inertia_unbalanced = in;
+	st->iterations += KM_REFINE;
+	rc = ANN_OK;
+fail:
+	ann_kmeans_tree_free(t);
+	ann_free(sums);
+	ann_free(cnt);
+	return rc;
+}
+
+static int km_two_level(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, float *centroids,
+			uint32_t *assign, ann_kmeans_stats *st, ann_error *err)
+{
+	size_t C = o->coarse, k = o->k;
+	if (o->history || o->init == ANN_KMEANS_GIVEN)
+		return ann_err(err, ANN_E_INVAL, "kmeans: two levels take neither a history nor given centroids");
+	uint32_t *ca = ann_malloc(n * sizeof(uint32_t));
+	uint32_t *order = ann_malloc(n * sizeof(uint32_t));
+	uint32_t *heap = ann_malloc(C * sizeof(uint32_t));
+	size_t *nj = ann_calloc(C, sizeof(size_t)), *kj = ann_calloc(C, sizeof(size_t));
+	size_t *first = ann_calloc(C + 1, sizeof(size_t));
+	float *cc = ann_malloc(C * d * sizeof(float));
+	float *g = NULL;
+	uint32_t *sa = NULL;
+	uint32_t *own_fa = assign ? NULL : ann_malloc(n * sizeof(uint32_t)), *fa = assign ? assign : own_fa;
+	int rc = ANN_OK;
+	if (!ca || !order || !heap || !nj || !kj || !first || !cc || !fa) {
+		rc = ann_err(err, ANN_E_NOMEM, "kmeans: out of memory for two levels (n %zu, %zu coarse)", n, C);
+		goto fail;
+	}
+	ann_kmeans_opts co = *o;
+	co.k = C;
+	co.coarse = 0;
+	co.max_size = 0;
+	ann_kmeans_stats cst, fst, sum;
+	memset(&sum, 0, sizeof sum);
+	ANN_CHECK(rc, ann_kmeans(x, n, d, &co, cc, ca, &cst, err));
+	for (size_t i = 0; i < n; i++)
+		nj[ca[i]]++;
+	km_deal(nj, C, k, kj, heap);
+	size_t maxn = 0;
+	for (size_t j = 0; j < C; j++) {
+		first[j + 1] = first[j] + nj[j];
+		maxn = ANN_MAX(maxn, nj[j]);
+	}
+	/* points cell by cell, in point order within a cell */
+	{
+		size_t *at = ann_malloc(C * sizeof(size_t));
+		if (!at) {
+			rc = ann_err(err, ANN_E_NOMEM, "kmeans: out of memory for two levels");
+			goto fail;
+		}
+		memcpy(at, first, C * sizeof(size_t));
+		for (size_t i = 0; i < n; i++)
+			order[at[ca[i]]++] = (uint32_t)i;
+		ann_free(at);
+	}
+	size_t own = n * (own_fa ? 12 : 8) + C * (d * sizeof(float) + 3 * sizeof(size_t) + 4);
+	g = ann_malloc(maxn * d * sizeof(float));
+	sa = ann_malloc(maxn * sizeof(uint32_t));
+	if (!g || !sa) {
+		rc = ann_err(err, ANN_E_NOMEM, "kmeans: out of memory gathering %zu points", maxn);
+		goto fail;
+	}
+	own += maxn * (d * sizeof(float) + sizeof(uint32_t));
+	sum.iterations = cst.iterations;
+	sum.empty_repaired = cst.empty_repaired;
+	sum.work_bytes = cst.work_bytes;
+	ann_kmeans_opts fo = *o;
+	fo.coarse = 0;
+	fo.progress = NULL;
+	size_t base = 0;
+	for (size_t j = 0; j < C; j++) {
+		if (kj[j] == 0)
+			continue;
+		size_t m = nj[j];
+		for (size_t i = 0; i < m; i++)
+			memcpy(g + i * d, x + (size_t)order[first[j] + i] * d, d * sizeof(float));
+		fo.k = kj[j];
+		fo.seed = o->seed + 1 + j;
+		fo.max_size = o->max_size ? ANN_MAX(o->max_size, (m + kj[j] - 1) / kj[j]) : 0;
+		ANN_CHECK(rc, ann_kmeans(g, m, d, &fo, centroids + base * d, sa, &fst, err));
+		for (size_t i = 0; i < m; i++)
+			fa[order[first[j] + i]] = (uint32_t)(base + sa[i]);
+		sum.iterations = ANN_MAX(sum.iterations, fst.iterations);
+		sum.inertia += fst.inertia;
+		sum.inertia_unbalanced += fst.inertia_unbalanced;
+		sum.empty_repaired += fst.empty_repaired;
+		sum.moved += fst.moved;
+		sum.largest = ANN_MAX(sum.largest, fst.largest);
+		sum.work_bytes = ANN_MAX(sum.work_bytes, fst.work_bytes);
+		base += kj[j];
+		if (o->progress)
+			o->progress(o->progress_ctx, "kmeans-fine", j + 1, C);
+		if (o->cancel && o->cancel(o->cancel_ctx)) {
+			rc = ann_err(err, ANN_E_CANCELED, "kmeans canceled (fine level, %zu of %zu coarse clusters)", j + 1,
+				     C);
+			goto fail;
+		}
+	}
+	if (!o->max_size && KM_REFINE > 0) {
+		size_t extra = 0;
+		ANN_CHECK(rc, km_refine(x, n, d, o, centroids, fa, &sum, &extra, err));
+		own += extra;
+	}
+	sum.work_bytes += own;
+	if (st)
+		*st = sum;
+	rc = ANN_OK;
+fail:
+	ann_free(ca);
+	ann_free(order);
+	ann_free(heap);
+	ann_free(nj);
+	ann_free(kj);
+	ann_free(first);
+	ann_free(cc);
+	ann_free(g);
+	ann_free(sa);
+	ann_free(own_fa);
+	return rc;
+}
+
+/* ---- the two-level search structure (kmeans.h) ---------------------------- */
+
+struct ann_kmeans_tree {
+	size_t k, d, C, maxcell;
+	ann_metric metric;
+	float *cc;     /* C x d coarse centres */
+	float *fc;     /* k x d centroids, cell by cell */
+	float *fnorm;  /* their squared norms (L2, COSINE), else NULL */
+	uint32_t *id;  /* k: the caller's number of row r of fc */
+	size_t *first; /* C + 1: cell j holds rows first[j] .. first[j + 1] - 1 */
+	size_t bytes;
+};
+
+void ann_kmeans_tree_free(ann_kmeans_tree *t)
+{
+	if (!t)
+		return;
+	ann_free(t->cc);
+	ann_free(t->fc);
+	ann_free(t->fnorm);
+	ann_free(t->id);
+	ann_free(t->first);
+	ann_free(t);
+}
+
+size_t ann_kmeans_tree_bytes(const ann_kmeans_tree *t)
+{
+	return t ? t->bytes : 0;
+}
+
+size_t ann_kmeans_tree_coarse(const ann_kmeans_tree *t)
+{
+	return t ? t->C : 0;
+}
+
+int ann_kmeans_tree_new(const float *centroids, size_t k, size_t d, ann_metric metric, size_t coarse, uint64_t seed,
+			int threads, ann_kmeans_tree **out, ann_error *err)
+{
+	*out = NULL;
+	ANN_TRY(km_check_metric(metric, err));
+	if (!centroids || k == 0 || d == 0 || k >= KM_NONE || threads < 1)
+		return ann_err(err, ANN_E_INVAL, "kmeans tree: need centroids, 1 <= k < 2^32 - 1, d >= 1, threads >= 1");
+	size_t C = coarse ? coarse : (size_t)ceil(sqrt((double)k));
+	C = ANN_MAX((size_t)1, ANN_MIN(C, k));
+	ann_kmeans_tree *t = ann_calloc(1, sizeof *t);
+	uint32_t *ca = ann_malloc(k * sizeof(uint32_t));
+	size_t *at = ann_malloc(C * sizeof(size_t));
+	int rc = ANN_OK;
+	if (!t || !ca || !at)
+		goto nomem;
+	t->k = k;
+	t->d = d;
+	t->C = C;
+	t->metric = metric;
+	t->cc = ann_malloc(C * d * sizeof(float));
+	t->fc = ann_malloc(k * d * sizeof(float));
+	t->id = ann_malloc(k * sizeof(uint32_t));
+	t->first = ann_calloc(C + 1, sizeof(size_t));
+	if (metric != ANN_METRIC_IP)
+		t->fnorm = ann_malloc(k * sizeof(float));
+	if (!t->cc || !t->fc || !t->id || !t->first || (metric != ANN_METRIC_IP && !t->fnorm))
+		goto nomem;
+	t->bytes = sizeof *t + (C + k) * d * sizeof(float) + k * (sizeof(uint32_t) + (t->fnorm ? sizeof(float) : 0)) +
+		   (C + 1) * sizeof(size_t);
+	ann_kmeans_opts ko;
+	ann_kmeans_opts_init(&ko);
+	ko.k = C;
+	ko.max_iter = 10;
+	ko.seed = seed;
+	ko.metric = metric;
+	ko.threads = threads;
+	ANN_CHECK(rc, ann_kmeans(centroids, k, d, &ko, t->cc, ca, NULL, err));
+	for (size_t i = 0; i < k; i++)
+		t->first[ca[i] + 1]++;
+	for (size_t j = 0; j < C; j++) {
+		t->maxcell = ANN_MAX(t->maxcell, t->first[j + 1]);
+		t->first[j + 1] += t->first[j];
+	}
+	memcpy(at, t->first, C * sizeof(size_t));
+	for (size_t i = 0; i < k; i++) {
+		size_t r = at[ca[i]]++;
+		t->id[r] = (uint32_t)i;
+		memcpy(t->fc + r * d, centroids + i * d, d * sizeof(float));
+	}
+	if (t->fnorm)
+		ann_norms_f32(t->fc, k, d, t->fnorm);
+	ann_free(ca);
+	ann_free(at);
+	*out = t;
+	return ANN_OK;
+nomem:
+	rc = ann_err(err, ANN_E_NOMEM, "kmeans tree: out of memory for %zu centroids", k);
+fail:
+	ann_free(ca);
+	ann_free(at);
+	ann_kmeans_tree_free(t);
+	return rc;
+}
+
+/* One ann_kmeans_tree_nearest call: the rows probing each cell, and per
+ * (row, probe) slot the M nearest centroids of that cell. */
+typedef struct kt_job {
+	const ann_kmeans_tree *t;
+	const float *x;
+	size_t P, M;          /* probes per row, results per slot */
+	const size_t *off;    /* C + 1: cell j's slots are lst[off[j] .. off[j + 1]) */
+	const uint32_t *lst;  /* slot numbers (row * P + probe) */
+	uint32_t *sid;        /* slot results: M ids each */
+	float *sd;            /* ... and distances */
+	size_t block;         /* rows per tile */
+	atomic_size_t next;   /* next cell */
+} kt_job;
+
+typedef struct kt_worker {
+	kt_job *j;
+	float *gather, *xn, *tile, *hd;
+	int64_t *hid;
+	ann_topk *tk;
+} kt_worker;
+
+static void kt_cell(kt_worker *w, size_t c)
+{
+	const kt_job *j = w->j;
+	const ann_kmeans_tree *t = j->t;
+	size_t d = t->d, f0 = t->first[c], f = t->first[c + 1] - f0, M = j->M;
+	size_t chunk = ANN_MIN(f, (size_t)KM_CHUNK);
+	for (size_t lo = j->off[c]; lo < j->off[c + 1]; lo += j->block) {
+		size_t nb = ANN_MIN(j->block, j->off[c + 1] - lo);
+		for (size_t i = 0; i < nb; i++) {
+			memcpy(w->gather + i * d, j->x + (size_t)(j->lst[lo + i] / j->P) * d, d * sizeof(float));
+			ann_topk_init(&w->tk[i], w->hd + i * M, w->hid + i * M, M);
+		}
+		if (t->metric != ANN_METRIC_IP)
+			ann_norms_f32(w->gather, nb, d, w->xn);
+		for (size_t c0 = 0; c0 < f; c0 += chunk) {
+			size_t kc = ANN_MIN(chunk, f - c0);
+			ann_dist_batch(t->metric, w->gather, nb, t->metric != ANN_METRIC_IP ? w->xn : NULL,
+				       t->fc + (f0 + c0) * d, kc, t->fnorm ? t->fnorm + f0 + c0 : NULL, d, w->tile);
+			for (size_t i = 0; i < nb; i++)
+				km_row_topn(w->tile + i * kc, kc, (uint32_t)(f0 + c0), &w->tk[i]);
+		}
+		for (size_t i = 0; i < nb; i++) {
+			ann_topk *h = &w->tk[i];
+			ann_topk_finish(h);
+			size_t s = j->lst[lo + i];
+			for (size_t m = 0; m < M; m++) {
+				bool have = h->id[m] >= 0;
+				j->sid[s * M + m] = have ? t->id[h->id[m]] : KM_NONE;
+				j->sd[s * M + m] = have ? h->dist[m] : __builtin_inff();
+			}
+		}
+	}
+}
+
+static void *kt_thread(void *arg)
+{
+	kt_worker *w = arg;
+	for (;;) {
+		size_t c = atomic_fetch_add(&w->j->next, 1);
+		if (c >= w->j->t->C)
+			break;
+		kt_cell(w, c);
+	}
+	return NULL;
+}
+
+int ann_kmeans_tree_nearest(const ann_kmeans_tree *t, const float *x, size_t n, size_t nprobe, size_t probes,
+			    int threads, uint32_t *ids, float *dists, ann_error *err)
+{
+	if (!t || nprobe == 0 || probes == 0 || threads < 1)
+		return ann_err(err, ANN_E_INVAL, "kmeans tree: need a tree, nprobe, probes and threads >= 1");
+	if (n == 0)
+		return ANN_OK;
+	if (!x || !ids)
+		return ann_err(err, ANN_E_INVAL, "kmeans tree: NULL array");
+	size_t P = ANN_MIN(probes, t->C), M = ANN_MIN(nprobe, t->k), d = t->d;
+	size_t slots;
+	if (!ann_mul_ok(n, P, &slots) || slots >= KM_NONE)
+		return ann_err(err, ANN_E_INVAL, "kmeans tree: %zu points x %zu probes per call is too many", n, P);
+	int nt = ANN_MIN(threads, KM_MAX_THREADS);
+	uint32_t *cid = ann_malloc(slots * sizeof(uint32_t));
+	uint32_t *lst = ann_malloc(slots * sizeof(uint32_t));
+	size_t *off = ann_calloc(t->C + 1, sizeof(size_t));
+	uint32_t *sid = ann_malloc(slots * M * sizeof(uint32_t));
+	float *sd = ann_malloc(slots * M * sizeof(float));
+	float *md = ann_malloc(nprobe * sizeof(float));
+	int64_t *mid = ann_malloc(nprobe * sizeof(int64_t));
+	kt_worker w[KM_MAX_THREADS];
+	memset(w, 0, sizeof w);
+	int rc = ANN_OK;
+	if (!cid || !lst || !off || !sid || !sd || !md || !mid)
+		goto nomem;
+	ANN_CHECK(rc, ann_nearest_centroids(x, n, d, t->cc, t->C, P, t->metric, nt, cid, NULL, err));
+	/* slots by cell, in slot order within a cell */
+	for (size_t s = 0; s < slots; s++) {
+		sid[s * M] = KM_NONE; /* a slot no cell fills (padding) stays empty */
+		sd[s * M] = __builtin_inff();
+		for (size_t m = 1; m < M; m++) {
+			sid[s * M + m] = KM_NONE;
+			sd[s * M + m] = __builtin_inff();
+		}
+		if (cid[s] != KM_NONE)
+			off[cid[s] + 1]++;
+	}
+	for (size_t c = 0; c < t->C; c++)
+		off[c + 1] += off[c];
+	{
+		size_t *at = ann_malloc(t->C * sizeof(size_t));
+		if (!at)
+			goto nomem;
+		memcpy(at, off, t->C * sizeof(size_t));
+		for (size_t s = 0; s < slots; s++)
+			if (cid[s] != KM_NONE)
+				lst[at[cid[s]]++] = (uint32_t)s;
+		ann_free(at);
+	}
+	kt_job job = {.t = t, .x = x, .P = P, .M = M, .off = off, .lst = lst, .sid = sid, .sd = sd,
+		      .block = km_block_rows(t->maxcell)};
+	atomic_store(&job.next, 0);
+	size_t B = job.block, chunk = ANN_MIN(t->maxcell, (size_t)KM_CHUNK);
+	for (int i = 0; i < nt; i++) {
+		w[i].j = &job;
+		w[i].gather = ann_malloc(B * d * sizeof(float));
+		w[i].xn = ann_malloc(B * sizeof(float));
+		w[i].tile = ann_malloc(B * chunk * sizeof(float));
+		w[i].hd = ann_malloc(B * M * sizeof(float));
+		w[i].hid = ann_malloc(B * M * sizeof(int64_t));
+		w[i].tk = ann_malloc(B * sizeof(ann_topk));
+		if (!w[i].gather || !w[i].xn || !w[i].tile || !w[i].hd || !w[i].hid || !w[i].tk)
+			goto nomem;
+	}
+	{
+		pthread_t tid[KM_MAX_THREADS];
+		int started = 0;
+		for (int i = 1; i < nt && (size_t)i < t->C; i++) {
+			if (pthread_create(&tid[i], NULL, kt_thread, &w[i]) != 0)
+				break;
+			started = i;
+		}
+		kt_thread(&w[0]);
+		for (int i = 1; i <= started; i++)
+			pthread_join(tid[i], NULL);
+	}
+	/* each row: the nprobe nearest of its P * M slot results, by (distance, id) */
+	for (size_t i = 0; i < n; i++) {
+		ann_topk h;
+		ann_topk_init(&h, md, mid, nprobe);
+		for (size_t e = i * P * M; e < (i + 1) * P * M; e++)
+			if (sid[e] != KM_NONE)
+				ann_topk_push(&h, sd[e], (int64_t)sid[e]);
+		ann_topk_finish(&h);
+		for (size_t m = 0; m < nprobe; m++) {
+			ids[i * nprobe + m] = mid[m] >= 0 ? (uint32_t)mid[m] : KM_NONE;
+			if (dists)
+				dists[i * nprobe + m] = mid[m] >= 0 ? md[m] : __builtin_inff();
+		}
+	}
+	goto out;
+nomem:
+	rc = ann_err(err, ANN_E_NOMEM, "kmeans tree: out of memory for %zu points", n);
+fail:
+out:
+	for (int i = 0; i < KM_MAX_THREADS; i++) {
+		ann_free(w[i].gather);
+		ann_free(w[i].xn);
+		ann_free(w[i].tile);
+		ann_free(w[i].hd);
+		ann_free(w[i].hid);
+		ann_free(w[i].tk);
+	}
+	ann_free(cid);
+	ann_free(lst);
+	ann_free(off);
+	ann_free(sid);
+	ann_free(sd);
+	ann_free(md);
+	ann_free(mid);
+	return rc;
 }

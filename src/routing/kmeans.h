@@ -37,6 +37,7 @@ typedef struct ann_kmeans_opts {
 	double tol;               /* stop when the relative inertia decrease is < tol; 0 = run max_iter */
 	size_t max_size;          /* cap on points per cluster, 0 = none; needs k * max_size >= n */
 	size_t minibatch;         /* 0 = full Lloyd; else points per mini-batch step */
+	size_t coarse;            /* 0, 1 or >= k: one level; 2 <= C < k: two levels, see ann_kmeans */
 	double *history;          /* optional out: inertia of each assignment step, max_iter + 2 entries */
 	ann_progress_fn progress; /* "kmeans-seed" (centres chosen / k), then "kmeans" (steps /
 				   * max_iter) once per step; may be NULL */
@@ -91,6 +92,29 @@ typedef struct ann_kmeans_stats {
  * centroids are then recomputed as the means of the capped clusters, so
  * assign is no longer exactly the nearest centroid.
  *
+ * Two levels (coarse = C, 2 <= C < k; Nister and Stewenius' vocabulary tree
+ * cut at depth 2): k-means with C clusters on all n points (these options,
+ * seed o->seed), then each coarse cluster j of n_j points gets k_j fine
+ * clusters and is clustered on its own (seed o->seed + 1 + j). The k_j sum
+ * to k and are dealt one at a time, each to the coarse cluster whose
+ * points per fine cluster n_j / k_j is largest (ties: lowest j), starting
+ * from 1 each, never above n_j: every fine cluster gets about n / k points
+ * whatever the coarse clusters' sizes. max_size caps each fine cluster at
+ * max(max_size, ceil(n_j / k_j)). Without max_size, 3 Lloyd steps over
+ * all k centroids follow, each assigning every point through an
+ * ann_kmeans_tree over the current centroids with 8 probes, which redraws
+ * the borders the coarse level cut (on tests/test_kmeans.c's data the
+ * inertia falls from 1.11x one-level Lloyd's to 1.03x). Cost: about
+ * n (C + k / C) distances per level iteration and n (C + 8 k / C) per
+ * refinement step, instead of n k (C = sqrt(k): 2 n sqrt(k) and
+ * 9 n sqrt(k)). history must be NULL; progress reports "kmeans" for the
+ * coarse level, then "kmeans-fine" (coarse clusters done / C), then
+ * "kmeans-refine" (steps done / 3). stats:
+ * iterations the most of any level plus the refinement steps, empty_repaired
+ * and moved summed, inertia exact, work_bytes the peak of any level plus
+ * 12 n + (largest n_j) d floats of gathering, and for the refinement
+ * k d doubles plus the tree.
+ *
  * Deterministic: on one machine and SIMD level the result depends on x, the
  * options and the seed only, not on threads (blocks are fixed, reductions
  * run in point order).
@@ -121,5 +145,46 @@ int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, flo
  */
 int ann_nearest_centroids(const float *x, size_t n, size_t d, const float *centroids, size_t k, size_t nprobe,
 			  ann_metric metric, int threads, uint32_t *ids, float *dists, ann_error *err);
+
+/*
+ * A two-level search structure over k centroids, for assigning many points
+ * to (nearly) their nearest centroids at a fraction of the exact scan's cost
+ * when k is large (the build's routing; docs/DESIGN.md "Routing at scale").
+ * The centroids are clustered into C coarse cells (ann_kmeans, C clusters,
+ * 10 iterations, the given seed); a point is compared with the C coarse
+ * centres, then with every centroid of its `probes` nearest cells, and gets
+ * the nprobe nearest of those: about C + probes * k / C distances instead of
+ * k, computed as blocked sgemm tiles per cell over the points that probe it.
+ * The result is exact whenever a point's nprobe nearest centroids lie in its
+ * probed cells; how often that fails is measured (tests/test_kmeans.c,
+ * docs/BENCHMARKS.md "Scale").
+ *
+ * Memory: the k centroids reordered by cell as floats plus the C centres,
+ * (k + C) (d + 1) * 4 + 8 k bytes (ann_kmeans_tree_bytes); per
+ * ann_kmeans_tree_nearest call 4 + 12 probes (1 + nprobe) bytes per point
+ * plus per thread a 1 MiB tile and 4096 gathered rows.
+ * Deterministic: the structure depends on the centroids, C and the seed; the
+ * answers on those and the points, not on threads.
+ */
+typedef struct ann_kmeans_tree ann_kmeans_tree;
+
+/* Builds the tree over k x d centroids (copied; the caller keeps its own).
+ * coarse = 0 picks ceil(sqrt(k)); coarse is clamped to k.
+ * @return ANN_OK, ANN_E_INVAL, ANN_E_NOMEM. */
+int ann_kmeans_tree_new(const float *centroids, size_t k, size_t d, ann_metric metric, size_t coarse, uint64_t seed,
+			int threads, ann_kmeans_tree **out, ann_error *err);
+void ann_kmeans_tree_free(ann_kmeans_tree *t);
+size_t ann_kmeans_tree_bytes(const ann_kmeans_tree *t);
+size_t ann_kmeans_tree_coarse(const ann_kmeans_tree *t);
+
+/*
+ * As ann_nearest_centroids, through the tree: rows of ids / dists hold the
+ * nprobe nearest centroids among those of each point's `probes` nearest
+ * cells (probes clamped to C), sorted by (distance, id), padded with
+ * UINT32_MAX / +inf. dists may be NULL.
+ * @return ANN_OK, ANN_E_INVAL, ANN_E_NOMEM.
+ */
+int ann_kmeans_tree_nearest(const ann_kmeans_tree *t, const float *x, size_t n, size_t nprobe, size_t probes,
+			    int threads, uint32_t *ids, float *dists, ann_error *err);
 
 #endif /* ANN_KMEANS_H */

@@ -106,6 +106,16 @@ int ann_router_load(ann_router_kind kind, const uint8_t *blob, size_t len, uint3
 void ann_router_free(ann_router *r);
 
 /* Per-kind entry points (router_*.c). */
+/* Above this many partitions the k-means router trains two-level k-means by
+ * default and assigns vectors through a two-level tree rather than by an
+ * exact scan of every centroid (docs/DESIGN.md "Routing at scale"). */
+#define ANN_KMEANS_TWO_LEVEL_MIN 4096u
+/* How the k-means router assigns vectors (its part of a resumable build's
+ * fingerprint: a change of it invalidates saved route logs). */
+#define ANN_KMEANS_ASSIGN_RULE "exact<=4096,tree(sqrt,10it,seed1)>4096,probes8"
+/* The coarse clusters two-level k-means uses for nparts partitions under
+ * ann_build_opts.kmeans_coarse = option; 0 = one level. */
+uint32_t ann_router_kmeans_coarse(uint32_t option, uint32_t nparts);
 int ann_router_kmeans_train(const ann_router_env *env, const ann_kmeans_router_opts *o, const float *sample,
 			    size_t n, size_t d, uint32_t nparts, ann_router **out, ann_error *err);
 /* The k-means router over the k centroids c (k x d; rounded in place to

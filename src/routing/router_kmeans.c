@@ -3,8 +3,10 @@
  * router_kmeans.c: the static router. k-means on the sample in the original
  * space; an HNSW graph over the centroids (which also holds the only copy of
  * the centroids) answers queries; vectors are assigned exactly to their
- * nearest centroid (blocked sgemm) when there are at most EXACT_MAX
- * centroids, else through the graph. Blob: the HNSW blob (hnsw.h).
+ * nearest centroid (blocked sgemm) when there are at most TREE_MIN
+ * centroids, else through a two-level tree over the centroids
+ * (ann_kmeans_tree, made by the first such assignment and kept until a
+ * split; docs/DESIGN.md "Routing at scale"). Blob: the HNSW blob (hnsw.h).
  * For u8 data under L2 the centroids are rounded to the integer grid 0..255
  * and the graph stores them as uint8 (docs/DESIGN.md, "The centroid
  * graph"); assignment and routing both see the rounded centroids.
@@ -12,11 +14,15 @@
 #include "router.h"
 
 #include <math.h>
+#include <pthread.h>
 
 #include "hnsw.h"
 #include "kmeans.h"
 
-#define EXACT_MAX 16384u     /* centroids up to which assignment is exact */
+#define EXACT_MAX 16384u     /* centroids up to which a query batch is routed exactly */
+#define TREE_MIN ANN_KMEANS_TWO_LEVEL_MIN /* centroids up to which assignment is exact; above, the tree */
+#define TREE_PROBES 8u       /* cells of the tree a vector is compared with */
+#define TREE_SEED 1u
 #define BATCH_MIN 8u         /* queries from which a batch is routed exactly on sgemm */
 #define ASSIGN_CANDIDATES 8u /* nearest centroids considered for replicas */
 #define DEFAULT_EF 128u      /* single-query ef of indexes built before calibration */
@@ -27,6 +33,8 @@ typedef struct km_router {
 	ann_hnsw *graph;
 	uint64_t seed;
 	uint32_t legacy_ef; /* catalog meta router.ef of an index whose blob has no ef; never saved */
+	pthread_mutex_t lock;        /* guards tree */
+	ann_kmeans_tree *tree;       /* assignment above TREE_MIN centroids, made on first use */
 } km_router;
 
 struct ann_router_ctx {
@@ -78,6 +86,24 @@ static int km_graph_new(bool u8, size_t d, ann_metric metric, uint32_t m, uint32
 	return (u8 ? ann_hnsw_create_u8 : ann_hnsw_create)(d, metric, m, efc, seed, out, err);
 }
 
+/* The assignment tree, made on first use (under the lock: assignments may
+ * run concurrently). */
+static int km_tree(const ann_router *r, int threads, const ann_kmeans_tree **out, ann_error *err)
+{
+	km_router *k = km(r);
+	int rc = ANN_OK;
+	pthread_mutex_lock(&k->lock);
+	if (!k->tree) {
+		size_t n = ann_hnsw_count(k->graph);
+		float *c = km_centroids(r, n, err);
+		rc = c ? ann_kmeans_tree_new(c, n, r->dim, r->metric, 0, TREE_SEED, threads, &k->tree, err) : ANN_E_NOMEM;
+		ann_free(c);
+	}
+	*out = k->tree;
+	pthread_mutex_unlock(&k->lock);
+	return rc;
+}
+
 static int km_assign(const ann_router *r, const float *x, size_t n, const ann_assign_rule *sp, int threads,
 		     uint32_t *parts, ann_error *err)
 {
@@ -97,7 +123,7 @@ static int km_assign(const ann_router *r, const float *x, size_t n, const ann_as
 		rc = ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory assigning %zu vectors", n);
 		goto out;
 	}
-	if (k <= EXACT_MAX) {
+	if (k <= TREE_MIN) {
 		c = km_centroids(r, k, err);
 		if (!c) {
 			rc = ANN_E_NOMEM;
@@ -105,7 +131,9 @@ static int km_assign(const ann_router *r, const float *x, size_t n, const ann_as
 		}
 		ANN_CHECK(rc, ann_nearest_centroids(x, n, d, c, k, m, r->metric, threads, ids, dists, err));
 	} else {
-		ANN_CHECK(rc, ann_hnsw_nearest_rows(h, x, n, m, ids, dists, err));
+		const ann_kmeans_tree *t;
+		ANN_CHECK(rc, km_tree(r, threads, &t, err));
+		ANN_CHECK(rc, ann_kmeans_tree_nearest(t, x, n, m, TREE_PROBES, threads, ids, dists, err));
 	}
 	if (!soar) {
 		rc = ann_router_closure_rows(ids, dists, n, m, copies, sp->eps, r->metric, parts, "kmeans", err);
@@ -272,6 +300,8 @@ static int km_split(ann_router *r, uint32_t pid, const float *c_keep, const floa
 	ann_hnsw_set_search_ef(g, ann_hnsw_search_ef(k->graph));
 	ann_hnsw_free(k->graph);
 	k->graph = g;
+	ann_kmeans_tree_free(k->tree); /* made again from the new centroids on the next assignment */
+	k->tree = NULL;
 	r->nparts = (uint32_t)(n + 1);
 	*new_pid = (uint32_t)n;
 	return ANN_OK;
@@ -280,6 +310,8 @@ static int km_split(ann_router *r, uint32_t pid, const float *c_keep, const floa
 static void km_free(ann_router *r)
 {
 	ann_hnsw_free(km(r)->graph);
+	ann_kmeans_tree_free(km(r)->tree);
+	pthread_mutex_destroy(&km(r)->lock);
 	ann_free(r->impl);
 	ann_free(r);
 }
@@ -320,6 +352,7 @@ static int km_wrap(ann_hnsw *g, uint32_t dim, ann_metric metric, ann_router **ou
 		return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory");
 	}
 	k->graph = g;
+	pthread_mutex_init(&k->lock, NULL);
 	k->seed = 1;
 	r->ops = &km_ops;
 	r->impl = k;
@@ -348,6 +381,13 @@ static int km_graph(const ann_router_env *env, const ann_kmeans_router_opts *o, 
 	return ANN_OK;
 }
 
+uint32_t ann_router_kmeans_coarse(uint32_t option, uint32_t nparts)
+{
+	if (option == 0)
+		return nparts > ANN_KMEANS_TWO_LEVEL_MIN ? (uint32_t)ceil(sqrt((double)nparts)) : 0;
+	return option == 1 || option >= nparts ? 0 : option;
+}
+
 int ann_router_kmeans_train(const ann_router_env *env, const ann_kmeans_router_opts *o, const float *sample,
 			    size_t n, size_t d, uint32_t nparts, ann_router **out, ann_error *err)
 {
@@ -366,6 +406,7 @@ int ann_router_kmeans_train(const ann_router_env *env, const ann_kmeans_router_o
 	ko.threads = env->threads > 0 ? env->threads : 1;
 	if (o->balance > 0)
 		ko.max_size = (size_t)(o->balance * (double)n / nparts) + 1;
+	ko.coarse = ann_router_kmeans_coarse(o->kmeans_coarse, nparts);
 	ko.progress = env->progress;
 	ko.progress_ctx = env->progress_ctx;
 	ko.cancel = env->cancel;
