@@ -25,12 +25,36 @@
 # Usage:
 #   cold_side_by_side.py --dir DATA --annann BIN --index "NAME=DIR:P1,P2[|MORE ARGS]" [--index ...]
 #                        [--build --annann-build "NAME=BUILD ARGS" ...] [--spann-work W --spann-irn 6,8]
-#                        [--diskann-work W --diskann-bin D --diskann-L 10,20] --reps 3 --out FILE.jsonl
+#                        [--diskann-work W --diskann-bin D --diskann-L 10,20] [--threads 2 --batch 16
+#                        --queue-depth 32 --fio-work DIR] --reps 3 --out FILE.jsonl
 #   With --build, an --index whose DIR does not exist is built with the --annann-build options of
 #   the same NAME (annann build --data DATA/base.* --index DIR ARGS); SPANN and DiskANN are built
 #   in their work directories when missing. --target 0.9 prints each variant's figures at that
 #   recall, interpolated linearly between the two sweep points around it (bytes, I/Os, p50, mean, p99:
 #   the mean is the one latency all three print, DiskANN having no p50).
+#
+# Throughput mode (issue 12's "from cold storage on 2 threads (batched)"): --threads T --batch B
+# (defaults 1 and 1, the latency mode above) runs annann `search --threads T --batch B
+# --queue-depth Q` (T searchers, each taking the next batch of B queries from a shared cursor,
+# reading each batch's blocks once with up to Q requests in flight), SPANN with
+# NumberOfThreads=T in [SearchSSDIndex] (T threads each taking the next single query: sptag has
+# no batch) and DiskANN with -T T (an OpenMP loop over single queries). QPS is each tool's own
+# figure for its search phase, loading excluded (QPS_KIND below says which; every row carries
+# qps, qps_runs, qps_kind, threads, batch). With --fio-work DIR (on the index's file system), after
+# every repetition fio reads a file there (io_uring, O_DIRECT, random, T jobs x QD Q) at the read
+# sizes each annann setting issued in that repetition: on a codes index the mean head read and
+# the mean page read, each to the nearest 4 KiB, in their shares of the requests (a bssplit),
+# else the mean read. annann's MB/s = bytes/query x QPS; share_of_fio = MB/s / fio's MB/s, per
+# repetition, median. The at-target rows add qps, MBps, fio_bw_MBps and share_of_fio, and a last
+# table gives each system's QPS at the target against the best peer's. On a loaded machine only
+# those ratios within one run mean anything. Example (Fashion-MNIST, docs/BENCHMARKS.md):
+#   cold_side_by_side.py --dir /work/data/peers/fmnist-q2k --annann build/tools/annann \
+#     --index "annann-c1-256=W/p12-annann-c1-256:2,3,4" --spann-work W/spann --spann-irn 4,6,8 \
+#     --diskann-work W/diskann --diskann-L 20,30,40 --threads 2 --batch 16 --fio-work W/../fio \
+#     --reps 3 --out bench/results/sidebyside-fmnist-2t-DATE.jsonl
+#   The output also gets a {"kind": "load"} record with `uptime` at the start and at the end.
+#   annann's mean us (1 / QPS in the latency mode) is left empty here: with T threads or a batch
+#   it is no latency.
 import argparse
 import json
 import os
