@@ -393,6 +393,10 @@ def report(a, settings, runs, n, dim, query, raw_bytes):
 										      'p99_us', 'mean_us', 'qps', 'MBps',
 										      'fio_bw_MBps', 'share_of_fio')}
 		r0 = pts[0]
+		# QPS at the target in each repetition alone: the per-repetition ratios to the peers cancel
+		# the load that a repetition shares (its settings ran back to back)
+		at['qps_runs'] = [interp_at([dict(recall_at_10=x['recall_at_10'], qps=x['qps_runs'][r]) for x in pts
+					     if r < len(x['qps_runs'])], a.target, 'recall_at_10', 'qps') for r in range(a.reps)]
 		summary = dict(kind='at_target', variant=name, system=r0['system'], target_recall=a.target,
 			       index_ram_bytes_per_vector=r0['index_ram_bytes_per_vector'], disk_over_raw=r0['disk_over_raw'],
 			       build_s=r0['build_s'], build_peak_rss_kb=r0['build_peak_rss_kb'],
@@ -412,15 +416,35 @@ def report(a, settings, runs, n, dim, query, raw_bytes):
 	      'the best peer\'s; annann MB/s = bytes/query x QPS against fio (io_uring, O_DIRECT, %d jobs x QD %d) '
 	      'at its read sizes in the same repetition:' % (a.target, a.threads, a.batch, a.queue_depth, a.threads,
 							    a.queue_depth))
+	bw = [r for r in rows if r.get('fio_bw_MBps') is not None]
+	if bw:
+		print('Each annann setting (medians over the repetitions; KiB/read = bytes / read requests):')
+		print('| setting | QPS | MB/s | KiB/read | fio sizes | fio MB/s | share of fio |')
+		print('|---|---|---|---|---|---|---|')
+		for r in bw:
+			print('| %s %s %d | %.0f | %.1f | %.1f | %s | %.0f | %.0f%% |' % (
+				r['variant'], r['param'], r['value'], r['qps'], r['MBps'], r['read_bytes_mean'] / 1024,
+				r['fio_bs'], r['fio_bw_MBps'], 100 * r['share_of_fio']))
+		print()
+		print('At recall@10 = %g:' % a.target)
 	best = max([at['qps'] for name, r0, at in tps if r0['system'] != 'annann' and at['qps']] or [0])
-	print('| system | QPS | / best peer | KiB/query | MB/s | fio MB/s (sizes) | share of fio |')
-	print('|---|---|---|---|---|---|---|')
+	peers = [at for name, r0, at in tps if r0['system'] != 'annann']
+	best_runs = [max([p['qps_runs'][r] for p in peers if p['qps_runs'][r]] or [None], key=lambda v: v or 0)
+		     for r in range(a.reps)]
+	print('| system | QPS | / best peer | / best peer, per repetition (median; runs) | KiB/query | MB/s | fio MB/s | '
+	      'share of fio |')
+	print('|---|---|---|---|---|---|---|---|')
 	for name, r0, at in tps:
 		f = lambda v, s='%.0f': '-' if v is None else s % v
-		print('| %s | %s | %s | %s | %s | %s | %s |' % (
+		ratios = [q / b if q and b else None for q, b in zip(at['qps_runs'], best_runs)]
+		emit(a.out, dict(kind='qps_ratio', variant=name, system=r0['system'], target_recall=a.target,
+				 threads=a.threads, batch=r0['batch'], qps=at['qps'], over_best_peer=at['qps'] and best and
+				 at['qps'] / best, over_best_peer_runs=ratios, over_best_peer_per_rep=median(ratios)))
+		print('| %s | %s | %s | %s (%s) | %s | %s | %s | %s |' % (
 			name, f(at['qps']), f(at['qps'] and best and at['qps'] / best, '%.2f'),
+			f(median(ratios), '%.2f'), ', '.join(f(x, '%.2f') for x in ratios),
 			f(at['bytes_per_query'] and at['bytes_per_query'] / 1024), f(at['MBps'], '%.1f'),
-			'-' if at['fio_bw_MBps'] is None else '%.0f (%s)' % (at['fio_bw_MBps'], r0.get('fio_bs')),
+			f(at['fio_bw_MBps']),
 			f(at['share_of_fio'] and 100 * at['share_of_fio'], '%.0f%%')))
 
 
