@@ -88,7 +88,7 @@ def annann_once(a, idx, nprobe, extra, query, gtp, tmp):
 		'bytes': j['bytes_read'], 'ios': j['io_requests'], 'cands': j['candidates'],
 		'p50_us': j['latency_us']['p50'], 'p99_us': j['latency_us']['p99'],
 		'mean_us': 1e6 / j['qps'] if a.threads == 1 and a.batch == 1 else None, 'qps': j['qps'],
-		'codes': j.get('codes'), 'stage_us': j['stage_us'], 'io_path': j['io_path'], 'rss_kb': rss}
+		'threads': j['threads'], 'batch': j['batch'], 'codes': j.get('codes'), 'stage_us': j['stage_us'], 'io_path': j['io_path'], 'rss_kb': rss}
 
 
 def spann_once(a, irn, query, gtp, tmp):
@@ -315,11 +315,11 @@ def run_rep(a, r, settings, runs, query, gtp, tmp, fio_target):
 			continue
 		x = runs[i][-1]
 		sizes = read_sizes(x)
-		if sizes not in done:
-			log('fio: rep %d/%d %s, %d jobs x QD %d' % (r + 1, a.reps, sizes, a.threads, a.queue_depth))
-			done[sizes] = fio_limit.randread(fio_target, a.fio_size, sizes, a.queue_depth, a.threads,
-							 a.fio_runtime)
-		iops, bw, _, _ = done[sizes]
+		jobs = x.get('threads', a.threads)
+		if (sizes, jobs) not in done:
+			log('fio: rep %d/%d %s, %d jobs x QD %d' % (r + 1, a.reps, sizes, jobs, a.queue_depth))
+			done[sizes, jobs] = fio_limit.randread(fio_target, a.fio_size, sizes, a.queue_depth, jobs, a.fio_runtime)
+		iops, bw, _, _ = done[sizes, jobs]
 		x['fio_bs'] = sizes
 		x['fio_bw_MBps'] = bw / 1e6
 		x['fio_iops'] = iops
@@ -347,7 +347,8 @@ def report(a, settings, runs, n, dim, query, raw_bytes):
 		       'p50_us': median([x['p50_us'] for x in rs]), 'p50_us_runs': [x['p50_us'] for x in rs],
 		       'p99_us': median([x['p99_us'] for x in rs]), 'mean_us': median([x['mean_us'] for x in rs]),
 		       'peak_rss_kb': max(x['rss_kb'] or 0 for x in rs), 'runs': rs,
-		       'threads': a.threads, 'batch': a.batch if system == 'annann' else 1,
+		       # annann's own report: an --index's |MORE ARGS may override --threads/--batch
+		       'threads': rs[0].get('threads', a.threads), 'batch': rs[0].get('batch', 1),
 		       'qps': median([x.get('qps') for x in rs]), 'qps_runs': [x.get('qps') for x in rs],
 		       'qps_kind': QPS_KIND[system]}
 		if system == 'annann':
@@ -355,7 +356,7 @@ def report(a, settings, runs, n, dim, query, raw_bytes):
 			if rs[0].get('fio_bw_MBps') is not None:
 				rec.update(MBps=median([x['MBps'] for x in rs]), fio_bw_MBps=median([x['fio_bw_MBps'] for x in rs]),
 					   share_of_fio=median([x['share_of_fio'] for x in rs]), fio_bs=rs[-1]['fio_bs'],
-					   fio_jobs=a.threads, fio_iodepth=a.queue_depth,
+					   fio_jobs=rec['threads'], fio_iodepth=a.queue_depth,
 					   read_bytes_mean=rec['bytes_per_query'] / rec['ios_per_query'])
 		if system == 'annann':
 			rec['router_ram_bytes'] = info['router_ram_bytes']
