@@ -25,22 +25,52 @@
 # Usage:
 #   cold_side_by_side.py --dir DATA --annann BIN --index "NAME=DIR:P1,P2[|MORE ARGS]" [--index ...]
 #                        [--build --annann-build "NAME=BUILD ARGS" ...] [--spann-work W --spann-irn 6,8]
-#                        [--diskann-work W --diskann-bin D --diskann-L 10,20] --reps 3 --out FILE.jsonl
+#                        [--diskann-work W --diskann-bin D --diskann-L 10,20] [--threads 2 --batch 16
+#                        --queue-depth 32 --fio-work DIR] --reps 3 --out FILE.jsonl
 #   With --build, an --index whose DIR does not exist is built with the --annann-build options of
 #   the same NAME (annann build --data DATA/base.* --index DIR ARGS); SPANN and DiskANN are built
 #   in their work directories when missing. --target 0.9 prints each variant's figures at that
 #   recall, interpolated linearly between the two sweep points around it (bytes, I/Os, p50, mean, p99:
 #   the mean is the one latency all three print, DiskANN having no p50).
+#
+# Throughput mode (issue 12's "from cold storage on 2 threads (batched)"): --threads T --batch B
+# (defaults 1 and 1, the latency mode above) runs annann `search --threads T --batch B
+# --queue-depth Q` (T searchers, each taking the next batch of B queries from a shared cursor,
+# reading each batch's blocks once with up to Q requests in flight), SPANN with
+# NumberOfThreads=T in [SearchSSDIndex] (T threads each taking the next single query: sptag has
+# no batch) and DiskANN with -T T (an OpenMP loop over single queries). QPS is each tool's own
+# figure for its search phase, loading excluded (QPS_KIND below says which; every row carries
+# qps, qps_runs, qps_kind, threads, batch). With --fio-work DIR (on the index's file system), after
+# every repetition fio reads a file there (io_uring, O_DIRECT, random, T jobs x QD Q) at the read
+# sizes each annann setting issued in that repetition: on a codes index the mean head read and
+# the mean page read, each to the nearest 4 KiB, in their shares of the requests (a bssplit),
+# else the mean read. annann's MB/s = bytes/query x QPS; share_of_fio = MB/s / fio's MB/s, per
+# repetition, median. The at-target rows add qps, MBps, fio_bw_MBps and share_of_fio, and a last
+# table gives each system's QPS at the target against the best peer's. On a loaded machine only
+# those ratios within one run mean anything. Example (Fashion-MNIST, docs/BENCHMARKS.md):
+#   cold_side_by_side.py --dir /work/data/peers/fmnist-q2k --annann build/tools/annann \
+#     --index "annann-c1-256=W/p12-annann-c1-256:2,3,4" --spann-work W/spann --spann-irn 4,6,8 \
+#     --diskann-work W/diskann --diskann-L 20,30,40 --threads 2 --batch 16 --fio-work W/../fio \
+#     --reps 3 --out bench/results/sidebyside-fmnist-2t-DATE.jsonl
+#   The output also gets a {"kind": "load"} record with `uptime` at the start and at the end.
+#   annann's mean us (1 / QPS in the latency mode) is left empty here: with T threads or a batch
+#   it is no latency.
 import argparse
 import json
 import os
+import re
+import subprocess
 import tempfile
 
 from common import (bin_header, dataset_files, dir_bytes, drop_caches, emit, interp_at, log, median, parse_list,
 		    read_gt, run, strict_recall)
+import fio_limit
 import numpy as np
 import spann
 
+QPS_KIND = {'annann': 'queries / wall time of the search (threads started to joined), the qps of search --json',
+	    'spann': 'sptag-ssdserving "actuallQPS": queries / wall time of SearchSequential (threads started to joined)',
+	    'diskann': 'search_disk_index QPS column: queries / wall time of its parallel loop over the queries'}
 HERE = os.path.dirname(os.path.abspath(__file__))
 DT = {'.u8bin': ('uint8', 1), '.i8bin': ('int8', 1), '.fbin': ('float', 4)}
 
@@ -48,16 +78,17 @@ DT = {'.u8bin': ('uint8', 1), '.i8bin': ('int8', 1), '.fbin': ('float', 4)}
 def annann_once(a, idx, nprobe, extra, query, gtp, tmp):
 	out = os.path.join(tmp, 'res.bin')
 	o, _, rss, _ = run([a.annann, 'search', '--index', idx, '--queries', query, '--gt', gtp, '--k', '10',
-			    '--nprobe', str(nprobe), '--batch', '1', '--threads', '1', '--out', out, '--json'] + extra,
-			   timed=True)
+			    '--nprobe', str(nprobe), '--batch', str(a.batch), '--threads', str(a.threads),
+			    '--queue-depth', str(a.queue_depth), '--out', out, '--json'] + extra, timed=True)
 	j = json.loads(o.strip().splitlines()[-1])
 	nres, kres = bin_header(out)
 	ids = np.fromfile(out, dtype='<i4', count=nres * kres, offset=8).reshape(nres, kres)
 	gt, _ = read_gt(gtp)
 	return {'recall': strict_recall(ids, gt, 10), 'recall_reported': j['recall_at_k'],
 		'bytes': j['bytes_read'], 'ios': j['io_requests'], 'cands': j['candidates'],
-		'p50_us': j['latency_us']['p50'], 'p99_us': j['latency_us']['p99'], 'mean_us': 1e6 / j['qps'],
-		'stage_us': j['stage_us'], 'io_path': j['io_path'], 'rss_kb': rss}
+		'p50_us': j['latency_us']['p50'], 'p99_us': j['latency_us']['p99'],
+		'mean_us': 1e6 / j['qps'] if a.threads == 1 and a.batch == 1 else None, 'qps': j['qps'],
+		'threads': j['threads'], 'batch': j['batch'], 'codes': j.get('codes'), 'stage_us': j['stage_us'], 'io_path': j['io_path'], 'rss_kb': rss}
 
 
 def spann_once(a, irn, query, gtp, tmp):
@@ -71,9 +102,12 @@ def spann_once(a, irn, query, gtp, tmp):
 		page_limit = json.load(f).get('page_limit', 4)
 	with open(ini, 'w') as f:
 		f.write(spann.config(base_guess, query, gtp, os.path.join(work, 'idx'), os.path.join(work, 'tmp') + '/',
-				     dim, vtype, page_limit, False, irn, res))
+				     dim, vtype, page_limit, False, irn, res, search_threads=a.threads))
 	o, e, rss, _ = run(['sptag-ssdserving', ini], timed=True, cwd=work)
 	text = o + e
+	m = re.search(r'actuallQPS is ([\d.]+)', text)
+	if m is None:
+		raise RuntimeError('spann: no "actuallQPS" line in the output of %s' % ini)
 	lat = spann.percentiles(text, 'Total Latency Distribution')
 	pages = spann.percentiles(text, 'Total Disk Page Access Distribution')
 	head = spann.percentiles(text, 'Head Latency Distribution')
@@ -85,7 +119,7 @@ def spann_once(a, irn, query, gtp, tmp):
 	return {'recall': strict_recall(raw[:, :, 0], gt, 10), 'bytes': pages['avg'] * 4096,
 		'ios': ios['avg'] if ios else None, 'cands': elems['avg'] if elems else None,
 		'p50_us': lat['p50'] * 1e3, 'p99_us': lat['p99'] * 1e3, 'mean_us': lat['avg'] * 1e3,
-		'head_us': head['avg'] * 1e3 if head else None, 'rss_kb': rss}
+		'head_us': head['avg'] * 1e3 if head else None, 'qps': float(m.group(1)), 'rss_kb': rss}
 
 
 def diskann_once(a, L, query, gtp, tmp):
@@ -94,7 +128,7 @@ def diskann_once(a, L, query, gtp, tmp):
 	dt = DT[os.path.splitext(query)[1]][0]
 	o, e, rss, _ = run([os.path.join(a.diskann_bin, 'search_disk_index'), '--data_type', dt, '--dist_fn', 'l2',
 			    '--index_path_prefix', prefix, '--query_file', query, '--gt_file', gtp, '-K', '10',
-			    '-L', str(L), '-W', '4', '-T', '1', '--num_nodes_to_cache', '0', '--result_path', res],
+			    '-L', str(L), '-W', '4', '-T', str(a.threads), '--num_nodes_to_cache', '0', '--result_path', res],
 			   timed=True)
 	row = None
 	for line in o.splitlines():
@@ -111,6 +145,28 @@ def diskann_once(a, L, query, gtp, tmp):
 	return {'recall': strict_recall(ids, gt, 10), 'bytes': ios * 4096, 'ios': ios, 'cands': None,
 		'p50_us': float(row[3]), 'p99_us': float(row[4]), 'mean_us': float(row[3]), 'qps': float(row[2]),
 		'io_us': float(row[6]), 'rss_kb': rss}
+
+
+def round4k(x):
+	"""x bytes to the nearest multiple of 4 KiB, at least 4 KiB."""
+	return max(4096, int(round(x / 4096.0)) * 4096)
+
+
+def read_sizes(r):
+	"""The read sizes of one annann run as a fio block size or bssplit: on a codes index the
+	mean head read (round 1) and the mean page read (round 2, adjacent 4 KiB pages coalesced),
+	each to the nearest 4 KiB, in the shares of the read requests; else the mean read."""
+	c = r.get('codes')
+	if c and c.get('ios_round1') and c.get('ios_round2'):
+		s1, s2 = round4k(c['bytes_round1'] / c['ios_round1']), round4k(c['bytes_round2'] / c['ios_round2'])
+		p1 = int(round(100.0 * c['ios_round1'] / (c['ios_round1'] + c['ios_round2'])))
+		if s1 != s2 and 0 < p1 < 100:
+			return '%dk/%d:%dk/%d' % (s1 // 1024, p1, s2 // 1024, 100 - p1)
+	return '%dk' % (round4k(r['bytes'] / r['ios']) // 1024)
+
+
+def uptime():
+	return subprocess.run(['uptime'], stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
 
 
 def build_annann(a, name, d, args, base):
@@ -165,6 +221,14 @@ def main():
 	ap.add_argument('--diskann-build-L', type=int, default=100)
 	ap.add_argument('--build', action='store_true', help='build missing indexes first (one at a time)')
 	ap.add_argument('--annann-build', action='append', default=[], help='NAME=BUILD ARGS for --build')
+	ap.add_argument('--threads', type=int, default=1,
+			help='search threads of every system (annann --threads, SPANN NumberOfThreads, DiskANN -T)')
+	ap.add_argument('--batch', type=int, default=1, help='annann --batch (the peers have no batch)')
+	ap.add_argument('--queue-depth', type=int, default=32, help='annann --queue-depth (per thread)')
+	ap.add_argument('--fio-work', help='with --threads > 1: a directory on the index file system for the fio '
+			'file; after each repetition fio reads it at every annann setting\'s read sizes')
+	ap.add_argument('--fio-size', default='1G')
+	ap.add_argument('--fio-runtime', type=int, default=5)
 	ap.add_argument('--target', type=float, default=0.9)
 	ap.add_argument('--reps', type=int, default=3)
 	ap.add_argument('--out', required=True)
@@ -214,20 +278,60 @@ def main():
 		for L in parse_list(a.diskann_L):
 			settings.append(('diskann', 'diskann', None, L, dinfo))
 	runs = {i: [] for i in range(len(settings))}
+	fio_target = None
+	if a.fio_work:
+		os.makedirs(a.fio_work, exist_ok=True)
+		fio_target = os.path.join(a.fio_work, 'fio.test')
+	emit(a.out, {'kind': 'load', 'when': 'start', 'uptime': uptime(), 'threads': a.threads, 'batch': a.batch})
 	with tempfile.TemporaryDirectory() as tmp:
-		for r in range(a.reps):
-			for i, (system, name, d, p, info) in enumerate(settings):
-				log('cold: rep %d/%d %s %s' % (r + 1, a.reps, name, p))
-				if not drop_caches():
-					raise SystemExit('cold_side_by_side: cannot drop the page cache (run as root)')
-				if system == 'annann':
-					runs[i].append(annann_once(a, d, p, info['extra'], query, gtp, tmp))
-				elif system == 'spann':
-					runs[i].append(spann_once(a, p, query, gtp, tmp))
-				else:
-					runs[i].append(diskann_once(a, p, query, gtp, tmp))
-	print('| system | setting | recall@10 | KiB/query | p50 us (median; runs) | mean us | peak RSS MiB | index RAM |')
-	print('|---|---|---|---|---|---|---|---|')
+		try:
+			for r in range(a.reps):
+				run_rep(a, r, settings, runs, query, gtp, tmp, fio_target)
+		finally:
+			if fio_target and os.path.exists(fio_target):
+				os.remove(fio_target)
+	emit(a.out, {'kind': 'load', 'when': 'end', 'uptime': uptime(), 'threads': a.threads, 'batch': a.batch})
+	report(a, settings, runs, n, dim, query, raw_bytes)
+
+
+def run_rep(a, r, settings, runs, query, gtp, tmp, fio_target):
+	"""One repetition: every setting once, in order, each after dropping the page cache; then fio
+	at each annann setting's read sizes (same rep, so the same load), one run per distinct size mix."""
+	for i, (system, name, d, p, info) in enumerate(settings):
+		log('cold: rep %d/%d %s %s' % (r + 1, a.reps, name, p))
+		if not drop_caches():
+			raise SystemExit('cold_side_by_side: cannot drop the page cache (run as root)')
+		if system == 'annann':
+			runs[i].append(annann_once(a, d, p, info['extra'], query, gtp, tmp))
+		elif system == 'spann':
+			runs[i].append(spann_once(a, p, query, gtp, tmp))
+		else:
+			runs[i].append(diskann_once(a, p, query, gtp, tmp))
+	if fio_target is None:
+		return
+	done = {}
+	for i, (system, name, d, p, info) in enumerate(settings):
+		if system != 'annann':
+			continue
+		x = runs[i][-1]
+		sizes = read_sizes(x)
+		jobs = x.get('threads', a.threads)
+		if (sizes, jobs) not in done:
+			log('fio: rep %d/%d %s, %d jobs x QD %d' % (r + 1, a.reps, sizes, jobs, a.queue_depth))
+			done[sizes, jobs] = fio_limit.randread(fio_target, a.fio_size, sizes, a.queue_depth, jobs, a.fio_runtime)
+		iops, bw, _, _ = done[sizes, jobs]
+		x['fio_bs'] = sizes
+		x['fio_bw_MBps'] = bw / 1e6
+		x['fio_iops'] = iops
+		x['MBps'] = x['bytes'] * x['qps'] / 1e6
+		x['share_of_fio'] = x['MBps'] / x['fio_bw_MBps']
+
+
+def report(a, settings, runs, n, dim, query, raw_bytes):
+	tp = a.threads > 1 or a.batch > 1
+	print('| system | setting | recall@10 | KiB/query | p50 us (median; runs) | mean us | peak RSS MiB | index RAM |%s'
+	      % (' QPS (median; runs) |' if tp else ''))
+	print('|---|---|---|---|---|---|---|---|%s' % ('---|' if tp else ''))
 	rows = []
 	for i, (system, name, d, p, info) in enumerate(settings):
 		rs = runs[i]
@@ -242,7 +346,18 @@ def main():
 		       else 'p50 and p99',
 		       'p50_us': median([x['p50_us'] for x in rs]), 'p50_us_runs': [x['p50_us'] for x in rs],
 		       'p99_us': median([x['p99_us'] for x in rs]), 'mean_us': median([x['mean_us'] for x in rs]),
-		       'peak_rss_kb': max(x['rss_kb'] or 0 for x in rs), 'runs': rs}
+		       'peak_rss_kb': max(x['rss_kb'] or 0 for x in rs), 'runs': rs,
+		       # annann's own report: an --index's |MORE ARGS may override --threads/--batch
+		       'threads': rs[0].get('threads', a.threads), 'batch': rs[0].get('batch', 1),
+		       'qps': median([x.get('qps') for x in rs]), 'qps_runs': [x.get('qps') for x in rs],
+		       'qps_kind': QPS_KIND[system]}
+		if system == 'annann':
+			rec['queue_depth'] = a.queue_depth
+			if rs[0].get('fio_bw_MBps') is not None:
+				rec.update(MBps=median([x['MBps'] for x in rs]), fio_bw_MBps=median([x['fio_bw_MBps'] for x in rs]),
+					   share_of_fio=median([x['share_of_fio'] for x in rs]), fio_bs=rs[-1]['fio_bs'],
+					   fio_jobs=rec['threads'], fio_iodepth=a.queue_depth,
+					   read_bytes_mean=rec['bytes_per_query'] / rec['ios_per_query'])
 		if system == 'annann':
 			rec['router_ram_bytes'] = info['router_ram_bytes']
 			rec['index_ram_bytes'] = info['router_ram_bytes']
@@ -262,29 +377,76 @@ def main():
 		rec['build_cmd'] = b.get('cmd') or b.get('config')
 		emit(a.out, rec)
 		rows.append(rec)
-		print('| %s | %s %s | %.4f | %.1f | %.0f (%s) | %.0f | %.1f | %s |' % (
+		print('| %s | %s %s | %.4f | %.1f | %.0f (%s) | %s | %.1f | %s |%s' % (
 			name, rec['param'], p, rec['recall_at_10'], rec['bytes_per_query'] / 1024, rec['p50_us'],
-			', '.join('%.0f' % x for x in rec['p50_us_runs']), rec['mean_us'], rec['peak_rss_kb'] / 1024, ram))
+			', '.join('%.0f' % x for x in rec['p50_us_runs']),
+			'-' if rec['mean_us'] is None else '%.0f' % rec['mean_us'], rec['peak_rss_kb'] / 1024, ram,
+			' %.0f (%s) |' % (rec['qps'], ', '.join('%.0f' % x for x in rec['qps_runs'])) if tp else ''))
 	print()
 	print('At recall@10 = %g (linear interpolation between the two sweep points around it; - when the sweep '
 	      'does not reach it):' % a.target)
 	print('| system | KiB/query | I/Os | p50 us | mean us | p99 us | index RAM B/vector | disk/raw | build s | build peak RSS MiB |')
 	print('|---|---|---|---|---|---|---|---|---|---|')
+	tps = []
 	for name in dict.fromkeys(r['variant'] for r in rows):
 		pts = [r for r in rows if r['variant'] == name]
 		at = {k: interp_at(pts, a.target, 'recall_at_10', k) for k in ('bytes_per_query', 'ios_per_query', 'p50_us',
-										      'p99_us', 'mean_us')}
+										      'p99_us', 'mean_us', 'qps', 'MBps',
+										      'fio_bw_MBps', 'share_of_fio')}
 		r0 = pts[0]
+		# QPS at the target in each repetition alone: the per-repetition ratios to the peers cancel
+		# the load that a repetition shares (its settings ran back to back)
+		at['qps_runs'] = [interp_at([dict(recall_at_10=x['recall_at_10'], qps=x['qps_runs'][r]) for x in pts
+					     if r < len(x['qps_runs'])], a.target, 'recall_at_10', 'qps') for r in range(a.reps)]
 		summary = dict(kind='at_target', variant=name, system=r0['system'], target_recall=a.target,
 			       index_ram_bytes_per_vector=r0['index_ram_bytes_per_vector'], disk_over_raw=r0['disk_over_raw'],
 			       build_s=r0['build_s'], build_peak_rss_kb=r0['build_peak_rss_kb'],
-			       latency_kind=r0['latency_kind'], **at)
+			       latency_kind=r0['latency_kind'], threads=r0['threads'], batch=r0['batch'], qps_kind=r0['qps_kind'],
+			       **at)
 		emit(a.out, summary)
 		f = lambda v, s='%.0f': '-' if v is None else s % v
 		print('| %s | %s | %s | %s | %s | %s | %.1f | %.2f | %s | %s |' % (
 			name, f(at['bytes_per_query'] and at['bytes_per_query'] / 1024, '%.0f'), f(at['ios_per_query'], '%.1f'),
 			f(at['p50_us']), f(at['mean_us']), f(at['p99_us']), r0['index_ram_bytes_per_vector'], r0['disk_over_raw'],
 			f(r0['build_s']), f(r0['build_peak_rss_kb'] and r0['build_peak_rss_kb'] / 1024)))
+		tps.append((name, r0, at))
+	if not tp:
+		return
+	print()
+	print('Throughput at recall@10 = %g, %d threads (annann batch %d, queue depth %d per thread); QPS as a ratio to '
+	      'the best peer\'s; annann MB/s = bytes/query x QPS against fio (io_uring, O_DIRECT, %d jobs x QD %d) '
+	      'at its read sizes in the same repetition:' % (a.target, a.threads, a.batch, a.queue_depth, a.threads,
+							    a.queue_depth))
+	bw = [r for r in rows if r.get('fio_bw_MBps') is not None]
+	if bw:
+		print('Each annann setting (medians over the repetitions; KiB/read = bytes / read requests):')
+		print('| setting | QPS | MB/s | KiB/read | fio sizes | fio MB/s | share of fio |')
+		print('|---|---|---|---|---|---|---|')
+		for r in bw:
+			print('| %s %s %d | %.0f | %.1f | %.1f | %s | %.0f | %.0f%% |' % (
+				r['variant'], r['param'], r['value'], r['qps'], r['MBps'], r['read_bytes_mean'] / 1024,
+				r['fio_bs'], r['fio_bw_MBps'], 100 * r['share_of_fio']))
+		print()
+		print('At recall@10 = %g:' % a.target)
+	best = max([at['qps'] for name, r0, at in tps if r0['system'] != 'annann' and at['qps']] or [0])
+	peers = [at for name, r0, at in tps if r0['system'] != 'annann']
+	best_runs = [max([p['qps_runs'][r] for p in peers if p['qps_runs'][r]] or [None], key=lambda v: v or 0)
+		     for r in range(a.reps)]
+	print('| system | QPS | / best peer | / best peer, per repetition (median; runs) | KiB/query | MB/s | fio MB/s | '
+	      'share of fio |')
+	print('|---|---|---|---|---|---|---|---|')
+	for name, r0, at in tps:
+		f = lambda v, s='%.0f': '-' if v is None else s % v
+		ratios = [q / b if q and b else None for q, b in zip(at['qps_runs'], best_runs)]
+		emit(a.out, dict(kind='qps_ratio', variant=name, system=r0['system'], target_recall=a.target,
+				 threads=a.threads, batch=r0['batch'], qps=at['qps'], over_best_peer=at['qps'] and best and
+				 at['qps'] / best, over_best_peer_runs=ratios, over_best_peer_per_rep=median(ratios)))
+		print('| %s | %s | %s | %s (%s) | %s | %s | %s | %s |' % (
+			name, f(at['qps']), f(at['qps'] and best and at['qps'] / best, '%.2f'),
+			f(median(ratios), '%.2f'), ', '.join(f(x, '%.2f') for x in ratios),
+			f(at['bytes_per_query'] and at['bytes_per_query'] / 1024), f(at['MBps'], '%.1f'),
+			f(at['fio_bw_MBps']),
+			f(at['share_of_fio'] and 100 * at['share_of_fio'], '%.0f%%')))
 
 
 if __name__ == '__main__':

@@ -23,7 +23,9 @@ import numpy as np
 VTYPE = {'.u8bin': ('UInt8', 1), '.i8bin': ('Int8', 1), '.fbin': ('Float', 4)}
 
 
-def config(base, query, gt, idxdir, tmpdir, dim, vtype, page_limit, build, irn, result, bmc=8192):
+def config(base, query, gt, idxdir, tmpdir, dim, vtype, page_limit, build, irn, result, bmc=8192, search_threads=1):
+	"""search_threads: NumberOfThreads of [SearchSSDIndex], the threads that take queries one at a
+	time from a shared counter (SSDServing's SearchSequential); sptag has no batch."""
 	x = 'true' if build else 'false'
 	text = '''[Base]
 ValueType={vtype}
@@ -78,7 +80,7 @@ TmpDir={tmp}
 isExecute={s}
 BuildSsdIndex=false
 InternalResultNum={irn}
-NumberOfThreads=1
+NumberOfThreads={st}
 HashTableExponent=4
 ResultNum=10
 MaxCheck=2048
@@ -86,7 +88,8 @@ MaxDistRatio=8.0
 SearchPostingPageLimit={pl}
 SearchResult={res}
 '''.format(vtype=vtype, dim=dim, vpath=base if build else '', query=query, gt=gt, idx=idxdir, x=x, pl=page_limit,
-	   tmp=tmpdir, s='false' if build else 'true', irn=irn, res=result, bmc=bmc)
+	   tmp=tmpdir, s='false' if build else 'true', irn=irn, res=result, bmc=bmc,
+	   st=search_threads)
 	# sptag-ssdserving merges [BuildSSDIndex] and [SearchSSDIndex] into one parameter set, the
 	# later section winning: a build file that holds the search section builds the SSD index
 	# with the search's NumberOfThreads=1. So the build file has no search section.
