@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 COLOURS = {"annann": "tab:blue", "spann": "tab:orange", "diskann": "tab:green"}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -66,6 +67,8 @@ def main():
                  label=name + (" (mean)" if mean_only else " (p50)"))
     for ax, xl in ((axb, "KiB read per query (cold, O_DIRECT)"), (axl, "latency per query, us (batch 1, 1 thread)")):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.axhline(a.target, ls=":", color="grey")
         ax.set_xlabel(xl)
         ax.set_ylabel("recall@10")
