@@ -114,6 +114,8 @@ expect 1 "$A" insert --index "$dir/D/rank-1" --data "$dir/q.u8bin"
 grep -q "part of a distributed index" "$dir/err" || fail "insert into a part: $(cat "$dir/err")"
 nonzero mpi -np 3 "$A" search --distributed --index "$dir/S" --queries "$dir/q.u8bin"
 grep -q "S is not a distributed index" "$dir/err" || fail "distributed search of S: $(cat "$dir/err")"
+nonzero mpi -np 3 "$A" search --distributed --index "$dir/D" --queries "$dir/q.u8bin" --probe-eps 0.3
+grep -q "probe-eps does not apply to a distributed search" "$dir/err" || fail "--probe-eps: $(cat "$dir/err")"
 nonzero mpi -np 2 "$A" search --distributed --index "$dir/D" --queries "$dir/q.u8bin"
 grep -q "built on 3 ranks" "$dir/err" || fail "wrong rank count: $(cat "$dir/err")"
 nonzero mpi -np 3 "$A" build --distributed --data "$dir/b.u8bin" --index "$dir/D" --quiet

@@ -642,6 +642,10 @@ int cli_search_distributed(cli_cmd *c)
 			  cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, ANN_MAX_NPROBE, probes, 64, &nprobes);
 		double reps = 0;
 		ok = ok && cli_double(c, "rerank-eps", 0, 0, 100, &reps);
+		if (ok && cli_get(c, "probe-eps")) { /* not implemented across ranks: refused, never ignored */
+			cli_usage_error(c, "--probe-eps does not apply to a distributed search: search without it");
+			ok = false;
+		}
 		if (saved >= 0) {
 			dup2(saved, 2);
 			close(saved);
