@@ -20,7 +20,9 @@
 #   recall@10 is strict (no tie credit) for all, from their result ids against gt100.bin.
 #   Every row also carries index RAM per vector (annann: router_ram_bytes; SPANN: head index
 #   files; DiskANN: PQ codes + pivots), disk/raw (the files the search opens against n * dim *
-#   value bytes), build time and build peak RSS, and the search's peak RSS.
+#   value bytes), build time and build peak RSS, and the search's peak RSS. A peer built by hand
+#   (no build.json) gets its build figures from the `/usr/bin/time -v` log beside it (SPANN:
+#   build-run.log, DiskANN: build-progress.log) and SPANN its PostingPageLimit from build.ini.
 #
 # Usage:
 #   cold_side_by_side.py --dir DATA --annann BIN --index "NAME=DIR:P1,P2[|MORE ARGS]" [--index ...]
@@ -245,7 +247,8 @@ def main():
 	ap.add_argument('--annann', required=True)
 	ap.add_argument('--index', action='append', default=[],
 			help='NAME=DIR:P1,P2,... (nprobe values), optionally followed by |ARGS: more search options')
-	ap.add_argument('--spann-work', help='the spann directory of bench/peers/spann.py (holds idx, build.json)')
+	ap.add_argument('--spann-work', help='the spann directory of bench/peers/spann.py (holds idx and build.json, '
+			'or build.ini and build-run.log for an index built by hand from spann.py\'s build file)')
 	ap.add_argument('--spann-irn', default='6,8')
 	ap.add_argument('--spann-build-maxcheck', type=int, default=2048)
 	ap.add_argument('--diskann-work', help='the diskann directory of bench/peers/diskann.py (holds d_*)')
