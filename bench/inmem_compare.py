@@ -6,8 +6,9 @@ hnswlib: ../shared/peers/hnsw DIR M EFC EFS (builds on 2 threads, then for each 
 3 passes over all queries, one query per call). annann: `annann search --cache C --warmup
 --threads 1 --batch B --nprobe P,...` on an index of the same base, run REPS times right after
 hnswlib (--index and --nprobe repeat: several indexes, each repetition runs them in turn); per
-nprobe the best QPS of the repetitions (hnswlib's rule) and the median. QPS at the target recall is interpolated linearly between the two settings around it; a system whose
-cheapest setting already exceeds the target gets ">=" that setting's QPS.
+nprobe the best QPS of the repetitions (hnswlib's rule) and the median. QPS at the target recall
+is interpolated linearly between the two settings around it; a system whose cheapest setting
+already exceeds the target gets ">=" that setting's QPS.
 
     /usr/bin/python3 bench/inmem_compare.py --set /work/data/fmnist --annann build/tools/annann \
         --index /work/data/peers/fmnist-work/annann-512b --nprobe 3,4,5,6 --efs 10,20,40 \
