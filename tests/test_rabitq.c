@@ -306,14 +306,16 @@ static void test_bad_input(ann_rng *rng)
 	ann_rbq_free(q);
 }
 
-/* Scalar and AVX2 estimates are bit-identical, for every dim 1..130, 784
+/* Scalar, AVX2 and AVX-512 estimates are bit-identical, for every dim 1..130, 784
  * and 960 and every bits 1..8; both against a plain double evaluation of
  * the estimator from the decoded record (within float rounding). */
 static void test_kernels(ann_rng *rng)
 {
-	bool avx2 = ann_kernels_for(ANN_SIMD_AVX2) != NULL;
+	bool avx2 = ann_kernels_for(ANN_SIMD_AVX2) != NULL, avx512 = ann_kernels_for(ANN_SIMD_AVX512) != NULL;
 	if (!avx2)
 		printf("  no AVX2 on this CPU: scalar path only\n");
+	if (!avx512)
+		printf("  no AVX-512 on this CPU: its kernel is not checked\n");
 	for (uint32_t d = 1; d <= 962; d++) {
 		if (d > 130 && d != 784 && d != 960)
 			continue;
@@ -343,6 +345,19 @@ static void test_kernels(ann_rng *rng)
 						if (e1[i] != e2[i] || w1[i] != w2[i])
 							T_FAIL("d=%u bits=%u code %zu: scalar %.9g +- %.9g, avx2 %.9g +- %.9g", d,
 							       bits, i, e1[i], w1[i], e2[i], w2[i]);
+				}
+				if (avx512) {
+					ASSERT_OK(ann_rbq_query_set_simd(s, ANN_SIMD_AVX512, NULL));
+					ann_rbq_estimate(s, codes, n, e2, w2);
+					for (size_t i = 0; i < n; i++)
+						if (e1[i] != e2[i] || w1[i] != w2[i])
+							T_FAIL("d=%u bits=%u code %zu: scalar %.9g +- %.9g, avx512 %.9g +- %.9g",
+							       d, bits, i, e1[i], w1[i], e2[i], w2[i]);
+					/* fewer records than one step of 16 */
+					float e3[5], w3[5];
+					ann_rbq_estimate(s, codes + (n - 5) * cb, 5, e3, w3);
+					for (size_t i = 0; i < 5; i++)
+						ASSERT_TRUE(e3[i] == e1[n - 5 + i] && w3[i] == w1[n - 5 + i]);
 				}
 				/* the last code alone gives the same as within the batch */
 				float el, wl;

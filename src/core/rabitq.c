@@ -102,7 +102,7 @@ struct ann_rbq_query {
 	const ann_rbq *q;
 	ann_metric m;
 	float eps0;
-	bool avx2;
+	ann_simd_level simd; /* kernel: scalar, AVX2 or AVX-512 */
 	bool prepared;
 	float *tmp;  /* dim: q - c */
 	float *rq;   /* dp: rotated query (residual for L2) */
@@ -433,7 +433,11 @@ int ann_rbq_query_new(const ann_rbq *q, ann_rbq_query **out, ann_error *err)
 	}
 	s->q = q;
 	s->eps0 = ANN_RBQ_EPS0;
-	s->avx2 = ann_simd_active() >= ANN_SIMD_AVX2 && ann_kernels_for(ANN_SIMD_AVX2) != NULL;
+	s->simd = ANN_SIMD_SCALAR;
+	if (ann_simd_active() >= ANN_SIMD_AVX512 && ann_kernels_for(ANN_SIMD_AVX512))
+		s->simd = ANN_SIMD_AVX512;
+	else if (ann_simd_active() >= ANN_SIMD_AVX2 && ann_kernels_for(ANN_SIMD_AVX2))
+		s->simd = ANN_SIMD_AVX2;
 	s->lut = (float *)(void *)blk;
 	s->rq = s->lut + dp / 4 * 16;
 	s->tmp = s->rq + dp;
@@ -466,7 +470,7 @@ int ann_rbq_query_set_simd(ann_rbq_query *s, ann_simd_level level, ann_error *er
 	if (level != ANN_SIMD_SCALAR && !ann_kernels_for(level))
 		return ann_err(err, ANN_E_UNSUPPORTED, "rabitq: this CPU cannot run %s kernels",
 			       ann_simd_name(level));
-	s->avx2 = level >= ANN_SIMD_AVX2;
+	s->simd = level >= ANN_SIMD_AVX512 ? ANN_SIMD_AVX512 : level >= ANN_SIMD_AVX2 ? ANN_SIMD_AVX2 : ANN_SIMD_SCALAR;
 	return 0;
 }
 
@@ -573,7 +577,9 @@ void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, fl
 	for (size_t i0 = 0; i0 < n; i0 += RBQ_CHUNK) {
 		size_t cn = ANN_MIN(n - i0, (size_t)RBQ_CHUNK);
 		const uint8_t *base = codes + i0 * q->rec_bytes;
-		if (s->avx2)
+		if (s->simd == ANN_SIMD_AVX512)
+			ann_rbq_scan_avx512(&a, base, cn, A, E);
+		else if (s->simd == ANN_SIMD_AVX2)
 			ann_rbq_scan_avx2(&a, base, cn, A, E);
 		else
 			ann_rbq_scan_scalar(&a, base, cn, A, E);

@@ -11,14 +11,9 @@
  * is a multiple of 16, so 4 groups) uses a masked gather; the masked lanes
  * add 0.0f, which leaves them unchanged.
  *
- * Ex plane: 16 dims (2 be bytes) per step. The bytes are broadcast to both
- * 128-bit halves; vpshufb places in 16-bit lane j the two bytes holding dim
- * j's be bits, a multiply by 2^(16 - be - shift_j) left-aligns them, a shift
- * right by 16 - be leaves e_j; vpmaddwd with qi sums pairs into 32-bit lanes
- * (each lane < 2 * 127 * 2047 * dp / 16 < 2^31 for dp <= 65536), and the
- * lanes are added in int64 at the end: exact, as the scalar kernel.
+ * Ex plane: rabitq_ex_avx2.h.
  */
-#include "rabitq_kernels.h"
+#include "rabitq_ex_avx2.h"
 
 #include <immintrin.h>
 
@@ -40,20 +35,7 @@ void ann_rbq_scan_avx2(const ann_rbq_scan *a, const uint8_t *codes, size_t n, fl
 	const __m256 tailmask = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)tail),
 								       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
 	const unsigned be = a->be;
-	/* per-lane byte shuffle and left-align multiplier of the ex plane */
-	uint8_t shuf[32];
-	uint16_t mul[16];
-	for (unsigned j = 0; j < 16; j++) {
-		unsigned bit = j * (be ? be : 1), b = bit / 8, sh = bit % 8;
-		unsigned lane = j % 8, half = j / 8;
-		shuf[half * 16 + lane * 2] = (uint8_t)b;
-		shuf[half * 16 + lane * 2 + 1] = (uint8_t)(b + 1 < 16 ? b + 1 : 15);
-		mul[j] = (uint16_t)(1u << (16 - (be ? be : 1) - sh));
-	}
-	const __m256i vshuf = _mm256_loadu_si256((const __m256i *)(const void *)shuf);
-	const __m256i vmul = _mm256_loadu_si256((const __m256i *)(const void *)mul);
-	const __m128i rshift = _mm_cvtsi32_si128((int)(16 - (be ? be : 1)));
-	const size_t ex_steps = a->dp / 16, ex_step_bytes = 2 * (size_t)be;
+	const rbq_ex ex = rbq_ex_setup(a);
 
 	for (size_t i = 0; i < n; i++) {
 		const uint8_t *rec = codes + i * a->rec_bytes;
@@ -78,22 +60,6 @@ void ann_rbq_scan_avx2(const ann_rbq_scan *a, const uint8_t *codes, size_t n, fl
 			E[i] = 0;
 			continue;
 		}
-		const uint8_t *ep = rec + a->sign_bytes;
-		__m256i iacc = _mm256_setzero_si256();
-		for (size_t t = 0; t < ex_steps; t++) {
-			const uint8_t *p = ep + t * ex_step_bytes;
-			__m128i raw = be <= 4 ? _mm_loadl_epi64((const __m128i *)(const void *)p)
-					      : _mm_loadu_si128((const __m128i *)(const void *)p);
-			__m256i v = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(raw), vshuf);
-			v = _mm256_srl_epi16(_mm256_mullo_epi16(v, vmul), rshift);
-			__m256i qv = _mm256_loadu_si256((const __m256i *)(const void *)(a->qi + 16 * t));
-			iacc = _mm256_add_epi32(iacc, _mm256_madd_epi16(v, qv));
-		}
-		int32_t lanes[8];
-		_mm256_storeu_si256((__m256i *)(void *)lanes, iacc);
-		int64_t e = 0;
-		for (int l = 0; l < 8; l++)
-			e += lanes[l];
-		E[i] = e;
+		E[i] = rbq_ex_row(a, &ex, rec);
 	}
 }

@@ -1,14 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * rabitq_kernels.h: private to rabitq.c and rabitq_avx2.c. The two inner
- * loops of ann_rbq_estimate, in a scalar reference (rabitq.c) and an AVX2
- * form (rabitq_avx2.c, built with -mavx2 -mfma): for each of n code records
+ * rabitq_kernels.h: private to rabitq.c, rabitq_avx2.c and rabitq_avx512.c.
+ * The two inner loops of ann_rbq_estimate, in a scalar reference (rabitq.c),
+ * an AVX2 form (rabitq_avx2.c, built with -mavx2 -mfma) and an AVX-512 form
+ * (rabitq_avx512.c): for each of n code records
  *
  *   A[i] = sum over 4-dim groups g of lut[16 g + nibble g of the sign plane],
  *          summed in 8 lanes (lane l takes the groups g = l mod 8 in order)
  *          and reduced as ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)), so both
  *          forms do the same float operations in the same order and agree
- *          bit for bit;
+ *          bit for bit (the AVX-512 form too, 16 records per step);
  *   E[i] = sum over dims j of ex_j * qi[j], exact in int64 (ex_j the
  *          extra-bits code of dim j, be bits, LSB-first bit stream).
  *
@@ -32,5 +33,6 @@ typedef struct ann_rbq_scan {
 
 void ann_rbq_scan_scalar(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E);
 void ann_rbq_scan_avx2(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E);
+void ann_rbq_scan_avx512(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E);
 
 #endif /* ANN_RABITQ_KERNELS_H */

@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * rabitq_avx512.c: the AVX-512 form of the RaBitQ estimate kernels
+ * (rabitq_kernels.h), built with -mavx512f -mavx512bw -mavx512vl
+ * -mavx512dq -mavx2. Called by rabitq.c only when the CPU probe of
+ * distance.c says AVX-512 runs here.
+ *
+ * Sign plane: 16 records at a time, one per 32-bit lane. One gather fetches
+ * from each record the 32-bit word of 8 groups; for each of the 8 groups the
+ * lanes' nibbles index the group's 16-entry table, which is exactly one zmm
+ * register, with one vpermps (no gather per group, as the AVX2 form needs).
+ * Group g is added to accumulator g mod 8, in group order, and the 8
+ * accumulators are reduced as ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)): the same
+ * float additions in the same order as the scalar kernel, so the three forms
+ * agree bit for bit (tests/test_rabitq.c). A last partial step (dp is a
+ * multiple of 16, so 4 groups) reads the same 2 bytes past the sign plane,
+ * inside the record, as the AVX2 form. The last block of fewer than 16
+ * records masks the gather and the store. Measured: bench/bench_rabitq.c.
+ *
+ * Ex plane: rabitq_ex_avx2.h, per record.
+ */
+#include "rabitq_ex_avx2.h"
+
+#include <immintrin.h>
+
+void ann_rbq_scan_avx512(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E)
+{
+	const size_t full = a->groups / 8, tail = a->groups % 8;
+	const __m512i nib = _mm512_set1_epi32(15);
+	const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+						_mm512_set1_epi32((int)a->rec_bytes));
+	const rbq_ex ex = rbq_ex_setup(a);
+
+	for (size_t i0 = 0; i0 < n; i0 += 16) {
+		const size_t cnt = n - i0 < 16 ? n - i0 : 16;
+		const __mmask16 m = (__mmask16)((1u << cnt) - 1u);
+		const uint8_t *base = codes + i0 * a->rec_bytes;
+		__m512 acc[8];
+		for (int t = 0; t < 8; t++)
+			acc[t] = _mm512_setzero_ps();
+		for (size_t s = 0; s < full + (tail ? 1 : 0); s++) {
+			__m512i w = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, rows, base + 4 * s, 1);
+			const size_t groups = s < full ? 8 : tail;
+			const float *lut = a->lut + 128 * s;
+			for (size_t t = 0; t < groups; t++) {
+				__m512i idx = _mm512_and_si512(_mm512_srl_epi32(w, _mm_cvtsi32_si128((int)(4 * t))), nib);
+				acc[t] = _mm512_add_ps(acc[t], _mm512_permutexvar_ps(idx, _mm512_loadu_ps(lut + 16 * t)));
+			}
+		}
+		__m512 t0 = _mm512_add_ps(acc[0], acc[4]), t1 = _mm512_add_ps(acc[1], acc[5]);
+		__m512 t2 = _mm512_add_ps(acc[2], acc[6]), t3 = _mm512_add_ps(acc[3], acc[7]);
+		_mm512_mask_storeu_ps(A + i0, m, _mm512_add_ps(_mm512_add_ps(t0, t2), _mm512_add_ps(t1, t3)));
+		for (size_t i = 0; i < cnt; i++)
+			E[i0 + i] = a->be ? rbq_ex_row(a, &ex, base + i * a->rec_bytes) : 0;
+	}
+}
