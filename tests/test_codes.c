@@ -121,8 +121,8 @@ static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad,
 	ASSERT_TRUE(in.exact_offset >= head);
 	/* Every input row comes back once, under its id, ids ascending (within
 	 * each page when the rows are in page order; the flag only when the rows
-	 * fill 2 or more pages). */
-	bool ordered = order && in.rows_per_page && in.exact_pages >= 2;
+	 * fill 2 or more pages of 2 or more rows). */
+	bool ordered = order && in.rows_per_page >= 2 && in.exact_pages >= 2;
 	ASSERT_EQ((in.flags & CBLOCK_FLAG_PAGE_ORDER) != 0, ordered);
 	for (size_t i = 0; i < n; i++) {
 		if (i && (!ordered || i % in.rows_per_page))
@@ -232,6 +232,7 @@ static void test_layout(ann_rng *rng)
 				layout_case(rng, encs[e], pad, 1100, 7, f16, order); /* f32: 4400-byte rows span pages */
 				layout_case(rng, encs[e], pad, 1365, 9, f16, order); /* u8: 3 rows per page, tail unused */
 				layout_case(rng, encs[e], pad, 1365, 10, f16, order); /* a last page of one row */
+				layout_case(rng, encs[e], pad, 2100, 5, f16, order); /* u8: one row per page, never ordered */
 			}
 		}
 }
@@ -884,7 +885,8 @@ static void test_updates(const char *dir, ann_rng *rng)
 				ann_cblock_info in;
 				ASSERT_OK(cblock_peek(br.data, br.length, &in, NULL));
 				ASSERT_EQ((in.flags & CBLOCK_FLAG_F16) != 0, g_f16);
-				ASSERT_EQ((in.flags & CBLOCK_FLAG_PAGE_ORDER) != 0, !g_id_order && in.exact_pages >= 2);
+				ASSERT_EQ((in.flags & CBLOCK_FLAG_PAGE_ORDER) != 0,
+					  !g_id_order && in.exact_pages >= 2 && in.rows_per_page >= 2);
 				ordered += (in.flags & CBLOCK_FLAG_PAGE_ORDER) != 0;
 				rewritten += br.ent.generation > 1 || pid >= PARTS;
 				ann_store_reader_release(rd, &br);

@@ -193,8 +193,8 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 		why = "flags (f16 factors in a 2.0 block)";
 	else if (ordered && minor < 2)
 		why = "flags (page order in a block older than 2.2)";
-	else if (ordered && (rpp == 0 || pages < 2))
-		why = "flags (page order in a block of fewer than 2 pages of whole rows)";
+	else if (ordered && (rpp < 2 || pages < 2))
+		why = "flags (page order in a block of fewer than 2 pages or 2 rows per page)";
 	else if (in->row_bytes != rb)
 		why = "row bytes";
 	else if (in->rows_per_page != rpp)
@@ -620,7 +620,10 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 	in.row_bytes = (uint32_t)(dim * esize(enc));
 	in.rows_per_page = in.row_bytes <= CBLOCK_PAGE ? CBLOCK_PAGE / in.row_bytes : 0;
 	in.exact_pages = (uint32_t)pages_for(count, in.row_bytes, in.rows_per_page);
-	bool ordered = (opts & CBLOCK_ENC_PAGE_ORDER) && in.rows_per_page && in.exact_pages >= 2;
+	/* Order matters only when a page holds 2 or more rows and there are 2 or
+	 * more pages (with one row per page a re-rank costs its page whatever
+	 * the order). */
+	bool ordered = (opts & CBLOCK_ENC_PAGE_ORDER) && in.rows_per_page >= 2 && in.exact_pages >= 2;
 	if (ordered) {
 		in.flags |= CBLOCK_FLAG_PAGE_ORDER;
 		in.map_bytes = (uint32_t)map_bytes(count, in.exact_pages);

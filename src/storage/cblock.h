@@ -43,12 +43,13 @@
 #define CBLOCK_F16_SAVES     5u
 /* Header flag (2.2): rows in page-local order, the id section carries a page
  * map (docs/FORMAT.md "Page-local row order"). Set only when the block has 2
- * or more pages of whole rows; otherwise the order could not matter. */
+ * or more pages of 2 or more whole rows; otherwise the order could not
+ * change what a re-rank reads. */
 #define CBLOCK_FLAG_PAGE_ORDER 0x200u
 
 /* Options of cblock_encode. */
 #define CBLOCK_ENC_F16        1u /* slim records when every row's factors fit (2.1) */
-#define CBLOCK_ENC_PAGE_ORDER 2u /* page-local row order when the block has >= 2 pages of rows (2.2) */
+#define CBLOCK_ENC_PAGE_ORDER 2u /* page-local row order when the block has >= 2 pages of >= 2 rows (2.2) */
 
 /* Everything the header says, after validation (cblock_peek), with the
  * derived offsets of the head's sections (block-relative). */
@@ -111,7 +112,8 @@ int cblock_check_pages(const ann_cblock_info *in, const uint8_t *sums, const uin
  * block's centre (the mean of its rows). opts: CBLOCK_ENC_F16, slim records
  * (CBLOCK_FLAG_F16) when every row's factors fit binary16 (else full records,
  * as without it); CBLOCK_ENC_PAGE_ORDER, page-local row order
- * (CBLOCK_FLAG_PAGE_ORDER) when the rows fill 2 or more pages. The result is
+ * (CBLOCK_FLAG_PAGE_ORDER) when the rows fill 2 or more pages of 2 or more
+ * rows each. The result is
  * a function of the input alone (no threads, no clock). *out:
  * ann_aligned_alloc(4096) buffer of *out_len bytes, *head_len = head bytes.
  * Memory: the block plus the ids' sort permutation, 256 float rows of
