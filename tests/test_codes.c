@@ -358,6 +358,37 @@ static void test_page_order(ann_rng *rng)
 			T_FAIL("flag in 2.1: %s", e.msg);
 	}
 	ann_aligned_free(bad);
+	/* f32 rows whose squares overflow: the order stays a total one (no NaN
+	 * key), the block encodes (or is refused) the same way in both orders. */
+	{
+		enum { fn = 12, fd = 300 }; /* 3 rows per page, 4 pages */
+		static float fv[fn * fd];
+		int64_t fid[fn];
+		for (uint32_t i = 0; i < fn; i++) {
+			fid[i] = i;
+			for (uint32_t j = 0; j < fd; j++)
+				fv[(size_t)i * fd + j] = (float)((i + j) % 3) * 1.5e38f - 1.5e38f;
+		}
+		ann_rbq *fq;
+		ASSERT_OK(ann_rbq_new(fd, 1, 5, &fq, NULL));
+		uint8_t *f0 = NULL, *f1 = NULL;
+		size_t fl0 = 0, fl1 = 0;
+		uint32_t fh0, fh1;
+		int r0 = cblock_encode(fq, ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, 0, fd, fn, fid, fv, ANN_DTYPE_F32, 1, 1, &f0,
+				       &fl0, &fh0, NULL);
+		int r1 = cblock_encode(fq, ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, CBLOCK_ENC_PAGE_ORDER, fd, fn, fid, fv,
+				       ANN_DTYPE_F32, 1, 1, &f1, &fl1, &fh1, NULL);
+		ASSERT_EQ(r0, r1);
+		if (r1 == ANN_OK) {
+			ann_cblock_info fin;
+			ASSERT_OK(cblock_decode(f1, fl1, &fin, &dp, &c3, &rp, &c4, NULL));
+			for (uint32_t r = 0; r < fn; r++)
+				ASSERT_TRUE(memcmp(rp + (size_t)r * fin.row_bytes, fv + (size_t)dp[r] * fd, fin.row_bytes) == 0);
+		}
+		ann_aligned_free(f0);
+		ann_aligned_free(f1);
+		ann_rbq_free(fq);
+	}
 	ann_aligned_free(bi);
 	ann_aligned_free(bp);
 	ann_free(di);

@@ -563,7 +563,8 @@ static void order_node(porder *o, uint32_t *idx, uint32_t n)
 	}
 	for (uint32_t i = 0; i < n; i++) {
 		prow(o, idx[i]);
-		o->proj[idx[i]] = far > 0.0f ? dotf(o->x, o->v, d) : 0.0f;
+		float p = far > 0.0f ? dotf(o->x, o->v, d) : 0.0f;
+		o->proj[idx[i]] = isfinite(p) ? p : 0.0f; /* f32 rows near FLT_MAX overflow: keep the sort's order total */
 	}
 	qsort_r(idx, n, sizeof *idx, cmp_proj, o->proj);
 	uint32_t left = pages / 2 * rpp;
