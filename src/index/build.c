@@ -249,7 +249,11 @@ int build_resolve_options(build *b, ann_build_opts *own, ann_error *err)
 /* The options that change the index, resolved, as "key=value" lines: the
  * saved state of a build resumes only under the same ones. Not among them:
  * threads, the memory budget (only through the sample size it gives), the
- * callbacks. */
+ * callbacks, and the row order of codes blocks (code_order): every block
+ * says its own order, so a build resumed under another --row-order holds
+ * blocks of both, all valid (meta codes.order is the last run's), while a
+ * new key would make every state saved by an older build, whose default
+ * order was id, start over instead of resuming. */
 static char *build_options(const build *b)
 {
 	const ann_build_opts *o = b->o;
@@ -281,8 +285,6 @@ static char *build_options(const build *b)
 		 ANN_KMEANS_ASSIGN_RULE);
 	if (o->code_factors == 16) /* only then: older states keep their fingerprint */
 		snprintf(s + strlen(s), cap - strlen(s), "code_factors=16\n");
-	if (o->code_order) /* the same: states saved before it keep their fingerprint */
-		snprintf(s + strlen(s), cap - strlen(s), "code_order=1\n");
 	return s;
 }
 
