@@ -28,6 +28,10 @@
 #               e.g. VARIANTS="e16=--embed-dim 16;nodec=--dec-epochs 0"
 #   FACTORS     candidate factors F for the dynamic router (default "10 1")
 #   NQ_SYN NQ_FM  queries used (default 2000 each)
+#   LEGACY      build flags of both (default "--codes none --balance 0": format 1
+#               blocks and no size cap, the configuration of the figures in
+#               docs/ROUTER_ANNANN.md, from before the defaults of issue 12; set
+#               LEGACY= to measure today's defaults)
 # Output: bench/results/annann_vs_static_<set>.jsonl (one JSON object per
 # build and per search setting), the build logs next to the indexes, and
 # by bench/plot_annann.py the plot docs/plots/annann_<set>.png and the
@@ -37,6 +41,7 @@ SETS=${1:-"syn1m fm"}
 A=${ANNANN:-build/tools/annann}
 D=${BENCH_DIR:-data/bench}
 CS=${CS:-1,2,4,8,16,32,64}
+LEGACY=${LEGACY-"--codes none --balance 0"}
 K_SYN=${K_SYN:-1000}
 K_FM=${K_FM:-300}
 FACTORS=${FACTORS:-"10 1"}
@@ -93,7 +98,7 @@ build() {
 	if [ ! -d "$idx" ]; then
 		local t0 t1
 		t0=$(date +%s.%N)
-		"$A" build --data "$BASE" --index "$idx" --router "$router" --partitions "$K" "$@" 2>"$log" >/dev/null
+		"$A" build --data "$BASE" --index "$idx" --router "$router" --partitions "$K" $LEGACY "$@" 2>"$log" >/dev/null
 		t1=$(date +%s.%N)
 		awk -v a="$t0" -v b="$t1" 'BEGIN { printf "wall %.3f\n", b - a }' >>"$log"
 	fi

@@ -51,6 +51,10 @@ D=${BENCH_DIR:-data/routers}
 NQ=${NQ:-1000}
 EPOCHS=${EPOCHS:-20}
 STOP=${STOP:-0.96}
+# LEGACY: build flags of every router (default "--codes none --balance 0": format 1 blocks, no
+# size cap, the configuration of the recorded figures, from before issue 12's defaults;
+# LEGACY= measures today's defaults)
+LEGACY=${LEGACY-"--codes none --balance 0"}
 PY=${PYTHON:-/usr/bin/python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 case "$SET" in
@@ -130,7 +134,7 @@ for RL in $ROUTERS; do
 		;;
 	esac
 	# shellcheck disable=SC2086
-	cmd="$A build --data $BASE --index $IDX $args --sample $SAMPLE --seed 1 --threads 2 $extra --json"
+	cmd="$A build --data $BASE --index $IDX $args $LEGACY --sample $SAMPLE --seed 1 --threads 2 $extra --json"
 	echo "[$(date +%T)] $cmd   (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
 	# shellcheck disable=SC2086
 	bj=$($cmd 2>"$LOG" | tail -1)

@@ -16,6 +16,10 @@ ROUTERS=${2:-"kmeans annann"}
 A=${ANNANN:-build/tools/annann}
 D=${BENCH_DIR:-data/bench-updates}
 NPROBE=${NPROBE:-8}
+# LEGACY: build flags (default "--codes none --balance 0": format 1 blocks, no size cap, the
+# configuration of the recorded figures, from before issue 12's defaults; LEGACY= measures
+# today's defaults)
+LEGACY=${LEGACY-"--codes none --balance 0"}
 PARTS=$((N / 1000))
 mkdir -p "$D" bench/results
 out=bench/results/updates-$N.jsonl
@@ -49,7 +53,7 @@ echo "|---|---|---|---|---|"
 for R in $ROUTERS; do
 	idx="$D/idx-$R"
 	rm -rf "$idx"
-	"$A" build --data "$D/h1.u8bin" --index "$idx" --router "$R" --partitions "$PARTS" --quiet >/dev/null
+	"$A" build --data "$D/h1.u8bin" --index "$idx" --router "$R" --partitions "$PARTS" $LEGACY --quiet >/dev/null
 	for pct in 50 60 70 80 90 100; do
 		n=$((N * pct / 100))
 		if [ "$pct" -gt 50 ]; then
@@ -77,13 +81,13 @@ PY
 	"$A" compact --index "$idx" >/dev/null
 	search "$idx" "$q" "$D/gt-live.bin" "deleted 20%, compacted" "$R"
 	rm -rf "$idx"
-	"$A" build --data "$D/live.u8bin" --index "$idx" --router "$R" --partitions "$PARTS" --quiet >/dev/null
+	"$A" build --data "$D/live.u8bin" --index "$idx" --router "$R" --partitions "$PARTS" $LEGACY --quiet >/dev/null
 	search "$idx" "$q" "$D/gt-live.bin" "rebuilt from scratch (reference)" "$R"
 
 	# drift: base half from the original mixture, inserts from the shifted one
 	idx="$D/idx-drift-$R"
 	rm -rf "$idx"
-	"$A" build --data "$D/h1.u8bin" --index "$idx" --router "$R" --partitions "$PARTS" --quiet >/dev/null
+	"$A" build --data "$D/h1.u8bin" --index "$idx" --router "$R" --partitions "$PARTS" $LEGACY --quiet >/dev/null
 	"$A" convert --in "$D/drift.u8bin" --out "$D/d2.u8bin" --offset "$half" --quiet >/dev/null
 	"$A" insert --index "$idx" --data "$D/d2.u8bin" --batch 10000 --quiet >/dev/null
 	python3 - "$D/h1.u8bin" "$D/d2.u8bin" "$D/mixed.u8bin" <<'PY'
@@ -97,6 +101,6 @@ PY
 	"$A" compact --index "$idx" >/dev/null
 	search "$idx" "$D/dquery.u8bin" "$D/gt-mixed.bin" "drift: after compaction (splits)" "$R"
 	rm -rf "$idx"
-	"$A" build --data "$D/mixed.u8bin" --index "$idx" --router "$R" --partitions "$PARTS" --quiet >/dev/null
+	"$A" build --data "$D/mixed.u8bin" --index "$idx" --router "$R" --partitions "$PARTS" $LEGACY --quiet >/dev/null
 	search "$idx" "$D/dquery.u8bin" "$D/gt-mixed.bin" "drift: rebuilt from scratch (reference)" "$R"
 done

@@ -4,7 +4,8 @@
  * (respected, only clusters over it move, better than blind overflow),
  * empty-cluster repair, determinism across seeds and thread counts,
  * mini-batch, spherical metrics, nearest-centroids against brute force,
- * two-level k-means (balanced, near one-level Lloyd's inertia, deterministic)
+ * two-level k-means (balanced, near one-level Lloyd's inertia, deterministic,
+ * centroids in no cell order), no cluster left far below n / k by outliers,
  * and the two-level tree's assignment against the exact scan. */
 #include "testutil.h"
 
@@ -204,7 +205,11 @@ static void test_monotone(ann_rng *r)
 		for (uint32_t i = 1; i < st.iterations; i++)
 			ASSERT_LE(hist[i], hist[i - 1] * (1 + 1e-6));
 		ASSERT_LT(hist[st.iterations - 1], hist[0]);
-		ASSERT_NEAR(st.inertia, hist[st.iterations - 1], 1e-4);
+		/* the small-cluster pass runs after the recorded steps */
+		if (st.small_repaired == 0)
+			ASSERT_NEAR(st.inertia, hist[st.iterations - 1], 1e-4);
+		else
+			ASSERT_LT(st.inertia, hist[0]);
 	}
 	free(x);
 	free(c);
@@ -678,6 +683,97 @@ static void test_two_level(ann_rng *r)
 	free(c2);
 }
 
+/* Sizes of the k clusters of assign: the smallest. */
+static size_t smallest_cluster(const uint32_t *a, size_t n, size_t k)
+{
+	size_t *cnt = calloc(k, sizeof(size_t)), mn = SIZE_MAX;
+	for (size_t i = 0; i < n; i++) {
+		ASSERT_TRUE(a[i] < k);
+		cnt[a[i]]++;
+	}
+	for (size_t c = 0; c < k; c++)
+		mn = ANN_MIN(mn, cnt[c]);
+	free(cnt);
+	return mn;
+}
+
+/* Outliers do not become clusters of their own (issue 15: 48 of the 10M
+ * build's 10,000 partitions held one vector). Planted clusters plus 0.5% of
+ * points scattered far from everything: k-means++ seeding favours such
+ * points (squared distance), a seed on one keeps it as a cluster of 1
+ * through every Lloyd step, and the two levels' fine k-means (a few
+ * hundred points per cell) picked one in most cells. The small-cluster pass
+ * moves every cluster below n / (8 k) points; here every cluster keeps at
+ * least half that, with and without the cap, on one level and two. */
+static void test_small_clusters(ann_rng *r)
+{
+	t_current = "test_small_clusters";
+	size_t n = 24000, d = 16, k = 240, C = 16, bound = n / (8 * k) / 2;
+	uint32_t *label = malloc(n * sizeof(uint32_t)), *a = malloc(n * sizeof(uint32_t));
+	float *x = planted(r, n, d, 40, 3.0, 0.5, label), *c = malloc(k * d * sizeof(float));
+	for (size_t i = 0; i < n; i += 200) /* 120 outliers */
+		for (size_t j = 0; j < d; j++)
+			x[i * d + j] += (float)(5.0 * ann_rng_normal(r));
+	for (int cap = 0; cap < 2; cap++)
+		for (size_t coarse = 0; coarse <= C; coarse += C) {
+			ann_kmeans_opts o;
+			ann_kmeans_opts_init(&o);
+			o.k = k;
+			o.max_iter = 20;
+			o.seed = 3;
+			o.threads = 2;
+			o.coarse = coarse;
+			o.max_size = cap ? n / k + n / k / 4 : 0;
+			ann_kmeans_stats st;
+			ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, &st, NULL));
+			size_t mn = smallest_cluster(a, n, k);
+			printf("  small clusters (%s, %s): smallest %zu (bound %zu, n/k %zu), %llu moved, inertia %.4g\n",
+			       coarse ? "two levels" : "one level", cap ? "cap" : "no cap", mn, bound, n / k,
+			       (unsigned long long)st.small_repaired, st.inertia);
+			ASSERT_TRUE(mn >= bound);
+			ASSERT_TRUE(st.small_repaired > 0);
+		}
+	free(x);
+	free(c);
+	free(a);
+	free(label);
+}
+
+/* Two levels emit the centroids in a seeded random order, not coarse cell
+ * by cell: the k-means router inserts its centroids into the HNSW graph in
+ * id order, and a graph built cell by cell needed ef 384 where a random
+ * order needs 32 (real1m, 1000 partitions; docs/DESIGN.md). Measured here:
+ * how often centroid j + 1 is among the k / C nearest centroids of
+ * centroid j. Cell by cell that is most pairs (most neighbours share the
+ * cell); in a random order about 1 / C of them. */
+static void test_two_level_order(ann_rng *r)
+{
+	t_current = "test_two_level_order";
+	size_t n = 20000, d = 16, k = 256, C = 16, m = k / C;
+	uint32_t *label = malloc(n * sizeof(uint32_t)), *a = malloc(n * sizeof(uint32_t));
+	float *x = planted(r, n, d, 64, 2.0, 0.0, label), *c = malloc(k * d * sizeof(float));
+	uint32_t *nn = malloc(k * (m + 1) * sizeof(uint32_t));
+	ann_kmeans_opts o;
+	ann_kmeans_opts_init(&o);
+	o.k = k;
+	o.max_iter = 10;
+	o.coarse = C;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, NULL, NULL));
+	ASSERT_OK(ann_nearest_centroids(c, k, d, c, k, m + 1, ANN_METRIC_L2, 1, nn, NULL, NULL));
+	size_t near = 0;
+	for (size_t j = 0; j + 1 < k; j++)
+		for (size_t q = 0; q <= m; q++)
+			near += nn[j * (m + 1) + q] == j + 1;
+	printf("  two levels: centroid j + 1 among the %zu nearest of centroid j for %zu of %zu pairs\n", m, near,
+	       k - 1);
+	ASSERT_TRUE(near * 4 < k - 1);
+	free(x);
+	free(c);
+	free(a);
+	free(nn);
+	free(label);
+}
+
 /* The two-level tree: exact when every cell is probed, nearly so at 8
  * probes, the same on 1 and 2 threads, padded past k. */
 static void test_tree(ann_rng *r)
@@ -759,6 +855,8 @@ int main(void)
 	test_minibatch(&rng);
 	test_nearest(&rng);
 	test_two_level(&rng);
+	test_small_clusters(&rng);
+	test_two_level_order(&rng);
 	test_tree(&rng);
 	test_errors();
 	ASSERT_EQ(ann_mem_live_bytes(), live);

@@ -20,7 +20,9 @@
 #   recall@10 is strict (no tie credit) for all, from their result ids against gt100.bin.
 #   Every row also carries index RAM per vector (annann: router_ram_bytes; SPANN: head index
 #   files; DiskANN: PQ codes + pivots), disk/raw (the files the search opens against n * dim *
-#   value bytes), build time and build peak RSS, and the search's peak RSS.
+#   value bytes), build time and build peak RSS, and the search's peak RSS. A peer built by hand
+#   (no build.json) gets its build figures from the `/usr/bin/time -v` log beside it (SPANN:
+#   build-run.log, DiskANN: build-progress.log) and SPANN its PostingPageLimit from build.ini.
 #
 # Usage:
 #   cold_side_by_side.py --dir DATA --annann BIN --index "NAME=DIR:P1,P2[|MORE ARGS]" [--index ...]
@@ -98,8 +100,7 @@ def spann_once(a, irn, query, gtp, tmp):
 	res = os.path.join(tmp, 'spann_res_%d.bin' % irn)
 	n, dim = bin_header(query)
 	vtype = spann.VTYPE[os.path.splitext(query)[1]][0]
-	with open(os.path.join(work, 'build.json')) as f:
-		page_limit = json.load(f).get('page_limit', 4)
+	page_limit = spann_page_limit(work)
 	with open(ini, 'w') as f:
 		f.write(spann.config(base_guess, query, gtp, os.path.join(work, 'idx'), os.path.join(work, 'tmp') + '/',
 				     dim, vtype, page_limit, False, irn, res, search_threads=a.threads))
@@ -145,6 +146,44 @@ def diskann_once(a, L, query, gtp, tmp):
 	return {'recall': strict_recall(ids, gt, 10), 'bytes': ios * 4096, 'ios': ios, 'cands': None,
 		'p50_us': float(row[3]), 'p99_us': float(row[4]), 'mean_us': float(row[3]), 'qps': float(row[2]),
 		'io_us': float(row[6]), 'rss_kb': rss}
+
+
+def spann_page_limit(work):
+	"""PostingPageLimit the SPANN index was built with: from spann.py's build.json, else (an index
+	built by hand from spann.py's build file) from WORK/build.ini; the search must use the same."""
+	rec = os.path.join(work, 'build.json')
+	if os.path.exists(rec):
+		with open(rec) as f:
+			return json.load(f).get('page_limit', 4)
+	ini = os.path.join(work, 'build.ini')
+	if os.path.exists(ini):
+		with open(ini) as f:
+			m = re.search(r'^PostingPageLimit=(\d+)\s*$', f.read(), re.M)
+		if m:
+			return int(m.group(1))
+	raise SystemExit('cold_side_by_side: %s has neither build.json nor a build.ini with PostingPageLimit=N' % work)
+
+
+def time_v_record(path):
+	"""Build time and peak RSS of an index built by hand under `/usr/bin/time -v` (its log
+	beside the index): the last "Elapsed (wall clock)" and "Maximum resident set size" of a
+	run that ended with "Exit status: 0"; {} when there is none (the figures stay empty)."""
+	if not os.path.exists(path):
+		return {}
+	with open(path, errors='replace') as f:
+		text = f.read()
+	rec = {}
+	for block in re.findall(r'Command being timed: "([^"]*)"(.*?)Exit status: (\d+)', text, re.S):
+		cmd, body, status = block
+		w = re.search(r'Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)', body)
+		m = re.search(r'Maximum resident set size \(kbytes\): (\d+)', body)
+		if status != '0' or not w or not m:
+			continue
+		secs = 0.0
+		for part in w.group(1).split(':'):
+			secs = secs * 60 + float(part)
+		rec = {'build_s': secs, 'build_peak_rss_kb': int(m.group(1)), 'cmd': cmd, 'source': path}
+	return rec
 
 
 def round4k(x):
@@ -208,7 +247,8 @@ def main():
 	ap.add_argument('--annann', required=True)
 	ap.add_argument('--index', action='append', default=[],
 			help='NAME=DIR:P1,P2,... (nprobe values), optionally followed by |ARGS: more search options')
-	ap.add_argument('--spann-work', help='the spann directory of bench/peers/spann.py (holds idx, build.json)')
+	ap.add_argument('--spann-work', help='the spann directory of bench/peers/spann.py (holds idx and build.json, '
+			'or build.ini and build-run.log for an index built by hand from spann.py\'s build file)')
 	ap.add_argument('--spann-irn', default='6,8')
 	ap.add_argument('--spann-build-maxcheck', type=int, default=2048)
 	ap.add_argument('--diskann-work', help='the diskann directory of bench/peers/diskann.py (holds d_*)')
@@ -246,6 +286,10 @@ def main():
 		name, rest = spec.split('=', 1)
 		d, probes = rest.rsplit(':', 1)
 		brec = build_annann(a, name, d, builds.get(name, ''), base) if a.build else {}
+		if not brec and os.path.exists(d.rstrip('/') + '.build.json'):
+			# the record an earlier --build left beside the index (read only)
+			with open(d.rstrip('/') + '.build.json') as f:
+				brec = json.load(f)
 		info = json.loads(run([a.annann, 'info', '--index', d, '--json'])[0])
 		info['extra'] = extra.split()
 		info['build'] = brec
@@ -257,6 +301,10 @@ def main():
 		if not brec and os.path.exists(os.path.join(a.spann_work, 'build.json')):
 			with open(os.path.join(a.spann_work, 'build.json')) as f:
 				brec = json.load(f)
+		if not brec:
+			# built by hand from spann.py's build.ini under /usr/bin/time -v (real1m)
+			brec = time_v_record(os.path.join(a.spann_work, 'build-run.log'))
+		spann_page_limit(a.spann_work)  # refuse before the run, not in its middle
 		hb = dir_bytes([os.path.join(a.spann_work, 'idx', 'HeadIndex')])
 		sinfo = {'build': brec, 'index_ram_bytes': hb, 'bytes_on_disk': dir_bytes([os.path.join(a.spann_work, 'idx')])}
 		for irn in parse_list(a.spann_irn):
@@ -269,9 +317,10 @@ def main():
 			with open(os.path.join(a.diskann_work, 'build.json')) as f:
 				brec = json.load(f)
 		else:
-			# an index built outside diskann.py (by hand, with its log beside it): no build figures
-			log('diskann: no build.json in %s, build time and peak RSS left empty' % a.diskann_work)
-			brec = {}
+			# an index built outside diskann.py (by hand, under /usr/bin/time -v, its log beside it)
+			brec = time_v_record(os.path.join(a.diskann_work, 'build-progress.log'))
+			if not brec:
+				log('diskann: no build.json in %s, build time and peak RSS left empty' % a.diskann_work)
 		pre = os.path.join(a.diskann_work, 'd')
 		dinfo = {'build': brec, 'index_ram_bytes': dir_bytes([pre + '_pq_compressed.bin', pre + '_pq_pivots.bin']),
 			 'bytes_on_disk': dir_bytes([pre + '_disk.index', pre + '_pq_compressed.bin', pre + '_pq_pivots.bin'])}

@@ -95,6 +95,39 @@ try:
 finally:
 	shutil.rmtree(tmp)
 
+# A peer index built by hand (no build.json): the page limit comes from its build.ini, the build
+# figures from the /usr/bin/time -v log beside it (the last run that exited 0), and a work
+# directory with neither is refused rather than searched with a wrong page limit.
+tmp = tempfile.mkdtemp()
+try:
+	with open(os.path.join(tmp, 'build.ini'), 'w') as f:
+		f.write(spann.config('b', 'q', 'g', 'i', 't/', 128, 'UInt8', 7, True, 64, 'r'))
+	check(c.spann_page_limit(tmp) == 7, 'spann page limit from build.ini')
+	with open(os.path.join(tmp, 'build.json'), 'w') as f:
+		json.dump({'page_limit': 19}, f)
+	check(c.spann_page_limit(tmp) == 19, 'spann page limit from build.json first')
+	os.remove(os.path.join(tmp, 'build.json'))
+	os.remove(os.path.join(tmp, 'build.ini'))
+	try:
+		c.spann_page_limit(tmp)
+		check(False, 'spann page limit without build.ini or build.json refused')
+	except SystemExit as e:
+		check('PostingPageLimit' in str(e), 'spann page limit refusal names the key: %s' % e)
+	log = os.path.join(tmp, 'build-run.log')
+	check(c.time_v_record(log) == {}, 'time -v record of a missing log')
+	tv = ('\tCommand being timed: "%s"\n\tElapsed (wall clock) time (h:mm:ss or m:ss): %s\n'
+	      '\tMaximum resident set size (kbytes): %d\n\tExit status: %d\n')
+	with open(log, 'w') as f:
+		f.write('noise\n' + tv % ('tool a', '20:37.16', 150320, 1) + tv % ('tool b', '2:11:35', 300480, 0))
+	r = c.time_v_record(log)
+	check(r.get('build_s') == 7895.0 and r.get('build_peak_rss_kb') == 300480 and r.get('cmd') == 'tool b',
+	      'time -v record: %s' % r)
+	with open(log, 'w') as f:
+		f.write(tv % ('tool a', '20:37.16', 150320, 143))
+	check(c.time_v_record(log) == {}, 'time -v record of a failed build is empty')
+finally:
+	shutil.rmtree(tmp)
+
 # One real fio run (io_uring, O_DIRECT) at a size mix, 2 jobs: positive bandwidth and IOPS.
 if shutil.which('fio') is None:
 	print('fio missing: the fio check skipped')

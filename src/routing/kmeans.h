@@ -2,7 +2,8 @@
 /*
  * kmeans.h: k-means over an in-memory sample that the caller owns: seeding by
  * batched D^2 sampling, Lloyd or mini-batch iterations whose assignment steps
- * are blocked OpenBLAS distance tiles (ann_dist_batch), empty-cluster repair,
+ * are blocked OpenBLAS distance tiles (ann_dist_batch), empty-cluster repair
+ * and the small-cluster pass,
  * a partition-size cap solved by regret-ordered reassignment, and the
  * nearest-centroids query used for routing and boundary replication. It does
  * not read files or draw the sample; the build pipeline does.
@@ -56,6 +57,7 @@ typedef struct ann_kmeans_stats {
 	double inertia;            /* sum over points of the distance to their final centroid */
 	double inertia_unbalanced; /* the same before the max_size cap (== inertia without cap) */
 	uint64_t empty_repaired;   /* empty clusters refilled by splitting the largest one */
+	uint64_t small_repaired;   /* small clusters the small-cluster pass moved (see ann_kmeans) */
 	uint64_t moved;            /* points the max_size cap moved to another cluster */
 	size_t largest;            /* points in the largest final cluster */
 	size_t work_bytes;         /* working memory allocated by the call, peak */
@@ -70,12 +72,26 @@ typedef struct ann_kmeans_stats {
  * cache, a vectorised running argmin per row), records the inertia, then moves each centroid to the mean
  * of its points (double sums; for IP/COSINE the mean of the points, resp. of
  * the normalised points, scaled to unit length). An empty cluster is repaired
- * by splitting the currently largest one: its member farthest from its
- * centroid becomes the new centre, the members nearer to it follow, and both
- * halves take their means. Each step can only lower the L2 inertia (up to
- * float rounding), so history is non-increasing. The run stops after max_iter
- * assignment steps or when (previous - current) / |previous| < tol. The last
- * step is an assignment, so assign[i] is the nearest centroid of point i.
+ * by splitting the currently largest one: its members are cut by the
+ * hyperplane through their mean normal to the direction of the member
+ * farthest from it, and both halves take their means (so neither half is an
+ * outlier alone). Each step can only lower the L2 inertia (up to float
+ * rounding), so history is non-increasing. The run stops after max_iter
+ * assignment steps or when (previous - current) / |previous| < tol.
+ *
+ * Small clusters: k-means++ seeding favours points far from the rest, and a
+ * centre on an outlier keeps it as a cluster of one through every Lloyd
+ * step (the 10M build had 48 partitions of one vector). So after the last
+ * step every cluster with fewer than max(1, n / (8 k)) points gives its
+ * points to their nearest centroid among the others and its centroid splits
+ * the largest cluster (as above), in index order, while the largest holds at
+ * least twice that bound; then one more assignment step (not in history).
+ * Repeated while clusters stay below the bound, at most 3 times; each pass
+ * costs about one assignment step when it runs and a count otherwise.
+ * stats.small_repaired counts the clusters moved; when it is non-zero the
+ * inertia differs from history's last entry (it can rise: an outlier no
+ * longer sits on its own centre). The last step is an assignment, so
+ * assign[i] is the nearest centroid of point i.
  *
  * Mini-batch (minibatch > 0, Sculley 2010): each of max_iter steps assigns
  * `minibatch` points drawn with replacement and moves each centroid towards
@@ -107,13 +123,20 @@ typedef struct ann_kmeans_stats {
  * inertia falls from 1.11x one-level Lloyd's to 1.03x). Cost: about
  * n (C + k / C) distances per level iteration and n (C + 8 k / C) per
  * refinement step, instead of n k (C = sqrt(k): 2 n sqrt(k) and
- * 9 n sqrt(k)). history must be NULL; progress reports "kmeans" for the
+ * 9 n sqrt(k)). Then the small-cluster pass over all k (the refinement can
+ * empty a cluster; its assignment is the pass's, not redrawn), and the
+ * centroids are put in a random order (seeded by o->seed; assign renumbered
+ * with them): the levels leave them coarse cell by coarse cell, and an HNSW
+ * graph inserted in that order (the k-means router's) needed ef 384 for the
+ * top-16 overlap a random order reaches at ef 32 (docs/DESIGN.md). history
+ * must be NULL; progress reports "kmeans" for the
  * coarse level, then "kmeans-fine" (coarse clusters done / C), then
  * "kmeans-refine" (steps done / 3). stats:
- * iterations the most of any level plus the refinement steps, empty_repaired
- * and moved summed, inertia exact, work_bytes the peak of any level plus
- * 12 n + (largest n_j) d floats of gathering, and for the refinement
- * k d doubles plus the tree.
+ * iterations the most of any level plus the refinement steps, empty_repaired,
+ * small_repaired and moved summed, inertia exact (inertia_unbalanced with a
+ * cap: the fine levels' before their caps), work_bytes the peak of any
+ * level plus 12 n + (largest n_j) d floats of gathering, for the refinement
+ * k d doubles plus the tree, and 21 k bytes for the pass and the order.
  *
  * Deterministic: on one machine and SIMD level the result depends on x, the
  * options and the seed only, not on threads (blocks are fixed, reductions
@@ -121,6 +144,7 @@ typedef struct ann_kmeans_stats {
  *
  * Memory beyond x, centroids and assign: k * d doubles of sums, 8 k bytes,
  * per thread a distance tile (<= 1 MiB) plus B * d floats (<= 16 MiB),
+ * k + 4 k bytes for the small-cluster pass,
  * 4 n bytes when assign is NULL, 4 n more for COSINE (inverse norms), 12
  * bytes per seeding-subsample point for PLUSPLUS, 12 per batch point for
  * mini-batch, and 144 bytes per point of an over-full cluster for max_size.
