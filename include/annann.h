@@ -241,6 +241,9 @@ typedef struct ann_build_opts {
 	uint32_t code_factors;   /**< codes: bits of a record's factors, 16 (default: slim records of 5 fewer
 	                              bytes, codes block 2.1, docs/FORMAT.md "Codes block"; a block whose
 	                              factors do not fit binary16 is written full) or 32 (0 means 32) */
+	uint32_t code_order;     /**< codes: order of each block's exact rows, 1 (default) page-local so that a
+	                              query's re-rank candidates share 4 KiB pages (codes block 2.2, docs/FORMAT.md
+	                              "Page-local row order"), 0 id order (blocks every older build reads) */
 	ann_progress_fn progress; /**< NULL: silent */
 	void *progress_ctx;
 	ann_log_fn log;           /**< training history lines; NULL: none */
@@ -311,6 +314,7 @@ typedef struct ann_index_info {
 	uint32_t route_ef;         /**< k-means: the calibrated single-query ef of the centroid graph; 0 = none */
 	uint32_t code_bits;        /**< codes blocks: RaBitQ bits per dimension; 0 = format 1 blocks */
 	uint32_t code_factors;     /**< codes blocks: 32, or 16 when new blocks get slim (f16) factors */
+	uint32_t code_order;       /**< codes blocks: 1 when new blocks get page-local row order, else 0 (id order) */
 	uint64_t head_bytes;       /**< codes blocks: sum of the heads (what reading every partition's round 1 costs, unpadded) */
 	uint32_t router_bits;      /**< k-means: bits per dimension of the compact router's centroid codes; 0 = the graph */
 	uint32_t default_nprobe;   /**< the nprobe a search gets when ann_search_opts.nprobe is 0 (docs/DESIGN.md "Defaults") */

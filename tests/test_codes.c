@@ -56,8 +56,9 @@ static void make_data(ann_rng *rng)
 
 /* ---- layout ------------------------------------------------------------------------------ */
 
-/* Builds of the index-level tests write slim (f16) heads when set. */
-static bool g_f16;
+/* Builds of the index-level tests write slim (f16) heads when set, and
+ * page-local rows (the build's default) unless g_id_order is set. */
+static bool g_f16, g_id_order;
 
 /* Estimates of a block's codes (expanded) for query qv against its centre. */
 static void block_estimates(const ann_rbq *q, const uint8_t *blk, const ann_cblock_info *in, const float *qv,
@@ -77,7 +78,8 @@ static void block_estimates(const ann_rbq *q, const uint8_t *blk, const ann_cblo
 	free(c);
 }
 
-static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad, uint32_t dim, size_t n, bool f16)
+static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad, uint32_t dim, size_t n, bool f16,
+			bool order)
 {
 	ann_dtype vt = cblock_row_dtype(enc);
 	size_t es = enc == ANN_BLOCK_F32 ? 4 : 1;
@@ -102,7 +104,7 @@ static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad,
 	size_t len;
 	uint32_t head;
 	ann_error e = {0};
-	if (cblock_encode(q, enc, pad, f16, dim, n, ids, vecs, vt, 5, 3, &blk, &len, &head, &e) < 0)
+	if (cblock_encode(q, enc, pad, cblock_opts(f16, order), dim, n, ids, vecs, vt, 5, 3, &blk, &len, &head, &e) < 0)
 		T_FAIL("encode: %s", e.msg);
 	uint32_t base_off = pad == ANN_BLOCK_PAD_LMDB ? 16 : 0;
 	ASSERT_EQ((len + base_off) % 4096, 0);
@@ -117,9 +119,13 @@ static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad,
 	ASSERT_EQ(in.generation, 3);
 	ASSERT_EQ((in.exact_offset + base_off) % 4096, 0);
 	ASSERT_TRUE(in.exact_offset >= head);
-	/* Every input row comes back once, under its id, ids ascending. */
+	/* Every input row comes back once, under its id, ids ascending (within
+	 * each page when the rows are in page order; the flag only when the rows
+	 * fill 2 or more pages of 2 or more rows). */
+	bool ordered = order && in.rows_per_page >= 2 && in.exact_pages >= 2;
+	ASSERT_EQ((in.flags & CBLOCK_FLAG_PAGE_ORDER) != 0, ordered);
 	for (size_t i = 0; i < n; i++) {
-		if (i)
+		if (i && (!ordered || i % in.rows_per_page))
 			ASSERT_TRUE(dids[i - 1] <= dids[i]);
 		size_t src = n;
 		for (size_t r = 0; r < n && src == n; r++)
@@ -140,7 +146,7 @@ static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad,
 	ASSERT_OK(cblock_verify_codes(q, blk, len, NULL));
 	/* 2.0 unless slim; slim records are 5 bytes shorter and estimate within
 	 * f16's rounding of the full records' estimates, bounds never narrower. */
-	ASSERT_EQ(ann_ld16(blk + 6), f16 ? 1 : 0);
+	ASSERT_EQ(ann_ld16(blk + 6), ordered ? 2 : f16 ? 1 : 0);
 	ASSERT_EQ((in.flags & CBLOCK_FLAG_F16) != 0, f16);
 	ASSERT_EQ(in.full_code_bytes, ann_rbq_code_bytes(q));
 	ASSERT_EQ(in.code_bytes, ann_rbq_code_bytes(q) - (f16 ? CBLOCK_F16_SAVES : 0));
@@ -148,7 +154,8 @@ static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad,
 		uint8_t *fb;
 		size_t flen;
 		uint32_t fhead;
-		ASSERT_OK(cblock_encode(q, enc, pad, false, dim, n, ids, vecs, vt, 5, 3, &fb, &flen, &fhead, NULL));
+		ASSERT_OK(cblock_encode(q, enc, pad, cblock_opts(false, order), dim, n, ids, vecs, vt, 5, 3, &fb, &flen,
+					&fhead, NULL));
 		ASSERT_EQ(fhead - head, CBLOCK_F16_SAVES * n);
 		ann_cblock_info fin;
 		ASSERT_OK(cblock_head(fb, flen, &fin, NULL, NULL));
@@ -218,13 +225,177 @@ static void test_layout(ann_rng *rng)
 	for (int e = 0; e < 3; e++)
 		for (int p = 0; p < 2; p++) {
 			ann_block_pad pad = p ? ANN_BLOCK_PAD_LMDB : ANN_BLOCK_PAD_FILE;
-			for (int f = 0; f < 2; f++) {
-				layout_case(rng, encs[e], pad, 24, 300, f);
-				layout_case(rng, encs[e], pad, 24, 0, f);
-				layout_case(rng, encs[e], pad, 1100, 7, f); /* f32: 4400-byte rows span pages */
-				layout_case(rng, encs[e], pad, 1365, 9, f); /* u8: 3 rows per page, tail unused */
+			for (int f = 0; f < 4; f++) {
+				bool f16 = f & 1, order = f & 2;
+				layout_case(rng, encs[e], pad, 24, 300, f16, order);
+				layout_case(rng, encs[e], pad, 24, 0, f16, order);
+				layout_case(rng, encs[e], pad, 1100, 7, f16, order); /* f32: 4400-byte rows span pages */
+				layout_case(rng, encs[e], pad, 1365, 9, f16, order); /* u8: 3 rows per page, tail unused */
+				layout_case(rng, encs[e], pad, 1365, 10, f16, order); /* a last page of one row */
+				layout_case(rng, encs[e], pad, 2100, 5, f16, order); /* u8: one row per page, never ordered */
 			}
 		}
+}
+
+/* Mean squared distance between rows on the same exact page (dim u8 rows). */
+static double page_spread(const ann_cblock_info *in, const uint8_t *rows)
+{
+	double sum = 0;
+	uint64_t pairs = 0;
+	for (uint32_t a = 0; a < in->count; a++)
+		for (uint32_t b = a + 1; b < in->count && b / in->rows_per_page == a / in->rows_per_page; b++) {
+			for (uint32_t j = 0; j < in->dim; j++) {
+				double d = (double)rows[(size_t)a * in->dim + j] - rows[(size_t)b * in->dim + j];
+				sum += d * d;
+			}
+			pairs++;
+		}
+	return pairs ? sum / (double)pairs : 0;
+}
+
+/* Page-local row order (2.2): rows of 16 tight clusters, ids unrelated to
+ * the clusters. In page order the rows sharing a page are far closer to each
+ * other than in id order (the property round 2's bytes depend on); every id
+ * still decodes to its own row; the bytes depend only on the (id, row) pairs
+ * (a shuffled arrival order encodes the same block, so builds, inserts and
+ * compaction agree, whatever the threads did); a one-page block is written
+ * 2.0 byte for byte; a page map that puts the wrong number of rows on a page,
+ * or has stray padding bits, and the flag in a block older than 2.2, are
+ * refused. */
+static void test_page_order(ann_rng *rng)
+{
+	t_current = "page_order";
+	enum { n = 160, dim = 784, nc = 16 }; /* 5 rows per page, 32 pages */
+	static uint8_t v[n * dim], v2[n * dim], cen[nc * dim];
+	int64_t ids[n], ids2[n];
+	for (size_t i = 0; i < nc * dim; i++)
+		cen[i] = (uint8_t)(20 + ann_rng_below(rng, 216));
+	for (uint32_t i = 0; i < n; i++) {
+		ids[i] = (int64_t)ann_rng_below(rng, 1u << 30) * n + i; /* unique, unsorted */
+		const uint8_t *c = cen + (size_t)ann_rng_below(rng, nc) * dim;
+		for (uint32_t j = 0; j < dim; j++)
+			v[(size_t)i * dim + j] = (uint8_t)(c[j] + ann_rng_below(rng, 21) - 10);
+	}
+	ann_rbq *q;
+	ASSERT_OK(ann_rbq_new(dim, 1, 5, &q, NULL));
+	uint8_t *bi, *bp, *bs;
+	size_t li, lp, ls;
+	uint32_t hi, hp, hs;
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 0, dim, n, ids, v, ANN_DTYPE_U8, 2, 1, &bi, &li, &hi,
+				NULL));
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, CBLOCK_ENC_PAGE_ORDER, dim, n, ids, v,
+				ANN_DTYPE_U8, 2, 1, &bp, &lp, &hp, NULL));
+	ann_cblock_info ii, ip;
+	int64_t *di = NULL, *dp = NULL;
+	uint8_t *ri = NULL, *rp = NULL;
+	size_t c1 = 0, c2 = 0, c3 = 0, c4 = 0;
+	ASSERT_OK(cblock_decode(bi, li, &ii, &di, &c1, &ri, &c2, NULL));
+	ASSERT_OK(cblock_decode(bp, lp, &ip, &dp, &c3, &rp, &c4, NULL));
+	ASSERT_EQ(ip.flags & CBLOCK_FLAG_PAGE_ORDER, CBLOCK_FLAG_PAGE_ORDER);
+	ASSERT_EQ(ann_ld16(bp + 6), 2);
+	ASSERT_EQ(ip.exact_pages, 32);
+	ASSERT_EQ(ip.map_bytes, n * 5 / 8); /* 5 bits per row for 32 pages */
+	ASSERT_EQ(hp, hi + ip.map_bytes);   /* the map is all the head grows by */
+	ASSERT_EQ(lp, li);
+	ASSERT_OK(cblock_verify_codes(q, bp, lp, NULL));
+	/* Every id on its own row; the head alone gives the same ids. */
+	int64_t hid[n];
+	ann_cblock_info hin;
+	ASSERT_OK(cblock_head(bp, hp, &hin, hid, NULL));
+	for (uint32_t r = 0; r < n; r++) {
+		ASSERT_EQ(hid[r], dp[r]);
+		uint32_t src = (uint32_t)(dp[r] % n);
+		ASSERT_EQ(ids[src], dp[r]);
+		if (memcmp(rp + (size_t)r * dim, v + (size_t)src * dim, dim) != 0)
+			T_FAIL("row %u (id %lld) is not the id's vector", r, (long long)dp[r]);
+	}
+	double si = page_spread(&ii, ri), sp = page_spread(&ip, rp);
+	if (!(sp < 0.25 * si))
+		T_FAIL("rows sharing a page: mean squared distance %.0f in page order, %.0f in id order", sp, si);
+	/* Arrival order does not matter: reversed input, the same bytes. */
+	for (uint32_t i = 0; i < n; i++) {
+		ids2[i] = ids[n - 1 - i];
+		memcpy(v2 + (size_t)i * dim, v + (size_t)(n - 1 - i) * dim, dim);
+	}
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, CBLOCK_ENC_PAGE_ORDER, dim, n, ids2, v2,
+				ANN_DTYPE_U8, 2, 1, &bs, &ls, &hs, NULL));
+	ASSERT_EQ(ls, lp);
+	ASSERT_TRUE(memcmp(bs, bp, lp) == 0);
+	ann_aligned_free(bs);
+	/* One page of rows: nothing to order, a 2.0 block as without the option. */
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, CBLOCK_ENC_PAGE_ORDER, dim, 5, ids, v,
+				ANN_DTYPE_U8, 2, 1, &bs, &ls, &hs, NULL));
+	uint8_t *b1;
+	size_t l1;
+	uint32_t h1;
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 0, dim, 5, ids, v, ANN_DTYPE_U8, 2, 1, &b1, &l1, &h1,
+				NULL));
+	ASSERT_EQ(ls, l1);
+	ASSERT_TRUE(memcmp(bs, b1, l1) == 0);
+	ASSERT_EQ(ann_ld16(bs + 6), 0);
+	ann_aligned_free(bs);
+	ann_aligned_free(b1);
+	/* Damaged page maps, checksums made right: refused. */
+	uint8_t *bad = ann_aligned_alloc(4096, lp);
+	ASSERT_TRUE(bad != NULL);
+	uint8_t *map = bad + ip.ids_off + ip.ids_bytes - ip.map_bytes;
+	ann_error e = {0};
+	for (int c = 0; c < 3; c++) {
+		memcpy(bad, bp, lp);
+		if (c == 0)
+			map[0] ^= 0x01; /* row 0 of the ids moves to another page: one page over, one under */
+		else if (c == 1)
+			bad[6] = 1; /* the flag in a 2.1 header */
+		else
+			ann_st16(bad + 12, (uint16_t)(ann_ld16(bad + 12) & ~CBLOCK_FLAG_PAGE_ORDER)); /* the map read as ids */
+		ann_st64(bad + 80, XXH64(bad + ip.header_bytes, ip.head_bytes - ip.header_bytes, 0));
+		ann_st64(bad + 120, XXH64(bad, 120, 0));
+		int rc = cblock_decode(bad, lp, &ip, &dp, &c3, &rp, &c4, &e);
+		ASSERT_EQ(rc, ANN_E_CORRUPT);
+		if (c == 0 && !strstr(e.msg, "page map puts"))
+			T_FAIL("damaged map: %s", e.msg);
+		if (c == 1 && !strstr(e.msg, "older than 2.2"))
+			T_FAIL("flag in 2.1: %s", e.msg);
+	}
+	ann_aligned_free(bad);
+	/* f32 rows whose squares overflow: the order stays a total one (no NaN
+	 * key), the block encodes (or is refused) the same way in both orders. */
+	{
+		enum { fn = 12, fd = 300 }; /* 3 rows per page, 4 pages */
+		static float fv[fn * fd];
+		int64_t fid[fn];
+		for (uint32_t i = 0; i < fn; i++) {
+			fid[i] = i;
+			for (uint32_t j = 0; j < fd; j++)
+				fv[(size_t)i * fd + j] = (float)((i + j) % 3) * 1.5e38f - 1.5e38f;
+		}
+		ann_rbq *fq;
+		ASSERT_OK(ann_rbq_new(fd, 1, 5, &fq, NULL));
+		uint8_t *f0 = NULL, *f1 = NULL;
+		size_t fl0 = 0, fl1 = 0;
+		uint32_t fh0, fh1;
+		int r0 = cblock_encode(fq, ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, 0, fd, fn, fid, fv, ANN_DTYPE_F32, 1, 1, &f0,
+				       &fl0, &fh0, NULL);
+		int r1 = cblock_encode(fq, ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, CBLOCK_ENC_PAGE_ORDER, fd, fn, fid, fv,
+				       ANN_DTYPE_F32, 1, 1, &f1, &fl1, &fh1, NULL);
+		ASSERT_EQ(r0, r1);
+		if (r1 == ANN_OK) {
+			ann_cblock_info fin;
+			ASSERT_OK(cblock_decode(f1, fl1, &fin, &dp, &c3, &rp, &c4, NULL));
+			for (uint32_t r = 0; r < fn; r++)
+				ASSERT_TRUE(memcmp(rp + (size_t)r * fin.row_bytes, fv + (size_t)dp[r] * fd, fin.row_bytes) == 0);
+		}
+		ann_aligned_free(f0);
+		ann_aligned_free(f1);
+		ann_rbq_free(fq);
+	}
+	ann_aligned_free(bi);
+	ann_aligned_free(bp);
+	ann_free(di);
+	ann_free(dp);
+	ann_free(ri);
+	ann_free(rp);
+	ann_rbq_free(q);
 }
 
 /* A 2.0 block is still what main's binary wrote before 2.1 existed: the
@@ -245,7 +416,7 @@ static void test_golden20(void)
 	uint8_t *b;
 	size_t len;
 	uint32_t head;
-	ASSERT_OK(cblock_encode(q, ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, false, dim, n, ids, v, ANN_DTYPE_F32, 3, 1, &b, &len,
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 0, dim, n, ids, v, ANN_DTYPE_F32, 3, 1, &b, &len,
 				&head, NULL));
 	ASSERT_EQ(len, 8192);
 	ASSERT_EQ(XXH64(b, len, 0), 0xec3ff7f8dda5c8cbull);
@@ -272,7 +443,7 @@ static void test_f16(void)
 	uint8_t *blk;
 	size_t len;
 	uint32_t head;
-	ASSERT_OK(cblock_encode(q, ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, true, dim, n, ids, v, ANN_DTYPE_F32, 1, 1, &blk,
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, CBLOCK_ENC_F16, dim, n, ids, v, ANN_DTYPE_F32, 1, 1, &blk,
 				&len, &head, NULL));
 	ann_cblock_info in;
 	ASSERT_OK(cblock_head(blk, len, &in, NULL, NULL));
@@ -284,7 +455,7 @@ static void test_f16(void)
 	v[3 * dim] = 1.0f;
 	for (size_t j = 0; j < dim; j++)
 		v[3 * dim + j] = (float)j;
-	ASSERT_OK(cblock_encode(q, ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, true, dim, n, ids, v, ANN_DTYPE_F32, 1, 1, &blk,
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, CBLOCK_ENC_F16, dim, n, ids, v, ANN_DTYPE_F32, 1, 1, &blk,
 				&len, &head, NULL));
 	ASSERT_OK(cblock_head(blk, len, &in, NULL, NULL));
 	ASSERT_TRUE(in.flags & CBLOCK_FLAG_F16);
@@ -365,6 +536,8 @@ static char *build(const char *dir, const char *name, ann_store_kind store, ann_
 	o.metric = metric;
 	o.code_bits = bits;
 	o.code_factors = bits && g_f16 ? 16 : 32;
+	if (g_id_order)
+		o.code_order = 0;
 	if (metric == ANN_METRIC_COSINE)
 		o.encoding = ANN_ENC_F32;
 	char *idx = t_path(dir, name);
@@ -524,10 +697,13 @@ static void test_search(const char *dir)
 		{"f16_u8_lmdb", ANN_STORE_LMDB, ANN_METRIC_L2, "u8bin", 1},
 		{"f16_f32_cos", ANN_STORE_FILE, ANN_METRIC_COSINE, "fbin", 2},
 		{"f16_i8_ip", ANN_STORE_LMDB, ANN_METRIC_IP, "i8bin", 3},
+		{"idorder_u8_file", ANN_STORE_FILE, ANN_METRIC_L2, "u8bin", 2},
+		{"idorder_f32_lmdb", ANN_STORE_LMDB, ANN_METRIC_L2, "fbin", 1},
 	};
 	for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
 		t_current = cs[c].name;
 		g_f16 = strncmp(cs[c].name, "f16_", 4) == 0;
+		g_id_order = strncmp(cs[c].name, "idorder_", 8) == 0;
 		char *idx = build(dir, cs[c].name, cs[c].store, cs[c].m, cs[c].ext, cs[c].bits);
 		bool i8 = strcmp(cs[c].ext, "i8bin") == 0;
 		check_search(idx, i8 ? base_i8 : base, i8 ? queries_i8 : queries, NB, live, cs[c].m, cs[c].name, true);
@@ -541,10 +717,12 @@ static void test_search(const char *dir)
 		ann_index_info info;
 		ASSERT_OK(ann_index_get_info(x, &info, NULL));
 		ASSERT_EQ(info.code_factors, g_f16 ? 16 : 32);
+		ASSERT_EQ(info.code_order, !g_id_order);
 		ann_index_close(x);
 		free(idx);
 	}
 	g_f16 = false;
+	g_id_order = false;
 }
 
 /* ---- corruption ----------------------------------------------------------------------------- */
@@ -681,6 +859,7 @@ static void test_updates(const char *dir, ann_rng *rng)
 	for (int st = 0; st < 3; st++) {
 		t_current = st == 2 ? "updates_f16" : st ? "updates_lmdb" : "updates_file";
 		g_f16 = st == 2; /* slim heads: inserts, compaction and splits keep them */
+		g_id_order = st == 1; /* so do both row orders */
 		char *idx = build(dir, st == 2 ? "upd_f16" : st ? "upd_lmdb" : "upd_file", st == 1 ? ANN_STORE_LMDB : ANN_STORE_FILE, ANN_METRIC_L2,
 				  "u8bin", 2);
 		/* ids 0..NB-1 built; insert NB/3 more (copies of shifted base rows), delete some. */
@@ -719,10 +898,12 @@ static void test_updates(const char *dir, ann_rng *rng)
 		uint64_t problems = 1;
 		ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
 		ASSERT_EQ(problems, 0);
-		if (g_f16) { /* every rewritten block is still slim */
+		{ /* every rewritten block keeps the index's records and row order */
 			ann_index *x;
 			ASSERT_OK(ann_index_load(idx, false, &x, NULL));
-			ASSERT_TRUE(x->meta.code_f16);
+			ASSERT_EQ(x->meta.code_f16, g_f16);
+			ASSERT_EQ(x->meta.code_order, !g_id_order);
+			uint32_t ordered = 0;
 			uint32_t rewritten = 0;
 			for (uint32_t pid = 0; pid < x->dir.n; pid++) {
 				if (x->dir.ents[pid].kind == ANN_KIND_NONE)
@@ -734,16 +915,21 @@ static void test_updates(const char *dir, ann_rng *rng)
 				ASSERT_EQ(ann_store_reader_next(rd, &br, NULL), 1);
 				ann_cblock_info in;
 				ASSERT_OK(cblock_peek(br.data, br.length, &in, NULL));
-				ASSERT_TRUE(in.flags & CBLOCK_FLAG_F16);
+				ASSERT_EQ((in.flags & CBLOCK_FLAG_F16) != 0, g_f16);
+				ASSERT_EQ((in.flags & CBLOCK_FLAG_PAGE_ORDER) != 0,
+					  !g_id_order && in.exact_pages >= 2 && in.rows_per_page >= 2);
+				ordered += (in.flags & CBLOCK_FLAG_PAGE_ORDER) != 0;
 				rewritten += br.ent.generation > 1 || pid >= PARTS;
 				ann_store_reader_release(rd, &br);
 				ASSERT_EQ(ann_store_reader_next(rd, &br, NULL), 0);
 				ann_store_reader_free(rd);
 			}
-			ASSERT_TRUE(rewritten > 0); /* compaction and splits wrote slim blocks */
+			ASSERT_TRUE(rewritten > 0); /* compaction and splits wrote them */
+			ASSERT_TRUE(g_id_order || ordered > 0);
 			ann_index_close(x);
 		}
 		g_f16 = false;
+		g_id_order = false;
 		free(idx);
 	}
 }
@@ -807,6 +993,7 @@ int main(void)
 	make_data(&rng);
 	test_layout(&rng);
 	test_f16();
+	test_page_order(&rng);
 	test_golden20();
 	test_dirent();
 	test_search(dir);

@@ -33,6 +33,8 @@ static cli_opt build_opts[] = {
 	{"code-bits", "B", "bits per dimension of the codes, 1..8 (implies --codes rabitq; default 1 from 512 "
 	 "dimensions on, else 2)", NULL},
 	{"code-factors", "F", "bits of each code's factors: 16 (default; slim heads, codes block 2.1) or 32", NULL},
+	{"row-order", "page|id", "order of a codes block's exact rows: page (default; page-local, codes block 2.2) or "
+	 "id (blocks older builds read)", NULL},
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
 	{"seed", "S", "random seed (default 1)", NULL},
@@ -194,6 +196,13 @@ static int run_build(cli_cmd *c)
 	if (cli_get(c, "code-factors") && none)
 		return cli_usage_error(c, "--code-factors sets the records of codes blocks, not of --codes none");
 	o.code_factors = (uint32_t)cfac;
+	const char *rord = cli_get(c, "row-order");
+	if (rord && strcmp(rord, "page") != 0 && strcmp(rord, "id") != 0)
+		return cli_usage_error(c, "--row-order: '%s' is not page or id", rord);
+	if (rord && none)
+		return cli_usage_error(c, "--row-order sets the rows of codes blocks, not of --codes none");
+	if (rord)
+		o.code_order = strcmp(rord, "page") == 0;
 	uint64_t rbits;
 	if (!cli_u64(c, "router-bits", 0, 0, 8, &rbits))
 		return CLI_EXIT_USAGE;
@@ -349,8 +358,9 @@ static int run_info(cli_cmd *c)
 		if (in.router_bits)
 			printf("centroids      %u-bit RaBitQ codes, scanned flat (no graph)\n", in.router_bits);
 		if (in.code_bits)
-			printf("codes          rabitq, %u bit%s per dimension, %u-bit factors; heads %.1f MiB (%.1f bytes per "
-			       "vector)\n", in.code_bits, in.code_bits == 1 ? "" : "s", in.code_factors,
+			printf("codes          rabitq, %u bit%s per dimension, %u-bit factors, %s row order; heads %.1f MiB "
+			       "(%.1f bytes per vector)\n", in.code_bits, in.code_bits == 1 ? "" : "s", in.code_factors,
+			       in.code_order ? "page-local" : "id",
 			       (double)in.head_bytes / 1048576.0,
 			       in.stored_vectors ? (double)in.head_bytes / (double)in.stored_vectors : 0.0);
 		if (!in.code_bits)

@@ -648,6 +648,7 @@ static int apply_opt(ann_build_opts *o, const char *key, PyObject *v)
 	U32("code_bits", code_bits)            /* 0: format 1 blocks; absent: auto (ann_build_opts_init) */
 	U32("router_bits", kmeans.router_bits) /* 0: the centroid graph; absent: auto */
 	U32("code_factors", code_factors)      /* 16 (default) or 32 */
+	U32("code_order", code_order)          /* 1 (default) page-local rows, 0 id order */
 	DBL("replica_eps", replica_eps)
 	DBL("soar_lambda", kmeans.soar_lambda)
 	DBL("dec_alpha", annann.dec_alpha)

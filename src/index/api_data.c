@@ -76,6 +76,7 @@ int ann_index_info_fields(const ann_index *idx, ann_info_field *out, size_t *n, 
 	f_num(out, &k, "router_bytes_per_vector", in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0);
 	f_int(out, &k, "code_bits", in.code_bits);
 	f_int(out, &k, "code_factors", in.code_factors);
+	f_int(out, &k, "code_order", in.code_order);
 	f_int(out, &k, "head_bytes", in.head_bytes);
 	f_int(out, &k, "largest_partition", in.largest_partition);
 	f_int(out, &k, "smallest_partition", in.smallest_partition);

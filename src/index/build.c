@@ -70,6 +70,7 @@ void ann_build_opts_init(ann_build_opts *o)
 	o->kmeans.router_bits = ANN_AUTO;
 	o->code_bits = ANN_AUTO;
 	o->code_factors = 16;            /* slim records (codes block 2.1): docs/DESIGN.md "Slim head records" */
+	o->code_order = 1;               /* page-local rows (codes block 2.2): docs/DESIGN.md "Page-local row order" */
 	o->replicas = 1;
 	o->replica_eps = 0.1;
 	o->kmeans.hnsw_m = 32;
@@ -220,6 +221,8 @@ int build_resolve_options(build *b, ann_build_opts *own, ann_error *err)
 		return ann_err(err, ANN_E_INVAL, "code bits %u: must be within 1..8 (0 = no codes)", o->code_bits);
 	if (o->code_factors != 0 && o->code_factors != 16 && o->code_factors != 32)
 		return ann_err(err, ANN_E_INVAL, "code factors %u: must be 16 or 32 (0 = 32)", o->code_factors);
+	if (o->code_order > 1)
+		return ann_err(err, ANN_E_INVAL, "code order %u: must be 0 (id order) or 1 (page-local)", o->code_order);
 	if (o->code_bits && b->enc != ANN_ENC_F32 && b->enc != ANN_ENC_U8 && b->enc != ANN_ENC_I8)
 		return ann_err(err, ANN_E_INVAL, "codes need encoding f32, u8 or i8 (exact rows are stored raw), not %s",
 			       ann_encoding_name(b->enc));
@@ -246,7 +249,11 @@ int build_resolve_options(build *b, ann_build_opts *own, ann_error *err)
 /* The options that change the index, resolved, as "key=value" lines: the
  * saved state of a build resumes only under the same ones. Not among them:
  * threads, the memory budget (only through the sample size it gives), the
- * callbacks. */
+ * callbacks, and the row order of codes blocks (code_order): every block
+ * says its own order, so a build resumed under another --row-order holds
+ * blocks of both, all valid (meta codes.order is the last run's), while a
+ * new key would make every state saved by an older build, whose default
+ * order was id, start over instead of resuming. */
 static char *build_options(const build *b)
 {
 	const ann_build_opts *o = b->o;

@@ -119,7 +119,7 @@ int build_pack_all(build *b, ann_error *err)
 		size_t len = 0;
 		uint32_t head = 0;
 		if (b->rbq)
-			ANN_CHECK(rc, cblock_encode(b->rbq, p.encoding, p.pad, b->o->code_factors == 16, b->d, cnt, ids, vecs, b->pay_type, part, 1,
+			ANN_CHECK(rc, cblock_encode(b->rbq, p.encoding, p.pad, cblock_opts(b->o->code_factors == 16, b->o->code_order != 0), b->d, cnt, ids, vecs, b->pay_type, part, 1,
 						    &blk, &len, &head, err));
 		else
 			ANN_CHECK(rc, block_encode(enc, &p, b->d, cnt, ids, vecs, b->pay_type, part, 1, &blk, &len, err));
@@ -186,6 +186,7 @@ int build_publish_meta(build *b, double total_s, ann_error *err)
 		.dict_id = b->dict ? 1 : 0,
 		.code_bits = b->o->code_bits,
 		.code_f16 = b->o->code_bits && b->o->code_factors == 16,
+		.code_order = b->o->code_bits && b->o->code_order,
 		.code_seed = b->o->seed,
 	}, err));
 	const ann_build_opts *o = b->o;

@@ -289,6 +289,7 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->router_bits = ann_router_kcodes_bits(x->router);
 	info->code_bits = x->meta.code_bits;
 	info->code_factors = x->meta.code_bits ? (x->meta.code_f16 ? 16 : 32) : 0;
+	info->code_order = x->meta.code_bits && x->meta.code_order;
 	info->head_bytes = 0;
 	for (uint32_t p = 0; p < x->dir.n; p++)
 		info->head_bytes += x->dir.ents[p].head;

@@ -24,6 +24,8 @@ int ann_index_meta_write(ann_cat_txn *t, const ann_index_meta *m, ann_error *err
 		ANN_TRY(ann_catalog_meta_put_u64(t, "codes.seed", m->code_seed, err));
 		if (m->code_f16) /* absent = 32: indexes without it stay as older builds wrote them */
 			ANN_TRY(ann_catalog_meta_put_u64(t, "codes.factors", 16, err));
+		if (m->code_order) /* absent = id order, as older builds wrote */
+			ANN_TRY(ann_catalog_meta_put_u64(t, "codes.order", 1, err));
 	}
 	return ANN_OK;
 }
@@ -76,6 +78,7 @@ int ann_index_meta_read(ann_cat_txn *t, ann_index_meta *m, ann_error *err)
 	m->code_bits = 0;
 	m->code_seed = 0;
 	m->code_f16 = false;
+	m->code_order = false;
 	if (lr == ANN_E_NOTFOUND)
 		return ANN_OK;
 	ANN_TRY(lr);
@@ -98,6 +101,14 @@ int ann_index_meta_read(ann_cat_txn *t, ann_index_meta *m, ann_error *err)
 		return ann_err(err, ANN_E_CORRUPT, "meta codes.factors = %llu: expected 16 or 32",
 			       (unsigned long long)fb);
 	m->code_f16 = fb == 16;
+	uint64_t ord = 0;
+	lr = ann_catalog_meta_get_u64(t, "codes.order", &ord, err);
+	if (lr != ANN_E_NOTFOUND)
+		ANN_TRY(lr);
+	if (ord > 1)
+		return ann_err(err, ANN_E_CORRUPT, "meta codes.order = %llu: expected 0 (id order) or 1 (page-local)",
+			       (unsigned long long)ord);
+	m->code_order = ord == 1;
 	return ANN_OK;
 }
 

@@ -28,6 +28,7 @@ typedef struct ann_index_meta {
 	uint32_t code_bits;      /* codes blocks (meta codes.*): RaBitQ bits per dimension; 0 = no codes */
 	uint64_t code_seed;      /* the codes' rotation seed */
 	bool code_f16;           /* meta codes.factors = 16: blocks written get slim records (codes block 2.1) */
+	bool code_order;         /* meta codes.order = 1: blocks written get page-local row order (codes block 2.2) */
 } ann_index_meta;
 
 int ann_index_meta_write(ann_cat_txn *t, const ann_index_meta *m, ann_error *err);

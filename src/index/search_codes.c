@@ -150,8 +150,9 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 	if (in->count > s->hids_cap || in->count != br->ent.count)
 		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block holds %u vectors, the directory says %u",
 			       x->path, pid, in->count, br->ent.count);
-	if (!block_ids_decode(br->data + in->ids_off, in->ids_bytes, in->count, s->hids))
-		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block: bad id section", x->path, pid);
+	rc = cblock_ids(in, br->data, s->hids, err);
+	if (rc < 0)
+		return ann_err_prefix(err, rc, "%s: partition %u", x->path, pid);
 	if (in->partition != pid || in->head_bytes != br->ent.head || in->dim != x->meta.dim ||
 	    in->encoding != ann_encoding_block(x->meta.encoding) || in->code_bits != ann_rbq_bits(x->rbq) ||
 	    in->code_seed != ann_rbq_seed(x->rbq) || in->full_code_bytes != ann_rbq_code_bytes(x->rbq))

@@ -91,6 +91,37 @@ static uint64_t pages_for(uint64_t count, uint32_t row_bytes, uint32_t rpp)
 	return (count * row_bytes + CBLOCK_PAGE - 1) / CBLOCK_PAGE;
 }
 
+/* Page map (CBLOCK_FLAG_PAGE_ORDER): for each id in ascending order, its
+ * page, in map_bits(pages) bits, packed from the low bit of each byte up. */
+static uint32_t map_bits(uint32_t pages)
+{
+	uint32_t b = 0;
+	while (b < 32 && (1ull << b) < pages)
+		b++;
+	return b;
+}
+
+static uint64_t map_bytes(uint64_t count, uint32_t pages)
+{
+	return (count * map_bits(pages) + 7) / 8;
+}
+
+static uint32_t map_get(const uint8_t *map, uint32_t bits, uint32_t k)
+{
+	uint64_t bit = (uint64_t)k * bits;
+	uint32_t v = 0;
+	for (uint32_t i = 0; i < bits; i++, bit++)
+		v |= (uint32_t)((map[bit / 8] >> (bit % 8)) & 1) << i;
+	return v;
+}
+
+static void map_put(uint8_t *map, uint32_t bits, uint32_t k, uint32_t v)
+{
+	uint64_t bit = (uint64_t)k * bits;
+	for (uint32_t i = 0; i < bits; i++, bit++)
+		map[bit / 8] |= (uint8_t)(((v >> i) & 1) << (bit % 8));
+}
+
 int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err)
 {
 	const uint8_t *b = buf;
@@ -137,7 +168,7 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 	if (in->code_kind != CBLOCK_CODE_RABITQ)
 		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: code kind %u (expected 1 rabitq)",
 			       (unsigned long long)part, in->code_kind);
-	if (in->flags & ~(BLOCK_FLAG_PAD_LMDB | CBLOCK_FLAG_F16))
+	if (in->flags & ~(BLOCK_FLAG_PAD_LMDB | CBLOCK_FLAG_F16 | CBLOCK_FLAG_PAGE_ORDER))
 		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: unknown flags %#x",
 			       (unsigned long long)part, in->flags);
 	in->full_code_bytes = in->code_bytes + ((in->flags & CBLOCK_FLAG_F16) ? CBLOCK_F16_SAVES : 0);
@@ -149,6 +180,8 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 	uint32_t rpp = rb <= CBLOCK_PAGE && rb ? (uint32_t)(CBLOCK_PAGE / rb) : 0;
 	uint64_t pages = pages_for(in->count, (uint32_t)rb, rpp);
 	uint64_t head = (uint64_t)hb + centre + codes + 4 * pages + in->ids_bytes;
+	bool ordered = (in->flags & CBLOCK_FLAG_PAGE_ORDER) != 0;
+	uint64_t mb = ordered && rpp ? map_bytes(in->count, (uint32_t)pages) : 0;
 	if (in->dim == 0 || in->dim > (1u << 20))
 		why = "dimension";
 	else if (in->code_bits < 1 || in->code_bits > 8)
@@ -158,13 +191,17 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 		why = "code bytes";
 	else if ((in->flags & CBLOCK_FLAG_F16) && minor < 1)
 		why = "flags (f16 factors in a 2.0 block)";
+	else if (ordered && minor < 2)
+		why = "flags (page order in a block older than 2.2)";
+	else if (ordered && (rpp < 2 || pages < 2))
+		why = "flags (page order in a block of fewer than 2 pages or 2 rows per page)";
 	else if (in->row_bytes != rb)
 		why = "row bytes";
 	else if (in->rows_per_page != rpp)
 		why = "rows per page";
 	else if (in->exact_pages != pages)
 		why = "exact pages";
-	else if (in->ids_bytes < in->count || (uint64_t)in->ids_bytes > 10ull * in->count)
+	else if (in->ids_bytes < in->count + mb || (uint64_t)in->ids_bytes > 10ull * in->count + mb)
 		why = "id section length";
 	else if (in->head_bytes != head)
 		why = "head length";
@@ -184,6 +221,7 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 	in->codes_off = (uint32_t)(hb + centre);
 	in->sums_off = (uint32_t)(in->codes_off + codes);
 	in->ids_off = (uint32_t)(in->sums_off + 4 * pages);
+	in->map_bytes = (uint32_t)mb;
 	return ANN_OK;
 }
 
@@ -204,10 +242,64 @@ int cblock_head(const void *buf, size_t len, ann_cblock_info *in, int64_t *ids, 
 		if (!isfinite(ann_ldf32(c + 4 * (size_t)j)))
 			return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: centre component %u is not finite",
 				       (unsigned long long)in->partition, j);
-	if (ids && !block_ids_decode(b + in->ids_off, in->ids_bytes, in->count, ids))
-		return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: bad id section",
-			       (unsigned long long)in->partition);
-	return ANN_OK;
+	return ids ? cblock_ids(in, b, ids, err) : ANN_OK;
+}
+
+int cblock_ids(const ann_cblock_info *in, const uint8_t *head, int64_t *ids, ann_error *err)
+{
+	const uint8_t *p = head + in->ids_off;
+	uint32_t n = in->count, mb = in->map_bytes;
+	if (!(in->flags & CBLOCK_FLAG_PAGE_ORDER)) {
+		if (!block_ids_decode(p, in->ids_bytes, n, ids))
+			return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: bad id section",
+				       (unsigned long long)in->partition);
+		return ANN_OK;
+	}
+	/* Ascending ids, then each one's page: row = the page's first row plus
+	 * the ids before it on the same page (rows ascend within a page). */
+	uint32_t pages = in->exact_pages, rpp = in->rows_per_page, bits = map_bits(pages);
+	int64_t *sorted = ann_malloc((size_t)n * sizeof(int64_t));
+	uint32_t *cur = ann_calloc(pages, sizeof(uint32_t));
+	int rc = ANN_OK;
+	if (!sorted || !cur) {
+		rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %u ids", n);
+		goto out;
+	}
+	if (!block_ids_decode(p, in->ids_bytes - mb, n, sorted)) {
+		rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: bad id section",
+			     (unsigned long long)in->partition);
+		goto out;
+	}
+	const uint8_t *map = p + in->ids_bytes - mb;
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t pg = map_get(map, bits, k);
+		if (pg >= pages) {
+			rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: page map entry %u is page %u of %u",
+				     (unsigned long long)in->partition, k, pg, pages);
+			goto out;
+		}
+		cur[pg]++;
+	}
+	if ((uint64_t)n * bits % 8 && map[mb - 1] >> ((uint64_t)n * bits % 8)) {
+		rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: non-zero page map padding",
+			     (unsigned long long)in->partition);
+		goto out;
+	}
+	for (uint32_t pg = 0; pg < pages; pg++) {
+		uint32_t want = pg + 1 < pages ? rpp : n - (pages - 1) * rpp;
+		if (cur[pg] != want) {
+			rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: page map puts %u rows on page %u, "
+				     "which holds %u", (unsigned long long)in->partition, cur[pg], pg, want);
+			goto out;
+		}
+		cur[pg] = pg * rpp; /* next free row of the page */
+	}
+	for (uint32_t k = 0; k < n; k++)
+		ids[cur[map_get(map, bits, k)]++] = sorted[k];
+out:
+	ann_free(sorted);
+	ann_free(cur);
+	return rc;
 }
 
 uint64_t cblock_row_offset(const ann_cblock_info *in, uint32_t row)
@@ -375,7 +467,132 @@ out:
 	return rc;
 }
 
-int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, bool f16, uint32_t dim, size_t count,
+/* ---- page-local row order (CBLOCK_FLAG_PAGE_ORDER) -----------------------------------------
+ * Round 2 reads whole pages, so a query's re-rank candidates (rows near the
+ * query, hence near each other) should share pages. A PCA tree over the
+ * rows: split a node's rows at the position of whole pages (the left child
+ * gets floor(pages / 2) full pages, so only the block's last page is
+ * partial) along the node's top principal direction, found by power
+ * iteration from the row farthest from the node's mean; leaves are pages,
+ * laid out in tree order, each holding its rows in ascending id order (the
+ * rule the page map's decoder follows). Single-threaded, float arithmetic in
+ * a fixed order, ties broken by row: the order is a function of the rows. */
+#define ORDER_ITERS 3u
+
+typedef struct porder {
+	const ann_cblock_info *in;
+	const uint8_t *b; /* the block with its rows in id order */
+	float *x, *mu, *v, *w; /* dim floats each */
+	float *proj;           /* count: projection of each row */
+} porder;
+
+static float prow(const porder *o, uint32_t k)
+{
+	/* Row k minus the node mean into o->x; returns its squared norm. */
+	uint32_t d = o->in->dim;
+	row_to_float(o->in->encoding, o->b + cblock_row_offset(o->in, k), d, o->x);
+	float s = 0.0f;
+	for (uint32_t j = 0; j < d; j++) {
+		o->x[j] -= o->mu[j];
+		s += o->x[j] * o->x[j];
+	}
+	return s;
+}
+
+static float dotf(const float *a, const float *b, uint32_t d)
+{
+	float s = 0.0f;
+	for (uint32_t j = 0; j < d; j++)
+		s += a[j] * b[j];
+	return s;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int cmp_proj(const void *a, const void *b, void *ctx)
+{
+	const float *p = ctx;
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	if (p[x] != p[y])
+		return p[x] < p[y] ? -1 : 1;
+	return x < y ? -1 : x > y;
+}
+
+static void order_node(porder *o, uint32_t *idx, uint32_t n)
+{
+	uint32_t d = o->in->dim, rpp = o->in->rows_per_page, pages = (n + rpp - 1) / rpp;
+	if (pages <= 1) {
+		qsort(idx, n, sizeof *idx, cmp_u32);
+		return;
+	}
+	memset(o->mu, 0, d * sizeof(float));
+	for (uint32_t i = 0; i < n; i++) {
+		row_to_float(o->in->encoding, o->b + cblock_row_offset(o->in, idx[i]), d, o->x);
+		for (uint32_t j = 0; j < d; j++)
+			o->mu[j] += o->x[j];
+	}
+	for (uint32_t j = 0; j < d; j++)
+		o->mu[j] /= (float)n;
+	float far = -1.0f;
+	for (uint32_t i = 0; i < n; i++) {
+		float s = prow(o, idx[i]);
+		if (s > far) {
+			far = s;
+			memcpy(o->v, o->x, d * sizeof(float));
+		}
+	}
+	if (far > 0.0f) {
+		for (uint32_t t = 0; t < ORDER_ITERS; t++) {
+			memset(o->w, 0, d * sizeof(float));
+			for (uint32_t i = 0; i < n; i++) {
+				prow(o, idx[i]);
+				float s = dotf(o->x, o->v, d);
+				for (uint32_t j = 0; j < d; j++)
+					o->w[j] += s * o->x[j];
+			}
+			float nw = sqrtf(dotf(o->w, o->w, d));
+			if (!(nw > 0.0f) || !isfinite(nw))
+				break;
+			for (uint32_t j = 0; j < d; j++)
+				o->v[j] = o->w[j] / nw;
+		}
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		prow(o, idx[i]);
+		float p = far > 0.0f ? dotf(o->x, o->v, d) : 0.0f;
+		o->proj[idx[i]] = isfinite(p) ? p : 0.0f; /* f32 rows near FLT_MAX overflow: keep the sort's order total */
+	}
+	qsort_r(idx, n, sizeof *idx, cmp_proj, o->proj);
+	uint32_t left = pages / 2 * rpp;
+	order_node(o, idx, left);
+	order_node(o, idx + left, n - left);
+}
+
+/* order[r] = the id-order row that goes to row r (in->count entries). */
+static int page_order(const ann_cblock_info *in, const uint8_t *b, uint32_t *order, ann_error *err)
+{
+	uint32_t d = in->dim;
+	porder o = {.in = in, .b = b};
+	float *buf = ann_malloc(((size_t)4 * d + in->count) * sizeof(float));
+	if (!buf)
+		return ann_err(err, ANN_E_NOMEM, "codes block: out of memory for the row order of %u rows", in->count);
+	o.x = buf;
+	o.mu = buf + d;
+	o.v = buf + 2 * (size_t)d;
+	o.w = buf + 3 * (size_t)d;
+	o.proj = buf + 4 * (size_t)d;
+	for (uint32_t r = 0; r < in->count; r++)
+		order[r] = r;
+	order_node(&o, order, in->count);
+	ann_free(buf);
+	return ANN_OK;
+}
+
+int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, unsigned opts, uint32_t dim, size_t count,
 		  const int64_t *ids, const void *vecs, ann_dtype vt, uint64_t partition, uint64_t generation,
 		  uint8_t **out, size_t *out_len, uint32_t *head_len, ann_error *err)
 {
@@ -388,6 +605,7 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, b
 	if (ann_rbq_dim(q) != dim || count > UINT32_MAX)
 		return ann_err(err, ANN_E_INVAL, "codes block: dimension %u for codes of dimension %u, or %zu vectors",
 			       dim, ann_rbq_dim(q), count);
+	bool f16 = (opts & CBLOCK_ENC_F16) != 0;
 	ann_cblock_info in;
 	memset(&in, 0, sizeof in);
 	in.header_bytes = CBLOCK_HEADER_BYTES;
@@ -403,6 +621,14 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, b
 	in.row_bytes = (uint32_t)(dim * esize(enc));
 	in.rows_per_page = in.row_bytes <= CBLOCK_PAGE ? CBLOCK_PAGE / in.row_bytes : 0;
 	in.exact_pages = (uint32_t)pages_for(count, in.row_bytes, in.rows_per_page);
+	/* Order matters only when a page holds 2 or more rows and there are 2 or
+	 * more pages (with one row per page a re-rank costs its page whatever
+	 * the order). */
+	bool ordered = (opts & CBLOCK_ENC_PAGE_ORDER) && in.rows_per_page >= 2 && in.exact_pages >= 2;
+	if (ordered) {
+		in.flags |= CBLOCK_FLAG_PAGE_ORDER;
+		in.map_bytes = (uint32_t)map_bytes(count, in.exact_pages);
+	}
 	in.code_seed = ann_rbq_seed(q);
 	in.partition = partition;
 	in.generation = generation;
@@ -410,9 +636,10 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, b
 	int64_t *sids = ann_malloc((count ? count : 1) * sizeof(int64_t));
 	uint8_t *idbuf = ann_malloc(count * 10 + 1);
 	double *mean = ann_calloc(dim, sizeof(double));
+	uint32_t *order = ordered ? ann_malloc(count * sizeof(uint32_t)) : NULL;
 	uint8_t *b = NULL, *full = NULL;
 	int rc = ANN_OK;
-	if (!perm || !sids || !idbuf || !mean) {
+	if (!perm || !sids || !idbuf || !mean || (ordered && !order)) {
 		rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %zu vectors", count);
 		goto out;
 	}
@@ -421,7 +648,8 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, b
 	qsort_r(perm, count, sizeof(size_t), cmp_perm, (void *)ids);
 	for (size_t i = 0; i < count; i++)
 		sids[i] = ids[perm[i]];
-	in.ids_bytes = (uint32_t)block_ids_encode(sids, count, idbuf);
+	size_t id_var = block_ids_encode(sids, count, idbuf);
+	in.ids_bytes = (uint32_t)(id_var + in.map_bytes);
 	in.centre_off = in.header_bytes;
 	in.codes_off = (uint32_t)(in.centre_off + centre_bytes(enc, dim));
 	uint64_t head = (uint64_t)in.codes_off + (uint64_t)count * in.code_bytes + 4ull * in.exact_pages + in.ids_bytes;
@@ -442,18 +670,28 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, b
 		goto out;
 	}
 	memset(b, 0, (size_t)in.total_bytes);
-	/* Exact rows, in id order; their mean is the centre. */
+	/* Exact rows, in id order (checked here), then in page order when asked;
+	 * their mean is the centre. */
 	size_t es = esize(enc);
-	for (size_t r = 0; r < count; r++) {
-		uint8_t *row = b + cblock_row_offset(&in, (uint32_t)r);
-		size_t src = perm[r];
-		for (uint32_t j = 0; j < dim; j++) {
-			double bad;
-			if (put_elem(enc, vt, vecs, src * dim + j, row + j * es, &bad) < 0) {
-				rc = ann_err(err, ANN_E_INVAL, "codes block: vector %zu (id %lld), dimension %u: value %g "
-					     "does not fit encoding %s", src, (long long)ids[src], j, bad,
-					     enc == ANN_BLOCK_U8 ? "u8" : enc == ANN_BLOCK_I8 ? "i8" : "f32");
-				goto out;
+	for (int pass = 0; pass < (ordered ? 2 : 1); pass++) {
+		if (pass == 1) {
+			ANN_CHECK(rc, page_order(&in, b, order, err));
+			memset(b + in.exact_offset, 0, (size_t)in.exact_pages * CBLOCK_PAGE);
+			uint8_t *map = b + in.ids_off + id_var;
+			for (uint32_t r = 0; r < in.count; r++)
+				map_put(map, map_bits(in.exact_pages), order[r], r / in.rows_per_page);
+		}
+		for (size_t r = 0; r < count; r++) {
+			uint8_t *row = b + cblock_row_offset(&in, (uint32_t)r);
+			size_t src = perm[pass ? order[r] : r];
+			for (uint32_t j = 0; j < dim; j++) {
+				double bad;
+				if (put_elem(enc, vt, vecs, src * dim + j, row + j * es, &bad) < 0) {
+					rc = ann_err(err, ANN_E_INVAL, "codes block: vector %zu (id %lld), dimension %u: value %g "
+						     "does not fit encoding %s", src, (long long)ids[src], j, bad,
+						     enc == ANN_BLOCK_U8 ? "u8" : enc == ANN_BLOCK_I8 ? "i8" : "f32");
+					goto out;
+				}
 			}
 		}
 	}
@@ -494,7 +732,8 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, b
 				full = NULL;
 				ann_aligned_free(b);
 				b = NULL;
-				rc = cblock_encode(q, enc, pad, false, dim, count, ids, vecs, vt, partition, generation, out,
+				rc = cblock_encode(q, enc, pad, opts & ~CBLOCK_ENC_F16, dim, count, ids, vecs, vt, partition,
+						   generation, out,
 						   out_len, head_len, err);
 				goto out;
 			}
@@ -504,11 +743,11 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, b
 	}
 	for (uint32_t p = 0; p < in.exact_pages; p++)
 		ann_st32(b + in.sums_off + 4 * (size_t)p, page_sum(b + in.exact_offset + (size_t)p * CBLOCK_PAGE, p));
-	memcpy(b + in.ids_off, idbuf, in.ids_bytes);
+	memcpy(b + in.ids_off, idbuf, id_var); /* the page map, if any, follows (written above) */
 	/* Header last: it covers the head's checksum. */
 	ann_st32(b + H_MAGIC, BLOCK_MAGIC);
 	ann_st16(b + H_MAJOR, CBLOCK_VERSION_MAJOR);
-	ann_st16(b + H_MINOR, f16 ? 1 : 0); /* 2.0 stays byte for byte what older builds write */
+	ann_st16(b + H_MINOR, ordered ? 2 : f16 ? 1 : 0); /* 2.0 stays byte for byte what older builds write */
 	ann_st16(b + H_HBYTES, CBLOCK_HEADER_BYTES);
 	b[H_ENC] = (uint8_t)enc;
 	b[H_CODE] = CBLOCK_CODE_RABITQ;
@@ -541,6 +780,7 @@ out:
 	ann_free(sids);
 	ann_free(idbuf);
 	ann_free(mean);
+	ann_free(order);
 	return rc;
 }
 

@@ -8,8 +8,11 @@
  * page for the few candidates that can still enter the top k.
  *
  * Invariants:
- *  1. Row i of the exact section is vector i of the codes and id i of the id
- *     list; ids ascend (ties keep the writer's order).
+ *  1. Row i of the exact section is vector i of the codes and id i of the
+ *     ids as decoded (cblock_ids). Without CBLOCK_FLAG_PAGE_ORDER ids ascend
+ *     (ties keep the writer's order); with it the rows are in page-local
+ *     order (each page a compact cell of a PCA tree) and ascend within each
+ *     page; the id section then stores the ids ascending plus each one's page.
  *  2. A row never straddles a 4 KiB page when it fits in one (rows_per_page
  *     rows per page, the rest of the page is zero). "Pages" are counted from
  *     the block start plus page_base (0 in the file store; 16 in the LMDB
@@ -29,7 +32,7 @@
 #include "rabitq.h"
 
 #define CBLOCK_VERSION_MAJOR 2
-#define CBLOCK_VERSION_MINOR 1 /* written only by blocks with CBLOCK_FLAG_F16; others stay 2.0 */
+#define CBLOCK_VERSION_MINOR 2 /* 2.2 with CBLOCK_FLAG_PAGE_ORDER, 2.1 with only CBLOCK_FLAG_F16, else 2.0 */
 #define CBLOCK_HEADER_BYTES  128u
 #define CBLOCK_CODE_RABITQ   1u
 #define CBLOCK_PAGE          4096u
@@ -38,6 +41,15 @@
 #define CBLOCK_FLAG_F16      0x100u
 /* Bytes a record saves with CBLOCK_FLAG_F16. */
 #define CBLOCK_F16_SAVES     5u
+/* Header flag (2.2): rows in page-local order, the id section carries a page
+ * map (docs/FORMAT.md "Page-local row order"). Set only when the block has 2
+ * or more pages of 2 or more whole rows; otherwise the order could not
+ * change what a re-rank reads. */
+#define CBLOCK_FLAG_PAGE_ORDER 0x200u
+
+/* Options of cblock_encode. */
+#define CBLOCK_ENC_F16        1u /* slim records when every row's factors fit (2.1) */
+#define CBLOCK_ENC_PAGE_ORDER 2u /* page-local row order when the block has >= 2 pages of >= 2 rows (2.2) */
 
 /* Everything the header says, after validation (cblock_peek), with the
  * derived offsets of the head's sections (block-relative). */
@@ -46,14 +58,15 @@ typedef struct ann_cblock_info {
 	ann_block_encoding encoding; /* F32, U8 or I8 */
 	unsigned code_kind;         /* CBLOCK_CODE_RABITQ */
 	unsigned code_bits;         /* 1..8 */
-	uint32_t flags;             /* BLOCK_FLAG_PAD_LMDB, CBLOCK_FLAG_F16 */
+	uint32_t flags;             /* BLOCK_FLAG_PAD_LMDB, CBLOCK_FLAG_F16, CBLOCK_FLAG_PAGE_ORDER */
 	uint32_t dim, count;
 	uint32_t code_bytes;        /* per stored record, factors included (slim with CBLOCK_FLAG_F16) */
 	uint32_t full_code_bytes;   /* per record as ann_rbq_estimate takes it (code_bytes + 5 when F16) */
 	uint32_t row_bytes;         /* dim * element size */
 	uint32_t rows_per_page;     /* 0: a row is larger than a page, rows are contiguous */
 	uint32_t exact_pages;
-	uint32_t ids_bytes;
+	uint32_t ids_bytes;         /* id section, the page map included */
+	uint32_t map_bytes;         /* page map at the end of the id section (CBLOCK_FLAG_PAGE_ORDER), else 0 */
 	uint32_t head_bytes;        /* header + centre + codes + sums + ids (not padded) */
 	uint64_t code_seed;
 	uint64_t partition, generation;
@@ -75,6 +88,12 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
  * decoding into ids (in->count entries; may be NULL to skip). */
 int cblock_head(const void *buf, size_t len, ann_cblock_info *in, int64_t *ids, ann_error *err);
 
+/* The ids of a head that cblock_peek accepted, in row order (in->count
+ * entries). Page-ordered blocks: the page map is checked (every page holds
+ * its rows_per_page rows, the last the rest); scratch of count ids and a
+ * counter per page. ANN_E_CORRUPT, ANN_E_NOMEM. */
+int cblock_ids(const ann_cblock_info *in, const uint8_t *head, int64_t *ids, ann_error *err);
+
 /* Block-relative byte offset of row i, and the page range that holds it
  * (offset page-aligned per page_base, length a multiple of 4096). */
 uint64_t cblock_row_offset(const ann_cblock_info *in, uint32_t row);
@@ -90,13 +109,18 @@ int cblock_check_pages(const ann_cblock_info *in, const uint8_t *sums, const uin
 /* Encodes count vectors (element type vt: F32, U8 or I8) with their ids into a
  * codes block of encoding enc (F32, U8 or I8; u8/i8 from float input must be
  * integral and in range), padded for pad. q codes the residuals against the
- * block's centre (the mean of its rows). f16: slim records (CBLOCK_FLAG_F16,
- * block 2.1) when every row's factors fit binary16 (else full records, 2.0,
- * as without f16). *out: ann_aligned_alloc(4096) buffer of *out_len bytes,
- * *head_len = head bytes. Memory: the block plus the ids' sort permutation,
- * 256 float rows of scratch and (f16) count full records.
- * ANN_E_INVAL (bad input, naming vector, id, dimension, value), ANN_E_NOMEM. */
-int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, bool f16, uint32_t dim, size_t count,
+ * block's centre (the mean of its rows). opts: CBLOCK_ENC_F16, slim records
+ * (CBLOCK_FLAG_F16) when every row's factors fit binary16 (else full records,
+ * as without it); CBLOCK_ENC_PAGE_ORDER, page-local row order
+ * (CBLOCK_FLAG_PAGE_ORDER) when the rows fill 2 or more pages of 2 or more
+ * rows each. The result is
+ * a function of the input alone (no threads, no clock). *out:
+ * ann_aligned_alloc(4096) buffer of *out_len bytes, *head_len = head bytes.
+ * Memory: the block plus the ids' sort permutation, 256 float rows of
+ * scratch, (f16) count full records and (page order) 2 u32 + 1 float per
+ * row and 4 dim floats. ANN_E_INVAL (bad input, naming vector, id,
+ * dimension, value), ANN_E_NOMEM. */
+int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, unsigned opts, uint32_t dim, size_t count,
 		  const int64_t *ids, const void *vecs, ann_dtype vt, uint64_t partition, uint64_t generation,
 		  uint8_t **out, size_t *out_len, uint32_t *head_len, ann_error *err);
 
@@ -106,6 +130,12 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, b
  * 1/64 -> 1/256 units, never narrower; a saturated tan gives the widest
  * bound). */
 void cblock_expand_codes(const ann_cblock_info *in, const uint8_t *src, size_t n, uint8_t *dst);
+
+/* cblock_encode's opts from the index's settings. */
+static inline unsigned cblock_opts(bool f16, bool page_order)
+{
+	return (f16 ? CBLOCK_ENC_F16 : 0u) | (page_order ? CBLOCK_ENC_PAGE_ORDER : 0u);
+}
 
 /* Decodes a whole block (every check: header, head, all page sums, zero
  * padding) into ids and contiguous rows of the stored element type (u8, i8

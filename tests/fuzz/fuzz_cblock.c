@@ -2,7 +2,8 @@
 /*
  * fuzz_cblock: the codes-block decoder of src/storage/cblock.c (block format 2:
  * cblock_peek, cblock_head, cblock_row_pages, cblock_check_pages,
- * cblock_decode, cblock_verify_codes, cblock_expand_codes of 2.1 slim records). The input is a block; before decoding,
+ * cblock_decode, cblock_verify_codes, cblock_expand_codes of 2.1 slim records,
+ * cblock_ids of 2.2 page maps). The input is a block; before decoding,
  * the target rewrites the header checksum, the head checksum (when the head
  * length is sane) and the exact pages' sums (when the sum table and the pages
  * are inside the input), so that mutations reach the field checks, the id
