@@ -355,8 +355,8 @@ typedef struct ann_search_opts {
 	                            vector read (best estimates first, only those whose lower bound beats the
 	                            k-th upper bound); default 0 = ANN_DEFAULT_RERANK */
 	float rerank_eps;      /**< codes: eps0 of the codes' error bound (width = eps0 x the estimator's
-	                            standard error); smaller prunes more and risks more; default 0 = the
-	                            codes module's (2.8) */
+	                            standard error); smaller prunes more and risks more; default 0 =
+	                            ANN_DEFAULT_RERANK_EPS */
 	uint32_t rerank_phases; /**< codes: 1 = read every selected candidate's page at once; 2 = first the
 	                            pages of each query's k best estimates, then only the candidates whose
 	                            lower bound beats the exact k-th distance found (one more round trip,
@@ -369,6 +369,8 @@ typedef struct ann_search_opts {
 
 /** Default re-rank budget per query (docs/BENCHMARKS.md "Codes and re-ranking"). */
 #define ANN_DEFAULT_RERANK 100
+/** Default eps0 of the re-rank bound (docs/DESIGN.md "The re-rank bound's width"). */
+#define ANN_DEFAULT_RERANK_EPS 2.0f
 /** Default re-rank phases (docs/BENCHMARKS.md "Codes and re-ranking"). */
 #define ANN_DEFAULT_RERANK_PHASES 2
 

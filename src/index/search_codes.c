@@ -27,8 +27,7 @@ int codes_searcher_init(ann_searcher *s, ann_error *err)
 {
 	ann_index *idx = s->idx;
 	ANN_TRY(ann_rbq_query_new(idx->rbq, &s->rq, err));
-	if (s->o.rerank_eps > 0)
-		ann_rbq_query_set_eps0(s->rq, s->o.rerank_eps);
+	ann_rbq_query_set_eps0(s->rq, s->o.rerank_eps > 0 ? s->o.rerank_eps : ANN_DEFAULT_RERANK_EPS);
 	s->centre = ann_malloc((size_t)idx->meta.dim * sizeof(float));
 	s->rowf = ann_malloc((size_t)idx->meta.dim * sizeof(float));
 	if (!s->centre || !s->rowf)
