@@ -6,16 +6,8 @@
 # message) rebuilds the catalog, keeps the old one, and leaves an index that
 # verifies clean, answers as before and takes inserts.
 set -uo pipefail
-A=$1
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-expect() {
-	local want=$1; shift
-	"$@" >"$dir/out" 2>"$dir/err"
-	local got=$?
-	[ "$got" = "$want" ] || { cat "$dir/err" >&2; fail "'$*' exited $got, expected $want"; }
-}
+# shellcheck source=cli_common.sh
+. "$(dirname "$0")/cli_common.sh"
 # one_line NEEDLE...: stderr is one line holding every needle
 one_line() {
 	[ "$(wc -l <"$dir/err")" = 1 ] || fail "expected one line on stderr, got: $(cat "$dir/err")"

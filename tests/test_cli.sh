@@ -4,17 +4,8 @@
 # determinism, convert round trips, gt, build/info/search/verify, and a
 # corrupted index reported by verify.
 set -uo pipefail
-A=$1
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-# expect CODE CMD...: runs CMD, checks its exit status, keeps stderr in $dir/err
-expect() {
-	local want=$1; shift
-	"$@" >"$dir/out" 2>"$dir/err"
-	local got=$?
-	[ "$got" = "$want" ] || { cat "$dir/err" >&2; fail "'$*' exited $got, expected $want"; }
-}
+# shellcheck source=cli_common.sh
+. "$(dirname "$0")/cli_common.sh"
 json_ok() { python3 -c 'import json,sys; [json.loads(l) for l in sys.stdin if l.strip()]' <"$dir/out" \
 	|| fail "not JSON: $(cat "$dir/out")"; }
 

@@ -4,16 +4,8 @@
 # recall with codes near the exact scan's, verify clean and then catching a flipped byte of
 # a head, and bad usage of the new options (exit 2).
 set -uo pipefail
-A=$1
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-expect() {
-	local want=$1; shift
-	"$@" >"$dir/out" 2>"$dir/err"
-	local got=$?
-	[ "$got" = "$want" ] || { cat "$dir/err" >&2; fail "'$*' exited $got, expected $want"; }
-}
+# shellcheck source=cli_common.sh
+. "$(dirname "$0")/cli_common.sh"
 
 expect 0 "$A" gen --n 4000 --dim 32 --seed 3 --queries 40 --out "$dir/b.u8bin" --queries-out "$dir/q.u8bin" --quiet
 expect 0 "$A" gt --base "$dir/b.u8bin" --queries "$dir/q.u8bin" --k 10 --out "$dir/gt.bin" --quiet

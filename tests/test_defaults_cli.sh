@@ -6,16 +6,8 @@
 # pay (32 dimensions u8) or --codes none; explicit flags win; search without --nprobe uses the
 # index's default_nprobe. Fails if the defaults regress to format 1 blocks.
 set -uo pipefail
-A=$1
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-expect() {
-	local want=$1; shift
-	"$@" >"$dir/out" 2>"$dir/err"
-	local got=$?
-	[ "$got" = "$want" ] || { cat "$dir/err" >&2; fail "'$*' exited $got, expected $want"; }
-}
+# shellcheck source=cli_common.sh
+. "$(dirname "$0")/cli_common.sh"
 # check INDEX PYTHON-ASSERTIONS: info --json of INDEX as j
 check() {
 	expect 0 "$A" info --index "$1" --json

@@ -4,17 +4,8 @@
 # file or option, exit 1 (bad data) or 2 (bad usage), never a signal, and
 # must leave no file outside the output path. docs/HOSTILE.md lists the cases.
 set -uo pipefail
-A=$1
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-# expect CODE CMD...: runs CMD, checks its exit status, keeps stdout/stderr in $dir/out, $dir/err
-expect() {
-	local want=$1; shift
-	"$@" >"$dir/out" 2>"$dir/err"
-	local got=$?
-	[ "$got" = "$want" ] || { cat "$dir/err" >&2; fail "'$*' exited $got, expected $want"; }
-}
+# shellcheck source=cli_common.sh
+. "$(dirname "$0")/cli_common.sh"
 # says TEXT: stderr holds TEXT
 says() { grep -qF -- "$1" "$dir/err" || fail "stderr lacks '$1': $(cat "$dir/err")"; }
 

@@ -5,16 +5,8 @@
 # of fixed nprobe, --probe-eps E never probes more than nprobe and reports it in JSON; bad
 # usage of both options exits 2, a compact router under another metric exits 1 naming it.
 set -uo pipefail
-A=$1
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-expect() {
-	local want=$1; shift
-	"$@" >"$dir/out" 2>"$dir/err"
-	local got=$?
-	[ "$got" = "$want" ] || { cat "$dir/err" >&2; fail "'$*' exited $got, expected $want"; }
-}
+# shellcheck source=cli_common.sh
+. "$(dirname "$0")/cli_common.sh"
 
 expect 0 "$A" gen --n 6000 --dim 32 --seed 5 --queries 50 --out "$dir/b.u8bin" --queries-out "$dir/q.u8bin" --quiet
 expect 0 "$A" gt --base "$dir/b.u8bin" --queries "$dir/q.u8bin" --k 10 --out "$dir/gt.bin" --quiet
