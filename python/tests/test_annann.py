@@ -311,7 +311,10 @@ def test_progress_callback_and_bar(tmp_path, data):
 
 
 CHILD = r"""
-import sys, time, numpy as np, annann
+import signal, sys, time, numpy as np, annann
+# A job started in the background by a non-interactive shell inherits SIGINT ignored, and
+# Python then installs no KeyboardInterrupt handler: install it, the test is about annann.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 mode, path = sys.argv[1], sys.argv[2]
 if mode == "build":
     x = np.random.default_rng(0).integers(0, 256, (300000, 32)).astype(np.uint8)
