@@ -12,10 +12,16 @@
  * add 0.0f, which leaves them unchanged.
  *
  * Ex plane: rabitq_ex_avx2.h.
+ *
+ * Query set-up: the rotation, the group tables and the quantised query in
+ * the same float operations as rabitq.c (rabitq_kernels.h). Measured:
+ * bench/bench_rabitq.c --speed, column "prepare us".
  */
 #include "rabitq_ex_avx2.h"
 
 #include <immintrin.h>
+#include <math.h>
+#include <string.h>
 
 static inline float lanes_sum(__m256 v)
 {
@@ -61,5 +67,113 @@ void ann_rbq_scan_avx2(const ann_rbq_scan *a, const uint8_t *codes, size_t n, fl
 			continue;
 		}
 		E[i] = rbq_ex_row(a, &ex, rec);
+	}
+}
+
+/* ---- query set-up (rabitq_kernels.h: the same operations as rabitq.c) ---- */
+
+/* lane masks of the 8 coordinates whose flip bits are the byte b */
+static inline __m256 flip_mask(unsigned b)
+{
+	const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+	__m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)b), bit), bit);
+	return _mm256_castsi256_ps(_mm256_and_si256(on, _mm256_set1_epi32(INT32_MIN)));
+}
+
+static void fwht_avx2(float *x, size_t n)
+{
+	for (size_t i = 0; i < n; i += 8) {
+		__m256 v = _mm256_loadu_ps(x + i);
+		/* h = 1, 2, 4: low lanes take self + partner, high lanes partner - self */
+		__m256 p = _mm256_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1));
+		v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xAA);
+		p = _mm256_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2));
+		v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xCC);
+		p = _mm256_permute2f128_ps(v, v, 0x01);
+		v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xF0);
+		_mm256_storeu_ps(x + i, v);
+	}
+	for (size_t h = 8; h < n; h *= 2)
+		for (size_t i = 0; i < n; i += 2 * h)
+			for (size_t j = i; j < i + h; j += 8) {
+				__m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + h);
+				_mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
+				_mm256_storeu_ps(x + j + h, _mm256_sub_ps(a, b));
+			}
+	const __m256 s = _mm256_set1_ps((float)(1.0 / sqrt((double)n)));
+	for (size_t i = 0; i < n; i += 8)
+		_mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), s));
+}
+
+void ann_rbq_rotate_avx2(const ann_rbq_rot *r, const float *v, float *out)
+{
+	const size_t dp = r->dp, L = r->L, h = dp / 2;
+	const uint8_t *sb = (const uint8_t *)r->signs; /* little-endian words: byte k holds bits 8k..8k+7 */
+	memcpy(out, v, r->dim * sizeof(float));
+	for (size_t i = r->dim; i < dp; i++)
+		out[i] = 0.0f;
+	const __m256 kac = _mm256_set1_ps((float)(1.0 / sqrt(2.0)));
+	for (unsigned k = 0; k < r->rounds; k++) {
+		const uint8_t *rb = sb + (size_t)k * dp / 8;
+		for (size_t i = 0; i < dp; i += 8)
+			_mm256_storeu_ps(out + i, _mm256_xor_ps(_mm256_loadu_ps(out + i), flip_mask(rb[i / 8])));
+		if (L == dp) {
+			fwht_avx2(out, dp);
+			continue;
+		}
+		fwht_avx2(out + ((k & 1) ? dp - L : 0), L);
+		for (size_t i = 0; i < h; i += 8) {
+			__m256 a = _mm256_loadu_ps(out + i), b = _mm256_loadu_ps(out + i + h);
+			_mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_add_ps(a, b), kac));
+			_mm256_storeu_ps(out + i + h, _mm256_mul_ps(_mm256_sub_ps(a, b), kac));
+		}
+	}
+}
+
+void ann_rbq_lut_avx2(const float *rq, size_t groups, float *lut)
+{
+	/* lane m (entries 0..7, then 8..15) keeps v_t where bit t of m is set */
+	const __m256 m0 = _mm256_castsi256_ps(_mm256_setr_epi32(0, -1, 0, -1, 0, -1, 0, -1));
+	const __m256 m1 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, -1, -1, 0, 0, -1, -1));
+	const __m256 m2 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, 0, 0, -1, -1, -1, -1));
+	const __m256 zero = _mm256_setzero_ps();
+	for (size_t g = 0; g < groups; g++) {
+		const float *v = rq + 4 * g;
+		__m256 v0 = _mm256_and_ps(_mm256_set1_ps(v[0]), m0), v1 = _mm256_and_ps(_mm256_set1_ps(v[1]), m1);
+		__m256 v2 = _mm256_and_ps(_mm256_set1_ps(v[2]), m2);
+		__m256 lo = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(zero, v2), v1), v0);
+		__m256 hi = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(zero, _mm256_set1_ps(v[3])), v2), v1),
+					  v0);
+		_mm256_storeu_ps(lut + 16 * g, lo);
+		_mm256_storeu_ps(lut + 16 * g + 8, hi);
+	}
+}
+
+float ann_rbq_absmax_avx2(const float *rq, size_t dp)
+{
+	const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MAX));
+	__m256 m = _mm256_setzero_ps();
+	for (size_t j = 0; j < dp; j += 8)
+		m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(rq + j), abs), m);
+	float l[8];
+	_mm256_storeu_ps(l, m);
+	float r = 0;
+	for (int i = 0; i < 8; i++)
+		r = l[i] > r ? l[i] : r;
+	return r;
+}
+
+void ann_rbq_quant_avx2(const float *rq, size_t dp, float inv, int16_t *qi)
+{
+	const __m256i hi = _mm256_set1_epi32(2047), lo = _mm256_set1_epi32(-2047);
+	const __m256 vinv = _mm256_set1_ps(inv);
+	for (size_t j = 0; j < dp; j += 16) {
+		/* cvtps rounds to nearest even, as lrintf in the default mode */
+		__m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(rq + j), vinv));
+		__m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(rq + j + 8), vinv));
+		a = _mm256_max_epi32(_mm256_min_epi32(a, hi), lo);
+		b = _mm256_max_epi32(_mm256_min_epi32(b, hi), lo);
+		__m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), _MM_SHUFFLE(3, 1, 2, 0));
+		_mm256_storeu_si256((__m256i *)(void *)(qi + j), p);
 	}
 }

@@ -31,6 +31,29 @@ typedef struct ann_rbq_scan {
 	size_t rec_bytes;  /* one record */
 } ann_rbq_scan;
 
+/* The query side's per-partition set-up (ann_rbq_query_prepare) and the
+ * rotation, in an AVX2 form that does the same float operations in the same
+ * order as rabitq.c's scalar code, so codes, tables and estimates agree bit
+ * for bit whichever form ran (tests/test_rabitq.c):
+ *   rotate: sign flips (exact), the Walsh-Hadamard butterflies stage by
+ *           stage (a + b and a - b, the first three stages inside one
+ *           8-float register), the 1/sqrt(L) scaling, the Kac step;
+ *   lut:    table entry m of a group = ((0 + v3) + v2) + v1) + v0 over the
+ *           bits of m from the highest down, as the scalar builder (the
+ *           lanes whose bit is clear add +0.0f, which changes no partial sum
+ *           since none of them can be -0.0f);
+ *   quant:  max |q'_i| (exact in any order) and qi = clamp(round(q'/delta)). */
+typedef struct ann_rbq_rot {
+	const uint64_t *signs; /* rounds * dp bits, LSB first */
+	size_t dim, dp, L;     /* dp a multiple of 16, L the largest power of two <= dp */
+	unsigned rounds;
+} ann_rbq_rot;
+
+void ann_rbq_rotate_avx2(const ann_rbq_rot *r, const float *v, float *out);
+void ann_rbq_lut_avx2(const float *rq, size_t groups, float *lut);
+float ann_rbq_absmax_avx2(const float *rq, size_t dp);
+void ann_rbq_quant_avx2(const float *rq, size_t dp, float inv, int16_t *qi);
+
 void ann_rbq_scan_scalar(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E);
 void ann_rbq_scan_avx2(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E);
 void ann_rbq_scan_avx512(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E);
