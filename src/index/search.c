@@ -16,8 +16,8 @@
  *     one read per run of adjacent pages; exact distances go to the top k.
  * Deltas (inserted, not yet compacted) are scanned exactly; tombstones and
  * replicas are filtered at every push. The optional cache (LRU, bounded in
- * bytes) keeps decoded format 1 blocks and the heads of codes blocks; round 2
- * pages are always read.
+ * bytes) keeps decoded format 1 blocks and the heads of codes blocks with the
+ * exact pages round 2 read (search_codes.c re-ranks from them).
  * The codes path (round 1 estimates, round 2 exact pages) is search_codes.c;
  * this file routes, groups, reads round 1, scans format 1 blocks and deltas,
  * keeps the cache and merges.
@@ -159,13 +159,30 @@ static void cache_push_front(ann_searcher *s, cblock *c)
 		s->ctail = c;
 }
 
+/* Frees a cache entry and its pages (unlinked, or the whole list going). */
+static void cache_free(cblock *c)
+{
+	for (uint32_t i = 0; c->pages && i < c->npages; i++)
+		ann_aligned_free(c->pages[i]);
+	ann_free(c);
+}
+
+/* Unlinks, unmaps and frees an entry. */
+static void cache_drop(ann_searcher *s, cblock *c)
+{
+	cache_unlink(s, c);
+	s->cmap[c->pid] = NULL;
+	s->cbytes -= c->bytes;
+	cache_free(c);
+}
+
 void ann_searcher_free(ann_searcher *s)
 {
 	if (!s)
 		return;
 	for (cblock *c = s->chead, *n; c; c = n) {
 		n = c->next;
-		ann_free(c);
+		cache_free(c);
 	}
 	ann_free(s->cmap);
 	if (s->rctx)
@@ -219,13 +236,8 @@ static cblock *cache_alloc(ann_searcher *s, uint32_t pid, size_t bytes)
 {
 	if (bytes > s->o.cache_bytes || pid >= s->idx->dir.n || s->cmap[pid])
 		return NULL;
-	while (s->cbytes + bytes > s->o.cache_bytes && s->ctail) {
-		cblock *v = s->ctail;
-		cache_unlink(s, v);
-		s->cmap[v->pid] = NULL;
-		s->cbytes -= v->bytes;
-		ann_free(v);
-	}
+	while (s->cbytes + bytes > s->o.cache_bytes && s->ctail)
+		cache_drop(s, s->ctail);
 	cblock *c = ann_calloc(1, bytes);
 	if (c)
 		c->bytes = bytes;
@@ -241,17 +253,49 @@ static void cache_link(ann_searcher *s, cblock *c)
 }
 
 /* Caches a codes block's head as read (search_int.h). */
-void search_cache_put_head(ann_searcher *s, uint32_t pid, uint32_t gen, const uint8_t *head, uint32_t len)
+void search_cache_put_head(ann_searcher *s, uint32_t pid, uint32_t gen, const uint8_t *head, uint32_t len,
+			   uint32_t exact_pages)
 {
-	cblock *c = cache_alloc(s, pid, sizeof(cblock) + (size_t)len + 64);
+	size_t slots = (size_t)exact_pages * sizeof(uint8_t *);
+	cblock *c = cache_alloc(s, pid, sizeof(cblock) + slots + (size_t)len + 64);
 	if (!c)
 		return;
 	c->pid = pid;
 	c->generation = gen;
 	c->head_len = len;
-	c->head = (uint8_t *)ANN_ALIGN_UP((uintptr_t)(c + 1), 64);
+	c->npages = exact_pages;
+	c->pages = (uint8_t **)(void *)(c + 1); /* zeroed by cache_alloc */
+	c->head = (uint8_t *)ANN_ALIGN_UP((uintptr_t)((uint8_t *)(c + 1) + slots), 64);
 	memcpy(c->head, head, len);
 	cache_link(s, c);
+}
+
+const uint8_t *search_cache_page(const ann_searcher *s, uint32_t pid, uint32_t page)
+{
+	const cblock *c = s->cmap && pid < s->idx->dir.n ? s->cmap[pid] : NULL;
+	return c && c->head_len && page < c->npages ? c->pages[page] : NULL;
+}
+
+void search_cache_put_pages(ann_searcher *s, uint32_t pid, uint32_t page0, const uint8_t *data, uint32_t n)
+{
+	cblock *c = s->cmap && pid < s->idx->dir.n ? s->cmap[pid] : NULL;
+	if (!c || !c->head_len)
+		return;
+	for (uint32_t i = 0; i < n && page0 + i < c->npages; i++) {
+		if (c->pages[page0 + i])
+			continue;
+		while (s->cbytes + CACHE_PAGE_BYTES > s->o.cache_bytes && s->ctail && s->ctail != c)
+			cache_drop(s, s->ctail);
+		if (s->cbytes + CACHE_PAGE_BYTES > s->o.cache_bytes)
+			return; /* only this partition left: it keeps what it has */
+		uint8_t *pg = ann_aligned_alloc(64, CBLOCK_PAGE);
+		if (!pg)
+			return; /* the cache is an optimisation */
+		memcpy(pg, data + (size_t)i * CBLOCK_PAGE, CBLOCK_PAGE);
+		c->pages[page0 + i] = pg;
+		c->bytes += CACHE_PAGE_BYTES;
+		s->cbytes += CACHE_PAGE_BYTES;
+	}
 }
 
 /* Inserts a decoded block into the cache, evicting from the tail. */
@@ -529,10 +573,7 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan
 			ANN_TRY(scan_deltas(s, u, scan_ns, err));
 		cblock *c = s->cmap && pid < x->dir.n ? s->cmap[pid] : NULL;
 		if (c && (c->generation != e.generation || (c->head_len != 0) != (e.head != 0))) {
-			cache_unlink(s, c); /* stale: the partition was rewritten */
-			s->cmap[pid] = NULL;
-			s->cbytes -= c->bytes;
-			ann_free(c);
+			cache_drop(s, c); /* stale: the partition was rewritten */
 			c = NULL;
 		}
 		if (e.head) {

@@ -30,7 +30,8 @@ int codes_searcher_init(ann_searcher *s, ann_error *err)
 	ann_rbq_query_set_eps0(s->rq, s->o.rerank_eps > 0 ? s->o.rerank_eps : ANN_DEFAULT_RERANK_EPS);
 	s->centre = ann_malloc((size_t)idx->meta.dim * sizeof(float));
 	s->rowf = ann_malloc((size_t)idx->meta.dim * sizeof(float));
-	if (!s->centre || !s->rowf)
+	s->rowcat = ann_malloc((size_t)idx->meta.dim * sizeof(float));
+	if (!s->centre || !s->rowf || !s->rowcat)
 		return ann_err(err, ANN_E_NOMEM, "out of memory for a searcher");
 	return ANN_OK;
 }
@@ -43,6 +44,8 @@ void codes_searcher_free(ann_searcher *s)
 	ann_free(s->hids);
 	ann_free(s->centre);
 	ann_free(s->rowf);
+	ann_free(s->rowcat);
+	ann_free(s->covp);
 	ann_free(s->uh);
 	ann_free(s->sums);
 	ann_free(s->cands);
@@ -211,7 +214,7 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 	}
 	*est_ns += ann_now_ns() - t0;
 	if (s->cmap && !cached)
-		search_cache_put_head(s, pid, br->ent.generation, br->data, in->head_bytes);
+		search_cache_put_head(s, pid, br->ent.generation, br->data, in->head_bytes, in->exact_pages);
 	return ANN_OK;
 }
 
@@ -263,6 +266,95 @@ static void ent_pages(const ann_searcher *s, const r2ent *e, uint64_t *off, uint
 	uint32_t len;
 	cblock_row_pages(&s->uh[e->u].in, e->row, off, &len);
 	*end = *off + len;
+}
+
+/* Re-ranks one entry from its stored row: exact distance, top-k push. */
+static void rerank_row(ann_searcher *s, const r2ent *en, const uint8_t *row, bool dedupe)
+{
+	float dist = exact_dist(s, en->q, row);
+	s->qrr[en->q]++;
+	ann_topk *h = &s->heaps[en->q];
+	if (dist > ann_topk_bound(h) || (dedupe && search_heap_has(h, en->id)))
+		return;
+	ann_topk_push(h, dist, en->id); /* tombstones were filtered in round 1 */
+}
+
+/* The cached row of entry en (a row over two pages is put together in
+ * s->rowcat), or NULL when a page of it is not cached. */
+static const uint8_t *cached_row(ann_searcher *s, const r2ent *en)
+{
+	const ann_cblock_info *in = &s->uh[en->u].in;
+	uint32_t pid = s->upids[en->u], len;
+	uint64_t off;
+	cblock_row_pages(in, en->row, &off, &len);
+	uint32_t p0 = (uint32_t)((off - in->exact_offset) / CBLOCK_PAGE), np = len / CBLOCK_PAGE;
+	size_t ro = (size_t)(cblock_row_offset(in, en->row) - off); /* within the first page */
+	if (np == 1) {
+		const uint8_t *pg = search_cache_page(s, pid, p0);
+		return pg ? pg + ro : NULL;
+	}
+	size_t got = 0, need = in->row_bytes;
+	for (uint32_t p = 0; p < np && got < need; p++) {
+		const uint8_t *pg = search_cache_page(s, pid, p0 + p);
+		if (!pg)
+			return NULL;
+		size_t from = p == 0 ? ro : 0, take = ANN_MIN(CBLOCK_PAGE - from, need - got);
+		memcpy(s->rowcat + got, pg + from, take);
+		got += take;
+	}
+	return s->rowcat;
+}
+
+/* The read phase's work for the pages the cache holds, without a read and
+ * with the same outcome: a wanted entry's cached pages count as read, and
+ * every pending entry (wanted or not) whose pages all count as read is
+ * re-ranked, as read_phase does for the pages it reads. Entries are in
+ * (u, row) order, so a partition's pages ascend with its entries. */
+static int rerank_cached(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *done, uint64_t *rerank_ns,
+			 ann_error *err)
+{
+	uint64_t t0 = ann_now_ns();
+	bool dedupe = s->idx->meta.replicas > 1;
+	for (size_t lo = 0, hi; lo < ne; lo = hi) {
+		uint32_t u = s->ents[lo].u, pid = s->upids[u];
+		for (hi = lo; hi < ne && s->ents[hi].u == u; hi++)
+			;
+		const ann_cblock_info *in = &s->uh[u].in;
+		if (search_grow((void **)&s->covp, &s->covp_cap, in->exact_pages ? in->exact_pages : 1,
+				sizeof(uint32_t)) < 0)
+			return ann_err(err, ANN_E_NOMEM, "search: out of memory for %u page numbers", in->exact_pages);
+		size_t nc = 0; /* cached pages of wanted entries, ascending */
+		for (size_t i = lo; i < hi; i++) {
+			if (!want[i] || done[i])
+				continue;
+			uint64_t off, end;
+			ent_pages(s, &s->ents[i], &off, &end);
+			for (uint64_t o = off; o < end; o += CBLOCK_PAGE) {
+				uint32_t p = (uint32_t)((o - in->exact_offset) / CBLOCK_PAGE);
+				if ((nc == 0 || s->covp[nc - 1] < p) && search_cache_page(s, pid, p))
+					s->covp[nc++] = p;
+			}
+		}
+		for (size_t i = lo, j = 0; i < hi && nc; i++) {
+			if (done[i])
+				continue;
+			uint64_t off, end;
+			ent_pages(s, &s->ents[i], &off, &end);
+			uint32_t p0 = (uint32_t)((off - in->exact_offset) / CBLOCK_PAGE);
+			uint32_t np = (uint32_t)((end - off) / CBLOCK_PAGE);
+			while (j < nc && s->covp[j] < p0)
+				j++;
+			if (j + np > nc || s->covp[j] != p0 || s->covp[j + np - 1] != p0 + np - 1)
+				continue; /* covp ascends without repeats: its np entries from j are p0.. */
+			const uint8_t *row = cached_row(s, &s->ents[i]);
+			if (!row)
+				continue;
+			done[i] = 1;
+			rerank_row(s, &s->ents[i], row, dedupe);
+		}
+	}
+	*rerank_ns += ann_now_ns() - t0;
+	return ANN_OK;
 }
 
 /* One read phase of round 2: reads the pages of the entries marked `want`
@@ -356,17 +448,16 @@ static int read_phase(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *
 							continue;
 						done[i] = 1;
 						uint64_t ro = cblock_row_offset(&uh->in, en->row) - br.offset;
-						float dist = exact_dist(s, en->q, br.data + ro);
 						s->qb2[en->q] += (double)br.cost * share;
 						s->qbytes[en->q] += (double)br.cost * share;
 						s->qio2[en->q] += share;
 						s->qreqs[en->q] += share;
-						s->qrr[en->q]++;
-						ann_topk *h = &s->heaps[en->q];
-						if (dist > ann_topk_bound(h) || (dedupe && search_heap_has(h, en->id)))
-							continue;
-						ann_topk_push(h, dist, en->id); /* tombstones were filtered in round 1 */
+						rerank_row(s, en, br.data + ro, dedupe);
 					}
+					if (s->cmap)
+						search_cache_put_pages(s, br.pid,
+								       (uint32_t)((br.offset - uh->in.exact_offset) / CBLOCK_PAGE),
+								       br.data, (uint32_t)(br.length / CBLOCK_PAGE));
 				}
 				*rerank_ns += ann_now_ns() - t0;
 			}
@@ -407,12 +498,18 @@ int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank
 	memset(done, 0, ne);
 	if (s->o.rerank_phases < 2) {
 		memset(want, 1, ne);
+		if (s->cmap)
+			ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
 		return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
 	}
 	for (size_t i = 0; i < ne; i++)
 		want[i] = s->ents[i].rank < s->o.k;
+	if (s->cmap)
+		ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
 	ANN_TRY(read_phase(s, ne, want, done, wait_ns, rerank_ns, err));
 	for (size_t i = 0; i < ne; i++)
 		want[i] = !done[i] && s->ents[i].lower < ann_topk_bound(&s->heaps[s->ents[i].q]);
+	if (s->cmap)
+		ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
 	return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
 }

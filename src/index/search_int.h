@@ -12,7 +12,9 @@
 #include "index.h"
 
 /* A cache entry in one allocation: a decoded format 1 block (ids then
- * vectors), or the head of a codes block as read (head_len > 0). */
+ * vectors), or the head of a codes block as read (head_len > 0) with a slot
+ * per exact page: the pages round 2 has read, each its own allocation of
+ * CACHE_PAGE_BYTES counted in `bytes`, evicted with the entry. */
 typedef struct cblock {
 	uint32_t pid;
 	uint32_t generation;
@@ -22,8 +24,13 @@ typedef struct cblock {
 	int64_t *ids;
 	void *vecs;
 	uint8_t *head;
+	uint32_t npages;            /* exact pages of a codes block */
+	uint8_t **pages;            /* npages slots, NULL where not cached */
 	struct cblock *prev, *next; /* LRU list, most recent at head */
 } cblock;
+
+/* What one cached exact page counts against the cache budget. */
+#define CACHE_PAGE_BYTES (CBLOCK_PAGE + 64u)
 
 typedef struct pair {
 	uint32_t pid;
@@ -79,6 +86,9 @@ struct ann_searcher {
 	size_t xcodes_cap;
 	float *centre;        /* dim */
 	float *rowf;          /* dim: a stored row as floats (round 2) */
+	uint8_t *rowcat;      /* a row spanning cached pages, put together */
+	uint32_t *covp;       /* round 2: cached pages of one partition's wanted rows */
+	size_t covp_cap;
 	uhead *uh;            /* per unique partition of the batch */
 	size_t uh_cap;
 	uint8_t *sums;        /* page sums of the batch's heads */
@@ -130,8 +140,16 @@ int search_resize(void **const slots[], const size_t bytes[], size_t n);
 bool search_tombed(ann_searcher *s, int64_t id);
 /* Is id already in heap h (replicated indexes push each id once)? */
 bool search_heap_has(const ann_topk *h, int64_t id);
-/* Caches a codes block's head as read (checked by codes_head first). */
-void search_cache_put_head(ann_searcher *s, uint32_t pid, uint32_t gen, const uint8_t *head, uint32_t len);
+/* Caches a codes block's head as read (checked by codes_head first), with
+ * room for its exact_pages pages. */
+void search_cache_put_head(ann_searcher *s, uint32_t pid, uint32_t gen, const uint8_t *head, uint32_t len,
+			   uint32_t exact_pages);
+/* Exact page `page` (0 = the first of the exact section) of partition pid
+ * when the cache holds it (checked when it was read), else NULL. */
+const uint8_t *search_cache_page(const ann_searcher *s, uint32_t pid, uint32_t page);
+/* Caches n checked exact pages from page0 of partition pid, whose head the
+ * cache holds; evicts other entries for room, never the partition's own. */
+void search_cache_put_pages(ann_searcher *s, uint32_t pid, uint32_t page0, const uint8_t *data, uint32_t n);
 
 /* ---- search_codes.c ---- */
 /* Codes state of a new searcher (idx->rbq set): query codes, centre buffer. */
