@@ -501,6 +501,24 @@ void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, cons
 	/* double sums in 4 interleaved chains (coordinate j adds to chain j mod
 	 * 4), combined as (a0 + a1) + (a2 + a3): the same order in every form,
 	 * four times the throughput of one chain */
+	if (s->simd >= ANN_SIMD_AVX2) {
+		s->cq = 0;
+		if (s->m == ANN_METRIC_L2) {
+			s->qn2 = ann_rbq_resid_avx2(qv, c, dim, s->tmp);
+			rotate_at(q, s->simd, s->tmp, s->rq);
+		} else {
+			ann_rbq_dots_avx2(qv, c, dim, &s->qn2, &s->cq);
+			rotate_at(q, s->simd, qv, s->rq);
+		}
+		s->qnorm = sqrt(s->qn2);
+		s->sum_rq = ann_rbq_sum_avx2(s->rq, dp);
+		float amax = ann_rbq_absmax_avx2(s->rq, dp);
+		s->delta = amax > 0 ? (double)amax / RBQ_QI_MAX : 1.0;
+		ann_rbq_quant_avx2(s->rq, dp, (float)(1.0 / s->delta), s->qi);
+		ann_rbq_lut_avx2(s->rq, dp / 4, s->lut);
+		s->prepared = true;
+		return;
+	}
 	double n2[4] = {0, 0, 0, 0}, cq[4] = {0, 0, 0, 0}, sum[4] = {0, 0, 0, 0};
 	if (s->m == ANN_METRIC_L2) {
 		for (size_t j = 0; j < dim; j++) {
@@ -522,14 +540,6 @@ void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, cons
 	for (size_t j = 0; j < dp; j++)
 		sum[j & 3] += s->rq[j];
 	s->sum_rq = (sum[0] + sum[1]) + (sum[2] + sum[3]);
-	if (s->simd >= ANN_SIMD_AVX2) {
-		float amax = ann_rbq_absmax_avx2(s->rq, dp);
-		s->delta = amax > 0 ? (double)amax / RBQ_QI_MAX : 1.0;
-		ann_rbq_quant_avx2(s->rq, dp, (float)(1.0 / s->delta), s->qi);
-		ann_rbq_lut_avx2(s->rq, dp / 4, s->lut);
-		s->prepared = true;
-		return;
-	}
 	float amax = 0;
 	for (size_t j = 0; j < dp; j++) {
 		float v = fabsf(s->rq[j]);

@@ -177,3 +177,64 @@ void ann_rbq_quant_avx2(const float *rq, size_t dp, float inv, int16_t *qi)
 		_mm256_storeu_si256((__m256i *)(void *)(qi + j), p);
 	}
 }
+
+/* the 4 chains of a __m256d combined as (a0 + a1) + (a2 + a3) */
+static inline double chains(__m256d v)
+{
+	double l[4];
+	_mm256_storeu_pd(l, v);
+	return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
+double ann_rbq_resid_avx2(const float *q, const float *c, size_t n, float *res)
+{
+	__m256d acc = _mm256_setzero_pd();
+	size_t j = 0;
+	for (; j + 4 <= n; j += 4) {
+		__m128 qv = _mm_loadu_ps(q + j), cv = _mm_loadu_ps(c + j);
+		_mm_storeu_ps(res + j, _mm_sub_ps(qv, cv));
+		__m256d d = _mm256_sub_pd(_mm256_cvtps_pd(qv), _mm256_cvtps_pd(cv));
+		acc = _mm256_add_pd(acc, _mm256_mul_pd(d, d));
+	}
+	double l[4];
+	_mm256_storeu_pd(l, acc);
+	for (; j < n; j++) {
+		res[j] = q[j] - c[j];
+		double d = (double)q[j] - c[j];
+		l[j & 3] += d * d;
+	}
+	return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
+void ann_rbq_dots_avx2(const float *q, const float *c, size_t n, double *qq, double *qc)
+{
+	__m256d a = _mm256_setzero_pd(), b = _mm256_setzero_pd();
+	size_t j = 0;
+	for (; j + 4 <= n; j += 4) {
+		__m256d qv = _mm256_cvtps_pd(_mm_loadu_ps(q + j)), cv = _mm256_cvtps_pd(_mm_loadu_ps(c + j));
+		a = _mm256_add_pd(a, _mm256_mul_pd(qv, qv));
+		b = _mm256_add_pd(b, _mm256_mul_pd(qv, cv));
+	}
+	double la[4], lb[4];
+	_mm256_storeu_pd(la, a);
+	_mm256_storeu_pd(lb, b);
+	for (; j < n; j++) {
+		la[j & 3] += (double)q[j] * q[j];
+		lb[j & 3] += (double)q[j] * c[j];
+	}
+	*qq = (la[0] + la[1]) + (la[2] + la[3]);
+	*qc = (lb[0] + lb[1]) + (lb[2] + lb[3]);
+}
+
+double ann_rbq_sum_avx2(const float *r, size_t n)
+{
+	__m256d acc = _mm256_setzero_pd();
+	size_t j = 0;
+	for (; j + 4 <= n; j += 4)
+		acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm_loadu_ps(r + j)));
+	double l[4];
+	_mm256_storeu_pd(l, acc);
+	for (; j < n; j++)
+		l[j & 3] += r[j];
+	return (l[0] + l[1]) + (l[2] + l[3]);
+}

@@ -50,6 +50,13 @@ typedef struct ann_rbq_rot {
 } ann_rbq_rot;
 
 void ann_rbq_rotate_avx2(const ann_rbq_rot *r, const float *v, float *out);
+/* res = q - c and the sums of (q - c)^2 (L2), or of q^2 and q c (c != NULL
+ * only then, res NULL), and of r (n floats), in double, each in 4 chains:
+ * element j adds to chain j mod 4, and the chains are combined as
+ * (a0 + a1) + (a2 + a3), as the scalar loops in rabitq.c. */
+double ann_rbq_resid_avx2(const float *q, const float *c, size_t n, float *res);
+void ann_rbq_dots_avx2(const float *q, const float *c, size_t n, double *qq, double *qc);
+double ann_rbq_sum_avx2(const float *r, size_t n);
 void ann_rbq_lut_avx2(const float *rq, size_t groups, float *lut);
 float ann_rbq_absmax_avx2(const float *rq, size_t dp);
 void ann_rbq_quant_avx2(const float *rq, size_t dp, float inv, int16_t *qi);
