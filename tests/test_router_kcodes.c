@@ -361,6 +361,55 @@ static void test_index(const char *dir)
 	free(q);
 }
 
+/* 1-bit codes of 256 padded dimensions or more route in two passes
+ * (prefix estimates of all centroids, full ones of a shortlist). They must
+ * pick what the one-pass scan of full estimates picks: an nprobe as large
+ * as the router routes in one pass, and its first TOP are the reference. */
+static void test_two_pass(void)
+{
+	t_current = "test_two_pass";
+	size_t n = 8000, d = 300, k = 500;
+	float *x = malloc(n * d * sizeof(float)), *q = malloc(NQ * d * sizeof(float));
+	t_gen_mixture(x, n, q, NQ, (uint32_t)d, 40, 11);
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.threads = 1;
+	o.kmeans.kmeans_iters = 4;
+	o.kmeans.router_bits = 1;
+	ann_router *r;
+	ASSERT_OK(ann_router_train(&o, x, n, d, (uint32_t)k, &r, NULL));
+	ASSERT_TRUE(ann_router_is_kcodes(r));
+	ann_router_ctx *rc;
+	ASSERT_OK(r->ops->ctx_new(r, &rc, NULL));
+	ann_search_opts one, two;
+	ann_search_opts_init(&one);
+	ann_search_opts_init(&two);
+	one.nprobe = (uint32_t)k; /* shortlist >= k: one pass */
+	two.nprobe = TOP;
+	uint32_t *ref = malloc(k * sizeof(uint32_t)), parts[TOP];
+	size_t same = 0, member = 0;
+	for (size_t i = 0; i < NQ; i++) {
+		ASSERT_EQ(r->ops->route(r, rc, q + i * d, &one, ref, NULL), (int)k);
+		ASSERT_EQ(r->ops->route(r, rc, q + i * d, &two, parts, NULL), TOP);
+		for (size_t a = 0; a < TOP; a++) {
+			same += parts[a] == ref[a];
+			for (size_t b = 0; b < TOP; b++)
+				member += parts[a] == ref[b];
+		}
+	}
+	printf("two-pass routing: %zu of %d in the same place, %zu in the one-pass top %d\n", same, NQ * TOP, member,
+	       TOP);
+	/* measured: all of them; a shortlist of 4 nprobe + 32 by estimates
+	 * twice as noisy as the full ones would have to miss a top-16 centroid */
+	ASSERT_LE((double)NQ * TOP * 0.995, (double)member);
+	ASSERT_LE((double)NQ * TOP * 0.99, (double)same);
+	free(ref);
+	r->ops->ctx_free(rc);
+	ann_router_free(r);
+	free(x);
+	free(q);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -368,6 +417,7 @@ int main(void)
 	char *dir = t_tmpdir();
 	test_probe_cut();
 	test_router();
+	test_two_pass();
 	test_index(dir);
 	t_rmtree(dir);
 	free(dir);

@@ -638,3 +638,43 @@ void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, fl
 		}
 	}
 }
+
+void ann_rbq_estimate_prefix(const ann_rbq_query *s, const uint8_t *codes, size_t n, uint32_t pdims, float *est)
+{
+	const ann_rbq *q = s->q;
+	ann_rbq_scan a = {
+		.lut = s->lut,
+		.qi = s->qi,
+		.groups = pdims / 4,
+		.dp = pdims,
+		.be = 0, /* the sign plane only */
+		.sign_bytes = q->sign_bytes,
+		.rec_bytes = q->rec_bytes,
+	};
+	double psum[4] = {0, 0, 0, 0};
+	for (size_t j = 0; j < pdims; j++)
+		psum[j & 3] += s->rq[j];
+	const double yconst = 0.5 * ((psum[0] + psum[1]) + (psum[2] + psum[3]));
+	const double scale = (double)q->dp / pdims;
+	float A[RBQ_CHUNK];
+	int64_t E[RBQ_CHUNK];
+	for (size_t i0 = 0; i0 < n; i0 += RBQ_CHUNK) {
+		size_t cn = ANN_MIN(n - i0, (size_t)RBQ_CHUNK);
+		const uint8_t *base = codes + i0 * q->rec_bytes;
+		if (s->simd == ANN_SIMD_AVX512)
+			ann_rbq_scan_avx512(&a, base, cn, A, E);
+		else if (s->simd == ANN_SIMD_AVX2)
+			ann_rbq_scan_avx2(&a, base, cn, A, E);
+		else
+			ann_rbq_scan_scalar(&a, base, cn, A, E);
+		for (size_t i = 0; i < cn; i++) {
+			const uint8_t *fp = base + i * q->rec_bytes + q->sign_bytes + q->ex_bytes;
+			double rn = ann_ldf32(fp), fip = ann_ldf32(fp + 4);
+			double ip = fip * scale * ((double)A[i] - yconst);
+			if (s->m == ANN_METRIC_L2)
+				est[i0 + i] = (float)(rn * rn + s->qn2 - 2.0 * ip);
+			else
+				est[i0 + i] = (float)(-(s->cq + ip));
+		}
+	}
+}

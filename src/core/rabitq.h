@@ -112,6 +112,15 @@ void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, cons
  * bits. */
 void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, float *est, float *width);
 
+/* A coarse estimate of the same quantity from the sign bits of the first
+ * pdims rotated coordinates only (1-bit codes: bits 1): the prefix's inner
+ * product scaled by padded_dim / pdims. Since the rotation spreads every
+ * direction over all coordinates, this is the full estimator on a random
+ * subset of the dimensions, about sqrt(padded_dim / pdims) times as noisy,
+ * at pdims / padded_dim of the cost: a first pass that a full estimate of
+ * its best few refines. pdims: a multiple of 32 in 32..padded_dim. */
+void ann_rbq_estimate_prefix(const ann_rbq_query *s, const uint8_t *codes, size_t n, uint32_t pdims, float *est);
+
 /* eps0 > 0 of later estimates (default ANN_RBQ_EPS0). */
 void ann_rbq_query_set_eps0(ann_rbq_query *s, float eps0);
 /* Kernel level of later estimates (default: ann_simd_active(); AVX-512

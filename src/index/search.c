@@ -163,7 +163,7 @@ static void cache_push_front(ann_searcher *s, cblock *c)
 static void cache_free(cblock *c)
 {
 	for (uint32_t i = 0; c->pages && i < c->npages; i++)
-		ann_aligned_free(c->pages[i]);
+		ann_free(c->pages[i]);
 	ann_free(c);
 }
 
@@ -288,7 +288,7 @@ void search_cache_put_pages(ann_searcher *s, uint32_t pid, uint32_t page0, const
 			cache_drop(s, s->ctail);
 		if (s->cbytes + CACHE_PAGE_BYTES > s->o.cache_bytes)
 			return; /* only this partition left: it keeps what it has */
-		uint8_t *pg = ann_aligned_alloc(64, CBLOCK_PAGE);
+		uint8_t *pg = ann_malloc(CBLOCK_PAGE);
 		if (!pg)
 			return; /* the cache is an optimisation */
 		memcpy(pg, data + (size_t)i * CBLOCK_PAGE, CBLOCK_PAGE);

@@ -7,7 +7,9 @@
  * the mean of all centroids), and a query is routed by a flat scan of the k
  * records: one rotation of the query, then k estimates of |q - c_j|^2 from
  * the codes alone, the nprobe smallest first. At 1 bit a 784-dim centroid
- * costs 108 bytes instead of 784 + ~260 of graph links.
+ * costs 108 bytes instead of 784 + ~260 of graph links. 1-bit codes of 256
+ * padded dimensions or more are scanned in two passes (KC_PREFIX_MIN):
+ * prefix estimates of all, full ones of a shortlist (docs/DESIGN.md).
  *
  * Built by ann_router_kmeans_train when ann_build_opts.kmeans.router_bits > 0
  * (kind ANN_ROUTER_KMEANS either way); loaded by ann_router_kmeans_load
@@ -25,7 +27,7 @@
  *    estimates. It is counted in ram_bytes while it exists.
  * Memory: router: nparts * cb + 4 dim bytes (+ 4 nparts dim during a
  * build); per searcher context: one RaBitQ query state and 4 nparts bytes of
- * estimates.
+ * estimates, and a shortlist of up to 1.5 KC_SHORTLIST(nprobe) estimates, ids and records.
  */
 #include "router.h"
 
@@ -52,13 +54,79 @@ typedef struct kc_router {
 	float *exact;    /* nparts x dim, trained routers only; NULL when loaded */
 } kc_router;
 
+/* The two-pass scan (1-bit codes of at least KC_PREFIX_MIN padded
+ * dimensions): prefix estimates from the first quarter of the rotated
+ * dimensions (rounded down to a multiple of 32) rank every centroid; the
+ * best KC_SHORTLIST(nprobe) get full estimates, which pick the nprobe. */
+#define KC_PREFIX_MIN 256u
+#define KC_SHORTLIST(np) (8 * (np) + 64)
+
 struct ann_router_ctx {
 	ann_rbq_query *rq;
 	float *est;      /* one estimate per centroid */
 	size_t est_cap;
 	float hd[ANN_MAX_NPROBE]; /* the nprobe best, a top-k heap */
 	int64_t hi[ANN_MAX_NPROBE];
+	float *sd;       /* sl_cap: the shortlist's estimates */
+	int64_t *si;     /* and centroids */
+	uint8_t *recs;   /* sl_cap records: the shortlist's codes */
+	size_t sl_cap;   /* grown to the largest shortlist, KC_SHORTLIST(ANN_MAX_NPROBE) at most */
 };
+
+static size_t count_le(const float *est, size_t n, float t)
+{
+	size_t c = 0;
+	for (size_t j = 0; j < n; j++)
+		c += est[j] <= t; /* NaN: false */
+	return c;
+}
+
+/* A shortlist of the smallest estimates: every centroid at or below a bar
+ * found by bisection on the value, such that between m and mmax (m < mmax)
+ * pass it (more only when equal values straddle it; the first mmax in id
+ * order are kept then). Branch-free counting passes instead of a heap or a
+ * quickselect, whose branches the random order of the estimates defeats;
+ * the bar depends on the values alone, so the shortlist is deterministic.
+ * NaN never enters. Returns the count, ids in id order. */
+static size_t kc_shortlist(const float *est, size_t n, size_t m, size_t mmax, int64_t *id)
+{
+	float lo = INFINITY, hi = -INFINITY;
+	for (size_t j = 0; j < n; j++) {
+		lo = est[j] < lo ? est[j] : lo;
+		hi = est[j] > hi ? est[j] : hi;
+	}
+	float bar = hi; /* count_le(bar) >= m whenever m values are not NaN */
+	if (lo <= hi) {
+		size_t cnt = count_le(est, n, hi);
+		float a = lo;
+		while (cnt > mmax) {
+			float mid = a + (bar - a) / 2;
+			if (!(mid > a && mid < bar))
+				break; /* no float left between: equal values */
+			size_t c = count_le(est, n, mid);
+			if (c >= m) {
+				bar = mid;
+				cnt = c;
+			} else {
+				a = mid;
+			}
+		}
+	}
+	size_t got = 0;
+	for (size_t j = 0; j < n && got < mmax; j++)
+		if (est[j] <= bar)
+			id[got++] = (int64_t)j;
+	return got;
+}
+
+/* The prefix the first pass reads, or 0 for a one-pass scan. */
+static uint32_t kc_prefix_dims(const ann_rbq *q)
+{
+	uint32_t dp = ann_rbq_padded_dim(q);
+	if (ann_rbq_bits(q) != 1 || dp < KC_PREFIX_MIN)
+		return 0;
+	return dp / 4 / 32 * 32;
+}
 
 static kc_router *kc(const ann_router *r)
 {
@@ -90,6 +158,9 @@ static void kc_ctx_free(ann_router_ctx *c)
 		return;
 	ann_rbq_query_free(c->rq);
 	ann_free(c->est);
+	ann_free(c->sd);
+	ann_free(c->si);
+	ann_free(c->recs);
 	ann_free(c);
 }
 
@@ -108,8 +179,38 @@ static int kc_rank(const ann_router *r, ann_router_ctx *c, const float *q, size_
 		c->est_cap = n;
 	}
 	ann_rbq_query_prepare(c->rq, ANN_METRIC_L2, q, k->centre);
-	ann_rbq_estimate(c->rq, k->codes, n, c->est, NULL);
 	np = ANN_MIN(np, n);
+	uint32_t pdims = kc_prefix_dims(k->rbq);
+	size_t m = ANN_MIN(n, KC_SHORTLIST(np));
+	size_t mcap = m + m / 2;
+	if (pdims && m < n && c->sl_cap < mcap) {
+		ann_free(c->sd);
+		ann_free(c->si);
+		ann_free(c->recs);
+		c->sd = ann_malloc(mcap * sizeof(float));
+		c->si = ann_malloc(mcap * sizeof(int64_t));
+		c->recs = ann_malloc(mcap * k->cb);
+		c->sl_cap = c->sd && c->si && c->recs ? mcap : 0;
+		if (!c->sl_cap)
+			return ann_err(err, ANN_E_NOMEM, "kmeans router (codes): out of memory for a shortlist of %zu", mcap);
+	}
+	if (pdims && m < n) {
+		/* two passes: prefix estimates of all, full ones of the best m */
+		ann_rbq_estimate_prefix(c->rq, k->codes, n, pdims, c->est);
+		/* the shortlist: the m to 1.5 m smallest prefix estimates */
+		m = kc_shortlist(c->est, n, m, ANN_MIN(n - 1, m + m / 2), c->si);
+		for (size_t i = 0; i < m; i++)
+			memcpy(c->recs + i * k->cb, k->codes + (size_t)c->si[i] * k->cb, k->cb);
+		ann_rbq_estimate(c->rq, c->recs, m, c->sd, NULL);
+		ann_topk t;
+		ann_topk_init(&t, c->hd, c->hi, np);
+		for (size_t i = 0; i < m; i++)
+			ann_topk_push(&t, c->sd[i] > 0 ? c->sd[i] : 0, c->si[i]);
+		size_t got = t.n;
+		ann_topk_finish(&t);
+		return (int)got;
+	}
+	ann_rbq_estimate(c->rq, k->codes, n, c->est, NULL);
 	ann_topk t;
 	ann_topk_init(&t, c->hd, c->hi, np);
 	for (size_t j = 0; j < n; j++) {
