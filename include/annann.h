@@ -353,7 +353,7 @@ typedef struct ann_search_opts {
 	int force_pread;       /**< use pread instead of io_uring; default 0 */
 	uint32_t rerank;       /**< codes blocks: at most this many candidates per query get their exact
 	                            vector read (best estimates first, only those whose lower bound beats the
-	                            k-th upper bound); default 0 = ANN_DEFAULT_RERANK */
+	                            k-th upper bound); default 0 = ann_default_rerank(k) */
 	float rerank_eps;      /**< codes: eps0 of the codes' error bound (width = eps0 x the estimator's
 	                            standard error); smaller prunes more and risks more; default 0 =
 	                            ANN_DEFAULT_RERANK_EPS */
@@ -367,8 +367,10 @@ typedef struct ann_search_opts {
 	                            0 = off (every one of the nprobe; INFINITY is off too). Other routers ignore it */
 } ann_search_opts;
 
-/** Default re-rank budget per query (docs/BENCHMARKS.md "Codes and re-ranking"). */
-#define ANN_DEFAULT_RERANK 100
+/** Default re-rank budget per query: ANN_RERANK_PER_K x k, at least ANN_RERANK_MIN
+ * (docs/DESIGN.md "The re-rank budget"). */
+#define ANN_RERANK_PER_K 6u
+#define ANN_RERANK_MIN 64u
 /** Default eps0 of the re-rank bound (docs/DESIGN.md "The re-rank bound's width"). */
 #define ANN_DEFAULT_RERANK_EPS 2.0f
 /** Default re-rank phases (docs/BENCHMARKS.md "Codes and re-ranking"). */
@@ -395,6 +397,9 @@ typedef struct ann_query_stats {
 
 /** A per-thread search context: I/O ring, buffers, decoder, scratch. */
 typedef struct ann_searcher ann_searcher;
+
+/** The re-rank budget a search with k neighbours and rerank 0 uses. */
+ANN_API uint32_t ann_default_rerank(uint32_t k);
 
 ANN_API int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **out, ann_error *err);
 ANN_API void ann_searcher_free(ann_searcher *s);

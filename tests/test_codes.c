@@ -690,6 +690,12 @@ static void check_cache(const char *idx)
 		rr2 += st[2][q].bytes_round2;
 	}
 	ASSERT_TRUE(rr2 > 0); /* without the cache round 2 did read */
+	/* the default budget (rerank 0): 6 k, at least 64, and it binds */
+	ASSERT_EQ(ann_default_rerank(K), 64);
+	ASSERT_EQ(ann_default_rerank(100), 600);
+	ASSERT_EQ(ann_default_rerank(1), 64);
+	for (size_t q = 0; q < NQ; q++)
+		ASSERT_TRUE(st[2][q].reranked <= ann_default_rerank(K));
 	ann_index_close(x);
 }
 

@@ -637,7 +637,7 @@ int cli_search_distributed(cli_cmd *c)
 			  cli_u64(c, "ef", 0, 0, ANN_MAX_EF, &ef) && cli_u64(c, "batch", 1, 1, UINT32_MAX, &batch) &&
 			  cli_u64(c, "threads", 1, 1, 1, &threads) && cli_size(c, "cache", 0, 0, CLI_SIZE_MAX, &cache) &&
 			  cli_u64(c, "queue-depth", 32, 1, 4096, &qd) && cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) &&
-			  cli_u64(c, "rerank", ANN_DEFAULT_RERANK, 1, 100000, &rerank) &&
+			  cli_u64(c, "rerank", 0, 1, 100000, &rerank) &&
 			  cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, 2, &rphases) &&
 			  cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, ANN_MAX_NPROBE, probes, 64, &nprobes);
 		double reps = 0;

@@ -494,10 +494,10 @@ static cli_opt search_opts[] = {
 	{"threads", "T", "search threads, each with its own searcher (default 1)", NULL},
 	{"cache", "BYTES", "decoded-block cache per thread: format 1 blocks, heads of codes blocks (default 0: every block from storage)",
 	 NULL},
-	{"rerank", "N", "codes: at most N exact re-ranks per query (default 100)", NULL},
+	{"rerank", "N", "codes: at most N exact re-ranks per query (default 6 k, at least 64)", NULL},
 	{"rerank-phases", "N", "codes: 1 = one read of all re-rank pages; 2 = the k best first, then only what can "
 	 "still beat them (default 2)", NULL},
-	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.8)", NULL},
+	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.0)", NULL},
 	{"probe-eps", "E", "kmeans: probe only partitions whose centroid is within (1 + E) x the nearest "
 	 "centroid's distance, at most nprobe of them (default 0 = off, every one of the nprobe; inf = off)", NULL},
 	{"queue-depth", "Q", "I/O requests in flight (default 32)", NULL},
@@ -683,7 +683,7 @@ void cli_search_report(const cli_search_result *r, uint64_t *lat)
 		cli_json_num(&j, "ios_round2", io2 / dn);
 		cli_json_num(&j, "estimated", nest / dn);
 		cli_json_num(&j, "reranked", nrr / dn);
-		cli_json_int(&j, "rerank_budget", (long long)rerank);
+		cli_json_int(&j, "rerank_budget", (long long)(rerank ? rerank : ann_default_rerank((uint32_t)r->k)));
 		cli_json_close_obj(&j);
 		if (r->probe_eps > 0 && !isinf(r->probe_eps))
 			cli_json_num(&j, "probe_eps", r->probe_eps);
@@ -729,7 +729,7 @@ static int run_search(cli_cmd *c)
 	    !cli_u64(c, "ef", 0, 0, ANN_MAX_EF, &ef) || !cli_u64(c, "batch", 1, 1, UINT32_MAX, &batch) ||
 	    !cli_u64(c, "threads", 1, 1, 64, &threads) || !cli_size(c, "cache", 0, 0, CLI_SIZE_MAX, &cache) ||
 	    !cli_u64(c, "queue-depth", 32, 1, 4096, &qd) || !cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) ||
-	    !cli_u64(c, "rerank", ANN_DEFAULT_RERANK, 1, 100000, &rerank) ||
+	    !cli_u64(c, "rerank", 0, 1, 100000, &rerank) ||
 	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, 2, &rphases) ||
 	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, ANN_MAX_NPROBE, probes, 64, &nprobes))
 		return CLI_EXIT_USAGE;

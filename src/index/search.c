@@ -40,7 +40,13 @@ void ann_search_opts_init(ann_search_opts *o)
 	o->candidates_factor = ANN_DEFAULT_CANDIDATES_FACTOR;
 	o->queue_depth = 32;
 	o->io_buffer_bytes = (size_t)16 << 20;
-	o->rerank = ANN_DEFAULT_RERANK;
+	o->rerank = 0; /* ann_default_rerank(k) */
+}
+
+uint32_t ann_default_rerank(uint32_t k)
+{
+	uint64_t r = (uint64_t)ANN_RERANK_PER_K * k;
+	return (uint32_t)ANN_MIN(ANN_MAX(r, (uint64_t)ANN_RERANK_MIN), (uint64_t)UINT32_MAX);
 }
 
 /* Grows *p to hold need elements of esz bytes (search_int.h). */
@@ -71,7 +77,7 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		ann_search_opts_init(&s->o);
 	if (s->o.nprobe == 0)
 		s->o.nprobe = ann_default_nprobe(idx->router->nparts);
-	s->rerank = s->o.rerank ? s->o.rerank : ANN_DEFAULT_RERANK;
+	s->rerank = s->o.rerank ? s->o.rerank : ann_default_rerank(s->o.k);
 	if (s->o.rerank_phases == 0)
 		s->o.rerank_phases = ANN_DEFAULT_RERANK_PHASES;
 	if (s->o.rerank_phases > 2) {
