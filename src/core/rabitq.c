@@ -349,7 +349,6 @@ static size_t rbq_push(rbq_queue *qu, uint32_t i, double t)
 	return qu->nb;
 }
 
-/* The search for be = 1 (see above). */
 static uint64_t rbq_bits(double t)
 {
 	uint64_t u;
@@ -357,6 +356,7 @@ static uint64_t rbq_bits(double t)
 	return u;
 }
 
+/* The scale search for be = 1 (the walk described above rbq_t_lo). */
 static void quantise_ex1(const double *a, size_t n, uint8_t *k, double amax, void *scratch)
 {
 	const double t_hi = (double)(1 + 10) / amax;
