@@ -614,15 +614,16 @@ static void test_search(ann_rng *rng)
 					if (memcmp(k1, k2, n) == 0)
 						continue;
 					double v1 = search_objective(a, k1, n), v2 = search_objective(a, k2, n);
-					printf("  search n=%u be=%u kind %d: k differs, objective %.17g (heap) %.17g (new)\n", n,
-					       be, kind, v1, v2);
+					printf("  search n=%u be=%u kind %d: k differs, objective %.17g (heap) %.17g (new)\n",
+					       n, be, kind, v1, v2);
 					for (uint32_t i = 0; i < n && i < 16; i++)
 						printf("    a[%u] = %a: k %u (heap) %u (new)\n", i, a[i], k1[i], k2[i]);
 					fflush(stdout);
 					if (kind == 0)
 						T_FAIL("n=%u be=%u kind %d: the search chose another k", n, be, kind);
 					if (!(fabs(v1 - v2) <= 1e-12 * fabs(v1)))
-						T_FAIL("n=%u be=%u kind %d: objective %.17g against %.17g", n, be, kind, v2, v1);
+						T_FAIL("n=%u be=%u kind %d: objective %.17g against %.17g", n, be, kind, v2,
+						       v1);
 					differ++;
 				}
 			}
@@ -676,8 +677,8 @@ static void test_encode_same(ann_rng *rng)
 			ASSERT_OK(ann_rbq_encode(q, c, x, n, c2, NULL));
 			for (size_t i = 0; i < n; i++)
 				if (memcmp(c1 + i * cb, c2 + i * cb, cb) != 0)
-					T_FAIL("d=%u bits=%u row %zu (%s): the code differs from the first encoder's", d,
-					       bits, i, i < ng ? "Gaussian" : "tie");
+					T_FAIL("d=%u bits=%u row %zu (%s): the code differs from the first encoder's",
+					       d, bits, i, i < ng ? "Gaussian" : "tie");
 			free(c1);
 			free(c2);
 			ann_rbq_free(q);

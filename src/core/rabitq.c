@@ -311,8 +311,11 @@ static size_t rbq_buckets(size_t n, unsigned be)
  *            time (8 n) and list link (4 n), bucket heads (4 nb). */
 static size_t rbq_search_bytes(size_t n, unsigned be)
 {
-	size_t b = be == 1 ? n * (2 * sizeof(rbq_ev1) + sizeof(uint32_t)) + (rbq_buckets(n, be) + 1) * sizeof(uint32_t)
-			   : n * (sizeof(rbq_event) + sizeof(double) + sizeof(int32_t)) + rbq_buckets(n, be) * sizeof(int32_t);
+	size_t nb = rbq_buckets(n, be), b;
+	if (be == 1)
+		b = n * (2 * sizeof(rbq_ev1) + sizeof(uint32_t)) + (nb + 1) * sizeof(uint32_t);
+	else
+		b = n * (sizeof(rbq_event) + sizeof(double) + sizeof(int32_t)) + nb * sizeof(int32_t);
 	return ANN_ALIGN_UP(b, (size_t)16);
 }
 
