@@ -73,11 +73,14 @@
  * ---- Memory -------------------------------------------------------------------
  *  ann_rbq: struct + D/2 bytes of signs. Query state: struct + one block of
  *  4 dim (residual) + 4 D (rotated query) + 2 D (qi) + 16 D (tables) bytes.
- *  Encode: one scratch block of 4 dim + 4 D + 8 D + D + 16 D bytes per call.
+ *  Encode: one scratch block per call: 4 dim + 8 D + 4 D + D bytes, plus
+ *  the scale search's for be > 0 (rbq_search_bytes): 44 D + 16 for be = 1,
+ *  28 D + 4 max(2 D, 101) rounded up to 16 (at most 36 D + 416) for be >= 2.
  *  Estimate: 768 bytes of stack, no allocation.
  */
 #include "rabitq.h"
 
+#include <assert.h>
 #include <math.h>
 
 #include "distance.h"
@@ -249,38 +252,208 @@ typedef struct rbq_event {
 	uint32_t i;
 } rbq_event;
 
-static void heap_down(rbq_event *hp, size_t n, size_t i)
-{
-	for (;;) {
-		size_t l = 2 * i + 1, m = i;
-		if (l < n && hp[l].t < hp[m].t)
-			m = l;
-		if (l + 1 < n && hp[l + 1].t < hp[m].t)
-			m = l + 1;
-		if (m == i)
-			return;
-		rbq_event t = hp[i];
-		hp[i] = hp[m];
-		hp[m] = t;
-		i = m;
-	}
-}
+typedef struct rbq_ev1 {
+	double t, a;
+} rbq_ev1;
 
 /* Extended RaBitQ's scale search. a: |o'_i| (n values, unit vector), levels
  * K = 2^be. Sets k[i] = min(floor(t a_i), K - 1) for the t in [t_lo, t_hi]
  * that maximises sum (k_i + 1/2) a_i / sqrt(sum (k_i + 1/2)^2), where
  * t_hi = (K - 1 + 10) / max a (past it the largest coordinates only clip)
- * and t_lo = rbq_t_lo[be] t_hi. Walks the critical values of t (where some
- * k_i steps) in increasing order with a heap: O(events log n), events <=
- * n (K - 1).
+ * and t_lo = rbq_t_lo[be] t_hi.
  * rbq_t_lo: measured over 300 rotated Gaussian unit vectors of dims 128 and
  * 784, the best t lay at 0.19, 0.30, 0.44, 0.57, 0.66, 0.78, 0.86 of t_hi
  * at least (be = 1..7; the means are 0.07-0.12 higher); starting 0.15
  * below that skips the events that cannot win and halves the encode time.
- * (The reference library starts at a similar table, kTightStart.) */
+ * (The reference library starts at a similar table, kTightStart.)
+ *
+ * The walk. The objective only changes where some k_i steps, at the
+ * critical values ("events") t = (k + 1) / a_i, k = k_i(t_lo) .. K - 2, so
+ * the search visits the events up to t_hi in increasing t, judging the
+ * state once all the coordinates that step at the same t have stepped,
+ * and remembers the best as a t halfway to the next event (so that
+ * floor(t a_i) reproduces it without ties). The events are ordered by
+ * buckets, not by a heap (the first version: O(events log n), 75% of the
+ * pack phase of a 2-bit build; tests/test_rabitq.c keeps it and requires
+ * the same k and the same bytes):
+ *  - be = 1 (quantise_ex1): a coordinate has at most one event, t = 1 / a_i,
+ *    so the walk is a sort: a counting sort of the events in range into
+ *    ~2n buckets by the bits of t, then an insertion sort within buckets;
+ *  - be >= 2: a bucket queue (calendar queue) over [t_lo, t_hi] holding
+ *    each coordinate's next event; its 2n equal buckets are at most
+ *    0.4 / max a wide, so a coordinate's following event, 1 / a_i later,
+ *    falls in a strictly later bucket, and a bucket once reached is
+ *    complete and is sorted by insertion as it is gathered.
+ * Cost O(n + buckets + events + inversions within buckets). The running
+ * sums are the first version's, in its order: the initial num and den in
+ * index order, then a_i and 2 k_i + 2 per event in t order. Only within a
+ * group of equal t may the order of the a_i differ (the heap's there,
+ * bucket order here), so that the float sum, hence a near tie between two
+ * states, could resolve differently; test_search checks the objectives
+ * agree within 1e-12 and has seen no such case. States whose num^2 is
+ * below best^2 (1 - 1e-12) den cannot win whatever the rounding, and skip
+ * the square root. */
 static const double rbq_t_lo[8] = {0, 0.04, 0.15, 0.29, 0.42, 0.51, 0.63, 0.71};
 
-static void quantise_ex(const double *a, size_t n, unsigned be, uint8_t *k, rbq_event *hp)
+/* Buckets for n coordinates: 2 n, and for be >= 2 at least enough for a
+ * width of 0.4 / max a: 2.5 (t_hi - t_lo) max a = 2.5 (1 - rbq_t_lo) (K + 9). */
+static size_t rbq_buckets(size_t n, unsigned be)
+{
+	size_t lo = (size_t)(2.5 * (1.0 - rbq_t_lo[be]) * (double)((1u << be) + 9)) + 2;
+	return 2 * n > lo ? 2 * n : lo;
+}
+
+/* Scratch of quantise_ex, a multiple of 16 bytes (bucket heads and counts
+ * are 4 bytes each):
+ *   be = 1:  events (t, a) twice (16 n each), bucket of each event (4 n),
+ *            counts (4 (nb + 1));
+ *   be >= 2: the gathered bucket (16 n), each coordinate's pending event
+ *            time (8 n) and list link (4 n), bucket heads (4 nb). */
+static size_t rbq_search_bytes(size_t n, unsigned be)
+{
+	size_t nb = rbq_buckets(n, be), b;
+	if (be == 1)
+		b = n * (2 * sizeof(rbq_ev1) + sizeof(uint32_t)) + (nb + 1) * sizeof(uint32_t);
+	else
+		b = n * (sizeof(rbq_event) + sizeof(double) + sizeof(int32_t)) + nb * sizeof(int32_t);
+	return ANN_ALIGN_UP(b, (size_t)16);
+}
+
+typedef struct rbq_queue {
+	double t_lo, t_hi, inv_w; /* inv_w = nb / (t_hi - t_lo) */
+	size_t nb;
+	double *nt;   /* n: pending event time of coordinate i */
+	int32_t *nx;  /* n: next coordinate in the same bucket, -1 ends */
+	int32_t *head; /* nb: first coordinate of each bucket, -1 if empty */
+	double beyond; /* the smallest pending event past t_hi, if any */
+	bool has_beyond;
+} rbq_queue;
+
+static size_t rbq_bucket(const rbq_queue *qu, double t)
+{
+	double x = (t - qu->t_lo) * qu->inv_w;
+	size_t b = x > 0 ? (size_t)x : 0;
+	return b < qu->nb ? b : qu->nb - 1;
+}
+
+/* Queues event t of coordinate i; returns its bucket, or nb if past t_hi. */
+static size_t rbq_push(rbq_queue *qu, uint32_t i, double t)
+{
+	if (t <= qu->t_hi) {
+		size_t b = rbq_bucket(qu, t);
+		qu->nt[i] = t;
+		qu->nx[i] = qu->head[b];
+		qu->head[b] = (int32_t)i;
+		return b;
+	}
+	if (!qu->has_beyond || t < qu->beyond)
+		qu->beyond = t;
+	qu->has_beyond = true;
+	return qu->nb;
+}
+
+static uint64_t rbq_bits(double t)
+{
+	uint64_t u;
+	memcpy(&u, &t, sizeof(u));
+	return u;
+}
+
+/* The scale search for be = 1 (the walk described above rbq_t_lo). */
+static void quantise_ex1(const double *a, size_t n, uint8_t *k, double amax, void *scratch)
+{
+	const double t_hi = (double)(1 + 10) / amax;
+	const double t_lo = rbq_t_lo[1] * t_hi;
+	const double first = 1u / amax;
+	/* buckets by the bits of t (monotone in t > 0, and about linear in
+	 * log t, where the events are spread more evenly than in t): bucket
+	 * (bits(t) - bits(first)) >> shift, shift the least with
+	 * bits(t_hi) - bits(first) >> shift < nb */
+	size_t nb = rbq_buckets(n, 1);
+	const uint64_t base = rbq_bits(first), span = rbq_bits(t_hi) - base;
+	unsigned shift = 0;
+	while ((span >> shift) >= nb)
+		shift++;
+	nb = (size_t)(span >> shift) + 1;
+	rbq_ev1 *tmp = scratch, *ev = tmp + n;
+	uint32_t *bi = (uint32_t *)(void *)(ev + n), *cnt = bi + n;
+	double *tt = (double *)(void *)ev; /* event times, before ev is filled */
+	memset(cnt, 0, (nb + 1) * sizeof(uint32_t));
+	/* At t_lo every k_i is 0 (t_lo a_i <= 0.44 (1 + 10) / 11 < 1): num and
+	 * den are the first version's sums of (0 + 0.5) a_i and 0.25 in index
+	 * order; every a_i > 0 has its event at t = 1 / a_i, the first of them
+	 * at 1 / max a (a_i = 0 gives t = +inf, never in range). */
+	double num = 0, den = 0;
+	for (size_t i = 0; i < n; i++) {
+		num += 0.5 * a[i];
+		den += 0.25;
+	}
+	for (size_t i = 0; i < n; i++)
+		tt[i] = 1u / a[i];
+	/* events past t_hi are written at m but not kept */
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++) {
+		double t = tt[i];
+		uint64_t b = (rbq_bits(t) - base) >> shift;
+		b = b < nb ? b : nb - 1;
+		size_t in = t <= t_hi;
+		tmp[m] = (rbq_ev1){t, a[i]};
+		bi[m] = (uint32_t)b;
+		cnt[b + 1] += (uint32_t)in;
+		m += in;
+	}
+	for (size_t b = 1; b <= nb; b++)
+		cnt[b] += cnt[b - 1];
+	for (size_t j = 0; j < m; j++)
+		ev[cnt[bi[j]]++] = tmp[j];
+	for (size_t j = 1; j < m; j++) {
+		rbq_ev1 e = ev[j];
+		size_t i = j;
+		for (; i > 0 && ev[i - 1].t > e.t; i--)
+			ev[i] = ev[i - 1];
+		ev[i] = e;
+	}
+	double best = num / sqrt(den);
+	double best_t = (t_lo + first) / 2;
+	bool last = false; /* the best state is the last event's in range */
+	/* skip = best^2 (1 - 1e-12): a state with num^2 < skip den has
+	 * num / sqrt(den) < best by far more than the rounding of either
+	 * side, so it cannot win and needs no square root */
+	double skip = best * best * (1 - 1e-12);
+	for (size_t j = 0; j < m; j++) {
+		double t = ev[j].t;
+		num += ev[j].a;
+		den += 2.0;
+		if (j + 1 < m && ev[j + 1].t <= t)
+			continue;
+		if (num * num < skip * den)
+			continue;
+		double v = num / sqrt(den);
+		if (v > best) {
+			best = v;
+			skip = best * best * (1 - 1e-12);
+			best_t = j + 1 < m ? (t + ev[j + 1].t) / 2 : t;
+			last = j + 1 == m;
+		}
+	}
+	if (last) {
+		/* halfway to the first event past t_hi, or twice t if none */
+		double beyond = INFINITY;
+		bool has_beyond = false;
+		for (size_t i = 0; i < n; i++) {
+			double t = 1u / a[i]; /* tt is ev's now */
+			if (a[i] > 0 && !(t <= t_hi)) {
+				beyond = t < beyond ? t : beyond;
+				has_beyond = true;
+			}
+		}
+		best_t = has_beyond ? (best_t + beyond) / 2 : best_t * 2;
+	}
+	for (size_t i = 0; i < n; i++)
+		k[i] = best_t * a[i] >= 1.0;
+}
+
+static void quantise_ex(const double *a, size_t n, unsigned be, uint8_t *k, void *scratch)
 {
 	const uint32_t K = 1u << be;
 	double amax = 0;
@@ -290,52 +463,110 @@ static void quantise_ex(const double *a, size_t n, unsigned be, uint8_t *k, rbq_
 		memset(k, 0, n);
 		return;
 	}
-	const double t_hi = (double)(K - 1 + 10) / amax;
-	const double t_lo = rbq_t_lo[be] * t_hi;
-	double num = 0, den = 0;
-	size_t nh = 0;
+	if (be == 1) {
+		quantise_ex1(a, n, k, amax, scratch);
+		return;
+	}
+	rbq_queue qu;
+	qu.t_hi = (double)(K - 1 + 10) / amax;
+	qu.t_lo = rbq_t_lo[be] * qu.t_hi;
+	qu.nb = rbq_buckets(n, be);
+	qu.inv_w = (double)qu.nb / (qu.t_hi - qu.t_lo);
+	rbq_event *cur = scratch;
+	qu.nt = (double *)(void *)(cur + n);
+	qu.nx = (int32_t *)(void *)(qu.nt + n);
+	qu.head = qu.nx + n;
+	qu.has_beyond = false;
+	qu.beyond = 0;
+	for (size_t b = 0; b < qu.nb; b++)
+		qu.head[b] = -1;
+	/* k at t_lo (min(floor(x), K - 1) as x >= 0: a truncation) */
+	double num = 0, den = 0, first = 0;
+	bool any = false;
 	for (size_t i = 0; i < n; i++) {
-		double f = floor(t_lo * a[i]);
-		uint32_t ki = f >= (double)(K - 1) ? K - 1 : (uint32_t)f;
+		double x = qu.t_lo * a[i];
+		uint32_t ki = x >= (double)(K - 1) ? K - 1 : (uint32_t)x;
 		k[i] = (uint8_t)ki;
 		num += (ki + 0.5) * a[i];
 		den += (ki + 0.5) * (ki + 0.5);
-		if (ki < K - 1 && a[i] > 0)
-			hp[nh++] = (rbq_event){(ki + 1) / a[i], (uint32_t)i};
+		if (ki < K - 1 && a[i] > 0) {
+			double t = (ki + 1) / a[i];
+			first = !any || t < first ? t : first;
+			any = true;
+			rbq_push(&qu, (uint32_t)i, t);
+		}
 	}
-	for (size_t i = nh; i-- > 0;)
-		heap_down(hp, nh, i);
 	/* The best state is remembered as a t strictly between two events, so
-	 * that floor(t a_i) reproduces it without ties. */
+	 * that floor(t a_i) reproduces it without ties; when its event closes
+	 * a bucket, the next event is the first of the next bucket that holds
+	 * one ("open" until then). */
 	double best = num / sqrt(den);
-	double best_t = nh ? (t_lo + hp[0].t) / 2 : t_lo;
-	while (nh && hp[0].t <= t_hi) {
-		double t = hp[0].t;
-		uint32_t i = hp[0].i;
-		uint32_t ki = k[i];
-		num += a[i];
-		den += 2.0 * ki + 2.0;
-		k[i] = (uint8_t)++ki;
-		if (ki < K - 1) {
-			hp[0].t = (ki + 1) / a[i];
-		} else {
-			hp[0] = hp[--nh];
+	double best_t = any ? (qu.t_lo + first) / 2 : qu.t_lo;
+	bool open = false;
+	double open_t = 0;
+	double skip = best * best * (1 - 1e-12); /* as in quantise_ex1 */
+	for (size_t b = 0; b < qu.nb; b++) {
+		size_t m = 0;
+		for (int32_t e = qu.head[b]; e >= 0; e = qu.nx[e]) {
+			double t = qu.nt[e];
+			size_t j = m++;
+			for (; j > 0 && cur[j - 1].t > t; j--)
+				cur[j] = cur[j - 1];
+			cur[j] = (rbq_event){t, (uint32_t)e};
 		}
-		heap_down(hp, nh, 0);
-		/* several coordinates may step at the same t: judge the state
-		 * only once all of them have */
-		if (nh && hp[0].t <= t)
+		if (!m)
 			continue;
-		double v = num / sqrt(den);
-		if (v > best) {
-			best = v;
-			best_t = nh ? (t + hp[0].t) / 2 : t * 2;
+		if (open) {
+			best_t = (open_t + cur[0].t) / 2;
+			open = false;
+		}
+		for (size_t j = 0; j < m; j++) {
+			double t = cur[j].t;
+			uint32_t i = cur[j].i;
+			uint32_t ki = k[i];
+			num += a[i];
+			den += 2.0 * ki + 2.0;
+			k[i] = (uint8_t)++ki;
+			if (ki < K - 1) {
+				size_t b2 = rbq_push(&qu, i, (ki + 1) / a[i]);
+				assert(b2 > b);
+				(void)b2;
+			}
+			/* several coordinates may step at the same t: judge the
+			 * state only once all of them have */
+			if (j + 1 < m && cur[j + 1].t <= t)
+				continue;
+			if (num * num < skip * den)
+				continue;
+			double v = num / sqrt(den);
+			if (v > best) {
+				best = v;
+				skip = best * best * (1 - 1e-12);
+				if (j + 1 < m) {
+					best_t = (t + cur[j + 1].t) / 2;
+				} else {
+					open = true;
+					open_t = t;
+				}
+			}
 		}
 	}
+	if (open)
+		best_t = qu.has_beyond ? (open_t + qu.beyond) / 2 : open_t * 2;
 	for (size_t i = 0; i < n; i++) {
-		double f = floor(best_t * a[i]);
-		k[i] = (uint8_t)(f >= (double)(K - 1) ? K - 1 : f);
+		double x = best_t * a[i];
+		k[i] = (uint8_t)(x >= (double)(K - 1) ? K - 1 : (uint32_t)x);
 	}
+}
+
+size_t ann_rbq_quantise_ex_bytes(size_t n, unsigned be)
+{
+	return rbq_search_bytes(n, be);
+}
+
+void ann_rbq_quantise_ex(const double *a, size_t n, unsigned be, uint8_t *k, void *scratch)
+{
+	quantise_ex(a, n, be, k, scratch);
 }
 
 static bool finite_row(const float *x, size_t d, size_t *bad)
@@ -356,13 +587,14 @@ int ann_rbq_encode(const ann_rbq *q, const float *c, const float *x, size_t n, u
 	size_t bad;
 	if (!finite_row(c, dim, &bad))
 		return ann_err(err, ANN_E_INVAL, "rabitq encode: centre coordinate %zu is not finite", bad);
-	/* scratch: r (dim f32), o (dp f32), a (dp f64), k (dp u8), heap (dp events) */
-	size_t bytes = dim * sizeof(float) + dp * sizeof(float) + dp * sizeof(double) + dp + dp * sizeof(rbq_event);
-	uint8_t *scratch = ann_malloc(bytes + 16);
+	/* scratch: the scale search's (rbq_search_bytes), a (dp f64), r (dim
+	 * f32), o (dp f32), k (dp u8) */
+	size_t search = be ? rbq_search_bytes(dp, be) : 0;
+	size_t bytes = search + dp * sizeof(double) + dim * sizeof(float) + dp * sizeof(float) + dp;
+	uint8_t *scratch = ann_malloc(bytes);
 	if (!scratch)
 		return ann_err(err, ANN_E_NOMEM, "rabitq encode: out of memory (%zu bytes of scratch)", bytes);
-	rbq_event *hp = (rbq_event *)(void *)scratch;
-	double *a = (double *)(void *)(hp + dp);
+	double *a = (double *)(void *)(scratch + search);
 	float *r = (float *)(void *)(a + dp);
 	float *o = r + dim;
 	uint8_t *k = (uint8_t *)(o + dp);
@@ -390,24 +622,36 @@ int ann_rbq_encode(const ann_rbq *q, const float *c, const float *x, size_t n, u
 		for (size_t j = 0; j < dp; j++)
 			a[j] = fabs((double)o[j]) / norm;
 		if (be)
-			quantise_ex(a, dp, be, k, hp);
+			quantise_ex(a, dp, be, k, scratch);
 		else
 			memset(k, 0, dp);
 		double yo = 0, yy = 0;
-		uint8_t *sp = rec, *ep = rec + q->sign_bytes;
 		for (size_t j = 0; j < dp; j++) {
 			double y = k[j] + 0.5;
 			yo += y * a[j];
 			yy += y * y;
-			unsigned s = o[j] > 0;
-			sp[j / 8] |= (uint8_t)(s << (j % 8));
-			if (be) {
-				uint32_t e = s ? k[j] : K - 1 - k[j];
-				size_t bit = j * be;
-				uint32_t v = e << (bit % 8);
-				ep[bit / 8] |= (uint8_t)v;
-				if ((bit % 8) + be > 8)
-					ep[bit / 8 + 1] |= (uint8_t)(v >> 8);
+		}
+		/* sign plane: bit j of byte j / 8; ex plane: e_j in bits j be ..
+		 * j be + be - 1 of an LSB-first stream (dp be is a multiple of 8) */
+		uint8_t *sp = rec, *ep = rec + q->sign_bytes;
+		for (size_t j = 0; j < dp; j += 8) {
+			unsigned byte = 0;
+			for (unsigned b = 0; b < 8; b++)
+				byte |= (unsigned)(o[j + b] > 0) << b;
+			sp[j / 8] = (uint8_t)byte;
+		}
+		if (be) {
+			uint32_t acc = 0;
+			unsigned nbits = 0;
+			for (size_t j = 0; j < dp; j++) {
+				uint32_t e = o[j] > 0 ? k[j] : K - 1 - k[j];
+				acc |= e << nbits;
+				nbits += be;
+				if (nbits >= 8) {
+					*ep++ = (uint8_t)acc;
+					acc >>= 8;
+					nbits -= 8;
+				}
 			}
 		}
 		if (!(yo > 0))

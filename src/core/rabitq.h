@@ -79,7 +79,9 @@ void ann_rbq_rotate(const ann_rbq *q, const float *v, float *out);
 
 /* Encodes n float rows x (row-major, dim) relative to centre c (dim floats)
  * into codes (n * ann_rbq_code_bytes bytes). Scratch is internal: one
- * allocation of about 32 * padded_dim bytes per call. Rows and centre must be
+ * allocation per call of 4 * dim + 13 * padded_dim bytes at 1 bit, plus the
+ * scale search's from 2 bits on: 44 * padded_dim + 16 at 2 bits, at most
+ * 36 * padded_dim + 416 from 3. Rows and centre must be
  * finite, and so must their difference (ANN_E_INVAL naming the row); nothing
  * is guaranteed about codes already written when a row fails. */
 int ann_rbq_encode(const ann_rbq *q, const float *c, const float *x, size_t n, uint8_t *codes,

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * rabitq_kernels.h: private to rabitq.c, rabitq_avx2.c and rabitq_avx512.c.
+ * rabitq_kernels.h: private to rabitq.c, rabitq_avx2.c and rabitq_avx512.c
+ * (and tests/test_rabitq.c, which calls the encoder's scale search alone).
  * The two inner loops of ann_rbq_estimate, in a scalar reference (rabitq.c),
  * an AVX2 form (rabitq_avx2.c, built with -mavx2 -mfma) and an AVX-512 form
  * (rabitq_avx512.c): for each of n code records
@@ -60,6 +61,14 @@ double ann_rbq_sum_avx2(const float *r, size_t n);
 void ann_rbq_lut_avx2(const float *rq, size_t groups, float *lut);
 float ann_rbq_absmax_avx2(const float *rq, size_t dp);
 void ann_rbq_quant_avx2(const float *rq, size_t dp, float inv, int16_t *qi);
+
+/* The encoder's scale search (rabitq.c, quantise_ex), callable for
+ * tests/test_rabitq.c, which checks it against the first version: k (n
+ * bytes) = the levels of extended RaBitQ for magnitudes a (n >= 1 values,
+ * >= 0, finite) at be = 1..7 extra bits; scratch of
+ * ann_rbq_quantise_ex_bytes(n, be) bytes, 8-byte aligned. */
+size_t ann_rbq_quantise_ex_bytes(size_t n, unsigned be);
+void ann_rbq_quantise_ex(const double *a, size_t n, unsigned be, uint8_t *k, void *scratch);
 
 void ann_rbq_scan_scalar(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E);
 void ann_rbq_scan_avx2(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E);
