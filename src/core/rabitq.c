@@ -585,7 +585,14 @@ void ann_rbq_scan_scalar(const ann_rbq_scan *a, const uint8_t *codes, size_t n, 
 	}
 }
 
-void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, float *est, float *width)
+/* ann_rbq_estimate and ann_rbq_estimate_split: records of `stride` bytes,
+ * their factors in the record (f NULL) or in f->rn, f->fip, f->tan. */
+typedef struct factors {
+	const float *rn, *fip, *tan;
+} factors;
+
+static void estimate(const ann_rbq_query *s, const uint8_t *codes, size_t stride, const factors *f, size_t n,
+		     float *est, float *width)
 {
 	const ann_rbq *q = s->q;
 	ann_rbq_scan a = {
@@ -595,7 +602,7 @@ void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, fl
 		.dp = q->dp,
 		.be = q->be,
 		.sign_bytes = q->sign_bytes,
-		.rec_bytes = q->rec_bytes,
+		.rec_bytes = stride,
 	};
 	const double hi = (double)(1u << q->be);
 	const double half = ((double)(1u << q->bits) - 1) / 2;
@@ -606,7 +613,7 @@ void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, fl
 	int64_t E[RBQ_CHUNK];
 	for (size_t i0 = 0; i0 < n; i0 += RBQ_CHUNK) {
 		size_t cn = ANN_MIN(n - i0, (size_t)RBQ_CHUNK);
-		const uint8_t *base = codes + i0 * q->rec_bytes;
+		const uint8_t *base = codes + i0 * stride;
 		if (s->simd == ANN_SIMD_AVX512)
 			ann_rbq_scan_avx512(&a, base, cn, A, E);
 		else if (s->simd == ANN_SIMD_AVX2)
@@ -614,9 +621,17 @@ void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, fl
 		else
 			ann_rbq_scan_scalar(&a, base, cn, A, E);
 		for (size_t i = 0; i < cn; i++) {
-			const uint8_t *fp = base + i * q->rec_bytes + q->sign_bytes + q->ex_bytes;
-			double rn = ann_ldf32(fp), fip = ann_ldf32(fp + 4);
-			double tan16 = ann_ld16(fp + 8);
+			double rn, fip, tan16;
+			if (f) {
+				rn = f->rn[i0 + i];
+				fip = f->fip[i0 + i];
+				tan16 = f->tan[i0 + i];
+			} else {
+				const uint8_t *fp = base + i * stride + q->sign_bytes + q->ex_bytes;
+				rn = ann_ldf32(fp);
+				fip = ann_ldf32(fp + 4);
+				tan16 = ann_ld16(fp + 8);
+			}
 			double yq = hi * (double)A[i] + s->delta * (double)E[i] - yconst;
 			double ip = fip * yq; /* |r| <o, q'> estimate */
 			if (s->m == ANN_METRIC_L2)
@@ -627,4 +642,16 @@ void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, fl
 				width[i0 + i] = (float)(wscale * rn * tan16);
 		}
 	}
+}
+
+void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, float *est, float *width)
+{
+	estimate(s, codes, s->q->rec_bytes, NULL, n, est, width);
+}
+
+void ann_rbq_estimate_split(const ann_rbq_query *s, const uint8_t *codes, size_t stride, size_t n, const float *rn,
+			    const float *fip, const float *tan, float *est, float *width)
+{
+	const factors f = {rn, fip, tan};
+	estimate(s, codes, stride, &f, n, est, width);
 }

@@ -112,6 +112,18 @@ void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, cons
  * bits. */
 void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, float *est, float *width);
 
+/* ann_rbq_estimate of n records whose factors are kept apart: record i is
+ * its sign and ex planes at codes + i * stride (stride >= the planes' bytes;
+ * what follows the planes is not read as factors, but the buffer must
+ * extend 6 bytes past the planes of the last record, which the kernels may
+ * read), its factors rn[i] = |r|, fip[i] = f_ip and tan[i] = tan in 1/256
+ * units (the values a full record holds, as floats). est and width are bit
+ * for bit those of ann_rbq_estimate on the full records. Lets a reader of
+ * records with narrower factors (the codes block's slim records) skip
+ * rebuilding full ones. */
+void ann_rbq_estimate_split(const ann_rbq_query *s, const uint8_t *codes, size_t stride, size_t n, const float *rn,
+			    const float *fip, const float *tan, float *est, float *width);
+
 /* eps0 > 0 of later estimates (default ANN_RBQ_EPS0). */
 void ann_rbq_query_set_eps0(ann_rbq_query *s, float eps0);
 /* Kernel level of later estimates (default: ann_simd_active(); AVX-512

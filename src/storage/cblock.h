@@ -131,6 +131,14 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
  * bound). */
 void cblock_expand_codes(const ann_cblock_info *in, const uint8_t *src, size_t n, uint8_t *dst);
 
+/* The factors of the n slim records at src (in->code_bytes each, an F16
+ * block): |r|, f_ip and tan in 1/256 units, the values cblock_expand_codes
+ * writes, as floats into rn, fip and tan (n each), for
+ * ann_rbq_estimate_split: round 1 estimates from the stored records
+ * without rebuilding full ones. AVX2 when the CPU probe allows it, bit for
+ * bit the scalar form (cblock_kernels.h). */
+void cblock_factors(const ann_cblock_info *in, const uint8_t *src, size_t n, float *rn, float *fip, float *tan);
+
 /* cblock_encode's opts from the index's settings. */
 static inline unsigned cblock_opts(bool f16, bool page_order)
 {
