@@ -72,7 +72,8 @@
  *
  * ---- Memory -------------------------------------------------------------------
  *  ann_rbq: struct + D/2 bytes of signs. Query state: struct + one block of
- *  4 dim (residual) + 4 D (rotated query) + 2 D (qi) + 16 D (tables) bytes.
+ *  4 dim (residual) + 4 D (rotated query) + 2 D (qi) + 16 D (tables) bytes,
+ *  with 2-bit codes 16 D more (the ex plane's integer tables, AVX-512).
  *  Encode: one scratch block of 4 dim + 4 D + 8 D + D + 16 D bytes per call.
  *  Estimate: 768 bytes of stack, no allocation.
  */
@@ -110,6 +111,8 @@ struct ann_rbq_query {
 	float *rq;   /* dp: rotated query (residual for L2) */
 	int16_t *qi; /* dp */
 	float *lut;  /* dp / 4 * 16 */
+	int32_t *elut; /* dp / 4 * 16 with 2-bit codes (be 1), else NULL: the ex plane's tables */
+	bool elut_ready; /* elut holds this preparation's tables (AVX-512 only) */
 	double delta, sum_rq, qn2, qnorm, cq;
 	size_t block_bytes;
 };
@@ -442,7 +445,9 @@ int ann_rbq_query_new(const ann_rbq *q, ann_rbq_query **out, ann_error *err)
 {
 	*out = NULL;
 	const size_t dim = q->dim, dp = q->dp;
-	size_t bytes = dp / 4 * 16 * sizeof(float) + dp * sizeof(float) + dim * sizeof(float) + dp * sizeof(int16_t);
+	size_t ebytes = q->be == 1 ? dp / 4 * 16 * sizeof(int32_t) : 0;
+	size_t bytes = dp / 4 * 16 * sizeof(float) + ebytes + dp * sizeof(float) + dim * sizeof(float) +
+		       dp * sizeof(int16_t);
 	ann_rbq_query *s = ann_calloc(1, sizeof(*s));
 	uint8_t *blk = ann_aligned_alloc(64, bytes);
 	if (!s || !blk) {
@@ -458,7 +463,8 @@ int ann_rbq_query_new(const ann_rbq *q, ann_rbq_query **out, ann_error *err)
 	else if (ann_simd_active() >= ANN_SIMD_AVX2 && ann_kernels_for(ANN_SIMD_AVX2))
 		s->simd = ANN_SIMD_AVX2;
 	s->lut = (float *)(void *)blk;
-	s->rq = s->lut + dp / 4 * 16;
+	s->elut = ebytes ? (int32_t *)(void *)(s->lut + dp / 4 * 16) : NULL;
+	s->rq = s->lut + dp / 4 * 16 + ebytes / sizeof(float);
 	s->tmp = s->rq + dp;
 	s->qi = (int16_t *)(void *)(s->tmp + dim);
 	s->block_bytes = bytes;
@@ -527,6 +533,9 @@ void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, cons
 		s->delta = amax > 0 ? (double)amax / RBQ_QI_MAX : 1.0;
 		ann_rbq_quant_avx2(s->rq, dp, (float)(1.0 / s->delta), s->qi);
 		ann_rbq_lut_avx2(s->rq, dp / 4, s->lut);
+		s->elut_ready = s->elut && s->simd == ANN_SIMD_AVX512;
+		if (s->elut_ready)
+			ann_rbq_elut_avx512(s->qi, dp / 4, s->elut);
 		s->prepared = true;
 		return;
 	}
@@ -535,6 +544,7 @@ void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, cons
 		float v = fabsf(s->rq[j]);
 		amax = v > amax ? v : amax;
 	}
+	s->elut_ready = false;
 	s->delta = amax > 0 ? (double)amax / RBQ_QI_MAX : 1.0;
 	float inv = (float)(1.0 / s->delta);
 	for (size_t j = 0; j < dp; j++) {
@@ -597,6 +607,7 @@ static void estimate(const ann_rbq_query *s, const uint8_t *codes, size_t stride
 	const ann_rbq *q = s->q;
 	ann_rbq_scan a = {
 		.lut = s->lut,
+		.elut = s->simd == ANN_SIMD_AVX512 && s->elut_ready ? s->elut : NULL,
 		.qi = s->qi,
 		.groups = q->dp / 4,
 		.dp = q->dp,

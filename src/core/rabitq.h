@@ -87,6 +87,7 @@ int ann_rbq_encode(const ann_rbq *q, const float *c, const float *x, size_t n, u
 
 /* Per-thread query state: the rotated query residual and its look-up tables.
  * Memory (ann_rbq_query_sizeof): one allocation of 22 * padded_dim + 4 * dim
+ * (2-bit codes: 38 * padded_dim + 4 * dim, the ex plane's integer tables)
  * bytes plus the struct. */
 typedef struct ann_rbq_query ann_rbq_query;
 
