@@ -108,6 +108,17 @@ static uint64_t map_bytes(uint64_t count, uint32_t pages)
 	return (count * map_bits(pages) + 7) / 8;
 }
 
+/* Entry k of a map of `bits`-bit entries, byte by byte (reads no byte past
+ * the entry's last). */
+static uint32_t map_get(const uint8_t *map, uint32_t bits, uint32_t k)
+{
+	uint64_t bit = (uint64_t)k * bits;
+	uint32_t v = 0;
+	for (uint32_t i = 0; i < bits; i++, bit++)
+		v |= (uint32_t)((map[bit / 8] >> (bit % 8)) & 1) << i;
+	return v;
+}
+
 static void map_put(uint8_t *map, uint32_t bits, uint32_t k, uint32_t v)
 {
 	uint64_t bit = (uint64_t)k * bits;
@@ -250,14 +261,16 @@ int cblock_ids(const ann_cblock_info *in, const uint8_t *head, int64_t *ids, ann
 	}
 	/* Ascending ids, then each one's page: row = the page's first row plus
 	 * the ids before it on the same page (rows ascend within a page). One
-	 * pass over the map (read LSB-first through a bit buffer): an id is
-	 * placed at its page's next free row, and a page that would take more
-	 * rows than it holds is refused; since the pages hold count rows in
-	 * all, every page then holds exactly its rows. */
+	 * pass over the map: an id is placed at its page's next free row, and a
+	 * page that would take more rows than it holds is refused; since the
+	 * pages hold count rows in all, every page then holds exactly its rows.
+	 * The counters cover every value an entry can take (2^bits), those past
+	 * the last page full from the start, so one test per id refuses both. */
 	uint32_t pages = in->exact_pages, rpp = in->rows_per_page, bits = map_bits(pages);
-	uint32_t cur_stack[64];
+	size_t slots = (size_t)1 << bits; /* pages <= 2^20: total_bytes < 4 GiB */
+	uint32_t cur_stack[2 * 64];
 	int64_t *sorted = ann_malloc((size_t)n * sizeof(int64_t));
-	uint32_t *cur = pages <= 64 ? cur_stack : ann_malloc((size_t)pages * sizeof(uint32_t));
+	uint32_t *cur = slots <= 64 ? cur_stack : ann_malloc(2 * slots * sizeof(uint32_t));
 	int rc = ANN_OK;
 	if (!sorted || !cur) {
 		rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %u ids", n);
@@ -268,32 +281,28 @@ int cblock_ids(const ann_cblock_info *in, const uint8_t *head, int64_t *ids, ann
 			     (unsigned long long)in->partition);
 		goto out;
 	}
-	for (uint32_t pg = 0; pg < pages; pg++)
-		cur[pg] = pg * rpp; /* next free row of the page */
+	uint32_t *lim = cur + slots; /* cur[pg] == lim[pg]: page pg is full (or no page) */
+	for (size_t pg = 0; pg < slots; pg++) {
+		cur[pg] = pg < pages ? (uint32_t)pg * rpp : 0;
+		lim[pg] = pg + 1 < pages ? (uint32_t)(pg + 1) * rpp : pg + 1 == pages ? n : 0;
+	}
 	const uint8_t *map = p + in->ids_bytes - mb;
-	const uint32_t mask = bits ? (uint32_t)(UINT64_MAX >> (64 - bits)) : 0;
-	uint64_t acc = 0;
-	uint32_t have = 0, pos = 0;
 	for (uint32_t k = 0; k < n; k++) {
-		while (have < bits) {
-			acc |= (uint64_t)map[pos++] << have;
-			have += 8;
-		}
-		uint32_t pg = (uint32_t)acc & mask;
-		acc >>= bits;
-		have -= bits;
-		if (pg >= pages) {
-			rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: page map entry %u is page %u of %u",
-				     (unsigned long long)in->partition, k, pg, pages);
+		uint64_t bit = (uint64_t)k * bits;
+		uint32_t pg = bit / 8 + 8 <= mb ? (uint32_t)(ann_ld64(map + bit / 8) >> (bit % 8)) & (uint32_t)(slots - 1)
+						: map_get(map, bits, k);
+		uint32_t c = cur[pg];
+		if (c == lim[pg]) {
+			if (pg >= pages)
+				rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: page map entry %u is page %u "
+					     "of %u", (unsigned long long)in->partition, k, pg, pages);
+			else
+				rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: page map puts more than %u "
+					     "rows on page %u", (unsigned long long)in->partition, c - pg * rpp, pg);
 			goto out;
 		}
-		uint32_t end = pg + 1 < pages ? (pg + 1) * rpp : n;
-		if (cur[pg] == end) {
-			rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: page map puts more than %u rows on "
-				     "page %u", (unsigned long long)in->partition, end - pg * rpp, pg);
-			goto out;
-		}
-		ids[cur[pg]++] = sorted[k];
+		cur[pg] = c + 1;
+		ids[c] = sorted[k];
 	}
 	if ((uint64_t)n * bits % 8 && map[mb - 1] >> ((uint64_t)n * bits % 8)) {
 		rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: non-zero page map padding",
