@@ -620,6 +620,7 @@ static void estimate(const ann_rbq_query *s, const uint8_t *codes, size_t stride
 	const double yconst = half * s->sum_rq;
 	const double wscale = (double)s->eps0 / sqrt((double)q->dp - 1) / RBQ_TAN_SCALE * s->qnorm *
 			      (s->m == ANN_METRIC_L2 ? 2.0 : 1.0);
+	const ann_rbq_fin fin = {hi, s->delta, yconst, s->qn2, s->cq, wscale, s->m == ANN_METRIC_L2};
 	float A[RBQ_CHUNK];
 	int64_t E[RBQ_CHUNK];
 	for (size_t i0 = 0; i0 < n; i0 += RBQ_CHUNK) {
@@ -631,6 +632,11 @@ static void estimate(const ann_rbq_query *s, const uint8_t *codes, size_t stride
 			ann_rbq_scan_avx2(&a, base, cn, A, E);
 		else
 			ann_rbq_scan_scalar(&a, base, cn, A, E);
+		if (f && s->simd == ANN_SIMD_AVX512) {
+			ann_rbq_finish_avx512(&fin, A, E, f->rn + i0, f->fip + i0, f->tan + i0, cn, est + i0,
+					      width ? width + i0 : NULL);
+			continue;
+		}
 		for (size_t i = 0; i < cn; i++) {
 			double rn, fip, tan16;
 			if (f) {

@@ -17,6 +17,9 @@
  * inside the record, as the AVX2 form. The last block of fewer than 16
  * records masks the gather and the store. Measured: bench/bench_rabitq.c.
  *
+ * The last step of the split estimate (ann_rbq_finish_avx512): 8 records
+ * a step in double, rabitq.c's scalar operations in their order.
+ *
  * Ex plane: rabitq_ex_avx2.h, per record; for 2-bit codes (one ex bit a
  * dim) as the sign plane, 16 records a step: the same gathers (of the ex
  * plane's words, the partial step reading 2 bytes past the plane) index
@@ -90,5 +93,29 @@ void ann_rbq_elut_avx512(const int16_t *qi, size_t groups, int32_t *elut)
 		t = _mm512_mask_add_epi32(t, 0xf0f0, t, _mm512_set1_epi32(v[2]));
 		t = _mm512_mask_add_epi32(t, 0xff00, t, _mm512_set1_epi32(v[3]));
 		_mm512_storeu_si512(elut + 16 * g, t);
+	}
+}
+
+void ann_rbq_finish_avx512(const ann_rbq_fin *f, const float *A, const int64_t *E, const float *rn, const float *fip,
+			   const float *tan, size_t n, float *est, float *width)
+{
+	const __m512d hi = _mm512_set1_pd(f->hi), delta = _mm512_set1_pd(f->delta), yc = _mm512_set1_pd(f->yconst);
+	const __m512d qn2 = _mm512_set1_pd(f->qn2), cq = _mm512_set1_pd(f->cq), ws = _mm512_set1_pd(f->wscale);
+	const __m512d two = _mm512_set1_pd(2.0), sign = _mm512_set1_pd(-0.0);
+	for (size_t i = 0; i < n; i += 8) {
+		const __mmask8 m = (__mmask8)(n - i >= 8 ? 0xffu : (1u << (n - i)) - 1u);
+		__m512d a = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, A + i));
+		__m512d e = _mm512_cvtepi64_pd(_mm512_maskz_loadu_epi64(m, E + i));
+		__m512d r = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, rn + i));
+		__m512d fp = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, fip + i));
+		__m512d yq = _mm512_sub_pd(_mm512_add_pd(_mm512_mul_pd(hi, a), _mm512_mul_pd(delta, e)), yc);
+		__m512d ip = _mm512_mul_pd(fp, yq);
+		__m512d v = f->l2 ? _mm512_sub_pd(_mm512_add_pd(_mm512_mul_pd(r, r), qn2), _mm512_mul_pd(two, ip))
+				  : _mm512_xor_pd(_mm512_add_pd(cq, ip), sign); /* negation, as C's unary minus */
+		_mm256_mask_storeu_ps(est + i, m, _mm512_cvtpd_ps(v));
+		if (width) {
+			__m512d t = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, tan + i));
+			_mm256_mask_storeu_ps(width + i, m, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(ws, r), t)));
+		}
 	}
 }

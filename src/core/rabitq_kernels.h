@@ -59,6 +59,21 @@ void ann_rbq_lut_avx2(const float *rq, size_t groups, float *lut);
 float ann_rbq_absmax_avx2(const float *rq, size_t dp);
 void ann_rbq_quant_avx2(const float *rq, size_t dp, float inv, int16_t *qi);
 
+/* The last step of ann_rbq_estimate_split, from A and E and the factors
+ * (rn, fip, tan: floats), per record in double, the operations of rabitq.c's
+ * scalar loop in its order (no contraction: C11 mode):
+ *   yq = (hi A + delta E) - yconst,  ip = fip yq,
+ *   est = (float)((rn rn + qn2) - 2 ip)  (L2)  or  (float)-(cq + ip)  (IP),
+ *   width = (float)((wscale rn) tan)  (when width is not NULL);
+ * the AVX-512 form 8 records a step, bit for bit the scalar one. */
+typedef struct ann_rbq_fin {
+	double hi, delta, yconst, qn2, cq, wscale;
+	bool l2;
+} ann_rbq_fin;
+
+void ann_rbq_finish_avx512(const ann_rbq_fin *f, const float *A, const int64_t *E, const float *rn, const float *fip,
+			   const float *tan, size_t n, float *est, float *width);
+
 /* The ex plane's tables for 2-bit codes (be 1), as ann_rbq_scan.elut. */
 void ann_rbq_elut_avx512(const int16_t *qi, size_t groups, int32_t *elut);
 
