@@ -208,8 +208,12 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 		s->qest[qi] += in->count;
 		s->qcand[qi] += in->count;
 		float kth = ub_kth(s, qi);
-		for (uint32_t i = 0; i < in->count; i++) {
-			float e = s->est[i] + shift, w = s->width[i];
+		/* locals: the heap pushes store through pointers the compiler cannot
+		 * tell from the searcher's, so it would reload these every row */
+		const float *est = s->est, *wid = s->width;
+		const uint32_t count = in->count;
+		for (uint32_t i = 0; i < count; i++) {
+			float e = est[i] + shift, w = wid[i];
 			if (!(e - w < kth))
 				continue; /* cannot enter the top k: the threshold only falls */
 			if (s->ntomb && search_tombed(s, s->hids[i]))
