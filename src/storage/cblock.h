@@ -90,8 +90,9 @@ int cblock_head(const void *buf, size_t len, ann_cblock_info *in, int64_t *ids, 
 
 /* The ids of a head that cblock_peek accepted, in row order (in->count
  * entries). Page-ordered blocks: the page map is checked (every page holds
- * its rows_per_page rows, the last the rest); scratch of count ids and a
- * counter per page. ANN_E_CORRUPT, ANN_E_NOMEM. */
+ * its rows_per_page rows, the last the rest); scratch of count ids and two
+ * counters per value a map entry can take (under 4 per page; on the stack
+ * up to 64 pages). ANN_E_CORRUPT, ANN_E_NOMEM. */
 int cblock_ids(const ann_cblock_info *in, const uint8_t *head, int64_t *ids, ann_error *err);
 
 /* Block-relative byte offset of row i, and the page range that holds it
