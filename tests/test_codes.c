@@ -22,6 +22,8 @@
 #include <xxhash.h>
 
 #include "cblock.h"
+#include "cblock_kernels.h"
+#include "distance.h"
 #include "gt.h"
 #include "index.h"
 #include "testutil.h"
@@ -77,6 +79,39 @@ static void block_estimates(const ann_rbq *q, const uint8_t *blk, const ann_cblo
 	ann_rbq_query_free(s);
 	free(full);
 	free(c);
+}
+
+/* Round 1's way with a slim block: the stored records in place, their
+ * factors widened by cblock_factors, ann_rbq_estimate_split at every kernel
+ * level; bit for bit the estimates of the expanded full records (est,
+ * width from block_estimates). */
+static void split_estimates_match(const ann_rbq *q, const uint8_t *blk, const ann_cblock_info *in, const float *qv,
+				  const float *est, const float *width)
+{
+	size_t n = in->count;
+	float *c = malloc(in->dim * sizeof(float)), *fac = malloc(3 * n * sizeof(float));
+	float *e2 = malloc(n * sizeof(float)), *w2 = malloc(n * sizeof(float));
+	ASSERT_TRUE(c && fac && e2 && w2);
+	cblock_centre(in, blk, c);
+	cblock_factors(in, blk + in->codes_off, n, fac, fac + n, fac + 2 * n);
+	ann_rbq_query *s;
+	ASSERT_OK(ann_rbq_query_new(q, &s, NULL));
+	const ann_simd_level lv[3] = {ANN_SIMD_SCALAR, ANN_SIMD_AVX2, ANN_SIMD_AVX512};
+	for (int l = 0; l < 3; l++) {
+		if (ann_rbq_query_set_simd(s, lv[l], NULL) < 0)
+			continue; /* not on this CPU */
+		ann_rbq_query_prepare(s, ANN_METRIC_L2, qv, c);
+		ann_rbq_estimate_split(s, blk + in->codes_off, in->code_bytes, n, fac, fac + n, fac + 2 * n, e2, w2);
+		for (size_t i = 0; i < n; i++)
+			if (memcmp(&e2[i], &est[i], 4) || memcmp(&w2[i], &width[i], 4))
+				T_FAIL("row %zu, level %s: split %.9g +- %.9g, full records %.9g +- %.9g", i,
+				       ann_simd_name(lv[l]), e2[i], w2[i], est[i], width[i]);
+	}
+	ann_rbq_query_free(s);
+	free(c);
+	free(fac);
+	free(e2);
+	free(w2);
 }
 
 static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad, uint32_t dim, size_t n, bool f16,
@@ -165,6 +200,7 @@ static void layout_case(ann_rng *rng, ann_block_encoding enc, ann_block_pad pad,
 		for (uint32_t j = 0; j < dim; j++)
 			qv[j] = enc == ANN_BLOCK_F32 ? (float)ann_rng_normal(rng) : (float)ann_rng_below(rng, 200);
 		block_estimates(q, blk, &in, qv, est, est + n);
+		split_estimates_match(q, blk, &in, qv, est, est + n);
 		block_estimates(q, fb, &fin, qv, est + 2 * n, est + 3 * n);
 		for (size_t i = 0; i < n; i++) {
 			float sl = est[i], ef = est[2 * n + i], ws = est[n + i], wf = est[3 * n + i];
@@ -479,6 +515,76 @@ static void test_f16(void)
 	ASSERT_ERR(cblock_peek(blk, len, &in, &e), e, ANN_E_CORRUPT, "f16 factors in a 2.0 block");
 	ann_aligned_free(blk);
 	ann_rbq_free(q);
+}
+
+/* The bits of a float. */
+static uint32_t fbits(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	return u;
+}
+
+/* The slim factors' widening (cblock_kernels.h): the AVX2 form equals the
+ * scalar one bit for bit, and both the values cblock_expand_codes writes,
+ * over every f16 bit pattern of |r| and f_ip (zero, subnormal, normal, inf,
+ * NaN, both signs) and every tan byte; every count 0..19 (the AVX2 form's
+ * scalar tail) writes exactly its n outputs. Records of 13 bytes (8 bytes of
+ * planes), the buffer ending at the last record, so ASan sees a read past
+ * it. */
+static void test_factor_kernels(void)
+{
+	t_current = "factor_kernels";
+	enum { N = 65536 + 7, SB = 13, P = SB - CBLOCK_F16_SAVES };
+	uint8_t *rec = malloc((size_t)N * SB), *full = malloc((size_t)N * (SB + CBLOCK_F16_SAVES));
+	float *f1 = malloc(3 * (size_t)N * sizeof(float)), *f2 = malloc(3 * (size_t)N * sizeof(float));
+	ASSERT_TRUE(rec && full && f1 && f2);
+	for (uint32_t i = 0; i < N; i++) {
+		uint8_t *r = rec + (size_t)i * SB;
+		memset(r, (int)(i * 7u), P);
+		ann_st16(r + P, (uint16_t)i);
+		ann_st16(r + P + 2, (uint16_t)(i * 40503u + 11u));
+		r[P + 4] = (uint8_t)(i * 13u);
+	}
+	ann_cblock_info in;
+	memset(&in, 0, sizeof in);
+	in.flags = CBLOCK_FLAG_F16;
+	in.code_bytes = SB;
+	in.full_code_bytes = SB + CBLOCK_F16_SAVES;
+	cblock_expand_codes(&in, rec, N, full);
+	cblock_factors_scalar(rec, SB, P, N, f1, f1 + N, f1 + 2 * (size_t)N);
+	for (uint32_t i = 0; i < N; i++) {
+		const uint8_t *w = full + (size_t)i * in.full_code_bytes + P;
+		if (ann_ld32(w) != fbits(f1[i]) || ann_ld32(w + 4) != fbits(f1[N + i]) ||
+		    fbits((float)ann_ld16(w + 8)) != fbits(f1[2 * (size_t)N + i]))
+			T_FAIL("record %u: the scalar factors are not the full record's", i);
+	}
+	if (ann_kernels_for(ANN_SIMD_AVX2) == NULL) {
+		printf("  no AVX2 on this CPU: the scalar form only\n");
+	} else {
+		cblock_factors_avx2(rec, SB, P, N, f2, f2 + N, f2 + 2 * (size_t)N);
+		for (size_t i = 0; i < 3 * (size_t)N; i++)
+			if (fbits(f1[i]) != fbits(f2[i]))
+				T_FAIL("factor %zu of record %zu: scalar %08x, avx2 %08x", i / N, i % N, fbits(f1[i]),
+				       fbits(f2[i]));
+		for (size_t n = 0; n < 20; n++) {
+			const uint8_t *src = rec + (size_t)(N - n) * SB; /* the buffer's last n records */
+			float o[3 * 21];
+			for (size_t j = 0; j < 3 * 21; j++)
+				o[j] = -1.0f;
+			cblock_factors_avx2(src, SB, P, n, o, o + 21, o + 42);
+			for (size_t k = 0; k < 3; k++)
+				for (size_t j = 0; j < 21; j++) {
+					float want = j < n ? f1[k * N + (N - n) + j] : -1.0f;
+					if (fbits(o[21 * k + j]) != fbits(want))
+						T_FAIL("n=%zu: factor %zu of record %zu", n, k, j);
+				}
+		}
+	}
+	free(rec);
+	free(full);
+	free(f1);
+	free(f2);
 }
 
 /* The directory entry of a codes block: version 2 in the same 32 bytes, so
@@ -1017,6 +1123,7 @@ int main(void)
 	make_data(&rng);
 	test_layout(&rng);
 	test_f16();
+	test_factor_kernels();
 	test_page_order(&rng);
 	test_golden20();
 	test_dirent();

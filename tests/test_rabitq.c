@@ -259,7 +259,7 @@ static void test_layout(ann_rng *rng)
 		/* zero residual: estimate exact, width 0 */
 		ann_rbq_query *s;
 		ASSERT_OK(ann_rbq_query_new(q, &s, NULL));
-		ASSERT_LE(ann_rbq_query_sizeof(s), 512 + 24 * 112 + 4 * d);
+		ASSERT_LE(ann_rbq_query_sizeof(s), 512 + (bits == 2 ? 40 : 24) * 112 + 4 * d); /* 2 bits: integer tables */
 		float *qv = gauss(rng, 1, d, 1.0), est, w;
 		ann_rbq_query_prepare(s, ANN_METRIC_L2, qv, c);
 		ann_rbq_estimate(s, codes + 7 * cb, 1, &est, &w);
@@ -311,7 +311,8 @@ static void test_bad_input(ann_rng *rng)
 }
 
 /* Scalar, AVX2 and AVX-512 set-ups and estimates are bit-identical, for every dim 1..130, 784
- * and 960 and every bits 1..8; both against a plain double evaluation of
+ * and 960 and every bits 1..8, and so are those of ann_rbq_estimate_split (factors kept
+ * apart); both against a plain double evaluation of
  * the estimator from the decoded record (within float rounding). */
 static void test_kernels(ann_rng *rng)
 {
@@ -334,6 +335,18 @@ static void test_kernels(ann_rng *rng)
 			 * any read past it */
 			uint8_t *codes = malloc(n * cb);
 			ASSERT_OK(ann_rbq_encode(q, c, x, n, codes, NULL));
+			size_t pb = cb - 10; /* the sign and ex planes */
+			uint8_t *planes = malloc(n * pb + 6);
+			float *rn = malloc(n * sizeof(float)), *fip = malloc(n * sizeof(float)), *tan = malloc(n * sizeof(float));
+			ASSERT_TRUE(planes && rn && fip && tan);
+			for (size_t i = 0; i < n; i++) {
+				const uint8_t *rec = codes + i * cb;
+				memcpy(planes + i * pb, rec, pb);
+				rn[i] = ann_ldf32(rec + pb);
+				fip[i] = ann_ldf32(rec + pb + 4);
+				tan[i] = ann_ld16(rec + pb + 8);
+			}
+			memset(planes + n * pb, 0xa5, 6);
 			ann_rbq_query *s;
 			ASSERT_OK(ann_rbq_query_new(q, &s, NULL));
 			float e1[70], w1[70], e2[70], w2[70];
@@ -371,7 +384,27 @@ static void test_kernels(ann_rng *rng)
 				float el, wl;
 				ann_rbq_estimate(s, codes + (n - 1) * cb, 1, &el, &wl);
 				ASSERT_TRUE(el == e1[n - 1] && wl == w1[n - 1]);
+				/* factors kept apart, records of the planes alone, the
+				 * buffer ending 6 bytes past the last one's planes: the
+				 * same estimates at every level */
+				for (int lv = 0; lv < 3; lv++) {
+					if ((lv == 1 && !avx2) || (lv == 2 && !avx512))
+						continue;
+					ASSERT_OK(ann_rbq_query_set_simd(s, lv == 0   ? ANN_SIMD_SCALAR
+									   : lv == 1 ? ANN_SIMD_AVX2
+										     : ANN_SIMD_AVX512, NULL));
+					ann_rbq_query_prepare(s, m, qv, c);
+					ann_rbq_estimate_split(s, planes, pb, n, rn, fip, tan, e2, w2);
+					for (size_t i = 0; i < n; i++)
+						if (e1[i] != e2[i] || w1[i] != w2[i])
+							T_FAIL("d=%u bits=%u code %zu, level %d: full %.9g +- %.9g, split "
+							       "%.9g +- %.9g", d, bits, i, lv, e1[i], w1[i], e2[i], w2[i]);
+				}
 			}
+			free(planes);
+			free(rn);
+			free(fip);
+			free(tan);
 			free(x);
 			free(c);
 			free(qv);

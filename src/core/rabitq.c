@@ -72,7 +72,8 @@
  *
  * ---- Memory -------------------------------------------------------------------
  *  ann_rbq: struct + D/2 bytes of signs. Query state: struct + one block of
- *  4 dim (residual) + 4 D (rotated query) + 2 D (qi) + 16 D (tables) bytes.
+ *  4 dim (residual) + 4 D (rotated query) + 2 D (qi) + 16 D (tables) bytes,
+ *  with 2-bit codes 16 D more (the ex plane's integer tables, AVX-512).
  *  Encode: one scratch block per call: 4 dim + 8 D + 4 D + D bytes, plus
  *  the scale search's for be > 0 (rbq_search_bytes): 44 D + 16 for be = 1,
  *  28 D + 4 max(2 D, 101) rounded up to 16 (at most 36 D + 416) for be >= 2.
@@ -113,6 +114,8 @@ struct ann_rbq_query {
 	float *rq;   /* dp: rotated query (residual for L2) */
 	int16_t *qi; /* dp */
 	float *lut;  /* dp / 4 * 16 */
+	int32_t *elut; /* dp / 4 * 16 with 2-bit codes (be 1), else NULL: the ex plane's tables */
+	bool elut_ready; /* elut holds this preparation's tables (AVX-512 only) */
 	double delta, sum_rq, qn2, qnorm, cq;
 	size_t block_bytes;
 };
@@ -686,7 +689,9 @@ int ann_rbq_query_new(const ann_rbq *q, ann_rbq_query **out, ann_error *err)
 {
 	*out = NULL;
 	const size_t dim = q->dim, dp = q->dp;
-	size_t bytes = dp / 4 * 16 * sizeof(float) + dp * sizeof(float) + dim * sizeof(float) + dp * sizeof(int16_t);
+	size_t ebytes = q->be == 1 ? dp / 4 * 16 * sizeof(int32_t) : 0;
+	size_t bytes = dp / 4 * 16 * sizeof(float) + ebytes + dp * sizeof(float) + dim * sizeof(float) +
+		       dp * sizeof(int16_t);
 	ann_rbq_query *s = ann_calloc(1, sizeof(*s));
 	uint8_t *blk = ann_aligned_alloc(64, bytes);
 	if (!s || !blk) {
@@ -702,7 +707,8 @@ int ann_rbq_query_new(const ann_rbq *q, ann_rbq_query **out, ann_error *err)
 	else if (ann_simd_active() >= ANN_SIMD_AVX2 && ann_kernels_for(ANN_SIMD_AVX2))
 		s->simd = ANN_SIMD_AVX2;
 	s->lut = (float *)(void *)blk;
-	s->rq = s->lut + dp / 4 * 16;
+	s->elut = ebytes ? (int32_t *)(void *)(s->lut + dp / 4 * 16) : NULL;
+	s->rq = s->lut + dp / 4 * 16 + ebytes / sizeof(float);
 	s->tmp = s->rq + dp;
 	s->qi = (int16_t *)(void *)(s->tmp + dim);
 	s->block_bytes = bytes;
@@ -760,6 +766,9 @@ void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, cons
 		s->delta = amax > 0 ? (double)amax / RBQ_QI_MAX : 1.0;
 		ann_rbq_quant_avx2(s->rq, dp, (float)(1.0 / s->delta), s->qi);
 		ann_rbq_lut_avx2(s->rq, dp / 4, s->lut);
+		s->elut_ready = s->elut && s->simd == ANN_SIMD_AVX512;
+		if (s->elut_ready)
+			ann_rbq_elut_avx512(s->qi, dp / 4, s->elut);
 		s->prepared = true;
 		return;
 	}
@@ -789,6 +798,7 @@ void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, cons
 		float v = fabsf(s->rq[j]);
 		amax = v > amax ? v : amax;
 	}
+	s->elut_ready = false;
 	s->delta = amax > 0 ? (double)amax / RBQ_QI_MAX : 1.0;
 	float inv = (float)(1.0 / s->delta);
 	for (size_t j = 0; j < dp; j++) {
@@ -839,38 +849,60 @@ void ann_rbq_scan_scalar(const ann_rbq_scan *a, const uint8_t *codes, size_t n, 
 	}
 }
 
-void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, float *est, float *width)
+/* ann_rbq_estimate and ann_rbq_estimate_split: records of `stride` bytes,
+ * their factors in the record (f NULL) or in f->rn, f->fip, f->tan. */
+typedef struct factors {
+	const float *rn, *fip, *tan;
+} factors;
+
+static void estimate(const ann_rbq_query *s, const uint8_t *codes, size_t stride, const factors *f, size_t n,
+		     float *est, float *width)
 {
 	const ann_rbq *q = s->q;
 	ann_rbq_scan a = {
 		.lut = s->lut,
+		.elut = s->simd == ANN_SIMD_AVX512 && s->elut_ready ? s->elut : NULL,
 		.qi = s->qi,
 		.groups = q->dp / 4,
 		.dp = q->dp,
 		.be = q->be,
 		.sign_bytes = q->sign_bytes,
-		.rec_bytes = q->rec_bytes,
+		.rec_bytes = stride,
 	};
 	const double hi = (double)(1u << q->be);
 	const double half = ((double)(1u << q->bits) - 1) / 2;
 	const double yconst = half * s->sum_rq;
 	const double wscale = (double)s->eps0 / sqrt((double)q->dp - 1) / RBQ_TAN_SCALE * s->qnorm *
 			      (s->m == ANN_METRIC_L2 ? 2.0 : 1.0);
+	const ann_rbq_fin fin = {hi, s->delta, yconst, s->qn2, s->cq, wscale, s->m == ANN_METRIC_L2};
 	float A[RBQ_CHUNK];
 	int64_t E[RBQ_CHUNK];
 	for (size_t i0 = 0; i0 < n; i0 += RBQ_CHUNK) {
 		size_t cn = ANN_MIN(n - i0, (size_t)RBQ_CHUNK);
-		const uint8_t *base = codes + i0 * q->rec_bytes;
+		const uint8_t *base = codes + i0 * stride;
 		if (s->simd == ANN_SIMD_AVX512)
 			ann_rbq_scan_avx512(&a, base, cn, A, E);
 		else if (s->simd == ANN_SIMD_AVX2)
 			ann_rbq_scan_avx2(&a, base, cn, A, E);
 		else
 			ann_rbq_scan_scalar(&a, base, cn, A, E);
+		if (f && s->simd == ANN_SIMD_AVX512) {
+			ann_rbq_finish_avx512(&fin, A, E, f->rn + i0, f->fip + i0, f->tan + i0, cn, est + i0,
+					      width ? width + i0 : NULL);
+			continue;
+		}
 		for (size_t i = 0; i < cn; i++) {
-			const uint8_t *fp = base + i * q->rec_bytes + q->sign_bytes + q->ex_bytes;
-			double rn = ann_ldf32(fp), fip = ann_ldf32(fp + 4);
-			double tan16 = ann_ld16(fp + 8);
+			double rn, fip, tan16;
+			if (f) {
+				rn = f->rn[i0 + i];
+				fip = f->fip[i0 + i];
+				tan16 = f->tan[i0 + i];
+			} else {
+				const uint8_t *fp = base + i * stride + q->sign_bytes + q->ex_bytes;
+				rn = ann_ldf32(fp);
+				fip = ann_ldf32(fp + 4);
+				tan16 = ann_ld16(fp + 8);
+			}
 			double yq = hi * (double)A[i] + s->delta * (double)E[i] - yconst;
 			double ip = fip * yq; /* |r| <o, q'> estimate */
 			if (s->m == ANN_METRIC_L2)
@@ -881,6 +913,18 @@ void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, fl
 				width[i0 + i] = (float)(wscale * rn * tan16);
 		}
 	}
+}
+
+void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, float *est, float *width)
+{
+	estimate(s, codes, s->q->rec_bytes, NULL, n, est, width);
+}
+
+void ann_rbq_estimate_split(const ann_rbq_query *s, const uint8_t *codes, size_t stride, size_t n, const float *rn,
+			    const float *fip, const float *tan, float *est, float *width)
+{
+	const factors f = {rn, fip, tan};
+	estimate(s, codes, stride, &f, n, est, width);
 }
 
 void ann_rbq_estimate_prefix(const ann_rbq_query *s, const uint8_t *codes, size_t n, uint32_t pdims, float *est)

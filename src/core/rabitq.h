@@ -89,6 +89,7 @@ int ann_rbq_encode(const ann_rbq *q, const float *c, const float *x, size_t n, u
 
 /* Per-thread query state: the rotated query residual and its look-up tables.
  * Memory (ann_rbq_query_sizeof): one allocation of 22 * padded_dim + 4 * dim
+ * (2-bit codes: 38 * padded_dim + 4 * dim, the ex plane's integer tables)
  * bytes plus the struct. */
 typedef struct ann_rbq_query ann_rbq_query;
 
@@ -122,6 +123,18 @@ void ann_rbq_estimate(const ann_rbq_query *s, const uint8_t *codes, size_t n, fl
  * at pdims / padded_dim of the cost: a first pass that a full estimate of
  * its best few refines. pdims: a multiple of 32 in 32..padded_dim. */
 void ann_rbq_estimate_prefix(const ann_rbq_query *s, const uint8_t *codes, size_t n, uint32_t pdims, float *est);
+
+/* ann_rbq_estimate of n records whose factors are kept apart: record i is
+ * its sign and ex planes at codes + i * stride (stride >= the planes' bytes;
+ * what follows the planes is not read as factors, but the buffer must
+ * extend 6 bytes past the planes of the last record, which the kernels may
+ * read), its factors rn[i] = |r|, fip[i] = f_ip and tan[i] = tan in 1/256
+ * units (the values a full record holds, as floats). est and width are bit
+ * for bit those of ann_rbq_estimate on the full records. Lets a reader of
+ * records with narrower factors (the codes block's slim records) skip
+ * rebuilding full ones. */
+void ann_rbq_estimate_split(const ann_rbq_query *s, const uint8_t *codes, size_t stride, size_t n, const float *rn,
+			    const float *fip, const float *tan, float *est, float *width);
 
 /* eps0 > 0 of later estimates (default ANN_RBQ_EPS0). */
 void ann_rbq_query_set_eps0(ann_rbq_query *s, float eps0);

@@ -12,7 +12,10 @@
  *          forms do the same float operations in the same order and agree
  *          bit for bit (the AVX-512 form too, 16 records per step);
  *   E[i] = sum over dims j of ex_j * qi[j], exact in int64 (ex_j the
- *          extra-bits code of dim j, be bits, LSB-first bit stream).
+ *          extra-bits code of dim j, be bits, LSB-first bit stream); with
+ *          2-bit codes (be 1) the AVX-512 form sums it as the sign plane,
+ *          by 4-dim group through integer tables (elut), 16 records at a
+ *          time, in int32 (|E| <= dp * 2047 < 2^31): exact all the same.
  *
  * Records may be read up to 6 bytes past their ex plane: the 10 factor bytes
  * that close every record are there, so no read leaves the record.
@@ -24,6 +27,8 @@
 
 typedef struct ann_rbq_scan {
 	const float *lut;  /* groups * 16 floats */
+	const int32_t *elut; /* be == 1, AVX-512 only: groups * 16 ints, entry m of group g = the sum of
+			      * qi[4 g + t] over the bits t of m (exact); NULL: the per-record ex path */
 	const int16_t *qi; /* dp quantised query coordinates, |qi| <= 2047 */
 	size_t groups;     /* dp / 4 */
 	size_t dp;         /* padded dim, a multiple of 16 */
@@ -69,6 +74,24 @@ void ann_rbq_quant_avx2(const float *rq, size_t dp, float inv, int16_t *qi);
  * ann_rbq_quantise_ex_bytes(n, be) bytes, 8-byte aligned. */
 size_t ann_rbq_quantise_ex_bytes(size_t n, unsigned be);
 void ann_rbq_quantise_ex(const double *a, size_t n, unsigned be, uint8_t *k, void *scratch);
+
+/* The last step of ann_rbq_estimate_split, from A and E and the factors
+ * (rn, fip, tan: floats), per record in double, the operations of rabitq.c's
+ * scalar loop in its order (no contraction: C11 mode):
+ *   yq = (hi A + delta E) - yconst,  ip = fip yq,
+ *   est = (float)((rn rn + qn2) - 2 ip)  (L2)  or  (float)-(cq + ip)  (IP),
+ *   width = (float)((wscale rn) tan)  (when width is not NULL);
+ * the AVX-512 form 8 records a step, bit for bit the scalar one. */
+typedef struct ann_rbq_fin {
+	double hi, delta, yconst, qn2, cq, wscale;
+	bool l2;
+} ann_rbq_fin;
+
+void ann_rbq_finish_avx512(const ann_rbq_fin *f, const float *A, const int64_t *E, const float *rn, const float *fip,
+			   const float *tan, size_t n, float *est, float *width);
+
+/* The ex plane's tables for 2-bit codes (be 1), as ann_rbq_scan.elut. */
+void ann_rbq_elut_avx512(const int16_t *qi, size_t groups, int32_t *elut);
 
 void ann_rbq_scan_scalar(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E);
 void ann_rbq_scan_avx2(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E);

@@ -56,7 +56,7 @@ void codes_searcher_free(ann_searcher *s)
 	ann_free(s->ents);
 	ann_free(s->flags);
 	ann_free(s->runlo);
-	ann_free(s->xcodes);
+	ann_free(s->fac);
 }
 
 int codes_batch(ann_searcher *s, size_t n, ann_error *err)
@@ -173,13 +173,17 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 	uh->codes = true;
 	size_t d = x->meta.dim;
 	cblock_centre(in, br->data, s->centre);
-	/* 2.1 slim records are widened once per head (not per query). */
+	/* 2.1 slim records: their factors are widened once per head (not per
+	 * query) into s->fac (|r|, f_ip, tan: count floats each) and the
+	 * estimate reads the stored codes in place (the page sums follow them
+	 * in the head, so the kernels' reads past the last record stay in it). */
 	const uint8_t *codes = br->data + in->codes_off;
+	const float *fac = NULL;
 	if ((in->flags & CBLOCK_FLAG_F16) && in->count) {
-		if (search_grow((void **)&s->xcodes, &s->xcodes_cap, (size_t)in->count * in->full_code_bytes, 1) < 0)
-			return ann_err(err, ANN_E_NOMEM, "search: out of memory for %u codes", in->count);
-		cblock_expand_codes(in, codes, in->count, s->xcodes);
-		codes = s->xcodes;
+		if (search_grow((void **)&s->fac, &s->fac_cap, (size_t)in->count * 3, sizeof(float)) < 0)
+			return ann_err(err, ANN_E_NOMEM, "search: out of memory for %u codes' factors", in->count);
+		fac = s->fac;
+		cblock_factors(in, codes, in->count, s->fac, s->fac + in->count, s->fac + 2 * (size_t)in->count);
 	}
 	ann_metric m = x->meta.metric;
 	float shift = m == ANN_METRIC_COSINE ? 1.0f : 0.0f;
@@ -196,12 +200,20 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 			continue;
 		ann_rbq_query_prepare(s->rq, m == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_IP, s->qnorm + (size_t)qi * d,
 				      s->centre);
-		ann_rbq_estimate(s->rq, codes, in->count, s->est, s->width);
+		if (fac)
+			ann_rbq_estimate_split(s->rq, codes, in->code_bytes, in->count, fac, fac + in->count,
+					       fac + 2 * (size_t)in->count, s->est, s->width);
+		else
+			ann_rbq_estimate(s->rq, codes, in->count, s->est, s->width);
 		s->qest[qi] += in->count;
 		s->qcand[qi] += in->count;
 		float kth = ub_kth(s, qi);
-		for (uint32_t i = 0; i < in->count; i++) {
-			float e = s->est[i] + shift, w = s->width[i];
+		/* locals: the heap pushes store through pointers the compiler cannot
+		 * tell from the searcher's, so it would reload these every row */
+		const float *est = s->est, *wid = s->width;
+		const uint32_t count = in->count;
+		for (uint32_t i = 0; i < count; i++) {
+			float e = est[i] + shift, w = wid[i];
 			if (!(e - w < kth))
 				continue; /* cannot enter the top k: the threshold only falls */
 			if (s->ntomb && search_tombed(s, s->hids[i]))

@@ -82,8 +82,8 @@ struct ann_searcher {
 	size_t est_cap;
 	int64_t *hids;        /* one head's ids */
 	size_t hids_cap;
-	uint8_t *xcodes;      /* one head's codes as full records (2.1 f16 heads) */
-	size_t xcodes_cap;
+	float *fac;           /* one head's factors: count |r|, f_ip, tan (2.1 f16 heads) */
+	size_t fac_cap;
 	float *centre;        /* dim */
 	float *rowf;          /* dim: a stored row as floats (round 2) */
 	uint8_t *rowcat;      /* a row spanning cached pages, put together */

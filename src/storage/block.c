@@ -76,6 +76,18 @@ int block_grow(uint8_t **p, size_t *cap, size_t need, const char *what, ann_erro
 static inline bool get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
 {
 	const uint8_t *p = *pp;
+	/* The common cases of the id sections' deltas first: one byte, or two
+	 * whose second is a canonical last byte (not 0). */
+	if (p < end && !(p[0] & 0x80)) {
+		*v = p[0];
+		*pp = p + 1;
+		return true;
+	}
+	if (end - p >= 2 && p[1] && !(p[1] & 0x80)) {
+		*v = (uint64_t)(p[0] & 0x7f) | (uint64_t)p[1] << 7;
+		*pp = p + 2;
+		return true;
+	}
 	uint64_t x = 0;
 	for (unsigned shift = 0; shift < 64; shift += 7) {
 		if (p == end)
@@ -150,10 +162,6 @@ uint16_t block_f32_to_f16(float f)
 	return f32_to_f16(f);
 }
 
-float block_f16_to_f32(uint16_t h)
-{
-	return f16_to_f32(h);
-}
 
 /* ---- padding ---------------------------------------------------------------------------- */
 
@@ -535,11 +543,11 @@ static int decode_vectors(ann_block_dec *d, const ann_block_info *in, const uint
 	case ANN_BLOCK_F16:
 		if (!shuf) {
 			for (size_t i = 0; i < n; i++)
-				st_f32(out + 4 * i, f16_to_f32(ann_ld16(vs + 2 * i)));
+				st_f32(out + 4 * i, block_f16_to_f32(ann_ld16(vs + 2 * i)));
 		} else {
 			const uint8_t *p0 = vs, *p1 = vs + n;
 			for (size_t i = 0; i < n; i++)
-				st_f32(out + 4 * i, f16_to_f32((uint16_t)(p0[i] | p1[i] << 8)));
+				st_f32(out + 4 * i, block_f16_to_f32((uint16_t)(p0[i] | p1[i] << 8)));
 		}
 		break;
 	case ANN_BLOCK_U8:

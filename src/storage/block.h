@@ -208,6 +208,24 @@ bool block_ids_decode(const uint8_t *p, size_t len, size_t n, int64_t *ids);
 /* IEEE binary16 conversion, portable scalar code. f32->f16 rounds to nearest even; overflow
  * gives infinity, NaN stays NaN (quiet). f16->f32 is exact. */
 uint16_t block_f32_to_f16(float f);
-float block_f16_to_f32(uint16_t h);
+/* Inline and branch-free, so that decode loops (block.c's F16 decoding, the
+ * codes block's slim factors) vectorise or at least pay no call; subnormals
+ * go through an exact integer to float conversion, so the result does not
+ * depend on the FPU's denormal mode. */
+static inline float block_f16_to_f32(uint16_t h)
+{
+	uint32_t em = h & 0x7fffu;
+	uint32_t normal = (em << 13) + ((uint32_t)(127 - 15) << 23);
+	float sf = (float)(int32_t)em * 0x1p-24f;
+	uint32_t sub;
+	memcpy(&sub, &sf, 4);
+	uint32_t is_sub = 0u - (uint32_t)(em < 0x0400u), is_special = 0u - (uint32_t)(em >= 0x7c00u);
+	uint32_t bits = (sub & is_sub) | (normal & ~is_sub);
+	bits |= is_special & 0x7f800000u;
+	bits |= (uint32_t)(h & 0x8000u) << 16;
+	float f;
+	memcpy(&f, &bits, 4);
+	return f;
+}
 
 #endif /* ANN_BLOCK_H */

@@ -2,7 +2,7 @@
 /*
  * block_impl.h: what the two files of the block codec share: the header
  * layout (docs/FORMAT.md "Block header"), the dictionary, zstd's allocator,
- * the binary16 conversions and a few small helpers. block.c holds the read side and what both need
+ * the binary16 encoder (the decoder is block.h's block_f16_to_f32) and a few small helpers. block.c holds the read side and what both need
  * (ids, binary16, padding, dictionaries, block_peek, decoding);
  * block_encode.c the write side (encoding, dictionary training). Internal to
  * the codec: everything else includes block.h. Include it after defining
@@ -89,8 +89,7 @@ static inline uint64_t zigzag(int64_t v)
 	return (u << 1) ^ (0 - (u >> 63));
 }
 
-/* IEEE binary16 (the F16 encoding), inline: the encode and decode loops call them per
- * element. */
+/* IEEE binary16 (the F16 encoding), inline: the encode loop calls it per element. */
 static inline uint16_t f32_to_f16(float f)
 {
 	uint32_t x;
@@ -114,24 +113,6 @@ static inline uint16_t f32_to_f16(float f)
 	uint32_t odd = (a >> 13) & 1u;
 	a += ((uint32_t)(15 - 127) << 23) + 0xfffu + odd;
 	return (uint16_t)(sign | (a >> 13));
-}
-
-/* Branch-free so that decode loops vectorise; subnormals go through an exact integer to
- * float conversion, so the result does not depend on the FPU's denormal mode. */
-static inline float f16_to_f32(uint16_t h)
-{
-	uint32_t em = h & 0x7fffu;
-	uint32_t normal = (em << 13) + ((uint32_t)(127 - 15) << 23);
-	float sf = (float)(int32_t)em * 0x1p-24f;
-	uint32_t sub;
-	memcpy(&sub, &sf, 4);
-	uint32_t is_sub = 0u - (uint32_t)(em < 0x0400u), is_special = 0u - (uint32_t)(em >= 0x7c00u);
-	uint32_t bits = (sub & is_sub) | (normal & ~is_sub);
-	bits |= is_special & 0x7f800000u;
-	bits |= (uint32_t)(h & 0x8000u) << 16;
-	float f;
-	memcpy(&f, &bits, 4);
-	return f;
 }
 
 static inline bool level_ok(int level)

@@ -8,6 +8,8 @@
  *   |<------------- head (round 1) ------------>|      |<- round 2, by page ---->|
  */
 #include "cblock.h"
+#include "cblock_kernels.h"
+#include "distance.h" /* ann_simd_active */
 
 #include <math.h>
 #include <stdlib.h>
@@ -106,6 +108,8 @@ static uint64_t map_bytes(uint64_t count, uint32_t pages)
 	return (count * map_bits(pages) + 7) / 8;
 }
 
+/* Entry k of a map of `bits`-bit entries, byte by byte (reads no byte past
+ * the entry's last). */
 static uint32_t map_get(const uint8_t *map, uint32_t bits, uint32_t k)
 {
 	uint64_t bit = (uint64_t)k * bits;
@@ -256,10 +260,17 @@ int cblock_ids(const ann_cblock_info *in, const uint8_t *head, int64_t *ids, ann
 		return ANN_OK;
 	}
 	/* Ascending ids, then each one's page: row = the page's first row plus
-	 * the ids before it on the same page (rows ascend within a page). */
+	 * the ids before it on the same page (rows ascend within a page). One
+	 * pass over the map: an id is placed at its page's next free row, and a
+	 * page that would take more rows than it holds is refused; since the
+	 * pages hold count rows in all, every page then holds exactly its rows.
+	 * The counters cover every value an entry can take (2^bits), those past
+	 * the last page full from the start, so one test per id refuses both. */
 	uint32_t pages = in->exact_pages, rpp = in->rows_per_page, bits = map_bits(pages);
+	size_t slots = (size_t)1 << bits; /* pages <= 2^20: total_bytes < 4 GiB */
+	uint32_t cur_stack[2 * 64];
 	int64_t *sorted = ann_malloc((size_t)n * sizeof(int64_t));
-	uint32_t *cur = ann_calloc(pages, sizeof(uint32_t));
+	uint32_t *cur = slots <= 64 ? cur_stack : ann_malloc(2 * slots * sizeof(uint32_t));
 	int rc = ANN_OK;
 	if (!sorted || !cur) {
 		rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %u ids", n);
@@ -270,35 +281,38 @@ int cblock_ids(const ann_cblock_info *in, const uint8_t *head, int64_t *ids, ann
 			     (unsigned long long)in->partition);
 		goto out;
 	}
+	uint32_t *lim = cur + slots; /* cur[pg] == lim[pg]: page pg is full (or no page) */
+	for (size_t pg = 0; pg < slots; pg++) {
+		cur[pg] = pg < pages ? (uint32_t)pg * rpp : 0;
+		lim[pg] = pg + 1 < pages ? (uint32_t)(pg + 1) * rpp : pg + 1 == pages ? n : 0;
+	}
 	const uint8_t *map = p + in->ids_bytes - mb;
 	for (uint32_t k = 0; k < n; k++) {
-		uint32_t pg = map_get(map, bits, k);
-		if (pg >= pages) {
-			rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: page map entry %u is page %u of %u",
-				     (unsigned long long)in->partition, k, pg, pages);
+		uint64_t bit = (uint64_t)k * bits;
+		uint32_t pg = bit / 8 + 8 <= mb ? (uint32_t)(ann_ld64(map + bit / 8) >> (bit % 8)) & (uint32_t)(slots - 1)
+						: map_get(map, bits, k);
+		uint32_t c = cur[pg];
+		if (c == lim[pg]) {
+			if (pg >= pages)
+				rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: page map entry %u is page %u "
+					     "of %u", (unsigned long long)in->partition, k, pg, pages);
+			else
+				rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: page map puts more than %u "
+					     "rows on page %u", (unsigned long long)in->partition, c - pg * rpp, pg);
 			goto out;
 		}
-		cur[pg]++;
+		cur[pg] = c + 1;
+		ids[c] = sorted[k];
 	}
 	if ((uint64_t)n * bits % 8 && map[mb - 1] >> ((uint64_t)n * bits % 8)) {
 		rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: non-zero page map padding",
 			     (unsigned long long)in->partition);
 		goto out;
 	}
-	for (uint32_t pg = 0; pg < pages; pg++) {
-		uint32_t want = pg + 1 < pages ? rpp : n - (pages - 1) * rpp;
-		if (cur[pg] != want) {
-			rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: page map puts %u rows on page %u, "
-				     "which holds %u", (unsigned long long)in->partition, cur[pg], pg, want);
-			goto out;
-		}
-		cur[pg] = pg * rpp; /* next free row of the page */
-	}
-	for (uint32_t k = 0; k < n; k++)
-		ids[cur[map_get(map, bits, k)]++] = sorted[k];
 out:
 	ann_free(sorted);
-	ann_free(cur);
+	if (cur != cur_stack)
+		ann_free(cur);
 	return rc;
 }
 
@@ -423,6 +437,15 @@ static bool slim_record(const uint8_t *full, uint32_t fb, uint8_t *out)
 	return true;
 }
 
+/* The factors of the slim record whose factor bytes are at f: |r| and f_ip
+ * widened f16 -> f32 (exact), tan in 1/256 units. */
+static inline void slim_factors(const uint8_t *f, float *rn, float *fip, uint16_t *tan)
+{
+	*rn = block_f16_to_f32(ann_ld16(f));
+	*fip = block_f16_to_f32(ann_ld16(f + 2));
+	*tan = (uint16_t)(f[4] == TAN8_SAT ? 65535u : f[4] * 4u);
+}
+
 void cblock_expand_codes(const ann_cblock_info *in, const uint8_t *src, size_t n, uint8_t *dst)
 {
 	if (!(in->flags & CBLOCK_FLAG_F16)) {
@@ -431,12 +454,32 @@ void cblock_expand_codes(const ann_cblock_info *in, const uint8_t *src, size_t n
 	}
 	uint32_t sb = in->code_bytes, fb = in->full_code_bytes, p = sb - CBLOCK_F16_SAVES;
 	for (size_t i = 0; i < n; i++, src += sb, dst += fb) {
+		float rn, fip;
+		uint16_t tan;
+		slim_factors(src + p, &rn, &fip, &tan);
 		memcpy(dst, src, p);
-		ann_stf32(dst + p, block_f16_to_f32(ann_ld16(src + p)));
-		ann_stf32(dst + p + 4, block_f16_to_f32(ann_ld16(src + p + 2)));
-		uint32_t t8 = src[p + 4];
-		ann_st16(dst + p + 8, (uint16_t)(t8 == TAN8_SAT ? 65535u : t8 * 4u));
+		ann_stf32(dst + p, rn);
+		ann_stf32(dst + p + 4, fip);
+		ann_st16(dst + p + 8, tan);
 	}
+}
+
+void cblock_factors_scalar(const uint8_t *src, size_t stride, size_t p, size_t n, float *rn, float *fip, float *tan)
+{
+	for (size_t i = 0; i < n; i++, src += stride) {
+		uint16_t t;
+		slim_factors(src + p, &rn[i], &fip[i], &t);
+		tan[i] = t;
+	}
+}
+
+void cblock_factors(const ann_cblock_info *in, const uint8_t *src, size_t n, float *rn, float *fip, float *tan)
+{
+	size_t p = in->code_bytes - CBLOCK_F16_SAVES;
+	if (ann_simd_active() >= ANN_SIMD_AVX2)
+		cblock_factors_avx2(src, in->code_bytes, p, n, rn, fip, tan);
+	else
+		cblock_factors_scalar(src, in->code_bytes, p, n, rn, fip, tan);
 }
 
 #define CHUNK 256u

@@ -90,8 +90,9 @@ int cblock_head(const void *buf, size_t len, ann_cblock_info *in, int64_t *ids, 
 
 /* The ids of a head that cblock_peek accepted, in row order (in->count
  * entries). Page-ordered blocks: the page map is checked (every page holds
- * its rows_per_page rows, the last the rest); scratch of count ids and a
- * counter per page. ANN_E_CORRUPT, ANN_E_NOMEM. */
+ * its rows_per_page rows, the last the rest); scratch of count ids and two
+ * counters per value a map entry can take (under 4 per page; on the stack
+ * up to 64 pages). ANN_E_CORRUPT, ANN_E_NOMEM. */
 int cblock_ids(const ann_cblock_info *in, const uint8_t *head, int64_t *ids, ann_error *err);
 
 /* Block-relative byte offset of row i, and the page range that holds it
@@ -130,6 +131,14 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
  * 1/64 -> 1/256 units, never narrower; a saturated tan gives the widest
  * bound). */
 void cblock_expand_codes(const ann_cblock_info *in, const uint8_t *src, size_t n, uint8_t *dst);
+
+/* The factors of the n slim records at src (in->code_bytes each, an F16
+ * block): |r|, f_ip and tan in 1/256 units, the values cblock_expand_codes
+ * writes, as floats into rn, fip and tan (n each), for
+ * ann_rbq_estimate_split: round 1 estimates from the stored records
+ * without rebuilding full ones. AVX2 when the CPU probe allows it, bit for
+ * bit the scalar form (cblock_kernels.h). */
+void cblock_factors(const ann_cblock_info *in, const uint8_t *src, size_t n, float *rn, float *fip, float *tan);
 
 /* cblock_encode's opts from the index's settings. */
 static inline unsigned cblock_opts(bool f16, bool page_order)

@@ -2,7 +2,8 @@
 /*
  * fuzz_cblock: the codes-block decoder of src/storage/cblock.c (block format 2:
  * cblock_peek, cblock_head, cblock_row_pages, cblock_check_pages,
- * cblock_decode, cblock_verify_codes, cblock_expand_codes of 2.1 slim records,
+ * cblock_decode, cblock_verify_codes, cblock_expand_codes and cblock_factors of
+ * 2.1 slim records (the two must agree bit for bit),
  * cblock_ids of 2.2 page maps). The input is a block; before decoding,
  * the target rewrites the header checksum, the head checksum (when the head
  * length is sane) and the exact pages' sums (when the sum table and the pages
@@ -74,6 +75,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (!full)
 			abort();
 		cblock_expand_codes(&hd, b + hd.codes_off, hd.count, full);
+		if ((hd.flags & CBLOCK_FLAG_F16) && hd.count) {
+			/* round 1's factors: the full records' values, bit for bit */
+			float *fac = malloc((size_t)hd.count * 3 * sizeof(float));
+			if (!fac)
+				abort();
+			cblock_factors(&hd, b + hd.codes_off, hd.count, fac, fac + hd.count, fac + 2 * (size_t)hd.count);
+			uint32_t p = hd.code_bytes - CBLOCK_F16_SAVES;
+			for (uint32_t r = 0; r < hd.count; r++) {
+				const uint8_t *w = full + (size_t)r * hd.full_code_bytes + p;
+				float tan = (float)ann_ld16(w + 8);
+				FZ_ASSERT(memcmp(w, &fac[r], 4) == 0 && memcmp(w + 4, &fac[hd.count + r], 4) == 0 &&
+					  memcmp(&tan, &fac[2 * (size_t)hd.count + r], 4) == 0);
+			}
+			free(fac);
+		}
 		free(full);
 		for (uint32_t r = 0; r < hd.count; r++) {
 			uint64_t off;
