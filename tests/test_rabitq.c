@@ -295,6 +295,8 @@ static void test_bad_input(ann_rng *rng)
 	ASSERT_ERR(ann_rbq_encode(q, c, x, 5, codes, &e), e, ANN_E_INVAL, "row 3");
 	x[3 * d + 4] = 3e38f;
 	c[4] = -3e38f;
+	for (int r = 0; r < 3; r++)
+		x[r * d + 4] = -3e38f; /* residual 0 in the rows before */
 	ASSERT_ERR(ann_rbq_encode(q, c, x, 5, codes, &e), e, ANN_E_INVAL, "row 3, coordinate 4: residual");
 	c[4] = NAN;
 	ASSERT_ERR(ann_rbq_encode(q, c, x, 5, codes, &e), e, ANN_E_INVAL, "centre coordinate 4");
@@ -304,6 +306,23 @@ static void test_bad_input(ann_rng *rng)
 		x[j] = 2e38f;
 	}
 	ASSERT_ERR(ann_rbq_encode(q, c, x, 1, codes, &e), e, ANN_E_INVAL, "row 0: residual norm");
+	/* a norm that fits but a rotation whose float partial sums overflow
+	 * (found by fuzz_cblock: a NaN level then): refused */
+	float *ro = malloc(ann_rbq_padded_dim(q) * sizeof(float));
+	bool found = false;
+	for (float v = 1e37f; v < 3e38f && !found; v *= 1.25f) {
+		for (uint32_t j = 0; j < d; j++)
+			x[j] = v;
+		double n2 = (double)v * v * d;
+		if (!isfinite((float)sqrt(n2)))
+			break;
+		ann_rbq_rotate(q, x, ro);
+		for (uint32_t j = 0; j < ann_rbq_padded_dim(q); j++)
+			found = found || !isfinite(ro[j]);
+	}
+	ASSERT_TRUE(found);
+	ASSERT_ERR(ann_rbq_encode(q, c, x, 1, codes, &e), e, ANN_E_INVAL, "row 0: the rotation of its residual");
+	free(ro);
 	free(x);
 	free(c);
 	free(codes);

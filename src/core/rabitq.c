@@ -622,8 +622,16 @@ int ann_rbq_encode(const ann_rbq *q, const float *c, const float *x, size_t n, u
 		if (!(norm > 0) || !isfinite(norm) || !isfinite((float)norm))
 			goto factors_zero;
 		ann_rbq_rotate(q, r, o);
-		for (size_t j = 0; j < dp; j++)
+		for (size_t j = 0; j < dp; j++) {
+			/* the transform's float partial sums can overflow before its
+			 * scaling though |r| fits: refused, never a NaN level */
+			if (!isfinite(o[j])) {
+				rc = ann_err(err, ANN_E_INVAL, "rabitq encode: row %zu: the rotation of its residual "
+					     "(norm %g) overflows float", row, norm);
+				goto out;
+			}
 			a[j] = fabs((double)o[j]) / norm;
+		}
 		if (be)
 			quantise_ex(a, dp, be, k, scratch);
 		else

@@ -178,14 +178,6 @@ void ann_rbq_quant_avx2(const float *rq, size_t dp, float inv, int16_t *qi)
 	}
 }
 
-/* the 4 chains of a __m256d combined as (a0 + a1) + (a2 + a3) */
-static inline double chains(__m256d v)
-{
-	double l[4];
-	_mm256_storeu_pd(l, v);
-	return (l[0] + l[1]) + (l[2] + l[3]);
-}
-
 double ann_rbq_resid_avx2(const float *q, const float *c, size_t n, float *res)
 {
 	__m256d acc = _mm256_setzero_pd();
