@@ -16,7 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, ScalarFormatter  # noqa: E402
 
 COLOURS = {"annann": "tab:blue", "spann": "tab:orange", "diskann": "tab:green"}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -68,7 +68,10 @@ def main():
     for ax, xl in ((axb, "KiB read per query (cold, O_DIRECT)"), (axl, "latency per query, us (batch 1, 1 thread)")):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        # a range within one decade has one major tick or none: label the
+        # minor ones too, at 2, 3, 5 (and 10, 20 ... in each decade)
+        ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 3.0, 5.0)))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: "%g" % v))
         ax.axhline(a.target, ls=":", color="grey")
         ax.set_xlabel(xl)
         ax.set_ylabel("recall@10")
