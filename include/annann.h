@@ -371,6 +371,8 @@ typedef struct ann_search_opts {
  * (docs/DESIGN.md "The re-rank budget"). */
 #define ANN_RERANK_PER_K 6u
 #define ANN_RERANK_MIN 64u
+/** Largest re-rank budget (ann_search_opts.rerank); the default is capped at it (>= ANN_MAX_K). */
+#define ANN_MAX_RERANK 100000u
 /** Default eps0 of the re-rank bound (docs/DESIGN.md "The re-rank bound's width"). */
 #define ANN_DEFAULT_RERANK_EPS 2.0f
 /** Default re-rank phases (docs/BENCHMARKS.md "Codes and re-ranking"). */

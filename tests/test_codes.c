@@ -800,6 +800,7 @@ static void check_cache(const char *idx)
 	ASSERT_EQ(ann_default_rerank(K), 64);
 	ASSERT_EQ(ann_default_rerank(100), 600);
 	ASSERT_EQ(ann_default_rerank(1), 64);
+	ASSERT_EQ(ann_default_rerank(ANN_MAX_K), ANN_MAX_RERANK); /* capped: k 20000 must still search */
 	for (size_t q = 0; q < NQ; q++)
 		ASSERT_TRUE(st[2][q].reranked <= ann_default_rerank(K));
 	ann_index_close(x);

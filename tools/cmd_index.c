@@ -494,7 +494,7 @@ static cli_opt search_opts[] = {
 	{"threads", "T", "search threads, each with its own searcher (default 1)", NULL},
 	{"cache", "BYTES", "decoded-block cache per thread: format 1 blocks, heads of codes blocks (default 0: every block from storage)",
 	 NULL},
-	{"rerank", "N", "codes: at most N exact re-ranks per query (default 6 k, at least 64)", NULL},
+	{"rerank", "N", "codes: at most N exact re-ranks per query (default 6 k, at least 64, at most 100000)", NULL},
 	{"rerank-phases", "N", "codes: 1 = one read of all re-rank pages; 2 = the k best first, then only what can "
 	 "still beat them (default 2)", NULL},
 	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.0)", NULL},

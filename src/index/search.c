@@ -46,7 +46,7 @@ void ann_search_opts_init(ann_search_opts *o)
 uint32_t ann_default_rerank(uint32_t k)
 {
 	uint64_t r = (uint64_t)ANN_RERANK_PER_K * k;
-	return (uint32_t)ANN_MIN(ANN_MAX(r, (uint64_t)ANN_RERANK_MIN), (uint64_t)UINT32_MAX);
+	return (uint32_t)ANN_MIN(ANN_MAX(r, (uint64_t)ANN_RERANK_MIN), (uint64_t)ANN_MAX_RERANK);
 }
 
 /* Grows *p to hold need elements of esz bytes (search_int.h). */
@@ -92,7 +92,8 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		rc = ann_err(err, ANN_E_INVAL, "search: rerank eps must be within 0..100 (0 = the default)");
 		goto fail;
 	}
-	if (s->o.k == 0 || s->o.k > ANN_MAX_K || s->o.nprobe == 0 || s->o.nprobe > ANN_MAX_NPROBE || s->rerank > 100000 ||
+	_Static_assert(ANN_MAX_RERANK >= ANN_MAX_K, "a default budget below k would re-rank fewer rows than k");
+	if (s->o.k == 0 || s->o.k > ANN_MAX_K || s->o.nprobe == 0 || s->o.nprobe > ANN_MAX_NPROBE || s->rerank > ANN_MAX_RERANK ||
 	    s->o.hnsw_ef > ANN_MAX_EF || s->o.candidates_factor > 1000) {
 		rc = ann_err(err, ANN_E_INVAL, "search: k must be within 1..%u, nprobe within 1..%u, rerank within "
 			     "1..100000, ef within 0..%u and the candidates factor within 0..1000", ANN_MAX_K,
