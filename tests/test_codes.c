@@ -34,6 +34,7 @@
 #define NQ 30
 #define K 10
 #define CACHE_TEST_PAGE 4096u
+#define GOLDEN22 0xff02d1a2806c9f01ull /* test_golden20: the 2.2 block's digest */
 #define PARTS 8
 
 static float base[NB * D], queries[NQ * D];
@@ -457,6 +458,27 @@ static void test_golden20(void)
 				&head, NULL));
 	ASSERT_EQ(len, 8192);
 	ASSERT_EQ(XXH64(b, len, 0), 0xec3ff7f8dda5c8cbull);
+	ann_aligned_free(b);
+	ann_rbq_free(q);
+	/* a 2.2 block (page order, slim records) of 400 rows over 3 exact
+	 * pages, as the page-order code of 2026-12-06 wrote it: the PCA tree's
+	 * order (and so the rows' places) must not drift with its speed-ups */
+	enum { n2 = 400 };
+	static float v2[n2 * dim];
+	int64_t ids2[n2];
+	for (uint32_t i = 0; i < n2; i++) {
+		ids2[i] = 3 * (int64_t)i + 1;
+		for (uint32_t j = 0; j < dim; j++)
+			v2[(size_t)i * dim + j] = (float)((i * 37 + j * 11 + (i * j) % 7) % 251);
+	}
+	ASSERT_OK(ann_rbq_new(dim, 2, 5, &q, NULL));
+	ASSERT_OK(cblock_encode(q, ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, CBLOCK_ENC_F16 | CBLOCK_ENC_PAGE_ORDER, dim, n2,
+				ids2, v2, ANN_DTYPE_F32, 4, 1, &b, &len, &head, NULL));
+	ann_cblock_info in;
+	ASSERT_OK(cblock_peek(b, len, &in, NULL));
+	ASSERT_TRUE(in.flags & CBLOCK_FLAG_PAGE_ORDER);
+	printf("golden 2.2: %zu bytes, xxh64 %016llx\n", len, (unsigned long long)XXH64(b, len, 0));
+	ASSERT_EQ(XXH64(b, len, 0), GOLDEN22);
 	ann_aligned_free(b);
 	ann_rbq_free(q);
 }

@@ -519,24 +519,40 @@ out:
  * iteration from the row farthest from the node's mean; leaves are pages,
  * laid out in tree order, each holding its rows in ascending id order (the
  * rule the page map's decoder follows). Single-threaded, float arithmetic in
- * a fixed order, ties broken by row: the order is a function of the rows. */
+ * a fixed order, ties broken by row: the order is a function of the rows.
+ * The rows are converted to float once (up to ORDER_FLOAT_BUDGET bytes of
+ * them; past it each pass converts again, the same values). */
 #define ORDER_ITERS 3u
+
+#define ORDER_FLOAT_BUDGET ((size_t)64 << 20) /* rows converted to float once, up to this many bytes */
 
 typedef struct porder {
 	const ann_cblock_info *in;
 	const uint8_t *b; /* the block with its rows in id order */
+	const float *xf;       /* count x dim: the rows as floats, or NULL (over the budget) */
 	float *x, *mu, *v, *w; /* dim floats each */
 	float *proj;           /* count: projection of each row */
 } porder;
+
+/* Row k as floats: from xf, or converted into buf (the conversion is exact,
+ * so both give the same values and the same order). */
+static const float *prow_float(const porder *o, uint32_t k, float *buf)
+{
+	uint32_t d = o->in->dim;
+	if (o->xf)
+		return o->xf + (size_t)k * d;
+	row_to_float(o->in->encoding, o->b + cblock_row_offset(o->in, k), d, buf);
+	return buf;
+}
 
 static float prow(const porder *o, uint32_t k)
 {
 	/* Row k minus the node mean into o->x; returns its squared norm. */
 	uint32_t d = o->in->dim;
-	row_to_float(o->in->encoding, o->b + cblock_row_offset(o->in, k), d, o->x);
+	const float *r = prow_float(o, k, o->x);
 	float s = 0.0f;
 	for (uint32_t j = 0; j < d; j++) {
-		o->x[j] -= o->mu[j];
+		o->x[j] = r[j] - o->mu[j];
 		s += o->x[j] * o->x[j];
 	}
 	return s;
@@ -574,9 +590,9 @@ static void order_node(porder *o, uint32_t *idx, uint32_t n)
 	}
 	memset(o->mu, 0, d * sizeof(float));
 	for (uint32_t i = 0; i < n; i++) {
-		row_to_float(o->in->encoding, o->b + cblock_row_offset(o->in, idx[i]), d, o->x);
+		const float *r = prow_float(o, idx[i], o->x);
 		for (uint32_t j = 0; j < d; j++)
-			o->mu[j] += o->x[j];
+			o->mu[j] += r[j];
 	}
 	for (uint32_t j = 0; j < d; j++)
 		o->mu[j] /= (float)n;
@@ -628,9 +644,17 @@ static int page_order(const ann_cblock_info *in, const uint8_t *b, uint32_t *ord
 	o.v = buf + 2 * (size_t)d;
 	o.w = buf + 3 * (size_t)d;
 	o.proj = buf + 4 * (size_t)d;
+	size_t fb = (size_t)in->count * d * sizeof(float);
+	float *xf = fb <= ORDER_FLOAT_BUDGET ? ann_malloc(fb ? fb : 1) : NULL; /* NULL: convert per pass */
+	if (xf) {
+		for (uint32_t r = 0; r < in->count; r++)
+			row_to_float(in->encoding, b + cblock_row_offset(in, r), d, xf + (size_t)r * d);
+		o.xf = xf;
+	}
 	for (uint32_t r = 0; r < in->count; r++)
 		order[r] = r;
 	order_node(&o, order, in->count);
+	ann_free(xf);
 	ann_free(buf);
 	return ANN_OK;
 }
