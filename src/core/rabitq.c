@@ -863,6 +863,17 @@ typedef struct factors {
 	const float *rn, *fip, *tan;
 } factors;
 
+/* One chunk's sums in the query's kernel form (rabitq_kernels.h). */
+static void scan(const ann_rbq_query *s, const ann_rbq_scan *a, const uint8_t *base, size_t cn, float *A, int64_t *E)
+{
+	if (s->simd == ANN_SIMD_AVX512)
+		ann_rbq_scan_avx512(a, base, cn, A, E);
+	else if (s->simd == ANN_SIMD_AVX2)
+		ann_rbq_scan_avx2(a, base, cn, A, E);
+	else
+		ann_rbq_scan_scalar(a, base, cn, A, E);
+}
+
 static void estimate(const ann_rbq_query *s, const uint8_t *codes, size_t stride, const factors *f, size_t n,
 		     float *est, float *width)
 {
@@ -888,12 +899,7 @@ static void estimate(const ann_rbq_query *s, const uint8_t *codes, size_t stride
 	for (size_t i0 = 0; i0 < n; i0 += RBQ_CHUNK) {
 		size_t cn = ANN_MIN(n - i0, (size_t)RBQ_CHUNK);
 		const uint8_t *base = codes + i0 * stride;
-		if (s->simd == ANN_SIMD_AVX512)
-			ann_rbq_scan_avx512(&a, base, cn, A, E);
-		else if (s->simd == ANN_SIMD_AVX2)
-			ann_rbq_scan_avx2(&a, base, cn, A, E);
-		else
-			ann_rbq_scan_scalar(&a, base, cn, A, E);
+		scan(s, &a, base, cn, A, E);
 		if (f && s->simd == ANN_SIMD_AVX512) {
 			ann_rbq_finish_avx512(&fin, A, E, f->rn + i0, f->fip + i0, f->tan + i0, cn, est + i0,
 					      width ? width + i0 : NULL);
@@ -957,12 +963,7 @@ void ann_rbq_estimate_prefix(const ann_rbq_query *s, const uint8_t *codes, size_
 	for (size_t i0 = 0; i0 < n; i0 += RBQ_CHUNK) {
 		size_t cn = ANN_MIN(n - i0, (size_t)RBQ_CHUNK);
 		const uint8_t *base = codes + i0 * q->rec_bytes;
-		if (s->simd == ANN_SIMD_AVX512)
-			ann_rbq_scan_avx512(&a, base, cn, A, E);
-		else if (s->simd == ANN_SIMD_AVX2)
-			ann_rbq_scan_avx2(&a, base, cn, A, E);
-		else
-			ann_rbq_scan_scalar(&a, base, cn, A, E);
+		scan(s, &a, base, cn, A, E);
 		for (size_t i = 0; i < cn; i++) {
 			const uint8_t *fp = base + i * q->rec_bytes + q->sign_bytes + q->ex_bytes;
 			double rn = ann_ldf32(fp), fip = ann_ldf32(fp + 4);
