@@ -376,8 +376,14 @@ def test_search_releases_the_gil(index, data):
     the main thread keeps running Python: the longest pause it sees is a
     small part of the search, where a held GIL would stall it throughout."""
     base, queries = data
-    many = np.tile(queries, (100, 1))
     with annann.open(index) as idx:
+        # Size the batch to take about a second on this machine: a fixed
+        # repeat count was too short to tell once the search got faster.
+        idx.search(queries, k=10, nprobe=24)
+        t0 = time.perf_counter()
+        idx.search(queries, k=10, nprobe=24)
+        once = max(time.perf_counter() - t0, 1e-6)
+        many = np.tile(queries, (int(min(max(1.0 / once, 20), 5000)), 1))
         t = threading.Thread(target=idx.search, args=(many,), kwargs=dict(k=10, nprobe=24, batch=len(many)))
         last = t0 = time.perf_counter()
         gap = 0.0
@@ -387,6 +393,7 @@ def test_search_releases_the_gil(index, data):
             gap = max(gap, now - last)
             last = now
         duration = time.perf_counter() - t0
+        print(f"{len(many)} queries in {duration:.3f} s, longest pause {gap:.4f} s")
         assert duration > 0.3, "the search is too short to tell"
         assert gap < 0.5 * duration, (gap, duration)
 
