@@ -244,6 +244,10 @@ typedef struct ann_build_opts {
 	uint32_t code_order;     /**< codes: order of each block's exact rows, 1 (default) page-local so that a
 	                              query's re-rank candidates share 4 KiB pages (codes block 2.2, docs/FORMAT.md
 	                              "Page-local row order"), 0 id order (blocks every older build reads) */
+	uint32_t page_fit;       /**< codes blocks, k-means graph router, l2, one copy: 1 (default) moves the rows
+	                              of a nearly empty last head page to the next-nearest centroid's partition
+	                              where its head has room, so queries read fewer head pages (docs/DESIGN.md
+	                              "Page-fitted heads"); 0 keeps every row in its nearest partition */
 	ann_progress_fn progress; /**< NULL: silent */
 	void *progress_ctx;
 	ann_log_fn log;           /**< training history lines; NULL: none */

@@ -15,7 +15,8 @@
  *    rows are reported by ann_verify; search fails with ANN_E_CORRUPT on the
  *    first two and never answers;
  *  - inserts, deletes and compaction (with splits) on a codes index keep the
- *    layout and the answers exact.
+ *    layout and the answers exact;
+ *  - page-fitted heads: fewer head pages, every row once, deterministic.
  */
 #include <fcntl.h>
 #include <unistd.h>
@@ -1138,6 +1139,131 @@ static void test_i8_format1(const char *dir)
 	free(idx);
 }
 
+/* Page-fitted heads (build_fit.c, docs/DESIGN.md "Page-fitted heads"): on
+ * 128-dim u8 rows in 32 partitions of ~3-page heads, the build with fitting
+ * holds fewer head pages than without; every row is still stored exactly
+ * once (a search of every partition with k = n returns each id once, at its
+ * exact distance, in order: so any top k is brute force's), verify is clean, and the
+ * same build twice writes the same blocks. */
+#define FIT_N 8000
+#define FIT_D 128
+#define FIT_PARTS 32
+static uint64_t fit_head_pages(const char *idx, uint64_t *rows)
+{
+	ann_index *x;
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	uint64_t pages = 0;
+	*rows = 0;
+	for (uint32_t p = 0; p < x->dir.n; p++) {
+		ASSERT_TRUE(x->dir.ents[p].head > 0);
+		pages += (x->dir.ents[p].head + 4095u) / 4096u;
+		*rows += x->dir.ents[p].count;
+	}
+	ann_index_close(x);
+	return pages;
+}
+
+static char *fit_build(const char *dir, const char *data, const char *name, uint32_t fit)
+{
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = FIT_PARTS;
+	o.mem_bytes = (size_t)64 << 20;
+	o.threads = 1;
+	o.code_bits = 2;
+	o.page_fit = fit;
+	char *idx = t_path(dir, name);
+	ann_error e = {0};
+	if (ann_build(data, idx, &o, &e) < 0)
+		T_FAIL("build %s: %s", name, e.msg);
+	return idx;
+}
+
+static void test_page_fit(const char *dir, ann_rng *rng)
+{
+	t_current = "page_fit";
+	float *rows = ann_malloc((size_t)FIT_N * FIT_D * sizeof(float)), *cent = ann_malloc(64 * FIT_D * sizeof(float));
+	ASSERT_TRUE(rows && cent);
+	for (size_t i = 0; i < 64 * FIT_D; i++)
+		cent[i] = (float)(30 + ann_rng_below(rng, 196));
+	for (size_t i = 0; i < FIT_N; i++) {
+		const float *c = cent + ann_rng_below(rng, 64) * FIT_D;
+		for (size_t j = 0; j < FIT_D; j++)
+			rows[i * FIT_D + j] = c[j] + (float)ann_rng_below(rng, 61) - 30.0f;
+	}
+	char *data = t_path(dir, "fit.u8bin");
+	ann_vwriter *w;
+	ASSERT_OK(ann_vwriter_open(data, FIT_D, &w, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(w, rows, FIT_N, NULL));
+	ASSERT_OK(ann_vwriter_close(w, NULL));
+	char *on = fit_build(dir, data, "fit_on", 1), *off = fit_build(dir, data, "fit_off", 0);
+	char *again = fit_build(dir, data, "fit_again", 1);
+	uint64_t rows_on, rows_off;
+	uint64_t p_on = fit_head_pages(on, &rows_on), p_off = fit_head_pages(off, &rows_off);
+	ASSERT_EQ(rows_on, FIT_N);
+	ASSERT_EQ(rows_off, FIT_N);
+	if (!(p_on < p_off))
+		T_FAIL("page fit: %llu head pages with it, %llu without", (unsigned long long)p_on,
+		       (unsigned long long)p_off);
+	/* Deterministic: the same blocks again (past blocks.dat's header, which names the index). */
+	char *b1 = t_path(on, "blocks.dat"), *b2 = t_path(again, "blocks.dat");
+	size_t n1, n2;
+	uint8_t *d1 = t_read_file(b1, &n1), *d2 = t_read_file(b2, &n2);
+	ASSERT_EQ(n1, n2);
+	ASSERT_TRUE(n1 > 4096 && memcmp(d1 + 4096, d2 + 4096, n1 - 4096) == 0);
+	uint64_t problems = 1;
+	ASSERT_OK(ann_verify(on, NULL, NULL, &problems, NULL));
+	ASSERT_EQ(problems, 0);
+	/* Every row once, at its exact distance; the top 10 as brute force. */
+	ann_index *x;
+	ASSERT_OK(ann_index_open(on, &x, NULL));
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = FIT_N;
+	so.nprobe = FIT_PARTS;
+	so.rerank = FIT_N;
+	ann_searcher *s;
+	ASSERT_OK(ann_searcher_new(x, &so, &s, NULL));
+	int64_t *ids = ann_malloc(FIT_N * sizeof(int64_t));
+	float *dists = ann_malloc(FIT_N * sizeof(float));
+	uint8_t *seen = ann_calloc(FIT_N, 1);
+	ASSERT_TRUE(ids && dists && seen);
+	for (int qi = 0; qi < 3; qi++) {
+		const float *q = rows + (size_t)ann_rng_below(rng, FIT_N) * FIT_D;
+		ann_error e = {0};
+		if (ann_search(s, q, 1, ids, dists, NULL, &e) < 0)
+			T_FAIL("page fit: search: %s", e.msg);
+		memset(seen, 0, FIT_N);
+		for (size_t i = 0; i < FIT_N; i++) {
+			ASSERT_TRUE(ids[i] >= 0 && ids[i] < FIT_N && !seen[ids[i]]);
+			seen[ids[i]] = 1;
+			double t = 0;
+			for (size_t j = 0; j < FIT_D; j++) {
+				double u = (double)q[j] - rows[(size_t)ids[i] * FIT_D + j];
+				t += u * u;
+			}
+			ASSERT_NEAR(dists[i], t, 1e-3 * (1 + t));
+			if (i)
+				ASSERT_TRUE(dists[i] >= dists[i - 1]);
+		}
+	}
+	ann_searcher_free(s);
+	ann_index_close(x);
+	ann_free(ids);
+	ann_free(dists);
+	ann_free(seen);
+	free(d1);
+	free(d2);
+	free(b1);
+	free(b2);
+	free(on);
+	free(off);
+	free(again);
+	free(data);
+	ann_free(rows);
+	ann_free(cent);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -1154,6 +1280,7 @@ int main(void)
 	test_i8_format1(dir);
 	test_corrupt(dir);
 	test_updates(dir, &rng);
+	test_page_fit(dir, &rng);
 	t_rmtree(dir);
 	free(dir);
 	return 0;

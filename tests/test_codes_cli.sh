@@ -12,6 +12,13 @@ expect 0 "$A" gt --base "$dir/b.u8bin" --queries "$dir/q.u8bin" --k 10 --out "$d
 expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes pq
 expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes rabitq --code-bits 9
 expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes none --code-bits 2
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --page-fit maybe
+grep -q "page-fit: 'maybe' is not on or off" "$dir/err" || fail "--page-fit message: $(cat "$dir/err")"
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes none --page-fit on
+# --page-fit off and on both build; the fitted build says how many rows it moved
+expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/pf0" --partitions 8 --page-fit off --quiet
+expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/pf1" --partitions 8 --page-fit on
+[ ! -e "$dir/x" ] || fail "a refused build left $dir/x"
 expect 1 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes rabitq --encoding f16 --quiet
 grep -q "codes need encoding f32, u8 or i8" "$dir/err" || fail "f16 codes message: $(cat "$dir/err")"
 expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/e" --partitions 8 --codes none --quiet
@@ -25,7 +32,7 @@ python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["code_bits
 	fail "--code-bits 3 without --codes"
 for st in file lmdb; do
 	expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/c_$st" --partitions 8 --store $st --codes rabitq --code-factors 32 \
-		--code-bits 2 --quiet
+		--code-bits 2 --page-fit off --quiet
 	expect 0 "$A" info --index "$dir/c_$st" --json
 	python3 - "$dir/out" <<'PY' || fail "info json"
 import json, sys
@@ -50,8 +57,9 @@ expect 2 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --rerank 0
 # slim records (--code-factors 16, codes block 2.1): smaller heads, the same answers' recall
 expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes rabitq --code-factors 8
 expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes none --code-factors 16
+# (page fitting off in both: it moves rows by head size, which the records change)
 expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/c16" --partitions 8 --codes rabitq --code-bits 2 \
-	--code-factors 16 --quiet
+	--code-factors 16 --page-fit off --quiet
 expect 0 "$A" info --index "$dir/c16"
 grep -q "16-bit factors" "$dir/out" || fail "info names no 16-bit factors: $(cat "$dir/out")"
 expect 0 "$A" info --index "$dir/c16" --json

@@ -35,6 +35,8 @@ static cli_opt build_opts[] = {
 	{"code-factors", "F", "bits of each code's factors: 16 (default; slim heads, codes block 2.1) or 32", NULL},
 	{"row-order", "page|id", "order of a codes block's exact rows: page (default; page-local, codes block 2.2) or "
 	 "id (blocks older builds read)", NULL},
+	{"page-fit", "on|off", "move the rows of nearly empty last head pages to the next-nearest partition with room "
+	 "(default on; codes blocks, k-means graph router, l2, one copy)", NULL},
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
 	{"seed", "S", "random seed (default 1)", NULL},
@@ -203,6 +205,13 @@ static int run_build(cli_cmd *c)
 		return cli_usage_error(c, "--row-order sets the rows of codes blocks, not of --codes none");
 	if (rord)
 		o.code_order = strcmp(rord, "page") == 0;
+	const char *fit = cli_get(c, "page-fit");
+	if (fit && strcmp(fit, "on") != 0 && strcmp(fit, "off") != 0)
+		return cli_usage_error(c, "--page-fit: '%s' is not on or off", fit);
+	if (fit && none)
+		return cli_usage_error(c, "--page-fit moves rows between codes blocks' heads, not with --codes none");
+	if (fit)
+		o.page_fit = strcmp(fit, "on") == 0;
 	uint64_t rbits;
 	if (!cli_u64(c, "router-bits", 0, 0, 8, &rbits))
 		return CLI_EXIT_USAGE;

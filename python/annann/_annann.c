@@ -649,6 +649,7 @@ static int apply_opt(ann_build_opts *o, const char *key, PyObject *v)
 	U32("router_bits", kmeans.router_bits) /* 0: the centroid graph; absent: auto */
 	U32("code_factors", code_factors)      /* 16 (default) or 32 */
 	U32("code_order", code_order)          /* 1 (default) page-local rows, 0 id order */
+	U32("page_fit", page_fit)              /* 1 (default) page-fitted heads, 0 off */
 	DBL("replica_eps", replica_eps)
 	DBL("soar_lambda", kmeans.soar_lambda)
 	DBL("dec_alpha", annann.dec_alpha)

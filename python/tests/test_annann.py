@@ -405,7 +405,7 @@ def test_every_build_option_is_accepted(tmp_path, data):
     base, _ = data
     opts = dict(encoding="f16", metric="ip", zstd_level=1, shuffle=True, dictionary=False, sample=2000,
                 kmeans_iters=3, balance=2.0, replicas=2, replica_eps=0.2, soar_lambda=1.0, hnsw_m=8,
-                hnsw_ef_construction=40)
+                hnsw_ef_construction=40, page_fit=0)
     with annann.build(tmp_path / "o", base[:3000], partitions=6, mem="64M", **opts) as idx:
         info = idx.info()
         assert info["encoding"] == "f16" and info["metric"] == "ip" and info["replication"] > 1.0

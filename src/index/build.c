@@ -71,6 +71,7 @@ void ann_build_opts_init(ann_build_opts *o)
 	o->code_bits = ANN_AUTO;
 	o->code_factors = 16;            /* slim records (codes block 2.1): docs/DESIGN.md "Slim head records" */
 	o->code_order = 1;               /* page-local rows (codes block 2.2): docs/DESIGN.md "Page-local row order" */
+	o->page_fit = 1;                 /* docs/DESIGN.md "Page-fitted heads" */
 	o->replicas = 1;
 	o->replica_eps = 0.1;
 	o->kmeans.hnsw_m = 32;
@@ -223,6 +224,8 @@ int build_resolve_options(build *b, ann_build_opts *own, ann_error *err)
 		return ann_err(err, ANN_E_INVAL, "code factors %u: must be 16 or 32 (0 = 32)", o->code_factors);
 	if (o->code_order > 1)
 		return ann_err(err, ANN_E_INVAL, "code order %u: must be 0 (id order) or 1 (page-local)", o->code_order);
+	if (o->page_fit > 1)
+		return ann_err(err, ANN_E_INVAL, "page fit %u: must be 0 (off) or 1 (on)", o->page_fit);
 	if (o->code_bits && b->enc != ANN_ENC_F32 && b->enc != ANN_ENC_U8 && b->enc != ANN_ENC_I8)
 		return ann_err(err, ANN_E_INVAL, "codes need encoding f32, u8 or i8 (exact rows are stored raw), not %s",
 			       ann_encoding_name(b->enc));
@@ -285,6 +288,11 @@ static char *build_options(const build *b)
 		 ANN_KMEANS_ASSIGN_RULE);
 	if (o->code_factors == 16) /* only then: older states keep their fingerprint */
 		snprintf(s + strlen(s), cap - strlen(s), "code_factors=16\n");
+	/* Fitting moves rows between partitions: a state packed without it
+	 * must not resume with it (nor the reverse), so it is part of the key
+	 * whenever it applies. */
+	if (build_fit_applies(b))
+		snprintf(s + strlen(s), cap - strlen(s), "page_fit=1\n");
 	return s;
 }
 

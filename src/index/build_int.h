@@ -74,6 +74,7 @@ typedef struct build {
 	uint64_t stored;        /* vectors in blocks, replicas included */
 	bool skip_empty;        /* partbuild: a partition that received nothing gets no block */
 	uint64_t block_bytes;
+	uint64_t fit_moved;     /* rows page fitting moved (build_fit.c) */
 	double t_sample, t_train, t_route, t_pack;
 	ann_bstate *st;         /* the saved state (DIR.build-state) */
 	bool resumed;           /* st held state of an earlier run */
@@ -132,6 +133,29 @@ int build_route_all(build *b, ann_error *err);
 /* ---- build_pack.c ---- */
 /* Phase 4: encodes and publishes every partition of the spill. */
 int build_pack_all(build *b, ann_error *err);
+
+/* Page-fitted assignment (build_fit.c): rows of nearly empty last head
+ * pages moved to a neighbouring partition before packing. */
+typedef struct build_fit {
+	size_t nmoved;     /* rows moved; 0: packing as the spill says */
+	int64_t *out_ids;  /* the moved ids, ascending */
+	uint64_t *in_off;  /* nparts + 1 offsets into in_ids / in_vecs by receiver */
+	int64_t *in_ids;   /* by receiver, ascending within each */
+	uint8_t *in_vecs;  /* their vectors, pay_bytes each */
+	uint64_t max_in;   /* the most rows one partition receives */
+} build_fit;
+/* True when the build fits pages (codes blocks, one copy, the k-means graph
+ * router under l2, a single node). */
+bool build_fit_applies(const build *b);
+/* Bytes the plan's candidate rows may hold (1/16 of the sample's). */
+size_t build_fit_budget(const build *b);
+/* Computes the plan from the spill (ids and vecs: scratch for the largest
+ * partition). An empty plan where it does not apply. */
+int build_fit_plan(build *b, int64_t *ids, void *vecs, build_fit *f, ann_error *err);
+/* Partition part's rows after the plan (see build_fit.c). */
+void build_fit_apply(const build_fit *f, uint32_t part, size_t pay, int64_t *ids, void *vecs, uint64_t *n,
+		     int64_t *sid, void *svec);
+void build_fit_free(build_fit *f);
 /* Phase 5: meta, router and dictionary, in one commit. */
 int build_publish_meta(build *b, double total_s, ann_error *err);
 

@@ -60,6 +60,8 @@ int build_pack_all(build *b, ann_error *err)
 {
 	uint64_t maxc = ann_spill_max_count(b->spill);
 	size_t need = (size_t)maxc * (8 + b->pay_bytes) * 3 + ((size_t)8 << 20);
+	if (build_fit_applies(b)) /* the plan's rows, twice (candidates, then the plan) */
+		need += 2 * build_fit_budget(b);
 	if (need + b->router->ops->ram_bytes(b->router) > b->o->mem_bytes)
 		return ann_err(err, ANN_E_BUDGET, "the largest partition holds %llu vectors and needs %zu bytes to "
 			       "pack; the budget is %zu (use more partitions or --balance)",
@@ -69,6 +71,9 @@ int build_pack_all(build *b, ann_error *err)
 	ann_block_put *puts = ann_calloc(b->nparts, sizeof(ann_block_put));
 	ann_block_enc *enc = NULL;
 	ann_store_txn *txn = NULL;
+	build_fit fit = {0};
+	int64_t *sid = NULL;
+	void *svec = NULL;
 	size_t nput = 0, batch_bytes = 0;
 	int rc = ANN_OK;
 	if (!ids || !vecs || !puts) {
@@ -78,6 +83,25 @@ int build_pack_all(build *b, ann_error *err)
 	ANN_CHECK(rc, block_enc_new(&enc, err));
 	if (b->o->code_bits) {
 		ANN_CHECK(rc, ann_rbq_new(b->d, b->o->code_bits, b->o->seed, &b->rbq, err));
+		/* Recomputed on a resume: it depends only on the spill and the
+		 * saved router (build_fit.c invariant 2). */
+		ANN_CHECK(rc, build_fit_plan(b, ids, vecs, &fit, err));
+		b->fit_moved = fit.nmoved;
+		if (fit.nmoved) {
+			size_t rows = (size_t)(maxc + fit.max_in);
+			int64_t *ni = ann_realloc(ids, rows * sizeof(int64_t));
+			if (ni)
+				ids = ni;
+			void *nv = ni ? ann_realloc(vecs, rows * b->pay_bytes) : NULL;
+			if (nv)
+				vecs = nv;
+			sid = ann_malloc(rows * sizeof(int64_t));
+			svec = ann_malloc(rows * b->pay_bytes);
+			if (!ni || !nv || !sid || !svec) {
+				rc = ann_err(err, ANN_E_NOMEM, "build: out of memory for packing (%zu vectors)", rows);
+				goto fail;
+			}
+		}
 	} else if (b->o->dictionary && b->o->zstd_level > 0) {
 		void *dict;
 		size_t dlen;
@@ -115,6 +139,7 @@ int build_pack_all(build *b, ann_error *err)
 		if (cnt == 0 && b->skip_empty)
 			goto flush; /* another rank's partition: no directory entry, nothing to read */
 		ANN_CHECK(rc, ann_spill_read(b->spill, part, ids, vecs, err));
+		build_fit_apply(&fit, part, b->pay_bytes, ids, vecs, &cnt, sid, svec);
 		uint8_t *blk = NULL;
 		size_t len = 0;
 		uint32_t head = 0;
@@ -158,6 +183,9 @@ out:
 	if (txn)
 		ann_store_abort(txn);
 	block_enc_free(enc);
+	build_fit_free(&fit);
+	ann_free(sid);
+	ann_free(svec);
 	ann_free(ids);
 	ann_free(vecs);
 	ann_free(puts);
@@ -193,6 +221,7 @@ int build_publish_meta(build *b, double total_s, ann_error *err)
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.seed", o->seed, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.sample", b->sample_n, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.mem_bytes", o->mem_bytes, err));
+	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.page_fit_rows", b->fit_moved, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.zstd_level", (uint64_t)o->zstd_level, err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.shuffle", ann_shuffle_to_meta(o->shuffle), err));
 	ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "build.kmeans_iters", build_kmeans_iters(o), err));
