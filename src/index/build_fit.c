@@ -279,7 +279,8 @@ int build_fit_plan(build *b, int64_t *ids, void *vecs, build_fit *f, ann_error *
 	 * first (the most bytes saved per row moved): a shedding partition
 	 * gives its candidates (nearest the boundary first) to receivers with
 	 * room; it sheds all of its last page or nothing. Receivers never shed. */
-	qsort(cs, nc, sizeof *cs, cmp_cand);
+	if (nc) /* qsort's base may not be NULL, even for no elements */
+		qsort(cs, nc, sizeof *cs, cmp_cand);
 	size_t shedders = 0, failed = 0, eligible = 0;
 	for (uint32_t p = 0; p < k; p++)
 		eligible += shed[p] > 0;
@@ -316,7 +317,8 @@ int build_fit_plan(build *b, int64_t *ids, void *vecs, build_fit *f, ann_error *
 	for (size_t i = 0; i < nc; i++)
 		if (cs[i].margin == -INFINITY)
 			cs[w++] = cs[i];
-	qsort(cs, w, sizeof *cs, cmp_dst);
+	if (w)
+		qsort(cs, w, sizeof *cs, cmp_dst);
 	f->nmoved = w;
 	f->out_ids = ann_malloc((w ? w : 1) * sizeof(int64_t));
 	f->in_ids = ann_malloc((w ? w : 1) * sizeof(int64_t));
