@@ -119,7 +119,7 @@ int build_pack_all(build *b, ann_error *err)
 		size_t len = 0;
 		uint32_t head = 0;
 		if (b->rbq)
-			ANN_CHECK(rc, cblock_encode(b->rbq, p.encoding, p.pad, cblock_opts(b->o->code_factors == 16, b->o->code_order != 0), b->d, cnt, ids, vecs, b->pay_type, part, 1,
+			ANN_CHECK(rc, cblock_encode(b->rbq, p.encoding, p.pad, cblock_opts(b->o->code_factors == 16, b->o->code_order != 0, cblock_head_page_default()), b->d, cnt, ids, vecs, b->pay_type, part, 1,
 						    &blk, &len, &head, err));
 		else
 			ANN_CHECK(rc, block_encode(enc, &p, b->d, cnt, ids, vecs, b->pay_type, part, 1, &blk, &len, err));
