@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "build_defaults.h"
 #include "catalog.h"
 #include "gt.h"
 #include "hnsw.h"
@@ -695,6 +696,38 @@ static void test_many_partitions(const char *dir, ann_rng *rng)
 	free(x);
 }
 
+/* The defaults' rule at the sizes it was measured on (docs/DESIGN.md
+ * "Defaults"): the 1M --profile real shape is bound by disk, where the
+ * model counts slim records (4934 partitions measured at 1.490x raw; the
+ * full-record model gave 3884 at 1.451x), and trains two-level k-means on
+ * the build's own sample; Fashion-MNIST's shape is bound by the compact
+ * router's RAM, one level, 64 rows per centroid. */
+static void test_defaults_rule(void)
+{
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	ann_build_resolve_defaults(&o, 1000000, 128, ANN_ENC_U8);
+	if (o.code_bits != 2 || o.kmeans.router_bits != 0)
+		T_FAIL("real1m shape: codes %u bits, router bits %u; want 2 and the graph", o.code_bits,
+		       o.kmeans.router_bits);
+	if (o.partitions < 4800 || o.partitions > 5100)
+		T_FAIL("real1m shape: %u partitions; the disk model with slim records gives ~4934", o.partitions);
+	if (o.sample != 0)
+		T_FAIL("real1m shape: sample %llu; two-level k-means keeps the build's", (unsigned long long)o.sample);
+	ann_build_opts_init(&o);
+	ann_build_resolve_defaults(&o, 60000, 784, ANN_ENC_U8);
+	if (o.code_bits != 1 || o.kmeans.router_bits != 1)
+		T_FAIL("fmnist shape: codes %u bits, router bits %u; want 1 and 1", o.code_bits, o.kmeans.router_bits);
+	if (o.partitions <= 1000 || o.partitions > 4096 || o.sample != ANN_MIN(60000ull, 64ull * o.partitions))
+		T_FAIL("fmnist shape: %u partitions, sample %llu; want one level, 64 per centroid", o.partitions,
+		       (unsigned long long)o.sample);
+	ann_build_opts_init(&o);
+	o.kmeans.kmeans_coarse = 1; /* one level forced: the sample is bounded again */
+	ann_build_resolve_defaults(&o, 1000000, 128, ANN_ENC_U8);
+	if (o.sample != 64ull * o.partitions)
+		T_FAIL("one level forced: sample %llu for %u partitions", (unsigned long long)o.sample, o.partitions);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -706,6 +739,7 @@ int main(void)
 	write_base(u8bin);
 	test_exact(dir, fbin, u8bin);
 	test_equivalence(dir, u8bin);
+	test_defaults_rule();
 	test_soar_rule();
 	test_soar_build(dir, u8bin);
 	test_route_ef(dir, u8bin);

@@ -31,6 +31,8 @@
 #include <math.h>
 
 #include "build_defaults.h"
+#include "cblock.h"
+#include "router.h"
 
 /* Budgets: a little under the targets, for the estimates' error (the
  * directory and catalog sizes vary with the partition sizes). */
@@ -45,11 +47,12 @@
  * and the catalog's directory record and LMDB overhead (~410 B, real1m). */
 #define PART_DISK_BYTES (4096.0 + 128.0 + 410.0)
 #define CATALOG_BYTES 98304.0  /* the catalog's fixed part (LMDB pages, meta; ~100 KiB at 78 partitions) */
-#define ID_BYTES 2.0           /* varint id per row in the head (measured 1.5-2.2) */
+#define ID_BYTES 2.0           /* varint id and page-map entry per row in the head (measured
+				* 2.05 together: real1m, 3884 partitions, 1.451x raw) */
 #define COMPACT_MIN_GAIN 2.0   /* compact router only for at least 2x the partitions */
 #define MIN_ROWS 32u           /* partitions hold at least this many rows on average */
 #define BALANCE 1.3            /* k-means partition cap, x n / partitions */
-#define SAMPLE_PER_PART 64u    /* auto partitions: k-means sample (the measured real1m builds' 262144 / 4096) */
+#define SAMPLE_PER_PART 64u    /* auto partitions, one-level k-means: sample per centroid (the measured real1m builds' 262144 / 4096) */
 #define WIDE_DIM 512u          /* from here on 1 bit per dimension is enough */
 #define MIN_CODE_DIM 64u       /* codes from this dimension on (16 dims: recall 0.967 probing all) */
 #define MIN_ROW_OVER_CODE 2.5  /* codes when a row is at least this many times its record + id */
@@ -70,9 +73,14 @@ static double code_record(uint32_t d, uint32_t bits)
 /* The largest partition count whose blocks fit DISK_RATIO x raw (0: not
  * even one). bits 0: format 1 blocks, counted uncompressed (real
  * descriptors compress to 0.9-0.94), each padded to a page: half a page,
- * the 80-byte header and the catalog's share per partition. */
+ * the 80-byte header and the catalog's share per partition. Integer rows
+ * (u8, i8) are counted with slim records (CBLOCK_F16_SAVES less): their
+ * residuals are integer vectors, whose norms and factors binary16 holds;
+ * f32 rows may be refused slimming (tiny or huge values), so they are
+ * counted full. */
 static double disk_parts(uint64_t n, uint32_t d, size_t esz, uint32_t bits, double catalog)
 {
+	double slim = esz == 1 ? CBLOCK_F16_SAVES : 0.0;
 	double row = (double)d * (double)esz, per_page = floor(4096.0 / row);
 	double row_disk, head_row, part;
 	if (bits == 0) {
@@ -81,7 +89,7 @@ static double disk_parts(uint64_t n, uint32_t d, size_t esz, uint32_t bits, doub
 		part = 2048.0 + 80.0 + 410.0;
 	} else {
 		row_disk = per_page >= 1 ? 4096.0 / per_page : row;       /* rows never straddle a page */
-		head_row = code_record(d, bits) + ID_BYTES + 4.0 * row_disk / 4096.0; /* + page sums */
+		head_row = code_record(d, bits) - slim + ID_BYTES + 4.0 * row_disk / 4096.0; /* + page sums */
 		part = PART_DISK_BYTES + ceil(row / 8.0) * 8.0;                /* + the centre */
 	}
 	double spare = (double)n * (DISK_RATIO * row - row_disk - head_row) - catalog;
@@ -134,10 +142,16 @@ void ann_build_resolve_defaults(ann_build_opts *o, uint64_t n, uint32_t d, ann_e
 			p = graph;
 		p = fmin(p, cap);
 		o->partitions = (uint32_t)fmax(1.0, fmin(p, (double)(1u << 30)));
-		/* 256 rows per centroid (the default for a given count) would make
-		 * the training sample the whole input at these counts: k-means
-		 * cost n x n / 256 per iteration instead of linear in n. */
-		if (o->sample == 0)
+		/* One-level k-means (up to ANN_KMEANS_TWO_LEVEL_MIN partitions)
+		 * costs sample x partitions per iteration: 256 rows per centroid
+		 * (the default for a given count) would make the sample the whole
+		 * input and the cost n x n / 256, so it gets SAMPLE_PER_PART. Two
+		 * levels cost about sample x 2 sqrt(partitions): they keep the
+		 * 256 (build.c shrinks it to half the memory budget), which reads
+		 * 3-4% fewer bytes at 0.9 (real1m). */
+		bool two_level = o->router == ANN_ROUTER_KMEANS &&
+				 ann_router_kmeans_coarse(o->kmeans.kmeans_coarse, o->partitions) >= 2;
+		if (o->sample == 0 && !two_level)
 			o->sample = ANN_MIN(n, (uint64_t)SAMPLE_PER_PART * o->partitions);
 	}
 }

@@ -16,8 +16,9 @@
  * stored in encoding enc (resolved, not AUTO); fields the caller set are
  * left alone and the others are chosen around them. After it: code_bits,
  * router_bits within 0..8, balance >= 0, partitions >= 1 (at most n); with
- * partitions auto and sample 0, sample = min(n, 64 x partitions), which the
- * build still shrinks to half its memory budget. */
+ * partitions auto and sample 0, sample = min(n, 64 x partitions) where
+ * k-means trains one level, and stays 0 (the build's 256 per partition)
+ * where it trains two; the build shrinks either to half its memory budget. */
 void ann_build_resolve_defaults(ann_build_opts *o, uint64_t n, uint32_t dim, ann_encoding enc);
 
 /* Default nprobe of an index with this many partitions (ann_search_opts
