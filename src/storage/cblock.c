@@ -589,8 +589,9 @@ out:
  * query, hence near each other) should share pages. A PCA tree over the
  * rows: split a node's rows at the position of whole pages (the left child
  * gets floor(pages / 2) pages and as many rows as they hold: page 0 r0 with
- * CBLOCK_FLAG_HEAD_PAGE, the others rows_per_page, the last the rest) along the node's top principal direction, found by power
- * iteration from the row farthest from the node's mean; leaves are pages,
+ * CBLOCK_FLAG_HEAD_PAGE, the others rows_per_page, the last the rest)
+ * along the node's top principal direction, found by power iteration from
+ * the row farthest from the node's mean; leaves are pages,
  * laid out in tree order, each holding its rows in ascending id order (the
  * rule the page map's decoder follows). Single-threaded, float arithmetic in
  * a fixed order, ties broken by row: the order is a function of the rows.

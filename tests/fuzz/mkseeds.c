@@ -167,7 +167,14 @@ static void blocks(void)
  * is 0, so the target recomputes the checksums (see fuzz_cblock.c). */
 static void cblocks(void)
 {
-	struct { const char *name; ann_block_encoding enc; ann_block_pad pad; uint32_t dim, n; unsigned bits; bool f16, order, hp; } cfg[] = {
+	struct {
+		const char *name;
+		ann_block_encoding enc;
+		ann_block_pad pad;
+		uint32_t dim, n;
+		unsigned bits;
+		bool f16, order, hp;
+	} cfg[] = {
 		{ "u8-1bit-file", ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 24, 40, 1, false, false, false },
 		{ "f32-2bit-lmdb", ANN_BLOCK_F32, ANN_BLOCK_PAD_LMDB, 16, 12, 2, false, false, false },
 		{ "i8-3bit-file", ANN_BLOCK_I8, ANN_BLOCK_PAD_FILE, 8, 9, 3, false, false, false },
@@ -199,7 +206,8 @@ static void cblocks(void)
 		uint32_t head;
 		ann_error e = {0};
 		if (ann_rbq_new(d, cfg[c].bits, 11, &q, &e) < 0 ||
-		    cblock_encode(q, cfg[c].enc, cfg[c].pad, cblock_opts(cfg[c].f16, cfg[c].order, cfg[c].hp), d, n, ids, v, ANN_DTYPE_F32, 3, 1, &b, &len, &head, &e) < 0)
+		    cblock_encode(q, cfg[c].enc, cfg[c].pad, cblock_opts(cfg[c].f16, cfg[c].order, cfg[c].hp), d, n, ids, v,
+				  ANN_DTYPE_F32, 3, 1, &b, &len, &head, &e) < 0)
 			die(cfg[c].name, &e);
 		const uint8_t zero = 0;
 		seed("cblock", cfg[c].name, b, len, &zero, 1);
