@@ -69,7 +69,10 @@ python3 - "$dir/i16.json" "$dir/out" <<'PY' || fail "info json (f16)"
 import json, sys
 s, f = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 assert s['code_factors'] == 16 and f['code_factors'] == 32, (s, f)
-assert f['head_bytes'] - s['head_bytes'] == 5 * 4000, (s['head_bytes'], f['head_bytes'])
+# 5 bytes a record; 2.3 blocks (head page) may also differ by a page each
+# (a 4-byte page sum, and the page map may grow a bit per row): 8 blocks
+d = 5 * 4000 - (f['head_bytes'] - s['head_bytes'])
+assert abs(d) <= 8 * 4 + 4000 // 8, (s['head_bytes'], f['head_bytes'])
 PY
 expect 0 "$A" search --index "$dir/c16" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --rerank 400 --json
 cp "$dir/out" "$dir/s16.json"

@@ -134,6 +134,7 @@ int build_pack_all(build *b, ann_error *err)
 	block_params(b, &p, false);
 	uint64_t last_commit = ann_now_ns();
 	bool small = build_small_units();
+	unsigned copts = cblock_opts(b->o->code_factors == 16, b->o->code_order != 0, cblock_head_page_default());
 	for (uint32_t part = start; part < b->nparts; part++) {
 		uint64_t cnt = ann_spill_count(b->spill, part);
 		if (cnt == 0 && b->skip_empty)
@@ -144,7 +145,7 @@ int build_pack_all(build *b, ann_error *err)
 		size_t len = 0;
 		uint32_t head = 0;
 		if (b->rbq)
-			ANN_CHECK(rc, cblock_encode(b->rbq, p.encoding, p.pad, cblock_opts(b->o->code_factors == 16, b->o->code_order != 0), b->d, cnt, ids, vecs, b->pay_type, part, 1,
+			ANN_CHECK(rc, cblock_encode(b->rbq, p.encoding, p.pad, copts, b->d, cnt, ids, vecs, b->pay_type, part, 1,
 						    &blk, &len, &head, err));
 		else
 			ANN_CHECK(rc, block_encode(enc, &p, b->d, cnt, ids, vecs, b->pay_type, part, 1, &blk, &len, err));

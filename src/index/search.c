@@ -566,6 +566,7 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan
 	    search_grow((void **)&s->uh, &s->uh_cap, nu ? nu : 1, sizeof(uhead)) < 0)
 		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu requests", nu);
 	s->sums_len = 0;
+	s->p0_len = 0;
 	bool any_codes = false;
 	size_t nreq = 0;
 	for (size_t u = 0; u < nu; u++) {
@@ -604,7 +605,9 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan
 				ANN_TRY(codes_head(s, u, &br, true, &tm[1], err));
 				continue;
 			}
-			s->reqs[nreq++] = (ann_block_range){pid, e.head, 0, u};
+			/* the head's pages whole: a 2.3 block's exact page 0 comes along */
+			s->reqs[nreq++] = (ann_block_range){pid, cblock_head_read_len(e.head, e.length, e.kind == ANN_KIND_LMDB),
+							    0, u};
 			continue;
 		}
 		if (c) {

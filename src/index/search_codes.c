@@ -48,6 +48,7 @@ void codes_searcher_free(ann_searcher *s)
 	ann_free(s->covp);
 	ann_free(s->uh);
 	ann_free(s->sums);
+	ann_free(s->p0);
 	ann_free(s->cands);
 	ann_free(s->ncand);
 	ann_free(s->ub);
@@ -171,6 +172,14 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 	uh->sums_at = s->sums_len;
 	s->sums_len += sb;
 	uh->codes = true;
+	uh->p0 = 0;
+	/* A 2.3 block's exact page 0 came with the head's pages (not from the
+	 * cache, which keeps the head alone): its rows, 0..page0_rows, are
+	 * candidates like any, and round 2 serves them without a read. */
+	uint32_t p0rows = (in->flags & CBLOCK_FLAG_HEAD_PAGE) && br->length >= in->exact_offset + CBLOCK_PAGE
+				  ? in->page0_rows
+				  : 0;
+	bool p0_cand = false;
 	size_t d = x->meta.dim;
 	cblock_centre(in, br->data, s->centre);
 	/* 2.1 slim records: their factors are widened once per head (not per
@@ -222,7 +231,16 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 			kth = ub_kth(s, qi);
 			cand c = {e, w, s->hids[i], (uint32_t)u, i};
 			cand_push(s, qi, &c);
+			p0_cand |= i < p0rows;
 		}
+	}
+	if (p0_cand) { /* a candidate on page 0: keep the page (its sum is checked when round 2 uses it) */
+		if (search_grow((void **)&s->p0, &s->p0_cap, s->p0_len + CBLOCK_PAGE, 1) < 0)
+			return ann_err(err, ANN_E_NOMEM, "search: out of memory for exact pages");
+		memcpy(s->p0 + s->p0_len, br->data + in->exact_offset, CBLOCK_PAGE);
+		uh->p0_at = s->p0_len;
+		uh->p0 = 1;
+		s->p0_len += CBLOCK_PAGE;
 	}
 	*est_ns += ann_now_ns() - t0;
 	if (s->cmap && !cached)
@@ -291,23 +309,53 @@ static void rerank_row(ann_searcher *s, const r2ent *en, const uint8_t *row, boo
 	ann_topk_push(h, dist, en->id); /* tombstones were filtered in round 1 */
 }
 
-/* The cached row of entry en (a row over two pages is put together in
- * s->rowcat), or NULL when a page of it is not cached. */
+/* Exact page p of unique partition u when it is in memory without a read:
+ * a 2.3 block's page 0 kept from round 1 once its sum was checked
+ * (held_page), or a page the cache holds (checked when read); else NULL. */
+static const uint8_t *mem_page(const ann_searcher *s, uint32_t u, uint32_t p)
+{
+	const uhead *uh = &s->uh[u];
+	if (p == 0 && uh->p0 == 2)
+		return s->p0 + uh->p0_at;
+	return search_cache_page(s, s->upids[u], p);
+}
+
+/* mem_page, checking a kept page 0's sum on its first use (and caching it
+ * then, when the searcher caches). 1 with *pg set, 0 when the page is not in
+ * memory, ANN_E_CORRUPT when the sum disagrees (nothing of it was used). */
+static int held_page(ann_searcher *s, uint32_t u, uint32_t p, const uint8_t **pg, ann_error *err)
+{
+	uhead *uh = &s->uh[u];
+	if (p == 0 && uh->p0 == 1) {
+		const uint8_t *d = s->p0 + uh->p0_at;
+		int rc = cblock_check_pages(&uh->in, s->sums + uh->sums_at, d, uh->in.exact_offset, CBLOCK_PAGE, err);
+		if (rc < 0)
+			return ann_err_prefix(err, rc, "%s: partition %u", s->idx->path, s->upids[u]);
+		uh->p0 = 2;
+		if (s->cmap)
+			search_cache_put_pages(s, s->upids[u], 0, d, 1);
+	}
+	*pg = mem_page(s, u, p);
+	return *pg != NULL;
+}
+
+/* The in-memory row of entry en (a row over two pages is put together in
+ * s->rowcat), or NULL when a page of it is not in memory. */
 static const uint8_t *cached_row(ann_searcher *s, const r2ent *en)
 {
 	const ann_cblock_info *in = &s->uh[en->u].in;
-	uint32_t pid = s->upids[en->u], len;
+	uint32_t len;
 	uint64_t off;
 	cblock_row_pages(in, en->row, &off, &len);
 	uint32_t p0 = (uint32_t)((off - in->exact_offset) / CBLOCK_PAGE), np = len / CBLOCK_PAGE;
 	size_t ro = (size_t)(cblock_row_offset(in, en->row) - off); /* within the first page */
 	if (np == 1) {
-		const uint8_t *pg = search_cache_page(s, pid, p0);
+		const uint8_t *pg = mem_page(s, en->u, p0);
 		return pg ? pg + ro : NULL;
 	}
 	size_t got = 0, need = in->row_bytes;
 	for (uint32_t p = 0; p < np && got < need; p++) {
-		const uint8_t *pg = search_cache_page(s, pid, p0 + p);
+		const uint8_t *pg = mem_page(s, en->u, p0 + p);
 		if (!pg)
 			return NULL;
 		size_t from = p == 0 ? ro : 0, take = ANN_MIN(CBLOCK_PAGE - from, need - got);
@@ -317,7 +365,8 @@ static const uint8_t *cached_row(ann_searcher *s, const r2ent *en)
 	return s->rowcat;
 }
 
-/* The read phase's work for the pages the cache holds, without a read and
+/* The read phase's work for the pages in memory (the cache's, a 2.3 block's
+ * page 0 from round 1), without a read and
  * with the same outcome: a wanted entry's cached pages count as read, and
  * every pending entry (wanted or not) whose pages all count as read is
  * re-ranked, as read_phase does for the pages it reads. Entries are in
@@ -328,7 +377,7 @@ static int rerank_cached(ann_searcher *s, size_t ne, const uint8_t *want, uint8_
 	uint64_t t0 = ann_now_ns();
 	bool dedupe = s->idx->meta.replicas > 1;
 	for (size_t lo = 0, hi; lo < ne; lo = hi) {
-		uint32_t u = s->ents[lo].u, pid = s->upids[u];
+		uint32_t u = s->ents[lo].u;
 		for (hi = lo; hi < ne && s->ents[hi].u == u; hi++)
 			;
 		const ann_cblock_info *in = &s->uh[u].in;
@@ -343,7 +392,13 @@ static int rerank_cached(ann_searcher *s, size_t ne, const uint8_t *want, uint8_
 			ent_pages(s, &s->ents[i], &off, &end);
 			for (uint64_t o = off; o < end; o += CBLOCK_PAGE) {
 				uint32_t p = (uint32_t)((o - in->exact_offset) / CBLOCK_PAGE);
-				if ((nc == 0 || s->covp[nc - 1] < p) && search_cache_page(s, pid, p))
+				const uint8_t *pg;
+				if (nc && s->covp[nc - 1] >= p)
+					continue;
+				int h = held_page(s, u, p, &pg, err);
+				if (h < 0)
+					return h;
+				if (h)
 					s->covp[nc++] = p;
 			}
 		}
@@ -508,20 +563,21 @@ int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank
 		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu re-ranks", ne);
 	uint8_t *want = s->flags, *done = s->flags + ne;
 	memset(done, 0, ne);
+	bool mem = s->cmap || s->p0_len; /* pages in memory: cached, or 2.3 pages 0 from round 1 */
 	if (s->o.rerank_phases < 2) {
 		memset(want, 1, ne);
-		if (s->cmap)
+		if (mem)
 			ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
 		return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
 	}
 	for (size_t i = 0; i < ne; i++)
 		want[i] = s->ents[i].rank < s->o.k;
-	if (s->cmap)
+	if (mem)
 		ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
 	ANN_TRY(read_phase(s, ne, want, done, wait_ns, rerank_ns, err));
 	for (size_t i = 0; i < ne; i++)
 		want[i] = !done[i] && s->ents[i].lower < ann_topk_bound(&s->heaps[s->ents[i].q]);
-	if (s->cmap)
+	if (mem)
 		ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
 	return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
 }

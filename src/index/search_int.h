@@ -57,6 +57,8 @@ typedef struct r2ent {
 typedef struct uhead {
 	ann_cblock_info in;
 	size_t sums_at;    /* offset in s->sums */
+	size_t p0_at;      /* offset in s->p0 of the block's exact page 0 (p0 != 0) */
+	uint8_t p0;        /* 2.3 page 0 from round 1's read: 0 not kept, 1 kept (sum unchecked), 2 sum checked */
 	bool codes;        /* a codes block was read for this partition */
 } uhead;
 
@@ -93,6 +95,12 @@ struct ann_searcher {
 	size_t uh_cap;
 	uint8_t *sums;        /* page sums of the batch's heads */
 	size_t sums_len, sums_cap;
+	/* Exact page 0 of the batch's 2.3 blocks (CBLOCK_FLAG_HEAD_PAGE) as round 1
+	 * read it with the head, for round 2, kept only for a block with a
+	 * candidate on it: at most 4 KiB per unique partition of the batch
+	 * (batch queries x nprobe, and the index's partitions, bound those). */
+	uint8_t *p0;
+	size_t p0_len, p0_cap;
 	uint32_t rerank;
 	cand *cands;          /* cap_q * rerank: per query a max-heap on est */
 	uint32_t *ncand;

@@ -6,6 +6,12 @@
  *   | header | centre | codes | page sums | ids | zero | exact pages (raw rows)  |
  *   +--------+--------+-------+-----------+-----+------+-------------------------+
  *   |<------------- head (round 1) ------------>|      |<- round 2, by page ---->|
+ *
+ * 2.3 (CBLOCK_FLAG_HEAD_PAGE): no zero gap; exact page 0 starts at the page
+ * boundary below the head's end and holds r0 rows at its end, after the
+ * head's tail and zeros. Page helpers (row_page, page_first, page_end) take
+ * page 0's capacity from in->page0_rows, so the other layouts are the case
+ * page0_rows = rows_per_page.
  */
 #include "cblock.h"
 #include "cblock_kernels.h"
@@ -93,6 +99,46 @@ static uint64_t pages_for(uint64_t count, uint32_t row_bytes, uint32_t rpp)
 	return (count * row_bytes + CBLOCK_PAGE - 1) / CBLOCK_PAGE;
 }
 
+/* CBLOCK_FLAG_HEAD_PAGE's layout for a head of `head` bytes: the exact
+ * section starts at the page boundary at or below the head's end (*eo),
+ * page 0 holds *r0 rows packed at its end, *pages exact pages in all. False
+ * when the flag cannot apply: no rows of a page (rpp 0), a head ending on a
+ * boundary (nothing to share), a boundary below the block start (an LMDB
+ * head under 4080 bytes), or no room for a row after the head. */
+static bool head_page_layout(uint64_t head, uint32_t base, uint64_t count, uint32_t row_bytes, uint32_t rpp,
+			     uint64_t *eo, uint32_t *r0, uint64_t *pages)
+{
+	uint64_t down = (head + base) / CBLOCK_PAGE * CBLOCK_PAGE;
+	if (rpp == 0 || row_bytes == 0 || (head + base) % CBLOCK_PAGE == 0 || down < base)
+		return false;
+	uint64_t start = down - base, room = CBLOCK_PAGE - (head - start);
+	uint64_t r = ANN_MIN(count, room / row_bytes);
+	if (r == 0)
+		return false;
+	*eo = start;
+	*r0 = (uint32_t)r;
+	*pages = 1 + (count - r + rpp - 1) / rpp;
+	return true;
+}
+
+/* Pages of rows (rows_per_page >= 1): page 0 holds page0_rows rows (r0 with
+ * CBLOCK_FLAG_HEAD_PAGE, else rows_per_page), each later page rows_per_page,
+ * the last the rest. */
+static uint32_t row_page(const ann_cblock_info *in, uint32_t row)
+{
+	return row < in->page0_rows ? 0 : 1 + (row - in->page0_rows) / in->rows_per_page;
+}
+
+static uint32_t page_first(const ann_cblock_info *in, uint32_t page)
+{
+	return page == 0 ? 0 : (uint32_t)(in->page0_rows + (uint64_t)(page - 1) * in->rows_per_page);
+}
+
+static uint32_t page_end(const ann_cblock_info *in, uint32_t page)
+{
+	return page + 1 < in->exact_pages ? page_first(in, page + 1) : in->count;
+}
+
 /* Page map (CBLOCK_FLAG_PAGE_ORDER): for each id in ascending order, its
  * page, in map_bits(pages) bits, packed from the low bit of each byte up. */
 static uint32_t map_bits(uint32_t pages)
@@ -172,7 +218,7 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 	if (in->code_kind != CBLOCK_CODE_RABITQ)
 		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: code kind %u (expected 1 rabitq)",
 			       (unsigned long long)part, in->code_kind);
-	if (in->flags & ~(BLOCK_FLAG_PAD_LMDB | CBLOCK_FLAG_F16 | CBLOCK_FLAG_PAGE_ORDER))
+	if (in->flags & ~(BLOCK_FLAG_PAD_LMDB | CBLOCK_FLAG_F16 | CBLOCK_FLAG_PAGE_ORDER | CBLOCK_FLAG_HEAD_PAGE))
 		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: unknown flags %#x",
 			       (unsigned long long)part, in->flags);
 	in->full_code_bytes = in->code_bytes + ((in->flags & CBLOCK_FLAG_F16) ? CBLOCK_F16_SAVES : 0);
@@ -182,10 +228,17 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 	uint64_t rb = (uint64_t)in->dim * esize(in->encoding);
 	uint64_t centre = centre_bytes(in->encoding, in->dim), codes = (uint64_t)in->count * in->code_bytes;
 	uint32_t rpp = rb <= CBLOCK_PAGE && rb ? (uint32_t)(CBLOCK_PAGE / rb) : 0;
-	uint64_t pages = pages_for(in->count, (uint32_t)rb, rpp);
+	/* With HEAD_PAGE the page count depends on the head, which holds a sum
+	 * per page: take the header's count, derive the layout from the head it
+	 * gives, and require the two to agree. */
+	bool hp = (in->flags & CBLOCK_FLAG_HEAD_PAGE) != 0;
+	uint64_t pages = hp ? in->exact_pages : pages_for(in->count, (uint32_t)rb, rpp);
 	uint64_t head = (uint64_t)hb + centre + codes + 4 * pages + in->ids_bytes;
 	bool ordered = (in->flags & CBLOCK_FLAG_PAGE_ORDER) != 0;
 	uint64_t mb = ordered && rpp ? map_bytes(in->count, (uint32_t)pages) : 0;
+	uint64_t eo = exact_start(head, in->page_base), hp_pages = pages;
+	uint32_t r0 = rpp;
+	bool hp_ok = hp && head_page_layout(head, in->page_base, in->count, (uint32_t)rb, rpp, &eo, &r0, &hp_pages);
 	if (in->dim == 0 || in->dim > (1u << 20))
 		why = "dimension";
 	else if (in->code_bits < 1 || in->code_bits > 8)
@@ -199,6 +252,8 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 		why = "flags (page order in a block older than 2.2)";
 	else if (ordered && (rpp < 2 || pages < 2))
 		why = "flags (page order in a block of fewer than 2 pages or 2 rows per page)";
+	else if (hp && minor < 3)
+		why = "flags (head page in a block older than 2.3)";
 	else if (in->row_bytes != rb)
 		why = "row bytes";
 	else if (in->rows_per_page != rpp)
@@ -209,7 +264,12 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 		why = "id section length";
 	else if (in->head_bytes != head)
 		why = "head length";
-	else if (in->exact_offset != exact_start(head, in->page_base))
+	else if (hp && !hp_ok)
+		why = "flags (head page where the head ends on a page boundary, below the first page, or leaves no "
+		      "room for a row)";
+	else if (hp && hp_pages != pages)
+		why = "exact pages (head page layout)";
+	else if (in->exact_offset != eo)
 		why = "exact section offset";
 	else if (in->total_bytes != in->exact_offset + pages * CBLOCK_PAGE)
 		why = "total length";
@@ -226,6 +286,8 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 	in->sums_off = (uint32_t)(in->codes_off + codes);
 	in->ids_off = (uint32_t)(in->sums_off + 4 * pages);
 	in->map_bytes = (uint32_t)mb;
+	in->page0_rows = r0;
+	in->page0_at = hp ? (uint32_t)(CBLOCK_PAGE - (uint64_t)r0 * rb) : 0;
 	return ANN_OK;
 }
 
@@ -266,7 +328,7 @@ int cblock_ids(const ann_cblock_info *in, const uint8_t *head, int64_t *ids, ann
 	 * pages hold count rows in all, every page then holds exactly its rows.
 	 * The counters cover every value an entry can take (2^bits), those past
 	 * the last page full from the start, so one test per id refuses both. */
-	uint32_t pages = in->exact_pages, rpp = in->rows_per_page, bits = map_bits(pages);
+	uint32_t pages = in->exact_pages, bits = map_bits(pages);
 	size_t slots = (size_t)1 << bits; /* pages <= 2^20: total_bytes < 4 GiB */
 	uint32_t cur_stack[2 * 64];
 	int64_t *sorted = ann_malloc((size_t)n * sizeof(int64_t));
@@ -283,8 +345,8 @@ int cblock_ids(const ann_cblock_info *in, const uint8_t *head, int64_t *ids, ann
 	}
 	uint32_t *lim = cur + slots; /* cur[pg] == lim[pg]: page pg is full (or no page) */
 	for (size_t pg = 0; pg < slots; pg++) {
-		cur[pg] = pg < pages ? (uint32_t)pg * rpp : 0;
-		lim[pg] = pg + 1 < pages ? (uint32_t)(pg + 1) * rpp : pg + 1 == pages ? n : 0;
+		cur[pg] = pg < pages ? page_first(in, (uint32_t)pg) : 0;
+		lim[pg] = pg < pages ? page_end(in, (uint32_t)pg) : 0;
 	}
 	const uint8_t *map = p + in->ids_bytes - mb;
 	for (uint32_t k = 0; k < n; k++) {
@@ -298,7 +360,7 @@ int cblock_ids(const ann_cblock_info *in, const uint8_t *head, int64_t *ids, ann
 					     "of %u", (unsigned long long)in->partition, k, pg, pages);
 			else
 				rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: page map puts more than %u "
-					     "rows on page %u", (unsigned long long)in->partition, c - pg * rpp, pg);
+					     "rows on page %u", (unsigned long long)in->partition, c - page_first(in, pg), pg);
 			goto out;
 		}
 		cur[pg] = c + 1;
@@ -316,18 +378,26 @@ out:
 	return rc;
 }
 
+bool cblock_head_page_default(void)
+{
+	const char *v = getenv("ANNANN_HEAD_PAGE");
+	return !(v && strcmp(v, "0") == 0);
+}
+
 uint64_t cblock_row_offset(const ann_cblock_info *in, uint32_t row)
 {
-	if (in->rows_per_page)
-		return in->exact_offset + (uint64_t)(row / in->rows_per_page) * CBLOCK_PAGE +
-		       (uint64_t)(row % in->rows_per_page) * in->row_bytes;
+	if (in->rows_per_page) {
+		uint32_t p = row_page(in, row);
+		uint64_t at = p == 0 ? in->page0_at : 0;
+		return in->exact_offset + (uint64_t)p * CBLOCK_PAGE + at + (uint64_t)(row - page_first(in, p)) * in->row_bytes;
+	}
 	return in->exact_offset + (uint64_t)row * in->row_bytes;
 }
 
 void cblock_row_pages(const ann_cblock_info *in, uint32_t row, uint64_t *off, uint32_t *len)
 {
 	if (in->rows_per_page) {
-		*off = in->exact_offset + (uint64_t)(row / in->rows_per_page) * CBLOCK_PAGE;
+		*off = in->exact_offset + (uint64_t)row_page(in, row) * CBLOCK_PAGE;
 		*len = CBLOCK_PAGE;
 		return;
 	}
@@ -336,9 +406,13 @@ void cblock_row_pages(const ann_cblock_info *in, uint32_t row, uint64_t *off, ui
 	*len = (uint32_t)((e / CBLOCK_PAGE - s / CBLOCK_PAGE + 1) * CBLOCK_PAGE);
 }
 
-static uint32_t page_sum(const uint8_t *page, uint64_t index)
+/* Sum of exact page `index` (its 4096 bytes at page): low 32 bits of XXH64
+ * seeded with the index; page 0 of a HEAD_PAGE block skips the head's tail
+ * (the head is covered by head_xxh64, and holds this sum). */
+static uint32_t page_sum(const ann_cblock_info *in, const uint8_t *page, uint64_t index)
 {
-	return (uint32_t)XXH64(page, CBLOCK_PAGE, index);
+	size_t skip = index == 0 && (in->flags & CBLOCK_FLAG_HEAD_PAGE) ? (size_t)(in->head_bytes - in->exact_offset) : 0;
+	return (uint32_t)XXH64(page + skip, CBLOCK_PAGE - skip, index);
 }
 
 int cblock_check_pages(const ann_cblock_info *in, const uint8_t *sums, const uint8_t *data, uint64_t off, size_t len,
@@ -351,7 +425,7 @@ int cblock_check_pages(const ann_cblock_info *in, const uint8_t *sums, const uin
 	uint64_t p0 = (off - in->exact_offset) / CBLOCK_PAGE;
 	for (size_t i = 0; i < len / CBLOCK_PAGE; i++) {
 		uint64_t p = p0 + i;
-		uint32_t got = page_sum(data + i * CBLOCK_PAGE, p), want = ann_ld32(sums + 4 * p);
+		uint32_t got = page_sum(in, data + i * CBLOCK_PAGE, p), want = ann_ld32(sums + 4 * p);
 		if (got != want)
 			return ann_err(err, ANN_E_CORRUPT,
 				       "codes block of partition %llu: exact page %llu (block offset %llu) checksum %08x, "
@@ -514,9 +588,10 @@ out:
  * Round 2 reads whole pages, so a query's re-rank candidates (rows near the
  * query, hence near each other) should share pages. A PCA tree over the
  * rows: split a node's rows at the position of whole pages (the left child
- * gets floor(pages / 2) full pages, so only the block's last page is
- * partial) along the node's top principal direction, found by power
- * iteration from the row farthest from the node's mean; leaves are pages,
+ * gets floor(pages / 2) pages and as many rows as they hold: page 0 r0 with
+ * CBLOCK_FLAG_HEAD_PAGE, the others rows_per_page, the last the rest)
+ * along the node's top principal direction, found by power iteration from
+ * the row farthest from the node's mean; leaves are pages,
  * laid out in tree order, each holding its rows in ascending id order (the
  * rule the page map's decoder follows). Single-threaded, float arithmetic in
  * a fixed order, ties broken by row: the order is a function of the rows.
@@ -581,9 +656,11 @@ static int cmp_proj(const void *a, const void *b, void *ctx)
 	return x < y ? -1 : x > y;
 }
 
-static void order_node(porder *o, uint32_t *idx, uint32_t n)
+/* Orders the rows idx that go to pages [p0, p0 + pages) (as many as those
+ * pages hold). */
+static void order_node(porder *o, uint32_t *idx, uint32_t p0, uint32_t pages)
 {
-	uint32_t d = o->in->dim, rpp = o->in->rows_per_page, pages = (n + rpp - 1) / rpp;
+	uint32_t d = o->in->dim, n = page_end(o->in, p0 + pages - 1) - page_first(o->in, p0);
 	if (pages <= 1) {
 		qsort(idx, n, sizeof *idx, cmp_u32);
 		return;
@@ -626,9 +703,9 @@ static void order_node(porder *o, uint32_t *idx, uint32_t n)
 		o->proj[idx[i]] = isfinite(p) ? p : 0.0f; /* f32 rows near FLT_MAX overflow: keep the sort's order total */
 	}
 	qsort_r(idx, n, sizeof *idx, cmp_proj, o->proj);
-	uint32_t left = pages / 2 * rpp;
-	order_node(o, idx, left);
-	order_node(o, idx + left, n - left);
+	uint32_t half = pages / 2, left = page_first(o->in, p0 + half) - page_first(o->in, p0);
+	order_node(o, idx, p0, half);
+	order_node(o, idx + left, p0 + half, pages - half);
 }
 
 /* order[r] = the id-order row that goes to row r (in->count entries). */
@@ -653,7 +730,7 @@ static int page_order(const ann_cblock_info *in, const uint8_t *b, uint32_t *ord
 	}
 	for (uint32_t r = 0; r < in->count; r++)
 		order[r] = r;
-	order_node(&o, order, in->count);
+	order_node(&o, order, 0, in->exact_pages);
 	ann_free(xf);
 	ann_free(buf);
 	return ANN_OK;
@@ -687,15 +764,6 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 	in.code_bytes = in.full_code_bytes - (f16 ? CBLOCK_F16_SAVES : 0);
 	in.row_bytes = (uint32_t)(dim * esize(enc));
 	in.rows_per_page = in.row_bytes <= CBLOCK_PAGE ? CBLOCK_PAGE / in.row_bytes : 0;
-	in.exact_pages = (uint32_t)pages_for(count, in.row_bytes, in.rows_per_page);
-	/* Order matters only when a page holds 2 or more rows and there are 2 or
-	 * more pages (with one row per page a re-rank costs its page whatever
-	 * the order). */
-	bool ordered = (opts & CBLOCK_ENC_PAGE_ORDER) && in.rows_per_page >= 2 && in.exact_pages >= 2;
-	if (ordered) {
-		in.flags |= CBLOCK_FLAG_PAGE_ORDER;
-		in.map_bytes = (uint32_t)map_bytes(count, in.exact_pages);
-	}
 	in.code_seed = ann_rbq_seed(q);
 	in.partition = partition;
 	in.generation = generation;
@@ -703,10 +771,10 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 	int64_t *sids = ann_malloc((count ? count : 1) * sizeof(int64_t));
 	uint8_t *idbuf = ann_malloc(count * 10 + 1);
 	double *mean = ann_calloc(dim, sizeof(double));
-	uint32_t *order = ordered ? ann_malloc(count * sizeof(uint32_t)) : NULL;
+	uint32_t *order = NULL;
 	uint8_t *b = NULL, *full = NULL;
 	int rc = ANN_OK;
-	if (!perm || !sids || !idbuf || !mean || (ordered && !order)) {
+	if (!perm || !sids || !idbuf || !mean) {
 		rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %zu vectors", count);
 		goto out;
 	}
@@ -716,14 +784,60 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 	for (size_t i = 0; i < count; i++)
 		sids[i] = ids[perm[i]];
 	size_t id_var = block_ids_encode(sids, count, idbuf);
-	in.ids_bytes = (uint32_t)(id_var + in.map_bytes);
 	in.centre_off = in.header_bytes;
 	in.codes_off = (uint32_t)(in.centre_off + centre_bytes(enc, dim));
-	uint64_t head = (uint64_t)in.codes_off + (uint64_t)count * in.code_bytes + 4ull * in.exact_pages + in.ids_bytes;
 	in.sums_off = (uint32_t)(in.codes_off + (uint64_t)count * in.code_bytes);
+	/* The layout: the head holds a sum per page (and, ordered, a map entry
+	 * per row of ceil(log2 pages) bits), so its length depends on the page
+	 * count. 2.0-2.2: ceil(count / rows_per_page) pages after the head's
+	 * last page. Order matters only when a page holds 2 or more rows and
+	 * there are 2 or more pages (with one row per page a re-rank costs its
+	 * page whatever the order). HEAD_PAGE: page 0 is the head's last page,
+	 * so with 1 <= r0 <= rows_per_page rows on it the count is that of the
+	 * old layout or one more; the first that is consistent and no longer
+	 * than the old layout wins. */
+	uint32_t rpp = in.rows_per_page;
+	bool may_order = (opts & CBLOCK_ENC_PAGE_ORDER) && rpp >= 2;
+	uint64_t pages = pages_for(count, in.row_bytes, rpp);
+	bool ordered = may_order && pages >= 2;
+	uint64_t fixed = (uint64_t)in.sums_off + id_var;
+	uint64_t head = fixed + 4 * pages + (ordered ? map_bytes(count, (uint32_t)pages) : 0);
+	uint64_t eo = exact_start(head, in.page_base), total = eo + pages * CBLOCK_PAGE;
+	uint32_t r0 = rpp;
+	bool hp = false;
+	for (uint64_t p = pages; (opts & CBLOCK_ENC_HEAD_PAGE) && !hp && p <= pages + 1; p++) {
+		bool ord = may_order && p >= 2;
+		uint64_t h = fixed + 4 * p + (ord ? map_bytes(count, (uint32_t)p) : 0), e, lp;
+		uint32_t r;
+		if (head_page_layout(h, in.page_base, count, in.row_bytes, rpp, &e, &r, &lp) && lp == p &&
+		    e + p * CBLOCK_PAGE <= total) {
+			hp = true;
+			pages = p;
+			ordered = ord;
+			head = h;
+			eo = e;
+			r0 = r;
+			total = e + p * CBLOCK_PAGE;
+		}
+	}
+	in.exact_pages = (uint32_t)pages;
+	in.page0_rows = r0;
+	in.page0_at = hp ? (uint32_t)(CBLOCK_PAGE - (uint64_t)r0 * in.row_bytes) : 0;
+	if (hp)
+		in.flags |= CBLOCK_FLAG_HEAD_PAGE;
+	if (ordered) {
+		in.flags |= CBLOCK_FLAG_PAGE_ORDER;
+		in.map_bytes = (uint32_t)map_bytes(count, in.exact_pages);
+		order = ann_malloc(count * sizeof(uint32_t));
+		if (!order) {
+			rc = ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %zu vectors", count);
+			goto out;
+		}
+	}
+	in.ids_bytes = (uint32_t)(id_var + in.map_bytes);
 	in.ids_off = in.sums_off + 4 * in.exact_pages;
-	in.exact_offset = exact_start(head, in.page_base);
-	in.total_bytes = in.exact_offset + (uint64_t)in.exact_pages * CBLOCK_PAGE;
+	in.exact_offset = eo;
+	in.total_bytes = total;
 	if (in.total_bytes > UINT32_MAX) {
 		rc = ann_err(err, ANN_E_INVAL, "codes block of partition %llu: %llu bytes, over 4 GiB",
 			     (unsigned long long)partition, (unsigned long long)in.total_bytes);
@@ -743,10 +857,11 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 	for (int pass = 0; pass < (ordered ? 2 : 1); pass++) {
 		if (pass == 1) {
 			ANN_CHECK(rc, page_order(&in, b, order, err));
-			memset(b + in.exact_offset, 0, (size_t)in.exact_pages * CBLOCK_PAGE);
+			/* the rows' pages again (page 0's head part holds nothing yet) */
+			memset(b + in.exact_offset + in.page0_at, 0, (size_t)in.exact_pages * CBLOCK_PAGE - in.page0_at);
 			uint8_t *map = b + in.ids_off + id_var;
 			for (uint32_t r = 0; r < in.count; r++)
-				map_put(map, map_bits(in.exact_pages), order[r], r / in.rows_per_page);
+				map_put(map, map_bits(in.exact_pages), order[r], row_page(&in, r));
 		}
 		for (size_t r = 0; r < count; r++) {
 			uint8_t *row = b + cblock_row_offset(&in, (uint32_t)r);
@@ -809,12 +924,12 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 		ANN_CHECK(rc, encode_rows(q, &in, b, b + in.codes_off, err));
 	}
 	for (uint32_t p = 0; p < in.exact_pages; p++)
-		ann_st32(b + in.sums_off + 4 * (size_t)p, page_sum(b + in.exact_offset + (size_t)p * CBLOCK_PAGE, p));
+		ann_st32(b + in.sums_off + 4 * (size_t)p, page_sum(&in, b + in.exact_offset + (size_t)p * CBLOCK_PAGE, p));
 	memcpy(b + in.ids_off, idbuf, id_var); /* the page map, if any, follows (written above) */
 	/* Header last: it covers the head's checksum. */
 	ann_st32(b + H_MAGIC, BLOCK_MAGIC);
 	ann_st16(b + H_MAJOR, CBLOCK_VERSION_MAJOR);
-	ann_st16(b + H_MINOR, ordered ? 2 : f16 ? 1 : 0); /* 2.0 stays byte for byte what older builds write */
+	ann_st16(b + H_MINOR, hp ? 3 : ordered ? 2 : f16 ? 1 : 0); /* 2.0 stays byte for byte what older builds write */
 	ann_st16(b + H_HBYTES, CBLOCK_HEADER_BYTES);
 	b[H_ENC] = (uint8_t)enc;
 	b[H_CODE] = CBLOCK_CODE_RABITQ;
@@ -865,18 +980,20 @@ static int check_whole(const uint8_t *b, size_t len, ann_cblock_info *in, int64_
 	if (in->exact_pages)
 		ANN_TRY(cblock_check_pages(in, b + in->sums_off, b + in->exact_offset, in->exact_offset,
 					   (size_t)in->exact_pages * CBLOCK_PAGE, err));
-	/* Bytes of exact pages that hold no row are zero. */
+	/* Bytes of exact pages that hold no row (and are not head) are zero. */
 	for (uint32_t p = 0; p < in->exact_pages; p++) {
 		const uint8_t *pg = b + in->exact_offset + (size_t)p * CBLOCK_PAGE;
-		uint64_t from;
+		uint64_t lo = 0, hi; /* the rows' bytes in the page */
 		if (in->rows_per_page) {
-			from = (uint64_t)ANN_MIN(in->rows_per_page, in->count - p * in->rows_per_page) * in->row_bytes;
+			lo = p == 0 ? in->page0_at : 0;
+			hi = lo + (uint64_t)(page_end(in, p) - page_first(in, p)) * in->row_bytes;
 		} else {
 			uint64_t used = (uint64_t)in->count * in->row_bytes, start = (uint64_t)p * CBLOCK_PAGE;
-			from = used > start ? ANN_MIN(used - start, (uint64_t)CBLOCK_PAGE) : 0;
+			hi = used > start ? ANN_MIN(used - start, (uint64_t)CBLOCK_PAGE) : 0;
 		}
-		for (uint64_t i = from; i < CBLOCK_PAGE; i++)
-			if (pg[i])
+		uint64_t skip = p == 0 && (in->flags & CBLOCK_FLAG_HEAD_PAGE) ? in->head_bytes - in->exact_offset : 0;
+		for (uint64_t i = skip; i < CBLOCK_PAGE; i++)
+			if ((i < lo || i >= hi) && pg[i])
 				return ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: non-zero byte %llu "
 					       "in exact page %u past its rows", (unsigned long long)in->partition,
 					       (unsigned long long)i, p);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * cblock.h: the codes block (block format 2.0, docs/FORMAT.md "Codes block"):
+ * cblock.h: the codes block (block format 2.0-2.3, docs/FORMAT.md "Codes block"):
  * one partition laid out for two-round reads (issue 12). The block starts with
  * a head (header, centre, compact codes, page checksums, ids) that round 1
  * reads whole; then, page-aligned, an exact section of raw rows (u8, i8 or
@@ -17,7 +17,9 @@
  *     rows per page, the rest of the page is zero). "Pages" are counted from
  *     the block start plus page_base (0 in the file store; 16 in the LMDB
  *     store, whose values start 16 bytes into an overflow page), so a page of
- *     the block is a page of the device or of the LMDB map.
+ *     the block is a page of the device or of the LMDB map. With
+ *     CBLOCK_FLAG_HEAD_PAGE (2.3) exact page 0 is the head's last page: the
+ *     head's tail, zeros, then its rows packed at the page's end.
  *  3. The head and each exact page carry their own checksums (the head its
  *     XXH64 in the header, each page a 32-bit sum in the head), so a reader
  *     that reads only the head and some pages still checks all it uses.
@@ -32,7 +34,8 @@
 #include "rabitq.h"
 
 #define CBLOCK_VERSION_MAJOR 2
-#define CBLOCK_VERSION_MINOR 2 /* 2.2 with CBLOCK_FLAG_PAGE_ORDER, 2.1 with only CBLOCK_FLAG_F16, else 2.0 */
+#define CBLOCK_VERSION_MINOR 3 /* 2.3 with CBLOCK_FLAG_HEAD_PAGE, else 2.2 with CBLOCK_FLAG_PAGE_ORDER, 2.1 with
+				* only CBLOCK_FLAG_F16, else 2.0 */
 #define CBLOCK_HEADER_BYTES  128u
 #define CBLOCK_CODE_RABITQ   1u
 #define CBLOCK_PAGE          4096u
@@ -46,10 +49,18 @@
  * or more pages of 2 or more whole rows; otherwise the order could not
  * change what a re-rank reads. */
 #define CBLOCK_FLAG_PAGE_ORDER 0x200u
+/* Header flag (2.3): the exact section starts at the page boundary at or
+ * below the head's end; exact page 0 is the page holding the head's tail and
+ * packs r0 rows at its end (docs/FORMAT.md "Head-shared exact page"). Saves
+ * the padding after the head (~half a page per block); round 1, which reads
+ * the head's pages whole, then holds page 0. Set only when the head does not
+ * end on a page boundary, a row fits a page and page 0 has room for a row. */
+#define CBLOCK_FLAG_HEAD_PAGE 0x400u
 
 /* Options of cblock_encode. */
 #define CBLOCK_ENC_F16        1u /* slim records when every row's factors fit (2.1) */
 #define CBLOCK_ENC_PAGE_ORDER 2u /* page-local row order when the block has >= 2 pages of >= 2 rows (2.2) */
+#define CBLOCK_ENC_HEAD_PAGE  4u /* exact page 0 shares the head's last page when it can (2.3) */
 
 /* Everything the header says, after validation (cblock_peek), with the
  * derived offsets of the head's sections (block-relative). */
@@ -58,12 +69,16 @@ typedef struct ann_cblock_info {
 	ann_block_encoding encoding; /* F32, U8 or I8 */
 	unsigned code_kind;         /* CBLOCK_CODE_RABITQ */
 	unsigned code_bits;         /* 1..8 */
-	uint32_t flags;             /* BLOCK_FLAG_PAD_LMDB, CBLOCK_FLAG_F16, CBLOCK_FLAG_PAGE_ORDER */
+	uint32_t flags;             /* BLOCK_FLAG_PAD_LMDB, CBLOCK_FLAG_F16, CBLOCK_FLAG_PAGE_ORDER, CBLOCK_FLAG_HEAD_PAGE */
 	uint32_t dim, count;
 	uint32_t code_bytes;        /* per stored record, factors included (slim with CBLOCK_FLAG_F16) */
 	uint32_t full_code_bytes;   /* per record as ann_rbq_estimate takes it (code_bytes + 5 when F16) */
 	uint32_t row_bytes;         /* dim * element size */
 	uint32_t rows_per_page;     /* 0: a row is larger than a page, rows are contiguous */
+	uint32_t page0_rows;        /* rows on exact page 0: r0 with CBLOCK_FLAG_HEAD_PAGE (the rest of the page
+				     * before them is head and zeros), else rows_per_page (page 0's capacity) */
+	uint32_t page0_at;          /* byte of page 0 where its first row starts: 4096 - r0 * row_bytes with
+				     * CBLOCK_FLAG_HEAD_PAGE, else 0 */
 	uint32_t exact_pages;
 	uint32_t ids_bytes;         /* id section, the page map included */
 	uint32_t map_bytes;         /* page map at the end of the id section (CBLOCK_FLAG_PAGE_ORDER), else 0 */
@@ -96,13 +111,17 @@ int cblock_head(const void *buf, size_t len, ann_cblock_info *in, int64_t *ids, 
 int cblock_ids(const ann_cblock_info *in, const uint8_t *head, int64_t *ids, ann_error *err);
 
 /* Block-relative byte offset of row i, and the page range that holds it
- * (offset page-aligned per page_base, length a multiple of 4096). */
+ * (offset page-aligned per page_base, length a multiple of 4096). With
+ * CBLOCK_FLAG_HEAD_PAGE page 0 is block bytes [exact_offset, exact_offset +
+ * 4096), whose first head_bytes - exact_offset bytes are the head's tail. */
 uint64_t cblock_row_offset(const ann_cblock_info *in, uint32_t row);
 void cblock_row_pages(const ann_cblock_info *in, uint32_t row, uint64_t *off, uint32_t *len);
 
 /* Checks the page sums of the exact pages in data = block bytes
  * [off, off + len), off and len as cblock_row_pages gives (page-aligned).
  * sums: the head's page sum table (in->exact_pages little-endian u32).
+ * Page 0 of a CBLOCK_FLAG_HEAD_PAGE block: its sum covers the bytes past the
+ * head only (the head has its own checksum, and holds the sum table).
  * ANN_E_CORRUPT naming the partition and page. */
 int cblock_check_pages(const ann_cblock_info *in, const uint8_t *sums, const uint8_t *data, uint64_t off, size_t len,
 		       ann_error *err);
@@ -114,7 +133,9 @@ int cblock_check_pages(const ann_cblock_info *in, const uint8_t *sums, const uin
  * (CBLOCK_FLAG_F16) when every row's factors fit binary16 (else full records,
  * as without it); CBLOCK_ENC_PAGE_ORDER, page-local row order
  * (CBLOCK_FLAG_PAGE_ORDER) when the rows fill 2 or more pages of 2 or more
- * rows each. The result is
+ * rows each; CBLOCK_ENC_HEAD_PAGE, exact page 0 in the head's last page
+ * (CBLOCK_FLAG_HEAD_PAGE, 2.3) when the head does not end on a page boundary
+ * and that page has room for a row (never more bytes than without). The result is
  * a function of the input alone (no threads, no clock). *out:
  * ann_aligned_alloc(4096) buffer of *out_len bytes, *head_len = head bytes.
  * Memory: the block plus the ids' sort permutation, 256 float rows of
@@ -141,9 +162,28 @@ void cblock_expand_codes(const ann_cblock_info *in, const uint8_t *src, size_t n
 void cblock_factors(const ann_cblock_info *in, const uint8_t *src, size_t n, float *rn, float *fip, float *tan);
 
 /* cblock_encode's opts from the index's settings. */
-static inline unsigned cblock_opts(bool f16, bool page_order)
+static inline unsigned cblock_opts(bool f16, bool page_order, bool head_page)
 {
-	return (f16 ? CBLOCK_ENC_F16 : 0u) | (page_order ? CBLOCK_ENC_PAGE_ORDER : 0u);
+	return (f16 ? CBLOCK_ENC_F16 : 0u) | (page_order ? CBLOCK_ENC_PAGE_ORDER : 0u) |
+	       (head_page ? CBLOCK_ENC_HEAD_PAGE : 0u);
+}
+
+/* Whether the index's writers (build, inserts, compaction, splits) ask for
+ * CBLOCK_ENC_HEAD_PAGE: yes, unless the environment has ANNANN_HEAD_PAGE=0
+ * (a hidden switch for measuring the 2.2 layout against 2.3; every reader
+ * opens both, so an index may mix them). */
+bool cblock_head_page_default(void);
+
+/* Bytes round 1 reads of a codes block whose directory entry says head
+ * bytes of a block_len-byte block: the head up to the end of its last page
+ * (page_base 16 in LMDB), so that a CBLOCK_FLAG_HEAD_PAGE block's exact page
+ * 0 comes with it. Under O_DIRECT and in LMDB those bytes cost no more
+ * pages than the head alone. */
+static inline uint32_t cblock_head_read_len(uint32_t head, uint32_t block_len, bool lmdb)
+{
+	uint64_t base = lmdb ? BLOCK_LMDB_PAGE_HEADER : 0u;
+	uint64_t end = (head + base + CBLOCK_PAGE - 1) / CBLOCK_PAGE * CBLOCK_PAGE - base;
+	return end < block_len ? (uint32_t)end : block_len;
 }
 
 /* Decodes a whole block (every check: header, head, all page sums, zero

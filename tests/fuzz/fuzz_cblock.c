@@ -4,7 +4,7 @@
  * cblock_peek, cblock_head, cblock_row_pages, cblock_check_pages,
  * cblock_decode, cblock_verify_codes, cblock_expand_codes and cblock_factors of
  * 2.1 slim records (the two must agree bit for bit),
- * cblock_ids of 2.2 page maps). The input is a block; before decoding,
+ * cblock_ids of 2.2 page maps, 2.3 head-shared pages). The input is a block; before decoding,
  * the target rewrites the header checksum, the head checksum (when the head
  * length is sane) and the exact pages' sums (when the sum table and the pages
  * are inside the input), so that mutations reach the field checks, the id
@@ -34,12 +34,16 @@ static void fix_sums(uint8_t *b, size_t len)
 	ann_error e = {0};
 	if (cblock_peek(b, len, &in, &e) < 0)
 		return;
+	/* page sums first: they are in the head, whose checksum covers them
+	 * (a 2.3 block's page 0 sums only its bytes past the head) */
+	if ((uint64_t)in.sums_off + 4ull * pages <= len && exoff <= len)
+		for (uint32_t p = 0; p < pages && exoff + (uint64_t)(p + 1) * CBLOCK_PAGE <= len; p++) {
+			size_t skip = p == 0 && (in.flags & CBLOCK_FLAG_HEAD_PAGE) ? (size_t)(head - exoff) : 0;
+			ann_st32(b + in.sums_off + 4 * (size_t)p,
+				 (uint32_t)XXH64(b + exoff + (size_t)p * CBLOCK_PAGE + skip, CBLOCK_PAGE - skip, p));
+		}
 	if (head > HB && head <= len)
 		ann_st64(b + 80, XXH64(b + HB, (size_t)(head - HB), 0));
-	if ((uint64_t)in.sums_off + 4ull * pages <= len && exoff <= len)
-		for (uint32_t p = 0; p < pages && exoff + (uint64_t)(p + 1) * CBLOCK_PAGE <= len; p++)
-			ann_st32(b + in.sums_off + 4 * (size_t)p,
-				 (uint32_t)XXH64(b + exoff + (size_t)p * CBLOCK_PAGE, CBLOCK_PAGE, p));
 	ann_st64(b + 120, XXH64(b, 120, 0));
 }
 
@@ -60,13 +64,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FZ_CHECK(rc, e);
 	if (rc < 0)
 		goto out;
-	FZ_ASSERT(pk.count <= len && pk.head_bytes <= pk.total_bytes);
-	int64_t *ids = malloc(((size_t)pk.count + 1) * sizeof(int64_t));
-	if (!ids)
+	/* peek reads the header only: a truncated input may claim more rows than
+	 * it has bytes, but never more than its head has records */
+	FZ_ASSERT(pk.count <= pk.head_bytes && pk.head_bytes <= pk.total_bytes);
+	bool whole_head = pk.head_bytes <= len; /* then count <= len: the ids fit the input's bound */
+	int64_t *ids = whole_head ? malloc(((size_t)pk.count + 1) * sizeof(int64_t)) : NULL;
+	if (whole_head && !ids)
 		abort();
 	e = (ann_error){0};
 	rc = cblock_head(b, len, &hd, ids, &e);
 	FZ_CHECK(rc, e);
+	FZ_ASSERT(whole_head || rc == ANN_E_CORRUPT);
 	if (rc >= 0) {
 		FZ_ASSERT(hd.count == pk.count && hd.dim == pk.dim && hd.exact_offset == pk.exact_offset);
 		/* Slim (2.1) records widen into full ones inside their buffer. */
@@ -97,6 +105,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			cblock_row_pages(&hd, r, &off, &plen);
 			FZ_ASSERT(off >= hd.exact_offset && off + plen <= hd.total_bytes);
 			FZ_ASSERT(cblock_row_offset(&hd, r) >= off);
+			FZ_ASSERT(cblock_row_offset(&hd, r) >= hd.head_bytes); /* 2.3: page 0's rows after the head */
 			FZ_ASSERT(cblock_row_offset(&hd, r) + hd.row_bytes <= off + plen);
 			if (off + plen <= len) {
 				e = (ann_error){0};
