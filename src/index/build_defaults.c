@@ -17,8 +17,8 @@
  *    partitions: 213 -> 139 KiB at 0.9), so the count is the largest the two
  *    budgets allow: router RAM (graph router: centroid + ~315 B of links and
  *    directory per partition; compact router: its code + ~52 B) and disk (every
- *    codes partition costs about a page of padding beside its head and exact
- *    pages, a format 1 block half a page);
+ *    codes partition costs about half a page of padding after its exact pages,
+ *    a format 1 block half a page);
  *  - the compact router costs ~5% bytes at equal partitions, so it is chosen
  *    only when it allows at least twice the graph's partitions;
  *  - spilling (--replicas, --soar) stores each extra copy's exact row again:
@@ -43,9 +43,12 @@
 #define GRAPH_LINK_BYTES 315.0 /* HNSW links (M 32, 2x at level 0) + directory entry */
 #define CODE_ROUTER_BYTES 52.0 /* compact router: code factors + directory entry */
 /* Disk per partition besides its rows: on average half a page after the
- * head and half a page after the exact section, the 128-byte block header
- * and the catalog's directory record and LMDB overhead (~410 B, real1m). */
-#define PART_DISK_BYTES (4096.0 + 128.0 + 410.0)
+ * exact section (codes block 2.3 starts the exact rows in the head's last
+ * page, so nothing is left after the head; half a page more per partition
+ * where it cannot: ANNANN_HEAD_PAGE=0), the 128-byte block header and the
+ * catalog's directory record and LMDB overhead (~410 B, real1m). */
+#define PART_DISK_BYTES (2048.0 + 128.0 + 410.0)
+#define HEAD_PAD_BYTES 2048.0  /* the half page after a head without 2.3 */
 #define CATALOG_BYTES 98304.0  /* the catalog's fixed part (LMDB pages, meta; ~100 KiB at 78 partitions) */
 #define ID_BYTES 2.0           /* varint id and page-map entry per row in the head (measured
 				* 2.05 together: real1m, 3884 partitions, 1.451x raw) */
@@ -90,7 +93,8 @@ static double disk_parts(uint64_t n, uint32_t d, size_t esz, uint32_t bits, doub
 	} else {
 		row_disk = per_page >= 1 ? 4096.0 / per_page : row;       /* rows never straddle a page */
 		head_row = code_record(d, bits) - slim + ID_BYTES + 4.0 * row_disk / 4096.0; /* + page sums */
-		part = PART_DISK_BYTES + ceil(row / 8.0) * 8.0;                /* + the centre */
+		part = PART_DISK_BYTES + ceil(row / 8.0) * 8.0 +              /* + the centre */
+		       (cblock_head_page_default() ? 0.0 : HEAD_PAD_BYTES);
 	}
 	double spare = (double)n * (DISK_RATIO * row - row_disk - head_row) - catalog;
 	return spare > 0 ? floor(spare / part) : 0;
