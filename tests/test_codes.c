@@ -946,6 +946,26 @@ static float true_dist(const float *q, const float *x, ann_metric m)
 	return (float)(1.0 - ip / sqrt(nq * nx));
 }
 
+/* The K smallest distances from q to the live rows (live NULL: all), ascending. */
+static void brute_topk(const float *q, const float *rows, size_t n, const bool *live, ann_metric m, float best[K])
+{
+	for (size_t a = 0; a < K; a++)
+		best[a] = INFINITY;
+	for (size_t i = 0; i < n; i++) {
+		if (live && !live[i])
+			continue;
+		float dd = true_dist(q, rows + i * D, m);
+		if (dd < best[K - 1]) {
+			size_t a = K - 1;
+			while (a > 0 && best[a - 1] > dd) {
+				best[a] = best[a - 1];
+				a--;
+			}
+			best[a] = dd;
+		}
+	}
+}
+
 /* Searches all partitions with a budget that never binds and compares with
  * brute force over rows (ids 0..n-1 live where live[i]). */
 static void check_search(const char *idx, const float *rows, const float *qs, size_t n, const bool *live,
@@ -978,23 +998,8 @@ static void check_search(const char *idx, const float *rows, const float *qs, si
 		double b12 = 0, io12 = 0;
 		for (size_t qi = 0; qi < NQ; qi++) {
 			const float *q = qs + qi * D;
-			/* brute force top K */
 			float best[K];
-			for (size_t a = 0; a < K; a++)
-				best[a] = INFINITY;
-			for (size_t i = 0; i < n; i++) {
-				if (!live[i])
-					continue;
-				float dd = true_dist(q, rows + i * D, m);
-				if (dd < best[K - 1]) {
-					size_t a = K - 1;
-					while (a > 0 && best[a - 1] > dd) {
-						best[a] = best[a - 1];
-						a--;
-					}
-					best[a] = dd;
-				}
-			}
+			brute_topk(q, rows, n, live, m, best);
 			for (size_t a = 0; a < K; a++) {
 				int64_t id = ids[qi * K + a];
 				ASSERT_TRUE(id >= 0 && (size_t)id < n && live[id]);
@@ -1438,19 +1443,7 @@ static void test_head_page_search(const char *dir)
 			for (size_t qi = 0; qi < NQ; qi++) {
 				const float *q = queries + qi * D;
 				float kth[K];
-				for (size_t a = 0; a < K; a++)
-					kth[a] = INFINITY;
-				for (size_t i = 0; i < NB; i++) {
-					float dd = true_dist(q, base + i * D, ANN_METRIC_L2);
-					size_t a = K;
-					while (a > 0 && dd < kth[a - 1]) {
-						if (a < K)
-							kth[a] = kth[a - 1];
-						a--;
-					}
-					if (a < K)
-						kth[a] = dd;
-				}
+				brute_topk(q, base, NB, NULL, ANN_METRIC_L2, kth);
 				for (size_t a = 0; a < K; a++) {
 					int64_t id = ids[qi * K + a];
 					if (id < 0)
@@ -1514,19 +1507,7 @@ static void test_i8_format1(const char *dir)
 	for (size_t qi = 0; qi < NQ; qi++) {
 		const float *q = queries_i8 + qi * D;
 		float best[K];
-		for (size_t a = 0; a < K; a++)
-			best[a] = INFINITY;
-		for (size_t i = 0; i < NB; i++) {
-			float dd = true_dist(q, base_i8 + i * D, ANN_METRIC_L2);
-			size_t a = K;
-			while (a > 0 && dd < best[a - 1]) {
-				if (a < K)
-					best[a] = best[a - 1];
-				a--;
-			}
-			if (a < K)
-				best[a] = dd;
-		}
+		brute_topk(q, base_i8, NB, NULL, ANN_METRIC_L2, best);
 		for (size_t a = 0; a < K; a++) {
 			ASSERT_EQ(ids[0][qi * K + a], ids[1][qi * K + a]);
 			ASSERT_TRUE(fabsf(dists[0][qi * K + a] - best[a]) <= 1e-3f * (1.0f + best[a]));
