@@ -717,14 +717,14 @@ static void test_defaults_rule(void)
 		       o.partitions);
 	if (o.sample != 0)
 		T_FAIL("real1m shape: sample %llu; two-level k-means keeps the build's", (unsigned long long)o.sample);
-	/* Without the head-shared page (2.2 blocks) the disk binds, at ~4934. */
+	/* Without the head-shared page (2.2 blocks) the disk binds, at ~4665. */
 	setenv("ANNANN_HEAD_PAGE", "0", 1);
 	ann_build_opts_init(&o);
 	ann_build_resolve_defaults(&o, 1000000, 128, ANN_ENC_U8);
 	unsetenv("ANNANN_HEAD_PAGE");
-	if (o.partitions < 4800 || o.partitions > 5100)
-		T_FAIL("real1m shape, 2.2 blocks: %u partitions; the disk model with slim records gives ~4934",
-		       o.partitions);
+	if (o.partitions < 4500 || o.partitions > 5100)
+		T_FAIL("real1m shape, 2.2 blocks: %u partitions; the disk model with slim records gives ~4665 "
+		       "(4934 at a 1.49x budget)", o.partitions);
 	ann_build_opts_init(&o);
 	ann_build_resolve_defaults(&o, 60000, 784, ANN_ENC_U8);
 	if (o.code_bits != 1 || o.kmeans.router_bits != 1)

@@ -7,7 +7,8 @@
  * round 1's bytes at recall 0.9 are that padding. Before packing, the build
  * moves the rows of a nearly empty last page (at most FIT_PAGE_SHARE of a
  * page and FIT_PART_SHARE of the partition) to the next-nearest centroid's
- * partition, where that head has room in its own last page, so the source's
+ * partition (the router's own assignment with two copies, so the plan is
+ * as deterministic as the routing), where that head has room in its own last page, so the source's
  * head shrinks by a page and the receiver's keeps its page count. The rows
  * moved are the ones nearest the boundary (smallest distance difference to
  * the receiver's centroid); a partition sheds all of its last page or
@@ -21,10 +22,12 @@
  *     single-node build; otherwise the plan is empty and packing is as
  *     before.
  *  2. Deterministic: the plan depends only on the spill's contents and the
- *     router as reloaded from its saved blob, so a resumed build recomputes
- *     the same plan (it is not saved) and packs the same blocks.
- *  3. Memory: the candidate rows kept (id, receiver, margin, vector) are
- *     bounded by build_fit_budget (1/16 of the sample's bytes, which
+ *     router as reloaded from its saved blob, through its assignment and its
+ *     centroids (not the centroid graph's links, which a build with threads
+ *     does not reproduce), so a resumed build recomputes the same plan (it is
+ *     not saved) and packs the same blocks, and so does a new build.
+ *  3. Memory: the candidate rows kept (id, receiver, margin, vector), as
+ *     allocated, are bounded by build_fit_budget (1/16 of the sample's bytes, which
  *     the build fits within half its budget; a fixed part of the fingerprint,
  *     so the plan does not depend on --mem beyond the sample); past it no
  *     more partitions shed. Every row stays in exactly one partition.
@@ -41,7 +44,6 @@
 #include "hnsw.h"
 #include "router.h"
 
-#define FIT_NEIGHBOURS 16  /* receivers considered: the centroid's nearest other centroids */
 #define FIT_PAGE_SHARE 0.5 /* shed a last page holding at most this share of a page's rows */
 #define FIT_PART_SHARE 0.3 /* ... and at most this share of the partition */
 #define FIT_CANDIDATES 4    /* rows considered per row to shed, nearest the boundary first */
@@ -181,20 +183,24 @@ int build_fit_plan(build *b, int64_t *ids, void *vecs, build_fit *f, ann_error *
 	double *rows = ann_calloc(k, sizeof(double)), *idb = ann_calloc(k, sizeof(double));
 	double *pages = ann_calloc(k, sizeof(double)), *recv = ann_calloc(k, sizeof(double));
 	uint32_t *shed = ann_calloc(k, sizeof(uint32_t));
-	float *c = ann_malloc(((size_t)FIT_NEIGHBOURS + 2) * d * sizeof(float)); /* c_p, then its neighbours */
-	float *x = ann_malloc(d * sizeof(float));
-	int32_t *nb = ann_malloc((FIT_NEIGHBOURS + 1) * sizeof(int32_t));
+	/* The largest partition's rows as floats and their two nearest
+	 * partitions, by the router's own assignment (deterministic, unlike a
+	 * search of the centroid graph, whose build with threads is not). */
+	uint64_t maxn = ann_spill_max_count(b->spill);
+	float *xf = ann_malloc((maxn ? maxn : 1) * d * sizeof(float));
+	uint32_t *two = ann_malloc((maxn ? maxn : 1) * 2 * sizeof(uint32_t));
+	float *c = ann_malloc(2 * (size_t)d * sizeof(float));
 	cand *cs = NULL;
 	uint8_t *cv = NULL;
-	size_t nc = 0, capc = 0;
-	ann_hnsw_ctx *ctx = NULL;
+	size_t nc = 0, capc = 0, capv = 0;
 	int rc = ANN_OK;
-	if (!rows || !idb || !pages || !recv || !shed || !c || !x || !nb) {
+	if (!rows || !idb || !pages || !recv || !shed || !xf || !two || !c) {
 		rc = ann_err(err, ANN_E_NOMEM, "build: out of memory for the page-fit plan (%u partitions)", k);
 		goto out;
 	}
-	ANN_CHECK(rc, ann_hnsw_ctx_new(&ctx, err));
 	for (uint32_t p = 0; p < k; p++) {
+		if (p % 64 == 0 || p + 1 == k)
+			ANN_CHECK(rc, build_progress(b, "fit", p + 1, k, err));
 		uint64_t n = ann_spill_count(b->spill, p);
 		if (n == 0)
 			continue;
@@ -212,30 +218,22 @@ int build_fit_plan(build *b, int64_t *ids, void *vecs, build_fit *f, ann_error *
 		if (held + FIT_CANDIDATES * (size_t)last * per_cand > budget)
 			continue; /* invariant 3: past the budget no partition sheds */
 		shed[p] = (uint32_t)last;
-		/* Candidates: the FIT_CANDIDATES x last rows nearest another centroid. */
+		/* Candidates: the FIT_CANDIDATES x last rows nearest another
+		 * centroid; each row's receiver is its nearest other partition. */
+		for (uint64_t i = 0; i < n; i++)
+			row_float(b, vecs, i, xf + i * d);
+		const ann_assign_rule two_rule = {.copies = 2, .eps = HUGE_VAL, .soar_lambda = 0};
+		ANN_CHECK(rc, b->router->ops->assign(b->router, xf, (size_t)n, &two_rule, b->o->threads, two, err));
 		ann_hnsw_vector_get(g, p, c);
-		int got = ann_hnsw_search(g, ctx, c, FIT_NEIGHBOURS + 1, 64, nb, NULL, err);
-		ANN_CHECK(rc, got);
-		for (int j = 0; j < got; j++)
-			if (nb[j] >= 0)
-				ann_hnsw_vector_get(g, (uint32_t)nb[j], c + (size_t)(j + 1) * d);
 		size_t base = nc, want = ANN_MIN((size_t)n, FIT_CANDIDATES * (size_t)last);
 		for (uint64_t i = 0; i < n; i++) {
-			row_float(b, vecs, i, x);
-			float own = l2(x, c, d), best = INFINITY;
-			uint32_t dst = UINT32_MAX;
-			for (int j = 0; j < got; j++) {
-				if (nb[j] < 0 || (uint32_t)nb[j] == p)
-					continue;
-				float t = l2(x, c + (size_t)(j + 1) * d, d);
-				if (t < best || (t == best && (uint32_t)nb[j] < dst)) {
-					best = t;
-					dst = (uint32_t)nb[j];
-				}
-			}
-			if (dst == UINT32_MAX)
+			uint32_t dst = two[2 * i] == p ? two[2 * i + 1] : two[2 * i];
+			if (dst >= k || dst == p)
 				continue;
-			cand e = {.id = ids[i], .src = p, .dst = dst, .shed = shed[p], .margin = best - own, .vec = i};
+			const float *x = xf + i * d;
+			ann_hnsw_vector_get(g, dst, c + d);
+			cand e = {.id = ids[i], .src = p, .dst = dst, .shed = shed[p],
+				  .margin = l2(x, c + d, d) - l2(x, c, d), .vec = i};
 			/* Keep the `want` smallest margins of this partition: an
 			 * insertion into the sorted tail (want is a few dozen). */
 			size_t m = nc - base;
@@ -243,7 +241,9 @@ int build_fit_plan(build *b, int64_t *ids, void *vecs, build_fit *f, ann_error *
 				continue;
 			if (m < want) {
 				if (nc == capc) {
-					size_t nc2 = capc ? 2 * capc : 1024;
+					/* Doubling, but never past the budget's count:
+					 * the check above keeps nc + want within it. */
+					size_t nc2 = ANN_MIN(capc ? 2 * capc : 1024, budget / per_cand);
 					cand *t = ann_realloc(cs, nc2 * sizeof(cand));
 					if (!t) {
 						rc = ann_err(err, ANN_E_NOMEM, "build: out of memory for page-fit candidates");
@@ -261,19 +261,22 @@ int build_fit_plan(build *b, int64_t *ids, void *vecs, build_fit *f, ann_error *
 			}
 			cs[at] = e;
 		}
-		/* Copy the kept rows' vectors out of this partition's buffer. */
-		uint8_t *t = ann_realloc(cv, (nc ? nc : 1) * b->pay_bytes);
-		if (!t) {
-			rc = ann_err(err, ANN_E_NOMEM, "build: out of memory for page-fit rows");
-			goto fail;
+		/* Copy the kept rows' vectors out of this partition's buffer
+		 * (cv grows with cs: the same capacity). */
+		if (capv < capc) {
+			uint8_t *t = ann_realloc(cv, capc * b->pay_bytes);
+			if (!t) {
+				rc = ann_err(err, ANN_E_NOMEM, "build: out of memory for page-fit rows");
+				goto fail;
+			}
+			cv = t;
+			capv = capc;
 		}
-		cv = t;
 		for (size_t i = base; i < nc; i++) {
 			memcpy(cv + i * b->pay_bytes, (const uint8_t *)vecs + cs[i].vec * b->pay_bytes, b->pay_bytes);
 			cs[i].vec = i;
 		}
 		held = nc * per_cand;
-		ANN_CHECK(rc, build_progress(b, "fit", p + 1, k, err));
 	}
 	/* Greedy, partition by partition, those with the fewest rows to shed
 	 * first (the most bytes saved per row moved): a shedding partition
@@ -346,15 +349,14 @@ fail:
 out:
 	if (rc < 0)
 		build_fit_free(f);
-	ann_hnsw_ctx_free(ctx);
 	ann_free(rows);
 	ann_free(idb);
 	ann_free(pages);
 	ann_free(recv);
 	ann_free(shed);
 	ann_free(c);
-	ann_free(x);
-	ann_free(nb);
+	ann_free(xf);
+	ann_free(two);
 	ann_free(cs);
 	ann_free(cv);
 	return rc;

@@ -60,8 +60,9 @@ int build_pack_all(build *b, ann_error *err)
 {
 	uint64_t maxc = ann_spill_max_count(b->spill);
 	size_t need = (size_t)maxc * (8 + b->pay_bytes) * 3 + ((size_t)8 << 20);
-	if (build_fit_applies(b)) /* the plan's rows, twice (candidates, then the plan) */
-		need += 2 * build_fit_budget(b);
+	if (build_fit_applies(b)) /* the plan's rows, twice (candidates, then the plan), and the
+				   * largest partition as floats with two partitions a row */
+		need += 2 * build_fit_budget(b) + (size_t)maxc * (b->d * sizeof(float) + 8);
 	if (need + b->router->ops->ram_bytes(b->router) > b->o->mem_bytes)
 		return ann_err(err, ANN_E_BUDGET, "the largest partition holds %llu vectors and needs %zu bytes to "
 			       "pack; the budget is %zu (use more partitions or --balance)",
