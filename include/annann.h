@@ -322,6 +322,7 @@ typedef struct ann_index_info {
 	uint64_t head_bytes;       /**< codes blocks: sum of the heads (what reading every partition's round 1 costs, unpadded) */
 	uint32_t router_bits;      /**< k-means: bits per dimension of the compact router's centroid codes; 0 = the graph */
 	uint32_t default_nprobe;   /**< the nprobe a search gets when ann_search_opts.nprobe is 0 (docs/DESIGN.md "Defaults") */
+	uint32_t probe_p1;         /**< learned adaptive probing (ann_tune_probe): the model's first stage; 0 = no model */
 } ann_index_info;
 
 ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);
@@ -369,7 +370,46 @@ typedef struct ann_search_opts {
 	                            centroids, probe only those whose distance to the query is within
 	                            (1 + probe_eps) x the nearest one's, so nprobe is the upper bound; default
 	                            0 = off (every one of the nprobe; INFINITY is off too). Other routers ignore it */
+	int adaptive;          /**< learned adaptive probing (codes blocks, L2; docs/DESIGN.md "Learned adaptive
+	                            probing"): 0 = use the index's probe model when it has one (`annann tune`,
+	                            ann_tune_probe) and nprobe is at least its P1; then nprobe is the mean budget
+	                            and each query reads between P1 and 2 nprobe partitions; -1 = off (every query
+	                            reads nprobe); 1 = required (ANN_E_INVAL when the index has no model) */
 } ann_search_opts;
+
+/** Options of ann_tune_probe. */
+typedef struct ann_tune_opts {
+	uint32_t k;            /**< neighbours per query the recall counts; default 0 = 10 */
+	uint32_t p1;           /**< partitions of the first stage; default 0 = the index's default nprobe / 8, at least 1 */
+	uint32_t batch;        /**< queries per search batch while tuning; default 0 = 64 */
+	ann_progress_fn progress; /**< optional: phase "tune", done/total in search passes */
+	void *progress_ctx;
+} ann_tune_opts;
+
+/** Rows of ann_tune_report: fixed nprobe against the fitted model, on the tuning queries. */
+#define ANN_TUNE_ROWS 16
+/** What ann_tune_probe measured and fitted (recall@k on the tuning queries themselves). */
+typedef struct ann_tune_report {
+	uint32_t p1, queries;
+	double r2;            /**< of the fit of log(partitions a query needs) */
+	uint32_t rows;
+	uint32_t budget[ANN_TUNE_ROWS];       /**< nprobe */
+	double recall_fixed[ANN_TUNE_ROWS];   /**< measured at nprobe */
+	double recall_adaptive[ANN_TUNE_ROWS]; /**< predicted with the model at budget nprobe (log-interpolated
+	                                           between the measured nprobe values) */
+	double probed_adaptive[ANN_TUNE_ROWS]; /**< mean partitions the model reads at that budget */
+} ann_tune_report;
+
+/** Learned adaptive probing (docs/DESIGN.md "Learned adaptive probing"): searches the
+ * index at a range of nprobe for nq queries with their ground truth (gt: nq rows of
+ * gt_k ids, the first k used), fits the model that predicts from a query's first
+ * stage how many partitions it needs, and stores it in the catalog (meta
+ * probe.model), replacing any earlier one; searchers opened afterwards use it.
+ * Queries should come from the distribution the index will serve (a query log),
+ * not from its base. Codes indexes under L2 only (ANN_E_INVAL otherwise); takes
+ * the writer lock. */
+ANN_API int ann_tune_probe(const char *index_dir, const float *queries, size_t nq, const int32_t *gt, uint32_t gt_k,
+			   const ann_tune_opts *o, ann_tune_report *rep, ann_error *err);
 
 /** Default re-rank budget per query: ANN_RERANK_PER_K x k, at least ANN_RERANK_MIN
  * (docs/DESIGN.md "The re-rank budget"). */

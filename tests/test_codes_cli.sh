@@ -85,6 +85,29 @@ assert abs(s['recall_at_k'] - f['recall_at_k']) <= 0.01, (s['recall_at_k'], f['r
 assert s['codes']['bytes_round1'] <= f['codes']['bytes_round1'], (s['codes'], f['codes'])
 PY
 expect 0 "$A" verify --index "$dir/c16"
+# learned adaptive probing: tune's usage and refusals, then a model that search uses
+expect 2 "$A" tune --index "$dir/c_lmdb" --queries "$dir/q.u8bin"
+grep -q -- "--gt" "$dir/err" || fail "tune without --gt: $(cat "$dir/err")"
+expect 2 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --adaptive sometimes
+expect 2 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --nprobe 4 --adaptive on
+grep -q "no probe model" "$dir/err" || fail "--adaptive on without a model: $(cat "$dir/err")"
+expect 2 "$A" tune --index "$dir/e" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --quiet
+grep -q "not a codes index" "$dir/err" || fail "tune of a format 1 index: $(cat "$dir/err")"
+expect 0 "$A" tune --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --p1 2 --json --quiet
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["p1"] == 2 and j["queries"] == 40 and j["rows"], j' \
+	"$dir/out" || fail "tune json: $(cat "$dir/out")"
+expect 0 "$A" info --index "$dir/c_lmdb" --json
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["probe_p1"] == 2, j' "$dir/out" ||
+	fail "info shows no probe model"
+expect 0 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 4 --adaptive on --json
+python3 - "$dir/out" <<'PY' || fail "adaptive search json: $(cat "$dir/out")"
+import json, sys
+j = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+assert 2 <= j['partitions_probed'] <= 8 and j['recall_at_k'] > 0.5, j
+PY
+expect 0 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --nprobe 4 --adaptive off --json
+python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read()); assert j["partitions_probed"] == 4, j' "$dir/out" ||
+	fail "--adaptive off probed other than nprobe"
 # a flipped byte in the first block's head (file store: blocks start at 4096)
 python3 - "$dir/c_file/blocks.dat" <<'PY'
 import sys

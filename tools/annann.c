@@ -15,7 +15,7 @@
 
 static cli_cmd *commands[] = {
 	&cmd_gen, &cmd_gt, &cmd_convert, &cmd_build, &cmd_search, &cmd_info, &cmd_verify, &cmd_insert, &cmd_delete, &cmd_compact,
-	&cmd_repair,
+	&cmd_repair, &cmd_tune,
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

@@ -359,6 +359,9 @@ static int run_info(cli_cmd *c)
 		printf("live           %" PRIu64 " (built + inserted - deleted)\n", in.live_vectors);
 		printf("partitions     %u (sizes %" PRIu64 "..%" PRIu64 "; default nprobe %u)\n", in.partitions,
 		       in.smallest_partition, in.largest_partition, in.default_nprobe);
+		if (in.probe_p1)
+			printf("probing        learned adaptive (annann tune): first stage %u partitions, nprobe is the mean budget\n",
+			       in.probe_p1);
 		printf("router         %s, %.2f MiB in RAM (%.2f bytes per vector)\n", ann_router_name(in.router),
 		       (double)in.router_ram_bytes / 1048576.0,
 		       in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0.0);
@@ -509,6 +512,9 @@ static cli_opt search_opts[] = {
 	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.0)", NULL},
 	{"probe-eps", "E", "kmeans: probe only partitions whose centroid is within (1 + E) x the nearest "
 	 "centroid's distance, at most nprobe of them (default 0 = off, every one of the nprobe; inf = off)", NULL},
+	{"adaptive", "auto|on|off", "learned adaptive probing (annann tune): auto (default) uses the index's probe "
+	 "model when it has one, and nprobe is then the mean budget (each query reads P1..2 nprobe partitions); off "
+	 "reads nprobe for every query; on requires the model", NULL},
 	{"queue-depth", "Q", "I/O requests in flight (default 32)", NULL},
 	{"pread", NULL, "read with pread instead of io_uring", NULL},
 	{"limit", "N", "use only the first N queries", NULL},
@@ -745,6 +751,16 @@ static int run_search(cli_cmd *c)
 	double reps, peps = INFINITY;
 	if (!cli_double(c, "rerank-eps", 0, 0, 100, &reps))
 		return CLI_EXIT_USAGE;
+	int adaptive = 0;
+	const char *ad = cli_get(c, "adaptive");
+	if (ad && strcmp(ad, "auto") != 0) {
+		if (strcmp(ad, "on") == 0)
+			adaptive = 1;
+		else if (strcmp(ad, "off") == 0)
+			adaptive = -1;
+		else
+			return cli_usage_error(c, "--adaptive must be auto, on or off, not '%s'", ad);
+	}
 	const char *pe = cli_get(c, "probe-eps");
 	if ((!pe || strcmp(pe, "inf") != 0) && !cli_double(c, "probe-eps", 0, 0, 1e9, &peps))
 		return CLI_EXIT_USAGE;
@@ -818,12 +834,15 @@ static int run_search(cli_cmd *c)
 		so.rerank_eps = (float)reps;
 		so.rerank_phases = (uint32_t)rphases;
 		so.probe_eps = (float)peps;
+		so.adaptive = adaptive;
 		const char *io_path = "?";
 		double wall;
 		ann_searcher *srch[64] = {0};
 		int rs = ANN_OK;
 		for (uint64_t t = 0; t < threads && rs >= 0; t++)
 			rs = ann_searcher_new(idx, &so, &srch[t], &err);
+		if (rs == ANN_E_INVAL) /* options the index cannot serve (--adaptive on without a model): usage */
+			ret = CLI_EXIT_USAGE;
 		if (rs >= 0 && cli_flag(c, "warmup"))
 			rs = run_setting(srch, so.k, q, nq, dim, batch, (int)threads, ids, dists, st, &io_path, &wall,
 					 &err);

@@ -6,7 +6,7 @@
 #include "cli.h"
 
 extern cli_cmd cmd_gen, cmd_gt, cmd_convert, cmd_build, cmd_search, cmd_info, cmd_verify, cmd_insert, cmd_delete,
-	cmd_compact, cmd_repair;
+	cmd_compact, cmd_repair, cmd_tune;
 
 /* One setting of a search, as `annann search` prints it (cmd_index.c). */
 typedef struct cli_search_result {

@@ -62,6 +62,11 @@ static int load_models(ann_index *x, ann_error *err)
 	}
 	x->dist_rank = (uint32_t)rank;
 	x->dist_ranks = (uint32_t)ranks;
+	rc = ann_probe_model_load(t, &x->probe, err);
+	if (rc < 0) {
+		ann_err_prefix(err, rc, "%s", x->path);
+		goto fail;
+	}
 	if (x->meta.dict_id) {
 		char name[32];
 		snprintf(name, sizeof name, "zstd_dict.%u", x->meta.dict_id);
@@ -280,6 +285,7 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->dim = x->meta.dim;
 	info->partitions = x->dir.count;
 	info->default_nprobe = ann_default_nprobe(x->router->nparts); /* all ranks' partitions */
+	info->probe_p1 = x->probe.p1;
 	info->router = x->meta.router;
 	info->store = x->meta.store;
 	info->encoding = x->meta.encoding;

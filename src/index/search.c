@@ -101,6 +101,23 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		goto fail;
 	}
 	s->rerank = ANN_MAX(s->rerank, s->o.k);
+	s->npmax = s->o.nprobe;
+	if (s->o.adaptive < -1 || s->o.adaptive > 1) {
+		rc = ann_err(err, ANN_E_INVAL, "search: adaptive must be -1 (off), 0 (the index's model when it has "
+			     "one) or 1 (required)");
+		goto fail;
+	}
+	if (s->o.adaptive >= 0 && idx->probe.p1 && idx->rbq && idx->meta.metric == ANN_METRIC_L2 &&
+	    s->o.nprobe >= idx->probe.p1) {
+		s->pm = &idx->probe;
+		s->npmax = (uint32_t)ANN_MIN((uint64_t)s->o.nprobe * ANN_PROBE_WIDTH, (uint64_t)ANN_MAX_NPROBE);
+	} else if (s->o.adaptive > 0) {
+		rc = ann_err(err, ANN_E_INVAL, "search: adaptive probing required, but %s %s", idx->path,
+			     !idx->probe.p1 ? "has no probe model (annann tune fits one)"
+			     : s->o.nprobe < idx->probe.p1 ? "has a model whose first stage is larger than nprobe"
+							   : "is not a codes index under L2");
+		goto fail;
+	}
 	s->kern = ann_kernels_best();
 	ann_store_reader_opts ro;
 	ann_store_reader_opts_init(&ro);
@@ -210,6 +227,7 @@ void ann_searcher_free(ann_searcher *s)
 	ann_free(s->reqs);
 	ann_free(s->parts);
 	ann_free(s->nparts);
+	ann_free(s->pf);
 	ann_free(s->pairs);
 	ann_free(s->upids);
 	ann_free(s->ustart);
@@ -434,18 +452,19 @@ static int ensure_batch(ann_searcher *s, size_t nq, ann_error *err)
 {
 	if (nq <= s->cap_q)
 		return ANN_OK;
-	size_t n = nq, np = s->o.nprobe, d = s->idx->meta.dim;
+	size_t n = nq, np = s->npmax, d = s->idx->meta.dim;
 	void **const slots[] = {
 		(void **)&s->parts, (void **)&s->nparts, (void **)&s->pairs, (void **)&s->upids, (void **)&s->ustart,
 		(void **)&s->qnorm, (void **)&s->heaps, (void **)&s->qbytes, (void **)&s->qreqs, (void **)&s->qdec,
 		(void **)&s->qscan, (void **)&s->qcand, (void **)&s->qb1, (void **)&s->qb2, (void **)&s->qio1,
-		(void **)&s->qio2, (void **)&s->qest, (void **)&s->qrr,
+		(void **)&s->qio2, (void **)&s->qest, (void **)&s->qrr, (void **)&s->pf,
 	};
 	const size_t bytes[] = {
 		n * np * sizeof(uint32_t), n * sizeof(uint32_t), n * np * sizeof(pair), n * np * sizeof(uint32_t),
 		(n * np + 1) * sizeof(uint32_t), n * d * sizeof(float), n * sizeof(ann_topk), n * sizeof(double),
 		n * sizeof(double), n * sizeof(double), n * sizeof(uint64_t), n * sizeof(uint64_t), n * sizeof(double),
 		n * sizeof(double), n * sizeof(double), n * sizeof(double), n * sizeof(uint64_t), n * sizeof(uint64_t),
+		n * (s->pm ? s->pm->p1 : 1) * sizeof(float),
 	};
 	_Static_assert(sizeof slots / sizeof slots[0] == sizeof bytes / sizeof bytes[0], "one size per array");
 	if (search_resize(slots, bytes, sizeof bytes / sizeof bytes[0]) < 0 || codes_batch(s, n, err) < 0)
@@ -554,22 +573,44 @@ static int process_block(ann_searcher *s, size_t u, const ann_dirent *e, const u
 }
 
 
-/* Steps 3-5 of ann_search inside the snapshot s->rt. */
-static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan_ns, uint64_t *decode_ns,
-			   uint64_t *wait_ns, uint64_t tm[4], ann_error *err)
+/* Groups pairs [p0, p1) by partition: unique partitions from u0 on
+ * (upids, ustart; ustart[returned] = p1). Returns the new count. */
+static size_t group_pairs(ann_searcher *s, size_t nq, size_t p0, size_t p1, size_t u0)
+{
+	pair *pr = s->pairs + p0;
+	size_t n = p1 - p0;
+	if (nq > 1)
+		qsort(pr, n, sizeof(pair), pair_cmp);
+	else
+		for (size_t a = 1; a < n; a++) /* one query: insertion sort of nprobe entries */
+			for (size_t b = a; b > 0 && pr[b - 1].pid > pr[b].pid; b--) {
+				pair t = pr[b];
+				pr[b] = pr[b - 1];
+				pr[b - 1] = t;
+			}
+	size_t nu = u0;
+	for (size_t i = p0; i < p1; i++) {
+		if (i == p0 || s->pairs[i].pid != s->pairs[i - 1].pid) {
+			s->upids[nu] = s->pairs[i].pid;
+			s->ustart[nu] = (uint32_t)i;
+			nu++;
+		}
+	}
+	s->ustart[nu] = (uint32_t)p1;
+	return nu;
+}
+
+/* Round 1 of unique partitions [u0, nu): requests, reads, estimates and scans. */
+static int round1(ann_searcher *s, size_t nq, size_t u0, size_t nu, uint64_t ndelta, bool *any_codes_io,
+		  uint64_t *scan_ns, uint64_t *decode_ns, uint64_t *wait_ns, uint64_t tm[4], ann_error *err)
 {
 	ann_index *x = s->idx;
-	ANN_TRY(ann_catalog_count(s->rt, ANN_CAT_TOMB, &s->ntomb, err));
-	uint64_t ndelta = 0;
-	ANN_TRY(ann_catalog_count(s->rt, ANN_CAT_DELTA, &ndelta, err));
 	if (search_grow((void **)&s->reqs, &s->reqs_cap, nu ? nu : 1, sizeof(ann_block_range)) < 0 ||
 	    search_grow((void **)&s->uh, &s->uh_cap, nu ? nu : 1, sizeof(uhead)) < 0)
 		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu requests", nu);
-	s->sums_len = 0;
-	s->p0_len = 0;
-	bool any_codes = false;
+	bool any_codes = *any_codes_io;
 	size_t nreq = 0;
-	for (size_t u = 0; u < nu; u++) {
+	for (size_t u = u0; u < nu; u++) {
 		uint32_t pid = s->upids[u];
 		s->uh[u].codes = false;
 		ann_dirent e;
@@ -658,15 +699,68 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, uint64_t *scan
 		}
 		ann_store_reader_release(s->rd, &br); /* after an error: drain so the reader is idle again */
 	}
+	*any_codes_io = any_codes;
 	if (first_error < 0) {
 		if (err)
 			*err = first;
 		return first_error;
 	}
+	return ANN_OK;
+}
+
+/* The second stage of learned adaptive probing (probe.h): each query's
+ * partitions beyond the first stage, as many as its features predict. */
+static size_t stage_b(ann_searcher *s, size_t nq, size_t npairs)
+{
+	const ann_probe_model *pm = s->pm;
+	size_t at = npairs;
+	for (size_t i = 0; i < nq; i++) {
+		uint32_t lo = ANN_MIN(pm->p1, s->nparts[i]);
+		float ubk, best;
+		double f[ANN_PROBE_FEATURES];
+		codes_probe_state(s, i, &ubk, &best);
+		ann_probe_features(s->pf + i * pm->p1, lo, ubk, best, f);
+		uint32_t p = lo;
+		if (s->feat_out)
+			memcpy(s->feat_out + i * ANN_PROBE_FEATURES, f, sizeof f);
+		else
+			p = ann_probe_predict(pm, f, s->o.nprobe, lo, s->nparts[i]);
+		for (uint32_t j = lo; j < p; j++)
+			s->pairs[at++] = (pair){s->parts[i * s->npmax + j], (uint32_t)i, j};
+		s->nparts[i] = p;
+	}
+	return at;
+}
+
+/* Steps 3-5 of ann_search inside the snapshot s->rt: round 1 (in two stages
+ * with a probe model), round 2. */
+static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, size_t npairs, uint64_t *scan_ns,
+			   uint64_t *decode_ns, uint64_t *wait_ns, uint64_t tm[4], ann_error *err)
+{
+	ANN_TRY(ann_catalog_count(s->rt, ANN_CAT_TOMB, &s->ntomb, err));
+	uint64_t ndelta = 0;
+	ANN_TRY(ann_catalog_count(s->rt, ANN_CAT_DELTA, &ndelta, err));
+	s->sums_len = 0;
+	s->p0_len = 0;
+	bool any_codes = false;
+	if (s->pm)
+		for (size_t i = 0; i < nq * s->pm->p1; i++)
+			s->pf[i] = INFINITY;
+	s->stage_a = s->pm != NULL;
+	int rc = round1(s, nq, 0, nu, ndelta, &any_codes, scan_ns, decode_ns, wait_ns, tm, err);
+	s->stage_a = false;
+	ANN_TRY(rc);
+	if (s->pm && any_codes) {
+		size_t np2 = stage_b(s, nq, npairs);
+		if (np2 > npairs) {
+			size_t nu2 = group_pairs(s, nq, npairs, np2, nu);
+			ANN_TRY(round1(s, nq, nu, nu2, ndelta, &any_codes, scan_ns, decode_ns, wait_ns, tm, err));
+		}
+	}
 	if (!any_codes)
 		return ANN_OK;
 	uint64_t w2 = 0;
-	int rc = codes_round2(s, nq, &w2, &tm[3], err);
+	rc = codes_round2(s, nq, &w2, &tm[3], err);
 	tm[2] += w2;
 	*wait_ns += w2;
 	return rc;
@@ -680,7 +774,7 @@ int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, f
 	uint64_t t_start = ann_now_ns();
 	ANN_TRY(ensure_batch(s, nq, err));
 	ann_index *x = s->idx;
-	size_t d = x->meta.dim, k = s->o.k, np = s->o.nprobe;
+	size_t d = x->meta.dim, k = s->o.k, np = s->npmax;
 	int rc;
 	/* Queries: copied (normalised for cosine), heaps over the caller's arrays. */
 	memcpy(s->qnorm, queries, nq * d * sizeof(float));
@@ -707,50 +801,40 @@ int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, f
 	uint64_t t0 = ann_now_ns();
 	size_t npairs = 0;
 	int batched = 0;
+	ann_search_opts ro = s->o; /* with a probe model: routed to twice the budget */
+	ro.nprobe = s->npmax;
 	if (x->router->ops->route_batch) {
-		batched = x->router->ops->route_batch(x->router, s->rctx, s->qnorm, nq, &s->o, s->parts, s->nparts, err);
+		batched = x->router->ops->route_batch(x->router, s->rctx, s->qnorm, nq, &ro, s->parts, s->nparts, err);
 		if (batched < 0)
 			return batched;
 	}
+	/* A single query's graph search for twice the budget keeps the ef of the
+	 * budget (the ranks past it only feed the second stage): the route of a
+	 * probe model then costs what a fixed nprobe's does. */
+	if (s->pm && !ro.hnsw_ef && x->meta.router == ANN_ROUTER_KMEANS) {
+		uint32_t cal = ann_router_kmeans_ef(x->router);
+		ro.hnsw_ef = ANN_MIN(ANN_MAX(cal ? cal : 128u, 2 * s->o.nprobe), ANN_MAX_EF);
+	}
 	for (size_t i = 0; i < nq; i++) {
 		if (!batched) {
-			rc = x->router->ops->route(x->router, s->rctx, s->qnorm + i * d, &s->o, s->parts + i * np, err);
+			rc = x->router->ops->route(x->router, s->rctx, s->qnorm + i * d, &ro, s->parts + i * np, err);
 			if (rc < 0)
 				return rc;
 			s->nparts[i] = (uint32_t)rc;
 		}
-		rc = (int)s->nparts[i];
-		for (int j = 0; j < rc; j++) {
-			s->pairs[npairs].pid = s->parts[i * np + (size_t)j];
-			s->pairs[npairs].q = (uint32_t)i;
-			npairs++;
-		}
+		/* every routed partition, or with a probe model the first stage's P1 */
+		uint32_t lim = s->pm ? ANN_MIN(s->pm->p1, s->nparts[i]) : s->nparts[i];
+		for (uint32_t j = 0; j < lim; j++)
+			s->pairs[npairs++] = (pair){s->parts[i * np + j], (uint32_t)i, j};
 	}
 	uint64_t route_ns = ann_now_ns() - t0;
 	/* 2. group by partition */
-	if (nq > 1)
-		qsort(s->pairs, npairs, sizeof(pair), pair_cmp);
-	else
-		for (size_t a = 1; a < npairs; a++) /* one query: insertion sort of nprobe entries */
-			for (size_t b = a; b > 0 && s->pairs[b - 1].pid > s->pairs[b].pid; b--) {
-				pair t = s->pairs[b];
-				s->pairs[b] = s->pairs[b - 1];
-				s->pairs[b - 1] = t;
-			}
-	size_t nu = 0;
-	for (size_t i = 0; i < npairs; i++) {
-		if (i == 0 || s->pairs[i].pid != s->pairs[i - 1].pid) {
-			s->upids[nu] = s->pairs[i].pid;
-			s->ustart[nu] = (uint32_t)i;
-			nu++;
-		}
-	}
-	s->ustart[nu] = (uint32_t)npairs;
+	size_t nu = group_pairs(s, nq, 0, npairs, 0);
 	/* 3. One snapshot for the batch: directory entries, blocks, deltas and
 	 * tombstones all come from it (docs/UPDATES.md). */
 	uint64_t scan_ns = 0, decode_ns = 0, wait_ns = 0, tm[4] = {0, 0, 0, 0};
 	ANN_TRY(ann_catalog_read_renew(s->rt, err));
-	rc = search_snapshot(s, nq, nu, &scan_ns, &decode_ns, &wait_ns, tm, err);
+	rc = search_snapshot(s, nq, nu, npairs, &scan_ns, &decode_ns, &wait_ns, tm, err);
 	ann_catalog_read_reset(s->rt);
 	if (rc < 0)
 		return rc;

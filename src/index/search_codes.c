@@ -133,6 +133,16 @@ static void ub_push(ann_searcher *s, size_t qi, float v, int64_t id)
 	s->nub[qi] = n + 1;
 }
 
+void codes_probe_state(const ann_searcher *s, size_t qi, float *ub_k, float *best)
+{
+	*ub_k = ub_kth(s, qi);
+	float b = INFINITY;
+	const cand *h = s->cands + qi * s->rerank;
+	for (uint32_t i = 0; i < s->ncand[qi]; i++)
+		b = h[i].est < b ? h[i].est : b;
+	*best = b;
+}
+
 /* Round 1 of a codes block (search_int.h). */
 int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached, uint64_t *est_ns, ann_error *err)
 {
@@ -205,6 +215,9 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 			s->qreqs[qi] += 1.0 / sharers;
 			s->qio1[qi] += 1.0 / sharers;
 		}
+		if (s->stage_a && s->pairs[j].rank < s->pm->p1) /* a feature of learned adaptive probing */
+			s->pf[(size_t)qi * s->pm->p1 + s->pairs[j].rank] =
+				s->kern->l2_f32(s->qnorm + (size_t)qi * d, s->centre, d);
 		if (in->count == 0)
 			continue;
 		ann_rbq_query_prepare(s->rq, m == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_IP, s->qnorm + (size_t)qi * d,

@@ -10,6 +10,7 @@
 
 #include "distance.h"
 #include "index.h"
+#include "probe.h"
 
 /* A cache entry in one allocation: a decoded format 1 block (ids then
  * vectors), or the head of a codes block as read (head_len > 0) with a slot
@@ -35,6 +36,7 @@ typedef struct cblock {
 typedef struct pair {
 	uint32_t pid;
 	uint32_t q;
+	uint32_t rank; /* of the partition in the query's routing order */
 } pair;
 
 /* A candidate of a codes block for one query. */
@@ -116,6 +118,12 @@ struct ann_searcher {
 	double *qb1, *qb2, *qio1, *qio2;
 	uint64_t *qest, *qrr;
 	ann_router_ctx *rctx;
+	/* learned adaptive probing (probe.h): the index's model, or NULL */
+	const ann_probe_model *pm;
+	uint32_t npmax;       /* partitions routed per query: nprobe, 2 nprobe with the model */
+	bool stage_a;         /* round 1 of the model's first P1 partitions: centre distances kept */
+	float *pf;            /* cap_q * pm->p1: squared centre distances by routing rank (stage A) */
+	double *feat_out;     /* tune.c: each query's features (ANN_PROBE_FEATURES) go here, and stage B is skipped */
 	size_t vec_esize;     /* bytes per decoded element */
 	ann_dtype vec_type;
 	/* batch scratch, grown to the largest batch seen */
@@ -169,6 +177,9 @@ int codes_batch(ann_searcher *s, size_t n, ann_error *err);
  * index, keeps its layout and page sums for round 2, and estimates every row
  * for every query of unique partition u (cached: the head came from the cache). */
 int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached, uint64_t *est_ns, ann_error *err);
+/* What learned adaptive probing reads of query qi after its first stage:
+ * the k-th smallest upper bound (INFINITY below k) and the best estimate. */
+void codes_probe_state(const ann_searcher *s, size_t qi, float *ub_k, float *best);
 /* Round 2 for the batch's nq queries (after every head of round 1). */
 int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank_ns, ann_error *err);
 

@@ -1,0 +1,256 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tune.c: fits the model of learned adaptive probing (probe.h; docs/DESIGN.md
+ * "Learned adaptive probing") on queries with their ground truth, after Li et
+ * al., "Improving approximate nearest neighbor search through learned
+ * adaptive early termination" (SIGMOD 2020), in the shape our two-round
+ * search allows:
+ *  1. the queries are searched at a geometric range of fixed nprobe (from
+ *     1/16 to 4 times the index's default); a query "needs" the smallest
+ *     nprobe at which its recall@k reaches the best it reaches in the range;
+ *  2. each query's first stage (its P1 nearest partitions) gives its eight
+ *     features (ann_probe_features), read from the same search code that
+ *     adaptive searches run;
+ *  3. ridge regression of log(needed) on the features (normal equations,
+ *     Cholesky, 8 x 8), and the shift that makes the model's mean factor 1;
+ *  4. the model goes to the catalog (meta probe.model) in one write txn.
+ * Memory: the queries' recall at each nprobe (nq x 16 doubles), their
+ * features (nq x 8) and one batch's answers; nq is the caller's.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "build_defaults.h"
+#include "search_int.h"
+
+#define GRID_MAX 16
+#define RIDGE 1e-3
+
+/* The recall@k of one answer row against the first k of a ground-truth row. */
+static double row_recall(const int64_t *ids, const int32_t *gt, uint32_t k)
+{
+	uint32_t hits = 0;
+	for (uint32_t a = 0; a < k; a++)
+		for (uint32_t b = 0; b < k; b++)
+			if (ids[a] >= 0 && ids[a] == (int64_t)gt[b]) {
+				hits++;
+				break;
+			}
+	return (double)hits / k;
+}
+
+/* Solves the symmetric positive definite system A w = b (n x n, in place). */
+static int cholesky_solve(double *A, double *b, size_t n)
+{
+	for (size_t j = 0; j < n; j++) {
+		double v = A[j * n + j];
+		for (size_t m = 0; m < j; m++)
+			v -= A[j * n + m] * A[j * n + m];
+		if (!(v > 0))
+			return -1;
+		A[j * n + j] = sqrt(v);
+		for (size_t i = j + 1; i < n; i++) {
+			double t = A[i * n + j];
+			for (size_t m = 0; m < j; m++)
+				t -= A[i * n + m] * A[j * n + m];
+			A[i * n + j] = t / A[j * n + j];
+		}
+	}
+	for (size_t i = 0; i < n; i++) { /* L y = b */
+		for (size_t m = 0; m < i; m++)
+			b[i] -= A[i * n + m] * b[m];
+		b[i] /= A[i * n + i];
+	}
+	for (size_t i = n; i-- > 0;) { /* L^T w = y */
+		for (size_t m = i + 1; m < n; m++)
+			b[i] -= A[m * n + i] * b[m];
+		b[i] /= A[i * n + i];
+	}
+	return 0;
+}
+
+/* Recall of query i at p partitions, linear in log p between the measured grid. */
+static double recall_at(const double *rec, const uint32_t *grid, size_t ng, double p)
+{
+	if (p <= grid[0])
+		return rec[0];
+	for (size_t g = 1; g < ng; g++)
+		if (p <= grid[g]) {
+			double t = log(p / grid[g - 1]) / log((double)grid[g] / grid[g - 1]);
+			return rec[g - 1] + t * (rec[g] - rec[g - 1]);
+		}
+	return rec[ng - 1];
+}
+
+/* Searches every query with fixed options: the answers' recall into rec[i * stride]. */
+static int pass(ann_index *x, const ann_search_opts *so, const float *q, size_t nq, size_t batch, const int32_t *gt,
+		uint32_t gt_k, double *rec, size_t stride, double *feat, int64_t *ids, float *dists, ann_error *err)
+{
+	ann_searcher *s;
+	ANN_TRY(ann_searcher_new(x, so, &s, err));
+	int rc = ANN_OK;
+	size_t d = x->meta.dim, k = so->k;
+	for (size_t at = 0; at < nq && rc >= 0; at += batch) {
+		size_t n = ANN_MIN(batch, nq - at);
+		s->feat_out = feat ? feat + at * ANN_PROBE_FEATURES : NULL;
+		rc = ann_search(s, q + at * d, n, ids, dists, NULL, err);
+		for (size_t i = 0; rc >= 0 && rec && i < n; i++)
+			rec[(at + i) * stride] = row_recall(ids + i * k, gt + (at + i) * gt_k, (uint32_t)k);
+	}
+	ann_searcher_free(s);
+	return rc;
+}
+
+int ann_tune_probe(const char *index_dir, const float *queries, size_t nq, const int32_t *gt, uint32_t gt_k,
+		   const ann_tune_opts *o, ann_tune_report *rep, ann_error *err)
+{
+	ann_tune_opts dflt = {0};
+	if (!o)
+		o = &dflt;
+	uint32_t k = o->k ? o->k : 10;
+	size_t batch = o->batch ? o->batch : 64;
+	memset(rep, 0, sizeof *rep);
+	if (!index_dir || !queries || !gt || nq < 2 * ANN_PROBE_FEATURES || k > ANN_MAX_K || gt_k < k)
+		return ann_err(err, ANN_E_INVAL, "tune: need at least %u queries with ground truth of at least k = %u "
+			       "neighbours (got %zu queries, %u neighbours)", 2 * ANN_PROBE_FEATURES, k, nq, gt_k);
+	ann_index *x;
+	ANN_TRY(ann_index_load(index_dir, true, &x, err));
+	int rc = ANN_OK;
+	double *rec = NULL, *feat = NULL, *y = NULL;
+	int64_t *ids = NULL;
+	float *dists = NULL;
+	if (!x->rbq || x->meta.metric != ANN_METRIC_L2 || x->router->nparts < 2) {
+		rc = ann_err(err, ANN_E_INVAL, "tune: %s is not a codes index under L2 with partitions to choose from: "
+			     "adaptive probing reads the first stage's codes", index_dir);
+		goto done;
+	}
+	uint32_t np = x->router->nparts, dflt_np = ann_default_nprobe(np);
+	uint32_t p1 = o->p1 ? o->p1 : ANN_MAX(1u, dflt_np / 8);
+	if (p1 > ANN_PROBE_MAX_P1 || p1 >= np) {
+		rc = ann_err(err, ANN_E_INVAL, "tune: P1 %u must be below the index's %u partitions and at most %u", p1, np,
+			     ANN_PROBE_MAX_P1);
+		goto done;
+	}
+	/* 1. the grid: geometric from the default / 16 (at least P1) to 4 x the default (at most every partition) */
+	uint32_t grid[GRID_MAX];
+	size_t ng = 0;
+	double lo = ANN_MAX((double)p1, dflt_np / 16.0), hi = ANN_MIN((double)np, 2.0 * dflt_np);
+	hi = ANN_MIN(hi, (double)ANN_MAX_NPROBE / ANN_PROBE_WIDTH);
+	if (hi < lo)
+		hi = lo;
+	for (size_t g = 0; g < GRID_MAX; g++) {
+		uint32_t v = (uint32_t)llround(lo * pow(hi / lo, (double)g / (GRID_MAX - 1)));
+		if (ng == 0 || v > grid[ng - 1])
+			grid[ng++] = v;
+	}
+	rec = malloc(nq * ng * sizeof *rec);
+	feat = calloc(nq * ANN_PROBE_FEATURES, sizeof *feat);
+	y = malloc(nq * sizeof *y);
+	ids = malloc(batch * k * sizeof *ids);
+	dists = malloc(batch * k * sizeof *dists);
+	if (!rec || !feat || !y || !ids || !dists) {
+		rc = ann_err(err, ANN_E_NOMEM, "tune: out of memory for %zu queries", nq);
+		goto done;
+	}
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = k;
+	so.adaptive = -1;
+	for (size_t g = 0; g < ng && rc >= 0; g++) {
+		so.nprobe = grid[g];
+		rc = pass(x, &so, queries, nq, batch, gt, gt_k, rec + g, ng, NULL, ids, dists, err);
+		if (o->progress)
+			o->progress(o->progress_ctx, "tune", g + 1, ng + 1);
+	}
+	if (rc < 0)
+		goto done;
+	/* 2. the first stage's features, through the adaptive search itself (stopped after stage A) */
+	x->probe = (ann_probe_model){.p1 = p1};
+	so.nprobe = p1;
+	so.adaptive = 1;
+	rc = pass(x, &so, queries, nq, batch, gt, gt_k, NULL, 0, feat, ids, dists, err);
+	if (o->progress)
+		o->progress(o->progress_ctx, "tune", ng + 1, ng + 1);
+	if (rc < 0)
+		goto done;
+	/* 3. needed partitions, ridge regression of their log */
+	double A[ANN_PROBE_FEATURES * ANN_PROBE_FEATURES] = {0}, b[ANN_PROBE_FEATURES] = {0};
+	for (size_t i = 0; i < nq; i++) {
+		const double *r = rec + i * ng, *f = feat + i * ANN_PROBE_FEATURES;
+		double best = 0;
+		for (size_t g = 0; g < ng; g++)
+			best = ANN_MAX(best, r[g]);
+		size_t g = 0;
+		while (r[g] < best - 1e-9)
+			g++;
+		y[i] = log((double)grid[g]);
+		for (size_t a = 0; a < ANN_PROBE_FEATURES; a++) {
+			b[a] += f[a] * y[i];
+			for (size_t c = 0; c < ANN_PROBE_FEATURES; c++)
+				A[a * ANN_PROBE_FEATURES + c] += f[a] * f[c];
+		}
+	}
+	for (size_t a = 1; a < ANN_PROBE_FEATURES; a++) /* not the intercept */
+		A[a * ANN_PROBE_FEATURES + a] += RIDGE * (double)nq;
+	A[0] += 1e-9 * (double)nq;
+	if (cholesky_solve(A, b, ANN_PROBE_FEATURES) < 0) {
+		rc = ann_err(err, ANN_E_INVAL, "tune: the features of these %zu queries are degenerate", nq);
+		goto done;
+	}
+	ann_probe_model m = {.p1 = p1};
+	memcpy(m.w, b, sizeof b);
+	double se = 0, sy = 0, syy = 0, sexp = 0;
+	for (size_t i = 0; i < nq; i++) {
+		double z = 0;
+		for (size_t a = 0; a < ANN_PROBE_FEATURES; a++)
+			z += m.w[a] * feat[i * ANN_PROBE_FEATURES + a];
+		se += (z - y[i]) * (z - y[i]);
+		sy += y[i];
+		syy += y[i] * y[i];
+		sexp += exp(ANN_MIN(ANN_MAX(z, -20.0), 20.0));
+	}
+	m.shift = log(sexp / (double)nq);
+	double var = syy - sy * sy / (double)nq;
+	rep->r2 = var > 0 ? 1 - se / var : 0;
+	rep->p1 = p1;
+	rep->queries = (uint32_t)ANN_MIN(nq, (size_t)UINT32_MAX);
+	/* the report: the model against fixed nprobe at the grid's budgets (on these queries) */
+	for (size_t g = 0; g < ng && rep->rows < ANN_TUNE_ROWS; g++) {
+		uint32_t B = grid[g];
+		if (B < p1)
+			continue;
+		double rf = 0, ra = 0, pa = 0;
+		uint32_t hib = (uint32_t)ANN_MIN((uint64_t)B * ANN_PROBE_WIDTH, (uint64_t)np);
+		for (size_t i = 0; i < nq; i++) {
+			uint32_t p = ann_probe_predict(&m, feat + i * ANN_PROBE_FEATURES, B, p1, hib);
+			rf += rec[i * ng + g];
+			ra += recall_at(rec + i * ng, grid, ng, p);
+			pa += p;
+		}
+		size_t r = rep->rows++;
+		rep->budget[r] = B;
+		rep->recall_fixed[r] = rf / (double)nq;
+		rep->recall_adaptive[r] = ra / (double)nq;
+		rep->probed_adaptive[r] = pa / (double)nq;
+	}
+	/* 4. store */
+	ann_cat_txn *t;
+	rc = ann_catalog_write_begin(ann_store_catalog(x->store), &t, err);
+	if (rc < 0)
+		goto done;
+	rc = ann_probe_model_save(t, &m, err);
+	if (rc < 0) {
+		ann_catalog_abort(t);
+		goto done;
+	}
+	rc = ann_catalog_commit(t, err);
+done:
+	free(rec);
+	free(feat);
+	free(y);
+	free(ids);
+	free(dists);
+	ann_index_close(x);
+	return rc < 0 ? ann_err_prefix(err, rc, "%s", index_dir) : ANN_OK;
+}

@@ -1,0 +1,293 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: learned adaptive probing (probe.c, tune.c, the two-stage
+ * round 1 of search.c), on real files and LMDB:
+ *  - the features of a first stage and the model's prediction, by hand;
+ *  - ann_tune_probe fits a model on queries with ground truth and stores it;
+ *    a reopened index holds it; searchers use it unless told not to;
+ *  - adaptive answers are exact (every distance checked against the rows),
+ *    each query reads between P1 and 2 nprobe partitions and not all the
+ *    same number; off, every query reads nprobe;
+ *  - misuse and damage: required without a model or below P1, tuning a
+ *    format 1 index, too few queries, a malformed model in the catalog.
+ */
+#include <math.h>
+
+#include "gt.h"
+#include "index.h"
+#include "testutil.h"
+#include "vecio.h"
+
+#define D 32
+#define NB 20000
+#define NQ 400
+#define NT 300 /* tuning queries; the rest are searched */
+#define K 10
+#define PARTS 64
+
+static float base[NB * D], queries[NQ * D];
+
+/* Clusters; queries drawn around other points than the base's (a shifted
+ * distribution: wider, and half of them between two clusters). */
+static void make_data(ann_rng *rng)
+{
+	static float cent[48 * D];
+	t_fill_uniform(rng, cent, 48 * D, 30, 220);
+	for (size_t i = 0; i < NB + NQ; i++) {
+		bool q = i >= NB;
+		float *v = q ? queries + (i - NB) * D : base + i * D;
+		const float *a = cent + ann_rng_below(rng, 48) * D, *b = cent + ann_rng_below(rng, 48) * D;
+		float t = q && ann_rng_below(rng, 2) ? 0.5f * (float)ann_rng_below(rng, 100) / 100.0f : 0.0f;
+		float sd = q ? 22.0f : 14.0f;
+		for (size_t j = 0; j < D; j++) {
+			float x = roundf((1 - t) * a[j] + t * b[j] + sd * (float)ann_rng_normal(rng));
+			v[j] = x < 0 ? 0 : x > 255 ? 255 : x;
+		}
+	}
+}
+
+static void test_features(void)
+{
+	t_current = "features";
+	double f[ANN_PROBE_FEATURES];
+	const float cd[4] = {4, 8, INFINITY, 16}; /* a partition without a head is skipped */
+	ann_probe_features(cd, 4, 40, 2, f);
+	ASSERT_NEAR(f[0], 1, 1e-12);
+	ASSERT_NEAR(f[1], log(4), 1e-9);
+	ASSERT_NEAR(f[2], log(2), 1e-9); /* rank 2 */
+	ASSERT_NEAR(f[3], log(4), 1e-9); /* rank 4: the last read */
+	ASSERT_NEAR(f[4], log(4), 1e-9);
+	ASSERT_NEAR(f[5], log(4), 1e-9);
+	ASSERT_NEAR(f[6], log(10), 1e-9);
+	ASSERT_NEAR(f[7], log(0.5), 1e-9);
+	/* fewer than k upper bounds: the farthest centre stands in; no estimate: the bound */
+	ann_probe_features(cd, 4, INFINITY, INFINITY, f);
+	ASSERT_NEAR(f[6], log(4), 1e-9);
+	ASSERT_NEAR(f[7], log(4), 1e-9);
+	/* a negative estimate is floored, finite */
+	ann_probe_features(cd, 4, 40, -5, f);
+	ASSERT_TRUE(isfinite(f[7]) && f[7] < -6);
+	const float none[2] = {INFINITY, INFINITY};
+	ann_probe_features(none, 2, 1, 1, f);
+	ASSERT_NEAR(f[0], 1, 1e-12);
+	for (unsigned i = 1; i < ANN_PROBE_FEATURES; i++)
+		ASSERT_NEAR(f[i], 0, 1e-12);
+	ann_probe_model m = {.p1 = 4, .shift = 0};
+	double g[ANN_PROBE_FEATURES] = {1, 0, 0, 0, 0, 0, 0, 0};
+	ASSERT_EQ(ann_probe_predict(&m, g, 20, 4, 40), 20);
+	m.shift = log(2.0);
+	ASSERT_EQ(ann_probe_predict(&m, g, 20, 4, 40), 10);
+	m.shift = -log(3.0);
+	ASSERT_EQ(ann_probe_predict(&m, g, 20, 4, 40), 40); /* capped */
+	m.shift = 10;
+	ASSERT_EQ(ann_probe_predict(&m, g, 20, 4, 40), 4); /* floored at the first stage */
+	m.shift = 0;
+	m.w[1] = 1;
+	g[1] = log(1.5);
+	ASSERT_EQ(ann_probe_predict(&m, g, 20, 4, 40), 30);
+}
+
+static char *build(const char *dir, const char *data, const char *name, ann_store_kind store, uint32_t bits)
+{
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = PARTS;
+	o.mem_bytes = (size_t)64 << 20;
+	o.threads = 1;
+	o.store = store;
+	o.code_bits = bits;
+	char *idx = t_path(dir, name);
+	ann_error e = {0};
+	if (ann_build(data, idx, &o, &e) < 0)
+		T_FAIL("build %s: %s", name, e.msg);
+	return idx;
+}
+
+static double row_dist(const float *q, int64_t id)
+{
+	double t = 0;
+	for (size_t j = 0; j < D; j++) {
+		double u = (double)q[j] - base[(size_t)id * D + j];
+		t += u * u;
+	}
+	return t;
+}
+
+/* Searches the held-out queries: recall@K, mean partitions; checks every answer. */
+static double search_all(ann_index *x, int adaptive, uint32_t nprobe, const int32_t *gt, double *probed,
+			 uint32_t *distinct)
+{
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = K;
+	so.nprobe = nprobe;
+	so.adaptive = adaptive;
+	ann_searcher *s;
+	ann_error e = {0};
+	if (ann_searcher_new(x, &so, &s, &e) < 0)
+		T_FAIL("searcher: %s", e.msg);
+	int64_t ids[8 * K];
+	float dists[8 * K];
+	ann_query_stats st[8];
+	uint32_t seen[2 * PARTS + 1] = {0};
+	bool on = adaptive >= 0 && x->probe.p1 && nprobe >= x->probe.p1;
+	double hits = 0, parts = 0;
+	for (size_t at = NT; at < NQ; at += 8) { /* batches of 8 and single queries alike */
+		size_t n = at % 16 ? 1 : (NQ - at < 8 ? NQ - at : 8);
+		if (ann_search(s, queries + at * D, n, ids, dists, st, &e) < 0)
+			T_FAIL("search: %s", e.msg);
+		for (size_t i = 0; i < n; i++) {
+			const float *q = queries + (at + i) * D;
+			for (size_t r = 0; r < K; r++) {
+				int64_t id = ids[i * K + r];
+				ASSERT_TRUE(id >= 0 && id < NB);
+				ASSERT_NEAR(dists[i * K + r], row_dist(q, id), 1e-4);
+				for (size_t g = 0; g < K; g++)
+					hits += gt[(at + i) * K + g] == id;
+			}
+			ASSERT_LE(st[i].partitions, on ? 2 * nprobe : nprobe);
+			if (on)
+				ASSERT_LE(x->probe.p1, st[i].partitions);
+			else
+				ASSERT_EQ(st[i].partitions, nprobe);
+			seen[st[i].partitions]++;
+			parts += st[i].partitions;
+		}
+		at += n - 8; /* the loop adds 8 */
+	}
+	ann_searcher_free(s);
+	*distinct = 0;
+	for (size_t p = 0; p <= 2 * PARTS; p++)
+		*distinct += seen[p] != 0;
+	*probed = parts / (NQ - NT);
+	return hits / ((NQ - NT) * (double)K);
+}
+
+static void test_tune(const char *dir, ann_store_kind store)
+{
+	t_current = store == ANN_STORE_LMDB ? "tune lmdb" : "tune file";
+	char *data = t_path(dir, "base.u8bin");
+	char *idx = build(dir, data, store == ANN_STORE_LMDB ? "ix_lmdb" : "ix_file", store, 2);
+	int32_t *gt = ann_malloc(NQ * K * sizeof(int32_t));
+	float *gd = ann_malloc(NQ * K * sizeof(float));
+	ASSERT_TRUE(gt && gd);
+	ann_gt_opts go;
+	ann_gt_opts_init(&go);
+	go.k = K;
+	go.threads = 1;
+	ASSERT_OK(ann_gt_compute_mem(base, NB, queries, NQ, D, &go, gt, gd, NULL));
+	/* no model yet: required fails, auto reads nprobe */
+	ann_index *x;
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_EQ(x->probe.p1, 0);
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.nprobe = 8;
+	so.adaptive = 1;
+	ann_searcher *s;
+	ann_error e = {0};
+	ASSERT_ERR(ann_searcher_new(x, &so, &s, &e), e, ANN_E_INVAL, "no probe model");
+	so.adaptive = 7;
+	ASSERT_ERR(ann_searcher_new(x, &so, &s, &e), e, ANN_E_INVAL, "adaptive must be");
+	ann_index_close(x);
+	ann_tune_opts to = {.k = K, .p1 = 3};
+	ann_tune_report rep;
+	ASSERT_ERR(ann_tune_probe(idx, queries, 10, gt, K, &to, &rep, &e), e, ANN_E_INVAL, "at least");
+	if (ann_tune_probe(idx, queries, NT, gt, K, &to, &rep, &e) < 0)
+		T_FAIL("tune: %s", e.msg);
+	ASSERT_EQ(rep.p1, 3);
+	ASSERT_EQ(rep.queries, NT);
+	ASSERT_TRUE(rep.rows >= 4 && rep.r2 > 0 && rep.r2 <= 1);
+	for (uint32_t r = 0; r < rep.rows; r++) {
+		ASSERT_TRUE(rep.recall_fixed[r] >= 0 && rep.recall_fixed[r] <= 1);
+		ASSERT_TRUE(rep.probed_adaptive[r] >= 3 && rep.probed_adaptive[r] <= 2.0 * rep.budget[r] + 1e-9);
+		if (r)
+			ASSERT_LE(rep.recall_fixed[r - 1], rep.recall_fixed[r] + 0.02);
+	}
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_EQ(x->probe.p1, 3);
+	double pa, pf;
+	uint32_t da, df;
+	double ra = search_all(x, 0, 8, gt, &pa, &da);
+	double rf = search_all(x, -1, 8, gt, &pf, &df);
+	ASSERT_EQ(df, 1);
+	ASSERT_TRUE(da >= 2); /* the model varies the partitions per query */
+	ASSERT_TRUE(pa >= 4 && pa <= 12);
+	ASSERT_TRUE(ra > 0.5 && rf > 0.5);
+	/* the first stage is above this budget: the search falls back to fixed nprobe, or refuses when required */
+	ann_search_opts_init(&so);
+	so.nprobe = 2;
+	so.adaptive = 1;
+	ASSERT_ERR(ann_searcher_new(x, &so, &s, &e), e, ANN_E_INVAL, "first stage");
+	double p2;
+	uint32_t d2;
+	(void)search_all(x, 0, 2, gt, &p2, &d2);
+	ASSERT_NEAR(p2, 2, 1e-12);
+	ann_index_close(x);
+	/* tuning again replaces the model */
+	to.p1 = 4;
+	if (ann_tune_probe(idx, queries, NT, gt, K, &to, &rep, &e) < 0)
+		T_FAIL("tune again: %s", e.msg);
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_EQ(x->probe.p1, 4);
+	ann_index_close(x);
+	/* a malformed model is refused at open, naming it: P1 0, a weight not finite, short */
+	char *cat = t_path(idx, "catalog.lmdb");
+	for (int how = 0; how < 3; how++) {
+		ann_catalog_opts co;
+		ann_catalog_opts_init(&co);
+		ann_catalog *c;
+		ASSERT_OK(ann_catalog_open(cat, &co, &c, NULL));
+		ann_cat_txn *t;
+		ASSERT_OK(ann_catalog_write_begin(c, &t, NULL));
+		uint8_t bad[ANN_PROBE_BLOB] = {0};
+		ann_st32(bad, 1);
+		ann_st32(bad + 4, how == 0 ? 0 : 4);
+		ann_st32(bad + 8, ANN_PROBE_FEATURES);
+		if (how == 1)
+			ann_st64(bad + 24 + 8 * 3, 0x7ff0000000000001ull); /* a NaN weight */
+		ASSERT_OK(ann_catalog_meta_put_blob(t, ANN_PROBE_META, bad, how == 2 ? 20 : sizeof bad, NULL));
+		ASSERT_OK(ann_catalog_commit(t, NULL));
+		ann_catalog_close(c);
+		ASSERT_ERR(ann_index_open(idx, &x, &e), e, ANN_E_CORRUPT, "probe.model");
+	}
+	free(cat);
+	ann_free(gt);
+	ann_free(gd);
+	free(idx);
+	free(data);
+}
+
+static void test_format1(const char *dir)
+{
+	t_current = "format 1";
+	char *data = t_path(dir, "base.u8bin");
+	char *idx = build(dir, data, "ix_f1", ANN_STORE_FILE, 0);
+	int32_t gt[NT * K] = {0};
+	ann_error e = {0};
+	ann_tune_report rep;
+	ASSERT_ERR(ann_tune_probe(idx, queries, NT, gt, K, NULL, &rep, &e), e, ANN_E_INVAL, "not a codes index");
+	free(idx);
+	free(data);
+}
+
+int main(void)
+{
+	ann_rng rng;
+	t_init("test_probe", &rng);
+	char *dir = t_tmpdir();
+	make_data(&rng);
+	char *data = t_path(dir, "base.u8bin");
+	ann_vwriter *w;
+	ASSERT_OK(ann_vwriter_open(data, D, &w, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(w, base, NB, NULL));
+	ASSERT_OK(ann_vwriter_close(w, NULL));
+	free(data);
+	test_features();
+	test_tune(dir, ANN_STORE_FILE);
+	test_tune(dir, ANN_STORE_LMDB);
+	test_format1(dir);
+	t_rmtree(dir);
+	printf("test_probe: ok\n");
+	return 0;
+}

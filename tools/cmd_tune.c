@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cmd_tune.c: `annann tune`, learned adaptive probing (ann_tune_probe;
+ * docs/DESIGN.md "Learned adaptive probing"): fits the model on queries with
+ * their ground truth and stores it in the index.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "commands.h"
+
+static cli_opt tune_opts[] = {
+	{"index", "DIR", "index directory (required; a codes index under L2)", NULL},
+	{"queries", "FILE", "tuning queries, from the distribution the index will serve (required)", NULL},
+	{"gt", "FILE", "their ground truth, big-ann layout or ivecs (required; annann gt computes it)", NULL},
+	{"k", "K", "neighbours per query the recall counts (default 10)", NULL},
+	{"p1", "P", "partitions of the first stage (default: the index's default nprobe / 8, at least 1)", NULL},
+	{"limit", "N", "use only the first N queries", NULL},
+	{"json", NULL, "print the report as one JSON object", NULL},
+	{"quiet", NULL, "no progress line", NULL},
+	{NULL, NULL, NULL, NULL},
+};
+
+static int run_tune(cli_cmd *c)
+{
+	const char *dir = cli_need(c, "index");
+	const char *qpath = dir ? cli_need(c, "queries") : NULL;
+	const char *gpath = qpath ? cli_need(c, "gt") : NULL;
+	if (!gpath)
+		return CLI_EXIT_USAGE;
+	uint64_t k, p1, limit;
+	if (!cli_u64(c, "k", 10, 1, ANN_MAX_K, &k) || !cli_u64(c, "p1", 0, 1, 256, &p1) ||
+	    !cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit))
+		return CLI_EXIT_USAGE;
+	ann_error err = {0};
+	ann_vector_reader *qr = NULL;
+	float *q = NULL, *gtd = NULL;
+	int32_t *gt = NULL;
+	uint32_t gnq = 0, gk = 0;
+	int ret = CLI_EXIT_FAIL;
+	if (ann_vector_reader_open(qpath, &qr, &err) < 0)
+		goto fail;
+	uint64_t qn;
+	uint32_t qdim;
+	ann_dtype qt;
+	ann_vector_reader_shape(qr, &qn, &qdim, &qt);
+	size_t nq = (size_t)CLI_MIN(qn, limit);
+	q = malloc((nq ? nq : 1) * qdim * sizeof(float));
+	if (!q) {
+		cli_err(&err, ANN_E_NOMEM, "out of memory for %zu queries", nq);
+		goto fail;
+	}
+	if (ann_vector_reader_read_f32(qr, q, nq, &err) < 0)
+		goto fail;
+	if (ann_ground_truth_read(gpath, &gnq, &gk, &gt, &gtd, &err) < 0)
+		goto fail;
+	if (gnq < nq || gk < k) {
+		cli_err(&err, ANN_E_BADINPUT, "%s: ground truth for %u queries x %u neighbours; need %zu x %llu", gpath,
+			gnq, gk, nq, (unsigned long long)k);
+		goto fail;
+	}
+	cli_progress_state ps;
+	cli_progress_init(&ps, cli_flag(c, "quiet"));
+	ann_tune_opts o = {.k = (uint32_t)k, .p1 = (uint32_t)p1, .progress = cli_progress, .progress_ctx = &ps};
+	ann_tune_report r;
+	int rc = ann_tune_probe(dir, q, nq, gt, gk, &o, &r, &err);
+	cli_progress_end(&ps);
+	if (rc == ANN_E_INVAL) /* not a codes index, too few queries, a bad --p1: usage */
+		ret = CLI_EXIT_USAGE;
+	if (rc < 0)
+		goto fail;
+	if (cli_flag(c, "json")) {
+		cli_json j;
+		cli_json_begin(&j, stdout);
+		cli_json_int(&j, "p1", r.p1);
+		cli_json_int(&j, "queries", r.queries);
+		cli_json_num(&j, "r2", r.r2);
+		cli_json_arr(&j, "rows");
+		for (uint32_t i = 0; i < r.rows; i++) {
+			cli_json_obj(&j, NULL);
+			cli_json_int(&j, "nprobe", r.budget[i]);
+			cli_json_num(&j, "recall_fixed", r.recall_fixed[i]);
+			cli_json_num(&j, "recall_adaptive", r.recall_adaptive[i]);
+			cli_json_num(&j, "probed_adaptive", r.probed_adaptive[i]);
+			cli_json_close_obj(&j);
+		}
+		cli_json_close_arr(&j);
+		cli_json_end(&j);
+	} else {
+		printf("probe model stored in %s: first stage %u partitions, fit R^2 %.3f on %u queries\n", dir, r.p1,
+		       r.r2, r.queries);
+		printf("on these queries (in-sample; measure with annann search on others):\n");
+		printf("%-8s %-14s %-17s %s\n", "nprobe", "fixed recall", "adaptive recall", "adaptive mean probed");
+		for (uint32_t i = 0; i < r.rows; i++)
+			printf("%-8u %-14.4f %-17.4f %.1f\n", r.budget[i], r.recall_fixed[i], r.recall_adaptive[i],
+			       r.probed_adaptive[i]);
+	}
+	ret = 0;
+fail:
+	if (ret)
+		cli_fail(c, &err);
+	free(q);
+	ann_buffer_free(gt);
+	ann_buffer_free(gtd);
+	ann_vector_reader_close(qr);
+	return ret;
+}
+
+cli_cmd cmd_tune = {"tune", "fit learned adaptive probing on queries with ground truth, stored in the index",
+		    "--index DIR --queries FILE --gt FILE [--k K] [--p1 P] [--limit N] [--json]", tune_opts, run_tune};
