@@ -406,10 +406,10 @@ typedef struct ann_tune_report {
  * stage how many partitions it needs, and stores it in the catalog (meta
  * probe.model), replacing any earlier one; searchers opened afterwards use it.
  * Queries should come from the distribution the index will serve (a query log),
- * not from its base. Codes indexes under L2 only (ANN_E_INVAL otherwise); takes
- * the writer lock. */
-ANN_API int ann_tune_probe(const char *index_dir, const float *queries, size_t nq, const int32_t *gt, uint32_t gt_k,
-			   const ann_tune_opts *o, ann_tune_report *rep, ann_error *err);
+ * not from its base. dim is the queries' dimension (the index's, else ANN_E_INVAL).
+ * Codes indexes under L2 only (ANN_E_INVAL otherwise); takes the writer lock. */
+ANN_API int ann_tune_probe(const char *index_dir, const float *queries, size_t nq, size_t dim, const int32_t *gt,
+			   uint32_t gt_k, const ann_tune_opts *o, ann_tune_report *rep, ann_error *err);
 
 /** Default re-rank budget per query: ANN_RERANK_PER_K x k, at least ANN_RERANK_MIN
  * (docs/DESIGN.md "The re-rank budget"). */

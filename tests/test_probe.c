@@ -192,8 +192,8 @@ static void test_tune(const char *dir, ann_store_kind store)
 	ann_index_close(x);
 	ann_tune_opts to = {.k = K, .p1 = 3};
 	ann_tune_report rep;
-	ASSERT_ERR(ann_tune_probe(idx, queries, 10, gt, K, &to, &rep, &e), e, ANN_E_INVAL, "at least");
-	if (ann_tune_probe(idx, queries, NT, gt, K, &to, &rep, &e) < 0)
+	ASSERT_ERR(ann_tune_probe(idx, queries, 10, D, gt, K, &to, &rep, &e), e, ANN_E_INVAL, "at least");
+	if (ann_tune_probe(idx, queries, NT, D, gt, K, &to, &rep, &e) < 0)
 		T_FAIL("tune: %s", e.msg);
 	ASSERT_EQ(rep.p1, 3);
 	ASSERT_EQ(rep.queries, NT);
@@ -226,7 +226,7 @@ static void test_tune(const char *dir, ann_store_kind store)
 	ann_index_close(x);
 	/* tuning again replaces the model */
 	to.p1 = 4;
-	if (ann_tune_probe(idx, queries, NT, gt, K, &to, &rep, &e) < 0)
+	if (ann_tune_probe(idx, queries, NT, D, gt, K, &to, &rep, &e) < 0)
 		T_FAIL("tune again: %s", e.msg);
 	ASSERT_OK(ann_index_open(idx, &x, NULL));
 	ASSERT_EQ(x->probe.p1, 4);
@@ -266,7 +266,8 @@ static void test_format1(const char *dir)
 	int32_t gt[NT * K] = {0};
 	ann_error e = {0};
 	ann_tune_report rep;
-	ASSERT_ERR(ann_tune_probe(idx, queries, NT, gt, K, NULL, &rep, &e), e, ANN_E_INVAL, "not a codes index");
+	ASSERT_ERR(ann_tune_probe(idx, queries, NT, D, gt, K, NULL, &rep, &e), e, ANN_E_INVAL, "not a codes index");
+	ASSERT_ERR(ann_tune_probe(idx, queries, NT, D - 1, gt, K, NULL, &rep, &e), e, ANN_E_INVAL, "dimension");
 	free(idx);
 	free(data);
 }

@@ -63,7 +63,7 @@ static int run_tune(cli_cmd *c)
 	cli_progress_init(&ps, cli_flag(c, "quiet"));
 	ann_tune_opts o = {.k = (uint32_t)k, .p1 = (uint32_t)p1, .progress = cli_progress, .progress_ctx = &ps};
 	ann_tune_report r;
-	int rc = ann_tune_probe(dir, q, nq, gt, gk, &o, &r, &err);
+	int rc = ann_tune_probe(dir, q, nq, qdim, gt, gk, &o, &r, &err);
 	cli_progress_end(&ps);
 	if (rc == ANN_E_INVAL) /* not a codes index, too few queries, a bad --p1: usage */
 		ret = CLI_EXIT_USAGE;

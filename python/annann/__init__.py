@@ -23,12 +23,13 @@ from ._annann import (  # noqa: F401
     open,
     read_ground_truth,
     read_vectors,
+    tune,
     write_vectors,
 )
 
 __version__ = "0.1.0"
 __all__ = ["Error", "Index", "build", "open", "read_vectors", "write_vectors", "ground_truth",
-           "read_ground_truth", "parse_size"]
+           "read_ground_truth", "parse_size", "tune"]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 

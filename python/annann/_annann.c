@@ -423,6 +423,65 @@ static PyObject *gt_result(int32_t *ids, float *dists, npy_intp nq, npy_intp k)
 	return Py_BuildValue("(NN)", ia, da);
 }
 
+static PyObject *py_tune(PyObject *self, PyObject *args, PyObject *kw)
+{
+	(void)self;
+	static char *kwl[] = {"index_dir", "queries", "gt", "k", "p1", NULL};
+	PyObject *po, *qo, *go;
+	unsigned int k = 10, p1 = 0;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$II:tune", kwl, &po, &qo, &go, &k, &p1))
+		return NULL;
+	const char *path;
+	PyObject *pb = path_bytes(po, &path);
+	if (!pb)
+		return NULL;
+	PyObject *res = NULL;
+	PyArrayObject *q = NULL, *g = NULL;
+	if (check_array(qo, "queries", 0) < 0 || !(q = as_f32(qo)))
+		goto out;
+	g = (PyArrayObject *)PyArray_FROMANY(go, NPY_INT32, 2, 2, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+	if (!g)
+		goto out;
+	if (PyArray_DIM(g, 0) < PyArray_DIM(q, 0)) {
+		raise_fmt("tune: ground truth for %lld queries, %lld given", (long long)PyArray_DIM(g, 0),
+			  (long long)PyArray_DIM(q, 0));
+		goto out;
+	}
+	ann_tune_opts o = {.k = k, .p1 = p1};
+	ann_tune_report r;
+	ann_error err = {0};
+	int rc;
+	const float *qd = PyArray_DATA(q);
+	const int32_t *gd = PyArray_DATA(g);
+	size_t nq = (size_t)PyArray_DIM(q, 0);
+	uint32_t gk = (uint32_t)PyArray_DIM(g, 1);
+	Py_BEGIN_ALLOW_THREADS
+	rc = ann_tune_probe(path, qd, nq, (size_t)PyArray_DIM(q, 1), gd, gk, &o, &r, &err);
+	Py_END_ALLOW_THREADS
+	if (rc < 0) {
+		raise_ann(&err);
+		goto out;
+	}
+	PyObject *rows = PyList_New(r.rows);
+	for (uint32_t i = 0; rows && i < r.rows; i++) {
+		PyObject *d = Py_BuildValue("{s:I,s:d,s:d,s:d}", "nprobe", r.budget[i], "recall_fixed",
+					    r.recall_fixed[i], "recall_adaptive", r.recall_adaptive[i], "probed_adaptive",
+					    r.probed_adaptive[i]);
+		if (!d) {
+			Py_CLEAR(rows);
+			break;
+		}
+		PyList_SET_ITEM(rows, i, d);
+	}
+	if (rows)
+		res = Py_BuildValue("{s:I,s:I,s:d,s:N}", "p1", r.p1, "queries", r.queries, "r2", r.r2, "rows", rows);
+out:
+	Py_XDECREF(q);
+	Py_XDECREF(g);
+	Py_DECREF(pb);
+	return res;
+}
+
 static PyObject *py_ground_truth(PyObject *self, PyObject *args, PyObject *kw)
 {
 	(void)self;
@@ -856,7 +915,9 @@ static int same_opts(const ann_search_opts *a, const ann_search_opts *b)
 {
 	return a->k == b->k && a->nprobe == b->nprobe && a->candidates_factor == b->candidates_factor &&
 	       a->hnsw_ef == b->hnsw_ef && a->cache_bytes == b->cache_bytes && a->queue_depth == b->queue_depth &&
-	       a->io_buffer_bytes == b->io_buffer_bytes && a->force_pread == b->force_pread;
+	       a->io_buffer_bytes == b->io_buffer_bytes && a->force_pread == b->force_pread &&
+	       a->rerank == b->rerank && a->rerank_eps == b->rerank_eps && a->rerank_phases == b->rerank_phases &&
+	       a->probe_eps == b->probe_eps && a->adaptive == b->adaptive;
 }
 
 /* Takes a searcher with options @p o from the pool or makes one. The
@@ -1208,12 +1269,19 @@ static int opt_uint(PyObject *v, const char *what, unsigned long lo, unsigned lo
 
 static PyObject *Index_search(IndexObject *x, PyObject *args, PyObject *kw)
 {
-	static char *kwl[] = {"queries", "k", "nprobe", "ef", "candidates_factor", "threads", "batch", NULL};
-	PyObject *qo, *ko = Py_None, *npo = Py_None, *efo = Py_None, *cfo = Py_None, *to = Py_None, *bo = Py_None;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OOOOO:search", kwl, &qo, &ko, &npo, &efo, &cfo, &to, &bo))
+	static char *kwl[] = {"queries", "k", "nprobe", "ef", "candidates_factor", "threads", "batch", "adaptive", NULL};
+	PyObject *qo, *ko = Py_None, *npo = Py_None, *efo = Py_None, *cfo = Py_None, *to = Py_None, *bo = Py_None,
+		 *ao = Py_None;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OOOOOO:search", kwl, &qo, &ko, &npo, &efo, &cfo, &to, &bo, &ao))
 		return NULL;
 	ann_search_opts o;
 	ann_search_opts_init(&o);
+	if (ao != Py_None) { /* None: the index's probe model when it has one; True: required; False: off */
+		int on = PyObject_IsTrue(ao);
+		if (on < 0)
+			return NULL;
+		o.adaptive = on ? 1 : -1;
+	}
 	o.cache_bytes = x->cache;
 	uint32_t threads = (uint32_t)x->threads, batch = DEFAULT_BATCH;
 	if (opt_uint(ko, "k", 1, 100000, &o.k) < 0 || opt_uint(npo, "nprobe", 1, 4096, &o.nprobe) < 0 ||
@@ -1648,9 +1716,10 @@ static PyObject *Index_get_path(IndexObject *x, void *closure)
 
 static PyMethodDef Index_methods[] = {
 	{"search", (PyCFunction)(void (*)(void))Index_search, METH_VARARGS | METH_KEYWORDS,
-	 "search(queries, k=10, *, nprobe=None, ef=None, candidates_factor=None, threads=None, batch=None)\n"
-	 "-> (ids int64, distances float32), each (n, k), or (k,) for one 1-D query. nprobe None: the\n"
-	 "index's default_nprobe (info(); 1 partition in 40, at least 16)."},
+	 "search(queries, k=10, *, nprobe=None, ef=None, candidates_factor=None, threads=None, batch=None,\n"
+	 "adaptive=None) -> (ids int64, distances float32), each (n, k), or (k,) for one 1-D query. nprobe None:\n"
+	 "the index's default_nprobe (info(); 1 partition in 40, at least 16). adaptive None: the index's\n"
+	 "probe model (annann.tune) when it has one, nprobe then the mean budget; True requires it; False off."},
 	{"insert", (PyCFunction)(void (*)(void))Index_insert, METH_VARARGS | METH_KEYWORDS,
 	 "insert(vectors, *, ids=None, upsert=False) -> ids (int64)"},
 	{"delete", (PyCFunction)Index_delete, METH_VARARGS, "delete(ids) -> number deleted"},
@@ -1696,6 +1765,10 @@ static PyMethodDef module_methods[] = {
 	{"write_vectors", py_write_vectors, METH_VARARGS, "write_vectors(path, array): format from the extension"},
 	{"ground_truth", (PyCFunction)(void (*)(void))py_ground_truth, METH_VARARGS | METH_KEYWORDS,
 	 "ground_truth(base, queries, k=100, *, metric='l2', threads=2, mem=0) -> (ids int64, distances float32)"},
+	{"tune", (PyCFunction)(void (*)(void))py_tune, METH_VARARGS | METH_KEYWORDS,
+	 "tune(index_dir, queries, gt, *, k=10, p1=0) -> report dict: fits learned adaptive probing on queries\n"
+	 "(n, dim) with ground truth ids (n, >= k) and stores it in the index (close every Index of it first;\n"
+	 "docs/DESIGN.md \"Learned adaptive probing\")"},
 	{"read_ground_truth", py_read_ground_truth, METH_VARARGS,
 	 "read_ground_truth(path) -> (ids int64, distances float32), big-ann layout or .ivecs"},
 	{NULL, NULL, 0, NULL},

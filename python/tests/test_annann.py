@@ -436,3 +436,34 @@ def test_build_defaults_follow_the_library(tmp_path):
     with annann.build(tmp_path / "f", x, mem="256M", code_bits=0, router_bits=0) as idx:
         info = idx.info()
         assert info["code_bits"] == 0 and info["router_bits"] == 0, info
+
+
+def test_tune_adaptive_probing(tmp_path):
+    """annann.tune fits learned adaptive probing on queries with ground truth;
+    search then reads a varying number of partitions per query (at least P1, at
+    most 2 nprobe), answers exactly, and adaptive=False reads nprobe."""
+    base = clustered(8000, 5)
+    rng = np.random.default_rng(6)
+    queries = (clustered(300, 7) + rng.normal(0, 10, (300, DIM))).clip(0, 255).astype(np.float32)
+    truth = brute(base, queries, 10)
+    d = tmp_path / "tuned"
+    with annann.build(d, base, partitions=32, code_bits=2, mem="64M", threads=1) as idx:
+        with pytest.raises(annann.Error, match="no probe model"):
+            idx.search(queries[:4], k=10, nprobe=8, adaptive=True)
+    with pytest.raises(annann.Error, match="dimension"):
+        annann.tune(d, queries[:, :8], truth)
+    rep = annann.tune(d, queries[:200], truth[:200], k=10, p1=2)
+    assert rep["p1"] == 2 and rep["queries"] == 200 and rep["rows"]
+    assert all(r["probed_adaptive"] >= 2 for r in rep["rows"])
+    with annann.open(d) as idx:
+        assert idx.info()["probe_p1"] == 2
+        ids, dists = idx.search(queries[200:], k=10, nprobe=8)
+        parts = idx.last_stats["partitions"]
+        assert parts.min() >= 2 and parts.max() <= 16 and len(set(parts.tolist())) > 1
+        b = base.astype(np.float64)
+        q = queries[200:].astype(np.float64)
+        exact = ((q[:, None, :] - b[ids]) ** 2).sum(-1)
+        assert np.allclose(dists, exact, rtol=1e-4)
+        assert recall(ids, truth[200:]) > 0.6
+        idx.search(queries[200:], k=10, nprobe=8, adaptive=False)
+        assert np.all(idx.last_stats["partitions"] == 8)

@@ -102,8 +102,8 @@ static int pass(ann_index *x, const ann_search_opts *so, const float *q, size_t 
 	return rc;
 }
 
-int ann_tune_probe(const char *index_dir, const float *queries, size_t nq, const int32_t *gt, uint32_t gt_k,
-		   const ann_tune_opts *o, ann_tune_report *rep, ann_error *err)
+int ann_tune_probe(const char *index_dir, const float *queries, size_t nq, size_t dim, const int32_t *gt,
+		   uint32_t gt_k, const ann_tune_opts *o, ann_tune_report *rep, ann_error *err)
 {
 	ann_tune_opts dflt = {0};
 	if (!o)
@@ -120,6 +120,10 @@ int ann_tune_probe(const char *index_dir, const float *queries, size_t nq, const
 	double *rec = NULL, *feat = NULL, *y = NULL;
 	int64_t *ids = NULL;
 	float *dists = NULL;
+	if (dim != x->meta.dim) {
+		rc = ann_err(err, ANN_E_INVAL, "tune: queries of dimension %zu, the index's is %u", dim, x->meta.dim);
+		goto done;
+	}
 	if (!x->rbq || x->meta.metric != ANN_METRIC_L2 || x->router->nparts < 2) {
 		rc = ann_err(err, ANN_E_INVAL, "tune: %s is not a codes index under L2 with partitions to choose from: "
 			     "adaptive probing reads the first stage's codes", index_dir);
