@@ -289,6 +289,7 @@ int main(void)
 	test_tune(dir, ANN_STORE_LMDB);
 	test_format1(dir);
 	t_rmtree(dir);
+	free(dir);
 	printf("test_probe: ok\n");
 	return 0;
 }
