@@ -647,8 +647,10 @@ static void test_many_partitions(const char *dir, ann_rng *rng)
 	ann_build_opts_init(&o);
 	o.partitions = MP;
 	o.mem_bytes = (size_t)64 << 20;
-	int64_t ids[2][MQ * 4];
+	int64_t ids[2][MQ * 4], gids[2][MQ * 4];
 	float dd[MQ * 4];
+	uint8_t *blob[2] = {NULL, NULL};
+	size_t blen[2] = {0, 0};
 	for (int t = 1; t <= 2; t++) {
 		o.threads = t;
 		ann_index *idx = build_open(dir, t == 1 ? "many1" : "many2", data, &o);
@@ -660,6 +662,10 @@ static void test_many_partitions(const char *dir, ann_rng *rng)
 		ann_cat_txn *ct;
 		ASSERT_OK(ann_catalog_read_begin(ann_store_catalog(idx->store), &ct, NULL));
 		ASSERT_OK(ann_catalog_meta_get_u64(ct, "build.kmeans_coarse", &coarse, NULL));
+		const uint8_t *b;
+		ASSERT_OK(ann_catalog_model_get(ct, "router", &b, &blen[t - 1], NULL));
+		blob[t - 1] = malloc(blen[t - 1]);
+		memcpy(blob[t - 1], b, blen[t - 1]);
 		ann_catalog_read_end(ct);
 		ASSERT_EQ(coarse, (uint64_t)71);
 		ann_searcher *s;
@@ -668,13 +674,16 @@ static void test_many_partitions(const char *dir, ann_rng *rng)
 		so.k = 4;
 		so.nprobe = 4;
 		ASSERT_OK(ann_searcher_new(idx, &so, &s, NULL));
-		/* one batch: routed exactly over the centroids (batch routing), so the
-		 * answers depend on the partitions and centroids only, not on the
-		 * centroid graph, whose links depend on the build's threads (hnsw.h) */
+		/* one batch: routed exactly over the centroids (batch routing); then
+		 * each query alone, through the centroid graph, which is built on one
+		 * thread up to GRAPH_SERIAL_MAX centroids (router_kmeans.c), so both
+		 * builds answer alike */
 		float *qs = malloc((size_t)MQ * MD * sizeof(float));
 		for (size_t q = 0; q < MQ; q++)
 			memcpy(qs + q * MD, x + q * (MN / MQ) * MD, MD * sizeof(float));
 		ASSERT_OK(ann_search(s, qs, MQ, ids[t - 1], dd, NULL, NULL));
+		for (size_t q = 0; q < MQ; q++) /* one at a time: through the centroid graph */
+			ASSERT_OK(ann_search(s, qs + q * MD, 1, gids[t - 1] + q * 4, dd, NULL, NULL));
 		free(qs);
 		size_t found = 0;
 		for (size_t q = 0; q < MQ; q++) {
@@ -692,6 +701,12 @@ static void test_many_partitions(const char *dir, ann_rng *rng)
 		ASSERT_TRUE(found >= MQ * 98 / 100);
 	}
 	ASSERT_TRUE(memcmp(ids[0], ids[1], sizeof ids[0]) == 0);
+	/* the whole router, graph included, is the same whatever the build's threads */
+	ASSERT_EQ(blen[0], blen[1]);
+	ASSERT_TRUE(memcmp(blob[0], blob[1], blen[0]) == 0);
+	ASSERT_TRUE(memcmp(gids[0], gids[1], sizeof gids[0]) == 0);
+	free(blob[0]);
+	free(blob[1]);
 	free(data);
 	free(x);
 }

@@ -28,6 +28,14 @@
 #define DEFAULT_EF 128u      /* single-query ef of indexes built before calibration */
 #define CAL_PROBES 16u       /* calibration: routing overlap measured on the top 16 */
 #define CAL_QUERIES 1000u    /* calibration: sample rows used as queries */
+/* Centroids up to which the graph is built on one thread: a parallel HNSW
+ * build links nodes in the order the threads reach them, so its links (and
+ * the router blob) would differ from build to build; one thread keeps the
+ * index a function of the data and options alone (build.c). Measured ~11,000
+ * centroids/s on one core of this project's machine at d 128, M 32: 1 s for
+ * real1m's 7900, ~24 s at the limit. Above it (a billion vectors: ~10^6
+ * centroids) the build's threads are used and the graph is not reproducible. */
+#define GRAPH_SERIAL_MAX 262144u
 
 typedef struct km_router {
 	ann_hnsw *graph;
@@ -372,7 +380,8 @@ static int km_graph(const ann_router_env *env, const ann_kmeans_router_opts *o, 
 	ann_hnsw *g;
 	ANN_TRY(km_graph_new(u8, d, env->metric, o->hnsw_m ? o->hnsw_m : 32,
 			     o->hnsw_ef_construction ? o->hnsw_ef_construction : 200, env->seed, &g, err));
-	int rc = ann_hnsw_build(g, c, k, env->threads > 0 ? env->threads : 1, env->progress, env->progress_ctx, err);
+	int threads = k <= GRAPH_SERIAL_MAX || env->threads < 1 ? 1 : env->threads;
+	int rc = ann_hnsw_build(g, c, k, threads, env->progress, env->progress_ctx, err);
 	if (rc < 0) {
 		ann_hnsw_free(g);
 		return rc;
