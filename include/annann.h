@@ -365,7 +365,9 @@ typedef struct ann_search_opts {
 	uint32_t rerank_phases; /**< codes: 1 = read every selected candidate's page at once; 2 = first the
 	                            pages of each query's k best estimates, then only the candidates whose
 	                            lower bound beats the exact k-th distance found (one more round trip,
-	                            fewer pages); default 0 = ANN_DEFAULT_RERANK_PHASES */
+	                            fewer pages); 3, 4 = then the 2k, 4k best, each filtered the same way,
+	                            the rest last (a round trip each); at most ANN_MAX_RERANK_PHASES;
+	                            default 0 = ANN_DEFAULT_RERANK_PHASES */
 	float probe_eps;       /**< k-means routers: adaptive probing (SPANN's rule): of the nprobe nearest
 	                            centroids, probe only those whose distance to the query is within
 	                            (1 + probe_eps) x the nearest one's, so nprobe is the upper bound; default
@@ -419,8 +421,9 @@ ANN_API int ann_tune_probe(const char *index_dir, const float *queries, size_t n
 #define ANN_MAX_RERANK 100000u
 /** Default eps0 of the re-rank bound (docs/DESIGN.md "The re-rank bound's width"). */
 #define ANN_DEFAULT_RERANK_EPS 2.0f
-/** Default re-rank phases (docs/BENCHMARKS.md "Codes and re-ranking"). */
+/** Default re-rank phases (docs/BENCHMARKS.md "Codes and re-ranking"), and the most. */
 #define ANN_DEFAULT_RERANK_PHASES 2
+#define ANN_MAX_RERANK_PHASES 4u
 
 ANN_API void ann_search_opts_init(ann_search_opts *o);
 

@@ -983,9 +983,10 @@ static void check_search(const char *idx, const float *rows, const float *qs, si
 	so.k = K;
 	so.nprobe = 64;
 	so.rerank = (uint32_t)n;
-	for (int pass = 0; pass < 4; pass++) {
+	for (int pass = 0; pass < 8; pass++) {
 		ann_searcher *s;
-		so.rerank_phases = pass < 2 ? 1 : 2; /* all pages at once; the k best first */
+		/* 1: all pages at once; 2: the k best first; 3, 4: then 2k, 4k best, the rest last */
+		so.rerank_phases = (uint32_t)(pass / 2 + 1);
 		ASSERT_OK(ann_searcher_new(x, &so, &s, NULL));
 		int64_t ids[NQ * K];
 		float dists[NQ * K];

@@ -85,6 +85,10 @@ assert abs(s['recall_at_k'] - f['recall_at_k']) <= 0.01, (s['recall_at_k'], f['r
 assert s['codes']['bytes_round1'] <= f['codes']['bytes_round1'], (s['codes'], f['codes'])
 PY
 expect 0 "$A" verify --index "$dir/c16"
+expect 2 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --rerank-phases 5
+expect 0 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --rerank-phases 4 --json
+python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read()); assert j["recall_at_k"] > 0.8, j' "$dir/out" ||
+	fail "--rerank-phases 4: $(cat "$dir/out")"
 # learned adaptive probing: tune's usage and refusals, then a model that search uses
 expect 2 "$A" tune --index "$dir/c_lmdb" --queries "$dir/q.u8bin"
 grep -q -- "--gt" "$dir/err" || fail "tune without --gt: $(cat "$dir/err")"

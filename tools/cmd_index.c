@@ -508,7 +508,7 @@ static cli_opt search_opts[] = {
 	 NULL},
 	{"rerank", "N", "codes: at most N exact re-ranks per query (default 6 k, at least 64, at most 100000)", NULL},
 	{"rerank-phases", "N", "codes: 1 = one read of all re-rank pages; 2 = the k best first, then only what can "
-	 "still beat them (default 2)", NULL},
+	 "still beat them (default 2); 3, 4 = then the 2k, 4k best, each only what can still beat them, the rest last", NULL},
 	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.0)", NULL},
 	{"probe-eps", "E", "kmeans: probe only partitions whose centroid is within (1 + E) x the nearest "
 	 "centroid's distance, at most nprobe of them (default 0 = off, every one of the nprobe; inf = off)", NULL},
@@ -745,7 +745,7 @@ static int run_search(cli_cmd *c)
 	    !cli_u64(c, "threads", 1, 1, 64, &threads) || !cli_size(c, "cache", 0, 0, CLI_SIZE_MAX, &cache) ||
 	    !cli_u64(c, "queue-depth", 32, 1, 4096, &qd) || !cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) ||
 	    !cli_u64(c, "rerank", 0, 1, 100000, &rerank) ||
-	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, 2, &rphases) ||
+	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, ANN_MAX_RERANK_PHASES, &rphases) ||
 	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, ANN_MAX_NPROBE, probes, 64, &nprobes))
 		return CLI_EXIT_USAGE;
 	double reps, peps = INFINITY;

@@ -80,8 +80,8 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 	s->rerank = s->o.rerank ? s->o.rerank : ann_default_rerank(s->o.k);
 	if (s->o.rerank_phases == 0)
 		s->o.rerank_phases = ANN_DEFAULT_RERANK_PHASES;
-	if (s->o.rerank_phases > 2) {
-		rc = ann_err(err, ANN_E_INVAL, "search: rerank phases must be 1 or 2");
+	if (s->o.rerank_phases > ANN_MAX_RERANK_PHASES) {
+		rc = ann_err(err, ANN_E_INVAL, "search: rerank phases must be within 1..%u", ANN_MAX_RERANK_PHASES);
 		goto fail;
 	}
 	if (!(s->o.probe_eps >= 0)) {

@@ -583,14 +583,17 @@ int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank
 			ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
 		return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
 	}
-	for (size_t i = 0; i < ne; i++)
-		want[i] = s->ents[i].rank < s->o.k;
-	if (mem)
-		ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
-	ANN_TRY(read_phase(s, ne, want, done, wait_ns, rerank_ns, err));
-	for (size_t i = 0; i < ne; i++)
-		want[i] = !done[i] && s->ents[i].lower < ann_topk_bound(&s->heaps[s->ents[i].q]);
-	if (mem)
-		ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
-	return read_phase(s, ne, want, done, wait_ns, rerank_ns, err);
+	/* Phase 1: each query's k best estimates. Phase p > 1: of the next
+	 * ranks (up to k 2^(p-1), the last phase all), only those whose lower
+	 * bound still beats the query's k-th exact distance so far. */
+	for (uint32_t p = 1; p <= s->o.rerank_phases; p++) {
+		uint64_t lim = p == s->o.rerank_phases ? UINT64_MAX : (uint64_t)s->o.k << (p - 1);
+		for (size_t i = 0; i < ne; i++)
+			want[i] = !done[i] && s->ents[i].rank < lim &&
+				  (p == 1 || s->ents[i].lower < ann_topk_bound(&s->heaps[s->ents[i].q]));
+		if (mem)
+			ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
+		ANN_TRY(read_phase(s, ne, want, done, wait_ns, rerank_ns, err));
+	}
+	return ANN_OK;
 }
