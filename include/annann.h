@@ -377,6 +377,12 @@ typedef struct ann_search_opts {
 	                            ann_tune_probe) and nprobe is at least its P1; then nprobe is the mean budget
 	                            and each query reads between P1 and 2 nprobe partitions; -1 = off (every query
 	                            reads nprobe); 1 = required (ANN_E_INVAL when the index has no model) */
+	float spread_weight;   /**< k-means routers, codes blocks, L2: partitions are probed in the order of
+	                            |q - c|^2 + spread_weight x spread, the spread being the mean |x - c|^2 of
+	                            the partition's rows (kept in the directory): of two partitions at the same
+	                            distance the tighter one first (docs/DESIGN.md "Spread-aware probe order");
+	                            default 0 = ANN_DEFAULT_SPREAD_WEIGHT; a negative value turns it off (the
+	                            order of the centroid distances); at most 100 */
 } ann_search_opts;
 
 /** Options of ann_tune_probe. */
@@ -424,6 +430,8 @@ ANN_API int ann_tune_probe(const char *index_dir, const float *queries, size_t n
 /** Default re-rank phases (docs/BENCHMARKS.md "Codes and re-ranking"), and the most. */
 #define ANN_DEFAULT_RERANK_PHASES 2
 #define ANN_MAX_RERANK_PHASES 4u
+/** Default weight of the spread-aware probe order (docs/DESIGN.md "Spread-aware probe order"). */
+#define ANN_DEFAULT_SPREAD_WEIGHT 0.125f
 
 ANN_API void ann_search_opts_init(ann_search_opts *o);
 

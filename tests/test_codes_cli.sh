@@ -89,6 +89,14 @@ expect 2 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --rerank-pha
 expect 0 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --rerank-phases 4 --json
 python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read()); assert j["recall_at_k"] > 0.8, j' "$dir/out" ||
 	fail "--rerank-phases 4: $(cat "$dir/out")"
+# the spread-aware probe order: the weight's range; 0 turns it off
+expect 2 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --spread-weight -1
+expect 2 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --spread-weight 101
+for w in 0 0.5; do
+	expect 0 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --spread-weight $w --json
+	python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read()); assert j["recall_at_k"] > 0.8, j' "$dir/out" ||
+		fail "--spread-weight $w: $(cat "$dir/out")"
+done
 # learned adaptive probing: tune's usage and refusals, then a model that search uses
 expect 2 "$A" tune --index "$dir/c_lmdb" --queries "$dir/q.u8bin"
 grep -q -- "--gt" "$dir/err" || fail "tune without --gt: $(cat "$dir/err")"

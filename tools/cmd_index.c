@@ -512,6 +512,9 @@ static cli_opt search_opts[] = {
 	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.0)", NULL},
 	{"probe-eps", "E", "kmeans: probe only partitions whose centroid is within (1 + E) x the nearest "
 	 "centroid's distance, at most nprobe of them (default 0 = off, every one of the nprobe; inf = off)", NULL},
+	{"spread-weight", "W", "kmeans, codes, l2: probe partitions in the order of the centroid distance + W x the "
+	 "partition's spread (mean squared distance of its rows to their centre), tighter partitions first "
+	 "(default 0.125; 0 = the centroid distances alone)", NULL},
 	{"adaptive", "auto|on|off", "learned adaptive probing (annann tune): auto (default) uses the index's probe "
 	 "model when it has one, and nprobe is then the mean budget (each query reads P1..2 nprobe partitions); off "
 	 "reads nprobe for every query; on requires the model", NULL},
@@ -748,8 +751,9 @@ static int run_search(cli_cmd *c)
 	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, ANN_MAX_RERANK_PHASES, &rphases) ||
 	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, ANN_MAX_NPROBE, probes, 64, &nprobes))
 		return CLI_EXIT_USAGE;
-	double reps, peps = INFINITY;
-	if (!cli_double(c, "rerank-eps", 0, 0, 100, &reps))
+	double reps, peps = INFINITY, sw;
+	if (!cli_double(c, "rerank-eps", 0, 0, 100, &reps) ||
+	    !cli_double(c, "spread-weight", ANN_DEFAULT_SPREAD_WEIGHT, 0, 100, &sw))
 		return CLI_EXIT_USAGE;
 	int adaptive = 0;
 	const char *ad = cli_get(c, "adaptive");
@@ -834,6 +838,7 @@ static int run_search(cli_cmd *c)
 		so.rerank_eps = (float)reps;
 		so.rerank_phases = (uint32_t)rphases;
 		so.probe_eps = (float)peps;
+		so.spread_weight = sw > 0 ? (float)sw : -1.0f; /* 0 turns it off */
 		so.adaptive = adaptive;
 		const char *io_path = "?";
 		double wall;

@@ -917,7 +917,7 @@ static int same_opts(const ann_search_opts *a, const ann_search_opts *b)
 	       a->hnsw_ef == b->hnsw_ef && a->cache_bytes == b->cache_bytes && a->queue_depth == b->queue_depth &&
 	       a->io_buffer_bytes == b->io_buffer_bytes && a->force_pread == b->force_pread &&
 	       a->rerank == b->rerank && a->rerank_eps == b->rerank_eps && a->rerank_phases == b->rerank_phases &&
-	       a->probe_eps == b->probe_eps && a->adaptive == b->adaptive;
+	       a->probe_eps == b->probe_eps && a->adaptive == b->adaptive && a->spread_weight == b->spread_weight;
 }
 
 /* Takes a searcher with options @p o from the pool or makes one. The
@@ -1269,13 +1269,23 @@ static int opt_uint(PyObject *v, const char *what, unsigned long lo, unsigned lo
 
 static PyObject *Index_search(IndexObject *x, PyObject *args, PyObject *kw)
 {
-	static char *kwl[] = {"queries", "k", "nprobe", "ef", "candidates_factor", "threads", "batch", "adaptive", NULL};
+	static char *kwl[] = {"queries", "k",     "nprobe",  "ef",           "candidates_factor", "threads",
+			      "batch",   "adaptive", "spread_weight", NULL};
 	PyObject *qo, *ko = Py_None, *npo = Py_None, *efo = Py_None, *cfo = Py_None, *to = Py_None, *bo = Py_None,
-		 *ao = Py_None;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OOOOOO:search", kwl, &qo, &ko, &npo, &efo, &cfo, &to, &bo, &ao))
+		 *ao = Py_None, *swo = Py_None;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OOOOOOO:search", kwl, &qo, &ko, &npo, &efo, &cfo, &to, &bo, &ao,
+					 &swo))
 		return NULL;
 	ann_search_opts o;
 	ann_search_opts_init(&o);
+	if (swo != Py_None) { /* None: the default weight; 0: the centroid distances alone */
+		double w = PyFloat_AsDouble(swo);
+		if (w == -1.0 && PyErr_Occurred())
+			return NULL;
+		if (!(w >= 0 && w <= 100))
+			return raise_fmt("search: spread_weight must be a number within 0..100 (0 = off), not %g", w);
+		o.spread_weight = w > 0 ? (float)w : -1.0f;
+	}
 	if (ao != Py_None) { /* None: the index's probe model when it has one; True: required; False: off */
 		int on = PyObject_IsTrue(ao);
 		if (on < 0)

@@ -467,3 +467,27 @@ def test_tune_adaptive_probing(tmp_path):
         assert recall(ids, truth[200:]) > 0.6
         idx.search(queries[200:], k=10, nprobe=8, adaptive=False)
         assert np.all(idx.last_stats["partitions"] == 8)
+
+
+def test_spread_weight(tmp_path):
+    """search(spread_weight=) orders partitions by centroid distance + weight
+    x spread (docs/DESIGN.md "Spread-aware probe order"): 0 is the distance
+    order, a large weight reads other partitions; answers stay exact; a
+    weight outside 0..100 is refused."""
+    base = clustered(8000, 5)
+    rng = np.random.default_rng(8)
+    queries = (clustered(100, 9) + rng.normal(0, 10, (100, DIM))).clip(0, 255).astype(np.float32)
+    with annann.build(tmp_path / "s", base, partitions=32, code_bits=2, mem="64M", threads=1) as idx:
+        b = base.astype(np.float64)
+        q = queries.astype(np.float64)
+        got = {}
+        for w in (None, 0, 10.0):
+            ids, dists = idx.search(queries, k=10, nprobe=2, spread_weight=w)
+            exact = ((q[:, None, :] - b[ids]) ** 2).sum(-1)
+            assert np.allclose(dists, exact, rtol=1e-4)
+            assert np.all(idx.last_stats["partitions"] == 2)
+            got[w] = ids
+        assert not np.array_equal(got[0], got[10.0])
+        for bad in (-1, 101, float("nan")):
+            with pytest.raises(ValueError, match="spread_weight"):
+                idx.search(queries[:2], k=10, spread_weight=bad)

@@ -375,8 +375,17 @@ static void verify_codes_block(ann_index *x, verify_ctx *v, const ann_block_read
 			verify_report(v, br->pid, "%s", "holds a negative id");
 			return;
 		}
-	if (cblock_verify_codes(x->rbq, br->data, br->length, &e) < 0)
+	if (cblock_verify_codes(x->rbq, br->data, br->length, &e) < 0) {
 		verify_report(v, br->pid, "%s", e.msg);
+		return;
+	}
+	/* The probe order's spread (0: written before the directory kept it). */
+	float sp = ann_catalog_spread_stored((float)cblock_spread(&in, br->data));
+	if (br->ent.spread != 0.0f && br->ent.spread != sp) {
+		char m[200];
+		snprintf(m, sizeof m, "directory spread %g, the block's rows give %g", (double)br->ent.spread, (double)sp);
+		verify_report(v, br->pid, "%s", m);
+	}
 }
 
 /* Decodes every block: payload checksum, structure, count against the

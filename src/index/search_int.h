@@ -120,7 +120,12 @@ struct ann_searcher {
 	ann_router_ctx *rctx;
 	/* learned adaptive probing (probe.h): the index's model, or NULL */
 	const ann_probe_model *pm;
-	uint32_t npmax;       /* partitions routed per query: nprobe, 2 nprobe with the model */
+	uint32_t npmax;       /* partitions kept per query: nprobe, 2 nprobe with the model */
+	uint32_t pwidth;      /* partitions routed per query (a row of parts): npmax, more for the spread order */
+	/* spread-aware probe order (docs/DESIGN.md): weight 0 = off */
+	float spread_w, spread_mean; /* the weight; the mean spread, for partitions the directory has none of */
+	float *rdist;         /* cap_q * pwidth: squared centroid distances of a batch route */
+	struct search_scored *sbuf; /* pwidth: one query's partitions by score */
 	bool stage_a;         /* round 1 of the model's first P1 partitions: centre distances kept */
 	float *pf;            /* cap_q * pm->p1: squared centre distances by routing rank (stage A) */
 	double *feat_out;     /* tune.c: each query's features (ANN_PROBE_FEATURES) go here, and stage B is skipped */
@@ -128,7 +133,7 @@ struct ann_searcher {
 	ann_dtype vec_type;
 	/* batch scratch, grown to the largest batch seen */
 	size_t cap_q;
-	uint32_t *parts;      /* cap_q * nprobe */
+	uint32_t *parts;      /* cap_q * pwidth */
 	uint32_t *nparts;     /* cap_q */
 	pair *pairs;          /* cap_q * nprobe */
 	uint32_t *upids;      /* unique partitions of the batch */

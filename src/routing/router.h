@@ -62,10 +62,17 @@ typedef struct ann_router_ops {
 		     uint32_t *parts, ann_error *err);
 	/* Optional: routes nq queries (nq x dim) at once; row i of parts
 	 * (nprobe wide) gets query i's partitions, best first, found[i] their
-	 * count. Returns 1 when done, 0 when it declines (the caller routes
+	 * count, and row i of dists (may be NULL) their squared distances, as
+	 * route_dists. Returns 1 when done, 0 when it declines (the caller routes
 	 * query by query), or an error. */
 	int (*route_batch)(const ann_router *r, ann_router_ctx *c, const float *q, size_t nq,
-			   const ann_search_opts *o, uint32_t *parts, uint32_t *found, ann_error *err);
+			   const ann_search_opts *o, uint32_t *parts, uint32_t *found, float *dists, ann_error *err);
+	/* Optional, for the routers that rank partitions by the distance to
+	 * their centroids (the k-means routers): the squared L2 distances (the
+	 * compact router's estimates) of the partitions the context's last route
+	 * returned, in its order; valid until the context routes again. The
+	 * search's spread-aware order needs them (docs/DESIGN.md). */
+	const float *(*route_dists)(const ann_router_ctx *c);
 	size_t (*ram_bytes)(const ann_router *r);
 	int (*save)(const ann_router *r, uint8_t **blob, size_t *len, ann_error *err);
 	/* Optional: sees every routed chunk during the build (x n x dim, parts n

@@ -236,6 +236,11 @@ static int kc_route(const ann_router *r, ann_router_ctx *c, const float *q, cons
 	return found;
 }
 
+static const float *kc_route_dists(const ann_router_ctx *c)
+{
+	return c->hd;
+}
+
 static int kc_assign(const ann_router *r, const float *x, size_t n, const ann_assign_rule *sp, int threads,
 		     uint32_t *parts, ann_error *err)
 {
@@ -392,6 +397,7 @@ static const ann_router_ops kc_ops = {
 	.ctx_new = kc_ctx_new,
 	.ctx_free = kc_ctx_free,
 	.route = kc_route,
+	.route_dists = kc_route_dists,
 	.ram_bytes = kc_ram,
 	.save = kc_save,
 	.split = kc_split,

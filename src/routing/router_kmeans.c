@@ -218,7 +218,7 @@ static int km_route(const ann_router *r, ann_router_ctx *c, const float *q, cons
  * by the caller (who asked for the graph). Float32 centroids are read in
  * place; uint8 ones through the context's float copy. */
 static int km_route_batch(const ann_router *r, ann_router_ctx *c, const float *q, size_t nq,
-			  const ann_search_opts *o, uint32_t *parts, uint32_t *found, ann_error *err)
+			  const ann_search_opts *o, uint32_t *parts, uint32_t *found, float *dists, ann_error *err)
 {
 	const ann_hnsw *h = km(r)->graph;
 	size_t k = ann_hnsw_count(h);
@@ -237,19 +237,24 @@ static int km_route_batch(const ann_router *r, ann_router_ctx *c, const float *q
 	}
 	bool adaptive = o->probe_eps > 0 && !isinf(o->probe_eps);
 	size_t np = o->nprobe;
-	if (adaptive && c->bd_cap < nq * np) { /* the distances the cut needs: nq x nprobe floats */
+	if (adaptive && !dists && c->bd_cap < nq * np) { /* the distances the cut needs: nq x nprobe floats */
 		ann_free(c->bd);
 		c->bd_cap = 0;
 		if (!(c->bd = ann_malloc(nq * np * sizeof(float))))
 			return ann_err(err, ANN_E_NOMEM, "kmeans router: out of memory for %zu x %zu distances", nq, np);
 		c->bd_cap = nq * np;
 	}
-	ANN_TRY(ann_nearest_centroids(q, nq, r->dim, cent, k, o->nprobe, r->metric, 1, parts, adaptive ? c->bd : NULL,
-				      err));
+	float *bd = dists ? dists : adaptive ? c->bd : NULL;
+	ANN_TRY(ann_nearest_centroids(q, nq, r->dim, cent, k, o->nprobe, r->metric, 1, parts, bd, err));
 	uint32_t f = (uint32_t)ANN_MIN(np, k);
 	for (size_t i = 0; i < nq; i++)
-		found[i] = adaptive ? (uint32_t)ann_router_probe_cut(c->bd + i * np, f, o->probe_eps, r->metric) : f;
+		found[i] = adaptive ? (uint32_t)ann_router_probe_cut(bd + i * np, f, o->probe_eps, r->metric) : f;
 	return 1;
+}
+
+static const float *km_route_dists(const ann_router_ctx *c)
+{
+	return c->dists;
 }
 
 static size_t km_ram(const ann_router *r)
@@ -342,6 +347,7 @@ static const ann_router_ops km_ops = {
 	.ctx_free = km_ctx_free,
 	.route = km_route,
 	.route_batch = km_route_batch,
+	.route_dists = km_route_dists,
 	.ram_bytes = km_ram,
 	.save = km_save,
 	.split = km_split,

@@ -136,6 +136,7 @@ typedef struct ann_dirent {
 	uint32_t generation; /* 1 for the first version, +1 per rewrite */
 	uint8_t kind;        /* ANN_KIND_FILE or ANN_KIND_LMDB; ANN_KIND_NONE: no such partition */
 	uint32_t head;       /* codes block (format 2): bytes of its head, read first; 0 = a format 1 block */
+	float spread;        /* codes block: mean |x - c|^2 of its rows (bfloat16 on disk); 0 = not known */
 } ann_dirent;
 
 /* Payload bytes of a parts value (without checksum): 32 in both versions.
@@ -153,7 +154,10 @@ void ann_catalog_part_encode(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_diren
 /* Version 1 when e->head == 0, else version 2 (ANN_E_UNSUPPORTED when the
  * offset is not 4096-aligned or lies beyond 16 TiB). */
 int ann_catalog_part_encode_any(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_dirent *e, ann_error *err);
-/* Validates field ranges (kind, version, length); ANN_E_CORRUPT naming pid. */
+/* A spread as an entry stores it (bfloat16, round to nearest even; not
+ * positive and finite: 0, "not known"; docs/FORMAT.md "parts value"). */
+float ann_catalog_spread_stored(float v);
+/* Validates field ranges (kind, version, length, spread); ANN_E_CORRUPT naming pid. */
 int ann_catalog_part_decode(const uint8_t *p, size_t n, uint32_t pid, ann_dirent *e, ann_error *err);
 
 /* The whole directory in RAM: ents[pid] for pid < n (kind NONE where absent).

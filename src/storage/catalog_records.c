@@ -10,6 +10,7 @@
  */
 #include "catalog_impl.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -124,10 +125,39 @@ int ann_catalog_meta_del(ann_cat_txn *t, const char *name, ann_error *err)
 #define PARTS_ENTRY_VERSION 1
 #define PARTS_ENTRY_VERSION_HEAD 2 /* + head length of a codes block */
 
+/* The spread as bfloat16 (the high half of the binary32, rounded to nearest
+ * even; a value that would round to infinity keeps the largest finite one):
+ * 8 bits of precision are plenty for an order. 0 (and anything not positive
+ * and finite) is 0, "not known". */
+static uint16_t spread_bf16(float v)
+{
+	if (!(v > 0.0f) || !isfinite(v))
+		return 0;
+	uint32_t b;
+	memcpy(&b, &v, 4);
+	b += 0x7FFFu + ((b >> 16) & 1u);
+	uint16_t h = (uint16_t)(b >> 16);
+	return (h & 0x7F80u) == 0x7F80u ? 0x7F7Fu : h;
+}
+
+static float spread_f32(uint16_t h)
+{
+	uint32_t b = (uint32_t)h << 16;
+	float v;
+	memcpy(&v, &b, 4);
+	return v;
+}
+
+float ann_catalog_spread_stored(float v)
+{
+	return spread_f32(spread_bf16(v));
+}
+
 static void part_encode_common(uint8_t *out, const ann_dirent *e, uint8_t version)
 {
 	out[0] = version;
 	out[1] = e->kind;
+	ann_st16(out + 2, spread_bf16(e->spread));
 	ann_st32(out + 4, e->generation);
 	ann_st64(out + 8, e->offset);
 	ann_st32(out + 16, e->length);
@@ -155,6 +185,7 @@ int ann_catalog_part_encode_any(uint8_t out[ANN_PARTS_VALUE_BYTES], const ann_di
 			       "below 16 TiB)", (unsigned long long)e->offset);
 	out[0] = PARTS_ENTRY_VERSION_HEAD;
 	out[1] = e->kind;
+	ann_st16(out + 2, spread_bf16(e->spread));
 	ann_st32(out + 4, e->generation);
 	ann_st32(out + 8, (uint32_t)(e->offset / 4096));
 	ann_st32(out + 12, e->head);
@@ -178,6 +209,10 @@ int ann_catalog_part_decode(const uint8_t *p, size_t n, uint32_t pid, ann_dirent
 	e->length = ann_ld32(p + 16);
 	e->count = ann_ld32(p + 20);
 	e->checksum = ann_ld64(p + 24);
+	e->spread = spread_f32(ann_ld16(p + 2));
+	if (!(e->spread >= 0.0f) || !isfinite(e->spread))
+		return ann_err(err, ANN_E_CORRUPT, "parts partition %u: spread 0x%04x, expected a finite value >= 0", pid,
+			       ann_ld16(p + 2));
 	if (p[0] == PARTS_ENTRY_VERSION_HEAD) {
 		e->offset = (uint64_t)ann_ld32(p + 8) * 4096;
 		e->head = ann_ld32(p + 12);

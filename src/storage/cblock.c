@@ -520,6 +520,23 @@ static inline void slim_factors(const uint8_t *f, float *rn, float *fip, uint16_
 	*tan = (uint16_t)(f[4] == TAN8_SAT ? 65535u : f[4] * 4u);
 }
 
+double cblock_spread(const ann_cblock_info *in, const uint8_t *head)
+{
+	if (in->count == 0)
+		return 0.0;
+	/* The norm is the first factor, right after the planes, in full and slim
+	 * records alike (full_code_bytes - 10 = the planes' bytes). */
+	const uint8_t *r = head + in->codes_off;
+	size_t planes = in->full_code_bytes - 10u;
+	bool slim = (in->flags & CBLOCK_FLAG_F16) != 0;
+	double sum = 0.0;
+	for (uint32_t i = 0; i < in->count; i++, r += in->code_bytes) {
+		double n = slim ? block_f16_to_f32(ann_ld16(r + planes)) : ann_ldf32(r + planes);
+		sum += n * n;
+	}
+	return sum / in->count;
+}
+
 void cblock_expand_codes(const ann_cblock_info *in, const uint8_t *src, size_t n, uint8_t *dst)
 {
 	if (!(in->flags & CBLOCK_FLAG_F16)) {

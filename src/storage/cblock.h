@@ -146,6 +146,13 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 		  const int64_t *ids, const void *vecs, ann_dtype vt, uint64_t partition, uint64_t generation,
 		  uint8_t **out, size_t *out_len, uint32_t *head_len, ann_error *err);
 
+/* The partition's spread: the mean of |x - c|^2 over its rows (c the stored
+ * centre), from the codes' norm factors (slim records: their binary16
+ * norms). head: at least the head's bytes, accepted by cblock_peek. 0 for an
+ * empty block. The directory keeps it for the probe order (docs/DESIGN.md
+ * "Spread-aware probe order"). */
+double cblock_spread(const ann_cblock_info *in, const uint8_t *head);
+
 /* Full records (in->full_code_bytes each, as ann_rbq_estimate reads them)
  * of the n stored records at src (in->code_bytes each) into dst: a copy for
  * 2.0 blocks; for F16 blocks the factors widened (f16 -> f32 exactly, tan

@@ -22,6 +22,8 @@
  */
 #include "store_impl.h"
 
+#include "cblock.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -412,6 +414,18 @@ int ann_store_put_blocks(ann_store_txn *t, const ann_block_put *puts, size_t n, 
 		e->checksum = XXH64(puts[i].data, puts[i].length, 0);
 		e->head = puts[i].head;
 		e->generation = olds[i].kind ? olds[i].generation + 1 : 1;
+		if (e->head) { /* the probe order's spread, from the head's norms */
+			ann_cblock_info in;
+			rc = cblock_peek(puts[i].data, puts[i].length, &in, err);
+			if (rc < 0 || in.head_bytes != puts[i].head || in.count != puts[i].count) {
+				rc = rc < 0 ? ann_err_prefix(err, rc, "%s: partition %u", t->s->dir, puts[i].pid)
+					    : ann_err(err, ANN_E_INVAL, "%s: partition %u: a codes block of head %u and %u "
+						      "rows put as head %u and %u rows", t->s->dir, puts[i].pid,
+						      in.head_bytes, in.count, puts[i].head, puts[i].count);
+				goto out;
+			}
+			e->spread = (float)cblock_spread(&in, puts[i].data);
+		}
 	}
 	ANN_CHECK(rc, t->s->ops->put(t, puts, n, ents, olds, err));
 	for (size_t i = 0; i < n; i++) {
