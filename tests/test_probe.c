@@ -12,6 +12,8 @@
  *    format 1 index, too few queries, a malformed model in the catalog.
  */
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "gt.h"
 #include "index.h"
@@ -163,6 +165,45 @@ static double search_all(ann_index *x, int adaptive, uint32_t nprobe, const int3
 	return hits / ((NQ - NT) * (double)K);
 }
 
+/* A batch's stage B uses the heads its stage A read (for other queries)
+ * instead of reading them again: the same answers and partitions as with
+ * the hidden switch ANNANN_KEEP_HEADS=0, in fewer reads. */
+static void check_keep(ann_index *x, uint32_t nprobe)
+{
+	enum { B = 16, M = NQ - NT };
+	static int64_t ids[2][M * K];
+	static float dists[2][M * K];
+	static uint32_t parts[2][M];
+	uint64_t reads[2];
+	for (int on = 0; on < 2; on++) {
+		setenv("ANNANN_KEEP_HEADS", on ? "1" : "0", 1);
+		ann_search_opts so;
+		ann_search_opts_init(&so);
+		so.k = K;
+		so.nprobe = nprobe;
+		ann_searcher *s;
+		ann_error e = {0};
+		if (ann_searcher_new(x, &so, &s, &e) < 0)
+			T_FAIL("searcher: %s", e.msg);
+		ann_query_stats st[B];
+		for (size_t at = 0; at < M; at += B) {
+			size_t n = M - at < B ? M - at : B;
+			if (ann_search(s, queries + (NT + at) * D, n, ids[on] + at * K, dists[on] + at * K, st, &e) < 0)
+				T_FAIL("search: %s", e.msg);
+			for (size_t i = 0; i < n; i++)
+				parts[on][at + i] = st[i].partitions;
+		}
+		uint64_t bytes;
+		ann_searcher_io_totals(s, &bytes, &reads[on]);
+		ann_searcher_free(s);
+	}
+	unsetenv("ANNANN_KEEP_HEADS");
+	ASSERT_TRUE(memcmp(ids[0], ids[1], sizeof ids[0]) == 0);
+	ASSERT_TRUE(memcmp(dists[0], dists[1], sizeof dists[0]) == 0);
+	ASSERT_TRUE(memcmp(parts[0], parts[1], sizeof parts[0]) == 0);
+	ASSERT_LE(reads[1] + 1, reads[0]);
+}
+
 static void test_tune(const char *dir, ann_store_kind store)
 {
 	t_current = store == ANN_STORE_LMDB ? "tune lmdb" : "tune file";
@@ -214,6 +255,7 @@ static void test_tune(const char *dir, ann_store_kind store)
 	ASSERT_TRUE(da >= 2); /* the model varies the partitions per query */
 	ASSERT_TRUE(pa >= 4 && pa <= 12);
 	ASSERT_TRUE(ra > 0.5 && rf > 0.5);
+	check_keep(x, 8);
 	/* the first stage is above this budget: the search falls back to fixed nprobe, or refuses when required */
 	ann_search_opts_init(&so);
 	so.nprobe = 2;

@@ -184,6 +184,8 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 			goto fail;
 		}
 	}
+	const char *kh = getenv("ANNANN_KEEP_HEADS");
+	s->keep_off = kh && strcmp(kh, "0") == 0;
 	s->kern = ann_kernels_best();
 	ann_store_reader_opts ro;
 	ann_store_reader_opts_init(&ro);
@@ -296,6 +298,8 @@ void ann_searcher_free(ann_searcher *s)
 	ann_free(s->pf);
 	ann_free(s->rdist);
 	ann_free(s->sbuf);
+	ann_free(s->keep);
+	ann_free(s->kept);
 	ann_free(s->pairs);
 	ann_free(s->upids);
 	ann_free(s->ustart);
@@ -668,6 +672,41 @@ static size_t group_pairs(ann_searcher *s, size_t nq, size_t p0, size_t p1, size
 	return nu;
 }
 
+/* The most bytes of stage A heads a batch keeps for its stage B. */
+#define SEARCH_KEEP_BYTES ((size_t)16 << 20)
+
+typedef struct search_kept {
+	uint32_t pid;
+	uint32_t len; /* bytes read: the head's pages (a 2.3 block's exact page 0 with them) */
+	size_t at;    /* offset in s->keep */
+} search_kept;
+
+static int kept_cmp(const void *a, const void *b)
+{
+	const search_kept *x = a, *y = b;
+	return x->pid < y->pid ? -1 : x->pid > y->pid;
+}
+
+/* Keeps a stage A head a batch read (a batch of one never needs it again).
+ * Over the budget or out of memory it is simply not kept: stage B reads
+ * it again. */
+static void keep_head(ann_searcher *s, const ann_block_read *br)
+{
+	if (s->keep_len + br->length > SEARCH_KEEP_BYTES ||
+	    search_grow((void **)&s->keep, &s->keep_cap, s->keep_len + br->length, 1) < 0 ||
+	    search_grow((void **)&s->kept, &s->kept_cap, s->nkept + 1, sizeof(search_kept)) < 0)
+		return;
+	memcpy(s->keep + s->keep_len, br->data, br->length);
+	s->kept[s->nkept++] = (search_kept){br->pid, (uint32_t)br->length, s->keep_len};
+	s->keep_len += br->length;
+}
+
+static const search_kept *kept_find(const ann_searcher *s, uint32_t pid)
+{
+	search_kept key = {pid, 0, 0};
+	return s->nkept ? bsearch(&key, s->kept, s->nkept, sizeof key, kept_cmp) : NULL;
+}
+
 /* Round 1 of unique partitions [u0, nu): requests, reads, estimates and scans. */
 static int round1(ann_searcher *s, size_t nq, size_t u0, size_t nu, uint64_t ndelta, bool *any_codes_io,
 		  uint64_t *scan_ns, uint64_t *decode_ns, uint64_t *wait_ns, uint64_t tm[4], ann_error *err)
@@ -710,6 +749,17 @@ static int round1(ann_searcher *s, size_t nq, size_t u0, size_t nu, uint64_t nde
 				br.pid = pid;
 				br.data = c->head;
 				br.length = c->head_len;
+				br.ent = e;
+				ANN_TRY(codes_head(s, u, &br, true, &tm[1], err));
+				continue;
+			}
+			const search_kept *kh = u0 > 0 ? kept_find(s, pid) : NULL;
+			if (kh) { /* stage B: stage A of this batch read it for another query */
+				ann_block_read br;
+				memset(&br, 0, sizeof br);
+				br.pid = pid;
+				br.data = s->keep + kh->at;
+				br.length = kh->len;
 				br.ent = e;
 				ANN_TRY(codes_head(s, u, &br, true, &tm[1], err));
 				continue;
@@ -758,6 +808,8 @@ static int round1(ann_searcher *s, size_t nq, size_t u0, size_t nu, uint64_t nde
 			} else if (br.ent.head) {
 				tm[0] += dt;
 				first_error = codes_head(s, u, &br, false, &tm[1], &e2);
+				if (first_error >= 0 && s->stage_a && nq > 1 && !s->keep_off)
+					keep_head(s, &br);
 			} else {
 				first_error = process_block(s, u, &br.ent, br.data, br.length, br.cost, decode_ns, scan_ns,
 							    &e2);
@@ -815,9 +867,12 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, size_t npairs,
 		for (size_t i = 0; i < nq * s->pm->p1; i++)
 			s->pf[i] = INFINITY;
 	s->stage_a = s->pm != NULL;
+	s->keep_len = s->nkept = 0;
 	int rc = round1(s, nq, 0, nu, ndelta, &any_codes, scan_ns, decode_ns, wait_ns, tm, err);
 	s->stage_a = false;
 	ANN_TRY(rc);
+	if (s->nkept > 1)
+		qsort(s->kept, s->nkept, sizeof *s->kept, kept_cmp);
 	if (s->pm && any_codes) {
 		size_t np2 = stage_b(s, nq, npairs);
 		if (np2 > npairs) {

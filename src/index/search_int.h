@@ -127,6 +127,14 @@ struct ann_searcher {
 	float *rdist;         /* cap_q * pwidth: squared centroid distances of a batch route */
 	struct search_scored *sbuf; /* pwidth: one query's partitions by score */
 	bool stage_a;         /* round 1 of the model's first P1 partitions: centre distances kept */
+	/* A batch's stage A heads, kept (up to SEARCH_KEEP_BYTES) for its stage
+	 * B: a partition one query read in stage A and another needs in stage B
+	 * is not read again. */
+	uint8_t *keep;        /* the heads' bytes as read */
+	size_t keep_len, keep_cap;
+	struct search_kept *kept; /* one per kept head, sorted by partition before stage B */
+	size_t nkept, kept_cap;
+	bool keep_off;        /* ANNANN_KEEP_HEADS=0: a hidden switch, for measuring and tests */
 	float *pf;            /* cap_q * pm->p1: squared centre distances by routing rank (stage A) */
 	double *feat_out;     /* tune.c: each query's features (ANN_PROBE_FEATURES) go here, and stage B is skipped */
 	size_t vec_esize;     /* bytes per decoded element */
