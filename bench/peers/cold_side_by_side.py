@@ -44,9 +44,9 @@
 # figure for its search phase, loading excluded (QPS_KIND below says which; every row carries
 # qps, qps_runs, qps_kind, threads, batch). With --fio-work DIR (on the index's file system), after
 # every repetition fio reads a file there (io_uring, O_DIRECT, random, T jobs x QD Q) at the read
-# sizes each annann setting issued in that repetition: on a codes index the mean head read and
-# the mean page read, each to the nearest 4 KiB, in their shares of the requests (a bssplit),
-# else the mean read. annann's MB/s = bytes/query x QPS; share_of_fio = MB/s / fio's MB/s, per
+# sizes each annann setting issued in that repetition: on a codes index the head reads and the
+# page reads in their shares of the requests, each as the mix of whole-page sizes that gives its
+# mean (a bssplit), else the mean read's mix. annann's MB/s = bytes/query x QPS; share_of_fio = MB/s / fio's MB/s, per
 # repetition, median. The at-target rows add qps, MBps, fio_bw_MBps and share_of_fio, and a last
 # table gives each system's QPS at the target against the best peer's. On a loaded machine only
 # those ratios within one run mean anything. Example (Fashion-MNIST, docs/BENCHMARKS.md):
@@ -186,22 +186,40 @@ def time_v_record(path):
 	return rec
 
 
-def round4k(x):
-	"""x bytes to the nearest multiple of 4 KiB, at least 4 KiB."""
-	return max(4096, int(round(x / 4096.0)) * 4096)
+def page_mix(mean, share, mix):
+	"""Adds reads of `mean` bytes on average, `share` of the requests, to mix (4 KiB pages ->
+	share) as the two whole-page sizes around the mean in the proportions that give it (a 1.3-page
+	mean read: 70% one page, 30% two), since every read is of whole pages."""
+	p = max(mean / 4096.0, 1.0)
+	lo = int(p)
+	f = p - lo
+	mix[lo] = mix.get(lo, 0.0) + share * (1.0 - f)
+	if f > 0:
+		mix[lo + 1] = mix.get(lo + 1, 0.0) + share * f
 
 
 def read_sizes(r):
-	"""The read sizes of one annann run as a fio block size or bssplit: on a codes index the
-	mean head read (round 1) and the mean page read (round 2, adjacent 4 KiB pages coalesced),
-	each to the nearest 4 KiB, in the shares of the read requests; else the mean read."""
+	"""The read sizes of one annann run as a fio bssplit: on a codes index the head reads (round
+	1) and the page reads (round 2, adjacent 4 KiB pages coalesced) in their shares of the read
+	requests, each as the mix of whole-page sizes that gives its mean (until 2026-12-06 each
+	round's mean was rounded to the nearest 4 KiB, so 5.3 KiB heads were modelled as 4 KiB reads
+	and the share of fio passed 100%); else the mean read's mix."""
 	c = r.get('codes')
+	mix = {}
 	if c and c.get('ios_round1') and c.get('ios_round2'):
-		s1, s2 = round4k(c['bytes_round1'] / c['ios_round1']), round4k(c['bytes_round2'] / c['ios_round2'])
-		p1 = int(round(100.0 * c['ios_round1'] / (c['ios_round1'] + c['ios_round2'])))
-		if s1 != s2 and 0 < p1 < 100:
-			return '%dk/%d:%dk/%d' % (s1 // 1024, p1, s2 // 1024, 100 - p1)
-	return '%dk' % (round4k(r['bytes'] / r['ios']) // 1024)
+		n = c['ios_round1'] + c['ios_round2']
+		page_mix(c['bytes_round1'] / c['ios_round1'], c['ios_round1'] / n, mix)
+		page_mix(c['bytes_round2'] / c['ios_round2'], c['ios_round2'] / n, mix)
+	else:
+		page_mix(r['bytes'] / r['ios'], 1.0, mix)
+	pct = {k: int(round(100 * v)) for k, v in mix.items() if int(round(100 * v)) > 0}
+	if not pct:
+		return '4k'
+	top = max(pct, key=lambda k: pct[k])
+	pct[top] += 100 - sum(pct.values())  # fio wants the shares to sum to 100
+	if len(pct) == 1:
+		return '%dk' % (4 * top)
+	return ':'.join('%dk/%d' % (4 * k, pct[k]) for k in sorted(pct))
 
 
 def uptime():
