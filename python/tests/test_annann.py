@@ -377,13 +377,19 @@ def test_search_releases_the_gil(index, data):
     small part of the search, where a held GIL would stall it throughout."""
     base, queries = data
     with annann.open(index) as idx:
-        # Size the batch to take about a second on this machine: a fixed
-        # repeat count was too short to tell once the search got faster.
-        idx.search(queries, k=10, nprobe=24)
-        t0 = time.perf_counter()
-        idx.search(queries, k=10, nprobe=24)
-        once = max(time.perf_counter() - t0, 1e-6)
-        many = np.tile(queries, (int(min(max(1.0 / once, 20), 5000)), 1))
+        # Size the batch to take over half a second on this machine, timing
+        # the very call the thread makes (one batch of every copy): a repeat
+        # count taken from the default batches of one pass ran 0.27 s, since
+        # a single batch reads each partition once for all its queries.
+        reps = 20
+        while True:
+            many = np.tile(queries, (reps, 1))
+            t0 = time.perf_counter()
+            idx.search(many, k=10, nprobe=24, batch=len(many))
+            took = time.perf_counter() - t0
+            if took >= 0.6 or reps >= 2500:  # 2500 copies: 500,000 queries, ~70 MB of answers
+                break
+            reps = min(2500, int(reps * min(max(2.0, 1.0 / max(took, 1e-3)), 50.0)))
         t = threading.Thread(target=idx.search, args=(many,), kwargs=dict(k=10, nprobe=24, batch=len(many)))
         last = t0 = time.perf_counter()
         gap = 0.0
