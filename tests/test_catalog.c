@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "catalog.h"
+#include "catalog_impl.h"
 #include "testutil.h"
 
 static ann_rng rng;
@@ -572,6 +573,73 @@ static void test_alloc_failures(const char *dir)
 	free(path);
 }
 
+/* Reader slots of this process in the lock file's table, as mdb_reader_list
+ * prints them ("pid thread txnid" per line, after a header). */
+static int count_mine(const char *msg, void *ctx)
+{
+	long pid = 0;
+	if (sscanf(msg, "%ld", &pid) == 1 && pid == (long)getpid())
+		(*(int *)ctx)++;
+	return 0;
+}
+
+static int my_readers(MDB_env *env)
+{
+	int n = 0;
+	ASSERT_TRUE(mdb_reader_list(env, count_mine, &n) >= 0);
+	return n;
+}
+
+/* One LMDB environment per catalog per process: a reader and a writer of
+ * the same catalog in one process share it. With two environments, the
+ * second one's open took the lock file's exclusive lock (POSIX locks do not
+ * conflict within a process), believed itself the first user and reset the
+ * reader table, so the reader's slot vanished while its txn lived on: a
+ * writer could reuse the pages it was reading. Its close then dropped the
+ * process's locks on the file. */
+static void test_one_env(const char *dir)
+{
+	t_current = "one env";
+	char *path = t_path(dir, "oneenv.lmdb");
+	ann_catalog *w = open_cat(path, 0, true);
+	ann_cat_txn *t;
+	ASSERT_OK(ann_catalog_write_begin(w, &t, NULL));
+	ASSERT_OK(ann_catalog_meta_put_u64(t, "x", 1, NULL));
+	ASSERT_OK(ann_catalog_commit(t, NULL));
+	ann_catalog_close(w);
+	ann_catalog_opts ro;
+	ann_catalog_opts_init(&ro);
+	ro.readonly = true;
+	ann_catalog *r = NULL;
+	ASSERT_OK(ann_catalog_open(path, &ro, &r, NULL));
+	ann_cat_txn *rt;
+	ASSERT_OK(ann_catalog_read_begin(r, &rt, NULL)); /* a live reader slot */
+	ASSERT_EQ(my_readers(r->env), 1);
+	w = open_cat(path, 0, false);
+	ASSERT_EQ(my_readers(r->env), 1); /* the writer's open kept it */
+	ASSERT_TRUE(w->env == r->env);    /* shared */
+	ASSERT_OK(ann_catalog_write_begin(w, &t, NULL));
+	ASSERT_OK(ann_catalog_meta_put_u64(t, "x", 2, NULL));
+	ASSERT_OK(ann_catalog_commit(t, NULL));
+	ann_catalog_close(w); /* the writer goes; the reader stays */
+	ASSERT_EQ(my_readers(r->env), 1);
+	ann_error e = {0};
+	ASSERT_ERR(ann_catalog_write_begin(r, &t, &e), e, ANN_E_INVAL, "read-only"); /* still a reader */
+	uint64_t x = 0;
+	ASSERT_OK(ann_catalog_meta_get_u64(rt, "x", &x, NULL));
+	ASSERT_EQ(x, 1); /* its snapshot */
+	ann_catalog_read_end(rt);
+	ann_catalog_close(r);
+	/* closed by the last handle: a new open makes a new environment and works */
+	r = open_cat(path, 0, false);
+	ASSERT_OK(ann_catalog_read_begin(r, &rt, NULL));
+	ASSERT_OK(ann_catalog_meta_get_u64(rt, "x", &x, NULL));
+	ASSERT_EQ(x, 2);
+	ann_catalog_read_end(rt);
+	ann_catalog_close(r);
+	free(path);
+}
+
 int main(void)
 {
 	t_init("test_catalog", &rng);
@@ -581,6 +649,7 @@ int main(void)
 	test_map_growth(dir);
 	test_snapshot_inprocess(dir);
 	test_snapshot_process(dir);
+	test_one_env(dir);
 	test_corruption(dir);
 	test_format(dir);
 	test_alloc_failures(dir);

@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #define CAT_FORMAT_MAJOR 1
@@ -147,20 +148,20 @@ int ann_cat_mdb_fail(const ann_catalog *c, ann_error *err, int rc, const char *w
 
 static void gate_enter(ann_catalog *c)
 {
-	pthread_mutex_lock(&c->mu);
-	while (c->resizing)
-		pthread_cond_wait(&c->cv, &c->mu);
-	c->active++;
-	pthread_mutex_unlock(&c->mu);
+	pthread_mutex_lock(&c->sh->mu);
+	while (c->sh->resizing)
+		pthread_cond_wait(&c->sh->cv, &c->sh->mu);
+	c->sh->active++;
+	pthread_mutex_unlock(&c->sh->mu);
 }
 
 static void gate_leave(ann_catalog *c)
 {
-	pthread_mutex_lock(&c->mu);
-	c->active--;
-	if (c->active == 0)
-		pthread_cond_broadcast(&c->cv);
-	pthread_mutex_unlock(&c->mu);
+	pthread_mutex_lock(&c->sh->mu);
+	c->sh->active--;
+	if (c->sh->active == 0)
+		pthread_cond_broadcast(&c->sh->cv);
+	pthread_mutex_unlock(&c->sh->mu);
 }
 
 /* Sets the map size (0: adopt the size another process set; grow: double the
@@ -168,12 +169,12 @@ static void gate_leave(ann_catalog *c)
  * caller must not be inside the gate. */
 static int gate_resize(ann_catalog *c, uint64_t min_bytes, bool grow, ann_error *err)
 {
-	pthread_mutex_lock(&c->mu);
-	while (c->resizing)
-		pthread_cond_wait(&c->cv, &c->mu);
-	c->resizing = true;
-	while (c->active > 0)
-		pthread_cond_wait(&c->cv, &c->mu);
+	pthread_mutex_lock(&c->sh->mu);
+	while (c->sh->resizing)
+		pthread_cond_wait(&c->sh->cv, &c->sh->mu);
+	c->sh->resizing = true;
+	while (c->sh->active > 0)
+		pthread_cond_wait(&c->sh->cv, &c->sh->mu);
 	int rc = 0;
 	if (!grow) {
 		rc = mdb_env_set_mapsize(c->env, 0);
@@ -189,12 +190,12 @@ static int gate_resize(ann_catalog *c, uint64_t min_bytes, bool grow, ann_error 
 			else
 				rc = mdb_env_set_mapsize(c->env, (size_t)want);
 			if (rc == 0)
-				c->grows++;
+				c->sh->grows++;
 		}
 	}
-	c->resizing = false;
-	pthread_cond_broadcast(&c->cv);
-	pthread_mutex_unlock(&c->mu);
+	c->sh->resizing = false;
+	pthread_cond_broadcast(&c->sh->cv);
+	pthread_mutex_unlock(&c->sh->mu);
 	if (rc)
 		return ann_cat_mdb_fail(c, err, rc, "set map size", -1, NULL, 0);
 	return ANN_OK;
@@ -333,6 +334,125 @@ fail:
 	return rc;
 }
 
+/* ---- one environment per process --------------------------------------------------
+ * LMDB allows one environment per file per process: its locks are POSIX
+ * fcntl locks, which belong to the process, so closing a second
+ * environment of the same file drops the first one's too. Another process's
+ * mdb_reader_check then takes the first one's readers for dead and clears
+ * their slots, and a writer may reuse pages they still read. So every
+ * handle of a directory in this process (an Index and a writer of the same
+ * index, an Index and annann.tune) shares one environment, opened by the
+ * first and closed by the last; the gate covers all of their txns. A forked
+ * child does not use its parent's (LMDB forbids it): it opens its own. */
+
+static pthread_mutex_t shared_mu = PTHREAD_MUTEX_INITIALIZER;
+static cat_shared *shared_list; /* under shared_mu */
+
+static void shared_release_locked(cat_shared *sh)
+{
+	if (--sh->refs > 0)
+		return;
+	for (cat_shared **p = &shared_list; *p; p = &(*p)->next)
+		if (*p == sh) {
+			*p = sh->next;
+			break;
+		}
+	mdb_env_close(sh->env);
+	pthread_mutex_destroy(&sh->mu);
+	pthread_cond_destroy(&sh->cv);
+	ann_free(sh);
+}
+
+/* A new environment for the directory path (identity st). */
+static int shared_new_locked(ann_catalog *c, const char *path, const struct stat *st, const ann_catalog_opts *o,
+			     ann_error *err)
+{
+	uint64_t map = o->map_bytes;
+	if (map == 0) {
+		char dpath[4200];
+		snprintf(dpath, sizeof dpath, "%s/data.mdb", path);
+		struct stat ds;
+		map = CAT_DEFAULT_MAP;
+		if (stat(dpath, &ds) == 0 && (uint64_t)ds.st_size * 2 > map)
+			map = (uint64_t)ds.st_size * 2;
+	}
+	if (map > SIZE_MAX / 2)
+		map = SIZE_MAX / 2;
+	cat_shared *sh = ann_calloc(1, sizeof *sh);
+	if (!sh)
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", path);
+	int rc = mdb_env_create(&sh->env);
+	if (rc) {
+		ann_free(sh);
+		return ann_cat_mdb_fail(c, err, rc, "create environment", -1, NULL, 0);
+	}
+	mdb_env_set_maxdbs(sh->env, 16);
+	mdb_env_set_maxreaders(sh->env, o->max_readers ? o->max_readers : 510);
+	mdb_env_set_mapsize(sh->env, (size_t)map);
+	/* Read-write whenever the directory allows it, so that a writer opened
+	 * after a reader of the same index can share the environment. */
+	sh->readonly = o->readonly && access(path, W_OK) != 0;
+	rc = ann_lmdb_meta_precheck(path, err);
+	if (rc == ANN_OK) {
+		int mrc = mdb_env_open(sh->env, path, MDB_NOTLS | (sh->readonly ? MDB_RDONLY : 0), 0644);
+		if (mrc)
+			rc = ann_cat_mdb_fail(c, err, mrc, "open environment", -1, NULL, 0);
+	}
+	if (rc < 0) {
+		mdb_env_close(sh->env);
+		ann_free(sh);
+		return rc;
+	}
+	sh->dev = st->st_dev;
+	sh->ino = st->st_ino;
+	sh->pid = getpid();
+	sh->refs = 1;
+	pthread_mutex_init(&sh->mu, NULL);
+	pthread_cond_init(&sh->cv, NULL);
+	sh->next = shared_list;
+	shared_list = sh;
+	c->sh = sh;
+	c->env = sh->env;
+	return ANN_OK;
+}
+
+/* ann_catalog_open under shared_mu: the directory, its environment (shared or
+ * new), the checks of a new handle. */
+static int open_locked(ann_catalog *c, const char *path, const ann_catalog_opts *o, ann_error *err)
+{
+	struct stat st;
+	if (stat(path, &st) != 0) {
+		if (errno != ENOENT)
+			return ann_err_sys(err, errno, "%s: cannot stat", path);
+		if (!o->create || o->readonly)
+			return ann_err(err, ANN_E_NOTFOUND, "%s: no such catalog", path);
+		if (mkdir(path, 0755) != 0 && errno != EEXIST)
+			return ann_err_sys(err, errno, "%s: cannot create directory", path);
+		if (stat(path, &st) != 0)
+			return ann_err_sys(err, errno, "%s: cannot stat", path);
+	}
+	if (!S_ISDIR(st.st_mode))
+		return ann_err(err, ANN_E_FORMAT, "%s: not a directory (catalog.lmdb is a directory)", path);
+	pid_t me = getpid();
+	for (cat_shared *sh = shared_list; sh; sh = sh->next)
+		if (sh->dev == st.st_dev && sh->ino == st.st_ino && sh->pid == me) {
+			if (sh->readonly && !o->readonly)
+				return ann_err(err, ANN_E_INVAL, "%s: open read-only in this process (the directory is "
+					       "not writable), so it cannot be opened for writing too", path);
+			sh->refs++;
+			c->sh = sh;
+			c->env = sh->env;
+			break;
+		}
+	if (!c->sh)
+		ANN_TRY(shared_new_locked(c, path, &st, o, err));
+	int dead = 0;
+	mdb_reader_check(c->env, &dead);
+	ANN_TRY(open_check(c, err));
+	ANN_TRY(open_dbis(c, o->create, err));
+	return check_format(c, o->create, err);
+}
+
 int ann_catalog_open(const char *path, const ann_catalog_opts *o, ann_catalog **out, ann_error *err)
 {
 	ann_catalog_opts defaults;
@@ -353,73 +473,33 @@ int ann_catalog_open(const char *path, const ann_catalog_opts *o, ann_catalog **
 	}
 	memcpy(c->path, path, plen + 1);
 	c->readonly = o->readonly;
-	pthread_mutex_init(&c->mu, NULL);
-	pthread_cond_init(&c->cv, NULL);
-
-	struct stat st;
-	if (stat(path, &st) != 0) {
-		if (errno != ENOENT) {
-			rc = ann_err_sys(err, errno, "%s: cannot stat", path);
-			goto fail;
-		}
-		if (!o->create || o->readonly) {
-			rc = ann_err(err, ANN_E_NOTFOUND, "%s: no such catalog", path);
-			goto fail;
-		}
-		if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-			rc = ann_err_sys(err, errno, "%s: cannot create directory", path);
-			goto fail;
-		}
-	} else if (!S_ISDIR(st.st_mode)) {
-		rc = ann_err(err, ANN_E_FORMAT, "%s: not a directory (catalog.lmdb is a directory)", path);
-		goto fail;
-	}
-
-	uint64_t map = o->map_bytes;
-	if (map == 0) {
-		char dpath[4200];
-		snprintf(dpath, sizeof dpath, "%s/data.mdb", path);
-		map = CAT_DEFAULT_MAP;
-		if (stat(dpath, &st) == 0 && (uint64_t)st.st_size * 2 > map)
-			map = (uint64_t)st.st_size * 2;
-	}
-	if (map > SIZE_MAX / 2)
-		map = SIZE_MAX / 2;
-	rc = mdb_env_create(&c->env);
-	if (rc) {
+	/* Held through the whole open: the registry, and mdb_dbi_open, which
+	 * two txns of one environment must not call at once. */
+	pthread_mutex_lock(&shared_mu);
+	rc = open_locked(c, path, o, err);
+	if (rc < 0 && c->sh) {
+		shared_release_locked(c->sh);
+		c->sh = NULL;
 		c->env = NULL;
-		rc = ann_cat_mdb_fail(c, err, rc, "create environment", -1, NULL, 0);
-		goto fail;
 	}
-	mdb_env_set_maxdbs(c->env, 16);
-	mdb_env_set_maxreaders(c->env, o->max_readers ? o->max_readers : 510);
-	mdb_env_set_mapsize(c->env, (size_t)map);
-	ANN_CHECK(rc, ann_lmdb_meta_precheck(path, err));
-	rc = mdb_env_open(c->env, path, MDB_NOTLS | (o->readonly ? MDB_RDONLY : 0), 0644);
-	if (rc) {
-		rc = ann_cat_mdb_fail(c, err, rc, "open environment", -1, NULL, 0);
-		goto fail;
+	pthread_mutex_unlock(&shared_mu);
+	if (rc < 0) {
+		ann_catalog_close(c);
+		return rc;
 	}
-	int dead = 0;
-	mdb_reader_check(c->env, &dead);
-	ANN_CHECK(rc, open_check(c, err));
-	ANN_CHECK(rc, open_dbis(c, o->create, err));
-	ANN_CHECK(rc, check_format(c, o->create, err));
 	*out = c;
 	return ANN_OK;
-fail:
-	ann_catalog_close(c);
-	return rc;
 }
 
 void ann_catalog_close(ann_catalog *c)
 {
 	if (!c)
 		return;
-	if (c->env)
-		mdb_env_close(c->env);
-	pthread_mutex_destroy(&c->mu);
-	pthread_cond_destroy(&c->cv);
+	if (c->sh) {
+		pthread_mutex_lock(&shared_mu);
+		shared_release_locked(c->sh);
+		pthread_mutex_unlock(&shared_mu);
+	}
 	ann_free(c->path);
 	ann_free(c);
 }
@@ -965,9 +1045,9 @@ int ann_catalog_space_get(ann_catalog *c, ann_catalog_space *sp, ann_error *err)
 	sp->map_bytes = info.me_mapsize;
 	sp->page_bytes = est.ms_psize;
 	sp->last_page = (uint64_t)info.me_last_pgno + 1;
-	pthread_mutex_lock(&c->mu);
-	sp->map_grows = c->grows;
-	pthread_mutex_unlock(&c->mu);
+	pthread_mutex_lock(&c->sh->mu);
+	sp->map_grows = c->sh->grows;
+	pthread_mutex_unlock(&c->sh->mu);
 
 	ann_cat_txn *t;
 	ANN_TRY(ann_catalog_read_begin(c, &t, err));

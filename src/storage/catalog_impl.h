@@ -12,6 +12,7 @@
 
 #include <lmdb.h>
 #include <pthread.h>
+#include <sys/types.h>
 
 #include "catalog.h"
 
@@ -21,16 +22,31 @@
  * A snapshot whose id differs was served from a damaged meta page. */
 #define CAT_TXN_KEY "catalog.txn"
 
-struct ann_catalog {
+/* The one LMDB environment of a catalog directory in this process, shared by
+ * every handle of it (catalog.c "one environment per process"), with the
+ * gate that map resizes need: all of the environment's txns, whichever
+ * handle began them. */
+typedef struct cat_shared {
 	MDB_env *env;
-	MDB_dbi dbi[ANN_CAT_NDB];
-	char *path;    /* catalog.lmdb directory */
-	bool readonly; /* opened MDB_RDONLY */
+	dev_t dev;        /* the directory's identity */
+	ino_t ino;
+	pid_t pid;        /* the process that opened it (a forked child opens its own) */
+	unsigned refs;    /* handles sharing it (under the registry's lock) */
+	bool readonly;    /* opened MDB_RDONLY: the directory is not writable */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	unsigned active;  /* txns of this process inside the gate */
 	bool resizing;    /* a resize waits for active == 0 or runs */
-	uint64_t grows;   /* map doublings done by this handle (under mu) */
+	uint64_t grows;   /* map doublings done through this environment (under mu) */
+	struct cat_shared *next;
+} cat_shared;
+
+struct ann_catalog {
+	MDB_env *env;  /* sh->env */
+	cat_shared *sh;
+	MDB_dbi dbi[ANN_CAT_NDB];
+	char *path;    /* catalog.lmdb directory */
+	bool readonly; /* this handle writes nothing (its environment may be shared with a writer) */
 };
 
 struct ann_cat_txn {

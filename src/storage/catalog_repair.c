@@ -240,8 +240,6 @@ int ann_catalog_repair(const char *path, const ann_catalog_repair_opts *o, ann_c
 	memset(&cs, 0, sizeof cs);
 	cs.path = (char *)path;
 	cs.readonly = true;
-	pthread_mutex_init(&cs.mu, NULL);
-	pthread_cond_init(&cs.cv, NULL);
 	MDB_txn *stx = NULL;
 	MDB_env *dst = NULL;
 	char tmp[4200], file[4200];
@@ -402,7 +400,5 @@ out:
 		mdb_env_close(cs.env);
 	if (made_tmp)
 		rm_env_dir(tmp);
-	pthread_mutex_destroy(&cs.mu);
-	pthread_cond_destroy(&cs.cv);
 	return rc;
 }
