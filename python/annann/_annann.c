@@ -1777,8 +1777,8 @@ static PyMethodDef module_methods[] = {
 	 "ground_truth(base, queries, k=100, *, metric='l2', threads=2, mem=0) -> (ids int64, distances float32)"},
 	{"tune", (PyCFunction)(void (*)(void))py_tune, METH_VARARGS | METH_KEYWORDS,
 	 "tune(index_dir, queries, gt, *, k=10, p1=0) -> report dict: fits learned adaptive probing on queries\n"
-	 "(n, dim) with ground truth ids (n, >= k) and stores it in the index (close every Index of it first;\n"
-	 "docs/DESIGN.md \"Learned adaptive probing\")"},
+	 "(n, dim) with ground truth ids (n, >= k) and stores it in the index. An Index of it opened before\n"
+	 "keeps searching without the new model until it is reopened (docs/DESIGN.md \"Learned adaptive probing\")"},
 	{"read_ground_truth", py_read_ground_truth, METH_VARARGS,
 	 "read_ground_truth(path) -> (ids int64, distances float32), big-ann layout or .ivecs"},
 	{NULL, NULL, 0, NULL},

@@ -458,7 +458,14 @@ def test_tune_adaptive_probing(tmp_path):
             idx.search(queries[:4], k=10, nprobe=8, adaptive=True)
     with pytest.raises(annann.Error, match="dimension"):
         annann.tune(d, queries[:, :8], truth)
-    rep = annann.tune(d, queries[:200], truth[:200], k=10, p1=2)
+    # tuned while an Index of it is open in this process (they share one LMDB environment):
+    # the open Index keeps working, without the model it loaded no copy of
+    with annann.open(d) as early:
+        early.search(queries[:4], k=10, nprobe=8)
+        rep = annann.tune(d, queries[:200], truth[:200], k=10, p1=2)
+        assert early.info()["probe_p1"] == 0
+        early.search(queries[:4], k=10, nprobe=8)
+        assert np.all(early.last_stats["partitions"] == 8)
     assert rep["p1"] == 2 and rep["queries"] == 200 and rep["rows"]
     assert all(r["probed_adaptive"] >= 2 for r in rep["rows"])
     with annann.open(d) as idx:
