@@ -363,6 +363,22 @@ static void shared_release_locked(cat_shared *sh)
 	ann_free(sh);
 }
 
+/* Whether this process may open the environment at path read-write: the
+ * directory, and data.mdb and lock.mdb where they exist, writable. */
+static bool env_writable(const char *path)
+{
+	if (access(path, W_OK) != 0)
+		return false;
+	static const char *const files[] = {"data.mdb", "lock.mdb"};
+	for (size_t i = 0; i < 2; i++) {
+		char f[4200];
+		snprintf(f, sizeof f, "%s/%s", path, files[i]);
+		if (access(f, W_OK) != 0 && errno != ENOENT)
+			return false;
+	}
+	return true;
+}
+
 /* A new environment for the directory path (identity st). */
 static int shared_new_locked(ann_catalog *c, const char *path, const struct stat *st, const ann_catalog_opts *o,
 			     ann_error *err)
@@ -389,9 +405,10 @@ static int shared_new_locked(ann_catalog *c, const char *path, const struct stat
 	mdb_env_set_maxdbs(sh->env, 16);
 	mdb_env_set_maxreaders(sh->env, o->max_readers ? o->max_readers : 510);
 	mdb_env_set_mapsize(sh->env, (size_t)map);
-	/* Read-write whenever the directory allows it, so that a writer opened
-	 * after a reader of the same index can share the environment. */
-	sh->readonly = o->readonly && access(path, W_OK) != 0;
+	/* Read-write whenever the directory and its files allow it, so that a
+	 * writer opened after a reader of the same index can share the
+	 * environment; read-only where they do not, as the handle asked. */
+	sh->readonly = o->readonly && !env_writable(path);
 	rc = ann_lmdb_meta_precheck(path, err);
 	if (rc == ANN_OK) {
 		int mrc = mdb_env_open(sh->env, path, MDB_NOTLS | (sh->readonly ? MDB_RDONLY : 0), 0644);
