@@ -335,11 +335,12 @@ fail:
 }
 
 /* ---- one environment per process --------------------------------------------------
- * LMDB allows one environment per file per process: its locks are POSIX
- * fcntl locks, which belong to the process, so closing a second
- * environment of the same file drops the first one's too. Another process's
- * mdb_reader_check then takes the first one's readers for dead and clears
- * their slots, and a writer may reuse pages they still read. So every
+ * LMDB allows one environment per file per process: its locks on lock.mdb
+ * are POSIX fcntl locks, which belong to the process and never conflict
+ * within it. A second environment's open took the exclusive lock that tells
+ * LMDB it is the file's first user and reset the reader table (a live reader
+ * of the first lost its slot, so a writer could reuse the pages it read),
+ * and its close dropped the first one's locks. So every
  * handle of a directory in this process (an Index and a writer of the same
  * index, an Index and annann.tune) shares one environment, opened by the
  * first and closed by the last; the gate covers all of their txns. A forked
@@ -454,8 +455,8 @@ static int open_locked(ann_catalog *c, const char *path, const ann_catalog_opts 
 	for (cat_shared *sh = shared_list; sh; sh = sh->next)
 		if (sh->dev == st.st_dev && sh->ino == st.st_ino && sh->pid == me) {
 			if (sh->readonly && !o->readonly)
-				return ann_err(err, ANN_E_INVAL, "%s: open read-only in this process (the directory is "
-					       "not writable), so it cannot be opened for writing too", path);
+				return ann_err(err, ANN_E_INVAL, "%s: open read-only in this process (the directory or "
+					       "its files are not writable), so it cannot be opened for writing too", path);
 			sh->refs++;
 			c->sh = sh;
 			c->env = sh->env;
