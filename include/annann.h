@@ -323,6 +323,9 @@ typedef struct ann_index_info {
 	uint32_t router_bits;      /**< k-means: bits per dimension of the compact router's centroid codes; 0 = the graph */
 	uint32_t default_nprobe;   /**< the nprobe a search gets when ann_search_opts.nprobe is 0 (docs/DESIGN.md "Defaults") */
 	uint32_t probe_p1;         /**< learned adaptive probing (ann_tune_probe): the model's first stage; 0 = no model */
+	uint32_t spread_partitions; /**< codes blocks: partitions whose directory entry holds a spread, which the
+	                                 spread-aware probe order uses (docs/DESIGN.md "Spread-aware probe order");
+	                                 0 in indexes built before it */
 } ann_index_info;
 
 ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);

@@ -89,7 +89,9 @@ expect 2 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --rerank-pha
 expect 0 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --rerank-phases 4 --json
 python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read()); assert j["recall_at_k"] > 0.8, j' "$dir/out" ||
 	fail "--rerank-phases 4: $(cat "$dir/out")"
-# the spread-aware probe order: the weight's range; 0 turns it off
+# the spread-aware probe order: info says it applies; the weight's range; 0 turns it off
+expect 0 "$A" info --index "$dir/c_lmdb"
+grep -q "^probe order    centroid distance + 0.125 x spread" "$dir/out" || fail "info probe order: $(cat "$dir/out")"
 expect 2 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --spread-weight -1
 expect 2 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --spread-weight 101
 for w in 0 0.5; do

@@ -200,6 +200,9 @@ static void test_index(const char *dir, const char *data, ann_store_kind store)
 	float hi = fmaxf(x->dir.ents[0].spread, x->dir.ents[1].spread);
 	ASSERT_NEAR(lo, D * 4.0, D * 4.0 * 0.3);
 	ASSERT_NEAR(hi, D * 625.0, D * 625.0 * 0.1);
+	ann_index_info info;
+	ASSERT_OK(ann_index_get_info(x, &info, NULL));
+	ASSERT_EQ(info.spread_partitions, 2);
 	/* distance order: the loose cluster; spread order (weight 1): the tight one */
 	ASSERT_EQ(search_a(x, -1.0f), 0);
 	ASSERT_EQ(search_a(x, 1.0f), K);
@@ -231,6 +234,8 @@ static void test_index(const char *dir, const char *data, ann_store_kind store)
 	ASSERT_EQ(x->dir.ents[loose].count, 1);
 	ASSERT_TRUE(x->dir.ents[loose].spread == 0.0f); /* one row: its centre */
 	ASSERT_TRUE(x->dir.ents[1 - loose].spread > 0.0f);
+	ASSERT_OK(ann_index_get_info(x, &info, NULL));
+	ASSERT_EQ(info.spread_partitions, 1);
 	ann_index_close(x);
 	ASSERT_OK(ann_verify(idx, count_issue, &issues, &problems, NULL));
 	ASSERT_EQ(problems, 0);

@@ -362,6 +362,14 @@ static int run_info(cli_cmd *c)
 		if (in.probe_p1)
 			printf("probing        learned adaptive (annann tune): first stage %u partitions, nprobe is the mean budget\n",
 			       in.probe_p1);
+		if (in.code_bits && in.router == ANN_ROUTER_KMEANS && in.metric == ANN_METRIC_L2) {
+			if (in.spread_partitions)
+				printf("probe order    centroid distance + 0.125 x spread (--spread-weight); %u of %u "
+				       "partitions have a spread\n", in.spread_partitions, in.partitions);
+			else
+				printf("probe order    centroid distance: no partition has a spread (blocks written before "
+				       "2026-12-06; a rebuild gives every one)\n");
+		}
 		printf("router         %s, %.2f MiB in RAM (%.2f bytes per vector)\n", ann_router_name(in.router),
 		       (double)in.router_ram_bytes / 1048576.0,
 		       in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0.0);

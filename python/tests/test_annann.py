@@ -491,6 +491,8 @@ def test_spread_weight(tmp_path):
     rng = np.random.default_rng(8)
     queries = (clustered(100, 9) + rng.normal(0, 10, (100, DIM))).clip(0, 255).astype(np.float32)
     with annann.build(tmp_path / "s", base, partitions=32, code_bits=2, mem="64M", threads=1) as idx:
+        info = idx.info()
+        assert info["spread_partitions"] == info["partitions"] > 0, info
         b = base.astype(np.float64)
         q = queries.astype(np.float64)
         got = {}

@@ -298,6 +298,8 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->code_order = x->meta.code_bits && x->meta.code_order;
 	info->head_bytes = 0;
 	for (uint32_t p = 0; p < x->dir.n; p++)
+		info->spread_partitions += x->dir.ents[p].kind != ANN_KIND_NONE && x->dir.ents[p].spread > 0.0f;
+	for (uint32_t p = 0; p < x->dir.n; p++)
 		info->head_bytes += x->dir.ents[p].head;
 	info->smallest_partition = UINT64_MAX;
 	for (uint32_t p = 0; p < x->dir.n; p++) {
