@@ -354,7 +354,7 @@ typedef struct ann_search_opts {
 	                            1 partition in 40, at least 16 (ann_index_info.default_nprobe; docs/DESIGN.md
 	                            "Defaults") */
 	uint32_t candidates_factor; /**< annann: HNSW returns factor * C clusters; default 10 */
-	uint32_t hnsw_ef;      /**< ef of the centroid graph search; default 0 = max(the build's calibrated ef, 2 * nprobe), 128 for indexes built before calibration (k-means router; docs/DESIGN.md) */
+	uint32_t hnsw_ef;      /**< ef of the centroid graph search; default 0 = max(the build's calibrated ef, 2 * nprobe), 128 for indexes built before calibration (k-means router; docs/DESIGN.md); with at most 16384 centroids and at most 64 * ef of them a single query scans them all instead (exact, and cheaper) */
 	size_t cache_bytes;    /**< decoded-block cache; default 0 = read every block from storage */
 	uint32_t queue_depth;  /**< I/O requests in flight; default 32 */
 	size_t io_buffer_bytes; /**< bound on raw block bytes in flight; default 16 MiB, raised to the largest block */

@@ -4,7 +4,9 @@
  * trip (identical results and bytes), corrupt and truncated blobs rejected,
  * k > n, n = 0 and 1, duplicates, concurrent searches, determinism; uint8
  * storage (same graph and answers as float32 on integer data, 3 d bytes
- * less per node, its blob, bad input refused) and a 1.0 blob still loading. */
+ * less per node, its blob, bad input refused) and a 1.0 blob still loading;
+ * the exact scan (ann_hnsw_scan) against brute force in every metric and
+ * both storages, its ties by id and k past the count. */
 #include "testutil.h"
 
 #include <pthread.h>
@@ -158,6 +160,81 @@ static void test_metrics(ann_rng *r)
 		ASSERT_LE(0.95, rc);
 		ann_hnsw_free(h);
 	}
+	free(x);
+	free(q);
+	free(ctr);
+}
+
+/* ann_hnsw_scan: the exact k nearest, ascending, ties by id, in every
+ * metric and both storages; k past the count returns the count. */
+static void test_scan(ann_rng *r)
+{
+	t_current = "test_scan";
+	size_t n = 2500, d = 20, nq = 40, nc = 8;
+	float *ctr = malloc(nc * d * sizeof(float));
+	t_fill_uniform(r, ctr, nc * d, 2.0f, 28.0f);
+	float *x = clustered(r, n, d, ctr, nc), *q = clustered(r, nq, d, ctr, nc);
+	for (size_t i = 0; i < n * d; i++) /* integer data in 0..255: the same rows in u8 storage */
+		x[i] = fminf(255, fmaxf(0, roundf(8 * x[i])));
+	for (size_t i = 0; i < nq * d; i++)
+		q[i] *= 8;
+	uint32_t *scratch = malloc(2 * n * sizeof *scratch);
+	uint64_t *sel = malloc((n + 1) * sizeof *sel);
+	int32_t *ids = malloc((n + 1) * sizeof *ids), *gt = malloc((n + 1) * sizeof *gt);
+	float *dist = malloc((n + 1) * sizeof *dist);
+	for (int m = 0; m < 4; m++) { /* L2, IP, COSINE in float32; L2 in u8 */
+		ann_metric mt = m == 3 ? ANN_METRIC_L2 : (ann_metric)m;
+		ann_hnsw *h;
+		ASSERT_OK((m == 3 ? ann_hnsw_create_u8 : ann_hnsw_create)(d, mt, 8, 40, 3, &h, NULL));
+		ASSERT_OK(ann_hnsw_build(h, x, n, 1, NULL, NULL, NULL));
+		size_t ks[] = {1, 10, 300, n, n + 1};
+		size_t same = 0, total = 0;
+		for (size_t i = 0; i < nq; i++) {
+			const float *qi = q + i * d;
+			for (size_t t = 0; t < sizeof ks / sizeof ks[0]; t++) {
+				size_t k = ks[t], want = k < n ? k : n;
+				ASSERT_EQ(ann_hnsw_scan(h, qi, k, ids, dist, sel, scratch), (int)want);
+				brute(mt, x, n, d, qi, want, gt);
+				for (size_t j = 0; j < want; j++) {
+					ASSERT_TRUE(ids[j] >= 0 && (size_t)ids[j] < n);
+					double e = metric_dist(mt, x + (size_t)ids[j] * d, qi, d);
+					ASSERT_NEAR(dist[j], e, 1e-4 * (1 + fabs(e)));
+					if (j) {
+						ASSERT_LE(dist[j - 1], dist[j]);
+						if (dist[j - 1] == dist[j])
+							ASSERT_LT(ids[j - 1], ids[j]);
+					}
+					double g = metric_dist(mt, x + (size_t)gt[j] * d, qi, d);
+					ASSERT_NEAR(e, g, 1e-4 * (1 + fabs(g))); /* the j-th distance is the exact j-th */
+					same += ids[j] == gt[j];
+					total++;
+				}
+			}
+		}
+		/* ids differ only at float/double near-ties */
+		ASSERT_LE(0.99 * (double)total, (double)same);
+		ann_hnsw_free(h);
+	}
+	/* ties: copies of one row come out by ascending id */
+	ann_hnsw *h;
+	ASSERT_OK(ann_hnsw_create(d, ANN_METRIC_L2, 8, 40, 3, &h, NULL));
+	float *y = malloc(10 * d * sizeof(float));
+	for (size_t i = 0; i < 10; i++)
+		memcpy(y + i * d, x + (i % 2 ? 0 : 1) * d, d * sizeof(float));
+	ASSERT_OK(ann_hnsw_build(h, y, 10, 1, NULL, NULL, NULL));
+	ASSERT_EQ(ann_hnsw_scan(h, x, 5, ids, dist, sel, scratch), 5);
+	for (size_t j = 0; j < 5; j++) {
+		ASSERT_EQ(ids[j], (int32_t)(2 * j + 1));
+		ASSERT_NEAR(dist[j], 0.0, 1e-6);
+	}
+	ASSERT_EQ(ann_hnsw_scan(h, x, 0, ids, dist, sel, scratch), 0);
+	ann_hnsw_free(h);
+	free(y);
+	free(scratch);
+	free(sel);
+	free(ids);
+	free(gt);
+	free(dist);
 	free(x);
 	free(q);
 	free(ctr);
@@ -854,6 +931,7 @@ int main(void)
 	int64_t live = ann_mem_live_bytes();
 	test_recall(&rng);
 	test_metrics(&rng);
+	test_scan(&rng);
 	test_blob(&rng);
 	test_blob_padding();
 	test_blob_ef();

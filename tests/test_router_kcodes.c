@@ -11,6 +11,8 @@
  * blob (the old format) still loads through the same entry point. Through
  * the public API: an index with router bits finds the exact answers with
  * nprobe = all partitions and keeps fewer router bytes than the graph.
+ * The graph router answers a single query by an exact scan when 64 x ef
+ * covers its centroids: the exact top-16, also after a split.
  * Adaptive probing never probes more than nprobe, probes fewer when it
  * cuts, and probe_eps = INFINITY (or 0) gives exactly today's answers.
  */
@@ -199,6 +201,32 @@ static void test_router(void)
 	ASSERT_EQ(gl2->nparts, k);
 	ann_router_free(gl2);
 	ann_free(gb);
+	/* The graph router scans its 1000 centroids for a single query once
+	 * 64 x ef covers them (ef 16 here): exactly the nearest, ascending, also
+	 * after a split added a centroid (the scan's scratch grows). */
+	ann_search_opts sg;
+	ann_search_opts_init(&sg);
+	sg.nprobe = TOP;
+	sg.hnsw_ef = 16;
+	ann_router_ctx *gc;
+	ASSERT_OK(g->ops->ctx_new(g, &gc, NULL));
+	for (size_t i = 0; i < NQ; i++) {
+		double cut = exact_cut(q + i * d, c, k, d, dd);
+		ASSERT_EQ(g->ops->route(g, gc, q + i * d, &sg, parts, NULL), TOP);
+		const float *rd = g->ops->route_dists(gc);
+		for (size_t a = 0; a < TOP; a++) {
+			ASSERT_TRUE(dd[parts[a]] <= cut * (1 + 1e-6));
+			ASSERT_NEAR(rd[a], dd[parts[a]], 1e-3 * (1 + dd[parts[a]]));
+			if (a)
+				ASSERT_LE(rd[a - 1], rd[a]);
+		}
+	}
+	uint32_t gnp;
+	ASSERT_OK(g->ops->split(g, 3, q + d, q + 2 * d, &gnp, NULL));
+	ASSERT_EQ(gnp, k);
+	ASSERT_EQ(g->ops->route(g, gc, q + 2 * d, &sg, parts, NULL), TOP);
+	ASSERT_EQ(parts[0], k);
+	g->ops->ctx_free(gc);
 	ann_router_free(g);
 	/* other metrics are refused */
 	o.kmeans.router_bits = 1;

@@ -14,6 +14,7 @@
 #include <assert.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 
 #include "heap.h"
 
@@ -848,6 +849,111 @@ int ann_hnsw_build(ann_hnsw *h, const float *x, size_t n, int threads, ann_progr
 }
 
 /* ---- public: search ---------------------------------------------------------- */
+
+/* A float's bits as an unsigned key in the float's order (NaN past +inf). */
+static uint32_t fkey(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
+
+static float fval(uint32_t u)
+{
+	u = u & 0x80000000u ? u & 0x7fffffffu : ~u;
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+/* The r-th smallest of a[0..n) (0-based); a is reordered. */
+static uint32_t kth_key(uint32_t *a, size_t n, size_t r)
+{
+	size_t lo = 0, hi = n - 1;
+	while (lo < hi) {
+		uint32_t x = a[lo + (hi - lo) / 2], y = a[lo], z = a[hi];
+		uint32_t p = x < y ? (y < z ? y : x < z ? z : x) : (x < z ? x : y < z ? z : y); /* median of 3 */
+		size_t i = lo, j = hi;
+		while (i <= j) {
+			while (a[i] < p)
+				i++;
+			while (a[j] > p)
+				j--;
+			if (i <= j) {
+				uint32_t t = a[i];
+				a[i] = a[j];
+				a[j] = t;
+				i++;
+				if (j == 0)
+					break;
+				j--;
+			}
+		}
+		if (r <= j)
+			hi = j;
+		else if (r >= i)
+			lo = i;
+		else
+			return a[r];
+	}
+	return a[r];
+}
+
+static int u64_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return (x > y) - (x < y);
+}
+
+int ann_hnsw_scan(const ann_hnsw *h, const float *q, size_t k, int32_t *ids, float *dists, uint64_t *sel,
+		  uint32_t *scratch)
+{
+	enum { BLK = 256 };
+	float buf[BLK];
+	size_t n = h->n;
+	k = ANN_MIN(k, n);
+	if (k == 0)
+		return 0;
+	float qinv = 1.0f;
+	if (h->metric == ANN_METRIC_COSINE) {
+		double n2 = 0;
+		for (size_t j = 0; j < h->d; j++)
+			n2 += (double)q[j] * q[j];
+		qinv = n2 > 0 ? (float)(1.0 / sqrt(n2)) : 0.0f;
+	}
+	uint32_t *key = scratch, *tmp = scratch + n;
+	for (size_t at = 0; at < n; at += BLK) {
+		size_t m = ANN_MIN((size_t)BLK, n - at);
+		if (h->u8 && h->metric == ANN_METRIC_L2)
+			h->kern->l2_f32_u8_many(q, hn_row(h, (uint32_t)at), m, h->d, buf);
+		else if (!h->u8 && h->metric == ANN_METRIC_L2)
+			h->kern->l2_f32_many(q, hn_row(h, (uint32_t)at), m, h->d, buf);
+		else if (h->metric == ANN_METRIC_COSINE)
+			for (size_t j = 0; j < m; j++) /* the stored rows are unit vectors (ann_hnsw_search normalises q) */
+				buf[j] = 1.0f - h->kern->ip_f32(q, hn_row(h, (uint32_t)(at + j)), h->d) * qinv;
+		else
+			for (size_t j = 0; j < m; j++)
+				buf[j] = hn_dist(h, q, (uint32_t)(at + j));
+		for (size_t j = 0; j < m; j++)
+			key[at + j] = fkey(buf[j]);
+	}
+	/* the k-th smallest key, then every key below it and the first ties by id */
+	memcpy(tmp, key, n * sizeof *tmp);
+	uint32_t thr = kth_key(tmp, n, k - 1);
+	size_t m = 0;
+	for (size_t i = 0; i < n && m < k; i++)
+		if (key[i] < thr)
+			sel[m++] = (uint64_t)key[i] << 32 | i;
+	for (size_t i = 0; i < n && m < k; i++)
+		if (key[i] == thr)
+			sel[m++] = (uint64_t)key[i] << 32 | i;
+	qsort(sel, m, sizeof *sel, u64_cmp);
+	for (size_t j = 0; j < m; j++) {
+		ids[j] = (int32_t)(uint32_t)sel[j];
+		dists[j] = fval((uint32_t)(sel[j] >> 32));
+	}
+	return (int)m;
+}
 
 int ann_hnsw_search(const ann_hnsw *h, ann_hnsw_ctx *ctx, const float *q, size_t k, size_t ef, int32_t *ids,
 		    float *dists, ann_error *err)

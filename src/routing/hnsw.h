@@ -154,6 +154,14 @@ size_t ann_hnsw_ctx_bytes(const ann_hnsw_ctx *c);
  *         or ANN_E_INVAL, ANN_E_NOMEM. */
 int ann_hnsw_search(const ann_hnsw *h, ann_hnsw_ctx *ctx, const float *q, size_t k, size_t ef, int32_t *ids,
 		    float *dists, ann_error *err);
+/* The k nearest stored vectors of q by an exact scan of every node, in the
+ * order and layout of ann_hnsw_search (ties by id). For a graph of a few
+ * thousand nodes and a large k it is faster than the graph search, and it
+ * misses nothing (docs/DESIGN.md "The centroid graph"). Every metric, float
+ * or u8 storage. Caller scratch: sel of k entries, scratch of 2 x count.
+ * @return the number found, min(k, count). */
+int ann_hnsw_scan(const ann_hnsw *h, const float *q, size_t k, int32_t *ids, float *dists, uint64_t *sel,
+		  uint32_t *scratch);
 /* The m nearest stored vectors of each of n rows of x (row stride d = the
  * graph's dimension), as routers assign: ids (n * m, UINT32_MAX past the count
  * found) and dists (n * m), with ef = max(64, 4 m). One context for the call.
