@@ -163,9 +163,7 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 	if (in->count > s->hids_cap || in->count != br->ent.count)
 		return ann_err(err, ANN_E_CORRUPT, "%s: partition %u: codes block holds %u vectors, the directory says %u",
 			       x->path, pid, in->count, br->ent.count);
-	rc = cblock_ids(in, br->data, s->hids, err);
-	if (rc < 0)
-		return ann_err_prefix(err, rc, "%s: partition %u", x->path, pid);
+	bool ids_done = false; /* decoded when a row first passes a bound (many heads have none) */
 	if (in->partition != pid || in->head_bytes != br->ent.head || in->dim != x->meta.dim ||
 	    in->encoding != ann_encoding_block(x->meta.encoding) || in->code_bits != ann_rbq_bits(x->rbq) ||
 	    in->code_seed != ann_rbq_seed(x->rbq) || in->full_code_bytes != ann_rbq_code_bytes(x->rbq))
@@ -238,6 +236,12 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 			float e = est[i] + shift, w = wid[i];
 			if (!(e - w < kth))
 				continue; /* cannot enter the top k: the threshold only falls */
+			if (!ids_done) {
+				rc = cblock_ids(in, br->data, s->hids, err);
+				if (rc < 0)
+					return ann_err_prefix(err, rc, "%s: partition %u", x->path, pid);
+				ids_done = true;
+			}
 			if (s->ntomb && search_tombed(s, s->hids[i]))
 				continue;
 			ub_push(s, qi, e + w, s->hids[i]);
