@@ -203,7 +203,6 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 		cblock_factors(in, codes, in->count, s->fac, s->fac + in->count, s->fac + 2 * (size_t)in->count);
 	}
 	ann_metric m = x->meta.metric;
-	float shift = m == ANN_METRIC_COSINE ? 1.0f : 0.0f;
 	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
 	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {
 		uint32_t qi = s->pairs[j].q;
@@ -218,8 +217,24 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 				s->kern->l2_f32(s->qnorm + (size_t)qi * d, s->centre, d);
 		if (in->count == 0)
 			continue;
-		ann_rbq_query_prepare(s->rq, m == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_IP, s->qnorm + (size_t)qi * d,
-				      s->centre);
+		/* Cosine: rows and (non-zero) queries are unit vectors, so 1 - <q, x> =
+		 * |q - x|^2 / 2, and the L2 estimator, whose error scales with |q - c|
+		 * rather than the IP estimator's |q|, gives it halved. Off-centre data
+		 * (all components positive, as most embeddings and descriptors) made
+		 * the IP form's bounds so wide that 64 re-ranks held 0.85 of the
+		 * neighbours with every partition probed (docs/DESIGN.md "Cosine and inner
+		 * product on off-centre data"). */
+		const float *qv = s->qnorm + (size_t)qi * d;
+		float shift = 0.0f, scale = 1.0f;
+		ann_metric em = m == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_IP;
+		if (m == ANN_METRIC_COSINE) {
+			float qq = s->kern->ip_f32(qv, qv, d);
+			if (fabsf(qq - 1.0f) < 1e-3f)
+				em = ANN_METRIC_L2, scale = 0.5f;
+			else
+				shift = 1.0f; /* the zero query: 1 - the IP estimate */
+		}
+		ann_rbq_query_prepare(s->rq, em, qv, s->centre);
 		if (fac)
 			ann_rbq_estimate_split(s->rq, codes, in->code_bytes, in->count, fac, fac + in->count,
 					       fac + 2 * (size_t)in->count, s->est, s->width);
@@ -233,7 +248,7 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 		const float *est = s->est, *wid = s->width;
 		const uint32_t count = in->count;
 		for (uint32_t i = 0; i < count; i++) {
-			float e = est[i] + shift, w = wid[i];
+			float e = est[i] * scale + shift, w = wid[i] * scale;
 			if (!(e - w < kth))
 				continue; /* cannot enter the top k: the threshold only falls */
 			if (!ids_done) {
