@@ -81,7 +81,7 @@ int main(int argc, char **argv)
 				size_t len;
 				uint32_t head;
 				clock_t c0 = clock();
-				if (cblock_encode(q, enc, ANN_BLOCK_PAD_FILE, cblock_opts(true, order, cblock_head_page_default()), d, rows, ids,
+				if (cblock_encode(q, enc, ANN_BLOCK_PAD_FILE, cblock_opts(true, order, cblock_head_page_default(), false), d, rows, ids,
 						  v + b * rows * d * es, vt, b, 1, &out, &len, &head, &e) < 0)
 					die("encode", &e);
 				cpu += (double)(clock() - c0) / CLOCKS_PER_SEC;

@@ -135,7 +135,8 @@ int build_pack_all(build *b, ann_error *err)
 	block_params(b, &p, false);
 	uint64_t last_commit = ann_now_ns();
 	bool small = build_small_units();
-	unsigned copts = cblock_opts(b->o->code_factors == 16, b->o->code_order != 0, cblock_head_page_default());
+	unsigned copts = cblock_opts(b->o->code_factors == 16, b->o->code_order != 0, cblock_head_page_default(),
+				     cblock_cr_default(b->o->metric));
 	for (uint32_t part = start; part < b->nparts; part++) {
 		uint64_t cnt = ann_spill_count(b->spill, part);
 		if (cnt == 0 && b->skip_empty)

@@ -143,6 +143,30 @@ void codes_probe_state(const ann_searcher *s, size_t qi, float *ub_k, float *bes
 	*best = b;
 }
 
+
+/* The inner-product distances -<q, x> of a 2.4 block's rows from their L2
+ * estimates, in place (codes_head): <q, x> = <q, c> + cross + <c, r> with
+ * cross = (|r|^2 + |q - c|^2 - est) / 2, and the cross term's width, half
+ * the L2 width. |r| from the widened factors (fac, slim records) or the
+ * full records. */
+static void ip_from_l2(const ann_cblock_info *in, const uint8_t *blk, const uint8_t *codes, const float *fac,
+		       const float *qv, const float *c, size_t d, float *est, float *width)
+{
+	double qc = 0, qc2 = 0;
+	for (size_t j = 0; j < d; j++) {
+		qc += (double)qv[j] * c[j];
+		qc2 += ((double)qv[j] - c[j]) * ((double)qv[j] - c[j]);
+	}
+	const uint8_t *cr = blk + in->cr_off;
+	size_t np = in->full_code_bytes - 10; /* the norm's offset in a full record */
+	for (uint32_t i = 0; i < in->count; i++) {
+		double rn = fac ? fac[i] : ann_ldf32(codes + (size_t)i * in->code_bytes + np);
+		double cross = 0.5 * (rn * rn + qc2 - (double)est[i]);
+		est[i] = (float)(-(qc + cross + (double)ann_ldf32(cr + 4 * (size_t)i)));
+		width[i] *= 0.5f;
+	}
+}
+
 /* Round 1 of a codes block (search_int.h). */
 int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached, uint64_t *est_ns, ann_error *err)
 {
@@ -234,12 +258,22 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 			else
 				shift = 1.0f; /* the zero query: 1 - the IP estimate */
 		}
+		/* Inner product with the block's centre products (2.4): <q, x> = <q, c>
+		 * + <q - c, r> + <c, r>, the middle term the L2 estimator's cross term
+		 * (its error scales with |q - c|), recovered from the L2 estimate
+		 * |r|^2 + |q - c|^2 - 2 <q - c, r>; the width of that term is half the
+		 * L2 width. The distance is -<q, x>. */
+		bool ipcr = m == ANN_METRIC_IP && in->cr_off;
+		if (ipcr)
+			em = ANN_METRIC_L2;
 		ann_rbq_query_prepare(s->rq, em, qv, s->centre);
 		if (fac)
 			ann_rbq_estimate_split(s->rq, codes, in->code_bytes, in->count, fac, fac + in->count,
 					       fac + 2 * (size_t)in->count, s->est, s->width);
 		else
 			ann_rbq_estimate(s->rq, codes, in->count, s->est, s->width);
+		if (ipcr)
+			ip_from_l2(in, br->data, codes, fac, qv, s->centre, d, s->est, s->width);
 		s->qest[qi] += in->count;
 		s->qcand[qi] += in->count;
 		float kth = ub_kth(s, qi);

@@ -563,7 +563,8 @@ static int encode_part(ann_index *x, ann_block_enc *enc, const ann_block_params 
 	*head = 0;
 	if (x->rbq)
 		return cblock_encode(x->rbq, bp->encoding, bp->pad,
-				     cblock_opts(x->meta.code_f16, x->meta.code_order, cblock_head_page_default()),
+				     cblock_opts(x->meta.code_f16, x->meta.code_order, cblock_head_page_default(),
+						 cblock_cr_default(x->meta.metric)),
 				     x->meta.dim, n, ids, vecs, ann_index_delta_type(x), pid, gen, blk, len, head, err);
 	return block_encode(enc, bp, x->meta.dim, n, ids, vecs, ann_index_delta_type(x), pid, gen, blk, len, err);
 }

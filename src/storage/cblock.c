@@ -218,7 +218,8 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 	if (in->code_kind != CBLOCK_CODE_RABITQ)
 		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: code kind %u (expected 1 rabitq)",
 			       (unsigned long long)part, in->code_kind);
-	if (in->flags & ~(BLOCK_FLAG_PAD_LMDB | CBLOCK_FLAG_F16 | CBLOCK_FLAG_PAGE_ORDER | CBLOCK_FLAG_HEAD_PAGE))
+	if (in->flags & ~(BLOCK_FLAG_PAD_LMDB | CBLOCK_FLAG_F16 | CBLOCK_FLAG_PAGE_ORDER | CBLOCK_FLAG_HEAD_PAGE |
+			  CBLOCK_FLAG_CR))
 		return ann_err(err, ANN_E_FORMAT, "codes block of partition %llu: unknown flags %#x",
 			       (unsigned long long)part, in->flags);
 	in->full_code_bytes = in->code_bytes + ((in->flags & CBLOCK_FLAG_F16) ? CBLOCK_F16_SAVES : 0);
@@ -233,7 +234,8 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 	 * gives, and require the two to agree. */
 	bool hp = (in->flags & CBLOCK_FLAG_HEAD_PAGE) != 0;
 	uint64_t pages = hp ? in->exact_pages : pages_for(in->count, (uint32_t)rb, rpp);
-	uint64_t head = (uint64_t)hb + centre + codes + 4 * pages + in->ids_bytes;
+	bool crs = (in->flags & CBLOCK_FLAG_CR) != 0;
+	uint64_t head = (uint64_t)hb + centre + codes + 4 * pages + in->ids_bytes + (crs ? 4ull * in->count : 0);
 	bool ordered = (in->flags & CBLOCK_FLAG_PAGE_ORDER) != 0;
 	uint64_t mb = ordered && rpp ? map_bytes(in->count, (uint32_t)pages) : 0;
 	uint64_t eo = exact_start(head, in->page_base), hp_pages = pages;
@@ -254,6 +256,8 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 		why = "flags (page order in a block of fewer than 2 pages or 2 rows per page)";
 	else if (hp && minor < 3)
 		why = "flags (head page in a block older than 2.3)";
+	else if (crs && minor < 4)
+		why = "flags (centre products in a block older than 2.4)";
 	else if (in->row_bytes != rb)
 		why = "row bytes";
 	else if (in->rows_per_page != rpp)
@@ -286,6 +290,7 @@ int cblock_peek(const void *buf, size_t len, ann_cblock_info *in, ann_error *err
 	in->sums_off = (uint32_t)(in->codes_off + codes);
 	in->ids_off = (uint32_t)(in->sums_off + 4 * pages);
 	in->map_bytes = (uint32_t)mb;
+	in->cr_off = crs ? in->ids_off + in->ids_bytes : 0;
 	in->page0_rows = r0;
 	in->page0_at = hp ? (uint32_t)(CBLOCK_PAGE - (uint64_t)r0 * rb) : 0;
 	return ANN_OK;
@@ -376,6 +381,12 @@ out:
 	if (cur != cur_stack)
 		ann_free(cur);
 	return rc;
+}
+
+bool cblock_cr_default(ann_metric m)
+{
+	const char *v = getenv("ANNANN_IP_CR");
+	return m == ANN_METRIC_IP && !(v && strcmp(v, "0") == 0);
 }
 
 bool cblock_head_page_default(void)
@@ -575,6 +586,32 @@ void cblock_factors(const ann_cblock_info *in, const uint8_t *src, size_t n, flo
 
 #define CHUNK 256u
 
+/* The centre products <c, x_i - c> of the count rows of a laid-out block b
+ * (centre and exact rows in place), in row order, as little-endian f32 at
+ * out: sums in double over the dimensions in order, so a function of the
+ * stored values alone (verify recomputes them). */
+static int centre_products(const ann_cblock_info *in, const uint8_t *b, uint8_t *out, ann_error *err)
+{
+	uint32_t d = in->dim;
+	float *c = ann_malloc((size_t)d * sizeof(float)), *x = ann_malloc((size_t)d * sizeof(float));
+	if (!c || !x) {
+		ann_free(c);
+		ann_free(x);
+		return ann_err(err, ANN_E_NOMEM, "codes block: out of memory for %u floats", 2 * d);
+	}
+	cblock_centre(in, b, c);
+	for (uint32_t i = 0; i < in->count; i++) {
+		row_to_float(in->encoding, b + cblock_row_offset(in, i), d, x);
+		double s = 0;
+		for (uint32_t j = 0; j < d; j++)
+			s += (double)c[j] * ((double)x[j] - (double)c[j]);
+		ann_stf32(out + 4 * (size_t)i, (float)s);
+	}
+	ann_free(c);
+	ann_free(x);
+	return ANN_OK;
+}
+
 /* Codes of the count rows of a laid-out block b (centre and exact rows in
  * place) into codes. */
 static int encode_rows(const ann_rbq *q, const ann_cblock_info *in, const uint8_t *b, uint8_t *codes, ann_error *err)
@@ -766,14 +803,15 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 	if (ann_rbq_dim(q) != dim || count > UINT32_MAX)
 		return ann_err(err, ANN_E_INVAL, "codes block: dimension %u for codes of dimension %u, or %zu vectors",
 			       dim, ann_rbq_dim(q), count);
-	bool f16 = (opts & CBLOCK_ENC_F16) != 0;
+	bool f16 = (opts & CBLOCK_ENC_F16) != 0, crs = (opts & CBLOCK_ENC_CR) != 0;
 	ann_cblock_info in;
 	memset(&in, 0, sizeof in);
 	in.header_bytes = CBLOCK_HEADER_BYTES;
 	in.encoding = enc;
 	in.code_kind = CBLOCK_CODE_RABITQ;
 	in.code_bits = ann_rbq_bits(q);
-	in.flags = (pad == ANN_BLOCK_PAD_LMDB ? BLOCK_FLAG_PAD_LMDB : 0) | (f16 ? CBLOCK_FLAG_F16 : 0);
+	in.flags = (pad == ANN_BLOCK_PAD_LMDB ? BLOCK_FLAG_PAD_LMDB : 0) | (f16 ? CBLOCK_FLAG_F16 : 0) |
+		   (crs ? CBLOCK_FLAG_CR : 0);
 	in.page_base = pad == ANN_BLOCK_PAD_LMDB ? BLOCK_LMDB_PAGE_HEADER : 0;
 	in.dim = dim;
 	in.count = (uint32_t)count;
@@ -817,7 +855,7 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 	bool may_order = (opts & CBLOCK_ENC_PAGE_ORDER) && rpp >= 2;
 	uint64_t pages = pages_for(count, in.row_bytes, rpp);
 	bool ordered = may_order && pages >= 2;
-	uint64_t fixed = (uint64_t)in.sums_off + id_var;
+	uint64_t fixed = (uint64_t)in.sums_off + id_var + (crs ? 4ull * count : 0); /* the centre products follow the ids */
 	uint64_t head = fixed + 4 * pages + (ordered ? map_bytes(count, (uint32_t)pages) : 0);
 	uint64_t eo = exact_start(head, in.page_base), total = eo + pages * CBLOCK_PAGE;
 	uint32_t r0 = rpp;
@@ -853,6 +891,7 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 	}
 	in.ids_bytes = (uint32_t)(id_var + in.map_bytes);
 	in.ids_off = in.sums_off + 4 * in.exact_pages;
+	in.cr_off = crs ? in.ids_off + in.ids_bytes : 0;
 	in.exact_offset = eo;
 	in.total_bytes = total;
 	if (in.total_bytes > UINT32_MAX) {
@@ -943,10 +982,12 @@ int cblock_encode(const ann_rbq *q, ann_block_encoding enc, ann_block_pad pad, u
 	for (uint32_t p = 0; p < in.exact_pages; p++)
 		ann_st32(b + in.sums_off + 4 * (size_t)p, page_sum(&in, b + in.exact_offset + (size_t)p * CBLOCK_PAGE, p));
 	memcpy(b + in.ids_off, idbuf, id_var); /* the page map, if any, follows (written above) */
+	if (crs)
+		ANN_CHECK(rc, centre_products(&in, b, b + in.cr_off, err));
 	/* Header last: it covers the head's checksum. */
 	ann_st32(b + H_MAGIC, BLOCK_MAGIC);
 	ann_st16(b + H_MAJOR, CBLOCK_VERSION_MAJOR);
-	ann_st16(b + H_MINOR, hp ? 3 : ordered ? 2 : f16 ? 1 : 0); /* 2.0 stays byte for byte what older builds write */
+	ann_st16(b + H_MINOR, crs ? 4 : hp ? 3 : ordered ? 2 : f16 ? 1 : 0); /* 2.0 stays byte for byte what older builds write */
 	ann_st16(b + H_HBYTES, CBLOCK_HEADER_BYTES);
 	b[H_ENC] = (uint8_t)enc;
 	b[H_CODE] = CBLOCK_CODE_RABITQ;
@@ -1079,6 +1120,18 @@ int cblock_verify_codes(const ann_rbq *q, const void *buf, size_t len, ann_error
 				break;
 			}
 		}
+	}
+	if (rc == ANN_OK && (in.flags & CBLOCK_FLAG_CR)) {
+		uint8_t *want = ann_malloc((size_t)in.count * 4 + 1);
+		if (!want)
+			rc = ann_err(err, ANN_E_NOMEM, "verify: out of memory for %u centre products", in.count);
+		else
+			rc = centre_products(&in, buf, want, err);
+		for (uint32_t i = 0; rc == ANN_OK && i < in.count; i++)
+			if (memcmp(want + 4 * (size_t)i, (const uint8_t *)buf + in.cr_off + 4 * (size_t)i, 4))
+				rc = ann_err(err, ANN_E_CORRUPT, "codes block of partition %llu: the centre product of row %u "
+					     "disagrees with its exact vector", (unsigned long long)in.partition, i);
+		ann_free(want);
 	}
 	ann_free(codes);
 	ann_free(slim);

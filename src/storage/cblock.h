@@ -34,8 +34,8 @@
 #include "rabitq.h"
 
 #define CBLOCK_VERSION_MAJOR 2
-#define CBLOCK_VERSION_MINOR 3 /* 2.3 with CBLOCK_FLAG_HEAD_PAGE, else 2.2 with CBLOCK_FLAG_PAGE_ORDER, 2.1 with
-				* only CBLOCK_FLAG_F16, else 2.0 */
+#define CBLOCK_VERSION_MINOR 4 /* 2.4 with CBLOCK_FLAG_CR, else 2.3 with CBLOCK_FLAG_HEAD_PAGE, else 2.2 with
+				* CBLOCK_FLAG_PAGE_ORDER, 2.1 with only CBLOCK_FLAG_F16, else 2.0 */
 #define CBLOCK_HEADER_BYTES  128u
 #define CBLOCK_CODE_RABITQ   1u
 #define CBLOCK_PAGE          4096u
@@ -56,11 +56,17 @@
  * the head's pages whole, then holds page 0. Set only when the head does not
  * end on a page boundary, a row fits a page and page 0 has room for a row. */
 #define CBLOCK_FLAG_HEAD_PAGE 0x400u
+/* Header flag (2.4): after the id section, one f32 per row, <c, x - c> (c the
+ * stored centre), so that an inner-product search can estimate <q, x> =
+ * <q, c> + <q - c, x - c> + <c, x - c> with the L2 estimator's error, which
+ * scales with |q - c| rather than |q| (docs/FORMAT.md "Centre products"). */
+#define CBLOCK_FLAG_CR 0x800u
 
 /* Options of cblock_encode. */
 #define CBLOCK_ENC_F16        1u /* slim records when every row's factors fit (2.1) */
 #define CBLOCK_ENC_PAGE_ORDER 2u /* page-local row order when the block has >= 2 pages of >= 2 rows (2.2) */
 #define CBLOCK_ENC_HEAD_PAGE  4u /* exact page 0 shares the head's last page when it can (2.3) */
+#define CBLOCK_ENC_CR         8u /* centre products after the ids (2.4): inner-product indexes */
 
 /* Everything the header says, after validation (cblock_peek), with the
  * derived offsets of the head's sections (block-relative). */
@@ -90,6 +96,7 @@ typedef struct ann_cblock_info {
 	uint64_t total_bytes;
 	uint32_t page_base;         /* 0 (file) or 16 (LMDB) */
 	uint32_t centre_off, codes_off, sums_off, ids_off;
+	uint32_t cr_off;            /* CBLOCK_FLAG_CR: the centre products (count little-endian f32), else 0 */
 } ann_cblock_info;
 
 /* True when buf (len >= 8) starts a block of format 2 (magic and major). */
@@ -169,10 +176,10 @@ void cblock_expand_codes(const ann_cblock_info *in, const uint8_t *src, size_t n
 void cblock_factors(const ann_cblock_info *in, const uint8_t *src, size_t n, float *rn, float *fip, float *tan);
 
 /* cblock_encode's opts from the index's settings. */
-static inline unsigned cblock_opts(bool f16, bool page_order, bool head_page)
+static inline unsigned cblock_opts(bool f16, bool page_order, bool head_page, bool cr)
 {
 	return (f16 ? CBLOCK_ENC_F16 : 0u) | (page_order ? CBLOCK_ENC_PAGE_ORDER : 0u) |
-	       (head_page ? CBLOCK_ENC_HEAD_PAGE : 0u);
+	       (head_page ? CBLOCK_ENC_HEAD_PAGE : 0u) | (cr ? CBLOCK_ENC_CR : 0u);
 }
 
 /* Whether the index's writers (build, inserts, compaction, splits) ask for
@@ -180,6 +187,11 @@ static inline unsigned cblock_opts(bool f16, bool page_order, bool head_page)
  * (a hidden switch for measuring the 2.2 layout against 2.3; every reader
  * opens both, so an index may mix them). */
 bool cblock_head_page_default(void);
+
+/* Whether the writers of an index of metric m ask for CBLOCK_ENC_CR: for
+ * inner product, unless the environment has ANNANN_IP_CR=0 (a hidden switch
+ * for measuring and testing the blocks without; every reader opens both). */
+bool cblock_cr_default(ann_metric m);
 
 /* Bytes round 1 reads of a codes block whose directory entry says head
  * bytes of a block_len-byte block: the head up to the end of its last page

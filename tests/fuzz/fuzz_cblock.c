@@ -4,7 +4,7 @@
  * cblock_peek, cblock_head, cblock_row_pages, cblock_check_pages,
  * cblock_decode, cblock_verify_codes, cblock_expand_codes and cblock_factors of
  * 2.1 slim records (the two must agree bit for bit),
- * cblock_ids of 2.2 page maps, 2.3 head-shared pages). The input is a block; before decoding,
+ * cblock_ids of 2.2 page maps, 2.3 head-shared pages, 2.4 centre products). The input is a block; before decoding,
  * the target rewrites the header checksum, the head checksum (when the head
  * length is sane) and the exact pages' sums (when the sum table and the pages
  * are inside the input), so that mutations reach the field checks, the id

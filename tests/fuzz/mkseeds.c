@@ -173,21 +173,23 @@ static void cblocks(void)
 		ann_block_pad pad;
 		uint32_t dim, n;
 		unsigned bits;
-		bool f16, order, hp;
+		bool f16, order, hp, cr;
 	} cfg[] = {
-		{ "u8-1bit-file", ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 24, 40, 1, false, false, false },
-		{ "f32-2bit-lmdb", ANN_BLOCK_F32, ANN_BLOCK_PAD_LMDB, 16, 12, 2, false, false, false },
-		{ "i8-3bit-file", ANN_BLOCK_I8, ANN_BLOCK_PAD_FILE, 8, 9, 3, false, false, false },
-		{ "f32-bigrow-file", ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, 1100, 2, 1, false, false, false },
-		{ "u8-2bit-f16-file", ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 24, 40, 2, true, false, false }, /* 2.1: slim records */
-		{ "i8-1bit-f16-lmdb", ANN_BLOCK_I8, ANN_BLOCK_PAD_LMDB, 8, 9, 1, true, false, false },
+		{ "u8-1bit-file", ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 24, 40, 1, false, false, false, false },
+		{ "f32-2bit-lmdb", ANN_BLOCK_F32, ANN_BLOCK_PAD_LMDB, 16, 12, 2, false, false, false, false },
+		{ "i8-3bit-file", ANN_BLOCK_I8, ANN_BLOCK_PAD_FILE, 8, 9, 3, false, false, false, false },
+		{ "f32-bigrow-file", ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, 1100, 2, 1, false, false, false, false },
+		{ "u8-2bit-f16-file", ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 24, 40, 2, true, false, false, false }, /* 2.1: slim records */
+		{ "i8-1bit-f16-lmdb", ANN_BLOCK_I8, ANN_BLOCK_PAD_LMDB, 8, 9, 1, true, false, false, false },
 		/* 2.2: page-local rows and a page map (3 rows per page, 5 pages) */
-		{ "u8-1bit-order-file", ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 1300, 14, 1, false, true, false },
-		{ "f32-2bit-f16-order-lmdb", ANN_BLOCK_F32, ANN_BLOCK_PAD_LMDB, 300, 8, 2, true, true, false },
+		{ "u8-1bit-order-file", ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 1300, 14, 1, false, true, false, false },
+		{ "f32-2bit-f16-order-lmdb", ANN_BLOCK_F32, ANN_BLOCK_PAD_LMDB, 300, 8, 2, true, true, false, false },
 		/* 2.3: exact page 0 shares the head's last page (one page in all;
 		 * 400 ordered rows over 3 pages in LMDB padding) */
-		{ "u8-1bit-hp-file", ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 24, 40, 1, false, false, true },
-		{ "u8-2bit-f16-order-hp-lmdb", ANN_BLOCK_U8, ANN_BLOCK_PAD_LMDB, 24, 400, 2, true, true, true },
+		{ "u8-1bit-hp-file", ANN_BLOCK_U8, ANN_BLOCK_PAD_FILE, 24, 40, 1, false, false, true, false },
+		{ "u8-2bit-f16-order-hp-lmdb", ANN_BLOCK_U8, ANN_BLOCK_PAD_LMDB, 24, 400, 2, true, true, true, false },
+		/* 2.4: centre products after the ids (inner-product indexes) */
+		{ "f32-2bit-f16-order-hp-cr-file", ANN_BLOCK_F32, ANN_BLOCK_PAD_FILE, 24, 200, 2, true, true, true, true },
 	};
 	for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
 		uint32_t d = cfg[c].dim, n = cfg[c].n;
@@ -206,7 +208,7 @@ static void cblocks(void)
 		uint32_t head;
 		ann_error e = {0};
 		if (ann_rbq_new(d, cfg[c].bits, 11, &q, &e) < 0 ||
-		    cblock_encode(q, cfg[c].enc, cfg[c].pad, cblock_opts(cfg[c].f16, cfg[c].order, cfg[c].hp), d, n, ids, v,
+		    cblock_encode(q, cfg[c].enc, cfg[c].pad, cblock_opts(cfg[c].f16, cfg[c].order, cfg[c].hp, cfg[c].cr), d, n, ids, v,
 				  ANN_DTYPE_F32, 3, 1, &b, &len, &head, &e) < 0)
 			die(cfg[c].name, &e);
 		const uint8_t zero = 0;
