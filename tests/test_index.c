@@ -747,6 +747,14 @@ static void test_defaults_rule(void)
 	if (o.partitions <= 1000 || o.partitions > 4096 || o.sample != ANN_MIN(60000ull, 64ull * o.partitions))
 		T_FAIL("fmnist shape: %u partitions, sample %llu; want one level, 64 per centroid", o.partitions,
 		       (unsigned long long)o.sample);
+	/* f32 at 96 dimensions: 36-byte head rows, so a head page holds ~113 rows
+	 * and 300k rows give at most ~2650 partitions (was n / 32 = 9375, heads
+	 * of a third of a page); the graph's RAM then binds, at ~1500. */
+	ann_build_opts_init(&o);
+	ann_build_resolve_defaults(&o, 300000, 96, ANN_ENC_F32);
+	if (o.code_bits != 2 || o.partitions < 1300 || o.partitions > 2700)
+		T_FAIL("f32 96-d shape: codes %u bits, %u partitions; want 2 bits and heads of a page or more (<= ~2650)",
+		       o.code_bits, o.partitions);
 	ann_build_opts_init(&o);
 	o.kmeans.kmeans_coarse = 1; /* one level forced: the sample is bounded again */
 	ann_build_resolve_defaults(&o, 1000000, 128, ANN_ENC_U8);

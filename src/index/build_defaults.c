@@ -53,7 +53,7 @@
 #define ID_BYTES 2.0           /* varint id and page-map entry per row in the head (measured
 				* 2.05 together: real1m, 3884 partitions, 1.451x raw) */
 #define COMPACT_MIN_GAIN 2.0   /* compact router only for at least 2x the partitions */
-#define MIN_ROWS 32u           /* partitions hold at least this many rows on average */
+#define MIN_ROWS 32u           /* partitions hold at least this many rows on average (codes: a head page's worth) */
 #define BALANCE 1.3            /* k-means partition cap, x n / partitions */
 #define SAMPLE_PER_PART 64u    /* auto partitions, one-level k-means: sample per centroid (the measured real1m builds' 262144 / 4096) */
 #define WIDE_DIM 512u          /* from here on 1 bit per dimension is enough */
@@ -81,18 +81,31 @@ static double code_record(uint32_t d, uint32_t bits)
  * residuals are integer vectors, whose norms and factors binary16 holds;
  * f32 rows may be refused slimming (tiny or huge values), so they are
  * counted full. */
-static double disk_parts(uint64_t n, uint32_t d, size_t esz, uint32_t bits, double catalog)
+/* Disk bytes of one exact row of a codes block (rows never straddle a page). */
+static double row_disk_bytes(uint32_t d, size_t esz)
+{
+	double row = (double)d * (double)esz, per_page = floor(4096.0 / row);
+	return per_page >= 1 ? 4096.0 / per_page : row;
+}
+
+/* Head bytes per row of a codes block: its record, id and share of the page sums. */
+static double head_row_bytes(uint32_t d, size_t esz, uint32_t bits)
 {
 	double slim = esz == 1 ? CBLOCK_F16_SAVES : 0.0;
-	double row = (double)d * (double)esz, per_page = floor(4096.0 / row);
+	return code_record(d, bits) - slim + ID_BYTES + 4.0 * row_disk_bytes(d, esz) / 4096.0;
+}
+
+static double disk_parts(uint64_t n, uint32_t d, size_t esz, uint32_t bits, double catalog)
+{
+	double row = (double)d * (double)esz;
 	double row_disk, head_row, part;
 	if (bits == 0) {
 		row_disk = row;
 		head_row = ID_BYTES;
 		part = 2048.0 + 80.0 + 410.0;
 	} else {
-		row_disk = per_page >= 1 ? 4096.0 / per_page : row;       /* rows never straddle a page */
-		head_row = code_record(d, bits) - slim + ID_BYTES + 4.0 * row_disk / 4096.0; /* + page sums */
+		row_disk = row_disk_bytes(d, esz);
+		head_row = head_row_bytes(d, esz, bits);
 		part = PART_DISK_BYTES + ceil(row / 8.0) * 8.0 +              /* + the centre */
 		       (cblock_head_page_default() ? 0.0 : HEAD_PAD_BYTES);
 	}
@@ -125,7 +138,17 @@ void ann_build_resolve_defaults(ann_build_opts *o, uint64_t n, uint32_t d, ann_e
 	double centroid = (double)d * (enc == ANN_ENC_U8 && o->metric == ANN_METRIC_L2 ? 1.0 : 4.0);
 	double graph = floor(budget / (centroid + GRAPH_LINK_BYTES));
 	uint32_t rbits = d >= WIDE_DIM ? 1 : 4; /* top-16 overlap 0.90 at 784 dims, 0.93 at 128 */
-	double cap = fmin(disk, (double)(n / MIN_ROWS)); /* what bounds either router */
+	/* A codes partition's head should fill a page: round 1 reads whole pages,
+	 * so a head of a third of a page costs as much as a full one (f32 at 96
+	 * dimensions, 300k rows: 9375 partitions of 32 rows read ~900 KiB at
+	 * recall 0.9, 1200-2400 partitions ~650-720; docs/BENCHMARKS.md "Defaults
+	 * on f32 at 96 dimensions"). It binds only where records are small
+	 * against the rows: real1m's and Fashion-MNIST's shapes are bound by RAM
+	 * or disk long before. */
+	double min_rows = MIN_ROWS;
+	if (cbits)
+		min_rows = fmax(min_rows, ceil(4096.0 / head_row_bytes(d, esz, cbits)));
+	double cap = fmin(disk, floor((double)n / min_rows)); /* what bounds either router */
 	if (o->kmeans.router_bits == ANN_AUTO) {
 		o->kmeans.router_bits = 0;
 		if (kmeans_l2 && o->partitions == 0) {
