@@ -326,6 +326,12 @@ typedef struct ann_index_info {
 	uint32_t spread_partitions; /**< codes blocks: partitions whose directory entry holds a spread, which the
 	                                 spread-aware probe order uses (docs/DESIGN.md "Spread-aware probe order");
 	                                 0 in indexes built before it */
+	uint64_t probe_fit_vectors;   /**< the probe model's fit: live vectors then (0 = not known: fitted before
+	                                   2026-12-06 evening, or no model) */
+	uint32_t probe_fit_partitions; /**< the probe model's fit: partitions then */
+	uint32_t probe_fit_queries;   /**< the probe model's fit: tuning queries */
+	uint32_t probe_stale;         /**< 1 when the index changed since the fit (other partitions, or live vectors
+	                                   more than 10% off): the model still applies, annann tune refits it */
 } ann_index_info;
 
 ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);

@@ -3,7 +3,9 @@
  * Description: learned adaptive probing (probe.c, tune.c, the two-stage
  * round 1 of search.c), on real files and LMDB:
  *  - the features of a first stage and the model's prediction, by hand;
- *  - ann_tune_probe fits a model on queries with ground truth and stores it;
+ *  - ann_tune_probe fits a model on queries with ground truth and stores it,
+ *    with what it was fitted on (info reports it stale after 15% deletes, not
+ *    after 5%; a version 1 model loads with its fit unknown);
  *    a reopened index holds it; searchers use it unless told not to;
  *  - adaptive answers are exact (every distance checked against the rows),
  *    each query reads between P1 and 2 nprobe partitions and not all the
@@ -272,7 +274,64 @@ static void test_tune(const char *dir, ann_store_kind store)
 		T_FAIL("tune again: %s", e.msg);
 	ASSERT_OK(ann_index_open(idx, &x, NULL));
 	ASSERT_EQ(x->probe.p1, 4);
+	/* the model says what it was fitted on; the index changing by over 10% makes it stale */
+	ann_index_info info;
+	ASSERT_OK(ann_index_get_info(x, &info, NULL));
+	ASSERT_EQ(info.probe_fit_vectors, NB);
+	ASSERT_EQ(info.probe_fit_partitions, info.partitions);
+	ASSERT_EQ(info.probe_fit_queries, NT);
+	ASSERT_EQ(info.probe_stale, 0);
 	ann_index_close(x);
+	{
+		ann_writer *w;
+		ASSERT_OK(ann_writer_open(idx, &w, NULL));
+		int64_t del[NB / 20];
+		for (size_t i = 0; i < NB / 20; i++)
+			del[i] = (int64_t)i;
+		uint64_t nd = 0;
+		ASSERT_OK(ann_delete(w, del, NB / 20, &nd, NULL)); /* 5%: not stale */
+		ann_writer_close(w);
+		ASSERT_OK(ann_index_open(idx, &x, NULL));
+		ASSERT_OK(ann_index_get_info(x, &info, NULL));
+		ASSERT_EQ(info.probe_stale, 0);
+		ann_index_close(x);
+		int64_t del2[NB / 10];
+		for (size_t i = 0; i < NB / 10; i++)
+			del2[i] = (int64_t)(NB / 20 + i);
+		ASSERT_OK(ann_writer_open(idx, &w, NULL));
+		ASSERT_OK(ann_delete(w, del2, NB / 10, &nd, NULL)); /* 15% in all: stale */
+		ann_writer_close(w);
+		ASSERT_OK(ann_index_open(idx, &x, NULL));
+		ASSERT_OK(ann_index_get_info(x, &info, NULL));
+		ASSERT_EQ(info.live_vectors, NB - NB / 20 - NB / 10);
+		ASSERT_EQ(info.probe_stale, 1);
+		ASSERT_EQ(info.probe_p1, 4); /* it still applies */
+		ann_index_close(x);
+	}
+	/* a version 1 model (before the fit was recorded) still loads, its fit unknown, never stale */
+	{
+		char *cat1 = t_path(idx, "catalog.lmdb");
+		ann_catalog_opts co;
+		ann_catalog_opts_init(&co);
+		ann_catalog *c;
+		ASSERT_OK(ann_catalog_open(cat1, &co, &c, NULL));
+		ann_cat_txn *t;
+		ASSERT_OK(ann_catalog_write_begin(c, &t, NULL));
+		uint8_t v1[ANN_PROBE_BLOB] = {0};
+		ann_st32(v1, 1);
+		ann_st32(v1 + 4, 4);
+		ann_st32(v1 + 8, ANN_PROBE_FEATURES);
+		ASSERT_OK(ann_catalog_meta_put_blob(t, ANN_PROBE_META, v1, sizeof v1, NULL));
+		ASSERT_OK(ann_catalog_commit(t, NULL));
+		ann_catalog_close(c);
+		free(cat1);
+		ASSERT_OK(ann_index_open(idx, &x, NULL));
+		ASSERT_OK(ann_index_get_info(x, &info, NULL));
+		ASSERT_EQ(info.probe_p1, 4);
+		ASSERT_EQ(info.probe_fit_partitions, 0);
+		ASSERT_EQ(info.probe_stale, 0);
+		ann_index_close(x);
+	}
 	/* a malformed model is refused at open, naming it: P1 0, a weight not finite, short */
 	char *cat = t_path(idx, "catalog.lmdb");
 	for (int how = 0; how < 3; how++) {

@@ -359,9 +359,14 @@ static int run_info(cli_cmd *c)
 		printf("live           %" PRIu64 " (built + inserted - deleted)\n", in.live_vectors);
 		printf("partitions     %u (sizes %" PRIu64 "..%" PRIu64 "; default nprobe %u)\n", in.partitions,
 		       in.smallest_partition, in.largest_partition, in.default_nprobe);
-		if (in.probe_p1)
+		if (in.probe_p1) {
 			printf("probing        learned adaptive (annann tune): first stage %u partitions, nprobe is the mean budget\n",
 			       in.probe_p1);
+			if (in.probe_fit_partitions)
+				printf("probe fit      %u queries at %" PRIu64 " live vectors in %u partitions%s\n",
+				       in.probe_fit_queries, in.probe_fit_vectors, in.probe_fit_partitions,
+				       in.probe_stale ? "; the index has changed since: refit with annann tune" : "");
+		}
 		if (in.code_bits && in.router == ANN_ROUTER_KMEANS && in.metric == ANN_METRIC_L2) {
 			if (in.spread_partitions)
 				printf("probe order    centroid distance + 0.125 x spread (--spread-weight); %u of %u "

@@ -64,6 +64,10 @@ int ann_index_info_fields(const ann_index *idx, ann_info_field *out, size_t *n, 
 	f_int(out, &k, "partitions", in.partitions);
 	f_int(out, &k, "default_nprobe", in.default_nprobe);
 	f_int(out, &k, "probe_p1", in.probe_p1);
+	f_int(out, &k, "probe_fit_vectors", in.probe_fit_vectors);
+	f_int(out, &k, "probe_fit_partitions", in.probe_fit_partitions);
+	f_int(out, &k, "probe_fit_queries", in.probe_fit_queries);
+	f_int(out, &k, "probe_stale", in.probe_stale);
 	f_int(out, &k, "spread_partitions", in.spread_partitions);
 	f_str(out, &k, "router", ann_router_name(in.router));
 	f_str(out, &k, "store", in.store == ANN_STORE_LMDB ? "lmdb" : "file");

@@ -286,6 +286,10 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->partitions = x->dir.count;
 	info->default_nprobe = ann_default_nprobe(x->router->nparts); /* all ranks' partitions */
 	info->probe_p1 = x->probe.p1;
+	info->probe_fit_vectors = x->probe.fit_vectors;
+	info->probe_fit_partitions = x->probe.fit_parts;
+	info->probe_fit_queries = x->probe.fit_queries;
+	info->probe_stale = ann_probe_stale(&x->probe, x->meta.live_vectors, x->dir.count);
 	info->router = x->meta.router;
 	info->store = x->meta.store;
 	info->encoding = x->meta.encoding;

@@ -54,7 +54,17 @@ uint32_t ann_probe_predict(const ann_probe_model *m, const double f[ANN_PROBE_FE
 	return r < lo ? lo : r > hi ? hi : r;
 }
 
-/* Blob: u32 version 1, u32 p1, u32 features, u32 0, f64 shift, f64 w[features] (little-endian). */
+bool ann_probe_stale(const ann_probe_model *m, uint64_t live_vectors, uint32_t partitions)
+{
+	if (!m->p1 || !m->fit_parts)
+		return false;
+	uint64_t v = m->fit_vectors, off = live_vectors > v ? live_vectors - v : v - live_vectors;
+	return partitions != m->fit_parts || off * 10 > v;
+}
+
+/* Blob: u32 version (1 or 2), u32 p1, u32 features, u32 0, f64 shift, f64
+ * w[features]; version 2 then u64 fit_vectors, u32 fit_parts, u32
+ * fit_queries (little-endian). */
 int ann_probe_model_load(ann_cat_txn *t, ann_probe_model *m, ann_error *err)
 {
 	memset(m, 0, sizeof *m);
@@ -64,10 +74,12 @@ int ann_probe_model_load(ann_cat_txn *t, ann_probe_model *m, ann_error *err)
 	if (rc == ANN_E_NOTFOUND)
 		return ANN_OK;
 	ANN_TRY(rc);
-	if (n != ANN_PROBE_BLOB || ann_ld32(p) != 1 || ann_ld32(p + 8) != ANN_PROBE_FEATURES || ann_ld32(p + 12) != 0)
-		return ann_err(err, ANN_E_CORRUPT, "catalog meta %s: %zu bytes, version %u, %u features; expected %u bytes, "
-			       "version 1, %u features", ANN_PROBE_META, n, n >= 4 ? ann_ld32(p) : 0,
-			       n >= 12 ? ann_ld32(p + 8) : 0, ANN_PROBE_BLOB, ANN_PROBE_FEATURES);
+	uint32_t ver = n >= 4 ? ann_ld32(p) : 0;
+	if (!((ver == 1 && n == ANN_PROBE_BLOB) || (ver == 2 && n == ANN_PROBE_BLOB2)) ||
+	    ann_ld32(p + 8) != ANN_PROBE_FEATURES || ann_ld32(p + 12) != 0)
+		return ann_err(err, ANN_E_CORRUPT, "catalog meta %s: %zu bytes, version %u, %u features; expected %u "
+			       "bytes (version 1) or %u (version 2), %u features", ANN_PROBE_META, n, ver,
+			       n >= 12 ? ann_ld32(p + 8) : 0, ANN_PROBE_BLOB, ANN_PROBE_BLOB2, ANN_PROBE_FEATURES);
 	uint32_t p1 = ann_ld32(p + 4);
 	ann_probe_model v = {.p1 = p1};
 	uint64_t bits = ann_ld64(p + 16);
@@ -81,14 +93,19 @@ int ann_probe_model_load(ann_cat_txn *t, ann_probe_model *m, ann_error *err)
 	if (!ok)
 		return ann_err(err, ANN_E_CORRUPT, "catalog meta %s: P1 %u (expected 1..%u) or a weight not finite",
 			       ANN_PROBE_META, p1, ANN_PROBE_MAX_P1);
+	if (ver == 2) {
+		v.fit_vectors = ann_ld64(p + ANN_PROBE_BLOB);
+		v.fit_parts = ann_ld32(p + ANN_PROBE_BLOB + 8);
+		v.fit_queries = ann_ld32(p + ANN_PROBE_BLOB + 12);
+	}
 	*m = v;
 	return ANN_OK;
 }
 
 int ann_probe_model_save(ann_cat_txn *t, const ann_probe_model *m, ann_error *err)
 {
-	uint8_t b[ANN_PROBE_BLOB];
-	ann_st32(b, 1);
+	uint8_t b[ANN_PROBE_BLOB2];
+	ann_st32(b, 2);
 	ann_st32(b + 4, m->p1);
 	ann_st32(b + 8, ANN_PROBE_FEATURES);
 	ann_st32(b + 12, 0);
@@ -99,5 +116,8 @@ int ann_probe_model_save(ann_cat_txn *t, const ann_probe_model *m, ann_error *er
 		memcpy(&bits, &m->w[i], 8);
 		ann_st64(b + 24 + 8 * i, bits);
 	}
+	ann_st64(b + ANN_PROBE_BLOB, m->fit_vectors);
+	ann_st32(b + ANN_PROBE_BLOB + 8, m->fit_parts);
+	ann_st32(b + ANN_PROBE_BLOB + 12, m->fit_queries);
 	return ann_catalog_meta_put_blob(t, ANN_PROBE_META, b, sizeof b, err);
 }

@@ -23,7 +23,8 @@
 
 #define ANN_PROBE_FEATURES 8u
 #define ANN_PROBE_META "probe.model"
-#define ANN_PROBE_BLOB (16u + 8u * (1u + ANN_PROBE_FEATURES))
+#define ANN_PROBE_BLOB (16u + 8u * (1u + ANN_PROBE_FEATURES)) /* version 1 */
+#define ANN_PROBE_BLOB2 (ANN_PROBE_BLOB + 16u)                 /* version 2: + what it was fitted on */
 #define ANN_PROBE_MAX_P1 256u
 /* Routing width with a model: the budget times this. */
 #define ANN_PROBE_WIDTH 2u
@@ -32,7 +33,16 @@ typedef struct ann_probe_model {
 	uint32_t p1; /* partitions of stage A; 0 = no model */
 	double shift;
 	double w[ANN_PROBE_FEATURES];
+	/* what it was fitted on (blob version 2; 0 in version 1): the index's
+	 * live vectors and partitions, and the tuning queries */
+	uint64_t fit_vectors;
+	uint32_t fit_parts, fit_queries;
 } ann_probe_model;
+
+/* Whether the index has changed enough since the fit for the model to be
+ * refitted: other partitions, or live vectors more than 10% off. False when
+ * the fit is not known (version 1). */
+bool ann_probe_stale(const ann_probe_model *m, uint64_t live_vectors, uint32_t partitions);
 
 /* Features of one query: cd holds the squared distances to the centres of
  * its stage A partitions in routing order (n of them, INFINITY where no head

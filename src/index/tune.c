@@ -202,7 +202,8 @@ int ann_tune_probe(const char *index_dir, const float *queries, size_t nq, size_
 		rc = ann_err(err, ANN_E_INVAL, "tune: the features of these %zu queries are degenerate", nq);
 		goto done;
 	}
-	ann_probe_model m = {.p1 = p1};
+	ann_probe_model m = {.p1 = p1, .fit_vectors = x->meta.live_vectors, .fit_parts = x->dir.count,
+			     .fit_queries = (uint32_t)ANN_MIN(nq, (size_t)UINT32_MAX)};
 	memcpy(m.w, b, sizeof b);
 	double se = 0, sy = 0, syy = 0, sexp = 0;
 	for (size_t i = 0; i < nq; i++) {
