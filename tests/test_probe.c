@@ -206,6 +206,28 @@ static void check_keep(ann_index *x, uint32_t nprobe)
 	ASSERT_LE(reads[1] + 1, reads[0]);
 }
 
+/* Writes a version 1 probe model blob of n bytes (at most ANN_PROBE_BLOB)
+ * straight into the catalog: P1 p1, weights 0 but weight nan_at a NaN (-1:
+ * none). */
+static void put_model(const char *idx, uint32_t p1, int nan_at, size_t n)
+{
+	uint8_t b[ANN_PROBE_BLOB] = {0};
+	char *cat = t_path(idx, "catalog.lmdb");
+	ann_catalog *c;
+	ASSERT_OK(ann_catalog_open(cat, NULL, &c, NULL)); /* default options */
+	ann_cat_txn *t;
+	ASSERT_OK(ann_catalog_write_begin(c, &t, NULL));
+	ann_st32(b, 1);
+	ann_st32(b + 4, p1);
+	ann_st32(b + 8, ANN_PROBE_FEATURES);
+	if (nan_at >= 0)
+		ann_st64(b + 24 + 8 * (size_t)nan_at, 0x7ff0000000000001ull);
+	ASSERT_OK(ann_catalog_meta_put_blob(t, ANN_PROBE_META, b, n, NULL));
+	ASSERT_OK(ann_catalog_commit(t, NULL));
+	ann_catalog_close(c);
+	free(cat);
+}
+
 static void test_tune(const char *dir, ann_store_kind store)
 {
 	t_current = store == ANN_STORE_LMDB ? "tune lmdb" : "tune file";
@@ -310,21 +332,7 @@ static void test_tune(const char *dir, ann_store_kind store)
 	}
 	/* a version 1 model (before the fit was recorded) still loads, its fit unknown, never stale */
 	{
-		char *cat1 = t_path(idx, "catalog.lmdb");
-		ann_catalog_opts co;
-		ann_catalog_opts_init(&co);
-		ann_catalog *c;
-		ASSERT_OK(ann_catalog_open(cat1, &co, &c, NULL));
-		ann_cat_txn *t;
-		ASSERT_OK(ann_catalog_write_begin(c, &t, NULL));
-		uint8_t v1[ANN_PROBE_BLOB] = {0};
-		ann_st32(v1, 1);
-		ann_st32(v1 + 4, 4);
-		ann_st32(v1 + 8, ANN_PROBE_FEATURES);
-		ASSERT_OK(ann_catalog_meta_put_blob(t, ANN_PROBE_META, v1, sizeof v1, NULL));
-		ASSERT_OK(ann_catalog_commit(t, NULL));
-		ann_catalog_close(c);
-		free(cat1);
+		put_model(idx, 4, -1, sizeof(uint8_t[ANN_PROBE_BLOB]));
 		ASSERT_OK(ann_index_open(idx, &x, NULL));
 		ASSERT_OK(ann_index_get_info(x, &info, NULL));
 		ASSERT_EQ(info.probe_p1, 4);
@@ -333,26 +341,10 @@ static void test_tune(const char *dir, ann_store_kind store)
 		ann_index_close(x);
 	}
 	/* a malformed model is refused at open, naming it: P1 0, a weight not finite, short */
-	char *cat = t_path(idx, "catalog.lmdb");
 	for (int how = 0; how < 3; how++) {
-		ann_catalog_opts co;
-		ann_catalog_opts_init(&co);
-		ann_catalog *c;
-		ASSERT_OK(ann_catalog_open(cat, &co, &c, NULL));
-		ann_cat_txn *t;
-		ASSERT_OK(ann_catalog_write_begin(c, &t, NULL));
-		uint8_t bad[ANN_PROBE_BLOB] = {0};
-		ann_st32(bad, 1);
-		ann_st32(bad + 4, how == 0 ? 0 : 4);
-		ann_st32(bad + 8, ANN_PROBE_FEATURES);
-		if (how == 1)
-			ann_st64(bad + 24 + 8 * 3, 0x7ff0000000000001ull); /* a NaN weight */
-		ASSERT_OK(ann_catalog_meta_put_blob(t, ANN_PROBE_META, bad, how == 2 ? 20 : sizeof bad, NULL));
-		ASSERT_OK(ann_catalog_commit(t, NULL));
-		ann_catalog_close(c);
+		put_model(idx, how == 0 ? 0 : 4, how == 1 ? 3 : -1, how == 2 ? 20 : ANN_PROBE_BLOB);
 		ASSERT_ERR(ann_index_open(idx, &x, &e), e, ANN_E_CORRUPT, "probe.model");
 	}
-	free(cat);
 	ann_free(gt);
 	ann_free(gd);
 	free(idx);
