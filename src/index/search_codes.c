@@ -143,7 +143,6 @@ void codes_probe_state(const ann_searcher *s, size_t qi, float *ub_k, float *bes
 	*best = b;
 }
 
-
 /* The inner-product distances -<q, x> of a 2.4 block's rows from their L2
  * estimates, in place (codes_head): <q, x> = <q, c> + cross + <c, r> with
  * cross = (|r|^2 + |q - c|^2 - est) / 2, and the cross term's width, half
@@ -158,7 +157,7 @@ static void ip_from_l2(const ann_cblock_info *in, const uint8_t *blk, const uint
 		qc2 += ((double)qv[j] - c[j]) * ((double)qv[j] - c[j]);
 	}
 	const uint8_t *cr = blk + in->cr_off;
-	size_t np = in->full_code_bytes - 10; /* the norm's offset in a full record */
+	size_t np = in->full_code_bytes - 10; /* the norm's offset in a full record (planes, then the factors) */
 	for (uint32_t i = 0; i < in->count; i++) {
 		double rn = fac ? fac[i] : ann_ldf32(codes + (size_t)i * in->code_bytes + np);
 		double cross = 0.5 * (rn * rn + qc2 - (double)est[i]);
