@@ -88,14 +88,16 @@ static double row_disk_bytes(uint32_t d, size_t esz)
 	return per_page >= 1 ? 4096.0 / per_page : row;
 }
 
-/* Head bytes per row of a codes block: its record, id and share of the page sums. */
-static double head_row_bytes(uint32_t d, size_t esz, uint32_t bits)
+/* Head bytes per row of a codes block: its record, id and share of the page
+ * sums, and for inner product its centre product (codes block 2.4). */
+static double head_row_bytes(uint32_t d, size_t esz, uint32_t bits, ann_metric m)
 {
 	double slim = esz == 1 ? CBLOCK_F16_SAVES : 0.0;
-	return code_record(d, bits) - slim + ID_BYTES + 4.0 * row_disk_bytes(d, esz) / 4096.0;
+	return code_record(d, bits) - slim + ID_BYTES + 4.0 * row_disk_bytes(d, esz) / 4096.0 +
+	       (cblock_cr_default(m) ? 4.0 : 0.0);
 }
 
-static double disk_parts(uint64_t n, uint32_t d, size_t esz, uint32_t bits, double catalog)
+static double disk_parts(uint64_t n, uint32_t d, size_t esz, uint32_t bits, ann_metric m, double catalog)
 {
 	double row = (double)d * (double)esz;
 	double row_disk, head_row, part;
@@ -105,7 +107,7 @@ static double disk_parts(uint64_t n, uint32_t d, size_t esz, uint32_t bits, doub
 		part = 2048.0 + 80.0 + 410.0;
 	} else {
 		row_disk = row_disk_bytes(d, esz);
-		head_row = head_row_bytes(d, esz, bits);
+		head_row = head_row_bytes(d, esz, bits, m);
 		part = PART_DISK_BYTES + ceil(row / 8.0) * 8.0 +              /* + the centre */
 		       (cblock_head_page_default() ? 0.0 : HEAD_PAD_BYTES);
 	}
@@ -128,9 +130,9 @@ void ann_build_resolve_defaults(ann_build_opts *o, uint64_t n, uint32_t d, ann_e
 		o->code_bits = pays || o->code_bits == ANN_AUTO_BITS ? bits : 0;
 	}
 	uint32_t cbits = o->code_bits <= 8 ? o->code_bits : 0;
-	double disk = disk_parts(n, d, esz, cbits, CATALOG_BYTES);
+	double disk = disk_parts(n, d, esz, cbits, o->metric, CATALOG_BYTES);
 	if (disk < 1) /* small sets: the catalog's fixed part alone passes the target; bound the rest */
-		disk = disk_parts(n, d, esz, cbits, 0);
+		disk = disk_parts(n, d, esz, cbits, o->metric, 0);
 	if (disk < 1) /* codes asked for where no count fits: the old default */
 		disk = fmax(1.0, (double)(n / 1000));
 	bool kmeans_l2 = o->router == ANN_ROUTER_KMEANS && o->metric == ANN_METRIC_L2;
@@ -147,7 +149,7 @@ void ann_build_resolve_defaults(ann_build_opts *o, uint64_t n, uint32_t d, ann_e
 	 * or disk long before. */
 	double min_rows = MIN_ROWS;
 	if (cbits)
-		min_rows = fmax(min_rows, ceil(4096.0 / head_row_bytes(d, esz, cbits)));
+		min_rows = fmax(min_rows, ceil(4096.0 / head_row_bytes(d, esz, cbits, o->metric)));
 	double cap = fmin(disk, floor((double)n / min_rows)); /* what bounds either router */
 	if (o->kmeans.router_bits == ANN_AUTO) {
 		o->kmeans.router_bits = 0;
