@@ -282,8 +282,8 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 		const uint32_t count = in->count;
 		for (uint32_t i = 0; i < count; i++) {
 			float e = est[i] * scale + shift, w = wid[i] * scale;
-			if (!(e - w < kth))
-				continue; /* cannot enter the top k: the threshold only falls */
+			if (!(e - w <= kth))
+				continue; /* cannot enter the top k (a tie can): the threshold only falls */
 			if (!ids_done) {
 				rc = cblock_ids(in, br->data, s->hids, err);
 				if (rc < 0)
@@ -617,7 +617,7 @@ int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank
 		qsort(h, s->ncand[qi], sizeof(cand), cand_est_cmp);
 		uint32_t rank = 0;
 		for (uint32_t i = 0; i < s->ncand[qi]; i++)
-			if (h[i].est - h[i].width < kth)
+			if (h[i].est - h[i].width <= kth) /* <=: rows whose estimate is exact (width 0) tie with it */
 				s->ents[ne++] = (r2ent){h[i].u, h[i].row, (uint32_t)qi, 0, rank++, h[i].est - h[i].width,
 							h[i].id};
 	}
@@ -642,7 +642,7 @@ int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank
 		uint64_t lim = p == s->o.rerank_phases ? UINT64_MAX : (uint64_t)s->o.k << (p - 1);
 		for (size_t i = 0; i < ne; i++)
 			want[i] = !done[i] && s->ents[i].rank < lim &&
-				  (p == 1 || s->ents[i].lower < ann_topk_bound(&s->heaps[s->ents[i].q]));
+				  (p == 1 || s->ents[i].lower <= ann_topk_bound(&s->heaps[s->ents[i].q]));
 		if (mem)
 			ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
 		ANN_TRY(read_phase(s, ne, want, done, wait_ns, rerank_ns, err));
