@@ -77,6 +77,15 @@ expect 0 "$A" gt --base "$dir/a.u8bin" --queries "$dir/q.u8bin" --k 20 --out "$d
 [ "$(stat -c %s "$dir/gt.bin")" = $((8 + 50 * 20 * 8)) ] || fail "gt.bin size"
 [ "$(stat -c %s "$dir/gt.ivecs")" = $((50 * 21 * 4)) ] || fail "gt.ivecs size"
 
+# recall counts only the neighbours there are: a 30-row set padded its gt rows of 40 with -1
+head -c $((8 + 30 * 32)) "$dir/a.u8bin" > "$dir/small.u8bin"
+python3 -c "import struct,sys; f=open(sys.argv[1],'r+b'); f.write(struct.pack('<II', 30, 32))" "$dir/small.u8bin"
+expect 0 "$A" gt --base "$dir/small.u8bin" --queries "$dir/q.u8bin" --k 40 --out "$dir/gt40.bin" --quiet
+expect 0 "$A" build --data "$dir/small.u8bin" --index "$dir/small-idx" --partitions 2 --quiet
+expect 0 "$A" search --index "$dir/small-idx" --queries "$dir/q.u8bin" --gt "$dir/gt40.bin" --k 40 --nprobe 2 --json
+python3 -c "import json, sys; j = json.loads(open(sys.argv[1]).readline()); assert j['recall_at_k'] == 1.0, j" \
+	"$dir/out" || fail "recall with fewer rows than k: $(cat "$dir/out")"
+
 # build, info, search, verify
 expect 0 "$A" build --data "$dir/a.u8bin" --index "$dir/idx" --partitions 16 --mem 64M --quiet
 # training history: one line per epoch on stderr (not with --quiet)

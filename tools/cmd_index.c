@@ -640,15 +640,19 @@ void cli_search_report(const cli_search_result *r, uint64_t *lat)
 	unsigned long long batch = r->batch, threads = r->threads, cache = r->cache, rerank = r->rerank;
 	double recall = NAN, parts = 0, cands = 0, bytes = 0, ios = 0, r_us = 0, w_us = 0, d_us = 0, s_us = 0;
 	double b1 = 0, b2 = 0, io1 = 0, io2 = 0, nest = 0, nrr = 0, w1 = 0, e_us = 0, w2 = 0, rr_us = 0;
-	uint64_t hits = 0;
+	uint64_t hits = 0, valid = 0; /* valid: ground-truth entries among each row's first k (a set smaller
+				       * than k pads its rows with -1, and those cannot be found) */
 	for (size_t i = 0; i < nq; i++) {
-		if (gt)
+		if (gt) {
+			for (size_t b = 0; b < k; b++)
+				valid += gt[i * gk + b] >= 0;
 			for (size_t a = 0; a < k; a++)
 				for (size_t b = 0; b < k; b++)
 					if (ids[i * k + a] >= 0 && ids[i * k + a] == gt[i * gk + b]) {
 						hits++;
 						break;
 					}
+		}
 		parts += st[i].partitions;
 		cands += (double)st[i].candidates;
 		bytes += st[i].bytes_read;
@@ -671,7 +675,7 @@ void cli_search_report(const cli_search_result *r, uint64_t *lat)
 	}
 	double dn = nq ? (double)nq : 1;
 	if (gt)
-		recall = (double)hits / (dn * (double)k);
+		recall = valid ? (double)hits / (double)valid : 1.0;
 	qsort(lat, nq, sizeof *lat, cmp_u64);
 	double p50 = nq ? (double)lat[nq / 2] / 1e6 : 0, p95 = nq ? (double)lat[(nq * 95) / 100] / 1e6 : 0,
 	       p99 = nq ? (double)lat[CLI_MIN(nq - 1, (nq * 99) / 100)] / 1e6 : 0;

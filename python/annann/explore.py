@@ -55,8 +55,9 @@ def sweep(index, queries, gt, nprobes, k, drop, log=print):
             wall = time.perf_counter() - t0
             st = idx.last_stats
             hits = [len(set(r[r >= 0]) & set(t[:k])) for r, t in zip(ids, gt)]
+            valid = int(np.sum(np.asarray(gt)[:, :k] >= 0))  # a set smaller than k pads gt with -1
             lat = st["latency_ns"] / 1e3
-            row = {"system": name, "nprobe": p, "recall_at_k": float(np.sum(hits)) / (k * len(queries)),
+            row = {"system": name, "nprobe": p, "recall_at_k": float(np.sum(hits)) / max(valid, 1),
                    "k": k, "queries": len(queries), "bytes_per_query": float(np.mean(st["bytes_read"])),
                    "ios_per_query": float(np.mean(st["io_requests"])),
                    "candidates": float(np.mean(st["candidates"])), "p50_us": float(np.percentile(lat, 50)),

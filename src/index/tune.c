@@ -27,17 +27,20 @@
 #define GRID_MAX 16
 #define RIDGE 1e-3
 
-/* The recall@k of one answer row against the first k of a ground-truth row. */
+/* The recall@k of one answer row against the first k of a ground-truth row
+ * (of its valid entries: a set smaller than k pads the row with -1). */
 static double row_recall(const int64_t *ids, const int32_t *gt, uint32_t k)
 {
-	uint32_t hits = 0;
+	uint32_t hits = 0, valid = 0;
+	for (uint32_t b = 0; b < k; b++)
+		valid += gt[b] >= 0;
 	for (uint32_t a = 0; a < k; a++)
 		for (uint32_t b = 0; b < k; b++)
 			if (ids[a] >= 0 && ids[a] == (int64_t)gt[b]) {
 				hits++;
 				break;
 			}
-	return (double)hits / k;
+	return valid ? (double)hits / valid : 1.0;
 }
 
 /* Solves the symmetric positive definite system A w = b (n x n, in place). */
