@@ -710,10 +710,13 @@ static void test_duplicates(ann_rng *r)
 			ASSERT_EQ(ids[j] % 3, 0);
 		}
 		/* The rest of the graph stays reachable (queries: rows that are not
-		 * copies, where the exact top-5 has no ties). */
+		 * copies, where the exact top-5 has no ties). The 2-thread build's
+		 * links depend on scheduling: at ef 60 a loaded CI machine once got
+		 * 0.945 (11 of 200 missed, none unreachable); ef 120 keeps the test
+		 * about reachability, which would cost far more. */
 		for (size_t i = 0; i < 40; i++)
 			memcpy(q + i * d, x + (1 + 3 * (i * 29 % 400) + (i & 1)) * d, d * sizeof(float));
-		double rc = recall(h, NULL, x, n, q, 40, 5, 60);
+		double rc = recall(h, NULL, x, n, q, 40, 5, 120);
 		printf("duplicates, metric %d: recall@5 %.4f\n", m, rc);
 		ASSERT_LE(0.95, rc);
 		ann_hnsw_free(h);
