@@ -1171,7 +1171,34 @@ static void test_search(const char *dir)
 	g_id_order = false;
 }
 
-/* Cosine and inner product on off-centre data (every component around 12,
+/* Writes n rows of dimension dd (f32) into DIR/NAME.fbin and builds index
+ * DIR/NAME from them: f32 rows, 2-bit codes, the given metric and
+ * partitions, one thread (caller frees the path). */
+static char *build_rows(const char *dir, const char *name, const float *x, size_t n, uint32_t dd, ann_metric m,
+			uint32_t partitions)
+{
+	char fname[96];
+	snprintf(fname, sizeof fname, "%s.fbin", name);
+	char *data = t_path(dir, fname), *idx = t_path(dir, name);
+	ann_vwriter *w;
+	ASSERT_OK(ann_vwriter_open(data, dd, &w, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(w, x, n, NULL));
+	ASSERT_OK(ann_vwriter_close(w, NULL));
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = partitions;
+	o.threads = 1;
+	o.metric = m;
+	o.encoding = ANN_ENC_F32;
+	o.code_bits = 2;
+	ann_error e = {0};
+	if (ann_build(data, idx, &o, &e) < 0)
+		T_FAIL("build %s: %s", name, e.msg);
+	free(data);
+	return idx;
+}
+
+/* Cosine and inner product on off-centre data (every component around 20,
  * as descriptors and many embeddings are): with every partition probed and
  * the default re-rank budget, the estimates must rank the true neighbours
  * into the budget. The IP form of the estimate, whose error grows with |q|
@@ -1182,14 +1209,17 @@ static void test_search(const char *dir)
  * answer with exact distances. */
 static uint32_t block_flags(const char *idx, uint32_t pid);
 
-static void test_offcentre(const char *dir, ann_rng *r, ann_metric m, bool cr_off)
+static void test_offcentre(const char *dir, ann_metric m, bool cr_off)
 {
 	t_current = m == ANN_METRIC_COSINE ? "offcentre_cosine" : cr_off ? "offcentre_ip_without_cr" : "offcentre_ip";
 	enum { N = 4000, DD = 64, NC = 16, Q = 40 };
+	/* its own generator: the data must not move when other tests draw more */
+	ann_rng rs, *r = &rs;
+	ann_rng_seed(r, 2); /* a draw where the IP form misses: 0.775 without the centre products */
 	float *x = malloc((size_t)N * DD * sizeof(float)), *q = malloc((size_t)Q * DD * sizeof(float));
 	float ctr[NC * DD];
 	for (size_t i = 0; i < NC * DD; i++)
-		ctr[i] = 12.0f + (float)(3.0 * ann_rng_normal(r));
+		ctr[i] = 20.0f + (float)(3.0 * ann_rng_normal(r));
 	for (size_t i = 0; i < N; i++) {
 		size_t c = ann_rng_below(r, NC);
 		for (size_t j = 0; j < DD; j++)
@@ -1200,25 +1230,10 @@ static void test_offcentre(const char *dir, ann_rng *r, ann_metric m, bool cr_of
 		for (size_t j = 0; j < DD; j++)
 			q[i * DD + j] = 0.5f * (ctr[a * DD + j] + ctr[b * DD + j]) + (float)(2.0 * ann_rng_normal(r));
 	}
-	char *data = t_path(dir, "off.fbin"), *idx = t_path(dir, t_current);
-	ann_vwriter *w;
-	ASSERT_OK(ann_vwriter_open(data, DD, &w, NULL));
-	ASSERT_OK(ann_vwriter_write_f32(w, x, N, NULL));
-	ASSERT_OK(ann_vwriter_close(w, NULL));
-	ann_build_opts o;
-	ann_build_opts_init(&o);
-	o.partitions = 16;
-	o.threads = 1;
-	o.metric = m;
-	o.encoding = ANN_ENC_F32;
-	o.code_bits = 2;
-	ann_error e = {0};
 	if (cr_off)
 		setenv("ANNANN_IP_CR", "0", 1);
-	int brc = ann_build(data, idx, &o, &e);
+	char *idx = build_rows(dir, t_current, x, N, DD, m, 16);
 	unsetenv("ANNANN_IP_CR");
-	if (brc < 0)
-		T_FAIL("build: %s", e.msg);
 	size_t first_live = 0;
 	if (m == ANN_METRIC_IP && !cr_off) {
 		/* the update path writes them too: rows 0..299 deleted, then a
@@ -1300,11 +1315,10 @@ static void test_offcentre(const char *dir, ann_rng *r, ann_metric m, bool cr_of
 	}
 	double rec = (double)hits / (Q * K);
 	printf("%s: every partition, default re-rank budget: recall@%d %.4f\n", t_current, K, rec);
-	if (!cr_off)
-		ASSERT_LE(0.98, rec);
+	if (!cr_off) /* measured 0.985 (cosine) and 0.995 (ip); the old forms 0.42-0.61 and 0.785 */
+		ASSERT_LE(0.95, rec);
 	ann_searcher_free(s);
 	ann_index_close(ix);
-	free(data);
 	free(idx);
 	free(x);
 	free(q);
@@ -1325,20 +1339,7 @@ static void test_identical_rows(const char *dir, ann_rng *r)
 	for (size_t i = 0; i < N; i++)
 		for (size_t j = 0; j < DD; j++)
 			x[i * DD + j] = i % 11 == 0 && i / 11 < COPIES ? v[j] : (float)(3.0 * ann_rng_normal(r));
-	char *data = t_path(dir, "same.fbin"), *idx = t_path(dir, "same");
-	ann_vwriter *w;
-	ASSERT_OK(ann_vwriter_open(data, DD, &w, NULL));
-	ASSERT_OK(ann_vwriter_write_f32(w, x, N, NULL));
-	ASSERT_OK(ann_vwriter_close(w, NULL));
-	ann_build_opts o;
-	ann_build_opts_init(&o);
-	o.partitions = 8;
-	o.threads = 1;
-	o.encoding = ANN_ENC_F32;
-	o.code_bits = 2;
-	ann_error e = {0};
-	if (ann_build(data, idx, &o, &e) < 0)
-		T_FAIL("build: %s", e.msg);
+	char *idx = build_rows(dir, t_current, x, N, DD, ANN_METRIC_L2, 8);
 	ann_index *ix;
 	ASSERT_OK(ann_index_open(idx, &ix, NULL));
 	for (int phases = 1; phases <= 2; phases++) {
@@ -1367,7 +1368,6 @@ static void test_identical_rows(const char *dir, ann_rng *r)
 		ann_searcher_free(s);
 	}
 	ann_index_close(ix);
-	free(data);
 	free(idx);
 	free(x);
 }
@@ -1897,9 +1897,9 @@ int main(void)
 	test_dirent();
 	test_search(dir);
 	test_identical_rows(dir, &rng);
-	test_offcentre(dir, &rng, ANN_METRIC_COSINE, false);
-	test_offcentre(dir, &rng, ANN_METRIC_IP, false);
-	test_offcentre(dir, &rng, ANN_METRIC_IP, true);
+	test_offcentre(dir, ANN_METRIC_COSINE, false);
+	test_offcentre(dir, ANN_METRIC_IP, false);
+	test_offcentre(dir, ANN_METRIC_IP, true);
 	test_head_page_search(dir);
 	test_i8_format1(dir);
 	test_corrupt(dir);
