@@ -248,6 +248,13 @@ typedef struct ann_build_opts {
 	                              of a nearly empty last head page to the next-nearest centroid's partition
 	                              where its head has room, so queries read fewer head pages (docs/DESIGN.md
 	                              "Page-fitted heads"); 0 keeps every row in its nearest partition */
+	int tune;                /**< after the build, fit learned adaptive probing on synthetic queries
+	                              (ann_tune_synthetic, ANN_TUNE_SYNTHETIC_QUERIES of them; docs/DESIGN.md
+	                              "Self-tuned adaptive probing"): -1 (default) auto = when the index takes it
+	                              and is large enough to gain (k-means router, codes, L2, at least
+	                              ANN_TUNE_AUTO_MIN_PARTS partitions and ANN_TUNE_AUTO_MIN_VECTORS vectors);
+	                              0 never; 1 whenever the index takes it. A failed fit leaves a complete
+	                              index without a model and says why on the log */
 	ann_progress_fn progress; /**< NULL: silent */
 	void *progress_ctx;
 	ann_log_fn log;           /**< training history lines; NULL: none */
@@ -427,6 +434,26 @@ typedef struct ann_tune_report {
  * Codes indexes under L2 only (ANN_E_INVAL otherwise); takes the writer lock. */
 ANN_API int ann_tune_probe(const char *index_dir, const float *queries, size_t nq, size_t dim, const int32_t *gt,
 			   uint32_t gt_k, const ann_tune_opts *o, ann_tune_report *rep, ann_error *err);
+
+/** The build's automatic self-tuning (ann_build_opts.tune = -1) needs this many partitions and vectors. */
+#define ANN_TUNE_AUTO_MIN_PARTS 128u
+#define ANN_TUNE_AUTO_MIN_VECTORS 20000u
+/** Default count of synthetic tuning queries (ann_tune_synthetic, the build's self-tuning). */
+#define ANN_TUNE_SYNTHETIC_QUERIES 2000u
+
+/** Learned adaptive probing without a query log (docs/DESIGN.md "Self-tuned adaptive
+ * probing"): draws nq + 256 rows of @p data_path at seeded random positions, scales
+ * Gaussian noise by the median squared distance of 256 of them to their nearest other
+ * row (found by the index), moves the other nq rows by it (half that distance in all;
+ * rounded and clipped for u8 and i8 data), takes their ground truth from the index
+ * itself at 4 x its default nprobe with 256 re-ranks, and fits the model on them as
+ * ann_tune_probe does (which it then calls: the same report, the same catalog write).
+ * Costs no pass over the base: 256 + nq row reads and two searches besides the tuning.
+ * The file must have the index's dimension (normally the one it was built from). Real
+ * queries, when there is a log of them, remain the better choice: ann_tune_probe.
+ * ANN_E_INVAL as ann_tune_probe, or when the file holds fewer than nq + 256 rows. */
+ANN_API int ann_tune_synthetic(const char *index_dir, const char *data_path, uint32_t nq, uint64_t seed,
+			       const ann_tune_opts *o, ann_tune_report *rep, ann_error *err);
 
 /** Default re-rank budget per query: ANN_RERANK_PER_K x k, at least ANN_RERANK_MIN
  * (docs/DESIGN.md "The re-rank budget"). */

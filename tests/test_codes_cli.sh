@@ -122,6 +122,34 @@ PY
 expect 0 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --nprobe 4 --adaptive off --json
 python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read()); assert j["partitions_probed"] == 4, j' "$dir/out" ||
 	fail "--adaptive off probed other than nprobe"
+# synthetic tuning: annann tune --data, and build --tune
+expect 2 "$A" tune --index "$dir/c_lmdb"
+expect 2 "$A" tune --index "$dir/c_lmdb" --data "$dir/b.u8bin" --queries "$dir/q.u8bin"
+grep -q "not with --queries" "$dir/err" || fail "tune --data --queries: $(cat "$dir/err")"
+expect 2 "$A" tune --index "$dir/c_lmdb" --synthetic 100 --queries "$dir/q.u8bin" --gt "$dir/gt.bin"
+expect 2 "$A" tune --index "$dir/c_lmdb" --data "$dir/b.u8bin" --synthetic 8
+expect 2 "$A" tune --index "$dir/c_lmdb" --data "$dir/q.u8bin" --quiet
+grep -q "at least" "$dir/err" || fail "tune --data with 40 rows: $(cat "$dir/err")"
+expect 2 "$A" tune --index "$dir/e" --data "$dir/b.u8bin" --quiet
+grep -q "not a codes index" "$dir/err" || fail "tune --data of a format 1 index: $(cat "$dir/err")"
+expect 0 "$A" tune --index "$dir/c_lmdb" --data "$dir/b.u8bin" --synthetic 300 --seed 5 --json --quiet
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["queries"] == 300 and j["rows"], j' \
+	"$dir/out" || fail "tune --data json: $(cat "$dir/out")"
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --tune sometimes
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes none --tune on
+expect 1 "$A" build --data "$dir/b.u8bin" --index "$dir/t_on" --partitions 8 --tune on --quiet
+grep -q "format 1 blocks: add codes" "$dir/err" || fail "build --tune on, format 1 defaults: $(cat "$dir/err")"
+[ ! -e "$dir/t_on" ] || fail "build --tune on refused but left $dir/t_on"
+expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/t_on" --partitions 8 --codes rabitq --tune on
+grep -q "adaptive probing: fitted on 2000 synthetic queries" "$dir/err" "$dir/out" ||
+	fail "build --tune on: $(cat "$dir/out" "$dir/err")"
+expect 0 "$A" info --index "$dir/t_on" --json
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["probe_fit_queries"] == 2000, j' "$dir/out" ||
+	fail "build --tune on stored no model: $(cat "$dir/out")"
+expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/t_auto" --partitions 8 --codes rabitq --quiet
+expect 0 "$A" info --index "$dir/t_auto" --json
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j.get("probe_p1", 0) == 0, j' "$dir/out" ||
+	fail "build --tune auto fitted a model below its thresholds: $(cat "$dir/out")"
 # a flipped byte in the first block's head (file store: blocks start at 4096)
 python3 - "$dir/c_file/blocks.dat" <<'PY'
 import sys

@@ -11,11 +11,13 @@
  *    each query reads between P1 and 2 nprobe partitions and not all the
  *    same number; off, every query reads nprobe;
  *  - misuse and damage: required without a model or below P1, tuning a
- *    format 1 index, too few queries, a malformed model in the catalog.
+ *    format 1 index, too few queries, a malformed model in the catalog;
+ *  - synthetic tuning (ann_tune_synthetic, the build's tune option).
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "gt.h"
 #include "index.h"
@@ -365,6 +367,105 @@ static void test_format1(const char *dir)
 	free(data);
 }
 
+/* Synthetic tuning (ann_tune_synthetic, the build's --tune): a model from
+ * rows moved by noise, with the index's own ground truth; the same every
+ * time; it moves partitions between the held-out (shifted) queries without
+ * losing their recall; the build fits it when told to and, below the
+ * automatic thresholds, only then; misuse is refused. */
+static void test_synthetic(const char *dir)
+{
+	t_current = "synthetic";
+	char *data = t_path(dir, "base.u8bin");
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = PARTS;
+	o.mem_bytes = (size_t)64 << 20;
+	o.threads = 1;
+	o.code_bits = 2;
+	ann_error e = {0};
+	char *auto_idx = t_path(dir, "ix_syn_auto"), *on_idx = t_path(dir, "ix_syn_on");
+	ASSERT_OK(ann_build(data, auto_idx, &o, &e)); /* auto: 64 partitions are below the threshold */
+	o.tune = 1;
+	ASSERT_OK(ann_build(data, on_idx, &o, &e));
+	ann_index *x;
+	ann_index_info info;
+	ASSERT_OK(ann_index_open(auto_idx, &x, NULL));
+	ASSERT_EQ(x->probe.p1, 0);
+	ann_index_close(x);
+	ASSERT_OK(ann_index_open(on_idx, &x, NULL));
+	ASSERT_TRUE(x->probe.p1 >= 1);
+	ASSERT_OK(ann_index_get_info(x, &info, NULL));
+	ASSERT_EQ(info.probe_fit_queries, ANN_TUNE_SYNTHETIC_QUERIES);
+	ann_probe_model built = x->probe;
+	ann_index_close(x);
+
+	/* the same seed gives the same model, whichever index copy it is fitted on */
+	ann_tune_opts to = {.k = K};
+	ann_tune_report rep;
+	if (ann_tune_synthetic(auto_idx, data, ANN_TUNE_SYNTHETIC_QUERIES, 1, &to, &rep, &e) < 0)
+		T_FAIL("tune synthetic: %s", e.msg);
+	ASSERT_EQ(rep.queries, ANN_TUNE_SYNTHETIC_QUERIES);
+	ASSERT_TRUE(rep.r2 > 0 && rep.r2 <= 1 && rep.rows >= 4);
+	ASSERT_OK(ann_index_open(auto_idx, &x, NULL));
+	ASSERT_TRUE(memcmp(x->probe.w, built.w, sizeof built.w) == 0 && x->probe.shift == built.shift);
+	ann_index_close(x);
+	if (ann_tune_synthetic(auto_idx, data, 500, 7, &to, &rep, &e) < 0)
+		T_FAIL("tune synthetic, 500: %s", e.msg);
+	ASSERT_EQ(rep.queries, 500);
+	ASSERT_OK(ann_index_open(auto_idx, &x, NULL));
+	ASSERT_TRUE(memcmp(x->probe.w, built.w, sizeof built.w) != 0); /* other rows, other noise */
+
+	/* on the shifted queries: a varying number of partitions, the recall of fixed probing kept */
+	int32_t *gt = ann_malloc(NQ * K * sizeof(int32_t));
+	float *gd = ann_malloc(NQ * K * sizeof(float));
+	ASSERT_TRUE(gt && gd);
+	ann_gt_opts go;
+	ann_gt_opts_init(&go);
+	go.k = K;
+	go.threads = 1;
+	ASSERT_OK(ann_gt_compute_mem(base, NB, queries, NQ, D, &go, gt, gd, NULL));
+	double pa, pf;
+	uint32_t da, df;
+	double ra = search_all(x, 0, 8, gt, &pa, &da), rf = search_all(x, -1, 8, gt, &pf, &df);
+	printf("synthetic model, nprobe 8: adaptive recall %.4f at %.2f partitions (%u distinct), fixed %.4f\n", ra, pa,
+	       da, rf);
+	ASSERT_TRUE(da >= 2);
+	ASSERT_TRUE(ra >= rf - 0.05);
+	ann_index_close(x);
+	ann_free(gt);
+	ann_free(gd);
+
+	/* misuse */
+	ASSERT_ERR(ann_tune_synthetic(auto_idx, data, 10, 1, &to, &rep, &e), e, ANN_E_INVAL, "at least");
+	char *small = t_path(dir, "small.u8bin"), *thin = t_path(dir, "thin.u8bin");
+	ann_vwriter *w;
+	ASSERT_OK(ann_vwriter_open(small, D, &w, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(w, base, 1000, NULL));
+	ASSERT_OK(ann_vwriter_close(w, NULL));
+	ASSERT_OK(ann_vwriter_open(thin, D - 1, &w, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(w, base, 3000, NULL));
+	ASSERT_OK(ann_vwriter_close(w, NULL));
+	ASSERT_ERR(ann_tune_synthetic(auto_idx, small, 900, 1, &to, &rep, &e), e, ANN_E_INVAL, "at least 1156");
+	ASSERT_ERR(ann_tune_synthetic(auto_idx, thin, 500, 1, &to, &rep, &e), e, ANN_E_INVAL, "dimension");
+	char *missing = t_path(dir, "missing.u8bin");
+	ASSERT_TRUE(ann_tune_synthetic(auto_idx, missing, 500, 1, &to, &rep, &e) < 0);
+	char *f1 = t_path(dir, "ix_syn_f1");
+	o.code_bits = 0; /* format 1: tune on is refused before any work, auto builds it without a model */
+	ASSERT_ERR(ann_build(data, f1, &o, &e), e, ANN_E_INVAL, "needs the k-means router, codes blocks and l2");
+	struct stat st;
+	ASSERT_TRUE(stat(f1, &st) != 0);
+	o.tune = -1;
+	ASSERT_OK(ann_build(data, f1, &o, &e));
+	ASSERT_ERR(ann_tune_synthetic(f1, data, 500, 1, &to, &rep, &e), e, ANN_E_INVAL, "not a codes index");
+	free(f1);
+	free(missing);
+	free(small);
+	free(thin);
+	free(auto_idx);
+	free(on_idx);
+	free(data);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -381,6 +482,7 @@ int main(void)
 	test_tune(dir, ANN_STORE_FILE);
 	test_tune(dir, ANN_STORE_LMDB);
 	test_format1(dir);
+	test_synthetic(dir);
 	t_rmtree(dir);
 	free(dir);
 	printf("test_probe: ok\n");

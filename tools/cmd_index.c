@@ -37,6 +37,9 @@ static cli_opt build_opts[] = {
 	 "id (blocks older builds read)", NULL},
 	{"page-fit", "on|off", "move the rows of nearly empty last head pages to the next-nearest partition with room "
 	 "(default on; codes blocks, k-means graph router, l2, one copy)", NULL},
+	{"tune", "auto|on|off", "after the build, fit learned adaptive probing on synthetic queries made from the "
+	 "data (default auto: k-means router, codes, l2, at least 128 partitions and 20000 vectors; annann tune "
+	 "refits it on a query log)", NULL},
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
 	{"seed", "S", "random seed (default 1)", NULL},
@@ -212,6 +215,13 @@ static int run_build(cli_cmd *c)
 		return cli_usage_error(c, "--page-fit moves rows between codes blocks' heads, not with --codes none");
 	if (fit)
 		o.page_fit = strcmp(fit, "on") == 0;
+	const char *tune = cli_get(c, "tune");
+	if (tune && strcmp(tune, "auto") != 0 && strcmp(tune, "on") != 0 && strcmp(tune, "off") != 0)
+		return cli_usage_error(c, "--tune: '%s' is not auto, on or off", tune);
+	if (tune && strcmp(tune, "on") == 0 && none)
+		return cli_usage_error(c, "--tune on fits adaptive probing, which reads codes: not with --codes none");
+	if (tune)
+		o.tune = strcmp(tune, "auto") == 0 ? -1 : strcmp(tune, "on") == 0;
 	uint64_t rbits;
 	if (!cli_u64(c, "router-bits", 0, 0, 8, &rbits))
 		return CLI_EXIT_USAGE;

@@ -11,8 +11,13 @@
 
 static cli_opt tune_opts[] = {
 	{"index", "DIR", "index directory (required; a codes index under L2)", NULL},
-	{"queries", "FILE", "tuning queries, from the distribution the index will serve (required)", NULL},
-	{"gt", "FILE", "their ground truth, big-ann layout or ivecs (required; annann gt computes it)", NULL},
+	{"queries", "FILE", "tuning queries, from the distribution the index will serve (a query log; or --data)", NULL},
+	{"gt", "FILE", "their ground truth, big-ann layout or ivecs (required with --queries; annann gt computes it)",
+	 NULL},
+	{"data", "FILE", "instead of --queries: synthetic queries, rows of FILE (the base) moved by noise, with their "
+	 "ground truth from the index itself (what annann build does by default)", NULL},
+	{"synthetic", "N", "with --data: how many synthetic queries (default 2000)", NULL},
+	{"seed", "S", "with --data: random seed of the rows and the noise (default 1)", NULL},
 	{"k", "K", "neighbours per query the recall counts (default 10)", NULL},
 	{"p1", "P", "partitions of the first stage (default: the index's default nprobe / 8, at least 1)", NULL},
 	{"limit", "N", "use only the first N queries", NULL},
@@ -24,20 +29,41 @@ static cli_opt tune_opts[] = {
 static int run_tune(cli_cmd *c)
 {
 	const char *dir = cli_need(c, "index");
-	const char *qpath = dir ? cli_need(c, "queries") : NULL;
-	const char *gpath = qpath ? cli_need(c, "gt") : NULL;
-	if (!gpath)
+	if (!dir)
 		return CLI_EXIT_USAGE;
-	uint64_t k, p1, limit;
+	const char *data = cli_get(c, "data"), *qpath = cli_get(c, "queries"), *gpath = cli_get(c, "gt");
+	if (data && (qpath || gpath))
+		return cli_usage_error(c, "--data makes synthetic queries: not with --queries or --gt");
+	if (!data && (cli_get(c, "synthetic") || cli_get(c, "seed")))
+		return cli_usage_error(c, "--synthetic and --seed go with --data");
+	if (!data && !qpath)
+		return cli_usage_error(c, "--queries (with --gt) or --data is required");
+	if (qpath && !gpath)
+		return cli_usage_error(c, "--queries needs --gt");
+	uint64_t k, p1, limit, nsyn, seed;
 	if (!cli_u64(c, "k", 10, 1, ANN_MAX_K, &k) || !cli_u64(c, "p1", 0, 1, 256, &p1) ||
-	    !cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit))
+	    !cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) ||
+	    !cli_u64(c, "synthetic", ANN_TUNE_SYNTHETIC_QUERIES, 2 * 8, 1000000, &nsyn) ||
+	    !cli_u64(c, "seed", 1, 0, UINT64_MAX, &seed))
 		return CLI_EXIT_USAGE;
+	if (data && cli_get(c, "limit"))
+		return cli_usage_error(c, "--limit counts --queries; with --data say --synthetic N");
 	ann_error err = {0};
 	ann_vector_reader *qr = NULL;
 	float *q = NULL, *gtd = NULL;
 	int32_t *gt = NULL;
 	uint32_t gnq = 0, gk = 0;
 	int ret = CLI_EXIT_FAIL;
+	cli_progress_state ps;
+	cli_progress_init(&ps, cli_flag(c, "quiet"));
+	ann_tune_opts o = {.k = (uint32_t)k, .p1 = (uint32_t)p1, .progress = cli_progress, .progress_ctx = &ps};
+	ann_tune_report r;
+	int rc;
+	if (data) {
+		rc = ann_tune_synthetic(dir, data, (uint32_t)nsyn, seed, &o, &r, &err);
+		cli_progress_end(&ps);
+		goto report;
+	}
 	if (ann_vector_reader_open(qpath, &qr, &err) < 0)
 		goto fail;
 	uint64_t qn;
@@ -59,12 +85,9 @@ static int run_tune(cli_cmd *c)
 			gnq, gk, nq, (unsigned long long)k);
 		goto fail;
 	}
-	cli_progress_state ps;
-	cli_progress_init(&ps, cli_flag(c, "quiet"));
-	ann_tune_opts o = {.k = (uint32_t)k, .p1 = (uint32_t)p1, .progress = cli_progress, .progress_ctx = &ps};
-	ann_tune_report r;
-	int rc = ann_tune_probe(dir, q, nq, qdim, gt, gk, &o, &r, &err);
+	rc = ann_tune_probe(dir, q, nq, qdim, gt, gk, &o, &r, &err);
 	cli_progress_end(&ps);
+report:
 	if (rc == ANN_E_INVAL) /* not a codes index, too few queries, a bad --p1: usage */
 		ret = CLI_EXIT_USAGE;
 	if (rc < 0)
@@ -87,8 +110,8 @@ static int run_tune(cli_cmd *c)
 		cli_json_close_arr(&j);
 		cli_json_end(&j);
 	} else {
-		printf("probe model stored in %s: first stage %u partitions, fit R^2 %.3f on %u queries\n", dir, r.p1,
-		       r.r2, r.queries);
+		printf("probe model stored in %s: first stage %u partitions, fit R^2 %.3f on %u %squeries\n", dir, r.p1,
+		       r.r2, r.queries, data ? "synthetic " : "");
 		printf("on these queries (in-sample; measure with annann search on others):\n");
 		printf("%-8s %-14s %-17s %s\n", "nprobe", "fixed recall", "adaptive recall", "adaptive mean probed");
 		for (uint32_t i = 0; i < r.rows; i++)
@@ -107,4 +130,4 @@ fail:
 }
 
 cli_cmd cmd_tune = {"tune", "fit learned adaptive probing on queries with ground truth, stored in the index",
-		    "--index DIR --queries FILE --gt FILE [--k K] [--p1 P] [--limit N] [--json]", tune_opts, run_tune};
+		    "--index DIR (--queries FILE --gt FILE [--limit N] | --data FILE [--synthetic N]) [--k K] [--p1 P] [--json]", tune_opts, run_tune};

@@ -6,13 +6,14 @@
 # truth, builds a disk index with the build's defaults (docs/DESIGN.md
 # "Defaults": for this 128-d u8 set 2-bit RaBitQ codes read first, exact rows
 # re-ranked by page, k-means router, as many partitions as the RAM and disk
-# budgets allow: 7900 for the 1M set) under a memory
+# budgets allow: 7900 for the 1M set; learned adaptive probing fitted on
+# synthetic queries, so nprobe is the mean budget) under a memory
 # budget, and searches it from cold storage (O_DIRECT, no cache) over an
 # nprobe sweep, printing recall@10 against bytes read and latency, so the
-# table shows what the defaults cost. Then learned adaptive probing: 2000
-# more queries of the same shifted distribution (the generator's next ones)
-# with their ground truth tune the index (`annann tune`), and the same sweep
-# runs again, nprobe now the mean budget.
+# table shows what the defaults cost. Then adaptive probing refitted on a
+# "log": 2000 more queries of the same shifted distribution (the generator's
+# next ones) with their ground truth (`annann tune`), and the same sweep
+# runs again.
 # Environment: DEMO_N (base vectors, default 1000000), DEMO_DIR (default
 # data/demo), DEMO_PARTS (default: the build's), DEMO_MEM (default 1G).
 set -euo pipefail
@@ -81,6 +82,6 @@ PY
 	rm -f "$DIR/.tune-q3k.u8bin"
 fi
 [ -f "$tunegt" ] || "$ANN" gt --base "$base" --queries "$tuneq" --k 10 --out "$tunegt"
-echo "== learned adaptive probing: annann tune on those 2000 queries, then the same sweep (nprobe = the mean budget)"
+echo "== learned adaptive probing refitted: annann tune on those 2000 queries, then the same sweep (nprobe = the mean budget)"
 "$ANN" tune --index "$index" --queries "$tuneq" --gt "$tunegt"
 "$ANN" search --index "$index" --queries "$query" --gt "$gt" --k 10 --batch 1 --nprobe "$sweep"

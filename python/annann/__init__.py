@@ -91,10 +91,14 @@ def build(path, data, *, partitions=None, router="kmeans", store="file", mem="1G
     replicas, replica_eps, soar_lambda, hnsw_m, hnsw_ef_construction, embed_dim, hidden,
     ae_epochs, dec_epochs, dec_alpha, recon_weight, knn_k, imbalance,
     nlsh_epochs, soft_labels, nlsh_augment, joint_rounds, joint_lambda, code_bits,
-    router_bits, code_factors, code_order, page_fit). Left out, partitions, code_bits, router_bits and balance are
+    router_bits, code_factors, code_order, page_fit, tune). Left out, partitions, code_bits, router_bits and balance are
     chosen by the library for the data's size and dimension, as ``annann build``
     does (docs/DESIGN.md "Defaults"): codes blocks, as many partitions as the
     RAM and disk budgets allow. ``code_bits=0`` writes format 1 (zstd) blocks.
+    ``tune`` (None = auto, True, False) fits learned adaptive probing on synthetic
+    queries after the build (docs/DESIGN.md "Self-tuned adaptive probing"); auto
+    does it from 128 partitions and 20000 vectors, and ``nprobe`` is then the mean
+    budget. ``annann.tune`` refits it on real queries.
     Ctrl-C stops the build (KeyboardInterrupt) and leaves no directory behind.
     """
     opts = dict(options)

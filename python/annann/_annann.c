@@ -718,6 +718,21 @@ static int apply_opt(ann_build_opts *o, const char *key, PyObject *v)
 	DBL("nlsh_augment", nlsh.nlsh_augment)
 #undef U32
 #undef DBL
+	if (strcmp(key, "tune") == 0) { /* None / "auto": -1, True / "on": 1, False / "off": 0 */
+		const char *t = PyUnicode_Check(v) ? PyUnicode_AsUTF8(v) : NULL;
+		if (v == Py_None || (t && strcmp(t, "auto") == 0))
+			o->tune = -1;
+		else if (v == Py_True || (t && strcmp(t, "on") == 0))
+			o->tune = 1;
+		else if (v == Py_False || (t && strcmp(t, "off") == 0))
+			o->tune = 0;
+		else {
+			PyErr_Clear();
+			raise_fmt("build option tune: expected None, True, False, \"auto\", \"on\" or \"off\"");
+			return -1;
+		}
+		return 0;
+	}
 	if (strcmp(key, "seed") == 0 || strcmp(key, "sample") == 0 || strcmp(key, "mem_bytes") == 0) {
 		unsigned long long z = PyLong_AsUnsignedLongLong(v);
 		if (PyErr_Occurred()) {

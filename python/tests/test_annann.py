@@ -438,7 +438,17 @@ def test_build_defaults_follow_the_library(tmp_path):
         assert info["partitions"] > 2 * (20000 // 1000), info
         assert info["bytes_on_disk"] <= 1.5 * info["raw_bytes"], info
         idx.search(x[:5], k=10)
+        # 20000 vectors in over 128 partitions: the build fitted adaptive probing on synthetic queries,
+        # so nprobe is a mean budget; tune=False keeps fixed probing
+        assert info["partitions"] < 128 or info["probe_fit_queries"] == 2000, info
+    with annann.build(tmp_path / "n", x, mem="256M", tune=False) as idx:
+        info = idx.info()
+        assert info["probe_p1"] == 0, info
+        idx.search(x[:5], k=10)
         assert np.all(idx.last_stats["partitions"] == min(info["default_nprobe"], info["partitions"]))
+    with pytest.raises(annann.Error) as e:
+        annann.build(tmp_path / "t", x, mem="256M", tune="sometimes")
+    assert "tune" in str(e.value)
     with annann.build(tmp_path / "f", x, mem="256M", code_bits=0, router_bits=0) as idx:
         info = idx.info()
         assert info["code_bits"] == 0 and info["router_bits"] == 0, info

@@ -74,6 +74,7 @@ void ann_build_opts_init(ann_build_opts *o)
 	o->page_fit = 1;                 /* docs/DESIGN.md "Page-fitted heads" */
 	o->replicas = 1;
 	o->replica_eps = 0.1;
+	o->tune = -1;                    /* docs/DESIGN.md "Self-tuned adaptive probing" */
 	o->kmeans.hnsw_m = 32;
 	o->kmeans.hnsw_ef_construction = 200;
 	o->annann.embed_dim = 64;
@@ -407,6 +408,41 @@ static bool final_error(int rc)
 	       rc == ANN_E_CANCELED;
 }
 
+/* Whether the index takes synthetic tuning (ann_tune_synthetic), from the
+ * resolved options; else why not. */
+static const char *build_tune_refusal(const build *b)
+{
+	const ann_build_opts *o = b->o;
+	if (o->router != ANN_ROUTER_KMEANS || o->code_bits == 0 || o->metric != ANN_METRIC_L2)
+		return "adaptive probing needs the k-means router, codes blocks and l2";
+	if (b->nparts < 2 || b->n < (uint64_t)ANN_TUNE_SYNTHETIC_QUERIES + 256)
+		return "adaptive probing needs 2 partitions, and synthetic tuning 2256 vectors";
+	return NULL;
+}
+
+/* 6. self-tuning (docs/DESIGN.md "Self-tuned adaptive probing"): the index is
+ * published and complete; a fit that fails leaves it so and says why. */
+static void build_self_tune(build *b, const char *index_dir)
+{
+	const ann_build_opts *o = b->o;
+	bool large = b->nparts >= ANN_TUNE_AUTO_MIN_PARTS && b->n >= ANN_TUNE_AUTO_MIN_VECTORS;
+	if (o->tune == 0 || build_tune_refusal(b) || (o->tune < 0 && !large))
+		return;
+	ann_router_env env;
+	ann_router_env_from(o, &env);
+	ann_tune_opts to = {.progress = o->progress, .progress_ctx = o->progress_ctx};
+	ann_tune_report rep;
+	ann_error e = {0};
+	uint64_t t0 = ann_now_ns();
+	if (ann_tune_synthetic(index_dir, b->data_path, ANN_TUNE_SYNTHETIC_QUERIES, o->seed, &to, &rep, &e) < 0)
+		ann_router_log(&env, "adaptive probing not fitted: %s (the index is complete; annann tune fits it)",
+			       e.msg);
+	else
+		ann_router_log(&env, "adaptive probing: fitted on %u synthetic queries in %.1fs (R^2 %.3f, first stage %u "
+			       "partitions); annann tune refits it on a query log", rep.queries, build_secs_since(t0),
+			       rep.r2, rep.p1);
+}
+
 int ann_build(const char *data_path, const char *index_dir, const ann_build_opts *o, ann_error *err)
 {
 	ann_blas_single();
@@ -438,6 +474,11 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	b.d = ann_vreader_dim(b.in);
 	b.in_type = ann_vreader_dtype(b.in);
 	ANN_CHECK(rc, build_resolve_options(&b, &b.opts, err));
+	if (o->tune > 0 && build_tune_refusal(&b)) {
+		rc = ann_err(err, ANN_E_INVAL, "tune on: %s (the options resolved to %s)", build_tune_refusal(&b),
+			     b.o->code_bits ? "codes blocks" : "format 1 blocks: add codes");
+		goto fail;
+	}
 	{
 		const ann_build_opts *r = b.o;
 		ann_router_env env; /* the build's log */
@@ -536,6 +577,7 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	ANN_CHECK(rc, ann_fsync_dir(index_tmp, err));
 	ann_bstate_remove(b.st);
 	b.st = NULL;
+	build_self_tune(&b, index_dir);
 	rc = ANN_OK;
 	goto done;
 fail:
