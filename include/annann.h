@@ -288,7 +288,8 @@ ANN_API void ann_build_opts_init(ann_build_opts *o);
  * and a cancel remove the state; I/O errors (a full disk), ANN_E_NOMEM and
  * ANN_E_BUDGET keep it (the budget is not part of what must match). Peak memory stays within
  * o->mem_bytes plus a fixed overhead of a few MiB plus the router.
- * I/O: reads the input twice (sample, route), writes spill runs and blocks.
+ * I/O: reads the input twice (sample, route), writes spill runs and blocks;
+ * with o->tune, then 2256 row reads and the searches of ann_tune_synthetic.
  * @return ANN_OK, or ANN_E_INVAL (bad option), ANN_E_EXISTS (index_dir
  * exists), ANN_E_BADINPUT (malformed input, message names the vector),
  * ANN_E_BUDGET (o->mem_bytes too small, message names the shortfall),
