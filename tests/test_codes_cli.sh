@@ -137,6 +137,8 @@ python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["queries"]
 	"$dir/out" || fail "tune --data json: $(cat "$dir/out")"
 expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --tune sometimes
 expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --codes none --tune on
+expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --router-from "$dir/c_lmdb" --tune on
+grep -q "annann tune --data" "$dir/err" || fail "build --router-from --tune on: $(cat "$dir/err")"
 expect 1 "$A" build --data "$dir/b.u8bin" --index "$dir/t_on" --partitions 8 --tune on --quiet
 grep -q "format 1 blocks: add codes" "$dir/err" || fail "build --tune on, format 1 defaults: $(cat "$dir/err")"
 [ ! -e "$dir/t_on" ] || fail "build --tune on refused but left $dir/t_on"

@@ -266,6 +266,9 @@ static int run_build(cli_cmd *c)
 	o.nlsh.joint_rounds = (uint32_t)rounds;
 	o.nlsh.joint_lambda = lambda;
 	const char *router_from = cli_get(c, "router-from");
+	if (tune && strcmp(tune, "off") != 0 && (router_from || cli_flag(c, "distributed")))
+		return cli_usage_error(c, "--tune %s: builds with --router-from or --distributed do not fit adaptive probing; "
+				       "run annann tune --data afterwards", tune);
 	if (cli_flag(c, "distributed"))
 		return cli_build_distributed(c, &o, data, index, router_from);
 	if (router_from)
