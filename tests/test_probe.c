@@ -230,19 +230,27 @@ static void put_model(const char *idx, uint32_t p1, int nan_at, size_t n)
 	free(cat);
 }
 
+/* The exact top-K of every query among the base rows (ids; distances in *gd). */
+static int32_t *queries_gt(float **gd)
+{
+	int32_t *gt = ann_malloc(NQ * K * sizeof(int32_t));
+	*gd = ann_malloc(NQ * K * sizeof(float));
+	ASSERT_TRUE(gt && *gd);
+	ann_gt_opts go;
+	ann_gt_opts_init(&go);
+	go.k = K;
+	go.threads = 1;
+	ASSERT_OK(ann_gt_compute_mem(base, NB, queries, NQ, D, &go, gt, *gd, NULL));
+	return gt;
+}
+
 static void test_tune(const char *dir, ann_store_kind store)
 {
 	t_current = store == ANN_STORE_LMDB ? "tune lmdb" : "tune file";
 	char *data = t_path(dir, "base.u8bin");
 	char *idx = build(dir, data, store == ANN_STORE_LMDB ? "ix_lmdb" : "ix_file", store, 2);
-	int32_t *gt = ann_malloc(NQ * K * sizeof(int32_t));
-	float *gd = ann_malloc(NQ * K * sizeof(float));
-	ASSERT_TRUE(gt && gd);
-	ann_gt_opts go;
-	ann_gt_opts_init(&go);
-	go.k = K;
-	go.threads = 1;
-	ASSERT_OK(ann_gt_compute_mem(base, NB, queries, NQ, D, &go, gt, gd, NULL));
+	float *gd;
+	int32_t *gt = queries_gt(&gd);
 	/* no model yet: required fails, auto reads nprobe */
 	ann_index *x;
 	ASSERT_OK(ann_index_open(idx, &x, NULL));
@@ -416,14 +424,8 @@ static void test_synthetic(const char *dir)
 	ASSERT_TRUE(memcmp(x->probe.w, built.w, sizeof built.w) != 0); /* other rows, other noise */
 
 	/* on the shifted queries: a varying number of partitions, the recall of fixed probing kept */
-	int32_t *gt = ann_malloc(NQ * K * sizeof(int32_t));
-	float *gd = ann_malloc(NQ * K * sizeof(float));
-	ASSERT_TRUE(gt && gd);
-	ann_gt_opts go;
-	ann_gt_opts_init(&go);
-	go.k = K;
-	go.threads = 1;
-	ASSERT_OK(ann_gt_compute_mem(base, NB, queries, NQ, D, &go, gt, gd, NULL));
+	float *gd;
+	int32_t *gt = queries_gt(&gd);
 	double pa, pf;
 	uint32_t da, df;
 	double ra = search_all(x, 0, 8, gt, &pa, &da), rf = search_all(x, -1, 8, gt, &pf, &df);
