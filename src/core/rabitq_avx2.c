@@ -4,8 +4,9 @@
  * (rabitq_kernels.h), built with -mavx2 -mfma. Called by rabitq.c only when
  * the CPU probe of distance.c says AVX2 runs here.
  *
- * Sign plane: 8 groups (32 dims, one 32-bit word of the plane) per step; the
- * 8 nibbles become 8 table indices 16 g + nibble, fetched with one gather
+ * Sign plane: 8 codes at a time without gathers (scan8_sign); the last n % 8
+ * codes one at a time, 8 groups (32 dims, one 32-bit word of the plane) per
+ * step; the 8 nibbles become 8 table indices 16 g + nibble, fetched with one gather
  * and added to 8 lane accumulators (lane l: groups l mod 8), the same float
  * additions in the same order as the scalar kernel. A last partial step (dp
  * is a multiple of 16, so 4 groups) uses a masked gather; the masked lanes
@@ -32,6 +33,45 @@ static inline float lanes_sum(__m256 v)
 	return _mm_cvtss_f32(w);
 }
 
+/* The sign plane of 8 codes at once, without gathers: lane c is code c, and
+ * for each group the 8 nibbles index the group's 16-entry table, held as two
+ * 8-float halves (vpermps on each, blended on the nibble's bit 3). acc[l]
+ * holds, for the 8 codes, what lane l of the one-code kernel holds (groups l
+ * mod 8, in the same order, 0.0f added where the last step has no group), and
+ * the final sum pairs them as lanes_sum does: the same float additions, so
+ * the same bits. Gathers are slow on the CPUs without AVX-512 that this path
+ * serves (docs/BENCHMARKS.md "This machine has no AVX-512"). */
+static void scan8_sign(const ann_rbq_scan *a, const uint8_t *codes, float *out)
+{
+	const size_t rb = a->rec_bytes, groups = a->groups;
+	const __m256i nib = _mm256_set1_epi32(15);
+	__m256 acc[8];
+	for (int l = 0; l < 8; l++)
+		acc[l] = _mm256_setzero_ps();
+	for (size_t s = 0; 8 * s < groups; s++) {
+		uint32_t w[8];
+		for (int c = 0; c < 8; c++)
+			memcpy(&w[c], codes + (size_t)c * rb + 4 * s, 4); /* as the one-code kernel reads */
+		__m256i words = _mm256_loadu_si256((const __m256i *)w);
+		size_t lim = groups - 8 * s < 8 ? groups - 8 * s : 8;
+		for (size_t l = 0; l < 8; l++) {
+			if (l >= lim) {
+				acc[l] = _mm256_add_ps(acc[l], _mm256_setzero_ps());
+				continue;
+			}
+			const float *t = a->lut + 16 * (8 * s + l);
+			__m256i idx = _mm256_and_si256(_mm256_srli_epi32(words, (int)(4 * l)), nib);
+			__m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(t), idx);
+			__m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(t + 8), idx);
+			__m256 pick = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+			acc[l] = _mm256_add_ps(acc[l], _mm256_blendv_ps(lo, hi, pick));
+		}
+	}
+	__m256 r = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6])),
+				 _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7])));
+	_mm256_storeu_ps(out, r);
+}
+
 void ann_rbq_scan_avx2(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E)
 {
 	const size_t full = a->groups / 8, tail = a->groups % 8;
@@ -43,7 +83,13 @@ void ann_rbq_scan_avx2(const ann_rbq_scan *a, const uint8_t *codes, size_t n, fl
 	const unsigned be = a->be;
 	const rbq_ex ex = rbq_ex_setup(a);
 
-	for (size_t i = 0; i < n; i++) {
+	size_t i8 = n - n % 8;
+	for (size_t i = 0; i < i8; i += 8) {
+		scan8_sign(a, codes + i * a->rec_bytes, A + i);
+		for (size_t c = i; c < i + 8; c++)
+			E[c] = be ? rbq_ex_row(a, &ex, codes + c * a->rec_bytes) : 0;
+	}
+	for (size_t i = i8; i < n; i++) {
 		const uint8_t *rec = codes + i * a->rec_bytes;
 		__m256 acc = _mm256_setzero_ps();
 		size_t s = 0;
