@@ -441,6 +441,8 @@ ANN_API int ann_tune_probe(const char *index_dir, const float *queries, size_t n
 #define ANN_TUNE_AUTO_MIN_VECTORS 20000u
 /** Default count of synthetic tuning queries (ann_tune_synthetic, the build's self-tuning). */
 #define ANN_TUNE_SYNTHETIC_QUERIES 2000u
+/** Rows ann_tune_synthetic reads besides its queries, to scale the noise. */
+#define ANN_TUNE_SCALE_ROWS 256u
 
 /** Learned adaptive probing without a query log (docs/DESIGN.md "Self-tuned adaptive
  * probing"): draws nq + 256 rows of @p data_path at seeded random positions, scales

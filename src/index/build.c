@@ -415,8 +415,8 @@ static const char *build_tune_refusal(const build *b)
 	const ann_build_opts *o = b->o;
 	if (o->router != ANN_ROUTER_KMEANS || o->code_bits == 0 || o->metric != ANN_METRIC_L2)
 		return "adaptive probing needs the k-means router, codes blocks and l2";
-	if (b->nparts < 2 || b->n < (uint64_t)ANN_TUNE_SYNTHETIC_QUERIES + 256)
-		return "adaptive probing needs 2 partitions, and synthetic tuning 2256 vectors";
+	if (b->nparts < 2 || b->n < (uint64_t)ANN_TUNE_SYNTHETIC_QUERIES + ANN_TUNE_SCALE_ROWS)
+		return "adaptive probing needs 2 partitions, and synthetic tuning 2256 vectors"; /* 2000 + 256 */
 	return NULL;
 }
 
@@ -474,8 +474,9 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	b.d = ann_vreader_dim(b.in);
 	b.in_type = ann_vreader_dtype(b.in);
 	ANN_CHECK(rc, build_resolve_options(&b, &b.opts, err));
-	if (o->tune > 0 && build_tune_refusal(&b)) {
-		rc = ann_err(err, ANN_E_INVAL, "tune on: %s (the options resolved to %s)", build_tune_refusal(&b),
+	const char *no_tune = o->tune > 0 ? build_tune_refusal(&b) : NULL;
+	if (no_tune) {
+		rc = ann_err(err, ANN_E_INVAL, "tune on: %s (the options resolved to %s)", no_tune,
 			     b.o->code_bits ? "codes blocks" : "format 1 blocks: add codes");
 		goto fail;
 	}

@@ -276,7 +276,7 @@ done:
  * data's type), and the index searched at SYN_GT_WIDTH x its default nprobe
  * with a wide re-rank gives their ground truth (0.997 of the exact top-10 on
  * real1m): no pass over the base, whatever its size. */
-#define SYN_NN 256
+#define SYN_NN ANN_TUNE_SCALE_ROWS
 #define SYN_NOISE 0.5
 #define SYN_GT_WIDTH 4u
 #define SYN_GT_RERANK 256u
