@@ -489,6 +489,10 @@ typedef struct ann_query_stats {
 	uint64_t estimated;    /**< candidates whose distance was estimated from codes */
 	uint64_t reranked;     /**< candidates whose exact distance was computed from the exact section */
 	uint64_t round1_wait_ns, estimate_ns, round2_wait_ns, rerank_ns; /**< stage times (batch / nq) */
+	uint32_t read_waves;   /**< waits for storage one after another in the query's batch: the heads,
+	                            the heads of adaptive probing's second stage (with the early re-rank
+	                            pages), each re-rank phase that read; the latency floor is this many
+	                            device round trips */
 } ann_query_stats;
 
 /** A per-thread search context: I/O ring, buffers, decoder, scratch. */

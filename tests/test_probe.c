@@ -208,6 +208,68 @@ static void check_keep(ann_index *x, uint32_t nprobe)
 	ASSERT_LE(reads[1] + 1, reads[0]);
 }
 
+/* Early re-rank pages: stage B's heads and the pages of each query's k best
+ * stage A estimates are read in one wave (the hidden switch
+ * ANNANN_EARLY_PAGES=0 turns it off). Every answer stays exact, recall and
+ * bytes stay close, and queries wait for fewer read waves, one less each
+ * when a query's stage B reads a head. Batches of 1 and 16. */
+static void check_early(ann_index *x, uint32_t nprobe, const int32_t *gt)
+{
+	enum { M = NQ - NT };
+	for (size_t b = 1; b <= 16; b += 15) {
+		static uint32_t waves[2][M], parts[2][M];
+		double hits[2] = {0, 0}, bytes[2] = {0, 0};
+		for (int on = 0; on < 2; on++) {
+			setenv("ANNANN_EARLY_PAGES", on ? "1" : "0", 1);
+			ann_search_opts so;
+			ann_search_opts_init(&so);
+			so.k = K;
+			so.nprobe = nprobe;
+			ann_searcher *s;
+			ann_error e = {0};
+			if (ann_searcher_new(x, &so, &s, &e) < 0)
+				T_FAIL("searcher: %s", e.msg);
+			int64_t ids[16 * K];
+			float dists[16 * K];
+			ann_query_stats st[16];
+			for (size_t at = 0; at < M; at += b) {
+				size_t n = M - at < b ? M - at : b;
+				if (ann_search(s, queries + (NT + at) * D, n, ids, dists, st, &e) < 0)
+					T_FAIL("search: %s", e.msg);
+				for (size_t i = 0; i < n; i++) {
+					const float *q = queries + (NT + at + i) * D;
+					for (size_t r = 0; r < K; r++) {
+						int64_t id = ids[i * K + r];
+						ASSERT_TRUE(id >= 0 && id < NB);
+						ASSERT_NEAR(dists[i * K + r], row_dist(q, id), 1e-4);
+						for (size_t r2 = 0; r2 < r; r2++)
+							ASSERT_TRUE(ids[i * K + r2] != id);
+						for (size_t g = 0; g < K; g++)
+							hits[on] += gt[(NT + at + i) * K + g] == id;
+					}
+					waves[on][at + i] = st[i].read_waves;
+					parts[on][at + i] = st[i].partitions;
+					bytes[on] += st[i].bytes_read;
+				}
+			}
+			ann_searcher_free(s);
+		}
+		unsetenv("ANNANN_EARLY_PAGES");
+		size_t fewer = 0;
+		for (size_t i = 0; i < M; i++) {
+			ASSERT_EQ(parts[0][i], parts[1][i]);
+			ASSERT_LE(waves[1][i], waves[0][i]);
+			ASSERT_LE(2, waves[1][i]); /* stage A's heads, then at least one more */
+			if (b == 1 && parts[1][i] > x->probe.p1) /* stage B read a head: its wave took the k best pages */
+				ASSERT_EQ(waves[1][i] + 1, waves[0][i]);
+			fewer += waves[1][i] < waves[0][i];
+		}
+		ASSERT_LE(M / 4, fewer);
+		ASSERT_LE(hits[0] - 0.01 * M * K, hits[1]);
+		ASSERT_LE(bytes[1], 1.2 * bytes[0]);
+	}
+}
+
 /* Writes a version 1 probe model blob of n bytes (at most ANN_PROBE_BLOB)
  * straight into the catalog: P1 p1, weights 0 but weight nan_at a NaN (-1:
  * none). */
@@ -290,6 +352,7 @@ static void test_tune(const char *dir, ann_store_kind store)
 	ASSERT_TRUE(pa >= 4 && pa <= 12);
 	ASSERT_TRUE(ra > 0.5 && rf > 0.5);
 	check_keep(x, 8);
+	check_early(x, 8, gt);
 	/* the first stage is above this budget: the search falls back to fixed nprobe, or refuses when required */
 	ann_search_opts_init(&so);
 	so.nprobe = 2;

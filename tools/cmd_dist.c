@@ -853,6 +853,7 @@ int cli_search_distributed(cli_cmd *c)
 						m->estimate_ns = ANN_MAX(m->estimate_ns, x->estimate_ns);
 						m->round2_wait_ns = ANN_MAX(m->round2_wait_ns, x->round2_wait_ns);
 						m->rerank_ns = ANN_MAX(m->rerank_ns, x->rerank_ns);
+						m->read_waves = ANN_MAX(m->read_waves, x->read_waves);
 					}
 				}
 				/* per query: the R lists of k, rank-major in rids */

@@ -652,7 +652,7 @@ void cli_search_report(const cli_search_result *r, uint64_t *lat)
 	const char *io_path = r->io_path;
 	unsigned long long batch = r->batch, threads = r->threads, cache = r->cache, rerank = r->rerank;
 	double recall = NAN, parts = 0, cands = 0, bytes = 0, ios = 0, r_us = 0, w_us = 0, d_us = 0, s_us = 0;
-	double b1 = 0, b2 = 0, io1 = 0, io2 = 0, nest = 0, nrr = 0, w1 = 0, e_us = 0, w2 = 0, rr_us = 0;
+	double b1 = 0, b2 = 0, io1 = 0, io2 = 0, nest = 0, nrr = 0, w1 = 0, e_us = 0, w2 = 0, rr_us = 0, waves = 0;
 	uint64_t hits = 0, valid = 0; /* valid: ground-truth entries among each row's first k (a set smaller
 				       * than k pads its rows with -1, and those cannot be found) */
 	for (size_t i = 0; i < nq; i++) {
@@ -684,6 +684,7 @@ void cli_search_report(const cli_search_result *r, uint64_t *lat)
 		e_us += (double)st[i].estimate_ns / 1e3;
 		w2 += (double)st[i].round2_wait_ns / 1e3;
 		rr_us += (double)st[i].rerank_ns / 1e3;
+		waves += st[i].read_waves;
 		lat[i] = st[i].latency_ns;
 	}
 	double dn = nq ? (double)nq : 1;
@@ -731,6 +732,7 @@ void cli_search_report(const cli_search_result *r, uint64_t *lat)
 		cli_json_num(&j, "ios_round2", io2 / dn);
 		cli_json_num(&j, "estimated", nest / dn);
 		cli_json_num(&j, "reranked", nrr / dn);
+		cli_json_num(&j, "read_waves", waves / dn);
 		cli_json_int(&j, "rerank_budget", (long long)(rerank ? rerank : ann_default_rerank((uint32_t)r->k)));
 		cli_json_close_obj(&j);
 		if (r->probe_eps > 0 && !isinf(r->probe_eps))

@@ -1231,13 +1231,13 @@ static void run_search(search_run *r, int threads)
 static PyObject *stats_dict(const ann_query_stats *st, npy_intp n)
 {
 	static const char *names[] = {"partitions", "candidates", "bytes_read", "io_requests", "latency_ns",
-				      "route_ns",   "io_wait_ns", "decode_ns",  "scan_ns"};
+				      "route_ns",   "io_wait_ns", "decode_ns",  "scan_ns",     "read_waves"};
 	static const int types[] = {NPY_UINT32, NPY_UINT64, NPY_FLOAT64, NPY_FLOAT64, NPY_UINT64,
-				    NPY_UINT64, NPY_UINT64, NPY_UINT64,  NPY_UINT64};
+				    NPY_UINT64, NPY_UINT64, NPY_UINT64,  NPY_UINT64,  NPY_UINT32};
 	PyObject *d = PyDict_New();
 	if (!d)
 		return NULL;
-	for (int f = 0; f < 9; f++) {
+	for (int f = 0; f < 10; f++) {
 		PyObject *a = PyArray_SimpleNew(1, &n, types[f]);
 		if (!a) {
 			Py_DECREF(d);
@@ -1255,7 +1255,8 @@ static PyObject *stats_dict(const ann_query_stats *st, npy_intp n)
 			case 5: ((uint64_t *)p)[i] = s->route_ns; break;
 			case 6: ((uint64_t *)p)[i] = s->io_wait_ns; break;
 			case 7: ((uint64_t *)p)[i] = s->decode_ns; break;
-			default: ((uint64_t *)p)[i] = s->scan_ns; break;
+			case 8: ((uint64_t *)p)[i] = s->scan_ns; break;
+			default: ((uint32_t *)p)[i] = s->read_waves; break;
 			}
 		}
 		if (PyDict_SetItemString(d, names[f], a) < 0) {
@@ -1762,7 +1763,7 @@ static PyMethodDef Index_methods[] = {
 static PyGetSetDef Index_getset[] = {
 	{"last_stats", (getter)Index_get_last_stats, NULL,
 	 "per-query figures of the last search: dict of arrays (partitions, candidates, bytes_read, io_requests, "
-	 "latency_ns, route_ns, io_wait_ns, decode_ns, scan_ns)", NULL},
+	 "latency_ns, route_ns, io_wait_ns, decode_ns, scan_ns, read_waves)", NULL},
 	{"closed", (getter)Index_get_closed, NULL, "True after close()", NULL},
 	{"dim", (getter)Index_get_dim, NULL, "vector dimension", NULL},
 	{"path", (getter)Index_get_path, NULL, "index directory", NULL},

@@ -69,6 +69,7 @@ def test_build_from_array_and_search_recall(index, data):
         st = idx.last_stats
         assert st["partitions"].shape == (200,) and np.all(st["partitions"] == 4)
         assert np.all(st["candidates"] > 0) and np.all(st["bytes_read"] > 0)
+        assert st["read_waves"].dtype == np.uint32 and np.all(st["read_waves"] >= 1)
         # distances are squared L2 of the vectors found
         q0 = queries[0].astype(np.float64)
         assert np.allclose(dists[0], ((base[ids[0]] - q0) ** 2).sum(1), rtol=1e-4)

@@ -186,6 +186,8 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 	}
 	const char *kh = getenv("ANNANN_KEEP_HEADS");
 	s->keep_off = kh && strcmp(kh, "0") == 0;
+	const char *ep = getenv("ANNANN_EARLY_PAGES");
+	s->early_off = ep && strcmp(ep, "0") == 0;
 	s->kern = ann_kernels_best();
 	ann_store_reader_opts ro;
 	ann_store_reader_opts_init(&ro);
@@ -708,7 +710,7 @@ static const search_kept *kept_find(const ann_searcher *s, uint32_t pid)
 }
 
 /* Round 1 of unique partitions [u0, nu): requests, reads, estimates and scans. */
-static int round1(ann_searcher *s, size_t nq, size_t u0, size_t nu, uint64_t ndelta, bool *any_codes_io,
+static int round1(ann_searcher *s, size_t nq, size_t u0, size_t nu, uint64_t ndelta, bool early, bool *any_codes_io,
 		  uint64_t *scan_ns, uint64_t *decode_ns, uint64_t *wait_ns, uint64_t tm[4], ann_error *err)
 {
 	ann_index *x = s->idx;
@@ -720,6 +722,7 @@ static int round1(ann_searcher *s, size_t nq, size_t u0, size_t nu, uint64_t nde
 	for (size_t u = u0; u < nu; u++) {
 		uint32_t pid = s->upids[u];
 		s->uh[u].codes = false;
+		s->uh[u].held = 0;
 		ann_dirent e;
 		int rc = ann_catalog_part_get(s->rt, pid, &e, err);
 		if (rc == ANN_E_NOTFOUND)
@@ -783,8 +786,14 @@ static int round1(ann_searcher *s, size_t nq, size_t u0, size_t nu, uint64_t nde
 		}
 		s->reqs[nreq++] = (ann_block_range){pid, 0, 0, u};
 	}
-	if (nreq > 0) /* with every head cached, round 1 reads nothing */
+	if (nreq > 0) { /* with every head cached, round 1 reads nothing */
 		ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nreq, err));
+		s->waves++;
+	}
+	/* Stage B: the k best pages so far come along (docs/DESIGN.md "Round
+	 * trips"), when there are head reads to share the wait with. */
+	if (early && nreq > 0 && any_codes)
+		ANN_TRY(codes_early_submit(s, nq, err));
 	int first_error = ANN_OK;
 	ann_error first = {0};
 	for (;;) {
@@ -803,7 +812,12 @@ static int round1(ann_searcher *s, size_t nq, size_t u0, size_t nu, uint64_t nde
 			break;
 		if (first_error == ANN_OK) {
 			size_t u = (size_t)br.tag;
-			if (br.status < 0) {
+			if (br.tag & SEARCH_EARLY_TAG) {
+				tm[2] += dt;
+				uint64_t t0 = ann_now_ns();
+				first_error = codes_early_take(s, &br, &e2);
+				tm[3] += ann_now_ns() - t0;
+			} else if (br.status < 0) {
 				first_error = ann_err_prefix(&e2, br.status, "%s", x->path);
 			} else if (br.ent.head) {
 				tm[0] += dt;
@@ -862,13 +876,15 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, size_t npairs,
 	ANN_TRY(ann_catalog_count(s->rt, ANN_CAT_DELTA, &ndelta, err));
 	s->sums_len = 0;
 	s->p0_len = 0;
+	s->held_len = s->nheld = 0;
+	s->waves = 0;
 	bool any_codes = false;
 	if (s->pm)
 		for (size_t i = 0; i < nq * s->pm->p1; i++)
 			s->pf[i] = INFINITY;
 	s->stage_a = s->pm != NULL;
 	s->keep_len = s->nkept = 0;
-	int rc = round1(s, nq, 0, nu, ndelta, &any_codes, scan_ns, decode_ns, wait_ns, tm, err);
+	int rc = round1(s, nq, 0, nu, ndelta, false, &any_codes, scan_ns, decode_ns, wait_ns, tm, err);
 	s->stage_a = false;
 	ANN_TRY(rc);
 	if (s->nkept > 1)
@@ -877,7 +893,8 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, size_t npairs,
 		size_t np2 = stage_b(s, nq, npairs);
 		if (np2 > npairs) {
 			size_t nu2 = group_pairs(s, nq, npairs, np2, nu);
-			ANN_TRY(round1(s, nq, nu, nu2, ndelta, &any_codes, scan_ns, decode_ns, wait_ns, tm, err));
+			bool early = s->o.rerank_phases >= 2 && !s->early_off && !s->feat_out;
+			ANN_TRY(round1(s, nq, nu, nu2, ndelta, early, &any_codes, scan_ns, decode_ns, wait_ns, tm, err));
 		}
 	}
 	if (!any_codes)
@@ -992,6 +1009,7 @@ int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, f
 			st->estimate_ns = tm[1] / nq;
 			st->round2_wait_ns = tm[2] / nq;
 			st->rerank_ns = tm[3] / nq;
+			st->read_waves = s->waves;
 		}
 	}
 	return ANN_OK;

@@ -58,6 +58,9 @@ void codes_searcher_free(ann_searcher *s)
 	ann_free(s->flags);
 	ann_free(s->runlo);
 	ann_free(s->fac);
+	ann_free(s->held);
+	ann_free(s->hrefs);
+	ann_free(s->ecand);
 }
 
 int codes_batch(ann_searcher *s, size_t n, ann_error *err)
@@ -382,6 +385,9 @@ static const uint8_t *mem_page(const ann_searcher *s, uint32_t u, uint32_t p)
 	const uhead *uh = &s->uh[u];
 	if (p == 0 && uh->p0 == 2)
 		return s->p0 + uh->p0_at;
+	for (uint32_t h = uh->held; h; h = s->hrefs[h - 1].next)
+		if (s->hrefs[h - 1].page == p)
+			return s->held + s->hrefs[h - 1].at;
 	return search_cache_page(s, s->upids[u], p);
 }
 
@@ -489,13 +495,12 @@ static int rerank_cached(ann_searcher *s, size_t ne, const uint8_t *want, uint8_
 	return ANN_OK;
 }
 
-/* One read phase of round 2: reads the pages of the entries marked `want`
- * (deduplicated, adjacent pages of a partition coalesced into one read) and
- * re-ranks every pending entry whose row lies in a page read. */
-static int read_phase(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *done, uint64_t *wait_ns,
-		      uint64_t *rerank_ns, ann_error *err)
+/* Queues the reads of one phase: the pages of the entries marked `want`
+ * and not done (deduplicated, adjacent pages of a partition coalesced into
+ * one read), each tagged its run's number | tagbit; *nrun is their count. */
+static int phase_submit(ann_searcher *s, size_t ne, const uint8_t *want, const uint8_t *done, uint64_t tagbit,
+			size_t *nrun_out, ann_error *err)
 {
-	ann_index *x = s->idx;
 	size_t nrun = 0;
 	uint64_t run_end = 0;
 	uint32_t run_u = UINT32_MAX;
@@ -515,17 +520,101 @@ static int read_phase(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *
 			return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu reads", nrun + 1);
 		run_u = s->ents[i].u;
 		run_end = end;
-		s->reqs[nrun] = (ann_block_range){s->upids[run_u], (uint32_t)(end - off), off, nrun};
+		s->reqs[nrun] = (ann_block_range){s->upids[run_u], (uint32_t)(end - off), off, nrun | tagbit};
 		s->runlo[nrun] = i;
 		s->ents[i].run = (uint32_t)nrun;
 		nrun++;
 	}
+	*nrun_out = nrun;
+	return nrun ? ann_store_reader_submit_ranges(s->rd, s->reqs, nrun, err) : ANN_OK;
+}
+
+/* Holds the n checked pages read from page page0 of unique partition u. */
+static int hold_pages(ann_searcher *s, uint32_t u, uint32_t page0, const uint8_t *data, uint32_t n, ann_error *err)
+{
+	if (search_grow((void **)&s->held, &s->held_cap, s->held_len + (size_t)n * CBLOCK_PAGE, 1) < 0 ||
+	    search_grow((void **)&s->hrefs, &s->hrefs_cap, s->nheld + n, sizeof(held_ref)) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %u early pages", n);
+	for (uint32_t i = 0; i < n; i++) {
+		memcpy(s->held + s->held_len, data + (size_t)i * CBLOCK_PAGE, CBLOCK_PAGE);
+		s->hrefs[s->nheld] = (held_ref){page0 + i, s->uh[u].held, s->held_len};
+		s->uh[u].held = (uint32_t)++s->nheld;
+		s->held_len += CBLOCK_PAGE;
+	}
+	return ANN_OK;
+}
+
+/* A phase's completed read br (tag: its run): checks its pages' sums,
+ * counts its cost to the pending entries whose rows lie in it, and either
+ * re-ranks them (round 2) or holds the pages (hold: the early pages, which
+ * round 2 re-ranks from memory). */
+static int phase_take(ann_searcher *s, const ann_block_read *br, size_t ne, uint8_t *done, bool hold, ann_error *err)
+{
+	ann_index *x = s->idx;
+	if (br->status < 0)
+		return ann_err_prefix(err, br->status, "%s: partition %u: exact pages", x->path, br->pid);
+	size_t r = (size_t)(br->tag & ~SEARCH_EARLY_TAG);
+	uint32_t u = s->ents[s->runlo[r]].u;
+	const uhead *uh = &s->uh[u];
+	int crc = cblock_check_pages(&uh->in, s->sums + uh->sums_at, br->data, br->offset, br->length, err);
+	if (crc < 0)
+		return ann_err_prefix(err, crc, "%s: partition %u", x->path, br->pid);
+	/* Every pending entry of this partition whose row lies in the pages
+	 * read: contiguous in (u, row) order around runlo[r]. */
+	uint64_t lo_off = br->offset, hi_off = br->offset + br->length;
+	size_t lo = s->runlo[r], hi = lo;
+	while (lo > 0 && s->ents[lo - 1].u == u) {
+		uint64_t o, e;
+		ent_pages(s, &s->ents[lo - 1], &o, &e);
+		if (o < lo_off)
+			break;
+		lo--;
+	}
+	size_t n_in = 0;
+	for (hi = lo; hi < ne && s->ents[hi].u == u; hi++) {
+		uint64_t o, e;
+		ent_pages(s, &s->ents[hi], &o, &e);
+		if (o >= hi_off)
+			break;
+		if (!done[hi] && o >= lo_off && e <= hi_off)
+			n_in++;
+	}
+	double share = n_in ? 1.0 / (double)n_in : 0;
+	bool dedupe = x->meta.replicas > 1;
+	for (size_t i = lo; i < hi; i++) {
+		const r2ent *en = &s->ents[i];
+		uint64_t o, e;
+		ent_pages(s, en, &o, &e);
+		if (done[i] || o < lo_off || e > hi_off)
+			continue;
+		done[i] = 1;
+		s->qb2[en->q] += (double)br->cost * share;
+		s->qbytes[en->q] += (double)br->cost * share;
+		s->qio2[en->q] += share;
+		s->qreqs[en->q] += share;
+		if (!hold)
+			rerank_row(s, en, br->data + (cblock_row_offset(&uh->in, en->row) - br->offset), dedupe);
+	}
+	uint32_t page0 = (uint32_t)((br->offset - uh->in.exact_offset) / CBLOCK_PAGE);
+	if (hold)
+		ANN_TRY(hold_pages(s, u, page0, br->data, (uint32_t)(br->length / CBLOCK_PAGE), err));
+	if (s->cmap)
+		search_cache_put_pages(s, br->pid, page0, br->data, (uint32_t)(br->length / CBLOCK_PAGE));
+	return ANN_OK;
+}
+
+/* One read phase of round 2: reads the pages of the entries marked `want`
+ * and re-ranks every pending entry whose row lies in a page read. */
+static int read_phase(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *done, uint64_t *wait_ns,
+		      uint64_t *rerank_ns, ann_error *err)
+{
+	size_t nrun;
+	ANN_TRY(phase_submit(s, ne, want, done, 0, &nrun, err));
 	if (nrun == 0)
 		return ANN_OK;
-	ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nrun, err));
+	s->waves++;
 	int first_error = ANN_OK;
 	ann_error first = {0};
-	bool dedupe = x->meta.replicas > 1;
 	for (;;) {
 		ann_block_read br;
 		ann_error e2 = {0};
@@ -540,59 +629,9 @@ static int read_phase(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *
 		if (rc == 0)
 			break;
 		if (first_error == ANN_OK) {
-			size_t r = (size_t)br.tag;
-			if (br.status < 0) {
-				first_error = ann_err_prefix(&e2, br.status, "%s: partition %u: exact pages", x->path, br.pid);
-			} else {
-				uint64_t t0 = ann_now_ns();
-				uint32_t u = s->ents[s->runlo[r]].u;
-				const uhead *uh = &s->uh[u];
-				int crc = cblock_check_pages(&uh->in, s->sums + uh->sums_at, br.data, br.offset, br.length, &e2);
-				if (crc < 0) {
-					first_error = ann_err_prefix(&e2, crc, "%s: partition %u", x->path, br.pid);
-				} else {
-					/* Every pending entry of this partition whose row lies in the
-					 * pages read: contiguous in (u, row) order around runlo[r]. */
-					uint64_t lo_off = br.offset, hi_off = br.offset + br.length;
-					size_t lo = s->runlo[r], hi = lo;
-					while (lo > 0 && s->ents[lo - 1].u == u) {
-						uint64_t o, e;
-						ent_pages(s, &s->ents[lo - 1], &o, &e);
-						if (o < lo_off)
-							break;
-						lo--;
-					}
-					size_t n_in = 0;
-					for (hi = lo; hi < ne && s->ents[hi].u == u; hi++) {
-						uint64_t o, e;
-						ent_pages(s, &s->ents[hi], &o, &e);
-						if (o >= hi_off)
-							break;
-						if (!done[hi] && o >= lo_off && e <= hi_off)
-							n_in++;
-					}
-					double share = n_in ? 1.0 / (double)n_in : 0;
-					for (size_t i = lo; i < hi; i++) {
-						const r2ent *en = &s->ents[i];
-						uint64_t o, e;
-						ent_pages(s, en, &o, &e);
-						if (done[i] || o < lo_off || e > hi_off)
-							continue;
-						done[i] = 1;
-						uint64_t ro = cblock_row_offset(&uh->in, en->row) - br.offset;
-						s->qb2[en->q] += (double)br.cost * share;
-						s->qbytes[en->q] += (double)br.cost * share;
-						s->qio2[en->q] += share;
-						s->qreqs[en->q] += share;
-						rerank_row(s, en, br.data + ro, dedupe);
-					}
-					if (s->cmap)
-						search_cache_put_pages(s, br.pid,
-								       (uint32_t)((br.offset - uh->in.exact_offset) / CBLOCK_PAGE),
-								       br.data, (uint32_t)(br.length / CBLOCK_PAGE));
-				}
-				*rerank_ns += ann_now_ns() - t0;
-			}
+			uint64_t t0 = ann_now_ns();
+			first_error = phase_take(s, &br, ne, done, false, &e2);
+			*rerank_ns += ann_now_ns() - t0;
 			if (first_error < 0)
 				first = e2;
 		}
@@ -603,6 +642,64 @@ static int read_phase(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *
 	return first_error;
 }
 
+/* Is exact page p of unique partition u in memory (the cache's, an early
+ * page, a 2.3 block's page 0 from round 1, checked or not)? */
+static bool page_in_memory(const ann_searcher *s, uint32_t u, uint32_t p)
+{
+	return (p == 0 && s->uh[u].p0) || mem_page(s, u, p);
+}
+
+/* Selects query qi's candidates for round 2 into s->ents from ne on (lower
+ * bound below the k-th upper bound), best estimates first, at most lim of
+ * them; sorts the query's heap in place (callers after round 1 only, or on
+ * a copy). Returns the new ne. */
+static size_t select_cands(ann_searcher *s, size_t qi, cand *h, uint32_t n, uint32_t lim, size_t ne)
+{
+	float kth = ub_kth(s, qi);
+	qsort(h, n, sizeof(cand), cand_est_cmp);
+	uint32_t rank = 0;
+	for (uint32_t i = 0; i < n && rank < lim; i++)
+		if (h[i].est - h[i].width <= kth) /* <=: rows whose estimate is exact (width 0) tie with it */
+			s->ents[ne++] = (r2ent){h[i].u, h[i].row, (uint32_t)qi, 0, rank++, h[i].est - h[i].width, h[i].id};
+	return ne;
+}
+
+int codes_early_submit(ann_searcher *s, size_t nq, ann_error *err)
+{
+	size_t ne = 0, k = s->o.k;
+	if (search_grow((void **)&s->ecand, &s->ecand_cap, s->rerank, sizeof(cand)) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %u candidates", s->rerank);
+	for (size_t qi = 0; qi < nq; qi++) {
+		memcpy(s->ecand, s->cands + qi * s->rerank, s->ncand[qi] * sizeof(cand)); /* the heap stays a heap */
+		ne = select_cands(s, qi, s->ecand, s->ncand[qi], (uint32_t)k, ne);
+	}
+	if (ne == 0)
+		return 0;
+	qsort(s->ents, ne, sizeof(r2ent), r2_cmp);
+	if (search_grow((void **)&s->flags, &s->flags_cap, 2 * ne, 1) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu early re-ranks", ne);
+	uint8_t *want = s->flags, *done = s->flags + ne;
+	for (size_t i = 0; i < ne; i++) {
+		uint64_t off, end;
+		ent_pages(s, &s->ents[i], &off, &end);
+		const ann_cblock_info *in = &s->uh[s->ents[i].u].in;
+		bool all = true;
+		for (uint64_t o = off; o < end && all; o += CBLOCK_PAGE)
+			all = page_in_memory(s, s->ents[i].u, (uint32_t)((o - in->exact_offset) / CBLOCK_PAGE));
+		want[i] = 1;
+		done[i] = all; /* round 2 finds it in memory */
+	}
+	s->nearly = ne;
+	size_t nrun;
+	ANN_TRY(phase_submit(s, ne, want, done, SEARCH_EARLY_TAG, &nrun, err));
+	return nrun > 0;
+}
+
+int codes_early_take(ann_searcher *s, const ann_block_read *br, ann_error *err)
+{
+	return phase_take(s, br, s->nearly, s->flags + s->nearly, true, err);
+}
+
 /* Round 2: selects each query's candidates (lower bound below the k-th upper
  * bound, the `rerank` best estimates) and re-ranks them from exact pages.
  * With rerank_phases 2 it first reads the pages of each query's k best
@@ -611,16 +708,8 @@ static int read_phase(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *
 int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank_ns, ann_error *err)
 {
 	size_t ne = 0;
-	for (size_t qi = 0; qi < nq; qi++) {
-		float kth = ub_kth(s, qi);
-		cand *h = s->cands + qi * s->rerank;
-		qsort(h, s->ncand[qi], sizeof(cand), cand_est_cmp);
-		uint32_t rank = 0;
-		for (uint32_t i = 0; i < s->ncand[qi]; i++)
-			if (h[i].est - h[i].width <= kth) /* <=: rows whose estimate is exact (width 0) tie with it */
-				s->ents[ne++] = (r2ent){h[i].u, h[i].row, (uint32_t)qi, 0, rank++, h[i].est - h[i].width,
-							h[i].id};
-	}
+	for (size_t qi = 0; qi < nq; qi++)
+		ne = select_cands(s, qi, s->cands + qi * s->rerank, s->ncand[qi], UINT32_MAX, ne);
 	if (ne == 0)
 		return ANN_OK;
 	qsort(s->ents, ne, sizeof(r2ent), r2_cmp);
@@ -628,7 +717,8 @@ int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank
 		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu re-ranks", ne);
 	uint8_t *want = s->flags, *done = s->flags + ne;
 	memset(done, 0, ne);
-	bool mem = s->cmap || s->p0_len; /* pages in memory: cached, or 2.3 pages 0 from round 1 */
+	bool early = s->nheld > 0;
+	bool mem = s->cmap || s->p0_len || early; /* pages in memory: cached, early, or 2.3 pages 0 from round 1 */
 	if (s->o.rerank_phases < 2) {
 		memset(want, 1, ne);
 		if (mem)
@@ -637,12 +727,21 @@ int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank
 	}
 	/* Phase 1: each query's k best estimates. Phase p > 1: of the next
 	 * ranks (up to k 2^(p-1), the last phase all), only those whose lower
-	 * bound still beats the query's k-th exact distance so far. */
-	for (uint32_t p = 1; p <= s->o.rerank_phases; p++) {
+	 * bound still beats the query's k-th exact distance so far. With early
+	 * pages (the k best of stage A, read with stage B's heads), phase 1 is
+	 * what memory holds, and the k best it misses join phase 2. */
+	uint32_t p1 = 1;
+	if (early) {
+		memset(want, 1, ne);
+		ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
+		p1 = 2;
+	}
+	for (uint32_t p = p1; p <= s->o.rerank_phases; p++) {
 		uint64_t lim = p == s->o.rerank_phases ? UINT64_MAX : (uint64_t)s->o.k << (p - 1);
 		for (size_t i = 0; i < ne; i++)
 			want[i] = !done[i] && s->ents[i].rank < lim &&
-				  (p == 1 || s->ents[i].lower <= ann_topk_bound(&s->heaps[s->ents[i].q]));
+				  (p == 1 || s->ents[i].lower <= ann_topk_bound(&s->heaps[s->ents[i].q]) ||
+				   (early && s->ents[i].rank < s->o.k));
 		if (mem)
 			ANN_TRY(rerank_cached(s, ne, want, done, rerank_ns, err));
 		ANN_TRY(read_phase(s, ne, want, done, wait_ns, rerank_ns, err));

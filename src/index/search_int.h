@@ -62,7 +62,19 @@ typedef struct uhead {
 	size_t p0_at;      /* offset in s->p0 of the block's exact page 0 (p0 != 0) */
 	uint8_t p0;        /* 2.3 page 0 from round 1's read: 0 not kept, 1 kept (sum unchecked), 2 sum checked */
 	bool codes;        /* a codes block was read for this partition */
+	uint32_t held;     /* the first of its pages read early (1 + an index of s->hrefs), 0 none */
 } uhead;
+
+/* One exact page read early (codes_early_submit): page `page` of the
+ * partition's exact section at s->held + at, checked; next is the
+ * partition's next one (1 + an index, 0 none). */
+typedef struct held_ref {
+	uint32_t page, next;
+	size_t at;
+} held_ref;
+
+/* The tag bit of an early page read among round 1's head reads. */
+#define SEARCH_EARLY_TAG (UINT64_C(1) << 63)
 
 struct ann_searcher {
 	ann_index *idx;
@@ -135,6 +147,19 @@ struct ann_searcher {
 	struct search_kept *kept; /* one per kept head, sorted by partition before stage B */
 	size_t nkept, kept_cap;
 	bool keep_off;        /* ANNANN_KEEP_HEADS=0: a hidden switch, for measuring and tests */
+	/* Early re-rank pages (docs/DESIGN.md "Round trips"): while stage B's
+	 * heads are read, the pages of each query's k best stage A estimates are
+	 * read too and held here for round 2. At most 2 k pages per query of the
+	 * batch (a row spans at most 2 pages; k rows). */
+	uint8_t *held;
+	size_t held_len, held_cap;
+	held_ref *hrefs;
+	size_t nheld, hrefs_cap;
+	cand *ecand;          /* rerank: a copy of one query's candidate heap */
+	size_t ecand_cap;
+	size_t nearly;        /* entries of the early pages (in s->ents until round 2) */
+	uint32_t waves;       /* the batch's read waves so far (ann_query_stats.read_waves) */
+	bool early_off;       /* ANNANN_EARLY_PAGES=0: a hidden switch, for measuring and tests */
 	float *pf;            /* cap_q * pm->p1: squared centre distances by routing rank (stage A) */
 	double *feat_out;     /* tune.c: each query's features (ANN_PROBE_FEATURES) go here, and stage B is skipped */
 	size_t vec_esize;     /* bytes per decoded element */
@@ -193,6 +218,12 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 /* What learned adaptive probing reads of query qi after its first stage:
  * the k-th smallest upper bound (INFINITY below k) and the best estimate. */
 void codes_probe_state(const ann_searcher *s, size_t qi, float *ub_k, float *best);
+/* Queues, among stage B's head reads, the exact pages of each query's k
+ * best estimates so far (those not in memory), tagged SEARCH_EARLY_TAG; 0
+ * when none was queued. */
+int codes_early_submit(ann_searcher *s, size_t nq, ann_error *err);
+/* An early page read's completion: checks its pages and holds them. */
+int codes_early_take(ann_searcher *s, const ann_block_read *br, ann_error *err);
 /* Round 2 for the batch's nq queries (after every head of round 1). */
 int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank_ns, ann_error *err);
 
