@@ -419,6 +419,39 @@ static void test_kernels(ann_rng *rng)
 							T_FAIL("d=%u bits=%u code %zu, level %d: full %.9g +- %.9g, split "
 							       "%.9g +- %.9g", d, bits, i, lv, e1[i], w1[i], e2[i], w2[i]);
 				}
+				/* L2 from the rotated query and centre (a batch's set-up):
+				 * R (q - c) = R q - R c, so the estimates agree to rounding
+				 * (of the quantised query too: within 1e-3 of the width),
+				 * and bit for bit between the levels */
+				if (m == ANN_METRIC_L2) {
+					uint32_t dp = ann_rbq_padded_dim(q);
+					float *rq = malloc(dp * sizeof(float)), *rc = malloc(dp * sizeof(float));
+					ASSERT_TRUE(rq && rc);
+					ann_rbq_rotate(q, qv, rq);
+					ann_rbq_rotate(q, c, rc);
+					float e0[70], w0[70];
+					for (int lv = 0; lv < 3; lv++) {
+						if ((lv == 1 && !avx2) || (lv == 2 && !avx512))
+							continue;
+						ASSERT_OK(ann_rbq_query_set_simd(s, lv == 0   ? ANN_SIMD_SCALAR
+										   : lv == 1 ? ANN_SIMD_AVX2
+											     : ANN_SIMD_AVX512, NULL));
+						ann_rbq_query_prepare_rotated(s, rq, rc);
+						ann_rbq_estimate(s, codes, n, lv ? e2 : e0, lv ? w2 : w0);
+						for (size_t i = 0; i < n; i++) {
+							if (fabsf(e0[i] - e1[i]) > 1e-3f * (1.0f + fabsf(e1[i]) + w1[i]) ||
+							    fabsf(w0[i] - w1[i]) > 1e-4f * (1.0f + fabsf(w1[i])))
+								T_FAIL("d=%u bits=%u code %zu: rotated set-up %.9g +- %.9g, "
+								       "prepare %.9g +- %.9g", d, bits, i, e0[i], w0[i], e1[i],
+								       w1[i]);
+							if (lv && (e2[i] != e0[i] || w2[i] != w0[i]))
+								T_FAIL("d=%u bits=%u code %zu, level %d: rotated set-up "
+								       "%.9g, scalar %.9g", d, bits, i, lv, e2[i], e0[i]);
+						}
+					}
+					free(rq);
+					free(rc);
+				}
 			}
 			free(planes);
 			free(rn);

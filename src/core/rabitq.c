@@ -751,24 +751,13 @@ int ann_rbq_query_set_simd(ann_rbq_query *s, ann_simd_level level, ann_error *er
 	return 0;
 }
 
-void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, const float *c)
+/* What follows the rotated residual s->rq and s->qn2 in every prepare:
+ * its sum, the quantised query and the 1-bit tables. */
+static void prepare_tail(ann_rbq_query *s)
 {
-	const ann_rbq *q = s->q;
-	const size_t dim = q->dim, dp = q->dp;
-	s->m = m == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_IP;
-	/* double sums in 4 interleaved chains (coordinate j adds to chain j mod
-	 * 4), combined as (a0 + a1) + (a2 + a3): the same order in every form,
-	 * four times the throughput of one chain */
+	const size_t dp = s->q->dp;
+	s->qnorm = sqrt(s->qn2);
 	if (s->simd >= ANN_SIMD_AVX2) {
-		s->cq = 0;
-		if (s->m == ANN_METRIC_L2) {
-			s->qn2 = ann_rbq_resid_avx2(qv, c, dim, s->tmp);
-			rotate_at(q, s->simd, s->tmp, s->rq);
-		} else {
-			ann_rbq_dots_avx2(qv, c, dim, &s->qn2, &s->cq);
-			rotate_at(q, s->simd, qv, s->rq);
-		}
-		s->qnorm = sqrt(s->qn2);
 		s->sum_rq = ann_rbq_sum_avx2(s->rq, dp);
 		float amax = ann_rbq_absmax_avx2(s->rq, dp);
 		s->delta = amax > 0 ? (double)amax / RBQ_QI_MAX : 1.0;
@@ -780,24 +769,7 @@ void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, cons
 		s->prepared = true;
 		return;
 	}
-	double n2[4] = {0, 0, 0, 0}, cq[4] = {0, 0, 0, 0}, sum[4] = {0, 0, 0, 0};
-	if (s->m == ANN_METRIC_L2) {
-		for (size_t j = 0; j < dim; j++) {
-			s->tmp[j] = qv[j] - c[j];
-			double d = (double)qv[j] - c[j];
-			n2[j & 3] += d * d;
-		}
-		rotate_at(q, s->simd, s->tmp, s->rq);
-	} else {
-		for (size_t j = 0; j < dim; j++) {
-			n2[j & 3] += (double)qv[j] * qv[j];
-			cq[j & 3] += (double)qv[j] * c[j];
-		}
-		rotate_at(q, s->simd, qv, s->rq);
-	}
-	s->qn2 = (n2[0] + n2[1]) + (n2[2] + n2[3]);
-	s->qnorm = sqrt(s->qn2);
-	s->cq = (cq[0] + cq[1]) + (cq[2] + cq[3]);
+	double sum[4] = {0, 0, 0, 0};
 	for (size_t j = 0; j < dp; j++)
 		sum[j & 3] += s->rq[j];
 	s->sum_rq = (sum[0] + sum[1]) + (sum[2] + sum[3]);
@@ -825,6 +797,65 @@ void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, cons
 		}
 	}
 	s->prepared = true;
+}
+
+void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, const float *c)
+{
+	const ann_rbq *q = s->q;
+	const size_t dim = q->dim;
+	s->m = m == ANN_METRIC_L2 ? ANN_METRIC_L2 : ANN_METRIC_IP;
+	/* double sums in 4 interleaved chains (coordinate j adds to chain j mod
+	 * 4), combined as (a0 + a1) + (a2 + a3): the same order in every form,
+	 * four times the throughput of one chain */
+	if (s->simd >= ANN_SIMD_AVX2) {
+		s->cq = 0;
+		if (s->m == ANN_METRIC_L2) {
+			s->qn2 = ann_rbq_resid_avx2(qv, c, dim, s->tmp);
+			rotate_at(q, s->simd, s->tmp, s->rq);
+		} else {
+			ann_rbq_dots_avx2(qv, c, dim, &s->qn2, &s->cq);
+			rotate_at(q, s->simd, qv, s->rq);
+		}
+		prepare_tail(s);
+		return;
+	}
+	double n2[4] = {0, 0, 0, 0}, cq[4] = {0, 0, 0, 0};
+	if (s->m == ANN_METRIC_L2) {
+		for (size_t j = 0; j < dim; j++) {
+			s->tmp[j] = qv[j] - c[j];
+			double d = (double)qv[j] - c[j];
+			n2[j & 3] += d * d;
+		}
+		rotate_at(q, s->simd, s->tmp, s->rq);
+	} else {
+		for (size_t j = 0; j < dim; j++) {
+			n2[j & 3] += (double)qv[j] * qv[j];
+			cq[j & 3] += (double)qv[j] * c[j];
+		}
+		rotate_at(q, s->simd, qv, s->rq);
+	}
+	s->qn2 = (n2[0] + n2[1]) + (n2[2] + n2[3]);
+	s->cq = (cq[0] + cq[1]) + (cq[2] + cq[3]);
+	prepare_tail(s);
+}
+
+void ann_rbq_query_prepare_rotated(ann_rbq_query *s, const float *rq, const float *rc)
+{
+	const size_t dp = s->q->dp;
+	s->m = ANN_METRIC_L2;
+	s->cq = 0;
+	if (s->simd >= ANN_SIMD_AVX2) {
+		s->qn2 = ann_rbq_resid_avx2(rq, rc, dp, s->rq);
+	} else {
+		double n2[4] = {0, 0, 0, 0};
+		for (size_t j = 0; j < dp; j++) {
+			s->rq[j] = rq[j] - rc[j];
+			double d = (double)rq[j] - rc[j];
+			n2[j & 3] += d * d;
+		}
+		s->qn2 = (n2[0] + n2[1]) + (n2[2] + n2[3]);
+	}
+	prepare_tail(s);
 }
 
 /* ---- estimate ----------------------------------------------------------------- */

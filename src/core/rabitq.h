@@ -103,6 +103,13 @@ size_t ann_rbq_query_sizeof(const ann_rbq_query *s);
  * (query, partition). Cost: one rotation, O(padded_dim log padded_dim). */
 void ann_rbq_query_prepare(ann_rbq_query *s, ann_metric m, const float *qv, const float *c);
 
+/* ann_rbq_query_prepare for L2 from rotations made once: rq = R qv and rc =
+ * R c (ann_rbq_rotate, padded_dim floats each). R is linear and orthonormal,
+ * so R (qv - c) = rq - rc and |qv - c| = |rq - rc|: the same state up to
+ * rounding, without a rotation. For a batch, where many queries share a
+ * partition and each query meets many partitions. */
+void ann_rbq_query_prepare_rotated(ann_rbq_query *s, const float *rq, const float *rc);
+
 /* For n codes (as written by ann_rbq_encode with the same centre): est[i] is
  * the estimated distance in ann_metric convention (L2 squared; IP negated),
  * width[i] >= 0 the half-width of its confidence interval (eps0 =

@@ -877,6 +877,8 @@ static int search_snapshot(ann_searcher *s, size_t nq, size_t nu, size_t npairs,
 	s->sums_len = 0;
 	s->p0_len = 0;
 	s->held_len = s->nheld = 0;
+	if (s->qrot_ok)
+		memset(s->qrot_ok, 0, nq);
 	s->waves = 0;
 	bool any_codes = false;
 	if (s->pm)

@@ -29,9 +29,10 @@ int codes_searcher_init(ann_searcher *s, ann_error *err)
 	ANN_TRY(ann_rbq_query_new(idx->rbq, &s->rq, err));
 	ann_rbq_query_set_eps0(s->rq, s->o.rerank_eps > 0 ? s->o.rerank_eps : ANN_DEFAULT_RERANK_EPS);
 	s->centre = ann_malloc((size_t)idx->meta.dim * sizeof(float));
+	s->crot = ann_malloc((size_t)ann_rbq_padded_dim(idx->rbq) * sizeof(float));
 	s->rowf = ann_malloc((size_t)idx->meta.dim * sizeof(float));
 	s->rowcat = ann_malloc((size_t)idx->meta.dim * sizeof(float));
-	if (!s->centre || !s->rowf || !s->rowcat)
+	if (!s->centre || !s->crot || !s->rowf || !s->rowcat)
 		return ann_err(err, ANN_E_NOMEM, "out of memory for a searcher");
 	return ANN_OK;
 }
@@ -59,6 +60,12 @@ void codes_searcher_free(ann_searcher *s)
 	ann_free(s->runlo);
 	ann_free(s->fac);
 	ann_free(s->held);
+	ann_free(s->crot);
+	ann_free(s->ubase);
+	ann_free(s->kcnt);
+	ann_free(s->ents2);
+	ann_free(s->qrot);
+	ann_free(s->qrot_ok);
 	ann_free(s->hrefs);
 	ann_free(s->ecand);
 }
@@ -68,11 +75,13 @@ int codes_batch(ann_searcher *s, size_t n, ann_error *err)
 	if (!s->rq)
 		return ANN_OK;
 	size_t k = s->o.k, r = s->rerank;
-	void **const slots[] = {(void **)&s->cands, (void **)&s->ncand, (void **)&s->ub, (void **)&s->ubid,
-				(void **)&s->nub, (void **)&s->ents};
-	const size_t bytes[] = {n * r * sizeof(cand), n * sizeof(uint32_t), n * k * sizeof(float),
-				n * k * sizeof(int64_t), n * sizeof(uint32_t), n * r * sizeof(r2ent)};
-	if (search_resize(slots, bytes, 6) < 0)
+	size_t dp = ann_rbq_padded_dim(s->idx->rbq);
+	void **const slots[] = {(void **)&s->cands, (void **)&s->ncand, (void **)&s->ub,     (void **)&s->ubid,
+				(void **)&s->nub,   (void **)&s->ents,  (void **)&s->qrot, (void **)&s->qrot_ok};
+	const size_t bytes[] = {n * r * sizeof(cand),    n * sizeof(uint32_t), n * k * sizeof(float),
+				n * k * sizeof(int64_t), n * sizeof(uint32_t), n * r * sizeof(r2ent),
+				n * dp * sizeof(float),  n};
+	if (search_resize(slots, bytes, 8) < 0)
 		return ann_err(err, ANN_E_NOMEM, "search: out of memory for a batch of %zu queries", n);
 	s->ents_cap = n * r;
 	return ANN_OK;
@@ -230,6 +239,10 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 	}
 	ann_metric m = x->meta.metric;
 	uint32_t sharers = s->ustart[u + 1] - s->ustart[u];
+	size_t dp = ann_rbq_padded_dim(x->rbq);
+	bool rotated = sharers > 1 && (m != ANN_METRIC_IP || in->cr_off); /* the centre rotated once for its queries' L2 set-ups */
+	if (rotated)
+		ann_rbq_rotate(x->rbq, s->centre, s->crot);
 	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {
 		uint32_t qi = s->pairs[j].q;
 		if (!cached) {
@@ -268,7 +281,16 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 		bool ipcr = m == ANN_METRIC_IP && in->cr_off;
 		if (ipcr)
 			em = ANN_METRIC_L2;
-		ann_rbq_query_prepare(s->rq, em, qv, s->centre);
+		if (rotated && em == ANN_METRIC_L2) {
+			float *qr = s->qrot + (size_t)qi * dp;
+			if (!s->qrot_ok[qi]) {
+				ann_rbq_rotate(x->rbq, qv, qr);
+				s->qrot_ok[qi] = 1;
+			}
+			ann_rbq_query_prepare_rotated(s->rq, qr, s->crot);
+		} else {
+			ann_rbq_query_prepare(s->rq, em, qv, s->centre);
+		}
 		if (fac)
 			ann_rbq_estimate_split(s->rq, codes, in->code_bytes, in->count, fac, fac + in->count,
 					       fac + 2 * (size_t)in->count, s->est, s->width);
@@ -326,6 +348,50 @@ static int r2_cmp(const void *a, const void *b)
 	return x->q < y->q ? -1 : x->q > y->q;
 }
 
+/* Sorts s->ents[0..ne) by (u, row, q). Entries come in ascending q, so a
+ * stable counting sort on (u, row) gives r2_cmp's order: linear where a
+ * batch's hundreds of thousands of entries made qsort a tenth of the search
+ * (in memory, batches of 10000); qsort below SORT_COUNTING entries. The key
+ * space is the rows of the batch's codes blocks. */
+#define SORT_COUNTING 512
+static int sort_ents(ann_searcher *s, size_t ne, ann_error *err)
+{
+	bool ascending_q = true;
+	for (size_t i = 1; i < ne && ascending_q; i++)
+		ascending_q = s->ents[i - 1].q <= s->ents[i].q;
+	if (ne < SORT_COUNTING || !ascending_q) {
+		qsort(s->ents, ne, sizeof(r2ent), r2_cmp);
+		return ANN_OK;
+	}
+	uint32_t umax = 0;
+	for (size_t i = 0; i < ne; i++)
+		umax = s->ents[i].u > umax ? s->ents[i].u : umax;
+	if (search_grow((void **)&s->ubase, &s->ubase_cap, (size_t)umax + 2, sizeof(size_t)) < 0)
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %u partitions' keys", umax + 2);
+	size_t keys = 0;
+	for (uint32_t u = 0; u <= umax; u++) {
+		s->ubase[u] = keys;
+		keys += s->uh[u].codes ? s->uh[u].in.count : 0;
+	}
+	if (search_grow((void **)&s->kcnt, &s->kcnt_cap, keys + 1, sizeof(uint32_t)) < 0 ||
+	    search_grow((void **)&s->ents2, &s->ents2_cap, s->ents_cap, sizeof(r2ent)) < 0) /* both hold a batch */
+		return ann_err(err, ANN_E_NOMEM, "search: out of memory sorting %zu re-ranks", ne);
+	memset(s->kcnt, 0, (keys + 1) * sizeof(uint32_t));
+	for (size_t i = 0; i < ne; i++)
+		s->kcnt[s->ubase[s->ents[i].u] + s->ents[i].row + 1]++;
+	for (size_t j = 1; j <= keys; j++)
+		s->kcnt[j] += s->kcnt[j - 1];
+	for (size_t i = 0; i < ne; i++)
+		s->ents2[s->kcnt[s->ubase[s->ents[i].u] + s->ents[i].row]++] = s->ents[i];
+	r2ent *t = s->ents;
+	size_t tc = s->ents_cap;
+	s->ents = s->ents2;
+	s->ents_cap = s->ents2_cap;
+	s->ents2 = t;
+	s->ents2_cap = tc;
+	return ANN_OK;
+}
+
 /* Exact distance of query qi to a stored row (element type of the index). */
 static float exact_dist(ann_searcher *s, size_t qi, const uint8_t *row)
 {
@@ -350,12 +416,6 @@ static float exact_dist(ann_searcher *s, size_t qi, const uint8_t *row)
 		ip = s->kern->ip_f32(q, f, d);
 	}
 	return (m == ANN_METRIC_COSINE ? 1.0f : 0.0f) - ip;
-}
-
-static int cand_est_cmp(const void *a, const void *b)
-{
-	const cand *x = a, *y = b;
-	return x->est < y->est ? -1 : x->est > y->est;
 }
 
 /* Block-relative page range of entry e's row. */
@@ -651,12 +711,17 @@ static bool page_in_memory(const ann_searcher *s, uint32_t u, uint32_t p)
 
 /* Selects query qi's candidates for round 2 into s->ents from ne on (lower
  * bound below the k-th upper bound), best estimates first, at most lim of
- * them; sorts the query's heap in place (callers after round 1 only, or on
- * a copy). Returns the new ne. */
+ * them; sorts the query's candidate heap h in place (after round 1 only, or
+ * on a copy). Returns the new ne. */
 static size_t select_cands(ann_searcher *s, size_t qi, cand *h, uint32_t n, uint32_t lim, size_t ne)
 {
 	float kth = ub_kth(s, qi);
-	qsort(h, n, sizeof(cand), cand_est_cmp);
+	/* h is a max-heap on est (cand_push): sorted in place, ascending */
+	for (uint32_t i = n; i > 1; i--) {
+		cand last = h[i - 1];
+		h[i - 1] = h[0];
+		cand_heap_down(h, i - 1, 0, last);
+	}
 	uint32_t rank = 0;
 	for (uint32_t i = 0; i < n && rank < lim; i++)
 		if (h[i].est - h[i].width <= kth) /* <=: rows whose estimate is exact (width 0) tie with it */
@@ -675,7 +740,7 @@ int codes_early_submit(ann_searcher *s, size_t nq, ann_error *err)
 	}
 	if (ne == 0)
 		return 0;
-	qsort(s->ents, ne, sizeof(r2ent), r2_cmp);
+	ANN_TRY(sort_ents(s, ne, err));
 	if (search_grow((void **)&s->flags, &s->flags_cap, 2 * ne, 1) < 0)
 		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu early re-ranks", ne);
 	uint8_t *want = s->flags, *done = s->flags + ne;
@@ -712,7 +777,7 @@ int codes_round2(ann_searcher *s, size_t nq, uint64_t *wait_ns, uint64_t *rerank
 		ne = select_cands(s, qi, s->cands + qi * s->rerank, s->ncand[qi], UINT32_MAX, ne);
 	if (ne == 0)
 		return ANN_OK;
-	qsort(s->ents, ne, sizeof(r2ent), r2_cmp);
+	ANN_TRY(sort_ents(s, ne, err));
 	if (search_grow((void **)&s->flags, &s->flags_cap, 2 * ne, 1) < 0)
 		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu re-ranks", ne);
 	uint8_t *want = s->flags, *done = s->flags + ne;

@@ -101,6 +101,12 @@ struct ann_searcher {
 	float *fac;           /* one head's factors: count |r|, f_ip, tan (2.1 f16 heads) */
 	size_t fac_cap;
 	float *centre;        /* dim */
+	/* A batch's rotations (ann_rbq_query_prepare_rotated): a partition that
+	 * several queries share rotates its centre once, each query itself once.
+	 * cap_q * padded dim floats, as the queries themselves. */
+	float *crot;          /* padded dim: the rotated centre of one head */
+	float *qrot;          /* cap_q * padded dim: rotated queries */
+	uint8_t *qrot_ok;     /* cap_q: qrot of the query is made */
 	float *rowf;          /* dim: a stored row as floats (round 2) */
 	uint8_t *rowcat;      /* a row spanning cached pages, put together */
 	uint32_t *covp;       /* round 2: cached pages of one partition's wanted rows */
@@ -123,6 +129,12 @@ struct ann_searcher {
 	uint32_t *nub;
 	r2ent *ents;          /* round 2 */
 	size_t ents_cap;
+	r2ent *ents2;         /* round 2: sort_ents's other half, then swapped with ents */
+	size_t ents2_cap;
+	size_t *ubase;        /* sort_ents: each unique partition's first key */
+	size_t ubase_cap;
+	uint32_t *kcnt;       /* sort_ents: entries per (partition, row) key, then their places */
+	size_t kcnt_cap;
 	uint8_t *flags;       /* round 2: want, done per entry */
 	size_t flags_cap;
 	size_t *runlo;        /* round 2: an entry of each read */
