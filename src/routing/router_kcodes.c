@@ -112,10 +112,11 @@ static size_t kc_shortlist(const float *est, size_t n, size_t m, size_t mmax, in
 			}
 		}
 	}
-	size_t got = 0;
-	for (size_t j = 0; j < n && got < mmax; j++)
-		if (est[j] <= bar)
-			id[got++] = (int64_t)j;
+	size_t got = 0; /* branch-free: the store is undone by not counting it */
+	for (size_t j = 0; j < n && got < mmax; j++) {
+		id[got] = (int64_t)j;
+		got += est[j] <= bar;
+	}
 	return got;
 }
 
