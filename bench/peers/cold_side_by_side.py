@@ -26,6 +26,8 @@
 #
 # Usage:
 #   cold_side_by_side.py --dir DATA --annann BIN --index "NAME=DIR:P1,P2[|MORE ARGS]" [--index ...]
+#   (in MORE ARGS, a word NAME=VALUE with an upper-case NAME is set in annann's environment
+#   instead, e.g. "|ANNANN_EARLY_PAGES=0" for the hidden switches of docs/DESIGN.md)
 #                        [--build --annann-build "NAME=BUILD ARGS" ...] [--spann-work W --spann-irn 6,8]
 #                        [--diskann-work W --diskann-bin D --diskann-L 10,20] [--threads 2 --batch 16
 #                        --queue-depth 32 --fio-work DIR] --reps 3 --out FILE.jsonl
@@ -77,11 +79,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DT = {'.u8bin': ('uint8', 1), '.i8bin': ('int8', 1), '.fbin': ('float', 4)}
 
 
-def annann_once(a, idx, nprobe, extra, query, gtp, tmp):
+ENV_WORD = re.compile(r'^[A-Z][A-Z0-9_]*=')
+
+
+def annann_once(a, idx, nprobe, extra, query, gtp, tmp, env=None):
 	out = os.path.join(tmp, 'res.bin')
 	o, _, rss, _ = run([a.annann, 'search', '--index', idx, '--queries', query, '--gt', gtp, '--k', '10',
 			    '--nprobe', str(nprobe), '--batch', str(a.batch), '--threads', str(a.threads),
-			    '--queue-depth', str(a.queue_depth), '--out', out, '--json'] + extra, timed=True)
+			    '--queue-depth', str(a.queue_depth), '--out', out, '--json'] + extra, timed=True,
+			   env=dict(os.environ, **env) if env else None)
 	j = json.loads(o.strip().splitlines()[-1])
 	nres, kres = bin_header(out)
 	ids = np.fromfile(out, dtype='<i4', count=nres * kres, offset=8).reshape(nres, kres)
@@ -309,7 +315,10 @@ def main():
 			with open(d.rstrip('/') + '.build.json') as f:
 				brec = json.load(f)
 		info = json.loads(run([a.annann, 'info', '--index', d, '--json'])[0])
-		info['extra'] = extra.split()
+		# NAME=VALUE words (upper-case names) are environment for annann, the rest arguments
+		words = extra.split()
+		info['env'] = dict(w.split('=', 1) for w in words if ENV_WORD.match(w))
+		info['extra'] = [w for w in words if not ENV_WORD.match(w)]
 		info['build'] = brec
 		for p in parse_list(probes):
 			settings.append(('annann', name, d, p, info))
@@ -369,7 +378,7 @@ def run_rep(a, r, settings, runs, query, gtp, tmp, fio_target):
 		if not drop_caches():
 			raise SystemExit('cold_side_by_side: cannot drop the page cache (run as root)')
 		if system == 'annann':
-			runs[i].append(annann_once(a, d, p, info['extra'], query, gtp, tmp))
+			runs[i].append(annann_once(a, d, p, info['extra'], query, gtp, tmp, info['env']))
 		elif system == 'spann':
 			runs[i].append(spann_once(a, p, query, gtp, tmp))
 		else:
@@ -430,6 +439,8 @@ def report(a, settings, runs, n, dim, query, raw_bytes):
 			rec['index_ram_bytes'] = info['router_ram_bytes']
 			rec['bytes_on_disk'] = info['bytes_on_disk']
 			rec['search_args'] = info['extra']
+			if info['env']:
+				rec['search_env'] = info['env']
 			ram = '%.2f MiB router' % (info['router_ram_bytes'] / 2**20)
 		else:
 			rec['index_ram_bytes'] = info['index_ram_bytes']

@@ -786,14 +786,16 @@ static int round1(ann_searcher *s, size_t nq, size_t u0, size_t nu, uint64_t nde
 		}
 		s->reqs[nreq++] = (ann_block_range){pid, 0, 0, u};
 	}
+	/* Stage B: the k best pages so far come along (docs/DESIGN.md "Read
+	 * waves"), when there are head reads to share the wait with; one
+	 * submission for both (each costs a device notification). */
+	size_t nearly = 0;
+	if (early && nreq > 0 && any_codes)
+		ANN_TRY(codes_early_reads(s, nq, nreq, &nearly, err));
 	if (nreq > 0) { /* with every head cached, round 1 reads nothing */
-		ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nreq, err));
+		ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nreq + nearly, err));
 		s->waves++;
 	}
-	/* Stage B: the k best pages so far come along (docs/DESIGN.md "Round
-	 * trips"), when there are head reads to share the wait with. */
-	if (early && nreq > 0 && any_codes)
-		ANN_TRY(codes_early_submit(s, nq, err));
 	int first_error = ANN_OK;
 	ann_error first = {0};
 	for (;;) {

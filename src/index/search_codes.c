@@ -555,11 +555,12 @@ static int rerank_cached(ann_searcher *s, size_t ne, const uint8_t *want, uint8_
 	return ANN_OK;
 }
 
-/* Queues the reads of one phase: the pages of the entries marked `want`
- * and not done (deduplicated, adjacent pages of a partition coalesced into
- * one read), each tagged its run's number | tagbit; *nrun is their count. */
-static int phase_submit(ann_searcher *s, size_t ne, const uint8_t *want, const uint8_t *done, uint64_t tagbit,
-			size_t *nrun_out, ann_error *err)
+/* The reads of one phase: the pages of the entries marked `want` and not
+ * done (deduplicated, adjacent pages of a partition coalesced into one
+ * read), into s->reqs from base on, each tagged its run's number | tagbit;
+ * *nrun is their count. */
+static int phase_runs(ann_searcher *s, size_t ne, const uint8_t *want, const uint8_t *done, uint64_t tagbit,
+		      size_t base, size_t *nrun_out, ann_error *err)
 {
 	size_t nrun = 0;
 	uint64_t run_end = 0;
@@ -571,22 +572,22 @@ static int phase_submit(ann_searcher *s, size_t ne, const uint8_t *want, const u
 		ent_pages(s, &s->ents[i], &off, &end);
 		if (s->ents[i].u == run_u && off <= run_end) {
 			run_end = ANN_MAX(run_end, end);
-			s->reqs[nrun - 1].length = (uint32_t)(run_end - s->reqs[nrun - 1].offset);
+			s->reqs[base + nrun - 1].length = (uint32_t)(run_end - s->reqs[base + nrun - 1].offset);
 			s->ents[i].run = (uint32_t)(nrun - 1);
 			continue;
 		}
-		if (search_grow((void **)&s->reqs, &s->reqs_cap, nrun + 1, sizeof(ann_block_range)) < 0 ||
+		if (search_grow((void **)&s->reqs, &s->reqs_cap, base + nrun + 1, sizeof(ann_block_range)) < 0 ||
 		    search_grow((void **)&s->runlo, &s->runlo_cap, nrun + 1, sizeof(size_t)) < 0)
 			return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu reads", nrun + 1);
 		run_u = s->ents[i].u;
 		run_end = end;
-		s->reqs[nrun] = (ann_block_range){s->upids[run_u], (uint32_t)(end - off), off, nrun | tagbit};
+		s->reqs[base + nrun] = (ann_block_range){s->upids[run_u], (uint32_t)(end - off), off, nrun | tagbit};
 		s->runlo[nrun] = i;
 		s->ents[i].run = (uint32_t)nrun;
 		nrun++;
 	}
 	*nrun_out = nrun;
-	return nrun ? ann_store_reader_submit_ranges(s->rd, s->reqs, nrun, err) : ANN_OK;
+	return ANN_OK;
 }
 
 /* Holds the n checked pages read from page page0 of unique partition u. */
@@ -669,9 +670,10 @@ static int read_phase(ann_searcher *s, size_t ne, const uint8_t *want, uint8_t *
 		      uint64_t *rerank_ns, ann_error *err)
 {
 	size_t nrun;
-	ANN_TRY(phase_submit(s, ne, want, done, 0, &nrun, err));
+	ANN_TRY(phase_runs(s, ne, want, done, 0, 0, &nrun, err));
 	if (nrun == 0)
 		return ANN_OK;
+	ANN_TRY(ann_store_reader_submit_ranges(s->rd, s->reqs, nrun, err));
 	s->waves++;
 	int first_error = ANN_OK;
 	ann_error first = {0};
@@ -729,8 +731,9 @@ static size_t select_cands(ann_searcher *s, size_t qi, cand *h, uint32_t n, uint
 	return ne;
 }
 
-int codes_early_submit(ann_searcher *s, size_t nq, ann_error *err)
+int codes_early_reads(ann_searcher *s, size_t nq, size_t base, size_t *nreads, ann_error *err)
 {
+	*nreads = 0;
 	size_t ne = 0, k = s->o.k;
 	if (search_grow((void **)&s->ecand, &s->ecand_cap, s->rerank, sizeof(cand)) < 0)
 		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %u candidates", s->rerank);
@@ -739,7 +742,7 @@ int codes_early_submit(ann_searcher *s, size_t nq, ann_error *err)
 		ne = select_cands(s, qi, s->ecand, s->ncand[qi], (uint32_t)k, ne);
 	}
 	if (ne == 0)
-		return 0;
+		return ANN_OK;
 	ANN_TRY(sort_ents(s, ne, err));
 	if (search_grow((void **)&s->flags, &s->flags_cap, 2 * ne, 1) < 0)
 		return ann_err(err, ANN_E_NOMEM, "search: out of memory for %zu early re-ranks", ne);
@@ -755,9 +758,7 @@ int codes_early_submit(ann_searcher *s, size_t nq, ann_error *err)
 		done[i] = all; /* round 2 finds it in memory */
 	}
 	s->nearly = ne;
-	size_t nrun;
-	ANN_TRY(phase_submit(s, ne, want, done, SEARCH_EARLY_TAG, &nrun, err));
-	return nrun > 0;
+	return phase_runs(s, ne, want, done, SEARCH_EARLY_TAG, base, nreads, err);
 }
 
 int codes_early_take(ann_searcher *s, const ann_block_read *br, ann_error *err)

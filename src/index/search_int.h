@@ -65,7 +65,7 @@ typedef struct uhead {
 	uint32_t held;     /* the first of its pages read early (1 + an index of s->hrefs), 0 none */
 } uhead;
 
-/* One exact page read early (codes_early_submit): page `page` of the
+/* One exact page read early (codes_early_reads): page `page` of the
  * partition's exact section at s->held + at, checked; next is the
  * partition's next one (1 + an index, 0 none). */
 typedef struct held_ref {
@@ -159,7 +159,7 @@ struct ann_searcher {
 	struct search_kept *kept; /* one per kept head, sorted by partition before stage B */
 	size_t nkept, kept_cap;
 	bool keep_off;        /* ANNANN_KEEP_HEADS=0: a hidden switch, for measuring and tests */
-	/* Early re-rank pages (docs/DESIGN.md "Round trips"): while stage B's
+	/* Early re-rank pages (docs/DESIGN.md "Read waves"): while stage B's
 	 * heads are read, the pages of each query's k best stage A estimates are
 	 * read too and held here for round 2. At most 2 k pages per query of the
 	 * batch (a row spans at most 2 pages; k rows). */
@@ -230,10 +230,10 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 /* What learned adaptive probing reads of query qi after its first stage:
  * the k-th smallest upper bound (INFINITY below k) and the best estimate. */
 void codes_probe_state(const ann_searcher *s, size_t qi, float *ub_k, float *best);
-/* Queues, among stage B's head reads, the exact pages of each query's k
- * best estimates so far (those not in memory), tagged SEARCH_EARLY_TAG; 0
- * when none was queued. */
-int codes_early_submit(ann_searcher *s, size_t nq, ann_error *err);
+/* The reads of the exact pages of each query's k best estimates so far
+ * (those not in memory), for stage B's wave: into s->reqs from base on,
+ * tagged SEARCH_EARLY_TAG; *nreads is their count. */
+int codes_early_reads(ann_searcher *s, size_t nq, size_t base, size_t *nreads, ann_error *err);
 /* An early page read's completion: checks its pages and holds them. */
 int codes_early_take(ann_searcher *s, const ann_block_read *br, ann_error *err);
 /* Round 2 for the batch's nq queries (after every head of round 1). */
