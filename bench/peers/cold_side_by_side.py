@@ -82,6 +82,13 @@ DT = {'.u8bin': ('uint8', 1), '.i8bin': ('int8', 1), '.fbin': ('float', 4)}
 ENV_WORD = re.compile(r'^[A-Z][A-Z0-9_]*=')
 
 
+def split_extra(extra):
+	"""An --index's |ARGS: (annann arguments, environment): NAME=VALUE words with an upper-case
+	NAME are environment, the rest arguments in their order."""
+	words = extra.split()
+	return [w for w in words if not ENV_WORD.match(w)], dict(w.split('=', 1) for w in words if ENV_WORD.match(w))
+
+
 def annann_once(a, idx, nprobe, extra, query, gtp, tmp, env=None):
 	out = os.path.join(tmp, 'res.bin')
 	o, _, rss, _ = run([a.annann, 'search', '--index', idx, '--queries', query, '--gt', gtp, '--k', '10',
@@ -315,10 +322,7 @@ def main():
 			with open(d.rstrip('/') + '.build.json') as f:
 				brec = json.load(f)
 		info = json.loads(run([a.annann, 'info', '--index', d, '--json'])[0])
-		# NAME=VALUE words (upper-case names) are environment for annann, the rest arguments
-		words = extra.split()
-		info['env'] = dict(w.split('=', 1) for w in words if ENV_WORD.match(w))
-		info['extra'] = [w for w in words if not ENV_WORD.match(w)]
+		info['extra'], info['env'] = split_extra(extra)
 		info['build'] = brec
 		for p in parse_list(probes):
 			settings.append(('annann', name, d, p, info))
@@ -378,7 +382,7 @@ def run_rep(a, r, settings, runs, query, gtp, tmp, fio_target):
 		if not drop_caches():
 			raise SystemExit('cold_side_by_side: cannot drop the page cache (run as root)')
 		if system == 'annann':
-			runs[i].append(annann_once(a, d, p, info['extra'], query, gtp, tmp, info['env']))
+			runs[i].append(annann_once(a, d, p, info['extra'], query, gtp, tmp, info.get('env')))
 		elif system == 'spann':
 			runs[i].append(spann_once(a, p, query, gtp, tmp))
 		else:
@@ -439,7 +443,7 @@ def report(a, settings, runs, n, dim, query, raw_bytes):
 			rec['index_ram_bytes'] = info['router_ram_bytes']
 			rec['bytes_on_disk'] = info['bytes_on_disk']
 			rec['search_args'] = info['extra']
-			if info['env']:
+			if info.get('env'):
 				rec['search_env'] = info['env']
 			ram = '%.2f MiB router' % (info['router_ram_bytes'] / 2**20)
 		else:

@@ -34,6 +34,12 @@ def check(cond, what):
 		print('FAIL: %s' % what)
 
 
+# An --index's |ARGS: upper-case NAME=VALUE words are annann's environment, the rest its arguments.
+args, env = c.split_extra('--rerank 40 ANNANN_EARLY_PAGES=0 --adaptive off X2=a=b lower=1')
+check(args == ['--rerank', '40', '--adaptive', 'off', 'lower=1'], 'split_extra args %s' % args)
+check(env == {'ANNANN_EARLY_PAGES': '0', 'X2': 'a=b'}, 'split_extra env %s' % env)
+check(c.split_extra('') == ([], {}), 'split_extra of nothing')
+
 # Read sizes: 3 heads of 37.1 KiB (9.28 pages: 72% of 9, 28% of 10) and 23.7 reads of 4.6 KiB
 # (1.15 pages: 85% of 1, 15% of 2) per query, 11.2% / 88.8% of the requests -> 4k 75.4% (+1 to
 # sum to 100), 8k 13.4%, 36k 8.1%, 40k 3.2%.
