@@ -268,6 +268,36 @@ static void check_early(ann_index *x, uint32_t nprobe, const int32_t *gt)
 		ASSERT_LE(hits[0] - 0.01 * M * K, hits[1]);
 		ASSERT_LE(bytes[1], 1.2 * bytes[0]);
 	}
+	/* The bound (SEARCH_EARLY_BYTES, 16 MiB; a row's pages at most 8 KiB):
+	 * a batch of 200 queries (k = 10: 15.6 MiB) still reads its early pages
+	 * in stage B's wave, one of all 400 (31 MiB) reads none, and answers as
+	 * without them. So large a batch's stage A reads every head its stage B
+	 * needs, and stage B has no wave then: ANNANN_KEEP_HEADS=0 makes it read. */
+	setenv("ANNANN_KEEP_HEADS", "0", 1);
+	for (size_t b = 200; b <= NQ; b += NQ - 200) {
+		static int64_t ids[2][NQ * K];
+		static float dists[2][NQ * K];
+		static ann_query_stats st[2][NQ];
+		for (int on = 0; on < 2; on++) {
+			setenv("ANNANN_EARLY_PAGES", on ? "1" : "0", 1);
+			ann_search_opts so;
+			ann_search_opts_init(&so);
+			so.k = K;
+			so.nprobe = nprobe;
+			ann_searcher *s;
+			ann_error e = {0};
+			if (ann_searcher_new(x, &so, &s, &e) < 0 || ann_search(s, queries, b, ids[on], dists[on], st[on], &e) < 0)
+				T_FAIL("batch of %zu: %s", b, e.msg);
+			ann_searcher_free(s);
+		}
+		unsetenv("ANNANN_EARLY_PAGES");
+		ASSERT_EQ(st[1][0].read_waves + (b < NQ ? 1u : 0u), st[0][0].read_waves);
+		if (b == NQ) {
+			ASSERT_TRUE(memcmp(ids[0], ids[1], NQ * K * sizeof(int64_t)) == 0);
+			ASSERT_TRUE(memcmp(dists[0], dists[1], NQ * K * sizeof(float)) == 0);
+		}
+	}
+	unsetenv("ANNANN_KEEP_HEADS");
 }
 
 /* Writes a version 1 probe model blob of n bytes (at most ANN_PROBE_BLOB)

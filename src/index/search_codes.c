@@ -741,7 +741,11 @@ int codes_early_reads(ann_searcher *s, size_t nq, size_t base, size_t *nreads, a
 		memcpy(s->ecand, s->cands + qi * s->rerank, s->ncand[qi] * sizeof(cand)); /* the heap stays a heap */
 		ne = select_cands(s, qi, s->ecand, s->ncand[qi], (uint32_t)k, ne);
 	}
-	if (ne == 0)
+	/* A row spans at most 2 pages, and the reads cover only the rows'
+	 * pages: past the budget the batch reads its phase 1 as before (all or
+	 * none: a query whose k best were not read early has no bound for
+	 * phase 2) */
+	if (ne == 0 || ne * 2 * CBLOCK_PAGE > SEARCH_EARLY_BYTES)
 		return ANN_OK;
 	ANN_TRY(sort_ents(s, ne, err));
 	if (search_grow((void **)&s->flags, &s->flags_cap, 2 * ne, 1) < 0)

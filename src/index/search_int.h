@@ -73,6 +73,9 @@ typedef struct held_ref {
 	size_t at;
 } held_ref;
 
+/* The bound on a batch's early pages (s->held). */
+#define SEARCH_EARLY_BYTES ((size_t)16 << 20)
+
 /* The tag bit of an early page read among round 1's head reads. */
 #define SEARCH_EARLY_TAG (UINT64_C(1) << 63)
 
@@ -161,8 +164,9 @@ struct ann_searcher {
 	bool keep_off;        /* ANNANN_KEEP_HEADS=0: a hidden switch, for measuring and tests */
 	/* Early re-rank pages (docs/DESIGN.md "Read waves"): while stage B's
 	 * heads are read, the pages of each query's k best stage A estimates are
-	 * read too and held here for round 2. At most 2 k pages per query of the
-	 * batch (a row spans at most 2 pages; k rows). */
+	 * read too and held here for round 2: at most 2 k pages per query of the
+	 * batch (a row spans at most 2 pages; k rows), and none when that could
+	 * pass SEARCH_EARLY_BYTES. */
 	uint8_t *held;
 	size_t held_len, held_cap;
 	held_ref *hrefs;
