@@ -394,6 +394,11 @@ typedef struct ann_search_opts {
 	                            ann_tune_probe) and nprobe is at least its P1; then nprobe is the mean budget
 	                            and each query reads between P1 and 2 nprobe partitions; -1 = off (every query
 	                            reads nprobe); 1 = required (ANN_E_INVAL when the index has no model) */
+	uint32_t io_poll_us;   /**< io_uring reads: before sleeping for a completion, the searcher polls its
+	                            completion queue for up to this many microseconds. It spends its thread's
+	                            CPU on the wait to save the wake-up (~50 us a wait on a VM, docs/DESIGN.md
+	                            "Read waves"); use it with no more search threads than cores. Default 0 =
+	                            sleep; at most ANN_MAX_IO_POLL_US */
 	float spread_weight;   /**< k-means routers, codes blocks, L2: partitions are probed in the order of
 	                            |q - c|^2 + spread_weight x spread, the spread being the mean |x - c|^2 of
 	                            the partition's rows (kept in the directory): of two partitions at the same
@@ -469,6 +474,8 @@ ANN_API int ann_tune_synthetic(const char *index_dir, const char *data_path, uin
 /** Default re-rank phases (docs/BENCHMARKS.md "Codes and re-ranking"), and the most. */
 #define ANN_DEFAULT_RERANK_PHASES 2
 #define ANN_MAX_RERANK_PHASES 4u
+/** Largest ann_search_opts.io_poll_us (10 ms). */
+#define ANN_MAX_IO_POLL_US 10000u
 /** Default weight of the spread-aware probe order (docs/DESIGN.md "Spread-aware probe order"). */
 #define ANN_DEFAULT_SPREAD_WEIGHT 0.125f
 

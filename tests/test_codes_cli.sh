@@ -89,6 +89,20 @@ expect 2 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --rerank-pha
 expect 0 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --rerank-phases 4 --json
 python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read()); assert j["recall_at_k"] > 0.8, j' "$dir/out" ||
 	fail "--rerank-phases 4: $(cat "$dir/out")"
+# polled completions: the bound; the same answers as sleeping, and the JSON says it
+expect 2 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --poll-us 10001
+grep -q -- "--poll-us" "$dir/err" || fail "--poll-us 10001: $(cat "$dir/err")"
+expect 0 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --out "$dir/r0.bin" --json
+cp "$dir/out" "$dir/p0.json"
+expect 0 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --poll-us 500 --out "$dir/r1.bin" --json
+cmp -s "$dir/r0.bin" "$dir/r1.bin" || fail "--poll-us 500 answers differently"
+python3 - "$dir/p0.json" "$dir/out" <<'PY' || fail "search json (poll)"
+import json, sys
+a, b = (json.loads(open(p).read().splitlines()[-1]) for p in sys.argv[1:3])
+assert a['poll_us'] == 0 and b['poll_us'] == 500, (a['poll_us'], b['poll_us'])
+assert a['bytes_read'] == b['bytes_read'] and a['codes']['read_waves'] == b['codes']['read_waves'], (a, b)
+assert b['codes']['read_waves'] >= 2, b['codes']
+PY
 # the spread-aware probe order: info says it applies; the weight's range; 0 turns it off
 expect 0 "$A" info --index "$dir/c_lmdb"
 grep -q "^probe order    centroid distance + 0.125 x spread" "$dir/out" || fail "info probe order: $(cat "$dir/out")"

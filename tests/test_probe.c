@@ -21,6 +21,7 @@
 
 #include "gt.h"
 #include "index.h"
+#include "search_int.h"
 #include "testutil.h"
 #include "vecio.h"
 
@@ -300,6 +301,54 @@ static void check_early(ann_index *x, uint32_t nprobe, const int32_t *gt)
 	unsetenv("ANNANN_KEEP_HEADS");
 }
 
+/* Polled completions (ann_search_opts.io_poll_us): the same answers as
+ * sleeping, waits that polling ended counted in the reader's stats (a read
+ * of this file takes longer than a peek: at least one wait is polled), and
+ * the bound refused. */
+static void check_poll(ann_index *x, uint32_t nprobe)
+{
+	enum { M = NQ - NT };
+	static int64_t ids[2][M * K];
+	static float dists[2][M * K];
+	uint64_t polled[2], reqs[2];
+	bool device = false; /* io_uring with O_DIRECT: every read waits for the device */
+	for (int on = 0; on < 2; on++) {
+		ann_search_opts so;
+		ann_search_opts_init(&so);
+		so.k = K;
+		so.nprobe = nprobe;
+		so.io_poll_us = on ? 5000 : 0;
+		ann_searcher *s;
+		ann_error e = {0};
+		if (ann_searcher_new(x, &so, &s, &e) < 0)
+			T_FAIL("searcher: %s", e.msg);
+		for (size_t at = 0; at < M; at++)
+			if (ann_search(s, queries + (NT + at) * D, 1, ids[on] + at * K, dists[on] + at * K, NULL, &e) < 0)
+				T_FAIL("search: %s", e.msg);
+		ann_ioreader_stats st;
+		ann_store_reader_stats(s->rd, &st);
+		polled[on] = st.polled;
+		reqs[on] = st.requests;
+		device = st.uring && st.direct;
+		ann_searcher_free(s);
+	}
+	ASSERT_TRUE(memcmp(ids[0], ids[1], sizeof ids[0]) == 0);
+	ASSERT_TRUE(memcmp(dists[0], dists[1], sizeof dists[0]) == 0);
+	ASSERT_EQ(polled[0], 0);
+	ASSERT_EQ(reqs[0], reqs[1]);
+	ASSERT_LE(polled[1], reqs[1]);
+	if (device)
+		ASSERT_LE(1, polled[1]);
+	printf("  poll: %llu waits ended by polling, %llu reads%s\n", (unsigned long long)polled[1],
+	       (unsigned long long)reqs[1], device ? "" : " (no io_uring with O_DIRECT here)");
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.io_poll_us = ANN_MAX_IO_POLL_US + 1;
+	ann_searcher *s;
+	ann_error e = {0};
+	ASSERT_ERR(ann_searcher_new(x, &so, &s, &e), e, ANN_E_INVAL, "io poll");
+}
+
 /* Writes a version 1 probe model blob of n bytes (at most ANN_PROBE_BLOB)
  * straight into the catalog: P1 p1, weights 0 but weight nan_at a NaN (-1:
  * none). */
@@ -383,6 +432,7 @@ static void test_tune(const char *dir, ann_store_kind store)
 	ASSERT_TRUE(ra > 0.5 && rf > 0.5);
 	check_keep(x, 8);
 	check_early(x, 8, gt);
+	check_poll(x, 8);
 	/* the first stage is above this budget: the search falls back to fixed nprobe, or refuses when required */
 	ann_search_opts_init(&so);
 	so.nprobe = 2;

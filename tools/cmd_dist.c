@@ -617,7 +617,7 @@ int cli_search_distributed(cli_cmd *c)
 		return usage(c, !dir ? "option '--index' is required" : "option '--queries' is required");
 	if (cli_get(c, "threads") && strcmp(cli_get(c, "threads"), "1") != 0)
 		return usage(c, "--threads: a distributed search runs one searcher per rank (start more ranks instead)");
-	uint64_t k, cf, ef, batch, threads, cache, qd, limit, rerank, rphases;
+	uint64_t k, cf, ef, batch, threads, cache, qd, limit, rerank, rphases, poll;
 	uint64_t probes[64];
 	size_t nprobes = 0;
 	/* the same checks as the single-node search; only rank 0 prints */
@@ -639,6 +639,7 @@ int cli_search_distributed(cli_cmd *c)
 			  cli_u64(c, "queue-depth", 32, 1, 4096, &qd) && cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) &&
 			  cli_u64(c, "rerank", 0, 1, 100000, &rerank) &&
 			  cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, 2, &rphases) &&
+			  cli_u64(c, "poll-us", 0, 0, ANN_MAX_IO_POLL_US, &poll) &&
 			  cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, ANN_MAX_NPROBE, probes, 64, &nprobes);
 		double reps = 0;
 		ok = ok && cli_double(c, "rerank-eps", 0, 0, 100, &reps);
@@ -801,6 +802,7 @@ int cli_search_distributed(cli_cmd *c)
 		so.rerank = (uint32_t)rerank;
 		so.rerank_eps = (float)reps;
 		so.rerank_phases = (uint32_t)rphases;
+		so.io_poll_us = (uint32_t)poll;
 		ann_searcher *s = NULL;
 		rc = ann_searcher_new(idx, &so, &s, &err);
 		if (rc < 0)
@@ -880,7 +882,7 @@ int cli_search_distributed(cli_cmd *c)
 			cli_search_report(&(cli_search_result){.k = (uint32_t)k, .nprobe = probes[pi], .nq = nq, .batch = batch,
 				.threads = 1, .cache = cache, .rerank = rerank, .ids = mids, .st = mst, .gt = gt, .gk = gk,
 				.wall = wall, .io_path = io_path, .json = json, .codes = info.code_bits != 0,
-				.last = pi + 1 == nprobes, .ranks = g_size}, lat);
+				.last = pi + 1 == nprobes, .ranks = g_size, .poll_us = (unsigned)poll}, lat);
 	}
 	rc = ANN_OK;
 	const char *outp = cli_get(c, "out");

@@ -536,6 +536,8 @@ static cli_opt search_opts[] = {
 	{"rerank-phases", "N", "codes: 1 = one read of all re-rank pages; 2 = the k best first, then only what can "
 	 "still beat them (default 2); 3, 4 = then the 2k, 4k best, each only what can still beat them, the rest last", NULL},
 	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.0)", NULL},
+	{"poll-us", "US", "io_uring: poll for a read's completion up to US microseconds before sleeping; spends the "
+	 "thread's CPU to save the wake-up, for no more threads than cores (default 0 = sleep; at most 10000)", NULL},
 	{"probe-eps", "E", "kmeans: probe only partitions whose centroid is within (1 + E) x the nearest "
 	 "centroid's distance, at most nprobe of them (default 0 = off, every one of the nprobe; inf = off)", NULL},
 	{"spread-weight", "W", "kmeans, codes, l2: probe partitions in the order of the centroid distance + W x the "
@@ -739,6 +741,7 @@ void cli_search_report(const cli_search_result *r, uint64_t *lat)
 			cli_json_num(&j, "probe_eps", r->probe_eps);
 		cli_json_str(&j, "io_path", io_path);
 		cli_json_int(&j, "cache_bytes", (long long)cache);
+		cli_json_int(&j, "poll_us", (long long)r->poll_us);
 		cli_json_str(&j, "simd", ann_simd_name(ann_simd_active()));
 		cli_json_end(&j);
 	} else {
@@ -756,10 +759,11 @@ void cli_search_report(const cli_search_result *r, uint64_t *lat)
 			       "io path %s, %s kernels, batch %llu, cache %llu bytes per rank)\n", r->ranks, io_path,
 			       ann_simd_name(ann_simd_active()), (unsigned long long)batch, (unsigned long long)cache);
 		else if (r->last)
-			printf("(io path %s, %s kernels, batch %llu, %llu thread%s, cache %llu bytes%s)\n", io_path,
+			printf("(io path %s, %s kernels, batch %llu, %llu thread%s, cache %llu bytes%s%s)\n", io_path,
 			       ann_simd_name(ann_simd_active()), (unsigned long long)batch,
 			       (unsigned long long)threads, threads == 1 ? "" : "s", (unsigned long long)cache,
-			       r->probe_eps > 0 && !isinf(r->probe_eps) ? ", adaptive probing: parts = mean probed" : "");
+			       r->probe_eps > 0 && !isinf(r->probe_eps) ? ", adaptive probing: parts = mean probed" : "",
+			       r->poll_us ? ", completions polled" : "");
 	}
 	fflush(stdout);
 }
@@ -772,7 +776,7 @@ static int run_search(cli_cmd *c)
 	const char *qpath = dir ? cli_need(c, "queries") : NULL;
 	if (!qpath)
 		return CLI_EXIT_USAGE;
-	uint64_t k, cf, ef, batch, threads, cache, qd, limit, rerank, rphases;
+	uint64_t k, cf, ef, batch, threads, cache, qd, limit, rerank, rphases, poll;
 	uint64_t probes[64];
 	size_t nprobes = 0;
 	if (!cli_u64(c, "k", 10, 1, ANN_MAX_K, &k) || !cli_u64(c, "candidates-factor", ANN_DEFAULT_CANDIDATES_FACTOR, 1, 1000, &cf) ||
@@ -781,6 +785,7 @@ static int run_search(cli_cmd *c)
 	    !cli_u64(c, "queue-depth", 32, 1, 4096, &qd) || !cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) ||
 	    !cli_u64(c, "rerank", 0, 1, 100000, &rerank) ||
 	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, ANN_MAX_RERANK_PHASES, &rphases) ||
+	    !cli_u64(c, "poll-us", 0, 0, ANN_MAX_IO_POLL_US, &poll) ||
 	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, ANN_MAX_NPROBE, probes, 64, &nprobes))
 		return CLI_EXIT_USAGE;
 	double reps, peps = INFINITY, sw;
@@ -872,6 +877,7 @@ static int run_search(cli_cmd *c)
 		so.probe_eps = (float)peps;
 		so.spread_weight = sw > 0 ? (float)sw : -1.0f; /* 0 turns it off */
 		so.adaptive = adaptive;
+		so.io_poll_us = (uint32_t)poll;
 		const char *io_path = "?";
 		double wall;
 		ann_searcher *srch[64] = {0};
@@ -892,6 +898,7 @@ static int run_search(cli_cmd *c)
 			goto fail;
 		cli_search_report(&(cli_search_result){.k = (uint32_t)k, .nprobe = probes[pi], .nq = nq, .batch = batch,
 			.threads = threads, .cache = cache, .rerank = rerank, .ids = ids, .st = st, .gt = gt, .gk = gk,
+			.poll_us = (unsigned)poll,
 			.wall = wall, .io_path = io_path, .json = json, .codes = codes, .last = pi + 1 == nprobes,
 			.probe_eps = peps}, lat);
 	}

@@ -23,6 +23,7 @@ typedef struct cli_search_result {
 	bool json, codes, last;      /* last: the last setting (the table's footnote) */
 	int ranks;                   /* distributed search: the ranks; 0 otherwise */
 	double probe_eps;            /* adaptive probing's eps; 0 or inf: off */
+	unsigned poll_us;            /* --poll-us (0: the searchers sleep for completions) */
 } cli_search_result;
 
 void cli_search_header(bool gt, bool codes);

@@ -66,6 +66,7 @@ import re
 import subprocess
 import tempfile
 
+import common  # noqa: E402  (LAST_CPU_SHARE, set by run)
 from common import (bin_header, dataset_files, dir_bytes, drop_caches, emit, interp_at, log, median, parse_list,
 		    read_gt, run, strict_recall)
 import fio_limit
@@ -103,7 +104,7 @@ def annann_once(a, idx, nprobe, extra, query, gtp, tmp, env=None):
 		'bytes': j['bytes_read'], 'ios': j['io_requests'], 'cands': j['candidates'],
 		'p50_us': j['latency_us']['p50'], 'p99_us': j['latency_us']['p99'],
 		'mean_us': 1e6 / j['qps'] if a.threads == 1 and a.batch == 1 else None, 'qps': j['qps'],
-		'threads': j['threads'], 'batch': j['batch'], 'codes': j.get('codes'), 'stage_us': j['stage_us'], 'io_path': j['io_path'], 'rss_kb': rss}
+		'threads': j['threads'], 'batch': j['batch'], 'codes': j.get('codes'), 'stage_us': j['stage_us'], 'io_path': j['io_path'], 'rss_kb': rss, 'cpu_share': common.LAST_CPU_SHARE}
 
 
 def spann_once(a, irn, query, gtp, tmp):
@@ -133,7 +134,7 @@ def spann_once(a, irn, query, gtp, tmp):
 	return {'recall': strict_recall(raw[:, :, 0], gt, 10), 'bytes': pages['avg'] * 4096,
 		'ios': ios['avg'] if ios else None, 'cands': elems['avg'] if elems else None,
 		'p50_us': lat['p50'] * 1e3, 'p99_us': lat['p99'] * 1e3, 'mean_us': lat['avg'] * 1e3,
-		'head_us': head['avg'] * 1e3 if head else None, 'qps': float(m.group(1)), 'rss_kb': rss}
+		'head_us': head['avg'] * 1e3 if head else None, 'qps': float(m.group(1)), 'rss_kb': rss, 'cpu_share': common.LAST_CPU_SHARE}
 
 
 def diskann_once(a, L, query, gtp, tmp):
@@ -158,7 +159,7 @@ def diskann_once(a, L, query, gtp, tmp):
 	ios = float(row[5])
 	return {'recall': strict_recall(ids, gt, 10), 'bytes': ios * 4096, 'ios': ios, 'cands': None,
 		'p50_us': float(row[3]), 'p99_us': float(row[4]), 'mean_us': float(row[3]), 'qps': float(row[2]),
-		'io_us': float(row[6]), 'rss_kb': rss}
+		'io_us': float(row[6]), 'rss_kb': rss, 'cpu_share': common.LAST_CPU_SHARE}
 
 
 def spann_page_limit(work):
@@ -427,6 +428,7 @@ def report(a, settings, runs, n, dim, query, raw_bytes):
 		       'p50_us': median([x['p50_us'] for x in rs]), 'p50_us_runs': [x['p50_us'] for x in rs],
 		       'p99_us': median([x['p99_us'] for x in rs]), 'mean_us': median([x['mean_us'] for x in rs]),
 		       'peak_rss_kb': max(x['rss_kb'] or 0 for x in rs), 'runs': rs,
+		       'cpu_share': median([x.get('cpu_share') for x in rs]),
 		       # annann's own report: an --index's |MORE ARGS may override --threads/--batch
 		       'threads': rs[0].get('threads', a.threads), 'batch': rs[0].get('batch', 1),
 		       'qps': median([x.get('qps') for x in rs]), 'qps_runs': [x.get('qps') for x in rs],

@@ -101,7 +101,16 @@ def run(cmd, log_path=None, timed=False, cwd=None, env=None, check=True, stream=
 			for x in parts:
 				w = w * 60 + x
 			wall = w
+		global LAST_CPU_SHARE
+		u = re.search(r'User time \(seconds\): ([\d.]+)', errtext)
+		s = re.search(r'System time \(seconds\): ([\d.]+)', errtext)
+		LAST_CPU_SHARE = (float(u.group(1)) + float(s.group(1))) / wall if u and s and wall > 0 else None
 	return p.stdout, p.stderr, rss, wall
+
+
+# The CPU the last timed run() got, user + system over its wall time (the whole process, loading
+# included), or None: what polling (annann --poll-us) or a peer's threads cost beside latency.
+LAST_CPU_SHARE = None
 
 
 def drop_caches():

@@ -932,7 +932,8 @@ static int same_opts(const ann_search_opts *a, const ann_search_opts *b)
 	       a->hnsw_ef == b->hnsw_ef && a->cache_bytes == b->cache_bytes && a->queue_depth == b->queue_depth &&
 	       a->io_buffer_bytes == b->io_buffer_bytes && a->force_pread == b->force_pread &&
 	       a->rerank == b->rerank && a->rerank_eps == b->rerank_eps && a->rerank_phases == b->rerank_phases &&
-	       a->probe_eps == b->probe_eps && a->adaptive == b->adaptive && a->spread_weight == b->spread_weight;
+	       a->probe_eps == b->probe_eps && a->adaptive == b->adaptive && a->spread_weight == b->spread_weight &&
+	       a->io_poll_us == b->io_poll_us;
 }
 
 /* Takes a searcher with options @p o from the pool or makes one. The
@@ -1286,11 +1287,11 @@ static int opt_uint(PyObject *v, const char *what, unsigned long lo, unsigned lo
 static PyObject *Index_search(IndexObject *x, PyObject *args, PyObject *kw)
 {
 	static char *kwl[] = {"queries", "k",     "nprobe",  "ef",           "candidates_factor", "threads",
-			      "batch",   "adaptive", "spread_weight", NULL};
+			      "batch",   "adaptive", "spread_weight", "poll_us", NULL};
 	PyObject *qo, *ko = Py_None, *npo = Py_None, *efo = Py_None, *cfo = Py_None, *to = Py_None, *bo = Py_None,
-		 *ao = Py_None, *swo = Py_None;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OOOOOOO:search", kwl, &qo, &ko, &npo, &efo, &cfo, &to, &bo, &ao,
-					 &swo))
+		 *ao = Py_None, *swo = Py_None, *po = Py_None;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OOOOOOOO:search", kwl, &qo, &ko, &npo, &efo, &cfo, &to, &bo, &ao,
+					 &swo, &po))
 		return NULL;
 	ann_search_opts o;
 	ann_search_opts_init(&o);
@@ -1313,7 +1314,8 @@ static PyObject *Index_search(IndexObject *x, PyObject *args, PyObject *kw)
 	if (opt_uint(ko, "k", 1, 100000, &o.k) < 0 || opt_uint(npo, "nprobe", 1, 4096, &o.nprobe) < 0 ||
 	    opt_uint(efo, "ef", 1, 1u << 20, &o.hnsw_ef) < 0 ||
 	    opt_uint(cfo, "candidates_factor", 1, 1000, &o.candidates_factor) < 0 ||
-	    opt_uint(to, "threads", 1, MAX_THREADS, &threads) < 0 || opt_uint(bo, "batch", 1, 1u << 24, &batch) < 0)
+	    opt_uint(to, "threads", 1, MAX_THREADS, &threads) < 0 || opt_uint(bo, "batch", 1, 1u << 24, &batch) < 0 ||
+	    opt_uint(po, "poll_us", 0, ANN_MAX_IO_POLL_US, &o.io_poll_us) < 0)
 		return NULL;
 	if (atomic_load(&x->closed))
 		return closed_error();
@@ -1743,9 +1745,11 @@ static PyObject *Index_get_path(IndexObject *x, void *closure)
 static PyMethodDef Index_methods[] = {
 	{"search", (PyCFunction)(void (*)(void))Index_search, METH_VARARGS | METH_KEYWORDS,
 	 "search(queries, k=10, *, nprobe=None, ef=None, candidates_factor=None, threads=None, batch=None,\n"
-	 "adaptive=None) -> (ids int64, distances float32), each (n, k), or (k,) for one 1-D query. nprobe None:\n"
-	 "the index's default_nprobe (info(); 1 partition in 40, at least 16). adaptive None: the index's\n"
-	 "probe model (annann.tune) when it has one, nprobe then the mean budget; True requires it; False off."},
+	 "adaptive=None, spread_weight=None, poll_us=None) -> (ids int64, distances float32), each (n, k), or\n"
+	 "(k,) for one 1-D query. nprobe None: the index's default_nprobe (info(); 1 partition in 40, at least\n"
+	 "16). adaptive None: the index's probe model (annann.tune) when it has one, nprobe then the mean budget;\n"
+	 "True requires it; False off. poll_us: poll for read completions up to that many microseconds before\n"
+	 "sleeping (0..10000; None or 0: sleep)."},
 	{"insert", (PyCFunction)(void (*)(void))Index_insert, METH_VARARGS | METH_KEYWORDS,
 	 "insert(vectors, *, ids=None, upsert=False) -> ids (int64)"},
 	{"delete", (PyCFunction)Index_delete, METH_VARARGS, "delete(ids) -> number deleted"},

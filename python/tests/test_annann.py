@@ -517,3 +517,18 @@ def test_spread_weight(tmp_path):
         for bad in (-1, 101, float("nan")):
             with pytest.raises(ValueError, match="spread_weight"):
                 idx.search(queries[:2], k=10, spread_weight=bad)
+
+
+def test_poll_us(tmp_path):
+    """search(poll_us=) polls for read completions before sleeping
+    (docs/DESIGN.md "Read waves"): the same answers; outside
+    0..10000 it is refused."""
+    base = clustered(8000, 5)
+    queries = clustered(50, 9).astype(np.float32)
+    with annann.build(tmp_path / "p", base, partitions=32, code_bits=2, mem="64M", threads=1) as idx:
+        ids0, d0 = idx.search(queries, k=10, nprobe=4)
+        ids1, d1 = idx.search(queries, k=10, nprobe=4, poll_us=500)
+        assert np.array_equal(ids0, ids1) and np.array_equal(d0, d1)
+        for bad in (-1, 10001):
+            with pytest.raises(ValueError, match="poll_us"):
+                idx.search(queries[:2], k=10, poll_us=bad)

@@ -69,6 +69,16 @@ void ann_free(void *p);
 void *ann_aligned_alloc(size_t align, size_t n);
 void ann_aligned_free(void *p);
 /* Overflow-checked count*size; returns false on overflow. */
+/* A spin-wait hint to the CPU (a busy-poll's loop body). */
+static inline void ann_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+
 static inline bool ann_mul_ok(size_t a, size_t b, size_t *out)
 {
 	return !__builtin_mul_overflow(a, b, out);

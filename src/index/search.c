@@ -130,6 +130,11 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		rc = ann_err(err, ANN_E_INVAL, "search: rerank phases must be within 1..%u", ANN_MAX_RERANK_PHASES);
 		goto fail;
 	}
+	if (s->o.io_poll_us > ANN_MAX_IO_POLL_US) {
+		rc = ann_err(err, ANN_E_INVAL, "search: io poll must be within 0..%u microseconds (0 = sleep), not %u",
+			     ANN_MAX_IO_POLL_US, s->o.io_poll_us);
+		goto fail;
+	}
 	if (!(s->o.probe_eps >= 0)) {
 		rc = ann_err(err, ANN_E_INVAL, "search: probe eps must be >= 0 (0 = off) or infinite (off)");
 		goto fail;
@@ -201,6 +206,7 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 			largest = ANN_MAX(largest, (uint64_t)idx->dir.ents[p].length);
 	ro.io.pool_bytes = ANN_MAX(ro.io.pool_bytes, (size_t)largest + ANN_PAGE);
 	ro.io.force_pread = s->o.force_pread != 0;
+	ro.io.poll_us = s->o.io_poll_us;
 	ANN_CHECK(rc, ann_store_reader_new(idx->store, &ro, &s->rd, err));
 	ANN_CHECK(rc, ann_catalog_read_begin(ann_store_catalog(idx->store), &s->rt, err));
 	ann_catalog_read_reset(s->rt);

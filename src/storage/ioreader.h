@@ -24,6 +24,8 @@ typedef struct ann_ioreader_opts {
 	bool force_pread;     /* never use io_uring (tests, comparisons) */
 	bool no_direct;       /* read through the page cache */
 	bool no_register;     /* do not register buffers and file with the ring */
+	unsigned poll_us;     /* io_uring: before sleeping for a completion, poll the completion queue for up
+			       * to this many microseconds (CPU spent for the wake-up latency); 0 = sleep */
 } ann_ioreader_opts;
 
 typedef struct ann_ioreq {
@@ -48,6 +50,7 @@ typedef struct ann_ioreader_stats {
 	uint64_t resubmits; /* short reads and -EAGAIN/-EINTR retried */
 	uint64_t errors;    /* completions with status < 0 */
 	uint64_t syscalls;  /* io_uring_enter (submit/wait) or pread calls */
+	uint64_t polled;    /* waits that polling (opts.poll_us) ended without a sleep */
 	bool uring;         /* io_uring in use (ann_ioreader_path() == "io_uring") */
 	bool direct;        /* O_DIRECT in use */
 	bool registered;    /* buffers registered with the ring (READ_FIXED) */
