@@ -120,19 +120,29 @@ static double row_dist(const float *q, int64_t id)
 	return t;
 }
 
-/* Searches the held-out queries: recall@K, mean partitions; checks every answer. */
-static double search_all(ann_index *x, int adaptive, uint32_t nprobe, const int32_t *gt, double *probed,
-			 uint32_t *distinct)
+/* A searcher of k = K at nprobe (adaptive, poll_us: ann_search_opts'); the
+ * hidden switches are read from the environment when it is made. */
+static ann_searcher *new_searcher(ann_index *x, uint32_t nprobe, int adaptive, uint32_t poll_us)
 {
 	ann_search_opts so;
 	ann_search_opts_init(&so);
 	so.k = K;
 	so.nprobe = nprobe;
 	so.adaptive = adaptive;
+	so.io_poll_us = poll_us;
 	ann_searcher *s;
 	ann_error e = {0};
 	if (ann_searcher_new(x, &so, &s, &e) < 0)
 		T_FAIL("searcher: %s", e.msg);
+	return s;
+}
+
+/* Searches the held-out queries: recall@K, mean partitions; checks every answer. */
+static double search_all(ann_index *x, int adaptive, uint32_t nprobe, const int32_t *gt, double *probed,
+			 uint32_t *distinct)
+{
+	ann_searcher *s = new_searcher(x, nprobe, adaptive, 0);
+	ann_error e = {0};
 	int64_t ids[8 * K];
 	float dists[8 * K];
 	ann_query_stats st[8];
@@ -182,14 +192,8 @@ static void check_keep(ann_index *x, uint32_t nprobe)
 	uint64_t reads[2];
 	for (int on = 0; on < 2; on++) {
 		setenv("ANNANN_KEEP_HEADS", on ? "1" : "0", 1);
-		ann_search_opts so;
-		ann_search_opts_init(&so);
-		so.k = K;
-		so.nprobe = nprobe;
-		ann_searcher *s;
+		ann_searcher *s = new_searcher(x, nprobe, 0, 0);
 		ann_error e = {0};
-		if (ann_searcher_new(x, &so, &s, &e) < 0)
-			T_FAIL("searcher: %s", e.msg);
 		ann_query_stats st[B];
 		for (size_t at = 0; at < M; at += B) {
 			size_t n = M - at < B ? M - at : B;
@@ -222,14 +226,8 @@ static void check_early(ann_index *x, uint32_t nprobe, const int32_t *gt)
 		double hits[2] = {0, 0}, bytes[2] = {0, 0};
 		for (int on = 0; on < 2; on++) {
 			setenv("ANNANN_EARLY_PAGES", on ? "1" : "0", 1);
-			ann_search_opts so;
-			ann_search_opts_init(&so);
-			so.k = K;
-			so.nprobe = nprobe;
-			ann_searcher *s;
+			ann_searcher *s = new_searcher(x, nprobe, 0, 0);
 			ann_error e = {0};
-			if (ann_searcher_new(x, &so, &s, &e) < 0)
-				T_FAIL("searcher: %s", e.msg);
 			int64_t ids[16 * K];
 			float dists[16 * K];
 			ann_query_stats st[16];
@@ -281,13 +279,9 @@ static void check_early(ann_index *x, uint32_t nprobe, const int32_t *gt)
 		static ann_query_stats st[2][NQ];
 		for (int on = 0; on < 2; on++) {
 			setenv("ANNANN_EARLY_PAGES", on ? "1" : "0", 1);
-			ann_search_opts so;
-			ann_search_opts_init(&so);
-			so.k = K;
-			so.nprobe = nprobe;
-			ann_searcher *s;
+			ann_searcher *s = new_searcher(x, nprobe, 0, 0);
 			ann_error e = {0};
-			if (ann_searcher_new(x, &so, &s, &e) < 0 || ann_search(s, queries, b, ids[on], dists[on], st[on], &e) < 0)
+			if (ann_search(s, queries, b, ids[on], dists[on], st[on], &e) < 0)
 				T_FAIL("batch of %zu: %s", b, e.msg);
 			ann_searcher_free(s);
 		}
@@ -313,15 +307,8 @@ static void check_poll(ann_index *x, uint32_t nprobe)
 	uint64_t polled[2], reqs[2];
 	bool device = false; /* io_uring with O_DIRECT: every read waits for the device */
 	for (int on = 0; on < 2; on++) {
-		ann_search_opts so;
-		ann_search_opts_init(&so);
-		so.k = K;
-		so.nprobe = nprobe;
-		so.io_poll_us = on ? 5000 : 0;
-		ann_searcher *s;
+		ann_searcher *s = new_searcher(x, nprobe, 0, on ? 5000 : 0);
 		ann_error e = {0};
-		if (ann_searcher_new(x, &so, &s, &e) < 0)
-			T_FAIL("searcher: %s", e.msg);
 		for (size_t at = 0; at < M; at++)
 			if (ann_search(s, queries + (NT + at) * D, 1, ids[on] + at * K, dists[on] + at * K, NULL, &e) < 0)
 				T_FAIL("search: %s", e.msg);

@@ -333,6 +333,15 @@ static void test_bad_input(ann_rng *rng)
  * and 960 and every bits 1..8, and so are those of ann_rbq_estimate_split (factors kept
  * apart); both against a plain double evaluation of
  * the estimator from the decoded record (within float rounding). */
+/* Kernel level lv (0 scalar, 1 AVX2, 2 AVX-512) for s, when this CPU has it. */
+static bool set_level(ann_rbq_query *s, int lv, bool avx2, bool avx512)
+{
+	if ((lv == 1 && !avx2) || (lv == 2 && !avx512))
+		return false;
+	ASSERT_OK(ann_rbq_query_set_simd(s, lv == 0 ? ANN_SIMD_SCALAR : lv == 1 ? ANN_SIMD_AVX2 : ANN_SIMD_AVX512, NULL));
+	return true;
+}
+
 static void test_kernels(ann_rng *rng)
 {
 	bool avx2 = ann_kernels_for(ANN_SIMD_AVX2) != NULL, avx512 = ann_kernels_for(ANN_SIMD_AVX512) != NULL;
@@ -407,11 +416,8 @@ static void test_kernels(ann_rng *rng)
 				 * buffer ending 6 bytes past the last one's planes: the
 				 * same estimates at every level */
 				for (int lv = 0; lv < 3; lv++) {
-					if ((lv == 1 && !avx2) || (lv == 2 && !avx512))
+					if (!set_level(s, lv, avx2, avx512))
 						continue;
-					ASSERT_OK(ann_rbq_query_set_simd(s, lv == 0   ? ANN_SIMD_SCALAR
-									   : lv == 1 ? ANN_SIMD_AVX2
-										     : ANN_SIMD_AVX512, NULL));
 					ann_rbq_query_prepare(s, m, qv, c);
 					ann_rbq_estimate_split(s, planes, pb, n, rn, fip, tan, e2, w2);
 					for (size_t i = 0; i < n; i++)
@@ -431,11 +437,8 @@ static void test_kernels(ann_rng *rng)
 					ann_rbq_rotate(q, c, rc);
 					float e0[70], w0[70];
 					for (int lv = 0; lv < 3; lv++) {
-						if ((lv == 1 && !avx2) || (lv == 2 && !avx512))
+						if (!set_level(s, lv, avx2, avx512))
 							continue;
-						ASSERT_OK(ann_rbq_query_set_simd(s, lv == 0   ? ANN_SIMD_SCALAR
-										   : lv == 1 ? ANN_SIMD_AVX2
-											     : ANN_SIMD_AVX512, NULL));
 						ann_rbq_query_prepare_rotated(s, rq, rc);
 						ann_rbq_estimate(s, codes, n, lv ? e2 : e0, lv ? w2 : w0);
 						for (size_t i = 0; i < n; i++) {
