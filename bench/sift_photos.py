@@ -67,7 +67,7 @@ def main():
 	ap = argparse.ArgumentParser(description=__doc__)
 	ap.add_argument('--out', required=True)
 	ap.add_argument('--min-kib', type=int, default=150)
-	ap.add_argument('--max-side', type=int, default=2560)
+	ap.add_argument("--max-side", type=int, default=4096)
 	ap.add_argument('--query-share', type=float, default=0.15)
 	ap.add_argument('--queries', type=int, default=10000)
 	ap.add_argument('--seed', type=int, default=1)

@@ -340,6 +340,9 @@ typedef struct ann_index_info {
 	uint32_t probe_fit_queries;   /**< the probe model's fit: tuning queries */
 	uint32_t probe_stale;         /**< 1 when the index changed since the fit (other partitions, or live vectors
 	                                   more than 10% off): the model still applies, annann tune refits it */
+	float rerank_eps;             /**< codes: the re-rank bound's eps0 of a search whose rerank_eps is 0: the
+	                                   tuner's calibration (meta search.rerank_eps), else ANN_DEFAULT_RERANK_EPS */
+	uint32_t rerank_eps_tuned;    /**< 1 when rerank_eps comes from the catalog */
 } ann_index_info;
 
 ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);
@@ -377,8 +380,9 @@ typedef struct ann_search_opts {
 	                            vector read (best estimates first, only those whose lower bound beats the
 	                            k-th upper bound); default 0 = ann_default_rerank(k) */
 	float rerank_eps;      /**< codes: eps0 of the codes' error bound (width = eps0 x the estimator's
-	                            standard error); smaller prunes more and risks more; default 0 =
-	                            ANN_DEFAULT_RERANK_EPS */
+	                            standard error); smaller prunes more and risks more; default 0 = the
+	                            index's calibration (ann_tune_probe, the build's self-tuning: meta
+	                            search.rerank_eps), else ANN_DEFAULT_RERANK_EPS */
 	uint32_t rerank_phases; /**< codes: 1 = read every selected candidate's page at once; 2 = first the
 	                            pages of each query's k best estimates, then only the candidates whose
 	                            lower bound beats the exact k-th distance found (one more round trip,
@@ -418,6 +422,8 @@ typedef struct ann_tune_opts {
 
 /** Rows of ann_tune_report: fixed nprobe against the fitted model, on the tuning queries. */
 #define ANN_TUNE_ROWS 16
+/** Candidate eps0 values of the re-rank bound that ann_tune_probe compares. */
+#define ANN_TUNE_EPS 4
 /** What ann_tune_probe measured and fitted (recall@k on the tuning queries themselves). */
 typedef struct ann_tune_report {
 	uint32_t p1, queries;
@@ -428,6 +434,14 @@ typedef struct ann_tune_report {
 	double recall_adaptive[ANN_TUNE_ROWS]; /**< predicted with the model at budget nprobe (log-interpolated
 	                                           between the measured nprobe values) */
 	double probed_adaptive[ANN_TUNE_ROWS]; /**< mean partitions the model reads at that budget */
+	/* The re-rank bound's calibration (docs/DESIGN.md "Calibrated re-rank bound"): each candidate
+	 * eps0 at fixed nprobe eps_nprobe, the default's recall and bytes at eps_nprobe_hi too. */
+	float rerank_eps;                  /**< chosen, stored in the catalog (meta search.rerank_eps) */
+	uint32_t eps_nprobe, eps_nprobe_hi;
+	float eps[ANN_TUNE_EPS];           /**< candidates; eps[0] = ANN_DEFAULT_RERANK_EPS */
+	double eps_recall[ANN_TUNE_EPS];   /**< mean recall@k at eps_nprobe */
+	double eps_bytes[ANN_TUNE_EPS];    /**< mean bytes read per query at eps_nprobe */
+	double eps_recall_hi, eps_bytes_hi; /**< eps[0] at eps_nprobe_hi */
 } ann_tune_report;
 
 /** Learned adaptive probing (docs/DESIGN.md "Learned adaptive probing"): searches the
@@ -554,7 +568,7 @@ typedef struct ann_info_field {
 } ann_info_field;
 
 /** Upper bound on the number of fields ann_index_info_fields writes. */
-#define ANN_INFO_MAX_FIELDS 32
+#define ANN_INFO_MAX_FIELDS 40
 
 /** Fills @p out (room for ANN_INFO_MAX_FIELDS) with the facts of
  * ann_index_get_info plus derived ones (replication, raw_bytes,

@@ -12,7 +12,8 @@
  *    same number; off, every query reads nprobe;
  *  - misuse and damage: required without a model or below P1, tuning a
  *    format 1 index, too few queries, a malformed model in the catalog;
- *  - synthetic tuning (ann_tune_synthetic, the build's tune option).
+ *  - synthetic tuning (ann_tune_synthetic, the build's tune option);
+ *  - the re-rank bound's eps0 the tuner calibrates and stores (check_eps).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -358,6 +359,112 @@ static void put_model(const char *idx, uint32_t p1, int nan_at, size_t n)
 	free(cat);
 }
 
+/* Writes meta search.rerank_eps = v, or removes it (del). */
+static void put_eps(const char *idx, double v, bool del)
+{
+	char *cat = t_path(idx, "catalog.lmdb");
+	ann_catalog *c;
+	ASSERT_OK(ann_catalog_open(cat, NULL, &c, NULL));
+	ann_cat_txn *t;
+	ASSERT_OK(ann_catalog_write_begin(c, &t, NULL));
+	if (del) {
+		int rc = ann_catalog_meta_del(t, ANN_RERANK_EPS_META, NULL);
+		ASSERT_TRUE(rc == ANN_OK || rc == ANN_E_NOTFOUND);
+	} else {
+		ASSERT_OK(ann_catalog_meta_put_f64(t, ANN_RERANK_EPS_META, v, NULL));
+	}
+	ASSERT_OK(ann_catalog_commit(t, NULL));
+	ann_catalog_close(c);
+	free(cat);
+}
+
+/* Re-ranks of the searched queries at nprobe with eps0 eps (0: the index's), and their ids. */
+static uint64_t reranks_at(ann_index *x, uint32_t nprobe, float eps, int64_t *ids)
+{
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = K;
+	so.nprobe = nprobe;
+	so.adaptive = -1;
+	so.rerank_eps = eps;
+	ann_searcher *s;
+	ann_error e = {0};
+	if (ann_searcher_new(x, &so, &s, &e) < 0)
+		T_FAIL("searcher: %s", e.msg);
+	ann_query_stats st[NQ - NT];
+	float dists[(NQ - NT) * K];
+	if (ann_search(s, queries + NT * D, NQ - NT, ids, dists, st, &e) < 0)
+		T_FAIL("search: %s", e.msg);
+	ann_searcher_free(s);
+	uint64_t rr = 0;
+	for (size_t i = 0; i < NQ - NT; i++)
+		rr += st[i].reranked;
+	return rr;
+}
+
+/* The re-rank bound's eps0 calibrated by the tuner (docs/DESIGN.md "Calibrated re-rank bound"):
+ * the report's candidates and the rule that picked one; the catalog holds it and searchers
+ * whose rerank_eps is 0 use it, an explicit one wins; a value out of (0, 100] is refused at
+ * open, naming the key; without it the default applies. */
+static void check_eps(const char *idx, const ann_tune_report *rep)
+{
+	ASSERT_NEAR(rep->eps[0], ANN_DEFAULT_RERANK_EPS, 1e-6);
+	ASSERT_TRUE(rep->eps_nprobe >= 1 && rep->eps_nprobe < rep->eps_nprobe_hi);
+	double slope = rep->eps_recall_hi > rep->eps_recall[0] + 1e-4 && rep->eps_bytes_hi > rep->eps_bytes[0]
+			       ? (rep->eps_bytes_hi - rep->eps_bytes[0]) / (rep->eps_recall_hi - rep->eps_recall[0])
+			       : INFINITY;
+	size_t chosen = ANN_TUNE_EPS;
+	double cost[ANN_TUNE_EPS];
+	for (size_t i = 0; i < ANN_TUNE_EPS; i++) {
+		if (i) {
+			ASSERT_TRUE(rep->eps[i] < rep->eps[i - 1]);
+			ASSERT_LE(rep->eps_bytes[i], rep->eps_bytes[i - 1] * 1.001); /* a narrower bound reads no more */
+		}
+		double loss = fmax(0, rep->eps_recall[0] - rep->eps_recall[i]);
+		cost[i] = loss > 0 && !isfinite(slope) ? INFINITY : rep->eps_bytes[i] + (loss > 0 ? slope * loss : 0);
+		if (rep->eps[i] == rep->rerank_eps)
+			chosen = i;
+	}
+	ASSERT_TRUE(chosen < ANN_TUNE_EPS);
+	for (size_t i = 0; i < ANN_TUNE_EPS; i++)
+		ASSERT_LE(cost[chosen], cost[i] * (1 + 1e-3) + 1e-9);
+	printf("eps0 calibration at nprobe %u: chosen %.2g (bytes %.0f .. %.0f, recall %.4f .. %.4f)\n", rep->eps_nprobe,
+	       rep->rerank_eps, rep->eps_bytes[0], rep->eps_bytes[ANN_TUNE_EPS - 1], rep->eps_recall[0],
+	       rep->eps_recall[ANN_TUNE_EPS - 1]);
+	ann_index *x;
+	ann_index_info info;
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_OK(ann_index_get_info(x, &info, NULL));
+	ASSERT_NEAR(info.rerank_eps, rep->rerank_eps, 1e-6);
+	ASSERT_EQ(info.rerank_eps_tuned, 1);
+	ann_index_close(x);
+	/* a stored value is what a search without one uses: 0.5 re-ranks as an explicit 0.5, less than 2 */
+	put_eps(idx, 0.5, false);
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	static int64_t a[(NQ - NT) * K], b[(NQ - NT) * K];
+	uint64_t r_idx = reranks_at(x, 8, 0, a), r_half = reranks_at(x, 8, 0.5f, b);
+	ASSERT_EQ(r_idx, r_half);
+	ASSERT_TRUE(memcmp(a, b, sizeof a) == 0);
+	ASSERT_TRUE(reranks_at(x, 8, ANN_DEFAULT_RERANK_EPS, b) > r_idx);
+	ann_index_close(x);
+	/* out of range: refused at open, naming the key */
+	ann_error e = {0};
+	const double bad[] = {0, -1, 101, NAN};
+	for (size_t i = 0; i < 4; i++) {
+		put_eps(idx, bad[i], false);
+		ASSERT_ERR(ann_index_open(idx, &x, &e), e, ANN_E_CORRUPT, "search.rerank_eps");
+	}
+	/* none stored: the default */
+	put_eps(idx, 0, true);
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_OK(ann_index_get_info(x, &info, NULL));
+	ASSERT_NEAR(info.rerank_eps, ANN_DEFAULT_RERANK_EPS, 1e-6);
+	ASSERT_EQ(info.rerank_eps_tuned, 0);
+	ASSERT_EQ(reranks_at(x, 8, 0, a), reranks_at(x, 8, ANN_DEFAULT_RERANK_EPS, b));
+	ann_index_close(x);
+	put_eps(idx, rep->rerank_eps, false);
+}
+
 /* The exact top-K of every query among the base rows (ids; distances in *gd). */
 static int32_t *queries_gt(float **gd)
 {
@@ -398,6 +505,7 @@ static void test_tune(const char *dir, ann_store_kind store)
 	ASSERT_ERR(ann_tune_probe(idx, queries, 10, D, gt, K, &to, &rep, &e), e, ANN_E_INVAL, "at least");
 	if (ann_tune_probe(idx, queries, NT, D, gt, K, &to, &rep, &e) < 0)
 		T_FAIL("tune: %s", e.msg);
+	check_eps(idx, &rep);
 	ASSERT_EQ(rep.p1, 3);
 	ASSERT_EQ(rep.queries, NT);
 	ASSERT_TRUE(rep.rows >= 4 && rep.r2 > 0 && rep.r2 <= 1);

@@ -388,6 +388,9 @@ static int run_info(cli_cmd *c)
 				printf("probe order    centroid distance: no partition has a spread (blocks written before "
 				       "2026-12-06; a rebuild gives every one)\n");
 		}
+		if (in.code_bits)
+			printf("re-rank bound  eps0 %.2g (%s; --rerank-eps overrides)\n", in.rerank_eps,
+			       in.rerank_eps_tuned ? "calibrated by annann tune" : "the default");
 		printf("router         %s, %.2f MiB in RAM (%.2f bytes per vector)\n", ann_router_name(in.router),
 		       (double)in.router_ram_bytes / 1048576.0,
 		       in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0.0);
@@ -535,7 +538,8 @@ static cli_opt search_opts[] = {
 	{"rerank", "N", "codes: at most N exact re-ranks per query (default 6 k, at least 64, at most 100000)", NULL},
 	{"rerank-phases", "N", "codes: 1 = one read of all re-rank pages; 2 = the k best first, then only what can "
 	 "still beat them (default 2); 3, 4 = then the 2k, 4k best, each only what can still beat them, the rest last", NULL},
-	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = 2.0)", NULL},
+	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = the index's, calibrated by "
+	 "annann tune and the build's self-tuning, else 2.0; annann info shows it)", NULL},
 	{"poll-us", "US", "io_uring: poll for a read's completion up to US microseconds before sleeping; spends the "
 	 "thread's CPU to save the wake-up, for no more threads than cores (default 0 = sleep; at most 10000)", NULL},
 	{"probe-eps", "E", "kmeans: probe only partitions whose centroid is within (1 + E) x the nearest "
@@ -736,6 +740,8 @@ void cli_search_report(const cli_search_result *r, uint64_t *lat)
 		cli_json_num(&j, "reranked", nrr / dn);
 		cli_json_num(&j, "read_waves", waves / dn);
 		cli_json_int(&j, "rerank_budget", (long long)(rerank ? rerank : ann_default_rerank((uint32_t)r->k)));
+		if (r->rerank_eps > 0)
+			cli_json_num(&j, "rerank_eps", r->rerank_eps);
 		cli_json_close_obj(&j);
 		if (r->probe_eps > 0 && !isinf(r->probe_eps))
 			cli_json_num(&j, "probe_eps", r->probe_eps);
@@ -859,6 +865,7 @@ static int run_search(cli_cmd *c)
 	bool json = cli_flag(c, "json");
 	/* Codes blocks have other stages: round 1 wait, estimate, round 2 wait, re-rank. */
 	bool codes = info.code_bits != 0;
+	double idx_eps = info.rerank_eps;
 	if (!json)
 		cli_search_header(gt != NULL, codes);
 	for (size_t pi = 0; pi < nprobes; pi++) {
@@ -898,7 +905,7 @@ static int run_search(cli_cmd *c)
 			goto fail;
 		cli_search_report(&(cli_search_result){.k = (uint32_t)k, .nprobe = probes[pi], .nq = nq, .batch = batch,
 			.threads = threads, .cache = cache, .rerank = rerank, .ids = ids, .st = st, .gt = gt, .gk = gk,
-			.poll_us = (unsigned)poll,
+			.poll_us = (unsigned)poll, .rerank_eps = reps > 0 ? reps : idx_eps,
 			.wall = wall, .io_path = io_path, .json = json, .codes = codes, .last = pi + 1 == nprobes,
 			.probe_eps = peps}, lat);
 	}

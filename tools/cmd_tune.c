@@ -108,6 +108,22 @@ report:
 			cli_json_close_obj(&j);
 		}
 		cli_json_close_arr(&j);
+		cli_json_num(&j, "rerank_eps", r.rerank_eps);
+		if (r.eps_nprobe) {
+			cli_json_int(&j, "eps_nprobe", r.eps_nprobe);
+			cli_json_int(&j, "eps_nprobe_hi", r.eps_nprobe_hi);
+			cli_json_num(&j, "eps_recall_hi", r.eps_recall_hi);
+			cli_json_num(&j, "eps_bytes_hi", r.eps_bytes_hi);
+			cli_json_arr(&j, "eps_rows");
+			for (uint32_t i = 0; i < ANN_TUNE_EPS; i++) {
+				cli_json_obj(&j, NULL);
+				cli_json_num(&j, "eps", r.eps[i]);
+				cli_json_num(&j, "recall", r.eps_recall[i]);
+				cli_json_num(&j, "bytes", r.eps_bytes[i]);
+				cli_json_close_obj(&j);
+			}
+			cli_json_close_arr(&j);
+		}
 		cli_json_end(&j);
 	} else {
 		printf("probe model stored in %s: first stage %u partitions, fit R^2 %.3f on %u %squeries\n", dir, r.p1,
@@ -117,6 +133,13 @@ report:
 		for (uint32_t i = 0; i < r.rows; i++)
 			printf("%-8u %-14.4f %-17.4f %.1f\n", r.budget[i], r.recall_fixed[i], r.recall_adaptive[i],
 			       r.probed_adaptive[i]);
+		if (r.eps_nprobe) {
+			printf("re-rank bound eps0 %.2g stored (fixed nprobe %u; eps0 %.2g at nprobe %u: recall %.4f, %.1f KiB)\n",
+			       r.rerank_eps, r.eps_nprobe, r.eps[0], r.eps_nprobe_hi, r.eps_recall_hi, r.eps_bytes_hi / 1024);
+			printf("%-8s %-10s %s\n", "eps0", "recall", "KiB/query");
+			for (uint32_t i = 0; i < ANN_TUNE_EPS; i++)
+				printf("%-8.2g %-10.4f %.1f\n", r.eps[i], r.eps_recall[i], r.eps_bytes[i] / 1024);
+		}
 	}
 	ret = 0;
 fail:

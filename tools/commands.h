@@ -24,6 +24,7 @@ typedef struct cli_search_result {
 	int ranks;                   /* distributed search: the ranks; 0 otherwise */
 	double probe_eps;            /* adaptive probing's eps; 0 or inf: off */
 	unsigned poll_us;            /* --poll-us (0: the searchers sleep for completions) */
+	double rerank_eps;           /* codes: the re-rank bound's eps0 the search used */
 } cli_search_result;
 
 void cli_search_header(bool gt, bool codes);

@@ -474,7 +474,8 @@ static PyObject *py_tune(PyObject *self, PyObject *args, PyObject *kw)
 		PyList_SET_ITEM(rows, i, d);
 	}
 	if (rows)
-		res = Py_BuildValue("{s:I,s:I,s:d,s:N}", "p1", r.p1, "queries", r.queries, "r2", r.r2, "rows", rows);
+		res = Py_BuildValue("{s:I,s:I,s:d,s:N,s:d}", "p1", r.p1, "queries", r.queries, "r2", r.r2, "rows", rows,
+				    "rerank_eps", (double)r.rerank_eps);
 out:
 	Py_XDECREF(q);
 	Py_XDECREF(g);

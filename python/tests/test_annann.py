@@ -479,8 +479,11 @@ def test_tune_adaptive_probing(tmp_path):
         assert np.all(early.last_stats["partitions"] == 8)
     assert rep["p1"] == 2 and rep["queries"] == 200 and rep["rows"]
     assert all(r["probed_adaptive"] >= 2 for r in rep["rows"])
+    assert rep["rerank_eps"] in (2.0, 1.600000023841858, 1.2000000476837158, 1.0)
     with annann.open(d) as idx:
         assert idx.info()["probe_p1"] == 2
+        assert idx.info()["rerank_eps_tuned"] == 1
+        assert abs(idx.info()["rerank_eps"] - rep["rerank_eps"]) < 1e-6
         ids, dists = idx.search(queries[200:], k=10, nprobe=8)
         parts = idx.last_stats["partitions"]
         assert parts.min() >= 2 and parts.max() <= 16 and len(set(parts.tolist())) > 1

@@ -68,6 +68,8 @@ int ann_index_info_fields(const ann_index *idx, ann_info_field *out, size_t *n, 
 	f_int(out, &k, "probe_fit_partitions", in.probe_fit_partitions);
 	f_int(out, &k, "probe_fit_queries", in.probe_fit_queries);
 	f_int(out, &k, "probe_stale", in.probe_stale);
+	f_num(out, &k, "rerank_eps", in.rerank_eps);
+	f_int(out, &k, "rerank_eps_tuned", in.rerank_eps_tuned);
 	f_int(out, &k, "spread_partitions", in.spread_partitions);
 	f_str(out, &k, "router", ann_router_name(in.router));
 	f_str(out, &k, "store", in.store == ANN_STORE_LMDB ? "lmdb" : "file");

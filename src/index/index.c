@@ -67,6 +67,16 @@ static int load_models(ann_index *x, ann_error *err)
 		ann_err_prefix(err, rc, "%s", x->path);
 		goto fail;
 	}
+	double reps = 0;
+	rc = ann_catalog_meta_get_f64(t, ANN_RERANK_EPS_META, &reps, err);
+	if (rc < 0 && rc != ANN_E_NOTFOUND)
+		goto fail;
+	if (rc >= 0 && !(reps > 0 && reps <= 100)) {
+		rc = ann_err(err, ANN_E_CORRUPT, "%s: catalog meta %s is %g, expected a number in (0, 100]", x->path,
+			     ANN_RERANK_EPS_META, reps);
+		goto fail;
+	}
+	x->rerank_eps = rc >= 0 ? (float)reps : 0.0f;
 	if (x->meta.dict_id) {
 		char name[32];
 		snprintf(name, sizeof name, "zstd_dict.%u", x->meta.dict_id);
@@ -289,6 +299,8 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->probe_fit_vectors = x->probe.fit_vectors;
 	info->probe_fit_partitions = x->probe.fit_parts;
 	info->probe_fit_queries = x->probe.fit_queries;
+	info->rerank_eps = x->rbq ? (x->rerank_eps > 0 ? x->rerank_eps : ANN_DEFAULT_RERANK_EPS) : 0.0f;
+	info->rerank_eps_tuned = x->rbq && x->rerank_eps > 0;
 	info->probe_stale = ann_probe_stale(&x->probe, x->meta.live_vectors, x->dir.count);
 	info->router = x->meta.router;
 	info->store = x->meta.store;

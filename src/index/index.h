@@ -23,6 +23,7 @@ struct ann_index {
 	ann_block_dict *dict; /* NULL unless meta.dict_id */
 	ann_rbq *rbq;         /* NULL unless meta.code_bits: the codes' parameters (O(dim) or O(dim^2) floats) */
 	ann_probe_model probe; /* learned adaptive probing (meta probe.model); probe.p1 0 = none */
+	float rerank_eps;      /* the calibrated eps0 of the re-rank bound (meta search.rerank_eps); 0 = none */
 	uint32_t dist_rank, dist_ranks; /* a part of a distributed index (meta dist.*, dist.h); 0, 0 otherwise */
 };
 

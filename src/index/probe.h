@@ -23,6 +23,8 @@
 
 #define ANN_PROBE_FEATURES 8u
 #define ANN_PROBE_META "probe.model"
+/* The re-rank bound's eps0 calibrated with the model (tune.c calibrate_eps), f64 in (0, 100]. */
+#define ANN_RERANK_EPS_META "search.rerank_eps"
 #define ANN_PROBE_BLOB (16u + 8u * (1u + ANN_PROBE_FEATURES)) /* version 1 */
 #define ANN_PROBE_BLOB2 (ANN_PROBE_BLOB + 16u)                 /* version 2: + what it was fitted on */
 #define ANN_PROBE_MAX_P1 256u

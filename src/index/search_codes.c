@@ -27,7 +27,8 @@ int codes_searcher_init(ann_searcher *s, ann_error *err)
 {
 	ann_index *idx = s->idx;
 	ANN_TRY(ann_rbq_query_new(idx->rbq, &s->rq, err));
-	ann_rbq_query_set_eps0(s->rq, s->o.rerank_eps > 0 ? s->o.rerank_eps : ANN_DEFAULT_RERANK_EPS);
+	float eps = s->o.rerank_eps > 0 ? s->o.rerank_eps : idx->rerank_eps; /* the option, else the calibration */
+	ann_rbq_query_set_eps0(s->rq, eps > 0 ? eps : ANN_DEFAULT_RERANK_EPS);
 	s->centre = ann_malloc((size_t)idx->meta.dim * sizeof(float));
 	s->crot = ann_malloc((size_t)ann_rbq_padded_dim(idx->rbq) * sizeof(float));
 	s->rowf = ann_malloc((size_t)idx->meta.dim * sizeof(float));

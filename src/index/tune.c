@@ -13,7 +13,9 @@
  *     adaptive searches run;
  *  3. ridge regression of log(needed) on the features (normal equations,
  *     Cholesky, 8 x 8), and the shift that makes the model's mean factor 1;
- *  4. the model goes to the catalog (meta probe.model) in one write txn.
+ *  4. the model goes to the catalog (meta probe.model) in one write txn, with
+ *     the re-rank bound's eps0 calibrated on the same queries between 1 and 2
+ *     (meta search.rerank_eps; calibrate_eps).
  * Memory: the queries' recall at each nprobe (nq x 16 doubles), their
  * features (nq x 8) and one batch's answers; nq is the caller's.
  */
@@ -27,6 +29,11 @@
 
 #define GRID_MAX 16
 #define RIDGE 1e-3
+/* The re-rank bound's eps0 (docs/DESIGN.md "Calibrated re-rank bound"): the
+ * candidates, the library's default first, and the operating point they are
+ * compared at: the grid's first nprobe whose mean recall reaches EPS_RECALL. */
+static const float EPS_CAND[ANN_TUNE_EPS] = {ANN_DEFAULT_RERANK_EPS, 1.6f, 1.2f, 1.0f};
+#define EPS_RECALL 0.95
 
 /* The recall@k of one answer row against the first k of a ground-truth row
  * (of its valid entries: a set smaller than k pads the row with -1). */
@@ -87,22 +94,95 @@ static double recall_at(const double *rec, const uint32_t *grid, size_t ng, doub
 	return rec[ng - 1];
 }
 
-/* Searches every query with fixed options: the answers' recall into rec[i * stride]. */
+/* Searches every query with fixed options: the answers' recall into rec[i * stride]; st (batch
+ * rows, or NULL) takes each batch's stats and *bytes (when st) the sum of bytes_read. */
 static int pass(ann_index *x, const ann_search_opts *so, const float *q, size_t nq, size_t batch, const int32_t *gt,
-		uint32_t gt_k, double *rec, size_t stride, double *feat, int64_t *ids, float *dists, ann_error *err)
+		uint32_t gt_k, double *rec, size_t stride, double *feat, int64_t *ids, float *dists,
+		ann_query_stats *st, double *bytes, ann_error *err)
 {
 	ann_searcher *s;
 	ANN_TRY(ann_searcher_new(x, so, &s, err));
 	int rc = ANN_OK;
 	size_t d = x->meta.dim, k = so->k;
+	if (st)
+		*bytes = 0;
 	for (size_t at = 0; at < nq && rc >= 0; at += batch) {
 		size_t n = ANN_MIN(batch, nq - at);
 		s->feat_out = feat ? feat + at * ANN_PROBE_FEATURES : NULL;
-		rc = ann_search(s, q + at * d, n, ids, dists, NULL, err);
+		rc = ann_search(s, q + at * d, n, ids, dists, st, err);
 		for (size_t i = 0; rc >= 0 && rec && i < n; i++)
 			rec[(at + i) * stride] = row_recall(ids + i * k, gt + (at + i) * gt_k, (uint32_t)k);
+		for (size_t i = 0; rc >= 0 && st && i < n; i++)
+			*bytes += st[i].bytes_read;
 	}
 	ann_searcher_free(s);
+	return rc;
+}
+
+/* Mean recall and bytes of the queries at fixed nprobe and eps0 (rec: nq scratch). */
+static int eps_pass(ann_index *x, ann_search_opts so, uint32_t nprobe, float eps, const float *q, size_t nq,
+		    size_t batch, const int32_t *gt, uint32_t gt_k, double *rec, int64_t *ids, float *dists,
+		    ann_query_stats *st, double *recall, double *bytes, ann_error *err)
+{
+	so.nprobe = nprobe;
+	so.adaptive = -1;
+	so.rerank_eps = eps;
+	ANN_TRY(pass(x, &so, q, nq, batch, gt, gt_k, rec, 1, NULL, ids, dists, st, bytes, err));
+	double r = 0;
+	for (size_t i = 0; i < nq; i++)
+		r += rec[i];
+	*recall = r / (double)nq;
+	*bytes /= (double)nq;
+	return ANN_OK;
+}
+
+/* The re-rank bound's eps0 for these queries: each candidate's bytes at nprobe lo, plus what
+ * buying back its recall loss costs at the default eps0's slope from lo to hi (bytes per unit of
+ * recall); the cheapest wins, the default on ties. Where recall no longer grows from lo to hi,
+ * a candidate that loses any is out. */
+static int calibrate_eps(ann_index *x, const ann_search_opts *so, uint32_t lo, uint32_t hi, const float *q, size_t nq,
+			 size_t batch, const int32_t *gt, uint32_t gt_k, int64_t *ids, float *dists,
+			 ann_tune_report *rep, ann_error *err)
+{
+	double *rec = malloc(nq * sizeof *rec);
+	ann_query_stats *st = malloc(batch * sizeof *st);
+	int rc = ANN_OK;
+	if (!rec || !st) {
+		rc = ann_err(err, ANN_E_NOMEM, "tune: out of memory for %zu queries", nq);
+		goto done;
+	}
+	for (size_t e = 0; e < ANN_TUNE_EPS && rc >= 0; e++) {
+		rep->eps[e] = EPS_CAND[e];
+		rc = eps_pass(x, *so, lo, EPS_CAND[e], q, nq, batch, gt, gt_k, rec, ids, dists, st, &rep->eps_recall[e],
+			      &rep->eps_bytes[e], err);
+	}
+	double rh = 0, bh = 0;
+	if (rc >= 0)
+		rc = eps_pass(x, *so, hi, EPS_CAND[0], q, nq, batch, gt, gt_k, rec, ids, dists, st, &rh, &bh, err);
+	if (rc < 0)
+		goto done;
+	double r0 = rep->eps_recall[0], b0 = rep->eps_bytes[0];
+	double slope = rh > r0 + 1e-4 && bh > b0 ? (bh - b0) / (rh - r0) : INFINITY;
+	size_t best = 0;
+	double best_cost = b0;
+	for (size_t e = 1; e < ANN_TUNE_EPS; e++) {
+		double loss = ANN_MAX(0.0, r0 - rep->eps_recall[e]);
+		if (loss > 0 && !isfinite(slope))
+			continue;
+		double cost = rep->eps_bytes[e] + (loss > 0 ? slope * loss : 0.0);
+		if (cost < best_cost * (1 - 1e-3)) {
+			best = e;
+			best_cost = cost;
+		}
+	}
+	rep->eps_nprobe = lo;
+	rep->eps_nprobe_hi = hi;
+	rep->eps_recall_hi = rh;
+	rep->eps_bytes_hi = bh;
+	rep->rerank_eps = EPS_CAND[best];
+done:
+	free(rec);
+	free(st);
 	return rc;
 }
 
@@ -165,21 +245,42 @@ int ann_tune_probe(const char *index_dir, const float *queries, size_t nq, size_
 	ann_search_opts_init(&so);
 	so.k = k;
 	so.adaptive = -1;
+	so.rerank_eps = ANN_DEFAULT_RERANK_EPS; /* not an earlier calibration: a refit starts from the same grid */
 	for (size_t g = 0; g < ng && rc >= 0; g++) {
 		so.nprobe = grid[g];
-		rc = pass(x, &so, queries, nq, batch, gt, gt_k, rec + g, ng, NULL, ids, dists, err);
+		rc = pass(x, &so, queries, nq, batch, gt, gt_k, rec + g, ng, NULL, ids, dists, NULL, NULL, err);
 		if (o->progress)
-			o->progress(o->progress_ctx, "tune", g + 1, ng + 1);
+			o->progress(o->progress_ctx, "tune", g + 1, ng + 2);
 	}
 	if (rc < 0)
 		goto done;
+	/* 1b. the re-rank bound's eps0, at the grid's first nprobe whose mean recall reaches
+	 * EPS_RECALL (the next one gives the slope) */
+	rep->rerank_eps = ANN_DEFAULT_RERANK_EPS;
+	if (ng >= 2) {
+		size_t gs = ng - 2;
+		for (size_t g = 0; g + 1 < ng; g++) {
+			double r = 0;
+			for (size_t i = 0; i < nq; i++)
+				r += rec[i * ng + g];
+			if (r >= EPS_RECALL * (double)nq) {
+				gs = g;
+				break;
+			}
+		}
+		rc = calibrate_eps(x, &so, grid[gs], grid[gs + 1], queries, nq, batch, gt, gt_k, ids, dists, rep, err);
+		if (rc < 0)
+			goto done;
+	}
+	if (o->progress)
+		o->progress(o->progress_ctx, "tune", ng + 1, ng + 2);
 	/* 2. the first stage's features, through the adaptive search itself (stopped after stage A) */
 	x->probe = (ann_probe_model){.p1 = p1};
 	so.nprobe = p1;
 	so.adaptive = 1;
-	rc = pass(x, &so, queries, nq, batch, gt, gt_k, NULL, 0, feat, ids, dists, err);
+	rc = pass(x, &so, queries, nq, batch, gt, gt_k, NULL, 0, feat, ids, dists, NULL, NULL, err);
 	if (o->progress)
-		o->progress(o->progress_ctx, "tune", ng + 1, ng + 1);
+		o->progress(o->progress_ctx, "tune", ng + 2, ng + 2);
 	if (rc < 0)
 		goto done;
 	/* 3. needed partitions, ridge regression of their log */
@@ -249,6 +350,8 @@ int ann_tune_probe(const char *index_dir, const float *queries, size_t nq, size_
 	if (rc < 0)
 		goto done;
 	rc = ann_probe_model_save(t, &m, err);
+	if (rc >= 0)
+		rc = ann_catalog_meta_put_f64(t, ANN_RERANK_EPS_META, rep->rerank_eps, err);
 	if (rc < 0) {
 		ann_catalog_abort(t);
 		goto done;
