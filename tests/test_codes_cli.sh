@@ -122,11 +122,22 @@ grep -q "no probe model" "$dir/err" || fail "--adaptive on without a model: $(ca
 expect 2 "$A" tune --index "$dir/e" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --quiet
 grep -q "not a codes index" "$dir/err" || fail "tune of a format 1 index: $(cat "$dir/err")"
 expect 0 "$A" tune --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --p1 2 --json --quiet
-python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["p1"] == 2 and j["queries"] == 40 and j["rows"], j' \
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["p1"] == 2 and j["queries"] == 40 and j["rows"], j
+assert len(j["eps_rows"]) == 4 and j["eps_rows"][0]["eps"] == 2 and j["rerank_eps"] in [r["eps"] for r in j["eps_rows"]], j' \
 	"$dir/out" || fail "tune json: $(cat "$dir/out")"
+eps=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rerank_eps"])' "$dir/out")
 expect 0 "$A" info --index "$dir/c_lmdb" --json
-python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["probe_p1"] == 2, j' "$dir/out" ||
-	fail "info shows no probe model"
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["probe_p1"] == 2 and j["rerank_eps_tuned"] == 1, j
+assert abs(j["rerank_eps"] - float(sys.argv[2])) < 1e-6, j' "$dir/out" "$eps" ||
+	fail "info shows no probe model or no calibrated re-rank bound"
+expect 0 "$A" info --index "$dir/c_lmdb"
+grep -q "^re-rank bound  eps0 .* (calibrated by annann tune" "$dir/out" || fail "info text: no re-rank bound line"
+expect 0 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --nprobe 4 --json
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert abs(j["codes"]["rerank_eps"] - float(sys.argv[2])) < 1e-6, j' \
+	"$dir/out" "$eps" || fail "search json: not the calibrated eps0"
+expect 0 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --nprobe 4 --rerank-eps 0.7 --json
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert abs(j["codes"]["rerank_eps"] - 0.7) < 1e-6, j' \
+	"$dir/out" || fail "search json: --rerank-eps did not override"
 expect 0 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 4 --adaptive on --json
 python3 - "$dir/out" <<'PY' || fail "adaptive search json: $(cat "$dir/out")"
 import json, sys
