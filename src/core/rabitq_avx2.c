@@ -276,3 +276,36 @@ double ann_rbq_sum_avx2(const float *r, size_t n)
 		l[j & 3] += r[j];
 	return (l[0] + l[1]) + (l[2] + l[3]);
 }
+
+/* The last step of the split estimate, 4 records a step in double: rabitq.c's
+ * scalar operations in their order (no contraction), so the same floats. */
+void ann_rbq_finish_avx2(const ann_rbq_fin *f, const float *A, const int64_t *E, const float *rn, const float *fip,
+			 const float *tan, size_t n, float *est, float *width)
+{
+	const __m256d hi = _mm256_set1_pd(f->hi), delta = _mm256_set1_pd(f->delta), yc = _mm256_set1_pd(f->yconst);
+	const __m256d qn2 = _mm256_set1_pd(f->qn2), cq = _mm256_set1_pd(f->cq), ws = _mm256_set1_pd(f->wscale);
+	const __m256d two = _mm256_set1_pd(2.0), sign = _mm256_set1_pd(-0.0);
+	size_t i = 0;
+	for (; i + 4 <= n; i += 4) {
+		__m256d a = _mm256_cvtps_pd(_mm_loadu_ps(A + i));
+		__m256d e = _mm256_setr_pd((double)E[i], (double)E[i + 1], (double)E[i + 2], (double)E[i + 3]);
+		__m256d r = _mm256_cvtps_pd(_mm_loadu_ps(rn + i));
+		__m256d fp = _mm256_cvtps_pd(_mm_loadu_ps(fip + i));
+		__m256d yq = _mm256_sub_pd(_mm256_add_pd(_mm256_mul_pd(hi, a), _mm256_mul_pd(delta, e)), yc);
+		__m256d ip = _mm256_mul_pd(fp, yq);
+		__m256d v = f->l2 ? _mm256_sub_pd(_mm256_add_pd(_mm256_mul_pd(r, r), qn2), _mm256_mul_pd(two, ip))
+				  : _mm256_xor_pd(_mm256_add_pd(cq, ip), sign); /* negation, as C's unary minus */
+		_mm_storeu_ps(est + i, _mm256_cvtpd_ps(v));
+		if (width) {
+			__m256d t = _mm256_cvtps_pd(_mm_loadu_ps(tan + i));
+			_mm_storeu_ps(width + i, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_mul_pd(ws, r), t)));
+		}
+	}
+	for (; i < n; i++) {
+		double yq = f->hi * (double)A[i] + f->delta * (double)E[i] - f->yconst;
+		double ip = (double)fip[i] * yq;
+		est[i] = f->l2 ? (float)((double)rn[i] * rn[i] + f->qn2 - 2.0 * ip) : (float)(-(f->cq + ip));
+		if (width)
+			width[i] = (float)(f->wscale * rn[i] * tan[i]);
+	}
+}
