@@ -747,6 +747,13 @@ static void test_defaults_rule(void)
 	if (o.partitions <= 1000 || o.partitions > 4096 || o.sample != ANN_MIN(60000ull, 64ull * o.partitions))
 		T_FAIL("fmnist shape: %u partitions, sample %llu; want one level, 64 per centroid", o.partitions,
 		       (unsigned long long)o.sample);
+	/* SIFT photos' shape (372,542 x 128 u8): one level, and the k-means work
+	 * budget lets the sample be the whole set (64 per centroid would be half) */
+	ann_build_opts_init(&o);
+	ann_build_resolve_defaults(&o, 372542, 128, ANN_ENC_U8);
+	if (o.partitions < 2500 || o.partitions > 4096 || o.sample != 372542)
+		T_FAIL("SIFT photos shape: %u partitions, sample %llu; want one level and the whole set", o.partitions,
+		       (unsigned long long)o.sample);
 	/* f32 at 96 dimensions: 36-byte head rows, so a head page holds ~113 rows
 	 * and 300k rows give at most ~2650 partitions (was n / 32 = 9375, heads
 	 * of a third of a page); the graph's RAM then binds, at ~1500. */

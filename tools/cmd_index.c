@@ -43,8 +43,9 @@ static cli_opt build_opts[] = {
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
 	{"seed", "S", "random seed (default 1)", NULL},
-	{"sample", "N", "training sample size (default min(n, 256 * partitions), or min(n, 64 * partitions) when "
-	 "--partitions is auto; within half of --mem)", NULL},
+	{"sample", "N", "training sample size (default min(n, 256 * partitions); when --partitions is auto and k-means "
+	 "trains one level, min(n, the larger of 64 * partitions and 1.5e11 / (partitions * dim)); within half of --mem)",
+	 NULL},
 	{"iters", "N", "k-means iterations (default 20)", NULL},
 	{"kmeans-coarse", "C", "kmeans: two-level k-means with C coarse clusters; 1 = one level; default 0 = two levels with sqrt(partitions) above 4096 partitions", NULL},
 	{"balance", "X", "cap partitions at X * n / partitions vectors (X >= 1, 0 = no cap; default 1.3 for kmeans, "
