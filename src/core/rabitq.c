@@ -936,12 +936,11 @@ static void estimate(const ann_rbq_query *s, const uint8_t *codes, size_t stride
 					      width ? width + i0 : NULL);
 			continue;
 		}
-		if (f && s->simd == ANN_SIMD_AVX2) {
-			ann_rbq_finish_avx2(&fin, A, E, f->rn + i0, f->fip + i0, f->tan + i0, cn, est + i0,
-					    width ? width + i0 : NULL);
-			continue;
-		}
-		for (size_t i = 0; i < cn; i++) {
+		size_t done = 0; /* AVX2: its whole steps, the scalar loop the rest */
+		if (f && s->simd == ANN_SIMD_AVX2)
+			done = ann_rbq_finish_avx2(&fin, A, E, f->rn + i0, f->fip + i0, f->tan + i0, cn, est + i0,
+						   width ? width + i0 : NULL);
+		for (size_t i = done; i < cn; i++) {
 			double rn, fip, tan16;
 			if (f) {
 				rn = f->rn[i0 + i];

@@ -278,9 +278,10 @@ double ann_rbq_sum_avx2(const float *r, size_t n)
 }
 
 /* The last step of the split estimate, 4 records a step in double: rabitq.c's
- * scalar operations in their order (no contraction), so the same floats. */
-void ann_rbq_finish_avx2(const ann_rbq_fin *f, const float *A, const int64_t *E, const float *rn, const float *fip,
-			 const float *tan, size_t n, float *est, float *width)
+ * scalar operations in their order (no contraction), so the same floats. The
+ * whole steps only: returns the records done, the caller's scalar loop the rest. */
+size_t ann_rbq_finish_avx2(const ann_rbq_fin *f, const float *A, const int64_t *E, const float *rn, const float *fip,
+			   const float *tan, size_t n, float *est, float *width)
 {
 	const __m256d hi = _mm256_set1_pd(f->hi), delta = _mm256_set1_pd(f->delta), yc = _mm256_set1_pd(f->yconst);
 	const __m256d qn2 = _mm256_set1_pd(f->qn2), cq = _mm256_set1_pd(f->cq), ws = _mm256_set1_pd(f->wscale);
@@ -301,11 +302,5 @@ void ann_rbq_finish_avx2(const ann_rbq_fin *f, const float *A, const int64_t *E,
 			_mm_storeu_ps(width + i, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_mul_pd(ws, r), t)));
 		}
 	}
-	for (; i < n; i++) {
-		double yq = f->hi * (double)A[i] + f->delta * (double)E[i] - f->yconst;
-		double ip = (double)fip[i] * yq;
-		est[i] = f->l2 ? (float)((double)rn[i] * rn[i] + f->qn2 - 2.0 * ip) : (float)(-(f->cq + ip));
-		if (width)
-			width[i] = (float)(f->wscale * rn[i] * tan[i]);
-	}
+	return i;
 }

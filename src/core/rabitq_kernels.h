@@ -89,8 +89,8 @@ typedef struct ann_rbq_fin {
 
 void ann_rbq_finish_avx512(const ann_rbq_fin *f, const float *A, const int64_t *E, const float *rn, const float *fip,
 			   const float *tan, size_t n, float *est, float *width);
-void ann_rbq_finish_avx2(const ann_rbq_fin *f, const float *A, const int64_t *E, const float *rn, const float *fip,
-			 const float *tan, size_t n, float *est, float *width);
+size_t ann_rbq_finish_avx2(const ann_rbq_fin *f, const float *A, const int64_t *E, const float *rn, const float *fip,
+			   const float *tan, size_t n, float *est, float *width);
 
 /* The ex plane's tables for 2-bit codes (be 1), as ann_rbq_scan.elut. */
 void ann_rbq_elut_avx512(const int16_t *qi, size_t groups, int32_t *elut);

@@ -58,7 +58,7 @@
 #define SAMPLE_PER_PART 64u    /* auto partitions, one-level k-means: sample per centroid (the measured real1m builds' 262144 / 4096) */
 #define KMEANS_WORK 1.5e11     /* auto partitions, one-level k-means: the sample may grow until sample x partitions x dim
                                 * reaches this (multiply-adds an iteration; SIFT photos' whole 372,542 rows at 2,943
-                                * partitions are 1.4e11: -10.6% bytes at 0.9 for a 77 -> 120 s build) */
+                                * partitions are 1.4e11: -10.6% bytes at 0.9 for a 77 -> 113 s build) */
 #define WIDE_DIM 512u          /* from here on 1 bit per dimension is enough */
 #define MIN_CODE_DIM 64u       /* codes from this dimension on (16 dims: recall 0.967 probing all) */
 #define MIN_ROW_OVER_CODE 2.5  /* codes when a row is at least this many times its record + id */
