@@ -42,14 +42,17 @@
  * +-(k_i + 1/2), and
  *     <y, q'> = 2^be <s, q'> + <e, q'> - (2^B - 1)/2 sum_i q'_i.
  * The query side computes
- *   <s, q'>  with a look-up table per 4-dim group (16 entries: the sums of
- *            q' over each subset of the group), D/4 look-ups per code
- *            (FAISS fast-scan style; 32 for D = 128), exact float sums;
- *   <e, q'>  as delta * <e, qi> with qi = round(q' / delta) in int16,
- *            delta = max |q'_i| / 2047, an exact integer dot product. The
- *            rounding adds at most delta/2 * sum e_i to <y, q'> (for B = 5,
- *            D = 784 about 2e-5 of <o, q>, far inside the bound's width);
- *            it is deterministic, so this part is not re-randomised.
+ *   2^be <s, q'> + <e, q'>  as delta * (2^be <s, qi> + <e, qi>) with
+ *            qi = round(q' / delta) in int16, delta = max |q'_i| / 2047: one
+ *            exact integer sum (rabitq_kernels.h), <s, qi> through a table
+ *            per 4-dim group (16 entries: the sums of qi over each subset of
+ *            the group), D/4 look-ups per code, 32 codes at a time in the
+ *            AVX2 form (a fast scan). The rounding adds at most delta/2 *
+ *            sum (2^be s_i + e_i) to <y, q'> (D = 128: about 1e-3 of the
+ *            sum's scale, far inside the bound's width); it is
+ *            deterministic, so this part is not re-randomised. Until
+ *            2026-12-07 <s, q'> was a float sum of float tables: the same
+ *            estimate within that rounding, 5x slower to scan.
  *
  * ---- Rotation ----------------------------------------------------------------
  * R = K H_4 S_4 ... K H_1 S_1 on the padded D coordinates: S_j flips signs by
@@ -68,12 +71,12 @@
  *  - A record is sign plane (D/8 bytes) | ex plane (D be/8 bytes) | |r| f32 |
  *    f_ip f32 | tan u16, little-endian (docs/FORMAT.md "RaBitQ codes").
  *  - |r| = 0 codes all-zero planes with f_ip = 0, tan = 0: est is exact.
- *  - Scalar and AVX2 estimates are bit-identical (rabitq_kernels.h).
+ *  - Scalar and AVX2 estimates are bit-identical (rabitq_kernels.h); an
+ *    AVX-512 CPU runs the AVX2 kernels.
  *
  * ---- Memory -------------------------------------------------------------------
  *  ann_rbq: struct + D/2 bytes of signs. Query state: struct + one block of
- *  4 dim (residual) + 4 D (rotated query) + 2 D (qi) + 16 D (tables) bytes,
- *  with 2-bit codes 16 D more (the ex plane's integer tables, AVX-512).
+ *  4 dim (residual) + 4 D (rotated query) + 2 D (qi) + 8 D (tables) bytes.
  *  Encode: one scratch block per call: 4 dim + 8 D + 4 D + D bytes, plus
  *  the scale search's for be > 0 (rbq_search_bytes): 44 D + 16 for be = 1,
  *  28 D + 4 max(2 D, 101) rounded up to 16 (at most 36 D + 416) for be >= 2.
@@ -108,14 +111,12 @@ struct ann_rbq_query {
 	const ann_rbq *q;
 	ann_metric m;
 	float eps0;
-	ann_simd_level simd; /* kernel: scalar, AVX2 or AVX-512 */
+	ann_simd_level simd; /* kernel: scalar or AVX2 (AVX-512 CPUs run the AVX2 kernels) */
 	bool prepared;
 	float *tmp;  /* dim: q - c */
 	float *rq;   /* dp: rotated query (residual for L2) */
 	int16_t *qi; /* dp */
-	float *lut;  /* dp / 4 * 16 */
-	int32_t *elut; /* dp / 4 * 16 with 2-bit codes (be 1), else NULL: the ex plane's tables */
-	bool elut_ready; /* elut holds this preparation's tables (AVX-512 only) */
+	uint8_t *tab; /* dp / 4 * 32: the fast scan's tables (rabitq_kernels.h) */
 	double delta, sum_rq, qn2, qnorm, cq;
 	size_t block_bytes;
 };
@@ -697,9 +698,7 @@ int ann_rbq_query_new(const ann_rbq *q, ann_rbq_query **out, ann_error *err)
 {
 	*out = NULL;
 	const size_t dim = q->dim, dp = q->dp;
-	size_t ebytes = q->be == 1 ? dp / 4 * 16 * sizeof(int32_t) : 0;
-	size_t bytes = dp / 4 * 16 * sizeof(float) + ebytes + dp * sizeof(float) + dim * sizeof(float) +
-		       dp * sizeof(int16_t);
+	size_t bytes = dp / 4 * 32 + dp * sizeof(float) + dim * sizeof(float) + dp * sizeof(int16_t);
 	ann_rbq_query *s = ann_calloc(1, sizeof(*s));
 	uint8_t *blk = ann_aligned_alloc(64, bytes);
 	if (!s || !blk) {
@@ -710,15 +709,12 @@ int ann_rbq_query_new(const ann_rbq *q, ann_rbq_query **out, ann_error *err)
 	s->q = q;
 	s->eps0 = ANN_RBQ_EPS0;
 	s->simd = ANN_SIMD_SCALAR;
-	if (ann_simd_active() >= ANN_SIMD_AVX512 && ann_kernels_for(ANN_SIMD_AVX512))
-		s->simd = ANN_SIMD_AVX512;
-	else if (ann_simd_active() >= ANN_SIMD_AVX2 && ann_kernels_for(ANN_SIMD_AVX2))
+	if (ann_simd_active() >= ANN_SIMD_AVX2 && ann_kernels_for(ANN_SIMD_AVX2))
 		s->simd = ANN_SIMD_AVX2;
-	s->lut = (float *)(void *)blk;
-	s->elut = ebytes ? (int32_t *)(void *)(s->lut + dp / 4 * 16) : NULL;
-	s->rq = s->lut + dp / 4 * 16 + ebytes / sizeof(float);
+	s->rq = (float *)(void *)blk; /* 64-byte aligned */
 	s->tmp = s->rq + dp;
 	s->qi = (int16_t *)(void *)(s->tmp + dim);
+	s->tab = (uint8_t *)(void *)(s->qi + dp);
 	s->block_bytes = bytes;
 	*out = s;
 	return 0;
@@ -728,7 +724,7 @@ void ann_rbq_query_free(ann_rbq_query *s)
 {
 	if (!s)
 		return;
-	ann_aligned_free(s->lut);
+	ann_aligned_free(s->rq);
 	ann_free(s);
 }
 
@@ -747,12 +743,33 @@ int ann_rbq_query_set_simd(ann_rbq_query *s, ann_simd_level level, ann_error *er
 	if (level != ANN_SIMD_SCALAR && !ann_kernels_for(level))
 		return ann_err(err, ANN_E_UNSUPPORTED, "rabitq: this CPU cannot run %s kernels",
 			       ann_simd_name(level));
-	s->simd = level >= ANN_SIMD_AVX512 ? ANN_SIMD_AVX512 : level >= ANN_SIMD_AVX2 ? ANN_SIMD_AVX2 : ANN_SIMD_SCALAR;
+	s->simd = level >= ANN_SIMD_AVX2 ? ANN_SIMD_AVX2 : ANN_SIMD_SCALAR;
 	return 0;
 }
 
+void ann_rbq_tables(const int16_t *qi, size_t groups, uint8_t *tab)
+{
+	/* entry m = sum of qi[4 g + t] over the bits t of m, built from the
+	 * entry without m's lowest bit; stored as U = T + 8192 in two bytes */
+	for (size_t g = 0; g < groups; g++) {
+		int32_t t[16];
+		const int16_t *v = qi + 4 * g;
+		uint8_t *o = tab + 32 * g;
+		t[0] = 0;
+		for (unsigned m = 1; m < 16; m++) {
+			unsigned low = m & (0u - m);
+			t[m] = t[m ^ low] + v[__builtin_ctz(m)];
+		}
+		for (unsigned m = 0; m < 16; m++) {
+			uint32_t u = (uint32_t)(t[m] + 8192);
+			o[m] = (uint8_t)(u & 255u);
+			o[16 + m] = (uint8_t)(u >> 8);
+		}
+	}
+}
+
 /* What follows the rotated residual s->rq and s->qn2 in every prepare:
- * its sum, the quantised query and the 1-bit tables. */
+ * its sum, the quantised query and the tables. */
 static void prepare_tail(ann_rbq_query *s)
 {
 	const size_t dp = s->q->dp;
@@ -762,10 +779,7 @@ static void prepare_tail(ann_rbq_query *s)
 		float amax = ann_rbq_absmax_avx2(s->rq, dp);
 		s->delta = amax > 0 ? (double)amax / RBQ_QI_MAX : 1.0;
 		ann_rbq_quant_avx2(s->rq, dp, (float)(1.0 / s->delta), s->qi);
-		ann_rbq_lut_avx2(s->rq, dp / 4, s->lut);
-		s->elut_ready = s->elut && s->simd == ANN_SIMD_AVX512;
-		if (s->elut_ready)
-			ann_rbq_elut_avx512(s->qi, dp / 4, s->elut);
+		ann_rbq_tables_avx2(s->qi, dp / 4, s->tab);
 		s->prepared = true;
 		return;
 	}
@@ -778,24 +792,13 @@ static void prepare_tail(ann_rbq_query *s)
 		float v = fabsf(s->rq[j]);
 		amax = v > amax ? v : amax;
 	}
-	s->elut_ready = false;
 	s->delta = amax > 0 ? (double)amax / RBQ_QI_MAX : 1.0;
 	float inv = (float)(1.0 / s->delta);
 	for (size_t j = 0; j < dp; j++) {
 		long v = lrintf(s->rq[j] * inv);
 		s->qi[j] = (int16_t)(v > RBQ_QI_MAX ? RBQ_QI_MAX : v < -RBQ_QI_MAX ? -RBQ_QI_MAX : v);
 	}
-	/* table of group g: entry m = sum of rq[4 g + t] over the bits t of m,
-	 * built from the entry without m's lowest bit */
-	for (size_t g = 0; g < dp / 4; g++) {
-		float *t = s->lut + g * 16;
-		const float *v = s->rq + g * 4;
-		t[0] = 0.0f;
-		for (unsigned mm = 1; mm < 16; mm++) {
-			unsigned low = mm & (0u - mm);
-			t[mm] = t[mm ^ low] + v[__builtin_ctz(mm)];
-		}
-	}
+	ann_rbq_tables(s->qi, dp / 4, s->tab);
 	s->prepared = true;
 }
 
@@ -860,21 +863,27 @@ void ann_rbq_query_prepare_rotated(ann_rbq_query *s, const float *rq, const floa
 
 /* ---- estimate ----------------------------------------------------------------- */
 
-void ann_rbq_scan_scalar(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E)
+/* sum over groups g of T_g[nibble g of the 1-bit plane p] */
+static int64_t plane_sum(const uint8_t *tab, const uint8_t *p, size_t groups)
+{
+	int64_t s = 0;
+	for (size_t g = 0; g < groups; g++) {
+		unsigned nib = (p[g / 2] >> (4 * (g & 1))) & 15u;
+		s += (int64_t)tab[32 * g + nib] + 256 * (int64_t)tab[32 * g + 16 + nib];
+	}
+	return s - 8192 * (int64_t)groups;
+}
+
+void ann_rbq_scan_scalar(const ann_rbq_scan *a, const uint8_t *codes, size_t n, int64_t *Y)
 {
 	const unsigned be = a->be;
 	const uint32_t mask = (1u << be) - 1;
 	for (size_t i = 0; i < n; i++) {
 		const uint8_t *rec = codes + i * a->rec_bytes;
-		float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-		for (size_t g = 0; g < a->groups; g++) {
-			unsigned nib = (rec[g / 2] >> (4 * (g & 1))) & 15u;
-			acc[g & 7] += a->lut[g * 16 + nib];
-		}
-		float t0 = acc[0] + acc[4], t1 = acc[1] + acc[5], t2 = acc[2] + acc[6], t3 = acc[3] + acc[7];
-		A[i] = (t0 + t2) + (t1 + t3);
-		int64_t e = 0;
-		if (be) {
+		int64_t s = plane_sum(a->tab, rec, a->groups), e = 0;
+		if (be == 1) {
+			e = plane_sum(a->tab, rec + a->sign_bytes, a->dp / 4);
+		} else if (be) {
 			const uint8_t *ep = rec + a->sign_bytes;
 			for (size_t j = 0; j < a->dp; j++) {
 				size_t bit = j * be;
@@ -884,7 +893,7 @@ void ann_rbq_scan_scalar(const ann_rbq_scan *a, const uint8_t *codes, size_t n, 
 				e += (int64_t)((v >> (bit % 8)) & mask) * a->qi[j];
 			}
 		}
-		E[i] = e;
+		Y[i] = s * ((int64_t)1 << be) + e;
 	}
 }
 
@@ -895,14 +904,12 @@ typedef struct factors {
 } factors;
 
 /* One chunk's sums in the query's kernel form (rabitq_kernels.h). */
-static void scan(const ann_rbq_query *s, const ann_rbq_scan *a, const uint8_t *base, size_t cn, float *A, int64_t *E)
+static void scan(const ann_rbq_query *s, const ann_rbq_scan *a, const uint8_t *base, size_t cn, int64_t *Y)
 {
-	if (s->simd == ANN_SIMD_AVX512)
-		ann_rbq_scan_avx512(a, base, cn, A, E);
-	else if (s->simd == ANN_SIMD_AVX2)
-		ann_rbq_scan_avx2(a, base, cn, A, E);
+	if (s->simd >= ANN_SIMD_AVX2)
+		ann_rbq_scan_avx2(a, base, cn, Y);
 	else
-		ann_rbq_scan_scalar(a, base, cn, A, E);
+		ann_rbq_scan_scalar(a, base, cn, Y);
 }
 
 static void estimate(const ann_rbq_query *s, const uint8_t *codes, size_t stride, const factors *f, size_t n,
@@ -910,8 +917,7 @@ static void estimate(const ann_rbq_query *s, const uint8_t *codes, size_t stride
 {
 	const ann_rbq *q = s->q;
 	ann_rbq_scan a = {
-		.lut = s->lut,
-		.elut = s->simd == ANN_SIMD_AVX512 && s->elut_ready ? s->elut : NULL,
+		.tab = s->tab,
 		.qi = s->qi,
 		.groups = q->dp / 4,
 		.dp = q->dp,
@@ -919,26 +925,19 @@ static void estimate(const ann_rbq_query *s, const uint8_t *codes, size_t stride
 		.sign_bytes = q->sign_bytes,
 		.rec_bytes = stride,
 	};
-	const double hi = (double)(1u << q->be);
 	const double half = ((double)(1u << q->bits) - 1) / 2;
 	const double yconst = half * s->sum_rq;
 	const double wscale = (double)s->eps0 / sqrt((double)q->dp - 1) / RBQ_TAN_SCALE * s->qnorm *
 			      (s->m == ANN_METRIC_L2 ? 2.0 : 1.0);
-	const ann_rbq_fin fin = {hi, s->delta, yconst, s->qn2, s->cq, wscale, s->m == ANN_METRIC_L2};
-	float A[RBQ_CHUNK];
-	int64_t E[RBQ_CHUNK];
+	const ann_rbq_fin fin = {s->delta, yconst, s->qn2, s->cq, wscale, s->m == ANN_METRIC_L2};
+	int64_t Y[RBQ_CHUNK];
 	for (size_t i0 = 0; i0 < n; i0 += RBQ_CHUNK) {
 		size_t cn = ANN_MIN(n - i0, (size_t)RBQ_CHUNK);
 		const uint8_t *base = codes + i0 * stride;
-		scan(s, &a, base, cn, A, E);
-		if (f && s->simd == ANN_SIMD_AVX512) {
-			ann_rbq_finish_avx512(&fin, A, E, f->rn + i0, f->fip + i0, f->tan + i0, cn, est + i0,
-					      width ? width + i0 : NULL);
-			continue;
-		}
+		scan(s, &a, base, cn, Y);
 		size_t done = 0; /* AVX2: its whole steps, the scalar loop the rest */
-		if (f && s->simd == ANN_SIMD_AVX2)
-			done = ann_rbq_finish_avx2(&fin, A, E, f->rn + i0, f->fip + i0, f->tan + i0, cn, est + i0,
+		if (f && s->simd >= ANN_SIMD_AVX2)
+			done = ann_rbq_finish_avx2(&fin, Y, f->rn + i0, f->fip + i0, f->tan + i0, cn, est + i0,
 						   width ? width + i0 : NULL);
 		for (size_t i = done; i < cn; i++) {
 			double rn, fip, tan16;
@@ -952,7 +951,7 @@ static void estimate(const ann_rbq_query *s, const uint8_t *codes, size_t stride
 				fip = ann_ldf32(fp + 4);
 				tan16 = ann_ld16(fp + 8);
 			}
-			double yq = hi * (double)A[i] + s->delta * (double)E[i] - yconst;
+			double yq = s->delta * (double)Y[i] - yconst;
 			double ip = fip * yq; /* |r| <o, q'> estimate */
 			if (s->m == ANN_METRIC_L2)
 				est[i0 + i] = (float)(rn * rn + s->qn2 - 2.0 * ip);
@@ -980,7 +979,7 @@ void ann_rbq_estimate_prefix(const ann_rbq_query *s, const uint8_t *codes, size_
 {
 	const ann_rbq *q = s->q;
 	ann_rbq_scan a = {
-		.lut = s->lut,
+		.tab = s->tab,
 		.qi = s->qi,
 		.groups = pdims / 4,
 		.dp = pdims,
@@ -993,16 +992,15 @@ void ann_rbq_estimate_prefix(const ann_rbq_query *s, const uint8_t *codes, size_
 		psum[j & 3] += s->rq[j];
 	const double yconst = 0.5 * ((psum[0] + psum[1]) + (psum[2] + psum[3]));
 	const double scale = (double)q->dp / pdims;
-	float A[RBQ_CHUNK];
-	int64_t E[RBQ_CHUNK];
+	int64_t Y[RBQ_CHUNK];
 	for (size_t i0 = 0; i0 < n; i0 += RBQ_CHUNK) {
 		size_t cn = ANN_MIN(n - i0, (size_t)RBQ_CHUNK);
 		const uint8_t *base = codes + i0 * q->rec_bytes;
-		scan(s, &a, base, cn, A, E);
+		scan(s, &a, base, cn, Y);
 		for (size_t i = 0; i < cn; i++) {
 			const uint8_t *fp = base + i * q->rec_bytes + q->sign_bytes + q->ex_bytes;
 			double rn = ann_ldf32(fp), fip = ann_ldf32(fp + 4);
-			double ip = fip * scale * ((double)A[i] - yconst);
+			double ip = fip * scale * (s->delta * (double)Y[i] - yconst);
 			if (s->m == ANN_METRIC_L2)
 				est[i0 + i] = (float)(rn * rn + s->qn2 - 2.0 * ip);
 			else

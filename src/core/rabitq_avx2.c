@@ -2,21 +2,29 @@
 /*
  * rabitq_avx2.c: the AVX2 form of the RaBitQ estimate kernels
  * (rabitq_kernels.h), built with -mavx2 -mfma. Called by rabitq.c only when
- * the CPU probe of distance.c says AVX2 runs here.
+ * the CPU probe of distance.c says AVX2 runs here (AVX-512 CPUs included).
  *
- * Sign plane: 8 codes at a time without gathers (scan8_sign); the last n % 8
- * codes one at a time, 8 groups (32 dims, one 32-bit word of the plane) per
- * step; the 8 nibbles become 8 table indices 16 g + nibble, fetched with one gather
- * and added to 8 lane accumulators (lane l: groups l mod 8), the same float
- * additions in the same order as the scalar kernel. A last partial step (dp
- * is a multiple of 16, so 4 groups) uses a masked gather; the masked lanes
- * add 0.0f, which leaves them unchanged.
+ * Planes of one bit a dim (the sign plane; the ex plane of 2-bit codes): a
+ * fast scan, 32 records a step. Records r and r + 16 share a register (low
+ * and high 128-bit lanes), so a 16 x 16 byte transpose in four rounds of
+ * unpacks leaves in register j byte rev4(j) of the 16 plane bytes of all 32
+ * records. Each nibble indexes its group's table of U = T + 8192 with two
+ * vpshufb (low and high bytes). The looked-up bytes are summed in 16-bit
+ * lanes as whole words (acc += v) and as their odd bytes (odd += v >> 8):
+ * odd holds the odd records' sums, acc - 256 odd (mod 2^16) the even
+ * records', both exact for up to 256 groups (255 * 256 < 2^16), after which
+ * they are carried into 64-bit totals. Exact integers: the scalar kernel's
+ * Y, bit for bit. A last step of fewer than 32 records repeats its last
+ * record in the empty slots (their sums are dropped), so every read is of a
+ * real record; a plane that is not a whole number of 16-byte chunks has its
+ * last chunk copied into zeroed buffers, and groups past the end are not
+ * looked up.
  *
- * Ex plane: rabitq_ex_avx2.h.
+ * Ex plane of 3 and more bits: rabitq_ex_avx2.h, per record.
  *
- * Query set-up: the rotation, the group tables and the quantised query in
- * the same float operations as rabitq.c (rabitq_kernels.h). Measured:
- * bench/bench_rabitq.c --speed, column "prepare us".
+ * Query set-up: the rotation and the quantised query in the same float
+ * operations as rabitq.c (rabitq_kernels.h). Measured: bench/bench_rabitq.c
+ * --speed.
  */
 #include "rabitq_ex_avx2.h"
 
@@ -24,95 +32,128 @@
 #include <math.h>
 #include <string.h>
 
-static inline float lanes_sum(__m256 v)
-{
-	/* ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)), as the scalar kernel */
-	__m128 t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-	__m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t)); /* (t0+t2, t1+t3) */
-	__m128 w = _mm_add_ss(u, _mm_shuffle_ps(u, u, 1));
-	return _mm_cvtss_f32(w);
-}
+#define FS_ROWS 32
+#define FS_BLOCK 256 /* groups summed in 16-bit lanes before the carry */
 
-/* The sign plane of 8 codes at once, without gathers: lane c is code c, and
- * for each group the 8 nibbles index the group's 16-entry table, held as two
- * 8-float halves (vpermps on each, blended on the nibble's bit 3). acc[l]
- * holds, for the 8 codes, what lane l of the one-code kernel holds (groups l
- * mod 8, in the same order, 0.0f added where the last step has no group), and
- * the final sum pairs them as lanes_sum does: the same float additions, so
- * the same bits. Gathers are slow on the CPUs without AVX-512 that this path
- * serves (docs/BENCHMARKS.md "This machine has no AVX-512"). */
-static void scan8_sign(const ann_rbq_scan *a, const uint8_t *codes, float *out)
+/* x[j] = byte rev4(j) of the 16 rows of each 128-bit lane (rows in order) */
+static inline void transpose16(__m256i x[16])
 {
-	const size_t rb = a->rec_bytes, groups = a->groups;
-	const __m256i nib = _mm256_set1_epi32(15);
-	__m256 acc[8];
-	for (int l = 0; l < 8; l++)
-		acc[l] = _mm256_setzero_ps();
-	for (size_t s = 0; 8 * s < groups; s++) {
-		uint32_t w[8];
-		for (int c = 0; c < 8; c++)
-			memcpy(&w[c], codes + (size_t)c * rb + 4 * s, 4); /* as the one-code kernel reads */
-		__m256i words = _mm256_loadu_si256((const __m256i *)w);
-		size_t lim = groups - 8 * s < 8 ? groups - 8 * s : 8;
-		for (size_t l = 0; l < 8; l++) {
-			if (l >= lim) {
-				acc[l] = _mm256_add_ps(acc[l], _mm256_setzero_ps());
-				continue;
-			}
-			const float *t = a->lut + 16 * (8 * s + l);
-			__m256i idx = _mm256_and_si256(_mm256_srli_epi32(words, (int)(4 * l)), nib);
-			__m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(t), idx);
-			__m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(t + 8), idx);
-			__m256 pick = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
-			acc[l] = _mm256_add_ps(acc[l], _mm256_blendv_ps(lo, hi, pick));
-		}
+	__m256i t[16];
+	for (int k = 0; k < 8; k++) {
+		t[k] = _mm256_unpacklo_epi8(x[2 * k], x[2 * k + 1]);
+		t[k + 8] = _mm256_unpackhi_epi8(x[2 * k], x[2 * k + 1]);
 	}
-	__m256 r = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6])),
-				 _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7])));
-	_mm256_storeu_ps(out, r);
+	for (int k = 0; k < 8; k++) {
+		x[k] = _mm256_unpacklo_epi16(t[2 * k], t[2 * k + 1]);
+		x[k + 8] = _mm256_unpackhi_epi16(t[2 * k], t[2 * k + 1]);
+	}
+	for (int k = 0; k < 8; k++) {
+		t[k] = _mm256_unpacklo_epi32(x[2 * k], x[2 * k + 1]);
+		t[k + 8] = _mm256_unpackhi_epi32(x[2 * k], x[2 * k + 1]);
+	}
+	for (int k = 0; k < 8; k++) {
+		x[k] = _mm256_unpacklo_epi64(t[2 * k], t[2 * k + 1]);
+		x[k + 8] = _mm256_unpackhi_epi64(t[2 * k], t[2 * k + 1]);
+	}
 }
 
-void ann_rbq_scan_avx2(const ann_rbq_scan *a, const uint8_t *codes, size_t n, float *A, int64_t *E)
+static const int rev4[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+
+typedef struct fs_acc {
+	__m256i lo, lo_odd, hi, hi_odd;
+} fs_acc;
+
+static inline void fs_look(fs_acc *a, const uint8_t *tab, __m256i nib)
 {
-	const size_t full = a->groups / 8, tail = a->groups % 8;
-	const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-	const __m256i nib = _mm256_set1_epi32(15);
-	const __m256i lane16 = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);
-	const __m256 tailmask = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)tail),
-								       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+	__m256i tl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)tab));
+	__m256i th = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(tab + 16)));
+	__m256i l = _mm256_shuffle_epi8(tl, nib), h = _mm256_shuffle_epi8(th, nib);
+	a->lo = _mm256_add_epi16(a->lo, l);
+	a->lo_odd = _mm256_add_epi16(a->lo_odd, _mm256_srli_epi16(l, 8));
+	a->hi = _mm256_add_epi16(a->hi, h);
+	a->hi_odd = _mm256_add_epi16(a->hi_odd, _mm256_srli_epi16(h, 8));
+}
+
+/* tot[r] += the block's sums of U: 16-bit word k of lane h holds rows
+ * 16 h + 2 k (even byte) and 16 h + 2 k + 1 (odd byte) */
+static inline void fs_carry(const fs_acc *a, int64_t tot[FS_ROWS])
+{
+	uint16_t lo[16], lo_odd[16], hi[16], hi_odd[16];
+	_mm256_storeu_si256((__m256i *)(void *)lo, a->lo);
+	_mm256_storeu_si256((__m256i *)(void *)lo_odd, a->lo_odd);
+	_mm256_storeu_si256((__m256i *)(void *)hi, a->hi);
+	_mm256_storeu_si256((__m256i *)(void *)hi_odd, a->hi_odd);
+	for (int k = 0; k < 16; k++) {
+		int r = 16 * (k / 8) + 2 * (k % 8);
+		uint16_t le = (uint16_t)(lo[k] - (uint16_t)(lo_odd[k] << 8));
+		uint16_t he = (uint16_t)(hi[k] - (uint16_t)(hi_odd[k] << 8));
+		tot[r] += (int64_t)le + 256 * (int64_t)he;
+		tot[r + 1] += (int64_t)lo_odd[k] + 256 * (int64_t)hi_odd[k];
+	}
+}
+
+/* out[r] = sum over groups g < groups of T_g[nibble g of the 1-bit plane at
+ * byte offset off of record p[r]], for the 32 records p[0..31] */
+static void fs_plane(const uint8_t *const p[FS_ROWS], size_t off, const uint8_t *tab, size_t groups,
+		     int64_t out[FS_ROWS])
+{
+	const __m256i m4 = _mm256_set1_epi8(0x0f);
+	int64_t tot[FS_ROWS];
+	memset(tot, 0, sizeof(tot));
+	for (size_t g0 = 0; g0 < groups; g0 += FS_BLOCK) {
+		const size_t gend = groups - g0 < FS_BLOCK ? groups : g0 + FS_BLOCK;
+		fs_acc a = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+			    _mm256_setzero_si256()};
+		for (size_t g = g0; g < gend; g += 32) {
+			const size_t ng = gend - g < 32 ? gend - g : 32, boff = off + g / 2;
+			__m256i x[16];
+			if (ng == 32) {
+				for (int r = 0; r < 16; r++)
+					x[r] = _mm256_loadu2_m128i((const __m128i *)(const void *)(p[r + 16] + boff),
+								   (const __m128i *)(const void *)(p[r] + boff));
+			} else {
+				uint8_t buf[FS_ROWS][16];
+				memset(buf, 0, sizeof(buf));
+				for (int r = 0; r < FS_ROWS; r++)
+					memcpy(buf[r], p[r] + boff, (ng + 1) / 2);
+				for (int r = 0; r < 16; r++)
+					x[r] = _mm256_loadu2_m128i((const __m128i *)(const void *)buf[r + 16],
+								   (const __m128i *)(const void *)buf[r]);
+			}
+			transpose16(x);
+			for (int j = 0; j < 16; j++) {
+				const size_t b = (size_t)rev4[j];
+				if (2 * b >= ng)
+					continue;
+				const uint8_t *t = tab + 32 * (g + 2 * b);
+				fs_look(&a, t, _mm256_and_si256(x[j], m4));
+				if (2 * b + 1 < ng)
+					fs_look(&a, t + 32, _mm256_and_si256(_mm256_srli_epi16(x[j], 4), m4));
+			}
+		}
+		fs_carry(&a, tot);
+	}
+	for (int r = 0; r < FS_ROWS; r++)
+		out[r] = tot[r] - 8192 * (int64_t)groups;
+}
+
+void ann_rbq_scan_avx2(const ann_rbq_scan *a, const uint8_t *codes, size_t n, int64_t *Y)
+{
 	const unsigned be = a->be;
 	const rbq_ex ex = rbq_ex_setup(a);
-
-	size_t i8 = n - n % 8;
-	for (size_t i = 0; i < i8; i += 8) {
-		scan8_sign(a, codes + i * a->rec_bytes, A + i);
-		for (size_t c = i; c < i + 8; c++)
-			E[c] = be ? rbq_ex_row(a, &ex, codes + c * a->rec_bytes) : 0;
-	}
-	for (size_t i = i8; i < n; i++) {
-		const uint8_t *rec = codes + i * a->rec_bytes;
-		__m256 acc = _mm256_setzero_ps();
-		size_t s = 0;
-		for (; s < full; s++) {
-			uint32_t w;
-			memcpy(&w, rec + 4 * s, 4);
-			__m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)w), shifts), nib);
-			idx = _mm256_add_epi32(idx, _mm256_add_epi32(lane16, _mm256_set1_epi32((int)(128 * s))));
-			acc = _mm256_add_ps(acc, _mm256_i32gather_ps(a->lut, idx, 4));
+	for (size_t i0 = 0; i0 < n; i0 += FS_ROWS) {
+		const size_t cnt = n - i0 < FS_ROWS ? n - i0 : FS_ROWS;
+		const uint8_t *p[FS_ROWS];
+		for (size_t r = 0; r < FS_ROWS; r++)
+			p[r] = codes + (i0 + (r < cnt ? r : cnt - 1)) * a->rec_bytes;
+		int64_t A[FS_ROWS], E[FS_ROWS];
+		fs_plane(p, 0, a->tab, a->groups, A);
+		if (be == 1)
+			fs_plane(p, a->sign_bytes, a->tab, a->dp / 4, E);
+		for (size_t r = 0; r < cnt; r++) {
+			int64_t e = be == 0 ? 0 : be == 1 ? E[r] : rbq_ex_row(a, &ex, p[r]);
+			Y[i0 + r] = A[r] * ((int64_t)1 << be) + e;
 		}
-		if (tail) {
-			uint32_t w;
-			memcpy(&w, rec + 4 * s, 4); /* reads 2 bytes past the plane, inside the record */
-			__m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)w), shifts), nib);
-			idx = _mm256_add_epi32(idx, _mm256_add_epi32(lane16, _mm256_set1_epi32((int)(128 * s))));
-			acc = _mm256_add_ps(acc, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), a->lut, idx, tailmask, 4));
-		}
-		A[i] = lanes_sum(acc);
-		if (!be) {
-			E[i] = 0;
-			continue;
-		}
-		E[i] = rbq_ex_row(a, &ex, rec);
 	}
 }
 
@@ -176,22 +217,27 @@ void ann_rbq_rotate_avx2(const ann_rbq_rot *r, const float *v, float *out)
 	}
 }
 
-void ann_rbq_lut_avx2(const float *rq, size_t groups, float *lut)
+/* ann_rbq_tables in AVX2: lane m of a group's 16 int16 sums adds qi[4 g + t]
+ * where bit t of m is set (exact: |sum| <= 8188); + 8192, then the low bytes
+ * and the high bytes gathered into the two 16-byte halves of the entry. */
+void ann_rbq_tables_avx2(const int16_t *qi, size_t groups, uint8_t *tab)
 {
-	/* lane m (entries 0..7, then 8..15) keeps v_t where bit t of m is set */
-	const __m256 m0 = _mm256_castsi256_ps(_mm256_setr_epi32(0, -1, 0, -1, 0, -1, 0, -1));
-	const __m256 m1 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, -1, -1, 0, 0, -1, -1));
-	const __m256 m2 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, 0, 0, -1, -1, -1, -1));
-	const __m256 zero = _mm256_setzero_ps();
+	const __m256i b0 = _mm256_setr_epi16(0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1);
+	const __m256i b1 = _mm256_setr_epi16(0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1);
+	const __m256i b2 = _mm256_setr_epi16(0, 0, 0, 0, -1, -1, -1, -1, 0, 0, 0, 0, -1, -1, -1, -1);
+	const __m256i b3 = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1);
+	const __m256i off = _mm256_set1_epi16(8192);
+	const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10,
+					       12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
 	for (size_t g = 0; g < groups; g++) {
-		const float *v = rq + 4 * g;
-		__m256 v0 = _mm256_and_ps(_mm256_set1_ps(v[0]), m0), v1 = _mm256_and_ps(_mm256_set1_ps(v[1]), m1);
-		__m256 v2 = _mm256_and_ps(_mm256_set1_ps(v[2]), m2);
-		__m256 lo = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(zero, v2), v1), v0);
-		__m256 hi = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(zero, _mm256_set1_ps(v[3])), v2), v1),
-					  v0);
-		_mm256_storeu_ps(lut + 16 * g, lo);
-		_mm256_storeu_ps(lut + 16 * g + 8, hi);
+		const int16_t *v = qi + 4 * g;
+		__m256i t = _mm256_add_epi16(_mm256_and_si256(b0, _mm256_set1_epi16(v[0])),
+					     _mm256_and_si256(b1, _mm256_set1_epi16(v[1])));
+		t = _mm256_add_epi16(t, _mm256_add_epi16(_mm256_and_si256(b2, _mm256_set1_epi16(v[2])),
+							 _mm256_and_si256(b3, _mm256_set1_epi16(v[3]))));
+		/* lane 0: low bytes of entries 0..7, high bytes of 0..7; lane 1: 8..15 */
+		__m256i sp = _mm256_shuffle_epi8(_mm256_add_epi16(t, off), split);
+		_mm256_storeu_si256((__m256i *)(void *)(tab + 32 * g), _mm256_permute4x64_epi64(sp, _MM_SHUFFLE(3, 1, 2, 0)));
 	}
 }
 
@@ -280,19 +326,18 @@ double ann_rbq_sum_avx2(const float *r, size_t n)
 /* The last step of the split estimate, 4 records a step in double: rabitq.c's
  * scalar operations in their order (no contraction), so the same floats. The
  * whole steps only: returns the records done, the caller's scalar loop the rest. */
-size_t ann_rbq_finish_avx2(const ann_rbq_fin *f, const float *A, const int64_t *E, const float *rn, const float *fip,
+size_t ann_rbq_finish_avx2(const ann_rbq_fin *f, const int64_t *Y, const float *rn, const float *fip,
 			   const float *tan, size_t n, float *est, float *width)
 {
-	const __m256d hi = _mm256_set1_pd(f->hi), delta = _mm256_set1_pd(f->delta), yc = _mm256_set1_pd(f->yconst);
+	const __m256d delta = _mm256_set1_pd(f->delta), yc = _mm256_set1_pd(f->yconst);
 	const __m256d qn2 = _mm256_set1_pd(f->qn2), cq = _mm256_set1_pd(f->cq), ws = _mm256_set1_pd(f->wscale);
 	const __m256d two = _mm256_set1_pd(2.0), sign = _mm256_set1_pd(-0.0);
 	size_t i = 0;
 	for (; i + 4 <= n; i += 4) {
-		__m256d a = _mm256_cvtps_pd(_mm_loadu_ps(A + i));
-		__m256d e = _mm256_setr_pd((double)E[i], (double)E[i + 1], (double)E[i + 2], (double)E[i + 3]);
+		__m256d y = _mm256_setr_pd((double)Y[i], (double)Y[i + 1], (double)Y[i + 2], (double)Y[i + 3]);
 		__m256d r = _mm256_cvtps_pd(_mm_loadu_ps(rn + i));
 		__m256d fp = _mm256_cvtps_pd(_mm_loadu_ps(fip + i));
-		__m256d yq = _mm256_sub_pd(_mm256_add_pd(_mm256_mul_pd(hi, a), _mm256_mul_pd(delta, e)), yc);
+		__m256d yq = _mm256_sub_pd(_mm256_mul_pd(delta, y), yc);
 		__m256d ip = _mm256_mul_pd(fp, yq);
 		__m256d v = f->l2 ? _mm256_sub_pd(_mm256_add_pd(_mm256_mul_pd(r, r), qn2), _mm256_mul_pd(two, ip))
 				  : _mm256_xor_pd(_mm256_add_pd(cq, ip), sign); /* negation, as C's unary minus */

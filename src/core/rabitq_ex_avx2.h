@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * rabitq_ex_avx2.h: the ex plane of the RaBitQ estimate kernels, shared by
- * rabitq_avx2.c and rabitq_avx512.c (both built with -mavx2; include it
- * nowhere else). 16 dims (2 be bytes) per step: the bytes are broadcast to
+ * rabitq_ex_avx2.h: the ex plane of the RaBitQ estimate kernels for 3 and
+ * more bits a dim (be >= 2), used by rabitq_avx2.c (built with -mavx2;
+ * include it nowhere else). 16 dims (2 be bytes) per step: the bytes are broadcast to
  * both 128-bit halves; vpshufb places in 16-bit lane j the two bytes holding
  * dim j's be bits, a multiply by 2^(16 - be - shift_j) left-aligns them, a
  * shift right by 16 - be leaves e_j; vpmaddwd with qi sums pairs into 32-bit
