@@ -574,6 +574,56 @@ static void test_nearest(ann_rng *r)
 	free(ex);
 }
 
+/* Top-n with many exact ties (small integer coordinates: every distance is an
+ * exact float): the lists are the n smallest (distance, id) pairs, ties by
+ * id, pair for pair, for n from 1 to all the centroids (the selection buffer
+ * is cut many times, once or never). */
+typedef struct ref_pair {
+	float d;
+	uint32_t id;
+} ref_pair;
+
+static int ref_cmp(const void *a, const void *b)
+{
+	const ref_pair *x = a, *y = b;
+	if (x->d != y->d)
+		return x->d < y->d ? -1 : 1;
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static void test_topn_ties(ann_rng *r)
+{
+	t_current = "test_topn_ties";
+	const size_t n = 300, d = 8, k = 3000;
+	float *x = malloc(n * d * sizeof(float)), *c = malloc(k * d * sizeof(float));
+	for (size_t i = 0; i < n * d; i++)
+		x[i] = (float)(ann_rng_next(r) % 4);
+	for (size_t i = 0; i < k * d; i++)
+		c[i] = (float)(ann_rng_next(r) % 4);
+	ref_pair *ref = malloc(k * sizeof(ref_pair));
+	const size_t nps[] = {1, 7, 48, 200, 1100, 2999, 3000};
+	for (size_t t = 0; t < sizeof(nps) / sizeof(nps[0]); t++) {
+		size_t np = nps[t];
+		uint32_t *ids = malloc(n * np * sizeof(uint32_t));
+		float *dd = malloc(n * np * sizeof(float));
+		ASSERT_OK(ann_nearest_centroids(x, n, d, c, k, np, ANN_METRIC_L2, 2, ids, dd, NULL));
+		for (size_t i = 0; i < n; i++) {
+			for (size_t q = 0; q < k; q++)
+				ref[q] = (ref_pair){(float)sqdist(x + i * d, c + q * d, d), (uint32_t)q};
+			qsort(ref, k, sizeof(ref_pair), ref_cmp);
+			for (size_t j = 0; j < np; j++)
+				if (ids[i * np + j] != ref[j].id || dd[i * np + j] != ref[j].d)
+					T_FAIL("nprobe %zu row %zu rank %zu: (%g, %u), expected (%g, %u)", np, i, j,
+					       dd[i * np + j], ids[i * np + j], ref[j].d, ref[j].id);
+		}
+		free(ids);
+		free(dd);
+	}
+	free(ref);
+	free(x);
+	free(c);
+}
+
 static void test_errors(void)
 {
 	t_current = "test_errors";
@@ -854,6 +904,7 @@ int main(void)
 	test_determinism(&rng);
 	test_minibatch(&rng);
 	test_nearest(&rng);
+	test_topn_ties(&rng);
 	test_two_level(&rng);
 	test_small_clusters(&rng);
 	test_two_level_order(&rng);
