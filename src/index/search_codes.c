@@ -16,6 +16,9 @@
  * Invariants: every distance pushed to a top k is exact; a page is used only
  * after its sum matched the head's; tombstones are filtered in round 1.
  */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,6 +183,24 @@ static void ip_from_l2(const ann_cblock_info *in, const uint8_t *blk, const uint
 }
 
 /* Round 1 of a codes block (search_int.h). */
+/* Whether any of 8 rows' lower bounds (est scale + shift) - wid scale is at or below kth:
+ * the candidate loop's test, in the same float operations (so the same answer, NaN never). */
+static inline bool block_may_pass(const float *est, const float *wid, float scale, float shift, float kth)
+{
+#if defined(__SSE2__)
+	const __m128 vs = _mm_set1_ps(scale), vsh = _mm_set1_ps(shift), vk = _mm_set1_ps(kth);
+	__m128 l0 = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(_mm_loadu_ps(est), vs), vsh), _mm_mul_ps(_mm_loadu_ps(wid), vs));
+	__m128 l1 = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(_mm_loadu_ps(est + 4), vs), vsh),
+			       _mm_mul_ps(_mm_loadu_ps(wid + 4), vs));
+	return _mm_movemask_ps(_mm_or_ps(_mm_cmple_ps(l0, vk), _mm_cmple_ps(l1, vk))) != 0;
+#else
+	bool any = false;
+	for (int t = 0; t < 8; t++)
+		any |= (est[t] * scale + shift) - wid[t] * scale <= kth;
+	return any;
+#endif
+}
+
 int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached, uint64_t *est_ns, ann_error *err)
 {
 	ann_index *x = s->idx;
@@ -306,23 +327,31 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 		 * tell from the searcher's, so it would reload these every row */
 		const float *est = s->est, *wid = s->width;
 		const uint32_t count = in->count;
-		for (uint32_t i = 0; i < count; i++) {
-			float e = est[i] * scale + shift, w = wid[i] * scale;
-			if (!(e - w <= kth))
-				continue; /* cannot enter the top k (a tie can): the threshold only falls */
-			if (!ids_done) {
-				rc = cblock_ids(in, br->data, s->hids, err);
-				if (rc < 0)
-					return ann_err_prefix(err, rc, "%s: partition %u", x->path, pid);
-				ids_done = true;
-			}
-			if (s->ntomb && search_tombed(s, s->hids[i]))
+		for (uint32_t i0 = 0; i0 < count; i0 += 8) {
+			/* ~4% of rows pass the bound (SIFT photos): a block of 8 none of which passes at
+			 * the threshold of its start is skipped; the threshold only falls, so the rows
+			 * looked at one by one are the same */
+			const uint32_t iend = count - i0 < 8 ? count : i0 + 8;
+			if (iend == i0 + 8 && !block_may_pass(est + i0, wid + i0, scale, shift, kth))
 				continue;
-			ub_push(s, qi, e + w, s->hids[i]);
-			kth = ub_kth(s, qi);
-			cand c = {e, w, s->hids[i], (uint32_t)u, i};
-			cand_push(s, qi, &c);
-			p0_cand |= i < p0rows;
+			for (uint32_t i = i0; i < iend; i++) {
+				float e = est[i] * scale + shift, w = wid[i] * scale;
+				if (!(e - w <= kth))
+					continue; /* cannot enter the top k (a tie can): the threshold only falls */
+				if (!ids_done) {
+					rc = cblock_ids(in, br->data, s->hids, err);
+					if (rc < 0)
+						return ann_err_prefix(err, rc, "%s: partition %u", x->path, pid);
+					ids_done = true;
+				}
+				if (s->ntomb && search_tombed(s, s->hids[i]))
+					continue;
+				ub_push(s, qi, e + w, s->hids[i]);
+				kth = ub_kth(s, qi);
+				cand c = {e, w, s->hids[i], (uint32_t)u, i};
+				cand_push(s, qi, &c);
+				p0_cand |= i < p0rows;
+			}
 		}
 	}
 	if (p0_cand) { /* a candidate on page 0: keep the page (its sum is checked when round 2 uses it) */

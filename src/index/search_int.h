@@ -185,6 +185,9 @@ struct ann_searcher {
 	uint32_t *parts;      /* cap_q * pwidth */
 	uint32_t *nparts;     /* cap_q */
 	pair *pairs;          /* cap_q * nprobe */
+	pair *ptmp;           /* group_pairs' counting sort: as many pairs, and a count per partition id */
+	uint32_t *pcount;
+	size_t ptmp_cap, pcount_cap;
 	uint32_t *upids;      /* unique partitions of the batch */
 	uint32_t *ustart;     /* start of each unique partition's pairs */
 	float *qnorm;         /* cap_q * dim: queries (normalised for cosine) */
