@@ -267,6 +267,11 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 		ann_rbq_rotate(x->rbq, s->centre, s->crot);
 	for (uint32_t j = s->ustart[u]; j < s->ustart[u + 1]; j++) {
 		uint32_t qi = s->pairs[j].q;
+		if (j + 1 < s->ustart[u + 1]) { /* the next sharer's heaps: a batch's are many MiB, visited out of order */
+			uint32_t qn = s->pairs[j + 1].q;
+			__builtin_prefetch(s->ub + (size_t)qn * s->o.k);
+			__builtin_prefetch(s->cands + (size_t)qn * s->rerank);
+		}
 		if (!cached) {
 			s->qbytes[qi] += (double)br->cost / sharers;
 			s->qb1[qi] += (double)br->cost / sharers;
