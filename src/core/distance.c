@@ -471,3 +471,37 @@ void ann_topk_finish(ann_topk *t)
 		t->id[i] = -1;
 	}
 }
+
+/* ---- selection by key (distance.h) ---- */
+
+uint32_t ann_kth_u32(uint32_t *a, size_t n, size_t r)
+{
+	size_t lo = 0, hi = n - 1;
+	while (lo < hi) {
+		uint32_t x = a[lo + (hi - lo) / 2], y = a[lo], z = a[hi];
+		uint32_t p = x < y ? (y < z ? y : x < z ? z : x) : (x < z ? x : y < z ? z : y); /* median of 3 */
+		size_t i = lo, j = hi;
+		while (i <= j) {
+			while (a[i] < p)
+				i++;
+			while (a[j] > p)
+				j--;
+			if (i <= j) {
+				uint32_t t = a[i];
+				a[i] = a[j];
+				a[j] = t;
+				i++;
+				if (j == 0)
+					break;
+				j--;
+			}
+		}
+		if (r <= j)
+			hi = j;
+		else if (r >= i)
+			lo = i;
+		else
+			return a[r];
+	}
+	return a[r];
+}

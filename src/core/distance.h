@@ -86,4 +86,26 @@ bool ann_topk_push(ann_topk *t, float dist, int64_t id);
  * until ann_topk_init. */
 void ann_topk_finish(ann_topk *t);
 
+/* ---- selection by key ------------------------------------------------------
+ * A float's bits as an unsigned key in the float's order (NaN past +inf; -0
+ * just below +0), and back; the r-th smallest key of a[0..n) (0-based,
+ * r < n) by quickselect, reordering a. Used where a top-k is cut by value
+ * (ann_hnsw_scan, the k-means router's pre-bound). */
+static inline uint32_t ann_fkey(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
+
+static inline float ann_fval(uint32_t u)
+{
+	u = u & 0x80000000u ? u & 0x7fffffffu : ~u;
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+uint32_t ann_kth_u32(uint32_t *a, size_t n, size_t r);
+
 #endif /* ANN_DISTANCE_H */

@@ -850,55 +850,6 @@ int ann_hnsw_build(ann_hnsw *h, const float *x, size_t n, int threads, ann_progr
 
 /* ---- public: search ---------------------------------------------------------- */
 
-/* A float's bits as an unsigned key in the float's order (NaN past +inf). */
-static uint32_t fkey(float f)
-{
-	uint32_t u;
-	memcpy(&u, &f, 4);
-	return u & 0x80000000u ? ~u : u | 0x80000000u;
-}
-
-static float fval(uint32_t u)
-{
-	u = u & 0x80000000u ? u & 0x7fffffffu : ~u;
-	float f;
-	memcpy(&f, &u, 4);
-	return f;
-}
-
-/* The r-th smallest of a[0..n) (0-based); a is reordered. */
-static uint32_t kth_key(uint32_t *a, size_t n, size_t r)
-{
-	size_t lo = 0, hi = n - 1;
-	while (lo < hi) {
-		uint32_t x = a[lo + (hi - lo) / 2], y = a[lo], z = a[hi];
-		uint32_t p = x < y ? (y < z ? y : x < z ? z : x) : (x < z ? x : y < z ? z : y); /* median of 3 */
-		size_t i = lo, j = hi;
-		while (i <= j) {
-			while (a[i] < p)
-				i++;
-			while (a[j] > p)
-				j--;
-			if (i <= j) {
-				uint32_t t = a[i];
-				a[i] = a[j];
-				a[j] = t;
-				i++;
-				if (j == 0)
-					break;
-				j--;
-			}
-		}
-		if (r <= j)
-			hi = j;
-		else if (r >= i)
-			lo = i;
-		else
-			return a[r];
-	}
-	return a[r];
-}
-
 static int u64_cmp(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -935,11 +886,11 @@ int ann_hnsw_scan(const ann_hnsw *h, const float *q, size_t k, int32_t *ids, flo
 			for (size_t j = 0; j < m; j++)
 				buf[j] = hn_dist(h, q, (uint32_t)(at + j));
 		for (size_t j = 0; j < m; j++)
-			key[at + j] = fkey(buf[j]);
+			key[at + j] = ann_fkey(buf[j]);
 	}
 	/* the k-th smallest key, then every key below it and the first ties by id */
 	memcpy(tmp, key, n * sizeof *tmp);
-	uint32_t thr = kth_key(tmp, n, k - 1);
+	uint32_t thr = ann_kth_u32(tmp, n, k - 1);
 	size_t m = 0;
 	for (size_t i = 0; i < n && m < k; i++)
 		if (key[i] < thr)
@@ -950,7 +901,7 @@ int ann_hnsw_scan(const ann_hnsw *h, const float *q, size_t k, int32_t *ids, flo
 	qsort(sel, m, sizeof *sel, u64_cmp);
 	for (size_t j = 0; j < m; j++) {
 		ids[j] = (int32_t)(uint32_t)sel[j];
-		dists[j] = fval((uint32_t)(sel[j] >> 32));
+		dists[j] = ann_fval((uint32_t)(sel[j] >> 32));
 	}
 	return (int)m;
 }

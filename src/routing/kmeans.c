@@ -62,19 +62,19 @@ typedef struct km_sel {
 	km_pair *a;
 	size_t cnt, cap, n;
 	float bound; /* +inf until n pairs are known */
-	float *pre;  /* KM_PRE_FLOATS(n) of scratch, shared by a worker's rows (km_sel_prebound) */
+	uint32_t *pre; /* KM_PRE_KEYS(n) keys of scratch, shared by a worker's rows (km_sel_prebound) */
 } km_sel;
 
 #define KM_SEL_CAP(n) (2 * (n) + 64)
 #define KM_GROUP 8 /* km_sel_prebound's groups */
-#define KM_PRE_FLOATS(n) (KM_CHUNK / KM_GROUP + KM_SEL_CAP(n))
+#define KM_PRE_KEYS(n) (KM_CHUNK / KM_GROUP + KM_SEL_CAP(n))
 
 static inline bool km_pair_lt(km_pair x, km_pair y)
 {
 	return x.d < y.d || (x.d == y.d && x.id < y.id);
 }
 
-static void km_sel_init(km_sel *s, km_pair *buf, size_t n, float *pre)
+static void km_sel_init(km_sel *s, km_pair *buf, size_t n, uint32_t *pre)
 {
 	s->pre = pre;
 	s->a = buf;
@@ -143,38 +143,6 @@ static void km_sel_cut(km_sel *s)
 		s->bound = b;
 }
 
-/* The k-th smallest (0-based) of a[0..m), k < m, no NaN; reorders a. */
-static float km_float_nth(float *a, size_t m, size_t k)
-{
-	size_t lo = 0, hi = m - 1;
-	while (lo < hi) {
-		float p = a[lo + (hi - lo) / 2];
-		size_t i = lo, j = hi;
-		while (i <= j) {
-			while (a[i] < p)
-				i++;
-			while (p < a[j])
-				j--;
-			if (i <= j) {
-				float t = a[i];
-				a[i] = a[j];
-				a[j] = t;
-				i++;
-				if (j == 0)
-					break;
-				j--;
-			}
-		}
-		if (k <= j)
-			hi = j;
-		else if (k >= i)
-			lo = i;
-		else
-			return a[k];
-	}
-	return a[k];
-}
-
 /* Before a row's first chunk is offered (km_row_topn): a bound from n values that are real,
  * distinct entries of the row (each group of KM_GROUP consecutive entries' smallest, and any
  * pairs kept), so that the n-th smallest of the row is at most their n-th smallest and an
@@ -201,7 +169,7 @@ static void km_sel_prebound(km_sel *s, const float *r, size_t kc)
 		_mm_storeu_ps(t, v);
 		for (int l = 0; l < 4; l++)
 			if (keep & (1 << l))
-				s->pre[m++] = t[l];
+				s->pre[m++] = ann_fkey(t[l]);
 	}
 #endif
 	for (; g + KM_GROUP <= kc; g += KM_GROUP) {
@@ -209,14 +177,14 @@ static void km_sel_prebound(km_sel *s, const float *r, size_t kc)
 		for (size_t i = 1; i < KM_GROUP; i++)
 			v = r[g + i] < v ? r[g + i] : v;
 		if (v < s->bound) /* NaN never */
-			s->pre[m++] = v;
+			s->pre[m++] = ann_fkey(v);
 	}
 	for (size_t i = 0; i < s->cnt; i++)
 		if (s->a[i].d < s->bound)
-			s->pre[m++] = s->a[i].d;
+			s->pre[m++] = ann_fkey(s->a[i].d);
 	if (m < s->n)
 		return;
-	float b = nextafterf(km_float_nth(s->pre, m, s->n - 1), __builtin_inff());
+	float b = nextafterf(ann_fval(ann_kth_u32(s->pre, m, s->n - 1)), __builtin_inff());
 	if (b < s->bound)
 		s->bound = b;
 }
@@ -283,7 +251,7 @@ typedef struct km_worker {
 	int64_t *hid;  /* block * nprobe_max top-n ids */
 	km_sel *tk;    /* block selections */
 	km_pair *sb;   /* block * KM_SEL_CAP(nprobe_max) selection buffers */
-	float *pre;    /* KM_PRE_FLOATS(nprobe_max): km_sel_prebound's scratch */
+	uint32_t *pre; /* KM_PRE_KEYS(nprobe_max): km_sel_prebound's scratch */
 } km_worker;
 
 typedef struct km_pool {
@@ -355,7 +323,7 @@ static int km_pool_init(km_pool *pl, int threads, size_t d, size_t kmax, size_t 
 			w->hid = km_alloc(B * nprobe_max, sizeof(int64_t), &pl->bytes);
 			w->tk = km_alloc(B, sizeof(km_sel), &pl->bytes);
 			w->sb = km_alloc(B * KM_SEL_CAP(nprobe_max), sizeof(km_pair), &pl->bytes);
-			w->pre = km_alloc(KM_PRE_FLOATS(nprobe_max), sizeof(float), &pl->bytes);
+			w->pre = km_alloc(KM_PRE_KEYS(nprobe_max), sizeof(uint32_t), &pl->bytes);
 			if (!w->hd || !w->hid || !w->tk || !w->sb || !w->pre)
 				goto nomem;
 		}
@@ -2026,7 +1994,7 @@ typedef struct kt_worker {
 	int64_t *hid;
 	km_sel *tk;
 	km_pair *sb; /* block * KM_SEL_CAP(M) */
-	float *pre;  /* KM_PRE_FLOATS(M) */
+	uint32_t *pre; /* KM_PRE_KEYS(M) */
 } kt_worker;
 
 static void kt_cell(kt_worker *w, size_t c)
@@ -2139,7 +2107,7 @@ int ann_kmeans_tree_nearest(const ann_kmeans_tree *t, const float *x, size_t n, 
 		w[i].hid = ann_malloc(B * M * sizeof(int64_t));
 		w[i].tk = ann_malloc(B * sizeof(km_sel));
 		w[i].sb = ann_malloc(B * KM_SEL_CAP(M) * sizeof(km_pair));
-		w[i].pre = ann_malloc(KM_PRE_FLOATS(M) * sizeof(float));
+		w[i].pre = ann_malloc(KM_PRE_KEYS(M) * sizeof(uint32_t));
 		if (!w[i].gather || !w[i].xn || !w[i].tile || !w[i].hd || !w[i].hid || !w[i].tk || !w[i].sb ||
 		    !w[i].pre)
 			goto nomem;
