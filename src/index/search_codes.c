@@ -182,7 +182,6 @@ static void ip_from_l2(const ann_cblock_info *in, const uint8_t *blk, const uint
 	}
 }
 
-/* Round 1 of a codes block (search_int.h). */
 /* Whether any of 8 rows' lower bounds (est scale + shift) - wid scale is at or below kth:
  * the candidate loop's test, in the same float operations (so the same answer, NaN never). */
 static inline bool block_may_pass(const float *est, const float *wid, float scale, float shift, float kth)
@@ -201,6 +200,7 @@ static inline bool block_may_pass(const float *est, const float *wid, float scal
 #endif
 }
 
+/* Round 1 of a codes block (search_int.h). */
 int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached, uint64_t *est_ns, ann_error *err)
 {
 	ann_index *x = s->idx;
