@@ -84,8 +84,19 @@ static void km_sel_init(km_sel *s, km_pair *buf, size_t n, uint32_t *pre)
 	s->bound = __builtin_inff();
 }
 
-static void km_pair_isort(km_pair *a, size_t n)
+static int km_pair_cmp(const void *x, const void *y)
 {
+	const km_pair *a = x, *b = y;
+	return km_pair_lt(*a, *b) ? -1 : km_pair_lt(*b, *a);
+}
+
+/* Sorts a[0..n) by (distance, id): insertion sort for the few, qsort for the many. */
+static void km_pair_sort(km_pair *a, size_t n)
+{
+	if (n > 32) {
+		qsort(a, n, sizeof *a, km_pair_cmp);
+		return;
+	}
 	for (size_t i = 1; i < n; i++) {
 		km_pair v = a[i];
 		size_t j = i;
@@ -129,7 +140,7 @@ static void km_pair_select(km_pair *a, size_t cnt, size_t n)
 		if (lo == n || hi == n)
 			return;
 	}
-	km_pair_isort(a + lo, hi - lo);
+	km_pair_sort(a + lo, hi - lo);
 }
 
 static void km_sel_cut(km_sel *s)
@@ -212,7 +223,7 @@ static void km_sel_finish(km_sel *s, float *dist, int64_t *id)
 	if (s->cnt > s->n)
 		km_pair_select(s->a, s->cnt, s->n);
 	size_t m = ANN_MIN(s->cnt, s->n);
-	km_pair_isort(s->a, m);
+	km_pair_sort(s->a, m);
 	for (size_t i = 0; i < s->n; i++) {
 		dist[i] = i < m ? s->a[i].d : __builtin_inff();
 		id[i] = i < m ? (int64_t)s->a[i].id : -1;
