@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# Paired cold A/B of two search settings on one index: runs `annann search --json` with ARGS_A
+# Paired cold A/B of two search settings on one index (bench/ab_search.py compares two binaries): runs `annann search --json` with ARGS_A
 # and ARGS_B alternately, REPS times each (so machine noise hits both alike), and prints per
 # setting its p50s sorted (the median is the middle one), bytes read per query, recall@10 and
 # read waves per query (the last run's).
-#   bench/ab_search.sh REPS INDEX QDIR "ARGS_A" "ARGS_B"
+#   bench/ab_args.sh REPS INDEX QDIR "ARGS_A" "ARGS_B"
 # QDIR holds query.u8bin and gt100.bin; ANNANN (default build/tools/annann) is the binary.
 # Example (docs/BENCHMARKS.md "Fast scan and the router's top-n"):
-#   bench/ab_search.sh 7 $W/ph /work/data/peers/sift-q2k "--nprobe 24 --rerank-phases 2" \
+#   bench/ab_args.sh 7 $W/ph /work/data/peers/sift-q2k "--nprobe 24 --rerank-phases 2" \
 #     "--nprobe 24 --rerank-phases 1"
 set -euo pipefail
 if [ $# -ne 5 ]; then
