@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# Paired cold A/B of two search settings on one index (bench/ab_search.py compares two binaries): runs `annann search --json` with ARGS_A
-# and ARGS_B alternately, REPS times each (so machine noise hits both alike), and prints per
+# Paired cold A/B of two search settings on one index and one binary (bench/ab_search.py
+# compares two binaries): runs `annann search --json` with ARGS_A and ARGS_B alternately, REPS
+# times each (so machine noise hits both alike), and prints per
 # setting its p50s sorted (the median is the middle one), bytes read per query, recall@10 and
 # read waves per query (the last run's).
 #   bench/ab_args.sh REPS INDEX QDIR "ARGS_A" "ARGS_B"
