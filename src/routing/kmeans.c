@@ -62,12 +62,12 @@ typedef struct km_sel {
 	km_pair *a;
 	size_t cnt, cap, n;
 	float bound; /* +inf until n pairs are known */
-	uint32_t *pre; /* KM_PRE_KEYS(n) keys of scratch, shared by a worker's rows (km_sel_prebound) */
+	uint32_t *pre; /* KM_PRE_KEYS keys of scratch, shared by a worker's rows (km_sel_prebound) */
 } km_sel;
 
 #define KM_SEL_CAP(n) (2 * (n) + 64)
 #define KM_GROUP 8 /* km_sel_prebound's groups */
-#define KM_PRE_KEYS(n) (KM_CHUNK / KM_GROUP + KM_SEL_CAP(n))
+#define KM_PRE_KEYS (KM_CHUNK / KM_GROUP) /* one key per group of a chunk */
 
 static inline bool km_pair_lt(km_pair x, km_pair y)
 {
@@ -155,8 +155,7 @@ static void km_sel_cut(km_sel *s)
 }
 
 /* Before a row's first chunk is offered (km_row_topn): a bound from n values that are real,
- * distinct entries of the row (each group of KM_GROUP consecutive entries' smallest, and any
- * pairs kept), so that the n-th smallest of the row is at most their n-th smallest and an
+ * distinct entries of the row (each group of KM_GROUP consecutive entries' smallest), so that the n-th smallest of the row is at most their n-th smallest and an
  * entry above it cannot be in the top n. Entries equal to it still pass (the bound is the next
  * float up). On SIFT photos' 2943 centroids at n = 48 the first chunk then lets ~60 entries in
  * instead of ~250. Done once a row: for later chunks the kept pairs bound as tightly. */
@@ -190,9 +189,6 @@ static void km_sel_prebound(km_sel *s, const float *r, size_t kc)
 		if (v < s->bound) /* NaN never */
 			s->pre[m++] = ann_fkey(v);
 	}
-	for (size_t i = 0; i < s->cnt; i++)
-		if (s->a[i].d < s->bound)
-			s->pre[m++] = ann_fkey(s->a[i].d);
 	if (m < s->n)
 		return;
 	float b = nextafterf(ann_fval(ann_kth_u32(s->pre, m, s->n - 1)), __builtin_inff());
@@ -262,7 +258,7 @@ typedef struct km_worker {
 	int64_t *hid;  /* block * nprobe_max top-n ids */
 	km_sel *tk;    /* block selections */
 	km_pair *sb;   /* block * KM_SEL_CAP(nprobe_max) selection buffers */
-	uint32_t *pre; /* KM_PRE_KEYS(nprobe_max): km_sel_prebound's scratch */
+	uint32_t *pre; /* KM_PRE_KEYS: km_sel_prebound's scratch */
 } km_worker;
 
 typedef struct km_pool {
@@ -334,7 +330,7 @@ static int km_pool_init(km_pool *pl, int threads, size_t d, size_t kmax, size_t 
 			w->hid = km_alloc(B * nprobe_max, sizeof(int64_t), &pl->bytes);
 			w->tk = km_alloc(B, sizeof(km_sel), &pl->bytes);
 			w->sb = km_alloc(B * KM_SEL_CAP(nprobe_max), sizeof(km_pair), &pl->bytes);
-			w->pre = km_alloc(KM_PRE_KEYS(nprobe_max), sizeof(uint32_t), &pl->bytes);
+			w->pre = km_alloc(KM_PRE_KEYS, sizeof(uint32_t), &pl->bytes);
 			if (!w->hd || !w->hid || !w->tk || !w->sb || !w->pre)
 				goto nomem;
 		}
@@ -2005,7 +2001,7 @@ typedef struct kt_worker {
 	int64_t *hid;
 	km_sel *tk;
 	km_pair *sb; /* block * KM_SEL_CAP(M) */
-	uint32_t *pre; /* KM_PRE_KEYS(M) */
+	uint32_t *pre; /* KM_PRE_KEYS */
 } kt_worker;
 
 static void kt_cell(kt_worker *w, size_t c)
@@ -2118,7 +2114,7 @@ int ann_kmeans_tree_nearest(const ann_kmeans_tree *t, const float *x, size_t n, 
 		w[i].hid = ann_malloc(B * M * sizeof(int64_t));
 		w[i].tk = ann_malloc(B * sizeof(km_sel));
 		w[i].sb = ann_malloc(B * KM_SEL_CAP(M) * sizeof(km_pair));
-		w[i].pre = ann_malloc(KM_PRE_KEYS(M) * sizeof(uint32_t));
+		w[i].pre = ann_malloc(KM_PRE_KEYS * sizeof(uint32_t));
 		if (!w[i].gather || !w[i].xn || !w[i].tile || !w[i].hd || !w[i].hid || !w[i].tk || !w[i].sb ||
 		    !w[i].pre)
 			goto nomem;
