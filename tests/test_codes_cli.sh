@@ -92,15 +92,28 @@ python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read()); assert j["r
 # polled completions: the bound; the same answers as sleeping, and the JSON says it
 expect 2 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --poll-us 10001
 grep -q -- "--poll-us" "$dir/err" || fail "--poll-us 10001: $(cat "$dir/err")"
-expect 0 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --out "$dir/r0.bin" --json
+expect 2 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --poll-us autox
+grep -q -- "--poll-us" "$dir/err" || fail "--poll-us autox: $(cat "$dir/err")"
+expect 0 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --poll-us 0 --out "$dir/r0.bin" --json
 cp "$dir/out" "$dir/p0.json"
 expect 0 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --poll-us 500 --out "$dir/r1.bin" --json
 cmp -s "$dir/r0.bin" "$dir/r1.bin" || fail "--poll-us 500 answers differently"
-python3 - "$dir/p0.json" "$dir/out" <<'PY' || fail "search json (poll)"
+cp "$dir/out" "$dir/p1.json"
+# auto (the default): 300 while --threads is below the online CPUs, else 0
+ncpu=$(getconf _NPROCESSORS_ONLN)
+expect 0 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --gt "$dir/gt.bin" --nprobe 8 --out "$dir/r2.bin" --json
+cmp -s "$dir/r0.bin" "$dir/r2.bin" || fail "--poll-us auto answers differently"
+cp "$dir/out" "$dir/p2.json"
+expect 0 "$A" search --index "$dir/c_file" --queries "$dir/q.u8bin" --nprobe 8 --poll-us auto --threads "$ncpu" --json
+python3 - "$dir/p0.json" "$dir/p1.json" "$dir/p2.json" "$dir/out" "$ncpu" <<'PY' || fail "search json (poll)"
 import json, sys
-a, b = (json.loads(open(p).read().splitlines()[-1]) for p in sys.argv[1:3])
+a, b, d, t = (json.loads(open(p).read().splitlines()[-1]) for p in sys.argv[1:5])
+ncpu = int(sys.argv[5])
 assert a['poll_us'] == 0 and b['poll_us'] == 500, (a['poll_us'], b['poll_us'])
-assert a['bytes_read'] == b['bytes_read'] and a['codes']['read_waves'] == b['codes']['read_waves'], (a, b)
+assert d['poll_us'] == (300 if ncpu > 1 else 0), (d['poll_us'], ncpu)
+assert t['poll_us'] == 0 and t['threads'] == ncpu, (t['poll_us'], t['threads'])
+assert a['bytes_read'] == b['bytes_read'] == d['bytes_read'], (a, b, d)
+assert a['codes']['read_waves'] == b['codes']['read_waves'], (a, b)
 assert b['codes']['read_waves'] >= 2, b['codes']
 PY
 # the spread-aware probe order: info says it applies; the weight's range; 0 turns it off

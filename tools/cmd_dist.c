@@ -639,7 +639,7 @@ int cli_search_distributed(cli_cmd *c)
 			  cli_u64(c, "queue-depth", 32, 1, 4096, &qd) && cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) &&
 			  cli_u64(c, "rerank", 0, 1, 100000, &rerank) &&
 			  cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, 2, &rphases) &&
-			  cli_u64(c, "poll-us", 0, 0, ANN_MAX_IO_POLL_US, &poll) &&
+			  cli_search_poll(c, threads, true, &poll) &&
 			  cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, ANN_MAX_NPROBE, probes, 64, &nprobes);
 		double reps = 0;
 		ok = ok && cli_double(c, "rerank-eps", 0, 0, 100, &reps);

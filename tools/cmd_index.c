@@ -8,10 +8,24 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "commands.h"
 
 int cli_parse_metric(cli_cmd *c, const char *v, ann_metric *m);
+
+/* --poll-us US|auto. auto (the default) polls while the search threads leave
+ * a core free (docs/DESIGN.md "Read waves", polled completions); under
+ * --distributed it is 0, since the ranks on a machine share its cores. */
+bool cli_search_poll(const cli_cmd *c, uint64_t threads, bool dist, uint64_t *poll)
+{
+	const char *v = cli_get(c, "poll-us");
+	if (v && strcmp(v, "auto") != 0)
+		return cli_u64(c, "poll-us", 0, 0, ANN_MAX_IO_POLL_US, poll);
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	*poll = !dist && ncpu > 0 && threads < (uint64_t)ncpu ? CLI_AUTO_POLL_US : 0;
+	return true;
+}
 
 /* ---- build ------------------------------------------------------------- */
 
@@ -541,8 +555,9 @@ static cli_opt search_opts[] = {
 	 "still beat them (default 2); 3, 4 = then the 2k, 4k best, each only what can still beat them, the rest last", NULL},
 	{"rerank-eps", "E", "codes: eps0 of the error bound that selects re-ranks (default 0 = the index's, calibrated by "
 	 "annann tune and the build's self-tuning, else 2.0; annann info shows it)", NULL},
-	{"poll-us", "US", "io_uring: poll for a read's completion up to US microseconds before sleeping; spends the "
-	 "thread's CPU to save the wake-up, for no more threads than cores (default 0 = sleep; at most 10000)", NULL},
+	{"poll-us", "US|auto", "io_uring: poll for a read's completion up to US microseconds before sleeping; spends "
+	 "the thread's CPU to save the wake-up (0 = sleep; at most 10000; default auto = 300 while --threads is below "
+	 "the online CPUs, else 0, and 0 with --distributed)", NULL},
 	{"probe-eps", "E", "kmeans: probe only partitions whose centroid is within (1 + E) x the nearest "
 	 "centroid's distance, at most nprobe of them (default 0 = off, every one of the nprobe; inf = off)", NULL},
 	{"spread-weight", "W", "kmeans, codes, l2: probe partitions in the order of the centroid distance + W x the "
@@ -792,8 +807,9 @@ static int run_search(cli_cmd *c)
 	    !cli_u64(c, "queue-depth", 32, 1, 4096, &qd) || !cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) ||
 	    !cli_u64(c, "rerank", 0, 1, 100000, &rerank) ||
 	    !cli_u64(c, "rerank-phases", ANN_DEFAULT_RERANK_PHASES, 1, ANN_MAX_RERANK_PHASES, &rphases) ||
-	    !cli_u64(c, "poll-us", 0, 0, ANN_MAX_IO_POLL_US, &poll) ||
 	    !cli_u64_list(c, cli_get(c, "C") ? "C" : "nprobe", 1, ANN_MAX_NPROBE, probes, 64, &nprobes))
+		return CLI_EXIT_USAGE;
+	if (!cli_search_poll(c, threads, false, &poll))
 		return CLI_EXIT_USAGE;
 	double reps, peps = INFINITY, sw;
 	if (!cli_double(c, "rerank-eps", 0, 0, 100, &reps) ||

@@ -27,6 +27,11 @@ typedef struct cli_search_result {
 	double rerank_eps;           /* codes: the re-rank bound's eps0 the search used */
 } cli_search_result;
 
+/* --poll-us auto: the poll bound while the search threads leave a core free
+ * (docs/BENCHMARKS.md "Polled completions": 300 was as good as 1000) */
+#define CLI_AUTO_POLL_US 300u
+
+bool cli_search_poll(const cli_cmd *c, uint64_t threads, bool dist, uint64_t *poll);
 void cli_search_header(bool gt, bool codes);
 void cli_search_report(const cli_search_result *r, uint64_t *lat);
 
