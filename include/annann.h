@@ -161,7 +161,7 @@ typedef struct ann_kmeans_router_opts {
 	                              auto: 1.3 (docs/DESIGN.md "Defaults") */
 	double soar_lambda;      /**< k-means router: 0 (default) picks the extra copies' partitions by distance;
 	                              > 0 by SOAR's orthogonality-amplified residual loss with this lambda */
-	uint32_t hnsw_m;         /**< HNSW degree over centroids; default 32 (measured: docs/DESIGN.md) */
+	uint32_t hnsw_m;         /**< HNSW degree over centroids; default 0 = 32, or 4 up to 8192 centroids (single queries scan them whole; docs/DESIGN.md "Directional probe order") */
 	uint32_t hnsw_ef_construction; /**< default 200 */
 	uint32_t router_bits;    /**< metric l2: 0 = the centroids in an HNSW graph;
 	                              1..8 = the compact router: centroids as RaBitQ codes of this many bits per
@@ -255,6 +255,12 @@ typedef struct ann_build_opts {
 	                              ANN_TUNE_AUTO_MIN_PARTS partitions and ANN_TUNE_AUTO_MIN_VECTORS vectors);
 	                              0 never; 1 whenever the index takes it. A failed fit leaves a complete
 	                              index without a model and says why on the log */
+	int directions;          /**< after the build, before the tuning: the directional probe order
+	                              (ann_tune_directions; docs/DESIGN.md "Directional probe order"). -1
+	                              (default) auto = as many directions a partition, up to
+	                              ANN_DIRS_AUTO_MAX, as the router's RAM leaves of ANN_RAM_PER_VECTOR
+	                              bytes per vector and the disk of 1.5 x the raw vectors (k-means
+	                              router, codes, L2); 0 none; 1..16 that many */
 	ann_progress_fn progress; /**< NULL: silent */
 	void *progress_ctx;
 	ann_log_fn log;           /**< training history lines; NULL: none */
@@ -343,6 +349,8 @@ typedef struct ann_index_info {
 	float rerank_eps;             /**< codes: the re-rank bound's eps0 of a search whose rerank_eps is 0: the
 	                                   tuner's calibration (meta search.rerank_eps), else ANN_DEFAULT_RERANK_EPS */
 	uint32_t rerank_eps_tuned;    /**< 1 when rerank_eps comes from the catalog */
+	uint32_t directions;          /**< directions per partition of the directional probe order
+	                                   (ann_tune_directions); 0 = none */
 } ann_index_info;
 
 ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);
@@ -409,6 +417,10 @@ typedef struct ann_search_opts {
 	                            distance the tighter one first (docs/DESIGN.md "Spread-aware probe order");
 	                            default 0 = ANN_DEFAULT_SPREAD_WEIGHT; a negative value turns it off (the
 	                            order of the centroid distances); at most 100 */
+	float direction_weight; /**< with the spread order and an index with directions (ann_tune_directions):
+	                            the score also subtracts direction_weight x sum_j (g_j <q - c, L_j>)^2, a
+	                            discount of the distance along each partition's stretched directions;
+	                            default 0 = ANN_DEFAULT_DIRECTION_WEIGHT; negative turns it off; at most 1 */
 } ann_search_opts;
 
 /** Options of ann_tune_probe. */
@@ -477,6 +489,17 @@ ANN_API int ann_tune_probe(const char *index_dir, const float *queries, size_t n
 ANN_API int ann_tune_synthetic(const char *index_dir, const char *data_path, uint32_t nq, uint64_t seed,
 			       const ann_tune_opts *o, ann_tune_report *rep, ann_error *err);
 
+/** The directional probe order (docs/DESIGN.md "Directional probe order"): reads every
+ * partition's exact rows and keeps its top @p m principal directions (1..16, 2 bits a
+ * component, with their gains) in the catalog (meta route.dirs, docs/FORMAT.md); searchers
+ * of the index then discount each partition's probe score along them
+ * (ann_search_opts.direction_weight). @p m 0 removes them. RAM: m x (ceil(dim / 4) + 8)
+ * bytes per partition, counted in router_ram_bytes. A k-means codes index under L2 only
+ * (else ANN_E_INVAL). One pass over the blocks; @p fitted (optional) gets the number of
+ * directions with a non-zero gain. @p progress: phase "directions", partitions done. */
+ANN_API int ann_tune_directions(const char *index_dir, uint32_t m, ann_progress_fn progress, void *progress_ctx,
+				uint32_t *fitted, ann_error *err);
+
 /** Default re-rank budget per query: ANN_RERANK_PER_K x k, at least ANN_RERANK_MIN
  * (docs/DESIGN.md "The re-rank budget"). */
 #define ANN_RERANK_PER_K 6u
@@ -492,6 +515,12 @@ ANN_API int ann_tune_synthetic(const char *index_dir, const char *data_path, uin
 #define ANN_MAX_IO_POLL_US 10000u
 /** Default weight of the spread-aware probe order (docs/DESIGN.md "Spread-aware probe order"). */
 #define ANN_DEFAULT_SPREAD_WEIGHT 0.125f
+/** The RAM budget the build's automatic choices keep the router within, bytes per vector. */
+#define ANN_RAM_PER_VECTOR 4u
+/** Most directions a partition the build picks by itself (ann_build_opts.directions -1). */
+#define ANN_DIRS_AUTO_MAX 8u
+/** Default ann_search_opts.direction_weight (bench/analysis/directional_probe.py: 0.5 best of 0.4-1). */
+#define ANN_DEFAULT_DIRECTION_WEIGHT 0.5f
 
 ANN_API void ann_search_opts_init(ann_search_opts *o);
 

@@ -15,7 +15,7 @@ expect 2 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --router-bits -1
 expect 1 "$A" build --data "$dir/b.u8bin" --index "$dir/x" --router-bits 1 --metric ip --quiet
 grep -q "metric l2" "$dir/err" || fail "ip compact router message: $(cat "$dir/err")"
 [ ! -e "$dir/x" ] || fail "a refused build left $dir/x"
-expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/g" --partitions 40 --quiet
+expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/g" --partitions 40 --hnsw-m 32 --quiet
 expect 0 "$A" build --data "$dir/b.u8bin" --index "$dir/c" --partitions 40 --router-bits 2 --quiet
 expect 0 "$A" info --index "$dir/g" --json
 cp "$dir/out" "$dir/g.json"

@@ -518,6 +518,15 @@ void cli_json_num(cli_json *j, const char *key, double v)
 		fputs("null", j->out);
 }
 
+void cli_json_num_exact(cli_json *j, const char *key, double v)
+{
+	json_key(j, key);
+	if (isfinite(v))
+		fprintf(j->out, "%.17g", v);
+	else
+		fputs("null", j->out);
+}
+
 void cli_json_int(cli_json *j, const char *key, long long v)
 {
 	json_key(j, key);

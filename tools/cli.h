@@ -113,6 +113,8 @@ void cli_json_arr(cli_json *j, const char *key);
 void cli_json_close_obj(cli_json *j);
 void cli_json_close_arr(cli_json *j);
 void cli_json_num(cli_json *j, const char *key, double v);
+/* The same with every digit a double holds: info, which the binding reads back equal. */
+void cli_json_num_exact(cli_json *j, const char *key, double v);
 void cli_json_int(cli_json *j, const char *key, long long v);
 void cli_json_str(cli_json *j, const char *key, const char *v);
 void cli_json_bool(cli_json *j, const char *key, bool v);

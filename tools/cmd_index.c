@@ -54,6 +54,9 @@ static cli_opt build_opts[] = {
 	{"tune", "auto|on|off", "after the build, fit learned adaptive probing on synthetic queries made from the "
 	 "data (default auto: k-means router, codes, l2, at least 128 partitions and 20000 vectors; annann tune "
 	 "refits it on a query log)", NULL},
+	{"directions", "auto|M", "after the build, the directional probe order: each partition's top M principal "
+	 "directions (0..16; default auto: as many, up to 8, as the router's RAM leaves of 4 bytes per vector; "
+	 "k-means router, codes, l2)", NULL},
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
 	{"seed", "S", "random seed (default 1)", NULL},
@@ -72,7 +75,8 @@ static cli_opt build_opts[] = {
 	{"router-bits", "B", "kmeans, l2: keep the centroids as B-bit RaBitQ codes (1..8) scanned flat, no graph: "
 	 "fewer router bytes per partition; 0 = uint8/float centroids in an HNSW graph (default: auto, the compact "
 	 "router when it allows twice the partitions)", NULL},
-	{"hnsw-m", "M", "degree of the centroid graph (default 32; 2x at level 0)", NULL},
+	{"hnsw-m", "M", "degree of the centroid graph (2x at level 0; default 32, and for k-means 4 up to 8192 "
+	 "centroids, which single queries scan whole)", NULL},
 	{"hnsw-ef", "EF", "ef_construction of the centroid graph (default 200)", NULL},
 	{"clusters", "K", "annann router: clusters (same as --partitions)", NULL},
 	{"embed-dim", "E", "annann router: embedding dimension (default 64)", NULL},
@@ -191,7 +195,8 @@ static int run_build(cli_cmd *c)
 	if (cli_get(c, "balance")) /* else the defaults: auto (kmeans), no cap (annann) */
 		o.kmeans.balance = o.annann.balance = balance;
 	o.kmeans.soar_lambda = soar;
-	o.kmeans.hnsw_m = o.annann.hnsw_m = (uint32_t)hm;
+	if (cli_get(c, "hnsw-m"))
+		o.kmeans.hnsw_m = o.annann.hnsw_m = (uint32_t)hm;
 	o.kmeans.hnsw_ef_construction = o.annann.hnsw_ef_construction = (uint32_t)hef;
 	const char *codes = cli_get(c, "codes");
 	uint64_t cbits;
@@ -237,6 +242,13 @@ static int run_build(cli_cmd *c)
 		return cli_usage_error(c, "--tune on fits adaptive probing, which reads codes: not with --codes none");
 	if (tune)
 		o.tune = strcmp(tune, "auto") == 0 ? -1 : strcmp(tune, "on") == 0;
+	const char *dv = cli_get(c, "directions");
+	if (dv && strcmp(dv, "auto") != 0) {
+		uint64_t nd;
+		if (!cli_u64(c, "directions", 0, 0, 16, &nd))
+			return CLI_EXIT_USAGE;
+		o.directions = (int)nd;
+	}
 	uint64_t rbits;
 	if (!cli_u64(c, "router-bits", 0, 0, 8, &rbits))
 		return CLI_EXIT_USAGE;
@@ -363,7 +375,7 @@ static int run_info(cli_cmd *c)
 			if (fields[f].type == ANN_INFO_INT)
 				cli_json_int(&j, fields[f].key, (long long)fields[f].i);
 			else if (fields[f].type == ANN_INFO_NUM)
-				cli_json_num(&j, fields[f].key, fields[f].num);
+				cli_json_num_exact(&j, fields[f].key, fields[f].num);
 			else
 				cli_json_str(&j, fields[f].key, fields[f].str);
 		}
@@ -399,6 +411,9 @@ static int run_info(cli_cmd *c)
 			if (in.spread_partitions)
 				printf("probe order    centroid distance + 0.125 x spread (--spread-weight); %u of %u "
 				       "partitions have a spread\n", in.spread_partitions, in.partitions);
+			if (in.spread_partitions && in.directions)
+				printf("directions     %u a partition (annann tune --directions): the probe order discounts "
+				       "0.5 x the distance along them (--direction-weight)\n", in.directions);
 			else
 				printf("probe order    centroid distance: no partition has a spread (blocks written before "
 				       "2026-12-06; a rebuild gives every one)\n");
@@ -560,6 +575,9 @@ static cli_opt search_opts[] = {
 	 "the online CPUs, else 0, and 0 with --distributed)", NULL},
 	{"probe-eps", "E", "kmeans: probe only partitions whose centroid is within (1 + E) x the nearest "
 	 "centroid's distance, at most nprobe of them (default 0 = off, every one of the nprobe; inf = off)", NULL},
+	{"direction-weight", "W", "kmeans, codes, l2, with directions (annann tune --directions): the probe order "
+	 "also discounts the distance along each partition's stretched directions, by W (default 0.5; 0 = off; at "
+	 "most 1)", NULL},
 	{"spread-weight", "W", "kmeans, codes, l2: probe partitions in the order of the centroid distance + W x the "
 	 "partition's spread (mean squared distance of its rows to their centre), tighter partitions first "
 	 "(default 0.125; 0 = the centroid distances alone)", NULL},
@@ -811,9 +829,10 @@ static int run_search(cli_cmd *c)
 		return CLI_EXIT_USAGE;
 	if (!cli_search_poll(c, threads, false, &poll))
 		return CLI_EXIT_USAGE;
-	double reps, peps = INFINITY, sw;
+	double reps, peps = INFINITY, sw, dw;
 	if (!cli_double(c, "rerank-eps", 0, 0, 100, &reps) ||
-	    !cli_double(c, "spread-weight", ANN_DEFAULT_SPREAD_WEIGHT, 0, 100, &sw))
+	    !cli_double(c, "spread-weight", ANN_DEFAULT_SPREAD_WEIGHT, 0, 100, &sw) ||
+	    !cli_double(c, "direction-weight", ANN_DEFAULT_DIRECTION_WEIGHT, 0, 1, &dw))
 		return CLI_EXIT_USAGE;
 	int adaptive = 0;
 	const char *ad = cli_get(c, "adaptive");
@@ -900,6 +919,7 @@ static int run_search(cli_cmd *c)
 		so.rerank_phases = (uint32_t)rphases;
 		so.probe_eps = (float)peps;
 		so.spread_weight = sw > 0 ? (float)sw : -1.0f; /* 0 turns it off */
+		so.direction_weight = dw > 0 ? (float)dw : -1.0f;
 		so.adaptive = adaptive;
 		so.io_poll_us = (uint32_t)poll;
 		const char *io_path = "?";

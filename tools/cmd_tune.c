@@ -18,6 +18,8 @@ static cli_opt tune_opts[] = {
 	 "ground truth from the index itself (what annann build does by default)", NULL},
 	{"synthetic", "N", "with --data: how many synthetic queries (default 2000)", NULL},
 	{"seed", "S", "with --data: random seed of the rows and the noise (default 1)", NULL},
+	{"directions", "M", "fit the directional probe order: each partition's top M principal directions (1..16; 0 "
+	 "removes them), alone or before the probe model; RAM M x (dim / 4 + 8) bytes per partition", NULL},
 	{"k", "K", "neighbours per query the recall counts (default 10)", NULL},
 	{"p1", "P", "partitions of the first stage (default: the index's default nprobe / 8, at least 1)", NULL},
 	{"limit", "N", "use only the first N queries", NULL},
@@ -32,16 +34,18 @@ static int run_tune(cli_cmd *c)
 	if (!dir)
 		return CLI_EXIT_USAGE;
 	const char *data = cli_get(c, "data"), *qpath = cli_get(c, "queries"), *gpath = cli_get(c, "gt");
+	const char *dirs = cli_get(c, "directions");
 	if (data && (qpath || gpath))
 		return cli_usage_error(c, "--data makes synthetic queries: not with --queries or --gt");
 	if (!data && (cli_get(c, "synthetic") || cli_get(c, "seed")))
 		return cli_usage_error(c, "--synthetic and --seed go with --data");
-	if (!data && !qpath)
-		return cli_usage_error(c, "--queries (with --gt) or --data is required");
+	if (!data && !qpath && !dirs)
+		return cli_usage_error(c, "--queries (with --gt), --data or --directions is required");
 	if (qpath && !gpath)
 		return cli_usage_error(c, "--queries needs --gt");
-	uint64_t k, p1, limit, nsyn, seed;
+	uint64_t k, p1, limit, nsyn, seed, ndirs;
 	if (!cli_u64(c, "k", 10, 1, ANN_MAX_K, &k) || !cli_u64(c, "p1", 0, 1, 256, &p1) ||
+	    !cli_u64(c, "directions", 0, 0, 16, &ndirs) ||
 	    !cli_u64(c, "limit", UINT64_MAX, 1, UINT64_MAX, &limit) ||
 	    !cli_u64(c, "synthetic", ANN_TUNE_SYNTHETIC_QUERIES, 2 * 8, 1000000, &nsyn) ||
 	    !cli_u64(c, "seed", 1, 0, UINT64_MAX, &seed))
@@ -59,6 +63,33 @@ static int run_tune(cli_cmd *c)
 	ann_tune_opts o = {.k = (uint32_t)k, .p1 = (uint32_t)p1, .progress = cli_progress, .progress_ctx = &ps};
 	ann_tune_report r;
 	int rc;
+	if (dirs) {
+		uint32_t fitted = 0;
+		rc = ann_tune_directions(dir, (uint32_t)ndirs, cli_progress, &ps, &fitted, &err);
+		cli_progress_end(&ps);
+		if (rc == ANN_E_INVAL)
+			ret = CLI_EXIT_USAGE;
+		if (rc < 0)
+			goto fail;
+		if (cli_flag(c, "json") && !data && !qpath) {
+			cli_json j;
+			cli_json_begin(&j, stdout);
+			cli_json_int(&j, "directions", (long long)ndirs);
+			cli_json_int(&j, "directions_stretched", fitted);
+			cli_json_end(&j);
+		} else if (ndirs) {
+			fprintf(cli_flag(c, "json") ? stderr : stdout,
+				"directional probe order stored in %s: %llu directions a partition, %u with a stretch\n", dir,
+				(unsigned long long)ndirs, fitted);
+		} else {
+			fprintf(cli_flag(c, "json") ? stderr : stdout, "directional probe order removed from %s\n", dir);
+		}
+		if (!data && !qpath) {
+			ret = 0;
+			goto fail;
+		}
+		cli_progress_init(&ps, cli_flag(c, "quiet"));
+	}
 	if (data) {
 		rc = ann_tune_synthetic(dir, data, (uint32_t)nsyn, seed, &o, &r, &err);
 		cli_progress_end(&ps);

@@ -51,6 +51,7 @@
 
 #include "build_defaults.h"
 #include "build_int.h"
+#include "dirs.h"
 #include "index_meta.h"
 
 void ann_build_opts_init(ann_build_opts *o)
@@ -75,7 +76,8 @@ void ann_build_opts_init(ann_build_opts *o)
 	o->replicas = 1;
 	o->replica_eps = 0.1;
 	o->tune = -1;                    /* docs/DESIGN.md "Self-tuned adaptive probing" */
-	o->kmeans.hnsw_m = 32;
+	o->directions = -1;              /* docs/DESIGN.md "Directional probe order" */
+	o->kmeans.hnsw_m = 0;            /* auto: router_kmeans.c km_graph */
 	o->kmeans.hnsw_ef_construction = 200;
 	o->annann.embed_dim = 64;
 	o->annann.hidden[0] = 256;
@@ -84,7 +86,7 @@ void ann_build_opts_init(ann_build_opts *o)
 	o->annann.dec_alpha = 1.0;
 	o->annann.recon_weight = 1.0;
 	o->annann.kmeans_iters = o->kmeans.kmeans_iters;
-	o->annann.hnsw_m = o->kmeans.hnsw_m;
+	o->annann.hnsw_m = 32;
 	o->annann.hnsw_ef_construction = o->kmeans.hnsw_ef_construction;
 	o->nlsh.hidden[0] = 256;
 	o->nlsh.knn_k = 10;
@@ -420,6 +422,55 @@ static const char *build_tune_refusal(const build *b)
 	return NULL;
 }
 
+/* 6a. the directional probe order (docs/DESIGN.md "Directional probe
+ * order"), before the tuning so that its model is fitted on the order the
+ * searches use. Auto: as many directions (up to ANN_DIRS_AUTO_MAX) as the
+ * router's RAM leaves of ANN_RAM_PER_VECTOR bytes per vector. The index is
+ * published and complete; a fit that fails leaves it so and says why. */
+static void build_directions(build *b, const char *index_dir)
+{
+	const ann_build_opts *o = b->o;
+	if (o->directions == 0 || o->router != ANN_ROUTER_KMEANS || o->code_bits == 0 || o->metric != ANN_METRIC_L2 ||
+	    b->nparts < 2)
+		return;
+	ann_router_env env;
+	ann_router_env_from(o, &env);
+	ann_error e = {0};
+	uint32_t m = o->directions > 0 ? (uint32_t)o->directions : 0;
+	if (o->directions < 0) {
+		ann_index *x;
+		ann_index_info in;
+		if (ann_index_open(index_dir, &x, &e) < 0) {
+			ann_router_log(&env, "directional probe order not fitted: %s", e.msg);
+			return;
+		}
+		int rc = ann_index_get_info(x, &in, &e);
+		ann_index_close(x);
+		if (rc < 0) {
+			ann_router_log(&env, "directional probe order not fitted: %s", e.msg);
+			return;
+		}
+		m = ann_dirs_auto_m(&in);
+		if (m == 0) {
+			uint64_t esize = in.encoding == ANN_ENC_U8 || in.encoding == ANN_ENC_I8 ? 1 : 4;
+			ann_router_log(&env, "directional probe order: no room (router %.2f of %u bytes per vector in RAM, "
+				       "disk %.3f of the raw vectors' 1.5)",
+				       in.vectors ? (double)in.router_ram_bytes / (double)in.vectors : 0.0,
+				       ANN_RAM_PER_VECTOR, in.vectors ? (double)in.bytes_on_disk /
+				       (double)(in.vectors * in.dim * esize) : 0.0);
+			return;
+		}
+	}
+	uint64_t t0 = ann_now_ns();
+	uint32_t fitted = 0;
+	if (ann_tune_directions(index_dir, m, o->progress, o->progress_ctx, &fitted, &e) < 0)
+		ann_router_log(&env, "directional probe order not fitted: %s (the index is complete; annann tune "
+			       "--directions fits it)", e.msg);
+	else
+		ann_router_log(&env, "directional probe order: %u directions a partition in %.1fs (%u with a stretch)",
+			       m, build_secs_since(t0), fitted);
+}
+
 /* 6. self-tuning (docs/DESIGN.md "Self-tuned adaptive probing"): the index is
  * published and complete; a fit that fails leaves it so and says why. */
 static void build_self_tune(build *b, const char *index_dir)
@@ -578,6 +629,7 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	ANN_CHECK(rc, ann_fsync_dir(index_tmp, err));
 	ann_bstate_remove(b.st);
 	b.st = NULL;
+	build_directions(&b, index_dir);
 	build_self_tune(&b, index_dir);
 	rc = ANN_OK;
 	goto done;

@@ -67,6 +67,11 @@ static int load_models(ann_index *x, ann_error *err)
 		ann_err_prefix(err, rc, "%s", x->path);
 		goto fail;
 	}
+	rc = ann_dirs_load(t, x->meta.dim, &x->dirs, err);
+	if (rc < 0) {
+		ann_err_prefix(err, rc, "%s", x->path);
+		goto fail;
+	}
 	double reps = 0;
 	rc = ann_catalog_meta_get_f64(t, ANN_RERANK_EPS_META, &reps, err);
 	if (rc < 0 && rc != ANN_E_NOTFOUND)
@@ -271,6 +276,7 @@ void ann_index_close(ann_index *x)
 	if (!x)
 		return;
 	ann_router_free(x->router);
+	ann_dirs_free(&x->dirs);
 	block_dict_free(x->dict);
 	ann_rbq_free(x->rbq);
 	ann_catalog_dir_free(&x->dir);
@@ -306,7 +312,9 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->store = x->meta.store;
 	info->encoding = x->meta.encoding;
 	info->metric = x->meta.metric;
-	info->router_ram_bytes = x->router->ops->ram_bytes(x->router) + (uint64_t)x->dir.n * sizeof(ann_dirent);
+	info->router_ram_bytes = x->router->ops->ram_bytes(x->router) + (uint64_t)x->dir.n * sizeof(ann_dirent) +
+				 ann_dirs_bytes(&x->dirs);
+	info->directions = x->dirs.m;
 	info->route_ef = ann_router_kmeans_ef(x->router);
 	info->router_bits = ann_router_kcodes_bits(x->router);
 	info->code_bits = x->meta.code_bits;

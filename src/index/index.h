@@ -10,6 +10,7 @@
 #include "block.h"
 #include "cblock.h"
 #include "index_meta.h"
+#include "dirs.h"
 #include "probe.h"
 #include "router.h"
 #include "store.h"
@@ -23,6 +24,7 @@ struct ann_index {
 	ann_block_dict *dict; /* NULL unless meta.dict_id */
 	ann_rbq *rbq;         /* NULL unless meta.code_bits: the codes' parameters (O(dim) or O(dim^2) floats) */
 	ann_probe_model probe; /* learned adaptive probing (meta probe.model); probe.p1 0 = none */
+	ann_dirs dirs;         /* the directional probe order (meta route.dirs); dirs.m 0 = none */
 	float rerank_eps;      /* the calibrated eps0 of the re-rank bound (meta search.rerank_eps); 0 = none */
 	uint32_t dist_rank, dist_ranks; /* a part of a distributed index (meta dist.*, dist.h); 0, 0 otherwise */
 };

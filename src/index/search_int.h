@@ -151,6 +151,8 @@ struct ann_searcher {
 	uint32_t pwidth;      /* partitions routed per query (a row of parts): npmax, more for the spread order */
 	/* spread-aware probe order (docs/DESIGN.md): weight 0 = off */
 	float spread_w, spread_mean; /* the weight; the mean spread, for partitions the directory has none of */
+	float dir_w;                 /* the directional discount's weight (dirs.h); 0 = off */
+	float *dtab;                 /* a query's table for the discount (ann_dirs_query_table) */
 	float *rdist;         /* cap_q * pwidth: squared centroid distances of a batch route */
 	struct search_scored *sbuf; /* pwidth: one query's partitions by score */
 	bool stage_a;         /* round 1 of the model's first P1 partitions: centre distances kept */

@@ -26,6 +26,13 @@
  * 0.55 us per unit of ef and the scan 60 us, even at ef ~110
  * (docs/DESIGN.md "The centroid graph"). */
 #define SCAN_PER_EF 64u
+/* Up to SCAN_ALL centroids a single query always scans them (60 us at 7,900,
+ * d 128), so the graph is only kept for inserts' and splits' bookkeeping and
+ * gets SMALL_M links a node instead of 32: 224 bytes of RAM a centroid fewer,
+ * which the directional probe order spends (docs/DESIGN.md "Directional
+ * probe order"). An explicit hnsw_m is kept. */
+#define SCAN_ALL 8192u
+#define SMALL_M 4u
 #define TREE_MIN ANN_KMEANS_TWO_LEVEL_MIN /* centroids up to which assignment is exact; above, the tree */
 #define TREE_PROBES 8u       /* cells of the tree a vector is compared with */
 #define TREE_SEED 1u
@@ -213,7 +220,7 @@ static int km_route(const ann_router *r, ann_router_ctx *c, const float *q, cons
 	size_t ef = o->hnsw_ef ? o->hnsw_ef : ANN_MAX((size_t)(cal ? cal : DEFAULT_EF), 2 * np);
 	int found;
 	size_t k = ann_hnsw_count(km(r)->graph);
-	if (k <= EXACT_MAX && k <= SCAN_PER_EF * ef) {
+	if (k <= EXACT_MAX && (k <= SCAN_PER_EF * ef || k <= SCAN_ALL)) {
 		if (c->scan_cap < 2 * k) { /* a split may have added centroids */
 			ann_free(c->scan);
 			c->scan_cap = 0;
@@ -323,8 +330,10 @@ static int km_split(ann_router *r, uint32_t pid, const float *c_keep, const floa
 	}
 	ann_hnsw *g;
 	/* rebuilt as it was built: the graph's own degree and ef_construction */
-	int rc = km_graph_new(u8, d, r->metric, ann_hnsw_degree(k->graph), ann_hnsw_ef_construction(k->graph),
-			      k->seed + n, &g, err);
+	uint32_t deg = ann_hnsw_degree(k->graph);
+	if (n + 1 > SCAN_ALL && deg < 32) /* past the always-scanned size the graph routes again */
+		deg = 32;
+	int rc = km_graph_new(u8, d, r->metric, deg, ann_hnsw_ef_construction(k->graph), k->seed + n, &g, err);
 	if (rc >= 0) {
 		rc = ann_hnsw_build(g, c, n + 1, 1, NULL, NULL, err);
 		if (rc < 0)
@@ -407,7 +416,7 @@ static int km_graph(const ann_router_env *env, const ann_kmeans_router_opts *o, 
 		    size_t d, ann_hnsw **out, ann_error *err)
 {
 	ann_hnsw *g;
-	ANN_TRY(km_graph_new(u8, d, env->metric, o->hnsw_m ? o->hnsw_m : 32,
+	ANN_TRY(km_graph_new(u8, d, env->metric, o->hnsw_m ? o->hnsw_m : k <= SCAN_ALL ? SMALL_M : 32,
 			     o->hnsw_ef_construction ? o->hnsw_ef_construction : 200, env->seed, &g, err));
 	int threads = k <= GRAPH_SERIAL_MAX || env->threads < 1 ? 1 : env->threads;
 	int rc = ann_hnsw_build(g, c, k, threads, env->progress, env->progress_ctx, err);

@@ -1,0 +1,311 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Description: the directional probe order (dirs.h; docs/DESIGN.md
+ * "Directional probe order"), on a real index (file store, then LMDB):
+ *  - ann_tune_directions finds each partition's direction of stretch: the
+ *    data are 4 clusters, each stretched along its own dense direction of
+ *    +-1 components, so the first direction's 2-bit levels are that
+ *    direction exactly (up to sign) and its gain sqrt(1 - r / l) / |L| with
+ *    l the stretch's variance and r the noise's;
+ *  - the discount through the query table equals the sum computed directly
+ *    from the levels, gains and offsets;
+ *  - the router's RAM grows by exactly the directions' bytes; info says how
+ *    many; 0 removes them; a malformed catalog record fails the open,
+ *    naming the key; a bad weight is refused;
+ *  - search with the discount (weight 1) answers some nprobe 1 queries from
+ *    other partitions than without it, and every answer is exact either way;
+ *  - the build's auto choice fits as many directions (up to 8) as the
+ *    router's RAM leaves of 4 bytes per vector, and none when there is none.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "dirs.h"
+#include "index.h"
+#include "testutil.h"
+#include "vecio.h"
+
+#define D 16
+#define C 4
+#define PER 500
+#define N (C * PER)
+#define K 10
+#define NQ 60
+
+static float base[N * D];
+static float sign[C][D];   /* cluster c's stretch direction: +-1 a component */
+static float centre[C][D];
+static float queries[NQ * D];
+
+static void make_data(ann_rng *rng)
+{
+	for (size_t c = 0; c < C; c++)
+		for (size_t j = 0; j < D; j++) {
+			sign[c][j] = ann_rng_next(rng) & 1 ? 1.0f : -1.0f;
+			centre[c][j] = 128.0f + ((ann_rng_next(rng) & 1) ? 30.0f : -30.0f);
+		}
+	for (size_t i = 0; i < N; i++) {
+		size_t c = i / PER;
+		float t = (float)(ann_rng_uniform(rng) * 2 - 1) * 10.0f; /* variance 33.3 a component, 533 along */
+		for (size_t j = 0; j < D; j++)
+			base[i * D + j] = roundf(centre[c][j] + t * sign[c][j] + 1.5f * (float)ann_rng_normal(rng));
+	}
+	/* queries between the clusters, where the order has a choice to make */
+	for (size_t q = 0; q < NQ; q++) {
+		size_t a = q % C, b = (q / C + 1 + q) % C;
+		if (a == b)
+			b = (a + 1) % C;
+		double f = 0.3 + 0.4 * ann_rng_uniform(rng);
+		for (size_t j = 0; j < D; j++)
+			queries[q * D + j] = (float)((1 - f) * centre[a][j] + f * centre[b][j] + 6 * ann_rng_normal(rng));
+	}
+}
+
+/* Searches every query with nprobe 1 at the given direction weight: each
+ * answer is checked against its row; returns the answers. */
+static void search_all(ann_index *x, float weight, int64_t *ids)
+{
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = K;
+	so.nprobe = 1;
+	so.adaptive = -1;
+	so.direction_weight = weight;
+	ann_searcher *s;
+	ann_error e = {0};
+	if (ann_searcher_new(x, &so, &s, &e) < 0)
+		T_FAIL("searcher: %s", e.msg);
+	float dists[NQ * K];
+	if (ann_search(s, queries, NQ, ids, dists, NULL, &e) < 0)
+		T_FAIL("search: %s", e.msg);
+	for (size_t q = 0; q < NQ; q++)
+		for (size_t r = 0; r < K; r++) {
+			int64_t id = ids[q * K + r];
+			ASSERT_TRUE(id >= 0 && id < N);
+			double t = 0;
+			for (size_t j = 0; j < D; j++) {
+				double u = (double)queries[q * D + j] - base[(size_t)id * D + j];
+				t += u * u;
+			}
+			ASSERT_NEAR(dists[q * K + r], t, 1e-2);
+		}
+	ann_searcher_free(s);
+}
+
+/* Level code r of a direction's two bit planes. */
+static unsigned code_at(const ann_dirs *d, const uint8_t *cd, size_t r)
+{
+	return ((cd[r / 8] >> (r % 8)) & 1u) | (((cd[d->cbytes / 2 + r / 8] >> (r % 8)) & 1u) << 1);
+}
+
+/* The discount of partition p for query q, straight from the levels. */
+static double direct_discount(const ann_dirs *d, uint32_t p, const float *q)
+{
+	double sum = 0;
+	for (uint32_t j = 0; j < d->m; j++) {
+		double dot = 0;
+		for (uint32_t r = 0; r < d->dim; r++) {
+			unsigned c = code_at(d, ann_dirs_codes(d, p, j), r);
+			dot += (double)q[r] * (2.0 * c - 3.0);
+		}
+		double v = ann_dirs_gain(d, p, j) * (dot - ann_dirs_off(d, p, j));
+		sum += v * v;
+	}
+	return sum;
+}
+
+static void test_index(const char *dir, const char *data, ann_store_kind store)
+{
+	t_current = store == ANN_STORE_LMDB ? "index lmdb" : "index file";
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = C;
+	o.mem_bytes = (size_t)64 << 20;
+	o.threads = 1;
+	o.store = store;
+	o.code_bits = 2;
+	o.tune = 0;
+	o.directions = 0;
+	char *idx = t_path(dir, store == ANN_STORE_LMDB ? "ix_lmdb" : "ix_file");
+	ann_error e = {0};
+	if (ann_build(data, idx, &o, &e) < 0)
+		T_FAIL("build: %s", e.msg);
+	ann_index *x;
+	ann_index_info before, after;
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_EQ(x->dir.count, C);
+	ASSERT_OK(ann_index_get_info(x, &before, NULL));
+	ASSERT_EQ(before.directions, 0);
+	int64_t off_ids[NQ * K], on_ids[NQ * K];
+	search_all(x, -1.0f, off_ids);
+	ann_index_close(x);
+
+	uint32_t fitted = 0;
+	ASSERT_ERR(ann_tune_directions(idx, ANN_DIRS_MAX + 1, NULL, NULL, &fitted, &e), e, ANN_E_INVAL, "directions");
+	ASSERT_OK(ann_tune_directions(idx, 2, NULL, NULL, &fitted, NULL));
+	ASSERT_TRUE(fitted >= C); /* at least the stretch of each */
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_OK(ann_index_get_info(x, &after, NULL));
+	ASSERT_EQ(after.directions, 2);
+	ASSERT_EQ(after.router_ram_bytes - before.router_ram_bytes, ann_dirs_bytes(&x->dirs));
+	ASSERT_EQ(ann_dirs_bytes(&x->dirs), (size_t)C * 2 * (8 + D / 4));
+	/* each partition's first direction is its cluster's stretch */
+	for (uint32_t p = 0; p < C; p++) {
+		const uint8_t *cd = ann_dirs_codes(&x->dirs, p, 0);
+		unsigned c0 = code_at(&x->dirs, cd, 0);
+		ASSERT_TRUE(c0 == 0 || c0 == 3);
+		int match = -1;
+		for (size_t c = 0; c < C && match < 0; c++) {
+			bool same = true, flip = true;
+			for (size_t r = 0; r < D; r++) {
+				unsigned code = code_at(&x->dirs, cd, r);
+				float lv = 2.0f * (float)code - 3.0f;
+				same = same && lv == 3.0f * sign[c][r];
+				flip = flip && lv == -3.0f * sign[c][r];
+			}
+			if (same || flip)
+				match = (int)c;
+		}
+		if (match < 0)
+			T_FAIL("partition %u: its first direction is no cluster's stretch", p);
+		/* gain sqrt(1 - r / l) / |L| with l ~ 533, r ~ 2.25 (noise) + rounding */
+		double g = ann_dirs_gain(&x->dirs, p, 0) * sqrt(9.0 * D);
+		ASSERT_NEAR(g, sqrt(1 - 2.33 / 533.0), 0.01);
+		/* the rest is noise: a second direction's sqrt(1 - r / l) is far below 1 */
+		double l2 = 0;
+		for (size_t r = 0; r < D; r++) {
+			unsigned code = code_at(&x->dirs, cd + x->dirs.cbytes, r);
+			l2 += (2.0 * code - 3.0) * (2.0 * code - 3.0);
+		}
+		ASSERT_LT(ann_dirs_gain(&x->dirs, p, 1) * sqrt(l2), 0.75);
+	}
+	/* the query table's discount is the direct one */
+	float tab[256 * D / 8 + 1];
+	ASSERT_EQ(ann_dirs_table_floats(&x->dirs), 256 * D / 8 + 1);
+	for (size_t q = 0; q < NQ; q++) {
+		ann_dirs_query_table(&x->dirs, queries + q * D, tab);
+		for (uint32_t p = 0; p < C; p++) {
+			double want = direct_discount(&x->dirs, p, queries + q * D);
+			ASSERT_NEAR(ann_dirs_discount(&x->dirs, p, tab), want, 1e-3 * want + 1e-3);
+		}
+		ASSERT_TRUE(ann_dirs_discount(&x->dirs, C + 5, tab) == 0.0f); /* a partition it was not fitted on */
+	}
+	/* the discount moves some queries to another partition; answers stay exact */
+	search_all(x, 1.0f, on_ids);
+	int moved = 0;
+	for (size_t q = 0; q < NQ; q++)
+		moved += memcmp(on_ids + q * K, off_ids + q * K, K * sizeof(int64_t)) != 0;
+	ASSERT_TRUE(moved > 0);
+	search_all(x, -1.0f, on_ids); /* off: as before the fit */
+	ASSERT_TRUE(memcmp(on_ids, off_ids, sizeof on_ids) == 0);
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	ann_searcher *s;
+	so.direction_weight = 1.5f;
+	ASSERT_ERR(ann_searcher_new(x, &so, &s, &e), e, ANN_E_INVAL, "direction weight");
+	so.direction_weight = NAN;
+	ASSERT_ERR(ann_searcher_new(x, &so, &s, &e), e, ANN_E_INVAL, "direction weight");
+	ann_index_close(x);
+	uint64_t problems = 1;
+	ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
+	ASSERT_EQ(problems, 0);
+
+	/* a malformed record fails the open, naming it */
+	char *cat = t_path(idx, "catalog.lmdb");
+	ann_catalog_opts co;
+	ann_catalog_opts_init(&co);
+	ann_catalog *c;
+	ASSERT_OK(ann_catalog_open(cat, &co, &c, NULL));
+	ann_cat_txn *t;
+	ASSERT_OK(ann_catalog_write_begin(c, &t, NULL));
+	const uint8_t *bp;
+	size_t bn;
+	ASSERT_OK(ann_catalog_meta_get_blob(t, ANN_DIRS_META, &bp, &bn, NULL));
+	uint8_t *copy = malloc(bn);
+	memcpy(copy, bp, bn);
+	ASSERT_OK(ann_catalog_meta_put_blob(t, ANN_DIRS_META, copy, bn - 1, NULL)); /* truncated */
+	ASSERT_OK(ann_catalog_commit(t, NULL));
+	ASSERT_ERR(ann_index_open(idx, &x, &e), e, ANN_E_CORRUPT, "route.dirs");
+	ASSERT_OK(ann_catalog_write_begin(c, &t, NULL));
+	float bad = -1.0f; /* a negative gain */
+	memcpy(copy + ANN_DIRS_HEADER, &bad, 4);
+	ASSERT_OK(ann_catalog_meta_put_blob(t, ANN_DIRS_META, copy, bn, NULL));
+	ASSERT_OK(ann_catalog_commit(t, NULL));
+	ASSERT_ERR(ann_index_open(idx, &x, &e), e, ANN_E_CORRUPT, "route.dirs");
+	ann_catalog_close(c);
+	free(copy);
+	free(cat);
+	/* 0 removes them (and repairs the index) */
+	ASSERT_OK(ann_tune_directions(idx, 0, NULL, NULL, NULL, NULL));
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_OK(ann_index_get_info(x, &after, NULL));
+	ASSERT_EQ(after.directions, 0);
+	ASSERT_EQ(after.router_ram_bytes, before.router_ram_bytes);
+	ann_index_close(x);
+	free(idx);
+
+	/* the build's auto choice: what ann_dirs_auto_m gives the same index
+	 * without directions (the build is deterministic) */
+	ann_build_opts_init(&o);
+	o.partitions = C;
+	o.mem_bytes = (size_t)64 << 20;
+	o.threads = 1;
+	o.store = store;
+	o.code_bits = 2;
+	o.tune = 0;
+	idx = t_path(dir, store == ANN_STORE_LMDB ? "ix_lmdb_auto" : "ix_file_auto");
+	if (ann_build(data, idx, &o, &e) < 0)
+		T_FAIL("build: %s", e.msg);
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_OK(ann_index_get_info(x, &after, NULL));
+	ann_index_close(x);
+	ASSERT_EQ(after.directions, ann_dirs_auto_m(&before));
+	free(idx);
+}
+
+/* The auto rule: RAM room, disk room, the cap, none. */
+static void test_auto_rule(void)
+{
+	t_current = "auto rule";
+	ann_index_info in;
+	memset(&in, 0, sizeof in);
+	in.vectors = 1000000;
+	in.dim = 128;
+	in.encoding = ANN_ENC_U8;
+	in.partitions = 8000;
+	in.router_ram_bytes = 2000000;            /* 2 B/vector: 2 MB of room, 250 B a partition */
+	in.bytes_on_disk = 150000000;             /* 1.5 x raw = 192 MB: ample */
+	ASSERT_EQ(ann_dirs_auto_m(&in), 250 / 40); /* 40 bytes a direction at 128 dimensions */
+	in.router_ram_bytes = 500000;             /* 3.5 MB of room: the cap */
+	ASSERT_EQ(ann_dirs_auto_m(&in), ANN_DIRS_AUTO_MAX);
+	in.bytes_on_disk = 191000000;             /* 1 MB of disk left, 64 KiB of it fixed, 4/5 of the rest */
+	ASSERT_EQ(ann_dirs_auto_m(&in), (191999999ull - 191000000 - 65536 + 1) * 4 / 5 / (8000 * 40));
+	in.bytes_on_disk = 193000000;             /* over 1.5 x already */
+	ASSERT_EQ(ann_dirs_auto_m(&in), 0);
+	in.bytes_on_disk = 150000000;
+	in.router_ram_bytes = 4000000;            /* the RAM budget spent */
+	ASSERT_EQ(ann_dirs_auto_m(&in), 0);
+	in.partitions = 0;
+	ASSERT_EQ(ann_dirs_auto_m(&in), 0);
+}
+
+int main(void)
+{
+	ann_rng rng;
+	t_init("test_dirs", &rng);
+	char *dir = t_tmpdir();
+	make_data(&rng);
+	char *data = t_path(dir, "base.u8bin");
+	ann_vwriter *w;
+	ASSERT_OK(ann_vwriter_open(data, D, &w, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(w, base, N, NULL));
+	ASSERT_OK(ann_vwriter_close(w, NULL));
+	test_auto_rule();
+	test_index(dir, data, ANN_STORE_FILE);
+	test_index(dir, data, ANN_STORE_LMDB);
+	free(data);
+	t_rmtree(dir);
+	free(dir);
+	printf("test_dirs: ok\n");
+	return 0;
+}
