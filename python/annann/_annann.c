@@ -719,6 +719,21 @@ static int apply_opt(ann_build_opts *o, const char *key, PyObject *v)
 	DBL("nlsh_augment", nlsh.nlsh_augment)
 #undef U32
 #undef DBL
+	if (strcmp(key, "directions") == 0) { /* None / "auto": -1; 0..16 */
+		const char *t = PyUnicode_Check(v) ? PyUnicode_AsUTF8(v) : NULL;
+		if (v == Py_None || (t && strcmp(t, "auto") == 0)) {
+			o->directions = -1;
+			return 0;
+		}
+		long n = PyLong_Check(v) && !PyBool_Check(v) ? PyLong_AsLong(v) : -1;
+		if (n < 0 || n > 16) {
+			PyErr_Clear();
+			raise_fmt("build option directions: expected None, \"auto\" or an integer 0..16");
+			return -1;
+		}
+		o->directions = (int)n;
+		return 0;
+	}
 	if (strcmp(key, "tune") == 0) { /* None / "auto": -1, True / "on": 1, False / "off": 0 */
 		const char *t = PyUnicode_Check(v) ? PyUnicode_AsUTF8(v) : NULL;
 		if (v == Py_None || (t && strcmp(t, "auto") == 0))
@@ -934,7 +949,7 @@ static int same_opts(const ann_search_opts *a, const ann_search_opts *b)
 	       a->io_buffer_bytes == b->io_buffer_bytes && a->force_pread == b->force_pread &&
 	       a->rerank == b->rerank && a->rerank_eps == b->rerank_eps && a->rerank_phases == b->rerank_phases &&
 	       a->probe_eps == b->probe_eps && a->adaptive == b->adaptive && a->spread_weight == b->spread_weight &&
-	       a->io_poll_us == b->io_poll_us;
+	       a->io_poll_us == b->io_poll_us && a->direction_weight == b->direction_weight;
 }
 
 /* Takes a searcher with options @p o from the pool or makes one. The
@@ -1288,11 +1303,11 @@ static int opt_uint(PyObject *v, const char *what, unsigned long lo, unsigned lo
 static PyObject *Index_search(IndexObject *x, PyObject *args, PyObject *kw)
 {
 	static char *kwl[] = {"queries", "k",     "nprobe",  "ef",           "candidates_factor", "threads",
-			      "batch",   "adaptive", "spread_weight", "poll_us", NULL};
+			      "batch",   "adaptive", "spread_weight", "poll_us", "direction_weight", NULL};
 	PyObject *qo, *ko = Py_None, *npo = Py_None, *efo = Py_None, *cfo = Py_None, *to = Py_None, *bo = Py_None,
-		 *ao = Py_None, *swo = Py_None, *po = Py_None;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OOOOOOOO:search", kwl, &qo, &ko, &npo, &efo, &cfo, &to, &bo, &ao,
-					 &swo, &po))
+		 *ao = Py_None, *swo = Py_None, *po = Py_None, *dwo = Py_None;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OOOOOOOOO:search", kwl, &qo, &ko, &npo, &efo, &cfo, &to, &bo,
+					 &ao, &swo, &po, &dwo))
 		return NULL;
 	ann_search_opts o;
 	ann_search_opts_init(&o);
@@ -1303,6 +1318,14 @@ static PyObject *Index_search(IndexObject *x, PyObject *args, PyObject *kw)
 		if (!(w >= 0 && w <= 100))
 			return raise_fmt("search: spread_weight must be a number within 0..100 (0 = off), not %g", w);
 		o.spread_weight = w > 0 ? (float)w : -1.0f;
+	}
+	if (dwo != Py_None) { /* None: the default weight; 0: off */
+		double w = PyFloat_AsDouble(dwo);
+		if (w == -1.0 && PyErr_Occurred())
+			return NULL;
+		if (!(w >= 0 && w <= 1))
+			return raise_fmt("search: direction_weight must be a number within 0..1 (0 = off), not %g", w);
+		o.direction_weight = w > 0 ? (float)w : -1.0f;
 	}
 	if (ao != Py_None) { /* None: the index's probe model when it has one; True: required; False: off */
 		int on = PyObject_IsTrue(ao);
@@ -1746,11 +1769,13 @@ static PyObject *Index_get_path(IndexObject *x, void *closure)
 static PyMethodDef Index_methods[] = {
 	{"search", (PyCFunction)(void (*)(void))Index_search, METH_VARARGS | METH_KEYWORDS,
 	 "search(queries, k=10, *, nprobe=None, ef=None, candidates_factor=None, threads=None, batch=None,\n"
-	 "adaptive=None, spread_weight=None, poll_us=None) -> (ids int64, distances float32), each (n, k), or\n"
+	 "adaptive=None, spread_weight=None, poll_us=None, direction_weight=None) -> (ids int64, distances\n"
+	 "float32), each (n, k), or\n"
 	 "(k,) for one 1-D query. nprobe None: the index's default_nprobe (info(); 1 partition in 40, at least\n"
 	 "16). adaptive None: the index's probe model (annann.tune) when it has one, nprobe then the mean budget;\n"
 	 "True requires it; False off. poll_us: poll for read completions up to that many microseconds before\n"
-	 "sleeping (0..10000; None or 0: sleep)."},
+	 "sleeping (0..10000; None or 0: sleep). direction_weight: the directional probe order's weight\n"
+	 "(0..1; None: 0.5; 0: off), on an index with directions (info()['directions'])."},
 	{"insert", (PyCFunction)(void (*)(void))Index_insert, METH_VARARGS | METH_KEYWORDS,
 	 "insert(vectors, *, ids=None, upsert=False) -> ids (int64)"},
 	{"delete", (PyCFunction)Index_delete, METH_VARARGS, "delete(ids) -> number deleted"},

@@ -522,6 +522,29 @@ def test_spread_weight(tmp_path):
                 idx.search(queries[:2], k=10, spread_weight=bad)
 
 
+def test_directions(tmp_path):
+    """build(directions=M) fits the directional probe order (docs/DESIGN.md
+    "Directional probe order"); search(direction_weight=) weighs it: the
+    answers are exact at any weight, and weights outside 0..1 are refused."""
+    base = clustered(8000, 5)
+    queries = clustered(50, 9).astype(np.float32)
+    with pytest.raises(ValueError, match="directions"):
+        annann.build(tmp_path / "bad", base, directions=17)
+    with annann.build(tmp_path / "d", base, partitions=32, code_bits=2, mem="64M", threads=1, tune=False,
+                      directions=2) as idx:
+        assert idx.info()["directions"] == 2
+        for w in (0, 0.5, 1):
+            ids, d = idx.search(queries, k=10, nprobe=2, direction_weight=w)
+            exact = ((queries[:, None, :] - base[ids]) ** 2).sum(-1)
+            assert np.allclose(d, exact, rtol=1e-4, atol=1e-2)
+        for bad in (-1, 1.5, float("nan")):
+            with pytest.raises(ValueError, match="direction_weight"):
+                idx.search(queries[:2], k=10, direction_weight=bad)
+    with annann.build(tmp_path / "n", base, partitions=32, code_bits=2, mem="64M", threads=1, tune=False,
+                      directions=0) as idx:
+        assert idx.info()["directions"] == 0
+
+
 def test_poll_us(tmp_path):
     """search(poll_us=) polls for read completions before sleeping
     (docs/DESIGN.md "Read waves"): the same answers; outside
