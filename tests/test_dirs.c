@@ -114,9 +114,9 @@ static double direct_discount(const ann_dirs *d, uint32_t p, const float *q)
 	return sum;
 }
 
-static void test_index(const char *dir, const char *data, ann_store_kind store)
+/* C partitions, 2-bit codes, no tuning, the given directions option. */
+static char *build_index(const char *dir, const char *data, ann_store_kind store, const char *name, int directions)
 {
-	t_current = store == ANN_STORE_LMDB ? "index lmdb" : "index file";
 	ann_build_opts o;
 	ann_build_opts_init(&o);
 	o.partitions = C;
@@ -125,11 +125,19 @@ static void test_index(const char *dir, const char *data, ann_store_kind store)
 	o.store = store;
 	o.code_bits = 2;
 	o.tune = 0;
-	o.directions = 0;
-	char *idx = t_path(dir, store == ANN_STORE_LMDB ? "ix_lmdb" : "ix_file");
+	o.directions = directions;
+	char *idx = t_path(dir, name);
 	ann_error e = {0};
 	if (ann_build(data, idx, &o, &e) < 0)
 		T_FAIL("build: %s", e.msg);
+	return idx;
+}
+
+static void test_index(const char *dir, const char *data, ann_store_kind store)
+{
+	t_current = store == ANN_STORE_LMDB ? "index lmdb" : "index file";
+	char *idx = build_index(dir, data, store, store == ANN_STORE_LMDB ? "ix_lmdb" : "ix_file", 0);
+	ann_error e = {0};
 	ann_index *x;
 	ann_index_info before, after;
 	ASSERT_OK(ann_index_open(idx, &x, NULL));
@@ -246,16 +254,7 @@ static void test_index(const char *dir, const char *data, ann_store_kind store)
 
 	/* the build's auto choice: what ann_dirs_auto_m gives the same index
 	 * without directions (the build is deterministic) */
-	ann_build_opts_init(&o);
-	o.partitions = C;
-	o.mem_bytes = (size_t)64 << 20;
-	o.threads = 1;
-	o.store = store;
-	o.code_bits = 2;
-	o.tune = 0;
-	idx = t_path(dir, store == ANN_STORE_LMDB ? "ix_lmdb_auto" : "ix_file_auto");
-	if (ann_build(data, idx, &o, &e) < 0)
-		T_FAIL("build: %s", e.msg);
+	idx = build_index(dir, data, store, store == ANN_STORE_LMDB ? "ix_lmdb_auto" : "ix_file_auto", -1);
 	ASSERT_OK(ann_index_open(idx, &x, NULL));
 	ASSERT_OK(ann_index_get_info(x, &after, NULL));
 	ann_index_close(x);

@@ -509,22 +509,23 @@ void cli_json_close_arr(cli_json *j)
 	j->depth--;
 }
 
-void cli_json_num(cli_json *j, const char *key, double v)
+static void json_num(cli_json *j, const char *key, double v, const char *fmt)
 {
 	json_key(j, key);
 	if (isfinite(v))
-		fprintf(j->out, "%.6g", v);
+		fprintf(j->out, fmt, v);
 	else
 		fputs("null", j->out);
 }
 
+void cli_json_num(cli_json *j, const char *key, double v)
+{
+	json_num(j, key, v, "%.6g");
+}
+
 void cli_json_num_exact(cli_json *j, const char *key, double v)
 {
-	json_key(j, key);
-	if (isfinite(v))
-		fprintf(j->out, "%.17g", v);
-	else
-		fputs("null", j->out);
+	json_num(j, key, v, "%.17g");
 }
 
 void cli_json_int(cli_json *j, const char *key, long long v)
