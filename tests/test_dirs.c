@@ -155,6 +155,7 @@ static void test_index(const char *dir, const char *data, ann_store_kind store)
 	ASSERT_OK(ann_index_open(idx, &x, NULL));
 	ASSERT_OK(ann_index_get_info(x, &after, NULL));
 	ASSERT_EQ(after.directions, 2);
+	ASSERT_EQ(after.directions_partitions, C);
 	ASSERT_EQ(after.router_ram_bytes - before.router_ram_bytes, ann_dirs_bytes(&x->dirs));
 	ASSERT_EQ(ann_dirs_bytes(&x->dirs), (size_t)C * 2 * (8 + D / 4));
 	/* each partition's first direction is its cluster's stretch */

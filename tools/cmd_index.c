@@ -413,7 +413,10 @@ static int run_info(cli_cmd *c)
 				       "partitions have a spread\n", in.spread_partitions, in.partitions);
 			if (in.spread_partitions && in.directions)
 				printf("directions     %u a partition (annann tune --directions): the probe order discounts "
-				       "0.5 x the distance along them (--direction-weight)\n", in.directions);
+				       "0.5 x the distance along them (--direction-weight)%s\n", in.directions,
+				       in.directions_partitions < in.partitions
+					       ? "; partitions split off since the fit have none: annann tune --directions refits"
+					       : "");
 			else
 				printf("probe order    centroid distance: no partition has a spread (blocks written before "
 				       "2026-12-06; a rebuild gives every one)\n");

@@ -315,6 +315,7 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->router_ram_bytes = x->router->ops->ram_bytes(x->router) + (uint64_t)x->dir.n * sizeof(ann_dirent) +
 				 ann_dirs_bytes(&x->dirs);
 	info->directions = x->dirs.m;
+	info->directions_partitions = x->dirs.m ? x->dirs.nparts : 0;
 	info->route_ef = ann_router_kmeans_ef(x->router);
 	info->router_bits = ann_router_kcodes_bits(x->router);
 	info->code_bits = x->meta.code_bits;
