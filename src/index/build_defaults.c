@@ -40,6 +40,11 @@
 #define DISK_RATIO 1.48      /* on-disk bytes / raw vector bytes (target 1.5; page fitting can add ~1% on small sets) */
 /* Router RAM per partition besides its centroid (measured with annann info:
  * Fashion-MNIST 256 parts 4.69 B/vector, real1m 4096 parts 1.81). */
+/* The partition count is still chosen with M 32's links: up to 8192
+ * centroids the graph now keeps M 4 (single queries scan the centroids), and
+ * the RAM that frees goes to the directional probe order, which the build
+ * fits within the 4 B/vector target (dirs.h ann_dirs_auto_m; docs/DESIGN.md
+ * "Directional probe order": it read fewer bytes than finer partitions). */
 #define GRAPH_LINK_BYTES 315.0 /* HNSW links (M 32, 2x at level 0) + directory entry */
 #define CODE_ROUTER_BYTES 52.0 /* compact router: code factors + directory entry */
 /* Disk per partition besides its rows: on average half a page after the
