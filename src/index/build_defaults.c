@@ -45,7 +45,7 @@
  * the RAM that frees goes to the directional probe order, which the build
  * fits within the 4 B/vector target (dirs.h ann_dirs_auto_m; docs/DESIGN.md
  * "Directional probe order"), a byte lever that, unlike finer partitions,
- * keeps the disk within 1.5x raw). */
+ * keeps the disk within 1.5x raw. */
 #define GRAPH_LINK_BYTES 315.0 /* HNSW links (M 32, 2x at level 0) + directory entry */
 #define CODE_ROUTER_BYTES 52.0 /* compact router: code factors + directory entry */
 /* Disk per partition besides its rows: on average half a page after the
