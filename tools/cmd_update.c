@@ -256,6 +256,7 @@ static int run_compact(cli_cmd *c)
 		cli_json_int(&j, "bytes_written", (long long)st.bytes_written);
 		cli_json_int(&j, "bytes_freed", (long long)st.bytes_freed);
 		cli_json_num(&j, "seconds", st.seconds);
+		cli_json_int(&j, "directions_refit", st.directions_refit);
 		cli_json_end(&j);
 	} else {
 		printf("compacted: %u partitions rewritten, %u split, %llu inserted vectors merged, %llu deleted "
@@ -263,6 +264,8 @@ static int run_compact(cli_cmd *c)
 		       st.partitions_rewritten, st.partitions_split, (unsigned long long)st.deltas_merged,
 		       (unsigned long long)st.tombstones_applied, (double)st.bytes_written / 1048576.0,
 		       (double)st.bytes_freed / 1048576.0, st.seconds);
+		if (st.directions_refit)
+			printf("directional probe order refitted for the split partitions\n");
 	}
 	return 0;
 }

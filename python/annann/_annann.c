@@ -1594,12 +1594,12 @@ static PyObject *Index_compact(IndexObject *x, PyObject *args, PyObject *kw)
 	Py_END_ALLOW_THREADS
 	if (rc < 0)
 		return raise_ann(&err);
-	return Py_BuildValue("{sIsIsKsKsKsKsd}", "partitions_rewritten", a.st.partitions_rewritten,
+	return Py_BuildValue("{sIsIsKsKsKsKsdsI}", "partitions_rewritten", a.st.partitions_rewritten,
 			     "partitions_split", a.st.partitions_split, "deltas_merged",
 			     (unsigned long long)a.st.deltas_merged, "tombstones_applied",
 			     (unsigned long long)a.st.tombstones_applied, "bytes_written",
 			     (unsigned long long)a.st.bytes_written, "bytes_freed", (unsigned long long)a.st.bytes_freed,
-			     "seconds", a.st.seconds);
+			     "seconds", a.st.seconds, "directions_refit", a.st.directions_refit);
 }
 
 /* Problems found by ann_verify, kept in C until the GIL is back. */

@@ -389,6 +389,17 @@ int ann_tune_directions(const char *index_dir, uint32_t m, ann_progress_fn progr
 		return remove_dirs(index_dir, err);
 	ann_index *x;
 	ANN_TRY(ann_index_load(index_dir, true, &x, err));
+	int rc = ann_dirs_fit(x, m, progress, progress_ctx, fitted, err);
+	ann_index_close(x);
+	return rc < 0 ? ann_err_prefix(err, rc, "%s", index_dir) : ANN_OK;
+}
+
+int ann_dirs_fit(ann_index *x, uint32_t m, ann_progress_fn progress, void *progress_ctx, uint32_t *fitted,
+		 ann_error *err)
+{
+	const char *index_dir = x->path;
+	if (fitted)
+		*fitted = 0;
 	int rc = ANN_OK;
 	ann_store_reader *rd = NULL;
 	uint32_t *pids = NULL;
@@ -507,6 +518,18 @@ fail:
 	ann_free(pids);
 	ann_free(ids);
 	ann_free(rows);
-	ann_index_close(x);
-	return rc < 0 ? ann_err_prefix(err, rc, "%s", index_dir) : ANN_OK;
+	if (rc >= 0) { /* the searchers of x use the new record */
+		ann_cat_txn *t;
+		rc = ann_catalog_read_begin(ann_store_catalog(x->store), &t, err);
+		if (rc >= 0) {
+			ann_dirs nd;
+			rc = ann_dirs_load(t, x->meta.dim, &nd, err);
+			ann_catalog_read_end(t);
+			if (rc >= 0) {
+				ann_dirs_free(&x->dirs);
+				x->dirs = nd;
+			}
+		}
+	}
+	return rc;
 }

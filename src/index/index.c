@@ -195,6 +195,7 @@ int ann_index_reload(ann_index *x, ann_error *err)
 	x->dict = NULL;
 	ann_rbq_free(x->rbq);
 	x->rbq = NULL;
+	ann_dirs_free(&x->dirs);
 	ann_catalog_dir_free(&x->dir);
 	ANN_TRY(load_models(x, err));
 	return ann_store_dir_copy(x->store, &x->dir, err);
