@@ -1300,6 +1300,23 @@ static int opt_uint(PyObject *v, const char *what, unsigned long lo, unsigned lo
 	return 0;
 }
 
+/* A probe-order weight: None keeps the default (0 in the options), 0 turns it
+ * off (-1 in the options), else a number within 0..hi. */
+static int opt_weight(PyObject *v, const char *name, double hi, float *out)
+{
+	if (v == Py_None)
+		return 0;
+	double w = PyFloat_AsDouble(v);
+	if (w == -1.0 && PyErr_Occurred())
+		return -1;
+	if (!(w >= 0 && w <= hi)) {
+		raise_fmt("search: %s must be a number within 0..%g (0 = off), not %g", name, hi, w);
+		return -1;
+	}
+	*out = w > 0 ? (float)w : -1.0f;
+	return 0;
+}
+
 static PyObject *Index_search(IndexObject *x, PyObject *args, PyObject *kw)
 {
 	static char *kwl[] = {"queries", "k",     "nprobe",  "ef",           "candidates_factor", "threads",
@@ -1311,22 +1328,9 @@ static PyObject *Index_search(IndexObject *x, PyObject *args, PyObject *kw)
 		return NULL;
 	ann_search_opts o;
 	ann_search_opts_init(&o);
-	if (swo != Py_None) { /* None: the default weight; 0: the centroid distances alone */
-		double w = PyFloat_AsDouble(swo);
-		if (w == -1.0 && PyErr_Occurred())
-			return NULL;
-		if (!(w >= 0 && w <= 100))
-			return raise_fmt("search: spread_weight must be a number within 0..100 (0 = off), not %g", w);
-		o.spread_weight = w > 0 ? (float)w : -1.0f;
-	}
-	if (dwo != Py_None) { /* None: the default weight; 0: off */
-		double w = PyFloat_AsDouble(dwo);
-		if (w == -1.0 && PyErr_Occurred())
-			return NULL;
-		if (!(w >= 0 && w <= 1))
-			return raise_fmt("search: direction_weight must be a number within 0..1 (0 = off), not %g", w);
-		o.direction_weight = w > 0 ? (float)w : -1.0f;
-	}
+	if (opt_weight(swo, "spread_weight", 100, &o.spread_weight) < 0 ||
+	    opt_weight(dwo, "direction_weight", 1, &o.direction_weight) < 0)
+		return NULL;
 	if (ao != Py_None) { /* None: the index's probe model when it has one; True: required; False: off */
 		int on = PyObject_IsTrue(ao);
 		if (on < 0)
