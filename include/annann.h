@@ -830,8 +830,10 @@ typedef struct ann_compact_stats {
 	uint64_t bytes_written;
 	uint64_t bytes_freed;
 	double seconds;
-	uint32_t directions_refit;   /**< 1 when splits made the compaction refit the directional probe order
-	                                  (ann_tune_directions; docs/DESIGN.md "Directional probe order") */
+	uint32_t directions_refit;   /**< partitions whose directional probe order the compaction refitted:
+	                                  the rewritten ones and the new ones of splits; 0 without directions
+	                                  or when the refit failed (ann_tune_directions; docs/DESIGN.md
+	                                  "Directional probe order") */
 } ann_compact_stats;
 
 /** Rewrites every partition that has deltas or deleted vectors,

@@ -14,6 +14,8 @@
  *    naming the key; a bad weight is refused;
  *  - search with the discount (weight 1) answers some nprobe 1 queries from
  *    other partitions than without it, and every answer is exact either way;
+ *  - a compaction refits the partitions it rewrote and the new ones of its
+ *    splits, and keeps the others' records: the result is a full refit's;
  *  - the build's auto choice fits as many directions (up to 8) as the
  *    router's RAM leaves of 4 bytes per vector, and none when there is none.
  */
@@ -229,7 +231,7 @@ static void test_index(const char *dir, const char *data, ann_store_kind store)
 	ASSERT_OK(ann_compact(w, PER / 2, &cst, NULL));
 	ann_writer_close(w);
 	ASSERT_TRUE(cst.partitions_split >= 1);
-	ASSERT_EQ(cst.directions_refit, 1);
+	ASSERT_EQ(cst.directions_refit, cst.partitions_rewritten + cst.partitions_split);
 	ASSERT_OK(ann_index_open(idx, &x, NULL));
 	ASSERT_OK(ann_index_get_info(x, &after, NULL));
 	ASSERT_EQ(after.directions, 2);
@@ -242,6 +244,41 @@ static void test_index(const char *dir, const char *data, ann_store_kind store)
 	ann_index_close(x);
 	ASSERT_OK(ann_verify(idx, NULL, NULL, &problems, NULL));
 	ASSERT_EQ(problems, 0);
+
+	/* a compaction without splits refits the partitions it rewrote, only
+	 * those, and to what a full refit gives */
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	uint32_t np0 = x->dirs.nparts;
+	size_t stride = x->dirs.stride, rbytes = (size_t)np0 * stride;
+	uint8_t *rec0 = malloc(rbytes), *rec1 = malloc(rbytes);
+	ASSERT_TRUE(rec0 && rec1);
+	memcpy(rec0, x->dirs.recs, rbytes);
+	ann_index_close(x);
+	int64_t dels[40];
+	for (size_t i = 0; i < 40; i++)
+		dels[i] = PER + 2 * (int64_t)i; /* rows of the second cluster */
+	ASSERT_OK(ann_writer_open(idx, &w, NULL));
+	ASSERT_OK(ann_delete(w, dels, 40, NULL, NULL));
+	ASSERT_OK(ann_compact(w, N, &cst, NULL));
+	ann_writer_close(w);
+	ASSERT_EQ(cst.partitions_split, 0);
+	ASSERT_TRUE(cst.partitions_rewritten >= 1 && cst.partitions_rewritten < np0);
+	ASSERT_EQ(cst.directions_refit, cst.partitions_rewritten);
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_EQ(x->dirs.nparts, np0);
+	ASSERT_EQ(x->dirs.stride, stride);
+	memcpy(rec1, x->dirs.recs, rbytes);
+	ann_index_close(x);
+	uint32_t changed = 0;
+	for (uint32_t p = 0; p < np0; p++)
+		changed += memcmp(rec0 + (size_t)p * stride, rec1 + (size_t)p * stride, stride) != 0;
+	ASSERT_TRUE(changed >= 1 && changed <= cst.partitions_rewritten);
+	ASSERT_OK(ann_tune_directions(idx, 2, NULL, NULL, NULL, NULL));
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_TRUE(x->dirs.nparts == np0 && memcmp(rec1, x->dirs.recs, rbytes) == 0);
+	ann_index_close(x);
+	free(rec0);
+	free(rec1);
 
 	/* a malformed record fails the open, naming it */
 	char *cat = t_path(idx, "catalog.lmdb");

@@ -265,7 +265,7 @@ static int run_compact(cli_cmd *c)
 		       (unsigned long long)st.tombstones_applied, (double)st.bytes_written / 1048576.0,
 		       (double)st.bytes_freed / 1048576.0, st.seconds);
 		if (st.directions_refit)
-			printf("directional probe order refitted for the split partitions\n");
+			printf("directional probe order refitted for %u partitions\n", st.directions_refit);
 	}
 	return 0;
 }

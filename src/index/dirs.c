@@ -389,13 +389,20 @@ int ann_tune_directions(const char *index_dir, uint32_t m, ann_progress_fn progr
 		return remove_dirs(index_dir, err);
 	ann_index *x;
 	ANN_TRY(ann_index_load(index_dir, true, &x, err));
-	int rc = ann_dirs_fit(x, m, progress, progress_ctx, fitted, err);
+	int rc = ann_dirs_fit(x, m, NULL, 0, progress, progress_ctx, fitted, err);
 	ann_index_close(x);
 	return rc < 0 ? ann_err_prefix(err, rc, "%s", index_dir) : ANN_OK;
 }
 
-int ann_dirs_fit(ann_index *x, uint32_t m, ann_progress_fn progress, void *progress_ctx, uint32_t *fitted,
-		 ann_error *err)
+/* Partition p keeps its record from x->dirs (same m and dim) unless refit
+ * is NULL or says so, or the record has none for p. */
+static bool keeps_old(const ann_dirs *od, uint32_t m, size_t d, const uint8_t *refit, uint32_t nrefit, uint32_t p)
+{
+	return refit && p < nrefit && !refit[p] && od->m == m && od->dim == d && p < od->nparts;
+}
+
+int ann_dirs_fit(ann_index *x, uint32_t m, const uint8_t *refit, uint32_t nrefit, ann_progress_fn progress,
+		 void *progress_ctx, uint32_t *fitted, ann_error *err)
 {
 	const char *index_dir = x->path;
 	if (fitted)
@@ -451,16 +458,26 @@ int ann_dirs_fit(ann_index *x, uint32_t m, ann_progress_fn progress, void *progr
 	}
 	uint8_t *codes = blob + ANN_DIRS_HEADER + 2 * nm * sizeof(float);
 	uint32_t n = 0;
-	for (uint32_t p = 0; p < np; p++)
-		if (x->dir.ents[p].kind != ANN_KIND_NONE)
+	const ann_dirs *od = &x->dirs;
+	for (uint32_t p = 0; p < np; p++) {
+		if (keeps_old(od, m, d, refit, nrefit, p)) {
+			for (uint32_t j = 0; j < m; j++) {
+				gain[(size_t)p * m + j] = ann_dirs_gain(od, p, j);
+				off[(size_t)p * m + j] = ann_dirs_off(od, p, j);
+				memcpy(codes + ((size_t)p * m + j) * cb, ann_dirs_codes(od, p, j), cb);
+			}
+		} else if (x->dir.ents[p].kind != ANN_KIND_NONE) {
 			pids[n++] = p;
+		}
+	}
+	nblocks = n;
 	ann_store_reader_opts ro;
 	ann_store_reader_opts_init(&ro);
 	rc = ann_store_reader_new(x->store, &ro, &rd, err);
-	if (rc >= 0)
+	if (rc >= 0 && n)
 		rc = ann_store_reader_submit(rd, pids, NULL, n, err);
 	uint32_t done = 0;
-	while (rc >= 0) {
+	while (rc >= 0 && n) {
 		ann_block_read br;
 		rc = ann_store_reader_next(rd, &br, err);
 		if (rc <= 0)

@@ -65,9 +65,13 @@ static inline const uint8_t *ann_dirs_codes(const ann_dirs *d, uint32_t p, uint3
  * and 64 KiB for the catalog's pages). */
 uint32_t ann_dirs_auto_m(const ann_index_info *in);
 /* Fits m >= 1 directions a partition on the open, writable index x (its
- * writer lock held), stores them and makes them x's. */
-int ann_dirs_fit(ann_index *x, uint32_t m, ann_progress_fn progress, void *progress_ctx, uint32_t *fitted,
-		 ann_error *err);
+ * writer lock held), stores them and makes them x's. refit NULL fits every
+ * partition; otherwise a partition p < nrefit with refit[p] 0 keeps its
+ * record from x->dirs when that has one of the same m (a compaction refits
+ * only the partitions it rewrote), and every other partition is fitted.
+ * *fitted: the directions fitted or kept with a non-zero gain. */
+int ann_dirs_fit(ann_index *x, uint32_t m, const uint8_t *refit, uint32_t nrefit, ann_progress_fn progress,
+		 void *progress_ctx, uint32_t *fitted, ann_error *err);
 /* Reads meta route.dirs for an index of dimension dim: d->m = 0 when
  * absent; ANN_E_CORRUPT when malformed. */
 int ann_dirs_load(ann_cat_txn *t, uint32_t dim, ann_dirs *d, ann_error *err);

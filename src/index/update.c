@@ -744,12 +744,19 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 	ANN_CHECK(rc, writer_commit(w, c, "compaction", err));
 	x->meta.stored_vectors = stored;
 	ANN_CHECK(rc, ann_index_reload(x, err));
-	/* Split partitions have new rows and the new ones no directions: refit
-	 * them all (one pass over the blocks; SIFT photos 1.5 s). The compaction
-	 * has committed; a refit that fails leaves the old directions, which
-	 * annann info reports as short of the partitions. */
-	if (st.partitions_split && x->dirs.m)
-		st.directions_refit = ann_dirs_fit(x, x->dirs.m, NULL, NULL, NULL, NULL) >= 0;
+	/* The rewritten partitions have other rows, and the new ones (splits)
+	 * no directions: refit those, reading only their blocks; the others
+	 * keep theirs. The compaction has committed; a refit that fails leaves
+	 * the old directions (stale for the rewritten partitions, none for the
+	 * new ones, which annann info reports as short of the partitions), and
+	 * directions_refit 0 says so. */
+	if (st.partitions_rewritten && x->dirs.m) {
+		uint32_t nr = 0;
+		for (uint32_t p = 0; p < x->dir.n; p++)
+			nr += (p >= np || dirty[p] || p >= x->dirs.nparts) && x->dir.ents[p].kind != ANN_KIND_NONE;
+		if (ann_dirs_fit(x, x->dirs.m, dirty, np, NULL, NULL, NULL, NULL) >= 0)
+			st.directions_refit = nr;
+	}
 	if (stats)
 		*stats = st;
 	rc = ANN_OK;
