@@ -119,6 +119,7 @@ PY
 # the spread-aware probe order: info says it applies; the weight's range; 0 turns it off
 expect 0 "$A" info --index "$dir/c_lmdb"
 grep -q "^probe order    centroid distance + 0.125 x spread" "$dir/out" || fail "info probe order: $(cat "$dir/out")"
+[ "$(grep -c "^probe order" "$dir/out")" = 1 ] || fail "info: more than one probe order line: $(cat "$dir/out")"
 expect 2 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --spread-weight -1
 expect 2 "$A" search --index "$dir/c_lmdb" --queries "$dir/q.u8bin" --spread-weight 101
 for w in 0 0.5; do

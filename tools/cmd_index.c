@@ -408,7 +408,10 @@ static int run_info(cli_cmd *c)
 				       in.probe_stale ? "; the index has changed since: refit with annann tune" : "");
 		}
 		if (in.code_bits && in.router == ANN_ROUTER_KMEANS && in.metric == ANN_METRIC_L2) {
-			if (in.spread_partitions)
+			if (!in.spread_partitions)
+				printf("probe order    centroid distance: no partition has a spread (blocks written before "
+				       "2026-12-06; a rebuild gives every one)\n");
+			else
 				printf("probe order    centroid distance + 0.125 x spread (--spread-weight); %u of %u "
 				       "partitions have a spread\n", in.spread_partitions, in.partitions);
 			if (in.spread_partitions && in.directions)
@@ -417,9 +420,6 @@ static int run_info(cli_cmd *c)
 				       in.directions_partitions < in.partitions
 					       ? "; partitions split off since the fit have none: annann tune --directions refits"
 					       : "");
-			else
-				printf("probe order    centroid distance: no partition has a spread (blocks written before "
-				       "2026-12-06; a rebuild gives every one)\n");
 		}
 		if (in.code_bits)
 			printf("re-rank bound  eps0 %.2g (%s; --rerank-eps overrides)\n", in.rerank_eps,
