@@ -351,8 +351,11 @@ typedef struct ann_index_info {
 	uint32_t rerank_eps_tuned;    /**< 1 when rerank_eps comes from the catalog */
 	uint32_t directions;          /**< directions per partition of the directional probe order
 	                                   (ann_tune_directions); 0 = none */
-	uint32_t directions_partitions; /**< partitions they were fitted on (ids below it); partitions split
-	                                     off since have none until a refit */
+	uint32_t directions_partitions; /**< partitions they were fitted on; those split off since (ids past
+	                                     the fit's) have none until a refit */
+	uint32_t directions_stale;    /**< 1 when a compaction rewrote partitions and its refit of their
+	                                   directions did not happen (ann_compact_stats.directions_refit 0):
+	                                   the next compaction refits them all, or ann_tune_directions */
 } ann_index_info;
 
 ANN_API int ann_index_get_info(const ann_index *idx, ann_index_info *info, ann_error *err);

@@ -280,6 +280,52 @@ static void test_index(const char *dir, const char *data, ann_store_kind store)
 	free(rec0);
 	free(rec1);
 
+	/* A compaction whose refit did not happen (a crash between the two
+	 * commits: its mark, set with the compaction, is still there): info
+	 * says so, and the next compaction refits every partition and clears
+	 * it. The first directions' gains are zeroed beside the mark, so that
+	 * only a refit of every partition brings them all back. */
+	{
+		char *cat0 = t_path(idx, "catalog.lmdb");
+		ann_catalog_opts co0;
+		ann_catalog_opts_init(&co0);
+		ann_catalog *c0;
+		ann_cat_txn *t0;
+		ASSERT_OK(ann_catalog_open(cat0, &co0, &c0, NULL));
+		ASSERT_OK(ann_catalog_write_begin(c0, &t0, NULL));
+		ASSERT_OK(ann_catalog_meta_put_u64(t0, ANN_DIRS_STALE_META, 1, NULL));
+		const uint8_t *b0;
+		size_t n0;
+		ASSERT_OK(ann_catalog_meta_get_blob(t0, ANN_DIRS_META, &b0, &n0, NULL));
+		uint8_t *z = malloc(n0);
+		ASSERT_TRUE(z != NULL);
+		memcpy(z, b0, n0);
+		for (uint32_t p = 0; p < np0; p++)
+			memset(z + ANN_DIRS_HEADER + 4 * (size_t)p * 2, 0, 4); /* gain (p, 0): 2 directions */
+		ASSERT_OK(ann_catalog_meta_put_blob(t0, ANN_DIRS_META, z, n0, NULL));
+		free(z);
+		ASSERT_OK(ann_catalog_commit(t0, NULL));
+		ann_catalog_close(c0);
+		free(cat0);
+	}
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_OK(ann_index_get_info(x, &after, NULL));
+	ann_index_close(x);
+	ASSERT_EQ(after.directions_stale, 1);
+	dels[0] = 3 * PER + 1;
+	ASSERT_OK(ann_writer_open(idx, &w, NULL));
+	ASSERT_OK(ann_delete(w, dels, 1, NULL, NULL));
+	ASSERT_OK(ann_compact(w, N, &cst, NULL));
+	ann_writer_close(w);
+	ASSERT_EQ(cst.partitions_rewritten, 1);
+	ASSERT_EQ(cst.directions_refit, after.partitions); /* all of them */
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_OK(ann_index_get_info(x, &after, NULL));
+	for (uint32_t p = 0; p < after.partitions; p++)
+		ASSERT_TRUE(ann_dirs_gain(&x->dirs, p, 0) > 0.0f);
+	ann_index_close(x);
+	ASSERT_EQ(after.directions_stale, 0);
+
 	/* a malformed record fails the open, naming it */
 	char *cat = t_path(idx, "catalog.lmdb");
 	ann_catalog_opts co;
@@ -324,6 +370,72 @@ static void test_index(const char *dir, const char *data, ann_store_kind store)
 	free(idx);
 }
 
+/* f32 rows of extreme scale: the fit's offsets overflow a float. Those
+ * directions get no discount, and the index still opens and searches
+ * (the record the open refuses was once written). Explicit directions that
+ * cannot apply are refused before the build starts. */
+static void test_extreme(const char *dir)
+{
+	t_current = "extreme scale";
+	enum { XN = 1200, XD = 12 };
+	static float xs[XN * XD];
+	ann_rng rng;
+	ann_rng_seed(&rng, 5);
+	for (size_t i = 0; i < XN; i++)
+		for (size_t j = 0; j < XD; j++)
+			xs[i * XD + j] = j < 4 ? 1e38f : (float)(10 * ann_rng_normal(&rng) + (j == 5 ? 40.0 * (double)(i % 3) : 0));
+	char *data = t_path(dir, "huge.fbin");
+	ann_vwriter *vw;
+	ASSERT_OK(ann_vwriter_open(data, XD, &vw, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(vw, xs, XN, NULL));
+	ASSERT_OK(ann_vwriter_close(vw, NULL));
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = 3;
+	o.mem_bytes = (size_t)64 << 20;
+	o.threads = 1;
+	o.code_bits = 2;
+	o.tune = 0;
+	o.directions = 2;
+	char *idx = t_path(dir, "huge_idx");
+	ASSERT_OK(ann_build(data, idx, &o, NULL));
+	ann_index *x;
+	ann_index_info in;
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_OK(ann_index_get_info(x, &in, NULL));
+	ASSERT_EQ(in.directions, 2);
+	for (uint32_t p = 0; p < x->dirs.nparts; p++)
+		for (uint32_t j = 0; j < 2; j++)
+			ASSERT_TRUE(isfinite(ann_dirs_off(&x->dirs, p, j)));
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = 5;
+	so.nprobe = 3;
+	so.direction_weight = 1.0f;
+	ann_searcher *s;
+	int64_t ids[5];
+	float dd[5];
+	ASSERT_OK(ann_searcher_new(x, &so, &s, NULL));
+	ASSERT_OK(ann_search(s, xs + 7 * XD, 1, ids, dd, NULL, NULL));
+	ASSERT_TRUE(ids[0] >= 0 && ids[0] < XN);
+	ann_searcher_free(s);
+	ann_index_close(x);
+	free(idx);
+	/* refused: as many directions as dimensions; another metric */
+	ann_error e = {0};
+	o.directions = XD;
+	idx = t_path(dir, "huge_idx2");
+	ASSERT_ERR(ann_build(data, idx, &o, &e), e, ANN_E_INVAL, "fewer directions than dimensions");
+	o.directions = 2;
+	o.metric = ANN_METRIC_IP;
+	ASSERT_ERR(ann_build(data, idx, &o, &e), e, ANN_E_INVAL, "directional probe order needs");
+	o.directions = 17;
+	o.metric = ANN_METRIC_L2;
+	ASSERT_ERR(ann_build(data, idx, &o, &e), e, ANN_E_INVAL, "directions 17");
+	free(idx);
+	free(data);
+}
+
 /* The auto rule: RAM room, disk room, the cap, none. */
 static void test_auto_rule(void)
 {
@@ -346,6 +458,13 @@ static void test_auto_rule(void)
 	in.bytes_on_disk = 150000000;
 	in.router_ram_bytes = 4000000;            /* the RAM budget spent */
 	ASSERT_EQ(ann_dirs_auto_m(&in), 0);
+	in.dim = 6; /* room for the cap, but fewer than the dimensions */
+	in.router_ram_bytes = 500000;
+	in.bytes_on_disk = 1000000;
+	ASSERT_EQ(ann_dirs_auto_m(&in), 5);
+	in.dim = 1;
+	ASSERT_EQ(ann_dirs_auto_m(&in), 0);
+	in.dim = 128;
 	in.partitions = 0;
 	ASSERT_EQ(ann_dirs_auto_m(&in), 0);
 }
@@ -362,6 +481,7 @@ int main(void)
 	ASSERT_OK(ann_vwriter_write_f32(w, base, N, NULL));
 	ASSERT_OK(ann_vwriter_close(w, NULL));
 	test_auto_rule();
+	test_extreme(dir);
 	test_index(dir, data, ANN_STORE_FILE);
 	test_index(dir, data, ANN_STORE_LMDB);
 	free(data);

@@ -417,7 +417,10 @@ static int run_info(cli_cmd *c)
 			if (in.spread_partitions && in.directions)
 				printf("directions     %u a partition (annann tune --directions): the probe order discounts "
 				       "0.5 x the distance along them (--direction-weight)%s\n", in.directions,
-				       in.directions_partitions < in.partitions
+				       in.directions_stale
+					       ? "; a compaction since has not refitted them: the next one, or annann tune "
+						 "--directions, refits"
+				       : in.directions_partitions < in.partitions
 					       ? "; partitions split off since the fit have none: annann tune --directions refits"
 					       : "");
 		}

@@ -73,6 +73,7 @@ int ann_index_info_fields(const ann_index *idx, ann_info_field *out, size_t *n, 
 	f_int(out, &k, "spread_partitions", in.spread_partitions);
 	f_int(out, &k, "directions", in.directions);
 	f_int(out, &k, "directions_partitions", in.directions_partitions);
+	f_int(out, &k, "directions_stale", in.directions_stale);
 	f_str(out, &k, "router", ann_router_name(in.router));
 	f_str(out, &k, "store", in.store == ANN_STORE_LMDB ? "lmdb" : "file");
 	f_str(out, &k, "encoding", ann_encoding_name(in.encoding));

@@ -232,6 +232,16 @@ int build_resolve_options(build *b, ann_build_opts *own, ann_error *err)
 	if (o->code_bits && b->enc != ANN_ENC_F32 && b->enc != ANN_ENC_U8 && b->enc != ANN_ENC_I8)
 		return ann_err(err, ANN_E_INVAL, "codes need encoding f32, u8 or i8 (exact rows are stored raw), not %s",
 			       ann_encoding_name(b->enc));
+	if (o->directions < -1 || o->directions > (int)ANN_DIRS_MAX)
+		return ann_err(err, ANN_E_INVAL, "directions %d: must be within 0..%u, or -1 (auto)", o->directions,
+			       ANN_DIRS_MAX);
+	/* asked for explicitly, they must apply (auto fits them only where they do) */
+	if (o->directions > 0 && (o->router != ANN_ROUTER_KMEANS || !o->code_bits || o->metric != ANN_METRIC_L2 ||
+				  (uint64_t)o->directions >= b->d))
+		return ann_err(err, ANN_E_INVAL, "directions %d: the directional probe order needs the kmeans router, "
+			       "codes, metric l2 and fewer directions than dimensions; the options resolved to router "
+			       "%s, %s, metric %s, %u dimensions", o->directions, ann_router_name(o->router),
+			       o->code_bits ? "codes" : "no codes (format 1 blocks)", ann_metric_name(o->metric), b->d);
 	/* The sample: what k-means needs, within half the budget. */
 	uint64_t want = o->sample ? o->sample : ANN_MIN(b->n, (uint64_t)256 * b->nparts);
 	want = ANN_MIN(want, b->n);

@@ -27,8 +27,8 @@ uint32_t ann_dirs_auto_m(const ann_index_info *in)
 	uint64_t esize = in->encoding == ANN_ENC_U8 || in->encoding == ANN_ENC_I8 ? 1 : 4;
 	uint64_t disk = 3 * in->vectors * in->dim * esize / 2, fixed = (uint64_t)64 << 10;
 	uint64_t droom = disk > in->bytes_on_disk + fixed ? (disk - in->bytes_on_disk - fixed) * 4 / 5 : 0;
-	uint64_t pp = (uint64_t)in->partitions * per;
-	return (uint32_t)ANN_MIN((uint64_t)ANN_DIRS_AUTO_MAX, pp ? ANN_MIN(room, droom) / pp : 0);
+	uint64_t pp = (uint64_t)in->partitions * per, cap = in->dim > 1 ? ANN_MIN((uint64_t)ANN_DIRS_AUTO_MAX, in->dim - 1) : 0;
+	return (uint32_t)ANN_MIN(cap, pp ? ANN_MIN(room, droom) / pp : 0); /* fewer than dim (ann_dirs_fit) */
 }
 
 size_t ann_dirs_bytes(const ann_dirs *d)
@@ -88,6 +88,13 @@ int ann_dirs_load(ann_cat_txn *t, uint32_t dim, ann_dirs *d, ann_error *err)
 		memcpy(r + 8 * (i % m) + 4, &ov, 4);
 		memcpy(r + 8 * (size_t)m + (i % m) * cb, c + i * cb, cb);
 	}
+	uint64_t stale = 0;
+	rc = ann_catalog_meta_get_u64(t, ANN_DIRS_STALE_META, &stale, err);
+	if (rc < 0 && rc != ANN_E_NOTFOUND) {
+		ann_dirs_free(&v);
+		return rc;
+	}
+	v.stale = rc >= 0 && stale;
 	*d = v;
 	return ANN_OK;
 }
@@ -348,6 +355,14 @@ static void fit_one(fit_scratch *f, const uint8_t *rows, ann_block_encoding enc,
 	}
 }
 
+/* A fit or a removal clears the mark of a compaction whose refit did not
+ * happen (ANN_DIRS_STALE_META). */
+static int del_stale(ann_cat_txn *t, ann_error *err)
+{
+	int rc = ann_catalog_meta_del(t, ANN_DIRS_STALE_META, err);
+	return rc == ANN_E_NOTFOUND ? ANN_OK : rc;
+}
+
 /* m 0: the record goes, through the catalog alone, so that a malformed one
  * (which fails the index's open) can be removed too. */
 static int remove_dirs(const char *index_dir, ann_error *err)
@@ -368,6 +383,8 @@ static int remove_dirs(const char *index_dir, ann_error *err)
 		rc = ann_catalog_meta_del(t, ANN_DIRS_META, err);
 		if (rc == ANN_E_NOTFOUND)
 			rc = ANN_OK;
+		if (rc >= 0)
+			rc = del_stale(t, err);
 		if (rc < 0)
 			ann_catalog_abort(t);
 		else
@@ -422,6 +439,10 @@ int ann_dirs_fit(ann_index *x, uint32_t m, const uint8_t *refit, uint32_t nrefit
 		goto fail;
 	}
 	uint32_t np = x->dir.n, cb = 2 * (uint32_t)((d + 7) / 8), largest = 0, nblocks = 0;
+	if (np == 0) {
+		rc = ann_err(err, ANN_E_INVAL, "directions: %s has no partitions", index_dir);
+		goto fail;
+	}
 	for (uint32_t p = 0; p < np; p++)
 		if (x->dir.ents[p].kind != ANN_KIND_NONE) {
 			largest = ANN_MAX(largest, x->dir.ents[p].count);
@@ -501,6 +522,14 @@ int ann_dirs_fit(ann_index *x, uint32_t m, const uint8_t *refit, uint32_t nrefit
 	if (rc >= 0) {
 		uint32_t nf = 0;
 		for (size_t i = 0; i < nm; i++) {
+			/* Rows of extreme scale (f32 near its range) can give an offset
+			 * or gain no float holds: that direction gets no discount,
+			 * rather than a record the open refuses */
+			if (!(gain[i] >= 0.0f && gain[i] <= 1.0f) || !isfinite(off[i])) {
+				gain[i] = 0.0f;
+				off[i] = 0.0f;
+				memset(codes + i * cb, 0, cb);
+			}
 			uint32_t a, b;
 			memcpy(&a, &gain[i], 4);
 			memcpy(&b, &off[i], 4);
@@ -512,6 +541,8 @@ int ann_dirs_fit(ann_index *x, uint32_t m, const uint8_t *refit, uint32_t nrefit
 		rc = ann_catalog_write_begin(ann_store_catalog(x->store), &t, err);
 		if (rc >= 0) {
 			rc = ann_catalog_meta_put_blob(t, ANN_DIRS_META, blob, bb, err);
+			if (rc >= 0)
+				rc = del_stale(t, err);
 			if (rc < 0)
 				ann_catalog_abort(t);
 			else

@@ -26,6 +26,11 @@
 #include "catalog.h"
 
 #define ANN_DIRS_META "route.dirs"
+/* Set (u64 1) by a compaction that rewrote partitions of an index with
+ * directions, in its own transaction; cleared by the refit that follows it
+ * (or any fit, or the removal). Still set: some partitions' directions are
+ * of rows they no longer hold, and the next compaction refits them all. */
+#define ANN_DIRS_STALE_META "route.dirs_stale"
 #define ANN_DIRS_MAX 16u /* directions per partition */
 #define ANN_DIRS_HEADER 16u
 
@@ -36,6 +41,7 @@ typedef struct ann_dirs {
 	uint32_t cbytes; /* bytes of one direction's level codes: two bit planes of ceil(dim / 8) */
 	size_t stride;   /* bytes of a partition's record: m (gain, offset) f32 pairs, then m x cbytes codes */
 	uint8_t *recs;   /* nparts records, one read of adjacent lines per partition */
+	bool stale;      /* ANN_DIRS_STALE_META is set: a compaction's refit has not happened */
 } ann_dirs;
 
 /* Direction j of partition p: its gain (0 for a partition too small to fit,

@@ -316,7 +316,9 @@ int ann_index_get_info(const ann_index *x, ann_index_info *info, ann_error *err)
 	info->router_ram_bytes = x->router->ops->ram_bytes(x->router) + (uint64_t)x->dir.n * sizeof(ann_dirent) +
 				 ann_dirs_bytes(&x->dirs);
 	info->directions = x->dirs.m;
-	info->directions_partitions = x->dirs.m ? x->dirs.nparts : 0;
+	for (uint32_t p = 0; p < x->dir.n && p < x->dirs.nparts; p++) /* present ones: compared with partitions */
+		info->directions_partitions += x->dir.ents[p].kind != ANN_KIND_NONE;
+	info->directions_stale = x->dirs.stale;
 	info->route_ef = ann_router_kmeans_ef(x->router);
 	info->router_bits = ann_router_kcodes_bits(x->router);
 	info->code_bits = x->meta.code_bits;

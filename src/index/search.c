@@ -85,8 +85,11 @@ typedef struct search_scored {
 static int scored_cmp(const void *a, const void *b)
 {
 	const search_scored *x = a, *y = b;
-	if (x->score != y->score)
-		return x->score < y->score ? -1 : 1;
+	/* a NaN score (inf - inf from a query of extreme scale) sorts last: a
+	 * comparator must be a total order */
+	float sx = isnan(x->score) ? INFINITY : x->score, sy = isnan(y->score) ? INFINITY : y->score;
+	if (sx != sy)
+		return sx < sy ? -1 : 1;
 	return x->pid < y->pid ? -1 : x->pid > y->pid;
 }
 

@@ -50,7 +50,17 @@ struct ann_writer {
 	ann_index *x;
 	uint64_t next_id;
 	uint64_t live;
+	bool failed; /* a committed compaction's reload failed: x no longer holds the index; only close */
 };
+
+/* ANN_E_STATE once the writer's index in RAM is not the committed one. */
+static int writer_usable(const ann_writer *w, ann_error *err)
+{
+	if (w && w->failed)
+		return ann_err(err, ANN_E_STATE, "%s: the writer failed after a committed compaction (its reload); "
+			       "close it and open a new one", w->x->path);
+	return ANN_OK;
+}
 
 static int meta_u64_or(ann_cat_txn *t, const char *name, uint64_t def, uint64_t *v, ann_error *err)
 {
@@ -253,6 +263,7 @@ int ann_insert(ann_writer *w, const float *vectors, size_t n, uint32_t dim, cons
 {
 	if (!w || (n && !vectors))
 		return ann_err(err, ANN_E_INVAL, "insert: NULL writer or vectors");
+	ANN_TRY(writer_usable(w, err));
 	ann_index *x = w->x;
 	/* Checked before the first read of vectors: a caller with vectors of
 	 * another dimension must get an error, never a read past its array. */
@@ -339,6 +350,7 @@ int ann_delete(ann_writer *w, const int64_t *ids, size_t n, uint64_t *deleted, a
 	uint64_t count = 0;
 	if (deleted)
 		*deleted = 0;
+	ANN_TRY(writer_usable(w, err));
 	ANN_TRY(ann_store_begin(w->x->store, &txn, err));
 	ann_cat_txn *t = ann_store_txn_catalog(txn);
 	int rc;
@@ -571,6 +583,7 @@ static int encode_part(ann_index *x, ann_block_enc *enc, const ann_block_params 
 
 int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, ann_error *err)
 {
+	ANN_TRY(writer_usable(w, err));
 	ann_index *x = w->x;
 	ann_compact_stats st;
 	memset(&st, 0, sizeof st);
@@ -739,22 +752,37 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 			goto fail;
 		ANN_CHECK(rc, ann_catalog_meta_put_u64(t, "index.partitions", x->router->nparts, err));
 	}
+	/* Directions of rewritten partitions are stale until the refit below
+	 * commits; a mark already there (an earlier refit that did not happen)
+	 * makes that refit a full one. */
+	uint64_t was_stale = 0;
+	bool dirs_stale = x->dirs.m && st.partitions_rewritten;
+	if (dirs_stale) {
+		ANN_CHECK(rc, meta_u64_or(t, ANN_DIRS_STALE_META, 0, &was_stale, err));
+		ANN_CHECK(rc, ann_catalog_meta_put_u64(t, ANN_DIRS_STALE_META, 1, err));
+	}
 	ann_store_txn *c = txn;
 	txn = NULL;
 	ANN_CHECK(rc, writer_commit(w, c, "compaction", err));
 	x->meta.stored_vectors = stored;
-	ANN_CHECK(rc, ann_index_reload(x, err));
+	rc = ann_index_reload(x, err);
+	if (rc < 0) {
+		w->failed = true; /* committed, but x holds neither the old index nor the new one */
+		ann_err_prefix(err, rc, "%s: compaction committed; reloading it", x->path);
+		goto fail;
+	}
 	/* The rewritten partitions have other rows, and the new ones (splits)
 	 * no directions: refit those, reading only their blocks; the others
 	 * keep theirs. The compaction has committed; a refit that fails leaves
 	 * the old directions (stale for the rewritten partitions, none for the
 	 * new ones, which annann info reports as short of the partitions), and
 	 * directions_refit 0 says so. */
-	if (st.partitions_rewritten && x->dirs.m) {
+	if (dirs_stale && x->dirs.m) {
 		uint32_t nr = 0;
 		for (uint32_t p = 0; p < x->dir.n; p++)
-			nr += (p >= np || dirty[p] || p >= x->dirs.nparts) && x->dir.ents[p].kind != ANN_KIND_NONE;
-		if (ann_dirs_fit(x, x->dirs.m, dirty, np, NULL, NULL, NULL, NULL) >= 0)
+			nr += (was_stale || p >= np || dirty[p] || p >= x->dirs.nparts) &&
+			      x->dir.ents[p].kind != ANN_KIND_NONE;
+		if (ann_dirs_fit(x, x->dirs.m, was_stale ? NULL : dirty, np, NULL, NULL, NULL, NULL) >= 0)
 			st.directions_refit = nr;
 	}
 	if (stats)
@@ -763,7 +791,7 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 fail:
 	if (txn)
 		ann_store_abort(txn);
-	if (st.partitions_split && rc < 0)
+	if (st.partitions_split && rc < 0 && !w->failed)
 		ann_index_reload(x, NULL); /* drop the uncommitted splits from the router in RAM */
 	ann_store_reader_free(rd);
 	block_dec_free(dec);
