@@ -706,6 +706,99 @@ static void test_synthetic(const char *dir)
 	free(data);
 }
 
+/* Cosine (unit rows: the spread order and the probe model work in their
+ * Euclidean geometry). The synthetic queries (ann_tune_syn_queries) are
+ * made of the rows as unit vectors, so that the noise is on the scale of the
+ * 1 - cos distances it is measured by: its sd^2 x dim is half the median
+ * |a - b|^2 of a scale row to its nearest other (brute force here, on unit
+ * rows), each query is that far from its unit row, and a u8 file's rows are
+ * not rounded back to integers. Rows at random lengths give the same cosine
+ * index, which the build tunes itself. */
+static void test_synthetic_cosine(const char *dir)
+{
+	t_current = "synthetic cosine";
+	enum { SQ = 300, SR = ANN_TUNE_SCALE_ROWS + SQ };
+	static float scaled[NB * D], unitb[NB * D], rows[SR * D];
+	ann_rng rng;
+	ann_rng_seed(&rng, 3);
+	for (size_t i = 0; i < NB; i++) {
+		float s = 1.0f + 9.0f * (float)ann_rng_uniform(&rng);
+		double n2 = 0;
+		for (size_t j = 0; j < D; j++) {
+			scaled[i * D + j] = s * base[i * D + j];
+			n2 += (double)base[i * D + j] * base[i * D + j];
+		}
+		for (size_t j = 0; j < D; j++)
+			unitb[i * D + j] = (float)(base[i * D + j] / sqrt(n2));
+	}
+	char *data = t_path(dir, "cos.fbin");
+	ann_vwriter *w;
+	ASSERT_OK(ann_vwriter_open(data, D, &w, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(w, scaled, NB, NULL));
+	ASSERT_OK(ann_vwriter_close(w, NULL));
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = PARTS;
+	o.mem_bytes = (size_t)64 << 20;
+	o.threads = 1;
+	o.code_bits = 2;
+	o.metric = ANN_METRIC_COSINE;
+	o.tune = 1;
+	char *idx = t_path(dir, "ix_cos");
+	ann_error e = {0};
+	if (ann_build(data, idx, &o, &e) < 0)
+		T_FAIL("build (cosine, tuned): %s", e.msg);
+	ann_index *x;
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_TRUE(x->probe.p1 >= 1);
+	/* the median |a - b|^2 of the first ANN_TUNE_SCALE_ROWS rows to their nearest other, on unit rows */
+	double nn[ANN_TUNE_SCALE_ROWS];
+	for (size_t i = 0; i < ANN_TUNE_SCALE_ROWS; i++) {
+		double best = INFINITY;
+		for (size_t r = 0; r < NB; r++) {
+			if (r == i)
+				continue;
+			double t = 0;
+			for (size_t j = 0; j < D; j++) {
+				double u = (double)unitb[i * D + j] - unitb[r * D + j];
+				t += u * u;
+			}
+			best = t < best ? t : best;
+		}
+		nn[i] = best;
+	}
+	for (size_t i = 1; i < ANN_TUNE_SCALE_ROWS; i++) /* insertion sort */
+		for (size_t j = i; j > 0 && nn[j - 1] > nn[j]; j--) {
+			double t = nn[j];
+			nn[j] = nn[j - 1];
+			nn[j - 1] = t;
+		}
+	double med = nn[ANN_TUNE_SCALE_ROWS / 2];
+	for (int u8 = 0; u8 < 2; u8++) {
+		memcpy(rows, scaled, sizeof rows);
+		double sd = 0;
+		ASSERT_OK(ann_tune_syn_queries(x, rows, SQ, u8 ? ANN_DTYPE_U8 : ANN_DTYPE_F32, 1, &sd, NULL));
+		ASSERT_NEAR(sd * sd * D, 0.5 * med, 0.15 * med);
+		for (size_t i = 0; i < ANN_TUNE_SCALE_ROWS; i++) { /* the scale rows: unit */
+			double n2 = 0;
+			for (size_t j = 0; j < D; j++)
+				n2 += (double)rows[i * D + j] * rows[i * D + j];
+			ASSERT_NEAR(n2, 1.0, 1e-5);
+		}
+		double moved = 0;
+		for (size_t i = ANN_TUNE_SCALE_ROWS; i < SR; i++)
+			for (size_t j = 0; j < D; j++) {
+				double u = (double)rows[i * D + j] - unitb[i * D + j];
+				moved += u * u;
+			}
+		moved /= SQ;
+		ASSERT_NEAR(moved, sd * sd * D, 0.2 * sd * sd * D);
+	}
+	ann_index_close(x);
+	free(idx);
+	free(data);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -723,6 +816,7 @@ int main(void)
 	test_tune(dir, ANN_STORE_LMDB);
 	test_format1(dir);
 	test_synthetic(dir);
+	test_synthetic_cosine(dir);
 	t_rmtree(dir);
 	free(dir);
 	printf("test_probe: ok\n");

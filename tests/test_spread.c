@@ -13,6 +13,13 @@
  *    and the farther a tight one that holds the true neighbours. With
  *    nprobe 1 the distance order reads the loose one; the spread order
  *    reads the tight one and finds them. Answers are exact either way.
+ *  - cosine: unit rows, where |q - c|^2 = 2 (1 - cos): the order scores
+ *    2 x the router's 1 - cos plus the weight x the spread. A tight and a
+ *    loose cluster on orthogonal directions, the query nearer the loose
+ *    one's centre: at 1.25 x the weight where the two scores tie the tight
+ *    one is read, at 0.8 x the loose one (with the scale 1 the tie would be
+ *    at half that weight, and without the order the loose one is read).
+ *    The build fits the directional order on the unit rows too.
  */
 #include <math.h>
 
@@ -261,6 +268,120 @@ static void test_index(const char *dir, const char *data, ann_store_kind store)
 	free(idx);
 }
 
+/* Unit vector of v (D floats) into out. */
+static void unit(const double *v, float *out)
+{
+	double n2 = 0;
+	for (size_t j = 0; j < D; j++)
+		n2 += v[j] * v[j];
+	for (size_t j = 0; j < D; j++)
+		out[j] = (float)(v[j] / sqrt(n2));
+}
+
+/* Cosine, nprobe 1, spread weight w: 1 when the tight cluster's partition
+ * was read, 0 for the loose one (every answer from one of them, each
+ * distance checked against its row). */
+static int cos_read_tight(ann_index *x, const float *rows, const float *q, float w, float dw)
+{
+	ann_search_opts so;
+	ann_search_opts_init(&so);
+	so.k = K;
+	so.nprobe = 1;
+	so.adaptive = -1;
+	so.spread_weight = w;
+	so.direction_weight = dw;
+	ann_searcher *s;
+	ann_error e = {0};
+	if (ann_searcher_new(x, &so, &s, &e) < 0)
+		T_FAIL("searcher: %s", e.msg);
+	int64_t ids[K];
+	float dists[K];
+	if (ann_search(s, q, 1, ids, dists, NULL, &e) < 0)
+		T_FAIL("search: %s", e.msg);
+	ann_searcher_free(s);
+	int in_a = 0;
+	for (size_t r = 0; r < K; r++) {
+		ASSERT_TRUE(ids[r] >= 0 && ids[r] < N);
+		double ip = 0;
+		for (size_t j = 0; j < D; j++)
+			ip += (double)q[j] * rows[(size_t)ids[r] * D + j];
+		ASSERT_NEAR(dists[r], 1.0 - ip, 1e-4);
+		in_a += ids[r] < NA;
+	}
+	ASSERT_TRUE(in_a == 0 || in_a == K);
+	return in_a == K;
+}
+
+static void test_cosine(const char *dir)
+{
+	t_current = "cosine";
+	static float rows[N * D];
+	ann_rng rng;
+	ann_rng_seed(&rng, 11);
+	double v[D], ca[D] = {0}, cb[D] = {0};
+	for (size_t i = 0; i < N; i++) {
+		for (size_t j = 0; j < D; j++)
+			v[j] = (i < NA ? 0.03 : 0.2) * ann_rng_normal(&rng);
+		v[i < NA ? 0 : 1] += 1.0; /* A around e0, B around e1 */
+		unit(v, rows + i * D);
+		for (size_t j = 0; j < D; j++)
+			(i < NA ? ca : cb)[j] += rows[i * D + j];
+	}
+	char *data = t_path(dir, "cos.fbin");
+	ann_vwriter *vw;
+	ASSERT_OK(ann_vwriter_open(data, D, &vw, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(vw, rows, N, NULL));
+	ASSERT_OK(ann_vwriter_close(vw, NULL));
+	ann_build_opts o;
+	ann_build_opts_init(&o);
+	o.partitions = 2;
+	o.mem_bytes = (size_t)64 << 20;
+	o.threads = 1;
+	o.code_bits = 2;
+	o.metric = ANN_METRIC_COSINE;
+	o.tune = 0;
+	o.directions = 2; /* fitted on the unit rows */
+	char *idx = t_path(dir, "ix_cos");
+	ASSERT_OK(ann_build(data, idx, &o, NULL));
+	ann_index *x;
+	ASSERT_OK(ann_index_open(idx, &x, NULL));
+	ASSERT_EQ(x->dir.count, 2);
+	uint32_t pa = x->dir.ents[0].count == NA && x->dir.ents[0].spread < x->dir.ents[1].spread ? 0 : 1;
+	ASSERT_EQ(x->dir.ents[pa].count, NA);
+	ASSERT_EQ(x->dir.ents[1 - pa].count, NB);
+	float spa = x->dir.ents[pa].spread, spb = x->dir.ents[1 - pa].spread;
+	ASSERT_TRUE(spa > 0 && spb > 4 * spa);
+	/* the query 50 degrees from e0, 40 from e1; the router's distances
+	 * 1 - cos to the clusters' mean directions (its spherical centroids) */
+	double qd[D] = {0};
+	qd[0] = cos(50 * M_PI / 180);
+	qd[1] = sin(50 * M_PI / 180);
+	float q[D], ua[D], ub[D];
+	unit(qd, q);
+	unit(ca, ua);
+	unit(cb, ub);
+	double da = 1, db = 1;
+	for (size_t j = 0; j < D; j++) {
+		da -= (double)q[j] * ua[j];
+		db -= (double)q[j] * ub[j];
+	}
+	ASSERT_TRUE(da > db + 0.05);
+	double tie = 2 * (da - db) / ((double)spb - spa); /* 2 da + w spa = 2 db + w spb */
+	ASSERT_TRUE(tie > 0.05 && tie < 50);
+	ASSERT_EQ(cos_read_tight(x, rows, q, -1.0f, -1.0f), 0); /* the distance order */
+	ASSERT_EQ(cos_read_tight(x, rows, q, (float)(0.8 * tie), -1.0f), 0);
+	ASSERT_EQ(cos_read_tight(x, rows, q, (float)(1.25 * tie), -1.0f), 1);
+	cos_read_tight(x, rows, q, 0.0f, 1.0f); /* the directional discount too: exact answers */
+	ann_index_info info;
+	ASSERT_OK(ann_index_get_info(x, &info, NULL));
+	ASSERT_EQ(info.spread_partitions, 2);
+	ASSERT_EQ(info.directions, 2);
+	ASSERT_EQ(info.directions_partitions, 2);
+	ann_index_close(x);
+	free(idx);
+	free(data);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -276,6 +397,7 @@ int main(void)
 	test_block();
 	test_index(dir, data, ANN_STORE_FILE);
 	test_index(dir, data, ANN_STORE_LMDB);
+	test_cosine(dir);
 	free(data);
 	t_rmtree(dir);
 	free(dir);

@@ -52,11 +52,11 @@ static cli_opt build_opts[] = {
 	{"page-fit", "on|off", "move the rows of nearly empty last head pages to the next-nearest partition with room "
 	 "(default on; codes blocks, k-means graph router, l2, one copy)", NULL},
 	{"tune", "auto|on|off", "after the build, fit learned adaptive probing on synthetic queries made from the "
-	 "data (default auto: k-means router, codes, l2, at least 128 partitions and 20000 vectors; annann tune "
+	 "data (default auto: k-means router, codes, l2 or cosine, at least 128 partitions and 20000 vectors; annann tune "
 	 "refits it on a query log)", NULL},
 	{"directions", "auto|M", "after the build, the directional probe order: each partition's top M principal "
 	 "directions (0..16; default auto: as many, up to 8, as the router's RAM leaves of 4 bytes per vector; "
-	 "k-means router, codes, l2)", NULL},
+	 "k-means router, codes, l2 or cosine)", NULL},
 	{"mem", "BYTES", "memory budget (default 1G)", NULL},
 	{"threads", "T", "worker threads (default 2)", NULL},
 	{"seed", "S", "random seed (default 1)", NULL},
@@ -407,7 +407,8 @@ static int run_info(cli_cmd *c)
 				       in.probe_fit_queries, in.probe_fit_vectors, in.probe_fit_partitions,
 				       in.probe_stale ? "; the index has changed since: refit with annann tune" : "");
 		}
-		if (in.code_bits && in.router == ANN_ROUTER_KMEANS && in.metric == ANN_METRIC_L2) {
+		if (in.code_bits && in.router == ANN_ROUTER_KMEANS &&
+		    (in.metric == ANN_METRIC_L2 || in.metric == ANN_METRIC_COSINE)) {
 			if (!in.spread_partitions)
 				printf("probe order    centroid distance: no partition has a spread (blocks written before "
 				       "2026-12-06; a rebuild gives every one)\n");
@@ -581,10 +582,10 @@ static cli_opt search_opts[] = {
 	 "the online CPUs, else 0, and 0 with --distributed)", NULL},
 	{"probe-eps", "E", "kmeans: probe only partitions whose centroid is within (1 + E) x the nearest "
 	 "centroid's distance, at most nprobe of them (default 0 = off, every one of the nprobe; inf = off)", NULL},
-	{"direction-weight", "W", "kmeans, codes, l2, with directions (annann tune --directions): the probe order "
+	{"direction-weight", "W", "kmeans, codes, l2 or cosine, with directions (annann tune --directions): the probe order "
 	 "also discounts the distance along each partition's stretched directions, by W (default 0.5; 0 = off; at "
 	 "most 1)", NULL},
-	{"spread-weight", "W", "kmeans, codes, l2: probe partitions in the order of the centroid distance + W x the "
+	{"spread-weight", "W", "kmeans, codes, l2 or cosine: probe partitions in the order of the centroid distance + W x the "
 	 "partition's spread (mean squared distance of its rows to their centre), tighter partitions first "
 	 "(default 0.125; 0 = the centroid distances alone)", NULL},
 	{"adaptive", "auto|on|off", "learned adaptive probing (annann tune): auto (default) uses the index's probe "

@@ -10,7 +10,7 @@
 #include "commands.h"
 
 static cli_opt tune_opts[] = {
-	{"index", "DIR", "index directory (required; a codes index under L2)", NULL},
+	{"index", "DIR", "index directory (required; a codes index under L2 or cosine)", NULL},
 	{"queries", "FILE", "tuning queries, from the distribution the index will serve (a query log; or --data)", NULL},
 	{"gt", "FILE", "their ground truth, big-ann layout or ivecs (required with --queries; annann gt computes it)",
 	 NULL},

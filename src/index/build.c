@@ -236,10 +236,10 @@ int build_resolve_options(build *b, ann_build_opts *own, ann_error *err)
 		return ann_err(err, ANN_E_INVAL, "directions %d: must be within 0..%u, or -1 (auto)", o->directions,
 			       ANN_DIRS_MAX);
 	/* asked for explicitly, they must apply (auto fits them only where they do) */
-	if (o->directions > 0 && (o->router != ANN_ROUTER_KMEANS || !o->code_bits || o->metric != ANN_METRIC_L2 ||
+	if (o->directions > 0 && (o->router != ANN_ROUTER_KMEANS || !o->code_bits || !ann_metric_euclid(o->metric) ||
 				  (uint64_t)o->directions >= b->d))
 		return ann_err(err, ANN_E_INVAL, "directions %d: the directional probe order needs the kmeans router, "
-			       "codes, metric l2 and fewer directions than dimensions; the options resolved to router "
+			       "codes, metric l2 or cosine and fewer directions than dimensions; the options resolved to router "
 			       "%s, %s, metric %s, %u dimensions", o->directions, ann_router_name(o->router),
 			       o->code_bits ? "codes" : "no codes (format 1 blocks)", ann_metric_name(o->metric), b->d);
 	/* The sample: what k-means needs, within half the budget. */
@@ -425,8 +425,8 @@ static bool final_error(int rc)
 static const char *build_tune_refusal(const build *b)
 {
 	const ann_build_opts *o = b->o;
-	if (o->router != ANN_ROUTER_KMEANS || o->code_bits == 0 || o->metric != ANN_METRIC_L2)
-		return "adaptive probing needs the k-means router, codes blocks and l2";
+	if (o->router != ANN_ROUTER_KMEANS || o->code_bits == 0 || !ann_metric_euclid(o->metric))
+		return "adaptive probing needs the k-means router, codes blocks and l2 or cosine";
 	if (b->nparts < 2 || b->n < (uint64_t)ANN_TUNE_SYNTHETIC_QUERIES + ANN_TUNE_SCALE_ROWS)
 		return "adaptive probing needs 2 partitions, and synthetic tuning 2256 vectors"; /* 2000 + 256 */
 	return NULL;
@@ -440,7 +440,7 @@ static const char *build_tune_refusal(const build *b)
 static void build_directions(build *b, const char *index_dir)
 {
 	const ann_build_opts *o = b->o;
-	if (o->directions == 0 || o->router != ANN_ROUTER_KMEANS || o->code_bits == 0 || o->metric != ANN_METRIC_L2 ||
+	if (o->directions == 0 || o->router != ANN_ROUTER_KMEANS || o->code_bits == 0 || !ann_metric_euclid(o->metric) ||
 	    b->nparts < 2)
 		return;
 	ann_router_env env;

@@ -432,8 +432,8 @@ int ann_dirs_fit(ann_index *x, uint32_t m, const uint8_t *refit, uint32_t nrefit
 	size_t ids_cap = 0, rows_cap = 0;
 	fit_scratch f = {0};
 	size_t d = x->meta.dim;
-	if (!x->rbq || x->meta.metric != ANN_METRIC_L2 || x->meta.router != ANN_ROUTER_KMEANS || d <= m) {
-		rc = ann_err(err, ANN_E_INVAL, "directions: %s is not a k-means codes index under L2 of more than %u "
+	if (!x->rbq || !ann_metric_euclid(x->meta.metric) || x->meta.router != ANN_ROUTER_KMEANS || d <= m) {
+		rc = ann_err(err, ANN_E_INVAL, "directions: %s is not a k-means codes index under L2 or cosine of more than %u "
 			     "dimensions: the directional order refines the spread order, which needs all three",
 			     index_dir, m);
 		goto fail;

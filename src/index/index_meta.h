@@ -50,4 +50,18 @@ int ann_shuffle_from_meta(uint64_t v);
  * the store's padding, no dictionary. */
 void ann_index_block_params(ann_encoding enc, ann_store_kind st, int level, int shuffle, ann_block_params *p);
 
+/* L2, or cosine: unit rows and queries, where |q - x|^2 = 2 (1 - cos). The
+ * spread and directional probe orders and learned adaptive probing work in
+ * that Euclidean geometry (docs/DESIGN.md "Cosine: the L2 probe orders"). */
+static inline bool ann_metric_euclid(ann_metric m)
+{
+	return m == ANN_METRIC_L2 || m == ANN_METRIC_COSINE;
+}
+/* What turns the router's centroid distance into |q - c|^2: 1 for L2, 2 for
+ * cosine (1 - <q, c> of unit vectors). */
+static inline float ann_route_l2_scale(ann_metric m)
+{
+	return m == ANN_METRIC_COSINE ? 2.0f : 1.0f;
+}
+
 #endif

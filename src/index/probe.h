@@ -21,6 +21,17 @@
 
 #include "catalog.h"
 
+struct ann_index;
+/* The synthetic tuning queries (tune.c; docs/DESIGN.md "Self-tuned adaptive
+ * probing"): rows holds ANN_TUNE_SCALE_ROWS scale rows, then nq query rows,
+ * as read from the data file (type: its element type). Cosine makes them
+ * all unit vectors first. The query rows are moved by Gaussian noise of sd
+ * (per component) sqrt(0.5 |a - b|^2 / dim), |a - b|^2 the median distance
+ * of a scale row to its nearest other row (the index's search at a wide
+ * nprobe), and rounded to the file's integers for u8 and i8 under L2. */
+int ann_tune_syn_queries(struct ann_index *x, float *rows, uint32_t nq, ann_dtype type, uint64_t seed, double *sd,
+			 ann_error *err);
+
 #define ANN_PROBE_FEATURES 8u
 #define ANN_PROBE_META "probe.model"
 /* The re-rank bound's eps0 calibrated with the model (tune.c calibrate_eps), f64 in (0, 100]. */

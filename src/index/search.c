@@ -101,10 +101,11 @@ static uint32_t spread_order(ann_searcher *s, uint32_t *parts, const float *dist
 			     const float *q)
 {
 	const ann_dir *d = &s->idx->dir;
+	float l2 = ann_route_l2_scale(s->idx->meta.metric); /* the route's distances as |q - c|^2 */
 	for (uint32_t j = 0; j < found; j++) {
 		uint32_t p = parts[j];
 		float sp = p < d->n && d->ents[p].spread > 0.0f ? d->ents[p].spread : s->spread_mean;
-		s->sbuf[j] = (search_scored){dists[j] + s->spread_w * sp, p};
+		s->sbuf[j] = (search_scored){l2 * dists[j] + s->spread_w * sp, p};
 	}
 	if (s->dir_w > 0.0f) { /* and along each partition's stretched directions (dirs.h) */
 		const ann_dirs *dd = &s->idx->dirs;
@@ -173,7 +174,7 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 			     "one) or 1 (required)");
 		goto fail;
 	}
-	if (s->o.adaptive >= 0 && idx->probe.p1 && idx->rbq && idx->meta.metric == ANN_METRIC_L2 &&
+	if (s->o.adaptive >= 0 && idx->probe.p1 && idx->rbq && ann_metric_euclid(idx->meta.metric) &&
 	    s->o.nprobe >= idx->probe.p1) {
 		s->pm = &idx->probe;
 		s->npmax = (uint32_t)ANN_MIN((uint64_t)s->o.nprobe * ANN_PROBE_WIDTH, (uint64_t)ANN_MAX_NPROBE);
@@ -181,7 +182,7 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 		rc = ann_err(err, ANN_E_INVAL, "search: adaptive probing required, but %s %s", idx->path,
 			     !idx->probe.p1 ? "has no probe model (annann tune fits one)"
 			     : s->o.nprobe < idx->probe.p1 ? "has a model whose first stage is larger than nprobe"
-							   : "is not a codes index under L2");
+							   : "is not a codes index under L2 or cosine");
 		goto fail;
 	}
 	if (!(isfinite(s->o.direction_weight) && s->o.direction_weight <= 1.0f)) {
@@ -196,7 +197,7 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 	}
 	s->pwidth = s->npmax;
 	float w = s->o.spread_weight == 0.0f ? ANN_DEFAULT_SPREAD_WEIGHT : s->o.spread_weight;
-	if (w > 0.0f && idx->meta.metric == ANN_METRIC_L2 && idx->router->ops->route_dists &&
+	if (w > 0.0f && ann_metric_euclid(idx->meta.metric) && idx->router->ops->route_dists &&
 	    (s->spread_mean = dir_spread_mean(&idx->dir)) > 0.0f) {
 		s->spread_w = w;
 		/* The order reaches past the nearest centroids: route half as many

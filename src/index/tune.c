@@ -208,8 +208,8 @@ int ann_tune_probe(const char *index_dir, const float *queries, size_t nq, size_
 		rc = ann_err(err, ANN_E_INVAL, "tune: queries of dimension %zu, the index's is %u", dim, x->meta.dim);
 		goto done;
 	}
-	if (!x->rbq || x->meta.metric != ANN_METRIC_L2 || x->router->nparts < 2) {
-		rc = ann_err(err, ANN_E_INVAL, "tune: %s is not a codes index under L2 with partitions to choose from: "
+	if (!x->rbq || !ann_metric_euclid(x->meta.metric) || x->router->nparts < 2) {
+		rc = ann_err(err, ANN_E_INVAL, "tune: %s is not a codes index under L2 or cosine with partitions to choose from: "
 			     "adaptive probing reads the first stage's codes", index_dir);
 		goto done;
 	}
@@ -462,6 +462,64 @@ static int syn_search(ann_index *x, const float *q, size_t n, uint32_t k, uint32
 	return rc;
 }
 
+int ann_tune_syn_queries(ann_index *x, float *rows, uint32_t nq, ann_dtype type, uint64_t seed, double *sd_out,
+			 ann_error *err)
+{
+	size_t d = x->meta.dim, nrows = (size_t)nq + SYN_NN;
+	bool cosine = x->meta.metric == ANN_METRIC_COSINE;
+	if (cosine) /* the index holds them as unit vectors: so are the noise's scale and centres */
+		for (size_t i = 0; i < nrows; i++) {
+			double n2 = 0;
+			for (size_t j = 0; j < d; j++)
+				n2 += (double)rows[i * d + j] * rows[i * d + j];
+			for (size_t j = 0; j < d && n2 > 0; j++)
+				rows[i * d + j] = (float)(rows[i * d + j] / sqrt(n2));
+		}
+	uint32_t np = x->router->nparts;
+	uint32_t gt_np = (uint32_t)ANN_MIN((uint64_t)SYN_GT_WIDTH * ann_default_nprobe(np), (uint64_t)np);
+	gt_np = ANN_MIN(gt_np, ANN_MAX_NPROBE);
+	int64_t *ids = malloc(SYN_NN * 2 * sizeof *ids);
+	float *dists = malloc(SYN_NN * 2 * sizeof *dists), *nn = malloc(SYN_NN * sizeof *nn);
+	int rc = ANN_OK;
+	if (!ids || !dists || !nn) {
+		rc = ann_err(err, ANN_E_NOMEM, "tune: out of memory");
+		goto done;
+	}
+	/* 1. the scale: each of SYN_NN rows' nearest other row (its second answer: the first is itself or a copy) */
+	ANN_CHECK(rc, syn_search(x, rows, SYN_NN, 2, gt_np, ids, dists, err));
+	size_t m = 0;
+	for (size_t i = 0; i < SYN_NN; i++)
+		if (ids[i * 2 + 1] >= 0 && isfinite(dists[i * 2 + 1]))
+			nn[m++] = ANN_MAX(dists[i * 2 + 1], 0.0f);
+	if (m == 0) {
+		rc = ann_err(err, ANN_E_INVAL, "tune: no row found a neighbour to scale the synthetic queries by");
+		goto done;
+	}
+	qsort(nn, m, sizeof *nn, cmp_float);
+	/* (cosine's distances are 1 - cos = |a - b|^2 / 2 of unit vectors) */
+	double sd = sqrt(SYN_NOISE * ann_route_l2_scale(x->meta.metric) * (double)nn[m / 2] / (double)d);
+	/* 2. the queries: rows moved by the noise, kept in the data's range
+	 * (cosine's are unit vectors, not the file's integers) */
+	float *q = rows + (size_t)SYN_NN * d;
+	ann_rng rng;
+	ann_rng_seed(&rng, seed ^ 0x4e4f495345ull);
+	for (size_t i = 0; i < (size_t)nq * d; i++) {
+		double v = q[i] + sd * ann_rng_normal(&rng);
+		if (type == ANN_DTYPE_U8 && !cosine)
+			v = ANN_MIN(ANN_MAX(nearbyint(v), 0.0), 255.0);
+		else if (type == ANN_DTYPE_I8 && !cosine)
+			v = ANN_MIN(ANN_MAX(nearbyint(v), -128.0), 127.0);
+		q[i] = (float)v;
+	}
+	*sd_out = sd;
+fail:
+done:
+	free(ids);
+	free(dists);
+	free(nn);
+	return rc;
+}
+
 int ann_tune_synthetic(const char *index_dir, const char *data_path, uint32_t nq, uint64_t seed,
 		       const ann_tune_opts *o, ann_tune_report *rep, ann_error *err)
 {
@@ -477,11 +535,11 @@ int ann_tune_synthetic(const char *index_dir, const char *data_path, uint32_t nq
 	ANN_TRY(ann_index_load(index_dir, false, &x, err));
 	size_t d = x->meta.dim, nrows = (size_t)nq + SYN_NN;
 	int rc = ANN_OK;
-	float *rows = NULL, *dists = NULL, *nn = NULL;
+	float *rows = NULL, *dists = NULL;
 	int64_t *ids = NULL;
 	int32_t *gt = NULL;
-	if (!x->rbq || x->meta.metric != ANN_METRIC_L2 || x->router->nparts < 2) {
-		rc = ann_err(err, ANN_E_INVAL, "tune: %s is not a codes index under L2 with partitions to choose from: "
+	if (!x->rbq || !ann_metric_euclid(x->meta.metric) || x->router->nparts < 2) {
+		rc = ann_err(err, ANN_E_INVAL, "tune: %s is not a codes index under L2 or cosine with partitions to choose from: "
 			     "adaptive probing reads the first stage's codes", index_dir);
 		goto done;
 	}
@@ -491,9 +549,8 @@ int ann_tune_synthetic(const char *index_dir, const char *data_path, uint32_t nq
 	rows = malloc(nrows * d * sizeof *rows);
 	ids = malloc(nrows * k * sizeof *ids);
 	dists = malloc(nrows * k * sizeof *dists);
-	nn = malloc(SYN_NN * sizeof *nn);
 	gt = malloc((size_t)nq * k * sizeof *gt);
-	if (!rows || !ids || !dists || !nn || !gt) {
+	if (!rows || !ids || !dists || !gt) {
 		rc = ann_err(err, ANN_E_NOMEM, "tune: out of memory for %u synthetic queries", nq);
 		goto done;
 	}
@@ -501,31 +558,9 @@ int ann_tune_synthetic(const char *index_dir, const char *data_path, uint32_t nq
 	ANN_CHECK(rc, syn_rows(data_path, nrows, seed, d, rows, &type, err));
 	if (o->progress)
 		o->progress(o->progress_ctx, "synthetic", 1, 3);
-	/* 1. the scale: each of SYN_NN rows' nearest other row (its second answer: the first is itself or a copy) */
-	ANN_CHECK(rc, syn_search(x, rows, SYN_NN, 2, gt_np, ids, dists, err));
-	size_t m = 0;
-	for (size_t i = 0; i < SYN_NN; i++)
-		if (ids[i * 2 + 1] >= 0 && isfinite(dists[i * 2 + 1]))
-			nn[m++] = ANN_MAX(dists[i * 2 + 1], 0.0f);
-	if (m == 0) {
-		rc = ann_err(err, ANN_E_INVAL, "tune: %s: no row found a neighbour to scale the synthetic queries by",
-			     index_dir);
-		goto done;
-	}
-	qsort(nn, m, sizeof *nn, cmp_float);
-	double sd = sqrt(SYN_NOISE * (double)nn[m / 2] / (double)d);
-	/* 2. the queries: rows moved by the noise, kept in the data's range */
+	double sd;
+	ANN_CHECK(rc, ann_tune_syn_queries(x, rows, nq, type, seed, &sd, err));
 	float *q = rows + (size_t)SYN_NN * d;
-	ann_rng rng;
-	ann_rng_seed(&rng, seed ^ 0x4e4f495345ull);
-	for (size_t i = 0; i < (size_t)nq * d; i++) {
-		double v = q[i] + sd * ann_rng_normal(&rng);
-		if (type == ANN_DTYPE_U8)
-			v = ANN_MIN(ANN_MAX(nearbyint(v), 0.0), 255.0);
-		else if (type == ANN_DTYPE_I8)
-			v = ANN_MIN(ANN_MAX(nearbyint(v), -128.0), 127.0);
-		q[i] = (float)v;
-	}
 	if (o->progress)
 		o->progress(o->progress_ctx, "synthetic", 2, 3);
 	/* 3. their ground truth, from the index at a wide nprobe */
@@ -553,7 +588,6 @@ free_all:
 	free(rows);
 	free(ids);
 	free(dists);
-	free(nn);
 	free(gt);
 	return rc;
 }
