@@ -1781,10 +1781,11 @@ static uint64_t fit_head_pages(const char *idx, uint64_t *rows)
 	return pages;
 }
 
-static char *fit_build(const char *dir, const char *data, const char *name, uint32_t fit)
+static char *fit_build_m(const char *dir, const char *data, const char *name, uint32_t fit, ann_metric metric)
 {
 	ann_build_opts o;
 	ann_build_opts_init(&o);
+	o.metric = metric;
 	o.partitions = FIT_PARTS;
 	o.mem_bytes = (size_t)64 << 20;
 	o.threads = 1;
@@ -1795,6 +1796,11 @@ static char *fit_build(const char *dir, const char *data, const char *name, uint
 	if (ann_build(data, idx, &o, &e) < 0)
 		T_FAIL("build %s: %s", name, e.msg);
 	return idx;
+}
+
+static char *fit_build(const char *dir, const char *data, const char *name, uint32_t fit)
+{
+	return fit_build_m(dir, data, name, fit, ANN_METRIC_L2);
 }
 
 static void test_page_fit(const char *dir, ann_rng *rng)
@@ -1867,6 +1873,28 @@ static void test_page_fit(const char *dir, ann_rng *rng)
 	}
 	ann_searcher_free(s);
 	ann_index_close(x);
+	/* Cosine: unit rows and centroids, where the l2 margins rank as the
+	 * cosines do: fewer head pages too, every row once */
+	char *fdata = t_path(dir, "fit.fbin");
+	for (size_t i = 0; i < (size_t)FIT_N * FIT_D; i++) /* about the origin: the clusters are directions */
+		rows[i] -= 128.0f;
+	ASSERT_OK(ann_vwriter_open(fdata, FIT_D, &w, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(w, rows, FIT_N, NULL));
+	ASSERT_OK(ann_vwriter_close(w, NULL));
+	char *con = fit_build_m(dir, fdata, "fit_cos_on", 1, ANN_METRIC_COSINE);
+	char *coff = fit_build_m(dir, fdata, "fit_cos_off", 0, ANN_METRIC_COSINE);
+	p_on = fit_head_pages(con, &rows_on);
+	p_off = fit_head_pages(coff, &rows_off);
+	ASSERT_EQ(rows_on, FIT_N);
+	ASSERT_EQ(rows_off, FIT_N);
+	if (!(p_on < p_off))
+		T_FAIL("page fit, cosine: %llu head pages with it, %llu without", (unsigned long long)p_on,
+		       (unsigned long long)p_off);
+	ASSERT_OK(ann_verify(con, NULL, NULL, &problems, NULL));
+	ASSERT_EQ(problems, 0);
+	free(con);
+	free(coff);
+	free(fdata);
 	ann_free(ids);
 	ann_free(dists);
 	ann_free(seen);

@@ -50,7 +50,7 @@ static cli_opt build_opts[] = {
 	{"row-order", "page|id", "order of a codes block's exact rows: page (default; page-local, codes block 2.2) or "
 	 "id (blocks older builds read)", NULL},
 	{"page-fit", "on|off", "move the rows of nearly empty last head pages to the next-nearest partition with room "
-	 "(default on; codes blocks, k-means graph router, l2, one copy)", NULL},
+	 "(default on; codes blocks, k-means graph router, l2 or cosine, one copy)", NULL},
 	{"tune", "auto|on|off", "after the build, fit learned adaptive probing on synthetic queries made from the "
 	 "data (default auto: k-means router, codes, l2 or cosine, at least 128 partitions and 20000 vectors; annann tune "
 	 "refits it on a query log)", NULL},
