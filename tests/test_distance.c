@@ -655,6 +655,60 @@ static void test_dispatch(void)
 	ASSERT_TRUE(ann_kernels_for(best->level) == best);
 }
 
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* ann_kth_u32 (a radix select that hands its last few keys to a
+ * quickselect) against a sort: keys from float distances of a narrow and a
+ * wide range, few distinct values, all equal, extremes, sizes around the
+ * radix cut-off, every rank of the small ones. */
+static void test_kth(ann_rng *r)
+{
+	t_current = "kth";
+	enum { MAXN = 9000 };
+	static uint32_t a[MAXN], b[MAXN], s[MAXN];
+	static const size_t sizes[] = {1, 2, 3, 63, 64, 65, 66, 127, 300, 2943, 7900, MAXN};
+	for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+		for (int kind = 0; kind < 6; kind++) {
+			size_t n = sizes[si];
+			for (size_t i = 0; i < n; i++) {
+				switch (kind) {
+				case 0: /* a query's centroid distances: one exponent or two */
+					a[i] = ann_fkey(20000.0f + (float)ann_rng_below(r, 100000));
+					break;
+				case 1: /* wide: many exponents, some negative (inner products) */
+					a[i] = ann_fkey((float)(ann_rng_normal(r) * exp(10 * ann_rng_uniform(r))));
+					break;
+				case 2: /* few distinct values */
+					a[i] = (uint32_t)ann_rng_below(r, 3) * 1000u + 7u;
+					break;
+				case 3: /* all equal */
+					a[i] = 0xdeadbeefu;
+					break;
+				case 4: /* the extremes of u32 */
+					a[i] = ann_rng_below(r, 2) ? 0u : UINT32_MAX;
+					break;
+				default: /* raw random bits */
+					a[i] = (uint32_t)ann_rng_next(r);
+				}
+			}
+			memcpy(s, a, n * sizeof a[0]);
+			qsort(s, n, sizeof s[0], cmp_u32);
+			size_t step = n <= 130 ? 1 : n / 37 + 1;
+			for (size_t k = 0; k < n; k += step) {
+				memcpy(b, a, n * sizeof a[0]);
+				uint32_t got = ann_kth_u32(b, n, k);
+				if (got != s[k])
+					T_FAIL("kth: n %zu kind %d rank %zu: %u, the sort says %u", n, kind, k, got, s[k]);
+			}
+			memcpy(b, a, n * sizeof a[0]);
+			ASSERT_EQ(ann_kth_u32(b, n, n - 1), s[n - 1]);
+		}
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -669,6 +723,7 @@ int main(void)
 	test_batch_threads(&rng);
 	test_topk(&rng);
 	test_heap_template(&rng);
+	test_kth(&rng);
 	printf("test_distance: all passed\n");
 	return 0;
 }
