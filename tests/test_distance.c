@@ -709,6 +709,40 @@ static void test_kth(ann_rng *r)
 		}
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* ann_sort_u64 against qsort: random, few distinct, sorted, reversed,
+ * organ-pipe (a quicksort's bad case, where the heap sort takes over) and
+ * all equal, at sizes around the insertion cut-off. */
+static void test_sort(ann_rng *r)
+{
+	t_current = "sort";
+	enum { MAXN = 5000 };
+	static uint64_t a[MAXN], s[MAXN];
+	static const size_t sizes[] = {0, 1, 2, 15, 16, 17, 33, 480, MAXN};
+	for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+		for (int kind = 0; kind < 6; kind++) {
+			size_t n = sizes[si];
+			for (size_t i = 0; i < n; i++)
+				a[i] = kind == 0 ? ann_rng_next(r)
+				       : kind == 1 ? ann_rng_below(r, 4)
+				       : kind == 2 ? (uint64_t)i * 3
+				       : kind == 3 ? (uint64_t)(n - i) << 40
+				       : kind == 4 ? (uint64_t)(i < n / 2 ? i : n - i)
+						   : UINT64_MAX;
+			memcpy(s, a, n * sizeof a[0]);
+			if (n)
+				qsort(s, n, sizeof s[0], cmp_u64);
+			ann_sort_u64(a, n);
+			if (n && memcmp(a, s, n * sizeof a[0]) != 0)
+				T_FAIL("sort: n %zu kind %d differs from qsort", n, kind);
+		}
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -724,6 +758,7 @@ int main(void)
 	test_topk(&rng);
 	test_heap_template(&rng);
 	test_kth(&rng);
+	test_sort(&rng);
 	printf("test_distance: all passed\n");
 	return 0;
 }

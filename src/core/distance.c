@@ -474,6 +474,80 @@ void ann_topk_finish(ann_topk *t)
 
 /* ---- selection by key (distance.h) ---- */
 
+static void sift_u64(uint64_t *a, size_t n, size_t i)
+{
+	uint64_t v = a[i];
+	for (;;) {
+		size_t c = 2 * i + 1;
+		if (c >= n)
+			break;
+		if (c + 1 < n && a[c + 1] > a[c])
+			c++;
+		if (a[c] <= v)
+			break;
+		a[i] = a[c];
+		i = c;
+	}
+	a[i] = v;
+}
+
+static void sort_u64(uint64_t *a, size_t n, unsigned depth)
+{
+	while (n > 16) {
+		if (depth-- == 0) { /* heap sort: no quadratic case */
+			for (size_t i = n / 2; i-- > 0;)
+				sift_u64(a, n, i);
+			for (size_t e = n; e-- > 1;) {
+				uint64_t t = a[0];
+				a[0] = a[e];
+				a[e] = t;
+				sift_u64(a, e, 0);
+			}
+			return;
+		}
+		uint64_t x = a[n / 2], y = a[0], z = a[n - 1];
+		uint64_t p = x < y ? (y < z ? y : x < z ? z : x) : (x < z ? x : y < z ? z : y);
+		size_t i = 0, j = n - 1;
+		for (;;) { /* Hoare: a[0..j] <= p <= a[j+1..] */
+			while (a[i] < p)
+				i++;
+			while (a[j] > p)
+				j--;
+			if (i >= j)
+				break;
+			uint64_t t = a[i];
+			a[i] = a[j];
+			a[j] = t;
+			i++;
+			j--;
+		}
+		size_t left = j + 1; /* the smaller side recursively, the larger in the loop */
+		if (left < n - left) {
+			sort_u64(a, left, depth);
+			a += left;
+			n -= left;
+		} else {
+			sort_u64(a + left, n - left, depth);
+			n = left;
+		}
+	}
+	for (size_t i = 1; i < n; i++) {
+		uint64_t v = a[i];
+		size_t j = i;
+		for (; j > 0 && a[j - 1] > v; j--)
+			a[j] = a[j - 1];
+		a[j] = v;
+	}
+}
+
+void ann_sort_u64(uint64_t *a, size_t n)
+{
+	unsigned depth = 0;
+	for (size_t m = n; m > 1; m >>= 1)
+		depth += 2;
+	sort_u64(a, n, depth);
+}
+
 /* Hoare quickselect: for the few keys a radix pass leaves. */
 static uint32_t kth_quick(uint32_t *a, size_t n, size_t r)
 {

@@ -107,5 +107,9 @@ static inline float ann_fval(uint32_t u)
 }
 
 uint32_t ann_kth_u32(uint32_t *a, size_t n, size_t r);
+/* Sorts a ascending in place: an introsort (median-of-3 quicksort, a heap
+ * sort past 2 log2 n levels, insertion below 16 keys) on plain integers,
+ * with no comparator call. */
+void ann_sort_u64(uint64_t *a, size_t n);
 
 #endif /* ANN_DISTANCE_H */

@@ -77,20 +77,11 @@ static float dir_spread_mean(const ann_dir *d)
 	return n ? (float)(sum / (double)n) : 0.0f;
 }
 
-typedef struct search_scored {
-	float score;
-	uint32_t pid;
-} search_scored;
-
-static int scored_cmp(const void *a, const void *b)
+/* A partition's sort key: its score's order key, then its id (ties by id).
+ * A NaN score (inf - inf from a query of extreme scale) sorts last. */
+static inline uint64_t scored_key(float score, uint32_t pid)
 {
-	const search_scored *x = a, *y = b;
-	/* a NaN score (inf - inf from a query of extreme scale) sorts last: a
-	 * comparator must be a total order */
-	float sx = isnan(x->score) ? INFINITY : x->score, sy = isnan(y->score) ? INFINITY : y->score;
-	if (sx != sy)
-		return sx < sy ? -1 : 1;
-	return x->pid < y->pid ? -1 : x->pid > y->pid;
+	return (uint64_t)ann_fkey(isnan(score) ? INFINITY : score) << 32 | pid;
 }
 
 /* The spread-aware probe order: the found partitions of one query, routed by
@@ -102,26 +93,28 @@ static uint32_t spread_order(ann_searcher *s, uint32_t *parts, const float *dist
 {
 	const ann_dir *d = &s->idx->dir;
 	float l2 = ann_route_l2_scale(s->idx->meta.metric); /* the route's distances as |q - c|^2 */
-	for (uint32_t j = 0; j < found; j++) {
-		uint32_t p = parts[j];
-		float sp = p < d->n && d->ents[p].spread > 0.0f ? d->ents[p].spread : s->spread_mean;
-		s->sbuf[j] = (search_scored){l2 * dists[j] + s->spread_w * sp, p};
-	}
-	if (s->dir_w > 0.0f) { /* and along each partition's stretched directions (dirs.h) */
-		const ann_dirs *dd = &s->idx->dirs;
+	const ann_dirs *dd = &s->idx->dirs;
+	bool dirs = s->dir_w > 0.0f; /* and along each partition's stretched directions (dirs.h) */
+	if (dirs) {
 		for (uint32_t j = 0; j < found && j < 8; j++)
 			ann_dirs_prefetch(dd, parts[j]);
 		ann_dirs_query_table(dd, q, s->dtab);
-		for (uint32_t j = 0; j < found; j++) {
+	}
+	for (uint32_t j = 0; j < found; j++) {
+		uint32_t p = parts[j];
+		float sp = p < d->n && d->ents[p].spread > 0.0f ? d->ents[p].spread : s->spread_mean;
+		float score = l2 * dists[j] + s->spread_w * sp;
+		if (dirs) {
 			if (j + 8 < found)
 				ann_dirs_prefetch(dd, parts[j + 8]);
-			s->sbuf[j].score -= s->dir_w * ann_dirs_discount(dd, parts[j], s->dtab);
+			score -= s->dir_w * ann_dirs_discount(dd, p, s->dtab);
 		}
+		s->sbuf[j] = scored_key(score, p);
 	}
-	qsort(s->sbuf, found, sizeof *s->sbuf, scored_cmp);
+	ann_sort_u64(s->sbuf, found);
 	uint32_t n = ANN_MIN(found, keep);
 	for (uint32_t j = 0; j < n; j++)
-		parts[j] = s->sbuf[j].pid;
+		parts[j] = (uint32_t)s->sbuf[j];
 	return n;
 }
 

@@ -154,7 +154,7 @@ struct ann_searcher {
 	float dir_w;                 /* the directional discount's weight (dirs.h); 0 = off */
 	float *dtab;                 /* a query's table for the discount (ann_dirs_query_table) */
 	float *rdist;         /* cap_q * pwidth: squared centroid distances of a batch route */
-	struct search_scored *sbuf; /* pwidth: one query's partitions by score */
+	uint64_t *sbuf;             /* pwidth: one query's partitions by score (search.c scored_key) */
 	bool stage_a;         /* round 1 of the model's first P1 partitions: centre distances kept */
 	/* A batch's stage A heads, kept (up to SEARCH_KEEP_BYTES) for its stage
 	 * B: a partition one query read in stage A and another needs in stage B

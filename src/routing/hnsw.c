@@ -850,12 +850,6 @@ int ann_hnsw_build(ann_hnsw *h, const float *x, size_t n, int threads, ann_progr
 
 /* ---- public: search ---------------------------------------------------------- */
 
-static int u64_cmp(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return (x > y) - (x < y);
-}
-
 int ann_hnsw_scan(const ann_hnsw *h, const float *q, size_t k, int32_t *ids, float *dists, uint64_t *sel,
 		  uint32_t *scratch)
 {
@@ -898,7 +892,7 @@ int ann_hnsw_scan(const ann_hnsw *h, const float *q, size_t k, int32_t *ids, flo
 	for (size_t i = 0; i < n && m < k; i++)
 		if (key[i] == thr)
 			sel[m++] = (uint64_t)key[i] << 32 | i;
-	qsort(sel, m, sizeof *sel, u64_cmp);
+	ann_sort_u64(sel, m);
 	for (size_t j = 0; j < m; j++) {
 		ids[j] = (int32_t)(uint32_t)sel[j];
 		dists[j] = ann_fval((uint32_t)(sel[j] >> 32));
