@@ -51,15 +51,9 @@ static size_t blob_bytes(uint32_t m, uint32_t nparts, uint32_t cbytes)
  * f32 off[nparts][m]; u8 codes[nparts][m][2 ceil(dim / 8)]: a direction's
  * level codes c = lo + 2 hi as two bit planes, lo then hi, bit r of a plane
  * in byte r / 8 at bit r % 8 (little-endian numbers). */
-int ann_dirs_load(ann_cat_txn *t, uint32_t dim, ann_dirs *d, ann_error *err)
+static int dirs_parse(const uint8_t *p, size_t n, uint32_t dim, ann_dirs *d, ann_error *err)
 {
 	memset(d, 0, sizeof *d);
-	const uint8_t *p;
-	size_t n;
-	int rc = ann_catalog_meta_get_blob(t, ANN_DIRS_META, &p, &n, err);
-	if (rc == ANN_E_NOTFOUND)
-		return ANN_OK;
-	ANN_TRY(rc);
 	uint32_t ver = n >= ANN_DIRS_HEADER ? ann_ld32(p) : 0, m = ver ? ann_ld32(p + 4) : 0;
 	uint32_t bdim = ver ? ann_ld32(p + 8) : 0, np = ver ? ann_ld32(p + 12) : 0, cb = 2 * ((dim + 7) / 8);
 	if (ver != 1 || m < 1 || m > ANN_DIRS_MAX || bdim != dim || np < 1 || n != blob_bytes(m, np, cb))
@@ -88,14 +82,27 @@ int ann_dirs_load(ann_cat_txn *t, uint32_t dim, ann_dirs *d, ann_error *err)
 		memcpy(r + 8 * (i % m) + 4, &ov, 4);
 		memcpy(r + 8 * (size_t)m + (i % m) * cb, c + i * cb, cb);
 	}
+	*d = v;
+	return ANN_OK;
+}
+
+int ann_dirs_load(ann_cat_txn *t, uint32_t dim, ann_dirs *d, ann_error *err)
+{
+	memset(d, 0, sizeof *d);
+	const uint8_t *p;
+	size_t n;
+	int rc = ann_catalog_meta_get_blob(t, ANN_DIRS_META, &p, &n, err);
+	if (rc == ANN_E_NOTFOUND)
+		return ANN_OK;
+	ANN_TRY(rc);
+	ANN_TRY(dirs_parse(p, n, dim, d, err));
 	uint64_t stale = 0;
 	rc = ann_catalog_meta_get_u64(t, ANN_DIRS_STALE_META, &stale, err);
 	if (rc < 0 && rc != ANN_E_NOTFOUND) {
-		ann_dirs_free(&v);
+		ann_dirs_free(d);
 		return rc;
 	}
-	v.stale = rc >= 0 && stale;
-	*d = v;
+	d->stale = rc >= 0 && stale;
 	return ANN_OK;
 }
 
@@ -559,6 +566,20 @@ int ann_dirs_fit(ann_index *x, uint32_t m, const uint8_t *refit, uint32_t nrefit
 		}
 		if (rc >= 0 && fitted)
 			*fitted = nf;
+		/* The searchers of x use the new record, parsed from the blob just
+		 * committed. Should that fail (out of memory), x keeps the old one
+		 * marked stale in RAM, so that a later compaction on this writer
+		 * refits every partition rather than copying the old records. */
+		if (rc >= 0) {
+			ann_dirs nd;
+			rc = dirs_parse(blob, bb, x->meta.dim, &nd, err);
+			if (rc >= 0) {
+				ann_dirs_free(&x->dirs);
+				x->dirs = nd;
+			} else {
+				x->dirs.stale = true;
+			}
+		}
 	}
 	ann_free(gain);
 	ann_free(off);
@@ -575,18 +596,5 @@ fail:
 	ann_free(pids);
 	ann_free(ids);
 	ann_free(rows);
-	if (rc >= 0) { /* the searchers of x use the new record */
-		ann_cat_txn *t;
-		rc = ann_catalog_read_begin(ann_store_catalog(x->store), &t, err);
-		if (rc >= 0) {
-			ann_dirs nd;
-			rc = ann_dirs_load(t, x->meta.dim, &nd, err);
-			ann_catalog_read_end(t);
-			if (rc >= 0) {
-				ann_dirs_free(&x->dirs);
-				x->dirs = nd;
-			}
-		}
-	}
 	return rc;
 }

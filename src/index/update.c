@@ -50,14 +50,14 @@ struct ann_writer {
 	ann_index *x;
 	uint64_t next_id;
 	uint64_t live;
-	bool failed; /* a committed compaction's reload failed: x no longer holds the index; only close */
+	bool failed; /* a compaction's reload of x failed: x no longer holds the index; only close */
 };
 
 /* ANN_E_STATE once the writer's index in RAM is not the committed one. */
 static int writer_usable(const ann_writer *w, ann_error *err)
 {
 	if (w && w->failed)
-		return ann_err(err, ANN_E_STATE, "%s: the writer failed after a committed compaction (its reload); "
+		return ann_err(err, ANN_E_STATE, "%s: the writer failed to reload the index after a compaction; "
 			       "close it and open a new one", w->x->path);
 	return ANN_OK;
 }
@@ -255,6 +255,7 @@ int ann_writer_get_info(const ann_writer *w, ann_index_info *info, ann_error *er
 {
 	if (!w || !info)
 		return ann_err(err, ANN_E_INVAL, "ann_writer_get_info: NULL writer or info");
+	ANN_TRY(writer_usable(w, err));
 	return ann_index_get_info(w->x, info, err);
 }
 
@@ -759,6 +760,7 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 	bool dirs_stale = x->dirs.m && st.partitions_rewritten;
 	if (dirs_stale) {
 		ANN_CHECK(rc, meta_u64_or(t, ANN_DIRS_STALE_META, 0, &was_stale, err));
+		was_stale |= x->dirs.stale; /* also a refit whose record this writer could not take (dirs.c) */
 		ANN_CHECK(rc, ann_catalog_meta_put_u64(t, ANN_DIRS_STALE_META, 1, err));
 	}
 	ann_store_txn *c = txn;
@@ -791,8 +793,8 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 fail:
 	if (txn)
 		ann_store_abort(txn);
-	if (st.partitions_split && rc < 0 && !w->failed)
-		ann_index_reload(x, NULL); /* drop the uncommitted splits from the router in RAM */
+	if (st.partitions_split && rc < 0 && !w->failed && ann_index_reload(x, NULL) < 0)
+		w->failed = true; /* dropping the uncommitted splits from the router in RAM failed: x is empty */
 	ann_store_reader_free(rd);
 	block_dec_free(dec);
 	block_enc_free(enc);
