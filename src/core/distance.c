@@ -548,6 +548,16 @@ void ann_sort_u64(uint64_t *a, size_t n)
 	sort_u64(a, n, depth);
 }
 
+void ann_unit_f32(float *v, size_t d)
+{
+	double n2 = 0;
+	for (size_t j = 0; j < d; j++)
+		n2 += (double)v[j] * v[j];
+	if (n2 > 0)
+		for (size_t j = 0; j < d; j++)
+			v[j] = (float)(v[j] / sqrt(n2));
+}
+
 /* Hoare quickselect: for the few keys a radix pass leaves. */
 static uint32_t kth_quick(uint32_t *a, size_t n, size_t r)
 {

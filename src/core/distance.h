@@ -107,6 +107,9 @@ static inline float ann_fval(uint32_t u)
 }
 
 uint32_t ann_kth_u32(uint32_t *a, size_t n, size_t r);
+/* Scales v (d floats) to unit length, as a cosine search takes its query
+ * (the squared norm summed in double); a zero vector stays zero. */
+void ann_unit_f32(float *v, size_t d);
 /* Sorts a ascending in place: an introsort (median-of-3 quicksort, a heap
  * sort past 2 log2 n levels, insertion below 16 keys) on plain integers,
  * with no comparator call. */

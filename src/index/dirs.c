@@ -371,12 +371,28 @@ static void fit_one(fit_scratch *f, const uint8_t *rows, ann_block_encoding enc,
 	}
 }
 
-/* A fit or a removal clears the mark of a compaction whose refit did not
- * happen (ANN_DIRS_STALE_META). */
-static int del_stale(ann_cat_txn *t, ann_error *err)
+/* Stores the record (blob, n bytes) or, with blob NULL, removes it, in one
+ * transaction that also clears the mark of a compaction whose refit did
+ * not happen (ANN_DIRS_STALE_META): a fit and a removal both leave no
+ * stale directions. */
+static int commit_record(ann_catalog *c, const uint8_t *blob, size_t n, ann_error *err)
 {
-	int rc = ann_catalog_meta_del(t, ANN_DIRS_STALE_META, err);
-	return rc == ANN_E_NOTFOUND ? ANN_OK : rc;
+	ann_cat_txn *t;
+	ANN_TRY(ann_catalog_write_begin(c, &t, err));
+	int rc = blob ? ann_catalog_meta_put_blob(t, ANN_DIRS_META, blob, n, err)
+		      : ann_catalog_meta_del(t, ANN_DIRS_META, err);
+	if (rc == ANN_E_NOTFOUND)
+		rc = ANN_OK;
+	if (rc >= 0) {
+		rc = ann_catalog_meta_del(t, ANN_DIRS_STALE_META, err);
+		if (rc == ANN_E_NOTFOUND)
+			rc = ANN_OK;
+	}
+	if (rc < 0) {
+		ann_catalog_abort(t);
+		return rc;
+	}
+	return ann_catalog_commit(t, err);
 }
 
 /* m 0: the record goes, through the catalog alone, so that a malformed one
@@ -391,21 +407,9 @@ static int remove_dirs(const char *index_dir, ann_error *err)
 	ann_catalog_opts co;
 	ann_catalog_opts_init(&co);
 	ann_catalog *c = NULL;
-	ann_cat_txn *t = NULL;
 	int rc = ann_catalog_open(path, &co, &c, err);
 	if (rc >= 0)
-		rc = ann_catalog_write_begin(c, &t, err);
-	if (rc >= 0) {
-		rc = ann_catalog_meta_del(t, ANN_DIRS_META, err);
-		if (rc == ANN_E_NOTFOUND)
-			rc = ANN_OK;
-		if (rc >= 0)
-			rc = del_stale(t, err);
-		if (rc < 0)
-			ann_catalog_abort(t);
-		else
-			rc = ann_catalog_commit(t, err);
-	}
+		rc = commit_record(c, NULL, 0, err);
 	ann_catalog_close(c);
 	ann_free(path);
 	return rc < 0 ? ann_err_prefix(err, rc, "%s", index_dir) : ANN_OK;
@@ -553,17 +557,7 @@ int ann_dirs_fit(ann_index *x, uint32_t m, const uint8_t *refit, uint32_t nrefit
 			ann_st32(blob + ANN_DIRS_HEADER + nm * sizeof(float) + 4 * i, b);
 			nf += gain[i] > 0.0f;
 		}
-		ann_cat_txn *t;
-		rc = ann_catalog_write_begin(ann_store_catalog(x->store), &t, err);
-		if (rc >= 0) {
-			rc = ann_catalog_meta_put_blob(t, ANN_DIRS_META, blob, bb, err);
-			if (rc >= 0)
-				rc = del_stale(t, err);
-			if (rc < 0)
-				ann_catalog_abort(t);
-			else
-				rc = ann_catalog_commit(t, err);
-		}
+		rc = commit_record(ann_store_catalog(x->store), blob, bb, err);
 		if (rc >= 0 && fitted)
 			*fitted = nf;
 		/* The searchers of x use the new record, parsed from the blob just

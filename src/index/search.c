@@ -991,14 +991,8 @@ int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, f
 		for (size_t j = 0; j < d; j++)
 			if (!isfinite(v[j]))
 				return ann_err(err, ANN_E_INVAL, "search: query %zu, component %zu is not finite", i, j);
-		if (x->meta.metric == ANN_METRIC_COSINE) {
-			double n2 = 0;
-			for (size_t j = 0; j < d; j++)
-				n2 += (double)v[j] * v[j];
-			if (n2 > 0)
-				for (size_t j = 0; j < d; j++)
-					s->qnorm[i * d + j] = (float)(v[j] / sqrt(n2));
-		}
+		if (x->meta.metric == ANN_METRIC_COSINE)
+			ann_unit_f32(s->qnorm + i * d, d);
 		ann_topk_init(&s->heaps[i], dists + i * k, ids + i * k, k);
 		s->qbytes[i] = s->qreqs[i] = s->qdec[i] = 0;
 		s->qscan[i] = s->qcand[i] = 0;

@@ -468,13 +468,8 @@ int ann_tune_syn_queries(ann_index *x, float *rows, uint32_t nq, ann_dtype type,
 	size_t d = x->meta.dim, nrows = (size_t)nq + SYN_NN;
 	bool cosine = x->meta.metric == ANN_METRIC_COSINE;
 	if (cosine) /* the index holds them as unit vectors: so are the noise's scale and centres */
-		for (size_t i = 0; i < nrows; i++) {
-			double n2 = 0;
-			for (size_t j = 0; j < d; j++)
-				n2 += (double)rows[i * d + j] * rows[i * d + j];
-			for (size_t j = 0; j < d && n2 > 0; j++)
-				rows[i * d + j] = (float)(rows[i * d + j] / sqrt(n2));
-		}
+		for (size_t i = 0; i < nrows; i++)
+			ann_unit_f32(rows + i * d, d);
 	uint32_t np = x->router->nparts;
 	uint32_t gt_np = (uint32_t)ANN_MIN((uint64_t)SYN_GT_WIDTH * ann_default_nprobe(np), (uint64_t)np);
 	gt_np = ANN_MIN(gt_np, ANN_MAX_NPROBE);
