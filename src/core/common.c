@@ -106,23 +106,50 @@ int ann_err_prefix(ann_error *err, int code, const char *fmt, ...)
 
 static _Atomic int64_t mem_live;
 static _Atomic int64_t mem_fail_countdown = -1;
+static _Atomic bool mem_fail_sticky;
+static _Atomic int64_t mem_failed; /* allocations failed by injection since the last arming */
 
 int64_t ann_mem_live_bytes(void)
 {
 	return atomic_load(&mem_live);
 }
 
+static void mem_arm(int64_t n, bool sticky)
+{
+	atomic_store(&mem_fail_countdown, -1);
+	atomic_store(&mem_failed, 0);
+	atomic_store(&mem_fail_sticky, sticky);
+	atomic_store(&mem_fail_countdown, n);
+}
+
 void ann_mem_fail_after(int64_t n)
 {
-	atomic_store(&mem_fail_countdown, n);
+	mem_arm(n, false);
+}
+
+void ann_mem_fail_from(int64_t n)
+{
+	mem_arm(n, true);
+}
+
+int64_t ann_mem_failed(void)
+{
+	return atomic_load(&mem_failed);
 }
 
 static bool mem_should_fail(void)
 {
 	int64_t c = atomic_load(&mem_fail_countdown);
 	while (c >= 0) {
-		if (atomic_compare_exchange_weak(&mem_fail_countdown, &c, c - 1))
+		if (c == 0 && atomic_load(&mem_fail_sticky)) {
+			atomic_fetch_add(&mem_failed, 1);
+			return true;
+		}
+		if (atomic_compare_exchange_weak(&mem_fail_countdown, &c, c - 1)) {
+			if (c == 0)
+				atomic_fetch_add(&mem_failed, 1);
 			return c == 0;
+		}
 	}
 	return false;
 }

@@ -89,6 +89,11 @@ static inline bool ann_mul_ok(size_t a, size_t b, size_t *out)
  * fails (returns NULL); n < 0 disables. Process-wide, for tests only. */
 int64_t ann_mem_live_bytes(void);
 void ann_mem_fail_after(int64_t n);
+/* The same, but every allocation from the (n+1)-th on fails until the next
+ * ann_mem_fail_after or ann_mem_fail_from (a memory that stays exhausted). */
+void ann_mem_fail_from(int64_t n);
+/* Allocations failed by injection since the last arming. */
+int64_t ann_mem_failed(void);
 
 /* ---- random numbers ------------------------------------------------------
  * xoshiro256** seeded through splitmix64 (Blackman & Vigna). Same seed, same

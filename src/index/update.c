@@ -601,6 +601,11 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 	uint8_t *dirty = NULL, *blk = NULL;
 	int64_t *nids = NULL;
 	uint8_t *nvecs = NULL;
+	/* A split changes the router in RAM before the commit (its new centroid
+	 * is the partition the second block is written to): a compaction that
+	 * fails after one reloads the committed router, whether or not the
+	 * split itself finished. */
+	bool router_touched = false;
 	int rc;
 	ANN_CHECK(rc, ann_store_begin(x->store, &txn, err));
 	ann_cat_txn *t = ann_store_txn_catalog(txn);
@@ -692,8 +697,10 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 		stored = stored - v.info.count + m;
 		size_t keep = m;
 		uint32_t q = UINT32_MAX;
-		if (m > split_limit && m >= 4 && x->router->ops->split)
+		if (m > split_limit && m >= 4 && x->router->ops->split) {
+			router_touched = true;
 			ANN_CHECK(rc, split_partition(w, t, p, nids, nvecs, m, &keep, &q, err));
+		}
 		size_t len = 0;
 		uint32_t head = 0;
 		ANN_CHECK(rc, encode_part(x, enc, &bp, keep, nids, nvecs, p, (uint64_t)x->dir.ents[p].generation + 1, &blk,
@@ -757,12 +764,15 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 	 * commits; a mark already there (an earlier refit that did not happen)
 	 * makes that refit a full one. */
 	uint64_t was_stale = 0;
-	bool dirs_stale = x->dirs.m && st.partitions_rewritten;
-	if (dirs_stale) {
+	if (x->dirs.m) {
 		ANN_CHECK(rc, meta_u64_or(t, ANN_DIRS_STALE_META, 0, &was_stale, err));
 		was_stale |= x->dirs.stale; /* also a refit whose record this writer could not take (dirs.c) */
-		ANN_CHECK(rc, ann_catalog_meta_put_u64(t, ANN_DIRS_STALE_META, 1, err));
 	}
+	/* A mark left by an earlier compaction is repaired by this one, even
+	 * when it has nothing else to rewrite. */
+	bool dirs_stale = x->dirs.m && (st.partitions_rewritten || was_stale);
+	if (dirs_stale)
+		ANN_CHECK(rc, ann_catalog_meta_put_u64(t, ANN_DIRS_STALE_META, 1, err));
 	ann_store_txn *c = txn;
 	txn = NULL;
 	ANN_CHECK(rc, writer_commit(w, c, "compaction", err));
@@ -793,7 +803,7 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 fail:
 	if (txn)
 		ann_store_abort(txn);
-	if (st.partitions_split && rc < 0 && !w->failed && ann_index_reload(x, NULL) < 0)
+	if (router_touched && rc < 0 && !w->failed && ann_index_reload(x, NULL) < 0)
 		w->failed = true; /* dropping the uncommitted splits from the router in RAM failed: x is empty */
 	ann_store_reader_free(rd);
 	block_dec_free(dec);
