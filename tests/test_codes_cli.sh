@@ -171,6 +171,9 @@ expect 2 "$A" tune --index "$dir/c_lmdb" --data "$dir/q.u8bin" --quiet
 grep -q "at least" "$dir/err" || fail "tune --data with 40 rows: $(cat "$dir/err")"
 expect 2 "$A" tune --index "$dir/e" --data "$dir/b.u8bin" --quiet
 grep -q "not a codes index" "$dir/err" || fail "tune --data of a format 1 index: $(cat "$dir/err")"
+expect 2 "$A" tune --index "$dir/e" --directions 3 --quiet
+grep -q "directions: not a k-means codes index" "$dir/err" || fail "tune --directions of a format 1 index: $(cat "$dir/err")"
+[ "$(grep -o "$dir/e" "$dir/err" | wc -l)" = 1 ] || fail "tune --directions: the index named other than once: $(cat "$dir/err")"
 expect 0 "$A" tune --index "$dir/c_lmdb" --data "$dir/b.u8bin" --synthetic 300 --seed 5 --json --quiet
 python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["queries"] == 300 and j["rows"], j' \
 	"$dir/out" || fail "tune --data json: $(cat "$dir/out")"

@@ -441,7 +441,6 @@ static bool keeps_old(const ann_dirs *od, uint32_t m, size_t d, const uint8_t *r
 int ann_dirs_fit(ann_index *x, uint32_t m, const uint8_t *refit, uint32_t nrefit, ann_progress_fn progress,
 		 void *progress_ctx, uint32_t *fitted, ann_error *err)
 {
-	const char *index_dir = x->path;
 	if (fitted)
 		*fitted = 0;
 	int rc = ANN_OK;
@@ -453,14 +452,14 @@ int ann_dirs_fit(ann_index *x, uint32_t m, const uint8_t *refit, uint32_t nrefit
 	fit_scratch f = {0};
 	size_t d = x->meta.dim;
 	if (!x->rbq || !ann_metric_euclid(x->meta.metric) || x->meta.router != ANN_ROUTER_KMEANS || d <= m) {
-		rc = ann_err(err, ANN_E_INVAL, "directions: %s is not a k-means codes index under L2 or cosine of more than %u "
+		rc = ann_err(err, ANN_E_INVAL, "directions: not a k-means codes index under L2 or cosine of more than %u "
 			     "dimensions: the directional order refines the spread order, which needs all three",
-			     index_dir, m);
+			     m);
 		goto fail;
 	}
 	uint32_t np = x->dir.n, cb = 2 * (uint32_t)((d + 7) / 8), largest = 0, nblocks = 0;
 	if (np == 0) {
-		rc = ann_err(err, ANN_E_INVAL, "directions: %s has no partitions", index_dir);
+		rc = ann_err(err, ANN_E_INVAL, "directions: no partitions");
 		goto fail;
 	}
 	for (uint32_t p = 0; p < np; p++)
