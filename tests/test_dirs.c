@@ -392,6 +392,7 @@ static void test_extreme(const char *dir)
 	ASSERT_OK(ann_vwriter_open(data, XD, &vw, NULL));
 	ASSERT_OK(ann_vwriter_write_f32(vw, xs, XN, NULL));
 	ASSERT_OK(ann_vwriter_close(vw, NULL));
+	ann_error e = {0};
 	ann_build_opts o;
 	ann_build_opts_init(&o);
 	o.partitions = 3;
@@ -401,6 +402,16 @@ static void test_extreme(const char *dir)
 	o.tune = 0;
 	o.directions = 2;
 	char *idx = t_path(dir, "huge_idx");
+	/* components near the float range are refused: their squared distances
+	 * overflow (k-means put every row in one partition) */
+	ASSERT_ERR(ann_build(data, idx, &o, &e), e, ANN_E_BADINPUT, "vector 0: component 0 is 1e+38, beyond +-2^50");
+	/* at the limit they are taken: the fit's offsets stay finite */
+	for (size_t i = 0; i < XN; i++)
+		for (size_t j = 0; j < 4; j++)
+			xs[i * XD + j] = ANN_F32_INPUT_MAX;
+	ASSERT_OK(ann_vwriter_open(data, XD, &vw, NULL));
+	ASSERT_OK(ann_vwriter_write_f32(vw, xs, XN, NULL));
+	ASSERT_OK(ann_vwriter_close(vw, NULL));
 	ASSERT_OK(ann_build(data, idx, &o, NULL));
 	ann_index *x;
 	ann_index_info in;
@@ -421,11 +432,20 @@ static void test_extreme(const char *dir)
 	ASSERT_OK(ann_searcher_new(x, &so, &s, NULL));
 	ASSERT_OK(ann_search(s, xs + 7 * XD, 1, ids, dd, NULL, NULL));
 	ASSERT_TRUE(ids[0] >= 0 && ids[0] < XN);
+	float big[XD];
+	memcpy(big, xs + 7 * XD, sizeof big);
+	big[2] = 2 * ANN_F32_INPUT_MAX;
+	ASSERT_ERR(ann_search(s, big, 1, ids, dd, NULL, &e), e, ANN_E_INVAL, "query 0, component 2 is 2.2518e+15");
 	ann_searcher_free(s);
 	ann_index_close(x);
+	ann_writer *w;
+	ASSERT_OK(ann_writer_open(idx, &w, NULL));
+	ASSERT_ERR(ann_insert(w, big, 1, XD, NULL, 0, NULL, &e), e, ANN_E_INVAL, "beyond +-2^50");
+	big[2] = -ANN_F32_INPUT_MAX;
+	ASSERT_OK(ann_insert(w, big, 1, XD, NULL, 0, NULL, NULL));
+	ann_writer_close(w);
 	free(idx);
 	/* refused: as many directions as dimensions; another metric */
-	ann_error e = {0};
 	o.directions = XD;
 	idx = t_path(dir, "huge_idx2");
 	ASSERT_ERR(ann_build(data, idx, &o, &e), e, ANN_E_INVAL, "fewer directions than dimensions");

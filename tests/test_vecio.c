@@ -472,6 +472,16 @@ static void test_bad_bin(void)
 	ASSERT_ERR((int)ann_vreader_read_f32(r, out, 10, &e), e, ANN_E_BADINPUT,
 		   "vector 7: component 0 is -Inf");
 	ann_vreader_close(r);
+	/* finite but beyond +-2^50: refused by name; 2^50 itself is taken */
+	v[4 * 7] = -ANN_F32_INPUT_MAX;
+	v[4 * 8 + 1] = nextafterf(ANN_F32_INPUT_MAX, INFINITY);
+	write_bin(p, 10, 4, v, 40 * 4);
+	ASSERT_OK(ann_vreader_open(p, &r, &e));
+	ASSERT_EQ(ann_vreader_read_f32(r, out, 8, &e), 8);
+	ASSERT_ERR((int)ann_vreader_read_raw(r, out, 2, &e), e, ANN_E_BADINPUT,
+		   "vector 8: component 1 is 1.1259e+15, beyond +-2^50");
+	ann_vreader_close(r);
+	v[4 * 7] = v[4 * 8 + 1] = 1;
 	free(p);
 	/* Integer formats have no NaN: same bytes as ibin read fine. */
 	p = t_path(dir, "bad.ibin");

@@ -79,6 +79,16 @@ static inline void ann_cpu_relax(void)
 #endif
 }
 
+/* Float vector components the index accepts: finite and within +-2^50
+ * (1.1e15). Beyond it the squared distances of float arithmetic overflow
+ * (k-means then puts every row in one partition, and distances compare as
+ * infinities). Files (ann_vreader), inserts and queries are checked. */
+#define ANN_F32_INPUT_MAX 0x1p50f
+static inline bool ann_f32_input_ok(float v)
+{
+	return v >= -ANN_F32_INPUT_MAX && v <= ANN_F32_INPUT_MAX; /* false for NaN */
+}
+
 static inline bool ann_mul_ok(size_t a, size_t b, size_t *out)
 {
 	return !__builtin_mul_overflow(a, b, out);

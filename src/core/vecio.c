@@ -175,8 +175,10 @@ static void i32_to_f32(const uint8_t *restrict in, float *restrict out, size_t n
 	}
 }
 
-/* Index of the first NaN or Inf among n floats, or n. */
-static size_t first_nonfinite(const float *x, size_t n)
+/* Index of the first float among n whose magnitude bits are at least
+ * `limit` (0x7f800000: NaN or Inf; above 2^50: outside ann_f32_input_ok),
+ * or n. */
+static size_t first_above(const float *x, size_t n, uint32_t limit)
 {
 	const size_t blk = 1024;
 	for (size_t b = 0; b < n; b += blk) {
@@ -185,16 +187,26 @@ static size_t first_nonfinite(const float *x, size_t n)
 		for (size_t i = b; i < e; i++) {
 			uint32_t u;
 			memcpy(&u, x + i, 4);
-			bad |= (uint32_t)((u & 0x7f800000u) == 0x7f800000u);
+			bad |= (uint32_t)((u & 0x7fffffffu) >= limit);
 		}
 		if (bad) {
-			for (size_t i = b; i < e; i++)
-				if (!isfinite(x[i]))
+			for (size_t i = b; i < e; i++) {
+				uint32_t u;
+				memcpy(&u, x + i, 4);
+				if ((u & 0x7fffffffu) >= limit)
 					return i;
+			}
 		}
 	}
 	return n;
 }
+
+static size_t first_nonfinite(const float *x, size_t n)
+{
+	return first_above(x, n, 0x7f800000u);
+}
+
+#define F32_INPUT_LIMIT 0x58800001u /* the bits of the next float above ANN_F32_INPUT_MAX, 2^50 */
 
 /* Round half to even; exact for |x| < 2^51 (the magic constant is 1.5 * 2^52)
  * and returns something out of any int32 range (or NaN) otherwise. */
@@ -670,9 +682,15 @@ static int64_t vreader_read(ann_vreader *r, void *out, size_t max, bool as_f32, 
 	}
 	if (r->dtype == ANN_DTYPE_F32) {
 		size_t total = n * r->dim;
-		size_t bad = first_nonfinite((const float *)out, total);
+		size_t bad = first_above((const float *)out, total, F32_INPUT_LIMIT);
 		if (bad < total) {
 			float v = ((const float *)out)[bad];
+			if (isfinite(v))
+				return ann_err(err, ANN_E_BADINPUT,
+					       "%s: vector %llu: component %zu is %g, beyond +-2^50 (1.1e15), where "
+					       "squared distances overflow float; rescale the data",
+					       r->path, (unsigned long long)(r->pos + bad / r->dim), bad % r->dim,
+					       (double)v);
 			return ann_err(err, ANN_E_BADINPUT, "%s: vector %llu: component %zu is %s", r->path,
 				       (unsigned long long)(r->pos + bad / r->dim), bad % r->dim,
 				       isnan(v) ? "NaN" : (v > 0 ? "+Inf" : "-Inf"));

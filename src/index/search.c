@@ -989,8 +989,10 @@ int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, f
 	for (size_t i = 0; i < nq; i++) {
 		const float *v = s->qnorm + i * d;
 		for (size_t j = 0; j < d; j++)
-			if (!isfinite(v[j]))
-				return ann_err(err, ANN_E_INVAL, "search: query %zu, component %zu is not finite", i, j);
+			if (!ann_f32_input_ok(v[j]))
+				return ann_err(err, ANN_E_INVAL, "search: query %zu, component %zu is %g: not finite, or "
+					       "beyond +-2^50 (1.1e15), where squared distances overflow float", i, j,
+					       (double)v[j]);
 		if (x->meta.metric == ANN_METRIC_COSINE)
 			ann_unit_f32(s->qnorm + i * d, d);
 		ann_topk_init(&s->heaps[i], dists + i * k, ids + i * k, k);

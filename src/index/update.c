@@ -224,8 +224,9 @@ static int to_delta(const ann_index *x, const float *v, size_t i, uint8_t *out, 
 	ann_dtype t = ann_index_delta_type(x);
 	for (size_t j = 0; j < d; j++) {
 		float f = v[j];
-		if (!isfinite(f))
-			return ann_err(err, ANN_E_INVAL, "insert: vector %zu, component %zu is not finite", i, j);
+		if (!ann_f32_input_ok(f))
+			return ann_err(err, ANN_E_INVAL, "insert: vector %zu, component %zu is %g: not finite, or beyond "
+				       "+-2^50 (1.1e15), where squared distances overflow float", i, j, (double)f);
 		if (t == ANN_DTYPE_U8 || t == ANN_DTYPE_I8) {
 			float lo = t == ANN_DTYPE_U8 ? 0.0f : -128.0f, hi = t == ANN_DTYPE_U8 ? 255.0f : 127.0f;
 			if (f != rintf(f) || f < lo || f > hi)
