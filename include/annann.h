@@ -570,7 +570,8 @@ ANN_API void ann_searcher_io_totals(const ann_searcher *s, uint64_t *bytes, uint
  * @param[out] ids   nq * k ids, ascending distance, padded with -1
  * @param[out] dists nq * k distances, padded with +inf
  * @param[out] stats nq entries, or NULL
- * @return ANN_OK, or ANN_E_CORRUPT (a block failed its checksum; the message
+ * @return ANN_OK, or ANN_E_INVAL (a query component not finite or beyond
+ * +-2^50, named), ANN_E_CORRUPT (a block failed its checksum; the message
  * names the partition), ANN_E_IO, ANN_E_NOMEM. */
 ANN_API int ann_search(ann_searcher *s, const float *queries, size_t nq, int64_t *ids, float *dists,
 		       ann_query_stats *stats, ann_error *err);
@@ -637,7 +638,8 @@ ANN_API void ann_vector_reader_shape(const ann_vector_reader *r, uint64_t *n, ui
 /** Reads up to @p max vectors from the current position in the file's own
  * element type into @p out (max * dim elements). @return the number read (0
  * at the end) or a negative status; a malformed vector (dimension,
- * truncation, NaN/Inf in a float file) is ANN_E_BADINPUT naming it. */
+ * truncation, NaN/Inf in a float file, or a float component beyond +-2^50,
+ * where squared distances overflow float) is ANN_E_BADINPUT naming it. */
 ANN_API int64_t ann_vector_reader_read(ann_vector_reader *r, void *out, size_t max, ann_error *err);
 /** The same, converted to float32. */
 ANN_API int64_t ann_vector_reader_read_f32(ann_vector_reader *r, float *out, size_t max, ann_error *err);
@@ -804,7 +806,8 @@ ANN_API void ann_writer_close(ann_writer *w);
  * if it fails. @p ids gives the ids (NULL: assigned from the next free id,
  * written to @p ids_out if not NULL). An id that exists is ANN_E_EXISTS
  * naming it, unless @p upsert, which replaces it. For u8/i8 indexes the
- * values must be integers in range (ANN_E_INVAL naming the vector).
+ * values must be integers in range, and float values finite and within
+ * +-2^50 (ANN_E_INVAL naming the vector).
  * @p dim must equal the index's dimension (ann_writer_get_info): anything
  * else is ANN_E_INVAL naming both, and nothing is read from @p vectors.
  * Memory: the transaction holds n * (dim element bytes + 40) bytes.
