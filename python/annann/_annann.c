@@ -29,6 +29,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -1245,38 +1246,46 @@ static void run_search(search_run *r, int threads)
 		pthread_join(tid[t], NULL);
 }
 
+/* Every field of ann_query_stats, as last_stats' arrays. */
+#define STAT(name, type) {#name, type, offsetof(ann_query_stats, name)}
+static const struct {
+	const char *name;
+	int type; /* NPY_UINT32, NPY_UINT64 or NPY_FLOAT64, the field's C type */
+	size_t off;
+} stat_fields[] = {
+	STAT(partitions, NPY_UINT32),     STAT(candidates, NPY_UINT64),     STAT(bytes_read, NPY_FLOAT64),
+	STAT(io_requests, NPY_FLOAT64),   STAT(latency_ns, NPY_UINT64),     STAT(route_ns, NPY_UINT64),
+	STAT(io_wait_ns, NPY_UINT64),     STAT(decode_ns, NPY_UINT64),      STAT(scan_ns, NPY_UINT64),
+	STAT(bytes_round1, NPY_FLOAT64),  STAT(bytes_round2, NPY_FLOAT64),  STAT(ios_round1, NPY_FLOAT64),
+	STAT(ios_round2, NPY_FLOAT64),    STAT(estimated, NPY_UINT64),      STAT(reranked, NPY_UINT64),
+	STAT(round1_wait_ns, NPY_UINT64), STAT(estimate_ns, NPY_UINT64),    STAT(round2_wait_ns, NPY_UINT64),
+	STAT(rerank_ns, NPY_UINT64),      STAT(read_waves, NPY_UINT32),
+};
+#undef STAT
+#define SZ(name, bytes) _Static_assert(sizeof(((ann_query_stats *)0)->name) == (bytes), #name)
+SZ(partitions, 4); SZ(candidates, 8); SZ(bytes_read, 8); SZ(io_requests, 8); SZ(latency_ns, 8);
+SZ(route_ns, 8); SZ(io_wait_ns, 8); SZ(decode_ns, 8); SZ(scan_ns, 8); SZ(bytes_round1, 8);
+SZ(bytes_round2, 8); SZ(ios_round1, 8); SZ(ios_round2, 8); SZ(estimated, 8); SZ(reranked, 8);
+SZ(round1_wait_ns, 8); SZ(estimate_ns, 8); SZ(round2_wait_ns, 8); SZ(rerank_ns, 8); SZ(read_waves, 4);
+#undef SZ
+
 static PyObject *stats_dict(const ann_query_stats *st, npy_intp n)
 {
-	static const char *names[] = {"partitions", "candidates", "bytes_read", "io_requests", "latency_ns",
-				      "route_ns",   "io_wait_ns", "decode_ns",  "scan_ns",     "read_waves"};
-	static const int types[] = {NPY_UINT32, NPY_UINT64, NPY_FLOAT64, NPY_FLOAT64, NPY_UINT64,
-				    NPY_UINT64, NPY_UINT64, NPY_UINT64,  NPY_UINT64,  NPY_UINT32};
 	PyObject *d = PyDict_New();
 	if (!d)
 		return NULL;
-	for (int f = 0; f < 10; f++) {
-		PyObject *a = PyArray_SimpleNew(1, &n, types[f]);
+	for (size_t f = 0; f < sizeof stat_fields / sizeof stat_fields[0]; f++) {
+		int type = stat_fields[f].type;
+		size_t w = type == NPY_UINT32 ? 4 : 8;
+		PyObject *a = PyArray_SimpleNew(1, &n, type);
 		if (!a) {
 			Py_DECREF(d);
 			return NULL;
 		}
-		void *p = PyArray_DATA((PyArrayObject *)a);
-		for (npy_intp i = 0; i < n; i++) {
-			const ann_query_stats *s = &st[i];
-			switch (f) {
-			case 0: ((uint32_t *)p)[i] = s->partitions; break;
-			case 1: ((uint64_t *)p)[i] = s->candidates; break;
-			case 2: ((double *)p)[i] = s->bytes_read; break;
-			case 3: ((double *)p)[i] = s->io_requests; break;
-			case 4: ((uint64_t *)p)[i] = s->latency_ns; break;
-			case 5: ((uint64_t *)p)[i] = s->route_ns; break;
-			case 6: ((uint64_t *)p)[i] = s->io_wait_ns; break;
-			case 7: ((uint64_t *)p)[i] = s->decode_ns; break;
-			case 8: ((uint64_t *)p)[i] = s->scan_ns; break;
-			default: ((uint32_t *)p)[i] = s->read_waves; break;
-			}
-		}
-		if (PyDict_SetItemString(d, names[f], a) < 0) {
+		char *p = PyArray_DATA((PyArrayObject *)a);
+		for (npy_intp i = 0; i < n; i++)
+			memcpy(p + (size_t)i * w, (const char *)&st[i] + stat_fields[f].off, w);
+		if (PyDict_SetItemString(d, stat_fields[f].name, a) < 0) {
 			Py_DECREF(a);
 			Py_DECREF(d);
 			return NULL;
@@ -1796,8 +1805,10 @@ static PyMethodDef Index_methods[] = {
 
 static PyGetSetDef Index_getset[] = {
 	{"last_stats", (getter)Index_get_last_stats, NULL,
-	 "per-query figures of the last search: dict of arrays (partitions, candidates, bytes_read, io_requests, "
-	 "latency_ns, route_ns, io_wait_ns, decode_ns, scan_ns, read_waves)", NULL},
+	 "per-query figures of the last search: dict of arrays, one per field of ann_query_stats (partitions, "
+	 "candidates, bytes_read, io_requests, latency_ns, route_ns, io_wait_ns, decode_ns, scan_ns, bytes_round1, "
+	 "bytes_round2, ios_round1, ios_round2, estimated, reranked, round1_wait_ns, estimate_ns, round2_wait_ns, "
+	 "rerank_ns, read_waves)", NULL},
 	{"closed", (getter)Index_get_closed, NULL, "True after close()", NULL},
 	{"dim", (getter)Index_get_dim, NULL, "vector dimension", NULL},
 	{"path", (getter)Index_get_path, NULL, "index directory", NULL},

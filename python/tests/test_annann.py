@@ -514,7 +514,15 @@ def test_spread_weight(tmp_path):
             ids, dists = idx.search(queries, k=10, nprobe=2, spread_weight=w)
             exact = ((q[:, None, :] - b[ids]) ** 2).sum(-1)
             assert np.allclose(dists, exact, rtol=1e-4)
-            assert np.all(idx.last_stats["partitions"] == 2)
+            st = idx.last_stats
+            assert np.all(st["partitions"] == 2)
+            # the two rounds of a codes index: heads, then exact pages
+            assert np.allclose(st["bytes_round1"] + st["bytes_round2"], st["bytes_read"], rtol=1e-9)
+            assert np.all(st["bytes_round1"] > 0) and np.all(st["ios_round1"] > 0)  # shared reads are divided among a batch's queries
+            assert np.all(st["reranked"] >= 10) and np.all(st["estimated"] >= st["reranked"])
+            assert st["estimated"].dtype == np.uint64 and st["bytes_round2"].dtype == np.float64
+            for f in ("round1_wait_ns", "estimate_ns", "round2_wait_ns", "rerank_ns"):
+                assert st[f].shape == (100,), f
             got[w] = ids
         assert not np.array_equal(got[0], got[10.0])
         for bad in (-1, 101, float("nan")):
