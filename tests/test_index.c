@@ -769,6 +769,55 @@ static void test_defaults_rule(void)
 		T_FAIL("one level forced: sample %llu for %u partitions", (unsigned long long)o.sample, o.partitions);
 }
 
+/* Data 1e6 from the origin (the same points, shifted: distances and the
+ * exact answers do not change) route as well as at the origin, one query at
+ * a time (the centroid graph's scan) and in batches (the sgemm route):
+ * k-means and the assignment shift rows and centroids before the sgemm
+ * (kmeans.c km_pass). Before, the build put most rows in one partition and
+ * nprobe 2 found under a tenth of the neighbours. */
+static void test_off_origin(const char *dir)
+{
+	t_current = "off origin";
+	double rec[2][2];
+	for (int off = 0; off < 2; off++) {
+		float shift = off ? 1e6f : 0.0f; /* integers below 2^24: the shifted points are exact */
+		for (size_t i = 0; i < N * D; i++)
+			base[i] += shift;
+		for (size_t i = 0; i < NQ * D; i++)
+			queries[i] += shift;
+		char *data = t_path(dir, off ? "far.fbin" : "near.fbin");
+		write_base(data);
+		ann_build_opts o;
+		ann_build_opts_init(&o);
+		o.partitions = 12;
+		o.mem_bytes = (size_t)64 << 20;
+		o.threads = 2;
+		o.tune = 0;
+		ann_index *idx = build_open(dir, off ? "far" : "near", data, &o);
+		ann_search_opts so;
+		ann_search_opts_init(&so);
+		so.k = K;
+		so.nprobe = 2;
+		so.adaptive = -1;
+		int64_t ids[NQ * K];
+		float dists[NQ * K];
+		rec[off][0] = search_all(idx, &so, 1, ids, dists);
+		rec[off][1] = search_all(idx, &so, NQ, ids, dists);
+		ann_index_close(idx);
+		for (size_t i = 0; i < N * D; i++)
+			base[i] -= shift;
+		for (size_t i = 0; i < NQ * D; i++)
+			queries[i] -= shift;
+		free(data);
+	}
+	printf("  off origin: recall at nprobe 2, one query / batch: %.3f / %.3f at the origin, %.3f / %.3f 1e6 "
+	       "from it\n", rec[0][0], rec[0][1], rec[1][0], rec[1][1]);
+	for (int b = 0; b < 2; b++) {
+		ASSERT_TRUE(rec[0][b] >= 0.8);
+		ASSERT_TRUE(rec[1][b] >= rec[0][b] - 0.05);
+	}
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -788,6 +837,7 @@ int main(void)
 	test_failures(dir, fbin);
 	test_corruption(dir, fbin, &rng);
 	test_many_partitions(dir, &rng);
+	test_off_origin(dir);
 	t_rmtree(dir);
 	free(dir);
 	free(fbin);

@@ -890,6 +890,58 @@ static void test_tree(ann_rng *r)
 	free(td);
 }
 
+/* Data far from the origin: clusters of unit spread 1e5 away from it. The
+ * sgemm's |x|^2 - 2 x.c + |c|^2 then rounds at ~1e3, far above the distances
+ * between a point and the centroids near it; every pass shifts rows and
+ * centroids by the first centroid first, so k-means, the nearest-centroid
+ * query and the tree answer as they do at the origin. Before the shift
+ * k-means put ~80% of such points in one cluster. */
+static void test_off_origin(ann_rng *r)
+{
+	t_current = "test_off_origin";
+	size_t n = 6000, d = 16, k = 10, np = 3;
+	uint32_t *label = malloc(n * sizeof(uint32_t)), *a = malloc(n * sizeof(uint32_t));
+	float *x = planted(r, n, d, k, 20.0, 0.3, label);
+	for (size_t i = 0; i < n * d; i++)
+		x[i] += 1e5f;
+	float *c = malloc(k * d * sizeof(float));
+	ann_kmeans_opts o;
+	ann_kmeans_opts_init(&o);
+	o.k = k;
+	o.seed = 7;
+	o.threads = 2;
+	ASSERT_OK(ann_kmeans(x, n, d, &o, c, a, NULL, NULL));
+	assert_same_partition(a, label, n, k);
+	/* the nearest centroids, and their distances, as computed pair by pair in double */
+	uint32_t *ids = malloc(n * np * sizeof(uint32_t)), *tid = malloc(n * np * sizeof(uint32_t));
+	float *dd = malloc(n * np * sizeof(float)), *td = malloc(n * np * sizeof(float));
+	ASSERT_OK(ann_nearest_centroids(x, n, d, c, k, np, ANN_METRIC_L2, 2, ids, dd, NULL));
+	ann_kmeans_tree *t;
+	ASSERT_OK(ann_kmeans_tree_new(c, k, d, ANN_METRIC_L2, 3, 1, 1, &t, NULL));
+	ASSERT_OK(ann_kmeans_tree_nearest(t, x, n, np, 3, 2, tid, td, NULL));
+	for (size_t i = 0; i < n; i++) {
+		double best = INFINITY;
+		for (size_t j = 0; j < k; j++)
+			best = fmin(best, sqdist(x + i * d, c + j * d, d));
+		for (size_t m = 0; m < np; m++) {
+			double e = sqdist(x + i * d, c + (size_t)ids[i * np + m] * d, d);
+			ASSERT_NEAR(dd[i * np + m], e, 1e-3 * (1 + e));
+			ASSERT_NEAR(td[i * np + m], sqdist(x + i * d, c + (size_t)tid[i * np + m] * d, d), 1e-3 * (1 + e) + 1);
+		}
+		ASSERT_NEAR(sqdist(x + i * d, c + (size_t)ids[i * np] * d, d), best, 1e-3 * (1 + best));
+		ASSERT_EQ(tid[i * np], ids[i * np]);
+	}
+	ann_kmeans_tree_free(t);
+	free(x);
+	free(c);
+	free(a);
+	free(label);
+	free(ids);
+	free(tid);
+	free(dd);
+	free(td);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -909,6 +961,7 @@ int main(void)
 	test_small_clusters(&rng);
 	test_two_level_order(&rng);
 	test_tree(&rng);
+	test_off_origin(&rng);
 	test_errors();
 	ASSERT_EQ(ann_mem_live_bytes(), live);
 	printf("test_kmeans: ok\n");

@@ -236,6 +236,12 @@ typedef struct km_pass {
 	const float *c;     /* centroids of this pass, k * d */
 	const float *cnorm; /* their squared norms (L2, COSINE), else NULL */
 	size_t k;
+	/* Set by km_run for L2: rows and centroids are shifted by the first
+	 * centroid (cs = c - shift, csn their norms) before the sgemm's
+	 * |x|^2 - 2 x.c + |c|^2, so that its rounding is of the data's spread,
+	 * not of its distance from the origin: on rows 1e5 from it, k-means put
+	 * 80% of them in one partition. Distances do not move under a shift. */
+	const float *shift, *cs, *csn;
 	size_t block; /* rows per block (set by km_run) */
 	size_t nprobe;
 	size_t stride;
@@ -265,6 +271,7 @@ typedef struct km_pool {
 	int threads;
 	size_t d, kmax, chunk, block, nprobe_max;
 	size_t bytes; /* allocated by the pool */
+	float *shift, *cs, *csn; /* d, kmax * d, kmax: an L2 pass's shifted centroids (km_pass) */
 	km_worker w[KM_MAX_THREADS];
 } km_pool;
 
@@ -281,6 +288,10 @@ static void *km_alloc(size_t count, size_t size, size_t *bytes)
 
 static void km_pool_free(km_pool *pl)
 {
+	ann_aligned_free(pl->shift);
+	ann_aligned_free(pl->cs);
+	ann_aligned_free(pl->csn);
+	pl->shift = pl->cs = pl->csn = NULL;
 	for (int t = 0; t < KM_MAX_THREADS; t++) {
 		km_worker *w = &pl->w[t];
 		ann_aligned_free(w->tile);
@@ -304,8 +315,10 @@ static size_t km_block_rows(size_t kmax)
 	return ANN_MAX((size_t)KM_BLOCK_MIN, ANN_MIN(b, (size_t)KM_BLOCK_MAX));
 }
 
+/* gather: rows are copied into a per-worker buffer (passes with idx, and
+ * every L2 pass, whose rows are shifted there). */
 static int km_pool_init(km_pool *pl, int threads, size_t d, size_t kmax, size_t nprobe_max, bool gather,
-			ann_error *err)
+			ann_metric metric, ann_error *err)
 {
 	memset(pl, 0, sizeof *pl);
 	pl->threads = threads;
@@ -315,6 +328,14 @@ static int km_pool_init(km_pool *pl, int threads, size_t d, size_t kmax, size_t 
 	pl->block = km_block_rows(kmax);
 	pl->nprobe_max = nprobe_max;
 	size_t B = pl->block;
+	if (metric == ANN_METRIC_L2) {
+		gather = true;
+		pl->shift = km_alloc(d, sizeof(float), &pl->bytes);
+		pl->cs = km_alloc(kmax, d * sizeof(float), &pl->bytes);
+		pl->csn = km_alloc(kmax, sizeof(float), &pl->bytes);
+		if (!pl->shift || !pl->cs || !pl->csn)
+			goto nomem;
+	}
 	for (int t = 0; t < threads; t++) {
 		km_worker *w = &pl->w[t];
 		w->tile = km_alloc(B * pl->chunk, sizeof(float), &pl->bytes);
@@ -401,11 +422,20 @@ static void km_block(km_worker *w, size_t b)
 	size_t chunk = ANN_MIN(p->k, (size_t)KM_CHUNK);
 	const float *xb = p->x + lo * d;
 
-	if (p->idx) {
+	if (p->shift) {
+		for (size_t i = 0; i < nb; i++) {
+			const float *r = p->idx ? p->x + (size_t)p->idx[lo + i] * d : xb + i * d;
+			float *g = w->gather + i * d;
+			for (size_t j = 0; j < d; j++)
+				g[j] = r[j] - p->shift[j];
+		}
+		xb = w->gather;
+	} else if (p->idx) {
 		for (size_t i = 0; i < nb; i++)
 			memcpy(w->gather + i * d, p->x + (size_t)p->idx[lo + i] * d, d * sizeof(float));
 		xb = w->gather;
 	}
+	const float *cb = p->shift ? p->cs : p->c, *cnb = p->shift ? p->csn : p->cnorm;
 	const float *xn = NULL;
 	if (p->metric != ANN_METRIC_IP) {
 		ann_norms_f32(xb, nb, d, w->xn);
@@ -419,8 +449,8 @@ static void km_block(km_worker *w, size_t b)
 	}
 	for (size_t c0 = 0; c0 < p->k; c0 += chunk) {
 		size_t kc = ANN_MIN(chunk, p->k - c0);
-		const float *cn = p->cnorm ? p->cnorm + c0 : NULL;
-		ann_dist_batch(p->metric, xb, nb, xn, p->c + c0 * d, kc, cn, d, w->tile);
+		const float *cn = cnb ? cnb + c0 : NULL;
+		ann_dist_batch(p->metric, xb, nb, xn, cb + c0 * d, kc, cn, d, w->tile);
 		for (size_t i = 0; i < nb; i++) {
 			const float *row = w->tile + i * kc;
 			if (p->mode == KM_TOPN) {
@@ -497,6 +527,18 @@ static void km_run(km_pool *pl, km_pass *p)
 	atomic_store(&p->next, 0);
 	if (p->n == 0)
 		return;
+	p->shift = NULL;
+	if (p->metric == ANN_METRIC_L2 && p->k && pl->cs && p->k <= pl->kmax) {
+		size_t d = p->d;
+		memcpy(pl->shift, p->c, d * sizeof(float));
+		for (size_t i = 0; i < p->k; i++)
+			for (size_t j = 0; j < d; j++)
+				pl->cs[i * d + j] = p->c[i * d + j] - pl->shift[j];
+		ann_norms_f32(pl->cs, p->k, d, pl->csn);
+		p->shift = pl->shift;
+		p->cs = pl->cs;
+		p->csn = pl->csn;
+	}
 	size_t nblk = (p->n + p->block - 1) / p->block;
 	int t = pl->threads;
 	if ((size_t)t > nblk)
@@ -1435,7 +1477,7 @@ int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, flo
 	size_t extra = 0;
 
 	size_t nprobe_max = o->max_size ? ANN_MIN(k, (size_t)KM_BAL_CAND) : 0;
-	ANN_CHECK(rc, km_pool_init(&s.pool, threads, d, k, nprobe_max, true, err));
+	ANN_CHECK(rc, km_pool_init(&s.pool, threads, d, k, nprobe_max, true, o->metric, err));
 	km_note(&s, s.pool.bytes);
 	size_t rows = ANN_MAX(n, o->minibatch);
 	s.nblocksum = (rows + s.pool.block - 1) / s.pool.block;
@@ -1526,7 +1568,7 @@ int ann_nearest_centroids(const float *x, size_t n, size_t d, const float *centr
 	size_t np = ANN_MIN(nprobe, k);
 	km_pool pool;
 	float *cnorm = NULL;
-	int rc = km_pool_init(&pool, ANN_MIN(threads, KM_MAX_THREADS), d, k, np, false, err);
+	int rc = km_pool_init(&pool, ANN_MIN(threads, KM_MAX_THREADS), d, k, np, false, metric, err);
 	if (rc < 0)
 		return rc;
 	if (metric != ANN_METRIC_IP) {
@@ -1890,6 +1932,7 @@ struct ann_kmeans_tree {
 	float *cc;     /* C x d coarse centres */
 	float *fc;     /* k x d centroids, cell by cell */
 	float *fnorm;  /* their squared norms (L2, COSINE), else NULL */
+	float *shift;  /* L2: d, the first centroid; fc holds centroid - shift and queries are shifted too (km_pass) */
 	uint32_t *id;  /* k: the caller's number of row r of fc */
 	size_t *first; /* C + 1: cell j holds rows first[j] .. first[j + 1] - 1 */
 	size_t bytes;
@@ -1902,6 +1945,7 @@ void ann_kmeans_tree_free(ann_kmeans_tree *t)
 	ann_free(t->cc);
 	ann_free(t->fc);
 	ann_free(t->fnorm);
+	ann_free(t->shift);
 	ann_free(t->id);
 	ann_free(t->first);
 	ann_free(t);
@@ -1942,10 +1986,13 @@ int ann_kmeans_tree_new(const float *centroids, size_t k, size_t d, ann_metric m
 	t->first = ann_calloc(C + 1, sizeof(size_t));
 	if (metric != ANN_METRIC_IP)
 		t->fnorm = ann_malloc(k * sizeof(float));
-	if (!t->cc || !t->fc || !t->id || !t->first || (metric != ANN_METRIC_IP && !t->fnorm))
+	if (metric == ANN_METRIC_L2)
+		t->shift = ann_malloc(d * sizeof(float));
+	if (!t->cc || !t->fc || !t->id || !t->first || (metric != ANN_METRIC_IP && !t->fnorm) ||
+	    (metric == ANN_METRIC_L2 && !t->shift))
 		goto nomem;
 	t->bytes = sizeof *t + (C + k) * d * sizeof(float) + k * (sizeof(uint32_t) + (t->fnorm ? sizeof(float) : 0)) +
-		   (C + 1) * sizeof(size_t);
+		   (C + 1) * sizeof(size_t) + (t->shift ? d * sizeof(float) : 0);
 	ann_kmeans_opts ko;
 	ann_kmeans_opts_init(&ko);
 	ko.k = C;
@@ -1965,6 +2012,12 @@ int ann_kmeans_tree_new(const float *centroids, size_t k, size_t d, ann_metric m
 		size_t r = at[ca[i]]++;
 		t->id[r] = (uint32_t)i;
 		memcpy(t->fc + r * d, centroids + i * d, d * sizeof(float));
+	}
+	if (t->shift) {
+		memcpy(t->shift, centroids, d * sizeof(float));
+		for (size_t r = 0; r < k; r++)
+			for (size_t j = 0; j < d; j++)
+				t->fc[r * d + j] -= t->shift[j];
 	}
 	if (t->fnorm)
 		ann_norms_f32(t->fc, k, d, t->fnorm);
@@ -2013,7 +2066,13 @@ static void kt_cell(kt_worker *w, size_t c)
 	for (size_t lo = j->off[c]; lo < j->off[c + 1]; lo += j->block) {
 		size_t nb = ANN_MIN(j->block, j->off[c + 1] - lo);
 		for (size_t i = 0; i < nb; i++) {
-			memcpy(w->gather + i * d, j->x + (size_t)(j->lst[lo + i] / j->P) * d, d * sizeof(float));
+			const float *r = j->x + (size_t)(j->lst[lo + i] / j->P) * d;
+			float *g = w->gather + i * d;
+			if (t->shift)
+				for (size_t e = 0; e < d; e++)
+					g[e] = r[e] - t->shift[e];
+			else
+				memcpy(g, r, d * sizeof(float));
 			km_sel_init(&w->tk[i], w->sb + i * KM_SEL_CAP(M), M, w->pre);
 		}
 		if (t->metric != ANN_METRIC_IP)
