@@ -142,7 +142,13 @@ typedef struct ann_kmeans_stats {
  * options and the seed only, not on threads (blocks are fixed, reductions
  * run in point order).
  *
+ * L2 passes shift rows and centroids by the first centroid before the
+ * sgemm's |x|^2 - 2 x.c + |c|^2, whose rounding is then of the data's spread
+ * rather than of its distance from the origin (data 1e6 from it clustered
+ * into one giant cluster before); distances are unchanged by a shift.
+ *
  * Memory beyond x, centroids and assign: k * d doubles of sums, 8 k bytes,
+ * k * d + k + d floats of shifted centroids (L2),
  * per thread a distance tile (<= 1 MiB) plus B * d floats (<= 16 MiB),
  * k + 4 k bytes for the small-cluster pass,
  * 4 n bytes when assign is NULL, 4 n more for COSINE (inverse norms), 12
@@ -164,7 +170,9 @@ int ann_kmeans(const float *x, size_t n, size_t d, const ann_kmeans_opts *o, flo
  * and dists hold nprobe entries sorted by (distance, id); when nprobe > k the
  * tail is padded with UINT32_MAX / +inf. dists may be NULL. Distances are the
  * sgemm expansions (for L2 |x|^2 - 2 x.c + |c|^2, clamped at 0). threads as
- * in ann_kmeans; the result does not depend on it.
+ * in ann_kmeans; the result does not depend on it. L2 rows and centroids
+ * are shifted as in ann_kmeans (k * d + k + d floats more, per thread B * d
+ * floats of shifted rows).
  * @return ANN_OK, ANN_E_INVAL, ANN_E_NOMEM.
  */
 int ann_nearest_centroids(const float *x, size_t n, size_t d, const float *centroids, size_t k, size_t nprobe,
@@ -184,7 +192,9 @@ int ann_nearest_centroids(const float *x, size_t n, size_t d, const float *centr
  * docs/BENCHMARKS.md "Scale").
  *
  * Memory: the k centroids reordered by cell as floats plus the C centres,
- * (k + C) (d + 1) * 4 + 8 k bytes (ann_kmeans_tree_bytes); per
+ * (k + C) (d + 1) * 4 + 8 k bytes, and for L2 the shift, d floats: the
+ * centroids are kept minus the first of them, and the points are shifted as
+ * they are gathered (ann_kmeans_tree_bytes); per
  * ann_kmeans_tree_nearest call 4 + 12 probes (1 + nprobe) bytes per point
  * plus per thread a 1 MiB tile and 4096 gathered rows.
  * Deterministic: the structure depends on the centroids, C and the seed; the
