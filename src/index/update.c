@@ -77,7 +77,7 @@ int ann_writer_open(const char *index_dir, ann_writer **out, ann_error *err)
 	*out = NULL;
 	ann_writer *w = ann_calloc(1, sizeof *w);
 	if (!w)
-		return ann_err(err, ANN_E_NOMEM, "out of memory for a writer");
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a writer", index_dir);
 	int rc = ann_index_load(index_dir, true, &w->x, err);
 	if (rc < 0) {
 		ann_free(w);
