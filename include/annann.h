@@ -501,7 +501,8 @@ ANN_API int ann_tune_synthetic(const char *index_dir, const char *data_path, uin
  * (ann_search_opts.direction_weight). @p m 0 removes them. RAM: m x (ceil(dim / 4) + 8)
  * bytes per partition, counted in router_ram_bytes. A k-means codes index under L2 only
  * (else ANN_E_INVAL). One pass over the blocks; @p fitted (optional) gets the number of
- * directions with a non-zero gain. @p progress: phase "directions", partitions done. */
+ * directions with a non-zero gain. @p progress: phase "directions", partitions done. A call
+ * that fails leaves the index with the directions it had. */
 ANN_API int ann_tune_directions(const char *index_dir, uint32_t m, ann_progress_fn progress, void *progress_ctx,
 				uint32_t *fitted, ann_error *err);
 

@@ -12,6 +12,14 @@ static void test_errors(void)
 	ASSERT_TRUE(strcmp(e.msg, "base.fbin: vector 1834: dimension 96, header says 128") == 0);
 	ann_err_prefix(&e, ANN_E_BADINPUT, "build");
 	ASSERT_TRUE(strncmp(e.msg, "build: base.fbin", 16) == 0);
+	/* a message that names the prefix (or a path under it) already keeps its text */
+	ann_err(&e, ANN_E_NOMEM, "/x/idx/catalog.lmdb: out of memory");
+	ann_err_prefix(&e, ANN_E_NOMEM, "/x/idx");
+	ASSERT_TRUE(strcmp(e.msg, "/x/idx/catalog.lmdb: out of memory") == 0);
+	ann_err_prefix(&e, ANN_E_NOMEM, "/x/idx/catalog.lmdb");
+	ASSERT_TRUE(strcmp(e.msg, "/x/idx/catalog.lmdb: out of memory") == 0);
+	ann_err_prefix(&e, ANN_E_NOMEM, "/x/id");
+	ASSERT_TRUE(strcmp(e.msg, "/x/id: /x/idx/catalog.lmdb: out of memory") == 0);
 	ASSERT_EQ(ann_err_sys(&e, 2, "x"), ANN_E_IO);
 	ASSERT_EQ(e.sys_errno, 2);
 	ASSERT_TRUE(strstr(e.msg, "No such file") != NULL);

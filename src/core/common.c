@@ -85,8 +85,13 @@ int ann_err_prefix(ann_error *err, int code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(prefix, sizeof prefix, fmt, ap);
 	va_end(ap);
-	memcpy(old, err->msg, sizeof old);
 	size_t plen = strlen(prefix);
+	/* A message that names it already (a path inside it too) keeps its text. */
+	if (plen && strncmp(err->msg, prefix, plen) == 0 && (err->msg[plen] == ':' || err->msg[plen] == '/')) {
+		err->code = code;
+		return code;
+	}
+	memcpy(old, err->msg, sizeof old);
 	if (plen > sizeof err->msg - 3)
 		plen = sizeof err->msg - 3;
 	memcpy(err->msg, prefix, plen);

@@ -37,7 +37,9 @@
  * message, and returns code, so `return ann_err(err, ANN_E_INVAL, "...")`.
  * ann_err_sys() also records errno and appends strerror(errno).
  * ann_err_prefix() prepends "prefix: " to an already-set message (used to add
- * the file name or partition number as an error travels up). */
+ * the file name or partition number as an error travels up), unless the
+ * message begins with prefix already, followed by ':' or '/' (a path under
+ * it). */
 int ann_err(ann_error *err, int code, const char *fmt, ...) ANN_PRINTF(3, 4);
 int ann_err_sys(ann_error *err, int sys_errno, const char *fmt, ...) ANN_PRINTF(3, 4);
 int ann_err_prefix(ann_error *err, int code, const char *fmt, ...) ANN_PRINTF(3, 4);

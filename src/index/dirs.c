@@ -556,21 +556,20 @@ int ann_dirs_fit(ann_index *x, uint32_t m, const uint8_t *refit, uint32_t nrefit
 			ann_st32(blob + ANN_DIRS_HEADER + nm * sizeof(float) + 4 * i, b);
 			nf += gain[i] > 0.0f;
 		}
-		rc = commit_record(ann_store_catalog(x->store), blob, bb, err);
-		if (rc >= 0 && fitted)
-			*fitted = nf;
-		/* The searchers of x use the new record, parsed from the blob just
-		 * committed. Should that fail (out of memory), x keeps the old one
-		 * marked stale in RAM, so that a later compaction on this writer
-		 * refits every partition rather than copying the old records. */
+		/* The searchers of x use the new record, parsed from the blob
+		 * before it is committed: nothing can fail once it is, so an error
+		 * always means that the index keeps its old directions. */
+		ann_dirs nd;
+		rc = dirs_parse(blob, bb, x->meta.dim, &nd, err);
 		if (rc >= 0) {
-			ann_dirs nd;
-			rc = dirs_parse(blob, bb, x->meta.dim, &nd, err);
+			rc = commit_record(ann_store_catalog(x->store), blob, bb, err);
 			if (rc >= 0) {
 				ann_dirs_free(&x->dirs);
 				x->dirs = nd;
+				if (fitted)
+					*fitted = nf;
 			} else {
-				x->dirs.stale = true;
+				ann_dirs_free(&nd);
 			}
 		}
 	}

@@ -247,11 +247,11 @@ static int load(const char *index_dir, bool writable, bool allow_part, ann_index
 		ANN_TRY(refuse_distributed(index_dir, NULL, err));
 	ann_index *x = ann_calloc(1, sizeof *x);
 	if (!x)
-		return ann_err(err, ANN_E_NOMEM, "out of memory");
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory opening the index", index_dir);
 	int rc;
 	x->path = ann_malloc(strlen(index_dir) + 1);
 	if (!x->path) {
-		rc = ann_err(err, ANN_E_NOMEM, "out of memory");
+		rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory opening the index", index_dir);
 		goto fail;
 	}
 	strcpy(x->path, index_dir);

@@ -123,7 +123,7 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 	*out = NULL;
 	ann_searcher *s = ann_calloc(1, sizeof *s);
 	if (!s)
-		return ann_err(err, ANN_E_NOMEM, "out of memory for a searcher");
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a searcher", idx->path);
 	int rc;
 	s->idx = idx;
 	if (o)
@@ -207,12 +207,12 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 			s->pwidth = (uint32_t)ANN_MIN(ANN_MAX((uint64_t)s->pwidth, (uint64_t)s->o.nprobe * 3),
 						      (uint64_t)ANN_MAX_NPROBE);
 			if (!(s->dtab = ann_malloc(ann_dirs_table_floats(&idx->dirs) * sizeof(float)))) {
-				rc = ann_err(err, ANN_E_NOMEM, "out of memory for a searcher");
+				rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory for a searcher", idx->path);
 				goto fail;
 			}
 		}
 		if (!(s->sbuf = ann_malloc(s->pwidth * sizeof *s->sbuf))) {
-			rc = ann_err(err, ANN_E_NOMEM, "out of memory for a searcher");
+			rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory for a searcher", idx->path);
 			goto fail;
 		}
 	}
@@ -251,7 +251,7 @@ int ann_searcher_new(ann_index *idx, const ann_search_opts *o, ann_searcher **ou
 	if (s->o.cache_bytes) {
 		s->cmap = ann_calloc(idx->dir.n ? idx->dir.n : 1, sizeof(cblock *));
 		if (!s->cmap) {
-			rc = ann_err(err, ANN_E_NOMEM, "out of memory for the cache map");
+			rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory for the cache map", idx->path);
 			goto fail;
 		}
 	}

@@ -37,7 +37,7 @@ int codes_searcher_init(ann_searcher *s, ann_error *err)
 	s->rowf = ann_malloc((size_t)idx->meta.dim * sizeof(float));
 	s->rowcat = ann_malloc((size_t)idx->meta.dim * sizeof(float));
 	if (!s->centre || !s->crot || !s->rowf || !s->rowcat)
-		return ann_err(err, ANN_E_NOMEM, "out of memory for a searcher");
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a searcher", idx->path);
 	return ANN_OK;
 }
 

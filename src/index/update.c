@@ -77,7 +77,7 @@ int ann_writer_open(const char *index_dir, ann_writer **out, ann_error *err)
 	*out = NULL;
 	ann_writer *w = ann_calloc(1, sizeof *w);
 	if (!w)
-		return ann_err(err, ANN_E_NOMEM, "out of memory for a writer");
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a writer", index_dir);
 	int rc = ann_index_load(index_dir, true, &w->x, err);
 	if (rc < 0) {
 		ann_free(w);
@@ -765,10 +765,8 @@ int ann_compact(ann_writer *w, uint64_t split_limit, ann_compact_stats *stats, a
 	 * commits; a mark already there (an earlier refit that did not happen)
 	 * makes that refit a full one. */
 	uint64_t was_stale = 0;
-	if (x->dirs.m) {
+	if (x->dirs.m)
 		ANN_CHECK(rc, meta_u64_or(t, ANN_DIRS_STALE_META, 0, &was_stale, err));
-		was_stale |= x->dirs.stale; /* also a refit whose record this writer could not take (dirs.c) */
-	}
 	/* A mark left by an earlier compaction is repaired by this one, even
 	 * when it has nothing else to rewrite. */
 	bool dirs_stale = x->dirs.m && (st.partitions_rewritten || was_stale);

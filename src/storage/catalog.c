@@ -119,7 +119,9 @@ int ann_cat_mdb_fail(const ann_catalog *c, ann_error *err, int rc, const char *w
 {
 	char kd[256] = "";
 	const char *dbn = "";
-	if (db >= 0) {
+	/* Not for a caller that takes no message: search looks up a tomb for
+	 * every row of a block, and most lookups find none. */
+	if (db >= 0 && err) {
 		ann_cat_key_desc((ann_cat_db)db, k, klen, kd, sizeof kd);
 		dbn = ann_cat_db_names[db];
 	}
@@ -397,7 +399,7 @@ static int shared_new_locked(ann_catalog *c, const char *path, const struct stat
 		map = SIZE_MAX / 2;
 	cat_shared *sh = ann_calloc(1, sizeof *sh);
 	if (!sh)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", path);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory opening the catalog", path);
 	int rc = mdb_env_create(&sh->env);
 	if (rc) {
 		ann_free(sh);
@@ -482,12 +484,12 @@ int ann_catalog_open(const char *path, const ann_catalog_opts *o, ann_catalog **
 	int rc;
 	ann_catalog *c = ann_calloc(1, sizeof *c);
 	if (!c)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", path);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory opening the catalog", path);
 	size_t plen = strlen(path);
 	c->path = ann_malloc(plen + 1);
 	if (!c->path) {
 		ann_free(c);
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", path);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory opening the catalog", path);
 	}
 	memcpy(c->path, path, plen + 1);
 	c->readonly = o->readonly;
@@ -531,7 +533,7 @@ int ann_catalog_write_begin(ann_catalog *c, ann_cat_txn **out, ann_error *err)
 		return ann_err(err, ANN_E_INVAL, "%s: opened read-only, no write txn", c->path);
 	ann_cat_txn *t = ann_calloc(1, sizeof *t);
 	if (!t)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", c->path);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a write transaction", c->path);
 	t->c = c;
 	t->write = true;
 	/* Keep a quarter of the map as headroom so MAP_FULL and its replay stay rare. */
@@ -589,7 +591,7 @@ int ann_catalog_read_begin(ann_catalog *c, ann_cat_txn **out, ann_error *err)
 	*out = NULL;
 	ann_cat_txn *t = ann_calloc(1, sizeof *t);
 	if (!t)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", c->path);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a read transaction", c->path);
 	t->c = c;
 	int rc = txn_begin_gated(c, MDB_RDONLY, &t->txn, err);
 	if (rc < 0) {

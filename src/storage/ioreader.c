@@ -202,14 +202,14 @@ int ann_ioreader_open(const char *path, const ann_ioreader_opts *o, ann_ioreader
 	pthread_once(&uring_fault_once, uring_fault_init);
 	ann_ioreader *r = ann_calloc(1, sizeof *r);
 	if (!r)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", path);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a reader", path);
 	r->fd = r->fd_buf = -1;
 	r->depth = depth;
 	r->poll_ns = (uint64_t)o->poll_us * 1000;
 	size_t plen = strlen(path);
 	r->path = ann_malloc(plen + 1);
 	if (!r->path) {
-		rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory", path);
+		rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory for a reader", path);
 		goto fail;
 	}
 	memcpy(r->path, path, plen + 1);

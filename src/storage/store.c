@@ -189,7 +189,7 @@ int ann_store_open(const char *dir, const ann_store_opts *o, ann_store **out, an
 	ann_cat_txn *t = NULL;
 	ann_store *s = ann_calloc(1, sizeof *s);
 	if (!s)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", dir);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory opening the store", dir);
 	s->lock_fd = -1;
 	s->writable = writable;
 	pthread_rwlock_init(&s->dir_lock, NULL);
@@ -197,7 +197,7 @@ int ann_store_open(const char *dir, const ann_store_opts *o, ann_store **out, an
 	s->dir = ann_malloc(dl + 1);
 	catpath = path_join(dir, "catalog.lmdb");
 	if (!s->dir || !catpath) {
-		rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory", dir);
+		rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory opening the store", dir);
 		goto fail;
 	}
 	memcpy(s->dir, dir, dl + 1);
@@ -319,7 +319,7 @@ int ann_store_begin(ann_store *s, ann_store_txn **out, ann_error *err)
 		return ann_err(err, ANN_E_INVAL, "%s: a store txn is already running", s->dir);
 	ann_store_txn *t = ann_calloc(1, sizeof *t);
 	if (!t)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", s->dir);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a write transaction", s->dir);
 	t->s = s;
 	int rc = ann_catalog_write_begin(s->cat, &t->ct, err);
 	if (rc < 0) {
@@ -344,7 +344,7 @@ static int add_change(ann_store_txn *t, uint32_t pid, const ann_dirent *e, ann_e
 		size_t cap = t->capch ? t->capch * 2 : 64;
 		struct dir_change *p = ann_realloc(t->ch, cap * sizeof *p);
 		if (!p)
-			return ann_err(err, ANN_E_NOMEM, "%s: out of memory", t->s->dir);
+			return ann_err(err, ANN_E_NOMEM, "%s: out of memory for %zu directory changes", t->s->dir, cap);
 		t->ch = p;
 		t->capch = cap;
 	}
@@ -392,7 +392,7 @@ int ann_store_put_blocks(ann_store_txn *t, const ann_block_put *puts, size_t n, 
 	ann_dirent *ents = ann_malloc(n * sizeof *ents);
 	ann_dirent *olds = ann_malloc(n * sizeof *olds);
 	if (!pids || !ents || !olds) {
-		rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory", t->s->dir);
+		rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory for %zu block puts", t->s->dir, n);
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++)
@@ -644,7 +644,7 @@ int ann_store_reader_new(ann_store *s, const ann_store_reader_opts *o, ann_store
 	*out = NULL;
 	ann_store_reader *r = ann_calloc(1, sizeof *r);
 	if (!r)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", s->dir);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a block reader", s->dir);
 	r->s = s;
 	r->o = *o;
 	r->free_info = NO_SLOT;
@@ -652,7 +652,7 @@ int ann_store_reader_new(ann_store *s, const ann_store_reader_opts *o, ann_store
 	if (s->ops->data_file) {
 		char *p = ann_store_path(s, s->ops->data_file);
 		if (!p) {
-			rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory", s->dir);
+			rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory for a block reader", s->dir);
 			goto fail;
 		}
 		rc = ann_ioreader_open(p, &o->io, &r->io, err);
@@ -709,7 +709,7 @@ static int info_get(ann_store_reader *r, uint32_t *out, ann_error *err)
 			return ann_err(err, ANN_E_INVAL, "%s: too many outstanding block reads", r->s->dir);
 		struct rd_info *p = ann_realloc(r->info, (size_t)cap * sizeof *p);
 		if (!p)
-			return ann_err(err, ANN_E_NOMEM, "%s: out of memory", r->s->dir);
+			return ann_err(err, ANN_E_NOMEM, "%s: out of memory for %u block reads", r->s->dir, cap);
 		for (uint32_t i = r->ninfo; i < cap; i++)
 			p[i].next = i + 1 < cap ? i + 1 : NO_SLOT;
 		r->free_info = r->ninfo;
@@ -733,7 +733,8 @@ static int ready_push(ann_store_reader *r, uint32_t i, ann_error *err)
 		size_t cap = r->rcap ? r->rcap * 2 : 64;
 		uint32_t *p = ann_malloc(cap * sizeof *p);
 		if (!p)
-			return ann_err(err, ANN_E_NOMEM, "%s: out of memory", r->s->dir);
+			return ann_err(err, ANN_E_NOMEM, "%s: out of memory for %zu finished block reads", r->s->dir,
+				       cap);
 		for (size_t k = 0; k < r->rlen; k++)
 			p[k] = r->ready[(r->rhead + k) % r->rcap];
 		ann_free(r->ready);
@@ -779,7 +780,7 @@ int ann_store_reader_submit(ann_store_reader *r, const uint32_t *pids, const uin
 		return ANN_OK;
 	ann_block_range *rs = ann_malloc(n * sizeof *rs);
 	if (!rs)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", r->s->dir);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for %zu block reads", r->s->dir, n);
 	for (size_t i = 0; i < n; i++)
 		rs[i] = (ann_block_range){ pids[i], 0, 0, tags ? tags[i] : i };
 	int rc = ann_store_reader_submit_ranges(r, rs, n, err);
@@ -802,7 +803,7 @@ int ann_store_reader_submit_ranges(ann_store_reader *r, const ann_block_range *r
 	if (r->io && r->reqcap < n) {
 		ann_ioreq *p = ann_realloc(r->reqbuf, n * sizeof *p);
 		if (!p)
-			return ann_err(err, ANN_E_NOMEM, "%s: out of memory", r->s->dir);
+			return ann_err(err, ANN_E_NOMEM, "%s: out of memory for %zu read requests", r->s->dir, n);
 		r->reqbuf = p;
 		r->reqcap = n;
 	}

@@ -148,7 +148,7 @@ static int file_create(ann_store *s, struct file_store *f, ann_cat_txn *t, ann_e
 	char *tmp = NULL;
 	uint8_t *h = ann_aligned_alloc(ANN_PAGE, HDR_BYTES);
 	if (!h)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", f->path);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for the header", f->path);
 	uint8_t uuid[16];
 	random_id(uuid);
 	hdr_encode(h, uuid, (uint64_t)time(NULL));
@@ -182,12 +182,12 @@ static int file_open(ann_store *s, const ann_store_opts *o, ann_cat_txn *create_
 {
 	struct file_store *f = ann_calloc(1, sizeof *f);
 	if (!f)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", ann_store_dir_path(s));
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory opening the file store", ann_store_dir_path(s));
 	f->fd = -1;
 	ann_store_set_impl(s, f);
 	f->path = ann_store_path(s, BLOCKS_FILE);
 	if (!f->path)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", ann_store_dir_path(s));
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory opening the file store", ann_store_dir_path(s));
 	if (create_txn)
 		return file_create(s, f, create_txn, err);
 
@@ -204,7 +204,7 @@ static int file_open(ann_store *s, const ann_store_opts *o, ann_cat_txn *create_
 	f->fd = rc;
 	h = ann_aligned_alloc(ANN_PAGE, HDR_BYTES);
 	if (!h)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", f->path);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for the header", f->path);
 	ANN_CHECK(rc, ann_pread_all(f->fd, h, HDR_BYTES, 0, f->path, err));
 	ANN_CHECK(rc, hdr_check(f->path, h, f->uuid, err));
 	ANN_CHECK(rc, ann_catalog_read_begin(ann_store_catalog(s), &t, err));
@@ -347,7 +347,8 @@ static int write_run(ann_store *s, struct file_store *f, const struct wr *w, siz
 		if (f->iov_cap < n) {
 			struct iovec *p = ann_realloc(f->iov, n * sizeof *p);
 			if (!p)
-				return ann_err(err, ANN_E_NOMEM, "%s: out of memory", f->path);
+				return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a write of %zu blocks", f->path,
+					       n);
 			f->iov = p;
 			f->iov_cap = n;
 		}
@@ -430,7 +431,7 @@ static int file_put(ann_store_txn *t, const ann_block_put *puts, size_t n, ann_d
 	struct file_store *f = ann_store_impl(s);
 	struct wr *w = ann_malloc(n * sizeof *w);
 	if (!w)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", f->path);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for a write of %zu blocks", f->path, n);
 	int rc;
 	for (size_t i = 0; i < n; i++) {
 		ANN_CHECK(rc, file_alloc(f, puts[i].length, &ents[i].offset, err));
@@ -481,7 +482,7 @@ static int file_precommit(ann_store_txn *t, ann_error *err)
 	size_t n = f->nwork + f->nfreed;
 	ann_extent *nx = ann_malloc((n ? n : 1) * sizeof *nx);
 	if (!nx)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", f->path);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for %zu extents", f->path, n);
 	memcpy(nx, f->work, f->nwork * sizeof *nx);
 	for (size_t i = 0; i < f->nfreed; i++) {
 		nx[f->nwork + i] = f->freed[i];
@@ -644,7 +645,7 @@ static int file_verify(ann_store *s, ann_cat_txn *rt, const ann_dir *d, ann_issu
 	uint64_t file_end = 0;
 	h = ann_aligned_alloc(ANN_PAGE, HDR_BYTES);
 	if (!h)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", f->path);
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory for the header", f->path);
 	uint8_t uuid[16];
 	ann_error e2 = { 0 };
 	if (ann_pread_all(f->fd, h, HDR_BYTES, 0, f->path, &e2) < 0 || hdr_check(f->path, h, uuid, &e2) < 0) {
@@ -683,7 +684,7 @@ static int file_verify(ann_store *s, ann_cat_txn *rt, const ann_dir *d, ann_issu
 	ANN_CHECK(rc, ann_catalog_free_load_valid(rt, &fr, &nfr, err));
 	xs = ann_malloc(((size_t)d->count + nfr + 1) * sizeof *xs);
 	if (!xs) {
-		rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory", f->path);
+		rc = ann_err(err, ANN_E_NOMEM, "%s: out of memory for %zu extents", f->path, (size_t)d->count + nfr + 1);
 		goto out;
 	}
 	uint64_t maxlen = 0;

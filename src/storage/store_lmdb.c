@@ -24,7 +24,7 @@ static int lm_open(ann_store *s, const ann_store_opts *o, ann_cat_txn *create_tx
 	(void)create_txn;
 	struct lmdb_store *l = ann_calloc(1, sizeof *l);
 	if (!l)
-		return ann_err(err, ANN_E_NOMEM, "%s: out of memory", ann_store_dir_path(s));
+		return ann_err(err, ANN_E_NOMEM, "%s: out of memory opening the LMDB store", ann_store_dir_path(s));
 	ann_store_set_impl(s, l);
 	return ANN_OK;
 }
