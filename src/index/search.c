@@ -460,14 +460,23 @@ bool search_heap_has(const ann_topk *h, int64_t id)
 	return false;
 }
 
-/* Is id deleted in the batch's snapshot (its block copies are dead)? */
-bool search_tombed(ann_searcher *s, int64_t id)
+/* Is id deleted in the batch's snapshot (its block copies are dead)? 1 yes,
+ * 0 no, or the catalog's error: a tombstone that cannot be read fails the
+ * search rather than bringing the deleted id back. */
+int search_tombed(ann_searcher *s, int64_t id, ann_error *err)
 {
 	uint8_t k[8];
 	ann_stbe64(k, (uint64_t)id);
 	const uint8_t *v;
 	size_t n;
-	return ann_catalog_get(s->rt, ANN_CAT_TOMB, k, sizeof k, &v, &n, NULL) == ANN_OK;
+	int rc = ann_catalog_get(s->rt, ANN_CAT_TOMB, k, sizeof k, &v, &n, NULL);
+	if (rc == ANN_OK)
+		return 1;
+	if (rc == ANN_E_NOTFOUND)
+		return 0;
+	rc = ann_catalog_get(s->rt, ANN_CAT_TOMB, k, sizeof k, &v, &n, err); /* again, for the message */
+	return ann_err_prefix(err, rc < 0 ? rc : ANN_E_CORRUPT, "%s: tombstone of id %lld", s->idx->path,
+			      (long long)id);
 }
 
 /* The rows of a block as the kernels take them: i8 rows are converted to
@@ -527,8 +536,13 @@ static int scan_block(ann_searcher *s, size_t qi, const int64_t *ids, const void
 			continue;
 		if (dedupe && search_heap_has(h, ids[i]))
 			continue;
-		if (from_block && s->ntomb && search_tombed(s, ids[i]))
-			continue;
+		if (from_block && s->ntomb) {
+			int tomb = search_tombed(s, ids[i], err);
+			if (tomb < 0)
+				return tomb;
+			if (tomb)
+				continue;
+		}
 		ann_topk_push(h, dist[i], ids[i]);
 		bound = ann_topk_bound(h);
 	}

@@ -349,8 +349,13 @@ int codes_head(ann_searcher *s, size_t u, const ann_block_read *br, bool cached,
 						return ann_err_prefix(err, rc, "%s: partition %u", x->path, pid);
 					ids_done = true;
 				}
-				if (s->ntomb && search_tombed(s, s->hids[i]))
-					continue;
+				if (s->ntomb) {
+					int tomb = search_tombed(s, s->hids[i], err);
+					if (tomb < 0)
+						return tomb;
+					if (tomb)
+						continue;
+				}
 				ub_push(s, qi, e + w, s->hids[i]);
 				kth = ub_kth(s, qi);
 				cand c = {e, w, s->hids[i], (uint32_t)u, i};

@@ -212,7 +212,7 @@ int search_grow(void **p, size_t *cap, size_t need, size_t esz);
  * when any failed (each failed array keeps its old size, the others grow). */
 int search_resize(void **const slots[], const size_t bytes[], size_t n);
 /* Is id deleted in the batch's snapshot (its block copies are dead)? */
-bool search_tombed(ann_searcher *s, int64_t id);
+int search_tombed(ann_searcher *s, int64_t id, ann_error *err);
 /* Is id already in heap h (replicated indexes push each id once)? */
 bool search_heap_has(const ann_topk *h, int64_t id);
 /* Caches a codes block's head as read (checked by codes_head first), with
