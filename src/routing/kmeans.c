@@ -8,6 +8,7 @@
  */
 #include "kmeans.h"
 
+#include <assert.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -528,7 +529,9 @@ static void km_run(km_pool *pl, km_pass *p)
 	if (p->n == 0)
 		return;
 	p->shift = NULL;
-	if (p->metric == ANN_METRIC_L2 && p->k && pl->cs && p->k <= pl->kmax) {
+	/* an L2 pass runs on a pool made for L2, whose buffers hold its centroids */
+	assert(p->metric != ANN_METRIC_L2 || (pl->cs && p->k <= pl->kmax));
+	if (p->metric == ANN_METRIC_L2 && p->k) {
 		size_t d = p->d;
 		memcpy(pl->shift, p->c, d * sizeof(float));
 		for (size_t i = 0; i < p->k; i++)
@@ -622,9 +625,11 @@ static float km_dist(const km *s, size_t i, size_t c)
 	}
 }
 
+/* Norms for the passes: cosine's; L2 passes take those of the shifted
+ * centroids (km_run), inner product none. */
 static void km_centroid_norms(km *s)
 {
-	if (s->metric != ANN_METRIC_IP)
+	if (s->metric == ANN_METRIC_COSINE)
 		ann_norms_f32(s->c, s->k, s->d, s->cnorm);
 }
 
@@ -1052,7 +1057,8 @@ static int km_seed_pp(km *s, ann_error *err)
 	size_t nc = 1, fresh = 0;
 	uint64_t last = ann_now_ns(), last2 = last;
 	while (nc < k) {
-		ann_norms_f32(s->c + fresh * d, nc - fresh, d, s->cnorm + fresh);
+		if (dm == ANN_METRIC_COSINE)
+			ann_norms_f32(s->c + fresh * d, nc - fresh, d, s->cnorm + fresh);
 		km_pass p = {
 			.mode = KM_MINUPD,
 			.metric = dm,
@@ -1571,7 +1577,7 @@ int ann_nearest_centroids(const float *x, size_t n, size_t d, const float *centr
 	int rc = km_pool_init(&pool, ANN_MIN(threads, KM_MAX_THREADS), d, k, np, false, metric, err);
 	if (rc < 0)
 		return rc;
-	if (metric != ANN_METRIC_IP) {
+	if (metric == ANN_METRIC_COSINE) { /* L2 passes use the shifted centroids' (km_run) */
 		cnorm = ann_malloc(k * sizeof(float));
 		if (!cnorm) {
 			km_pool_free(&pool);
