@@ -185,6 +185,32 @@ static void test_knn_exact(void)
 	free(dists);
 }
 
+/* Points 1e5 from the origin with a spread of 1: the sgemm's |x|^2 - 2 x.y +
+ * |y|^2 rounds at ~1e3 there, so the graph was noise; the rows are shifted
+ * by the first one first, and the neighbours are the exact ones again. */
+static void test_knn_off_origin(void)
+{
+	t_current = "knn_off_origin";
+	const size_t n = 300, d = 17, k = 7;
+	float *x = malloc(n * d * sizeof *x);
+	t_fill_uniform(&rng, x, n * d, -1.0f, 1.0f);
+	for (size_t i = 0; i < n * d; i++)
+		x[i] += 1e5f;
+	uint32_t *ids = malloc(n * k * sizeof *ids);
+	float *dists = malloc(n * k * sizeof *dists);
+	ann_knn_opts o;
+	ann_knn_opts_init(&o);
+	o.k = k;
+	o.mem_bytes = 64 * 64 * 4 + 64 * 4; /* 5 x 5 tiles of rows: shifted tile by tile */
+	o.threads = 2;
+	o.mem_bytes *= 2;
+	ASSERT_OK(ann_knn_graph(x, n, d, &o, ids, dists, NULL, &te_));
+	ASSERT_LE(check_knn(o.metric, x, n, d, k, ids, dists), 3);
+	free(x);
+	free(ids);
+	free(dists);
+}
+
 /* The budget: tiles never exceed mem_bytes, and everything the call holds
  * (seen from the progress callback, which runs with all buffers allocated)
  * is tiles + the stated O(n k) working memory. */
@@ -886,6 +912,7 @@ int main(void)
 {
 	t_init("test_knngraph", &rng);
 	test_knn_exact();
+	test_knn_off_origin();
 	test_knn_budget();
 	test_knn_small_n();
 	test_knn_errors();

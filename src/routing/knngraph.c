@@ -67,15 +67,17 @@ static int knn_check_opts(size_t n, size_t d, const ann_knn_opts *o, ann_error *
 	return ANN_OK;
 }
 
-/* Working memory besides the tiles for n points, k neighbours, tile edge t
- * and nth threads: int64 ids and float distances of the heaps (the caller's
- * dists array holds the latter when given), heap headers, norms and the
- * tile-row locks. An upper bound: IP needs no norms. */
-static size_t work_bytes_for(size_t n, size_t k, bool have_dists, size_t t, size_t nth)
+/* Working memory besides the tiles for n points of dimension d, k
+ * neighbours, tile edge t and nth threads: int64 ids and float distances of
+ * the heaps (the caller's dists array holds the latter when given), heap
+ * headers, norms, the tile-row locks and, for L2, each thread's two tiles of
+ * shifted rows (knn_work). An upper bound: IP needs no norms. */
+static size_t work_bytes_for(size_t n, size_t d, size_t k, bool l2, bool have_dists, size_t t, size_t nth)
 {
 	size_t nt = n ? (n + t - 1) / t : 0;
 	return n * k * (sizeof(int64_t) + (have_dists ? 0 : sizeof(float))) + n * sizeof(ann_topk) +
-	       n * sizeof(float) + (nth > 1 ? nt * sizeof(pthread_mutex_t) : 0);
+	       n * sizeof(float) + (nth > 1 ? nt * sizeof(pthread_mutex_t) : 0) +
+	       (l2 ? nth * 2 * t * d * sizeof(float) : 0);
 }
 
 static int knn_tile(size_t n, const ann_knn_opts *o, size_t threads, size_t *tile, ann_error *err)
@@ -116,7 +118,7 @@ int ann_knn_plan(size_t n, size_t d, const ann_knn_opts *o, size_t *tile, size_t
 	if (tile)
 		*tile = t;
 	if (total_bytes)
-		*total_bytes = th * tile_bytes_for(t) + work_bytes_for(n, o->k, false, t, th);
+		*total_bytes = th * tile_bytes_for(t) + work_bytes_for(n, d, o->k, o->metric == ANN_METRIC_L2, false, t, th);
 	return ANN_OK;
 }
 
@@ -126,7 +128,8 @@ typedef struct knn_ctx {
 	const float *x;
 	size_t n, d, t, nt;
 	ann_metric metric;
-	const float *norms;     /* squared norms (L2, cosine), else NULL */
+	const float *norms;     /* squared norms (L2: of the shifted rows; cosine), else NULL */
+	const float *shift;     /* L2: the first row; tiles are shifted by it before the sgemm (knn_work) */
 	ann_topk *heaps;        /* n heaps */
 	pthread_mutex_t *rowlk; /* nt tile-row locks, NULL when single-threaded */
 	pthread_mutex_t curlk;  /* guards the cursor and the progress state */
@@ -141,7 +144,20 @@ typedef struct knn_worker {
 	knn_ctx *c;
 	float *tile;  /* t x t */
 	float *bound; /* t column bounds */
+	float *rows;  /* L2: 2 t x d, the pair's two tiles of shifted rows */
 } knn_worker;
+
+/* Rows [i0, i0 + ni) of x, less the shift, into out: as in kmeans.c, the
+ * sgemm's |x|^2 - 2 x.y + |y|^2 then rounds at the data's spread, not at its
+ * distance from the origin. */
+static const float *knn_shifted(const knn_ctx *c, size_t i0, size_t ni, float *out)
+{
+	size_t d = c->d;
+	for (size_t i = 0; i < ni; i++)
+		for (size_t j = 0; j < d; j++)
+			out[i * d + j] = c->x[(i0 + i) * d + j] - c->shift[j];
+	return out;
+}
 
 static bool knn_next(knn_ctx *c, size_t *ti, size_t *tj)
 {
@@ -239,8 +255,13 @@ static void *knn_work(void *arg)
 	while (knn_next(c, &ti, &tj)) {
 		size_t i0 = ti * c->t, ni = ANN_MIN(c->t, c->n - i0);
 		size_t j0 = tj * c->t, nj = ANN_MIN(c->t, c->n - j0);
-		ann_dist_batch(c->metric, c->x + i0 * c->d, ni, c->norms ? c->norms + i0 : NULL,
-			       c->x + j0 * c->d, nj, c->norms ? c->norms + j0 : NULL, c->d, w->tile);
+		const float *xi = c->x + i0 * c->d, *xj = c->x + j0 * c->d;
+		if (c->shift) {
+			xi = knn_shifted(c, i0, ni, w->rows);
+			xj = knn_shifted(c, j0, nj, w->rows + c->t * c->d);
+		}
+		ann_dist_batch(c->metric, xi, ni, c->norms ? c->norms + i0 : NULL, xj, nj,
+			       c->norms ? c->norms + j0 : NULL, c->d, w->tile);
 		if (!c->rowlk) {
 			update_rows(c, w->tile, i0, ni, j0, nj);
 			if (ti != tj)
@@ -342,14 +363,28 @@ int ann_knn_graph(const float *x, size_t n, size_t d, const ann_knn_opts *o, uin
 			rc = ann_err(err, ANN_E_NOMEM, "knn: cannot allocate %zu norms", n);
 			goto fail;
 		}
-		ann_norms_f32(x, n, d, norms);
+		if (o->metric == ANN_METRIC_L2) {
+			c.shift = x;
+			for (size_t i = 0; i < n; i++) {
+				double a = 0;
+				for (size_t j = 0; j < d; j++) {
+					double v = (double)(x[i * d + j] - x[j]);
+					a += v * v;
+				}
+				norms[i] = (float)a;
+			}
+		} else {
+			ann_norms_f32(x, n, d, norms);
+		}
 		c.norms = norms;
 	}
 	for (size_t i = 0; i < nth; i++) {
 		w[i].c = &c;
 		w[i].tile = ann_aligned_alloc(64, ANN_ALIGN_UP(t * t * sizeof(float), 64));
 		w[i].bound = ann_malloc(t * sizeof(float));
-		if (!w[i].tile || !w[i].bound) {
+		if (c.shift)
+			w[i].rows = ann_malloc(2 * t * d * sizeof(float));
+		if (!w[i].tile || !w[i].bound || (c.shift && !w[i].rows)) {
 			rc = ann_err(err, ANN_E_NOMEM, "knn: cannot allocate a %zu x %zu distance tile",
 				     t, t);
 			goto fail;
@@ -399,7 +434,7 @@ int ann_knn_graph(const float *x, size_t n, size_t d, const ann_knn_opts *o, uin
 	if (st) {
 		st->tile = t;
 		st->tile_bytes = nth * tile_bytes_for(t);
-		st->work_bytes = work_bytes_for(n, k, dists != NULL, t, nth);
+		st->work_bytes = work_bytes_for(n, d, k, o->metric == ANN_METRIC_L2, dists != NULL, t, nth);
 		st->tile_pairs = c.done;
 		st->seconds = (double)(ann_now_ns() - t0) * 1e-9;
 	}
@@ -413,6 +448,7 @@ fail:
 	for (size_t i = 0; i < nth; i++) {
 		ann_aligned_free(w[i].tile);
 		ann_free(w[i].bound);
+		ann_free(w[i].rows);
 	}
 	ann_free(norms);
 	if (hdist != dists)

@@ -54,8 +54,11 @@ int ann_knn_plan(size_t n, size_t d, const ann_knn_opts *o, size_t *tile, size_t
  * halves the arithmetic. Threads take tile pairs from a shared cursor and
  * lock the heap rows of one tile at a time. Memory: threads * T * T * 4
  * bytes of tiles (<= mem_bytes), plus 12 n k bytes of heaps (8 n k when
- * dists is given), 32 n bytes of heap headers, 4 n bytes of norms and one
- * mutex per tile row, i.e. O(n k) beside the output. Requires n < 2^31. For a given tile edge the
+ * dists is given), 32 n bytes of heap headers, 4 n bytes of norms, one
+ * mutex per tile row and, for L2, 8 T d bytes per thread: the two tiles of
+ * rows shifted by the first row before the sgemm, so that its rounding is
+ * of the data's spread, not of its distance from the origin. O(n k) beside
+ * the output. Requires n < 2^31. For a given tile edge the
  * result does not depend on the thread count or scheduling; distances follow
  * the sgemm expansion, so near-ties can order differently from a direct
  * scan. */
