@@ -306,6 +306,12 @@ void ann_norms_f32(const float *x, size_t n, size_t d, float *out)
 		out[i] = k->ip_f32(x + i * d, x + i * d, d);
 }
 
+void ann_sub_f32(float *out, const float *a, const float *b, size_t d)
+{
+	for (size_t j = 0; j < d; j++)
+		out[j] = a[j] - b[j];
+}
+
 /* ---- BLAS batch ----------------------------------------------------------
  * Tiles of BATCH_QB queries by BATCH_XB rows: one sgemm per tile, then the
  * metric's fix-up while the tile is still in cache. Norms that the caller did

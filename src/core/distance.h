@@ -47,6 +47,10 @@ float ann_distance_f32(const ann_kernels *k, ann_metric m, const float *a, const
 /* Squared norms of n rows of x into out. */
 void ann_norms_f32(const float *x, size_t n, size_t d, float *out);
 
+/* out = a - b, d floats (out may be a). The shift that the sgemm passes of
+ * kmeans.c and knngraph.c apply to rows before |x|^2 - 2 x.y + |y|^2. */
+void ann_sub_f32(float *out, const float *a, const float *b, size_t d);
+
 /* Batch distances via OpenBLAS sgemm: out[i * nx + j] = dist(q_i, x_j) for
  * nq queries and nx rows, row-major, dimension d. For L2 it computes
  * |q|^2 - 2 q.x + |x|^2 (clamped at 0); qnorm/xnorm may be NULL (then

@@ -424,12 +424,8 @@ static void km_block(km_worker *w, size_t b)
 	const float *xb = p->x + lo * d;
 
 	if (p->shift) {
-		for (size_t i = 0; i < nb; i++) {
-			const float *r = p->idx ? p->x + (size_t)p->idx[lo + i] * d : xb + i * d;
-			float *g = w->gather + i * d;
-			for (size_t j = 0; j < d; j++)
-				g[j] = r[j] - p->shift[j];
-		}
+		for (size_t i = 0; i < nb; i++)
+			ann_sub_f32(w->gather + i * d, p->idx ? p->x + (size_t)p->idx[lo + i] * d : xb + i * d, p->shift, d);
 		xb = w->gather;
 	} else if (p->idx) {
 		for (size_t i = 0; i < nb; i++)
@@ -535,8 +531,7 @@ static void km_run(km_pool *pl, km_pass *p)
 		size_t d = p->d;
 		memcpy(pl->shift, p->c, d * sizeof(float));
 		for (size_t i = 0; i < p->k; i++)
-			for (size_t j = 0; j < d; j++)
-				pl->cs[i * d + j] = p->c[i * d + j] - pl->shift[j];
+			ann_sub_f32(pl->cs + i * d, p->c + i * d, pl->shift, d);
 		ann_norms_f32(pl->cs, p->k, d, pl->csn);
 		p->shift = pl->shift;
 		p->cs = pl->cs;
@@ -2022,8 +2017,7 @@ int ann_kmeans_tree_new(const float *centroids, size_t k, size_t d, ann_metric m
 	if (t->shift) {
 		memcpy(t->shift, centroids, d * sizeof(float));
 		for (size_t r = 0; r < k; r++)
-			for (size_t j = 0; j < d; j++)
-				t->fc[r * d + j] -= t->shift[j];
+			ann_sub_f32(t->fc + r * d, t->fc + r * d, t->shift, d);
 	}
 	if (t->fnorm)
 		ann_norms_f32(t->fc, k, d, t->fnorm);
@@ -2073,12 +2067,10 @@ static void kt_cell(kt_worker *w, size_t c)
 		size_t nb = ANN_MIN(j->block, j->off[c + 1] - lo);
 		for (size_t i = 0; i < nb; i++) {
 			const float *r = j->x + (size_t)(j->lst[lo + i] / j->P) * d;
-			float *g = w->gather + i * d;
 			if (t->shift)
-				for (size_t e = 0; e < d; e++)
-					g[e] = r[e] - t->shift[e];
+				ann_sub_f32(w->gather + i * d, r, t->shift, d);
 			else
-				memcpy(g, r, d * sizeof(float));
+				memcpy(w->gather + i * d, r, d * sizeof(float));
 			km_sel_init(&w->tk[i], w->sb + i * KM_SEL_CAP(M), M, w->pre);
 		}
 		if (t->metric != ANN_METRIC_IP)

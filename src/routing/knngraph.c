@@ -154,8 +154,7 @@ static const float *knn_shifted(const knn_ctx *c, size_t i0, size_t ni, float *o
 {
 	size_t d = c->d;
 	for (size_t i = 0; i < ni; i++)
-		for (size_t j = 0; j < d; j++)
-			out[i * d + j] = c->x[(i0 + i) * d + j] - c->shift[j];
+		ann_sub_f32(out + i * d, c->x + (i0 + i) * d, c->shift, d);
 	return out;
 }
 
