@@ -659,10 +659,11 @@ static bool open_case(sweep *sw, int64_t n)
 	return true;
 }
 
-/* A new searcher runs out of memory in its first search (every allocation
+/* A searcher runs out of memory in a search: its first (every allocation
  * is swept: a search allocates its buffers on first use, once for the
- * searcher's life). */
-static bool first_search_case(sweep *sw, int64_t n)
+ * searcher's life), or, after warm, one that follows a search that answered
+ * (its buffers grown, its cache filled). */
+static bool search_case(sweep *sw, int64_t n, bool warm)
 {
 	ann_search_opts so;
 	search_mode(&so, sw->mode);
@@ -674,17 +675,19 @@ static bool first_search_case(sweep *sw, int64_t n)
 	int64_t ids[NQ * K];
 	float dists[NQ * K];
 	ann_query_stats stats[NQ];
-	arm(sw, n, sw->mode ? "first search (cache)" : "first search");
+	if (warm)
+		ASSERT_OK(ann_search(s, queries, NQ / 2, ids, dists, NULL, NULL));
+	arm(sw, n, warm ? (sw->mode ? "search again (cache)" : "search again")
+			: (sw->mode ? "first search (cache)" : "first search"));
 	int rc = ann_search(s, queries, NQ, ids, dists, sw->mode ? stats : NULL, &e);
 	bool fired = disarm();
 	if (fired) {
 		sw->cases++;
 		check_failure(rc, &e, sw->when);
-		if (rc < 0) {
+		if (rc < 0)
 			sw->failed++;
-		} else {
+		else
 			sw->other++;
-		}
 	} else {
 		ASSERT_OK(rc);
 	}
@@ -696,41 +699,14 @@ static bool first_search_case(sweep *sw, int64_t n)
 	return fired;
 }
 
-/* A searcher that has answered (its buffers grown, its cache filled) runs
- * out of memory in a later search. */
+static bool first_search_case(sweep *sw, int64_t n)
+{
+	return search_case(sw, n, false);
+}
+
 static bool search_again_case(sweep *sw, int64_t n)
 {
-	ann_search_opts so;
-	search_mode(&so, sw->mode);
-	ann_index *x;
-	ann_searcher *s;
-	ann_error e = {0};
-	ASSERT_OK(ann_index_open(case_idx, &x, NULL));
-	ASSERT_OK(ann_searcher_new(x, &so, &s, NULL));
-	int64_t ids[NQ * K];
-	float dists[NQ * K];
-	ann_query_stats stats[NQ];
-	ASSERT_OK(ann_search(s, queries, NQ / 2, ids, dists, NULL, NULL));
-	arm(sw, n, sw->mode ? "search again (cache)" : "search again");
-	int rc = ann_search(s, queries, NQ, ids, dists, sw->mode ? stats : NULL, &e);
-	bool fired = disarm();
-	if (fired) {
-		sw->cases++;
-		check_failure(rc, &e, sw->when);
-		if (rc < 0) {
-			sw->failed++;
-		} else {
-			sw->other++;
-		}
-	} else {
-		ASSERT_OK(rc);
-	}
-	if (rc >= 0)
-		check_answers(&start, ids, dists, sw->when);
-	search_exact(s, &start, sw->when);
-	ann_searcher_free(s);
-	ann_index_close(x);
-	return fired;
+	return search_case(sw, n, true);
 }
 
 /* ---- ann_tune_directions ------------------------------------------------- */
