@@ -42,7 +42,7 @@ extern "C" {
 typedef enum ann_status {
 	ANN_OK = 0,
 	ANN_E_INVAL = -1,       /**< misuse: a bad argument or option */
-	ANN_E_NOMEM = -2,       /**< an allocation failed */
+	ANN_E_NOMEM = -2,       /**< an allocation failed (ours, a library's, or a system call's ENOMEM) */
 	ANN_E_BUDGET = -3,      /**< the memory budget is too small; the message names the shortfall */
 	ANN_E_IO = -4,          /**< a system call failed; ann_error.sys_errno keeps errno */
 	ANN_E_CORRUPT = -5,     /**< checksum or structure mismatch in stored data */

@@ -25,14 +25,27 @@
  *  - ann_tune_directions: a failed fit leaves the old directions whole, one
  *    that succeeded the new ones; the index verifies and answers exactly and
  *    the next fit succeeds (the writer lock was released).
+ * Every sweep runs twice: with the library's allocator failing (the hook
+ * above), and with every allocation of the process failing (malloc, calloc,
+ * realloc and the aligned ones, defined here over glibc's __libc_ entry
+ * points), so that LMDB's, liburing's and libc's own allocations inside an
+ * operation fail too (a system call's ENOMEM is ANN_E_NOMEM as well). Not
+ * under ASan, which owns malloc.
  * Exact answers: every partition probed, a re-rank bound 4 x the default's
  * width, each answer a live id at its true distance and each rank's distance
  * the brute force's over the live set. Found: ann_tune_directions committed
  * the new directions and then failed on parsing them into RAM, reporting
  * an error for a fit that had happened; opening an index out of memory said
- * only "out of memory".
+ * only "out of memory". Found by the process-wide sweeps: after LMDB's commit
+ * ran out of memory the writer refused writes but still answered
+ * ann_writer_get_info; libc out of memory opening a (missing) distributed
+ * descriptor was reported as "a distributed index whose descriptor is bad"
+ * (ANN_E_UNSUPPORTED); a system call's ENOMEM was ANN_E_IO.
  */
 #include <dirent.h>
+#include <errno.h>
+#include <malloc.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -40,6 +53,103 @@
 #include "index.h"
 #include "testutil.h"
 #include "vecio.h"
+
+/* ---- every allocation of the process -------------------------------------
+ * malloc and its kin, defined in the test program, take the place of libc's
+ * for the program and for every library it loads (LMDB, liburing, zstd,
+ * OpenBLAS, libannann itself): a countdown as common.c's makes the (n+1)-th
+ * allocation after arming fail, or every one from it on. ASan defines these
+ * itself, so there they are libc's and the sweeps run with the library's
+ * hook only. */
+#if defined(__SANITIZE_ADDRESS__)
+#define LIBC_FAULTS 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer) || __has_feature(thread_sanitizer)
+#define LIBC_FAULTS 0
+#endif
+#endif
+#ifndef LIBC_FAULTS
+#define LIBC_FAULTS 1
+#endif
+
+static _Atomic int64_t libc_countdown = -1;
+static _Atomic bool libc_sticky;
+static _Atomic int64_t libc_failed;
+
+static void libc_arm(int64_t n, bool sticky)
+{
+	atomic_store(&libc_countdown, -1);
+	atomic_store(&libc_failed, 0);
+	atomic_store(&libc_sticky, sticky);
+	atomic_store(&libc_countdown, n);
+}
+
+#if LIBC_FAULTS
+/* Seen by the libraries: the build hides symbols by default. */
+#define INTERPOSE __attribute__((visibility("default")))
+extern void *__libc_malloc(size_t n);
+extern void *__libc_calloc(size_t n, size_t size);
+extern void *__libc_realloc(void *p, size_t n);
+extern void *__libc_memalign(size_t align, size_t n);
+
+static bool libc_fail(void)
+{
+	int64_t c = atomic_load(&libc_countdown);
+	while (c >= 0) {
+		if (c == 0 && atomic_load(&libc_sticky)) {
+			atomic_fetch_add(&libc_failed, 1);
+			errno = ENOMEM;
+			return true;
+		}
+		if (atomic_compare_exchange_weak(&libc_countdown, &c, c - 1)) {
+			if (c != 0)
+				return false;
+			atomic_fetch_add(&libc_failed, 1);
+			errno = ENOMEM;
+			return true;
+		}
+	}
+	return false;
+}
+
+INTERPOSE void *malloc(size_t n)
+{
+	return libc_fail() ? NULL : __libc_malloc(n);
+}
+
+INTERPOSE void *calloc(size_t n, size_t size)
+{
+	return libc_fail() ? NULL : __libc_calloc(n, size);
+}
+
+INTERPOSE void *realloc(void *p, size_t n)
+{
+	return n && libc_fail() ? NULL : __libc_realloc(p, n);
+}
+
+INTERPOSE void *aligned_alloc(size_t align, size_t n)
+{
+	return libc_fail() ? NULL : __libc_memalign(align, n);
+}
+
+INTERPOSE void *memalign(size_t align, size_t n)
+{
+	return libc_fail() ? NULL : __libc_memalign(align, n);
+}
+
+INTERPOSE int posix_memalign(void **out, size_t align, size_t n)
+{
+	if (align < sizeof(void *) || (align & (align - 1)))
+		return EINVAL;
+	if (libc_fail())
+		return ENOMEM;
+	void *p = __libc_memalign(align, n);
+	if (!p)
+		return ENOMEM;
+	*out = p;
+	return 0;
+}
+#endif
 
 #define D 16
 #define NB 2000 /* built: ids 0..NB-1 */
@@ -303,6 +413,7 @@ static const char *fresh_index(int store)
 typedef struct sweep {
 	int store;
 	bool sticky; /* ann_mem_fail_from, else ann_mem_fail_after */
+	bool libc;   /* every allocation of the process, not the library's only */
 	int mode;    /* the operation's variant */
 	uint32_t cases, failed, refused, other;
 	char when[256];
@@ -332,16 +443,21 @@ static void run_sweep(sweep *sw, case_fn fn, bool dense)
 
 static void arm(sweep *sw, int64_t n, const char *op)
 {
-	snprintf(sw->when, sizeof sw->when, "%s, %s store, %s %lld", op, store_name(sw->store),
-		 sw->sticky ? "every allocation failing from" : "allocation", (long long)n);
+	snprintf(sw->when, sizeof sw->when, "%s, %s store, %s%s %lld", op, store_name(sw->store),
+		 sw->sticky ? "every allocation failing from" : "allocation", sw->libc ? " (process)" : "",
+		 (long long)n);
 	t_current = sw->when;
-	(sw->sticky ? ann_mem_fail_from : ann_mem_fail_after)(n);
+	if (sw->libc)
+		libc_arm(n, sw->sticky);
+	else
+		(sw->sticky ? ann_mem_fail_from : ann_mem_fail_after)(n);
 }
 
 /* Disarms; whether a fault fired. */
 static bool disarm(void)
 {
-	int64_t fired = ann_mem_failed();
+	int64_t fired = ann_mem_failed() + atomic_load(&libc_failed);
+	libc_arm(-1, false);
 	ann_mem_fail_after(-1);
 	return fired > 0;
 }
@@ -776,8 +892,8 @@ static bool tune_case(sweep *sw, int64_t n)
 
 static void report(const char *what, const sweep *sw)
 {
-	printf("  %-28s %4u cases: %4u failed, %3u succeeded, %3u writers left failed\n", what, sw->cases, sw->failed,
-	       sw->other, sw->refused);
+	printf("  %-28s %-9s %4u cases: %4u failed, %3u succeeded, %3u writers left failed\n", what,
+	       sw->libc ? "(process)" : "", sw->cases, sw->failed, sw->other, sw->refused);
 }
 
 /* Adds a sweep's counts to a total. */
@@ -787,22 +903,23 @@ static void add(sweep *tot, const sweep *sw)
 	tot->failed += sw->failed;
 	tot->other += sw->other;
 	tot->refused += sw->refused;
+	tot->libc = sw->libc;
 }
 
-static void test_writer(void)
+static void test_writer(bool libc)
 {
 	sweep ins[INS_MODES] = {{0}}, del = {0}, open = {0};
 	for (int store = 0; store < 2; store++)
 		for (int sticky = 0; sticky < 2; sticky++) {
 			for (int mode = 0; mode < INS_MODES; mode++) {
-				sweep sw = {.store = store, .sticky = sticky, .mode = mode};
+				sweep sw = {.store = store, .sticky = sticky, .libc = libc, .mode = mode};
 				run_sweep(&sw, insert_case, false);
 				add(&ins[mode], &sw);
 			}
-			sweep sd = {.store = store, .sticky = sticky};
+			sweep sd = {.store = store, .sticky = sticky, .libc = libc};
 			run_sweep(&sd, delete_case, false);
 			add(&del, &sd);
-			sweep so = {.store = store, .sticky = sticky};
+			sweep so = {.store = store, .sticky = sticky, .libc = libc};
 			fresh_index(store);
 			run_sweep(&so, writer_open_case, false);
 			check_index(case_idx, &start, "writer open", true);
@@ -820,20 +937,20 @@ static void test_writer(void)
 	ASSERT_TRUE(open.failed >= 20);
 }
 
-static void test_search(void)
+static void test_search(bool libc)
 {
 	sweep opened = {0}, first = {0}, again = {0};
 	for (int store = 0; store < 2; store++) {
 		fresh_index(store);
 		for (int sticky = 0; sticky < 2; sticky++)
 			for (int mode = 0; mode < 2; mode++) {
-				sweep so = {.store = store, .sticky = sticky, .mode = mode};
+				sweep so = {.store = store, .sticky = sticky, .libc = libc, .mode = mode};
 				run_sweep(&so, open_case, false);
 				add(&opened, &so);
-				sweep s1 = {.store = store, .sticky = sticky, .mode = mode};
+				sweep s1 = {.store = store, .sticky = sticky, .libc = libc, .mode = mode};
 				run_sweep(&s1, first_search_case, !sticky);
 				add(&first, &s1);
-				sweep s2 = {.store = store, .sticky = sticky, .mode = mode};
+				sweep s2 = {.store = store, .sticky = sticky, .libc = libc, .mode = mode};
 				run_sweep(&s2, search_again_case, false);
 				add(&again, &s2);
 			}
@@ -847,7 +964,7 @@ static void test_search(void)
 	ASSERT_TRUE(again.failed >= 8);
 }
 
-static void test_tune_directions(void)
+static void test_tune_directions(bool libc)
 {
 	sweep tot = {0};
 	for (int store = 0; store < 2; store++) {
@@ -860,7 +977,7 @@ static void test_tune_directions(void)
 		dirs_after[store] = dirs_record(idx, &m, &dirs_after_n[store], &stale);
 		ASSERT_EQ(m, 3);
 		for (int sticky = 0; sticky < 2; sticky++) {
-			sweep sw = {.store = store, .sticky = sticky};
+			sweep sw = {.store = store, .sticky = sticky, .libc = libc};
 			run_sweep(&sw, tune_case, false);
 			add(&tot, &sw);
 		}
@@ -885,11 +1002,14 @@ int main(void)
 	ASSERT_OK(ann_vwriter_close(vw, NULL));
 	make_templates(dir, data);
 	uint64_t t0 = ann_now_ns();
-	test_writer();
+	for (int libc = 0; libc <= LIBC_FAULTS; libc++)
+		test_writer(libc);
 	uint64_t t1 = ann_now_ns();
-	test_search();
+	for (int libc = 0; libc <= LIBC_FAULTS; libc++)
+		test_search(libc);
 	uint64_t t2 = ann_now_ns();
-	test_tune_directions();
+	for (int libc = 0; libc <= LIBC_FAULTS; libc++)
+		test_tune_directions(libc);
 	uint64_t t3 = ann_now_ns();
 	printf("  seconds: writer %.2f, search %.2f, tune directions %.2f\n", (double)(t1 - t0) / 1e9,
 	       (double)(t2 - t1) / 1e9, (double)(t3 - t2) / 1e9);

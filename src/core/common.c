@@ -71,9 +71,12 @@ int ann_err_sys(ann_error *err, int sys_errno, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	err_vset(err, ANN_E_IO, sys_errno, fmt, ap);
+	/* A system call that ran out of memory (ENOMEM: mmap, fopen, LMDB) is
+	 * out of memory to the caller, as an allocation of our own would be. */
+	int code = sys_errno == ENOMEM ? ANN_E_NOMEM : ANN_E_IO;
+	err_vset(err, code, sys_errno, fmt, ap);
 	va_end(ap);
-	return ANN_E_IO;
+	return code;
 }
 
 int ann_err_prefix(ann_error *err, int code, const char *fmt, ...)

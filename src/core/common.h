@@ -35,7 +35,8 @@
 /* ---- errors --------------------------------------------------------------
  * ann_err() fills *err (if not NULL) with code, errno 0 and a formatted
  * message, and returns code, so `return ann_err(err, ANN_E_INVAL, "...")`.
- * ann_err_sys() also records errno and appends strerror(errno).
+ * ann_err_sys() also records errno and appends strerror(errno); its code is
+ * ANN_E_IO, or ANN_E_NOMEM when errno is ENOMEM.
  * ann_err_prefix() prepends "prefix: " to an already-set message (used to add
  * the file name or partition number as an error travels up), unless the
  * message begins with prefix already, followed by ':' or '/' (a path under

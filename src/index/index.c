@@ -209,6 +209,12 @@ static int refuse_distributed(const char *dir, const ann_index *x, ann_error *er
 	ann_dist_desc dd;
 	ann_error e2 = {0};
 	if (!x && ann_dist_desc_read(dir, &dd, &e2) != ANN_E_NOTFOUND) {
+		/* Not read (out of memory, a failing disk) is not "bad". */
+		if (e2.code == ANN_E_NOMEM || e2.code == ANN_E_IO) {
+			if (err)
+				*err = e2;
+			return e2.code;
+		}
 		if (e2.code)
 			return ann_err(err, ANN_E_UNSUPPORTED, "%s: a distributed index whose descriptor is bad: %s", dir,
 				       e2.msg);

@@ -59,6 +59,11 @@ static int writer_usable(const ann_writer *w, ann_error *err)
 	if (w && w->failed)
 		return ann_err(err, ANN_E_STATE, "%s: the writer failed to reload the index after a compaction; "
 			       "close it and open a new one", w->x->path);
+	/* The store stops writing after a commit whose outcome it cannot know;
+	 * the writer then refuses everything, not only what writes. */
+	if (w && ann_store_failed(w->x->store))
+		return ann_err(err, ANN_E_STATE, "%s: the writer failed earlier (a commit that may not have reached "
+			       "the disk); close it and open a new one", w->x->path);
 	return ANN_OK;
 }
 

@@ -126,10 +126,12 @@ int ann_cat_mdb_fail(const ann_catalog *c, ann_error *err, int rc, const char *w
 		dbn = ann_cat_db_names[db];
 	}
 	const char *path = c ? c->path : "catalog";
+	/* "get meta 'x'", "commit": no blanks where a part is empty */
+	const char *sp1 = *dbn ? " " : "", *sp2 = *kd ? " " : "";
 	if (rc > 0) {
 		if (rc == ENOMEM)
-			return ann_err(err, ANN_E_NOMEM, "%s: %s %s %s: out of memory", path, what, dbn, kd);
-		return ann_err_sys(err, rc, "%s: %s %s %s", path, what, dbn, kd);
+			return ann_err(err, ANN_E_NOMEM, "%s: %s%s%s%s%s: out of memory", path, what, sp1, dbn, sp2, kd);
+		return ann_err_sys(err, rc, "%s: %s%s%s%s%s", path, what, sp1, dbn, sp2, kd);
 	}
 	int code;
 	switch (rc) {
@@ -143,7 +145,7 @@ int ann_cat_mdb_fail(const ann_catalog *c, ann_error *err, int rc, const char *w
 	case MDB_BAD_DBI: code = ANN_E_INVAL; break;
 	default: code = ANN_E_IO; break;
 	}
-	return ann_err(err, code, "%s: %s %s %s: %s", path, what, dbn, kd, mdb_strerror(rc));
+	return ann_err(err, code, "%s: %s%s%s%s%s: %s", path, what, sp1, dbn, sp2, kd, mdb_strerror(rc));
 }
 
 /* ---- the gate ------------------------------------------------------------------ */

@@ -110,6 +110,11 @@ void ann_store_fail(ann_store *s)
 	s->failed = true;
 }
 
+bool ann_store_failed(const ann_store *s)
+{
+	return s->failed;
+}
+
 ann_cat_txn *ann_store_txn_catalog(ann_store_txn *t)
 {
 	return t->ct;

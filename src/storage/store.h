@@ -53,6 +53,9 @@ bool ann_store_block_size_ok(ann_store_kind k, size_t n);
  *   writes on ann_store_txn_catalog())* -> ann_store_commit | ann_store_abort
  * Only the writer handle; one txn at a time, used by one thread. */
 int ann_store_begin(ann_store *s, ann_store_txn **out, ann_error *err);
+/* Whether the writer failed for good (a commit whose outcome is unknown, or
+ * a back end's invariant broken): then only ann_store_close remains. */
+bool ann_store_failed(const ann_store *s);
 /* The catalog write txn inside the store txn: meta, models, id map written
  * there commit atomically with the blocks. Do not commit or abort it. */
 ann_cat_txn *ann_store_txn_catalog(ann_store_txn *t);
