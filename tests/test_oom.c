@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Description: out of memory in the writer and search paths (common.h's
+ * Description: out of memory in the build, writer and search paths (common.h's
  * failure injection: ann_mem_fail_after, one allocation fails;
  * ann_mem_fail_from, every one from some point on, a memory that stays
  * exhausted), file store and LMDB store, on a k-means index with 2-bit codes,
@@ -26,8 +26,8 @@
  *    that succeeded the new ones; the index verifies and answers exactly and
  *    the next fit succeeds (the writer lock was released).
  * Every sweep runs twice: with the library's allocator failing (the hook
- * above), and with every allocation of the process failing (malloc, calloc,
- * realloc and the aligned ones, defined here over glibc's __libc_ entry
+ * above), and with every allocation of the process failing (procfault.c:
+ * malloc, calloc, realloc and the aligned ones over glibc's __libc_ entry
  * points), so that LMDB's, liburing's and libc's own allocations inside an
  * operation fail too (a system call's ENOMEM is ANN_E_NOMEM as well). Not
  * under ASan, which owns malloc.
@@ -41,115 +41,26 @@
  * ann_writer_get_info; libc out of memory opening a (missing) distributed
  * descriptor was reported as "a distributed index whose descriptor is bad"
  * (ANN_E_UNSUPPORTED); a system call's ENOMEM was ANN_E_IO.
+ * ann_build (both stores, one allocation failing or all from one on): it
+ * fails with ANN_E_NOMEM naming what ran out and leaves no index and nothing
+ * but its resumable state, which the same build then resumes and removes;
+ * or it succeeds (a directions fit that fails is logged) with a complete
+ * index; either answers exactly. Found: the build allocated the parent's
+ * name after renaming the finished index into place, so running out of
+ * memory there reported a build that had happened as failed; and a
+ * finished build left its state directory (the spill as large as the data
+ * in it) when opendir ran out of memory removing it.
  */
 #include <dirent.h>
 #include <errno.h>
-#include <malloc.h>
-#include <stdatomic.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "dirs.h"
 #include "index.h"
+#include "procfault.h"
 #include "testutil.h"
 #include "vecio.h"
-
-/* ---- every allocation of the process -------------------------------------
- * malloc and its kin, defined in the test program, take the place of libc's
- * for the program and for every library it loads (LMDB, liburing, zstd,
- * OpenBLAS, libannann itself): a countdown as common.c's makes the (n+1)-th
- * allocation after arming fail, or every one from it on. ASan defines these
- * itself, so there they are libc's and the sweeps run with the library's
- * hook only. */
-#if defined(__SANITIZE_ADDRESS__)
-#define LIBC_FAULTS 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer) || __has_feature(thread_sanitizer)
-#define LIBC_FAULTS 0
-#endif
-#endif
-#ifndef LIBC_FAULTS
-#define LIBC_FAULTS 1
-#endif
-
-static _Atomic int64_t libc_countdown = -1;
-static _Atomic bool libc_sticky;
-static _Atomic int64_t libc_failed;
-
-static void libc_arm(int64_t n, bool sticky)
-{
-	atomic_store(&libc_countdown, -1);
-	atomic_store(&libc_failed, 0);
-	atomic_store(&libc_sticky, sticky);
-	atomic_store(&libc_countdown, n);
-}
-
-#if LIBC_FAULTS
-/* Seen by the libraries: the build hides symbols by default. */
-#define INTERPOSE __attribute__((visibility("default")))
-extern void *__libc_malloc(size_t n);
-extern void *__libc_calloc(size_t n, size_t size);
-extern void *__libc_realloc(void *p, size_t n);
-extern void *__libc_memalign(size_t align, size_t n);
-
-static bool libc_fail(void)
-{
-	int64_t c = atomic_load(&libc_countdown);
-	while (c >= 0) {
-		if (c == 0 && atomic_load(&libc_sticky)) {
-			atomic_fetch_add(&libc_failed, 1);
-			errno = ENOMEM;
-			return true;
-		}
-		if (atomic_compare_exchange_weak(&libc_countdown, &c, c - 1)) {
-			if (c != 0)
-				return false;
-			atomic_fetch_add(&libc_failed, 1);
-			errno = ENOMEM;
-			return true;
-		}
-	}
-	return false;
-}
-
-INTERPOSE void *malloc(size_t n)
-{
-	return libc_fail() ? NULL : __libc_malloc(n);
-}
-
-INTERPOSE void *calloc(size_t n, size_t size)
-{
-	return libc_fail() ? NULL : __libc_calloc(n, size);
-}
-
-INTERPOSE void *realloc(void *p, size_t n)
-{
-	return n && libc_fail() ? NULL : __libc_realloc(p, n);
-}
-
-INTERPOSE void *aligned_alloc(size_t align, size_t n)
-{
-	return libc_fail() ? NULL : __libc_memalign(align, n);
-}
-
-INTERPOSE void *memalign(size_t align, size_t n)
-{
-	return libc_fail() ? NULL : __libc_memalign(align, n);
-}
-
-INTERPOSE int posix_memalign(void **out, size_t align, size_t n)
-{
-	if (align < sizeof(void *) || (align & (align - 1)))
-		return EINVAL;
-	if (libc_fail())
-		return ENOMEM;
-	void *p = __libc_memalign(align, n);
-	if (!p)
-		return ENOMEM;
-	*out = p;
-	return 0;
-}
-#endif
 
 #define D 16
 #define NB 2000 /* built: ids 0..NB-1 */
@@ -376,19 +287,26 @@ static char *case_idx; /* where a case's copy of the template goes */
 
 static void setup_updates(const char *idx, model *m);
 
+/* The templates' build: k-means, 2-bit codes, 2 directions, one thread (so
+ * that allocations come in the same order every time). */
+static void build_opts(ann_build_opts *o, int store)
+{
+	ann_build_opts_init(o);
+	o->partitions = PARTS;
+	o->mem_bytes = (size_t)32 << 20;
+	o->threads = 1;
+	o->store = store ? ANN_STORE_LMDB : ANN_STORE_FILE;
+	o->router = ANN_ROUTER_KMEANS;
+	o->code_bits = 2;
+	o->tune = 0;
+	o->directions = 2;
+}
+
 static void make_templates(const char *dir, const char *data)
 {
 	for (int store = 0; store < 2; store++) {
 		ann_build_opts o;
-		ann_build_opts_init(&o);
-		o.partitions = PARTS;
-		o.mem_bytes = (size_t)32 << 20;
-		o.threads = 1;
-		o.store = store ? ANN_STORE_LMDB : ANN_STORE_FILE;
-		o.router = ANN_ROUTER_KMEANS;
-		o.code_bits = 2;
-		o.tune = 0;
-		o.directions = 2;
+		build_opts(&o, store);
 		tmpl[store] = t_path(dir, store ? "tmpl_lmdb" : "tmpl_file");
 		ann_error e = {0};
 		if (ann_build(data, tmpl[store], &o, &e) < 0)
@@ -448,7 +366,7 @@ static void arm(sweep *sw, int64_t n, const char *op)
 		 (long long)n);
 	t_current = sw->when;
 	if (sw->libc)
-		libc_arm(n, sw->sticky);
+		t_proc_fail_arm(n, sw->sticky);
 	else
 		(sw->sticky ? ann_mem_fail_from : ann_mem_fail_after)(n);
 }
@@ -456,8 +374,8 @@ static void arm(sweep *sw, int64_t n, const char *op)
 /* Disarms; whether a fault fired. */
 static bool disarm(void)
 {
-	int64_t fired = ann_mem_failed() + atomic_load(&libc_failed);
-	libc_arm(-1, false);
+	int64_t fired = ann_mem_failed() + t_proc_failed();
+	t_proc_fail_arm(-1, false);
 	ann_mem_fail_after(-1);
 	return fired > 0;
 }
@@ -989,6 +907,117 @@ static void test_tune_directions(bool libc)
 	ASSERT_TRUE(tot.failed >= 20);
 }
 
+/* ---- the build ----------------------------------------------------------- */
+
+static const char *build_data, *build_parent, *build_dir; /* the input; where a case builds */
+
+static bool exists(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+/* Nothing named build_dir.* but the build's state, which may stay. */
+static void check_no_leftovers(const char *when)
+{
+	DIR *dp = opendir(build_parent);
+	ASSERT_TRUE(dp != NULL);
+	const char *base = strrchr(build_dir, '/') + 1;
+	size_t bl = strlen(base);
+	struct dirent *de;
+	while ((de = readdir(dp)))
+		if (!strncmp(de->d_name, base, bl) && de->d_name[bl] == '.' && strcmp(de->d_name + bl, ".build-state"))
+			T_FAIL("%s: the failed build left %s", when, de->d_name);
+	closedir(dp);
+}
+
+/* ann_build runs out of memory: it fails naming what ran out, and leaves no
+ * index and nothing but its resumable state; the same build without faults
+ * then succeeds (resuming that state) and removes the state. A build that
+ * succeeds (the failure absorbed: a directions fit that logs and skips)
+ * gives a complete index. Either index answers exactly. */
+static bool build_case(sweep *sw, int64_t n)
+{
+	static model m;
+	model_init(&m);
+	size_t bl = strlen(build_dir);
+	char *state = malloc(bl + 16);
+	ASSERT_TRUE(state != NULL);
+	memcpy(state, build_dir, bl);
+	strcpy(state + bl, ".build-state");
+	t_rmtree(build_dir);
+	t_rmtree(state);
+	ann_build_opts o;
+	build_opts(&o, sw->store);
+	ann_error e = {0};
+	arm(sw, n, "build");
+	int rc = ann_build(build_data, build_dir, &o, &e);
+	if (!disarm()) {
+		ASSERT_OK(rc);
+		free(state);
+		return false;
+	}
+	sw->cases++;
+	check_failure(rc, &e, sw->when);
+	if (rc >= 0) {
+		sw->other++;
+	} else {
+		sw->failed++;
+		if (exists(build_dir))
+			T_FAIL("%s: the build failed (%s) but left the index", sw->when, e.msg);
+		check_no_leftovers(sw->when);
+		sw->refused += exists(state); /* counted as "left its state" */
+		if (ann_build(build_data, build_dir, &o, &e) < 0)
+			T_FAIL("%s: the build again: %s", sw->when, e.msg);
+	}
+	if (exists(state))
+		T_FAIL("%s: a finished build left its state", sw->when);
+	check_index(build_dir, &m, sw->when, true);
+	free(state);
+	return true;
+}
+
+/* At growing strides (1 + n / 6; ANNANN_OOM_DENSE=1: every n), then one by
+ * one where failures turn into successes (the publish) and the last 48
+ * allocations: a build makes hundreds, and its end is where a failure is
+ * hardest to undo. */
+static void test_build(bool libc)
+{
+	sweep tot = {0};
+	for (int store = 0; store < 2; store++)
+		for (int sticky = 0; sticky < 2; sticky++) {
+			sweep sw = {.store = store, .sticky = sticky, .libc = libc};
+			const char *env = getenv("ANNANN_OOM_DENSE");
+			int64_t n = 0, step = env && *env == '1' ? 0 : 6, lastfail = -1, firstok = -1;
+			for (;; n += 1 + (step ? n / step : 0)) {
+				uint32_t failed = sw.failed;
+				if (!build_case(&sw, n))
+					break;
+				if (sw.failed > failed)
+					lastfail = n, firstok = -1;
+				else if (firstok < 0)
+					firstok = n;
+			}
+			/* every point between the last failure and the first success
+			 * after it (the publish: the rename, and what must not fail
+			 * after it), and the last 48 */
+			for (int64_t t = lastfail + 1; firstok > 0 && t < firstok; t++)
+				build_case(&sw, t);
+			int64_t next = 0;
+			for (int64_t t = n > 48 ? n - 48 : 0; t < n; t++) {
+				while (next < t)
+					next += 1 + (step ? next / step : 0);
+				if (next != t && !build_case(&sw, t))
+					break;
+			}
+			add(&tot, &sw);
+		}
+	printf("  %-28s %-9s %4u cases: %4u failed (%u left their state), %3u succeeded\n", "build",
+	       libc ? "(process)" : "", tot.cases, tot.failed, tot.refused, tot.other);
+	t_current = "build";
+	ASSERT_TRUE(tot.failed >= 40);
+}
+
 int main(void)
 {
 	ann_rng rng;
@@ -1001,18 +1030,25 @@ int main(void)
 	ASSERT_OK(ann_vwriter_write_f32(vw, rows, NB, NULL));
 	ASSERT_OK(ann_vwriter_close(vw, NULL));
 	make_templates(dir, data);
+	build_data = data;
+	build_parent = dir;
+	build_dir = t_path(dir, "built");
+	uint64_t tb = ann_now_ns();
+	for (int libc = 0; libc <= T_PROC_FAULTS; libc++)
+		test_build(libc);
 	uint64_t t0 = ann_now_ns();
-	for (int libc = 0; libc <= LIBC_FAULTS; libc++)
+	for (int libc = 0; libc <= T_PROC_FAULTS; libc++)
 		test_writer(libc);
 	uint64_t t1 = ann_now_ns();
-	for (int libc = 0; libc <= LIBC_FAULTS; libc++)
+	for (int libc = 0; libc <= T_PROC_FAULTS; libc++)
 		test_search(libc);
 	uint64_t t2 = ann_now_ns();
-	for (int libc = 0; libc <= LIBC_FAULTS; libc++)
+	for (int libc = 0; libc <= T_PROC_FAULTS; libc++)
 		test_tune_directions(libc);
 	uint64_t t3 = ann_now_ns();
-	printf("  seconds: writer %.2f, search %.2f, tune directions %.2f\n", (double)(t1 - t0) / 1e9,
-	       (double)(t2 - t1) / 1e9, (double)(t3 - t2) / 1e9);
+	printf("  seconds: build %.2f, writer %.2f, search %.2f, tune directions %.2f\n", (double)(t0 - tb) / 1e9,
+	       (double)(t1 - t0) / 1e9, (double)(t2 - t1) / 1e9, (double)(t3 - t2) / 1e9);
+	free((char *)build_dir);
 	for (int store = 0; store < 2; store++)
 		free(tmpl[store]);
 	free(case_idx);

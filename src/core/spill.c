@@ -66,8 +66,9 @@ static int spill_alloc(const char *path, uint32_t nparts, size_t rec_bytes, size
 	s->counts = ann_calloc(nparts, sizeof(uint64_t));
 	s->stage = ann_malloc(SPILL_STAGE > s->slot ? SPILL_STAGE : s->slot);
 	if (!s->buf || !s->part || !s->order || !s->counts || !s->stage) {
+		size_t cap = s->cap; /* s is gone after the close */
 		ann_spill_close(s);
-		return ann_err(err, ANN_E_NOMEM, "spill: out of memory for a %zu-record buffer", s->cap);
+		return ann_err(err, ANN_E_NOMEM, "spill: out of memory for a %zu-record buffer", cap);
 	}
 	(void)path;
 	*out = s;

@@ -626,16 +626,18 @@ int ann_build(const char *data_path, const char *index_dir, const ann_build_opts
 	ANN_CHECK(rc, build_publish_meta(&b, build_secs_since(t_all), err));
 	ann_store_close(b.store);
 	b.store = NULL;
+	/* Allocated before the rename: past it the index exists, and running out
+	 * of memory must not report a build that happened as failed. */
+	index_tmp = ann_malloc(strlen(index_dir) + 8);
+	if (!index_tmp) {
+		rc = ann_err(err, ANN_E_NOMEM, "build: out of memory for the index's parent directory name");
+		goto fail;
+	}
+	sprintf(index_tmp, "%s/..", index_dir);
 	if (renameat2(AT_FDCWD, b.tmpdir, AT_FDCWD, index_dir, RENAME_NOREPLACE) != 0) {
 		rc = ann_err_sys(err, errno, "%s: cannot rename the finished index from %s", index_dir, b.tmpdir);
 		goto fail;
 	}
-	index_tmp = ann_malloc(strlen(index_dir) + 8);
-	if (!index_tmp) {
-		rc = ann_err(err, ANN_E_NOMEM, "build: out of memory");
-		goto fail;
-	}
-	sprintf(index_tmp, "%s/..", index_dir);
 	ANN_CHECK(rc, ann_fsync_dir(index_tmp, err));
 	ann_bstate_remove(b.st);
 	b.st = NULL;

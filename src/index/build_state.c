@@ -28,6 +28,7 @@
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -540,12 +541,45 @@ void ann_bstate_close(ann_bstate *st)
 	ann_free(st);
 }
 
+/* Removes dir and the entries in it without allocating (getdents64 into a
+ * stack buffer, unlinkat, empty subdirectories with AT_REMOVEDIR): a build
+ * that has published its index must not leave its state, the spill as
+ * large as the data among it, because memory ran out (opendir and nftw
+ * allocate). 0 when dir is gone, -1 when something stays (a subdirectory
+ * with entries: nftw's job). */
+static int rm_flat(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -1;
+	char buf[4096] __attribute__((aligned(8)));
+	for (bool removed = true; removed;) {
+		removed = false;
+		if (lseek(fd, 0, SEEK_SET) != 0)
+			break;
+		ssize_t n;
+		while ((n = getdents64(fd, buf, sizeof buf)) > 0)
+			for (ssize_t off = 0; off < n;) {
+				const struct dirent64 *e = (const struct dirent64 *)(void *)(buf + off);
+				off += e->d_reclen;
+				if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+					continue;
+				if (unlinkat(fd, e->d_name, 0) == 0 ||
+				    ((errno == EISDIR || errno == EPERM) && unlinkat(fd, e->d_name, AT_REMOVEDIR) == 0))
+					removed = true;
+			}
+	}
+	close(fd);
+	return rmdir(dir) == 0 || errno == ENOENT ? 0 : -1;
+}
+
 void ann_bstate_remove(ann_bstate *st)
 {
 	if (!st)
 		return;
 	/* Still under the lock: the lock file goes last, with the directory. */
-	nftw(st->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	if (rm_flat(st->dir) != 0)
+		nftw(st->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	ann_error e = {0};
 	ann_fsync_dir(st->dir, &e); /* its parent: the directory is gone */
 	ann_bstate_close(st);
