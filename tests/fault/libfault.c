@@ -10,6 +10,11 @@
  *           spill runs, output files)
  *   fsync   fsync, fdatasync
  *   read    read, pread, readv, preadv (input files, blocks.dat by pread, headers)
+ *   malloc  malloc, calloc, realloc, aligned_alloc, memalign, posix_memalign
+ *           (the tool's, the library's, LMDB's, libc's own), counted from
+ *           main on: what the loader and the libraries' constructors
+ *           allocate before it is not the tool's to handle. ANNANN_FAULT_ERRNO
+ *           does not apply (ENOMEM), nor SHORT.
  * io_uring reads do not pass through libc: the library's own hook covers them
  * (ANNANN_FAULT_OP=uring, src/storage/ioreader.c).
  * Calls on anything but a regular file (terminals, pipes, sockets) are passed
@@ -35,6 +40,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -44,8 +50,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-enum { C_WRITE, C_FSYNC, C_READ, C_N };
-static const char *const cnames[C_N] = { "write", "fsync", "read" };
+enum { C_WRITE, C_FSYNC, C_READ, C_MALLOC, C_N };
+static const char *const cnames[C_N] = { "write", "fsync", "read", "malloc" };
 
 static int f_class = -1;
 static uint64_t f_n;
@@ -89,8 +95,9 @@ __attribute__((destructor)) static void f_fini(void)
 	FILE *f = fopen(f_count, "a");
 	if (!f)
 		return;
-	fprintf(f, "write %llu fsync %llu read %llu fired %d\n", (unsigned long long)f_calls[C_WRITE],
-		(unsigned long long)f_calls[C_FSYNC], (unsigned long long)f_calls[C_READ], f_fired);
+	fprintf(f, "write %llu fsync %llu read %llu fired %d malloc %llu\n", (unsigned long long)f_calls[C_WRITE],
+		(unsigned long long)f_calls[C_FSYNC], (unsigned long long)f_calls[C_READ], f_fired,
+		(unsigned long long)f_calls[C_MALLOC]);
 	fclose(f);
 }
 
@@ -272,4 +279,88 @@ EXPORT ssize_t preadv64(int fd, const struct iovec *iov, int cnt, off_t off)
 	struct iovec s[64];
 	FAIL_OR(C_READ, fd, iov_total(iov, cnt), real_preadv64(fd, s, short_iov(iov, cnt, s), off),
 		real_preadv64(fd, iov, cnt, off));
+}
+
+/* ---- allocations ----------------------------------------------------------
+ * glibc's own entry points underneath, so no dlsym (which allocates) runs
+ * inside malloc. Counting starts when main does: __libc_start_main is
+ * interposed to wrap main. */
+extern void *__libc_malloc(size_t n);
+extern void *__libc_calloc(size_t n, size_t size);
+extern void *__libc_realloc(void *p, size_t n);
+extern void *__libc_memalign(size_t align, size_t n);
+
+static int f_in_main;
+static int (*real_main)(int, char **, char **);
+
+static int wrapped_main(int argc, char **argv, char **envp)
+{
+	__atomic_store_n(&f_in_main, 1, __ATOMIC_RELAXED);
+	return real_main(argc, argv, envp);
+}
+
+typedef int (*start_fn)(int (*)(int, char **, char **), int, char **, void (*)(void), void (*)(void),
+			void (*)(void), void *);
+
+EXPORT int __libc_start_main(int (*main_fn)(int, char **, char **), int argc, char **argv, void (*init)(void),
+			     void (*fini)(void), void (*rtld_fini)(void), void *stack_end);
+EXPORT int __libc_start_main(int (*main_fn)(int, char **, char **), int argc, char **argv, void (*init)(void),
+			     void (*fini)(void), void (*rtld_fini)(void), void *stack_end)
+{
+	start_fn real;
+	void *p = dlsym(RTLD_NEXT, "__libc_start_main");
+	memcpy(&real, &p, sizeof p);
+	real_main = main_fn;
+	return real(wrapped_main, argc, argv, init, fini, rtld_fini, stack_end);
+}
+
+static bool alloc_fails(void)
+{
+	if (!__atomic_load_n(&f_in_main, __ATOMIC_RELAXED))
+		return false;
+	uint64_t k = __atomic_add_fetch(&f_calls[C_MALLOC], 1, __ATOMIC_RELAXED);
+	if (f_class != C_MALLOC || f_n == 0 || k < f_n || (k > f_n && !f_sticky))
+		return false;
+	__atomic_store_n(&f_fired, 1, __ATOMIC_RELAXED);
+	errno = ENOMEM;
+	return true;
+}
+
+EXPORT void *malloc(size_t n)
+{
+	return alloc_fails() ? NULL : __libc_malloc(n);
+}
+
+EXPORT void *calloc(size_t n, size_t size)
+{
+	return alloc_fails() ? NULL : __libc_calloc(n, size);
+}
+
+/* realloc(p, 0) frees: never a failure. */
+EXPORT void *realloc(void *p, size_t n)
+{
+	return n && alloc_fails() ? NULL : __libc_realloc(p, n);
+}
+
+EXPORT void *aligned_alloc(size_t align, size_t n)
+{
+	return alloc_fails() ? NULL : __libc_memalign(align, n);
+}
+
+EXPORT void *memalign(size_t align, size_t n)
+{
+	return alloc_fails() ? NULL : __libc_memalign(align, n);
+}
+
+EXPORT int posix_memalign(void **out, size_t align, size_t n)
+{
+	if (align < sizeof(void *) || (align & (align - 1)))
+		return EINVAL;
+	if (alloc_fails())
+		return ENOMEM;
+	void *p = __libc_memalign(align, n);
+	if (!p)
+		return ENOMEM;
+	*out = p;
+	return 0;
 }

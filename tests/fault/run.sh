@@ -17,16 +17,18 @@
 #     gives the after state (the index is still writable).
 # Faults: tests/fault/libfault.c (LD_PRELOAD: write/pwrite/writev/pwritev,
 # fsync/fdatasync, read/pread/readv/preadv on regular files; EIO, ENOSPC from
-# the Nth write on, short transfers) and the library's io_uring hook
+# the Nth write on, short transfers; out of memory at the Nth allocation of
+# the process from main on, or at every one from it on: the tool's, the
+# library's, LMDB's and libc's) and the library's io_uring hook
 # (ANNANN_FAULT_OP=uring, src/storage/ioreader.c).
 #
 #   bash tests/fault/run.sh [--quick] [--store file|lmdb|both] [ANNANN [LIBFAULT]]
 #
 # Without paths it uses build/tools/annann and build/tests/libfault.so (a
 # release build: LD_PRELOAD and ASan do not mix). --quick (what meson runs)
-# takes every 4th fault point of the file store, without the rerun; the
-# default is every fault point of both stores (about 350, ~20 min on a busy
-# 2-core machine). --sanitized exits 77 (meson: skipped).
+# takes every 4th I/O fault point (every 16th allocation) of the file store,
+# without the rerun; the default is every fault point of both stores (about
+# 350 I/O points and 2 x ~1500 allocations: ~1 h on a busy 2-core machine). --sanitized exits 77 (meson: skipped).
 # Exit: 0 all cases held, 1 otherwise (each failure is printed with the command
 # that reproduces it), 77 skipped.
 set -uo pipefail
@@ -110,6 +112,8 @@ run_case() { # op class n mode
 	eio) env+=(ANNANN_FAULT_ERRNO=EIO) ;;
 	enospc) env+=(ANNANN_FAULT_ERRNO=ENOSPC ANNANN_FAULT_STICKY=1) ;;
 	short) env+=(ANNANN_FAULT_SHORT=1) ;;
+	once) ;;                              # malloc: one allocation fails
+	sticky) env+=(ANNANN_FAULT_STICKY=1) ;; # malloc: every one from the Nth on
 	esac
 	[ "$cls" = uring ] || env+=(LD_PRELOAD=$LIB)
 	prepare "$op" $dir
@@ -205,16 +209,19 @@ for STORE in $STORES; do
 		ANNANN_FAULT_OP=count ANNANN_FAULT_COUNT="$W/count.txt" LD_PRELOAD=$LIB $(op_cmd $op x) >/dev/null || exit 1
 		prepare $op x
 		ANNANN_FAULT_OP=uring ANNANN_FAULT_COUNT="$W/count.txt" $(op_cmd $op x) >/dev/null || exit 1
-		read -r nw nf nr < <(awk '$1=="write"{w=$2>w?$2:w; f=$4>f?$4:f; r=$6>r?$6:r} END{print w+0, f+0, r+0}' count.txt)
+		read -r nw nf nr nm < <(awk '$1=="write"{w=$2>w?$2:w; f=$4>f?$4:f; r=$6>r?$6:r; m=$10>m?$10:m}
+			END{print w+0, f+0, r+0, m+0}' count.txt)
 		nu=$(awk '$1=="uring"{u=$2>u?$2:u} END{print u+0}' count.txt)
-		echo "== $op ($STORE store): $nw writes, $nf fsyncs, $nr reads, $nu io_uring completions"
+		echo "== $op ($STORE store): $nw writes, $nf fsyncs, $nr reads, $nu io_uring completions, $nm allocations"
 		for spec in "write $nw eio" "write $nw enospc" "write $nw short" "fsync $nf eio" \
-			"read $nr eio" "read $nr short" "uring $nu eio" "uring $nu short"; do
+			"read $nr eio" "read $nr short" "uring $nu eio" "uring $nu short" \
+			"malloc $nm once" "malloc $nm sticky"; do
 			set -- $spec
 			stride=1
 			[ $QUICK = 1 ] && stride=4
+			[ $QUICK = 1 ] && [ $1 = malloc ] && stride=16 # hundreds of allocations an operation
 			start=1
-			[ $QUICK = 1 ] && start=$(( (cases % 4) + 1 ))
+			[ $QUICK = 1 ] && start=$(( (cases % stride) + 1 ))
 			for ((n = start; n <= $2; n += stride)); do
 				run_case $op $1 $n $3
 				total=$((total + 1))
