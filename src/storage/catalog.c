@@ -122,7 +122,8 @@ int ann_cat_mdb_fail(const ann_catalog *c, ann_error *err, int rc, const char *w
 	/* Not for a caller that takes no message: search looks up a tomb for
 	 * every row of a block, and most lookups find none. */
 	if (db >= 0 && err) {
-		ann_cat_key_desc((ann_cat_db)db, k, klen, kd, sizeof kd);
+		if (k) /* no key: a database, not a record ("open database tomb") */
+			ann_cat_key_desc((ann_cat_db)db, k, klen, kd, sizeof kd);
 		dbn = ann_cat_db_names[db];
 	}
 	const char *path = c ? c->path : "catalog";

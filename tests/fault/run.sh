@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# tests/fault/run.sh: fault injection in the I/O layer. Runs the real `annann`
-# tool for build, insert, delete and compact with one I/O fault at a time, at
-# every fault point N (or a stride of them with --quick), and checks after each:
+# tests/fault/run.sh: fault injection in the I/O layer and the allocator. Runs
+# the real `annann` tool for build, insert, delete, compact and search with one
+# fault at a time, at every fault point N (or a stride of them with --quick),
+# and checks after each (search: exit 0 with the clean search's answers to the
+# byte, or 1 with a message and no output file; the index verifies):
 #   - the tool exited 0, or 1 with a message line "annann ...: ..." (never a
 #     signal, a hang, a usage error or a silent exit);
 #   - `annann verify` finds no problem (run without faults);
@@ -81,6 +83,7 @@ op_cmd() { # op dir
 	insert) echo "$A insert --index $2 --data ins.fbin --quiet" ;;
 	delete) echo "$A delete --index $2 --ids del.ivecs" ;;
 	compact) echo "$A compact --index $2" ;;
+	search) echo "$A search --index $2 --queries q.fbin --k 10 --nprobe 8 --out $2.res.ibin" ;;
 	esac
 }
 # The state each operation starts from (an index dir, or none for build).
@@ -89,8 +92,9 @@ prepare() { # op dir
 	case $1 in
 	build) ;;
 	insert) cp -a "pre-$STORE" "$2" ;;
-	delete | compact) cp -a "mid-$STORE" "$2" ;;
+	delete | compact | search) cp -a "mid-$STORE" "$2" ;;
 	esac
+	rm -f "$2.res.ibin"
 }
 
 fails=0
@@ -132,7 +136,20 @@ run_case() { # op class n mode
 		fail "$what: exit 1 without an 'annann CMD: message' line: $(head -c 300 err.txt)"
 		return
 	fi
-	if [ "$op" = build ] && [ $rc -eq 1 ]; then
+	if [ "$op" = search ]; then # reads only: the answer or a message, and the index untouched
+		if [ $rc -eq 0 ] && ! cmp -s $dir.res.ibin "pre-search-$STORE.sig.res.ibin"; then
+			fail "$what: exit 0 with answers that differ from a clean search's"
+			return
+		fi
+		if [ $rc -eq 1 ] && compgen -G "$dir.res.ibin*" >/dev/null; then
+			fail "$what: the search failed but left $(echo $dir.res.ibin*)"
+			return
+		fi
+		if ! "$A" verify --index $dir >verify.txt 2>&1; then
+			fail "$what: exit $rc, then verify: $(head -c 600 verify.txt)"
+			return
+		fi
+	elif [ "$op" = build ] && [ $rc -eq 1 ]; then
 		if [ -e $dir ]; then
 			fail "$what: the build failed but left $dir"
 		fi
@@ -172,7 +189,7 @@ run_case() { # op class n mode
 		fi
 	fi
 	[ $rc -eq 0 ] && n_ok=$((n_ok + 1)) || n_err=$((n_err + 1))
-	if [ $rc -eq 1 ] && [ $QUICK = 0 ]; then # still writable: the operation goes through without faults
+	if [ $rc -eq 1 ] && [ $QUICK = 0 ] && [ "$op" != search ]; then # still writable: the operation goes through without faults
 		if [ "$op" != build ] && same s.txt "post-$op-$STORE.sig"; then
 			return # the failure came after the commit: nothing left to redo
 		fi
@@ -195,14 +212,14 @@ for STORE in $STORES; do
 	$(op_cmd insert "mid-$STORE") >/dev/null || exit 1
 	sig "pre-$STORE" "post-build-$STORE.sig" && sig "pre-$STORE" "pre-insert-$STORE.sig" &&
 		sig "mid-$STORE" "post-insert-$STORE.sig" && sig "mid-$STORE" "pre-delete-$STORE.sig" &&
-		sig "mid-$STORE" "pre-compact-$STORE.sig" || exit 1
+		sig "mid-$STORE" "pre-compact-$STORE.sig" && sig "mid-$STORE" "pre-search-$STORE.sig" || exit 1
 	for op in delete compact; do
 		prepare $op x
 		$(op_cmd $op x) >/dev/null || exit 1
 		sig x "post-$op-$STORE.sig" || exit 1
 	done
 	total=0
-	for op in build insert delete compact; do
+	for op in build insert delete compact search; do
 		# Calls per class in a run without faults.
 		prepare $op x
 		rm -f count.txt
