@@ -40,7 +40,6 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <malloc.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -282,14 +281,8 @@ EXPORT ssize_t preadv64(int fd, const struct iovec *iov, int cnt, off_t off)
 }
 
 /* ---- allocations ----------------------------------------------------------
- * glibc's own entry points underneath, so no dlsym (which allocates) runs
- * inside malloc. Counting starts when main does: __libc_start_main is
- * interposed to wrap main. */
-extern void *__libc_malloc(size_t n);
-extern void *__libc_calloc(size_t n, size_t size);
-extern void *__libc_realloc(void *p, size_t n);
-extern void *__libc_memalign(size_t align, size_t n);
-
+ * alloc_interpose.h's allocators, failing where alloc_fails says. Counting
+ * starts when main does: __libc_start_main is interposed to wrap main. */
 static int f_in_main;
 static int (*real_main)(int, char **, char **);
 
@@ -326,41 +319,5 @@ static bool alloc_fails(void)
 	return true;
 }
 
-EXPORT void *malloc(size_t n)
-{
-	return alloc_fails() ? NULL : __libc_malloc(n);
-}
-
-EXPORT void *calloc(size_t n, size_t size)
-{
-	return alloc_fails() ? NULL : __libc_calloc(n, size);
-}
-
-/* realloc(p, 0) frees: never a failure. */
-EXPORT void *realloc(void *p, size_t n)
-{
-	return n && alloc_fails() ? NULL : __libc_realloc(p, n);
-}
-
-EXPORT void *aligned_alloc(size_t align, size_t n)
-{
-	return alloc_fails() ? NULL : __libc_memalign(align, n);
-}
-
-EXPORT void *memalign(size_t align, size_t n)
-{
-	return alloc_fails() ? NULL : __libc_memalign(align, n);
-}
-
-EXPORT int posix_memalign(void **out, size_t align, size_t n)
-{
-	if (align < sizeof(void *) || (align & (align - 1)))
-		return EINVAL;
-	if (alloc_fails())
-		return ENOMEM;
-	void *p = __libc_memalign(align, n);
-	if (!p)
-		return ENOMEM;
-	*out = p;
-	return 0;
-}
+#define ALLOC_FAILS() alloc_fails()
+#include "../alloc_interpose.h"
