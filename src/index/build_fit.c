@@ -38,6 +38,12 @@
  *     receiver does not gain a page (save in an f32 block of extreme scale,
  *     written with full records where the model counts slim ones); a wrong
  *     estimate costs bytes, never correctness.
+ *  5. Disk: a receiver's head keeps its pages, but its exact rows may
+ *     start a page. Fitting spends such pages only from what the disk
+ *     budget (FIT_DISK_RATIO x the raw rows, less the catalog) leaves over
+ *     the blocks as modelled; with none left a row goes only where its
+ *     block keeps its page count. So fitting never takes an index past the
+ *     budget that packing without it would have met.
  */
 #include <math.h>
 
@@ -51,6 +57,9 @@
 #define FIT_PART_SHARE 0.3 /* ... and at most this share of the partition */
 #define FIT_CANDIDATES 4    /* rows considered per row to shed, nearest the boundary first */
 #define FIT_MARGIN 16.0     /* bytes a head keeps free of its last page, for the model's error */
+#define FIT_DISK_RATIO 1.5  /* the disk budget, x the raw rows (docs/DESIGN.md "Defaults") */
+#define FIT_CATALOG 98304.0 /* the catalog's fixed part and its share a partition, as build_defaults.c */
+#define FIT_CATALOG_PART 410.0
 #define PAGE 4096.0
 
 typedef struct cand {
@@ -85,7 +94,7 @@ static double id_bytes(const int64_t *ids, uint64_t n)
 /* The head-size model (docs/FORMAT.md "Codes block"): header and centre,
  * the records (slim when the block can be), page sums, ids and page map. */
 typedef struct hmodel {
-	double fixed, rec, rpp;
+	double fixed, rec, rpp, rowd; /* rowd: an exact row's share of the page grid */
 	bool map;
 } hmodel;
 
@@ -95,6 +104,13 @@ static double head_est(const hmodel *m, double n, double idb)
 	double ep = m->rpp >= 1 ? ceil(n / m->rpp) : n, bits = ep >= 2 ? ceil(log2(ep)) : 0;
 	double map = m->map && m->rpp >= 2 && ep >= 2 ? ceil(n * bits / 8.0) : 0;
 	return m->fixed + n * m->rec + 4.0 * ep + idb + map;
+}
+
+/* Pages of the whole block: the head, then the exact rows from the head's
+ * last page on (codes block 2.3), none straddling a page. */
+static double block_pages(const hmodel *m, double n, double idb)
+{
+	return ceil((head_est(m, n, idb) + n * m->rowd) / PAGE);
 }
 
 static void row_float(const build *b, const void *vecs, uint64_t i, float *out)
@@ -178,6 +194,7 @@ int build_fit_plan(build *b, int64_t *ids, void *vecs, build_fit *f, ann_error *
 	double row = (double)d * (b->enc == ANN_ENC_F32 ? 4.0 : 1.0);
 	hmodel hm = {.fixed = 128.0 + ceil(row / 8.0) * 8.0, .rec = (double)ann_rbq_code_bytes(b->rbq),
 		     .rpp = floor(PAGE / row), .map = b->o->code_order != 0};
+	hm.rowd = hm.rpp >= 1 ? PAGE / hm.rpp : row;
 	/* Slim records, f32 too (only factors outside binary16's range, f32
 	 * data of extreme scale, make a block full: then a receiver may gain
 	 * a page, which costs bytes, never correctness). Counting f32 blocks
@@ -296,23 +313,40 @@ int build_fit_plan(build *b, int64_t *ids, void *vecs, build_fit *f, ann_error *
 	size_t shedders = 0, failed = 0, eligible = 0;
 	for (uint32_t p = 0; p < k; p++)
 		eligible += shed[p] > 0;
+	/* The disk budget in pages: FIT_DISK_RATIO x the raw rows, less the
+	 * catalog (as build_defaults.c counts it) and the blocks as they stand.
+	 * Fitting may spend what is left on receivers' new pages; where nothing
+	 * is left (a 20,000 x 128 set at the defaults: fitting had grown its
+	 * blocks 1.3%, to 1.502x raw) a row goes only where its block keeps its
+	 * pages. A source's shed pages come back to the budget. */
+	double spare = floor((FIT_DISK_RATIO * row * (double)b->n - FIT_CATALOG - FIT_CATALOG_PART * k) / PAGE);
+	for (uint32_t p = 0; p < k; p++)
+		spare -= rows[p] ? block_pages(&hm, rows[p], idb[p]) : 1; /* an empty partition's block: its header */
 	for (size_t i = 0; i < nc;) {
 		uint32_t p = cs[i].src;
 		size_t j = i, took = 0;
+		double spare0 = spare;
 		while (j < nc && cs[j].src == p)
 			j++;
 		for (size_t t = i; t < j && took < shed[p]; t++) {
 			uint32_t q = cs[t].dst;
-			if (shed[q] || !rows[q] ||
-			    head_est(&hm, rows[q] + recv[q] + 1, idb[q] + id_cost * (recv[q] + 1)) >
-				    pages[q] * PAGE - FIT_MARGIN)
+			/* Room in the receiver's last head page; and a row that
+			 * takes its block to a new page (of exact rows) only while
+			 * the disk budget has pages to spare (spare). */
+			double nq = rows[q] + recv[q] + 1, iq = idb[q] + id_cost * (recv[q] + 1);
+			if (shed[q] || !rows[q] || head_est(&hm, nq, iq) > pages[q] * PAGE - FIT_MARGIN)
 				continue;
+			double add = block_pages(&hm, nq, iq) - block_pages(&hm, nq - 1, iq - id_cost);
+			if (add > 0 && spare < add)
+				continue;
+			spare -= add;
 			recv[q]++;
 			cs[t].margin = -INFINITY; /* taken */
 			took++;
 		}
 		if (took < shed[p]) { /* all or nothing: give the room back */
 			failed++;
+			spare = spare0;
 			for (size_t t = i; t < j; t++)
 				if (cs[t].margin == -INFINITY) {
 					recv[cs[t].dst]--;
@@ -320,6 +354,7 @@ int build_fit_plan(build *b, int64_t *ids, void *vecs, build_fit *f, ann_error *
 				}
 		} else {
 			shedders++;
+			spare += block_pages(&hm, rows[p], idb[p]) - block_pages(&hm, rows[p] - shed[p], idb[p]);
 		}
 		i = j;
 	}

@@ -30,7 +30,8 @@
 # release build: LD_PRELOAD and ASan do not mix). --quick (what meson runs)
 # takes every 4th I/O fault point (every 16th allocation) of the file store,
 # without the rerun; the default is every fault point of both stores (about
-# 350 I/O points and 2 x ~1500 allocations: ~1 h on a busy 2-core machine). --sanitized exits 77 (meson: skipped).
+# 400 I/O points and ~2,000 allocations a store: ~20 min on a busy 2-core
+# machine). --sanitized exits 77 (meson: skipped).
 # Exit: 0 all cases held, 1 otherwise (each failure is printed with the command
 # that reproduces it), 77 skipped.
 set -uo pipefail
