@@ -562,13 +562,14 @@ static int rm_flat(const char *dir)
 			for (ssize_t off = 0; off < n;) {
 				const struct dirent64 *e = (const struct dirent64 *)(void *)(buf + off);
 				off += e->d_reclen;
-				if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+				if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, BST_LOCK))
 					continue;
 				if (unlinkat(fd, e->d_name, 0) == 0 ||
 				    ((errno == EISDIR || errno == EPERM) && unlinkat(fd, e->d_name, AT_REMOVEDIR) == 0))
 					removed = true;
 			}
 	}
+	unlinkat(fd, BST_LOCK, 0); /* the lock last, with the directory */
 	close(fd);
 	return rmdir(dir) == 0 || errno == ENOENT ? 0 : -1;
 }
